@@ -1,0 +1,1 @@
+"""What runs only while this node holds leadership: election, scheduler, reconciler."""

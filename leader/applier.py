@@ -1,0 +1,72 @@
+"""Commits plans to `tasks/` in fenced, batched transactions.
+
+Every transaction compares the leader key's create revision with our epoch
+(a deposed leader's write fails) and each task key's mod revision with the one
+the plan was computed from (a concurrent change makes the batch fail instead of
+overwriting it; the next reconcile pass re-plans from fresh state). Batches stay
+under etcd's per-transaction limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from leader.scheduler import Plan
+from node.keys import Keys
+from node.store import Compare, Delete, Fenced, Put, Store, fence
+from node.store.base import MAX_TXN_OPS, Op
+
+
+@dataclass(frozen=True)
+class Write:
+    op: Op
+    expect_mod: int  # the key's mod revision the plan saw (0: absent)
+
+
+def writes_for(plan: Plan, keys: Keys, seen: dict[str, int]) -> list[Write]:
+    out: list[Write] = []
+    for task in plan.stop:
+        key = keys.task(task.service, task.slot)
+        out.append(Write(Delete(key), seen.get(key, 0)))
+    for task in plan.place:
+        key = keys.task(task.service, task.slot)
+        out.append(Write(Put(key, task.to_json()), seen.get(key, 0)))
+    return out
+
+
+def _batches(writes: list[Write], size: int) -> Iterator[list[Write]]:
+    for i in range(0, len(writes), size):
+        yield writes[i : i + size]
+
+
+class Applier:
+    def __init__(self, store: Store, keys: Keys, epoch: int) -> None:
+        self.store = store
+        self.keys = keys
+        self.epoch = epoch
+
+    async def commit(self, writes: Iterable[Write]) -> tuple[int, int]:
+        """Commit all writes; return (batches refused as stale, last revision written).
+
+        Raises `Fenced` when our epoch is no longer the leader's.
+        """
+        stale = revision = 0
+        for batch in _batches(list(writes), MAX_TXN_OPS):
+            compares = [fence(self.keys.leader, self.epoch)]
+            compares += [Compare(w.op.key, "mod", "==", w.expect_mod) for w in batch]
+            result = await self.store.txn(compares, [w.op for w in batch])
+            revision = max(revision, result.revision)
+            if result.succeeded:
+                continue
+            leader = await self.store.get(self.keys.leader)
+            if leader is None or leader.create_revision != self.epoch:
+                raise Fenced(f"leadership at epoch {self.epoch} is over; write refused")
+            stale += 1
+        return stale, revision
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """Delete a whole prefix (a removed service's tasks), fenced."""
+        result = await self.store.txn([fence(self.keys.leader, self.epoch)], [Delete(prefix, prefix=True)])
+        if not result.succeeded:
+            raise Fenced(f"leadership at epoch {self.epoch} is over; write refused")

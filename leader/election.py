@@ -1,0 +1,109 @@
+"""Leader election through one etcd key.
+
+A node campaigns by creating the `leader` key on its session lease in a
+transaction that succeeds only if the key does not exist. The key's create
+revision is the leader's **epoch**: a fencing token that grows with every new
+leadership. Every leader write compares it (`node.store.fence`), so a deposed
+leader, however slow, can never write.
+
+Leadership ends when the key is deleted (resign), when its lease expires, or
+when this node's session is lost; `watch_deposed` returns at the first of these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from node.keys import Keys
+from node.store import Compare, Delete, Put, Store, StoreError
+from node.store.session import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    node: str
+    epoch: int
+    address: str = ""
+
+
+class Election:
+    def __init__(self, store: Store, keys: Keys, node: str, address: str, session: Session) -> None:
+        self.store = store
+        self.keys = keys
+        self.node = node
+        self.address = address
+        self.session = session
+
+    async def current(self) -> LeaderInfo | None:
+        kv = await self.store.get(self.keys.leader)
+        if kv is None:
+            return None
+        data = json.loads(kv.value)
+        return LeaderInfo(data.get("node", ""), kv.create_revision, data.get("address", ""))
+
+    async def try_acquire(self) -> int | None:
+        """One attempt; the epoch when this node now leads, else None."""
+        await self.session.valid.wait()
+        value = json.dumps({"node": self.node, "address": self.address, "since": time.time()}).encode()
+        result = await self.store.txn(
+            [Compare(self.keys.leader, "create", "==", 0)],
+            [Put(self.keys.leader, value, lease=self.session.lease)],
+        )
+        return result.revision if result.succeeded else None
+
+    async def campaign(self) -> int:
+        """Block until this node leads; return its epoch."""
+        while True:
+            try:
+                epoch = await self.try_acquire()
+                if epoch is not None:
+                    return epoch
+                await self._wait_vacant()
+            except StoreError as exc:
+                log.warning("election: %s; retrying", exc)
+                await asyncio.sleep(0.5)
+
+    async def _wait_vacant(self) -> None:
+        """Return once the leader key is gone (or looks gone), or after a while."""
+        kv = await self.store.get(self.keys.leader)
+        if kv is None:
+            return
+        with_timeout = asyncio.timeout(5.0)  # re-check now and then, watches can stall
+        try:
+            async with with_timeout:
+                async for batch in self.store.watch(self.keys.leader, kv.mod_revision + 1):
+                    if any(ev.kind == "delete" for ev in batch.events):
+                        return
+        except TimeoutError:
+            return
+
+    async def watch_deposed(self, epoch: int) -> str:
+        """Return (with the reason) when leadership at `epoch` is over."""
+        while True:
+            try:
+                kv = await self.store.get(self.keys.leader)
+                if kv is None or kv.create_revision != epoch:
+                    return "the leader key changed"
+                async with asyncio.timeout(5.0):
+                    async for batch in self.store.watch(self.keys.leader, kv.mod_revision + 1):
+                        for ev in batch.events:
+                            if ev.kind == "delete" or ev.kv.create_revision != epoch:
+                                return "the leader key was deleted"
+            except TimeoutError:
+                continue
+            except StoreError as exc:
+                log.warning("leader watch: %s", exc)
+                await asyncio.sleep(0.5)
+
+    async def resign(self, epoch: int) -> bool:
+        """Give up leadership at once (no TTL wait); False when it was not ours any more."""
+        result = await self.store.txn(
+            [Compare(self.keys.leader, "create", "==", epoch)], [Delete(self.keys.leader)]
+        )
+        return result.succeeded

@@ -1,0 +1,1 @@
+"""The agent: runs this node's assigned tasks as containers and reports them."""

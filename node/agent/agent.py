@@ -1,0 +1,180 @@
+"""The agent's async shell: watch this node's assignments, drive the runtime, report.
+
+Each pass: read the assignments for this node (from a mirror of `tasks/`), list
+this node's containers (by the cluster and node labels, never anyone else's),
+`diff` them, act, then publish status and endpoints. Passes run on every change of
+`tasks/` and every `resync` seconds, so a container that dies outside shoal is
+noticed within that time. A task whose container cannot be made is retried with
+exponential back-off. When etcd is unreachable the agent keeps what runs running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, replace
+
+from node.agent.containers import SpecNotFound, SpecSource, container_spec
+from node.agent.diff import Actions, diff
+from node.agent.publisher import Publisher
+from node.domain import Assignment, EndpointRecord, TaskState, TaskStatus
+from node.events import EventLog
+from node.keys import Keys
+from node.runtime.base import LABELS, Container, Runtime, RuntimeError_
+from node.store import Store, StoreError
+from node.store.cache import PrefixCache
+from node.store.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        node: str,
+        cluster: str,
+        runtime: Runtime,
+        session: Session,
+        events: EventLog,
+        publish_address: str,
+        resync: float = 1.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.store, self.keys, self.node, self.cluster = store, keys, node, cluster
+        self.runtime = runtime
+        self.events = events
+        self.publish_address = publish_address
+        self.resync = resync
+        self.stop_timeout = stop_timeout
+        self.tasks = PrefixCache(store, keys.tasks, "agent-tasks")
+        self.specs = SpecSource(store, keys)
+        self.publisher = Publisher(store, keys, session)
+        self.status: dict[str, TaskStatus] = {}
+        self._retry_at: dict[str, tuple[float, float]] = {}  # task -> (when, backoff)
+        self._restarts: dict[str, int] = {}
+        self._adopted = False
+        self.passes = 0
+
+    def assigned(self) -> dict[str, Assignment]:
+        out = {}
+        for kv in self.tasks.values():
+            task = Assignment.from_json(kv.value)
+            if task.node == self.node:
+                out[task.task_id] = task
+        return out
+
+    async def run(self) -> None:
+        await self._seed_restarts()
+        wake = self.tasks.listener()
+        watcher = asyncio.create_task(self.tasks.run(), name="agent-watch-tasks")
+        try:
+            await self.tasks.ready.wait()
+            while True:
+                wake.clear()
+                try:
+                    await self.reconcile()
+                except (StoreError, RuntimeError_) as exc:
+                    log.warning("agent pass failed: %s", exc)
+                try:
+                    async with asyncio.timeout(self.resync):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            watcher.cancel()
+
+    async def _seed_restarts(self) -> None:
+        """Carry restart counts over a daemon restart (the old status is still in etcd)."""
+        try:
+            kvs, _ = await self.store.range(self.keys.status_all)
+        except StoreError:
+            return
+        for kv in kvs:
+            status = TaskStatus.from_json(kv.value)
+            if status.node == self.node:
+                self._restarts[status.task_id] = status.restarts
+
+    async def reconcile(self) -> Actions:
+        self.passes += 1
+        assigned = self.assigned()
+        found = await self.runtime.list({LABELS.CLUSTER: self.cluster, LABELS.NODE: self.node})
+        actions = diff(assigned, found)
+        if not self._adopted:
+            self._adopted = True
+            for task, c in actions.keep:
+                self.events.emit(
+                    "task.adopted", f"{c.name} re-adopted ({c.id[:12]})", task.service, task.task_id
+                )
+        await asyncio.gather(*(self._stop(c) for c in actions.stop))
+        await asyncio.gather(*(self._replace(t, c) for t, c in actions.replace))
+        await asyncio.gather(*(self._start(t) for t in actions.start))
+        keep = {t.task_id: c for t, c in actions.keep}
+        for task_id in [t for t in self.status if t not in assigned]:
+            del self.status[task_id]
+        for task_id, task in assigned.items():
+            if task_id in keep:
+                self._observe(task, keep[task_id])
+        await self._publish(assigned, keep)
+        return actions
+
+    def _set(self, task: Assignment, state: TaskState, **fields: object) -> None:
+        base = TaskStatus(task.task_id, task.service, task.slot, self.node, state.value)
+        new = replace(base, restarts=self._restarts.get(task.task_id, 0), **fields)  # type: ignore[arg-type]
+        old = self.status.get(task.task_id)
+        if old is None or asdict(replace(old, updated_at=0)) != asdict(new):
+            self.status[task.task_id] = replace(new, updated_at=time.time())
+
+    def _observe(self, task: Assignment, c: Container) -> None:
+        port = next(iter(c.host_ports.values()), 0)
+        self._set(task, TaskState.RUNNING, container_id=c.id, address=self.publish_address, host_port=port)
+
+    async def _publish(self, assigned: dict[str, Assignment], running: dict[str, Container]) -> None:
+        endpoints = []
+        for task_id, c in running.items():
+            task = assigned[task_id]
+            cport, hport = next(iter(sorted(c.host_ports.items())), (0, 0))
+            endpoints.append(
+                EndpointRecord(task_id, task.service, self.node, self.publish_address, hport, cport)
+            )
+        await self.publisher.publish(list(self.status.values()), endpoints)
+
+    async def _start(self, task: Assignment) -> None:
+        when, backoff = self._retry_at.get(task.task_id, (0.0, 0.5))
+        if time.monotonic() < when:
+            return
+        self._set(task, TaskState.PENDING, message=self.status.get(task.task_id, _blank).message)
+        try:
+            spec = await self.specs.spec(task.service, task.version)
+            c = await self.runtime.run(container_spec(task, spec, self.cluster, self.publish_address))
+        except (SpecNotFound, RuntimeError_) as exc:
+            self._retry_at[task.task_id] = (time.monotonic() + backoff, min(backoff * 2, 30.0))
+            self._set(task, TaskState.FAILED, message=str(exc))
+            self.events.emit("task.failed", f"{task.service}.{task.slot}: {exc}", task.service, task.task_id)
+            return
+        self._retry_at.pop(task.task_id, None)
+        self._observe(task, c)
+        self.events.emit(
+            "task.started", f"{c.name} started on {self.node} ({c.id[:12]})", task.service, task.task_id
+        )
+
+    async def _replace(self, task: Assignment, c: Container) -> None:
+        await self.publisher.withdraw(task.service, task.task_id)
+        self._restarts[task.task_id] = self._restarts.get(task.task_id, 0) + 1
+        self._set(task, TaskState.EXITED, container_id=c.id, exit_code=c.exit_code, message=c.error)
+        self.events.emit(
+            "task.exited", f"{c.name} exited with code {c.exit_code}; restarting", task.service, task.task_id
+        )
+        await self.runtime.remove(c.id)
+
+    async def _stop(self, c: Container) -> None:
+        service, task_id = c.labels.get(LABELS.SERVICE, ""), c.labels.get(LABELS.TASK, "")
+        await self.publisher.withdraw(service, task_id)
+        await self.runtime.stop(c.id, self.stop_timeout)
+        self._restarts.pop(task_id, None)
+        self.events.emit("task.stopped", f"{c.name} stopped and removed", service, task_id)
+
+
+_blank = TaskStatus("", "", 0, "", "")

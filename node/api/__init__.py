@@ -1,0 +1,1 @@
+"""The gRPC surface of a node: the client API, the peer API, health and reflection."""

@@ -1,0 +1,104 @@
+"""Records (`node.domain`) to protobuf messages (`node.pb.api_pb2`)."""
+
+from __future__ import annotations
+
+import json
+
+from node.domain import (
+    Assignment,
+    EndpointRecord,
+    Event,
+    NodeInfo,
+    NodeStatus,
+    ServiceRecord,
+    TaskState,
+    TaskStatus,
+)
+from node.pb import api_pb2
+from node.store import KV
+
+
+def task(t: Assignment, s: TaskStatus | None) -> api_pb2.Task:
+    endpoint = f"{s.address}:{s.host_port}" if s and s.host_port else ""
+    return api_pb2.Task(
+        service=t.service,
+        slot=t.slot,
+        task_id=t.task_id,
+        node=t.node,
+        desired=t.desired,
+        state=s.state if s else TaskState.UNKNOWN.value,
+        container_id=s.container_id if s else "",
+        endpoint=endpoint,
+        version=t.version,
+        epoch=t.epoch,
+        restarts=s.restarts if s else 0,
+        exit_code=s.exit_code if s else 0,
+        message=s.message if s else "",
+        updated_at=s.updated_at if s else t.created_at,
+    )
+
+
+def service(r: ServiceRecord, tasks: list[tuple[Assignment, TaskStatus | None]]) -> api_pb2.Service:
+    running = sum(1 for _, s in tasks if s is not None and s.state == TaskState.RUNNING)
+    ports = [
+        api_pb2.Port(
+            container=p["container"], published=p.get("published") or 0, protocol=p.get("protocol", "tcp")
+        )
+        for p in r.spec.get("ports", [])
+    ]
+    return api_pb2.Service(
+        name=r.name,
+        version=r.version,
+        image=r.spec.get("image", ""),
+        replicas=r.replicas,
+        running=running,
+        ports=ports,
+        spec_json=json.dumps(r.spec, sort_keys=True),
+        updated_at=r.updated_at,
+        updated_by=r.updated_by,
+    )
+
+
+def leader(kv: KV | None) -> tuple[str, int]:
+    if kv is None:
+        return "", 0
+    return json.loads(kv.value).get("node", ""), kv.create_revision
+
+
+def node(n: NodeInfo, is_leader: bool, tasks: int) -> api_pb2.Node:
+    return api_pb2.Node(
+        id=n.id,
+        address=n.address,
+        grpc_port=n.grpc_port,
+        status=NodeStatus.READY.value,
+        leader=is_leader,
+        labels=n.labels,
+        cpu=n.cpu,
+        memory=n.memory,
+        version=n.version,
+        tasks=tasks,
+        started_at=n.started_at,
+    )
+
+
+def down_node(node_id: str, tasks: int) -> api_pb2.Node:
+    """A node that still has assignments but no registry entry (its lease expired)."""
+    return api_pb2.Node(id=node_id, status=NodeStatus.DOWN.value, tasks=tasks)
+
+
+def endpoint(e: EndpointRecord) -> api_pb2.Endpoint:
+    return api_pb2.Endpoint(
+        task=e.task_id, node=e.node, address=e.address, port=e.port, container_port=e.container_port
+    )
+
+
+def event(e: Event) -> api_pb2.Event:
+    return api_pb2.Event(
+        time=e.time,
+        kind=e.kind,
+        node=e.node,
+        service=e.service,
+        task=e.task,
+        message=e.message,
+        cause=e.cause,
+    )

@@ -1,0 +1,102 @@
+"""The node's one gRPC server: client API, peer API, `grpc.health.v1`, reflection.
+
+`handle` / `handle_stream` wrap every handler: `node.errors` types and store
+failures become status codes with the message a person can act on; anything
+unexpected becomes INTERNAL with a short message (and a logged traceback), never a
+crashed daemon.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from node import rpc
+from node.errors import ShoalError
+from node.pb import api_pb2, peer_pb2
+from node.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    if isinstance(exc, ShoalError):
+        await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+    if isinstance(exc, StoreUnavailable):
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, f"{exc}; the cluster state cannot be read or written now"
+        )
+    log.exception("handler failed")
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"[:500])
+
+
+def handle(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await fn(self, request, context)
+        except (ShoalError, StoreUnavailable, Exception) as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, exc)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def handle_stream(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            await _abort(context, exc)
+
+    return wrapper
+
+
+SERVICE_NAMES = (
+    api_pb2.DESCRIPTOR.services_by_name["Shoal"].full_name,
+    peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name,
+)
+
+
+def build(
+    servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]], address: str, port: int
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """Make the server with every service registered and the port bound (raises OSError)."""
+    server = rpc.server()
+    for add, servicer in servicers:
+        add(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    target = f"{address}:{port}"
+    try:
+        bound = server.add_insecure_port(target)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {target}: {exc}") from exc
+    if bound == 0:
+        raise OSError(f"cannot listen on {target}: the address is taken or not local")
+    return server, health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, status)

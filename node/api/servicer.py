@@ -1,0 +1,152 @@
+"""The client API (`shoal.v1.Shoal`): any node answers, from etcd.
+
+Handlers are thin: they validate the request, call the store or `ServiceWriter`,
+and convert records to messages (`node.api.convert`). Errors are raised as
+`node.errors` types and mapped to status codes by `node.api.server.handle`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import grpc
+
+from node.api import convert
+from node.api.server import handle, handle_stream
+from node.api.services import ServiceWriter
+from node.domain import Assignment, EndpointRecord, NodeInfo, ServiceRecord, TaskStatus
+from node.errors import InvalidArgument, NotFound
+from node.events import decode
+from node.keys import Keys
+from node.pb import api_pb2, api_pb2_grpc
+from node.spec import MAX_SPEC_BYTES, NAME_PATTERN
+from node.store import Store
+
+_NAME = re.compile(NAME_PATTERN)
+
+
+def check_name(name: str, what: str = "name") -> str:
+    if not name or len(name) > 63 or not _NAME.fullmatch(name):
+        raise InvalidArgument(
+            f"{what}: {name[:80]!r} is not a service name (1-63 of a-z, 0-9 and '-', "
+            "starting and ending with a letter or digit)"
+        )
+    return name
+
+
+class ShoalServicer(api_pb2_grpc.ShoalServicer):
+    def __init__(self, store: Store, keys: Keys, node: str) -> None:
+        self.store = store
+        self.keys = keys
+        self.writer = ServiceWriter(store, keys, node)
+
+    async def _tasks(self, service: str) -> list[tuple[Assignment, TaskStatus | None]]:
+        kvs, _ = await self.store.range(self.keys.service_tasks(service))
+        tasks = sorted((Assignment.from_json(kv.value) for kv in kvs), key=lambda t: t.slot)
+        statuses, _ = await self.store.range(self.keys.status_all)
+        by_task = {s.task_id: s for s in (TaskStatus.from_json(kv.value) for kv in statuses)}
+        return [(t, by_task.get(t.task_id)) for t in tasks]
+
+    @handle
+    async def ApplyService(
+        self, request: api_pb2.ApplyServiceRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ApplyServiceResponse:
+        if len(request.spec.encode()) > MAX_SPEC_BYTES:
+            raise InvalidArgument(f"spec: larger than {MAX_SPEC_BYTES // 1024} KiB")
+        record, changed = await self.writer.apply(request.spec, request.source)
+        return api_pb2.ApplyServiceResponse(name=record.name, version=record.version, changed=changed)
+
+    @handle
+    async def GetService(
+        self, request: api_pb2.GetServiceRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.Service:
+        record, _ = await self.writer.read(check_name(request.name))
+        return convert.service(record, await self._tasks(record.name))
+
+    @handle
+    async def ListServices(
+        self, request: api_pb2.ListServicesRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListServicesResponse:
+        kvs, _ = await self.store.range(self.keys.services)
+        out = []
+        for kv in kvs:
+            record = ServiceRecord.from_json(kv.value)
+            out.append(convert.service(record, await self._tasks(record.name)))
+        return api_pb2.ListServicesResponse(services=out)
+
+    @handle
+    async def DeleteService(
+        self, request: api_pb2.DeleteServiceRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.DeleteServiceResponse:
+        await self.writer.remove(check_name(request.name))
+        return api_pb2.DeleteServiceResponse(name=request.name)
+
+    @handle
+    async def ScaleService(
+        self, request: api_pb2.ScaleServiceRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ScaleServiceResponse:
+        record = await self.writer.scale(check_name(request.name), request.replicas)
+        return api_pb2.ScaleServiceResponse(
+            name=record.name, version=record.version, replicas=record.replicas
+        )
+
+    @handle
+    async def ListTasks(
+        self, request: api_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListTasksResponse:
+        name = check_name(request.service, "service")
+        await self.writer.read(name)
+        return api_pb2.ListTasksResponse(tasks=[convert.task(t, s) for t, s in await self._tasks(name)])
+
+    @handle
+    async def ListNodes(
+        self, request: api_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListNodesResponse:
+        kvs, _ = await self.store.range(self.keys.nodes)
+        tasks, _ = await self.store.range(self.keys.tasks)
+        counts: dict[str, int] = {}
+        for kv in tasks:
+            node = Assignment.from_json(kv.value).node
+            counts[node] = counts.get(node, 0) + 1
+        leader = await self.store.get(self.keys.leader)
+        leader_node, epoch = convert.leader(leader)
+        nodes = [NodeInfo.from_json(kv.value) for kv in kvs]
+        seen = {n.id for n in nodes}
+        out = [convert.node(n, n.id == leader_node, counts.get(n.id, 0)) for n in nodes]
+        out += [convert.down_node(n, counts[n]) for n in sorted(counts) if n not in seen]
+        return api_pb2.ListNodesResponse(nodes=out, epoch=epoch)
+
+    @handle
+    async def Resolve(
+        self, request: api_pb2.ResolveRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ResolveResponse:
+        name = check_name(request.name)
+        await self.writer.read(name)
+        kvs, _ = await self.store.range(self.keys.endpoints(name))
+        endpoints = sorted((EndpointRecord.from_json(kv.value) for kv in kvs), key=lambda e: e.task_id)
+        return api_pb2.ResolveResponse(name=name, endpoints=[convert.endpoint(e) for e in endpoints])
+
+    @handle_stream
+    async def StreamEvents(
+        self, request: api_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.Event]:
+        if request.service:
+            check_name(request.service, "service")
+        kvs, revision = await self.store.range(self.keys.events)
+        past = decode(kvs, request.service)
+        if request.limit:
+            past = past[-request.limit :]
+        for _, event in past:
+            yield convert.event(event)
+        if not request.follow:
+            return
+        async for batch in self.store.watch(self.keys.events, revision + 1):
+            puts = [ev.kv for ev in batch.events if ev.kind == "put"]
+            for _, event in decode(puts, request.service):
+                yield convert.event(event)
+            await asyncio.sleep(0)
+
+
+__all__ = ["NotFound", "ShoalServicer", "check_name"]

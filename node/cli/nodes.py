@@ -1,0 +1,57 @@
+"""`shoal node ls` and `shoal resolve NAME`: the cluster's hosts and a service's replicas."""
+
+from __future__ import annotations
+
+import click
+
+from node.cli import Settings, pass_settings
+from node.cli.output import emit, endpoint_dict, human_bytes, node_dict, output_option
+from node.pb import api_pb2
+
+
+def _address(n: api_pb2.Node) -> str:
+    """`address:grpc_port`, the value to give `--addr`."""
+    return f"{n.address}:{n.grpc_port}" if n.address and n.grpc_port else n.address
+
+
+NODE_COLUMNS = [
+    ("ID", lambda n: n.id),
+    ("ADDRESS", _address),
+    ("STATUS", lambda n: n.status),
+    ("LEADER", lambda n: "*" if n.leader else ""),
+    ("TASKS", lambda n: n.tasks),
+    ("CPU", lambda n: f"{n.cpu:g}"),
+    ("MEMORY", lambda n: human_bytes(n.memory)),
+    ("LABELS", lambda n: ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))),
+]
+
+
+@click.group()
+def node() -> None:
+    """Inspect the nodes (hosts) of the cluster."""
+
+
+@node.command("ls")
+@output_option()
+@pass_settings
+def node_ls(settings: Settings, fmt: str) -> None:
+    """List nodes; LEADER marks the node that leads (*)."""
+    nodes = sorted(settings.client().list_nodes().nodes, key=lambda n: n.id)
+    emit(nodes, node_dict, NODE_COLUMNS, fmt)
+
+
+ENDPOINT_COLUMNS = [
+    ("TASK", lambda e: e.task),
+    ("NODE", lambda e: e.node),
+    ("ADDRESS", lambda e: e.address),
+    ("PORT", lambda e: e.port),
+]
+
+
+@click.command()
+@click.argument("name")
+@output_option()
+@pass_settings
+def resolve(settings: Settings, name: str, fmt: str) -> None:
+    """List the healthy, routable replicas of a service (what the proxy uses)."""
+    emit(settings.client().resolve(name), endpoint_dict, ENDPOINT_COLUMNS, fmt)

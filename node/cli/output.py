@@ -1,0 +1,192 @@
+"""What the CLI prints: the dict shapes of the API's messages and their rendering.
+
+The dicts below are the `-o json` / `-o yaml` output, so their keys are a contract
+for scripts: add keys, never rename. Tables are plain (no borders, like `docker ps`),
+never wrapped when the output is not a terminal, and never interpret rich markup.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from ruamel.yaml import YAML
+
+from node.pb import api_pb2
+
+Row = dict[str, Any]
+Column = tuple[str, Callable[[Any], object]]
+
+FORMATS = ("table", "json", "yaml")
+
+
+def iso(ts: float) -> str:
+    """Unix seconds as local ISO 8601 with offset; "" when unknown (0)."""
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds") if ts else ""
+
+
+def ports_text(ports: Iterable[api_pb2.Port]) -> str:
+    """`18080->8080/http`, or `8080/tcp` when not published; comma-separated."""
+    parts = []
+    for p in ports:
+        proto = p.protocol or "tcp"
+        parts.append(f"{p.published}->{p.container}/{proto}" if p.published else f"{p.container}/{proto}")
+    return ",".join(parts)
+
+
+def port_dict(p: api_pb2.Port) -> Row:
+    return {"container": p.container, "published": p.published, "protocol": p.protocol}
+
+
+def service_dict(s: api_pb2.Service) -> Row:
+    return {
+        "name": s.name,
+        "version": s.version,
+        "image": s.image,
+        "replicas": s.replicas,
+        "running": s.running,
+        "ports": [port_dict(p) for p in s.ports],
+        "updated_at": iso(s.updated_at),
+        "updated_by": s.updated_by,
+    }
+
+
+def task_dict(t: api_pb2.Task) -> Row:
+    return {
+        "slot": t.slot,
+        "task": t.task_id,
+        "node": t.node,
+        "desired": t.desired,
+        "state": t.state,
+        "container_id": t.container_id,
+        "endpoint": t.endpoint,
+        "version": t.version,
+        "restarts": t.restarts,
+        "exit_code": t.exit_code,
+        "message": t.message,
+        "updated_at": iso(t.updated_at),
+    }
+
+
+def service_detail(s: api_pb2.Service, tasks: Sequence[api_pb2.Task]) -> Row:
+    """`service inspect`: the service, its parsed spec and its tasks."""
+    try:
+        spec: Any = json.loads(s.spec_json) if s.spec_json else {}
+    except ValueError:
+        spec = s.spec_json  # show what the server sent rather than fail
+    return {
+        "name": s.name,
+        "version": s.version,
+        "updated_at": iso(s.updated_at),
+        "updated_by": s.updated_by,
+        "replicas": {"desired": s.replicas, "running": s.running},
+        "spec": spec,
+        "tasks": [task_dict(t) for t in sorted(tasks, key=lambda t: t.slot)],
+    }
+
+
+def node_dict(n: api_pb2.Node) -> Row:
+    return {
+        "id": n.id,
+        "address": n.address,
+        "grpc_port": n.grpc_port,
+        "status": n.status,
+        "leader": n.leader,
+        "labels": dict(sorted(n.labels.items())),
+        "cpu": n.cpu,
+        "memory": n.memory,
+        "tasks": n.tasks,
+        "version": n.version,
+        "started_at": iso(n.started_at),
+    }
+
+
+def endpoint_dict(e: api_pb2.Endpoint) -> Row:
+    return {
+        "task": e.task,
+        "node": e.node,
+        "address": e.address,
+        "port": e.port,
+        "container_port": e.container_port,
+    }
+
+
+def event_dict(e: api_pb2.Event) -> Row:
+    return {
+        "time": iso(e.time),
+        "kind": e.kind,
+        "node": e.node,
+        "service": e.service,
+        "task": e.task,
+        "message": e.message,
+        "cause": e.cause,
+    }
+
+
+def event_line(e: api_pb2.Event) -> str:
+    """`2026-11-27T17:30:01 task.started n1 web/3f2a9c0d1e2b container up`, empty parts left out."""
+    when = datetime.fromtimestamp(e.time).strftime("%Y-%m-%dT%H:%M:%S") if e.time else "-"
+    subject = "/".join(x for x in (e.service, e.task) if x)
+    return " ".join(x for x in (when, e.kind, e.node, subject, " ".join(e.message.split())) if x)
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def emit_data(data: Any, fmt: str) -> None:
+    """Print a dict or list as JSON or YAML."""
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.representer.sort_base_mapping_type_on_output = False
+    yaml.dump(data, sys.stdout)
+
+
+def emit_table(rows: Iterable[Any], columns: Sequence[Column]) -> None:
+    """Print `rows` as a table; each column is (HEADER, value of a row)."""
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    for header, _ in columns:
+        table.add_column(header, no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*(Text(str(value(row))) for _, value in columns))
+    tty = sys.stdout.isatty()
+    console = Console(file=sys.stdout, highlight=False, width=None if tty else 10_000)
+    with console.capture() as captured:
+        console.print(table)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
+def emit(rows: Sequence[Any], to_dict: Callable[[Any], Row], columns: Sequence[Column], fmt: str) -> None:
+    """A list of messages as a table, or as a JSON/YAML list of their dicts."""
+    if fmt == "table":
+        emit_table(rows, columns)
+    else:
+        emit_data([to_dict(r) for r in rows], fmt)
+
+
+def output_option(default: str = "table", formats: Sequence[str] = FORMATS) -> Callable[[Any], Any]:
+    """The `-o/--output` option of a command."""
+    return click.option(
+        "-o",
+        "--output",
+        "fmt",
+        type=click.Choice(list(formats)),
+        default=default,
+        show_default=True,
+        help="Output format.",
+    )

@@ -1,0 +1,266 @@
+"""A small synchronous Python client of shoal's client API (`shoal.v1.Shoal`).
+
+Programs get what the `shoal` CLI gets, with the same messages: every call has a
+deadline, and every gRPC failure becomes a `ShoalError` (a subclass per status code
+that callers commonly handle) whose message is one line a person can act on.
+
+Example::
+
+    from node.client import NotFound, ShoalClient
+
+    with ShoalClient("127.0.0.1:7070", timeout=5.0) as shoal:
+        result = shoal.apply(open("web.yaml").read(), source="web.yaml")
+        print(result.name, result.version, result.changed)
+        shoal.scale("web", 5)
+        for endpoint in shoal.resolve("web"):
+            print(f"{endpoint.address}:{endpoint.port}")
+        try:
+            shoal.get_service("nope")
+        except NotFound as err:
+            print(err)  # service 'nope' not found
+        for event in shoal.events(service="web", limit=20):
+            print(event.kind, event.message)
+
+The client is thread-safe (one gRPC channel, shared); `close()` releases it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Self
+
+import grpc
+
+from node import rpc
+from node.pb import api_pb2, api_pb2_grpc
+
+__all__ = [
+    "DEFAULT_ADDR",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "ShoalClient",
+    "ShoalError",
+    "Unavailable",
+    "error_from_rpc",
+]
+
+DEFAULT_ADDR = "127.0.0.1:7070"
+
+_HINT = "start one (shoal dev) or point --addr / SHOAL_ADDR at a node"
+
+# Substrings of gRPC-core details that mean no server took part in the call (as opposed
+# to a node that answered UNAVAILABLE itself, e.g. because etcd is unreachable).
+_TRANSPORT_MARKERS = (
+    "failed to connect",
+    "errors resolving",
+    "dns resolution failed",
+    "connection refused",
+    "connection reset",
+    "socket closed",
+    "broken pipe",
+    "http1.x server",
+    "connections to all backends failing",
+    "empty address list",
+    "endpoint closing",
+)
+
+
+class ShoalError(Exception):
+    """A failed call. `str(err)` is one actionable line.
+
+    `code` is the gRPC status code (None when the error did not come from gRPC) and
+    `target` the address of the node that was called.
+    """
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None, target: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.target = target
+
+
+class NotFound(ShoalError):
+    """The named service (or other object) does not exist."""
+
+
+class InvalidArgument(ShoalError):
+    """The request was rejected as invalid (e.g. a spec error with its field path); nothing changed."""
+
+
+class Unavailable(ShoalError):
+    """No node answers at the address, or the node cannot reach its store right now. Retry later."""
+
+
+class FailedPrecondition(ShoalError):
+    """The cluster is not in a state that allows the operation (e.g. no leader yet)."""
+
+
+class DeadlineExceeded(ShoalError):
+    """The node did not answer within the client's timeout."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[ShoalError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _short_reason(details: str) -> str:
+    """The gist of a gRPC-core transport error, e.g. 'connection refused'."""
+    low = details.lower()
+    if "errors resolving" in low or "dns resolution failed" in low:
+        cause = details.rstrip("]").rsplit(": ", 1)[-1]
+        return f"cannot resolve the host name ({_one_line(cause, 80)})"
+    if "connection refused" in low:
+        return "connection refused"
+    return _one_line(details.rsplit(": ", 1)[-1], 80).lower() or "unreachable"
+
+
+def error_from_rpc(err: grpc.RpcError, target: str, timeout: float | None = None) -> ShoalError:
+    """Turn a `grpc.RpcError` from a call to `target` into the matching `ShoalError`.
+
+    The server's details are the message, except for transport failures (nothing
+    listening, DNS) and deadlines, whose messages name the address and what to do.
+    """
+    code_fn = getattr(err, "code", None)
+    details_fn = getattr(err, "details", None)
+    code: grpc.StatusCode | None = code_fn() if callable(code_fn) else None
+    details = (details_fn() if callable(details_fn) else None) or ""
+    cls = _BY_CODE.get(code, ShoalError) if code is not None else ShoalError
+    if code == grpc.StatusCode.UNAVAILABLE and (
+        not details or any(m in details.lower() for m in _TRANSPORT_MARKERS)
+    ):
+        message = f"no shoal node answers at {target}: {_short_reason(details)}; {_HINT}"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        within = f" within {timeout:g}s" if timeout is not None else ""
+        message = (
+            f"no answer from {target}{within} (deadline exceeded); the node may be overloaded "
+            "or unreachable: retry with a larger --timeout or check --addr"
+        )
+    elif code == grpc.StatusCode.UNIMPLEMENTED:
+        message = (
+            f"the server at {target} does not implement this call ({_one_line(details, 120)}); "
+            "is it a shoal node of a compatible version?"
+        )
+    elif details:
+        message = _one_line(details)
+    else:
+        name = code.name if code is not None else "UNKNOWN"
+        message = f"call to {target} failed with {name}"
+    return cls(message, code=code, target=target)
+
+
+class ShoalClient:
+    """A blocking client of one shoal node; any node answers every call.
+
+    `addr` is "host:port" of a node's gRPC port; `timeout` is the deadline of each
+    call in seconds (except `events(follow=True)`, which has none).
+    """
+
+    def __init__(self, addr: str = DEFAULT_ADDR, timeout: float = rpc.DEFAULT_DEADLINE) -> None:
+        self.addr = addr
+        self.timeout = timeout
+        self._channel = rpc.channel(addr)
+        self._stub = api_pb2_grpc.ShoalStub(self._channel)
+
+    def close(self) -> None:
+        """Release the channel; the client cannot be used afterwards."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _error(self, err: grpc.RpcError) -> ShoalError:
+        return error_from_rpc(err, self.addr, self.timeout)
+
+    def apply(self, spec_text: str, source: str = "") -> api_pb2.ApplyServiceResponse:
+        """Validate and store a service spec (YAML or JSON text); `source` names it in errors."""
+        request = api_pb2.ApplyServiceRequest(spec=spec_text, source=source)
+        try:
+            return self._stub.ApplyService(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def get_service(self, name: str) -> api_pb2.Service:
+        """The current version of a service; `NotFound` when there is none."""
+        try:
+            return self._stub.GetService(api_pb2.GetServiceRequest(name=name), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def list_services(self) -> list[api_pb2.Service]:
+        """Every service, as the server orders them (by name)."""
+        try:
+            response = self._stub.ListServices(api_pb2.ListServicesRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        return list(response.services)
+
+    def delete_service(self, name: str) -> None:
+        """Remove a service; its tasks are stopped by the leader."""
+        try:
+            self._stub.DeleteService(api_pb2.DeleteServiceRequest(name=name), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def scale(self, name: str, replicas: int) -> api_pb2.ScaleServiceResponse:
+        """Set the desired replica count; returns the new spec version."""
+        request = api_pb2.ScaleServiceRequest(name=name, replicas=replicas)
+        try:
+            return self._stub.ScaleService(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def list_tasks(self, service: str) -> list[api_pb2.Task]:
+        """The tasks (slots) of a service with their observed state."""
+        try:
+            response = self._stub.ListTasks(api_pb2.ListTasksRequest(service=service), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        return list(response.tasks)
+
+    def list_nodes(self) -> api_pb2.ListNodesResponse:
+        """Every node of the cluster, and the current leader's epoch."""
+        try:
+            return self._stub.ListNodes(api_pb2.ListNodesRequest(), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def resolve(self, name: str) -> list[api_pb2.Endpoint]:
+        """The healthy, routable replicas of a service."""
+        try:
+            response = self._stub.Resolve(api_pb2.ResolveRequest(name=name), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        return list(response.endpoints)
+
+    def events(self, service: str = "", follow: bool = False, limit: int = 0) -> Iterator[api_pb2.Event]:
+        """Cluster events, oldest first (only `service`'s when set, at most `limit` past ones).
+
+        With `follow` the stream stays open for new events and has no deadline;
+        closing the iterator (or leaving the loop) cancels the call.
+        """
+        request = api_pb2.StreamEventsRequest(service=service, follow=follow, limit=limit)
+        call = self._stub.StreamEvents(request, timeout=None if follow else self.timeout)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        finally:
+            call.cancel()

@@ -1,0 +1,184 @@
+"""The daemon's configuration: typed, frozen, documented; from flags, env and TOML.
+
+Precedence, highest first: command-line flags, environment (`SHOAL_<FIELD>`, e.g.
+`SHOAL_GRPC_PORT=7070`, `SHOAL_ETCD=10.0.0.5:2379,10.0.0.6:2379`), the TOML file
+(`--config`, or `SHOAL_CONFIG`), then the preset (`local` or `lan`).
+
+The node id is persisted in `<data_dir>/node-id` on first start, so a node keeps
+its identity (and its containers) across restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from node.keys import DEFAULT_PREFIX
+
+NODE_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+LABEL_KEY = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?")
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names it and says what is allowed."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Timings that go together. `local`: fast, for tests and one machine; `lan`: production."""
+
+    lease_ttl: int  # s; the node lease. A dead node's registry entry and endpoints vanish after it.
+    agent_resync: float  # s; the agent re-checks its containers at least this often.
+    leader_resync: float  # s; the leader re-plans at least this often even without changes.
+
+
+PRESETS = {
+    "local": Preset(lease_ttl=5, agent_resync=1.0, leader_resync=2.0),
+    "lan": Preset(lease_ttl=10, agent_resync=2.0, leader_resync=5.0),
+}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str = ""  # empty: read from data_dir/node-id, or made up on first start
+    data_dir: Path = Path("/var/lib/shoal")
+    cluster: str = "shoal"  # containers carry it, so clusters sharing a Docker engine never mix
+    address: str = "127.0.0.1"  # advertise address: peers and clients reach this node here
+    grpc_port: int = 7070
+    etcd: tuple[str, ...] = ("127.0.0.1:2379",)
+    etcd_prefix: str = DEFAULT_PREFIX
+    etcd_timeout: float = 5.0  # s per etcd call; an unreachable etcd fails calls after it
+    labels: Mapping[str, str] = field(default_factory=dict)
+    cpu: float = 0.0  # cores offered; 0 = detect from the host
+    memory: int = 0  # bytes offered; 0 = detect from the host
+    publish_address: str = ""  # where container ports are published; empty = `address`
+    preset: str = "lan"
+    lease_ttl: int = 0  # 0 = from the preset
+    stop_timeout: float = 10.0  # s between SIGTERM and SIGKILL when stopping a container
+    wait_for_etcd: bool = False  # keep retrying at start instead of exiting
+    log_format: str = "text"  # text | json
+    log_level: str = "info"
+
+    @property
+    def timings(self) -> Preset:
+        base = PRESETS[self.preset]
+        return replace(base, lease_ttl=self.lease_ttl or base.lease_ttl)
+
+    @property
+    def publish_to(self) -> str:
+        return self.publish_address or self.address
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kinds = {f.name: f.type for f in fields(NodeConfig)}
+    kind = str(kinds[name])
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        if kind == "Path":
+            return Path(value)
+        if name == "etcd":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(e.strip() for e in items if e.strip())
+        if name == "labels":
+            return parse_labels(value) if isinstance(value, (str, list, tuple)) else dict(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: cannot use {value!r}: {exc}") from exc
+    return str(value)
+
+
+def parse_labels(items: str | list[str] | tuple[str, ...]) -> dict[str, str]:
+    parts = items.split(",") if isinstance(items, str) else list(items)
+    out = {}
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not LABEL_KEY.fullmatch(key):
+            raise ConfigError(f"labels: {part!r} is not key=value (key: letters, digits, '.', '_', '-')")
+        out[key] = value
+    return out
+
+
+def load(flags: Mapping[str, Any], env: Mapping[str, str], config_file: str | None = None) -> NodeConfig:
+    names = {f.name for f in fields(NodeConfig)}
+    merged: dict[str, Any] = {}
+    path = config_file or env.get("SHOAL_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+        merged.update(data)
+    for name in names:
+        if f"SHOAL_{name.upper()}" in env:
+            merged[name] = env[f"SHOAL_{name.upper()}"]
+    merged.update({k: v for k, v in flags.items() if v is not None and k in names})
+    config = NodeConfig(**{k: _coerce(k, v) for k, v in merged.items()})
+    return validate(config)
+
+
+def validate(c: NodeConfig) -> NodeConfig:
+    if c.preset not in PRESETS:
+        raise ConfigError(f"preset: {c.preset!r} is not one of {', '.join(PRESETS)}")
+    if not 1 <= c.grpc_port <= 65535:
+        raise ConfigError(f"grpc_port: {c.grpc_port} is not a port (1-65535)")
+    if c.node_id and not NODE_ID.fullmatch(c.node_id):
+        raise ConfigError(f"node_id: {c.node_id!r} must be 1-63 of a-z, 0-9, '-'")
+    if not NODE_ID.fullmatch(c.cluster):
+        raise ConfigError(f"cluster: {c.cluster!r} must be 1-63 of a-z, 0-9, '-'")
+    if not c.etcd:
+        raise ConfigError("etcd: at least one endpoint (host:port) is needed")
+    for endpoint in c.etcd:
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"etcd: {endpoint!r} is not host:port")
+    if c.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: {c.log_format!r} is not text or json")
+    if c.lease_ttl and not 2 <= c.lease_ttl <= 300:
+        raise ConfigError(f"lease_ttl: {c.lease_ttl} must be between 2 and 300 seconds")
+    return c
+
+
+def resolve_node_id(c: NodeConfig) -> NodeConfig:
+    """Read or persist the node id in the data dir; refuse a data dir of another node."""
+    c.data_dir.mkdir(parents=True, exist_ok=True)
+    path = c.data_dir / "node-id"
+    stored = path.read_text().strip() if path.exists() else ""
+    if stored and c.node_id and stored != c.node_id:
+        raise ConfigError(f"node_id: {c.data_dir} belongs to node {stored!r}, not {c.node_id!r}")
+    node_id = stored or c.node_id or f"{_host_part()}-{secrets.token_hex(2)}"
+    if not stored:
+        path.write_text(node_id + "\n")
+    return replace(c, node_id=node_id)
+
+
+def _host_part() -> str:
+    host = re.sub(r"[^a-z0-9-]", "-", socket.gethostname().lower()).strip("-")
+    return host[:50] or "node"
+
+
+def detect_capacity(c: NodeConfig) -> NodeConfig:
+    cpu = c.cpu or float(len(os.sched_getaffinity(0)))
+    memory = c.memory
+    if not memory:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory = int(line.split()[1]) * 1024
+                    break
+    return replace(c, cpu=cpu, memory=memory)

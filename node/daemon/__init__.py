@@ -1,0 +1,1 @@
+"""`shoald`: the composition root of the daemon every host runs."""

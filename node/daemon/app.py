@@ -1,0 +1,175 @@
+"""The daemon's lifecycle: start in order, run named tasks, stop cleanly.
+
+Start: etcd reachable (or one clear line and exit 1) -> Docker reachable -> lease
+-> registry entry -> gRPC server bound -> agent, leadership, events. Every
+background task is named; if one dies, the daemon logs why and exits non-zero
+instead of limping on. SIGTERM/SIGINT: health goes NOT_SERVING, leadership is
+resigned (another node leads within ~2 s), the server drains for a second and the
+process exits. Containers keep running and the lease is left to expire, so a
+restarted daemon re-adopts everything without moving a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from node import __version__
+from node.agent.agent import Agent
+from node.api import server as api_server
+from node.api.peer import PeerServicer
+from node.api.servicer import ShoalServicer
+from node.config import NodeConfig
+from node.daemon.leadership import Leadership
+from node.domain import NodeInfo
+from node.events import EventLog
+from node.keys import Keys
+from node.pb import api_pb2_grpc, peer_pb2_grpc
+from node.runtime.base import RuntimeUnavailable
+from node.runtime.docker import DockerRuntime
+from node.store import StoreError, StoreUnavailable
+from node.store.etcd import EtcdStore
+from node.store.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is the one line shown to the operator."""
+
+
+class Daemon:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.keys = Keys(config.etcd_prefix)
+        self.store = EtcdStore(config.etcd, timeout=config.etcd_timeout)
+        self.runtime = DockerRuntime()
+        self.session = Session(self.store, config.timings.lease_ttl)
+        self.events = EventLog(self.store, self.keys, config.node_id)
+        self.stopping = asyncio.Event()
+        self.started_at = time.time()
+
+    async def _connect_etcd(self) -> None:
+        await self.store.connect()
+        while True:
+            try:
+                await self.store.ping(timeout=3.0)
+                return
+            except StoreUnavailable as exc:
+                hint = "start etcd or point --etcd at a reachable endpoint"
+                if not self.config.wait_for_etcd:
+                    raise StartupError(f"{exc}; {hint} (or pass --wait-for-etcd)") from exc
+                log.warning("%s; retrying in 2s (--wait-for-etcd)", exc)
+            try:
+                async with asyncio.timeout(2.0):
+                    await self.stopping.wait()
+                raise StartupError("stopped while waiting for etcd")
+            except TimeoutError:
+                continue
+
+    async def register(self, lease: int | None = None) -> None:
+        c = self.config
+        info = NodeInfo(
+            c.node_id, c.address, c.grpc_port, dict(c.labels), c.cpu, c.memory, __version__, self.started_at
+        )
+        await self.store.put(self.keys.node(c.node_id), info.to_json(), lease=lease or self.session.lease)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            await self._run()
+        finally:
+            await self.runtime.close()
+            await self.store.close()
+
+    async def _run(self) -> None:
+        c = self.config
+        await self._connect_etcd()
+        try:
+            await self.runtime.ping()
+        except RuntimeUnavailable as exc:
+            raise StartupError(str(exc)) from exc
+        try:
+            await self.session.start()
+            await self.events.start()
+            await self.register()
+        except StoreError as exc:
+            raise StartupError(str(exc)) from exc
+        self.session.on_renewed(self.register)
+        try:
+            server, health = api_server.build(
+                [
+                    (
+                        api_pb2_grpc.add_ShoalServicer_to_server,
+                        ShoalServicer(self.store, self.keys, c.node_id),
+                    ),
+                    (peer_pb2_grpc.add_PeerServicer_to_server, PeerServicer(c.node_id)),
+                ],
+                c.address,
+                c.grpc_port,
+            )
+        except OSError as exc:
+            raise StartupError(f"{exc}; is another shoald running there? choose --grpc-port") from exc
+        await server.start()
+        await api_server.set_serving(health, True)
+        agent = Agent(
+            self.store,
+            self.keys,
+            c.node_id,
+            c.cluster,
+            self.runtime,
+            self.session,
+            self.events,
+            c.publish_to,
+            c.timings.agent_resync,
+            c.stop_timeout,
+        )
+        leadership = Leadership(
+            self.store,
+            self.keys,
+            c.node_id,
+            f"{c.address}:{c.grpc_port}",
+            self.session,
+            self.events,
+            c.timings.leader_resync,
+        )
+        self.events.emit("node.started", f"{c.node_id} serving on {c.address}:{c.grpc_port}")
+        log.info(
+            "shoald %s: node %s serving on %s:%d, etcd %s",
+            __version__,
+            c.node_id,
+            c.address,
+            c.grpc_port,
+            self.store.endpoints,
+        )
+        tasks: set[asyncio.Task[Any]] = {
+            asyncio.create_task(self.session.run(), name="session"),
+            asyncio.create_task(self.events.run(), name="events"),
+            asyncio.create_task(agent.run(), name="agent"),
+            asyncio.create_task(leadership.run(), name="leadership"),
+        }
+        stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
+        done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stop]
+        log.info("shutting down" if not failed else "a background task died; shutting down")
+        await api_server.set_serving(health, False)
+        stop.cancel()
+        by_name = {t.get_name(): t for t in tasks}
+        await _cancel(by_name.pop("leadership"))  # first: it resigns, so another node leads now
+        for task in by_name.values():
+            await _cancel(task)
+        await server.stop(grace=1.0)
+        for task in failed:
+            raise StartupError(f"background task {task.get_name()} died: {task.exception()!r}")
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

@@ -1,0 +1,90 @@
+"""The one place where `node` wires in `leader`: campaign, lead, step down, repeat.
+
+Leadership ends at the first of: the leader loop fails or is fenced, the leader
+key changes (someone deleted it), or this node's lease is lost or about to expire
+(`Session.expiring`, checked every 100 ms, so the leader stops acting before etcd
+can hand leadership to another node). A graceful stop resigns at once, so another
+node leads within the time it takes to notice the deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from leader.election import Election
+from leader.loop import LeaderLoop
+from node.events import EventLog
+from node.keys import Keys
+from node.store import Store, StoreError
+from node.store.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class Leadership:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        node: str,
+        address: str,
+        session: Session,
+        events: EventLog,
+        resync: float,
+    ) -> None:
+        self.election = Election(store, keys, node, address, session)
+        self.store, self.keys, self.node, self.session, self.events = store, keys, node, session, events
+        self.resync = resync
+        self.epoch = 0  # non-zero while leading
+
+    async def _expiring(self) -> str:
+        # a deadline on the clock, not an event: poll it
+        while self.session.valid.is_set() and not self.session.expiring():  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        return "this node's etcd lease is lost or about to expire"
+
+    async def run(self) -> None:
+        try:
+            while True:
+                epoch = await self.election.campaign()
+                self.epoch = epoch
+                self.events.emit("leader.elected", f"{self.node} leads at epoch {epoch}")
+                reason = await self._lead(epoch)
+                self.epoch = 0
+                self.events.emit(
+                    "leader.stepped-down", f"{self.node} stopped leading epoch {epoch}: {reason}"
+                )
+        finally:
+            if self.epoch:
+                await self.resign()
+
+    async def _lead(self, epoch: int) -> str:
+        loop = LeaderLoop(self.store, self.keys, epoch, self.events, self.resync)
+        watchers = {
+            asyncio.create_task(loop.run(), name="leader-loop"),
+            asyncio.create_task(self.election.watch_deposed(epoch), name="leader-deposed"),
+            asyncio.create_task(self._expiring(), name="leader-lease"),
+        }
+        try:
+            done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+        first = done.pop()
+        if first.cancelled():
+            return "cancelled"
+        exc = first.exception()
+        if exc is not None:
+            log.warning("leader loop ended: %r", exc)
+            return f"{type(exc).__name__}: {exc}"
+        return str(first.result())
+
+    async def resign(self) -> None:
+        epoch, self.epoch = self.epoch, 0
+        with contextlib.suppress(StoreError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                if await self.election.resign(epoch):
+                    log.info("resigned leadership at epoch %d", epoch)

@@ -1,0 +1,66 @@
+"""`shoald`: parse flags, load the configuration, run the daemon.
+
+Every failure to start is one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import click
+
+from node.config import ConfigError, detect_capacity, load, resolve_node_id
+from node.daemon.app import Daemon, StartupError
+from node.logs import setup
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file [SHOAL_CONFIG]"
+)
+@click.option("--node-id", help="this node's id (kept in the data dir after the first start)")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="state directory [/var/lib/shoal]")
+@click.option("--cluster", help="cluster name; containers are labelled with it [shoal]")
+@click.option("--address", help="advertise address: where peers and clients reach this node [127.0.0.1]")
+@click.option("--grpc-port", type=int, help="gRPC port on --address [7070]")
+@click.option("--etcd", help="etcd endpoints, host:port[,host:port...] [127.0.0.1:2379]")
+@click.option("--etcd-prefix", help="key prefix in etcd [/shoal/v1/]")
+@click.option("--label", "labels", multiple=True, help="node label key=value (repeatable)")
+@click.option("--cpu", type=float, help="cores offered to tasks [detected]")
+@click.option("--memory", type=int, help="bytes offered to tasks [detected]")
+@click.option("--publish-address", help="where container ports are published [--address]")
+@click.option("--preset", type=click.Choice(["local", "lan"]), help="timing preset [lan]")
+@click.option("--lease-ttl", type=int, help="node lease TTL in seconds [preset]")
+@click.option("--wait-for-etcd", is_flag=True, default=None, help="keep retrying until etcd answers")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="log format [text]")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
+def command(config_file: str | None, **flags: Any) -> None:
+    """The shoal daemon: run one on every host."""
+    flags["labels"] = list(flags["labels"]) or None
+    try:
+        config = detect_capacity(resolve_node_id(load(flags, os.environ, config_file)))
+    except (ConfigError, OSError) as exc:
+        click.echo(f"shoald: {exc}", err=True)
+        sys.exit(1)
+    setup(config.node_id, config.log_format, config.log_level)
+    try:
+        _run(Daemon(config))
+    except StartupError as exc:
+        click.echo(f"shoald: {exc}", err=True)
+        sys.exit(1)
+
+
+def _run(daemon: Daemon) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(daemon.run())
+    except ImportError:
+        asyncio.run(daemon.run())
+
+
+def main() -> None:
+    command()

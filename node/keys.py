@@ -1,0 +1,108 @@
+"""Every etcd key shoal uses, in one place.
+
+All state lives under a prefix (default `/shoal/v1/`):
+
+| key                               | writer                 | lifetime            |
+|-----------------------------------|------------------------|---------------------|
+| `nodes/<node>`                    | the node               | on the node's lease |
+| `leader`                          | election               | leader's lease; create revision = epoch |
+| `services/<name>`                 | API, any node          | until `rm`          |
+| `history/<name>/<version>`        | API, any node          | until `rm`          |
+| `tasks/<service>/<slot>`          | leader only, fenced    | until scaled away   |
+| `status/<task-id>`                | the task's agent       | on the node's lease |
+| `endpoints/<service>/<task-id>`   | the task's agent       | on the node's lease |
+| `events/<node>/<ring-slot>`       | every node             | a ring per node     |
+
+Pure: no etcd import. Names are validated before they reach here (spec module),
+so `/` never appears inside a segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "/shoal/v1/"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix.startswith("/") or not self.prefix.endswith("/"):
+            raise ValueError(f"etcd prefix must start and end with '/': {self.prefix!r}")
+
+    # prefixes (for ranges and watches)
+    @property
+    def nodes(self) -> str:
+        return f"{self.prefix}nodes/"
+
+    @property
+    def services(self) -> str:
+        return f"{self.prefix}services/"
+
+    @property
+    def tasks(self) -> str:
+        return f"{self.prefix}tasks/"
+
+    @property
+    def status_all(self) -> str:
+        return f"{self.prefix}status/"
+
+    @property
+    def endpoints_all(self) -> str:
+        return f"{self.prefix}endpoints/"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events/"
+
+    # single keys
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}leader"
+
+    def node(self, node: str) -> str:
+        return f"{self.nodes}{node}"
+
+    def service(self, name: str) -> str:
+        return f"{self.services}{name}"
+
+    def history(self, name: str) -> str:
+        return f"{self.prefix}history/{name}/"
+
+    def history_version(self, name: str, version: int) -> str:
+        return f"{self.history(name)}{version:012d}"
+
+    def service_tasks(self, service: str) -> str:
+        return f"{self.tasks}{service}/"
+
+    def task(self, service: str, slot: int) -> str:
+        return f"{self.service_tasks(service)}{slot}"
+
+    def status(self, task_id: str) -> str:
+        return f"{self.status_all}{task_id}"
+
+    def endpoints(self, service: str) -> str:
+        return f"{self.endpoints_all}{service}/"
+
+    def endpoint(self, service: str, task_id: str) -> str:
+        return f"{self.endpoints(service)}{task_id}"
+
+    def node_events(self, node: str) -> str:
+        return f"{self.events}{node}/"
+
+    def event(self, node: str, ring_slot: int) -> str:
+        return f"{self.node_events(node)}{ring_slot:04d}"
+
+    # parsing
+    def tail(self, key: str, prefix: str) -> str:
+        """The part of `key` after `prefix` (which must be one of the prefixes above)."""
+        if not key.startswith(prefix):
+            raise ValueError(f"{key!r} is not under {prefix!r}")
+        return key[len(prefix) :]
+
+    def parse_task(self, key: str) -> tuple[str, int]:
+        """`tasks/<service>/<slot>` -> (service, slot)."""
+        service, _, slot = self.tail(key, self.tasks).partition("/")
+        return service, int(slot)

@@ -1,0 +1,57 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class MemberUpdate(_message.Message):
+    __slots__ = ("node", "address", "incarnation", "state")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    address: str
+    incarnation: int
+    state: str
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., incarnation: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+
+class PingRequest(_message.Message):
+    __slots__ = ("from_node", "seq", "updates")
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    from_node: str
+    seq: int
+    updates: _containers.RepeatedCompositeFieldContainer[MemberUpdate]
+    def __init__(self, from_node: _Optional[str] = ..., seq: _Optional[int] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ...) -> None: ...
+
+class PingResponse(_message.Message):
+    __slots__ = ("node", "seq", "incarnation", "ack", "updates")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    seq: int
+    incarnation: int
+    ack: bool
+    updates: _containers.RepeatedCompositeFieldContainer[MemberUpdate]
+    def __init__(self, node: _Optional[str] = ..., seq: _Optional[int] = ..., incarnation: _Optional[int] = ..., ack: _Optional[bool] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ...) -> None: ...
+
+class PingReqRequest(_message.Message):
+    __slots__ = ("from_node", "seq", "target_node", "target_address", "updates")
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TARGET_NODE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    from_node: str
+    seq: int
+    target_node: str
+    target_address: str
+    updates: _containers.RepeatedCompositeFieldContainer[MemberUpdate]
+    def __init__(self, from_node: _Optional[str] = ..., seq: _Optional[int] = ..., target_node: _Optional[str] = ..., target_address: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ...) -> None: ...

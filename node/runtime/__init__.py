@@ -1,0 +1,23 @@
+"""Container runtimes behind one small Protocol: Docker for real, a fake for unit tests."""
+
+from node.runtime.base import (
+    LABELS,
+    Container,
+    ContainerSpec,
+    ImageError,
+    PortBinding,
+    Runtime,
+    RuntimeError_,
+    RuntimeUnavailable,
+)
+
+__all__ = [
+    "LABELS",
+    "Container",
+    "ContainerSpec",
+    "ImageError",
+    "PortBinding",
+    "Runtime",
+    "RuntimeError_",
+    "RuntimeUnavailable",
+]

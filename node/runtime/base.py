@@ -1,0 +1,93 @@
+"""The contract between the agent and a container engine.
+
+The agent never imports the Docker SDK: it talks to a `Runtime`. Every container
+shoal makes carries the labels in `LABELS`, which tie it to a task; that is how an
+agent re-adopts its containers after a restart and how nothing is ever orphaned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class LABELS:
+    """Label keys on every shoal container."""
+
+    CLUSTER = "io.shoal.cluster"
+    NODE = "io.shoal.node"
+    SERVICE = "io.shoal.service"
+    SLOT = "io.shoal.slot"
+    TASK = "io.shoal.task"
+    EPOCH = "io.shoal.epoch"
+    VERSION = "io.shoal.version"
+
+
+class RuntimeError_(Exception):
+    """A container operation failed; the message says what and why."""
+
+
+class RuntimeUnavailable(RuntimeError_):
+    """The engine cannot be reached (dockerd down, socket missing)."""
+
+
+class ImageError(RuntimeError_):
+    """The image is missing and could not be pulled."""
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    container_port: int
+    protocol: str = "tcp"  # the transport: "tcp" (http is tcp underneath)
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What to run. `ports` are published on `publish_address` at random host ports."""
+
+    name: str
+    image: str
+    labels: dict[str, str]
+    command: tuple[str, ...] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    ports: tuple[PortBinding, ...] = ()
+    publish_address: str = "127.0.0.1"
+    cpu: float | None = None  # cores -> nano_cpus
+    memory: int | None = None  # bytes -> mem_limit
+
+
+@dataclass(frozen=True)
+class Container:
+    """What the engine reports of one container."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    state: str  # docker's: created, running, paused, restarting, removing, exited, dead
+    exit_code: int = 0
+    host_ports: dict[int, int] = field(default_factory=dict)  # container port -> host port
+    started_at: str = ""
+    error: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+class Runtime(Protocol):
+    async def ping(self) -> None:
+        """Raise RuntimeUnavailable when the engine cannot be reached."""
+
+    async def list(self, labels: dict[str, str]) -> list[Container]:
+        """All containers (running or not) carrying every one of `labels`."""
+
+    async def run(self, spec: ContainerSpec) -> Container:
+        """Pull the image if missing, create and start the container; return it running."""
+
+    async def stop(self, container_id: str, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; then remove. Missing is fine."""
+
+    async def remove(self, container_id: str) -> None:
+        """Force-remove; a container that is already gone is fine."""
+
+    async def close(self) -> None: ...

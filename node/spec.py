@@ -1,0 +1,376 @@
+"""Service specs: the one place where a user's YAML becomes a validated `ServiceSpec`.
+
+Why: `shoal service apply -f web.yaml` must either store a spec that every node can run
+or refuse it, before anything is written to etcd, with an error a person can act on:
+the file, line and column, the field path (`ports[1].published`), what is wrong and
+what is allowed. ruamel.yaml loads the text (it keeps line and column of every key);
+pydantic v2 checks the values; this module turns both kinds of failure into `SpecError`.
+
+Guarantees:
+- `parse_spec` returns a frozen, fully checked `ServiceSpec` or raises `SpecError`,
+  whatever the text: size, nesting depth and alias expansion are bounded.
+- Unknown fields are rejected and named, with a "did you mean" when one is close.
+- Bounds follow what Docker accepts, so a stored spec does not fail at `docker run`:
+  memory 6 MiB..1 TiB (Docker refuses less than 6 MB), cpu 0.01..1024 cores (Docker's
+  `--cpus` granularity), strings without NUL (execve cannot pass it) or DEL.
+- `spec_to_dict` is plain JSON (memory in bytes, None fields omitted) and round-trips:
+  `parse_spec(json.dumps(spec_to_dict(s))) == s`; `spec_from_dict` applies the same checks.
+
+Pure: imports no grpc, docker or etcd.
+"""
+
+import difflib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.scalarbool import ScalarBoolean
+
+MAX_SPEC_BYTES = 256 * 1024
+MIN_MEMORY = 6 * 2**20
+MAX_MEMORY = 2**40
+NAME_PATTERN = "[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+ENV_KEY_PATTERN = "[A-Za-z_][A-Za-z0-9_]*"
+_MAX_VALUES = 10_000  # YAML values in one spec, an alias counted each time it is used
+_MAX_DEPTH = 16
+_UNITS = {"Ti": 2**40, "Gi": 2**30, "Mi": 2**20, "Ki": 2**10, "T": 10**12, "G": 10**9, "M": 10**6}
+_UNITS |= {"k": 10**3, "K": 10**3, "": 1}
+_MEMORY_RE = re.compile(r"(\d{1,20}(?:\.\d{1,20})?)\s*([KMGT]i|[kKMGT])?")
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_EMPTY = "the spec is empty: expected a mapping with at least name and image"
+
+
+def _fail(message: str, at: tuple[Any, ...] = ()) -> PydanticCustomError:
+    # The message goes in as context, so braces in user input are never read as a template.
+    return PydanticCustomError("spec", "{msg}", {"msg": message, "at": at})
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return "null" if v is None else f"boolean {str(v).lower()}"
+    if isinstance(v, int | float):
+        return f"number {v!r}" if abs(v) < 10**30 else "a very large number"
+    if isinstance(v, str):
+        return f"string {v[:60]!r}" + ("..." if len(v) > 60 else "")
+    return "a list" if isinstance(v, list) else "a mapping" if isinstance(v, dict) else type(v).__name__
+
+
+def _between(lo: float, hi: float, show: Callable[[Any], str] = str) -> AfterValidator:
+    def check(v: Any) -> Any:
+        if not lo <= v <= hi:
+            got = "a very large number" if abs(v) >= 10**30 else show(v)
+            raise _fail(f"must be between {show(lo)} and {show(hi)}, got {got}")
+        return v
+
+    return AfterValidator(check)
+
+
+def _matches(pattern: str, what: str, longest: int = 255) -> AfterValidator:
+    def check(v: str) -> str:
+        if not re.fullmatch(pattern, v) or len(v) > longest:
+            raise _fail(f"must be {what} (pattern ^{pattern}$), got {_describe(v)}")
+        return v
+
+    return AfterValidator(check)
+
+
+def _image(v: str) -> str:
+    if not v or len(v) > 255 or re.search(r"\s", v):
+        raise _fail(f"must be an image reference, 1 to 255 characters, no whitespace; got {_describe(v)}")
+    return v
+
+
+def _env_value(v: Any) -> Any:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    if not isinstance(v, str):
+        raise _fail(f"must be a string, number or boolean, got {_describe(v)}")
+    return v
+
+
+def _memory(v: Any) -> Any:
+    if not isinstance(v, str):
+        return v  # ints go on to the strict int check, which also rejects bools
+    m = _MEMORY_RE.fullmatch(v.strip())
+    if m is None:
+        units = "Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000), e.g. 32Mi or 1G"
+        raise _fail(f"must be a number of bytes or a number with a unit: {units}; got {_describe(v)}")
+    n = Decimal(m[1]) * _UNITS[m[2] or ""]
+    if n != n.to_integral_value():
+        raise _fail(f"must be a whole number of bytes, got {_describe(v)}")
+    return int(n)
+
+
+def format_memory(n: int) -> str:
+    """Bytes in the largest unit that divides them exactly: 33554432 -> "32Mi"; parses back."""
+    for unit, size in _UNITS.items():
+        if n and size > 1 and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
+def _no_conflicts(ports: list["PortSpec"]) -> list["PortSpec"]:
+    published: dict[int, int] = {}
+    bound: dict[tuple[int, str], int] = {}
+    for i, p in enumerate(ports):
+        if p.published in published:
+            raise _fail(
+                f"published port {p.published} is already used by ports[{published[p.published]}]",
+                (i, "published"),
+            )
+        if (j := bound.get((p.container, p.protocol))) is not None:
+            raise _fail(
+                f"container port {p.container}/{p.protocol} is already in ports[{j}]", (i, "container")
+            )
+        if p.published is not None:
+            published[p.published] = i
+        bound[(p.container, p.protocol)] = i
+    return ports
+
+
+_STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
+_Port = Annotated[int, _between(1, 65535)]
+_Memory = Annotated[int, BeforeValidator(_memory), _between(MIN_MEMORY, MAX_MEMORY, format_memory)]
+_Name = Annotated[
+    str, _matches(NAME_PATTERN, "1 to 63 lowercase letters, digits and '-', not at either end", 63)
+]
+_EnvKey = Annotated[str, _matches(ENV_KEY_PATTERN, "letters, digits and '_', not starting with a digit")]
+_Env = Annotated[dict[_EnvKey, Annotated[str, BeforeValidator(_env_value)]], Field(max_length=256)]
+
+
+class PortSpec(BaseModel):
+    """A container port, optionally published on every node's proxy (L4 `tcp` or L7 `http`)."""
+
+    model_config = _STRICT
+    container: _Port
+    published: _Port | None = None
+    protocol: Literal["tcp", "http"] = "tcp"
+
+
+class Resources(BaseModel):
+    """Limits per replica; the scheduler also reserves them on the node."""
+
+    model_config = _STRICT
+    cpu: Annotated[float, _between(0.01, 1024)] | None = None  # cores
+    memory: _Memory | None = None  # bytes; YAML may say "32Mi", "1G", ...
+
+
+class ServiceSpec(BaseModel):
+    """What the user asked for; stored as `spec_to_dict` JSON under `services/<name>`."""
+
+    model_config = _STRICT
+    name: _Name
+    image: Annotated[str, AfterValidator(_image)]
+    command: Annotated[list[str], Field(min_length=1, max_length=256)] | None = None
+    env: _Env = {}
+    replicas: Annotated[int, _between(0, 10000)] = 1
+    ports: Annotated[list[PortSpec], Field(max_length=64), AfterValidator(_no_conflicts)] = []
+    resources: Resources | None = None
+
+
+_FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
+_FIELDS[("resources",)] = Resources
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
+_EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
+_HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str  # "ports[0].published", "name", "" for the document itself
+    message: str  # what is wrong and what is allowed
+    line: int | None  # 1-based, when known
+    column: int | None  # 1-based, when known
+
+
+class SpecError(ValueError):
+    """A spec was refused; `errors` lists every problem found."""
+
+    def __init__(self, source: str, errors: list[FieldError]) -> None:
+        super().__init__(source, errors)
+        self.source = source
+        self.errors = errors
+
+    def __str__(self) -> str:
+        lines = []
+        for e in self.errors:
+            where = f"{self.source}:{e.line}:{e.column}" if e.line is not None else self.source
+            lines.append(f"{where}: {e.path + ': ' if e.path else ''}{e.message}")
+        return "\n".join(lines)
+
+
+def _fatal(source: str, message: str, line: int | None = None, column: int | None = None) -> SpecError:
+    return SpecError(source, [FieldError("", message, line, column)])
+
+
+def parse_spec(text: str, source: str = "<spec>") -> ServiceSpec:
+    """Load and check a YAML (or JSON) spec; raise `SpecError` with every problem found."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_SPEC_BYTES:
+        raise _fatal(source, f"the spec is {size} bytes; the limit is {MAX_SPEC_BYTES}")
+    try:
+        data = YAML(typ="rt").load(text)  # one YAML object per call: they are not thread-safe
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        what = "not valid YAML: " + ", ".join(x for x in (e.context, e.problem) if x)
+        if isinstance(e, DuplicateKeyError) and (key := re.search(r'key "(.*?)" with', e.problem or "")):
+            what = f"duplicate key {key[1]!r}: each key may appear only once in a mapping"
+        raise _fatal(source, what, mark.line + 1, mark.column + 1) from None
+    except ReaderError as e:
+        line, col = text.count("\n", 0, e.position) + 1, e.position - text.rfind("\n", 0, e.position)
+        raise _fatal(source, f"not valid YAML: {e.reason} (#x{e.character:04x})", line, col) from None
+    except RecursionError:
+        raise _fatal(source, "not valid YAML: nested too deeply") from None
+    except Exception as e:  # the parser is fed untrusted text: any failure of it is a bad spec
+        raise _fatal(source, f"not valid YAML: {e}") from None
+    if data is None:
+        raise _fatal(source, _EMPTY, 1, 1)
+    return _build(data, source)
+
+
+def spec_from_dict(data: dict[str, Any]) -> ServiceSpec:
+    """Rebuild a spec from `spec_to_dict` output (as stored in etcd), with the same checks."""
+    return _build(data, "<stored spec>")
+
+
+def spec_to_dict(spec: ServiceSpec) -> dict[str, Any]:
+    """Plain JSON-ready dict: memory as int bytes, fields that are None left out."""
+    return spec.model_dump(mode="json", exclude_none=True)
+
+
+def _build(data: Any, source: str) -> ServiceSpec:
+    walk = _Walk()
+    try:
+        plain = walk.plain(data, ())
+    except _Limit:
+        raise SpecError(source, walk.errors) from None
+    if not isinstance(plain, dict):
+        message = f"expected a mapping with at least name and image, got {_describe(plain)}"
+        raise _fatal(source, message, *walk.near(()))
+    try:
+        spec = ServiceSpec.model_validate(plain)
+    except ValidationError as e:
+        seen = {w.path for w in walk.errors}  # a value the walk refused reaches pydantic as null
+        walk.errors += [f for f in map(walk.field_error, e.errors(include_url=False)) if f.path not in seen]
+    if walk.errors:
+        errors = sorted(walk.errors, key=lambda f: (f.line is None, f.line or 0, f.column or 0))
+        raise SpecError(source, errors)
+    return spec
+
+
+class _Limit(Exception):
+    pass
+
+
+class _Walk:
+    """Turns ruamel's objects into plain JSON-like values and notes where each key and item was."""
+
+    def __init__(self) -> None:
+        self.pos: dict[tuple[Any, ...], tuple[int, int]] = {}
+        self.errors: list[FieldError] = []
+        self.count = 0
+
+    def near(self, loc: tuple[Any, ...]) -> tuple[int | None, int | None]:
+        """The line and column of `loc`, or of its nearest enclosing key or item."""
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in self.pos:
+                return self.pos[loc[:n]]
+        return None, None
+
+    def error(self, loc: tuple[Any, ...], message: str) -> None:
+        self.errors.append(FieldError(_path(loc), message, *self.near(loc)))
+
+    def plain(self, v: Any, path: tuple[Any, ...]) -> Any:
+        self.count += 1
+        if self.count > _MAX_VALUES:
+            self.error(path, f"too big: at most {_MAX_VALUES} values (an alias counts each time it is used)")
+            raise _Limit
+        if len(path) > _MAX_DEPTH:
+            self.error(path, f"nested more than {_MAX_DEPTH} levels deep")
+            raise _Limit
+        lc = getattr(v, "lc", None)
+        if lc is not None and lc.line is not None:
+            self.pos.setdefault(path, (lc.line + 1, lc.col + 1))
+        places = getattr(lc, "data", None) or {}  # key or index -> [line, col, ...], 0-based
+        if isinstance(v, dict):
+            out = {}
+            for k, item in v.items():
+                if at := places.get(k):
+                    self.pos[(*path, k)] = (at[0] + 1, at[1] + 1)
+                if not isinstance(k, str | int | float | None):
+                    self.error(path, f"keys must be strings, got {type(k).__name__}")
+                    continue
+                key = self.plain(k, (*path, k))
+                out[key] = self.plain(item, (*path, key))
+            return out
+        if isinstance(v, list):
+            for i, at in places.items():
+                self.pos[(*path, i)] = (at[0] + 1, at[1] + 1)
+            return [self.plain(item, (*path, i)) for i, item in enumerate(v)]
+        if isinstance(v, bool | ScalarBoolean) or v is None:
+            return None if v is None else bool(v)
+        if isinstance(v, int | float):
+            return int(v) if isinstance(v, int) else float(v)  # ruamel's ScalarInt, ScalarFloat
+        if not isinstance(v, str):
+            self.error(path, f"unsupported YAML value ({type(v).__name__}); quote it if it is a string")
+            return None
+        s = str(v)
+        if _SURROGATE_RE.search(s):  # JSON escapes a character beyond U+FFFF as a surrogate pair
+            try:
+                s = s.encode("utf-16", "surrogatepass").decode("utf-16")
+            except UnicodeDecodeError:
+                self.error(path, "contains an unpaired surrogate (\\ud800-\\udfff)")
+        if "\x00" in s or "\x7f" in s:
+            self.error(path, "must not contain NUL or DEL characters")
+        return s
+
+    def field_error(self, err: Any) -> FieldError:
+        """One pydantic error as a FieldError with an actionable message."""
+        loc, kind, got, ctx = tuple(err["loc"]), err["type"], err["input"], err.get("ctx", {})
+        is_key = bool(loc) and loc[-1] == "[key]"
+        loc = loc[:-1] if is_key else (*loc, *ctx.get("at", ()))
+        message = err["msg"]
+        if kind == "missing":
+            message = f"missing required field {loc[-1]!r}"
+        elif kind == "extra_forbidden":
+            fields = list(
+                _FIELDS.get(tuple(p for p in loc[:-1] if isinstance(p, str)), ServiceSpec).model_fields
+            )
+            close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "allowed fields: " + ", ".join(fields)
+            message = f"unknown field {loc[-1]!r}; {hint}"
+        elif kind in _EXPECTED:
+            hint = _HINTS.get((_path(p for p in loc if not isinstance(p, int)), kind), "")
+            quote = kind == "string_type" and isinstance(got, int | float)
+            message = f"must be {_EXPECTED[kind]}{hint}, got {_describe(got)}" + " (quote it)" * quote
+        elif kind == "literal_error":
+            message = f"must be {ctx['expected']}, got {_describe(got)}"
+        elif kind in ("too_long", "string_too_long"):
+            message = f"must have at most {ctx['max_length']} {'characters' if kind[0] == 's' else 'entries'}"
+        elif kind == "too_short":
+            message = "must not be empty"
+        return FieldError(_path(loc), "invalid key: " * is_key + message, *self.near(loc))
+
+
+def _path(loc: Any) -> str:
+    out = ""
+    for p in loc:
+        if isinstance(p, int) and not isinstance(p, bool):
+            out += f"[{p}]"
+        elif isinstance(p, str) and _IDENT_RE.fullmatch(p):
+            out += f".{p}" if out else p
+        else:
+            out += f"[{json.dumps(p)}]"
+    return out

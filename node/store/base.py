@@ -1,0 +1,108 @@
+"""The store's vocabulary and Protocol; no etcd import here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+MAX_TXN_OPS = 100  # etcd's limit is 128 per branch; stay well below with the compares
+
+
+class StoreError(Exception):
+    """A store operation failed."""
+
+
+class StoreUnavailable(StoreError):
+    """etcd cannot be reached (or has no quorum); the message names the endpoints."""
+
+
+class Fenced(StoreError):
+    """A leader write was refused: the leader key's epoch is no longer ours."""
+
+
+class Compacted(StoreError):
+    """A watch asked for history that etcd has compacted away; re-list and watch again."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"revision {revision} is compacted")
+        self.revision = revision
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+    prefix: bool = False
+
+
+@dataclass(frozen=True)
+class Compare:
+    """`target` of `key` `op` `value`; a missing key has create=mod=version=0."""
+
+    key: str
+    target: Literal["create", "mod", "version", "value"]
+    op: Literal["==", "!=", "<", ">"]
+    value: int | bytes
+
+
+Op = Put | Delete
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: Literal["put", "delete"]
+    kv: KV  # for a delete: key and mod_revision only
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    revision: int
+    events: tuple[WatchEvent, ...]
+
+
+def fence(leader_key: str, epoch: int) -> Compare:
+    """The comparison every leader write carries: the leader key was created at `epoch`."""
+    return Compare(leader_key, "create", "==", epoch)
+
+
+class Store(Protocol):
+    endpoints: str
+
+    async def connect(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self, timeout: float = 3.0) -> None: ...
+    async def get(self, key: str) -> KV | None: ...
+    async def range(self, prefix: str) -> tuple[list[KV], int]: ...
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int: ...
+    async def delete(self, key: str, prefix: bool = False) -> int: ...
+    async def txn(
+        self, compares: Sequence[Compare], ops: Sequence[Op], else_ops: Sequence[Op] = ()
+    ) -> TxnResult: ...
+    async def grant(self, ttl: int) -> int: ...
+    async def keepalive(self, lease: int) -> int: ...
+    async def revoke(self, lease: int) -> None: ...
+    async def compact(self, revision: int) -> None: ...
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]: ...

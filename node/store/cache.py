@@ -1,0 +1,79 @@
+"""A local mirror of every key under one prefix: list, then watch, forever.
+
+The leader, the agent and the API read the cluster from mirrors instead of asking
+etcd for each decision. Guarantees:
+- after `ready` is set, `items` is a consistent view at `revision`;
+- a dropped watch resumes from the last revision seen; a compacted one (or any
+  store error) leads to a full re-list, so no change is ever missed;
+- every change wakes the listeners (`listener()` events), and nothing else does.
+While etcd is unreachable the mirror keeps its last view (control plane down must
+not blank what nodes know) and retries with back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from node.store.base import KV, Compacted, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class PrefixCache:
+    def __init__(self, store: Store, prefix: str, name: str = "") -> None:
+        self.store = store
+        self.prefix = prefix
+        self.name = name or prefix
+        self.items: dict[str, KV] = {}
+        self.revision = 0
+        self.ready = asyncio.Event()
+        self.relists = 0
+        self._listeners: list[asyncio.Event] = []
+
+    def listener(self) -> asyncio.Event:
+        """An event set on every change; the caller clears it after reading."""
+        event = asyncio.Event()
+        self._listeners.append(event)
+        if self.ready.is_set():
+            event.set()
+        return event
+
+    def remove_listener(self, event: asyncio.Event) -> None:
+        self._listeners.remove(event)
+
+    def _notify(self) -> None:
+        for event in self._listeners:
+            event.set()
+
+    async def relist(self) -> None:
+        kvs, revision = await self.store.range(self.prefix)
+        self.items = {kv.key: kv for kv in kvs}
+        self.revision = revision
+        self.relists += 1
+        self.ready.set()
+        self._notify()
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self.relist()
+                backoff = 0.1
+                async for batch in self.store.watch(self.prefix, self.revision + 1):
+                    for ev in batch.events:
+                        if ev.kind == "put":
+                            self.items[ev.kv.key] = ev.kv
+                        else:
+                            self.items.pop(ev.kv.key, None)
+                    self.revision = max(self.revision, batch.revision)
+                    self._notify()
+            except Compacted as exc:
+                log.info("watch %s: %s; re-listing", self.name, exc)
+            except StoreError as exc:
+                log.warning("watch %s: %s; retrying in %.1fs", self.name, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def values(self) -> list[KV]:
+        return list(self.items.values())

@@ -1,0 +1,197 @@
+"""`Store` on a real etcd (v3 API) through etcd3aio.
+
+Guarantees: every unary call has a deadline (`timeout`), so an unreachable etcd
+gives `StoreUnavailable` within seconds instead of a hang; a watch that reaches
+compacted history raises `Compacted` (etcd3aio would silently skip ahead) so the
+caller re-lists; transient watch errors are resumed by etcd3aio from the last
+revision it delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio._protobuf import Compare as PbCompare
+from etcd3aio.kv import KVService
+
+from node.store.base import (
+    KV,
+    Compacted,
+    Compare,
+    Delete,
+    Op,
+    Put,
+    StoreUnavailable,
+    TxnResult,
+    WatchBatch,
+    WatchEvent,
+)
+
+_OPS = {"==": PbCompare.EQUAL, "!=": PbCompare.NOT_EQUAL, "<": PbCompare.LESS, ">": PbCompare.GREATER}
+_PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
+
+
+def _kv(pb: object) -> KV:
+    return KV(
+        key=pb.key.decode(),  # type: ignore[attr-defined]
+        value=bytes(pb.value),  # type: ignore[attr-defined]
+        create_revision=pb.create_revision,  # type: ignore[attr-defined]
+        mod_revision=pb.mod_revision,  # type: ignore[attr-defined]
+        version=pb.version,  # type: ignore[attr-defined]
+        lease=pb.lease,  # type: ignore[attr-defined]
+    )
+
+
+def _compare(c: Compare) -> object:
+    op = _OPS[c.op]
+    if c.target == "create":
+        return KVService.txn_compare_create_revision(c.key, int(c.value), result=op)
+    if c.target == "mod":
+        cmp = PbCompare(result=op, target=PbCompare.MOD, key=c.key.encode(), mod_revision=int(c.value))
+        return cmp
+    if c.target == "version":
+        return KVService.txn_compare_version(c.key, int(c.value), result=op)
+    value = c.value if isinstance(c.value, bytes) else str(c.value).encode()
+    return KVService.txn_compare_value(c.key, value, result=op)
+
+
+def _op(op: Op) -> object:
+    if isinstance(op, Put):
+        return KVService.txn_op_put(op.key, op.value, lease=op.lease)
+    if isinstance(op, Delete):
+        end = prefix_range_end(op.key) if op.prefix else None
+        return KVService.txn_op_delete(op.key, range_end=end)
+    raise TypeError(f"not a store op: {op!r}")
+
+
+class EtcdStore:
+    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self.endpoints = ",".join(endpoints)
+        self.timeout = timeout
+        self._client = Etcd3Client(list(endpoints), rpc_max_attempts=2)
+        self._connected = False
+
+    async def connect(self) -> None:
+        if not self._connected:
+            await self._client.connect()
+            self._connected = True
+        assert self._client.kv and self._client.lease and self._client.watch
+        self._kvs, self._leases, self._watches = self._client.kv, self._client.lease, self._client.watch
+
+    async def close(self) -> None:
+        if self._connected:
+            await self._client.close()
+            self._connected = False
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        reason = str(exc).split("\n")[0] or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {self.timeout:g}s"
+        return StoreUnavailable(f"etcd unreachable at {self.endpoints}: {reason}")
+
+    async def _call(self, coro: object) -> object:
+        try:
+            return await asyncio.wait_for(coro, self.timeout)  # type: ignore[arg-type]
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def ping(self, timeout: float = 3.0) -> None:
+        try:
+            await asyncio.wait_for(self._kvs.get("/__shoal_ping__", timeout=timeout), timeout)
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def get(self, key: str) -> KV | None:
+        resp = await self._call(self._kvs.get(key, timeout=self.timeout))
+        kvs = resp.kvs  # type: ignore[attr-defined]
+        return _kv(kvs[0]) if kvs else None
+
+    async def range(self, prefix: str) -> tuple[list[KV], int]:
+        resp = await self._call(
+            self._kvs.get(prefix, range_end=prefix_range_end(prefix), timeout=self.timeout)
+        )
+        return [_kv(kv) for kv in resp.kvs], int(resp.header.revision)  # type: ignore[attr-defined]
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        resp = await self._call(self._kvs.put(key, value, lease=lease, timeout=self.timeout))
+        return int(resp.header.revision)  # type: ignore[attr-defined]
+
+    async def delete(self, key: str, prefix: bool = False) -> int:
+        end = prefix_range_end(key) if prefix else None
+        resp = await self._call(self._kvs.delete(key, range_end=end, timeout=self.timeout))
+        return int(resp.deleted)  # type: ignore[attr-defined]
+
+    async def txn(
+        self, compares: Sequence[Compare], ops: Sequence[Op], else_ops: Sequence[Op] = ()
+    ) -> TxnResult:
+        resp = await self._call(
+            self._kvs.txn(
+                [_compare(c) for c in compares],
+                [_op(o) for o in ops],
+                [_op(o) for o in else_ops],
+                timeout=self.timeout,
+                max_attempts=1,  # a txn is retried by its caller, who re-reads first
+            )
+        )
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision))  # type: ignore[attr-defined]
+
+    async def grant(self, ttl: int) -> int:
+        resp = await self._call(self._leases.grant(ttl, timeout=self.timeout))
+        return int(resp.ID)  # type: ignore[attr-defined]
+
+    async def keepalive(self, lease: int) -> int:
+        """Renew `lease` once; return the TTL etcd granted (0 or less: the lease is gone)."""
+        call = self._leases.keep_alive(lease)
+        try:
+            async with asyncio.timeout(self.timeout):
+                async for resp in call:
+                    return int(resp.TTL)
+            return 0
+        except (grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            call.cancel()
+
+    async def revoke(self, lease: int) -> None:
+        try:
+            await self._call(self._leases.revoke(lease, timeout=self.timeout))
+        except StoreUnavailable:
+            raise
+        except grpc.RpcError:  # NOT_FOUND: already expired
+            pass
+
+    async def compact(self, revision: int) -> None:
+        await self._call(self._kvs.compact(revision, physical=True, timeout=self.timeout))
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
+        """Batches of changes under `prefix` from `start_revision` on, forever.
+
+        Raises `Compacted` when that history is gone, `StoreUnavailable` on a
+        permanent error; transient disconnects are resumed underneath.
+        """
+        stream = self._watches.watch(
+            prefix, range_end=prefix_range_end(prefix), start_revision=start_revision
+        )
+        try:
+            async for resp in stream:
+                if resp.compact_revision:
+                    raise Compacted(int(resp.compact_revision))
+                if resp.canceled:
+                    raise StoreUnavailable(
+                        f"etcd at {self.endpoints} cancelled a watch: {resp.cancel_reason}"
+                    )
+                if not resp.events:
+                    continue
+                events = tuple(
+                    WatchEvent("put" if ev.type == _PUT else "delete", _kv(ev.kv)) for ev in resp.events
+                )
+                yield WatchBatch(int(resp.header.revision), events)
+        except grpc.aio.AioRpcError as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
