@@ -34,14 +34,17 @@ class ConfigError(ValueError):
 class Preset:
     """Timings that go together. `local`: fast, for tests and one machine; `lan`: production."""
 
-    lease_ttl: int  # s; the node lease. A dead node's registry entry and endpoints vanish after it.
+    lease_ttl: int  # s; the node lease. A node whose daemon is gone this long is lost: its tasks
+    #   move. Longer rides out daemon restarts without moving tasks; shorter reacts faster
+    #   (gossip, not this lease, is meant to detect dead hosts quickly).
+    leader_ttl: int  # s; the leader key's own lease. A dead leader is replaced after about this.
     agent_resync: float  # s; the agent re-checks its containers at least this often.
     leader_resync: float  # s; the leader re-plans at least this often even without changes.
 
 
 PRESETS = {
-    "local": Preset(lease_ttl=5, agent_resync=1.0, leader_resync=2.0),
-    "lan": Preset(lease_ttl=10, agent_resync=2.0, leader_resync=5.0),
+    "local": Preset(lease_ttl=10, leader_ttl=3, agent_resync=1.0, leader_resync=2.0),
+    "lan": Preset(lease_ttl=15, leader_ttl=5, agent_resync=2.0, leader_resync=5.0),
 }
 
 
@@ -61,6 +64,7 @@ class NodeConfig:
     publish_address: str = ""  # where container ports are published; empty = `address`
     preset: str = "lan"
     lease_ttl: int = 0  # 0 = from the preset
+    leader_ttl: int = 0  # 0 = from the preset
     stop_timeout: float = 10.0  # s between SIGTERM and SIGKILL when stopping a container
     wait_for_etcd: bool = False  # keep retrying at start instead of exiting
     log_format: str = "text"  # text | json
@@ -69,7 +73,9 @@ class NodeConfig:
     @property
     def timings(self) -> Preset:
         base = PRESETS[self.preset]
-        return replace(base, lease_ttl=self.lease_ttl or base.lease_ttl)
+        return replace(
+            base, lease_ttl=self.lease_ttl or base.lease_ttl, leader_ttl=self.leader_ttl or base.leader_ttl
+        )
 
     @property
     def publish_to(self) -> str:
@@ -149,8 +155,10 @@ def validate(c: NodeConfig) -> NodeConfig:
             raise ConfigError(f"etcd: {endpoint!r} is not host:port")
     if c.log_format not in ("text", "json"):
         raise ConfigError(f"log_format: {c.log_format!r} is not text or json")
-    if c.lease_ttl and not 2 <= c.lease_ttl <= 300:
-        raise ConfigError(f"lease_ttl: {c.lease_ttl} must be between 2 and 300 seconds")
+    for name in ("lease_ttl", "leader_ttl"):
+        ttl = getattr(c, name)
+        if ttl and not 2 <= ttl <= 300:
+            raise ConfigError(f"{name}: {ttl} must be between 2 and 300 seconds")
     return c
 
 

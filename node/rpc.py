@@ -6,6 +6,7 @@ and auth can later be added once for everything.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -35,10 +36,67 @@ _CLIENT_ONLY: list[tuple[str, Any]] = [
 ]
 
 
-def server(max_workers_hint: int = 0) -> grpc.aio.Server:
+class _Malformed:
+    """What a request that does not parse becomes, so the handler can refuse it properly."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class MalformedRequests(grpc.aio.ServerInterceptor):
+    """Answer a request that is not valid protobuf with INVALID_ARGUMENT (gRPC says UNKNOWN)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None or handler.request_streaming:
+            return handler
+        parse = handler.request_deserializer
+        method = details.method
+
+        def safe_parse(raw: bytes) -> Any:
+            try:
+                return parse(raw)
+            except Exception as exc:
+                return _Malformed(exc)
+
+        def guard(behavior: Any) -> Callable[..., Any]:
+            async def check(request: Any, context: grpc.aio.ServicerContext) -> None:
+                if isinstance(request, _Malformed):
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the request is not a valid message"
+                    )
+
+            if handler.response_streaming:
+
+                async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                    await check(request, context)
+                    async for item in behavior(request, context):
+                        yield item
+
+                return stream
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await check(request, context)
+                return await behavior(request, context)
+
+            return unary
+
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                guard(handler.unary_stream), safe_parse, handler.response_serializer
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            guard(handler.unary_unary), safe_parse, handler.response_serializer
+        )
+
+
+def server() -> grpc.aio.Server:
     """A new asyncio gRPC server with shoal's limits (no port bound yet)."""
-    del max_workers_hint
-    return grpc.aio.server(options=_COMMON + _SERVER_ONLY)
+    return grpc.aio.server(options=_COMMON + _SERVER_ONLY, interceptors=[MalformedRequests()])
 
 
 def aio_channel(target: str) -> grpc.aio.Channel:

@@ -225,9 +225,11 @@ def parse_spec(text: str, source: str = "<spec>") -> ServiceSpec:
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         what = "not valid YAML: " + ", ".join(x for x in (e.context, e.problem) if x)
+        what += " (indent with spaces, not tabs)" if "'\\t'" in (e.problem or "") else ""
         if isinstance(e, DuplicateKeyError) and (key := re.search(r'key "(.*?)" with', e.problem or "")):
             what = f"duplicate key {key[1]!r}: each key may appear only once in a mapping"
-        raise _fatal(source, what, mark.line + 1, mark.column + 1) from None
+        where = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+        raise _fatal(source, what, *where) from None
     except ReaderError as e:
         line, col = text.count("\n", 0, e.position) + 1, e.position - text.rfind("\n", 0, e.position)
         raise _fatal(source, f"not valid YAML: {e.reason} (#x{e.character:04x})", line, col) from None

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from node.cli import Settings
+from node.cli.dev import dev
 from node.cli.events import events
 from node.cli.nodes import node, resolve
 from node.cli.service import service
@@ -75,9 +76,7 @@ cli.add_command(service)
 cli.add_command(node)
 cli.add_command(resolve)
 cli.add_command(events)
-# Hook: `shoal dev` (a local cluster with an embedded etcd) lives in node/cli/dev.py:
-#     from node.cli.dev import dev
-#     cli.add_command(dev)
+cli.add_command(dev)
 
 
 def main() -> None:

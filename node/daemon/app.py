@@ -49,6 +49,7 @@ class Daemon:
         self.store = EtcdStore(config.etcd, timeout=config.etcd_timeout)
         self.runtime = DockerRuntime()
         self.session = Session(self.store, config.timings.lease_ttl)
+        self.leader_session = Session(self.store, config.timings.leader_ttl)
         self.events = EventLog(self.store, self.keys, config.node_id)
         self.stopping = asyncio.Event()
         self.started_at = time.time()
@@ -97,6 +98,7 @@ class Daemon:
             raise StartupError(str(exc)) from exc
         try:
             await self.session.start()
+            await self.leader_session.start()
             await self.events.start()
             await self.register()
         except StoreError as exc:
@@ -135,7 +137,7 @@ class Daemon:
             self.keys,
             c.node_id,
             f"{c.address}:{c.grpc_port}",
-            self.session,
+            self.leader_session,
             self.events,
             c.timings.leader_resync,
         )
@@ -150,6 +152,7 @@ class Daemon:
         )
         tasks: set[asyncio.Task[Any]] = {
             asyncio.create_task(self.session.run(), name="session"),
+            asyncio.create_task(self.leader_session.run(), name="leader-session"),
             asyncio.create_task(self.events.run(), name="events"),
             asyncio.create_task(agent.run(), name="agent"),
             asyncio.create_task(leadership.run(), name="leadership"),
@@ -162,6 +165,7 @@ class Daemon:
         stop.cancel()
         by_name = {t.get_name(): t for t in tasks}
         await _cancel(by_name.pop("leadership"))  # first: it resigns, so another node leads now
+        await self.leader_session.close(revoke=True)
         for task in by_name.values():
             await _cancel(task)
         await server.stop(grace=1.0)

@@ -90,6 +90,8 @@ class EtcdStore:
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         reason = str(exc).split("\n")[0] or type(exc).__name__
+        if isinstance(exc, grpc.aio.AioRpcError):  # its str() starts with a useless line
+            reason = f"{exc.code().name}: {exc.details()}"
         if isinstance(exc, TimeoutError):
             reason = f"no answer within {self.timeout:g}s"
         return StoreUnavailable(f"etcd unreachable at {self.endpoints}: {reason}")
@@ -160,10 +162,11 @@ class EtcdStore:
     async def revoke(self, lease: int) -> None:
         try:
             await self._call(self._leases.revoke(lease, timeout=self.timeout))
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.NOT_FOUND:
+                return  # already expired or revoked
             raise
-        except grpc.RpcError:  # NOT_FOUND: already expired
-            pass
 
     async def compact(self, revision: int) -> None:
         await self._call(self._kvs.compact(revision, physical=True, timeout=self.timeout))

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import subprocess
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 from docker.errors import ImageNotFound
+
+from node.devcluster import DevCluster, remove_containers
+from tests.helpers import free_port_on_all, free_port_pair
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "deploy" / "images" / "build.sh"
@@ -32,3 +38,30 @@ def demo_images() -> tuple[str, ...]:
         if done.returncode != 0:
             pytest.fail(f"{BUILD_SH} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return DEMO_IMAGES
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, demo_images: tuple[str, ...]) -> Iterator[Callable[..., DevCluster]]:
+    """Start real clusters (own etcd, N daemons on 127.0.0.1..N, free ports, a unique
+    cluster name); every one is stopped and its containers removed at teardown."""
+    started: list[DevCluster] = []
+
+    def make(nodes: int = 3, **kwargs: Any) -> DevCluster:
+        hosts = [f"127.0.0.{i}" for i in range(1, nodes + 1)]
+        cluster = DevCluster(
+            tmp_path / f"cluster{len(started)}",
+            nodes=nodes,
+            grpc_port=free_port_on_all(hosts),
+            etcd_port=free_port_pair(),
+            cluster=f"t{uuid.uuid4().hex[:8]}",
+            **kwargs,
+        )
+        started.append(cluster)
+        cluster.start()
+        return cluster
+
+    yield make
+    for cluster in started:
+        cluster.stop()
+        leftovers = remove_containers(cluster.cluster)
+        assert leftovers == 0, f"{leftovers} container(s) of {cluster.cluster} outlived stop()"

@@ -1,0 +1,122 @@
+# shoal's developer entry points. Everything runs from the repository's .venv.
+#
+#   make demo    install what is missing, build the demo images, start a 3-node local
+#                cluster (embedded etcd), apply deploy/examples/web.yaml, show the
+#                replicas and their answers; the cluster keeps running
+#   make stop    stop the local cluster started by `make demo`
+#   make test    install, then stub freshness, ruff, mypy, import layers, pytest
+#                (unit, then integration against real etcd and Docker)
+#   make lint    the static checks only
+#   make proto   regenerate node/pb from proto/
+#   make bench   bench/converge.py
+#   make clean   stop the local cluster, remove caches and its state
+#
+# Installing needs root (apt-get, dockerd): see deploy/install.sh.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+SHOAL := $(VENV)/bin/shoal
+DEV_DIR := .shoal-dev
+DEMO_SPEC := deploy/examples/web.yaml
+DEMO_TIMEOUT ?= 60
+PYTEST_ARGS ?=
+
+.PHONY: help install images demo stop test lint proto bench clean
+
+help:
+	@sed -n '3,13p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+
+install:
+	@bash deploy/install.sh
+
+images: install
+	@bash deploy/images/build.sh
+
+demo: install images
+	@echo "== local cluster"
+	if $(SHOAL) --timeout 3 node ls >/dev/null 2>&1; then
+	  echo "a cluster already answers at $${SHOAL_ADDR:-127.0.0.1:7070}; using it"
+	else
+	  $(SHOAL) dev --detach --nodes 3 --data-dir $(DEV_DIR)
+	fi
+	$(SHOAL) node ls
+	echo
+	echo "== shoal service apply -f $(DEMO_SPEC)"
+	$(SHOAL) service apply -f $(DEMO_SPEC)
+	# Wait (with a deadline) for 3 running replicas, each published as an endpoint.
+	count='import json, sys; d = json.load(sys.stdin); print(sum(t.get("state", "running") == "running" for t in d))'
+	deadline=$$((SECONDS + $(DEMO_TIMEOUT)))
+	while :; do
+	  running=$$($(SHOAL) service ps web -o json 2>/dev/null | $(PY) -c "$$count" 2>/dev/null || echo 0)
+	  endpoints=$$($(SHOAL) resolve web -o json 2>/dev/null | $(PY) -c "$$count" 2>/dev/null || echo 0)
+	  if [[ $$running == 3 && $$endpoints == 3 ]]; then break; fi
+	  if (( SECONDS >= deadline )); then
+	    echo "demo: web has $$running/3 running and $$endpoints/3 endpoints after $(DEMO_TIMEOUT)s" >&2
+	    $(SHOAL) service ps web >&2 || true
+	    echo "daemon logs: $(DEV_DIR)/*.log" >&2
+	    exit 1
+	  fi
+	  sleep 0.5
+	done
+	echo
+	echo "== shoal service ps web"
+	$(SHOAL) service ps web
+	echo
+	echo "== each replica answers (endpoints from: shoal resolve web)"
+	targets=$$($(SHOAL) resolve web -o json | $(PY) -c 'import json, sys; [print("%s:%s %s" % (e["address"], e["port"], e["node"])) for e in sorted(json.load(sys.stdin), key=lambda e: e["node"])]')
+	while read -r target node; do
+	  answer=$$(curl -fsS --max-time 2 --retry 10 --retry-connrefused --retry-delay 0 --retry-max-time 10 "http://$$target/")
+	  printf '  %-22s %-4s -> %s\n' "$$target" "$$node" "$$answer"
+	done <<< "$$targets"
+	echo
+	echo "The cluster keeps running. Try:"
+	echo "  $(SHOAL) service scale web 5 && $(SHOAL) service ps web"
+	echo "  $(SHOAL) events -f        # Ctrl-C to leave"
+	echo "Logs and state: $(DEV_DIR)/ . Stop it (and remove its containers): make stop"
+
+stop:
+	@if [[ -f $(DEV_DIR)/dev.pid ]]; then
+	  $(SHOAL) dev --stop --data-dir $(DEV_DIR)
+	else
+	  echo "no local cluster runs from $(DEV_DIR)"
+	fi
+
+lint: install
+	@echo "== stubs fresh (node/pb)"
+	$(PY) -m node.pb.generate --check
+	echo "== ruff"
+	$(VENV)/bin/ruff check .
+	echo "== mypy"
+	$(VENV)/bin/mypy
+	echo "== import layers"
+	$(VENV)/bin/lint-imports
+
+# Unit and integration tests run apart, so that either one collecting nothing fails:
+# pytest exits 5 when it collects no test, and that is an error here, never a pass.
+test: install images lint
+	@for suite in unit integration; do
+	  echo "== pytest tests/$$suite"
+	  rc=0
+	  $(VENV)/bin/pytest -q -ra tests/$$suite $(PYTEST_ARGS) || rc=$$?
+	  if (( rc == 5 )); then
+	    echo "error: pytest collected no tests in tests/$$suite (exit 5)" >&2
+	  fi
+	  if (( rc != 0 )); then exit $$rc; fi
+	done
+
+proto: install
+	@$(PY) -m node.pb.generate
+	echo "node/pb regenerated from proto/"
+
+bench: install images
+	@$(PY) bench/converge.py $(BENCH_ARGS)
+
+clean: stop
+	@rm -rf $(DEV_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	echo "cleaned (the venv stays: rm -rf $(VENV) to remove it)"

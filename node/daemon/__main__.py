@@ -1,0 +1,3 @@
+from node.daemon.main import main
+
+main()

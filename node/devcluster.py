@@ -1,0 +1,236 @@
+"""A real cluster on one machine: an embedded etcd and N daemons on 127.0.0.1..N.
+
+Used by `shoal dev` and by the integration tests, so the tests run exactly what an
+operator runs. Node i binds `127.0.0.i` with the same gRPC port on every node, as
+real hosts would; all share the machine's Docker engine, and every container
+carries the cluster's name, so `stop()` removes exactly this cluster's containers
+and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node.client import ShoalClient, ShoalError
+from node.keys import DEFAULT_PREFIX
+from node.runtime.base import LABELS
+
+
+class DevError(Exception):
+    """The local cluster could not start; the message says why and where the logs are."""
+
+
+def _wait(predicate: object, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    hint = f"; see {log}" if log else ""
+    raise DevError(f"{what} not ready within {timeout:g}s{hint}")
+
+
+@dataclass
+class EtcdProcess:
+    data_dir: Path
+    client_port: int = 2479
+    peer_port: int = 2480
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / "etcd.log"
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as resp:
+                return b'"true"' in resp.read()
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 20.0) -> None:
+        if self.healthy():
+            raise DevError(
+                f"something already answers as etcd on {self.endpoint}; choose another --etcd-port"
+            )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        client, peer = f"http://{self.host}:{self.client_port}", f"http://{self.host}:{self.peer_port}"
+        args = [
+            "etcd", "--name", "shoal-dev", "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"shoal-dev={peer}",
+            "--auto-compaction-retention", "1",
+        ]  # fmt: skip
+        try:
+            log = self.log_path.open("ab")
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        except FileNotFoundError as exc:
+            raise DevError(
+                "etcd is not installed: apt-get install etcd-server (or run deploy/install.sh)"
+            ) from exc
+        proc = self.proc
+        _wait(lambda: self.healthy() or proc.poll() is not None, timeout, "etcd", self.log_path)
+        if self.proc.poll() is not None:
+            raise DevError(f"etcd exited with status {self.proc.returncode}; see {self.log_path}")
+
+    def stop(self) -> None:
+        _terminate(self.proc, 10.0)
+
+
+@dataclass
+class NodeProcess:
+    index: int
+    node_id: str
+    address: str
+    grpc_port: int
+    data_dir: Path
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"{self.address}:{self.grpc_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.node_id}.log"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        cmd = [sys.executable, "-m", "node.daemon", *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)  # type: ignore[union-attr]
+            self.proc.wait(30)  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        _terminate(self.proc, 15.0)
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@dataclass
+class DevCluster:
+    data_dir: Path
+    nodes: int = 3
+    grpc_port: int = 7070
+    etcd_port: int = 2479
+    cluster: str = "dev"
+    prefix: str = DEFAULT_PREFIX
+    preset: str = "local"
+    extra_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nodes <= 50:
+            raise DevError(f"--nodes must be between 1 and 50, got {self.nodes}")
+        self.data_dir = self.data_dir.resolve()
+        self.etcd = EtcdProcess(self.data_dir / "etcd" / "data", self.etcd_port, self.etcd_port + 1)
+        self.members = [self._member(i) for i in range(1, self.nodes + 1)]
+
+    def _member(self, i: int) -> NodeProcess:
+        node_id, address = f"n{i}", f"127.0.0.{i}"
+        data = self.data_dir / "nodes" / node_id
+        args = [
+            "--node-id", node_id, "--data-dir", str(data), "--address", address,
+            "--grpc-port", str(self.grpc_port), "--etcd", self.etcd.endpoint, "--etcd-prefix", self.prefix,
+            "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}", *self.extra_args,
+        ]  # fmt: skip
+        return NodeProcess(i, node_id, address, self.grpc_port, data, args)
+
+    @property
+    def addr(self) -> str:
+        return self.members[0].addr
+
+    def client(self, i: int = 1) -> ShoalClient:
+        return ShoalClient(self.members[i - 1].addr, timeout=5.0)
+
+    def start(self, timeout: float = 30.0) -> None:
+        (self.data_dir / "nodes").mkdir(parents=True, exist_ok=True)
+        self.etcd.start()
+        try:
+            for member in self.members:
+                member.start()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """All daemons registered and a leader elected."""
+
+        def ready() -> bool:
+            dead = [m for m in self.members if not m.alive()]
+            if dead:
+                raise DevError(f"shoald {dead[0].node_id} exited; see {dead[0].log_path}")
+            try:
+                with self.client() as c:
+                    resp = c.list_nodes()
+            except ShoalError:
+                return False
+            up = {n.id for n in resp.nodes if n.status == "ready"}
+            return resp.epoch > 0 and up >= {m.node_id for m in self.members}
+
+        _wait(ready, timeout, "the cluster", self.members[0].log_path)
+
+    def stop(self) -> None:
+        """Stop every daemon, remove this cluster's containers, stop etcd."""
+        for member in self.members:
+            if member.proc is not None and member.alive():
+                member.proc.terminate()
+        for member in self.members:
+            member.stop()
+        remove_containers(self.cluster)
+        self.etcd.stop()
+
+
+def remove_containers(cluster: str) -> int:
+    """Force-remove every container labelled with this cluster; return how many."""
+    import docker  # here only: the rest of this module runs without Docker
+
+    client = docker.from_env()
+    try:
+        found = client.containers.list(all=True, filters={"label": f"{LABELS.CLUSTER}={cluster}"})
+        for container in found:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+        return len(found)
+    finally:
+        client.close()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

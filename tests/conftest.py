@@ -1,0 +1,39 @@
+"""Fixtures for every test: a real etcd for the tests that need one.
+
+`etcd_endpoint` is a real etcd started for the test session (an `EtcdProcess`, the
+same code `shoal dev` uses) on free ports, or the one named by `SHOAL_TEST_ETCD`
+(host:port). Each test gets its own key prefix (`etcd_prefix`), so tests never see
+one another's keys.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.devcluster import EtcdProcess
+from tests.helpers import free_port_pair
+
+
+@pytest.fixture(scope="session")
+def etcd_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("SHOAL_TEST_ETCD")
+    if given:
+        yield given
+        return
+    port = free_port_pair()
+    etcd = EtcdProcess(Path(tmp_path_factory.mktemp("etcd")) / "data", port, port + 1)
+    etcd.start()
+    try:
+        yield etcd.endpoint
+    finally:
+        etcd.stop()
+
+
+@pytest.fixture
+def etcd_prefix() -> str:
+    return f"/test-{uuid.uuid4().hex[:10]}/"
