@@ -42,12 +42,17 @@ class ShoalServicer(api_pb2_grpc.ShoalServicer):
         self.keys = keys
         self.writer = ServiceWriter(store, keys, node)
 
-    async def _tasks(self, service: str) -> list[tuple[Assignment, TaskStatus | None]]:
-        kvs, _ = await self.store.range(self.keys.service_tasks(service))
-        tasks = sorted((Assignment.from_json(kv.value) for kv in kvs), key=lambda t: t.slot)
+    async def _tasks(self, service: str = "") -> dict[str, list[tuple[Assignment, TaskStatus | None]]]:
+        """Tasks with their observed status, by service (one service, or all)."""
+        prefix = self.keys.service_tasks(service) if service else self.keys.tasks
+        kvs, _ = await self.store.range(prefix)
+        tasks = sorted((Assignment.from_json(kv.value) for kv in kvs), key=lambda t: (t.service, t.slot))
         statuses, _ = await self.store.range(self.keys.status_all)
         by_task = {s.task_id: s for s in (TaskStatus.from_json(kv.value) for kv in statuses)}
-        return [(t, by_task.get(t.task_id)) for t in tasks]
+        out: dict[str, list[tuple[Assignment, TaskStatus | None]]] = {}
+        for t in tasks:
+            out.setdefault(t.service, []).append((t, by_task.get(t.task_id)))
+        return out
 
     @handle
     async def ApplyService(
@@ -63,18 +68,18 @@ class ShoalServicer(api_pb2_grpc.ShoalServicer):
         self, request: api_pb2.GetServiceRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.Service:
         record, _ = await self.writer.read(check_name(request.name))
-        return convert.service(record, await self._tasks(record.name))
+        return convert.service(record, (await self._tasks(record.name)).get(record.name, []))
 
     @handle
     async def ListServices(
         self, request: api_pb2.ListServicesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListServicesResponse:
         kvs, _ = await self.store.range(self.keys.services)
-        out = []
-        for kv in kvs:
-            record = ServiceRecord.from_json(kv.value)
-            out.append(convert.service(record, await self._tasks(record.name)))
-        return api_pb2.ListServicesResponse(services=out)
+        tasks = await self._tasks()
+        records = [ServiceRecord.from_json(kv.value) for kv in kvs]
+        return api_pb2.ListServicesResponse(
+            services=[convert.service(r, tasks.get(r.name, [])) for r in records]
+        )
 
     @handle
     async def DeleteService(
@@ -98,7 +103,8 @@ class ShoalServicer(api_pb2_grpc.ShoalServicer):
     ) -> api_pb2.ListTasksResponse:
         name = check_name(request.service, "service")
         await self.writer.read(name)
-        return api_pb2.ListTasksResponse(tasks=[convert.task(t, s) for t, s in await self._tasks(name)])
+        tasks = (await self._tasks(name)).get(name, [])
+        return api_pb2.ListTasksResponse(tasks=[convert.task(t, s) for t, s in tasks])
 
     @handle
     async def ListNodes(

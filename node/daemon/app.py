@@ -18,7 +18,9 @@ import signal
 import time
 from typing import Any
 
-from node import __version__
+import grpc
+
+from node import __version__, rpc
 from node.agent.agent import Agent
 from node.api import server as api_server
 from node.api.peer import PeerServicer
@@ -28,7 +30,7 @@ from node.daemon.leadership import Leadership
 from node.domain import NodeInfo
 from node.events import EventLog
 from node.keys import Keys
-from node.pb import api_pb2_grpc, peer_pb2_grpc
+from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
 from node.store import StoreError, StoreUnavailable
@@ -72,6 +74,26 @@ class Daemon:
             except TimeoutError:
                 continue
 
+    async def _refuse_twin(self) -> None:
+        """Refuse to start when a live daemon already runs with this node id elsewhere."""
+        kv = await self.store.get(self.keys.node(self.config.node_id))
+        if kv is None:
+            return
+        other = NodeInfo.from_json(kv.value)
+        target = f"{other.address}:{other.grpc_port}"
+        if (other.address, other.grpc_port) == (self.config.address, self.config.grpc_port):
+            return  # our own entry from before a restart (a twin there would hold the port)
+        try:
+            async with rpc.aio_channel(target) as channel:
+                pong = await peer_pb2_grpc.PeerStub(channel).Ping(peer_pb2.PingRequest(seq=1), timeout=1.0)
+        except grpc.RpcError:
+            return  # the old entry is stale: its daemon is gone
+        if pong.node == self.config.node_id:
+            raise StartupError(
+                f"node id {self.config.node_id!r} is already running at {target}; "
+                "give this host another --node-id (or another --data-dir)"
+            )
+
     async def register(self, lease: int | None = None) -> None:
         c = self.config
         info = NodeInfo(
@@ -97,6 +119,7 @@ class Daemon:
         except RuntimeUnavailable as exc:
             raise StartupError(str(exc)) from exc
         try:
+            await self._refuse_twin()
             await self.session.start()
             await self.leader_session.start()
             await self.events.start()

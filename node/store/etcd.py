@@ -32,6 +32,13 @@ from node.store.base import (
 
 _OPS = {"==": PbCompare.EQUAL, "!=": PbCompare.NOT_EQUAL, "<": PbCompare.LESS, ">": PbCompare.GREATER}
 _PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
+_REASONS = (
+    ("Connection refused", "connection refused"),
+    ("No route to host", "no route to host"),
+    ("DNS resolution failed", "the host name does not resolve"),
+    ("no leader", "etcd has no leader (quorum lost?)"),
+    ("UNAVAILABLE", "unavailable"),
+)
 
 
 def _kv(pb: object) -> KV:
@@ -89,12 +96,18 @@ class EtcdStore:
             self._connected = False
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        reason = str(exc).split("\n")[0] or type(exc).__name__
+        return StoreUnavailable(f"etcd unreachable at {self.endpoints}: {self._reason(exc)}")
+
+    def _reason(self, exc: BaseException) -> str:
+        text = str(exc)
         if isinstance(exc, grpc.aio.AioRpcError):  # its str() starts with a useless line
-            reason = f"{exc.code().name}: {exc.details()}"
-        if isinstance(exc, TimeoutError):
-            reason = f"no answer within {self.timeout:g}s"
-        return StoreUnavailable(f"etcd unreachable at {self.endpoints}: {reason}")
+            text = f"{exc.code().name}: {exc.details()}"
+        if isinstance(exc, TimeoutError) or "DEADLINE_EXCEEDED" in text:
+            return f"no answer within {self.timeout:g}s"
+        for needle, reason in _REASONS:
+            if needle in text:
+                return reason
+        return text.split("\n")[0][:200] or type(exc).__name__
 
     async def _call(self, coro: object) -> object:
         try:

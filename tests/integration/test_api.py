@@ -221,3 +221,14 @@ def test_a_second_daemon_on_the_same_address_fails_clearly(cluster: DevCluster, 
 def test_client_errors_are_shoal_errors(cluster: DevCluster) -> None:
     with cluster.client() as c, pytest.raises(ShoalError):
         c.apply("name: x\nimage: y\nreplicas: -5\n")
+
+
+def test_a_second_daemon_with_a_live_node_id_is_refused(cluster: DevCluster, tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "node.daemon", "--data-dir", str(tmp_path), "--node-id", "n1",
+            "--address", "127.0.0.5", "--grpc-port", str(cluster.grpc_port), "--etcd", cluster.etcd.endpoint,
+            "--cluster", cluster.cluster]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"node id 'n1' is already running at 127.0.0.1:{cluster.grpc_port}" in done.stderr, done.stderr
+    with cluster.client() as c:
+        assert {n.id: n.address for n in c.list_nodes().nodes}["n1"] == "127.0.0.1"
