@@ -86,19 +86,29 @@ def _coerce(name: str, value: Any) -> Any:
     kinds = {f.name: f.type for f in fields(NodeConfig)}
     kind = str(kinds[name])
     try:
+        if kind in ("int", "float") and isinstance(value, bool):
+            raise ValueError("expected a number, not true/false")
         if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("expected a whole number")
             return int(value)
         if kind == "float":
             return float(value)
         if kind == "bool":
-            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+                raise ValueError("expected true or false (also yes/no, on/off, 1/0)")
+            return str(value).lower() in ("1", "true", "yes", "on")
         if kind == "Path":
             return Path(value)
         if name == "etcd":
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(e.strip() for e in items if e.strip())
         if name == "labels":
-            return parse_labels(value) if isinstance(value, (str, list, tuple)) else dict(value)
+            if isinstance(value, (str, list, tuple)):
+                return parse_labels(value)
+            return parse_labels([f"{k}={v}" for k, v in dict(value).items()])
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: cannot use {value!r}: {exc}") from exc
     return str(value)

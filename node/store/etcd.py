@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
-from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio import Etcd3Client, EtcdConnectionError, EtcdError, EtcdTransientError, prefix_range_end
 from etcd3aio._protobuf import Compare as PbCompare
 from etcd3aio.kv import KVService
 
@@ -24,6 +24,7 @@ from node.store.base import (
     Delete,
     Op,
     Put,
+    StoreError,
     StoreUnavailable,
     TxnResult,
     WatchBatch,
@@ -32,6 +33,13 @@ from node.store.base import (
 
 _OPS = {"==": PbCompare.EQUAL, "!=": PbCompare.NOT_EQUAL, "<": PbCompare.LESS, ">": PbCompare.GREATER}
 _PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
+_OUTAGE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+)
 _REASONS = (
     ("Connection refused", "connection refused"),
     ("No route to host", "no route to host"),
@@ -109,11 +117,21 @@ class EtcdStore:
                 return reason
         return text.split("\n")[0][:200] or type(exc).__name__
 
+    def _error(self, exc: BaseException) -> StoreError:
+        """An outage is `StoreUnavailable`; a request etcd refused is a plain `StoreError`."""
+        if isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in _OUTAGE:
+            return StoreError(f"etcd at {self.endpoints} refused the request: {self._reason(exc)}")
+        if isinstance(
+            exc, (EtcdConnectionError, EtcdTransientError, TimeoutError, OSError, grpc.aio.AioRpcError)
+        ):
+            return self._unavailable(exc)
+        return StoreError(f"etcd at {self.endpoints}: {self._reason(exc)}")
+
     async def _call(self, coro: object) -> object:
         try:
             return await asyncio.wait_for(coro, self.timeout)  # type: ignore[arg-type]
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
-            raise self._unavailable(exc) from exc
+            raise self._error(exc) from exc
 
     async def ping(self, timeout: float = 3.0) -> None:
         try:
@@ -175,7 +193,7 @@ class EtcdStore:
     async def revoke(self, lease: int) -> None:
         try:
             await self._call(self._leases.revoke(lease, timeout=self.timeout))
-        except StoreUnavailable as exc:
+        except StoreError as exc:
             cause = exc.__cause__
             if isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.NOT_FOUND:
                 return  # already expired or revoked
