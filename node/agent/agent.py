@@ -110,8 +110,11 @@ class Agent:
                 )
         await asyncio.gather(*(self._stop(c) for c in actions.stop))
         await asyncio.gather(*(self._replace(t, c) for t, c in actions.replace))
-        await asyncio.gather(*(self._start(t) for t in actions.start))
+        started = await asyncio.gather(*(self._start(t) for t in actions.start))
         keep = {t.task_id: c for t, c in actions.keep}
+        keep |= {
+            t.task_id: c for t, c in zip(actions.start, started, strict=True) if c is not None and c.running
+        }
         for task_id in [t for t in self.status if t not in assigned]:
             del self.status[task_id]
         for task_id, task in assigned.items():
@@ -128,6 +131,9 @@ class Agent:
             self.status[task.task_id] = replace(new, updated_at=time.time())
 
     def _observe(self, task: Assignment, c: Container) -> None:
+        if not c.running:  # exited right after it started; the next pass replaces it
+            self._set(task, TaskState.EXITED, container_id=c.id, exit_code=c.exit_code, message=c.error)
+            return
         port = next(iter(c.host_ports.values()), 0)
         self._set(task, TaskState.RUNNING, container_id=c.id, address=self.publish_address, host_port=port)
 
@@ -141,10 +147,10 @@ class Agent:
             )
         await self.publisher.publish(list(self.status.values()), endpoints)
 
-    async def _start(self, task: Assignment) -> None:
+    async def _start(self, task: Assignment) -> Container | None:
         when, backoff = self._retry_at.get(task.task_id, (0.0, 0.5))
         if time.monotonic() < when:
-            return
+            return None
         self._set(task, TaskState.PENDING, message=self.status.get(task.task_id, _blank).message)
         try:
             spec = await self.specs.spec(task.service, task.version)
@@ -153,12 +159,13 @@ class Agent:
             self._retry_at[task.task_id] = (time.monotonic() + backoff, min(backoff * 2, 30.0))
             self._set(task, TaskState.FAILED, message=str(exc))
             self.events.emit("task.failed", f"{task.service}.{task.slot}: {exc}", task.service, task.task_id)
-            return
+            return None
         self._retry_at.pop(task.task_id, None)
         self._observe(task, c)
         self.events.emit(
             "task.started", f"{c.name} started on {self.node} ({c.id[:12]})", task.service, task.task_id
         )
+        return c
 
     async def _replace(self, task: Assignment, c: Container) -> None:
         await self.publisher.withdraw(task.service, task.task_id)
