@@ -1,0 +1,166 @@
+"""`node.config`: precedence, validation with the field named, the persisted node id, labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.config import PRESETS, ConfigError, NodeConfig, load, parse_labels, resolve_node_id
+
+
+def toml(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "shoal.toml"
+    path.write_text(text)
+    return str(path)
+
+
+# -- precedence --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("use_flag", "use_env", "use_file", "port"),
+    [
+        (True, True, True, 3000),
+        (False, True, True, 2000),
+        (False, False, True, 1000),
+        (False, False, False, 7070),
+        (True, False, True, 3000),
+    ],
+)
+def test_flags_beat_env_beat_file_beat_defaults(
+    tmp_path: Path, use_flag: bool, use_env: bool, use_file: bool, port: int
+) -> None:
+    flags = {"grpc_port": 3000} if use_flag else {}
+    env = {"SHOAL_GRPC_PORT": "2000"} if use_env else {}
+    path = toml(tmp_path, "grpc_port = 1000\n") if use_file else None
+    assert load(flags, env, path).grpc_port == port
+
+
+def test_flags_left_unset_do_not_override(tmp_path: Path) -> None:
+    config = load(
+        {"grpc_port": None, "cluster": None}, {"SHOAL_CLUSTER": "blue"}, toml(tmp_path, "grpc_port = 1000")
+    )
+    assert (config.grpc_port, config.cluster) == (1000, "blue")
+
+
+def test_the_file_can_be_named_by_env(tmp_path: Path) -> None:
+    config = load({}, {"SHOAL_CONFIG": toml(tmp_path, 'cluster = "green"')})
+    assert config.cluster == "green"
+
+
+def test_the_preset_fills_what_is_not_set(tmp_path: Path) -> None:
+    local = load({"preset": "local"}, {})
+    assert local.timings == PRESETS["local"]
+    assert load({}, {}).timings == PRESETS["lan"]
+    tuned = load({"preset": "local"}, {}, toml(tmp_path, "lease_ttl = 7"))
+    assert tuned.timings.lease_ttl == 7
+    assert tuned.timings.agent_resync == PRESETS["local"].agent_resync
+
+
+def test_env_values_are_converted_to_the_field_types() -> None:
+    env = {
+        "SHOAL_ETCD": "10.0.0.5:2379, 10.0.0.6:2379",
+        "SHOAL_ETCD_TIMEOUT": "2.5",
+        "SHOAL_WAIT_FOR_ETCD": "yes",
+        "SHOAL_DATA_DIR": "/tmp/shoal-x",
+        "SHOAL_LABELS": "zone=eu,rack=r1",
+    }
+    config = load({}, env)
+    assert config.etcd == ("10.0.0.5:2379", "10.0.0.6:2379")
+    assert config.etcd_timeout == 2.5
+    assert config.wait_for_etcd is True
+    assert config.data_dir == Path("/tmp/shoal-x")
+    assert config.labels == {"zone": "eu", "rack": "r1"}
+
+
+def test_a_toml_file_may_hold_lists_and_tables(tmp_path: Path) -> None:
+    text = 'etcd = ["a:1", "b:2"]\nwait_for_etcd = false\n[labels]\nzone = "eu"\n'
+    config = load({}, {}, toml(tmp_path, text))
+    assert (config.etcd, config.wait_for_etcd, dict(config.labels)) == (("a:1", "b:2"), False, {"zone": "eu"})
+
+
+# -- refusals ----------------------------------------------------------------------------
+
+
+def test_an_unknown_toml_key_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown setting.*grpc_prot"):
+        load({}, {}, toml(tmp_path, "grpc_prot = 1"))
+
+
+def test_a_broken_or_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file"):
+        load({}, {}, toml(tmp_path, "grpc_port = = 1"))
+    with pytest.raises(ConfigError, match="config file"):
+        load({}, {}, str(tmp_path / "absent.toml"))
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"SHOAL_GRPC_PORT": "seventy"}, "grpc_port"),
+        ({"SHOAL_GRPC_PORT": "70000"}, "grpc_port"),
+        ({"SHOAL_GRPC_PORT": "0"}, "grpc_port"),
+        ({"SHOAL_ETCD_TIMEOUT": "soon"}, "etcd_timeout"),
+        ({"SHOAL_PRESET": "fast"}, "preset"),
+        ({"SHOAL_NODE_ID": "Node_1"}, "node_id"),
+        ({"SHOAL_NODE_ID": "-n1"}, "node_id"),
+        ({"SHOAL_CLUSTER": ""}, "cluster"),
+        ({"SHOAL_ETCD": "localhost"}, "etcd"),
+        ({"SHOAL_ETCD": "host:port"}, "etcd"),
+        ({"SHOAL_ETCD": " , "}, "etcd"),
+        ({"SHOAL_LOG_FORMAT": "xml"}, "log_format"),
+        ({"SHOAL_LEASE_TTL": "1"}, "lease_ttl"),
+        ({"SHOAL_LEASE_TTL": "301"}, "lease_ttl"),
+        ({"SHOAL_LABELS": "zone"}, "labels"),
+        ({"SHOAL_LABELS": "bad key!=x"}, "labels"),
+        ({"SHOAL_WAIT_FOR_ETCD": "maybe"}, "wait_for_etcd"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_field(env: dict[str, str], field: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{field}: "):
+        load({}, env)
+
+
+# -- the node id -------------------------------------------------------------------------
+
+
+def test_a_made_up_node_id_is_kept_in_the_data_dir(tmp_path: Path) -> None:
+    config = NodeConfig(data_dir=tmp_path / "data")
+    first = resolve_node_id(config)
+    assert first.node_id and (tmp_path / "data" / "node-id").read_text().strip() == first.node_id
+    assert resolve_node_id(config).node_id == first.node_id
+
+
+def test_a_given_node_id_is_persisted_and_a_different_one_refused(tmp_path: Path) -> None:
+    assert resolve_node_id(NodeConfig(node_id="n1", data_dir=tmp_path)).node_id == "n1"
+    assert resolve_node_id(NodeConfig(data_dir=tmp_path)).node_id == "n1"
+    assert resolve_node_id(NodeConfig(node_id="n1", data_dir=tmp_path)).node_id == "n1"
+    with pytest.raises(ConfigError, match=r"node_id: .* belongs to node 'n1', not 'n2'"):
+        resolve_node_id(NodeConfig(node_id="n2", data_dir=tmp_path))
+    assert (tmp_path / "node-id").read_text().strip() == "n1"
+
+
+# -- labels ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "labels"),
+    [
+        ("zone=eu", {"zone": "eu"}),
+        ("zone=eu, rack=r1 ,", {"zone": "eu", "rack": "r1"}),
+        (["zone=eu", "disk=ssd"], {"zone": "eu", "disk": "ssd"}),
+        ("gpu=", {"gpu": ""}),
+        ("k=a=b", {"k": "a=b"}),
+        ("io.shoal.x=1", {"io.shoal.x": "1"}),
+        ("", {}),
+    ],
+)
+def test_labels_parse(given: str | list[str], labels: dict[str, str]) -> None:
+    assert parse_labels(given) == labels
+
+
+@pytest.mark.parametrize("given", ["zone", "=eu", "-zone=eu", "zo ne=eu", ["ok=1", "bad"]])
+def test_bad_labels_are_refused(given: str | list[str]) -> None:
+    with pytest.raises(ConfigError, match=r"^labels: "):
+        parse_labels(given)

@@ -1,0 +1,195 @@
+"""The leader's reconcile pass (`LeaderLoop.reconcile`) and the election, on a MemoryStore."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from leader.election import Election
+from leader.loop import LeaderLoop
+from node.domain import Assignment, NodeInfo, ServiceRecord
+from node.events import EventLog
+from node.keys import Keys
+from node.store import Fenced
+from node.store.memory import MemoryStore
+from node.store.session import Session
+from tests.factories import FakeClock, make_node, make_service
+from tests.helpers import wait_until
+
+KEYS = Keys()
+
+
+@dataclass
+class Leader:
+    store: MemoryStore
+    loop: LeaderLoop
+
+    async def put_service(self, service: ServiceRecord) -> None:
+        await self.store.put(KEYS.service(service.name), service.to_json())
+
+    async def put_node(self, node: NodeInfo) -> None:
+        await self.store.put(KEYS.node(node.id), node.to_json())
+
+    async def reconcile(self) -> None:
+        """One pass, once the loop's mirrors have caught up with the store."""
+        caches = (self.loop.services, self.loop.nodes, self.loop.tasks)
+
+        async def mirrored() -> bool:
+            for cache in caches:
+                kvs, _ = await self.store.range(cache.prefix)
+                if cache.items != {kv.key: kv for kv in kvs}:
+                    return False
+            return True
+
+        await wait_until(mirrored, timeout=5, interval=0.01, message="mirrors caught up")
+        await self.loop.reconcile()
+
+    async def tasks(self) -> dict[tuple[str, int], Assignment]:
+        kvs, _ = await self.store.range(KEYS.tasks)
+        return {(a.service, a.slot): a for a in (Assignment.from_json(kv.value) for kv in kvs)}
+
+
+@pytest.fixture
+async def leader() -> AsyncIterator[Leader]:
+    store = MemoryStore()
+    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
+    loop = LeaderLoop(store, KEYS, epoch, EventLog(store, KEYS, "n1"))
+    caches = [asyncio.create_task(c.run()) for c in (loop.services, loop.nodes, loop.tasks)]
+    try:
+        yield Leader(store, loop)
+    finally:
+        for task in caches:
+            task.cancel()
+        await asyncio.gather(*caches, return_exceptions=True)
+
+
+async def test_services_and_nodes_become_tasks_with_the_epoch(leader: Leader) -> None:
+    await leader.put_node(make_node("n1"))
+    await leader.put_node(make_node("n2"))
+    await leader.put_service(make_service("web", replicas=3))
+    await leader.put_service(make_service("api", replicas=1))
+    await leader.reconcile()
+    tasks = await leader.tasks()
+    assert sorted(tasks) == [("api", 1), ("web", 1), ("web", 2), ("web", 3)]
+    assert {t.epoch for t in tasks.values()} == {leader.loop.epoch}
+    assert tasks[("api", 1)].node == "n1"  # services are planned by name; api comes first
+    assert sorted(t.node for (svc, _), t in tasks.items() if svc == "web") == ["n1", "n2", "n2"]
+    revision = leader.store.revision
+    await leader.reconcile()
+    assert leader.store.revision == revision, "a pass over a converged cluster writes nothing"
+
+
+async def test_scale_down_deletes_the_highest_slots(leader: Leader) -> None:
+    await leader.put_node(make_node("n1"))
+    await leader.put_service(make_service("web", replicas=3))
+    await leader.reconcile()
+    kept = (await leader.tasks())[("web", 1)]
+    await leader.put_service(make_service("web", replicas=1, version=2))
+    await leader.reconcile()
+    assert await leader.tasks() == {("web", 1): kept}
+
+
+async def test_a_removed_service_loses_its_tasks(leader: Leader) -> None:
+    await leader.put_node(make_node("n1"))
+    await leader.put_service(make_service("web", replicas=2))
+    await leader.put_service(make_service("api", replicas=1))
+    await leader.reconcile()
+    await leader.store.delete(KEYS.service("web"))
+    await leader.reconcile()
+    assert sorted(await leader.tasks()) == [("api", 1)]
+
+
+async def test_the_tasks_of_a_lost_node_are_placed_again(leader: Leader) -> None:
+    await leader.put_node(make_node("n1"))
+    await leader.put_node(make_node("n2"))
+    await leader.put_service(make_service("web", replicas=4))
+    await leader.reconcile()
+    before = await leader.tasks()
+    await leader.store.delete(KEYS.node("n2"))
+    await leader.reconcile()
+    after = await leader.tasks()
+    assert sorted(after) == sorted(before)
+    assert {t.node for t in after.values()} == {"n1"}
+    for slot, task in before.items():
+        if task.node == "n1":
+            assert after[slot] == task, "tasks on the surviving node stay as they are"
+        else:
+            assert after[slot].task_id != task.task_id
+
+
+async def test_a_stale_epoch_is_fenced_and_writes_nothing(leader: Leader) -> None:
+    await leader.put_node(make_node("n1"))
+    await leader.put_service(make_service("web", replicas=2))
+    await leader.put_service(make_service("gone", replicas=1))
+    await leader.reconcile()
+    await leader.store.delete(KEYS.leader)
+    await leader.store.put(KEYS.leader, b'{"node": "n2"}')  # someone else leads now
+    await leader.put_service(make_service("web", replicas=5, version=2))
+    revision = leader.store.revision
+    with pytest.raises(Fenced):
+        await leader.reconcile()
+    assert leader.store.revision == revision
+    await leader.store.delete(KEYS.service("gone"))  # the orphan path is fenced as well
+    revision = leader.store.revision
+    with pytest.raises(Fenced):
+        await leader.reconcile()
+    assert leader.store.revision == revision
+    assert sorted(await leader.tasks()) == [("gone", 1), ("web", 1), ("web", 2)]
+
+
+# -- election ----------------------------------------------------------------------------
+
+
+async def candidate(store: MemoryStore, node: str) -> tuple[Election, Session]:
+    session = Session(store, ttl=10)
+    await session.start()
+    return Election(store, KEYS, node, f"{node}:7070", session), session
+
+
+async def test_one_of_two_candidates_wins_and_the_other_follows_on_resign() -> None:
+    store = MemoryStore()
+    (e1, _), (e2, _) = await candidate(store, "n1"), await candidate(store, "n2")
+    campaigns = {asyncio.create_task(e.campaign()): e for e in (e1, e2)}
+    done, pending = await asyncio.wait(campaigns, return_when=asyncio.FIRST_COMPLETED)
+    [won] = done
+    winner, loser = campaigns[won], campaigns[pending.pop()]
+    epoch = won.result()
+    kv = await store.get(KEYS.leader)
+    assert kv is not None and kv.create_revision == epoch
+    current = await winner.current()
+    assert current is not None and (current.node, current.epoch) == (winner.node, epoch)
+
+    assert await winner.resign(epoch)
+    [next_epoch] = [await t for t in campaigns if t is not won]
+    assert next_epoch > epoch
+    current = await loser.current()
+    assert current is not None and (current.node, current.epoch) == (loser.node, next_epoch)
+    assert not await winner.resign(epoch), "a resign at an old epoch deletes nothing"
+    assert await store.get(KEYS.leader) is not None
+
+
+async def test_the_leader_key_dies_with_its_lease_and_the_follower_takes_over() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    (e1, _), (e2, s2) = await candidate(store, "n1"), await candidate(store, "n2")
+    epoch = await e1.campaign()
+    follower = asyncio.create_task(e2.campaign())
+    deposed = asyncio.create_task(e1.watch_deposed(epoch))
+    try:
+        await asyncio.sleep(0)  # one turn: the store never blocks, so both now wait in a watch
+        clock.advance(9)
+        assert await store.keepalive(s2.lease) == 10  # only n2 renews its lease
+        clock.advance(2)
+        store.expire_leases()
+        next_epoch = await asyncio.wait_for(follower, 2)  # woken by the watch, not a re-check
+        assert next_epoch > epoch
+        assert "deleted" in await asyncio.wait_for(deposed, 2)
+    finally:
+        for task in (follower, deposed):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
