@@ -177,7 +177,7 @@ start_etcd() {
 
 make_venv() {
 	if [[ -x $VENV/bin/python && -f $STAMP && ! $REPO/pyproject.toml -nt $STAMP ]] &&
-		"$VENV/bin/python" -c 'import node' 2>/dev/null; then
+		"$VENV/bin/python" -I -c 'import node, leader' 2>/dev/null; then
 		say "venv: up to date ($VENV)"
 		return
 	fi
