@@ -56,6 +56,8 @@ class Agent:
         self._retry_at: dict[str, tuple[float, float]] = {}  # task -> (when, backoff)
         self._restarts: dict[str, int] = {}
         self._adopted = False
+        self._running: dict[str, tuple[Assignment, Container]] = {}  # routable replicas
+        self._publish_lock = asyncio.Lock()
         self.passes = 0
 
     def assigned(self) -> dict[str, Assignment]:
@@ -110,17 +112,18 @@ class Agent:
                 )
         await asyncio.gather(*(self._stop(c) for c in actions.stop))
         await asyncio.gather(*(self._replace(t, c) for t, c in actions.replace))
-        started = await asyncio.gather(*(self._start(t) for t in actions.start))
-        keep = {t.task_id: c for t, c in actions.keep}
-        keep |= {
-            t.task_id: c for t, c in zip(actions.start, started, strict=True) if c is not None and c.running
-        }
         for task_id in [t for t in self.status if t not in assigned]:
             del self.status[task_id]
-        for task_id, task in assigned.items():
-            if task_id in keep:
-                self._observe(task, keep[task_id])
-        await self._publish(assigned, keep)
+        self._running = {t.task_id: (t, c) for t, c in actions.keep}
+        for task, c in actions.keep:
+            self._observe(task, c)
+        if actions.start:
+            for task in actions.start:
+                if task.task_id not in self.status:
+                    self._set(task, TaskState.PENDING)
+            await self._publish()  # `ps` shows them pending while images are pulled and started
+        await asyncio.gather(*(self._start(t) for t in actions.start))
+        await self._publish()
         return actions
 
     def _set(self, task: Assignment, state: TaskState, **fields: object) -> None:
@@ -137,21 +140,26 @@ class Agent:
         port = next(iter(c.host_ports.values()), 0)
         self._set(task, TaskState.RUNNING, container_id=c.id, address=self.publish_address, host_port=port)
 
-    async def _publish(self, assigned: dict[str, Assignment], running: dict[str, Container]) -> None:
-        endpoints = []
-        for task_id, c in running.items():
-            task = assigned[task_id]
-            cport, hport = next(iter(sorted(c.host_ports.items())), (0, 0))
-            endpoints.append(
-                EndpointRecord(task_id, task.service, self.node, self.publish_address, hport, cport)
-            )
-        await self.publisher.publish(list(self.status.values()), endpoints)
+    async def _publish(self) -> None:
+        """Publish every status and the endpoints of the running replicas, as they are now.
+
+        Called after each container start too, so a replica is routable as soon as it
+        runs, not when the slowest start of its pass is done. The lock keeps concurrent
+        callers from publishing overlapping views.
+        """
+        async with self._publish_lock:
+            endpoints = []
+            for task, c in self._running.values():
+                cport, hport = next(iter(sorted(c.host_ports.items())), (0, 0))
+                endpoints.append(
+                    EndpointRecord(task.task_id, task.service, self.node, self.publish_address, hport, cport)
+                )
+            await self.publisher.publish(list(self.status.values()), endpoints)
 
     async def _start(self, task: Assignment) -> Container | None:
         when, backoff = self._retry_at.get(task.task_id, (0.0, 0.5))
         if time.monotonic() < when:
             return None
-        self._set(task, TaskState.PENDING, message=self.status.get(task.task_id, _blank).message)
         try:
             spec = await self.specs.spec(task.service, task.version)
             c = await self.runtime.run(container_spec(task, spec, self.cluster, self.publish_address))
@@ -162,6 +170,9 @@ class Agent:
             return None
         self._retry_at.pop(task.task_id, None)
         self._observe(task, c)
+        if c.running:
+            self._running[task.task_id] = (task, c)
+        await self._publish()
         self.events.emit(
             "task.started", f"{c.name} started on {self.node} ({c.id[:12]})", task.service, task.task_id
         )
@@ -182,6 +193,3 @@ class Agent:
         await self.runtime.stop(c.id, self.stop_timeout)
         self._restarts.pop(task_id, None)
         self.events.emit("task.stopped", f"{c.name} stopped and removed", service, task_id)
-
-
-_blank = TaskStatus("", "", 0, "", "")
