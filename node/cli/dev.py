@@ -73,12 +73,14 @@ def _foreground(c: DevCluster, pid_file: Path) -> None:
         raise click.ClickException(str(exc)) from None
     pid_file.write_text(f"{os.getpid()}\n")
     click.echo(_usage(c) + "  Ctrl-C stops the cluster and removes its containers.", nl=True)
+    reported: set[str] = set()
     try:
         while not stop.wait(1.0):
-            dead = [m.node_id for m in c.members if not m.alive()]
-            if dead:
-                click.echo(f"shoal dev: shoald {', '.join(dead)} exited; see {c.data_dir}", err=True)
-                break
+            for m in c.members:  # a daemon that dies (or is killed to try failover) is reported, once
+                if not m.alive() and m.node_id not in reported:
+                    reported.add(m.node_id)
+                    code = m.proc.returncode if m.proc else None
+                    click.echo(f"shoal dev: shoald {m.node_id} exited ({code}); see {m.log_path}", err=True)
     finally:
         click.echo("shoal dev: stopping daemons, removing containers, stopping etcd ...")
         c.stop()
