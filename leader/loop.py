@@ -15,6 +15,7 @@ import logging
 import time
 
 from leader.applier import Applier, Write, writes_for
+from leader.liveness import DownMarks, Liveness
 from leader.scheduler import Plan, Snapshot, schedule
 from node.domain import Assignment, NodeInfo, ServiceRecord
 from node.events import EventLog
@@ -26,7 +27,16 @@ log = logging.getLogger(__name__)
 
 
 class LeaderLoop:
-    def __init__(self, store: Store, keys: Keys, epoch: int, events: EventLog, resync: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        epoch: int,
+        events: EventLog,
+        resync: float = 5.0,
+        liveness: Liveness | None = None,
+        down_grace: float = 0.0,
+    ) -> None:
         self.store = store
         self.keys = keys
         self.epoch = epoch
@@ -36,11 +46,13 @@ class LeaderLoop:
         self.services = PrefixCache(store, keys.services, "services")
         self.nodes = PrefixCache(store, keys.nodes, "nodes")
         self.tasks = PrefixCache(store, keys.tasks, "tasks")
+        self.down = DownMarks(store, keys, epoch, liveness, events, down_grace)
+        self.liveness = liveness
         self._known_nodes: set[str] | None = None
         self.passes = 0
 
     async def run(self) -> None:
-        caches = (self.services, self.nodes, self.tasks)
+        caches = (self.services, self.nodes, self.tasks, self.down.cache)
         async with asyncio.TaskGroup() as tg:
             for cache in caches:
                 tg.create_task(cache.run(), name=f"leader-watch-{cache.name}")
@@ -58,11 +70,14 @@ class LeaderLoop:
                 ev.clear()
                 wake.set()
 
+        if self.liveness is not None:
+            listeners.append(self.liveness.listener())
         relays = [asyncio.create_task(relay(ev)) for ev in listeners]
         try:
             while True:
+                pending = self.down.next_deadline()
                 try:
-                    async with asyncio.timeout(self.resync):
+                    async with asyncio.timeout(self.resync if pending is None else min(self.resync, pending)):
                         await wake.wait()
                 except TimeoutError:
                     pass
@@ -86,9 +101,11 @@ class LeaderLoop:
             record = ServiceRecord.from_json(kv.value)
             services[record.name] = record
         nodes = {}
+        excluded = self.down.excluded()
         for kv in self.nodes.values():
             info = NodeInfo.from_json(kv.value)
-            nodes[info.id] = info
+            if info.id not in excluded:
+                nodes[info.id] = info
         tasks: dict[tuple[str, int], Assignment] = {}
         seen: dict[str, int] = {}
         for kv in self.tasks.values():
@@ -99,6 +116,8 @@ class LeaderLoop:
 
     async def reconcile(self) -> None:
         self.passes += 1
+        registry = {self.keys.tail(kv.key, self.keys.nodes) for kv in self.nodes.values()}
+        await self.down.sync(registry | {Assignment.from_json(kv.value).node for kv in self.tasks.values()})
         services, snap, seen = self.snapshot()
         self._node_events(set(snap.nodes))
         tasks = dict(snap.tasks)
@@ -144,7 +163,9 @@ class LeaderLoop:
             for node in sorted(alive - self._known_nodes):
                 self.events.emit("node.joined", f"node {node} joined")
             for node in sorted(self._known_nodes - alive):
-                self.events.emit("node.lost", f"node {node} lost (its lease expired); its tasks move")
+                self.events.emit(
+                    "node.lost", f"node {node} lost (lease expired or dead to gossip); its tasks move"
+                )
         self._known_nodes = alive
 
     def _plan_events(self, plans: list[Plan]) -> None:

@@ -250,6 +250,16 @@ class ShoalClient:
             raise self._error(err) from None
         return list(response.endpoints)
 
+    def watch_members(self) -> Iterator[api_pb2.Member]:
+        """The answering node's gossip view: every member now, then each change (no deadline)."""
+        call = self._stub.WatchMembers(api_pb2.WatchMembersRequest(), timeout=None)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        finally:
+            call.cancel()
+
     def events(self, service: str = "", follow: bool = False, limit: int = 0) -> Iterator[api_pb2.Event]:
         """Cluster events, oldest first (only `service`'s when set, at most `limit` past ones).
 

@@ -38,13 +38,16 @@ class Preset:
     #   move. Longer rides out daemon restarts without moving tasks; shorter reacts faster
     #   (gossip, not this lease, is meant to detect dead hosts quickly).
     leader_ttl: int  # s; the leader key's own lease. A dead leader is replaced after about this.
+    down_grace: float  # s a node must stay dead to gossip before its tasks move. Rides out a
+    #   daemon restart (the restarted daemon refutes its death) without moving tasks; the
+    #   proxy stops routing to a dead node at once regardless.
     agent_resync: float  # s; the agent re-checks its containers at least this often.
     leader_resync: float  # s; the leader re-plans at least this often even without changes.
 
 
 PRESETS = {
-    "local": Preset(lease_ttl=10, leader_ttl=3, agent_resync=1.0, leader_resync=2.0),
-    "lan": Preset(lease_ttl=15, leader_ttl=5, agent_resync=2.0, leader_resync=5.0),
+    "local": Preset(lease_ttl=10, leader_ttl=3, down_grace=3.0, agent_resync=1.0, leader_resync=2.0),
+    "lan": Preset(lease_ttl=15, leader_ttl=5, down_grace=3.0, agent_resync=2.0, leader_resync=5.0),
 }
 
 
@@ -67,6 +70,9 @@ class NodeConfig:
     leader_ttl: int = 0  # 0 = from the preset
     stop_timeout: float = 10.0  # s between SIGTERM and SIGKILL when stopping a container
     wait_for_etcd: bool = False  # keep retrying at start instead of exiting
+    join: tuple[str, ...] = ()  # gossip seeds (host:port of peers); the etcd registry is used too
+    leave_on_stop: bool = False  # on SIGTERM, tell peers this node left (its tasks move at once);
+    #   off by default so that a restart re-adopts its containers without moving them
     log_format: str = "text"  # text | json
     log_level: str = "info"
 
@@ -102,7 +108,7 @@ def _coerce(name: str, value: Any) -> Any:
             return str(value).lower() in ("1", "true", "yes", "on")
         if kind == "Path":
             return Path(value)
-        if name == "etcd":
+        if name in ("etcd", "join"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(e.strip() for e in items if e.strip())
         if name == "labels":

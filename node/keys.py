@@ -6,6 +6,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 |-----------------------------------|------------------------|---------------------|
 | `nodes/<node>`                    | the node               | on the node's lease |
 | `leader`                          | election               | leader's lease; create revision = epoch |
+| `down/<node>`                     | leader only, fenced    | while gossip says the node is dead |
 | `services/<name>`                 | API, any node          | until `rm`          |
 | `history/<name>/<version>`        | API, any node          | until `rm`          |
 | `tasks/<service>/<slot>`          | leader only, fenced    | until scaled away   |
@@ -54,6 +55,10 @@ class Keys:
         return f"{self.prefix}endpoints/"
 
     @property
+    def down_all(self) -> str:
+        return f"{self.prefix}down/"
+
+    @property
     def events(self) -> str:
         return f"{self.prefix}events/"
 
@@ -88,6 +93,9 @@ class Keys:
 
     def endpoint(self, service: str, task_id: str) -> str:
         return f"{self.endpoints(service)}{task_id}"
+
+    def down(self, node: str) -> str:
+        return f"{self.down_all}{node}"
 
     def node_events(self, node: str) -> str:
         return f"{self.events}{node}/"

@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from node.api import convert
+from node.api import convert, nodes
 from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
-from node.domain import Assignment, EndpointRecord, NodeInfo, ServiceRecord, TaskStatus
-from node.errors import InvalidArgument, NotFound
+from node.domain import Assignment, EndpointRecord, ServiceRecord, TaskStatus
+from node.errors import FailedPrecondition, InvalidArgument, NotFound
 from node.events import decode
 from node.keys import Keys
 from node.pb import api_pb2, api_pb2_grpc
@@ -37,9 +37,10 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 class ShoalServicer(api_pb2_grpc.ShoalServicer):
-    def __init__(self, store: Store, keys: Keys, node: str) -> None:
+    def __init__(self, store: Store, keys: Keys, node: str, members: nodes.MemberView | None = None) -> None:
         self.store = store
         self.keys = keys
+        self.members = members
         self.writer = ServiceWriter(store, keys, node)
 
     async def _tasks(self, service: str = "") -> dict[str, list[tuple[Assignment, TaskStatus | None]]]:
@@ -110,19 +111,16 @@ class ShoalServicer(api_pb2_grpc.ShoalServicer):
     async def ListNodes(
         self, request: api_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListNodesResponse:
-        kvs, _ = await self.store.range(self.keys.nodes)
-        tasks, _ = await self.store.range(self.keys.tasks)
-        counts: dict[str, int] = {}
-        for kv in tasks:
-            node = Assignment.from_json(kv.value).node
-            counts[node] = counts.get(node, 0) + 1
-        leader = await self.store.get(self.keys.leader)
-        leader_node, epoch = convert.leader(leader)
-        nodes = [NodeInfo.from_json(kv.value) for kv in kvs]
-        seen = {n.id for n in nodes}
-        out = [convert.node(n, n.id == leader_node, counts.get(n.id, 0)) for n in nodes]
-        out += [convert.down_node(n, counts[n]) for n in sorted(counts) if n not in seen]
-        return api_pb2.ListNodesResponse(nodes=out, epoch=epoch)
+        return await nodes.list_nodes(self.store, self.keys, self.members)
+
+    @handle_stream
+    async def WatchMembers(
+        self, request: api_pb2.WatchMembersRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.Member]:
+        if self.members is None:
+            raise FailedPrecondition("this node runs no gossip membership")
+        async for member in nodes.watch_members(self.members):
+            yield member
 
     @handle
     async def Resolve(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from node.cli import Settings, pass_settings
-from node.cli.output import emit, endpoint_dict, human_bytes, node_dict, output_option
+from node.cli.output import emit, endpoint_dict, human_bytes, member_dict, node_dict, output_option
 from node.pb import api_pb2
 
 
@@ -14,11 +16,22 @@ def _address(n: api_pb2.Node) -> str:
     return f"{n.address}:{n.grpc_port}" if n.address and n.grpc_port else n.address
 
 
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
 NODE_COLUMNS = [
     ("ID", lambda n: n.id),
     ("ADDRESS", _address),
     ("STATUS", lambda n: n.status),
     ("LEADER", lambda n: "*" if n.leader else ""),
+    ("GOSSIP", lambda n: n.member_state or "-"),
+    ("INCARNATION", lambda n: n.incarnation if n.member_state else "-"),
+    ("SINCE", lambda n: _age(n.state_age) if n.member_state else "-"),
     ("TASKS", lambda n: n.tasks),
     ("CPU", lambda n: f"{n.cpu:g}"),
     ("MEMORY", lambda n: human_bytes(n.memory)),
@@ -35,9 +48,29 @@ def node() -> None:
 @output_option()
 @pass_settings
 def node_ls(settings: Settings, fmt: str) -> None:
-    """List nodes; LEADER marks the node that leads (*)."""
+    """List nodes; LEADER marks the node that leads (*).
+
+    STATUS is the cluster's verdict (down: dead to gossip, or its lease expired);
+    GOSSIP, INCARNATION and SINCE are the answering node's own gossip view.
+    """
     nodes = sorted(settings.client().list_nodes().nodes, key=lambda n: n.id)
     emit(nodes, node_dict, NODE_COLUMNS, fmt)
+
+
+@node.command("watch")
+@click.option(
+    "-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@pass_settings
+def node_watch(settings: Settings, fmt: str) -> None:
+    """Stream the answering node's gossip view: every member, then each state change."""
+    for m in settings.client().watch_members():
+        row = member_dict(m)
+        if fmt == "json":
+            click.echo(json.dumps(row))
+            continue
+        change = f"{m.previous} -> {m.state}" if m.previous else m.state
+        click.echo(f"{row['time']}  {m.node:<12} {m.address:<22} {change:<18} incarnation {m.incarnation}")
 
 
 ENDPOINT_COLUMNS = [

@@ -105,6 +105,21 @@ def node_dict(n: api_pb2.Node) -> Row:
         "tasks": n.tasks,
         "version": n.version,
         "started_at": iso(n.started_at),
+        "member_state": n.member_state,
+        "incarnation": n.incarnation,
+        "state_age": round(n.state_age, 3),
+    }
+
+
+def member_dict(m: api_pb2.Member) -> Row:
+    return {
+        "node": m.node,
+        "address": m.address,
+        "state": m.state,
+        "previous": m.previous,
+        "incarnation": m.incarnation,
+        "time": iso(m.time),
+        "state_age": round(m.state_age, 3),
     }
 
 

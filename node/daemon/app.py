@@ -23,12 +23,14 @@ import grpc
 from node import __version__, rpc
 from node.agent.agent import Agent
 from node.api import server as api_server
-from node.api.peer import PeerServicer
+from node.api.gossip_transport import PeerServicer
 from node.api.servicer import ShoalServicer
 from node.config import NodeConfig
 from node.daemon.leadership import Leadership
+from node.daemon.membership import Membership
 from node.domain import NodeInfo
 from node.events import EventLog
+from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.keys import Keys
 from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc
 from node.runtime.base import RuntimeUnavailable
@@ -53,6 +55,14 @@ class Daemon:
         self.session = Session(self.store, config.timings.lease_ttl)
         self.leader_session = Session(self.store, config.timings.leader_ttl)
         self.events = EventLog(self.store, self.keys, config.node_id)
+        self.membership = Membership(
+            config.node_id,
+            f"{config.address}:{config.grpc_port}",
+            self.store,
+            self.keys,
+            GOSSIP_PRESETS[config.preset],
+            config.join,
+        )
         self.stopping = asyncio.Event()
         self.started_at = time.time()
 
@@ -132,9 +142,9 @@ class Daemon:
                 [
                     (
                         api_pb2_grpc.add_ShoalServicer_to_server,
-                        ShoalServicer(self.store, self.keys, c.node_id),
+                        ShoalServicer(self.store, self.keys, c.node_id, self.membership),
                     ),
-                    (peer_pb2_grpc.add_PeerServicer_to_server, PeerServicer(c.node_id)),
+                    (peer_pb2_grpc.add_PeerServicer_to_server, PeerServicer(self.membership.list)),
                 ],
                 c.address,
                 c.grpc_port,
@@ -163,6 +173,8 @@ class Daemon:
             self.leader_session,
             self.events,
             c.timings.leader_resync,
+            self.membership,
+            c.timings.down_grace,
         )
         self.events.emit("node.started", f"{c.node_id} serving on {c.address}:{c.grpc_port}")
         log.info(
@@ -179,6 +191,7 @@ class Daemon:
             asyncio.create_task(self.events.run(), name="events"),
             asyncio.create_task(agent.run(), name="agent"),
             asyncio.create_task(leadership.run(), name="leadership"),
+            asyncio.create_task(self.membership.run(), name="membership"),
         }
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -189,6 +202,9 @@ class Daemon:
         by_name = {t.get_name(): t for t in tasks}
         await _cancel(by_name.pop("leadership"))  # first: it resigns, so another node leads now
         await self.leader_session.close(revoke=True)
+        if c.leave_on_stop:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.membership.leave(), 2.0)
         for task in by_name.values():
             await _cancel(task)
         await server.stop(grace=1.0)

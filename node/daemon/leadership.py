@@ -14,6 +14,7 @@ import contextlib
 import logging
 
 from leader.election import Election
+from leader.liveness import Liveness
 from leader.loop import LeaderLoop
 from node.events import EventLog
 from node.keys import Keys
@@ -33,10 +34,13 @@ class Leadership:
         session: Session,
         events: EventLog,
         resync: float,
+        liveness: Liveness | None = None,
+        down_grace: float = 0.0,
     ) -> None:
         self.election = Election(store, keys, node, address, session)
         self.store, self.keys, self.node, self.session, self.events = store, keys, node, session, events
         self.resync = resync
+        self.liveness, self.down_grace = liveness, down_grace
         self.epoch = 0  # non-zero while leading
 
     async def _expiring(self) -> str:
@@ -61,7 +65,9 @@ class Leadership:
                 await self.resign()
 
     async def _lead(self, epoch: int) -> str:
-        loop = LeaderLoop(self.store, self.keys, epoch, self.events, self.resync)
+        loop = LeaderLoop(
+            self.store, self.keys, epoch, self.events, self.resync, self.liveness, self.down_grace
+        )
         watchers = {
             asyncio.create_task(loop.run(), name="leader-loop"),
             asyncio.create_task(self.election.watch_deposed(epoch), name="leader-deposed"),

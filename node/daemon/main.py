@@ -35,6 +35,10 @@ from node.logs import setup
 @click.option("--preset", type=click.Choice(["local", "lan"]), help="timing preset [lan]")
 @click.option("--lease-ttl", type=int, help="node lease TTL in seconds [preset]")
 @click.option("--leader-ttl", type=int, help="leader key lease TTL in seconds [preset]")
+@click.option("--join", help="gossip seeds, host:port[,host:port...] (the etcd registry is used too)")
+@click.option(
+    "--leave-on-stop", is_flag=True, default=None, help="on SIGTERM, leave the cluster (tasks move)"
+)
 @click.option("--wait-for-etcd", is_flag=True, default=None, help="keep retrying until etcd answers")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="log format [text]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")

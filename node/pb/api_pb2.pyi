@@ -151,7 +151,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "address", "grpc_port", "status", "leader", "labels", "cpu", "memory", "version", "tasks", "started_at")
+    __slots__ = ("id", "address", "grpc_port", "status", "leader", "labels", "cpu", "memory", "version", "tasks", "started_at", "member_state", "incarnation", "state_age")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,9 @@ class Node(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_STATE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_AGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     grpc_port: int
@@ -181,7 +184,10 @@ class Node(_message.Message):
     version: str
     tasks: int
     started_at: float
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., grpc_port: _Optional[int] = ..., status: _Optional[str] = ..., leader: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., version: _Optional[str] = ..., tasks: _Optional[int] = ..., started_at: _Optional[float] = ...) -> None: ...
+    member_state: str
+    incarnation: int
+    state_age: float
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., grpc_port: _Optional[int] = ..., status: _Optional[str] = ..., leader: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., version: _Optional[str] = ..., tasks: _Optional[int] = ..., started_at: _Optional[float] = ..., member_state: _Optional[str] = ..., incarnation: _Optional[int] = ..., state_age: _Optional[float] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes", "epoch")
@@ -190,6 +196,28 @@ class ListNodesResponse(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     epoch: int
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class WatchMembersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("node", "address", "state", "incarnation", "previous", "time", "state_age")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    STATE_AGE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    address: str
+    state: str
+    incarnation: int
+    previous: str
+    time: float
+    state_age: float
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., incarnation: _Optional[int] = ..., previous: _Optional[str] = ..., time: _Optional[float] = ..., state_age: _Optional[float] = ...) -> None: ...
 
 class ResolveRequest(_message.Message):
     __slots__ = ("name",)

@@ -79,6 +79,11 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.Event.FromString,
                 _registered_method=True)
+        self.WatchMembers = channel.unary_stream(
+                '/shoal.v1.Shoal/WatchMembers',
+                request_serializer=shoal_dot_v1_dot_api__pb2.WatchMembersRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.Member.FromString,
+                _registered_method=True)
 
 
 class ShoalServicer:
@@ -142,6 +147,13 @@ class ShoalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchMembers(self, request, context):
+        """This node's gossip view of the members: the current states first, then every change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShoalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +201,11 @@ def add_ShoalServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.StreamEventsRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.Event.SerializeToString,
+            ),
+            'WatchMembers': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMembers,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.WatchMembersRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.Member.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -434,6 +451,33 @@ class Shoal:
             '/shoal.v1.Shoal/StreamEvents',
             shoal_dot_v1_dot_api__pb2.StreamEventsRequest.SerializeToString,
             shoal_dot_v1_dot_api__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.v1.Shoal/WatchMembers',
+            shoal_dot_v1_dot_api__pb2.WatchMembersRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.Member.FromString,
             options,
             channel_credentials,
             insecure,

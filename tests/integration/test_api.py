@@ -232,3 +232,22 @@ def test_a_second_daemon_with_a_live_node_id_is_refused(cluster: DevCluster, tmp
     assert f"node id 'n1' is already running at 127.0.0.1:{cluster.grpc_port}" in done.stderr, done.stderr
     with cluster.client() as c:
         assert {n.id: n.address for n in c.list_nodes().nodes}["n1"] == "127.0.0.1"
+
+
+def test_gossip_view_in_node_ls_and_watch_members(cluster: DevCluster) -> None:
+    def both_alive() -> bool:
+        with cluster.client() as c:
+            nodes = {n.id: n for n in c.list_nodes().nodes}
+        return nodes["n2"].member_state == "alive" and nodes["n2"].incarnation > 0
+
+    wait_until_sync(both_alive, 10, message="n2 alive in n1's gossip view")
+    with cluster.client() as c:
+        stream = c.watch_members()
+        listed = {m.node: m for m in (next(stream), next(stream))}  # the current view: both members
+        stream.close()  # cancels the call
+    assert {n: (m.state, m.address) for n, m in listed.items()} == {
+        "n1": ("alive", f"127.0.0.1:{cluster.grpc_port}"),
+        "n2": ("alive", f"127.0.0.2:{cluster.grpc_port}"),
+    }
+    result = CliRunner().invoke(cli, ["--addr", cluster.addr, "node", "ls"])
+    assert result.exit_code == 0 and "GOSSIP" in result.stdout and "alive" in result.stdout

@@ -78,8 +78,21 @@ NODES = [
         version="0.1.0",
         tasks=2,
         started_at=T0,
+        member_state="alive",
+        incarnation=1700000000,
+        state_age=12.5,
     ),
-    api_pb2.Node(id="n2", address="127.0.0.2", grpc_port=7070, status="down", cpu=2.0, memory=1024**3),
+    api_pb2.Node(
+        id="n2",
+        address="127.0.0.2",
+        grpc_port=7070,
+        status="down",
+        cpu=2.0,
+        memory=1024**3,
+        member_state="dead",
+        incarnation=1700000001,
+        state_age=300.0,
+    ),
 ]
 ENDPOINTS = [
     api_pb2.Endpoint(task="t0abc", node="n0", address="127.0.0.1", port=31000, container_port=8080),
@@ -332,9 +345,16 @@ def test_unknown_service_is_one_line_error(addr: str, args: tuple[str, ...]) -> 
 
 def test_node_ls_table(addr: str) -> None:
     lines = ok(addr, "node", "ls").splitlines()
-    assert lines[0].split() == ["ID", "ADDRESS", "STATUS", "LEADER", "TASKS", "CPU", "MEMORY", "LABELS"]
-    assert lines[1].split() == ["n1", "127.0.0.1:7070", "ready", "*", "2", "4", "8.0GiB", "zone=a"]
-    assert lines[2].split() == ["n2", "127.0.0.2:7070", "down", "0", "2", "1.0GiB"]
+    assert lines[0].split() == [
+        "ID", "ADDRESS", "STATUS", "LEADER", "GOSSIP", "INCARNATION", "SINCE",
+        "TASKS", "CPU", "MEMORY", "LABELS",
+    ]  # fmt: skip
+    assert lines[1].split() == [
+        "n1", "127.0.0.1:7070", "ready", "*", "alive", "1700000000", "12.5s", "2", "4", "8.0GiB", "zone=a",
+    ]  # fmt: skip
+    assert lines[2].split() == [
+        "n2", "127.0.0.2:7070", "down", "dead", "1700000001", "5m", "0", "2", "1.0GiB",
+    ]  # fmt: skip
 
 
 def test_node_ls_json(addr: str) -> None:
@@ -345,6 +365,8 @@ def test_node_ls_json(addr: str) -> None:
     ]
     assert data[0]["labels"] == {"zone": "a"} and data[0]["cpu"] == 4.0
     assert data[0]["memory"] == 8 * 1024**3 and data[0]["tasks"] == 2 and data[0]["version"] == "0.1.0"
+    gossip = (data[1]["member_state"], data[1]["incarnation"], data[1]["state_age"])
+    assert gossip == ("dead", 1700000001, 300.0)
 
 
 def test_resolve(addr: str) -> None:

@@ -1,0 +1,87 @@
+"""Node listing and the membership stream for the client API.
+
+A node's `status` is the cluster's verdict: `down` when the leader marked it down
+(gossip declared it dead) or when its registry entry is gone; `ready` otherwise.
+`member_state`, `incarnation` and `state_age` are the *answering* node's own gossip
+view, which may lead the verdict by the leader's grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from node.api import convert
+from node.domain import Assignment, NodeInfo, NodeStatus
+from node.gossip.member import Member, MemberEvent
+from node.keys import Keys
+from node.pb import api_pb2
+from node.store import Store
+
+
+class MemberView(Protocol):
+    def members(self) -> list[Member]: ...
+    def watch(self) -> asyncio.Queue[MemberEvent]: ...
+    def unwatch(self, queue: asyncio.Queue[MemberEvent]) -> None: ...
+
+
+def _gossip(pb: api_pb2.Node, member: Member | None, now: float) -> api_pb2.Node:
+    if member is not None:
+        pb.member_state = member.state.value
+        pb.incarnation = member.incarnation
+        pb.state_age = max(0.0, now - member.since)
+    return pb
+
+
+async def list_nodes(store: Store, keys: Keys, view: MemberView | None) -> api_pb2.ListNodesResponse:
+    kvs, _ = await store.range(keys.nodes)
+    tasks, _ = await store.range(keys.tasks)
+    down = {keys.tail(kv.key, keys.down_all) for kv in (await store.range(keys.down_all))[0]}
+    counts: dict[str, int] = {}
+    for kv in tasks:
+        node = Assignment.from_json(kv.value).node
+        counts[node] = counts.get(node, 0) + 1
+    leader_node, epoch = convert.leader(await store.get(keys.leader))
+    members = {m.node: m for m in view.members()} if view is not None else {}
+    now = time.monotonic()
+    out = []
+    for info in sorted((NodeInfo.from_json(kv.value) for kv in kvs), key=lambda n: n.id):
+        pb = convert.node(info, info.id == leader_node, counts.get(info.id, 0))
+        if info.id in down:
+            pb.status = NodeStatus.DOWN.value
+        out.append(_gossip(pb, members.get(info.id), now))
+    registered = {n.id for n in out}
+    for node in sorted((set(counts) | set(members) | down) - registered):
+        pb = convert.down_node(node, counts.get(node, 0))
+        member = members.get(node)
+        if member is not None:
+            pb.address = member.address.rpartition(":")[0]
+        out.append(_gossip(pb, member, now))
+    return api_pb2.ListNodesResponse(nodes=out, epoch=epoch)
+
+
+def member_pb(m: Member | MemberEvent, previous: str = "", age: float = 0.0) -> api_pb2.Member:
+    return api_pb2.Member(
+        node=m.node,
+        address=m.address,
+        state=m.state.value,
+        incarnation=m.incarnation,
+        previous=previous,
+        time=time.time(),
+        state_age=age,
+    )
+
+
+async def watch_members(view: MemberView) -> AsyncIterator[api_pb2.Member]:
+    queue = view.watch()
+    try:
+        now = time.monotonic()
+        for m in view.members():
+            yield member_pb(m, age=max(0.0, now - m.since))
+        while True:
+            ev = await queue.get()
+            yield member_pb(ev, previous=ev.previous.value if ev.previous else "")
+    finally:
+        view.unwatch(queue)

@@ -1,0 +1,120 @@
+"""The node's gossip membership (SWIM, `node.gossip`), wired to the peer API and etcd.
+
+Members are learnt from the etcd registry (`nodes/`, every node's peer address) and
+from `--join` seeds; after that, gossip alone decides who is alive. The daemon
+starts at an incarnation taken from the wall clock, so a restarted daemon outranks
+whatever its peers remember of its previous life and is alive again at once.
+
+This is also the `Liveness` the leader reads (`leader.liveness`) and the view that
+`shoal node ls` and `WatchMembers` show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from node.api.gossip_transport import GrpcTransport
+from node.domain import NodeInfo
+from node.gossip.config import GossipConfig
+from node.gossip.member import GONE, LIVE, Member, MemberEvent
+from node.gossip.memberlist import Memberlist
+from node.keys import Keys
+from node.store import Store
+from node.store.cache import PrefixCache
+
+log = logging.getLogger(__name__)
+
+
+class Membership:
+    def __init__(
+        self,
+        node: str,
+        address: str,
+        store: Store,
+        keys: Keys,
+        config: GossipConfig,
+        seeds: tuple[str, ...] = (),
+    ) -> None:
+        self.node = node
+        self.transport = GrpcTransport()
+        self.list = Memberlist(node, address, self.transport, config)
+        self.list.incarnation = int(time.time())
+        self.registry = PrefixCache(store, keys.nodes, "membership-registry")
+        self.seeds = seeds
+        self._listeners: list[asyncio.Event] = []
+        self._watchers: list[asyncio.Queue[MemberEvent]] = []
+
+    # -- the leader's Liveness ---------------------------------------------------------
+
+    def dead_since(self) -> dict[str, float]:
+        return {m.node: m.since for m in self.list.members() if m.state in GONE and m.node != self.node}
+
+    def alive(self) -> set[str]:
+        return {m.node for m in self.list.members() if m.state in LIVE}
+
+    def listener(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._listeners.append(event)
+        return event
+
+    # -- views -------------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        return sorted(self.list.members(), key=lambda m: m.node)
+
+    def watch(self) -> asyncio.Queue[MemberEvent]:
+        """A queue of every membership change from now on; `unwatch` it when done."""
+        queue: asyncio.Queue[MemberEvent] = asyncio.Queue(maxsize=1000)
+        self._watchers.append(queue)
+        return queue
+
+    def unwatch(self, queue: asyncio.Queue[MemberEvent]) -> None:
+        with contextlib.suppress(ValueError):
+            self._watchers.remove(queue)
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        changes = self.list.subscribe()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.registry.run(), name="membership-registry")
+                tg.create_task(self._learn(), name="membership-learn")
+                tg.create_task(self._relay(changes), name="membership-events")
+                tg.create_task(self.list.run(), name="gossip")
+                if self.seeds:
+                    tg.create_task(self._join(), name="gossip-join")
+        finally:
+            await self.transport.close()
+
+    async def _join(self) -> None:
+        answered = await self.list.join(list(self.seeds))
+        log.info("gossip: %d of %d seed(s) answered", answered, len(self.seeds))
+
+    async def _learn(self) -> None:
+        """Add every node of the etcd registry as a member (gossip takes it from there)."""
+        changed = self.registry.listener()
+        while True:
+            await changed.wait()
+            changed.clear()
+            for kv in self.registry.values():
+                info = NodeInfo.from_json(kv.value)
+                if info.id != self.node:
+                    self.list.add(info.id, f"{info.address}:{info.grpc_port}")
+
+    async def _relay(self, changes: asyncio.Queue[MemberEvent]) -> None:
+        while True:
+            ev = await changes.get()
+            was = ev.previous.value if ev.previous else "unknown"
+            log.info("gossip: %s %s -> %s (incarnation %d)", ev.node, was, ev.state.value, ev.incarnation)
+            for event in self._listeners:
+                event.set()
+            for queue in self._watchers:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(ev)
+
+    async def leave(self) -> None:
+        await self.list.leave()

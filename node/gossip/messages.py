@@ -1,0 +1,81 @@
+"""The gossip wire messages, as plain frozen dataclasses.
+
+They mirror `proto/shoal/v1/peer.proto` field for field, so the gRPC layer converts
+them one to one and everything else (the state core, the in-memory network, the
+simulations) runs without protobuf:
+
+| dataclass | proto message    |
+|-----------|------------------|
+| `Update`  | `MemberUpdate`   |
+| `Ping`    | `PingRequest`    |
+| `PingReq` | `PingReqRequest` |
+| `Ack`     | `PingResponse`   |
+
+One addition to the proto: `Update.source`, the member whose own failed probe raised a
+suspicion (memberlist's `suspect.From`). Lifeguard shrinks a suspicion timeout only on
+*independent* confirmations, and only the source tells a confirmation from a relay of
+the same rumour. It needs `string source = 5;` in `MemberUpdate`; an empty source
+(an older peer) is merged normally but counts as no confirmation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class MemberState(StrEnum):
+    """A member's state in one member's view. Wire values are the proto's strings."""
+
+    ALIVE = "alive"  # answers probes (directly or through a relay)
+    SUSPECT = "suspect"  # a probe failed; it has until the suspicion timeout to refute
+    DEAD = "dead"  # the suspicion timed out unrefuted; acted on (tasks move)
+    LEFT = "left"  # it said goodbye (graceful leave); final for that incarnation
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One fact about one member: "`node` at `address` is `state` at `incarnation`"."""
+
+    node: str
+    address: str  # host:port of the member's peer API
+    incarnation: int
+    state: MemberState
+    source: str = ""  # SUSPECT only: the member whose own probe failed (see module doc)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A direct probe. The receiver merges `updates` and answers with an `Ack`."""
+
+    from_node: str
+    seq: int
+    updates: tuple[Update, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """An indirect probe: "ping `target_node` at `target_address` for me"."""
+
+    from_node: str
+    seq: int
+    target_node: str
+    target_address: str
+    updates: tuple[Update, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The answer to a `Ping` or a `PingReq`.
+
+    To a `Ping`: `node` and `incarnation` are the responder's own, `ack` is True.
+    To a `PingReq`: `node` is the target; `ack` says whether the relay reached it
+    (False is Lifeguard's "nack": the relay is fine, the target did not answer) and
+    `incarnation` is the target's, from its ack to the relay (0 when not reached).
+    """
+
+    node: str
+    seq: int
+    incarnation: int
+    ack: bool
+    updates: tuple[Update, ...] = ()

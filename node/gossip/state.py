@@ -1,0 +1,259 @@
+"""The pure membership core of one member (memberlist state.go, without the I/O).
+
+`MemberTable` holds this member's view of everyone (itself included), its own
+incarnation, the suspicions in progress, the broadcast queue, the probe order and
+the health score. It does no I/O and reads no clock: every input carries `now`
+(event-loop time) and returns the `MemberEvent`s it caused; the async shell
+(`memberlist.Memberlist`) sends messages, runs timers and feeds results back.
+
+Inputs and what they do:
+
+- `apply(update)`: merge a fact heard from a peer by the precedence rule of
+  `member.merge_outcome`; accepted facts are re-gossiped (queued for piggybacking).
+  A SUSPECT fact about a member already suspected counts as a confirmation when its
+  `source` is new. Facts about oneself are refuted rather than merged: a SUSPECT,
+  DEAD or LEFT claim at our incarnation or above (or ALIVE above it) makes us take
+  incarnation claim + 1 and gossip ALIVE.
+- `suspect(node)`: our own probe of `node` failed: ALIVE → SUSPECT (source = us),
+  or a confirmation if it is already suspected.
+- `acked(node, incarnation)`: `node` answered a probe at that incarnation; a higher
+  one than held is direct evidence of ALIVE (it refuted, or came back).
+- `expire(now)`: suspicions whose timeout passed become DEAD.
+- A member declared DEAD while its own health score says it may be the faulty one
+  (cut off, stopped) retracts the suspicions and deaths it saw meanwhile when it
+  refutes (`_retract_verdicts`): after a partition heals, the cut-off side does not
+  spread its stale verdicts about the healthy side.
+- `add(node, address)`: a member from the registry or seeds: ALIVE at incarnation 0
+  if unknown; not gossiped (every member reads the registry itself).
+- `leave()`: LEFT with incarnation + 1, gossiped; no refutation after that.
+
+Dead and left members stay in the table (with their incarnation, so stale facts
+about them stay recognisable); DEAD ones are probed now and then for
+`gossip_to_the_dead` seconds (`reconnect_target`) so that they can refute.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+
+from node.gossip.awareness import Awareness
+from node.gossip.broadcast import BroadcastQueue
+from node.gossip.config import GossipConfig
+from node.gossip.member import GONE, LIVE, Member, MemberEvent, merge_outcome
+from node.gossip.messages import MemberState, Update
+from node.gossip.order import ProbeOrder
+from node.gossip.suspicion import Suspicion, expected_confirmations, suspicion_min_timeout
+
+ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
+EPSILON = 1e-6  # s: timers fire up to a clock tick early
+
+
+class MemberTable:
+    """One member's view of the cluster; see the module docstring."""
+
+    def __init__(self, node: str, address: str, config: GossipConfig, rng: random.Random, now: float) -> None:
+        self.node, self.address, self.config = node, address, config
+        self.incarnation = 0
+        self.left = False
+        self.queue = BroadcastQueue()
+        self.order = ProbeOrder(rng)
+        self.health = Awareness(config.awareness_max_multiplier)
+        self._rng = rng
+        self._members: dict[str, Member] = {node: Member(node, address, 0, ALIVE, now)}
+        self._suspicions: dict[str, Suspicion] = {}
+        self._dead: dict[str, None] = {}  # DEAD members, in a deterministic order
+        self.live = 1  # n: members ALIVE or SUSPECT, this one included
+
+    # -- queries --------------------------------------------------------------------
+
+    def get(self, node: str) -> Member | None:
+        return self._members.get(node)
+
+    def members(self) -> list[Member]:
+        return list(self._members.values())
+
+    @property
+    def suspicions(self) -> Mapping[str, Suspicion]:
+        """The suspicions in progress, by member (read-only)."""
+        return self._suspicions
+
+    def next_deadline(self) -> float | None:
+        """When the earliest suspicion times out, if any."""
+        return min((s.deadline for s in self._suspicions.values()), default=None)
+
+    # -- inputs ---------------------------------------------------------------------
+
+    def set_incarnation(self, incarnation: int) -> None:
+        self.incarnation = incarnation
+        me = self._members[self.node]
+        self._members[self.node] = Member(self.node, self.address, incarnation, me.state, me.since)
+
+    def add(self, node: str, address: str, now: float) -> list[MemberEvent]:
+        if node in self._members:
+            return []
+        self._members[node] = Member(node, address, 0, ALIVE, now)
+        self.live += 1
+        self.order.insert(node)
+        return [MemberEvent(node, address, ALIVE, 0, None)]
+
+    def apply_all(self, updates: Iterable[Update], now: float, gossip: bool = True) -> list[MemberEvent]:
+        events: list[MemberEvent] = []
+        for update in updates:
+            events += self.apply(update, now, gossip)
+        return events
+
+    def apply(self, u: Update, now: float, gossip: bool = True) -> list[MemberEvent]:
+        """Merge one fact; `gossip=False` for bulk state (it is old news to everyone else)."""
+        if u.node == self.node:
+            return self._about_self(u, now)
+        held = self._members.get(u.node)
+        if held is None:
+            return self._learn(u, now, gossip)
+        if u.state is SUSPECT and held.state is SUSPECT and u.incarnation == held.incarnation:
+            if self._suspicions[u.node].confirm(u.source) and gossip:
+                self.queue.push(u)
+            return []
+        outcome = merge_outcome(held.state, held.incarnation, u.state, u.incarnation)
+        if outcome is None:
+            return []
+        state, incarnation = outcome
+        source = u.source if u.state is SUSPECT else ""
+        return self._set(held, state, incarnation, u.address or held.address, now, source, gossip)
+
+    def suspect(self, node: str, now: float) -> list[MemberEvent]:
+        """Our own probe of `node` failed (direct and indirect)."""
+        held = self._members.get(node)
+        if held is None or held.state not in LIVE or node == self.node:
+            return []
+        if held.state is SUSPECT:
+            if self._suspicions[node].confirm(self.node):
+                self.queue.push(Update(node, held.address, held.incarnation, SUSPECT, self.node))
+            return []
+        return self._set(held, SUSPECT, held.incarnation, held.address, now, self.node, True)
+
+    def acked(self, node: str, incarnation: int, now: float) -> list[MemberEvent]:
+        """`node` itself answered at `incarnation`."""
+        held = self._members.get(node)
+        if held is None or incarnation <= held.incarnation:
+            return []
+        return self.apply(Update(node, held.address, incarnation, ALIVE), now)
+
+    def expire(self, now: float) -> list[MemberEvent]:
+        """Suspicions that timed out: DEAD, gossiped."""
+        due = [node for node, s in self._suspicions.items() if s.deadline <= now + EPSILON]
+        events: list[MemberEvent] = []
+        for node in due:
+            held = self._members[node]
+            events += self._set(held, DEAD, held.incarnation, held.address, now, "", True)
+        return events
+
+    def leave(self, now: float) -> list[MemberEvent]:
+        if self.left:
+            return []
+        self.left = True
+        self.incarnation += 1
+        self._members[self.node] = Member(self.node, self.address, self.incarnation, LEFT, now)
+        self.queue.push(Update(self.node, self.address, self.incarnation, LEFT))
+        return [MemberEvent(self.node, self.address, LEFT, self.incarnation, ALIVE)]
+
+    # -- outputs --------------------------------------------------------------------
+
+    def next_target(self) -> Member | None:
+        """The next member to probe (round-robin, see order.py)."""
+        members, me = self._members, self.node
+        name = self.order.next(
+            lambda n: n != me and members[n].state in LIVE,
+            lambda: [n for n, m in members.items() if n != me and m.state in LIVE],
+        )
+        return members[name] if name else None
+
+    def relays(self, k: int, target: str) -> list[Member]:
+        members = self._members
+        names = self.order.sample(k, lambda n: members[n].state is ALIVE, (self.node, target))
+        return [members[n] for n in names]
+
+    def reconnect_target(self, now: float) -> Member | None:
+        """A random DEAD member still within `gossip_to_the_dead`, if any."""
+        window = self.config.gossip_to_the_dead
+        candidates = [n for n in self._dead if now - self._members[n].since <= window]
+        return self._members[self._rng.choice(candidates)] if candidates else None
+
+    # -- internals ------------------------------------------------------------------
+
+    def _about_self(self, u: Update, now: float) -> list[MemberEvent]:
+        if self.left:
+            return []
+        if u.incarnation < self.incarnation or (u.state is ALIVE and u.incarnation == self.incarnation):
+            return []
+        events: list[MemberEvent] = []
+        if u.state is DEAD and self.health.score > 0:
+            events += self._retract_verdicts(now)
+        if u.state is not ALIVE:
+            self.health.apply(1)
+        self.set_incarnation(max(self.incarnation, u.incarnation) + 1)
+        self.queue.push(Update(self.node, self.address, self.incarnation, ALIVE))
+        return [*events, MemberEvent(self.node, self.address, ALIVE, self.incarnation, ALIVE)]
+
+    def _retract_verdicts(self, now: float) -> list[MemberEvent]:
+        """We were declared dead while doubting our own health: we were the one cut off
+        (or stopped), so the suspicions and deaths we saw meanwhile are not to be trusted.
+        Take them back to ALIVE at the same incarnation, quietly: no gossip, and their
+        queued notices are dropped, so a healed partition does not spread stale deaths.
+        A member that really died is found again by our probes (or told by peers)."""
+        window = self.config.gossip_to_the_dead
+        doubtful = [n for n in self._suspicions]
+        doubtful += [n for n in self._dead if now - self._members[n].since <= window]
+        events: list[MemberEvent] = []
+        for node in doubtful:
+            held = self._members[node]
+            events += self._set(held, ALIVE, held.incarnation, held.address, now, "", gossip=False)
+            self.queue.drop(node)
+        return events
+
+    def _learn(self, u: Update, now: float, gossip: bool) -> list[MemberEvent]:
+        if not u.address:
+            return []
+        self._members[u.node] = Member(u.node, u.address, u.incarnation, u.state, now)
+        if u.state in LIVE:
+            self.live += 1
+            self.order.insert(u.node)
+            if gossip:
+                self.queue.push(u)
+        if u.state is SUSPECT:
+            self._suspicions[u.node] = self._new_suspicion(u.source, now)
+        elif u.state is DEAD:
+            self._dead[u.node] = None
+        return [MemberEvent(u.node, u.address, u.state, u.incarnation, None)]
+
+    def _set(
+        self, held: Member, state: MemberState, inc: int, address: str, now: float, source: str, gossip: bool
+    ) -> list[MemberEvent]:
+        node, changed = held.node, state is not held.state
+        self._members[node] = Member(node, address, inc, state, now if changed else held.since)
+        if held.state in LIVE and state in GONE:
+            self.live -= 1
+        elif held.state in GONE and state in LIVE:
+            self.live += 1
+            self.order.insert(node)
+        if state is DEAD:
+            self._dead[node] = None
+        else:
+            self._dead.pop(node, None)
+        if state is SUSPECT:  # a suspicion of a newer incarnation is a new one: its timer restarts
+            suspicion = self._suspicions.get(node)
+            if suspicion is None or inc > held.incarnation:
+                self._suspicions[node] = self._new_suspicion(source, now)
+            else:
+                suspicion.confirm(source)
+        else:
+            self._suspicions.pop(node, None)
+        if gossip and (changed or state in LIVE):
+            self.queue.push(Update(node, address, inc, state, source if state is SUSPECT else ""))
+        return [MemberEvent(node, address, state, inc, held.state)] if changed else []
+
+    def _new_suspicion(self, origin: str, now: float) -> Suspicion:
+        c, n = self.config, self.live
+        low = suspicion_min_timeout(c.suspicion_mult, n, c.probe_interval)
+        k = expected_confirmations(c.indirect_checks, n)
+        return Suspicion(now, k, low, c.suspicion_max_mult * low, origin)
