@@ -50,12 +50,13 @@ class DownMarks:
         self.events = events
         self.grace = grace
         self.cache = PrefixCache(store, keys.down_all, "down")
+        self.quorate = True  # does this leader see a majority of the registry alive?
 
     def marked(self) -> set[str]:
         return {self.keys.tail(kv.key, self.keys.down_all) for kv in self.cache.values()}
 
     def gossip_dead(self, now: float | None = None) -> set[str]:
-        if self.liveness is None:
+        if self.liveness is None or not self.quorate:
             return set()
         now = time.monotonic() if now is None else now
         return {n for n, since in self.liveness.dead_since().items() if now - since >= self.grace}
@@ -79,20 +80,38 @@ class DownMarks:
         """Nodes to schedule nothing on: marked down (and not revived), or dead to gossip."""
         return (self.marked() - self.revived()) | self.gossip_dead()
 
-    async def sync(self, relevant: set[str]) -> None:
+    def check_quorum(self, registry: set[str]) -> None:
+        """Act on gossip deaths only while this leader sees most registered nodes alive.
+
+        A leader cut off from its peers (but not from etcd) sees everyone else die; it
+        must not mark them all down and pull every task onto itself.
+        """
+        if self.liveness is None or not registry:
+            return
+        quorate = len(registry & self.liveness.alive()) * 2 > len(registry)
+        if quorate != self.quorate:
+            seen = len(registry & self.liveness.alive())
+            self.events.emit(
+                "leader.gossip-quorum" if quorate else "leader.gossip-minority",
+                f"this leader sees {seen} of {len(registry)} nodes alive; "
+                + ("acting on gossip deaths again" if quorate else "not acting on gossip deaths"),
+            )
+        self.quorate = quorate
+
+    async def sync(self, registry: set[str], relevant: set[str]) -> None:
         """Mark newly dead nodes among `relevant` down, unmark revived ones (fenced)."""
-        dead = self.gossip_dead()
-        marked = self.marked()
-        ops: list[Put | Delete] = []
-        for node in sorted((dead & relevant) - marked):
-            value = json.dumps({"since": time.time(), "epoch": self.epoch, "by": "gossip"}).encode()
-            ops.append(Put(self.keys.down(node), value))
-            self.events.emit("node.down", f"node {node} is dead to gossip; its tasks move")
-        for node in sorted(self.revived()):
-            ops.append(Delete(self.keys.down(node)))
-            self.events.emit("node.up", f"node {node} is alive again")
+        self.check_quorum(registry)
+        newly_dead = sorted((self.gossip_dead() & relevant) - self.marked())
+        revived = sorted(self.revived())
+        value = json.dumps({"since": time.time(), "epoch": self.epoch, "by": "gossip"}).encode()
+        ops: list[Put | Delete] = [Put(self.keys.down(node), value) for node in newly_dead]
+        ops += [Delete(self.keys.down(node)) for node in revived]
         if not ops:
             return
         result = await self.store.txn([fence(self.keys.leader, self.epoch)], ops)
         if not result.succeeded:
             raise Fenced(f"leadership at epoch {self.epoch} is over; down marks not written")
+        for node in newly_dead:
+            self.events.emit("node.down", f"node {node} is dead to gossip; its tasks move")
+        for node in revived:
+            self.events.emit("node.up", f"node {node} is alive again")

@@ -117,7 +117,8 @@ class LeaderLoop:
     async def reconcile(self) -> None:
         self.passes += 1
         registry = {self.keys.tail(kv.key, self.keys.nodes) for kv in self.nodes.values()}
-        await self.down.sync(registry | {Assignment.from_json(kv.value).node for kv in self.tasks.values()})
+        holders = {Assignment.from_json(kv.value).node for kv in self.tasks.values()}
+        await self.down.sync(registry, registry | holders)
         services, snap, seen = self.snapshot()
         self._node_events(set(snap.nodes))
         tasks = dict(snap.tasks)

@@ -147,3 +147,15 @@ async def test_a_deposed_leader_cannot_mark_a_node_down(world: World) -> None:
     with pytest.raises(Fenced):
         await world.reconcile()
     assert await world.marked() == set()
+
+
+async def test_a_leader_that_sees_a_minority_alive_acts_on_no_death(world: World) -> None:
+    """Cut off from its peers but not from etcd, the leader sees everyone else die."""
+    await world.reconcile()
+    before = await world.placement()
+    now = time.monotonic()
+    world.gossip.dead.update({"n2": now, "n3": now})
+    world.gossip.live = {"n1"}
+    await world.reconcile()
+    assert await world.placement() == before and await world.marked() == set()
+    assert world.loop.down.quorate is False
