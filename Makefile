@@ -8,7 +8,7 @@
 #                (unit, then integration against real etcd and Docker)
 #   make lint    the static checks only
 #   make proto   regenerate node/pb from proto/
-#   make bench   bench/converge.py
+#   make bench   bench/converge.py, bench/failover.py, bench/gossip_sim.py
 #   make clean   stop the local cluster, remove caches and its state
 #
 # Installing needs root (apt-get, dockerd): see deploy/install.sh.
@@ -115,6 +115,8 @@ proto: install
 
 bench: install images
 	@$(PY) bench/converge.py $(BENCH_ARGS)
+	$(PY) bench/failover.py
+	$(PY) bench/gossip_sim.py
 
 clean: stop
 	@rm -rf $(DEV_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -33,10 +33,13 @@ class Publisher:
             await self.store.txn([], ops[i : i + MAX_TXN_OPS])
 
     async def withdraw(self, service: str, task_id: str) -> None:
+        """Delete the task's endpoint, also one a previous life of this daemon published.
+
+        Task ids are unique per assignment, so the key is this node's to delete.
+        """
         key = self.keys.endpoint(service, task_id)
-        if key in self._endpoints:
-            await self.store.delete(key)
-            del self._endpoints[key]
+        await self.store.delete(key)
+        self._endpoints.pop(key, None)
 
     async def publish(self, statuses: list[TaskStatus], endpoints: list[EndpointRecord]) -> None:
         lease = self.session.lease

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from node.api import convert
-from node.domain import Assignment, NodeInfo, NodeStatus
-from node.gossip.member import Member, MemberEvent
+from node.domain import Assignment, EndpointRecord, NodeInfo, NodeStatus
+from node.gossip.member import GONE, Member, MemberEvent
 from node.keys import Keys
 from node.pb import api_pb2
 from node.store import Store
@@ -60,6 +60,20 @@ async def list_nodes(store: Store, keys: Keys, view: MemberView | None) -> api_p
             pb.address = member.address.rpartition(":")[0]
         out.append(_gossip(pb, member, now))
     return api_pb2.ListNodesResponse(nodes=out, epoch=epoch)
+
+
+async def routable(store: Store, keys: Keys, service: str, view: MemberView | None) -> list[EndpointRecord]:
+    """The endpoints traffic may go to: the task is still assigned there, and its node is
+    neither marked down nor dead (or left) in this node's gossip view, which leads the
+    leader's verdict by its grace period."""
+    kvs, _ = await store.range(keys.endpoints(service))
+    tasks, _ = await store.range(keys.service_tasks(service))
+    assigned = {(a.task_id, a.node) for a in (Assignment.from_json(kv.value) for kv in tasks)}
+    gone = {keys.tail(kv.key, keys.down_all) for kv in (await store.range(keys.down_all))[0]}
+    if view is not None:
+        gone |= {m.node for m in view.members() if m.state in GONE}
+    out = [e for e in (EndpointRecord.from_json(kv.value) for kv in kvs) if (e.task_id, e.node) in assigned]
+    return sorted((e for e in out if e.node not in gone), key=lambda e: e.task_id)
 
 
 def member_pb(m: Member | MemberEvent, previous: str = "", age: float = 0.0) -> api_pb2.Member:

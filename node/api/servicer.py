@@ -16,7 +16,7 @@ import grpc
 from node.api import convert, nodes
 from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
-from node.domain import Assignment, EndpointRecord, ServiceRecord, TaskStatus
+from node.domain import Assignment, ServiceRecord, TaskStatus
 from node.errors import FailedPrecondition, InvalidArgument, NotFound
 from node.events import decode
 from node.keys import Keys
@@ -128,8 +128,7 @@ class ShoalServicer(api_pb2_grpc.ShoalServicer):
     ) -> api_pb2.ResolveResponse:
         name = check_name(request.name)
         await self.writer.read(name)
-        kvs, _ = await self.store.range(self.keys.endpoints(name))
-        endpoints = sorted((EndpointRecord.from_json(kv.value) for kv in kvs), key=lambda e: e.task_id)
+        endpoints = await nodes.routable(self.store, self.keys, name, self.members)
         return api_pb2.ResolveResponse(name=name, endpoints=[convert.endpoint(e) for e in endpoints])
 
     @handle_stream
