@@ -7,7 +7,7 @@
 # short line per thing it checked or did. Run as root (apt-get and dockerd need it);
 # when nothing is missing a non-root run only checks and builds the venv.
 #
-#   Debian packages  docker.io etcd-server busybox-static iptables ca-certificates curl
+#   Debian packages  docker.io etcd-server busybox-static iptables iproute2 ca-certificates curl
 #                    make, python3 + python3-venv when `python3 -m venv` cannot work,
 #                    apparmor when the kernel enforces AppArmor (dockerd needs its parser).
 #                    `apt-get update` runs only when something is missing.
@@ -64,7 +64,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 # --- Debian packages --------------------------------------------------------------
 
 packages() {
-	local want=(docker.io etcd-server busybox-static iptables ca-certificates curl make)
+	local want=(docker.io etcd-server busybox-static iptables iproute2 ca-certificates curl make)
 	if ! command -v "$PYTHON" >/dev/null; then
 		want+=(python3 python3-venv)
 	elif ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
