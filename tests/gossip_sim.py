@@ -19,8 +19,8 @@ The harness
 `SimCluster` starts n members named n000, n001, … at addresses `mem://<name>`,
 each knowing all others (as from the registry), records every state change every
 member sees (`Change`, with its virtual time), and offers the faults of the network
-(crash, restart, pause, resume, partition, heal, leave). `simulate()` runs one
-scenario in a fresh virtual-time loop and returns a `SimResult` to query.
+(crash, restart, pause, resume, cut, heal, leave) and a join through seeds. `simulate()`
+runs one scenario in a fresh virtual-time loop and returns a `SimResult` to query.
 """
 
 from __future__ import annotations

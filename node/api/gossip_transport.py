@@ -21,7 +21,9 @@ from node.pb import peer_pb2, peer_pb2_grpc
 
 def _updates_to_pb(updates: tuple[Update, ...]) -> list[peer_pb2.MemberUpdate]:
     return [
-        peer_pb2.MemberUpdate(node=u.node, address=u.address, incarnation=u.incarnation, state=u.state.value)
+        peer_pb2.MemberUpdate(
+            node=u.node, address=u.address, incarnation=u.incarnation, state=u.state.value, source=u.source
+        )
         for u in updates
     ]
 
@@ -33,7 +35,7 @@ def _updates_from_pb(updates: object) -> tuple[Update, ...]:
             state = MemberState(u.state)
         except ValueError:
             continue  # a state this version does not know: ignore it, do not fail the probe
-        out.append(Update(u.node, u.address, u.incarnation, state))
+        out.append(Update(u.node, u.address, u.incarnation, state, u.source))
     return tuple(out)
 
 

@@ -1,11 +1,13 @@
 """Gossip timings: one frozen, documented config, two presets, and the detection bound.
 
 `lan` is memberlist's `DefaultLANConfig`. `local` is for tests and clusters on one
-machine, where latency is sub-millisecond but the CPU is shared: its timers are five
+machine, where latency is sub-millisecond but the CPU is shared: its probes are five
 times faster, and it is tuned so that a crashed member of a 3-5 member cluster is
-DEAD in every other member's view within 5 s (`detection_bound`, below: 2.9 s for
-n = 3 and 4.0 s for n = 5). The price is that a member whose event loop stalls for
-more than about 1.5 s is declared dead (and refutes when it wakes up).
+DEAD in every other member's view within 5 s (`detection_bound`, below: 3.4 s for
+n = 3 and 4.5 s for n = 5), with the longest suspicion timeouts that allow it. The
+price: a member whose event loop stalls for longer than its suspicion timeout (0.6 s
+once the other members' probes confirm the suspicion, 2.1 s without confirmations),
+plus the time until it is probed, is declared dead, and refutes when it wakes up.
 
     detection_bound(n) = wait + probe + suspicion + spread
 
@@ -92,8 +94,8 @@ PRESETS: dict[str, GossipConfig] = {
         probe_interval=0.2,
         probe_timeout=0.1,
         indirect_checks=3,
-        suspicion_mult=2.0,
-        suspicion_max_mult=4.0,
+        suspicion_mult=3.0,
+        suspicion_max_mult=3.5,
         retransmit_mult=4,
         max_piggyback=16,
         gossip_to_the_dead=60.0,

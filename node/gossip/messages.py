@@ -14,7 +14,7 @@ simulations) runs without protobuf:
 One addition to the proto: `Update.source`, the member whose own failed probe raised a
 suspicion (memberlist's `suspect.From`). Lifeguard shrinks a suspicion timeout only on
 *independent* confirmations, and only the source tells a confirmation from a relay of
-the same rumour. It needs `string source = 5;` in `MemberUpdate`; an empty source
+the same rumour. It travels as `source` (field 5) of `MemberUpdate`; an empty source
 (an older peer) is merged normally but counts as no confirmation.
 """
 

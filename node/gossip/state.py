@@ -4,7 +4,8 @@
 incarnation, the suspicions in progress, the broadcast queue, the probe order and
 the health score. It does no I/O and reads no clock: every input carries `now`
 (event-loop time) and returns the `MemberEvent`s it caused; the async shell
-(`memberlist.Memberlist`) sends messages, runs timers and feeds results back.
+(`memberlist.Memberlist`, `probe.Prober`) sends messages, runs timers and feeds
+results back; what each message carries is chosen in `piggyback`.
 
 Inputs and what they do:
 

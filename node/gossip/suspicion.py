@@ -23,8 +23,8 @@ Push gossip with a transmit limit misses a few members now and then, and a membe
 that missed a refutation would declare a healthy member dead. So every probe a
 member sends also carries the suspicions it holds: a peer that knows a newer
 incarnation corrects it in the ack (the "pull" half of push-pull gossip, see
-`MemberTable.piggyback` and `corrections`). memberlist instead repairs such misses
-with a periodic full-state push-pull.
+piggyback.py). memberlist instead repairs such misses with a periodic full-state
+push-pull.
 
 `max(1, log10 n)` is memberlist's floor: below 10 members the timeout stays at
 `suspicion_mult` probe intervals instead of falling towards zero.

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/peer.proto\x12\x08shoal.v1\"Q\n\x0cMemberUpdate\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\r\n\x05state\x18\x04 \x01(\t\"V\n\x0bPingRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\'\n\x07updates\x18\x03 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"t\n\x0cPingResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\x0b\n\x03\x61\x63k\x18\x04 \x01(\x08\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"\x86\x01\n\x0ePingReqRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0btarget_node\x18\x03 \x01(\t\x12\x16\n\x0etarget_address\x18\x04 \x01(\t\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate2z\n\x04Peer\x12\x35\n\x04Ping\x12\x15.shoal.v1.PingRequest\x1a\x16.shoal.v1.PingResponse\x12;\n\x07PingReq\x12\x18.shoal.v1.PingReqRequest\x1a\x16.shoal.v1.PingResponseB\x12Z\x10shoal/v1;shoalv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/peer.proto\x12\x08shoal.v1\"a\n\x0cMemberUpdate\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"V\n\x0bPingRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\'\n\x07updates\x18\x03 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"t\n\x0cPingResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\x0b\n\x03\x61\x63k\x18\x04 \x01(\x08\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"\x86\x01\n\x0ePingReqRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0btarget_node\x18\x03 \x01(\t\x12\x16\n\x0etarget_address\x18\x04 \x01(\t\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate2z\n\x04Peer\x12\x35\n\x04Ping\x12\x15.shoal.v1.PingRequest\x1a\x16.shoal.v1.PingResponse\x12;\n\x07PingReq\x12\x18.shoal.v1.PingReqRequest\x1a\x16.shoal.v1.PingResponseB\x12Z\x10shoal/v1;shoalv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\020shoal/v1;shoalv1'
   _globals['_MEMBERUPDATE']._serialized_start=33
-  _globals['_MEMBERUPDATE']._serialized_end=114
-  _globals['_PINGREQUEST']._serialized_start=116
-  _globals['_PINGREQUEST']._serialized_end=202
-  _globals['_PINGRESPONSE']._serialized_start=204
-  _globals['_PINGRESPONSE']._serialized_end=320
-  _globals['_PINGREQREQUEST']._serialized_start=323
-  _globals['_PINGREQREQUEST']._serialized_end=457
-  _globals['_PEER']._serialized_start=459
-  _globals['_PEER']._serialized_end=581
+  _globals['_MEMBERUPDATE']._serialized_end=130
+  _globals['_PINGREQUEST']._serialized_start=132
+  _globals['_PINGREQUEST']._serialized_end=218
+  _globals['_PINGRESPONSE']._serialized_start=220
+  _globals['_PINGRESPONSE']._serialized_end=336
+  _globals['_PINGREQREQUEST']._serialized_start=339
+  _globals['_PINGREQREQUEST']._serialized_end=473
+  _globals['_PEER']._serialized_start=475
+  _globals['_PEER']._serialized_end=597
 # @@protoc_insertion_point(module_scope)

@@ -7,16 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MemberUpdate(_message.Message):
-    __slots__ = ("node", "address", "incarnation", "state")
+    __slots__ = ("node", "address", "incarnation", "state", "source")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     node: str
     address: str
     incarnation: int
     state: str
-    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., incarnation: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+    source: str
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., incarnation: _Optional[int] = ..., state: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class PingRequest(_message.Message):
     __slots__ = ("from_node", "seq", "updates")

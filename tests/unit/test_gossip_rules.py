@@ -121,8 +121,8 @@ def test_local_preset_declares_a_crash_dead_within_5s_for_3_to_5_members(n: int)
     [
         # wait + probe + suspicion max + spread, probe_interval T:
         # T*min(2n-3, 7) + T + max_mult*mult*max(1, log10 n)*T + T*(log2 n + ln n)
-        (LOCAL, 3, 0.2 * 3 + 0.2 + 4 * 2 * 0.2 + 0.2 * (math.log2(3) + math.log(3))),
-        (LOCAL, 5, 0.2 * 7 + 0.2 + 4 * 2 * 0.2 + 0.2 * (math.log2(5) + math.log(5))),
+        (LOCAL, 3, 0.2 * 3 + 0.2 + 3.5 * 3 * 0.2 + 0.2 * (math.log2(3) + math.log(3))),  # 3.44 s
+        (LOCAL, 5, 0.2 * 7 + 0.2 + 3.5 * 3 * 0.2 + 0.2 * (math.log2(5) + math.log(5))),  # 4.49 s
         (LAN, 5, 7 + 1 + 6 * 4 + math.log2(5) + math.log(5)),
         (LAN, 50, 7 + 1 + 6 * 4 * math.log10(50) + math.log2(50) + math.log(50)),
     ],
