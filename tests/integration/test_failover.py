@@ -417,3 +417,22 @@ def test_kill9_of_the_leader_elects_another_and_restarts_no_workload(
         its_replica_running=moved,
         restart_to_exactly_3=heal,
     )
+
+
+def test_a_graceful_leave_is_left_in_every_view_and_its_replica_moves(
+    make_cluster: Callable[..., DevCluster],
+) -> None:
+    cluster = make_cluster(extra_args=["--leave-on-stop"])
+    tasks = start_web(cluster)
+    victim, survivors = pick_worker(cluster)
+    slot, _ = victim_slot(tasks, victim)
+    t0 = time.monotonic()
+    victim.kill(signal.SIGTERM)
+    assert victim.proc is not None and victim.proc.returncode == 0
+
+    def left_everywhere() -> bool:
+        return all(states(m).get(victim.node_id, ("", ""))[0] == "left" for m in survivors)
+
+    wait_until_sync(left_everywhere, DEAD_BOUND, message=f"{victim.node_id} left in every view")
+    report(f"graceful leave of {victim.node_id}", left_in_all_views=time.monotonic() - t0)
+    replaced(victim, survivors[0], slot, t0)
