@@ -363,6 +363,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deadline", type=float, default=60.0, help="seconds allowed per wait (default 60)")
     p.add_argument("--interval", type=float, default=0.05, help="poll interval in s (default 0.05)")
     p.add_argument("--keep", action="store_true", help="keep the data dir and daemon logs")
+    p.add_argument("--preset", choices=["local", "lan"], default=PRESET, help=f"timing preset ({PRESET})")
     opts = p.parse_args(argv)
     if opts.runs < 1:
         p.error("--runs must be at least 1")
@@ -381,10 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port=free_port_on_all(hosts),
         etcd_port=free_port_pair(),
         cluster=f"shoal-fo-{bench_id}",
-        preset=PRESET,
+        preset=opts.preset,
     )
     print(
-        f"failover bench {bench_id}: {NODES} nodes ({PRESET} preset), {REPLICAS} replicas of "
+        f"failover bench {bench_id}: {NODES} nodes ({opts.preset} preset), {REPLICAS} replicas of "
         f"shoal-demo/web:1, kill -9 of a worker, {opts.runs} run(s)",
         flush=True,
     )
