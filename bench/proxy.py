@@ -1,0 +1,241 @@
+"""Proxy throughput and latency: direct, HAProxy (TCP mode) and shoal's L4 TcpProxy.
+
+    .venv/bin/python bench/proxy.py [--duration 5] [--connections 32] [--modes keepalive,close]
+
+All on this machine, on 127.0.0.1, one after the other:
+
+- backends: 3 HTTP servers, Debian's nginx-light (one worker, `return 200`) when
+  installed, otherwise a tiny asyncio HTTP server per backend (said in the output);
+- load: `wrk -t1 -c<connections> -d<duration>s --latency`, once with keep-alive and once
+  with `Connection: close` (a new connection per request);
+- targets: one backend directly; HAProxy (`mode tcp`, `nbthread 1`, `balance
+  roundrobin` over the 3); shoal's `TcpProxy` over the same 3, in its own process under
+  uvloop.
+
+Printed: requests/s, p50 and p99 latency per target and mode, and the ratios
+shoal/HAProxy and shoal/direct in requests/s. Every process the bench starts is
+stopped at the end (also on error or Ctrl-C); every wrk run is bounded by its duration
+plus a timeout. Missing tools: their names, the install command, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HOST = "127.0.0.1"
+INSTALL = "apt-get install -y nginx-light wrk haproxy"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], deadline: float = 10.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {HOST}:{port} after {deadline} s ({proc.args!r})")
+
+
+class Procs:
+    """Every process the bench starts; all stopped on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], port: int, log: Path) -> None:
+        with log.open("wb") as out:
+            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        try:
+            wait_listening(port, proc)
+        except SystemExit as e:
+            raise SystemExit(f"{e}\n{log.read_text(errors='replace')[-2000:]}") from None
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+
+def nginx_conf(tmp: Path, ports: list[int]) -> Path:
+    servers = "\n".join(
+        f'  server {{ listen {HOST}:{p}; location / {{ return 200 "backend {i}\\n"; }} }}'
+        for i, p in enumerate(ports)
+    )
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"daemon off; worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/nginx-error.log;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 60s;\n"
+        f"  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;\n{servers}\n}}\n"
+    )
+    return conf
+
+
+def haproxy_conf(tmp: Path, port: int, backends: list[int]) -> Path:
+    servers = "\n".join(f"  server s{i} {HOST}:{p}" for i, p in enumerate(backends))
+    conf = tmp / "haproxy.cfg"
+    conf.write_text(
+        "global\n  nbthread 1\n  maxconn 4096\n"
+        "defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n"
+        f"frontend f\n  bind {HOST}:{port}\n  default_backend b\n"
+        f"backend b\n  balance roundrobin\n{servers}\n"
+    )
+    return conf
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(port: int, duration: int, connections: int, close: bool) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) of one bounded wrk run."""
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "2s"]
+    if close:
+        args += ["-H", "Connection: close"]
+    out = subprocess.run(
+        [*args, f"http://{HOST}:{port}/"], capture_output=True, text=True, timeout=duration + 20, check=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        return float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
+    if errors:
+        print(f"    wrk reported: {errors.group(0)}")
+    return rps, pct("50"), pct("99")
+
+
+def serve_shoal(port: int, backends: list[int]) -> None:
+    """The shoal side, in its own process: a TcpProxy under uvloop until SIGTERM."""
+    import signal
+
+    import uvloop
+
+    from node.proxy.balancer import Backend, Balancer
+    from node.proxy.tcp import TcpProxy
+
+    async def main() -> None:
+        bal = Balancer()
+        bal.set_endpoints(Backend(f"b{i}", HOST, p) for i, p in enumerate(backends))
+        proxy = TcpProxy(HOST, port, bal, connect_timeout=1.0, drain_timeout=1.0)
+        await proxy.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await proxy.close()
+        print(f"stats: {proxy.stats}", flush=True)
+
+    uvloop.run(main())
+
+
+def serve_http(port: int) -> None:
+    """Fallback backend without nginx: a minimal keep-alive HTTP/1.1 responder."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                close = b"connection: close" in head.lower()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                if close:
+                    break
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, HOST, port, backlog=1024)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def running() -> Iterator[Procs]:
+    procs = Procs()
+    try:
+        yield procs
+    finally:
+        procs.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--modes", default="keepalive,close", help="keepalive, close or both")
+    ap.add_argument("--serve-shoal", nargs=2, metavar=("PORT", "BACKENDS"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve-http", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.serve_shoal:
+        serve_shoal(int(a.serve_shoal[0]), [int(p) for p in a.serve_shoal[1].split(",")])
+        return 0
+    if a.serve_http:
+        serve_http(a.serve_http)
+        return 0
+    missing = [t for t in ("wrk", "haproxy") if shutil.which(t) is None]
+    if missing:
+        print(f"missing: {', '.join(missing)}; install with: {INSTALL}", file=sys.stderr)
+        return 2
+    nginx = shutil.which("nginx")
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    results: dict[tuple[str, str], tuple[float, float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-proxy-") as d, running() as procs:
+        tmp = Path(d)
+        ports = [free_port() for _ in range(3)]
+        if nginx:
+            procs.start([nginx, "-e", str(tmp / "nginx-error.log"), "-c", str(nginx_conf(tmp, ports))],
+                        ports[-1], tmp / "nginx.log")  # fmt: skip
+            for p in ports:
+                wait_listening(p, procs.procs[-1])
+            kind = "nginx-light, 1 worker"
+        else:
+            for p in ports:
+                procs.start([sys.executable, __file__, "--serve-http", str(p)], p, tmp / f"http-{p}.log")
+            kind = "asyncio HTTP server (nginx not installed)"
+        hp, sp = free_port(), free_port()
+        procs.start(["haproxy", "-db", "-f", str(haproxy_conf(tmp, hp, ports))], hp, tmp / "haproxy.log")
+        procs.start([sys.executable, __file__, "--serve-shoal", str(sp), ",".join(map(str, ports))],
+                    sp, tmp / "shoal.log")  # fmt: skip
+        targets = {"direct": ports[0], "haproxy-tcp": hp, "shoal-l4": sp}
+        print(f"backends: 3 x {kind}; wrk -t1 -c{a.connections} -d{a.duration}s")
+        for mode in modes:
+            for name, port in targets.items():
+                results[(mode, name)] = run_wrk(port, a.duration, a.connections, close=mode == "close")
+                rps, p50, p99 = results[(mode, name)]
+                print(f"  {mode:<9} {name:<12} {rps:>10.0f} req/s  p50 {p50:7.3f} ms  p99 {p99:7.3f} ms")
+    print()
+    print(f"{'mode':<9} {'target':<12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    for (mode, name), (rps, p50, p99) in results.items():
+        print(f"{mode:<9} {name:<12} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f}")
+    for mode in modes:
+        s, h, d0 = (results[(mode, t)][0] for t in ("shoal-l4", "haproxy-tcp", "direct"))
+        print(f"{mode}: shoal/HAProxy = {s / h:.2f}x   shoal/direct = {s / d0:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The routing mesh: a pure balancer (balancer.py) and the engines that use it (tcp.py)."""

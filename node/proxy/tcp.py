@@ -1,0 +1,283 @@
+"""The L4 engine: one listening port, each accepted connection spliced to a backend.
+
+Per accepted connection: pick a backend from the `Balancer`, connect (a refused or
+timed-out connect is reported to the balancer and retried on the next backend, as
+`RetryPolicy` allows), then copy bytes both ways until both directions are done.
+
+Why Protocols and not streams: each side is an `asyncio.Protocol` whose
+`data_received` writes straight into the other side's transport, with no task, no
+`await` and no copy in between; under uvloop that is most of the speed there is.
+
+Guarantees:
+- back-pressure: a side's write buffer is bounded (`HIGH_WATER`): above it the other
+  side stops reading (`pause_reading`) until the buffer drains below `LOW_WATER`, so
+  one connection holds at most about HIGH_WATER + one read in proxy memory per
+  direction, however fast one end and slow the other;
+- half-close: EOF from one side becomes `write_eof` on the other; the connection is
+  closed when both sides have sent EOF, or when either side is gone (pending bytes are
+  flushed first unless the side was reset);
+- no backend (none in the set, or every attempt failed): the client connection is
+  closed at once;
+- `close()` stops listening at once, lets in-flight connections finish for up to
+  `drain_timeout` seconds, then aborts what is left; `drain(backends)` gives
+  connections to backends that left the set the same grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import cast
+
+from node.proxy.balancer import Backend, Balancer, Failure, RetryPolicy
+
+HIGH_WATER = 256 * 1024
+"""Bytes buffered for one side before the other side stops reading (per direction)."""
+LOW_WATER = 64 * 1024
+"""Bytes under which reading resumes."""
+
+
+@dataclass(slots=True)
+class TcpStats:
+    """Plain counters; the metrics module exports them later."""
+
+    connections: int = 0  # accepted
+    active: int = 0  # accepted and not yet finished
+    errors: int = 0  # ended without a backend, or by a socket error
+    retries: int = 0  # connect attempts after a failed one
+    no_backend: int = 0  # closed at once: nothing left to try
+
+
+class _Side(asyncio.Protocol):
+    """One end of a connection; what it reads goes to `peer`'s transport."""
+
+    __slots__ = ("conn", "lost", "peer", "pending", "transport")
+
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+        self.peer: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
+        self.pending: list[bytes] = []  # read before the peer was linked
+        self.lost = False
+
+    def itself(self) -> _Side:
+        """The protocol factory for `create_connection`: this very protocol."""
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = self.transport = cast(asyncio.Transport, transport)
+        t.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        if self is self.conn.client:
+            t.pause_reading()  # until a backend is connected
+            self.conn.proxy._accepted(self.conn)
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None:
+            peer.write(data)
+        else:
+            self.pending.append(data)
+
+    def eof_received(self) -> bool:
+        self.conn.eof(self)
+        return True  # keep our write half open: the other direction may go on
+
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and not self.peer.is_closing():
+            self.peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.conn.side_lost(self, exc)
+
+
+class _Conn:
+    """A client connection and, once connected, its backend connection."""
+
+    __slots__ = ("backend", "client", "client_eof", "proxy", "server", "server_eof", "task")
+
+    def __init__(self, proxy: TcpProxy) -> None:
+        self.proxy = proxy
+        self.client = _Side(self)
+        self.server: _Side | None = None
+        self.backend: Backend | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.client_eof = self.server_eof = False
+
+    def link(self, server: _Side, backend: Backend) -> None:
+        client_t, server_t = self.client.transport, server.transport
+        assert client_t is not None and server_t is not None
+        self.server, self.backend = server, backend
+        self.client.peer, server.peer = server_t, client_t
+        for side, peer_t in ((self.client, server_t), (server, client_t)):
+            if side.pending:
+                peer_t.writelines(side.pending)
+                side.pending.clear()
+        if self.client.lost:
+            server_t.close()
+            return
+        if self.client_eof:
+            self._write_eof(server_t)
+        else:
+            client_t.resume_reading()
+
+    def eof(self, side: _Side) -> None:
+        if side is self.client:
+            self.client_eof = True
+        else:
+            self.server_eof = True
+        if side.peer is not None:
+            self._write_eof(side.peer)
+        if self.client_eof and self.server_eof:
+            self.abort(graceful=True)
+
+    @staticmethod
+    def _write_eof(t: asyncio.Transport) -> None:
+        if t.is_closing():
+            return
+        if t.can_write_eof():
+            t.write_eof()
+        else:
+            t.close()
+
+    def side_lost(self, side: _Side, exc: Exception | None) -> None:
+        if exc is not None:
+            self.proxy.stats.errors += 1
+        if side is self.client and self.task is not None and not self.task.done():
+            self.task.cancel()
+        other = self.server if side is self.client else self.client
+        if other is not None and not other.lost and other.transport is not None:
+            if exc is None:
+                other.transport.close()  # flushes what is buffered first
+            else:
+                other.transport.abort()
+        if self.client.lost and (self.server is None or self.server.lost):
+            self.proxy._finished(self)
+
+    def abort(self, graceful: bool = False) -> None:
+        for side in (self.client, self.server):
+            if side is not None and side.transport is not None and not side.lost:
+                side.transport.close() if graceful else side.transport.abort()
+
+
+class TcpProxy:
+    """Listen on `listen_host:listen_port` (0: any free port) and spread connections."""
+
+    def __init__(
+        self,
+        listen_host: str,
+        listen_port: int,
+        balancer: Balancer,
+        connect_timeout: float = 1.0,
+        drain_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.listen_host, self.listen_port = listen_host, listen_port
+        self.balancer = balancer
+        self.connect_timeout = connect_timeout
+        self.drain_timeout = drain_timeout
+        self.retry = retry or RetryPolicy()
+        self.stats = TcpStats()
+        self._server: asyncio.Server | None = None
+        self._conns: set[_Conn] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the OS chose when `listen_port` was 0)."""
+        assert self._server is not None, "not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._accept, self.listen_host, self.listen_port, backlog=1024, reuse_address=True
+        )
+
+    def _accept(self) -> _Side:
+        conn = _Conn(self)
+        self._conns.add(conn)
+        self._idle.clear()
+        self.stats.connections += 1
+        self.stats.active += 1
+        return conn.client
+
+    def _accepted(self, conn: _Conn) -> None:
+        conn.task = asyncio.get_running_loop().create_task(self._connect(conn))
+
+    async def _connect(self, conn: _Conn) -> None:
+        client_t = conn.client.transport
+        assert client_t is not None
+        client_t.pause_reading()
+        loop = asyncio.get_running_loop()
+        attempts = self.retry.start()
+        while (backend := self.balancer.pick(time.monotonic(), attempts.tried)) is not None:
+            server = _Side(conn)
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    await loop.create_connection(server.itself, backend.address, backend.port)
+            except TimeoutError:
+                failure = Failure.CONNECT_TIMEOUT
+            except OSError:
+                failure = Failure.CONNECT_REFUSED
+            else:
+                self.balancer.report(backend, True, time.monotonic())
+                conn.link(server, backend)
+                return
+            self.balancer.report(backend, False, time.monotonic())
+            if not attempts.failed(backend, failure):
+                break
+            self.stats.retries += 1
+        self.stats.no_backend += 1
+        self.stats.errors += 1
+        client_t.close()
+
+    def _finished(self, conn: _Conn) -> None:
+        if conn in self._conns:
+            self._conns.discard(conn)
+            self.stats.active -= 1
+            if not self._conns:
+                self._idle.set()
+
+    def buffered(self) -> int:
+        """Bytes held in the write buffers of every connection (for tests and metrics)."""
+        total = 0
+        for conn in self._conns:
+            for side in (conn.client, conn.server):
+                if side is not None and side.transport is not None and not side.lost:
+                    total += side.transport.get_write_buffer_size()
+        return total
+
+    def drain(self, backends: Iterable[Backend]) -> None:
+        """Abort connections to `backends` (removed from the set) after `drain_timeout`."""
+        gone = set(backends)
+        doomed = [c for c in self._conns if c.backend in gone]
+        if doomed:
+            asyncio.get_running_loop().call_later(self.drain_timeout, _abort_all, doomed)
+
+    async def close(self) -> None:
+        """Stop listening; let in-flight connections finish up to `drain_timeout`."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.drain_timeout)
+        for conn in list(self._conns):
+            if conn.task is not None:
+                conn.task.cancel()
+            conn.abort()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), 1.0)
+
+
+def _abort_all(conns: list[_Conn]) -> None:
+    for conn in conns:
+        conn.abort()
