@@ -66,6 +66,10 @@ _TRANSPORT_MARKERS = (
     "empty address list",
     "endpoint closing",
 )
+# How a node's own UNAVAILABLE answers begin (node.store: its etcd is unreachable). Their
+# reason may contain a marker above ("etcd unreachable at h:p: connection refused"), but
+# a node did answer: the message must name etcd, not claim that no node answers.
+_NODE_ANSWERS = ("etcd ",)
 
 
 class ShoalError(Exception):
@@ -139,7 +143,11 @@ def error_from_rpc(err: grpc.RpcError, target: str, timeout: float | None = None
     details = (details_fn() if callable(details_fn) else None) or ""
     cls = _BY_CODE.get(code, ShoalError) if code is not None else ShoalError
     if code == grpc.StatusCode.UNAVAILABLE and (
-        not details or any(m in details.lower() for m in _TRANSPORT_MARKERS)
+        not details
+        or (
+            not details.lower().startswith(_NODE_ANSWERS)
+            and any(m in details.lower() for m in _TRANSPORT_MARKERS)
+        )
     ):
         message = f"no shoal node answers at {target}: {_short_reason(details)}; {_HINT}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -53,7 +53,7 @@ class Daemon:
         self.store = EtcdStore(config.etcd, timeout=config.etcd_timeout)
         self.runtime = DockerRuntime()
         self.session = Session(self.store, config.timings.lease_ttl)
-        self.leader_session = Session(self.store, config.timings.leader_ttl)
+        self.leader_session = Session(self.store, config.timings.leader_ttl, revoke_lost=True)
         self.events = EventLog(self.store, self.keys, config.node_id)
         self.membership = Membership(
             config.node_id,

@@ -89,6 +89,13 @@ class EtcdStore:
         self.endpoints = ",".join(endpoints)
         self.timeout = timeout
         self._client = Etcd3Client(list(endpoints), rpc_max_attempts=2)
+        # gRPC's default reconnect back-off grows to 120 s: after a long etcd outage a
+        # daemon would stay cut off for up to two minutes once etcd is back. Cap it at 1 s.
+        self._client._manager.grpc_options += [  # etcd3aio has no parameter for channel options
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
         self._connected = False
 
     async def connect(self) -> None:

@@ -28,12 +28,18 @@ Callback = Callable[[int], Awaitable[None] | None]
 
 
 class Session:
-    def __init__(self, store: Store, ttl: int, margin: float | None = None) -> None:
+    def __init__(
+        self, store: Store, ttl: int, margin: float | None = None, revoke_lost: bool = False
+    ) -> None:
         if ttl < 2:
             raise ValueError("lease ttl must be at least 2 seconds")
         self.store = store
         self.ttl = ttl
         self.margin = margin if margin is not None else max(0.5, ttl / 5)
+        # Revoke a lost lease once etcd answers again. etcd renews every lease when it
+        # comes back, so what hangs on a lease we gave up would outlive us by a TTL; for
+        # the leader key that means no election until it expires.
+        self.revoke_lost = revoke_lost
         self.lease = 0
         self.deadline = 0.0
         self.valid = asyncio.Event()
@@ -90,6 +96,7 @@ class Session:
                     continue
                 await asyncio.sleep(min(0.5, max(0.05, self.deadline - self.margin - time.monotonic())))
                 continue
+            lost = self.lease
             try:
                 await self.start()
             except StoreError as exc:
@@ -97,6 +104,11 @@ class Session:
                 await asyncio.sleep(1.0)
                 continue
             log.info("new etcd lease %x", self.lease)
+            if self.revoke_lost and lost:
+                try:
+                    await self.store.revoke(lost)
+                except StoreError as exc:
+                    log.warning("could not revoke the lost lease %x: %s", lost, exc)
             await self._fire(self._on_renewed, self.lease)
 
     async def close(self, revoke: bool) -> None:

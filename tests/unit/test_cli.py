@@ -515,6 +515,12 @@ DNS = (
         (grpc.StatusCode.INVALID_ARGUMENT, "a\n  b", InvalidArgument, "a b"),
         (grpc.StatusCode.FAILED_PRECONDITION, "no leader", FailedPrecondition, "no leader"),
         (grpc.StatusCode.UNAVAILABLE, "etcd down", Unavailable, "etcd down"),
+        (  # a node answered: its etcd is down; this is no "no node answers"
+            grpc.StatusCode.UNAVAILABLE,
+            "etcd unreachable at 127.0.0.1:2379: connection refused; the cluster state cannot be read",
+            Unavailable,
+            "etcd unreachable at 127.0.0.1:2379: connection refused; the cluster state cannot be read",
+        ),
         (
             grpc.StatusCode.UNAVAILABLE,
             REFUSED,
