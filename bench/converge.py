@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,7 +57,7 @@ from pathlib import Path
 import docker
 
 from node.client import ShoalClient, ShoalError
-from node.devcluster import DevCluster, DevError
+from node.devcluster import DevCluster, DevError, free_port_on_all, free_port_pair
 
 IMAGE = "shoal-demo/web:1"
 CONTAINER_PORT = 8080
@@ -75,39 +74,6 @@ class BenchError(Exception):
 
 
 # -- small helpers -----------------------------------------------------------------------
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_pair(host: str = "127.0.0.1") -> int:
-    """A port p such that p and p+1 are both free on `host` (etcd's client and peer ports)."""
-    for _ in range(100):
-        p = free_port(host)
-        with socket.socket() as s:
-            try:
-                s.bind((host, p + 1))
-            except OSError:
-                continue
-        return p
-    raise BenchError("no free pair of ports for etcd")
-
-
-def free_port_on_all(hosts: list[str]) -> int:
-    """A port free on every one of `hosts` (node i binds 127.0.0.i)."""
-    for _ in range(100):
-        p = free_port(hosts[0])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((host, p))
-        except OSError:
-            continue
-        return p
-    raise BenchError("no port free on all node addresses")
 
 
 class Deadline:

@@ -1,5 +1,7 @@
 """Waiting in tests: poll a condition until a deadline, never sleep a fixed time.
 
+(The free-port helpers come from `node.devcluster`, shared with the benches.)
+
 `wait_until(fn, timeout)` calls `fn` (sync or async) every `interval` seconds until it
 returns something truthy, and returns that value; at the deadline it raises
 `TimeoutError` naming `message` and the last value or exception seen, so a failed wait
@@ -14,6 +16,10 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
+
+from node.devcluster import free_port, free_port_on_all, free_port_pair
+
+__all__ = ["free_port", "free_port_on_all", "free_port_pair", "wait_until", "wait_until_sync"]
 
 T = TypeVar("T")
 
@@ -73,43 +79,3 @@ def wait_until_sync(
 def _failure(message: str, timeout: float, last: object) -> str:
     what = message or "condition"
     return f"{what} not met within {timeout}s (last: {last!r})"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` now (the OS picks it)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_pair(host: str = "127.0.0.1") -> int:
-    """A port p such that p and p+1 are both free on `host` (etcd's client and peer ports)."""
-    import socket
-
-    for _ in range(100):
-        p = free_port(host)
-        with socket.socket() as s:
-            try:
-                s.bind((host, p + 1))
-            except OSError:
-                continue
-        return p
-    raise RuntimeError("no free pair of ports")
-
-
-def free_port_on_all(hosts: list[str]) -> int:
-    """A port free on every one of `hosts` (node i of a test cluster binds 127.0.0.i)."""
-    import socket
-
-    for _ in range(100):
-        p = free_port(hosts[0])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((host, p))
-        except OSError:
-            continue
-        return p
-    raise RuntimeError("no port free on all hosts")
