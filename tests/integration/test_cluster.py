@@ -79,13 +79,6 @@ def store_call(cluster: DevCluster, fn: Callable[[EtcdStore], object]) -> object
     return asyncio.run(go())
 
 
-def revision(cluster: DevCluster) -> int:
-    async def rev(store: EtcdStore) -> int:
-        return (await store.range("/__none__/"))[1]
-
-    return int(store_call(cluster, rev))  # type: ignore[arg-type]
-
-
 def test_apply_places_three_replicas_on_three_nodes_that_answer(
     make_cluster: Callable[..., DevCluster],
 ) -> None:
