@@ -156,10 +156,10 @@ class Agent:
                 )
             await self.publisher.publish(list(self.status.values()), endpoints)
 
-    async def _start(self, task: Assignment) -> Container | None:
+    async def _start(self, task: Assignment) -> None:
         when, backoff = self._retry_at.get(task.task_id, (0.0, 0.5))
         if time.monotonic() < when:
-            return None
+            return
         try:
             spec = await self.specs.spec(task.service, task.version)
             c = await self.runtime.run(container_spec(task, spec, self.cluster, self.publish_address))
@@ -167,7 +167,7 @@ class Agent:
             self._retry_at[task.task_id] = (time.monotonic() + backoff, min(backoff * 2, 30.0))
             self._set(task, TaskState.FAILED, message=str(exc))
             self.events.emit("task.failed", f"{task.service}.{task.slot}: {exc}", task.service, task.task_id)
-            return None
+            return
         self._retry_at.pop(task.task_id, None)
         self._observe(task, c)
         if c.running:
@@ -176,7 +176,6 @@ class Agent:
         self.events.emit(
             "task.started", f"{c.name} started on {self.node} ({c.id[:12]})", task.service, task.task_id
         )
-        return c
 
     async def _replace(self, task: Assignment, c: Container) -> None:
         await self.publisher.withdraw(task.service, task.task_id)

@@ -44,7 +44,7 @@ def handle(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
             return await fn(self, request, context)
-        except (ShoalError, StoreUnavailable, Exception) as exc:
+        except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             await _abort(context, exc)
