@@ -160,8 +160,9 @@ def test_leader_kill9_elects_a_new_leader_and_fences_the_old_epoch(
         c.apply(WEB)
         old = c.list_nodes()
     wait_until_sync(converged(cluster, 3), 30, message="3 replicas")
-    ids_before = set(containers(cluster))
     leader = next(n.id for n in old.nodes if n.leader)
+    # the survivors' replicas; the dead leader's own one may move (its node is dead to gossip)
+    kept = {cid for cid, lb in containers(cluster).items() if lb[LABELS.NODE] != leader}
     member = next(m for m in cluster.members if m.node_id == leader)
     member.kill(signal.SIGKILL)
     survivor = next(m for m in cluster.members if m is not member)
@@ -184,7 +185,7 @@ def test_leader_kill9_elects_a_new_leader_and_fences_the_old_epoch(
     member.start()
     cluster.wait_ready(20)
     wait_until_sync(converged(cluster, 3), 30, message="3 replicas after the old leader is back")
-    assert set(containers(cluster)) == ids_before  # a leader change moves no task
+    assert kept <= set(containers(cluster))  # a leader change moves (and restarts) nothing else
 
 
 def test_sigterm_of_the_leader_hands_leadership_over(make_cluster: Callable[..., DevCluster]) -> None:
