@@ -104,6 +104,26 @@ class Daemon:
                 "give this host another --node-id (or another --data-dir)"
             )
 
+    async def _keep_registered(self, renewed: asyncio.Event) -> None:
+        """Keep `nodes/<id>` on the current node lease: at once after a new lease, and every
+        few seconds anyway, so a registration that failed (etcd just back) is retried."""
+        key = self.keys.node(self.config.node_id)
+        while True:
+            try:
+                async with asyncio.timeout(self.config.timings.agent_resync * 2):
+                    await renewed.wait()
+            except TimeoutError:
+                pass
+            renewed.clear()
+            if not self.session.valid.is_set():
+                continue
+            try:
+                kv = await self.store.get(key)
+                if kv is None or kv.lease != self.session.lease:
+                    await self.register()
+            except StoreError as exc:
+                log.warning("node registration not renewed yet: %s", exc)
+
     async def register(self, lease: int | None = None) -> None:
         c = self.config
         info = NodeInfo(
@@ -136,7 +156,8 @@ class Daemon:
             await self.register()
         except StoreError as exc:
             raise StartupError(str(exc)) from exc
-        self.session.on_renewed(self.register)
+        renewed = asyncio.Event()
+        self.session.on_renewed(lambda _lease: renewed.set())
         try:
             server, health = api_server.build(
                 [
@@ -187,6 +208,7 @@ class Daemon:
         )
         tasks: set[asyncio.Task[Any]] = {
             asyncio.create_task(self.session.run(), name="session"),
+            asyncio.create_task(self._keep_registered(renewed), name="registration"),
             asyncio.create_task(self.leader_session.run(), name="leader-session"),
             asyncio.create_task(self.events.run(), name="events"),
             asyncio.create_task(agent.run(), name="agent"),
