@@ -19,7 +19,7 @@ from typing import Any, TypeVar, overload
 
 from node.devcluster import free_port, free_port_on_all, free_port_pair
 
-__all__ = ["free_port", "free_port_on_all", "free_port_pair", "wait_until", "wait_until_sync"]
+__all__ = ["free_port", "free_port_on_all", "free_port_pair", "on_store", "wait_until", "wait_until_sync"]
 
 T = TypeVar("T")
 
@@ -79,3 +79,18 @@ def wait_until_sync(
 def _failure(message: str, timeout: float, last: object) -> str:
     what = message or "condition"
     return f"{what} not met within {timeout}s (last: {last!r})"
+
+
+def on_store(endpoint: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `fn(store)` on a fresh `EtcdStore` connected to `endpoint`, then close it."""
+    from node.store.etcd import EtcdStore
+
+    async def go() -> T:
+        store = EtcdStore([endpoint])
+        await store.connect()
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())

@@ -25,7 +25,7 @@ from node.devcluster import DevCluster
 from node.keys import Keys
 from node.pb import api_pb2, api_pb2_grpc
 from node.store.etcd import EtcdStore
-from tests.helpers import free_port, free_port_on_all, free_port_pair, wait_until_sync
+from tests.helpers import free_port, free_port_on_all, free_port_pair, on_store, wait_until_sync
 
 pytestmark = pytest.mark.integration
 
@@ -80,15 +80,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, demo_images: tuple[str, ..
 
 
 def etcd_revision(cluster: DevCluster) -> int:
-    async def rev() -> int:
-        store = EtcdStore([cluster.etcd.endpoint])
-        await store.connect()
-        try:
-            return (await store.range("/__none__/"))[1]
-        finally:
-            await store.close()
+    async def rev(store: EtcdStore) -> int:
+        return (await store.range("/__none__/"))[1]
 
-    return asyncio.run(rev())
+    return on_store(cluster.etcd.endpoint, rev)
 
 
 def writes_since(cluster: DevCluster, before: int) -> list[str]:
@@ -98,24 +93,19 @@ def writes_since(cluster: DevCluster, before: int) -> list[str]:
     "the revision is unchanged" cannot be asked of it; "the request wrote nothing" can.
     """
 
-    async def read() -> list[str]:
-        store = EtcdStore([cluster.etcd.endpoint])
-        await store.connect()
-        try:
-            now = (await store.range("/__none__/"))[1]
-            keys: list[str] = []
-            if now <= before:
-                return keys
-            async with asyncio.timeout(10):
-                async for batch in store.watch(Keys().prefix, before + 1):
-                    keys += [ev.kv.key for ev in batch.events]
-                    if batch.revision >= now:
-                        break
-            return [k for k in keys if not k.startswith(Keys().events)]
-        finally:
-            await store.close()
+    async def read(store: EtcdStore) -> list[str]:
+        now = (await store.range("/__none__/"))[1]
+        keys: list[str] = []
+        if now <= before:
+            return keys
+        async with asyncio.timeout(10):
+            async for batch in store.watch(Keys().prefix, before + 1):
+                keys += [ev.kv.key for ev in batch.events]
+                if batch.revision >= now:
+                    break
+        return [k for k in keys if not k.startswith(Keys().events)]
 
-    return asyncio.run(read())
+    return on_store(cluster.etcd.endpoint, read)
 
 
 def test_writes_since_sees_a_good_apply(cluster: DevCluster) -> None:

@@ -6,7 +6,6 @@ Every wait polls with a deadline; deadlines are generous bounds on correctness
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import urllib.request
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from node.keys import Keys
 from node.runtime.base import LABELS
 from node.store import Put, fence
 from node.store.etcd import EtcdStore
-from tests.helpers import wait_until_sync
+from tests.helpers import on_store, wait_until_sync
 
 pytestmark = pytest.mark.integration
 
@@ -65,18 +64,6 @@ def converged(cluster: DevCluster, n: int, service: str = "web") -> Callable[[],
 def http_get(address: str, port: int, path: str = "/") -> str:
     with urllib.request.urlopen(f"http://{address}:{port}{path}", timeout=5) as resp:
         return resp.read().decode().strip()
-
-
-def store_call(cluster: DevCluster, fn: Callable[[EtcdStore], object]) -> object:
-    async def go() -> object:
-        store = EtcdStore([cluster.etcd.endpoint])
-        await store.connect()
-        try:
-            return await fn(store)  # type: ignore[misc]
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
 
 
 def test_apply_places_three_replicas_on_three_nodes_that_answer(
@@ -128,7 +115,9 @@ def test_scale_up_down_to_zero_and_remove_leave_nothing_behind(
             found += [kv.key for kv in (await store.range(prefix))[0]]
         return found
 
-    wait_until_sync(lambda: store_call(cluster, leftovers) == [], 15, message="no task, status, endpoint key")
+    wait_until_sync(
+        lambda: on_store(cluster.etcd.endpoint, leftovers) == [], 15, message="no task, status, endpoint key"
+    )
 
 
 def test_daemon_kill9_and_restart_readopts_the_same_containers(
@@ -181,7 +170,7 @@ def test_leader_kill9_elects_a_new_leader_and_fences_the_old_epoch(
         result = await store.txn([fence(keys.leader, old.epoch)], [Put(keys.task("web", 99), b"stale")])
         return result.succeeded, await store.get(keys.task("web", 99))
 
-    assert store_call(cluster, stale_write) == (False, None)
+    assert on_store(cluster.etcd.endpoint, stale_write) == (False, None)
     member.start()
     cluster.wait_ready(20)
     wait_until_sync(converged(cluster, 3), 30, message="3 replicas after the old leader is back")

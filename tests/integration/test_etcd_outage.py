@@ -24,7 +24,6 @@ observation window). The measured times are printed (`pytest -s` shows them).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import threading
@@ -40,7 +39,7 @@ from node.devcluster import DevCluster
 from node.keys import Keys
 from node.runtime.base import LABELS
 from node.store.etcd import EtcdStore
-from tests.helpers import wait_until_sync
+from tests.helpers import on_store, wait_until_sync
 from tests.integration.test_cluster import WEB, converged, http_get
 
 pytestmark = pytest.mark.integration
@@ -101,16 +100,11 @@ def node_leases(cluster: DevCluster) -> dict[str, int]:
     """node id -> the lease its registry entry hangs on, read from etcd."""
     keys = Keys(prefix=cluster.prefix)
 
-    async def go() -> dict[str, int]:
-        store = EtcdStore([cluster.etcd.endpoint])
-        await store.connect()
-        try:
-            kvs, _ = await store.range(keys.nodes)
-        finally:
-            await store.close()
+    async def go(store: EtcdStore) -> dict[str, int]:
+        kvs, _ = await store.range(keys.nodes)
         return {keys.tail(kv.key, keys.nodes): kv.lease for kv in kvs}
 
-    return asyncio.run(go())
+    return on_store(cluster.etcd.endpoint, go)
 
 
 def log_count(cluster: DevCluster, needle: str) -> dict[str, int]:
