@@ -29,26 +29,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import cast
 
 from node.proxy.balancer import Backend, Balancer, Failure, RetryPolicy
+from node.proxy.stats import ProxyStats
 
 HIGH_WATER = 256 * 1024
 """Bytes buffered for one side before the other side stops reading (per direction)."""
 LOW_WATER = 64 * 1024
 """Bytes under which reading resumes."""
-
-
-@dataclass(slots=True)
-class TcpStats:
-    """Plain counters; the metrics module exports them later."""
-
-    connections: int = 0  # accepted
-    active: int = 0  # accepted and not yet finished
-    errors: int = 0  # ended without a backend, or by a socket error
-    retries: int = 0  # connect attempts after a failed one
-    no_backend: int = 0  # closed at once: nothing left to try
 
 
 class _Side(asyncio.Protocol):
@@ -184,7 +173,7 @@ class TcpProxy:
         self.connect_timeout = connect_timeout
         self.drain_timeout = drain_timeout
         self.retry = retry or RetryPolicy()
-        self.stats = TcpStats()
+        self.stats = ProxyStats()
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
         self._idle = asyncio.Event()
@@ -206,7 +195,7 @@ class TcpProxy:
         conn = _Conn(self)
         self._conns.add(conn)
         self._idle.clear()
-        self.stats.connections += 1
+        self.stats.requests += 1
         self.stats.active += 1
         return conn.client
 
@@ -219,6 +208,7 @@ class TcpProxy:
         client_t.pause_reading()
         loop = asyncio.get_running_loop()
         attempts = self.retry.start()
+        started = time.monotonic()
         while (backend := self.balancer.pick(time.monotonic(), attempts.tried)) is not None:
             server = _Side(conn)
             try:
@@ -229,10 +219,13 @@ class TcpProxy:
             except OSError:
                 failure = Failure.CONNECT_REFUSED
             else:
-                self.balancer.report(backend, True, time.monotonic())
+                now = time.monotonic()
+                self.balancer.report(backend, True, now)
+                self.stats.latency.observe(now - started)
                 conn.link(server, backend)
                 return
-            self.balancer.report(backend, False, time.monotonic())
+            if self.balancer.report(backend, False, time.monotonic()):
+                self.stats.ejections += 1
             if not attempts.failed(backend, failure):
                 break
             self.stats.retries += 1
