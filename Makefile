@@ -50,10 +50,11 @@ demo: install images
 	$(SHOAL) service apply -f $(DEMO_SPEC)
 	# Wait (with a deadline) for 3 running replicas, each published as an endpoint.
 	count='import json, sys; d = json.load(sys.stdin); print(sum(t.get("state", "running") == "running" for t in d))'
+	routable='import json, sys; print(len(json.load(sys.stdin)["endpoints"]))'
 	deadline=$$((SECONDS + $(DEMO_TIMEOUT)))
 	while :; do
 	  running=$$($(SHOAL) service ps web -o json 2>/dev/null | $(PY) -c "$$count" 2>/dev/null || echo 0)
-	  endpoints=$$($(SHOAL) resolve web -o json 2>/dev/null | $(PY) -c "$$count" 2>/dev/null || echo 0)
+	  endpoints=$$($(SHOAL) resolve web -o json 2>/dev/null | $(PY) -c "$$routable" 2>/dev/null || echo 0)
 	  if [[ $$running == 3 && $$endpoints == 3 ]]; then break; fi
 	  if (( SECONDS >= deadline )); then
 	    echo "demo: web has $$running/3 running and $$endpoints/3 endpoints after $(DEMO_TIMEOUT)s" >&2
@@ -67,15 +68,22 @@ demo: install images
 	echo "== shoal service ps web"
 	$(SHOAL) service ps web
 	echo
-	echo "== each replica answers (endpoints from: shoal resolve web)"
-	targets=$$($(SHOAL) resolve web -o json | $(PY) -c 'import json, sys; [print("%s:%s %s" % (e["address"], e["port"], e["node"])) for e in sorted(json.load(sys.stdin), key=lambda e: e["node"])]')
+	echo "== shoal resolve web"
+	$(SHOAL) resolve web
+	echo
+	echo "== through the proxy: every node serves web on its own address, round-robin over the replicas"
+	mesh=$$($(SHOAL) resolve web -o json | $(PY) -c 'import json, sys; [print("%s:%s %s" % (m["address"], m["port"], m["node"])) for m in json.load(sys.stdin)["mesh"]]')
 	while read -r target node; do
-	  answer=$$(curl -fsS --max-time 2 --retry 10 --retry-connrefused --retry-delay 0 --retry-max-time 10 "http://$$target/")
-	  printf '  %-22s %-4s -> %s\n' "$$target" "$$node" "$$answer"
-	done <<< "$$targets"
+	  for i in 1 2 3; do
+	    answer=$$(curl -fsS --max-time 2 --retry 10 --retry-connrefused --retry-delay 0 --retry-max-time 10 "http://$$target/")
+	    printf '  %-18s %-4s -> %s\n' "$$target" "$$node" "$$answer"
+	  done
+	done <<< "$$mesh"
 	echo
 	echo "The cluster keeps running. Try:"
 	echo "  $(SHOAL) service scale web 5 && $(SHOAL) service ps web"
+	echo "  $(SHOAL) resolve web --watch   # Ctrl-C to leave"
+	echo "  curl -s http://127.0.0.1:7071/metrics | grep shoal_proxy"
 	echo "  $(SHOAL) events -f        # Ctrl-C to leave"
 	echo "Logs and state: $(DEV_DIR)/ . Stop it (and remove its containers): make stop"
 

@@ -252,11 +252,24 @@ class ShoalClient:
 
     def resolve(self, name: str) -> list[api_pb2.Endpoint]:
         """The healthy, routable replicas of a service."""
+        return list(self.lookup(name).endpoints)
+
+    def lookup(self, name: str) -> api_pb2.ResolveResponse:
+        """The routable replicas of a service and its mesh addresses (node address, port)."""
         try:
-            response = self._stub.Resolve(api_pb2.ResolveRequest(name=name), timeout=self.timeout)
+            return self._stub.Resolve(api_pb2.ResolveRequest(name=name), timeout=self.timeout)
         except grpc.RpcError as err:
             raise self._error(err) from None
-        return list(response.endpoints)
+
+    def watch_resolve(self, name: str) -> Iterator[api_pb2.ResolveResponse]:
+        """`lookup` now, then again after every change (no deadline; leave the loop to stop)."""
+        call = self._stub.WatchResolve(api_pb2.ResolveRequest(name=name), timeout=None)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+        finally:
+            call.cancel()
 
     def watch_members(self) -> Iterator[api_pb2.Member]:
         """The answering node's gossip view: every member now, then each change (no deadline)."""

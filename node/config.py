@@ -69,6 +69,9 @@ class NodeConfig:
     lease_ttl: int = 0  # 0 = from the preset
     leader_ttl: int = 0  # 0 = from the preset
     stop_timeout: float = 10.0  # s between SIGTERM and SIGKILL when stopping a container
+    drain: float = 2.0  # s between withdrawing a replica from every proxy and stopping it
+    #   (a service's `update.drain` overrides it): in-flight requests finish, new ones go elsewhere
+    metrics_port: int = 7071  # Prometheus `/metrics` on `address`; 0 = off
     wait_for_etcd: bool = False  # keep retrying at start instead of exiting
     join: tuple[str, ...] = ()  # gossip seeds (host:port of peers); the etcd registry is used too
     leave_on_stop: bool = False  # on SIGTERM, tell peers this node left (its tasks move at once);
@@ -159,6 +162,10 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError(f"preset: {c.preset!r} is not one of {', '.join(PRESETS)}")
     if not 1 <= c.grpc_port <= 65535:
         raise ConfigError(f"grpc_port: {c.grpc_port} is not a port (1-65535)")
+    if not 0 <= c.metrics_port <= 65535 or c.metrics_port == c.grpc_port:
+        raise ConfigError(f"metrics_port: {c.metrics_port} must be a port other than grpc_port, or 0 (off)")
+    if not 0 <= c.drain <= 3600:
+        raise ConfigError(f"drain: {c.drain} must be between 0 and 3600 seconds")
     if c.node_id and not NODE_ID.fullmatch(c.node_id):
         raise ConfigError(f"node_id: {c.node_id!r} must be 1-63 of a-z, 0-9, '-'")
     if not NODE_ID.fullmatch(c.cluster):

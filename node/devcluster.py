@@ -144,6 +144,7 @@ class DevCluster:
     nodes: int = 3
     grpc_port: int = 7070
     etcd_port: int = 2479
+    metrics_port: int = 0  # /metrics of every node; 0: grpc_port + 1
     cluster: str = "dev"
     prefix: str = DEFAULT_PREFIX
     preset: str = "local"
@@ -161,7 +162,9 @@ class DevCluster:
         data = self.data_dir / "nodes" / node_id
         args = [
             "--node-id", node_id, "--data-dir", str(data), "--address", address,
-            "--grpc-port", str(self.grpc_port), "--etcd", self.etcd.endpoint, "--etcd-prefix", self.prefix,
+            "--grpc-port", str(self.grpc_port),
+            "--metrics-port", str(self.metrics_port or self.grpc_port + 1),
+            "--etcd", self.etcd.endpoint, "--etcd-prefix", self.prefix,
             "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}", *self.extra_args,
         ]  # fmt: skip
         return NodeProcess(i, node_id, address, self.grpc_port, data, args)

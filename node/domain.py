@@ -128,8 +128,15 @@ class EndpointRecord(Record):
     service: str
     node: str
     address: str
-    port: int
+    port: int  # host port of the first container port (kept for older readers)
     container_port: int
+    ports: dict[str, int] = field(default_factory=dict)  # every container port -> host port
+
+    def host_port(self, container_port: int) -> int:
+        """Where this replica publishes `container_port`; 0 when it does not."""
+        if self.ports:
+            return int(self.ports.get(str(container_port), 0))
+        return self.port if self.container_port == container_port else 0
 
 
 @dataclass(frozen=True)

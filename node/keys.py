@@ -7,12 +7,16 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `nodes/<node>`                    | the node               | on the node's lease |
 | `leader`                          | election               | leader's lease; create revision = epoch |
 | `down/<node>`                     | leader only, fenced    | while gossip says the node is dead |
+| `nodespec/<node>`                 | API, any node          | until changed (drain, labels) |
 | `services/<name>`                 | API, any node          | until `rm`          |
 | `history/<name>/<version>`        | API, any node          | until `rm`          |
 | `tasks/<service>/<slot>`          | leader only, fenced    | until scaled away   |
 | `status/<task-id>`                | the task's agent       | on the node's lease |
 | `endpoints/<service>/<task-id>`   | the task's agent       | on the node's lease |
 | `events/<node>/<ring-slot>`       | every node             | a ring per node     |
+| `binds/<service>/<node>`          | the node's proxy       | on the node's lease |
+
+`binds/` holds the ports a node's proxy cannot bind, while that lasts.
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.
@@ -62,6 +66,10 @@ class Keys:
     def events(self) -> str:
         return f"{self.prefix}events/"
 
+    @property
+    def nodespecs(self) -> str:
+        return f"{self.prefix}nodespec/"
+
     # single keys
     @property
     def leader(self) -> str:
@@ -94,8 +102,18 @@ class Keys:
     def endpoint(self, service: str, task_id: str) -> str:
         return f"{self.endpoints(service)}{task_id}"
 
+    def binds(self, service: str) -> str:
+        return f"{self.prefix}binds/{service}/"
+
+    def bind(self, service: str, node: str) -> str:
+        return f"{self.binds(service)}{node}"
+
     def down(self, node: str) -> str:
         return f"{self.down_all}{node}"
+
+    def nodespec(self, node: str) -> str:
+        """The operator's settings of a node: availability (drain) and labels."""
+        return f"{self.nodespecs}{node}"
 
     def node_events(self, node: str) -> str:
         return f"{self.events}{node}/"

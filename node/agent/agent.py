@@ -11,6 +11,7 @@ exponential back-off. When etcd is unreachable the agent keeps what runs running
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import asdict, replace
@@ -42,6 +43,7 @@ class Agent:
         publish_address: str,
         resync: float = 1.0,
         stop_timeout: float = 10.0,
+        drain: float = 2.0,
     ) -> None:
         self.store, self.keys, self.node, self.cluster = store, keys, node, cluster
         self.runtime = runtime
@@ -49,6 +51,8 @@ class Agent:
         self.publish_address = publish_address
         self.resync = resync
         self.stop_timeout = stop_timeout
+        self.drain = drain
+        self._stopping: dict[str, asyncio.Task[None]] = {}  # container id -> its drain and stop
         self.tasks = PrefixCache(store, keys.tasks, "agent-tasks")
         self.specs = SpecSource(store, keys)
         self.publisher = Publisher(store, keys, session)
@@ -87,6 +91,13 @@ class Agent:
                     pass
         finally:
             watcher.cancel()
+            for task in list(self._stopping.values()):
+                task.cancel()  # a restarted daemon finds the container and stops it then
+
+    async def stopped(self) -> None:
+        """Wait for the stops under way (drain, then stop) to finish."""
+        while self._stopping:
+            await asyncio.gather(*list(self._stopping.values()), return_exceptions=True)
 
     async def _seed_restarts(self) -> None:
         """Carry restart counts over a daemon restart (the old status is still in etcd)."""
@@ -110,7 +121,11 @@ class Agent:
                 self.events.emit(
                     "task.adopted", f"{c.name} re-adopted ({c.id[:12]})", task.service, task.task_id
                 )
-        await asyncio.gather(*(self._stop(c) for c in actions.stop))
+        for c in actions.stop:
+            if c.id not in self._stopping:
+                stopping = asyncio.get_running_loop().create_task(self._stop(c), name=f"stop-{c.name}")
+                self._stopping[c.id] = stopping
+                stopping.add_done_callback(functools.partial(self._stopped, c.id))
         await asyncio.gather(*(self._replace(t, c) for t, c in actions.replace))
         for task_id in [t for t in self.status if t not in assigned]:
             del self.status[task_id]
@@ -151,8 +166,11 @@ class Agent:
             endpoints = []
             for task, c in self._running.values():
                 cport, hport = next(iter(sorted(c.host_ports.items())), (0, 0))
+                ports = {str(k): v for k, v in sorted(c.host_ports.items())}
                 endpoints.append(
-                    EndpointRecord(task.task_id, task.service, self.node, self.publish_address, hport, cport)
+                    EndpointRecord(
+                        task.task_id, task.service, self.node, self.publish_address, hport, cport, ports
+                    )
                 )
             await self.publisher.publish(list(self.status.values()), endpoints)
 
@@ -187,8 +205,40 @@ class Agent:
         await self.runtime.remove(c.id)
 
     async def _stop(self, c: Container) -> None:
+        """Withdraw the replica from every proxy, let its traffic drain, then stop it.
+
+        Runs as its own task (passes go on meanwhile; a later pass that still lists the
+        container does not stop it twice). A withdrawal that fails (etcd away) is
+        retried by the next pass: the container is not stopped while it may still be
+        in a rotation, unless it was never routable (not running).
+        """
         service, task_id = c.labels.get(LABELS.SERVICE, ""), c.labels.get(LABELS.TASK, "")
-        await self.publisher.withdraw(service, task_id)
-        await self.runtime.stop(c.id, self.stop_timeout)
+        try:
+            await self.publisher.withdraw(service, task_id)
+        except StoreError as exc:
+            if c.running:
+                log.warning("%s not stopped yet: its endpoint could not be withdrawn: %s", c.name, exc)
+                return
+        if c.running:
+            drain = await self._drain_time(service, c)
+            if drain > 0:
+                await asyncio.sleep(drain)  # proxies saw the withdrawal; in-flight requests finish
+        try:
+            await self.runtime.stop(c.id, self.stop_timeout)
+        except RuntimeError_ as exc:
+            log.warning("%s: stop failed, retried next pass: %s", c.name, exc)
+            return
         self._restarts.pop(task_id, None)
         self.events.emit("task.stopped", f"{c.name} stopped and removed", service, task_id)
+
+    def _stopped(self, container_id: str, _task: asyncio.Task[None]) -> None:
+        self._stopping.pop(container_id, None)
+
+    async def _drain_time(self, service: str, c: Container) -> float:
+        """The service's `update.drain` when its spec says one, else the node's default."""
+        try:
+            spec = await self.specs.spec(service, int(c.labels.get(LABELS.VERSION, "0")))
+        except (SpecNotFound, StoreError, ValueError):
+            return self.drain
+        drain = (spec.get("update") or {}).get("drain")
+        return float(drain) if drain is not None else self.drain

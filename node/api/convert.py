@@ -86,6 +86,20 @@ def down_node(node_id: str, tasks: int) -> api_pb2.Node:
     return api_pb2.Node(id=node_id, status=NodeStatus.DOWN.value, tasks=tasks)
 
 
+def proxy_errors(kvs: list[KV]) -> list[api_pb2.ProxyError]:
+    """`binds/<service>/<node>` records (written by each node's mesh) as messages."""
+    out = []
+    for kv in kvs:
+        data = json.loads(kv.value)
+        for e in data.get("errors", []):
+            out.append(
+                api_pb2.ProxyError(
+                    node=e["node"], port=e["port"], error=e["error"], since=data.get("since", 0.0)
+                )
+            )
+    return sorted(out, key=lambda p: (p.node, p.port))
+
+
 def endpoint(e: EndpointRecord) -> api_pb2.Endpoint:
     return api_pb2.Endpoint(
         task=e.task_id, node=e.node, address=e.address, port=e.port, container_port=e.container_port

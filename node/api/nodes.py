@@ -18,6 +18,7 @@ from node.domain import Assignment, EndpointRecord, NodeInfo, NodeStatus
 from node.gossip.member import GONE, Member, MemberEvent
 from node.keys import Keys
 from node.pb import api_pb2
+from node.proxy import routes
 from node.store import Store
 
 
@@ -72,8 +73,7 @@ async def routable(store: Store, keys: Keys, service: str, view: MemberView | No
     gone = {keys.tail(kv.key, keys.down_all) for kv in (await store.range(keys.down_all))[0]}
     if view is not None:
         gone |= {m.node for m in view.members() if m.state in GONE}
-    out = [e for e in (EndpointRecord.from_json(kv.value) for kv in kvs) if (e.task_id, e.node) in assigned]
-    return sorted((e for e in out if e.node not in gone), key=lambda e: e.task_id)
+    return routes.routable((EndpointRecord.from_json(kv.value) for kv in kvs), assigned, gone)
 
 
 def member_pb(m: Member | MemberEvent, previous: str = "", age: float = 0.0) -> api_pb2.Member:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from node.api import convert, nodes
+from node.api import convert, nodes, resolve
 from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
 from node.domain import Assignment, ServiceRecord, TaskStatus
@@ -69,7 +69,10 @@ class ShoalServicer(api_pb2_grpc.ShoalServicer):
         self, request: api_pb2.GetServiceRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.Service:
         record, _ = await self.writer.read(check_name(request.name))
-        return convert.service(record, (await self._tasks(record.name)).get(record.name, []))
+        out = convert.service(record, (await self._tasks(record.name)).get(record.name, []))
+        binds, _ = await self.store.range(self.keys.binds(record.name))
+        out.proxy_errors.extend(convert.proxy_errors(binds))
+        return out
 
     @handle
     async def ListServices(
@@ -126,10 +129,14 @@ class ShoalServicer(api_pb2_grpc.ShoalServicer):
     async def Resolve(
         self, request: api_pb2.ResolveRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ResolveResponse:
-        name = check_name(request.name)
-        await self.writer.read(name)
-        endpoints = await nodes.routable(self.store, self.keys, name, self.members)
-        return api_pb2.ResolveResponse(name=name, endpoints=[convert.endpoint(e) for e in endpoints])
+        return await resolve.resolve(self.store, self.keys, check_name(request.name), self.members)
+
+    @handle_stream
+    async def WatchResolve(
+        self, request: api_pb2.ResolveRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.ResolveResponse]:
+        async for answer in resolve.watch(self.store, self.keys, check_name(request.name), self.members):
+            yield answer
 
     @handle_stream
     async def StreamEvents(

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
 
 import click
 
 from node.cli import Settings, pass_settings
-from node.cli.output import emit, endpoint_dict, human_bytes, member_dict, node_dict, output_option
+from node.cli.output import (
+    emit,
+    emit_data,
+    emit_table,
+    human_bytes,
+    member_dict,
+    node_dict,
+    output_option,
+    resolve_dict,
+)
 from node.pb import api_pb2
 
 
@@ -81,10 +91,42 @@ ENDPOINT_COLUMNS = [
 ]
 
 
+MESH_COLUMNS = [
+    ("NODE", lambda m: m.node),
+    ("MESH ADDRESS", lambda m: f"{m.address}:{m.port}"),
+    ("PROTOCOL", lambda m: m.protocol),
+]
+
+
+def _show(answer: api_pb2.ResolveResponse, fmt: str) -> None:
+    if fmt != "table":
+        emit_data(resolve_dict(answer), fmt)
+        return
+    if answer.endpoints:
+        emit_table(list(answer.endpoints), ENDPOINT_COLUMNS)
+    else:
+        click.echo(f"no healthy replica of {answer.name}")
+    if answer.mesh:
+        click.echo()
+        emit_table(list(answer.mesh), MESH_COLUMNS)
+
+
 @click.command()
 @click.argument("name")
+@click.option("-w", "--watch", is_flag=True, help="Keep printing the answer each time it changes.")
 @output_option()
 @pass_settings
-def resolve(settings: Settings, name: str, fmt: str) -> None:
-    """List the healthy, routable replicas of a service (what the proxy uses)."""
-    emit(settings.client().resolve(name), endpoint_dict, ENDPOINT_COLUMNS, fmt)
+def resolve(settings: Settings, name: str, watch: bool, fmt: str) -> None:
+    """List the healthy, routable replicas of a service (what the proxy uses) and its mesh
+    addresses: every alive node's address with each published port."""
+    client = settings.client()
+    if not watch:
+        _show(client.lookup(name), fmt)
+        return
+    for i, answer in enumerate(client.watch_resolve(name)):
+        if fmt == "table":
+            click.echo(("\n" if i else "") + f"--- {time.strftime('%H:%M:%S')} {answer.name}")
+        elif fmt == "json":
+            click.echo(json.dumps(resolve_dict(answer)))
+            continue
+        _show(answer, fmt)

@@ -87,6 +87,9 @@ def service_detail(s: api_pb2.Service, tasks: Sequence[api_pb2.Task]) -> Row:
         "updated_at": iso(s.updated_at),
         "updated_by": s.updated_by,
         "replicas": {"desired": s.replicas, "running": s.running},
+        "proxy_errors": [
+            {"node": p.node, "port": p.port, "error": p.error, "since": iso(p.since)} for p in s.proxy_errors
+        ],
         "spec": spec,
         "tasks": [task_dict(t) for t in sorted(tasks, key=lambda t: t.slot)],
     }
@@ -130,6 +133,18 @@ def endpoint_dict(e: api_pb2.Endpoint) -> Row:
         "address": e.address,
         "port": e.port,
         "container_port": e.container_port,
+    }
+
+
+def mesh_dict(m: api_pb2.MeshAddress) -> Row:
+    return {"node": m.node, "address": m.address, "port": m.port, "protocol": m.protocol}
+
+
+def resolve_dict(r: api_pb2.ResolveResponse) -> Row:
+    return {
+        "name": r.name,
+        "endpoints": [endpoint_dict(e) for e in r.endpoints],
+        "mesh": [mesh_dict(m) for m in r.mesh],
     }
 
 

@@ -1,7 +1,8 @@
 """The daemon's lifecycle: start in order, run named tasks, stop cleanly.
 
 Start: etcd reachable (or one clear line and exit 1) -> Docker reachable -> lease
--> registry entry -> gRPC server bound -> agent, leadership, events. Every
+-> registry entry -> gRPC server bound -> /metrics bound -> agent, leadership,
+events, the proxy mesh. Every
 background task is named; if one dies, the daemon logs why and exits non-zero
 instead of limping on. SIGTERM/SIGINT: health goes NOT_SERVING, leadership is
 resigned (another node leads within ~2 s), the server drains for a second and the
@@ -33,6 +34,8 @@ from node.events import EventLog
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.keys import Keys
 from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc
+from node.proxy import metrics
+from node.proxy.mesh import Mesh
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
 from node.store import StoreError, StoreUnavailable
@@ -62,6 +65,15 @@ class Daemon:
             self.keys,
             GOSSIP_PRESETS[config.preset],
             config.join,
+        )
+        self.mesh = Mesh(
+            self.store,
+            self.keys,
+            config.node_id,
+            config.address,
+            self.events,
+            self.membership,
+            lambda: self.session.lease,
         )
         self.stopping = asyncio.Event()
         self.started_at = time.time()
@@ -174,6 +186,16 @@ class Daemon:
             raise StartupError(f"{exc}; is another shoald running there? choose --grpc-port") from exc
         await server.start()
         await api_server.set_serving(health, True)
+        metrics_server = None
+        if c.metrics_port:
+            try:
+                metrics_server = metrics.serve(self.mesh, c.address, c.metrics_port)
+            except OSError as exc:
+                await server.stop(grace=0)
+                raise StartupError(
+                    f"cannot serve /metrics on {c.address}:{c.metrics_port}: {exc.strerror or exc}; "
+                    "choose --metrics-port (0 turns it off)"
+                ) from exc
         agent = Agent(
             self.store,
             self.keys,
@@ -185,6 +207,7 @@ class Daemon:
             c.publish_to,
             c.timings.agent_resync,
             c.stop_timeout,
+            c.drain,
         )
         leadership = Leadership(
             self.store,
@@ -214,6 +237,7 @@ class Daemon:
             asyncio.create_task(agent.run(), name="agent"),
             asyncio.create_task(leadership.run(), name="leadership"),
             asyncio.create_task(self.membership.run(), name="membership"),
+            asyncio.create_task(self.mesh.run(), name="mesh"),
         }
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -230,6 +254,8 @@ class Daemon:
         for task in by_name.values():
             await _cancel(task)
         await server.stop(grace=1.0)
+        if metrics_server is not None:
+            metrics_server.shutdown()
         for task in failed:
             raise StartupError(f"background task {task.get_name()} died: {task.exception()!r}")
 

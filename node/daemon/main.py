@@ -32,6 +32,8 @@ from node.logs import setup
 @click.option("--cpu", type=float, help="cores offered to tasks [detected]")
 @click.option("--memory", type=int, help="bytes offered to tasks [detected]")
 @click.option("--publish-address", help="where container ports are published [--address]")
+@click.option("--metrics-port", type=int, help="Prometheus /metrics port on --address, 0 = off [7071]")
+@click.option("--drain", type=float, help="seconds a replica drains before it is stopped [2]")
 @click.option("--preset", type=click.Choice(["local", "lan"]), help="timing preset [lan]")
 @click.option("--lease-ttl", type=int, help="node lease TTL in seconds [preset]")
 @click.option("--leader-ttl", type=int, help="leader key lease TTL in seconds [preset]")

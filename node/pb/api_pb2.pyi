@@ -41,7 +41,7 @@ class Port(_message.Message):
     def __init__(self, container: _Optional[int] = ..., published: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "version", "image", "replicas", "running", "ports", "spec_json", "updated_at", "updated_by")
+    __slots__ = ("name", "version", "image", "replicas", "running", "ports", "spec_json", "updated_at", "updated_by", "proxy_errors")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Service(_message.Message):
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    PROXY_ERRORS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     image: str
@@ -60,7 +61,20 @@ class Service(_message.Message):
     spec_json: str
     updated_at: float
     updated_by: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., spec_json: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ...) -> None: ...
+    proxy_errors: _containers.RepeatedCompositeFieldContainer[ProxyError]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., spec_json: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., proxy_errors: _Optional[_Iterable[_Union[ProxyError, _Mapping]]] = ...) -> None: ...
+
+class ProxyError(_message.Message):
+    __slots__ = ("node", "port", "error", "since")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    port: int
+    error: str
+    since: float
+    def __init__(self, node: _Optional[str] = ..., port: _Optional[int] = ..., error: _Optional[str] = ..., since: _Optional[float] = ...) -> None: ...
 
 class ListServicesRequest(_message.Message):
     __slots__ = ()
@@ -239,13 +253,27 @@ class Endpoint(_message.Message):
     container_port: int
     def __init__(self, task: _Optional[str] = ..., node: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., container_port: _Optional[int] = ...) -> None: ...
 
+class MeshAddress(_message.Message):
+    __slots__ = ("node", "address", "port", "protocol")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    address: str
+    port: int
+    protocol: str
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
+
 class ResolveResponse(_message.Message):
-    __slots__ = ("name", "endpoints")
+    __slots__ = ("name", "endpoints", "mesh")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    MESH_FIELD_NUMBER: _ClassVar[int]
     name: str
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
-    def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+    mesh: _containers.RepeatedCompositeFieldContainer[MeshAddress]
+    def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., mesh: _Optional[_Iterable[_Union[MeshAddress, _Mapping]]] = ...) -> None: ...
 
 class StreamEventsRequest(_message.Message):
     __slots__ = ("service", "follow", "limit")

@@ -74,6 +74,11 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.ResolveRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.ResolveResponse.FromString,
                 _registered_method=True)
+        self.WatchResolve = channel.unary_stream(
+                '/shoal.v1.Shoal/WatchResolve',
+                request_serializer=shoal_dot_v1_dot_api__pb2.ResolveRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.ResolveResponse.FromString,
+                _registered_method=True)
         self.StreamEvents = channel.unary_stream(
                 '/shoal.v1.Shoal/StreamEvents',
                 request_serializer=shoal_dot_v1_dot_api__pb2.StreamEventsRequest.SerializeToString,
@@ -134,7 +139,15 @@ class ShoalServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Resolve(self, request, context):
-        """The healthy, routable replicas of a service.
+        """The healthy, routable replicas of a service and its mesh addresses (every alive
+        node's address with each published port).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchResolve(self, request, context):
+        """The same answer now, then again each time it changes; the stream stays open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,6 +207,11 @@ def add_ShoalServicer_to_server(servicer, server):
             ),
             'Resolve': grpc.unary_unary_rpc_method_handler(
                     servicer.Resolve,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.ResolveRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.ResolveResponse.SerializeToString,
+            ),
+            'WatchResolve': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchResolve,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.ResolveRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.ResolveResponse.SerializeToString,
             ),
@@ -422,6 +440,33 @@ class Shoal:
             request,
             target,
             '/shoal.v1.Shoal/Resolve',
+            shoal_dot_v1_dot_api__pb2.ResolveRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.ResolveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchResolve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.v1.Shoal/WatchResolve',
             shoal_dot_v1_dot_api__pb2.ResolveRequest.SerializeToString,
             shoal_dot_v1_dot_api__pb2.ResolveResponse.FromString,
             options,

@@ -256,11 +256,15 @@ class TcpProxy:
         if doomed:
             asyncio.get_running_loop().call_later(self.drain_timeout, _abort_all, doomed)
 
-    async def close(self) -> None:
-        """Stop listening; let in-flight connections finish up to `drain_timeout`."""
+    def stop_accepting(self) -> None:
+        """Stop listening now (the port is free again); open connections go on."""
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    async def close(self) -> None:
+        """Stop listening; let in-flight connections finish up to `drain_timeout`."""
+        self.stop_accepting()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.drain_timeout)
         for conn in list(self._conns):

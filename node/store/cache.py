@@ -31,9 +31,10 @@ class PrefixCache:
         self.relists = 0
         self._listeners: list[asyncio.Event] = []
 
-    def listener(self) -> asyncio.Event:
-        """An event set on every change; the caller clears it after reading."""
-        event = asyncio.Event()
+    def listener(self, event: asyncio.Event | None = None) -> asyncio.Event:
+        """An event set on every change; the caller clears it after reading. Pass one
+        `event` to several mirrors to be woken by a change in any of them."""
+        event = event or asyncio.Event()
         self._listeners.append(event)
         if self.ready.is_set():
             event.set()

@@ -48,10 +48,15 @@ def make_cluster(tmp_path: Path, demo_images: tuple[str, ...]) -> Iterator[Calla
 
     def make(nodes: int = 3, **kwargs: Any) -> DevCluster:
         hosts = [f"127.0.0.{i}" for i in range(1, nodes + 1)]
+        grpc_port = free_port_on_all(hosts)
+        metrics_port = free_port_on_all(hosts)
+        while metrics_port == grpc_port:
+            metrics_port = free_port_on_all(hosts)
         cluster = DevCluster(
             tmp_path / f"cluster{len(started)}",
             nodes=nodes,
-            grpc_port=free_port_on_all(hosts),
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
             etcd_port=free_port_pair(),
             cluster=f"t{uuid.uuid4().hex[:8]}",
             **kwargs,

@@ -57,6 +57,7 @@ class World:
     async def reconcile(self) -> None:
         await self.agent.tasks.relist()
         await self.agent.reconcile()
+        await self.agent.stopped()
 
     async def status(self, task_id: str) -> TaskStatus | None:
         kv = await self.store.get(KEYS.status(task_id))
@@ -70,7 +71,7 @@ async def world() -> AsyncIterator[World]:
     session = Session(store, ttl=10)
     await session.start()
     events = EventLog(store, KEYS, NODE)
-    agent = Agent(store, KEYS, NODE, CLUSTER, runtime, session, events, ADDRESS, stop_timeout=1.0)
+    agent = Agent(store, KEYS, NODE, CLUSTER, runtime, session, events, ADDRESS, stop_timeout=1.0, drain=0.0)
     yield World(store, runtime, session, agent)
 
 
@@ -108,7 +109,7 @@ async def test_assigned_tasks_are_started_labelled_and_published(world: World) -
     kv = await world.store.get(KEYS.endpoint("web", t1.task_id))
     assert kv is not None and kv.lease == world.session.lease
     assert EndpointRecord.from_json(kv.value) == EndpointRecord(
-        t1.task_id, "web", NODE, ADDRESS, c1.host_ports[8080], 8080
+        t1.task_id, "web", NODE, ADDRESS, c1.host_ports[8080], 8080, {"8080": c1.host_ports[8080]}
     )
     status_kv = await world.store.get(KEYS.status(t1.task_id))
     assert status_kv is not None and status_kv.lease == world.session.lease
@@ -237,3 +238,24 @@ async def test_a_missing_spec_is_reported_as_failed(world: World) -> None:
     assert status is not None and status.state == TaskState.FAILED
     assert "spec of web version 1" in status.message
     assert world.runtime.containers == {}
+
+
+async def test_a_replica_drains_after_withdrawal_before_it_is_stopped(world: World) -> None:
+    world.agent.drain = 0.3
+    t1 = make_task(WEB, 1, NODE)
+    await world.add_service(WEB)
+    await world.assign(t1)
+    await world.reconcile()
+    [c1] = world.runtime.running()
+
+    await world.store.delete(KEYS.task("web", 1))
+    await world.agent.tasks.relist()
+    started = time.monotonic()
+    await world.agent.reconcile()
+    await world.agent.reconcile()  # a pass while it drains does not stop it twice
+    assert await world.store.get(KEYS.endpoint("web", t1.task_id)) is None, "withdrawn at once"
+    assert world.runtime.running() == [c1], "still serving what is in flight while it drains"
+    await world.agent.stopped()
+    assert time.monotonic() - started >= 0.3
+    assert world.runtime.running() == []
+    assert world.runtime.calls.count(("stop", c1.id)) == 1

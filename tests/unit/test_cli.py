@@ -94,6 +94,10 @@ NODES = [
         state_age=300.0,
     ),
 ]
+MESH = [
+    api_pb2.MeshAddress(node="n0", address="127.0.0.1", port=8080, protocol="http"),
+    api_pb2.MeshAddress(node="n1", address="127.0.0.2", port=8080, protocol="http"),
+]
 ENDPOINTS = [
     api_pb2.Endpoint(task="t0abc", node="n0", address="127.0.0.1", port=31000, container_port=8080),
     api_pb2.Endpoint(task="t1abc", node="n1", address="127.0.0.2", port=31001, container_port=8080),
@@ -165,7 +169,13 @@ class FakeShoal(api_pb2_grpc.ShoalServicer):
     def Resolve(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._record("Resolve", request, context)
         self._service(request.name, context)
-        return api_pb2.ResolveResponse(name=request.name, endpoints=ENDPOINTS)
+        return api_pb2.ResolveResponse(name=request.name, endpoints=ENDPOINTS, mesh=MESH)
+
+    def WatchResolve(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        self._record("WatchResolve", request, context)
+        self._service(request.name, context)
+        yield api_pb2.ResolveResponse(name=request.name, endpoints=ENDPOINTS, mesh=MESH)
+        yield api_pb2.ResolveResponse(name=request.name, endpoints=ENDPOINTS[:1], mesh=MESH)
 
     def StreamEvents(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         self._record("StreamEvents", request, context)
@@ -371,13 +381,26 @@ def test_node_ls_json(addr: str) -> None:
 
 def test_resolve(addr: str) -> None:
     data = json.loads(ok(addr, "resolve", "web", "-o", "json"))
-    assert [{k: e[k] for k in ("task", "node", "address", "port")} for e in data] == [
+    assert [{k: e[k] for k in ("task", "node", "address", "port")} for e in data["endpoints"]] == [
         {"task": "t0abc", "node": "n0", "address": "127.0.0.1", "port": 31000},
         {"task": "t1abc", "node": "n1", "address": "127.0.0.2", "port": 31001},
+    ]
+    assert data["mesh"] == [
+        {"node": "n0", "address": "127.0.0.1", "port": 8080, "protocol": "http"},
+        {"node": "n1", "address": "127.0.0.2", "port": 8080, "protocol": "http"},
     ]
     lines = ok(addr, "resolve", "web").splitlines()
     assert lines[0].split() == ["TASK", "NODE", "ADDRESS", "PORT"]
     assert lines[2].split() == ["t1abc", "n1", "127.0.0.2", "31001"]
+    assert lines[4].split() == ["NODE", "MESH", "ADDRESS", "PROTOCOL"]
+    assert lines[6].split() == ["n1", "127.0.0.2:8080", "http"]
+
+
+def test_resolve_watch_prints_each_answer(addr: str) -> None:
+    lines = ok(addr, "resolve", "web", "--watch", "-o", "json").splitlines()
+    answers = [json.loads(line) for line in lines]
+    assert [len(a["endpoints"]) for a in answers] == [2, 1]
+    assert all(a["name"] == "web" for a in answers)
 
 
 def test_events_lines(addr: str, fake: FakeShoal) -> None:

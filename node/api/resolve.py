@@ -1,0 +1,104 @@
+"""Discovery lookups: a service's routable replicas and its mesh addresses.
+
+`resolve` answers once; `watch` answers now and then again after every change that
+can alter the answer (endpoints or assignments of the service, the service record,
+the node registry, down marks, this node's gossip view). Changes are coalesced: a
+burst of writes gives one new answer, and an answer equal to the last one sent is
+not sent again. The same rules as the proxy decide what is routable
+(`node.proxy.routes`), so a lookup and the mesh never disagree for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from node.api import convert
+from node.api.nodes import MemberView, routable
+from node.domain import NodeInfo, ServiceRecord
+from node.errors import NotFound
+from node.gossip.member import GONE, MemberEvent
+from node.keys import Keys
+from node.pb import api_pb2
+from node.proxy import routes
+from node.store import Store, StoreError
+
+COALESCE = 0.05
+"""Seconds to wait after a change for the rest of its burst before answering."""
+
+
+async def resolve(store: Store, keys: Keys, name: str, view: MemberView | None) -> api_pb2.ResolveResponse:
+    kv = await store.get(keys.service(name))
+    if kv is None:
+        raise NotFound(f"service {name!r} does not exist; `shoal service ls` lists them")
+    record = ServiceRecord.from_json(kv.value)
+    endpoints = await routable(store, keys, name, view)
+    out = api_pb2.ResolveResponse(name=name, endpoints=[convert.endpoint(e) for e in endpoints])
+    published = [r for r in routes.listeners([record]).values()]
+    if not published:
+        return out
+    nodes = sorted(
+        (NodeInfo.from_json(kv.value) for kv in (await store.range(keys.nodes))[0]), key=lambda n: n.id
+    )
+    gone = {keys.tail(kv.key, keys.down_all) for kv in (await store.range(keys.down_all))[0]}
+    if view is not None:
+        gone |= {m.node for m in view.members() if m.state in GONE}
+    for route in published:
+        for n in nodes:
+            if n.id not in gone:
+                out.mesh.append(
+                    api_pb2.MeshAddress(
+                        node=n.id, address=n.address, port=route.published, protocol=route.protocol
+                    )
+                )
+    return out
+
+
+async def watch(
+    store: Store, keys: Keys, name: str, view: MemberView | None
+) -> AsyncIterator[api_pb2.ResolveResponse]:
+    """The answer now, then each different one; ends with NotFound when the service is removed."""
+    changed = asyncio.Event()
+    answer = await resolve(store, keys, name, view)
+    revision = (await store.range(keys.service(name)))[1]
+    prefixes = (keys.endpoints(name), keys.service_tasks(name), keys.service(name), keys.nodes, keys.down_all)
+    watchers = [asyncio.create_task(_follow(store, p, revision + 1, changed)) for p in prefixes]
+    queue = view.watch() if view is not None else None
+    if queue is not None:
+        watchers.append(asyncio.create_task(_drain(queue, changed)))
+    try:
+        yield answer
+        while True:
+            await changed.wait()
+            await asyncio.sleep(COALESCE)
+            changed.clear()
+            for w in watchers:
+                if w.done() and w.exception() is not None:
+                    raise w.exception()  # type: ignore[misc]
+            new = await resolve(store, keys, name, view)
+            if new != answer:
+                answer = new
+                yield answer
+    finally:
+        for w in watchers:
+            w.cancel()
+        for w in watchers:
+            with contextlib.suppress(asyncio.CancelledError, StoreError):
+                await w
+        if view is not None and queue is not None:
+            view.unwatch(queue)
+
+
+async def _follow(store: Store, prefix: str, revision: int, changed: asyncio.Event) -> None:
+    try:
+        async for _batch in store.watch(prefix, revision):
+            changed.set()
+    finally:
+        changed.set()  # a watch that ends (etcd gone) wakes the loop, which raises its error
+
+
+async def _drain(queue: asyncio.Queue[MemberEvent], changed: asyncio.Event) -> None:
+    while True:
+        await queue.get()
+        changed.set()

@@ -1,0 +1,282 @@
+"""The routing mesh: this node's proxy listeners, kept in step with the cluster.
+
+Every node listens on `<node address>:<published>` for every published port of every
+service and forwards to the service's routable replicas (`node.proxy.routes`): per
+connection for `tcp` ports (`TcpProxy`), per request for `http` ports (`HttpProxy`).
+
+Where the endpoint set comes from, and how fast it moves:
+- mirrors (list + watch, resumed after a drop, re-listed after compaction) of
+  `services/`, `endpoints/`, `tasks/` and `down/`; a change is applied to every
+  balancer as soon as the watch delivers it (milliseconds);
+- this node's gossip view: a node gossip declares dead leaves every rotation at once,
+  before the leader marks it down or etcd expires its lease;
+- while etcd is unreachable the mirrors keep their last view, so traffic keeps going to
+  the last known healthy set.
+
+Draining: an endpoint that leaves the set gets no new traffic from that moment; what
+is in flight to it may finish for up to `drain_timeout` (the agent waits its drain
+time before stopping the container). A listener whose service is removed stops
+accepting at once and drains the same way.
+
+A port that cannot be bound (taken by another process) is reported as a
+`proxy.bind_failed` event and in `binds/<service>/<node>` (shown by `shoal service
+inspect`), retried every `rebind_interval` seconds; other services are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from node.domain import Assignment, EndpointRecord, ServiceRecord
+from node.events import EventLog
+from node.gossip.member import GONE, Member
+from node.keys import Keys
+from node.proxy import routes
+from node.proxy.balancer import Balancer, RetryPolicy
+from node.proxy.http import HttpProxy
+from node.proxy.routes import Route
+from node.proxy.stats import ProxyStats
+from node.proxy.tcp import TcpProxy
+from node.store import Store, StoreError
+from node.store.cache import PrefixCache
+
+log = logging.getLogger(__name__)
+
+Engine = TcpProxy | HttpProxy
+
+
+class GossipView(Protocol):
+    def members(self) -> list[Member]: ...
+    def listener(self) -> asyncio.Event: ...
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    connect_timeout: float = 1.0  # s per connect attempt to a replica
+    drain_timeout: float = 30.0  # s in-flight traffic to a removed replica may take
+    rebind_interval: float = 5.0  # s between attempts to bind a port that was taken
+    max_attempts: int = 3  # connect attempts per connection or request (different replicas)
+
+
+@dataclass
+class Listener:
+    route: Route
+    balancer: Balancer
+    engine: Engine
+
+
+class Mesh:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        node: str,
+        address: str,
+        events: EventLog | None = None,
+        gossip: GossipView | None = None,
+        lease: Callable[[], int] | None = None,
+        settings: MeshSettings | None = None,
+    ) -> None:
+        self.store, self.keys, self.node, self.address = store, keys, node, address
+        self.events = events
+        self.gossip = gossip
+        self.lease = lease
+        self.settings = settings or MeshSettings()
+        self.services = PrefixCache(store, keys.services, "mesh-services")
+        self.endpoints = PrefixCache(store, keys.endpoints_all, "mesh-endpoints")
+        self.tasks = PrefixCache(store, keys.tasks, "mesh-tasks")
+        self.down = PrefixCache(store, keys.down_all, "mesh-down")
+        self.listeners: dict[int, Listener] = {}
+        self.stats: dict[Route, ProxyStats] = {}  # kept across re-binds: counters never go back
+        self.bind_errors: dict[int, tuple[Route, str]] = {}
+        self._reported: dict[str, list[dict[str, object]]] = {}  # binds/ key -> errors written
+        self._closing: set[asyncio.Task[None]] = set()
+        self.ready = asyncio.Event()
+        self.syncs = 0
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        caches = (self.services, self.endpoints, self.tasks, self.down)
+        wake = asyncio.Event()
+        for cache in caches:
+            cache.listener(wake)
+        gossip_wake = self.gossip.listener() if self.gossip is not None else asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for cache in caches:
+                    tg.create_task(cache.run(), name=f"{cache.name}")
+                for cache in caches:
+                    await cache.ready.wait()
+                tg.create_task(self._loop(wake, gossip_wake), name="mesh-sync")
+        finally:
+            await self.close()
+
+    async def _loop(self, wake: asyncio.Event, gossip_wake: asyncio.Event) -> None:
+        while True:
+            wake.clear()
+            gossip_wake.clear()
+            await self.sync()
+            self.ready.set()
+            timeout = self.settings.rebind_interval if self.bind_errors else None
+            waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(gossip_wake.wait())]
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    async def sync(self) -> None:
+        """Bring listeners and balancers in line with the mirrors and the gossip view."""
+        self.syncs += 1
+        records = [ServiceRecord.from_json(kv.value) for kv in self.services.values()]
+        wanted = routes.listeners(records)
+        for port, listener in list(self.listeners.items()):
+            if wanted.get(port) != listener.route:
+                self._retire(port)
+        for port in [p for p, (route, _) in self.bind_errors.items() if wanted.get(p) != route]:
+            del self.bind_errors[port]
+        for port, route in wanted.items():
+            if port not in self.listeners:
+                await self._open(route)
+        self._apply_endpoints()
+        await self._report_binds()
+
+    def _gone(self) -> set[str]:
+        gone = {self.keys.tail(kv.key, self.keys.down_all) for kv in self.down.values()}
+        if self.gossip is not None:
+            gone |= {m.node for m in self.gossip.members() if m.state in GONE and m.node != self.node}
+        return gone
+
+    def routable(self) -> list[EndpointRecord]:
+        assigned = routes.assignments(Assignment.from_json(kv.value) for kv in self.tasks.values())
+        endpoints = (EndpointRecord.from_json(kv.value) for kv in self.endpoints.values())
+        return routes.routable(endpoints, assigned, self._gone())
+
+    def _apply_endpoints(self) -> None:
+        endpoints = self.routable()
+        for listener in self.listeners.values():
+            removed = listener.balancer.set_endpoints(routes.backends(listener.route, endpoints))
+            if removed:
+                listener.engine.drain(removed)
+
+    # -- listeners -----------------------------------------------------------------------
+
+    def _engine(self, route: Route, balancer: Balancer) -> Engine:
+        s = self.settings
+        retry = RetryPolicy(max_attempts=s.max_attempts)
+        if route.protocol == "http":
+            return HttpProxy(
+                self.address,
+                route.published,
+                balancer,
+                service=route.service,
+                connect_timeout=s.connect_timeout,
+                drain_timeout=s.drain_timeout,
+                retry=retry,
+            )
+        return TcpProxy(
+            self.address,
+            route.published,
+            balancer,
+            connect_timeout=s.connect_timeout,
+            drain_timeout=s.drain_timeout,
+            retry=retry,
+        )
+
+    async def _open(self, route: Route) -> None:
+        balancer = Balancer()
+        engine = self._engine(route, balancer)
+        engine.stats = self.stats.setdefault(route, ProxyStats())
+        try:
+            await engine.start()
+        except OSError as exc:
+            error = f"cannot listen on {self.address}:{route.published}: {exc.strerror or exc}"
+            known = self.bind_errors.get(route.published)
+            self.bind_errors[route.published] = (route, error)
+            if known is None or known[1] != error:
+                log.warning("proxy for %s: %s", route.service, error)
+                if self.events is not None:
+                    self.events.emit("proxy.bind_failed", f"{route.service}: {error}", route.service)
+            return
+        if route.published in self.bind_errors:
+            del self.bind_errors[route.published]
+            if self.events is not None:
+                self.events.emit(
+                    "proxy.bound",
+                    f"{route.service}: listening on {self.address}:{route.published}",
+                    route.service,
+                )
+        self.listeners[route.published] = Listener(route, balancer, engine)
+        log.info(
+            "proxy: %s %s:%d -> %s port %d", route.protocol, self.address, route.published, route.service,
+            route.container_port,
+        )  # fmt: skip
+
+    def _retire(self, port: int) -> None:
+        """Stop accepting on `port` now; in-flight traffic drains in the background."""
+        listener = self.listeners.pop(port)
+        listener.engine.stop_accepting()
+        task = asyncio.get_running_loop().create_task(listener.engine.close(), name=f"proxy-close-{port}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop every listener now; give in-flight traffic `grace` seconds, then cut it."""
+        for port in list(self.listeners):
+            self._retire(port)
+        if not self._closing:
+            return
+        _, late = await asyncio.wait(self._closing, timeout=grace)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+    # -- bind errors in etcd (for `shoal service inspect`) --------------------------------
+
+    async def _report_binds(self) -> None:
+        if self.lease is None:
+            return
+        want: dict[str, list[dict[str, object]]] = {}
+        for port, (route, error) in sorted(self.bind_errors.items()):
+            key = self.keys.bind(route.service, self.node)
+            want.setdefault(key, []).append({"node": self.node, "port": port, "error": error})
+        try:
+            for key, entries in want.items():
+                if self._reported.get(key) != entries:
+                    value = json.dumps({"since": time.time(), "errors": entries}).encode()
+                    await self.store.put(key, value, lease=self.lease())
+                    self._reported[key] = entries
+            for key in [k for k in self._reported if k not in want]:
+                await self.store.delete(key)
+                del self._reported[key]
+        except StoreError as exc:
+            log.warning("proxy bind errors not reported to etcd yet: %s", exc)
+
+    # -- views ---------------------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, object]]:
+        """What this node's mesh does now (for logs, tests and debugging)."""
+        out: list[dict[str, object]] = []
+        for port, listener in sorted(self.listeners.items()):
+            now = time.monotonic()
+            out.append(
+                {
+                    "port": port,
+                    "service": listener.route.service,
+                    "protocol": listener.route.protocol,
+                    "backends": [
+                        {"task": b.key, "node": b.node, "ejected": listener.balancer.is_ejected(b, now)}
+                        for b in listener.balancer.backends
+                    ],
+                }
+            )
+        for port, (route, error) in sorted(self.bind_errors.items()):
+            out.append({"port": port, "service": route.service, "protocol": route.protocol, "error": error})
+        return out
