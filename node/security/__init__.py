@@ -1,0 +1,12 @@
+"""Security: the cluster CA, tokens, and the check that runs before every handler.
+
+- `ca`: the cluster CA, node/client/join certificates, CSRs, renewal timing.
+- `tokens`: join tokens (`SHOAL-1-…`, pinning the CA), client tokens (`shoal_<id>_…`,
+  stored hashed) and the role -> method table.
+- `auth`: the grpc.aio interceptor (certificate kind + bearer token -> allowed or not).
+- `bootstrap`: what `cluster init`, joining, renewal and `token create` compute (no I/O).
+- `files`: where a node keeps its key and certificates, written 0600 atomically.
+- `context`: the CLI's credentials (context file or environment).
+
+`node.rpc` makes the TLS channels and servers from these.
+"""
