@@ -1,0 +1,73 @@
+"""Why replicas wait: the leader publishes each service's pending reason in etcd.
+
+The scheduler says, every pass, which replicas fit nowhere and why (`Plan.unplaced`,
+`Plan.pending_nodes`, `Plan.reason`). Only the leader knows that, but any node's API
+must be able to show it (`shoal service ps`, `inspect`), so the leader keeps one key
+per waiting service, `pending/<service>` (a `PendingRecord`):
+
+- written when the reason or the waiting slots change, not on every pass (a pass
+  that changes nothing writes nothing);
+- deleted as soon as every replica has a node, or the service is gone;
+- fenced like every leader write: a deposed leader cannot overwrite its successor's.
+
+A new leader reads what is there once and goes on from it, so it neither rewrites
+every key nor leaves a stale one behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from leader.scheduler import Plan
+from node.domain import PendingRecord
+from node.keys import Keys
+from node.store import Delete, Fenced, Put, Store, fence
+from node.store.base import MAX_TXN_OPS, Op
+
+
+def _what(record: PendingRecord) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
+    return record.reason, tuple(record.slots), tuple(record.nodes)
+
+
+class PendingReasons:
+    def __init__(self, store: Store, keys: Keys, epoch: int) -> None:
+        self.store, self.keys, self.epoch = store, keys, epoch
+        self._published: dict[str, PendingRecord] | None = None  # service -> what etcd holds
+
+    async def _load(self) -> dict[str, PendingRecord]:
+        kvs, _ = await self.store.range(self.keys.pendings)
+        return {r.service: r for r in (PendingRecord.from_json(kv.value) for kv in kvs)}
+
+    def wanted(self, plans: Iterable[Plan], now: float) -> dict[str, PendingRecord]:
+        """The records the plans call for (`since` kept while the reason stays the same)."""
+        published = self._published or {}
+        out = {}
+        for plan in plans:
+            if not plan.pending:
+                continue
+            old = published.get(plan.service)
+            since = old.since if old is not None and old.reason == plan.reason else now
+            out[plan.service] = PendingRecord(
+                plan.service, plan.reason, sorted(plan.unplaced), sorted(plan.pending_nodes), since
+            )
+        return out
+
+    async def publish(self, plans: Iterable[Plan], now: float | None = None) -> int:
+        """Bring `pending/` in line with the plans; return how many keys were written."""
+        if self._published is None:
+            self._published = await self._load()
+        want = self.wanted(plans, time.time() if now is None else now)
+        ops: list[Op] = [
+            Delete(self.keys.pending(name)) for name in sorted(self._published.keys() - want.keys())
+        ]
+        for name, record in sorted(want.items()):
+            old = self._published.get(name)
+            if old is None or _what(old) != _what(record):
+                ops.append(Put(self.keys.pending(name), record.to_json()))
+        for i in range(0, len(ops), MAX_TXN_OPS):
+            result = await self.store.txn([fence(self.keys.leader, self.epoch)], ops[i : i + MAX_TXN_OPS])
+            if not result.succeeded:
+                raise Fenced(f"leadership at epoch {self.epoch} is over; pending reasons not written")
+        self._published = want
+        return len(ops)

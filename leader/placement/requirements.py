@@ -1,0 +1,72 @@
+"""What one service asks of a node, read once per pass from its stored spec.
+
+CPU is counted in integer millicores and memory in bytes, so that sums are exact and
+"never overcommit" is a comparison of integers: a reservation is rounded up to the next
+millicore, a node's capacity down.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from node.constraints import Constraint, ConstraintError, parse_constraint, parse_label_attribute
+
+UNLIMITED = 1 << 62
+SPREAD, BINPACK = "spread", "binpack"
+STRATEGIES = (SPREAD, BINPACK)
+
+
+def reservation_millicores(cpu: float) -> int:
+    return math.ceil(round(cpu * 1000, 6)) if cpu > 0 else 0
+
+
+def capacity_millicores(cpu: float) -> int:
+    return math.floor(round(cpu * 1000, 6)) if cpu > 0 else 0
+
+
+@lru_cache(maxsize=4096)
+def _constraint(text: str) -> Constraint:
+    return parse_constraint(text)
+
+
+@dataclass(frozen=True)
+class Requirements:
+    cpu: int  # millicores reserved per replica
+    memory: int  # bytes reserved per replica
+    constraints: tuple[Constraint, ...]
+    spread: str | None  # label key whose values replicas are spread evenly over
+    max_per_node: int  # UNLIMITED when not set
+    strategy: str  # spread | binpack
+    global_mode: bool
+    invalid: str = ""  # a stored spec the scheduler cannot read (never accepted by apply)
+
+
+def requirements(spec: Mapping[str, Any], default_strategy: str = SPREAD) -> Requirements:
+    resources = spec.get("resources") or {}
+    placement = spec.get("placement") or {}
+    cpu = reservation_millicores(float(resources.get("cpu") or 0))
+    memory = int(resources.get("memory") or 0)
+    invalid = ""
+    constraints: list[Constraint] = []
+    spread = None
+    try:
+        constraints = [_constraint(c) for c in placement.get("constraints") or ()]
+        if placement.get("spread"):
+            spread = parse_label_attribute(placement["spread"])
+    except ConstraintError as exc:
+        invalid = f"the stored placement cannot be read: {exc}"
+    strategy = placement.get("strategy") or default_strategy
+    return Requirements(
+        cpu=cpu,
+        memory=memory,
+        constraints=tuple(constraints),
+        spread=spread,
+        max_per_node=int(placement.get("max_per_node") or UNLIMITED),
+        strategy=strategy if strategy in STRATEGIES else SPREAD,
+        global_mode=spec.get("mode") == "global",
+        invalid=invalid,
+    )
