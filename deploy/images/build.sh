@@ -5,6 +5,12 @@
 #   shoal-demo/base:1   busybox rootfs (every applet linked in /bin), CMD /bin/sh
 #   shoal-demo/web:1    /bin/start-web: serves "web v1 on <hostname>" on / and "ok" on /health
 #   shoal-demo/web:2    the same, saying v2
+#   shoal-demo/web:bad  serves / ("web bad on <hostname>") but /health is missing (404):
+#                       it never passes an http check on /health (rollback tests)
+#   shoal-demo/web:hc   web v1 with a Docker HEALTHCHECK (wget /health every 1s, 3 retries),
+#                       for a spec without a health check of its own
+#   shoal-demo/crash:1  /bin/crash: exits with status ${EXIT_CODE:-1} after ${CRASH_AFTER:-3}
+#                       seconds (crash-loop tests); SIGTERM ends it at once
 # The web page says "$GREETING from web vN on <hostname>" when GREETING is set; the port
 # is ${PORT:-8080}.
 #
@@ -35,9 +41,12 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
 # The start command of web:N. httpd runs as a child so that SIGTERM (docker stop) ends
-# the container at once: PID 1 ignores signals it has no handler for.
+# the container at once: PID 1 ignores signals it has no handler for. A second argument
+# "missing" leaves /health out (web:bad).
 start_web() {
-	local version=$1
+	local version=$1 health=${2:-ok}
+	local health_line='echo ok > /www/health'
+	[[ $health == ok ]] || health_line='rm -f /www/health'
 	cat <<EOF
 #!/bin/sh
 set -e
@@ -48,7 +57,7 @@ if [ -n "\${GREETING:-}" ]; then
 else
   echo "web ${version} on \$host" > /www/index.html
 fi
-echo ok > /www/health
+${health_line}
 httpd -f -p "\${PORT:-8080}" -h /www &
 pid=\$!
 trap 'kill -TERM \$pid 2>/dev/null; wait \$pid || true; exit 0' TERM INT
@@ -70,16 +79,36 @@ make_rootfs() {
 	printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
 }
 
-# build IMAGE CMD_JSON [START_SCRIPT]
+# The start command of crash:N: runs a few seconds, then exits with a failure status.
+start_crash() {
+	cat <<'EOF'
+#!/bin/sh
+after=${CRASH_AFTER:-3}
+code=${EXIT_CODE:-1}
+echo "crash on $(hostname): exiting with status $code in ${after}s"
+trap 'exit 0' TERM INT
+sleep "$after" &
+wait $!
+echo "crash on $(hostname): exiting with status $code"
+exit "$code"
+EOF
+}
+
+# build IMAGE CMD_JSON [START_SCRIPT [SCRIPT_PATH [EXTRA_CHANGE]]]
+# The script is installed at SCRIPT_PATH (default /bin/start-web); EXTRA_CHANGE is one
+# more `docker import --change` (a HEALTHCHECK).
 build() {
-	local image=$1 cmd=$2 script=${3:-}
+	local image=$1 cmd=$2 script=${3:-} path=${4:-/bin/start-web} extra=${5:-}
 	local changes=(
 		-c "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 		-c "CMD $cmd"
 	)
 	[[ -z $script ]] || changes+=(-c "EXPOSE 8080")
+	[[ -z $extra ]] || changes+=(-c "$extra")
+	local recipe=("$RECIPE_VERSION" "$BUSYBOX_SUM" "${changes[@]}" "$script")
+	[[ $path == /bin/start-web ]] || recipe+=("$path") # the older images keep their hash
 	local hash
-	hash=$(printf '%s\n' "$RECIPE_VERSION" "$BUSYBOX_SUM" "${changes[@]}" "$script" | sha256sum | cut -c1-16)
+	hash=$(printf '%s\n' "${recipe[@]}" | sha256sum | cut -c1-16)
 	local current
 	current=$(docker image inspect -f "{{index .Config.Labels \"$HASH_LABEL\"}}" "$image" 2>/dev/null || true)
 	if [[ $current == "$hash" ]]; then
@@ -91,8 +120,8 @@ build() {
 	local root="$WORK/${image//[\/:]/_}"
 	make_rootfs "$root"
 	if [[ -n $script ]]; then
-		printf '%s\n' "$script" >"$root/bin/start-web"
-		chmod 755 "$root/bin/start-web"
+		printf '%s\n' "$script" >"$root$path"
+		chmod 755 "$root$path"
 	fi
 	tar --numeric-owner --owner=0 --group=0 -C "$root" -c . |
 		docker import "${changes[@]}" -c "LABEL $HASH_LABEL=$hash" - "$image" >/dev/null
@@ -104,3 +133,7 @@ build() {
 build shoal-demo/base:1 '["/bin/sh"]'
 build shoal-demo/web:1 '["/bin/start-web"]' "$(start_web v1)"
 build shoal-demo/web:2 '["/bin/start-web"]' "$(start_web v2)"
+build shoal-demo/web:bad '["/bin/start-web"]' "$(start_web bad missing)"
+build shoal-demo/web:hc '["/bin/start-web"]' "$(start_web v1)" /bin/start-web \
+	'HEALTHCHECK --interval=1s --timeout=3s --retries=3 CMD wget -q -O /dev/null http://127.0.0.1:${PORT:-8080}/health || exit 1'
+build shoal-demo/crash:1 '["/bin/crash"]' "$(start_crash)" /bin/crash

@@ -6,6 +6,16 @@ this node's containers (by the cluster and node labels, never anyone else's),
 `tasks/` and every `resync` seconds, so a container that dies outside shoal is
 noticed within that time. A task whose container cannot be made is retried with
 exponential back-off. When etcd is unreachable the agent keeps what runs running.
+
+Health and restarts: a replica whose spec has a `health` check is checked by
+`HealthMonitor` (pure rules in `node.agent.health`) and published in `endpoints/` only
+while it passes; a change of verdict wakes a pass at once, so an unhealthy replica is
+withdrawn within milliseconds of the probe that decided it. Without a check, Docker's
+own HEALTHCHECK is followed when the image has one, else a running replica is
+routable. A container that exits, or a replica unhealthy for 2 x retries checks (then
+stopped through the drain path), is started again as the restart policy says
+(`node.agent.restart`: condition, attempts within a window, back-off); a task it gives
+up on stays exited or failed, `terminal` in its status.
 """
 
 from __future__ import annotations
@@ -14,11 +24,17 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
+from typing import Any
 
 from node.agent.containers import SpecNotFound, SpecSource, container_spec
 from node.agent.diff import Actions, diff
+from node.agent.health import Verdict, check_of
+from node.agent.monitor import HealthMonitor, Probe
+from node.agent.probes import Prober
 from node.agent.publisher import Publisher
+from node.agent.restart import UNHEALTHY, Policy, RestartState, may_start, on_exit, on_running, policy_of
 from node.domain import Assignment, EndpointRecord, TaskState, TaskStatus
 from node.events import EventLog
 from node.keys import Keys
@@ -28,6 +44,7 @@ from node.store.cache import PrefixCache
 from node.store.session import Session
 
 log = logging.getLogger(__name__)
+HEALTH_REFRESH = 30.0  # s: an unchanged health result is rewritten to status/ at most this often
 
 
 class Agent:
@@ -44,6 +61,8 @@ class Agent:
         resync: float = 1.0,
         stop_timeout: float = 10.0,
         drain: float = 2.0,
+        prober: Probe | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store, self.keys, self.node, self.cluster = store, keys, node, cluster
         self.runtime = runtime
@@ -58,7 +77,13 @@ class Agent:
         self.publisher = Publisher(store, keys, session)
         self.status: dict[str, TaskStatus] = {}
         self._retry_at: dict[str, tuple[float, float]] = {}  # task -> (when, backoff)
-        self._restarts: dict[str, int] = {}
+        self.clock = clock
+        self._restart: dict[str, RestartState] = {}  # task -> its restart history (node.agent.restart)
+        self._handled: dict[str, str] = {}  # task -> the last container whose exit was decided on
+        self._routable_since: dict[str, float] = {}  # container id -> wall clock it became routable
+        self._next_start: float | None = None  # earliest restart waiting for its back-off
+        self._wake = asyncio.Event()  # a change of tasks/, a health verdict: run a pass now
+        self.monitor = HealthMonitor(prober or Prober(runtime, publish_address), self._wake.set, clock)
         self._adopted = False
         self._running: dict[str, tuple[Assignment, Container]] = {}  # routable replicas
         self._publish_lock = asyncio.Lock()
@@ -70,27 +95,37 @@ class Agent:
             task = Assignment.from_json(kv.value)
             if task.node == self.node:
                 out[task.task_id] = task
+            old = task.handed_off()  # keeps serving its slot until the new task is ready
+            if old is not None and old.node == self.node:
+                out[old.task_id] = old
         return out
 
     async def run(self) -> None:
         await self._seed_restarts()
-        wake = self.tasks.listener()
+        wake = self.tasks.listener(self._wake)
         watcher = asyncio.create_task(self.tasks.run(), name="agent-watch-tasks")
+        checker = asyncio.create_task(self.monitor.run(), name="agent-health-checks")
         try:
             await self.tasks.ready.wait()
             while True:
                 wake.clear()
+                if checker.done():
+                    checker.result()  # the checking died: die loudly with it
                 try:
                     await self.reconcile()
                 except (StoreError, RuntimeError_) as exc:
                     log.warning("agent pass failed: %s", exc)
+                timeout = self.resync
+                if self._next_start is not None:  # a restart's back-off ends before the resync
+                    timeout = max(0.01, min(timeout, self._next_start - self.clock()))
                 try:
-                    async with asyncio.timeout(self.resync):
+                    async with asyncio.timeout(timeout):
                         await wake.wait()
                 except TimeoutError:
                     pass
         finally:
             watcher.cancel()
+            checker.cancel()
             for task in list(self._stopping.values()):
                 task.cancel()  # a restarted daemon finds the container and stops it then
 
@@ -100,7 +135,8 @@ class Agent:
             await asyncio.gather(*list(self._stopping.values()), return_exceptions=True)
 
     async def _seed_restarts(self) -> None:
-        """Carry restart counts over a daemon restart (the old status is still in etcd)."""
+        """Carry restart counts, last exit codes and given-up tasks over a daemon restart
+        (the old status is still in etcd). The back-off streak starts over."""
         try:
             kvs, _ = await self.store.range(self.keys.status_all)
         except StoreError:
@@ -108,10 +144,17 @@ class Agent:
         for kv in kvs:
             status = TaskStatus.from_json(kv.value)
             if status.node == self.node:
-                self._restarts[status.task_id] = status.restarts
+                given_up = (status.message or "the restart policy gave up") if status.terminal else ""
+                self._restart[status.task_id] = RestartState(
+                    restarts=status.restarts, exit_code=status.exit_code, given_up=given_up
+                )
+
+    def _rs(self, task: Assignment) -> RestartState:
+        return self._restart.get(task.task_id) or RestartState()
 
     async def reconcile(self) -> Actions:
         self.passes += 1
+        self._next_start = None
         assigned = self.assigned()
         found = await self.runtime.list({LABELS.CLUSTER: self.cluster, LABELS.NODE: self.node})
         actions = diff(assigned, found)
@@ -122,38 +165,109 @@ class Agent:
                     "task.adopted", f"{c.name} re-adopted ({c.id[:12]})", task.service, task.task_id
                 )
         for c in actions.stop:
-            if c.id not in self._stopping:
-                stopping = asyncio.get_running_loop().create_task(self._stop(c), name=f"stop-{c.name}")
-                self._stopping[c.id] = stopping
-                stopping.add_done_callback(functools.partial(self._stopped, c.id))
-        await asyncio.gather(*(self._replace(t, c) for t, c in actions.replace))
-        for task_id in [t for t in self.status if t not in assigned]:
-            del self.status[task_id]
-        self._running = {t.task_id: (t, c) for t, c in actions.keep}
+            self._begin_stop(c)
+        for gone in (self.status, self._restart, self._handled, self._retry_at):
+            for task_id in [t for t in gone if t not in assigned]:
+                del gone[task_id]
+        await asyncio.gather(*(self._exited(t, c) for t, c in actions.replace))
+        now = self.clock()
+        running: dict[str, tuple[Assignment, Container]] = {}
+        checked: set[str] = set()
         for task, c in actions.keep:
-            self._observe(task, c)
-        if actions.start:
-            for task in actions.start:
+            if c.id in self._stopping:
+                continue  # replaced for being unhealthy: it drains, then stops; then it restarts
+            spec = await self._spec_or_none(task)
+            verdict = self.monitor.verdict(c, check_of(spec))
+            checked.add(c.id)
+            self._restart[task.task_id] = on_running(self._rs(task), now)
+            if verdict.replace:
+                self._replace_unhealthy(task, c, policy_of(spec), verdict)
+                continue
+            if verdict.routable:
+                running[task.task_id] = (task, c)
+            self._observe(task, c, verdict)
+        self.monitor.retain(checked)
+        for cid in [cid for cid in self._routable_since if cid not in checked]:
+            del self._routable_since[cid]
+        self._running = running
+        starts = self._startable(actions.start, now)
+        if starts:
+            for task in starts:
                 if task.task_id not in self.status:
                     self._set(task, TaskState.PENDING)
             await self._publish()  # `ps` shows them pending while images are pulled and started
-        await asyncio.gather(*(self._start(t) for t in actions.start))
+        await asyncio.gather(*(self._start(t) for t in starts))
         await self._publish()
         return actions
 
+    def _startable(self, tasks: list[Assignment], now: float) -> list[Assignment]:
+        """The tasks to start now: not given up on, and past their restart back-off."""
+        out = []
+        for task in tasks:
+            rs, old = self._rs(task), self.status.get(task.task_id)
+            if rs.terminal:
+                self._set_final(task, rs, old)
+            elif not may_start(rs, now):
+                self._next_start = min(rs.next_at, self._next_start or rs.next_at)
+                if old is None or old.state != TaskState.EXITED:  # none yet, or its replaced container's
+                    message = old.message if old else f"restart in {rs.next_at - now:.1f}s"
+                    self._set(task, TaskState.EXITED, message=message)
+            else:
+                out.append(task)
+        return out
+
+    async def _spec_or_none(self, task: Assignment) -> dict[str, Any]:
+        """The task's spec; empty (no check, default policy) when it is not in etcd."""
+        try:
+            return await self.specs.spec(task.service, task.version)
+        except SpecNotFound:
+            return {}
+
     def _set(self, task: Assignment, state: TaskState, **fields: object) -> None:
+        rs = self._rs(task)
         base = TaskStatus(task.task_id, task.service, task.slot, self.node, state.value)
-        new = replace(base, restarts=self._restarts.get(task.task_id, 0), **fields)  # type: ignore[arg-type]
+        new = replace(base, **{"restarts": rs.restarts, "exit_code": rs.exit_code, **fields})  # type: ignore[arg-type]
         old = self.status.get(task.task_id)
         if old is None or asdict(replace(old, updated_at=0)) != asdict(new):
             self.status[task.task_id] = replace(new, updated_at=time.time())
 
-    def _observe(self, task: Assignment, c: Container) -> None:
+    def _observe(self, task: Assignment, c: Container, verdict: Verdict, message: str = "") -> None:
         if not c.running:  # exited right after it started; the next pass replaces it
             self._set(task, TaskState.EXITED, container_id=c.id, exit_code=c.exit_code, message=c.error)
             return
         port = next(iter(c.host_ports.values()), 0)
-        self._set(task, TaskState.RUNNING, container_id=c.id, address=self.publish_address, host_port=port)
+        since = 0.0
+        if verdict.routable:
+            since = self._routable_since.setdefault(c.id, time.time())
+        else:
+            self._routable_since.pop(c.id, None)
+        at, old = verdict.at, self.status.get(task.task_id)
+        if (
+            old is not None
+            and (old.health, old.health_message, old.health_failures)
+            == (verdict.health.value, verdict.message, verdict.failures)
+            and at - old.health_at < HEALTH_REFRESH
+        ):
+            at = old.health_at  # the same result again: no etcd write for it (refreshed now and then)
+        self._set(
+            task,
+            TaskState.RUNNING,
+            container_id=c.id,
+            address=self.publish_address,
+            host_port=port,
+            message=message,
+            health=verdict.health.value,
+            health_message=verdict.message,
+            health_failures=verdict.failures,
+            health_at=at,
+            healthy_since=since,
+        )
+
+    def _set_final(self, task: Assignment, rs: RestartState, old: TaskStatus | None, cid: str = "") -> None:
+        """A task the restart policy gave up on: exited (code 0) or failed, and why."""
+        state = TaskState.EXITED if rs.exit_code == 0 else TaskState.FAILED
+        cid = cid or (old.container_id if old else "")
+        self._set(task, state, container_id=cid, message=rs.given_up, terminal=True)
 
     async def _publish(self) -> None:
         """Publish every status and the endpoints of the running replicas, as they are now.
@@ -176,35 +290,84 @@ class Agent:
 
     async def _start(self, task: Assignment) -> None:
         when, backoff = self._retry_at.get(task.task_id, (0.0, 0.5))
-        if time.monotonic() < when:
+        if self.clock() < when:
+            self._next_start = min(when, self._next_start or when)
             return
         try:
             spec = await self.specs.spec(task.service, task.version)
             c = await self.runtime.run(container_spec(task, spec, self.cluster, self.publish_address))
         except (SpecNotFound, RuntimeError_) as exc:
-            self._retry_at[task.task_id] = (time.monotonic() + backoff, min(backoff * 2, 30.0))
+            self._retry_at[task.task_id] = (self.clock() + backoff, min(backoff * 2, 30.0))
             self._set(task, TaskState.FAILED, message=str(exc))
             self.events.emit("task.failed", f"{task.service}.{task.slot}: {exc}", task.service, task.task_id)
             return
         self._retry_at.pop(task.task_id, None)
-        self._observe(task, c)
+        verdict = self.monitor.verdict(c, check_of(spec)) if c.running else Verdict()
         if c.running:
+            self._restart[task.task_id] = on_running(self._rs(task), self.clock())
+        self._observe(task, c, verdict)
+        if c.running and verdict.routable:  # routable at once unless it has a check to pass first
             self._running[task.task_id] = (task, c)
         await self._publish()
         self.events.emit(
             "task.started", f"{c.name} started on {self.node} ({c.id[:12]})", task.service, task.task_id
         )
 
-    async def _replace(self, task: Assignment, c: Container) -> None:
+    async def _exited(self, task: Assignment, c: Container) -> None:
+        """A container that exited: decide once whether its task restarts (and when).
+
+        It is removed at once when the task will restart (the restart makes a new one
+        after the back-off); kept, for its logs, when the policy gave up (it is removed
+        when the task is unassigned).
+        """
+        rs = self._rs(task)
+        if rs.terminal:
+            self._set_final(task, rs, None, c.id)
+            return
+        self.monitor.forget(c.id)
         await self.publisher.withdraw(task.service, task.task_id)
-        self._restarts[task.task_id] = self._restarts.get(task.task_id, 0) + 1
-        self._set(task, TaskState.EXITED, container_id=c.id, exit_code=c.exit_code, message=c.error)
-        self.events.emit(
-            "task.exited", f"{c.name} exited with code {c.exit_code}; restarting", task.service, task.task_id
-        )
+        if self._handled.get(task.task_id) != c.id:
+            self._handled[task.task_id] = c.id
+            now = self.clock()
+            rs = on_exit(rs, policy_of(await self._spec_or_none(task)), c.exit_code, now)
+            self._restart[task.task_id] = rs
+            if rs.terminal:
+                self._set_final(task, rs, None, c.id)
+                self.events.emit("task.no-restart", f"{c.name}: {rs.given_up}", task.service, task.task_id)
+                return
+            why = f"exited with code {c.exit_code}" + (f" ({c.error})" if c.error else "")
+            wait = f"restart {rs.restarts} in {rs.next_at - now:.1f}s"
+            self._set(task, TaskState.EXITED, container_id=c.id, message=f"{why}; {wait}")
+            self.events.emit("task.exited", f"{c.name} {why}; {wait}", task.service, task.task_id)
+            self._next_start = min(rs.next_at, self._next_start or rs.next_at)
         await self.runtime.remove(c.id)
 
-    async def _stop(self, c: Container) -> None:
+    def _replace_unhealthy(self, task: Assignment, c: Container, policy: Policy, verdict: Verdict) -> None:
+        """Unhealthy for 2 x retries checks: drain and stop it; the restart policy decides
+        (once per container) whether and when its task gets a new one."""
+        if self._handled.get(task.task_id) != c.id:
+            self._handled[task.task_id] = c.id
+            now = self.clock()
+            rs = on_exit(self._rs(task), policy, UNHEALTHY, now)
+            self._restart[task.task_id] = rs
+            then = f"not restarted: {rs.given_up}" if rs.terminal else f"restart in {rs.next_at - now:.1f}s"
+            why = f"unhealthy after {verdict.failures} failed checks ({verdict.message})"
+            self.events.emit(
+                "task.unhealthy", f"{c.name} {why}; replacing, {then}", task.service, task.task_id
+            )
+            self._observe(task, c, verdict, message=f"{why}; replacing, {then}")
+        self._begin_stop(c, drained=self.monitor.unhealthy_for(c.id))
+
+    def _begin_stop(self, c: Container, drained: float = 0.0) -> None:
+        """Withdraw, drain and stop `c` in the background (once: not while it is under way)."""
+        if c.id in self._stopping:
+            return
+        self.monitor.forget(c.id)
+        stopping = asyncio.get_running_loop().create_task(self._stop(c, drained), name=f"stop-{c.name}")
+        self._stopping[c.id] = stopping
+        stopping.add_done_callback(functools.partial(self._stopped, c.id))
+
+    async def _stop(self, c: Container, drained: float = 0.0) -> None:
         """Withdraw the replica from every proxy, let its traffic drain, then stop it.
 
         Runs as its own task (passes go on meanwhile; a later pass that still lists the
@@ -219,26 +382,30 @@ class Agent:
             if c.running:
                 log.warning("%s not stopped yet: its endpoint could not be withdrawn: %s", c.name, exc)
                 return
-        if c.running:
-            drain = await self._drain_time(service, c)
-            if drain > 0:
-                await asyncio.sleep(drain)  # proxies saw the withdrawal; in-flight requests finish
+        drain, grace = await self._stop_times(service, c)
+        if c.running and drain - drained > 0:  # `drained`: out of rotation that long already
+            await asyncio.sleep(drain - drained)  # proxies saw the withdrawal; in-flight requests finish
         try:
-            await self.runtime.stop(c.id, self.stop_timeout)
+            await self.runtime.stop(c.id, grace)
         except RuntimeError_ as exc:
             log.warning("%s: stop failed, retried next pass: %s", c.name, exc)
             return
-        self._restarts.pop(task_id, None)
+        self._wake.set()  # a pass now: a replaced replica's task may restart, its status moves on
         self.events.emit("task.stopped", f"{c.name} stopped and removed", service, task_id)
 
     def _stopped(self, container_id: str, _task: asyncio.Task[None]) -> None:
         self._stopping.pop(container_id, None)
 
-    async def _drain_time(self, service: str, c: Container) -> float:
-        """The service's `update.drain` when its spec says one, else the node's default."""
+    async def _stop_times(self, service: str, c: Container) -> tuple[float, float]:
+        """(drain, grace): the service's `update.drain` and `stop_grace` when its spec (of
+        the container's version) says them, else the node's `drain` and `stop_timeout`."""
         try:
             spec = await self.specs.spec(service, int(c.labels.get(LABELS.VERSION, "0")))
         except (SpecNotFound, StoreError, ValueError):
-            return self.drain
+            return self.drain, self.stop_timeout
         drain = (spec.get("update") or {}).get("drain")
-        return float(drain) if drain is not None else self.drain
+        grace = spec.get("stop_grace")
+        return (
+            float(drain) if drain is not None else self.drain,
+            float(grace) if grace is not None else self.stop_timeout,
+        )

@@ -53,6 +53,7 @@ def container_spec(
     task: Assignment, spec: dict[str, Any], cluster: str, publish_address: str
 ) -> ContainerSpec:
     resources = spec.get("resources") or {}
+    limits = resources.get("limits") or {}  # Docker enforces the limit, else the reservation
     command = spec.get("command")
     return ContainerSpec(
         name=container_name(task),
@@ -67,9 +68,10 @@ def container_spec(
             LABELS.VERSION: str(task.version),
         },
         command=tuple(command) if command else None,
-        env=dict(spec.get("env") or {}),
+        env={**(spec.get("env") or {}), **(spec.get("secret_env") or {})},
         ports=tuple(PortBinding(int(p["container"])) for p in spec.get("ports") or []),
         publish_address=publish_address,
-        cpu=resources.get("cpu"),
-        memory=resources.get("memory"),
+        cpu=limits.get("cpu") or resources.get("cpu"),
+        memory=limits.get("memory") or resources.get("memory"),
+        image_healthcheck=not spec.get("health"),  # the spec's own check replaces the image's
     )

@@ -7,6 +7,7 @@ agent re-adopts its containers after a restart and how nothing is ever orphaned.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,6 +22,12 @@ class LABELS:
     TASK = "io.shoal.task"
     EPOCH = "io.shoal.epoch"
     VERSION = "io.shoal.version"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: str  # stdout and stderr interleaved, truncated to a few KiB
 
 
 class RuntimeError_(Exception):
@@ -54,6 +61,18 @@ class ContainerSpec:
     publish_address: str = "127.0.0.1"
     cpu: float | None = None  # cores -> nano_cpus
     memory: int | None = None  # bytes -> mem_limit
+    image_healthcheck: bool = True  # False: the image's HEALTHCHECK is turned off (the spec has a check)
+
+
+@dataclass(frozen=True)
+class DockerHealth:
+    """Docker's verdict on a container whose image has a HEALTHCHECK (State.Health)."""
+
+    status: str  # "starting", "healthy", "unhealthy"
+    failing_streak: int = 0  # consecutive failed checks
+    retries: int = 3  # the HEALTHCHECK's retries (failures before unhealthy)
+    message: str = ""  # output of the last check
+    at: str = ""  # when the last check ended (RFC 3339)
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,8 @@ class Container:
     host_ports: dict[int, int] = field(default_factory=dict)  # container port -> host port
     started_at: str = ""
     error: str = ""
+    ip: str = ""  # address on its Docker network, reachable from this host ("" when none)
+    docker_health: DockerHealth | None = None  # only for images with a HEALTHCHECK
 
     @property
     def running(self) -> bool:
@@ -89,5 +110,10 @@ class Runtime(Protocol):
 
     async def remove(self, container_id: str) -> None:
         """Force-remove; a container that is already gone is fine."""
+
+    async def exec(self, container_id: str, command: Sequence[str], timeout: float) -> ExecResult:
+        """Run `command` (argv, no shell) in the running container; its exit code and
+        output. Raise TimeoutError after `timeout` seconds (the process may go on),
+        RuntimeError_ when it cannot be run (container gone or not running)."""
 
     async def close(self) -> None: ...

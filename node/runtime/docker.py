@@ -14,9 +14,14 @@ What it guarantees:
   ports Docker really chose. Restart policy is "no": restarts are shoal's decision.
 - `list` costs one list call (~8 ms for 50 containers here) plus one inspect per
   container that is not running (for its exit code and error) or not yet known running
-  (for its start time); inspecting every container costs ~90 ms for 50. A start time is
-  remembered while the container is seen running: with restart policy "no" only a
-  person's `docker restart` could make it stale.
+  (for its start time) or whose image has a HEALTHCHECK (for Docker's verdict, its
+  failing streak and last output); inspecting every container costs ~90 ms for 50. A
+  start time is remembered while the container is seen running: with restart policy
+  "no" only a person's `docker restart` could make it stale.
+- `exec` (health checks) runs in a pool of its own and reads the exec's output with a
+  deadline, so a check that hangs costs one exec thread for at most its timeout and
+  never delays a start or a stop. A container made for a spec with its own check has
+  the image's HEALTHCHECK turned off (`image_healthcheck=False`).
 - The client is made on first use: a runtime can be built while dockerd is down; calls
   raise `RuntimeUnavailable` until it answers.
 
@@ -34,7 +39,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -42,11 +47,21 @@ import docker
 from docker.errors import APIError, DockerException, NotFound
 from docker.utils import parse_repository_tag
 
-from node.runtime.base import Container, ContainerSpec, ImageError, RuntimeError_, RuntimeUnavailable
+from node.runtime.base import (
+    Container,
+    ContainerSpec,
+    DockerHealth,
+    ExecResult,
+    ImageError,
+    RuntimeError_,
+    RuntimeUnavailable,
+)
 
 T = TypeVar("T")
 DEFAULT_URL = "unix:///var/run/docker.sock"
 PORTS_DEADLINE = 2.0  # seconds to wait for a started container's host ports to show
+EXEC_WORKERS = 4  # threads for exec health checks (each blocks at most its timeout)
+EXEC_OUTPUT = 4096  # bytes of an exec's output kept
 NEVER = "0001-01-01T00:00:00Z"  # Docker's StartedAt of a container never started
 
 
@@ -56,6 +71,7 @@ class DockerRuntime:
         self.url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
         self._max_workers = max_workers
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="shoal-docker")
+        self._exec_pool = ThreadPoolExecutor(EXEC_WORKERS, thread_name_prefix="shoal-docker-exec")
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._started_at: dict[str, str] = {}  # id -> StartedAt, while seen running
@@ -83,12 +99,24 @@ class DockerRuntime:
             return
         self._closed = True
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._exec_pool.shutdown, wait=True, cancel_futures=True)
         if self._client is not None:
             self._client.close()
             self._client = None
 
     async def list(self, labels: dict[str, str]) -> builtins.list[Container]:
         return await self._call(self._list, labels)
+
+    async def exec(self, container_id: str, command: Sequence[str], timeout: float) -> ExecResult:
+        """Runs in a pool of its own: a check that hangs never delays starts and stops."""
+        if self._closed:
+            raise RuntimeError_("the Docker runtime is closed")
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._guarded, self._exec, container_id, tuple(command), timeout)
+        try:
+            return await loop.run_in_executor(self._exec_pool, call)
+        except _ExecTimedOut as exc:
+            raise TimeoutError(str(exc)) from None
 
     # -- plumbing: every call runs in the pool, with errors mapped once ------------------
 
@@ -129,7 +157,7 @@ class DockerRuntime:
         found = []
         for summary in client.api.containers(all=True, filters=filters):
             cid = summary["Id"]
-            if summary.get("State") == "running" and cid in self._started_at:
+            if summary.get("State") == "running" and cid in self._started_at and not _has_health(summary):
                 found.append(_from_summary(summary, self._started_at[cid]))
                 continue
             try:
@@ -159,6 +187,7 @@ class DockerRuntime:
             mem_limit=spec.memory,
             restart_policy={"Name": "no"},
         )
+        extra: dict[str, Any] = {} if spec.image_healthcheck else {"healthcheck": {"test": ["NONE"]}}
         try:
             created = client.api.create_container(
                 spec.image,
@@ -168,6 +197,7 @@ class DockerRuntime:
                 environment=dict(spec.env),
                 ports=[(p.container_port, p.protocol) for p in spec.ports],
                 host_config=host_config,
+                **extra,
             )
         except APIError as exc:
             if exc.status_code == 409:
@@ -214,6 +244,38 @@ class DockerRuntime:
                 raise RuntimeError_(f"Docker reported no host ports for {spec.name} in {PORTS_DEADLINE}s")
             time.sleep(0.02)
 
+    def _exec(
+        self, client: docker.DockerClient, container_id: str, command: tuple[str, ...], timeout: float
+    ) -> ExecResult:
+        """exec_create + exec_start on the raw socket, read with a deadline (docker-py's own
+        reader selects without one), then exec_inspect for the exit code."""
+        deadline = time.monotonic() + timeout
+        try:
+            created = client.api.exec_create(container_id, list(command), stdout=True, stderr=True)
+            sock = client.api.exec_start(created["Id"], socket=True)
+        except APIError as exc:
+            raise RuntimeError_(f"cannot exec in container {container_id[:12]}: {_explain(exc)}") from exc
+        raw = getattr(sock, "_sock", sock)
+        data = bytearray()
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _ExecTimedOut(f"{command[0]} did not finish within {timeout:g}s")
+                raw.settimeout(left)
+                try:
+                    chunk = raw.recv(65536)
+                except TimeoutError:
+                    raise _ExecTimedOut(f"{command[0]} did not finish within {timeout:g}s") from None
+                if not chunk:
+                    break
+                if len(data) < 4 * EXEC_OUTPUT:
+                    data += chunk
+        finally:
+            sock.close()
+        code = client.api.exec_inspect(created["Id"]).get("ExitCode")
+        return ExecResult(int(code) if code is not None else -1, _demux(bytes(data))[:EXEC_OUTPUT])
+
     def _stop(self, client: docker.DockerClient, container_id: str, timeout: float) -> None:
         try:
             client.api.stop(container_id, timeout=max(0, math.ceil(timeout)))
@@ -235,6 +297,51 @@ class DockerRuntime:
             raise RuntimeError_(f"cannot remove container {container_id}: {_explain(exc)}") from exc
 
 
+class _ExecTimedOut(RuntimeError_):
+    """Inside the pool: an exec ran past its deadline (`exec` raises TimeoutError for it)."""
+
+
+def _has_health(summary: dict[str, Any]) -> bool:
+    """The list endpoint's Status says "Up 5 seconds (healthy)" for a container with a HEALTHCHECK."""
+    status = summary.get("Status") or ""
+    return "(health" in status or "healthy)" in status
+
+
+def _demux(data: bytes) -> str:
+    """Docker's multiplexed stream (8-byte frame headers) to text; plain bytes pass through."""
+    out, i = bytearray(), 0
+    while i + 8 <= len(data) and data[i] in (0, 1, 2) and data[i + 1 : i + 4] == b"\0\0\0":
+        size = int.from_bytes(data[i + 4 : i + 8], "big")
+        out += data[i + 8 : i + 8 + size]
+        i += 8 + size
+    out += data[i:]
+    return out.decode(errors="replace").strip()
+
+
+def _ip(settings: dict[str, Any]) -> str:
+    if settings.get("IPAddress"):
+        return str(settings["IPAddress"])
+    for net in (settings.get("Networks") or {}).values():
+        if (net or {}).get("IPAddress"):
+            return str(net["IPAddress"])
+    return ""
+
+
+def _docker_health(attrs: dict[str, Any]) -> DockerHealth | None:
+    health = (attrs.get("State") or {}).get("Health")
+    if not health or not health.get("Status") or health["Status"] == "none":
+        return None
+    log = (health.get("Log") or [{}])[-1] or {}
+    check = (attrs.get("Config") or {}).get("Healthcheck") or {}
+    return DockerHealth(
+        status=health["Status"],
+        failing_streak=int(health.get("FailingStreak") or 0),
+        retries=int(check.get("Retries") or 3),
+        message=" ".join(str(log.get("Output") or "").split())[:500],
+        at=str(log.get("End") or ""),
+    )
+
+
 def _from_summary(summary: dict[str, Any], started_at: str) -> Container:
     """A running container from the list endpoint (no exit code or error there)."""
     ports: dict[int, int] = {}
@@ -249,6 +356,7 @@ def _from_summary(summary: dict[str, Any], started_at: str) -> Container:
         state=summary.get("State", ""),
         host_ports=ports,
         started_at=started_at,
+        ip=_ip(summary.get("NetworkSettings") or {}),
     )
 
 
@@ -270,6 +378,8 @@ def _from_inspect(attrs: dict[str, Any]) -> Container:
         host_ports=ports,
         started_at="" if started_at == NEVER else started_at,
         error=state.get("Error") or "",
+        ip=_ip(attrs.get("NetworkSettings") or {}),
+        docker_health=_docker_health(attrs),
     )
 
 

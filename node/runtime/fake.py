@@ -7,17 +7,28 @@ from Docker does; `stop` and `remove` of a missing container are fine.
 
 Test hooks: `crash(id, exit_code)` makes a container exit, `fail_next_run(error)` makes
 the next `run` raise, `unavailable` makes every call raise `RuntimeUnavailable`, and
-`calls` records every operation as a tuple, e.g. `("run", "web-1")`.
+`calls` records every operation as a tuple, e.g. `("run", "web-1")`. `exec` answers exit
+code 0 unless `set_exec(id, result)` says otherwise (an `ExecResult`, or an exception
+such as `TimeoutError` to raise); `set_docker_health(id, health)` sets what Docker's own
+HEALTHCHECK would report; `specs` keeps the `ContainerSpec` each container was made from.
 """
 
 from __future__ import annotations
 
 import builtins
 import itertools
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from node.runtime.base import Container, ContainerSpec, RuntimeError_, RuntimeUnavailable
+from node.runtime.base import (
+    Container,
+    ContainerSpec,
+    DockerHealth,
+    ExecResult,
+    RuntimeError_,
+    RuntimeUnavailable,
+)
 
 FIRST_HOST_PORT = 32768
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -26,6 +37,8 @@ T0 = datetime(2024, 1, 1, tzinfo=UTC)
 class FakeRuntime:
     def __init__(self) -> None:
         self.containers: dict[str, Container] = {}
+        self.specs: dict[str, ContainerSpec] = {}  # container id -> what it was made from
+        self._exec: dict[str, ExecResult | BaseException] = {}
         self.calls: builtins.list[tuple[str, ...]] = []
         self.unavailable = False
         self._failures: builtins.list[Exception] = []
@@ -45,6 +58,13 @@ class FakeRuntime:
         """The next `run` raises `error` (queued: call twice to fail two runs)."""
         self._failures.append(error)
 
+    def set_exec(self, container_id: str, result: ExecResult | BaseException) -> None:
+        """What `exec` in this container answers from now on (an exception is raised)."""
+        self._exec[container_id] = result
+
+    def set_docker_health(self, container_id: str, health: DockerHealth | None) -> None:
+        self.containers[container_id] = replace(self.containers[container_id], docker_health=health)
+
     def running(self) -> builtins.list[Container]:
         return [c for c in self.containers.values() if c.running]
 
@@ -59,15 +79,18 @@ class FakeRuntime:
             raise self._failures.pop(0)
         if any(c.name == spec.name for c in self.containers.values()):
             raise RuntimeError_(f"a container named {spec.name} already exists")
+        n = next(self._ids)
         container = Container(
-            id=f"fake{next(self._ids):060d}",
+            id=f"fake{n:060d}",
             name=spec.name,
             labels=dict(spec.labels),
             state="running",
             host_ports={p.container_port: next(self._ports) for p in spec.ports},
             started_at=(T0 + timedelta(seconds=next(self._clock))).isoformat().replace("+00:00", "Z"),
+            ip=f"10.0.{n // 250}.{n % 250 + 2}",
         )
         self.containers[container.id] = container
+        self.specs[container.id] = spec
         return container
 
     async def stop(self, container_id: str, timeout: float = 10.0) -> None:
@@ -77,6 +100,16 @@ class FakeRuntime:
     async def remove(self, container_id: str) -> None:
         self._record("remove", container_id)
         self.containers.pop(container_id, None)
+
+    async def exec(self, container_id: str, command: Sequence[str], timeout: float) -> ExecResult:
+        self._record("exec", container_id, *command)
+        c = self.containers.get(container_id)
+        if c is None or not c.running:
+            raise RuntimeError_(f"cannot exec in container {container_id[:12]}: it is not running")
+        result = self._exec.get(container_id, ExecResult(0, ""))
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     async def close(self) -> None:
         self.calls.append(("close",))

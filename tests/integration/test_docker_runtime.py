@@ -150,3 +150,40 @@ async def test_unreachable_engine(labels: dict[str, str]) -> None:
             await rt.list(labels)
     finally:
         await rt.close()
+
+
+async def test_exec_runs_in_the_container_with_a_deadline(
+    runtime: DockerRuntime, labels: dict[str, str]
+) -> None:
+    c = await runtime.run(spec(labels))
+    assert c.ip, "a container on the bridge network has an address this host reaches"
+    assert (await runtime.exec(c.id, ["test", "-f", "/www/health"], 5)).exit_code == 0
+    result = await runtime.exec(c.id, ["sh", "-c", "echo out; echo err >&2; exit 3"], 5)
+    assert (result.exit_code, result.output) == (3, "out\nerr")
+    missing = await runtime.exec(c.id, ["no-such-command"], 5)
+    assert missing.exit_code in (126, 127) and "no-such-command" in missing.output
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError, match=r"did not finish within 0\.3s"):
+        await runtime.exec(c.id, ["sleep", "5"], 0.3)
+    assert asyncio.get_running_loop().time() - started < 2.0
+    await runtime.stop(c.id, 0)
+    with pytest.raises(RuntimeError_):
+        await runtime.exec(c.id, ["true"], 1)
+
+
+async def test_an_images_healthcheck_is_read_or_turned_off(
+    runtime: DockerRuntime, labels: dict[str, str]
+) -> None:
+    checked = await runtime.run(spec(labels, "hc", image="shoal-demo/web:hc"))
+    assert checked.docker_health is not None and checked.docker_health.status == "starting"
+
+    async def healthy() -> Container | None:
+        [c] = [c for c in await runtime.list(labels) if c.id == checked.id]
+        return c if c.docker_health is not None and c.docker_health.status == "healthy" else None
+
+    found = await wait_until(healthy, 15, message="Docker's HEALTHCHECK passes")
+    assert found.docker_health is not None and found.docker_health.retries == 3
+    off = await runtime.run(spec(labels, "off", image="shoal-demo/web:hc", image_healthcheck=False))
+    assert off.docker_health is None
+    [listed] = [c for c in await runtime.list(labels) if c.id == off.id]
+    assert listed.docker_health is None and listed.ip

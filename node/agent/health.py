@@ -1,0 +1,183 @@
+"""Health of a replica: the pure state machine that the agent's prober feeds.
+
+A replica whose spec has a `health` check goes `starting` -> `healthy` <-> `unhealthy`:
+
+- It starts `starting` and is probed at once, then every `START_INTERVAL` (or
+  `interval` if shorter) until a probe passes, so a new replica becomes routable within
+  a fraction of a second of answering. A failure counts at most once per `interval`
+  while starting, so the tolerance stays `interval x retries`; during `start_period`
+  failures do not count at all (until the first success, as in Docker).
+- One passing probe makes it `healthy` (published in `endpoints/`) and resets the count.
+- `retries` consecutive counted failures make it `unhealthy`: the agent withdraws its
+  endpoint at once. Probes go on every `interval`; one success makes it healthy again.
+- `REPLACE_AFTER x retries` consecutive failures: the agent replaces it (drain, stop,
+  start anew under the restart policy). The gap between withdrawing and replacing lets
+  a replica that is only briefly sick (a GC pause, a slow dependency) come back
+  without a restart, as Kubernetes separates readiness from liveness.
+
+Probes are scheduled at a fixed rate (`due + interval`), so a slow probe does not
+stretch the schedule: an unhealthy replica is withdrawn within `interval x retries`
+(plus the last probe's own time) of its last success.
+
+A replica without a check is routable once running (`Health.NONE`); one whose image has
+a Docker HEALTHCHECK (and no check in the spec) follows Docker's verdict (`docker_verdict`).
+
+Pure: no I/O, no clock of its own (times are passed in, monotonic seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from node.domain import TaskState, TaskStatus
+from node.runtime.base import DockerHealth
+
+START_INTERVAL = 0.5  # s between probes of a replica that was never healthy (or `interval`)
+REPLACE_AFTER = 2  # x retries consecutive failures, and an unhealthy replica is replaced
+_EPSILON = 1e-3  # s: float slack when comparing due times
+
+
+class Health(StrEnum):
+    NONE = ""  # no check: routable once running
+    STARTING = "starting"  # checked, not yet passed
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+def routable(health: str) -> bool:
+    """Whether a running replica in this health is published in `endpoints/`."""
+    return health in (Health.NONE, Health.HEALTHY)
+
+
+def is_healthy(status: TaskStatus) -> bool:
+    """A task that runs and serves: what a rollout waits for. True exactly when the agent
+    publishes its endpoint (running, and healthy or without a check)."""
+    return status.state == TaskState.RUNNING and routable(status.health)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A spec's `health` section, as the agent runs it."""
+
+    kind: str  # "http", "tcp" or "exec"
+    port: int = 0  # container port (http, tcp)
+    path: str = "/"  # http
+    status: int = 200  # http: the status that means healthy
+    command: tuple[str, ...] = ()  # exec: argv, no shell
+    interval: float = 2.0
+    timeout: float = 1.0
+    retries: int = 3
+    start_period: float = 0.0
+
+    def describe(self) -> str:
+        if self.kind == "http":
+            return f"GET :{self.port}{self.path}"
+        if self.kind == "tcp":
+            return f"tcp :{self.port}"
+        return "exec " + " ".join(self.command)
+
+
+def check_of(spec: Mapping[str, Any]) -> Check | None:
+    """The check of a stored spec (`node.spec.spec_to_dict` JSON); None when it has none."""
+    health = spec.get("health")
+    if not health:
+        return None
+    timing = Check(
+        "",
+        interval=float(health.get("interval", 2.0)),
+        timeout=float(health.get("timeout", 1.0)),
+        retries=int(health.get("retries", 3)),
+        start_period=float(health.get("start_period", 0.0)),
+    )
+    if http := health.get("http"):
+        path, status = str(http.get("path", "/")), int(http.get("status", 200))
+        return replace(timing, kind="http", port=int(http["port"]), path=path, status=status)
+    if tcp := health.get("tcp"):
+        return replace(timing, kind="tcp", port=int(tcp["port"]))
+    if command := health.get("exec"):
+        return replace(timing, kind="exec", command=tuple(str(a) for a in command))
+    return None
+
+
+@dataclass(frozen=True)
+class HealthState:
+    """Where one replica's checking stands. Times are monotonic seconds."""
+
+    health: Health
+    started: float  # when checking began (the container was first seen running)
+    next_at: float  # when the next probe is due
+    failures: int = 0  # consecutive failures that counted
+    counted_at: float = float("-inf")  # due time of the last failure that counted
+    message: str = ""  # the last probe's result
+    changed_at: float = 0.0  # when `health` last changed
+
+
+def begin(now: float) -> HealthState:
+    """A replica just seen running: `starting`, first probe due at once."""
+    return HealthState(Health.STARTING, started=now, next_at=now, changed_at=now)
+
+
+def observe(state: HealthState, check: Check, ok: bool, message: str, now: float) -> HealthState:
+    """The result of the probe that was due at `state.next_at`, known at `now`."""
+    due = state.next_at
+    health, failures, counted_at = state.health, state.failures, state.counted_at
+    if ok:
+        health, failures = Health.HEALTHY, 0
+    else:
+        grace = health == Health.STARTING and due < state.started + check.start_period
+        paced = health != Health.STARTING or due - counted_at >= check.interval - _EPSILON
+        if not grace and paced:
+            failures, counted_at = failures + 1, due
+            if failures >= check.retries:
+                health = Health.UNHEALTHY
+    step = min(check.interval, START_INTERVAL) if health == Health.STARTING else check.interval
+    next_at = due + step
+    if next_at <= now:  # the probe took longer than a step: the next one goes at once
+        next_at = now
+    changed_at = now if health != state.health else state.changed_at
+    return replace(
+        state,
+        health=health,
+        failures=failures,
+        counted_at=counted_at,
+        message=message,
+        next_at=next_at,
+        changed_at=changed_at,
+    )
+
+
+def needs_replacing(state: HealthState, check: Check) -> bool:
+    """Unhealthy for `REPLACE_AFTER x retries` consecutive failures: replace the replica."""
+    return state.health == Health.UNHEALTHY and state.failures >= REPLACE_AFTER * check.retries
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the agent acts on and reports for one running replica."""
+
+    health: Health = Health.NONE
+    message: str = ""
+    failures: int = 0
+    at: float = 0.0  # wall clock of the last result (0: none yet)
+    replace: bool = False
+
+    @property
+    def routable(self) -> bool:
+        return routable(self.health)
+
+
+def docker_verdict(health: DockerHealth | None) -> Verdict:
+    """Docker's own HEALTHCHECK, honoured when the spec has no check: the same states,
+    and the same replacement rule (a failing streak of `REPLACE_AFTER x` its retries)."""
+    if health is None:
+        return Verdict()
+    state = {"healthy": Health.HEALTHY, "unhealthy": Health.UNHEALTHY}.get(health.status, Health.STARTING)
+    return Verdict(
+        health=state,
+        message=health.message,
+        failures=health.failing_streak,
+        replace=state == Health.UNHEALTHY and health.failing_streak >= REPLACE_AFTER * max(1, health.retries),
+    )

@@ -1,0 +1,100 @@
+"""The I/O of health checks: one probe of one replica, as (passed, message).
+
+- `http`: GET `path` on the container's own address (its IP on the Docker network) at
+  the container port; passes when the status line says `status`. HTTP/1.1 with
+  `Connection: close`; only the status line is read.
+- `tcp`: a TCP connection to the container's address and port is accepted.
+- `exec`: the command runs in the container (`Runtime.exec`); passes on exit code 0.
+
+Why the container's address and not the published host port: Docker's userland proxy
+holds the published port and accepts connections on the application's behalf even
+when nothing listens inside, so a tcp check there would pass with the application
+dead. The container address reaches the application itself, and works for ports that
+are not published. A container without an address on this host (a network mode
+without one) is checked on its published port instead.
+
+Every probe ends within the check's `timeout` and never raises: a failure is a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from node.agent.health import Check
+from node.runtime.base import Container, Runtime, RuntimeError_
+
+SIMULATED = "io.shoal.simulated"  # node.runtime.sim's label: nothing runs, every check passes
+MESSAGE_LIMIT = 300  # characters of a probe's message kept (exec output can be long)
+
+
+class Prober:
+    def __init__(self, runtime: Runtime, publish_address: str) -> None:
+        self.runtime = runtime
+        self.publish_address = publish_address
+
+    async def probe(self, check: Check, c: Container) -> tuple[bool, str]:
+        if c.labels.get(SIMULATED) == "true":
+            return True, "simulated replica (node.runtime.sim): nothing to check"
+        try:
+            if check.kind == "exec":
+                return await self._exec(check, c)
+            host, port = self.target(check, c)
+            if not port:
+                return False, f"container port {check.port} has no address to check (no IP, not published)"
+            async with asyncio.timeout(check.timeout):
+                if check.kind == "http":
+                    return await self._http(check, host, port)
+                return await self._tcp(host, port)
+        except TimeoutError:
+            return False, f"{check.describe()}: no answer within {check.timeout:g}s"
+        except OSError as exc:  # asyncio's "Connect call failed (...)" says less than the errno
+            return False, f"{check.describe()}: {os.strerror(exc.errno) if exc.errno else exc}"
+        except RuntimeError_ as exc:
+            return False, _clip(str(exc))
+
+    def target(self, check: Check, c: Container) -> tuple[str, int]:
+        if c.ip:
+            return c.ip, check.port
+        return self.publish_address, c.host_ports.get(check.port, 0)
+
+    async def _http(self, check: Check, host: str, port: int) -> tuple[bool, str]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            request = (
+                f"GET {check.path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: shoal-health\r\n"
+                "Accept: */*\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(request.encode("latin-1", "replace"))
+            line = await reader.readline()
+        finally:
+            writer.transport.abort()
+        parts = line.decode("latin-1").split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            answer = repr(line[:60]) if line else "closed without an answer"
+            return False, f"GET {check.path}: not an HTTP answer ({answer})"
+        code = int(parts[1])
+        if code == check.status:
+            return True, f"HTTP {code}"
+        return False, f"HTTP {code} from GET {check.path} (expected {check.status})"
+
+    async def _tcp(self, host: str, port: int) -> tuple[bool, str]:
+        _, writer = await asyncio.open_connection(host, port)
+        writer.transport.abort()
+        return True, f"tcp :{port} accepted"
+
+    async def _exec(self, check: Check, c: Container) -> tuple[bool, str]:
+        try:
+            # The runtime bounds the exec itself; this bounds a Docker call that hangs.
+            async with asyncio.timeout(check.timeout + 2.0):
+                result = await self.runtime.exec(c.id, check.command, check.timeout)
+        except TimeoutError:
+            return False, f"{check.describe()}: did not finish within {check.timeout:g}s"
+        out = " ".join(result.output.split())
+        if result.exit_code == 0:
+            return True, "exit 0"
+        return False, _clip(f"exit {result.exit_code}" + (f": {out}" if out else ""))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."

@@ -1,0 +1,113 @@
+"""Restart policy: whether and when the agent starts a task's container again. Pure.
+
+A task keeps its id across restarts; its container is made anew. When a container
+exits (or is replaced for being unhealthy, which counts as a failure), `on_exit`
+decides from the spec's `restart` section:
+
+- `condition`: `always` restarts; `on-failure` restarts unless the exit code was 0;
+  `never` does not. A task not restarted is *terminal*: it stays `exited` (code 0) or
+  `failed`, with the reason, until the leader assigns something else.
+- `max_attempts` within `window`: once that many restarts happened in the last
+  `window` seconds (0: ever), no more (terminal too). 0 attempts: no limit.
+- Back-off on a crash loop: the n-th consecutive restart waits `delay x 2^(n-1)`,
+  capped at `MAX_DELAY` (or `delay` if larger). A replica that stayed up `RESET_AFTER`
+  seconds resets the streak, so a crash after a long healthy life restarts after
+  `delay` again (Docker's rule).
+
+Times are monotonic seconds passed in by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+MAX_DELAY = 30.0  # s: the longest back-off between restarts (unless `delay` is longer)
+RESET_AFTER = 10.0  # s up: the crash-loop streak starts over
+UNHEALTHY = None  # exit code passed to `on_exit` for a replica replaced for being unhealthy
+
+
+@dataclass(frozen=True)
+class Policy:
+    condition: str = "always"  # "always", "on-failure", "never"
+    max_attempts: int = 0  # 0: no limit
+    window: float = 0.0  # s; 0: every restart counts
+    delay: float = 0.5  # s before the first restart of a streak
+
+
+def policy_of(spec: Mapping[str, Any]) -> Policy:
+    """The restart policy of a stored spec; the defaults when it has no `restart`."""
+    r = spec.get("restart") or {}
+    default = Policy()
+    return Policy(
+        condition=str(r.get("condition", default.condition)),
+        max_attempts=int(r.get("max_attempts", default.max_attempts)),
+        window=float(r.get("window", default.window)),
+        delay=float(r.get("delay", default.delay)),
+    )
+
+
+@dataclass(frozen=True)
+class RestartState:
+    """One task's restart history on this node."""
+
+    restarts: int = 0  # every restart of the task (shown in `ps`)
+    exit_code: int = 0  # of the last container that exited
+    times: tuple[float, ...] = ()  # when the recent restarts happened (for the window)
+    streak: int = 0  # restarts since the replica last stayed up RESET_AFTER
+    up_since: float | None = None  # when the current container was first seen running
+    next_at: float = 0.0  # no start before this
+    given_up: str = ""  # why it is not restarted any more ("": it may be)
+
+    @property
+    def terminal(self) -> bool:
+        return bool(self.given_up)
+
+
+def on_running(state: RestartState, now: float) -> RestartState:
+    """The task's container was seen running at `now`."""
+    if state.up_since is not None:
+        return state
+    return replace(state, up_since=now)
+
+
+def on_exit(state: RestartState, policy: Policy, exit_code: int | None, now: float) -> RestartState:
+    """The task's container exited with `exit_code` (`UNHEALTHY`: replaced as unhealthy)."""
+    code = -1 if exit_code is None else exit_code
+    why = "it was unhealthy" if exit_code is None else f"it exited with code {code}"
+    if policy.condition == "never":
+        return replace(state, exit_code=code, up_since=None, given_up=f"{why}; restart condition is never")
+    if policy.condition == "on-failure" and exit_code == 0:
+        return replace(state, exit_code=0, up_since=None, given_up=f"{why}; restart condition is on-failure")
+    recent = tuple(t for t in state.times if policy.window <= 0 or t > now - policy.window)
+    if policy.max_attempts and len(recent) >= policy.max_attempts:
+        within = f"within {policy.window:g}s" if policy.window > 0 else "in all"
+        return replace(
+            state,
+            exit_code=code,
+            up_since=None,
+            given_up=f"{why} after {len(recent)} restarts {within} (max_attempts {policy.max_attempts})",
+        )
+    ran = now - state.up_since if state.up_since is not None else 0.0
+    streak = 0 if ran >= RESET_AFTER else state.streak
+    delay = backoff(policy, streak)
+    keep = max(policy.max_attempts, 1)
+    return RestartState(
+        restarts=state.restarts + 1,
+        exit_code=code,
+        times=(*recent, now)[-keep:],
+        streak=streak + 1,
+        up_since=None,
+        next_at=now + delay,
+    )
+
+
+def backoff(policy: Policy, streak: int) -> float:
+    """The wait before restart number `streak + 1` of a crash loop."""
+    cap = max(MAX_DELAY, policy.delay)
+    return min(cap, policy.delay * 2 ** min(streak, 32))
+
+
+def may_start(state: RestartState, now: float) -> bool:
+    return not state.given_up and now >= state.next_at

@@ -1,0 +1,198 @@
+"""The lifecycle sections of a service spec: `health`, `restart`, `update`, `stop_grace`.
+
+Why a module of its own: `node.spec` owns loading, paths and error reporting; this one
+owns what a replica's life looks like once it runs (how it is checked, restarted,
+replaced in a rollout, stopped), and the duration syntax those sections use. The
+models here are fields of `node.spec.ServiceSpec` and are checked with the same strict
+rules (unknown fields refused, no coercion, errors naming the field path).
+
+Durations are written as a number of seconds (`2`, `0.5`) or a string with units
+(`500ms`, `2s`, `1m30s`, `1.5h`) and are stored normalized as float seconds, so the
+stored JSON round-trips and every reader sees one unit. Negative durations are refused.
+
+Pure: imports no grpc, docker or etcd.
+"""
+
+import math
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+_STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
+_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+_PART = r"(\d{1,12}(?:\.\d{1,9})?)(ms|s|m|h)"
+_DURATION_RE = re.compile(f"(?:{_PART})+")
+_SYNTAX = "a number of seconds or a number with a unit (ms, s, m, h), e.g. 2s, 500ms or 1m30s"
+
+
+def _fail(message: str) -> PydanticCustomError:
+    # Same shape as node.spec's errors: the message goes in as context, never as a template.
+    return PydanticCustomError("spec", "{msg}", {"msg": message, "at": ()})
+
+
+def parse_duration(text: str) -> float:
+    """ "2s" -> 2.0, "500ms" -> 0.5, "1m30s" -> 90.0, "-1s" -> -1.0 (the caller refuses it)."""
+    s = text.strip()
+    sign, body = (-1, s[1:].lstrip()) if s.startswith("-") else (1, s)
+    if not _DURATION_RE.fullmatch(body):
+        raise ValueError(f"must be a duration: {_SYNTAX}; got string {text[:60]!r}")
+    total = sum((Decimal(n) * _UNITS[unit] for n, unit in re.findall(_PART, body)), Decimal(0))
+    return sign * float(total)
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest way to write `seconds` back: 0.5 -> "500ms", 90 -> "90s", 7200 -> "2h"."""
+    if not math.isfinite(seconds) or abs(seconds) >= 1e12:
+        return "a very large number"
+    if seconds and seconds % HOUR == 0:
+        return f"{seconds / HOUR:g}h"
+    if seconds and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    if 0 < abs(seconds) < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+
+
+def _duration(v: Any) -> Any:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        got = (
+            f"boolean {str(v).lower()}"
+            if isinstance(v, bool)
+            else "a list"
+            if isinstance(v, list)
+            else ("a mapping" if isinstance(v, dict) else "null" if v is None else type(v).__name__)
+        )
+        raise _fail(f"must be a duration: {_SYNTAX}; got {got}")
+    if isinstance(v, str):
+        try:
+            return parse_duration(v)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    if not math.isfinite(v):
+        raise _fail(f"must be a finite duration, got {v}")
+    return float(v)
+
+
+def _duration_within(lo: float, hi: float) -> AfterValidator:
+    def check(v: float) -> float:
+        if v < 0:
+            raise _fail(f"must not be negative, got {format_duration(v)}")
+        if v < lo:
+            raise _fail(f"must be at least {format_duration(lo)}, got {format_duration(v)}")
+        if v > hi:
+            raise _fail(f"must be at most {format_duration(hi)}, got {format_duration(v)}")
+        return v
+
+    return AfterValidator(check)
+
+
+def _within(lo: int, hi: int) -> AfterValidator:
+    def check(v: int) -> int:
+        got = v if abs(v) < 10**30 else "a very large number"
+        if v < lo:
+            raise _fail(f"must be at least {lo}, got {got}")
+        if v > hi:
+            raise _fail(f"must be at most {hi}, got {got}")
+        return v
+
+    return AfterValidator(check)
+
+
+def _ratio(v: float) -> float:
+    if not 0 <= v <= 1:
+        raise _fail(f"must be between 0 and 1 (a fraction of the replicas), got {v:g}")
+    return v
+
+
+def _http_path(v: str) -> str:
+    if not v.startswith("/") or len(v) > 1024 or re.search(r"[\s\x00-\x1f\x7f]", v):
+        raise _fail(
+            "must be a URL path starting with '/', without spaces or control characters, "
+            f"at most 1024 characters; got string {v[:60]!r}"
+        )
+    return v
+
+
+# Duration fields: float seconds, parsed by `_duration`, bounded.
+Duration = Annotated[float, BeforeValidator(_duration), _duration_within(0, DAY)]
+ShortDuration = Annotated[float, BeforeValidator(_duration), _duration_within(0, HOUR)]
+_Interval = Annotated[float, BeforeValidator(_duration), _duration_within(0.1, DAY)]
+_Timeout = Annotated[float, BeforeValidator(_duration), _duration_within(0.01, HOUR)]
+_Port = Annotated[int, _within(1, 65535)]
+
+
+class HttpCheck(BaseModel):
+    """GET `path` on the replica's container `port`; healthy when the answer's status is `status`."""
+
+    model_config = _STRICT
+    port: _Port
+    path: Annotated[str, AfterValidator(_http_path)] = "/"
+    status: Annotated[int, _within(100, 599)] = 200
+
+
+class TcpCheck(BaseModel):
+    """Healthy when a TCP connection to the replica's container `port` is accepted."""
+
+    model_config = _STRICT
+    port: _Port
+
+
+class HealthCheck(BaseModel):
+    """How the agent checks a replica: exactly one of `http`, `tcp`, `exec`.
+
+    A replica is published (routable) only once a check passed; `retries` consecutive
+    failures make it unhealthy (withdrawn from every proxy); 2 x `retries` replace it.
+    Failures during `start_period` do not count until the first success.
+    """
+
+    model_config = _STRICT
+    http: HttpCheck | None = None
+    tcp: TcpCheck | None = None
+    exec: Annotated[list[str], Field(min_length=1, max_length=256)] | None = None  # argv, no shell
+    interval: _Interval = 2.0
+    timeout: _Timeout = 1.0
+    retries: Annotated[int, _within(1, 100)] = 3
+    start_period: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "HealthCheck":
+        given = [k for k in ("http", "tcp", "exec") if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = f", got {' and '.join(given)}" if given else ", got none"
+            raise _fail(f"must have exactly one of http, tcp or exec{got}")
+        return self
+
+
+class RestartPolicy(BaseModel):
+    """When the agent starts a replica's container again after it exited (or was replaced
+    for being unhealthy): `always`, `on-failure` (exit code not 0, or unhealthy), `never`.
+    At most `max_attempts` restarts within `window` (0: no limit / every restart counts);
+    consecutive restarts wait `delay`, doubling up to 30 s (reset once a replica stays up 10 s)."""
+
+    model_config = _STRICT
+    condition: Literal["always", "on-failure", "never"] = "always"
+    max_attempts: Annotated[int, _within(0, 1_000_000)] = 0
+    window: Duration = 0.0
+    delay: ShortDuration = 0.5
+
+
+class UpdateConfig(BaseModel):
+    """How a new version rolls out (the leader's rollout reads it) and how long an old
+    replica drains (the agent reads `drain`; None: the node's `drain`, 2 s)."""
+
+    model_config = _STRICT
+    parallelism: Annotated[int, _within(1, 10000)] = 1  # replicas replaced at a time
+    delay: Duration = 0.0  # between batches
+    order: Literal["start-first", "stop-first"] = "start-first"  # the leader's default too
+    monitor: Duration = 5.0  # a new replica must stay healthy this long
+    failure_action: Literal["rollback", "pause", "continue"] = "rollback"
+    max_failure_ratio: Annotated[float, AfterValidator(_ratio)] = 0.0  # failures tolerated, 0..1
+    drain: ShortDuration | None = None
+
+
+StopGrace = ShortDuration  # SIGTERM, then SIGKILL after this many seconds

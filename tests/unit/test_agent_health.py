@@ -1,0 +1,449 @@
+"""Health checks and restart policy in the agent's shell, on a MemoryStore, a FakeRuntime,
+a fake clock and a scripted prober: passes and probes are driven by hand.
+
+What is checked is what the proxies and the leader see: `endpoints/` (routable only
+while healthy), `status/` (health, its last result, restarts, exit code, terminal) and
+the runtime calls (withdraw before stop, restarts after their back-off, nothing
+restarted once the policy gave up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+
+from node.agent.agent import Agent
+from node.agent.health import Check
+from node.domain import Assignment, ServiceRecord, TaskState, TaskStatus
+from node.events import EventLog
+from node.keys import Keys
+from node.runtime.base import LABELS, Container, DockerHealth, ExecResult
+from node.runtime.fake import FakeRuntime
+from node.store.memory import MemoryStore
+from node.store.session import Session
+from tests.factories import CLUSTER, FakeClock, make_service, make_task
+from tests.helpers import wait_until
+
+NODE = "n1"
+ADDRESS = "127.0.0.1"
+KEYS = Keys()
+HTTP = {
+    "http": {"port": 8080, "path": "/health", "status": 200},
+    "interval": 1.0,
+    "timeout": 0.5,
+    "retries": 3,
+}
+
+
+class ScriptedProber:
+    """Answers probes from `ok[task id]` (default True) and counts them."""
+
+    def __init__(self) -> None:
+        self.ok: dict[str, bool] = {}
+        self.probes: list[str] = []
+
+    async def probe(self, check: Check, c: Container) -> tuple[bool, str]:
+        task = c.labels[LABELS.TASK]
+        self.probes.append(task)
+        if self.ok.get(task, True):
+            return True, "HTTP 200"
+        return False, f"HTTP 500 from GET {check.path} (expected 200)"
+
+
+class RecordingEvents(EventLog):
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store, KEYS, NODE)
+        self.emitted: list[tuple[str, str]] = []
+
+    def emit(self, kind: str, message: str, service: str = "", task: str = "", cause: str = "") -> None:
+        self.emitted.append((kind, message))
+
+
+class GraceRuntime(FakeRuntime):
+    """Also notes the grace each stop was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.graces: list[float] = []
+
+    async def stop(self, container_id: str, timeout: float = 10.0) -> None:
+        self.graces.append(timeout)
+        await super().stop(container_id, timeout)
+
+
+@dataclass
+class World:
+    store: MemoryStore
+    runtime: GraceRuntime
+    prober: ScriptedProber
+    clock: FakeClock
+    agent: Agent
+
+    async def service(self, **extra: Any) -> ServiceRecord:
+        record = make_service("web", replicas=1, ports=[{"container": 8080, "protocol": "tcp"}], **extra)
+        await self.store.put(KEYS.service("web"), record.to_json())
+        return record
+
+    async def assign(self, *tasks: Assignment) -> None:
+        for t in tasks:
+            await self.store.put(KEYS.task(t.service, t.slot), t.to_json())
+
+    async def reconcile(self) -> None:
+        await self.agent.tasks.relist()
+        await self.agent.reconcile()
+        await self.agent.stopped()
+
+    async def step(self, seconds: float = 0.0) -> None:
+        """Move the clock, run the probes that are due, then a pass."""
+        self.clock.advance(seconds)
+        await self.agent.monitor.probe_due()
+        await self.reconcile()
+
+    async def status(self, task: Assignment) -> TaskStatus:
+        kv = await self.store.get(KEYS.status(task.task_id))
+        assert kv is not None
+        return TaskStatus.from_json(kv.value)
+
+    async def published(self, task: Assignment) -> bool:
+        return await self.store.get(KEYS.endpoint(task.service, task.task_id)) is not None
+
+    def events(self, kind: str) -> list[str]:
+        assert isinstance(self.agent.events, RecordingEvents)
+        return [message for k, message in self.agent.events.emitted if k == kind]
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    store = MemoryStore()
+    runtime = GraceRuntime()
+    session = Session(store, ttl=10)
+    await session.start()
+    events = RecordingEvents(store)
+    prober, clock = ScriptedProber(), FakeClock()
+    agent = Agent(
+        store,
+        KEYS,
+        NODE,
+        CLUSTER,
+        runtime,
+        session,
+        events,
+        ADDRESS,
+        1.0,
+        7.0,
+        0.0,
+        prober=prober,
+        clock=clock,
+    )
+    yield World(store, runtime, prober, clock, agent)
+
+
+async def test_a_checked_replica_is_published_only_once_healthy(world: World) -> None:
+    svc = await world.service(health=HTTP)
+    t1 = make_task(svc, 1, NODE)
+    world.prober.ok[t1.task_id] = False
+    await world.assign(t1)
+    await world.reconcile()
+    [c1] = world.runtime.running()
+    assert world.runtime.specs[c1.id].image_healthcheck is False, "the spec's check replaces the image's"
+    status = await world.status(t1)
+    assert (status.state, status.health, status.healthy_since) == (TaskState.RUNNING, "starting", 0.0)
+    assert not await world.published(t1)
+
+    await world.step()  # the first probe fails: still starting, not published
+    status = await world.status(t1)
+    assert status.health == "starting" and "HTTP 500" in status.health_message
+    assert not await world.published(t1)
+
+    world.prober.ok[t1.task_id] = True
+    await world.step(0.5)
+    status = await world.status(t1)
+    assert (status.health, status.health_message, status.health_failures) == ("healthy", "HTTP 200", 0)
+    assert status.healthy_since > 0 and status.health_at > 0
+    assert await world.published(t1)
+
+
+async def test_unhealthy_after_retries_is_withdrawn_and_comes_back(world: World) -> None:
+    svc = await world.service(health=HTTP)
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    await world.step()
+    assert await world.published(t1)
+    since = (await world.status(t1)).healthy_since
+
+    world.prober.ok[t1.task_id] = False
+    for failures in (1, 2):
+        await world.step(1.0)
+        status = await world.status(t1)
+        assert (status.health, status.health_failures) == ("healthy", failures)
+        assert await world.published(t1), "routable until `retries` failures"
+    await world.step(1.0)
+    status = await world.status(t1)
+    assert (status.health, status.health_failures) == ("unhealthy", 3)
+    assert status.health_message == "HTTP 500 from GET /health (expected 200)"
+    assert status.healthy_since == 0.0
+    assert not await world.published(t1), "withdrawn as soon as it is unhealthy"
+    assert len(world.runtime.running()) == 1, "withdrawn, not yet replaced"
+
+    world.prober.ok[t1.task_id] = True
+    await world.step(1.0)
+    status = await world.status(t1)
+    assert (status.health, status.restarts) == ("healthy", 0)
+    assert status.healthy_since > since
+    assert await world.published(t1)
+
+
+async def test_unhealthy_for_twice_the_retries_is_replaced_through_the_drain_path(world: World) -> None:
+    svc = await world.service(health=HTTP, stop_grace=3.0, restart={"delay": 1.0})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    await world.step()
+    [first] = world.runtime.running()
+    world.prober.ok[t1.task_id] = False
+    for _ in range(6):
+        await world.step(1.0)
+    assert ("stop", first.id) in world.runtime.calls
+    assert world.runtime.graces == [3.0], "stop_grace of the spec"
+    assert world.runtime.running() == []
+    await world.reconcile()  # the pass that a finished stop wakes
+    status = await world.status(t1)
+    assert (status.state, status.restarts, status.exit_code) == (TaskState.EXITED, 1, -1)
+    assert "unhealthy after 6 failed checks" in status.message
+    assert world.events("task.unhealthy")
+
+    await world.step(0.5)
+    assert world.runtime.running() == [], "the restart waits for its delay"
+    await world.step(0.5)
+    [second] = world.runtime.running()
+    assert second.id != first.id
+    status = await world.status(t1)
+    assert (status.state, status.health, status.restarts) == (TaskState.RUNNING, "starting", 1)
+
+
+async def test_unhealthy_with_restart_never_is_stopped_and_stays_failed(world: World) -> None:
+    svc = await world.service(health=HTTP, restart={"condition": "never"})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    await world.step()
+    world.prober.ok[t1.task_id] = False
+    for _ in range(6):
+        await world.step(1.0)
+    for _ in range(3):
+        await world.step(5.0)
+    assert world.runtime.running() == []
+    assert sum(1 for c in world.runtime.calls if c[0] == "run") == 1
+    status = await world.status(t1)
+    assert (status.state, status.terminal) == (TaskState.FAILED, True)
+    assert "restart condition is never" in status.message
+
+
+async def test_a_crash_loop_restarts_with_growing_delays(world: World) -> None:
+    svc = await world.service(restart={"delay": 0.5})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    starts = [world.clock.now]
+    for n in range(1, 6):
+        [c] = world.runtime.running()
+        world.runtime.crash(c.id, exit_code=1)
+        await world.step(0.1)  # the exit is seen
+        status = await world.status(t1)
+        assert (status.state, status.exit_code, status.restarts) == (TaskState.EXITED, 1, n)
+        assert f"restart {n} in" in status.message
+        while not world.runtime.running():
+            await world.step(0.1)
+        starts.append(world.clock.now)
+        status = await world.status(t1)
+        assert (status.state, status.restarts, status.exit_code) == (TaskState.RUNNING, n, 1)
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(starts)]
+    assert gaps == [0.6, 1.1, 2.1, 4.1, 8.1], "each crash: 0.1 s to see it, then 0.5 s doubling"
+    assert len(world.events("task.exited")) == 5
+
+
+async def test_restart_never_keeps_the_exited_container_and_says_why(world: World) -> None:
+    svc = await world.service(restart={"condition": "never"})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    [c] = world.runtime.running()
+    world.runtime.crash(c.id, exit_code=3)
+    for _ in range(3):
+        await world.step(5.0)
+    assert sum(1 for call in world.runtime.calls if call[0] == "run") == 1, "never restarted"
+    assert c.id in world.runtime.containers, "kept for its logs"
+    status = await world.status(t1)
+    assert (status.state, status.exit_code, status.restarts, status.terminal) == (
+        TaskState.FAILED,
+        3,
+        0,
+        True,
+    )
+    assert status.message == "it exited with code 3; restart condition is never"
+    assert len(world.events("task.no-restart")) == 1
+
+    await world.store.delete(KEYS.task("web", 1))
+    await world.reconcile()
+    assert world.runtime.containers == {}, "removed with its task"
+
+
+async def test_on_failure_does_not_restart_a_clean_exit(world: World) -> None:
+    svc = await world.service(restart={"condition": "on-failure", "delay": 0.0})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    [c] = world.runtime.running()
+    world.runtime.crash(c.id, exit_code=0)
+    await world.step(1.0)
+    await world.step(1.0)
+    status = await world.status(t1)
+    assert (status.state, status.exit_code, status.terminal) == (TaskState.EXITED, 0, True)
+    assert sum(1 for call in world.runtime.calls if call[0] == "run") == 1
+
+
+async def test_max_attempts_then_the_task_stays_failed(world: World) -> None:
+    svc = await world.service(restart={"max_attempts": 2, "window": 60.0, "delay": 0.0})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    for _ in range(3):
+        [c] = world.runtime.running()
+        world.runtime.crash(c.id, exit_code=2)
+        await world.step(1.0)
+        await world.step(1.0)
+    status = await world.status(t1)
+    assert (status.state, status.restarts, status.terminal) == (TaskState.FAILED, 2, True)
+    assert "after 2 restarts within 60s" in status.message
+    assert world.runtime.running() == []
+
+
+async def test_a_terminal_task_stays_terminal_after_a_daemon_restart(world: World) -> None:
+    svc = await world.service(restart={"condition": "never"})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    [c] = world.runtime.running()
+    world.runtime.crash(c.id, exit_code=1)
+    await world.step(1.0)
+    assert (await world.status(t1)).terminal
+
+    a = world.agent
+    fresh = Agent(a.store, KEYS, NODE, CLUSTER, world.runtime, a.publisher.session, a.events, ADDRESS, 1.0)
+    await fresh._seed_restarts()
+    await fresh.tasks.relist()
+    await fresh.reconcile()
+    assert sum(1 for call in world.runtime.calls if call[0] == "run") == 1
+
+
+async def test_docker_healthcheck_is_honoured_without_a_spec_check(world: World) -> None:
+    svc = await world.service()
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    [c] = world.runtime.running()
+    assert world.runtime.specs[c.id].image_healthcheck is True
+    world.runtime.set_docker_health(c.id, DockerHealth("starting"))
+    await world.step(1.0)
+    assert (await world.status(t1)).health == "starting" and not await world.published(t1)
+    world.runtime.set_docker_health(c.id, DockerHealth("healthy", message="ok"))
+    await world.step(1.0)
+    assert (await world.status(t1)).health == "healthy" and await world.published(t1)
+    world.runtime.set_docker_health(
+        c.id, DockerHealth("unhealthy", failing_streak=3, retries=3, message="404")
+    )
+    await world.step(1.0)
+    status = await world.status(t1)
+    assert (status.health, status.health_message) == ("unhealthy", "404")
+    assert not await world.published(t1) and [r.id for r in world.runtime.running()] == [c.id]
+    world.runtime.set_docker_health(c.id, DockerHealth("unhealthy", failing_streak=6, retries=3))
+    await world.step(1.0)
+    assert ("stop", c.id) in world.runtime.calls, "replaced after 2 x retries, as with a spec check"
+
+
+async def test_exec_checks_run_in_the_container(world: World) -> None:
+    from node.agent.probes import Prober
+
+    world.agent.monitor.prober = Prober(world.runtime, ADDRESS)
+    check = {"exec": ["test", "-f", "/tmp/healthy"], "interval": 1.0, "retries": 1}
+    svc = await world.service(health=check)
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    await world.step()
+    [c] = world.runtime.running()
+    assert ("exec", c.id, "test", "-f", "/tmp/healthy") in world.runtime.calls
+    assert await world.published(t1)
+    world.runtime.set_exec(c.id, ExecResult(1, ""))
+    await world.step(1.0)
+    status = await world.status(t1)
+    assert (status.health, status.health_message) == ("unhealthy", "exit 1")
+    assert not await world.published(t1)
+    world.runtime.set_exec(c.id, TimeoutError("test did not finish within 1s"))
+    await world.step(1.0)
+    assert "did not finish within 1s" in (await world.status(t1)).health_message
+
+
+async def test_stop_grace_and_the_node_default(world: World) -> None:
+    svc = await world.service()
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    await world.store.delete(KEYS.task("web", 1))
+    await world.reconcile()
+    assert world.runtime.graces == [7.0], "the node's stop_timeout without stop_grace"
+    graced = await world.service(stop_grace=0.5)
+    t2 = replace(make_task(graced, 2, NODE), version=1)
+    await world.assign(t2)
+    world.agent.specs.forget("web")
+    await world.reconcile()
+    await world.store.delete(KEYS.task("web", 2))
+    await world.reconcile()
+    assert world.runtime.graces == [7.0, 0.5]
+
+
+async def test_a_verdict_change_wakes_a_pass_by_itself() -> None:
+    """The real loop: probes on their own schedule, a failing replica withdrawn without
+    any pass being asked for."""
+    store = MemoryStore()
+    runtime = FakeRuntime()
+    session = Session(store, ttl=10)
+    await session.start()
+    prober = ScriptedProber()
+    agent = Agent(
+        store,
+        KEYS,
+        NODE,
+        CLUSTER,
+        runtime,
+        session,
+        EventLog(store, KEYS, NODE),
+        ADDRESS,
+        30.0,
+        prober=prober,
+    )
+    check = {"tcp": {"port": 8080}, "interval": 0.05, "timeout": 0.05, "retries": 2}
+    svc = make_service("web", ports=[{"container": 8080}], health=check)
+    await store.put(KEYS.service("web"), svc.to_json())
+    t1 = make_task(svc, 1, NODE)
+    await store.put(KEYS.task("web", 1), t1.to_json())
+    endpoint = KEYS.endpoint("web", t1.task_id)
+    running = asyncio.create_task(agent.run())
+    try:
+        await wait_until(lambda: store.get(endpoint), 5, message="published once healthy")
+        prober.ok[t1.task_id] = False
+
+        async def withdrawn() -> bool:
+            return await store.get(endpoint) is None
+
+        await wait_until(withdrawn, 2, message="withdrawn without a resync (resync is 30 s)")
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running

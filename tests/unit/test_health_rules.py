@@ -1,0 +1,237 @@
+"""The pure rules of the agent's health checks and restart policy, as tables.
+
+`node.agent.health` (starting -> healthy <-> unhealthy -> replace) and
+`node.agent.restart` (condition, attempts within a window, crash-loop back-off), driven
+with explicit times: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from node.agent.health import (
+    START_INTERVAL,
+    Check,
+    Health,
+    begin,
+    check_of,
+    docker_verdict,
+    is_healthy,
+    needs_replacing,
+    observe,
+)
+from node.agent.restart import (
+    MAX_DELAY,
+    RESET_AFTER,
+    UNHEALTHY,
+    Policy,
+    RestartState,
+    backoff,
+    may_start,
+    on_exit,
+    on_running,
+    policy_of,
+)
+from node.domain import TaskStatus
+from node.runtime.base import DockerHealth
+
+CHECK = Check("http", 8080, "/health", interval=1.0, retries=3)
+
+
+def run(check: Check, results: str, start: float = 0.0) -> list[tuple[float, Health, int]]:
+    """Feed results ("+" pass, "-" fail), each probe at its due time and answered at
+    once; return (due, health after, failures) per probe."""
+    state = begin(start)
+    out = []
+    for r in results:
+        due = state.next_at
+        state = observe(state, check, r == "+", "ok" if r == "+" else "HTTP 500", due)
+        out.append((due, state.health, state.failures))
+    return out
+
+
+def test_a_replica_is_starting_until_its_first_pass() -> None:
+    state = begin(10.0)
+    assert (state.health, state.next_at) == (Health.STARTING, 10.0), "first probe at once"
+    steps = run(CHECK, "--+")
+    assert [h for _, h, _ in steps] == [Health.STARTING, Health.STARTING, Health.HEALTHY]
+    assert [d for d, _, _ in steps] == [0.0, START_INTERVAL, 2 * START_INTERVAL], "probed fast while starting"
+
+
+def test_healthy_to_unhealthy_after_retries_and_back_after_one_pass() -> None:
+    steps = run(CHECK, "+--" + "-" + "+")
+    assert [(d, h, f) for d, h, f in steps] == [
+        (0.0, Health.HEALTHY, 0),
+        (1.0, Health.HEALTHY, 1),  # one failure: still routable
+        (2.0, Health.HEALTHY, 2),
+        (3.0, Health.UNHEALTHY, 3),  # retries reached: withdrawn
+        (4.0, Health.HEALTHY, 0),  # one pass: back
+    ]
+
+
+def test_unhealthy_within_interval_times_retries_of_the_last_pass() -> None:
+    for interval, retries in ((1.0, 3), (2.0, 3), (0.5, 2), (5.0, 1)):
+        check = Check("tcp", 80, interval=interval, retries=retries)
+        steps = run(check, "+" + "-" * retries)
+        last_pass, unhealthy_at = steps[0][0], steps[-1][0]
+        assert steps[-1][1] is Health.UNHEALTHY
+        assert unhealthy_at - last_pass <= interval * retries
+
+
+def test_while_starting_a_failure_counts_at_most_once_per_interval() -> None:
+    check = Check("tcp", 80, interval=2.0, retries=3)
+    steps = run(check, "-" * 9)
+    counted = [(d, f) for d, _, f in steps]
+    assert counted[:5] == [(0.0, 1), (0.5, 1), (1.0, 1), (1.5, 1), (2.0, 2)]
+    unhealthy = next(d for d, h, _ in steps if h is Health.UNHEALTHY)
+    assert unhealthy == 4.0, "3 counted failures, one per interval"
+
+
+def test_failures_in_the_start_period_do_not_count_until_the_first_pass() -> None:
+    check = Check("exec", command=("true",), interval=1.0, retries=2, start_period=3.0)
+    steps = run(check, "-" * 10)
+    assert all(f == 0 for d, _, f in steps if d < 3.0)
+    assert next(d for d, h, _ in steps if h is Health.UNHEALTHY) == 4.0
+
+    after_pass = run(check, "+--")  # a pass ends the grace, even inside the period
+    assert after_pass[-1][1:] == (Health.UNHEALTHY, 2)
+
+
+def test_replaced_after_twice_the_retries() -> None:
+    steps = run(CHECK, "+" + "-" * 6)
+    states = [begin(0.0)]
+    for due, _, _ in steps:
+        states.append(observe(states[-1], CHECK, due == 0.0, "x", due))
+    verdicts = [(s.health, s.failures, needs_replacing(s, CHECK)) for s in states[1:]]
+    assert verdicts[3] == (Health.UNHEALTHY, 3, False), "withdrawn, not yet replaced"
+    assert verdicts[5] == (Health.UNHEALTHY, 5, False)
+    assert verdicts[6] == (Health.UNHEALTHY, 6, True), "2 x retries: replaced"
+    recovered = observe(states[5], CHECK, True, "ok", states[5].next_at)
+    assert (recovered.health, needs_replacing(recovered, CHECK)) == (Health.HEALTHY, False)
+
+
+def test_a_slow_probe_does_not_stretch_the_schedule() -> None:
+    state = observe(begin(0.0), CHECK, True, "ok", 0.0)
+    assert state.next_at == 1.0
+    state = observe(state, CHECK, False, "timeout", 1.9)  # took 0.9 s
+    assert state.next_at == 2.0, "fixed rate: due + interval"
+    state = observe(state, CHECK, False, "timeout", 3.5)  # took longer than the interval
+    assert state.next_at == 3.5, "late: the next probe goes at once"
+
+
+def test_check_of_a_stored_spec() -> None:
+    assert check_of({"name": "web"}) is None
+    http = {"http": {"port": 8080, "path": "/health", "status": 204}, "interval": 0.5, "retries": 2}
+    assert check_of({"health": http}) == Check("http", 8080, "/health", 204, interval=0.5, retries=2)
+    assert check_of({"health": {"tcp": {"port": 9000}, "timeout": 0.2}}) == Check("tcp", 9000, timeout=0.2)
+    exec_check = check_of({"health": {"exec": ["test", "-f", "/tmp/ok"], "start_period": 5.0}})
+    assert exec_check == Check("exec", command=("test", "-f", "/tmp/ok"), start_period=5.0)
+    assert exec_check.describe() == "exec test -f /tmp/ok"
+
+
+@pytest.mark.parametrize(
+    ("docker", "health", "replace"),
+    [
+        (None, Health.NONE, False),
+        (DockerHealth("starting"), Health.STARTING, False),
+        (DockerHealth("healthy"), Health.HEALTHY, False),
+        (DockerHealth("unhealthy", failing_streak=3, retries=3), Health.UNHEALTHY, False),
+        (DockerHealth("unhealthy", failing_streak=6, retries=3), Health.UNHEALTHY, True),
+    ],
+)
+def test_docker_healthcheck_verdicts(docker: DockerHealth | None, health: Health, replace: bool) -> None:
+    verdict = docker_verdict(docker)
+    assert (verdict.health, verdict.replace, verdict.routable) == (
+        health,
+        replace,
+        health in (Health.NONE, Health.HEALTHY),
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "health", "healthy"),
+    [
+        ("running", "", True),
+        ("running", "healthy", True),
+        ("running", "starting", False),
+        ("running", "unhealthy", False),
+        ("exited", "", False),
+        ("pending", "", False),
+    ],
+)
+def test_is_healthy_is_what_the_rollout_waits_for(state: str, health: str, healthy: bool) -> None:
+    status = TaskStatus("t1", "web", 1, "n1", state, health=health)
+    assert is_healthy(status) is healthy
+
+
+# -- restart policy ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("condition", "exit_code", "restarts"),
+    [
+        ("always", 0, True),
+        ("always", 1, True),
+        ("always", UNHEALTHY, True),
+        ("on-failure", 0, False),
+        ("on-failure", 137, True),
+        ("on-failure", UNHEALTHY, True),
+        ("never", 1, False),
+        ("never", 0, False),
+        ("never", UNHEALTHY, False),
+    ],
+)
+def test_restart_condition(condition: str, exit_code: int | None, restarts: bool) -> None:
+    state = on_exit(RestartState(), Policy(condition=condition), exit_code, now=100.0)
+    assert state.terminal is not restarts
+    assert state.restarts == (1 if restarts else 0)
+    if not restarts:
+        assert condition in state.given_up
+        assert not may_start(state, 1e9)
+
+
+def test_crash_loop_backs_off_exponentially_and_is_capped() -> None:
+    policy = Policy(delay=1.0)
+    state, now, delays = RestartState(), 0.0, []
+    for _ in range(8):
+        state = on_running(state, now)
+        now += 2.0  # crashes 2 s after each start
+        state = on_exit(state, policy, 1, now)
+        delays.append(state.next_at - now)
+        assert not may_start(state, state.next_at - 0.01) and may_start(state, state.next_at)
+        now = state.next_at
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, MAX_DELAY, MAX_DELAY, MAX_DELAY]
+    assert state.restarts == 8
+
+
+def test_the_back_off_resets_after_the_replica_stayed_up() -> None:
+    policy = Policy(delay=0.5)
+    state = RestartState()
+    for now in (0.0, 1.0, 3.0):
+        state = on_exit(on_running(state, now), policy, 1, now + 0.1)
+    assert state.next_at - 3.1 == pytest.approx(2.0)
+    state = on_running(state, 10.0)
+    state = on_exit(state, policy, 1, 10.0 + RESET_AFTER)
+    assert state.next_at - (10.0 + RESET_AFTER) == pytest.approx(0.5), "a long healthy life resets the streak"
+
+
+def test_max_attempts_within_a_window() -> None:
+    policy = Policy(max_attempts=2, window=60.0, delay=0.0)
+    state = on_exit(RestartState(), policy, 1, 0.0)
+    state = on_exit(state, policy, 1, 10.0)
+    assert state.restarts == 2 and not state.terminal
+    gave_up = on_exit(state, policy, 1, 20.0)
+    assert gave_up.terminal and "2 restarts within 60s" in gave_up.given_up
+    later = on_exit(state, policy, 1, 65.0)  # the first restart left the window
+    assert not later.terminal and later.restarts == 3
+    ever = Policy(max_attempts=1)
+    once = on_exit(RestartState(), ever, 1, 0.0)
+    assert on_exit(once, ever, 1, 1e6).terminal, "window 0: every restart counts"
+
+
+def test_backoff_and_policy_of_a_stored_spec() -> None:
+    assert backoff(Policy(delay=0.0), 5) == 0.0
+    assert backoff(Policy(delay=60.0), 3) == 60.0, "a delay above the cap is kept"
+    assert policy_of({}) == Policy()
+    stored = {"restart": {"condition": "on-failure", "max_attempts": 3, "window": 60.0, "delay": 1.0}}
+    assert policy_of(stored) == Policy("on-failure", 3, 60.0, 1.0)
