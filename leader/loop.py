@@ -13,14 +13,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 
+from leader import updates
 from leader.applier import Applier, Write, writes_for
 from leader.liveness import DownMarks, Liveness
-from leader.scheduler import Plan, Snapshot, schedule
-from node.domain import Assignment, NodeInfo, ServiceRecord
+from leader.pending import PendingReasons
+from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy
+from leader.scheduler import Plan, Snapshot, schedule_all
+from node.domain import (
+    Assignment,
+    Availability,
+    NodeInfo,
+    NodeSpec,
+    RolloutRecord,
+    ServiceRecord,
+    TaskStatus,
+    effective_labels,
+)
 from node.events import EventLog
 from node.keys import Keys
-from node.store import Fenced, Store, StoreError
+from node.store import KV, Fenced, Put, Store, StoreError
 from node.store.cache import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -46,15 +60,24 @@ class LeaderLoop:
         self.services = PrefixCache(store, keys.services, "services")
         self.nodes = PrefixCache(store, keys.nodes, "nodes")
         self.tasks = PrefixCache(store, keys.tasks, "tasks")
+        self.nodespecs = PrefixCache(store, keys.nodespecs, "nodespecs")
+        self.rollouts = PrefixCache(store, keys.rollouts, "rollouts")
+        self.statuses = PrefixCache(store, keys.status_all, "statuses")
+        self._follow_status = False  # wake on status changes only while updates or handoffs run
+        self._parsed: dict[str, tuple[int, Assignment]] = {}  # task key -> (mod revision, record)
+        self._pending: dict[str, str] = {}  # service -> the pending reason last reported
         self.down = DownMarks(store, keys, epoch, liveness, events, down_grace)
+        self.pending = PendingReasons(store, keys, epoch)  # `pending/<service>`: why replicas wait
+        self._simulated: dict[str, tuple[int, bool]] = {}  # node key -> (mod revision, simulated)
         self.liveness = liveness
         self._known_nodes: set[str] | None = None
+        self._simulated_names: set[str] = set()
         self.passes = 0
 
     async def run(self) -> None:
-        caches = (self.services, self.nodes, self.tasks, self.down.cache)
+        caches = (self.services, self.nodes, self.tasks, self.nodespecs, self.rollouts, self.down.cache)
         async with asyncio.TaskGroup() as tg:
-            for cache in caches:
+            for cache in (*caches, self.statuses):
                 tg.create_task(cache.run(), name=f"leader-watch-{cache.name}")
             tg.create_task(self._loop(caches), name="leader-reconcile")
 
@@ -64,18 +87,25 @@ class LeaderLoop:
         for cache in caches:
             await cache.ready.wait()
 
-        async def relay(ev: asyncio.Event) -> None:
+        await self.statuses.ready.wait()
+
+        async def relay(ev: asyncio.Event, when: Callable[[], bool] = lambda: True) -> None:
             while True:
                 await ev.wait()
                 ev.clear()
-                wake.set()
+                if when():
+                    wake.set()
 
         if self.liveness is not None:
             listeners.append(self.liveness.listener())
         relays = [asyncio.create_task(relay(ev)) for ev in listeners]
+        relays.append(asyncio.create_task(relay(self.statuses.listener(), lambda: self._follow_status)))
         try:
             while True:
-                pending = self.down.next_deadline()
+                deadlines = [
+                    d for d in (self.down.next_deadline(), self.next_rollout_deadline()) if d is not None
+                ]
+                pending = min(deadlines) if deadlines else None
                 try:
                     async with asyncio.timeout(self.resync if pending is None else min(self.resync, pending)):
                         await wake.wait()
@@ -95,86 +125,281 @@ class LeaderLoop:
             for task in relays:
                 task.cancel()
 
+    def assignments(self, kvs: list[KV] | None = None) -> dict[str, Assignment]:
+        """Every task key's record (of the mirror, or `kvs` taken from it), parsed once per mod
+        revision (100,000 tasks: no re-parse)."""
+        out: dict[str, Assignment] = {}
+        parsed = self._parsed
+        for kv in self.tasks.values() if kvs is None else kvs:
+            hit = parsed.get(kv.key)
+            if hit is None or hit[0] != kv.mod_revision:
+                hit = parsed[kv.key] = (kv.mod_revision, Assignment.from_json(kv.value))
+            out[kv.key] = hit[1]
+        if len(parsed) > len(out):
+            for key in parsed.keys() - out.keys():
+                del parsed[key]
+        return out
+
     def snapshot(self) -> tuple[dict[str, ServiceRecord], Snapshot, dict[str, int]]:
         services = {}
         for kv in self.services.values():
             record = ServiceRecord.from_json(kv.value)
             services[record.name] = record
+        specs = {
+            self.keys.tail(kv.key, self.keys.nodespecs): NodeSpec.from_json(kv.value)
+            for kv in self.nodespecs.values()
+        }
         nodes = {}
         excluded = self.down.excluded()
         for kv in self.nodes.values():
             info = NodeInfo.from_json(kv.value)
             if info.id not in excluded:
-                nodes[info.id] = info
-        tasks: dict[tuple[str, int], Assignment] = {}
-        seen: dict[str, int] = {}
-        for kv in self.tasks.values():
-            task = Assignment.from_json(kv.value)
-            tasks[(task.service, task.slot)] = task
-            seen[kv.key] = kv.mod_revision
-        return services, Snapshot(nodes, tasks, self.tasks.revision), seen
+                spec = specs.get(info.id)
+                nodes[info.id] = info if spec is None else replace(info, labels=effective_labels(info, spec))
+        active = Availability.ACTIVE.value
+        availability = {
+            node: spec.availability for node, spec in specs.items() if spec.availability != active
+        }
+        tasks = {(task.service, task.slot): task for task in self.assignments().values()}
+        seen = {kv.key: kv.mod_revision for kv in self.tasks.values()}
+        return services, Snapshot(nodes, tasks, self.tasks.revision, availability), seen
 
     async def reconcile(self) -> None:
         self.passes += 1
-        registry = {self.keys.tail(kv.key, self.keys.nodes) for kv in self.nodes.values()}
-        holders = {Assignment.from_json(kv.value).node for kv in self.tasks.values()}
+        registry = self._gossiping_nodes()
+        # CPU-heavy steps of a pass run in a thread (`asyncio.to_thread`): at 100,000 tasks they
+        # take seconds, and the leader's lease keepalive must not wait for them
+        parsed = await asyncio.to_thread(self.assignments, self.tasks.values())
+        holders = {task.node for task in parsed.values()}
         await self.down.sync(registry, registry | holders)
         services, snap, seen = self.snapshot()
-        self._node_events(set(snap.nodes))
-        tasks = dict(snap.tasks)
-        writes: list[Write] = []
-        plans: list[Plan] = []
-        now = time.time()
-        for name in sorted(services):
-            plan = schedule(Snapshot(snap.nodes, tasks, snap.revision), services[name], self.epoch, now)
-            for task in plan.stop:
-                tasks.pop((task.service, task.slot), None)
-            for task in plan.place:
-                tasks[(task.service, task.slot)] = task
-            writes += writes_for(plan, self.keys, seen)
-            plans.append(plan)
+        self._node_events(snap.nodes)
+        now, alive = time.time(), set(snap.nodes)
+        statuses = self.status_map()
+        rollouts = {
+            r.service: r for r in (RolloutRecord.from_json(kv.value) for kv in self.rollouts.values())
+        }
+        decided = updates.decide(services, snap.tasks, statuses, rollouts, alive, now)
+
+        def plan_all() -> tuple[list[Plan], list[Write]]:  # pure: no I/O, nothing shared is changed
+            plans = schedule_all(replace(snap, updatable=decided.allowed), services.values(), self.epoch, now)
+            writes: list[Write] = []
+            for plan in plans:
+                updates.with_handoffs(plan, decided.policies.get(plan.service, UpdatePolicy()), alive)
+                writes += writes_for(plan, self.keys, seen)
+            return plans, writes
+
+        plans, writes = await asyncio.to_thread(plan_all)
+        written = {w.op.key for w in writes}
+        for task in updates.releases(snap.tasks, statuses, alive):
+            key = self.keys.task(task.service, task.slot)
+            if key not in written:
+                writes.append(Write(Put(key, task.to_json()), seen.get(key, 0)))
+        rollout_seen = {kv.key: kv.mod_revision for kv in self.rollouts.values()}
+        for name, record in decided.records.items():
+            key = self.keys.rollout(name)
+            writes.append(Write(Put(key, record.to_json()), rollout_seen.get(key, 0)))
+        self._follow_status = (
+            any(RolloutState(r.state).active for r in decided.records.values())
+            or any(RolloutState(r.state).active for r in rollouts.values())
+            or any(t.handoff for t in snap.tasks.values())
+        )
+        self._pending_events(plans)
+        await self.pending.publish(plans, now)
         orphans = {svc for svc, _ in snap.tasks} - set(services)
         for svc in sorted(orphans):
             await self.applier.delete_prefix(self.keys.service_tasks(svc))
             self.events.emit("service.removed", f"tasks of removed service {svc} unassigned", service=svc)
         if not writes:
             return
-        stale, revision = await self.applier.commit(writes)
+        placed = {self.keys.task(t.service, t.slot): t for plan in plans for t in plan.place}
+
+        def parsed_already(batch: list[Write], revision: int) -> None:
+            for w in batch:  # what we wrote comes back by the watch: no need to parse it again
+                task = placed.get(w.op.key)
+                if task is not None and isinstance(w.op, Put):
+                    self._parsed[w.op.key] = (revision, task)
+
+        stale, _ = await self.applier.commit(writes, parsed_already)
         if stale:
             log.info("%d batch(es) stale; re-planning", stale)
-        else:
-            self._plan_events(plans)
-        await self._caught_up(revision)
+            return
+        self._plan_events(plans)
+        await self._rollout_outcomes(rollouts, decided)
+        await self._caught_up(writes)
 
-    async def _caught_up(self, revision: int, timeout: float = 2.0) -> None:
-        """Wait until our own writes are in the mirror, so the next pass sees them."""
-        deadline = time.monotonic() + timeout
-        ev = self.tasks.listener()
-        while self.tasks.revision < revision and time.monotonic() < deadline:
-            ev.clear()
-            try:
-                async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
-                    await ev.wait()
-            except TimeoutError:
-                break
-        self.tasks.remove_listener(ev)
+    def status_map(self) -> _StatusView:
+        return _StatusView(self.statuses, self.keys)
 
-    def _node_events(self, alive: set[str]) -> None:
-        if self._known_nodes is not None:
-            for node in sorted(alive - self._known_nodes):
-                self.events.emit("node.joined", f"node {node} joined")
-            for node in sorted(self._known_nodes - alive):
+    async def _rollout_outcomes(self, before: dict[str, RolloutRecord], decided: updates.Decisions) -> None:
+        """Events for rollouts that started or ended; the outcome into `history/`; rollbacks."""
+        for name, r in decided.records.items():
+            old = before.get(name)
+            if old is None or (old.to_version, old.target) != (r.to_version, r.target):
+                what = f"rolling back to version {r.from_version}" if r.rollback_of else "rolling update"
                 self.events.emit(
-                    "node.lost", f"node {node} lost (lease expired or dead to gossip); its tasks move"
+                    "rollout.started",
+                    f"{name}: {what}, version {r.from_version} -> {r.to_version}",
+                    service=name,
                 )
-        self._known_nodes = alive
+            state = RolloutState(r.state)
+            if state.active or (old is not None and old.state == r.state and old.to_version == r.to_version):
+                continue
+            self.events.emit(
+                f"rollout.{state.value}", f"{name} version {r.to_version}: {r.message}", service=name
+            )
+            await self._history_outcome(name, r.to_version, state.value)
+        for r in decided.rollbacks:
+            await self._roll_back(r)
 
-    def _plan_events(self, plans: list[Plan]) -> None:
+    async def _history_outcome(self, name: str, version: int, outcome: str) -> None:
+        kv = await self.store.get(self.keys.history_version(name, version))
+        if kv is None:
+            return
+        record = replace(ServiceRecord.from_json(kv.value), outcome=outcome)
+        await self.applier.commit([Write(Put(kv.key, record.to_json()), kv.mod_revision)])
+
+    async def _roll_back(self, failed: RolloutRecord) -> None:
+        """Write the spec of `failed.from_version` as a new version that rolls back `failed.to_version`."""
+        name = failed.service
+        current = self.services.items.get(self.keys.service(name))
+        good = await self.store.get(self.keys.history_version(name, failed.from_version))
+        if current is None or good is None:
+            self.events.emit(
+                "rollout.rollback_impossible", f"{name}: version {failed.from_version} is gone", service=name
+            )
+            return
+        now_record = ServiceRecord.from_json(current.value)
+        if now_record.version != failed.to_version:
+            return  # a newer apply came meanwhile: it decides
+        spec = dict(ServiceRecord.from_json(good.value).spec)
+        spec["replicas"] = now_record.replicas  # roll back what runs, not how many
+        record = ServiceRecord(
+            name, now_record.version + 1, spec, time.time(), f"leader (rollback of {failed.to_version})",
+            rollback_of=failed.to_version,
+        )  # fmt: skip
+        history = self.keys.history_version(name, record.version)
+        await self.applier.commit(
+            [
+                Write(Put(current.key, record.to_json()), current.mod_revision),
+                Write(Put(history, record.to_json()), 0),
+            ]
+        )
+
+    async def _caught_up(self, writes: list[Write], timeout: float = 2.0) -> None:
+        """Wait until our own writes are in the mirrors, so the next pass sees them. (Not
+        "the mirror reached the commit's revision": a mirror sees only its own prefix.)"""
+        mirrors = [
+            c for c in (self.tasks, self.rollouts) if any(w.op.key.startswith(c.prefix) for w in writes)
+        ]
+        expected = [
+            (c, w.op.key, w.op.value if isinstance(w.op, Put) else None)
+            for c in mirrors
+            for w in writes
+            if w.op.key.startswith(c.prefix)
+        ]
+
+        done = 0  # writes seen so far: each wake checks from there (100,000 writes: O(n), not O(n^2))
+
+        def caught_up() -> bool:
+            nonlocal done
+            while done < len(expected):
+                cache, key, value = expected[done]
+                kv = cache.items.get(key)
+                if (kv.value if kv is not None else None) != value:
+                    return False
+                done += 1
+            return True
+
+        deadline = time.monotonic() + timeout
+        ev = asyncio.Event()
+        for cache in mirrors:
+            cache.listener(ev)
+        try:
+            while not caught_up() and time.monotonic() < deadline:
+                ev.clear()
+                try:
+                    async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                        await ev.wait()
+                except TimeoutError:
+                    break
+        finally:
+            for cache in mirrors:
+                cache.remove_listener(ev)
+
+    def next_rollout_deadline(self) -> float | None:
+        """Seconds until an active rollout needs a pass with no event to wake it: the end of
+        a monitor window, a rested place of the window, a progress deadline."""
+        times: list[float] = []
+        for kv in self.rollouts.values():
+            r = RolloutRecord.from_json(kv.value)
+            if not RolloutState(r.state).active:
+                continue
+            record = self.services.items.get(self.keys.service(r.service))
+            monitor = UpdatePolicy.of(ServiceRecord.from_json(record.value).spec).monitor if record else 0.0
+            times += [t + monitor for t in r.monitored.values()]
+            times += r.cooldown
+            times += [t + PROGRESS_DEADLINE for t in r.batch.values()]
+        if not times:
+            return None
+        return max(0.0, min(times) - time.time()) + 0.01
+
+    def _gossiping_nodes(self) -> set[str]:
+        """Registered nodes less simulated ones (`node.simcluster`: they gossip with no one, so
+        they count for no gossip quorum); parsed once per mod revision."""
+        out, seen = set(), self._simulated
+        for kv in self.nodes.values():
+            hit = seen.get(kv.key)
+            if hit is None or hit[0] != kv.mod_revision:
+                hit = seen[kv.key] = (kv.mod_revision, NodeInfo.from_json(kv.value).simulated)
+            if not hit[1]:
+                out.add(self.keys.tail(kv.key, self.keys.nodes))
+        if len(seen) > len(self.nodes.items):
+            for key in seen.keys() - self.nodes.items.keys():
+                del seen[key]
+        return out
+
+    def _node_events(self, nodes: Mapping[str, NodeInfo], detail: int = 20) -> None:
+        """node.joined / node.lost, "(simulated)" marked; one summary beyond `detail` nodes."""
+        alive = set(nodes)
+        now_simulated = {node for node, info in nodes.items() if info.simulated}
+        if self._known_nodes is not None:
+            joined = sorted(alive - self._known_nodes)
+            lost = sorted(self._known_nodes - alive)
+            sim = self._simulated_names | now_simulated
+            for kind, names, what in (
+                ("node.joined", joined, "joined"),
+                ("node.lost", lost, "lost (lease expired or dead to gossip); its tasks move"),
+            ):
+                if len(names) > detail:
+                    n = len(sim.intersection(names))
+                    self.events.emit(
+                        kind, f"{len(names)} nodes ({n} simulated) {what}: {names[0]} … {names[-1]}"
+                    )
+                    continue
+                for node in names:
+                    self.events.emit(kind, f"node {node}{' (simulated)' if node in sim else ''} {what}")
+        self._known_nodes, self._simulated_names = alive, now_simulated
+
+    def _plan_events(self, plans: list[Plan], detail: int = 20) -> None:
+        """An event per placed or unassigned task; one summary per service beyond `detail`."""
         for plan in plans:
+            if len(plan.place) + len(plan.stop) > detail:
+                nodes = len({t.node for t in plan.place})
+                self.events.emit(
+                    "service.planned",
+                    f"{plan.service}: {len(plan.place)} task(s) placed on {nodes} node(s), "
+                    f"{len(plan.stop)} unassigned, {len(plan.moves)} replacing another",
+                    service=plan.service,
+                )
+                continue
+            moved = {m.new.task_id: m for m in plan.moves}
             for task in plan.place:
+                move = moved.get(task.task_id)
+                why = f", replacing {move.old.task_id} on {move.old.node} ({move.why})" if move else ""
                 self.events.emit(
                     "task.placed",
-                    f"{task.service}.{task.slot} ({task.task_id}) placed on {task.node}",
+                    f"{task.service}.{task.slot} ({task.task_id}) placed on {task.node}{why}",
                     service=task.service,
                     task=task.task_id,
                 )
@@ -185,9 +410,29 @@ class LeaderLoop:
                     service=task.service,
                     task=task.task_id,
                 )
-            if plan.unplaced:
-                self.events.emit(
-                    "service.pending",
-                    f"{len(plan.unplaced)} replica(s) pending: no alive node",
-                    service=plan.service,
-                )
+
+    def _pending_events(self, plans: list[Plan]) -> None:
+        """`service.pending` when the reason a service's replicas wait changes; `service.placed`
+        once they all found a node. Not repeated on every pass."""
+        for plan in plans:
+            before = self._pending.get(plan.service, "")
+            if plan.pending:
+                reason = f"{plan.pending} replica(s) pending: {plan.reason}"
+                if reason != before:
+                    self.events.emit("service.pending", reason, service=plan.service)
+                    self._pending[plan.service] = reason
+            elif before:
+                self.events.emit("service.placed", "every replica has a node", service=plan.service)
+                del self._pending[plan.service]
+
+
+class _StatusView:
+    """Statuses parsed on demand from the mirror: a pass looks up only the tasks under an
+    update or a handoff, not every status of a large cluster."""
+
+    def __init__(self, cache: PrefixCache, keys: Keys) -> None:
+        self.cache, self.keys = cache, keys
+
+    def get(self, task_id: str, /) -> TaskStatus | None:
+        kv = self.cache.items.get(self.keys.status(task_id))
+        return None if kv is None else TaskStatus.from_json(kv.value)

@@ -1,0 +1,143 @@
+"""The leader's side of updates and handoffs, between the scheduler and the applier.
+
+Pure functions over what the leader's mirrors hold; `leader.loop` does the I/O.
+
+- `decide`: for every service whose tasks are not all on the current template, start or
+  step its rollout (`leader.rollout`) and say which slots the scheduler may update now
+  (`Decisions.allowed`); a service whose rollout failed with `failure_action: rollback`
+  is listed in `Decisions.rollbacks`.
+- `with_handoffs`: a task placed to replace another (a start-first update, a move off a
+  drained node or a node that no longer fits the constraints) *hands off*: the old task
+  stays assigned, inside the new assignment, and keeps serving until the new one is
+  ready. Going back to the task a handoff still holds (a rollback) restores it as it was,
+  container and all, instead of starting a third one.
+- `releases`: a handoff ends when the new task is ready (running and healthy), or when
+  the old task's node is gone; the old replica is then withdrawn, drained and stopped by
+  its agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Protocol
+
+from leader.rollout import Health, RolloutState, SlotView, UpdatePolicy, start, step
+from leader.scheduler import CONSTRAINTS, DRAIN, MAX_PER_NODE, UPDATE, Plan, template_hash
+from node.domain import Assignment, RolloutRecord, ServiceRecord, TaskState, TaskStatus
+
+HANDOFF_REASONS = frozenset({UPDATE, DRAIN, CONSTRAINTS, MAX_PER_NODE})
+
+
+class Statuses(Protocol):
+    """Task statuses by task id, looked up only for the tasks that need one (a dict does)."""
+
+    def get(self, task_id: str, /) -> TaskStatus | None: ...
+
+
+def health(task: Assignment, status: TaskStatus | None) -> Health:
+    """READY: running and healthy (or no check); FAILED: exited, failed, unhealthy, or
+    restarted since it was placed; else STARTING."""
+    if status is None or status.task_id != task.task_id:
+        return Health.STARTING
+    check = getattr(status, "health", "") or ""
+    if status.state in (TaskState.EXITED.value, TaskState.FAILED.value) or check == "unhealthy":
+        return Health.FAILED
+    if status.restarts > 0:
+        return Health.FAILED
+    if status.state == TaskState.RUNNING.value and check in ("", "none", "healthy"):
+        return Health.READY
+    return Health.STARTING
+
+
+@dataclass
+class Decisions:
+    allowed: dict[str, frozenset[int]] = field(default_factory=dict)  # service -> slots that may update
+    records: dict[str, RolloutRecord] = field(default_factory=dict)  # changed rollout records to write
+    rollbacks: list[RolloutRecord] = field(default_factory=list)  # failed; roll back to from_version
+    policies: dict[str, UpdatePolicy] = field(default_factory=dict)
+
+
+def decide(
+    services: Mapping[str, ServiceRecord],
+    tasks: Mapping[tuple[str, int], Assignment],
+    statuses: Statuses,
+    rollouts: Mapping[str, RolloutRecord],
+    alive: set[str],
+    now: float,
+) -> Decisions:
+    out = Decisions()
+    by_service: dict[str, dict[int, Assignment]] = {}
+    for (service, slot), task in tasks.items():
+        by_service.setdefault(service, {})[slot] = task
+    for name, record in services.items():
+        policy = UpdatePolicy.of(record.spec)
+        out.policies[name] = policy
+        target = template_hash(record.spec)
+        current = {
+            slot: t
+            for slot, t in by_service.get(name, {}).items()
+            if slot <= record.replicas and t.node in alive
+        }
+        r = rollouts.get(name)
+        outdated = [t for t in current.values() if t.template != target]
+        if r is None or r.target != target or r.to_version != record.version:
+            if not outdated:
+                continue  # first deploy, or nothing to update
+            versions = sorted({t.version for t in outdated})
+            r = start(name, versions[-1], record.version, target, now, rollback_of=record.rollback_of)
+            out.records[name] = r
+        if not RolloutState(r.state).active:
+            if outdated:
+                out.allowed[name] = frozenset()  # paused or failed: nothing more updates
+            continue
+        slots = {
+            slot: SlotView(t.template, health(t, statuses.get(t.task_id)), bool(t.handoff))
+            for slot, t in current.items()
+        }
+        result = step(r, policy, slots, now)
+        if result.changed or name in out.records:
+            out.records[name] = result.record
+        out.allowed[name] = frozenset(int(s) for s in result.record.batch)
+        if result.rollback:
+            out.rollbacks.append(result.record)
+    return out
+
+
+def _plain(task: Assignment) -> dict[str, object]:
+    return {k: v for k, v in asdict(task).items() if k != "handoff"}
+
+
+def with_handoffs(plan: Plan, policy: UpdatePolicy, alive: set[str]) -> Plan:
+    """Give the tasks of `plan` that replace another a handoff (see the module docstring)."""
+    if not plan.moves:
+        return plan
+    placed = {t.task_id: t for t in plan.place}
+    for move in plan.moves:
+        new = placed.get(move.new.task_id)
+        old = move.old
+        if new is None or move.why not in HANDOFF_REASONS or old.node not in alive:
+            continue
+        held = old.handed_off()
+        if held is not None and held.template == new.template and held.node in alive:
+            placed[new.task_id] = held  # back to the task still serving the slot: keep it
+            continue
+        if move.why == UPDATE and policy.order == "stop-first":
+            continue
+        placed[new.task_id] = replace(new, handoff=_plain(old))
+    plan.place = [placed[t.task_id] for t in plan.place]
+    return plan
+
+
+def releases(
+    tasks: Mapping[tuple[str, int], Assignment], statuses: Statuses, alive: set[str]
+) -> list[Assignment]:
+    """Assignments whose handoff is over, as they should be written (handoff emptied)."""
+    out = []
+    for task in tasks.values():
+        old = task.handed_off()
+        if old is None:
+            continue
+        if old.node not in alive or health(task, statuses.get(task.task_id)) is Health.READY:
+            out.append(replace(task, handoff={}))
+    return out

@@ -1,0 +1,77 @@
+"""Following a rollout from the CLI: `shoal service apply` and `rollback` wait for it.
+
+`follow` polls the service (every `interval` seconds, bounded by `wait`) and prints a
+line each time the progress changes: state, replicas updated out of the total, the
+slots in flight and the failed ones. It returns the exit status: 0 when the new
+version runs everywhere, 1 when the rollout failed, paused or was rolled back, or
+when `wait` ran out (the rollout goes on in the cluster either way).
+
+A version that needs no rollout (the first deploy, a scale) is followed until its
+replicas run; a newer version applied meanwhile ends the wait ("superseded").
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from node.client import ShoalClient
+from node.pb import api_pb2
+
+ACTIVE = ("updating", "rolling_back")
+GOOD = ("completed",)
+
+
+def _line(svc: api_pb2.Service, running: int) -> str:
+    r = svc.rollout
+    if not r.state or r.to_version != svc.version:
+        return f"version {svc.version}: {running}/{svc.replicas} running"
+    parts = [
+        f"version {r.from_version} -> {r.to_version}: {r.state.replace('_', ' ')}",
+        f"{r.updated}/{r.total} updated",
+    ]
+    parts.append(f"{running}/{svc.replicas} running")
+    if r.batch:
+        parts.append("updating slot(s) " + ",".join(map(str, r.batch)))
+    if r.failed:
+        parts.append("failed slot(s) " + ",".join(map(str, r.failed)))
+    if r.message and r.state not in ACTIVE:
+        parts.append(r.message)
+    return "; ".join(parts)
+
+
+def follow(client: ShoalClient, name: str, version: int, wait: float = 600.0, interval: float = 0.5) -> int:
+    deadline = time.monotonic() + wait
+    last, target, rolled_back = "", version, False
+    failed_at: float | None = None
+    while True:
+        svc = client.get_service(name)
+        running = sum(1 for t in client.list_tasks(name) if t.state == "running")
+        line = _line(svc, running)
+        if line != last:
+            click.echo(f"{time.strftime('%H:%M:%S')} {name} {line}")
+            last = line
+        if svc.version > target:
+            if svc.rollback_of != target:
+                click.echo(f"{name}: version {target} was superseded by version {svc.version}")
+                return 1
+            rolled_back, target, failed_at = True, svc.version, None  # follow the rollback
+        r = svc.rollout
+        mine = bool(r.state) and r.to_version == target
+        if mine and r.state == "failed":
+            failed_at = failed_at or time.monotonic()
+            if time.monotonic() - failed_at > 15:  # no rollback came (nothing to go back to)
+                return 1
+        elif mine and r.state not in ACTIVE:
+            return 0 if r.state in GOOD and not rolled_back else 1
+        elif not mine and running >= svc.replicas:
+            return 1 if rolled_back else 0
+        if time.monotonic() >= deadline:
+            click.echo(
+                f"{name}: still in progress after {wait:g}s; it goes on in the cluster "
+                f"(`shoal service inspect {name}` shows it)",
+                err=True,
+            )
+            return 1
+        time.sleep(interval)

@@ -1,0 +1,173 @@
+"""Rolling updates through the leader's reconcile pass, on a MemoryStore.
+
+The test plays the agents: it writes `status/` records (running, or failed) for the
+tasks the leader assigns, and checks what the leader writes back: a window of
+`parallelism` slots, handoffs (the old task kept until the new one is ready), the
+rollout record, and a rollback to the previous version when new replicas fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from leader.loop import LeaderLoop
+from leader.rollout import RolloutState
+from node.domain import Assignment, RolloutRecord, ServiceRecord, TaskStatus
+from node.events import EventLog
+from node.keys import Keys
+from node.store.memory import MemoryStore
+from tests.factories import make_node, make_service
+from tests.helpers import wait_until
+
+KEYS = Keys()
+
+
+@dataclass
+class World:
+    store: MemoryStore
+    loop: LeaderLoop
+
+    async def put_service(self, service: ServiceRecord) -> None:
+        await self.store.put(KEYS.service(service.name), service.to_json())
+        await self.store.put(KEYS.history_version(service.name, service.version), service.to_json())
+
+    async def reconcile(self) -> None:
+        caches = (
+            self.loop.services,
+            self.loop.nodes,
+            self.loop.tasks,
+            self.loop.rollouts,
+            self.loop.statuses,
+        )
+
+        async def mirrored() -> bool:
+            for cache in caches:
+                kvs, _ = await self.store.range(cache.prefix)
+                if cache.items != {kv.key: kv for kv in kvs}:
+                    return False
+            return True
+
+        await wait_until(mirrored, timeout=5, interval=0.01, message="mirrors caught up")
+        await self.loop.reconcile()
+
+    async def tasks(self) -> dict[int, Assignment]:
+        kvs, _ = await self.store.range(KEYS.service_tasks("web"))
+        return {a.slot: a for a in (Assignment.from_json(kv.value) for kv in kvs)}
+
+    async def report(self, task: Assignment, state: str = "running", restarts: int = 0) -> None:
+        status = TaskStatus(task.task_id, task.service, task.slot, task.node, state, restarts=restarts)
+        await self.store.put(KEYS.status(task.task_id), status.to_json())
+
+    async def report_all(self, state: str = "running") -> None:
+        for task in (await self.tasks()).values():
+            await self.report(task, state)
+
+    async def rollout(self) -> RolloutRecord:
+        kv = await self.store.get(KEYS.rollout("web"))
+        assert kv is not None
+        return RolloutRecord.from_json(kv.value)
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    store = MemoryStore()
+    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
+    loop = LeaderLoop(store, KEYS, epoch, EventLog(store, KEYS, "n1"))
+    caches = [
+        asyncio.create_task(c.run())
+        for c in (loop.services, loop.nodes, loop.tasks, loop.rollouts, loop.statuses, loop.nodespecs)
+    ]
+    try:
+        for n in ("n1", "n2", "n3"):
+            await store.put(KEYS.node(n), make_node(n).to_json())
+        yield World(store, loop)
+    finally:
+        for task in caches:
+            task.cancel()
+        await asyncio.gather(*caches, return_exceptions=True)
+
+
+def web(version: int, image: str, **update: object) -> ServiceRecord:
+    return make_service("web", replicas=4, version=version, image=image, update={"monitor": 0.0, **update})
+
+
+async def test_start_first_updates_a_window_of_slots_with_handoffs(world: World) -> None:
+    await world.put_service(web(1, "img:1", parallelism=2))
+    await world.reconcile()
+    await world.report_all()
+    await world.reconcile()
+    v1 = await world.tasks()
+
+    await world.put_service(web(2, "img:2", parallelism=2))
+    await world.reconcile()
+    tasks = await world.tasks()
+    updated = sorted(s for s, t in tasks.items() if t.version == 2)
+    assert updated == [1, 2], "a window of 2 slots"
+    for s in updated:
+        assert tasks[s].handed_off() == v1[s], "the old task keeps serving until the new one is ready"
+    rollout = await world.rollout()
+    assert (rollout.state, rollout.from_version, rollout.to_version, sorted(rollout.batch)) == (
+        "updating", 1, 2, ["1", "2"],
+    )  # fmt: skip
+
+    await world.report(tasks[1])  # slot 1's new replica is ready
+    await world.reconcile()
+    tasks = await world.tasks()
+    assert tasks[1].handoff == {}, "released: its old task may stop now"
+    assert tasks[2].handed_off() == v1[2], "slot 2 not ready yet: still handing off"
+    assert tasks[3].version == 2 and tasks[3].handed_off() == v1[3], "slot 1's place took slot 3"
+
+    for _ in range(4):
+        await world.report_all()
+        await world.reconcile()
+    tasks = await world.tasks()
+    assert all(t.version == 2 and not t.handoff for t in tasks.values())
+    assert (await world.rollout()).state == RolloutState.COMPLETED
+    history = await world.store.get(KEYS.history_version("web", 2))
+    assert history is not None and ServiceRecord.from_json(history.value).outcome == "completed"
+
+
+async def test_stop_first_replaces_without_handoff(world: World) -> None:
+    await world.put_service(web(1, "img:1", order="stop-first"))
+    await world.reconcile()
+    await world.report_all()
+    await world.put_service(web(2, "img:2", order="stop-first"))
+    await world.reconcile()
+    tasks = await world.tasks()
+    assert [s for s, t in tasks.items() if t.version == 2] == [1]
+    assert tasks[1].handoff == {}
+
+
+async def test_failing_new_replicas_roll_back_to_the_previous_version(world: World) -> None:
+    await world.put_service(web(1, "img:1", parallelism=1))
+    await world.reconcile()
+    await world.report_all()
+    await world.reconcile()
+    v1 = await world.tasks()
+
+    await world.put_service(web(2, "img:bad", parallelism=1))
+    await world.reconcile()
+    tasks = await world.tasks()
+    assert tasks[1].version == 2
+    await world.report(tasks[1], "exited", restarts=1)  # the new replica crashes
+    await world.reconcile()
+    rollout = await world.rollout()
+    assert rollout.state == RolloutState.FAILED and "rolling back to version 1" in rollout.message
+
+    service = ServiceRecord.from_json((await world.store.get(KEYS.service("web"))).value)  # type: ignore[union-attr]
+    assert (service.version, service.rollback_of, service.spec["image"]) == (3, 2, "img:1")
+    await world.reconcile()
+    tasks = await world.tasks()
+    assert tasks[1] == v1[1], "the old task, still running under the handoff, is restored as it was"
+    for _ in range(3):
+        await world.report_all()
+        await world.reconcile()
+    rollout = await world.rollout()
+    assert (rollout.state, rollout.to_version, rollout.rollback_of) == (RolloutState.ROLLED_BACK, 3, 2)
+    assert {t.task_id for t in (await world.tasks()).values()} == {t.task_id for t in v1.values()}
+    failed = await world.store.get(KEYS.history_version("web", 2))
+    assert failed is not None and ServiceRecord.from_json(failed.value).outcome == "failed"
