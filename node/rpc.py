@@ -1,10 +1,13 @@
 """Every gRPC channel and server of shoal is made here.
 
 One place sets message-size limits (4 MiB both ways; larger is RESOURCE_EXHAUSTED),
-keepalive and idle limits (stalled peers are found, idle connections reaped) and
-default deadlines, and TLS and auth, so that they hold for everything.
+keepalive and idle limits (stalled peers are found, idle connections reaped, a TLS
+handshake that stalls is cut after 10 s), default deadlines (`DEFAULT_DEADLINE` for
+client calls, `HANDLER_TIMEOUT` for unary handlers on the server), and TLS and auth, so
+that they hold for everything.
 
-TLS is optional here (without it, everything is plaintext as before). With it:
+The daemon always serves TLS and dials its peers with it; without `tls` a channel or
+server is plaintext, which no node accepts (test doubles only). With it:
 `ServerTls` serves the node's certificate and *requires* a client certificate of the
 cluster CA (no certificate, another CA's, an expired one: the handshake fails, no
 handler runs); it re-reads the node's certificate on each new connection, so
@@ -30,6 +33,7 @@ from node.security import ca
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_DEADLINE = 10.0  # seconds, for unary client calls
+HANDLER_TIMEOUT = 30.0  # seconds a unary handler may run on the server, whatever the caller's deadline
 
 _COMMON: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -43,6 +47,7 @@ _SERVER_ONLY: list[tuple[str, Any]] = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.max_connection_idle_ms", 15 * 60_000),
     ("grpc.http2.max_ping_strikes", 2),  # a client pinging faster than allowed is dropped
+    ("grpc.server_handshake_timeout_ms", 10_000),  # a connection stalled before TLS completes is cut
 ]
 
 _CLIENT_ONLY: list[tuple[str, Any]] = [

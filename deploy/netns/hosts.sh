@@ -55,6 +55,7 @@ load() { # load ID: read the state of a setup into globals
 	k=$(<"$dir/subnet")
 	nodes=$(<"$dir/nodes")
 	host_ip=10.213.$k.1
+	export SHOAL_CONTEXT_FILE=${SHOAL_CONTEXT_FILE:-$dir/context.json}
 }
 
 node_ip() { echo "10.213.$k.$((10 + $1))"; }
@@ -128,18 +129,28 @@ cmd_up() {
 	echo $! >"$dir/etcd.pid"
 	wait_for 20 etcd curl -fsS "$url/health"
 
+	# As on real hosts: `shoal cluster init` makes the CA, n1's certificate and the admin's
+	# context file; the other nodes join with the join token, read from a 0600 file.
+	"$SHOAL" cluster init --node-id n1 --data-dir "$dir/n1" --address "$(node_ip 1)" \
+		--grpc-port "$GRPC_PORT" --etcd "$host_ip:$ETCD_PORT" --cluster "netns-$id" \
+		--context-file "$dir/context.json" | grep -o 'SHOAL-1-[a-z2-7-]*' >"$dir/join-token"
+	chmod 600 "$dir/join-token"
+	export SHOAL_CONTEXT_FILE=$dir/context.json
 	for ((i = 1; i <= n; i++)); do
 		# `ip netns exec` execs the command: $! is the daemon's pid
 		ip netns exec "sh-$id-n$i" "$SHOALD" --node-id "n$i" --data-dir "$dir/n$i" \
 			--address "$(node_ip "$i")" --grpc-port "$GRPC_PORT" --etcd "$host_ip:$ETCD_PORT" \
 			--publish-address "$host_ip" --cluster "netns-$id" --preset "$PRESET" \
-			--label "netns.index=$i" >"$dir/n$i.log" 2>&1 &
+			--join-token-file "$dir/join-token" --label "netns.index=$i" >"$dir/n$i.log" 2>&1 &
 		echo $! >"$dir/n$i.pid"
+		if ((i == 1)); then # the others join through it
+			wait_for 30 "n1" "$SHOAL" --addr "$(node_ip 1):$GRPC_PORT" --timeout 2 node ls
+		fi
 	done
 	wait_for 30 "the cluster" "$SHOAL" --addr "$(node_ip 1):$GRPC_PORT" --timeout 2 node ls
 	done_up=1
 	echo "setup $id: $n nodes on 10.213.$k.0/24 (etcd $host_ip:$ETCD_PORT, cluster netns-$id)"
-	echo "  export SHOAL_ADDR=$(node_ip 1):$GRPC_PORT; $SHOAL node ls"
+	echo "  export SHOAL_CONTEXT_FILE=$dir/context.json SHOAL_ADDR=$(node_ip 1):$GRPC_PORT; $SHOAL node ls"
 	echo "  hosts.sh cut $id 2; hosts.sh heal $id 2; hosts.sh down $id"
 }
 

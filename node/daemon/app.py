@@ -1,8 +1,10 @@
 """The daemon's lifecycle: start in order, run named tasks, stop cleanly.
 
-Start: etcd reachable (or one clear line and exit 1) -> Docker reachable -> lease
--> registry entry -> gRPC server bound -> /metrics bound -> agent, leadership,
-events, the proxy mesh. Every
+Start: the gRPC port free -> etcd reachable (or one clear line and exit 1) -> Docker
+reachable -> this node's certificate (loaded, joined with a join token, or renewed:
+`node.daemon.identity`) -> lease -> registry entry -> gRPC server bound (mutual TLS,
+the auth interceptor first) -> /metrics bound -> agent, leadership, events, the proxy
+mesh, certificate renewal, the credential mirrors. Every
 background task is named; if one dies, the daemon logs why and exits non-zero
 instead of limping on. SIGTERM/SIGINT: health goes NOT_SERVING, leadership is
 resigned (another node leads within ~2 s), the server drains for a second and the
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 from typing import Any
 
@@ -24,9 +27,12 @@ import grpc
 from node import __version__, rpc
 from node.agent.agent import Agent
 from node.api import server as api_server
+from node.api.admin import Signer
 from node.api.gossip_transport import PeerServicer
+from node.api.join import JoinHandler
 from node.api.servicer import ShoalServicer
 from node.config import NodeConfig
+from node.daemon.identity import IdentityError, NodeIdentity
 from node.daemon.leadership import Leadership
 from node.daemon.membership import Membership
 from node.domain import NodeInfo
@@ -38,8 +44,10 @@ from node.proxy import metrics
 from node.proxy.mesh import Mesh
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
+from node.security.auth import AuthInterceptor, Policy
+from node.security.credentials import EtcdCredentials
 from node.store import StoreError, StoreUnavailable
-from node.store.etcd import EtcdStore
+from node.store.etcd import EtcdStore, EtcdTls
 from node.store.session import Session
 
 log = logging.getLogger(__name__)
@@ -53,7 +61,9 @@ class Daemon:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.keys = Keys(config.etcd_prefix)
-        self.store = EtcdStore(config.etcd, timeout=config.etcd_timeout)
+        self.store = EtcdStore(config.etcd, timeout=config.etcd_timeout, tls=etcd_tls(config))
+        self.identity = NodeIdentity(config, self.store, self.keys)
+        self.credentials = EtcdCredentials(self.store, self.keys)
         self.runtime = DockerRuntime()
         self.session = Session(self.store, config.timings.lease_ttl)
         self.leader_session = Session(self.store, config.timings.leader_ttl, revoke_lost=True)
@@ -96,6 +106,21 @@ class Daemon:
             except TimeoutError:
                 continue
 
+    def _check_port(self) -> None:
+        """Fail at once when the gRPC address cannot be bound (before joining or renewing)."""
+        c = self.config
+        family = socket.AF_INET6 if ":" in c.address else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's: TIME_WAIT is fine
+                probe.bind((c.address, c.grpc_port))
+                probe.listen(1)  # a listener there makes bind or listen fail
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {c.address}:{c.grpc_port}: {exc.strerror or exc}; "
+                "is another shoald running there? choose --grpc-port"
+            ) from exc
+
     async def _refuse_twin(self) -> None:
         """Refuse to start when a live daemon already runs with this node id elsewhere."""
         kv = await self.store.get(self.keys.node(self.config.node_id))
@@ -105,16 +130,26 @@ class Daemon:
         target = f"{other.address}:{other.grpc_port}"
         if (other.address, other.grpc_port) == (self.config.address, self.config.grpc_port):
             return  # our own entry from before a restart (a twin there would hold the port)
+        twin = StartupError(
+            f"node id {self.config.node_id!r} is already running at {target}; "
+            "give this host another --node-id (or another --data-dir)"
+        )
+        tls = self.identity.client_tls
+        if tls is None:  # no certificate to ask it with: something answering there is enough
+            try:
+                async with asyncio.timeout(1.0):
+                    _, writer = await asyncio.open_connection(other.address, other.grpc_port)
+                writer.close()
+            except (OSError, TimeoutError):
+                return  # the old entry is stale: its daemon is gone
+            raise twin
         try:
-            async with rpc.aio_channel(target) as channel:
+            async with rpc.aio_channel(target, tls) as channel:
                 pong = await peer_pb2_grpc.PeerStub(channel).Ping(peer_pb2.PingRequest(seq=1), timeout=1.0)
         except grpc.RpcError:
             return  # the old entry is stale: its daemon is gone
         if pong.node == self.config.node_id:
-            raise StartupError(
-                f"node id {self.config.node_id!r} is already running at {target}; "
-                "give this host another --node-id (or another --data-dir)"
-            )
+            raise twin
 
     async def _keep_registered(self, renewed: asyncio.Event) -> None:
         """Keep `nodes/<id>` on the current node lease: at once after a new lease, and every
@@ -155,34 +190,56 @@ class Daemon:
 
     async def _run(self) -> None:
         c = self.config
+        self._check_port()
         await self._connect_etcd()
         try:
             await self.runtime.ping()
         except RuntimeUnavailable as exc:
             raise StartupError(str(exc)) from exc
         try:
+            self.identity.load()
             await self._refuse_twin()
+            await self.identity.ensure()
+        except IdentityError as exc:
+            raise StartupError(str(exc)) from exc
+        except StoreError as exc:
+            raise StartupError(str(exc)) from exc
+        assert self.identity.server_tls is not None and self.identity.client_tls is not None
+        self.membership.transport.set_tls(self.identity.client_tls)
+        self.identity.on_renewed(self.membership.transport.set_tls)
+        credentials = asyncio.create_task(self.credentials.run(), name="credentials")
+        try:
             await self.session.start()
             await self.leader_session.start()
             await self.events.start()
             await self.register()
         except StoreError as exc:
+            await _cancel(credentials)
             raise StartupError(str(exc)) from exc
         renewed = asyncio.Event()
         self.session.on_renewed(lambda _lease: renewed.set())
+        signer = Signer(
+            self.identity.security, self.identity.passphrase, self.identity.lifetimes, self.credentials
+        )
+        servicer = ShoalServicer(self.store, self.keys, c.node_id, self.membership)
+        servicer.signer = signer
+        joins = JoinHandler(self.store, self.keys, c.node_id, signer)
         try:
             server, health = api_server.build(
                 [
+                    (api_pb2_grpc.add_ShoalServicer_to_server, servicer),
                     (
-                        api_pb2_grpc.add_ShoalServicer_to_server,
-                        ShoalServicer(self.store, self.keys, c.node_id, self.membership),
+                        peer_pb2_grpc.add_PeerServicer_to_server,
+                        PeerServicer(self.membership.list, joins.join),
                     ),
-                    (peer_pb2_grpc.add_PeerServicer_to_server, PeerServicer(self.membership.list)),
                 ],
                 c.address,
                 c.grpc_port,
+                self.identity.server_tls,
+                [AuthInterceptor(self.credentials, Policy(c.cluster))],
             )
         except OSError as exc:
+            await _cancel(credentials)
             raise StartupError(f"{exc}; is another shoald running there? choose --grpc-port") from exc
         await server.start()
         await api_server.set_serving(health, True)
@@ -192,6 +249,7 @@ class Daemon:
                 metrics_server = metrics.serve(self.mesh, c.address, c.metrics_port)
             except OSError as exc:
                 await server.stop(grace=0)
+                await _cancel(credentials)
                 raise StartupError(
                     f"cannot serve /metrics on {c.address}:{c.metrics_port}: {exc.strerror or exc}; "
                     "choose --metrics-port (0 turns it off)"
@@ -238,6 +296,8 @@ class Daemon:
             asyncio.create_task(leadership.run(), name="leadership"),
             asyncio.create_task(self.membership.run(), name="membership"),
             asyncio.create_task(self.mesh.run(), name="mesh"),
+            asyncio.create_task(self.identity.run(), name="certificates"),
+            credentials,
         }
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -258,6 +318,16 @@ class Daemon:
             metrics_server.shutdown()
         for task in failed:
             raise StartupError(f"background task {task.get_name()} died: {task.exception()!r}")
+
+
+def etcd_tls(config: NodeConfig) -> EtcdTls | None:
+    """TLS to etcd when `etcd_ca` is set (with a client certificate when `etcd_cert` is)."""
+    if not config.etcd_ca:
+        return None
+    try:
+        return EtcdTls.from_files(config.etcd_ca, config.etcd_cert, config.etcd_key, config.etcd_server_name)
+    except OSError as exc:
+        raise StartupError(f"etcd TLS: cannot read {exc.filename}: {exc.strerror or exc}") from exc
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -30,7 +30,7 @@ from node.logs import setup
 @click.option("--etcd-prefix", help="key prefix in etcd [/shoal/v1/]")
 @click.option("--label", "labels", multiple=True, help="node label key=value (repeatable)")
 @click.option("--cpu", type=float, help="cores offered to tasks [detected]")
-@click.option("--memory", type=int, help="bytes offered to tasks [detected]")
+@click.option("--memory", help="memory offered to tasks: bytes, or with a unit (512Mi, 8Gi, 2G) [detected]")
 @click.option("--publish-address", help="where container ports are published [--address]")
 @click.option("--metrics-port", type=int, help="Prometheus /metrics port on --address, 0 = off [7071]")
 @click.option("--drain", type=float, help="seconds a replica drains before it is stopped [2]")
@@ -42,6 +42,19 @@ from node.logs import setup
     "--leave-on-stop", is_flag=True, default=None, help="on SIGTERM, leave the cluster (tasks move)"
 )
 @click.option("--wait-for-etcd", is_flag=True, default=None, help="keep retrying until etcd answers")
+@click.option(
+    "--join-token",
+    help="join a secured cluster with this token on first start; prefer SHOAL_JOIN_TOKEN or "
+    "--join-token-file: every user of the host sees process arguments",
+)
+@click.option("--join-token-file", type=click.Path(dir_okay=False), help="file holding the join token (0600)")
+@click.option(
+    "--cert-lifetime", type=float, help="seconds a node certificate is valid; renewed at 2/3 [30 days]"
+)
+@click.option("--etcd-ca", type=click.Path(dir_okay=False), help="CA of etcd's certificate: TLS to etcd")
+@click.option("--etcd-cert", type=click.Path(dir_okay=False), help="client certificate for etcd (PEM)")
+@click.option("--etcd-key", type=click.Path(dir_okay=False), help="its key (PEM, 0600)")
+@click.option("--etcd-server-name", help="name to check etcd's certificate for [the endpoint's host]")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="log format [text]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
 def command(config_file: str | None, **flags: Any) -> None:

@@ -102,7 +102,7 @@ class Membership:
             changed.clear()
             for kv in self.registry.values():
                 info = NodeInfo.from_json(kv.value)
-                if info.id != self.node:
+                if info.id != self.node and not info.simulated:  # a simulated node gossips with no one
                     self.list.add(info.id, f"{info.address}:{info.grpc_port}")
 
     async def _relay(self, changes: asyncio.Queue[MemberEvent]) -> None:

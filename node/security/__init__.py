@@ -7,6 +7,11 @@
 - `bootstrap`: what `cluster init`, joining, renewal and `token create` compute (no I/O).
 - `files`: where a node keeps its key and certificates, written 0600 atomically.
 - `context`: the CLI's credentials (context file or environment).
+- `cluster`: the security records in etcd (CA, join token, client tokens) and their writes.
+- `credentials`: the daemon's `CredentialStore`, mirrors of etcd kept by a watch.
+- `provision`: `shoal cluster init` and `shoal dev`'s set-up, where the CA is at hand.
 
-`node.rpc` makes the TLS channels and servers from these.
+`node.rpc` makes the TLS channels and servers from these; `node.daemon.identity` keeps
+a node's certificate (load, join, renew); `node.api.admin` and `node.api.join` answer
+the admin and join calls. docs/security.md says what is protected, from whom.
 """

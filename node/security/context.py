@@ -148,5 +148,6 @@ def _missing_message(missing: list[str], path: Path) -> str:
     lines = "; ".join(_HOW[m] for m in missing)
     return (
         f"missing credentials: {', '.join(missing)}. Give {lines}. Or use a context file ({path}), "
-        "which `shoal cluster init` and `shoal dev` write"
+        "which `shoal cluster init` and `shoal token create` write; for a `shoal dev` cluster: "
+        "export SHOAL_CONTEXT_FILE=.shoal-dev/context.json"
     )

@@ -230,10 +230,13 @@ class StoredToken:
 CLIENT_SERVICE = "shoal.v1.Shoal"
 
 # Method names of `shoal.v1.Shoal`. Anything not listed is admin-only (fail closed).
+# SetNodeAvailability and LabelNode (drain, pause, activate, labels) change where every
+# service runs, so they stay admin-only (Swarm: `node update` needs a manager).
 VIEWER_METHODS = frozenset(
     {
         "GetService",
         "ListServices",
+        "ServiceHistory",
         "ListTasks",
         "ListNodes",
         "Resolve",

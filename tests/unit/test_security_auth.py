@@ -94,6 +94,10 @@ class Peer(peer_pb2_grpc.PeerServicer):
         self.calls.append(("Ping", current_caller()))
         return peer_pb2.PingResponse(node="n1", seq=request.seq, ack=True)
 
+    async def Join(self, request: Any, context: Any) -> peer_pb2.JoinResponse:
+        self.calls.append(("Join", current_caller()))
+        return peer_pb2.JoinResponse(member="ok:" + request.csr.decode())
+
 
 def _raw_handler(name: str, calls: list[tuple[str, Caller | None]]) -> grpc.RpcMethodHandler:
     async def behave(request: bytes, context: Any) -> bytes:
@@ -130,7 +134,6 @@ async def running() -> AsyncIterator[Running]:
             grpc.method_handlers_generic_handler(
                 "shoal.v1.Admin", {"RotateJoinToken": _raw_handler("Rotate", calls)}
             ),
-            grpc.method_handlers_generic_handler("shoal.v1.Peer", {"Join": _raw_handler("Join", calls)}),
         )
     )
     tls = rpc.ServerTls(material.authority.cert_pem, material.server.key, material.server.cert)
@@ -394,7 +397,8 @@ async def test_the_join_certificate_calls_join_only_until_the_token_rotates(runn
         material.join.token, CLUSTER, "n3", material.authority.cert_pem, material.join.cert
     )
     async with running.channel(attempt.tls) as channel:
-        assert await _raw(channel, JOIN)(b"csr", timeout=5) == b"ok:csr"
+        answer = await peer_pb2_grpc.PeerStub(channel).Join(peer_pb2.JoinRequest(csr=b"csr"), timeout=5)
+        assert answer.member == "ok:csr"
         code, details = await _code(
             _get(channel, (("authorization", f"Bearer {material.tokens[Role.ADMIN]}"),))
         )

@@ -135,9 +135,17 @@ def _methods() -> list[str]:
 
 
 def test_viewers_read_deployers_change_services_admins_do_everything() -> None:
-    reads = {"GetService", "ListServices", "ListTasks", "ListNodes", "Resolve", "WatchResolve"}
+    reads = {
+        "GetService",
+        "ListServices",
+        "ServiceHistory",
+        "ListTasks",
+        "ListNodes",
+        "Resolve",
+        "WatchResolve",
+    }
     reads |= {"StreamEvents", "WatchMembers"}
-    writes = {"ApplyService", "ScaleService", "DeleteService"}
+    writes = {"ApplyService", "ScaleService", "DeleteService", "RollbackService"}
     for method in _methods():
         name = method.rsplit("/", 1)[1]
         assert allowed(Role.ADMIN, method)

@@ -1,0 +1,87 @@
+"""The member's side of a join (`shoal.v1.Peer/Join`): sign a new host's node certificate.
+
+Only a caller holding the current join token's certificate gets here
+(`node.security.auth` checks its key against `security/join`). This handler checks
+what the new host asks for: a CSR for a node of this cluster with a valid node id
+and at most a few addresses, and a node id that no live node of another address
+holds (a host cannot take over a running node's name, and with it its tasks). Then
+it signs with the CA from etcd and answers with the CA key's passphrase, which makes
+the new host a full member (it can renew itself and admit others, as any node).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+
+import grpc
+
+from node.api.admin import MAX_CSR_BYTES, Signer
+from node.domain import NodeInfo
+from node.errors import FailedPrecondition, InvalidArgument, Unavailable
+from node.keys import Keys
+from node.pb import peer_pb2
+from node.security import bootstrap, ca
+from node.security.ca import CertError, Kind
+from node.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_NAMES = 16
+_NODE_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # node.config.NODE_ID
+
+
+class JoinHandler:
+    def __init__(self, store: Store, keys: Keys, node: str, signer: Signer) -> None:
+        self.store = store
+        self.keys = keys
+        self.node = node
+        self.signer = signer
+
+    def _check(self, request: peer_pb2.JoinRequest) -> tuple[str, list[str], list[str]]:
+        if not request.csr or len(request.csr) > MAX_CSR_BYTES:
+            raise InvalidArgument(f"csr: a PEM certificate request of at most {MAX_CSR_BYTES // 1024} KiB")
+        try:
+            asked, _ = ca.read_csr(request.csr)
+        except CertError as exc:
+            raise InvalidArgument(f"csr: {exc}") from None
+        cluster = self.signer.security.cluster
+        if asked.kind is not Kind.NODE or asked.cluster != cluster:
+            raise InvalidArgument(f"csr: asks for {asked.uri}, not spiffe://shoal/{cluster}/node/<node-id>")
+        if not _NODE_ID.fullmatch(asked.name):
+            raise InvalidArgument(f"csr: {asked.name!r} is not a node id (1-63 of a-z, 0-9, '-')")
+        if not request.addresses or len(request.addresses) + len(request.dns_names) > MAX_NAMES:
+            raise InvalidArgument(f"addresses: one to {MAX_NAMES} addresses (and DNS names) in all")
+        for ip in request.addresses:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise InvalidArgument(f"addresses: {ip[:60]!r} is not an IP address") from None
+        return asked.name, list(request.addresses), list(request.dns_names)
+
+    async def join(
+        self, request: peer_pb2.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.JoinResponse:
+        node_id, ips, dns = self._check(request)
+        kv = await self.store.get(self.keys.node(node_id))
+        if kv is not None:
+            other = NodeInfo.from_json(kv.value)
+            if other.address not in ips:
+                raise FailedPrecondition(
+                    f"node id {node_id!r} is already running at {other.address}:{other.grpc_port}; "
+                    "give the new host another --node-id (or wait until that node's lease expires)"
+                )
+        try:
+            passphrase = self.signer.passphrase()
+            authority = await self.signer.security.load_ca(passphrase)
+        except CertError as exc:
+            raise Unavailable(f"member {self.node} cannot sign: {exc}; try another member") from None
+        try:
+            cert = bootstrap.grant_join(authority, request.csr, node_id, ips, dns, self.signer.lifetimes)
+        except CertError as exc:
+            raise InvalidArgument(f"csr: {exc}") from None
+        log.info("signed a node certificate for %s (%s) on its join", node_id, ", ".join(ips + dns))
+        return peer_pb2.JoinResponse(
+            certificate=cert, ca_certificate=authority.cert_pem, ca_passphrase=passphrase, member=self.node
+        )
