@@ -8,7 +8,7 @@
 #                (unit, then integration against real etcd and Docker)
 #   make lint    the static checks only
 #   make proto   regenerate node/pb from proto/
-#   make bench   bench/converge.py, bench/failover.py, bench/gossip_sim.py
+#   make bench   bench/converge.py, bench/failover.py, bench/rollout.py, bench/gossip_sim.py
 #   make clean   stop the local cluster, remove caches and its state
 #
 # Installing needs root (apt-get, dockerd): see deploy/install.sh.
@@ -22,6 +22,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SHOAL := $(VENV)/bin/shoal
 DEV_DIR := .shoal-dev
+# The CLI's credentials for the local cluster: `shoal dev` writes the admin's context
+# file into its data dir (never into ~/.config); an already set SHOAL_CONTEXT_FILE wins.
+export SHOAL_CONTEXT_FILE ?= $(abspath $(DEV_DIR))/context.json
 DEMO_SPEC := deploy/examples/web.yaml
 DEMO_TIMEOUT ?= 60
 PYTEST_ARGS ?=
@@ -81,6 +84,7 @@ demo: install images
 	done <<< "$$mesh"
 	echo
 	echo "The cluster keeps running. Try:"
+	echo "  export SHOAL_CONTEXT_FILE=$$SHOAL_CONTEXT_FILE   # the CLI's credentials for it"
 	echo "  $(SHOAL) service scale web 5 && $(SHOAL) service ps web"
 	echo "  $(SHOAL) resolve web --watch   # Ctrl-C to leave"
 	echo "  curl -s http://127.0.0.1:7071/metrics | grep shoal_proxy"
@@ -124,6 +128,7 @@ proto: install
 bench: install images
 	@$(PY) bench/converge.py $(BENCH_ARGS)
 	$(PY) bench/failover.py
+	$(PY) bench/rollout.py
 	$(PY) bench/gossip_sim.py
 
 clean: stop

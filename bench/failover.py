@@ -127,7 +127,7 @@ class Cluster:
         self.engine.close()
 
     def client(self, member: NodeProcess) -> ShoalClient:
-        return ShoalClient(member.addr, timeout=3.0)
+        return ShoalClient(member.addr, timeout=3.0, context_file=member.context_file)
 
     def containers(self) -> set[str]:
         """Ids of every container of this cluster, running or not."""

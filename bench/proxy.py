@@ -1,6 +1,7 @@
-"""Proxy throughput and latency: direct, HAProxy (TCP mode) and shoal's L4 TcpProxy.
+"""Proxy throughput and latency: direct, HAProxy (TCP and HTTP mode), shoal's L4 and L7 proxies.
 
     .venv/bin/python bench/proxy.py [--duration 5] [--connections 32] [--modes keepalive,close]
+                                    [--rounds 1]
 
 All on this machine, on 127.0.0.1, one after the other:
 
@@ -8,12 +9,19 @@ All on this machine, on 127.0.0.1, one after the other:
   installed, otherwise a tiny asyncio HTTP server per backend (said in the output);
 - load: `wrk -t1 -c<connections> -d<duration>s --latency`, once with keep-alive and once
   with `Connection: close` (a new connection per request);
-- targets: one backend directly; HAProxy (`mode tcp`, `nbthread 1`, `balance
-  roundrobin` over the 3); shoal's `TcpProxy` over the same 3, in its own process under
-  uvloop.
+- targets: one backend directly; HAProxy (`nbthread 1`, `balance roundrobin` over the
+  3) in `mode tcp`, and in `mode http` (`option http-keep-alive`, `http-reuse always`,
+  `option forwardfor` and X-Forwarded-Proto set, as shoal does); shoal's `TcpProxy` (L4)
+  and `HttpProxy` (L7) over the same 3, each in its own process under uvloop.
 
-Printed: requests/s, p50 and p99 latency per target and mode, and the ratios
-shoal/HAProxy and shoal/direct in requests/s. Every process the bench starts is
+Printed: requests/s, p50 and p99 latency per target and mode, the CPU time the proxy
+process used per request (from /proc; NaN for direct), and the ratios in requests/s
+shoal L7/HAProxy http, shoal L4/HAProxy tcp and shoal/direct, and of CPU per request
+HAProxy/shoal (less sensitive than requests/s to other load on the machine). With
+`--rounds N` every target is run N times, in turn (the order reversed every other
+round), and the medians are printed: on a shared machine one run of each is noisy. In `close`
+mode the client opens a connection per request; the L7 proxies still reuse their
+backend connections (`Connection` is hop-by-hop). Every process the bench starts is
 stopped at the end (also on error or Ctrl-C); every wrk run is bounded by its duration
 plus a timeout. Missing tools: their names, the install command, exit status 2.
 """
@@ -23,9 +31,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +70,8 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, args: list[str], port: int, log: Path) -> None:
+    def start(self, args: list[str], port: int, log: Path) -> int:
+        """Start `args`, wait for `port` to listen; the process id."""
         with log.open("wb") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs.append(proc)
@@ -68,6 +79,7 @@ class Procs:
             wait_listening(port, proc)
         except SystemExit as e:
             raise SystemExit(f"{e}\n{log.read_text(errors='replace')[-2000:]}") from None
+        return proc.pid
 
     def stop(self) -> None:
         for p in self.procs:
@@ -96,14 +108,19 @@ def nginx_conf(tmp: Path, ports: list[int]) -> Path:
     return conf
 
 
-def haproxy_conf(tmp: Path, port: int, backends: list[int]) -> Path:
+def haproxy_conf(tmp: Path, tcp_port: int, http_port: int, backends: list[int]) -> Path:
+    """One HAProxy (`nbthread 1`): a `mode tcp` frontend and a `mode http` one."""
     servers = "\n".join(f"  server s{i} {HOST}:{p}" for i, p in enumerate(backends))
     conf = tmp / "haproxy.cfg"
     conf.write_text(
         "global\n  nbthread 1\n  maxconn 4096\n"
-        "defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n"
-        f"frontend f\n  bind {HOST}:{port}\n  default_backend b\n"
-        f"backend b\n  balance roundrobin\n{servers}\n"
+        "defaults\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n"
+        "  timeout http-keep-alive 30s\n"
+        f"frontend ft\n  mode tcp\n  bind {HOST}:{tcp_port}\n  default_backend bt\n"
+        f"backend bt\n  mode tcp\n  balance roundrobin\n{servers}\n"
+        f"frontend fh\n  mode http\n  bind {HOST}:{http_port}\n  option http-keep-alive\n"
+        "  option forwardfor\n  http-request set-header X-Forwarded-Proto http\n  default_backend bh\n"
+        f"backend bh\n  mode http\n  balance roundrobin\n  http-reuse always\n{servers}\n"
     )
     return conf
 
@@ -111,8 +128,17 @@ def haproxy_conf(tmp: Path, port: int, backends: list[int]) -> Path:
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def run_wrk(port: int, duration: int, connections: int, close: bool) -> tuple[float, float, float]:
-    """(requests/s, p50 ms, p99 ms) of one bounded wrk run."""
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds used so far by process `pid` (Linux /proc), NaN if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def run_wrk(port: int, duration: int, connections: int, close: bool) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, requests) of one bounded wrk run."""
     args = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "2s"]
     if close:
         args += ["-H", "Connection: close"]
@@ -128,22 +154,28 @@ def run_wrk(port: int, duration: int, connections: int, close: bool) -> tuple[fl
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
     if errors:
         print(f"    wrk reported: {errors.group(0)}")
-    return rps, pct("50"), pct("99")
+    total = re.search(r"(\d+) requests in", out)
+    return rps, pct("50"), pct("99"), int(total.group(1)) if total else 0
 
 
-def serve_shoal(port: int, backends: list[int]) -> None:
-    """The shoal side, in its own process: a TcpProxy under uvloop until SIGTERM."""
+def serve_shoal(port: int, backends: list[int], l7: bool = False) -> None:
+    """The shoal side, in its own process: a TcpProxy (or HttpProxy) under uvloop until SIGTERM."""
     import signal
 
     import uvloop
 
     from node.proxy.balancer import Backend, Balancer
+    from node.proxy.http import HttpProxy
     from node.proxy.tcp import TcpProxy
 
     async def main() -> None:
         bal = Balancer()
         bal.set_endpoints(Backend(f"b{i}", HOST, p) for i, p in enumerate(backends))
-        proxy = TcpProxy(HOST, port, bal, connect_timeout=1.0, drain_timeout=1.0)
+        proxy: TcpProxy | HttpProxy
+        if l7:
+            proxy = HttpProxy(HOST, port, bal, service="bench", connect_timeout=1.0, drain_timeout=1.0)
+        else:
+            proxy = TcpProxy(HOST, port, bal, connect_timeout=1.0, drain_timeout=1.0)
         await proxy.start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -187,11 +219,17 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--modes", default="keepalive,close", help="keepalive, close or both")
+    ap.add_argument("--rounds", type=int, default=1, help="runs per target and mode (medians printed)")
     ap.add_argument("--serve-shoal", nargs=2, metavar=("PORT", "BACKENDS"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve-shoal-http", nargs=2, metavar=("PORT", "BACKENDS"), help=argparse.SUPPRESS)
     ap.add_argument("--serve-http", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve_shoal:
         serve_shoal(int(a.serve_shoal[0]), [int(p) for p in a.serve_shoal[1].split(",")])
+        return 0
+    if a.serve_shoal_http:
+        port, backends = a.serve_shoal_http
+        serve_shoal(int(port), [int(p) for p in backends.split(",")], l7=True)
         return 0
     if a.serve_http:
         serve_http(a.serve_http)
@@ -202,7 +240,7 @@ def main() -> int:
         return 2
     nginx = shutil.which("nginx")
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
-    results: dict[tuple[str, str], tuple[float, float, float]] = {}
+    results: dict[tuple[str, str], tuple[float, float, float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="shoal-bench-proxy-") as d, running() as procs:
         tmp = Path(d)
         ports = [free_port() for _ in range(3)]
@@ -216,24 +254,59 @@ def main() -> int:
             for p in ports:
                 procs.start([sys.executable, __file__, "--serve-http", str(p)], p, tmp / f"http-{p}.log")
             kind = "asyncio HTTP server (nginx not installed)"
-        hp, sp = free_port(), free_port()
-        procs.start(["haproxy", "-db", "-f", str(haproxy_conf(tmp, hp, ports))], hp, tmp / "haproxy.log")
-        procs.start([sys.executable, __file__, "--serve-shoal", str(sp), ",".join(map(str, ports))],
-                    sp, tmp / "shoal.log")  # fmt: skip
-        targets = {"direct": ports[0], "haproxy-tcp": hp, "shoal-l4": sp}
-        print(f"backends: 3 x {kind}; wrk -t1 -c{a.connections} -d{a.duration}s")
+        hp, hhp, sp, shp = free_port(), free_port(), free_port(), free_port()
+        haproxy = procs.start(
+            ["haproxy", "-db", "-f", str(haproxy_conf(tmp, hp, hhp, ports))], hp, tmp / "haproxy.log"
+        )
+        wait_listening(hhp, procs.procs[-1])
+        upstreams = ",".join(map(str, ports))
+        l4 = procs.start(
+            [sys.executable, __file__, "--serve-shoal", str(sp), upstreams], sp, tmp / "shoal.log"
+        )
+        l7 = procs.start([sys.executable, __file__, "--serve-shoal-http", str(shp), upstreams],
+                         shp, tmp / "shoal-http.log")  # fmt: skip
+        targets: dict[str, tuple[int, int | None]] = {  # name: (port, pid of the proxy)
+            "direct": (ports[0], None),
+            "haproxy-tcp": (hp, haproxy),
+            "shoal-l4": (sp, l4),
+            "haproxy-http": (hhp, haproxy),
+            "shoal-l7": (shp, l7),
+        }
+        print(f"backends: 3 x {kind}; wrk -t1 -c{a.connections} -d{a.duration}s; {a.rounds} round(s)")
+        runs: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
         for mode in modes:
-            for name, port in targets.items():
-                results[(mode, name)] = run_wrk(port, a.duration, a.connections, close=mode == "close")
-                rps, p50, p99 = results[(mode, name)]
-                print(f"  {mode:<9} {name:<12} {rps:>10.0f} req/s  p50 {p50:7.3f} ms  p99 {p99:7.3f} ms")
+            for n in range(a.rounds):
+                order = list(targets.items())
+                for name, (port, pid) in order if n % 2 == 0 else order[::-1]:
+                    cpu0 = cpu_seconds(pid)
+                    rps, p50, p99, total = run_wrk(port, a.duration, a.connections, close=mode == "close")
+                    cpu = (cpu_seconds(pid) - cpu0) / max(total, 1) * 1e6
+                    runs.setdefault((mode, name), []).append((rps, p50, p99, cpu))
+                    print(f"  {mode:<9} {name:<12} {rps:>10.0f} req/s  p50 {p50:7.3f} ms  p99 {p99:7.3f} ms"
+                          f"  proxy CPU {cpu:6.1f} us/req")  # fmt: skip
+            for name in targets:
+                got = runs[(mode, name)]
+                results[(mode, name)] = (
+                    statistics.median(r[0] for r in got),
+                    statistics.median(r[1] for r in got),
+                    statistics.median(r[2] for r in got),
+                    statistics.median(r[3] for r in got),
+                )
     print()
-    print(f"{'mode':<9} {'target':<12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
-    for (mode, name), (rps, p50, p99) in results.items():
-        print(f"{mode:<9} {name:<12} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f}")
+    if a.rounds > 1:
+        print(f"medians of {a.rounds} rounds:")
+    print(f"{'mode':<9} {'target':<12} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}")
+    for (mode, name), (rps, p50, p99, cpu) in results.items():
+        print(f"{mode:<9} {name:<12} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {cpu:>11.1f}")
     for mode in modes:
-        s, h, d0 = (results[(mode, t)][0] for t in ("shoal-l4", "haproxy-tcp", "direct"))
-        print(f"{mode}: shoal/HAProxy = {s / h:.2f}x   shoal/direct = {s / d0:.2f}x")
+        r = {t: results[(mode, t)] for t in ("shoal-l4", "haproxy-tcp", "shoal-l7", "haproxy-http", "direct")}
+        s4, h4, s7, h7, d0 = (v[0] for v in r.values())
+        cpu7, cpu4 = r["haproxy-http"][3] / r["shoal-l7"][3], r["haproxy-tcp"][3] / r["shoal-l4"][3]
+        print(
+            f"{mode}: req/s shoal L7/HAProxy http = {s7 / h7:.2f}x   shoal L4/HAProxy tcp = {s4 / h4:.2f}x   "
+            f"shoal L7/direct = {s7 / d0:.2f}x   shoal L4/direct = {s4 / d0:.2f}x\n"
+            f"{'':<{len(mode)}}  CPU per request HAProxy/shoal: http {cpu7:.2f}x   tcp {cpu4:.2f}x"
+        )
     return 0
 
 

@@ -4,11 +4,17 @@ Programs get what the `shoal` CLI gets, with the same messages: every call has a
 deadline, and every gRPC failure becomes a `ShoalError` (a subclass per status code
 that callers commonly handle) whose message is one line a person can act on.
 
+Every node requires mutual TLS and a token: the client takes its CA, certificate, key
+and token from `tls` (an `rpc.ClientTls`), or else from the environment and the
+context file, as the CLI does (`node.security.context`: SHOAL_TOKEN, SHOAL_CA, …,
+`~/.config/shoal/context.json`); `CredentialsMissing` says which are missing.
+A TLS handshake a node refused becomes `Unavailable` with what to check.
+
 Example::
 
     from node.client import NotFound, ShoalClient
 
-    with ShoalClient("127.0.0.1:7070", timeout=5.0) as shoal:
+    with ShoalClient("127.0.0.1:7070", timeout=5.0) as shoal:  # credentials from the context
         result = shoal.apply(open("web.yaml").read(), source="web.yaml")
         print(result.name, result.version, result.changed)
         shoal.scale("web", 5)
@@ -27,6 +33,7 @@ The client is thread-safe (one gRPC channel, shared); `close()` releases it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -34,15 +41,19 @@ import grpc
 
 from node import rpc
 from node.pb import api_pb2, api_pb2_grpc
+from node.security import context as credentials
 
 __all__ = [
     "DEFAULT_ADDR",
+    "CredentialsMissing",
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "ShoalClient",
     "ShoalError",
+    "Unauthenticated",
     "Unavailable",
     "error_from_rpc",
 ]
@@ -106,13 +117,50 @@ class DeadlineExceeded(ShoalError):
     """The node did not answer within the client's timeout."""
 
 
+class Unauthenticated(ShoalError):
+    """No token, or a token the cluster does not accept (unknown, wrong, revoked, expired)."""
+
+
+class PermissionDenied(ShoalError):
+    """The token's role (or the certificate's kind) may not make this call."""
+
+
+class CredentialsMissing(ShoalError):
+    """The client has no (complete) credentials; the message names what is missing and how to get it."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[ShoalError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
+
+_CHECK_CREDENTIALS = (
+    "check the client's credentials: the context file (SHOAL_CONTEXT_FILE, written by `shoal dev` "
+    "and `shoal cluster init`) or SHOAL_CA, SHOAL_CERT and SHOAL_KEY"
+)
+
+
+def _tls_failure(details: str, target: str) -> str | None:
+    """A message for a TLS handshake that failed, or None when `details` is not one."""
+    low = details.lower()
+    if "certificate_verify_failed" in low or ("handshake" in low and "ssl" in low):
+        reason = details.rsplit(":", 2)[-2].strip() if details.count(":") >= 2 else "handshake failed"
+        return (
+            f"the TLS handshake with {target} failed ({_one_line(reason, 80).lower()}): its certificate is "
+            f"not signed by the CA this client trusts, is it a node of another cluster? {_CHECK_CREDENTIALS}"
+        )
+    if "failed to connect" in low and "socket closed" in low:
+        return (
+            f"{target} closed the connection during the TLS handshake: shoal nodes accept only a client "
+            "certificate from their cluster's CA, and this one is missing, from another CA, or expired; "
+            + _CHECK_CREDENTIALS
+        )
+    return None
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -142,7 +190,10 @@ def error_from_rpc(err: grpc.RpcError, target: str, timeout: float | None = None
     code: grpc.StatusCode | None = code_fn() if callable(code_fn) else None
     details = (details_fn() if callable(details_fn) else None) or ""
     cls = _BY_CODE.get(code, ShoalError) if code is not None else ShoalError
-    if code == grpc.StatusCode.UNAVAILABLE and (
+    tls_failure = _tls_failure(details, target) if code == grpc.StatusCode.UNAVAILABLE else None
+    if tls_failure is not None:
+        message = tls_failure
+    elif code == grpc.StatusCode.UNAVAILABLE and (
         not details
         or (
             not details.lower().startswith(_NODE_ANSWERS)
@@ -172,14 +223,33 @@ def error_from_rpc(err: grpc.RpcError, target: str, timeout: float | None = None
 class ShoalClient:
     """A blocking client of one shoal node; any node answers every call.
 
-    `addr` is "host:port" of a node's gRPC port; `timeout` is the deadline of each
-    call in seconds (except `events(follow=True)`, which has none).
+    `addr` is "host:port" of a node's gRPC port (None: SHOAL_ADDR, the context's
+    endpoint, or 127.0.0.1:7070); `timeout` is the deadline of each call in seconds
+    (except `events(follow=True)`, which has none). `tls` holds the CA, the client's
+    certificate and key, and the token; without it they are read as the CLI reads
+    them (`context_file`, else SHOAL_CONTEXT_FILE or ~/.config/shoal/context.json,
+    and the SHOAL_* variables). `insecure=True` is plaintext without credentials,
+    which no shoal node accepts: it is for test doubles only.
     """
 
-    def __init__(self, addr: str = DEFAULT_ADDR, timeout: float = rpc.DEFAULT_DEADLINE) -> None:
-        self.addr = addr
+    def __init__(
+        self,
+        addr: str | None = None,
+        timeout: float = rpc.DEFAULT_DEADLINE,
+        tls: rpc.ClientTls | None = None,
+        *,
+        insecure: bool = False,
+        context_file: Path | None = None,
+    ) -> None:
+        if tls is None and not insecure:
+            try:
+                found = credentials.resolve(path=context_file, endpoint=addr)
+            except credentials.MissingCredentials as exc:
+                raise CredentialsMissing(str(exc)) from None
+            addr, tls = found.endpoint, found.tls()
+        self.addr = addr or DEFAULT_ADDR
         self.timeout = timeout
-        self._channel = rpc.channel(addr)
+        self._channel = rpc.channel(self.addr, tls)
         self._stub = api_pb2_grpc.ShoalStub(self._channel)
 
     def close(self) -> None:
@@ -235,6 +305,20 @@ class ShoalClient:
         except grpc.RpcError as err:
             raise self._error(err) from None
 
+    def rollback(self, name: str) -> api_pb2.ApplyServiceResponse:
+        """Go back to the version before the current one (rolled out as an update)."""
+        try:
+            return self._stub.RollbackService(api_pb2.RollbackServiceRequest(name=name), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def history(self, name: str) -> api_pb2.ServiceHistoryResponse:
+        """Every stored version of a service, oldest first."""
+        try:
+            return self._stub.ServiceHistory(api_pb2.ServiceHistoryRequest(name=name), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
     def list_tasks(self, service: str) -> list[api_pb2.Task]:
         """The tasks (slots) of a service with their observed state."""
         try:
@@ -242,6 +326,38 @@ class ShoalClient:
         except grpc.RpcError as err:
             raise self._error(err) from None
         return list(response.tasks)
+
+    def tasks(self, service: str) -> api_pb2.ListTasksResponse:
+        """`list_tasks`, with the slots the scheduler has no node for and why (`pending_*`)."""
+        try:
+            return self._stub.ListTasks(api_pb2.ListTasksRequest(service=service), timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def set_node_availability(self, node: str, availability: str) -> api_pb2.UpdateNodeResponse:
+        """`active`, `pause` (keeps its tasks, takes no new ones) or `drain` (its tasks move)."""
+        request = api_pb2.SetNodeAvailabilityRequest(node=node, availability=availability)
+        try:
+            return self._stub.SetNodeAvailability(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def drain_node(self, node: str) -> api_pb2.UpdateNodeResponse:
+        """Move the node's tasks elsewhere and place nothing new on it (`activate_node` undoes it)."""
+        return self.set_node_availability(node, "drain")
+
+    def activate_node(self, node: str) -> api_pb2.UpdateNodeResponse:
+        return self.set_node_availability(node, "active")
+
+    def label_node(
+        self, node: str, set_: dict[str, str] | None = None, remove: list[str] | None = None
+    ) -> api_pb2.UpdateNodeResponse:
+        """Set labels (`set_`) and remove others (`remove`) on a node; constraints see them at once."""
+        request = api_pb2.LabelNodeRequest(node=node, set=set_ or {}, remove=remove or [])
+        try:
+            return self._stub.LabelNode(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
 
     def list_nodes(self) -> api_pb2.ListNodesResponse:
         """Every node of the cluster, and the current leader's epoch."""
@@ -295,3 +411,46 @@ class ShoalClient:
             raise self._error(err) from None
         finally:
             call.cancel()
+
+    # -- security (admin tokens only) ----------------------------------------------------
+
+    def create_token(
+        self, role: str, description: str = "", expires_in: int = 0, csr: bytes = b""
+    ) -> api_pb2.CreateTokenResponse:
+        """A new client token of `role` (its secret is in this answer only); with a CSR, a
+        client certificate for its key too."""
+        request = api_pb2.CreateTokenRequest(
+            role=role, description=description, expires_in=expires_in, csr=csr
+        )
+        try:
+            return self._stub.CreateToken(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def list_tokens(self) -> list[api_pb2.TokenInfo]:
+        """Every client token (ids, roles, descriptions; never a secret), revoked ones too."""
+        try:
+            return list(self._stub.ListTokens(api_pb2.ListTokensRequest(), timeout=self.timeout).tokens)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def revoke_token(self, token_id: str) -> api_pb2.TokenInfo:
+        """Revoke a client token: every later call with it is UNAUTHENTICATED."""
+        try:
+            return self._stub.RevokeToken(api_pb2.RevokeTokenRequest(id=token_id), timeout=self.timeout).info
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def rotate_join_token(self) -> str:
+        """A new join token; the old one no longer admits anyone."""
+        try:
+            return self._stub.RotateJoinToken(api_pb2.RotateJoinTokenRequest(), timeout=self.timeout).token
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def join_token(self) -> str:
+        """The current join token, to add a host."""
+        try:
+            return self._stub.GetJoinToken(api_pb2.GetJoinTokenRequest(), timeout=self.timeout).token
+        except grpc.RpcError as err:
+            raise self._error(err) from None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from node.keys import DEFAULT_PREFIX
+from node.spec import parse_memory
 
 NODE_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 LABEL_KEY = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?")
@@ -62,8 +63,12 @@ class NodeConfig:
     etcd_prefix: str = DEFAULT_PREFIX
     etcd_timeout: float = 5.0  # s per etcd call; an unreachable etcd fails calls after it
     labels: Mapping[str, str] = field(default_factory=dict)
-    cpu: float = 0.0  # cores offered; 0 = detect from the host
-    memory: int = 0  # bytes offered; 0 = detect from the host
+    cpu: float = 0.0  # cores offered to tasks; 0 = detect from the host (less reserve_cpu)
+    memory: int = 0  # bytes offered to tasks ("8Gi" in TOML/env); 0 = detect (less reserve_memory)
+    reserve_cpu: float = 0.0  # cores kept for the system when cpu is detected: shoald, dockerd,
+    #   sshd. More leaves less for tasks; none lets tasks starve the host under full load.
+    reserve_memory: int = 256 * 2**20  # bytes kept for the system when memory is detected; the
+    #   scheduler never reserves it for tasks (Nomad's `reserved`, kubelet's system-reserved)
     publish_address: str = ""  # where container ports are published; empty = `address`
     preset: str = "lan"
     lease_ttl: int = 0  # 0 = from the preset
@@ -78,6 +83,19 @@ class NodeConfig:
     #   off by default so that a restart re-adopts its containers without moving them
     log_format: str = "text"  # text | json
     log_level: str = "info"
+    # -- security (docs/operations.md, "Security") ------------------------------------------
+    join_token: str = field(default="", repr=False)  # SHOAL-1-…: joins a secured cluster on first
+    #   start (gets a node certificate). A secret: give it as SHOAL_JOIN_TOKEN or in a file
+    #   (join_token_file), not as a flag, which every user of the host sees in `ps`
+    join_token_file: str = ""  # a file holding the join token (mode 0600)
+    cert_lifetime: float = 30 * 86400.0  # s a node certificate is valid; the daemon renews it at
+    #   2/3 of that without a restart. Shorter limits what a stolen node key is worth; longer
+    #   rides out a longer etcd outage (renewal reads the CA key from etcd)
+    etcd_ca: str = ""  # path of the CA certificate that signed etcd's (PEM): turns on TLS to etcd
+    etcd_cert: str = ""  # path of this node's client certificate for etcd (PEM), with etcd_key
+    etcd_key: str = ""  # path of its key (PEM, mode 0600)
+    etcd_server_name: str = ""  # name to check etcd's certificate for, when its SANs do not
+    #   list the endpoint's address (needed with several endpoints and DNS-only certificates)
 
     @property
     def timings(self) -> Preset:
@@ -97,6 +115,8 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if kind in ("int", "float") and isinstance(value, bool):
             raise ValueError("expected a number, not true/false")
+        if kind == "int" and name in ("memory", "reserve_memory") and isinstance(value, str):
+            return parse_memory(value)
         if kind == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError("expected a whole number")
@@ -178,10 +198,22 @@ def validate(c: NodeConfig) -> NodeConfig:
             raise ConfigError(f"etcd: {endpoint!r} is not host:port")
     if c.log_format not in ("text", "json"):
         raise ConfigError(f"log_format: {c.log_format!r} is not text or json")
+    if c.cpu < 0 or c.reserve_cpu < 0:
+        raise ConfigError(f"cpu, reserve_cpu: {c.cpu}, {c.reserve_cpu} must not be negative (cores)")
+    if c.memory < 0 or c.reserve_memory < 0:
+        raise ConfigError(f"memory, reserve_memory: {c.memory}, {c.reserve_memory} must not be negative")
     for name in ("lease_ttl", "leader_ttl"):
         ttl = getattr(c, name)
         if ttl and not 2 <= ttl <= 300:
             raise ConfigError(f"{name}: {ttl} must be between 2 and 300 seconds")
+    if c.join_token and c.join_token_file:
+        raise ConfigError("join_token, join_token_file: give the join token one way, not both")
+    if not 10 <= c.cert_lifetime <= 5 * 365 * 86400:
+        raise ConfigError(f"cert_lifetime: {c.cert_lifetime:g} must be between 10 seconds and 5 years")
+    if (c.etcd_cert or c.etcd_key) and not (c.etcd_cert and c.etcd_key and c.etcd_ca):
+        raise ConfigError(
+            "etcd_cert, etcd_key: a client certificate for etcd needs all of etcd_ca, etcd_cert and etcd_key"
+        )
     return c
 
 
@@ -204,12 +236,14 @@ def _host_part() -> str:
 
 
 def detect_capacity(c: NodeConfig) -> NodeConfig:
-    cpu = c.cpu or float(len(os.sched_getaffinity(0)))
+    """Fill in what the node offers to tasks: `cpu`/`memory` as configured, else the host's
+    cores and memory less `reserve_cpu`/`reserve_memory` (never below zero)."""
+    cpu = c.cpu or max(0.0, float(len(os.sched_getaffinity(0))) - c.reserve_cpu)
     memory = c.memory
     if not memory:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemTotal:"):
-                    memory = int(line.split()[1]) * 1024
+                    memory = max(0, int(line.split()[1]) * 1024 - c.reserve_memory)
                     break
     return replace(c, cpu=cpu, memory=memory)

@@ -5,10 +5,17 @@ operator runs. Node i binds `127.0.0.i` with the same gRPC port on every node, a
 real hosts would; all share the machine's Docker engine, and every container
 carries the cluster's name, so `stop()` removes exactly this cluster's containers
 and leaves no process behind.
+
+Secure as any cluster: `start()` initialises the cluster in etcd (CA, join token,
+first admin token) as `shoal cluster init` does, writes every node's certificate
+into its data dir (a node of a dev cluster does not join: the CA is at hand), and
+writes the admin's context file into the data dir (`context_file`, never the user's
+home). `client()` calls with those credentials; no secret is ever on a command line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -18,11 +25,19 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
+from node import errors
 from node.client import ShoalClient, ShoalError
-from node.keys import DEFAULT_PREFIX
+from node.keys import DEFAULT_PREFIX, Keys
+from node.rpc import ClientTls
 from node.runtime.base import LABELS
+from node.security import context, provision
+from node.security.ca import CertError, Lifetimes
+from node.security.cluster import ClusterSecurity
+from node.security.files import NodeFiles
+from node.store.etcd import EtcdStore
 
 
 class DevError(Exception):
@@ -46,6 +61,7 @@ class EtcdProcess:
     peer_port: int = 2480
     host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)  # e.g. ["--quota-backend-bytes", "8589934592"]
 
     @property
     def endpoint(self) -> str:
@@ -74,7 +90,7 @@ class EtcdProcess:
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"shoal-dev={peer}",
-            "--auto-compaction-retention", "1",
+            "--auto-compaction-retention", "1", *self.extra_args,
         ]  # fmt: skip
         try:
             log = self.log_path.open("ab")
@@ -109,6 +125,11 @@ class NodeProcess:
     @property
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.node_id}.log"
+
+    @property
+    def context_file(self) -> Path:
+        """The cluster's admin context file (`DevCluster.context_file`): to call this node."""
+        return self.data_dir.parents[1] / "context.json"
 
     def start(self) -> None:
         log = self.log_path.open("ab")
@@ -149,6 +170,11 @@ class DevCluster:
     prefix: str = DEFAULT_PREFIX
     preset: str = "local"
     extra_args: list[str] = field(default_factory=list)
+    cert_lifetime: float = 0.0  # s a node certificate is valid (0: shoald's default, 30 days)
+    node_args: dict[int, list[str]] = field(default_factory=dict)  # node index -> its own extra flags
+    simulate: int = 0  # simulated nodes to add (`node.simcluster`, one process; they run nothing)
+    sim_proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _tls: ClientTls | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 50:
@@ -166,26 +192,140 @@ class DevCluster:
             "--metrics-port", str(self.metrics_port or self.grpc_port + 1),
             "--etcd", self.etcd.endpoint, "--etcd-prefix", self.prefix,
             "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}", *self.extra_args,
+            *self.node_args.get(i, []),
         ]  # fmt: skip
+        if self.cert_lifetime:
+            args += ["--cert-lifetime", f"{self.cert_lifetime:g}"]
         return NodeProcess(i, node_id, address, self.grpc_port, data, args)
 
     @property
     def addr(self) -> str:
         return self.members[0].addr
 
+    @property
+    def context_file(self) -> Path:
+        """The admin's context file (mode 0600): `SHOAL_CONTEXT_FILE=<this> shoal …`."""
+        return self.data_dir / "context.json"
+
+    @property
+    def tls(self) -> ClientTls:
+        """The admin's credentials (CA, client certificate and key, token)."""
+        if self._tls is None:
+            self._tls = context.resolve(env={}, path=self.context_file).tls()
+        return self._tls
+
     def client(self, i: int = 1) -> ShoalClient:
-        return ShoalClient(self.members[i - 1].addr, timeout=5.0)
+        return ShoalClient(self.members[i - 1].addr, timeout=5.0, tls=self.tls)
+
+    @property
+    def lifetimes(self) -> Lifetimes:
+        return Lifetimes(node=timedelta(seconds=self.cert_lifetime)) if self.cert_lifetime else Lifetimes()
+
+    def provision(self) -> None:
+        """Initialise the cluster's security in etcd (once) and give every node a certificate
+        and the admin a context file; run with etcd up and before the daemons start."""
+        try:
+            asyncio.run(self._provision())
+        except (CertError, ShoalError, OSError) as exc:
+            raise DevError(f"cannot set up the cluster's certificates: {exc}") from exc
+        self._tls = None
+
+    async def _provision(self) -> None:
+        store = EtcdStore([self.etcd.endpoint])
+        await store.connect()
+        try:
+            security = ClusterSecurity(store, Keys(self.prefix), self.cluster, self.lifetimes)
+            try:
+                if not await security.initialised():
+                    authority, secrets, admin = await security.initialise()
+                    passphrase = secrets.ca_passphrase
+                    context.save_context(
+                        self.cluster,
+                        provision.admin_context(self.addr, authority, admin),
+                        self.context_file,
+                    )
+                else:
+                    found = provision.read_passphrase([m.data_dir for m in self.members])
+                    if found is None:
+                        raise DevError(
+                            f"etcd under {self.data_dir} holds a cluster whose nodes' passphrase is gone; "
+                            f"remove {self.data_dir} to start afresh"
+                        )
+                    passphrase = found
+                    authority = await security.load_ca(passphrase)
+                    if not self._context_matches(authority.cert_pem):
+                        admin_context = await provision.local_admin(security, passphrase, self.addr)
+                        context.save_context(self.cluster, admin_context, self.context_file)
+            except errors.ShoalError as exc:
+                raise DevError(str(exc)) from exc
+            for m in self.members:
+                ips, dns = provision.split_address(m.address)
+                provision.issue_node(
+                    NodeFiles.of(m.data_dir), authority, passphrase, m.node_id, ips, dns, self.lifetimes
+                )
+        finally:
+            await store.close()
+
+    def _context_matches(self, ca_pem: bytes) -> bool:
+        try:
+            found = context.resolve(env={}, path=self.context_file)
+        except context.MissingCredentials:
+            return False
+        return found.ca.encode() == ca_pem
 
     def start(self, timeout: float = 30.0) -> None:
         (self.data_dir / "nodes").mkdir(parents=True, exist_ok=True)
         self.etcd.start()
         try:
+            self.provision()
             for member in self.members:
                 member.start()
             self.wait_ready(timeout)
+            if self.simulate:
+                self.start_simulation(self.simulate, timeout)
         except BaseException:
             self.stop()
             raise
+
+    def add_node(self, args: list[str] | None = None, timeout: float = 30.0) -> NodeProcess:
+        """Start one more daemon, node N+1 on 127.0.0.(N+1) with `args` as its own extra
+        flags, as a host joining the cluster; return it once it is registered."""
+        i = len(self.members) + 1
+        if args:
+            self.node_args[i] = list(args)
+        member = self._member(i)
+        self.members.append(member)
+        self.nodes = len(self.members)
+        self.provision()  # its certificate, from the same CA
+        member.start()
+        self.wait_ready(timeout)
+        return member
+
+    @property
+    def sim_log_path(self) -> Path:
+        return self.data_dir / "simcluster.log"
+
+    def start_simulation(self, count: int, timeout: float = 30.0, args: list[str] | None = None) -> None:
+        """Register `count` simulated nodes (`python -m node.simcluster`, one process, one
+        lease; `args` are its extra flags, e.g. `--cpu 4 --memory 8Gi`). They show in
+        `node ls` marked SIMULATED, take tasks, and run and serve nothing."""
+        cmd = [
+            sys.executable, "-m", "node.simcluster", "--etcd", self.etcd.endpoint, "--prefix", self.prefix,
+            "--nodes", str(count), *(args or []),
+        ]  # fmt: skip
+        log = self.sim_log_path.open("ab")
+        self.sim_proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+
+        def registered() -> bool:
+            if self.sim_proc is not None and self.sim_proc.poll() is not None:
+                raise DevError(f"the simulation exited ({self.sim_proc.returncode}); see {self.sim_log_path}")
+            try:
+                with self.client() as c:
+                    return sum(n.simulated for n in c.list_nodes().nodes) >= count
+            except ShoalError:
+                return False
+
+        _wait(registered, timeout, f"{count} simulated nodes", self.sim_log_path)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """All daemons registered and a leader elected."""
@@ -206,6 +346,7 @@ class DevCluster:
 
     def stop(self) -> None:
         """Stop every daemon, remove this cluster's containers, stop etcd."""
+        _terminate(self.sim_proc, 10.0)  # first: its lease is revoked, the simulated nodes vanish
         for member in self.members:
             if member.proc is not None and member.alive():
                 member.proc.terminate()

@@ -15,8 +15,18 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `endpoints/<service>/<task-id>`   | the task's agent       | on the node's lease |
 | `events/<node>/<ring-slot>`       | every node             | a ring per node     |
 | `binds/<service>/<node>`          | the node's proxy       | on the node's lease |
+| `rollouts/<service>`              | leader only, fenced    | until `rm`          |
+| `pending/<service>`               | leader only, fenced    | while replicas wait for a node |
+| `security/ca.crt`                 | `cluster init`         | forever             |
+| `security/ca.key`                 | `cluster init`         | forever             |
+| `security/join`                   | init, `rotate-token`   | until rotated       |
+| `tokens/<id>`                     | init, `token create`   | forever (revoked kept) |
 
-`binds/` holds the ports a node's proxy cannot bind, while that lasts.
+`binds/` holds the ports a node's proxy cannot bind, while that lasts. `security/`
+holds the CA certificate (public), the CA key encrypted (its passphrase is only on the
+nodes' disks), and the join token's certificate, key id and the token sealed under that
+passphrase; `tokens/` the client tokens' records (role, sha256, never the secret).
+Nothing there is a usable secret without a node's disk (`node.security.cluster`).
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.
@@ -70,10 +80,33 @@ class Keys:
     def nodespecs(self) -> str:
         return f"{self.prefix}nodespec/"
 
+    @property
+    def security(self) -> str:
+        return f"{self.prefix}security/"
+
+    @property
+    def tokens(self) -> str:
+        return f"{self.prefix}tokens/"
+
     # single keys
     @property
     def leader(self) -> str:
         return f"{self.prefix}leader"
+
+    @property
+    def ca_cert(self) -> str:
+        return f"{self.security}ca.crt"
+
+    @property
+    def ca_key(self) -> str:
+        return f"{self.security}ca.key"
+
+    @property
+    def join(self) -> str:
+        return f"{self.security}join"
+
+    def token(self, token_id: str) -> str:
+        return f"{self.tokens}{token_id}"
 
     def node(self, node: str) -> str:
         return f"{self.nodes}{node}"
@@ -101,6 +134,21 @@ class Keys:
 
     def endpoint(self, service: str, task_id: str) -> str:
         return f"{self.endpoints(service)}{task_id}"
+
+    @property
+    def rollouts(self) -> str:
+        return f"{self.prefix}rollouts/"
+
+    def rollout(self, service: str) -> str:
+        return f"{self.rollouts}{service}"
+
+    @property
+    def pendings(self) -> str:
+        return f"{self.prefix}pending/"
+
+    def pending(self, service: str) -> str:
+        """Why some of a service's replicas have no node (`PendingRecord`), while that lasts."""
+        return f"{self.pendings}{service}"
 
     def binds(self, service: str) -> str:
         return f"{self.prefix}binds/{service}/"

@@ -13,6 +13,9 @@ Guarantees:
 - Bounds follow what Docker accepts, so a stored spec does not fail at `docker run`:
   memory 6 MiB..1 TiB (Docker refuses less than 6 MB), cpu 0.01..1024 cores (Docker's
   `--cpus` granularity), strings without NUL (execve cannot pass it) or DEL.
+- `resources` are reservations (limits to Docker unless `resources.limits`, which must
+  be at least them); `placement.constraints` are parsed here with the scheduler's own
+  parser (`node.constraints`), so what `apply` accepts is what the scheduler reads.
 - `spec_to_dict` is plain JSON (memory in bytes, None fields omitted) and round-trips:
   `parse_spec(json.dumps(spec_to_dict(s))) == s`; `spec_from_dict` applies the same checks.
 
@@ -27,13 +30,24 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
+
+from node.constraints import ConstraintError, parse_constraint, parse_label_attribute
+from node.spec_lifecycle import HealthCheck, HttpCheck, RestartPolicy, StopGrace, TcpCheck, UpdateConfig
 
 MAX_SPEC_BYTES = 256 * 1024
 MIN_MEMORY = 6 * 2**20
@@ -100,17 +114,25 @@ def _env_value(v: Any) -> Any:
     return v
 
 
+def parse_memory(text: str) -> int:
+    """ "32Mi" -> 33554432, "1G" -> 10**9, "4096" -> 4096; ValueError saying what is allowed."""
+    m = _MEMORY_RE.fullmatch(text.strip())
+    if m is None:
+        units = "Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000), e.g. 32Mi or 1G"
+        raise ValueError(f"must be a number of bytes or a number with a unit: {units}; got {_describe(text)}")
+    n = Decimal(m[1]) * _UNITS[m[2] or ""]
+    if n != n.to_integral_value():
+        raise ValueError(f"must be a whole number of bytes, got {_describe(text)}")
+    return int(n)
+
+
 def _memory(v: Any) -> Any:
     if not isinstance(v, str):
         return v  # ints go on to the strict int check, which also rejects bools
-    m = _MEMORY_RE.fullmatch(v.strip())
-    if m is None:
-        units = "Ki, Mi, Gi, Ti (powers of 1024) or k, M, G, T (powers of 1000), e.g. 32Mi or 1G"
-        raise _fail(f"must be a number of bytes or a number with a unit: {units}; got {_describe(v)}")
-    n = Decimal(m[1]) * _UNITS[m[2] or ""]
-    if n != n.to_integral_value():
-        raise _fail(f"must be a whole number of bytes, got {_describe(v)}")
-    return int(n)
+    try:
+        return parse_memory(v)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 def format_memory(n: int) -> str:
@@ -142,6 +164,7 @@ def _no_conflicts(ports: list["PortSpec"]) -> list["PortSpec"]:
 
 _STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
 _Port = Annotated[int, _between(1, 65535)]
+_Cpu = Annotated[float, _between(0.01, 1024)]
 _Memory = Annotated[int, BeforeValidator(_memory), _between(MIN_MEMORY, MAX_MEMORY, format_memory)]
 _Name = Annotated[
     str, _matches(NAME_PATTERN, "1 to 63 lowercase letters, digits and '-', not at either end", 63)
@@ -159,12 +182,57 @@ class PortSpec(BaseModel):
     protocol: Literal["tcp", "http"] = "tcp"
 
 
-class Resources(BaseModel):
-    """Limits per replica; the scheduler also reserves them on the node."""
+class Limits(BaseModel):
+    """What Docker enforces on a replica (`nano_cpus`, `mem_limit`), at least the reservation."""
 
     model_config = _STRICT
-    cpu: Annotated[float, _between(0.01, 1024)] | None = None  # cores
+    cpu: _Cpu | None = None  # cores
+    memory: _Memory | None = None  # bytes
+
+
+class Resources(BaseModel):
+    """Per replica: `cpu` and `memory` are reserved on the node (the scheduler never
+    overcommits them) and are also the Docker limits unless `limits` sets higher ones."""
+
+    model_config = _STRICT
+    cpu: _Cpu | None = None  # cores
     memory: _Memory | None = None  # bytes; YAML may say "32Mi", "1G", ...
+    limits: Limits | None = None
+
+    @model_validator(mode="after")
+    def _limits_cover_the_reservation(self) -> "Resources":
+        for name, show in (("cpu", str), ("memory", format_memory)):
+            reserved, limit = getattr(self, name), getattr(self.limits, name, None)
+            if reserved is not None and limit is not None and limit < reserved:
+                at_least = f"must be at least the reservation resources.{name} ({show(reserved)})"
+                raise _fail(f"{at_least}, got {show(limit)}", ("limits", name))
+        return self
+
+
+def _constraint(v: str) -> str:
+    try:
+        parse_constraint(v)
+    except ConstraintError as exc:
+        raise _fail(str(exc)) from None
+    return v
+
+
+def _spread(v: str) -> str:
+    try:
+        parse_label_attribute(v)
+    except ConstraintError as exc:
+        raise _fail(str(exc)) from None
+    return v
+
+
+class Placement(BaseModel):
+    """Where replicas may go and how they are spread. See `node.constraints` for the syntax."""
+
+    model_config = _STRICT
+    constraints: Annotated[list[Annotated[str, AfterValidator(_constraint)]], Field(max_length=32)] = []
+    spread: Annotated[str, AfterValidator(_spread)] | None = None  # node.labels.<key>: even over values
+    max_per_node: Annotated[int, _between(1, 10000)] | None = None
+    strategy: Literal["spread", "binpack"] | None = None  # None: the cluster default, spread
 
 
 class ServiceSpec(BaseModel):
@@ -175,16 +243,35 @@ class ServiceSpec(BaseModel):
     image: Annotated[str, AfterValidator(_image)]
     command: Annotated[list[str], Field(min_length=1, max_length=256)] | None = None
     env: _Env = {}
+    secret_env: _Env | None = None  # as env, but API answers and `inspect` show the values masked
+
+    @model_validator(mode="after")
+    def _secret_env_apart_from_env(self) -> "ServiceSpec":
+        for key in self.secret_env or {}:
+            if key in self.env:
+                raise _fail(f"{key} is in env too: a variable is in env or secret_env", ("secret_env", key))
+        return self
+
     replicas: Annotated[int, _between(0, 10000)] = 1
     ports: Annotated[list[PortSpec], Field(max_length=64), AfterValidator(_no_conflicts)] = []
     resources: Resources | None = None
+    placement: Placement | None = None
+    mode: Literal["replicated", "global"] | None = None  # None: replicated; global: one per eligible node
+    # Lifecycle (node.spec_lifecycle); None: the defaults there, or the node's settings.
+    health: HealthCheck | None = None  # None: routable once running (or the image's HEALTHCHECK)
+    restart: RestartPolicy | None = None
+    update: UpdateConfig | None = None
+    stop_grace: StopGrace | None = None  # seconds from SIGTERM to SIGKILL; None: the node's stop_timeout
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
-_FIELDS[("resources",)] = Resources
+_FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
+_FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", "tcp"): TcpCheck}
+_FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}
+_HINTS |= {("health.exec", "list_type"): ' of strings (run without a shell), e.g. ["test", "-f", "/tmp/ok"]'}
 
 
 @dataclass(frozen=True)

@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from node.domain import (
     Assignment,
+    Availability,
     EndpointRecord,
     Event,
     NodeInfo,
+    NodeSpec,
     NodeStatus,
+    RolloutRecord,
     ServiceRecord,
     TaskState,
     TaskStatus,
+    effective_labels,
 )
 from node.pb import api_pb2
 from node.store import KV
+
+MASK = "***"
+
+
+def masked(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with every `secret_env` value replaced by `MASK`: what any answer shows."""
+    if not spec.get("secret_env"):
+        return spec
+    return {**spec, "secret_env": dict.fromkeys(spec["secret_env"], MASK)}
 
 
 def task(t: Assignment, s: TaskStatus | None) -> api_pb2.Task:
@@ -35,6 +49,12 @@ def task(t: Assignment, s: TaskStatus | None) -> api_pb2.Task:
         exit_code=s.exit_code if s else 0,
         message=s.message if s else "",
         updated_at=s.updated_at if s else t.created_at,
+        health=s.health if s else "",
+        health_message=s.health_message if s else "",
+        health_failures=s.health_failures if s else 0,
+        health_at=s.health_at if s else 0.0,
+        healthy_since=s.healthy_since if s else 0.0,
+        terminal=s.terminal if s else False,
     )
 
 
@@ -53,9 +73,38 @@ def service(r: ServiceRecord, tasks: list[tuple[Assignment, TaskStatus | None]])
         replicas=r.replicas,
         running=running,
         ports=ports,
-        spec_json=json.dumps(r.spec, sort_keys=True),
+        spec_json=json.dumps(masked(r.spec), sort_keys=True),
         updated_at=r.updated_at,
         updated_by=r.updated_by,
+        rollback_of=r.rollback_of,
+    )
+
+
+def rollout(r: RolloutRecord) -> api_pb2.Rollout:
+    return api_pb2.Rollout(
+        state=r.state,
+        from_version=r.from_version,
+        to_version=r.to_version,
+        rollback_of=r.rollback_of,
+        updated=r.updated,
+        total=r.total,
+        batch=sorted(int(s) for s in r.batch),
+        failed=r.failed,
+        message=r.message,
+        started_at=r.started_at,
+        updated_at=r.updated_at,
+    )
+
+
+def version(r: ServiceRecord, current: int) -> api_pb2.ServiceVersion:
+    return api_pb2.ServiceVersion(
+        version=r.version,
+        image=r.spec.get("image", ""),
+        updated_at=r.updated_at,
+        updated_by=r.updated_by,
+        rollback_of=r.rollback_of,
+        outcome=r.outcome,
+        current=r.version == current,
     )
 
 
@@ -65,19 +114,32 @@ def leader(kv: KV | None) -> tuple[str, int]:
     return json.loads(kv.value).get("node", ""), kv.create_revision
 
 
-def node(n: NodeInfo, is_leader: bool, tasks: int) -> api_pb2.Node:
+def node(
+    n: NodeInfo,
+    is_leader: bool,
+    tasks: int,
+    reserved: tuple[float, int] = (0.0, 0),
+    spec: NodeSpec | None = None,
+) -> api_pb2.Node:
+    """A registered node; `reserved` (cores, bytes) sums its tasks' reservations, `spec` is
+    what an operator set on it (availability, labels overlaid on its own)."""
     return api_pb2.Node(
         id=n.id,
         address=n.address,
         grpc_port=n.grpc_port,
         status=NodeStatus.READY.value,
         leader=is_leader,
-        labels=n.labels,
+        labels=effective_labels(n, spec),
         cpu=n.cpu,
         memory=n.memory,
         version=n.version,
         tasks=tasks,
         started_at=n.started_at,
+        availability=spec.availability if spec is not None else Availability.ACTIVE.value,
+        reserved_cpu=round(reserved[0], 3),
+        reserved_memory=reserved[1],
+        simulated=n.simulated,
+        own_labels=n.labels,
     )
 
 

@@ -1,18 +1,26 @@
 """The gossip transport over the peer API (`shoal.v1.Peer`), and the server side of it.
 
 `GrpcTransport` turns `node.gossip` messages into protobuf calls on one cached
-channel per peer address; any failure (timeout, refused, reset, an error status)
-is a `ProbeFailed`, which is all SWIM needs to know. `PeerServicer` answers probes
-by handing them to the local `Memberlist`.
+channel per peer address, with this node's certificate (mutual TLS); any failure
+(timeout, refused, reset, an error status) is a `ProbeFailed`, which is all SWIM
+needs to know. After a certificate renewal (`set_tls`) new channels are opened with
+the new certificate and the old ones are closed a little later, so a probe in flight
+is never cut. `PeerServicer` answers probes by handing them to the local
+`Memberlist`, and joins through `node.api.join`.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 
 import grpc
 import grpc.aio
 
 from node import rpc
 from node.api.server import handle
+from node.errors import FailedPrecondition
 from node.gossip.memberlist import Memberlist
 from node.gossip.messages import Ack, MemberState, Ping, PingReq, Update
 from node.gossip.transport import ProbeFailed
@@ -53,18 +61,32 @@ def ack_to_pb(ack: Ack) -> peer_pb2.PingResponse:
     )
 
 
+RETIRE_AFTER = 30.0  # s an old channel is kept after a renewal, for the calls still on it
+
+
 class GrpcTransport:
-    def __init__(self) -> None:
+    def __init__(self, tls: rpc.ClientTls | None = None) -> None:
+        self.tls = tls
         self._stubs: dict[str, peer_pb2_grpc.PeerStub] = {}
         self._channels: list[grpc.aio.Channel] = []
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def _stub(self, address: str) -> peer_pb2_grpc.PeerStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = rpc.aio_channel(address)
+            channel = rpc.aio_channel(address, self.tls)
             self._channels.append(channel)
             stub = self._stubs[address] = peer_pb2_grpc.PeerStub(channel)
         return stub
+
+    def set_tls(self, tls: rpc.ClientTls) -> None:
+        """Dial with `tls` from now on (a renewed certificate); old channels close later."""
+        self.tls = tls
+        old, self._channels, self._stubs = self._channels, [], {}
+        if old:
+            task = asyncio.get_running_loop().create_task(_close_later(old), name="gossip-retire-channels")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     async def ping(self, address: str, msg: Ping, timeout: float) -> Ack:
         request = peer_pb2.PingRequest(
@@ -89,15 +111,38 @@ class GrpcTransport:
             raise ProbeFailed(f"ping-req via {address}: {exc.code().name}") from exc
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
         for channel in self._channels:
             await channel.close()
         self._channels.clear()
         self._stubs.clear()
 
 
+async def _close_later(channels: list[grpc.aio.Channel]) -> None:
+    try:
+        await asyncio.sleep(RETIRE_AFTER)
+    finally:
+        for channel in channels:
+            with contextlib.suppress(Exception):
+                await channel.close(grace=None)
+
+
+JoinFn = Callable[[peer_pb2.JoinRequest, grpc.aio.ServicerContext], Awaitable[peer_pb2.JoinResponse]]
+
+
 class PeerServicer(peer_pb2_grpc.PeerServicer):
-    def __init__(self, members: Memberlist) -> None:
+    def __init__(self, members: Memberlist, join: JoinFn | None = None) -> None:
         self.members = members
+        self._join = join
+
+    @handle
+    async def Join(
+        self, request: peer_pb2.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.JoinResponse:
+        if self._join is None:
+            raise FailedPrecondition("this node does not admit new nodes")
+        return await self._join(request, context)
 
     @handle
     async def Ping(

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from node.api import convert
-from node.domain import Assignment, EndpointRecord, NodeInfo, NodeStatus
+from node.domain import Assignment, EndpointRecord, NodeInfo, NodeSpec, NodeStatus
 from node.gossip.member import GONE, Member, MemberEvent
 from node.keys import Keys
 from node.pb import api_pb2
@@ -40,22 +40,39 @@ async def list_nodes(store: Store, keys: Keys, view: MemberView | None) -> api_p
     kvs, _ = await store.range(keys.nodes)
     tasks, _ = await store.range(keys.tasks)
     down = {keys.tail(kv.key, keys.down_all) for kv in (await store.range(keys.down_all))[0]}
+    specs = {
+        keys.tail(kv.key, keys.nodespecs): NodeSpec.from_json(kv.value)
+        for kv in (await store.range(keys.nodespecs))[0]
+    }
     counts: dict[str, int] = {}
+    reserved: dict[str, tuple[float, int]] = {}
     for kv in tasks:
-        node = Assignment.from_json(kv.value).node
-        counts[node] = counts.get(node, 0) + 1
+        task = Assignment.from_json(kv.value)
+        counts[task.node] = counts.get(task.node, 0) + 1
+        cpu, memory = reserved.get(task.node, (0.0, 0))
+        reserved[task.node] = (cpu + task.cpu, memory + task.memory)
     leader_node, epoch = convert.leader(await store.get(keys.leader))
     members = {m.node: m for m in view.members()} if view is not None else {}
     now = time.monotonic()
     out = []
     for info in sorted((NodeInfo.from_json(kv.value) for kv in kvs), key=lambda n: n.id):
-        pb = convert.node(info, info.id == leader_node, counts.get(info.id, 0))
+        pb = convert.node(
+            info,
+            info.id == leader_node,
+            counts.get(info.id, 0),
+            reserved.get(info.id, (0.0, 0)),
+            specs.get(info.id),
+        )
         if info.id in down:
             pb.status = NodeStatus.DOWN.value
         out.append(_gossip(pb, members.get(info.id), now))
     registered = {n.id for n in out}
     for node in sorted((set(counts) | set(members) | down) - registered):
         pb = convert.down_node(node, counts.get(node, 0))
+        pb.reserved_cpu, pb.reserved_memory = reserved.get(node, (0.0, 0))
+        spec = specs.get(node)
+        if spec is not None:
+            pb.availability = spec.availability
         member = members.get(node)
         if member is not None:
             pb.address = member.address.rpartition(":")[0]
@@ -69,7 +86,7 @@ async def routable(store: Store, keys: Keys, service: str, view: MemberView | No
     leader's verdict by its grace period."""
     kvs, _ = await store.range(keys.endpoints(service))
     tasks, _ = await store.range(keys.service_tasks(service))
-    assigned = {(a.task_id, a.node) for a in (Assignment.from_json(kv.value) for kv in tasks)}
+    assigned = routes.assignments(Assignment.from_json(kv.value) for kv in tasks)
     gone = {keys.tail(kv.key, keys.down_all) for kv in (await store.range(keys.down_all))[0]}
     if view is not None:
         gone |= {m.node for m in view.members() if m.state in GONE}

@@ -31,7 +31,7 @@ COALESCE = 0.05
 async def resolve(store: Store, keys: Keys, name: str, view: MemberView | None) -> api_pb2.ResolveResponse:
     kv = await store.get(keys.service(name))
     if kv is None:
-        raise NotFound(f"service {name!r} does not exist; `shoal service ls` lists them")
+        raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
     record = ServiceRecord.from_json(kv.value)
     endpoints = await routable(store, keys, name, view)
     out = api_pb2.ResolveResponse(name=name, endpoints=[convert.endpoint(e) for e in endpoints])
@@ -46,7 +46,7 @@ async def resolve(store: Store, keys: Keys, name: str, view: MemberView | None) 
         gone |= {m.node for m in view.members() if m.state in GONE}
     for route in published:
         for n in nodes:
-            if n.id not in gone:
+            if n.id not in gone and not n.simulated:  # a simulated node runs no proxy
                 out.mesh.append(
                     api_pb2.MeshAddress(
                         node=n.id, address=n.address, port=route.published, protocol=route.protocol

@@ -3,14 +3,21 @@
 `handle` / `handle_stream` wrap every handler: `node.errors` types and store
 failures become status codes with the message a person can act on; anything
 unexpected becomes INTERNAL with a short message (and a logged traceback), never a
-crashed daemon.
+crashed daemon. A unary handler has at most `rpc.HANDLER_TIMEOUT` seconds, whatever
+deadline its caller set (or none): then it is DEADLINE_EXCEEDED, and its work is
+cancelled, so a stalled store call never pins a handler.
+
+The server is mutual TLS (`rpc.ServerTls`) with `node.security.auth`'s interceptor
+first, so no handler runs for a caller without a cluster certificate and the token
+its method needs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -42,11 +49,18 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
 def handle(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        limit = asyncio.timeout(rpc.HANDLER_TIMEOUT)
         try:
-            return await fn(self, request, context)
+            async with limit:
+                return await fn(self, request, context)
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
+            if isinstance(exc, TimeoutError) and limit.expired():
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the node did not finish this call within {rpc.HANDLER_TIMEOUT:g}s; retry later",
+                )
             await _abort(context, exc)
             raise  # unreachable: abort raises
 
@@ -74,10 +88,15 @@ SERVICE_NAMES = (
 
 
 def build(
-    servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]], address: str, port: int
+    servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]],
+    address: str,
+    port: int,
+    tls: rpc.ServerTls | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """Make the server with every service registered and the port bound (raises OSError)."""
-    server = rpc.server()
+    """Make the server with every service registered and the port bound (raises OSError):
+    mutual TLS with `tls`, `interceptors` (auth first) before every handler."""
+    server = rpc.server(interceptors)
     for add, servicer in servicers:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -88,7 +107,7 @@ def build(
     )
     target = f"{address}:{port}"
     try:
-        bound = server.add_insecure_port(target)
+        bound = rpc.bind(server, target, tls)
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {target}: {exc}") from exc
     if bound == 0:

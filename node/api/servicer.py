@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from node.api import convert, nodes, resolve
+from node.api.admin import AdminHandlers, check_text
+from node.api.nodespecs import NodeSpecWriter, check_node
 from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
-from node.domain import Assignment, ServiceRecord, TaskStatus
+from node.domain import Assignment, PendingRecord, RolloutRecord, ServiceRecord, TaskStatus
 from node.errors import FailedPrecondition, InvalidArgument, NotFound
 from node.events import decode
 from node.keys import Keys
@@ -36,12 +38,18 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-class ShoalServicer(api_pb2_grpc.ShoalServicer):
+class ShoalServicer(AdminHandlers, api_pb2_grpc.ShoalServicer):
     def __init__(self, store: Store, keys: Keys, node: str, members: nodes.MemberView | None = None) -> None:
         self.store = store
         self.keys = keys
         self.members = members
         self.writer = ServiceWriter(store, keys, node)
+        self.nodespecs = NodeSpecWriter(store, keys, node)
+
+    async def _pending(self, service: str) -> PendingRecord | None:
+        """Why some replicas of `service` have no node (the leader's `pending/<service>`)."""
+        kv = await self.store.get(self.keys.pending(service))
+        return PendingRecord.from_json(kv.value) if kv is not None else None
 
     async def _tasks(self, service: str = "") -> dict[str, list[tuple[Assignment, TaskStatus | None]]]:
         """Tasks with their observed status, by service (one service, or all)."""
@@ -61,6 +69,7 @@ class ShoalServicer(api_pb2_grpc.ShoalServicer):
     ) -> api_pb2.ApplyServiceResponse:
         if len(request.spec.encode()) > MAX_SPEC_BYTES:
             raise InvalidArgument(f"spec: larger than {MAX_SPEC_BYTES // 1024} KiB")
+        check_text(request.source, "source", 1024)
         record, changed = await self.writer.apply(request.spec, request.source)
         return api_pb2.ApplyServiceResponse(name=record.name, version=record.version, changed=changed)
 
@@ -70,9 +79,31 @@ class ShoalServicer(api_pb2_grpc.ShoalServicer):
     ) -> api_pb2.Service:
         record, _ = await self.writer.read(check_name(request.name))
         out = convert.service(record, (await self._tasks(record.name)).get(record.name, []))
+        pending = await self._pending(record.name)
+        if pending is not None:
+            out.pending, out.pending_reason = pending.count, pending.reason
         binds, _ = await self.store.range(self.keys.binds(record.name))
         out.proxy_errors.extend(convert.proxy_errors(binds))
+        rollout = await self.store.get(self.keys.rollout(record.name))
+        if rollout is not None:
+            out.rollout.CopyFrom(convert.rollout(RolloutRecord.from_json(rollout.value)))
         return out
+
+    @handle
+    async def RollbackService(
+        self, request: api_pb2.RollbackServiceRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ApplyServiceResponse:
+        record = await self.writer.rollback(check_name(request.name))
+        return api_pb2.ApplyServiceResponse(name=record.name, version=record.version, changed=True)
+
+    @handle
+    async def ServiceHistory(
+        self, request: api_pb2.ServiceHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ServiceHistoryResponse:
+        current, versions = await self.writer.history(check_name(request.name))
+        return api_pb2.ServiceHistoryResponse(
+            name=current.name, versions=[convert.version(v, current.version) for v in versions]
+        )
 
     @handle
     async def ListServices(
@@ -81,9 +112,19 @@ class ShoalServicer(api_pb2_grpc.ShoalServicer):
         kvs, _ = await self.store.range(self.keys.services)
         tasks = await self._tasks()
         records = [ServiceRecord.from_json(kv.value) for kv in kvs]
-        return api_pb2.ListServicesResponse(
-            services=[convert.service(r, tasks.get(r.name, [])) for r in records]
-        )
+        pending = {
+            p.service: p
+            for p in (
+                PendingRecord.from_json(kv.value) for kv in (await self.store.range(self.keys.pendings))[0]
+            )
+        }
+        services = []
+        for r in records:
+            out = convert.service(r, tasks.get(r.name, []))
+            if r.name in pending:
+                out.pending, out.pending_reason = pending[r.name].count, pending[r.name].reason
+            services.append(out)
+        return api_pb2.ListServicesResponse(services=services)
 
     @handle
     async def DeleteService(
@@ -108,13 +149,39 @@ class ShoalServicer(api_pb2_grpc.ShoalServicer):
         name = check_name(request.service, "service")
         await self.writer.read(name)
         tasks = (await self._tasks(name)).get(name, [])
-        return api_pb2.ListTasksResponse(tasks=[convert.task(t, s) for t, s in tasks])
+        out = api_pb2.ListTasksResponse(tasks=[convert.task(t, s) for t, s in tasks])
+        pending = await self._pending(name)
+        if pending is not None:
+            out.pending_slots.extend(pending.slots)
+            out.pending_nodes.extend(pending.nodes)
+            out.pending_reason = pending.reason
+        return out
 
     @handle
     async def ListNodes(
         self, request: api_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListNodesResponse:
         return await nodes.list_nodes(self.store, self.keys, self.members)
+
+    @handle
+    async def SetNodeAvailability(
+        self, request: api_pb2.SetNodeAvailabilityRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.UpdateNodeResponse:
+        node = check_node(request.node)
+        spec, labels, changed = await self.nodespecs.set_availability(node, request.availability)
+        return api_pb2.UpdateNodeResponse(
+            node=node, availability=spec.availability, labels=labels, changed=changed
+        )
+
+    @handle
+    async def LabelNode(
+        self, request: api_pb2.LabelNodeRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.UpdateNodeResponse:
+        node = check_node(request.node)
+        spec, labels, changed = await self.nodespecs.label(node, dict(request.set), list(request.remove))
+        return api_pb2.UpdateNodeResponse(
+            node=node, availability=spec.availability, labels=labels, changed=changed
+        )
 
     @handle_stream
     async def WatchMembers(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from node.domain import ServiceRecord
-from node.errors import Conflict, InvalidArgument, NotFound
+from node.domain import RolloutRecord, ServiceRecord
+from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.keys import Keys
 from node.spec import SpecError, parse_spec, spec_to_dict
 from node.store import Compare, Delete, Put, Store
@@ -91,11 +91,67 @@ class ServiceWriter:
                 return record
         raise Conflict(f"service '{name}' is being changed concurrently; try again")
 
+    async def history(self, name: str) -> tuple[ServiceRecord, list[ServiceRecord]]:
+        """The current record and every stored version, oldest first."""
+        current, _ = await self.read(name)
+        kvs, _ = await self.store.range(self.keys.history(name))
+        return current, sorted((ServiceRecord.from_json(kv.value) for kv in kvs), key=lambda r: r.version)
+
+    async def rollback(self, name: str) -> ServiceRecord:
+        """A new version with the spec the service ran before its current one.
+
+        "Before" is the `from_version` of the latest rollout when it went to the current
+        version, else the newest earlier version that differs in more than where and how
+        many replicas run. Its replica count stays the current one.
+        """
+        for _ in range(_ATTEMPTS):
+            current, mod = await self.read(name)
+            _, versions = await self.history(name)
+            target = await self._previous(current, versions)
+            spec = {**target.spec, "replicas": current.replicas}
+            record = ServiceRecord(
+                name,
+                current.version + 1,
+                spec,
+                time.time(),
+                f"{self.node} (rollback)",
+                rollback_of=current.version,
+            )
+            if await self._write(record, mod):
+                return record
+        raise Conflict(f"service '{name}' is being changed concurrently; try again")
+
+    async def _previous(self, current: ServiceRecord, versions: list[ServiceRecord]) -> ServiceRecord:
+        by_version = {r.version: r for r in versions}
+        kv = await self.store.get(self.keys.rollout(current.name))
+        if kv is not None:
+            rollout = RolloutRecord.from_json(kv.value)
+            if rollout.to_version == current.version and rollout.from_version in by_version:
+                return by_version[rollout.from_version]
+        for r in reversed(versions):
+            if r.version < current.version and _what(r.spec) != _what(current.spec):
+                return r
+        raise FailedPrecondition(
+            f"service '{current.name}' has no earlier version to roll back to "
+            "(`shoal service history` lists its versions)"
+        )
+
     async def remove(self, name: str) -> None:
         _, mod = await self.read(name)
         result = await self.store.txn(
             [Compare(self.keys.service(name), "mod", "==", mod)],
-            [Delete(self.keys.service(name)), Delete(self.keys.history(name), prefix=True)],
+            [
+                Delete(self.keys.service(name)),
+                Delete(self.keys.history(name), prefix=True),
+                Delete(self.keys.rollout(name)),
+                Delete(self.keys.binds(name), prefix=True),
+            ],
         )
         if not result.succeeded:
             raise Conflict(f"service '{name}' changed while being removed; try again")
+
+
+def _what(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a container is made from: the spec less where and how many replicas run
+    (the same fields the scheduler's template hash leaves out)."""
+    return {k: v for k, v in spec.items() if k not in ("replicas", "placement", "mode", "update")}

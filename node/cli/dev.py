@@ -3,6 +3,11 @@
 Foreground by default: Ctrl-C or SIGTERM stops every daemon, removes the cluster's
 containers and stops etcd. `--detach` runs the same supervisor in the background
 (pid in DIR/dev.pid, output in DIR/dev.log); `--stop` stops a detached one.
+
+The cluster is secured as any other (a CA, node certificates, an admin token): the
+admin's context file is `DIR/context.json`, and the CLI uses it with
+`SHOAL_CONTEXT_FILE=DIR/context.json` (`make demo` sets it). Only its location is
+printed, never the token.
 """
 
 from __future__ import annotations
@@ -24,10 +29,18 @@ DEFAULT_DIR = ".shoal-dev"
 
 def _usage(cluster: DevCluster) -> str:
     addrs = ", ".join(m.addr for m in cluster.members)
+    sim = (
+        f"  and {cluster.simulate} simulated node(s): SIMULATED in `shoal node ls`\n"
+        if cluster.simulate
+        else ""
+    )
     return (
         f"shoal dev: {cluster.nodes} node(s) up: {addrs}; etcd at {cluster.etcd.endpoint}\n"
+        f"{sim}"
         f"  logs and state: {cluster.data_dir}\n"
-        f"  try:  shoal node ls\n"
+        f"  admin credentials (CA, client certificate, token; mode 0600): {cluster.context_file}\n"
+        f"  try:  export SHOAL_CONTEXT_FILE={cluster.context_file}\n"
+        f"        shoal node ls\n"
         f"        shoal service apply -f deploy/examples/web.yaml\n"
         f"        shoal service ps web\n"
     )
@@ -43,8 +56,17 @@ def _usage(cluster: DevCluster) -> str:
 @click.option("--cluster", default="dev", show_default=True, help="name on the cluster's containers")
 @click.option("--detach", is_flag=True, help="run in the background and return when the cluster is up")
 @click.option("--stop", "stop_", is_flag=True, help="stop a cluster started with --detach")
+@click.option("--simulate", type=click.IntRange(0, 100_000), default=0, metavar="N",
+              help="also register N simulated nodes (8 cores, 32 GiB each; they run nothing)")  # fmt: skip
 def dev(
-    nodes: int, data_dir: Path, grpc_port: int, etcd_port: int, cluster: str, detach: bool, stop_: bool
+    nodes: int,
+    data_dir: Path,
+    grpc_port: int,
+    etcd_port: int,
+    cluster: str,
+    detach: bool,
+    stop_: bool,
+    simulate: int,
 ) -> None:
     """Run a local cluster: embedded etcd and N daemons, node i on 127.0.0.i."""
     pid_file = data_dir / "dev.pid"
@@ -56,7 +78,9 @@ def dev(
         raise click.ClickException(
             f"a dev cluster already runs from {data_dir} (pid {pid}); stop it: shoal dev --stop"
         )
-    c = DevCluster(data_dir, nodes=nodes, grpc_port=grpc_port, etcd_port=etcd_port, cluster=cluster)
+    c = DevCluster(
+        data_dir, nodes=nodes, grpc_port=grpc_port, etcd_port=etcd_port, cluster=cluster, simulate=simulate
+    )
     if detach:
         _detach(c, pid_file)
         return
@@ -94,6 +118,7 @@ def _detach(c: DevCluster, pid_file: Path) -> None:
     args = [
         sys.executable, "-m", "node.cli.main", "dev", "--nodes", str(c.nodes), "--data-dir", str(c.data_dir),
         "--grpc-port", str(c.grpc_port), "--etcd-port", str(c.etcd_port), "--cluster", c.cluster,
+        "--simulate", str(c.simulate),
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60

@@ -13,10 +13,12 @@ from typing import Any
 import click
 
 from node.cli import Settings
+from node.cli.cluster import cluster
 from node.cli.dev import dev
 from node.cli.events import events
 from node.cli.nodes import node, resolve
 from node.cli.service import service
+from node.cli.tokens import token
 from node.client import DEFAULT_ADDR, ShoalError
 from node.rpc import DEFAULT_DEADLINE
 
@@ -48,11 +50,9 @@ class ShoalGroup(click.Group):
 @click.option(
     "--addr",
     envvar="SHOAL_ADDR",
-    default=DEFAULT_ADDR,
-    show_default=True,
     show_envvar=True,
     metavar="HOST:PORT",
-    help="gRPC address of any shoal node.",
+    help=f"gRPC address of any shoal node [default: the context's endpoint, or {DEFAULT_ADDR}].",
 )
 @click.option(
     "--timeout",
@@ -62,14 +62,43 @@ class ShoalGroup(click.Group):
     metavar="SECONDS",
     help="Deadline of each call (not of `events --follow`).",
 )
+@click.option(
+    "--context",
+    "context_name",
+    envvar="SHOAL_CONTEXT",
+    metavar="NAME",
+    help="Which context of the context file (SHOAL_CONTEXT_FILE, ~/.config/shoal/context.json).",
+)
+@click.option(
+    "--token",
+    metavar="TOKEN",
+    help="Client token; prefer SHOAL_TOKEN or the context file: process arguments are visible to all.",
+)
+@click.option("--ca", metavar="FILE", help="Cluster CA certificate (PEM) [SHOAL_CA, or the context].")
+@click.option("--cert", metavar="FILE", help="Client certificate (PEM) [SHOAL_CERT, or the context].")
+@click.option(
+    "--key", metavar="FILE", help="Client certificate's key (PEM, 0600) [SHOAL_KEY, or the context]."
+)
 @click.version_option(package_name="shoal", prog_name="shoal")
 @click.pass_context
-def cli(ctx: click.Context, addr: str, timeout: float) -> None:
+def cli(
+    ctx: click.Context,
+    addr: str | None,
+    timeout: float,
+    context_name: str | None,
+    token: str | None,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+) -> None:
     """shoal: run containers as services on your own hosts.
 
-    Talks to any node of the cluster over gRPC; every node answers every command.
+    Talks to any node of the cluster over gRPC (mutual TLS and a token); every node
+    answers every command. Credentials come from the flags, SHOAL_TOKEN / SHOAL_CA /
+    SHOAL_CERT / SHOAL_KEY, or the context file that `shoal cluster init` and
+    `shoal dev` write.
     """
-    ctx.obj = Settings(addr=addr, timeout=timeout)
+    ctx.obj = Settings(addr, timeout, token, ca, cert, key, context_name)
 
 
 cli.add_command(service)
@@ -77,6 +106,8 @@ cli.add_command(node)
 cli.add_command(resolve)
 cli.add_command(events)
 cli.add_command(dev)
+cli.add_command(cluster)
+cli.add_command(token)
 
 
 def main() -> None:

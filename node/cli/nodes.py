@@ -34,24 +34,37 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.0f}h"
 
 
+def _cores(x: float) -> str:
+    return f"{x:.3f}".rstrip("0").rstrip(".")
+
+
+def _free(n: api_pb2.Node) -> str:
+    """Cores and memory not reserved by the node's tasks: what a new replica can have."""
+    cpu, memory = max(0.0, n.cpu - n.reserved_cpu), max(0, n.memory - n.reserved_memory)
+    return f"{_cores(cpu)} cpu, {human_bytes(memory)}"
+
+
 NODE_COLUMNS = [
     ("ID", lambda n: n.id),
     ("ADDRESS", _address),
     ("STATUS", lambda n: n.status),
+    ("AVAILABILITY", lambda n: n.availability or "-"),
     ("LEADER", lambda n: "*" if n.leader else ""),
     ("GOSSIP", lambda n: n.member_state or "-"),
     ("INCARNATION", lambda n: n.incarnation if n.member_state else "-"),
     ("SINCE", lambda n: _age(n.state_age) if n.member_state else "-"),
     ("TASKS", lambda n: n.tasks),
-    ("CPU", lambda n: f"{n.cpu:g}"),
-    ("MEMORY", lambda n: human_bytes(n.memory)),
+    ("CPU RESERVED/CAPACITY", lambda n: f"{_cores(n.reserved_cpu)}/{_cores(n.cpu)}"),
+    ("MEMORY RESERVED/CAPACITY", lambda n: f"{human_bytes(n.reserved_memory)}/{human_bytes(n.memory)}"),
+    ("FREE", _free),
     ("LABELS", lambda n: ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))),
+    ("SIMULATED", lambda n: "yes" if n.simulated else ""),
 ]
 
 
 @click.group()
 def node() -> None:
-    """Inspect the nodes (hosts) of the cluster."""
+    """Inspect the nodes (hosts) of the cluster; drain, pause, activate and label them."""
 
 
 @node.command("ls")
@@ -62,6 +75,10 @@ def node_ls(settings: Settings, fmt: str) -> None:
 
     STATUS is the cluster's verdict (down: dead to gossip, or its lease expired);
     GOSSIP, INCARNATION and SINCE are the answering node's own gossip view.
+    AVAILABILITY is the operator's (active, pause, drain); CPU and MEMORY show what the
+    node's tasks reserve of its capacity, FREE what a new replica can still have;
+    LABELS are what constraints see (its own, overlaid by `shoal node label`);
+    SIMULATED marks nodes of a simulation (`shoal dev --simulate`), which run nothing.
     """
     nodes = sorted(settings.client().list_nodes().nodes, key=lambda n: n.id)
     emit(nodes, node_dict, NODE_COLUMNS, fmt)
@@ -130,3 +147,67 @@ def resolve(settings: Settings, name: str, watch: bool, fmt: str) -> None:
             click.echo(json.dumps(resolve_dict(answer)))
             continue
         _show(answer, fmt)
+
+
+def _updated(result: api_pb2.UpdateNodeResponse, what: str) -> None:
+    labels = ",".join(f"{k}={v}" for k, v in sorted(result.labels.items())) or "-"
+    state = "" if result.changed else " (unchanged)"
+    click.echo(f"node {result.node}: {what}{state}; availability {result.availability}, labels {labels}")
+
+
+@node.command("drain")
+@click.argument("node_id", metavar="NODE")
+@pass_settings
+def node_drain(settings: Settings, node_id: str) -> None:
+    """Move NODE's tasks elsewhere and place nothing new on it.
+
+    Each replica moves as in a rolling update: its successor runs (and is healthy) on
+    another node before it is stopped. `shoal node activate` undoes it.
+    """
+    _updated(settings.client().set_node_availability(node_id, "drain"), "draining")
+
+
+@node.command("pause")
+@click.argument("node_id", metavar="NODE")
+@pass_settings
+def node_pause(settings: Settings, node_id: str) -> None:
+    """Keep NODE's tasks where they are, but place nothing new on it."""
+    _updated(settings.client().set_node_availability(node_id, "pause"), "paused")
+
+
+@node.command("activate")
+@click.argument("node_id", metavar="NODE")
+@pass_settings
+def node_activate(settings: Settings, node_id: str) -> None:
+    """Let NODE take new tasks again (after drain or pause); running tasks are not moved back."""
+    _updated(settings.client().set_node_availability(node_id, "active"), "active")
+
+
+def parse_label_changes(items: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """`key=value` sets, `key-` removes; anything else is a usage error."""
+    set_: dict[str, str] = {}
+    remove: list[str] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if sep:
+            set_[key] = value
+        elif item.endswith("-") and len(item) > 1:
+            remove.append(item[:-1])
+        else:
+            raise click.BadParameter(f"{item!r}: use key=value to set a label, key- to remove one")
+    return set_, remove
+
+
+@node.command("label")
+@click.argument("node_id", metavar="NODE")
+@click.argument("changes", nargs=-1, required=True, metavar="KEY=VALUE|KEY-...")
+@pass_settings
+def node_label(settings: Settings, node_id: str, changes: tuple[str, ...]) -> None:
+    """Set (key=value) or remove (key-) labels of NODE.
+
+    They overlay the node's own labels (from its config) and last until changed, across
+    restarts. Constraints see them at once: replicas that no longer satisfy their
+    service's constraints move, as on a drain.
+    """
+    set_, remove = parse_label_changes(changes)
+    _updated(settings.client().label_node(node_id, set_, remove), "labels changed")

@@ -55,6 +55,8 @@ def service_dict(s: api_pb2.Service) -> Row:
         "ports": [port_dict(p) for p in s.ports],
         "updated_at": iso(s.updated_at),
         "updated_by": s.updated_by,
+        "pending": s.pending,
+        "pending_reason": s.pending_reason,
     }
 
 
@@ -72,6 +74,12 @@ def task_dict(t: api_pb2.Task) -> Row:
         "exit_code": t.exit_code,
         "message": t.message,
         "updated_at": iso(t.updated_at),
+        "health": t.health,
+        "health_message": t.health_message,
+        "health_failures": t.health_failures,
+        "health_at": iso(t.health_at) if t.health_at else "",
+        "healthy_since": iso(t.healthy_since) if t.healthy_since else "",
+        "terminal": t.terminal,
     }
 
 
@@ -87,6 +95,8 @@ def service_detail(s: api_pb2.Service, tasks: Sequence[api_pb2.Task]) -> Row:
         "updated_at": iso(s.updated_at),
         "updated_by": s.updated_by,
         "replicas": {"desired": s.replicas, "running": s.running},
+        "pending": {"replicas": s.pending, "reason": s.pending_reason} if s.pending else None,
+        "rollout": rollout_dict(s.rollout) if s.HasField("rollout") else None,
         "proxy_errors": [
             {"node": p.node, "port": p.port, "error": p.error, "since": iso(p.since)} for p in s.proxy_errors
         ],
@@ -111,6 +121,13 @@ def node_dict(n: api_pb2.Node) -> Row:
         "member_state": n.member_state,
         "incarnation": n.incarnation,
         "state_age": round(n.state_age, 3),
+        "availability": n.availability,
+        "reserved_cpu": n.reserved_cpu,
+        "reserved_memory": n.reserved_memory,
+        "free_cpu": round(max(0.0, n.cpu - n.reserved_cpu), 3),
+        "free_memory": max(0, n.memory - n.reserved_memory),
+        "own_labels": dict(sorted(n.own_labels.items())),
+        "simulated": n.simulated,
     }
 
 
@@ -133,6 +150,33 @@ def endpoint_dict(e: api_pb2.Endpoint) -> Row:
         "address": e.address,
         "port": e.port,
         "container_port": e.container_port,
+    }
+
+
+def version_dict(v: api_pb2.ServiceVersion) -> Row:
+    return {
+        "version": v.version,
+        "image": v.image,
+        "updated_at": iso(v.updated_at),
+        "updated_by": v.updated_by,
+        "rollback_of": v.rollback_of,
+        "outcome": v.outcome,
+        "current": v.current,
+    }
+
+
+def rollout_dict(r: api_pb2.Rollout) -> Row:
+    return {
+        "state": r.state,
+        "from_version": r.from_version,
+        "to_version": r.to_version,
+        "rollback_of": r.rollback_of,
+        "updated": f"{r.updated}/{r.total}",
+        "updating_slots": list(r.batch),
+        "failed_slots": list(r.failed),
+        "message": r.message,
+        "started_at": iso(r.started_at),
+        "updated_at": iso(r.updated_at),
     }
 
 

@@ -1,8 +1,9 @@
-"""`shoal service …`: apply, ls, inspect, ps, scale, rm."""
+"""`shoal service …`: apply, ls, inspect, ps, scale, rm, rollback, history."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -10,12 +11,15 @@ from node.cli import Settings, pass_settings
 from node.cli.output import (
     emit,
     emit_data,
+    iso,
     output_option,
     ports_text,
     service_detail,
     service_dict,
     task_dict,
+    version_dict,
 )
+from node.cli.rollout import follow
 from node.client import ShoalError
 from node.pb import api_pb2
 
@@ -38,26 +42,79 @@ def service() -> None:
     """Create, inspect, scale and remove services."""
 
 
+def _follow_options(f: Callable[..., None]) -> Callable[..., None]:
+    f = click.option("--detach", "-d", is_flag=True, help="Return at once; do not follow the rollout.")(f)
+    return click.option(
+        "--wait",
+        type=click.FloatRange(min=1),
+        default=600,
+        show_default=True,
+        metavar="SECONDS",
+        help="Follow the rollout at most this long.",
+    )(f)
+
+
 @service.command("apply")
 @click.option(
     "-f", "--file", "path", required=True, metavar="FILE", help="Spec file (YAML or JSON); - for stdin."
 )
+@_follow_options
 @pass_settings
-def apply_cmd(settings: Settings, path: str) -> None:
-    """Create a service or update it to a new spec version."""
+def apply_cmd(settings: Settings, path: str, detach: bool, wait: float) -> None:
+    """Create a service or update it to a new spec version.
+
+    Then follow the rollout until the new version runs everywhere (exit 0), or it fails,
+    pauses or is rolled back (exit 1); --detach returns at once.
+    """
     text, source = read_spec(path)
-    result = settings.client().apply(text, source=source)
+    client = settings.client()
+    result = client.apply(text, source=source)
     if result.changed:
         click.echo(f"service {result.name}: version {result.version} applied")
     else:
         click.echo(f"service {result.name}: unchanged (version {result.version})")
+    if result.changed and not detach:
+        sys.exit(follow(client, result.name, result.version, wait))
+
+
+@service.command("rollback")
+@click.argument("name")
+@_follow_options
+@pass_settings
+def rollback_cmd(settings: Settings, name: str, detach: bool, wait: float) -> None:
+    """Go back to the version before the current one, rolled out like an update."""
+    client = settings.client()
+    result = client.rollback(name)
+    click.echo(f"service {result.name}: version {result.version} applied (a rollback)")
+    if not detach:
+        sys.exit(follow(client, result.name, result.version, wait))
+
+
+HISTORY_COLUMNS = [
+    ("VERSION", lambda v: f"{v.version}{' *' if v.current else ''}"),
+    ("IMAGE", lambda v: v.image),
+    ("WHEN", lambda v: iso(v.updated_at)),
+    ("BY", lambda v: v.updated_by),
+    ("ROLLS BACK", lambda v: v.rollback_of or ""),
+    ("OUTCOME", lambda v: v.outcome or "-"),
+]
+
+
+@service.command("history")
+@click.argument("name")
+@output_option()
+@pass_settings
+def history_cmd(settings: Settings, name: str, fmt: str) -> None:
+    """Every version of a service: when, by whom, how its rollout ended (* current)."""
+    versions = list(settings.client().history(name).versions)
+    emit(versions, version_dict, HISTORY_COLUMNS, fmt)
 
 
 SERVICE_COLUMNS = [
     ("NAME", lambda s: s.name),
     ("VERSION", lambda s: s.version),
     ("IMAGE", lambda s: s.image),
-    ("REPLICAS", lambda s: f"{s.running}/{s.replicas}"),
+    ("REPLICAS", lambda s: f"{s.running}/{s.replicas}" + (f" ({s.pending} pending)" if s.pending else "")),
     ("PORTS", lambda s: ports_text(s.ports)),
 ]
 
@@ -92,11 +149,28 @@ TASK_COLUMNS = [
     ("NODE", lambda t: t.node),
     ("DESIRED", lambda t: t.desired),
     ("STATE", lambda t: t.state),
+    ("HEALTH", lambda t: _health(t)),
     ("CONTAINER", lambda t: _short(t.container_id)),
     ("ENDPOINT", lambda t: t.endpoint),
     ("RESTARTS", lambda t: t.restarts),
-    ("MESSAGE", lambda t: " ".join(t.message.split())),
+    ("EXIT", lambda t: t.exit_code if t.restarts or t.state in ("exited", "failed") else ""),
+    ("MESSAGE", lambda t: _task_message(t)),
 ]
+
+
+def _health(t: api_pb2.Task) -> str:
+    """ "-" without a check; "unhealthy (4 failed)"; "healthy"; "starting"."""
+    if not t.health:
+        return "-"
+    if t.health_failures and t.health != "healthy":
+        return f"{t.health} ({t.health_failures} failed)"
+    return t.health
+
+
+def _task_message(t: api_pb2.Task) -> str:
+    """The task's message, else the last check's result while the check does not pass."""
+    text = t.message or (t.health_message if t.health in ("starting", "unhealthy") else "")
+    return " ".join(text.split())
 
 
 @service.command("ps")
@@ -104,9 +178,29 @@ TASK_COLUMNS = [
 @output_option()
 @pass_settings
 def ps_cmd(settings: Settings, name: str, fmt: str) -> None:
-    """List the tasks of a service: where each slot runs and in what state."""
-    tasks: list[api_pb2.Task] = sorted(settings.client().list_tasks(name), key=lambda t: t.slot)
+    """List the tasks of a service: where each slot runs and in what state.
+
+    A slot the scheduler found no node for shows as pending, with the reason (e.g.
+    "0/3 nodes available: 3 lack memory (need 2.0 GiB, most free 1.5 GiB)").
+    """
+    answer = settings.client().tasks(name)
+    tasks = sorted([*answer.tasks, *pending_rows(name, answer)], key=lambda t: t.slot)
     emit(tasks, task_dict, TASK_COLUMNS, fmt)
+    waiting = len(answer.pending_slots) + len(answer.pending_nodes)
+    if fmt == "table" and waiting:
+        click.echo(f"\n{waiting} replica(s) pending: {answer.pending_reason}")
+
+
+def pending_rows(service: str, answer: api_pb2.ListTasksResponse) -> list[api_pb2.Task]:
+    """A row for each pending slot that has no task yet (a slot whose task waits to move
+    keeps its row: that task still runs)."""
+    have = {t.slot for t in answer.tasks}
+    reason = f"no node: {answer.pending_reason}"
+    return [
+        api_pb2.Task(service=service, slot=slot, desired="running", state="pending", message=reason)
+        for slot in answer.pending_slots
+        if slot not in have
+    ]
 
 
 @service.command("scale")

@@ -41,7 +41,7 @@ class Port(_message.Message):
     def __init__(self, container: _Optional[int] = ..., published: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "version", "image", "replicas", "running", "ports", "spec_json", "updated_at", "updated_by", "proxy_errors")
+    __slots__ = ("name", "version", "image", "replicas", "running", "ports", "spec_json", "updated_at", "updated_by", "proxy_errors", "rollout", "rollback_of", "pending", "pending_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,10 @@ class Service(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
     PROXY_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_OF_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    PENDING_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     image: str
@@ -62,7 +66,75 @@ class Service(_message.Message):
     updated_at: float
     updated_by: str
     proxy_errors: _containers.RepeatedCompositeFieldContainer[ProxyError]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., spec_json: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., proxy_errors: _Optional[_Iterable[_Union[ProxyError, _Mapping]]] = ...) -> None: ...
+    rollout: Rollout
+    rollback_of: int
+    pending: int
+    pending_reason: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., spec_json: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., proxy_errors: _Optional[_Iterable[_Union[ProxyError, _Mapping]]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ..., rollback_of: _Optional[int] = ..., pending: _Optional[int] = ..., pending_reason: _Optional[str] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("state", "from_version", "to_version", "rollback_of", "updated", "total", "batch", "failed", "message", "started_at", "updated_at")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_OF_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    from_version: int
+    to_version: int
+    rollback_of: int
+    updated: int
+    total: int
+    batch: _containers.RepeatedScalarFieldContainer[int]
+    failed: _containers.RepeatedScalarFieldContainer[int]
+    message: str
+    started_at: float
+    updated_at: float
+    def __init__(self, state: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., rollback_of: _Optional[int] = ..., updated: _Optional[int] = ..., total: _Optional[int] = ..., batch: _Optional[_Iterable[int]] = ..., failed: _Optional[_Iterable[int]] = ..., message: _Optional[str] = ..., started_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+
+class RollbackServiceRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ServiceHistoryRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ServiceVersion(_message.Message):
+    __slots__ = ("version", "image", "updated_at", "updated_by", "rollback_of", "outcome", "current")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_OF_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    image: str
+    updated_at: float
+    updated_by: str
+    rollback_of: int
+    outcome: str
+    current: bool
+    def __init__(self, version: _Optional[int] = ..., image: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., rollback_of: _Optional[int] = ..., outcome: _Optional[str] = ..., current: _Optional[bool] = ...) -> None: ...
+
+class ServiceHistoryResponse(_message.Message):
+    __slots__ = ("name", "versions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    versions: _containers.RepeatedCompositeFieldContainer[ServiceVersion]
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ServiceVersion, _Mapping]]] = ...) -> None: ...
 
 class ProxyError(_message.Message):
     __slots__ = ("node", "port", "error", "since")
@@ -123,7 +195,7 @@ class ListTasksRequest(_message.Message):
     def __init__(self, service: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("service", "slot", "task_id", "node", "desired", "state", "container_id", "endpoint", "version", "epoch", "restarts", "exit_code", "message", "updated_at")
+    __slots__ = ("service", "slot", "task_id", "node", "desired", "state", "container_id", "endpoint", "version", "epoch", "restarts", "exit_code", "message", "updated_at", "health", "health_message", "health_failures", "health_at", "healthy_since", "terminal")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +210,12 @@ class Task(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_AT_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_SINCE_FIELD_NUMBER: _ClassVar[int]
+    TERMINAL_FIELD_NUMBER: _ClassVar[int]
     service: str
     slot: int
     task_id: str
@@ -152,21 +230,40 @@ class Task(_message.Message):
     exit_code: int
     message: str
     updated_at: float
-    def __init__(self, service: _Optional[str] = ..., slot: _Optional[int] = ..., task_id: _Optional[str] = ..., node: _Optional[str] = ..., desired: _Optional[str] = ..., state: _Optional[str] = ..., container_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., version: _Optional[int] = ..., epoch: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., updated_at: _Optional[float] = ...) -> None: ...
+    health: str
+    health_message: str
+    health_failures: int
+    health_at: float
+    healthy_since: float
+    terminal: bool
+    def __init__(self, service: _Optional[str] = ..., slot: _Optional[int] = ..., task_id: _Optional[str] = ..., node: _Optional[str] = ..., desired: _Optional[str] = ..., state: _Optional[str] = ..., container_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., version: _Optional[int] = ..., epoch: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., updated_at: _Optional[float] = ..., health: _Optional[str] = ..., health_message: _Optional[str] = ..., health_failures: _Optional[int] = ..., health_at: _Optional[float] = ..., healthy_since: _Optional[float] = ..., terminal: _Optional[bool] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "pending_slots", "pending_nodes", "pending_reason")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_NODES_FIELD_NUMBER: _ClassVar[int]
+    PENDING_REASON_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ...) -> None: ...
+    pending_slots: _containers.RepeatedScalarFieldContainer[int]
+    pending_nodes: _containers.RepeatedScalarFieldContainer[str]
+    pending_reason: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., pending_slots: _Optional[_Iterable[int]] = ..., pending_nodes: _Optional[_Iterable[str]] = ..., pending_reason: _Optional[str] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "address", "grpc_port", "status", "leader", "labels", "cpu", "memory", "version", "tasks", "started_at", "member_state", "incarnation", "state_age")
+    __slots__ = ("id", "address", "grpc_port", "status", "leader", "labels", "cpu", "memory", "version", "tasks", "started_at", "member_state", "incarnation", "state_age", "availability", "reserved_cpu", "reserved_memory", "simulated", "own_labels")
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class OwnLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +284,11 @@ class Node(_message.Message):
     MEMBER_STATE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     STATE_AGE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_CPU_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_FIELD_NUMBER: _ClassVar[int]
+    OWN_LABELS_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     grpc_port: int
@@ -201,7 +303,12 @@ class Node(_message.Message):
     member_state: str
     incarnation: int
     state_age: float
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., grpc_port: _Optional[int] = ..., status: _Optional[str] = ..., leader: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., version: _Optional[str] = ..., tasks: _Optional[int] = ..., started_at: _Optional[float] = ..., member_state: _Optional[str] = ..., incarnation: _Optional[int] = ..., state_age: _Optional[float] = ...) -> None: ...
+    availability: str
+    reserved_cpu: float
+    reserved_memory: int
+    simulated: bool
+    own_labels: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., grpc_port: _Optional[int] = ..., status: _Optional[str] = ..., leader: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., version: _Optional[str] = ..., tasks: _Optional[int] = ..., started_at: _Optional[float] = ..., member_state: _Optional[str] = ..., incarnation: _Optional[int] = ..., state_age: _Optional[float] = ..., availability: _Optional[str] = ..., reserved_cpu: _Optional[float] = ..., reserved_memory: _Optional[int] = ..., simulated: _Optional[bool] = ..., own_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes", "epoch")
@@ -302,3 +409,123 @@ class Event(_message.Message):
     message: str
     cause: str
     def __init__(self, time: _Optional[float] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., service: _Optional[str] = ..., task: _Optional[str] = ..., message: _Optional[str] = ..., cause: _Optional[str] = ...) -> None: ...
+
+class TokenInfo(_message.Message):
+    __slots__ = ("id", "role", "description", "created", "expires", "revoked")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    role: str
+    description: str
+    created: str
+    expires: str
+    revoked: str
+    def __init__(self, id: _Optional[str] = ..., role: _Optional[str] = ..., description: _Optional[str] = ..., created: _Optional[str] = ..., expires: _Optional[str] = ..., revoked: _Optional[str] = ...) -> None: ...
+
+class CreateTokenRequest(_message.Message):
+    __slots__ = ("role", "description", "expires_in", "csr")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    description: str
+    expires_in: int
+    csr: bytes
+    def __init__(self, role: _Optional[str] = ..., description: _Optional[str] = ..., expires_in: _Optional[int] = ..., csr: _Optional[bytes] = ...) -> None: ...
+
+class CreateTokenResponse(_message.Message):
+    __slots__ = ("token", "info", "client_certificate", "ca_certificate")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    info: TokenInfo
+    client_certificate: bytes
+    ca_certificate: bytes
+    def __init__(self, token: _Optional[str] = ..., info: _Optional[_Union[TokenInfo, _Mapping]] = ..., client_certificate: _Optional[bytes] = ..., ca_certificate: _Optional[bytes] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class RevokeTokenResponse(_message.Message):
+    __slots__ = ("info",)
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    info: TokenInfo
+    def __init__(self, info: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...
+
+class RotateJoinTokenRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetJoinTokenRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JoinTokenResponse(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class SetNodeAvailabilityRequest(_message.Message):
+    __slots__ = ("node", "availability")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    availability: str
+    def __init__(self, node: _Optional[str] = ..., availability: _Optional[str] = ...) -> None: ...
+
+class LabelNodeRequest(_message.Message):
+    __slots__ = ("node", "set", "remove")
+    class SetEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    set: _containers.ScalarMap[str, str]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[str] = ..., set: _Optional[_Mapping[str, str]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpdateNodeResponse(_message.Message):
+    __slots__ = ("node", "availability", "labels", "changed")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    availability: str
+    labels: _containers.ScalarMap[str, str]
+    changed: bool
+    def __init__(self, node: _Optional[str] = ..., availability: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., changed: _Optional[bool] = ...) -> None: ...

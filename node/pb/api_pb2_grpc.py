@@ -64,6 +64,16 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.RollbackService = channel.unary_unary(
+                '/shoal.v1.Shoal/RollbackService',
+                request_serializer=shoal_dot_v1_dot_api__pb2.RollbackServiceRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.ApplyServiceResponse.FromString,
+                _registered_method=True)
+        self.ServiceHistory = channel.unary_unary(
+                '/shoal.v1.Shoal/ServiceHistory',
+                request_serializer=shoal_dot_v1_dot_api__pb2.ServiceHistoryRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.ServiceHistoryResponse.FromString,
+                _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/shoal.v1.Shoal/ListNodes',
                 request_serializer=shoal_dot_v1_dot_api__pb2.ListNodesRequest.SerializeToString,
@@ -88,6 +98,41 @@ class ShoalStub:
                 '/shoal.v1.Shoal/WatchMembers',
                 request_serializer=shoal_dot_v1_dot_api__pb2.WatchMembersRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.Member.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/shoal.v1.Shoal/CreateToken',
+                request_serializer=shoal_dot_v1_dot_api__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/shoal.v1.Shoal/ListTokens',
+                request_serializer=shoal_dot_v1_dot_api__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/shoal.v1.Shoal/RevokeToken',
+                request_serializer=shoal_dot_v1_dot_api__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+        self.RotateJoinToken = channel.unary_unary(
+                '/shoal.v1.Shoal/RotateJoinToken',
+                request_serializer=shoal_dot_v1_dot_api__pb2.RotateJoinTokenRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.JoinTokenResponse.FromString,
+                _registered_method=True)
+        self.GetJoinToken = channel.unary_unary(
+                '/shoal.v1.Shoal/GetJoinToken',
+                request_serializer=shoal_dot_v1_dot_api__pb2.GetJoinTokenRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.JoinTokenResponse.FromString,
+                _registered_method=True)
+        self.SetNodeAvailability = channel.unary_unary(
+                '/shoal.v1.Shoal/SetNodeAvailability',
+                request_serializer=shoal_dot_v1_dot_api__pb2.SetNodeAvailabilityRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.FromString,
+                _registered_method=True)
+        self.LabelNode = channel.unary_unary(
+                '/shoal.v1.Shoal/LabelNode',
+                request_serializer=shoal_dot_v1_dot_api__pb2.LabelNodeRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.FromString,
                 _registered_method=True)
 
 
@@ -132,6 +177,21 @@ class ShoalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RollbackService(self, request, context):
+        """Go back to the version before the current one (a new version with that spec,
+        rolled out like any update). FAILED_PRECONDITION when there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ServiceHistory(self, request, context):
+        """Every stored version of a service: when, by whom, and how its rollout ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListNodes(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -162,6 +222,60 @@ class ShoalServicer:
 
     def WatchMembers(self, request, context):
         """This node's gossip view of the members: the current states first, then every change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """Security (admin only). A client token: shown once in the answer, stored hashed.
+        With a CSR, a client certificate for its key comes with it (every connection
+        needs one); the CLI writes both into a context file for the token's user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """A revoked token fails every later call (UNAUTHENTICATED); its record is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateJoinToken(self, request, context):
+        """A new join token; the old one no longer admits anyone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJoinToken(self, request, context):
+        """The current join token, to add a host.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetNodeAvailability(self, request, context):
+        """What an operator sets on a node (admin only), kept in `nodespec/<node>` across the
+        node's restarts. availability: "active" takes new tasks; "pause" keeps its tasks and
+        takes no new ones; "drain" takes none and its tasks move (each new replica ready
+        before the old one stops). NOT_FOUND for a node the cluster does not know.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LabelNode(self, request, context):
+        """Set or remove operator labels of a node; they overlay the node's own (config) labels
+        and constraints see the result at once. INVALID_ARGUMENT names a bad key or value.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,6 +314,16 @@ def add_ShoalServicer_to_server(servicer, server):
                     request_deserializer=shoal_dot_v1_dot_api__pb2.ListTasksRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.ListTasksResponse.SerializeToString,
             ),
+            'RollbackService': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackService,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.RollbackServiceRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.ApplyServiceResponse.SerializeToString,
+            ),
+            'ServiceHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ServiceHistory,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.ServiceHistoryRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.ServiceHistoryResponse.SerializeToString,
+            ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.ListNodesRequest.FromString,
@@ -224,6 +348,41 @@ def add_ShoalServicer_to_server(servicer, server):
                     servicer.WatchMembers,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.WatchMembersRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.Member.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.CreateTokenRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.ListTokensRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'RotateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateJoinToken,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.RotateJoinTokenRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.JoinTokenResponse.SerializeToString,
+            ),
+            'GetJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJoinToken,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.GetJoinTokenRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.JoinTokenResponse.SerializeToString,
+            ),
+            'SetNodeAvailability': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNodeAvailability,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.SetNodeAvailabilityRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.SerializeToString,
+            ),
+            'LabelNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.LabelNode,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.LabelNodeRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -399,6 +558,60 @@ class Shoal:
             _registered_method=True)
 
     @staticmethod
+    def RollbackService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/RollbackService',
+            shoal_dot_v1_dot_api__pb2.RollbackServiceRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.ApplyServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServiceHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/ServiceHistory',
+            shoal_dot_v1_dot_api__pb2.ServiceHistoryRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.ServiceHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListNodes(request,
             target,
             options=(),
@@ -523,6 +736,195 @@ class Shoal:
             '/shoal.v1.Shoal/WatchMembers',
             shoal_dot_v1_dot_api__pb2.WatchMembersRequest.SerializeToString,
             shoal_dot_v1_dot_api__pb2.Member.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/CreateToken',
+            shoal_dot_v1_dot_api__pb2.CreateTokenRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/ListTokens',
+            shoal_dot_v1_dot_api__pb2.ListTokensRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/RevokeToken',
+            shoal_dot_v1_dot_api__pb2.RevokeTokenRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/RotateJoinToken',
+            shoal_dot_v1_dot_api__pb2.RotateJoinTokenRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.JoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/GetJoinToken',
+            shoal_dot_v1_dot_api__pb2.GetJoinTokenRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.JoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetNodeAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/SetNodeAvailability',
+            shoal_dot_v1_dot_api__pb2.SetNodeAvailabilityRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LabelNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/LabelNode',
+            shoal_dot_v1_dot_api__pb2.LabelNodeRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,3 +57,25 @@ class PingReqRequest(_message.Message):
     target_address: str
     updates: _containers.RepeatedCompositeFieldContainer[MemberUpdate]
     def __init__(self, from_node: _Optional[str] = ..., seq: _Optional[int] = ..., target_node: _Optional[str] = ..., target_address: _Optional[str] = ..., updates: _Optional[_Iterable[_Union[MemberUpdate, _Mapping]]] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("csr", "addresses", "dns_names")
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    DNS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    csr: bytes
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    dns_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, csr: _Optional[bytes] = ..., addresses: _Optional[_Iterable[str]] = ..., dns_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JoinResponse(_message.Message):
+    __slots__ = ("certificate", "ca_certificate", "ca_passphrase", "member")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CA_PASSPHRASE_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    certificate: bytes
+    ca_certificate: bytes
+    ca_passphrase: bytes
+    member: str
+    def __init__(self, certificate: _Optional[bytes] = ..., ca_certificate: _Optional[bytes] = ..., ca_passphrase: _Optional[bytes] = ..., member: _Optional[str] = ...) -> None: ...

@@ -44,6 +44,11 @@ class PeerStub:
                 request_serializer=shoal_dot_v1_dot_peer__pb2.PingReqRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_peer__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/shoal.v1.Peer/Join',
+                request_serializer=shoal_dot_v1_dot_peer__pb2.JoinRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_peer__pb2.JoinResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -64,6 +69,15 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Join(self, request, context):
+        """A new host joins the cluster: it calls with the join certificate of the current
+        join token (nothing else is admitted here) and a CSR for its own key, and gets its
+        node certificate signed by the cluster CA. See node/security/bootstrap.py.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +90,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.PingReq,
                     request_deserializer=shoal_dot_v1_dot_peer__pb2.PingReqRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_peer__pb2.PingResponse.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=shoal_dot_v1_dot_peer__pb2.JoinRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_peer__pb2.JoinResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +151,33 @@ class Peer:
             '/shoal.v1.Peer/PingReq',
             shoal_dot_v1_dot_peer__pb2.PingReqRequest.SerializeToString,
             shoal_dot_v1_dot_peer__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Peer/Join',
+            shoal_dot_v1_dot_peer__pb2.JoinRequest.SerializeToString,
+            shoal_dot_v1_dot_peer__pb2.JoinResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,39 +6,51 @@ request, stream the response back, return the backend connection to the pool. So
 client holding one keep-alive connection is still spread over every replica.
 
 Parsing is llhttp's (`httptools`); the protocols are in `node.proxy.http_conn`. As in
-the L4 engine each side is an `asyncio.Protocol` whose callbacks write straight into
-the other side's transport: no task per request (only to open a backend connection).
+the L4 engine each side is an `asyncio.Protocol` whose callbacks write into the other
+side's transport: no task and no timer per request (a task only to open a backend
+connection). Writes are queued while the reads of one loop iteration are handled and
+made right after them, one per read.
 
 Guarantees:
-- round robin per request; every outcome is reported to the balancer (a response head
-  is a success; a failed connect, a close before answering, a timeout are failures);
+- round robin per request, whatever the client connection: `balancer.pick` for each;
+  every failure is reported to the balancer (a failed connect, a close before the
+  response head, a timeout) and so is the first success after one (a success on a
+  record without failures changes nothing: the proxy is its balancer's only user);
 - keep-alive both ways. Backend connections are pooled per backend (at most
-  `POOL_SIZE` idle each, closed after `POOL_IDLE` seconds idle); a pooled connection
-  the backend had closed is never an error: a request it failed before any response
-  byte is sent again on a new connection if it is idempotent or sent no body yet;
-- headers: hop-by-hop ones (Connection and those it names, Keep-Alive,
-  Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade) are dropped;
+  `POOL_SIZE` idle each, the last used first, closed after `POOL_IDLE` s idle); a
+  pooled connection the backend had closed is not an error: a request it failed before
+  any response byte is sent again on a new connection to the same backend if it is
+  idempotent or none of its body was sent yet;
+- headers: hop-by-hop ones (Connection and the headers it names, Keep-Alive,
+  Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade) are not forwarded;
   `X-Forwarded-For` gets the client address appended, `X-Forwarded-Proto` is set to
-  `scheme`. Bodies keep their Content-Length or are re-chunked (a response read until
-  the backend closes is chunked to an HTTP/1.1 client, so its connection stays open);
-  trailers are dropped; Upgrade and CONNECT are not supported (a request asking for an
-  upgrade is forwarded as a plain request);
+  `scheme`. A body keeps its Content-Length, or goes chunked (re-encoded) to a peer
+  that stays connected; a response read until the backend closes is chunked to an
+  HTTP/1.1 client, so its connection stays open. Trailers are dropped. No Upgrade (a
+  request asking for one is forwarded as a plain request) and no CONNECT (400);
 - bodies are streamed, never held whole: above `HIGH_WATER` bytes in one transport's
   write buffer the other side stops reading until it is under `LOW_WATER`. A request
-  body arriving before its backend connection is ready is held (one read), then reading
+  body read before its backend connection is ready is held (one read), then reading
   stops; pipelined requests are served one after the other, reading paused meanwhile;
-- retries: a refused or timed-out connect goes to the next backend, an idempotent
-  request (GET, HEAD) whose backend closed without answering is sent once more to
-  another, as `RetryPolicy` allows; only requests of at most `REPLAY_LIMIT` bytes;
-- errors of the proxy's own, with a short text body naming the service: 503 at once
-  when no backend is left to try (none in the set, or every connect failed), 502 when a
-  backend failed to answer, 504 when it sent no response head within `response_timeout`
-  seconds of the request being sent whole; 400 (then close) for a malformed request;
-- `Connection: close` and HTTP/1.0 (unless it asks for keep-alive) close the client
-  connection after the response;
+- retries (`RetryPolicy`): a refused or timed-out connect goes to the next backend; an
+  idempotent request (GET, HEAD) whose backend closed without answering goes once more
+  to another; only a request whose body is at most `REPLAY_LIMIT` bytes is sent again;
+- errors of the proxy's own, with a one-line text body naming the service: 503 at
+  once when no backend is left to try (none in the set, or every connect failed), 502
+  when a backend failed to answer, 504 when it sent no response head within
+  `response_timeout` seconds of the request being sent whole (checked every `SWEEP` s);
+  400, then close, for a malformed request. A failure after the response head was
+  forwarded can only cut the client connection;
+- `Connection: close`, and HTTP/1.0 unless it asks for keep-alive, close the client
+  connection after the response (`Connection: close` is then sent);
 - `close()` stops listening, closes idle client connections at once, lets requests in
   flight finish for up to `drain_timeout` seconds, then aborts what is left;
   `drain(backends)` gives requests to backends that left the set the same grace.
+
+- a client connection with no request being served for `CLIENT_IDLE` seconds (idle
+  keep-alive, or a head coming too slowly) is closed.
+
+Not done: a timeout on a request body sent slowly; HTTP/2; WebSocket.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ from typing import cast
 
 from node.proxy.balancer import Backend, Balancer, RetryPolicy
 from node.proxy.http_conn import (
+    CLIENT_IDLE,
     HIGH_WATER,
     LOW_WATER,
     POOL_IDLE,
@@ -61,7 +74,7 @@ from node.proxy.http_conn import (
 )
 from node.proxy.stats import ProxyStats
 
-__all__ = ["HIGH_WATER", "LOW_WATER", "POOL_IDLE", "POOL_SIZE", "REPLAY_LIMIT", "HttpProxy"]
+__all__ = ["CLIENT_IDLE", "HIGH_WATER", "LOW_WATER", "POOL_IDLE", "POOL_SIZE", "REPLAY_LIMIT", "HttpProxy"]
 
 SWEEP = 0.25
 """Seconds between checks of response timeouts and idle pooled connections."""
@@ -102,6 +115,7 @@ class HttpProxy:
         self._failing: set[str] = set()  # keys of backends with failures since their last success
         self._gone: set[Backend] = set()  # drained recently: their connections are not pooled
         self._closing = False
+        self._pending: list[tuple[asyncio.Transport, bytes | None]] = []  # see _send
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -127,7 +141,7 @@ class HttpProxy:
         self._idle.clear()
         self.stats.active += 1
         if self._closing:
-            client.transport.close()
+            client.shut()
 
     def _finished(self, client: _Client) -> None:
         if client in self._clients:
@@ -135,6 +149,28 @@ class HttpProxy:
             self.stats.active -= 1
             if not self._clients:
                 self._idle.set()
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _send(self, transport: asyncio.Transport, data: bytes | None) -> None:
+        """Write `data` once every read of this loop iteration is handled: all the reads,
+        then all the writes, so each write wakes its reader once per batch (this costs
+        less CPU per request than writing at once, by fewer preemptions and cache misses).
+        `data` None closes the transport (once what is queued before is written)."""
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append((transport, data))
+
+    def _flush(self) -> None:
+        """Make the writes `_send` queued, in order."""
+        pending, self._pending = self._pending, []
+        for transport, data in pending:
+            if transport.is_closing():
+                continue
+            if data is None:
+                transport.close()
+            else:
+                transport.write(data)
 
     # -- outcomes --------------------------------------------------------------------------
 
@@ -173,12 +209,15 @@ class HttpProxy:
                 idle.remove(up)
 
     def _sweep(self) -> None:
-        """Answer 504 for responses overdue; close connections idle in the pool too long."""
+        """Answer 504 for responses overdue; close connections idle too long."""
         now = _now()
-        late = now - self.response_timeout
+        late, idle_since = now - self.response_timeout, now - CLIENT_IDLE
         for client in list(self._clients):
             r, up = client.cur, client.up
-            if r is not None and up is not None and r.complete and not up.head_done and r.t_wait < late:
+            if r is None:
+                if client.idle_since < idle_since and not client.lost:
+                    client.shut()
+            elif up is not None and r.complete and not up.head_done and r.t_wait < late:
                 client.timed_out(up)
         stale = now - POOL_IDLE
         for key, idle in list(self._pool.items()):
@@ -195,7 +234,7 @@ class HttpProxy:
     def buffered(self) -> int:
         """Bytes held by the proxy for its connections: write buffers and bodies read
         ahead of their backend connection (for tests and metrics)."""
-        total = 0
+        total = sum(len(data) for _, data in self._pending if data is not None)
         for client in self._clients:
             if not client.lost:
                 total += client.transport.get_write_buffer_size()
@@ -250,13 +289,13 @@ class HttpProxy:
         self._pool.clear()
         for client in list(self._clients):
             if client.idle():
-                client.transport.close()
+                client.shut()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.drain_timeout)
         for client in list(self._clients):
             if client.task is not None:
                 client.task.cancel()
-            client.transport.abort()
+            client.shut(abort=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), 1.0)
         if self._sweeper is not None:

@@ -3,13 +3,15 @@ backend connection, and the heads written between them.
 
 `_Client` parses requests with llhttp (`httptools.HttpRequestParser`), `_Upstream`
 parses responses (`HttpResponseParser`); both are `asyncio.Protocol`s whose callbacks
-write straight into the other side's transport. Heads are rebuilt as their headers
+write into the other side's transport (through `HttpProxy._send`, which makes the
+writes of a loop iteration after all its reads). Heads are rebuilt as their headers
 arrive (hop-by-hop ones dropped, `X-Forwarded-*` added, framing re-declared); bodies
 are forwarded as they arrive, re-chunked when the framing changes. `HttpProxy` owns the
-listener, the pool of idle backend connections and the timers.
+listener, the pool of idle backend connections, the write queue and the timers.
 
-The hot path (a keep-alive request with a pooled backend connection) is written for
-speed: no task, no timer, one write per read, few calls; some helpers are inlined there.
+The hot path (a keep-alive request on a pooled backend connection) is written for
+speed: no task, no timer, one write per read, few calls (some helpers are inlined
+there, said where), no reference cycle left behind a closed connection.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ POOL_SIZE = 64
 """Idle connections kept per backend."""
 POOL_IDLE = 4.0
 """Seconds an idle backend connection is kept (under the 5 s keep-alive of many app servers)."""
+CLIENT_IDLE = 60.0
+"""Seconds a client connection may stay without a request being served (idle keep-alive,
+or a head coming too slowly) before it is closed."""
 
 _now = time.monotonic
 
@@ -220,8 +225,8 @@ class _Client(asyncio.Protocol):
     """One client connection: its requests are served one at a time, in order."""
 
     __slots__ = (
-        "close_after", "cur", "eof", "head", "lost", "parser", "parsing", "paused", "proxy", "special",
-        "task", "transport", "up", "url", "waiting", "write_paused", "xff",
+        "close_after", "closing", "cur", "eof", "head", "idle_since", "lost", "parser", "parsing", "paused",
+        "proxy", "special", "task", "transport", "up", "url", "waiting", "write_paused", "xff",
     )  # fmt: skip
 
     def __init__(self, proxy: HttpProxy) -> None:
@@ -239,8 +244,18 @@ class _Client(asyncio.Protocol):
         self.paused = 0
         self.write_paused = False
         self.close_after = False
-        self.eof = self.lost = False
+        self.eof = self.lost = self.closing = False
         self.xff = b""
+        self.idle_since = _now()  # no request served since
+
+    def shut(self, abort: bool = False) -> None:
+        """Close the connection (after what is buffered is sent, unless `abort`): no
+        request read after this is served."""
+        self.closing = True
+        if abort:
+            self.transport.abort()
+        else:
+            self.proxy._send(self.transport, None)  # closes it after what is queued for it
 
     def idle(self) -> bool:
         """Between requests (keep-alive): nothing read, nothing to answer."""
@@ -264,12 +279,20 @@ class _Client(asyncio.Protocol):
         except HttpParserError as exc:
             if not isinstance(exc.__context__, BadMessage | None):
                 log.error("http proxy: request callback failed", exc_info=exc.__context__)
-            self.reject(400, b"bad request\n")
+            if self.cur is not None and self.parsing is None:
+                # what follows the requests read whole cannot be read (data after a
+                # `Connection: close` one, say): serve those, then close
+                self.closing = True
+                self._pause(_P_WAIT)
+            else:
+                self.reject(400, b"bad request\n")
 
     def eof_received(self) -> bool:
         self.eof = True
         # keep the write side open to answer a request read whole; close otherwise
-        return self.cur is not None and self.parsing is None and self.url is None
+        keep = self.cur is not None and self.parsing is None and self.url is None
+        self.closing = not keep
+        return keep
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -287,6 +310,7 @@ class _Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        del self.parser  # it holds bound methods of self: freed now, not by the cyclic GC
         up = self.up
         if up is not None:
             self.up = up.client = None
@@ -306,6 +330,11 @@ class _Client(asyncio.Protocol):
         self.special.append((low, value))
 
     def on_headers_complete(self) -> None:
+        if self.closing:  # more after the last request this connection serves
+            self.url = None
+            self.head = [b""]
+            self.special = []
+            return
         p = self.parser
         proxy = self.proxy
         proxy.stats.requests += 1
@@ -358,7 +387,7 @@ class _Client(asyncio.Protocol):
             return
         up = self.up
         if up is not None and r is self.cur:
-            up.transport.write(data)
+            self.proxy._send(up.transport, data)
             r.sent(data)
         else:
             if r.pending is None:
@@ -433,12 +462,15 @@ class _Client(asyncio.Protocol):
         up.got = up.head_done = up.done = False
         t = up.transport
         if r.replay or r.pending:  # a retry, or a body read while connecting
-            t.write(b"".join((r.head, *(r.replay or ()), *(r.pending or ()))))
+            self.proxy._send(t, b"".join((r.head, *(r.replay or ()), *(r.pending or ()))))
             for piece in r.pending or ():
                 r.sent(piece)
             r.pending = None
-        else:
-            t.write(r.head)
+        else:  # HttpProxy._send, inlined
+            pending = self.proxy._pending
+            if not pending:
+                self.proxy._loop.call_soon(self.proxy._flush)
+            pending.append((t, r.head))
         if self.write_paused:
             up.paused = True
             t.pause_reading()
@@ -479,23 +511,33 @@ class _Client(asyncio.Protocol):
                 proxy._pool_put(up)
         else:
             up.transport.close()
-        if self.close_after or not r.complete or self.waiting or self.eof or self.paused or proxy._closing:
+        if (
+            self.close_after
+            or not r.complete
+            or self.waiting
+            or self.eof
+            or self.closing
+            or self.paused
+            or proxy._closing
+        ):
             self._next(self.close_after or not r.complete)
         else:
             self.cur = None  # _next with nothing to do
+            self.idle_since = up.idle_since
 
     def _next(self, close: bool) -> None:
         """The current request is answered: go on with the next one, or close."""
         self.cur = None
+        self.idle_since = _now()
         if close or self.proxy._closing or self.lost:
-            self.transport.close()
+            self.shut()
             return
         waiting = self.waiting
         if waiting:
             r = self.cur = waiting.popleft()
             self.dispatch(r, _now())
-        elif self.eof:
-            self.transport.close()
+        elif self.eof or self.closing:
+            self.shut()
         elif self.paused & _P_WAIT:
             self._resume(_P_WAIT)
 
@@ -528,7 +570,7 @@ class _Client(asyncio.Protocol):
         """Answer the current request with an error of the proxy's own."""
         self.proxy.stats.errors += 1
         close = not r.keep_alive or self.proxy._closing or (not r.complete and r.expects_body)
-        self.transport.write(error_response(status, body, close, r.method == b"HEAD"))
+        self.proxy._send(self.transport, error_response(status, body, close, r.method == b"HEAD"))
         if close or r.complete:
             self._next(close)
         else:  # answered from on_headers_complete: on_message_complete follows at once
@@ -536,7 +578,7 @@ class _Client(asyncio.Protocol):
 
     def reject(self, status: int, body: bytes) -> None:
         """A request that cannot be served: answer it (unless a response is under way) and close."""
-        if self.transport.is_closing():
+        if self.closing:
             return
         self.proxy.stats.errors += 1
         up = self.up
@@ -545,10 +587,10 @@ class _Client(asyncio.Protocol):
             self._unlink(up)
             up.transport.abort()
             if head_done:  # a response is being forwarded: nothing else can be said
-                self.transport.abort()
+                self.shut(abort=True)
                 return
-        self.transport.write(error_response(status, body, True))
-        self.transport.close()
+        self.proxy._send(self.transport, error_response(status, body, True))
+        self.shut()
 
     def timed_out(self, up: _Upstream) -> None:
         r = self.cur
@@ -566,11 +608,11 @@ class _Client(asyncio.Protocol):
         if up.head_done:
             if up.until_eof and exc is None:  # that is the end of the body
                 if up.chunk_out:
-                    self.transport.write(_CHUNK_END)
+                    self.proxy._send(self.transport, _CHUNK_END)
                 self._next(self.close_after or not r.complete)
             else:  # truncated: the client sees the body end short
                 self.proxy.stats.errors += 1
-                self.transport.close()
+                self.shut()
             return
         if up.got:  # part of a head
             self.failed(r, up.backend, Failure.OTHER, reached=True)
@@ -594,7 +636,7 @@ class _Client(asyncio.Protocol):
         up.transport.abort()
         if head_done:
             self.proxy.stats.errors += 1
-            self.transport.abort()
+            self.shut(abort=True)
         else:
             self.failed(r, up.backend, Failure.OTHER, reached=True)
 
@@ -648,11 +690,11 @@ class _Upstream(asyncio.Protocol):
             out.clear()
             c.bad_response(self, exc)
             return
-        if out:  # what this read produced, in one system call
-            if len(out) == 1:
-                c.transport.write(out[0])
-            else:
-                c.transport.writelines(out)
+        if out:  # what this read produced, in one write (HttpProxy._send, inlined)
+            pending = self.proxy._pending
+            if not pending:
+                self.proxy._loop.call_soon(self.proxy._flush)
+            pending.append((c.transport, out[0] if len(out) == 1 else b"".join(out)))
             out.clear()
         if self.done:
             c.response_done(self)
@@ -670,6 +712,7 @@ class _Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.broken = True
+        del self.parser  # it holds bound methods of self: freed now, not by the cyclic GC
         if self.client is not None:
             self.client.upstream_lost(self, exc)
         elif self.pooled:

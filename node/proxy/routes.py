@@ -70,4 +70,11 @@ def backends(route: Route, endpoints: Iterable[EndpointRecord]) -> list[Backend]
 
 
 def assignments(tasks: Iterable[Assignment]) -> set[tuple[str, str]]:
-    return {(t.task_id, t.node) for t in tasks}
+    """(task id, node) of every assigned task, and of every old task a handoff keeps
+    serving its slot until the new one is ready (a start-first update)."""
+    out = set()
+    for t in tasks:
+        out.add((t.task_id, t.node))
+        if t.handoff:
+            out.add((str(t.handoff.get("task_id")), str(t.handoff.get("node"))))
+    return out

@@ -4,13 +4,16 @@ Guarantees: every unary call has a deadline (`timeout`), so an unreachable etcd
 gives `StoreUnavailable` within seconds instead of a hang; a watch that reaches
 compacted history raises `Compacted` (etcd3aio would silently skip ahead) so the
 caller re-lists; transient watch errors are resumed by etcd3aio from the last
-revision it delivered.
+revision it delivered. With `EtcdTls`, the connection is TLS, with a client certificate
+when etcd asks for one (`--client-cert-auth`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from etcd3aio import Etcd3Client, EtcdConnectionError, EtcdError, EtcdTransientError, prefix_range_end
@@ -33,6 +36,8 @@ from node.store.base import (
 
 _OPS = {"==": PbCompare.EQUAL, "!=": PbCompare.NOT_EQUAL, "<": PbCompare.LESS, ">": PbCompare.GREATER}
 _PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
+RANGE_PAGE = 10_000  # keys per page of a range
+MAX_RECEIVE = 256 * 2**20  # bytes: the largest message taken from etcd
 _OUTAGE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -45,6 +50,9 @@ _REASONS = (
     ("No route to host", "no route to host"),
     ("DNS resolution failed", "the host name does not resolve"),
     ("no leader", "etcd has no leader (quorum lost?)"),
+    ("CERTIFICATE_VERIFY_FAILED", "etcd's certificate is not signed by etcd_ca (or names another host)"),
+    ("andshake", "the TLS handshake failed (check etcd_ca, etcd_cert and etcd_key)"),
+    ("Socket closed", "etcd closed the connection (does it require TLS or a client certificate?)"),
     ("UNAVAILABLE", "unavailable"),
 )
 
@@ -82,19 +90,58 @@ def _op(op: Op) -> object:
     raise TypeError(f"not a store op: {op!r}")
 
 
+@dataclass(frozen=True, repr=False)
+class EtcdTls:
+    """TLS to etcd: the CA that signed etcd's certificate, and this client's certificate
+    and key when etcd requires client certificates (`--client-cert-auth`)."""
+
+    ca: bytes  # PEM
+    cert: bytes | None = None  # PEM
+    key: bytes | None = None  # PEM
+    server_name: str | None = None  # the name etcd's certificate is checked for, if not the address
+
+    def __repr__(self) -> str:
+        return f"EtcdTls(client_cert={self.cert is not None}, server_name={self.server_name!r})"
+
+    @classmethod
+    def from_files(cls, ca: str, cert: str = "", key: str = "", server_name: str = "") -> EtcdTls:
+        """Read the PEM files (the key refused when others may read it)."""
+        from node.security.files import read_secret  # here: the store does not need security otherwise
+
+        return cls(
+            Path(ca).read_bytes(),
+            Path(cert).read_bytes() if cert else None,
+            read_secret(Path(key)) if key else None,
+            server_name or None,
+        )
+
+
 class EtcdStore:
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0, tls: EtcdTls | None = None) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = ",".join(endpoints)
         self.timeout = timeout
-        self._client = Etcd3Client(list(endpoints), rpc_max_attempts=2)
+        if tls is None:
+            self._client = Etcd3Client(list(endpoints), rpc_max_attempts=2)
+        else:
+            self._client = Etcd3Client(
+                list(endpoints),
+                rpc_max_attempts=2,
+                tls_server_name=tls.server_name,
+                ca_cert=tls.ca,
+                cert_key=tls.key,
+                cert_chain=tls.cert,
+            )
         # gRPC's default reconnect back-off grows to 120 s: after a long etcd outage a
         # daemon would stay cut off for up to two minutes once etcd is back. Cap it at 1 s.
         self._client._manager.grpc_options += [  # etcd3aio has no parameter for channel options
             ("grpc.initial_reconnect_backoff_ms", 250),
             ("grpc.min_reconnect_backoff_ms", 250),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            # gRPC's default 4 MiB is less than one watch response of a watcher catching up
+            # (etcd batches up to 1,000 revisions); ranges are paged (`RANGE_PAGE`) anyway.
+            ("grpc.max_receive_message_length", MAX_RECEIVE),
         ]
         self._connected = False
 
@@ -152,10 +199,21 @@ class EtcdStore:
         return _kv(kvs[0]) if kvs else None
 
     async def range(self, prefix: str) -> tuple[list[KV], int]:
-        resp = await self._call(
-            self._kvs.get(prefix, range_end=prefix_range_end(prefix), timeout=self.timeout)
-        )
-        return [_kv(kv) for kv in resp.kvs], int(resp.header.revision)  # type: ignore[attr-defined]
+        """Every key under `prefix` at one revision, read in pages of `RANGE_PAGE` keys (100,000
+        tasks are ~30 MiB: more than a gRPC message may be, and a long stall for etcd)."""
+        end = prefix_range_end(prefix)
+        start: str | bytes = prefix
+        revision = 0
+        out: list[KV] = []
+        while True:
+            resp = await self._call(
+                self._kvs.get(start, range_end=end, revision=revision, limit=RANGE_PAGE, timeout=self.timeout)
+            )
+            revision = revision or int(resp.header.revision)  # type: ignore[attr-defined]
+            out += [_kv(kv) for kv in resp.kvs]  # type: ignore[attr-defined]
+            if not resp.more or not resp.kvs:  # type: ignore[attr-defined]
+                return out, revision
+            start = bytes(resp.kvs[-1].key) + b"\0"  # type: ignore[attr-defined]
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         resp = await self._call(self._kvs.put(key, value, lease=lease, timeout=self.timeout))

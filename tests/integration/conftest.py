@@ -17,7 +17,14 @@ from tests.helpers import free_port_on_all, free_port_pair
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "deploy" / "images" / "build.sh"
-DEMO_IMAGES = ("shoal-demo/base:1", "shoal-demo/web:1", "shoal-demo/web:2")
+DEMO_IMAGES = (
+    "shoal-demo/base:1",
+    "shoal-demo/web:1",
+    "shoal-demo/web:2",
+    "shoal-demo/web:bad",
+    "shoal-demo/web:hc",
+    "shoal-demo/crash:1",
+)
 
 
 @pytest.fixture(scope="session")

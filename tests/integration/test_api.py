@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from node import rpc
 from node.cli.main import cli
 from node.client import InvalidArgument, NotFound, ShoalError
 from node.devcluster import DevCluster
@@ -132,7 +133,7 @@ def test_bad_spec_is_invalid_argument_and_writes_nothing(
 
 def test_oversize_message_is_resource_exhausted(cluster: DevCluster) -> None:
     before = etcd_revision(cluster)
-    with grpc.insecure_channel(cluster.addr) as channel:
+    with rpc.channel(cluster.addr, cluster.tls) as channel:
         stub = api_pb2_grpc.ShoalStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             stub.ApplyService(api_pb2.ApplyServiceRequest(spec="x" * (5 * 1024 * 1024)), timeout=10)
@@ -143,7 +144,7 @@ def test_oversize_message_is_resource_exhausted(cluster: DevCluster) -> None:
 
 
 def test_malformed_protobuf_is_rejected_and_the_daemon_lives_on(cluster: DevCluster) -> None:
-    with grpc.insecure_channel(cluster.addr) as channel:
+    with rpc.channel(cluster.addr, cluster.tls) as channel:
         raw = channel.unary_unary("/shoal.v1.Shoal/ScaleService")
         with pytest.raises(grpc.RpcError) as err:
             raw(b"\xff\xff\xff\xff", timeout=5)
@@ -175,7 +176,7 @@ def test_bad_names_and_numbers_in_requests(cluster: DevCluster) -> None:
 
 
 def test_cli_errors_are_one_line(cluster: DevCluster) -> None:
-    runner = CliRunner()
+    runner = CliRunner(env={"SHOAL_CONTEXT_FILE": str(cluster.context_file)})
     result = runner.invoke(cli, ["--addr", cluster.addr, "service", "ps", "nope"])
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
@@ -191,7 +192,7 @@ def test_cli_errors_are_one_line(cluster: DevCluster) -> None:
 
 
 def test_health_and_reflection_answer(cluster: DevCluster) -> None:
-    with grpc.insecure_channel(cluster.addr) as channel:
+    with rpc.channel(cluster.addr, cluster.tls) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in ("", "shoal.v1.Shoal"):
             resp = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
@@ -278,5 +279,7 @@ def test_gossip_view_in_node_ls_and_watch_members(cluster: DevCluster) -> None:
         "n1": ("alive", f"127.0.0.1:{cluster.grpc_port}"),
         "n2": ("alive", f"127.0.0.2:{cluster.grpc_port}"),
     }
-    result = CliRunner().invoke(cli, ["--addr", cluster.addr, "node", "ls"])
+    result = CliRunner(env={"SHOAL_CONTEXT_FILE": str(cluster.context_file)}).invoke(
+        cli, ["--addr", cluster.addr, "node", "ls"]
+    )
     assert result.exit_code == 0 and "GOSSIP" in result.stdout and "alive" in result.stdout

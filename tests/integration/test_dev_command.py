@@ -46,8 +46,8 @@ def _daemons(tmp_path: Path) -> list[str]:
     return [line for line in ps.splitlines() if "node.daemon" in line and str(tmp_path) in line]
 
 
-def _run_two_replicas(port: int) -> None:
-    with ShoalClient(f"127.0.0.1:{port}") as c:
+def _run_two_replicas(port: int, context_file: Path) -> None:
+    with ShoalClient(f"127.0.0.1:{port}", context_file=context_file) as c:
         c.apply(SPEC)
         wait_until_sync(
             lambda: sum(t.state == "running" for t in c.list_tasks("web")) == 2, 30, message="2 replicas"
@@ -62,8 +62,11 @@ def test_detached_dev_cluster_runs_and_stops_leaving_nothing(
     up = subprocess.run([*args, "--detach"], capture_output=True, text=True, timeout=90)
     assert up.returncode == 0, up.stderr
     assert "2 node(s) up" in up.stdout and "shoal dev --stop" in up.stdout
+    context_file = tmp_path / "dev" / "context.json"
+    assert f"SHOAL_CONTEXT_FILE={context_file}" in up.stdout
+    assert "shoal_" not in up.stdout + up.stderr  # the token's location is shown, never the token
     try:
-        _run_two_replicas(_port(args))
+        _run_two_replicas(_port(args), context_file)
         assert _containers(cluster) == 2
     finally:
         down = subprocess.run([*args, "--stop"], capture_output=True, text=True, timeout=90)
@@ -81,7 +84,7 @@ def test_foreground_dev_cluster_stops_on_sigterm(tmp_path: Path, demo_images: tu
     pid_file = tmp_path / "dev" / "dev.pid"
     try:
         wait_until_sync(lambda: pid_file.exists(), 60, message="the dev cluster up")
-        _run_two_replicas(_port(args))
+        _run_two_replicas(_port(args), tmp_path / "dev" / "context.json")
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=90)

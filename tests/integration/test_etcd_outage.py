@@ -66,7 +66,7 @@ def running(cluster: DevCluster) -> dict[str, tuple[str, int]]:
 
 def patient(cluster: DevCluster, i: int = 1) -> ShoalClient:
     """A client whose own deadline is longer than FAIL_BOUND, so the server's answer is seen."""
-    return ShoalClient(cluster.members[i - 1].addr, timeout=FAIL_BOUND + 10)
+    return ShoalClient(cluster.members[i - 1].addr, timeout=FAIL_BOUND + 10, tls=cluster.tls)
 
 
 def timed_failure(call: Callable[[], object]) -> tuple[float, ShoalError | None]:

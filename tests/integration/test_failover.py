@@ -57,7 +57,7 @@ LEADER_BOUND = 5.0  # s from the leader's kill: a new epoch (leader TTL 3 s unde
 
 
 def client(member: NodeProcess) -> ShoalClient:
-    return ShoalClient(member.addr, timeout=3.0)
+    return ShoalClient(member.addr, timeout=3.0, context_file=member.context_file)
 
 
 def docker_containers(cluster: DevCluster) -> dict[str, dict[str, str]]:
@@ -105,7 +105,7 @@ def exactly(cluster: DevCluster, member: NodeProcess, n: int = REPLICAS) -> Call
 
 def states(member: NodeProcess) -> dict[str, tuple[str, str]]:
     """node -> (gossip member_state in `member`'s view, cluster status ready/down)."""
-    with ShoalClient(member.addr, timeout=2.0) as c:
+    with ShoalClient(member.addr, timeout=2.0, context_file=member.context_file) as c:
         return {n.id: (n.member_state, n.status) for n in c.list_nodes().nodes}
 
 

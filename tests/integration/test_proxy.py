@@ -222,7 +222,9 @@ def test_scale_up_gets_traffic_and_scale_down_drains_without_failures(cluster: D
         wait_until_sync(stopped, 30, message="3 extra replicas drained and stopped")
         wait_until_sync(lambda: len(load.results) >= 25 + 100, 10, message="load went on")
         results = load.stop()
-    print(f"scale: all 6 served {all_served:.2f} s after routable; {len(load.failed())}/{len(results)} failed")
+    print(
+        f"scale: all 6 served {all_served:.2f} s after routable; {len(load.failed())}/{len(results)} failed"
+    )
     assert all_served <= 2.0, f"new replicas got traffic {all_served:.1f} s after they were routable"
     assert load.failed() == [], f"{len(load.failed())} of {len(results)} failed: {load.failed()[:5]}"
     late = {replica(r.body) for r in results if r.ok and r.start > down_at + 0.5}
@@ -325,8 +327,8 @@ def test_node_kill_under_load_fails_nothing_after_it_is_declared_dead(
         results = load.stop()
     after = load.failed(after=dead_at)
     print(
-        f"node kill: declared dead {dead_at - killed_at:.2f} s after kill; {len(load.failed())}/{len(results)} "
-        f"failed, {len(after)} after"
+        f"node kill: declared dead {dead_at - killed_at:.2f} s after kill; "
+        f"{len(load.failed())}/{len(results)} failed, {len(after)} after"
     )
     assert after == [], f"{len(after)} failed after the node was declared dead: {after[:5]}"
     before = load.failed()

@@ -5,9 +5,10 @@ Each test drives passes by hand: re-list the mirror of `tasks/`, then `reconcile
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -145,7 +146,8 @@ async def test_an_unassigned_task_is_withdrawn_before_it_is_stopped(world: World
 
 async def test_a_crashed_container_is_replaced_and_restarts_counted(world: World) -> None:
     t1 = make_task(WEB, 1, NODE)
-    await world.add_service(WEB)
+    # No restart delay: the back-off itself is tested in test_agent_health.py.
+    await world.add_service(replace(WEB, spec={**WEB.spec, "restart": {"delay": 0.0}}))
     await world.assign(t1)
     await world.reconcile()
     await world.reconcile()
@@ -259,3 +261,22 @@ async def test_a_replica_drains_after_withdrawal_before_it_is_stopped(world: Wor
     assert time.monotonic() - started >= 0.3
     assert world.runtime.running() == []
     assert world.runtime.calls.count(("stop", c1.id)) == 1
+
+
+async def test_an_old_task_handing_off_keeps_running_until_the_handoff_is_released(world: World) -> None:
+    old = make_task(WEB, 1, NODE, task_id="t-old")
+    await world.add_service(WEB)
+    await world.assign(old)
+    await world.reconcile()
+    [c_old] = world.runtime.running()
+
+    new = replace(make_task(WEB, 1, NODE, task_id="t-new"), handoff=json.loads(old.to_json()))
+    await world.assign(new)
+    await world.reconcile()
+    assert {c.labels[LABELS.TASK] for c in world.runtime.running()} == {"t-old", "t-new"}
+    assert await world.store.get(KEYS.endpoint("web", "t-old")) is not None, "still serving"
+
+    await world.assign(replace(new, handoff={}))  # the leader saw t-new ready: released
+    await world.reconcile()
+    assert {c.labels[LABELS.TASK] for c in world.runtime.running()} == {"t-new"}
+    assert c_old not in world.runtime.running()

@@ -1,7 +1,9 @@
 """The `shoal` CLI and `node.client` against an in-process fake of the client API.
 
 A sync `grpc.server` on 127.0.0.1:0 serves canned services, tasks, nodes, endpoints and
-events and records every request; the CLI is driven through click's `CliRunner`.
+events and records every request; the CLI is driven through click's `CliRunner`. The
+fake serves mutual TLS as a node does; the CLI and the client find their credentials
+in a context file (SHOAL_CONTEXT_FILE), as they do after `shoal dev`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import socket
 import time
 from collections.abc import Generator, Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,12 +28,16 @@ from node.client import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ShoalClient,
     ShoalError,
     Unavailable,
     error_from_rpc,
 )
 from node.pb import api_pb2, api_pb2_grpc
+from node.security import bootstrap, context
+from node.security.ca import ClusterCA
+from node.security.tokens import Role
 
 T0 = 1_800_000_000.0  # a fixed unix time for canned records
 
@@ -81,6 +88,9 @@ NODES = [
         member_state="alive",
         incarnation=1700000000,
         state_age=12.5,
+        availability="drain",
+        reserved_cpu=1.5,
+        reserved_memory=2 * 1024**3,
     ),
     api_pb2.Node(
         id="n2",
@@ -188,14 +198,40 @@ class FakeShoal(api_pb2_grpc.ShoalServicer):
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[tuple[str, FakeShoal]]:
+def authority() -> ClusterCA:
+    return ClusterCA.create("unit")
+
+
+@pytest.fixture(scope="module")
+def server(authority: ClusterCA) -> Iterator[tuple[str, FakeShoal]]:
     fake = FakeShoal()
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     api_pb2_grpc.add_ShoalServicer_to_server(fake, srv)
-    port = srv.add_insecure_port("127.0.0.1:0")
+    node = bootstrap.node_identity(authority, "n1", ["127.0.0.1"])
+    tls = grpc.ssl_server_credentials([(node.key, node.cert)], authority.cert_pem, require_client_auth=True)
+    port = srv.add_secure_port("127.0.0.1:0", tls)
     srv.start()
     yield f"127.0.0.1:{port}", fake
     srv.stop(grace=None).wait()
+
+
+@pytest.fixture(scope="module")
+def context_file(authority: ClusterCA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An admin's context file for the fake (no endpoint: the tests give --addr)."""
+    made = bootstrap.client_credentials(authority, "tester", Role.ADMIN)
+    path = tmp_path_factory.mktemp("ctx") / "context.json"
+    ctx = context.Context(
+        "", authority.cert_pem.decode(), made.cert.decode(), made.key.decode(), str(made.token)
+    )
+    context.save_context("unit", ctx, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def credentials(context_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("SHOAL_TOKEN", "SHOAL_CA", "SHOAL_CERT", "SHOAL_KEY", "SHOAL_ADDR", "SHOAL_CONTEXT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SHOAL_CONTEXT_FILE", str(context_file))
 
 
 @pytest.fixture
@@ -244,7 +280,7 @@ def free_port() -> int:
 def test_apply_reads_file(addr: str, fake: FakeShoal, tmp_path: Any) -> None:
     spec = tmp_path / "web.yaml"
     spec.write_text("name: web\nimage: shoal/demo:1\n")
-    assert ok(addr, "service", "apply", "-f", str(spec)) == "service web: version 4 applied\n"
+    assert ok(addr, "service", "apply", "-d", "-f", str(spec)) == "service web: version 4 applied\n"
     method, request, remaining = fake.calls[-1]
     assert method == "ApplyService"
     assert request.spec == "name: web\nimage: shoal/demo:1\n" and request.source == str(spec)
@@ -317,9 +353,10 @@ def test_service_ps_json(addr: str) -> None:
 
 def test_service_ps_table(addr: str) -> None:
     lines = ok(addr, "service", "ps", "web").splitlines()
-    header = ["SLOT", "TASK", "NODE", "DESIRED", "STATE", "CONTAINER", "ENDPOINT", "RESTARTS", "MESSAGE"]
-    assert lines[0].split() == header
-    assert lines[1].split() == ["0", "t0abc", "n0", "running", "running", "0" * 12, "127.0.0.0:31000", "0"]
+    header = ["SLOT", "TASK", "NODE", "DESIRED", "STATE", "HEALTH", "CONTAINER", "ENDPOINT", "RESTARTS"]
+    assert lines[0].split() == [*header, "EXIT", "MESSAGE"]
+    first = ["0", "t0abc", "n0", "running", "running", "-", "0" * 12, "127.0.0.0:31000", "0"]
+    assert lines[1].split() == first  # no check: HEALTH "-"; never restarted: EXIT blank
     assert "1" * 13 not in lines[2]  # container ids are cut to 12 characters
     assert lines[3].split()[-3:] == ["image", "[not]", "found"]  # no rich markup interpretation
 
@@ -356,14 +393,16 @@ def test_unknown_service_is_one_line_error(addr: str, args: tuple[str, ...]) -> 
 def test_node_ls_table(addr: str) -> None:
     lines = ok(addr, "node", "ls").splitlines()
     assert lines[0].split() == [
-        "ID", "ADDRESS", "STATUS", "LEADER", "GOSSIP", "INCARNATION", "SINCE",
-        "TASKS", "CPU", "MEMORY", "LABELS",
+        "ID", "ADDRESS", "STATUS", "AVAILABILITY", "LEADER", "GOSSIP", "INCARNATION", "SINCE",
+        "TASKS", "CPU", "RESERVED/CAPACITY", "MEMORY", "RESERVED/CAPACITY", "FREE", "LABELS", "SIMULATED",
     ]  # fmt: skip
     assert lines[1].split() == [
-        "n1", "127.0.0.1:7070", "ready", "*", "alive", "1700000000", "12.5s", "2", "4", "8.0GiB", "zone=a",
+        "n1", "127.0.0.1:7070", "ready", "drain", "*", "alive", "1700000000", "12.5s", "2",
+        "1.5/4", "2.0GiB/8.0GiB", "2.5", "cpu,", "6.0GiB", "zone=a",
     ]  # fmt: skip
     assert lines[2].split() == [
-        "n2", "127.0.0.2:7070", "down", "dead", "1700000001", "5m", "0", "2", "1.0GiB",
+        "n2", "127.0.0.2:7070", "down", "-", "dead", "1700000001", "5m", "0", "0/2", "0B/1.0GiB",
+        "2", "cpu,", "1.0GiB",
     ]  # fmt: skip
 
 
@@ -571,7 +610,12 @@ DNS = (
             "the server at h:1 does not implement",
         ),
         (grpc.StatusCode.INTERNAL, "boom", ShoalError, "boom"),
-        (grpc.StatusCode.PERMISSION_DENIED, "", ShoalError, "call to h:1 failed with PERMISSION_DENIED"),
+        (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "",
+            PermissionDenied,
+            "call to h:1 failed with PERMISSION_DENIED",
+        ),
     ],
 )
 def test_error_mapping(code: grpc.StatusCode, details: str, cls: type[ShoalError], expected: str) -> None:

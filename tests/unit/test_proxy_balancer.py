@@ -209,4 +209,3 @@ def test_ejected_backend_gets_nothing_until_its_interval_ends(
         if key in keys and b.report(be(key), ok, now):
             assert b.is_ejected(be(key), now)
             until[key] = now + CFG.base_ejection  # every ejection lasts at least this
-

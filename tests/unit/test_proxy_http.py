@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import os
 import socket
@@ -17,6 +18,7 @@ import uvloop
 
 from node.proxy.balancer import Backend, Balancer, OutlierConfig
 from node.proxy.http import HIGH_WATER, HttpProxy
+from node.proxy.http_conn import _Client, _Upstream
 from tests.helpers import wait_until
 
 HOST = "127.0.0.1"
@@ -277,6 +279,35 @@ async def test_pipelined_requests_are_answered_in_order(backends: Backends) -> N
         c.send("GET", f"/{i}")
     names = [(await c.response()).body.decode().strip() for _ in range(6)]
     assert names == ["b0", "b1", "b2"] * 2
+    await c.close()
+    await proxy.close()
+
+
+async def test_nothing_after_a_last_request_is_served(backends: Backends) -> None:
+    b, backend = await backends.start("a")
+    bal = Balancer()
+    bal.set_endpoints([backend])
+    proxy = await started(bal)
+    c = await Client.open(proxy.port)
+    c.send("GET", "/last", [("Connection", "close")])
+    c.send("POST", "/never", body=b"x")
+    r = await c.response()
+    assert r.body == b"a\n" and await c.closed()
+    assert [m.line.split()[1] for m in b.seen] == ["/last"]
+    await c.close()
+    bal.set_endpoints([])  # the same with an answer of the proxy's own
+    c = await Client.open(proxy.port)
+    c.send("GET", "/", version="HTTP/1.0")
+    c.send("GET", "/")
+    assert (await c.response()).status == 503 and await c.closed()
+    assert proxy.stats.requests == 2
+    await c.close()
+    bal.set_endpoints([backend])  # requests read whole are served before garbage closes
+    c = await Client.open(proxy.port)
+    c.send("GET", "/1")
+    c.send("GET", "/2")
+    c.writer.write(b"\x00garbage\r\n\r\n")
+    assert [(await c.response()).status for _ in range(2)] == [200, 200] and await c.closed()
     await c.close()
     await proxy.close()
 
@@ -782,6 +813,24 @@ async def test_close_drains_in_flight_and_closes_idle_connections(backends: Back
     await busy.close()
 
 
+async def test_idle_and_slow_client_connections_are_closed(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("node.proxy.http.CLIENT_IDLE", 0.3)
+    bal = Balancer()
+    bal.set_endpoints([(await backends.start("a"))[1]])
+    proxy = await started(bal)
+    idle = await Client.open(proxy.port)
+    assert (await idle.get()).status == 200
+    slow = await Client.open(proxy.port)
+    slow.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
+    assert await idle.closed(3.0) and await slow.closed(3.0)
+    await wait_until(lambda: proxy.stats.active == 0, 2.0, message="client connections closed")
+    await idle.close()
+    await slow.close()
+    await proxy.close()
+
+
 async def test_stop_accepting_frees_the_port_and_keeps_connections(backends: Backends) -> None:
     bal = Balancer()
     bal.set_endpoints([(await backends.start("a"))[1]])
@@ -813,6 +862,28 @@ async def test_close_aborts_after_drain_timeout(backends: Backends) -> None:
     assert await c.closed()
     assert proxy.stats.active == 0
     await c.close()
+
+
+async def test_closed_connections_are_freed_without_the_cyclic_gc(backends: Backends) -> None:
+    bal = Balancer()
+    bal.set_endpoints([(await backends.start("a"))[1]])
+    proxy = await started(bal)
+
+    def alive() -> list[object]:  # garbage in cycles too, until the cyclic GC runs
+        return [o for o in gc.get_objects() if type(o) in (_Client, _Upstream)]
+
+    gc.collect()
+    gc.disable()
+    try:
+        c = await Client.open(proxy.port)
+        assert (await c.get()).status == 200
+        assert len(alive()) == 2
+        await c.close()
+        await wait_until(lambda: proxy.stats.active == 0, 2.0)
+        await proxy.close()  # closes the pooled backend connection
+        await wait_until(lambda: not alive(), 2.0, message="connections freed by reference counting")
+    finally:
+        gc.enable()
 
 
 def test_under_uvloop() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from node.domain import EndpointRecord
 from node.proxy import routes
 from node.proxy.balancer import Backend
@@ -51,3 +53,13 @@ def test_routable_needs_the_assignment_and_a_live_node() -> None:
     assigned = {("t1", "n1"), ("t2", "n9"), ("t3", "n3")}  # t2 moved to n9: n2's endpoint is stale
     assert [e.task_id for e in routes.routable(eps, assigned, gone=set())] == ["t1", "t3"]
     assert [e.task_id for e in routes.routable(eps, assigned, gone={"n3"})] == ["t1"]
+
+
+def test_an_old_task_handing_off_its_slot_stays_routable() -> None:
+    from node.domain import Assignment
+
+    old = Assignment("t-old", "web", 1, "n1", 1, 1, "a")
+    new = Assignment("t-new", "web", 1, "n2", 2, 1, "b", handoff=json.loads(old.to_json()))
+    assert routes.assignments([new]) == {("t-new", "n2"), ("t-old", "n1")}
+    assert new.handed_off() == old
+    assert Assignment.from_json(new.to_json()) == new

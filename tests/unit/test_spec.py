@@ -12,6 +12,8 @@ from node.spec import (
     MAX_SPEC_BYTES,
     MIN_MEMORY,
     FieldError,
+    Limits,
+    Placement,
     PortSpec,
     Resources,
     ServiceSpec,
@@ -79,6 +81,37 @@ def test_defaults_and_none_fields_are_omitted() -> None:
         "replicas": 1,
         "ports": [],
     }
+
+
+def test_resources_placement_and_mode() -> None:
+    spec = parse_spec(
+        doc(
+            *BASE,
+            "resources: {cpu: 0.5, memory: 256Mi, limits: {cpu: 1, memory: 512Mi}}",
+            "placement:",
+            '  constraints: ["node.labels.zone == a", "node.labels.disk != hdd", "node.id != n3"]',
+            "  spread: node.labels.zone",
+            "  max_per_node: 1",
+            "  strategy: binpack",
+            "mode: global",
+        )
+    )
+    assert spec.resources == Resources(cpu=0.5, memory=256 * 2**20, limits=Limits(cpu=1, memory=512 * 2**20))
+    assert spec.placement == Placement(
+        constraints=["node.labels.zone == a", "node.labels.disk != hdd", "node.id != n3"],
+        spread="node.labels.zone",
+        max_per_node=1,
+        strategy="binpack",
+    )
+    assert spec.mode == "global"
+    stored = spec_to_dict(spec)
+    assert stored["placement"]["max_per_node"] == 1 and stored["mode"] == "global"
+    assert spec_from_dict(json.loads(json.dumps(stored))) == spec
+
+
+def test_specs_without_the_new_fields_store_as_before() -> None:
+    stored = spec_to_dict(parse_spec(doc(*BASE, "resources: {cpu: 1}")))
+    assert "placement" not in stored and "mode" not in stored and stored["resources"] == {"cpu": 1.0}
 
 
 def test_env_values_are_normalized_to_strings() -> None:
@@ -285,6 +318,105 @@ BAD = [
     ),
     pytest.param(doc(*BASE, "command: []"), "command", 3, 1, "must not be empty", id="cmd-empty"),
     pytest.param("#" * (MAX_SPEC_BYTES + 1), "", None, None, f"the limit is {MAX_SPEC_BYTES}", id="too-big"),
+    pytest.param(
+        doc(*BASE, "resources: {cpu: 0}"), "resources.cpu", 3, 13, "between 0.01 and 1024", id="cpu-0"
+    ),
+    pytest.param(
+        doc(*BASE, "resources:", "  memory: 1Gi", "  limits: {memory: 512Mi}"),
+        "resources.limits.memory",
+        5,
+        12,
+        "must be at least the reservation resources.memory (1Gi), got 512Mi",
+        id="limit-below-reservation",
+    ),
+    pytest.param(
+        doc(*BASE, "resources: {limits: {memory: 2GB}}"),
+        "resources.limits.memory",
+        3,
+        22,
+        "Ki, Mi, Gi, Ti",
+        id="limit-unit",
+    ),
+    pytest.param(
+        doc(
+            *BASE,
+            "placement:",
+            "  constraints:",
+            "    - node.labels.zone == a",
+            "    - node.label.disk != hdd",
+        ),
+        "placement.constraints[1]",
+        6,
+        7,
+        "unknown attribute 'node.label.disk': use node.id or node.labels.<key> "
+        "(did you mean 'node.labels.disk'?)",
+        id="constraint-attribute",
+    ),
+    pytest.param(
+        doc(*BASE, "placement: {constraints: ['node.labels.zone = a']}"),
+        "placement.constraints[0]",
+        3,
+        27,
+        "unknown operator '=' in 'node.labels.zone = a': use == or !=",
+        id="constraint-operator",
+    ),
+    pytest.param(
+        doc(*BASE, "placement: {constraints: [node.labels.zone in a]}"),
+        "placement.constraints[0]",
+        3,
+        27,
+        "unknown operator 'in'",
+        id="constraint-word-operator",
+    ),
+    pytest.param(
+        doc(*BASE, "placement: {constraints: [zone]}"),
+        "placement.constraints[0]",
+        3,
+        27,
+        "must be '<attribute> == <value>' or '<attribute> != <value>'",
+        id="constraint-syntax",
+    ),
+    pytest.param(
+        doc(*BASE, "placement: {constraints: ['node.id ==']}"),
+        "placement.constraints[0]",
+        3,
+        27,
+        "missing value after '=='",
+        id="constraint-value",
+    ),
+    pytest.param(
+        doc(*BASE, "placement: {spread: zone}"),
+        "placement.spread",
+        3,
+        13,
+        "must be node.labels.<key>",
+        id="spread",
+    ),
+    pytest.param(
+        doc(*BASE, "placement: {max_per_node: 0}"),
+        "placement.max_per_node",
+        3,
+        13,
+        "between 1 and 10000, got 0",
+        id="max-per-node",
+    ),
+    pytest.param(
+        doc(*BASE, "placement: {strategy: pack}"),
+        "placement.strategy",
+        3,
+        13,
+        "must be 'spread' or 'binpack'",
+        id="strategy",
+    ),
+    pytest.param(
+        doc(*BASE, "placement: {constrains: []}"),
+        "placement.constrains",
+        3,
+        13,
+        "did you mean 'constraints'?",
+        id="placement-typo",
+    ),
+    pytest.param(doc(*BASE, "mode: daemon"), "mode", 3, 1, "must be 'replicated' or 'global'", id="mode"),
 ]
 
 
