@@ -73,6 +73,7 @@ class NodeConfig:
     preset: str = "lan"
     lease_ttl: int = 0  # 0 = from the preset
     leader_ttl: int = 0  # 0 = from the preset
+    down_grace: float = 0.0  # s a node stays dead to gossip before its tasks move; 0 = from the preset
     stop_timeout: float = 10.0  # s between SIGTERM and SIGKILL when stopping a container
     drain: float = 2.0  # s between withdrawing a replica from every proxy and stopping it
     #   (a service's `update.drain` overrides it): in-flight requests finish, new ones go elsewhere
@@ -101,7 +102,10 @@ class NodeConfig:
     def timings(self) -> Preset:
         base = PRESETS[self.preset]
         return replace(
-            base, lease_ttl=self.lease_ttl or base.lease_ttl, leader_ttl=self.leader_ttl or base.leader_ttl
+            base,
+            lease_ttl=self.lease_ttl or base.lease_ttl,
+            leader_ttl=self.leader_ttl or base.leader_ttl,
+            down_grace=self.down_grace or base.down_grace,
         )
 
     @property
@@ -202,6 +206,8 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError(f"cpu, reserve_cpu: {c.cpu}, {c.reserve_cpu} must not be negative (cores)")
     if c.memory < 0 or c.reserve_memory < 0:
         raise ConfigError(f"memory, reserve_memory: {c.memory}, {c.reserve_memory} must not be negative")
+    if not 0 <= c.down_grace <= 3600:
+        raise ConfigError(f"down_grace: {c.down_grace} must be between 0 (the preset's) and 3600 seconds")
     for name in ("lease_ttl", "leader_ttl"):
         ttl = getattr(c, name)
         if ttl and not 2 <= ttl <= 300:

@@ -37,6 +37,9 @@ from node.logs import setup
 @click.option("--preset", type=click.Choice(["local", "lan"]), help="timing preset [lan]")
 @click.option("--lease-ttl", type=int, help="node lease TTL in seconds [preset]")
 @click.option("--leader-ttl", type=int, help="leader key lease TTL in seconds [preset]")
+@click.option(
+    "--down-grace", type=float, help="seconds a node stays dead to gossip before its tasks move [preset]"
+)
 @click.option("--join", help="gossip seeds, host:port[,host:port...] (the etcd registry is used too)")
 @click.option(
     "--leave-on-stop", is_flag=True, default=None, help="on SIGTERM, leave the cluster (tasks move)"
