@@ -39,16 +39,17 @@ Guarantees:
   once when no backend is left to try (none in the set, or every connect failed), 502
   when a backend failed to answer, 504 when it sent no response head within
   `response_timeout` seconds of the request being sent whole (checked every `SWEEP` s);
-  400, then close, for a malformed request. A failure after the response head was
-  forwarded can only cut the client connection;
+  400, then close, for a malformed request (unreadable bytes after pipelined requests
+  read whole only close the connection once those are answered). A failure after the
+  response head was forwarded can only cut the client connection;
 - `Connection: close`, and HTTP/1.0 unless it asks for keep-alive, close the client
-  connection after the response (`Connection: close` is then sent);
+  connection after the response (`Connection: close` is then sent); nothing the client
+  sent after such a request is served;
+- a client connection with no request being served for `CLIENT_IDLE` seconds (idle
+  keep-alive, or a head coming too slowly) is closed;
 - `close()` stops listening, closes idle client connections at once, lets requests in
   flight finish for up to `drain_timeout` seconds, then aborts what is left;
   `drain(backends)` gives requests to backends that left the set the same grace.
-
-- a client connection with no request being served for `CLIENT_IDLE` seconds (idle
-  keep-alive, or a head coming too slowly) is closed.
 
 Not done: a timeout on a request body sent slowly; HTTP/2; WebSocket.
 """
