@@ -32,30 +32,27 @@ replay it exactly. The leader commits the plans in fenced transactions.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from leader.placement import pick, reasons
 from leader.placement.cluster import Cluster
 from leader.placement.requirements import SPREAD, Requirements, requirements, reservation_millicores
-from node.domain import Assignment, Availability, Desired, NodeInfo, ServiceRecord, new_task_id
+from node.domain import (  # re-exported: the leader's vocabulary
+    Assignment,
+    Availability,
+    Desired,
+    NodeInfo,
+    ServiceRecord,
+    new_task_id,
+    template_hash,
+)
 
-NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update")  # changing these never restarts a task
 # why a task is placed anew (`Move.why`)
 UPDATE, DRAIN, CONSTRAINTS = "update", "drain", "constraints"
 MAX_PER_NODE, NODE_LOST = "max_per_node", "node lost"
 _DRAIN = Availability.DRAIN.value
 _RUNNING = Desired.RUNNING.value
-
-
-def template_hash(spec: Mapping[str, Any]) -> str:
-    """A stable hash of what a container is made from: the spec less `replicas`,
-    `placement`, `mode` (where and how many, not what) and `update` (how to roll out)."""
-    body = {k: v for k, v in spec.items() if k not in NOT_IN_TEMPLATE}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ of the on-disk format (add fields with defaults, never rename).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, NewType, Self
@@ -17,6 +19,17 @@ NodeId = NewType("NodeId", str)
 ServiceName = NewType("ServiceName", str)
 TaskId = NewType("TaskId", str)
 Epoch = NewType("Epoch", int)
+
+
+NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update")
+"""Spec fields that say where, how many and how to roll out, not what a container is
+made from: changing them never restarts a task."""
+
+
+def template_hash(spec: Mapping[str, Any]) -> str:
+    """A stable hash of what a container is made from: the spec less `NOT_IN_TEMPLATE`."""
+    body = {k: v for k, v in spec.items() if k not in NOT_IN_TEMPLATE}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Desired(StrEnum):

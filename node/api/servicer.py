@@ -18,7 +18,7 @@ from node.api.admin import AdminHandlers, check_text
 from node.api.nodespecs import NodeSpecWriter, check_node
 from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
-from node.domain import Assignment, PendingRecord, RolloutRecord, ServiceRecord, TaskStatus
+from node.domain import Assignment, PendingRecord, RolloutRecord, ServiceRecord, TaskStatus, template_hash
 from node.errors import FailedPrecondition, InvalidArgument, NotFound
 from node.events import decode
 from node.keys import Keys
@@ -78,15 +78,20 @@ class ShoalServicer(AdminHandlers, api_pb2_grpc.ShoalServicer):
         self, request: api_pb2.GetServiceRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.Service:
         record, _ = await self.writer.read(check_name(request.name))
-        out = convert.service(record, (await self._tasks(record.name)).get(record.name, []))
+        tasks = (await self._tasks(record.name)).get(record.name, [])
+        out = convert.service(record, tasks)
         pending = await self._pending(record.name)
         if pending is not None:
             out.pending, out.pending_reason = pending.count, pending.reason
         binds, _ = await self.store.range(self.keys.binds(record.name))
         out.proxy_errors.extend(convert.proxy_errors(binds))
         rollout = await self.store.get(self.keys.rollout(record.name))
-        if rollout is not None:
-            out.rollout.CopyFrom(convert.rollout(RolloutRecord.from_json(rollout.value)))
+        current = RolloutRecord.from_json(rollout.value) if rollout is not None else None
+        if current is not None:
+            out.rollout.CopyFrom(convert.rollout(current))
+        if current is None or current.to_version != record.version:
+            target = template_hash(record.spec)
+            out.update_pending = any(t.template != target and t.slot <= record.replicas for t, _ in tasks)
         return out
 
     @handle

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from node.domain import RolloutRecord, ServiceRecord
+from node.domain import RolloutRecord, ServiceRecord, template_hash
 from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.keys import Keys
 from node.spec import SpecError, parse_spec, spec_to_dict
@@ -129,7 +129,7 @@ class ServiceWriter:
             if rollout.to_version == current.version and rollout.from_version in by_version:
                 return by_version[rollout.from_version]
         for r in reversed(versions):
-            if r.version < current.version and _what(r.spec) != _what(current.spec):
+            if r.version < current.version and template_hash(r.spec) != template_hash(current.spec):
                 return r
         raise FailedPrecondition(
             f"service '{current.name}' has no earlier version to roll back to "
@@ -149,9 +149,3 @@ class ServiceWriter:
         )
         if not result.succeeded:
             raise Conflict(f"service '{name}' changed while being removed; try again")
-
-
-def _what(spec: dict[str, Any]) -> dict[str, Any]:
-    """What a container is made from: the spec less where and how many replicas run
-    (the same fields the scheduler's template hash leaves out)."""
-    return {k: v for k, v in spec.items() if k not in ("replicas", "placement", "mode", "update")}

@@ -65,8 +65,8 @@ def follow(client: ShoalClient, name: str, version: int, wait: float = 600.0, in
                 return 1
         elif mine and r.state not in ACTIVE:
             return 0 if r.state in GOOD and not rolled_back else 1
-        elif not mine and running >= svc.replicas:
-            return 1 if rolled_back else 0
+        elif not mine and not svc.update_pending and running >= svc.replicas:
+            return 1 if rolled_back else 0  # a version that needs no rollout (first deploy, scale)
         if time.monotonic() >= deadline:
             click.echo(
                 f"{name}: still in progress after {wait:g}s; it goes on in the cluster "

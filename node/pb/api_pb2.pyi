@@ -41,7 +41,7 @@ class Port(_message.Message):
     def __init__(self, container: _Optional[int] = ..., published: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "version", "image", "replicas", "running", "ports", "spec_json", "updated_at", "updated_by", "proxy_errors", "rollout", "rollback_of", "pending", "pending_reason")
+    __slots__ = ("name", "version", "image", "replicas", "running", "ports", "spec_json", "updated_at", "updated_by", "proxy_errors", "rollout", "rollback_of", "pending", "pending_reason", "update_pending")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class Service(_message.Message):
     ROLLBACK_OF_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     PENDING_REASON_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_PENDING_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     image: str
@@ -70,7 +71,8 @@ class Service(_message.Message):
     rollback_of: int
     pending: int
     pending_reason: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., spec_json: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., proxy_errors: _Optional[_Iterable[_Union[ProxyError, _Mapping]]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ..., rollback_of: _Optional[int] = ..., pending: _Optional[int] = ..., pending_reason: _Optional[str] = ...) -> None: ...
+    update_pending: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., spec_json: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., proxy_errors: _Optional[_Iterable[_Union[ProxyError, _Mapping]]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ..., rollback_of: _Optional[int] = ..., pending: _Optional[int] = ..., pending_reason: _Optional[str] = ..., update_pending: _Optional[bool] = ...) -> None: ...
 
 class Rollout(_message.Message):
     __slots__ = ("state", "from_version", "to_version", "rollback_of", "updated", "total", "batch", "failed", "message", "started_at", "updated_at")

@@ -28,7 +28,13 @@ class Script:
 
 
 def svc(version: int, state: str = "", to: int = 0, **extra: Any) -> api_pb2.Service:
-    out = api_pb2.Service(name="web", version=version, replicas=2, rollback_of=extra.pop("rollback_of", 0))
+    out = api_pb2.Service(
+        name="web",
+        version=version,
+        replicas=2,
+        rollback_of=extra.pop("rollback_of", 0),
+        update_pending=extra.pop("update_pending", False),
+    )
     if state:
         out.rollout.CopyFrom(
             api_pb2.Rollout(state=state, from_version=1, to_version=to or version, total=2, **extra)
@@ -84,3 +90,13 @@ def test_a_version_without_rollout_waits_for_its_replicas(capsys: pytest.Capture
 def test_a_newer_apply_supersedes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(Script([svc(2, "updating"), svc(3, "updating")]), 2, capsys)
     assert code == 1 and "superseded by version 3" in out
+
+
+def test_an_update_the_leader_has_not_started_yet_is_waited_for(capsys: pytest.CaptureFixture[str]) -> None:
+    """Right after apply the replicas still run (the old version) and no rollout exists
+    yet: that is not "done" while the service says an update is pending."""
+    script = Script(
+        [svc(2, update_pending=True), svc(2, "updating", batch=[1]), svc(2, "completed", updated=2)]
+    )
+    code, out = run(script, 2, capsys)
+    assert code == 0 and "completed" in out and script.calls == 3
