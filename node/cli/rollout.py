@@ -2,9 +2,10 @@
 
 `follow` polls the service (every `interval` seconds, bounded by `wait`) and prints a
 line each time the progress changes: state, replicas updated out of the total, the
-slots in flight and the failed ones. It returns the exit status: 0 when the new
-version runs everywhere, 1 when the rollout failed, paused or was rolled back, or
-when `wait` ran out (the rollout goes on in the cluster either way).
+slots in flight and the failed ones. It returns the exit status: 0 when the version
+followed runs everywhere (for `shoal service rollback`, when the rollback completed),
+1 when its rollout failed, paused or was rolled back by the leader, or when `wait` ran
+out (the rollout goes on in the cluster either way).
 
 A version that needs no rollout (the first deploy, a scale) is followed until its
 replicas run; a newer version applied meanwhile ends the wait ("superseded").
@@ -64,7 +65,9 @@ def follow(client: ShoalClient, name: str, version: int, wait: float = 600.0, in
             if time.monotonic() - failed_at > 15:  # no rollback came (nothing to go back to)
                 return 1
         elif mine and r.state not in ACTIVE:
-            return 0 if r.state in GOOD and not rolled_back else 1
+            # rolled_back is how a rollback the user asked for (`shoal service rollback`) ends
+            ours_done = r.state in GOOD or (r.state == "rolled_back" and target == version)
+            return 0 if ours_done and not rolled_back else 1
         elif not mine and not svc.update_pending and running >= svc.replicas:
             return 1 if rolled_back else 0  # a version that needs no rollout (first deploy, scale)
         if time.monotonic() >= deadline:

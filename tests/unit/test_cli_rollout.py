@@ -100,3 +100,9 @@ def test_an_update_the_leader_has_not_started_yet_is_waited_for(capsys: pytest.C
     )
     code, out = run(script, 2, capsys)
     assert code == 0 and "completed" in out and script.calls == 3
+
+
+def test_a_rollback_the_user_asked_for_exits_0_when_it_completes(capsys: pytest.CaptureFixture[str]) -> None:
+    script = Script([svc(4, "rolling_back", to=4, rollback_of=3), svc(4, "rolled_back", to=4, rollback_of=3)])
+    code, _ = run(script, 4, capsys)
+    assert code == 0
