@@ -429,6 +429,11 @@ def print_table(rows: list[Row]) -> None:
         for r in rows
         if r.runs
     ]
+    print_aligned(header, lines)
+
+
+def print_aligned(header: tuple[str, ...], lines: list[tuple[str, ...]]) -> None:
+    """A left-aligned text table; "no run completed" when there are no lines."""
     if not lines:
         print("no run completed")
         return

@@ -58,6 +58,7 @@ from bench.converge import (
     docker_cli,
     load_average,
     poll_steps,
+    print_aligned,
     remove_labelled,
     swarm_mode,
 )
@@ -337,12 +338,7 @@ def print_table(rows: list[Row]) -> None:
         for r in rows
         if r.runs
     ]
-    if not lines:
-        print("no run completed")
-        return
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    for line in (header, *lines):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    print_aligned(header, lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
