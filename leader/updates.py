@@ -24,6 +24,7 @@ from typing import Protocol
 
 from leader.rollout import Health, RolloutState, SlotView, UpdatePolicy, start, step
 from leader.scheduler import CONSTRAINTS, DRAIN, MAX_PER_NODE, UPDATE, Plan, template_hash
+from node.agent.health import is_healthy
 from node.domain import Assignment, RolloutRecord, ServiceRecord, TaskState, TaskStatus
 
 HANDOFF_REASONS = frozenset({UPDATE, DRAIN, CONSTRAINTS, MAX_PER_NODE})
@@ -40,12 +41,10 @@ def health(task: Assignment, status: TaskStatus | None) -> Health:
     restarted since it was placed; else STARTING."""
     if status is None or status.task_id != task.task_id:
         return Health.STARTING
-    check = getattr(status, "health", "") or ""
-    if status.state in (TaskState.EXITED.value, TaskState.FAILED.value) or check == "unhealthy":
+    failed = status.state in (TaskState.EXITED.value, TaskState.FAILED.value) or status.health == "unhealthy"
+    if failed or status.restarts > 0:
         return Health.FAILED
-    if status.restarts > 0:
-        return Health.FAILED
-    if status.state == TaskState.RUNNING.value and check in ("", "none", "healthy"):
+    if is_healthy(status):  # exactly when its agent publishes it
         return Health.READY
     return Health.STARTING
 
