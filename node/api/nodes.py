@@ -87,10 +87,18 @@ async def routable(store: Store, keys: Keys, service: str, view: MemberView | No
     kvs, _ = await store.range(keys.endpoints(service))
     tasks, _ = await store.range(keys.service_tasks(service))
     assigned = routes.assignments(Assignment.from_json(kv.value) for kv in tasks)
-    gone = {keys.tail(kv.key, keys.down_all) for kv in (await store.range(keys.down_all))[0]}
+    return routes.routable(
+        (EndpointRecord.from_json(kv.value) for kv in kvs), assigned, await gone(store, keys, view)
+    )
+
+
+async def gone(store: Store, keys: Keys, view: MemberView | None) -> set[str]:
+    """Nodes not to send traffic to: marked down by the leader, or dead or left in this
+    node's gossip view (which leads the leader's verdict by its grace period)."""
+    out = {keys.tail(kv.key, keys.down_all) for kv in (await store.range(keys.down_all))[0]}
     if view is not None:
-        gone |= {m.node for m in view.members() if m.state in GONE}
-    return routes.routable((EndpointRecord.from_json(kv.value) for kv in kvs), assigned, gone)
+        out |= {m.node for m in view.members() if m.state in GONE}
+    return out
 
 
 def member_pb(m: Member | MemberEvent, previous: str = "", age: float = 0.0) -> api_pb2.Member:

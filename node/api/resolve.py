@@ -15,10 +15,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from node.api import convert
-from node.api.nodes import MemberView, routable
+from node.api.nodes import MemberView, gone, routable
 from node.domain import NodeInfo, ServiceRecord
 from node.errors import NotFound
-from node.gossip.member import GONE, MemberEvent
+from node.gossip.member import MemberEvent
 from node.keys import Keys
 from node.pb import api_pb2
 from node.proxy import routes
@@ -41,12 +41,10 @@ async def resolve(store: Store, keys: Keys, name: str, view: MemberView | None) 
     nodes = sorted(
         (NodeInfo.from_json(kv.value) for kv in (await store.range(keys.nodes))[0]), key=lambda n: n.id
     )
-    gone = {keys.tail(kv.key, keys.down_all) for kv in (await store.range(keys.down_all))[0]}
-    if view is not None:
-        gone |= {m.node for m in view.members() if m.state in GONE}
+    excluded = await gone(store, keys, view)
     for route in published:
         for n in nodes:
-            if n.id not in gone and not n.simulated:  # a simulated node runs no proxy
+            if n.id not in excluded and not n.simulated:  # a simulated node runs no proxy
                 out.mesh.append(
                     api_pb2.MeshAddress(
                         node=n.id, address=n.address, port=route.published, protocol=route.protocol
