@@ -6,6 +6,12 @@ pure scheduler and commits the difference. A pass runs on any change under
 `services/`, `nodes/` or `tasks/`, and every `resync` seconds regardless, so a
 missed or failed pass heals by itself. `Fenced` ends the loop: this node no
 longer leads.
+
+A pass is idempotent over what is stored: a decision of several steps is completed
+from etcd by the next pass, of this leader or of the next one (a due rollback:
+`leader.rollback`), and records of services that no longer exist are removed. A pass
+that has nothing to do arms no timer: the rollout deadlines it waits for are only
+those still ahead of the last pass.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from leader import updates
+from leader import crashpoint, rollback, updates
 from leader.applier import Applier, Write, writes_for
 from leader.liveness import DownMarks, Liveness
 from leader.pending import PendingReasons
@@ -34,7 +40,7 @@ from node.domain import (
 )
 from node.events import EventLog
 from node.keys import Keys
-from node.store import KV, Fenced, Put, Store, StoreError
+from node.store import KV, Compare, Delete, Fenced, Put, Store, StoreError, fence
 from node.store.cache import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,8 @@ class LeaderLoop:
         self._known_nodes: set[str] | None = None
         self._simulated_names: set[str] = set()
         self.passes = 0
+        self._last_pass = 0.0  # `now` of the last pass: rollout deadlines up to it are handled
+        self.crash_point = crashpoint.reached  # tests crash the leader at named steps
 
     async def run(self) -> None:
         caches = (self.services, self.nodes, self.tasks, self.nodespecs, self.rollouts, self.down.cache)
@@ -166,6 +174,7 @@ class LeaderLoop:
 
     async def reconcile(self) -> None:
         self.passes += 1
+        self._last_pass = time.time()
         registry = self._gossiping_nodes()
         # CPU-heavy steps of a pass run in a thread (`asyncio.to_thread`): at 100,000 tasks they
         # take seconds, and the leader's lease keepalive must not wait for them
@@ -174,7 +183,7 @@ class LeaderLoop:
         await self.down.sync(registry, registry | holders)
         services, snap, seen = self.snapshot()
         self._node_events(snap.nodes)
-        now, alive = time.time(), set(snap.nodes)
+        now, alive = self._last_pass, set(snap.nodes)
         statuses = self.status_map()
         rollouts = {
             r.service: r for r in (RolloutRecord.from_json(kv.value) for kv in self.rollouts.values())
@@ -196,12 +205,15 @@ class LeaderLoop:
             if key not in written:
                 writes.append(Write(Put(key, task.to_json()), seen.get(key, 0)))
         rollout_seen = {kv.key: kv.mod_revision for kv in self.rollouts.values()}
+        due = {r.service for r in decided.rollbacks}
         for name, record in decided.records.items():
+            if name in due:
+                continue  # written with its rollback, in one transaction
             key = self.keys.rollout(name)
             writes.append(Write(Put(key, record.to_json()), rollout_seen.get(key, 0)))
         self._follow_status = (
             any(RolloutState(r.state).active for r in decided.records.values())
-            or any(RolloutState(r.state).active for r in rollouts.values())
+            or any(RolloutState(r.state).active for r in rollouts.values() if r.service in services)
             or any(t.handoff for t in snap.tasks.values())
         )
         self._pending_events(plans)
@@ -210,7 +222,9 @@ class LeaderLoop:
         for svc in sorted(orphans):
             await self.applier.delete_prefix(self.keys.service_tasks(svc))
             self.events.emit("service.removed", f"tasks of removed service {svc} unassigned", service=svc)
+        await self._forget_rollouts(set(rollouts) - set(services))
         if not writes:
+            await self._roll_back(decided.rollbacks, rollout_seen)
             return
         placed = {self.keys.task(t.service, t.slot): t for plan in plans for t in plan.place}
 
@@ -221,6 +235,7 @@ class LeaderLoop:
                     self._parsed[w.op.key] = (revision, task)
 
         stale, _ = await self.applier.commit(writes, parsed_already)
+        await self._roll_back(decided.rollbacks, rollout_seen)
         if stale:
             log.info("%d batch(es) stale; re-planning", stale)
             return
@@ -232,8 +247,12 @@ class LeaderLoop:
         return _StatusView(self.statuses, self.keys)
 
     async def _rollout_outcomes(self, before: dict[str, RolloutRecord], decided: updates.Decisions) -> None:
-        """Events for rollouts that started or ended; the outcome into `history/`; rollbacks."""
+        """Events for rollouts that started or ended; the outcome into `history/` (a failed
+        rollout's is written with its rollback, `_roll_back`)."""
+        due = {r.service for r in decided.rollbacks}
         for name, r in decided.records.items():
+            if name in due:
+                continue
             old = before.get(name)
             if old is None or (old.to_version, old.target) != (r.to_version, r.target):
                 what = f"rolling back to version {r.from_version}" if r.rollback_of else "rolling update"
@@ -249,8 +268,6 @@ class LeaderLoop:
                 f"rollout.{state.value}", f"{name} version {r.to_version}: {r.message}", service=name
             )
             await self._history_outcome(name, r.to_version, state.value)
-        for r in decided.rollbacks:
-            await self._roll_back(r)
 
     async def _history_outcome(self, name: str, version: int, outcome: str) -> None:
         kv = await self.store.get(self.keys.history_version(name, version))
@@ -259,32 +276,53 @@ class LeaderLoop:
         record = replace(ServiceRecord.from_json(kv.value), outcome=outcome)
         await self.applier.commit([Write(Put(kv.key, record.to_json()), kv.mod_revision)])
 
-    async def _roll_back(self, failed: RolloutRecord) -> None:
-        """Write the spec of `failed.from_version` as a new version that rolls back `failed.to_version`."""
-        name = failed.service
-        current = self.services.items.get(self.keys.service(name))
-        good = await self.store.get(self.keys.history_version(name, failed.from_version))
-        if current is None or good is None:
+    async def _roll_back(self, due: list[RolloutRecord], rollout_seen: dict[str, int]) -> None:
+        """Write each due rollback (`leader.rollback`): the failed record, the new version and
+        its history in one fenced transaction. Stale (the service changed since the mirror
+        saw it): the next pass decides again from what is stored."""
+        for failed in due:
+            name = failed.service
+            current = self.services.items.get(self.keys.service(name))
+            if current is None:
+                continue  # removed meanwhile
+            self.crash_point(crashpoint.ROLLBACK_DUE)
+            mod = rollout_seen.get(self.keys.rollout(name), 0)
+            outcome = await rollback.write(self.store, self.keys, self.epoch, failed, current, mod)
+            if outcome is rollback.Outcome.STALE:
+                log.info("rollback of %s stale; deciding again on the next pass", name)
+                continue
+            self.crash_point(crashpoint.ROLLBACK_WRITTEN)
+            if outcome is rollback.Outcome.IMPOSSIBLE:
+                self.events.emit(
+                    "rollout.rollback_impossible",
+                    f"{name}: version {failed.from_version} is gone; apply a fixed spec",
+                    service=name,
+                )
+                continue
             self.events.emit(
-                "rollout.rollback_impossible", f"{name}: version {failed.from_version} is gone", service=name
+                "rollout.failed", f"{name} version {failed.to_version}: {failed.message}", service=name
             )
-            return
-        now_record = ServiceRecord.from_json(current.value)
-        if now_record.version != failed.to_version:
-            return  # a newer apply came meanwhile: it decides
-        spec = dict(ServiceRecord.from_json(good.value).spec)
-        spec["replicas"] = now_record.replicas  # roll back what runs, not how many
-        record = ServiceRecord(
-            name, now_record.version + 1, spec, time.time(), f"leader (rollback of {failed.to_version})",
-            rollback_of=failed.to_version,
-        )  # fmt: skip
-        history = self.keys.history_version(name, record.version)
-        await self.applier.commit(
-            [
-                Write(Put(current.key, record.to_json()), current.mod_revision),
-                Write(Put(history, record.to_json()), 0),
+
+    async def _forget_rollouts(self, names: set[str]) -> None:
+        """Delete the rollout records of services that no longer exist (an `rm` that raced a
+        pass leaves the one that pass wrote): fenced, and only while the service key is absent."""
+        for name in sorted(names):
+            key = self.keys.rollout(name)
+            kv = self.rollouts.items.get(key)
+            if kv is None:
+                continue
+            compares = [
+                fence(self.keys.leader, self.epoch),
+                Compare(self.keys.service(name), "mod", "==", 0),
+                Compare(key, "mod", "==", kv.mod_revision),
             ]
-        )
+            result = await self.store.txn(compares, [Delete(key)])
+            if result.succeeded:
+                log.info("rollout record of removed service %s deleted", name)
+                continue
+            leader = await self.store.get(self.keys.leader)
+            if leader is None or leader.create_revision != self.epoch:
+                raise Fenced(f"leadership at epoch {self.epoch} is over; write refused")
 
     async def _caught_up(self, writes: list[Write], timeout: float = 2.0) -> None:
         """Wait until our own writes are in the mirrors, so the next pass sees them. (Not
@@ -333,13 +371,14 @@ class LeaderLoop:
         times: list[float] = []
         for kv in self.rollouts.values():
             r = RolloutRecord.from_json(kv.value)
-            if not RolloutState(r.state).active:
-                continue
             record = self.services.items.get(self.keys.service(r.service))
-            monitor = UpdatePolicy.of(ServiceRecord.from_json(record.value).spec).monitor if record else 0.0
+            if record is None or not RolloutState(r.state).active:
+                continue  # a removed service's record steps no more (the next pass deletes it)
+            monitor = UpdatePolicy.of(ServiceRecord.from_json(record.value).spec).monitor
             times += [t + monitor for t in r.monitored.values()]
             times += r.cooldown
             times += [t + PROGRESS_DEADLINE for t in r.batch.values()]
+        times = [t for t in times if t > self._last_pass]  # a pass since has seen it: no busy loop
         if not times:
             return None
         return max(0.0, min(times) - time.time()) + 0.01

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from node.domain import RolloutRecord
+from node.domain import RolloutRecord, ServiceRecord
 
 PROGRESS_DEADLINE = 300.0
 """Seconds a new replica may take to become healthy before its slot counts as failed."""
@@ -196,6 +196,19 @@ def step(r: RolloutRecord, policy: UpdatePolicy, slots: Mapping[int, SlotView], 
     out.record = record
     out.replace = sorted(set(out.replace))
     return out
+
+
+def rollback_due(record: ServiceRecord, target: str, r: RolloutRecord | None) -> bool:
+    """Whether `r`, the stored (or just decided) rollout of `record` (whose template hash is
+    `target`), calls for a rollback not written yet: it failed (only `failure_action:
+    rollback` ends a rollout `failed`) and the service still runs the version it went to.
+    Once the rollback is written the service is a version further and this is false."""
+    return (
+        r is not None
+        and r.state == RolloutState.FAILED.value
+        and r.to_version == record.version
+        and r.target == target
+    )
 
 
 def _progress(r: RolloutRecord) -> tuple[object, ...]:

@@ -4,8 +4,10 @@ Pure functions over what the leader's mirrors hold; `leader.loop` does the I/O.
 
 - `decide`: for every service whose tasks are not all on the current template, start or
   step its rollout (`leader.rollout`) and say which slots the scheduler may update now
-  (`Decisions.allowed`); a service whose rollout failed with `failure_action: rollback`
-  is listed in `Decisions.rollbacks`.
+  (`Decisions.allowed`); a service whose rollback is due (`leader.rollout.rollback_due`: its
+  rollout failed with `failure_action: rollback`, in this pass or stored so by an earlier
+  leader, and no rollback is written yet) is listed in `Decisions.rollbacks`, and none
+  of its slots updates.
 - `with_handoffs`: a task placed to replace another (a start-first update, a move off a
   drained node or a node that no longer fits the constraints) *hands off*: the old task
   stays assigned, inside the new assignment, and keeps serving until the new one is
@@ -22,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
-from leader.rollout import Health, RolloutState, SlotView, UpdatePolicy, start, step
+from leader.rollout import Health, RolloutState, SlotView, UpdatePolicy, rollback_due, start, step
 from leader.scheduler import CONSTRAINTS, DRAIN, MAX_PER_NODE, UPDATE, Plan, template_hash
 from node.agent.health import is_healthy
 from node.domain import Assignment, RolloutRecord, ServiceRecord, TaskState, TaskStatus
@@ -53,7 +55,7 @@ def health(task: Assignment, status: TaskStatus | None) -> Health:
 class Decisions:
     allowed: dict[str, frozenset[int]] = field(default_factory=dict)  # service -> slots that may update
     records: dict[str, RolloutRecord] = field(default_factory=dict)  # changed rollout records to write
-    rollbacks: list[RolloutRecord] = field(default_factory=list)  # failed; roll back to from_version
+    rollbacks: list[RolloutRecord] = field(default_factory=list)  # due: roll back to from_version
     policies: dict[str, UpdatePolicy] = field(default_factory=dict)
 
 
@@ -86,6 +88,10 @@ def decide(
             versions = sorted({t.version for t in outdated})
             r = start(name, versions[-1], record.version, target, now, rollback_of=record.rollback_of)
             out.records[name] = r
+        if rollback_due(record, target, r):
+            out.rollbacks.append(r)  # stored failed, its rollback never written: write it now
+            out.allowed[name] = frozenset()
+            continue
         if not RolloutState(r.state).active:
             if outdated:
                 out.allowed[name] = frozenset()  # paused or failed: nothing more updates
@@ -100,6 +106,7 @@ def decide(
         out.allowed[name] = frozenset(int(s) for s in result.record.batch)
         if result.rollback:
             out.rollbacks.append(result.record)
+            out.allowed[name] = frozenset()
     return out
 
 

@@ -1,0 +1,117 @@
+"""The leader's automatic rollback: derived from what is stored, written in one transaction.
+
+A rollout whose failure action is `rollback` ends `failed` (`leader.rollout`). Its
+rollback is then *due* for as long as the stored state says so:
+
+    `rollouts/<svc>` is `failed`, and `services/<svc>` still holds that rollout's
+    `to_version` (with its target template)
+
+(`leader.rollout.rollback_due`). `leader.updates.decide` lists every such record on
+every pass, whether the rollout failed in this very pass or an earlier leader stored
+the failure and died before the rollback. `write` then commits, in ONE fenced
+transaction: the failed rollout record, the service's new version (the spec of
+`from_version`, its replica count kept), that version's history entry and the failed
+version's outcome. All of it is in etcd or none is: a crash, a deposed leader or an
+etcd error before or after the transaction leaves a state the next pass (of this
+leader or the next) completes. Exactly once: the transaction compares the service
+key's mod revision with the one the decision was made from, and once the new version
+is stored the rollback is no longer due.
+
+A rollback that cannot be done (the good version's history entry is gone) pauses the
+record with a message saying so, reported once, not retried on every pass.
+
+`write` is the one place the leader writes a service spec: whatever must go in the same
+transaction as a service write (a claim, a check) goes there.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from leader.rollout import RolloutState
+from node.domain import RolloutRecord, ServiceRecord
+from node.keys import Keys
+from node.store import KV, Compare, Fenced, Put, Store, fence
+from node.store.base import Op
+
+
+class Outcome(StrEnum):
+    WRITTEN = "written"  # the rollback is stored
+    STALE = "stale"  # something changed since the decision: the next pass decides again
+    IMPOSSIBLE = "impossible"  # the good version is gone: the record is paused instead
+
+
+@dataclass(frozen=True)
+class Txn:
+    compares: list[Compare]
+    ops: list[Op]
+    record: ServiceRecord | None = None  # the new service version, when the rollback is possible
+
+
+def plan(
+    keys: Keys,
+    failed: RolloutRecord,
+    current: KV,
+    rollout_mod: int,
+    good: KV | None,
+    bad: KV | None,
+    now: float,
+) -> Txn:
+    """The compares and writes that roll `failed` back, from the service key as the decision
+    saw it (`current`), the rollout key's mod revision (`rollout_mod`, 0: absent) and the
+    history entries of the good (`from_version`) and bad (`to_version`) versions; pure."""
+    name = failed.service
+    rollout_key = keys.rollout(name)
+    compares = [Compare(rollout_key, "mod", "==", rollout_mod)]
+    if good is None:
+        paused = replace(
+            failed,
+            state=RolloutState.PAUSED.value,
+            updated_at=now,
+            message=f"{failed.message}; rollback impossible: version {failed.from_version} is no "
+            f"longer in the history (apply a fixed spec)",
+        )
+        return Txn(compares, [Put(rollout_key, paused.to_json())])
+    running = ServiceRecord.from_json(current.value)
+    # roll back what runs, not how many
+    spec = {**ServiceRecord.from_json(good.value).spec, "replicas": running.replicas}
+    record = replace(
+        running,
+        version=running.version + 1,
+        spec=spec,
+        updated_at=now,
+        updated_by=f"leader (rollback of {failed.to_version})",
+        rollback_of=failed.to_version,
+        outcome="",
+    )
+    compares.append(Compare(current.key, "mod", "==", current.mod_revision))
+    ops: list[Op] = [
+        Put(rollout_key, failed.to_json()),
+        Put(current.key, record.to_json()),
+        Put(keys.history_version(name, record.version), record.to_json()),
+    ]
+    if bad is not None:
+        outcome = replace(ServiceRecord.from_json(bad.value), outcome=RolloutState.FAILED.value)
+        compares.append(Compare(bad.key, "mod", "==", bad.mod_revision))
+        ops.append(Put(bad.key, outcome.to_json()))
+    return Txn(compares, ops, record)
+
+
+async def write(
+    store: Store, keys: Keys, epoch: int, failed: RolloutRecord, current: KV, rollout_mod: int
+) -> Outcome:
+    """Roll `failed` back in one fenced transaction (see the module docstring). Raises
+    `Fenced` when our epoch no longer leads, `StoreError` when etcd does not answer."""
+    name = failed.service
+    good = await store.get(keys.history_version(name, failed.from_version))
+    bad = await store.get(keys.history_version(name, failed.to_version))
+    txn = plan(keys, failed, current, rollout_mod, good, bad, time.time())
+    result = await store.txn([fence(keys.leader, epoch), *txn.compares], txn.ops)
+    if not result.succeeded:
+        leader = await store.get(keys.leader)
+        if leader is None or leader.create_revision != epoch:
+            raise Fenced(f"leadership at epoch {epoch} is over; rollback of {name} not written")
+        return Outcome.STALE
+    return Outcome.WRITTEN if txn.record is not None else Outcome.IMPOSSIBLE
