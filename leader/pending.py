@@ -7,7 +7,9 @@ per waiting service, `pending/<service>` (a `PendingRecord`):
 
 - written when the reason or the waiting slots change, not on every pass (a pass
   that changes nothing writes nothing);
-- deleted as soon as every replica has a node, or the service is gone;
+- deleted as soon as every replica has a node, or the service is gone (a write whose
+  outcome is unknown, etcd's answer lost, makes the next pass read `pending/` again, so
+  nothing it may have written is forgotten);
 - fenced like every leader write: a deposed leader cannot overwrite its successor's.
 
 A new leader reads what is there once and goes on from it, so it neither rewrites
@@ -65,9 +67,13 @@ class PendingReasons:
             old = self._published.get(name)
             if old is None or _what(old) != _what(record):
                 ops.append(Put(self.keys.pending(name), record.to_json()))
-        for i in range(0, len(ops), MAX_TXN_OPS):
-            result = await self.store.txn([fence(self.keys.leader, self.epoch)], ops[i : i + MAX_TXN_OPS])
-            if not result.succeeded:
-                raise Fenced(f"leadership at epoch {self.epoch} is over; pending reasons not written")
+        try:
+            for i in range(0, len(ops), MAX_TXN_OPS):
+                result = await self.store.txn([fence(self.keys.leader, self.epoch)], ops[i : i + MAX_TXN_OPS])
+                if not result.succeeded:
+                    raise Fenced(f"leadership at epoch {self.epoch} is over; pending reasons not written")
+        except BaseException:
+            self._published = None  # some may be written, their answer lost: read etcd again next time
+            raise
         self._published = want
         return len(ops)
