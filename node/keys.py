@@ -22,6 +22,8 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `security/join`                   | init, `rotate-token`   | until rotated       |
 | `tokens/<id>`                     | init, `token create`   | forever (revoked kept) |
 
+A `rollouts/` record an `rm` raced (written by a pass that planned the service just
+before) is deleted by the leader's next pass, while the service key is absent.
 `binds/` holds the ports a node's proxy cannot bind, while that lasts. `security/`
 holds the CA certificate (public), the CA key encrypted (its passphrase is only on the
 nodes' disks), and the join token's certificate, key id and the token sealed under that

@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from leader import crashpoint
 from node.devcluster import DevCluster
 from tests.helpers import free_port_on_all, wait_until_sync
 from tests.integration.load import Load
@@ -38,20 +40,20 @@ stop_grace: 2s
 """
 
 
-def rollout_state(cluster: DevCluster, version: int) -> str:
-    with cluster.client() as c:
+def rollout_state(cluster: DevCluster, version: int, node: int = 1) -> str:
+    with cluster.client(node) as c:
         svc = c.get_service("web")
     r = svc.rollout
     return r.state if r.state and r.to_version == version else ""
 
 
-def versions_answering(port: int, n: int = 30) -> Counter[str]:
-    """The version word of n answers through node 1's proxy ("web v1 on ...")."""
+def versions_answering(port: int, n: int = 30, host: str = HOSTS[0]) -> Counter[str]:
+    """The version word of n answers through `host`'s proxy ("web v1 on ...")."""
     import urllib.request
 
     out: Counter[str] = Counter()
     for _ in range(n):
-        with urllib.request.urlopen(f"http://{HOSTS[0]}:{port}/", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=5) as resp:
             out[resp.read().decode().split()[1]] += 1
     return out
 
@@ -149,3 +151,38 @@ def test_a_new_leader_continues_a_rollout(make_cluster: Callable[..., DevCluster
         wait_until_sync(done, 120, message="the new leader finished the rollout")
         tasks = c.list_tasks("web")
     assert len(tasks) == 6 and all(t.version == v2 for t in tasks), "no replica lost, all on v2"
+
+
+@pytest.mark.parametrize("point", [crashpoint.ROLLBACK_DUE, crashpoint.ROLLBACK_WRITTEN])
+def test_a_leader_killed_at_a_step_of_an_automatic_rollback_still_rolls_back_once(
+    make_cluster: Callable[..., DevCluster], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, point: str
+) -> None:
+    """kill -9 of the leader at an exact step of the failure path: the daemons run with a
+    crash point (`leader.crashpoint`), and the first one to reach it, the leader that finds
+    the rollout failed, SIGKILLs itself there (once: the marker file). The next leader must
+    complete the decision: the service ends on the previous version, rolled back once."""
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(crashpoint.ENV, f"{point}:{marker}")
+    cluster = make_cluster()
+    port = free_port_on_all(HOSTS)
+    start_v1(cluster, port, "start-first")
+    with cluster.client() as c:
+        bad = c.apply(spec(port, "shoal-demo/web:bad"), "web.yaml").version
+    wait_until_sync(marker.exists, 120, message=f"the leader reached {point}")
+    dead = wait_until_sync(
+        lambda: next((m for m in cluster.members if not m.alive()), None), 10, message="the leader killed"
+    )
+    node = next(i for i, m in enumerate(cluster.members, 1) if m is not dead)
+    wait_until_sync(
+        lambda: rollout_state(cluster, bad + 1, node) == "rolled_back",
+        180,
+        message="rolled back by the next leader",
+    )
+    with cluster.client(node) as c:
+        svc = c.get_service("web")
+        history = c.history("web").versions
+    assert (svc.image, svc.version, svc.rollback_of) == ("shoal-demo/web:1", bad + 1, bad), "rolled back once"
+    outcomes = {v.version: v.outcome for v in history}
+    assert sorted(outcomes) == [1, bad, bad + 1], "one new version, no second rollback"
+    assert (outcomes[bad], outcomes[bad + 1]) == ("failed", "rolled_back")
+    assert versions_answering(port, host=HOSTS[node - 1]) == Counter({"v1": 30})
