@@ -329,3 +329,27 @@ async def test_a_failed_record_stored_without_its_rollback_is_rolled_back_by_a_f
         assert (await service(store)).version == 3
     finally:
         await leader.drop()
+
+
+async def test_a_rollback_whose_good_version_is_gone_pauses_once_and_is_not_retried() -> None:
+    store = DyingStore()
+    for n in ("n1", "n2", "n3"):
+        await store.put(KEYS.node(n), make_node(n).to_json())
+    v2 = web(2, "img:bad")
+    await store.put(KEYS.history_version("web", 2), v2.to_json())  # version 1's entry is gone
+    await store.put(KEYS.service("web"), v2.to_json())
+    failed = RolloutRecord(
+        "web", 1, 2, template_hash(v2.spec), state=RolloutState.FAILED.value, message="failed"
+    )
+    await store.put(KEYS.rollout("web"), failed.to_json())
+    leader = Leader(store, await store.put(KEYS.leader, b'{"node": "n1"}'))
+    try:
+        await leader.reconcile()
+        r = await rollout(store)
+        assert r.state == RolloutState.PAUSED and "version 1 is no longer in the history" in r.message
+        assert (await service(store)).version == 2, "nothing to roll back to: the service is left as it is"
+        kv = await store.get(KEYS.rollout("web"))
+        await leader.reconcile()
+        assert await store.get(KEYS.rollout("web")) == kv, "reported once, not retried every pass"
+    finally:
+        await leader.drop()
