@@ -105,6 +105,8 @@ async def write(
     """Roll `failed` back in one fenced transaction (see the module docstring). Raises
     `Fenced` when our epoch no longer leads, `StoreError` when etcd does not answer."""
     name = failed.service
+    if ServiceRecord.from_json(current.value).version != failed.to_version:
+        return Outcome.STALE  # the mirror moved on since the decision (a newer apply): it decides
     good = await store.get(keys.history_version(name, failed.from_version))
     bad = await store.get(keys.history_version(name, failed.to_version))
     txn = plan(keys, failed, current, rollout_mod, good, bad, time.time())

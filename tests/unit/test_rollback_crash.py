@@ -353,3 +353,25 @@ async def test_a_rollback_whose_good_version_is_gone_pauses_once_and_is_not_retr
         assert await store.get(KEYS.rollout("web")) == kv, "reported once, not retried every pass"
     finally:
         await leader.drop()
+
+
+async def test_a_newer_apply_between_the_decision_and_the_write_wins_over_the_rollback(
+    failing: tuple[DyingStore, Leader],
+) -> None:
+    store, leader = failing
+    fixed = web(3, "img:fixed")
+
+    def apply_meanwhile(at: str) -> None:
+        if at == crashpoint.ROLLBACK_DUE:  # `shoal service apply` of a fixed spec lands now
+            store._commit([Put(KEYS.service("web"), fixed.to_json())])
+            store._commit([Put(KEYS.history_version("web", 3), fixed.to_json())])
+
+    leader.loop.crash_point = apply_meanwhile
+    await leader.reconcile()
+    for _ in range(3):
+        await report_all(store)
+        await leader.reconcile()
+    svc = await service(store)
+    assert (svc.version, svc.spec["image"], svc.rollback_of) == (3, "img:fixed", 0), (
+        "the operator's apply stands"
+    )
