@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -24,7 +25,7 @@ from node.keys import Keys
 from node.store import Compare, Delete, StoreUnavailable
 from node.store.base import Op, TxnResult
 from node.store.memory import MemoryStore
-from tests.factories import make_node, make_service
+from tests.factories import make_node, make_service, make_task
 from tests.helpers import wait_until
 
 KEYS = Keys()
@@ -183,3 +184,25 @@ async def test_a_pending_record_whose_write_answer_was_lost_is_deleted_with_its_
         await store.delete(KEYS.service("web"))
         await pass_when_mirrored(store, loop)
         assert await store.get(KEYS.pending("web")) is None, "no orphan pending record"
+
+
+async def test_an_active_record_no_pass_steps_does_not_make_the_loop_busy(
+    leader: tuple[RacingStore, LeaderLoop],
+) -> None:
+    """A record left `updating` that no pass steps (here: a scale to version 3 while the
+    rollout to version 2 waited on a slot that was already on the target template) and whose
+    progress deadline passed: a pass sees it once, the timer is not re-armed for it."""
+    store, loop = leader
+    await store.put(KEYS.node("n1"), make_node("n1").to_json())
+    v3 = make_service("web", replicas=1, version=3, image="img:2")
+    await store.put(KEYS.service("web"), v3.to_json())
+    task = make_task(v3, 1, "n1")
+    await store.put(KEYS.task("web", 1), task.to_json())
+    await store.put(KEYS.status(task.task_id), TaskStatus(task.task_id, "web", 1, "n1", "running").to_json())
+    stuck = orphan("web", PROGRESS_DEADLINE + 100)
+    await store.put(KEYS.rollout("web"), replace(stuck, target=task.template).to_json())
+    async with running(loop):
+        await wait_until(lambda: loop.passes >= 1, timeout=5, message="a first pass")
+        await asyncio.sleep(1.0)  # a measurement window (see above)
+        passes = loop.passes
+    assert passes <= 3, f"{passes} passes in 1 s with nothing to do: the loop busy-loops"
