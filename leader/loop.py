@@ -20,7 +20,7 @@ from leader import updates
 from leader.applier import Applier, Write, writes_for
 from leader.liveness import DownMarks, Liveness
 from leader.pending import PendingReasons
-from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy
+from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy, update_policy
 from leader.scheduler import Plan, Snapshot, schedule_all
 from node.domain import (
     Assignment,
@@ -30,6 +30,7 @@ from node.domain import (
     RolloutRecord,
     ServiceRecord,
     TaskStatus,
+    UnreadableRecord,
     effective_labels,
 )
 from node.events import EventLog
@@ -56,6 +57,7 @@ class LeaderLoop:
         self.epoch = epoch
         self.events = events
         self.resync = resync
+        self.unreadable: set[str] = set()  # services whose stored spec cannot be read: left alone
         self.applier = Applier(store, keys, epoch)
         self.services = PrefixCache(store, keys.services, "services")
         self.nodes = PrefixCache(store, keys.nodes, "nodes")
@@ -142,8 +144,14 @@ class LeaderLoop:
 
     def snapshot(self) -> tuple[dict[str, ServiceRecord], Snapshot, dict[str, int]]:
         services = {}
+        self.unreadable = set()
         for kv in self.services.values():
-            record = ServiceRecord.from_json(kv.value)
+            try:
+                record = ServiceRecord.from_json(kv.value)
+            except UnreadableRecord as exc:
+                self.unreadable.add(self.keys.tail(kv.key, self.keys.services))
+                log.warning("%s; its tasks are left as they are", exc)
+                continue
             services[record.name] = record
         specs = {
             self.keys.tail(kv.key, self.keys.nodespecs): NodeSpec.from_json(kv.value)
@@ -206,7 +214,7 @@ class LeaderLoop:
         )
         self._pending_events(plans)
         await self.pending.publish(plans, now)
-        orphans = {svc for svc, _ in snap.tasks} - set(services)
+        orphans = {svc for svc, _ in snap.tasks} - set(services) - self.unreadable
         for svc in sorted(orphans):
             await self.applier.delete_prefix(self.keys.service_tasks(svc))
             self.events.emit("service.removed", f"tasks of removed service {svc} unassigned", service=svc)
@@ -272,8 +280,8 @@ class LeaderLoop:
         now_record = ServiceRecord.from_json(current.value)
         if now_record.version != failed.to_version:
             return  # a newer apply came meanwhile: it decides
-        spec = dict(ServiceRecord.from_json(good.value).spec)
-        spec["replicas"] = now_record.replicas  # roll back what runs, not how many
+        # roll back what runs, not how many
+        spec = ServiceRecord.from_json(good.value).spec.model_copy(update={"replicas": now_record.replicas})
         record = ServiceRecord(
             name, now_record.version + 1, spec, time.time(), f"leader (rollback of {failed.to_version})",
             rollback_of=failed.to_version,
@@ -336,7 +344,7 @@ class LeaderLoop:
             if not RolloutState(r.state).active:
                 continue
             record = self.services.items.get(self.keys.service(r.service))
-            monitor = UpdatePolicy.of(ServiceRecord.from_json(record.value).spec).monitor if record else 0.0
+            monitor = update_policy(ServiceRecord.from_json(record.value).spec).monitor if record else 0.0
             times += [t + monitor for t in r.monitored.values()]
             times += r.cooldown
             times += [t + PROGRESS_DEADLINE for t in r.batch.values()]
