@@ -95,7 +95,7 @@ def make_services(count: int, tasks: int, rng: random.Random, memory: int) -> li
         }
         if placement:
             spec["placement"] = placement
-        services.append(ServiceRecord(spec["name"], 1, spec))  # type: ignore[arg-type]
+        services.append(ServiceRecord(spec["name"], 1, spec))  # type: ignore[arg-type]  # checked into a ServiceSpec
     return services
 
 
@@ -146,18 +146,24 @@ def main() -> int:
     nodes = make_nodes(args.nodes, rng)
     memory = int(sum(n.memory for n in nodes.values()) * args.fill)
     services = make_services(args.services, args.tasks, rng, memory)
-    kinds = Counter(
-        "binpack"
-        if s.spec.get("placement", {}).get("strategy")
-        else "constraints"
-        if s.spec.get("placement", {}).get("constraints")
-        else "label spread"
-        if s.spec.get("placement", {}).get("spread")
-        else "max_per_node"
-        if s.spec.get("placement", {}).get("max_per_node")
-        else "plain spread"
-        for s in services
-    )
+
+    def kind(s: ServiceRecord) -> str:
+        p = s.spec.placement
+        if p is None:
+            return "plain spread"
+        return (
+            "binpack"
+            if p.strategy
+            else "constraints"
+            if p.constraints
+            else "label spread"
+            if p.spread
+            else "max_per_node"
+            if p.max_per_node
+            else "plain spread"
+        )
+
+    kinds = Counter(kind(s) for s in services)
     total = sum(s.replicas for s in services)
     print(
         f"cluster: {len(nodes)} nodes; {len(services)} services, {total} tasks "

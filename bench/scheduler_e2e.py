@@ -54,6 +54,7 @@ from node.devcluster import EtcdProcess, free_port_pair
 from node.domain import Assignment, NodeInfo, ServiceRecord
 from node.keys import Keys
 from node.simcluster import SIM_ADDRESS, SIM_LABEL, SimCluster
+from node.spec import spec_to_dict
 from node.store.etcd import EtcdStore
 
 NOMAD_C1M = 1_000_000 / (5 * 60 - 33)  # 1M containers in 4 min 27 s: ~3,750/s
@@ -226,7 +227,7 @@ async def measure(
 
     async def apply(record: ServiceRecord) -> None:
         async with limit:
-            await writer.apply(json.dumps(record.spec), f"{record.name}.json")
+            await writer.apply(json.dumps(spec_to_dict(record.spec)), f"{record.name}.json")
 
     start = time.monotonic()
     deadline = start + args.deadline

@@ -26,7 +26,7 @@ from leader import crashpoint, rollback, updates
 from leader.applier import Applier, Write, writes_for
 from leader.liveness import DownMarks, Liveness
 from leader.pending import PendingReasons
-from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy
+from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy, update_policy
 from leader.scheduler import Plan, Snapshot, schedule_all
 from node.domain import (
     Assignment,
@@ -36,6 +36,7 @@ from node.domain import (
     RolloutRecord,
     ServiceRecord,
     TaskStatus,
+    UnreadableRecord,
     effective_labels,
 )
 from node.events import EventLog
@@ -62,6 +63,7 @@ class LeaderLoop:
         self.epoch = epoch
         self.events = events
         self.resync = resync
+        self.unreadable: set[str] = set()  # services whose stored spec cannot be read: left alone
         self.applier = Applier(store, keys, epoch)
         self.services = PrefixCache(store, keys.services, "services")
         self.nodes = PrefixCache(store, keys.nodes, "nodes")
@@ -150,8 +152,14 @@ class LeaderLoop:
 
     def snapshot(self) -> tuple[dict[str, ServiceRecord], Snapshot, dict[str, int]]:
         services = {}
+        self.unreadable = set()
         for kv in self.services.values():
-            record = ServiceRecord.from_json(kv.value)
+            try:
+                record = ServiceRecord.from_json(kv.value)
+            except UnreadableRecord as exc:
+                self.unreadable.add(self.keys.tail(kv.key, self.keys.services))
+                log.warning("%s; its tasks are left as they are", exc)
+                continue
             services[record.name] = record
         specs = {
             self.keys.tail(kv.key, self.keys.nodespecs): NodeSpec.from_json(kv.value)
@@ -218,7 +226,7 @@ class LeaderLoop:
         )
         self._pending_events(plans)
         await self.pending.publish(plans, now)
-        orphans = {svc for svc, _ in snap.tasks} - set(services)
+        orphans = {svc for svc, _ in snap.tasks} - set(services) - self.unreadable
         for svc in sorted(orphans):
             await self.applier.delete_prefix(self.keys.service_tasks(svc))
             self.events.emit("service.removed", f"tasks of removed service {svc} unassigned", service=svc)
@@ -374,7 +382,7 @@ class LeaderLoop:
             record = self.services.items.get(self.keys.service(r.service))
             if record is None or not RolloutState(r.state).active:
                 continue  # a removed service's record steps no more (the next pass deletes it)
-            monitor = UpdatePolicy.of(ServiceRecord.from_json(record.value).spec).monitor
+            monitor = update_policy(ServiceRecord.from_json(record.value).spec).monitor
             times += [t + monitor for t in r.monitored.values()]
             times += r.cooldown
             times += [t + PROGRESS_DEADLINE for t in r.batch.values()]

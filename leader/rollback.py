@@ -76,7 +76,7 @@ def plan(
         return Txn(compares, [Put(rollout_key, paused.to_json())])
     running = ServiceRecord.from_json(current.value)
     # roll back what runs, not how many
-    spec = {**ServiceRecord.from_json(good.value).spec, "replicas": running.replicas}
+    spec = ServiceRecord.from_json(good.value).spec.model_copy(update={"replicas": running.replicas})
     record = replace(
         running,
         version=running.version + 1,

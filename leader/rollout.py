@@ -34,9 +34,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
 
 from node.domain import RolloutRecord, ServiceRecord
+from node.spec import ServiceSpec
+from node.spec_lifecycle import UpdateConfig
 
 PROGRESS_DEADLINE = 300.0
 """Seconds a new replica may take to become healthy before its slot counts as failed."""
@@ -63,23 +64,15 @@ class Health(StrEnum):
     FAILED = "failed"  # exited, failed, unhealthy, or restarted since it was placed
 
 
-@dataclass(frozen=True)
-class UpdatePolicy:
-    """`update:` of a spec, with shoal's defaults: zero failed requests and a bad
-    version that comes back by itself (start-first, rollback)."""
+UpdatePolicy = UpdateConfig
+"""A spec's `update:` section (`node.spec_lifecycle.UpdateConfig`), whose defaults are
+shoal's: zero failed requests and a bad version that comes back by itself (start-first,
+rollback). Written once, in the model."""
 
-    parallelism: int = 1
-    delay: float = 0.0
-    order: str = "start-first"
-    monitor: float = 5.0
-    failure_action: str = "rollback"
-    max_failure_ratio: float = 0.0
 
-    @classmethod
-    def of(cls, spec: Mapping[str, Any]) -> UpdatePolicy:
-        update = spec.get("update") or {}
-        known = {k: update[k] for k in cls.__dataclass_fields__ if update.get(k) is not None}
-        return cls(**known)
+def update_policy(spec: ServiceSpec) -> UpdatePolicy:
+    """The spec's update policy, or the defaults when it has none."""
+    return spec.update or UpdateConfig()
 
 
 @dataclass(frozen=True)
@@ -121,7 +114,7 @@ def step(r: RolloutRecord, policy: UpdatePolicy, slots: Mapping[int, SlotView], 
     if not state.active:
         return Step(r)
     if state is RolloutState.ROLLING_BACK:
-        policy = replace(policy, failure_action="pause")
+        policy = policy.model_copy(update={"failure_action": "pause"})
     batch = {int(s): t for s, t in r.batch.items()}  # slot -> when it was given the new task
     monitored = {int(s): t for s, t in r.monitored.items()}  # slot -> when it turned ready
     failed = set(r.failed)

@@ -117,7 +117,7 @@ class _Service:
         self.cluster, self.record, self.req = cluster, record, req
         self.epoch, self.now, self.new_id = epoch, now, new_id
         self.template = template_hash(record.spec)
-        self.cores = float((record.spec.get("resources") or {}).get("cpu") or 0.0)
+        self.cores = (record.spec.resources.cpu if record.spec.resources else None) or 0.0
         self.plan = Plan(record.name)
         self.needs: list[tuple[int, Assignment | None, str]] = []  # (slot, old task, why), by slot
         self.taken = 0

@@ -24,7 +24,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
-from leader.rollout import Health, RolloutState, SlotView, UpdatePolicy, rollback_due, start, step
+from leader.rollout import (
+    Health,
+    RolloutState,
+    SlotView,
+    UpdatePolicy,
+    rollback_due,
+    start,
+    step,
+    update_policy,
+)
 from leader.scheduler import CONSTRAINTS, DRAIN, MAX_PER_NODE, UPDATE, Plan, template_hash
 from node.agent.health import is_healthy
 from node.domain import Assignment, RolloutRecord, ServiceRecord, TaskState, TaskStatus
@@ -72,7 +81,7 @@ def decide(
     for (service, slot), task in tasks.items():
         by_service.setdefault(service, {})[slot] = task
     for name, record in services.items():
-        policy = UpdatePolicy.of(record.spec)
+        policy = update_policy(record.spec)
         out.policies[name] = policy
         target = template_hash(record.spec)
         current = {

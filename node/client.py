@@ -32,14 +32,16 @@ The client is thread-safe (one gRPC channel, shared); `close()` releases it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import grpc
 
 from node import rpc
+from node.defaults import DEFAULT_ADDR as DEFAULT_ADDR  # re-exported (__all__)
 from node.pb import api_pb2, api_pb2_grpc
 from node.security import context as credentials
 
@@ -58,7 +60,6 @@ __all__ = [
     "error_from_rpc",
 ]
 
-DEFAULT_ADDR = "127.0.0.1:7070"
 
 _HINT = "start one (shoal dev) or point --addr / SHOAL_ADDR at a node"
 
@@ -220,11 +221,41 @@ def error_from_rpc(err: grpc.RpcError, target: str, timeout: float | None = None
     return cls(message, code=code, target=target)
 
 
-class ShoalClient:
-    """A blocking client of one shoal node; any node answers every call.
+# What gRPC-core says when a call reached no server at all: safe to send to another node.
+_NEVER_CONNECTED = (
+    "failed to connect",
+    "connection refused",
+    "errors resolving",
+    "dns resolution failed",
+    "empty address list",
+    "no route to host",
+)
 
-    `addr` is "host:port" of a node's gRPC port (None: SHOAL_ADDR, the context's
-    endpoint, or 127.0.0.1:7070); `timeout` is the deadline of each call in seconds
+
+def _never_connected(err: grpc.RpcError) -> bool:
+    code_fn, details_fn = getattr(err, "code", None), getattr(err, "details", None)
+    if not callable(code_fn) or code_fn() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = ((details_fn() if callable(details_fn) else "") or "").lower()
+    return not details.startswith(_NODE_ANSWERS) and any(m in details for m in _NEVER_CONNECTED)
+
+
+def split_targets(addr: str) -> list[str]:
+    """ "h1:7070, h2:7070" -> ["h1:7070", "h2:7070"]: the nodes to call, in order of preference."""
+    targets = [t.strip() for t in addr.split(",") if t.strip()]
+    if not targets:
+        raise CredentialsMissing(f"no node address in {addr!r}: give HOST:PORT[,HOST:PORT...]")
+    return targets
+
+
+class ShoalClient:
+    """A blocking client of a shoal cluster; any node answers every call.
+
+    `addr` is "host:port" of a node's gRPC port, or several, comma-separated (None:
+    SHOAL_ADDR, the context's endpoint(s), or 127.0.0.1:7070). The client calls the
+    first; when a call reaches no node at all (nothing listens, the host is down) it
+    sends it to the next, so a request is never sent twice; `addr` names the node in
+    use. `timeout` is the deadline of each call in seconds
     (except `events(follow=True)`, which has none). `tls` holds the CA, the client's
     certificate and key, and the token; without it they are read as the CLI reads
     them (`context_file`, else SHOAL_CONTEXT_FILE or ~/.config/shoal/context.json,
@@ -239,18 +270,26 @@ class ShoalClient:
         tls: rpc.ClientTls | None = None,
         *,
         insecure: bool = False,
-        context_file: Path | None = None,
+        context_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if tls is None and not insecure:
             try:
-                found = credentials.resolve(path=context_file, endpoint=addr)
+                path = Path(context_file) if context_file is not None else None
+                found = credentials.resolve(path=path, endpoint=addr)
             except credentials.MissingCredentials as exc:
                 raise CredentialsMissing(str(exc)) from None
             addr, tls = found.endpoint, found.tls()
-        self.addr = addr or DEFAULT_ADDR
+        self.targets = split_targets(addr or DEFAULT_ADDR)
         self.timeout = timeout
-        self._channel = rpc.channel(self.addr, tls)
+        self._tls = tls
+        self._at = 0
+        self._channel = rpc.channel(self.targets[0], tls)
         self._stub = api_pb2_grpc.ShoalStub(self._channel)
+
+    @property
+    def addr(self) -> str:
+        """The node this client calls now (the first of `targets` that answered)."""
+        return self.targets[self._at]
 
     def close(self) -> None:
         """Release the channel; the client cannot be used afterwards."""
@@ -267,80 +306,97 @@ class ShoalClient:
     def _error(self, err: grpc.RpcError) -> ShoalError:
         return error_from_rpc(err, self.addr, self.timeout)
 
+    def _next_target(self, err: grpc.RpcError, tried: int) -> bool:
+        """After a call that reached no node: move to the next target, if one is left untried."""
+        if tried >= len(self.targets) or not _never_connected(err):
+            return False
+        self._channel.close()
+        self._at = (self._at + 1) % len(self.targets)
+        self._channel = rpc.channel(self.addr, self._tls)
+        self._stub = api_pb2_grpc.ShoalStub(self._channel)
+        return True
+
+    def _give_up(self, err: grpc.RpcError, tried: int) -> ShoalError:
+        """The error to raise; when every target was tried and none answered, it names them all."""
+        if tried > 1 and tried >= len(self.targets) and _never_connected(err):
+            return error_from_rpc(err, ", ".join(self.targets), self.timeout)
+        return self._error(err)
+
+    def _unary(self, method: str, request: Any) -> Any:
+        """Call `method` on the current node; when no node took the call (nothing listens,
+        the host is unreachable), on the next target, each at most once."""
+        tried = 1
+        while True:
+            try:
+                return getattr(self._stub, method)(request, timeout=self.timeout)
+            except grpc.RpcError as err:
+                if not self._next_target(err, tried):
+                    raise self._give_up(err, tried) from None
+                tried += 1
+
+    def _stream(self, method: str, request: Any, timeout: float | None) -> Iterator[Any]:
+        """A server stream from the current node, moved to the next target like `_unary`
+        while nothing has been received."""
+        tried = 1
+        while True:
+            call = getattr(self._stub, method)(request, timeout=timeout)
+            received = False
+            try:
+                for item in call:
+                    received = True
+                    yield item
+                return
+            except grpc.RpcError as err:
+                if received or not self._next_target(err, tried):
+                    raise self._give_up(err, tried) from None
+                tried += 1
+            finally:
+                call.cancel()
+
     def apply(self, spec_text: str, source: str = "") -> api_pb2.ApplyServiceResponse:
         """Validate and store a service spec (YAML or JSON text); `source` names it in errors."""
         request = api_pb2.ApplyServiceRequest(spec=spec_text, source=source)
-        try:
-            return self._stub.ApplyService(request, timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("ApplyService", request)
 
     def get_service(self, name: str) -> api_pb2.Service:
         """The current version of a service; `NotFound` when there is none."""
-        try:
-            return self._stub.GetService(api_pb2.GetServiceRequest(name=name), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("GetService", api_pb2.GetServiceRequest(name=name))
 
     def list_services(self) -> list[api_pb2.Service]:
         """Every service, as the server orders them (by name)."""
-        try:
-            response = self._stub.ListServices(api_pb2.ListServicesRequest(), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        response = self._unary("ListServices", api_pb2.ListServicesRequest())
         return list(response.services)
 
     def delete_service(self, name: str) -> None:
         """Remove a service; its tasks are stopped by the leader."""
-        try:
-            self._stub.DeleteService(api_pb2.DeleteServiceRequest(name=name), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        self._unary("DeleteService", api_pb2.DeleteServiceRequest(name=name))
 
     def scale(self, name: str, replicas: int) -> api_pb2.ScaleServiceResponse:
         """Set the desired replica count; returns the new spec version."""
         request = api_pb2.ScaleServiceRequest(name=name, replicas=replicas)
-        try:
-            return self._stub.ScaleService(request, timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("ScaleService", request)
 
     def rollback(self, name: str) -> api_pb2.ApplyServiceResponse:
         """Go back to the version before the current one (rolled out as an update)."""
-        try:
-            return self._stub.RollbackService(api_pb2.RollbackServiceRequest(name=name), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("RollbackService", api_pb2.RollbackServiceRequest(name=name))
 
     def history(self, name: str) -> api_pb2.ServiceHistoryResponse:
         """Every stored version of a service, oldest first."""
-        try:
-            return self._stub.ServiceHistory(api_pb2.ServiceHistoryRequest(name=name), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("ServiceHistory", api_pb2.ServiceHistoryRequest(name=name))
 
     def list_tasks(self, service: str) -> list[api_pb2.Task]:
         """The tasks (slots) of a service with their observed state."""
-        try:
-            response = self._stub.ListTasks(api_pb2.ListTasksRequest(service=service), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        response = self._unary("ListTasks", api_pb2.ListTasksRequest(service=service))
         return list(response.tasks)
 
     def tasks(self, service: str) -> api_pb2.ListTasksResponse:
         """`list_tasks`, with the slots the scheduler has no node for and why (`pending_*`)."""
-        try:
-            return self._stub.ListTasks(api_pb2.ListTasksRequest(service=service), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("ListTasks", api_pb2.ListTasksRequest(service=service))
 
     def set_node_availability(self, node: str, availability: str) -> api_pb2.UpdateNodeResponse:
         """`active`, `pause` (keeps its tasks, takes no new ones) or `drain` (its tasks move)."""
         request = api_pb2.SetNodeAvailabilityRequest(node=node, availability=availability)
-        try:
-            return self._stub.SetNodeAvailability(request, timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("SetNodeAvailability", request)
 
     def drain_node(self, node: str) -> api_pb2.UpdateNodeResponse:
         """Move the node's tasks elsewhere and place nothing new on it (`activate_node` undoes it)."""
@@ -354,17 +410,11 @@ class ShoalClient:
     ) -> api_pb2.UpdateNodeResponse:
         """Set labels (`set_`) and remove others (`remove`) on a node; constraints see them at once."""
         request = api_pb2.LabelNodeRequest(node=node, set=set_ or {}, remove=remove or [])
-        try:
-            return self._stub.LabelNode(request, timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("LabelNode", request)
 
     def list_nodes(self) -> api_pb2.ListNodesResponse:
         """Every node of the cluster, and the current leader's epoch."""
-        try:
-            return self._stub.ListNodes(api_pb2.ListNodesRequest(), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("ListNodes", api_pb2.ListNodesRequest())
 
     def resolve(self, name: str) -> list[api_pb2.Endpoint]:
         """The healthy, routable replicas of a service."""
@@ -372,30 +422,15 @@ class ShoalClient:
 
     def lookup(self, name: str) -> api_pb2.ResolveResponse:
         """The routable replicas of a service and its mesh addresses (node address, port)."""
-        try:
-            return self._stub.Resolve(api_pb2.ResolveRequest(name=name), timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("Resolve", api_pb2.ResolveRequest(name=name))
 
     def watch_resolve(self, name: str) -> Iterator[api_pb2.ResolveResponse]:
         """`lookup` now, then again after every change (no deadline; leave the loop to stop)."""
-        call = self._stub.WatchResolve(api_pb2.ResolveRequest(name=name), timeout=None)
-        try:
-            yield from call
-        except grpc.RpcError as err:
-            raise self._error(err) from None
-        finally:
-            call.cancel()
+        yield from self._stream("WatchResolve", api_pb2.ResolveRequest(name=name), None)
 
     def watch_members(self) -> Iterator[api_pb2.Member]:
         """The answering node's gossip view: every member now, then each change (no deadline)."""
-        call = self._stub.WatchMembers(api_pb2.WatchMembersRequest(), timeout=None)
-        try:
-            yield from call
-        except grpc.RpcError as err:
-            raise self._error(err) from None
-        finally:
-            call.cancel()
+        yield from self._stream("WatchMembers", api_pb2.WatchMembersRequest(), None)
 
     def events(self, service: str = "", follow: bool = False, limit: int = 0) -> Iterator[api_pb2.Event]:
         """Cluster events, oldest first (only `service`'s when set, at most `limit` past ones).
@@ -404,13 +439,7 @@ class ShoalClient:
         closing the iterator (or leaving the loop) cancels the call.
         """
         request = api_pb2.StreamEventsRequest(service=service, follow=follow, limit=limit)
-        call = self._stub.StreamEvents(request, timeout=None if follow else self.timeout)
-        try:
-            yield from call
-        except grpc.RpcError as err:
-            raise self._error(err) from None
-        finally:
-            call.cancel()
+        yield from self._stream("StreamEvents", request, None if follow else self.timeout)
 
     # -- security (admin tokens only) ----------------------------------------------------
 
@@ -422,35 +451,20 @@ class ShoalClient:
         request = api_pb2.CreateTokenRequest(
             role=role, description=description, expires_in=expires_in, csr=csr
         )
-        try:
-            return self._stub.CreateToken(request, timeout=self.timeout)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("CreateToken", request)
 
     def list_tokens(self) -> list[api_pb2.TokenInfo]:
         """Every client token (ids, roles, descriptions; never a secret), revoked ones too."""
-        try:
-            return list(self._stub.ListTokens(api_pb2.ListTokensRequest(), timeout=self.timeout).tokens)
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return list(self._unary("ListTokens", api_pb2.ListTokensRequest()).tokens)
 
     def revoke_token(self, token_id: str) -> api_pb2.TokenInfo:
         """Revoke a client token: every later call with it is UNAUTHENTICATED."""
-        try:
-            return self._stub.RevokeToken(api_pb2.RevokeTokenRequest(id=token_id), timeout=self.timeout).info
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("RevokeToken", api_pb2.RevokeTokenRequest(id=token_id)).info
 
     def rotate_join_token(self) -> str:
         """A new join token; the old one no longer admits anyone."""
-        try:
-            return self._stub.RotateJoinToken(api_pb2.RotateJoinTokenRequest(), timeout=self.timeout).token
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("RotateJoinToken", api_pb2.RotateJoinTokenRequest()).token
 
     def join_token(self) -> str:
         """The current join token, to add a host."""
-        try:
-            return self._stub.GetJoinToken(api_pb2.GetJoinTokenRequest(), timeout=self.timeout).token
-        except grpc.RpcError as err:
-            raise self._error(err) from None
+        return self._unary("GetJoinToken", api_pb2.GetJoinTokenRequest()).token

@@ -203,6 +203,12 @@ class DevCluster:
         return self.members[0].addr
 
     @property
+    def endpoints(self) -> str:
+        """Every node's gRPC address, comma-separated: the admin context's endpoints, so the
+        CLI goes on working through the next node when the first is down."""
+        return ",".join(m.addr for m in self.members)
+
+    @property
     def context_file(self) -> Path:
         """The admin's context file (mode 0600): `SHOAL_CONTEXT_FILE=<this> shoal …`."""
         return self.data_dir / "context.json"
@@ -241,7 +247,7 @@ class DevCluster:
                     passphrase = secrets.ca_passphrase
                     context.save_context(
                         self.cluster,
-                        provision.admin_context(self.addr, authority, admin),
+                        provision.admin_context(self.endpoints, authority, admin),
                         self.context_file,
                     )
                 else:
@@ -254,7 +260,7 @@ class DevCluster:
                     passphrase = found
                     authority = await security.load_ca(passphrase)
                     if not self._context_matches(authority.cert_pem):
-                        admin_context = await provision.local_admin(security, passphrase, self.addr)
+                        admin_context = await provision.local_admin(security, passphrase, self.endpoints)
                         context.save_context(self.cluster, admin_context, self.context_file)
             except errors.ShoalError as exc:
                 raise DevError(str(exc)) from exc

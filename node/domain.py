@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, NewType, Self
+
+from pydantic import ValidationError
+
+from node.spec import ServiceSpec, spec_from_stored, spec_to_dict
+
+log = logging.getLogger(__name__)
 
 NodeId = NewType("NodeId", str)
 ServiceName = NewType("ServiceName", str)
@@ -26,9 +34,12 @@ NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update")
 made from: changing them never restarts a task."""
 
 
-def template_hash(spec: Mapping[str, Any]) -> str:
-    """A stable hash of what a container is made from: the spec less `NOT_IN_TEMPLATE`."""
-    body = {k: v for k, v in spec.items() if k not in NOT_IN_TEMPLATE}
+def template_hash(spec: ServiceSpec | Mapping[str, Any]) -> str:
+    """A stable hash of what a container is made from: the spec less `NOT_IN_TEMPLATE`,
+    over its stored JSON form (so the hash of a spec never changes across releases that
+    only add fields with defaults left unset)."""
+    data = spec_to_dict(spec) if isinstance(spec, ServiceSpec) else spec
+    body = {k: v for k, v in data.items() if k not in NOT_IN_TEMPLATE}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -139,19 +150,77 @@ def effective_labels(info: NodeInfo, spec: NodeSpec | None) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ServiceRecord(Record):
-    """`services/<name>`: the current spec (normalized JSON) and its version."""
+    """`services/<name>` (and `history/<name>/<version>`): the current spec and its version.
+
+    `spec` is the checked, frozen `ServiceSpec` that every reader uses; a mapping given
+    to the constructor (a stored spec's JSON) is checked and turned into one. The JSON
+    form is made only here, at the store boundary."""
 
     name: str
     version: int
-    spec: dict[str, Any]
+    spec: ServiceSpec
     updated_at: float = 0.0
     updated_by: str = ""
     rollback_of: int = 0  # this version rolls `rollback_of` back (to an earlier spec)
     outcome: str = ""  # in history/: how its rollout ended (completed, failed, paused, rolled_back)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, ServiceSpec):
+            object.__setattr__(self, "spec", spec_from_stored(self.spec))
+
     @property
     def replicas(self) -> int:
-        return int(self.spec.get("replicas", 0))
+        return self.spec.replicas
+
+    def to_json(self) -> bytes:
+        data = {name: getattr(self, name) for name in _field_names(type(self))}
+        data["spec"] = spec_to_dict(self.spec)
+        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Self:
+        return _parse_service_record(bytes(raw, "utf-8") if isinstance(raw, str) else bytes(raw))  # type: ignore[return-value]
+
+
+class UnreadableRecord(ValueError):
+    """A stored record that does not parse or check (written around the API, or by a shoal
+    whose spec this one does not know). Readers leave that service alone and say so: the
+    leader neither places nor removes its tasks, agents keep what runs."""
+
+
+def readable_services(values: Iterable[bytes]) -> list[ServiceRecord]:
+    """The service records among `values` that can be read; the others are logged and left
+    out (`UnreadableRecord`): a listing or the mesh goes on with the rest."""
+    out = []
+    for raw in values:
+        try:
+            out.append(ServiceRecord.from_json(raw))
+        except UnreadableRecord as exc:
+            log.warning("%s", exc)
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _parse_service_record(raw: bytes) -> ServiceRecord:
+    """Records are immutable, so one parse serves every reader of the same bytes: the leader
+    reads every service record on each pass, and checking a spec costs ~50 us."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise UnreadableRecord(f"a stored service record is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UnreadableRecord("a stored service record is not a JSON object")
+    name = data.get("name", "?")
+    names = _field_names(ServiceRecord)
+    try:
+        return ServiceRecord(**{k: v for k, v in data.items() if k in names})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        why = f"{where}: {first['msg']}" if where else first["msg"]
+    except TypeError as exc:  # a required field is missing
+        why = str(exc)
+    raise UnreadableRecord(f"the stored spec of service {name!r} cannot be read: {why}")
 
 
 @dataclass(frozen=True)

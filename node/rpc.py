@@ -29,10 +29,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from node.security import ca
+from node.defaults import DEFAULT_DEADLINE as DEFAULT_DEADLINE  # re-exported: callers use rpc's
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-DEFAULT_DEADLINE = 10.0  # seconds, for unary client calls
 HANDLER_TIMEOUT = 30.0  # seconds a unary handler may run on the server, whatever the caller's deadline
 
 _COMMON: list[tuple[str, Any]] = [
@@ -140,6 +139,8 @@ class ServerTls:
 
         Raises `ca.CertError` when the key does not belong to the certificate, rather
         than failing every later handshake."""
+        from node.security import ca  # here: clients (the CLI) need no cryptography import
+
         cert = ca.load_cert(cert_pem)
         if ca.key_id(ca.load_private_key(key_pem)) != ca.key_id(cert.public_key()):  # type: ignore[arg-type]
             raise ca.CertError("the private key does not belong to the certificate")

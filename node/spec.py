@@ -18,6 +18,9 @@ Guarantees:
   parser (`node.constraints`), so what `apply` accepts is what the scheduler reads.
 - `spec_to_dict` is plain JSON (memory in bytes, None fields omitted) and round-trips:
   `parse_spec(json.dumps(spec_to_dict(s))) == s`; `spec_from_dict` applies the same checks.
+- The frozen `ServiceSpec` is what every module reads (leader, agent, proxy, API), with
+  each default in one place: the models' fields. Its JSON form exists only at the store
+  boundary (`node.domain.ServiceRecord.to_json` / `from_json`, `spec_from_stored`).
 
 Pure: imports no grpc, docker or etcd.
 """
@@ -332,6 +335,16 @@ def parse_spec(text: str, source: str = "<spec>") -> ServiceSpec:
 def spec_from_dict(data: dict[str, Any]) -> ServiceSpec:
     """Rebuild a spec from `spec_to_dict` output (as stored in etcd), with the same checks."""
     return _build(data, "<stored spec>")
+
+
+def spec_from_stored(data: Any) -> ServiceSpec:
+    """A spec as etcd holds it (`spec_to_dict` JSON, parsed) -> `ServiceSpec`, checked by the
+    models alone: stored specs were written by `parse_spec`, so no positions are needed, and
+    every record the leader reads in a pass goes through here. A `ServiceSpec` is returned
+    as it is. ValueError (pydantic's ValidationError) when the data is not a valid spec."""
+    if isinstance(data, ServiceSpec):
+        return data
+    return ServiceSpec.model_validate(data)
 
 
 def spec_to_dict(spec: ServiceSpec) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from leader.scheduler import template_hash
 from node.domain import Assignment, Desired, NodeInfo, ServiceRecord
 from node.runtime.base import LABELS, Container
+from node.spec import ServiceSpec, spec_from_stored, spec_to_dict
 
 IMAGE = "shoal-demo/web:1"
 CLUSTER = "test"
@@ -34,8 +36,18 @@ def make_spec(name: str, replicas: int = 1, image: str = IMAGE, **extra: Any) ->
     return {"name": name, "image": image, "env": {}, "ports": [], "replicas": replicas, **extra}
 
 
+def typed_spec(name: str, replicas: int = 1, image: str = IMAGE, **extra: Any) -> ServiceSpec:
+    """`make_spec`, checked: the `ServiceSpec` that leader, agent and proxy read."""
+    return spec_from_stored(make_spec(name, replicas, image, **extra))
+
+
 def make_service(name: str, replicas: int = 1, version: int = 1, **extra: Any) -> ServiceRecord:
     return ServiceRecord(name=name, version=version, spec=make_spec(name, replicas, **extra))
+
+
+def respec(record: ServiceRecord, **changes: Any) -> ServiceRecord:
+    """`record` with its spec's top-level fields changed (checked like any stored spec)."""
+    return replace(record, spec=spec_from_stored({**spec_to_dict(record.spec), **changes}))
 
 
 def make_task(

@@ -8,12 +8,11 @@ millicore, a node's capacity down.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 from node.constraints import Constraint, ConstraintError, parse_constraint, parse_label_attribute
+from node.spec import ServiceSpec
 
 UNLIMITED = 1 << 62
 SPREAD, BINPACK = "spread", "binpack"
@@ -45,28 +44,28 @@ class Requirements:
     invalid: str = ""  # a stored spec the scheduler cannot read (never accepted by apply)
 
 
-def requirements(spec: Mapping[str, Any], default_strategy: str = SPREAD) -> Requirements:
-    resources = spec.get("resources") or {}
-    placement = spec.get("placement") or {}
-    cpu = reservation_millicores(float(resources.get("cpu") or 0))
-    memory = int(resources.get("memory") or 0)
+def requirements(spec: ServiceSpec, default_strategy: str = SPREAD) -> Requirements:
+    resources = spec.resources
+    placement = spec.placement
+    cpu = reservation_millicores((resources.cpu if resources else None) or 0.0)
+    memory = (resources.memory if resources else None) or 0
     invalid = ""
     constraints: list[Constraint] = []
     spread = None
     try:
-        constraints = [_constraint(c) for c in placement.get("constraints") or ()]
-        if placement.get("spread"):
-            spread = parse_label_attribute(placement["spread"])
+        constraints = [_constraint(c) for c in (placement.constraints if placement else ())]
+        if placement is not None and placement.spread:
+            spread = parse_label_attribute(placement.spread)
     except ConstraintError as exc:
         invalid = f"the stored placement cannot be read: {exc}"
-    strategy = placement.get("strategy") or default_strategy
+    strategy = (placement.strategy if placement else None) or default_strategy
     return Requirements(
         cpu=cpu,
         memory=memory,
         constraints=tuple(constraints),
         spread=spread,
-        max_per_node=int(placement.get("max_per_node") or UNLIMITED),
+        max_per_node=(placement.max_per_node if placement else None) or UNLIMITED,
         strategy=strategy if strategy in STRATEGIES else SPREAD,
-        global_mode=spec.get("mode") == "global",
+        global_mode=spec.mode == "global",
         invalid=invalid,
     )

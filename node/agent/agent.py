@@ -26,7 +26,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import Any
 
 from node.agent.containers import SpecNotFound, SpecSource, container_spec
 from node.agent.diff import Actions, diff
@@ -39,6 +38,7 @@ from node.domain import Assignment, EndpointRecord, TaskState, TaskStatus
 from node.events import EventLog
 from node.keys import Keys
 from node.runtime.base import LABELS, Container, Runtime, RuntimeError_
+from node.spec import ServiceSpec
 from node.store import Store, StoreError
 from node.store.cache import PrefixCache
 from node.store.session import Session
@@ -216,12 +216,12 @@ class Agent:
                 out.append(task)
         return out
 
-    async def _spec_or_none(self, task: Assignment) -> dict[str, Any]:
-        """The task's spec; empty (no check, default policy) when it is not in etcd."""
+    async def _spec_or_none(self, task: Assignment) -> ServiceSpec | None:
+        """The task's spec; None (no check, default policy) when it is not in etcd."""
         try:
             return await self.specs.spec(task.service, task.version)
         except SpecNotFound:
-            return {}
+            return None
 
     def _set(self, task: Assignment, state: TaskState, **fields: object) -> None:
         rs = self._rs(task)
@@ -403,9 +403,8 @@ class Agent:
             spec = await self.specs.spec(service, int(c.labels.get(LABELS.VERSION, "0")))
         except (SpecNotFound, StoreError, ValueError):
             return self.drain, self.stop_timeout
-        drain = (spec.get("update") or {}).get("drain")
-        grace = spec.get("stop_grace")
+        drain = spec.update.drain if spec.update else None
         return (
-            float(drain) if drain is not None else self.drain,
-            float(grace) if grace is not None else self.stop_timeout,
+            drain if drain is not None else self.drain,
+            spec.stop_grace if spec.stop_grace is not None else self.stop_timeout,
         )

@@ -8,11 +8,10 @@ and kept in memory (a version's spec never changes).
 
 from __future__ import annotations
 
-from typing import Any
-
-from node.domain import Assignment, ServiceRecord
+from node.domain import Assignment, ServiceRecord, UnreadableRecord
 from node.keys import Keys
 from node.runtime.base import LABELS, ContainerSpec, PortBinding
+from node.spec import ServiceSpec
 from node.store import Store
 
 
@@ -24,9 +23,9 @@ class SpecSource:
     def __init__(self, store: Store, keys: Keys) -> None:
         self.store = store
         self.keys = keys
-        self._specs: dict[tuple[str, int], dict[str, Any]] = {}
+        self._specs: dict[tuple[str, int], ServiceSpec] = {}
 
-    async def spec(self, service: str, version: int) -> dict[str, Any]:
+    async def spec(self, service: str, version: int) -> ServiceSpec:
         cached = self._specs.get((service, version))
         if cached is not None:
             return cached
@@ -34,7 +33,10 @@ class SpecSource:
             kv = await self.store.get(key)
             if kv is None:
                 continue
-            record = ServiceRecord.from_json(kv.value)
+            try:
+                record = ServiceRecord.from_json(kv.value)
+            except UnreadableRecord as exc:
+                raise SpecNotFound(str(exc)) from None
             if record.version == version:
                 self._specs[(service, version)] = record.spec
                 return record.spec
@@ -49,15 +51,12 @@ def container_name(task: Assignment) -> str:
     return f"{task.service}.{task.slot}.{task.task_id}"
 
 
-def container_spec(
-    task: Assignment, spec: dict[str, Any], cluster: str, publish_address: str
-) -> ContainerSpec:
-    resources = spec.get("resources") or {}
-    limits = resources.get("limits") or {}  # Docker enforces the limit, else the reservation
-    command = spec.get("command")
+def container_spec(task: Assignment, spec: ServiceSpec, cluster: str, publish_address: str) -> ContainerSpec:
+    resources = spec.resources
+    limits = resources.limits if resources else None  # Docker enforces the limit, else the reservation
     return ContainerSpec(
         name=container_name(task),
-        image=spec["image"],
+        image=spec.image,
         labels={
             LABELS.CLUSTER: cluster,
             LABELS.NODE: task.node,
@@ -67,11 +66,11 @@ def container_spec(
             LABELS.EPOCH: str(task.epoch),
             LABELS.VERSION: str(task.version),
         },
-        command=tuple(command) if command else None,
-        env={**(spec.get("env") or {}), **(spec.get("secret_env") or {})},
-        ports=tuple(PortBinding(int(p["container"])) for p in spec.get("ports") or []),
+        command=tuple(spec.command) if spec.command else None,
+        env={**spec.env, **(spec.secret_env or {})},
+        ports=tuple(PortBinding(p.container) for p in spec.ports),
         publish_address=publish_address,
-        cpu=limits.get("cpu") or resources.get("cpu"),
-        memory=limits.get("memory") or resources.get("memory"),
-        image_healthcheck=not spec.get("health"),  # the spec's own check replaces the image's
+        cpu=(limits and limits.cpu) or (resources and resources.cpu) or None,
+        memory=(limits and limits.memory) or (resources and resources.memory) or None,
+        image_healthcheck=spec.health is None,  # the spec's own check replaces the image's
     )

@@ -27,13 +27,13 @@ Pure: no I/O, no clock of its own (times are passed in, monotonic seconds).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
 
 from node.domain import TaskState, TaskStatus
 from node.runtime.base import DockerHealth
+from node.spec import ServiceSpec
+from node.spec_lifecycle import HealthCheck, HttpCheck
 
 START_INTERVAL = 0.5  # s between probes of a replica that was never healthy (or `interval`)
 REPLACE_AFTER = 2  # x retries consecutive failures, and an unhealthy replica is replaced
@@ -58,19 +58,23 @@ def is_healthy(status: TaskStatus) -> bool:
     return status.state == TaskState.RUNNING and routable(status.health)
 
 
+_TIMING = HealthCheck.model_fields  # the defaults are the spec model's, written once there
+_HTTP = HttpCheck.model_fields
+
+
 @dataclass(frozen=True)
 class Check:
     """A spec's `health` section, as the agent runs it."""
 
     kind: str  # "http", "tcp" or "exec"
     port: int = 0  # container port (http, tcp)
-    path: str = "/"  # http
-    status: int = 200  # http: the status that means healthy
+    path: str = _HTTP["path"].default  # http
+    status: int = _HTTP["status"].default  # http: the status that means healthy
     command: tuple[str, ...] = ()  # exec: argv, no shell
-    interval: float = 2.0
-    timeout: float = 1.0
-    retries: int = 3
-    start_period: float = 0.0
+    interval: float = _TIMING["interval"].default
+    timeout: float = _TIMING["timeout"].default
+    retries: int = _TIMING["retries"].default
+    start_period: float = _TIMING["start_period"].default
 
     def describe(self) -> str:
         if self.kind == "http":
@@ -80,25 +84,25 @@ class Check:
         return "exec " + " ".join(self.command)
 
 
-def check_of(spec: Mapping[str, Any]) -> Check | None:
-    """The check of a stored spec (`node.spec.spec_to_dict` JSON); None when it has none."""
-    health = spec.get("health")
-    if not health:
+def check_of(spec: ServiceSpec | None) -> Check | None:
+    """The check of a spec; None when it has none (or no spec is known)."""
+    health = spec.health if spec is not None else None
+    if health is None:
         return None
     timing = Check(
         "",
-        interval=float(health.get("interval", 2.0)),
-        timeout=float(health.get("timeout", 1.0)),
-        retries=int(health.get("retries", 3)),
-        start_period=float(health.get("start_period", 0.0)),
+        interval=health.interval,
+        timeout=health.timeout,
+        retries=health.retries,
+        start_period=health.start_period,
     )
-    if http := health.get("http"):
-        path, status = str(http.get("path", "/")), int(http.get("status", 200))
-        return replace(timing, kind="http", port=int(http["port"]), path=path, status=status)
-    if tcp := health.get("tcp"):
-        return replace(timing, kind="tcp", port=int(tcp["port"]))
-    if command := health.get("exec"):
-        return replace(timing, kind="exec", command=tuple(str(a) for a in command))
+    if health.http is not None:
+        http = health.http
+        return replace(timing, kind="http", port=http.port, path=http.path, status=http.status)
+    if health.tcp is not None:
+        return replace(timing, kind="tcp", port=health.tcp.port)
+    if health.exec is not None:
+        return replace(timing, kind="exec", command=tuple(health.exec))
     return None
 
 

@@ -19,33 +19,24 @@ Times are monotonic seconds passed in by the caller.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+
+from node.spec import ServiceSpec
+from node.spec_lifecycle import RestartPolicy
 
 MAX_DELAY = 30.0  # s: the longest back-off between restarts (unless `delay` is longer)
 RESET_AFTER = 10.0  # s up: the crash-loop streak starts over
 UNHEALTHY = None  # exit code passed to `on_exit` for a replica replaced for being unhealthy
 
 
-@dataclass(frozen=True)
-class Policy:
-    condition: str = "always"  # "always", "on-failure", "never"
-    max_attempts: int = 0  # 0: no limit
-    window: float = 0.0  # s; 0: every restart counts
-    delay: float = 0.5  # s before the first restart of a streak
+Policy = RestartPolicy
+"""The spec's `restart` section (`node.spec_lifecycle.RestartPolicy`): its defaults are
+the model's, the one place they are written."""
 
 
-def policy_of(spec: Mapping[str, Any]) -> Policy:
-    """The restart policy of a stored spec; the defaults when it has no `restart`."""
-    r = spec.get("restart") or {}
-    default = Policy()
-    return Policy(
-        condition=str(r.get("condition", default.condition)),
-        max_attempts=int(r.get("max_attempts", default.max_attempts)),
-        window=float(r.get("window", default.window)),
-        delay=float(r.get("delay", default.delay)),
-    )
+def policy_of(spec: ServiceSpec | None) -> Policy:
+    """The restart policy of a spec; the defaults when it has none (or no spec is known)."""
+    return (spec.restart if spec is not None else None) or RestartPolicy()
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,18 @@ from node.domain import (
     effective_labels,
 )
 from node.pb import api_pb2
+from node.spec import ServiceSpec, spec_to_dict
 from node.store import KV
 
 MASK = "***"
 
 
-def masked(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec with every `secret_env` value replaced by `MASK`: what any answer shows."""
-    if not spec.get("secret_env"):
-        return spec
-    return {**spec, "secret_env": dict.fromkeys(spec["secret_env"], MASK)}
+def masked(spec: ServiceSpec) -> dict[str, Any]:
+    """The spec's JSON with every `secret_env` value replaced by `MASK`: what any answer shows."""
+    data = spec_to_dict(spec)
+    if spec.secret_env:
+        data["secret_env"] = dict.fromkeys(spec.secret_env, MASK)
+    return data
 
 
 def task(t: Assignment, s: TaskStatus | None) -> api_pb2.Task:
@@ -61,15 +63,13 @@ def task(t: Assignment, s: TaskStatus | None) -> api_pb2.Task:
 def service(r: ServiceRecord, tasks: list[tuple[Assignment, TaskStatus | None]]) -> api_pb2.Service:
     running = sum(1 for _, s in tasks if s is not None and s.state == TaskState.RUNNING)
     ports = [
-        api_pb2.Port(
-            container=p["container"], published=p.get("published") or 0, protocol=p.get("protocol", "tcp")
-        )
-        for p in r.spec.get("ports", [])
+        api_pb2.Port(container=p.container, published=p.published or 0, protocol=p.protocol)
+        for p in r.spec.ports
     ]
     return api_pb2.Service(
         name=r.name,
         version=r.version,
-        image=r.spec.get("image", ""),
+        image=r.spec.image,
         replicas=r.replicas,
         running=running,
         ports=ports,
@@ -99,7 +99,7 @@ def rollout(r: RolloutRecord) -> api_pb2.Rollout:
 def version(r: ServiceRecord, current: int) -> api_pb2.ServiceVersion:
     return api_pb2.ServiceVersion(
         version=r.version,
-        image=r.spec.get("image", ""),
+        image=r.spec.image,
         updated_at=r.updated_at,
         updated_by=r.updated_by,
         rollback_of=r.rollback_of,

@@ -18,7 +18,14 @@ from node.api.admin import AdminHandlers, check_text
 from node.api.nodespecs import NodeSpecWriter, check_node
 from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
-from node.domain import Assignment, PendingRecord, RolloutRecord, ServiceRecord, TaskStatus, template_hash
+from node.domain import (
+    Assignment,
+    PendingRecord,
+    RolloutRecord,
+    TaskStatus,
+    readable_services,
+    template_hash,
+)
 from node.errors import FailedPrecondition, InvalidArgument, NotFound
 from node.events import decode
 from node.keys import Keys
@@ -116,7 +123,7 @@ class ShoalServicer(AdminHandlers, api_pb2_grpc.ShoalServicer):
     ) -> api_pb2.ListServicesResponse:
         kvs, _ = await self.store.range(self.keys.services)
         tasks = await self._tasks()
-        records = [ServiceRecord.from_json(kv.value) for kv in kvs]
+        records = readable_services(kv.value for kv in kvs)
         pending = {
             p.service: p
             for p in (

@@ -9,12 +9,11 @@ invalid or unchanged.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from node.domain import RolloutRecord, ServiceRecord, template_hash
 from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.keys import Keys
-from node.spec import SpecError, parse_spec, spec_to_dict
+from node.spec import ServiceSpec, SpecError, parse_spec
 from node.store import Compare, Delete, Put, Store
 
 _ATTEMPTS = 5
@@ -32,8 +31,8 @@ class ServiceWriter:
             raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
         return ServiceRecord.from_json(kv.value), kv.mod_revision
 
-    async def _published_elsewhere(self, name: str, spec: dict[str, Any]) -> None:
-        ports = {p["published"]: i for i, p in enumerate(spec.get("ports", [])) if p.get("published")}
+    async def _published_elsewhere(self, name: str, spec: ServiceSpec) -> None:
+        ports = {p.published: i for i, p in enumerate(spec.ports) if p.published}
         if not ports:
             return
         kvs, _ = await self.store.range(self.keys.services)
@@ -41,11 +40,11 @@ class ServiceWriter:
             other = ServiceRecord.from_json(kv.value)
             if other.name == name:
                 continue
-            for p in other.spec.get("ports", []):
-                if p.get("published") in ports:
-                    i = ports[p["published"]]
+            for p in other.spec.ports:
+                if p.published in ports:
+                    i = ports[p.published]
                     raise InvalidArgument(
-                        f"ports[{i}].published: port {p['published']} is already published by "
+                        f"ports[{i}].published: port {p.published} is already published by "
                         f"service '{other.name}'; choose another port"
                     )
 
@@ -62,10 +61,10 @@ class ServiceWriter:
 
     async def apply(self, text: str, source: str) -> tuple[ServiceRecord, bool]:
         try:
-            spec = spec_to_dict(parse_spec(text, source or "<spec>"))
+            spec = parse_spec(text, source or "<spec>")
         except SpecError as exc:
             raise InvalidArgument(str(exc)) from exc
-        name = spec["name"]
+        name = spec.name
         for _ in range(_ATTEMPTS):
             await self._published_elsewhere(name, spec)
             kv = await self.store.get(self.keys.service(name))
@@ -85,7 +84,7 @@ class ServiceWriter:
             current, mod = await self.read(name)
             if current.replicas == replicas:
                 return current
-            spec = {**current.spec, "replicas": replicas}
+            spec = current.spec.model_copy(update={"replicas": replicas})  # checked above
             record = ServiceRecord(name, current.version + 1, spec, time.time(), self.node)
             if await self._write(record, mod):
                 return record
@@ -108,7 +107,7 @@ class ServiceWriter:
             current, mod = await self.read(name)
             _, versions = await self.history(name)
             target = await self._previous(current, versions)
-            spec = {**target.spec, "replicas": current.replicas}
+            spec = target.spec.model_copy(update={"replicas": current.replicas})
             record = ServiceRecord(
                 name,
                 current.version + 1,

@@ -5,16 +5,21 @@ command group renders through `output.py`. Commands get their client from the
 `Settings` object that the group stores on the click context; its credentials (the
 cluster CA, a client certificate and key, a token) come from the flags, the
 environment and the context file (`node.security.context`).
+
+This package's `__init__` and `main` import click only: grpc and the stubs load with the
+command that needs them (`main.LazyGroup`), so `shoal --help` starts fast.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import click
 
-from node.client import CredentialsMissing, ShoalClient
-from node.security import context
+if TYPE_CHECKING:
+    from node.client import ShoalClient
+    from node.security.context import Context
 
 
 @dataclass
@@ -30,8 +35,11 @@ class Settings:
     context_name: str | None = None
     _client: ShoalClient | None = field(default=None, repr=False)
 
-    def credentials(self) -> context.Context:
+    def credentials(self) -> Context:
         """The endpoint and credentials to call with (`CredentialsMissing` when incomplete)."""
+        from node.client import CredentialsMissing
+        from node.security import context
+
         try:
             return context.resolve(
                 name=self.context_name,
@@ -46,6 +54,8 @@ class Settings:
 
     def client(self) -> ShoalClient:
         if self._client is None:
+            from node.client import ShoalClient
+
             found = self.credentials()
             self._client = ShoalClient(found.endpoint, self.timeout, found.tls())
             click.get_current_context().call_on_close(self._client.close)

@@ -2,24 +2,22 @@
 
 The dicts below are the `-o json` / `-o yaml` output, so their keys are a contract
 for scripts: add keys, never rename. Tables are plain (no borders, like `docker ps`),
-never wrapped when the output is not a terminal, and never interpret rich markup.
+never wrapped, and print every value as it is (no markup is interpreted).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-from ruamel.yaml import YAML
 
-from node.pb import api_pb2
+if TYPE_CHECKING:  # the messages are only read here; rich and ruamel load when printing
+    from node.pb import api_pb2
 
 Row = dict[str, Any]
 Column = tuple[str, Callable[[Any], object]]
@@ -225,24 +223,42 @@ def emit_data(data: Any, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
+    from ruamel.yaml import YAML
+
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
     yaml.representer.sort_base_mapping_type_on_output = False
     yaml.dump(data, sys.stdout)
 
 
+def cell_width(text: str) -> int:
+    """Terminal columns `text` takes: wide (East Asian) characters 2, combining marks 0."""
+    if text.isascii():
+        return len(text)
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text
+    )
+
+
 def emit_table(rows: Iterable[Any], columns: Sequence[Column]) -> None:
-    """Print `rows` as a table; each column is (HEADER, value of a row)."""
-    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
-    for header, _ in columns:
-        table.add_column(header, no_wrap=True, overflow="ignore")
-    for row in rows:
-        table.add_row(*(Text(str(value(row))) for _, value in columns))
-    tty = sys.stdout.isatty()
-    console = Console(file=sys.stdout, highlight=False, width=None if tty else 10_000)
-    with console.capture() as captured:
-        console.print(table)
-    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+    """Print `rows` as a table; each column is (HEADER, value of a row): columns two spaces
+    apart, left-aligned, never wrapped or cut, headers bold on a terminal (as `docker ps`).
+
+    Written here rather than with rich: importing rich's table costs 40-60 ms, a quarter
+    of a whole `shoal service ls` (bench/cli.py; docs/decisions.md)."""
+    cells = [[" ".join(str(value(row)).splitlines()) for _, value in columns] for row in rows]
+    headers = [header for header, _ in columns]
+    widths = [max([cell_width(h), *(cell_width(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    bold = sys.stdout.isatty()
+
+    def line(values: Sequence[str], style: bool = False) -> str:
+        padded = [v + " " * (w - cell_width(v)) for v, w in zip(values, widths, strict=True)]
+        text = "  ".join(padded).rstrip()
+        return click.style(text, bold=True) if style else text
+
+    click.echo(line(headers, bold))
+    for r in cells:
+        click.echo(line(r))
 
 
 def emit(rows: Sequence[Any], to_dict: Callable[[Any], Row], columns: Sequence[Column], fmt: str) -> None:

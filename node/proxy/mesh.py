@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from node.domain import Assignment, EndpointRecord, ServiceRecord
+from node.domain import Assignment, EndpointRecord, readable_services
 from node.events import EventLog
 from node.gossip.member import GONE, Member
 from node.keys import Keys
@@ -135,7 +135,7 @@ class Mesh:
     async def sync(self) -> None:
         """Bring listeners and balancers in line with the mirrors and the gossip view."""
         self.syncs += 1
-        records = [ServiceRecord.from_json(kv.value) for kv in self.services.values()]
+        records = readable_services(kv.value for kv in self.services.values())
         wanted = routes.listeners(records)
         for port, listener in list(self.listeners.items()):
             if wanted.get(port) != listener.route:

@@ -38,11 +38,10 @@ def listeners(services: Iterable[ServiceRecord]) -> dict[int, Route]:
     two records still claim one (written around the API), the first by name keeps it."""
     out: dict[int, Route] = {}
     for record in sorted(services, key=lambda r: r.name):
-        for p in record.spec.get("ports") or []:
-            published = p.get("published")
-            if not published or published in out:
+        for p in record.spec.ports:
+            if not p.published or p.published in out:
                 continue
-            out[published] = Route(record.name, int(published), int(p["container"]), p.get("protocol", "tcp"))
+            out[p.published] = Route(record.name, p.published, p.container, p.protocol)
     return out
 
 

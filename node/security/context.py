@@ -7,13 +7,14 @@ environment, the context file.
   process arguments are visible to every user of the host in `ps`.
 - `SHOAL_CA`, `SHOAL_CERT`, `SHOAL_KEY`: paths to the CA certificate, the client
   certificate and its key (PEM; key and certificate may also be one file).
-- `SHOAL_ADDR`: a node's "host:port"; `SHOAL_CONTEXT`: which context of the file.
+- `SHOAL_ADDR`: a node's "host:port", or several comma-separated (the client moves to
+  the next when a node does not answer); `SHOAL_CONTEXT`: which context of the file.
 - `SHOAL_CONTEXT_FILE`: the file, by default `$XDG_CONFIG_HOME/shoal/context.json`
   (`~/.config/shoal/context.json`), mode 0600, written by `shoal cluster init` and
   `shoal dev`:
 
     {"current": "dev",
-     "contexts": {"dev": {"endpoint": "127.0.0.1:7070", "ca": "<PEM>",
+     "contexts": {"dev": {"endpoint": "127.0.0.1:7070,127.0.0.2:7070", "ca": "<PEM>",
                           "cert": "<PEM>", "key": "<PEM>", "token": "shoal_…"}}}
 
 Missing pieces raise `MissingCredentials`, naming each and how to get it.
@@ -26,9 +27,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from node.rpc import ClientTls
 from node.security.files import read_secret, split_identity, write_secret
+
+if TYPE_CHECKING:
+    from node.rpc import ClientTls
 
 FIELDS = ("endpoint", "ca", "cert", "key", "token")
 
@@ -49,6 +53,8 @@ class Context:
         return f"Context(endpoint={self.endpoint!r})"
 
     def tls(self) -> ClientTls:
+        from node.rpc import ClientTls  # here: `shoal context ls` needs no grpc
+
         return ClientTls(self.ca.encode(), self.key.encode(), self.cert.encode(), self.token)
 
 
@@ -79,6 +85,19 @@ def save_context(name: str, context: Context, path: Path | None = None, current:
     previous, contexts = load_contexts(path)
     contexts[name] = asdict(context)
     data = {"current": name if current or not previous else previous, "contexts": contexts}
+    write_secret(path, json.dumps(data, indent=2, sort_keys=True).encode())
+    return path
+
+
+def use_context(name: str, path: Path | None = None) -> Path:
+    """Make `name` the current context of the file; `MissingCredentials` naming the known
+    ones when there is no such context (the file is left as it was)."""
+    path = path or context_path()
+    _, contexts = load_contexts(path)
+    if name not in contexts:
+        known = ", ".join(sorted(contexts)) or "none"
+        raise MissingCredentials(f"no context {name!r} in {path} (known: {known})")
+    data = {"current": name, "contexts": contexts}
     write_secret(path, json.dumps(data, indent=2, sort_keys=True).encode())
     return path
 

@@ -428,7 +428,7 @@ async def test_a_verdict_change_wakes_a_pass_by_itself() -> None:
         30.0,
         prober=prober,
     )
-    check = {"tcp": {"port": 8080}, "interval": 0.05, "timeout": 0.05, "retries": 2}
+    check = {"tcp": {"port": 8080}, "interval": 0.1, "timeout": 0.05, "retries": 2}
     svc = make_service("web", ports=[{"container": 8080}], health=check)
     await store.put(KEYS.service("web"), svc.to_json())
     t1 = make_task(svc, 1, NODE)

@@ -20,7 +20,7 @@ from node.runtime.base import LABELS, ContainerSpec, ImageError
 from node.runtime.fake import FakeRuntime
 from node.store.memory import MemoryStore
 from node.store.session import Session
-from tests.factories import CLUSTER, make_service, make_task
+from tests.factories import CLUSTER, make_service, make_task, respec
 from tests.helpers import wait_until
 
 NODE = "n1"
@@ -147,7 +147,7 @@ async def test_an_unassigned_task_is_withdrawn_before_it_is_stopped(world: World
 async def test_a_crashed_container_is_replaced_and_restarts_counted(world: World) -> None:
     t1 = make_task(WEB, 1, NODE)
     # No restart delay: the back-off itself is tested in test_agent_health.py.
-    await world.add_service(replace(WEB, spec={**WEB.spec, "restart": {"delay": 0.0}}))
+    await world.add_service(respec(WEB, restart={"delay": 0.0}))
     await world.assign(t1)
     await world.reconcile()
     await world.reconcile()

@@ -34,6 +34,8 @@ from node.agent.restart import (
 )
 from node.domain import TaskStatus
 from node.runtime.base import DockerHealth
+from node.spec_lifecycle import HealthCheck, RestartPolicy, TcpCheck
+from tests.factories import typed_spec
 
 CHECK = Check("http", 8080, "/health", interval=1.0, retries=3)
 
@@ -119,12 +121,15 @@ def test_a_slow_probe_does_not_stretch_the_schedule() -> None:
     assert state.next_at == 3.5, "late: the next probe goes at once"
 
 
-def test_check_of_a_stored_spec() -> None:
-    assert check_of({"name": "web"}) is None
+def test_check_of_a_spec() -> None:
+    assert check_of(typed_spec("web")) is None and check_of(None) is None
     http = {"http": {"port": 8080, "path": "/health", "status": 204}, "interval": 0.5, "retries": 2}
-    assert check_of({"health": http}) == Check("http", 8080, "/health", 204, interval=0.5, retries=2)
-    assert check_of({"health": {"tcp": {"port": 9000}, "timeout": 0.2}}) == Check("tcp", 9000, timeout=0.2)
-    exec_check = check_of({"health": {"exec": ["test", "-f", "/tmp/ok"], "start_period": 5.0}})
+    assert check_of(typed_spec("web", health=http)) == Check(
+        "http", 8080, "/health", 204, interval=0.5, retries=2
+    )
+    tcp = typed_spec("web", health={"tcp": {"port": 9000}, "timeout": 0.2})
+    assert check_of(tcp) == Check("tcp", 9000, timeout=0.2)
+    exec_check = check_of(typed_spec("web", health={"exec": ["test", "-f", "/tmp/ok"], "start_period": 5.0}))
     assert exec_check == Check("exec", command=("test", "-f", "/tmp/ok"), start_period=5.0)
     assert exec_check.describe() == "exec test -f /tmp/ok"
 
@@ -232,6 +237,20 @@ def test_max_attempts_within_a_window() -> None:
 def test_backoff_and_policy_of_a_stored_spec() -> None:
     assert backoff(Policy(delay=0.0), 5) == 0.0
     assert backoff(Policy(delay=60.0), 3) == 60.0, "a delay above the cap is kept"
-    assert policy_of({}) == Policy()
-    stored = {"restart": {"condition": "on-failure", "max_attempts": 3, "window": 60.0, "delay": 1.0}}
-    assert policy_of(stored) == Policy("on-failure", 3, 60.0, 1.0)
+    assert policy_of(typed_spec("web")) == Policy() == policy_of(None)
+    stored = typed_spec(
+        "web", restart={"condition": "on-failure", "max_attempts": 3, "window": 60.0, "delay": 1.0}
+    )
+    assert policy_of(stored) == Policy(condition="on-failure", max_attempts=3, window=60.0, delay=1.0)
+
+
+def test_the_defaults_are_the_spec_models_own() -> None:
+    """Each default is written once, in node.spec_lifecycle: the agent's types take theirs."""
+    model = HealthCheck(tcp=TcpCheck(port=1))
+    assert Check("tcp", 1) == check_of(typed_spec("web", health={"tcp": {"port": 1}}))
+    assert (Check("tcp").interval, Check("tcp").timeout, Check("tcp").retries) == (
+        model.interval,
+        model.timeout,
+        model.retries,
+    )
+    assert Policy() == RestartPolicy()

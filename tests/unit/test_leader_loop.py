@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -101,6 +102,27 @@ async def test_a_removed_service_loses_its_tasks(leader: Leader) -> None:
     await leader.store.delete(KEYS.service("web"))
     await leader.reconcile()
     assert sorted(await leader.tasks()) == [("api", 1)]
+
+
+async def test_a_service_whose_stored_spec_cannot_be_read_is_left_alone(leader: Leader) -> None:
+    """A record written around the API (or by a newer shoal) that does not check: its tasks
+    are neither removed (as for a deleted service) nor changed; the others go on."""
+    await leader.put_node(make_node("n1"))
+    await leader.put_service(make_service("web", replicas=2))
+    await leader.put_service(make_service("api", replicas=1))
+    await leader.reconcile()
+    before = await leader.tasks()
+    bad = json.loads(make_service("web", replicas=5).to_json())
+    bad["version"], bad["spec"]["placement"] = 2, {"constraints": ["zone is a"]}
+    await leader.store.put(KEYS.service("web"), json.dumps(bad).encode())
+    await leader.put_service(make_service("api", replicas=2, version=2))
+    await leader.reconcile()
+    after = await leader.tasks()
+    assert {k: v for k, v in after.items() if k[0] == "web"} == {
+        k: v for k, v in before.items() if k[0] == "web"
+    }
+    assert sorted(k for k in after if k[0] == "api") == [("api", 1), ("api", 2)]
+    assert leader.loop.unreadable == {"web"}
 
 
 async def test_the_tasks_of_a_lost_node_are_placed_again(leader: Leader) -> None:

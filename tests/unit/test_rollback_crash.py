@@ -139,7 +139,7 @@ async def tasks(store: MemoryStore) -> dict[int, Assignment]:
 async def report_all(store: MemoryStore, bad: str = "img:bad") -> None:
     """Play the agents: replicas of `bad` crash-loop, the others run."""
     services, _ = await store.range(KEYS.history("web"))
-    images = {r.version: r.spec["image"] for r in (ServiceRecord.from_json(kv.value) for kv in services)}
+    images = {r.version: r.spec.image for r in (ServiceRecord.from_json(kv.value) for kv in services)}
     for t in (await tasks(store)).values():
         failing = images.get(t.version) == bad
         state, restarts = ("exited", 1) if failing else ("running", 0)
@@ -192,7 +192,7 @@ async def ends_rolled_back_once(store: DyingStore, leader: Leader) -> None:
         if r.state == RolloutState.ROLLED_BACK:
             break
     svc = await service(store)
-    assert (svc.version, svc.rollback_of, svc.spec["image"]) == (3, 2, "img:1"), "on the previous version"
+    assert (svc.version, svc.rollback_of, svc.spec.image) == (3, 2, "img:1"), "on the previous version"
     for _ in range(3):  # more passes: no second rollback
         await report_all(store)
         await leader.reconcile()
@@ -322,7 +322,7 @@ async def test_a_failed_record_stored_without_its_rollback_is_rolled_back_by_a_f
     try:
         await leader.reconcile()
         svc = await service(store)
-        assert (svc.version, svc.rollback_of, svc.spec["image"]) == (3, 2, "img:1")
+        assert (svc.version, svc.rollback_of, svc.spec.image) == (3, 2, "img:1")
         for _ in range(3):
             await report_all(store)
             await leader.reconcile()
@@ -372,6 +372,6 @@ async def test_a_newer_apply_between_the_decision_and_the_write_wins_over_the_ro
         await report_all(store)
         await leader.reconcile()
     svc = await service(store)
-    assert (svc.version, svc.spec["image"], svc.rollback_of) == (3, "img:fixed", 0), (
+    assert (svc.version, svc.spec.image, svc.rollback_of) == (3, "img:fixed", 0), (
         "the operator's apply stands"
     )

@@ -159,7 +159,7 @@ async def test_failing_new_replicas_roll_back_to_the_previous_version(world: Wor
     assert rollout.state == RolloutState.FAILED and "rolling back to version 1" in rollout.message
 
     service = ServiceRecord.from_json((await world.store.get(KEYS.service("web"))).value)  # type: ignore[union-attr]
-    assert (service.version, service.rollback_of, service.spec["image"]) == (3, 2, "img:1")
+    assert (service.version, service.rollback_of, service.spec.image) == (3, 2, "img:1")
     await world.reconcile()
     tasks = await world.tasks()
     assert tasks[1] == v1[1], "the old task, still running under the handoff, is restored as it was"

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from leader.rollout import PROGRESS_DEADLINE, Health, RolloutState, SlotView, Step, UpdatePolicy, start, step
+from leader.rollout import (
+    PROGRESS_DEADLINE,
+    Health,
+    RolloutState,
+    SlotView,
+    Step,
+    UpdatePolicy,
+    start,
+    step,
+    update_policy,
+)
 from node.domain import RolloutRecord
+from tests.factories import typed_spec
 
 OLD, NEW = "old-template", "new-template"
 
@@ -165,11 +176,11 @@ def test_a_completed_rollback_says_rolled_back() -> None:
 
 
 def test_policy_from_a_spec_uses_defaults_for_what_is_missing() -> None:
-    policy = UpdatePolicy.of({"update": {"parallelism": 3, "order": "stop-first", "drain": 5.0}})
+    policy = update_policy(typed_spec("web", update={"parallelism": 3, "order": "stop-first", "drain": 5.0}))
     assert (policy.parallelism, policy.order, policy.monitor, policy.failure_action) == (
         3,
         "stop-first",
         5.0,
         "rollback",
     )
-    assert UpdatePolicy.of({}) == UpdatePolicy()
+    assert update_policy(typed_spec("web")) == UpdatePolicy()

@@ -29,6 +29,7 @@ from leader.placement.requirements import capacity_millicores, requirements, res
 from leader.scheduler import Plan, Snapshot, schedule_all
 from node.constraints import parse_constraint
 from node.domain import Assignment, NodeInfo, ServiceRecord
+from node.spec import ServiceSpec, spec_to_dict
 from tests.factories import make_spec
 
 GIB, MIB = 2**30, 2**20
@@ -136,7 +137,7 @@ def disturbed(draw: st.DrawFn) -> tuple[Snapshot, list[ServiceRecord]]:
     }
     changed = []
     for record in records:
-        spec = dict(record.spec)
+        spec = spec_to_dict(record.spec)
         what = draw(st.sampled_from(["same", "scale", "image", "placement"]))
         if what == "scale":
             spec["replicas"] = draw(st.integers(0, 25))
@@ -157,8 +158,8 @@ def reserved(tasks: list[Assignment]) -> tuple[Counter[str], Counter[str]]:
     return cpu, mem
 
 
-def eligible(snapshot: Snapshot, spec: dict[str, Any]) -> set[str]:
-    constraints = [parse_constraint(c) for c in (spec.get("placement") or {}).get("constraints", [])]
+def eligible(snapshot: Snapshot, spec: ServiceSpec) -> set[str]:
+    constraints = [parse_constraint(c) for c in (spec.placement.constraints if spec.placement else [])]
     return {
         n
         for n, info in snapshot.nodes.items()
@@ -167,11 +168,11 @@ def eligible(snapshot: Snapshot, spec: dict[str, Any]) -> set[str]:
     }
 
 
-def fits_one_more(snapshot: Snapshot, tasks: list[Assignment], node: str, spec: dict[str, Any]) -> bool:
+def fits_one_more(snapshot: Snapshot, tasks: list[Assignment], node: str, spec: ServiceSpec) -> bool:
     req = requirements(spec)
     cpu, mem = reserved(tasks)
     info = snapshot.nodes[node]
-    mine = sum(1 for t in tasks if t.node == node and t.service == spec["name"])
+    mine = sum(1 for t in tasks if t.node == node and t.service == spec.name)
     room_cpu = capacity_millicores(info.cpu) - cpu[node] >= req.cpu
     return room_cpu and info.memory - mem[node] >= req.memory and mine < req.max_per_node
 
@@ -194,7 +195,7 @@ def test_never_over_capacity_nor_on_a_dead_drained_or_excluded_node(
     specs_by_name = {r.name: r.spec for r in records}
     for plan in plans:
         spec = specs_by_name[plan.service]
-        constraints = [parse_constraint(c) for c in (spec.get("placement") or {}).get("constraints", [])]
+        constraints = [parse_constraint(c) for c in (spec.placement.constraints if spec.placement else [])]
         for t in plan.keep + plan.place:
             assert t.node in snapshot.nodes, "on a dead node"
             assert snapshot.availability.get(t.node) != "drain", "on a drained node"
@@ -214,13 +215,13 @@ def test_every_slot_is_kept_placed_or_pending_with_a_reason(
     for record, plan in zip(records, run(snapshot, records, small), strict=True):
         if plan.pending:
             assert plan.reason
-        if record.spec.get("mode") == "global":
+        if record.spec.mode == "global":
             continue
         slots = sorted([t.slot for t in plan.keep + plan.place] + plan.unplaced)
         assert slots == list(range(1, record.replicas + 1))
         current = {slot for (svc, slot) in snapshot.tasks if svc == record.name}
         assert {t.slot for t in plan.stop} == {s for s in current if s > record.replicas}
-        limit = (record.spec.get("placement") or {}).get("max_per_node")
+        limit = record.spec.placement.max_per_node if record.spec.placement else None
         if limit:
             assert max(Counter(t.node for t in plan.keep + plan.place).values(), default=0) <= limit
 
@@ -234,7 +235,7 @@ def test_global_runs_once_on_every_eligible_node_with_room(
     plans = run(snapshot, records, small)
     running = [t for p in plans for t in p.keep + p.place]
     for record, plan in zip(records, plans, strict=True):
-        if record.spec.get("mode") != "global":
+        if record.spec.mode != "global":
             continue
         on = Counter(t.node for t in plan.keep + plan.place)
         assert all(n == 1 for n in on.values()), "two replicas on one node"
@@ -275,7 +276,7 @@ def test_spread_is_even_over_nodes_and_label_values_when_capacity_allows(
     for record, plan in zip(records, plans, strict=True):
         spec = record.spec
         nodes_ok = eligible(snapshot, spec)
-        label = (spec.get("placement") or {}).get("spread")
+        label = spec.placement.spread if spec.placement else None
         group: Callable[[str], Any] = (lambda n: cluster[n].labels.get("zone")) if label else (lambda n: n)
         count: Counter[Any] = Counter({group(n): 0 for n in nodes_ok})
         count.update(group(t.node) for t in plan.place)

@@ -72,11 +72,13 @@ def test_the_formatters_redact_messages_and_tracebacks() -> None:
 
 
 def test_secret_env_is_its_own_map_and_masked_in_answers() -> None:
-    spec = spec_to_dict(parse_spec("name: db\nimage: x\nenv: {A: '1'}\nsecret_env: {PW: hunter2, N: 5}\n"))
+    typed = parse_spec("name: db\nimage: x\nenv: {A: '1'}\nsecret_env: {PW: hunter2, N: 5}\n")
+    spec = spec_to_dict(typed)
     assert spec["secret_env"] == {"PW": "hunter2", "N": "5"} and spec["env"] == {"A": "1"}
-    shown = masked(spec)
-    assert shown["secret_env"] == {"PW": MASK, "N": MASK} and spec["secret_env"]["PW"] == "hunter2"
-    assert masked({"name": "x"}) == {"name": "x"}
+    shown = masked(typed)
+    assert shown["secret_env"] == {"PW": MASK, "N": MASK} and typed.secret_env == {"PW": "hunter2", "N": "5"}
+    plain = parse_spec("name: x\nimage: x\n")
+    assert masked(plain) == spec_to_dict(plain)
     assert "secret_env" not in spec_to_dict(parse_spec("name: db\nimage: x\n"))  # old specs unchanged
     with pytest.raises(SpecError, match=r"secret_env\.A: A is in env too"):
         parse_spec("name: db\nimage: x\nenv: {A: '1'}\nsecret_env: {A: hunter2}\n")
