@@ -32,9 +32,11 @@ from node.domain import (
     TaskStatus,
     effective_labels,
 )
+from node.errors import FailedPrecondition
 from node.events import EventLog
 from node.keys import Keys
-from node.store import KV, Fenced, Put, Store, StoreError
+from node.ports import port_writes
+from node.store import KV, Compare, Fenced, Put, Store, StoreError, fence
 from node.store.cache import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -276,15 +278,27 @@ class LeaderLoop:
         spec["replicas"] = now_record.replicas  # roll back what runs, not how many
         record = ServiceRecord(
             name, now_record.version + 1, spec, time.time(), f"leader (rollback of {failed.to_version})",
-            rollback_of=failed.to_version,
+            rollback_of=failed.to_version, uid=now_record.uid,
         )  # fmt: skip
         history = self.keys.history_version(name, record.version)
-        await self.applier.commit(
+        try:  # the ports the good version publishes: claimed in the same transaction (`node.ports`)
+            ports = await port_writes(self.store, self.keys, name, record.uid, now_record.spec, spec)
+        except FailedPrecondition as exc:  # PortTaken: the port went to another service meanwhile
+            self.events.emit("rollout.rollback_refused", f"{name}: cannot roll back: {exc}", service=name)
+            return
+        result = await self.store.txn(
             [
-                Write(Put(current.key, record.to_json()), current.mod_revision),
-                Write(Put(history, record.to_json()), 0),
-            ]
+                fence(self.keys.leader, self.epoch),
+                Compare(current.key, "mod", "==", current.mod_revision),
+                Compare(history, "mod", "==", 0),
+                *ports.compares,
+            ],
+            [Put(current.key, record.to_json()), Put(history, record.to_json()), *ports.ops],
         )
+        if not result.succeeded:
+            leader = await self.store.get(self.keys.leader)
+            if leader is None or leader.create_revision != self.epoch:
+                raise Fenced(f"leadership at epoch {self.epoch} is over; write refused")
 
     async def _caught_up(self, writes: list[Write], timeout: float = 2.0) -> None:
         """Wait until our own writes are in the mirrors, so the next pass sees them. (Not
