@@ -36,7 +36,7 @@ from node.errors import FailedPrecondition
 from node.events import EventLog
 from node.keys import Keys
 from node.ports import port_writes
-from node.store import KV, Compare, Fenced, Put, Store, StoreError, fence
+from node.store import KV, Compare, Delete, Fenced, Put, Store, StoreError, fence
 from node.store.cache import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,9 @@ class LeaderLoop:
         holders = {task.node for task in parsed.values()}
         await self.down.sync(registry, registry | holders)
         services, snap, seen = self.snapshot()
+        old_uid = stale_incarnation(services, snap.tasks)
+        if old_uid:  # tasks of a removed service's namesake: their slots are planned anew
+            snap = replace(snap, tasks={k: t for k, t in snap.tasks.items() if k not in old_uid})
         self._node_events(snap.nodes)
         now, alive = time.time(), set(snap.nodes)
         statuses = self.status_map()
@@ -197,6 +200,10 @@ class LeaderLoop:
             key = self.keys.task(task.service, task.slot)
             if key not in written:
                 writes.append(Write(Put(key, task.to_json()), seen.get(key, 0)))
+        for task in old_uid.values():  # not placed again this pass (no room): unassigned all the same
+            key = self.keys.task(task.service, task.slot)
+            if key not in written:
+                writes.append(Write(Delete(key), seen.get(key, 0)))
         rollout_seen = {kv.key: kv.mod_revision for kv in self.rollouts.values()}
         for name, record in decided.records.items():
             key = self.keys.rollout(name)
@@ -438,6 +445,21 @@ class LeaderLoop:
             elif before:
                 self.events.emit("service.placed", "every replica has a node", service=plan.service)
                 del self._pending[plan.service]
+
+
+def stale_incarnation(
+    services: Mapping[str, ServiceRecord], tasks: Mapping[tuple[str, int], Assignment]
+) -> dict[tuple[str, int], Assignment]:
+    """Tasks assigned for another incarnation of their service (`ServiceRecord.uid`): the
+    service was removed and applied again before its old tasks were unassigned. They are
+    never kept, updated or handed off from; their slots are placed anew from the new spec.
+    (Tasks and services written before uids both have uid "", so they still match.)"""
+    out = {}
+    for key, task in tasks.items():
+        record = services.get(task.service)
+        if record is not None and task.uid != record.uid:
+            out[key] = task
+    return out
 
 
 class _StatusView:
