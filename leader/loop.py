@@ -435,6 +435,9 @@ class LeaderLoop:
     def _pending_events(self, plans: list[Plan]) -> None:
         """`service.pending` when the reason a service's replicas wait changes; `service.placed`
         once they all found a node. Not repeated on every pass."""
+        planned = {plan.service for plan in plans}  # every service has a plan: forget removed ones
+        for name in [name for name in self._pending if name not in planned]:
+            del self._pending[name]
         for plan in plans:
             before = self._pending.get(plan.service, "")
             if plan.pending:

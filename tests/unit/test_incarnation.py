@@ -15,12 +15,16 @@ from dataclasses import dataclass, replace
 import pytest
 
 from leader.loop import LeaderLoop, stale_incarnation
+from leader.scheduler import Plan
 from node.agent.agent import Agent
 from node.agent.containers import SpecNotFound, SpecSource
 from node.api.services import ServiceWriter
-from node.domain import Assignment, ServiceRecord
+from node.domain import Assignment, EndpointRecord, ServiceRecord
 from node.events import EventLog
 from node.keys import Keys
+from node.proxy.mesh import Mesh
+from node.proxy.routes import Route
+from node.proxy.stats import ProxyStats
 from node.runtime.base import LABELS
 from node.runtime.fake import FakeRuntime
 from node.store.memory import MemoryStore
@@ -177,3 +181,41 @@ async def test_the_spec_cache_is_bounded_and_forgets_unassigned_services() -> No
     assert len(source) == 1
     with pytest.raises(SpecNotFound):
         await source.spec("s4", 1, "another")
+
+
+async def test_the_mesh_routes_no_task_of_a_removed_namesake() -> None:
+    """Until the leader replaces them, the old web's tasks (and endpoints) are still in etcd:
+    the new web's listener never sends traffic to them."""
+    store = MemoryStore()
+    new = replace(make_service("web"), uid="new")
+    old_task = replace(make_task(new, 1, NODE, task_id="old"), uid="old")
+    new_task = replace(make_task(new, 2, NODE, task_id="fresh"), uid="new")
+    await store.put(KEYS.service("web"), new.to_json())
+    for t in (old_task, new_task):
+        await store.put(KEYS.task("web", t.slot), t.to_json())
+        endpoint = EndpointRecord(t.task_id, "web", NODE, "127.0.0.1", 30000 + t.slot, 8080)
+        await store.put(KEYS.endpoint("web", t.task_id), endpoint.to_json())
+    mesh = Mesh(store, KEYS, NODE, "127.0.0.1")
+    for cache in (mesh.services, mesh.tasks, mesh.endpoints, mesh.down):
+        await cache.relist()
+    assert [e.task_id for e in mesh.routable()] == ["fresh"]
+
+
+async def test_the_mesh_forgets_the_counters_of_a_removed_route() -> None:
+    store = MemoryStore()
+    mesh = Mesh(store, KEYS, NODE, "127.0.0.1")
+    route = Route("web", 18433, 8080, "tcp")
+    mesh.stats[route] = ProxyStats()
+    for cache in (mesh.services, mesh.tasks, mesh.endpoints, mesh.down):
+        await cache.relist()
+    await mesh.sync()
+    assert mesh.stats == {}
+
+
+def test_the_leader_forgets_the_pending_reason_of_a_removed_service() -> None:
+    store = MemoryStore()
+    leader = LeaderLoop(store, KEYS, 1, EventLog(store, KEYS, NODE))
+    leader._pending_events([Plan("web", unplaced=[1], reason="0/1 nodes available")])
+    assert set(leader._pending) == {"web"}
+    leader._pending_events([Plan("api")])  # web is gone: it has no plan any more
+    assert leader._pending == {}
