@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from node import rpc
 from node.cli.main import cli
-from node.client import InvalidArgument, NotFound, ShoalError
+from node.client import FailedPrecondition, InvalidArgument, NotFound, ShoalError
 from node.devcluster import DevCluster
 from node.keys import Keys
 from node.pb import api_pb2, api_pb2_grpc
@@ -55,11 +55,6 @@ BAD_SPECS = [
     ("empty file", "", "empty"),
     ("not YAML", "name: [web\nimage: x\n", "<spec>"),
     ("not a mapping", "- name: web\n", "mapping"),
-    (
-        "port taken by another service",
-        GOOD.replace("name: api", "name: other"),
-        "already published by service 'api'",
-    ),
 ]
 
 
@@ -128,6 +123,15 @@ def test_bad_spec_is_invalid_argument_and_writes_nothing(
     with cluster.client() as c, pytest.raises(InvalidArgument) as err:
         c.apply(text)
     assert fragment in str(err.value), f"{kind}: {err.value}"
+    assert writes_since(cluster, before) == []
+
+
+def test_a_port_another_service_publishes_is_failed_precondition_naming_it(cluster: DevCluster) -> None:
+    """A state conflict, not a bad spec: the spec is fine, the port is taken (`node.ports`)."""
+    before = etcd_revision(cluster)
+    with cluster.client() as c, pytest.raises(FailedPrecondition) as err:
+        c.apply(GOOD.replace("name: api", "name: other"))
+    assert "ports[0].published: port 18081 is already published by service 'api'" in str(err.value)
     assert writes_since(cluster, before) == []
 
 
