@@ -279,8 +279,8 @@ class LeaderLoop:
             )
             return
         now_record = ServiceRecord.from_json(current.value)
-        if now_record.version != failed.to_version:
-            return  # a newer apply came meanwhile: it decides
+        if now_record.version != failed.to_version or now_record.uid != failed.uid:
+            return  # a newer apply (or a new service of that name) came meanwhile: it decides
         spec = dict(ServiceRecord.from_json(good.value).spec)
         spec["replicas"] = now_record.replicas  # roll back what runs, not how many
         record = ServiceRecord(

@@ -119,7 +119,8 @@ class ServiceWriter:
         kv = await self.store.get(self.keys.rollout(current.name))
         if kv is not None:
             rollout = RolloutRecord.from_json(kv.value)
-            if rollout.to_version == current.version and rollout.from_version in by_version:
+            same = rollout.to_version == current.version and rollout.uid == current.uid
+            if same and rollout.from_version in by_version:
                 return by_version[rollout.from_version]
         for r in reversed(versions):
             if r.version < current.version and template_hash(r.spec) != template_hash(current.spec):
