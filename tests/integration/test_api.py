@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -133,6 +134,37 @@ def test_a_port_another_service_publishes_is_failed_precondition_naming_it(clust
         c.apply(GOOD.replace("name: api", "name: other"))
     assert "ports[0].published: port 18081 is already published by service 'api'" in str(err.value)
     assert writes_since(cluster, before) == []
+
+
+def test_ten_concurrent_applies_on_one_port_through_both_nodes_exactly_one_wins(cluster: DevCluster) -> None:
+    """Ten services publishing one port, applied at once through both nodes: one wins, the
+    nine others are FAILED_PRECONDITION naming it and leave no service key behind."""
+    port = 18087
+    names = [f"race{i}" for i in range(10)]
+
+    def apply(i: int) -> str:
+        text = GOOD.replace("name: api", f"name: {names[i]}").replace("18081", str(port))
+        with cluster.client(1 + i % 2) as c:
+            try:
+                c.apply(text)
+            except FailedPrecondition as exc:
+                return str(exc)
+        return ""
+
+    with ThreadPoolExecutor(10) as pool:
+        said = list(pool.map(apply, range(10)))
+    won = [names[i] for i, s in enumerate(said) if not s]
+    try:
+        assert len(won) == 1, said
+        for s in said:
+            assert not s or f"port {port} is already published by service '{won[0]}'" in s, s
+        with cluster.client() as c:
+            listed = {svc.name for svc in c.list_services()}
+        assert listed & set(names) == set(won)
+    finally:
+        with cluster.client() as c:
+            for name in won:
+                c.delete_service(name)
 
 
 def test_oversize_message_is_resource_exhausted(cluster: DevCluster) -> None:
