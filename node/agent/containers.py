@@ -33,7 +33,10 @@ longer assigned here at every pass."""
 class SpecSource:
     """Specs by (service, uid, version): the uid (`ServiceRecord.uid`) tells a service
     from a namesake created after it was removed, whose versions start at 1 again; a
-    task's spec is only ever the one of its own incarnation."""
+    task's spec is only ever the one of its own incarnation. A task without a uid was
+    assigned by a leader older than uids (during an upgrade): it takes the version of
+    whatever incarnation etcd holds, as before, and that spec is not cached; an upgraded
+    leader replaces such a task when its service has a uid."""
 
     def __init__(self, store: Store, keys: Keys, size: int = SPEC_CACHE) -> None:
         self.store = store
@@ -55,9 +58,11 @@ class SpecSource:
             record = ServiceRecord.from_json(kv.value)
             if record.version != version:
                 continue
-            if record.uid != uid:
+            if uid and record.uid != uid:
                 other = True  # the same name and version, of another incarnation
                 continue
+            if record.uid != uid:  # a task without uid (its leader predates them): not cached
+                return record.spec
             self._specs[key] = record.spec
             while len(self._specs) > self.size:
                 self._specs.popitem(last=False)

@@ -159,7 +159,8 @@ class Mesh:
     def routable(self) -> list[EndpointRecord]:
         uids = {r.name: r.uid for r in (ServiceRecord.from_json(kv.value) for kv in self.services.values())}
         tasks = (Assignment.from_json(kv.value) for kv in self.tasks.values())
-        assigned = routes.assignments(t for t in tasks if uids.get(t.service, t.uid) == t.uid)
+        # not a task of a removed namesake (one without uid: its leader predates uids, as before)
+        assigned = routes.assignments(t for t in tasks if not t.uid or uids.get(t.service, t.uid) == t.uid)
         endpoints = (EndpointRecord.from_json(kv.value) for kv in self.endpoints.values())
         return routes.routable(endpoints, assigned, self._gone())
 

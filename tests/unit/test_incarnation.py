@@ -219,3 +219,14 @@ def test_the_leader_forgets_the_pending_reason_of_a_removed_service() -> None:
     assert set(leader._pending) == {"web"}
     leader._pending_events([Plan("api")])  # web is gone: it has no plan any more
     assert leader._pending == {}
+
+
+async def test_a_task_without_uid_from_a_leader_older_than_uids_still_starts(world: World) -> None:
+    """During an upgrade an old leader assigns tasks without uid for a service with one:
+    the agent runs them from the spec etcd holds, as before, without caching that spec."""
+    record, _ = await world.api.apply(NEW, "web.yaml")
+    assert record.uid
+    await world.store.put(KEYS.task("web", 1), make_task(record, 1, NODE).to_json())
+    await world.agent_pass()
+    assert world.running() == [("shoal-demo/web:2", {"GREETING": "beta"})]
+    assert len(world.agent.specs) == 0
