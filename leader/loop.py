@@ -190,6 +190,9 @@ class LeaderLoop:
         holders = {task.node for task in parsed.values()}
         await self.down.sync(registry, registry | holders)
         services, snap, seen = self.snapshot()
+        old_uid = stale_incarnation(services, snap.tasks)
+        if old_uid:  # tasks of a removed service's namesake: their slots are planned anew
+            snap = replace(snap, tasks={k: t for k, t in snap.tasks.items() if k not in old_uid})
         self._node_events(snap.nodes)
         now, alive = self._last_pass, set(snap.nodes)
         statuses = self.status_map()
@@ -212,6 +215,10 @@ class LeaderLoop:
             key = self.keys.task(task.service, task.slot)
             if key not in written:
                 writes.append(Write(Put(key, task.to_json()), seen.get(key, 0)))
+        for task in old_uid.values():  # not placed again this pass (no room): unassigned all the same
+            key = self.keys.task(task.service, task.slot)
+            if key not in written:
+                writes.append(Write(Delete(key), seen.get(key, 0)))
         rollout_seen = {kv.key: kv.mod_revision for kv in self.rollouts.values()}
         due = {r.service for r in decided.rollbacks}
         for name, record in decided.records.items():
@@ -300,6 +307,11 @@ class LeaderLoop:
                 log.info("rollback of %s stale; deciding again on the next pass", name)
                 continue
             self.crash_point(crashpoint.ROLLBACK_WRITTEN)
+            if isinstance(outcome, rollback.Refused):  # a port of the good version went to another service
+                self.events.emit(
+                    "rollout.rollback_refused", f"{name}: cannot roll back: {outcome}", service=name
+                )
+                continue
             if outcome is rollback.Outcome.IMPOSSIBLE:
                 self.events.emit(
                     "rollout.rollback_impossible",
@@ -461,6 +473,9 @@ class LeaderLoop:
     def _pending_events(self, plans: list[Plan]) -> None:
         """`service.pending` when the reason a service's replicas wait changes; `service.placed`
         once they all found a node. Not repeated on every pass."""
+        planned = {plan.service for plan in plans}  # every service has a plan: forget removed ones
+        for name in [name for name in self._pending if name not in planned]:
+            del self._pending[name]
         for plan in plans:
             before = self._pending.get(plan.service, "")
             if plan.pending:
@@ -471,6 +486,21 @@ class LeaderLoop:
             elif before:
                 self.events.emit("service.placed", "every replica has a node", service=plan.service)
                 del self._pending[plan.service]
+
+
+def stale_incarnation(
+    services: Mapping[str, ServiceRecord], tasks: Mapping[tuple[str, int], Assignment]
+) -> dict[tuple[str, int], Assignment]:
+    """Tasks assigned for another incarnation of their service (`ServiceRecord.uid`): the
+    service was removed and applied again before its old tasks were unassigned. They are
+    never kept, updated or handed off from; their slots are placed anew from the new spec.
+    (Tasks and services written before uids both have uid "", so they still match.)"""
+    out = {}
+    for key, task in tasks.items():
+        record = services.get(task.service)
+        if record is not None and task.uid != record.uid:
+            out[key] = task
+    return out
 
 
 class _StatusView:

@@ -20,8 +20,9 @@ is stored the rollback is no longer due.
 A rollback that cannot be done (the good version's history entry is gone) pauses the
 record with a message saying so, reported once, not retried on every pass.
 
-`write` is the one place the leader writes a service spec: whatever must go in the same
-transaction as a service write (a claim, a check) goes there.
+`write` is the one place the leader writes a service spec, so the published ports of the
+good version are claimed there, in the same transaction (`node.ports`); a port another
+service took meanwhile refuses the rollback (`Refused`, an event names the owner).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from enum import StrEnum
 from leader.rollout import RolloutState
 from node.domain import RolloutRecord, ServiceRecord
 from node.keys import Keys
+from node.ports import PortTaken, port_writes
 from node.store import KV, Compare, Fenced, Put, Store, fence
 from node.store.base import Op
 
@@ -99,18 +101,35 @@ def plan(
     return Txn(compares, ops, record)
 
 
+class Refused(PortTaken):
+    """The good version publishes a port another service took meanwhile: nothing is written,
+    the rollout stays failed on the current version, and an event names the owner."""
+
+
 async def write(
     store: Store, keys: Keys, epoch: int, failed: RolloutRecord, current: KV, rollout_mod: int
-) -> Outcome:
-    """Roll `failed` back in one fenced transaction (see the module docstring). Raises
-    `Fenced` when our epoch no longer leads, `StoreError` when etcd does not answer."""
+) -> Outcome | Refused:
+    """Roll `failed` back in one fenced transaction (see the module docstring), with the port
+    claims of the good version (`node.ports`) in it. Raises `Fenced` when our epoch no longer
+    leads, `StoreError` when etcd does not answer."""
     name = failed.service
-    if ServiceRecord.from_json(current.value).version != failed.to_version:
-        return Outcome.STALE  # the mirror moved on since the decision (a newer apply): it decides
+    running = ServiceRecord.from_json(current.value)
+    if running.version != failed.to_version or running.uid != failed.uid:
+        return Outcome.STALE  # the mirror moved on since the decision (a newer apply, a new namesake)
     good = await store.get(keys.history_version(name, failed.from_version))
     bad = await store.get(keys.history_version(name, failed.to_version))
     txn = plan(keys, failed, current, rollout_mod, good, bad, time.time())
-    result = await store.txn([fence(keys.leader, epoch), *txn.compares], txn.ops)
+    compares, ops = [fence(keys.leader, epoch), *txn.compares], list(txn.ops)
+    if txn.record is not None:
+        try:
+            ports = await port_writes(
+                store, keys, name, running.uid, running.spec, txn.record.spec, time.time()
+            )
+        except PortTaken as exc:
+            return Refused(exc.port, exc.owner, "the previous version's port")
+        compares += ports.compares
+        ops += ports.ops
+    result = await store.txn(compares, ops)
     if not result.succeeded:
         leader = await store.get(keys.leader)
         if leader is None or leader.create_revision != epoch:

@@ -201,6 +201,7 @@ def rollback_due(record: ServiceRecord, target: str, r: RolloutRecord | None) ->
         and r.state == RolloutState.FAILED.value
         and r.to_version == record.version
         and r.target == target
+        and r.uid == record.uid
     )
 
 

@@ -147,6 +147,7 @@ class _Service:
             self.cores,
             req.memory,
             old.task_id if old is not None else "",
+            uid=self.record.uid,
         )
         self.plan.place.append(task)
         if old is not None:

@@ -91,11 +91,12 @@ def decide(
         }
         r = rollouts.get(name)
         outdated = [t for t in current.values() if t.template != target]
-        if r is None or r.target != target or r.to_version != record.version:
+        if r is None or r.target != target or r.to_version != record.version or r.uid != record.uid:
             if not outdated:
                 continue  # first deploy, or nothing to update
             versions = sorted({t.version for t in outdated})
             r = start(name, versions[-1], record.version, target, now, rollback_of=record.rollback_of)
+            r = replace(r, uid=record.uid)  # a record of a removed namesake is never continued
             out.records[name] = r
         if rollback_due(record, target, r):
             out.rollbacks.append(r)  # stored failed, its rollback never written: write it now

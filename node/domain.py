@@ -77,6 +77,15 @@ def new_task_id() -> TaskId:
     return TaskId(secrets.token_hex(6))
 
 
+def new_service_uid() -> str:
+    """The identity of one incarnation of a service: 16 random hex characters, set when
+    `services/<name>` is created (never on an update), so a service removed and applied
+    again under the same name is another service to every cache, task and container.
+    Records written before uids existed read as uid "" (one legacy incarnation, kept
+    until that service is removed)."""
+    return secrets.token_hex(8)
+
+
 _FIELDS: dict[type, frozenset[str]] = {}
 
 
@@ -163,6 +172,7 @@ class ServiceRecord(Record):
     updated_by: str = ""
     rollback_of: int = 0  # this version rolls `rollback_of` back (to an earlier spec)
     outcome: str = ""  # in history/: how its rollout ended (completed, failed, paused, rolled_back)
+    uid: str = ""  # this incarnation (`new_service_uid`); "" for services created before uids
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, ServiceSpec):
@@ -241,6 +251,7 @@ class Assignment(Record):
     replaces: str = ""  # the task id this one takes over from (moved off a drained node, ...)
     handoff: dict[str, Any] = field(default_factory=dict)  # the old task (an Assignment's fields)
     #   that keeps serving the slot until this one is ready (start-first); empty when none
+    uid: str = ""  # the service incarnation it was assigned for; another uid than the service's: stale
 
     def handed_off(self) -> Assignment | None:
         """The old task still serving this slot, while a handoff lasts."""
@@ -316,6 +327,7 @@ class RolloutRecord(Record):
     updated: int = 0  # slots on the target template
     total: int = 0
     message: str = ""
+    uid: str = ""  # the service incarnation it rolls out; another one's record is not continued
 
 
 @dataclass(frozen=True)
@@ -332,6 +344,16 @@ class PendingRecord(Record):
     @property
     def count(self) -> int:
         return len(self.slots) + len(self.nodes)
+
+
+@dataclass(frozen=True)
+class PortClaim(Record):
+    """`ports/<published>`: the service incarnation that publishes this port on every node.
+    Written with the service record in one transaction (`node.ports`); deleted with it."""
+
+    service: str
+    uid: str = ""
+    since: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `binds/<service>/<node>`          | the node's proxy       | on the node's lease |
 | `rollouts/<service>`              | leader only, fenced    | until `rm`          |
 | `pending/<service>`               | leader only, fenced    | while replicas wait for a node |
+| `ports/<published>`               | API, leader (rollback) | while published; <= 65,535 |
 | `security/ca.crt`                 | `cluster init`         | forever             |
 | `security/ca.key`                 | `cluster init`         | forever             |
 | `security/join`                   | init, `rotate-token`   | until rotated       |
@@ -24,6 +25,9 @@ All state lives under a prefix (default `/shoal/v1/`):
 
 A `rollouts/` record an `rm` raced (written by a pass that planned the service just
 before) is deleted by the leader's next pass, while the service key is absent.
+`ports/<published>` says which service incarnation (name and uid) owns a published
+port; it is written in the same transaction as `services/<name>` (`node.ports`), so two
+services never both get one port, whatever the order of concurrent applies.
 `binds/` holds the ports a node's proxy cannot bind, while that lasts. `security/`
 holds the CA certificate (public), the CA key encrypted (its passphrase is only on the
 nodes' disks), and the join token's certificate, key id and the token sealed under that
@@ -151,6 +155,14 @@ class Keys:
     def pending(self, service: str) -> str:
         """Why some of a service's replicas have no node (`PendingRecord`), while that lasts."""
         return f"{self.pendings}{service}"
+
+    @property
+    def ports(self) -> str:
+        return f"{self.prefix}ports/"
+
+    def port(self, published: int) -> str:
+        """Which service owns published port `published` (`PortClaim`)."""
+        return f"{self.ports}{published}"
 
     def binds(self, service: str) -> str:
         return f"{self.prefix}binds/{service}/"

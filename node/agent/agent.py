@@ -169,6 +169,7 @@ class Agent:
         for gone in (self.status, self._restart, self._handled, self._retry_at):
             for task_id in [t for t in gone if t not in assigned]:
                 del gone[task_id]
+        self.specs.retain({(t.service, t.uid) for t in assigned.values()})
         await asyncio.gather(*(self._exited(t, c) for t, c in actions.replace))
         now = self.clock()
         running: dict[str, tuple[Assignment, Container]] = {}
@@ -219,7 +220,7 @@ class Agent:
     async def _spec_or_none(self, task: Assignment) -> ServiceSpec | None:
         """The task's spec; None (no check, default policy) when it is not in etcd."""
         try:
-            return await self.specs.spec(task.service, task.version)
+            return await self.specs.spec(task.service, task.version, task.uid)
         except SpecNotFound:
             return None
 
@@ -294,7 +295,7 @@ class Agent:
             self._next_start = min(when, self._next_start or when)
             return
         try:
-            spec = await self.specs.spec(task.service, task.version)
+            spec = await self.specs.spec(task.service, task.version, task.uid)
             c = await self.runtime.run(container_spec(task, spec, self.cluster, self.publish_address))
         except (SpecNotFound, RuntimeError_) as exc:
             self._retry_at[task.task_id] = (self.clock() + backoff, min(backoff * 2, 30.0))
@@ -400,7 +401,8 @@ class Agent:
         """(drain, grace): the service's `update.drain` and `stop_grace` when its spec (of
         the container's version) says them, else the node's `drain` and `stop_timeout`."""
         try:
-            spec = await self.specs.spec(service, int(c.labels.get(LABELS.VERSION, "0")))
+            version, uid = int(c.labels.get(LABELS.VERSION, "0")), c.labels.get(LABELS.UID, "")
+            spec = await self.specs.spec(service, version, uid)
         except (SpecNotFound, StoreError, ValueError):
             return self.drain, self.stop_timeout
         drain = spec.update.drain if spec.update else None

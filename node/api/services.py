@@ -3,17 +3,21 @@
 Every write is a compare-and-swap on the service key's mod revision, so two
 concurrent applies never lose one another (the loser retries from a fresh read),
 and a spec is in etcd before the call returns. Nothing is written when the spec is
-invalid or unchanged.
+invalid or unchanged. The published ports a version claims or frees (`node.ports`) go
+into the same transaction, so of concurrent applies publishing one port exactly one
+wins; the others get FAILED_PRECONDITION naming the owner. A service gets its
+incarnation uid when it is created, never on an update.
 """
 
 from __future__ import annotations
 
 import time
 
-from node.domain import RolloutRecord, ServiceRecord, template_hash
+from node.domain import RolloutRecord, ServiceRecord, new_service_uid, template_hash
 from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.keys import Keys
-from node.spec import ServiceSpec, SpecError, parse_spec
+from node.ports import port_writes
+from node.spec import SpecError, parse_spec
 from node.store import Compare, Delete, Put, Store
 
 _ATTEMPTS = 5
@@ -31,30 +35,19 @@ class ServiceWriter:
             raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
         return ServiceRecord.from_json(kv.value), kv.mod_revision
 
-    async def _published_elsewhere(self, name: str, spec: ServiceSpec) -> None:
-        ports = {p.published: i for i, p in enumerate(spec.ports) if p.published}
-        if not ports:
-            return
-        kvs, _ = await self.store.range(self.keys.services)
-        for kv in kvs:
-            other = ServiceRecord.from_json(kv.value)
-            if other.name == name:
-                continue
-            for p in other.spec.ports:
-                if p.published in ports:
-                    i = ports[p.published]
-                    raise InvalidArgument(
-                        f"ports[{i}].published: port {p.published} is already published by "
-                        f"service '{other.name}'; choose another port"
-                    )
-
-    async def _write(self, record: ServiceRecord, expect_mod: int) -> bool:
+    async def _write(self, record: ServiceRecord, expect_mod: int, old: ServiceRecord | None) -> bool:
+        """The service record, its history entry and its port claims (`node.ports`), in one
+        transaction compared on the service key's mod revision."""
+        old_spec = old.spec if old else None
+        name, spec = record.name, record.spec
+        ports = await port_writes(self.store, self.keys, name, record.uid, old_spec, spec, time.time())
         value = record.to_json()
         result = await self.store.txn(
-            [Compare(self.keys.service(record.name), "mod", "==", expect_mod)],
+            [Compare(self.keys.service(record.name), "mod", "==", expect_mod), *ports.compares],
             [
                 Put(self.keys.service(record.name), value),
                 Put(self.keys.history_version(record.name, record.version), value),
+                *ports.ops,
             ],
         )
         return result.succeeded
@@ -66,14 +59,14 @@ class ServiceWriter:
             raise InvalidArgument(str(exc)) from exc
         name = spec.name
         for _ in range(_ATTEMPTS):
-            await self._published_elsewhere(name, spec)
             kv = await self.store.get(self.keys.service(name))
             current = ServiceRecord.from_json(kv.value) if kv else None
             if current is not None and current.spec == spec:
                 return current, False
             version = current.version + 1 if current else 1
-            record = ServiceRecord(name, version, spec, time.time(), self.node)
-            if await self._write(record, kv.mod_revision if kv else 0):
+            uid = current.uid if current else new_service_uid()  # a new incarnation only at create
+            record = ServiceRecord(name, version, spec, time.time(), self.node, uid=uid)
+            if await self._write(record, kv.mod_revision if kv else 0, current):
                 return record, True
         raise Conflict(f"service '{name}' is being changed concurrently; try again")
 
@@ -85,8 +78,8 @@ class ServiceWriter:
             if current.replicas == replicas:
                 return current
             spec = current.spec.model_copy(update={"replicas": replicas})  # checked above
-            record = ServiceRecord(name, current.version + 1, spec, time.time(), self.node)
-            if await self._write(record, mod):
+            record = ServiceRecord(name, current.version + 1, spec, time.time(), self.node, uid=current.uid)
+            if await self._write(record, mod, current):
                 return record
         raise Conflict(f"service '{name}' is being changed concurrently; try again")
 
@@ -115,8 +108,9 @@ class ServiceWriter:
                 time.time(),
                 f"{self.node} (rollback)",
                 rollback_of=current.version,
+                uid=current.uid,
             )
-            if await self._write(record, mod):
+            if await self._write(record, mod, current):
                 return record
         raise Conflict(f"service '{name}' is being changed concurrently; try again")
 
@@ -125,7 +119,8 @@ class ServiceWriter:
         kv = await self.store.get(self.keys.rollout(current.name))
         if kv is not None:
             rollout = RolloutRecord.from_json(kv.value)
-            if rollout.to_version == current.version and rollout.from_version in by_version:
+            same = rollout.to_version == current.version and rollout.uid == current.uid
+            if same and rollout.from_version in by_version:
                 return by_version[rollout.from_version]
         for r in reversed(versions):
             if r.version < current.version and template_hash(r.spec) != template_hash(current.spec):
@@ -136,10 +131,12 @@ class ServiceWriter:
         )
 
     async def remove(self, name: str) -> None:
-        _, mod = await self.read(name)
+        current, mod = await self.read(name)
+        ports = await port_writes(self.store, self.keys, name, current.uid, current.spec, None)
         result = await self.store.txn(
-            [Compare(self.keys.service(name), "mod", "==", mod)],
+            [Compare(self.keys.service(name), "mod", "==", mod), *ports.compares],
             [
+                *ports.ops,
                 Delete(self.keys.service(name)),
                 Delete(self.keys.history(name), prefix=True),
                 Delete(self.keys.rollout(name)),

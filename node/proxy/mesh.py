@@ -145,6 +145,8 @@ class Mesh:
         for port, route in wanted.items():
             if port not in self.listeners:
                 await self._open(route)
+        for route in [r for r in self.stats if wanted.get(r.published) != r]:
+            del self.stats[route]  # no longer published (service removed or changed): bounded
         self._apply_endpoints()
         await self._report_binds()
 
@@ -155,7 +157,10 @@ class Mesh:
         return gone
 
     def routable(self) -> list[EndpointRecord]:
-        assigned = routes.assignments(Assignment.from_json(kv.value) for kv in self.tasks.values())
+        uids = {r.name: r.uid for r in readable_services(kv.value for kv in self.services.values())}
+        tasks = (Assignment.from_json(kv.value) for kv in self.tasks.values())
+        # not a task of a removed namesake (one without uid: its leader predates uids, as before)
+        assigned = routes.assignments(t for t in tasks if not t.uid or uids.get(t.service, t.uid) == t.uid)
         endpoints = (EndpointRecord.from_json(kv.value) for kv in self.endpoints.values())
         return routes.routable(endpoints, assigned, self._gone())
 

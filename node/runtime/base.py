@@ -22,6 +22,7 @@ class LABELS:
     TASK = "io.shoal.task"
     EPOCH = "io.shoal.epoch"
     VERSION = "io.shoal.version"
+    UID = "io.shoal.uid"  # the service incarnation (`ServiceRecord.uid`); absent when ""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -21,7 +22,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from node import rpc
 from node.cli.main import cli
-from node.client import InvalidArgument, NotFound, ShoalError
+from node.client import FailedPrecondition, InvalidArgument, NotFound, ShoalError
 from node.devcluster import DevCluster
 from node.keys import Keys
 from node.pb import api_pb2, api_pb2_grpc
@@ -55,11 +56,6 @@ BAD_SPECS = [
     ("empty file", "", "empty"),
     ("not YAML", "name: [web\nimage: x\n", "<spec>"),
     ("not a mapping", "- name: web\n", "mapping"),
-    (
-        "port taken by another service",
-        GOOD.replace("name: api", "name: other"),
-        "already published by service 'api'",
-    ),
 ]
 
 
@@ -129,6 +125,46 @@ def test_bad_spec_is_invalid_argument_and_writes_nothing(
         c.apply(text)
     assert fragment in str(err.value), f"{kind}: {err.value}"
     assert writes_since(cluster, before) == []
+
+
+def test_a_port_another_service_publishes_is_failed_precondition_naming_it(cluster: DevCluster) -> None:
+    """A state conflict, not a bad spec: the spec is fine, the port is taken (`node.ports`)."""
+    before = etcd_revision(cluster)
+    with cluster.client() as c, pytest.raises(FailedPrecondition) as err:
+        c.apply(GOOD.replace("name: api", "name: other"))
+    assert "ports[0].published: port 18081 is already published by service 'api'" in str(err.value)
+    assert writes_since(cluster, before) == []
+
+
+def test_ten_concurrent_applies_on_one_port_through_both_nodes_exactly_one_wins(cluster: DevCluster) -> None:
+    """Ten services publishing one port, applied at once through both nodes: one wins, the
+    nine others are FAILED_PRECONDITION naming it and leave no service key behind."""
+    port = 18087
+    names = [f"race{i}" for i in range(10)]
+
+    def apply(i: int) -> str:
+        text = GOOD.replace("name: api", f"name: {names[i]}").replace("18081", str(port))
+        with cluster.client(1 + i % 2) as c:
+            try:
+                c.apply(text)
+            except FailedPrecondition as exc:
+                return str(exc)
+        return ""
+
+    with ThreadPoolExecutor(10) as pool:
+        said = list(pool.map(apply, range(10)))
+    won = [names[i] for i, s in enumerate(said) if not s]
+    try:
+        assert len(won) == 1, said
+        for s in said:
+            assert not s or f"port {port} is already published by service '{won[0]}'" in s, s
+        with cluster.client() as c:
+            listed = {svc.name for svc in c.list_services()}
+        assert listed & set(names) == set(won)
+    finally:
+        with cluster.client() as c:
+            for name in won:
+                c.delete_service(name)
 
 
 def test_oversize_message_is_resource_exhausted(cluster: DevCluster) -> None:
