@@ -16,6 +16,13 @@ routable. A container that exits, or a replica unhealthy for 2 x retries checks 
 stopped through the drain path), is started again as the restart policy says
 (`node.agent.restart`: condition, attempts within a window, back-off); a task it gives
 up on stays exited or failed, `terminal` in its status.
+
+etcd away: a pass never waits on etcd. It decides from the last known assignments (the
+mirror keeps its view) and the runtime, so crashed containers are restarted and
+unhealthy ones replaced during an outage; what it wants in `status/` and `endpoints/`
+goes to a write queue (`node.agent.writes`: latest value per key, retried apart, flushed
+when etcd answers). Only the stop of a replica that is still routable waits for its
+withdrawal to be in etcd (bounded; else retried by a later pass).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from node.store.session import Session
 
 log = logging.getLogger(__name__)
 HEALTH_REFRESH = 30.0  # s: an unchanged health result is rewritten to status/ at most this often
+WITHDRAW_WAIT = 5.0  # s: how long a stop waits for its withdrawal to reach etcd before retrying later
 
 
 class Agent:
@@ -71,6 +79,7 @@ class Agent:
         self.resync = resync
         self.stop_timeout = stop_timeout
         self.drain = drain
+        self.withdraw_wait = WITHDRAW_WAIT
         self._stopping: dict[str, asyncio.Task[None]] = {}  # container id -> its drain and stop
         self.tasks = PrefixCache(store, keys.tasks, "agent-tasks")
         self.specs = SpecSource(store, keys)
@@ -105,6 +114,7 @@ class Agent:
         wake = self.tasks.listener(self._wake)
         watcher = asyncio.create_task(self.tasks.run(), name="agent-watch-tasks")
         checker = asyncio.create_task(self.monitor.run(), name="agent-health-checks")
+        writer = asyncio.create_task(self.publisher.writes.run(), name="agent-writes")
         try:
             await self.tasks.ready.wait()
             while True:
@@ -126,8 +136,13 @@ class Agent:
         finally:
             watcher.cancel()
             checker.cancel()
+            writer.cancel()
             for task in list(self._stopping.values()):
                 task.cancel()  # a restarted daemon finds the container and stops it then
+
+    async def flush(self) -> None:
+        """Write the queued status and endpoints now (raises StoreError when etcd is away)."""
+        await self.publisher.flush()
 
     async def stopped(self) -> None:
         """Wait for the stops under way (drain, then stop) to finish."""
@@ -176,7 +191,13 @@ class Agent:
         for task, c in actions.keep:
             if c.id in self._stopping:
                 continue  # replaced for being unhealthy: it drains, then stops; then it restarts
-            spec = await self._spec_or_none(task)
+            try:
+                spec = await self._spec_or_none(task)
+            except StoreError:  # not cached and etcd away: as it was
+                checked.add(c.id)
+                if task.task_id in self._running:
+                    running[task.task_id] = self._running[task.task_id]
+                continue
             verdict = self.monitor.verdict(c, check_of(spec))
             checked.add(c.id)
             self._restart[task.task_id] = on_running(self._rs(task), now)
@@ -296,7 +317,7 @@ class Agent:
         try:
             spec = await self.specs.spec(task.service, task.version)
             c = await self.runtime.run(container_spec(task, spec, self.cluster, self.publish_address))
-        except (SpecNotFound, RuntimeError_) as exc:
+        except (SpecNotFound, StoreError, RuntimeError_) as exc:
             self._retry_at[task.task_id] = (self.clock() + backoff, min(backoff * 2, 30.0))
             self._set(task, TaskState.FAILED, message=str(exc))
             self.events.emit("task.failed", f"{task.service}.{task.slot}: {exc}", task.service, task.task_id)
@@ -325,11 +346,16 @@ class Agent:
             self._set_final(task, rs, None, c.id)
             return
         self.monitor.forget(c.id)
-        await self.publisher.withdraw(task.service, task.task_id)
+        await self.publisher.withdraw(task.service, task.task_id)  # queued: it is dead anyway
         if self._handled.get(task.task_id) != c.id:
+            try:
+                policy = policy_of(await self._spec_or_none(task))
+            except StoreError as exc:  # not cached and etcd away: decide when it answers
+                log.warning("%s exited; its restart policy cannot be read yet: %s", c.name, exc)
+                return
             self._handled[task.task_id] = c.id
             now = self.clock()
-            rs = on_exit(rs, policy_of(await self._spec_or_none(task)), c.exit_code, now)
+            rs = on_exit(rs, policy, c.exit_code, now)
             self._restart[task.task_id] = rs
             if rs.terminal:
                 self._set_final(task, rs, None, c.id)
@@ -356,30 +382,34 @@ class Agent:
                 "task.unhealthy", f"{c.name} {why}; replacing, {then}", task.service, task.task_id
             )
             self._observe(task, c, verdict, message=f"{why}; replacing, {then}")
-        self._begin_stop(c, drained=self.monitor.unhealthy_for(c.id))
+        self._begin_stop(c, drained=self.monitor.unhealthy_for(c.id), must_withdraw=False)
 
-    def _begin_stop(self, c: Container, drained: float = 0.0) -> None:
+    def _begin_stop(self, c: Container, drained: float = 0.0, must_withdraw: bool = True) -> None:
         """Withdraw, drain and stop `c` in the background (once: not while it is under way)."""
         if c.id in self._stopping:
             return
         self.monitor.forget(c.id)
-        stopping = asyncio.get_running_loop().create_task(self._stop(c, drained), name=f"stop-{c.name}")
+        stopping = asyncio.get_running_loop().create_task(
+            self._stop(c, drained, must_withdraw), name=f"stop-{c.name}"
+        )
         self._stopping[c.id] = stopping
         stopping.add_done_callback(functools.partial(self._stopped, c.id))
 
-    async def _stop(self, c: Container, drained: float = 0.0) -> None:
+    async def _stop(self, c: Container, drained: float = 0.0, must_withdraw: bool = True) -> None:
         """Withdraw the replica from every proxy, let its traffic drain, then stop it.
 
         Runs as its own task (passes go on meanwhile; a later pass that still lists the
-        container does not stop it twice). A withdrawal that fails (etcd away) is
-        retried by the next pass: the container is not stopped while it may still be
-        in a rotation, unless it was never routable (not running).
+        container does not stop it twice). A withdrawal that does not reach etcd within
+        `WITHDRAW_WAIT` (etcd away) is retried by a later pass: the container is not
+        stopped while it may still be in a rotation, unless it was never routable (not
+        running) or `must_withdraw` is false (an unhealthy replica, failing anyway: it is
+        replaced during an outage too; its withdrawal stays queued).
         """
         service, task_id = c.labels.get(LABELS.SERVICE, ""), c.labels.get(LABELS.TASK, "")
         try:
-            await self.publisher.withdraw(service, task_id)
+            await self.publisher.withdraw(service, task_id, timeout=self.withdraw_wait)
         except StoreError as exc:
-            if c.running:
+            if c.running and must_withdraw:
                 log.warning("%s not stopped yet: its endpoint could not be withdrawn: %s", c.name, exc)
                 return
         drain, grace = await self._stop_times(service, c)

@@ -97,6 +97,7 @@ class World:
         await self.agent.tasks.relist()
         await self.agent.reconcile()
         await self.agent.stopped()
+        await self.agent.flush()
 
     async def step(self, seconds: float = 0.0) -> None:
         """Move the clock, run the probes that are due, then a pass."""
