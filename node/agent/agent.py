@@ -41,7 +41,16 @@ from node.agent.health import Verdict, check_of
 from node.agent.monitor import HealthMonitor, Probe
 from node.agent.probes import Prober
 from node.agent.publisher import Publisher
-from node.agent.restart import UNHEALTHY, Policy, RestartState, may_start, on_exit, on_running, policy_of
+from node.agent.restart import (
+    UNHEALTHY,
+    Policy,
+    RestartState,
+    interrupted,
+    may_start,
+    on_exit,
+    on_running,
+    policy_of,
+)
 from node.domain import Assignment, EndpointRecord, TaskState, TaskStatus
 from node.events import EventLog
 from node.keys import Keys
@@ -90,6 +99,8 @@ class Agent:
         self._restart: dict[str, RestartState] = {}  # task -> its restart history (node.agent.restart)
         self._handled: dict[str, str] = {}  # task -> the last container whose exit was decided on
         self._routable_since: dict[str, float] = {}  # container id -> wall clock it became routable
+        self._engine_gaps = 0  # times the runtime did not answer a pass's listing
+        self._seen_running: dict[str, int] = {}  # container id -> _engine_gaps when last seen running
         self._next_start: float | None = None  # earliest restart waiting for its back-off
         self._wake = asyncio.Event()  # a change of tasks/, a health verdict: run a pass now
         self.monitor = HealthMonitor(prober or Prober(runtime, publish_address), self._wake.set, clock)
@@ -171,7 +182,11 @@ class Agent:
         self.passes += 1
         self._next_start = None
         assigned = self.assigned()
-        found = await self.runtime.list({LABELS.CLUSTER: self.cluster, LABELS.NODE: self.node})
+        try:
+            found = await self.runtime.list({LABELS.CLUSTER: self.cluster, LABELS.NODE: self.node})
+        except RuntimeError_:
+            self._engine_gaps += 1  # an exit 0 seen after this is the engine's doing (restart policy)
+            raise
         actions = diff(assigned, found)
         if not self._adopted:
             self._adopted = True
@@ -208,6 +223,9 @@ class Agent:
                 running[task.task_id] = (task, c)
             self._observe(task, c, verdict)
         self.monitor.retain(checked)
+        listed = {c.id for c in found}
+        self._seen_running = {cid: gaps for cid, gaps in self._seen_running.items() if cid in listed}
+        self._seen_running.update({c.id: self._engine_gaps for _, c in actions.keep})
         for cid in [cid for cid in self._routable_since if cid not in checked]:
             del self._routable_since[cid]
         self._running = running
@@ -326,6 +344,7 @@ class Agent:
         verdict = self.monitor.verdict(c, check_of(spec)) if c.running else Verdict()
         if c.running:
             self._restart[task.task_id] = on_running(self._rs(task), self.clock())
+            self._seen_running[c.id] = self._engine_gaps
         self._observe(task, c, verdict)
         if c.running and verdict.routable:  # routable at once unless it has a check to pass first
             self._running[task.task_id] = (task, c)
@@ -355,13 +374,17 @@ class Agent:
                 return
             self._handled[task.task_id] = c.id
             now = self.clock()
-            rs = on_exit(rs, policy, c.exit_code, now)
+            engine_restarted = self._seen_running.get(c.id, self._engine_gaps) < self._engine_gaps
+            not_done = interrupted(c, engine_restarted)  # not a completion: started again
+            rs = on_exit(rs, policy, c.exit_code, now, not_done)
             self._restart[task.task_id] = rs
             if rs.terminal:
                 self._set_final(task, rs, None, c.id)
                 self.events.emit("task.no-restart", f"{c.name}: {rs.given_up}", task.service, task.task_id)
                 return
             why = f"exited with code {c.exit_code}" + (f" ({c.error})" if c.error else "")
+            if not_done:
+                why = f"exited with code {c.exit_code} ({not_done})"
             wait = f"restart {rs.restarts} in {rs.next_at - now:.1f}s"
             self._set(task, TaskState.EXITED, container_id=c.id, message=f"{why}; {wait}")
             self.events.emit("task.exited", f"{c.name} {why}; {wait}", task.service, task.task_id)

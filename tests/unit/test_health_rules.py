@@ -27,13 +27,14 @@ from node.agent.restart import (
     Policy,
     RestartState,
     backoff,
+    interrupted,
     may_start,
     on_exit,
     on_running,
     policy_of,
 )
 from node.domain import TaskStatus
-from node.runtime.base import DockerHealth
+from node.runtime.base import Container, DockerHealth
 
 CHECK = Check("http", 8080, "/health", interval=1.0, retries=3)
 
@@ -235,3 +236,42 @@ def test_backoff_and_policy_of_a_stored_spec() -> None:
     assert policy_of({}) == Policy()
     stored = {"restart": {"condition": "on-failure", "max_attempts": 3, "window": 60.0, "delay": 1.0}}
     assert policy_of(stored) == Policy("on-failure", 3, 60.0, 1.0)
+
+
+# -- an exit that is not the task's own end (issue 11, item 13) ------------------------
+
+STARTED = "2026-12-05T08:00:00.123456789Z"
+
+
+def exited(
+    state: str = "exited", started_at: str = STARTED, exit_code: int = 0, error: str = ""
+) -> Container:
+    return Container("c1", "web.1.t1", {}, state, exit_code=exit_code, started_at=started_at, error=error)
+
+
+@pytest.mark.parametrize(
+    ("container", "engine_restarted", "reason"),
+    [
+        (exited(), False, ""),  # a clean exit: the task completed
+        (exited(exit_code=1), False, ""),  # a failure: the policy decides
+        (exited(exit_code=137), True, ""),  # a failure during an engine restart: still a failure
+        (exited(state="created", started_at=""), False, "created but never started"),
+        (exited(started_at=""), False, "created but never started"),  # Docker's StartedAt zero
+        (exited(error="container stopped by the daemon on shutdown"), False, "the engine stopped it"),
+        (exited(), True, "the engine restarted under it"),
+    ],
+)
+@pytest.mark.parametrize("condition", ["always", "on-failure", "never"])
+def test_an_exit_not_of_the_tasks_doing_is_not_a_completion(
+    container: Container, engine_restarted: bool, reason: str, condition: str
+) -> None:
+    why = interrupted(container, engine_restarted)
+    assert (reason in why) if reason else why == ""
+    policy = Policy(condition=condition, max_attempts=1, delay=5.0)
+    state = on_exit(RestartState(restarts=3, streak=2), policy, container.exit_code, 100.0, why)
+    if why:  # started again at once, whatever the condition, and not an attempt
+        assert not state.terminal and may_start(state, 100.0)
+        assert (state.restarts, state.streak, state.times) == (4, 2, ())
+    else:  # the condition decides, as before
+        clean = container.exit_code == 0
+        assert state.terminal is (condition == "never" or (condition == "on-failure" and clean))
