@@ -22,12 +22,16 @@ mirror keeps its view) and the runtime, so crashed containers are restarted and
 unhealthy ones replaced during an outage; what it wants in `status/` and `endpoints/`
 goes to a write queue (`node.agent.writes`: latest value per key, retried apart, flushed
 when etcd answers). Only the stop of a replica that is still routable waits for its
-withdrawal to be in etcd (bounded; else retried by a later pass).
+withdrawal to be in etcd (bounded; else retried by a later pass). A service with
+`on_disconnect: {stop_after: S}` is the exception: on a node whose lease has certainly
+expired more than S ago (`node.agent.disconnect`) its replicas are stopped and not
+started again until etcd answers (the leader has placed them elsewhere meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -37,6 +41,7 @@ from typing import Any
 
 from node.agent.containers import SpecNotFound, SpecSource, container_spec
 from node.agent.diff import Actions, diff
+from node.agent.disconnect import cut_off_for, hold_back
 from node.agent.health import Verdict, check_of
 from node.agent.monitor import HealthMonitor, Probe
 from node.agent.probes import Prober
@@ -83,6 +88,7 @@ class Agent:
     ) -> None:
         self.store, self.keys, self.node, self.cluster = store, keys, node, cluster
         self.runtime = runtime
+        self.session = session
         self.events = events
         self.publish_address = publish_address
         self.resync = resync
@@ -187,7 +193,7 @@ class Agent:
         except RuntimeError_:
             self._engine_gaps += 1  # an exit 0 seen after this is the engine's doing (restart policy)
             raise
-        actions = diff(assigned, found)
+        actions = await self._cut_off(diff(assigned, found))
         if not self._adopted:
             self._adopted = True
             for task, c in actions.keep:
@@ -237,6 +243,24 @@ class Agent:
             await self._publish()  # `ps` shows them pending while images are pulled and started
         await asyncio.gather(*(self._start(t) for t in starts))
         await self._publish()
+        return actions
+
+    async def _cut_off(self, actions: Actions) -> Actions:
+        """Cut off from etcd past a service's `on_disconnect.stop_after`: stop its running
+        replicas (their endpoints died with the lease) and start none (`hold_back`)."""
+        cut = cut_off_for(self.session.answered, self.session.ttl, self.clock())
+        if cut <= 0:
+            return actions
+        specs = {}
+        for task in [t for t, _ in actions.keep] + actions.start:
+            with contextlib.suppress(SpecNotFound, StoreError):  # unknown here: kept as it is
+                specs[task.task_id] = await self.specs.spec(task.service, task.version)
+        actions, stops = hold_back(actions, specs, cut)
+        for task, c, why in stops:
+            if c.id not in self._stopping:
+                self._set(task, TaskState.EXITED, container_id=c.id, message=f"stopped: {why}")
+                self.events.emit("task.disconnected", f"{c.name} stopped: {why}", task.service, task.task_id)
+                self._begin_stop(c, must_withdraw=False)
         return actions
 
     def _startable(self, tasks: list[Assignment], now: float) -> list[Assignment]:
