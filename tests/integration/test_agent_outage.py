@@ -118,3 +118,79 @@ def test_a_replica_killed_while_etcd_is_frozen_is_restarted_and_reported_after_t
     wait_until_sync(reported, HEAL_BOUND, 0.2, message="status and endpoint of the new container in etcd")
     print(f"etcd thawed: status and endpoint in etcd {time.monotonic() - thawed_at:.2f}s after")
     wait_until_sync(converged(cluster, 3), HEAL_BOUND, 0.2, message="3 replicas, nothing more")
+
+
+STOP_AFTER = 2.0  # s: the bounded service's on_disconnect.stop_after
+LEASE_TTL = 10.0  # s: the node lease of the `local` preset
+CUT_BOUND = LEASE_TTL + STOP_AFTER + 10.0  # s from the freeze: stopped (plus etcd's 5 s deadline, a pass)
+
+
+def service(name: str, published: int, extra: str = "") -> str:
+    return f"""
+name: {name}
+image: shoal-demo/web:1
+replicas: 3
+ports:
+  - {{container: 8080, published: {published}, protocol: http}}
+{extra}
+"""
+
+
+def by_service(cluster: DevCluster) -> dict[str, set[str]]:
+    client = docker.from_env()
+    try:
+        found = client.containers.list(filters={"label": f"{LABELS.CLUSTER}={cluster.cluster}"})
+        out: dict[str, set[str]] = {}
+        for c in found:
+            out.setdefault(c.labels[LABELS.SERVICE], set()).add(c.id)
+        return out
+    finally:
+        client.close()
+
+
+def settled(cluster: DevCluster, name: str) -> Callable[[], bool]:
+    """3 running tasks, 3 endpoints and 3 containers of service `name`."""
+
+    def check() -> bool:
+        with cluster.client() as c:
+            running = [t for t in c.list_tasks(name) if t.state == "running"]
+            endpoints = c.resolve(name)
+        return len(running) == len(endpoints) == len(by_service(cluster).get(name, ())) == 3
+
+    return check
+
+
+def test_etcd_frozen_past_stop_after_stops_only_the_bounded_service_and_it_comes_back(
+    make_cluster: Callable[..., DevCluster],
+) -> None:
+    cluster = make_cluster()
+    hosts = [m.address for m in cluster.members]
+    with cluster.client() as c:
+        c.apply(service("web", free_port_on_all(hosts), f"on_disconnect: {{stop_after: {STOP_AFTER}s}}"))
+        c.apply(service("api", free_port_on_all(hosts)))
+    wait_until_sync(settled(cluster, "web"), 40, message="3 web replicas")
+    wait_until_sync(settled(cluster, "api"), 40, message="3 api replicas")
+    before = by_service(cluster)
+    assert len(before["web"]) == 3 and len(before["api"]) == 3
+
+    assert cluster.etcd.proc is not None
+    pid = cluster.etcd.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        wait_until_sync(
+            lambda: not by_service(cluster).get("web"),
+            CUT_BOUND,
+            0.2,
+            message="web stopped on every cut-off node",
+        )
+        stopped = time.monotonic() - frozen_at
+        assert stopped > LEASE_TTL + STOP_AFTER - 1.0, f"stopped after {stopped:.1f}s: before the bound"
+        assert by_service(cluster).get("api") == before["api"], "a service without the bound keeps running"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    print(f"etcd frozen: web stopped on every node {stopped:.1f}s after the freeze, api untouched")
+    thawed_at = time.monotonic()
+    wait_until_sync(settled(cluster, "web"), 60, 0.5, message="web back after the thaw")
+    print(f"etcd thawed: web converged again {time.monotonic() - thawed_at:.1f}s after")
+    assert by_service(cluster)["api"] == before["api"], "api never restarted"
