@@ -454,7 +454,8 @@ class Agent:
         """
         service, task_id = c.labels.get(LABELS.SERVICE, ""), c.labels.get(LABELS.TASK, "")
         try:
-            await self.publisher.withdraw(service, task_id, timeout=self.withdraw_wait)
+            wait = self.withdraw_wait if must_withdraw else min(1.0, self.withdraw_wait)  # etcd up: ms
+            await self.publisher.withdraw(service, task_id, timeout=wait)
         except StoreError as exc:
             if c.running and must_withdraw:
                 log.warning("%s not stopped yet: its endpoint could not be withdrawn: %s", c.name, exc)
