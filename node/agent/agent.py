@@ -136,8 +136,9 @@ class Agent:
             await self.tasks.ready.wait()
             while True:
                 wake.clear()
-                if checker.done():
-                    checker.result()  # the checking died: die loudly with it
+                for helper in (checker, writer):
+                    if helper.done():
+                        helper.result()  # the checking or the writing died: die loudly with it
                 try:
                     await self.reconcile()
                 except (StoreError, RuntimeError_) as exc:

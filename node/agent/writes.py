@@ -14,7 +14,8 @@ Guarantees:
 - puts are bound to the session's lease *at flush time*, and only flushed while the
   session holds a valid lease, so a write never lands on a lease that was replaced;
 - an entry leaves the queue only once a flush that carried its latest value succeeded
-  (a newer value enqueued meanwhile stays pending);
+  (a newer value enqueued meanwhile stays pending); flushes never overlap, so an older
+  value can never land after a newer one;
 - a caller that must know a write is in etcd (a withdrawal before a stop) calls
   `flush` itself, under its own deadline, and checks `pending`.
 """
@@ -42,6 +43,7 @@ class WriteQueue:
         self.session = session
         self._pending: dict[str, bytes | None] = {}  # key -> value to put (None: delete)
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()  # one flush at a time: writes of one key never reorder
         self.failures = 0  # failed flush attempts, for logs and tests
 
     def put(self, key: str, value: bytes) -> None:
@@ -60,6 +62,10 @@ class WriteQueue:
 
     async def flush(self) -> None:
         """Write everything pending now (raises StoreError; nothing is lost then)."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         if not self._pending:
             return
         if not self.session.valid.is_set():

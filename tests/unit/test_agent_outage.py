@@ -252,3 +252,21 @@ async def test_the_write_queue_retries_apart_until_etcd_answers() -> None:
         assert len(queue) == 0
     finally:
         runner.cancel()
+
+
+async def test_overlapping_flushes_never_land_an_older_value_after_a_newer_one() -> None:
+    """A stop's withdrawal flushes while the writer's flush of an older put is in flight."""
+    store = FreezableStore()
+    session = Session(store, ttl=10)
+    await session.start()
+    queue = WriteQueue(store, session)
+    queue.put("/k/endpoint", b"published")
+    store.thawed.clear()  # the writer's txn hangs in etcd
+    first = asyncio.create_task(queue.flush())
+    await wait_until(lambda: store.hung == 1, timeout=5, interval=0.01, message="first flush in etcd")
+    queue.delete("/k/endpoint")  # the withdrawal, flushed by the stop itself
+    second = asyncio.create_task(queue.flush())
+    store.thawed.set()
+    await asyncio.gather(first, second)
+    assert await store.get("/k/endpoint") is None, "the delete is the last write"
+    assert len(queue) == 0
