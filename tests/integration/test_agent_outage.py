@@ -196,3 +196,44 @@ def test_etcd_frozen_past_stop_after_stops_only_the_bounded_service_and_it_comes
     # the leases that expired in the freeze may move api's tasks after the thaw (as for any
     # node whose lease expired); what is asserted is that both services are whole again
     wait_until_sync(settled(cluster, "api"), 60, 0.5, message="api whole after the thaw")
+
+
+def test_a_container_created_but_never_started_is_started_under_on_failure(
+    make_cluster: Callable[..., DevCluster],
+) -> None:
+    """The daemon dies between Docker's create and start (issue 11, item 13): Docker then
+    shows the task's container `created`, exit code 0, never started. Under
+    `on-failure` that is not a task that completed: the restarted daemon starts it."""
+    cluster = make_cluster(nodes=1)
+    with cluster.client() as c:
+        c.apply(
+            "name: job\nimage: shoal-demo/web:1\nreplicas: 1\n"
+            "restart: {condition: on-failure, delay: 500ms}\nports:\n  - {container: 8080}\n",
+            "job.yaml",
+        )
+    wait_until_sync(converged(cluster, 1, "job"), 40, message="1 replica")
+    client = docker.from_env()
+    try:
+        [running_one] = client.containers.list(filters={"label": f"{LABELS.CLUSTER}={cluster.cluster}"})
+        labels, name = dict(running_one.labels), running_one.name
+        [member] = cluster.members
+        member.kill(signal.SIGKILL)  # the daemon is gone: nothing acts while the container is swapped
+        running_one.remove(force=True)
+        created = client.containers.create("shoal-demo/web:1", name=name, labels=labels)
+        assert client.api.inspect_container(created.id)["State"]["Status"] == "created"
+        member.start()
+
+        def started_again() -> str | None:
+            found = client.containers.list(filters={"label": f"{LABELS.TASK}={labels[LABELS.TASK]}"})
+            return found[0].id if found and found[0].id != created.id else None
+
+        new = wait_until_sync(started_again, 40, 0.2, message="the task started again")
+    finally:
+        client.close()
+
+    def reported() -> bool:
+        with cluster.client() as c:
+            [task] = c.list_tasks("job")
+        return task.state == "running" and task.container_id == new and "never started" not in task.message
+
+    wait_until_sync(reported, 30, 0.2, message="status: running the new container")
