@@ -50,7 +50,15 @@ from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from node.constraints import ConstraintError, parse_constraint, parse_label_attribute
-from node.spec_lifecycle import HealthCheck, HttpCheck, RestartPolicy, StopGrace, TcpCheck, UpdateConfig
+from node.spec_lifecycle import (
+    HealthCheck,
+    HttpCheck,
+    OnDisconnect,
+    RestartPolicy,
+    StopGrace,
+    TcpCheck,
+    UpdateConfig,
+)
 
 MAX_SPEC_BYTES = 256 * 1024
 MIN_MEMORY = 6 * 2**20
@@ -265,12 +273,14 @@ class ServiceSpec(BaseModel):
     restart: RestartPolicy | None = None
     update: UpdateConfig | None = None
     stop_grace: StopGrace | None = None  # seconds from SIGTERM to SIGKILL; None: the node's stop_timeout
+    on_disconnect: OnDisconnect | None = None  # None: a node cut off from etcd keeps running it
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
 _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
 _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", "tcp"): TcpCheck}
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
+_FIELDS |= {("on_disconnect",): OnDisconnect}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}

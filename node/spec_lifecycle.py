@@ -1,4 +1,5 @@
-"""The lifecycle sections of a service spec: `health`, `restart`, `update`, `stop_grace`.
+"""The lifecycle sections of a service spec: `health`, `restart`, `update`, `stop_grace`,
+`on_disconnect`.
 
 Why a module of its own: `node.spec` owns loading, paths and error reporting; this one
 owns what a replica's life looks like once it runs (how it is checked, restarted,
@@ -196,3 +197,17 @@ class UpdateConfig(BaseModel):
 
 
 StopGrace = ShortDuration  # SIGTERM, then SIGKILL after this many seconds
+
+
+class OnDisconnect(BaseModel):
+    """What a node cut off from etcd does with this service's replicas (Nomad's
+    `max_client_disconnect` idea). Once the node could not renew its etcd lease for longer
+    than the lease TTL + `stop_after` (its lease is then certainly expired, and the leader
+    has had the time to place the replicas elsewhere), its agent stops them locally,
+    so a partitioned node does not run them twice. Without this section (the default,
+    as Swarm does) a cut-off node keeps running them: no downtime when only etcd is
+    unreachable, at the price of duplicates during a partition. Back in touch with
+    etcd, the node reconciles as usual."""
+
+    model_config = _STRICT
+    stop_after: Duration

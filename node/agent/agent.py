@@ -16,11 +16,22 @@ routable. A container that exits, or a replica unhealthy for 2 x retries checks 
 stopped through the drain path), is started again as the restart policy says
 (`node.agent.restart`: condition, attempts within a window, back-off); a task it gives
 up on stays exited or failed, `terminal` in its status.
+
+etcd away: a pass never waits on etcd. It decides from the last known assignments (the
+mirror keeps its view) and the runtime, so crashed containers are restarted and
+unhealthy ones replaced during an outage; what it wants in `status/` and `endpoints/`
+goes to a write queue (`node.agent.writes`: latest value per key, retried apart, flushed
+when etcd answers). Only the stop of a replica that is still routable waits for its
+withdrawal to be in etcd (bounded; else retried by a later pass). A service with
+`on_disconnect: {stop_after: S}` is the exception: on a node whose lease has certainly
+expired more than S ago (`node.agent.disconnect`) its replicas are stopped and not
+started again until etcd answers (the leader has placed them elsewhere meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -29,11 +40,21 @@ from dataclasses import asdict, replace
 
 from node.agent.containers import SpecNotFound, SpecSource, container_spec
 from node.agent.diff import Actions, diff
+from node.agent.disconnect import cut_off_for, hold_back
 from node.agent.health import Verdict, check_of
 from node.agent.monitor import HealthMonitor, Probe
 from node.agent.probes import Prober
 from node.agent.publisher import Publisher
-from node.agent.restart import UNHEALTHY, Policy, RestartState, may_start, on_exit, on_running, policy_of
+from node.agent.restart import (
+    UNHEALTHY,
+    Policy,
+    RestartState,
+    interrupted,
+    may_start,
+    on_exit,
+    on_running,
+    policy_of,
+)
 from node.domain import Assignment, EndpointRecord, TaskState, TaskStatus
 from node.events import EventLog
 from node.keys import Keys
@@ -45,6 +66,7 @@ from node.store.session import Session
 
 log = logging.getLogger(__name__)
 HEALTH_REFRESH = 30.0  # s: an unchanged health result is rewritten to status/ at most this often
+WITHDRAW_WAIT = 5.0  # s: how long a stop waits for its withdrawal to reach etcd before retrying later
 
 
 class Agent:
@@ -66,11 +88,13 @@ class Agent:
     ) -> None:
         self.store, self.keys, self.node, self.cluster = store, keys, node, cluster
         self.runtime = runtime
+        self.session = session
         self.events = events
         self.publish_address = publish_address
         self.resync = resync
         self.stop_timeout = stop_timeout
         self.drain = drain
+        self.withdraw_wait = WITHDRAW_WAIT
         self._stopping: dict[str, asyncio.Task[None]] = {}  # container id -> its drain and stop
         self.tasks = PrefixCache(store, keys.tasks, "agent-tasks")
         self.specs = SpecSource(store, keys)
@@ -81,6 +105,8 @@ class Agent:
         self._restart: dict[str, RestartState] = {}  # task -> its restart history (node.agent.restart)
         self._handled: dict[str, str] = {}  # task -> the last container whose exit was decided on
         self._routable_since: dict[str, float] = {}  # container id -> wall clock it became routable
+        self._engine_gaps = 0  # times the runtime did not answer a pass's listing
+        self._seen_running: dict[str, int] = {}  # container id -> _engine_gaps when last seen running
         self._next_start: float | None = None  # earliest restart waiting for its back-off
         self._wake = asyncio.Event()  # a change of tasks/, a health verdict: run a pass now
         self.monitor = HealthMonitor(prober or Prober(runtime, publish_address), self._wake.set, clock)
@@ -105,12 +131,14 @@ class Agent:
         wake = self.tasks.listener(self._wake)
         watcher = asyncio.create_task(self.tasks.run(), name="agent-watch-tasks")
         checker = asyncio.create_task(self.monitor.run(), name="agent-health-checks")
+        writer = asyncio.create_task(self.publisher.writes.run(), name="agent-writes")
         try:
             await self.tasks.ready.wait()
             while True:
                 wake.clear()
-                if checker.done():
-                    checker.result()  # the checking died: die loudly with it
+                for helper in (checker, writer):
+                    if helper.done():
+                        helper.result()  # the checking or the writing died: die loudly with it
                 try:
                     await self.reconcile()
                 except (StoreError, RuntimeError_) as exc:
@@ -126,8 +154,13 @@ class Agent:
         finally:
             watcher.cancel()
             checker.cancel()
+            writer.cancel()
             for task in list(self._stopping.values()):
                 task.cancel()  # a restarted daemon finds the container and stops it then
+
+    async def flush(self) -> None:
+        """Write the queued status and endpoints now (raises StoreError when etcd is away)."""
+        await self.publisher.flush()
 
     async def stopped(self) -> None:
         """Wait for the stops under way (drain, then stop) to finish."""
@@ -156,8 +189,12 @@ class Agent:
         self.passes += 1
         self._next_start = None
         assigned = self.assigned()
-        found = await self.runtime.list({LABELS.CLUSTER: self.cluster, LABELS.NODE: self.node})
-        actions = diff(assigned, found)
+        try:
+            found = await self.runtime.list({LABELS.CLUSTER: self.cluster, LABELS.NODE: self.node})
+        except RuntimeError_:
+            self._engine_gaps += 1  # an exit 0 seen after this is the engine's doing (restart policy)
+            raise
+        actions = await self._cut_off(diff(assigned, found))
         if not self._adopted:
             self._adopted = True
             for task, c in actions.keep:
@@ -177,7 +214,13 @@ class Agent:
         for task, c in actions.keep:
             if c.id in self._stopping:
                 continue  # replaced for being unhealthy: it drains, then stops; then it restarts
-            spec = await self._spec_or_none(task)
+            try:
+                spec = await self._spec_or_none(task)
+            except StoreError:  # not cached and etcd away: as it was
+                checked.add(c.id)
+                if task.task_id in self._running:
+                    running[task.task_id] = self._running[task.task_id]
+                continue
             verdict = self.monitor.verdict(c, check_of(spec))
             checked.add(c.id)
             self._restart[task.task_id] = on_running(self._rs(task), now)
@@ -188,6 +231,9 @@ class Agent:
                 running[task.task_id] = (task, c)
             self._observe(task, c, verdict)
         self.monitor.retain(checked)
+        listed = {c.id for c in found}
+        self._seen_running = {cid: gaps for cid, gaps in self._seen_running.items() if cid in listed}
+        self._seen_running.update({c.id: self._engine_gaps for _, c in actions.keep})
         for cid in [cid for cid in self._routable_since if cid not in checked]:
             del self._routable_since[cid]
         self._running = running
@@ -199,6 +245,24 @@ class Agent:
             await self._publish()  # `ps` shows them pending while images are pulled and started
         await asyncio.gather(*(self._start(t) for t in starts))
         await self._publish()
+        return actions
+
+    async def _cut_off(self, actions: Actions) -> Actions:
+        """Cut off from etcd past a service's `on_disconnect.stop_after`: stop its running
+        replicas (their endpoints died with the lease) and start none (`hold_back`)."""
+        cut = cut_off_for(self.session.answered, self.session.ttl, self.clock())
+        if cut <= 0:
+            return actions
+        specs = {}
+        for task in [t for t, _ in actions.keep] + actions.start:
+            with contextlib.suppress(SpecNotFound, StoreError):  # unknown here: kept as it is
+                specs[task.task_id] = await self.specs.spec(task.service, task.version, task.uid)
+        actions, stops = hold_back(actions, specs, cut)
+        for task, c, why in stops:
+            if c.id not in self._stopping:
+                self._set(task, TaskState.EXITED, container_id=c.id, message=f"stopped: {why}")
+                self.events.emit("task.disconnected", f"{c.name} stopped: {why}", task.service, task.task_id)
+                self._begin_stop(c, must_withdraw=False)
         return actions
 
     def _startable(self, tasks: list[Assignment], now: float) -> list[Assignment]:
@@ -297,7 +361,7 @@ class Agent:
         try:
             spec = await self.specs.spec(task.service, task.version, task.uid)
             c = await self.runtime.run(container_spec(task, spec, self.cluster, self.publish_address))
-        except (SpecNotFound, RuntimeError_) as exc:
+        except (SpecNotFound, StoreError, RuntimeError_) as exc:
             self._retry_at[task.task_id] = (self.clock() + backoff, min(backoff * 2, 30.0))
             self._set(task, TaskState.FAILED, message=str(exc))
             self.events.emit("task.failed", f"{task.service}.{task.slot}: {exc}", task.service, task.task_id)
@@ -306,6 +370,7 @@ class Agent:
         verdict = self.monitor.verdict(c, check_of(spec)) if c.running else Verdict()
         if c.running:
             self._restart[task.task_id] = on_running(self._rs(task), self.clock())
+            self._seen_running[c.id] = self._engine_gaps
         self._observe(task, c, verdict)
         if c.running and verdict.routable:  # routable at once unless it has a check to pass first
             self._running[task.task_id] = (task, c)
@@ -326,17 +391,26 @@ class Agent:
             self._set_final(task, rs, None, c.id)
             return
         self.monitor.forget(c.id)
-        await self.publisher.withdraw(task.service, task.task_id)
+        await self.publisher.withdraw(task.service, task.task_id)  # queued: it is dead anyway
         if self._handled.get(task.task_id) != c.id:
+            try:
+                policy = policy_of(await self._spec_or_none(task))
+            except StoreError as exc:  # not cached and etcd away: decide when it answers
+                log.warning("%s exited; its restart policy cannot be read yet: %s", c.name, exc)
+                return
             self._handled[task.task_id] = c.id
             now = self.clock()
-            rs = on_exit(rs, policy_of(await self._spec_or_none(task)), c.exit_code, now)
+            engine_restarted = self._seen_running.get(c.id, self._engine_gaps) < self._engine_gaps
+            not_done = interrupted(c, engine_restarted)  # not a completion: started again
+            rs = on_exit(rs, policy, c.exit_code, now, not_done)
             self._restart[task.task_id] = rs
             if rs.terminal:
                 self._set_final(task, rs, None, c.id)
                 self.events.emit("task.no-restart", f"{c.name}: {rs.given_up}", task.service, task.task_id)
                 return
             why = f"exited with code {c.exit_code}" + (f" ({c.error})" if c.error else "")
+            if not_done:
+                why = f"exited with code {c.exit_code} ({not_done})"
             wait = f"restart {rs.restarts} in {rs.next_at - now:.1f}s"
             self._set(task, TaskState.EXITED, container_id=c.id, message=f"{why}; {wait}")
             self.events.emit("task.exited", f"{c.name} {why}; {wait}", task.service, task.task_id)
@@ -357,30 +431,35 @@ class Agent:
                 "task.unhealthy", f"{c.name} {why}; replacing, {then}", task.service, task.task_id
             )
             self._observe(task, c, verdict, message=f"{why}; replacing, {then}")
-        self._begin_stop(c, drained=self.monitor.unhealthy_for(c.id))
+        self._begin_stop(c, drained=self.monitor.unhealthy_for(c.id), must_withdraw=False)
 
-    def _begin_stop(self, c: Container, drained: float = 0.0) -> None:
+    def _begin_stop(self, c: Container, drained: float = 0.0, must_withdraw: bool = True) -> None:
         """Withdraw, drain and stop `c` in the background (once: not while it is under way)."""
         if c.id in self._stopping:
             return
         self.monitor.forget(c.id)
-        stopping = asyncio.get_running_loop().create_task(self._stop(c, drained), name=f"stop-{c.name}")
+        stopping = asyncio.get_running_loop().create_task(
+            self._stop(c, drained, must_withdraw), name=f"stop-{c.name}"
+        )
         self._stopping[c.id] = stopping
         stopping.add_done_callback(functools.partial(self._stopped, c.id))
 
-    async def _stop(self, c: Container, drained: float = 0.0) -> None:
+    async def _stop(self, c: Container, drained: float = 0.0, must_withdraw: bool = True) -> None:
         """Withdraw the replica from every proxy, let its traffic drain, then stop it.
 
         Runs as its own task (passes go on meanwhile; a later pass that still lists the
-        container does not stop it twice). A withdrawal that fails (etcd away) is
-        retried by the next pass: the container is not stopped while it may still be
-        in a rotation, unless it was never routable (not running).
+        container does not stop it twice). A withdrawal that does not reach etcd within
+        `WITHDRAW_WAIT` (etcd away) is retried by a later pass: the container is not
+        stopped while it may still be in a rotation, unless it was never routable (not
+        running) or `must_withdraw` is false (an unhealthy replica, failing anyway: it is
+        replaced during an outage too; its withdrawal stays queued).
         """
         service, task_id = c.labels.get(LABELS.SERVICE, ""), c.labels.get(LABELS.TASK, "")
         try:
-            await self.publisher.withdraw(service, task_id)
+            wait = self.withdraw_wait if must_withdraw else min(1.0, self.withdraw_wait)  # etcd up: ms
+            await self.publisher.withdraw(service, task_id, timeout=wait)
         except StoreError as exc:
-            if c.running:
+            if c.running and must_withdraw:
                 log.warning("%s not stopped yet: its endpoint could not be withdrawn: %s", c.name, exc)
                 return
         drain, grace = await self._stop_times(service, c)

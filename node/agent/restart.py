@@ -9,6 +9,11 @@ decides from the spec's `restart` section:
   `failed`, with the reason, until the leader assigns something else.
 - `max_attempts` within `window`: once that many restarts happened in the last
   `window` seconds (0: ever), no more (terminal too). 0 attempts: no limit.
+- An exit that is not the task's own doing (`interrupted`): a container created but never
+  started (the daemon died between create and start), or one that exited 0 because the
+  engine stopped it (an engine restart, or an exit code 0 with an engine error) is not a
+  *completed* task, whatever the condition: it is started again at once, without
+  counting as an attempt or growing the back-off.
 - Back-off on a crash loop: the n-th consecutive restart waits `delay x 2^(n-1)`,
   capped at `MAX_DELAY` (or `delay` if larger). A replica that stayed up `RESET_AFTER`
   seconds resets the streak, so a crash after a long healthy life restarts after
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from node.runtime.base import Container
 from node.spec import ServiceSpec
 from node.spec_lifecycle import RestartPolicy
 
@@ -63,9 +69,29 @@ def on_running(state: RestartState, now: float) -> RestartState:
     return replace(state, up_since=now)
 
 
-def on_exit(state: RestartState, policy: Policy, exit_code: int | None, now: float) -> RestartState:
-    """The task's container exited with `exit_code` (`UNHEALTHY`: replaced as unhealthy)."""
+def interrupted(c: Container, engine_restarted: bool = False) -> str:
+    """Why the exit of `c` is not its task's own end, from Docker's state ("" when it is).
+
+    `engine_restarted`: the engine stopped answering (or restarted) since `c` was last
+    seen running, so an exit 0 in between is the engine's shutdown, not a completion.
+    """
+    if c.state == "created" or not c.started_at:
+        return "its container was created but never started"
+    if c.exit_code == 0 and c.error:
+        return f"the engine stopped it: {c.error}"
+    if c.exit_code == 0 and engine_restarted:
+        return "the engine restarted under it"
+    return ""
+
+
+def on_exit(
+    state: RestartState, policy: Policy, exit_code: int | None, now: float, why_not_done: str = ""
+) -> RestartState:
+    """The task's container exited with `exit_code` (`UNHEALTHY`: replaced as unhealthy);
+    `why_not_done` (from `interrupted`): not by its own doing, so it starts again at once."""
     code = -1 if exit_code is None else exit_code
+    if why_not_done:
+        return replace(state, restarts=state.restarts + 1, exit_code=code, up_since=None, next_at=now)
     why = "it was unhealthy" if exit_code is None else f"it exited with code {code}"
     if policy.condition == "never":
         return replace(state, exit_code=code, up_since=None, given_up=f"{why}; restart condition is never")

@@ -11,6 +11,9 @@ Guarantees:
 - when the lease is lost (or about to be), `lost` callbacks run *at once*, before a
   new lease is granted: the leader stops its work there.
 - a new lease is then granted and the `renewed` callbacks run to re-publish.
+- `answered` is when etcd last answered a grant or a renewal (monotonic seconds): etcd
+  cannot have extended the lease past `answered + ttl`, so after that it has certainly
+  expired (`node.agent.disconnect`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Session:
         self.revoke_lost = revoke_lost
         self.lease = 0
         self.deadline = 0.0
+        self.answered = time.monotonic()
         self.valid = asyncio.Event()
         self._on_lost: list[Callback] = []
         self._on_renewed: list[Callback] = []
@@ -60,6 +64,7 @@ class Session:
         sent = time.monotonic()
         self.lease = await self.store.grant(self.ttl)
         self.deadline = sent + self.ttl
+        self.answered = time.monotonic()
         self.valid.set()
         return self.lease
 
@@ -89,6 +94,7 @@ class Session:
                     log.warning("lease %x keepalive failed: %s", self.lease, exc)
                 if ttl > 0:
                     self.deadline = sent + ttl
+                    self.answered = time.monotonic()
                     await asyncio.sleep(max(0.2, ttl / 3))
                     continue
                 if ttl == 0 or self.expiring():

@@ -22,7 +22,7 @@ from node.agent.health import Check
 from node.domain import Assignment, ServiceRecord, TaskState, TaskStatus
 from node.events import EventLog
 from node.keys import Keys
-from node.runtime.base import LABELS, Container, DockerHealth, ExecResult
+from node.runtime.base import LABELS, Container, DockerHealth, ExecResult, RuntimeUnavailable
 from node.runtime.fake import FakeRuntime
 from node.store.memory import MemoryStore
 from node.store.session import Session
@@ -97,6 +97,7 @@ class World:
         await self.agent.tasks.relist()
         await self.agent.reconcile()
         await self.agent.stopped()
+        await self.agent.flush()
 
     async def step(self, seconds: float = 0.0) -> None:
         """Move the clock, run the probes that are due, then a pass."""
@@ -306,6 +307,54 @@ async def test_on_failure_does_not_restart_a_clean_exit(world: World) -> None:
     status = await world.status(t1)
     assert (status.state, status.exit_code, status.terminal) == (TaskState.EXITED, 0, True)
     assert sum(1 for call in world.runtime.calls if call[0] == "run") == 1
+
+
+@pytest.mark.parametrize("condition", ["on-failure", "never"])
+async def test_a_container_created_but_never_started_is_started_again(world: World, condition: str) -> None:
+    """The daemon died between create and start: Docker says `created`, StartedAt zero,
+    exit code 0. That is not a task that completed (issue 11, item 13)."""
+    svc = await world.service(restart={"condition": condition, "delay": 0.0})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    [c] = world.runtime.running()
+    world.runtime.containers[c.id] = replace(c, state="created", started_at="", exit_code=0, host_ports={})
+    await world.step(0.0)  # removes it, decides
+    await world.step(0.0)  # starts anew
+    [again] = world.runtime.running()
+    assert again.id != c.id
+    status = await world.status(t1)
+    assert (status.state, status.terminal, status.restarts) == (TaskState.RUNNING, False, 1)
+    assert not world.events("task.no-restart")
+    assert any("never started" in m for m in world.events("task.exited"))
+
+
+@pytest.mark.parametrize("condition", ["on-failure", "never"])
+async def test_an_exit_0_across_an_engine_restart_is_started_again(world: World, condition: str) -> None:
+    svc = await world.service(restart={"condition": condition, "delay": 0.0})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    await world.reconcile()  # seen running by a pass
+    [c] = world.runtime.running()
+    world.runtime.unavailable = True  # the engine goes away: it stops its containers (exit 0)
+    with pytest.raises(RuntimeUnavailable):
+        await world.agent.reconcile()
+    world.runtime.crash(c.id, exit_code=0)
+    world.runtime.unavailable = False
+    await world.step(0.0)
+    await world.step(0.0)
+    [again] = world.runtime.running()
+    assert again.id != c.id
+    status = await world.status(t1)
+    assert (status.state, status.terminal) == (TaskState.RUNNING, False)
+    assert any("engine restarted" in m for m in world.events("task.exited"))
+
+    world.runtime.crash(again.id, exit_code=0)  # a clean exit with the engine up: completed
+    await world.step(0.0)
+    await world.step(0.0)
+    status = await world.status(t1)
+    assert (status.state, status.exit_code, status.terminal) == (TaskState.EXITED, 0, True)
 
 
 async def test_max_attempts_then_the_task_stays_failed(world: World) -> None:

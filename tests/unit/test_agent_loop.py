@@ -59,6 +59,7 @@ class World:
         await self.agent.tasks.relist()
         await self.agent.reconcile()
         await self.agent.stopped()
+        await self.agent.flush()
 
     async def status(self, task_id: str) -> TaskStatus | None:
         kv = await self.store.get(KEYS.status(task_id))
@@ -255,7 +256,11 @@ async def test_a_replica_drains_after_withdrawal_before_it_is_stopped(world: Wor
     started = time.monotonic()
     await world.agent.reconcile()
     await world.agent.reconcile()  # a pass while it drains does not stop it twice
-    assert await world.store.get(KEYS.endpoint("web", t1.task_id)) is None, "withdrawn at once"
+
+    async def withdrawn() -> bool:
+        return await world.store.get(KEYS.endpoint("web", t1.task_id)) is None
+
+    await wait_until(withdrawn, timeout=0.2, interval=0.01, message="withdrawn at once")
     assert world.runtime.running() == [c1], "still serving what is in flight while it drains"
     await world.agent.stopped()
     assert time.monotonic() - started >= 0.3

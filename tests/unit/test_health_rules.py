@@ -27,13 +27,14 @@ from node.agent.restart import (
     Policy,
     RestartState,
     backoff,
+    interrupted,
     may_start,
     on_exit,
     on_running,
     policy_of,
 )
 from node.domain import TaskStatus
-from node.runtime.base import DockerHealth
+from node.runtime.base import Container, DockerHealth
 from node.spec_lifecycle import HealthCheck, RestartPolicy, TcpCheck
 from tests.factories import typed_spec
 
@@ -254,3 +255,42 @@ def test_the_defaults_are_the_spec_models_own() -> None:
         model.retries,
     )
     assert Policy() == RestartPolicy()
+
+
+# -- an exit that is not the task's own end (issue 11, item 13) ------------------------
+
+STARTED = "2026-12-05T08:00:00.123456789Z"
+
+
+def exited(
+    state: str = "exited", started_at: str = STARTED, exit_code: int = 0, error: str = ""
+) -> Container:
+    return Container("c1", "web.1.t1", {}, state, exit_code=exit_code, started_at=started_at, error=error)
+
+
+@pytest.mark.parametrize(
+    ("container", "engine_restarted", "reason"),
+    [
+        (exited(), False, ""),  # a clean exit: the task completed
+        (exited(exit_code=1), False, ""),  # a failure: the policy decides
+        (exited(exit_code=137), True, ""),  # a failure during an engine restart: still a failure
+        (exited(state="created", started_at=""), False, "created but never started"),
+        (exited(started_at=""), False, "created but never started"),  # Docker's StartedAt zero
+        (exited(error="container stopped by the daemon on shutdown"), False, "the engine stopped it"),
+        (exited(), True, "the engine restarted under it"),
+    ],
+)
+@pytest.mark.parametrize("condition", ["always", "on-failure", "never"])
+def test_an_exit_not_of_the_tasks_doing_is_not_a_completion(
+    container: Container, engine_restarted: bool, reason: str, condition: str
+) -> None:
+    why = interrupted(container, engine_restarted)
+    assert (reason in why) if reason else why == ""
+    policy = Policy(condition=condition, max_attempts=1, delay=5.0)
+    state = on_exit(RestartState(restarts=3, streak=2), policy, container.exit_code, 100.0, why)
+    if why:  # started again at once, whatever the condition, and not an attempt
+        assert not state.terminal and may_start(state, 100.0)
+        assert (state.restarts, state.streak, state.times) == (4, 2, ())
+    else:  # the condition decides, as before
+        clean = container.exit_code == 0
+        assert state.terminal is (condition == "never" or (condition == "on-failure" and clean))

@@ -164,6 +164,11 @@ def test_format_duration() -> None:
         (["restart: {max_attempts: -1}"], "restart.max_attempts", "must be at least 0, got -1"),
         (["restart: {delay: 2h}"], "restart.delay", "must be at most 1h, got 2h"),
         (["stop_grace: 10"], None, None),
+        (["on_disconnect: {stop_after: 1m}"], None, None),
+        (["on_disconnect: {stop_after: -1s}"], "on_disconnect.stop_after", "must not be negative, got -1s"),
+        (["on_disconnect: {stop_after: 2d}"], "on_disconnect.stop_after", "must be a duration"),
+        (["on_disconnect: {}"], "on_disconnect.stop_after", "required"),
+        (["on_disconnect: {stop_after: 1m, stop: 1m}"], "on_disconnect.stop", "unknown field 'stop'"),
     ],
 )
 def test_bad_settings_name_the_field(lines: list[str], path: str | None, message: str | None) -> None:
@@ -189,3 +194,10 @@ def test_the_example_web_service_documents_a_health_check() -> None:
     stored = spec_to_dict(parse_spec(example.read_text(), str(example)))
     assert stored["health"]["http"] == {"port": 8080, "path": "/health", "status": 200}
     assert {"restart", "update", "stop_grace"} <= set(stored)
+
+
+def test_on_disconnect_is_stored_in_seconds_and_absent_by_default() -> None:
+    assert spec_to_dict(parse_spec(doc("on_disconnect: {stop_after: 1m30s}")))["on_disconnect"] == {
+        "stop_after": 90.0
+    }
+    assert "on_disconnect" not in spec_to_dict(parse_spec(doc())), "default: keep running when cut off"
