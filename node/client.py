@@ -32,6 +32,7 @@ The client is thread-safe (one gRPC channel, shared); `close()` releases it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -239,11 +240,12 @@ class ShoalClient:
         tls: rpc.ClientTls | None = None,
         *,
         insecure: bool = False,
-        context_file: Path | None = None,
+        context_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if tls is None and not insecure:
             try:
-                found = credentials.resolve(path=context_file, endpoint=addr)
+                path = Path(context_file) if context_file is not None else None
+                found = credentials.resolve(path=path, endpoint=addr)
             except credentials.MissingCredentials as exc:
                 raise CredentialsMissing(str(exc)) from None
             addr, tls = found.endpoint, found.tls()
