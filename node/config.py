@@ -78,6 +78,11 @@ class NodeConfig:
     drain: float = 2.0  # s between withdrawing a replica from every proxy and stopping it
     #   (a service's `update.drain` overrides it): in-flight requests finish, new ones go elsewhere
     metrics_port: int = 7071  # Prometheus `/metrics` on `address`; 0 = off
+    metrics_tls: bool = False  # serve /metrics over TLS with this node's certificate (scrapers
+    #   verify it with the cluster CA); off by default so a plain Prometheus scrape works
+    metrics_token_file: str = ""  # a file (0600) holding a bearer token /metrics then requires
+    #   (`Authorization: Bearer <token>`); empty = none. Off by default: the series hold
+    #   service names, ports and counts, no secret (docs/security.md)
     wait_for_etcd: bool = False  # keep retrying at start instead of exiting
     join: tuple[str, ...] = ()  # gossip seeds (host:port of peers); the etcd registry is used too
     leave_on_stop: bool = False  # on SIGTERM, tell peers this node left (its tasks move at once);

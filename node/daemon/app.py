@@ -20,6 +20,7 @@ import logging
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -46,6 +47,7 @@ from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
 from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
+from node.security.files import NodeFiles, read_secret
 from node.store import StoreError, StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
 from node.store.session import Session
@@ -246,7 +248,7 @@ class Daemon:
         metrics_server = None
         if c.metrics_port:
             try:
-                metrics_server = metrics.serve(self.mesh, c.address, c.metrics_port)
+                metrics_server = metrics.serve(self.mesh, c.address, c.metrics_port, *metrics_guard(c))
             except OSError as exc:
                 await server.stop(grace=0)
                 await _cancel(credentials)
@@ -328,6 +330,15 @@ def etcd_tls(config: NodeConfig) -> EtcdTls | None:
         return EtcdTls.from_files(config.etcd_ca, config.etcd_cert, config.etcd_key, config.etcd_server_name)
     except OSError as exc:
         raise StartupError(f"etcd TLS: cannot read {exc.filename}: {exc.strerror or exc}") from exc
+
+
+def metrics_guard(config: NodeConfig) -> tuple[Path | None, str]:
+    """(identity file for TLS, bearer token) of /metrics, as configured; OSError when unreadable."""
+    identity = NodeFiles.of(config.data_dir).identity if config.metrics_tls else None
+    token = read_secret(Path(config.metrics_token_file)).decode().strip() if config.metrics_token_file else ""
+    if config.metrics_token_file and not token:
+        raise OSError(f"{config.metrics_token_file} is empty: put the /metrics bearer token in it")
+    return identity, token
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
