@@ -225,7 +225,7 @@ class Daemon:
         )
         servicer = ShoalServicer(self.store, self.keys, c.node_id, self.membership)
         servicer.signer = signer
-        joins = JoinHandler(self.store, self.keys, c.node_id, signer)
+        joins = JoinHandler(self.store, self.keys, c.node_id, signer, c.join_token_uses)
         try:
             server, health = api_server.build(
                 [

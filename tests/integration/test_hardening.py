@@ -14,9 +14,15 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
+from node import rpc
 from node.devcluster import DevCluster
+from node.keys import Keys
+from node.pb import peer_pb2, peer_pb2_grpc
+from node.security import bootstrap
+from node.security.cluster import ClusterSecurity
 from node.store import StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
 from tests.helpers import free_port_on_all, free_port_pair, on_store
@@ -74,3 +80,41 @@ def test_the_dev_etcd_refuses_a_client_without_its_certificate(cluster: DevClust
         assert done.returncode != 0 and cluster.prefix not in done.stdout
     with cluster.client() as c:  # and shoal works as before
         assert {n.id for n in c.list_nodes().nodes} >= {"n1", "n2"}
+
+
+# -- 15(c): a join token cannot take a running node's id nor be replayed ------------------------
+
+
+def _join(cluster: DevCluster, node_id: str, addresses: list[str]) -> tuple[grpc.StatusCode, str]:
+    async def read(store: EtcdStore) -> tuple[bytes, bytes]:
+        return await ClusterSecurity(store, Keys(cluster.prefix), cluster.cluster).join_material()
+
+    ca_pem, join_cert = on_store(cluster.etcd.endpoint, read)
+    with cluster.client() as c:
+        token = c.join_token()
+    attempt = bootstrap.prepare_join(token, cluster.cluster, node_id, ca_pem, join_cert)
+    try:
+        with rpc.channel(cluster.addr, attempt.tls) as channel:
+            answer = peer_pb2_grpc.PeerStub(channel).Join(
+                peer_pb2.JoinRequest(csr=attempt.csr, addresses=addresses), timeout=10
+            )
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+    assert answer.certificate
+    return grpc.StatusCode.OK, ""
+
+
+def test_a_join_token_never_grants_a_running_node_and_is_not_replayed(cluster: DevCluster) -> None:
+    code, details = _join(cluster, "n1", ["127.0.0.9", HOSTS[0]])  # n1 runs; its address listed too
+    assert code is grpc.StatusCode.FAILED_PRECONDITION and "already running" in details, details
+    assert _join(cluster, "x1", ["127.0.0.9"])[0] is grpc.StatusCode.OK
+    code, details = _join(cluster, "x1", ["127.0.0.9"])  # the same token, the same id again
+    assert code is grpc.StatusCode.FAILED_PRECONDITION and "already joined" in details, details
+
+    async def uses(store: EtcdStore) -> dict[str, str]:
+        kvs, _ = await store.range(Keys(cluster.prefix).joins)
+        return {kv.key.removeprefix(Keys(cluster.prefix).joins): kv.value.decode() for kv in kvs}
+
+    recorded = on_store(cluster.etcd.endpoint, uses)
+    assert [k.rsplit("/", 1)[-1] for k in recorded if "/" in k] == ["x1"]
+    assert [v for k, v in recorded.items() if "/" not in k] == ["1"]
