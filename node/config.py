@@ -94,6 +94,8 @@ class NodeConfig:
     #   start (gets a node certificate). A secret: give it as SHOAL_JOIN_TOKEN or in a file
     #   (join_token_file), not as a flag, which every user of the host sees in `ps`
     join_token_file: str = ""  # a file holding the join token (mode 0600)
+    max_streams_per_token: int = 32  # server streams (watch, events --follow) one client token
+    #   may hold open on this node; RESOURCE_EXHAUSTED beyond (each holds etcd watches)
     join_token_uses: int = 100  # hosts one join token admits through this member (each node id
     #   once, recorded in etcd `joins/`); then rotate it. Bounds what a leaked token is worth
     cert_lifetime: float = 30 * 86400.0  # s a node certificate is valid; the daemon renews it at
@@ -219,6 +221,8 @@ def validate(c: NodeConfig) -> NodeConfig:
         ttl = getattr(c, name)
         if ttl and not 2 <= ttl <= 300:
             raise ConfigError(f"{name}: {ttl} must be between 2 and 300 seconds")
+    if not 1 <= c.max_streams_per_token <= 10_000:
+        raise ConfigError(f"max_streams_per_token: {c.max_streams_per_token} must be between 1 and 10000")
     if not 1 <= c.join_token_uses <= 10_000:
         raise ConfigError(f"join_token_uses: {c.join_token_uses} must be between 1 and 10000")
     if c.join_token and c.join_token_file:

@@ -238,7 +238,11 @@ class Daemon:
                 c.address,
                 c.grpc_port,
                 self.identity.server_tls,
-                [AuthInterceptor(self.credentials, Policy(c.cluster))],
+                [
+                    AuthInterceptor(
+                        self.credentials, Policy(c.cluster, max_streams_per_token=c.max_streams_per_token)
+                    )
+                ],
             )
         except OSError as exc:
             await _cancel(credentials)

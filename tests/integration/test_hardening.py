@@ -9,15 +9,19 @@ own ports and low ports are refused to a deployer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 
 from node import rpc
+from node.client import ResourceExhausted, ShoalClient, ShoalError, Unauthenticated
 from node.devcluster import DevCluster
 from node.keys import Keys
 from node.pb import peer_pb2, peer_pb2_grpc
@@ -25,7 +29,7 @@ from node.security import bootstrap
 from node.security.cluster import ClusterSecurity
 from node.store import StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
-from tests.helpers import free_port_on_all, free_port_pair, on_store
+from tests.helpers import free_port_on_all, free_port_pair, on_store, wait_until_sync
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +122,60 @@ def test_a_join_token_never_grants_a_running_node_and_is_not_replayed(cluster: D
     recorded = on_store(cluster.etcd.endpoint, uses)
     assert [k.rsplit("/", 1)[-1] for k in recorded if "/" in k] == ["x1"]
     assert [v for k, v in recorded.items() if "/" not in k] == ["1"]
+
+
+# -- 15(b) and 12: a revoked token's open streams end; streams are bounded per token -------------
+
+
+def _drain(stream: Iterator[Any], out: dict[str, Any]) -> None:
+    try:
+        for _ in stream:
+            out["messages"] = out.get("messages", 0) + 1
+        out["ended"] = "cleanly"
+    except ShoalError as exc:
+        out["ended"] = exc
+
+
+def test_streams_of_a_revoked_token_end(cluster: DevCluster) -> None:
+    with cluster.client() as admin:
+        admin.apply("name: watched\nimage: shoal-demo/web:1\nreplicas: 0\n", "watched.yaml")
+        made = admin.create_token("viewer", "hardening: revoked while streaming")
+    tls = dataclasses.replace(cluster.tls, token=made.token)
+    viewer = ShoalClient(cluster.addr, timeout=5, tls=tls)
+    results: list[dict[str, Any]] = [{}, {}]
+    streams = [viewer.watch_resolve("watched"), viewer.events(follow=True)]
+    threads = [
+        threading.Thread(target=_drain, args=(s, r), daemon=True)
+        for s, r in zip(streams, results, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        wait_until_sync(lambda: results[0].get("messages", 0) >= 1, 15, message="the watch's first answer")
+        assert all("ended" not in r for r in results)
+        with cluster.client() as admin:
+            admin.revoke_token(made.info.id)
+        for t in threads:
+            t.join(15)
+        for r in results:
+            assert isinstance(r.get("ended"), Unauthenticated), r
+            assert "revoked" in str(r["ended"])
+    finally:
+        viewer.close()
+
+
+def test_watch_streams_are_bounded_per_token(cluster: DevCluster) -> None:
+    with cluster.client() as admin:
+        admin.apply("name: watched\nimage: shoal-demo/web:1\nreplicas: 0\n", "watched.yaml")
+    open_streams = []
+    with ShoalClient(cluster.addr, timeout=5, tls=cluster.tls) as c:
+        try:
+            for _ in range(32):  # max_streams_per_token's default
+                stream = c.watch_resolve("watched")
+                next(stream)
+                open_streams.append(stream)
+            with pytest.raises(ResourceExhausted, match="max_streams_per_token"):
+                next(c.watch_resolve("watched"))
+        finally:
+            for stream in open_streams:
+                stream.close()
