@@ -78,6 +78,8 @@ class NodeConfig:
     drain: float = 2.0  # s between withdrawing a replica from every proxy and stopping it
     #   (a service's `update.drain` overrides it): in-flight requests finish, new ones go elsewhere
     metrics_port: int = 7071  # Prometheus `/metrics` on `address`; 0 = off
+    reserved_ports: tuple[int, ...] = ()  # more ports no service may publish, besides shoal's own
+    #   (gRPC, metrics, etcd's), e.g. an agent's or a database's on these hosts
     metrics_tls: bool = False  # serve /metrics over TLS with this node's certificate (scrapers
     #   verify it with the cluster CA); off by default so a plain Prometheus scrape works
     metrics_token_file: str = ""  # a file (0600) holding a bearer token /metrics then requires
@@ -144,6 +146,12 @@ def _coerce(name: str, value: Any) -> Any:
             return str(value).lower() in ("1", "true", "yes", "on")
         if kind == "Path":
             return Path(value)
+        if name == "reserved_ports":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            ports = tuple(int(str(p).strip()) for p in items if str(p).strip())
+            if any(not 1 <= p <= 65535 for p in ports):
+                raise ValueError("every port must be between 1 and 65535")
+            return ports
         if name in ("etcd", "join"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(e.strip() for e in items if e.strip())

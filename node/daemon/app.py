@@ -31,6 +31,7 @@ from node.api import server as api_server
 from node.api.admin import Signer
 from node.api.gossip_transport import PeerServicer
 from node.api.join import JoinHandler
+from node.api.port_policy import PortPolicy
 from node.api.servicer import ShoalServicer
 from node.config import NodeConfig
 from node.daemon.identity import IdentityError, NodeIdentity
@@ -225,6 +226,7 @@ class Daemon:
         )
         servicer = ShoalServicer(self.store, self.keys, c.node_id, self.membership)
         servicer.signer = signer
+        servicer.writer.ports = PortPolicy.of(c.grpc_port, c.metrics_port, c.etcd, c.reserved_ports)
         joins = JoinHandler(self.store, self.keys, c.node_id, signer, c.join_token_uses)
         try:
             server, health = api_server.build(

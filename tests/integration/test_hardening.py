@@ -21,7 +21,15 @@ import grpc
 import pytest
 
 from node import rpc
-from node.client import ResourceExhausted, ShoalClient, ShoalError, Unauthenticated
+from node.client import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    ShoalClient,
+    ShoalError,
+    Unauthenticated,
+)
 from node.devcluster import DevCluster
 from node.keys import Keys
 from node.pb import peer_pb2, peer_pb2_grpc
@@ -179,3 +187,37 @@ def test_watch_streams_are_bounded_per_token(cluster: DevCluster) -> None:
         finally:
             for stream in open_streams:
                 stream.close()
+
+
+# -- 15(d) and 12: shoal's own ports are reserved; low ports need an admin ------------------------
+
+
+def _published(name: str, port: int) -> str:
+    head = f"name: {name}\nimage: shoal-demo/web:1\nreplicas: 0\n"
+    return head + f"ports:\n  - {{container: 8080, published: {port}}}\n"
+
+
+def test_shoals_ports_are_reserved_and_low_ports_need_an_admin(cluster: DevCluster) -> None:
+    with cluster.client() as admin:
+        made = admin.create_token("deployer", "hardening: ports")
+    deployer = ShoalClient(cluster.addr, timeout=5, tls=dataclasses.replace(cluster.tls, token=made.token))
+    admin = cluster.client()
+    try:
+        for port in (22, 80):
+            with pytest.raises(PermissionDenied, match=f"port {port} is below 1024: .*needs the admin role"):
+                deployer.apply(_published("low", port), "low.yaml")
+        etcd_port = cluster.etcd.client_port
+        for port in (cluster.grpc_port, cluster.metrics_port, etcd_port, etcd_port + 1):
+            for who in (deployer, admin):
+                with pytest.raises(InvalidArgument, match=f"port {port} is reserved"):
+                    who.apply(_published("own", port), "own.yaml")
+        with pytest.raises(NotFound):
+            deployer.get_service("low")
+        with pytest.raises(NotFound):
+            deployer.get_service("own")
+        free = free_port_on_all(HOSTS[:2])
+        assert deployer.apply(_published("high", free), "high.yaml").changed  # an ordinary port is fine
+        deployer.delete_service("high")
+    finally:
+        deployer.close()
+        admin.close()
