@@ -291,7 +291,8 @@ class NetnsCluster(DevCluster):
         data = self.data_dir / "nodes" / node_id
         args = [
             "--node-id", node_id, "--data-dir", str(data), "--address", address,
-            "--grpc-port", str(self.grpc_port), *self.etcd.client_flags,
+            "--grpc-port", str(self.grpc_port), "--etcd", f"{self.net.host_ip}:{self.etcd_port}",
+            *self.etcd.client_flags[2:],  # its TLS files (the host is set after this runs)
             "--etcd-prefix", self.prefix, "--publish-address", self.net.host_ip,
             "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}", *self.extra_args,
         ]  # fmt: skip
