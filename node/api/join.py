@@ -18,6 +18,7 @@ import logging
 import re
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.api.admin import MAX_CSR_BYTES, Signer
 from node.domain import NodeInfo
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 
 MAX_NAMES = 16
 _NODE_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # node.config.NODE_ID
+
+
+def _caller_key(context: grpc.aio.ServicerContext) -> str | None:
+    """`ca.key_id` of the caller's certificate (the join token's key), if it has one."""
+    pems = list(context.auth_context().get("x509_pem_cert") or [])
+    if not pems:
+        return None
+    public = ca.load_cert(bytes(pems[0])).public_key()
+    return ca.key_id(public) if isinstance(public, ec.EllipticCurvePublicKey) else None
 
 
 class JoinHandler:
@@ -77,6 +87,10 @@ class JoinHandler:
                 "give the new host another --node-id (or wait until that node's lease expires)"
             )
         record, join_mod = await self.signer.security.join_record()
+        if _caller_key(context) != record.key_id:  # rotated since the auth check let it in
+            raise FailedPrecondition(
+                "this join token was rotated meanwhile; get the current one with `shoal cluster join-token`"
+            )
         try:
             passphrase = self.signer.passphrase()
             authority = await self.signer.security.load_ca(passphrase)

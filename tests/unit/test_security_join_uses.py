@@ -8,10 +8,13 @@ import asyncio
 
 import pytest
 
+from node.api.admin import Signer
+from node.api.join import JoinHandler
 from node.domain import NodeInfo
 from node.errors import Conflict, FailedPrecondition
 from node.keys import Keys
-from node.security import join_uses
+from node.pb import peer_pb2
+from node.security import bootstrap, join_uses
 from node.security.ca import Lifetimes
 from node.security.cluster import ClusterSecurity
 from node.store.memory import MemoryStore
@@ -70,3 +73,35 @@ async def test_a_rotation_clears_the_uses_and_fences_a_join_in_flight() -> None:
     with pytest.raises(Conflict, match="rotated while this host joined"):
         await join_uses.record_join(store, KEYS, record.key_id, mod, "h2", ["10.0.0.2"], "n1", 3)
     assert await _use(store, security, "h1") == 1  # the new token admits h1 again
+
+
+class _Context:
+    """The part of a grpc ServicerContext the join handler reads: the caller's certificate."""
+
+    def __init__(self, cert_pem: bytes) -> None:
+        self.cert_pem = cert_pem
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self.cert_pem]}
+
+
+async def test_a_join_admitted_just_before_a_rotation_is_refused_and_records_nothing() -> None:
+    """The auth check let the old join certificate in; the token is rotated before the handler
+    reads `security/join`: the handler refuses it (no certificate, no use recorded)."""
+    store, security, passphrase = await _cluster()
+    ca_pem, old_cert = await security.join_material()
+    old_token = await security.join_token(passphrase)
+    await security.rotate_join_token(passphrase)
+    attempt = bootstrap.prepare_join(old_token, "unit", "h9", ca_pem, old_cert)
+    handler = JoinHandler(store, KEYS, "n1", Signer(security, lambda: passphrase, Lifetimes()))
+    request = peer_pb2.JoinRequest(csr=attempt.csr, addresses=["10.0.0.9"])
+    with pytest.raises(FailedPrecondition, match="rotated meanwhile"):
+        await handler.join(request, _Context(old_cert))  # type: ignore[arg-type]
+    assert (await store.range(KEYS.joins))[0] == []
+    current_cert = (await security.join_material())[1]
+    new = bootstrap.prepare_join(await security.join_token(passphrase), "unit", "h9", ca_pem, current_cert)
+    answer = await handler.join(
+        peer_pb2.JoinRequest(csr=new.csr, addresses=["10.0.0.9"]),
+        _Context(current_cert),  # type: ignore[arg-type]
+    )
+    assert answer.certificate and answer.member == "n1"
