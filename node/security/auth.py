@@ -24,23 +24,17 @@ fails makes the call UNAVAILABLE, never open.
 
 The caller of the running handler is `current_caller()` (for audit and events).
 
-Streams (`WatchResolve`, `StreamEvents`, `WatchMembers`: every server-streaming call
-made with a token) are bounded per token: at most `Policy.max_streams_per_token` open at
-once on a node, RESOURCE_EXHAUSTED beyond. An open stream's token is checked again
-before every message it sends and every `RECHECK` seconds while it is quiet, so a
-stream of a token that is revoked or expires ends within about a second
-(UNAUTHENTICATED), instead of delivering until the client hangs up.
+Server streams made with a token are bounded per token and end when the token is
+revoked or expires (`node.security.streams`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import contextvars
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -50,6 +44,7 @@ import grpc.aio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.security import ca
+from node.security.streams import StreamGuard
 from node.security.tokens import ClientToken, Role, StoredToken, TokenError, allowed, least_role, split_method
 
 log = logging.getLogger(__name__)
@@ -116,10 +111,6 @@ class Policy:
     join_methods: frozenset[str] = frozenset({JOIN_METHOD})
     open_services: frozenset[str] = OPEN_SERVICES
     max_streams_per_token: int = 32  # open server streams per client token on one node
-
-
-RECHECK = 1.0
-"""Seconds between checks of a quiet stream's token (revoked or expired: the stream ends)."""
 
 
 @dataclass(frozen=True)
@@ -189,45 +180,7 @@ class Authorizer:
     def __init__(self, credentials: CredentialStore, policy: Policy) -> None:
         self.credentials = credentials
         self.policy = policy
-        self.streams: dict[str, int] = {}  # token id -> server streams open now
-
-    @contextlib.contextmanager
-    def stream_slot(self, caller: Caller) -> Iterator[None]:
-        """Hold one of the token's stream slots; Denied (RESOURCE_EXHAUSTED) when none is left."""
-        if not caller.token_id:
-            yield
-            return
-        open_now = self.streams.get(caller.token_id, 0)
-        if open_now >= self.policy.max_streams_per_token:
-            raise Denied(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"token {caller.token_id} has {open_now} streams open on this node, the bound per token "
-                f"(max_streams_per_token); close some (watch, events --follow) or use another node",
-            )
-        self.streams[caller.token_id] = open_now + 1
-        try:
-            yield
-        finally:
-            left = self.streams[caller.token_id] - 1
-            if left:
-                self.streams[caller.token_id] = left
-            else:
-                del self.streams[caller.token_id]
-
-    async def still_valid(self, caller: Caller) -> Denied | None:
-        """Why the caller's token no longer admits it (revoked, expired, gone), or None."""
-        if not caller.token_id:
-            return None
-        try:
-            record = await self.credentials.token(caller.token_id)
-        except Exception:
-            return None  # cannot tell now (store down): the stream's own reads fail if it lasts
-        if record is None:
-            return Denied(grpc.StatusCode.UNAUTHENTICATED, f"token {caller.token_id} is no longer known")
-        problem = record.problem()
-        if problem is not None:
-            return Denied(grpc.StatusCode.UNAUTHENTICATED, f"{problem}; the stream is closed")
-        return None
+        self.streams = StreamGuard(credentials, policy.max_streams_per_token)
 
     async def authorize(
         self, method: str, auth_context: Mapping[str, Iterable[bytes]], metadata: Any
@@ -355,41 +308,6 @@ async def _admit(authorizer: Authorizer, method: str, context: grpc.aio.Servicer
     return caller
 
 
-async def _watched(
-    items: AsyncIterator[Any], caller: Caller, authorizer: Authorizer, context: grpc.aio.ServicerContext
-) -> AsyncIterator[Any]:
-    """`items`, ended (UNAUTHENTICATED) as soon as the caller's token stops admitting it:
-    checked before each item is sent and every RECHECK seconds in between."""
-    it = aiter(items)
-    try:
-        while True:
-            step = asyncio.ensure_future(anext(it))
-            try:
-                while True:
-                    done, _ = await asyncio.wait({step}, timeout=RECHECK)
-                    denied = await authorizer.still_valid(caller)
-                    if denied is not None:
-                        log.info("closed a stream of %s: %s", caller, denied.message)
-                        await context.abort(denied.code, denied.message)
-                    if done:
-                        break
-            finally:
-                if not step.done():
-                    step.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
-                        await step
-            try:
-                item = step.result()
-            except StopAsyncIteration:
-                return
-            yield item
-    finally:
-        close = getattr(it, "aclose", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                await close()
-
-
 def _guarded(handler: grpc.RpcMethodHandler, method: str, authorizer: Authorizer) -> grpc.RpcMethodHandler:
     """The same handler, taking raw bytes, checking the caller, then parsing and calling."""
     deserialize = handler.request_deserializer
@@ -437,22 +355,11 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, authorizer: Authorizer
 
         async def unary_stream(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             caller = await _admit(authorizer, method, context)
-            try:
-                slot = authorizer.stream_slot(caller)
-                slot.__enter__()
-            except Denied as denied:
-                await context.abort(denied.code, denied.message)
-            try:
-                items = stream_result(inner_us, await parse(raw, context), context)
-                if caller.token_id:
-                    items = _watched(items, caller, authorizer, context)
-                async for item in items:
-                    yield item
-            finally:
-                slot.__exit__(None, None, None)
-                if caller.token_id:
-                    with contextlib.suppress(Exception):
-                        await items.aclose()  # type: ignore[attr-defined]
+            request = await parse(raw, context)
+            async for item in authorizer.streams.guard(
+                caller, context, stream_result(inner_us, request, context)
+            ):
+                yield item
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, None, serialize)
     if handler.stream_unary is not None:
