@@ -106,8 +106,16 @@ class EtcdProcess:
         except OSError:
             return False
 
+    def _taken(self) -> bool:
+        """Something listens on the client port (another etcd, with TLS of another CA or none)."""
+        try:
+            with socket.create_connection((self.host, self.client_port), timeout=1):
+                return True
+        except OSError:
+            return False
+
     def start(self, timeout: float = 20.0) -> None:
-        if self.healthy():
+        if self.healthy() or self._taken():
             raise DevError(
                 f"something already answers as etcd on {self.endpoint}; choose another --etcd-port"
             )

@@ -67,3 +67,20 @@ def test_the_script_prints_etcds_flags_and_shoalds_settings(tmp_path: Path) -> N
     assert "https://10.0.0.5:2379" in done.stdout and "--client-cert-auth" in done.stdout
     assert f'etcd_cert = "{tmp_path / "out" / "client-n1.crt"}"' in done.stdout
     assert (tmp_path / "out" / "client-n1.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_dev_etcd_will_not_start_on_a_port_something_else_holds(tmp_path: Path) -> None:
+    """With TLS, another cluster's etcd (another CA) does not answer our health check; the
+    port being held is enough to refuse, with the hint, instead of an etcd that exits."""
+    import socket
+
+    from node.devcluster import DevError, EtcdProcess
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        etcd = EtcdProcess(tmp_path / "data", port, port + 1, pki=EtcdPki(tmp_path / "pki"))
+        with pytest.raises(DevError, match="choose another --etcd-port"):
+            etcd.start()
+    assert etcd.proc is None
