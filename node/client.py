@@ -53,6 +53,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "ResourceExhausted",
     "ShoalClient",
     "ShoalError",
     "Unauthenticated",
@@ -126,6 +127,10 @@ class PermissionDenied(ShoalError):
     """The token's role (or the certificate's kind) may not make this call."""
 
 
+class ResourceExhausted(ShoalError):
+    """A bound was reached (e.g. the streams one token may hold open on a node); the message names it."""
+
+
 class CredentialsMissing(ShoalError):
     """The client has no (complete) credentials; the message names what is missing and how to get it."""
 
@@ -138,6 +143,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ShoalError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 _CHECK_CREDENTIALS = (

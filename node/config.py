@@ -78,6 +78,13 @@ class NodeConfig:
     drain: float = 2.0  # s between withdrawing a replica from every proxy and stopping it
     #   (a service's `update.drain` overrides it): in-flight requests finish, new ones go elsewhere
     metrics_port: int = 7071  # Prometheus `/metrics` on `address`; 0 = off
+    reserved_ports: tuple[int, ...] = ()  # more ports no service may publish, besides shoal's own
+    #   (gRPC, metrics, etcd's), e.g. an agent's or a database's on these hosts
+    metrics_tls: bool = False  # serve /metrics over TLS with this node's certificate (scrapers
+    #   verify it with the cluster CA); off by default so a plain Prometheus scrape works
+    metrics_token_file: str = ""  # a file (0600) holding a bearer token /metrics then requires
+    #   (`Authorization: Bearer <token>`); empty = none. Off by default: the series hold
+    #   service names, ports and counts, no secret (docs/security.md)
     wait_for_etcd: bool = False  # keep retrying at start instead of exiting
     join: tuple[str, ...] = ()  # gossip seeds (host:port of peers); the etcd registry is used too
     leave_on_stop: bool = False  # on SIGTERM, tell peers this node left (its tasks move at once);
@@ -89,6 +96,10 @@ class NodeConfig:
     #   start (gets a node certificate). A secret: give it as SHOAL_JOIN_TOKEN or in a file
     #   (join_token_file), not as a flag, which every user of the host sees in `ps`
     join_token_file: str = ""  # a file holding the join token (mode 0600)
+    max_streams_per_token: int = 32  # server streams (watch, events --follow) one client token
+    #   may hold open on this node; RESOURCE_EXHAUSTED beyond (each holds etcd watches)
+    join_token_uses: int = 100  # hosts one join token admits through this member (each node id
+    #   once, recorded in etcd `joins/`); then rotate it. Bounds what a leaked token is worth
     cert_lifetime: float = 30 * 86400.0  # s a node certificate is valid; the daemon renews it at
     #   2/3 of that without a restart. Shorter limits what a stolen node key is worth; longer
     #   rides out a longer etcd outage (renewal reads the CA key from etcd)
@@ -135,6 +146,12 @@ def _coerce(name: str, value: Any) -> Any:
             return str(value).lower() in ("1", "true", "yes", "on")
         if kind == "Path":
             return Path(value)
+        if name == "reserved_ports":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            ports = tuple(int(str(p).strip()) for p in items if str(p).strip())
+            if any(not 1 <= p <= 65535 for p in ports):
+                raise ValueError("every port must be between 1 and 65535")
+            return ports
         if name in ("etcd", "join"):
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(e.strip() for e in items if e.strip())
@@ -212,6 +229,10 @@ def validate(c: NodeConfig) -> NodeConfig:
         ttl = getattr(c, name)
         if ttl and not 2 <= ttl <= 300:
             raise ConfigError(f"{name}: {ttl} must be between 2 and 300 seconds")
+    if not 1 <= c.max_streams_per_token <= 10_000:
+        raise ConfigError(f"max_streams_per_token: {c.max_streams_per_token} must be between 1 and 10000")
+    if not 1 <= c.join_token_uses <= 10_000:
+        raise ConfigError(f"join_token_uses: {c.join_token_uses} must be between 1 and 10000")
     if c.join_token and c.join_token_file:
         raise ConfigError("join_token, join_token_file: give the join token one way, not both")
     if not 10 <= c.cert_lifetime <= 5 * 365 * 86400:

@@ -20,6 +20,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,8 +37,9 @@ from node.runtime.base import LABELS
 from node.security import context, provision
 from node.security.ca import CertError, Lifetimes
 from node.security.cluster import ClusterSecurity
+from node.security.etcd_pki import EtcdPki
 from node.security.files import NodeFiles
-from node.store.etcd import EtcdStore
+from node.store.etcd import EtcdStore, EtcdTls
 
 
 class DevError(Exception):
@@ -54,6 +56,14 @@ def _wait(predicate: object, timeout: float, what: str, log: Path | None = None)
     raise DevError(f"{what} not ready within {timeout:g}s{hint}")
 
 
+_TLS_BY_ENDPOINT: dict[str, EtcdTls] = {}  # etcd processes started here with TLS: endpoint -> client TLS
+
+
+def etcd_tls_for(endpoint: str) -> EtcdTls | None:
+    """The client TLS of an etcd started by this process with `pki` (None: plaintext or unknown)."""
+    return _TLS_BY_ENDPOINT.get(endpoint)
+
+
 @dataclass
 class EtcdProcess:
     data_dir: Path
@@ -62,35 +72,67 @@ class EtcdProcess:
     host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)  # e.g. ["--quota-backend-bytes", "8589934592"]
+    pki: EtcdPki | None = None  # TLS with client certificates (made on first start); None: plaintext
 
     @property
     def endpoint(self) -> str:
         return f"{self.host}:{self.client_port}"
 
     @property
+    def tls(self) -> EtcdTls | None:
+        """What a client needs to talk to this etcd (its CA, a client certificate and key)."""
+        return self.pki.tls() if self.pki is not None else None
+
+    @property
+    def client_flags(self) -> list[str]:
+        """shoald's (and `shoal cluster init`'s, the simulation's) flags to reach this etcd."""
+        return ["--etcd", self.endpoint, *(self.pki.client_flags() if self.pki is not None else [])]
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir.parent / "etcd.log"
 
     def healthy(self) -> bool:
+        context = None
+        if self.pki is not None and self.pki.exists():
+            context = ssl.create_default_context(cafile=str(self.pki.ca))
+            context.load_cert_chain(self.pki.client(), self.pki.client_key())
+        scheme = "https" if self.pki is not None else "http"
         try:
-            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as resp:
+            with urllib.request.urlopen(
+                f"{scheme}://{self.endpoint}/health", timeout=1, context=context
+            ) as resp:
                 return b'"true"' in resp.read()
         except OSError:
             return False
 
+    def _taken(self) -> bool:
+        """Something listens on the client port (another etcd, with TLS of another CA or none)."""
+        try:
+            with socket.create_connection((self.host, self.client_port), timeout=1):
+                return True
+        except OSError:
+            return False
+
     def start(self, timeout: float = 20.0) -> None:
-        if self.healthy():
+        if self.healthy() or self._taken():
             raise DevError(
                 f"something already answers as etcd on {self.endpoint}; choose another --etcd-port"
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        client, peer = f"http://{self.host}:{self.client_port}", f"http://{self.host}:{self.peer_port}"
+        self.data_dir.chmod(0o700)
+        scheme, tls_flags = "http", []
+        if self.pki is not None:
+            self.pki.make([self.host])
+            scheme, tls_flags = "https", self.pki.server_flags()
+        client = f"{scheme}://{self.host}:{self.client_port}"
+        peer = f"{scheme}://{self.host}:{self.peer_port}"
         args = [
             "etcd", "--name", "shoal-dev", "--data-dir", str(self.data_dir),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"shoal-dev={peer}",
-            "--auto-compaction-retention", "1", *self.extra_args,
+            "--auto-compaction-retention", "1", *tls_flags, *self.extra_args,
         ]  # fmt: skip
         try:
             log = self.log_path.open("ab")
@@ -103,6 +145,8 @@ class EtcdProcess:
         _wait(lambda: self.healthy() or proc.poll() is not None, timeout, "etcd", self.log_path)
         if self.proc.poll() is not None:
             raise DevError(f"etcd exited with status {self.proc.returncode}; see {self.log_path}")
+        if self.pki is not None:
+            _TLS_BY_ENDPOINT[self.endpoint] = self.pki.tls()
 
     def stop(self) -> None:
         _terminate(self.proc, 10.0)
@@ -180,7 +224,12 @@ class DevCluster:
         if not 1 <= self.nodes <= 50:
             raise DevError(f"--nodes must be between 1 and 50, got {self.nodes}")
         self.data_dir = self.data_dir.resolve()
-        self.etcd = EtcdProcess(self.data_dir / "etcd" / "data", self.etcd_port, self.etcd_port + 1)
+        self.etcd = EtcdProcess(
+            self.data_dir / "etcd" / "data",
+            self.etcd_port,
+            self.etcd_port + 1,
+            pki=EtcdPki(self.data_dir / "etcd" / "pki"),
+        )
         self.members = [self._member(i) for i in range(1, self.nodes + 1)]
 
     def _member(self, i: int) -> NodeProcess:
@@ -190,7 +239,7 @@ class DevCluster:
             "--node-id", node_id, "--data-dir", str(data), "--address", address,
             "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port or self.grpc_port + 1),
-            "--etcd", self.etcd.endpoint, "--etcd-prefix", self.prefix,
+            *self.etcd.client_flags, "--etcd-prefix", self.prefix,
             "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}", *self.extra_args,
             *self.node_args.get(i, []),
         ]  # fmt: skip
@@ -237,7 +286,7 @@ class DevCluster:
         self._tls = None
 
     async def _provision(self) -> None:
-        store = EtcdStore([self.etcd.endpoint])
+        store = EtcdStore([self.etcd.endpoint], tls=self.etcd.tls)
         await store.connect()
         try:
             security = ClusterSecurity(store, Keys(self.prefix), self.cluster, self.lifetimes)
@@ -316,7 +365,7 @@ class DevCluster:
         lease; `args` are its extra flags, e.g. `--cpu 4 --memory 8Gi`). They show in
         `node ls` marked SIMULATED, take tasks, and run and serve nothing."""
         cmd = [
-            sys.executable, "-m", "node.simcluster", "--etcd", self.etcd.endpoint, "--prefix", self.prefix,
+            sys.executable, "-m", "node.simcluster", *self.etcd.client_flags, "--prefix", self.prefix,
             "--nodes", str(count), *(args or []),
         ]  # fmt: skip
         log = self.sim_log_path.open("ab")

@@ -33,3 +33,9 @@ class Conflict(ShoalError):
 
 class Unavailable(ShoalError):
     code = "UNAVAILABLE"
+
+
+class PermissionDenied(ShoalError):
+    """The caller's role may not do this (the message names the rule)."""
+
+    code = "PERMISSION_DENIED"

@@ -22,6 +22,8 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `security/ca.key`                 | `cluster init`         | forever             |
 | `security/join`                   | init, `rotate-token`   | until rotated       |
 | `tokens/<id>`                     | init, `token create`   | forever (revoked kept) |
+| `joins/<key-id>`                  | `Peer/Join`, any node  | until the join token is rotated; its uses |
+| `joins/<key-id>/<node>`           | `Peer/Join`, any node  | until rotated; ≤ `join_token_uses` |
 
 A `rollouts/` record an `rm` raced (written by a pass that planned the service just
 before) is deleted by the leader's next pass, while the service key is absent.
@@ -32,6 +34,8 @@ services never both get one port, whatever the order of concurrent applies.
 holds the CA certificate (public), the CA key encrypted (its passphrase is only on the
 nodes' disks), and the join token's certificate, key id and the token sealed under that
 passphrase; `tokens/` the client tokens' records (role, sha256, never the secret).
+`joins/` records each use of the current join token (per node id, and a count), so a
+token admits a node id once and at most `join_token_uses` hosts; a rotation clears it.
 Nothing there is a usable secret without a node's disk (`node.security.cluster`).
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
@@ -110,6 +114,18 @@ class Keys:
     @property
     def join(self) -> str:
         return f"{self.security}join"
+
+    @property
+    def joins(self) -> str:
+        return f"{self.prefix}joins/"
+
+    def join_uses(self, key_id: str) -> str:
+        """How many hosts joined with the join token of `key_id` (a count)."""
+        return f"{self.joins}{key_id}"
+
+    def join_use(self, key_id: str, node: str) -> str:
+        """The record of node id `node` joining with that token (`JoinUse`)."""
+        return f"{self.joins}{key_id}/{node}"
 
     def token(self, token_id: str) -> str:
         return f"{self.tokens}{token_id}"

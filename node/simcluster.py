@@ -248,9 +248,10 @@ class SimCluster:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    from node.store.etcd import EtcdStore  # here: the rest of this module runs on any Store
+    from node.store.etcd import EtcdStore, EtcdTls  # here: the rest of this module runs on any Store
 
-    store = EtcdStore(args.etcd.split(","))
+    tls = EtcdTls.from_files(args.etcd_ca, args.etcd_cert, args.etcd_key) if args.etcd_ca else None
+    store = EtcdStore(args.etcd.split(","), tls=tls)
     await store.connect()
     nodes = sim_nodes(args.nodes, args.cpu, args.memory, args.labels, args.zones, args.id_prefix)
     sim = SimCluster(store, Keys(args.prefix), nodes, args.ttl, not args.no_status)
@@ -284,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(prog="python -m node.simcluster", description=__doc__.split("\n")[0])
     ap.add_argument("--etcd", default="127.0.0.1:2379", help="etcd endpoints, host:port[,host:port...]")
+    ap.add_argument("--etcd-ca", default="", help="CA of etcd's certificate (PEM): TLS to etcd")
+    ap.add_argument("--etcd-cert", default="", help="client certificate for etcd (PEM)")
+    ap.add_argument("--etcd-key", default="", help="its key (PEM, 0600)")
     ap.add_argument("--prefix", default=Keys().prefix, help="key prefix in etcd [%(default)s]")
     ap.add_argument("--nodes", type=int, default=100, help="how many simulated nodes [%(default)s]")
     ap.add_argument("--cpu", type=float, default=8.0, help="cores each offers [%(default)s]")

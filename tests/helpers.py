@@ -82,11 +82,13 @@ def _failure(message: str, timeout: float, last: object) -> str:
 
 
 def on_store(endpoint: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-    """Run `fn(store)` on a fresh `EtcdStore` connected to `endpoint`, then close it."""
+    """Run `fn(store)` on a fresh `EtcdStore` connected to `endpoint`, then close it; with
+    the client certificate when that etcd is a dev cluster's (TLS, client certificates)."""
+    from node.devcluster import etcd_tls_for
     from node.store.etcd import EtcdStore
 
     async def go() -> T:
-        store = EtcdStore([endpoint])
+        store = EtcdStore([endpoint], tls=etcd_tls_for(endpoint))
         await store.connect()
         try:
             return await fn(store)

@@ -5,8 +5,10 @@ Only a caller holding the current join token's certificate gets here
 what the new host asks for: a CSR for a node of this cluster with a valid node id
 and at most a few addresses, and a node id that no live node of another address
 holds (a host cannot take over a running node's name, and with it its tasks). Then
-it signs with the CA from etcd and answers with the CA key's passphrase, which makes
-the new host a full member (it can renew itself and admit others, as any node).
+it signs with the CA from etcd, records the token's use (`node.security.join_uses`: never a
+running node's id, a node id once per token, at most `max_uses` hosts; all in one etcd
+transaction) and answers with the CA key's passphrase, which makes the new host a full
+member (it can renew itself and admit others, as any node).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import logging
 import re
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.api.admin import MAX_CSR_BYTES, Signer
 from node.domain import NodeInfo
 from node.errors import FailedPrecondition, InvalidArgument, Unavailable
 from node.keys import Keys
 from node.pb import peer_pb2
-from node.security import bootstrap, ca
+from node.security import bootstrap, ca, join_uses
 from node.security.ca import CertError, Kind
 from node.store import Store
 
@@ -32,12 +35,24 @@ MAX_NAMES = 16
 _NODE_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # node.config.NODE_ID
 
 
+def _caller_key(context: grpc.aio.ServicerContext) -> str | None:
+    """`ca.key_id` of the caller's certificate (the join token's key), if it has one."""
+    pems = list(context.auth_context().get("x509_pem_cert") or [])
+    if not pems:
+        return None
+    public = ca.load_cert(bytes(pems[0])).public_key()
+    return ca.key_id(public) if isinstance(public, ec.EllipticCurvePublicKey) else None
+
+
 class JoinHandler:
-    def __init__(self, store: Store, keys: Keys, node: str, signer: Signer) -> None:
+    def __init__(
+        self, store: Store, keys: Keys, node: str, signer: Signer, max_uses: int = join_uses.DEFAULT_MAX_USES
+    ) -> None:
         self.store = store
         self.keys = keys
         self.node = node
         self.signer = signer
+        self.max_uses = max_uses
 
     def _check(self, request: peer_pb2.JoinRequest) -> tuple[str, list[str], list[str]]:
         if not request.csr or len(request.csr) > MAX_CSR_BYTES:
@@ -67,11 +82,15 @@ class JoinHandler:
         kv = await self.store.get(self.keys.node(node_id))
         if kv is not None:
             other = NodeInfo.from_json(kv.value)
-            if other.address not in ips:
-                raise FailedPrecondition(
-                    f"node id {node_id!r} is already running at {other.address}:{other.grpc_port}; "
-                    "give the new host another --node-id (or wait until that node's lease expires)"
-                )
+            raise FailedPrecondition(
+                f"node id {node_id!r} is already running at {other.address}:{other.grpc_port}; "
+                "give the new host another --node-id (or wait until that node's lease expires)"
+            )
+        record, join_mod = await self.signer.security.join_record()
+        if _caller_key(context) != record.key_id:  # rotated since the auth check let it in
+            raise FailedPrecondition(
+                "this join token was rotated meanwhile; get the current one with `shoal cluster join-token`"
+            )
         try:
             passphrase = self.signer.passphrase()
             authority = await self.signer.security.load_ca(passphrase)
@@ -81,7 +100,16 @@ class JoinHandler:
             cert = bootstrap.grant_join(authority, request.csr, node_id, ips, dns, self.signer.lifetimes)
         except CertError as exc:
             raise InvalidArgument(f"csr: {exc}") from None
-        log.info("signed a node certificate for %s (%s) on its join", node_id, ", ".join(ips + dns))
+        use = await join_uses.record_join(
+            self.store, self.keys, record.key_id, join_mod, node_id, ips + dns, self.node, self.max_uses
+        )
+        log.info(
+            "signed a node certificate for %s (%s) on its join (use %d of %d of this join token)",
+            node_id,
+            ", ".join(ips + dns),
+            use,
+            self.max_uses,
+        )
         return peer_pb2.JoinResponse(
             certificate=cert, ca_certificate=authority.cert_pem, ca_passphrase=passphrase, member=self.node
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from node.api.port_policy import PortPolicy
 from node.domain import RolloutRecord, ServiceRecord, new_service_uid, template_hash
 from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.keys import Keys
@@ -28,6 +29,7 @@ class ServiceWriter:
         self.store = store
         self.keys = keys
         self.node = node
+        self.ports = PortPolicy()  # the daemon sets its own ports (node.api.port_policy)
 
     async def read(self, name: str) -> tuple[ServiceRecord, int]:
         kv = await self.store.get(self.keys.service(name))
@@ -63,6 +65,7 @@ class ServiceWriter:
             current = ServiceRecord.from_json(kv.value) if kv else None
             if current is not None and current.spec == spec:
                 return current, False
+            await self.ports.check(self.store, self.keys, spec, current.spec if current else None)
             version = current.version + 1 if current else 1
             uid = current.uid if current else new_service_uid()  # a new incarnation only at create
             record = ServiceRecord(name, version, spec, time.time(), self.node, uid=uid)
@@ -101,6 +104,7 @@ class ServiceWriter:
             _, versions = await self.history(name)
             target = await self._previous(current, versions)
             spec = target.spec.model_copy(update={"replicas": current.replicas})
+            await self.ports.check(self.store, self.keys, spec, current.spec)
             record = ServiceRecord(
                 name,
                 current.version + 1,

@@ -35,8 +35,9 @@ def _usage(cluster: DevCluster) -> str:
         else ""
     )
     return (
-        f"shoal dev: {cluster.nodes} node(s) up: {addrs}; etcd at {cluster.etcd.endpoint}\n"
+        f"shoal dev: {cluster.nodes} node(s) up: {addrs}; etcd at https://{cluster.etcd.endpoint}\n"
         f"{sim}"
+        f"  etcd takes only its client certificates ({' '.join(cluster.etcd.client_flags[2:])})\n"
         f"  logs and state: {cluster.data_dir}\n"
         f"  admin credentials (CA, client certificate, token; mode 0600): {cluster.context_file}\n"
         f"  try:  export SHOAL_CONTEXT_FILE={cluster.context_file}\n"

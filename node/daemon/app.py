@@ -20,6 +20,7 @@ import logging
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,6 +31,7 @@ from node.api import server as api_server
 from node.api.admin import Signer
 from node.api.gossip_transport import PeerServicer
 from node.api.join import JoinHandler
+from node.api.port_policy import PortPolicy
 from node.api.servicer import ShoalServicer
 from node.config import NodeConfig
 from node.daemon.identity import IdentityError, NodeIdentity
@@ -46,6 +48,7 @@ from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
 from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
+from node.security.files import NodeFiles, read_secret
 from node.store import StoreError, StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
 from node.store.session import Session
@@ -223,7 +226,8 @@ class Daemon:
         )
         servicer = ShoalServicer(self.store, self.keys, c.node_id, self.membership)
         servicer.signer = signer
-        joins = JoinHandler(self.store, self.keys, c.node_id, signer)
+        servicer.writer.ports = PortPolicy.of(c.grpc_port, c.metrics_port, c.etcd, c.reserved_ports)
+        joins = JoinHandler(self.store, self.keys, c.node_id, signer, c.join_token_uses)
         try:
             server, health = api_server.build(
                 [
@@ -236,7 +240,11 @@ class Daemon:
                 c.address,
                 c.grpc_port,
                 self.identity.server_tls,
-                [AuthInterceptor(self.credentials, Policy(c.cluster))],
+                [
+                    AuthInterceptor(
+                        self.credentials, Policy(c.cluster, max_streams_per_token=c.max_streams_per_token)
+                    )
+                ],
             )
         except OSError as exc:
             await _cancel(credentials)
@@ -246,7 +254,7 @@ class Daemon:
         metrics_server = None
         if c.metrics_port:
             try:
-                metrics_server = metrics.serve(self.mesh, c.address, c.metrics_port)
+                metrics_server = metrics.serve(self.mesh, c.address, c.metrics_port, *metrics_guard(c))
             except OSError as exc:
                 await server.stop(grace=0)
                 await _cancel(credentials)
@@ -328,6 +336,15 @@ def etcd_tls(config: NodeConfig) -> EtcdTls | None:
         return EtcdTls.from_files(config.etcd_ca, config.etcd_cert, config.etcd_key, config.etcd_server_name)
     except OSError as exc:
         raise StartupError(f"etcd TLS: cannot read {exc.filename}: {exc.strerror or exc}") from exc
+
+
+def metrics_guard(config: NodeConfig) -> tuple[Path | None, str]:
+    """(identity file for TLS, bearer token) of /metrics, as configured; OSError when unreadable."""
+    identity = NodeFiles.of(config.data_dir).identity if config.metrics_tls else None
+    token = read_secret(Path(config.metrics_token_file)).decode().strip() if config.metrics_token_file else ""
+    if config.metrics_token_file and not token:
+        raise OSError(f"{config.metrics_token_file} is empty: put the /metrics bearer token in it")
+    return identity, token
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -33,6 +33,8 @@ from node.logs import setup
 @click.option("--memory", help="memory offered to tasks: bytes, or with a unit (512Mi, 8Gi, 2G) [detected]")
 @click.option("--publish-address", help="where container ports are published [--address]")
 @click.option("--metrics-port", type=int, help="Prometheus /metrics port on --address, 0 = off [7071]")
+@click.option("--metrics-tls", is_flag=True, default=None, help="serve /metrics over TLS (node certificate)")
+@click.option("--metrics-token-file", type=click.Path(dir_okay=False), help="bearer token /metrics requires")
 @click.option("--drain", type=float, help="seconds a replica drains before it is stopped [2]")
 @click.option("--preset", type=click.Choice(["local", "lan"]), help="timing preset [lan]")
 @click.option("--lease-ttl", type=int, help="node lease TTL in seconds [preset]")

@@ -14,20 +14,33 @@ Series (labels `service`, `port`, `protocol`):
   to backend connected (tcp);
 - `shoal_proxy_backends`: replicas in the rotation now (ejected ones included);
 - `shoal_proxy_bind_errors`: 1 for a published port this node could not bind.
+
+The listener serves `GET /metrics` only (404 for any other path). With `token`, a
+request needs `Authorization: Bearer <token>` (401 otherwise; compared in constant
+time); with `identity` (the node's key and certificate, PEM), it speaks TLS with that
+certificate, re-read when the file changes, so a renewed certificate is served
+without a restart. The TLS handshake runs in the request's thread, never the accept loop.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
-from collections.abc import Iterator
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
+from prometheus_client.exposition import ThreadingWSGIServer, _get_best_family, _SilentHandler
 from prometheus_client.registry import Collector
 
 from node.proxy.mesh import Mesh
@@ -87,10 +100,93 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
-def serve(mesh: Mesh, address: str, port: int) -> Any:
+PATH = "/metrics"
+
+
+def guarded(app: Callable[..., Iterable[bytes]], token: str = "") -> Callable[..., Iterable[bytes]]:
+    """The WSGI app answering `/metrics` only, and only with the bearer token when one is set."""
+    expected = f"Bearer {token}".encode()
+
+    def serve_metrics(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "") != PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: metrics are served at /metrics only\n"]
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        if token and not hmac.compare_digest(given, expected):
+            start_response(
+                "401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")]
+            )
+            return [b"unauthorized: send Authorization: Bearer <metrics token>\n"]
+        return app(environ, start_response)
+
+    return serve_metrics
+
+
+class _Identity:
+    """A server TLS context from the node's identity file, rebuilt when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._context: ssl.SSLContext | None = None
+        self.context()  # fail at start (OSError, ssl.SSLError) when it cannot be read
+
+    def context(self) -> ssl.SSLContext:
+        with self._lock:
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            if self._context is None or stamp != self._stamp:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.minimum_version = ssl.TLSVersion.TLSv1_2
+                context.load_cert_chain(self.path)
+                self._context, self._stamp = context, stamp
+            return self._context
+
+
+class _Server(ThreadingWSGIServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics: request from %s failed", client_address, exc_info=True)  # scanners, bad TLS
+
+
+class _TlsServer(_Server):
+    identity: _Identity
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = self.socket.accept()
+        try:
+            wrapped = self.identity.context().wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            )
+        except (OSError, ssl.SSLError):
+            sock.close()
+            raise
+        return wrapped, addr
+
+
+class _Handler(_SilentHandler):
+    timeout = 10.0  # s: a client that stalls (in the handshake or the request) is dropped
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
+
+
+def serve(mesh: Mesh, address: str, port: int, identity: Path | None = None, token: str = "") -> Any:
     """Serve `/metrics` on `address:port` from a daemon thread; returns the server
-    (call `.shutdown()` to stop). Raises OSError when the port cannot be bound."""
+    (call `.shutdown()` to stop). Raises OSError when the port cannot be bound (or the
+    identity file read). `identity`: TLS with the node's certificate; `token`: bearer token."""
     registry = CollectorRegistry()
     registry.register(MeshCollector(mesh))
-    server, _thread = start_http_server(port, addr=address, registry=registry)
+    family, address = _get_best_family(address, port)
+    attrs: dict[str, Any] = {"address_family": family}
+    base: type[ThreadingWSGIServer] = _Server
+    if identity is not None:
+        attrs["identity"], base = _Identity(identity), _TlsServer
+    server_class = type("MetricsServer", (base,), attrs)
+    app = guarded(make_wsgi_app(registry), token)
+    server: Any = make_server(address, port, app, server_class, handler_class=_Handler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     return server

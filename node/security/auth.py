@@ -23,6 +23,9 @@ through `CredentialStore` (in memory here, etcd in the daemon), and a store that
 fails makes the call UNAVAILABLE, never open.
 
 The caller of the running handler is `current_caller()` (for audit and events).
+
+Server streams made with a token are bounded per token and end when the token is
+revoked or expires (`node.security.streams`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import grpc.aio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.security import ca
+from node.security.streams import StreamGuard
 from node.security.tokens import ClientToken, Role, StoredToken, TokenError, allowed, least_role, split_method
 
 log = logging.getLogger(__name__)
@@ -106,6 +110,7 @@ class Policy:
     peer_services: frozenset[str] = frozenset({PEER_SERVICE})
     join_methods: frozenset[str] = frozenset({JOIN_METHOD})
     open_services: frozenset[str] = OPEN_SERVICES
+    max_streams_per_token: int = 32  # open server streams per client token on one node
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ class Authorizer:
     def __init__(self, credentials: CredentialStore, policy: Policy) -> None:
         self.credentials = credentials
         self.policy = policy
+        self.streams = StreamGuard(credentials, policy.max_streams_per_token)
 
     async def authorize(
         self, method: str, auth_context: Mapping[str, Iterable[bytes]], metadata: Any
@@ -292,13 +298,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return _guarded(handler, details.method, self.authorizer)
 
 
-async def _admit(authorizer: Authorizer, method: str, context: grpc.aio.ServicerContext) -> None:
+async def _admit(authorizer: Authorizer, method: str, context: grpc.aio.ServicerContext) -> Caller:
     try:
         caller = await authorizer.authorize(method, context.auth_context(), context.invocation_metadata())
     except Denied as denied:
         log.info("refused %s from %s: %s", method, context.peer(), denied.message)
         await context.abort(denied.code, denied.message)
     _caller.set(caller)
+    return caller
 
 
 def _guarded(handler: grpc.RpcMethodHandler, method: str, authorizer: Authorizer) -> grpc.RpcMethodHandler:
@@ -347,8 +354,11 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, authorizer: Authorizer
         inner_us = handler.unary_stream
 
         async def unary_stream(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await _admit(authorizer, method, context)
-            async for item in stream_result(inner_us, await parse(raw, context), context):
+            caller = await _admit(authorizer, method, context)
+            request = await parse(raw, context)
+            async for item in authorizer.streams.guard(
+                caller, context, stream_result(inner_us, request, context)
+            ):
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, None, serialize)

@@ -38,7 +38,7 @@ from node.keys import Keys
 from node.security import bootstrap
 from node.security.ca import CertError, ClusterCA, Lifetimes
 from node.security.tokens import TOKEN_ID, JoinToken, Role, StoredToken
-from node.store import Compare, Put, Store
+from node.store import Compare, Delete, Put, Store
 
 _ATTEMPTS = 5
 
@@ -190,7 +190,10 @@ class ClusterSecurity:
             join = bootstrap.new_join_token(authority, self.lifetimes)
             result = await self.store.txn(
                 [Compare(self.keys.join, "mod", "==", mod)],
-                [Put(self.keys.join, _join_record(join, passphrase).to_json())],
+                [
+                    Put(self.keys.join, _join_record(join, passphrase).to_json()),
+                    Delete(self.keys.joins, prefix=True),  # the old token's uses (node.security.join_uses)
+                ],
             )
             if result.succeeded:
                 return join.token, result.revision

@@ -114,14 +114,14 @@ def _read(path: str, what: str, secret: bool = False) -> str:
 
 def resolve(
     env: Mapping[str, str] | None = None,
-    path: Path | None = None,
+    path: str | os.PathLike[str] | None = None,
     name: str | None = None,
     **given: str | None,
 ) -> Context:
     """The credentials to call a cluster with; `given` are flag values (`endpoint`, `token`,
     and paths `ca`, `cert`, `key`), which win over the environment and the file."""
     env = os.environ if env is None else env
-    path = path or context_path(env)
+    path = Path(path) if path else context_path(env)
     current, contexts = load_contexts(path)
     name = name or env.get("SHOAL_CONTEXT") or current
     if name and name not in contexts and (contexts or env.get("SHOAL_CONTEXT")):

@@ -292,6 +292,7 @@ class NetnsCluster(DevCluster):
         args = [
             "--node-id", node_id, "--data-dir", str(data), "--address", address,
             "--grpc-port", str(self.grpc_port), "--etcd", f"{self.net.host_ip}:{self.etcd_port}",
+            *self.etcd.client_flags[2:],  # its TLS files (the host is set after this runs)
             "--etcd-prefix", self.prefix, "--publish-address", self.net.host_ip,
             "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}", *self.extra_args,
         ]  # fmt: skip

@@ -320,7 +320,7 @@ class Joiner:
         self.args = [
             sys.executable, "-m", "node.daemon", "--node-id", node, "--data-dir", str(self.data),
             "--address", f"127.0.0.{index}", "--grpc-port", str(cluster.grpc_port), "--metrics-port", "0",
-            "--etcd", cluster.etcd.endpoint, "--etcd-prefix", cluster.prefix, "--cluster", cluster.cluster,
+            *cluster.etcd.client_flags, "--etcd-prefix", cluster.prefix, "--cluster", cluster.cluster,
             "--preset", "local",
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")} | {

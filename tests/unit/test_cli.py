@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -406,3 +407,13 @@ def test_events_iterator_closes_cleanly(addr: str) -> None:
         assert isinstance(stream, Generator)
         stream.close()  # cancels the call
         assert client.get_service("web").name == "web"  # the channel is still usable
+
+
+@pytest.mark.parametrize("kind", [str, Path])
+def test_client_takes_context_file_as_str_or_path(
+    addr: str, context_file: Path, monkeypatch: pytest.MonkeyPatch, kind: type
+) -> None:
+    """docs/api.md: `context_file=` names the file, as a str or a path (a str used to fail)."""
+    monkeypatch.delenv("SHOAL_CONTEXT_FILE")
+    with ShoalClient(addr, timeout=5, context_file=kind(context_file)) as client:
+        assert [s.name for s in client.list_services()] == ["db", "web"]

@@ -164,3 +164,24 @@ def test_labels_parse(given: str | list[str], labels: dict[str, str]) -> None:
 def test_bad_labels_are_refused(given: str | list[str]) -> None:
     with pytest.raises(ConfigError, match=r"^labels: "):
         parse_labels(given)
+
+
+def test_the_hardening_settings_have_documented_defaults_and_bounds(tmp_path: Path) -> None:
+    """Issue 11 (12, 15): join_token_uses, max_streams_per_token, reserved_ports, metrics guard."""
+    c = load({}, {})
+    assert (c.join_token_uses, c.max_streams_per_token, c.reserved_ports) == (100, 32, ())
+    assert (c.metrics_tls, c.metrics_token_file) == (False, "")
+    env = {"SHOAL_RESERVED_PORTS": "9100, 22", "SHOAL_METRICS_TLS": "yes", "SHOAL_JOIN_TOKEN_USES": "5"}
+    c = load({}, env)
+    assert (c.reserved_ports, c.metrics_tls, c.join_token_uses) == ((9100, 22), True, 5)
+    toml = tmp_path / "c.toml"
+    toml.write_text("reserved_ports = [9100]\nmax_streams_per_token = 4\n")
+    assert load({}, {}, str(toml)).reserved_ports == (9100,)
+    for bad, field in (
+        ({"SHOAL_RESERVED_PORTS": "0"}, "reserved_ports"),
+        ({"SHOAL_RESERVED_PORTS": "x"}, "reserved_ports"),
+        ({"SHOAL_JOIN_TOKEN_USES": "0"}, "join_token_uses"),
+        ({"SHOAL_MAX_STREAMS_PER_TOKEN": "0"}, "max_streams_per_token"),
+    ):
+        with pytest.raises(ConfigError, match=field):
+            load({}, bad)

@@ -227,11 +227,26 @@ def test_a_join_cannot_take_a_live_nodes_name_or_ask_for_odd_things(node: Node) 
         _join(node, "n8", ["127.0.0.99"])
     assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
     assert "already running at 127.0.0.8:7070" in err.value.details()  # type: ignore[attr-defined]
-    _join(node, "n8", ["127.0.0.8"])  # the same host coming back (a reinstall) may
+    with pytest.raises(grpc.RpcError) as err:  # issue 11, 15c: listing the node's address is no pass
+        _join(node, "n8", ["127.0.0.99", "127.0.0.8"])
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
     for addresses in ([], ["not-an-ip"], [f"10.0.0.{i}" for i in range(20)]):
         with pytest.raises(grpc.RpcError) as err:
             _join(node, "n6", addresses)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+
+def test_a_join_token_admits_a_node_id_once_and_its_uses_are_recorded(node: Node) -> None:
+    """Issue 11, 12 and 15c: the same token joined a node id again and again, silently."""
+    _join(node, "n9", ["127.0.0.9"])
+    with pytest.raises(grpc.RpcError) as err:
+        _join(node, "n9", ["127.0.0.9"])  # a replay (the host is not registered yet)
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert "already joined with this join token" in err.value.details()  # type: ignore[attr-defined]
+    assert "rotate-token" in err.value.details()  # type: ignore[attr-defined]
+    kvs, _ = node.run(node.store.range(KEYS.joins))
+    uses = {kv.key.rsplit("/", 1)[1]: json.loads(kv.value) for kv in kvs if kv.key.count("/") > 3}
+    assert uses["n9"]["addresses"] == ["127.0.0.9"] and uses["n9"]["member"] == "n1"
 
 
 def test_a_rotated_join_token_is_refused_by_the_member(node: Node) -> None:

@@ -8,6 +8,7 @@ no handler, and no secret may show up in an error message or a log line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ from node.security.tokens import ClientToken, Role, StoredToken
 CLUSTER = "c1"
 ADMIN_ONLY = "/shoal.v1.Admin/RotateJoinToken"  # not in the role table: admin-only
 JOIN = "/shoal.v1.Peer/Join"
+STREAMS = 3  # the servers' max_streams_per_token
 
 
 def _raw(channel: grpc.aio.Channel, method: str) -> Any:
@@ -85,6 +87,14 @@ class Shoal(api_pb2_grpc.ShoalServicer):
         for name in ("n1", "n2"):
             yield api_pb2.Member(node=name, state="alive")
 
+    async def WatchResolve(self, request: Any, context: Any) -> AsyncIterator[api_pb2.ResolveResponse]:
+        """An answer every 50 ms ("busy") or one and then silence ("quiet"); at most 30 s."""
+        self.calls.append(("WatchResolve", current_caller()))
+        for i in range(600):
+            if request.name != "quiet" or i == 0:
+                yield api_pb2.ResolveResponse(name=f"{request.name}-{i}")
+            await asyncio.sleep(0.05)
+
 
 class Peer(peer_pb2_grpc.PeerServicer):
     def __init__(self, calls: list[tuple[str, Caller | None]]) -> None:
@@ -125,7 +135,8 @@ class Running:
 async def running() -> AsyncIterator[Running]:
     material = make_material()
     calls: list[tuple[str, Caller | None]] = []
-    server = rpc.server(interceptors=[AuthInterceptor(material.credentials, Policy(CLUSTER))])
+    policy = Policy(CLUSTER, max_streams_per_token=STREAMS)
+    server = rpc.server(interceptors=[AuthInterceptor(material.credentials, policy)])
     api_pb2_grpc.add_ShoalServicer_to_server(Shoal(calls), server)
     peer_pb2_grpc.add_PeerServicer_to_server(Peer(calls), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
@@ -445,7 +456,8 @@ async def test_the_interceptor_on_a_plaintext_port_refuses_everything() -> None:
     """Misconfigured without TLS, the server fails closed rather than open."""
     material = make_material()
     calls: list[tuple[str, Caller | None]] = []
-    server = rpc.server(interceptors=[AuthInterceptor(material.credentials, Policy(CLUSTER))])
+    policy = Policy(CLUSTER, max_streams_per_token=STREAMS)
+    server = rpc.server(interceptors=[AuthInterceptor(material.credentials, policy)])
     api_pb2_grpc.add_ShoalServicer_to_server(Shoal(calls), server)
     port = rpc.bind(server, "127.0.0.1:0")
     await server.start()
@@ -457,3 +469,76 @@ async def test_the_interceptor_on_a_plaintext_port_refuses_everything() -> None:
         await server.stop(None)
     assert code is grpc.StatusCode.UNAUTHENTICATED and "no client certificate" in details
     assert calls == []
+
+
+# ---------------------------------------------------------------- streams (issue 11, 12 and 15b)
+
+
+async def _stream_ends(call: Any, deadline: float) -> tuple[grpc.StatusCode, str, int]:
+    """Read `call` until it ends; (its status, details, messages read after the start)."""
+    got = 0
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async with asyncio.timeout(deadline):
+            while await call.read() is not grpc.aio.EOF:
+                got += 1
+    return info.value.code(), info.value.details() or "", got
+
+
+@pytest.mark.parametrize("name", ["busy", "quiet"])
+async def test_a_stream_of_a_revoked_token_is_closed(running: Running, name: str) -> None:
+    material = running.material
+    token, record = StoredToken.issue(Role.VIEWER, "to revoke")
+    material.credentials.add(record)
+    async with running.channel(material.tls(material.client, token)) as channel:
+        call = api_pb2_grpc.ShoalStub(channel).WatchResolve(api_pb2.ResolveRequest(name=name))
+        assert (await call.read()).name == f"{name}-0"
+        material.credentials.revoke(token.id)
+        code, details, after = await _stream_ends(call, 5.0)
+    assert code is grpc.StatusCode.UNAUTHENTICATED and f"token {token.id} was revoked" in details
+    assert after <= 1  # at most one answer was already on its way
+
+
+async def test_a_stream_of_a_token_that_expires_is_closed(running: Running) -> None:
+    material = running.material
+    token, record = StoredToken.issue(Role.VIEWER, expires=datetime.now(UTC) + timedelta(seconds=1.5))
+    material.credentials.add(record)
+    async with running.channel(material.tls(material.client, token)) as channel:
+        call = api_pb2_grpc.ShoalStub(channel).WatchResolve(api_pb2.ResolveRequest(name="quiet"))
+        code, details, _ = await _stream_ends(call, 6.0)
+    assert code is grpc.StatusCode.UNAUTHENTICATED and "expired" in details
+
+
+async def test_streams_are_bounded_per_token(running: Running) -> None:
+    material = running.material
+    mine, theirs = material.tokens[Role.VIEWER], material.tokens[Role.DEPLOYER]
+    async with (
+        running.channel(material.tls(material.client, mine)) as channel,
+        running.channel(material.tls(material.client, theirs)) as other,
+    ):
+        stub = api_pb2_grpc.ShoalStub(channel)
+        held = [stub.WatchResolve(api_pb2.ResolveRequest(name="quiet")) for _ in range(STREAMS)]
+        for call in held:
+            await call.read()
+        extra = stub.WatchResolve(api_pb2.ResolveRequest(name="quiet"))
+        code, details, _ = await _stream_ends(extra, 5.0)
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"token {mine.id} has {STREAMS} streams open" in details and "max_streams_per_token" in details
+        other_call = api_pb2_grpc.ShoalStub(other).WatchResolve(api_pb2.ResolveRequest(name="quiet"))
+        assert (await other_call.read()).name == "quiet-0"  # another token is not affected
+        held[0].cancel()
+
+        async def reopened() -> bool:
+            again = stub.WatchResolve(api_pb2.ResolveRequest(name="quiet"))
+            try:
+                return (await again.read()).name == "quiet-0"
+            except grpc.aio.AioRpcError:
+                return False
+            finally:
+                again.cancel()
+
+        deadline = asyncio.get_running_loop().time() + 5
+        while not await reopened():  # the cancelled stream's slot comes back
+            assert asyncio.get_running_loop().time() < deadline, "slot never freed"
+            await asyncio.sleep(0.05)
+        for call in [*held, other_call]:
+            call.cancel()

@@ -1,0 +1,92 @@
+"""Each use of the join token, recorded in etcd: no silent replay, a bounded count.
+
+A join token admits a host; before this, the same token could join any number of node
+ids, and the same node id again and again. Now `Peer/Join` commits, in one etcd
+transaction with the checks that make it safe:
+
+- `nodes/<id>` absent: a running node's id is never granted (its certificate would
+  let the caller speak for that node, and take its tasks);
+- `joins/<key-id>/<id>` absent: a node id joins once per token (a replay is refused;
+  re-joining a host that lost its `tls/` needs a rotated token);
+- `joins/<key-id>` (the count) below `max_uses`;
+- `security/join` unchanged: a rotation in between wins.
+
+`rotate-token` deletes `joins/` (the old key id admits no one any more), so the prefix
+holds at most `max_uses + 1` keys. The check runs after the certificate is made and
+before it is returned: a refused join leaves nothing behind, and a member that dies
+between the commit and its answer has spent that node id's use (the message says to
+rotate the token then).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from node.errors import Conflict, FailedPrecondition
+from node.keys import Keys
+from node.store import Compare, Put, Store
+
+DEFAULT_MAX_USES = 100  # hosts one join token admits; then `shoal cluster rotate-token`
+_ATTEMPTS = 8
+
+ROTATE = "rotate it (`shoal cluster rotate-token`, admin) and join with the new one"
+
+
+async def record_join(
+    store: Store,
+    keys: Keys,
+    key_id: str,
+    join_mod: int,
+    node: str,
+    addresses: list[str],
+    member: str,
+    max_uses: int,
+) -> int:
+    """Record node id `node` joining with the join token `key_id` (whose `security/join`
+    record has mod revision `join_mod`); the use's number. Raises FailedPrecondition
+    (running node id, replay, uses spent) or Conflict (rotated meanwhile)."""
+    count_key, use_key = keys.join_uses(key_id), keys.join_use(key_id, node)
+    for _ in range(_ATTEMPTS):
+        running = await store.get(keys.node(node))
+        if running is not None:
+            raise FailedPrecondition(
+                f"node id {node!r} is running (registered under nodes/); a join never takes a running "
+                "node's id: give the new host another --node-id"
+            )
+        used = await store.get(use_key)
+        if used is not None:
+            at = json.loads(used.value).get("at", "?")
+            raise FailedPrecondition(
+                f"node id {node!r} already joined with this join token (at {at}); a token admits a node "
+                f"id once: to join it again, {ROTATE}"
+            )
+        counter = await store.get(count_key)
+        count = int(counter.value) if counter is not None else 0
+        if count >= max_uses:
+            raise FailedPrecondition(
+                f"this join token has admitted {count} hosts, its bound "
+                f"(join_token_uses = {max_uses}); {ROTATE}"
+            )
+        record = {"node": node, "addresses": addresses, "member": member, "use": count + 1}
+        record["at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        result = await store.txn(
+            [
+                Compare(keys.join, "mod", "==", join_mod),
+                Compare(keys.node(node), "create", "==", 0),
+                Compare(use_key, "create", "==", 0),
+                Compare(count_key, "mod", "==", counter.mod_revision)
+                if counter is not None
+                else Compare(count_key, "create", "==", 0),
+            ],
+            [
+                Put(count_key, str(count + 1).encode()),
+                Put(use_key, json.dumps(record, sort_keys=True).encode()),
+            ],
+        )
+        if result.succeeded:
+            return count + 1
+        join = await store.get(keys.join)
+        if join is None or join.mod_revision != join_mod:
+            raise Conflict("the join token was rotated while this host joined; join with the new token")
+    raise Conflict("too many hosts joining at once with this token; try again")
