@@ -139,7 +139,7 @@ class _Client(_Outcomes, asyncio.Protocol):
             return
         except HttpParserError as exc:
             over = exc.__context__
-            if not isinstance(over, BadMessage | None):
+            if not isinstance(over, BadMessage | LimitExceeded | None):
                 log.error("http proxy: request callback failed", exc_info=over)
             if isinstance(over, LimitExceeded):
                 self.refuse(over.status, over.why)
