@@ -234,9 +234,14 @@ class HttpProxy:
         late, idle_since = now - self.response_timeout, now - CLIENT_IDLE
         head_late, body_late = now - self.limits.head_timeout, now - self.limits.body_timeout
         for client in list(self._clients):
-            if client.lost or client.closing:
+            if client.lost:
                 continue
             r, up, parsing = client.cur, client.up, client.parsing
+            if r is not None and up is not None and r.complete and not up.head_done and r.t_wait < late:
+                client.timed_out(up)
+                continue
+            if client.closing:
+                continue
             if client.active or client.paused:  # read, or not reading by the proxy's choice
                 client.active = False
                 client.read_t = now
@@ -249,8 +254,6 @@ class HttpProxy:
                     client.shut()
             elif parsing is not None and client.read_t < body_late and parsing.t0 < body_late:
                 client.too_slow(b"request body not received in time\n")
-            elif r is not None and up is not None and r.complete and not up.head_done and r.t_wait < late:
-                client.timed_out(up)
         stale = now - POOL_IDLE
         for key, idle in list(self._pool.items()):
             while idle and idle[0].idle_since < stale:

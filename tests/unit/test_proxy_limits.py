@@ -237,3 +237,20 @@ async def test_tcp_connections_idle_too_long_are_closed_active_ones_stay() -> No
         w.close()
     await proxy.close()
     server.close()
+
+
+async def test_a_connection_closing_after_its_requests_still_gets_its_504() -> None:
+    async def silent(b: HttpBackend, req: Message, w: asyncio.StreamWriter, n: int) -> bool:
+        await asyncio.sleep(30)
+        return False
+
+    b = HttpBackend("s", silent)
+    proxy = await proxy_to(b, response_timeout=0.5)
+    c = await Client.open(proxy.port)
+    c.send("GET", "/")
+    c.writer.write(b"\x00garbage\r\n\r\n")  # unreadable after a whole request: close after it
+    r = await c.response()
+    assert r.status == 504 and await c.closed()
+    await c.close()
+    await proxy.close()
+    await b.close()
