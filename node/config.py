@@ -109,6 +109,19 @@ class NodeConfig:
     etcd_server_name: str = ""  # name to check etcd's certificate for, when its SANs do not
     #   list the endpoint's address (needed with several endpoints and DNS-only certificates)
 
+    # -- limits of the routing mesh (node.proxy.limits; docs/operations.md) -----------------
+    # A published port takes connections from anyone who reaches the node, before any
+    # authentication, on the event loop that also keeps the node's lease and gossip.
+    proxy_max_head_bytes: int = 64 * 1024  # request line and headers; over: 431 and close
+    proxy_max_url_bytes: int = 8 * 1024  # the request target; over: 414 and close
+    proxy_max_headers: int = 100  # header lines of a request; over: 431 and close
+    proxy_head_timeout: float = 10.0  # s for a whole request head, from its first byte or the
+    #   accept; over: 408 and close (slow loris)
+    proxy_body_timeout: float = 60.0  # s without a byte of a request body; over: 408 and close
+    proxy_max_connections: int = 10_000  # client connections on all published ports of the node
+    #   together (two file descriptors each); more are closed at once; 0 = no bound
+    proxy_tcp_idle_timeout: float = 3600.0  # s without a byte either way on a tcp port: closed
+
     @property
     def timings(self) -> Preset:
         base = PRESETS[self.preset]
@@ -198,6 +211,17 @@ def load(flags: Mapping[str, Any], env: Mapping[str, str], config_file: str | No
     return validate(config)
 
 
+_PROXY_BOUNDS = (
+    ("proxy_max_head_bytes", 1024, 1024 * 1024),
+    ("proxy_max_url_bytes", 256, 1024 * 1024),
+    ("proxy_max_headers", 8, 10_000),
+    ("proxy_head_timeout", 0.1, 3600),
+    ("proxy_body_timeout", 0.1, 86400),
+    ("proxy_max_connections", 0, 1_000_000),
+    ("proxy_tcp_idle_timeout", 0.1, 7 * 86400),
+)
+
+
 def validate(c: NodeConfig) -> NodeConfig:
     if c.preset not in PRESETS:
         raise ConfigError(f"preset: {c.preset!r} is not one of {', '.join(PRESETS)}")
@@ -237,6 +261,10 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError("join_token, join_token_file: give the join token one way, not both")
     if not 10 <= c.cert_lifetime <= 5 * 365 * 86400:
         raise ConfigError(f"cert_lifetime: {c.cert_lifetime:g} must be between 10 seconds and 5 years")
+    for name, low, high in _PROXY_BOUNDS:
+        value = getattr(c, name)
+        if not low <= value <= high:
+            raise ConfigError(f"{name}: {value:g} must be between {low:g} and {high:g}")
     if (c.etcd_cert or c.etcd_key) and not (c.etcd_cert and c.etcd_key and c.etcd_ca):
         raise ConfigError(
             "etcd_cert, etcd_key: a client certificate for etcd needs all of etcd_ca, etcd_cert and etcd_key"

@@ -43,7 +43,7 @@ from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.keys import Keys
 from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc
 from node.proxy import metrics
-from node.proxy.mesh import Mesh
+from node.proxy.mesh import Mesh, MeshSettings
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
 from node.security.auth import AuthInterceptor, Policy
@@ -87,6 +87,7 @@ class Daemon:
             self.events,
             self.membership,
             lambda: self.session.lease,
+            MeshSettings.from_config(config),
         )
         self.stopping = asyncio.Event()
         self.started_at = time.time()

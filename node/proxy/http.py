@@ -47,11 +47,17 @@ Guarantees:
   sent after such a request is served;
 - a client connection with no request being served for `CLIENT_IDLE` seconds (idle
   keep-alive, or a head coming too slowly) is closed;
+- hostile input is bounded (`node.proxy.limits.HttpLimits`, checked as bytes arrive,
+  timeouts every `SWEEP` s): a head over `max_head` bytes or `max_headers` lines gets
+  431, a URL over `max_url` bytes 414, a head not whole `head_timeout` s after its first
+  byte (or after the accept) 408, a request body with no byte for `body_timeout` s 408;
+  each closes the connection, and no replica is contacted for a refused head. A
+  connection over the node's `ConnectionCap` (shared by every listener) is closed at once;
 - `close()` stops listening, closes idle client connections at once, lets requests in
   flight finish for up to `drain_timeout` seconds, then aborts what is left;
   `drain(backends)` gives requests to backends that left the set the same grace.
 
-Not done: a timeout on a request body sent slowly; HTTP/2; WebSocket.
+Not done: HTTP/2; WebSocket; bounds on response heads (replicas are the service's own).
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ from node.proxy.http_conn import (
     _now,
     _Upstream,
 )
+from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
 from node.proxy.stats import ProxyStats
 
 __all__ = ["CLIENT_IDLE", "HIGH_WATER", "LOW_WATER", "POOL_IDLE", "POOL_SIZE", "REPLAY_LIMIT", "HttpProxy"]
@@ -95,6 +102,8 @@ class HttpProxy:
         retry: RetryPolicy | None = None,
         response_timeout: float = 60.0,
         scheme: str = "http",
+        limits: HttpLimits | None = None,
+        cap: ConnectionCap | None = None,
     ) -> None:
         self.listen_host, self.listen_port = listen_host, listen_port
         self.balancer = balancer
@@ -104,6 +113,9 @@ class HttpProxy:
         self.retry = retry or RetryPolicy()
         self.response_timeout = response_timeout
         self.stats = ProxyStats()
+        self.limits = limits or HttpLimits()
+        self.max_items = 1 + 4 * self.limits.max_headers  # of a head list (node.proxy.heads)
+        self.cap = cap or ConnectionCap(DEFAULT_MAX_CONNECTIONS)
         self.proto_line = b"X-Forwarded-Proto: " + scheme.encode("ascii") + b"\r\n"
         name = f'service "{service}"'.encode()
         self.msg_503 = b"no healthy replica of " + name + b"\n"
@@ -138,6 +150,11 @@ class HttpProxy:
         return _Client(self)
 
     def _accepted(self, client: _Client) -> None:
+        if not self.cap.take():
+            self.stats.refused += 1
+            client.closing = True
+            client.transport.close()
+            return
         self._clients.add(client)
         self._idle.clear()
         self.stats.active += 1
@@ -147,6 +164,7 @@ class HttpProxy:
     def _finished(self, client: _Client) -> None:
         if client in self._clients:
             self._clients.discard(client)
+            self.cap.give()
             self.stats.active -= 1
             if not self._clients:
                 self._idle.set()
@@ -210,16 +228,32 @@ class HttpProxy:
                 idle.remove(up)
 
     def _sweep(self) -> None:
-        """Answer 504 for responses overdue; close connections idle too long."""
+        """Answer 504 for responses overdue, 408 for heads and bodies too slow; close
+        connections idle too long."""
         now = _now()
         late, idle_since = now - self.response_timeout, now - CLIENT_IDLE
+        head_late, body_late = now - self.limits.head_timeout, now - self.limits.body_timeout
         for client in list(self._clients):
-            r, up = client.cur, client.up
-            if r is None:
-                if client.idle_since < idle_since and not client.lost:
-                    client.shut()
-            elif up is not None and r.complete and not up.head_done and r.t_wait < late:
+            if client.lost:
+                continue
+            r, up, parsing = client.cur, client.up, client.parsing
+            if r is not None and up is not None and r.complete and not up.head_done and r.t_wait < late:
                 client.timed_out(up)
+                continue
+            if client.closing:
+                continue
+            if client.active or client.paused:  # read, or not reading by the proxy's choice
+                client.active = False
+                client.read_t = now
+            if r is None and parsing is None:  # waiting for a head
+                if client.head_size and not client.head_t:
+                    client.head_t = now  # a head began since the last sweep
+                if client.head_t and client.head_t < head_late:
+                    client.too_slow(b"request head not received in time\n")
+                elif client.idle_since < idle_since:
+                    client.shut()
+            elif parsing is not None and client.read_t < body_late and parsing.t0 < body_late:
+                client.too_slow(b"request body not received in time\n")
         stale = now - POOL_IDLE
         for key, idle in list(self._pool.items()):
             while idle and idle[0].idle_since < stale:

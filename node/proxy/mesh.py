@@ -18,6 +18,10 @@ is in flight to it may finish for up to `drain_timeout` (the agent waits its dra
 time before stopping the container). A listener whose service is removed stops
 accepting at once and drains the same way.
 
+Limits (`node.proxy.limits`, settings `proxy_*` of `node.config`): every listener of the
+node shares one `ConnectionCap`; http listeners apply `HttpLimits` to each request head
+and body, tcp listeners close connections idle for `tcp_idle_timeout`.
+
 A port that cannot be bound (taken by another process) is reported as a
 `proxy.bind_failed` event and in `binds/<service>/<node>` (shown by `shoal service
 inspect`), retried every `rebind_interval` seconds; other services are unaffected.
@@ -30,9 +34,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from node.config import NodeConfig
 from node.domain import Assignment, EndpointRecord, readable_services
 from node.events import EventLog
 from node.gossip.member import GONE, Member
@@ -40,6 +45,7 @@ from node.keys import Keys
 from node.proxy import routes
 from node.proxy.balancer import Balancer, RetryPolicy
 from node.proxy.http import HttpProxy
+from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
 from node.proxy.tcp import TcpProxy
@@ -62,6 +68,24 @@ class MeshSettings:
     drain_timeout: float = 30.0  # s in-flight traffic to a removed replica may take
     rebind_interval: float = 5.0  # s between attempts to bind a port that was taken
     max_attempts: int = 3  # connect attempts per connection or request (different replicas)
+    limits: HttpLimits = field(default_factory=HttpLimits)  # per request of an http port
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # client connections on all ports together
+    tcp_idle_timeout: float = 3600.0  # s without a byte either way on a tcp port
+
+    @classmethod
+    def from_config(cls, c: NodeConfig) -> MeshSettings:
+        """The limits of the daemon's configuration (`proxy_*`), other settings as default."""
+        return cls(
+            limits=HttpLimits(
+                max_head=c.proxy_max_head_bytes,
+                max_url=c.proxy_max_url_bytes,
+                max_headers=c.proxy_max_headers,
+                head_timeout=c.proxy_head_timeout,
+                body_timeout=c.proxy_body_timeout,
+            ),
+            max_connections=c.proxy_max_connections,
+            tcp_idle_timeout=c.proxy_tcp_idle_timeout,
+        )
 
 
 @dataclass
@@ -88,6 +112,7 @@ class Mesh:
         self.gossip = gossip
         self.lease = lease
         self.settings = settings or MeshSettings()
+        self.cap = ConnectionCap(self.settings.max_connections)  # shared by every listener
         self.services = PrefixCache(store, keys.services, "mesh-services")
         self.endpoints = PrefixCache(store, keys.endpoints_all, "mesh-endpoints")
         self.tasks = PrefixCache(store, keys.tasks, "mesh-tasks")
@@ -185,6 +210,8 @@ class Mesh:
                 connect_timeout=s.connect_timeout,
                 drain_timeout=s.drain_timeout,
                 retry=retry,
+                limits=s.limits,
+                cap=self.cap,
             )
         return TcpProxy(
             self.address,
@@ -193,6 +220,8 @@ class Mesh:
             connect_timeout=s.connect_timeout,
             drain_timeout=s.drain_timeout,
             retry=retry,
+            idle_timeout=s.tcp_idle_timeout,
+            cap=self.cap,
         )
 
     async def _open(self, route: Route) -> None:

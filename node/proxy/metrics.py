@@ -8,7 +8,8 @@ or slows the request path.
 Series (labels `service`, `port`, `protocol`):
 - `shoal_proxy_requests_total`: HTTP requests (http ports) or connections (tcp ports);
 - `shoal_proxy_errors_total`, `shoal_proxy_retries_total`, `shoal_proxy_no_backend_total`,
-  `shoal_proxy_ejections_total`;
+  `shoal_proxy_ejections_total`, `shoal_proxy_refused_total`, `shoal_proxy_rejected_total`,
+  `shoal_proxy_timeouts_total` (node.proxy.limits);
 - `shoal_proxy_active_connections`: client connections open now;
 - `shoal_proxy_latency_seconds`: histogram; request to response headers (http), accept
   to backend connected (tcp);
@@ -54,6 +55,9 @@ _COUNTERS = (
     ("retries", "attempts on another replica after a failed one"),
     ("no_backend", "requests or connections refused because no replica was left to try"),
     ("ejections", "replicas ejected from the rotation after consecutive failures"),
+    ("refused", "client connections closed at once: the node's proxy connection cap was reached"),
+    ("rejected", "requests refused for a head over a limit (414 URL too long, 431 head too large)"),
+    ("timeouts", "client connections closed for being too slow (408) or idle too long (tcp)"),
 )
 
 

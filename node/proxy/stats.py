@@ -13,6 +13,11 @@ What the fields count depends on the engine:
 - `retries`: attempts on another backend after a failed one;
 - `no_backend`: requests or connections refused because no replica was left to try;
 - `ejections`: replicas ejected by the outlier detection;
+- `refused`: client connections closed at once because the node's connection cap
+  (`node.proxy.limits.ConnectionCap`) was reached;
+- `rejected`: requests refused for a limit of their head (414, 431);
+- `timeouts`: client connections closed for being too slow (408 for a head or a body,
+  L7) or idle too long (L4);
 - `latency`: seconds from a request's arrival to the backend's response headers (L7),
   or from accept to the backend connection being made (L4).
 
@@ -63,6 +68,9 @@ class ProxyStats:
     retries: int = 0
     no_backend: int = 0
     ejections: int = 0
+    refused: int = 0
+    rejected: int = 0
+    timeouts: int = 0
     latency: Histogram = field(default_factory=Histogram)
 
     @property

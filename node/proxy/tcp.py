@@ -18,6 +18,9 @@ Guarantees:
   flushed first unless the side was reset);
 - no backend (none in the set, or every attempt failed): the client connection is
   closed at once;
+- bounds (`node.proxy.limits`): a connection with no byte either way for `idle_timeout`
+  seconds is closed (checked every `idle_timeout / 4` s, at most every second); one over
+  the node's `ConnectionCap` (shared by every listener) is closed at once, never connected;
 - `close()` stops listening at once, lets in-flight connections finish for up to
   `drain_timeout` seconds, then aborts what is left; `drain(backends)` gives
   connections to backends that left the set the same grace.
@@ -32,6 +35,7 @@ from collections.abc import Iterable
 from typing import cast
 
 from node.proxy.balancer import Backend, Balancer, Failure, RetryPolicy
+from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap
 from node.proxy.stats import ProxyStats
 
 HIGH_WATER = 256 * 1024
@@ -64,6 +68,7 @@ class _Side(asyncio.Protocol):
             self.conn.proxy._accepted(self.conn)
 
     def data_received(self, data: bytes) -> None:
+        self.conn.active = True
         peer = self.peer
         if peer is not None:
             peer.write(data)
@@ -90,10 +95,16 @@ class _Side(asyncio.Protocol):
 class _Conn:
     """A client connection and, once connected, its backend connection."""
 
-    __slots__ = ("backend", "client", "client_eof", "proxy", "server", "server_eof", "task")
+    __slots__ = (
+        "active", "backend", "client", "client_eof", "counted", "proxy", "seen", "server", "server_eof",
+        "task",
+    )  # fmt: skip
 
     def __init__(self, proxy: TcpProxy) -> None:
         self.proxy = proxy
+        self.active = False  # a byte read either way since the last sweep
+        self.seen = time.monotonic()  # when the sweep last saw it active
+        self.counted = False  # in the node's ConnectionCap
         self.client = _Side(self)
         self.server: _Side | None = None
         self.backend: Backend | None = None
@@ -167,13 +178,18 @@ class TcpProxy:
         connect_timeout: float = 1.0,
         drain_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
+        idle_timeout: float = 3600.0,
+        cap: ConnectionCap | None = None,
     ) -> None:
         self.listen_host, self.listen_port = listen_host, listen_port
         self.balancer = balancer
         self.connect_timeout = connect_timeout
         self.drain_timeout = drain_timeout
         self.retry = retry or RetryPolicy()
+        self.idle_timeout = idle_timeout
+        self.cap = cap or ConnectionCap(DEFAULT_MAX_CONNECTIONS)
         self.stats = ProxyStats()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
         self._idle = asyncio.Event()
@@ -190,6 +206,23 @@ class TcpProxy:
         self._server = await loop.create_server(
             self._accept, self.listen_host, self.listen_port, backlog=1024, reuse_address=True
         )
+        self._sweeper = loop.call_later(self._sweep_every(), self._sweep)
+
+    def _sweep_every(self) -> float:
+        return max(0.05, min(1.0, self.idle_timeout / 4))
+
+    def _sweep(self) -> None:
+        """Close connections idle (no byte either way) for `idle_timeout` seconds."""
+        now = time.monotonic()
+        stale = now - self.idle_timeout
+        for conn in list(self._conns):
+            if conn.active:
+                conn.active = False
+                conn.seen = now
+            elif conn.seen < stale and conn.server is not None:
+                self.stats.timeouts += 1
+                conn.abort(graceful=True)
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
 
     def _accept(self) -> _Side:
         conn = _Conn(self)
@@ -200,6 +233,11 @@ class TcpProxy:
         return conn.client
 
     def _accepted(self, conn: _Conn) -> None:
+        if not self.cap.take():
+            self.stats.refused += 1
+            conn.abort(graceful=True)
+            return
+        conn.counted = True
         conn.task = asyncio.get_running_loop().create_task(self._connect(conn))
 
     async def _connect(self, conn: _Conn) -> None:
@@ -236,6 +274,8 @@ class TcpProxy:
     def _finished(self, conn: _Conn) -> None:
         if conn in self._conns:
             self._conns.discard(conn)
+            if conn.counted:
+                self.cap.give()
             self.stats.active -= 1
             if not self._conns:
                 self._idle.set()
@@ -273,6 +313,9 @@ class TcpProxy:
             conn.abort()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), 1.0)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
 
 def _abort_all(conns: list[_Conn]) -> None:

@@ -8,14 +8,17 @@ not speed (speed is in bench/proxy.py).
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
@@ -273,6 +276,98 @@ def test_metrics_and_a_taken_port(cluster: DevCluster) -> None:
             lambda: not c.get_service("blocked").proxy_errors, 20, message="bound after the port freed"
         )
     assert get(HOSTS[1], taken)[0] == 200
+
+
+def rss(pid: int) -> int:
+    """Resident memory of process `pid`, bytes (VmRSS of /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def flood(
+    address: str, port: int, first: bytes, piece: bytes, budget: int, deadline: float
+) -> tuple[bytes, int]:
+    """Send `first`, then `piece` again and again, as an attacker would, until the proxy
+    answers or closes, `budget` bytes went out or `deadline` passed. Returns (what the
+    proxy answered, bytes sent)."""
+    sent = 0
+    with socket.create_connection((address, port), timeout=5) as s:
+        try:
+            s.sendall(first)
+            sent = len(first)
+            while sent < budget and time.monotonic() < deadline:
+                s.sendall(piece)
+                sent += len(piece)
+                if select.select([s], [], [], 0)[0]:
+                    break  # answered, or closed
+        except OSError:
+            pass  # reset: the proxy cut it
+        s.settimeout(5)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                answer += chunk
+    return answer, sent
+
+
+def test_hostile_heads_on_a_published_port_are_cut_and_the_node_stays_well(cluster: DevCluster) -> None:
+    """Issue 11, item 10: floods of never-ending heads and a 16 MiB URL in small writes."""
+    port = free_port_on_all(HOSTS)
+    deploy(cluster, web_spec("hostile", port, replicas=2), "hostile", 2)
+    pid = cluster.members[0].proc.pid  # type: ignore[union-attr]  # n1, attacked on 127.0.0.1
+    with cluster.client(2) as c:
+        before = {n.id: n.incarnation for n in c.list_nodes().nodes}
+    base = rss(pid)
+    peak = base
+    seen: list[tuple[str, str, int]] = []  # (viewer, n1's state, n1's incarnation)
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, rss(pid))
+            for viewer in (2, 3):
+                with contextlib.suppress(Exception), cluster.client(viewer) as c:
+                    n1 = next(n for n in c.list_nodes().nodes if n.id == "n1")
+                    seen.append((f"n{viewer}", n1.member_state, n1.incarnation))
+            stop.wait(0.1)
+
+    deadline = time.monotonic() + 60
+    attacks = [
+        (b"GET /", b"a" * 1024),  # a 16 MiB URL
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Flood: ", b"v" * 1024),  # one header that never ends
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", b"X-Flood: 1\r\n" * 100),  # header lines that never end
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Flood: 1\r\n" * 90, b"X-Flood: " + b"w" * 1000 + b"\r\n"),
+    ] * 4
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(len(attacks)) as pool:
+            results = list(
+                pool.map(lambda a: flood(HOSTS[0], port, a[0], a[1], 16 * 2**20, deadline), attacks)
+            )
+        for _ in range(30):  # 3 s more of gossip after the attack
+            stop.wait(0.1)
+    finally:
+        stop.set()
+        watcher.join(10)
+    for (first, _), (answer, sent) in zip(attacks, results, strict=True):
+        status = 414 if first == b"GET /" else 431
+        assert answer.startswith(b"HTTP/1.1 %d " % status), (first[:30], answer[:100], sent)
+        assert sent < 2 * 2**20, f"cut off after {sent} bytes only"
+    grown = (peak - base) / 2**20
+    print(f"shoald RSS {base / 2**20:.1f} MiB, peak +{grown:.1f} MiB; bytes sent {[r[1] for r in results]}")
+    assert peak - base <= 32 * 2**20, f"shoald RSS grew by {(peak - base) / 2**20:.1f} MiB"
+    assert seen and all(state == "alive" for _, state, _ in seen), sorted(set(seen))
+    assert {inc for _, _, inc in seen} == {before["n1"]}, "n1 had to refute a suspicion"
+    for address in HOSTS:
+        assert get(address, port)[0] == 200
+    with urllib.request.urlopen(f"http://{HOSTS[0]}:{cluster.metrics_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    labels = f'port="{port}",protocol="http",service="hostile"'
+    assert f"shoal_proxy_rejected_total{{{labels}}} {len(attacks)}.0" in text
 
 
 def test_resolve_lists_replicas_and_mesh_addresses_and_watch_follows(cluster: DevCluster) -> None:

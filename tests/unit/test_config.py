@@ -185,3 +185,39 @@ def test_the_hardening_settings_have_documented_defaults_and_bounds(tmp_path: Pa
     ):
         with pytest.raises(ConfigError, match=field):
             load({}, bad)
+
+
+def test_proxy_limits_have_their_defaults_and_reach_the_mesh(tmp_path: Path) -> None:
+    from node.proxy.limits import HttpLimits
+    from node.proxy.mesh import MeshSettings
+
+    s = MeshSettings.from_config(load({}, {}))
+    assert s.limits == HttpLimits(
+        max_head=65536, max_url=8192, max_headers=100, head_timeout=10.0, body_timeout=60.0
+    )
+    assert (s.max_connections, s.tcp_idle_timeout) == (10_000, 3600.0)
+    path = tmp_path / "shoald.toml"
+    path.write_text("proxy_max_headers = 50\nproxy_tcp_idle_timeout = 600\n")
+    env = {"SHOAL_PROXY_MAX_URL_BYTES": "4096", "SHOAL_PROXY_MAX_CONNECTIONS": "0"}
+    s = MeshSettings.from_config(load({}, env, str(path)))
+    assert (s.limits.max_headers, s.limits.max_url, s.max_connections, s.tcp_idle_timeout) == (
+        50,
+        4096,
+        0,
+        600.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"SHOAL_PROXY_MAX_HEAD_BYTES": "10"}, "proxy_max_head_bytes"),
+        ({"SHOAL_PROXY_MAX_HEADERS": "0"}, "proxy_max_headers"),
+        ({"SHOAL_PROXY_HEAD_TIMEOUT": "0"}, "proxy_head_timeout"),
+        ({"SHOAL_PROXY_MAX_CONNECTIONS": "-1"}, "proxy_max_connections"),
+        ({"SHOAL_PROXY_BODY_TIMEOUT": "soon"}, "proxy_body_timeout"),
+    ],
+)
+def test_bad_proxy_limits_are_refused_naming_the_setting(env: dict[str, str], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        load({}, env)

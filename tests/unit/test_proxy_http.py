@@ -18,7 +18,8 @@ import uvloop
 
 from node.proxy.balancer import Backend, Balancer, OutlierConfig
 from node.proxy.http import HIGH_WATER, HttpProxy
-from node.proxy.http_conn import _Client, _Upstream
+from node.proxy.http_conn import _Client
+from node.proxy.http_upstream import _Upstream
 from tests.helpers import wait_until
 
 HOST = "127.0.0.1"

@@ -1,0 +1,183 @@
+"""The backend side of the L7 engine: one connection to a replica, one request at a
+time, pooled between requests (`HttpProxy._pool`).
+
+`_Upstream` parses responses with llhttp (`httptools.HttpResponseParser`) and writes
+what it reads into its client's transport (`node.proxy.http_conn._Client`), the head
+rewritten by `node.proxy.heads.response_head`, the body re-chunked when the framing
+changes. Written for speed like the client side: no task, no timer, one write per read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from bisect import bisect_left
+from typing import TYPE_CHECKING, cast
+
+from httptools import HttpParserError, HttpResponseParser
+
+from node.proxy.balancer import Backend
+from node.proxy.heads import (
+    CHUNK_END,
+    CRLF,
+    RESP_LENGTHS,
+    RESP_SPECIAL,
+    RESP_SPELLINGS,
+    BadMessage,
+    Special,
+    response_head,
+)
+
+if TYPE_CHECKING:
+    from node.proxy.http import HttpProxy
+    from node.proxy.http_conn import _Client, _Request
+
+HIGH_WATER = 256 * 1024
+"""Bytes buffered in one transport before its producer stops reading."""
+LOW_WATER = 64 * 1024
+"""Bytes under which the producer reads again."""
+
+# why a client connection stops reading (bits of `_Client.paused`)
+P_WAIT = 1  # what is read cannot be forwarded yet (no backend connection yet, or pipelined)
+P_FULL = 2  # the backend connection's write buffer is over HIGH_WATER
+
+_now = time.monotonic
+
+
+class _Upstream(asyncio.Protocol):
+    """One connection to a backend: one request at a time, pooled between them."""
+
+    __slots__ = (
+        "backend", "broken", "chunk_out", "client", "done", "draining", "got", "head", "head_done",
+        "idle_since", "keep", "out", "parser", "paused", "pooled", "proxy", "req", "reused", "special",
+        "transport", "until_eof",
+    )  # fmt: skip
+
+    def __init__(self, proxy: HttpProxy, backend: Backend) -> None:
+        self.proxy = proxy
+        self.backend = backend
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        self.parser = HttpResponseParser(self)
+        self.head: list[bytes] = [b""]  # of the response head being read
+        self.special: Special = []
+        self.out: list[bytes] = []  # for the client, written once the read is parsed
+        self.client: _Client | None = None
+        self.req: _Request | None = None
+        self.reused = self.got = self.head_done = self.done = False
+        self.chunk_out = self.until_eof = self.keep = False
+        self.broken = self.draining = self.paused = self.pooled = False
+        self.idle_since = 0.0  # last used
+
+    def itself(self) -> _Upstream:
+        return self
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = self.transport = cast(asyncio.Transport, transport)
+        t.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        c = self.client
+        if c is None:  # idle: nothing is expected (a 408 before closing, say)
+            self.transport.abort()
+            return
+        self.got = True
+        out = self.out
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError as exc:
+            out.clear()
+            c.bad_response(self, exc)
+            return
+        if out:  # what this read produced, in one write (HttpProxy._send, inlined)
+            pending = self.proxy._pending
+            if not pending:
+                self.proxy._loop.call_soon(self.proxy._flush)
+            pending.append((c.transport, out[0] if len(out) == 1 else b"".join(out)))
+            out.clear()
+        if self.done:
+            c.response_done(self)
+
+    def eof_received(self) -> bool:
+        return False  # close: connection_lost tells the client
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client._pause(P_FULL)
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client._resume(P_FULL)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.broken = True
+        del self.parser  # it holds bound methods of self: freed now, not by the cyclic GC
+        if self.client is not None:
+            self.client.upstream_lost(self, exc)
+        elif self.pooled:
+            self.proxy._pool_discard(self)
+
+    # -- llhttp callbacks ----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        low = RESP_SPELLINGS.get(name, b"")
+        if not low and (len(name) not in RESP_LENGTHS or (low := name.lower()) not in RESP_SPECIAL):
+            self.head += (name, b": ", value, CRLF)
+            return
+        self.special.append((low, value))
+
+    def on_headers_complete(self) -> None:
+        c, r = self.client, self.req
+        assert c is not None and r is not None
+        p = self.parser
+        status = p.get_status_code()
+        head, special = self.head, self.special
+        self.head = [b""]
+        self.special = []
+        if status < 200:
+            if status == 101:
+                raise BadMessage  # never asked for: Upgrade is not forwarded
+            if not r.http10:  # 100 Continue and the like
+                self.out.append(response_head(status, head, special, False, True, False)[0])
+            return
+        proxy = c.proxy
+        now = self.idle_since = _now()
+        latency = proxy.stats.latency  # Histogram.observe, inlined
+        latency.counts[bisect_left(latency.bounds, now - r.t0)] += 1
+        latency.total += now - r.t0
+        if proxy._failing:
+            proxy._report_ok(self.backend, now)
+        is_head = r.method == b"HEAD"
+        head_bytes, self.chunk_out, self.until_eof, c.close_after = response_head(
+            status,
+            head,
+            special,
+            r.http10,
+            is_head or status == 204 or status == 304,
+            not r.keep_alive or c.eof or proxy._closing,
+        )
+        self.head_done = True
+        self.keep = p.should_keep_alive()
+        self.out.append(head_bytes)
+        if is_head:  # llhttp would wait for the body Content-Length announces
+            self.done = True
+            self.parser = HttpResponseParser(self)
+
+    def on_body(self, data: bytes) -> None:
+        if self.done:
+            self.broken = True  # more than the response: not reused
+        elif self.chunk_out:
+            self.out += (b"%x\r\n" % len(data), data, CRLF)
+        else:
+            self.out.append(data)
+
+    def on_message_complete(self) -> None:
+        if len(self.head) > 1 or self.special:  # trailers: not forwarded
+            self.head = [b""]
+            self.special = []
+        if self.done or not self.head_done:
+            return  # the end of a 1xx, or of a HEAD response already complete
+        if self.chunk_out:
+            self.out.append(CHUNK_END)
+        self.done = True
