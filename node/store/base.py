@@ -79,7 +79,7 @@ class WatchEvent:
 
 @dataclass(frozen=True)
 class WatchBatch:
-    revision: int
+    revision: int  # the mod revision of the last event in the batch (never a response header's)
     events: tuple[WatchEvent, ...]
 
 
