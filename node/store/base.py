@@ -48,8 +48,11 @@ class Put:
 
 @dataclass(frozen=True)
 class Delete:
+    """`key`; every key under it with `prefix`; every key in [key, end) with `end`."""
+
     key: str
     prefix: bool = False
+    end: str = ""
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def _op(op: Op) -> object:
     if isinstance(op, Put):
         return KVService.txn_op_put(op.key, op.value, lease=op.lease)
     if isinstance(op, Delete):
-        end = prefix_range_end(op.key) if op.prefix else None
+        end = prefix_range_end(op.key) if op.prefix else (op.end.encode() if op.end else None)
         return KVService.txn_op_delete(op.key, range_end=end)
     raise TypeError(f"not a store op: {op!r}")
 

@@ -111,6 +111,18 @@ async def test_delete_and_prefix_delete(sut: StoreUnderTest) -> None:
     assert [kv.key for kv in (await s.range(sut.prefix))[0]] == [sut.key("bb")]
 
 
+async def test_a_range_delete_in_a_txn_removes_keys_from_key_up_to_end(sut: StoreUnderTest) -> None:
+    s = sut.store
+    for v in range(1, 8):
+        await s.put(sut.key(f"h/{v:012d}"), b"x")
+    before = await sut.revision()
+    start, end = sut.key(f"h/{0:012d}"), sut.key(f"h/{5:012d}")
+    result = await s.txn([], [Put(sut.key("h/" + f"{8:012d}"), b"y"), Delete(start, end=end)])
+    assert result.succeeded and await sut.revision() == before + 1
+    left = [kv.key for kv in (await s.range(sut.key("h/")))[0]]
+    assert left == [sut.key(f"h/{v:012d}") for v in (5, 6, 7, 8)]
+
+
 async def test_a_recreated_key_starts_over(sut: StoreUnderTest) -> None:
     s, k = sut.store, sut.key("a")
     first = await s.put(k, b"1")
