@@ -86,6 +86,16 @@ class WatchBatch:
     events: tuple[WatchEvent, ...]
 
 
+@dataclass(frozen=True)
+class MemberStatus:
+    """One etcd member's backend: its file size and the bytes in use (after compaction)."""
+
+    endpoint: str
+    db_size: int
+    db_size_in_use: int
+    revision: int = 0
+
+
 def fence(leader_key: str, epoch: int) -> Compare:
     """The comparison every leader write carries: the leader key was created at `epoch`."""
     return Compare(leader_key, "create", "==", epoch)

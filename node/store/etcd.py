@@ -20,7 +20,15 @@ from pathlib import Path
 import grpc
 from etcd3aio import Etcd3Client, EtcdConnectionError, EtcdError, EtcdTransientError, prefix_range_end
 from etcd3aio._protobuf import Compare as PbCompare
-from etcd3aio._protobuf import WatchCreateRequest, WatchRequest, WatchStub
+from etcd3aio._protobuf import (
+    DefragmentRequest,
+    MaintenanceStub,
+    StatusRequest,
+    WatchCreateRequest,
+    WatchRequest,
+    WatchStub,
+)
+from etcd3aio.connections import ConnectionManager
 from etcd3aio.kv import KVService
 
 from node.store.base import (
@@ -28,6 +36,7 @@ from node.store.base import (
     Compacted,
     Compare,
     Delete,
+    MemberStatus,
     Op,
     Put,
     StoreError,
@@ -43,6 +52,7 @@ _OPS = {"==": PbCompare.EQUAL, "!=": PbCompare.NOT_EQUAL, "<": PbCompare.LESS, "
 _PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
 RANGE_PAGE = 10_000  # keys per page of a range
 MAX_RECEIVE = 256 * 2**20  # bytes: the largest message taken from etcd
+DEFRAG_TIMEOUT = 120.0  # s: a defragmentation blocks its member while it runs
 WATCH_BACKOFF, WATCH_MAX_BACKOFF = 0.1, 2.0  # s: before re-opening a dropped watch stream
 _WATCH_RESUMED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # a drop, not a refusal
 _OUTAGE = (
@@ -275,6 +285,46 @@ class EtcdStore:
 
     async def compact(self, revision: int) -> None:
         await self._call(self._kvs.compact(revision, physical=True, timeout=self.timeout))
+
+    def _member_channel(self, endpoint: str) -> grpc.aio.Channel:
+        """A channel to one member only (the client's own balances over all of them)."""
+        manager = ConnectionManager([endpoint])
+        manager.grpc_options = list(self._client._manager.grpc_options)
+        conn = self._client._conn_args
+        return manager.get_channel(
+            ca_cert=conn.get("ca_cert"),
+            cert_key=conn.get("cert_key"),
+            cert_chain=conn.get("cert_chain"),
+            tls_server_name=self._client._tls_server_name,
+        )
+
+    async def member_status(self) -> list[MemberStatus]:
+        """The database size of each configured endpoint (a member); unreachable ones left out."""
+        out = []
+        for endpoint in self.endpoints.split(","):
+            channel = self._member_channel(endpoint)
+            try:
+                resp = await MaintenanceStub(channel).Status(StatusRequest(), timeout=self.timeout)
+                out.append(
+                    MemberStatus(endpoint, int(resp.dbSize), int(resp.dbSizeInUse), int(resp.header.revision))
+                )
+            except grpc.aio.AioRpcError:
+                continue
+            finally:
+                await channel.close()
+        return out
+
+    async def defragment(self, endpoint: str) -> None:
+        """Defragment the member at `endpoint` (it answers nothing else meanwhile)."""
+        channel = self._member_channel(endpoint)
+        try:
+            await MaintenanceStub(channel).Defragment(
+                DefragmentRequest(), timeout=max(self.timeout, DEFRAG_TIMEOUT)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        finally:
+            await channel.close()
 
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
         """Batches of changes under `prefix` from `start_revision` on, forever.
