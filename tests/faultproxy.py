@@ -4,7 +4,8 @@
 no outgoing connection can hold it), relays bytes both ways, and `cut()` aborts every
 relayed connection (a TCP reset on both sides), as a dropped network path would.
 New connections are accepted again right away; `accepted` counts them, so a test can
-wait for a client's reconnect before it cuts again.
+wait for a client's reconnect before it cuts again. `block()` cuts and refuses new
+connections until `unblock()` (a longer partition).
 """
 
 from __future__ import annotations
@@ -18,18 +19,24 @@ from pathlib import Path
 RELAY_CHUNK = 65536
 
 
-def port_below_ephemeral(host: str = "127.0.0.1", attempts: int = 200) -> int:
-    """A free TCP port under `ip_local_port_range`'s low end (never taken by an outgoing socket)."""
+def port_below_ephemeral(host: str = "127.0.0.1", attempts: int = 200, count: int = 1) -> int:
+    """A free TCP port under `ip_local_port_range`'s low end (never taken by an outgoing
+    socket); with `count`, the first of that many free consecutive ports (etcd's pair)."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(attempts):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
+        port = random.randrange(max(1024, low - 12000), low - count)
+        if all(_free(host, p) for p in range(port, port + count)):
             return port
     raise OSError(f"no free port below {low} on {host}")
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 class FaultProxy:
@@ -43,6 +50,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self._relays: set[asyncio.Task[None]] = set()
+        self.blocked = False
 
     @property
     def endpoint(self) -> str:
@@ -69,6 +77,14 @@ class FaultProxy:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def block(self) -> None:
+        """Cut every connection and refuse new ones until `unblock`."""
+        self.blocked = True
+        self.cut()
+
+    def unblock(self) -> None:
+        self.blocked = False
+
     def cut(self) -> None:
         """Reset every relayed connection now."""
         self.cuts += 1
@@ -88,6 +104,9 @@ class FaultProxy:
             self._relays.discard(task)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(self.upstream_host, self.upstream_port)
         except OSError:
