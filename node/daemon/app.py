@@ -75,6 +75,7 @@ class Daemon:
             self.keys,
             GOSSIP_PRESETS[config.preset],
             config.join,
+            reap_after=config.reap_after,
         )
         self.mesh = Mesh(
             self.store,
