@@ -5,6 +5,8 @@ nothing written by a deposed leader."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -210,3 +212,29 @@ async def test_an_etcd_error_skips_a_step_until_the_next_pass() -> None:
     store.unavailable = False
     await u.tick()
     assert u.samples
+
+
+async def test_the_leader_runs_the_upkeep_while_it_leads() -> None:
+    from node.daemon.leadership import Leadership
+    from node.store.session import Session
+    from tests.helpers import wait_until
+
+    store = MemoryStore()
+    await store.put(KEYS.down("gone"), json.dumps({"since": 1.0}).encode())  # gone since 1970
+    session = Session(store, ttl=10)
+    await session.start()
+    leadership = Leadership(
+        store, KEYS, "n1", "127.0.0.1:7070", session, EventLog(store, KEYS, "n1"), 1.0, bounds=Bounds()
+    )
+    task = asyncio.create_task(leadership.run())
+    try:
+        await wait_until(lambda: leadership.epoch, timeout=10, message="leading")
+
+        async def reaped() -> bool:
+            return await store.get(KEYS.down("gone")) is None
+
+        await wait_until(reaped, timeout=10, message="the down mark of a long-gone node reaped")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -281,6 +281,20 @@ async def _gone(s: Store, key: str) -> bool:
 # -- watches -----------------------------------------------------------------------------
 
 
+async def test_a_batch_revision_is_its_last_event_not_the_current_revision(sut: StoreUnderTest) -> None:
+    """A catch-up answer from etcd carries its current revision in the header, past the
+    events it holds; a consumer resuming from that would skip events (issue 11, item 2)."""
+    s = sut.store
+    start = await s.put(sut.key("w/a"), b"1")
+    last = await s.put(sut.key("w/b"), b"2")
+    await s.put(sut.key("elsewhere"), b"3")  # a later write outside the watched prefix
+    await s.put(sut.key("elsewhere2"), b"4")
+    batches = await collect(s, sut.key("w/"), start, 2)
+    assert [b.revision for b in batches][-1] == last
+    for b in batches:
+        assert b.revision == max(ev.kv.mod_revision for ev in b.events)
+
+
 async def test_watch_replays_puts_and_deletes_in_order(sut: StoreUnderTest) -> None:
     s, a, b, c = sut.store, sut.key("w/a"), sut.key("w/b"), sut.key("w/c")
     await s.put(sut.key("before"), b"0")
