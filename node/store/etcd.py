@@ -349,6 +349,8 @@ class EtcdStore:
                             f"etcd at {self.endpoints} cancelled a watch: {resp.cancel_reason}"
                         )
                     backoff = WATCH_BACKOFF
+                    if resp.created and next_revision == 0:  # "from now": now is the header's
+                        next_revision = int(resp.header.revision) + 1
                     if not resp.events:
                         continue
                     events = tuple(
