@@ -108,6 +108,18 @@ class NodeConfig:
     etcd_key: str = ""  # path of its key (PEM, mode 0600)
     etcd_server_name: str = ""  # name to check etcd's certificate for, when its SANs do not
     #   list the endpoint's address (needed with several endpoints and DNS-only certificates)
+    # -- etcd stays bounded (docs/operations.md, "etcd's size") ----------------------------
+    etcd_retention: float = 600.0  # s of etcd history the leader keeps: it compacts to the
+    #   revision of this long ago. Longer lets a watcher cut off longer resume without a
+    #   re-list; shorter keeps etcd smaller under a high write rate. 0: never compact
+    etcd_defrag_ratio: float = 0.5  # the leader defragments a member (one at a time) when
+    #   less than this fraction of its database file is in use (and the file is etcd_defrag_min
+    #   or more). A defragmentation stalls that member for a moment; 0: never
+    etcd_defrag_min: int = 64 * 2**20  # bytes ("64Mi"): smaller files are never defragmented
+    history_limit: int = 10  # versions of a service kept in history/ (rollback targets)
+    reap_after: float = 86400.0  # s a node must be gone (no registry entry) before the leader
+    #   drops its down mark and its events ring, and gossip forgets it; revoked or expired
+    #   client tokens are kept this long after, so callers still learn why they fail
 
     # -- limits of the routing mesh (node.proxy.limits; docs/operations.md) -----------------
     # A published port takes connections from anyone who reaches the node, before any
@@ -143,7 +155,11 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if kind in ("int", "float") and isinstance(value, bool):
             raise ValueError("expected a number, not true/false")
-        if kind == "int" and name in ("memory", "reserve_memory") and isinstance(value, str):
+        if (
+            kind == "int"
+            and name in ("memory", "reserve_memory", "etcd_defrag_min")
+            and isinstance(value, str)
+        ):
             return parse_memory(value)
         if kind == "int":
             if isinstance(value, float) and not value.is_integer():
@@ -265,6 +281,16 @@ def validate(c: NodeConfig) -> NodeConfig:
         value = getattr(c, name)
         if not low <= value <= high:
             raise ConfigError(f"{name}: {value:g} must be between {low:g} and {high:g}")
+    if not (c.etcd_retention == 0 or 60 <= c.etcd_retention <= 7 * 86400):
+        raise ConfigError(f"etcd_retention: {c.etcd_retention:g} must be 0 (off) or 60 s to 7 days")
+    if not 0 <= c.etcd_defrag_ratio < 1:
+        raise ConfigError(f"etcd_defrag_ratio: {c.etcd_defrag_ratio:g} must be at least 0 and below 1")
+    if c.etcd_defrag_min < 0:
+        raise ConfigError(f"etcd_defrag_min: {c.etcd_defrag_min} must not be negative")
+    if not 1 <= c.history_limit <= 1000:
+        raise ConfigError(f"history_limit: {c.history_limit} must be between 1 and 1000 versions")
+    if not 600 <= c.reap_after <= 365 * 86400:
+        raise ConfigError(f"reap_after: {c.reap_after:g} must be between 600 seconds and a year")
     if (c.etcd_cert or c.etcd_key) and not (c.etcd_cert and c.etcd_key and c.etcd_ca):
         raise ConfigError(
             "etcd_cert, etcd_key: a client certificate for etcd needs all of etcd_ca, etcd_cert and etcd_key"

@@ -283,7 +283,7 @@ class TaskStatus(Record):
     health: str = ""
     health_message: str = ""  # the last check's result, e.g. "HTTP 500 from GET /health (expected 200)"
     health_failures: int = 0  # consecutive failed checks
-    health_at: float = 0.0  # when that result came (rewritten on a change, else at most every 30 s)
+    health_at: float = 0.0  # when that result first came (written on a change only: issue 11)
     healthy_since: float = 0.0  # wall clock since when it is routable without a break; 0: it is not
     terminal: bool = False  # the restart policy gave up: it stays exited/failed, `message` says why
 

@@ -6,14 +6,14 @@ All state lives under a prefix (default `/shoal/v1/`):
 |-----------------------------------|------------------------|---------------------|
 | `nodes/<node>`                    | the node               | on the node's lease |
 | `leader`                          | election               | leader's lease; create revision = epoch |
-| `down/<node>`                     | leader only, fenced    | while gossip says the node is dead |
+| `down/<node>`                     | leader only, fenced    | while the node is dead; reaped (1) |
 | `nodespec/<node>`                 | API, any node          | until changed (drain, labels) |
 | `services/<name>`                 | API, any node          | until `rm`          |
-| `history/<name>/<version>`        | API, any node          | until `rm`          |
+| `history/<name>/<version>`        | API, any node          | last 10 versions (2); `rm` |
 | `tasks/<service>/<slot>`          | leader only, fenced    | until scaled away   |
-| `status/<task-id>`                | the task's agent       | on the node's lease |
+| `status/<task-id>`                | the task's agent       | node's lease; on change only (3) |
 | `endpoints/<service>/<task-id>`   | the task's agent       | on the node's lease |
-| `events/<node>/<ring-slot>`       | every node             | a ring per node     |
+| `events/<node>/<ring-slot>`       | every node             | a ring of 256 per node; reaped (1) |
 | `binds/<service>/<node>`          | the node's proxy       | on the node's lease |
 | `rollouts/<service>`              | leader only, fenced    | until `rm`          |
 | `pending/<service>`               | leader only, fenced    | while replicas wait for a node |
@@ -21,9 +21,18 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `security/ca.crt`                 | `cluster init`         | forever             |
 | `security/ca.key`                 | `cluster init`         | forever             |
 | `security/join`                   | init, `rotate-token`   | until rotated       |
-| `tokens/<id>`                     | init, `token create`   | forever (revoked kept) |
+| `tokens/<id>`                     | init, `token create`   | until revoked/expired, then reaped (1) |
 | `joins/<key-id>`                  | `Peer/Join`, any node  | until the join token is rotated; its uses |
 | `joins/<key-id>/<node>`           | `Peer/Join`, any node  | until rotated; ≤ `join_token_uses` |
+
+Bounds (issue 11): every prefix is bounded by the nodes, services, replicas and
+tokens in force, never by time. The leader (`leader.upkeep`, fenced) compacts etcd to
+the revision of `etcd_retention` (600 s) ago and defragments one member at a time
+past `etcd_defrag_ratio`. (1) reaped by the leader, fenced, once the node has no
+registry entry and neither its mark nor its ring was written for `reap_after` (1 day);
+a token once revoked or expired for `reap_after`. (2) `history_limit` (10), pruned in
+the same transaction that adds a version. (3) written when it changes only: liveness
+is the node's lease, there is no periodic rewrite.
 
 A `rollouts/` record an `rm` raced (written by a pass that planned the service just
 before) is deleted by the leader's next pass, while the service key is absent.

@@ -135,10 +135,10 @@ def plan(
         had_claim = seen.get(port)
         if had_claim is not None and had_claim.claim is not None and _held_by(had_claim.claim, name, uid):
             out.ops.append(Delete(keys.port(port)))
-    if len(out.ops) + 2 > MAX_TXN_OPS:  # with the service and history writes
+    if len(out.ops) + 3 > MAX_TXN_OPS:  # with the service and history writes and the history prune
         raise FailedPrecondition(
             f"service '{name}': this change claims or frees {len(out.ops)} published ports at once; "
-            f"change at most {MAX_TXN_OPS - 2} in one apply"
+            f"change at most {MAX_TXN_OPS - 3} in one apply"
         )
     return out
 

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -65,7 +66,9 @@ from node.store.cache import PrefixCache
 from node.store.session import Session
 
 log = logging.getLogger(__name__)
-HEALTH_REFRESH = 30.0  # s: an unchanged health result is rewritten to status/ at most this often
+# s: an unchanged health result is never rewritten to status/ (liveness is the node's lease;
+# a periodic rewrite cost etcd one revision per replica per period: issue 11)
+HEALTH_REFRESH = math.inf
 WITHDRAW_WAIT = 5.0  # s: how long a stop waits for its withdrawal to reach etcd before retrying later
 
 
@@ -313,7 +316,7 @@ class Agent:
             == (verdict.health.value, verdict.message, verdict.failures)
             and at - old.health_at < HEALTH_REFRESH
         ):
-            at = old.health_at  # the same result again: no etcd write for it (refreshed now and then)
+            at = old.health_at  # the same result again: no etcd write for it
         self._set(
             task,
             TaskState.RUNNING,

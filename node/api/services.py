@@ -22,6 +22,7 @@ from node.spec import SpecError, parse_spec
 from node.store import Compare, Delete, Put, Store
 
 _ATTEMPTS = 5
+HISTORY_LIMIT = 10  # versions kept in `history/<name>/` (NodeConfig.history_limit)
 
 
 class ServiceWriter:
@@ -30,6 +31,7 @@ class ServiceWriter:
         self.keys = keys
         self.node = node
         self.ports = PortPolicy()  # the daemon sets its own ports (node.api.port_policy)
+        self.history_limit = HISTORY_LIMIT
 
     async def read(self, name: str) -> tuple[ServiceRecord, int]:
         kv = await self.store.get(self.keys.service(name))
@@ -50,9 +52,19 @@ class ServiceWriter:
                 Put(self.keys.service(record.name), value),
                 Put(self.keys.history_version(record.name, record.version), value),
                 *ports.ops,
+                *self._prune(record),
             ],
         )
         return result.succeeded
+
+    def _prune(self, record: ServiceRecord) -> list[Delete]:
+        """In the write that adds a version: delete every version but the last
+        `history_limit` (older specs, old `secret_env` included, do not pile up)."""
+        oldest_kept = record.version - self.history_limit + 1
+        if oldest_kept <= 1:
+            return []
+        name = record.name
+        return [Delete(self.keys.history_version(name, 0), end=self.keys.history_version(name, oldest_kept))]
 
     async def apply(self, text: str, source: str) -> tuple[ServiceRecord, bool]:
         try:

@@ -35,7 +35,7 @@ from node.api.port_policy import PortPolicy
 from node.api.servicer import ShoalServicer
 from node.config import NodeConfig
 from node.daemon.identity import IdentityError, NodeIdentity
-from node.daemon.leadership import Leadership
+from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
 from node.domain import NodeInfo
 from node.events import EventLog
@@ -78,6 +78,7 @@ class Daemon:
             self.keys,
             GOSSIP_PRESETS[config.preset],
             config.join,
+            reap_after=config.reap_after,
         )
         self.mesh = Mesh(
             self.store,
@@ -226,6 +227,7 @@ class Daemon:
             self.identity.security, self.identity.passphrase, self.identity.lifetimes, self.credentials
         )
         servicer = ShoalServicer(self.store, self.keys, c.node_id, self.membership)
+        servicer.writer.history_limit = c.history_limit
         servicer.signer = signer
         servicer.writer.ports = PortPolicy.of(c.grpc_port, c.metrics_port, c.etcd, c.reserved_ports)
         joins = JoinHandler(self.store, self.keys, c.node_id, signer, c.join_token_uses)
@@ -286,6 +288,7 @@ class Daemon:
             c.timings.leader_resync,
             self.membership,
             c.timings.down_grace,
+            Bounds(c.etcd_retention, c.etcd_defrag_ratio, c.etcd_defrag_min, c.reap_after),
         )
         self.events.emit("node.started", f"{c.node_id} serving on {c.address}:{c.grpc_port}")
         log.info(

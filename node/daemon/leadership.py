@@ -16,6 +16,7 @@ import logging
 from leader.election import Election
 from leader.liveness import Liveness
 from leader.loop import LeaderLoop
+from leader.upkeep import Bounds, Upkeep
 from node.events import EventLog
 from node.keys import Keys
 from node.store import Store, StoreError
@@ -36,12 +37,14 @@ class Leadership:
         resync: float,
         liveness: Liveness | None = None,
         down_grace: float = 0.0,
+        bounds: Bounds | None = None,
     ) -> None:
         self.election = Election(store, keys, node, address, session)
         self.store, self.keys, self.node, self.session, self.events = store, keys, node, session, events
         self.resync = resync
         self.liveness, self.down_grace = liveness, down_grace
         self.epoch = 0  # non-zero while leading
+        self.bounds = bounds or Bounds()  # what the leader keeps of etcd (leader.upkeep)
 
     async def _expiring(self) -> str:
         # a deadline on the clock, not an event: poll it
@@ -72,6 +75,9 @@ class Leadership:
             asyncio.create_task(loop.run(), name="leader-loop"),
             asyncio.create_task(self.election.watch_deposed(epoch), name="leader-deposed"),
             asyncio.create_task(self._expiring(), name="leader-lease"),
+            asyncio.create_task(
+                Upkeep(self.store, self.keys, epoch, self.events, self.bounds).run(), name="leader-upkeep"
+            ),
         }
         try:
             done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
@@ -94,3 +100,6 @@ class Leadership:
             async with asyncio.timeout(2.0):
                 if await self.election.resign(epoch):
                     log.info("resigned leadership at epoch %d", epoch)
+
+
+__all__ = ["Bounds", "Leadership"]

@@ -26,6 +26,8 @@ from node.store import Store
 from node.store.cache import PrefixCache
 
 log = logging.getLogger(__name__)
+REAP_AFTER = 86400.0  # s a member stays DEAD or LEFT before it is forgotten (NodeConfig.reap_after)
+REAP_EVERY = 60.0  # s between two looks for such members
 
 
 class Membership:
@@ -37,6 +39,7 @@ class Membership:
         keys: Keys,
         config: GossipConfig,
         seeds: tuple[str, ...] = (),
+        reap_after: float = REAP_AFTER,
     ) -> None:
         self.node = node
         self.transport = GrpcTransport()
@@ -44,6 +47,7 @@ class Membership:
         self.list.incarnation = int(time.time())
         self.registry = PrefixCache(store, keys.nodes, "membership-registry")
         self.seeds = seeds
+        self.reap_after = reap_after
         self._listeners: list[asyncio.Event] = []
         self._watchers: list[asyncio.Queue[MemberEvent]] = []
 
@@ -85,6 +89,7 @@ class Membership:
                 tg.create_task(self._learn(), name="membership-learn")
                 tg.create_task(self._relay(changes), name="membership-events")
                 tg.create_task(self.list.run(), name="gossip")
+                tg.create_task(self._reap(), name="gossip-reap")
                 if self.seeds:
                     tg.create_task(self._join(), name="gossip-join")
         finally:
@@ -104,6 +109,15 @@ class Membership:
                 info = NodeInfo.from_json(kv.value)
                 if info.id != self.node and not info.simulated:  # a simulated node gossips with no one
                     self.list.add(info.id, f"{info.address}:{info.grpc_port}")
+
+    async def _reap(self) -> None:
+        """Forget members gone longer than `reap_after` that the registry no longer lists."""
+        while True:
+            await asyncio.sleep(REAP_EVERY)
+            registered = {key.rsplit("/", 1)[-1] for key in self.registry.items}
+            forgotten = self.list.forget(self.reap_after, registered)
+            if forgotten:
+                log.info("gossip: forgot %s, gone for %gs", ", ".join(forgotten), self.reap_after)
 
     async def _relay(self, changes: asyncio.Queue[MemberEvent]) -> None:
         while True:

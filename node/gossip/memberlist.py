@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Container
 
 from node.gossip.broadcast import retransmit_limit
 from node.gossip.config import GossipConfig
@@ -91,6 +92,10 @@ class Memberlist:
         return Ack(msg.target_node, msg.seq, incarnation if reached else 0, reached, updates)
 
     # -- membership -----------------------------------------------------------------
+
+    def forget(self, after: float, keep: Container[str] = ()) -> list[str]:
+        """Drop members gone (DEAD or LEFT) for `after` seconds, except those in `keep`."""
+        return self._table.forget(loop_time(), after, keep)
 
     def add(self, node: str, address: str) -> None:
         """Learn a member (registry, seeds) as ALIVE at incarnation 0 if unknown; not gossiped."""

@@ -31,12 +31,14 @@ Inputs and what they do:
 Dead and left members stay in the table (with their incarnation, so stale facts
 about them stay recognisable); DEAD ones are probed now and then for
 `gossip_to_the_dead` seconds (`reconnect_target`) so that they can refute.
+`forget(now, after, keep)` drops those gone for `after` seconds (the daemon's
+`reap_after`, a day by default) that the registry no longer lists.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 from node.gossip.awareness import Awareness
 from node.gossip.broadcast import BroadcastQueue
@@ -158,20 +160,38 @@ class MemberTable:
         self.queue.push(Update(self.node, self.address, self.incarnation, LEFT))
         return [MemberEvent(self.node, self.address, LEFT, self.incarnation, ALIVE)]
 
+    def forget(self, now: float, after: float, keep: Container[str] = ()) -> list[str]:
+        """Drop members DEAD or LEFT for `after` seconds and not in `keep` (the registry):
+        the table does not grow with every node that ever left. A forgotten node that
+        comes back is learnt again like a new one (its stale facts are long gossiped out)."""
+        gone = [
+            n
+            for n, m in self._members.items()
+            if n != self.node and m.state in GONE and now - m.since >= after and n not in keep
+        ]
+        for node in gone:
+            del self._members[node]
+            self._dead.pop(node, None)
+            self._suspicions.pop(node, None)
+            self.queue.drop(node)
+        return sorted(gone)
+
     # -- outputs --------------------------------------------------------------------
 
     def next_target(self) -> Member | None:
         """The next member to probe (round-robin, see order.py)."""
         members, me = self._members, self.node
         name = self.order.next(
-            lambda n: n != me and members[n].state in LIVE,
+            lambda n: n != me and n in members and members[n].state in LIVE,
             lambda: [n for n, m in members.items() if n != me and m.state in LIVE],
         )
         return members[name] if name else None
 
     def relays(self, k: int, target: str) -> list[Member]:
         members = self._members
-        names = self.order.sample(k, lambda n: members[n].state is ALIVE, (self.node, target))
+        names = self.order.sample(
+            k, lambda n: n in members and members[n].state is ALIVE, (self.node, target)
+        )
         return [members[n] for n in names]
 
     def reconnect_target(self, now: float) -> Member | None:

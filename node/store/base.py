@@ -48,8 +48,11 @@ class Put:
 
 @dataclass(frozen=True)
 class Delete:
+    """`key`; every key under it with `prefix`; every key in [key, end) with `end`."""
+
     key: str
     prefix: bool = False
+    end: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,18 @@ class WatchEvent:
 
 @dataclass(frozen=True)
 class WatchBatch:
-    revision: int
+    revision: int  # the mod revision of the last event in the batch (never a response header's)
     events: tuple[WatchEvent, ...]
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """One etcd member's backend: its file size and the bytes in use (after compaction)."""
+
+    endpoint: str
+    db_size: int
+    db_size_in_use: int
+    revision: int = 0
 
 
 def fence(leader_key: str, epoch: int) -> Compare:

@@ -2,9 +2,11 @@
 
 The leader, the agent and the API read the cluster from mirrors instead of asking
 etcd for each decision. Guarantees:
-- after `ready` is set, `items` is a consistent view at `revision`;
-- a dropped watch resumes from the last revision seen; a compacted one (or any
-  store error) leads to a full re-list, so no change is ever missed;
+- after `ready` is set, `items` is a consistent view at `revision`: the revision of
+  the last listing or of the last event delivered (never a watch header's revision,
+  which can be ahead of the events sent so far);
+- a dropped watch resumes from the last event delivered + 1 (in the store); a
+  compacted one (or any store error) leads to a full re-list, so no change is ever missed;
 - every change wakes the listeners (`listener()` events), and nothing else does.
 While etcd is unreachable the mirror keeps its last view (control plane down must
 not blank what nodes know) and retries with back-off.

@@ -3,14 +3,16 @@
 Guarantees: every unary call has a deadline (`timeout`), so an unreachable etcd
 gives `StoreUnavailable` within seconds instead of a hang; a watch that reaches
 compacted history raises `Compacted` (etcd3aio would silently skip ahead) so the
-caller re-lists; transient watch errors are resumed by etcd3aio from the last
-revision it delivered. With `EtcdTls`, the connection is TLS, with a client certificate
-when etcd asks for one (`--client-cert-auth`).
+caller re-lists; a dropped watch is resumed here from the last event it delivered
+(never from a response header's revision: that skips events, see `watch`).
+With `EtcdTls`, the connection is TLS, with a client certificate when etcd asks
+for one (`--client-cert-auth`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,15 @@ from pathlib import Path
 import grpc
 from etcd3aio import Etcd3Client, EtcdConnectionError, EtcdError, EtcdTransientError, prefix_range_end
 from etcd3aio._protobuf import Compare as PbCompare
+from etcd3aio._protobuf import (
+    DefragmentRequest,
+    MaintenanceStub,
+    StatusRequest,
+    WatchCreateRequest,
+    WatchRequest,
+    WatchStub,
+)
+from etcd3aio.connections import ConnectionManager
 from etcd3aio.kv import KVService
 
 from node.store.base import (
@@ -25,6 +36,7 @@ from node.store.base import (
     Compacted,
     Compare,
     Delete,
+    MemberStatus,
     Op,
     Put,
     StoreError,
@@ -34,10 +46,15 @@ from node.store.base import (
     WatchEvent,
 )
 
+log = logging.getLogger(__name__)
+
 _OPS = {"==": PbCompare.EQUAL, "!=": PbCompare.NOT_EQUAL, "<": PbCompare.LESS, ">": PbCompare.GREATER}
 _PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
 RANGE_PAGE = 10_000  # keys per page of a range
 MAX_RECEIVE = 256 * 2**20  # bytes: the largest message taken from etcd
+DEFRAG_TIMEOUT = 120.0  # s: a defragmentation blocks its member while it runs
+WATCH_BACKOFF, WATCH_MAX_BACKOFF = 0.1, 2.0  # s: before re-opening a dropped watch stream
+_WATCH_RESUMED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # a drop, not a refusal
 _OUTAGE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -85,7 +102,7 @@ def _op(op: Op) -> object:
     if isinstance(op, Put):
         return KVService.txn_op_put(op.key, op.value, lease=op.lease)
     if isinstance(op, Delete):
-        end = prefix_range_end(op.key) if op.prefix else None
+        end = prefix_range_end(op.key) if op.prefix else (op.end.encode() if op.end else None)
         return KVService.txn_op_delete(op.key, range_end=end)
     raise TypeError(f"not a store op: {op!r}")
 
@@ -151,6 +168,8 @@ class EtcdStore:
             self._connected = True
         assert self._client.kv and self._client.lease and self._client.watch
         self._kvs, self._leases, self._watches = self._client.kv, self._client.lease, self._client.watch
+        assert self._client._channel is not None
+        self._watch_stub = WatchStub(self._client._channel)  # our own resume: see `watch`
 
     async def close(self) -> None:
         if self._connected:
@@ -198,12 +217,12 @@ class EtcdStore:
         kvs = resp.kvs  # type: ignore[attr-defined]
         return _kv(kvs[0]) if kvs else None
 
-    async def range(self, prefix: str) -> tuple[list[KV], int]:
-        """Every key under `prefix` at one revision, read in pages of `RANGE_PAGE` keys (100,000
-        tasks are ~30 MiB: more than a gRPC message may be, and a long stall for etcd)."""
+    async def range(self, prefix: str, revision: int = 0) -> tuple[list[KV], int]:
+        """Every key under `prefix` at one revision (`revision`, or the current one), read
+        in pages of `RANGE_PAGE` keys (100,000 tasks are ~30 MiB: more than a gRPC message
+        may be, and a long stall for etcd)."""
         end = prefix_range_end(prefix)
         start: str | bytes = prefix
-        revision = 0
         out: list[KV] = []
         while True:
             resp = await self._call(
@@ -267,30 +286,111 @@ class EtcdStore:
     async def compact(self, revision: int) -> None:
         await self._call(self._kvs.compact(revision, physical=True, timeout=self.timeout))
 
+    def _member_channel(self, endpoint: str) -> grpc.aio.Channel:
+        """A channel to one member only (the client's own balances over all of them)."""
+        manager = ConnectionManager([endpoint])
+        manager.grpc_options = list(self._client._manager.grpc_options)
+        conn = self._client._conn_args
+        return manager.get_channel(
+            ca_cert=conn.get("ca_cert"),
+            cert_key=conn.get("cert_key"),
+            cert_chain=conn.get("cert_chain"),
+            tls_server_name=self._client._tls_server_name,
+        )
+
+    async def member_status(self) -> list[MemberStatus]:
+        """The database size of each configured endpoint (a member); unreachable ones left out."""
+        out = []
+        for endpoint in self.endpoints.split(","):
+            channel = self._member_channel(endpoint)
+            try:
+                resp = await MaintenanceStub(channel).Status(StatusRequest(), timeout=self.timeout)
+                out.append(
+                    MemberStatus(endpoint, int(resp.dbSize), int(resp.dbSizeInUse), int(resp.header.revision))
+                )
+            except grpc.aio.AioRpcError:
+                continue
+            finally:
+                await channel.close()
+        return out
+
+    async def defragment(self, endpoint: str) -> None:
+        """Defragment the member at `endpoint` (it answers nothing else meanwhile)."""
+        channel = self._member_channel(endpoint)
+        try:
+            await MaintenanceStub(channel).Defragment(
+                DefragmentRequest(), timeout=max(self.timeout, DEFRAG_TIMEOUT)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from exc
+        finally:
+            await channel.close()
+
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
         """Batches of changes under `prefix` from `start_revision` on, forever.
 
         Raises `Compacted` when that history is gone, `StoreUnavailable` on a
-        permanent error; transient disconnects are resumed underneath.
+        permanent error. A dropped stream is re-opened here (not by etcd3aio) from the
+        mod revision of the last event *delivered* + 1: etcd stamps a "created" answer
+        and each catch-up chunk with its current revision, so resuming from a header's
+        revision (as etcd3aio does) silently skips the events not yet sent.
+        A batch's `revision` is its last event's mod revision, for the same reason.
         """
-        stream = self._watches.watch(
-            prefix, range_end=prefix_range_end(prefix), start_revision=start_revision
-        )
-        try:
-            async for resp in stream:
-                if resp.compact_revision:
-                    raise Compacted(int(resp.compact_revision))
-                if resp.canceled:
-                    raise StoreUnavailable(
-                        f"etcd at {self.endpoints} cancelled a watch: {resp.cancel_reason}"
+        next_revision = start_revision
+        backoff = WATCH_BACKOFF
+        while True:
+            stream = self._open_watch(prefix, next_revision)
+            try:
+                async for resp in stream:
+                    if resp.compact_revision:
+                        raise Compacted(int(resp.compact_revision))
+                    if resp.canceled:
+                        raise StoreUnavailable(
+                            f"etcd at {self.endpoints} cancelled a watch: {resp.cancel_reason}"
+                        )
+                    backoff = WATCH_BACKOFF
+                    if resp.created and next_revision == 0:  # "from now": now is the header's
+                        next_revision = int(resp.header.revision) + 1
+                    if not resp.events:
+                        continue
+                    events = tuple(
+                        WatchEvent("put" if ev.type == _PUT else "delete", _kv(ev.kv)) for ev in resp.events
                     )
-                if not resp.events:
-                    continue
-                events = tuple(
-                    WatchEvent("put" if ev.type == _PUT else "delete", _kv(ev.kv)) for ev in resp.events
-                )
-                yield WatchBatch(int(resp.header.revision), events)
-        except grpc.aio.AioRpcError as exc:
-            raise self._unavailable(exc) from exc
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+                    last = max(ev.kv.mod_revision for ev in events)
+                    next_revision = last + 1
+                    yield WatchBatch(last, events)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _WATCH_RESUMED:
+                    raise self._unavailable(exc) from exc
+                log.info("watch %s: %s; resuming from revision %d", prefix, self._reason(exc), next_revision)
+            finally:
+                stream.cancel()
+            await asyncio.sleep(backoff)  # a stream that ended or dropped: open it again
+            backoff = min(backoff * 2, WATCH_MAX_BACKOFF)
+
+    def _open_watch(self, prefix: str, start_revision: int) -> grpc.aio.StreamStreamCall:
+        create = WatchCreateRequest(
+            key=prefix.encode(), range_end=prefix_range_end(prefix), start_revision=start_revision
+        )
+
+        return self._watch_stub.Watch(
+            _OneRequest(WatchRequest(create_request=create)), metadata=self._watches._metadata or None
+        )
+
+
+class _OneRequest:
+    """The request side of a watch stream: one create request, then open until cancelled
+    (an iterator object, not an async generator: gRPC's reader task is cancelled with the
+    stream, and an async generator would then be finalized while it still runs)."""
+
+    def __init__(self, request: object) -> None:
+        self._request: object | None = request
+
+    def __aiter__(self) -> _OneRequest:
+        return self
+
+    async def __anext__(self) -> object:
+        request, self._request = self._request, None
+        if request is None:
+            await asyncio.Event().wait()  # until the stream is cancelled
+        return request

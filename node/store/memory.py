@@ -96,9 +96,11 @@ class MemoryStore:
             raise StoreUnavailable(f"etcd unreachable at {self.endpoints}: MemoryStore.unavailable is set")
         self.expire_leases()
 
-    def _matching(self, key: str, prefix: bool) -> list[str]:
+    def _matching(self, key: str, prefix: bool, end: str = "") -> list[str]:
         if prefix:
             return sorted(k for k in self._kvs if k.startswith(key))
+        if end:
+            return sorted(k for k in self._kvs if key <= k < end)
         return [key] if key in self._kvs else []
 
     def _commit(self, ops: Sequence[Op]) -> int:
@@ -117,7 +119,7 @@ class MemoryStore:
                 self._kvs[op.key] = kv
                 events.append(WatchEvent("put", kv))
                 continue
-            for key in self._matching(op.key, op.prefix):
+            for key in self._matching(op.key, op.prefix, op.end):
                 old = self._kvs.pop(key)
                 if old.lease in self._leases:
                     self._leases[old.lease].keys.discard(key)
@@ -136,7 +138,11 @@ class MemoryStore:
         if len(set(puts)) != len(puts):
             raise StoreError("duplicate key given in txn request")
         deletes = [op for op in ops if isinstance(op, Delete)]
-        if any(k == d.key or (d.prefix and k.startswith(d.key)) for d in deletes for k in puts):
+        if any(
+            k == d.key or (d.prefix and k.startswith(d.key)) or (d.end and d.key <= k < d.end)
+            for d in deletes
+            for k in puts
+        ):
             raise StoreError("duplicate key given in txn request")
         for op in ops:
             if isinstance(op, Put) and op.lease and op.lease not in self._leases:

@@ -111,6 +111,18 @@ async def test_delete_and_prefix_delete(sut: StoreUnderTest) -> None:
     assert [kv.key for kv in (await s.range(sut.prefix))[0]] == [sut.key("bb")]
 
 
+async def test_a_range_delete_in_a_txn_removes_keys_from_key_up_to_end(sut: StoreUnderTest) -> None:
+    s = sut.store
+    for v in range(1, 8):
+        await s.put(sut.key(f"h/{v:012d}"), b"x")
+    before = await sut.revision()
+    start, end = sut.key(f"h/{0:012d}"), sut.key(f"h/{5:012d}")
+    result = await s.txn([], [Put(sut.key("h/" + f"{8:012d}"), b"y"), Delete(start, end=end)])
+    assert result.succeeded and await sut.revision() == before + 1
+    left = [kv.key for kv in (await s.range(sut.key("h/")))[0]]
+    assert left == [sut.key(f"h/{v:012d}") for v in (5, 6, 7, 8)]
+
+
 async def test_a_recreated_key_starts_over(sut: StoreUnderTest) -> None:
     s, k = sut.store, sut.key("a")
     first = await s.put(k, b"1")
@@ -267,6 +279,20 @@ async def _gone(s: Store, key: str) -> bool:
 
 
 # -- watches -----------------------------------------------------------------------------
+
+
+async def test_a_batch_revision_is_its_last_event_not_the_current_revision(sut: StoreUnderTest) -> None:
+    """A catch-up answer from etcd carries its current revision in the header, past the
+    events it holds; a consumer resuming from that would skip events (issue 11, item 2)."""
+    s = sut.store
+    start = await s.put(sut.key("w/a"), b"1")
+    last = await s.put(sut.key("w/b"), b"2")
+    await s.put(sut.key("elsewhere"), b"3")  # a later write outside the watched prefix
+    await s.put(sut.key("elsewhere2"), b"4")
+    batches = await collect(s, sut.key("w/"), start, 2)
+    assert [b.revision for b in batches][-1] == last
+    for b in batches:
+        assert b.revision == max(ev.kv.mod_revision for ev in b.events)
 
 
 async def test_watch_replays_puts_and_deletes_in_order(sut: StoreUnderTest) -> None:
