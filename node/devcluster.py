@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,9 @@ from pathlib import Path
 from node import errors
 from node.client import ShoalClient, ShoalError
 from node.keys import DEFAULT_PREFIX, Keys
+from node.ports import free_port as free_port  # re-exported for the benches
+from node.ports import free_port_on_all as free_port_on_all
+from node.ports import free_port_pair as free_port_pair
 from node.rpc import ClientTls
 from node.runtime.base import LABELS
 from node.security import context, provision
@@ -369,40 +371,6 @@ def remove_containers(cluster: str) -> int:
         return len(found)
     finally:
         client.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_pair(host: str = "127.0.0.1") -> int:
-    """A port p such that p and p+1 are both free on `host` (etcd's client and peer ports)."""
-    for _ in range(100):
-        p = free_port(host)
-        with socket.socket() as s:
-            try:
-                s.bind((host, p + 1))
-            except OSError:
-                continue
-        return p
-    raise DevError(f"no free pair of ports on {host}")
-
-
-def free_port_on_all(hosts: list[str]) -> int:
-    """A port free on every one of `hosts` (node i of a local cluster binds 127.0.0.i)."""
-    for _ in range(100):
-        p = free_port(hosts[0])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((host, p))
-        except OSError:
-            continue
-        return p
-    raise DevError(f"no port free on all of {', '.join(hosts)}")
 
 
 def pid_alive(pid: int) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from collections.abc import Generator, Iterator
 from concurrent import futures
@@ -35,6 +34,7 @@ from node.client import (
     error_from_rpc,
 )
 from node.pb import api_pb2, api_pb2_grpc
+from node.ports import free_port
 from node.security import bootstrap, context
 from node.security.ca import ClusterCA
 from node.security.tokens import Role
@@ -265,13 +265,6 @@ def fails(addr: str, *args: str, input: str | None = None) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
     return lines[0].removeprefix("error: ")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # --- services -------------------------------------------------------------------------
