@@ -188,13 +188,19 @@ class Daemon:
         """The stop signal: from now on, the process is gone within `shutdown_grace`."""
         if self.stopping.is_set():
             return
-        grace = self.config.shutdown_grace
-        self.deadline = shutdown.Deadline(grace - min(1.0, grace / 4))  # the watchdog's second is spare
+        self._begin_stop()
         self.stopping.set()
-        loop = asyncio.get_running_loop()
-        shutdown.Watchdog(grace, lambda: shutdown.describe(asyncio.all_tasks(loop))).arm()
         if self._starting and self._main is not None:
             self._main.cancel()
+
+    def _begin_stop(self) -> shutdown.Deadline:
+        """The stop's deadline, and a watchdog that ends the process at the grace (once)."""
+        if self.deadline is None:
+            grace = self.config.shutdown_grace
+            self.deadline = shutdown.Deadline(grace - min(1.0, grace / 4))  # the watchdog's second is spare
+            loop = asyncio.get_running_loop()
+            shutdown.Watchdog(grace, lambda: shutdown.describe(asyncio.all_tasks(loop))).arm()
+        return self.deadline
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -209,7 +215,7 @@ class Daemon:
             self._main.uncancel()  # the stop signal's own cancellation: the time boxes below work again
             log.info("stopped while starting")
         finally:
-            deadline = self.deadline or shutdown.Deadline(self.config.shutdown_grace)
+            deadline = self._begin_stop()
             # Docker calls in flight (a container stop with a long grace) finish on their own
             await shutdown.step("closing Docker", self.runtime.close(wait=False), deadline.left(1.0))
             await shutdown.step("closing etcd", self.store.close(), deadline.left(1.0))
@@ -274,6 +280,7 @@ class Daemon:
             await _cancel(credentials)
             raise StartupError(f"{exc}; is another shoald running there? choose --grpc-port") from exc
         await server.start()
+        self._starting = False  # a signal from now on takes the orderly way out below
         await api_server.set_serving(health, True)
         metrics_server = None
         if c.metrics_port:
@@ -331,11 +338,10 @@ class Daemon:
             asyncio.create_task(self.identity.run(), name="certificates"),
             credentials,
         }
-        self._starting = False
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stop]
-        deadline = self.deadline = self.deadline or shutdown.Deadline(c.shutdown_grace)
+        deadline = self._begin_stop()
         log.info(
             "%s; shutting down (at most %gs)",
             "stop signal" if not failed else "a background task died",
