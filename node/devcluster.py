@@ -29,10 +29,10 @@ from pathlib import Path
 
 from node import errors
 from node.client import ShoalClient, ShoalError
+from node.freeports import free_port as free_port  # re-exported for the benches
+from node.freeports import free_port_on_all as free_port_on_all
+from node.freeports import free_port_pair as free_port_pair
 from node.keys import DEFAULT_PREFIX, Keys
-from node.ports import free_port as free_port  # re-exported for the benches
-from node.ports import free_port_on_all as free_port_on_all
-from node.ports import free_port_pair as free_port_pair
 from node.rpc import ClientTls
 from node.runtime.base import LABELS
 from node.security import context, provision

@@ -33,8 +33,8 @@ from node.client import (
     Unavailable,
     error_from_rpc,
 )
+from node.freeports import free_port
 from node.pb import api_pb2, api_pb2_grpc
-from node.ports import free_port
 from node.security import bootstrap, context
 from node.security.ca import ClusterCA
 from node.security.tokens import Role

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from node import devcluster, ports
-from node.ports import free_port, free_port_pair
+from node.freeports import free_port, free_port_pair
 from tests import helpers
 
 
