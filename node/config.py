@@ -75,6 +75,10 @@ class NodeConfig:
     leader_ttl: int = 0  # 0 = from the preset
     down_grace: float = 0.0  # s a node stays dead to gossip before its tasks move; 0 = from the preset
     stop_timeout: float = 10.0  # s between SIGTERM and SIGKILL when stopping a container
+    shutdown_grace: float = 10.0  # s from the daemon's SIGTERM until it has exited, whatever etcd or
+    #   Docker do: leadership resigned, tasks cancelled, server drained; what is still running
+    #   then is logged by name and the process exits anyway. Keep it below systemd's
+    #   TimeoutStopSec (20 s in the unit), so the daemon, not SIGKILL, ends itself
     drain: float = 2.0  # s between withdrawing a replica from every proxy and stopping it
     #   (a service's `update.drain` overrides it): in-flight requests finish, new ones go elsewhere
     metrics_port: int = 7071  # Prometheus `/metrics` on `address`; 0 = off
@@ -263,6 +267,8 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError(f"cpu, reserve_cpu: {c.cpu}, {c.reserve_cpu} must not be negative (cores)")
     if c.memory < 0 or c.reserve_memory < 0:
         raise ConfigError(f"memory, reserve_memory: {c.memory}, {c.reserve_memory} must not be negative")
+    if not 1 <= c.shutdown_grace <= 3600:
+        raise ConfigError(f"shutdown_grace: {c.shutdown_grace:g} must be between 1 and 3600 seconds")
     if not 0 <= c.down_grace <= 3600:
         raise ConfigError(f"down_grace: {c.down_grace} must be between 0 (the preset's) and 3600 seconds")
     for name in ("lease_ttl", "leader_ttl"):

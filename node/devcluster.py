@@ -31,6 +31,9 @@ from pathlib import Path
 
 from node import errors
 from node.client import ShoalClient, ShoalError
+from node.freeports import free_port as free_port  # re-exported for the benches
+from node.freeports import free_port_on_all as free_port_on_all
+from node.freeports import free_port_pair as free_port_pair
 from node.keys import DEFAULT_PREFIX, Keys
 from node.rpc import ClientTls
 from node.runtime.base import LABELS
@@ -424,40 +427,6 @@ def remove_containers(cluster: str) -> int:
         return len(found)
     finally:
         client.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_pair(host: str = "127.0.0.1") -> int:
-    """A port p such that p and p+1 are both free on `host` (etcd's client and peer ports)."""
-    for _ in range(100):
-        p = free_port(host)
-        with socket.socket() as s:
-            try:
-                s.bind((host, p + 1))
-            except OSError:
-                continue
-        return p
-    raise DevError(f"no free pair of ports on {host}")
-
-
-def free_port_on_all(hosts: list[str]) -> int:
-    """A port free on every one of `hosts` (node i of a local cluster binds 127.0.0.i)."""
-    for _ in range(100):
-        p = free_port(hosts[0])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as s:
-                    s.bind((host, p))
-        except OSError:
-            continue
-        return p
-    raise DevError(f"no port free on all of {', '.join(hosts)}")
 
 
 def pid_alive(pid: int) -> bool:

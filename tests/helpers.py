@@ -1,6 +1,7 @@
 """Waiting in tests: poll a condition until a deadline, never sleep a fixed time.
 
-(The free-port helpers come from `node.devcluster`, shared with the benches.)
+(The free-port helpers come from `node.freeports`, shared with the benches: ports outside the
+ephemeral range, so a server restarted by a test finds its port still free.)
 
 `wait_until(fn, timeout)` calls `fn` (sync or async) every `interval` seconds until it
 returns something truthy, and returns that value; at the deadline it raises
@@ -17,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
-from node.devcluster import free_port, free_port_on_all, free_port_pair
+from node.freeports import free_port, free_port_on_all, free_port_pair
 
 __all__ = ["free_port", "free_port_on_all", "free_port_pair", "on_store", "wait_until", "wait_until_sync"]
 

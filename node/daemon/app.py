@@ -9,7 +9,9 @@ background task is named; if one dies, the daemon logs why and exits non-zero
 instead of limping on. SIGTERM/SIGINT: health goes NOT_SERVING, leadership is
 resigned (another node leads within ~2 s), the server drains for a second and the
 process exits. Containers keep running and the lease is left to expire, so a
-restarted daemon re-adopts everything without moving a task.
+restarted daemon re-adopts everything without moving a task. The whole stop takes at
+most `shutdown_grace`, whatever etcd or Docker do (`node.daemon.shutdown`); a signal
+during the start abandons the start.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from node.api.join import JoinHandler
 from node.api.port_policy import PortPolicy
 from node.api.servicer import ShoalServicer
 from node.config import NodeConfig
+from node.daemon import shutdown
 from node.daemon.identity import IdentityError, NodeIdentity
 from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
@@ -92,6 +95,9 @@ class Daemon:
         )
         self.stopping = asyncio.Event()
         self.started_at = time.time()
+        self.deadline: shutdown.Deadline | None = None  # set by the stop signal
+        self._main: asyncio.Task[Any] | None = None
+        self._starting = True  # until the server runs: a signal then abandons the start
 
     async def _connect_etcd(self) -> None:
         await self.store.connect()
@@ -183,15 +189,47 @@ class Daemon:
         )
         await self.store.put(self.keys.node(c.node_id), info.to_json(), lease=lease or self.session.lease)
 
+    def request_stop(self) -> None:
+        """The stop signal: from now on, the process is gone within `shutdown_grace`."""
+        if self.stopping.is_set():
+            return
+        self._begin_stop()
+        self.stopping.set()
+        if self._starting and self._main is not None:
+            self._main.cancel()
+
+    def _begin_stop(self) -> shutdown.Deadline:
+        """The stop's deadline, and a watchdog that ends the process at the grace (once)."""
+        if self.deadline is None:
+            grace = self.config.shutdown_grace
+            self.deadline = shutdown.Deadline(grace - min(1.0, grace / 4))  # the watchdog's second is spare
+            loop = asyncio.get_running_loop()
+            shutdown.Watchdog(grace, lambda: shutdown.describe(asyncio.all_tasks(loop))).arm()
+        return self.deadline
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._main = asyncio.current_task()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self.request_stop)
         try:
             await self._run()
+        except asyncio.CancelledError:
+            if not self.stopping.is_set() or self._main is None:
+                raise
+            self._main.uncancel()  # the stop signal's own cancellation: the time boxes below work again
+            log.info("stopped while starting")
         finally:
-            await self.runtime.close()
-            await self.store.close()
+            deadline = self._begin_stop()
+            # Docker calls in flight (a container stop with a long grace) finish on their own
+            await shutdown.step("closing Docker", self.runtime.close(wait=False), deadline.left(1.0))
+            await shutdown.step("closing etcd", self.store.close(), deadline.left(1.0))
+            current = asyncio.current_task()
+            left = await shutdown.cancel_all(
+                {t for t in asyncio.all_tasks() if t is not current}, deadline.left(), patience=0.2
+            )
+            if left:
+                shutdown.exit_now(f"shutdown: tasks still running at the deadline: {shutdown.describe(left)}")
 
     async def _run(self) -> None:
         c = self.config
@@ -253,6 +291,7 @@ class Daemon:
             await _cancel(credentials)
             raise StartupError(f"{exc}; is another shoald running there? choose --grpc-port") from exc
         await server.start()
+        self._starting = False  # a signal from now on takes the orderly way out below
         await api_server.set_serving(health, True)
         metrics_server = None
         if c.metrics_port:
@@ -314,20 +353,30 @@ class Daemon:
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stop]
-        log.info("shutting down" if not failed else "a background task died; shutting down")
-        await api_server.set_serving(health, False)
+        deadline = self._begin_stop()
+        log.info(
+            "%s; shutting down (at most %gs)",
+            "stop signal" if not failed else "a background task died",
+            c.shutdown_grace,
+        )
         stop.cancel()
+        await shutdown.step("health NOT_SERVING", api_server.set_serving(health, False), deadline.left(1.0))
         by_name = {t.get_name(): t for t in tasks}
-        await _cancel(by_name.pop("leadership"))  # first: it resigns, so another node leads now
-        await self.leader_session.close(revoke=True)
+        # first: it resigns (at most 2 s), so another node leads now
+        stuck = await shutdown.cancel_all({by_name.pop("leadership")}, deadline.left(3.0), patience=2.5)
+        await shutdown.step(
+            "revoking the leader lease", self.leader_session.close(revoke=True), deadline.left(2.0)
+        )
         if c.leave_on_stop:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.membership.leave(), 2.0)
-        for task in by_name.values():
-            await _cancel(task)
-        await server.stop(grace=1.0)
+            await shutdown.step("leaving the gossip", self.membership.leave(), deadline.left(2.0))
+        stuck |= await shutdown.cancel_all(by_name.values(), max(0.5, deadline.left() - 2.5))
+        await shutdown.step(
+            "draining the gRPC server", server.stop(grace=deadline.left(1.0)), deadline.left(1.5)
+        )
         if metrics_server is not None:
             metrics_server.shutdown()
+        if stuck:
+            log.error("shutdown: still running after cancellation: %s", shutdown.describe(stuck))
         for task in failed:
             raise StartupError(f"background task {task.get_name()} died: {task.exception()!r}")
 

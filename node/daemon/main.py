@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from node.config import ConfigError, detect_capacity, load, resolve_node_id
+from node.daemon import shutdown
 from node.daemon.app import Daemon, StartupError
 from node.logs import setup
 
@@ -45,6 +46,9 @@ from node.logs import setup
 @click.option("--join", help="gossip seeds, host:port[,host:port...] (the etcd registry is used too)")
 @click.option(
     "--leave-on-stop", is_flag=True, default=None, help="on SIGTERM, leave the cluster (tasks move)"
+)
+@click.option(
+    "--shutdown-grace", type=float, help="seconds from SIGTERM until the daemon has exited, at most [10]"
 )
 @click.option("--wait-for-etcd", is_flag=True, default=None, help="keep retrying until etcd answers")
 @click.option(
@@ -85,6 +89,8 @@ def _run(daemon: Daemon) -> None:
         uvloop.run(daemon.run())
     except ImportError:
         asyncio.run(daemon.run())
+    if daemon.deadline is not None:  # stopped: Docker calls in flight do not hold the exit
+        shutdown.leave_threads(daemon.deadline)
 
 
 def main() -> None:

@@ -94,10 +94,16 @@ class DockerRuntime:
     async def remove(self, container_id: str) -> None:
         await self._call(self._remove, container_id)
 
-    async def close(self) -> None:
+    async def close(self, wait: bool = True) -> None:
+        """Refuse new calls and close the client once the calls in flight are done; with
+        `wait=False` (a daemon stopping) leave those to finish on their own, unwaited."""
         if self._closed:
             return
         self._closed = True
+        if not wait:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._exec_pool.shutdown(wait=False, cancel_futures=True)
+            return
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
         await asyncio.to_thread(self._exec_pool.shutdown, wait=True, cancel_futures=True)
         if self._client is not None:

@@ -201,14 +201,19 @@ class EtcdStore:
         return StoreError(f"etcd at {self.endpoints}: {self._reason(exc)}")
 
     async def _call(self, coro: object) -> object:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives
+        # as the answer does, and the caller's retry loop then never ends (a daemon that
+        # does not stop on SIGTERM)
         try:
-            return await asyncio.wait_for(coro, self.timeout)  # type: ignore[arg-type]
+            async with asyncio.timeout(self.timeout):
+                return await coro  # type: ignore[misc]
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
             raise self._error(exc) from exc
 
     async def ping(self, timeout: float = 3.0) -> None:
         try:
-            await asyncio.wait_for(self._kvs.get("/__shoal_ping__", timeout=timeout), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see _call
+                await self._kvs.get("/__shoal_ping__", timeout=timeout)
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
             raise self._unavailable(exc) from exc
 

@@ -10,7 +10,6 @@ do after `shoal dev`: tests that want that use the `credentials` fixture.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -22,6 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from node.cli import main as cli_main
+from node.freeports import free_port as free_port  # re-exported for the CLI tests
 from node.pb import api_pb2, api_pb2_grpc
 from node.security import bootstrap, context
 from node.security.ca import ClusterCA
@@ -253,10 +253,3 @@ def fails(addr: str, *args: str, input: str | None = None) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
     return lines[0].removeprefix("error: ")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port

@@ -115,6 +115,8 @@ def test_a_broken_or_missing_file_is_refused(tmp_path: Path) -> None:
         ({"SHOAL_LABELS": "zone"}, "labels"),
         ({"SHOAL_LABELS": "bad key!=x"}, "labels"),
         ({"SHOAL_WAIT_FOR_ETCD": "maybe"}, "wait_for_etcd"),
+        ({"SHOAL_SHUTDOWN_GRACE": "0"}, "shutdown_grace"),
+        ({"SHOAL_SHUTDOWN_GRACE": "soon"}, "shutdown_grace"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(env: dict[str, str], field: str) -> None:
