@@ -45,8 +45,8 @@ def test_a_port_in_use_is_never_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
         held.bind(("127.0.0.1", 0))
         held.listen(1)
         busy = held.getsockname()[1]
-        monkeypatch.setattr(ports, "candidates", lambda: range(busy, busy + 2))
-        monkeypatch.setattr(ports, "_given", set())
+        monkeypatch.setattr(freeports, "candidates", lambda: range(busy, busy + 2))
+        monkeypatch.setattr(freeports, "_given", set())
         try:
             got = free_port()
         except freeports.NoFreePort:
@@ -64,4 +64,4 @@ def test_the_range_is_read_from_the_kernel_and_falls_back_sensibly(tmp_path: Pat
     conf.write_text("1024 65000\n")
     with pytest.raises(freeports.NoFreePort, match=r"net\.ipv4\.ip_local_port_range"):
         freeports.candidates(conf)
-    assert freeports.ephemeral_range(tmp_path / "missing") == ports.DEFAULT_EPHEMERAL
+    assert freeports.ephemeral_range(tmp_path / "missing") == freeports.DEFAULT_EPHEMERAL
