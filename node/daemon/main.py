@@ -34,6 +34,13 @@ from node.logs import setup
 @click.option("--publish-address", help="where container ports are published [--address]")
 @click.option("--metrics-port", type=int, help="Prometheus /metrics port on --address, 0 = off [7071]")
 @click.option("--drain", type=float, help="seconds a replica drains before it is stopped [2]")
+@click.option("--docker-host", help="the Docker engine: unix:///path or tcp://host:port [DOCKER_HOST]")
+@click.option(
+    "--engine-timeout",
+    type=float,
+    help="seconds the container engine may not answer before this node is not ready [15]",
+)
+@click.option("--pull-timeout", type=float, help="seconds an image pull may take [600]")
 @click.option("--preset", type=click.Choice(["local", "lan"]), help="timing preset [lan]")
 @click.option("--lease-ttl", type=int, help="node lease TTL in seconds [preset]")
 @click.option("--leader-ttl", type=int, help="leader key lease TTL in seconds [preset]")

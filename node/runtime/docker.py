@@ -61,35 +61,56 @@ T = TypeVar("T")
 DEFAULT_URL = "unix:///var/run/docker.sock"
 PORTS_DEADLINE = 2.0  # seconds to wait for a started container's host ports to show
 EXEC_WORKERS = 4  # threads for exec health checks (each blocks at most its timeout)
+PULL_WORKERS = 2  # threads for image pulls (each blocks for its pull, at most its timeout)
 EXEC_OUTPUT = 4096  # bytes of an exec's output kept
+PING_TIMEOUT = 5.0  # s a ping may take (connect and read) before the engine counts as not answering
 NEVER = "0001-01-01T00:00:00Z"  # Docker's StartedAt of a container never started
 
 
 class DockerRuntime:
     def __init__(self, base_url: str | None = None, max_workers: int = 4) -> None:
-        self._base_url = base_url
+        self._base_url = base_url or None
         self.url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
         self._max_workers = max_workers
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="shoal-docker")
         self._exec_pool = ThreadPoolExecutor(EXEC_WORKERS, thread_name_prefix="shoal-docker-exec")
+        self._ping_pool = ThreadPoolExecutor(1, thread_name_prefix="shoal-docker-ping")
+        self._pull_pool = ThreadPoolExecutor(PULL_WORKERS, thread_name_prefix="shoal-docker-pull")
+        self._pull_client: docker.DockerClient | None = None
+        self._ping_client: docker.DockerClient | None = None
+        self._pinging: asyncio.Future[None] | None = None
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._started_at: dict[str, str] = {}  # id -> StartedAt, while seen running
         self._closed = False
 
     async def ping(self) -> None:
-        try:
-            await self._call(lambda client: client.ping())
-        except RuntimeUnavailable:
-            raise
-        except RuntimeError_ as exc:  # reachable, but answering errors
-            raise RuntimeUnavailable(f"the Docker engine at {self.url} is not healthy: {exc}") from exc
+        """On a client and a thread of its own, bounded by PING_TIMEOUT: a hung engine, or
+        a pool busy with slow calls, never makes a ping wait longer. One ping at a time:
+        a caller that comes while one is under way waits for that one."""
+        if self._closed:
+            raise RuntimeError_("the Docker runtime is closed")
+        if self._pinging is None or self._pinging.done():
+            self._pinging = asyncio.wrap_future(self._ping_pool.submit(self._ping))
+        await asyncio.shield(self._pinging)
 
     async def run(self, spec: ContainerSpec) -> Container:
         return await self._call(self._run, spec)
 
     async def stop(self, container_id: str, timeout: float = 10.0) -> None:
         await self._call(self._stop, container_id, timeout)
+
+    async def has_image(self, image: str) -> bool:
+        return await self._call(self._has_image, image)
+
+    async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+        """In threads of its own, on a client of its own: a slow pull holds up no list,
+        start or stop. Past `timeout` the pull is abandoned at its next progress event."""
+        if self._closed:
+            raise RuntimeError_("the Docker runtime is closed")
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._guarded_pull, image, time.monotonic() + timeout, timeout, progress)
+        await loop.run_in_executor(self._pull_pool, call)
 
     async def remove(self, container_id: str) -> None:
         await self._call(self._remove, container_id)
@@ -100,6 +121,8 @@ class DockerRuntime:
         self._closed = True
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
         await asyncio.to_thread(self._exec_pool.shutdown, wait=True, cancel_futures=True)
+        self._ping_pool.shutdown(wait=False, cancel_futures=True)  # a ping ends by its own timeout
+        self._pull_pool.shutdown(wait=False, cancel_futures=True)  # a pull ends at its deadline
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -143,12 +166,28 @@ class DockerRuntime:
     def _docker(self) -> docker.DockerClient:
         with self._client_lock:
             if self._client is None:
-                opts: dict[str, Any] = {"version": "auto", "max_pool_size": self._max_workers + 1}
-                if self._base_url is None:
-                    self._client = docker.DockerClient.from_env(**opts)
-                else:
-                    self._client = docker.DockerClient(base_url=self._base_url, **opts)
+                self._client = self._new_client(max_pool_size=self._max_workers + 1)
             return self._client
+
+    def _new_client(self, **opts: Any) -> docker.DockerClient:
+        opts = {"version": "auto", **opts}
+        if self._base_url is None:
+            return docker.DockerClient.from_env(**opts)
+        return docker.DockerClient(base_url=self._base_url, **opts)
+
+    def _ping(self) -> None:
+        try:
+            if self._ping_client is None:
+                self._ping_client = self._new_client(timeout=PING_TIMEOUT, max_pool_size=1)
+            self._ping_client.ping()
+        except Exception as exc:
+            if _unreachable(exc):
+                raise RuntimeUnavailable(
+                    f"cannot reach the Docker engine at {self.url}: {_reason(exc)}; is dockerd running?"
+                ) from exc
+            raise RuntimeUnavailable(
+                f"the Docker engine at {self.url} is not healthy: {_explain(exc)}"
+            ) from exc
 
     # -- the blocking operations, each run in a pool thread ------------------------------
 
@@ -217,6 +256,49 @@ class DockerRuntime:
                     f"container {spec.name} ({spec.image}) could not start: {_explain(exc)}"
                 ) from exc
             raise
+
+    def _has_image(self, client: docker.DockerClient, image: str) -> bool:
+        try:
+            client.api.inspect_image(image)
+            return True
+        except NotFound:
+            return False
+
+    def _guarded_pull(
+        self, image: str, deadline: float, timeout: float, progress: Callable[[str], None]
+    ) -> None:
+        with self._client_lock:
+            if self._pull_client is None:
+                self._pull_client = self._new_client(max_pool_size=PULL_WORKERS)
+            client = self._pull_client
+        self._guarded(lambda _main: self._pull(client, image, deadline, timeout, progress))
+
+    def _pull(
+        self,
+        client: docker.DockerClient,
+        image: str,
+        deadline: float,
+        timeout: float,
+        progress: Callable[[str], None],
+    ) -> None:
+        repository, tag = parse_repository_tag(image)
+        failed = f"image {image} could not be pulled"
+        layers: dict[str, tuple[int, int]] = {}  # layer -> (bytes downloaded, its size)
+        try:
+            for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+                if not isinstance(event, dict):
+                    continue
+                if event.get("error"):
+                    raise ImageError(f"{failed}: {event['error']}")
+                if time.monotonic() > deadline:
+                    raise ImageError(f"{failed}: it did not finish within {timeout:g}s (pull_timeout)")
+                detail = event.get("progressDetail") or {}
+                if event.get("id") and detail.get("total"):
+                    if event.get("status") == "Downloading":
+                        layers[event["id"]] = (int(detail.get("current") or 0), int(detail["total"]))
+                    progress(_pulled(layers))
+        except APIError as exc:
+            raise ImageError(f"{failed}: {_explain(exc)}") from exc
 
     def _ensure_image(self, client: docker.DockerClient, image: str) -> None:
         try:
@@ -299,6 +381,11 @@ class DockerRuntime:
 
 class _ExecTimedOut(RuntimeError_):
     """Inside the pool: an exec ran past its deadline (`exec` raises TimeoutError for it)."""
+
+
+def _pulled(layers: dict[str, tuple[int, int]]) -> str:
+    done, total = sum(c for c, _ in layers.values()), sum(t for _, t in layers.values())
+    return f"{done / 1e6:.0f} of {total / 1e6:.0f} MB"
 
 
 def _has_health(summary: dict[str, Any]) -> bool:
