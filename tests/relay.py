@@ -39,6 +39,8 @@ class Relay:
         self._listen, self._connect = listen, connect
         self.rate = rate  # bytes/s towards the client; None: as fast as it goes
         self.mode = "open"
+        self.port = 0  # the TCP port it listens on (`tcp`)
+        self.path = ""  # the unix socket it listens on (`unix`)
         self.connections = 0  # accepted so far
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-relay", daemon=True)
@@ -55,7 +57,9 @@ class Relay:
                 os.unlink(path)  # a stale socket file from an earlier listener
             return await asyncio.start_unix_server(handle, str(path))
 
-        return cls(listen, lambda: asyncio.open_unix_connection(target), rate)
+        relay = cls(listen, lambda: asyncio.open_unix_connection(target), rate)
+        relay.path = str(path)
+        return relay
 
     @classmethod
     def tcp(
@@ -64,7 +68,9 @@ class Relay:
         async def listen(handle: Callable[..., Awaitable[None]]) -> asyncio.Server:
             return await asyncio.start_server(handle, host, port, reuse_address=True)
 
-        return cls(listen, lambda: asyncio.open_connection(*target), rate)
+        relay = cls(listen, lambda: asyncio.open_connection(*target), rate)
+        relay.port = port
+        return relay
 
     # -- control, from the test's thread -------------------------------------------------
 

@@ -11,7 +11,7 @@ moved away (Docker holds exactly the running tasks' containers) and take tasks a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -63,7 +63,7 @@ def view(cluster: DevCluster) -> tuple[dict[str, str], list[tuple[int, str, str,
 
 @pytest.mark.parametrize("fault", ["freeze", "refuse"])
 def test_a_node_whose_engine_stops_answering_withdraws_and_its_tasks_move_then_it_recovers(
-    make_cluster, engine_relay: Relay, tmp_path: Path, fault: str
+    make_cluster: Callable[..., DevCluster], engine_relay: Relay, tmp_path: Path, fault: str
 ) -> None:
     sock = tmp_path / "n2-docker.sock"
     cluster = make_cluster(
