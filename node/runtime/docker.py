@@ -61,7 +61,8 @@ T = TypeVar("T")
 DEFAULT_URL = "unix:///var/run/docker.sock"
 PORTS_DEADLINE = 2.0  # seconds to wait for a started container's host ports to show
 EXEC_WORKERS = 4  # threads for exec health checks (each blocks at most its timeout)
-PULL_WORKERS = 2  # threads for image pulls (each blocks for its pull, at most its timeout)
+PULL_WORKERS = 4  # threads for image pulls (one per image pulled at once; more wait their turn,
+#   their deadline running); a pull stalled on a silent socket ends at the client's read timeout
 EXEC_OUTPUT = 4096  # bytes of an exec's output kept
 PING_TIMEOUT = 5.0  # s a ping may take (connect and read) before the engine counts as not answering
 NEVER = "0001-01-01T00:00:00Z"  # Docker's StartedAt of a container never started

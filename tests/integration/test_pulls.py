@@ -11,6 +11,7 @@ whose message says why. Every wait polls with a deadline.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import docker
@@ -72,13 +73,16 @@ def test_a_slow_pull_shows_pulling_and_a_killed_replica_restarts_meanwhile(
         engine.api.kill(first)
     finally:
         engine.close()
+    killed = time.monotonic()
 
     def restarted() -> str:
         found = [t for t in tasks(cluster, "web") if t[0] == "running" and t[2] != first]
         return found[0][2] if found else ""
 
     wait_until_sync(restarted, RESTART_BOUND, 0.1, "the killed web replica running again")
+    took = time.monotonic() - killed
     pulling()  # the pull is still under way: the restart did not wait for it
+    print(f"\nkilled replica running again {took:.1f}s after the kill, the slow pull still under way")
 
     relay.set_rate(None)
     wait_until_sync(
