@@ -100,12 +100,13 @@ class Pulls:
             async with asyncio.timeout(self.timeout):
                 await self.runtime.pull(pull.image, self.timeout, progress)
         except TimeoutError:
-            pull.error = f"the pull of {pull.image} did not finish within {self.timeout:g}s (pull_timeout)"
+            late = f"it did not finish within {self.timeout:g}s (pull_timeout)"
+            pull.error = f"image {pull.image} could not be pulled: {late}"
         except RuntimeError_ as exc:
             pull.error = str(exc)
         except Exception as exc:  # a bug or an odd engine answer: reported, never lost in a task
             log.exception("pull of %s failed", pull.image)
-            pull.error = f"the pull of {pull.image} failed: {exc}"
+            pull.error = f"image {pull.image} could not be pulled: {exc}"
         if pull.error:
             log.warning("%s", pull.error)
         self.wake()

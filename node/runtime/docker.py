@@ -44,6 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import docker
+import requests
+import urllib3
 from docker.errors import APIError, DockerException, NotFound
 from docker.utils import parse_repository_tag
 
@@ -270,7 +272,9 @@ class DockerRuntime:
     ) -> None:
         with self._client_lock:
             if self._pull_client is None:
-                self._pull_client = self._new_client(max_pool_size=PULL_WORKERS)
+                # a read timeout no longer than the deadline: a pull that stalls (no progress
+                # event, e.g. a registry gone silent) frees its thread; dockerd cancels it then
+                self._pull_client = self._new_client(max_pool_size=PULL_WORKERS, timeout=min(60.0, timeout))
             client = self._pull_client
         self._guarded(lambda _main: self._pull(client, image, deadline, timeout, progress))
 
@@ -286,7 +290,11 @@ class DockerRuntime:
         failed = f"image {image} could not be pulled"
         layers: dict[str, tuple[int, int]] = {}  # layer -> (bytes downloaded, its size)
         try:
-            for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            events = client.api.pull(repository, tag=tag or "latest", stream=True, decode=True)
+        except APIError as exc:
+            raise ImageError(f"{failed}: {_explain(exc)}") from exc
+        try:  # the engine answered; a stream that stalls or breaks now is the pull's failure
+            for event in events:
                 if not isinstance(event, dict):
                     continue
                 if event.get("error"):
@@ -298,8 +306,9 @@ class DockerRuntime:
                     if event.get("status") == "Downloading":
                         layers[event["id"]] = (int(detail.get("current") or 0), int(detail["total"]))
                     progress(_pulled(layers))
-        except APIError as exc:
-            raise ImageError(f"{failed}: {_explain(exc)}") from exc
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            stalled = f"no progress for {min(60.0, timeout):g}s, or the stream broke off"
+            raise ImageError(f"{failed}: {stalled} ({exc})") from exc
 
     def _ensure_image(self, client: docker.DockerClient, image: str) -> None:
         try:

@@ -100,3 +100,30 @@ def test_a_slow_pull_shows_pulling_and_a_killed_replica_restarts_meanwhile(
         return True
 
     wait_until_sync(failed, 60, 0.2, "a pull of a missing image reported in the task's status")
+
+
+def test_a_pull_from_a_registry_gone_silent_fails_at_its_deadline_and_is_retried(
+    make_cluster: Callable[..., DevCluster], local_registry: LocalRegistry
+) -> None:
+    """The registry stops answering mid-way (its relay frozen: connections accepted, no
+    byte forwarded): the pull is abandoned at `--pull-timeout`, the task is `failed`
+    with the reason, and the retry (back-off) succeeds once the registry answers again."""
+    image = local_registry.push_unique("shoal-test-stall", size=500_000)
+    relay = local_registry.relay()
+    relay.freeze()
+    ref = local_registry.ref(image, via=relay)
+    cluster = make_cluster(1, extra_args=["--pull-timeout", "4"])
+    with cluster.client() as c:
+        c.apply(SLOW.replace("slow", "stall", 1).format(image=ref))
+
+    def failed() -> bool:
+        found = tasks(cluster, "stall")
+        if not (found and found[0][0] == "failed" and "could not be pulled" in found[0][1]):
+            raise AssertionError(f"stall: {found}")
+        return True
+
+    wait_until_sync(failed, 60, 0.2, "the stalled pull reported failed after pull_timeout")
+    relay.restore()
+    wait_until_sync(
+        lambda: [t for t in tasks(cluster, "stall") if t[0] == "running"], 120, 0.5, "the retried pull ran"
+    )
