@@ -97,6 +97,7 @@ class Agent:
         self.engine = engine or EngineWatch(runtime.ping)
         self.engine.on_change(self._engine_changed)
         self.pulls = Pulls(runtime, self._wake.set, pull_timeout, clock)
+        self._downing: asyncio.Task[None] | None = None  # the withdrawal when the engine went down
         self._adopted = False
         self._running: dict[str, tuple[Assignment, Container]] = {}  # routable replicas
         self._publish_lock = asyncio.Lock()
@@ -168,7 +169,17 @@ class Agent:
     def _engine_changed(self, up: bool) -> None:
         if up:
             self._adopted = False  # the first pass after re-adopts (events say so)
+        else:  # at once, not after the pass under way: it may hang in the silent engine for a minute
+            self._downing = asyncio.get_running_loop().create_task(
+                self._engine_down_now(), name="engine-down"
+            )
         self._wake.set()
+
+    async def _engine_down_now(self) -> None:
+        try:
+            await self._engine_down()
+        except StoreError as exc:  # the loop does it again every resync while the engine is down
+            log.warning("endpoints not withdrawn yet (engine down): %s", exc)
 
     async def _engine_down(self) -> None:
         """The engine has not answered for `engine_timeout`: no endpoint of this node is

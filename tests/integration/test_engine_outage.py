@@ -19,8 +19,11 @@ import docker
 import pytest
 
 from node.devcluster import DevCluster
+from node.domain import EndpointRecord
+from node.keys import Keys
 from node.runtime.base import LABELS
-from tests.helpers import wait_until_sync
+from node.store import Store
+from tests.helpers import on_store, wait_until_sync
 from tests.relay import Relay
 
 pytestmark = pytest.mark.integration
@@ -62,6 +65,17 @@ def view(cluster: DevCluster) -> tuple[dict[str, str], list[tuple[int, str, str,
     return nodes, tasks, endpoints
 
 
+def published_by(cluster: DevCluster, node: str) -> list[str]:
+    """Task ids of `node`'s records in etcd's endpoints/ (what it published itself; `resolve`
+    also hides the endpoints of tasks no longer assigned there)."""
+
+    async def read(store: Store) -> list[str]:
+        kvs, _ = await store.range(Keys(cluster.prefix).endpoints("web"))
+        return [r.task_id for r in (EndpointRecord.from_json(kv.value) for kv in kvs) if r.node == node]
+
+    return on_store(cluster.etcd.endpoint, read)
+
+
 @pytest.mark.parametrize("fault", ["freeze", "refuse"])
 def test_a_node_whose_engine_stops_answering_withdraws_and_its_tasks_move_then_it_recovers(
     make_cluster: Callable[..., DevCluster], engine_relay: Relay, tmp_path: Path, fault: str
@@ -92,6 +106,7 @@ def test_a_node_whose_engine_stops_answering_withdraws_and_its_tasks_move_then_i
             and len(running) == 3
             and all(t[1] != "n2" for t in running)
             and len(endpoints) == 3
+            and published_by(cluster, "n2") == []
         )
         if not ok:
             raise AssertionError(f"nodes {nodes}, tasks {tasks}, endpoints on {endpoints}")

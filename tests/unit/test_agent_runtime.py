@@ -165,6 +165,34 @@ async def test_a_pass_that_ends_while_the_engine_is_down_publishes_no_endpoint(w
     assert await world.endpoints("web") == 0
 
 
+async def test_a_pass_hung_in_the_engine_does_not_delay_the_withdrawal(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = make_task(WEB, 1, NODE)
+    await world.assign(task)
+    await world.reconcile()
+    await world.reconcile()
+    assert await world.endpoints("web") == 1
+
+    async def hang(labels: dict[str, str]) -> list[object]:
+        await asyncio.Event().wait()
+        return []
+
+    monkeypatch.setattr(world.runtime, "list", hang)  # dockerd frozen: the next pass hangs in it
+    stuck = asyncio.create_task(world.agent.reconcile())
+    await asyncio.sleep(0.01)
+    world.clock.advance(16.0)
+    world.agent.engine.failed("no answer to a ping within 3s")
+
+    async def withdrawn() -> bool:
+        return await world.endpoints("web") == 0
+
+    await wait_until(withdrawn, 5, 0.01, "the endpoint withdrawn while the pass still hangs")
+    assert not stuck.done()
+    assert (await world.status(task.task_id)).state == TaskState.UNKNOWN
+    stuck.cancel()
+
+
 async def test_the_leader_places_nothing_on_a_node_that_is_not_ready_and_moves_its_tasks() -> None:
     store = MemoryStore()
     epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
