@@ -88,9 +88,10 @@ class DockerRuntime:
         self._closed = False
 
     async def ping(self) -> None:
-        """On a client and a thread of its own, bounded by PING_TIMEOUT: a hung engine, or
-        a pool busy with slow calls, never makes a ping wait longer. One ping at a time:
-        a caller that comes while one is under way waits for that one."""
+        """/_ping and a listing of one container, on a client and a thread of its own,
+        bounded by PING_TIMEOUT: a hung engine, or a pool busy with slow calls, never makes
+        a ping wait longer. One ping at a time: a caller that comes while one is under way
+        waits for that one."""
         if self._closed:
             raise RuntimeError_("the Docker runtime is closed")
         if self._pinging is None or self._pinging.done():
@@ -183,6 +184,9 @@ class DockerRuntime:
             if self._ping_client is None:
                 self._ping_client = self._new_client(timeout=PING_TIMEOUT, max_pool_size=1)
             self._ping_client.ping()
+            # /_ping answers even while the container API hangs (a dockerd stuck on a container
+            # lock); one listing of at most one container asks the part shoal needs
+            self._ping_client.api.containers(all=True, limit=1)
         except Exception as exc:
             if _unreachable(exc):
                 raise RuntimeUnavailable(
