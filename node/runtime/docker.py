@@ -22,6 +22,9 @@ What it guarantees:
   deadline, so a check that hangs costs one exec thread for at most its timeout and
   never delays a start or a stop. A container made for a spec with its own check has
   the image's HEALTHCHECK turned off (`image_healthcheck=False`).
+- `pull` runs in threads and on a client of their own (`node.runtime.docker_pull`), so a
+  slow pull holds up no list, start or stop; `ping` too, bounded by PING_TIMEOUT, so a
+  hung engine is a failed ping within seconds (`node.agent.engine` decides on outages).
 - The client is made on first use: a runtime can be built while dockerd is down; calls
   raise `RuntimeUnavailable` until it answers.
 
@@ -44,8 +47,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import docker
-import requests
-import urllib3
 from docker.errors import APIError, DockerException, NotFound
 from docker.utils import parse_repository_tag
 
@@ -58,6 +59,7 @@ from node.runtime.base import (
     RuntimeError_,
     RuntimeUnavailable,
 )
+from node.runtime.docker_pull import pull_image
 
 T = TypeVar("T")
 DEFAULT_URL = "unix:///var/run/docker.sock"
@@ -280,39 +282,7 @@ class DockerRuntime:
                 # event, e.g. a registry gone silent) frees its thread; dockerd cancels it then
                 self._pull_client = self._new_client(max_pool_size=PULL_WORKERS, timeout=min(60.0, timeout))
             client = self._pull_client
-        self._guarded(lambda _main: self._pull(client, image, deadline, timeout, progress))
-
-    def _pull(
-        self,
-        client: docker.DockerClient,
-        image: str,
-        deadline: float,
-        timeout: float,
-        progress: Callable[[str], None],
-    ) -> None:
-        repository, tag = parse_repository_tag(image)
-        failed = f"image {image} could not be pulled"
-        layers: dict[str, tuple[int, int]] = {}  # layer -> (bytes downloaded, its size)
-        try:
-            events = client.api.pull(repository, tag=tag or "latest", stream=True, decode=True)
-        except APIError as exc:
-            raise ImageError(f"{failed}: {_explain(exc)}") from exc
-        try:  # the engine answered; a stream that stalls or breaks now is the pull's failure
-            for event in events:
-                if not isinstance(event, dict):
-                    continue
-                if event.get("error"):
-                    raise ImageError(f"{failed}: {event['error']}")
-                if time.monotonic() > deadline:
-                    raise ImageError(f"{failed}: it did not finish within {timeout:g}s (pull_timeout)")
-                detail = event.get("progressDetail") or {}
-                if event.get("id") and detail.get("total"):
-                    if event.get("status") == "Downloading":
-                        layers[event["id"]] = (int(detail.get("current") or 0), int(detail["total"]))
-                    progress(_pulled(layers))
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            stalled = f"no progress for {min(60.0, timeout):g}s, or the stream broke off"
-            raise ImageError(f"{failed}: {stalled} ({exc})") from exc
+        self._guarded(lambda _main: pull_image(client, image, deadline, timeout, progress))
 
     def _ensure_image(self, client: docker.DockerClient, image: str) -> None:
         try:
@@ -395,11 +365,6 @@ class DockerRuntime:
 
 class _ExecTimedOut(RuntimeError_):
     """Inside the pool: an exec ran past its deadline (`exec` raises TimeoutError for it)."""
-
-
-def _pulled(layers: dict[str, tuple[int, int]]) -> str:
-    done, total = sum(c for c, _ in layers.values()), sum(t for _, t in layers.values())
-    return f"{done / 1e6:.0f} of {total / 1e6:.0f} MB"
 
 
 def _has_health(summary: dict[str, Any]) -> bool:
