@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,7 @@ from node.agent.pulls import Pulls
 from node.domain import Assignment, TaskState, TaskStatus
 from node.events import EventLog
 from node.keys import Keys
+from node.runtime import docker as docker_runtime
 from node.runtime.base import LABELS, ImageError, RuntimeUnavailable
 from node.runtime.fake import FakeRuntime
 from node.store.memory import MemoryStore
@@ -286,3 +288,30 @@ async def test_a_pull_past_its_deadline_is_abandoned_and_reported() -> None:
         await pulls.ready("registry.test/slow:1")
     assert await pulls.ready("registry.test/slow:1") is False, "asked again (after a back-off): a new pull"
     pulls.cancel()
+
+
+# -- DockerRuntime.ping against an engine socket that accepts and never answers ----------
+
+
+async def test_a_docker_ping_to_a_hung_engine_fails_within_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(docker_runtime, "PING_TIMEOUT", 0.3)
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accepted, never answered: a hung dockerd
+
+    server = await asyncio.start_unix_server(hold, str(tmp_path / "docker.sock"))
+    runtime = docker_runtime.DockerRuntime(f"unix://{tmp_path / 'docker.sock'}")
+    try:
+        async with asyncio.timeout(5):
+            results = await asyncio.gather(runtime.ping(), runtime.ping(), return_exceptions=True)
+        assert all(isinstance(r, RuntimeUnavailable) for r in results), results
+        assert "cannot reach the Docker engine" in str(results[0])
+        assert len(held) == 1, "two callers at once share one ping"
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+        await runtime.close()
