@@ -8,6 +8,8 @@
 # when nothing is missing a non-root run only checks and builds the venv.
 #
 #   Debian packages  docker.io etcd-server busybox-static iptables iproute2 ca-certificates curl
+#                    docker-registry (the integration tests run their own on 127.0.0.1; the
+#                    package's own service, on :5000, is disabled and stopped),
 #                    make, python3 + python3-venv when `python3 -m venv` cannot work,
 #                    apparmor when the kernel enforces AppArmor (dockerd needs its parser).
 #                    `apt-get update` runs only when something is missing.
@@ -64,7 +66,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 # --- Debian packages --------------------------------------------------------------
 
 packages() {
-	local want=(docker.io etcd-server busybox-static iptables iproute2 ca-certificates curl make)
+	local want=(docker.io etcd-server busybox-static iptables iproute2 ca-certificates curl make docker-registry)
 	if ! command -v "$PYTHON" >/dev/null; then
 		want+=(python3 python3-venv)
 	elif ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
@@ -95,6 +97,10 @@ packages() {
 	local t0=$SECONDS
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/null
+	if [[ " ${missing[*]} " == *" docker-registry "* ]] && [[ -d /run/systemd/system ]]; then
+		systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+		say "docker-registry: installed for the tests; its own service disabled"
+	fi
 	say "packages: installed in $((SECONDS - t0))s"
 }
 

@@ -169,7 +169,7 @@ class LeaderLoop:
         excluded = self.down.excluded()
         for kv in self.nodes.values():
             info = NodeInfo.from_json(kv.value)
-            if info.id not in excluded:
+            if info.id not in excluded and not info.not_ready:  # not ready: its engine is not answering
                 spec = specs.get(info.id)
                 nodes[info.id] = info if spec is None else replace(info, labels=effective_labels(info, spec))
         active = Availability.ACTIVE.value

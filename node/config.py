@@ -81,6 +81,14 @@ class NodeConfig:
     #   TimeoutStopSec (20 s in the unit), so the daemon, not SIGKILL, ends itself
     drain: float = 2.0  # s between withdrawing a replica from every proxy and stopping it
     #   (a service's `update.drain` overrides it): in-flight requests finish, new ones go elsewhere
+    docker_host: str = ""  # the Docker engine's address (unix:///run/docker.sock, tcp://h:p);
+    #   empty = DOCKER_HOST from the environment, else the local socket
+    engine_timeout: float = 15.0  # s the container engine may go unanswered (pings every second)
+    #   before this node withdraws its endpoints and reports itself not ready, so its tasks move
+    #   to other nodes; it is ready again at the first answer. Shorter moves tasks sooner, longer
+    #   rides out a dockerd restart (a few seconds) without moving anything
+    pull_timeout: float = 600.0  # s an image pull may take before it is abandoned and its task
+    #   reported failed (retried with back-off); pulls run apart and never delay other tasks
     metrics_port: int = 7071  # Prometheus `/metrics` on `address`; 0 = off
     reserved_ports: tuple[int, ...] = ()  # more ports no service may publish, besides shoal's own
     #   (gRPC, metrics, etcd's), e.g. an agent's or a database's on these hosts
@@ -251,6 +259,14 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError(f"metrics_port: {c.metrics_port} must be a port other than grpc_port, or 0 (off)")
     if not 0 <= c.drain <= 3600:
         raise ConfigError(f"drain: {c.drain} must be between 0 and 3600 seconds")
+    if not 1 <= c.engine_timeout <= 3600:
+        raise ConfigError(f"engine_timeout: {c.engine_timeout:g} must be between 1 and 3600 seconds")
+    if not 1 <= c.pull_timeout <= 86400:
+        raise ConfigError(f"pull_timeout: {c.pull_timeout:g} must be between 1 and 86400 seconds")
+    if c.docker_host and "://" not in c.docker_host:
+        raise ConfigError(
+            f"docker_host: {c.docker_host!r} needs a scheme: unix:///path/docker.sock or tcp://host:port"
+        )
     if c.node_id and not NODE_ID.fullmatch(c.node_id):
         raise ConfigError(f"node_id: {c.node_id!r} must be 1-63 of a-z, 0-9, '-'")
     if not NODE_ID.fullmatch(c.cluster):

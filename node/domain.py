@@ -51,7 +51,8 @@ class Desired(StrEnum):
 class TaskState(StrEnum):
     """What an agent observed of a task's container."""
 
-    PENDING = "pending"  # assigned, no container yet (image pull, create)
+    PENDING = "pending"  # assigned, no container yet (create)
+    PULLING = "pulling"  # waiting for its image, pulled apart (`node.agent.pulls`); message: progress
     STARTING = "starting"  # container created, not yet running
     RUNNING = "running"
     EXITED = "exited"  # the container stopped by itself; the agent replaces it
@@ -61,6 +62,7 @@ class TaskState(StrEnum):
 
 class NodeStatus(StrEnum):
     READY = "ready"
+    NOT_READY = "not-ready"  # registered, but says it cannot run tasks (`NodeInfo.not_ready`)
     DOWN = "down"
 
 
@@ -130,6 +132,8 @@ class NodeInfo(Record):
     version: str = ""
     started_at: float = 0.0
     simulated: bool = False  # a simulated node (`node.runtime.sim`): runs no containers
+    not_ready: str = ""  # why the node cannot run tasks now (its container engine does not
+    #   answer: `node.agent.engine`); "" = ready. The leader places nothing there and moves its tasks
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,12 @@ withdrawal to be in etcd (bounded; else retried by a later pass). A service with
 `on_disconnect: {stop_after: S}` is the exception: on a node whose lease has certainly
 expired more than S ago (`node.agent.disconnect`) its replicas are stopped and not
 started again until etcd answers (the leader has placed them elsewhere meanwhile).
+
+The engine and images: `EngineWatch` (`node.agent.engine`) pings the engine; while it
+has not answered for `engine_timeout` the agent runs no pass, publishes no endpoint and
+reports its tasks `unknown` (the daemon marks the node not ready, the leader moves its
+tasks); at the first answer passes resume. A missing image is pulled apart
+(`node.agent.pulls`): its task shows `pulling` and no pass waits for it.
 """
 
 from __future__ import annotations
@@ -42,10 +48,12 @@ from dataclasses import asdict, replace
 from node.agent.containers import SpecNotFound, SpecSource, container_spec
 from node.agent.diff import Actions, diff
 from node.agent.disconnect import cut_off_for, hold_back
+from node.agent.engine import EngineWatch
 from node.agent.health import Verdict, check_of
 from node.agent.monitor import HealthMonitor, Probe
 from node.agent.probes import Prober
 from node.agent.publisher import Publisher
+from node.agent.pulls import Pulls
 from node.agent.restart import (
     UNHEALTHY,
     Policy,
@@ -88,6 +96,8 @@ class Agent:
         drain: float = 2.0,
         prober: Probe | None = None,
         clock: Callable[[], float] = time.monotonic,
+        engine: EngineWatch | None = None,
+        pull_timeout: float = 600.0,
     ) -> None:
         self.store, self.keys, self.node, self.cluster = store, keys, node, cluster
         self.runtime = runtime
@@ -113,6 +123,10 @@ class Agent:
         self._next_start: float | None = None  # earliest restart waiting for its back-off
         self._wake = asyncio.Event()  # a change of tasks/, a health verdict: run a pass now
         self.monitor = HealthMonitor(prober or Prober(runtime, publish_address), self._wake.set, clock)
+        self.engine = engine or EngineWatch(runtime.ping)
+        self.engine.on_change(self._engine_changed)
+        self.pulls = Pulls(runtime, self._wake.set, pull_timeout, clock)
+        self._downing: asyncio.Task[None] | None = None  # the withdrawal when the engine went down
         self._adopted = False
         self._running: dict[str, tuple[Assignment, Container]] = {}  # routable replicas
         self._publish_lock = asyncio.Lock()
@@ -135,6 +149,7 @@ class Agent:
         watcher = asyncio.create_task(self.tasks.run(), name="agent-watch-tasks")
         checker = asyncio.create_task(self.monitor.run(), name="agent-health-checks")
         writer = asyncio.create_task(self.publisher.writes.run(), name="agent-writes")
+        pinger = asyncio.create_task(self.engine.run(), name="agent-engine-watch")
         try:
             await self.tasks.ready.wait()
             while True:
@@ -143,7 +158,7 @@ class Agent:
                     if helper.done():
                         helper.result()  # the checking or the writing died: die loudly with it
                 try:
-                    await self.reconcile()
+                    await (self.reconcile() if self.engine.up else self._engine_down())
                 except (StoreError, RuntimeError_) as exc:
                     log.warning("agent pass failed: %s", exc)
                 timeout = self.resync
@@ -158,6 +173,8 @@ class Agent:
             watcher.cancel()
             checker.cancel()
             writer.cancel()
+            pinger.cancel()
+            self.pulls.cancel()
             for task in list(self._stopping.values()):
                 task.cancel()  # a restarted daemon finds the container and stops it then
 
@@ -184,6 +201,32 @@ class Agent:
                 self._restart[status.task_id] = RestartState(
                     restarts=status.restarts, exit_code=status.exit_code, given_up=given_up
                 )
+
+    def _engine_changed(self, up: bool) -> None:
+        if up:
+            self._adopted = False  # the first pass after re-adopts (events say so)
+        else:  # at once, not after the pass under way: it may hang in the silent engine for a minute
+            self._downing = asyncio.get_running_loop().create_task(
+                self._engine_down_now(), name="engine-down"
+            )
+        self._wake.set()
+
+    async def _engine_down_now(self) -> None:
+        try:
+            await self._engine_down()
+        except StoreError as exc:  # the loop does it again every resync while the engine is down
+            log.warning("endpoints not withdrawn yet (engine down): %s", exc)
+
+    async def _engine_down(self) -> None:
+        """The engine has not answered for `engine_timeout`: no endpoint of this node is
+        published (they are withdrawn), every assigned task is `unknown`, and why."""
+        assigned = self.assigned()
+        self._running = {}
+        for task_id in [t for t in self.status if t not in assigned]:
+            del self.status[task_id]
+        for task in assigned.values():
+            self._set(task, TaskState.UNKNOWN, message=self.engine.reason)
+        await self._publish()
 
     def _rs(self, task: Assignment) -> RestartState:
         return self._restart.get(task.task_id) or RestartState()
@@ -346,7 +389,7 @@ class Agent:
         """
         async with self._publish_lock:
             endpoints = []
-            for task, c in self._running.values():
+            for task, c in self._running.values() if self.engine.up else ():
                 cport, hport = next(iter(sorted(c.host_ports.items())), (0, 0))
                 ports = {str(k): v for k, v in sorted(c.host_ports.items())}
                 endpoints.append(
@@ -363,6 +406,9 @@ class Agent:
             return
         try:
             spec = await self.specs.spec(task.service, task.version, task.uid)
+            if not await self.pulls.ready(spec.image):  # pulled apart; a finished pull wakes a pass
+                self._set(task, TaskState.PULLING, message=self.pulls.progress(spec.image))
+                return
             c = await self.runtime.run(container_spec(task, spec, self.cluster, self.publish_address))
         except (SpecNotFound, StoreError, RuntimeError_) as exc:
             self._retry_at[task.task_id] = (self.clock() + backoff, min(backoff * 2, 30.0))

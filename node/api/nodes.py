@@ -1,7 +1,9 @@
 """Node listing and the membership stream for the client API.
 
 A node's `status` is the cluster's verdict: `down` when the leader marked it down
-(gossip declared it dead) or when its registry entry is gone; `ready` otherwise.
+(gossip declared it dead) or when its registry entry is gone; `not-ready` when the node
+says it cannot run tasks (`NodeInfo.not_ready`: its container engine does not answer);
+`ready` otherwise.
 `member_state`, `incarnation` and `state_age` are the *answering* node's own gossip
 view, which may lead the verdict by the leader's grace period.
 """
@@ -65,6 +67,8 @@ async def list_nodes(store: Store, keys: Keys, view: MemberView | None) -> api_p
         )
         if info.id in down:
             pb.status = NodeStatus.DOWN.value
+        elif info.not_ready:
+            pb.status = NodeStatus.NOT_READY.value
         out.append(_gossip(pb, members.get(info.id), now))
     registered = {n.id for n in out}
     for node in sorted((set(counts) | set(members) | down) - registered):

@@ -29,6 +29,7 @@ import grpc
 
 from node import __version__, rpc
 from node.agent.agent import Agent
+from node.agent.engine import EngineWatch
 from node.api import server as api_server
 from node.api.admin import Signer
 from node.api.gossip_transport import PeerServicer
@@ -70,7 +71,8 @@ class Daemon:
         self.store = EtcdStore(config.etcd, timeout=config.etcd_timeout, tls=etcd_tls(config))
         self.identity = NodeIdentity(config, self.store, self.keys)
         self.credentials = EtcdCredentials(self.store, self.keys)
-        self.runtime = DockerRuntime()
+        self.runtime = DockerRuntime(config.docker_host or None)
+        self.engine = EngineWatch(self.runtime.ping, config.engine_timeout)
         self.session = Session(self.store, config.timings.lease_ttl)
         self.leader_session = Session(self.store, config.timings.leader_ttl, revoke_lost=True)
         self.events = EventLog(self.store, self.keys, config.node_id)
@@ -163,8 +165,9 @@ class Daemon:
             raise twin
 
     async def _keep_registered(self, renewed: asyncio.Event) -> None:
-        """Keep `nodes/<id>` on the current node lease: at once after a new lease, and every
-        few seconds anyway, so a registration that failed (etcd just back) is retried."""
+        """Keep `nodes/<id>` on the current node lease and up to date: at once after a new
+        lease or a change of the engine's verdict (`not_ready`), and every few seconds
+        anyway, so a registration that failed (etcd just back) is retried."""
         key = self.keys.node(self.config.node_id)
         while True:
             try:
@@ -177,17 +180,28 @@ class Daemon:
                 continue
             try:
                 kv = await self.store.get(key)
-                if kv is None or kv.lease != self.session.lease:
+                if kv is None or kv.lease != self.session.lease or kv.value != self.info().to_json():
                     await self.register()
             except StoreError as exc:
                 log.warning("node registration not renewed yet: %s", exc)
 
-    async def register(self, lease: int | None = None) -> None:
+    def info(self) -> NodeInfo:
         c = self.config
-        info = NodeInfo(
-            c.node_id, c.address, c.grpc_port, dict(c.labels), c.cpu, c.memory, __version__, self.started_at
+        return NodeInfo(
+            c.node_id,
+            c.address,
+            c.grpc_port,
+            dict(c.labels),
+            c.cpu,
+            c.memory,
+            __version__,
+            self.started_at,
+            not_ready="" if self.engine.up else self.engine.reason,
         )
-        await self.store.put(self.keys.node(c.node_id), info.to_json(), lease=lease or self.session.lease)
+
+    async def register(self, lease: int | None = None) -> None:
+        info = self.info()
+        await self.store.put(self.keys.node(info.id), info.to_json(), lease=lease or self.session.lease)
 
     def request_stop(self) -> None:
         """The stop signal: from now on, the process is gone within `shutdown_grace`."""
@@ -261,6 +275,7 @@ class Daemon:
             raise StartupError(str(exc)) from exc
         renewed = asyncio.Event()
         self.session.on_renewed(lambda _lease: renewed.set())
+        self.engine.on_change(lambda _up: renewed.set())  # not ready / ready again: re-register now
         signer = Signer(
             self.identity.security, self.identity.passphrase, self.identity.lifetimes, self.credentials
         )
@@ -316,6 +331,8 @@ class Daemon:
             c.timings.agent_resync,
             c.stop_timeout,
             c.drain,
+            engine=self.engine,
+            pull_timeout=c.pull_timeout,
         )
         leadership = Leadership(
             self.store,

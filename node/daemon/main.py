@@ -37,6 +37,13 @@ from node.logs import setup
 @click.option("--metrics-tls", is_flag=True, default=None, help="serve /metrics over TLS (node certificate)")
 @click.option("--metrics-token-file", type=click.Path(dir_okay=False), help="bearer token /metrics requires")
 @click.option("--drain", type=float, help="seconds a replica drains before it is stopped [2]")
+@click.option("--docker-host", help="the Docker engine: unix:///path or tcp://host:port [DOCKER_HOST]")
+@click.option(
+    "--engine-timeout",
+    type=float,
+    help="seconds the container engine may not answer before this node is not ready [15]",
+)
+@click.option("--pull-timeout", type=float, help="seconds an image pull may take [600]")
 @click.option("--preset", type=click.Choice(["local", "lan"]), help="timing preset [lan]")
 @click.option("--lease-ttl", type=int, help="node lease TTL in seconds [preset]")
 @click.option("--leader-ttl", type=int, help="leader key lease TTL in seconds [preset]")

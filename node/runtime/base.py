@@ -7,7 +7,7 @@ agent re-adopts its containers after a restart and how nothing is ever orphaned.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -105,6 +105,14 @@ class Runtime(Protocol):
 
     async def run(self, spec: ContainerSpec) -> Container:
         """Pull the image if missing, create and start the container; return it running."""
+
+    async def has_image(self, image: str) -> bool:
+        """Is `image` present on this engine (no pull needed)?"""
+
+    async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+        """Pull `image` (apart from every other call: its own threads), calling `progress`
+        with a short text now and then (maybe from another thread). Raise ImageError when it
+        cannot be pulled or takes longer than `timeout` seconds."""
 
     async def stop(self, container_id: str, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds; then remove. Missing is fine."""

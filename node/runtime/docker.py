@@ -22,6 +22,9 @@ What it guarantees:
   deadline, so a check that hangs costs one exec thread for at most its timeout and
   never delays a start or a stop. A container made for a spec with its own check has
   the image's HEALTHCHECK turned off (`image_healthcheck=False`).
+- `pull` runs in threads and on a client of their own (`node.runtime.docker_pull`), so a
+  slow pull holds up no list, start or stop; `ping` too, bounded by PING_TIMEOUT, so a
+  hung engine is a failed ping within seconds (`node.agent.engine` decides on outages).
 - The client is made on first use: a runtime can be built while dockerd is down; calls
   raise `RuntimeUnavailable` until it answers.
 
@@ -56,40 +59,64 @@ from node.runtime.base import (
     RuntimeError_,
     RuntimeUnavailable,
 )
+from node.runtime.docker_pull import pull_image
 
 T = TypeVar("T")
 DEFAULT_URL = "unix:///var/run/docker.sock"
 PORTS_DEADLINE = 2.0  # seconds to wait for a started container's host ports to show
 EXEC_WORKERS = 4  # threads for exec health checks (each blocks at most its timeout)
+PULL_WORKERS = 4  # threads for image pulls (one per image pulled at once; more wait their turn,
+#   their deadline running); a pull stalled on a silent socket ends at the client's read timeout
 EXEC_OUTPUT = 4096  # bytes of an exec's output kept
+PING_TIMEOUT = 5.0  # s a ping may take (connect and read) before the engine counts as not answering
 NEVER = "0001-01-01T00:00:00Z"  # Docker's StartedAt of a container never started
 
 
 class DockerRuntime:
     def __init__(self, base_url: str | None = None, max_workers: int = 4) -> None:
-        self._base_url = base_url
+        self._base_url = base_url or None
         self.url = base_url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
         self._max_workers = max_workers
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="shoal-docker")
         self._exec_pool = ThreadPoolExecutor(EXEC_WORKERS, thread_name_prefix="shoal-docker-exec")
+        self._ping_pool = ThreadPoolExecutor(1, thread_name_prefix="shoal-docker-ping")
+        self._pull_pool = ThreadPoolExecutor(PULL_WORKERS, thread_name_prefix="shoal-docker-pull")
+        self._pull_client: docker.DockerClient | None = None
+        self._ping_client: docker.DockerClient | None = None
+        self._pinging: asyncio.Future[None] | None = None
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._started_at: dict[str, str] = {}  # id -> StartedAt, while seen running
         self._closed = False
 
     async def ping(self) -> None:
-        try:
-            await self._call(lambda client: client.ping())
-        except RuntimeUnavailable:
-            raise
-        except RuntimeError_ as exc:  # reachable, but answering errors
-            raise RuntimeUnavailable(f"the Docker engine at {self.url} is not healthy: {exc}") from exc
+        """/_ping and a listing of one container, on a client and a thread of its own,
+        bounded by PING_TIMEOUT: a hung engine, or a pool busy with slow calls, never makes
+        a ping wait longer. One ping at a time: a caller that comes while one is under way
+        waits for that one."""
+        if self._closed:
+            raise RuntimeError_("the Docker runtime is closed")
+        if self._pinging is None or self._pinging.done():
+            self._pinging = asyncio.wrap_future(self._ping_pool.submit(self._ping))
+        await asyncio.shield(self._pinging)
 
     async def run(self, spec: ContainerSpec) -> Container:
         return await self._call(self._run, spec)
 
     async def stop(self, container_id: str, timeout: float = 10.0) -> None:
         await self._call(self._stop, container_id, timeout)
+
+    async def has_image(self, image: str) -> bool:
+        return await self._call(self._has_image, image)
+
+    async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+        """In threads of its own, on a client of its own: a slow pull holds up no list,
+        start or stop. Past `timeout` the pull is abandoned at its next progress event."""
+        if self._closed:
+            raise RuntimeError_("the Docker runtime is closed")
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._guarded_pull, image, time.monotonic() + timeout, timeout, progress)
+        await loop.run_in_executor(self._pull_pool, call)
 
     async def remove(self, container_id: str) -> None:
         await self._call(self._remove, container_id)
@@ -106,6 +133,8 @@ class DockerRuntime:
             return
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
         await asyncio.to_thread(self._exec_pool.shutdown, wait=True, cancel_futures=True)
+        self._ping_pool.shutdown(wait=False, cancel_futures=True)  # a ping ends by its own timeout
+        self._pull_pool.shutdown(wait=False, cancel_futures=True)  # a pull ends at its deadline
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -149,12 +178,31 @@ class DockerRuntime:
     def _docker(self) -> docker.DockerClient:
         with self._client_lock:
             if self._client is None:
-                opts: dict[str, Any] = {"version": "auto", "max_pool_size": self._max_workers + 1}
-                if self._base_url is None:
-                    self._client = docker.DockerClient.from_env(**opts)
-                else:
-                    self._client = docker.DockerClient(base_url=self._base_url, **opts)
+                self._client = self._new_client(max_pool_size=self._max_workers + 1)
             return self._client
+
+    def _new_client(self, **opts: Any) -> docker.DockerClient:
+        opts = {"version": "auto", **opts}
+        if self._base_url is None:
+            return docker.DockerClient.from_env(**opts)
+        return docker.DockerClient(base_url=self._base_url, **opts)
+
+    def _ping(self) -> None:
+        try:
+            if self._ping_client is None:
+                self._ping_client = self._new_client(timeout=PING_TIMEOUT, max_pool_size=1)
+            self._ping_client.ping()
+            # /_ping answers even while the container API hangs (a dockerd stuck on a container
+            # lock); one listing of at most one container asks the part shoal needs
+            self._ping_client.api.containers(all=True, limit=1)
+        except Exception as exc:
+            if _unreachable(exc):
+                raise RuntimeUnavailable(
+                    f"cannot reach the Docker engine at {self.url}: {_reason(exc)}; is dockerd running?"
+                ) from exc
+            raise RuntimeUnavailable(
+                f"the Docker engine at {self.url} is not healthy: {_explain(exc)}"
+            ) from exc
 
     # -- the blocking operations, each run in a pool thread ------------------------------
 
@@ -223,6 +271,24 @@ class DockerRuntime:
                     f"container {spec.name} ({spec.image}) could not start: {_explain(exc)}"
                 ) from exc
             raise
+
+    def _has_image(self, client: docker.DockerClient, image: str) -> bool:
+        try:
+            client.api.inspect_image(image)
+            return True
+        except NotFound:
+            return False
+
+    def _guarded_pull(
+        self, image: str, deadline: float, timeout: float, progress: Callable[[str], None]
+    ) -> None:
+        with self._client_lock:
+            if self._pull_client is None:
+                # a read timeout no longer than the deadline: a pull that stalls (no progress
+                # event, e.g. a registry gone silent) frees its thread; dockerd cancels it then
+                self._pull_client = self._new_client(max_pool_size=PULL_WORKERS, timeout=min(60.0, timeout))
+            client = self._pull_client
+        self._guarded(lambda _main: pull_image(client, image, deadline, timeout, progress))
 
     def _ensure_image(self, client: docker.DockerClient, image: str) -> None:
         try:

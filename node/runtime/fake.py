@@ -11,13 +11,17 @@ the next `run` raise, `unavailable` makes every call raise `RuntimeUnavailable`,
 code 0 unless `set_exec(id, result)` says otherwise (an `ExecResult`, or an exception
 such as `TimeoutError` to raise); `set_docker_health(id, health)` sets what Docker's own
 HEALTHCHECK would report; `specs` keeps the `ContainerSpec` each container was made from.
+Images: every image is present unless listed in `missing_images`; `pull` of a missing one
+waits until `release_pull(image)` (or `release_pull(image, error)` to fail it), then makes
+it present.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -26,6 +30,7 @@ from node.runtime.base import (
     ContainerSpec,
     DockerHealth,
     ExecResult,
+    ImageError,
     RuntimeError_,
     RuntimeUnavailable,
 )
@@ -46,6 +51,8 @@ class FakeRuntime:
         self._ports = itertools.count(FIRST_HOST_PORT)
         self._clock = itertools.count(1)
         self.closed = False
+        self.missing_images: set[str] = set()
+        self._pull_gates: dict[str, asyncio.Future[None]] = {}
 
     # -- test hooks -----------------------------------------------------------------------
 
@@ -64,6 +71,15 @@ class FakeRuntime:
 
     def set_docker_health(self, container_id: str, health: DockerHealth | None) -> None:
         self.containers[container_id] = replace(self.containers[container_id], docker_health=health)
+
+    def release_pull(self, image: str, error: str = "") -> None:
+        """Let the pull of `image` finish (fail with ImageError(error) when `error` is given)."""
+        gate = self._pull_gates.setdefault(image, asyncio.get_running_loop().create_future())
+        if not gate.done():
+            if error:
+                gate.set_exception(ImageError(error))
+            else:
+                gate.set_result(None)
 
     def running(self) -> builtins.list[Container]:
         return [c for c in self.containers.values() if c.running]
@@ -92,6 +108,20 @@ class FakeRuntime:
         self.containers[container.id] = container
         self.specs[container.id] = spec
         return container
+
+    async def has_image(self, image: str) -> bool:
+        self._record("has_image", image)
+        return image not in self.missing_images
+
+    async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+        self._record("pull", image)
+        progress("0.0 of 1.0 MB")
+        gate = self._pull_gates.setdefault(image, asyncio.get_running_loop().create_future())
+        try:
+            await gate
+        finally:
+            self._pull_gates.pop(image, None)
+        self.missing_images.discard(image)
 
     async def stop(self, container_id: str, timeout: float = 10.0) -> None:
         self._record("stop", container_id)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import builtins
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from node.runtime.base import Container, ContainerSpec, ExecResult, RuntimeError_
@@ -51,6 +51,12 @@ class SimRuntime:
         self.containers[container.id] = container
         self._names.add(spec.name)
         return container
+
+    async def has_image(self, image: str) -> bool:
+        return True  # a simulated engine has every image: nothing is pulled
+
+    async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+        return None
 
     async def stop(self, container_id: str, timeout: float = 10.0) -> None:
         await self.remove(container_id)

@@ -14,6 +14,7 @@ from docker.errors import ImageNotFound
 
 from node.devcluster import DevCluster, remove_containers
 from tests.helpers import free_port_on_all, free_port_pair
+from tests.integration.registry import local_registry  # noqa: F401  (a fixture for every test here)
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "deploy" / "images" / "build.sh"

@@ -117,6 +117,9 @@ def test_a_broken_or_missing_file_is_refused(tmp_path: Path) -> None:
         ({"SHOAL_WAIT_FOR_ETCD": "maybe"}, "wait_for_etcd"),
         ({"SHOAL_SHUTDOWN_GRACE": "0"}, "shutdown_grace"),
         ({"SHOAL_SHUTDOWN_GRACE": "soon"}, "shutdown_grace"),
+        ({"SHOAL_DOCKER_HOST": "/var/run/docker.sock"}, "docker_host"),
+        ({"SHOAL_ENGINE_TIMEOUT": "0"}, "engine_timeout"),
+        ({"SHOAL_PULL_TIMEOUT": "0.5"}, "pull_timeout"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(env: dict[str, str], field: str) -> None:

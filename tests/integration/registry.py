@@ -1,0 +1,164 @@
+"""A real image registry on 127.0.0.1 for integration tests (Debian's `docker-registry`).
+
+    def test_x(local_registry: LocalRegistry) -> None:
+        image = local_registry.push_unique("slow", size=2_000_000)  # built, pushed, removed here
+        relay = local_registry.relay(rate=16_000)  # bytes/s towards dockerd
+        ref = local_registry.ref(image, via=relay)  # "127.0.0.1:<relay port>/slow:<tag>"
+        ...; relay.set_rate(None)  # full speed
+
+The registry runs from a temporary config and storage on a free port of 127.0.0.1 and
+is stopped at teardown. Docker talks plain HTTP to registries on 127.0.0.0/8 without
+any daemon setting. `push_unique` builds an image from `shoal-demo/web:1` plus a layer
+of random bytes (so no engine on this host has it), pushes it and removes it from the
+local engine again: a later pull must download that layer through whatever is in the
+way. `relay` puts a `tests.relay.Relay` (throttled, or frozen on demand) in front of
+the registry. Nothing here names any registry but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.helpers import free_port, wait_until_sync
+from tests.relay import Relay
+
+BINARY = "docker-registry"  # Debian's package docker-registry (deploy/install.sh installs it)
+BASE_IMAGE = "shoal-demo/web:1"
+CONFIG = """\
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+@dataclass
+class LocalRegistry:
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    relays: list[Relay] = field(default_factory=list)
+    pushed: list[str] = field(default_factory=list)  # name:tag of every image pushed
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "registry.log"
+
+    def start(self, timeout: float = 20.0) -> None:
+        binary = shutil.which(BINARY)
+        if binary is None:
+            pytest.fail(f"{BINARY} is not installed: apt-get install docker-registry (deploy/install.sh)")
+        storage = self.workdir / "storage"
+        storage.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.yml"
+        config.write_text(CONFIG.format(storage=storage, port=self.port))
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [binary, "serve", str(config)], stdout=log, stderr=log, start_new_session=True
+        )
+        wait_until_sync(self._answers, timeout, 0.1, f"the registry on {self.address} (log {self.log_path})")
+
+    def _answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{BINARY} exited ({self.proc.returncode}); see {self.log_path}")
+        with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=1) as resp:
+            return bool(resp.status == 200)
+
+    def stop(self) -> None:
+        for relay in self.relays:
+            relay.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def relay(self, rate: float | None = None) -> Relay:
+        """A relay on a free port of 127.0.0.1 in front of the registry (`rate` bytes/s)."""
+        relay = Relay.tcp(free_port(), ("127.0.0.1", self.port), rate)
+        self.relays.append(relay)
+        return relay
+
+    @staticmethod
+    def ref(image: str, via: Relay) -> str:
+        """`image` (name:tag) as pulled through the relay `via`."""
+        return f"127.0.0.1:{via.port}/{image}"
+
+    def push_unique(self, name: str, size: int = 2_000_000) -> str:
+        """Build `name:<random tag>` (BASE_IMAGE plus `size` random bytes), push it here and
+        remove it from the local engine; return "name:tag"."""
+        tag = uuid.uuid4().hex[:12]
+        local = f"{self.address}/{name}:{tag}"
+        context = io.BytesIO()
+        with tarfile.open(fileobj=context, mode="w") as tar:
+            for path, data in (
+                ("Dockerfile", f"FROM {BASE_IMAGE}\nCOPY blob /blob\n".encode()),
+                ("blob", os.urandom(size)),
+            ):
+                info = tarfile.TarInfo(path)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        context.seek(0)
+        client = docker.from_env()
+        try:
+            client.images.build(fileobj=context, custom_context=True, tag=local, rm=True)
+            for event in client.api.push(f"{self.address}/{name}", tag=tag, stream=True, decode=True):
+                if isinstance(event, dict) and event.get("error"):
+                    raise RuntimeError(f"push of {local} failed: {event['error']}")
+            client.images.remove(local, force=True)
+        finally:
+            client.close()
+        self.pushed.append(f"{name}:{tag}")
+        return f"{name}:{tag}"
+
+
+def remove_pulled(images: list[str]) -> None:
+    """Remove local copies of `images` (refs as pulled), e.g. at teardown."""
+    client = docker.from_env()
+    try:
+        for image in images:
+            with contextlib.suppress(docker.errors.ImageNotFound, docker.errors.APIError):
+                client.images.remove(image, force=True)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def local_registry(tmp_path: Path, demo_images: tuple[str, ...]) -> Iterator[LocalRegistry]:
+    """A registry on 127.0.0.1:<free port>, its storage under tmp_path; stopped at teardown,
+    with every relay made through it."""
+    registry = LocalRegistry(free_port(), tmp_path / "registry")
+    registry.workdir.mkdir(parents=True, exist_ok=True)
+    registry.start()
+    try:
+        yield registry
+    finally:
+        registry.stop()
+        remove_pulled(
+            [LocalRegistry.ref(image, relay) for image in registry.pushed for relay in registry.relays]
+        )
