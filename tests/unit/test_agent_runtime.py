@@ -102,6 +102,7 @@ class World:
         await self.agent.tasks.relist()
         await self.agent.reconcile()
         await self.agent.stopped()
+        await self.agent.flush()  # status and endpoints go through the write queue
 
     async def status(self, task_id: str) -> TaskStatus:
         kv = await self.store.get(KEYS.status(task_id))
@@ -144,6 +145,7 @@ async def test_an_engine_down_past_its_timeout_withdraws_every_endpoint_and_repo
     await world.agent.engine.check()
     assert not world.agent.engine.up
     await world.agent._engine_down()  # what `run` does instead of a pass while it is down
+    await world.agent.flush()
     assert await world.endpoints("web") == 0, "a node whose engine is silent publishes no endpoint"
     status = await world.status(task.task_id)
     assert status.state == TaskState.UNKNOWN and "has not answered" in status.message
@@ -164,6 +166,7 @@ async def test_a_pass_that_ends_while_the_engine_is_down_publishes_no_endpoint(w
     world.clock.advance(16.0)
     world.agent.engine.failed("no answer to a ping within 1s")  # declared down mid-pass
     await world.agent._publish()
+    await world.agent.flush()
     assert await world.endpoints("web") == 0
 
 
@@ -187,6 +190,7 @@ async def test_a_pass_hung_in_the_engine_does_not_delay_the_withdrawal(
     world.agent.engine.failed("no answer to a ping within 3s")
 
     async def withdrawn() -> bool:
+        await world.agent.flush()  # the write queue's writer (`Agent.run` runs it)
         return await world.endpoints("web") == 0
 
     await wait_until(withdrawn, 5, 0.01, "the endpoint withdrawn while the pass still hangs")
