@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, overload
 
 from node.freeports import free_port, free_port_on_all, free_port_pair
@@ -97,3 +97,18 @@ def on_store(endpoint: str, fn: Callable[[Any], Awaitable[T]]) -> T:
             await store.close()
 
     return asyncio.run(go())
+
+
+async def mirrors_caught_up(store: Any, caches: Iterable[Any], timeout: float = 5.0) -> None:
+    """Wait until each `PrefixCache` in `caches` holds exactly what `store` lists under its
+    prefix: a pass run then sees every write made before it."""
+
+    async def mirrored() -> bool:
+        for cache in caches:
+            kvs, _ = await store.range(cache.prefix)
+            if cache.items != {kv.key: kv for kv in kvs}:
+                return False
+        return True
+
+    caches = tuple(caches)
+    await wait_until(mirrored, timeout=timeout, interval=0.01, message="mirrors caught up")

@@ -30,7 +30,7 @@ from node.runtime.fake import FakeRuntime
 from node.store.memory import MemoryStore
 from node.store.session import Session
 from tests.factories import CLUSTER, make_node, make_service, make_task
-from tests.helpers import wait_until
+from tests.helpers import mirrors_caught_up
 
 KEYS = Keys()
 NODE = "n1"
@@ -50,14 +50,7 @@ class World:
     async def leader_pass(self) -> None:
         caches = (self.leader.services, self.leader.nodes, self.leader.tasks, self.leader.rollouts)
 
-        async def mirrored() -> bool:
-            for cache in caches:
-                kvs, _ = await self.store.range(cache.prefix)
-                if cache.items != {kv.key: kv for kv in kvs}:
-                    return False
-            return True
-
-        await wait_until(mirrored, timeout=5, interval=0.01, message="leader mirrors caught up")
+        await mirrors_caught_up(self.store, caches)
         await self.leader.reconcile()
 
     async def agent_pass(self) -> None:

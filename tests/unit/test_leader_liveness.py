@@ -17,7 +17,7 @@ from node.keys import Keys
 from node.store import Fenced
 from node.store.memory import MemoryStore
 from tests.factories import make_node, make_service
-from tests.helpers import wait_until
+from tests.helpers import mirrors_caught_up
 
 KEYS = Keys()
 
@@ -47,14 +47,7 @@ class World:
     async def reconcile(self) -> None:
         caches = (self.loop.services, self.loop.nodes, self.loop.tasks, self.loop.down.cache)
 
-        async def mirrored() -> bool:
-            for cache in caches:
-                kvs, _ = await self.store.range(cache.prefix)
-                if cache.items != {kv.key: kv for kv in kvs}:
-                    return False
-            return True
-
-        await wait_until(mirrored, timeout=5, interval=0.01, message="mirrors caught up")
+        await mirrors_caught_up(self.store, caches)
         await self.loop.reconcile()
 
     async def placement(self) -> dict[int, str]:

@@ -19,7 +19,7 @@ from node.store import Fenced
 from node.store.memory import MemoryStore
 from node.store.session import Session
 from tests.factories import FakeClock, make_node, make_service
-from tests.helpers import wait_until
+from tests.helpers import mirrors_caught_up
 
 KEYS = Keys()
 
@@ -39,14 +39,7 @@ class Leader:
         """One pass, once the loop's mirrors have caught up with the store."""
         caches = (self.loop.services, self.loop.nodes, self.loop.tasks)
 
-        async def mirrored() -> bool:
-            for cache in caches:
-                kvs, _ = await self.store.range(cache.prefix)
-                if cache.items != {kv.key: kv for kv in kvs}:
-                    return False
-            return True
-
-        await wait_until(mirrored, timeout=5, interval=0.01, message="mirrors caught up")
+        await mirrors_caught_up(self.store, caches)
         await self.loop.reconcile()
 
     async def tasks(self) -> dict[tuple[str, int], Assignment]:

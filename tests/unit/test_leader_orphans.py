@@ -26,7 +26,7 @@ from node.store import Compare, Delete, StoreUnavailable
 from node.store.base import Op, TxnResult
 from node.store.memory import MemoryStore
 from tests.factories import make_node, make_service, make_task
-from tests.helpers import wait_until
+from tests.helpers import mirrors_caught_up, wait_until
 
 KEYS = Keys()
 
@@ -88,14 +88,7 @@ async def mirrors(loop: LeaderLoop) -> AsyncIterator[None]:
 
 
 async def pass_when_mirrored(store: MemoryStore, loop: LeaderLoop) -> None:
-    async def mirrored() -> bool:
-        for cache in (loop.services, loop.tasks, loop.rollouts, loop.statuses):
-            kvs, _ = await store.range(cache.prefix)
-            if cache.items != {kv.key: kv for kv in kvs}:
-                return False
-        return True
-
-    await wait_until(mirrored, timeout=5, interval=0.01, message="mirrors caught up")
+    await mirrors_caught_up(store, (loop.services, loop.tasks, loop.rollouts, loop.statuses))
     with contextlib.suppress(StoreUnavailable):
         await loop.reconcile()
 

@@ -21,7 +21,7 @@ from node.events import EventLog
 from node.keys import Keys
 from node.store.memory import MemoryStore
 from tests.factories import make_node, make_service
-from tests.helpers import wait_until
+from tests.helpers import mirrors_caught_up
 
 KEYS = Keys()
 
@@ -44,14 +44,7 @@ class World:
             self.loop.statuses,
         )
 
-        async def mirrored() -> bool:
-            for cache in caches:
-                kvs, _ = await self.store.range(cache.prefix)
-                if cache.items != {kv.key: kv for kv in kvs}:
-                    return False
-            return True
-
-        await wait_until(mirrored, timeout=5, interval=0.01, message="mirrors caught up")
+        await mirrors_caught_up(self.store, caches)
         await self.loop.reconcile()
 
     async def tasks(self) -> dict[int, Assignment]:

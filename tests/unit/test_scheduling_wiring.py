@@ -38,7 +38,7 @@ from node.spec import spec_to_dict
 from node.store import KV, Fenced, Put
 from node.store.memory import MemoryStore
 from tests.factories import make_service
-from tests.helpers import wait_until
+from tests.helpers import mirrors_caught_up, wait_until
 
 KEYS = Keys()
 GIB = 2**30
@@ -172,14 +172,7 @@ async def loop() -> AsyncIterator[tuple[MemoryStore, LeaderLoop]]:
 
 
 async def reconcile(store: MemoryStore, leader: LeaderLoop) -> None:
-    async def mirrored() -> bool:
-        for cache in (leader.services, leader.nodes, leader.tasks, leader.nodespecs):
-            kvs, _ = await store.range(cache.prefix)
-            if cache.items != {kv.key: kv for kv in kvs}:
-                return False
-        return True
-
-    await wait_until(mirrored, timeout=5, interval=0.01, message="mirrors caught up")
+    await mirrors_caught_up(store, (leader.services, leader.nodes, leader.tasks, leader.nodespecs))
     await leader.reconcile()
 
 
