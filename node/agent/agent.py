@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import time
@@ -64,6 +63,7 @@ from node.agent.restart import (
     on_running,
     policy_of,
 )
+from node.agent.stopper import Stopper
 from node.domain import Assignment, EndpointRecord, TaskState, TaskStatus
 from node.events import EventLog
 from node.keys import Keys
@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 # s: an unchanged health result is never rewritten to status/ (liveness is the node's lease;
 # a periodic rewrite cost etcd one revision per replica per period: issue 11)
 HEALTH_REFRESH = math.inf
-WITHDRAW_WAIT = 5.0  # s: how long a stop waits for its withdrawal to reach etcd before retrying later
 
 
 class Agent:
@@ -105,10 +104,6 @@ class Agent:
         self.events = events
         self.publish_address = publish_address
         self.resync = resync
-        self.stop_timeout = stop_timeout
-        self.drain = drain
-        self.withdraw_wait = WITHDRAW_WAIT
-        self._stopping: dict[str, asyncio.Task[None]] = {}  # container id -> its drain and stop
         self.tasks = PrefixCache(store, keys.tasks, "agent-tasks")
         self.specs = SpecSource(store, keys)
         self.publisher = Publisher(store, keys, session)
@@ -123,6 +118,9 @@ class Agent:
         self._next_start: float | None = None  # earliest restart waiting for its back-off
         self._wake = asyncio.Event()  # a change of tasks/, a health verdict: run a pass now
         self.monitor = HealthMonitor(prober or Prober(runtime, publish_address), self._wake.set, clock)
+        self.stopper = Stopper(
+            runtime, self.publisher, self.specs, events, self._wake.set, drain, stop_timeout
+        )
         self.engine = engine or EngineWatch(runtime.ping)
         self.engine.on_change(self._engine_changed)
         self.pulls = Pulls(runtime, self._wake.set, pull_timeout, clock)
@@ -175,8 +173,7 @@ class Agent:
             writer.cancel()
             pinger.cancel()
             self.pulls.cancel()
-            for task in list(self._stopping.values()):
-                task.cancel()  # a restarted daemon finds the container and stops it then
+            self.stopper.cancel()  # a restarted daemon finds the container and stops it then
 
     async def flush(self) -> None:
         """Write the queued status and endpoints now (raises StoreError when etcd is away)."""
@@ -184,8 +181,7 @@ class Agent:
 
     async def stopped(self) -> None:
         """Wait for the stops under way (drain, then stop) to finish."""
-        while self._stopping:
-            await asyncio.gather(*list(self._stopping.values()), return_exceptions=True)
+        await self.stopper.wait()
 
     async def _seed_restarts(self) -> None:
         """Carry restart counts, last exit codes and given-up tasks over a daemon restart
@@ -248,7 +244,7 @@ class Agent:
                     "task.adopted", f"{c.name} re-adopted ({c.id[:12]})", task.service, task.task_id
                 )
         for c in actions.stop:
-            self._begin_stop(c)
+            self._stop(c)
         for gone in (self.status, self._restart, self._handled, self._retry_at):
             for task_id in [t for t in gone if t not in assigned]:
                 del gone[task_id]
@@ -258,7 +254,7 @@ class Agent:
         running: dict[str, tuple[Assignment, Container]] = {}
         checked: set[str] = set()
         for task, c in actions.keep:
-            if c.id in self._stopping:
+            if c.id in self.stopper:
                 continue  # replaced for being unhealthy: it drains, then stops; then it restarts
             try:
                 spec = await self._spec_or_none(task)
@@ -305,10 +301,10 @@ class Agent:
                 specs[task.task_id] = await self.specs.spec(task.service, task.version, task.uid)
         actions, stops = hold_back(actions, specs, cut)
         for task, c, why in stops:
-            if c.id not in self._stopping:
+            if c.id not in self.stopper:
                 self._set(task, TaskState.EXITED, container_id=c.id, message=f"stopped: {why}")
                 self.events.emit("task.disconnected", f"{c.name} stopped: {why}", task.service, task.task_id)
-                self._begin_stop(c, must_withdraw=False)
+                self._stop(c, must_withdraw=False)
         return actions
 
     def _startable(self, tasks: list[Assignment], now: float) -> list[Assignment]:
@@ -480,61 +476,9 @@ class Agent:
                 "task.unhealthy", f"{c.name} {why}; replacing, {then}", task.service, task.task_id
             )
             self._observe(task, c, verdict, message=f"{why}; replacing, {then}")
-        self._begin_stop(c, drained=self.monitor.unhealthy_for(c.id), must_withdraw=False)
+        self._stop(c, drained=self.monitor.unhealthy_for(c.id), must_withdraw=False)
 
-    def _begin_stop(self, c: Container, drained: float = 0.0, must_withdraw: bool = True) -> None:
-        """Withdraw, drain and stop `c` in the background (once: not while it is under way)."""
-        if c.id in self._stopping:
-            return
+    def _stop(self, c: Container, drained: float = 0.0, must_withdraw: bool = True) -> None:
+        """Withdraw, drain and stop `c` in the background (`node.agent.stopper`)."""
         self.monitor.forget(c.id)
-        stopping = asyncio.get_running_loop().create_task(
-            self._stop(c, drained, must_withdraw), name=f"stop-{c.name}"
-        )
-        self._stopping[c.id] = stopping
-        stopping.add_done_callback(functools.partial(self._stopped, c.id))
-
-    async def _stop(self, c: Container, drained: float = 0.0, must_withdraw: bool = True) -> None:
-        """Withdraw the replica from every proxy, let its traffic drain, then stop it.
-
-        Runs as its own task (passes go on meanwhile; a later pass that still lists the
-        container does not stop it twice). A withdrawal that does not reach etcd within
-        `WITHDRAW_WAIT` (etcd away) is retried by a later pass: the container is not
-        stopped while it may still be in a rotation, unless it was never routable (not
-        running) or `must_withdraw` is false (an unhealthy replica, failing anyway: it is
-        replaced during an outage too; its withdrawal stays queued).
-        """
-        service, task_id = c.labels.get(LABELS.SERVICE, ""), c.labels.get(LABELS.TASK, "")
-        try:
-            wait = self.withdraw_wait if must_withdraw else min(1.0, self.withdraw_wait)  # etcd up: ms
-            await self.publisher.withdraw(service, task_id, timeout=wait)
-        except StoreError as exc:
-            if c.running and must_withdraw:
-                log.warning("%s not stopped yet: its endpoint could not be withdrawn: %s", c.name, exc)
-                return
-        drain, grace = await self._stop_times(service, c)
-        if c.running and drain - drained > 0:  # `drained`: out of rotation that long already
-            await asyncio.sleep(drain - drained)  # proxies saw the withdrawal; in-flight requests finish
-        try:
-            await self.runtime.stop(c.id, grace)
-        except RuntimeError_ as exc:
-            log.warning("%s: stop failed, retried next pass: %s", c.name, exc)
-            return
-        self._wake.set()  # a pass now: a replaced replica's task may restart, its status moves on
-        self.events.emit("task.stopped", f"{c.name} stopped and removed", service, task_id)
-
-    def _stopped(self, container_id: str, _task: asyncio.Task[None]) -> None:
-        self._stopping.pop(container_id, None)
-
-    async def _stop_times(self, service: str, c: Container) -> tuple[float, float]:
-        """(drain, grace): the service's `update.drain` and `stop_grace` when its spec (of
-        the container's version) says them, else the node's `drain` and `stop_timeout`."""
-        try:
-            version, uid = int(c.labels.get(LABELS.VERSION, "0")), c.labels.get(LABELS.UID, "")
-            spec = await self.specs.spec(service, version, uid)
-        except (SpecNotFound, StoreError, ValueError):
-            return self.drain, self.stop_timeout
-        drain = spec.update.drain if spec.update else None
-        return (
-            drain if drain is not None else self.drain,
-            spec.stop_grace if spec.stop_grace is not None else self.stop_timeout,
-        )
+        self.stopper.begin(c, drained, must_withdraw)

@@ -244,7 +244,7 @@ async def test_a_missing_spec_is_reported_as_failed(world: World) -> None:
 
 
 async def test_a_replica_drains_after_withdrawal_before_it_is_stopped(world: World) -> None:
-    world.agent.drain = 0.3
+    world.agent.stopper.drain = 0.3
     t1 = make_task(WEB, 1, NODE)
     await world.add_service(WEB)
     await world.assign(t1)

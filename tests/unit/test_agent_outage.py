@@ -99,7 +99,7 @@ async def world() -> AsyncIterator[World]:
         store, KEYS, NODE, CLUSTER, runtime, session, RecordingEvents(store), ADDRESS, 1.0, 7.0, 0.0,
         prober=prober, clock=clock,
     )  # fmt: skip
-    agent.withdraw_wait = 0.2
+    agent.stopper.withdraw_wait = 0.2
     yield World(store, runtime, prober, clock, agent)
     assert isinstance(store, FreezableStore)
     store.thawed.set()  # nothing left hanging
