@@ -24,6 +24,7 @@ from dataclasses import replace
 
 from leader import crashpoint, rollback, updates
 from leader.applier import Applier, Write, writes_for
+from leader.incarnation import stale_incarnation
 from leader.liveness import DownMarks, Liveness
 from leader.pending import PendingReasons
 from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy, update_policy
@@ -35,7 +36,6 @@ from node.domain import (
     NodeSpec,
     RolloutRecord,
     ServiceRecord,
-    TaskStatus,
     UnreadableRecord,
     effective_labels,
 )
@@ -258,8 +258,8 @@ class LeaderLoop:
         await self._rollout_outcomes(rollouts, decided)
         await self._caught_up(writes)
 
-    def status_map(self) -> _StatusView:
-        return _StatusView(self.statuses, self.keys)
+    def status_map(self) -> updates.StatusView:
+        return updates.StatusView(self.statuses, self.keys)
 
     async def _rollout_outcomes(self, before: dict[str, RolloutRecord], decided: updates.Decisions) -> None:
         """Events for rollouts that started or ended; the outcome into `history/` (a failed
@@ -486,30 +486,3 @@ class LeaderLoop:
             elif before:
                 self.events.emit("service.placed", "every replica has a node", service=plan.service)
                 del self._pending[plan.service]
-
-
-def stale_incarnation(
-    services: Mapping[str, ServiceRecord], tasks: Mapping[tuple[str, int], Assignment]
-) -> dict[tuple[str, int], Assignment]:
-    """Tasks assigned for another incarnation of their service (`ServiceRecord.uid`): the
-    service was removed and applied again before its old tasks were unassigned. They are
-    never kept, updated or handed off from; their slots are placed anew from the new spec.
-    (Tasks and services written before uids both have uid "", so they still match.)"""
-    out = {}
-    for key, task in tasks.items():
-        record = services.get(task.service)
-        if record is not None and task.uid != record.uid:
-            out[key] = task
-    return out
-
-
-class _StatusView:
-    """Statuses parsed on demand from the mirror: a pass looks up only the tasks under an
-    update or a handoff, not every status of a large cluster."""
-
-    def __init__(self, cache: PrefixCache, keys: Keys) -> None:
-        self.cache, self.keys = cache, keys
-
-    def get(self, task_id: str, /) -> TaskStatus | None:
-        kv = self.cache.items.get(self.keys.status(task_id))
-        return None if kv is None else TaskStatus.from_json(kv.value)

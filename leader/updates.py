@@ -37,6 +37,8 @@ from leader.rollout import (
 from leader.scheduler import CONSTRAINTS, DRAIN, MAX_PER_NODE, UPDATE, Plan, template_hash
 from node.agent.health import is_healthy
 from node.domain import Assignment, RolloutRecord, ServiceRecord, TaskState, TaskStatus
+from node.keys import Keys
+from node.store.cache import PrefixCache
 
 HANDOFF_REASONS = frozenset({UPDATE, DRAIN, CONSTRAINTS, MAX_PER_NODE})
 
@@ -157,3 +159,15 @@ def releases(
         if old.node not in alive or health(task, statuses.get(task.task_id)) is Health.READY:
             out.append(replace(task, handoff={}))
     return out
+
+
+class StatusView:
+    """Statuses parsed on demand from the mirror: a pass looks up only the tasks under an
+    update or a handoff, not every status of a large cluster."""
+
+    def __init__(self, cache: PrefixCache, keys: Keys) -> None:
+        self.cache, self.keys = cache, keys
+
+    def get(self, task_id: str, /) -> TaskStatus | None:
+        kv = self.cache.items.get(self.keys.status(task_id))
+        return None if kv is None else TaskStatus.from_json(kv.value)

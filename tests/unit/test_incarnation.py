@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from leader.loop import LeaderLoop, stale_incarnation
+from leader.incarnation import stale_incarnation
+from leader.loop import LeaderLoop
 from leader.scheduler import Plan
 from node.agent.agent import Agent
 from node.agent.containers import SpecNotFound, SpecSource
