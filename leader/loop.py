@@ -64,6 +64,7 @@ class LeaderLoop:
         self.events = events
         self.resync = resync
         self.unreadable: set[str] = set()  # services whose stored spec cannot be read: left alone
+        self._refused: dict[str, str] = {}  # service -> why its due rollback is refused (said once)
         self.applier = Applier(store, keys, epoch)
         self.services = PrefixCache(store, keys.services, "services")
         self.nodes = PrefixCache(store, keys.nodes, "nodes")
@@ -308,10 +309,12 @@ class LeaderLoop:
                 continue
             self.crash_point(crashpoint.ROLLBACK_WRITTEN)
             if isinstance(outcome, rollback.Refused):  # a port of the good version went to another service
-                self.events.emit(
-                    "rollout.rollback_refused", f"{name}: cannot roll back: {outcome}", service=name
-                )
+                message = f"{name}: cannot roll back: {outcome}"
+                if self._refused.get(name) != message:  # said once; tried again on every pass
+                    self._refused[name] = message
+                    self.events.emit("rollout.rollback_refused", message, service=name)
                 continue
+            self._refused.pop(name, None)
             if outcome is rollback.Outcome.IMPOSSIBLE:
                 self.events.emit(
                     "rollout.rollback_impossible",
