@@ -28,11 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from node.client import ShoalClient
-from node.devcluster import DevCluster, DevError, free_port_on_all, free_port_pair, remove_containers
+from node.devcluster import DevCluster, DevError, remove_containers
 from node.security import context
 
 VENV_BIN = Path(sys.executable).parent
@@ -69,18 +68,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=15, help="times each command is run (15)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="shoal-bench-cli-") as tmp:
-        grpc_port = free_port_on_all(["127.0.0.1"])
-        metrics_port = free_port_on_all(["127.0.0.1"])
-        while metrics_port == grpc_port:
-            metrics_port = free_port_on_all(["127.0.0.1"])
-        cluster = DevCluster(
-            Path(tmp) / "dev",
-            nodes=1,
-            grpc_port=grpc_port,
-            metrics_port=metrics_port,
-            etcd_port=free_port_pair(),
-            cluster=f"bench-cli-{uuid.uuid4().hex[:6]}",
-        )
+        cluster = DevCluster.on_free_ports(Path(tmp) / "dev", nodes=1, name="bench-cli-")
         try:
             cluster.start()
             with ShoalClient(cluster.addr, timeout=10, tls=cluster.tls) as client:

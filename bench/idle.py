@@ -28,11 +28,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 from node.client import ShoalClient
-from node.devcluster import DevCluster, DevError, free_port_on_all, free_port_pair, remove_containers
+from node.devcluster import DevCluster, DevError, free_port_on_all, remove_containers
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SPEC = "name: web\nimage: shoal-demo/web:1\nreplicas: {n}\nports: [{{container: 8080}}]\n"
@@ -89,19 +88,7 @@ def main() -> int:
     args = parser.parse_args()
     rows: list[tuple[int, int, list[tuple[str, bool, float, float]]]] = []
     with tempfile.TemporaryDirectory(prefix="shoal-bench-idle-") as tmp:
-        hosts = [f"127.0.0.{i}" for i in (1, 2, 3)]
-        grpc_port = free_port_on_all(hosts)
-        metrics_port = free_port_on_all(hosts)
-        while metrics_port == grpc_port:
-            metrics_port = free_port_on_all(hosts)
-        cluster = DevCluster(
-            Path(tmp) / "dev",
-            nodes=3,
-            grpc_port=grpc_port,
-            metrics_port=metrics_port,
-            etcd_port=free_port_pair(),
-            cluster=f"bench-idle-{uuid.uuid4().hex[:6]}",
-        )
+        cluster = DevCluster.on_free_ports(Path(tmp) / "dev", nodes=3, name="bench-idle-")
         etcd_metrics = free_port_on_all(["127.0.0.1"])
         cluster.etcd.extra_args += ["--listen-metrics-urls", f"http://127.0.0.1:{etcd_metrics}"]
         metrics_url = f"http://127.0.0.1:{etcd_metrics}/metrics"

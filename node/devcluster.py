@@ -25,9 +25,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from node import errors
 from node.client import ShoalClient, ShoalError
@@ -222,6 +224,22 @@ class DevCluster:
     simulate: int = 0  # simulated nodes to add (`node.simcluster`, one process; they run nothing)
     sim_proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _tls: ClientTls | None = field(default=None, repr=False)
+
+    @classmethod
+    def on_free_ports(cls, data_dir: Path, nodes: int = 3, name: str = "t", **kwargs: Any) -> DevCluster:
+        """A cluster whose gRPC, metrics and etcd ports are free on every node address
+        (drawn outside the ephemeral range, `node.freeports`) and whose name is unique
+        (`<name><8 hex>`), so tests and benches never meet another cluster's."""
+        hosts = [f"127.0.0.{i}" for i in range(1, nodes + 1)]
+        return cls(
+            data_dir,
+            nodes=nodes,
+            grpc_port=free_port_on_all(hosts),
+            metrics_port=free_port_on_all(hosts),  # never the same port twice in one process
+            etcd_port=free_port_pair(),
+            cluster=f"{name}{uuid.uuid4().hex[:8]}",
+            **kwargs,
+        )
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= 50:

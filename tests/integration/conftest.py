@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ import pytest
 from docker.errors import ImageNotFound
 
 from node.devcluster import DevCluster, remove_containers
-from tests.helpers import free_port_on_all, free_port_pair
 from tests.integration.registry import local_registry  # noqa: F401  (a fixture for every test here)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,20 +53,7 @@ def make_cluster(tmp_path: Path, demo_images: tuple[str, ...]) -> Iterator[Calla
     started: list[DevCluster] = []
 
     def make(nodes: int = 3, **kwargs: Any) -> DevCluster:
-        hosts = [f"127.0.0.{i}" for i in range(1, nodes + 1)]
-        grpc_port = free_port_on_all(hosts)
-        metrics_port = free_port_on_all(hosts)
-        while metrics_port == grpc_port:
-            metrics_port = free_port_on_all(hosts)
-        cluster = DevCluster(
-            tmp_path / f"cluster{len(started)}",
-            nodes=nodes,
-            grpc_port=grpc_port,
-            metrics_port=metrics_port,
-            etcd_port=free_port_pair(),
-            cluster=f"t{uuid.uuid4().hex[:8]}",
-            **kwargs,
-        )
+        cluster = DevCluster.on_free_ports(tmp_path / f"cluster{len(started)}", nodes, **kwargs)
         started.append(cluster)
         cluster.start()
         return cluster

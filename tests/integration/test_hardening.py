@@ -13,7 +13,6 @@ import dataclasses
 import shutil
 import subprocess
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,7 +36,7 @@ from node.security import bootstrap
 from node.security.cluster import ClusterSecurity
 from node.store import StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
-from tests.helpers import free_port_on_all, free_port_pair, on_store, wait_until_sync
+from tests.helpers import free_port_on_all, on_store, wait_until_sync
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +45,7 @@ HOSTS = [f"127.0.0.{i}" for i in range(1, 4)]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, demo_images: tuple[str, ...]) -> Iterator[DevCluster]:
-    c = DevCluster(
-        tmp_path_factory.mktemp("hardening"),
-        nodes=2,
-        grpc_port=free_port_on_all(HOSTS),
-        metrics_port=free_port_on_all(HOSTS),
-        etcd_port=free_port_pair(),
-        cluster=f"t{uuid.uuid4().hex[:8]}",
-    )
+    c = DevCluster.on_free_ports(tmp_path_factory.mktemp("hardening"), nodes=2)
     c.start()
     yield c
     c.stop()

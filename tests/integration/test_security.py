@@ -146,14 +146,7 @@ def admin_token(cluster: DevCluster) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, demo_images: tuple[str, ...]) -> Iterator[DevCluster]:
-    c = DevCluster(
-        tmp_path_factory.mktemp("security"),
-        nodes=2,
-        grpc_port=free_port_on_all(HOSTS),
-        metrics_port=free_port_on_all(HOSTS),
-        etcd_port=free_port_pair(),
-        cluster=f"t{uuid.uuid4().hex[:8]}",
-    )
+    c = DevCluster.on_free_ports(tmp_path_factory.mktemp("security"), nodes=2)
     c.start()
     SECRETS.append(admin_token(c))
     with c.client() as client:
