@@ -4,7 +4,10 @@ manual, never take a port another service published meanwhile.
 web v1 publishes P1; v2 (an image that never passes its check) moves to P2, which frees
 P1, and `api` takes P1 at once. When v2 fails, the leader's automatic rollback to v1
 would publish P1 again: it is refused, with an event naming `api`, and so is a manual
-`rollback`. Once `api` is removed, the manual rollback goes through.
+`rollback`. The refused rollback stays due and is tried again on every pass, so once
+`api` is removed the leader's own rollback goes through, exactly once. (A manual
+`rollback` here would race it: whichever lands second rolls the first one back, as
+`docker service rollback` does after Swarm's automatic rollback.)
 """
 
 from __future__ import annotations
@@ -66,6 +69,13 @@ def test_rollbacks_onto_a_port_taken_meanwhile_are_refused_naming_the_owner(
         assert c.get_service("web").version == bad.version
 
         c.delete_service("api")
-        back = c.rollback("web")
+
+        def rolled_back() -> bool:
+            svc = c.get_service("web")
+            return svc.version > bad.version
+
+        wait_until_sync(rolled_back, 60, interval=0.5, message="automatic rollback once P1 was free")
         svc = c.get_service("web")
-        assert (svc.version, svc.image, svc.rollback_of) == (back.version, "shoal-demo/web:1", bad.version)
+        assert (svc.version, svc.image, svc.rollback_of) == (bad.version + 1, "shoal-demo/web:1", bad.version)
+        wait_until_sync(lambda: len(c.resolve("web")) == 2, 60, message="web v1 routable again on P1")
+        assert c.get_service("web").version == bad.version + 1, "the rollback was written once"
