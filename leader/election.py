@@ -64,10 +64,37 @@ class Election:
                 epoch = await self.try_acquire()
                 if epoch is not None:
                     return epoch
+                if await self._clear_own_stale_key():
+                    continue
                 await self._wait_vacant()
             except StoreError as exc:
                 log.warning("election: %s; retrying", exc)
                 await asyncio.sleep(0.5)
+
+    async def _clear_own_stale_key(self) -> bool:
+        """Delete a leader key that names this node while it campaigns (True if deleted).
+
+        A node campaigns only when it does not lead, so a key naming it is left from a
+        leadership it stepped down from without a resign reaching etcd (its lease about
+        to expire while etcd changed its raft leader, say). etcd renews that lease with
+        the node's others, so without this the key would outlive the step-down for good
+        and no node would lead. Node ids are unique in a cluster (a join never grants a
+        running node's id), and the delete compares the key's create revision, so a
+        newer leadership is never touched."""
+        kv = await self.store.get(self.keys.leader)
+        if kv is None:
+            return False
+        try:
+            node = json.loads(kv.value).get("node", "")
+        except (ValueError, AttributeError):
+            return False
+        if node != self.node:
+            return False
+        log.warning(
+            "election: the leader key at epoch %d is this node's own, left from a step-down; deleting it",
+            kv.create_revision,
+        )
+        return await self.resign(kv.create_revision)
 
     async def _wait_vacant(self) -> None:
         """Return once the leader key is gone (or looks gone), or after a while."""

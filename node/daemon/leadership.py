@@ -3,8 +3,10 @@
 Leadership ends at the first of: the leader loop fails or is fenced, the leader
 key changes (someone deleted it), or this node's lease is lost or about to expire
 (`Session.expiring`, checked every 100 ms, so the leader stops acting before etcd
-can hand leadership to another node). A graceful stop resigns at once, so another
-node leads within the time it takes to notice the deletion.
+can hand leadership to another node). Every step-down resigns (deletes
+the key, compared on its epoch) at once, graceful or not, so another node leads
+within the time it takes to notice the deletion; when etcd does not take the delete,
+this node's next campaign deletes the key that names it (`Election.campaign`).
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ class Leadership:
                 self.epoch = epoch
                 self.events.emit("leader.elected", f"{self.node} leads at epoch {epoch}")
                 reason = await self._lead(epoch)
-                self.epoch = 0
+                # Step down for good: the key hangs on this node's lease, which etcd may
+                # well go on renewing (a lease "about to expire" often is not), and while
+                # it stands nobody else can lead. Never a TTL wait.
+                await self.resign()
                 self.events.emit(
                     "leader.stepped-down", f"{self.node} stopped leading epoch {epoch}: {reason}"
                 )

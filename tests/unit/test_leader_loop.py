@@ -208,3 +208,71 @@ async def test_the_leader_key_dies_with_its_lease_and_the_follower_takes_over() 
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_a_campaign_deletes_a_leader_key_left_in_its_own_name() -> None:
+    """A step-down whose resign never reached etcd leaves the key on a lease etcd keeps
+    renewing; the node's next campaign must not wait on itself forever."""
+    store = MemoryStore()
+    (e1, s1), (e2, _) = await candidate(store, "n1"), await candidate(store, "n2")
+    stale = await e1.campaign()
+    # n1 stepped down without its resign landing: the key still names it, on its live lease.
+    kv = await store.get(KEYS.leader)
+    assert kv is not None and kv.lease == s1.lease
+    epoch = await asyncio.wait_for(e1.campaign(), 2)
+    assert epoch > stale
+    current = await e2.current()
+    assert current is not None and (current.node, current.epoch) == ("n1", epoch)
+
+
+async def test_a_campaign_leaves_another_nodes_key_alone() -> None:
+    store = MemoryStore()
+    (e1, _), (e2, _) = await candidate(store, "n1"), await candidate(store, "n2")
+    epoch = await e1.campaign()
+    follower = asyncio.create_task(e2.campaign())
+    try:
+        done, _ = await asyncio.wait({follower}, timeout=0.2)
+        assert not done, "n2 waits while n1 leads"
+        current = await e2.current()
+        assert current is not None and (current.node, current.epoch) == ("n1", epoch)
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+
+
+async def test_a_leader_whose_lease_is_about_to_expire_resigns_and_can_lead_again() -> None:
+    """The step-down on an expiring lease deletes the key: the lease often survives
+    (etcd renews it once it answers again), and a key left on it would stop every
+    election for good (the testbed's no-leader-after-raft-leader-loss)."""
+    import time
+
+    from node.daemon.leadership import Leadership
+    from tests.helpers import wait_until
+
+    store = MemoryStore()
+    session = Session(store, ttl=10)
+    await session.start()
+    leadership = Leadership(store, KEYS, "n1", "127.0.0.1:7070", session, EventLog(store, KEYS, "n1"), 1.0)
+    task = asyncio.create_task(leadership.run())
+    try:
+        await wait_until(lambda: leadership.epoch, timeout=10, message="leading")
+        first = leadership.epoch
+        session.deadline = 0.0  # about to expire: the leader steps down
+        stepped_down: list[bool] = []
+
+        async def key_gone() -> bool:
+            kv = await store.get(KEYS.leader)
+            if kv is None or kv.create_revision != first:
+                stepped_down.append(True)
+            return bool(stepped_down)
+
+        await wait_until(key_gone, timeout=10, message="the key of the stepped-down epoch deleted")
+        session.deadline = time.monotonic() + 1000  # the lease was renewed after all
+        await wait_until(
+            lambda: leadership.epoch not in (0, first), timeout=10, message="leading again, at a new epoch"
+        )
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
