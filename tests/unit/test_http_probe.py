@@ -278,6 +278,19 @@ async def test_tls_verify_checks_the_name_in_host(
 async def test_scheme_mismatches_are_unhealthy(plain: Server, tls_server: Server) -> None:
     ok, message = await probe(plain.port, "/ok", scheme="https", timeout=0.5)
     assert not ok, message  # the plain server waits for a request line that never comes
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(10)  # a TLS ClientHello: answered as most plain servers do
+        writer.write(answer("400 Bad Request"))
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    ok, message = await probe(port, "/ok", scheme="https", timeout=2.0)
+    srv.close()
+    await srv.wait_closed()
+    assert not ok and message.startswith(f"GET :{port}/ok (https): TLS: "), message
     ok, message = await probe(tls_server.port, "/ok", timeout=0.5)  # plain HTTP to a TLS port
     assert not ok, message
 
