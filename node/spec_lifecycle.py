@@ -127,13 +127,46 @@ _Timeout = Annotated[float, BeforeValidator(_duration), _duration_within(0.01, H
 _Port = Annotated[int, _within(1, 65535)]
 
 
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
+
+
+def _host_header(v: str) -> str:
+    if not _HOST_RE.fullmatch(v):
+        raise _fail(
+            "must be a host name or address with an optional :port (letters, digits, '.', '-', "
+            f"'_', or an [IPv6] address; at most 253 characters before the port); got string {v[:60]!r}"
+        )
+    return v
+
+
 class HttpCheck(BaseModel):
-    """GET `path` on the replica's container `port`; healthy when the answer's status is `status`."""
+    """GET `path` on the replica's container `port` over `scheme` (http or https); healthy
+    when the answer's status is `status`, or without `status` any 2xx or 3xx (as
+    Kubernetes; a redirect is not followed). `host`: the Host header (and, for https, the
+    TLS server name); by default the address probed. `tls_verify` (https only; off by
+    default, for self-signed certificates) checks the certificate against the system's
+    trusted CAs and `host`, which it then requires (the replica is reached by address)."""
 
     model_config = _STRICT
     port: _Port
     path: Annotated[str, AfterValidator(_http_path)] = "/"
-    status: Annotated[int, _within(100, 599)] = 200
+    # New fields default to None, which the agent reads as the default named here, so the
+    # stored form (and `template_hash`) of a spec that leaves them out stays the same.
+    status: Annotated[int, _within(100, 599)] | None = None  # None: any 2xx or 3xx
+    scheme: Literal["http", "https"] | None = None  # None: http
+    tls_verify: bool | None = None  # None: false
+    host: Annotated[str, AfterValidator(_host_header)] | None = None  # None: address:port
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> "HttpCheck":
+        if self.tls_verify and self.scheme != "https":
+            raise _fail("tls_verify applies only to scheme https (this check uses http: add scheme: https)")
+        if self.tls_verify and self.host is None:
+            raise _fail(
+                "tls_verify needs `host`: the name the certificate is checked against "
+                "(the replica is probed at its container address)"
+            )
+        return self
 
 
 class TcpCheck(BaseModel):

@@ -1,1 +1,2 @@
-"""The agent: runs this node's assigned tasks as containers and reports them."""
+"""The agent: runs this node's assigned tasks as containers, checks their health
+(http/https, tcp, exec), restarts them under their policy, and reports them."""

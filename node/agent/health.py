@@ -69,7 +69,10 @@ class Check:
     kind: str  # "http", "tcp" or "exec"
     port: int = 0  # container port (http, tcp)
     path: str = _HTTP["path"].default  # http
-    status: int = _HTTP["status"].default  # http: the status that means healthy
+    status: int | None = _HTTP["status"].default  # http: the status that means healthy (None: 2xx-3xx)
+    scheme: str = "http"  # http: "http" or "https" (the spec's None)
+    tls_verify: bool = False  # https: check the certificate against `host` (the spec's None)
+    host: str | None = _HTTP["host"].default  # http: the Host header (None: the address probed)
     command: tuple[str, ...] = ()  # exec: argv, no shell
     interval: float = _TIMING["interval"].default
     timeout: float = _TIMING["timeout"].default
@@ -78,7 +81,7 @@ class Check:
 
     def describe(self) -> str:
         if self.kind == "http":
-            return f"GET :{self.port}{self.path}"
+            return f"GET :{self.port}{self.path}" + (" (https)" if self.scheme == "https" else "")
         if self.kind == "tcp":
             return f"tcp :{self.port}"
         return "exec " + " ".join(self.command)
@@ -98,7 +101,16 @@ def check_of(spec: ServiceSpec | None) -> Check | None:
     )
     if health.http is not None:
         http = health.http
-        return replace(timing, kind="http", port=http.port, path=http.path, status=http.status)
+        return replace(
+            timing,
+            kind="http",
+            port=http.port,
+            path=http.path,
+            status=http.status,
+            scheme=http.scheme or "http",
+            tls_verify=bool(http.tls_verify),
+            host=http.host,
+        )
     if health.tcp is not None:
         return replace(timing, kind="tcp", port=health.tcp.port)
     if health.exec is not None:

@@ -1,8 +1,8 @@
 """The I/O of health checks: one probe of one replica, as (passed, message).
 
 - `http`: GET `path` on the container's own address (its IP on the Docker network) at
-  the container port; passes when the status line says `status`. HTTP/1.1 with
-  `Connection: close`; only the status line is read.
+  the container port, over http or https; the answer is read whole by
+  `node.agent.http_probe` (llhttp, bounded) and passes on `status`, or any 2xx-3xx.
 - `tcp`: a TCP connection to the container's address and port is accepted.
 - `exec`: the command runs in the container (`Runtime.exec`); passes on exit code 0.
 
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 
+from node.agent import http_probe
 from node.agent.health import Check
 from node.runtime.base import Container, Runtime, RuntimeError_
 
@@ -48,6 +50,10 @@ class Prober:
                 return await self._tcp(host, port)
         except TimeoutError:
             return False, f"{check.describe()}: no answer within {check.timeout:g}s"
+        except http_probe.BadAnswer as exc:
+            return False, _clip(f"GET {check.path}: {exc}")
+        except ssl.SSLError as exc:  # before OSError, its base: errno 1 would read "not permitted"
+            return False, _clip(f"{check.describe()}: TLS: {exc.reason or exc}")
         except OSError as exc:  # asyncio's "Connect call failed (...)" says less than the errno
             return False, f"{check.describe()}: {os.strerror(exc.errno) if exc.errno else exc}"
         except RuntimeError_ as exc:
@@ -59,24 +65,9 @@ class Prober:
         return self.publish_address, c.host_ports.get(check.port, 0)
 
     async def _http(self, check: Check, host: str, port: int) -> tuple[bool, str]:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            request = (
-                f"GET {check.path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: shoal-health\r\n"
-                "Accept: */*\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(request.encode("latin-1", "replace"))
-            line = await reader.readline()
-        finally:
-            writer.transport.abort()
-        parts = line.decode("latin-1").split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            answer = repr(line[:60]) if line else "closed without an answer"
-            return False, f"GET {check.path}: not an HTTP answer ({answer})"
-        code = int(parts[1])
-        if code == check.status:
-            return True, f"HTTP {code}"
-        return False, f"HTTP {code} from GET {check.path} (expected {check.status})"
+        target = http_probe.Target(host, port, check.path, check.scheme, check.tls_verify, check.host)
+        answer = await http_probe.get(target, check.timeout)
+        return http_probe.verdict(target, check.status, answer)
 
     async def _tcp(self, host: str, port: int) -> tuple[bool, str]:
         _, writer = await asyncio.open_connection(host, port)

@@ -1,4 +1,6 @@
-"""Container runtimes behind one small Protocol: Docker for real, a fake for unit tests."""
+"""Container runtimes behind one small Protocol (`base.Runtime`): Docker for real
+(`docker`, `docker_pull`), an in-memory fake for unit tests (`fake`), and a simulated
+engine for `shoal dev --simulate` and benches (`sim`)."""
 
 from node.runtime.base import (
     LABELS,

@@ -115,7 +115,7 @@ class Lifetimes:
     """How long each kind of certificate is valid. Shorter limits what a stolen key is
     worth; longer rides out longer outages of every signer. Renewal starts at 2/3."""
 
-    ca: timedelta = timedelta(days=3650)  # the root; rotating it is a planned operation
+    ca: timedelta = timedelta(days=3650)  # the root; rotating it is not built (docs/security.md)
     node: timedelta = timedelta(days=30)  # renewed by the daemon itself, from day 20
     client: timedelta = timedelta(days=365)  # the CLI's; the token, not the cert, is revocable
     join: timedelta = timedelta(days=365)  # replaced whenever the join token rotates

@@ -99,7 +99,7 @@ CHECKS = {
         "",
         "rm /www/health",
         "echo ok > /www/health",
-        "HTTP 404 from GET /health (expected 200)",
+        "HTTP 404 from GET /health (expected 2xx or 3xx)",
     ),
     "tcp": (
         f"health: {{tcp: {{port: 9000}}, interval: {INTERVAL}s, timeout: 500ms, retries: {RETRIES}}}",

@@ -57,7 +57,7 @@ async def test_http_status_decides(server: int) -> None:
     prober = Prober(FakeRuntime(), "127.0.0.1")
     assert await prober.probe(Check("http", server, "/health"), container()) == (True, "HTTP 200")
     ok, message = await prober.probe(Check("http", server, "/broken"), container())
-    assert (ok, message) == (False, "HTTP 500 from GET /broken (expected 200)")
+    assert (ok, message) == (False, "HTTP 500 from GET /broken (expected 2xx or 3xx)")
     assert await prober.probe(Check("http", server, "/missing", 404), container()) == (True, "HTTP 404")
 
 
