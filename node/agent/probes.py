@@ -22,7 +22,7 @@ import asyncio
 import os
 
 from node.agent.health import Check
-from node.runtime.base import Container, Runtime, RuntimeError_
+from node.runtime.base import Container, EngineError, Runtime
 
 SIMULATED = "io.shoal.simulated"  # node.runtime.sim's label: nothing runs, every check passes
 MESSAGE_LIMIT = 300  # characters of a probe's message kept (exec output can be long)
@@ -50,7 +50,7 @@ class Prober:
             return False, f"{check.describe()}: no answer within {check.timeout:g}s"
         except OSError as exc:  # asyncio's "Connect call failed (...)" says less than the errno
             return False, f"{check.describe()}: {os.strerror(exc.errno) if exc.errno else exc}"
-        except RuntimeError_ as exc:
+        except EngineError as exc:
             return False, _clip(str(exc))
 
     def target(self, check: Check, c: Container) -> tuple[str, int]:

@@ -5,11 +5,11 @@ from node.runtime.base import (
     Container,
     ContainerSpec,
     DockerHealth,
+    EngineError,
     ExecResult,
     ImageError,
     PortBinding,
     Runtime,
-    RuntimeError_,
     RuntimeUnavailable,
 )
 
@@ -18,10 +18,10 @@ __all__ = [
     "Container",
     "ContainerSpec",
     "DockerHealth",
+    "EngineError",
     "ExecResult",
     "ImageError",
     "PortBinding",
     "Runtime",
-    "RuntimeError_",
     "RuntimeUnavailable",
 ]
