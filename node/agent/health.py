@@ -28,9 +28,10 @@ Pure: no I/O, no clock of its own (times are passed in, monotonic seconds).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
+from node.domain import TaskHealth as Health  # the verdicts, named where the routable rule is
 from node.domain import TaskState, TaskStatus
+from node.domain import routable as _routable
 from node.runtime.base import DockerHealth
 from node.spec import ServiceSpec
 from node.spec_lifecycle import HealthCheck, HttpCheck
@@ -40,22 +41,15 @@ REPLACE_AFTER = 2  # x retries consecutive failures, and an unhealthy replica is
 _EPSILON = 1e-3  # s: float slack when comparing due times
 
 
-class Health(StrEnum):
-    NONE = ""  # no check: routable once running
-    STARTING = "starting"  # checked, not yet passed
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"
-
-
 def routable(health: str) -> bool:
-    """Whether a running replica in this health is published in `endpoints/`."""
-    return health in (Health.NONE, Health.HEALTHY)
+    """Whether a running replica in this health is published in `endpoints/`
+    (`node.domain.routable`, the one rule)."""
+    return _routable(TaskState.RUNNING, health)
 
 
 def is_healthy(status: TaskStatus) -> bool:
-    """A task that runs and serves: what a rollout waits for. True exactly when the agent
-    publishes its endpoint (running, and healthy or without a check)."""
-    return status.state == TaskState.RUNNING and routable(status.health)
+    """A task that runs and serves: `TaskStatus.routable` (kept for its callers)."""
+    return status.routable
 
 
 _TIMING = HealthCheck.model_fields  # the defaults are the spec model's, written once there
