@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 import docker
 from docker.errors import APIError, DockerException, NotFound
 from docker.utils import parse_repository_tag
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from node.runtime.base import (
     Container,
@@ -307,14 +308,18 @@ class DockerRuntime:
 
     def _wait_for_ports(self, client: docker.DockerClient, cid: str, spec: ContainerSpec) -> Container:
         wanted = {p.container_port for p in spec.ports}
-        deadline = time.monotonic() + PORTS_DEADLINE
-        while True:
-            container = self._inspect(client, cid)
-            if not container.running or wanted <= container.host_ports.keys():
-                return container
-            if time.monotonic() > deadline:
-                raise EngineError(f"Docker reported no host ports for {spec.name} in {PORTS_DEADLINE}s")
-            time.sleep(0.02)
+
+        def give_up(state: RetryCallState) -> Container:
+            raise EngineError(f"Docker reported no host ports for {spec.name} in {PORTS_DEADLINE}s")
+
+        polling = Retrying(  # inspect every 20 ms until the ports show (or it stopped running)
+            retry=retry_if_result(lambda c: c.running and not wanted <= c.host_ports.keys()),
+            wait=wait_fixed(0.02),
+            stop=stop_after_delay(PORTS_DEADLINE),
+            retry_error_callback=give_up,
+        )
+        container: Container = polling(self._inspect, client, cid)
+        return container
 
     def _exec(
         self, client: docker.DockerClient, container_id: str, command: tuple[str, ...], timeout: float
