@@ -30,8 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from node.domain import TaskHealth as Health  # the verdicts, named where the routable rule is
-from node.domain import TaskState, TaskStatus
-from node.domain import routable as _routable
+from node.domain import TaskState, routable
 from node.runtime.base import DockerHealth
 from node.spec import ServiceSpec
 from node.spec_lifecycle import HealthCheck, HttpCheck
@@ -39,17 +38,6 @@ from node.spec_lifecycle import HealthCheck, HttpCheck
 START_INTERVAL = 0.5  # s between probes of a replica that was never healthy (or `interval`)
 REPLACE_AFTER = 2  # x retries consecutive failures, and an unhealthy replica is replaced
 _EPSILON = 1e-3  # s: float slack when comparing due times
-
-
-def routable(health: str) -> bool:
-    """Whether a running replica in this health is published in `endpoints/`
-    (`node.domain.routable`, the one rule)."""
-    return _routable(TaskState.RUNNING, health)
-
-
-def is_healthy(status: TaskStatus) -> bool:
-    """A task that runs and serves: `TaskStatus.routable` (kept for its callers)."""
-    return status.routable
 
 
 _TIMING = HealthCheck.model_fields  # the defaults are the spec model's, written once there
@@ -164,7 +152,8 @@ class Verdict:
 
     @property
     def routable(self) -> bool:
-        return routable(self.health)
+        """Published in `endpoints/` (a verdict is of a running replica): `node.domain.routable`."""
+        return routable(TaskState.RUNNING, self.health)
 
 
 def docker_verdict(health: DockerHealth | None) -> Verdict:

@@ -9,7 +9,7 @@ import pytest
 
 from leader.updates import Health as SlotHealth
 from leader.updates import health as slot_health
-from node.agent.health import Health, Verdict, is_healthy
+from node.agent.health import Health, Verdict
 from node.api.nodes import routable as api_routable
 from node.domain import (
     Assignment,
@@ -36,7 +36,6 @@ def test_running_and_healthy_or_unchecked_and_nothing_else(state: TaskState, hea
     status = TaskStatus("t1", "web", 1, "n1", state.value, health=health.value)
     assert routable(state.value, health.value) is expected
     assert status.routable is expected
-    assert is_healthy(status) is expected  # the agent module's name for it, kept for callers
     if state == TaskState.RUNNING:  # the agent's verdict is about a running replica
         assert Verdict(health=Health(health.value)).routable is expected
 
