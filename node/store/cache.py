@@ -63,7 +63,9 @@ class PrefixCache:
     async def run(self) -> None:
         """List, then follow the watch, forever: a watch ends only by an error, and is
         then listed and followed again (a listing never goes without the watch after it)."""
-        async for attempt in patiently(f"watch {self.name}", at_once=Compacted, first=0.1, most=2.0):
+        async for attempt in patiently(
+            f"watch {self.name}", at_once=Compacted, first=0.1, most=2.0, logger=log
+        ):
             with attempt:
                 await self.relist()
                 progressed(attempt)
