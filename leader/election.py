@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 
 from node.keys import Keys
-from node.store import Compare, Delete, Put, Store, StoreError
+from node.store import Compare, Delete, Put, Store
+from node.store.retry import patiently
 from node.store.session import Session
 
 log = logging.getLogger(__name__)
@@ -58,18 +59,20 @@ class Election:
         return result.revision if result.succeeded else None
 
     async def campaign(self) -> int:
-        """Block until this node leads; return its epoch."""
+        """Block until this node leads; return its epoch. A store error is retried after
+        0.5 s (`patiently`); a lost race waits for the key to go (not a retry)."""
+        retrying = patiently("election", first=0.5, most=0.5, logger=log)
         while True:
-            try:
-                epoch = await self.try_acquire()
-                if epoch is not None:
-                    return epoch
-                if await self._clear_own_stale_key():
-                    continue
-                await self._wait_vacant()
-            except StoreError as exc:
-                log.warning("election: %s; retrying", exc)
-                await asyncio.sleep(0.5)
+            epoch: int | None = await retrying(self._turn)
+            if epoch is not None:
+                return epoch
+
+    async def _turn(self) -> int | None:
+        """One try; when another node leads, wait until its key goes (or a while)."""
+        epoch = await self.try_acquire()
+        if epoch is None and not await self._clear_own_stale_key():
+            await self._wait_vacant()
+        return epoch
 
     async def _clear_own_stale_key(self) -> bool:
         """Delete a leader key that names this node while it campaigns (True if deleted).
@@ -111,22 +114,27 @@ class Election:
             return
 
     async def watch_deposed(self, epoch: int) -> str:
-        """Return (with the reason) when leadership at `epoch` is over."""
-        while True:
-            try:
-                kv = await self.store.get(self.keys.leader)
-                if kv is None or kv.create_revision != epoch:
-                    return "the leader key changed"
-                async with asyncio.timeout(5.0):
-                    async for batch in self.store.watch(self.keys.leader, kv.mod_revision + 1):
-                        for ev in batch.events:
-                            if ev.kind == "delete" or ev.kv.create_revision != epoch:
-                                return "the leader key was deleted"
-            except TimeoutError:
-                continue
-            except StoreError as exc:
-                log.warning("leader watch: %s", exc)
-                await asyncio.sleep(0.5)
+        """Return (with the reason) when leadership at `epoch` is over. The key is read
+        again every 5 s (watches can stall); a store error is retried after 0.5 s."""
+        retrying = patiently("leader watch", first=0.5, most=0.5, logger=log)
+        while True:  # not a retry: a look at the key every 5 s
+            reason: str | None = await retrying(self._deposed, epoch)
+            if reason is not None:
+                return reason
+
+    async def _deposed(self, epoch: int) -> str | None:
+        kv = await self.store.get(self.keys.leader)
+        if kv is None or kv.create_revision != epoch:
+            return "the leader key changed"
+        try:
+            async with asyncio.timeout(5.0):
+                async for batch in self.store.watch(self.keys.leader, kv.mod_revision + 1):
+                    for ev in batch.events:
+                        if ev.kind == "delete" or ev.kv.create_revision != epoch:
+                            return "the leader key was deleted"
+        except TimeoutError:
+            pass
+        return None
 
     async def resign(self, epoch: int) -> bool:
         """Give up leadership at once (no TTL wait); False when it was not ours any more."""

@@ -35,8 +35,7 @@ from leader.rollout import (
     update_policy,
 )
 from leader.scheduler import CONSTRAINTS, DRAIN, MAX_PER_NODE, UPDATE, Plan, template_hash
-from node.agent.health import is_healthy
-from node.domain import Assignment, RolloutRecord, ServiceRecord, TaskState, TaskStatus
+from node.domain import Assignment, RolloutRecord, ServiceRecord, TaskHealth, TaskState, TaskStatus
 from node.keys import Keys
 from node.store.cache import PrefixCache
 
@@ -54,10 +53,13 @@ def health(task: Assignment, status: TaskStatus | None) -> Health:
     restarted since it was placed; else STARTING."""
     if status is None or status.task_id != task.task_id:
         return Health.STARTING
-    failed = status.state in (TaskState.EXITED.value, TaskState.FAILED.value) or status.health == "unhealthy"
+    failed = (
+        status.state in (TaskState.EXITED.value, TaskState.FAILED.value)
+        or status.health == TaskHealth.UNHEALTHY
+    )
     if failed or status.restarts > 0:
         return Health.FAILED
-    if is_healthy(status):  # exactly when its agent publishes it
+    if status.routable:  # exactly when its agent publishes it
         return Health.READY
     return Health.STARTING
 

@@ -2,7 +2,8 @@
 
 Programs get what the `shoal` CLI gets, with the same messages: every call has a
 deadline, and every gRPC failure becomes a `ShoalError` (a subclass per status code
-that callers commonly handle) whose message is one line a person can act on.
+that callers commonly handle: the very classes a node raises, `node.errors`) whose
+message is one line a person can act on.
 
 Every node requires mutual TLS and a token: the client takes its CA, certificate, key
 and token from `tls` (an `rpc.ClientTls`), or else from the environment and the
@@ -42,11 +43,26 @@ import grpc
 
 from node import rpc
 from node.defaults import DEFAULT_ADDR as DEFAULT_ADDR  # re-exported (__all__)
+from node.errors import (  # re-exported (__all__): one family with the server's (node.errors)
+    Conflict,
+    CredentialsMissing,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    ShoalError,
+    Unauthenticated,
+    Unavailable,
+    error_class,
+)
 from node.pb import api_pb2, api_pb2_grpc
 from node.security import context as credentials
 
 __all__ = [
     "DEFAULT_ADDR",
+    "Conflict",
     "CredentialsMissing",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -84,67 +100,6 @@ _TRANSPORT_MARKERS = (
 # a node did answer: the message must name etcd, not claim that no node answers.
 _NODE_ANSWERS = ("etcd ",)
 
-
-class ShoalError(Exception):
-    """A failed call. `str(err)` is one actionable line.
-
-    `code` is the gRPC status code (None when the error did not come from gRPC) and
-    `target` the address of the node that was called.
-    """
-
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None, target: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.target = target
-
-
-class NotFound(ShoalError):
-    """The named service (or other object) does not exist."""
-
-
-class InvalidArgument(ShoalError):
-    """The request was rejected as invalid (e.g. a spec error with its field path); nothing changed."""
-
-
-class Unavailable(ShoalError):
-    """No node answers at the address, or the node cannot reach its store right now. Retry later."""
-
-
-class FailedPrecondition(ShoalError):
-    """The cluster is not in a state that allows the operation (e.g. no leader yet)."""
-
-
-class DeadlineExceeded(ShoalError):
-    """The node did not answer within the client's timeout."""
-
-
-class Unauthenticated(ShoalError):
-    """No token, or a token the cluster does not accept (unknown, wrong, revoked, expired)."""
-
-
-class PermissionDenied(ShoalError):
-    """The token's role (or the certificate's kind) may not make this call."""
-
-
-class ResourceExhausted(ShoalError):
-    """A bound was reached (e.g. the streams one token may hold open on a node); the message names it."""
-
-
-class CredentialsMissing(ShoalError):
-    """The client has no (complete) credentials; the message names what is missing and how to get it."""
-
-
-_BY_CODE: dict[grpc.StatusCode, type[ShoalError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-}
 
 _CHECK_CREDENTIALS = (
     "check the client's credentials: the context file (SHOAL_CONTEXT_FILE, written by `shoal dev` "
@@ -196,7 +151,7 @@ def error_from_rpc(err: grpc.RpcError, target: str, timeout: float | None = None
     details_fn = getattr(err, "details", None)
     code: grpc.StatusCode | None = code_fn() if callable(code_fn) else None
     details = (details_fn() if callable(details_fn) else None) or ""
-    cls = _BY_CODE.get(code, ShoalError) if code is not None else ShoalError
+    cls = error_class(code.name) if code is not None else ShoalError
     tls_failure = _tls_failure(details, target) if code == grpc.StatusCode.UNAVAILABLE else None
     if tls_failure is not None:
         message = tls_failure

@@ -11,23 +11,17 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, NewType, Self
+from typing import Any, Self
 
 from pydantic import ValidationError
 
 from node.spec import ServiceSpec, spec_from_stored, spec_to_dict
 
 log = logging.getLogger(__name__)
-
-NodeId = NewType("NodeId", str)
-ServiceName = NewType("ServiceName", str)
-TaskId = NewType("TaskId", str)
-Epoch = NewType("Epoch", int)
-
 
 NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update")
 """Spec fields that say where, how many and how to roll out, not what a container is
@@ -60,6 +54,34 @@ class TaskState(StrEnum):
     UNKNOWN = "unknown"  # no report: the node is gone or has not reported yet
 
 
+class TaskHealth(StrEnum):
+    """A replica's health check verdict (`node.agent.health` runs the checks)."""
+
+    NONE = ""  # no check: routable once running
+    STARTING = "starting"  # checked, not yet passed
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+# -- routable: the one rule for which replicas may receive traffic ----------------------
+#
+# A replica is *routable* when (1) its own node sees it serve: its container runs and
+# it is healthy or has no check (`routable`; its agent publishes `endpoints/<service>/
+# <task>` exactly then, and withdraws it before stopping it; a rollout waits for it), and
+# (2) the cluster still wants it there (`routable_endpoints`): its task is assigned to
+# the node that published it (or hands its slot off to a successor still starting), for
+# the service's current incarnation, and that node is neither marked down by the leader
+# nor dead or gone in this node's gossip view. The agent and the leader decide (1); the
+# proxy and the API's resolve decide (2) on what (1) published.
+
+ROUTABLE_HEALTH = frozenset({TaskHealth.NONE, TaskHealth.HEALTHY})
+
+
+def routable(state: str, health: str) -> bool:
+    """Whether a replica in `state` with `health` may receive traffic (rule 1 above)."""
+    return state == TaskState.RUNNING and health in ROUTABLE_HEALTH
+
+
 class NodeStatus(StrEnum):
     READY = "ready"
     NOT_READY = "not-ready"  # registered, but says it cannot run tasks (`NodeInfo.not_ready`)
@@ -74,9 +96,9 @@ class Availability(StrEnum):
     DRAIN = "drain"  # takes no new tasks; its tasks move elsewhere
 
 
-def new_task_id() -> TaskId:
+def new_task_id() -> str:
     """A random task id: 12 lowercase hex characters, unique for practical purposes."""
-    return TaskId(secrets.token_hex(6))
+    return secrets.token_hex(6)
 
 
 def new_service_uid() -> str:
@@ -281,15 +303,19 @@ class TaskStatus(Record):
     exit_code: int = 0
     message: str = ""
     updated_at: float = 0.0
-    # Health (node.agent.health): "" (no check: routable once running), "starting",
-    # "healthy", "unhealthy". A task serves (its endpoint is published) exactly when
-    # state == "running" and health is "" or "healthy": `node.agent.health.is_healthy`.
+    # Health (`TaskHealth`): "" (no check: routable once running), "starting", "healthy",
+    # "unhealthy". A task serves (its endpoint is published) exactly when `routable`.
     health: str = ""
     health_message: str = ""  # the last check's result, e.g. "HTTP 500 from GET /health (expected 200)"
     health_failures: int = 0  # consecutive failed checks
     health_at: float = 0.0  # when that result first came (written on a change only: issue 11)
     healthy_since: float = 0.0  # wall clock since when it is routable without a break; 0: it is not
     terminal: bool = False  # the restart policy gave up: it stays exited/failed, `message` says why
+
+    @property
+    def routable(self) -> bool:
+        """Running, and healthy or without a check: its agent publishes its endpoint."""
+        return routable(self.state, self.health)
 
 
 @dataclass(frozen=True)
@@ -309,6 +335,32 @@ class EndpointRecord(Record):
         if self.ports:
             return int(self.ports.get(str(container_port), 0))
         return self.port if self.container_port == container_port else 0
+
+
+def serving(tasks: Iterable[Assignment], uids: Mapping[str, str] | None = None) -> set[tuple[str, str]]:
+    """(task id, node) of every assigned task, and of every old task a handoff keeps
+    serving its slot until the new one is ready (a start-first update). With `uids`
+    (service -> its current incarnation), a task of another incarnation (a removed
+    namesake's) is left out; one without uid (its leader predates uids) is kept."""
+    out = set()
+    for t in tasks:
+        if uids is not None and t.uid and uids.get(t.service, t.uid) != t.uid:
+            continue
+        out.add((t.task_id, t.node))
+        if t.handoff:
+            out.add((str(t.handoff.get("task_id")), str(t.handoff.get("node"))))
+    return out
+
+
+def routable_endpoints(
+    endpoints: Iterable[EndpointRecord],
+    assigned: Collection[tuple[str, str]],
+    gone: Collection[str],
+) -> list[EndpointRecord]:
+    """The published endpoints traffic may go to (rule 2 above), sorted by task id.
+    `assigned` holds what `serving` returns; `gone` the nodes not to use."""
+    out = [e for e in endpoints if (e.task_id, e.node) in assigned and e.node not in gone]
+    return sorted(out, key=lambda e: e.task_id)
 
 
 @dataclass(frozen=True)

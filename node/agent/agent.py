@@ -67,7 +67,7 @@ from node.agent.stopper import Stopper
 from node.domain import Assignment, EndpointRecord, TaskState, TaskStatus
 from node.events import EventLog
 from node.keys import Keys
-from node.runtime.base import LABELS, Container, Runtime, RuntimeError_
+from node.runtime.base import LABELS, Container, EngineError, Runtime
 from node.spec import ServiceSpec
 from node.store import Store, StoreError
 from node.store.cache import PrefixCache
@@ -157,7 +157,7 @@ class Agent:
                         helper.result()  # the checking or the writing died: die loudly with it
                 try:
                     await (self.reconcile() if self.engine.up else self._engine_down())
-                except (StoreError, RuntimeError_) as exc:
+                except (StoreError, EngineError) as exc:
                     log.warning("agent pass failed: %s", exc)
                 timeout = self.resync
                 if self._next_start is not None:  # a restart's back-off ends before the resync
@@ -233,7 +233,7 @@ class Agent:
         assigned = self.assigned()
         try:
             found = await self.runtime.list({LABELS.CLUSTER: self.cluster, LABELS.NODE: self.node})
-        except RuntimeError_:
+        except EngineError:
             self._engine_gaps += 1  # an exit 0 seen after this is the engine's doing (restart policy)
             raise
         actions = await self._cut_off(diff(assigned, found))
@@ -406,7 +406,7 @@ class Agent:
                 self._set(task, TaskState.PULLING, message=self.pulls.progress(spec.image))
                 return
             c = await self.runtime.run(container_spec(task, spec, self.cluster, self.publish_address))
-        except (SpecNotFound, StoreError, RuntimeError_) as exc:
+        except (SpecNotFound, StoreError, EngineError) as exc:
             self._retry_at[task.task_id] = (self.clock() + backoff, min(backoff * 2, 30.0))
             self._set(task, TaskState.FAILED, message=str(exc))
             self.events.emit("task.failed", f"{task.service}.{task.slot}: {exc}", task.service, task.task_id)

@@ -28,9 +28,9 @@ Pure: no I/O, no clock of its own (times are passed in, monotonic seconds).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
-from node.domain import TaskState, TaskStatus
+from node.domain import TaskHealth as Health  # the verdicts, named where the routable rule is
+from node.domain import TaskState, routable
 from node.runtime.base import DockerHealth
 from node.spec import ServiceSpec
 from node.spec_lifecycle import HealthCheck, HttpCheck
@@ -38,24 +38,6 @@ from node.spec_lifecycle import HealthCheck, HttpCheck
 START_INTERVAL = 0.5  # s between probes of a replica that was never healthy (or `interval`)
 REPLACE_AFTER = 2  # x retries consecutive failures, and an unhealthy replica is replaced
 _EPSILON = 1e-3  # s: float slack when comparing due times
-
-
-class Health(StrEnum):
-    NONE = ""  # no check: routable once running
-    STARTING = "starting"  # checked, not yet passed
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"
-
-
-def routable(health: str) -> bool:
-    """Whether a running replica in this health is published in `endpoints/`."""
-    return health in (Health.NONE, Health.HEALTHY)
-
-
-def is_healthy(status: TaskStatus) -> bool:
-    """A task that runs and serves: what a rollout waits for. True exactly when the agent
-    publishes its endpoint (running, and healthy or without a check)."""
-    return status.state == TaskState.RUNNING and routable(status.health)
 
 
 _TIMING = HealthCheck.model_fields  # the defaults are the spec model's, written once there
@@ -182,7 +164,8 @@ class Verdict:
 
     @property
     def routable(self) -> bool:
-        return routable(self.health)
+        """Published in `endpoints/` (a verdict is of a running replica): `node.domain.routable`."""
+        return routable(TaskState.RUNNING, self.health)
 
 
 def docker_verdict(health: DockerHealth | None) -> Verdict:

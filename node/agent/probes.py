@@ -24,7 +24,7 @@ import ssl
 
 from node.agent import http_probe
 from node.agent.health import Check
-from node.runtime.base import Container, Runtime, RuntimeError_
+from node.runtime.base import Container, EngineError, Runtime
 
 SIMULATED = "io.shoal.simulated"  # node.runtime.sim's label: nothing runs, every check passes
 MESSAGE_LIMIT = 300  # characters of a probe's message kept (exec output can be long)
@@ -56,7 +56,7 @@ class Prober:
             return False, _clip(f"{check.describe()}: TLS: {exc.reason or exc}")
         except OSError as exc:  # asyncio's "Connect call failed (...)" says less than the errno
             return False, f"{check.describe()}: {os.strerror(exc.errno) if exc.errno else exc}"
-        except RuntimeError_ as exc:
+        except EngineError as exc:
             return False, _clip(str(exc))
 
     def target(self, check: Check, c: Container) -> tuple[str, int]:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from node.runtime.base import ImageError, Runtime, RuntimeError_
+from node.runtime.base import EngineError, ImageError, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Pulls:
         """True when `image` is present; else start its pull (once) and answer False.
 
         Raises ImageError (once per failed pull) with the reason the last pull failed,
-        RuntimeError_ when the engine cannot be asked.
+        EngineError when the engine cannot be asked.
         """
         pull = self._pulls.get(image)
         if pull is not None and pull.running:
@@ -102,7 +102,7 @@ class Pulls:
         except TimeoutError:
             late = f"it did not finish within {self.timeout:g}s (pull_timeout)"
             pull.error = f"image {pull.image} could not be pulled: {late}"
-        except RuntimeError_ as exc:
+        except EngineError as exc:
             pull.error = str(exc)
         except Exception as exc:  # a bug or an odd engine answer: reported, never lost in a task
             log.exception("pull of %s failed", pull.image)

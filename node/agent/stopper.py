@@ -21,7 +21,7 @@ from collections.abc import Callable
 from node.agent.containers import SpecNotFound, SpecSource
 from node.agent.publisher import Publisher
 from node.events import EventLog
-from node.runtime.base import LABELS, Container, Runtime, RuntimeError_
+from node.runtime.base import LABELS, Container, EngineError, Runtime
 from node.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class Stopper:
             await asyncio.sleep(drain - drained)  # proxies saw the withdrawal; in-flight requests finish
         try:
             await self.runtime.stop(c.id, grace)
-        except RuntimeError_ as exc:
+        except EngineError as exc:
             log.warning("%s: stop failed, retried next pass: %s", c.name, exc)
             return
         self.stopped()

@@ -16,11 +16,18 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from node.api import convert
-from node.domain import Assignment, EndpointRecord, NodeInfo, NodeSpec, NodeStatus
+from node.domain import (
+    Assignment,
+    EndpointRecord,
+    NodeInfo,
+    NodeSpec,
+    NodeStatus,
+    routable_endpoints,
+    serving,
+)
 from node.gossip.member import GONE, Member, MemberEvent
 from node.keys import Keys
 from node.pb import api_pb2
-from node.proxy import routes
 from node.store import Store
 
 
@@ -84,14 +91,18 @@ async def list_nodes(store: Store, keys: Keys, view: MemberView | None) -> api_p
     return api_pb2.ListNodesResponse(nodes=out, epoch=epoch)
 
 
-async def routable(store: Store, keys: Keys, service: str, view: MemberView | None) -> list[EndpointRecord]:
-    """The endpoints traffic may go to: the task is still assigned there, and its node is
-    neither marked down nor dead (or left) in this node's gossip view, which leads the
-    leader's verdict by its grace period."""
+async def routable(
+    store: Store, keys: Keys, service: str, view: MemberView | None, uid: str | None = None
+) -> list[EndpointRecord]:
+    """The endpoints traffic may go to, by the proxy's rule (`node.domain.routable_endpoints`):
+    the task is still assigned there (for incarnation `uid` of the service, when given), and
+    its node is neither marked down nor dead (or left) in this node's gossip view, which
+    leads the leader's verdict by its grace period."""
     kvs, _ = await store.range(keys.endpoints(service))
     tasks, _ = await store.range(keys.service_tasks(service))
-    assigned = routes.assignments(Assignment.from_json(kv.value) for kv in tasks)
-    return routes.routable(
+    uids = {service: uid} if uid is not None else None
+    assigned = serving((Assignment.from_json(kv.value) for kv in tasks), uids)
+    return routable_endpoints(
         (EndpointRecord.from_json(kv.value) for kv in kvs), assigned, await gone(store, keys, view)
     )
 

@@ -20,11 +20,11 @@ from dataclasses import replace
 from node.config import NODE_ID
 from node.constraints import LABEL_KEY
 from node.domain import Availability, NodeInfo, NodeSpec, effective_labels
-from node.errors import Conflict, InvalidArgument, NotFound
+from node.errors import InvalidArgument, NotFound
 from node.keys import Keys
 from node.store import Compare, Put, Store
+from node.store.retry import compare_and_swap
 
-_ATTEMPTS = 5
 MAX_LABELS = 64
 MAX_VALUE = 255
 
@@ -89,7 +89,8 @@ class NodeSpecWriter:
         Returns the settings now in force, the labels constraints see, and whether it wrote."""
         info = await self._known(node) or NodeInfo(node, "", 0)
         key = self.keys.nodespec(node)
-        for _ in range(_ATTEMPTS):
+
+        async def attempt() -> tuple[NodeSpec, dict[str, str], bool] | None:
             kv = await self.store.get(key)
             current = NodeSpec.from_json(kv.value) if kv is not None else NodeSpec()
             wanted = change(current)
@@ -100,9 +101,9 @@ class NodeSpecWriter:
                 [Compare(key, "mod", "==", kv.mod_revision if kv is not None else 0)],
                 [Put(key, record.to_json())],
             )
-            if result.succeeded:
-                return record, effective_labels(info, record), True
-        raise Conflict(f"node '{node}' is being changed concurrently; try again")
+            return (record, effective_labels(info, record), True) if result.succeeded else None
+
+        return await compare_and_swap(attempt, f"node '{node}' is being changed concurrently; try again")
 
     async def set_availability(self, node: str, availability: str) -> tuple[NodeSpec, dict[str, str], bool]:
         check_availability(availability)

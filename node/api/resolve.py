@@ -5,7 +5,7 @@ can alter the answer (endpoints or assignments of the service, the service recor
 the node registry, down marks, this node's gossip view). Changes are coalesced: a
 burst of writes gives one new answer, and an answer equal to the last one sent is
 not sent again. The same rules as the proxy decide what is routable
-(`node.proxy.routes`), so a lookup and the mesh never disagree for long.
+(`node.domain.routable_endpoints`), so a lookup and the mesh never disagree for long.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ async def resolve(store: Store, keys: Keys, name: str, view: MemberView | None) 
     if kv is None:
         raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
     record = ServiceRecord.from_json(kv.value)
-    endpoints = await routable(store, keys, name, view)
+    endpoints = await routable(store, keys, name, view, record.uid)
     out = api_pb2.ResolveResponse(name=name, endpoints=[convert.endpoint(e) for e in endpoints])
     published = [r for r in routes.listeners([record]).values()]
     if not published:

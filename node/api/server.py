@@ -1,8 +1,8 @@
 """The node's one gRPC server: client API, peer API, `grpc.health.v1`, reflection.
 
-`handle` / `handle_stream` wrap every handler: `node.errors` types and store
-failures become status codes with the message a person can act on; anything
-unexpected becomes INTERNAL with a short message (and a logged traceback), never a
+`handle` / `handle_stream` wrap every handler: `node.errors` types become the status
+codes of its `STATUS` table and store failures UNAVAILABLE, with the message a person
+can act on; anything unexpected becomes INTERNAL with a short message (and a logged traceback), never a
 crashed daemon. A unary handler has at most `rpc.HANDLER_TIMEOUT` seconds, whatever
 deadline its caller set (or none): then it is DEADLINE_EXCEEDED, and its work is
 cancelled, so a stalled store call never pins a handler.
@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from node import rpc
-from node.errors import ShoalError
+from node.errors import ShoalError, status_of
 from node.pb import api_pb2, peer_pb2
 from node.store import StoreUnavailable
 
@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     if isinstance(exc, ShoalError):
-        await context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+        await context.abort(grpc.StatusCode[status_of(exc)], str(exc))
     if isinstance(exc, StoreUnavailable):
         await context.abort(
             grpc.StatusCode.UNAVAILABLE, f"{exc}; the cluster state cannot be read or written now"

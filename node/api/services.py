@@ -1,7 +1,8 @@
 """Service writes from the client API: apply, scale, remove.
 
 Every write is a compare-and-swap on the service key's mod revision, so two
-concurrent applies never lose one another (the loser retries from a fresh read),
+concurrent applies never lose one another (the loser retries from a fresh read:
+`node.store.retry.compare_and_swap`),
 and a spec is in etcd before the call returns. Nothing is written when the spec is
 invalid or unchanged. The published ports a version claims or frees (`node.ports`) go
 into the same transaction, so of concurrent applies publishing one port exactly one
@@ -20,8 +21,8 @@ from node.keys import Keys
 from node.ports import port_writes
 from node.spec import SpecError, parse_spec
 from node.store import Compare, Delete, Put, Store
+from node.store.retry import compare_and_swap
 
-_ATTEMPTS = 5
 HISTORY_LIMIT = 10  # versions kept in `history/<name>/` (NodeConfig.history_limit)
 
 
@@ -72,7 +73,8 @@ class ServiceWriter:
         except SpecError as exc:
             raise InvalidArgument(str(exc)) from exc
         name = spec.name
-        for _ in range(_ATTEMPTS):
+
+        async def attempt() -> tuple[ServiceRecord, bool] | None:
             kv = await self.store.get(self.keys.service(name))
             current = ServiceRecord.from_json(kv.value) if kv else None
             if current is not None and current.spec == spec:
@@ -83,20 +85,23 @@ class ServiceWriter:
             record = ServiceRecord(name, version, spec, time.time(), self.node, uid=uid)
             if await self._write(record, kv.mod_revision if kv else 0, current):
                 return record, True
-        raise Conflict(f"service '{name}' is being changed concurrently; try again")
+            return None
+
+        return await compare_and_swap(attempt, _busy(name))
 
     async def scale(self, name: str, replicas: int) -> ServiceRecord:
         if not 0 <= replicas <= 10_000:
             raise InvalidArgument(f"replicas: must be between 0 and 10000, got {replicas}")
-        for _ in range(_ATTEMPTS):
+
+        async def attempt() -> ServiceRecord | None:
             current, mod = await self.read(name)
             if current.replicas == replicas:
                 return current
             spec = current.spec.model_copy(update={"replicas": replicas})  # checked above
             record = ServiceRecord(name, current.version + 1, spec, time.time(), self.node, uid=current.uid)
-            if await self._write(record, mod, current):
-                return record
-        raise Conflict(f"service '{name}' is being changed concurrently; try again")
+            return record if await self._write(record, mod, current) else None
+
+        return await compare_and_swap(attempt, _busy(name))
 
     async def history(self, name: str) -> tuple[ServiceRecord, list[ServiceRecord]]:
         """The current record and every stored version, oldest first."""
@@ -111,7 +116,8 @@ class ServiceWriter:
         version, else the newest earlier version that differs in more than where and how
         many replicas run. Its replica count stays the current one.
         """
-        for _ in range(_ATTEMPTS):
+
+        async def attempt() -> ServiceRecord | None:
             current, mod = await self.read(name)
             _, versions = await self.history(name)
             target = await self._previous(current, versions)
@@ -126,9 +132,9 @@ class ServiceWriter:
                 rollback_of=current.version,
                 uid=current.uid,
             )
-            if await self._write(record, mod, current):
-                return record
-        raise Conflict(f"service '{name}' is being changed concurrently; try again")
+            return record if await self._write(record, mod, current) else None
+
+        return await compare_and_swap(attempt, _busy(name))
 
     async def _previous(self, current: ServiceRecord, versions: list[ServiceRecord]) -> ServiceRecord:
         by_version = {r.version: r for r in versions}
@@ -161,3 +167,7 @@ class ServiceWriter:
         )
         if not result.succeeded:
             raise Conflict(f"service '{name}' changed while being removed; try again")
+
+
+def _busy(name: str) -> str:
+    return f"service '{name}' is being changed concurrently; try again"

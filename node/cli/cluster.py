@@ -19,7 +19,6 @@ import click
 from node.cli import Settings, pass_settings
 from node.client import ShoalError
 from node.config import ConfigError, NodeConfig, load, resolve_node_id
-from node.errors import ShoalError as ServerSideError
 from node.keys import Keys
 from node.security import ca, context, provision
 from node.security.cluster import ClusterSecurity
@@ -87,7 +86,7 @@ def init_cmd(
     endpoint = f"{config.address}:{config.grpc_port}"
     try:
         done = asyncio.run(_init(config, endpoint))
-    except (ServerSideError, StoreError, OSError) as exc:
+    except (ShoalError, StoreError, OSError) as exc:
         raise ShoalError(str(exc)) from None
     path = context.save_context(context_name or config.cluster, done.admin, context_file)
     files = NodeFiles.of(config.data_dir)

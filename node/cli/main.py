@@ -71,8 +71,8 @@ class CliError(click.ClickException):
 
 
 def _is_shoal_error(err: BaseException) -> bool:
-    client = sys.modules.get("node.client")  # never imported: the error cannot be one of its
-    return client is not None and isinstance(err, client.ShoalError)
+    errors = sys.modules.get("node.errors")  # never imported: the error cannot be one of its
+    return errors is not None and isinstance(err, errors.ShoalError)
 
 
 class LazyGroup(click.Group):

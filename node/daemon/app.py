@@ -55,6 +55,7 @@ from node.security.credentials import EtcdCredentials
 from node.security.files import NodeFiles, read_secret
 from node.store import StoreError, StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
+from node.store.retry import patiently
 from node.store.session import Session
 
 log = logging.getLogger(__name__)
@@ -102,22 +103,30 @@ class Daemon:
         self._starting = True  # until the server runs: a signal then abandons the start
 
     async def _connect_etcd(self) -> None:
+        """etcd answers, or `StartupError` at once; with --wait-for-etcd, ask every 2 s
+        until it answers or the daemon is stopped."""
         await self.store.connect()
-        while True:
-            try:
-                await self.store.ping(timeout=3.0)
-                return
-            except StoreUnavailable as exc:
-                hint = "start etcd or point --etcd at a reachable endpoint"
-                if not self.config.wait_for_etcd:
-                    raise StartupError(f"{exc}; {hint} (or pass --wait-for-etcd)") from exc
-                log.warning("%s; retrying in 2s (--wait-for-etcd)", exc)
-            try:
-                async with asyncio.timeout(2.0):
-                    await self.stopping.wait()
-                raise StartupError("stopped while waiting for etcd")
-            except TimeoutError:
-                continue
+        retrying = patiently(
+            "waiting for etcd (--wait-for-etcd)",
+            retry_on=StoreUnavailable if self.config.wait_for_etcd else (),
+            first=2.0,
+            most=2.0,
+            logger=log,
+            sleep=self._pause_unless_stopped,
+        )
+        try:
+            await retrying(self.store.ping, timeout=3.0)
+        except StoreUnavailable as exc:
+            hint = "start etcd or point --etcd at a reachable endpoint"
+            raise StartupError(f"{exc}; {hint} (or pass --wait-for-etcd)") from exc
+
+    async def _pause_unless_stopped(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self.stopping.wait()
+        except TimeoutError:
+            return
+        raise StartupError("stopped while waiting for etcd")
 
     def _check_port(self) -> None:
         """Fail at once when the gRPC address cannot be bound (before joining or renewing)."""

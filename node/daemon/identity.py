@@ -43,6 +43,7 @@ from node.security.files import NodeFiles, read_secret, write_secret
 from node.security.provision import split_address
 from node.security.tokens import JoinToken, TokenError
 from node.store import Store, StoreError
+from node.store.retry import patiently
 
 log = logging.getLogger(__name__)
 
@@ -251,15 +252,18 @@ class NodeIdentity:
             callback(self._client_tls)
 
     async def run(self) -> None:
-        """Renew the certificate whenever it is due, forever."""
-        while True:
+        """Renew the certificate whenever it is due, forever (a renewal that fails is
+        tried again every `RETRY` seconds until it succeeds)."""
+        renewing = patiently(
+            "node certificate not renewed yet",
+            retry_on=(CertError, ShoalError, StoreError, OSError),
+            first=RETRY,
+            most=RETRY,
+            logger=log,
+        )
+        while True:  # not a retry: sleep until the certificate is due
             assert self._cert is not None
             wait = (ca.renew_at(self._cert) - datetime.now(UTC)).total_seconds()
             await asyncio.sleep(max(0.0, min(wait, 3600.0)))
-            if datetime.now(UTC) < ca.renew_at(self._cert):
-                continue
-            try:
-                await self.renew()
-            except (CertError, ShoalError, StoreError, OSError) as exc:
-                log.warning("node certificate not renewed yet (retrying in %gs): %s", RETRY, exc)
-                await asyncio.sleep(RETRY)
+            if datetime.now(UTC) >= ca.renew_at(self._cert):
+                await renewing(self.renew)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from node.config import NodeConfig
-from node.domain import Assignment, EndpointRecord, readable_services
+from node.domain import Assignment, EndpointRecord, readable_services, routable_endpoints, serving
 from node.events import EventLog
 from node.gossip.member import GONE, Member
 from node.keys import Keys
@@ -184,10 +184,9 @@ class Mesh:
     def routable(self) -> list[EndpointRecord]:
         uids = {r.name: r.uid for r in readable_services(kv.value for kv in self.services.values())}
         tasks = (Assignment.from_json(kv.value) for kv in self.tasks.values())
-        # not a task of a removed namesake (one without uid: its leader predates uids, as before)
-        assigned = routes.assignments(t for t in tasks if not t.uid or uids.get(t.service, t.uid) == t.uid)
+        assigned = serving(tasks, uids)  # not a task of a removed namesake
         endpoints = (EndpointRecord.from_json(kv.value) for kv in self.endpoints.values())
-        return routes.routable(endpoints, assigned, self._gone())
+        return routable_endpoints(endpoints, assigned, self._gone())
 
     def _apply_endpoints(self) -> None:
         endpoints = self.routable()

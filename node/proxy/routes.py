@@ -5,22 +5,26 @@ this node's gossip view, compute
 - `listeners(services)`: one `Route` per published port of every service;
 - `backends(route, ...)`: the replicas that route may use now.
 
-A replica is routable when its endpoint is published (the agent publishes only running
-replicas, and withdraws one before stopping it), its task is still assigned to the node
-that published it (a task the leader moved elsewhere is not), and its node is neither
-marked down by the leader nor dead or gone in this node's gossip view (gossip leads the
-leader's verdict by its grace period, so a dead host leaves the rotation at once).
+Which replicas are routable is decided by the one rule in `node.domain` (`routable`,
+`serving`, `routable_endpoints`), re-exported here for the mesh: the endpoint is
+published, its task still assigned to that node for the service's current incarnation,
+and its node neither marked down by the leader nor dead or gone in this node's gossip
+view (gossip leads the leader's verdict by its grace period, so a dead host leaves the
+rotation at once).
 
 No sockets, no asyncio, no etcd: the mesh (`node.proxy.mesh`) feeds it from its mirrors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from node.domain import Assignment, EndpointRecord, ServiceRecord
+from node.domain import EndpointRecord, ServiceRecord, routable_endpoints, serving
 from node.proxy.balancer import Backend
+
+routable = routable_endpoints  # the one rule, in node.domain; kept under the mesh's names
+assignments = serving
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,17 +49,6 @@ def listeners(services: Iterable[ServiceRecord]) -> dict[int, Route]:
     return out
 
 
-def routable(
-    endpoints: Iterable[EndpointRecord],
-    assigned: Collection[tuple[str, str]],
-    gone: Collection[str],
-) -> list[EndpointRecord]:
-    """The endpoints traffic may go to, sorted by task id. `assigned` holds the
-    (task id, node) of every current assignment; `gone` the nodes not to use."""
-    out = [e for e in endpoints if (e.task_id, e.node) in assigned and e.node not in gone]
-    return sorted(out, key=lambda e: e.task_id)
-
-
 def backends(route: Route, endpoints: Iterable[EndpointRecord]) -> list[Backend]:
     """The balancer's view of `route`: one backend per routable replica publishing its port."""
     out = []
@@ -65,15 +58,4 @@ def backends(route: Route, endpoints: Iterable[EndpointRecord]) -> list[Backend]
         port = e.host_port(route.container_port)
         if port:
             out.append(Backend(e.task_id, e.address, port, e.node))
-    return out
-
-
-def assignments(tasks: Iterable[Assignment]) -> set[tuple[str, str]]:
-    """(task id, node) of every assigned task, and of every old task a handoff keeps
-    serving its slot until the new one is ready (a start-first update)."""
-    out = set()
-    for t in tasks:
-        out.add((t.task_id, t.node))
-        if t.handoff:
-            out.add((str(t.handoff.get("task_id")), str(t.handoff.get("node"))))
     return out

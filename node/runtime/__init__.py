@@ -7,11 +7,11 @@ from node.runtime.base import (
     Container,
     ContainerSpec,
     DockerHealth,
+    EngineError,
     ExecResult,
     ImageError,
     PortBinding,
     Runtime,
-    RuntimeError_,
     RuntimeUnavailable,
 )
 
@@ -20,10 +20,10 @@ __all__ = [
     "Container",
     "ContainerSpec",
     "DockerHealth",
+    "EngineError",
     "ExecResult",
     "ImageError",
     "PortBinding",
     "Runtime",
-    "RuntimeError_",
     "RuntimeUnavailable",
 ]

@@ -31,15 +31,15 @@ class ExecResult:
     output: str  # stdout and stderr interleaved, truncated to a few KiB
 
 
-class RuntimeError_(Exception):
+class EngineError(Exception):
     """A container operation failed; the message says what and why."""
 
 
-class RuntimeUnavailable(RuntimeError_):
+class RuntimeUnavailable(EngineError):
     """The engine cannot be reached (dockerd down, socket missing)."""
 
 
-class ImageError(RuntimeError_):
+class ImageError(EngineError):
     """The image is missing and could not be pulled."""
 
 
@@ -123,6 +123,6 @@ class Runtime(Protocol):
     async def exec(self, container_id: str, command: Sequence[str], timeout: float) -> ExecResult:
         """Run `command` (argv, no shell) in the running container; its exit code and
         output. Raise TimeoutError after `timeout` seconds (the process may go on),
-        RuntimeError_ when it cannot be run (container gone or not running)."""
+        EngineError when it cannot be run (container gone or not running)."""
 
     async def close(self) -> None: ...

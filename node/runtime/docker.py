@@ -8,7 +8,7 @@ What it guarantees:
 - Errors follow `node.runtime.base`: an engine that cannot be reached (socket missing,
   dockerd down or hung) is `RuntimeUnavailable`; an image that is missing and cannot be
   pulled is `ImageError`; anything else Docker refuses (a name already taken, a command
-  that cannot start) is `RuntimeError_` with Docker's own explanation.
+  that cannot start) is `EngineError` with Docker's own explanation.
 - `run` leaves no half-made container behind: one that was created but could not start
   is removed before the error is raised. The `Container` it returns carries the host
   ports Docker really chose. Restart policy is "no": restarts are shoal's decision.
@@ -49,14 +49,15 @@ from typing import Any, TypeVar
 import docker
 from docker.errors import APIError, DockerException, NotFound
 from docker.utils import parse_repository_tag
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from node.runtime.base import (
     Container,
     ContainerSpec,
     DockerHealth,
+    EngineError,
     ExecResult,
     ImageError,
-    RuntimeError_,
     RuntimeUnavailable,
 )
 from node.runtime.docker_pull import pull_image
@@ -95,7 +96,7 @@ class DockerRuntime:
         a ping wait longer. One ping at a time: a caller that comes while one is under way
         waits for that one."""
         if self._closed:
-            raise RuntimeError_("the Docker runtime is closed")
+            raise EngineError("the Docker runtime is closed")
         if self._pinging is None or self._pinging.done():
             self._pinging = asyncio.wrap_future(self._ping_pool.submit(self._ping))
         await asyncio.shield(self._pinging)
@@ -113,7 +114,7 @@ class DockerRuntime:
         """In threads of its own, on a client of its own: a slow pull holds up no list,
         start or stop. Past `timeout` the pull is abandoned at its next progress event."""
         if self._closed:
-            raise RuntimeError_("the Docker runtime is closed")
+            raise EngineError("the Docker runtime is closed")
         loop = asyncio.get_running_loop()
         call = functools.partial(self._guarded_pull, image, time.monotonic() + timeout, timeout, progress)
         await loop.run_in_executor(self._pull_pool, call)
@@ -145,7 +146,7 @@ class DockerRuntime:
     async def exec(self, container_id: str, command: Sequence[str], timeout: float) -> ExecResult:
         """Runs in a pool of its own: a check that hangs never delays starts and stops."""
         if self._closed:
-            raise RuntimeError_("the Docker runtime is closed")
+            raise EngineError("the Docker runtime is closed")
         loop = asyncio.get_running_loop()
         call = functools.partial(self._guarded, self._exec, container_id, tuple(command), timeout)
         try:
@@ -157,14 +158,14 @@ class DockerRuntime:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
-            raise RuntimeError_("the Docker runtime is closed")
+            raise EngineError("the Docker runtime is closed")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(self._guarded, fn, *args))
 
     def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             return fn(self._docker(), *args)
-        except RuntimeError_:
+        except EngineError:
             raise
         except Exception as exc:
             if _unreachable(exc):
@@ -172,7 +173,7 @@ class DockerRuntime:
                     f"cannot reach the Docker engine at {self.url}: {_reason(exc)}; is dockerd running?"
                 ) from exc
             if isinstance(exc, DockerException):
-                raise RuntimeError_(f"Docker: {_explain(exc)}") from exc
+                raise EngineError(f"Docker: {_explain(exc)}") from exc
             raise
 
     def _docker(self) -> docker.DockerClient:
@@ -255,10 +256,10 @@ class DockerRuntime:
             )
         except APIError as exc:
             if exc.status_code == 409:
-                raise RuntimeError_(f"a container named {spec.name} already exists: {_explain(exc)}") from exc
+                raise EngineError(f"a container named {spec.name} already exists: {_explain(exc)}") from exc
             if isinstance(exc, NotFound):
                 raise ImageError(f"image {spec.image} is not present: {_explain(exc)}") from exc
-            raise RuntimeError_(f"cannot create container {spec.name}: {_explain(exc)}") from exc
+            raise EngineError(f"cannot create container {spec.name}: {_explain(exc)}") from exc
         cid = created["Id"]
         try:
             client.api.start(cid)
@@ -267,7 +268,7 @@ class DockerRuntime:
             with contextlib.suppress(Exception):
                 self._remove(client, cid)
             if isinstance(exc, APIError):
-                raise RuntimeError_(
+                raise EngineError(
                     f"container {spec.name} ({spec.image}) could not start: {_explain(exc)}"
                 ) from exc
             raise
@@ -307,14 +308,18 @@ class DockerRuntime:
 
     def _wait_for_ports(self, client: docker.DockerClient, cid: str, spec: ContainerSpec) -> Container:
         wanted = {p.container_port for p in spec.ports}
-        deadline = time.monotonic() + PORTS_DEADLINE
-        while True:
-            container = self._inspect(client, cid)
-            if not container.running or wanted <= container.host_ports.keys():
-                return container
-            if time.monotonic() > deadline:
-                raise RuntimeError_(f"Docker reported no host ports for {spec.name} in {PORTS_DEADLINE}s")
-            time.sleep(0.02)
+
+        def give_up(state: RetryCallState) -> Container:
+            raise EngineError(f"Docker reported no host ports for {spec.name} in {PORTS_DEADLINE}s")
+
+        polling = Retrying(  # inspect every 20 ms until the ports show (or it stopped running)
+            retry=retry_if_result(lambda c: c.running and not wanted <= c.host_ports.keys()),
+            wait=wait_fixed(0.02),
+            stop=stop_after_delay(PORTS_DEADLINE),
+            retry_error_callback=give_up,
+        )
+        container: Container = polling(self._inspect, client, cid)
+        return container
 
     def _exec(
         self, client: docker.DockerClient, container_id: str, command: tuple[str, ...], timeout: float
@@ -326,7 +331,7 @@ class DockerRuntime:
             created = client.api.exec_create(container_id, list(command), stdout=True, stderr=True)
             sock = client.api.exec_start(created["Id"], socket=True)
         except APIError as exc:
-            raise RuntimeError_(f"cannot exec in container {container_id[:12]}: {_explain(exc)}") from exc
+            raise EngineError(f"cannot exec in container {container_id[:12]}: {_explain(exc)}") from exc
         raw = getattr(sock, "_sock", sock)
         data = bytearray()
         try:
@@ -366,10 +371,10 @@ class DockerRuntime:
         except APIError as exc:
             if exc.status_code == 409 and "already in progress" in _explain(exc):
                 return
-            raise RuntimeError_(f"cannot remove container {container_id}: {_explain(exc)}") from exc
+            raise EngineError(f"cannot remove container {container_id}: {_explain(exc)}") from exc
 
 
-class _ExecTimedOut(RuntimeError_):
+class _ExecTimedOut(EngineError):
     """Inside the pool: an exec ran past its deadline (`exec` raises TimeoutError for it)."""
 
 

@@ -2,7 +2,7 @@
 
 It behaves like `DockerRuntime` where the agent can tell: containers get ids and
 random-looking host ports (from a counter), start "running", keep their labels, and
-`list` filters by every label. A name already in use raises `RuntimeError_`, as a 409
+`list` filters by every label. A name already in use raises `EngineError`, as a 409
 from Docker does; `stop` and `remove` of a missing container are fine.
 
 Test hooks: `crash(id, exit_code)` makes a container exit, `fail_next_run(error)` makes
@@ -29,9 +29,9 @@ from node.runtime.base import (
     Container,
     ContainerSpec,
     DockerHealth,
+    EngineError,
     ExecResult,
     ImageError,
-    RuntimeError_,
     RuntimeUnavailable,
 )
 
@@ -94,7 +94,7 @@ class FakeRuntime:
         if self._failures:
             raise self._failures.pop(0)
         if any(c.name == spec.name for c in self.containers.values()):
-            raise RuntimeError_(f"a container named {spec.name} already exists")
+            raise EngineError(f"a container named {spec.name} already exists")
         n = next(self._ids)
         container = Container(
             id=f"fake{n:060d}",
@@ -135,7 +135,7 @@ class FakeRuntime:
         self._record("exec", container_id, *command)
         c = self.containers.get(container_id)
         if c is None or not c.running:
-            raise RuntimeError_(f"cannot exec in container {container_id[:12]}: it is not running")
+            raise EngineError(f"cannot exec in container {container_id[:12]}: it is not running")
         result = self._exec.get(container_id, ExecResult(0, ""))
         if isinstance(result, BaseException):
             raise result

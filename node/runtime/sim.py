@@ -21,7 +21,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from node.runtime.base import Container, ContainerSpec, ExecResult, RuntimeError_
+from node.runtime.base import Container, ContainerSpec, EngineError, ExecResult
 
 SIMULATED = "io.shoal.simulated"
 
@@ -40,7 +40,7 @@ class SimRuntime:
 
     async def run(self, spec: ContainerSpec) -> Container:
         if spec.name in self._names:
-            raise RuntimeError_(f"a container named {spec.name} already exists (simulated engine)")
+            raise EngineError(f"a container named {spec.name} already exists (simulated engine)")
         container = Container(
             id=f"sim-{self.node}-{next(self._ids):012d}",
             name=spec.name,
@@ -73,7 +73,7 @@ class SimRuntime:
     async def exec(self, container_id: str, command: Sequence[str], timeout: float) -> ExecResult:
         """An exec health check of a simulated replica passes (nothing runs to fail it)."""
         if container_id not in self.containers:
-            raise RuntimeError_(f"no container {container_id} (simulated engine)")
+            raise EngineError(f"no container {container_id} (simulated engine)")
         return ExecResult(0, "")
 
     async def close(self) -> None:

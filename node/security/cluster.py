@@ -39,8 +39,7 @@ from node.security import bootstrap
 from node.security.ca import CertError, ClusterCA, Lifetimes
 from node.security.tokens import TOKEN_ID, JoinToken, Role, StoredToken
 from node.store import Compare, Delete, Put, Store
-
-_ATTEMPTS = 5
+from node.store.retry import compare_and_swap
 
 
 def _aead(passphrase: bytes, purpose: str) -> AESGCM:
@@ -185,7 +184,8 @@ class ClusterSecurity:
         """A new join token and the etcd revision of the write; from then, the old one
         admits no one."""
         authority = await self.load_ca(passphrase)
-        for _ in range(_ATTEMPTS):
+
+        async def attempt() -> tuple[JoinToken, int] | None:
             _, mod = await self.join_record()
             join = bootstrap.new_join_token(authority, self.lifetimes)
             result = await self.store.txn(
@@ -195,9 +195,9 @@ class ClusterSecurity:
                     Delete(self.keys.joins, prefix=True),  # the old token's uses (node.security.join_uses)
                 ],
             )
-            if result.succeeded:
-                return join.token, result.revision
-        raise Conflict("the join token is being rotated concurrently; try again")
+            return (join.token, result.revision) if result.succeeded else None
+
+        return await compare_and_swap(attempt, "the join token is being rotated concurrently; try again")
 
     # -- client tokens -------------------------------------------------------------------
 
@@ -218,7 +218,8 @@ class ClusterSecurity:
         if not TOKEN_ID.fullmatch(token_id):
             raise NotFound(f"token {token_id[:40]!r} not found; `shoal token ls` lists the tokens")
         key = self.keys.token(token_id)
-        for _ in range(_ATTEMPTS):
+
+        async def attempt() -> tuple[StoredToken, int] | None:
             kv = await self.store.get(key)
             if kv is None:
                 raise NotFound(f"token {token_id} not found; `shoal token ls` lists the tokens")
@@ -229,6 +230,6 @@ class ClusterSecurity:
             result = await self.store.txn(
                 [Compare(key, "mod", "==", kv.mod_revision)], [Put(key, revoked.to_json())]
             )
-            if result.succeeded:
-                return revoked, result.revision
-        raise Conflict(f"token {token_id} is being changed concurrently; try again")
+            return (revoked, result.revision) if result.succeeded else None
+
+        return await compare_and_swap(attempt, f"token {token_id} is being changed concurrently; try again")

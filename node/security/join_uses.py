@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from node.errors import Conflict, FailedPrecondition
 from node.keys import Keys
 from node.store import Compare, Put, Store
+from node.store.retry import compare_and_swap
 
 DEFAULT_MAX_USES = 100  # hosts one join token admits; then `shoal cluster rotate-token`
 _ATTEMPTS = 8
@@ -47,7 +48,8 @@ async def record_join(
     record has mod revision `join_mod`); the use's number. Raises FailedPrecondition
     (running node id, replay, uses spent) or Conflict (rotated meanwhile)."""
     count_key, use_key = keys.join_uses(key_id), keys.join_use(key_id, node)
-    for _ in range(_ATTEMPTS):
+
+    async def attempt() -> int | None:
         running = await store.get(keys.node(node))
         if running is not None:
             raise FailedPrecondition(
@@ -89,4 +91,8 @@ async def record_join(
         join = await store.get(keys.join)
         if join is None or join.mod_revision != join_mod:
             raise Conflict("the join token was rotated while this host joined; join with the new token")
-    raise Conflict("too many hosts joining at once with this token; try again")
+        return None
+
+    return await compare_and_swap(
+        attempt, "too many hosts joining at once with this token; try again", _ATTEMPTS
+    )

@@ -9,7 +9,9 @@ etcd for each decision. Guarantees:
   compacted one (or any store error) leads to a full re-list, so no change is ever missed;
 - every change wakes the listeners (`listener()` events), and nothing else does.
 While etcd is unreachable the mirror keeps its last view (control plane down must
-not blank what nodes know) and retries with back-off.
+not blank what nodes know) and retries with back-off (`node.store.retry.patiently`:
+0.1 s doubling to 2 s, from 0.1 s again once a listing succeeded; a compacted watch
+re-lists at once).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from node.store.base import KV, Compacted, Store, StoreError
+from node.store.base import KV, Compacted, Store, StoreUnavailable
+from node.store.retry import patiently, progressed
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +61,14 @@ class PrefixCache:
         self._notify()
 
     async def run(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
+        """List, then follow the watch, forever: a watch ends only by an error, and is
+        then listed and followed again (a listing never goes without the watch after it)."""
+        async for attempt in patiently(
+            f"watch {self.name}", at_once=Compacted, first=0.1, most=2.0, logger=log
+        ):
+            with attempt:
                 await self.relist()
-                backoff = 0.1
+                progressed(attempt)
                 async for batch in self.store.watch(self.prefix, self.revision + 1):
                     for ev in batch.events:
                         if ev.kind == "put":
@@ -71,12 +77,7 @@ class PrefixCache:
                             self.items.pop(ev.kv.key, None)
                     self.revision = max(self.revision, batch.revision)
                     self._notify()
-            except Compacted as exc:
-                log.info("watch %s: %s; re-listing", self.name, exc)
-            except StoreError as exc:
-                log.warning("watch %s: %s; retrying in %.1fs", self.name, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                raise StoreUnavailable(f"the watch of {self.prefix} ended")  # none should: list again
 
     def values(self) -> list[KV]:
         return list(self.items.values())

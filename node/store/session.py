@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from node.store.base import Store, StoreError
+from node.store.retry import patiently
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,7 @@ class Session:
                 await asyncio.sleep(min(0.5, max(0.05, self.deadline - self.margin - time.monotonic())))
                 continue
             lost = self.lease
-            try:
-                await self.start()
-            except StoreError as exc:
-                log.warning("cannot get a new lease: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
+            await patiently("cannot get a new lease", first=1.0, most=1.0, logger=log)(self.start)
             log.info("new etcd lease %x", self.lease)
             if self.revoke_lost and lost:
                 try:

@@ -22,9 +22,9 @@ from node.runtime import (
     LABELS,
     Container,
     ContainerSpec,
+    EngineError,
     ImageError,
     PortBinding,
-    RuntimeError_,
     RuntimeUnavailable,
 )
 from node.runtime.docker import DockerRuntime
@@ -118,7 +118,7 @@ async def test_missing_image_that_cannot_be_pulled(runtime: DockerRuntime, label
 
 
 async def test_bad_command_raises_and_leaves_nothing(runtime: DockerRuntime, labels: dict[str, str]) -> None:
-    with pytest.raises(RuntimeError_, match="could not start") as failed:
+    with pytest.raises(EngineError, match="could not start") as failed:
         await runtime.run(spec(labels, command=("/no/such/program",)))
     assert not isinstance(failed.value, (ImageError, RuntimeUnavailable))
     assert await runtime.list(labels) == []
@@ -126,7 +126,7 @@ async def test_bad_command_raises_and_leaves_nothing(runtime: DockerRuntime, lab
 
 async def test_name_conflict(runtime: DockerRuntime, labels: dict[str, str]) -> None:
     first = await runtime.run(spec(labels))
-    with pytest.raises(RuntimeError_, match=f"{first.name} already exists"):
+    with pytest.raises(EngineError, match=f"{first.name} already exists"):
         await runtime.run(spec(labels))
 
 
@@ -169,7 +169,7 @@ async def test_exec_runs_in_the_container_with_a_deadline(
         await runtime.exec(c.id, ["sleep", "5"], 0.3)
     assert asyncio.get_running_loop().time() - started < 2.0
     await runtime.stop(c.id, 0)
-    with pytest.raises(RuntimeError_):
+    with pytest.raises(EngineError):
         await runtime.exec(c.id, ["true"], 1)
 
 

@@ -7,10 +7,10 @@ import pytest
 from node.runtime import (
     LABELS,
     ContainerSpec,
+    EngineError,
     ImageError,
     PortBinding,
     Runtime,
-    RuntimeError_,
     RuntimeUnavailable,
 )
 from node.runtime.fake import FakeRuntime
@@ -55,7 +55,7 @@ async def test_crash_sets_exited_and_exit_code() -> None:
 async def test_name_conflict_and_queued_failures() -> None:
     rt = FakeRuntime()
     await rt.run(spec("web-1"))
-    with pytest.raises(RuntimeError_, match="web-1"):
+    with pytest.raises(EngineError, match="web-1"):
         await rt.run(spec("web-1"))
     rt.fail_next_run(ImageError("image shoal-demo/web:1 is not present"))
     with pytest.raises(ImageError):

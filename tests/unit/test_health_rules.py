@@ -16,7 +16,6 @@ from node.agent.health import (
     begin,
     check_of,
     docker_verdict,
-    is_healthy,
     needs_replacing,
     observe,
 )
@@ -165,9 +164,9 @@ def test_docker_healthcheck_verdicts(docker: DockerHealth | None, health: Health
         ("pending", "", False),
     ],
 )
-def test_is_healthy_is_what_the_rollout_waits_for(state: str, health: str, healthy: bool) -> None:
+def test_routable_is_what_the_rollout_waits_for(state: str, health: str, healthy: bool) -> None:
     status = TaskStatus("t1", "web", 1, "n1", state, health=health)
-    assert is_healthy(status) is healthy
+    assert status.routable is healthy
 
 
 # -- restart policy ------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.runtime import LABELS, ContainerSpec, PortBinding, Runtime, RuntimeError_
+from node.runtime import LABELS, ContainerSpec, EngineError, PortBinding, Runtime
 from node.runtime.sim import SIMULATED, SimRuntime
 
 
@@ -20,7 +20,7 @@ async def test_runs_lists_and_removes_without_docker_labelled_as_simulated() -> 
     assert a.running and a.id.startswith("sim-n1-") and a.labels[SIMULATED] == "true"
     assert a.host_ports == {}, "a simulated replica serves nothing"
     assert [c.name for c in await rt.list({LABELS.SERVICE: "web"})] == ["web-1"]
-    with pytest.raises(RuntimeError_, match="simulated"):
+    with pytest.raises(EngineError, match="simulated"):
         await rt.run(spec("web-1"))
     await rt.stop(a.id)
     await rt.remove("sim-missing")
