@@ -33,6 +33,7 @@ image: shoal-demo/base:1
 replicas: 2
 command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo \\"$(hostname) line $i\\"; sleep 0.5; done"]
 """
+CLI = (sys.executable, "-m", "node.cli.main", "--addr")
 TAG = re.compile(r"^chatty\.(\d)\.([0-9a-z]{1,12})@(n\d) \| (.*)$")
 
 
@@ -40,7 +41,7 @@ def shoal(
     cluster: DevCluster, *args: str, timeout: float = 60.0, token: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node.cli.main", "--addr", cluster.members[0].addr, *args],
+        [*CLI, cluster.members[0].addr, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -125,8 +126,7 @@ def test_since_and_unknown_names_are_clear_errors(cluster: DevCluster) -> None:
 
 def test_follow_shows_new_lines_and_ends_on_ctrl_c(cluster: DevCluster) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli.main", "--addr", cluster.members[0].addr]
-        + ["service", "logs", "-f", "--tail", "0", "chatty"],
+        [*CLI, cluster.members[0].addr, "service", "logs", "-f", "--tail", "0", "chatty"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -157,14 +157,14 @@ def test_exec_returns_output_and_exit_code_on_either_node(cluster: DevCluster) -
         tasks = {t.node: t for t in client.list_tasks("chatty")}
     done = shoal(cluster, "exec", "chatty", "--", "echo", "hi")
     assert (done.returncode, done.stdout) == (0, "hi\n"), done.stderr
-    done = shoal(cluster, "exec", tasks["n2"].task_id, "--", "sh", "-c", "hostname; echo $((40+2)) >&2; exit 3")
+    script = "hostname; echo $((40+2)) >&2; exit 3"
+    done = shoal(cluster, "exec", tasks["n2"].task_id, "--", "sh", "-c", script)
     assert done.returncode == 3, done.stderr
     assert done.stdout.strip() and "42" in done.stderr
     done = shoal(cluster, "exec", "chatty.2", "--", "sh", "-c", "exit 7")
     assert done.returncode == 7
     stdin = subprocess.run(
-        [sys.executable, "-m", "node.cli.main", "--addr", cluster.members[0].addr]
-        + ["exec", "-i", tasks["n2"].task_id, "--", "cat"],
+        [*CLI, cluster.members[0].addr, "exec", "-i", tasks["n2"].task_id, "--", "cat"],
         input="piped in\n",
         capture_output=True,
         text=True,
