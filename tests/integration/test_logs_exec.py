@@ -18,9 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
 from node.devcluster import DevCluster
+from node.runtime.base import LABELS
 from node.runtime.logmerge import split_timestamp
 from tests.helpers import wait_until_sync
 
@@ -194,3 +196,31 @@ def test_a_viewer_reads_logs_but_may_not_exec(cluster: DevCluster) -> None:
     done = shoal(cluster, "exec", "chatty", "--", "echo", "hi", token=viewer)
     assert done.returncode == 1 and "role viewer" in done.stderr and "Exec" in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+def test_logging_options_reach_docker_and_logs_still_read(cluster: DevCluster) -> None:
+    spec = SERVICE.replace("name: chatty", "name: bounded").replace("replicas: 2", "replicas: 1")
+    spec += "logging:\n  driver: json-file\n  options: {max-size: 1m, max-file: '2'}\n"
+    with cluster.client() as client:
+        client.apply(spec)
+
+        def running() -> bool:
+            tasks = client.list_tasks("bounded")
+            return len(tasks) == 1 and tasks[0].state == "running"
+
+        wait_until_sync(running, 60, 0.2, "the bounded replica running")
+    client_ = docker.DockerClient.from_env()
+    try:
+        (found,) = client_.containers.list(
+            filters={"label": [f"{LABELS.SERVICE}=bounded", f"{LABELS.CLUSTER}={cluster.cluster}"]}
+        )
+        log_config = found.attrs["HostConfig"]["LogConfig"]
+    finally:
+        client_.close()
+    assert log_config == {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "2"}}
+
+    def read() -> bool:
+        done = shoal(cluster, "service", "logs", "bounded")
+        return done.returncode == 0 and bool(done.stdout.strip())
+
+    wait_until_sync(read, 20, 0.5, "logs of the bounded service")
