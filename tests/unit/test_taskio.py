@@ -3,6 +3,7 @@ the merge of this node's and other nodes' lines, notices, exec targets, the exec
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -235,3 +236,52 @@ def test_roles_logs_are_read_like_the_status_exec_needs_a_deployer() -> None:
     assert least_role(exec_) is Role.DEPLOYER
     assert not allowed(Role.VIEWER, exec_) and allowed(Role.DEPLOYER, exec_) and allowed(Role.ADMIN, exec_)
     assert not allowed(Role.VIEWER, "/shoal.v1.Peer/TaskExec")  # the peer half: node certificates only
+
+
+class BlockingPeers(FakePeers):
+    calls: list[FakeCall]
+
+    def TaskLogs(self, request: api_pb2.LogsRequest, timeout: float | None = None) -> FakeCall:
+        call = BlockingCall([line(1, "first")])
+        self.calls.append(call)
+        return call
+
+
+class BlockingCall(FakeCall):
+    async def _gen(self) -> AsyncIterator[Any]:
+        for item in self.items:
+            yield item
+        await asyncio.Event().wait()  # a followed stream: nothing more until cancelled
+
+
+async def test_cancelling_a_followed_stream_cancels_the_peer_calls_and_closes_the_local_stream() -> None:
+    io, _ = await make()
+    peers = BlockingPeers({})
+    peers.calls = []
+    io.peers = peers  # type: ignore[assignment]
+    closed: list[str] = []
+
+    async def local_follow(*_: Any) -> AsyncIterator[tuple[int, str, bytes]]:
+        try:
+            yield (1, "stdout", b"local")
+            await asyncio.Event().wait()
+        finally:
+            closed.append("local")
+
+    io.local.logs = local_follow  # type: ignore[union-attr,method-assign]
+    got: list[bytes] = []
+    three = asyncio.Event()
+
+    async def read() -> None:
+        async for x in io.logs(api_pb2.LogsRequest(service="web", follow=True)):
+            got.append(x.text)
+            if len(got) == 3:
+                three.set()
+
+    reader = asyncio.create_task(read())
+    async with asyncio.timeout(5):
+        await three.wait()
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    assert sorted(got) == [b"first", b"first", b"local"]
+    assert closed == ["local"] and len(peers.calls) == 2 and all(c.cancelled for c in peers.calls)
