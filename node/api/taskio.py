@@ -37,7 +37,7 @@ from node.keys import Keys
 from node.pb import api_pb2, peer_pb2_grpc
 from node.runtime.base import RuntimeError_, RuntimeUnavailable
 from node.runtime.docker_logs import DockerStreams
-from node.runtime.logmerge import fan_in, merge_sorted
+from node.runtime.logmerge import batches, fan_in, merge_sorted
 from node.security.auth import current_caller
 from node.store import Store
 
@@ -201,8 +201,9 @@ class TaskIO:
             ask, timeout=None if ask.follow else LOGS_TIMEOUT
         )
         try:
-            async for line in call:
-                yield line
+            async for batch in call:
+                for line in batch.lines:
+                    yield line
         except grpc.RpcError as exc:
             raise Unavailable(f"the logs on node {t.node} could not be read: {_details(exc)}") from None
         finally:
@@ -330,6 +331,10 @@ async def _first(inputs: AsyncIterator[api_pb2.ExecInput]) -> api_pb2.ExecStart:
     return first.start
 
 
+def _size(line: api_pb2.LogLine) -> int:
+    return len(line.text) + len(line.notice) + 64  # the text and about what the rest costs
+
+
 def _details(exc: grpc.RpcError) -> str:
     details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
     return (details or type(exc).__name__).splitlines()[0][:300]
@@ -348,9 +353,9 @@ class LogsExecHandlers:
     @handle_stream
     async def ServiceLogs(
         self, request: api_pb2.LogsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[api_pb2.LogLine]:
-        async for line in self._taskio().logs(request):
-            yield line
+    ) -> AsyncIterator[api_pb2.LogBatch]:
+        async for batch in batches(self._taskio().logs(request), _size):
+            yield api_pb2.LogBatch(lines=batch)
 
     @handle_stream
     async def Exec(
@@ -373,9 +378,9 @@ class PeerTaskHandlers:
     @handle_stream
     async def TaskLogs(
         self, request: api_pb2.LogsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[api_pb2.LogLine]:
-        async for line in self._taskio().local_logs(request):
-            yield line
+    ) -> AsyncIterator[api_pb2.LogBatch]:
+        async for batch in batches(self._taskio().local_logs(request), _size):
+            yield api_pb2.LogBatch(lines=batch)
 
     @handle_stream
     async def TaskExec(

@@ -61,18 +61,22 @@ def print_logs(
     timeout = None if request.follow else max(client.timeout, LOGS_DEADLINE)
     width = 0
     seen: dict[str, int] = {}
-    for line in client._stream("ServiceLogs", request, timeout):
-        tag = prefix(line.service, line.slot, line.task, line.node)
-        if line.notice:
-            click.echo(f"warning: {tag}: {line.notice}", err=True)
-            continue
-        width = max(width, len(tag))
-        text = format_line(tag, line.text.decode(errors="replace"), width, line.time_ns, timestamps)
-        if colour:
-            index = seen.setdefault(line.task, len(seen))
-            padded = tag.ljust(width)
-            text = click.style(padded, fg=COLOURS[index % len(COLOURS)]) + text[len(padded) :]
-        click.echo(text)
+    out = sys.stdout
+    for batch in client._stream("ServiceLogs", request, timeout):
+        for line in batch.lines:
+            tag = prefix(line.service, line.slot, line.task, line.node)
+            if line.notice:
+                out.flush()
+                click.echo(f"warning: {tag}: {line.notice}", err=True)
+                continue
+            width = max(width, len(tag))
+            text = format_line(tag, line.text.decode(errors="replace"), width, line.time_ns, timestamps)
+            if colour:
+                index = seen.setdefault(line.task, len(seen))
+                padded = tag.ljust(width)
+                text = click.style(padded, fg=COLOURS[index % len(COLOURS)]) + text[len(padded) :]
+            out.write(text + "\n")
+        out.flush()  # a batch is what was ready: a followed line shows at once
 
 
 @click.command("logs")

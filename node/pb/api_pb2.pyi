@@ -566,6 +566,12 @@ class LogLine(_message.Message):
     notice: str
     def __init__(self, task: _Optional[str] = ..., service: _Optional[str] = ..., slot: _Optional[int] = ..., node: _Optional[str] = ..., time_ns: _Optional[int] = ..., stream: _Optional[str] = ..., text: _Optional[bytes] = ..., notice: _Optional[str] = ...) -> None: ...
 
+class LogBatch(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[LogLine]
+    def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+
 class ExecStart(_message.Message):
     __slots__ = ("target", "command", "tty", "stdin", "width", "height", "task", "user")
     TARGET_FIELD_NUMBER: _ClassVar[int]

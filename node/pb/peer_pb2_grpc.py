@@ -53,7 +53,7 @@ class PeerStub:
         self.TaskLogs = channel.unary_stream(
                 '/shoal.v1.Peer/TaskLogs',
                 request_serializer=shoal_dot_v1_dot_api__pb2.LogsRequest.SerializeToString,
-                response_deserializer=shoal_dot_v1_dot_api__pb2.LogLine.FromString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.LogBatch.FromString,
                 _registered_method=True)
         self.TaskExec = channel.stream_stream(
                 '/shoal.v1.Peer/TaskExec',
@@ -126,7 +126,7 @@ def add_PeerServicer_to_server(servicer, server):
             'TaskLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.TaskLogs,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.LogsRequest.FromString,
-                    response_serializer=shoal_dot_v1_dot_api__pb2.LogLine.SerializeToString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.LogBatch.SerializeToString,
             ),
             'TaskExec': grpc.stream_stream_rpc_method_handler(
                     servicer.TaskExec,
@@ -241,7 +241,7 @@ class Peer:
             target,
             '/shoal.v1.Peer/TaskLogs',
             shoal_dot_v1_dot_api__pb2.LogsRequest.SerializeToString,
-            shoal_dot_v1_dot_api__pb2.LogLine.FromString,
+            shoal_dot_v1_dot_api__pb2.LogBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -195,6 +195,62 @@ async def fan_in(sources: Sequence[AsyncIterator[T]], maxsize: int = FAN_IN_QUEU
         await _close_all(sources)
 
 
+BATCH_ITEMS = 500  # items of one batch at most
+BATCH_BYTES = 256 * 1024  # bytes of one batch at most (a gRPC message stays far below 4 MiB)
+BATCH_BUFFER = 1024  # items read ahead of the batches
+
+
+async def batches(
+    items: AsyncIterator[T],
+    size: Callable[[T], int],
+    max_items: int = BATCH_ITEMS,
+    max_bytes: int = BATCH_BYTES,
+    buffer: int = BATCH_BUFFER,
+) -> AsyncIterator[list[T]]:
+    """The items in lists of those ready now: a batch never waits for more items than
+    are there (a followed stream is not delayed), and is at most `max_items` items or
+    about `max_bytes`. At most `buffer` items are read ahead; `items` is closed at the
+    end, also when the reader stops or is cancelled."""
+    queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue(buffer)
+
+    async def pump() -> None:
+        try:
+            async for item in items:
+                await queue.put((0, item))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await queue.put((1, exc))
+            return
+        await queue.put((2, None))
+
+    task = asyncio.create_task(pump())
+    try:
+        ended: BaseException | bool = False
+        while not ended:
+            batch: list[T] = []
+            total = 0
+            kind, item = await queue.get()
+            while True:
+                if kind == 0:
+                    batch.append(item)  # type: ignore[arg-type]
+                    total += size(item)  # type: ignore[arg-type]
+                else:
+                    ended = item if kind == 1 else True  # type: ignore[assignment]
+                    break
+                if len(batch) >= max_items or total >= max_bytes or queue.empty():
+                    break
+                kind, item = queue.get_nowait()
+            if batch:
+                yield batch
+            if isinstance(ended, BaseException):
+                raise ended
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await _close_all([items])
+
+
 _END = object()
 
 

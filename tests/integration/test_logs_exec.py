@@ -36,7 +36,7 @@ replicas: 2
 command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo \\"$(hostname) line $i\\"; sleep 0.5; done"]
 """
 CLI = (sys.executable, "-m", "node.cli.main", "--addr")
-TAG = re.compile(r"^chatty\.(\d)\.([0-9a-z]{1,12})@(n\d) \| (.*)$")
+TAG = re.compile(r"^[a-z0-9-]+\.(\d+)\.([0-9a-z]{1,12})@(n\d) +\| (.*)$")
 
 
 def shoal(
@@ -224,3 +224,41 @@ def test_logging_options_reach_docker_and_logs_still_read(cluster: DevCluster) -
         return done.returncode == 0 and bool(done.stdout.strip())
 
     wait_until_sync(read, 20, 0.5, "logs of the bounded service")
+
+
+LINES = 20_000
+
+
+def test_numbered_lines_of_both_replicas_come_complete_and_the_rate_is_measured(cluster: DevCluster) -> None:
+    spec = "name: counted\nimage: shoal-demo/base:1\nreplicas: 2\n"
+    spec += f'command: ["sh", "-c", "seq 1 {LINES}; sleep 3600"]\n'
+    with cluster.client() as client:
+        client.apply(spec)
+
+        def printed() -> bool:
+            tasks = client.list_tasks("counted")
+            return len(tasks) == 2 and all(t.state == "running" for t in tasks)
+
+        wait_until_sync(printed, 60, 0.2, "the counted replicas running")
+        tasks = client.list_tasks("counted")
+
+    def complete() -> subprocess.CompletedProcess[str] | None:
+        done = shoal(cluster, "service", "logs", "counted")
+        return done if done.returncode == 0 and done.stdout.count("\n") == 2 * LINES else None
+
+    wait_until_sync(complete, 30, 0.5, "every line of both replicas")
+    start = time.monotonic()
+    done = shoal(cluster, "service", "logs", "counted")
+    through_shoal = time.monotonic() - start
+    lines = _lines(done.stdout)
+    for node in ("n1", "n2"):  # nothing missing, nothing twice, in order
+        assert [int(t) for _, _, n, t in lines if n == node] == list(range(1, LINES + 1))
+    start = time.monotonic()
+    for t in tasks:
+        subprocess.run(["docker", "logs", t.container_id], capture_output=True, check=True, timeout=60)
+    through_docker = time.monotonic() - start
+    print(
+        f"\nFIGURE service logs: {2 * LINES} lines from 2 nodes in {through_shoal:.2f}s "
+        f"({2 * LINES / through_shoal:,.0f} lines/s, CLI start included); "
+        f"docker logs of the same containers: {through_docker:.2f}s"
+    )

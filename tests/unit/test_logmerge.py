@@ -11,6 +11,7 @@ import pytest
 from node.runtime.logmerge import (
     FrameError,
     Frames,
+    batches,
     fan_in,
     format_line,
     format_time,
@@ -153,3 +154,33 @@ async def test_fan_in_raises_a_sources_error() -> None:
         async for _ in fan_in([broken(), ok.gen()]):
             pass
     assert ok.closed
+
+
+async def test_batches_take_what_is_ready_bounded_by_count_and_bytes() -> None:
+    source = Source(list(range(1200)))
+    got = [b async for b in batches(source.gen(), size=lambda x: 1, max_items=500)]
+    assert [x for b in got for x in b] == list(range(1200))
+    assert max(len(b) for b in got) == 500 and source.closed
+    by_bytes = [b async for b in batches(Source(list(range(10))).gen(), size=lambda x: 100, max_bytes=300)]
+    assert all(len(b) <= 3 for b in by_bytes) and sum(map(len, by_bytes)) == 10
+
+
+async def test_a_batch_does_not_wait_for_more_items() -> None:
+    follow = Source([1, 2], block_after=True)
+    stream = batches(follow.gen(), size=lambda x: 1)
+    async with asyncio.timeout(2):
+        first = await anext(stream)
+    assert first in ([1, 2], [1])
+    await stream.aclose()
+    assert follow.closed
+
+
+async def test_batches_pass_an_error_on_after_the_items_before_it() -> None:
+    async def broken() -> AsyncIterator[int]:
+        yield 1
+        raise ConnectionError("gone")
+
+    stream = batches(broken(), size=lambda x: 1)
+    assert await anext(stream) == [1]
+    with pytest.raises(ConnectionError):
+        await anext(stream)

@@ -97,7 +97,7 @@ class FakePeers:
 
     def TaskLogs(self, request: api_pb2.LogsRequest, timeout: float | None = None) -> FakeCall:
         self.asked.append((self.address, request))
-        return FakeCall(self.lines.get(request.task, []))
+        return FakeCall([api_pb2.LogBatch(lines=[x]) for x in self.lines.get(request.task, [])])
 
 
 async def cluster() -> tuple[MemoryStore, list[tuple[str, str, tuple[Any, ...]]]]:
@@ -242,7 +242,7 @@ class BlockingPeers(FakePeers):
     calls: list[FakeCall]
 
     def TaskLogs(self, request: api_pb2.LogsRequest, timeout: float | None = None) -> FakeCall:
-        call = BlockingCall([line(1, "first")])
+        call = BlockingCall([api_pb2.LogBatch(lines=[line(1, "first")])])
         self.calls.append(call)
         return call
 
