@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -262,3 +263,41 @@ def test_numbered_lines_of_both_replicas_come_complete_and_the_rate_is_measured(
         f"({2 * LINES / through_shoal:,.0f} lines/s, CLI start included); "
         f"docker logs of the same containers: {through_docker:.2f}s"
     )
+
+
+def test_exec_it_gives_the_command_a_terminal_of_this_size(cluster: DevCluster) -> None:
+    """`shoal exec -it` in a pseudo-terminal, as a person at a terminal runs it."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))  # rows, columns
+    proc = subprocess.Popen(
+        [*CLI, cluster.members[0].addr, "exec", "-it", "chatty.2", "--", "sh"],
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        env=_env(cluster),
+        close_fds=True,
+    )
+    os.close(child)
+    seen = b""
+    try:
+        os.write(main, b"stty size; tty; exit 4\n")
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(main, 4096)
+                except OSError:
+                    break
+        assert proc.wait(timeout=10) == 4, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)
+    assert b"33 101" in seen and b"/dev/pts/" in seen, seen
