@@ -53,6 +53,7 @@ from node.constraints import ConstraintError, parse_constraint, parse_label_attr
 from node.spec_lifecycle import (
     HealthCheck,
     HttpCheck,
+    LogConfig,
     OnDisconnect,
     RestartPolicy,
     StopGrace,
@@ -274,13 +275,14 @@ class ServiceSpec(BaseModel):
     update: UpdateConfig | None = None
     stop_grace: StopGrace | None = None  # seconds from SIGTERM to SIGKILL; None: the node's stop_timeout
     on_disconnect: OnDisconnect | None = None  # None: a node cut off from etcd keeps running it
+    logging: LogConfig | None = None  # None: the engine's default log driver and options
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
 _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
 _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", "tcp"): TcpCheck}
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
-_FIELDS |= {("on_disconnect",): OnDisconnect}
+_FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}

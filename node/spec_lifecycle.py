@@ -244,3 +244,33 @@ class OnDisconnect(BaseModel):
 
     model_config = _STRICT
     stop_after: Duration
+
+
+# -- logging (issue 14) ----------------------------------------------------------------
+
+LOG_DRIVERS = ("json-file", "local")  # drivers `shoal service logs` can read back
+_LOG_OPTIONS = {
+    "max-size": (re.compile(r"[1-9]\d{0,8}[kmg]?"), "a size such as 10m, 500k or 1g"),
+    "max-file": (re.compile(r"[1-9]\d{0,3}"), "a number of files, 1 to 9999"),
+    "compress": (re.compile(r"true|false"), "true or false"),
+}
+
+
+def _log_options(options: dict[str, str]) -> dict[str, str]:
+    for key, value in options.items():
+        if key not in _LOG_OPTIONS:
+            raise _fail(f"unknown log option {key!r}: use {', '.join(sorted(_LOG_OPTIONS))}")
+        pattern, wanted = _LOG_OPTIONS[key]
+        if not pattern.fullmatch(value):
+            raise _fail(f"log option {key}: {value[:40]!r} is not {wanted}")
+    return options
+
+
+class LogConfig(BaseModel):
+    """`logging`: the Compose form, passed to Docker as the containers' log config. Only
+    drivers whose logs Docker can read back (`shoal service logs`) are taken; sizes bound
+    what each container keeps on its node (json-file default: unbounded)."""
+
+    model_config = _STRICT
+    driver: Literal["json-file", "local"] = "json-file"
+    options: Annotated[dict[str, str], Field(max_length=8), AfterValidator(_log_options)] = {}

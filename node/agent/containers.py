@@ -117,4 +117,6 @@ def container_spec(task: Assignment, spec: ServiceSpec, cluster: str, publish_ad
         cpu=(limits and limits.cpu) or (resources and resources.cpu) or None,
         memory=(limits and limits.memory) or (resources and resources.memory) or None,
         image_healthcheck=spec.health is None,  # the spec's own check replaces the image's
+        log_driver=spec.logging.driver if spec.logging else "",
+        log_options=dict(spec.logging.options) if spec.logging else {},
     )

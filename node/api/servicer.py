@@ -18,6 +18,7 @@ from node.api.admin import AdminHandlers, check_text
 from node.api.nodespecs import NodeSpecWriter, check_node
 from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
+from node.api.taskio import LogsExecHandlers
 from node.domain import (
     Assignment,
     PendingRecord,
@@ -45,7 +46,7 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-class ShoalServicer(AdminHandlers, api_pb2_grpc.ShoalServicer):
+class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer):
     def __init__(self, store: Store, keys: Keys, node: str, members: nodes.MemberView | None = None) -> None:
         self.store = store
         self.keys = keys

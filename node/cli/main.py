@@ -55,6 +55,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "completion",
         "Print the shell completion script for bash, zsh or fish.",
     ),
+    "task": ("node.cli.taskio", "task", "Inspect one task (one replica's container) of a service."),
+    "exec": (
+        "node.cli.taskio",
+        "exec_cmd",
+        "Run a command in a task's container; exit with its exit code (deployer or admin).",
+    ),
 }
 
 # The group's options that take a value; they may also be written after the subcommand.

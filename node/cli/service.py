@@ -20,6 +20,7 @@ from node.cli.output import (
     version_dict,
 )
 from node.cli.rollout import follow
+from node.cli.taskio import service_logs
 from node.client import ShoalError
 from node.pb import api_pb2
 
@@ -40,6 +41,9 @@ def read_spec(path: str) -> tuple[str, str]:
 @click.group()
 def service() -> None:
     """Create, inspect, scale and remove services."""
+
+
+service.add_command(service_logs)
 
 
 def _follow_options(f: Callable[..., None]) -> Callable[..., None]:

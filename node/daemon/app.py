@@ -36,6 +36,7 @@ from node.api.gossip_transport import PeerServicer
 from node.api.join import JoinHandler
 from node.api.port_policy import PortPolicy
 from node.api.servicer import ShoalServicer
+from node.api.taskio import PeerStubs, TaskIO
 from node.config import NodeConfig
 from node.daemon import shutdown
 from node.daemon.identity import IdentityError, NodeIdentity
@@ -50,6 +51,7 @@ from node.proxy import metrics
 from node.proxy.mesh import Mesh, MeshSettings
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
+from node.runtime.docker_logs import DockerStreams
 from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
 from node.security.files import NodeFiles, read_secret
@@ -293,14 +295,19 @@ class Daemon:
         servicer.signer = signer
         servicer.writer.ports = PortPolicy.of(c.grpc_port, c.metrics_port, c.etcd, c.reserved_ports)
         joins = JoinHandler(self.store, self.keys, c.node_id, signer, c.join_token_uses)
+        peers = PeerStubs(self.identity.client_tls)
+        self.identity.on_renewed(peers.set_tls)
+        taskio = TaskIO(
+            self.store, self.keys, c.node_id, DockerStreams(self.runtime.url), peers, self.events.emit
+        )
+        servicer.taskio = taskio
+        peer_servicer = PeerServicer(self.membership.list, joins.join)
+        peer_servicer.taskio = taskio
         try:
             server, health = api_server.build(
                 [
                     (api_pb2_grpc.add_ShoalServicer_to_server, servicer),
-                    (
-                        peer_pb2_grpc.add_PeerServicer_to_server,
-                        PeerServicer(self.membership.list, joins.join),
-                    ),
+                    (peer_pb2_grpc.add_PeerServicer_to_server, peer_servicer),
                 ],
                 c.address,
                 c.grpc_port,

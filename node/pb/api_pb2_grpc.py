@@ -134,6 +134,16 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.LabelNodeRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.FromString,
                 _registered_method=True)
+        self.ServiceLogs = channel.unary_stream(
+                '/shoal.v1.Shoal/ServiceLogs',
+                request_serializer=shoal_dot_v1_dot_api__pb2.LogsRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.LogBatch.FromString,
+                _registered_method=True)
+        self.Exec = channel.stream_stream(
+                '/shoal.v1.Shoal/Exec',
+                request_serializer=shoal_dot_v1_dot_api__pb2.ExecInput.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.ExecOutput.FromString,
+                _registered_method=True)
 
 
 class ShoalServicer:
@@ -281,6 +291,25 @@ class ShoalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ServiceLogs(self, request, context):
+        """The container logs of a service's tasks (or of one task) on every node, merged in
+        time order (follow=false) or as they come (follow=true, the stream stays open),
+        several lines a message (one gRPC message per line would cost 10x the time).
+        Viewer role. NOT_FOUND for an unknown service or task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Exec(self, request_iterator, context):
+        """Run a command in a task's container on whichever node holds it: the first input
+        carries `start`, later ones stdin and terminal sizes; the last output carries the
+        exit code. Deployer role or higher; recorded as a `task.exec` event (no output).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShoalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -383,6 +412,16 @@ def add_ShoalServicer_to_server(servicer, server):
                     servicer.LabelNode,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.LabelNodeRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.SerializeToString,
+            ),
+            'ServiceLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ServiceLogs,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.LogsRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.LogBatch.SerializeToString,
+            ),
+            'Exec': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.ExecInput.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.ExecOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -925,6 +964,60 @@ class Shoal:
             '/shoal.v1.Shoal/LabelNode',
             shoal_dot_v1_dot_api__pb2.LabelNodeRequest.SerializeToString,
             shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServiceLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.v1.Shoal/ServiceLogs',
+            shoal_dot_v1_dot_api__pb2.LogsRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.LogBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/shoal.v1.Shoal/Exec',
+            shoal_dot_v1_dot_api__pb2.ExecInput.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.ExecOutput.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from node.pb import api_pb2 as shoal_dot_v1_dot_api__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/peer.proto\x12\x08shoal.v1\"a\n\x0cMemberUpdate\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"V\n\x0bPingRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\'\n\x07updates\x18\x03 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"t\n\x0cPingResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\x0b\n\x03\x61\x63k\x18\x04 \x01(\x08\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"\x86\x01\n\x0ePingReqRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0btarget_node\x18\x03 \x01(\t\x12\x16\n\x0etarget_address\x18\x04 \x01(\t\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"@\n\x0bJoinRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x11\n\tdns_names\x18\x03 \x03(\t\"b\n\x0cJoinResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63\x61_certificate\x18\x02 \x01(\x0c\x12\x15\n\rca_passphrase\x18\x03 \x01(\x0c\x12\x0e\n\x06member\x18\x04 \x01(\t2\xb1\x01\n\x04Peer\x12\x35\n\x04Ping\x12\x15.shoal.v1.PingRequest\x1a\x16.shoal.v1.PingResponse\x12;\n\x07PingReq\x12\x18.shoal.v1.PingReqRequest\x1a\x16.shoal.v1.PingResponse\x12\x35\n\x04Join\x12\x15.shoal.v1.JoinRequest\x1a\x16.shoal.v1.JoinResponseB\x12Z\x10shoal/v1;shoalv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/peer.proto\x12\x08shoal.v1\x1a\x12shoal/v1/api.proto\"a\n\x0cMemberUpdate\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"V\n\x0bPingRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\'\n\x07updates\x18\x03 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"t\n\x0cPingResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\x0b\n\x03\x61\x63k\x18\x04 \x01(\x08\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"\x86\x01\n\x0ePingReqRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0btarget_node\x18\x03 \x01(\t\x12\x16\n\x0etarget_address\x18\x04 \x01(\t\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"@\n\x0bJoinRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x11\n\tdns_names\x18\x03 \x03(\t\"b\n\x0cJoinResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63\x61_certificate\x18\x02 \x01(\x0c\x12\x15\n\rca_passphrase\x18\x03 \x01(\x0c\x12\x0e\n\x06member\x18\x04 \x01(\t2\xa5\x02\n\x04Peer\x12\x35\n\x04Ping\x12\x15.shoal.v1.PingRequest\x1a\x16.shoal.v1.PingResponse\x12;\n\x07PingReq\x12\x18.shoal.v1.PingReqRequest\x1a\x16.shoal.v1.PingResponse\x12\x35\n\x04Join\x12\x15.shoal.v1.JoinRequest\x1a\x16.shoal.v1.JoinResponse\x12\x37\n\x08TaskLogs\x12\x15.shoal.v1.LogsRequest\x1a\x12.shoal.v1.LogBatch0\x01\x12\x39\n\x08TaskExec\x12\x13.shoal.v1.ExecInput\x1a\x14.shoal.v1.ExecOutput(\x01\x30\x01\x42\x12Z\x10shoal/v1;shoalv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,18 +33,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shoal.v1.peer_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\020shoal/v1;shoalv1'
-  _globals['_MEMBERUPDATE']._serialized_start=33
-  _globals['_MEMBERUPDATE']._serialized_end=130
-  _globals['_PINGREQUEST']._serialized_start=132
-  _globals['_PINGREQUEST']._serialized_end=218
-  _globals['_PINGRESPONSE']._serialized_start=220
-  _globals['_PINGRESPONSE']._serialized_end=336
-  _globals['_PINGREQREQUEST']._serialized_start=339
-  _globals['_PINGREQREQUEST']._serialized_end=473
-  _globals['_JOINREQUEST']._serialized_start=475
-  _globals['_JOINREQUEST']._serialized_end=539
-  _globals['_JOINRESPONSE']._serialized_start=541
-  _globals['_JOINRESPONSE']._serialized_end=639
-  _globals['_PEER']._serialized_start=642
-  _globals['_PEER']._serialized_end=819
+  _globals['_MEMBERUPDATE']._serialized_start=53
+  _globals['_MEMBERUPDATE']._serialized_end=150
+  _globals['_PINGREQUEST']._serialized_start=152
+  _globals['_PINGREQUEST']._serialized_end=238
+  _globals['_PINGRESPONSE']._serialized_start=240
+  _globals['_PINGRESPONSE']._serialized_end=356
+  _globals['_PINGREQREQUEST']._serialized_start=359
+  _globals['_PINGREQREQUEST']._serialized_end=493
+  _globals['_JOINREQUEST']._serialized_start=495
+  _globals['_JOINREQUEST']._serialized_end=559
+  _globals['_JOINRESPONSE']._serialized_start=561
+  _globals['_JOINRESPONSE']._serialized_end=659
+  _globals['_PEER']._serialized_start=662
+  _globals['_PEER']._serialized_end=955
 # @@protoc_insertion_point(module_scope)

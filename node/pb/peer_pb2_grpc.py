@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from node.pb import api_pb2 as shoal_dot_v1_dot_api__pb2
 from node.pb import peer_pb2 as shoal_dot_v1_dot_peer__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -49,6 +50,16 @@ class PeerStub:
                 request_serializer=shoal_dot_v1_dot_peer__pb2.JoinRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_peer__pb2.JoinResponse.FromString,
                 _registered_method=True)
+        self.TaskLogs = channel.unary_stream(
+                '/shoal.v1.Peer/TaskLogs',
+                request_serializer=shoal_dot_v1_dot_api__pb2.LogsRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.LogBatch.FromString,
+                _registered_method=True)
+        self.TaskExec = channel.stream_stream(
+                '/shoal.v1.Peer/TaskExec',
+                request_serializer=shoal_dot_v1_dot_api__pb2.ExecInput.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.ExecOutput.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -78,6 +89,22 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TaskLogs(self, request, context):
+        """The container logs of one task this node runs (`task` of the request), for the
+        node that merges a service's logs (`shoal.v1.Shoal/ServiceLogs`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TaskExec(self, request_iterator, context):
+        """A command in a container of a task this node runs, relayed by the node the client
+        called (`shoal.v1.Shoal/Exec`, which checked the caller's role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +122,16 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Join,
                     request_deserializer=shoal_dot_v1_dot_peer__pb2.JoinRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_peer__pb2.JoinResponse.SerializeToString,
+            ),
+            'TaskLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.TaskLogs,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.LogsRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.LogBatch.SerializeToString,
+            ),
+            'TaskExec': grpc.stream_stream_rpc_method_handler(
+                    servicer.TaskExec,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.ExecInput.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.ExecOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +215,60 @@ class Peer:
             '/shoal.v1.Peer/Join',
             shoal_dot_v1_dot_peer__pb2.JoinRequest.SerializeToString,
             shoal_dot_v1_dot_peer__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TaskLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.v1.Peer/TaskLogs',
+            shoal_dot_v1_dot_api__pb2.LogsRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.LogBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TaskExec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/shoal.v1.Peer/TaskExec',
+            shoal_dot_v1_dot_api__pb2.ExecInput.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.ExecOutput.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,8 @@ class ContainerSpec:
     cpu: float | None = None  # cores -> nano_cpus
     memory: int | None = None  # bytes -> mem_limit
     image_healthcheck: bool = True  # False: the image's HEALTHCHECK is turned off (the spec has a check)
+    log_driver: str = ""  # "": the engine's default; else with `log_options` (max-size, max-file)
+    log_options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

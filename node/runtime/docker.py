@@ -241,6 +241,7 @@ class DockerRuntime:
             nano_cpus=int(spec.cpu * 1e9) if spec.cpu else None,
             mem_limit=spec.memory,
             restart_policy={"Name": "no"},
+            log_config={"Type": spec.log_driver, "Config": spec.log_options} if spec.log_driver else None,
         )
         extra: dict[str, Any] = {} if spec.image_healthcheck else {"healthcheck": {"test": ["NONE"]}}
         try:

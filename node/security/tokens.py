@@ -245,9 +245,18 @@ VIEWER_METHODS = frozenset(
         "WatchMembers",
         "StreamLogs",
         "WhoAmI",
+        "ServiceLogs",
     }
 )
-DEPLOYER_METHODS = VIEWER_METHODS | {"ApplyService", "ScaleService", "DeleteService", "RollbackService"}
+# Exec runs any command in a task's container: no more than a deployer can already do by
+# deploying any image, so deployer or admin (issue 14), never viewer.
+DEPLOYER_METHODS = VIEWER_METHODS | {
+    "ApplyService",
+    "ScaleService",
+    "DeleteService",
+    "RollbackService",
+    "Exec",
+}
 _ALLOWED: dict[Role, frozenset[str]] = {Role.VIEWER: VIEWER_METHODS, Role.DEPLOYER: DEPLOYER_METHODS}
 
 

@@ -1,0 +1,391 @@
+"""Logs and exec of tasks through any node (issue 14): `Shoal/ServiceLogs`, `Shoal/Exec`,
+and their peer halves `Peer/TaskLogs`, `Peer/TaskExec`.
+
+The node the client calls finds the tasks in etcd (`tasks/…`, and `status/<task>` for
+a task no longer assigned) and, for each, reads the container on this node (`local`,
+a `node.runtime.docker_logs.DockerStreams`) or asks the node that holds it over the
+peer API (mutual TLS with this node's certificate). Logs of several tasks are merged
+in time order, or interleaved as they come when followed (`node.runtime.logmerge`):
+one line held per task, one bounded queue when following, gRPC flow control between
+nodes. A node that cannot be reached, or a container that is gone, becomes a `notice`
+line for that task; the other tasks' lines still come. When the client goes away the
+handler is cancelled, which cancels the peer calls and closes the engine streams.
+
+Exec is relayed: client <-> this node <-> the holder <-> dockerd. The role check is the
+client API's (`node.security.tokens`: deployer or admin); the peer half trusts the
+calling node, which only a node certificate can be. Every exec is a `task.exec` event
+naming the caller, the task and the command; its output is never recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+
+from node import rpc
+from node.api.server import handle_stream
+from node.domain import Assignment, NodeInfo, TaskStatus
+from node.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from node.keys import Keys
+from node.pb import api_pb2, peer_pb2_grpc
+from node.runtime.base import RuntimeError_, RuntimeUnavailable
+from node.runtime.docker_logs import DockerStreams
+from node.runtime.logmerge import batches, fan_in, merge_sorted
+from node.security.auth import current_caller
+from node.store import Store
+
+log = logging.getLogger(__name__)
+
+LOGS_TIMEOUT = 120.0  # s a peer may take to send a task's logs when not following
+FIRST_INPUT_TIMEOUT = 10.0  # s for an exec's first message (its start)
+MAX_COMMAND = 8192  # bytes of an exec's argv
+MAX_TASKS = 1000  # tasks one logs call reads at once
+
+
+@dataclass(frozen=True)
+class Target:
+    """A task to read or exec in, and the node that holds it."""
+
+    task: str
+    service: str
+    slot: int
+    node: str
+
+
+class PeerStubs:
+    """One channel per peer address with this node's certificate; renewed with it."""
+
+    def __init__(self, tls: rpc.ClientTls | None = None) -> None:
+        self.tls = tls
+        self._stubs: dict[str, peer_pb2_grpc.PeerStub] = {}
+        self._channels: list[grpc.aio.Channel] = []
+
+    def stub(self, address: str) -> peer_pb2_grpc.PeerStub:
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = rpc.aio_channel(address, self.tls)
+            self._channels.append(channel)
+            stub = self._stubs[address] = peer_pb2_grpc.PeerStub(channel)
+        return stub
+
+    def set_tls(self, tls: rpc.ClientTls) -> None:
+        """New calls use `tls`; the old channels stay for the streams still on them."""
+        self.tls = tls
+        self._stubs = {}
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            with contextlib.suppress(Exception):
+                await channel.close(grace=None)
+        self._channels.clear()
+        self._stubs.clear()
+
+
+class TaskIO:
+    """What the handlers need: the store, this node, its engine streams and its peers."""
+
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        node: str,
+        local: DockerStreams | None,
+        peers: PeerStubs,
+        emit: Callable[..., None] | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.node = node
+        self.local = local
+        self.peers = peers
+        self.emit = emit or (lambda *a, **k: None)
+
+    # -- finding tasks -----------------------------------------------------------------
+
+    async def _assignments(self, service: str = "") -> list[Assignment]:
+        prefix = self.keys.service_tasks(service) if service else self.keys.tasks
+        kvs, _ = await self.store.range(prefix)
+        out: list[Assignment] = []
+        for kv in kvs:
+            a = Assignment.from_json(kv.value)
+            out.append(a)
+            old = a.handed_off()
+            if old is not None:
+                out.append(old)
+        return sorted(out, key=lambda a: (a.slot, a.created_at))
+
+    async def service_targets(self, service: str) -> list[Target]:
+        if await self.store.get(self.keys.service(service)) is None:
+            raise NotFound(f"service '{service}' not found; `shoal service ls` lists the services")
+        return [Target(a.task_id, a.service, a.slot, a.node) for a in await self._assignments(service)]
+
+    async def task_target(self, task_id: str) -> Target:
+        for a in await self._assignments():
+            if a.task_id == task_id:
+                return Target(a.task_id, a.service, a.slot, a.node)
+        kv = await self.store.get(self.keys.status(task_id))
+        if kv is not None:  # no longer assigned, but its node still reports it
+            s = TaskStatus.from_json(kv.value)
+            return Target(s.task_id, s.service, s.slot, s.node)
+        raise NotFound(f"task '{task_id}' not found; `shoal service ps SERVICE` lists the tasks")
+
+    async def exec_target(self, text: str) -> Target:
+        """A task id, SERVICE.SLOT, or SERVICE (its lowest slot whose task runs)."""
+        name, dot, slot_text = text.partition(".")
+        if dot:
+            if not slot_text.isdigit():
+                raise InvalidArgument(f"{text!r}: write SERVICE.SLOT with a slot number, e.g. web.1")
+            found = [t for t in await self.service_targets(name) if t.slot == int(slot_text)]
+            if not found:
+                raise NotFound(
+                    f"service '{name}' has no task in slot {slot_text}; see `shoal service ps {name}`"
+                )
+            return found[-1]
+        if await self.store.get(self.keys.service(text)) is None:
+            return await self.task_target(text)
+        targets = await self.service_targets(text)
+        if not targets:
+            raise FailedPrecondition(f"service '{text}' has no tasks now; see `shoal service ps {text}`")
+        statuses = [await self.store.get(self.keys.status(t.task)) for t in targets]
+        running = [
+            t
+            for t, kv in zip(targets, statuses, strict=True)
+            if kv is not None and TaskStatus.from_json(kv.value).state == "running"
+        ]
+        return (running or targets)[0]
+
+    async def address(self, node: str) -> str:
+        kv = await self.store.get(self.keys.node(node))
+        if kv is None:
+            raise Unavailable(f"node {node} is not registered now (down, or left the cluster)")
+        info = NodeInfo.from_json(kv.value)
+        return f"{info.address}:{info.grpc_port}"
+
+    # -- logs --------------------------------------------------------------------------
+
+    async def logs(self, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogLine]:
+        if request.task:
+            targets = [await self.task_target(request.task)]
+        elif request.service:
+            targets = await self.service_targets(request.service)
+        else:
+            raise InvalidArgument("give a service name or a task id")
+        if request.since < 0:
+            raise InvalidArgument("since: a time in unix seconds, not negative")
+        sources = [self._task_logs(t, request) for t in targets[:MAX_TASKS]]
+        merged = fan_in(sources) if request.follow else merge_sorted(sources, key=lambda line: line.time_ns)
+        async for line in merged:
+            yield line
+
+    async def _task_logs(self, t: Target, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogLine]:
+        ask = api_pb2.LogsRequest(task=t.task, follow=request.follow, since=request.since)
+        if request.HasField("tail"):
+            ask.tail = request.tail
+        try:
+            lines = self.local_logs(ask) if t.node == self.node else self._peer_logs(t, ask)
+            async for line in lines:
+                line.task, line.service, line.slot, line.node = t.task, t.service, t.slot, t.node
+                yield line
+        except (RuntimeError_, Unavailable, FailedPrecondition) as exc:
+            yield api_pb2.LogLine(task=t.task, service=t.service, slot=t.slot, node=t.node, notice=str(exc))
+
+    async def _peer_logs(self, t: Target, ask: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogLine]:
+        call = self.peers.stub(await self.address(t.node)).TaskLogs(
+            ask, timeout=None if ask.follow else LOGS_TIMEOUT
+        )
+        try:
+            async for batch in call:
+                for line in batch.lines:
+                    yield line
+        except grpc.RpcError as exc:
+            raise Unavailable(f"the logs on node {t.node} could not be read: {_details(exc)}") from None
+        finally:
+            call.cancel()
+
+    async def local_logs(self, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogLine]:
+        """One task's lines from this node's engine (the peer half)."""
+        if self.local is None:
+            raise FailedPrecondition(f"node {self.node} runs no container engine")
+        tail = request.tail if request.HasField("tail") else None
+        try:
+            container = await self.local.find(request.task)
+            async for time_ns, stream, text in self.local.logs(
+                container, request.follow, tail, request.since
+            ):
+                yield api_pb2.LogLine(
+                    task=request.task, node=self.node, time_ns=time_ns, stream=stream, text=text
+                )
+        except RuntimeUnavailable as exc:
+            raise Unavailable(f"node {self.node}: {exc}") from None
+        except RuntimeError_ as exc:
+            raise FailedPrecondition(f"node {self.node}: {exc}") from None
+
+    # -- exec --------------------------------------------------------------------------
+
+    async def exec(self, inputs: AsyncIterator[api_pb2.ExecInput]) -> AsyncIterator[api_pb2.ExecOutput]:
+        start = await _first(inputs)
+        if not start.target:
+            raise InvalidArgument("exec: name the task (a task id, SERVICE or SERVICE.SLOT)")
+        t = await self.exec_target(start.target)
+        caller = current_caller()
+        who = str(caller) if caller is not None else "an unauthenticated caller"
+        command = shlex.join(start.command)
+        self.emit(
+            "task.exec",
+            f"{who} ran `{command[:300]}` in {t.service}.{t.slot} ({t.task}) on {t.node}",
+            service=t.service,
+            task=t.task,
+        )
+        start.task, start.user = t.task, who
+        yield api_pb2.ExecOutput(task=t.task, node=t.node)
+        outputs = self.local_exec(start, inputs) if t.node == self.node else self._peer_exec(t, start, inputs)
+        async for out in outputs:
+            yield out
+
+    async def _peer_exec(
+        self, t: Target, start: api_pb2.ExecStart, inputs: AsyncIterator[api_pb2.ExecInput]
+    ) -> AsyncIterator[api_pb2.ExecOutput]:
+        async def requests() -> AsyncIterator[api_pb2.ExecInput]:
+            yield api_pb2.ExecInput(start=start)
+            async for msg in inputs:
+                yield msg
+
+        call = self.peers.stub(await self.address(t.node)).TaskExec(requests())
+        try:
+            async for out in call:
+                yield out
+        except grpc.RpcError as exc:
+            raise Unavailable(f"exec on node {t.node} failed: {_details(exc)}") from None
+        finally:
+            call.cancel()
+
+    async def local_exec(
+        self, start: api_pb2.ExecStart, inputs: AsyncIterator[api_pb2.ExecInput]
+    ) -> AsyncIterator[api_pb2.ExecOutput]:
+        """Run `start` in the container of `start.task` on this node (the peer half)."""
+        if self.local is None:
+            raise FailedPrecondition(f"node {self.node} runs no container engine")
+        _check_command(start)
+        log.info("exec in task %s for %s: %s", start.task, start.user, shlex.join(start.command)[:300])
+        size = (start.width, start.height) if start.width and start.height else None
+        try:
+            container = await self.local.find(start.task)
+            session = await self.local.exec(container, list(start.command), start.tty, start.stdin, size)
+        except RuntimeUnavailable as exc:
+            raise Unavailable(f"node {self.node}: {exc}") from None
+        except RuntimeError_ as exc:
+            raise FailedPrecondition(f"node {self.node}: {exc}") from None
+
+        async def feed() -> None:
+            async for msg in inputs:
+                if msg.stdin and start.stdin:
+                    await session.write(msg.stdin)
+                if msg.stdin_eof and start.stdin:
+                    await session.close_stdin()
+                if msg.width and msg.height:
+                    await session.resize(msg.width, msg.height)
+            if start.stdin:  # the client closed its side: no more stdin
+                await session.close_stdin()
+
+        feeder = asyncio.create_task(feed(), name=f"exec-stdin-{start.task}")
+        try:
+            async for stream, data in session.output():
+                yield (
+                    api_pb2.ExecOutput(stdout=data) if stream == "stdout" else api_pb2.ExecOutput(stderr=data)
+                )
+            try:
+                code = await session.exit_code()
+            except RuntimeError_ as exc:
+                raise FailedPrecondition(f"node {self.node}: {exc}") from None
+            yield api_pb2.ExecOutput(exited=True, exit_code=code)
+        finally:
+            feeder.cancel()
+            session.close()
+            with contextlib.suppress(BaseException):
+                await feeder
+
+
+def _check_command(start: api_pb2.ExecStart) -> None:
+    if not start.command or not start.command[0]:
+        raise InvalidArgument("exec: give the command to run after `--`, e.g. `shoal exec web -- ps aux`")
+    if sum(len(a.encode()) for a in start.command) > MAX_COMMAND:
+        raise InvalidArgument(f"exec: the command is longer than {MAX_COMMAND} bytes")
+
+
+async def _first(inputs: AsyncIterator[api_pb2.ExecInput]) -> api_pb2.ExecStart:
+    try:
+        async with asyncio.timeout(FIRST_INPUT_TIMEOUT):
+            first = await anext(inputs)
+    except (StopAsyncIteration, TimeoutError):
+        raise InvalidArgument("exec: the first message must carry `start` (target and command)") from None
+    if not first.HasField("start"):
+        raise InvalidArgument("exec: the first message must carry `start` (target and command)")
+    _check_command(first.start)
+    return first.start
+
+
+def _size(line: api_pb2.LogLine) -> int:
+    return len(line.text) + len(line.notice) + 64  # the text and about what the rest costs
+
+
+def _details(exc: grpc.RpcError) -> str:
+    details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+    return (details or type(exc).__name__).splitlines()[0][:300]
+
+
+class LogsExecHandlers:
+    """`Shoal/ServiceLogs` and `Shoal/Exec`, mixed into `ShoalServicer` (set `taskio`)."""
+
+    taskio: TaskIO | None = None
+
+    def _taskio(self) -> TaskIO:
+        if self.taskio is None:
+            raise FailedPrecondition("this node serves no logs or exec")
+        return self.taskio
+
+    @handle_stream
+    async def ServiceLogs(
+        self, request: api_pb2.LogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.LogBatch]:
+        async for batch in batches(self._taskio().logs(request), _size):
+            yield api_pb2.LogBatch(lines=batch)
+
+    @handle_stream
+    async def Exec(
+        self, request_iterator: AsyncIterator[api_pb2.ExecInput], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.ExecOutput]:
+        async for out in self._taskio().exec(request_iterator):
+            yield out
+
+
+class PeerTaskHandlers:
+    """`Peer/TaskLogs` and `Peer/TaskExec`, mixed into `PeerServicer` (set `taskio`)."""
+
+    taskio: TaskIO | None = None
+
+    def _taskio(self) -> TaskIO:
+        if self.taskio is None:
+            raise FailedPrecondition("this node serves no logs or exec")
+        return self.taskio
+
+    @handle_stream
+    async def TaskLogs(
+        self, request: api_pb2.LogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.LogBatch]:
+        async for batch in batches(self._taskio().local_logs(request), _size):
+            yield api_pb2.LogBatch(lines=batch)
+
+    @handle_stream
+    async def TaskExec(
+        self, request_iterator: AsyncIterator[api_pb2.ExecInput], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.ExecOutput]:
+        start = await _first(request_iterator)
+        async for out in self._taskio().local_exec(start, request_iterator):
+            yield out

@@ -1,0 +1,237 @@
+"""`shoal service logs`, `shoal task logs` and `shoal exec`: a task's container through any node.
+
+Logs print one line per container line, `web.1.abc123def456@node2 | text` (the tag
+coloured per replica on a terminal, plain in a pipe), in time order; with -f they come
+as they are written until Ctrl-C (exit 130, the stream is cancelled on the node). A
+word about one task's stream (its node cannot be reached, its container is gone) goes
+to stderr as `warning: …`.
+
+Exec passes stdin (-i), stdout and stderr through, with a terminal in raw mode (-t)
+and its size sent on SIGWINCH, and exits with the command's exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from node.cli import Settings, pass_settings
+from node.client import ShoalClient, ShoalError
+from node.pb import api_pb2
+from node.runtime.logmerge import format_line, parse_since, prefix
+
+COLOURS = ("cyan", "green", "yellow", "magenta", "blue", "red")
+LOGS_DEADLINE = 60.0  # s at least for a call that is not followed (many lines from many nodes)
+STDIN_QUEUE = 64  # chunks of stdin waiting to be sent
+
+
+def _since(text: str | None) -> float:
+    if not text:
+        return 0.0
+    try:
+        return parse_since(text, time.time())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+
+
+def _logs_options(f: Any) -> Any:
+    f = click.option("-t", "--timestamps", is_flag=True, help="Show each line's time (RFC 3339, UTC).")(f)
+    f = click.option(
+        "--since", metavar="DURATION|TIME", help="Only lines since then: 10m, 1h30m, 2026-12-05T20:00:00Z."
+    )(f)
+    f = click.option(
+        "-n", "--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines of each task."
+    )(f)
+    return click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")(f)
+
+
+def print_logs(
+    client: ShoalClient, request: api_pb2.LogsRequest, timestamps: bool, colour: bool | None = None
+) -> None:
+    colour = sys.stdout.isatty() if colour is None else colour
+    timeout = None if request.follow else max(client.timeout, LOGS_DEADLINE)
+    width = 0
+    seen: dict[str, int] = {}
+    out = sys.stdout
+    for batch in client._stream("ServiceLogs", request, timeout):
+        for line in batch.lines:
+            tag = prefix(line.service, line.slot, line.task, line.node)
+            if line.notice:
+                out.flush()
+                click.echo(f"warning: {tag}: {line.notice}", err=True)
+                continue
+            width = max(width, len(tag))
+            text = format_line(tag, line.text.decode(errors="replace"), width, line.time_ns, timestamps)
+            if colour:
+                index = seen.setdefault(line.task, len(seen))
+                padded = tag.ljust(width)
+                text = click.style(padded, fg=COLOURS[index % len(COLOURS)]) + text[len(padded) :]
+            out.write(text + "\n")
+        out.flush()  # a batch is what was ready: a followed line shows at once
+
+
+@click.command("logs")
+@click.argument("name")
+@_logs_options
+@pass_settings
+def service_logs(
+    settings: Settings, name: str, follow: bool, tail: int | None, since: str | None, timestamps: bool
+) -> None:
+    """Print the logs of every replica of a service, merged in time order."""
+    request = api_pb2.LogsRequest(service=name, follow=follow, since=_since(since))
+    if tail is not None:
+        request.tail = tail
+    print_logs(settings.client(), request, timestamps)
+
+
+@click.group()
+def task() -> None:
+    """Inspect one task (one replica's container) of a service."""
+
+
+@task.command("logs")
+@click.argument("task_id", metavar="TASK_ID")
+@_logs_options
+@pass_settings
+def task_logs(
+    settings: Settings, task_id: str, follow: bool, tail: int | None, since: str | None, timestamps: bool
+) -> None:
+    """Print the logs of one task (its id: `shoal service ps NAME` lists them)."""
+    request = api_pb2.LogsRequest(task=task_id, follow=follow, since=_since(since))
+    if tail is not None:
+        request.tail = tail
+    print_logs(settings.client(), request, timestamps)
+
+
+# ------------------------------------------------------------------------- exec
+
+
+class _Inputs:
+    """The request stream of an exec: the start, then stdin chunks and terminal sizes
+    from a reader thread and SIGWINCH, until stdin ends or the command does."""
+
+    def __init__(self, start: api_pb2.ExecStart, interactive: bool) -> None:
+        self.start = start
+        self.queue: queue.Queue[api_pb2.ExecInput | None] = queue.Queue(STDIN_QUEUE)
+        self.done = threading.Event()
+        if interactive:
+            threading.Thread(target=self._read_stdin, name="exec-stdin", daemon=True).start()
+        else:
+            self.queue.put(None)
+
+    def _read_stdin(self) -> None:
+        fd = sys.stdin.fileno()
+        while not self.done.is_set():
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                self._put(api_pb2.ExecInput(stdin_eof=True))
+                self._put(None)
+                return
+            self._put(api_pb2.ExecInput(stdin=data))
+
+    def _put(self, item: api_pb2.ExecInput | None) -> None:
+        while not self.done.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def resize(self, width: int, height: int) -> None:
+        with contextlib.suppress(queue.Full):  # the next SIGWINCH sends the size again
+            self.queue.put_nowait(api_pb2.ExecInput(width=width, height=height))
+
+    def __iter__(self) -> Iterator[api_pb2.ExecInput]:
+        yield api_pb2.ExecInput(start=self.start)
+        while not self.done.is_set():
+            try:
+                item = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            yield item
+
+    def close(self) -> None:
+        self.done.set()
+
+
+def _size() -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(sys.stdout.fileno())
+    except OSError:
+        return 0, 0
+    return size.columns, size.lines
+
+
+def run_exec(client: ShoalClient, start: api_pb2.ExecStart, interactive: bool) -> int:
+    """Run the exec; the command's exit code."""
+    inputs = _Inputs(start, interactive)
+    restore: Any = None
+    if start.tty and interactive and sys.stdin.isatty():
+        import termios
+        import tty
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        tty.setraw(fd)
+        restore = lambda: termios.tcsetattr(fd, termios.TCSADRAIN, saved)  # noqa: E731
+        signal.signal(signal.SIGWINCH, lambda *_: inputs.resize(*_size()))
+    call = client._stub.Exec(iter(inputs))
+    try:
+        for out in call:
+            if out.stdout:
+                sys.stdout.buffer.write(out.stdout)
+                sys.stdout.buffer.flush()
+            if out.stderr:
+                sys.stderr.buffer.write(out.stderr)
+                sys.stderr.buffer.flush()
+            if out.exited:
+                return out.exit_code
+    except Exception as err:
+        import grpc
+
+        if isinstance(err, grpc.RpcError):
+            raise client._error(err) from None
+        raise
+    finally:
+        inputs.close()
+        call.cancel()
+        if restore is not None:
+            restore()
+    raise ShoalError("the exec ended without the command's exit code (its node went away?)")
+
+
+@click.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-i", "--interactive", is_flag=True, help="Send this terminal's stdin to the command.")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal (raw mode here, resized).")
+@click.argument("target", metavar="TASK_ID|SERVICE[.SLOT]")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_settings
+def exec_cmd(settings: Settings, interactive: bool, tty: bool, target: str, command: tuple[str, ...]) -> None:
+    """Run a command in a task's container; exit with its exit code (deployer or admin).
+
+    `shoal exec web -- ps aux`, `shoal exec -it web.2 -- sh`. SERVICE picks its lowest
+    running slot. The command is recorded as a `task.exec` event, its output is not.
+    """
+    if command[:1] == ("--",):  # options end at TARGET, so a `--` after it is still here
+        command = command[1:]
+    if not command:
+        raise click.UsageError("give the command to run after `--`, e.g. `shoal exec web -- ps aux`")
+    width, height = _size() if tty else (0, 0)
+    start = api_pb2.ExecStart(
+        target=target, command=list(command), tty=tty, stdin=interactive, width=width, height=height
+    )
+    sys.exit(run_exec(settings.client(), start, interactive))

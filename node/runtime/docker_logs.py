@@ -1,0 +1,311 @@
+"""A container's logs and an interactive exec, straight from dockerd's HTTP API, async.
+
+Why not the SDK (`node.runtime.docker`): a followed log or an exec session lasts as
+long as a person watches, and the SDK would hold a pool thread and a pooled connection
+for all that time. Here each stream is its own connection to the engine's socket,
+read by the event loop: closing it (the reader went away, Ctrl-C, the stream was
+cancelled) ends it at once, TCP flow control is the back-pressure, and nothing is
+buffered past one read (64 KiB) and one frame.
+
+- `logs` yields (unix ns, "stdout"|"stderr", line) from `GET /containers/{id}/logs`
+  with `timestamps=1`, so lines of several tasks can be merged in time order
+  (`node.runtime.logmerge`).
+- `exec` starts `POST /containers/{id}/exec` + `/exec/{id}/start` on an upgraded
+  connection (stdin goes in, stdout/stderr come out: framed, or raw with a TTY),
+  `resize` and the exit code after the output ends (`/exec/{id}/json`).
+- `find` names the newest container of a task by its `io.shoal.task` label.
+
+Errors: an engine that cannot be reached is `RuntimeUnavailable`; anything the engine
+refuses is `RuntimeError_` with its message (a missing container says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import urllib.parse
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixed
+
+from node.runtime.base import LABELS, RuntimeError_, RuntimeUnavailable
+from node.runtime.logmerge import Frames, lines_of, split_timestamp
+
+DEFAULT_URL = "unix:///var/run/docker.sock"
+READ = 65536  # bytes per read of a stream
+CONNECT_TIMEOUT = 5.0  # s to connect to the engine and get its answer's head
+CALL_TIMEOUT = 10.0  # s for a short call (find, exec create, inspect, resize)
+EXIT_WAIT = 5.0  # s to wait for an exec's exit code after its output ended
+MAX_LINE = 64 * 1024  # bytes of a line kept (Docker splits longer ones at 16 KiB anyway)
+
+
+class _Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+class DockerStreams:
+    """Log streams and exec sessions of one engine (`url`: unix:// or plain tcp://)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_URL
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def _connect(self) -> _Conn:
+        parsed = urllib.parse.urlsplit(self.url)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                if parsed.scheme in ("unix", ""):
+                    reader, writer = await asyncio.open_unix_connection(parsed.path or self.url)
+                elif parsed.scheme in ("tcp", "http"):
+                    reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 2375)
+                else:
+                    raise RuntimeError_(
+                        f"logs and exec need a unix:// or tcp:// engine address, not {self.url}"
+                    )
+        except (OSError, TimeoutError) as exc:
+            raise RuntimeUnavailable(
+                f"cannot reach the Docker engine at {self.url}: {exc or type(exc).__name__}; "
+                "is dockerd running?"
+            ) from exc
+        return _Conn(reader, writer)
+
+    async def _open(
+        self, method: str, path: str, body: Any = None, upgrade: bool = False
+    ) -> tuple[_Conn, int, dict[str, str]]:
+        """Send one request on a new connection; its status and headers (the body is left
+        on the connection)."""
+        conn = await self._connect()
+        data = json.dumps(body).encode() if body is not None else b""
+        head = [f"{method} {path} HTTP/1.1", "Host: docker", f"Content-Length: {len(data)}"]
+        if body is not None:
+            head.append("Content-Type: application/json")
+        head += ["Connection: Upgrade", "Upgrade: tcp"] if upgrade else ["Connection: close"]
+        try:
+            conn.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await conn.writer.drain()
+                raw = await conn.reader.readuntil(b"\r\n\r\n")
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            conn.close()
+            raise RuntimeUnavailable(
+                f"the Docker engine at {self.url} did not answer {method} {path.split('?')[0]}: "
+                f"{exc or type(exc).__name__}"
+            ) from exc
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name:
+                headers[name.strip().lower()] = value.strip()
+        return conn, status, headers
+
+    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A short call: status and decoded JSON body (None when empty)."""
+        async with asyncio.timeout(CALL_TIMEOUT):
+            conn, status, headers = await self._open(method, path, body)
+            try:
+                data = b"".join([chunk async for chunk in _body(conn.reader, headers)])
+            finally:
+                conn.close()
+        try:
+            decoded = json.loads(data) if data.strip() else None
+        except ValueError:
+            decoded = {"message": data.decode(errors="replace")[:300]}
+        if status >= 400:
+            message = decoded.get("message", "") if isinstance(decoded, dict) else ""
+            raise RuntimeError_(f"Docker: {message or f'HTTP {status}'}")
+        return status, decoded
+
+    # -- the calls ---------------------------------------------------------------------------
+
+    async def find(self, task_id: str) -> str:
+        """The id of the newest container of `task_id` (running or not); RuntimeError_ if none."""
+        filters = json.dumps({"label": [f"{LABELS.TASK}={task_id}"]})
+        _, found = await self._call("GET", "/containers/json?all=1&filters=" + urllib.parse.quote(filters))
+        if not found:
+            raise RuntimeError_(f"task {task_id} has no container on this node (removed, or not started yet)")
+        return str(max(found, key=lambda c: c.get("Created", 0))["Id"])
+
+    async def logs(
+        self, container_id: str, follow: bool, tail: int | None, since: float
+    ) -> AsyncIterator[tuple[int, str, bytes]]:
+        """(unix ns, stream, line) of the container, in its order; with `follow`, until the
+        container stops or the reader stops reading (the connection is closed then)."""
+        query = {
+            "stdout": "1",
+            "stderr": "1",
+            "timestamps": "1",
+            "follow": "1" if follow else "0",
+            "tail": "all" if tail is None else str(tail),
+        }
+        if since > 0:
+            query["since"] = f"{since:.9f}"
+        path = f"/containers/{urllib.parse.quote(container_id)}/logs?{urllib.parse.urlencode(query)}"
+        conn, status, headers = await self._open("GET", path)
+        try:
+            if status >= 400:
+                data = b"".join([c async for c in _body(conn.reader, headers)])
+                raise RuntimeError_(f"Docker: {_message(data) or f'HTTP {status}'}")
+            framed: bool | None = None  # told by the first bytes: a frame header or a stamp
+            frames = Frames()
+            partial = b""
+            async for chunk in _body(conn.reader, headers):
+                if framed is None:
+                    framed = chunk[:1] in (b"\x01", b"\x02")  # a stamp starts with a digit
+                if framed:
+                    for stream, payload in frames.feed(chunk):
+                        for line in lines_of(payload):
+                            stamp, text = split_timestamp(line)
+                            yield stamp, stream, text[:MAX_LINE]
+                else:  # a TTY container: one raw stream, lines across reads
+                    *whole, partial = (partial + chunk).split(b"\n")
+                    for line in whole:
+                        stamp, text = split_timestamp(line.rstrip(b"\r"))
+                        yield stamp, "stdout", text[:MAX_LINE]
+                    partial = partial[-MAX_LINE:]
+            if partial:
+                stamp, text = split_timestamp(partial)
+                yield stamp, "stdout", text
+        finally:
+            conn.close()
+
+    async def exec(
+        self,
+        container_id: str,
+        command: Sequence[str],
+        tty: bool,
+        stdin: bool,
+        size: tuple[int, int] | None = None,
+    ) -> ExecSession:
+        """Start `command` in the running container; the session to talk to it."""
+        _, made = await self._call(
+            "POST",
+            f"/containers/{urllib.parse.quote(container_id)}/exec",
+            {
+                "AttachStdin": stdin,
+                "AttachStdout": True,
+                "AttachStderr": True,
+                "Tty": tty,
+                "Cmd": list(command),
+            },
+        )
+        exec_id = str(made["Id"])
+        conn, status, headers = await self._open(
+            "POST", f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty}, upgrade=True
+        )
+        if status not in (101, 200):
+            data = b"".join([c async for c in _body(conn.reader, headers)])
+            conn.close()
+            raise RuntimeError_(f"Docker: cannot start the command: {_message(data) or f'HTTP {status}'}")
+        session = ExecSession(self, exec_id, conn, tty)
+        if tty and size is not None:
+            await session.resize(*size)
+        return session
+
+
+class ExecSession:
+    """One running exec: `output()` until it ends, `write`/`close_stdin`, `resize`,
+    `exit_code()` after the output ended; `close()` drops the connection."""
+
+    def __init__(self, streams: DockerStreams, exec_id: str, conn: _Conn, tty: bool) -> None:
+        self._streams = streams
+        self.id = exec_id
+        self._conn = conn
+        self.tty = tty
+
+    async def output(self) -> AsyncIterator[tuple[str, bytes]]:
+        frames = Frames()
+        while True:
+            chunk = await self._conn.reader.read(READ)
+            if not chunk:
+                return
+            if self.tty:
+                yield "stdout", chunk
+            else:
+                for stream, payload in frames.feed(chunk):
+                    yield stream, payload
+
+    async def write(self, data: bytes) -> None:
+        self._conn.writer.write(data)
+        await self._conn.writer.drain()
+
+    async def close_stdin(self) -> None:
+        if self._conn.writer.can_write_eof():
+            with contextlib.suppress(OSError):
+                self._conn.writer.write_eof()
+
+    async def resize(self, width: int, height: int) -> None:
+        if width > 0 and height > 0:
+            with contextlib.suppress(RuntimeError_):  # a session that just ended
+                await self._streams._call("POST", f"/exec/{self.id}/resize?h={height}&w={width}")
+
+    async def exit_code(self) -> int:
+        """The command's exit code, once the engine has it (within EXIT_WAIT)."""
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(EXIT_WAIT),
+            wait=wait_fixed(0.05),
+            retry=retry_if_result(lambda s: bool(s.get("Running"))),
+            retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else {},
+        )
+        state: dict[str, Any] = await retrying(self._inspect)
+        if state.get("Running"):
+            raise RuntimeError_(f"the command still runs {EXIT_WAIT:g}s after its output ended")
+        code = state.get("ExitCode")
+        return int(code) if code is not None else -1
+
+    async def _inspect(self) -> dict[str, Any]:
+        _, state = await self._streams._call("GET", f"/exec/{self.id}/json")
+        return state if isinstance(state, dict) else {}
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _message(data: bytes) -> str:
+    try:
+        decoded = json.loads(data)
+    except ValueError:
+        return data.decode(errors="replace").strip()[:300]
+    return str(decoded.get("message", "")) if isinstance(decoded, dict) else ""
+
+
+async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
+    """The body of an answer: chunked, of a Content-Length, or up to the connection's end."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        while True:
+            size_line = await reader.readline()
+            if not size_line:
+                return
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                return
+            left = size
+            while left:
+                piece = await reader.read(min(left, READ))
+                if not piece:
+                    return
+                left -= len(piece)
+                yield piece
+            await reader.readline()  # the CRLF after the chunk
+    elif "content-length" in headers:
+        left = int(headers["content-length"])
+        while left > 0:
+            piece = await reader.read(min(left, READ))
+            if not piece:
+                return
+            left -= len(piece)
+            yield piece
+    else:
+        while piece := await reader.read(READ):
+            yield piece

@@ -1,0 +1,287 @@
+"""`node.api.taskio` on a memory store, a fake engine and fake peers: which tasks are read,
+the merge of this node's and other nodes' lines, notices, exec targets, the exec event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from node.api.taskio import TaskIO
+from node.domain import Assignment, NodeInfo, ServiceRecord, TaskStatus
+from node.errors import FailedPrecondition, InvalidArgument, NotFound
+from node.keys import Keys
+from node.pb import api_pb2
+from node.runtime.base import RuntimeError_
+from node.security.tokens import Role, allowed, least_role
+from node.spec import parse_spec
+from node.store.memory import MemoryStore
+
+KEYS = Keys("/t/")
+
+
+class FakeSession:
+    def __init__(self, out: list[tuple[str, bytes]], code: int) -> None:
+        self.out, self.code, self.stdin, self.closed = out, code, b"", False
+
+    async def output(self) -> AsyncIterator[tuple[str, bytes]]:
+        for item in self.out:
+            yield item
+
+    async def write(self, data: bytes) -> None:
+        self.stdin += data
+
+    async def close_stdin(self) -> None: ...
+
+    async def resize(self, width: int, height: int) -> None: ...
+
+    async def exit_code(self) -> int:
+        return self.code
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeStreams:
+    """The local engine: containers by task id, each with (ns, stream, line) lines."""
+
+    def __init__(self, lines: dict[str, list[tuple[int, str, bytes]]]) -> None:
+        self.lines = lines
+        self.execs: list[tuple[str, Sequence[str]]] = []
+        self.session = FakeSession([("stdout", b"hi\n")], 0)
+
+    async def find(self, task_id: str) -> str:
+        if task_id not in self.lines:
+            raise RuntimeError_(f"task {task_id} has no container on this node")
+        return f"c-{task_id}"
+
+    async def logs(
+        self, container_id: str, follow: bool, tail: int | None, since: float
+    ) -> AsyncIterator[tuple[int, str, bytes]]:
+        lines = [x for x in self.lines[container_id[2:]] if x[0] >= since * 1e9]
+        for item in lines[-tail:] if tail else ([] if tail == 0 else lines):
+            yield item
+
+    async def exec(self, container_id: str, command: Sequence[str], *_: Any) -> FakeSession:
+        self.execs.append((container_id, list(command)))
+        return self.session
+
+
+class FakeCall:
+    def __init__(self, items: list[Any], error: Exception | None = None) -> None:
+        self.items, self.error, self.cancelled = items, error, False
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._gen()
+
+    async def _gen(self) -> AsyncIterator[Any]:
+        for item in self.items:
+            yield item
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakePeers:
+    def __init__(self, lines: dict[str, list[api_pb2.LogLine]]) -> None:
+        self.lines = lines
+        self.asked: list[tuple[str, api_pb2.LogsRequest]] = []
+
+    def stub(self, address: str) -> FakePeers:
+        self.address = address
+        return self
+
+    def TaskLogs(self, request: api_pb2.LogsRequest, timeout: float | None = None) -> FakeCall:
+        self.asked.append((self.address, request))
+        return FakeCall([api_pb2.LogBatch(lines=[x]) for x in self.lines.get(request.task, [])])
+
+
+async def cluster() -> tuple[MemoryStore, list[tuple[str, str, tuple[Any, ...]]]]:
+    store = MemoryStore()
+    spec = parse_spec("name: web\nimage: x:1\nreplicas: 3\n", "<t>")
+    await store.put(KEYS.service("web"), ServiceRecord("web", 1, spec).to_json())
+    for slot, node in ((1, "n1"), (2, "n2"), (3, "n2")):
+        task = f"t{slot}"
+        await store.put(KEYS.task("web", slot), Assignment(task, "web", slot, node, 1, 1).to_json())
+        state = "running" if slot > 1 else "starting"
+        await store.put(KEYS.status(task), TaskStatus(task, "web", slot, node, state).to_json())
+    await store.put(KEYS.node("n2"), NodeInfo("n2", "127.0.0.2", 7070).to_json())
+    return store, []
+
+
+def line(ns: int, text: str) -> api_pb2.LogLine:
+    return api_pb2.LogLine(time_ns=ns, stream="stdout", text=text.encode())
+
+
+async def make(peer_lines: dict[str, list[api_pb2.LogLine]] | None = None) -> tuple[TaskIO, list[Any]]:
+    store, events = await cluster()
+    local = FakeStreams({"t1": [(10, "stdout", b"a"), (40, "stderr", b"d")]})
+    peers = FakePeers(peer_lines or {"t2": [line(20, "b"), line(50, "e")], "t3": [line(30, "c")]})
+    io = TaskIO(store, KEYS, "n1", local, peers, lambda *a, **k: events.append((a, k)))  # type: ignore[arg-type]
+    return io, events
+
+
+async def test_service_logs_merge_local_and_peer_lines_in_time_order_with_their_task() -> None:
+    io, _ = await make()
+    got = [x async for x in io.logs(api_pb2.LogsRequest(service="web"))]
+    assert [(x.text, x.task, x.slot, x.node) for x in got] == [
+        (b"a", "t1", 1, "n1"),
+        (b"b", "t2", 2, "n2"),
+        (b"c", "t3", 3, "n2"),
+        (b"d", "t1", 1, "n1"),
+        (b"e", "t2", 2, "n2"),
+    ]
+    assert {a for a, _ in io.peers.asked} == {"127.0.0.2:7070"}  # type: ignore[attr-defined]
+
+
+async def test_tail_and_since_are_passed_to_every_node() -> None:
+    io, _ = await make()
+    request = api_pb2.LogsRequest(service="web", tail=1, since=1.5)
+    got = [x async for x in io.logs(request)]
+    assert [x.text for x in got if x.node == "n1"] == []  # local lines are older than since
+    asked = [r for _, r in io.peers.asked]  # type: ignore[attr-defined]
+    assert all(r.HasField("tail") and r.tail == 1 and r.since == 1.5 and not r.service for r in asked)
+
+
+async def test_follow_interleaves_as_lines_come() -> None:
+    io, _ = await make()
+    got = [x async for x in io.logs(api_pb2.LogsRequest(service="web", follow=True))]
+    assert sorted(x.text for x in got) == [b"a", b"b", b"c", b"d", b"e"]
+
+
+async def test_an_unknown_service_or_task_is_not_found_and_a_request_needs_one() -> None:
+    io, _ = await make()
+    with pytest.raises(NotFound, match="service 'nope' not found"):
+        _ = [x async for x in io.logs(api_pb2.LogsRequest(service="nope"))]
+    with pytest.raises(NotFound, match="task 'zz' not found"):
+        _ = [x async for x in io.logs(api_pb2.LogsRequest(task="zz"))]
+    with pytest.raises(InvalidArgument, match="service name or a task id"):
+        _ = [x async for x in io.logs(api_pb2.LogsRequest())]
+
+
+async def test_a_node_that_is_not_registered_or_a_missing_container_is_a_notice_not_a_failure() -> None:
+    io, _ = await make()
+    await io.store.delete(KEYS.node("n2"))
+    io.local.lines.pop("t1")  # type: ignore[union-attr]
+    got = [x async for x in io.logs(api_pb2.LogsRequest(service="web"))]
+    notices = {x.task: x.notice for x in got}
+    assert "no container" in notices["t1"] and "not registered" in notices["t2"]
+    assert all(not x.text for x in got)
+
+
+async def test_a_task_no_longer_assigned_is_found_by_its_status() -> None:
+    io, _ = await make()
+    await io.store.put(KEYS.status("old"), TaskStatus("old", "web", 4, "n1", "exited").to_json())
+    io.local.lines["old"] = [(5, "stdout", b"last words")]  # type: ignore[union-attr]
+    got = [x async for x in io.logs(api_pb2.LogsRequest(task="old"))]
+    assert [(x.text, x.slot) for x in got] == [(b"last words", 4)]
+
+
+async def test_exec_targets() -> None:
+    io, _ = await make()
+    assert (await io.exec_target("web")).task == "t2"  # slot 1 is not running yet
+    assert (await io.exec_target("web.3")).task == "t3"
+    assert (await io.exec_target("t1")).node == "n1"
+    with pytest.raises(InvalidArgument, match=r"SERVICE\.SLOT"):
+        await io.exec_target("web.x")
+    with pytest.raises(NotFound, match="slot 9"):
+        await io.exec_target("web.9")
+    with pytest.raises(NotFound, match="not found"):
+        await io.exec_target("nothing")
+
+
+async def inputs(*items: api_pb2.ExecInput) -> AsyncIterator[api_pb2.ExecInput]:
+    for item in items:
+        yield item
+
+
+async def test_exec_on_this_node_streams_output_exit_code_and_one_event_without_output() -> None:
+    io, events = await make()
+    start = api_pb2.ExecStart(target="t1", command=["sh", "-c", "echo hi"])
+    got = [x async for x in io.exec(inputs(api_pb2.ExecInput(start=start)))]
+    assert (got[0].task, got[0].node) == ("t1", "n1")
+    assert got[1].stdout == b"hi\n"
+    assert got[-1].exited and got[-1].exit_code == 0
+    assert io.local.execs == [("c-t1", ["sh", "-c", "echo hi"])]  # type: ignore[union-attr]
+    assert len(events) == 1
+    (kind, message), extra = events[0]
+    assert kind == "task.exec" and "sh -c 'echo hi'" in message and "hi\n" not in message.split("`")[-1]
+    assert extra == {"service": "web", "task": "t1"}
+    assert io.local.session.closed  # type: ignore[union-attr]
+
+
+async def test_exec_needs_a_start_with_a_command() -> None:
+    io, events = await make()
+    with pytest.raises(InvalidArgument, match="first message"):
+        _ = [x async for x in io.exec(inputs(api_pb2.ExecInput(stdin=b"x")))]
+    with pytest.raises(InvalidArgument, match="command"):
+        _ = [x async for x in io.exec(inputs(api_pb2.ExecInput(start=api_pb2.ExecStart(target="t1"))))]
+    assert events == []
+
+
+async def test_a_node_without_an_engine_says_so() -> None:
+    io, _ = await make()
+    io.local = None
+    with pytest.raises(FailedPrecondition, match="no container engine"):
+        _ = [x async for x in io.local_logs(api_pb2.LogsRequest(task="t1"))]
+
+
+def test_roles_logs_are_read_like_the_status_exec_needs_a_deployer() -> None:
+    logs, exec_ = "/shoal.v1.Shoal/ServiceLogs", "/shoal.v1.Shoal/Exec"
+    assert least_role(logs) is least_role("/shoal.v1.Shoal/GetService") is Role.VIEWER
+    assert least_role(exec_) is Role.DEPLOYER
+    assert not allowed(Role.VIEWER, exec_) and allowed(Role.DEPLOYER, exec_) and allowed(Role.ADMIN, exec_)
+    assert not allowed(Role.VIEWER, "/shoal.v1.Peer/TaskExec")  # the peer half: node certificates only
+
+
+class BlockingPeers(FakePeers):
+    calls: list[FakeCall]
+
+    def TaskLogs(self, request: api_pb2.LogsRequest, timeout: float | None = None) -> FakeCall:
+        call = BlockingCall([api_pb2.LogBatch(lines=[line(1, "first")])])
+        self.calls.append(call)
+        return call
+
+
+class BlockingCall(FakeCall):
+    async def _gen(self) -> AsyncIterator[Any]:
+        for item in self.items:
+            yield item
+        await asyncio.Event().wait()  # a followed stream: nothing more until cancelled
+
+
+async def test_cancelling_a_followed_stream_cancels_the_peer_calls_and_closes_the_local_stream() -> None:
+    io, _ = await make()
+    peers = BlockingPeers({})
+    peers.calls = []
+    io.peers = peers  # type: ignore[assignment]
+    closed: list[str] = []
+
+    async def local_follow(*_: Any) -> AsyncIterator[tuple[int, str, bytes]]:
+        try:
+            yield (1, "stdout", b"local")
+            await asyncio.Event().wait()
+        finally:
+            closed.append("local")
+
+    io.local.logs = local_follow  # type: ignore[union-attr,method-assign]
+    got: list[bytes] = []
+    three = asyncio.Event()
+
+    async def read() -> None:
+        async for x in io.logs(api_pb2.LogsRequest(service="web", follow=True)):
+            got.append(x.text)
+            if len(got) == 3:
+                three.set()
+
+    reader = asyncio.create_task(read())
+    async with asyncio.timeout(5):
+        await three.wait()
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    assert sorted(got) == [b"first", b"first", b"local"]
+    assert closed == ["local"] and len(peers.calls) == 2 and all(c.cancelled for c in peers.calls)
