@@ -35,7 +35,7 @@ from node.domain import Assignment, NodeInfo, TaskStatus
 from node.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from node.keys import Keys
 from node.pb import api_pb2, peer_pb2_grpc
-from node.runtime.base import RuntimeError_, RuntimeUnavailable
+from node.runtime.base import EngineError, RuntimeUnavailable
 from node.runtime.docker_logs import DockerStreams
 from node.runtime.logmerge import batches, fan_in, merge_sorted
 from node.security.auth import current_caller
@@ -193,7 +193,7 @@ class TaskIO:
             async for line in lines:
                 line.task, line.service, line.slot, line.node = t.task, t.service, t.slot, t.node
                 yield line
-        except (RuntimeError_, Unavailable, FailedPrecondition) as exc:
+        except (EngineError, Unavailable, FailedPrecondition) as exc:
             yield api_pb2.LogLine(task=t.task, service=t.service, slot=t.slot, node=t.node, notice=str(exc))
 
     async def _peer_logs(self, t: Target, ask: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogLine]:
@@ -224,7 +224,7 @@ class TaskIO:
                 )
         except RuntimeUnavailable as exc:
             raise Unavailable(f"node {self.node}: {exc}") from None
-        except RuntimeError_ as exc:
+        except EngineError as exc:
             raise FailedPrecondition(f"node {self.node}: {exc}") from None
 
     # -- exec --------------------------------------------------------------------------
@@ -280,7 +280,7 @@ class TaskIO:
             session = await self.local.exec(container, list(start.command), start.tty, start.stdin, size)
         except RuntimeUnavailable as exc:
             raise Unavailable(f"node {self.node}: {exc}") from None
-        except RuntimeError_ as exc:
+        except EngineError as exc:
             raise FailedPrecondition(f"node {self.node}: {exc}") from None
 
         async def feed() -> None:
@@ -302,7 +302,7 @@ class TaskIO:
                 )
             try:
                 code = await session.exit_code()
-            except RuntimeError_ as exc:
+            except EngineError as exc:
                 raise FailedPrecondition(f"node {self.node}: {exc}") from None
             yield api_pb2.ExecOutput(exited=True, exit_code=code)
         finally:

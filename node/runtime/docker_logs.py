@@ -16,7 +16,7 @@ buffered past one read (64 KiB) and one frame.
 - `find` names the newest container of a task by its `io.shoal.task` label.
 
 Errors: an engine that cannot be reached is `RuntimeUnavailable`; anything the engine
-refuses is `RuntimeError_` with its message (a missing container says so).
+refuses is `EngineError` with its message (a missing container says so).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixed
 
-from node.runtime.base import LABELS, RuntimeError_, RuntimeUnavailable
+from node.runtime.base import LABELS, EngineError, RuntimeUnavailable
 from node.runtime.logmerge import Frames, lines_of, split_timestamp
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
@@ -69,7 +69,7 @@ class DockerStreams:
                 elif parsed.scheme in ("tcp", "http"):
                     reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port or 2375)
                 else:
-                    raise RuntimeError_(
+                    raise EngineError(
                         f"logs and exec need a unix:// or tcp:// engine address, not {self.url}"
                     )
         except (OSError, TimeoutError) as exc:
@@ -124,17 +124,17 @@ class DockerStreams:
             decoded = {"message": data.decode(errors="replace")[:300]}
         if status >= 400:
             message = decoded.get("message", "") if isinstance(decoded, dict) else ""
-            raise RuntimeError_(f"Docker: {message or f'HTTP {status}'}")
+            raise EngineError(f"Docker: {message or f'HTTP {status}'}")
         return status, decoded
 
     # -- the calls ---------------------------------------------------------------------------
 
     async def find(self, task_id: str) -> str:
-        """The id of the newest container of `task_id` (running or not); RuntimeError_ if none."""
+        """The id of the newest container of `task_id` (running or not); EngineError if none."""
         filters = json.dumps({"label": [f"{LABELS.TASK}={task_id}"]})
         _, found = await self._call("GET", "/containers/json?all=1&filters=" + urllib.parse.quote(filters))
         if not found:
-            raise RuntimeError_(f"task {task_id} has no container on this node (removed, or not started yet)")
+            raise EngineError(f"task {task_id} has no container on this node (removed, or not started yet)")
         return str(max(found, key=lambda c: c.get("Created", 0))["Id"])
 
     async def logs(
@@ -156,7 +156,7 @@ class DockerStreams:
         try:
             if status >= 400:
                 data = b"".join([c async for c in _body(conn.reader, headers)])
-                raise RuntimeError_(f"Docker: {_message(data) or f'HTTP {status}'}")
+                raise EngineError(f"Docker: {_message(data) or f'HTTP {status}'}")
             framed: bool | None = None  # told by the first bytes: a frame header or a stamp
             frames = Frames()
             partial = b""
@@ -207,7 +207,7 @@ class DockerStreams:
         if status not in (101, 200):
             data = b"".join([c async for c in _body(conn.reader, headers)])
             conn.close()
-            raise RuntimeError_(f"Docker: cannot start the command: {_message(data) or f'HTTP {status}'}")
+            raise EngineError(f"Docker: cannot start the command: {_message(data) or f'HTTP {status}'}")
         session = ExecSession(self, exec_id, conn, tty)
         if tty and size is not None:
             await session.resize(*size)
@@ -247,7 +247,7 @@ class ExecSession:
 
     async def resize(self, width: int, height: int) -> None:
         if width > 0 and height > 0:
-            with contextlib.suppress(RuntimeError_):  # a session that just ended
+            with contextlib.suppress(EngineError):  # a session that just ended
                 await self._streams._call("POST", f"/exec/{self.id}/resize?h={height}&w={width}")
 
     async def exit_code(self) -> int:
@@ -260,7 +260,7 @@ class ExecSession:
         )
         state: dict[str, Any] = await retrying(self._inspect)
         if state.get("Running"):
-            raise RuntimeError_(f"the command still runs {EXIT_WAIT:g}s after its output ended")
+            raise EngineError(f"the command still runs {EXIT_WAIT:g}s after its output ended")
         code = state.get("ExitCode")
         return int(code) if code is not None else -1
 

@@ -14,7 +14,7 @@ from node.domain import Assignment, NodeInfo, ServiceRecord, TaskStatus
 from node.errors import FailedPrecondition, InvalidArgument, NotFound
 from node.keys import Keys
 from node.pb import api_pb2
-from node.runtime.base import RuntimeError_
+from node.runtime.base import EngineError
 from node.security.tokens import Role, allowed, least_role
 from node.spec import parse_spec
 from node.store.memory import MemoryStore
@@ -54,7 +54,7 @@ class FakeStreams:
 
     async def find(self, task_id: str) -> str:
         if task_id not in self.lines:
-            raise RuntimeError_(f"task {task_id} has no container on this node")
+            raise EngineError(f"task {task_id} has no container on this node")
         return f"c-{task_id}"
 
     async def logs(
