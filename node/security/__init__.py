@@ -10,6 +10,8 @@
 - `cluster`: the security records in etcd (CA, join token, client tokens) and their writes.
 - `credentials`: the daemon's `CredentialStore`, mirrors of etcd kept by a watch.
 - `provision`: `shoal cluster init` and `shoal dev`'s set-up, where the CA is at hand.
+- `tls`: the TLS material of a server and a channel (`ServerTls`, `ClientTls`).
+- `etcd_pki`, `etcd_tls`: etcd's own CA and certificates; `EtcdTls` read from files.
 
 `node.rpc` makes the TLS channels and servers from these; `node.daemon.identity` keeps
 a node's certificate (load, join, renew); `node.api.admin` and `node.api.join` answer
