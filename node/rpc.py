@@ -7,29 +7,24 @@ client calls, `HANDLER_TIMEOUT` for unary handlers on the server), and TLS and a
 that they hold for everything.
 
 The daemon always serves TLS and dials its peers with it; without `tls` a channel or
-server is plaintext, which no node accepts (test doubles only). With it:
-`ServerTls` serves the node's certificate and *requires* a client certificate of the
-cluster CA (no certificate, another CA's, an expired one: the handshake fails, no
-handler runs); it re-reads the node's certificate on each new connection, so
-`ServerTls.update` renews it without a restart. `ClientTls` gives a channel the CA to
-verify the server with (node certificates carry IP SANs, so dialling `127.0.0.2:7070`
-needs no `grpc.ssl_target_name_override`), its own certificate, and optionally the
-bearer token sent with every call. gRPC cannot change a channel's certificate, so
-after a renewal callers open new channels. Who may call what is decided by the
-interceptor of `node.security.auth`, passed to `server(interceptors=...)` first.
+server is plaintext, which no node accepts (test doubles only). With it, the server
+requires a client certificate of the cluster CA and the channel verifies the server's:
+the TLS material is `ServerTls` and `ClientTls` of `node.security.tls` (re-exported
+here), so that `node.security` never imports this module. Who may call what is decided
+by the interceptor of `node.security.auth`, passed to `server(interceptors=...)` first.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from node.defaults import DEFAULT_DEADLINE as DEFAULT_DEADLINE  # re-exported: callers use rpc's
+from node.security.tls import ClientTls as ClientTls  # re-exported: callers use rpc's
+from node.security.tls import ServerTls as ServerTls
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 HANDLER_TIMEOUT = 30.0  # seconds a unary handler may run on the server, whatever the caller's deadline
@@ -123,76 +118,12 @@ def server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.
     return grpc.aio.server(options=_COMMON + _SERVER_ONLY, interceptors=[*interceptors, MalformedRequests()])
 
 
-class ServerTls:
-    """A server's side of mutual TLS: its key and certificate chain, and the CA that every
-    client certificate must chain to (required). `update` swaps the key and certificate
-    (a renewal); connections opened afterwards get the new ones, open ones are kept."""
-
-    def __init__(self, ca_pem: bytes, key_pem: bytes, cert_pem: bytes) -> None:
-        self._lock = threading.Lock()
-        self._generation = 0
-        self._config = (ca_pem, key_pem, cert_pem)
-        self.update(key_pem, cert_pem)
-
-    def update(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes | None = None) -> None:
-        """Serve this key and certificate (and trust this CA) from the next connection on.
-
-        Raises `ca.CertError` when the key does not belong to the certificate, rather
-        than failing every later handshake."""
-        from node.security import ca  # here: clients (the CLI) need no cryptography import
-
-        cert = ca.load_cert(cert_pem)
-        if ca.key_id(ca.load_private_key(key_pem)) != ca.key_id(cert.public_key()):  # type: ignore[arg-type]
-            raise ca.CertError("the private key does not belong to the certificate")
-        with self._lock:
-            self._config = (ca_pem or self._config[0], key_pem, cert_pem)
-            self._generation += 1
-
-    def _current(self) -> tuple[int, grpc.ServerCertificateConfiguration]:
-        with self._lock:
-            root, key, chain = self._config
-            return self._generation, grpc.ssl_server_certificate_configuration([(key, chain)], root)
-
-    def credentials(self) -> grpc.ServerCredentials:
-        served, initial = self._current()
-
-        def fetch() -> Any:  # per handshake, from a gRPC thread; None: unchanged
-            nonlocal served
-            generation, config = self._current()
-            if generation == served:
-                return None  # unchanged: gRPC keeps what it has
-            served = generation
-            return config
-
-        return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=True)
-
-
 def bind(server: grpc.aio.Server, target: str, tls: ServerTls | None = None) -> int:
     """Listen on `target` ("host:port"), with mutual TLS when `tls` is given; the bound port,
     or 0 when the address cannot be bound."""
     if tls is None:
         return server.add_insecure_port(target)
     return server.add_secure_port(target, tls.credentials())
-
-
-@dataclass(frozen=True, repr=False)
-class ClientTls:
-    """A channel's side of mutual TLS: the CA to verify the server with, this side's key and
-    certificate, and the bearer token to send with every call (client API), if any."""
-
-    ca_pem: bytes
-    key_pem: bytes
-    cert_pem: bytes
-    token: str | None = None
-
-    def __repr__(self) -> str:  # never show the key or the token
-        return f"ClientTls(token={'<set>' if self.token else None})"
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        tls = grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
-        if not self.token:
-            return tls
-        return grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(self.token))
 
 
 def aio_channel(target: str, tls: ClientTls | None = None) -> grpc.aio.Channel:

@@ -248,9 +248,10 @@ class SimCluster:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    from node.store.etcd import EtcdStore, EtcdTls  # here: the rest of this module runs on any Store
+    from node.security.etcd_tls import read_etcd_tls  # here: the rest of this module runs on any Store
+    from node.store.etcd import EtcdStore
 
-    tls = EtcdTls.from_files(args.etcd_ca, args.etcd_cert, args.etcd_key) if args.etcd_ca else None
+    tls = read_etcd_tls(args.etcd_ca, args.etcd_cert, args.etcd_key) if args.etcd_ca else None
     store = EtcdStore(args.etcd.split(","), tls=tls)
     await store.connect()
     nodes = sim_nodes(args.nodes, args.cpu, args.memory, args.labels, args.zones, args.id_prefix)

@@ -22,9 +22,10 @@ from node.config import ConfigError, NodeConfig, load, resolve_node_id
 from node.keys import Keys
 from node.security import ca, context, provision
 from node.security.cluster import ClusterSecurity
+from node.security.etcd_tls import read_etcd_tls
 from node.security.files import NodeFiles
 from node.store import StoreError
-from node.store.etcd import EtcdStore, EtcdTls
+from node.store.etcd import EtcdStore
 
 
 @click.group()
@@ -34,7 +35,7 @@ def cluster() -> None:
 
 async def _init(config: NodeConfig, endpoint: str) -> provision.Initialised:
     tls = (
-        EtcdTls.from_files(config.etcd_ca, config.etcd_cert, config.etcd_key, config.etcd_server_name)
+        read_etcd_tls(config.etcd_ca, config.etcd_cert, config.etcd_key, config.etcd_server_name)
         if config.etcd_ca
         else None
     )

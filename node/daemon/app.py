@@ -54,6 +54,7 @@ from node.runtime.docker import DockerRuntime
 from node.runtime.docker_logs import DockerStreams
 from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
+from node.security.etcd_tls import read_etcd_tls
 from node.security.files import NodeFiles, read_secret
 from node.store import StoreError, StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
@@ -419,7 +420,7 @@ def etcd_tls(config: NodeConfig) -> EtcdTls | None:
     if not config.etcd_ca:
         return None
     try:
-        return EtcdTls.from_files(config.etcd_ca, config.etcd_cert, config.etcd_key, config.etcd_server_name)
+        return read_etcd_tls(config.etcd_ca, config.etcd_cert, config.etcd_key, config.etcd_server_name)
     except OSError as exc:
         raise StartupError(f"etcd TLS: cannot read {exc.filename}: {exc.strerror or exc}") from exc
 

@@ -5,11 +5,13 @@ Per request read on a client connection (keep-alive or not): pick a backend from
 request, stream the response back, return the backend connection to the pool. So a
 client holding one keep-alive connection is still spread over every replica.
 
-Parsing is llhttp's (`httptools`); the protocols are in `node.proxy.http_conn`. As in
-the L4 engine each side is an `asyncio.Protocol` whose callbacks write into the other
-side's transport: no task and no timer per request (a task only to open a backend
-connection). Writes are queued while the reads of one loop iteration are handled and
-made right after them, one per read.
+Parsing is llhttp's (`httptools`); the protocols are in `node.proxy.http_conn` (client)
+and `node.proxy.http_upstream` (backend), which see the engine only through the
+`Engine` interface of `node.proxy.http_types`; the listener is `node.proxy.listener`'s,
+shared with the L4 engine. As in the L4 engine each side is an `asyncio.Protocol`
+whose callbacks write into the other side's transport: no task and no timer per
+request (a task only to open a backend connection). Writes are queued while the reads
+of one loop iteration are handled and made right after them, one per read.
 
 Guarantees:
 - round robin per request, whatever the client connection: `balancer.pick` for each;
@@ -64,32 +66,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterable
-from typing import cast
 
 from node.proxy.balancer import Backend, Balancer, RetryPolicy
-from node.proxy.http_conn import (
+from node.proxy.http_conn import _Client
+from node.proxy.http_types import (
     CLIENT_IDLE,
     HIGH_WATER,
     LOW_WATER,
     POOL_IDLE,
     POOL_SIZE,
     REPLAY_LIMIT,
-    _Client,
-    _now,
-    _Upstream,
+    Client,
+    Upstream,
 )
-from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
-from node.proxy.stats import ProxyStats
+from node.proxy.limits import ConnectionCap, HttpLimits
+from node.proxy.listener import Listener
 
 __all__ = ["CLIENT_IDLE", "HIGH_WATER", "LOW_WATER", "POOL_IDLE", "POOL_SIZE", "REPLAY_LIMIT", "HttpProxy"]
 
 SWEEP = 0.25
 """Seconds between checks of response timeouts and idle pooled connections."""
 
+_now = time.monotonic
 
-class HttpProxy:
-    """Listen on `listen_host:listen_port` (0: any free port) and spread requests."""
+
+class HttpProxy(Listener[Client]):
+    """Listen on `listen_host:listen_port` (0: any free port) and spread requests.
+
+    Its connections use it as an `node.proxy.http_types.Engine`: the public attributes and
+    methods below are that interface, and the only one."""
 
     def __init__(
         self,
@@ -105,84 +112,55 @@ class HttpProxy:
         limits: HttpLimits | None = None,
         cap: ConnectionCap | None = None,
     ) -> None:
-        self.listen_host, self.listen_port = listen_host, listen_port
-        self.balancer = balancer
+        super().__init__(listen_host, listen_port, balancer, connect_timeout, drain_timeout, retry, cap)
         self.service = service
-        self.connect_timeout = connect_timeout
-        self.drain_timeout = drain_timeout
-        self.retry = retry or RetryPolicy()
         self.response_timeout = response_timeout
-        self.stats = ProxyStats()
         self.limits = limits or HttpLimits()
         self.max_items = 1 + 4 * self.limits.max_headers  # of a head list (node.proxy.heads)
-        self.cap = cap or ConnectionCap(DEFAULT_MAX_CONNECTIONS)
         self.proto_line = b"X-Forwarded-Proto: " + scheme.encode("ascii") + b"\r\n"
         name = f'service "{service}"'.encode()
         self.msg_503 = b"no healthy replica of " + name + b"\n"
         self.msg_502 = b"bad gateway: a replica of " + name + b" failed to answer\n"
         self.msg_504 = b"gateway timeout: a replica of " + name + b" did not answer in time\n"
-        self._loop = cast(asyncio.AbstractEventLoop, None)  # set by start()
-        self._server: asyncio.Server | None = None
-        self._clients: set[_Client] = set()
-        self._pool: dict[str, list[_Upstream]] = {}  # by backend key, most recently used last
-        self._failing: set[str] = set()  # keys of backends with failures since their last success
-        self._gone: set[Backend] = set()  # drained recently: their connections are not pooled
-        self._closing = False
-        self._pending: list[tuple[asyncio.Transport, bytes | None]] = []  # see _send
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.pool: dict[str, list[Upstream]] = {}  # by backend key, most recently used last
+        self.failing: set[str] = set()  # keys of backends with failures since their last success
+        self.gone: set[Backend] = set()  # drained recently: their connections are not pooled
+        self.closing = False
+        self.pending: list[tuple[asyncio.Transport, bytes | None]] = []  # see send
 
-    @property
-    def port(self) -> int:
-        """The port listened on (the one the OS chose when `listen_port` was 0)."""
-        assert self._server is not None, "not started"
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def start(self) -> None:
-        loop = self._loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._accept, self.listen_host, self.listen_port, backlog=1024, reuse_address=True
-        )
-        self._sweeper = loop.call_later(SWEEP, self._sweep)
+    def sweep_every(self) -> float:
+        return SWEEP
 
     def _accept(self) -> _Client:
         return _Client(self)
 
-    def _accepted(self, client: _Client) -> None:
+    def accepted(self, client: Client) -> bool:
         if not self.cap.take():
             self.stats.refused += 1
-            client.closing = True
-            client.transport.close()
-            return
-        self._clients.add(client)
-        self._idle.clear()
-        self.stats.active += 1
-        if self._closing:
+            return False
+        self._track(client)
+        if self.closing:
             client.shut()
+        return True
 
-    def _finished(self, client: _Client) -> None:
-        if client in self._clients:
-            self._clients.discard(client)
+    def finished(self, client: Client) -> None:
+        if self._untrack(client):
             self.cap.give()
-            self.stats.active -= 1
-            if not self._clients:
-                self._idle.set()
 
     # -- writes -------------------------------------------------------------------------------
 
-    def _send(self, transport: asyncio.Transport, data: bytes | None) -> None:
+    def send(self, transport: asyncio.Transport, data: bytes | None) -> None:
         """Write `data` once every read of this loop iteration is handled: all the reads,
         then all the writes, so each write wakes its reader once per batch (this costs
         less CPU per request than writing at once, by fewer preemptions and cache misses).
         `data` None closes the transport (once what is queued before is written)."""
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append((transport, data))
+        if not self.pending:
+            self.loop.call_soon(self.flush)
+        self.pending.append((transport, data))
 
-    def _flush(self) -> None:
-        """Make the writes `_send` queued, in order."""
-        pending, self._pending = self._pending, []
+    def flush(self) -> None:
+        """Make the writes `send` queued, in order."""
+        pending, self.pending = self.pending, []
         for transport, data in pending:
             if transport.is_closing():
                 continue
@@ -193,36 +171,36 @@ class HttpProxy:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def _report_failure(self, backend: Backend, now: float) -> None:
-        self._failing.add(backend.key)
+    def report_failure(self, backend: Backend, now: float) -> None:
+        self.failing.add(backend.key)
         if self.balancer.report(backend, False, now):
             self.stats.ejections += 1
 
-    def _report_ok(self, backend: Backend, now: float) -> None:
+    def report_ok(self, backend: Backend, now: float) -> None:
         """A success changes nothing in a record without failures, so only a backend that
         failed since its last success is reported (this proxy is its balancer's only user)."""
-        if backend.key in self._failing and not self.balancer.is_ejected(backend, now):
-            self._failing.discard(backend.key)
+        if backend.key in self.failing and not self.balancer.is_ejected(backend, now):
+            self.failing.discard(backend.key)
             self.balancer.report(backend, True, now)
 
     # -- the pool of idle backend connections ----------------------------------------------
 
-    def _pool_put(self, up: _Upstream) -> None:
-        if self._closing or up.draining or up.transport.is_closing():
+    def pool_put(self, up: Upstream) -> None:
+        if self.closing or up.draining or up.transport.is_closing():
             up.transport.close()
             return
-        idle = self._pool.get(up.backend.key)
+        idle = self.pool.get(up.backend.key)
         if idle is None:
-            idle = self._pool[up.backend.key] = []
+            idle = self.pool[up.backend.key] = []
         elif len(idle) >= POOL_SIZE:
             up.transport.close()
             return
         up.pooled = True  # idle_since: set when the response head came
         idle.append(up)
 
-    def _pool_discard(self, up: _Upstream) -> None:
+    def pool_discard(self, up: Upstream) -> None:
         up.pooled = False
-        idle = self._pool.get(up.backend.key)
+        idle = self.pool.get(up.backend.key)
         if idle is not None:
             with contextlib.suppress(ValueError):
                 idle.remove(up)
@@ -231,55 +209,26 @@ class HttpProxy:
         """Answer 504 for responses overdue, 408 for heads and bodies too slow; close
         connections idle too long."""
         now = _now()
-        late, idle_since = now - self.response_timeout, now - CLIENT_IDLE
+        late, idle_before = now - self.response_timeout, now - CLIENT_IDLE
         head_late, body_late = now - self.limits.head_timeout, now - self.limits.body_timeout
-        for client in list(self._clients):
-            if client.lost:
-                continue
-            r, up, parsing = client.cur, client.up, client.parsing
-            if r is not None and up is not None and r.complete and not up.head_done and r.t_wait < late:
-                client.timed_out(up)
-                continue
-            if client.closing:
-                continue
-            if client.active or client.paused:  # read, or not reading by the proxy's choice
-                client.active = False
-                client.read_t = now
-            if r is None and parsing is None:  # waiting for a head
-                if client.head_size and not client.head_t:
-                    client.head_t = now  # a head began since the last sweep
-                if client.head_t and client.head_t < head_late:
-                    client.too_slow(b"request head not received in time\n")
-                elif client.idle_since < idle_since:
-                    client.shut()
-            elif parsing is not None and client.read_t < body_late and parsing.t0 < body_late:
-                client.too_slow(b"request body not received in time\n")
+        for client in list(self._open):
+            client.sweep(now, late, idle_before, head_late, body_late)
         stale = now - POOL_IDLE
-        for key, idle in list(self._pool.items()):
+        for key, idle in list(self.pool.items()):
             while idle and idle[0].idle_since < stale:
                 up = idle.pop(0)
                 up.pooled = False
                 up.transport.close()
             if not idle:
-                del self._pool[key]
-        self._sweeper = self._loop.call_later(SWEEP, self._sweep)
+                del self.pool[key]
 
     # -- introspection, drain, close ---------------------------------------------------------
 
     def buffered(self) -> int:
         """Bytes held by the proxy for its connections: write buffers and bodies read
         ahead of their backend connection (for tests and metrics)."""
-        total = sum(len(data) for _, data in self._pending if data is not None)
-        for client in self._clients:
-            if not client.lost:
-                total += client.transport.get_write_buffer_size()
-            up = client.up
-            if up is not None and not up.transport.is_closing():
-                total += up.transport.get_write_buffer_size()
-            for r in (client.cur, *(client.waiting or ())):
-                if r is not None and r.pending:
-                    total += sum(map(len, r.pending))
-        return total
+        total = sum(len(data) for _, data in self.pending if data is not None)
+        return total + sum(client.buffered() for client in self._open)
 
     def drain(self, backends: Iterable[Backend]) -> None:
         """Requests to `backends` (removed from the set) get `drain_timeout` to finish,
@@ -288,51 +237,36 @@ class HttpProxy:
         if not gone:
             return
         for backend in gone:
-            idle = self._pool.get(backend.key, [])
+            idle = self.pool.get(backend.key, [])
             for up in [up for up in idle if up.backend == backend]:
                 idle.remove(up)
                 up.pooled = False
                 up.transport.close()
-        doomed = [c.up for c in self._clients if c.up is not None and c.up.backend in gone]
+        doomed = [c.up for c in self._open if c.up is not None and c.up.backend in gone]
         for up in doomed:
             up.draining = True
-        self._gone |= gone
-        self._failing.difference_update(b.key for b in gone)
-        self._loop.call_later(self.drain_timeout, self._drained, doomed, gone)
+        self.gone |= gone
+        self.failing.difference_update(b.key for b in gone)
+        self.loop.call_later(self.drain_timeout, self._drained, doomed, gone)
 
-    def _drained(self, doomed: list[_Upstream], gone: set[Backend]) -> None:
-        self._gone -= gone
+    def _drained(self, doomed: list[Upstream], gone: set[Backend]) -> None:
+        self.gone -= gone
         for up in doomed:
             if up.client is not None:
                 up.transport.abort()
 
-    def stop_accepting(self) -> None:
-        """Stop listening now (the port is free again); open connections go on."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-
-    async def close(self) -> None:
-        """Stop listening; close idle client connections now, let requests in flight
-        finish up to `drain_timeout`, then abort what is left."""
-        self.stop_accepting()
-        self._closing = True
-        for idle in self._pool.values():
+    def _begin_close(self) -> None:
+        """Close idle client connections and pooled backend ones now."""
+        self.closing = True
+        for idle in self.pool.values():
             for up in idle:
                 up.pooled = False
                 up.transport.close()
-        self._pool.clear()
-        for client in list(self._clients):
+        self.pool.clear()
+        for client in list(self._open):
             if client.idle():
                 client.shut()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.drain_timeout)
-        for client in list(self._clients):
-            if client.task is not None:
-                client.task.cancel()
-            client.shut(abort=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), 1.0)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+
+    def _abort_open(self) -> None:
+        for client in list(self._open):
+            client.stop()

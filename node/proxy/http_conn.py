@@ -2,18 +2,20 @@
 
 `_Client` parses requests with llhttp (`httptools.HttpRequestParser`); the backend side
 is `node.proxy.http_upstream._Upstream` (responses). Both are `asyncio.Protocol`s whose
-callbacks write into the other side's transport (through `HttpProxy._send`, which makes
+callbacks write into the other side's transport (through `HttpProxy.send`, which makes
 the writes of a loop iteration after all its reads). Heads are rebuilt as their headers
 arrive (`node.proxy.heads`: hop-by-hop ones dropped, `X-Forwarded-*` added, framing
 re-declared); bodies are forwarded as they arrive, re-chunked when the framing changes.
 `HttpProxy` owns the listener, the pool of idle backend connections, the write queue
-and the timers.
+and the timers; this side sees it only as a `node.proxy.http_types.Engine`, and is seen
+by it as a `Client`.
 
 Hostile input is bounded as it arrives (`node.proxy.limits.HttpLimits`): the URL is
 gathered in a list and its size checked per piece (414), the header lines are counted
 per line (431), and the bytes read while a head is open are counted per read, so a head
 that never ends is cut once it passes `max_head` (431; at most one read more is held).
-Work is linear in the bytes received. Timeouts are checked by `HttpProxy._sweep`.
+Work is linear in the bytes received. Timeouts are checked by `sweep`, which the
+proxy calls every `SWEEP` s.
 
 The hot path (a keep-alive request on a pooled backend connection) is written for
 speed: no task, no timer, one write per read, few calls (some helpers are inlined
@@ -26,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
@@ -41,27 +43,12 @@ from node.proxy.heads import (
     Special,
     request_head,
 )
-from node.proxy.http_outcomes import REPLAY_LIMIT, _Outcomes, _Request
-from node.proxy.http_upstream import HIGH_WATER, LOW_WATER, P_FULL, P_WAIT, _Upstream
+from node.proxy.http_outcomes import _Outcomes
+from node.proxy.http_types import HIGH_WATER, LOW_WATER, P_FULL, P_WAIT, POOL_SIZE, Engine, Request, Upstream
+from node.proxy.http_upstream import _Upstream
 from node.proxy.limits import LimitExceeded
 
-if TYPE_CHECKING:
-    from node.proxy.http import HttpProxy
-
-__all__ = [
-    "CLIENT_IDLE", "HIGH_WATER", "LOW_WATER", "POOL_IDLE", "POOL_SIZE", "REPLAY_LIMIT", "_Client",
-    "_Request", "_Upstream",
-]  # fmt: skip
-
 log = logging.getLogger(__name__)
-
-POOL_SIZE = 64
-"""Idle connections kept per backend."""
-POOL_IDLE = 4.0
-"""Seconds an idle backend connection is kept (under the 5 s keep-alive of many app servers)."""
-CLIENT_IDLE = 60.0
-"""Seconds a client connection may stay without a request being served (idle keep-alive,
-or a head coming too slowly) before it is closed."""
 
 _now = time.monotonic
 
@@ -77,7 +64,7 @@ class _Client(_Outcomes, asyncio.Protocol):
         "url_len", "url_parts", "waiting", "write_paused", "xff",
     )  # fmt: skip
 
-    def __init__(self, proxy: HttpProxy) -> None:
+    def __init__(self, proxy: Engine) -> None:
         self.proxy = proxy
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.parser = HttpRequestParser(self)
@@ -86,10 +73,10 @@ class _Client(_Outcomes, asyncio.Protocol):
         self.url_len = 0  # bytes in url_parts
         self.head: list[bytes] = [b""]  # of the head being read
         self.special: Special = []
-        self.parsing: _Request | None = None  # the request whose body is being read
-        self.cur: _Request | None = None  # the request being served
-        self.waiting: deque[_Request] | None = None  # pipelined behind `cur`
-        self.up: _Upstream | None = None  # the backend connection serving `cur`
+        self.parsing: Request | None = None  # the request whose body is being read
+        self.cur: Request | None = None  # the request being served
+        self.waiting: deque[Request] | None = None  # pipelined behind `cur`
+        self.up: Upstream | None = None  # the backend connection serving `cur`
         self.task: asyncio.Task[None] | None = None  # connecting for `cur`
         self.paused = 0
         self.write_paused = False
@@ -112,11 +99,54 @@ class _Client(_Outcomes, asyncio.Protocol):
         if abort:
             self.transport.abort()
         else:
-            self.proxy._send(self.transport, None)  # closes it after what is queued for it
+            self.proxy.send(self.transport, None)  # closes it after what is queued for it
+
+    def stop(self) -> None:
+        """The proxy's drain time is over: abort, connecting included."""
+        if self.task is not None:
+            self.task.cancel()
+        self.shut(abort=True)
 
     def idle(self) -> bool:
         """Between requests (keep-alive): nothing read, nothing to answer."""
         return self.cur is None and self.parsing is None and self.url is None
+
+    def sweep(self, now: float, late: float, idle_before: float, head_late: float, body_late: float) -> None:
+        """The proxy's periodic check (every `SWEEP` s): 504 for a response not begun by
+        `late`, 408 for a head begun before `head_late` or a body silent since `body_late`,
+        close when idle since before `idle_before`."""
+        if self.lost:
+            return
+        r, up, parsing = self.cur, self.up, self.parsing
+        if r is not None and up is not None and r.complete and not up.head_done and r.t_wait < late:
+            self.timed_out(up)
+            return
+        if self.closing:
+            return
+        if self.active or self.paused:  # read, or not reading by the proxy's choice
+            self.active = False
+            self.read_t = now
+        if r is None and parsing is None:  # waiting for a head
+            if self.head_size and not self.head_t:
+                self.head_t = now  # a head began since the last sweep
+            if self.head_t and self.head_t < head_late:
+                self.too_slow(b"request head not received in time\n")
+            elif self.idle_since < idle_before:
+                self.shut()
+        elif parsing is not None and self.read_t < body_late and parsing.t0 < body_late:
+            self.too_slow(b"request body not received in time\n")
+
+    def buffered(self) -> int:
+        """Bytes held for this connection: write buffers, and bodies read ahead of their
+        backend connection."""
+        total = 0 if self.lost else self.transport.get_write_buffer_size()
+        up = self.up
+        if up is not None and not up.transport.is_closing():
+            total += up.transport.get_write_buffer_size()
+        for r in (self.cur, *(self.waiting or ())):
+            if r is not None and r.pending:
+                total += sum(map(len, r.pending))
+        return total
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -125,7 +155,9 @@ class _Client(_Outcomes, asyncio.Protocol):
         t.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         peer = t.get_extra_info("peername")
         self.xff = str(peer[0]).encode() if peer else b"unknown"
-        self.proxy._accepted(self)
+        if not self.proxy.accepted(self):  # over the node's connection cap
+            self.closing = True
+            t.close()
 
     def data_received(self, data: bytes) -> None:
         self.active = True
@@ -160,7 +192,7 @@ class _Client(_Outcomes, asyncio.Protocol):
             # what follows the requests read whole cannot be read (data after a
             # `Connection: close` one, say): serve those, then close
             self.closing = True
-            self._pause(P_WAIT)
+            self.pause(P_WAIT)
         else:
             self.reject(status, why)
 
@@ -192,7 +224,7 @@ class _Client(_Outcomes, asyncio.Protocol):
         if up is not None:
             self.up = up.client = None
             up.transport.abort()  # mid-request: the connection cannot be reused
-        self.proxy._finished(self)
+        self.proxy.finished(self)
 
     # -- llhttp callbacks ----------------------------------------------------------------
 
@@ -252,7 +284,7 @@ class _Client(_Outcomes, asyncio.Protocol):
         keep_alive = p.should_keep_alive()
         # HTTP/1.0 keeps a connection only when asked to: no need to look otherwise
         http10 = (ka or not keep_alive) and p.get_http_version() != "1.1"
-        r = self.parsing = _Request(method, head, chunked, body, keep_alive, http10)
+        r = self.parsing = Request(method, head, chunked, body, keep_alive, http10)
         if p.should_upgrade() and (body or method == b"CONNECT"):
             raise BadMessage  # llhttp would parse its body as the next request
         if self.cur is None:
@@ -262,7 +294,7 @@ class _Client(_Outcomes, asyncio.Protocol):
             if self.waiting is None:
                 self.waiting = deque()
             self.waiting.append(r)
-            self._pause(P_WAIT)
+            self.pause(P_WAIT)
 
     def on_body(self, data: bytes) -> None:
         self.head_size = 0
@@ -287,27 +319,27 @@ class _Client(_Outcomes, asyncio.Protocol):
         if r.answered:
             self._next(False)
 
-    def _forward(self, r: _Request, data: bytes) -> None:
+    def _forward(self, r: Request, data: bytes) -> None:
         if r.answered:
             return
         up = self.up
         if up is not None and r is self.cur:
-            self.proxy._send(up.transport, data)
+            self.proxy.send(up.transport, data)
             r.sent(data)
         else:
             if r.pending is None:
                 r.pending = []
             r.pending.append(data)
-            self._pause(P_WAIT)
+            self.pause(P_WAIT)
 
     # -- reading flow control --------------------------------------------------------------
 
-    def _pause(self, why: int) -> None:
+    def pause(self, why: int) -> None:
         if not self.paused:
             self.transport.pause_reading()
         self.paused |= why
 
-    def _resume(self, why: int) -> None:
+    def resume(self, why: int) -> None:
         if self.paused & why:
             self.paused &= ~why
             if not self.paused and not self.transport.is_closing():
@@ -315,7 +347,7 @@ class _Client(_Outcomes, asyncio.Protocol):
 
     # -- serving a request -------------------------------------------------------------------
 
-    def dispatch(self, r: _Request, now: float, backend: Backend | None = None) -> None:
+    def dispatch(self, r: Request, now: float, backend: Backend | None = None) -> None:
         """Send `r` to `backend` on a new connection, or to the next pick (pooled if can be)."""
         proxy = self.proxy
         if backend is None:
@@ -323,7 +355,7 @@ class _Client(_Outcomes, asyncio.Protocol):
             if backend is None:
                 self.fail(r)
                 return
-            idle = proxy._pool.get(backend.key)
+            idle = proxy.pool.get(backend.key)
             while idle:  # the connection used last: the least likely to be timed out
                 up = idle.pop()
                 up.pooled = False
@@ -331,24 +363,24 @@ class _Client(_Outcomes, asyncio.Protocol):
                     self.link(up, True)
                     return
                 up.transport.close()  # the replica behind the key changed
-        self.task = proxy._loop.create_task(self._connect(r, backend))
+        self.task = proxy.loop.create_task(self._connect(r, backend))
 
-    async def _connect(self, r: _Request, backend: Backend) -> None:
+    async def _connect(self, r: Request, backend: Backend) -> None:
         proxy = self.proxy
         up = _Upstream(proxy, backend)
         try:
             async with asyncio.timeout(proxy.connect_timeout):
-                await proxy._loop.create_connection(up.itself, backend.address, backend.port)
+                await proxy.loop.create_connection(up.itself, backend.address, backend.port)
         except TimeoutError:
             failure = Failure.CONNECT_TIMEOUT
         except OSError:
             failure = Failure.CONNECT_REFUSED
         else:
             self.task = None
-            up.draining = backend in proxy._gone
+            up.draining = backend in proxy.gone
             up.idle_since = _now()
             if self.lost or self.cur is not r:
-                proxy._pool_put(up)  # fresh and unused
+                proxy.pool_put(up)  # fresh and unused
             else:
                 self.link(up, False)
             return
@@ -356,7 +388,7 @@ class _Client(_Outcomes, asyncio.Protocol):
         if not self.lost and self.cur is r:
             self.failed(r, backend, failure)
 
-    def link(self, up: _Upstream, reused: bool) -> None:
+    def link(self, up: Upstream, reused: bool) -> None:
         """Send the current request (head and what was read of the body) on `up`."""
         r = self.cur
         assert r is not None
@@ -367,31 +399,31 @@ class _Client(_Outcomes, asyncio.Protocol):
         up.got = up.head_done = up.done = False
         t = up.transport
         if r.replay or r.pending:  # a retry, or a body read while connecting
-            self.proxy._send(t, b"".join((r.head, *(r.replay or ()), *(r.pending or ()))))
+            self.proxy.send(t, b"".join((r.head, *(r.replay or ()), *(r.pending or ()))))
             for piece in r.pending or ():
                 r.sent(piece)
             r.pending = None
-        else:  # HttpProxy._send, inlined
-            pending = self.proxy._pending
+        else:  # Engine.send, inlined
+            pending = self.proxy.pending
             if not pending:
-                self.proxy._loop.call_soon(self.proxy._flush)
+                self.proxy.loop.call_soon(self.proxy.flush)
             pending.append((t, r.head))
         if self.write_paused:
             up.paused = True
             t.pause_reading()
         if self.paused & P_WAIT and not self.waiting:
-            self._resume(P_WAIT)
+            self.resume(P_WAIT)
 
-    def _unlink(self, up: _Upstream) -> None:
+    def _unlink(self, up: Upstream) -> None:
         self.up = up.client = up.req = None
         if up.paused:
             up.paused = False
             if not up.transport.is_closing():
                 up.transport.resume_reading()
         if self.paused & P_FULL:
-            self._resume(P_FULL)
+            self.resume(P_FULL)
 
-    def response_done(self, up: _Upstream) -> None:
+    def response_done(self, up: Upstream) -> None:
         """The backend's response was forwarded whole."""
         r = self.cur
         assert r is not None
@@ -405,15 +437,15 @@ class _Client(_Outcomes, asyncio.Protocol):
             and r.complete
             and not up.broken
             and not up.draining
-            and not proxy._closing
+            and not proxy.closing
             and not up.transport.get_write_buffer_size()
         ):
-            idle = proxy._pool.get(up.backend.key)
-            if idle is not None and len(idle) < POOL_SIZE:  # HttpProxy._pool_put, inlined
+            idle = proxy.pool.get(up.backend.key)
+            if idle is not None and len(idle) < POOL_SIZE:  # Engine.pool_put, inlined
                 up.pooled = True
                 idle.append(up)
             else:
-                proxy._pool_put(up)
+                proxy.pool_put(up)
         else:
             up.transport.close()
         if (
@@ -423,7 +455,7 @@ class _Client(_Outcomes, asyncio.Protocol):
             or self.eof
             or self.closing
             or self.paused
-            or proxy._closing
+            or proxy.closing
         ):
             self._next(self.close_after or not r.complete)
         else:
@@ -434,7 +466,7 @@ class _Client(_Outcomes, asyncio.Protocol):
         """The current request is answered: go on with the next one, or close."""
         self.cur = None
         self.idle_since = _now()
-        if close or self.proxy._closing or self.lost:
+        if close or self.proxy.closing or self.lost:
             self.shut()
             return
         waiting = self.waiting
@@ -444,4 +476,4 @@ class _Client(_Outcomes, asyncio.Protocol):
         elif self.eof or self.closing:
             self.shut()
         elif self.paused & P_WAIT:
-            self._resume(P_WAIT)
+            self.resume(P_WAIT)

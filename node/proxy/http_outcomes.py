@@ -1,10 +1,9 @@
 """What ends a request of the L7 engine other than a forwarded response: retries,
-the proxy's own answers (502, 503, 504, 408 and those of `reject`), cut connections;
-and `_Request`, one request read from a client.
+the proxy's own answers (502, 503, 504, 408 and those of `reject`), cut connections.
 
 `_Outcomes` is a part of `node.proxy.http_conn._Client` (a mixin, for the size of the
 modules): the methods here are called by the client's own callbacks, by its backend
-connection (`node.proxy.http_upstream._Upstream`) and by `HttpProxy._sweep`.
+connection (`node.proxy.http_upstream._Upstream`) and by its `sweep`.
 """
 
 from __future__ import annotations
@@ -12,61 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
-from httptools import HttpParserError
-
-from node.proxy.balancer import IDEMPOTENT_METHODS, Attempts, Backend, Failure
+from node.proxy.balancer import IDEMPOTENT_METHODS, Backend, Failure
 from node.proxy.heads import CHUNK_END, BadMessage, error_response
-
-if TYPE_CHECKING:
-    from node.proxy.http import HttpProxy
-    from node.proxy.http_upstream import _Upstream
+from node.proxy.http_types import Engine, Request, Upstream
 
 log = logging.getLogger("node.proxy.http_conn")
 
-REPLAY_LIMIT = 64 * 1024
-"""Request body bytes kept to send again on another connection; a bigger body never is."""
-
 _now = time.monotonic
-
-
-class _Request:
-    """One request read from a client: its rebuilt head and the state of its body."""
-
-    __slots__ = (
-        "answered", "attempts", "body_sent", "chunked", "complete", "expects_body", "has_body", "head",
-        "http10", "keep_alive", "method", "pending", "reached", "replay", "replay_size", "t0", "t_wait",
-    )  # fmt: skip
-
-    def __init__(
-        self, method: bytes, head: bytes, chunked: bool, body: bool, keep_alive: bool, http10: bool
-    ) -> None:
-        self.method = method
-        self.head = head
-        self.chunked = chunked
-        self.expects_body = body
-        self.keep_alive = keep_alive
-        self.http10 = http10
-        self.complete = False  # the whole body was read from the client
-        self.has_body = False  # some body was read
-        self.answered = False  # by the proxy itself, before the request was read whole
-        self.pending: list[bytes] | None = None  # framed body read, not sent yet
-        self.replay: list[bytes] | None = []  # framed body sent so far (None: too big to resend)
-        self.replay_size = 0
-        self.body_sent = False  # some body went to a backend
-        self.reached = False  # an attempt reached a backend, which then failed
-        self.attempts: Attempts | None = None  # created at the first failure
-        self.t0 = self.t_wait = _now()  # head read; waiting for the response since
-
-    def sent(self, data: bytes) -> None:
-        self.body_sent = True
-        if self.replay is not None:
-            self.replay_size += len(data)
-            if self.replay_size > REPLAY_LIMIT:
-                self.replay = None
-            else:
-                self.replay.append(data)
 
 
 class _Outcomes:
@@ -74,30 +26,30 @@ class _Outcomes:
 
     __slots__ = ()
     # set by _Client
-    proxy: HttpProxy
+    proxy: Engine
     transport: asyncio.Transport
-    cur: _Request | None
-    up: _Upstream | None
+    cur: Request | None
+    up: Upstream | None
     closing: bool
     close_after: bool
 
-    def dispatch(self, r: _Request, now: float, backend: Backend | None = None) -> None:
+    def dispatch(self, r: Request, now: float, backend: Backend | None = None) -> None:
         raise NotImplementedError  # _Client's
 
     def _next(self, close: bool) -> None:
         raise NotImplementedError  # _Client's
 
-    def _unlink(self, up: _Upstream) -> None:
+    def _unlink(self, up: Upstream) -> None:
         raise NotImplementedError  # _Client's
 
     def shut(self, abort: bool = False) -> None:
         raise NotImplementedError  # _Client's
 
-    def failed(self, r: _Request, backend: Backend, failure: Failure, reached: bool = False) -> None:
+    def failed(self, r: Request, backend: Backend, failure: Failure, reached: bool = False) -> None:
         """An attempt at `backend` failed before any response: retry as the policy allows."""
         proxy = self.proxy
         now = _now()
-        proxy._report_failure(backend, now)
+        proxy.report_failure(backend, now)
         r.reached = r.reached or reached
         if r.attempts is None:
             r.attempts = proxy.retry.start(r.method.decode("latin-1"))
@@ -107,7 +59,7 @@ class _Outcomes:
         else:
             self.fail(r)
 
-    def fail(self, r: _Request) -> None:
+    def fail(self, r: Request) -> None:
         """No backend left to try: 502 if one was reached and failed, else 503."""
         proxy = self.proxy
         if r.reached:
@@ -116,11 +68,11 @@ class _Outcomes:
             proxy.stats.no_backend += 1
             self.answer(r, 503, proxy.msg_503)
 
-    def answer(self, r: _Request, status: int, body: bytes) -> None:
+    def answer(self, r: Request, status: int, body: bytes) -> None:
         """Answer the current request with an error of the proxy's own."""
         self.proxy.stats.errors += 1
-        close = not r.keep_alive or self.proxy._closing or (not r.complete and r.expects_body)
-        self.proxy._send(self.transport, error_response(status, body, close, r.method == b"HEAD"))
+        close = not r.keep_alive or self.proxy.closing or (not r.complete and r.expects_body)
+        self.proxy.send(self.transport, error_response(status, body, close, r.method == b"HEAD"))
         if close or r.complete:
             self._next(close)
         else:  # answered from on_headers_complete: on_message_complete follows at once
@@ -139,7 +91,7 @@ class _Outcomes:
             if head_done:  # a response is being forwarded: nothing else can be said
                 self.shut(abort=True)
                 return
-        self.proxy._send(self.transport, error_response(status, body, True))
+        self.proxy.send(self.transport, error_response(status, body, True))
         self.shut()
 
     def too_slow(self, why: bytes) -> None:
@@ -147,15 +99,15 @@ class _Outcomes:
         self.proxy.stats.timeouts += 1
         self.reject(408, why)
 
-    def timed_out(self, up: _Upstream) -> None:
+    def timed_out(self, up: Upstream) -> None:
         r = self.cur
         assert r is not None
         self._unlink(up)
         up.transport.abort()
-        self.proxy._report_failure(up.backend, _now())
+        self.proxy.report_failure(up.backend, _now())
         self.answer(r, 504, self.proxy.msg_504)
 
-    def upstream_lost(self, up: _Upstream, exc: Exception | None) -> None:
+    def upstream_lost(self, up: Upstream, exc: Exception | None) -> None:
         """`up` closed while serving the current request."""
         r = self.cur
         assert r is not None
@@ -163,7 +115,7 @@ class _Outcomes:
         if up.head_done:
             if up.until_eof and exc is None:  # that is the end of the body
                 if up.chunk_out:
-                    self.proxy._send(self.transport, CHUNK_END)
+                    self.proxy.send(self.transport, CHUNK_END)
                 self._next(self.close_after or not r.complete)
             else:  # truncated: the client sees the body end short
                 self.proxy.stats.errors += 1
@@ -181,7 +133,7 @@ class _Outcomes:
         else:
             self.failed(r, up.backend, Failure.CLOSED_BEFORE_RESPONSE, reached=True)
 
-    def bad_response(self, up: _Upstream, exc: HttpParserError) -> None:
+    def bad_response(self, up: Upstream, exc: Exception) -> None:
         if not isinstance(exc.__context__, BadMessage | None):
             log.error("http proxy: response callback failed", exc_info=exc.__context__)
         r = self.cur

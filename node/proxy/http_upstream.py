@@ -1,8 +1,8 @@
 """The backend side of the L7 engine: one connection to a replica, one request at a
-time, pooled between requests (`HttpProxy._pool`).
+time, pooled between requests (`HttpProxy.pool`).
 
 `_Upstream` parses responses with llhttp (`httptools.HttpResponseParser`) and writes
-what it reads into its client's transport (`node.proxy.http_conn._Client`), the head
+what it reads into its client's transport (a `node.proxy.http_types.Client`), the head
 rewritten by `node.proxy.heads.response_head`, the body re-chunked when the framing
 changes. Written for speed like the client side: no task, no timer, one write per read.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from httptools import HttpParserError, HttpResponseParser
 
@@ -27,19 +27,7 @@ from node.proxy.heads import (
     Special,
     response_head,
 )
-
-if TYPE_CHECKING:
-    from node.proxy.http import HttpProxy
-    from node.proxy.http_conn import _Client, _Request
-
-HIGH_WATER = 256 * 1024
-"""Bytes buffered in one transport before its producer stops reading."""
-LOW_WATER = 64 * 1024
-"""Bytes under which the producer reads again."""
-
-# why a client connection stops reading (bits of `_Client.paused`)
-P_WAIT = 1  # what is read cannot be forwarded yet (no backend connection yet, or pipelined)
-P_FULL = 2  # the backend connection's write buffer is over HIGH_WATER
+from node.proxy.http_types import HIGH_WATER, LOW_WATER, P_FULL, Client, Engine, Request
 
 _now = time.monotonic
 
@@ -53,7 +41,7 @@ class _Upstream(asyncio.Protocol):
         "transport", "until_eof",
     )  # fmt: skip
 
-    def __init__(self, proxy: HttpProxy, backend: Backend) -> None:
+    def __init__(self, proxy: Engine, backend: Backend) -> None:
         self.proxy = proxy
         self.backend = backend
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
@@ -61,8 +49,8 @@ class _Upstream(asyncio.Protocol):
         self.head: list[bytes] = [b""]  # of the response head being read
         self.special: Special = []
         self.out: list[bytes] = []  # for the client, written once the read is parsed
-        self.client: _Client | None = None
-        self.req: _Request | None = None
+        self.client: Client | None = None
+        self.req: Request | None = None
         self.reused = self.got = self.head_done = self.done = False
         self.chunk_out = self.until_eof = self.keep = False
         self.broken = self.draining = self.paused = self.pooled = False
@@ -90,10 +78,10 @@ class _Upstream(asyncio.Protocol):
             out.clear()
             c.bad_response(self, exc)
             return
-        if out:  # what this read produced, in one write (HttpProxy._send, inlined)
-            pending = self.proxy._pending
+        if out:  # what this read produced, in one write (Engine.send, inlined)
+            pending = self.proxy.pending
             if not pending:
-                self.proxy._loop.call_soon(self.proxy._flush)
+                self.proxy.loop.call_soon(self.proxy.flush)
             pending.append((c.transport, out[0] if len(out) == 1 else b"".join(out)))
             out.clear()
         if self.done:
@@ -104,11 +92,11 @@ class _Upstream(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.client is not None:
-            self.client._pause(P_FULL)
+            self.client.pause(P_FULL)
 
     def resume_writing(self) -> None:
         if self.client is not None:
-            self.client._resume(P_FULL)
+            self.client.resume(P_FULL)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.broken = True
@@ -116,7 +104,7 @@ class _Upstream(asyncio.Protocol):
         if self.client is not None:
             self.client.upstream_lost(self, exc)
         elif self.pooled:
-            self.proxy._pool_discard(self)
+            self.proxy.pool_discard(self)
 
     # -- llhttp callbacks ----------------------------------------------------------------
 
@@ -141,13 +129,13 @@ class _Upstream(asyncio.Protocol):
             if not r.http10:  # 100 Continue and the like
                 self.out.append(response_head(status, head, special, False, True, False)[0])
             return
-        proxy = c.proxy
+        proxy = self.proxy
         now = self.idle_since = _now()
         latency = proxy.stats.latency  # Histogram.observe, inlined
         latency.counts[bisect_left(latency.bounds, now - r.t0)] += 1
         latency.total += now - r.t0
-        if proxy._failing:
-            proxy._report_ok(self.backend, now)
+        if proxy.failing:  # Engine.report_ok's first test, inlined
+            proxy.report_ok(self.backend, now)
         is_head = r.method == b"HEAD"
         head_bytes, self.chunk_out, self.until_eof, c.close_after = response_head(
             status,
@@ -155,7 +143,7 @@ class _Upstream(asyncio.Protocol):
             special,
             r.http10,
             is_head or status == 204 or status == 304,
-            not r.keep_alive or c.eof or proxy._closing,
+            not r.keep_alive or c.eof or proxy.closing,
         )
         self.head_done = True
         self.keep = p.should_keep_alive()

@@ -29,14 +29,13 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterable
 from typing import cast
 
 from node.proxy.balancer import Backend, Balancer, Failure, RetryPolicy
-from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap
-from node.proxy.stats import ProxyStats
+from node.proxy.limits import ConnectionCap
+from node.proxy.listener import Listener
 
 HIGH_WATER = 256 * 1024
 """Bytes buffered for one side before the other side stops reading (per direction)."""
@@ -65,7 +64,7 @@ class _Side(asyncio.Protocol):
         t.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         if self is self.conn.client:
             t.pause_reading()  # until a backend is connected
-            self.conn.proxy._accepted(self.conn)
+            self.conn.proxy.accepted(self.conn)
 
     def data_received(self, data: bytes) -> None:
         self.conn.active = True
@@ -159,7 +158,7 @@ class _Conn:
             else:
                 other.transport.abort()
         if self.client.lost and (self.server is None or self.server.lost):
-            self.proxy._finished(self)
+            self.proxy.finished(self)
 
     def abort(self, graceful: bool = False) -> None:
         for side in (self.client, self.server):
@@ -167,7 +166,7 @@ class _Conn:
                 side.transport.close() if graceful else side.transport.abort()
 
 
-class TcpProxy:
+class TcpProxy(Listener[_Conn]):
     """Listen on `listen_host:listen_port` (0: any free port) and spread connections."""
 
     def __init__(
@@ -181,64 +180,37 @@ class TcpProxy:
         idle_timeout: float = 3600.0,
         cap: ConnectionCap | None = None,
     ) -> None:
-        self.listen_host, self.listen_port = listen_host, listen_port
-        self.balancer = balancer
-        self.connect_timeout = connect_timeout
-        self.drain_timeout = drain_timeout
-        self.retry = retry or RetryPolicy()
+        super().__init__(listen_host, listen_port, balancer, connect_timeout, drain_timeout, retry, cap)
         self.idle_timeout = idle_timeout
-        self.cap = cap or ConnectionCap(DEFAULT_MAX_CONNECTIONS)
-        self.stats = ProxyStats()
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._server: asyncio.Server | None = None
-        self._conns: set[_Conn] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
 
-    @property
-    def port(self) -> int:
-        """The port listened on (the one the OS chose when `listen_port` was 0)."""
-        assert self._server is not None, "not started"
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._accept, self.listen_host, self.listen_port, backlog=1024, reuse_address=True
-        )
-        self._sweeper = loop.call_later(self._sweep_every(), self._sweep)
-
-    def _sweep_every(self) -> float:
+    def sweep_every(self) -> float:
         return max(0.05, min(1.0, self.idle_timeout / 4))
 
     def _sweep(self) -> None:
         """Close connections idle (no byte either way) for `idle_timeout` seconds."""
         now = time.monotonic()
         stale = now - self.idle_timeout
-        for conn in list(self._conns):
+        for conn in list(self._open):
             if conn.active:
                 conn.active = False
                 conn.seen = now
             elif conn.seen < stale and conn.server is not None:
                 self.stats.timeouts += 1
                 conn.abort(graceful=True)
-        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
 
     def _accept(self) -> _Side:
         conn = _Conn(self)
-        self._conns.add(conn)
-        self._idle.clear()
+        self._track(conn)
         self.stats.requests += 1
-        self.stats.active += 1
         return conn.client
 
-    def _accepted(self, conn: _Conn) -> None:
+    def accepted(self, conn: _Conn) -> None:
         if not self.cap.take():
             self.stats.refused += 1
             conn.abort(graceful=True)
             return
         conn.counted = True
-        conn.task = asyncio.get_running_loop().create_task(self._connect(conn))
+        conn.task = self.loop.create_task(self._connect(conn))
 
     async def _connect(self, conn: _Conn) -> None:
         client_t = conn.client.transport
@@ -271,19 +243,14 @@ class TcpProxy:
         self.stats.errors += 1
         client_t.close()
 
-    def _finished(self, conn: _Conn) -> None:
-        if conn in self._conns:
-            self._conns.discard(conn)
-            if conn.counted:
-                self.cap.give()
-            self.stats.active -= 1
-            if not self._conns:
-                self._idle.set()
+    def finished(self, conn: _Conn) -> None:
+        if self._untrack(conn) and conn.counted:
+            self.cap.give()
 
     def buffered(self) -> int:
         """Bytes held in the write buffers of every connection (for tests and metrics)."""
         total = 0
-        for conn in self._conns:
+        for conn in self._open:
             for side in (conn.client, conn.server):
                 if side is not None and side.transport is not None and not side.lost:
                     total += side.transport.get_write_buffer_size()
@@ -292,30 +259,15 @@ class TcpProxy:
     def drain(self, backends: Iterable[Backend]) -> None:
         """Abort connections to `backends` (removed from the set) after `drain_timeout`."""
         gone = set(backends)
-        doomed = [c for c in self._conns if c.backend in gone]
+        doomed = [c for c in self._open if c.backend in gone]
         if doomed:
             asyncio.get_running_loop().call_later(self.drain_timeout, _abort_all, doomed)
 
-    def stop_accepting(self) -> None:
-        """Stop listening now (the port is free again); open connections go on."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-
-    async def close(self) -> None:
-        """Stop listening; let in-flight connections finish up to `drain_timeout`."""
-        self.stop_accepting()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.drain_timeout)
-        for conn in list(self._conns):
+    def _abort_open(self) -> None:
+        for conn in list(self._open):
             if conn.task is not None:
                 conn.task.cancel()
             conn.abort()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), 1.0)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
 
 
 def _abort_all(conns: list[_Conn]) -> None:

@@ -12,7 +12,8 @@
 - `provision`: `shoal cluster init` and `shoal dev`'s set-up, where the CA is at hand.
 - `join_uses`: each use of a join token, recorded in etcd (no replay, bounded count).
 - `streams`: server streams bounded per token and ended with their token.
-- `etcd_pki`: etcd's own CA, server and client certificates (etcd takes only TLS clients).
+- `tls`: the TLS material of a server and a channel (`ServerTls`, `ClientTls`).
+- `etcd_pki`, `etcd_tls`: etcd's own CA and certificates; `EtcdTls` read from files.
 
 `node.rpc` makes the TLS channels and servers from these; `node.daemon.identity` keeps
 a node's certificate (load, join, renew); `node.api.admin` and `node.api.join` answer

@@ -30,9 +30,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from node.rpc import ClientTls
 from node.security import ca
 from node.security.ca import ClusterCA, Identity, Kind, Lifetimes
+from node.security.tls import ClientTls
 from node.security.tokens import ClientToken, JoinToken, Role, StoredToken, TokenError
 
 

@@ -27,12 +27,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from node.security.files import read_secret, split_identity, write_secret
-
-if TYPE_CHECKING:
-    from node.rpc import ClientTls
+from node.security.tls import ClientTls  # grpc-free until a credential is made
 
 FIELDS = ("endpoint", "ca", "cert", "key", "token")
 
@@ -53,8 +50,6 @@ class Context:
         return f"Context(endpoint={self.endpoint!r})"
 
     def tls(self) -> ClientTls:
-        from node.rpc import ClientTls  # here: `shoal context ls` needs no grpc
-
         return ClientTls(self.ca.encode(), self.key.encode(), self.cert.encode(), self.token)
 
 

@@ -107,9 +107,9 @@ class EtcdPki:
         ]
 
     def tls(self, name: str = "shoal") -> EtcdTls:
-        from node.store.etcd import EtcdTls  # here: making certificates needs no grpc
+        from node.security.etcd_tls import read_etcd_tls  # here: making certificates needs no grpc
 
-        return EtcdTls.from_files(str(self.ca), str(self.client(name)), str(self.client_key(name)))
+        return read_etcd_tls(str(self.ca), str(self.client(name)), str(self.client_key(name)))
 
     def make(self, hosts: list[str], clients: list[str] | None = None, now: datetime | None = None) -> None:
         """Make what is missing: the CA, etcd's certificate for `hosts`, and a client

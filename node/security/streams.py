@@ -20,13 +20,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
 
-if TYPE_CHECKING:
-    from node.security.auth import Caller, CredentialStore
+from node.security.tokens import StoredToken
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +33,24 @@ RECHECK = 1.0
 """Seconds between checks of a quiet stream's token (revoked or expired: the stream ends)."""
 
 
+class Caller(Protocol):
+    """Who opened a stream, as far as the guard looks (`node.security.auth.Caller` is one):
+    described here, not imported, so that auth, which builds the guard, is not imported back."""
+
+    @property
+    def token_id(self) -> str:
+        """The id of the token the call was made with; "" when none (not counted)."""
+        ...
+
+
+class TokenLookup(Protocol):
+    """Where the guard reads a token's record (`node.security.auth.CredentialStore` is one)."""
+
+    async def token(self, token_id: str) -> StoredToken | None: ...
+
+
 class StreamGuard:
-    def __init__(self, credentials: CredentialStore, max_per_token: int) -> None:
+    def __init__(self, credentials: TokenLookup, max_per_token: int) -> None:
         self.credentials = credentials
         self.max_per_token = max_per_token
         self.open: dict[str, int] = {}  # token id -> streams open now on this node

@@ -6,7 +6,7 @@ compacted history raises `Compacted` (etcd3aio would silently skip ahead) so the
 caller re-lists; a dropped watch is resumed here from the last event it delivered
 (never from a response header's revision: that skips events, see `watch`).
 With `EtcdTls`, the connection is TLS, with a client certificate when etcd asks
-for one (`--client-cert-auth`).
+for one (`--client-cert-auth`); `node.security.etcd_tls` reads one from files.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from etcd3aio import Etcd3Client, EtcdConnectionError, EtcdError, EtcdTransientError, prefix_range_end
@@ -119,18 +118,6 @@ class EtcdTls:
 
     def __repr__(self) -> str:
         return f"EtcdTls(client_cert={self.cert is not None}, server_name={self.server_name!r})"
-
-    @classmethod
-    def from_files(cls, ca: str, cert: str = "", key: str = "", server_name: str = "") -> EtcdTls:
-        """Read the PEM files (the key refused when others may read it)."""
-        from node.security.files import read_secret  # here: the store does not need security otherwise
-
-        return cls(
-            Path(ca).read_bytes(),
-            Path(cert).read_bytes() if cert else None,
-            read_secret(Path(key)) if key else None,
-            server_name or None,
-        )
 
 
 class EtcdStore:

@@ -46,6 +46,7 @@ from node.pb import api_pb2
 from node.security import ca, provision
 from node.security.ca import ClusterCA, Identity, Kind
 from node.security.cluster import ClusterSecurity
+from node.security.etcd_tls import read_etcd_tls
 from node.security.tokens import ClientToken, JoinToken
 from node.store import StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
@@ -732,7 +733,7 @@ def test_etcd_with_tls_and_client_certificates(tmp_path: Path, demo_images: tupl
         stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
     endpoint = f"127.0.0.1:{port}"
-    with_cert = EtcdTls.from_files(str(pki["ca"]), str(pki["client"]), str(pki["client-key"]))
+    with_cert = read_etcd_tls(str(pki["ca"]), str(pki["client"]), str(pki["client-key"]))
 
     async def roundtrip(tls: EtcdTls | None) -> bytes | None:
         store = EtcdStore([endpoint], timeout=2.0, tls=tls)

@@ -1,0 +1,132 @@
+"""What the L4 and L7 engines share: the listening socket, the connections open on it,
+the periodic sweep, and the way they stop.
+
+`Listener` listens on `listen_host:listen_port` (0: any free port; `port` says which),
+with a backlog of `BACKLOG` and SO_REUSEADDR, and calls `_sweep` every `sweep_every()`
+seconds from `start()` until `close()`. An engine counts each connection it serves with
+`_track` / `_untrack` (`stats.active`), so `close()` can wait for them to end:
+`stop_accepting()` frees the port at once; `close()` also runs `_begin_close()`, waits up
+to `drain_timeout` for the open connections to finish, then `_abort_open()` ends the
+rest and waits a second for them to go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Generic, TypeVar, cast
+
+from node.proxy.balancer import Balancer, RetryPolicy
+from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap
+from node.proxy.stats import ProxyStats
+
+BACKLOG = 1024
+"""Connections the kernel queues before the engine accepts them."""
+ABORT_GRACE = 1.0
+"""Seconds `close()` waits for aborted connections to report their end."""
+
+C = TypeVar("C")
+
+
+class Listener(Generic[C]):
+    """A listening engine; `C` is what it counts as one open connection."""
+
+    def __init__(
+        self,
+        listen_host: str,
+        listen_port: int,
+        balancer: Balancer,
+        connect_timeout: float,
+        drain_timeout: float,
+        retry: RetryPolicy | None,
+        cap: ConnectionCap | None,
+    ) -> None:
+        self.listen_host, self.listen_port = listen_host, listen_port
+        self.balancer = balancer
+        self.connect_timeout = connect_timeout
+        self.drain_timeout = drain_timeout
+        self.retry = retry or RetryPolicy()
+        self.cap = cap or ConnectionCap(DEFAULT_MAX_CONNECTIONS)
+        self.stats = ProxyStats()
+        self.loop = cast(asyncio.AbstractEventLoop, None)  # set by start()
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._open: set[C] = set()
+        self._idle = asyncio.Event()  # set when no connection is open
+        self._idle.set()
+
+    # -- what an engine provides ------------------------------------------------------------
+
+    def _accept(self) -> asyncio.Protocol:
+        """The protocol of a new client connection."""
+        raise NotImplementedError
+
+    def sweep_every(self) -> float:
+        """Seconds between sweeps."""
+        raise NotImplementedError
+
+    def _sweep(self) -> None:
+        """The periodic checks (timeouts, idle connections)."""
+        raise NotImplementedError
+
+    def _begin_close(self) -> None:
+        """`close()` began (listening stopped): end what can end at once."""
+
+    def _abort_open(self) -> None:
+        """The drain time is over: end every connection still open."""
+        raise NotImplementedError
+
+    # -- listening ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the OS chose when `listen_port` was 0)."""
+        assert self._server is not None, "not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        loop = self.loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._accept, self.listen_host, self.listen_port, backlog=BACKLOG, reuse_address=True
+        )
+        self._sweeper = loop.call_later(self.sweep_every(), self._tick)
+
+    def _tick(self) -> None:
+        self._sweep()
+        self._sweeper = self.loop.call_later(self.sweep_every(), self._tick)
+
+    def _track(self, conn: C) -> None:
+        """`conn` is open: counted until `_untrack`."""
+        self._open.add(conn)
+        self._idle.clear()
+        self.stats.active += 1
+
+    def _untrack(self, conn: C) -> bool:
+        """`conn` ended; False when it was not counted (or already uncounted)."""
+        if conn not in self._open:
+            return False
+        self._open.discard(conn)
+        self.stats.active -= 1
+        if not self._open:
+            self._idle.set()
+        return True
+
+    def stop_accepting(self) -> None:
+        """Stop listening now (the port is free again); open connections go on."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def close(self) -> None:
+        """Stop listening; let open connections finish up to `drain_timeout`, then abort
+        what is left."""
+        self.stop_accepting()
+        self._begin_close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.drain_timeout)
+        self._abort_open()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), ABORT_GRACE)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
