@@ -134,6 +134,11 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.LabelNodeRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/shoal.v1.Shoal/Backup',
+                request_serializer=shoal_dot_v1_dot_api__pb2.BackupRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.BackupChunk.FromString,
+                _registered_method=True)
 
 
 class ShoalServicer:
@@ -281,6 +286,15 @@ class ShoalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """A backup (admin only): etcd's snapshot of the whole cluster state, in chunks; the
+        last 32 bytes are the SHA-256 of the rest. Secrets stay sealed in it. Restore it
+        with `shoal cluster restore` (etcdctl snapshot restore) onto a fresh etcd.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShoalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -383,6 +397,11 @@ def add_ShoalServicer_to_server(servicer, server):
                     servicer.LabelNode,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.LabelNodeRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.BackupRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.BackupChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -925,6 +944,33 @@ class Shoal:
             '/shoal.v1.Shoal/LabelNode',
             shoal_dot_v1_dot_api__pb2.LabelNodeRequest.SerializeToString,
             shoal_dot_v1_dot_api__pb2.UpdateNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.v1.Shoal/Backup',
+            shoal_dot_v1_dot_api__pb2.BackupRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.BackupChunk.FromString,
             options,
             channel_credentials,
             insecure,
