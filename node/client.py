@@ -402,6 +402,11 @@ class ShoalClient:
         request = api_pb2.StreamEventsRequest(service=service, follow=follow, limit=limit)
         yield from self._stream("StreamEvents", request, None if follow else self.timeout)
 
+    def backup_chunks(self, timeout: float = 600.0) -> Iterator[bytes]:
+        """etcd's snapshot of the cluster, chunk by chunk (admin); see `shoal cluster backup`."""
+        for chunk in self._stream("Backup", api_pb2.BackupRequest(), timeout):
+            yield chunk.data
+
     # -- security (admin tokens only) ----------------------------------------------------
 
     def create_token(

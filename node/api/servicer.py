@@ -8,6 +8,7 @@ and convert records to messages (`node.api.convert`). Errors are raised as
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 
@@ -44,6 +45,9 @@ def check_name(name: str, what: str = "name") -> str:
             "starting and ending with a letter or digit)"
         )
     return name
+
+
+log = logging.getLogger(__name__)
 
 
 class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer):
@@ -237,6 +241,15 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
             for _, event in decode(puts, request.service):
                 yield convert.event(event)
             await asyncio.sleep(0)
+
+    @handle_stream
+    async def Backup(
+        self, request: api_pb2.BackupRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.BackupChunk]:
+        """etcd's snapshot, passed on chunk by chunk (never held whole in memory)."""
+        log.info("backup: streaming etcd's snapshot to %s", context.peer())
+        async for chunk in self.store.snapshot():
+            yield api_pb2.BackupChunk(data=chunk)
 
 
 __all__ = ["NotFound", "ShoalServicer", "check_name"]

@@ -30,7 +30,7 @@ from node.store.etcd import EtcdStore
 
 @click.group()
 def cluster() -> None:
-    """Set up a secured cluster; show or rotate its join token."""
+    """Set up a secured cluster; show or rotate its join token; back it up and restore it."""
 
 
 async def _init(config: NodeConfig, endpoint: str) -> provision.Initialised:
@@ -114,6 +114,68 @@ def rotate_token_cmd(settings: Settings) -> None:
     token = settings.client().rotate_join_token()
     click.echo("join token rotated; the old one no longer works. The new one:", err=True)
     click.echo(token)
+
+
+@cluster.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@pass_settings
+def backup_cmd(settings: Settings, file: Path) -> None:
+    """Save the whole cluster state (etcd's snapshot) to FILE (admin).
+
+    Secrets stay sealed in it; it holds token hashes: keep it like the CA passphrase.
+    """
+    from node.cli import backup
+
+    try:
+        size = backup.write(settings.client().backup_chunks(), file)
+    except backup.BackupError as exc:
+        raise ShoalError(str(exc)) from None
+    click.echo(f"backup written to {file} ({size} bytes, SHA-256 checked)")
+
+
+@cluster.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="the etcd member's new, empty data dir",
+)
+@click.option("--name", required=True, help="the etcd member's name (its --name)")
+@click.option("--peer-url", required=True, help="the member's peer URL (its --initial-advertise-peer-urls)")
+@click.option(
+    "--initial-cluster",
+    default="",
+    help="every member as name=peer-url,... (the same on each member) [this one alone]",
+)
+@click.option(
+    "--cluster-token",
+    help="the restored etcd cluster's --initial-cluster-token, the same on every member "
+    "[shoal-restored-<the file's mtime>]",
+)
+def restore_cmd(
+    file: Path, data_dir: Path, name: str, peer_url: str, initial_cluster: str, cluster_token: str | None
+) -> None:
+    """Restore a backup into a fresh etcd member's data dir (run on each member's host,
+    before starting that etcd with the same name, peer URL and initial cluster)."""
+    from node.cli import backup
+
+    try:
+        backup.verify(file)
+        backup.restore(
+            backup.restore_args(
+                file,
+                data_dir,
+                name,
+                peer_url,
+                initial_cluster,
+                cluster_token or f"shoal-restored-{int(file.stat().st_mtime)}",
+            ),
+            data_dir,
+        )
+    except backup.BackupError as exc:
+        raise ShoalError(str(exc)) from None
+    click.echo(f"restored {file} into {data_dir}: start etcd there as {name}, then the daemons reconnect")
 
 
 def own_cluster(found: context.Context) -> str:

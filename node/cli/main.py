@@ -47,7 +47,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Print cluster events, oldest first (JSON: one object per line).",
     ),
     "dev": ("node.cli.dev", "dev", "Run a local cluster: embedded etcd and N daemons, node i on 127.0.0.i."),
-    "cluster": ("node.cli.cluster", "cluster", "Set up a secured cluster; show or rotate its join token."),
+    "cluster": (
+        "node.cli.cluster",
+        "cluster",
+        "Set up a secured cluster; show or rotate its join token; back it up and restore it.",
+    ),
     "token": ("node.cli.tokens", "token", "Client tokens: create, list, revoke (admin)."),
     "context": ("node.cli.contexts", "context", "List the clusters this CLI knows (contexts) and pick one."),
     "completion": (

@@ -144,6 +144,11 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.ExecInput.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.ExecOutput.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/shoal.v1.Shoal/Backup',
+                request_serializer=shoal_dot_v1_dot_api__pb2.BackupRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.BackupChunk.FromString,
+                _registered_method=True)
 
 
 class ShoalServicer:
@@ -310,6 +315,15 @@ class ShoalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """A backup (admin only): etcd's snapshot of the whole cluster state, in chunks; the
+        last 32 bytes are the SHA-256 of the rest. Secrets stay sealed in it. Restore it
+        with `shoal cluster restore` (etcdctl snapshot restore) onto a fresh etcd.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShoalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -422,6 +436,11 @@ def add_ShoalServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.ExecInput.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.ExecOutput.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.BackupRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.BackupChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1018,6 +1037,33 @@ class Shoal:
             '/shoal.v1.Shoal/Exec',
             shoal_dot_v1_dot_api__pb2.ExecInput.SerializeToString,
             shoal_dot_v1_dot_api__pb2.ExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.v1.Shoal/Backup',
+            shoal_dot_v1_dot_api__pb2.BackupRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.BackupChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,7 @@ _PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
 RANGE_PAGE = 10_000  # keys per page of a range
 MAX_RECEIVE = 256 * 2**20  # bytes: the largest message taken from etcd
 DEFRAG_TIMEOUT = 120.0  # s: a defragmentation blocks its member while it runs
+SNAPSHOT_TIMEOUT = 600.0  # s: a whole snapshot stream (etcd's backend, at most a few GiB)
 WATCH_BACKOFF, WATCH_MAX_BACKOFF = 0.1, 2.0  # s: before re-opening a dropped watch stream
 _WATCH_RESUMED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # a drop, not a refusal
 _OUTAGE = (
@@ -327,8 +328,11 @@ class EtcdStore:
         and each catch-up chunk with its current revision, so resuming from a header's
         revision (as etcd3aio does) silently skips the events not yet sent.
         A batch's `revision` is its last event's mod revision, for the same reason.
+        An etcd restored from a backup (a new cluster id, or a revision behind the one
+        delivered) raises `Compacted` too: the caller's view is stale, it lists again.
         """
         next_revision = start_revision
+        cluster = 0  # etcd's cluster id, from the first answer: a restore makes a new one
         backoff = WATCH_BACKOFF
         while True:
             stream = self._open_watch(prefix, next_revision)
@@ -343,6 +347,19 @@ class EtcdStore:
                     backoff = WATCH_BACKOFF
                     if resp.created and next_revision == 0:  # "from now": now is the header's
                         next_revision = int(resp.header.revision) + 1
+                    cluster = cluster or int(resp.header.cluster_id)
+                    if int(resp.header.cluster_id) != cluster or (
+                        resp.created and next_revision > int(resp.header.revision) + 1
+                    ):
+                        # Another etcd cluster answers, or one behind what this watch has
+                        # delivered: it was restored from a backup. Resuming would skip the
+                        # writes made since at revisions already seen; the view is stale.
+                        log.warning(
+                            "watch %s: etcd changed under it (restored from a backup?): cluster "
+                            "%x at revision %d, after %x at %d; listing again",
+                            prefix, resp.header.cluster_id, resp.header.revision, cluster, next_revision - 1,
+                        )  # fmt: skip
+                        raise Compacted(int(resp.header.revision))
                     if not resp.events:
                         continue
                     events = tuple(
@@ -359,6 +376,18 @@ class EtcdStore:
                 stream.cancel()
             await asyncio.sleep(backoff)  # a stream that ended or dropped: open it again
             backoff = min(backoff * 2, WATCH_MAX_BACKOFF)
+
+    async def snapshot(self) -> AsyncIterator[bytes]:
+        """etcd's snapshot of its whole backend, in chunks; the last 32 bytes of the
+        stream are the SHA-256 of the rest (what `etcdctl snapshot restore` checks)."""
+        maintenance = self._client.maintenance
+        if maintenance is None:
+            raise StoreUnavailable(f"etcd at {self.endpoints}: not connected")
+        try:
+            async for chunk in maintenance.snapshot(timeout=SNAPSHOT_TIMEOUT, max_attempts=1):
+                yield chunk
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"etcd at {self.endpoints} gave no snapshot: {exc}") from exc
 
     def _open_watch(self, prefix: str, start_revision: int) -> grpc.aio.StreamStreamCall:
         create = WatchCreateRequest(

@@ -229,6 +229,12 @@ class MemoryStore:
         self.compacted = revision
         self.history = [b for b in self.history if b.revision >= revision]
 
+    async def snapshot(self) -> AsyncIterator[bytes]:
+        """Only etcd makes a snapshot `etcdctl snapshot restore` can read."""
+        self._check()
+        raise StoreError("a backup needs etcd: the in-memory store has no snapshot")
+        yield b""  # an async generator, like etcd's
+
     async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
         self._check()
         next_rev = start_revision if start_revision > 0 else self.revision + 1
