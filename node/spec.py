@@ -51,13 +51,16 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from node.constraints import ConstraintError, parse_constraint, parse_label_attribute
 from node.spec_lifecycle import (
+    ConfigRef,
     HealthCheck,
     HttpCheck,
     OnDisconnect,
     RestartPolicy,
+    SecretRef,
     StopGrace,
     TcpCheck,
     UpdateConfig,
+    distinct_targets,
 )
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -274,6 +277,10 @@ class ServiceSpec(BaseModel):
     update: UpdateConfig | None = None
     stop_grace: StopGrace | None = None  # seconds from SIGTERM to SIGKILL; None: the node's stop_timeout
     on_disconnect: OnDisconnect | None = None  # None: a node cut off from etcd keeps running it
+    # Issue 13: secrets and configs by name; files in the container (node.agent.secretfiles).
+    # None, not []: a field added with its default left unset keeps every stored spec's template hash.
+    secrets: Annotated[list[SecretRef], Field(max_length=64), AfterValidator(distinct_targets)] | None = None
+    configs: Annotated[list[ConfigRef], Field(max_length=64), AfterValidator(distinct_targets)] | None = None
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
@@ -281,6 +288,7 @@ _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placem
 _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", "tcp"): TcpCheck}
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect}
+_FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}

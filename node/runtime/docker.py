@@ -240,6 +240,7 @@ class DockerRuntime:
             nano_cpus=int(spec.cpu * 1e9) if spec.cpu else None,
             mem_limit=spec.memory,
             restart_policy={"Name": "no"},
+            binds=[f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts] or None,
         )
         extra: dict[str, Any] = {} if spec.image_healthcheck else {"healthcheck": {"test": ["NONE"]}}
         try:
