@@ -326,3 +326,13 @@ async def test_legacy_plain_secret_env_passes_and_no_references_touch_no_disk(tm
         make_task("old", 1, "n1"), spec, ContainerSpec("c", "x", {}, env={"K": "plain"})
     )
     assert made.env == {"K": "plain"} and made.mounts == () and not (tmp_path / "root").exists()
+
+
+def test_the_secrets_service_is_admin_only() -> None:
+    from node.security.tokens import Role, allowed, least_role
+
+    for method in ("PutObject", "ListObjects", "RemoveObject"):
+        full = f"/shoal.v1.Secrets/{method}"
+        assert least_role(full) is Role.ADMIN
+        assert allowed(Role.ADMIN, full)
+        assert not allowed(Role.DEPLOYER, full) and not allowed(Role.VIEWER, full)
