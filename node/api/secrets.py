@@ -7,6 +7,7 @@ value goes in and never comes out: no answer, log line, event or error carries i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import grpc
@@ -15,6 +16,7 @@ from node.api.admin import _caller
 from node.api.objects import Objects, check_object_name
 from node.api.server import handle
 from node.api.services import ServiceWriter
+from node.errors import NotFound
 from node.events import EventLog
 from node.pb import secrets_pb2, secrets_pb2_grpc
 from node.security.objects import ObjectRecord
@@ -51,7 +53,8 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
         name = check_object_name(request.kind, request.name)
         before = None
         if request.update:
-            before = (await self.objects.get(request.kind, name)).revision
+            with contextlib.suppress(NotFound):  # `put` says what to do then
+                before = (await self.objects.get(request.kind, name)).revision
         record, rolled = await self.objects.put(
             request.kind, name, request.value, request.update, self.writer
         )

@@ -303,6 +303,14 @@ async def test_prepare_writes_0400_files_opens_secret_env_and_sweep_removes_them
     assert (tmp_path / "root").stat().st_mode & 0o777 == 0o700
     files.sweep({task.task_id})
     assert mounts["/run/secrets/db_pw"].exists()
+    # A daemon that died mid-write left a temporary file (0400): the next start rewrites.
+    leftover = mounts["/run/secrets/db_pw"].parent / ".db_pw.tmp"
+    leftover.write_bytes(b"half")
+    leftover.chmod(0o400)
+    again = await files.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
+    assert {m.target: m.source for m in again.mounts} == {t: str(p) for t, p in mounts.items()}
+    assert mounts["/run/secrets/db_pw"].read_bytes() == b"hunter2"
+    assert not leftover.exists()
     files.sweep(set())
     assert not (tmp_path / "root" / task.task_id).exists()
 
