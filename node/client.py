@@ -57,7 +57,7 @@ from node.errors import (  # re-exported (__all__): one family with the server's
     Unavailable,
     error_class,
 )
-from node.pb import api_pb2, api_pb2_grpc
+from node.pb import api_pb2, api_pb2_grpc, secrets_pb2, secrets_pb2_grpc
 from node.security import context as credentials
 
 __all__ = [
@@ -434,3 +434,25 @@ class ShoalClient:
     def join_token(self) -> str:
         """The current join token, to add a host."""
         return self._unary("GetJoinToken", api_pb2.GetJoinTokenRequest()).token
+
+    # -- secrets and configs (admin tokens only; `shoal.v1.Secrets`) -------------------------
+
+    def _objects(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(secrets_pb2_grpc.SecretsStub(self._channel), method)(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def put_object(
+        self, kind: str, name: str, value: bytes, update: bool = False
+    ) -> secrets_pb2.PutObjectResponse:
+        """Create a secret or config (`kind`), or replace its value (`update`), which rolls
+        the services that use it."""
+        request = secrets_pb2.PutObjectRequest(kind=kind, name=name, value=value, update=update)
+        return self._objects("PutObject", request)
+
+    def list_objects(self, kind: str) -> list[secrets_pb2.ObjectInfo]:
+        return list(self._objects("ListObjects", secrets_pb2.ListObjectsRequest(kind=kind)).objects)
+
+    def remove_object(self, kind: str, name: str) -> None:
+        self._objects("RemoveObject", secrets_pb2.RemoveObjectRequest(kind=kind, name=name))

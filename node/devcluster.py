@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -433,7 +434,8 @@ class DevCluster:
 
 
 def remove_containers(cluster: str) -> int:
-    """Force-remove every container labelled with this cluster; return how many."""
+    """Force-remove every container labelled with this cluster, and its secret files on
+    tmpfs (`node.agent.secretfiles`); return how many containers."""
     import docker  # here only: the rest of this module runs without Docker
 
     client = docker.from_env()
@@ -442,6 +444,7 @@ def remove_containers(cluster: str) -> int:
         for container in found:
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
+        shutil.rmtree(Path("/dev/shm/shoal") / cluster, ignore_errors=True)  # secretfiles.default_root
         return len(found)
     finally:
         client.close()

@@ -24,6 +24,9 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `tokens/<id>`                     | init, `token create`   | until revoked/expired, then reaped (1) |
 | `joins/<key-id>`                  | `Peer/Join`, any node  | until the join token is rotated; its uses |
 | `joins/<key-id>/<node>`           | `Peer/Join`, any node  | until rotated; ≤ `join_token_uses` |
+| `secrets/<name>`                  | API (`secret create`)  | until `secret rm`; value sealed (4) |
+| `configs/<name>`                  | API (`config create`)  | until `config rm`   |
+| `objuse/<kind>/<name>`            | API (apply, rm)        | while the secret/config exists (4) |
 
 Bounds (issue 11): every prefix is bounded by the nodes, services, replicas and
 tokens in force, never by time. The leader (`leader.upkeep`, fenced) compacts etcd to
@@ -46,6 +49,10 @@ passphrase; `tokens/` the client tokens' records (role, sha256, never the secret
 `joins/` records each use of the current join token (per node id, and a count), so a
 token admits a node id once and at most `join_token_uses` hosts; a rotation clears it.
 Nothing there is a usable secret without a node's disk (`node.security.cluster`).
+(4) `secrets/` values are AES-GCM sealed under the cluster key (`node.security.sealing`);
+`objuse/<kind>/<name>` is rewritten by every apply that references the object, so a
+`secret rm` that compares its revision never races an apply into using a removed one.
+Bounded by the secrets and configs in force.
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.
@@ -207,6 +214,16 @@ class Keys:
 
     def event(self, node: str, ring_slot: int) -> str:
         return f"{self.node_events(node)}{ring_slot:04d}"
+
+    # secrets and configs (issue 13): kind is "secret" or "config"
+    def objects(self, kind: str) -> str:
+        return f"{self.prefix}{kind}s/"
+
+    def object(self, kind: str, name: str) -> str:
+        return f"{self.objects(kind)}{name}"
+
+    def object_use(self, kind: str, name: str) -> str:
+        return f"{self.prefix}objuse/{kind}/{name}"
 
     # parsing
     def tail(self, key: str, prefix: str) -> str:

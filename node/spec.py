@@ -29,7 +29,6 @@ import difflib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -50,15 +49,20 @@ from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from node.constraints import ConstraintError, parse_constraint, parse_label_attribute
+from node.spec_errors import FieldError, SpecError
+from node.spec_errors import fatal as _fatal
 from node.spec_lifecycle import (
+    ConfigRef,
     HealthCheck,
     HttpCheck,
     LogConfig,
     OnDisconnect,
     RestartPolicy,
+    SecretRef,
     StopGrace,
     TcpCheck,
     UpdateConfig,
+    distinct_targets,
 )
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -277,44 +281,24 @@ class ServiceSpec(BaseModel):
     on_disconnect: OnDisconnect | None = None  # None: a node cut off from etcd keeps running it
     logging: LogConfig | None = None  # None: the engine's default log driver and options
 
+    # Issue 13: secrets and configs by name; files in the container (node.agent.secretfiles).
+    # None, not []: a field added with its default left unset keeps every stored spec's template hash.
+    secrets: Annotated[list[SecretRef], Field(max_length=64), AfterValidator(distinct_targets)] | None = None
+    configs: Annotated[list[ConfigRef], Field(max_length=64), AfterValidator(distinct_targets)] | None = None
+
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
 _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
 _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", "tcp"): TcpCheck}
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
+
+_FIELDS |= {("on_disconnect",): OnDisconnect}
+_FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}
 _HINTS |= {("health.exec", "list_type"): ' of strings (run without a shell), e.g. ["test", "-f", "/tmp/ok"]'}
-
-
-@dataclass(frozen=True)
-class FieldError:
-    path: str  # "ports[0].published", "name", "" for the document itself
-    message: str  # what is wrong and what is allowed
-    line: int | None  # 1-based, when known
-    column: int | None  # 1-based, when known
-
-
-class SpecError(ValueError):
-    """A spec was refused; `errors` lists every problem found."""
-
-    def __init__(self, source: str, errors: list[FieldError]) -> None:
-        super().__init__(source, errors)
-        self.source = source
-        self.errors = errors
-
-    def __str__(self) -> str:
-        lines = []
-        for e in self.errors:
-            where = f"{self.source}:{e.line}:{e.column}" if e.line is not None else self.source
-            lines.append(f"{where}: {e.path + ': ' if e.path else ''}{e.message}")
-        return "\n".join(lines)
-
-
-def _fatal(source: str, message: str, line: int | None = None, column: int | None = None) -> SpecError:
-    return SpecError(source, [FieldError("", message, line, column)])
 
 
 def parse_spec(text: str, source: str = "<spec>") -> ServiceSpec:

@@ -1,5 +1,5 @@
 """The lifecycle sections of a service spec: `health`, `restart`, `update`, `stop_grace`,
-`on_disconnect`.
+`on_disconnect`; and `secrets` / `configs`, the files a replica starts with (issue 13).
 
 Why a module of its own: `node.spec` owns loading, paths and error reporting; this one
 owns what a replica's life looks like once it runs (how it is checked, restarted,
@@ -274,3 +274,79 @@ class LogConfig(BaseModel):
     model_config = _STRICT
     driver: Literal["json-file", "local"] = "json-file"
     options: Annotated[dict[str, str], Field(max_length=8), AfterValidator(_log_options)] = {}
+
+
+# ---------------------------------------------------------------- secrets and configs
+
+
+def _pattern(pattern: str, what: str, longest: int) -> AfterValidator:
+    def check(v: str) -> str:
+        if not re.fullmatch(pattern, v) or len(v) > longest:
+            raise _fail(f"must be {what} (pattern ^{pattern}$), got {v!r:.80}")
+        return v
+
+    return AfterValidator(check)
+
+
+OBJECT_PATTERN = "[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?"
+_ObjectName = Annotated[
+    str, _pattern(OBJECT_PATTERN, "1 to 63 letters, digits, '_', '.' and '-', not '_.-' at either end", 63)
+]
+
+
+def _mode(v: Any) -> Any:
+    """File mode in chmod's octal digits: "0400", "400", "0o400" or 400 -> "0400"."""
+    text = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    if isinstance(text, str):
+        digits = text[2:] if text.startswith("0o") else text
+        if re.fullmatch("0?[0-7]{3}", digits):
+            return "0" + digits[-3:]
+    raise _fail(f'must be a file mode in octal digits, e.g. "0400" or "0444"; got {v!r:.80}')
+
+
+def _abs_path(v: str) -> str:
+    parts = v.split("/")
+    if not v.startswith("/") or v == "/" or ".." in parts or "" in parts[1:] or len(v) > 1024:
+        raise _fail(
+            f"must be an absolute file path such as /etc/app/app.conf (no '..', no '//'), got {v!r:.80}"
+        )
+    if v == "/run/secrets" or v.startswith("/run/secrets/"):
+        raise _fail("/run/secrets is where secrets are mounted: choose another path for a config")
+    return v
+
+
+_Mode = Annotated[str, BeforeValidator(_mode)]
+
+
+class SecretRef(BaseModel):
+    """A secret (`shoal secret create`) mounted at /run/secrets/<target>, tmpfs, read-only."""
+
+    model_config = _STRICT
+    source: _ObjectName
+    target: _ObjectName | None = None  # file name under /run/secrets; None: the source's name
+    mode: _Mode = "0400"
+    revision: str | None = None  # set by shoal at apply: which write of the secret; a new one rolls
+
+
+class ConfigRef(BaseModel):
+    """A config (`shoal config create`) mounted read-only at `target`."""
+
+    model_config = _STRICT
+    source: _ObjectName
+    target: Annotated[str, AfterValidator(_abs_path)]
+    mode: _Mode = "0444"
+    revision: str | None = None  # set by shoal at apply, as for secrets
+
+
+def distinct_targets(refs: list[Any]) -> list[Any]:
+    seen: dict[str, int] = {}
+    for i, ref in enumerate(refs):
+        target = ref.target or ref.source
+        if target in seen:
+            raise PydanticCustomError(
+                "spec",
+                "{msg}",
+                {"msg": f"target {target!r} is already used by [{seen[target]}]", "at": (i, "target")},
+            )
+        seen[target] = i
+    return refs

@@ -63,6 +63,7 @@ from node.agent.restart import (
     on_running,
     policy_of,
 )
+from node.agent.secretfiles import SecretFiles, default_root
 from node.agent.stopper import Stopper
 from node.domain import Assignment, EndpointRecord, TaskState, TaskStatus
 from node.events import EventLog
@@ -106,6 +107,9 @@ class Agent:
         self.resync = resync
         self.tasks = PrefixCache(store, keys.tasks, "agent-tasks")
         self.specs = SpecSource(store, keys)
+        self.secret_files = SecretFiles(
+            store, keys, default_root(cluster, node)
+        )  # the daemon sets its sealer
         self.publisher = Publisher(store, keys, session)
         self.status: dict[str, TaskStatus] = {}
         self._retry_at: dict[str, tuple[float, float]] = {}  # task -> (when, backoff)
@@ -249,6 +253,7 @@ class Agent:
             for task_id in [t for t in gone if t not in assigned]:
                 del gone[task_id]
         self.specs.retain({(t.service, t.uid) for t in assigned.values()})
+        self.secret_files.sweep(assigned)  # files of tasks no longer here (node.agent.secretfiles)
         await asyncio.gather(*(self._exited(t, c) for t, c in actions.replace))
         now = self.clock()
         running: dict[str, tuple[Assignment, Container]] = {}
@@ -405,7 +410,8 @@ class Agent:
             if not await self.pulls.ready(spec.image):  # pulled apart; a finished pull wakes a pass
                 self._set(task, TaskState.PULLING, message=self.pulls.progress(spec.image))
                 return
-            c = await self.runtime.run(container_spec(task, spec, self.cluster, self.publish_address))
+            made = container_spec(task, spec, self.cluster, self.publish_address)
+            c = await self.runtime.run(await self.secret_files.prepare(task, spec, made))
         except (SpecNotFound, StoreError, EngineError) as exc:
             self._retry_at[task.task_id] = (self.clock() + backoff, min(backoff * 2, 30.0))
             self._set(task, TaskState.FAILED, message=str(exc))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+from node.api.objects import Bound, Objects
 from node.api.port_policy import PortPolicy
 from node.domain import RolloutRecord, ServiceRecord, new_service_uid, template_hash
 from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
@@ -33,6 +34,7 @@ class ServiceWriter:
         self.node = node
         self.ports = PortPolicy()  # the daemon sets its own ports (node.api.port_policy)
         self.history_limit = HISTORY_LIMIT
+        self.objects = Objects(store, keys)  # secrets, configs, sealed secret_env (node.api.objects)
 
     async def read(self, name: str) -> tuple[ServiceRecord, int]:
         kv = await self.store.get(self.keys.service(name))
@@ -40,23 +42,34 @@ class ServiceWriter:
             raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
         return ServiceRecord.from_json(kv.value), kv.mod_revision
 
-    async def _write(self, record: ServiceRecord, expect_mod: int, old: ServiceRecord | None) -> bool:
-        """The service record, its history entry and its port claims (`node.ports`), in one
-        transaction compared on the service key's mod revision."""
+    async def _write(
+        self, record: ServiceRecord, expect_mod: int, old: ServiceRecord | None, bound: Bound | None = None
+    ) -> bool:
+        """The service record, its history entry, its port claims (`node.ports`) and what its
+        secrets and configs need (`bound`), in one transaction compared on the service
+        key's mod revision."""
         old_spec = old.spec if old else None
         name, spec = record.name, record.spec
         ports = await port_writes(self.store, self.keys, name, record.uid, old_spec, spec, time.time())
-        value = record.to_json()
+        bound = bound or Bound()
         result = await self.store.txn(
-            [Compare(self.keys.service(record.name), "mod", "==", expect_mod), *ports.compares],
             [
-                Put(self.keys.service(record.name), value),
-                Put(self.keys.history_version(record.name, record.version), value),
-                *ports.ops,
-                *self._prune(record),
+                Compare(self.keys.service(record.name), "mod", "==", expect_mod),
+                *ports.compares,
+                *bound.compares,
             ],
+            [*self.version_ops(record), *ports.ops, *bound.ops],
         )
         return result.succeeded
+
+    def version_ops(self, record: ServiceRecord) -> list[Put | Delete]:
+        """The puts of a new version (service key and history) and the history's pruning."""
+        value = record.to_json()
+        return [
+            Put(self.keys.service(record.name), value),
+            Put(self.keys.history_version(record.name, record.version), value),
+            *self._prune(record),
+        ]
 
     def _prune(self, record: ServiceRecord) -> list[Delete]:
         """In the write that adds a version: delete every version but the last
@@ -72,18 +85,19 @@ class ServiceWriter:
             spec = parse_spec(text, source or "<spec>")
         except SpecError as exc:
             raise InvalidArgument(str(exc)) from exc
-        name = spec.name
+        name, asked = spec.name, spec
 
         async def attempt() -> tuple[ServiceRecord, bool] | None:
             kv = await self.store.get(self.keys.service(name))
             current = ServiceRecord.from_json(kv.value) if kv else None
+            spec, bound = await self.objects.bind(asked, current.spec if current else None)
             if current is not None and current.spec == spec:
                 return current, False
             await self.ports.check(self.store, self.keys, spec, current.spec if current else None)
             version = current.version + 1 if current else 1
             uid = current.uid if current else new_service_uid()  # a new incarnation only at create
             record = ServiceRecord(name, version, spec, time.time(), self.node, uid=uid)
-            if await self._write(record, kv.mod_revision if kv else 0, current):
+            if await self._write(record, kv.mod_revision if kv else 0, current, bound):
                 return record, True
             return None
 
@@ -122,6 +136,7 @@ class ServiceWriter:
             _, versions = await self.history(name)
             target = await self._previous(current, versions)
             spec = target.spec.model_copy(update={"replicas": current.replicas})
+            spec, bound = await self.objects.bind(spec, current.spec)  # the objects' current revisions
             await self.ports.check(self.store, self.keys, spec, current.spec)
             record = ServiceRecord(
                 name,
@@ -132,7 +147,7 @@ class ServiceWriter:
                 rollback_of=current.version,
                 uid=current.uid,
             )
-            return record if await self._write(record, mod, current) else None
+            return record if await self._write(record, mod, current, bound) else None
 
         return await compare_and_swap(attempt, _busy(name))
 

@@ -54,6 +54,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "token": ("node.cli.tokens", "token", "Client tokens: create, list, revoke (admin)."),
     "context": ("node.cli.contexts", "context", "List the clusters this CLI knows (contexts) and pick one."),
+    "secret": (
+        "node.cli.secrets",
+        "secret",
+        "Secrets: create, update, list, remove (admin); mounted at /run/secrets/NAME.",
+    ),
+    "config": (
+        "node.cli.secrets",
+        "config",
+        "Configs: create, update, list, remove (admin); mounted read-only.",
+    ),
     "completion": (
         "node.cli.completion",
         "completion",

@@ -35,6 +35,7 @@ from node.api.admin import Signer
 from node.api.gossip_transport import PeerServicer
 from node.api.join import JoinHandler
 from node.api.port_policy import PortPolicy
+from node.api.secrets import SecretsServicer
 from node.api.servicer import ShoalServicer
 from node.api.taskio import PeerStubs, TaskIO
 from node.config import NodeConfig
@@ -46,7 +47,7 @@ from node.domain import NodeInfo
 from node.events import EventLog
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.keys import Keys
-from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc
+from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc
 from node.proxy import metrics
 from node.proxy.mesh import Mesh, MeshSettings
 from node.runtime.base import RuntimeUnavailable
@@ -56,6 +57,7 @@ from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
 from node.security.etcd_tls import read_etcd_tls
 from node.security.files import NodeFiles, read_secret
+from node.security.sealing import Sealer
 from node.store import StoreError, StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
 from node.store.retry import patiently
@@ -294,6 +296,7 @@ class Daemon:
         servicer = ShoalServicer(self.store, self.keys, c.node_id, self.membership)
         servicer.writer.history_limit = c.history_limit
         servicer.signer = signer
+        servicer.writer.objects.sealer = Sealer(self.identity.passphrase)  # issue 13: secrets sealed
         servicer.writer.ports = PortPolicy.of(c.grpc_port, c.metrics_port, c.etcd, c.reserved_ports)
         joins = JoinHandler(self.store, self.keys, c.node_id, signer, c.join_token_uses)
         peers = PeerStubs(self.identity.client_tls)
@@ -308,6 +311,10 @@ class Daemon:
             server, health = api_server.build(
                 [
                     (api_pb2_grpc.add_ShoalServicer_to_server, servicer),
+                    (
+                        secrets_pb2_grpc.add_SecretsServicer_to_server,
+                        SecretsServicer(servicer.writer, self.events),
+                    ),
                     (peer_pb2_grpc.add_PeerServicer_to_server, peer_servicer),
                 ],
                 c.address,
@@ -351,6 +358,7 @@ class Daemon:
             engine=self.engine,
             pull_timeout=c.pull_timeout,
         )
+        agent.secret_files.sealer = Sealer(self.identity.passphrase)  # issue 13: opens secrets at start
         leadership = Leadership(
             self.store,
             self.keys,

@@ -50,6 +50,15 @@ class PortBinding:
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A host file or directory bind-mounted into the container (secrets, configs)."""
+
+    source: str  # absolute host path
+    target: str  # absolute path in the container
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """What to run. `ports` are published on `publish_address` at random host ports."""
 
@@ -65,6 +74,11 @@ class ContainerSpec:
     image_healthcheck: bool = True  # False: the image's HEALTHCHECK is turned off (the spec has a check)
     log_driver: str = ""  # "": the engine's default; else with `log_options` (max-size, max-file)
     log_options: dict[str, str] = field(default_factory=dict)
+
+    mounts: tuple[Mount, ...] = ()  # bind mounts (node.agent.secretfiles)
+
+    def __repr__(self) -> str:  # env may hold opened secret_env values: never in a log line
+        return f"ContainerSpec({self.name}, {self.image})"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from node.security.auth import AuthInterceptor, Policy
 from node.security.ca import ClusterCA, Identity, Kind, Lifetimes
 from node.security.cluster import ClusterSecurity
 from node.security.credentials import EtcdCredentials
+from node.security.sealing import Sealer
 from node.security.tokens import JoinToken
 from node.store.memory import MemoryStore
 
@@ -86,6 +87,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         signer = Signer(security, lambda: secrets.ca_passphrase, Lifetimes(), credentials)
         servicer = ShoalServicer(store, KEYS, "n1")
         servicer.signer = signer
+        servicer.writer.objects.sealer = Sealer(signer.passphrase)
         joins = JoinHandler(store, KEYS, "n1", signer)
         identity = bootstrap.node_identity(authority, "n1", ["127.0.0.1"])
         server = rpc.server([AuthInterceptor(credentials, Policy(CLUSTER))])

@@ -1,0 +1,116 @@
+"""The files a task's container starts with: its secrets and configs, and its opened
+`secret_env` (issue 13).
+
+`prepare(task, spec, container)` returns the container to run with:
+- each secret of `spec.secrets` opened (`node.security.sealing`) and written to
+  `<root>/<task-id>/secrets/<target>` (mode from the spec, 0400 by default), bind-mounted
+  read-only at `/run/secrets/<target>`;
+- each config of `spec.configs` written to `<root>/<task-id>/configs/<i>` (0444 by
+  default), bind-mounted read-only at its `target`;
+- each sealed `secret_env` value opened (values stored before sealing existed are
+  taken as they are).
+
+`root` is on tmpfs: `/dev/shm/shoal/<cluster>/<node>` by default (every Linux host has
+`/dev/shm` mounted tmpfs, mode 1777, no privilege or mount needed; dockerd on the same
+host sees it), so a secret's clear text never reaches a disk, and it is gone at reboot.
+Directories are 0700, owned by the daemon's user. `sweep(live)` removes the directories
+of tasks no longer assigned here: a replica's files go when its task goes (a container
+still draining keeps its bind-mounted files open until it stops).
+
+A secret or config that is missing or does not open fails the start with a message
+naming it (`EngineError`: the agent marks the task failed and retries with back-off).
+The value is read at start: a replica of an older version that restarts during a
+rollout gets the current value (the roll that follows brings every replica to it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Collection
+from dataclasses import replace
+from pathlib import Path
+
+from node.domain import Assignment
+from node.keys import Keys
+from node.runtime.base import ContainerSpec, EngineError, Mount
+from node.security.objects import ObjectRecord
+from node.security.sealing import Sealer, SealError, is_sealed, secret_env_ad
+from node.spec import ServiceSpec
+from node.store import Store
+
+SHM = Path("/dev/shm")
+
+
+def default_root(cluster: str, node: str) -> Path:
+    return SHM / "shoal" / cluster / node
+
+
+class SecretFiles:
+    def __init__(self, store: Store, keys: Keys, root: Path, sealer: Sealer | None = None) -> None:
+        self.store = store
+        self.keys = keys
+        self.root = root
+        self.sealer = sealer  # the daemon sets it (the cluster key, from the CA passphrase)
+
+    async def prepare(self, task: Assignment, spec: ServiceSpec, container: ContainerSpec) -> ContainerSpec:
+        env = dict(container.env)
+        for var, value in (spec.secret_env or {}).items():
+            if is_sealed(value):
+                env[var] = self._open(value, secret_env_ad(task.service, var), f"secret_env {var}").decode()
+        if not spec.secrets and not spec.configs:
+            return replace(container, env=env)
+        mounts = []
+        base = self.root / task.task_id
+        for ref in spec.secrets or []:
+            name = ref.target or ref.source
+            data = await self._value("secret", ref.source)
+            path = self._write(base / "secrets", name, data, int(ref.mode, 8))
+            mounts.append(Mount(str(path), f"/run/secrets/{name}"))
+        for i, cref in enumerate(spec.configs or []):
+            data = await self._value("config", cref.source)
+            path = self._write(base / "configs", str(i), data, int(cref.mode, 8))
+            mounts.append(Mount(str(path), cref.target))
+        return replace(container, env=env, mounts=(*container.mounts, *mounts))
+
+    def sweep(self, live: Collection[str]) -> None:
+        """Remove the files of every task not in `live` (task ids)."""
+        try:
+            found = list(self.root.iterdir())
+        except FileNotFoundError:
+            return
+        for path in found:
+            if path.name not in live:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _open(self, sealed: str, ad: str, what: str) -> bytes:
+        if self.sealer is None:
+            raise EngineError(f"{what}: this node has no cluster key (tls/ca.pass) to open it")
+        try:
+            return self.sealer.open(sealed, ad)
+        except SealError as exc:
+            raise EngineError(f"{what}: {exc}") from None
+
+    async def _value(self, kind: str, name: str) -> bytes:
+        kv = await self.store.get(self.keys.object(kind, name))
+        if kv is None:
+            raise EngineError(f"{kind} '{name}' does not exist (removed?): `shoal {kind} ls` lists them")
+        record = ObjectRecord.from_json(kv.value)
+        if kind == "config":
+            return record.value(None)
+        return self._open(record.data, f"secret/{name}", f"secret '{name}'")
+
+    def _write(self, directory: Path, name: str, value: bytes, mode: int) -> Path:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for d in (self.root, directory.parent, directory):
+            with contextlib.suppress(OSError):
+                os.chmod(d, 0o700)
+        path = directory / name
+        tmp = directory / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(value)
+            os.fchmod(f.fileno(), mode)
+        os.replace(tmp, path)
+        return path

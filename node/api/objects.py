@@ -1,0 +1,262 @@
+"""Secrets and configs from the client API: create, update, list, remove, and binding
+them into the service specs that use them (issue 13).
+
+- `bind` is called by the one service-write path (`ServiceWriter`) for every version it
+  writes: each `secrets` / `configs` reference gets the object's current `revision`
+  (an object that does not exist refuses the write, nothing written), `secret_env`
+  values are sealed under the cluster key (a value unchanged from the previous version
+  keeps its sealed text, so an unchanged spec stays equal and rolls nothing). Its
+  compares and puts go into the service's own transaction: the objects' mod revisions
+  (a concurrent update or rm makes the write retry) and `objuse/<kind>/<name>` (which
+  `rm` compares, so an apply and an rm never both succeed on one object).
+- `put` writes a new value and, in the same transaction, a new version of every service
+  that uses the object with the new revision: the leader rolls them as any update. A
+  value equal to the stored one writes nothing but still brings every service that
+  uses it to its revision. One transaction means no crash window between the two.
+- `remove` is refused while a service uses the object, naming them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from node.domain import ServiceRecord, readable_services
+from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from node.keys import Keys
+from node.security.objects import KINDS, MAX_BYTES, ObjectRecord, encode
+from node.security.sealing import Sealer, SealError, is_sealed, secret_env_ad
+from node.spec import ServiceSpec
+from node.spec_lifecycle import OBJECT_PATTERN
+from node.store import Compare, Delete, Put, Store
+from node.store.base import MAX_TXN_OPS, Op
+
+if TYPE_CHECKING:
+    from node.api.services import ServiceWriter
+
+_ATTEMPTS = 5
+_FIELD = {"secret": "secrets", "config": "configs"}
+
+
+@dataclass
+class Bound:
+    """What a service write adds to its transaction for the objects it references."""
+
+    compares: list[Compare] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
+
+
+def check_object_name(kind: str, name: str) -> str:
+    if kind not in KINDS:
+        raise InvalidArgument(f"kind: must be one of {', '.join(KINDS)}, got {kind[:20]!r}")
+    if not name or len(name) > 63 or not re.fullmatch(OBJECT_PATTERN, name):
+        raise InvalidArgument(
+            f"name: {name[:80]!r} is not a {kind} name (1-63 of letters, digits, '_', '.' and '-', "
+            "starting and ending with a letter or digit)"
+        )
+    return name
+
+
+def uses(spec: ServiceSpec, kind: str, name: str) -> bool:
+    return any(ref.source == name for ref in getattr(spec, _FIELD[kind]) or [])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Objects:
+    """Secrets and configs of one cluster. `sealer` is set by the daemon (the cluster key
+    derived from this node's CA passphrase); without it secrets cannot be written."""
+
+    def __init__(self, store: Store, keys: Keys) -> None:
+        self.store = store
+        self.keys = keys
+        self.sealer: Sealer | None = None
+
+    def _sealer(self, what: str) -> Sealer:
+        if self.sealer is None:
+            raise FailedPrecondition(
+                f"this node has no cluster key (its CA passphrase, tls/ca.pass): it cannot seal {what}"
+            )
+        return self.sealer
+
+    # -- binding into a service write ------------------------------------------------------
+
+    async def bind(self, spec: ServiceSpec, previous: ServiceSpec | None) -> tuple[ServiceSpec, Bound]:
+        update: dict[str, object] = {}
+        if spec.secret_env:
+            update["secret_env"] = self._seal_env(spec, previous)
+        bound, missing = Bound(), []
+        uses_: dict[str, Put] = {}
+        for kind, fieldname in _FIELD.items():
+            refs = getattr(spec, fieldname) or []
+            fresh = []
+            for i, ref in enumerate(refs):
+                key = self.keys.object(kind, ref.source)
+                kv = await self.store.get(key)
+                if kv is None:
+                    missing.append(
+                        f"{fieldname}[{i}].source: {kind} '{ref.source}' does not exist; create it first "
+                        f"(`shoal {kind} create {ref.source} -f FILE`; `shoal {kind} ls` lists them)"
+                    )
+                    continue
+                record = ObjectRecord.from_json(kv.value)
+                fresh.append(ref.model_copy(update={"revision": record.revision}))
+                bound.compares.append(Compare(key, "mod", "==", kv.mod_revision))
+                use = self.keys.object_use(kind, ref.source)
+                uses_[use] = Put(use, spec.name.encode())
+            if refs:
+                update[fieldname] = fresh
+        if missing:
+            raise FailedPrecondition(f"service '{spec.name}' not written: " + "; ".join(missing))
+        bound.ops.extend(uses_.values())
+        return (spec.model_copy(update=update) if update else spec), bound
+
+    def _seal_env(self, spec: ServiceSpec, previous: ServiceSpec | None) -> dict[str, str]:
+        before = (previous.secret_env or {}) if previous is not None else {}
+        out = {}
+        for var, value in (spec.secret_env or {}).items():
+            ad = secret_env_ad(spec.name, var)
+            if is_sealed(value):  # a stored version (rollback, scale): already sealed
+                out[var] = value
+                continue
+            sealer = self._sealer("secret_env")
+            old = before.get(var)
+            if old is not None and is_sealed(old):
+                try:
+                    if sealer.open(old, ad) == value.encode():
+                        out[var] = old  # unchanged: the same sealed text, the same template
+                        continue
+                except SealError:
+                    pass
+            out[var] = sealer.seal(value.encode(), ad)
+        return out
+
+    # -- the objects themselves -------------------------------------------------------------
+
+    async def get(self, kind: str, name: str) -> ObjectRecord:
+        kv = await self.store.get(self.keys.object(kind, check_object_name(kind, name)))
+        if kv is None:
+            raise NotFound(f"{kind} '{name}' not found; `shoal {kind} ls` lists them")
+        return ObjectRecord.from_json(kv.value)
+
+    async def all(self, kind: str) -> tuple[list[ObjectRecord], dict[str, list[str]]]:
+        """Every object of `kind`, by name, and the services using each."""
+        check_object_name(kind, "x")
+        kvs, _ = await self.store.range(self.keys.objects(kind))
+        records = sorted((ObjectRecord.from_json(kv.value) for kv in kvs), key=lambda r: r.name)
+        users: dict[str, list[str]] = {}
+        for service, _mod in await self._services():
+            for ref in getattr(service.spec, _FIELD[kind]) or []:
+                users.setdefault(ref.source, []).append(service.name)
+        return records, users
+
+    async def _services(self) -> list[tuple[ServiceRecord, int]]:
+        kvs, _ = await self.store.range(self.keys.services)
+        mods = {kv.key: kv.mod_revision for kv in kvs}
+        return [(r, mods[self.keys.service(r.name)]) for r in readable_services(kv.value for kv in kvs)]
+
+    async def put(
+        self, kind: str, name: str, value: bytes, update: bool, writer: ServiceWriter
+    ) -> tuple[ObjectRecord, list[str]]:
+        """Create (`update` False) or replace the value of an object; the record and the
+        services given a new version (rolled) in the same transaction."""
+        check_object_name(kind, name)
+        if len(value) > MAX_BYTES:
+            raise InvalidArgument(
+                f"{kind} '{name}': {len(value)} bytes; the limit is {MAX_BYTES // 1024} KiB"
+            )
+        key, use_key = self.keys.object(kind, name), self.keys.object_use(kind, name)
+        sealer = self._sealer("a secret") if kind == "secret" else None
+        for _ in range(_ATTEMPTS):
+            kv, use = await self.store.get(key), await self.store.get(use_key)
+            old = ObjectRecord.from_json(kv.value) if kv is not None else None
+            if old is not None and not update:
+                raise Conflict(
+                    f"{kind} '{name}' exists; `shoal {kind} update {name} -f FILE` replaces its value "
+                    "(and rolls the services that use it)"
+                )
+            if old is None and update:
+                raise NotFound(f"{kind} '{name}' not found; create it: shoal {kind} create {name} -f FILE")
+            record = self._next(kind, name, value, old, sealer)
+            ops: list[Op] = [] if record is old else [Put(key, record.to_json())]
+            compares = [
+                Compare(key, "mod", "==", kv.mod_revision) if kv else Compare(key, "create", "==", 0),
+                Compare(use_key, "mod", "==", use.mod_revision if use else 0),
+            ]
+            rolled = []
+            for service, mod in await self._services():
+                if not uses(service.spec, kind, name):
+                    continue
+                refs = [
+                    r.model_copy(update={"revision": record.revision}) if r.source == name else r
+                    for r in getattr(service.spec, _FIELD[kind]) or []
+                ]
+                spec = service.spec.model_copy(update={_FIELD[kind]: refs})
+                if spec == service.spec:
+                    continue
+                new = ServiceRecord(
+                    service.name,
+                    service.version + 1,
+                    spec,
+                    time.time(),
+                    f"{writer.node} ({kind} {name} updated)",
+                    uid=service.uid,
+                )
+                compares.append(Compare(self.keys.service(service.name), "mod", "==", mod))
+                ops.extend(writer.version_ops(new))
+                rolled.append(service.name)
+            if len(ops) + len(compares) > MAX_TXN_OPS:
+                raise FailedPrecondition(
+                    f"{kind} '{name}' is used by {len(rolled)} services: more than one transaction can "
+                    "update with it; split it into several objects"
+                )
+            if not ops:
+                return record, []
+            result = await self.store.txn(compares, ops)
+            if result.succeeded:
+                return record, rolled
+        raise Conflict(f"{kind} '{name}' or a service using it is being changed concurrently; try again")
+
+    def _next(
+        self, kind: str, name: str, value: bytes, old: ObjectRecord | None, sealer: Sealer | None
+    ) -> ObjectRecord:
+        if old is not None:
+            try:
+                if old.value(sealer) == value:
+                    return old
+            except (SealError, ValueError):
+                pass  # unreadable: replaced by the new value
+            data = encode(kind, name, value, sealer)
+            return replace(old, version=old.version + 1, size=len(value), updated=_now(), data=data)
+        now = _now()
+        data = encode(kind, name, value, sealer)
+        return ObjectRecord(kind, name, uuid.uuid4().hex[:12], 1, len(value), now, now, data)
+
+    async def remove(self, kind: str, name: str) -> None:
+        key, use_key = self.keys.object(kind, check_object_name(kind, name)), self.keys.object_use(kind, name)
+        for _ in range(_ATTEMPTS):
+            kv, use = await self.store.get(key), await self.store.get(use_key)
+            if kv is None:
+                raise NotFound(f"{kind} '{name}' not found; `shoal {kind} ls` lists them")
+            users = [s.name for s, _ in await self._services() if uses(s.spec, kind, name)]
+            if users:
+                raise FailedPrecondition(
+                    f"{kind} '{name}' is used by service(s) {', '.join(sorted(users))}: remove it from "
+                    "their specs (or remove them) first"
+                )
+            result = await self.store.txn(
+                [
+                    Compare(key, "mod", "==", kv.mod_revision),
+                    Compare(use_key, "mod", "==", use.mod_revision if use else 0),
+                ],
+                [Delete(key), Delete(use_key)],
+            )
+            if result.succeeded:
+                return
+        raise Conflict(f"{kind} '{name}' is being used or changed concurrently; try again")

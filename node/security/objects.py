@@ -1,0 +1,89 @@
+"""Secrets and configs as etcd holds them: `secrets/<name>`, `configs/<name>` (issue 13).
+
+A record carries the value and what tells one write of it from another: `uid` (drawn
+when the name is created, so a name removed and created again is another object) and
+`version` (1, 2, ... per update). `revision` = "<uid>.<version>" is what a service's
+spec records for each secret and config it uses (`SecretRef.revision`): a new write
+gives a new revision, the services' specs change with it, and the normal rolling
+update replaces their replicas.
+
+A secret's `data` is sealed (`node.security.sealing`, associated data `secret/<name>`):
+etcd never holds it in the clear. A config's `data` is its bytes in base64 (configs are
+not secret; they are mounted read-only).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+from node.security.sealing import Sealer, SealError, secret_ad
+
+KINDS = ("secret", "config")
+MAX_BYTES = 500 * 1024  # Docker Swarm's limit for a secret or config
+
+
+@dataclass(frozen=True, repr=False)
+class ObjectRecord:
+    kind: str  # "secret" | "config"
+    name: str
+    uid: str
+    version: int
+    size: int  # bytes of the value
+    created: str  # ISO 8601 UTC
+    updated: str
+    data: str  # secret: sealed text; config: base64
+
+    @property
+    def revision(self) -> str:
+        return f"{self.uid}.{self.version}"
+
+    def __repr__(self) -> str:  # never the value, sealed or not
+        return f"ObjectRecord({self.kind} {self.name} {self.revision}, {self.size} bytes)"
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "name": self.name,
+                "uid": self.uid,
+                "version": self.version,
+                "size": self.size,
+                "created": self.created,
+                "updated": self.updated,
+                "data": self.data,
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ObjectRecord:
+        d = json.loads(raw)
+        return cls(
+            d["kind"],
+            d["name"],
+            d["uid"],
+            int(d["version"]),
+            int(d["size"]),
+            d["created"],
+            d["updated"],
+            d["data"],
+        )
+
+    def value(self, sealer: Sealer | None) -> bytes:
+        """The plain bytes: a secret is opened with `sealer` (SealError when it does not open)."""
+        if self.kind == "config":
+            return base64.b64decode(self.data)
+        if sealer is None:
+            raise SealError(f"secret {self.name}: this node has no cluster key to open it")
+        return sealer.open(self.data, secret_ad(self.name))
+
+
+def encode(kind: str, name: str, value: bytes, sealer: Sealer | None) -> str:
+    """The `data` of a record holding `value`."""
+    if kind == "config":
+        return base64.b64encode(value).decode()
+    if sealer is None:
+        raise SealError("this node has no cluster key (CA passphrase): it cannot seal a secret")
+    return sealer.seal(value, secret_ad(name))

@@ -1,0 +1,346 @@
+"""Secrets and configs (issue 13, item 6): sealing, spec references, the write paths
+(apply, update, rm, rollback) and the agent's files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from node.api.services import ServiceWriter
+from node.domain import ServiceRecord, template_hash
+from node.errors import Conflict, FailedPrecondition, NotFound
+from node.keys import Keys
+from node.runtime.base import ContainerSpec, EngineError
+from node.security.objects import ObjectRecord
+from node.security.sealing import PREFIX, Sealer, SealError, is_sealed, secret_ad, secret_env_ad
+from node.spec import SpecError, parse_spec, spec_to_dict
+from node.store import StoreUnavailable
+from node.store.memory import MemoryStore
+from tests.factories import make_task
+
+KEYS = Keys()
+PHRASE = b"the-ca-passphrase-of-this-cluster"
+SPEC = "name: app\nimage: x:1\nreplicas: 1\nsecrets: [{source: db_pw}]\n"
+
+
+def sealer(phrase: bytes = PHRASE) -> Sealer:
+    return Sealer(lambda: phrase)
+
+
+def writer(store: MemoryStore) -> ServiceWriter:
+    w = ServiceWriter(store, KEYS, "n1")
+    w.objects.sealer = sealer()
+    return w
+
+
+async def dump(store: MemoryStore) -> bytes:
+    kvs, _ = await store.range(KEYS.prefix)
+    return b"\n".join(kv.key.encode() + b"=" + kv.value for kv in kvs)
+
+
+# -- sealing ---------------------------------------------------------------------------
+
+
+def test_seal_round_trip_with_a_fresh_nonce_per_write() -> None:
+    s = sealer()
+    one, two = s.seal(b"hunter2", secret_ad("db")), s.seal(b"hunter2", secret_ad("db"))
+    assert one != two and is_sealed(one) and one.startswith(PREFIX)
+    assert b"hunter2" not in one.encode()
+    assert s.open(one, secret_ad("db")) == s.open(two, secret_ad("db")) == b"hunter2"
+
+
+def test_another_cluster_key_does_not_open() -> None:
+    sealed = sealer().seal(b"hunter2", secret_ad("db"))
+    with pytest.raises(SealError, match="does not open"):
+        sealer(b"another-passphrase").open(sealed, secret_ad("db"))
+
+
+def test_the_name_is_bound_as_associated_data() -> None:
+    s = sealer()
+    sealed = s.seal(b"hunter2", secret_ad("db"))
+    with pytest.raises(SealError):
+        s.open(sealed, secret_ad("other"))
+    env = s.seal(b"k", secret_env_ad("web", "API_KEY"))
+    with pytest.raises(SealError):
+        s.open(env, secret_env_ad("evil", "API_KEY"))  # copied into another service's spec
+    with pytest.raises(SealError):
+        s.open(env, secret_env_ad("web", "OTHER"))
+
+
+def test_altered_or_malformed_sealed_text_fails_clearly() -> None:
+    s = sealer()
+    sealed = s.seal(b"hunter2", secret_ad("db"))
+    flipped = sealed[:-3] + ("A" if sealed[-3] != "A" else "B") + sealed[-2:]
+    for bad in (flipped, PREFIX + "!!!", PREFIX + "AAAA", "plain"):
+        with pytest.raises(SealError):
+            s.open(bad, secret_ad("db"))
+    with pytest.raises(SealError, match="empty"):
+        Sealer(lambda: b"").seal(b"x", "a")
+
+
+def test_record_repr_never_shows_the_value() -> None:
+    r = ObjectRecord("secret", "db", "u1", 1, 7, "t", "t", sealer().seal(b"hunter2", secret_ad("db")))
+    assert "hunter2" not in repr(r) and r.data not in repr(r)
+    spec = ContainerSpec("c", "x:1", {}, env={"PW": "hunter2"})
+    assert "hunter2" not in repr(spec)
+
+
+# -- spec ------------------------------------------------------------------------------
+
+
+def test_spec_references_parse_and_round_trip() -> None:
+    spec = parse_spec(
+        "name: a\nimage: x\nsecrets: [{source: db_pw}, {source: tls.key, target: key, mode: '0440'}]\n"
+        "configs: [{source: app_conf, target: /etc/app.conf, mode: 644}]\n"
+    )
+    assert [(r.source, r.target, r.mode) for r in spec.secrets or []] == [
+        ("db_pw", None, "0400"),
+        ("tls.key", "key", "0440"),
+    ]
+    assert spec.configs and spec.configs[0].mode == "0644"
+    assert parse_spec(json.dumps(spec_to_dict(spec))) == spec
+
+
+def test_a_spec_without_references_keeps_its_template_hash() -> None:
+    spec = parse_spec("name: a\nimage: x\n")
+    assert "secrets" not in spec_to_dict(spec) and "configs" not in spec_to_dict(spec)
+    assert template_hash(spec) == template_hash(
+        {"name": "a", "image": "x", "env": {}, "replicas": 1, "ports": []}
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("secrets: [{source: 'a/b'}]", "secrets[0].source: must be 1 to 63 letters"),
+        (
+            "secrets: [{source: a, mode: 999}]",
+            'secrets[0].mode: must be a file mode in octal digits, e.g. "0400"',
+        ),
+        (
+            "secrets: [{source: a}, {source: b, target: a}]",
+            "secrets[1].target: target 'a' is already used by [0]",
+        ),
+        ("configs: [{source: c}]", "configs[0].target: missing required field 'target'"),
+        ("configs: [{source: c, target: etc/x}]", "configs[0].target: must be an absolute file path"),
+        ("configs: [{source: c, target: /a/../etc/passwd}]", "must be an absolute file path"),
+        ("configs: [{source: c, target: /run/secrets/x}]", "/run/secrets is where secrets are mounted"),
+        ("secrets: [{source: a, sorce: b}]", "unknown field 'sorce'; did you mean 'source'?"),
+    ],
+)
+def test_bad_references_are_refused_with_the_field(text: str, expected: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(f"name: a\nimage: x\n{text}\n", "app.yaml")
+    assert expected in str(err.value) and "app.yaml:3:" in str(err.value)
+
+
+# -- the write paths -------------------------------------------------------------------
+
+
+async def test_apply_of_a_missing_secret_is_refused_and_writes_nothing() -> None:
+    store = MemoryStore()
+    w = writer(store)
+    before = store.revision
+    with pytest.raises(FailedPrecondition, match=r"secrets\[0\]\.source: secret 'db_pw' does not exist"):
+        await w.apply(SPEC + "configs: [{source: nope, target: /etc/x}]\n", "app.yaml")
+    assert store.revision == before
+
+
+async def test_apply_records_the_revision_and_update_rolls_in_one_transaction() -> None:
+    store = MemoryStore()
+    w = writer(store)
+    made, rolled = await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    assert rolled == [] and made.version == 1
+    record, changed = await w.apply(SPEC, "app.yaml")
+    assert changed and record.spec.secrets and record.spec.secrets[0].revision == made.revision
+    assert b"hunter2" not in await dump(store)
+    assert (await w.apply(SPEC, "app.yaml"))[1] is False, "the same file again is unchanged"
+
+    before = store.revision
+    updated, rolled = await w.objects.put("secret", "db_pw", b"hunter3", True, w)
+    assert rolled == ["app"] and updated.version == 2
+    assert store.revision == before + 1, "the secret and the services' new versions: one transaction"
+    current, _ = await w.read("app")
+    assert (
+        current.version == 2 and current.spec.secrets and current.spec.secrets[0].revision == updated.revision
+    )
+    assert "secret db_pw updated" in current.updated_by
+    assert template_hash(current.spec) != template_hash(record.spec), "the template changes: the leader rolls"
+
+    before = store.revision
+    same, rolled = await w.objects.put("secret", "db_pw", b"hunter3", True, w)
+    assert same.revision == updated.revision and rolled == [] and store.revision == before
+
+
+async def test_create_of_an_existing_name_and_update_of_a_missing_one_are_refused() -> None:
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("config", "c", b"a=1", False, w)
+    with pytest.raises(Conflict, match="config update c -f FILE"):
+        await w.objects.put("config", "c", b"a=2", False, w)
+    with pytest.raises(NotFound, match="shoal secret create nope"):
+        await w.objects.put("secret", "nope", b"x", True, w)
+    with pytest.raises(Exception, match="limit is 500 KiB"):
+        await w.objects.put("config", "big", b"x" * (501 * 1024), False, w)
+
+
+async def test_rm_in_use_is_refused_naming_the_services() -> None:
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    await w.apply(SPEC, "app.yaml")
+    await w.apply(SPEC.replace("name: app", "name: api"), "api.yaml")
+    before = store.revision
+    with pytest.raises(FailedPrecondition, match=r"secret 'db_pw' is used by service\(s\) api, app"):
+        await w.objects.remove("secret", "db_pw")
+    assert store.revision == before
+    records, users = await w.objects.all("secret")
+    assert [r.name for r in records] == ["db_pw"] and sorted(users["db_pw"]) == ["api", "app"]
+    await w.remove("app")
+    await w.remove("api")
+    await w.objects.remove("secret", "db_pw")
+    assert b"db_pw" not in await dump(store)
+
+
+async def test_rm_racing_an_apply_loses_on_the_use_key() -> None:
+    """rm read the services (none used it), then an apply bound the secret: the apply
+    rewrote objuse/, so rm's transaction fails and its retry sees the user."""
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    real = w.objects._services
+    calls = 0
+
+    async def services_then_apply() -> list[tuple[ServiceRecord, int]]:
+        nonlocal calls
+        calls += 1
+        found = await real()
+        if calls == 1:
+            await w.apply(SPEC, "app.yaml")
+        return found
+
+    w.objects._services = services_then_apply  # type: ignore[method-assign]
+    with pytest.raises(FailedPrecondition, match="used by service"):
+        await w.objects.remove("secret", "db_pw")
+    assert await store.get(KEYS.object("secret", "db_pw")) is not None
+
+
+async def test_an_update_that_fails_in_etcd_changes_nothing() -> None:
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    await w.apply(SPEC, "app.yaml")
+    before = await dump(store)
+    real_txn = store.txn
+
+    async def down(*args: object, **kwargs: object) -> object:
+        store.unavailable = True
+        try:
+            return await real_txn(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            store.unavailable = False
+
+    store.txn = down  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await w.objects.put("secret", "db_pw", b"hunter3", True, w)
+    assert await dump(store) == before, "no secret without its services' versions, nor the reverse"
+
+
+async def test_secret_env_is_sealed_in_etcd_and_an_unchanged_apply_rolls_nothing() -> None:
+    store = MemoryStore()
+    w = writer(store)
+    text = "name: db\nimage: x:1\nsecret_env: {PASSWORD: hunter2}\n"
+    record, _ = await w.apply(text, "db.yaml")
+    stored = (record.spec.secret_env or {})["PASSWORD"]
+    assert is_sealed(stored) and b"hunter2" not in await dump(store)
+    assert sealer().open(stored, secret_env_ad("db", "PASSWORD")) == b"hunter2"
+    assert (await w.apply(text, "db.yaml"))[1] is False
+    changed, _ = await w.apply(text.replace("hunter2", "hunter3"), "db.yaml")
+    assert changed.version == 2 and (changed.spec.secret_env or {})["PASSWORD"] != stored
+    back = await w.rollback("db")
+    assert (back.spec.secret_env or {})["PASSWORD"] == stored, "a rollback keeps the old sealed value"
+
+    nokey = ServiceWriter(store, KEYS, "n2")
+    with pytest.raises(FailedPrecondition, match="no cluster key"):
+        await nokey.apply(text.replace("db", "db2"), "db.yaml")
+
+
+async def test_rollback_binds_the_objects_current_revision_or_refuses_a_removed_one() -> None:
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"a", False, w)
+    await w.objects.put("secret", "other", b"b", False, w)
+    await w.apply(SPEC, "app.yaml")
+    await w.apply(SPEC.replace("db_pw", "other"), "app.yaml")
+    await w.objects.remove("secret", "db_pw")
+    with pytest.raises(FailedPrecondition, match="secret 'db_pw' does not exist"):
+        await w.rollback("app")
+
+
+# -- the agent's files -----------------------------------------------------------------
+
+
+async def test_prepare_writes_0400_files_opens_secret_env_and_sweep_removes_them(tmp_path: Path) -> None:
+    from node.agent.secretfiles import SecretFiles
+
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    await w.objects.put("config", "conf", b"a=1\n", False, w)
+    text = SPEC + "configs: [{source: conf, target: /etc/app.conf}]\nsecret_env: {K: v1}\n"
+    record, _ = await w.apply(text, "app.yaml")
+    task = make_task(record, 1, "n1")
+    files = SecretFiles(store, KEYS, tmp_path / "root", sealer())
+    made = await files.prepare(task, record.spec, ContainerSpec("c", "x:1", {}, env={"K": "sealed?"}))
+    assert made.env["K"] == "v1"
+    mounts = {m.target: Path(m.source) for m in made.mounts}
+    assert set(mounts) == {"/run/secrets/db_pw", "/etc/app.conf"} and all(m.read_only for m in made.mounts)
+    assert mounts["/run/secrets/db_pw"].read_bytes() == b"hunter2"
+    assert mounts["/run/secrets/db_pw"].stat().st_mode & 0o777 == 0o400
+    assert mounts["/etc/app.conf"].stat().st_mode & 0o777 == 0o444
+    assert (tmp_path / "root").stat().st_mode & 0o777 == 0o700
+    files.sweep({task.task_id})
+    assert mounts["/run/secrets/db_pw"].exists()
+    # A daemon that died mid-write left a temporary file (0400): the next start rewrites.
+    leftover = mounts["/run/secrets/db_pw"].parent / ".db_pw.tmp"
+    leftover.write_bytes(b"half")
+    leftover.chmod(0o400)
+    again = await files.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
+    assert {m.target: m.source for m in again.mounts} == {t: str(p) for t, p in mounts.items()}
+    assert mounts["/run/secrets/db_pw"].read_bytes() == b"hunter2"
+    assert not leftover.exists()
+    files.sweep(set())
+    assert not (tmp_path / "root" / task.task_id).exists()
+
+    nokey = SecretFiles(store, KEYS, tmp_path / "other")
+    with pytest.raises(EngineError, match="no cluster key"):
+        await nokey.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
+    wrong = SecretFiles(store, KEYS, tmp_path / "other", sealer(b"not-the-cluster-one"))
+    with pytest.raises(EngineError, match="does not open"):
+        await wrong.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
+    await store.delete(KEYS.object("secret", "db_pw"))
+    with pytest.raises(EngineError, match="secret 'db_pw' does not exist"):
+        await files.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
+
+
+async def test_legacy_plain_secret_env_passes_and_no_references_touch_no_disk(tmp_path: Path) -> None:
+    from node.agent.secretfiles import SecretFiles
+
+    spec = parse_spec("name: old\nimage: x\nsecret_env: {K: plain}\n")  # stored before sealing existed
+    files = SecretFiles(MemoryStore(), KEYS, tmp_path / "root")
+    made = await files.prepare(
+        make_task("old", 1, "n1"), spec, ContainerSpec("c", "x", {}, env={"K": "plain"})
+    )
+    assert made.env == {"K": "plain"} and made.mounts == () and not (tmp_path / "root").exists()
+
+
+def test_the_secrets_service_is_admin_only() -> None:
+    from node.security.tokens import Role, allowed, least_role
+
+    for method in ("PutObject", "ListObjects", "RemoveObject"):
+        full = f"/shoal.v1.Secrets/{method}"
+        assert least_role(full) is Role.ADMIN
+        assert allowed(Role.ADMIN, full)
+        assert not allowed(Role.DEPLOYER, full) and not allowed(Role.VIEWER, full)
