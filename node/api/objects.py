@@ -34,11 +34,11 @@ from node.spec import ServiceSpec
 from node.spec_lifecycle import OBJECT_PATTERN
 from node.store import Compare, Delete, Put, Store
 from node.store.base import MAX_TXN_OPS, Op
+from node.store.retry import compare_and_swap
 
 if TYPE_CHECKING:
     from node.api.services import ServiceWriter
 
-_ATTEMPTS = 5
 _FIELD = {"secret": "secrets", "config": "configs"}
 
 
@@ -173,7 +173,8 @@ class Objects:
             )
         key, use_key = self.keys.object(kind, name), self.keys.object_use(kind, name)
         sealer = self._sealer("a secret") if kind == "secret" else None
-        for _ in range(_ATTEMPTS):
+
+        async def attempt() -> tuple[ObjectRecord, list[str]] | None:
             kv, use = await self.store.get(key), await self.store.get(use_key)
             old = ObjectRecord.from_json(kv.value) if kv is not None else None
             if old is not None and not update:
@@ -219,9 +220,11 @@ class Objects:
             if not ops:
                 return record, []
             result = await self.store.txn(compares, ops)
-            if result.succeeded:
-                return record, rolled
-        raise Conflict(f"{kind} '{name}' or a service using it is being changed concurrently; try again")
+            return (record, rolled) if result.succeeded else None
+
+        return await compare_and_swap(
+            attempt, f"{kind} '{name}' or a service using it is being changed concurrently; try again"
+        )
 
     def _next(
         self, kind: str, name: str, value: bytes, old: ObjectRecord | None, sealer: Sealer | None
@@ -240,7 +243,8 @@ class Objects:
 
     async def remove(self, kind: str, name: str) -> None:
         key, use_key = self.keys.object(kind, check_object_name(kind, name)), self.keys.object_use(kind, name)
-        for _ in range(_ATTEMPTS):
+
+        async def attempt() -> bool | None:
             kv, use = await self.store.get(key), await self.store.get(use_key)
             if kv is None:
                 raise NotFound(f"{kind} '{name}' not found; `shoal {kind} ls` lists them")
@@ -257,6 +261,6 @@ class Objects:
                 ],
                 [Delete(key), Delete(use_key)],
             )
-            if result.succeeded:
-                return
-        raise Conflict(f"{kind} '{name}' is being used or changed concurrently; try again")
+            return True if result.succeeded else None
+
+        await compare_and_swap(attempt, f"{kind} '{name}' is being used or changed concurrently; try again")
