@@ -29,7 +29,7 @@ TaskId = NewType("TaskId", str)
 Epoch = NewType("Epoch", int)
 
 
-NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update")
+NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update", "depends_on")
 """Spec fields that say where, how many and how to roll out, not what a container is
 made from: changing them never restarts a task."""
 

@@ -51,10 +51,12 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from node.constraints import ConstraintError, parse_constraint, parse_label_attribute
 from node.spec_lifecycle import (
+    DependsOn,
     HealthCheck,
     HttpCheck,
     OnDisconnect,
     RestartPolicy,
+    ServiceName,
     StopGrace,
     TcpCheck,
     UpdateConfig,
@@ -250,7 +252,7 @@ class ServiceSpec(BaseModel):
     """What the user asked for; stored as `spec_to_dict` JSON under `services/<name>`."""
 
     model_config = _STRICT
-    name: _Name
+    name: ServiceName  # 1 to 63 of a-z, 0-9, '-'; <stack>_<service> in a stack
     image: Annotated[str, AfterValidator(_image)]
     command: Annotated[list[str], Field(min_length=1, max_length=256)] | None = None
     env: _Env = {}
@@ -274,6 +276,8 @@ class ServiceSpec(BaseModel):
     update: UpdateConfig | None = None
     stop_grace: StopGrace | None = None  # seconds from SIGTERM to SIGKILL; None: the node's stop_timeout
     on_disconnect: OnDisconnect | None = None  # None: a node cut off from etcd keeps running it
+    stack: _Name | None = None  # set by `stack deploy`: the name is then <stack>_<service>
+    depends_on: DependsOn | None = None  # the leader places no first task before they hold
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
@@ -317,6 +321,13 @@ def _fatal(source: str, message: str, line: int | None = None, column: int | Non
 
 def parse_spec(text: str, source: str = "<spec>") -> ServiceSpec:
     """Load and check a YAML (or JSON) spec; raise `SpecError` with every problem found."""
+    data = load_yaml(text, source)
+    if data is None:
+        raise _fatal(source, _EMPTY, 1, 1)
+    return _build(data, source)
+
+
+def load_yaml(text: str, source: str = "<spec>") -> Any:  # ruamel's objects: lines and columns kept
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_SPEC_BYTES:
         raise _fatal(source, f"the spec is {size} bytes; the limit is {MAX_SPEC_BYTES}")
@@ -337,9 +348,7 @@ def parse_spec(text: str, source: str = "<spec>") -> ServiceSpec:
         raise _fatal(source, "not valid YAML: nested too deeply") from None
     except Exception as e:  # the parser is fed untrusted text: any failure of it is a bad spec
         raise _fatal(source, f"not valid YAML: {e}") from None
-    if data is None:
-        raise _fatal(source, _EMPTY, 1, 1)
-    return _build(data, source)
+    return data
 
 
 def spec_from_dict(data: dict[str, Any]) -> ServiceSpec:
@@ -380,6 +389,9 @@ def _build(data: Any, source: str) -> ServiceSpec:
         errors = sorted(walk.errors, key=lambda f: (f.line is None, f.line or 0, f.column or 0))
         raise SpecError(source, errors)
     return spec
+
+
+spec_from_node = _build  # (data, source): parse_spec of a mapping within what load_yaml returned
 
 
 class _Limit(Exception):

@@ -236,6 +236,7 @@ VIEWER_METHODS = frozenset(
     {
         "GetService",
         "ListServices",
+        "ListStacks",
         "ServiceHistory",
         "ListTasks",
         "ListNodes",
@@ -248,6 +249,7 @@ VIEWER_METHODS = frozenset(
     }
 )
 DEPLOYER_METHODS = VIEWER_METHODS | {"ApplyService", "ScaleService", "DeleteService", "RollbackService"}
+DEPLOYER_METHODS |= {"DeployStack", "RemoveStack"}
 _ALLOWED: dict[Role, frozenset[str]] = {Role.VIEWER: VIEWER_METHODS, Role.DEPLOYER: DEPLOYER_METHODS}
 
 
