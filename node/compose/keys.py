@@ -10,7 +10,7 @@ routing, names shoal makes itself): one warning line per key, and the deploy goe
 from __future__ import annotations
 
 # translated onto shoal's spec (node.compose.translate)
-SUPPORTED = ("image", "command", "environment", "env_file", "ports", "expose", "deploy")
+SUPPORTED: tuple[str, ...] = ("image", "command", "environment", "env_file", "ports", "expose", "deploy")
 SUPPORTED += ("restart", "healthcheck", "depends_on", "stop_grace_period", "mem_limit", "mem_reservation")
 SUPPORTED += ("cpus", "profiles", "scale")
 _NOT_YET = "not supported by shoal yet"
