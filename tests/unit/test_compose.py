@@ -234,7 +234,8 @@ def test_profiles_are_skipped_and_name_comes_from_the_file() -> None:
 
 
 def test_environment_list_and_ports_ranges() -> None:
-    text = "services:\n  app:\n    image: a\n    environment: [A=1, B=, C]\n    ports: ['127.0.0.1:8000-8001:80-81', '9000']\n"
+    text = "services:\n  app:\n    image: a\n    environment: [A=1, B=, C]\n"
+    text += "    ports: ['127.0.0.1:8000-8001:80-81', '9000']\n"
     result = _t(text, {"C": "from-shell"})
     app = result.document["services"]["app"]
     assert app["env"] == {"A": "1", "B": "", "C": "from-shell"}

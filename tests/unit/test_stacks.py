@@ -14,6 +14,7 @@ from node.domain import Assignment, ServiceRecord, TaskStatus
 from node.errors import Conflict, InvalidArgument, NotFound
 from node.keys import Keys
 from node.spec import SpecError, parse_spec
+from node.store import StoreUnavailable
 from node.store.memory import MemoryStore
 
 KEYS = Keys()
@@ -229,7 +230,7 @@ async def test_crash_before_the_transaction_leaves_the_old_stack() -> None:
     store, stacks = await _writer()
     await stacks.deploy(APP, "app.yaml")
     store.unavailable = True
-    with pytest.raises(Exception):
+    with pytest.raises(StoreUnavailable):
         await stacks.deploy(APP.replace("replicas: 2", "replicas: 4"), "app.yaml")
     store.unavailable = False
     services = await _services(store)
