@@ -235,3 +235,12 @@ async def test_crash_before_the_transaction_leaves_the_old_stack() -> None:
     store.unavailable = False
     services = await _services(store)
     assert services["shop_web"].replicas == 2 and services["shop_db"].version == 1
+
+
+async def test_service_apply_refuses_an_underscore_name_outside_a_stack() -> None:
+    store, stacks = await _writer()
+    with pytest.raises(InvalidArgument, match=r"web.yaml: name: '_' is for services of a stack"):
+        await stacks.writer.apply("name: shop_web\nimage: x\n", "web.yaml")
+    record, changed = await stacks.writer.apply("name: shop_web\nimage: x\nstack: shop\n", "web.yaml")
+    assert changed and record.spec.stack == "shop"
+    assert [r.name for r, _ in (await stacks.members("shop"))["shop"]] == ["shop_web"]
