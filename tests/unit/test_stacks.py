@@ -238,7 +238,7 @@ async def test_crash_before_the_transaction_leaves_the_old_stack() -> None:
 
 
 async def test_service_apply_refuses_an_underscore_name_outside_a_stack() -> None:
-    store, stacks = await _writer()
+    _, stacks = await _writer()
     with pytest.raises(InvalidArgument, match=r"web.yaml: name: '_' is for services of a stack"):
         await stacks.writer.apply("name: shop_web\nimage: x\n", "web.yaml")
     record, changed = await stacks.writer.apply("name: shop_web\nimage: x\nstack: shop\n", "web.yaml")
