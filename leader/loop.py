@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from leader import crashpoint, rollback, updates
+from leader import crashpoint, dependencies, rollback, updates
 from leader.applier import Applier, Write, writes_for
 from leader.incarnation import stale_incarnation
 from leader.liveness import DownMarks, Liveness
@@ -201,9 +201,15 @@ class LeaderLoop:
             r.service: r for r in (RolloutRecord.from_json(kv.value) for kv in self.rollouts.values())
         }
         decided = updates.decide(services, snap.tasks, statuses, rollouts, alive, now)
+        observe = dependencies.observer(services, snap.tasks, statuses.get)
+        waiting = dependencies.gated(services, {svc for svc, _ in snap.tasks}, observe)  # depends_on
 
         def plan_all() -> tuple[list[Plan], list[Write]]:  # pure: no I/O, nothing shared is changed
-            plans = schedule_all(replace(snap, updatable=decided.allowed), services.values(), self.epoch, now)
+            ready = [r for name, r in services.items() if name not in waiting]
+            plans = schedule_all(replace(snap, updatable=decided.allowed), ready, self.epoch, now)
+            plans += [
+                dependencies.waiting_plan(services[n], why, alive) for n, why in sorted(waiting.items())
+            ]
             writes: list[Write] = []
             for plan in plans:
                 updates.with_handoffs(plan, decided.policies.get(plan.service, UpdatePolicy()), alive)
@@ -231,6 +237,7 @@ class LeaderLoop:
             any(RolloutState(r.state).active for r in decided.records.values())
             or any(RolloutState(r.state).active for r in rollouts.values() if r.service in services)
             or any(t.handoff for t in snap.tasks.values())
+            or bool(waiting)  # a gated service starts when its dependencies' statuses say so
         )
         self._pending_events(plans)
         await self.pending.publish(plans, now)

@@ -373,6 +373,17 @@ class ShoalClient:
         request = api_pb2.LabelNodeRequest(node=node, set=set_ or {}, remove=remove or [])
         return self._unary("LabelNode", request)
 
+    def deploy_stack(self, name: str, spec_text: str, source: str = "") -> api_pb2.DeployStackResponse:
+        """Write every service of a stack file in one transaction (docs/stacks.md)."""
+        request = api_pb2.DeployStackRequest(name=name, spec=spec_text, source=source)
+        return self._unary("DeployStack", request)
+
+    def remove_stack(self, name: str) -> api_pb2.RemoveStackResponse:
+        return self._unary("RemoveStack", api_pb2.RemoveStackRequest(name=name))
+
+    def list_stacks(self, name: str = "") -> list[api_pb2.Stack]:
+        return list(self._unary("ListStacks", api_pb2.ListStacksRequest(name=name)).stacks)
+
     def list_nodes(self) -> api_pb2.ListNodesResponse:
         """Every node of the cluster, and the current leader's epoch."""
         return self._unary("ListNodes", api_pb2.ListNodesRequest())

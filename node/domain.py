@@ -23,7 +23,7 @@ from node.spec import ServiceSpec, spec_from_stored, spec_to_dict
 
 log = logging.getLogger(__name__)
 
-NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update")
+NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update", "depends_on")
 """Spec fields that say where, how many and how to roll out, not what a container is
 made from: changing them never restarts a task."""
 

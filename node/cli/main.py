@@ -30,6 +30,7 @@ from node.defaults import DEFAULT_ADDR, DEFAULT_DEADLINE
 # tests/unit/test_cli_lazy.py checks each line against the command's own docstring.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "service": ("node.cli.service", "service", "Create, inspect, scale and remove services."),
+    "stack": ("node.cli.stack", "stack", "Deploy, list, inspect and remove stacks of services."),
     "node": (
         "node.cli.nodes",
         "node",
