@@ -11,7 +11,7 @@ from node.api.stacks import StackWriter
 from node.compose.depends import DepState, unmet, waiting_reason
 from node.compose.stackfile import find_cycle, parse_stack
 from node.domain import Assignment, ServiceRecord, TaskStatus
-from node.errors import Conflict, InvalidArgument, NotFound
+from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.keys import Keys
 from node.spec import SpecError, parse_spec
 from node.store import StoreUnavailable
@@ -244,3 +244,37 @@ async def test_service_apply_refuses_an_underscore_name_outside_a_stack() -> Non
     record, changed = await stacks.writer.apply("name: shop_web\nimage: x\nstack: shop\n", "web.yaml")
     assert changed and record.spec.stack == "shop"
     assert [r.name for r, _ in (await stacks.members("shop"))["shop"]] == ["shop_web"]
+
+
+SECRET_STACK = """
+name: vault
+services:
+  api:
+    image: shoal/demo
+    secret_env: {TOKEN: hunter2}
+    secrets: [{source: db_pw}]
+  worker:
+    image: shoal/demo
+    secrets: [{source: db_pw}]
+"""
+
+
+async def test_a_stack_binds_its_secrets_and_seals_secret_env_as_apply_does() -> None:
+    """A stack goes through apply's write path: secret_env sealed, secret references bound
+    and checked, one use-key put for a secret two services name (etcd refuses a txn that
+    puts one key twice)."""
+    from node.security.sealing import Sealer
+
+    store, stacks = await _writer()
+    stacks.writer.objects.sealer = Sealer(lambda: b"the-ca-passphrase-of-this-cluster")
+    with pytest.raises(FailedPrecondition, match="secret 'db_pw' does not exist"):
+        await stacks.deploy(SECRET_STACK, "app.yaml")  # the secret does not exist yet
+    assert await _services(store) == {}
+    await stacks.writer.objects.put("secret", "db_pw", b"s3cret", False, stacks.writer)
+    _, changes = await stacks.deploy(SECRET_STACK, "app.yaml")
+    assert {c.action for c in changes} == {"created"}
+    kvs, _ = await store.range(KEYS.prefix)
+    raw = b"\n".join(kv.value for kv in kvs)
+    assert b"hunter2" not in raw and b"s3cret" not in raw, "a secret in clear in etcd"
+    services = await _services(store)
+    assert all(r.spec.secrets and r.spec.secrets[0].revision for r in services.values())
