@@ -42,6 +42,11 @@ LIST_ATTEMPTS = 5  # listings of one new mirror that came back older than the hu
 _HUBS: weakref.WeakKeyDictionary[object, WatchHub] = weakref.WeakKeyDictionary()
 
 
+def hub_of(store: Store) -> WatchHub | None:
+    """The hub attached to `store`, if any (then its mirrors need no watch of their own)."""
+    return _HUBS.get(store)
+
+
 def mirror(store: Store, prefix: str, name: str = "") -> PrefixCache:
     """The hub's shared mirror of `prefix` when `store` has a hub, else a private one."""
     hub = _HUBS.get(store)

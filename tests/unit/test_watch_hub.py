@@ -15,11 +15,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from node.api import resolve
+from node.errors import NotFound
+from node.keys import Keys
 from node.store import KV, StoreUnavailable, WatchBatch
 from node.store.cache import PrefixCache
 from node.store.memory import MemoryStore
 from node.store.mirrors import HubMirror, WatchHub, mirror
-from tests.factories import FakeClock
+from tests.factories import FakeClock, make_service
 from tests.helpers import wait_until
 
 ROOT = "/shoal/v1/"
@@ -201,3 +204,20 @@ def test_a_listener_nobody_holds_goes_away(mem: MemoryStore) -> None:
     cache.listener()  # a past leader term's, say
     gc.collect()
     assert list(cache._listeners) == [kept]
+
+
+async def test_a_resolve_stream_is_told_by_the_hub_without_a_watch_of_its_own(mem: MemoryStore) -> None:
+    keys = Keys(ROOT)
+    store = CountedWatches(mem)
+    hub = WatchHub(store, ROOT)  # type: ignore[arg-type]
+    for prefix in (keys.endpoints_all, keys.tasks, keys.services, keys.nodes, keys.down_all):
+        mirror(store, prefix)  # type: ignore[arg-type]  # as the daemon's mesh and membership do
+    await mem.put(keys.service("web"), make_service("web").to_json())
+    async with running(hub):
+        answers = resolve.watch(store, keys, "web", None)  # type: ignore[arg-type]
+        first = await anext(answers)
+        assert first.name == "web" and not first.endpoints
+        await mem.delete(keys.service("web"))
+        with pytest.raises(NotFound):
+            await asyncio.wait_for(anext(answers), 5)
+        assert [w[0] for w in store.watches] == [ROOT]  # the hub's, and none for the stream
