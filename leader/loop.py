@@ -43,6 +43,7 @@ from node.events import EventLog
 from node.keys import Keys
 from node.store import KV, Compare, Delete, Fenced, Put, Store, StoreError, fence
 from node.store.cache import PrefixCache
+from node.store.mirrors import mirror
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,12 @@ class LeaderLoop:
         self.unreadable: set[str] = set()  # services whose stored spec cannot be read: left alone
         self._refused: dict[str, str] = {}  # service -> why its due rollback is refused (said once)
         self.applier = Applier(store, keys, epoch)
-        self.services = PrefixCache(store, keys.services, "services")
-        self.nodes = PrefixCache(store, keys.nodes, "nodes")
-        self.tasks = PrefixCache(store, keys.tasks, "tasks")
-        self.nodespecs = PrefixCache(store, keys.nodespecs, "nodespecs")
-        self.rollouts = PrefixCache(store, keys.rollouts, "rollouts")
-        self.statuses = PrefixCache(store, keys.status_all, "statuses")
+        self.services = mirror(store, keys.services, "services")
+        self.nodes = mirror(store, keys.nodes, "nodes")
+        self.tasks = mirror(store, keys.tasks, "tasks")
+        self.nodespecs = mirror(store, keys.nodespecs, "nodespecs")
+        self.rollouts = mirror(store, keys.rollouts, "rollouts")
+        self.statuses = mirror(store, keys.status_all, "statuses")
         self._follow_status = False  # wake on status changes only while updates or handoffs run
         self._parsed: dict[str, tuple[int, Assignment]] = {}  # task key -> (mod revision, record)
         self._pending: dict[str, str] = {}  # service -> the pending reason last reported

@@ -69,7 +69,7 @@ from node.keys import Keys
 from node.runtime.base import LABELS, Container, EngineError, Runtime
 from node.spec import ServiceSpec
 from node.store import Store, StoreError
-from node.store.cache import PrefixCache
+from node.store.mirrors import mirror
 from node.store.session import Session
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class Agent:
         self.events = events
         self.publish_address = publish_address
         self.resync = resync
-        self.tasks = PrefixCache(store, keys.tasks, "agent-tasks")
+        self.tasks = mirror(store, keys.tasks, "agent-tasks")
         self.specs = SpecSource(store, keys)
         self.secret_files = SecretFiles(
             store, keys, default_root(cluster, node)

@@ -60,6 +60,7 @@ from node.security.files import NodeFiles, read_secret
 from node.security.sealing import Sealer
 from node.store import StoreError, StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
+from node.store.mirrors import WatchHub
 from node.store.retry import patiently
 from node.store.session import Session
 
@@ -75,6 +76,8 @@ class Daemon:
         self.config = config
         self.keys = Keys(config.etcd_prefix)
         self.store = EtcdStore(config.etcd, timeout=config.etcd_timeout, tls=etcd_tls(config))
+        # before any component: every mirror of `self.store` is then this hub's (one etcd watch)
+        self.hub = WatchHub(self.store, self.keys.prefix)
         self.identity = NodeIdentity(config, self.store, self.keys)
         self.credentials = EtcdCredentials(self.store, self.keys)
         self.runtime = DockerRuntime(config.docker_host or None)
@@ -278,6 +281,7 @@ class Daemon:
         assert self.identity.server_tls is not None and self.identity.client_tls is not None
         self.membership.transport.set_tls(self.identity.client_tls)
         self.identity.on_renewed(self.membership.transport.set_tls)
+        hub = asyncio.create_task(self.hub.run(), name="watch-hub")  # feeds every component's mirrors
         credentials = asyncio.create_task(self.credentials.run(), name="credentials")
         try:
             await self.session.start()
@@ -391,6 +395,7 @@ class Daemon:
             asyncio.create_task(self.mesh.run(), name="mesh"),
             asyncio.create_task(self.identity.run(), name="certificates"),
             credentials,
+            hub,
         }
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)

@@ -50,7 +50,7 @@ from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
 from node.proxy.tcp import TcpProxy
 from node.store import Store, StoreError
-from node.store.cache import PrefixCache
+from node.store.mirrors import mirror
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ class Mesh:
         self.lease = lease
         self.settings = settings or MeshSettings()
         self.cap = ConnectionCap(self.settings.max_connections)  # shared by every listener
-        self.services = PrefixCache(store, keys.services, "mesh-services")
-        self.endpoints = PrefixCache(store, keys.endpoints_all, "mesh-endpoints")
-        self.tasks = PrefixCache(store, keys.tasks, "mesh-tasks")
-        self.down = PrefixCache(store, keys.down_all, "mesh-down")
+        self.services = mirror(store, keys.services, "mesh-services")
+        self.endpoints = mirror(store, keys.endpoints_all, "mesh-endpoints")
+        self.tasks = mirror(store, keys.tasks, "mesh-tasks")
+        self.down = mirror(store, keys.down_all, "mesh-down")
         self.listeners: dict[int, Listener] = {}
         self.stats: dict[Route, ProxyStats] = {}  # kept across re-binds: counters never go back
         self.bind_errors: dict[int, tuple[Route, str]] = {}
