@@ -41,15 +41,15 @@ from leader.upkeep import Bounds, Upkeep
 from node.agent import machine as machine_module
 from node.agent.agent import Agent
 from node.agent.health import Check
-from node.devcluster import EtcdProcess, free_port_pair
-from node.domain import Assignment, ServiceRecord, template_hash
-from node.events import EventLog
-from node.keys import Keys
+from node.dev.devcluster import EtcdProcess, free_port_pair
+from node.dev.fakeruntime import FakeRuntime
+from node.model.domain import Assignment, ServiceRecord, template_hash
+from node.model.keys import Keys
 from node.runtime.base import Container
-from node.runtime.fake import FakeRuntime
 from node.store.base import MAX_TXN_OPS, Put
 from node.store.etcd import EtcdStore
 from node.store.session import Session
+from node.telemetry.events import EventLog
 
 KEYS = Keys()
 NODE = "n1"

@@ -30,8 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from node.client import ShoalClient
-from node.devcluster import DevCluster, DevError, free_port_on_all, remove_containers
+from node.dev.devcluster import DevCluster, DevError, free_port_on_all, remove_containers
+from node.wire.client import ShoalClient
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SPEC = "name: web\nimage: shoal-demo/web:1\nreplicas: {n}\nports: [{{container: 8080}}]\n"

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 
 from leader.scheduler import Plan
 from node.compose.depends import DepState, waiting_reason
-from node.domain import Assignment, Desired, ServiceRecord, TaskState, TaskStatus
+from node.model.domain import Assignment, Desired, ServiceRecord, TaskState, TaskStatus
 
 
 def gated(
@@ -71,7 +71,7 @@ def observer(
             s = status(task.task_id) if task.desired == Desired.RUNNING else None
             if s is not None and s.state == TaskState.RUNNING:
                 running += 1
-                healthy += s.routable  # the one rule (node.domain.routable)
+                healthy += s.routable  # the one rule (node.model.domain.routable)
         return DepState(name in services, running, healthy)
 
     return observe

@@ -19,10 +19,10 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
-from node.events import EventLog
-from node.keys import Keys
+from node.model.keys import Keys
 from node.store import Delete, Fenced, Put, Store, fence
 from node.store.mirrors import mirror
+from node.telemetry.events import EventLog
 
 
 class Liveness(Protocol):

@@ -29,7 +29,7 @@ from leader.liveness import DownMarks, Liveness
 from leader.pending import PendingReasons
 from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy, update_policy
 from leader.scheduler import Plan, Snapshot, schedule_all
-from node.domain import (
+from node.model.domain import (
     Assignment,
     Availability,
     NodeInfo,
@@ -39,11 +39,11 @@ from node.domain import (
     UnreadableRecord,
     effective_labels,
 )
-from node.events import EventLog
-from node.keys import Keys
+from node.model.keys import Keys
 from node.store import KV, Compare, Delete, Fenced, Put, Store, StoreError, fence
 from node.store.cache import PrefixCache
 from node.store.mirrors import mirror
+from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +415,7 @@ class LeaderLoop:
         return max(0.0, min(times) - time.time()) + 0.01
 
     def _gossiping_nodes(self) -> set[str]:
-        """Registered nodes less simulated ones (`node.simcluster`: they gossip with no one, so
+        """Registered nodes less simulated ones (`node.dev.simcluster`: they gossip with no one, so
         they count for no gossip quorum); parsed once per mod revision."""
         out, seen = set(), self._simulated
         for kv in self.nodes.values():

@@ -63,14 +63,14 @@ from node.agent.pulls import Pulls
 from node.agent.restart import Policy, policy_of
 from node.agent.secretfiles import SecretFiles, default_root
 from node.agent.stopper import Stopper
-from node.domain import Assignment, TaskStatus
-from node.events import EventLog
-from node.keys import Keys
+from node.model.domain import Assignment, TaskStatus
+from node.model.keys import Keys
+from node.model.spec import ServiceSpec
 from node.runtime.base import LABELS, Container, EngineError, Runtime
-from node.spec import ServiceSpec
 from node.store import Store, StoreError
 from node.store.mirrors import mirror
 from node.store.session import Session
+from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 

@@ -52,7 +52,7 @@ from node.agent.restart import (
     on_start_failed,
     on_started,
 )
-from node.domain import Assignment, EndpointRecord, TaskState, TaskStatus
+from node.model.domain import Assignment, EndpointRecord, TaskState, TaskStatus
 from node.runtime.base import Container
 
 # s: an unchanged health result is never rewritten to status/ (liveness is the node's lease;

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from node.model.spec import ServiceSpec
+from node.model.spec_lifecycle import RestartPolicy
 from node.runtime.base import Container
-from node.spec import ServiceSpec
-from node.spec_lifecycle import RestartPolicy
 
 MAX_DELAY = 30.0  # s: the longest back-off between restarts (unless `delay` is longer)
 RESET_AFTER = 10.0  # s up: the crash-loop streak starts over
@@ -41,7 +41,7 @@ UNHEALTHY = None  # exit code passed to `on_exit` for a replica replaced for bei
 
 
 Policy = RestartPolicy
-"""The spec's `restart` section (`node.spec_lifecycle.RestartPolicy`): its defaults are
+"""The spec's `restart` section (`node.model.spec_lifecycle.RestartPolicy`): its defaults are
 the model's, the one place they are written."""
 
 

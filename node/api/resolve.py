@@ -6,7 +6,7 @@ the node registry, down marks, this node's gossip view), told by the daemon's sh
 mirrors (`node.store.mirrors`: no etcd watch per stream) or, without a hub, by watches
 of its own. Changes are coalesced: a burst of writes gives one new answer, and an
 answer equal to the last one sent is not sent again. The same rules as the proxy decide what is routable
-(`node.domain.routable_endpoints`), so a lookup and the mesh never disagree for long.
+(`node.model.domain.routable_endpoints`), so a lookup and the mesh never disagree for long.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator
 
 from node.api import convert
 from node.api.nodes import MemberView, gone, routable
-from node.domain import NodeInfo, ServiceRecord
-from node.errors import NotFound
 from node.gossip.member import MemberEvent
-from node.keys import Keys
+from node.model.domain import NodeInfo, ServiceRecord
+from node.model.errors import NotFound
+from node.model.keys import Keys
 from node.pb import api_pb2
 from node.proxy import routes
 from node.store import Store, StoreError

@@ -2,7 +2,7 @@
 
 Handlers are thin: they validate the request, call the store or `ServiceWriter`,
 and convert records to messages (`node.api.convert`). Errors are raised as
-`node.errors` types and mapped to status codes by `node.api.server.handle`.
+`node.model.errors` types and mapped to status codes by `node.api.server.handle`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
 from node.api.stacks import StackWriter
 from node.api.taskio import LogsExecHandlers
-from node.domain import (
+from node.model.domain import (
     Assignment,
     PendingRecord,
     RolloutRecord,
@@ -29,13 +29,13 @@ from node.domain import (
     readable_services,
     template_hash,
 )
-from node.errors import FailedPrecondition, InvalidArgument, NotFound
-from node.events import decode
-from node.keys import Keys
+from node.model.errors import FailedPrecondition, InvalidArgument, NotFound
+from node.model.keys import Keys
+from node.model.spec import MAX_SPEC_BYTES
+from node.model.spec_lifecycle import SERVICE_NAME_PATTERN
 from node.pb import api_pb2, api_pb2_grpc
-from node.spec import MAX_SPEC_BYTES
-from node.spec_lifecycle import SERVICE_NAME_PATTERN
 from node.store import Store
+from node.telemetry.events import decode
 
 _NAME = re.compile(SERVICE_NAME_PATTERN)  # <stack>_<service> too
 

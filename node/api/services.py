@@ -4,7 +4,7 @@ Every write is a compare-and-swap on the service key's mod revision, so two
 concurrent applies never lose one another (the loser retries from a fresh read:
 `node.store.retry.compare_and_swap`),
 and a spec is in etcd before the call returns. Nothing is written when the spec is
-invalid or unchanged. The published ports a version claims or frees (`node.ports`) go
+invalid or unchanged. The published ports a version claims or frees (`node.store.ports`) go
 into the same transaction, so of concurrent applies publishing one port exactly one
 wins; the others get FAILED_PRECONDITION naming the owner. A service gets its
 incarnation uid when it is created, never on an update.
@@ -16,14 +16,14 @@ import time
 
 from node.api.objects import Bound, Objects
 from node.api.port_policy import PortPolicy
-from node.domain import RolloutRecord, ServiceRecord, new_service_uid, template_hash
-from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
-from node.keys import Keys
-from node.ports import port_writes
-from node.spec import ServiceSpec, SpecError, parse_spec
-from node.spec_lifecycle import stack_problem
+from node.model.domain import RolloutRecord, ServiceRecord, new_service_uid, template_hash
+from node.model.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from node.model.keys import Keys
+from node.model.spec import ServiceSpec, SpecError, parse_spec
+from node.model.spec_lifecycle import stack_problem
 from node.store import KV, Compare, Delete, Put, Store
 from node.store.base import Op
+from node.store.ports import port_writes
 from node.store.retry import compare_and_swap
 
 HISTORY_LIMIT = 10  # versions kept in `history/<name>/` (NodeConfig.history_limit)
@@ -47,7 +47,7 @@ class ServiceWriter:
     async def _write(
         self, record: ServiceRecord, expect_mod: int, old: ServiceRecord | None, bound: Bound | None = None
     ) -> bool:
-        """The service record, its history entry, its port claims (`node.ports`) and what its
+        """The service record, its history entry, its port claims (`node.store.ports`) and what its
         secrets and configs need (`bound`), in one transaction compared on the service
         key's mod revision."""
         compares, ops = await self.write_ops(record, expect_mod, old, bound)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from node.api.services import ServiceWriter
 from node.compose.stackfile import check_stack_name, parse_stack
-from node.domain import ServiceRecord, readable_services
-from node.errors import InvalidArgument, NotFound
-from node.spec import SpecError
+from node.model.domain import ServiceRecord, readable_services
+from node.model.errors import InvalidArgument, NotFound
+from node.model.spec import SpecError
 from node.store import Compare, Put
 from node.store.base import MAX_TXN_OPS, Op
 from node.store.retry import compare_and_swap

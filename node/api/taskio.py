@@ -29,17 +29,17 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from node import rpc
 from node.api.server import handle_stream
-from node.domain import Assignment, NodeInfo, TaskStatus
-from node.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from node.keys import Keys
+from node.model.domain import Assignment, NodeInfo, TaskStatus
+from node.model.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from node.model.keys import Keys
 from node.pb import api_pb2, peer_pb2_grpc
 from node.runtime.base import EngineError, RuntimeUnavailable
 from node.runtime.docker_logs import DockerStreams
 from node.runtime.logmerge import batches, fan_in, merge_sorted
 from node.security.auth import current_caller
 from node.store import Store
+from node.wire import rpc
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import click
 from node.cli import Settings, pass_settings
 from node.cli.output import emit, ports_text
 from node.cli.service import read_spec
-from node.client import ShoalError
 from node.pb import api_pb2
+from node.wire.client import ShoalError
 
 
 @click.group()

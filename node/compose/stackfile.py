@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from node.spec import NAME_PATTERN, FieldError, ServiceSpec, SpecError, load_yaml, spec_from_node
+from node.model.spec import NAME_PATTERN, FieldError, ServiceSpec, SpecError, load_yaml, spec_from_node
 
 _NAME = re.compile(NAME_PATTERN)
 TOP_KEYS = ("name", "services")

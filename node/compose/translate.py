@@ -26,7 +26,7 @@ from node.compose import keys
 from node.compose.deploy import deploy, healthcheck, ports
 from node.compose.interpolate import InterpolationError, interpolate, parse_duration, parse_size
 from node.compose.stackfile import check_stack_name, find_cycle
-from node.spec import NAME_PATTERN, SpecError, load_yaml, spec_from_dict
+from node.model.spec import NAME_PATTERN, SpecError, load_yaml, spec_from_dict
 
 _SERVICE_KEYS = keys.SUPPORTED
 _KNOWN = set(_SERVICE_KEYS) | set(keys.REFUSED) | set(keys.IGNORED)

@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 
-from node import __version__, rpc
+from node import __version__
 from node.agent.agent import Agent
 from node.agent.engine import EngineWatch
 from node.api import server as api_server
@@ -38,15 +38,14 @@ from node.api.port_policy import PortPolicy
 from node.api.secrets import SecretsServicer
 from node.api.servicer import ShoalServicer
 from node.api.taskio import PeerStubs, TaskIO
-from node.config import NodeConfig
 from node.daemon import shutdown
 from node.daemon.identity import IdentityError, NodeIdentity
 from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
-from node.domain import NodeInfo
-from node.events import EventLog
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
-from node.keys import Keys
+from node.model.config import NodeConfig
+from node.model.domain import NodeInfo
+from node.model.keys import Keys
 from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc
 from node.proxy import metrics
 from node.proxy.mesh import Mesh, MeshSettings
@@ -63,6 +62,8 @@ from node.store.etcd import EtcdStore, EtcdTls
 from node.store.mirrors import WatchHub
 from node.store.retry import patiently
 from node.store.session import Session
+from node.telemetry.events import EventLog
+from node.wire import rpc
 
 log = logging.getLogger(__name__)
 

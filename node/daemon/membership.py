@@ -17,11 +17,11 @@ import logging
 import time
 
 from node.api.gossip_transport import GrpcTransport
-from node.domain import NodeInfo
 from node.gossip.config import GossipConfig
 from node.gossip.member import GONE, LIVE, Member, MemberEvent
 from node.gossip.memberlist import Memberlist
-from node.keys import Keys
+from node.model.domain import NodeInfo
+from node.model.keys import Keys
 from node.store import Store
 from node.store.mirrors import mirror
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 
-from node.keys import Keys
+from node.model.keys import Keys
 from node.security.cluster import JoinRecord
 from node.security.tokens import TOKEN_ID, StoredToken
 from node.store import KV, Store

@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from node.devcluster import DevCluster
+from node.dev.devcluster import DevCluster
 from node.runtime.base import LABELS
 from node.runtime.logmerge import split_timestamp
 from tests.helpers import wait_until_sync

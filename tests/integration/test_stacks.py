@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from node.cli.main import cli
-from node.devcluster import DevCluster
+from node.dev.devcluster import DevCluster
 from node.runtime.base import LABELS
 from tests.helpers import free_port_on_all, wait_until_sync
 

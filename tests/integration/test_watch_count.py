@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devcluster import DevCluster, free_port_on_all, remove_containers
+from node.dev.devcluster import DevCluster, free_port_on_all, remove_containers
 from tests.helpers import wait_until_sync
 
 pytestmark = pytest.mark.integration

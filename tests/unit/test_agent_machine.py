@@ -17,7 +17,7 @@ from node.agent.health import Health, Verdict
 from node.agent.invariants import InvariantError, validate
 from node.agent.machine import LIVE, Action, Emit, Forget, Phase, Remove, Slots, Start, Stop, Withdraw
 from node.agent.restart import MAX_DELAY, START_DELAY, Policy
-from node.domain import Assignment, Desired, TaskState, TaskStatus
+from node.model.domain import Assignment, Desired, TaskState, TaskStatus
 from node.runtime.base import LABELS, Container
 from tests.factories import make_task
 

@@ -92,8 +92,8 @@ def test_tls_with_the_node_certificate(serve: Any, tmp_path: Path) -> None:
 
 
 def test_the_daemon_reads_the_token_file(tmp_path: Path) -> None:
-    from node.config import NodeConfig
     from node.daemon.app import metrics_guard
+    from node.model.config import NodeConfig
 
     token = tmp_path / "metrics.token"
     write_secret(token, b"abc\n")

@@ -10,10 +10,10 @@ from node.api.services import ServiceWriter
 from node.api.stacks import StackWriter
 from node.compose.depends import DepState, unmet, waiting_reason
 from node.compose.stackfile import find_cycle, parse_stack
-from node.domain import Assignment, ServiceRecord, TaskStatus
-from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
-from node.keys import Keys
-from node.spec import SpecError, parse_spec
+from node.model.domain import Assignment, ServiceRecord, TaskStatus
+from node.model.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from node.model.keys import Keys
+from node.model.spec import SpecError, parse_spec
 from node.store import StoreUnavailable
 from node.store.memory import MemoryStore
 

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from node.api import resolve
-from node.errors import NotFound
-from node.keys import Keys
+from node.model.errors import NotFound
+from node.model.keys import Keys
 from node.store import KV, StoreUnavailable, WatchBatch
 from node.store.cache import PrefixCache
 from node.store.memory import MemoryStore

@@ -15,12 +15,12 @@ Guarantees:
   `--cpus` granularity), strings without NUL (execve cannot pass it) or DEL.
 - `resources` are reservations (limits to Docker unless `resources.limits`, which must
   be at least them); `placement.constraints` are parsed here with the scheduler's own
-  parser (`node.constraints`), so what `apply` accepts is what the scheduler reads.
+  parser (`node.model.constraints`), so what `apply` accepts is what the scheduler reads.
 - `spec_to_dict` is plain JSON (memory in bytes, None fields omitted) and round-trips:
   `parse_spec(json.dumps(spec_to_dict(s))) == s`; `spec_from_dict` applies the same checks.
 - The frozen `ServiceSpec` is what every module reads (leader, agent, proxy, API), with
   each default in one place: the models' fields. Its JSON form exists only at the store
-  boundary (`node.domain.ServiceRecord.to_json` / `from_json`, `spec_from_stored`).
+  boundary (`node.model.domain.ServiceRecord.to_json` / `from_json`, `spec_from_stored`).
 
 Pure: imports no grpc, docker or etcd.
 """
@@ -48,10 +48,10 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
-from node.constraints import ConstraintError, parse_constraint, parse_label_attribute
-from node.spec_errors import FieldError, SpecError
-from node.spec_errors import fatal as _fatal
-from node.spec_lifecycle import (
+from node.model.constraints import ConstraintError, parse_constraint, parse_label_attribute
+from node.model.spec_errors import FieldError, SpecError
+from node.model.spec_errors import fatal as _fatal
+from node.model.spec_lifecycle import (
     ConfigRef,
     DependsOn,
     HealthCheck,
@@ -244,7 +244,7 @@ def _spread(v: str) -> str:
 
 
 class Placement(BaseModel):
-    """Where replicas may go and how they are spread. See `node.constraints` for the syntax."""
+    """Where replicas may go and how they are spread. See `node.model.constraints` for the syntax."""
 
     model_config = _STRICT
     constraints: Annotated[list[Annotated[str, AfterValidator(_constraint)]], Field(max_length=32)] = []
@@ -275,7 +275,7 @@ class ServiceSpec(BaseModel):
     resources: Resources | None = None
     placement: Placement | None = None
     mode: Literal["replicated", "global"] | None = None  # None: replicated; global: one per eligible node
-    # Lifecycle (node.spec_lifecycle); None: the defaults there, or the node's settings.
+    # Lifecycle (node.model.spec_lifecycle); None: the defaults there, or the node's settings.
     health: HealthCheck | None = None  # None: routable once running (or the image's HEALTHCHECK)
     restart: RestartPolicy | None = None
     update: UpdateConfig | None = None

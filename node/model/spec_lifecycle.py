@@ -1,10 +1,10 @@
 """The lifecycle sections of a service spec: `health`, `restart`, `update`, `stop_grace`,
 `on_disconnect`, `depends_on`; and `secrets` / `configs`, the files a replica starts with (issue 13).
 
-Why a module of its own: `node.spec` owns loading, paths and error reporting; this one
+Why a module of its own: `node.model.spec` owns loading, paths and error reporting; this one
 owns what a replica's life looks like once it runs (how it is checked, restarted,
 replaced in a rollout, stopped), and the duration syntax those sections use. The
-models here are fields of `node.spec.ServiceSpec` and are checked with the same strict
+models here are fields of `node.model.spec.ServiceSpec` and are checked with the same strict
 rules (unknown fields refused, no coercion, errors naming the field path).
 
 Durations are written as a number of seconds (`2`, `0.5`) or a string with units
@@ -33,7 +33,7 @@ _SYNTAX = "a number of seconds or a number with a unit (ms, s, m, h), e.g. 2s, 5
 
 
 def _fail(message: str) -> PydanticCustomError:
-    # Same shape as node.spec's errors: the message goes in as context, never as a template.
+    # Same shape as node.model.spec's errors: the message goes in as context, never as a template.
     return PydanticCustomError("spec", "{msg}", {"msg": message, "at": ()})
 
 
@@ -353,7 +353,7 @@ def distinct_targets(refs: list[Any]) -> list[Any]:
     return refs
 
 
-_LABEL = "[a-z0-9]([a-z0-9-]*[a-z0-9])?"  # node.spec.NAME_PATTERN
+_LABEL = "[a-z0-9]([a-z0-9-]*[a-z0-9])?"  # node.model.spec.NAME_PATTERN
 SERVICE_NAME_PATTERN = f"{_LABEL}(_{_LABEL})?"  # <stack>_<service>
 
 
