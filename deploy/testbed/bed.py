@@ -320,6 +320,18 @@ class Bed(Teardown):
     def stop_etcd(self, i: int, sig: int = signal.SIGTERM) -> None:
         self.stop(f"etcd-{i}", sig, 20)
 
+    def freeze(self, key: str, frozen: bool = True) -> None:
+        """SIGSTOP (or with frozen=False SIGCONT) a process of the bed, e.g. "etcd-1": it
+        keeps its sockets open and answers nothing, as a hung host does."""
+        pid = self.pids.get(key, 0)
+        if not self._ours(pid):
+            raise BedError(f"{key} is not running")
+        os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+    def cut(self, i: int, down: bool = True) -> None:
+        """Cut host i off the bridge (its link down: nothing in or out), or heal it."""
+        run("ip", "link", "set", self.veth(i), "down" if down else "up")
+
     def _etcd_call(self, i: int, path: str, body: bytes | None = None) -> dict[str, object]:
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
         ctx.load_cert_chain(self.pki / "client-h1.crt", self.pki / "client-h1.key")
@@ -333,15 +345,17 @@ class Bed(Teardown):
         except OSError:
             return False
 
-    def etcd_leader(self) -> int:
-        """The host whose etcd member is raft leader (BedError if no member knows one)."""
-        for i in self.etcd_hosts:
+    def etcd_leader(self, among: list[int] | None = None) -> int:
+        """The host whose etcd member is raft leader, as the members of `among` (default:
+        all) see it; BedError if none of them knows one."""
+        asked = among or self.etcd_hosts
+        for i in asked:
             if not pid_alive(self.pids.get(f"etcd-{i}", 0)):
                 continue
             with contextlib.suppress(OSError, ValueError):
                 status = self._etcd_call(i, "/v3/maintenance/status", b"{}")
                 leader = str(status["leader"])
-                for j in self.etcd_hosts:
+                for j in asked:
                     with contextlib.suppress(OSError, ValueError):
                         other = self._etcd_call(j, "/v3/maintenance/status", b"{}")
                         if str(other["header"]["member_id"]) == leader:  # type: ignore[index]
