@@ -340,8 +340,8 @@ def _details(exc: grpc.RpcError) -> str:
     return (details or type(exc).__name__).splitlines()[0][:300]
 
 
-class LogsExecHandlers:
-    """`Shoal/ServiceLogs` and `Shoal/Exec`, mixed into `ShoalServicer` (set `taskio`)."""
+class _TaskIOHolder:
+    """The `taskio` the daemon sets on both servicers (None: logs and exec not served)."""
 
     taskio: TaskIO | None = None
 
@@ -349,6 +349,10 @@ class LogsExecHandlers:
         if self.taskio is None:
             raise FailedPrecondition("this node serves no logs or exec")
         return self.taskio
+
+
+class LogsExecHandlers(_TaskIOHolder):
+    """`Shoal/ServiceLogs` and `Shoal/Exec`, mixed into `ShoalServicer` (set `taskio`)."""
 
     @handle_stream
     async def ServiceLogs(
@@ -365,15 +369,8 @@ class LogsExecHandlers:
             yield out
 
 
-class PeerTaskHandlers:
+class PeerTaskHandlers(_TaskIOHolder):
     """`Peer/TaskLogs` and `Peer/TaskExec`, mixed into `PeerServicer` (set `taskio`)."""
-
-    taskio: TaskIO | None = None
-
-    def _taskio(self) -> TaskIO:
-        if self.taskio is None:
-            raise FailedPrecondition("this node serves no logs or exec")
-        return self.taskio
 
     @handle_stream
     async def TaskLogs(
