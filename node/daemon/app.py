@@ -46,6 +46,7 @@ from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.model.config import NodeConfig
 from node.model.domain import NodeInfo
 from node.model.keys import Keys
+from node.model.spec_compat import known_paths
 from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc
 from node.proxy import metrics
 from node.proxy.mesh import Mesh, MeshSettings
@@ -215,6 +216,7 @@ class Daemon:
             __version__,
             self.started_at,
             not_ready="" if self.engine.up else self.engine.reason,
+            spec_paths=sorted(known_paths()),
         )
 
     async def register(self, lease: int | None = None) -> None:

@@ -156,6 +156,8 @@ class NodeInfo(Record):
     simulated: bool = False  # a simulated node (`node.dev.simruntime`): runs no containers
     not_ready: str = ""  # why the node cannot run tasks now (its container engine does not
     #   answer: `node.agent.engine`); "" = ready. The leader places nothing there and moves its tasks
+    spec_paths: list[str] = field(default_factory=list)  # what this build's spec reads
+    #   (`node.model.spec_compat`); the API writes no spec that a live node cannot read
 
 
 @dataclass(frozen=True)
