@@ -119,9 +119,10 @@ class Filter:
         return True
 
 
-def decode(kvs: Iterable[KV], want: Filter | None = None) -> list[tuple[int, Event]]:
-    """Events from log entries, oldest first (by time, then revision), those `want` matches."""
-    want = want or Filter()
+def decode(kvs: Iterable[KV], want: Filter | str | None = None) -> list[tuple[int, Event]]:
+    """Events from log entries, oldest first (by time, then revision), those `want` matches
+    (a `Filter`, or a service name as before issue 14)."""
+    want = Filter(service=want) if isinstance(want, str) else want or Filter()
     out: list[tuple[int, Event]] = []
     for kv in kvs:
         try:
