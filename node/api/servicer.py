@@ -73,6 +73,12 @@ def event_filter(request: api_pb2.StreamEventsRequest) -> Filter:
     return Filter(request.since, request.service, request.kind, request.cause)
 
 
+def _who() -> str:
+    """The caller, for an event (`task.exec` says it the same way)."""
+    caller = current_caller()
+    return str(caller) if caller is not None else "an unauthenticated caller"
+
+
 log = logging.getLogger(__name__)
 
 
@@ -88,11 +94,8 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
 
     def _changed(self, kind: str, record: ServiceRecord, what: str) -> None:
         """The event of an API call that made a new version: who, what, and its cause id."""
-        caller = current_caller()
-        who = str(caller) if caller is not None else "an unauthenticated caller"
-        self.emit(
-            kind, f"{record.name} version {record.version}: {what} by {who}", record.name, cause=record.cause
-        )
+        message = f"{record.name} version {record.version}: {what} by {_who()}"
+        self.emit(kind, message, record.name, cause=record.cause)
 
     async def _pending(self, service: str) -> PendingRecord | None:
         """Why some replicas of `service` have no node (the leader's `pending/<service>`)."""
@@ -304,7 +307,12 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
             raise InvalidArgument(f"spec: larger than {MAX_SPEC_BYTES // 1024} KiB")
         check_text(request.source, "source", 1024)
         name, changes = await self.stacks.deploy(request.spec, request.source, request.name)
+        cause = next((c.cause for c in changes if c.cause), "")
+        if any(c.action != "unchanged" for c in changes):
+            made = ", ".join(f"{c.service} {c.action}" for c in changes if c.action != "unchanged")
+            self.emit("stack.deployed", f"stack {name} by {_who()}: {made}", cause=cause)
         return api_pb2.DeployStackResponse(
+            cause=cause,
             name=name,
             changes=[
                 api_pb2.StackChange(service=c.service, version=c.version, action=c.action) for c in changes

@@ -663,12 +663,14 @@ class StackChange(_message.Message):
     def __init__(self, service: _Optional[str] = ..., version: _Optional[int] = ..., action: _Optional[str] = ...) -> None: ...
 
 class DeployStackResponse(_message.Message):
-    __slots__ = ("name", "changes")
+    __slots__ = ("name", "changes", "cause")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
     name: str
     changes: _containers.RepeatedCompositeFieldContainer[StackChange]
-    def __init__(self, name: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[StackChange, _Mapping]]] = ...) -> None: ...
+    cause: str
+    def __init__(self, name: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[StackChange, _Mapping]]] = ..., cause: _Optional[str] = ...) -> None: ...
 
 class RemoveStackRequest(_message.Message):
     __slots__ = ("name",)

@@ -13,6 +13,7 @@ from leader.loop import LeaderLoop
 from node.agent.agent import Agent
 from node.api.servicer import event_filter
 from node.api.services import ServiceWriter
+from node.api.stacks import StackWriter
 from node.dev.fakeruntime import FakeRuntime
 from node.model.domain import Assignment, Event, ServiceRecord
 from node.model.errors import InvalidArgument
@@ -51,6 +52,18 @@ async def test_every_new_version_gets_its_own_cause_and_an_unchanged_apply_keeps
     assert len(set(causes)) == 4, causes
     stored = ServiceRecord.from_json((await writer.store.get(KEYS.service("web"))).value)  # type: ignore[union-attr]
     assert stored.cause == v4.cause, "the cause is stored with the version"
+
+
+async def test_a_stack_deploy_gives_every_version_it_makes_one_cause() -> None:
+    store = MemoryStore()
+    stacks = StackWriter(ServiceWriter(store, KEYS, "n1"))
+    app = "name: shop\nservices:\n  db: {image: shoal/demo}\n  web: {image: shoal/demo, replicas: 2}\n"
+    _, changes = await stacks.deploy(app, "app.yaml")
+    (cause,) = {c.cause for c in changes}
+    kvs, _ = await store.range(KEYS.services)
+    assert {ServiceRecord.from_json(kv.value).cause for kv in kvs} == {cause} and cause
+    _, again = await stacks.deploy(app, "app.yaml")
+    assert {(c.action, c.cause) for c in again} == {("unchanged", "")}, "nothing made, no cause"
 
 
 # -- the leader ---------------------------------------------------------------------------
