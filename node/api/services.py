@@ -7,7 +7,8 @@ and a spec is in etcd before the call returns. Nothing is written when the spec 
 invalid or unchanged. The published ports a version claims or frees (`node.store.ports`) go
 into the same transaction, so of concurrent applies publishing one port exactly one
 wins; the others get FAILED_PRECONDITION naming the owner. A service gets its
-incarnation uid when it is created, never on an update.
+incarnation uid when it is created, never on an update. Every new version gets a cause
+id (`new_cause`): its tasks and the events it leads to carry it (issue 14).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import time
 
 from node.api.objects import Bound, Objects
 from node.api.port_policy import PortPolicy
-from node.model.domain import NodeInfo, RolloutRecord, ServiceRecord, new_service_uid, template_hash
+from node.model.domain import (
+    NodeInfo,
+    RolloutRecord,
+    ServiceRecord,
+    new_cause,
+    new_service_uid,
+    template_hash,
+)
 from node.model.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec, SpecError, parse_spec
@@ -132,7 +140,8 @@ class ServiceWriter:
         await self.ports.check(self.store, self.keys, spec, current.spec if current else None)
         version = current.version + 1 if current else 1
         uid = current.uid if current else new_service_uid()  # a new incarnation only at create
-        return ServiceRecord(spec.name, version, spec, time.time(), self.node, uid=uid), current
+        record = ServiceRecord(spec.name, version, spec, time.time(), self.node, uid=uid, cause=new_cause())
+        return record, current
 
     async def readable_everywhere(self, spec: ServiceSpec) -> None:
         """Refuse a spec that a live node's build could not read back (a rolling upgrade
@@ -162,7 +171,9 @@ class ServiceWriter:
             if current.replicas == replicas:
                 return current
             spec = current.spec.model_copy(update={"replicas": replicas})  # checked above
-            record = ServiceRecord(name, current.version + 1, spec, time.time(), self.node, uid=current.uid)
+            record = ServiceRecord(
+                name, current.version + 1, spec, time.time(), self.node, uid=current.uid, cause=new_cause()
+            )
             return record if await self._write(record, mod, current) else None
 
         return await compare_and_swap(attempt, _busy(name))
@@ -196,6 +207,7 @@ class ServiceWriter:
                 f"{self.node} (rollback)",
                 rollback_of=current.version,
                 uid=current.uid,
+                cause=new_cause(),
             )
             return record if await self._write(record, mod, current, bound) else None
 

@@ -312,6 +312,7 @@ class Daemon:
             self.store, self.keys, c.node_id, DockerStreams(self.runtime.url), peers, self.events.emit
         )
         servicer.taskio = taskio
+        servicer.emit = self.events.emit  # issue 14: apply, scale and rollback events
         peer_servicer = PeerServicer(self.membership.list, joins.join)
         peer_servicer.taskio = taskio
         try:
@@ -376,7 +377,14 @@ class Daemon:
             c.timings.leader_resync,
             self.membership,
             c.timings.down_grace,
-            Bounds(c.etcd_retention, c.etcd_defrag_ratio, c.etcd_defrag_min, c.reap_after),
+            Bounds(
+                c.etcd_retention,
+                c.etcd_defrag_ratio,
+                c.etcd_defrag_min,
+                c.reap_after,
+                c.events_max,  # issue 14: the event log's bounds
+                c.events_max_age,
+            ),
         )
         self.events.emit("node.started", f"{c.node_id} serving on {c.address}:{c.grpc_port}")
         log.info(
