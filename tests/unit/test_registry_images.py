@@ -17,6 +17,8 @@ from node.agent.containers import run_image
 from node.agent.pulls import Pulls
 from node.api.registry import ResolveError, Resolver, resolve_digest
 from node.api.services import ServiceWriter
+from node.cli.output import image_detail
+from node.compose.translate import ComposeError, translate
 from node.dev.fakeruntime import FakeRuntime
 from node.model.errors import FailedPrecondition, InvalidArgument
 from node.model.images import (
@@ -335,3 +337,38 @@ async def test_a_pull_secret_is_checked_before_the_registry_is_asked() -> None:
     assert record.spec.image_digest == DIGEST
     with pytest.raises(FailedPrecondition, match="used by service"):
         await w.objects.remove("secret", "regcred")  # in use as the pull secret
+
+
+# -- Compose ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "pull"),
+    [("always", "always"), ("if_not_present", "missing"), ("missing", "missing"), ("never", "never")],
+)
+def test_compose_pull_policy_maps_onto_pull(value: str, pull: str) -> None:
+    result = translate(
+        f"services:\n  app:\n    image: a\n    pull_policy: {value}\n", "c.yaml", "s", {}, _no_file
+    )
+    assert result.document["services"]["app"] == {"image": "a", "pull": pull} and not result.warnings
+
+
+def test_compose_pull_policy_shoal_cannot_honour_is_refused_with_its_line() -> None:
+    with pytest.raises(
+        ComposeError, match=r"c.yaml:4:\d+: .*services.app.pull_policy: must be one of always"
+    ):
+        translate("services:\n  app:\n    image: a\n    pull_policy: daily\n", "c.yaml", "s", {}, _no_file)
+
+
+def _no_file(path: str) -> str:
+    raise FileNotFoundError(2, "No such file or directory")
+
+
+def test_inspect_says_what_runs_and_whether_it_is_pinned() -> None:
+    pinned = image_detail({"image": f"{REG}/app:1", "image_digest": DIGEST})
+    assert pinned == {"runs": f"{REG}/app@{DIGEST}", "pinned": "yes: the tag's digest, resolved at deploy"}
+    local = image_detail({"image": "shoal-demo/web:1"})
+    assert local["runs"] == "shoal-demo/web:1"
+    assert local["pinned"].startswith("no: the reference names no registry")
+    assert image_detail({"image": f"{REG}/app:1", "pull": "never"})["pinned"].startswith("no: pull: never")
+    assert image_detail({"image": f"{REG}/app@{DIGEST}"})["pinned"] == "by the reference's own digest"
