@@ -17,9 +17,11 @@ from node.agent.containers import run_image
 from node.agent.pulls import Pulls
 from node.api.registry import ResolveError, Resolver, resolve_digest
 from node.api.services import ServiceWriter
+from node.api.stacks import StackWriter
 from node.cli.output import image_detail
 from node.compose.translate import ComposeError, translate
 from node.dev.fakeruntime import FakeRuntime
+from node.model.domain import ServiceRecord
 from node.model.errors import FailedPrecondition, InvalidArgument
 from node.model.images import (
     MANIFEST_TYPES,
@@ -372,3 +374,20 @@ def test_inspect_says_what_runs_and_whether_it_is_pinned() -> None:
     assert local["pinned"].startswith("no: the reference names no registry")
     assert image_detail({"image": f"{REG}/app:1", "pull": "never"})["pinned"].startswith("no: pull: never")
     assert image_detail({"image": f"{REG}/app@{DIGEST}"})["pinned"] == "by the reference's own digest"
+
+
+async def test_stack_deploy_pins_every_service_or_writes_nothing() -> None:
+    store, http = MemoryStore(), FixedHttp(_response(200, {"Docker-Content-Digest": DIGEST}))
+    stacks = StackWriter(writer(store, http))
+    text = f"name: shop\nservices:\n  web:\n    image: {REG}/web:1\n  cache:\n    image: shoal-demo/base:1\n"
+    _, changes = await stacks.deploy(text, "shop.yaml")
+    assert {c.action for c in changes} == {"created"}
+    kvs, _ = await store.range(KEYS.services)
+    digests = {r.name: r.spec.image_digest for r in (ServiceRecord.from_json(kv.value) for kv in kvs)}
+    assert digests == {"shop_web": DIGEST, "shop_cache": None}
+    http.answer = _response(404)
+    before, _ = await store.range(KEYS.prefix)
+    with pytest.raises(FailedPrecondition, match=r"service 'shop_web' not written: .* HTTP 404"):
+        await stacks.deploy(text.replace("web:1", "web:2"), "shop.yaml")
+    after, _ = await store.range(KEYS.prefix)
+    assert after == before
