@@ -17,6 +17,7 @@ Authentication: a 401 names Basic or Bearer (`WWW-Authenticate`). Basic sends th
 secret's user and password; Bearer asks the named token service for a pull token, with
 the credentials only when that service is on the registry's own host
 (`may_send_credentials`). Credentials go to no other host; no redirect is followed.
+All the requests of one resolve share `TIMEOUT` (3.5 s): the CLI's call has 5 s.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -45,7 +47,7 @@ from node.model.images import (
 from node.model.spec import ServiceSpec
 from node.security.sealing import SealError
 
-TIMEOUT = 10.0  # s per registry request; a deploy waits at most a few of them
+TIMEOUT = 3.5  # s for every request of one resolve together: inside the client's 5 s deadline
 Credentials = tuple[str, str] | None
 
 
@@ -62,7 +64,16 @@ def _basic(credentials: tuple[str, str]) -> str:
 
 
 def resolve_digest(http: Http, ref: ImageRef, credentials: Credentials, timeout: float = TIMEOUT) -> str:
-    """The digest the registry gives for `ref`'s tag; ResolveError saying why not."""
+    """The digest the registry gives for `ref`'s tag; ResolveError saying why not.
+    `timeout` bounds all its requests together (each gets what is left)."""
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ResolveError(f"registry {ref.registry} did not answer within {timeout:g}s")
+        return remaining
+
     url = f"{registry_url(ref.registry)}/v2/{ref.repository}/manifests/{ref.tag}"
     headers = {"Accept": ", ".join(MANIFEST_TYPES)}
     where = f"registry {ref.registry}"
@@ -70,14 +81,14 @@ def resolve_digest(http: Http, ref: ImageRef, credentials: Credentials, timeout:
     def ask(method: str, extra: dict[str, str]) -> requests.Response:
         try:
             return http.request(
-                method, url, headers={**headers, **extra}, timeout=timeout, allow_redirects=False
+                method, url, headers={**headers, **extra}, timeout=left(), allow_redirects=False
             )
         except requests.RequestException as exc:
             raise ResolveError(f"{where} cannot be reached: {exc}") from None
 
     resp = ask("HEAD", {})
     if resp.status_code == 401:
-        auth = _authorization(http, ref, resp.headers.get("WWW-Authenticate", ""), credentials, timeout)
+        auth = _authorization(http, ref, resp.headers.get("WWW-Authenticate", ""), credentials, left())
         resp = ask("HEAD", {"Authorization": auth})
         if resp.status_code == 401:
             refused = "refused the credentials" if credentials else "needs credentials (image_pull_secret)"

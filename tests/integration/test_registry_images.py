@@ -6,8 +6,9 @@ without authentication (htpasswd, Basic).
   runs `<registry>/<repository>@<digest>`, also one started after the tag was pushed
   again (a scale); applying the same file again then moves the service to the new digest.
 - A tag the registry does not have, a registry that wants credentials, wrong credentials:
-  `apply` fails at once with the registry's reason, and nothing is written (the etcd
-  revision does not move).
+  `apply` fails at once with the registry's reason, and nothing is written (no key of
+  services/, history/, ports/, objuse/ changes).
+- A registry gone silent: `apply` fails at the request's deadline, nothing written.
 - `pull: never` with an image no engine has: the task fails saying so.
 - Credentials as a secret (`image_pull_secret`): the registry answers, the engine pulls.
 """
@@ -21,6 +22,7 @@ from collections.abc import Callable
 import docker
 import pytest
 
+from node.api.registry import TIMEOUT
 from node.dev.devcluster import DevCluster
 from node.wire.client import FailedPrecondition, NotFound
 from tests.helpers import on_store, wait_until_sync
@@ -32,11 +34,21 @@ AT_ONCE = 5.0  # s: a refused apply answers within this (it used to wait out --w
 SPEC = "name: {name}\nimage: {image}\nreplicas: {replicas}\nupdate: {{parallelism: 2}}\nstop_grace: 1\n"
 
 
-def revision(cluster: DevCluster) -> int:
-    async def rev(store: object) -> int:
-        return (await store.range("/__none__/"))[1]  # type: ignore[attr-defined,no-any-return]
+WRITTEN = ("services/", "history/", "ports/", "objuse/")  # what an apply writes
 
-    return on_store(cluster.etcd.endpoint, rev)
+
+def written(cluster: DevCluster) -> list[tuple[str, int]]:
+    """(key, mod revision) of every key an apply writes (agents keep writing status and
+    events meanwhile, so the cluster's revision moves on its own)."""
+
+    async def read(store: object) -> list[tuple[str, int]]:
+        out = []
+        for part in WRITTEN:
+            kvs, _ = await store.range(cluster.prefix + part)  # type: ignore[attr-defined]
+            out += [(kv.key, kv.mod_revision) for kv in kvs]
+        return out
+
+    return on_store(cluster.etcd.endpoint, read)
 
 
 def images_run(cluster: DevCluster, name: str, count: int, version: int = 0) -> Callable[[], list[str]]:
@@ -61,15 +73,15 @@ def images_run(cluster: DevCluster, name: str, count: int, version: int = 0) -> 
     return find
 
 
-def refused(cluster: DevCluster, spec: str, reason: str) -> None:
-    """`apply` of `spec` fails within AT_ONCE with `reason`, and writes nothing."""
-    before = revision(cluster)
+def refused(cluster: DevCluster, spec: str, reason: str, bound: float = AT_ONCE) -> None:
+    """`apply` of `spec` fails within `bound` seconds with `reason`, and writes nothing."""
+    before = written(cluster)
     start = time.monotonic()
     with cluster.client() as c, pytest.raises(FailedPrecondition, match=reason):
         c.apply(spec)
     took = time.monotonic() - start
-    assert took < AT_ONCE, f"the refusal took {took:.1f}s"
-    assert revision(cluster) == before, "a refused apply writes nothing"
+    assert took < bound, f"the refusal took {took:.1f}s"
+    assert written(cluster) == before, "a refused apply writes nothing"
     print(f"\nrefused in {took * 1000:.0f} ms: {reason}")
 
 
@@ -109,6 +121,15 @@ def test_apply_pins_the_digest_every_replica_runs_it_and_a_bad_image_fails_at_on
     refused(cluster, SPEC.format(name="pin", image=f"{reg}/shoal-test-absent:1", replicas=3), "HTTP 404")
     with cluster.client() as c, pytest.raises(NotFound):
         c.get_service("gone")
+
+    # A registry gone silent (its relay accepts and forwards nothing): refused at the
+    # request's deadline (node.api.registry.TIMEOUT), nothing written.
+    relay = local_registry.relay()
+    relay.freeze()
+    silent = f"127.0.0.1:{relay.port}/shoal-test-pin:1"
+    spec = SPEC.format(name="pin", image=silent, replicas=3)
+    refused(cluster, spec, "cannot be reached", bound=TIMEOUT + 5)
+    relay.restore()
 
     # pull: never runs what the engine holds; an image it lacks fails the task, saying so.
     never = f"{reg}/shoal-test-never:1"
