@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -307,7 +308,8 @@ class Agent:
         try:
             spec = await self.specs.spec(task.service, task.version, task.uid)
             image = run_image(spec)  # pinned to the digest resolved at deploy (issue 13)
-            if not await self.pulls.ready(image, spec.pull, await self.secret_files.pull_auth(spec)):
+            auth = functools.partial(self.secret_files.pull_auth, spec)  # read only if it pulls
+            if not await self.pulls.ready(image, spec.pull, auth):
                 m.pulling(task, self.pulls.progress(image))  # pulled apart; a finished pull wakes a pass
                 return
             made = container_spec(task, spec, self.cluster, self.publish_address)

@@ -10,8 +10,10 @@ backs off and asks again, which starts a new pull). A finished pull wakes a pass
 The pull policy (issue 13, `node.model.images.needs_pull`): `missing` (the default) as
 above; `always` pulls before a start even when the image is present (a pull that
 finished within `fresh` seconds counts, so replicas starting together share one);
-`never` pulls nothing, and a missing image is an `ImageError` saying so. `auth` is the
-(user, password) for the image's registry, handed to the engine's pull only.
+`never` pulls nothing, and a missing image is an `ImageError` saying so. `auth` gives
+the (user, password) for the image's registry, asked only when a pull starts (a start
+that needs no pull reads no secret, so it works while etcd is away) and handed to the
+engine's pull only.
 
 Each pull has a deadline (`timeout`): past it, it is abandoned and reported failed.
 `progress(image)` says how far it is ("12 of 40 MB"), for the task's status
@@ -24,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from node.model.images import needs_pull
 from node.runtime.base import EngineError, ImageError, Runtime
 
 log = logging.getLogger(__name__)
+Auth = Callable[[], Awaitable[tuple[str, str] | None]]
 
 
 @dataclass
@@ -65,7 +68,7 @@ class Pulls:
         self.limit = limit
         self._pulls: dict[str, Pull] = {}
 
-    async def ready(self, image: str, policy: str | None = None, auth: tuple[str, str] | None = None) -> bool:
+    async def ready(self, image: str, policy: str | None = None, auth: Auth | None = None) -> bool:
         """True when `image` may start now (present, and pulled just now under `always`);
         else start its pull (once) and answer False.
 
@@ -89,7 +92,7 @@ class Pulls:
                 f"image {image} is not on this node's engine and the spec says pull: never "
                 "(load it on every node, or use pull: missing)"
             )
-        self._begin(image, auth)
+        self._begin(image, await auth() if auth is not None else None)  # read only when pulling
         return False
 
     def progress(self, image: str) -> str:

@@ -38,6 +38,7 @@ from node.model.images import (
     ImageRef,
     ImageRefError,
     credentials_for,
+    login_secret_name,
     may_send_credentials,
     parse_challenge,
     parse_image,
@@ -180,13 +181,7 @@ class Resolver:
             raise InvalidArgument(f"image: {exc}") from None
         if not wanted:
             return spec.model_copy(update={"image_digest": None}) if spec.image_digest else spec
-        credentials = None
-        if spec.image_pull_secret:
-            value = await self._secret(spec, open_secret)
-            try:
-                credentials = credentials_for(value, ref.registry)
-            except ImageRefError as exc:
-                raise InvalidArgument(f"image_pull_secret '{spec.image_pull_secret}': {exc}") from None
+        credentials = await self._credentials(spec, ref, open_secret)
         try:
             digest = await asyncio.to_thread(self._resolve, ref, credentials)
         except ResolveError as exc:
@@ -203,6 +198,25 @@ class Resolver:
             close = getattr(http, "close", None)
             if close is not None:
                 close()
+
+    async def _credentials(
+        self, spec: ServiceSpec, ref: ImageRef, open_secret: Callable[[str], Any]
+    ) -> Credentials:
+        """From `image_pull_secret`, else from `shoal registry login`'s secret for the
+        registry when there is one, else none."""
+        if spec.image_pull_secret:
+            name, value = spec.image_pull_secret, await self._secret(spec, open_secret)
+        else:
+            name = login_secret_name(ref.registry)
+            try:
+                value = bytes(await open_secret(name))
+            except NotFound:
+                return None
+        try:
+            return credentials_for(value, ref.registry)
+        except ImageRefError as exc:
+            what = "image_pull_secret" if spec.image_pull_secret else "the registry login"
+            raise InvalidArgument(f"{what} (secret '{name}'): {exc}") from None
 
     @staticmethod
     async def _secret(spec: ServiceSpec, open_secret: Callable[[str], Any]) -> bytes:

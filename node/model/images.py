@@ -17,6 +17,8 @@ This module holds the rules that need no network:
   registry host only.
 - `parse_challenge`: a `WWW-Authenticate` header (Basic or Bearer with realm, service, scope).
 - `needs_pull(policy, present)`: the pull policy (`always | missing | never`).
+- `login_secret_name(host)`: the secret `shoal registry login HOST` writes, used when a
+  service names no `image_pull_secret`.
 
 Pure: imports no grpc, docker or etcd.
 """
@@ -83,6 +85,13 @@ def parse_image(image: str) -> ImageRef:
     if tag is not None and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
         raise ImageRefError(f"image {image}: {tag!r} is not a tag")
     return ImageRef(registry, rest, tag or ("" if digest else "latest"), digest)
+
+
+def login_secret_name(host: str) -> str:
+    """The secret `shoal registry login HOST` keeps: "registry-" and the host, each
+    character a secret name cannot hold as '-' ("127.0.0.1:5000" -> "registry-127.0.0.1-5000").
+    It holds a Docker config JSON naming HOST, so a name two hosts share reveals nothing."""
+    return "registry-" + re.sub(r"[^A-Za-z0-9_.-]", "-", host)[:54].strip("-_.")
 
 
 def is_loopback(host: str) -> bool:

@@ -10,14 +10,19 @@ without authentication (htpasswd, Basic).
   services/, history/, ports/, objuse/ changes).
 - A registry gone silent: `apply` fails at the request's deadline, nothing written.
 - `pull: never` with an image no engine has: the task fails saying so.
-- Credentials as a secret (`image_pull_secret`): the registry answers, the engine pulls.
+- Credentials as a secret (`image_pull_secret`), or kept by `shoal registry login HOST`:
+  the registry answers, the engine pulls; after `logout` the registry refuses again.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import docker
 import pytest
@@ -174,5 +179,27 @@ def test_credentials_from_a_pull_secret_wrong_or_missing_ones_fail_at_once(
         digest = json.loads(c.get_service("private").spec_json)["image_digest"]
     runs = wait_until_sync(images_run(cluster, "private", 2), 90, 0.3, "2 replicas pulled with credentials")
     assert runs == [f"{reg}/shoal-test-private@{digest}"] * 2
+
+    # `shoal registry login HOST` (the CLI, password on stdin): used for HOST's images
+    # whose service names no image_pull_secret; `logout` forgets it.
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "SHOAL_CONTEXT_FILE": str(cluster.context_file), "PYTHONPATH": str(repo)}
+
+    def shoal(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        cmd = [sys.executable, "-m", "node.cli.main", *args]
+        return subprocess.run(cmd, input=stdin, capture_output=True, timeout=60, env=env, cwd=repo)
+
+    plain = SPEC.format(name="plain", image=image, replicas=1)
+    refused(cluster, plain, "needs credentials")
+    done = shoal("registry", "login", reg, "-u", user, "--password-stdin", stdin=password.encode() + b"\n")
+    assert done.returncode == 0, done.stderr
+    assert password.encode() not in done.stdout + done.stderr
+    with cluster.client() as c:
+        c.apply(plain)
+    wait_until_sync(images_run(cluster, "plain", 1), 90, 0.3, "a replica pulled with the login's credentials")
+    done = shoal("registry", "logout", reg)
+    assert done.returncode == 0, done.stderr
+    refused(cluster, plain.replace("replicas: 1", "replicas: 2"), "needs credentials")
+
     logs = "\n".join(m.log_path.read_text(errors="replace") for m in cluster.members)
     assert password not in logs

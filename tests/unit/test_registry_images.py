@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,8 @@ import requests
 
 from node.agent.containers import run_image
 from node.agent.pulls import Pulls
+from node.agent.secretfiles import SecretFiles
+from node.api.objects import check_object_name
 from node.api.registry import ResolveError, Resolver, resolve_digest
 from node.api.services import ServiceWriter
 from node.api.stacks import StackWriter
@@ -28,6 +31,7 @@ from node.model.images import (
     ImageRef,
     ImageRefError,
     credentials_for,
+    login_secret_name,
     may_send_credentials,
     needs_pull,
     parse_challenge,
@@ -258,7 +262,11 @@ async def test_pulls_follow_the_policy() -> None:
     with pytest.raises(ImageError, match="pull: never"):
         await pulls.ready("y:1", "never")
     assert not [c for c in runtime.calls if c[0] == "pull"]  # never pulls
-    assert not await pulls.ready("x:1", "always", ("alice", "pw"))  # present, pulled all the same
+
+    async def auth() -> tuple[str, str]:
+        return ("alice", "pw")
+
+    assert not await pulls.ready("x:1", "always", auth)  # present, pulled all the same
     runtime.release_pull("x:1")
     await pulls._pulls["x:1"].task  # type: ignore[misc]
     assert runtime.pull_auth["x:1"] == ("alice", "pw")
@@ -331,7 +339,7 @@ async def test_a_pull_secret_is_checked_before_the_registry_is_asked() -> None:
     with pytest.raises(FailedPrecondition, match="secret 'regcred' does not exist; create it first"):
         await w.apply(spec, "")
     await w.objects.put("secret", "regcred", b"no-colon-here", False, w)
-    with pytest.raises(InvalidArgument, match="image_pull_secret 'regcred'"):
+    with pytest.raises(InvalidArgument, match=r"image_pull_secret \(secret 'regcred'\)"):
         await w.apply(spec, "")
     assert not http.sent
     await w.objects.put("secret", "regcred", b"alice:pw", True, w)
@@ -391,3 +399,35 @@ async def test_stack_deploy_pins_every_service_or_writes_nothing() -> None:
         await stacks.deploy(text.replace("web:1", "web:2"), "shop.yaml")
     after, _ = await store.range(KEYS.prefix)
     assert after == before
+
+
+# -- shoal registry login ---------------------------------------------------------------
+
+
+def test_login_secret_names_are_secret_names() -> None:
+    assert login_secret_name("127.0.0.1:5000") == "registry-127.0.0.1-5000"
+    assert login_secret_name("reg.internal") == "registry-reg.internal"
+    assert login_secret_name("[::1]:5000") == "registry-1--5000"
+    assert check_object_name("secret", login_secret_name("[::1]:5000"))
+
+
+async def test_the_login_secret_is_used_when_no_pull_secret_is_named() -> None:
+    store = MemoryStore()
+    http = FakeHttp(
+        [
+            _response(401, {"WWW-Authenticate": 'Basic realm="r"'}),
+            _response(200, {"Docker-Content-Digest": DIGEST}),
+        ]
+    )
+    w = writer(store, FixedHttp(_response(500)))
+    w.resolver = Resolver(lambda: http)  # type: ignore[arg-type,return-value]
+    config = _config({REG: {"username": "alice", "password": "pw"}, "127.0.0.9:1": {"username": "x"}})
+    await w.objects.put("secret", login_secret_name(REG), config, False, w)
+    record, _ = await w.apply(f"name: app\nimage: {REG}/app:1\n", "")
+    assert record.spec.image_digest == DIGEST and record.spec.image_pull_secret is None
+    assert http.sent[1][2]["Authorization"] == "Basic " + base64.b64encode(b"alice:pw").decode()
+
+    files = SecretFiles(store, KEYS, Path("/nonexistent"), w.objects.sealer)
+    assert await files.pull_auth(record.spec) == ("alice", "pw")
+    assert await files.pull_auth(parse_spec("name: b\nimage: 127.0.0.9:1/app:1\n")) is None  # no login there
+    assert await files.pull_auth(parse_spec("name: c\nimage: shoal-demo/web:1\n")) is None  # no registry
