@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from node.agent.containers import run_image
+from node.agent.containers import container_spec, run_image
 from node.agent.pulls import Pulls
 from node.agent.secretfiles import SecretFiles
 from node.api.objects import check_object_name
@@ -43,6 +43,7 @@ from node.model.spec import parse_spec
 from node.runtime.base import ImageError
 from node.security.sealing import Sealer
 from node.store.memory import MemoryStore
+from tests.factories import make_task
 
 KEYS = Keys()
 REG = "127.0.0.1:5000"
@@ -86,7 +87,9 @@ def test_only_images_naming_a_registry_are_resolved_and_pinned() -> None:
 def test_a_node_runs_the_pinned_digest_or_the_image_as_written() -> None:
     spec = parse_spec(f"name: a\nimage: {REG}/app:1\n")
     assert run_image(spec) == f"{REG}/app:1"
-    assert run_image(spec.model_copy(update={"image_digest": DIGEST})) == f"{REG}/app@{DIGEST}"
+    pinned = spec.model_copy(update={"image_digest": DIGEST})
+    assert run_image(pinned) == f"{REG}/app@{DIGEST}"
+    assert container_spec(make_task("a", 1, "n1"), pinned, "c1", "127.0.0.1").image == f"{REG}/app@{DIGEST}"
 
 
 # -- pull secrets -----------------------------------------------------------------------
@@ -256,7 +259,12 @@ def test_the_pull_policy() -> None:
 async def test_pulls_follow_the_policy() -> None:
     runtime, clock = FakeRuntime(), [0.0]
     pulls = Pulls(runtime, lambda: None, clock=lambda: clock[0], fresh=30.0)
-    assert await pulls.ready("x:1", "missing") and not [c for c in runtime.calls if c[0] == "pull"]
+
+    async def etcd_away() -> tuple[str, str]:
+        raise AssertionError("credentials read for a start that pulls nothing")
+
+    assert await pulls.ready("x:1", "missing", etcd_away)  # present: no pull, no secret read
+    assert not [c for c in runtime.calls if c[0] == "pull"]
     assert await pulls.ready("x:1", "never")
     runtime.missing_images.add("y:1")
     with pytest.raises(ImageError, match="pull: never"):
