@@ -259,7 +259,8 @@ class Agent:
         """Carry out what the machine decided."""
         for a in actions:
             if isinstance(a, Emit):
-                self.events.emit(a.kind, a.message, a.service, a.task_id)
+                slot = self.machine.slots.get(a.task_id)  # issue 14: the cause its placement carried
+                self.events.emit(a.kind, a.message, a.service, a.task_id, slot.task.cause if slot else "")
             elif isinstance(a, Stop):
                 self._stop(a.container, a.drained, a.must_withdraw)
             elif isinstance(a, Forget):

@@ -228,7 +228,8 @@ def event_line(e: api_pb2.Event) -> str:
     """`2026-11-27T17:30:01 task.started n1 web/3f2a9c0d1e2b container up`, empty parts left out."""
     when = datetime.fromtimestamp(e.time).strftime("%Y-%m-%dT%H:%M:%S") if e.time else "-"
     subject = "/".join(x for x in (e.service, e.task) if x)
-    return " ".join(x for x in (when, e.kind, e.node, subject, " ".join(e.message.split())) if x)
+    cause = f"cause={e.cause}" if e.cause else ""
+    return " ".join(x for x in (when, e.kind, e.node, subject, " ".join(e.message.split()), cause) if x)
 
 
 def human_bytes(n: int) -> str:
