@@ -17,6 +17,7 @@ import time
 
 from node.api.objects import Bound, Objects
 from node.api.port_policy import PortPolicy
+from node.api.registry import Resolver, secret_opener
 from node.model.domain import (
     NodeInfo,
     RolloutRecord,
@@ -46,6 +47,12 @@ class ServiceWriter:
         self.ports = PortPolicy()  # the daemon sets its own ports (node.api.port_policy)
         self.history_limit = HISTORY_LIMIT
         self.objects = Objects(store, keys)  # secrets, configs, sealed secret_env (node.api.objects)
+        self.resolver = Resolver()  # tags to digests at the registry (node.api.registry)
+
+    async def pin(self, spec: ServiceSpec) -> ServiceSpec:
+        """`spec` with its image's tag resolved to a digest now (`node.api.registry`);
+        refuses (nothing written) when the registry cannot resolve it."""
+        return await self.resolver.pin(spec, secret_opener(self.objects))
 
     async def read(self, name: str) -> tuple[ServiceRecord, int]:
         kv = await self.store.get(self.keys.service(name))
@@ -104,6 +111,7 @@ class ServiceWriter:
         if (problem := stack_problem(spec.name, spec.stack, spec.depends_on)) is not None:
             raise InvalidArgument(f"{source or '<spec>'}: {'.'.join(problem[1])}: {problem[0]}")
         name = spec.name
+        spec = await self.pin(spec)  # before the compare-and-swap: the registry is asked once
 
         async def attempt() -> tuple[ServiceRecord, bool] | None:
             kv = await self.store.get(self.keys.service(name))

@@ -62,6 +62,7 @@ class StackWriter:
             stack, specs = parse_stack(text, source or "<stack>", name)
         except SpecError as exc:
             raise InvalidArgument(str(exc)) from exc
+        specs = [await self.writer.pin(spec) for spec in specs]  # tags to digests, before any write
 
         cause = new_cause()  # one for every version this deploy makes (issue 14)
 
