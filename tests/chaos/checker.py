@@ -214,9 +214,8 @@ def check(
         by_kind[f.kind].append(f)
         failed, total = failed_during(f, requests)
         if total and failed / total > lim.max_failed:
-            report.violations.append(
-                f"{f.kind} on {f.target} at {f.start:.1f}: {failed}/{total} requests failed (> {lim.max_failed:.0%})"
-            )
+            what = f"{f.kind} on {f.target} at {f.start:.1f}"
+            report.violations.append(f"{what}: {failed}/{total} requests failed (> {lim.max_failed:.0%})")
     for kind in sorted(by_kind):
         done = by_kind[kind]
         times = [f.restored - f.healed for f in done if f.restored is not None]

@@ -1,0 +1,118 @@
+"""The faults the chaos suite injects on a test bed (deploy/testbed/), each an inject and
+a heal. Hosts 1..`targets` are targets; the load's host is never one.
+
+Not here, and why: a full disk under one host's Docker root (a loop device per run
+needs mkfs, a mount and its removal in every teardown path: left for later) and a clock
+jump on one host (network namespaces share the machine's one clock: a jump would hit
+every host and the checker's own timestamps).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from deploy.testbed.bed import Bed
+from deploy.testbed.teardown import run
+
+
+@dataclass
+class Injected:
+    kind: str
+    target: str
+    heal: Callable[[], None]
+
+
+def _drop_inbound(bed: Bed, i: int, on: bool) -> None:
+    """One-way cut: host i sends, but nothing from the bridge's subnet reaches it."""
+    rule = ["INPUT", "-s", bed.subnet, "-m", "comment", "--comment", f"shoal-chaos-{bed.id}", "-j", "DROP"]
+    run("ip", "netns", "exec", bed.netns(i), "iptables", "-I" if on else "-D", *rule)
+
+
+def daemon_kill9(bed: Bed, i: int) -> Injected:
+    bed.stop_shoald(i, signal.SIGKILL)
+
+    def heal() -> None:
+        bed.start_shoald(i)
+        bed.save()
+
+    return Injected("daemon_kill9", f"h{i}", heal)
+
+
+def daemon_stop(bed: Bed, i: int) -> Injected:
+    bed.freeze(f"shoald-{i}")
+    return Injected("daemon_sigstop", f"h{i}", lambda: bed.freeze(f"shoald-{i}", False))
+
+
+def engine_stop(bed: Bed, i: int) -> Injected:
+    bed.stop_engine(i)
+    return Injected("engine_stop", f"h{i}", lambda: bed.start_engine(i))
+
+
+def host_cut(bed: Bed, i: int) -> Injected:
+    bed.cut(i)
+    return Injected("host_cut", f"h{i}", lambda: bed.cut(i, False))
+
+
+def host_cut_oneway(bed: Bed, i: int) -> Injected:
+    _drop_inbound(bed, i, True)
+    return Injected("host_cut_oneway", f"h{i}", lambda: _drop_inbound(bed, i, False))
+
+
+def host_flap(bed: Bed, i: int, rng: random.Random, hold: float) -> Injected:
+    """The link goes down and up every 1-2 s for `hold` s; healed up."""
+    until = time.monotonic() + hold
+    down = True
+    while time.monotonic() < until:
+        bed.cut(i, down)
+        down = not down
+        time.sleep(rng.uniform(1.0, 2.0))
+    return Injected("host_flap", f"h{i}", lambda: bed.cut(i, False))
+
+
+def etcd_kill(bed: Bed, i: int) -> Injected:
+    bed.stop_etcd(i, signal.SIGKILL)
+
+    def heal() -> None:
+        bed.start_etcd(i)
+        bed.save()
+
+    return Injected("etcd_kill", f"etcd-h{i}", heal)
+
+
+def etcd_leader_cut(bed: Bed) -> Injected:
+    i = bed.etcd_leader()
+    bed.cut(i)
+    return Injected("etcd_leader_cut", f"h{i}", lambda: bed.cut(i, False))
+
+
+KINDS = ("daemon_kill9", "daemon_sigstop", "engine_stop", "host_cut", "host_cut_oneway", "host_flap",
+         "etcd_kill", "etcd_leader_cut")  # fmt: skip
+
+
+def inject(bed: Bed, kind: str, rng: random.Random, targets: int, hold: float) -> Injected:
+    """Inject `kind` on a host chosen by `rng` (etcd faults: among etcd's hosts). Flapping
+    takes its `hold` while injecting; the others return at once and hold afterwards."""
+    i = rng.randint(1, targets)
+    e = rng.choice([h for h in bed.etcd_hosts if h <= targets])
+    match kind:
+        case "daemon_kill9":
+            return daemon_kill9(bed, i)
+        case "daemon_sigstop":
+            return daemon_stop(bed, i)
+        case "engine_stop":
+            return engine_stop(bed, i)
+        case "host_cut":
+            return host_cut(bed, i)
+        case "host_cut_oneway":
+            return host_cut_oneway(bed, i)
+        case "host_flap":
+            return host_flap(bed, i, rng, hold)
+        case "etcd_kill":
+            return etcd_kill(bed, e)
+        case "etcd_leader_cut":
+            return etcd_leader_cut(bed)
+    raise ValueError(f"unknown fault {kind!r}; known: {', '.join(KINDS)}")

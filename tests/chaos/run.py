@@ -1,0 +1,147 @@
+"""The chaos suite: `python -m tests.chaos.run --seed N --minutes M` (or `make chaos`).
+
+Brings up a test bed (deploy/testbed/, `--hosts`, default 4), runs `web` (2 replicas,
+published on 18080) and `app`, starts the collectors (tests/chaos/collect.py) and a
+bounded load from the last host through its own mesh, then until `--minutes` are up:
+one service operation on `app` (apply with other replicas, an image update, a remove
+and a re-apply, seeded), then one seeded fault (tests/chaos/faults.py) on hosts 1..N-1,
+held 4-10 s, healed, and the desired counts awaited (up to the recovery bound). At the
+end the checker (tests/chaos/checker.py) judges everything recorded, prints its table
+per fault kind and the violations; the exit status is 1 on any violation. The bed is
+always removed. The same seed gives the same schedule of faults, targets and operations
+(their timing follows the cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+
+from tenacity import retry, stop_after_delay, wait_fixed
+
+from deploy.testbed.bed import Bed
+from tests.chaos.checker import Ack, Fault, Limits, check
+from tests.chaos.collect import EngineSampler, EtcdHistory, Load
+from tests.chaos.faults import KINDS, inject
+
+WEB = """
+name: web
+image: shoal-demo/web:1
+replicas: 2
+ports:
+  - {container: 8080, published: 18080, protocol: http}
+"""
+APP = "name: app\nimage: shoal-demo/web:%d\nreplicas: %d\n"
+
+
+class Ops:
+    """The service operations, each retried until the API acknowledges it (30 s)."""
+
+    def __init__(self, bed: Bed) -> None:
+        self.bed = bed
+        self.acks: list[Ack] = []
+        self.desired = {"web": 2, "app": 0}
+
+    @retry(stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True)
+    def apply(self, spec: str, name: str, replicas: int) -> None:
+        with self.bed.client(1) as c:
+            resp = c.apply(spec, "chaos.yaml")
+        self.acks.append(Ack(time.time(), resp.name, int(resp.version)))
+        self.desired[name] = replicas
+
+    @retry(stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True)
+    def remove(self, name: str) -> None:
+        with self.bed.client(1) as c:
+            c.delete_service(name)
+        self.desired[name] = 0
+
+    def step(self, rng: random.Random) -> str:
+        if self.desired["app"] and rng.random() < 0.25:
+            self.remove("app")
+            return "remove app"
+        replicas, image = rng.randint(1, 4), rng.choice((1, 2))
+        self.apply(APP % (image, replicas), "app", replicas)
+        return f"apply app web:{image} x{replicas}"
+
+
+def restored(sampler: EngineSampler, desired: dict[str, int], bound: float) -> float | None:
+    """Poll the sampler's sweeps until every service runs its desired count; the time."""
+    deadline = time.time() + bound
+    while time.time() < deadline:
+        sweep = sampler.latest()
+        if sweep and all(s.ok for s in sweep):
+            have: dict[str, int] = {}
+            for s in sweep:
+                for c in s.containers:
+                    have[c.service] = have.get(c.service, 0) + 1
+            if all(have.get(k, 0) == n for k, n in desired.items()):
+                return sweep[0].t
+        time.sleep(1.0)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.chaos.run", description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--minutes", type=float, default=3.0)
+    p.add_argument("--hosts", type=int, default=4, help="at least 4: the last one runs the load")
+    p.add_argument("--kinds", default=",".join(KINDS), help="the fault kinds to choose from")
+    args = p.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if args.hosts < 4 or not set(kinds) <= set(KINDS):
+        p.error(f"--hosts must be >= 4 and --kinds among {', '.join(KINDS)}")
+    rng, limits = random.Random(args.seed), Limits()
+    bed = Bed(args.hosts).up()
+    up = bed.timings["up"]
+    print(f"testbed {bed.id}: up in {up:.0f}s; seed {args.seed}, {args.minutes} min", flush=True)
+    try:
+        return _run(bed, rng, kinds, args.minutes * 60, limits)
+    finally:
+        left = bed.down()
+        print(f"testbed {bed.id}: down{'' if not left else f', left {left}'}")
+
+
+def _run(bed: Bed, rng: random.Random, kinds: list[str], seconds: float, limits: Limits) -> int:
+    load_host = bed.hosts
+    history, sampler, ops = EtcdHistory(bed), EngineSampler(bed), Ops(bed)
+    history.start()
+    sampler.start()
+    ops.apply(WEB, "web", 2)
+    restored(sampler, ops.desired, limits.recover_bound)
+    load = Load(bed, load_host, f"http://{bed.ip(load_host)}:18080/", seconds + limits.recover_bound + 60)
+    faults: list[Fault] = []
+    end = time.time() + seconds
+    while time.time() < end:
+        print(f"{time.strftime('%H:%M:%S')} op: {ops.step(rng)}", flush=True)
+        restored(sampler, ops.desired, limits.recover_bound)
+        kind, hold = rng.choice(kinds), rng.uniform(4.0, 10.0)
+        start = time.time()
+        done = inject(bed, kind, rng, bed.hosts - 1, hold)
+        if kind != "host_flap":
+            time.sleep(hold)  # the fault's own duration: the outage held
+        done.heal()
+        fault = Fault(done.kind, done.target, start, time.time())
+        fault.restored = restored(sampler, ops.desired, limits.recover_bound)
+        faults.append(fault)
+        back = fault.restored
+        took = "not restored" if back is None else f"restored in {back - fault.healed:.1f}s"
+        print(f"{time.strftime('%H:%M:%S')} fault: {fault.kind} on {fault.target} "
+              f"for {fault.healed - start:.1f}s, {took}", flush=True)  # fmt: skip
+    time.sleep(2 * sampler.interval)  # a last sweep or two after the last recovery
+    requests = load.stop()
+    samples = sampler.stop()
+    writes = history.stop()
+    report = check(writes, samples, requests, ops.acks, faults, ops.desired, limits)
+    print(f"\n{len(writes)} etcd writes, {len(samples)} engine samples, {len(requests)} requests, "
+          f"{len(ops.acks)} acknowledged applies, {len(faults)} faults")  # fmt: skip
+    print(report.table())
+    for v in report.violations:
+        print(f"VIOLATION: {v}")
+    print("PASS" if report.ok else "FAIL")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
