@@ -9,6 +9,7 @@
 #   make lint    the static checks only
 #   make proto   regenerate node/pb from proto/
 #   make bench   bench/converge.py, failover.py, rollout.py, gossip_sim.py, cli.py, footprint.py
+#   make chaos   the chaos suite on a test bed (root): CHAOS_SEED=1 CHAOS_MINUTES=3
 #   make clean   stop the local cluster, remove caches and its state
 #
 # Installing needs root (apt-get, dockerd): see deploy/install.sh.
@@ -29,10 +30,10 @@ DEMO_SPEC := deploy/examples/web.yaml
 DEMO_TIMEOUT ?= 60
 PYTEST_ARGS ?=
 
-.PHONY: help install images demo stop test lint proto bench clean
+.PHONY: help install images demo stop test lint proto bench chaos clean
 
 help:
-	@sed -n '3,13p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,14p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 install:
 	@bash deploy/install.sh
@@ -132,6 +133,12 @@ bench: install images
 	$(PY) bench/gossip_sim.py
 	$(PY) bench/cli.py
 	$(PY) bench/footprint.py
+
+# Not part of `make test`: seeded faults on a test bed, judged by tests/chaos/checker.py.
+CHAOS_SEED ?= 1
+CHAOS_MINUTES ?= 3
+chaos: install images
+	@$(PY) -m tests.chaos.run --seed $(CHAOS_SEED) --minutes $(CHAOS_MINUTES)
 
 clean: stop
 	@rm -rf $(DEV_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -219,8 +219,8 @@ def check(
     for kind in sorted(by_kind):
         done = by_kind[kind]
         times = [f.restored - f.healed for f in done if f.restored is not None]
-        failed = [failed_during(f, requests) for f in done]
-        bad, total = sum(x for x, _ in failed), sum(n for _, n in failed)
+        counts = [failed_during(f, requests) for f in done]
+        bad, total = sum(x for x, _ in counts), sum(n for _, n in counts)
         report.rows.append((kind, len(done), _pct(times, 50), f"{max(times):.1f}" if times else "-",
                             f"{bad}/{total}"))  # fmt: skip
     return report
