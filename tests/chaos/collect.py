@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import subprocess
 import sys
 import threading
@@ -125,7 +126,7 @@ class EngineSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            t = round(time.time(), 0)  # one sweep shares one time: the checker groups by it
+            t = float(math.ceil(time.time()))  # one sweep shares one time: the checker groups by it
             self.samples += [sample(self.bed, i, t) for i in range(1, self.bed.hosts + 1)]
             self._stop.wait(self.interval)
 

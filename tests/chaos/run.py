@@ -67,11 +67,13 @@ class Ops:
 
 
 def restored(sampler: EngineSampler, desired: dict[str, int], bound: float) -> float | None:
-    """Poll the sampler's sweeps until every service runs its desired count; the time."""
-    deadline = time.time() + bound
+    """Poll the sampler's sweeps (those begun from now on) until every service runs its
+    desired count; that sweep's time (to the sampling interval), None past `bound`."""
+    after = time.time()
+    deadline = after + bound
     while time.time() < deadline:
         sweep = sampler.latest()
-        if sweep and all(s.ok for s in sweep):
+        if sweep and sweep[0].t >= after and all(s.ok for s in sweep):
             have: dict[str, int] = {}
             for s in sweep:
                 for c in s.containers:
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=3.0)
     p.add_argument("--hosts", type=int, default=4, help="at least 4: the last one runs the load")
     p.add_argument("--kinds", default=",".join(KINDS), help="the fault kinds to choose from")
+    p.add_argument("--plant", action="store_true", help="plant a second container of web's slot 0 on h1 "
+                   "(one no agent owns): the run must fail, proving the checker live")  # fmt: skip
     args = p.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if args.hosts < 4 or not set(kinds) <= set(KINDS):
@@ -97,19 +101,32 @@ def main(argv: list[str] | None = None) -> int:
     up = bed.timings["up"]
     print(f"testbed {bed.id}: up in {up:.0f}s; seed {args.seed}, {args.minutes} min", flush=True)
     try:
-        return _run(bed, rng, kinds, args.minutes * 60, limits)
+        return _run(bed, rng, kinds, args.minutes * 60, limits, args.plant)
     finally:
         left = bed.down()
         print(f"testbed {bed.id}: down{'' if not left else f', left {left}'}")
 
 
-def _run(bed: Bed, rng: random.Random, kinds: list[str], seconds: float, limits: Limits) -> int:
+def plant(bed: Bed) -> None:
+    """A container with web slot 0's labels on h1's engine, under a node id no agent has
+    (so none stops it): a duplicate of the slot, as a leaked container would be."""
+    labels = {"io.shoal.cluster": bed.cluster, "io.shoal.node": "planted", "io.shoal.service": "web",
+              "io.shoal.slot": "0", "io.shoal.task": "planted"}  # fmt: skip
+    flags = [f for k, v in labels.items() for f in ("--label", f"{k}={v}")]
+    bed.docker(1, "run", "-d", "--name", "chaos-planted", *flags, "shoal-demo/web:1")
+
+
+def _run(
+    bed: Bed, rng: random.Random, kinds: list[str], seconds: float, limits: Limits, planted: bool
+) -> int:
     load_host = bed.hosts
     history, sampler, ops = EtcdHistory(bed), EngineSampler(bed), Ops(bed)
     history.start()
     sampler.start()
     ops.apply(WEB, "web", 2)
     restored(sampler, ops.desired, limits.recover_bound)
+    if planted:
+        plant(bed)
     load = Load(bed, load_host, f"http://{bed.ip(load_host)}:18080/", seconds + limits.recover_bound + 60)
     faults: list[Fault] = []
     end = time.time() + seconds
