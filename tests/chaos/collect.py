@@ -14,6 +14,7 @@ into the checker's dataclasses (tests/chaos/checker.py) and judge nothing themse
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import math
 import subprocess
@@ -46,25 +47,28 @@ class EtcdHistory:
         self.seen = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._task: asyncio.Future[None] | None = None
+        self._task: concurrent.futures.Future[None] | None = None
 
     def start(self) -> None:
         self._thread.start()
-        self._task = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)  # type: ignore[assignment]
+        self._task = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
 
     async def _watch(self) -> None:
         store = store_of(self.bed)
         await store.connect()
-        leader = await store.get(self.prefix + "leader")
-        _, head = await store.range(self.prefix + "nodes/")
-        if leader is not None:
-            self.writes.append(Write(leader.mod_revision, "leader", leader.value, leader.create_revision))
-        async for batch in store.watch(self.prefix, head + 1):
-            for ev in batch.events:
-                key = ev.kv.key.removeprefix(self.prefix)
-                value = ev.kv.value if ev.kind == "put" else None
-                self.writes.append(Write(ev.kv.mod_revision, key, value, ev.kv.create_revision))
-            self.seen = batch.revision
+        try:
+            leader = await store.get(self.prefix + "leader")
+            _, head = await store.range(self.prefix + "nodes/")
+            if leader is not None:
+                self.writes.append(Write(leader.mod_revision, "leader", leader.value, leader.create_revision))
+            async for batch in store.watch(self.prefix, head + 1):
+                for ev in batch.events:
+                    key = ev.kv.key.removeprefix(self.prefix)
+                    value = ev.kv.value if ev.kind == "put" else None
+                    self.writes.append(Write(ev.kv.mod_revision, key, value, ev.kv.create_revision))
+                self.seen = batch.revision
+        finally:
+            await store.close()
 
     def head(self) -> int:
         async def ask() -> int:
@@ -86,9 +90,12 @@ class EtcdHistory:
             time.sleep(0.2)
         if self.seen < head:
             raise RuntimeError(f"the etcd watch reached revision {self.seen} of {head} in {timeout:.0f}s")
-        if self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
+        if self._task is not None:  # cancelled and its store closed before the loop stops
+            self._task.cancel()
+            with contextlib.suppress(concurrent.futures.CancelledError, concurrent.futures.TimeoutError):
+                self._task.result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
         return self.writes
 
 

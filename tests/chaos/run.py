@@ -152,7 +152,10 @@ def _run(
     writes = history.stop()
     report = check(writes, samples, requests, ops.acks, faults, ops.desired, limits)
     print(f"\n{len(writes)} etcd writes, {len(samples)} engine samples, {len(requests)} requests, "
-          f"{len(ops.acks)} acknowledged applies, {len(faults)} faults")  # fmt: skip
+          f"{len(ops.acks)} acknowledged applies, {len(faults)} faults; "
+          f"{sum(w.key.startswith('tasks/') and w.value is not None for w in writes)} task writes "
+          f"checked for their epoch across {len({w.create_revision for w in writes if w.key == 'leader'})} "
+          "leader epochs")  # fmt: skip
     print(report.table())
     for v in report.violations:
         print(f"VIOLATION: {v}")
