@@ -137,8 +137,10 @@ bench: install images
 # Not part of `make test`: seeded faults on a test bed, judged by tests/chaos/checker.py.
 CHAOS_SEED ?= 1
 CHAOS_MINUTES ?= 3
+# First the checker's planted-violation run on a real bed (it must fail), then the soak.
 chaos: install images
-	@$(PY) -m tests.chaos.run --seed $(CHAOS_SEED) --minutes $(CHAOS_MINUTES)
+	@$(VENV)/bin/pytest -q -ra tests/chaos
+	$(PY) -m tests.chaos.run --seed $(CHAOS_SEED) --minutes $(CHAOS_MINUTES)
 
 clean: stop
 	@rm -rf $(DEV_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
