@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=3.0)
     p.add_argument("--hosts", type=int, default=4, help="at least 4: the last one runs the load")
     p.add_argument("--kinds", default=",".join(KINDS), help="the fault kinds to choose from")
-    p.add_argument("--plant", action="store_true", help="plant a second container of web's slot 0 on h1 "
+    p.add_argument("--plant", action="store_true", help="plant a second container of web's slot 1 on h1 "
                    "(one no agent owns): the run must fail, proving the checker live")  # fmt: skip
     args = p.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plant(bed: Bed) -> None:
-    """A container with web slot 0's labels on h1's engine, under a node id no agent has
+    """A container with web slot 1's labels on h1's engine, under a node id no agent has
     (so none stops it): a duplicate of the slot, as a leaked container would be."""
     labels = {"io.shoal.cluster": bed.cluster, "io.shoal.node": "planted", "io.shoal.service": "web",
-              "io.shoal.slot": "0", "io.shoal.task": "planted"}  # fmt: skip
+              "io.shoal.slot": "1", "io.shoal.task": "planted"}  # fmt: skip
     flags = [f for k, v in labels.items() for f in ("--label", f"{k}={v}")]
     bed.docker(1, "run", "-d", "--name", "chaos-planted", *flags, "shoal-demo/web:1")
 
