@@ -149,11 +149,21 @@ def lost_acks(history: list[Write], acks: list[Ack]) -> list[str]:
             for a in acks if (a.service, a.version) not in stored]  # fmt: skip
 
 
+def served(sweep: list[Sample]) -> dict[str, int]:
+    """service -> how many of its slots run a container in this sweep (a slot run twice
+    counts once: duplicates are invariant 1's)."""
+    slots: dict[str, set[int]] = defaultdict(set)
+    for s in sweep:
+        for c in s.containers:
+            slots[c.service].add(c.slot)
+    return {k: len(v) for k, v in slots.items()}
+
+
 def counts_restored(
     samples: list[Sample], desired: dict[str, int], after: float, bound: float
 ) -> tuple[float | None, list[str]]:
-    """Invariant 4: the first sweep at or after `after` where every service runs exactly
-    its desired count (across the engines that answered); a violation past `bound` s."""
+    """Invariant 4: the first sweep at or after `after` where every service serves exactly
+    its desired count of slots (every engine answered); a violation past `bound` s."""
     rounds: dict[float, list[Sample]] = defaultdict(list)
     for s in samples:
         if s.t >= after:
@@ -161,11 +171,7 @@ def counts_restored(
     for t in sorted(rounds):
         if not all(s.ok for s in rounds[t]):
             continue
-        have: dict[str, int] = defaultdict(int)
-        for s in rounds[t]:
-            for c in s.containers:
-                have[c.service] += 1
-        if all(have.get(name, 0) == n for name, n in desired.items()):
+        if served(rounds[t]) == {k: n for k, n in desired.items() if n}:
             took = t - after
             if took > bound:
                 return took, [

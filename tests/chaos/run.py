@@ -22,7 +22,7 @@ import time
 from tenacity import retry, stop_after_delay, wait_fixed
 
 from deploy.testbed.bed import Bed
-from tests.chaos.checker import Ack, Fault, Limits, check
+from tests.chaos.checker import Ack, Fault, Limits, check, served
 from tests.chaos.collect import EngineSampler, EtcdHistory, Load
 from tests.chaos.faults import KINDS, inject
 
@@ -73,13 +73,9 @@ def restored(sampler: EngineSampler, desired: dict[str, int], bound: float) -> f
     deadline = after + bound
     while time.time() < deadline:
         sweep = sampler.latest()
-        if sweep and sweep[0].t >= after and all(s.ok for s in sweep):
-            have: dict[str, int] = {}
-            for s in sweep:
-                for c in s.containers:
-                    have[c.service] = have.get(c.service, 0) + 1
-            if all(have.get(k, 0) == n for k, n in desired.items()):
-                return sweep[0].t
+        answered = sweep and sweep[0].t >= after and all(s.ok for s in sweep)
+        if answered and served(sweep) == {k: n for k, n in desired.items() if n}:
+            return sweep[0].t
         time.sleep(1.0)
     return None
 
