@@ -15,14 +15,18 @@ always removed. The same seed gives the same schedule of faults, targets and ope
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 from tenacity import retry, stop_after_delay, wait_fixed
 
 from deploy.testbed.bed import Bed
-from tests.chaos.checker import Ack, Fault, Limits, check, served
+from tests.chaos.checker import Ack, Fault, Limits, Write, check, served
 from tests.chaos.collect import EngineSampler, EtcdHistory, Load
 from tests.chaos.faults import KINDS, inject
 
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=3.0)
     p.add_argument("--hosts", type=int, default=4, help="at least 4: the last one runs the load")
     p.add_argument("--kinds", default=",".join(KINDS), help="the fault kinds to choose from")
+    p.add_argument("--record", default="", help="write what was observed (JSON) to this file")
     p.add_argument("--plant", action="store_true", help="plant a second container of web's slot 1 on h1 "
                    "(one no agent owns): the run must fail, proving the checker live")  # fmt: skip
     args = p.parse_args(argv)
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     up = bed.timings["up"]
     print(f"testbed {bed.id}: up in {up:.0f}s; seed {args.seed}, {args.minutes} min", flush=True)
     try:
-        return _run(bed, rng, kinds, args.minutes * 60, limits, args.plant)
+        return _run(bed, rng, kinds, args.minutes * 60, limits, args.plant, args.record)
     finally:
         left = bed.down()
         print(f"testbed {bed.id}: down{'' if not left else f', left {left}'}")
@@ -112,8 +117,26 @@ def plant(bed: Bed) -> None:
     bed.docker(1, "run", "-d", "--name", "chaos-planted", *flags, "shoal-demo/web:1")
 
 
+def save(path: str, writes: list[Write], *rest: list[Any]) -> None:
+    """What was observed, as JSON: leader, task and service writes, then the rest."""
+    names = ("samples", "faults", "acks", "requests")
+    kept = [
+        {**asdict(w), "value": None if w.value is None else w.value.decode(errors="replace")}
+        for w in writes
+        if w.key == "leader" or w.key.startswith(("tasks/", "services/"))
+    ]
+    observed = {"writes": kept, **{n: [asdict(x) for x in xs] for n, xs in zip(names, rest, strict=True)}}
+    Path(path).write_text(json.dumps(observed))
+
+
 def _run(
-    bed: Bed, rng: random.Random, kinds: list[str], seconds: float, limits: Limits, planted: bool
+    bed: Bed,
+    rng: random.Random,
+    kinds: list[str],
+    seconds: float,
+    limits: Limits,
+    planted: bool,
+    record: str = "",
 ) -> int:
     load_host = bed.hosts
     history, sampler, ops = EtcdHistory(bed), EngineSampler(bed), Ops(bed)
@@ -147,6 +170,8 @@ def _run(
     samples = sampler.stop()
     writes = history.stop()
     report = check(writes, samples, requests, ops.acks, faults, ops.desired, limits)
+    if record:
+        save(record, writes, samples, faults, ops.acks, requests)
     print(f"\n{len(writes)} etcd writes, {len(samples)} engine samples, {len(requests)} requests, "
           f"{len(ops.acks)} acknowledged applies, {len(faults)} faults; "
           f"{sum(w.key.startswith('tasks/') and w.value is not None for w in writes)} task writes "
