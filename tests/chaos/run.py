@@ -123,7 +123,7 @@ def save(path: str, writes: list[Write], *rest: list[Any]) -> None:
     kept = [
         {**asdict(w), "value": None if w.value is None else w.value.decode(errors="replace")}
         for w in writes
-        if w.key == "leader" or w.key.startswith(("tasks/", "services/"))
+        if w.key == "leader" or w.key.startswith(("tasks/", "services/")) or b'"leader.' in (w.value or b"")
     ]
     observed = {"writes": kept, **{n: [asdict(x) for x in xs] for n, xs in zip(names, rest, strict=True)}}
     Path(path).write_text(json.dumps(observed))
@@ -175,7 +175,7 @@ def _run(
     print(f"\n{len(writes)} etcd writes, {len(samples)} engine samples, {len(requests)} requests, "
           f"{len(ops.acks)} acknowledged applies, {len(faults)} faults; "
           f"{sum(w.key.startswith('tasks/') and w.value is not None for w in writes)} task writes "
-          f"checked for their epoch across {len({w.create_revision for w in writes if w.key == 'leader'})} "
+          f"checked for their epoch across {len({w.create_revision for w in writes if w.key == 'leader' and w.value})} "
           "leader epochs")  # fmt: skip
     print(report.table())
     for v in report.violations:
