@@ -172,10 +172,11 @@ def _run(
     report = check(writes, samples, requests, ops.acks, faults, ops.desired, limits)
     if record:
         save(record, writes, samples, faults, ops.acks, requests)
+    epochs = {w.create_revision for w in writes if w.key == "leader" and w.value is not None}
     print(f"\n{len(writes)} etcd writes, {len(samples)} engine samples, {len(requests)} requests, "
           f"{len(ops.acks)} acknowledged applies, {len(faults)} faults; "
           f"{sum(w.key.startswith('tasks/') and w.value is not None for w in writes)} task writes "
-          f"checked for their epoch across {len({w.create_revision for w in writes if w.key == 'leader' and w.value})} "
+          f"checked for their epoch across {len(epochs)} "
           "leader epochs")  # fmt: skip
     print(report.table())
     for v in report.violations:
