@@ -14,8 +14,8 @@ import contextlib
 import logging
 import time
 
-from node.domain import Event
-from node.keys import Keys
+from node.model.domain import Event
+from node.model.keys import Keys
 from node.store import KV, Store, StoreError
 
 log = logging.getLogger(__name__)
