@@ -19,7 +19,7 @@ from docker.errors import ImageNotFound, NotFound
 
 from node.dev.devcluster import DevCluster
 from tests.helpers import free_port_on_all, wait_until_sync
-from tests.integration.test_proxy import HOSTS, get, web_spec
+from tests.integration.test_proxy import HOSTS, get, wait_routable, web_spec
 from tests.integration.wsclient import Closed, WebSocket
 
 pytestmark = pytest.mark.integration
@@ -113,19 +113,20 @@ def test_websocket_through_every_node_survives_a_roll_and_ends_cleanly_on_drain(
     )
     wait_until_sync(lambda: len(running(cluster, "web")) == 2, 60, message="2 web replicas running")
 
-    # Two tunnels through each node: per-node round robin sends them to both replicas.
+    # Through each node, tunnels until both replicas serve one (the server may still be
+    # starting when its replica is first routable: the proxy then picks the other).
+    wait_routable(cluster, "ws", 2)
     tunnels: list[tuple[WebSocket, str, str]] = []
     try:
         for host in HOSTS:
-            for _ in range(2):
-                ws, served = wait_until_sync(
-                    lambda h=host: connect(h, ws_port),
-                    30,
-                    interval=0.2,
-                    message=f"a WebSocket through {host}",
-                )
-                tunnels.append((ws, served, host))
-        assert {served for _, served, _ in tunnels} == set(replicas), tunnels
+
+            def both_reached(h: str = host) -> bool:
+                assert len(tunnels) < 30, "too many tunnels opened to reach both replicas"
+                if opened := connect(h, ws_port):
+                    tunnels.append((*opened, h))
+                return {served for _, served, via in tunnels if via == h} == set(replicas)
+
+            wait_until_sync(both_reached, 30, interval=0.2, message=f"both replicas through {host}")
         for i, (ws, _, host) in enumerate(tunnels):
             echo(ws, f"first {i} via {host}")
 
@@ -170,7 +171,7 @@ def test_websocket_through_every_node_survives_a_roll_and_ends_cleanly_on_drain(
             else:
                 echo(ws, f"after drain via {host}")
         print(
-            f"websocket: {len(tunnels)} tunnels, {rounds[0]} echo rounds across the roll; "
+            f"websocket: {len(tunnels)} tunnels through 3 nodes, {rounds[0]} echo rounds across the roll; "
             f"drained tunnels closed 1001 {time.monotonic() - started:.2f} s after the scale-down was seen"
         )
     finally:
