@@ -8,6 +8,7 @@
 # when nothing is missing a non-root run only checks and builds the venv.
 #
 #   Debian packages  docker.io etcd-server etcd-client (etcdctl: `shoal cluster restore`) busybox-static
+#                    mmdebstrap (deploy/images/build-deb.sh: images from Debian packages)
 #                    iptables iproute2 ca-certificates curl
 #                    docker-registry (the integration tests run their own on 127.0.0.1; the
 #                    package's own service, on :5000, is disabled and stopped),
@@ -68,7 +69,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 # --- Debian packages --------------------------------------------------------------
 
 packages() {
-	local want=(docker.io etcd-server etcd-client busybox-static iptables iproute2 ca-certificates curl make docker-registry apache2-utils)
+	local want=(docker.io etcd-server etcd-client busybox-static mmdebstrap iptables iproute2 ca-certificates curl make docker-registry apache2-utils)
 	if ! command -v "$PYTHON" >/dev/null; then
 		want+=(python3 python3-venv)
 	elif ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then

@@ -13,6 +13,8 @@
 #                       seconds (crash-loop tests); SIGTERM ends it at once
 # The web page says "$GREETING from web vN on <hostname>" when GREETING is set; the port
 # is ${PORT:-8080}.
+# Then build-deb.sh builds real workloads from Debian packages: shoal-deb/redis,
+# shoal-deb/python (websockets, grpcio, redis), shoal-deb/nginx (mmdebstrap, root).
 #
 # Idempotent: each image carries the hash of what it was built from in the label
 # io.shoal.demo.hash; an image whose hash matches is left alone. Run as root (or as a
@@ -137,3 +139,6 @@ build shoal-demo/web:bad '["/bin/start-web"]' "$(start_web bad missing)"
 build shoal-demo/web:hc '["/bin/start-web"]' "$(start_web v1)" /bin/start-web \
 	'HEALTHCHECK --interval=1s --timeout=3s --retries=3 CMD wget -q -O /dev/null http://127.0.0.1:${PORT:-8080}/health || exit 1'
 build shoal-demo/crash:1 '["/bin/crash"]' "$(start_crash)" /bin/crash
+
+# Real workloads from Debian's packages (shoal-deb/redis, python, nginx); see the script.
+bash "$(dirname "${BASH_SOURCE[0]}")/build-deb.sh"

@@ -148,6 +148,7 @@ class NodeConfig:
     proxy_max_connections: int = 10_000  # client connections on all published ports of the node
     #   together (two file descriptors each); more are closed at once; 0 = no bound
     proxy_tcp_idle_timeout: float = 3600.0  # s without a byte either way on a tcp port: closed
+    proxy_tunnel_idle: float = 3600.0  # s without a byte either way in an upgraded (WebSocket) tunnel
 
     @property
     def timings(self) -> Preset:
@@ -250,6 +251,7 @@ _PROXY_BOUNDS = (
     ("proxy_body_timeout", 0.1, 86400),
     ("proxy_max_connections", 0, 1_000_000),
     ("proxy_tcp_idle_timeout", 0.1, 7 * 86400),
+    ("proxy_tunnel_idle", 0.1, 7 * 86400),
 )
 
 

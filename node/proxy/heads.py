@@ -150,3 +150,15 @@ def error_response(status: int, body: bytes, close: bool, head_only: bool = Fals
 
 class BadMessage(Exception):
     """A message llhttp accepts but the proxy will not forward."""
+
+
+def upgrade_value(special: Special) -> bytes | None:
+    """The Upgrade header of a head's special headers (several joined), None without one."""
+    values = [value for low, value in special if low == b"upgrade"]
+    return b", ".join(values) if values else None
+
+
+def with_upgrade(head: bytes, upgrade: bytes) -> bytes:
+    """`head` (whole, ending in an empty line) with `Connection: upgrade` and `Upgrade`
+    kept: the hop-by-hop headers an upgrade must pass on to the next hop."""
+    return b"%sConnection: upgrade\r\nUpgrade: %s\r\n\r\n" % (head[:-2], upgrade)

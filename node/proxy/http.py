@@ -28,8 +28,14 @@ Guarantees:
   `X-Forwarded-For` gets the client address appended, `X-Forwarded-Proto` is set to
   `scheme`. A body keeps its Content-Length, or goes chunked (re-encoded) to a peer
   that stays connected; a response read until the backend closes is chunked to an
-  HTTP/1.1 client, so its connection stays open. Trailers are dropped. No Upgrade (a
-  request asking for one is forwarded as a plain request) and no CONNECT (400);
+  HTTP/1.1 client, so its connection stays open. Trailers are dropped. No CONNECT (400);
+- upgrades (WebSocket...): a request with `Connection: upgrade` and `Upgrade` (and no
+  body) goes to the next pick with those two headers kept; bytes the client sends after
+  its head are held, reading paused, until the answer. A 101 (with its Upgrade) makes
+  the client connection and that backend connection a byte tunnel both ways
+  (`node.proxy.http_tunnel`: no more parsing, never pooled, half-close passed on,
+  closed after `tunnel_idle` s with no byte either way); any other answer is relayed as
+  a plain response and the connection goes on as HTTP (keep-alive kept);
 - bodies are streamed, never held whole: above `HIGH_WATER` bytes in one transport's
   write buffer the other side stops reading until it is under `LOW_WATER`. A request
   body read before its backend connection is ready is held (one read), then reading
@@ -57,9 +63,10 @@ Guarantees:
   connection over the node's `ConnectionCap` (shared by every listener) is closed at once;
 - `close()` stops listening, closes idle client connections at once, lets requests in
   flight finish for up to `drain_timeout` seconds, then aborts what is left;
-  `drain(backends)` gives requests to backends that left the set the same grace.
+  `drain(backends)` gives requests and tunnels to backends that left the set the same
+  grace.
 
-Not done: HTTP/2; WebSocket; bounds on response heads (replicas are the service's own).
+Not done: HTTP/2; bounds on response heads (replicas are the service's own).
 """
 
 from __future__ import annotations
@@ -78,6 +85,7 @@ from node.proxy.http_types import (
     POOL_IDLE,
     POOL_SIZE,
     REPLAY_LIMIT,
+    TUNNEL_IDLE,
     Client,
     Upstream,
 )
@@ -111,10 +119,12 @@ class HttpProxy(Listener[Client]):
         scheme: str = "http",
         limits: HttpLimits | None = None,
         cap: ConnectionCap | None = None,
+        tunnel_idle: float = TUNNEL_IDLE,
     ) -> None:
         super().__init__(listen_host, listen_port, balancer, connect_timeout, drain_timeout, retry, cap)
         self.service = service
         self.response_timeout = response_timeout
+        self.tunnel_idle = tunnel_idle
         self.limits = limits or HttpLimits()
         self.max_items = 1 + 4 * self.limits.max_headers  # of a head list (node.proxy.heads)
         self.proto_line = b"X-Forwarded-Proto: " + scheme.encode("ascii") + b"\r\n"
@@ -243,6 +253,9 @@ class HttpProxy(Listener[Client]):
                 up.pooled = False
                 up.transport.close()
         doomed = [c.up for c in self._open if c.up is not None and c.up.backend in gone]
+        for c in self._open:
+            if c.tunnel is not None and c.tunnel.backend in gone:
+                c.tunnel.drain(self.loop, self.drain_timeout)
         for up in doomed:
             up.draining = True
         self.gone |= gone

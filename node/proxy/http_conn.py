@@ -44,7 +44,9 @@ from node.proxy.heads import (
     request_head,
 )
 from node.proxy.http_outcomes import _Outcomes
+from node.proxy.http_tunnel import Tunnel
 from node.proxy.http_types import HIGH_WATER, LOW_WATER, P_FULL, P_WAIT, POOL_SIZE, Engine, Request, Upstream
+from node.proxy.http_upgrade import asks_upgrade, hold, not_upgraded, upgraded
 from node.proxy.http_upstream import _Upstream
 from node.proxy.limits import LimitExceeded
 
@@ -59,9 +61,9 @@ class _Client(_Outcomes, asyncio.Protocol):
     """One client connection: its requests are served one at a time, in order."""
 
     __slots__ = (
-        "active", "close_after", "closing", "cur", "eof", "head", "head_size", "head_t", "idle_since", "lost",
-        "parser", "parsing", "paused", "proxy", "read_t", "special", "task", "transport", "up", "url",
-        "url_len", "url_parts", "waiting", "write_paused", "xff",
+        "active", "close_after", "closing", "cur", "eof", "head", "head_size", "head_t", "held", "idle_since",
+        "lost", "parser", "parsing", "paused", "proxy", "read_t", "special", "task", "transport", "tunnel",
+        "up", "upgrading", "url", "url_len", "url_parts", "waiting", "write_paused", "xff",
     )  # fmt: skip
 
     def __init__(self, proxy: Engine) -> None:
@@ -91,11 +93,17 @@ class _Client(_Outcomes, asyncio.Protocol):
         self.head_size = 0
         self.head_t = self.read_t = self.idle_since
         self.active = False
+        self.upgrading: Request | None = None  # node.proxy.http_upgrade
+        self.held = b""
+        self.tunnel: Tunnel | None = None  # after a 101
 
     def shut(self, abort: bool = False) -> None:
         """Close the connection (after what is buffered is sent, unless `abort`): no
         request read after this is served."""
         self.closing = True
+        if self.tunnel is not None:
+            (self.tunnel.stop if abort else self.tunnel.close)()
+            return
         if abort:
             self.transport.abort()
         else:
@@ -109,13 +117,16 @@ class _Client(_Outcomes, asyncio.Protocol):
 
     def idle(self) -> bool:
         """Between requests (keep-alive): nothing read, nothing to answer."""
-        return self.cur is None and self.parsing is None and self.url is None
+        return self.tunnel is None and self.cur is None and self.parsing is None and self.url is None
 
     def sweep(self, now: float, late: float, idle_before: float, head_late: float, body_late: float) -> None:
         """The proxy's periodic check (every `SWEEP` s): 504 for a response not begun by
         `late`, 408 for a head begun before `head_late` or a body silent since `body_late`,
         close when idle since before `idle_before`."""
         if self.lost:
+            return
+        if self.tunnel is not None:
+            self.tunnel.sweep(now - self.proxy.tunnel_idle)
             return
         r, up, parsing = self.cur, self.up, self.parsing
         if r is not None and up is not None and r.complete and not up.head_done and r.t_wait < late:
@@ -136,18 +147,6 @@ class _Client(_Outcomes, asyncio.Protocol):
         elif parsing is not None and self.read_t < body_late and parsing.t0 < body_late:
             self.too_slow(b"request body not received in time\n")
 
-    def buffered(self) -> int:
-        """Bytes held for this connection: write buffers, and bodies read ahead of their
-        backend connection."""
-        total = 0 if self.lost else self.transport.get_write_buffer_size()
-        up = self.up
-        if up is not None and not up.transport.is_closing():
-            total += up.transport.get_write_buffer_size()
-        for r in (self.cur, *(self.waiting or ())):
-            if r is not None and r.pending:
-                total += sum(map(len, r.pending))
-        return total
-
     # -- asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -164,8 +163,11 @@ class _Client(_Outcomes, asyncio.Protocol):
         self.head_size += len(data)  # set back to 0 by a head's end and by body bytes
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade as up:  # the Upgrade was dropped: parse on as HTTP
-            self.parser = HttpRequestParser(self)
+        except HttpParserUpgrade as up:
+            if self.upgrading is not None:  # forwarded: the rest waits for the answer
+                hold(self, data[up.args[0] :])
+                return
+            self.parser = HttpRequestParser(self)  # not forwarded (after a close): parse on
             self.head_size -= len(data)
             self.data_received(data[up.args[0] :])
             return
@@ -279,14 +281,17 @@ class _Client(_Outcomes, asyncio.Protocol):
         proxy.stats.requests += 1
         self.url = self.url_parts = None
         self.head = [b""]
-        if self.special:
+        special = self.special
+        if special:
             self.special = []
         keep_alive = p.should_keep_alive()
         # HTTP/1.0 keeps a connection only when asked to: no need to look otherwise
         http10 = (ka or not keep_alive) and p.get_http_version() != "1.1"
         r = self.parsing = Request(method, head, chunked, body, keep_alive, http10)
-        if p.should_upgrade() and (body or method == b"CONNECT"):
-            raise BadMessage  # llhttp would parse its body as the next request
+        if p.should_upgrade():
+            if body or method == b"CONNECT":
+                raise BadMessage  # llhttp would parse its body as the next request
+            asks_upgrade(self, r, special)
         if self.cur is None:
             self.cur = r
             self.dispatch(r, r.t0)
@@ -464,8 +469,12 @@ class _Client(_Outcomes, asyncio.Protocol):
 
     def _next(self, close: bool) -> None:
         """The current request is answered: go on with the next one, or close."""
-        self.cur = None
+        done, self.cur = self.cur, None
         self.idle_since = _now()
+        if done is not None and done is self.upgrading:
+            self.upgrading = None
+            not_upgraded(self, close)
+            return
         if close or self.proxy.closing or self.lost:
             self.shut()
             return
@@ -477,3 +486,6 @@ class _Client(_Outcomes, asyncio.Protocol):
             self.shut()
         elif self.paused & P_WAIT:
             self.resume(P_WAIT)
+
+    def upgraded(self, up: Upstream, to_client: bytes) -> None:
+        upgraded(self, up, to_client)  # node.proxy.http_upgrade

@@ -1,5 +1,6 @@
 """What ends a request of the L7 engine other than a forwarded response: retries,
-the proxy's own answers (502, 503, 504, 408 and those of `reject`), cut connections.
+the proxy's own answers (502, 503, 504, 408 and those of `reject`), cut connections;
+and what a client connection holds (`buffered`).
 
 `_Outcomes` is a part of `node.proxy.http_conn._Client` (a mixin, for the size of the
 modules): the methods here are called by the client's own callbacks, by its backend
@@ -11,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 
 from node.proxy.balancer import IDEMPOTENT_METHODS, Backend, Failure
 from node.proxy.heads import CHUNK_END, BadMessage, error_response
+from node.proxy.http_tunnel import Tunnel
 from node.proxy.http_types import Engine, Request, Upstream
 
 log = logging.getLogger("node.proxy.http_conn")
@@ -32,6 +35,9 @@ class _Outcomes:
     up: Upstream | None
     closing: bool
     close_after: bool
+    lost: bool
+    waiting: deque[Request] | None
+    tunnel: Tunnel | None
 
     def dispatch(self, r: Request, now: float, backend: Backend | None = None) -> None:
         raise NotImplementedError  # _Client's
@@ -44,6 +50,20 @@ class _Outcomes:
 
     def shut(self, abort: bool = False) -> None:
         raise NotImplementedError  # _Client's
+
+    def buffered(self) -> int:
+        """Bytes held for this connection: write buffers, and bodies read ahead of their
+        backend connection."""
+        if self.tunnel is not None:
+            return self.tunnel.buffered()
+        total = 0 if self.lost else self.transport.get_write_buffer_size()
+        up = self.up
+        if up is not None and not up.transport.is_closing():
+            total += up.transport.get_write_buffer_size()
+        for r in (self.cur, *(self.waiting or ())):
+            if r is not None and r.pending:
+                total += sum(map(len, r.pending))
+        return total
 
     def failed(self, r: Request, backend: Backend, failure: Failure, reached: bool = False) -> None:
         """An attempt at `backend` failed before any response: retry as the policy allows."""

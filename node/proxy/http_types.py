@@ -20,6 +20,7 @@ import time
 from typing import Protocol
 
 from node.proxy.balancer import Attempts, Backend, Balancer, RetryPolicy
+from node.proxy.http_tunnel import Tunnel
 from node.proxy.limits import HttpLimits
 from node.proxy.stats import ProxyStats
 
@@ -40,6 +41,9 @@ REPLAY_LIMIT = 64 * 1024
 # why a client connection stops reading (bits of `_Client.paused`)
 P_WAIT = 1  # what is read cannot be forwarded yet (no backend connection yet, or pipelined)
 P_FULL = 2  # the backend connection's write buffer is over HIGH_WATER
+P_UPG = 4  # an upgrade was asked for: what follows is HTTP or tunnel bytes, as the answer says
+TUNNEL_IDLE = 3600.0
+"""Seconds a tunnel (an upgraded connection) may pass with no byte either way."""
 
 _now = time.monotonic
 
@@ -50,6 +54,7 @@ class Request:
     __slots__ = (
         "answered", "attempts", "body_sent", "chunked", "complete", "expects_body", "has_body", "head",
         "http10", "keep_alive", "method", "pending", "reached", "replay", "replay_size", "t0", "t_wait",
+        "upgrade",
     )  # fmt: skip
 
     def __init__(
@@ -71,6 +76,7 @@ class Request:
         self.reached = False  # an attempt reached a backend, which then failed
         self.attempts: Attempts | None = None  # created at the first failure
         self.t0 = self.t_wait = _now()  # head read; waiting for the response since
+        self.upgrade: bytes | None = None  # the Upgrade asked for (kept in the head), if any
 
     def sent(self, data: bytes) -> None:
         self.body_sent = True
@@ -110,6 +116,7 @@ class Client(Protocol):
     up: Upstream | None  # the backend connection serving the current request
     eof: bool  # the client sent EOF
     close_after: bool  # close once the current response is forwarded
+    tunnel: Tunnel | None  # after a 101: the connection is a tunnel to `tunnel.backend`
 
     def shut(self, abort: bool = False) -> None: ...
     def stop(self) -> None: ...
@@ -123,6 +130,7 @@ class Client(Protocol):
     def response_done(self, up: Upstream) -> None: ...
     def upstream_lost(self, up: Upstream, exc: Exception | None) -> None: ...
     def bad_response(self, up: Upstream, exc: Exception) -> None: ...
+    def upgraded(self, up: Upstream, to_client: bytes) -> None: ...
 
 
 class Engine(Protocol):
@@ -135,6 +143,8 @@ class Engine(Protocol):
     stats: ProxyStats
     limits: HttpLimits
     connect_timeout: float
+    tunnel_idle: float  # s a tunnel may pass with no byte either way
+    drain_timeout: float
     max_items: int  # of a head list (node.proxy.heads)
     proto_line: bytes  # the X-Forwarded-Proto line
     msg_502: bytes

@@ -14,7 +14,7 @@ import time
 from bisect import bisect_left
 from typing import cast
 
-from httptools import HttpParserError, HttpResponseParser
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from node.proxy.balancer import Backend
 from node.proxy.heads import (
@@ -26,6 +26,8 @@ from node.proxy.heads import (
     BadMessage,
     Special,
     response_head,
+    upgrade_value,
+    with_upgrade,
 )
 from node.proxy.http_types import HIGH_WATER, LOW_WATER, P_FULL, Client, Engine, Request
 
@@ -78,6 +80,12 @@ class _Upstream(asyncio.Protocol):
             out.clear()
             c.bad_response(self, exc)
             return
+        except HttpParserUpgrade as upg:  # a 101 asked for: the rest is the tunnel's
+            head = b"".join(out)
+            out.clear()
+            del self.parser
+            c.upgraded(self, head + data[upg.args[0] :])
+            return
         if out:  # what this read produced, in one write (Engine.send, inlined)
             pending = self.proxy.pending
             if not pending:
@@ -125,7 +133,10 @@ class _Upstream(asyncio.Protocol):
         self.special = []
         if status < 200:
             if status == 101:
-                raise BadMessage  # never asked for: Upgrade is not forwarded
+                if r.upgrade is None or not p.should_upgrade():
+                    raise BadMessage  # not asked for, or not saying to what
+                self._switching(head, special)
+                return
             if not r.http10:  # 100 Continue and the like
                 self.out.append(response_head(status, head, special, False, True, False)[0])
             return
@@ -151,6 +162,20 @@ class _Upstream(asyncio.Protocol):
         if is_head:  # llhttp would wait for the body Content-Length announces
             self.done = True
             self.parser = HttpResponseParser(self)
+
+    def _switching(self, head: list[bytes], special: Special) -> None:
+        """A 101 to an upgrade asked for: forward its head, Upgrade kept; llhttp then
+        stops (HttpParserUpgrade, see data_received) and the rest is tunnel bytes."""
+        c, r = self.client, self.req
+        assert c is not None and r is not None
+        upgrade = upgrade_value(special) or r.upgrade or b""
+        head_bytes = response_head(101, head, special, False, True, False)[0]
+        self.out.append(with_upgrade(head_bytes, upgrade))
+        self.head_done = True
+        now = self.idle_since = _now()
+        self.proxy.stats.latency.observe(now - r.t0)
+        if self.proxy.failing:
+            self.proxy.report_ok(self.backend, now)
 
     def on_body(self, data: bytes) -> None:
         if self.done:

@@ -71,6 +71,7 @@ class MeshSettings:
     limits: HttpLimits = field(default_factory=HttpLimits)  # per request of an http port
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # client connections on all ports together
     tcp_idle_timeout: float = 3600.0  # s without a byte either way on a tcp port
+    tunnel_idle: float = 3600.0  # s without a byte either way in an upgraded http connection
 
     @classmethod
     def from_config(cls, c: NodeConfig) -> MeshSettings:
@@ -85,6 +86,7 @@ class MeshSettings:
             ),
             max_connections=c.proxy_max_connections,
             tcp_idle_timeout=c.proxy_tcp_idle_timeout,
+            tunnel_idle=c.proxy_tunnel_idle,
         )
 
 
@@ -211,6 +213,7 @@ class Mesh:
                 retry=retry,
                 limits=s.limits,
                 cap=self.cap,
+                tunnel_idle=s.tunnel_idle,
             )
         return TcpProxy(
             self.address,

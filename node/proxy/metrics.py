@@ -9,7 +9,9 @@ Series (labels `service`, `port`, `protocol`):
 - `shoal_proxy_requests_total`: HTTP requests (http ports) or connections (tcp ports);
 - `shoal_proxy_errors_total`, `shoal_proxy_retries_total`, `shoal_proxy_no_backend_total`,
   `shoal_proxy_ejections_total`, `shoal_proxy_refused_total`, `shoal_proxy_rejected_total`,
-  `shoal_proxy_timeouts_total` (node.proxy.limits);
+  `shoal_proxy_timeouts_total` (node.proxy.limits), `shoal_proxy_upgrades_total` (101s
+  passed, each a tunnel: node.proxy.http_tunnel);
+- `shoal_proxy_tunnels`: upgraded connections (WebSocket and the like) open now;
 - `shoal_proxy_active_connections`: client connections open now;
 - `shoal_proxy_latency_seconds`: histogram; request to response headers (http), accept
   to backend connected (tcp);
@@ -59,6 +61,7 @@ _COUNTERS = (
     ("refused", "client connections closed at once: the node's proxy connection cap was reached"),
     ("rejected", "requests refused for a head over a limit (414 URL too long, 431 head too large)"),
     ("timeouts", "client connections closed for being too slow (408) or idle too long (tcp)"),
+    ("upgrades", "requests a replica answered 101 Switching Protocols: each became a tunnel"),
 )
 
 
@@ -81,12 +84,16 @@ class MeshCollector(Collector):
             "request to response headers (http), accept to backend connected (tcp)",
             labels=_LABELS,
         )
+        tunnels = GaugeMetricFamily(
+            "shoal_proxy_tunnels", "upgraded connections (WebSocket...) open now", labels=_LABELS
+        )
         backends = GaugeMetricFamily("shoal_proxy_backends", "replicas in the rotation now", labels=_LABELS)
         for route, s in stats:
             labels = [route.service, str(route.published), route.protocol]
             for name, _ in _COUNTERS:
                 counters[name].add_metric(labels, getattr(s, name))
             active.add_metric(labels, s.active)
+            tunnels.add_metric(labels, s.tunnels)
             buckets = [(_le(bound), float(n)) for bound, n in s.latency.cumulative()]
             latency.add_metric(labels, buckets, s.latency.total)
             listener = listeners.get(route.published)
@@ -98,7 +105,7 @@ class MeshCollector(Collector):
         for port, (route, _) in list(self.mesh.bind_errors.items()):
             bind_errors.add_metric([route.service, str(port), route.protocol], 1)
         yield from counters.values()
-        yield from (active, latency, backends, bind_errors)
+        yield from (active, tunnels, latency, backends, bind_errors)
 
 
 def _le(bound: float) -> str:

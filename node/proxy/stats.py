@@ -18,6 +18,8 @@ What the fields count depends on the engine:
 - `rejected`: requests refused for a limit of their head (414, 431);
 - `timeouts`: client connections closed for being too slow (408 for a head or a body,
   L7) or idle too long (L4);
+- `upgrades`: requests answered 101 by a replica, their connections made tunnels (L7);
+- `tunnels`: tunnels open now (L7; `node.proxy.http_tunnel`);
 - `latency`: seconds from a request's arrival to the backend's response headers (L7),
   or from accept to the backend connection being made (L4).
 
@@ -71,6 +73,8 @@ class ProxyStats:
     refused: int = 0
     rejected: int = 0
     timeouts: int = 0
+    upgrades: int = 0
+    tunnels: int = 0
     latency: Histogram = field(default_factory=Histogram)
 
     @property

@@ -28,7 +28,8 @@ DEMO_IMAGES = (
 
 @pytest.fixture(scope="session")
 def demo_images() -> tuple[str, ...]:
-    """The local demo images, built by deploy/images/build.sh when any is missing."""
+    """The local demo images, built by deploy/images/build.sh when any is missing (with the
+    Debian-package images: minutes on a fresh machine, hence the long timeout)."""
     client = docker.DockerClient.from_env()
     try:
         missing = []
@@ -40,7 +41,7 @@ def demo_images() -> tuple[str, ...]:
     finally:
         client.close()
     if missing:
-        done = subprocess.run(["bash", str(BUILD_SH)], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(["bash", str(BUILD_SH)], capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             pytest.fail(f"{BUILD_SH} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return DEMO_IMAGES

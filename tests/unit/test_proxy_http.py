@@ -351,12 +351,16 @@ async def test_hop_by_hop_headers_are_dropped_both_ways(backends: Backends) -> N
     r = await c.get(headers=hop)
     assert r.status == 200 and r.body == b"ok"
     seen = {n.lower() for n, _ in b.seen[0].headers}
-    assert not seen & {"connection", "x-hop", "keep-alive", "proxy-connection", "te", "upgrade"}
+    assert not seen & {"x-hop", "keep-alive", "proxy-connection", "te"}
+    # an upgrade asked for keeps its two headers (test_proxy_upgrade.py), and only those
+    assert b.seen[0].get("connection") == ["upgrade"] and b.seen[0].get("upgrade") == ["websocket"]
     assert b.seen[0].get("x-kept") == ["yes"]
     got = {n.lower() for n, _ in r.headers}
     assert not got & {"connection", "x-resp-hop", "keep-alive", "trailer"}
     assert r.get("x-kept") == ["yes"]
     assert (await c.get()).body == b"ok"  # the upgrade request did not derail the connection
+    await c.get(headers=[("Upgrade", "websocket")])  # without Connection: upgrade, dropped
+    assert "upgrade" not in {n.lower() for n, _ in b.seen[2].headers}
     await c.close()
     await proxy.close()
 
