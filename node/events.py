@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from node.domain import Event
 from node.keys import Keys
@@ -31,6 +32,7 @@ class EventLog:
         self.ring = ring
         self._next = 0
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
+        self.observers: list[Callable[[Event], None]] = []  # told of every event (metrics count them)
 
     async def start(self) -> None:
         """Continue the ring after its newest entry (so a restart does not overwrite it)."""
@@ -42,6 +44,8 @@ class EventLog:
     def emit(self, kind: str, message: str, service: str = "", task: str = "", cause: str = "") -> None:
         event = Event(time.time(), kind, self.node, message, service, task, cause)
         log.info("event %s: %s", kind, message, extra={"service": service, "task": task, "cause": cause})
+        for observe in self.observers:
+            observe(event)
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(event)
 

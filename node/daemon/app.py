@@ -40,9 +40,11 @@ from node.api.servicer import ShoalServicer
 from node.api.taskio import PeerStubs, TaskIO
 from node.config import NodeConfig
 from node.daemon import shutdown
+from node.daemon.collectors import collectors as daemon_collectors
 from node.daemon.identity import IdentityError, NodeIdentity
 from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
+from node.daemon.telemetry import Telemetry
 from node.domain import NodeInfo
 from node.events import EventLog
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
@@ -53,13 +55,15 @@ from node.proxy.mesh import Mesh, MeshSettings
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_logs import DockerStreams
+from node.runtime.docker_stats import docker_sampler
 from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
 from node.security.etcd_tls import read_etcd_tls
 from node.security.files import NodeFiles, read_secret
 from node.security.sealing import Sealer
 from node.store import StoreError, StoreUnavailable
-from node.store.etcd import EtcdStore, EtcdTls
+from node.store.etcd import EtcdTls
+from node.store.metered import MeteredEtcdStore
 from node.store.retry import patiently
 from node.store.session import Session
 
@@ -74,7 +78,7 @@ class Daemon:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.keys = Keys(config.etcd_prefix)
-        self.store = EtcdStore(config.etcd, timeout=config.etcd_timeout, tls=etcd_tls(config))
+        self.store = MeteredEtcdStore(config.etcd, timeout=config.etcd_timeout, tls=etcd_tls(config))
         self.identity = NodeIdentity(config, self.store, self.keys)
         self.credentials = EtcdCredentials(self.store, self.keys)
         self.runtime = DockerRuntime(config.docker_host or None)
@@ -82,6 +86,11 @@ class Daemon:
         self.session = Session(self.store, config.timings.lease_ttl)
         self.leader_session = Session(self.store, config.timings.leader_ttl, revoke_lost=True)
         self.events = EventLog(self.store, self.keys, config.node_id)
+        usage = None  # usage per task is sampled for /metrics only
+        if config.metrics_port:
+            usage = docker_sampler(config.docker_host or None, config.cluster, config.node_id)
+        self.telemetry = Telemetry(config.node_id, self.store.meter, usage)  # issue 14: /metrics
+        self.events.observers.append(self.telemetry.on_event)
         self.membership = Membership(
             config.node_id,
             f"{config.address}:{config.grpc_port}",
@@ -335,7 +344,9 @@ class Daemon:
         metrics_server = None
         if c.metrics_port:
             try:
-                metrics_server = metrics.serve(self.mesh, c.address, c.metrics_port, *metrics_guard(c))
+                metrics_server = metrics.serve(
+                    self.mesh, c.address, c.metrics_port, *metrics_guard(c), daemon_collectors(self.telemetry)
+                )
             except OSError as exc:
                 await server.stop(grace=0)
                 await _cancel(credentials)
@@ -371,6 +382,9 @@ class Daemon:
             c.timings.down_grace,
             Bounds(c.etcd_retention, c.etcd_defrag_ratio, c.etcd_defrag_min, c.reap_after),
         )
+        self.telemetry.attach_agent(agent)
+        self.telemetry.attach_leadership(leadership)
+        self.telemetry.attach_membership(self.membership)
         self.events.emit("node.started", f"{c.node_id} serving on {c.address}:{c.grpc_port}")
         log.info(
             "shoald %s: node %s serving on %s:%d, etcd %s",
@@ -390,6 +404,7 @@ class Daemon:
             asyncio.create_task(self.membership.run(), name="membership"),
             asyncio.create_task(self.mesh.run(), name="mesh"),
             asyncio.create_task(self.identity.run(), name="certificates"),
+            asyncio.create_task(self.telemetry.run(), name="telemetry"),
             credentials,
         }
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")

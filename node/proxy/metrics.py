@@ -177,12 +177,22 @@ class _Handler(_SilentHandler):
             self.request.do_handshake()
 
 
-def serve(mesh: Mesh, address: str, port: int, identity: Path | None = None, token: str = "") -> Any:
+def serve(
+    mesh: Mesh,
+    address: str,
+    port: int,
+    identity: Path | None = None,
+    token: str = "",
+    collectors: Iterable[Collector] = (),
+) -> Any:
     """Serve `/metrics` on `address:port` from a daemon thread; returns the server
     (call `.shutdown()` to stop). Raises OSError when the port cannot be bound (or the
-    identity file read). `identity`: TLS with the node's certificate; `token`: bearer token."""
+    identity file read). `identity`: TLS with the node's certificate; `token`: bearer token;
+    `collectors`: the daemon's own series (`node.daemon.collectors`), in the same registry."""
     registry = CollectorRegistry()
     registry.register(MeshCollector(mesh))
+    for collector in collectors:
+        registry.register(collector)
     family, address = _get_best_family(address, port)
     attrs: dict[str, Any] = {"address_family": family}
     base: type[ThreadingWSGIServer] = _Server
