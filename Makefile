@@ -8,7 +8,7 @@
 #                (unit, then integration against real etcd and Docker)
 #   make lint    the static checks only
 #   make proto   regenerate node/pb from proto/
-#   make bench   bench/converge.py, failover.py, rollout.py, gossip_sim.py, cli.py, idle.py
+#   make bench   bench/converge.py, failover.py, rollout.py, gossip_sim.py, cli.py, footprint.py
 #   make clean   stop the local cluster, remove caches and its state
 #
 # Installing needs root (apt-get, dockerd): see deploy/install.sh.
@@ -131,7 +131,7 @@ bench: install images
 	$(PY) bench/rollout.py
 	$(PY) bench/gossip_sim.py
 	$(PY) bench/cli.py
-	$(PY) bench/idle.py
+	$(PY) bench/footprint.py
 
 clean: stop
 	@rm -rf $(DEV_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

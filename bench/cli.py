@@ -30,9 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from node.client import ShoalClient
-from node.devcluster import DevCluster, DevError, remove_containers
+from node.dev.devcluster import DevCluster, DevError, remove_containers
 from node.security import context
+from node.wire.client import ShoalClient
 
 VENV_BIN = Path(sys.executable).parent
 SPEC = "name: web\nimage: shoal-demo/web:1\nreplicas: 1\nports: [{container: 8080}]\n"

@@ -56,8 +56,8 @@ from pathlib import Path
 
 import docker
 
-from node.client import ShoalClient, ShoalError
-from node.devcluster import DevCluster, DevError, free_port_on_all, free_port_pair
+from node.dev.devcluster import DevCluster, DevError, free_port_on_all, free_port_pair
+from node.wire.client import ShoalClient, ShoalError
 
 IMAGE = "shoal-demo/web:1"
 CONTAINER_PORT = 8080

@@ -9,7 +9,7 @@ healthy throughout: this is the steady state, where nothing changes but time.
 Two runs in the same process, same etcd version, same machine:
 
 - before: today's main, emulated: an unchanged health result rewritten to `status/`
-  every 30 s (`node.agent.agent.HEALTH_REFRESH = 30`), no compaction, no
+  every 30 s (`node.agent.machine.HEALTH_REFRESH = 30`), no compaction, no
   defragmentation;
 - after: status written on a change only, and the leader's upkeep
   (`leader.upkeep.Upkeep`, default bounds, on the same accelerated clock) run once a
@@ -38,18 +38,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from leader.upkeep import Bounds, Upkeep
-from node.agent import agent as agent_module
+from node.agent import machine as machine_module
 from node.agent.agent import Agent
 from node.agent.health import Check
-from node.devcluster import EtcdProcess, free_port_pair
-from node.domain import Assignment, ServiceRecord, template_hash
-from node.events import EventLog
-from node.keys import Keys
+from node.dev.devcluster import EtcdProcess, free_port_pair
+from node.dev.fakeruntime import FakeRuntime
+from node.model.domain import Assignment, ServiceRecord, template_hash
+from node.model.keys import Keys
 from node.runtime.base import Container
-from node.runtime.fake import FakeRuntime
 from node.store.base import MAX_TXN_OPS, Put
 from node.store.etcd import EtcdStore
 from node.store.session import Session
+from node.telemetry.events import EventLog
 
 KEYS = Keys()
 NODE = "n1"
@@ -132,7 +132,7 @@ async def seed(store: EtcdStore, replicas: int, interval: float) -> None:
 
 
 async def run(name: str, replicas: int, minutes: int, interval: float, after: bool) -> Figures:
-    agent_module.HEALTH_REFRESH = math.inf if after else 30.0
+    machine_module.HEALTH_REFRESH = math.inf if after else 30.0
     tmp = Path(tempfile.mkdtemp(prefix="shoal-etcd-growth-"))
     port = free_port_pair()
     etcd = EtcdProcess(tmp / "data", port, port + 1)

@@ -55,12 +55,12 @@ from pathlib import Path
 
 import docker
 
-from node.client import ShoalClient, ShoalError
-from node.config import PRESETS as TIMINGS
-from node.devcluster import DevCluster, DevError, NodeProcess, free_port_on_all, free_port_pair
+from node.dev.devcluster import DevCluster, DevError, NodeProcess, free_port_on_all, free_port_pair
 from node.gossip.config import PRESETS as GOSSIP
 from node.gossip.config import detection_bound
+from node.model.config import PRESETS as TIMINGS
 from node.runtime.base import LABELS
+from node.wire.client import ShoalClient, ShoalError
 
 NODES = 3
 REPLICAS = 3

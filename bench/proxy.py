@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from node import ports
+from node.store import ports
 
 HOST = "127.0.0.1"
 INSTALL = "apt-get install -y nginx-light wrk haproxy"

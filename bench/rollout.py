@@ -62,8 +62,8 @@ from bench.converge import (
     remove_labelled,
     swarm_mode,
 )
-from node.client import ShoalClient, ShoalError
-from node.devcluster import DevCluster, DevError, free_port, free_port_on_all, free_port_pair
+from node.dev.devcluster import DevCluster, DevError, free_port, free_port_on_all, free_port_pair
+from node.wire.client import ShoalClient, ShoalError
 from tests.integration.load import Load, Result
 
 IMAGES = ("shoal-demo/web:1", "shoal-demo/web:2")

@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from leader.scheduler import Plan, Snapshot, schedule_all
-from node.domain import Assignment, NodeInfo, ServiceRecord
+from node.model.domain import Assignment, NodeInfo, ServiceRecord
 
 GOAL = 50_000.0
 NOMAD_C1M = 1_000_000 / (5 * 60 - 33)  # 1M containers in 4 min 27 s: ~3,750/s

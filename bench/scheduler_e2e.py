@@ -3,12 +3,12 @@
     .venv/bin/python bench/scheduler.py --e2e [--nodes 5000] [--services 1000] [--tasks 100000]
 
 What runs, all on this machine:
-- a real etcd (`node.devcluster.EtcdProcess`, free ports, a temp data dir, an 8 GiB
+- a real etcd (`node.dev.devcluster.EtcdProcess`, free ports, a temp data dir, an 8 GiB
   quota), a child process;
 - a real leader, a child process: `Election` on its own session lease, then the same
   `LeaderLoop` shoald runs (scheduler, fenced applier, events, pending reasons), with
   no gossip (`liveness=None`: nodes die only with their lease);
-- `--nodes` simulated nodes (`node.simcluster`, in this process): the pure bench's
+- `--nodes` simulated nodes (`node.dev.simcluster`, in this process): the pure bench's
   cluster (three sizes, labels zone/disk/rack) registered on one lease, their agents
   reporting every task assigned to them as running in `status/` (`--no-status`: not);
 - the services of the pure bench (mixed sizes, constraints, label spread, binpack,
@@ -50,11 +50,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node.api.services import ServiceWriter
-from node.devcluster import EtcdProcess, free_port_pair
-from node.domain import Assignment, NodeInfo, ServiceRecord
-from node.keys import Keys
-from node.simcluster import SIM_ADDRESS, SIM_LABEL, SimCluster
-from node.spec import spec_to_dict
+from node.dev.devcluster import EtcdProcess, free_port_pair
+from node.dev.simcluster import SIM_ADDRESS, SIM_LABEL, SimCluster
+from node.model.domain import Assignment, NodeInfo, ServiceRecord
+from node.model.keys import Keys
+from node.model.spec import spec_to_dict
 from node.store.etcd import EtcdStore
 
 NOMAD_C1M = 1_000_000 / (5 * 60 - 33)  # 1M containers in 4 min 27 s: ~3,750/s
@@ -70,8 +70,8 @@ async def lead(etcd: str, ttl: int = 10) -> None:
     """Campaign, then run the leader loop until SIGTERM (the child process's whole life)."""
     from leader.election import Election
     from leader.loop import LeaderLoop
-    from node.events import EventLog
     from node.store.session import Session
+    from node.telemetry.events import EventLog
 
     store = EtcdStore([etcd], timeout=30.0)
     await store.connect()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from leader.scheduler import Plan
-from node.keys import Keys
+from node.model.keys import Keys
 from node.store import Compare, Delete, Fenced, Put, Store, fence
 from node.store.base import MAX_TXN_OPS, Op
 

@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from node.keys import Keys
+from node.model.keys import Keys
 from node.store import Compare, Delete, Put, Store
 from node.store.retry import patiently
 from node.store.session import Session

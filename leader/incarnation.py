@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from node.domain import Assignment, ServiceRecord
+from node.model.domain import Assignment, ServiceRecord
 
 
 def stale_incarnation(

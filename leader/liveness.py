@@ -19,10 +19,10 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
-from node.events import EventLog
-from node.keys import Keys
+from node.model.keys import Keys
 from node.store import Delete, Fenced, Put, Store, fence
-from node.store.cache import PrefixCache
+from node.store.mirrors import mirror
+from node.telemetry.events import EventLog
 
 
 class Liveness(Protocol):
@@ -49,7 +49,7 @@ class DownMarks:
         self.store, self.keys, self.epoch, self.liveness = store, keys, epoch, liveness
         self.events = events
         self.grace = grace
-        self.cache = PrefixCache(store, keys.down_all, "down")
+        self.cache = mirror(store, keys.down_all, "down")
         self.quorate = True  # does this leader see a majority of the registry alive?
 
     def marked(self) -> set[str]:

@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from leader import crashpoint, rollback, updates
+from leader import crashpoint, dependencies, rollback, updates
 from leader.applier import Applier, Write, writes_for
 from leader.incarnation import stale_incarnation
 from leader.liveness import DownMarks, Liveness
 from leader.pending import PendingReasons
 from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy, update_policy
 from leader.scheduler import Plan, Snapshot, schedule_all
-from node.domain import (
+from node.model.domain import (
     Assignment,
     Availability,
     NodeInfo,
@@ -39,10 +39,11 @@ from node.domain import (
     UnreadableRecord,
     effective_labels,
 )
-from node.events import EventLog
-from node.keys import Keys
+from node.model.keys import Keys
 from node.store import KV, Compare, Delete, Fenced, Put, Store, StoreError, fence
 from node.store.cache import PrefixCache
+from node.store.mirrors import mirror
+from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,12 @@ class LeaderLoop:
         self.unreadable: set[str] = set()  # services whose stored spec cannot be read: left alone
         self._refused: dict[str, str] = {}  # service -> why its due rollback is refused (said once)
         self.applier = Applier(store, keys, epoch)
-        self.services = PrefixCache(store, keys.services, "services")
-        self.nodes = PrefixCache(store, keys.nodes, "nodes")
-        self.tasks = PrefixCache(store, keys.tasks, "tasks")
-        self.nodespecs = PrefixCache(store, keys.nodespecs, "nodespecs")
-        self.rollouts = PrefixCache(store, keys.rollouts, "rollouts")
-        self.statuses = PrefixCache(store, keys.status_all, "statuses")
+        self.services = mirror(store, keys.services, "services")
+        self.nodes = mirror(store, keys.nodes, "nodes")
+        self.tasks = mirror(store, keys.tasks, "tasks")
+        self.nodespecs = mirror(store, keys.nodespecs, "nodespecs")
+        self.rollouts = mirror(store, keys.rollouts, "rollouts")
+        self.statuses = mirror(store, keys.status_all, "statuses")
         self._follow_status = False  # wake on status changes only while updates or handoffs run
         self._parsed: dict[str, tuple[int, Assignment]] = {}  # task key -> (mod revision, record)
         self._pending: dict[str, str] = {}  # service -> the pending reason last reported
@@ -201,9 +202,15 @@ class LeaderLoop:
             r.service: r for r in (RolloutRecord.from_json(kv.value) for kv in self.rollouts.values())
         }
         decided = updates.decide(services, snap.tasks, statuses, rollouts, alive, now)
+        observe = dependencies.observer(services, snap.tasks, statuses.get)
+        waiting = dependencies.gated(services, {svc for svc, _ in snap.tasks}, observe)  # depends_on
 
         def plan_all() -> tuple[list[Plan], list[Write]]:  # pure: no I/O, nothing shared is changed
-            plans = schedule_all(replace(snap, updatable=decided.allowed), services.values(), self.epoch, now)
+            ready = [r for name, r in services.items() if name not in waiting]
+            plans = schedule_all(replace(snap, updatable=decided.allowed), ready, self.epoch, now)
+            plans += [
+                dependencies.waiting_plan(services[n], why, alive) for n, why in sorted(waiting.items())
+            ]
             writes: list[Write] = []
             for plan in plans:
                 updates.with_handoffs(plan, decided.policies.get(plan.service, UpdatePolicy()), alive)
@@ -231,6 +238,7 @@ class LeaderLoop:
             any(RolloutState(r.state).active for r in decided.records.values())
             or any(RolloutState(r.state).active for r in rollouts.values() if r.service in services)
             or any(t.handoff for t in snap.tasks.values())
+            or bool(waiting)  # a gated service starts when its dependencies' statuses say so
         )
         self._pending_events(plans)
         await self.pending.publish(plans, now)
@@ -407,7 +415,7 @@ class LeaderLoop:
         return max(0.0, min(times) - time.time()) + 0.01
 
     def _gossiping_nodes(self) -> set[str]:
-        """Registered nodes less simulated ones (`node.simcluster`: they gossip with no one, so
+        """Registered nodes less simulated ones (`node.dev.simcluster`: they gossip with no one, so
         they count for no gossip quorum); parsed once per mod revision."""
         out, seen = set(), self._simulated
         for kv in self.nodes.values():

@@ -22,8 +22,8 @@ import time
 from collections.abc import Iterable
 
 from leader.scheduler import Plan
-from node.domain import PendingRecord
-from node.keys import Keys
+from node.model.domain import PendingRecord
+from node.model.keys import Keys
 from node.store import Delete, Fenced, Put, Store, fence
 from node.store.base import MAX_TXN_OPS, Op
 

@@ -21,7 +21,7 @@ A rollback that cannot be done (the good version's history entry is gone) pauses
 record with a message saying so, reported once, not retried on every pass.
 
 `write` is the one place the leader writes a service spec, so the published ports of the
-good version are claimed there, in the same transaction (`node.ports`); a port another
+good version are claimed there, in the same transaction (`node.store.ports`); a port another
 service took meanwhile refuses the rollback (`Refused`, an event names the owner).
 """
 
@@ -32,11 +32,11 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from leader.rollout import RolloutState
-from node.domain import RolloutRecord, ServiceRecord
-from node.keys import Keys
-from node.ports import PortTaken, port_writes
+from node.model.domain import RolloutRecord, ServiceRecord
+from node.model.keys import Keys
 from node.store import KV, Compare, Fenced, Put, Store, fence
 from node.store.base import Op
+from node.store.ports import PortTaken, port_writes
 
 
 class Outcome(StrEnum):
@@ -110,7 +110,7 @@ async def write(
     store: Store, keys: Keys, epoch: int, failed: RolloutRecord, current: KV, rollout_mod: int
 ) -> Outcome | Refused:
     """Roll `failed` back in one fenced transaction (see the module docstring), with the port
-    claims of the good version (`node.ports`) in it. Raises `Fenced` when our epoch no longer
+    claims of the good version (`node.store.ports`) in it. Raises `Fenced` when our epoch no longer
     leads, `StoreError` when etcd does not answer."""
     name = failed.service
     running = ServiceRecord.from_json(current.value)

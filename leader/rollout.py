@@ -35,9 +35,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from node.domain import RolloutRecord, ServiceRecord
-from node.spec import ServiceSpec
-from node.spec_lifecycle import UpdateConfig
+from node.model.domain import RolloutRecord, ServiceRecord
+from node.model.spec import ServiceSpec
+from node.model.spec_lifecycle import UpdateConfig
 
 PROGRESS_DEADLINE = 300.0
 """Seconds a new replica may take to become healthy before its slot counts as failed."""
@@ -65,7 +65,7 @@ class Health(StrEnum):
 
 
 UpdatePolicy = UpdateConfig
-"""A spec's `update:` section (`node.spec_lifecycle.UpdateConfig`), whose defaults are
+"""A spec's `update:` section (`node.model.spec_lifecycle.UpdateConfig`), whose defaults are
 shoal's: zero failed requests and a bad version that comes back by itself (start-first,
 rollback). Written once, in the model."""
 

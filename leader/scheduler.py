@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from leader.placement import pick, reasons
 from leader.placement.cluster import Cluster
 from leader.placement.requirements import SPREAD, Requirements, requirements, reservation_millicores
-from node.domain import (  # re-exported: the leader's vocabulary
+from node.model.domain import (  # re-exported: the leader's vocabulary
     Assignment,
     Availability,
     Desired,
@@ -58,7 +58,7 @@ _RUNNING = Desired.RUNNING.value
 @dataclass(frozen=True)
 class Snapshot:
     """What the leader knows at `revision`: alive nodes (labels as constraints see them:
-    `node.domain.effective_labels`), every current assignment, and the nodes an
+    `node.model.domain.effective_labels`), every current assignment, and the nodes an
     operator drained or paused (absent: active)."""
 
     nodes: Mapping[str, NodeInfo]

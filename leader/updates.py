@@ -35,8 +35,8 @@ from leader.rollout import (
     update_policy,
 )
 from leader.scheduler import CONSTRAINTS, DRAIN, MAX_PER_NODE, UPDATE, Plan, template_hash
-from node.domain import Assignment, RolloutRecord, ServiceRecord, TaskHealth, TaskState, TaskStatus
-from node.keys import Keys
+from node.model.domain import Assignment, RolloutRecord, ServiceRecord, TaskHealth, TaskState, TaskStatus
+from node.model.keys import Keys
 from node.store.cache import PrefixCache
 
 HANDOFF_REASONS = frozenset({UPDATE, DRAIN, CONSTRAINTS, MAX_PER_NODE})

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
-from node.domain import Event
-from node.events import EventLog
-from node.keys import Keys
+from node.model.domain import Event
+from node.model.keys import Keys
 from node.security.tokens import StoredToken
 from node.store import KV, Delete, Fenced, Store, StoreError, fence
 from node.store.base import MAX_TXN_OPS, MemberStatus
+from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devcluster import EtcdProcess
+from node.dev.devcluster import EtcdProcess
 from tests.helpers import free_port_pair
 
 

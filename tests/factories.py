@@ -6,9 +6,9 @@ from dataclasses import replace
 from typing import Any
 
 from leader.scheduler import template_hash
-from node.domain import Assignment, Desired, NodeInfo, ServiceRecord
+from node.model.domain import Assignment, Desired, NodeInfo, ServiceRecord
+from node.model.spec import ServiceSpec, spec_from_stored, spec_to_dict
 from node.runtime.base import LABELS, Container
-from node.spec import ServiceSpec, spec_from_stored, spec_to_dict
 
 IMAGE = "shoal-demo/web:1"
 CLUSTER = "test"

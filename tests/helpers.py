@@ -1,6 +1,6 @@
 """Waiting in tests: poll a condition until a deadline, never sleep a fixed time.
 
-(The free-port helpers come from `node.freeports`, shared with the benches: ports outside the
+(The free-port helpers come from `node.dev.freeports`, shared with the benches: ports outside the
 ephemeral range, so a server restarted by a test finds its port still free.)
 
 `wait_until(fn, timeout)` calls `fn` (sync or async) every `interval` seconds until it
@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, overload
 
-from node.freeports import free_port, free_port_on_all, free_port_pair
+from node.dev.freeports import free_port, free_port_on_all, free_port_pair
 
 __all__ = ["free_port", "free_port_on_all", "free_port_pair", "on_store", "wait_until", "wait_until_sync"]
 
@@ -85,7 +85,7 @@ def _failure(message: str, timeout: float, last: object) -> str:
 def on_store(endpoint: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Run `fn(store)` on a fresh `EtcdStore` connected to `endpoint`, then close it; with
     the client certificate when that etcd is a dev cluster's (TLS, client certificates)."""
-    from node.devcluster import etcd_tls_for
+    from node.dev.devcluster import etcd_tls_for
     from node.store.etcd import EtcdStore
 
     async def go() -> T:

@@ -23,8 +23,8 @@ from heapq import heapify, heappush
 
 from leader.placement.fit import FitTree
 from leader.placement.requirements import capacity_millicores
-from node.constraints import Constraint
-from node.domain import Availability, NodeInfo
+from node.model.constraints import Constraint
+from node.model.domain import Availability, NodeInfo
 
 Entry = tuple[float, int, int, int]  # (share, tasks, node index, version)
 ACTIVE = Availability.ACTIVE.value

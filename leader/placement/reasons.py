@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from leader.placement.cluster import Cluster
 from leader.placement.requirements import Requirements
-from node.domain import Availability
+from node.model.domain import Availability
 
 
 def human_memory(n: int) -> str:

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from node.constraints import Constraint, ConstraintError, parse_constraint, parse_label_attribute
-from node.spec import ServiceSpec
+from node.model.constraints import Constraint, ConstraintError, parse_constraint, parse_label_attribute
+from node.model.spec import ServiceSpec
 
 UNLIMITED = 1 << 62
 SPREAD, BINPACK = "spread", "binpack"

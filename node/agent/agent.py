@@ -27,6 +27,12 @@ withdrawal to be in etcd (bounded; else retried by a later pass). A service with
 expired more than S ago (`node.agent.disconnect`) its replicas are stopped and not
 started again until etcd answers (the leader has placed them elsewhere meanwhile).
 
+State: what the agent knows per task (phase, container, restart history and its
+back-off, status, routable) is kept by a pure state machine, `node.agent.machine.Slots`:
+this shell feeds it what it sees and carries out the actions it returns. With
+`SHOAL_AGENT_VALIDATE=1` the machine's invariants (`node.agent.invariants`) are checked
+after every pass.
+
 The engine and images: `EngineWatch` (`node.agent.engine`) pings the engine; while it
 has not answered for `engine_timeout` the agent runs no pass, publishes no endpoint and
 reports its tasks `unknown` (the daemon marks the node not ready, the leader moves its
@@ -39,45 +45,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
 
 from node.agent.containers import SpecNotFound, SpecSource, container_spec
 from node.agent.diff import Actions, diff
 from node.agent.disconnect import cut_off_for, hold_back
 from node.agent.engine import EngineWatch
 from node.agent.health import Verdict, check_of
+from node.agent.invariants import validate
+from node.agent.machine import Action, Emit, Forget, Remove, Slots, Stop, Withdraw
 from node.agent.monitor import HealthMonitor, Probe
 from node.agent.probes import Prober
 from node.agent.publisher import Publisher
 from node.agent.pulls import Pulls
-from node.agent.restart import (
-    UNHEALTHY,
-    Policy,
-    RestartState,
-    interrupted,
-    may_start,
-    on_exit,
-    on_running,
-    policy_of,
-)
+from node.agent.restart import Policy, policy_of
 from node.agent.secretfiles import SecretFiles, default_root
 from node.agent.stopper import Stopper
-from node.domain import Assignment, EndpointRecord, TaskState, TaskStatus
-from node.events import EventLog
-from node.keys import Keys
+from node.model.domain import Assignment, TaskStatus
+from node.model.keys import Keys
+from node.model.spec import ServiceSpec
 from node.runtime.base import LABELS, Container, EngineError, Runtime
-from node.spec import ServiceSpec
 from node.store import Store, StoreError
-from node.store.cache import PrefixCache
+from node.store.mirrors import mirror
 from node.store.session import Session
+from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
-# s: an unchanged health result is never rewritten to status/ (liveness is the node's lease;
-# a periodic rewrite cost etcd one revision per replica per period: issue 11)
-HEALTH_REFRESH = math.inf
 
 
 class Agent:
@@ -105,21 +100,15 @@ class Agent:
         self.events = events
         self.publish_address = publish_address
         self.resync = resync
-        self.tasks = PrefixCache(store, keys.tasks, "agent-tasks")
+        self.tasks = mirror(store, keys.tasks, "agent-tasks")
         self.specs = SpecSource(store, keys)
         self.secret_files = SecretFiles(
             store, keys, default_root(cluster, node)
         )  # the daemon sets its sealer
         self.publisher = Publisher(store, keys, session)
-        self.status: dict[str, TaskStatus] = {}
-        self._retry_at: dict[str, tuple[float, float]] = {}  # task -> (when, backoff)
         self.clock = clock
-        self._restart: dict[str, RestartState] = {}  # task -> its restart history (node.agent.restart)
-        self._handled: dict[str, str] = {}  # task -> the last container whose exit was decided on
-        self._routable_since: dict[str, float] = {}  # container id -> wall clock it became routable
-        self._engine_gaps = 0  # times the runtime did not answer a pass's listing
-        self._seen_running: dict[str, int] = {}  # container id -> _engine_gaps when last seen running
-        self._next_start: float | None = None  # earliest restart waiting for its back-off
+        self.machine = Slots(node, publish_address, time.time)  # every task's state (node.agent.machine)
+        self.validate = os.environ.get("SHOAL_AGENT_VALIDATE") == "1"
         self._wake = asyncio.Event()  # a change of tasks/, a health verdict: run a pass now
         self.monitor = HealthMonitor(prober or Prober(runtime, publish_address), self._wake.set, clock)
         self.stopper = Stopper(
@@ -129,10 +118,13 @@ class Agent:
         self.engine.on_change(self._engine_changed)
         self.pulls = Pulls(runtime, self._wake.set, pull_timeout, clock)
         self._downing: asyncio.Task[None] | None = None  # the withdrawal when the engine went down
-        self._adopted = False
-        self._running: dict[str, tuple[Assignment, Container]] = {}  # routable replicas
         self._publish_lock = asyncio.Lock()
         self.passes = 0
+
+    @property
+    def status(self) -> dict[str, TaskStatus]:
+        """The status of each task, as published (or about to be)."""
+        return self.machine.status
 
     def assigned(self) -> dict[str, Assignment]:
         out = {}
@@ -163,9 +155,12 @@ class Agent:
                     await (self.reconcile() if self.engine.up else self._engine_down())
                 except (StoreError, EngineError) as exc:
                     log.warning("agent pass failed: %s", exc)
+                if self.validate:
+                    validate(self.machine)
                 timeout = self.resync
-                if self._next_start is not None:  # a restart's back-off ends before the resync
-                    timeout = max(0.01, min(timeout, self._next_start - self.clock()))
+                next_start = self.machine.next_start
+                if next_start is not None:  # a restart's back-off ends before the resync
+                    timeout = max(0.01, min(timeout, next_start - self.clock()))
                 try:
                     async with asyncio.timeout(timeout):
                         await wake.wait()
@@ -189,22 +184,17 @@ class Agent:
 
     async def _seed_restarts(self) -> None:
         """Carry restart counts, last exit codes and given-up tasks over a daemon restart
-        (the old status is still in etcd). The back-off streak starts over."""
+        (the old status is still in etcd)."""
         try:
             kvs, _ = await self.store.range(self.keys.status_all)
         except StoreError:
             return
         for kv in kvs:
-            status = TaskStatus.from_json(kv.value)
-            if status.node == self.node:
-                given_up = (status.message or "the restart policy gave up") if status.terminal else ""
-                self._restart[status.task_id] = RestartState(
-                    restarts=status.restarts, exit_code=status.exit_code, given_up=given_up
-                )
+            self.machine.seed(TaskStatus.from_json(kv.value))
 
     def _engine_changed(self, up: bool) -> None:
         if up:
-            self._adopted = False  # the first pass after re-adopts (events say so)
+            self.machine.engine_up()  # the first pass after re-adopts (events say so)
         else:  # at once, not after the pass under way: it may hang in the silent engine for a minute
             self._downing = asyncio.get_running_loop().create_task(
                 self._engine_down_now(), name="engine-down"
@@ -220,79 +210,63 @@ class Agent:
     async def _engine_down(self) -> None:
         """The engine has not answered for `engine_timeout`: no endpoint of this node is
         published (they are withdrawn), every assigned task is `unknown`, and why."""
-        assigned = self.assigned()
-        self._running = {}
-        for task_id in [t for t in self.status if t not in assigned]:
-            del self.status[task_id]
-        for task in assigned.values():
-            self._set(task, TaskState.UNKNOWN, message=self.engine.reason)
+        self.machine.engine_down(self.assigned(), self.engine.reason)
         await self._publish()
-
-    def _rs(self, task: Assignment) -> RestartState:
-        return self._restart.get(task.task_id) or RestartState()
 
     async def reconcile(self) -> Actions:
         self.passes += 1
-        self._next_start = None
+        m = self.machine
+        m.begin_pass()
         assigned = self.assigned()
         try:
             found = await self.runtime.list({LABELS.CLUSTER: self.cluster, LABELS.NODE: self.node})
         except EngineError:
-            self._engine_gaps += 1  # an exit 0 seen after this is the engine's doing (restart policy)
+            m.engine_gap()  # an exit 0 seen after this is the engine's doing (restart policy)
             raise
-        actions = await self._cut_off(diff(assigned, found))
-        if not self._adopted:
-            self._adopted = True
-            for task, c in actions.keep:
-                self.events.emit(
-                    "task.adopted", f"{c.name} re-adopted ({c.id[:12]})", task.service, task.task_id
-                )
+        actions = diff(assigned, found)
+        m.desired(assigned)
+        m.listed(actions.keep, actions.replace)
+        actions = await self._cut_off(actions)
+        await self._do(m.adopt(actions.keep))
         for c in actions.stop:
             self._stop(c)
-        for gone in (self.status, self._restart, self._handled, self._retry_at):
-            for task_id in [t for t in gone if t not in assigned]:
-                del gone[task_id]
         self.specs.retain({(t.service, t.uid) for t in assigned.values()})
         self.secret_files.sweep(assigned)  # files of tasks no longer here (node.agent.secretfiles)
         await asyncio.gather(*(self._exited(t, c) for t, c in actions.replace))
-        now = self.clock()
-        running: dict[str, tuple[Assignment, Container]] = {}
         checked: set[str] = set()
         for task, c in actions.keep:
             if c.id in self.stopper:
-                continue  # replaced for being unhealthy: it drains, then stops; then it restarts
+                m.stopping(task)  # replaced for being unhealthy: it drains, then stops; then it restarts
+                continue
+            checked.add(c.id)
             try:
                 spec = await self._spec_or_none(task)
             except StoreError:  # not cached and etcd away: as it was
-                checked.add(c.id)
-                if task.task_id in self._running:
-                    running[task.task_id] = self._running[task.task_id]
                 continue
             verdict = self.monitor.verdict(c, check_of(spec))
-            checked.add(c.id)
-            self._restart[task.task_id] = on_running(self._rs(task), now)
-            if verdict.replace:
-                self._replace_unhealthy(task, c, policy_of(spec), verdict)
-                continue
-            if verdict.routable:
-                running[task.task_id] = (task, c)
-            self._observe(task, c, verdict)
+            drained = self.monitor.unhealthy_for(c.id)
+            await self._do(m.seen(task, c, verdict, policy_of(spec), self.clock(), drained))
         self.monitor.retain(checked)
-        listed = {c.id for c in found}
-        self._seen_running = {cid: gaps for cid, gaps in self._seen_running.items() if cid in listed}
-        self._seen_running.update({c.id: self._engine_gaps for _, c in actions.keep})
-        for cid in [cid for cid in self._routable_since if cid not in checked]:
-            del self._routable_since[cid]
-        self._running = running
-        starts = self._startable(actions.start, now)
+        starts = m.starts(actions.start, self.clock())
         if starts:
-            for task in starts:
-                if task.task_id not in self.status:
-                    self._set(task, TaskState.PENDING)
             await self._publish()  # `ps` shows them pending while images are pulled and started
-        await asyncio.gather(*(self._start(t) for t in starts))
+        await asyncio.gather(*(self._start(s.task) for s in starts))
         await self._publish()
         return actions
+
+    async def _do(self, actions: list[Action]) -> None:
+        """Carry out what the machine decided."""
+        for a in actions:
+            if isinstance(a, Emit):
+                self.events.emit(a.kind, a.message, a.service, a.task_id)
+            elif isinstance(a, Stop):
+                self._stop(a.container, a.drained, a.must_withdraw)
+            elif isinstance(a, Forget):
+                self.monitor.forget(a.container_id)
+            elif isinstance(a, Withdraw):
+                await self.publisher.withdraw(a.service, a.task_id)  # queued: no wait
+            elif isinstance(a, Remove):
+                await self.runtime.remove(a.container_id)
 
     async def _cut_off(self, actions: Actions) -> Actions:
         """Cut off from etcd past a service's `on_disconnect.stop_after`: stop its running
@@ -307,26 +281,8 @@ class Agent:
         actions, stops = hold_back(actions, specs, cut)
         for task, c, why in stops:
             if c.id not in self.stopper:
-                self._set(task, TaskState.EXITED, container_id=c.id, message=f"stopped: {why}")
-                self.events.emit("task.disconnected", f"{c.name} stopped: {why}", task.service, task.task_id)
-                self._stop(c, must_withdraw=False)
+                await self._do(self.machine.cut_off(task, c, why))
         return actions
-
-    def _startable(self, tasks: list[Assignment], now: float) -> list[Assignment]:
-        """The tasks to start now: not given up on, and past their restart back-off."""
-        out = []
-        for task in tasks:
-            rs, old = self._rs(task), self.status.get(task.task_id)
-            if rs.terminal:
-                self._set_final(task, rs, old)
-            elif not may_start(rs, now):
-                self._next_start = min(rs.next_at, self._next_start or rs.next_at)
-                if old is None or old.state != TaskState.EXITED:  # none yet, or its replaced container's
-                    message = old.message if old else f"restart in {rs.next_at - now:.1f}s"
-                    self._set(task, TaskState.EXITED, message=message)
-            else:
-                out.append(task)
-        return out
 
     async def _spec_or_none(self, task: Assignment) -> ServiceSpec | None:
         """The task's spec; None (no check, default policy) when it is not in etcd."""
@@ -334,52 +290,6 @@ class Agent:
             return await self.specs.spec(task.service, task.version, task.uid)
         except SpecNotFound:
             return None
-
-    def _set(self, task: Assignment, state: TaskState, **fields: object) -> None:
-        rs = self._rs(task)
-        base = TaskStatus(task.task_id, task.service, task.slot, self.node, state.value)
-        new = replace(base, **{"restarts": rs.restarts, "exit_code": rs.exit_code, **fields})  # type: ignore[arg-type]
-        old = self.status.get(task.task_id)
-        if old is None or asdict(replace(old, updated_at=0)) != asdict(new):
-            self.status[task.task_id] = replace(new, updated_at=time.time())
-
-    def _observe(self, task: Assignment, c: Container, verdict: Verdict, message: str = "") -> None:
-        if not c.running:  # exited right after it started; the next pass replaces it
-            self._set(task, TaskState.EXITED, container_id=c.id, exit_code=c.exit_code, message=c.error)
-            return
-        port = next(iter(c.host_ports.values()), 0)
-        since = 0.0
-        if verdict.routable:
-            since = self._routable_since.setdefault(c.id, time.time())
-        else:
-            self._routable_since.pop(c.id, None)
-        at, old = verdict.at, self.status.get(task.task_id)
-        if (
-            old is not None
-            and (old.health, old.health_message, old.health_failures)
-            == (verdict.health.value, verdict.message, verdict.failures)
-            and at - old.health_at < HEALTH_REFRESH
-        ):
-            at = old.health_at  # the same result again: no etcd write for it
-        self._set(
-            task,
-            TaskState.RUNNING,
-            container_id=c.id,
-            address=self.publish_address,
-            host_port=port,
-            message=message,
-            health=verdict.health.value,
-            health_message=verdict.message,
-            health_failures=verdict.failures,
-            health_at=at,
-            healthy_since=since,
-        )
-
-    def _set_final(self, task: Assignment, rs: RestartState, old: TaskStatus | None, cid: str = "") -> None:
-        """A task the restart policy gave up on: exited (code 0) or failed, and why."""
-        state = TaskState.EXITED if rs.exit_code == 0 else TaskState.FAILED
-        cid = cid or (old.container_id if old else "")
-        self._set(task, state, container_id=cid, message=rs.given_up, terminal=True)
 
     async def _publish(self) -> None:
         """Publish every status and the endpoints of the running replicas, as they are now.
@@ -389,100 +299,35 @@ class Agent:
         callers from publishing overlapping views.
         """
         async with self._publish_lock:
-            endpoints = []
-            for task, c in self._running.values() if self.engine.up else ():
-                cport, hport = next(iter(sorted(c.host_ports.items())), (0, 0))
-                ports = {str(k): v for k, v in sorted(c.host_ports.items())}
-                endpoints.append(
-                    EndpointRecord(
-                        task.task_id, task.service, self.node, self.publish_address, hport, cport, ports
-                    )
-                )
-            await self.publisher.publish(list(self.status.values()), endpoints)
+            endpoints = self.machine.endpoints() if self.engine.up else []
+            await self.publisher.publish(self.machine.statuses(), endpoints)
 
     async def _start(self, task: Assignment) -> None:
-        when, backoff = self._retry_at.get(task.task_id, (0.0, 0.5))
-        if self.clock() < when:
-            self._next_start = min(when, self._next_start or when)
-            return
+        m = self.machine
         try:
             spec = await self.specs.spec(task.service, task.version, task.uid)
             if not await self.pulls.ready(spec.image):  # pulled apart; a finished pull wakes a pass
-                self._set(task, TaskState.PULLING, message=self.pulls.progress(spec.image))
+                m.pulling(task, self.pulls.progress(spec.image))
                 return
             made = container_spec(task, spec, self.cluster, self.publish_address)
             c = await self.runtime.run(await self.secret_files.prepare(task, spec, made))
         except (SpecNotFound, StoreError, EngineError) as exc:
-            self._retry_at[task.task_id] = (self.clock() + backoff, min(backoff * 2, 30.0))
-            self._set(task, TaskState.FAILED, message=str(exc))
-            self.events.emit("task.failed", f"{task.service}.{task.slot}: {exc}", task.service, task.task_id)
+            await self._do(m.start_failed(task, str(exc), self.clock()))
             return
-        self._retry_at.pop(task.task_id, None)
         verdict = self.monitor.verdict(c, check_of(spec)) if c.running else Verdict()
-        if c.running:
-            self._restart[task.task_id] = on_running(self._rs(task), self.clock())
-            self._seen_running[c.id] = self._engine_gaps
-        self._observe(task, c, verdict)
-        if c.running and verdict.routable:  # routable at once unless it has a check to pass first
-            self._running[task.task_id] = (task, c)
+        started = m.started(task, c, verdict, self.clock())
         await self._publish()
-        self.events.emit(
-            "task.started", f"{c.name} started on {self.node} ({c.id[:12]})", task.service, task.task_id
-        )
+        await self._do(started)
 
     async def _exited(self, task: Assignment, c: Container) -> None:
-        """A container that exited: decide once whether its task restarts (and when).
-
-        It is removed at once when the task will restart (the restart makes a new one
-        after the back-off); kept, for its logs, when the policy gave up (it is removed
-        when the task is unassigned).
-        """
-        rs = self._rs(task)
-        if rs.terminal:
-            self._set_final(task, rs, None, c.id)
-            return
-        self.monitor.forget(c.id)
-        await self.publisher.withdraw(task.service, task.task_id)  # queued: it is dead anyway
-        if self._handled.get(task.task_id) != c.id:
+        """A container that exited: the machine decides once whether its task restarts."""
+        policy: Policy | None = None
+        if self.machine.deciding(task, c):
             try:
                 policy = policy_of(await self._spec_or_none(task))
             except StoreError as exc:  # not cached and etcd away: decide when it answers
                 log.warning("%s exited; its restart policy cannot be read yet: %s", c.name, exc)
-                return
-            self._handled[task.task_id] = c.id
-            now = self.clock()
-            engine_restarted = self._seen_running.get(c.id, self._engine_gaps) < self._engine_gaps
-            not_done = interrupted(c, engine_restarted)  # not a completion: started again
-            rs = on_exit(rs, policy, c.exit_code, now, not_done)
-            self._restart[task.task_id] = rs
-            if rs.terminal:
-                self._set_final(task, rs, None, c.id)
-                self.events.emit("task.no-restart", f"{c.name}: {rs.given_up}", task.service, task.task_id)
-                return
-            why = f"exited with code {c.exit_code}" + (f" ({c.error})" if c.error else "")
-            if not_done:
-                why = f"exited with code {c.exit_code} ({not_done})"
-            wait = f"restart {rs.restarts} in {rs.next_at - now:.1f}s"
-            self._set(task, TaskState.EXITED, container_id=c.id, message=f"{why}; {wait}")
-            self.events.emit("task.exited", f"{c.name} {why}; {wait}", task.service, task.task_id)
-            self._next_start = min(rs.next_at, self._next_start or rs.next_at)
-        await self.runtime.remove(c.id)
-
-    def _replace_unhealthy(self, task: Assignment, c: Container, policy: Policy, verdict: Verdict) -> None:
-        """Unhealthy for 2 x retries checks: drain and stop it; the restart policy decides
-        (once per container) whether and when its task gets a new one."""
-        if self._handled.get(task.task_id) != c.id:
-            self._handled[task.task_id] = c.id
-            now = self.clock()
-            rs = on_exit(self._rs(task), policy, UNHEALTHY, now)
-            self._restart[task.task_id] = rs
-            then = f"not restarted: {rs.given_up}" if rs.terminal else f"restart in {rs.next_at - now:.1f}s"
-            why = f"unhealthy after {verdict.failures} failed checks ({verdict.message})"
-            self.events.emit(
-                "task.unhealthy", f"{c.name} {why}; replacing, {then}", task.service, task.task_id
-            )
-            self._observe(task, c, verdict, message=f"{why}; replacing, {then}")
-        self._stop(c, drained=self.monitor.unhealthy_for(c.id), must_withdraw=False)
+        await self._do(self.machine.exited(task, c, policy, self.clock()))
 
     def _stop(self, c: Container, drained: float = 0.0, must_withdraw: bool = True) -> None:
         """Withdraw, drain and stop `c` in the background (`node.agent.stopper`)."""

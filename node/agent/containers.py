@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Collection
 
-from node.domain import Assignment, ServiceRecord, UnreadableRecord
-from node.keys import Keys
+from node.model.domain import Assignment, ServiceRecord, UnreadableRecord
+from node.model.keys import Keys
+from node.model.spec import ServiceSpec
 from node.runtime.base import LABELS, ContainerSpec, PortBinding
-from node.spec import ServiceSpec
 from node.store import Store
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from node.domain import Assignment, Desired
+from node.model.domain import Assignment, Desired
 from node.runtime.base import LABELS, Container
 
 

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from node.agent.diff import Actions
-from node.domain import Assignment
+from node.model.domain import Assignment
+from node.model.spec import ServiceSpec
 from node.runtime.base import Container
-from node.spec import ServiceSpec
 
 
 def stop_after(spec: ServiceSpec) -> float | None:

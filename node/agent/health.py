@@ -29,11 +29,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from node.domain import TaskHealth as Health  # the verdicts, named where the routable rule is
-from node.domain import TaskState, routable
+from node.model.domain import TaskHealth as Health  # the verdicts, named where the routable rule is
+from node.model.domain import TaskState, routable
+from node.model.spec import ServiceSpec
+from node.model.spec_lifecycle import HealthCheck, HttpCheck
 from node.runtime.base import DockerHealth
-from node.spec import ServiceSpec
-from node.spec_lifecycle import HealthCheck, HttpCheck
 
 START_INTERVAL = 0.5  # s between probes of a replica that was never healthy (or `interval`)
 REPLACE_AFTER = 2  # x retries consecutive failures, and an unhealthy replica is replaced
@@ -164,7 +164,7 @@ class Verdict:
 
     @property
     def routable(self) -> bool:
-        """Published in `endpoints/` (a verdict is of a running replica): `node.domain.routable`."""
+        """Published in `endpoints/` (a verdict is of a running replica): `node.model.domain.routable`."""
         return routable(TaskState.RUNNING, self.health)
 
 

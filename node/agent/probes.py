@@ -26,7 +26,7 @@ from node.agent import http_probe
 from node.agent.health import Check
 from node.runtime.base import Container, EngineError, Runtime
 
-SIMULATED = "io.shoal.simulated"  # node.runtime.sim's label: nothing runs, every check passes
+SIMULATED = "io.shoal.simulated"  # node.dev.simruntime's label: nothing runs, every check passes
 MESSAGE_LIMIT = 300  # characters of a probe's message kept (exec output can be long)
 
 
@@ -37,7 +37,7 @@ class Prober:
 
     async def probe(self, check: Check, c: Container) -> tuple[bool, str]:
         if c.labels.get(SIMULATED) == "true":
-            return True, "simulated replica (node.runtime.sim): nothing to check"
+            return True, "simulated replica (node.dev.simruntime): nothing to check"
         try:
             if check.kind == "exec":
                 return await self._exec(check, c)

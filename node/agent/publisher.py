@@ -15,8 +15,8 @@ import asyncio
 import logging
 
 from node.agent.writes import WriteQueue
-from node.domain import EndpointRecord, TaskStatus
-from node.keys import Keys
+from node.model.domain import EndpointRecord, TaskStatus
+from node.model.keys import Keys
 from node.store import Store, StoreError
 from node.store.session import Session
 

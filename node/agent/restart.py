@@ -18,6 +18,10 @@ decides from the spec's `restart` section:
   capped at `MAX_DELAY` (or `delay` if larger). A replica that stayed up `RESET_AFTER`
   seconds resets the streak, so a crash after a long healthy life restarts after
   `delay` again (Docker's rule).
+- A start that fails (no spec, the image cannot be pulled, the engine refuses) waits by
+  the same rule (`backoff`) from `START_DELAY`, whatever the spec's `delay` (a spec with
+  `delay: 0` must not hammer a registry); the count starts over at the first start that
+  succeeds. `next_at` is the one "no start before" of a task: `may_start` reads it.
 
 Times are monotonic seconds passed in by the caller.
 """
@@ -26,17 +30,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from node.model.spec import ServiceSpec
+from node.model.spec_lifecycle import RestartPolicy
 from node.runtime.base import Container
-from node.spec import ServiceSpec
-from node.spec_lifecycle import RestartPolicy
 
 MAX_DELAY = 30.0  # s: the longest back-off between restarts (unless `delay` is longer)
 RESET_AFTER = 10.0  # s up: the crash-loop streak starts over
+START_DELAY = RestartPolicy().delay  # s: the first wait after a failed start (the model's default delay)
 UNHEALTHY = None  # exit code passed to `on_exit` for a replica replaced for being unhealthy
 
 
 Policy = RestartPolicy
-"""The spec's `restart` section (`node.spec_lifecycle.RestartPolicy`): its defaults are
+"""The spec's `restart` section (`node.model.spec_lifecycle.RestartPolicy`): its defaults are
 the model's, the one place they are written."""
 
 
@@ -56,6 +61,7 @@ class RestartState:
     up_since: float | None = None  # when the current container was first seen running
     next_at: float = 0.0  # no start before this
     given_up: str = ""  # why it is not restarted any more ("": it may be)
+    failed_starts: int = 0  # starts that failed in a row (their own back-off streak)
 
     @property
     def terminal(self) -> bool:
@@ -67,6 +73,17 @@ def on_running(state: RestartState, now: float) -> RestartState:
     if state.up_since is not None:
         return state
     return replace(state, up_since=now)
+
+
+def on_start_failed(state: RestartState, now: float) -> RestartState:
+    """A start of the task failed at `now`: no new try before the back-off."""
+    wait = backoff(RestartPolicy(delay=START_DELAY), state.failed_starts)
+    return replace(state, failed_starts=state.failed_starts + 1, next_at=now + wait)
+
+
+def on_started(state: RestartState) -> RestartState:
+    """A start of the task succeeded: its failed starts are forgotten."""
+    return replace(state, failed_starts=0)
 
 
 def interrupted(c: Container, engine_restarted: bool = False) -> str:
@@ -117,6 +134,7 @@ def on_exit(
         streak=streak + 1,
         up_since=None,
         next_at=now + delay,
+        failed_starts=state.failed_starts,
     )
 
 

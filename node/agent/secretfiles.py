@@ -32,12 +32,12 @@ from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
-from node.domain import Assignment
-from node.keys import Keys
+from node.model.domain import Assignment
+from node.model.keys import Keys
+from node.model.spec import ServiceSpec
 from node.runtime.base import ContainerSpec, EngineError, Mount
 from node.security.objects import ObjectRecord
 from node.security.sealing import Sealer, SealError, is_sealed, secret_env_ad
-from node.spec import ServiceSpec
 from node.store import Store
 
 SHM = Path("/dev/shm")

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 from node.agent.containers import SpecNotFound, SpecSource
 from node.agent.publisher import Publisher
-from node.events import EventLog
 from node.runtime.base import LABELS, Container, EngineError, Runtime
 from node.store import StoreError
+from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 WITHDRAW_WAIT = 5.0  # s: how long a stop waits for its withdrawal to reach etcd before retrying later

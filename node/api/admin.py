@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from node.api.server import handle
-from node.errors import FailedPrecondition, InvalidArgument
+from node.model.errors import FailedPrecondition, InvalidArgument
 from node.pb import api_pb2
 from node.security import ca
 from node.security.auth import current_caller

@@ -1,11 +1,11 @@
-"""Records (`node.domain`) to protobuf messages (`node.pb.api_pb2`)."""
+"""Records (`node.model.domain`) to protobuf messages (`node.pb.api_pb2`)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from node.domain import (
+from node.model.domain import (
     Assignment,
     Availability,
     EndpointRecord,
@@ -19,8 +19,8 @@ from node.domain import (
     TaskStatus,
     effective_labels,
 )
+from node.model.spec import ServiceSpec, spec_to_dict
 from node.pb import api_pb2
-from node.spec import ServiceSpec, spec_to_dict
 from node.store import KV
 
 MASK = "***"

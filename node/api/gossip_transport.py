@@ -18,14 +18,14 @@ from collections.abc import Awaitable, Callable
 import grpc
 import grpc.aio
 
-from node import rpc
 from node.api.server import handle
 from node.api.taskio import PeerTaskHandlers
-from node.errors import FailedPrecondition
 from node.gossip.memberlist import Memberlist
 from node.gossip.messages import Ack, MemberState, Ping, PingReq, Update
 from node.gossip.transport import ProbeFailed
+from node.model.errors import FailedPrecondition
 from node.pb import peer_pb2, peer_pb2_grpc
+from node.wire import rpc
 
 
 def _updates_to_pb(updates: tuple[Update, ...]) -> list[peer_pb2.MemberUpdate]:

@@ -21,9 +21,9 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.api.admin import MAX_CSR_BYTES, Signer
-from node.domain import NodeInfo
-from node.errors import FailedPrecondition, InvalidArgument, Unavailable
-from node.keys import Keys
+from node.model.domain import NodeInfo
+from node.model.errors import FailedPrecondition, InvalidArgument, Unavailable
+from node.model.keys import Keys
 from node.pb import peer_pb2
 from node.security import bootstrap, ca, join_uses
 from node.security.ca import CertError, Kind
@@ -32,7 +32,7 @@ from node.store import Store
 log = logging.getLogger(__name__)
 
 MAX_NAMES = 16
-_NODE_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # node.config.NODE_ID
+_NODE_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # node.model.config.NODE_ID
 
 
 def _caller_key(context: grpc.aio.ServicerContext) -> str | None:

@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from node.api import convert
-from node.domain import (
+from node.gossip.member import GONE, Member, MemberEvent
+from node.model.domain import (
     Assignment,
     EndpointRecord,
     NodeInfo,
@@ -25,8 +26,7 @@ from node.domain import (
     routable_endpoints,
     serving,
 )
-from node.gossip.member import GONE, Member, MemberEvent
-from node.keys import Keys
+from node.model.keys import Keys
 from node.pb import api_pb2
 from node.store import Store
 
@@ -94,7 +94,7 @@ async def list_nodes(store: Store, keys: Keys, view: MemberView | None) -> api_p
 async def routable(
     store: Store, keys: Keys, service: str, view: MemberView | None, uid: str | None = None
 ) -> list[EndpointRecord]:
-    """The endpoints traffic may go to, by the proxy's rule (`node.domain.routable_endpoints`):
+    """The endpoints traffic may go to, by the proxy's rule (`node.model.domain.routable_endpoints`):
     the task is still assigned there (for incarnation `uid` of the service, when given), and
     its node is neither marked down nor dead (or left) in this node's gossip view, which
     leads the leader's verdict by its grace period."""

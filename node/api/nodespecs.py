@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
-from node.config import NODE_ID
-from node.constraints import LABEL_KEY
-from node.domain import Availability, NodeInfo, NodeSpec, effective_labels
-from node.errors import InvalidArgument, NotFound
-from node.keys import Keys
+from node.model.config import NODE_ID
+from node.model.constraints import LABEL_KEY
+from node.model.domain import Availability, NodeInfo, NodeSpec, effective_labels
+from node.model.errors import InvalidArgument, NotFound
+from node.model.keys import Keys
 from node.store import Compare, Put, Store
 from node.store.retry import compare_and_swap
 
@@ -113,7 +113,7 @@ class NodeSpecWriter:
         self, node: str, set_: Mapping[str, str], remove: Sequence[str]
     ) -> tuple[NodeSpec, dict[str, str], bool]:
         """Set `set_` and remove `remove` (a removed key overlays None: it is gone even when it
-        is one of the node's own labels, `node.domain.effective_labels`)."""
+        is one of the node's own labels, `node.model.domain.effective_labels`)."""
         check_labels(set_, remove)
 
         def change(current: NodeSpec) -> NodeSpec:

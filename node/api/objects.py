@@ -23,21 +23,28 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from node.domain import ServiceRecord, readable_services
-from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
-from node.keys import Keys
+from node.model.domain import ServiceRecord, readable_services
+from node.model.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from node.model.keys import Keys
+from node.model.spec import ServiceSpec
+from node.model.spec_lifecycle import OBJECT_PATTERN
 from node.security.objects import KINDS, MAX_BYTES, ObjectRecord, encode
 from node.security.sealing import Sealer, SealError, is_sealed, secret_env_ad
-from node.spec import ServiceSpec
-from node.spec_lifecycle import OBJECT_PATTERN
 from node.store import Compare, Delete, Put, Store
 from node.store.base import MAX_TXN_OPS, Op
 from node.store.retry import compare_and_swap
 
-if TYPE_CHECKING:
-    from node.api.services import ServiceWriter
+
+class VersionWriter(Protocol):
+    """What an object's update needs of the service writer (`node.api.services`), which
+    imports this module: its node name and the ops of a new service version."""
+
+    node: str
+
+    def version_ops(self, record: ServiceRecord) -> list[Put | Delete]: ...
+
 
 _FIELD = {"secret": "secrets", "config": "configs"}
 
@@ -162,7 +169,7 @@ class Objects:
         return [(r, mods[self.keys.service(r.name)]) for r in readable_services(kv.value for kv in kvs)]
 
     async def put(
-        self, kind: str, name: str, value: bytes, update: bool, writer: ServiceWriter
+        self, kind: str, name: str, value: bytes, update: bool, writer: VersionWriter
     ) -> tuple[ObjectRecord, list[str]]:
         """Create (`update` False) or replace the value of an object; the record and the
         services given a new version (rolled) in the same transaction."""

@@ -21,14 +21,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from node.domain import NodeInfo
-from node.errors import InvalidArgument, PermissionDenied
-from node.keys import Keys
-from node.ports import published
+from node.model.domain import NodeInfo
+from node.model.errors import InvalidArgument, PermissionDenied
+from node.model.keys import Keys
+from node.model.spec import ServiceSpec
 from node.security.auth import current_caller
 from node.security.tokens import Role
-from node.spec import ServiceSpec
 from node.store import Store
+from node.store.ports import published
 
 PRIVILEGED = 1024  # ports below it need the admin role
 

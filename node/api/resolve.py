@@ -2,10 +2,11 @@
 
 `resolve` answers once; `watch` answers now and then again after every change that
 can alter the answer (endpoints or assignments of the service, the service record,
-the node registry, down marks, this node's gossip view). Changes are coalesced: a
-burst of writes gives one new answer, and an answer equal to the last one sent is
-not sent again. The same rules as the proxy decide what is routable
-(`node.domain.routable_endpoints`), so a lookup and the mesh never disagree for long.
+the node registry, down marks, this node's gossip view), told by the daemon's shared
+mirrors (`node.store.mirrors`: no etcd watch per stream) or, without a hub, by watches
+of its own. Changes are coalesced: a burst of writes gives one new answer, and an
+answer equal to the last one sent is not sent again. The same rules as the proxy decide what is routable
+(`node.model.domain.routable_endpoints`), so a lookup and the mesh never disagree for long.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from collections.abc import AsyncIterator
 
 from node.api import convert
 from node.api.nodes import MemberView, gone, routable
-from node.domain import NodeInfo, ServiceRecord
-from node.errors import NotFound
 from node.gossip.member import MemberEvent
-from node.keys import Keys
+from node.model.domain import NodeInfo, ServiceRecord
+from node.model.errors import NotFound
+from node.model.keys import Keys
 from node.pb import api_pb2
 from node.proxy import routes
 from node.store import Store, StoreError
+from node.store.mirrors import hub_of
 
 COALESCE = 0.05
 """Seconds to wait after a change for the rest of its burst before answering."""
@@ -59,9 +61,24 @@ async def watch(
     """The answer now, then each different one; ends with NotFound when the service is removed."""
     changed = asyncio.Event()
     answer = await resolve(store, keys, name, view)
-    revision = (await store.range(keys.service(name)))[1]
-    prefixes = (keys.endpoints(name), keys.service_tasks(name), keys.service(name), keys.nodes, keys.down_all)
-    watchers = [asyncio.create_task(_follow(store, p, revision + 1, changed)) for p in prefixes]
+    hub = hub_of(store)
+    watchers: list[asyncio.Task[None]] = []
+    if hub is not None:  # the daemon's shared mirrors: no watch of this stream's own
+        mirrors = [
+            hub.mirror(p) for p in (keys.endpoints_all, keys.tasks, keys.services, keys.nodes, keys.down_all)
+        ]
+        for m in mirrors:
+            m.listener(changed)  # any change there may change the answer; an equal one is not sent
+    else:
+        revision = (await store.range(keys.service(name)))[1]
+        prefixes = (
+            keys.endpoints(name),
+            keys.service_tasks(name),
+            keys.service(name),
+            keys.nodes,
+            keys.down_all,
+        )
+        watchers = [asyncio.create_task(_follow(store, p, revision + 1, changed)) for p in prefixes]
     queue = view.watch() if view is not None else None
     if queue is not None:
         watchers.append(asyncio.create_task(_drain(queue, changed)))
@@ -86,6 +103,9 @@ async def watch(
                 await w
         if view is not None and queue is not None:
             view.unwatch(queue)
+        if hub is not None:
+            for m in mirrors:
+                m.remove_listener(changed)
 
 
 async def _follow(store: Store, prefix: str, revision: int, changed: asyncio.Event) -> None:

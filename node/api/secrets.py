@@ -16,10 +16,10 @@ from node.api.admin import _caller
 from node.api.objects import Objects, check_object_name
 from node.api.server import handle
 from node.api.services import ServiceWriter
-from node.errors import NotFound
-from node.events import EventLog
+from node.model.errors import NotFound
 from node.pb import secrets_pb2, secrets_pb2_grpc
 from node.security.objects import ObjectRecord
+from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The node's one gRPC server: client API, peer API, `grpc.health.v1`, reflection.
 
-`handle` / `handle_stream` wrap every handler: `node.errors` types become the status
+`handle` / `handle_stream` wrap every handler: `node.model.errors` types become the status
 codes of its `STATUS` table and store failures UNAVAILABLE, with the message a person
 can act on; anything unexpected becomes INTERNAL with a short message (and a logged traceback), never a
 crashed daemon. A unary handler has at most `rpc.HANDLER_TIMEOUT` seconds, whatever
@@ -25,10 +25,10 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from node import rpc
-from node.errors import ShoalError, status_of
+from node.model.errors import ShoalError, status_of
 from node.pb import api_pb2, peer_pb2
 from node.store import StoreUnavailable
+from node.wire import rpc
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Handlers are thin: they validate the request, call the store or `ServiceWriter`,
 and convert records to messages (`node.api.convert`). Errors are raised as
-`node.errors` types and mapped to status codes by `node.api.server.handle`.
+`node.model.errors` types and mapped to status codes by `node.api.server.handle`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from node.api.admin import AdminHandlers, check_text
 from node.api.nodespecs import NodeSpecWriter, check_node
 from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
+from node.api.stacks import StackWriter
 from node.api.taskio import LogsExecHandlers
-from node.domain import (
+from node.model.domain import (
     Assignment,
     PendingRecord,
     RolloutRecord,
@@ -28,21 +29,22 @@ from node.domain import (
     readable_services,
     template_hash,
 )
-from node.errors import FailedPrecondition, InvalidArgument, NotFound
-from node.events import decode
-from node.keys import Keys
+from node.model.errors import FailedPrecondition, InvalidArgument, NotFound
+from node.model.keys import Keys
+from node.model.spec import MAX_SPEC_BYTES
+from node.model.spec_lifecycle import SERVICE_NAME_PATTERN
 from node.pb import api_pb2, api_pb2_grpc
-from node.spec import MAX_SPEC_BYTES, NAME_PATTERN
 from node.store import Store
+from node.telemetry.events import decode
 
-_NAME = re.compile(NAME_PATTERN)
+_NAME = re.compile(SERVICE_NAME_PATTERN)  # <stack>_<service> too
 
 
 def check_name(name: str, what: str = "name") -> str:
     if not name or len(name) > 63 or not _NAME.fullmatch(name):
         raise InvalidArgument(
             f"{what}: {name[:80]!r} is not a service name (1-63 of a-z, 0-9 and '-', "
-            "starting and ending with a letter or digit)"
+            "starting and ending with a letter or digit; <stack>_<service> in a stack)"
         )
     return name
 
@@ -57,6 +59,7 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
         self.members = members
         self.writer = ServiceWriter(store, keys, node)
         self.nodespecs = NodeSpecWriter(store, keys, node)
+        self.stacks = StackWriter(self.writer)
 
     async def _pending(self, service: str) -> PendingRecord | None:
         """Why some replicas of `service` have no node (the leader's `pending/<service>`)."""
@@ -250,6 +253,49 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
         log.info("backup: streaming etcd's snapshot to %s", context.peer())
         async for chunk in self.store.snapshot():
             yield api_pb2.BackupChunk(data=chunk)
+
+    @handle
+    async def DeployStack(
+        self, request: api_pb2.DeployStackRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.DeployStackResponse:
+        if len(request.spec.encode()) > MAX_SPEC_BYTES:
+            raise InvalidArgument(f"spec: larger than {MAX_SPEC_BYTES // 1024} KiB")
+        check_text(request.source, "source", 1024)
+        name, changes = await self.stacks.deploy(request.spec, request.source, request.name)
+        return api_pb2.DeployStackResponse(
+            name=name,
+            changes=[
+                api_pb2.StackChange(service=c.service, version=c.version, action=c.action) for c in changes
+            ],
+        )
+
+    @handle
+    async def RemoveStack(
+        self, request: api_pb2.RemoveStackRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RemoveStackResponse:
+        removed = await self.stacks.remove(request.name)
+        return api_pb2.RemoveStackResponse(name=request.name, services=removed)
+
+    @handle
+    async def ListStacks(
+        self, request: api_pb2.ListStacksRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListStacksResponse:
+        members = await self.stacks.members(request.name)
+        if request.name and not members:
+            raise NotFound(f"stack '{request.name[:80]}' not found; `shoal stack ls` lists the stacks")
+        tasks = await self._tasks() if members else {}
+        pendings, _ = await self.store.range(self.keys.pendings)
+        pending = {p.service: p for p in (PendingRecord.from_json(kv.value) for kv in pendings)}
+        stacks = []
+        for name, records in sorted(members.items()):
+            services = []
+            for record, _ in sorted(records, key=lambda m: m[0].name):
+                out = convert.service(record, tasks.get(record.name, []))
+                if (p := pending.get(record.name)) is not None:
+                    out.pending, out.pending_reason = p.count, p.reason
+                services.append(out)
+            stacks.append(api_pb2.Stack(name=name, services=services))
+        return api_pb2.ListStacksResponse(stacks=stacks)
 
 
 __all__ = ["NotFound", "ShoalServicer", "check_name"]

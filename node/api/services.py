@@ -4,7 +4,7 @@ Every write is a compare-and-swap on the service key's mod revision, so two
 concurrent applies never lose one another (the loser retries from a fresh read:
 `node.store.retry.compare_and_swap`),
 and a spec is in etcd before the call returns. Nothing is written when the spec is
-invalid or unchanged. The published ports a version claims or frees (`node.ports`) go
+invalid or unchanged. The published ports a version claims or frees (`node.store.ports`) go
 into the same transaction, so of concurrent applies publishing one port exactly one
 wins; the others get FAILED_PRECONDITION naming the owner. A service gets its
 incarnation uid when it is created, never on an update.
@@ -16,12 +16,14 @@ import time
 
 from node.api.objects import Bound, Objects
 from node.api.port_policy import PortPolicy
-from node.domain import RolloutRecord, ServiceRecord, new_service_uid, template_hash
-from node.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
-from node.keys import Keys
-from node.ports import port_writes
-from node.spec import SpecError, parse_spec
-from node.store import Compare, Delete, Put, Store
+from node.model.domain import RolloutRecord, ServiceRecord, new_service_uid, template_hash
+from node.model.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from node.model.keys import Keys
+from node.model.spec import ServiceSpec, SpecError, parse_spec
+from node.model.spec_lifecycle import stack_problem
+from node.store import KV, Compare, Delete, Put, Store
+from node.store.base import Op
+from node.store.ports import port_writes
 from node.store.retry import compare_and_swap
 
 HISTORY_LIMIT = 10  # versions kept in `history/<name>/` (NodeConfig.history_limit)
@@ -45,22 +47,27 @@ class ServiceWriter:
     async def _write(
         self, record: ServiceRecord, expect_mod: int, old: ServiceRecord | None, bound: Bound | None = None
     ) -> bool:
-        """The service record, its history entry, its port claims (`node.ports`) and what its
+        """The service record, its history entry, its port claims (`node.store.ports`) and what its
         secrets and configs need (`bound`), in one transaction compared on the service
         key's mod revision."""
+        compares, ops = await self.write_ops(record, expect_mod, old, bound)
+        return (await self.store.txn(compares, ops)).succeeded
+
+    async def write_ops(
+        self, record: ServiceRecord, expect_mod: int, old: ServiceRecord | None, bound: Bound | None = None
+    ) -> tuple[list[Compare], list[Op]]:
+        """What `_write` commits, for a caller that writes several services in one
+        transaction (`node.api.stacks`)."""
         old_spec = old.spec if old else None
         name, spec = record.name, record.spec
         ports = await port_writes(self.store, self.keys, name, record.uid, old_spec, spec, time.time())
         bound = bound or Bound()
-        result = await self.store.txn(
-            [
-                Compare(self.keys.service(record.name), "mod", "==", expect_mod),
-                *ports.compares,
-                *bound.compares,
-            ],
-            [*self.version_ops(record), *ports.ops, *bound.ops],
-        )
-        return result.succeeded
+        compares = [
+            Compare(self.keys.service(record.name), "mod", "==", expect_mod),
+            *ports.compares,
+            *bound.compares,
+        ]
+        return compares, [*self.version_ops(record), *ports.ops, *bound.ops]
 
     def version_ops(self, record: ServiceRecord) -> list[Put | Delete]:
         """The puts of a new version (service key and history) and the history's pruning."""
@@ -85,23 +92,45 @@ class ServiceWriter:
             spec = parse_spec(text, source or "<spec>")
         except SpecError as exc:
             raise InvalidArgument(str(exc)) from exc
-        name, asked = spec.name, spec
+        if (problem := stack_problem(spec.name, spec.stack, spec.depends_on)) is not None:
+            raise InvalidArgument(f"{source or '<spec>'}: {'.'.join(problem[1])}: {problem[0]}")
+        name = spec.name
 
         async def attempt() -> tuple[ServiceRecord, bool] | None:
             kv = await self.store.get(self.keys.service(name))
-            current = ServiceRecord.from_json(kv.value) if kv else None
-            spec, bound = await self.objects.bind(asked, current.spec if current else None)
-            if current is not None and current.spec == spec:
-                return current, False
-            await self.ports.check(self.store, self.keys, spec, current.spec if current else None)
-            version = current.version + 1 if current else 1
-            uid = current.uid if current else new_service_uid()  # a new incarnation only at create
-            record = ServiceRecord(name, version, spec, time.time(), self.node, uid=uid)
+            record, current, bound = await self.bound_version(spec, kv)
+            if record is current:
+                return record, False
             if await self._write(record, kv.mod_revision if kv else 0, current, bound):
                 return record, True
             return None
 
         return await compare_and_swap(attempt, _busy(name))
+
+    async def bound_version(
+        self, asked: ServiceSpec, kv: KV | None
+    ) -> tuple[ServiceRecord, ServiceRecord | None, Bound]:
+        """`next_version` of `asked` with its secrets and configs bound (their current
+        revisions; `secret_env` sealed) and what the write must hold for them; `apply` and
+        `stack deploy` share it, so a stack's services are sealed and checked alike."""
+        current = ServiceRecord.from_json(kv.value) if kv else None
+        spec, bound = await self.objects.bind(asked, current.spec if current else None)
+        record, current = await self.next_version(spec, kv)
+        return record, current, bound
+
+    async def next_version(
+        self, spec: ServiceSpec, kv: KV | None
+    ) -> tuple[ServiceRecord, ServiceRecord | None]:
+        """The record `spec` makes, over the current one read as `kv` (None: a new service),
+        and the current record; the current record itself when the spec equals its own.
+        Raises when the port policy refuses the spec. `apply` and `stack deploy` share it."""
+        current = ServiceRecord.from_json(kv.value) if kv else None
+        if current is not None and current.spec == spec:
+            return current, current
+        await self.ports.check(self.store, self.keys, spec, current.spec if current else None)
+        version = current.version + 1 if current else 1
+        uid = current.uid if current else new_service_uid()  # a new incarnation only at create
+        return ServiceRecord(spec.name, version, spec, time.time(), self.node, uid=uid), current
 
     async def scale(self, name: str, replicas: int) -> ServiceRecord:
         if not 0 <= replicas <= 10_000:
@@ -169,19 +198,22 @@ class ServiceWriter:
 
     async def remove(self, name: str) -> None:
         current, mod = await self.read(name)
-        ports = await port_writes(self.store, self.keys, name, current.uid, current.spec, None)
-        result = await self.store.txn(
-            [Compare(self.keys.service(name), "mod", "==", mod), *ports.compares],
-            [
-                *ports.ops,
-                Delete(self.keys.service(name)),
-                Delete(self.keys.history(name), prefix=True),
-                Delete(self.keys.rollout(name)),
-                Delete(self.keys.binds(name), prefix=True),
-            ],
-        )
+        compares, ops = await self.remove_ops(current, mod)
+        result = await self.store.txn(compares, ops)
         if not result.succeeded:
             raise Conflict(f"service '{name}' changed while being removed; try again")
+
+    async def remove_ops(self, current: ServiceRecord, mod: int) -> tuple[list[Compare], list[Op]]:
+        """What `remove` commits: the service, its history, rollout and binds, its port claims."""
+        name = current.name
+        ports = await port_writes(self.store, self.keys, name, current.uid, current.spec, None)
+        return [Compare(self.keys.service(name), "mod", "==", mod), *ports.compares], [
+            *ports.ops,
+            Delete(self.keys.service(name)),
+            Delete(self.keys.history(name), prefix=True),
+            Delete(self.keys.rollout(name)),
+            Delete(self.keys.binds(name), prefix=True),
+        ]
 
 
 def _busy(name: str) -> str:

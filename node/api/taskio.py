@@ -29,17 +29,17 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
-from node import rpc
 from node.api.server import handle_stream
-from node.domain import Assignment, NodeInfo, TaskStatus
-from node.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from node.keys import Keys
+from node.model.domain import Assignment, NodeInfo, TaskStatus
+from node.model.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from node.model.keys import Keys
 from node.pb import api_pb2, peer_pb2_grpc
 from node.runtime.base import EngineError, RuntimeUnavailable
 from node.runtime.docker_logs import DockerStreams
 from node.runtime.logmerge import batches, fan_in, merge_sorted
 from node.security.auth import current_caller
 from node.store import Store
+from node.wire import rpc
 
 log = logging.getLogger(__name__)
 
@@ -340,8 +340,8 @@ def _details(exc: grpc.RpcError) -> str:
     return (details or type(exc).__name__).splitlines()[0][:300]
 
 
-class LogsExecHandlers:
-    """`Shoal/ServiceLogs` and `Shoal/Exec`, mixed into `ShoalServicer` (set `taskio`)."""
+class _TaskIOHolder:
+    """The `taskio` the daemon sets on both servicers (None: logs and exec not served)."""
 
     taskio: TaskIO | None = None
 
@@ -349,6 +349,10 @@ class LogsExecHandlers:
         if self.taskio is None:
             raise FailedPrecondition("this node serves no logs or exec")
         return self.taskio
+
+
+class LogsExecHandlers(_TaskIOHolder):
+    """`Shoal/ServiceLogs` and `Shoal/Exec`, mixed into `ShoalServicer` (set `taskio`)."""
 
     @handle_stream
     async def ServiceLogs(
@@ -365,15 +369,8 @@ class LogsExecHandlers:
             yield out
 
 
-class PeerTaskHandlers:
+class PeerTaskHandlers(_TaskIOHolder):
     """`Peer/TaskLogs` and `Peer/TaskExec`, mixed into `PeerServicer` (set `taskio`)."""
-
-    taskio: TaskIO | None = None
-
-    def _taskio(self) -> TaskIO:
-        if self.taskio is None:
-            raise FailedPrecondition("this node serves no logs or exec")
-        return self.taskio
 
     @handle_stream
     async def TaskLogs(

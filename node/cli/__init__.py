@@ -1,4 +1,4 @@
-"""The `shoal` command line: click commands over `node.client.ShoalClient`.
+"""The `shoal` command line: click commands over `node.wire.client.ShoalClient`.
 
 `main.py` holds the group, the global options and the error handling; one module per
 command group renders through `output.py`. Commands get their client from the
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from node.client import ShoalClient
     from node.security.context import Context
+    from node.wire.client import ShoalClient
 
 
 @dataclass
@@ -37,8 +37,8 @@ class Settings:
 
     def credentials(self) -> Context:
         """The endpoint and credentials to call with (`CredentialsMissing` when incomplete)."""
-        from node.client import CredentialsMissing
         from node.security import context
+        from node.wire.client import CredentialsMissing
 
         try:
             return context.resolve(
@@ -54,7 +54,7 @@ class Settings:
 
     def client(self) -> ShoalClient:
         if self._client is None:
-            from node.client import ShoalClient
+            from node.wire.client import ShoalClient
 
             found = self.credentials()
             self._client = ShoalClient(found.endpoint, self.timeout, found.tls())

@@ -17,15 +17,15 @@ from typing import Any
 import click
 
 from node.cli import Settings, pass_settings
-from node.client import ShoalError
-from node.config import ConfigError, NodeConfig, load, resolve_node_id
-from node.keys import Keys
+from node.model.config import ConfigError, NodeConfig, load, resolve_node_id
+from node.model.keys import Keys
 from node.security import ca, context, provision
 from node.security.cluster import ClusterSecurity
 from node.security.etcd_tls import read_etcd_tls
 from node.security.files import NodeFiles
 from node.store import StoreError
 from node.store.etcd import EtcdStore
+from node.wire.client import ShoalError
 
 
 @click.group()

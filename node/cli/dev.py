@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from node.devcluster import DevCluster, DevError, pid_alive
+from node.dev.devcluster import DevCluster, DevError, pid_alive
 
 DEFAULT_DIR = ".shoal-dev"
 

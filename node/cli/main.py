@@ -24,12 +24,13 @@ import click
 
 from node import __version__
 from node.cli import Settings
-from node.defaults import DEFAULT_ADDR, DEFAULT_DEADLINE
+from node.wire.defaults import DEFAULT_ADDR, DEFAULT_DEADLINE
 
 # name -> (module, attribute, the one-line help `shoal --help` shows without importing it).
 # tests/unit/test_cli_lazy.py checks each line against the command's own docstring.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "service": ("node.cli.service", "service", "Create, inspect, scale and remove services."),
+    "stack": ("node.cli.stack", "stack", "Deploy, list, inspect and remove stacks of services."),
     "node": (
         "node.cli.nodes",
         "node",
@@ -91,7 +92,7 @@ class CliError(click.ClickException):
 
 
 def _is_shoal_error(err: BaseException) -> bool:
-    errors = sys.modules.get("node.errors")  # never imported: the error cannot be one of its
+    errors = sys.modules.get("node.model.errors")  # never imported: the error cannot be one of its
     return errors is not None and isinstance(err, errors.ShoalError)
 
 

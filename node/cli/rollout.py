@@ -17,8 +17,8 @@ import time
 
 import click
 
-from node.client import ShoalClient
 from node.pb import api_pb2
+from node.wire.client import ShoalClient
 
 ACTIVE = ("updating", "rolling_back")
 GOOD = ("completed",)

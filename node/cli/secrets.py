@@ -12,7 +12,7 @@ import click
 
 from node.cli import Settings, pass_settings
 from node.cli.output import emit, output_option
-from node.client import ShoalError
+from node.wire.client import ShoalError
 
 
 def object_dict(o: Any) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from node.cli.output import (
 )
 from node.cli.rollout import follow
 from node.cli.taskio import service_logs
-from node.client import ShoalError
 from node.pb import api_pb2
+from node.wire.client import ShoalError
 
 
 def read_spec(path: str) -> tuple[str, str]:

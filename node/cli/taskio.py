@@ -25,9 +25,9 @@ from typing import Any
 import click
 
 from node.cli import Settings, pass_settings
-from node.client import ShoalClient, ShoalError
 from node.pb import api_pb2
 from node.runtime.logmerge import format_line, parse_since, prefix
+from node.wire.client import ShoalClient, ShoalError
 
 COLOURS = ("cyan", "green", "yellow", "magenta", "blue", "red")
 LOGS_DEADLINE = 60.0  # s at least for a call that is not followed (many lines from many nodes)

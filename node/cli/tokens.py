@@ -17,10 +17,10 @@ import click
 from node.cli import Settings, pass_settings
 from node.cli.cluster import own_cluster
 from node.cli.output import emit, output_option
-from node.client import ShoalError
 from node.pb import api_pb2
 from node.security import ca, context
 from node.security.ca import Identity, Kind
+from node.wire.client import ShoalError
 
 _DURATION = re.compile(r"(\d{1,9})([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 
-from node import __version__, rpc
+from node import __version__
 from node.agent.agent import Agent
 from node.agent.engine import EngineWatch
 from node.api import server as api_server
@@ -38,17 +38,17 @@ from node.api.port_policy import PortPolicy
 from node.api.secrets import SecretsServicer
 from node.api.servicer import ShoalServicer
 from node.api.taskio import PeerStubs, TaskIO
-from node.config import NodeConfig
 from node.daemon import shutdown
 from node.daemon.collectors import collectors as daemon_collectors
 from node.daemon.identity import IdentityError, NodeIdentity
 from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
+from node.daemon.metered import MeteredEtcdStore
 from node.daemon.telemetry import Telemetry
-from node.domain import NodeInfo
-from node.events import EventLog
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
-from node.keys import Keys
+from node.model.config import NodeConfig
+from node.model.domain import NodeInfo
+from node.model.keys import Keys
 from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc
 from node.proxy import metrics
 from node.proxy.mesh import Mesh, MeshSettings
@@ -63,9 +63,11 @@ from node.security.files import NodeFiles, read_secret
 from node.security.sealing import Sealer
 from node.store import StoreError, StoreUnavailable
 from node.store.etcd import EtcdTls
-from node.store.metered import MeteredEtcdStore
+from node.store.mirrors import WatchHub
 from node.store.retry import patiently
 from node.store.session import Session
+from node.telemetry.events import EventLog
+from node.wire import rpc
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class Daemon:
         self.config = config
         self.keys = Keys(config.etcd_prefix)
         self.store = MeteredEtcdStore(config.etcd, timeout=config.etcd_timeout, tls=etcd_tls(config))
+        # before any component: every mirror of `self.store` is then this hub's (one etcd watch)
+        self.hub = WatchHub(self.store, self.keys.prefix)
         self.identity = NodeIdentity(config, self.store, self.keys)
         self.credentials = EtcdCredentials(self.store, self.keys)
         self.runtime = DockerRuntime(config.docker_host or None)
@@ -287,6 +291,7 @@ class Daemon:
         assert self.identity.server_tls is not None and self.identity.client_tls is not None
         self.membership.transport.set_tls(self.identity.client_tls)
         self.identity.on_renewed(self.membership.transport.set_tls)
+        hub = asyncio.create_task(self.hub.run(), name="watch-hub")  # feeds every component's mirrors
         credentials = asyncio.create_task(self.credentials.run(), name="credentials")
         try:
             await self.session.start()
@@ -406,6 +411,7 @@ class Daemon:
             asyncio.create_task(self.identity.run(), name="certificates"),
             asyncio.create_task(self.telemetry.run(), name="telemetry"),
             credentials,
+            hub,
         }
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)

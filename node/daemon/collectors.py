@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from node.daemon.telemetry import TASK_EVENTS, Telemetry
-from node.domain import Assignment, RolloutRecord, TaskState, TaskStatus
+from node.model.domain import Assignment, RolloutRecord, TaskState, TaskStatus
 from node.proxy.stats import Histogram
 
 

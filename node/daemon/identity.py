@@ -30,11 +30,10 @@ import grpc
 import grpc.aio
 from cryptography import x509
 
-from node import rpc
-from node.config import NodeConfig
-from node.domain import NodeInfo
-from node.errors import ShoalError
-from node.keys import Keys
+from node.model.config import NodeConfig
+from node.model.domain import NodeInfo
+from node.model.errors import ShoalError
+from node.model.keys import Keys
 from node.pb import peer_pb2, peer_pb2_grpc
 from node.security import bootstrap, ca
 from node.security.ca import CertError, Identity, Kind, Lifetimes
@@ -44,6 +43,7 @@ from node.security.provision import split_address
 from node.security.tokens import JoinToken, TokenError
 from node.store import Store, StoreError
 from node.store.retry import patiently
+from node.wire import rpc
 
 log = logging.getLogger(__name__)
 

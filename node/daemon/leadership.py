@@ -20,10 +20,10 @@ from leader.election import Election
 from leader.liveness import Liveness
 from leader.loop import LeaderLoop
 from leader.upkeep import Bounds, Upkeep
-from node.events import EventLog
-from node.keys import Keys
+from node.model.keys import Keys
 from node.store import Store, StoreError
 from node.store.session import Session
+from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 

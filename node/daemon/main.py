@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 
-from node.config import ConfigError, detect_capacity, load, resolve_node_id
 from node.daemon import shutdown
 from node.daemon.app import Daemon, StartupError
-from node.logs import setup
+from node.model.config import ConfigError, detect_capacity, load, resolve_node_id
+from node.telemetry.logs import setup
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -17,13 +17,13 @@ import logging
 import time
 
 from node.api.gossip_transport import GrpcTransport
-from node.domain import NodeInfo
 from node.gossip.config import GossipConfig
 from node.gossip.member import GONE, LIVE, Member, MemberEvent
 from node.gossip.memberlist import Memberlist
-from node.keys import Keys
+from node.model.domain import NodeInfo
+from node.model.keys import Keys
 from node.store import Store
-from node.store.cache import PrefixCache
+from node.store.mirrors import mirror
 
 log = logging.getLogger(__name__)
 REAP_AFTER = 86400.0  # s a member stays DEAD or LEFT before it is forgotten (NodeConfig.reap_after)
@@ -45,7 +45,7 @@ class Membership:
         self.transport = GrpcTransport()
         self.list = Memberlist(node, address, self.transport, config)
         self.list.incarnation = int(time.time())
-        self.registry = PrefixCache(store, keys.nodes, "membership-registry")
+        self.registry = mirror(store, keys.nodes, "membership-registry")
         self.seeds = seeds
         self.reap_after = reap_after
         self._listeners: list[asyncio.Event] = []

@@ -14,7 +14,7 @@ Hooks (each a few lines; the components do not know they are measured):
 - leader: `Leadership.on_loop` wraps each new `LeaderLoop.reconcile` (pass duration);
 - gossip: the transport's `ping`/`ping_req` are wrapped (probe round trips, failures),
   and `run` reads the member list's state changes (suspicions);
-- etcd: `MeteredEtcdStore` keeps its own (`node.store.metered`);
+- etcd: `MeteredEtcdStore` keeps its own (`node.daemon.metered`);
 - usage: `run` starts the `UsageSampler` thread (`node.runtime.docker_stats`).
 """
 
@@ -29,11 +29,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from node.domain import Event
+from node.daemon.metered import StoreMeter
+from node.model.domain import Event
 from node.proxy.stats import Histogram
 from node.runtime.base import LABELS
 from node.runtime.docker_stats import UsageSampler
-from node.store.metered import StoreMeter
 
 if TYPE_CHECKING:
     from leader.loop import LeaderLoop

@@ -631,3 +631,65 @@ class BackupChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class DeployStackRequest(_message.Message):
+    __slots__ = ("name", "spec", "source")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    spec: str
+    source: str
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+
+class StackChange(_message.Message):
+    __slots__ = ("service", "version", "action")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    version: int
+    action: str
+    def __init__(self, service: _Optional[str] = ..., version: _Optional[int] = ..., action: _Optional[str] = ...) -> None: ...
+
+class DeployStackResponse(_message.Message):
+    __slots__ = ("name", "changes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    changes: _containers.RepeatedCompositeFieldContainer[StackChange]
+    def __init__(self, name: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[StackChange, _Mapping]]] = ...) -> None: ...
+
+class RemoveStackRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveStackResponse(_message.Message):
+    __slots__ = ("name", "services")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    services: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListStacksRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Stack(_message.Message):
+    __slots__ = ("name", "services")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    services: _containers.RepeatedCompositeFieldContainer[Service]
+    def __init__(self, name: _Optional[str] = ..., services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ...) -> None: ...
+
+class ListStacksResponse(_message.Message):
+    __slots__ = ("stacks",)
+    STACKS_FIELD_NUMBER: _ClassVar[int]
+    stacks: _containers.RepeatedCompositeFieldContainer[Stack]
+    def __init__(self, stacks: _Optional[_Iterable[_Union[Stack, _Mapping]]] = ...) -> None: ...

@@ -149,6 +149,21 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.BackupRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.BackupChunk.FromString,
                 _registered_method=True)
+        self.DeployStack = channel.unary_unary(
+                '/shoal.v1.Shoal/DeployStack',
+                request_serializer=shoal_dot_v1_dot_api__pb2.DeployStackRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.DeployStackResponse.FromString,
+                _registered_method=True)
+        self.RemoveStack = channel.unary_unary(
+                '/shoal.v1.Shoal/RemoveStack',
+                request_serializer=shoal_dot_v1_dot_api__pb2.RemoveStackRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.RemoveStackResponse.FromString,
+                _registered_method=True)
+        self.ListStacks = channel.unary_unary(
+                '/shoal.v1.Shoal/ListStacks',
+                request_serializer=shoal_dot_v1_dot_api__pb2.ListStacksRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.ListStacksResponse.FromString,
+                _registered_method=True)
 
 
 class ShoalServicer:
@@ -324,6 +339,31 @@ class ShoalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeployStack(self, request, context):
+        """Stacks (docs/stacks.md): several services named <stack>_<service>, written in ONE
+        etcd transaction (all of them or none), each through the path ApplyService takes
+        (versions, history, port claims, rolling updates). INVALID_ARGUMENT names every
+        problem at its line and column, a depends_on cycle by its path; nothing is written.
+        Services of the stack that the file no longer has are removed in the same transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveStack(self, request, context):
+        """Remove every service of a stack, in one transaction. NOT_FOUND when it has none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStacks(self, request, context):
+        """The stacks and their services (with replica counts and pending reasons).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShoalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -441,6 +481,21 @@ def add_ShoalServicer_to_server(servicer, server):
                     servicer.Backup,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.BackupRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.BackupChunk.SerializeToString,
+            ),
+            'DeployStack': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeployStack,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.DeployStackRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.DeployStackResponse.SerializeToString,
+            ),
+            'RemoveStack': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveStack,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.RemoveStackRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.RemoveStackResponse.SerializeToString,
+            ),
+            'ListStacks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStacks,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.ListStacksRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.ListStacksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1064,6 +1119,87 @@ class Shoal:
             '/shoal.v1.Shoal/Backup',
             shoal_dot_v1_dot_api__pb2.BackupRequest.SerializeToString,
             shoal_dot_v1_dot_api__pb2.BackupChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeployStack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/DeployStack',
+            shoal_dot_v1_dot_api__pb2.DeployStackRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.DeployStackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveStack(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/RemoveStack',
+            shoal_dot_v1_dot_api__pb2.RemoveStackRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.RemoveStackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStacks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/ListStacks',
+            shoal_dot_v1_dot_api__pb2.ListStacksRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.ListStacksResponse.FromString,
             options,
             channel_credentials,
             insecure,

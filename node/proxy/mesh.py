@@ -18,7 +18,7 @@ is in flight to it may finish for up to `drain_timeout` (the agent waits its dra
 time before stopping the container). A listener whose service is removed stops
 accepting at once and drains the same way.
 
-Limits (`node.proxy.limits`, settings `proxy_*` of `node.config`): every listener of the
+Limits (`node.proxy.limits`, settings `proxy_*` of `node.model.config`): every listener of the
 node shares one `ConnectionCap`; http listeners apply `HttpLimits` to each request head
 and body, tcp listeners close connections idle for `tcp_idle_timeout`.
 
@@ -37,11 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from node.config import NodeConfig
-from node.domain import Assignment, EndpointRecord, readable_services, routable_endpoints, serving
-from node.events import EventLog
 from node.gossip.member import GONE, Member
-from node.keys import Keys
+from node.model.config import NodeConfig
+from node.model.domain import Assignment, EndpointRecord, readable_services, routable_endpoints, serving
+from node.model.keys import Keys
 from node.proxy import routes
 from node.proxy.balancer import Balancer, RetryPolicy
 from node.proxy.http import HttpProxy
@@ -50,7 +49,8 @@ from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
 from node.proxy.tcp import TcpProxy
 from node.store import Store, StoreError
-from node.store.cache import PrefixCache
+from node.store.mirrors import mirror
+from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ class Mesh:
         self.lease = lease
         self.settings = settings or MeshSettings()
         self.cap = ConnectionCap(self.settings.max_connections)  # shared by every listener
-        self.services = PrefixCache(store, keys.services, "mesh-services")
-        self.endpoints = PrefixCache(store, keys.endpoints_all, "mesh-endpoints")
-        self.tasks = PrefixCache(store, keys.tasks, "mesh-tasks")
-        self.down = PrefixCache(store, keys.down_all, "mesh-down")
+        self.services = mirror(store, keys.services, "mesh-services")
+        self.endpoints = mirror(store, keys.endpoints_all, "mesh-endpoints")
+        self.tasks = mirror(store, keys.tasks, "mesh-tasks")
+        self.down = mirror(store, keys.down_all, "mesh-down")
         self.listeners: dict[int, Listener] = {}
         self.stats: dict[Route, ProxyStats] = {}  # kept across re-binds: counters never go back
         self.bind_errors: dict[int, tuple[Route, str]] = {}

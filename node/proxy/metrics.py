@@ -28,6 +28,7 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
+import socketserver
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -149,6 +150,16 @@ class _Identity:
 
 
 class _Server(ThreadingWSGIServer):
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind asks DNS for the address's name (socket.getfqdn) only to
+        # fill SERVER_NAME, which nothing here reads. Where no resolver answers (a host
+        # whose DNS is down or unreachable) that took 10 s, on the event loop, at every
+        # start: the node's first lease expired before its keepalive ran. Take the address.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+        self.setup_environ()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("metrics: request from %s failed", client_address, exc_info=True)  # scanners, bad TLS
 

@@ -5,7 +5,7 @@ this node's gossip view, compute
 - `listeners(services)`: one `Route` per published port of every service;
 - `backends(route, ...)`: the replicas that route may use now.
 
-Which replicas are routable is decided by the one rule in `node.domain` (`routable`,
+Which replicas are routable is decided by the one rule in `node.model.domain` (`routable`,
 `serving`, `routable_endpoints`), re-exported here for the mesh: the endpoint is
 published, its task still assigned to that node for the service's current incarnation,
 and its node neither marked down by the leader nor dead or gone in this node's gossip
@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from node.domain import EndpointRecord, ServiceRecord, routable_endpoints, serving
+from node.model.domain import EndpointRecord, ServiceRecord, routable_endpoints, serving
 from node.proxy.balancer import Backend
 
-routable = routable_endpoints  # the one rule, in node.domain; kept under the mesh's names
+routable = routable_endpoints  # the one rule, in node.model.domain; kept under the mesh's names
 assignments = serving
 
 

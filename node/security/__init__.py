@@ -1,6 +1,6 @@
 """Security: the cluster CA, tokens, and the check that runs before every handler.
 
-- `ca`: the cluster CA, node/client/join certificates, CSRs, renewal timing.
+- `ca`: the cluster CA, node/wire/client/join certificates, CSRs, renewal timing.
 - `tokens`: join tokens (`SHOAL-1-…`, pinning the CA), client tokens (`shoal_<id>_…`,
   stored hashed) and the role -> method table.
 - `auth`: the grpc.aio interceptor (certificate kind + bearer token -> allowed or not).
@@ -15,7 +15,7 @@
 - `tls`: the TLS material of a server and a channel (`ServerTls`, `ClientTls`).
 - `etcd_pki`, `etcd_tls`: etcd's own CA and certificates; `EtcdTls` read from files.
 
-`node.rpc` makes the TLS channels and servers from these; `node.daemon.identity` keeps
+`node.wire.rpc` makes the TLS channels and servers from these; `node.daemon.identity` keeps
 a node's certificate (load, join, renew); `node.api.admin` and `node.api.join` answer
 the admin and join calls. docs/security.md says what is protected, from whom.
 """

@@ -1,7 +1,7 @@
 """Who may call what: the server interceptor that runs before every handler.
 
 The TLS handshake has already proved the caller holds a certificate of the cluster CA
-(`node.rpc` requires one). This layer reads who the certificate speaks for (its URI
+(`node.wire.rpc` requires one). This layer reads who the certificate speaks for (its URI
 SAN, `node.security.ca.Identity`) and, for the client API, the bearer token
 (`authorization: Bearer shoal_<id>_<secret>`), and decides:
 

@@ -1,7 +1,7 @@
 """The cluster's security state in etcd: the CA, the join token and the client tokens.
 
 `node.security.bootstrap` computes; this module stores and reads back (keys in
-`node.keys`, under `security/` and `tokens/`):
+`node.model.keys`, under `security/` and `tokens/`):
 
 - `security/ca.crt`: the CA certificate (public).
 - `security/ca.key`: the CA key, PKCS#8 encrypted under the CA passphrase. The
@@ -17,7 +17,7 @@
 Every write that must not race is a transaction: `initialise` only when there is no
 CA yet (a second `cluster init` is refused, never overwrites), a token is created
 only under a new id, a rotation or a revocation compares the mod revision it read.
-Errors are `node.errors` types with a message that says what to do.
+Errors are `node.model.errors` types with a message that says what to do.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from node.errors import Conflict, FailedPrecondition, NotFound
-from node.keys import Keys
+from node.model.errors import Conflict, FailedPrecondition, NotFound
+from node.model.keys import Keys
 from node.security import bootstrap
 from node.security.ca import CertError, ClusterCA, Lifetimes
 from node.security.tokens import TOKEN_ID, JoinToken, Role, StoredToken

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 
-from node.keys import Keys
+from node.model.keys import Keys
 from node.security.cluster import JoinRecord
 from node.security.tokens import TOKEN_ID, StoredToken
 from node.store import KV, Store
 from node.store.cache import PrefixCache
+from node.store.mirrors import mirror
 
 
 class CredentialsNotLoaded(ConnectionError):
@@ -31,8 +32,8 @@ class EtcdCredentials:
     def __init__(self, store: Store, keys: Keys, ready_timeout: float = 5.0) -> None:
         self.keys = keys
         self.ready_timeout = ready_timeout
-        self.tokens = PrefixCache(store, keys.tokens, "tokens")
-        self.security = PrefixCache(store, keys.security, "security")
+        self.tokens = mirror(store, keys.tokens, "tokens")
+        self.security = mirror(store, keys.security, "security")
         self._parsed: dict[tuple[str, int], StoredToken | JoinRecord] = {}
 
     async def run(self) -> None:

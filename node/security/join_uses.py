@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from node.errors import Conflict, FailedPrecondition
-from node.keys import Keys
+from node.model.errors import Conflict, FailedPrecondition
+from node.model.keys import Keys
 from node.store import Compare, Put, Store
 from node.store.retry import compare_and_swap
 

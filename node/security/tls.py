@@ -10,7 +10,7 @@ bearer token sent with every call. gRPC cannot change a channel's certificate, s
 after a renewal callers open new channels.
 
 These are data and the credentials made from them; the channels and servers are made
-by `node.rpc` (which re-exports both names). grpc and cryptography are imported when a
+by `node.wire.rpc` (which re-exports both names). grpc and cryptography are imported when a
 credential is made or checked, not with this module, so the CLI can build a `ClientTls`
 from a context without loading either.
 """

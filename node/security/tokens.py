@@ -236,6 +236,7 @@ VIEWER_METHODS = frozenset(
     {
         "GetService",
         "ListServices",
+        "ListStacks",
         "ServiceHistory",
         "ListTasks",
         "ListNodes",
@@ -257,6 +258,7 @@ DEPLOYER_METHODS = VIEWER_METHODS | {
     "RollbackService",
     "Exec",
 }
+DEPLOYER_METHODS |= {"DeployStack", "RemoveStack"}
 _ALLOWED: dict[Role, frozenset[str]] = {Role.VIEWER: VIEWER_METHODS, Role.DEPLOYER: DEPLOYER_METHODS}
 
 

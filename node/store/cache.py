@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 
 from node.store.base import KV, Compacted, Store, StoreUnavailable
 from node.store.retry import patiently, progressed
@@ -34,22 +35,23 @@ class PrefixCache:
         self.revision = 0
         self.ready = asyncio.Event()
         self.relists = 0
-        self._listeners: list[asyncio.Event] = []
+        # weak: a listener nobody waits on any more (a past leader term's) goes away by itself
+        self._listeners: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
 
     def listener(self, event: asyncio.Event | None = None) -> asyncio.Event:
         """An event set on every change; the caller clears it after reading. Pass one
         `event` to several mirrors to be woken by a change in any of them."""
         event = event or asyncio.Event()
-        self._listeners.append(event)
+        self._listeners.add(event)
         if self.ready.is_set():
             event.set()
         return event
 
     def remove_listener(self, event: asyncio.Event) -> None:
-        self._listeners.remove(event)
+        self._listeners.discard(event)
 
     def _notify(self) -> None:
-        for event in self._listeners:
+        for event in list(self._listeners):
             event.set()
 
     async def relist(self) -> None:

@@ -35,7 +35,7 @@ from tenacity import (
 )
 from tenacity import AttemptManager as Attempt
 
-from node.errors import Conflict
+from node.model.errors import Conflict
 from node.store.base import StoreError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import docker
 import pytest
 from docker.errors import ImageNotFound
 
-from node.devcluster import DevCluster, remove_containers
+from node.dev.devcluster import DevCluster, remove_containers
 from tests.integration.registry import local_registry  # noqa: F401  (a fixture for every test here)
 
 REPO = Path(__file__).resolve().parents[2]

@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.devcluster import DevCluster, NodeProcess
+from node.dev.devcluster import DevCluster, NodeProcess
 
 SUPERNET = ipaddress.IPv4Network("10.213.0.0/16")
 LOCK = Path("/run/lock/shoal-netns.lock")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import docker
 import pytest
 
-from node.devcluster import DevCluster
+from node.dev.devcluster import DevCluster
 from node.runtime.base import LABELS
 from tests.helpers import free_port_on_all, wait_until_sync
 from tests.integration.test_cluster import converged, http_get

@@ -20,13 +20,13 @@ from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from node import rpc
 from node.cli.main import cli
-from node.client import FailedPrecondition, InvalidArgument, NotFound, ShoalError
-from node.devcluster import DevCluster
-from node.keys import Keys
+from node.dev.devcluster import DevCluster
+from node.model.keys import Keys
 from node.pb import api_pb2, api_pb2_grpc
 from node.store.etcd import EtcdStore
+from node.wire import rpc
+from node.wire.client import FailedPrecondition, InvalidArgument, NotFound, ShoalError
 from tests.helpers import free_port, free_port_on_all, free_port_pair, on_store, wait_until_sync
 
 pytestmark = pytest.mark.integration
@@ -128,7 +128,7 @@ def test_bad_spec_is_invalid_argument_and_writes_nothing(
 
 
 def test_a_port_another_service_publishes_is_failed_precondition_naming_it(cluster: DevCluster) -> None:
-    """A state conflict, not a bad spec: the spec is fine, the port is taken (`node.ports`)."""
+    """A state conflict, not a bad spec: the spec is fine, the port is taken (`node.store.ports`)."""
     before = etcd_revision(cluster)
     with cluster.client() as c, pytest.raises(FailedPrecondition) as err:
         c.apply(GOOD.replace("name: api", "name: other"))

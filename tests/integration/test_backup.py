@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devcluster import DevCluster
+from node.dev.devcluster import DevCluster
 from tests.helpers import wait_until_sync
 from tests.integration.test_cluster import converged
 from tests.integration.test_etcd_outage import running, start_web, whole
@@ -108,8 +108,8 @@ async def test_a_watch_resumed_onto_a_restored_etcd_lists_again(tmp_path: Path) 
     import asyncio
 
     from node.cli import backup
-    from node.devcluster import EtcdProcess
-    from node.freeports import free_port_pair
+    from node.dev.devcluster import EtcdProcess
+    from node.dev.freeports import free_port_pair
     from node.store.base import Compacted
     from node.store.etcd import EtcdStore
     from tests.faultproxy import FaultProxy

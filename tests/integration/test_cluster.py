@@ -13,12 +13,12 @@ from collections.abc import Callable
 import docker
 import pytest
 
-from node.client import NotFound
-from node.devcluster import DevCluster
-from node.keys import Keys
+from node.dev.devcluster import DevCluster
+from node.model.keys import Keys
 from node.runtime.base import LABELS
 from node.store import Put, fence
 from node.store.etcd import EtcdStore
+from node.wire.client import NotFound
 from tests.helpers import on_store, wait_until_sync
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from node.client import ShoalClient
-from node.devcluster import free_port_on_all, free_port_pair
+from node.dev.devcluster import free_port_on_all, free_port_pair
 from node.runtime.base import LABELS
+from node.wire.client import ShoalClient
 from tests.helpers import wait_until_sync
 
 pytestmark = pytest.mark.integration

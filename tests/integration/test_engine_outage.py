@@ -18,9 +18,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from node.devcluster import DevCluster
-from node.domain import EndpointRecord
-from node.keys import Keys
+from node.dev.devcluster import DevCluster
+from node.model.domain import EndpointRecord
+from node.model.keys import Keys
 from node.runtime.base import LABELS
 from node.store import Store
 from tests.helpers import on_store, wait_until_sync

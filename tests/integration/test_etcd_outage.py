@@ -34,11 +34,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import docker
 import pytest
 
-from node.client import ShoalClient, ShoalError, Unavailable
-from node.devcluster import DevCluster
-from node.keys import Keys
+from node.dev.devcluster import DevCluster
+from node.model.keys import Keys
 from node.runtime.base import LABELS
 from node.store.etcd import EtcdStore
+from node.wire.client import ShoalClient, ShoalError, Unavailable
 from tests.helpers import on_store, wait_until_sync
 from tests.integration.test_cluster import WEB, converged, http_get
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from leader.upkeep import Bounds, Upkeep
-from node.devcluster import EtcdProcess
-from node.events import EventLog
-from node.keys import Keys
+from node.dev.devcluster import EtcdProcess
+from node.model.keys import Keys
 from node.store.base import MemberStatus
 from node.store.cache import PrefixCache
 from node.store.etcd import EtcdStore
+from node.telemetry.events import EventLog
 from tests.factories import FakeClock
 from tests.faultproxy import FaultProxy, port_below_ephemeral
 from tests.helpers import wait_until

@@ -6,7 +6,8 @@ client reconnected, when etcd has answered "created" (stamped with its *current*
 revision) but not yet sent the catch-up events. A writer on a direct connection puts
 and deletes keys under three prefixes all along (bounded in count and time).
 
-- all along (before, during and after each cut), each `PrefixCache` mirror equals a
+- all along (before, during and after each cut), each `PrefixCache` mirror (three with
+  a watch each, three fed by one `WatchHub` watch over the root) equals a
   listing of its prefix *at the mirror's own revision* (a correct mirror is always
   exactly etcd's state at that revision, so a lost put or delete shows at once,
   before a later write to the same key can hide it);
@@ -32,6 +33,7 @@ import pytest
 from node.store.base import KV, WatchBatch
 from node.store.cache import PrefixCache
 from node.store.etcd import EtcdStore
+from node.store.mirrors import WatchHub
 from tests.faultproxy import FaultProxy
 from tests.helpers import wait_until
 
@@ -129,10 +131,12 @@ async def test_watches_cut_at_random_moments_miss_no_event(etcd_endpoint: str) -
     await direct.connect()
     await watched.connect()
     writer = Writer(direct, prefixes)
-    mirrors = [PrefixCache(watched, p) for p in prefixes]
+    hub = WatchHub(watched, root)  # the daemon's way: one watch over the root feeds three mirrors
+    mirrors = [PrefixCache(watched, p) for p in prefixes] + [hub.mirror(p, f"hub {p}") for p in prefixes]
     start = (await direct.range(root))[1] + 1
     seen: list[Event] = []
     tasks = [asyncio.create_task(m.run()) for m in mirrors]
+    tasks.append(asyncio.create_task(hub.run()))
     tasks.append(asyncio.create_task(_events(watched.watch(root, start), seen)))
     load = asyncio.create_task(writer.run())
     checker = MirrorChecker(direct, mirrors)
@@ -178,6 +182,7 @@ async def test_watches_cut_at_random_moments_miss_no_event(etcd_endpoint: str) -
     finally:
         writer.stop.set()
         await _stop(load, *tasks)
+        hub.detach()
         await watched.close()
         await direct.close()
         await proxy.stop()

@@ -30,9 +30,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from node.client import ShoalClient
-from node.devcluster import DevCluster, NodeProcess, remove_containers
+from node.dev.devcluster import DevCluster, NodeProcess, remove_containers
 from node.runtime.base import LABELS
+from node.wire.client import ShoalClient
 from tests.helpers import wait_until_sync
 from tests.integration.netns import NetnsCluster, netns_cluster, reachable
 

@@ -19,8 +19,15 @@ from typing import Any
 import grpc
 import pytest
 
-from node import rpc
-from node.client import (
+from node.dev.devcluster import DevCluster
+from node.model.keys import Keys
+from node.pb import peer_pb2, peer_pb2_grpc
+from node.security import bootstrap
+from node.security.cluster import ClusterSecurity
+from node.store import StoreUnavailable
+from node.store.etcd import EtcdStore, EtcdTls
+from node.wire import rpc
+from node.wire.client import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -29,13 +36,6 @@ from node.client import (
     ShoalError,
     Unauthenticated,
 )
-from node.devcluster import DevCluster
-from node.keys import Keys
-from node.pb import peer_pb2, peer_pb2_grpc
-from node.security import bootstrap
-from node.security.cluster import ClusterSecurity
-from node.store import StoreUnavailable
-from node.store.etcd import EtcdStore, EtcdTls
 from tests.helpers import free_port_on_all, on_store, wait_until_sync
 
 pytestmark = pytest.mark.integration

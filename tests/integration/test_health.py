@@ -25,7 +25,7 @@ from typing import Any
 import docker
 import pytest
 
-from node.devcluster import DevCluster
+from node.dev.devcluster import DevCluster
 from node.pb import api_pb2
 from node.runtime.base import LABELS
 from tests.helpers import free_port_on_all, wait_until_sync

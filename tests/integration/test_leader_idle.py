@@ -21,9 +21,9 @@ from collections.abc import Callable
 import pytest
 
 from leader.rollout import PROGRESS_DEADLINE, RolloutState
-from node.devcluster import DevCluster, NodeProcess
-from node.domain import RolloutRecord
-from node.keys import Keys
+from node.dev.devcluster import DevCluster, NodeProcess
+from node.model.domain import RolloutRecord
+from node.model.keys import Keys
 from node.store.etcd import EtcdStore
 from tests.helpers import on_store, wait_until_sync
 

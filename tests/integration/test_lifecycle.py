@@ -24,7 +24,7 @@ from collections.abc import Callable
 import docker
 import pytest
 
-from node.devcluster import DevCluster
+from node.dev.devcluster import DevCluster
 from node.runtime.base import LABELS
 from tests.helpers import wait_until_sync
 

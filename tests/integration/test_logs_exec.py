@@ -22,7 +22,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from node.devcluster import DevCluster
+from node.dev.devcluster import DevCluster
 from node.runtime.base import LABELS
 from node.runtime.logmerge import split_timestamp
 from tests.helpers import wait_until_sync
@@ -285,6 +285,14 @@ def test_exec_it_gives_the_command_a_terminal_of_this_size(cluster: DevCluster) 
     os.close(child)
     seen = b""
     try:
+        # As a person does: type once the shell's prompt is there (what is typed before the
+        # remote shell reads its terminal may be echoed and taken by the line discipline).
+        deadline = time.monotonic() + 30
+        while b"# " not in seen and b"$ " not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.2)
+            if ready:
+                seen += os.read(main, 4096)
+        assert b"# " in seen or b"$ " in seen, f"no prompt from the remote shell: {seen!r}"
         os.write(main, b"stty size; tty; exit 4\n")
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import pytest
 
-from node.client import FailedPrecondition
-from node.devcluster import DevCluster
+from node.dev.devcluster import DevCluster
+from node.wire.client import FailedPrecondition
 from tests.helpers import free_port_on_all, wait_until_sync
 
 pytestmark = pytest.mark.integration

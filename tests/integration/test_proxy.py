@@ -24,7 +24,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from node.devcluster import DevCluster, remove_containers
+from node.dev.devcluster import DevCluster, remove_containers
 from node.pb import api_pb2
 from node.runtime.base import LABELS
 from tests.helpers import free_port_on_all, free_port_pair, wait_until_sync

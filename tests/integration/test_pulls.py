@@ -17,7 +17,7 @@ from collections.abc import Callable
 import docker
 import pytest
 
-from node.devcluster import DevCluster
+from node.dev.devcluster import DevCluster
 from tests.helpers import wait_until_sync
 from tests.integration.registry import LocalRegistry
 

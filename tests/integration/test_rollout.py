@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from leader import crashpoint
-from node.devcluster import DevCluster
+from node.dev.devcluster import DevCluster
 from tests.helpers import free_port_on_all, wait_until_sync
 from tests.integration.load import Load
 

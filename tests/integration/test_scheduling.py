@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from node.cli.main import cli
-from node.client import InvalidArgument, NotFound, ShoalClient
-from node.devcluster import DevCluster
-from node.keys import Keys
+from node.dev.devcluster import DevCluster
+from node.model.keys import Keys
 from node.pb import api_pb2
 from node.store.etcd import EtcdStore
+from node.wire.client import InvalidArgument, NotFound, ShoalClient
 from tests.helpers import free_port_on_all, on_store, wait_until_sync
 from tests.integration.load import Load
 

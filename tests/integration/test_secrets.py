@@ -18,9 +18,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from node.client import FailedPrecondition
-from node.devcluster import DevCluster
-from node.keys import Keys
+from node.dev.devcluster import DevCluster
+from node.model.keys import Keys
+from node.wire.client import FailedPrecondition
 from tests.helpers import on_store, wait_until_sync
 
 SECRET = b"s3cret-db-password-7f3a9c"

@@ -38,10 +38,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node import rpc
-from node.client import PermissionDenied, ShoalClient, Unauthenticated, Unavailable
-from node.devcluster import DevCluster
-from node.keys import Keys
+from node.dev.devcluster import DevCluster
+from node.model.keys import Keys
 from node.pb import api_pb2
 from node.security import ca, provision
 from node.security.ca import ClusterCA, Identity, Kind
@@ -50,6 +48,8 @@ from node.security.etcd_tls import read_etcd_tls
 from node.security.tokens import ClientToken, JoinToken
 from node.store import StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
+from node.wire import rpc
+from node.wire.client import PermissionDenied, ShoalClient, Unauthenticated, Unavailable
 from tests.helpers import free_port, free_port_on_all, free_port_pair, on_store, wait_until_sync
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from node.cli import main as cli_main
-from node.freeports import free_port as free_port  # re-exported for the CLI tests
+from node.dev.freeports import free_port as free_port  # re-exported for the CLI tests
 from node.pb import api_pb2, api_pb2_grpc
 from node.security import bootstrap, context
 from node.security.ca import ClusterCA

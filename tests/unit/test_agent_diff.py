@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.agent.diff import diff
-from node.domain import Assignment, Desired
+from node.model.domain import Assignment, Desired
 from node.runtime.base import LABELS, Container
 from tests.factories import make_container, make_task
 

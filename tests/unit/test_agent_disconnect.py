@@ -11,7 +11,7 @@ import pytest
 
 from node.agent.diff import Actions
 from node.agent.disconnect import cut_off_for, due, hold_back, stop_after
-from node.domain import TaskState
+from node.model.domain import TaskState
 from node.runtime.base import Container
 from tests.factories import make_service, make_task, typed_spec
 from tests.unit.test_agent_health import KEYS, NODE, World

@@ -19,13 +19,13 @@ import pytest
 
 from node.agent.agent import Agent
 from node.agent.health import Check
-from node.domain import Assignment, ServiceRecord, TaskState, TaskStatus
-from node.events import EventLog
-from node.keys import Keys
+from node.dev.fakeruntime import FakeRuntime
+from node.model.domain import Assignment, ServiceRecord, TaskState, TaskStatus
+from node.model.keys import Keys
 from node.runtime.base import LABELS, Container, DockerHealth, ExecResult, RuntimeUnavailable
-from node.runtime.fake import FakeRuntime
 from node.store.memory import MemoryStore
 from node.store.session import Session
+from node.telemetry.events import EventLog
 from tests.factories import CLUSTER, FakeClock, make_service, make_task
 from tests.helpers import wait_until
 

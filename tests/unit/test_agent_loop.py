@@ -13,13 +13,13 @@ from dataclasses import dataclass, replace
 import pytest
 
 from node.agent.agent import Agent
-from node.domain import Assignment, EndpointRecord, ServiceRecord, TaskState, TaskStatus
-from node.events import EventLog
-from node.keys import Keys
+from node.dev.fakeruntime import FakeRuntime
+from node.model.domain import Assignment, EndpointRecord, ServiceRecord, TaskState, TaskStatus
+from node.model.keys import Keys
 from node.runtime.base import LABELS, ContainerSpec, ImageError
-from node.runtime.fake import FakeRuntime
 from node.store.memory import MemoryStore
 from node.store.session import Session
+from node.telemetry.events import EventLog
 from tests.factories import CLUSTER, make_service, make_task, respec
 from tests.helpers import wait_until
 

@@ -16,7 +16,7 @@ import pytest
 
 from node.agent.agent import Agent
 from node.agent.writes import WriteQueue
-from node.domain import EndpointRecord, TaskState
+from node.model.domain import EndpointRecord, TaskState
 from node.store.base import KV, Compare, Op, TxnResult
 from node.store.memory import MemoryStore
 from node.store.session import Session

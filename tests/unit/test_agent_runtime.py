@@ -21,14 +21,14 @@ from node.agent import engine as engine_module
 from node.agent.agent import Agent
 from node.agent.engine import EngineWatch
 from node.agent.pulls import Pulls
-from node.domain import Assignment, TaskState, TaskStatus
-from node.events import EventLog
-from node.keys import Keys
+from node.dev.fakeruntime import FakeRuntime
+from node.model.domain import Assignment, TaskState, TaskStatus
+from node.model.keys import Keys
 from node.runtime import docker as docker_runtime
 from node.runtime.base import LABELS, ImageError, RuntimeUnavailable
-from node.runtime.fake import FakeRuntime
 from node.store.memory import MemoryStore
 from node.store.session import Session
+from node.telemetry.events import EventLog
 from tests.factories import CLUSTER, FakeClock, make_node, make_service, make_task
 from tests.helpers import wait_until
 

@@ -1,4 +1,4 @@
-"""The `shoal` CLI and `node.client` against an in-process fake of the client API.
+"""The `shoal` CLI and `node.wire.client` against an in-process fake of the client API.
 
 A sync `grpc.server` on 127.0.0.1:0 serves canned services, tasks, nodes, endpoints and
 events and records every request; the CLI is driven through click's `CliRunner`. The
@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from ruamel.yaml import YAML
 
 from node.cli import main as cli_main
-from node.client import (
+from node.pb import api_pb2
+from node.wire.client import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -31,7 +32,6 @@ from node.client import (
     Unavailable,
     error_from_rpc,
 )
-from node.pb import api_pb2
 from tests.unit.fake_shoal import (
     EVENTS,
     FakeShoal,

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from node import __version__
 from node.cli import main as cli_main
 from node.cli.output import cell_width, emit_table
-from node.client import ShoalClient, Unavailable
 from node.security import context
+from node.wire.client import ShoalClient, Unavailable
 from tests.unit.fake_shoal import FakeShoal, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,8 +30,8 @@ HEAVY = (
     "ruamel",
     "docker",
     "etcd3aio",
-    "node.spec",
-    "node.config",
+    "node.model.spec",
+    "node.model.config",
 )
 
 
@@ -67,7 +67,15 @@ def test_version_and_help_import_nothing_heavy() -> None:
 def test_a_listing_imports_no_spec_models_ca_or_daemon(addr: str, context_file: Path) -> None:
     names = imported("service", "ls", "--addr", addr, env={"SHOAL_CONTEXT_FILE": str(context_file)})
     assert "grpc" in names
-    for absent in ("rich", "pydantic", "cryptography", "node.spec", "node.config", "docker", "etcd3aio"):
+    for absent in (
+        "rich",
+        "pydantic",
+        "cryptography",
+        "node.model.spec",
+        "node.model.config",
+        "docker",
+        "etcd3aio",
+    ):
         assert absent not in names, absent
 
 

@@ -1,4 +1,4 @@
-"""`node.config`: precedence, validation with the field named, the persisted node id, labels."""
+"""`node.model.config`: precedence, validation with the field named, the persisted node id, labels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from node.config import PRESETS, ConfigError, NodeConfig, load, parse_labels, resolve_node_id
+from node.model.config import PRESETS, ConfigError, NodeConfig, load, parse_labels, resolve_node_id
 
 
 def toml(tmp_path: Path, text: str) -> str:

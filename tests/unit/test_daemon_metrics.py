@@ -14,16 +14,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.daemon.collectors import collectors
+from node.daemon.metered import StoreMeter
 from node.daemon.telemetry import Telemetry, _CountingProber, _TimedPulls, timed
-from node.domain import Assignment, Event, PendingRecord, RolloutRecord, TaskStatus
-from node.events import EventLog
-from node.keys import Keys
+from node.model.domain import Assignment, Event, PendingRecord, RolloutRecord, TaskStatus
+from node.model.keys import Keys
 from node.proxy.stats import Histogram
 from node.runtime.base import LABELS
 from node.runtime.docker_stats import UsageSampler, usage_of
 from node.store import KV, StoreError, StoreUnavailable
 from node.store.memory import MemoryStore
-from node.store.metered import StoreMeter
+from node.telemetry.events import EventLog
 
 # -- helpers ---------------------------------------------------------------------------------
 

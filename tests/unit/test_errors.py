@@ -1,4 +1,4 @@
-"""One error family for server and client (`node.errors`): every class a handler raises
+"""One error family for server and client (`node.model.errors`): every class a handler raises
 comes back to the client as the same class, through the one `STATUS` table."""
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ from typing import Any
 import grpc
 import pytest
 
-import node.client
-import node.errors
+import node.model.errors
+import node.wire.client
 from node.api.server import handle
-from node.client import error_from_rpc
-from node.errors import (
+from node.model.errors import (
     STATUS,
     CredentialsMissing,
     DeadlineExceeded,
@@ -22,6 +21,7 @@ from node.errors import (
     error_class,
     status_of,
 )
+from node.wire.client import error_from_rpc
 
 
 class _Aborted(Exception):
@@ -106,9 +106,9 @@ def test_unexpected_errors_are_internal_and_store_outages_unavailable() -> None:
 
 
 def test_the_client_re_exports_the_one_family() -> None:
-    for name in node.client.__all__:
-        value = getattr(node.errors, name, None)
+    for name in node.wire.client.__all__:
+        value = getattr(node.model.errors, name, None)
         if isinstance(value, type) and issubclass(value, ShoalError):
-            assert getattr(node.client, name) is value
-    assert node.client.NotFound is node.errors.NotFound
-    assert node.client.Conflict is node.errors.Conflict
+            assert getattr(node.wire.client, name) is value
+    assert node.wire.client.NotFound is node.model.errors.NotFound
+    assert node.wire.client.Conflict is node.model.errors.Conflict

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from node.api.services import HISTORY_LIMIT, ServiceWriter
-from node.keys import Keys
+from node.model.keys import Keys
 from node.store.memory import MemoryStore
 
 KEYS = Keys()

@@ -14,13 +14,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from leader.upkeep import Bounds, Upkeep, compact_target, defrag_due, gone_nodes, stale_tokens
-from node.domain import Event
-from node.events import EventLog
-from node.keys import Keys
+from node.model.domain import Event
+from node.model.keys import Keys
 from node.security.tokens import Role, StoredToken
 from node.store import Fenced
 from node.store.base import MemberStatus
 from node.store.memory import MemoryStore
+from node.telemetry.events import EventLog
 from tests.factories import FakeClock
 
 KEYS = Keys()

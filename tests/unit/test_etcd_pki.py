@@ -74,7 +74,7 @@ def test_a_dev_etcd_will_not_start_on_a_port_something_else_holds(tmp_path: Path
     port being held is enough to refuse, with the hint, instead of an etcd that exits."""
     import socket
 
-    from node.devcluster import DevError, EtcdProcess
+    from node.dev.devcluster import DevError, EtcdProcess
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

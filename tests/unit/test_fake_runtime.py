@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from node.dev.fakeruntime import FakeRuntime
 from node.runtime import (
     LABELS,
     ContainerSpec,
@@ -13,7 +14,6 @@ from node.runtime import (
     Runtime,
     RuntimeUnavailable,
 )
-from node.runtime.fake import FakeRuntime
 
 
 def spec(name: str = "web-1", service: str = "web", **labels: str) -> ContainerSpec:

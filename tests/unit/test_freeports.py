@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from node import devcluster, freeports
-from node.freeports import free_port, free_port_pair
+from node.dev import devcluster, freeports
+from node.dev.freeports import free_port, free_port_pair
 from tests import helpers
 
 
@@ -22,7 +22,7 @@ def in_ephemeral(port: int) -> bool:
     return first <= port <= last
 
 
-@pytest.mark.parametrize("where", [helpers, devcluster], ids=["tests.helpers", "node.devcluster"])
+@pytest.mark.parametrize("where", [helpers, devcluster], ids=["tests.helpers", "node.dev.devcluster"])
 def test_every_helper_draws_outside_the_ephemeral_range(where: object) -> None:
     drawn = [where.free_port() for _ in range(50)]  # type: ignore[attr-defined]
     drawn += [where.free_port_pair() for _ in range(20)]  # type: ignore[attr-defined]

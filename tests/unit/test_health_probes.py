@@ -12,8 +12,8 @@ import pytest
 
 from node.agent.health import Check
 from node.agent.probes import Prober
+from node.dev.fakeruntime import FakeRuntime
 from node.runtime.base import Container
-from node.runtime.fake import FakeRuntime
 
 ANSWERS = {b"/health": b"HTTP/1.1 200 OK", b"/broken": b"HTTP/1.1 500 Internal Server Error"}
 

@@ -32,9 +32,9 @@ from node.agent.restart import (
     on_running,
     policy_of,
 )
-from node.domain import TaskStatus
+from node.model.domain import TaskStatus
+from node.model.spec_lifecycle import HealthCheck, RestartPolicy, TcpCheck
 from node.runtime.base import Container, DockerHealth
-from node.spec_lifecycle import HealthCheck, RestartPolicy, TcpCheck
 from tests.factories import typed_spec
 
 CHECK = Check("http", 8080, "/health", interval=1.0, retries=3)
@@ -245,7 +245,7 @@ def test_backoff_and_policy_of_a_stored_spec() -> None:
 
 
 def test_the_defaults_are_the_spec_models_own() -> None:
-    """Each default is written once, in node.spec_lifecycle: the agent's types take theirs."""
+    """Each default is written once, in node.model.spec_lifecycle: the agent's types take theirs."""
     model = HealthCheck(tcp=TcpCheck(port=1))
     assert Check("tcp", 1) == check_of(typed_spec("web", health={"tcp": {"port": 1}}))
     assert (Check("tcp").interval, Check("tcp").timeout, Check("tcp").retries) == (

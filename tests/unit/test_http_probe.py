@@ -25,9 +25,9 @@ from node.agent import http_probe
 from node.agent.health import Check, check_of
 from node.agent.http_probe import BODY_LIMIT, BadAnswer, Target
 from node.agent.probes import Prober
+from node.dev.fakeruntime import FakeRuntime
+from node.model.spec import FieldError, SpecError, parse_spec, spec_to_dict
 from node.runtime.base import Container
-from node.runtime.fake import FakeRuntime
-from node.spec import FieldError, SpecError, parse_spec, spec_to_dict
 
 BIG = b"x" * (BODY_LIMIT * 4)
 

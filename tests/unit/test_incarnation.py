@@ -20,16 +20,16 @@ from leader.scheduler import Plan
 from node.agent.agent import Agent
 from node.agent.containers import SpecNotFound, SpecSource
 from node.api.services import ServiceWriter
-from node.domain import Assignment, EndpointRecord, ServiceRecord
-from node.events import EventLog
-from node.keys import Keys
+from node.dev.fakeruntime import FakeRuntime
+from node.model.domain import Assignment, EndpointRecord, ServiceRecord
+from node.model.keys import Keys
 from node.proxy.mesh import Mesh
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
 from node.runtime.base import LABELS
-from node.runtime.fake import FakeRuntime
 from node.store.memory import MemoryStore
 from node.store.session import Session
+from node.telemetry.events import EventLog
 from tests.factories import CLUSTER, make_node, make_service, make_task
 from tests.helpers import mirrors_caught_up
 

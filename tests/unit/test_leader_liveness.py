@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from leader.loop import LeaderLoop
-from node.domain import Assignment
-from node.events import EventLog
-from node.keys import Keys
+from node.model.domain import Assignment
+from node.model.keys import Keys
 from node.store import Fenced
 from node.store.memory import MemoryStore
+from node.telemetry.events import EventLog
 from tests.factories import make_node, make_service
 from tests.helpers import mirrors_caught_up
 

@@ -12,12 +12,12 @@ import pytest
 
 from leader.election import Election
 from leader.loop import LeaderLoop
-from node.domain import Assignment, NodeInfo, ServiceRecord
-from node.events import EventLog
-from node.keys import Keys
+from node.model.domain import Assignment, NodeInfo, ServiceRecord
+from node.model.keys import Keys
 from node.store import Fenced
 from node.store.memory import MemoryStore
 from node.store.session import Session
+from node.telemetry.events import EventLog
 from tests.factories import FakeClock, make_node, make_service
 from tests.helpers import mirrors_caught_up
 

@@ -19,12 +19,12 @@ import pytest
 
 from leader.loop import LeaderLoop
 from leader.rollout import PROGRESS_DEADLINE, RolloutState
-from node.domain import RolloutRecord, TaskStatus
-from node.events import EventLog
-from node.keys import Keys
+from node.model.domain import RolloutRecord, TaskStatus
+from node.model.keys import Keys
 from node.store import Compare, Delete, StoreUnavailable
 from node.store.base import Op, TxnResult
 from node.store.memory import MemoryStore
+from node.telemetry.events import EventLog
 from tests.factories import make_node, make_service, make_task
 from tests.helpers import mirrors_caught_up, wait_until
 

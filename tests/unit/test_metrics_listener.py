@@ -92,8 +92,8 @@ def test_tls_with_the_node_certificate(serve: Any, tmp_path: Path) -> None:
 
 
 def test_the_daemon_reads_the_token_file(tmp_path: Path) -> None:
-    from node.config import NodeConfig
     from node.daemon.app import metrics_guard
+    from node.model.config import NodeConfig
 
     token = tmp_path / "metrics.token"
     write_secret(token, b"abc\n")
@@ -106,3 +106,16 @@ def test_the_daemon_reads_the_token_file(tmp_path: Path) -> None:
     write_secret(token, b"")
     with pytest.raises(OSError, match="empty"):
         metrics_guard(NodeConfig(data_dir=tmp_path, metrics_token_file=str(token)))
+
+
+def test_binding_asks_no_dns(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """http.server looks the address up in DNS (getfqdn) when it binds; on a host whose
+    resolver does not answer that held the daemon's event loop for 10 s at start (found
+    on the test bed, deploy/testbed/). The listener must never ask."""
+
+    def no_dns(*_: Any) -> str:
+        raise AssertionError("the metrics listener asked DNS for its name")
+
+    monkeypatch.setattr(metrics.socket, "getfqdn", no_dns)
+    port = serve()
+    assert fetch(f"http://127.0.0.1:{port}/metrics")[0] == 200

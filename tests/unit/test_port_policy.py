@@ -7,9 +7,9 @@ import pytest
 
 from node.api.port_policy import PortPolicy
 from node.api.services import ServiceWriter
-from node.domain import NodeInfo
-from node.errors import InvalidArgument, PermissionDenied
-from node.keys import Keys
+from node.model.domain import NodeInfo
+from node.model.errors import InvalidArgument, PermissionDenied
+from node.model.keys import Keys
 from node.security import auth
 from node.security.ca import Identity, Kind
 from node.security.tokens import Role

@@ -1,4 +1,4 @@
-"""Published-port ownership (`node.ports`, issue 11 item 4).
+"""Published-port ownership (`node.store.ports`, issue 11 item 4).
 
 The pure decision (`plan`), then the API's writes (apply, scale, rollback, rm) and the
 leader's automatic rollback, each on a MemoryStore and on the session's real etcd
@@ -17,15 +17,15 @@ import pytest
 
 from leader.loop import LeaderLoop
 from node.api.services import ServiceWriter
-from node.domain import PortClaim, RolloutRecord, ServiceRecord
-from node.errors import FailedPrecondition
-from node.events import EventLog
-from node.keys import Keys
-from node.ports import Owner, PortTaken, Seen, plan
-from node.spec import ServiceSpec, spec_from_stored
+from node.model.domain import PortClaim, RolloutRecord, ServiceRecord
+from node.model.errors import FailedPrecondition
+from node.model.keys import Keys
+from node.model.spec import ServiceSpec, spec_from_stored
 from node.store import Compare, Delete, Put, Store
 from node.store.etcd import EtcdStore
 from node.store.memory import MemoryStore
+from node.store.ports import Owner, PortTaken, Seen, plan
+from node.telemetry.events import EventLog
 
 KEYS = Keys()
 PORT = 18431

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from node.domain import EndpointRecord, ServiceRecord
-from node.events import EventLog
 from node.gossip.member import Member, MemberState
-from node.keys import Keys
+from node.model.domain import EndpointRecord, ServiceRecord
+from node.model.keys import Keys
 from node.proxy.mesh import Mesh, MeshSettings
 from node.proxy.metrics import MeshCollector
 from node.store.memory import MemoryStore
+from node.telemetry.events import EventLog
 from tests.factories import make_service, make_task
 from tests.helpers import wait_until
 

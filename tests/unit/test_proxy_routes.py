@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from node.domain import EndpointRecord
+from node.model.domain import EndpointRecord
 from node.proxy import routes
 from node.proxy.balancer import Backend
 from tests.factories import make_service
@@ -56,7 +56,7 @@ def test_routable_needs_the_assignment_and_a_live_node() -> None:
 
 
 def test_an_old_task_handing_off_its_slot_stays_routable() -> None:
-    from node.domain import Assignment
+    from node.model.domain import Assignment
 
     old = Assignment("t-old", "web", 1, "n1", 1, 1, "a")
     new = Assignment("t-new", "web", 1, "n2", 2, 1, "b", handoff=json.loads(old.to_json()))

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import pytest
 
-from node.errors import Conflict, NotFound
+from node.model.errors import Conflict, NotFound
 from node.store import KV, Compacted, Compare, Put, StoreError, StoreUnavailable
 from node.store.cache import PrefixCache
 from node.store.memory import MemoryStore

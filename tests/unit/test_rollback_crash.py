@@ -21,12 +21,12 @@ from leader import crashpoint
 from leader.loop import LeaderLoop
 from leader.rollout import RolloutState
 from leader.scheduler import template_hash
-from node.domain import Assignment, RolloutRecord, ServiceRecord, TaskStatus
-from node.events import EventLog
-from node.keys import Keys
+from node.model.domain import Assignment, RolloutRecord, ServiceRecord, TaskStatus
+from node.model.keys import Keys
 from node.store import Compare, Delete, Fenced, Put, StoreUnavailable
 from node.store.base import Op, TxnResult
 from node.store.memory import MemoryStore
+from node.telemetry.events import EventLog
 from tests.factories import make_node, make_service
 from tests.helpers import mirrors_caught_up
 

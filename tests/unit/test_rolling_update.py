@@ -16,10 +16,10 @@ import pytest
 
 from leader.loop import LeaderLoop
 from leader.rollout import RolloutState
-from node.domain import Assignment, RolloutRecord, ServiceRecord, TaskStatus
-from node.events import EventLog
-from node.keys import Keys
+from node.model.domain import Assignment, RolloutRecord, ServiceRecord, TaskStatus
+from node.model.keys import Keys
 from node.store.memory import MemoryStore
+from node.telemetry.events import EventLog
 from tests.factories import make_node, make_service
 from tests.helpers import mirrors_caught_up
 

@@ -13,7 +13,7 @@ from leader.rollout import (
     step,
     update_policy,
 )
-from node.domain import RolloutRecord
+from node.model.domain import RolloutRecord
 from tests.factories import typed_spec
 
 OLD, NEW = "old-template", "new-template"

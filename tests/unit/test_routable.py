@@ -1,4 +1,4 @@
-"""The one rule for "routable" (`node.domain`): every place that decides which replicas may
+"""The one rule for "routable" (`node.model.domain`): every place that decides which replicas may
 receive traffic (agent, leader, proxy, API resolve) asks it, so they cannot disagree."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from leader.updates import Health as SlotHealth
 from leader.updates import health as slot_health
 from node.agent.health import Health, Verdict
 from node.api.nodes import routable as api_routable
-from node.domain import (
+from node.model.domain import (
     Assignment,
     EndpointRecord,
     TaskHealth,
@@ -21,7 +21,7 @@ from node.domain import (
     routable_endpoints,
     serving,
 )
-from node.keys import Keys
+from node.model.keys import Keys
 from node.proxy import routes
 from node.store import Put
 from node.store.memory import MemoryStore

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leader.scheduler import Plan, Snapshot, schedule, template_hash
-from node.domain import Assignment, ServiceRecord
+from node.model.domain import Assignment, ServiceRecord
 from tests.factories import make_node, make_service, make_spec, make_task
 
 EPOCH = 7

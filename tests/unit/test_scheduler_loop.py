@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from leader.loop import LeaderLoop
-from node.domain import Assignment, NodeInfo, NodeSpec, ServiceRecord
-from node.events import EventLog
-from node.keys import Keys
+from node.model.domain import Assignment, NodeInfo, NodeSpec, ServiceRecord
+from node.model.keys import Keys
 from node.store.memory import MemoryStore
+from node.telemetry.events import EventLog
 from tests.factories import make_service
 from tests.helpers import mirrors_caught_up
 

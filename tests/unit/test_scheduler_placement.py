@@ -12,8 +12,15 @@ import pytest
 
 from leader.scheduler import Plan, Snapshot, schedule, schedule_all, template_hash
 from node.agent.containers import container_spec
-from node.config import NodeConfig, detect_capacity, load
-from node.domain import Assignment, NodeInfo, NodeSpec, ServiceRecord, UnreadableRecord, effective_labels
+from node.model.config import NodeConfig, detect_capacity, load
+from node.model.domain import (
+    Assignment,
+    NodeInfo,
+    NodeSpec,
+    ServiceRecord,
+    UnreadableRecord,
+    effective_labels,
+)
 from tests.factories import make_service, make_spec, make_task, typed_spec
 
 GIB, MIB = 2**30, 2**20

@@ -27,9 +27,9 @@ from leader.placement import pick
 from leader.placement.fit import FitTree
 from leader.placement.requirements import capacity_millicores, requirements, reservation_millicores
 from leader.scheduler import Plan, Snapshot, schedule_all
-from node.constraints import parse_constraint
-from node.domain import Assignment, NodeInfo, ServiceRecord
-from node.spec import ServiceSpec, spec_to_dict
+from node.model.constraints import parse_constraint
+from node.model.domain import Assignment, NodeInfo, ServiceRecord
+from node.model.spec import ServiceSpec, spec_to_dict
 from tests.factories import make_spec
 
 GIB, MIB = 2**30, 2**20

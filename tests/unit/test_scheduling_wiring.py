@@ -19,7 +19,8 @@ from node.api.nodes import list_nodes
 from node.api.nodespecs import NodeSpecWriter
 from node.cli.nodes import parse_label_changes
 from node.daemon.main import command as shoald
-from node.domain import (
+from node.dev.simcluster import SimAgents, SimCluster, sim_nodes
+from node.model.domain import (
     Assignment,
     EndpointRecord,
     Event,
@@ -30,13 +31,12 @@ from node.domain import (
     ServiceRecord,
     TaskStatus,
 )
-from node.errors import InvalidArgument, NotFound
-from node.events import EventLog
-from node.keys import Keys
-from node.simcluster import SimAgents, SimCluster, sim_nodes
-from node.spec import spec_to_dict
+from node.model.errors import InvalidArgument, NotFound
+from node.model.keys import Keys
+from node.model.spec import spec_to_dict
 from node.store import KV, Fenced, Put
 from node.store.memory import MemoryStore
+from node.telemetry.events import EventLog
 from tests.factories import make_service
 from tests.helpers import mirrors_caught_up, wait_until
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from node.api.services import ServiceWriter
-from node.domain import ServiceRecord, template_hash
-from node.errors import Conflict, FailedPrecondition, NotFound
-from node.keys import Keys
+from node.model.domain import ServiceRecord, template_hash
+from node.model.errors import Conflict, FailedPrecondition, NotFound
+from node.model.keys import Keys
+from node.model.spec import SpecError, parse_spec, spec_to_dict
 from node.runtime.base import ContainerSpec, EngineError
 from node.security.objects import ObjectRecord
 from node.security.sealing import PREFIX, Sealer, SealError, is_sealed, secret_ad, secret_env_ad
-from node.spec import SpecError, parse_spec, spec_to_dict
 from node.store import StoreUnavailable
 from node.store.memory import MemoryStore
 from tests.factories import make_task

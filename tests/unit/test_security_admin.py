@@ -22,15 +22,13 @@ import grpc
 import pytest
 from click.testing import CliRunner, Result
 
-from node import rpc
 from node.api.admin import Signer
 from node.api.gossip_transport import PeerServicer
 from node.api.join import JoinHandler
 from node.api.servicer import ShoalServicer
 from node.cli.main import cli
-from node.client import InvalidArgument, NotFound, PermissionDenied, ShoalClient, Unauthenticated
-from node.domain import NodeInfo
-from node.keys import Keys
+from node.model.domain import NodeInfo
+from node.model.keys import Keys
 from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc
 from node.security import bootstrap, ca, context, provision
 from node.security.auth import AuthInterceptor, Policy
@@ -40,6 +38,8 @@ from node.security.credentials import EtcdCredentials
 from node.security.sealing import Sealer
 from node.security.tokens import JoinToken
 from node.store.memory import MemoryStore
+from node.wire import rpc
+from node.wire.client import InvalidArgument, NotFound, PermissionDenied, ShoalClient, Unauthenticated
 
 KEYS = Keys("/t/")
 CLUSTER = "unit"

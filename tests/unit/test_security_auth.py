@@ -20,12 +20,12 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from node import rpc
 from node.pb import api_pb2, api_pb2_grpc, peer_pb2, peer_pb2_grpc
 from node.security import bootstrap
 from node.security.auth import AuthInterceptor, Caller, MemoryCredentials, Policy, current_caller
 from node.security.ca import ClusterCA, Identity, Kind
 from node.security.tokens import ClientToken, Role, StoredToken
+from node.wire import rpc
 
 CLUSTER = "c1"
 ADMIN_ONLY = "/shoal.v1.Admin/RotateJoinToken"  # not in the role table: admin-only

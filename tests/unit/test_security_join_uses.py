@@ -10,9 +10,9 @@ import pytest
 
 from node.api.admin import Signer
 from node.api.join import JoinHandler
-from node.domain import NodeInfo
-from node.errors import Conflict, FailedPrecondition
-from node.keys import Keys
+from node.model.domain import NodeInfo
+from node.model.errors import Conflict, FailedPrecondition
+from node.model.keys import Keys
 from node.pb import peer_pb2
 from node.security import bootstrap, join_uses
 from node.security.ca import Lifetimes

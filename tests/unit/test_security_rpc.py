@@ -1,4 +1,4 @@
-"""`node.rpc` with TLS: certificate renewal without a restart, limits, and the plaintext default."""
+"""`node.wire.rpc` with TLS: certificate renewal without a restart, limits, and the plaintext default."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import grpc
 import grpc.aio
 import pytest
 
-from node import rpc
 from node.security import bootstrap
 from node.security.ca import CertError, ClusterCA, Lifetimes
+from node.wire import rpc
 
 ECHO = "/test.Echo/Echo"
 

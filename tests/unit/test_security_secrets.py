@@ -9,11 +9,11 @@ import grpc
 import pytest
 
 from node.api.convert import MASK, masked
-from node.client import Unavailable, error_from_rpc
-from node.config import ConfigError, NodeConfig, load
-from node.logs import JsonFormatter, _Redacting, redact
+from node.model.config import ConfigError, NodeConfig, load
+from node.model.spec import SpecError, parse_spec, spec_to_dict
 from node.security.tokens import ClientToken, JoinToken
-from node.spec import SpecError, parse_spec, spec_to_dict
+from node.telemetry.logs import JsonFormatter, _Redacting, redact
+from node.wire.client import Unavailable, error_from_rpc
 
 TOKEN = str(ClientToken.new())
 JOIN = str(JoinToken.new("ab" * 32))

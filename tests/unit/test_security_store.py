@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from node.config import NodeConfig
 from node.daemon.identity import IdentityError, NodeIdentity
-from node.errors import FailedPrecondition, NotFound
-from node.keys import Keys
+from node.model.config import NodeConfig
+from node.model.errors import FailedPrecondition, NotFound
+from node.model.keys import Keys
 from node.security import bootstrap, ca, provision
 from node.security.auth import Authorizer, Denied, Policy
 from node.security.ca import CertError, ClusterCA, Lifetimes

@@ -146,6 +146,8 @@ def test_viewers_read_deployers_change_services_admins_do_everything() -> None:
     }
     reads |= {"StreamEvents", "WatchMembers", "ServiceLogs"}  # logs: whoever reads the status
     writes = {"ApplyService", "ScaleService", "DeleteService", "RollbackService", "Exec"}  # exec: issue 14
+    reads |= {"ListStacks"}  # stacks (docs/stacks.md): as their services
+    writes |= {"DeployStack", "RemoveStack"}
     for method in _methods():
         name = method.rsplit("/", 1)[1]
         assert allowed(Role.ADMIN, method)

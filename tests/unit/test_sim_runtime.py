@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from node.dev.simruntime import SIMULATED, SimRuntime
 from node.runtime import LABELS, ContainerSpec, EngineError, PortBinding, Runtime
-from node.runtime.sim import SIMULATED, SimRuntime
 
 
 def spec(name: str, service: str = "web") -> ContainerSpec:

@@ -1,4 +1,4 @@
-"""node.spec: valid specs parse and round-trip; bad ones fail with a path, a line and a hint."""
+"""node.model.spec: valid specs parse and round-trip; bad ones fail with a path, a line and a hint."""
 
 import json
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from node.spec import (
+from node.model.spec import (
     MAX_MEMORY,
     MAX_SPEC_BYTES,
     MIN_MEMORY,

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from node.spec import FieldError, SpecError, parse_spec, spec_from_dict, spec_to_dict
-from node.spec_lifecycle import format_duration, parse_duration
+from node.model.spec import FieldError, SpecError, parse_spec, spec_from_dict, spec_to_dict
+from node.model.spec_lifecycle import format_duration, parse_duration
 
 FULL = """\
 name: web

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from node.agent.containers import container_spec
-from node.domain import Assignment, template_hash
-from node.spec import SpecError, parse_spec
+from node.model.domain import Assignment, template_hash
+from node.model.spec import SpecError, parse_spec
 
 BASE = "name: a\nimage: x:1\n"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from node.devcluster import EtcdProcess
+from node.dev.devcluster import EtcdProcess
 from node.store import KV, Compacted, Compare, Delete, Put, Store, StoreError, StoreUnavailable, fence
 from node.store.base import WatchBatch
 from node.store.cache import PrefixCache

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 
 from node.api.taskio import TaskIO
-from node.domain import Assignment, NodeInfo, ServiceRecord, TaskStatus
-from node.errors import FailedPrecondition, InvalidArgument, NotFound
-from node.keys import Keys
+from node.model.domain import Assignment, NodeInfo, ServiceRecord, TaskStatus
+from node.model.errors import FailedPrecondition, InvalidArgument, NotFound
+from node.model.keys import Keys
+from node.model.spec import parse_spec
 from node.pb import api_pb2
 from node.runtime.base import EngineError
 from node.security.tokens import Role, allowed, least_role
-from node.spec import parse_spec
 from node.store.memory import MemoryStore
 
 KEYS = Keys("/t/")

@@ -15,12 +15,12 @@ Guarantees:
   `--cpus` granularity), strings without NUL (execve cannot pass it) or DEL.
 - `resources` are reservations (limits to Docker unless `resources.limits`, which must
   be at least them); `placement.constraints` are parsed here with the scheduler's own
-  parser (`node.constraints`), so what `apply` accepts is what the scheduler reads.
+  parser (`node.model.constraints`), so what `apply` accepts is what the scheduler reads.
 - `spec_to_dict` is plain JSON (memory in bytes, None fields omitted) and round-trips:
   `parse_spec(json.dumps(spec_to_dict(s))) == s`; `spec_from_dict` applies the same checks.
 - The frozen `ServiceSpec` is what every module reads (leader, agent, proxy, API), with
   each default in one place: the models' fields. Its JSON form exists only at the store
-  boundary (`node.domain.ServiceRecord.to_json` / `from_json`, `spec_from_stored`).
+  boundary (`node.model.domain.ServiceRecord.to_json` / `from_json`, `spec_from_stored`).
 
 Pure: imports no grpc, docker or etcd.
 """
@@ -48,17 +48,19 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
-from node.constraints import ConstraintError, parse_constraint, parse_label_attribute
-from node.spec_errors import FieldError, SpecError
-from node.spec_errors import fatal as _fatal
-from node.spec_lifecycle import (
+from node.model.constraints import ConstraintError, parse_constraint, parse_label_attribute
+from node.model.spec_errors import FieldError, SpecError
+from node.model.spec_errors import fatal as _fatal
+from node.model.spec_lifecycle import (
     ConfigRef,
+    DependsOn,
     HealthCheck,
     HttpCheck,
     LogConfig,
     OnDisconnect,
     RestartPolicy,
     SecretRef,
+    ServiceName,
     StopGrace,
     TcpCheck,
     UpdateConfig,
@@ -242,7 +244,7 @@ def _spread(v: str) -> str:
 
 
 class Placement(BaseModel):
-    """Where replicas may go and how they are spread. See `node.constraints` for the syntax."""
+    """Where replicas may go and how they are spread. See `node.model.constraints` for the syntax."""
 
     model_config = _STRICT
     constraints: Annotated[list[Annotated[str, AfterValidator(_constraint)]], Field(max_length=32)] = []
@@ -255,7 +257,7 @@ class ServiceSpec(BaseModel):
     """What the user asked for; stored as `spec_to_dict` JSON under `services/<name>`."""
 
     model_config = _STRICT
-    name: _Name
+    name: ServiceName  # 1 to 63 of a-z, 0-9, '-'; <stack>_<service> in a stack
     image: Annotated[str, AfterValidator(_image)]
     command: Annotated[list[str], Field(min_length=1, max_length=256)] | None = None
     env: _Env = {}
@@ -273,7 +275,7 @@ class ServiceSpec(BaseModel):
     resources: Resources | None = None
     placement: Placement | None = None
     mode: Literal["replicated", "global"] | None = None  # None: replicated; global: one per eligible node
-    # Lifecycle (node.spec_lifecycle); None: the defaults there, or the node's settings.
+    # Lifecycle (node.model.spec_lifecycle); None: the defaults there, or the node's settings.
     health: HealthCheck | None = None  # None: routable once running (or the image's HEALTHCHECK)
     restart: RestartPolicy | None = None
     update: UpdateConfig | None = None
@@ -286,14 +288,15 @@ class ServiceSpec(BaseModel):
     secrets: Annotated[list[SecretRef], Field(max_length=64), AfterValidator(distinct_targets)] | None = None
     configs: Annotated[list[ConfigRef], Field(max_length=64), AfterValidator(distinct_targets)] | None = None
 
+    stack: _Name | None = None  # set by `stack deploy`: the name is then <stack>_<service>
+    depends_on: DependsOn | None = None  # the leader places no first task before they hold
+
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
 _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
 _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", "tcp"): TcpCheck}
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
-
-_FIELDS |= {("on_disconnect",): OnDisconnect}
 _FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
@@ -303,6 +306,13 @@ _HINTS |= {("health.exec", "list_type"): ' of strings (run without a shell), e.g
 
 def parse_spec(text: str, source: str = "<spec>") -> ServiceSpec:
     """Load and check a YAML (or JSON) spec; raise `SpecError` with every problem found."""
+    data = load_yaml(text, source)
+    if data is None:
+        raise _fatal(source, _EMPTY, 1, 1)
+    return _build(data, source)
+
+
+def load_yaml(text: str, source: str = "<spec>") -> Any:  # ruamel's objects: lines and columns kept
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_SPEC_BYTES:
         raise _fatal(source, f"the spec is {size} bytes; the limit is {MAX_SPEC_BYTES}")
@@ -323,9 +333,7 @@ def parse_spec(text: str, source: str = "<spec>") -> ServiceSpec:
         raise _fatal(source, "not valid YAML: nested too deeply") from None
     except Exception as e:  # the parser is fed untrusted text: any failure of it is a bad spec
         raise _fatal(source, f"not valid YAML: {e}") from None
-    if data is None:
-        raise _fatal(source, _EMPTY, 1, 1)
-    return _build(data, source)
+    return data
 
 
 def spec_from_dict(data: dict[str, Any]) -> ServiceSpec:
@@ -366,6 +374,9 @@ def _build(data: Any, source: str) -> ServiceSpec:
         errors = sorted(walk.errors, key=lambda f: (f.line is None, f.line or 0, f.column or 0))
         raise SpecError(source, errors)
     return spec
+
+
+spec_from_node = _build  # (data, source): parse_spec of a mapping within what load_yaml returned
 
 
 class _Limit(Exception):

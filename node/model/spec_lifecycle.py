@@ -1,10 +1,10 @@
 """The lifecycle sections of a service spec: `health`, `restart`, `update`, `stop_grace`,
-`on_disconnect`; and `secrets` / `configs`, the files a replica starts with (issue 13).
+`on_disconnect`, `depends_on`; and `secrets` / `configs`, the files a replica starts with (issue 13).
 
-Why a module of its own: `node.spec` owns loading, paths and error reporting; this one
+Why a module of its own: `node.model.spec` owns loading, paths and error reporting; this one
 owns what a replica's life looks like once it runs (how it is checked, restarted,
 replaced in a rollout, stopped), and the duration syntax those sections use. The
-models here are fields of `node.spec.ServiceSpec` and are checked with the same strict
+models here are fields of `node.model.spec.ServiceSpec` and are checked with the same strict
 rules (unknown fields refused, no coercion, errors naming the field path).
 
 Durations are written as a number of seconds (`2`, `0.5`) or a string with units
@@ -16,6 +16,7 @@ Pure: imports no grpc, docker or etcd.
 
 import math
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -32,7 +33,7 @@ _SYNTAX = "a number of seconds or a number with a unit (ms, s, m, h), e.g. 2s, 5
 
 
 def _fail(message: str) -> PydanticCustomError:
-    # Same shape as node.spec's errors: the message goes in as context, never as a template.
+    # Same shape as node.model.spec's errors: the message goes in as context, never as a template.
     return PydanticCustomError("spec", "{msg}", {"msg": message, "at": ()})
 
 
@@ -350,3 +351,37 @@ def distinct_targets(refs: list[Any]) -> list[Any]:
             )
         seen[target] = i
     return refs
+
+
+_LABEL = "[a-z0-9]([a-z0-9-]*[a-z0-9])?"  # node.model.spec.NAME_PATTERN
+SERVICE_NAME_PATTERN = f"{_LABEL}(_{_LABEL})?"  # <stack>_<service>
+
+
+def _service_name(v: str) -> str:
+    if not re.fullmatch(SERVICE_NAME_PATTERN, v) or len(v) > 63:
+        what = "1 to 63 lowercase letters, digits and '-', not at either end"
+        raise _fail(
+            f"must be {what} (pattern ^{_LABEL}$; <stack>_<service> in a stack), got string {v[:60]!r}"
+        )
+    return v
+
+
+ServiceName = Annotated[str, AfterValidator(_service_name)]
+
+
+# depends_on: service -> the condition the leader waits for before placing this service's
+# first tasks (`leader.dependencies`): "started" (a task runs) or "healthy" (a task serves).
+DependsOn = Annotated[dict[ServiceName, Literal["started", "healthy"]], Field(max_length=64)]
+
+
+def stack_problem(
+    name: str, stack: str | None, depends_on: Mapping[str, str] | None
+) -> tuple[str, tuple[str, ...]] | None:
+    """What is wrong with a service's stack membership (message, field path), or None."""
+    if stack is not None and not name.startswith(stack + "_"):
+        return f"a service of stack {stack!r} is named {stack}_<service>, got {name!r}", ("name",)
+    if stack is None and "_" in name:
+        return "'_' is for services of a stack (<stack>_<service>, named by `shoal stack deploy`)", ("name",)
+    if name in (depends_on or {}):
+        return "a service cannot depend on itself", ("depends_on", name)
+    return None

@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from node.domain import PortClaim, ServiceRecord
-from node.errors import FailedPrecondition
-from node.keys import Keys
-from node.spec import ServiceSpec
+from node.model.domain import PortClaim, ServiceRecord
+from node.model.errors import FailedPrecondition
+from node.model.keys import Keys
+from node.model.spec import ServiceSpec
 from node.store.base import MAX_TXN_OPS, Compare, Delete, Op, Put, Store
 
 

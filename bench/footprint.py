@@ -1,6 +1,6 @@
 """What an idle shoal costs: etcd watchers per daemon, and each daemon's memory and CPU.
 
-    .venv/bin/python bench/idle.py [--window 60] [--replicas 30]
+    .venv/bin/python bench/footprint.py [--window 60] [--replicas 30]
 
 A fresh 3-node `DevCluster` (embedded etcd with its metrics on a port of their own,
 daemons on 127.0.0.1-3). Once it is ready and has been left alone for `--settle`
@@ -15,7 +15,11 @@ over the three nodes, each running and published before the window starts):
 - **CPU**: each daemon's user + system CPU over the window (/proc/<pid>/stat), as a
   percentage of one core (goal: at most 1 %); the leader is marked.
 
-Nothing is sent to the cluster during a window; the figures are reported, not asserted.
+Next to them, references measured in the same run (`REFERENCES`): an idle Python
+process, one that has imported grpc, and one that has imported what shoald imports
+(`node.daemon.app`) without running it, so the part of a daemon's RSS that is import
+cost shows. Nothing is sent to the cluster during a window; the figures are reported,
+not asserted.
 Exit status 1 when the cluster cannot be set up or the replicas do not run.
 """
 
@@ -24,14 +28,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from node.client import ShoalClient
-from node.devcluster import DevCluster, DevError, free_port_on_all, remove_containers
+from node.dev.devcluster import DevCluster, DevError, free_port_on_all, remove_containers
+from node.wire.client import ShoalClient
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SPEC = "name: web\nimage: shoal-demo/web:1\nreplicas: {n}\nports: [{{container: 8080}}]\n"
@@ -54,6 +59,29 @@ def watchers(metrics_url: str) -> int:
     if found is None:
         raise DevError(f"no etcd_debugging_mvcc_watcher_total at {metrics_url}")
     return int(float(found[1]))
+
+
+REFERENCES = {  # name -> what the idle process imports before it waits
+    "python, idle": "",
+    "python + import grpc (aio)": "import grpc, grpc.aio",
+    "python + import node.daemon.app": "import node.daemon.app",
+}
+
+
+def references() -> list[tuple[str, float]]:
+    """(name, RSS MiB) of each reference process, once it has imported and sits idle."""
+    out = []
+    for name, imports in REFERENCES.items():
+        code = f"{imports}\nimport sys, time\nprint('ready', flush=True)\nsys.stdin.read()"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", name
+            out.append((name, rss_mib(proc.pid)))
+        finally:
+            proc.communicate("", timeout=10)  # stdin closed: it exits
+    return out
 
 
 def wait_running(client: ShoalClient, n: int, deadline: float) -> None:
@@ -87,8 +115,9 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=30, help="replicas of the second round (30)")
     args = parser.parse_args()
     rows: list[tuple[int, int, list[tuple[str, bool, float, float]]]] = []
-    with tempfile.TemporaryDirectory(prefix="shoal-bench-idle-") as tmp:
-        cluster = DevCluster.on_free_ports(Path(tmp) / "dev", nodes=3, name="bench-idle-")
+    refs = references()
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-footprint-") as tmp:
+        cluster = DevCluster.on_free_ports(Path(tmp) / "dev", nodes=3, name="bench-footprint-")
         etcd_metrics = free_port_on_all(["127.0.0.1"])
         cluster.etcd.extra_args += ["--listen-metrics-urls", f"http://127.0.0.1:{etcd_metrics}"]
         metrics_url = f"http://127.0.0.1:{etcd_metrics}/metrics"
@@ -102,7 +131,7 @@ def main() -> int:
                     time.sleep(args.settle)  # let start-up work (elections, first passes) end
                     rows.append((n, watchers(metrics_url), measure(cluster, metrics_url, args.window)))
         except (DevError, OSError) as exc:
-            print(f"bench/idle.py: {exc}", file=sys.stderr)
+            print(f"bench/footprint.py: {exc}", file=sys.stderr)
             return 1
         finally:
             cluster.stop()
@@ -116,6 +145,9 @@ def main() -> int:
     worst_rss = max(r for _, _, per in rows for _, _, r, _ in per)
     worst_cpu = max(c for _, _, per in rows for _, _, _, c in per)
     most = max(total / len(per) for _, total, per in rows)
+    print()
+    for name, rss in refs:
+        print(f"reference: {name:<32} RSS {rss:6.1f} MiB")
     print()
     print(f"watchers per daemon {most:.1f} (goal <= 6), {most / 6:.2f}x the goal")
     print(f"largest RSS {worst_rss:.1f} MiB, {worst_rss / 60:.2f}x the goal (60 MiB)")

@@ -32,13 +32,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from node import errors
-from node.client import ShoalClient, ShoalError
-from node.freeports import free_port as free_port  # re-exported for the benches
-from node.freeports import free_port_on_all as free_port_on_all
-from node.freeports import free_port_pair as free_port_pair
-from node.keys import DEFAULT_PREFIX, Keys
-from node.rpc import ClientTls
+from node.dev.freeports import free_port as free_port  # re-exported for the benches
+from node.dev.freeports import free_port_on_all as free_port_on_all
+from node.dev.freeports import free_port_pair as free_port_pair
+from node.model import errors
+from node.model.keys import DEFAULT_PREFIX, Keys
 from node.runtime.base import LABELS
 from node.security import context, provision
 from node.security.ca import CertError, Lifetimes
@@ -46,6 +44,8 @@ from node.security.cluster import ClusterSecurity
 from node.security.etcd_pki import EtcdPki
 from node.security.files import NodeFiles
 from node.store.etcd import EtcdStore, EtcdTls
+from node.wire.client import ShoalClient, ShoalError
+from node.wire.rpc import ClientTls
 
 
 class DevError(Exception):
@@ -222,14 +222,14 @@ class DevCluster:
     extra_args: list[str] = field(default_factory=list)
     cert_lifetime: float = 0.0  # s a node certificate is valid (0: shoald's default, 30 days)
     node_args: dict[int, list[str]] = field(default_factory=dict)  # node index -> its own extra flags
-    simulate: int = 0  # simulated nodes to add (`node.simcluster`, one process; they run nothing)
+    simulate: int = 0  # simulated nodes to add (`node.dev.simcluster`, one process; they run nothing)
     sim_proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _tls: ClientTls | None = field(default=None, repr=False)
 
     @classmethod
     def on_free_ports(cls, data_dir: Path, nodes: int = 3, name: str = "t", **kwargs: Any) -> DevCluster:
         """A cluster whose gRPC, metrics and etcd ports are free on every node address
-        (drawn outside the ephemeral range, `node.freeports`) and whose name is unique
+        (drawn outside the ephemeral range, `node.dev.freeports`) and whose name is unique
         (`<name><8 hex>`), so tests and benches never meet another cluster's."""
         hosts = [f"127.0.0.{i}" for i in range(1, nodes + 1)]
         return cls(
@@ -383,11 +383,11 @@ class DevCluster:
         return self.data_dir / "simcluster.log"
 
     def start_simulation(self, count: int, timeout: float = 30.0, args: list[str] | None = None) -> None:
-        """Register `count` simulated nodes (`python -m node.simcluster`, one process, one
+        """Register `count` simulated nodes (`python -m node.dev.simcluster`, one process, one
         lease; `args` are its extra flags, e.g. `--cpu 4 --memory 8Gi`). They show in
         `node ls` marked SIMULATED, take tasks, and run and serve nothing."""
         cmd = [
-            sys.executable, "-m", "node.simcluster", *self.etcd.client_flags, "--prefix", self.prefix,
+            sys.executable, "-m", "node.dev.simcluster", *self.etcd.client_flags, "--prefix", self.prefix,
             "--nodes", str(count), *(args or []),
         ]  # fmt: skip
         log = self.sim_log_path.open("ab")

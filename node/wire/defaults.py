@@ -1,7 +1,7 @@
 """Defaults that the CLI must know before it imports anything heavy (grpc, pydantic).
 
-`shoal --help` and `shoal --version` only read this module and click; `node.rpc` and
-`node.client` take their defaults from here too, so each value is written once.
+`shoal --help` and `shoal --version` only read this module and click; `node.wire.rpc` and
+`node.wire.client` take their defaults from here too, so each value is written once.
 Pure: no imports at all.
 """
 

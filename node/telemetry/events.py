@@ -15,8 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from node.domain import Event
-from node.keys import Keys
+from node.model.domain import Event
+from node.model.keys import Keys
 from node.store import KV, Store, StoreError
 
 log = logging.getLogger(__name__)

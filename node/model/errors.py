@@ -1,7 +1,7 @@
 """shoal's one error family, for the server and the client, and its gRPC status codes.
 
 A node raises these from anything a request reaches; `node.api.server` aborts the call
-with the status `STATUS` names for the class. The client (`node.client.error_from_rpc`)
+with the status `STATUS` names for the class. The client (`node.wire.client.error_from_rpc`)
 turns the status it receives back into the class `error_class` names, so a caller
 catches the same `NotFound` a handler raised. The message is shown to the person who
 made the request: it says what is wrong and what to do.

@@ -1,7 +1,7 @@
 """A simulated container engine: tasks are recorded as running, nothing runs.
 
 Why: the scheduler and the leader must be tested at the scale they promise (5,000
-nodes, 100,000 tasks) on one machine. The simulated nodes of `node.simcluster` (registry
+nodes, 100,000 tasks) on one machine. The simulated nodes of `node.dev.simcluster` (registry
 entries on one lease, an agent reporting status in etcd) keep their containers here,
 so everything the control plane does is real and only Docker is left out.
 

@@ -2,7 +2,7 @@
 
 Programs get what the `shoal` CLI gets, with the same messages: every call has a
 deadline, and every gRPC failure becomes a `ShoalError` (a subclass per status code
-that callers commonly handle: the very classes a node raises, `node.errors`) whose
+that callers commonly handle: the very classes a node raises, `node.model.errors`) whose
 message is one line a person can act on.
 
 Every node requires mutual TLS and a token: the client takes its CA, certificate, key
@@ -13,7 +13,7 @@ A TLS handshake a node refused becomes `Unavailable` with what to check.
 
 Example::
 
-    from node.client import NotFound, ShoalClient
+    from node.wire.client import NotFound, ShoalClient
 
     with ShoalClient("127.0.0.1:7070", timeout=5.0) as shoal:  # credentials from the context
         result = shoal.apply(open("web.yaml").read(), source="web.yaml")
@@ -41,9 +41,7 @@ from typing import Any, Self
 
 import grpc
 
-from node import rpc
-from node.defaults import DEFAULT_ADDR as DEFAULT_ADDR  # re-exported (__all__)
-from node.errors import (  # re-exported (__all__): one family with the server's (node.errors)
+from node.model.errors import (  # re-exported (__all__): one family with the server's (node.model.errors)
     Conflict,
     CredentialsMissing,
     DeadlineExceeded,
@@ -59,6 +57,8 @@ from node.errors import (  # re-exported (__all__): one family with the server's
 )
 from node.pb import api_pb2, api_pb2_grpc, secrets_pb2, secrets_pb2_grpc
 from node.security import context as credentials
+from node.wire import rpc
+from node.wire.defaults import DEFAULT_ADDR as DEFAULT_ADDR  # re-exported (__all__)
 
 __all__ = [
     "DEFAULT_ADDR",
@@ -372,6 +372,17 @@ class ShoalClient:
         """Set labels (`set_`) and remove others (`remove`) on a node; constraints see them at once."""
         request = api_pb2.LabelNodeRequest(node=node, set=set_ or {}, remove=remove or [])
         return self._unary("LabelNode", request)
+
+    def deploy_stack(self, name: str, spec_text: str, source: str = "") -> api_pb2.DeployStackResponse:
+        """Write every service of a stack file in one transaction (docs/stacks.md)."""
+        request = api_pb2.DeployStackRequest(name=name, spec=spec_text, source=source)
+        return self._unary("DeployStack", request)
+
+    def remove_stack(self, name: str) -> api_pb2.RemoveStackResponse:
+        return self._unary("RemoveStack", api_pb2.RemoveStackRequest(name=name))
+
+    def list_stacks(self, name: str = "") -> list[api_pb2.Stack]:
+        return list(self._unary("ListStacks", api_pb2.ListStacksRequest(name=name)).stacks)
 
     def list_nodes(self) -> api_pb2.ListNodesResponse:
         """Every node of the cluster, and the current leader's epoch."""

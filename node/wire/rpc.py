@@ -22,9 +22,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from node.defaults import DEFAULT_DEADLINE as DEFAULT_DEADLINE  # re-exported: callers use rpc's
 from node.security.tls import ClientTls as ClientTls  # re-exported: callers use rpc's
 from node.security.tls import ServerTls as ServerTls
+from node.wire.defaults import DEFAULT_DEADLINE as DEFAULT_DEADLINE  # re-exported: callers use rpc's
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 HANDLER_TIMEOUT = 30.0  # seconds a unary handler may run on the server, whatever the caller's deadline

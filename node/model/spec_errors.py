@@ -1,6 +1,6 @@
 """What a refused spec says: every problem, each with its field path and its place in the file.
 
-Apart from `node.spec` so that the spec's models stay under the module bound; `node.spec`
+Apart from `node.model.spec` so that the spec's models stay under the module bound; `node.model.spec`
 re-exports both names.
 """
 

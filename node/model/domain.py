@@ -19,11 +19,11 @@ from typing import Any, Self
 
 from pydantic import ValidationError
 
-from node.spec import ServiceSpec, spec_from_stored, spec_to_dict
+from node.model.spec import ServiceSpec, spec_from_stored, spec_to_dict
 
 log = logging.getLogger(__name__)
 
-NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update")
+NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update", "depends_on")
 """Spec fields that say where, how many and how to roll out, not what a container is
 made from: changing them never restarts a task."""
 
@@ -153,7 +153,7 @@ class NodeInfo(Record):
     memory: int = 0  # bytes offered to tasks: configured, or detected less `reserve_memory`
     version: str = ""
     started_at: float = 0.0
-    simulated: bool = False  # a simulated node (`node.runtime.sim`): runs no containers
+    simulated: bool = False  # a simulated node (`node.dev.simruntime`): runs no containers
     not_ready: str = ""  # why the node cannot run tasks now (its container engine does not
     #   answer: `node.agent.engine`); "" = ready. The leader places nothing there and moves its tasks
 
@@ -405,7 +405,7 @@ class PendingRecord(Record):
 @dataclass(frozen=True)
 class PortClaim(Record):
     """`ports/<published>`: the service incarnation that publishes this port on every node.
-    Written with the service record in one transaction (`node.ports`); deleted with it."""
+    Written with the service record in one transaction (`node.store.ports`); deleted with it."""
 
     service: str
     uid: str = ""

@@ -40,7 +40,7 @@ is the node's lease, there is no periodic rewrite.
 A `rollouts/` record an `rm` raced (written by a pass that planned the service just
 before) is deleted by the leader's next pass, while the service key is absent.
 `ports/<published>` says which service incarnation (name and uid) owns a published
-port; it is written in the same transaction as `services/<name>` (`node.ports`), so two
+port; it is written in the same transaction as `services/<name>` (`node.store.ports`), so two
 services never both get one port, whatever the order of concurrent applies.
 `binds/` holds the ports a node's proxy cannot bind, while that lasts. `security/`
 holds the CA certificate (public), the CA key encrypted (its passphrase is only on the

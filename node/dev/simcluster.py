@@ -23,7 +23,7 @@ Cheap by design: registrations and status reports go out in transactions of
 `MAX_TXN_OPS` puts, several in flight; the agent follows the watch of `tasks/`
 incrementally (one parse per change, never a full re-diff except after a re-list).
 
-    python -m node.simcluster --etcd 127.0.0.1:2479 --nodes 5000 --cpu 8 --memory 32Gi --zones a,b,c
+    python -m node.dev.simcluster --etcd 127.0.0.1:2479 --nodes 5000 --cpu 8 --memory 32Gi --zones a,b,c
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from node import __version__
-from node.domain import Assignment, Desired, NodeInfo, TaskState, TaskStatus
-from node.keys import Keys
+from node.dev.simruntime import SimRuntime
+from node.model.domain import Assignment, Desired, NodeInfo, TaskState, TaskStatus
+from node.model.keys import Keys
 from node.runtime.base import LABELS, ContainerSpec
-from node.runtime.sim import SimRuntime
 from node.store import KV, Compacted, Delete, Put, Store, StoreError
 from node.store.base import MAX_TXN_OPS, Op
 from node.store.session import Session
@@ -281,10 +281,10 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from node.config import ConfigError, parse_labels
-    from node.spec import parse_memory
+    from node.model.config import ConfigError, parse_labels
+    from node.model.spec import parse_memory
 
-    ap = argparse.ArgumentParser(prog="python -m node.simcluster", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m node.dev.simcluster", description=__doc__.split("\n")[0])
     ap.add_argument("--etcd", default="127.0.0.1:2379", help="etcd endpoints, host:port[,host:port...]")
     ap.add_argument("--etcd-ca", default="", help="CA of etcd's certificate (PEM): TLS to etcd")
     ap.add_argument("--etcd-cert", default="", help="client certificate for etcd (PEM)")

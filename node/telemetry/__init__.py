@@ -1,0 +1,1 @@
+"""What a daemon tells: cluster events and its log setup."""

@@ -1,0 +1,1 @@
+"""The wire: gRPC channels and credentials (rpc), the Python client, CLI defaults."""
