@@ -38,7 +38,8 @@ from node.api.port_policy import PortPolicy
 from node.api.secrets import SecretsServicer
 from node.api.servicer import ShoalServicer
 from node.api.taskio import PeerStubs, TaskIO
-from node.daemon import shutdown
+from node.api.usage import UsageBook
+from node.daemon import discovery, shutdown
 from node.daemon.collectors import collectors as daemon_collectors
 from node.daemon.identity import IdentityError, NodeIdentity
 from node.daemon.leadership import Bounds, Leadership
@@ -83,6 +84,7 @@ class Daemon:
         self.store = MeteredEtcdStore(config.etcd, timeout=config.etcd_timeout, tls=etcd_tls(config))
         # before any component: every mirror of `self.store` is then this hub's (one etcd watch)
         self.hub = WatchHub(self.store, self.keys.prefix)
+        self.node_mirror = self.hub.mirror(self.keys.nodes, "nodes")  # issue 14: Prometheus discovery
         self.identity = NodeIdentity(config, self.store, self.keys)
         self.credentials = EtcdCredentials(self.store, self.keys)
         self.runtime = DockerRuntime(config.docker_host or None)
@@ -212,6 +214,11 @@ class Daemon:
             except StoreError as exc:
                 log.warning("node registration not renewed yet: %s", exc)
 
+    def _restarts(self, task_id: str) -> int:
+        agent = self.telemetry.agent
+        status = agent.status.get(task_id) if agent is not None else None
+        return status.restarts if status is not None else 0
+
     def info(self) -> NodeInfo:
         c = self.config
         return NodeInfo(
@@ -224,6 +231,8 @@ class Daemon:
             __version__,
             self.started_at,
             not_ready="" if self.engine.up else self.engine.reason,
+            metrics_port=c.metrics_port,
+            metrics_tls=c.metrics_tls,
         )
 
     async def register(self, lease: int | None = None) -> None:
@@ -321,6 +330,8 @@ class Daemon:
         servicer.taskio = taskio
         peer_servicer = PeerServicer(self.membership.list, joins.join)
         peer_servicer.taskio = taskio
+        usage = UsageBook(c.node_id, self.telemetry.usage, self._restarts, self.store, self.keys, peers)
+        servicer.usage = peer_servicer.usage = usage  # issue 14: usage per task
         try:
             server, health = api_server.build(
                 [
@@ -335,9 +346,10 @@ class Daemon:
                 c.grpc_port,
                 self.identity.server_tls,
                 [
+                    self.telemetry.api,  # first: refused calls are counted too
                     AuthInterceptor(
                         self.credentials, Policy(c.cluster, max_streams_per_token=c.max_streams_per_token)
-                    )
+                    ),
                 ],
             )
         except OSError as exc:
@@ -350,7 +362,12 @@ class Daemon:
         if c.metrics_port:
             try:
                 metrics_server = metrics.serve(
-                    self.mesh, c.address, c.metrics_port, *metrics_guard(c), daemon_collectors(self.telemetry)
+                    self.mesh,
+                    c.address,
+                    c.metrics_port,
+                    *metrics_guard(c),
+                    daemon_collectors(self.telemetry),
+                    {discovery.PATH: discovery.sd_page(lambda: self.node_mirror.items, c.cluster)},
                 )
             except OSError as exc:
                 await server.stop(grace=0)

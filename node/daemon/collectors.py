@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from node.daemon.telemetry import TASK_EVENTS, Telemetry
-from node.model.domain import Assignment, RolloutRecord, TaskState, TaskStatus
+from node.model.domain import Assignment, RolloutRecord, ServiceRecord, TaskState, TaskStatus
 from node.proxy.stats import Histogram
 
 
@@ -69,7 +69,7 @@ class LeaderCollector(Collector):
     def __init__(self, t: Telemetry) -> None:
         self.t = t
         self._lock = threading.Lock()
-        self._tasks, self._statuses = _Parsed(), _Parsed()
+        self._tasks, self._statuses, self._services = _Parsed(), _Parsed(), _Parsed()
 
     def collect(self) -> Iterator[Any]:
         leadership = self.t.leadership
@@ -105,6 +105,28 @@ class LeaderCollector(Collector):
         for labels, n in sorted(counts.items()):
             tasks.add_metric(list(labels), n)
         yield tasks
+        with self._lock:
+            services: dict[str, ServiceRecord] = self._services.parse(
+                list(loop.services.items.items()), ServiceRecord.from_json
+            )
+        desired = GaugeMetricFamily(
+            "shoal_leader_service_replicas", "replicas each service asks for (its spec)", labels=["service"]
+        )
+        running = GaugeMetricFamily(
+            "shoal_leader_service_running",
+            "replicas of each service running now (desired running, reported running)",
+            labels=["service"],
+        )
+        for spec in sorted(services.values(), key=lambda r: r.name):
+            desired.add_metric([spec.name], spec.replicas)
+            up = sum(
+                n
+                for (svc, want, state), n in counts.items()
+                if svc == spec.name and want == "running" and state == "running"
+            )
+            running.add_metric([spec.name], up)
+        yield desired
+        yield running
         pending = GaugeMetricFamily(
             "shoal_leader_pending_slots", "replicas that fit on no node now", labels=["service"]
         )
@@ -304,6 +326,8 @@ class UsageCollector(Collector):
                 "bytes received on its networks",
             ),
             ("network_transmit_bytes_total", CounterMetricFamily, "tx_bytes", "bytes sent on its networks"),
+            ("block_read_bytes_total", CounterMetricFamily, "block_read", "bytes read from block devices"),
+            ("block_write_bytes_total", CounterMetricFamily, "block_write", "bytes written to block devices"),
         )
         for suffix, kind, attr, help_ in fields:
             name = suffix.removesuffix("_total")
@@ -341,5 +365,38 @@ class UsageCollector(Collector):
         )
 
 
+class ApiCollector(Collector):
+    def __init__(self, t: Telemetry) -> None:
+        self.t = t
+
+    def collect(self) -> Iterator[Any]:
+        meter = self.t.api
+        if meter is None:
+            return
+        calls = CounterMetricFamily(
+            "shoal_api_requests",
+            "gRPC calls this node answered (client and peer API), by method and status code",
+            labels=["method", "code"],
+        )
+        for (method, code), n in sorted(list(meter.calls.items())):
+            calls.add_metric([method, code], n)
+        yield calls
+        latency = HistogramMetricFamily(
+            "shoal_api_request_seconds",
+            "gRPC call durations by method (streams: until they end)",
+            labels=["method"],
+        )
+        for method, h in sorted(list(meter.latency.items())):
+            add_histogram(latency, [method], h)
+        yield latency
+
+
 def collectors(t: Telemetry) -> list[Collector]:
-    return [LeaderCollector(t), AgentCollector(t), GossipCollector(t), StoreCollector(t), UsageCollector(t)]
+    return [
+        LeaderCollector(t),
+        AgentCollector(t),
+        GossipCollector(t),
+        StoreCollector(t),
+        UsageCollector(t),
+        ApiCollector(t),
+    ]

@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from node.api.metering import RequestMeter
 from node.daemon.metered import StoreMeter
 from node.model.domain import Event
 from node.proxy.stats import Histogram
@@ -123,6 +124,7 @@ class Telemetry:
         self.agent: Agent | None = None
         self.leadership: Leadership | None = None
         self.membership: Membership | None = None
+        self.api = RequestMeter()  # the gRPC server's first interceptor
         self.events: Counter[str] = Counter()  # kind -> events emitted by this node
         self.task_events: Counter[tuple[str, str]] = Counter()  # (counter name, service)
         self.health_checks: Counter[tuple[str, str]] = Counter()  # (service, outcome)

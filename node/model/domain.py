@@ -156,6 +156,9 @@ class NodeInfo(Record):
     simulated: bool = False  # a simulated node (`node.dev.simruntime`): runs no containers
     not_ready: str = ""  # why the node cannot run tasks now (its container engine does not
     #   answer: `node.agent.engine`); "" = ready. The leader places nothing there and moves its tasks
+    # issue 14 (metrics): where this node serves /metrics (0: off), for Prometheus discovery
+    metrics_port: int = 0
+    metrics_tls: bool = False
 
 
 @dataclass(frozen=True)

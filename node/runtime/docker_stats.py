@@ -10,13 +10,16 @@ reached in time are sampled in the next round, the last figures kept meanwhile).
 
 `UsageSampler.latest` is a dict replaced whole at the end of each round (readers, the
 `/metrics` collector in another thread, take the reference and never see a half-made
-one). A container that is gone drops out at the next round.
+one); so is `history`, the last `HISTORY` samples of each container (the short
+in-memory history `shoal top` and `service ps` read: CPU % is the difference of two
+samples, `cpu_percent`). A container that is gone drops out at the next round.
 
 `usage_of` turns one stats answer into `Usage` (pure; unit-tested with recorded
 answers): CPU seconds since the container started (a counter: it restarts at 0 with a
 new container, which Prometheus' `rate` takes as a counter reset), memory in use as
 `docker stats` shows it (usage less the inactive page cache), the memory limit, and
-the network bytes received and sent summed over its interfaces.
+the network bytes received and sent summed over its interfaces, and the block I/O
+bytes read and written.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 INTERVAL = 10.0  # s between rounds
 TIMEOUT = 5.0  # s one stats call may take
+HISTORY = 30  # samples kept per container (5 minutes at the default interval)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,30 @@ class Usage:
     rx_bytes: int
     tx_bytes: int
     at: float  # time.time() of the sample
+    block_read: int = 0  # bytes, since the container started
+    block_write: int = 0
+
+
+def block_io(stats: Mapping[str, Any]) -> tuple[int, int]:
+    """(bytes read, bytes written) from `blkio_stats` (cgroup v1 "Read", v2 "read")."""
+    read = write = 0
+    for entry in (stats.get("blkio_stats") or {}).get("io_service_bytes_recursive") or ():
+        op = str(entry.get("op", "")).lower()
+        if op == "read":
+            read += int(entry.get("value") or 0)
+        elif op == "write":
+            write += int(entry.get("value") or 0)
+    return read, write
+
+
+def cpu_percent(before: Usage, after: Usage) -> float:
+    """CPU between two samples of one container, 100 = one core busy (as `docker stats`);
+    0 when the counter went back (a new container) or no time passed."""
+    elapsed = after.at - before.at
+    used = after.cpu_seconds - before.cpu_seconds
+    if elapsed <= 0 or used < 0:
+        return 0.0
+    return 100.0 * used / elapsed
 
 
 def usage_of(labels: Mapping[str, str], stats: Mapping[str, Any], at: float) -> Usage:
@@ -57,6 +85,7 @@ def usage_of(labels: Mapping[str, str], stats: Mapping[str, Any], at: float) -> 
     inactive = detail.get("total_inactive_file", detail.get("inactive_file", 0))  # v1, v2
     used = int(mem.get("usage") or 0)
     nets = (stats.get("networks") or {}).values()
+    read, write = block_io(stats)
     try:
         slot = int(labels.get(LABELS.SLOT, "0"))
     except ValueError:
@@ -71,6 +100,8 @@ def usage_of(labels: Mapping[str, str], stats: Mapping[str, Any], at: float) -> 
         rx_bytes=sum(int(n.get("rx_bytes") or 0) for n in nets),
         tx_bytes=sum(int(n.get("tx_bytes") or 0) for n in nets),
         at=at,
+        block_read=read,
+        block_write=write,
     )
 
 
@@ -91,6 +122,7 @@ class UsageSampler:
     ) -> None:
         self.lister, self.fetch, self.interval, self.clock = lister, fetch, interval, clock
         self.latest: dict[str, Usage] = {}  # container id -> its last sample; replaced whole
+        self.history: dict[str, tuple[Usage, ...]] = {}  # container id -> its last samples, oldest first
         self.rounds = 0
         self.errors = 0  # calls that failed (the engine away, a container gone meanwhile)
         self.last_round_seconds = 0.0
@@ -106,7 +138,7 @@ class UsageSampler:
         except Exception as exc:  # the engine away: keep nothing stale past one round
             self.errors += 1
             log.debug("usage: cannot list containers: %s", exc)
-            self.latest = {}
+            self.latest, self.history = {}, {}
             return
         out: dict[str, Usage] = {}
         for cid, labels in listed.items():
@@ -120,7 +152,11 @@ class UsageSampler:
             except Exception as exc:
                 self.errors += 1
                 log.debug("usage: no stats for %s: %s", cid[:12], exc)
-        self.latest = out
+        history = {}
+        for cid, usage in out.items():
+            past = self.history.get(cid, ())
+            history[cid] = past if past and past[-1] is usage else (*past[-(HISTORY - 1) :], usage)
+        self.latest, self.history = out, history  # readers take either whole, never half-made
         self.rounds += 1
         self.last_round_seconds = self.clock() - start
 

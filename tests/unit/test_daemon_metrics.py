@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from node.daemon.collectors import collectors
 from node.daemon.metered import StoreMeter
 from node.daemon.telemetry import Telemetry, _CountingProber, _TimedPulls, timed
-from node.model.domain import Assignment, Event, PendingRecord, RolloutRecord, TaskStatus
+from node.model.domain import Assignment, Event, PendingRecord, RolloutRecord, ServiceRecord, TaskStatus
 from node.model.keys import Keys
 from node.proxy.stats import Histogram
 from node.runtime.base import LABELS
@@ -192,7 +192,14 @@ def leader_loop() -> Any:
         )
     }
     pending = {"web": PendingRecord("web", "no node has 4 cores free", [3, 4], [], 0.0)}
+    services = {
+        keys.service("web"): kv(
+            keys.service("web"),
+            ServiceRecord("web", 1, {"name": "web", "image": "x:1", "replicas": 5}).to_json(),
+        )
+    }
     return SimpleNamespace(
+        services=SimpleNamespace(items=services),
         tasks=SimpleNamespace(items=tasks),
         statuses=SimpleNamespace(items=statuses),
         rollouts=SimpleNamespace(items=rollouts),
@@ -212,6 +219,8 @@ def test_a_leader_shows_tasks_by_desired_and_observed_state_pending_slots_and_ro
     assert tasks[(("desired", "running"), ("service", "web"), ("state", "failed"))] == 1
     assert tasks[(("desired", "stopped"), ("service", "db"), ("state", "unknown"))] == 1  # no report yet
     assert samples(text, "shoal_leader_pending_slots") == {(("service", "web"),): 2}
+    assert samples(text, "shoal_leader_service_replicas") == {(("service", "web"),): 5}  # the spec's
+    assert samples(text, "shoal_leader_service_running") == {(("service", "web"),): 2}  # t0 and t1
     assert samples(text, "shoal_leader_rollouts") == {(("state", "updating"),): 1}
     assert samples(text, "shoal_leader_reconcile_seconds_count") == {(): 1.0}
 
