@@ -106,7 +106,9 @@ def sampled(cluster: DevCluster, host: str) -> Callable[[], str | None]:
 
 
 def families(text: str) -> set[str]:
-    return {line.split()[2].removesuffix("_total") for line in text.splitlines() if line.startswith("# TYPE ")}
+    return {
+        line.split()[2].removesuffix("_total") for line in text.splitlines() if line.startswith("# TYPE ")
+    }
 
 
 EVERY_NODE = {
