@@ -2,7 +2,7 @@
 
 Read when Prometheus scrapes, from prometheus-client's thread: each collector copies
 the dicts it walks (`list(d.items())`, atomic under the GIL) and never awaits or
-blocks the event loop. `docs/operations.md` lists every series with its meaning.
+blocks the event loop. `docs/metrics.md` lists every series with its meaning.
 
 Cardinality: labels are `service`, `slot`, `state`, `desired`, `outcome`, `kind`,
 `operation`, `reason`: the number of series grows with the number of services (and,

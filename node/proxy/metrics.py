@@ -16,8 +16,8 @@ Series (labels `service`, `port`, `protocol`):
 - `shoal_proxy_backends`: replicas in the rotation now (ejected ones included);
 - `shoal_proxy_bind_errors`: 1 for a published port this node could not bind.
 
-The listener serves `GET /metrics` only (404 for any other path). With `token`, a
-request needs `Authorization: Bearer <token>` (401 otherwise; compared in constant
+The listener serves `GET /metrics` and the daemon's JSON pages (`/sd`) only (404
+elsewhere). With `token`, a request needs `Authorization: Bearer <token>` (401 otherwise; compared in constant
 time); with `identity` (the node's key and certificate, PEM), it speaks TLS with that
 certificate, re-read when the file changes, so a renewed certificate is served
 without a restart. The TLS handshake runs in the request's thread, never the accept loop.

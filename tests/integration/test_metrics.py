@@ -152,6 +152,7 @@ def test_every_node_serves_every_family_and_promtool_passes(cluster: DevCluster)
     leader = texts[leaders[0]]
     assert not LEADER_ONLY - families(leader), sorted(LEADER_ONLY - families(leader))
     assert 'shoal_leader_service_replicas{service="busy"} 1.0' in leader
+    assert re.search(r'shoal_events_total\{kind="task.placed"\} [2-9]', leader)  # placements: busy and web
     assert re.search(r'shoal_leader_tasks\{desired="running",service="web",state="running"\} 1\.0', leader)
     proxy = texts[HOSTS[0]]
     assert re.search(r'shoal_proxy_requests_total\{port="\d+",protocol="http",service="web"\} [1-9]', proxy)
