@@ -65,6 +65,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "config",
         "Configs: create, update, list, remove (admin); mounted read-only.",
     ),
+    "registry": (
+        "node.cli.registry",
+        "registry",
+        "Registry credentials: login, logout (admin); used for that registry's images.",
+    ),
     "completion": (
         "node.cli.completion",
         "completion",

@@ -13,6 +13,8 @@ from __future__ import annotations
 SUPPORTED: tuple[str, ...] = ("image", "command", "environment", "env_file", "ports", "expose", "deploy")
 SUPPORTED += ("restart", "healthcheck", "depends_on", "stop_grace_period", "mem_limit", "mem_reservation")
 SUPPORTED += ("cpus", "profiles", "scale")
+SUPPORTED += ("pull_policy",)  # issue 13, images from registries: onto `pull`
+PULL_POLICIES = {"always": "always", "missing": "missing", "if_not_present": "missing", "never": "never"}
 _NOT_YET = "not supported by shoal yet"
 
 REFUSED: dict[str, str] = {
@@ -69,7 +71,6 @@ IGNORED: dict[str, str] = {
     "dns_opt": "replicas use the engine's resolver",
     "tty": "replicas run without a terminal",
     "stdin_open": "replicas run without stdin",
-    "pull_policy": "every node pulls a missing image",
     "platform": "each node runs the image for its own platform",
     "stop_signal": "replicas are stopped with SIGTERM, then SIGKILL after stop_grace_period",
     "mac_address": "Docker gives each replica its address",

@@ -50,6 +50,7 @@ from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.model.config import NodeConfig
 from node.model.domain import NodeInfo
 from node.model.keys import Keys
+from node.model.spec_compat import known_paths
 from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc
 from node.proxy import metrics
 from node.proxy.mesh import Mesh, MeshSettings
@@ -231,6 +232,7 @@ class Daemon:
             __version__,
             self.started_at,
             not_ready="" if self.engine.up else self.engine.reason,
+            spec_paths=sorted(known_paths()),
             metrics_port=c.metrics_port,
             metrics_tls=c.metrics_tls,
         )
@@ -328,6 +330,7 @@ class Daemon:
             self.store, self.keys, c.node_id, DockerStreams(self.runtime.url), peers, self.events.emit
         )
         servicer.taskio = taskio
+        servicer.emit = self.events.emit  # issue 14: apply, scale and rollback events
         peer_servicer = PeerServicer(self.membership.list, joins.join)
         peer_servicer.taskio = taskio
         usage = UsageBook(c.node_id, self.telemetry.usage, self._restarts, self.store, self.keys, peers)
@@ -402,7 +405,14 @@ class Daemon:
             c.timings.leader_resync,
             self.membership,
             c.timings.down_grace,
-            Bounds(c.etcd_retention, c.etcd_defrag_ratio, c.etcd_defrag_min, c.reap_after),
+            Bounds(
+                c.etcd_retention,
+                c.etcd_defrag_ratio,
+                c.etcd_defrag_min,
+                c.reap_after,
+                c.events_max,  # issue 14: the event log's bounds
+                c.events_max_age,
+            ),
         )
         self.telemetry.attach_agent(agent)
         self.telemetry.attach_leadership(leadership)

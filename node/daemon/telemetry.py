@@ -101,10 +101,16 @@ class _TimedPulls:
     def __init__(self, inner: Any, by_outcome: dict[str, Histogram]) -> None:
         self._inner, self._by_outcome = inner, by_outcome
 
-    async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+    async def pull(
+        self,
+        image: str,
+        timeout: float,
+        progress: Callable[[str], None],
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         start, outcome = time.monotonic(), "error"
         try:
-            await self._inner.pull(image, timeout, progress)
+            await self._inner.pull(image, timeout, progress, auth)
             outcome = "ok"
         except (TimeoutError, asyncio.CancelledError):
             outcome = "timeout"

@@ -53,6 +53,7 @@ class FakeRuntime:
         self.closed = False
         self.missing_images: set[str] = set()
         self._pull_gates: dict[str, asyncio.Future[None]] = {}
+        self.pull_auth: dict[str, tuple[str, str] | None] = {}  # image -> the credentials of its last pull
 
     # -- test hooks -----------------------------------------------------------------------
 
@@ -113,8 +114,15 @@ class FakeRuntime:
         self._record("has_image", image)
         return image not in self.missing_images
 
-    async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+    async def pull(
+        self,
+        image: str,
+        timeout: float,
+        progress: Callable[[str], None],
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self._record("pull", image)
+        self.pull_auth[image] = auth
         progress("0.0 of 1.0 MB")
         gate = self._pull_gates.setdefault(image, asyncio.get_running_loop().create_future())
         try:

@@ -13,7 +13,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `tasks/<service>/<slot>`          | leader only, fenced    | until scaled away   |
 | `status/<task-id>`                | the task's agent       | node's lease; on change only (3) |
 | `endpoints/<service>/<task-id>`   | the task's agent       | on the node's lease |
-| `events/<node>/<ring-slot>`       | every node             | a ring of 256 per node; reaped (1) |
+| `events/<time-ns>/<node>/<seq>`   | every node             | `events_max`, `events_max_age` (5) |
 | `binds/<service>/<node>`          | the node's proxy       | on the node's lease |
 | `rollouts/<service>`              | leader only, fenced    | until `rm`          |
 | `pending/<service>`               | leader only, fenced    | while replicas wait for a node |
@@ -53,6 +53,10 @@ Nothing there is a usable secret without a node's disk (`node.security.cluster`)
 `objuse/<kind>/<name>` is rewritten by every apply that references the object, so a
 `secret rm` that compares its revision never races an apply into using a removed one.
 Bounded by the secrets and configs in force.
+(5) the cluster's event log (`node.telemetry.events`), keyed by the emitter's wall clock
+in nanoseconds (20 digits): the leader (`leader.upkeep`, fenced) deletes, in one range
+delete, every event older than `events_max_age` and the oldest beyond `events_max`. A
+node's loss does not remove its events; they age out like the others.
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.
@@ -209,11 +213,13 @@ class Keys:
         """The operator's settings of a node: availability (drain) and labels."""
         return f"{self.nodespecs}{node}"
 
-    def node_events(self, node: str) -> str:
-        return f"{self.events}{node}/"
+    def event(self, time_ns: int, node: str, seq: int) -> str:
+        """One event of the cluster log: keys sort by the emitter's wall clock (issue 14)."""
+        return f"{self.event_at(time_ns)}/{node}/{seq}"
 
-    def event(self, node: str, ring_slot: int) -> str:
-        return f"{self.node_events(node)}{ring_slot:04d}"
+    def event_at(self, time_ns: int) -> str:
+        """Where events of `time_ns` begin: the end of a range of older ones (trimming)."""
+        return f"{self.events}{time_ns:020d}"
 
     # secrets and configs (issue 13): kind is "secret" or "config"
     def objects(self, kind: str) -> str:

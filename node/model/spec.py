@@ -52,6 +52,7 @@ from node.model.constraints import ConstraintError, parse_constraint, parse_labe
 from node.model.spec_errors import FieldError, SpecError
 from node.model.spec_errors import fatal as _fatal
 from node.model.spec_lifecycle import (
+    OBJECT_PATTERN,
     ConfigRef,
     DependsOn,
     HealthCheck,
@@ -290,6 +291,13 @@ class ServiceSpec(BaseModel):
 
     stack: _Name | None = None  # set by `stack deploy`: the name is then <stack>_<service>
     depends_on: DependsOn | None = None  # the leader places no first task before they hold
+
+    # Issue 13: images from registries (node.model.images, node.api.registry).
+    pull: Literal["always", "missing", "never"] | None = None  # None: missing
+    # image_pull_secret: a secret holding a Docker config JSON or user:password for the image's registry
+    image_pull_secret: Annotated[str, _matches(OBJECT_PATTERN, "a secret name", 63)] | None = None
+    image_digest: Annotated[str, _matches(r"sha256:[0-9a-f]{64}", "a sha256 digest", 71)] | None = None
+    # ^ set by shoal at apply (the tag resolved at the registry); None: not pinned
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}

@@ -324,8 +324,16 @@ def test_hooks_count_health_checks_pulls_and_pass_durations() -> None:
 
     class Runtime:
         other = "delegated"
+        auths: list[tuple[str, str] | None] = []
 
-        async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+        async def pull(
+            self,
+            image: str,
+            timeout: float,
+            progress: Callable[[str], None],
+            auth: tuple[str, str] | None = None,
+        ) -> None:
+            self.auths.append(auth)
             if image == "slow":
                 raise TimeoutError
             if image == "bad":
@@ -339,7 +347,8 @@ def test_hooks_count_health_checks_pulls_and_pass_durations() -> None:
         with pytest.raises(RuntimeError):
             await prober.probe("boom", c)
         pulls: Any = _TimedPulls(Runtime(), t.pulls)
-        await pulls.pull("good", 1.0, print)
+        await pulls.pull("good", 1.0, print, ("user", "pw"))
+        assert Runtime.auths == [("user", "pw")]  # a pull secret goes through the timing unchanged
         for image in ("slow", "bad"):
             with pytest.raises((TimeoutError, RuntimeError)):
                 await pulls.pull(image, 1.0, print)
