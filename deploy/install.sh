@@ -13,6 +13,8 @@
 #                    docker-registry (the integration tests run their own on 127.0.0.1; the
 #                    package's own service, on :5000, is disabled and stopped),
 #                    apache2-utils (htpasswd: the authenticated registry of the image tests),
+#                    prometheus (promtool and a Prometheus the metrics test starts on
+#                    127.0.0.1; the package's own service, on :9090, is disabled and stopped),
 #                    make, python3 + python3-venv when `python3 -m venv` cannot work,
 #                    apparmor when the kernel enforces AppArmor (dockerd needs its parser).
 #                    `apt-get update` runs only when something is missing.
@@ -69,7 +71,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 # --- Debian packages --------------------------------------------------------------
 
 packages() {
-	local want=(docker.io etcd-server etcd-client busybox-static mmdebstrap iptables iproute2 ca-certificates curl make docker-registry apache2-utils)
+	local want=(docker.io etcd-server etcd-client busybox-static mmdebstrap iptables iproute2 ca-certificates curl make docker-registry apache2-utils prometheus)
 	if ! command -v "$PYTHON" >/dev/null; then
 		want+=(python3 python3-venv)
 	elif ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
@@ -103,6 +105,10 @@ packages() {
 	if [[ " ${missing[*]} " == *" docker-registry "* ]] && [[ -d /run/systemd/system ]]; then
 		systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
 		say "docker-registry: installed for the tests; its own service disabled"
+	fi
+	if [[ " ${missing[*]} " == *" prometheus "* ]] && [[ -d /run/systemd/system ]]; then
+		systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+		say "prometheus: installed for the tests; its own service disabled"
 	fi
 	say "packages: installed in $((SECONDS - t0))s"
 }

@@ -20,6 +20,7 @@ import grpc.aio
 
 from node.api.server import handle
 from node.api.taskio import PeerTaskHandlers
+from node.api.usage import PeerUsageHandlers
 from node.gossip.memberlist import Memberlist
 from node.gossip.messages import Ack, MemberState, Ping, PingReq, Update
 from node.gossip.transport import ProbeFailed
@@ -132,7 +133,7 @@ async def _close_later(channels: list[grpc.aio.Channel]) -> None:
 JoinFn = Callable[[peer_pb2.JoinRequest, grpc.aio.ServicerContext], Awaitable[peer_pb2.JoinResponse]]
 
 
-class PeerServicer(PeerTaskHandlers, peer_pb2_grpc.PeerServicer):
+class PeerServicer(PeerTaskHandlers, PeerUsageHandlers, peer_pb2_grpc.PeerServicer):
     def __init__(self, members: Memberlist, join: JoinFn | None = None) -> None:
         self.members = members
         self._join = join

@@ -21,6 +21,7 @@ from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
 from node.api.stacks import StackWriter
 from node.api.taskio import LogsExecHandlers
+from node.api.usage import UsageHandlers
 from node.model.domain import (
     Assignment,
     PendingRecord,
@@ -82,7 +83,7 @@ def _who() -> str:
 log = logging.getLogger(__name__)
 
 
-class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer):
+class ShoalServicer(AdminHandlers, LogsExecHandlers, UsageHandlers, api_pb2_grpc.ShoalServicer):
     def __init__(self, store: Store, keys: Keys, node: str, members: nodes.MemberView | None = None) -> None:
         self.store = store
         self.keys = keys

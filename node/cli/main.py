@@ -76,6 +76,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Print the shell completion script for bash, zsh or fish.",
     ),
     "task": ("node.cli.taskio", "task", "Inspect one task (one replica's container) of a service."),
+    "top": (
+        "node.cli.usage",
+        "top",
+        "Show CPU, memory, network and block I/O of every task, refreshed live.",
+    ),
     "exec": (
         "node.cli.taskio",
         "exec_cmd",

@@ -11,6 +11,7 @@ from node.cli import Settings, pass_settings
 from node.cli.output import (
     emit,
     emit_data,
+    emit_table,
     iso,
     output_option,
     ports_text,
@@ -21,6 +22,7 @@ from node.cli.output import (
 )
 from node.cli.rollout import follow
 from node.cli.taskio import service_logs
+from node.cli.usage import ps_columns, usage_by_task, usage_dict
 from node.pb import api_pb2
 from node.wire.client import ShoalError
 
@@ -194,7 +196,19 @@ def ps_cmd(settings: Settings, name: str, fmt: str) -> None:
     """
     answer = settings.client().tasks(name)
     tasks = sorted([*answer.tasks, *pending_rows(name, answer)], key=lambda t: t.slot)
-    emit(tasks, task_dict, TASK_COLUMNS, fmt)
+    by_task, notices = usage_by_task(settings, name)  # issue 14: usage columns
+    if fmt == "table":
+        emit_table(tasks, [*TASK_COLUMNS[:-1], *ps_columns(by_task), TASK_COLUMNS[-1]])
+        for notice in notices:
+            click.echo(f"note: {notice}")
+    else:
+        rows = []
+        for t in tasks:
+            row = task_dict(t)
+            found = by_task.get(t.task_id)
+            row["usage"] = usage_dict(found) if found is not None else None
+            rows.append(row)
+        emit_data(rows, fmt)
     waiting = len(answer.pending_slots) + len(answer.pending_nodes)
     if fmt == "table" and waiting:
         click.echo(f"\n{waiting} replica(s) pending: {answer.pending_reason}")

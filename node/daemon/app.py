@@ -38,10 +38,14 @@ from node.api.port_policy import PortPolicy
 from node.api.secrets import SecretsServicer
 from node.api.servicer import ShoalServicer
 from node.api.taskio import PeerStubs, TaskIO
-from node.daemon import shutdown
+from node.api.usage import UsageBook
+from node.daemon import discovery, shutdown
+from node.daemon.collectors import collectors as daemon_collectors
 from node.daemon.identity import IdentityError, NodeIdentity
 from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
+from node.daemon.metered import MeteredEtcdStore
+from node.daemon.telemetry import Telemetry
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.model.config import NodeConfig
 from node.model.domain import NodeInfo
@@ -53,13 +57,14 @@ from node.proxy.mesh import Mesh, MeshSettings
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_logs import DockerStreams
+from node.runtime.docker_stats import docker_sampler
 from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
 from node.security.etcd_tls import read_etcd_tls
 from node.security.files import NodeFiles, read_secret
 from node.security.sealing import Sealer
 from node.store import StoreError, StoreUnavailable
-from node.store.etcd import EtcdStore, EtcdTls
+from node.store.etcd import EtcdTls
 from node.store.mirrors import WatchHub
 from node.store.retry import patiently
 from node.store.session import Session
@@ -77,9 +82,10 @@ class Daemon:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.keys = Keys(config.etcd_prefix)
-        self.store = EtcdStore(config.etcd, timeout=config.etcd_timeout, tls=etcd_tls(config))
+        self.store = MeteredEtcdStore(config.etcd, timeout=config.etcd_timeout, tls=etcd_tls(config))
         # before any component: every mirror of `self.store` is then this hub's (one etcd watch)
         self.hub = WatchHub(self.store, self.keys.prefix)
+        self.node_mirror = self.hub.mirror(self.keys.nodes, "nodes")  # issue 14: Prometheus discovery
         self.identity = NodeIdentity(config, self.store, self.keys)
         self.credentials = EtcdCredentials(self.store, self.keys)
         self.runtime = DockerRuntime(config.docker_host or None)
@@ -87,6 +93,11 @@ class Daemon:
         self.session = Session(self.store, config.timings.lease_ttl)
         self.leader_session = Session(self.store, config.timings.leader_ttl, revoke_lost=True)
         self.events = EventLog(self.store, self.keys, config.node_id)
+        usage = None  # usage per task is sampled for /metrics only
+        if config.metrics_port:
+            usage = docker_sampler(config.docker_host or None, config.cluster, config.node_id)
+        self.telemetry = Telemetry(config.node_id, self.store.meter, usage)  # issue 14: /metrics
+        self.events.observers.append(self.telemetry.on_event)
         self.membership = Membership(
             config.node_id,
             f"{config.address}:{config.grpc_port}",
@@ -204,6 +215,11 @@ class Daemon:
             except StoreError as exc:
                 log.warning("node registration not renewed yet: %s", exc)
 
+    def _restarts(self, task_id: str) -> int:
+        agent = self.telemetry.agent
+        status = agent.status.get(task_id) if agent is not None else None
+        return status.restarts if status is not None else 0
+
     def info(self) -> NodeInfo:
         c = self.config
         return NodeInfo(
@@ -217,6 +233,8 @@ class Daemon:
             self.started_at,
             not_ready="" if self.engine.up else self.engine.reason,
             spec_paths=sorted(known_paths()),
+            metrics_port=c.metrics_port,
+            metrics_tls=c.metrics_tls,
         )
 
     async def register(self, lease: int | None = None) -> None:
@@ -315,6 +333,8 @@ class Daemon:
         servicer.emit = self.events.emit  # issue 14: apply, scale and rollback events
         peer_servicer = PeerServicer(self.membership.list, joins.join)
         peer_servicer.taskio = taskio
+        usage = UsageBook(c.node_id, self.telemetry.usage, self._restarts, self.store, self.keys, peers)
+        servicer.usage = peer_servicer.usage = usage  # issue 14: usage per task
         try:
             server, health = api_server.build(
                 [
@@ -329,9 +349,10 @@ class Daemon:
                 c.grpc_port,
                 self.identity.server_tls,
                 [
+                    self.telemetry.api,  # first: refused calls are counted too
                     AuthInterceptor(
                         self.credentials, Policy(c.cluster, max_streams_per_token=c.max_streams_per_token)
-                    )
+                    ),
                 ],
             )
         except OSError as exc:
@@ -343,7 +364,14 @@ class Daemon:
         metrics_server = None
         if c.metrics_port:
             try:
-                metrics_server = metrics.serve(self.mesh, c.address, c.metrics_port, *metrics_guard(c))
+                metrics_server = metrics.serve(
+                    self.mesh,
+                    c.address,
+                    c.metrics_port,
+                    *metrics_guard(c),
+                    daemon_collectors(self.telemetry),
+                    {discovery.PATH: discovery.sd_page(lambda: self.node_mirror.items, c.cluster)},
+                )
             except OSError as exc:
                 await server.stop(grace=0)
                 await _cancel(credentials)
@@ -386,6 +414,9 @@ class Daemon:
                 c.events_max_age,
             ),
         )
+        self.telemetry.attach_agent(agent)
+        self.telemetry.attach_leadership(leadership)
+        self.telemetry.attach_membership(self.membership)
         self.events.emit("node.started", f"{c.node_id} serving on {c.address}:{c.grpc_port}")
         log.info(
             "shoald %s: node %s serving on %s:%d, etcd %s",
@@ -405,6 +436,7 @@ class Daemon:
             asyncio.create_task(self.membership.run(), name="membership"),
             asyncio.create_task(self.mesh.run(), name="mesh"),
             asyncio.create_task(self.identity.run(), name="certificates"),
+            asyncio.create_task(self.telemetry.run(), name="telemetry"),
             credentials,
             hub,
         }

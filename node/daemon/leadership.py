@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from leader.election import Election
 from leader.liveness import Liveness
@@ -47,6 +48,8 @@ class Leadership:
         self.liveness, self.down_grace = liveness, down_grace
         self.epoch = 0  # non-zero while leading
         self.bounds = bounds or Bounds()  # what the leader keeps of etcd (leader.upkeep)
+        self.loop: LeaderLoop | None = None  # the loop of the latest epoch led (metrics read it)
+        self.on_loop: list[Callable[[LeaderLoop], None]] = []  # told of each new loop (metrics time it)
 
     async def _expiring(self) -> str:
         # a deadline on the clock, not an event: poll it
@@ -76,6 +79,9 @@ class Leadership:
         loop = LeaderLoop(
             self.store, self.keys, epoch, self.events, self.resync, self.liveness, self.down_grace
         )
+        for hook in self.on_loop:
+            hook(loop)
+        self.loop = loop
         watchers = {
             asyncio.create_task(loop.run(), name="leader-loop"),
             asyncio.create_task(self.election.watch_deposed(epoch), name="leader-deposed"),

@@ -164,6 +164,9 @@ class NodeInfo(Record):
     #   answer: `node.agent.engine`); "" = ready. The leader places nothing there and moves its tasks
     spec_paths: list[str] = field(default_factory=list)  # what this build's spec reads
     #   (`node.model.spec_compat`); the API writes no spec that a live node cannot read
+    # issue 14 (metrics): where this node serves /metrics (0: off), for Prometheus discovery
+    metrics_port: int = 0
+    metrics_tls: bool = False
 
 
 @dataclass(frozen=True)

@@ -707,3 +707,61 @@ class ListStacksResponse(_message.Message):
     STACKS_FIELD_NUMBER: _ClassVar[int]
     stacks: _containers.RepeatedCompositeFieldContainer[Stack]
     def __init__(self, stacks: _Optional[_Iterable[_Union[Stack, _Mapping]]] = ...) -> None: ...
+
+class UsageRequest(_message.Message):
+    __slots__ = ("service", "history")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    history: bool
+    def __init__(self, service: _Optional[str] = ..., history: _Optional[bool] = ...) -> None: ...
+
+class UsagePoint(_message.Message):
+    __slots__ = ("at", "cpu_percent", "memory_bytes")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    cpu_percent: float
+    memory_bytes: int
+    def __init__(self, at: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+
+class TaskUsage(_message.Message):
+    __slots__ = ("task_id", "service", "slot", "node", "cpu_percent", "memory_bytes", "memory_limit", "rx_bytes", "tx_bytes", "block_read", "block_write", "restarts", "at", "history")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_READ_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_WRITE_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    service: str
+    slot: int
+    node: str
+    cpu_percent: float
+    memory_bytes: int
+    memory_limit: int
+    rx_bytes: int
+    tx_bytes: int
+    block_read: int
+    block_write: int
+    restarts: int
+    at: float
+    history: _containers.RepeatedCompositeFieldContainer[UsagePoint]
+    def __init__(self, task_id: _Optional[str] = ..., service: _Optional[str] = ..., slot: _Optional[int] = ..., node: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_limit: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., block_read: _Optional[int] = ..., block_write: _Optional[int] = ..., restarts: _Optional[int] = ..., at: _Optional[float] = ..., history: _Optional[_Iterable[_Union[UsagePoint, _Mapping]]] = ...) -> None: ...
+
+class UsageResponse(_message.Message):
+    __slots__ = ("tasks", "notices")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    NOTICES_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskUsage]
+    notices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., notices: _Optional[_Iterable[str]] = ...) -> None: ...

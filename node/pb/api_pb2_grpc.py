@@ -164,6 +164,11 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.ListStacksRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.ListStacksResponse.FromString,
                 _registered_method=True)
+        self.TaskUsage = channel.unary_unary(
+                '/shoal.v1.Shoal/TaskUsage',
+                request_serializer=shoal_dot_v1_dot_api__pb2.UsageRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.UsageResponse.FromString,
+                _registered_method=True)
 
 
 class ShoalServicer:
@@ -364,6 +369,14 @@ class ShoalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TaskUsage(self, request, context):
+        """Usage per task (issue 14): CPU, memory, network and block I/O, restarts, sampled
+        on each node from the cgroups (Docker stats); the node asked gathers every node's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShoalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -496,6 +509,11 @@ def add_ShoalServicer_to_server(servicer, server):
                     servicer.ListStacks,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.ListStacksRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.ListStacksResponse.SerializeToString,
+            ),
+            'TaskUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.TaskUsage,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.UsageRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.UsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1200,6 +1218,33 @@ class Shoal:
             '/shoal.v1.Shoal/ListStacks',
             shoal_dot_v1_dot_api__pb2.ListStacksRequest.SerializeToString,
             shoal_dot_v1_dot_api__pb2.ListStacksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TaskUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/TaskUsage',
+            shoal_dot_v1_dot_api__pb2.UsageRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.UsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

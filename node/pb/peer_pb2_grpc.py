@@ -60,6 +60,11 @@ class PeerStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.ExecInput.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.ExecOutput.FromString,
                 _registered_method=True)
+        self.NodeUsage = channel.unary_unary(
+                '/shoal.v1.Peer/NodeUsage',
+                request_serializer=shoal_dot_v1_dot_api__pb2.UsageRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.UsageResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -105,6 +110,13 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NodeUsage(self, request, context):
+        """This node's usage samples (issue 14), for `Shoal/TaskUsage` on another node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +144,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.TaskExec,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.ExecInput.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.ExecOutput.SerializeToString,
+            ),
+            'NodeUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.NodeUsage,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.UsageRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.UsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +286,33 @@ class Peer:
             '/shoal.v1.Peer/TaskExec',
             shoal_dot_v1_dot_api__pb2.ExecInput.SerializeToString,
             shoal_dot_v1_dot_api__pb2.ExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NodeUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Peer/NodeUsage',
+            shoal_dot_v1_dot_api__pb2.UsageRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.UsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,8 +18,8 @@ Series (labels `service`, `port`, `protocol`):
 - `shoal_proxy_backends`: replicas in the rotation now (ejected ones included);
 - `shoal_proxy_bind_errors`: 1 for a published port this node could not bind.
 
-The listener serves `GET /metrics` only (404 for any other path). With `token`, a
-request needs `Authorization: Bearer <token>` (401 otherwise; compared in constant
+The listener serves `GET /metrics` and the daemon's JSON pages (`/sd`) only (404
+elsewhere). With `token`, a request needs `Authorization: Bearer <token>` (401 otherwise; compared in constant
 time); with `identity` (the node's key and certificate, PEM), it speaks TLS with that
 certificate, re-read when the file changes, so a renewed certificate is served
 without a restart. The TLS handshake runs in the request's thread, never the accept loop.
@@ -33,7 +33,7 @@ import socket
 import socketserver
 import ssl
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import make_server
@@ -115,12 +115,19 @@ def _le(bound: float) -> str:
 PATH = "/metrics"
 
 
-def guarded(app: Callable[..., Iterable[bytes]], token: str = "") -> Callable[..., Iterable[bytes]]:
-    """The WSGI app answering `/metrics` only, and only with the bearer token when one is set."""
+def guarded(
+    app: Callable[..., Iterable[bytes]],
+    token: str = "",
+    pages: Mapping[str, Callable[[], bytes]] | None = None,
+) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app answering `/metrics` (and the JSON `pages`: path -> body) only, and
+    only with the bearer token when one is set."""
     expected = f"Bearer {token}".encode()
+    pages = dict(pages or {})
 
     def serve_metrics(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "") != PATH:
+        path = environ.get("PATH_INFO", "")
+        if path != PATH and path not in pages:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: metrics are served at /metrics only\n"]
         given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
@@ -129,6 +136,12 @@ def guarded(app: Callable[..., Iterable[bytes]], token: str = "") -> Callable[..
                 "401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")]
             )
             return [b"unauthorized: send Authorization: Bearer <metrics token>\n"]
+        if path in pages:
+            body = pages[path]()
+            start_response(
+                "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            )
+            return [body]
         return app(environ, start_response)
 
     return serve_metrics
@@ -195,19 +208,31 @@ class _Handler(_SilentHandler):
             self.request.do_handshake()
 
 
-def serve(mesh: Mesh, address: str, port: int, identity: Path | None = None, token: str = "") -> Any:
+def serve(
+    mesh: Mesh,
+    address: str,
+    port: int,
+    identity: Path | None = None,
+    token: str = "",
+    collectors: Iterable[Collector] = (),
+    pages: Mapping[str, Callable[[], bytes]] | None = None,
+) -> Any:
     """Serve `/metrics` on `address:port` from a daemon thread; returns the server
     (call `.shutdown()` to stop). Raises OSError when the port cannot be bound (or the
-    identity file read). `identity`: TLS with the node's certificate; `token`: bearer token."""
+    identity file read). `identity`: TLS with the node's certificate; `token`: bearer token;
+    `collectors`: the daemon's own series (`node.daemon.collectors`), in the same registry;
+    `pages`: more JSON paths on the same listener (Prometheus service discovery)."""
     registry = CollectorRegistry()
     registry.register(MeshCollector(mesh))
+    for collector in collectors:
+        registry.register(collector)
     family, address = _get_best_family(address, port)
     attrs: dict[str, Any] = {"address_family": family}
     base: type[ThreadingWSGIServer] = _Server
     if identity is not None:
         attrs["identity"], base = _Identity(identity), _TlsServer
     server_class = type("MetricsServer", (base,), attrs)
-    app = guarded(make_wsgi_app(registry), token)
+    app = guarded(make_wsgi_app(registry), token, pages)
     server: Any = make_server(address, port, app, server_class, handler_class=_Handler)
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()

@@ -247,6 +247,7 @@ VIEWER_METHODS = frozenset(
         "StreamLogs",
         "WhoAmI",
         "ServiceLogs",
+        "TaskUsage",  # issue 14: usage per task
     }
 )
 # Exec runs any command in a task's container: no more than a deployer can already do by

@@ -46,6 +46,7 @@ class EventLog:
         self._seq = itertools.count()
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=QUEUE)
         self.dropped = 0  # events not recorded (queue full, or etcd refused the write)
+        self.observers: list[Callable[[Event], None]] = []  # told of every event (metrics count them)
 
     async def start(self) -> None:
         """Nothing to read back: keys carry the time and a per-process sequence."""
@@ -53,6 +54,8 @@ class EventLog:
     def emit(self, kind: str, message: str, service: str = "", task: str = "", cause: str = "") -> None:
         event = Event(time.time(), kind, self.node, message[:MAX_MESSAGE], service, task, cause)
         log.info("event %s: %s", kind, message, extra={"service": service, "task": task, "cause": cause})
+        for observe in self.observers:
+            observe(event)
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:

@@ -478,3 +478,8 @@ class ShoalClient:
 
     def remove_object(self, kind: str, name: str) -> None:
         self._objects("RemoveObject", secrets_pb2.RemoveObjectRequest(kind=kind, name=name))
+
+    def usage(self, service: str = "", history: bool = False) -> api_pb2.UsageResponse:
+        """Usage per task (CPU %, memory, network and block I/O, restarts) from every node;
+        `service` "" for all, `history` with each task's recent samples (issue 14)."""
+        return self._unary("TaskUsage", api_pb2.UsageRequest(service=service, history=history))

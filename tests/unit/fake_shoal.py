@@ -100,11 +100,26 @@ ENDPOINTS = [
     api_pb2.Endpoint(task="t0abc", node="n0", address="127.0.0.1", port=31000, container_port=8080),
     api_pb2.Endpoint(task="t1abc", node="n1", address="127.0.0.2", port=31001, container_port=8080),
 ]
+USAGE = [  # usage per task (issue 14): t0abc of web sampled; t1abc not yet
+    api_pb2.TaskUsage(
+        task_id="t0abc", service="web", slot=0, node="n0", cpu_percent=12.5, memory_bytes=10 * 2**20,
+        memory_limit=64 * 2**20, rx_bytes=2048, tx_bytes=1024, block_read=0, block_write=4096, restarts=1,
+        at=T0, history=[api_pb2.UsagePoint(at=T0, cpu_percent=12.5, memory_bytes=10 * 2**20)],
+    ),
+    api_pb2.TaskUsage(task_id="d0abc", service="db", slot=0, node="n1", cpu_percent=0.25, memory_limit=2**30),
+]  # fmt: skip
 EVENTS = [
     api_pb2.Event(time=T0, kind="leader.elected", node="n1", message="n1 leads, epoch 7", cause="c1"),
     api_pb2.Event(time=T0 + 1, kind="task.placed", node="n1", service="web", task="t0abc", message="on n0"),
     api_pb2.Event(time=T0 + 2, kind="task.started", node="n0", service="web", task="t0abc", message="up"),
 ]
+
+
+def _without_history(u: api_pb2.TaskUsage) -> api_pb2.TaskUsage:
+    bare = api_pb2.TaskUsage()
+    bare.CopyFrom(u)
+    del bare.history[:]
+    return bare
 
 
 class FakeShoal(api_pb2_grpc.ShoalServicer):
@@ -159,6 +174,18 @@ class FakeShoal(api_pb2_grpc.ShoalServicer):
         self._record("ListTasks", request, context)
         self._service(request.service, context)
         return api_pb2.ListTasksResponse(tasks=list(reversed(TASKS.get(request.service, []))))
+
+    def TaskUsage(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._record("TaskUsage", request, context)
+        if request.service:
+            self._service(request.service, context)
+        tasks = [u for u in USAGE if not request.service or u.service == request.service]
+        if not request.history:
+            tasks = [
+                api_pb2.TaskUsage(**{f.name: v for f, v in u.ListFields() if f.name != "history"})
+                for u in tasks
+            ]
+        return api_pb2.UsageResponse(tasks=tasks, notices=["node n2: no usage figures: connection refused"])
 
     def ListNodes(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._record("ListNodes", request, context)

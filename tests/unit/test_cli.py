@@ -124,11 +124,40 @@ def test_service_ps_json(addr: str) -> None:
 def test_service_ps_table(addr: str) -> None:
     lines = ok(addr, "service", "ps", "web").splitlines()
     header = ["SLOT", "TASK", "NODE", "DESIRED", "STATE", "HEALTH", "CONTAINER", "ENDPOINT", "RESTARTS"]
-    assert lines[0].split() == [*header, "EXIT", "MESSAGE"]
+    usage = ["CPU", "%", "MEM", "USAGE", "/", "LIMIT", "NET", "I/O", "BLOCK", "I/O"]  # issue 14
+    assert lines[0].split() == [*header, "EXIT", *usage, "MESSAGE"]
     first = ["0", "t0abc", "n0", "running", "running", "-", "0" * 12, "127.0.0.0:31000", "0"]
-    assert lines[1].split() == first  # no check: HEALTH "-"; never restarted: EXIT blank
+    figures = ["12.5%", "10.0MiB", "/", "64.0MiB", "2.0KiB", "/", "1.0KiB", "0B", "/", "4.0KiB"]
+    assert lines[1].split() == [*first, *figures]  # no check: HEALTH "-"; never restarted: EXIT blank
+    assert lines[2].split()[-4:] == ["-", "-", "-", "-"]  # t1abc: no sample yet
     assert "1" * 13 not in lines[2]  # container ids are cut to 12 characters
     assert lines[3].split()[-3:] == ["image", "[not]", "found"]  # no rich markup interpretation
+    assert lines[-1] == "note: node n2: no usage figures: connection refused"
+
+
+def test_service_ps_json_has_each_tasks_usage(addr: str) -> None:
+    data = json.loads(ok(addr, "service", "ps", "web", "-o", "json"))
+    assert data[0]["usage"]["cpu_percent"] == 12.5 and data[0]["usage"]["block_write"] == 4096
+    assert data[1]["usage"] is None
+
+
+def test_top_once_lists_every_service_and_filters_one(addr: str, fake: FakeShoal) -> None:
+    lines = ok(addr, "top", "--once").splitlines()
+    assert lines[0].split()[:5] == ["SERVICE", "SLOT", "TASK", "NODE", "CPU"]
+    assert lines[1].split()[:5] == ["web", "0", "t0abc", "n0", "12.5%"] and lines[1].split()[-1] == "1"
+    assert "15.6%" in lines[1]  # MEM %: 10 MiB of 64 MiB
+    assert lines[2].split()[:5] == ["db", "0", "d0abc", "n1", "0.2%"]
+    assert lines[-1] == "note: node n2: no usage figures: connection refused"
+    data = json.loads(ok(addr, "top", "--once", "web", "-o", "json", "--history"))
+    assert [t["task"] for t in data["tasks"]] == ["t0abc"] and data["tasks"][0]["history"][0][
+        "cpu_percent"
+    ] == 12.5
+    assert fake.calls[-1][0] == "TaskUsage" and fake.calls[-1][1].history
+    assert json.loads(ok(addr, "top", "--once", "web", "-o", "json"))["tasks"][0]["history"] == []
+
+
+def test_top_of_an_unknown_service_is_an_error(addr: str) -> None:
+    assert "service 'nope' not found" in fails(addr, "top", "--once", "nope")
 
 
 def test_scale_and_rm(addr: str, fake: FakeShoal) -> None:

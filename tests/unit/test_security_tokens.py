@@ -148,6 +148,7 @@ def test_viewers_read_deployers_change_services_admins_do_everything() -> None:
     writes = {"ApplyService", "ScaleService", "DeleteService", "RollbackService", "Exec"}  # exec: issue 14
     reads |= {"ListStacks"}  # stacks (docs/stacks.md): as their services
     writes |= {"DeployStack", "RemoveStack"}
+    reads |= {"TaskUsage"}  # usage per task (issue 14): as the tasks' status
     for method in _methods():
         name = method.rsplit("/", 1)[1]
         assert allowed(Role.ADMIN, method)
