@@ -197,12 +197,14 @@ class Mesh:
 
     # -- listeners -----------------------------------------------------------------------
 
-    def _engine(self, route: Route, balancer: Balancer) -> Engine:
+    def _engine(self, route: Route, balancer: Balancer, address: str = "") -> Engine:
+        """The engine of `route` on this node's address (or `address`: a service's VIP)."""
         s = self.settings
+        address = address or self.address
         retry = RetryPolicy(max_attempts=s.max_attempts)
         if route.protocol == "http":
             return HttpProxy(
-                self.address,
+                address,
                 route.published,
                 balancer,
                 service=route.service,
@@ -213,7 +215,7 @@ class Mesh:
                 cap=self.cap,
             )
         return TcpProxy(
-            self.address,
+            address,
             route.published,
             balancer,
             connect_timeout=s.connect_timeout,
