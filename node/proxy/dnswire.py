@@ -49,7 +49,8 @@ class SrvTarget:
 
 
 def encode_name(name: str) -> bytes:
-    """`db.app.shoal` -> length-prefixed labels, root-terminated."""
+    """`db.app.shoal` (a trailing dot or not) -> length-prefixed labels, root-terminated."""
+    name = name[:-1] if name.endswith(".") else name
     out = bytearray()
     for label in name.split(".") if name else []:
         raw = label.encode("ascii")

@@ -28,6 +28,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import random
 import subprocess
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from node.store.mirrors import mirror
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY = 300.0  # s between sweeps of claims no record names
+ALLOCATION_RETRY = 0.5  # s at most before a failed allocation is tried again
 
 
 class HostSetupError(Exception):
@@ -125,16 +127,12 @@ class Names:
             gossip_wake.clear()
             await self.sync()
             self.ready.set()
-            retry = (
-                self.rebind_interval if self.waiting or self.dns is None or self.retry_allocation else None
-            )
+            retry = self.rebind_interval if self.waiting or self.dns is None else None
+            if self.retry_allocation:  # a lost race, or etcd away: soon, at a random moment
+                retry = min(retry or ALLOCATION_RETRY, random.uniform(0.1, ALLOCATION_RETRY))
             waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(gossip_wake.wait())]
             try:
-                await asyncio.wait(
-                    waits,
-                    timeout=self.rebind_interval if retry else None,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                await asyncio.wait(waits, timeout=retry, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for w in waits:
                     w.cancel()

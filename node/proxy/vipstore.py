@@ -76,6 +76,8 @@ class VipStore:
                 return (old,)
             claims, _ = await self.store.range(self.keys.vipaddrs)
             taken = {self.keys.tail(kv.key, self.keys.vipaddrs) for kv in claims}
+            if old is not None:
+                taken.add(old.address)  # fresh: never the earlier incarnation's address
             ckv = await self.store.get(self.keys.vipcursor)
             address = next_free(self.net, taken, ckv.value.decode(errors="replace") if ckv else None)
             if address is None:
