@@ -16,7 +16,10 @@ The names of a service `app_db` of stack `app` (and of a service `web` in no sta
 | `db`                         | `app_db`'s VIP           | a container of stack `app` (1)   |
 | `db.app.shoal`, `web.shoal`, `app_db.shoal` | the VIP   | anywhere                         |
 
-(1) its resolver's search domain `app.shoal` makes `db` into `db.app.shoal`.
+(1) its resolver's search domain `app.shoal` makes `db` into `db.app.shoal`. Under a
+search domain, a name that is not one of that stack's services is looked up bare:
+`app_web.app.shoal` or `other.cache.app.shoal` answer as `app_web` and `other.cache`,
+for resolvers that stop at the first search domain's NXDOMAIN (busybox's nslookup).
 Names are case-insensitive. A name under `.shoal` that is no service is NXDOMAIN
 (authoritative, so a search-list resolver goes on to the next form). Any other name
 that is no service is not ours: the server forwards it to the host's resolver. An SRV
@@ -140,7 +143,16 @@ class NameTable:
         return cls(names)
 
     def lookup(self, name: str) -> Target | None:
-        return self.names.get(name.lower().rstrip("."))
+        """The target of `name`; a name under a stack's search domain (`<x>.<stack>.shoal`)
+        that is none of that stack's services is looked up as `<x>`, as if the resolver had
+        gone on down its search list (busybox's and some others stop at the first NXDOMAIN)."""
+        name = name.lower().rstrip(".")
+        found = self.names.get(name)
+        if found is None and name.endswith(f".{ZONE}"):
+            head, _, stack = name[: -len(ZONE) - 1].rpartition(".")
+            if head and stack:
+                found = self.names.get(head)
+        return found
 
     def srv_lookup(self, name: str) -> tuple[str, Target] | None:
         """`_x._tcp.<name>` or `<name>`: the name without its `_` labels, and its target."""
@@ -148,7 +160,7 @@ class NameTable:
         while labels and labels[0].startswith("_"):
             labels.pop(0)
         base = ".".join(labels)
-        target = self.names.get(base)
+        target = self.lookup(base)
         return (base, target) if target is not None else None
 
 

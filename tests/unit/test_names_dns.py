@@ -134,6 +134,20 @@ def test_short_names_are_not_answered_outside_the_search_domain() -> None:
     assert missing is not None and missing.rcode == w.NXDOMAIN and missing.flags & w.AA
 
 
+BARE = [
+    ("app_db.app.shoal", "10.213.0.16"),
+    ("web.app.shoal", "10.213.0.17"),
+    ("app.db.other.shoal", "10.213.0.16"),
+]
+
+
+@pytest.mark.parametrize(("name", "vip"), BARE)
+def test_under_a_search_domain_other_names_answer_as_if_asked_bare(name: str, vip: str) -> None:
+    answer = ask(name)  # busybox's nslookup stops at the first search domain's NXDOMAIN
+    assert answer is not None and answer.a == [vip]
+    assert ask("nope.app.shoal") is not None and ask("nope.app.shoal").rcode == w.NXDOMAIN  # type: ignore[union-attr]
+
+
 def test_srv_lists_every_container_port_with_the_vip_as_additional() -> None:
     for name in ("_mysql._tcp.db.app.shoal", "db.app.shoal", "_x._tcp.app.db"):
         answer = ask(name, w.SRV)
