@@ -58,6 +58,10 @@ class VipRecord:
     uid: str
     address: str
 
+    def current(self, uid: str, net: ipaddress.IPv4Network | None = None) -> bool:
+        """Of incarnation `uid`, and inside `net` (when given)."""
+        return self.uid == uid and (net is None or ipaddress.IPv4Address(self.address) in net)
+
     def to_json(self) -> bytes:
         return json.dumps({"service": self.service, "uid": self.uid, "address": self.address}).encode()
 
@@ -100,12 +104,17 @@ class Plan:
     release: list[VipRecord] = field(default_factory=list)
 
 
-def plan(services: Iterable[ServiceRecord], vips: Iterable[VipRecord]) -> Plan:
+def plan(
+    services: Iterable[ServiceRecord], vips: Iterable[VipRecord], net: ipaddress.IPv4Network | None = None
+) -> Plan:
     """A service without a record of its current incarnation needs one (a stale record of
-    its name is replaced in the same write); a record whose service is gone is released."""
+    its name is replaced in the same write), and so does one whose address is outside `net`
+    (`vip_range` was changed); a record whose service is gone is released."""
     current = {s.name: s for s in services}
     by_service = {v.service: v for v in vips}
-    allocate = [s for n, s in sorted(current.items()) if (v := by_service.get(n)) is None or v.uid != s.uid]
+    allocate = [
+        s for n, s in sorted(current.items()) if (v := by_service.get(n)) is None or not v.current(s.uid, net)
+    ]
     release = [v for n, v in sorted(by_service.items()) if n not in current]
     return Plan(allocate, release)
 

@@ -149,7 +149,9 @@ class Names:
         uids = {s.name: s.uid for s in services}
         wanted: dict[tuple[str, int], Route] = {}
         for s in services:
-            record = next((v for v in vips if v.service == s.name and v.uid == uids[s.name]), None)
+            record = next(
+                (v for v in vips if v.service == s.name and v.current(uids[s.name], self.net)), None
+            )
             if record is None:
                 continue
             for p in s.spec.ports:
@@ -170,7 +172,7 @@ class Names:
                 listener.engine.drain(removed)
 
     async def _allocate(self, services: list[ServiceRecord], vips: list[VipRecord]) -> None:
-        todo = plan(services, vips)
+        todo = plan(services, vips, self.net)
         self.retry_allocation = False
         try:
             for record in todo.allocate:

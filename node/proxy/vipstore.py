@@ -72,7 +72,7 @@ class VipStore:
                 return (None,)
             vkv = await self.store.get(self.keys.vip(service))
             old = VipRecord.from_json(vkv.value) if vkv is not None else None
-            if old is not None and old.uid == record.uid:
+            if old is not None and old.current(record.uid, self.net):
                 return (old,)
             claims, _ = await self.store.range(self.keys.vipaddrs)
             taken = {self.keys.tail(kv.key, self.keys.vipaddrs) for kv in claims}

@@ -226,6 +226,8 @@ def test_plan_allocates_for_new_and_recreated_services_and_releases_removed_ones
     assert [v.service for v in p.release] == ["old"]
     settled = plan([DB], [VipRecord("app_db", "u1", "10.213.0.16")])
     assert settled.allocate == [] and settled.release == []
+    moved = plan([DB], [VipRecord("app_db", "u1", "10.213.0.16")], ipaddress.IPv4Network("10.99.0.0/24"))
+    assert [s.name for s in moved.allocate] == ["app_db"]  # vip_range changed: a new address in it
 
 
 def test_vip_record_reads_back_and_unreadable_values_are_none() -> None:

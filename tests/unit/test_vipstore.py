@@ -163,6 +163,17 @@ async def test_a_recreated_service_gets_a_fresh_address_and_the_old_name_is_not_
     assert table.lookup("db").address == new.address  # type: ignore[union-attr]
 
 
+async def test_a_record_outside_a_changed_vip_range_is_replaced() -> None:
+    store = MemoryStore()
+    await put_service(store, "db")
+    old = await VipStore(store, KEYS, NET).allocate("db")
+    moved = ipaddress.IPv4Network("10.99.0.0/24")
+    new = await VipStore(store, KEYS, moved).allocate("db")
+    assert old is not None and new is not None and new.address == "10.99.0.16" and new.uid == old.uid
+    assert set(await claims(store)) == {new.address}
+    await consistent(store)
+
+
 async def test_release_after_removal_and_not_while_it_exists() -> None:
     store = MemoryStore()
     await put_service(store, "db")
