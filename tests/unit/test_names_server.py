@@ -103,6 +103,31 @@ class World:
         await self.store.put(KEYS.endpoint(record.name, task.task_id), endpoint.to_json())
         return said
 
+    async def http_backend(self, record: ServiceRecord, slot: int, node: str, port: int) -> str:
+        """A replica answering every HTTP/1.1 request with its name, keeping the connection."""
+        task = replace(make_task(record, slot, node), uid=record.uid)
+        said = f"{record.name}.{slot}@{node}"
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while await reader.readuntil(b"\r\n\r\n"):
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(said), said.encode())
+                    )
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        server = await asyncio.start_server(handle, HOST, 0)
+        self.servers.append(server)
+        host_port = server.sockets[0].getsockname()[1]
+        await self.store.put(KEYS.task(record.name, slot), task.to_json())
+        endpoint = EndpointRecord(
+            task.task_id, record.name, node, HOST, host_port, port, {str(port): host_port}
+        )
+        await self.store.put(KEYS.endpoint(record.name, task.task_id), endpoint.to_json())
+        return said
+
     async def vip(self, service: str) -> VipRecord:
         async def written() -> VipRecord | None:
             kv = await self.store.get(KEYS.vip(service))
@@ -144,6 +169,35 @@ async def test_a_service_answers_by_name_and_its_vip_spreads_over_replicas(world
     await wait_until(lambda: len(names.listeners[(vip.address, 80)].balancer.backends) == 2, 5.0)
     seen = {await ask_tcp(vip.address, 80) for _ in range(6)}
     assert seen == said  # both replicas, on "both nodes", answered through the VIP
+
+
+async def test_an_http_port_is_balanced_per_request_through_the_vip(world: World) -> None:
+    """A port with `protocol: http` gets the mesh's L7 engine on the VIP too: two requests
+    on one kept-alive client connection go to both replicas."""
+    _, names = world.node("n1")
+    record = replace(
+        make_service("api", replicas=2, ports=[{"container": 8080, "protocol": "http"}]),
+        uid=new_service_uid(),
+    )
+    await world.store.put(KEYS.service("api"), record.to_json())
+    said = set()
+    for slot, node in ((1, "n1"), (2, "n2")):
+        said.add(await world.http_backend(record, slot, node, 8080))
+    vip = await world.vip("api")
+    await wait_until(lambda: (vip.address, 8080) in names.listeners, 5.0)
+    await wait_until(lambda: len(names.listeners[(vip.address, 8080)].balancer.backends) == 2, 5.0)
+    reader, writer = await asyncio.open_connection(vip.address, 8080)
+    bodies = set()
+    try:
+        for _ in range(2):
+            writer.write(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            bodies.add((await reader.readexactly(length)).decode())
+    finally:
+        writer.close()
+    assert bodies == said
 
 
 async def _answered(world: World, name: str) -> w.Answer | None:
