@@ -121,6 +121,7 @@ class Agent:
         self._downing: asyncio.Task[None] | None = None  # the withdrawal when the engine went down
         self._publish_lock = asyncio.Lock()
         self.passes = 0
+        self.dns: tuple[str, ...] = ()  # the node's name server for containers (issue 13; set by the daemon)
 
     @property
     def status(self) -> dict[str, TaskStatus]:
@@ -313,7 +314,7 @@ class Agent:
             if not await self.pulls.ready(image, spec.pull, auth):
                 m.pulling(task, self.pulls.progress(image))  # pulled apart; a finished pull wakes a pass
                 return
-            made = container_spec(task, spec, self.cluster, self.publish_address)
+            made = container_spec(task, spec, self.cluster, self.publish_address, self.dns)
             c = await self.runtime.run(await self.secret_files.prepare(task, spec, made))
         except (SpecNotFound, StoreError, EngineError) as exc:
             await self._do(m.start_failed(task, str(exc), self.clock()))

@@ -103,7 +103,10 @@ def container_name(task: Assignment) -> str:
     return f"{task.service}.{task.slot}.{task.task_id}"
 
 
-def container_spec(task: Assignment, spec: ServiceSpec, cluster: str, publish_address: str) -> ContainerSpec:
+def container_spec(
+    task: Assignment, spec: ServiceSpec, cluster: str, publish_address: str, dns: tuple[str, ...] = ()
+) -> ContainerSpec:
+    """`dns`: the node's name server (issue 13); a stack's containers then search `<stack>.shoal`."""
     resources = spec.resources
     limits = resources.limits if resources else None  # Docker enforces the limit, else the reservation
     return ContainerSpec(
@@ -128,4 +131,6 @@ def container_spec(task: Assignment, spec: ServiceSpec, cluster: str, publish_ad
         image_healthcheck=spec.health is None,  # the spec's own check replaces the image's
         log_driver=spec.logging.driver if spec.logging else "",
         log_options=dict(spec.logging.options) if spec.logging else {},
+        dns=dns,
+        dns_search=(f"{spec.stack}.shoal",) if dns and spec.stack else (),
     )

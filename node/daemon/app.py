@@ -47,13 +47,16 @@ from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
 from node.daemon.telemetry import Telemetry
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
-from node.model.config import NodeConfig
+from node.model.config import NodeConfig, vip_network
 from node.model.domain import NodeInfo
 from node.model.keys import Keys
 from node.model.spec_compat import known_paths
 from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc
 from node.proxy import metrics
+from node.proxy.dnsserver import host_resolvers
 from node.proxy.mesh import Mesh, MeshSettings
+from node.proxy.names import dns_address
+from node.proxy.vips import HostSetupError, Names, prepare_host
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_logs import DockerStreams
@@ -122,6 +125,24 @@ class Daemon:
         self.deadline: shutdown.Deadline | None = None  # set by the stop signal
         self._main: asyncio.Task[Any] | None = None
         self._starting = True  # until the server runs: a signal then abandons the start
+
+    def _names(self, agent: Agent) -> Names | None:
+        """The name server and VIP listeners (node.proxy.vips), and the agent told to give
+        containers that server; None (logged, an event) when names are off or the host
+        cannot be prepared: containers then keep the engine's default resolver."""
+        c = self.config
+        if not c.names:
+            return None
+        net = vip_network(c.vip_range)
+        try:
+            prepare_host(net)
+        except HostSetupError as exc:
+            log.error("service names are off on this node: %s", exc)
+            self.events.emit("names.off", f"service names are off on {c.node_id}: {exc}")
+            return None
+        names = Names(self.mesh, net, host_resolvers(exclude=(dns_address(net),)))
+        agent.dns = (names.dns_address,)
+        return names
 
     async def _connect_etcd(self) -> None:
         """etcd answers, or `StartupError` at once; with --wait-for-etcd, ask every 2 s
@@ -395,6 +416,7 @@ class Daemon:
             pull_timeout=c.pull_timeout,
         )
         agent.secret_files.sealer = Sealer(self.identity.passphrase)  # issue 13: opens secrets at start
+        names = self._names(agent)  # issue 13: service names for this host's containers
         leadership = Leadership(
             self.store,
             self.keys,
@@ -435,6 +457,7 @@ class Daemon:
             asyncio.create_task(leadership.run(), name="leadership"),
             asyncio.create_task(self.membership.run(), name="membership"),
             asyncio.create_task(self.mesh.run(), name="mesh"),
+            *([asyncio.create_task(names.run(), name="names")] if names is not None else []),
             asyncio.create_task(self.identity.run(), name="certificates"),
             asyncio.create_task(self.telemetry.run(), name="telemetry"),
             credentials,

@@ -32,6 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from node.dev import vipranges
 from node.dev.freeports import free_port as free_port  # re-exported for the benches
 from node.dev.freeports import free_port_on_all as free_port_on_all
 from node.dev.freeports import free_port_pair as free_port_pair
@@ -225,6 +226,7 @@ class DevCluster:
     simulate: int = 0  # simulated nodes to add (`node.dev.simcluster`, one process; they run nothing)
     sim_proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _tls: ClientTls | None = field(default=None, repr=False)
+    vip_range: str = ""  # service names (issue 13): "" = a /24 of its own (node.dev.vipranges)
 
     @classmethod
     def on_free_ports(cls, data_dir: Path, nodes: int = 3, name: str = "t", **kwargs: Any) -> DevCluster:
@@ -246,6 +248,7 @@ class DevCluster:
         if not 1 <= self.nodes <= 50:
             raise DevError(f"--nodes must be between 1 and 50, got {self.nodes}")
         self.data_dir = self.data_dir.resolve()
+        self.vip_range = self.vip_range or vipranges.free_vip_range(self.cluster)
         self.etcd = EtcdProcess(
             self.data_dir / "etcd" / "data",
             self.etcd_port,
@@ -262,7 +265,8 @@ class DevCluster:
             "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port or self.grpc_port + 1),
             *self.etcd.client_flags, "--etcd-prefix", self.prefix,
-            "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}", *self.extra_args,
+            "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}",
+            "--vip-range", self.vip_range, *self.extra_args,
             *self.node_args.get(i, []),
         ]  # fmt: skip
         if self.cert_lifetime:
@@ -431,6 +435,7 @@ class DevCluster:
             member.stop()
         remove_containers(self.cluster)
         self.etcd.stop()
+        vipranges.release(self.vip_range)
 
 
 def remove_containers(cluster: str) -> int:

@@ -10,6 +10,7 @@ its identity (and its containers) across restarts.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -150,6 +151,12 @@ class NodeConfig:
     proxy_tcp_idle_timeout: float = 3600.0  # s without a byte either way on a tcp port: closed
     proxy_tunnel_idle: float = 3600.0  # s without a byte either way in an upgraded (WebSocket) tunnel
 
+    # -- service names (issue 13; node.proxy.vips, docs/names.md) ---------------------------
+    names: bool = True  # run the name server and the VIP listeners for this host's containers
+    vip_range: str = "10.213.0.0/16"  # the services' virtual addresses; the same on every node.
+    #   The whole range is made local on the host (`ip route replace local <range> dev lo`);
+    #   its first address is the name server's. Must not overlap a network the hosts use
+
     @property
     def timings(self) -> Preset:
         base = PRESETS[self.preset]
@@ -255,6 +262,17 @@ _PROXY_BOUNDS = (
 )
 
 
+def vip_network(text: str) -> ipaddress.IPv4Network:
+    """The setting `vip_range` checked: an IPv4 network of /8 to /26 (48 VIPs at least)."""
+    try:
+        net = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"vip_range: {text!r} is not an IPv4 network like 10.213.0.0/16: {exc}") from None
+    if not 8 <= net.prefixlen <= 26:
+        raise ConfigError(f"vip_range: {text} must be a /8 to /26 network, with room for the services")
+    return net
+
+
 def validate(c: NodeConfig) -> NodeConfig:
     if c.preset not in PRESETS:
         raise ConfigError(f"preset: {c.preset!r} is not one of {', '.join(PRESETS)}")
@@ -282,6 +300,8 @@ def validate(c: NodeConfig) -> NodeConfig:
         host, _, port = endpoint.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"etcd: {endpoint!r} is not host:port")
+    if c.names:
+        vip_network(c.vip_range)
     if c.log_format not in ("text", "json"):
         raise ConfigError(f"log_format: {c.log_format!r} is not text or json")
     if c.cpu < 0 or c.reserve_cpu < 0:

@@ -27,6 +27,9 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `secrets/<name>`                  | API (`secret create`)  | until `secret rm`; value sealed (4) |
 | `configs/<name>`                  | API (`config create`)  | until `config rm`   |
 | `objuse/<kind>/<name>`            | API (apply, rm)        | while the secret/config exists (4) |
+| `vips/<service>`                  | any node's names (5)   | while the service incarnation exists |
+| `vipaddrs/<address>`              | any node's names (5)   | with its `vips/` record |
+| `vipcursor`                       | any node's names (5)   | forever; one key   |
 
 Bounds (issue 11): every prefix is bounded by the nodes, services, replicas and
 tokens in force, never by time. The leader (`leader.upkeep`, fenced) compacts etcd to
@@ -57,6 +60,11 @@ Bounded by the secrets and configs in force.
 in nanoseconds (20 digits): the leader (`leader.upkeep`, fenced) deletes, in one range
 delete, every event older than `events_max_age` and the oldest beyond `events_max`. A
 node's loss does not remove its events; they age out like the others.
+
+(5) issue 13, names (`node.proxy.names`, `node.proxy.vipstore`): the virtual address of
+each service incarnation and its claim, written together in one transaction compared
+on the service key, so two nodes allocating at once never give one address twice; the
+cursor makes a released address the last to be reused. Bounded by the services.
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.
@@ -230,6 +238,25 @@ class Keys:
 
     def object_use(self, kind: str, name: str) -> str:
         return f"{self.prefix}objuse/{kind}/{name}"
+
+    # service names (issue 13): the virtual address of each service incarnation
+    @property
+    def vips(self) -> str:
+        return f"{self.prefix}vips/"
+
+    def vip(self, service: str) -> str:
+        return f"{self.vips}{service}"
+
+    @property
+    def vipaddrs(self) -> str:
+        return f"{self.prefix}vipaddrs/"
+
+    def vipaddr(self, address: str) -> str:
+        return f"{self.vipaddrs}{address}"
+
+    @property
+    def vipcursor(self) -> str:
+        return f"{self.prefix}vipcursor"
 
     # parsing
     def tail(self, key: str, prefix: str) -> str:

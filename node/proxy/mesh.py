@@ -199,12 +199,14 @@ class Mesh:
 
     # -- listeners -----------------------------------------------------------------------
 
-    def _engine(self, route: Route, balancer: Balancer) -> Engine:
+    def _engine(self, route: Route, balancer: Balancer, address: str = "") -> Engine:
+        """The engine of `route` on this node's address (or `address`: a service's VIP)."""
         s = self.settings
+        address = address or self.address
         retry = RetryPolicy(max_attempts=s.max_attempts)
         if route.protocol == "http":
             return HttpProxy(
-                self.address,
+                address,
                 route.published,
                 balancer,
                 service=route.service,
@@ -216,7 +218,7 @@ class Mesh:
                 tunnel_idle=s.tunnel_idle,
             )
         return TcpProxy(
-            self.address,
+            address,
             route.published,
             balancer,
             connect_timeout=s.connect_timeout,

@@ -77,6 +77,10 @@ class ContainerSpec:
 
     mounts: tuple[Mount, ...] = ()  # bind mounts (node.agent.secretfiles)
 
+    # issue 13, names (node.proxy.vips): the node's name server and the stack's search domain
+    dns: tuple[str, ...] = ()  # name servers of the container; (): the engine's default
+    dns_search: tuple[str, ...] = ()
+
     def __repr__(self) -> str:  # env may hold opened secret_env values: never in a log line
         return f"ContainerSpec({self.name}, {self.image})"
 

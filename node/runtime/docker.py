@@ -251,6 +251,8 @@ class DockerRuntime:
             restart_policy={"Name": "no"},
             log_config={"Type": spec.log_driver, "Config": spec.log_options} if spec.log_driver else None,
             binds=[f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts] or None,
+            dns=list(spec.dns) or None,  # the node's name server (node.proxy.vips)
+            dns_search=list(spec.dns_search) or None,
         )
         extra: dict[str, Any] = {} if spec.image_healthcheck else {"healthcheck": {"test": ["NONE"]}}
         try:

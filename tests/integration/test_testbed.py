@@ -179,6 +179,51 @@ def test_a_client_on_one_host_reaches_replicas_on_the_others_through_its_mesh(be
     wait_until_sync(both_answer, CONVERGE, 0.2, "h1's mesh answering from both h2 and h3")
 
 
+NSDB = """
+name: nsdb
+image: shoal-demo/web:1
+replicas: 2
+placement: {constraints: ["node.id != h1"], max_per_node: 1}
+ports:
+  - {container: 8080}
+"""
+
+NSCLIENT = """
+name: nsclient
+image: shoal-demo/base:1
+command: ["sleep", "100000"]
+placement: {constraints: ["node.id == h1"]}
+"""
+
+
+def test_a_container_on_one_host_reaches_a_service_by_name_on_the_others(bed: Bed) -> None:
+    """Issue 13, names: a container on h1 asks h1's name server for `nsdb` and connects to
+    its VIP on the container port; h1's proxy sends it to the replicas on h2 and h3."""
+    with bed.client() as c:
+        c.apply(NSDB, "nsdb.yaml")
+        c.apply(NSCLIENT, "nsclient.yaml")
+    wait_until_sync(placed(bed, "nsdb", 2, {"h2", "h3"}), CONVERGE, 0.2, "nsdb on h2 and h3")
+    wait_until_sync(placed(bed, "nsclient", 1, {"h1"}), CONVERGE, 0.2, "nsclient on h1")
+    found = engines(bed, "nsdb")
+    ids = {bed.docker(i, "inspect", "-f", "{{.Config.Hostname}}", found[i][0]).strip() for i in (2, 3)}
+    client = engines(bed, "nsclient")[1][0]
+    script = "for i in 1 2 3 4 5 6; do timeout 5 wget -qO- http://nsdb:8080/ || echo FAILED; done"
+
+    def both_answer() -> bool:
+        out = bed.docker(1, "exec", client, "sh", "-c", script, check=False)
+        return {line.rsplit(" ", 1)[-1] for line in out.splitlines() if line.strip()} == ids
+
+    wait_until_sync(both_answer, CONVERGE, 0.5, "nsdb by name from h1, answered from h2 and h3")
+    with bed.client() as c:
+        c.delete_service("nsdb")
+
+    def gone() -> bool:
+        out = bed.docker(1, "exec", client, "sh", "-c", "nslookup nsdb.shoal 2>&1", check=False)
+        return "NXDOMAIN" in out
+
+    wait_until_sync(gone, CONVERGE, 0.5, "nsdb's name gone after rm")
+
+
 def test_a_host_whose_engine_stops_loses_its_tasks_to_the_other_hosts(bed: Bed) -> None:
     with bed.client() as c:
         c.apply(APP % 3, "app.yaml")

@@ -1,0 +1,177 @@
+"""The node's name server for its containers: UDP on `<dns address>:53`.
+
+Answers service names from the current `NameTable` (`node.proxy.names`), at once and
+from memory; forwards every other name to the host's resolver (the first `nameserver`
+of the host's /etc/resolv.conf that is not our own address), relaying its answer as it
+comes; with no resolver to forward to, or one that does not answer within
+`FORWARD_TIMEOUT`, the client gets REFUSED or SERVFAIL at once rather than waiting out
+its own timeout. Forwarded queries in flight are bounded (`MAX_FORWARDS`); beyond,
+SERVFAIL. An unreadable query gets FORMERR (or nothing, if not even its header reads).
+
+Answers carry TTL `TTL` (5 s): a removed service's name stops answering here at once,
+and a client cache holds the old VIP (which no longer listens) for at most that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from node.proxy import dnswire as w
+from node.proxy.names import NameTable, in_zone
+
+log = logging.getLogger(__name__)
+
+TTL = 5
+FORWARD_TIMEOUT = 2.0
+MAX_FORWARDS = 256
+
+
+def host_resolvers(path: Path = Path("/etc/resolv.conf"), exclude: tuple[str, ...] = ()) -> list[str]:
+    """The IPv4 `nameserver`s of the host's resolv.conf, without `exclude` (our own)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver" and "." in parts[1] and parts[1] not in exclude:
+            out.append(parts[1])
+    return out
+
+
+class Resolver:
+    """The pure-ish part: a query in, the answer bytes out (or None: forward it)."""
+
+    def __init__(self, table: Callable[[], NameTable]) -> None:
+        self.table = table
+
+    def answer(self, q: w.Query) -> bytes | None:
+        if q.qclass != w.IN or (q.flags >> 11) & 0xF:
+            return w.answer_error(q, w.NOTIMP)
+        table = self.table()
+        if q.qtype == w.SRV:
+            found = table.srv_lookup(q.name)
+            if found is not None:
+                base, target = found
+                if target.address is None:
+                    return w.answer_error(q, w.SERVFAIL)
+                srv = [w.SrvTarget(p, base) for p in target.ports]
+                return w.answer_srv(q, srv, {base: target.address} if srv else {}, TTL)
+        else:
+            named = table.lookup(q.name)
+            if named is not None:
+                if named.address is None:
+                    return w.answer_error(q, w.SERVFAIL)
+                addresses = [named.address] if q.qtype in (w.A, w.ANY) else []
+                return w.answer_a(q, addresses, TTL)
+        if in_zone(q.name):
+            return w.answer_error(q, w.NXDOMAIN, authoritative=True)
+        return None
+
+
+class DnsServer(asyncio.DatagramProtocol):
+    def __init__(self, table: Callable[[], NameTable], upstreams: list[str], upstream_port: int = 53) -> None:
+        self.resolver = Resolver(table)
+        self.upstreams = upstreams
+        self.upstream_port = upstream_port
+        self.transport: asyncio.DatagramTransport | None = None
+        self.forwards: set[asyncio.Task[None]] = set()
+        self.answered = 0
+        self.forwarded = 0
+
+    @classmethod
+    async def start(
+        cls,
+        address: str,
+        port: int,
+        table: Callable[[], NameTable],
+        upstreams: list[str],
+        upstream_port: int = 53,
+    ) -> DnsServer:
+        """Bound on `address:port` (no SO_REUSEADDR: a second server on one host fails
+        with EADDRINUSE, which the caller takes as "another node serves it")."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        server = cls(table, upstreams, upstream_port)
+        await loop.create_datagram_endpoint(lambda: server, sock=sock)
+        return server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            q = w.parse_query(data)
+        except w.DnsFormatError:
+            reply = w.formerr(data)
+            if reply is not None:
+                self._send(reply, addr)
+            return
+        try:
+            reply = self.resolver.answer(q)
+        except ValueError as exc:  # a record that cannot be encoded: say so, answer SERVFAIL
+            log.warning("names: cannot answer %s: %s", q.name, exc)
+            reply = w.answer_error(q, w.SERVFAIL)
+        if reply is not None:
+            self.answered += 1
+            self._send(reply, addr)
+            return
+        if not self.upstreams:
+            self._send(w.answer_error(q, w.REFUSED), addr)
+            return
+        if len(self.forwards) >= MAX_FORWARDS:
+            self._send(w.answer_error(q, w.SERVFAIL), addr)
+            return
+        task = asyncio.get_running_loop().create_task(self._forward(data, q, addr))
+        self.forwards.add(task)
+        task.add_done_callback(self.forwards.discard)
+
+    async def _forward(self, data: bytes, q: w.Query, addr: tuple[str, int]) -> None:
+        self.forwarded += 1
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[bytes] = loop.create_future()
+
+        class _Up(asyncio.DatagramProtocol):
+            def datagram_received(self, reply: bytes, _addr: tuple[str, int]) -> None:
+                if not got.done() and w.reply_id(reply) == q.id:
+                    got.set_result(reply)
+
+            def error_received(self, exc: Exception) -> None:
+                if not got.done():
+                    got.set_exception(exc)
+
+        transport = None
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                _Up, remote_addr=(self.upstreams[0], self.upstream_port)
+            )
+            transport.sendto(data)
+            reply = await asyncio.wait_for(got, FORWARD_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            log.debug("names: forwarding %s to %s failed: %s", q.name, self.upstreams[0], exc)
+            reply = w.answer_error(q, w.SERVFAIL)
+        finally:
+            if transport is not None:
+                transport.close()
+        self._send(reply, addr)
+
+    def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
+
+    def close(self) -> None:
+        for task in list(self.forwards):
+            task.cancel()
+        if self.transport is not None:
+            self.transport.close()

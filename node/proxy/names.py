@@ -1,0 +1,183 @@
+"""Service names and virtual addresses: what the node's name server answers, and which
+virtual address (VIP) each service incarnation has.
+
+Every service incarnation (name and uid) gets one VIP from the cluster's range
+(`vip_range`), recorded in `vips/<service>` (`VipRecord`) and claimed in
+`vipaddrs/<address>`; `node.proxy.vipstore` writes both in one transaction. A record
+whose uid is not the service's current one is stale: it is never answered, and it is
+replaced (a re-created service gets a fresh address) or released (a removed service).
+
+The names of a service `app_db` of stack `app` (and of a service `web` in no stack):
+
+| asked                        | answers                  | from where                       |
+|------------------------------|--------------------------|----------------------------------|
+| `app_db`, `web`              | the service's VIP        | anywhere                         |
+| `app.db`                     | `app_db`'s VIP           | anywhere (`<stack>.<service>`)   |
+| `db`                         | `app_db`'s VIP           | a container of stack `app` (1)   |
+| `db.app.shoal`, `web.shoal`, `app_db.shoal` | the VIP   | anywhere                         |
+
+(1) its resolver's search domain `app.shoal` makes `db` into `db.app.shoal`. Under a
+search domain, a name that is not one of that stack's services is looked up bare:
+`app_web.app.shoal` or `other.cache.app.shoal` answer as `app_web` and `other.cache`,
+for resolvers that stop at the first search domain's NXDOMAIN (busybox's nslookup).
+Names are case-insensitive. A name under `.shoal` that is no service is NXDOMAIN
+(authoritative, so a search-list resolver goes on to the next form). Any other name
+that is no service is not ours: the server forwards it to the host's resolver. An SRV
+question (`_anything._tcp.<name>`, or `<name>` itself) answers one record per
+container port of the service, its target `<name>` with the VIP as additional A record.
+A known name asked for another type (AAAA, TXT) has no data (NOERROR, empty), so a
+resolver that asks A and AAAA at once gets its A. A service whose VIP is not written
+yet is SERVFAIL (the resolver asks again), never NXDOMAIN, which it could cache.
+
+Pure: no sockets, no etcd.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from node.model.domain import ServiceRecord
+
+ZONE = "shoal"
+FIRST_VIP = 16  # offsets below it are kept for the name server (offset 1) and later use
+
+
+def dns_address(net: ipaddress.IPv4Network) -> str:
+    """Where every node's name server listens (on the host's side of the containers)."""
+    return str(net.network_address + 1)
+
+
+@dataclass(frozen=True)
+class VipRecord:
+    """`vips/<service>`: the address of one incarnation of a service."""
+
+    service: str
+    uid: str
+    address: str
+
+    def current(self, uid: str, net: ipaddress.IPv4Network | None = None) -> bool:
+        """Of incarnation `uid`, and inside `net` (when given)."""
+        return self.uid == uid and (net is None or ipaddress.IPv4Address(self.address) in net)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"service": self.service, "uid": self.uid, "address": self.address}).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> VipRecord | None:
+        """None for a value that cannot be read (it is then treated as absent)."""
+        try:
+            d = json.loads(raw)
+            return cls(str(d["service"]), str(d["uid"]), str(ipaddress.IPv4Address(d["address"])))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def next_free(net: ipaddress.IPv4Network, taken: set[str], cursor: str | None) -> str | None:
+    """The first address after `cursor` (wrapping round) that nobody holds: addresses are
+    handed out in turn, so a released one is reused only after the whole range went by."""
+    first = int(net.network_address) + FIRST_VIP
+    last = int(net.broadcast_address) - 1
+    start = first
+    if cursor is not None:
+        try:
+            c = int(ipaddress.IPv4Address(cursor))
+        except ValueError:
+            c = first - 1
+        if first <= c < last:
+            start = c + 1
+    size = last - first + 1
+    for i in range(size):
+        candidate = str(ipaddress.IPv4Address(first + (start - first + i) % size))
+        if candidate not in taken:
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the allocator should write: services that need a VIP, records to release."""
+
+    allocate: list[ServiceRecord] = field(default_factory=list)
+    release: list[VipRecord] = field(default_factory=list)
+
+
+def plan(
+    services: Iterable[ServiceRecord], vips: Iterable[VipRecord], net: ipaddress.IPv4Network | None = None
+) -> Plan:
+    """A service without a record of its current incarnation needs one (a stale record of
+    its name is replaced in the same write), and so does one whose address is outside `net`
+    (`vip_range` was changed); a record whose service is gone is released."""
+    current = {s.name: s for s in services}
+    by_service = {v.service: v for v in vips}
+    allocate = [
+        s for n, s in sorted(current.items()) if (v := by_service.get(n)) is None or not v.current(s.uid, net)
+    ]
+    release = [v for n, v in sorted(by_service.items()) if n not in current]
+    return Plan(allocate, release)
+
+
+@dataclass(frozen=True)
+class Target:
+    service: str
+    address: str | None  # None: the service exists, its VIP is not written yet
+    ports: tuple[int, ...]  # container ports (SRV)
+    protocols: tuple[str, ...] = ()
+
+
+@dataclass
+class NameTable:
+    """Name (lower case, no trailing dot) -> the service it names."""
+
+    names: dict[str, Target] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, services: Iterable[ServiceRecord], vips: Iterable[VipRecord]) -> NameTable:
+        by_service = {v.service: v for v in vips}
+        names: dict[str, Target] = {}
+        for s in sorted(services, key=lambda r: r.name):
+            v = by_service.get(s.name)
+            address = v.address if v is not None and v.uid == s.uid else None
+            ports = tuple(sorted({p.container for p in s.spec.ports}))
+            target = Target(s.name, address, ports)
+            forms = [s.name, f"{s.name}.{ZONE}"]
+            stack = s.spec.stack
+            if stack and s.name.startswith(f"{stack}_"):
+                short = s.name[len(stack) + 1 :]
+                forms += [f"{stack}.{short}", f"{short}.{stack}.{ZONE}"]
+            for form in forms:
+                names.setdefault(form.lower(), target)
+        return cls(names)
+
+    def lookup(self, name: str) -> Target | None:
+        """The target of `name`; a name under a stack's search domain (`<x>.<stack>.shoal`)
+        that is none of that stack's services is looked up as `<x>`, as if the resolver had
+        gone on down its search list (busybox's and some others stop at the first NXDOMAIN)."""
+        name = name.lower().rstrip(".")
+        found = self.names.get(name)
+        if found is None and name.endswith(f".{ZONE}"):
+            head, _, stack = name[: -len(ZONE) - 1].rpartition(".")
+            if head and stack:
+                found = self.names.get(head)
+        return found
+
+    def srv_lookup(self, name: str) -> tuple[str, Target] | None:
+        """`_x._tcp.<name>` or `<name>`: the name without its `_` labels, and its target."""
+        labels = name.lower().rstrip(".").split(".")
+        while labels and labels[0].startswith("_"):
+            labels.pop(0)
+        base = ".".join(labels)
+        target = self.lookup(base)
+        return (base, target) if target is not None else None
+
+
+def in_zone(name: str) -> bool:
+    name = name.lower().rstrip(".")
+    return name == ZONE or name.endswith(f".{ZONE}")
+
+
+def search_domains(stack: str | None) -> tuple[str, ...]:
+    """The search list of a container of `stack`: its services answer by their short name."""
+    return (f"{stack}.{ZONE}",) if stack else ()

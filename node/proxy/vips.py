@@ -1,0 +1,254 @@
+"""Reaching a service by name from inside a container (issue 13, docs/names.md).
+
+On each host:
+- the whole `vip_range` is a local route on the host (`ip route replace local <range>
+  dev lo`, `prepare_host`): a container's packet to any VIP goes up its default route to
+  the host (the Docker bridge's gateway) and is delivered to a socket bound to that VIP,
+  without an address per VIP, NAT or IPVS;
+- the node's proxy listens on `<VIP>:<container port>` for every port of every service
+  that has a VIP, with the mesh's engines (`tcp` per connection, `http` per request),
+  balancer, retries and routable set (`Mesh.routable`): the same rules as a published
+  port, to the same replicas (node address and host port), on this host or another;
+- the node's name server (`node.proxy.dnsserver`) listens on the range's first address,
+  port 53, and the agent gives every container it starts that server (Docker's `dns`)
+  and, in a stack, the search domain `<stack>.shoal`.
+
+Several nodes on one network stack (`shoal dev`: every node on one host): the first
+node to bind a VIP's port, or the name server's, serves it for all of them; the others
+find the address in use and try again every `rebind_interval`, so when that node stops,
+another takes over within that time. On separate hosts every node binds its own.
+
+Virtual addresses are allocated by whichever node first sees a service without one
+(`node.proxy.vipstore`, one transaction, safe when several try at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+
+from node.model.domain import ServiceRecord, readable_services
+from node.model.errors import Conflict
+from node.proxy.balancer import Balancer
+from node.proxy.dnsserver import DnsServer
+from node.proxy.mesh import Engine, Mesh
+from node.proxy.names import NameTable, VipRecord, dns_address, plan
+from node.proxy.routes import Route, backends
+from node.proxy.vipstore import VipRangeFull, VipStore
+from node.store import StoreError
+from node.store.mirrors import mirror
+
+log = logging.getLogger(__name__)
+
+SWEEP_EVERY = 300.0  # s between sweeps of claims no record names
+ALLOCATION_RETRY = 0.5  # s at most before a failed allocation is tried again
+
+
+class HostSetupError(Exception):
+    pass
+
+
+def prepare_host(net: ipaddress.IPv4Network) -> None:
+    """Make every address of `net` local to this host (idempotent)."""
+    cmd = ["ip", "route", "replace", "local", str(net), "dev", "lo"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HostSetupError(f"cannot run {' '.join(cmd)}: {exc}; is iproute2 installed?") from exc
+    if done.returncode != 0:
+        raise HostSetupError(
+            f"{' '.join(cmd)} failed: {done.stderr.strip()}; shoald needs CAP_NET_ADMIN for service names "
+            "(or set names = false)"
+        )
+
+
+@dataclass
+class VipListener:
+    route: Route
+    address: str
+    balancer: Balancer
+    engine: Engine
+
+
+class Names:
+    def __init__(
+        self,
+        mesh: Mesh,
+        net: ipaddress.IPv4Network,
+        upstreams: list[str],
+        dns_port: int = 53,
+        rebind_interval: float | None = None,
+    ) -> None:
+        self.mesh = mesh
+        self.net = net
+        self.dns_address = dns_address(net)
+        self.upstreams = upstreams
+        self.dns_port = dns_port
+        self.rebind_interval = rebind_interval or mesh.settings.rebind_interval
+        self.vips = mirror(mesh.store, mesh.keys.vips, "names-vips")
+        self.allocator = VipStore(mesh.store, mesh.keys, net)
+        self.table = NameTable()
+        self.listeners: dict[tuple[str, int], VipListener] = {}
+        self.waiting: dict[tuple[str, int], str] = {}  # not bound yet, and why
+        self.dns: DnsServer | None = None
+        self.dns_error = ""
+        self.retry_allocation = False
+        self.ready = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._swept = 0.0
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        m = self.mesh
+        caches = (m.services, m.endpoints, m.tasks, m.down, self.vips)
+        wake = asyncio.Event()
+        for cache in caches:
+            cache.listener(wake)
+        gossip_wake = m.gossip.listener() if m.gossip is not None else asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.vips.run(), name="names-vips")
+                for cache in caches:
+                    await cache.ready.wait()
+                tg.create_task(self._loop(wake, gossip_wake), name="names-sync")
+        finally:
+            await self.close()
+
+    async def _loop(self, wake: asyncio.Event, gossip_wake: asyncio.Event) -> None:
+        while True:
+            wake.clear()
+            gossip_wake.clear()
+            await self.sync()
+            self.ready.set()
+            retry = self.rebind_interval if self.waiting or self.dns is None else None
+            if self.retry_allocation:  # a lost race, or etcd away: soon, at a random moment
+                retry = min(retry or ALLOCATION_RETRY, random.uniform(0.1, ALLOCATION_RETRY))
+            waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(gossip_wake.wait())]
+            try:
+                await asyncio.wait(waits, timeout=retry, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    def records(self) -> list[VipRecord]:
+        return [r for kv in self.vips.values() if (r := VipRecord.from_json(kv.value)) is not None]
+
+    async def sync(self) -> None:
+        services = readable_services(kv.value for kv in self.mesh.services.values())
+        vips = self.records()
+        self.table = NameTable.build(services, vips)
+        await self._allocate(services, vips)
+        await self._serve_dns()
+        uids = {s.name: s.uid for s in services}
+        wanted: dict[tuple[str, int], Route] = {}
+        for s in services:
+            record = next(
+                (v for v in vips if v.service == s.name and v.current(uids[s.name], self.net)), None
+            )
+            if record is None:
+                continue
+            for p in s.spec.ports:
+                wanted.setdefault(
+                    (record.address, p.container), Route(s.name, p.container, p.container, p.protocol)
+                )
+        for key, listener in list(self.listeners.items()):
+            if wanted.get(key) != listener.route:
+                self._retire(key)
+        self.waiting = {k: why for k, why in self.waiting.items() if k in wanted}
+        for key, route in wanted.items():
+            if key not in self.listeners:
+                await self._open(key, route)
+        endpoints = self.mesh.routable()
+        for listener in self.listeners.values():
+            removed = listener.balancer.set_endpoints(backends(listener.route, endpoints))
+            if removed:
+                listener.engine.drain(removed)
+
+    async def _allocate(self, services: list[ServiceRecord], vips: list[VipRecord]) -> None:
+        todo = plan(services, vips, self.net)
+        self.retry_allocation = False
+        try:
+            for record in todo.allocate:
+                await self.allocator.allocate(record.name)
+            for stale in todo.release:
+                await self.allocator.release(stale.service)
+            if time.monotonic() - self._swept > SWEEP_EVERY:
+                await self.allocator.sweep()
+                self._swept = time.monotonic()
+        except (StoreError, Conflict, VipRangeFull) as exc:
+            self.retry_allocation = True
+            log.warning("names: virtual addresses not written yet: %s", exc)
+
+    async def _serve_dns(self) -> None:
+        if self.dns is not None:
+            return
+        try:
+            self.dns = await DnsServer.start(
+                self.dns_address, self.dns_port, lambda: self.table, self.upstreams
+            )
+        except OSError as exc:
+            error = _why(exc, self.dns_address, self.dns_port)
+            if error != self.dns_error:
+                log.info("names: name server not started here: %s", error)
+            self.dns_error = error
+            return
+        self.dns_error = ""
+        log.info(
+            "names: name server on %s:%d, forwarding to %s",
+            self.dns_address, self.dns_port, ", ".join(self.upstreams) or "nobody (REFUSED)",
+        )  # fmt: skip
+
+    async def _open(self, key: tuple[str, int], route: Route) -> None:
+        address, _ = key
+        balancer = Balancer()
+        engine = self.mesh._engine(route, balancer, address)
+        try:
+            await engine.start()
+        except OSError as exc:
+            error = _why(exc, address, route.published)
+            if self.waiting.get(key) != error:
+                log.info("names: %s: not listening here: %s", route.service, error)
+            self.waiting[key] = error
+            return
+        self.waiting.pop(key, None)
+        self.listeners[key] = VipListener(route, address, balancer, engine)
+        log.info("names: %s %s:%d -> %s", route.protocol, address, route.published, route.service)
+
+    def _retire(self, key: tuple[str, int]) -> None:
+        listener = self.listeners.pop(key)
+        listener.engine.stop_accepting()
+        task = asyncio.get_running_loop().create_task(listener.engine.close(), name=f"vip-close-{key}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self, grace: float = 2.0) -> None:
+        if self.dns is not None:
+            self.dns.close()
+            self.dns = None
+        for key in list(self.listeners):
+            self._retire(key)
+        if self._closing:
+            _, late = await asyncio.wait(self._closing, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "dns": f"{self.dns_address}:{self.dns_port}" if self.dns is not None else self.dns_error,
+            "listening": sorted(f"{a}:{p} {v.route.service}" for (a, p), v in self.listeners.items()),
+            "waiting": {f"{a}:{p}": why for (a, p), why in sorted(self.waiting.items())},
+        }
+
+
+def _why(exc: OSError, address: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"{address}:{port} is in use (another node of this host serves it)"
+    return f"cannot listen on {address}:{port}: {exc.strerror or exc}"
