@@ -35,6 +35,9 @@ def writes_for(plan: Plan, keys: Keys, seen: dict[str, int]) -> list[Write]:
     for task in plan.place:
         key = keys.task(task.service, task.slot)
         out.append(Write(Put(key, task.to_json()), seen.get(key, 0)))
+    for claim in plan.claims:  # volume claims (leader.placement.volumes): any batch order is safe
+        key = keys.volume(claim.service, claim.slot, claim.name)
+        out.append(Write(Put(key, claim.to_json()), seen.get(key, 0)))
     return out
 
 

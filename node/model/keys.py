@@ -27,6 +27,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `secrets/<name>`                  | API (`secret create`)  | until `secret rm`; value sealed (4) |
 | `configs/<name>`                  | API (`config create`)  | until `config rm`   |
 | `objuse/<kind>/<name>`            | API (apply, rm)        | while the secret/config exists (4) |
+| `volumes/<service>/<slot>/<name>` | leader (fenced), API, agent | until `rm` of the service or volume (5) |
 
 Bounds (issue 11): every prefix is bounded by the nodes, services, replicas and
 tokens in force, never by time. The leader (`leader.upkeep`, fenced) compacts etcd to
@@ -53,6 +54,10 @@ Nothing there is a usable secret without a node's disk (`node.security.cluster`)
 `objuse/<kind>/<name>` is rewritten by every apply that references the object, so a
 `secret rm` that compares its revision never races an apply into using a removed one.
 Bounded by the secrets and configs in force.
+(5) a slot's volume claim (`node.model.domain.VolumeClaim`): which node holds its data.
+Written by the leader when the slot is first placed; deleted with the service by `rm`;
+`volume rm` marks it `removing` and the holding node's agent deletes it once the Docker
+volume is gone. Bounded by the slots of services with volumes.
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.
@@ -224,6 +229,17 @@ class Keys:
 
     def object_use(self, kind: str, name: str) -> str:
         return f"{self.prefix}objuse/{kind}/{name}"
+
+    # issue 13 item 5: volume claims
+    @property
+    def volumes(self) -> str:
+        return f"{self.prefix}volumes/"
+
+    def service_volumes(self, service: str) -> str:
+        return f"{self.volumes}{service}/"
+
+    def volume(self, service: str, slot: int, name: str) -> str:
+        return f"{self.volumes}{service}/{slot}/{name}"
 
     # parsing
     def tail(self, key: str, prefix: str) -> str:

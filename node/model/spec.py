@@ -66,6 +66,7 @@ from node.model.spec_lifecycle import (
     UpdateConfig,
     distinct_targets,
 )
+from node.model.spec_volumes import VolumeMount, distinct_volumes, volumes_fit
 
 MAX_SPEC_BYTES = 256 * 1024
 MIN_MEMORY = 6 * 2**20
@@ -291,6 +292,18 @@ class ServiceSpec(BaseModel):
     stack: _Name | None = None  # set by `stack deploy`: the name is then <stack>_<service>
     depends_on: DependsOn | None = None  # the leader places no first task before they hold
 
+    # Issue 13 item 5: named local volumes per slot (node.model.spec_volumes); the slot stays on
+    # their node; reschedule: true lets a slot whose node is lost start empty elsewhere.
+    volumes: Annotated[list[VolumeMount], Field(max_length=32), AfterValidator(distinct_volumes)] | None = (
+        None
+    )
+    reschedule: bool | None = None
+
+    @model_validator(mode="after")
+    def _volumes_fit(self) -> "ServiceSpec":
+        volumes_fit(self)
+        return self
+
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
 _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
@@ -298,6 +311,7 @@ _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", 
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
 _FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef}
+_FIELDS |= {("volumes",): VolumeMount}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}
