@@ -88,12 +88,12 @@ class LeaderLoop:
         self.crash_point = crashpoint.reached  # tests crash the leader at named steps
 
     async def run(self) -> None:
-        caches = (self.services, self.nodes, self.tasks, self.nodespecs, self.rollouts, self.down.cache)
-        caches += (self.volumes,)
+        caches = [self.services, self.nodes, self.tasks, self.nodespecs, self.rollouts, self.down.cache]
+        caches.append(self.volumes)
         async with asyncio.TaskGroup() as tg:
             for cache in (*caches, self.statuses):
                 tg.create_task(cache.run(), name=f"leader-watch-{cache.name}")
-            tg.create_task(self._loop(caches), name="leader-reconcile")
+            tg.create_task(self._loop(tuple(caches)), name="leader-reconcile")
 
     async def _loop(self, caches: tuple[PrefixCache, ...]) -> None:
         wake = asyncio.Event()

@@ -76,10 +76,13 @@ def claims_for(
     return out
 
 
-class StoredKV(Protocol):
-    key: str
-    value: bytes
-    mod_revision: int
+class StoredKV(Protocol):  # node.store's KV, read only
+    @property
+    def key(self) -> str: ...
+    @property
+    def value(self) -> bytes: ...
+    @property
+    def mod_revision(self) -> int: ...
 
 
 def by_service(
