@@ -90,8 +90,9 @@ class Applier:
             raise group.exceptions[0] from None  # Fenced or StoreError, as callers expect
         return stale, revision
 
-    async def delete_prefix(self, prefix: str) -> None:
-        """Delete a whole prefix (a removed service's tasks), fenced."""
-        result = await self.store.txn([fence(self.keys.leader, self.epoch)], [Delete(prefix, prefix=True)])
+    async def delete_prefix(self, *prefixes: str) -> None:
+        """Delete whole prefixes (a removed service's tasks and volume claims), fenced."""
+        ops = [Delete(prefix, prefix=True) for prefix in prefixes]
+        result = await self.store.txn([fence(self.keys.leader, self.epoch)], list(ops))
         if not result.succeeded:
             raise Fenced(f"leadership at epoch {self.epoch} is over; write refused")

@@ -246,7 +246,7 @@ class LeaderLoop:
         await self.pending.publish(plans, now)
         orphans = {svc for svc, _ in snap.tasks} - set(services) - self.unreadable
         for svc in sorted(orphans):
-            await self.applier.delete_prefix(self.keys.service_tasks(svc))
+            await self.applier.delete_prefix(self.keys.service_tasks(svc), self.keys.service_volumes(svc))
             self.events.emit("service.removed", f"tasks of removed service {svc} unassigned", service=svc)
         await self._forget_rollouts(set(rollouts) - set(services))
         if not writes:

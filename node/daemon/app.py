@@ -38,6 +38,7 @@ from node.api.port_policy import PortPolicy
 from node.api.secrets import SecretsServicer
 from node.api.servicer import ShoalServicer
 from node.api.taskio import PeerStubs, TaskIO
+from node.api.volumes import VolumesServicer
 from node.daemon import shutdown
 from node.daemon.identity import IdentityError, NodeIdentity
 from node.daemon.leadership import Bounds, Leadership
@@ -46,7 +47,7 @@ from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.model.config import NodeConfig
 from node.model.domain import NodeInfo
 from node.model.keys import Keys
-from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc
+from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc, volumes_pb2_grpc
 from node.proxy import metrics
 from node.proxy.mesh import Mesh, MeshSettings
 from node.runtime.base import RuntimeUnavailable
@@ -321,6 +322,10 @@ class Daemon:
                         SecretsServicer(servicer.writer, self.events),
                     ),
                     (peer_pb2_grpc.add_PeerServicer_to_server, peer_servicer),
+                    (
+                        volumes_pb2_grpc.add_VolumesServicer_to_server,
+                        VolumesServicer(self.store, self.keys, self.events),
+                    ),
                 ],
                 c.address,
                 c.grpc_port,
