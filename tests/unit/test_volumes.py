@@ -17,6 +17,7 @@ from leader.scheduler import Plan, Snapshot, schedule
 from leader.updates import with_handoffs
 from node.agent.containers import container_spec
 from node.agent.volumes import Volumes, blocked
+from node.compose.translate import ComposeError, translate
 from node.dev.fakeruntime import FakeRuntime
 from node.model.domain import NodeInfo, ServiceRecord, VolumeClaim, template_hash
 from node.model.keys import Keys
@@ -260,3 +261,48 @@ def test_claims_are_written_with_the_plan() -> None:
     writes = writes_for(p, KEYS, {})
     puts = [w.op for w in writes if isinstance(w.op, Put) and w.op.key.startswith(KEYS.volumes)]
     assert [op.key for op in puts] == [KEYS.volume("redis", 1, "data")]
+
+
+# -- Compose --------------------------------------------------------------------------------
+
+COMPOSE = """
+services:
+  redis:
+    image: redis
+    volumes: ["data:/data", {type: volume, source: logs, target: /logs, read_only: true}]
+volumes:
+  data:
+  logs: {driver: local}
+"""
+
+
+def test_compose_named_volumes_short_and_long_map_onto_the_spec() -> None:
+    doc = translate(COMPOSE, name="app").document
+    assert doc["services"]["redis"]["volumes"] == [
+        {"name": "data", "target": "/data", "read_only": False},
+        {"name": "logs", "target": "/logs", "read_only": True},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("item", "what"),
+    [
+        ('"./src:/app"', "volumes[0]: refused: bind mounts are for admins only"),
+        ("{type: bind, source: /srv, target: /app}", "volumes[0]: refused: bind mounts"),
+        ('"/anon"', "anonymous volumes are refused"),
+        ('"other:/x"', "'other' is not declared"),
+        ("{type: tmpfs, target: /t}", "type tmpfs is not supported"),
+    ],
+)
+def test_compose_refuses_bind_anonymous_and_undeclared_volumes_at_their_line(item: str, what: str) -> None:
+    text = f"services:\n  app:\n    image: a\n    volumes: [{item}]\nvolumes:\n  data:\n"
+    with pytest.raises(ComposeError) as e:
+        translate(text, name="s")
+    assert what in str(e.value) and "compose.yaml:4:" in str(e.value), str(e.value)
+
+
+def test_compose_refuses_external_and_other_drivers() -> None:
+    text = "services:\n  app:\n    image: a\nvolumes:\n  data: {external: true}\n  x: {driver: nfs}\n"
+    with pytest.raises(ComposeError) as e:
+        translate(text, name="s")
+    assert str(e.value).count("refused: shoal makes one local volume per slot") == 2
