@@ -17,6 +17,8 @@ from leader.scheduler import Plan, Snapshot, schedule
 from leader.updates import with_handoffs
 from node.agent.containers import container_spec
 from node.agent.volumes import Volumes, blocked
+from node.api.services import ServiceWriter
+from node.api.stacks import StackWriter
 from node.compose.translate import ComposeError, translate
 from node.dev.fakeruntime import FakeRuntime
 from node.model.domain import NodeInfo, ServiceRecord, VolumeClaim, template_hash
@@ -306,3 +308,19 @@ def test_compose_refuses_external_and_other_drivers() -> None:
     with pytest.raises(ComposeError) as e:
         translate(text, name="s")
     assert str(e.value).count("refused: shoal makes one local volume per slot") == 2
+
+
+# -- rm ---------------------------------------------------------------------------------------
+
+
+async def test_stack_rm_and_service_rm_remove_every_volume_claim_and_nothing_else() -> None:
+    store = MemoryStore()
+    stacks = StackWriter(ServiceWriter(store, KEYS, "n1"))
+    stack = "services:\n  cache:\n    image: redis\n    volumes: [{name: data, target: /data}]\n"
+    stack += "  other:\n    image: redis\n"
+    await stacks.deploy("name: app\n" + stack, "app.yaml")
+    await store.put(KEYS.volume("app_cache", 1, "data"), claim(1, "n1").to_json())
+    await store.put(KEYS.volume("redis", 1, "data"), claim(1, "n1").to_json())  # another service's
+    assert await stacks.remove("app") == ["app_cache", "app_other"]
+    assert (await store.range(KEYS.service_volumes("app_cache")))[0] == []
+    assert (await store.get(KEYS.volume("redis", 1, "data"))) is not None
