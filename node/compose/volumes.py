@@ -79,6 +79,8 @@ def service_volumes(body: Any, names: set[str], error: Report) -> list[dict[str,
             error(value, i, sub, f"refused: type {kind} is not supported; use a named volume")
         elif not source:
             error(value, i, sub, "anonymous volumes are refused: give it a source and declare it")
+        elif not target:
+            error(value, i, sub, "missing target: the path in the container, e.g. target: /var/lib/x")
         elif str(source) not in names:
             error(value, i, sub, f"volume {source!r} is not declared under the top-level volumes:")
         else:

@@ -294,6 +294,7 @@ def test_compose_named_volumes_short_and_long_map_onto_the_spec() -> None:
         ('"/anon"', "anonymous volumes are refused"),
         ('"other:/x"', "'other' is not declared"),
         ("{type: tmpfs, target: /t}", "type tmpfs is not supported"),
+        ("{type: volume, source: data}", "missing target"),
     ],
 )
 def test_compose_refuses_bind_anonymous_and_undeclared_volumes_at_their_line(item: str, what: str) -> None:
