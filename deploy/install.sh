@@ -11,6 +11,7 @@
 #                    iptables iproute2 ca-certificates curl
 #                    docker-registry (the integration tests run their own on 127.0.0.1; the
 #                    package's own service, on :5000, is disabled and stopped),
+#                    apache2-utils (htpasswd: the authenticated registry of the image tests),
 #                    make, python3 + python3-venv when `python3 -m venv` cannot work,
 #                    apparmor when the kernel enforces AppArmor (dockerd needs its parser).
 #                    `apt-get update` runs only when something is missing.
@@ -67,7 +68,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 # --- Debian packages --------------------------------------------------------------
 
 packages() {
-	local want=(docker.io etcd-server etcd-client busybox-static iptables iproute2 ca-certificates curl make docker-registry)
+	local want=(docker.io etcd-server etcd-client busybox-static iptables iproute2 ca-certificates curl make docker-registry apache2-utils)
 	if ! command -v "$PYTHON" >/dev/null; then
 		want+=(python3 python3-venv)
 	elif ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then

@@ -43,7 +43,7 @@ from node.model.keys import Keys
 from node.store import KV, Compare, Delete, Fenced, Put, Store, StoreError, fence
 from node.store.cache import PrefixCache
 from node.store.mirrors import mirror
-from node.telemetry.events import EventLog
+from node.telemetry.events import Caused, EventLog, cause_of
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class LeaderLoop:
         self.store = store
         self.keys = keys
         self.epoch = epoch
-        self.events = events
+        self.events = Caused(events, lambda name: cause_of(self.services.items.get(keys.service(name))))
         self.resync = resync
         self.unreadable: set[str] = set()  # services whose stored spec cannot be read: left alone
         self._refused: dict[str, str] = {}  # service -> why its due rollback is refused (said once)

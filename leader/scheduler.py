@@ -159,6 +159,7 @@ class _Service:
             req.memory,
             old.task_id if old is not None else "",
             uid=self.record.uid,
+            cause=self.record.cause,  # issue 14: its events name the apply that placed it
         )
         self.plan.place.append(task)
         if old is not None:

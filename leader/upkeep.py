@@ -11,15 +11,19 @@ to its reconcile loop (`node.daemon.leadership` runs both):
   `defrag_ratio` of it in use is defragmented; one member per pass, so a cluster
   never has two members stalled by it at once.
 - reaping (every `REAP_EVERY` s): a node with no registry entry (`nodes/<id>`, on its
-  lease) whose down mark and newest event are older than `reap_after` loses both
-  (`down/<id>`, `events/<id>/`); client tokens revoked or expired longer than
-  `reap_after` ago are deleted (until then a caller still learns why it fails).
+  lease) whose down mark and newest event are older than `reap_after` loses its mark
+  (`down/<id>`); client tokens revoked or expired longer than `reap_after` ago are
+  deleted (until then a caller still learns why it fails). A gone node's events stay.
+- trimming the event log (every `TRIM_EVERY` s, issue 14): one range delete of every
+  event older than `events_max_age` and of the oldest beyond `events_max`
+  (`node.telemetry.events.trim_cut`), whoever wrote them; entries of the per-node
+  rings of older versions go once older than `events_max_age` (or at once with no age bound).
 
 Every write is fenced on the leader's epoch (compaction too: a fenced empty txn
 first), so a deposed leader changes nothing. A store error skips the step until the
 next pass; `Fenced` ends the leadership, as in the reconcile loop.
 
-The rules (`compact_target`, `defrag_due`, `gone_nodes`, `stale_tokens`) are pure.
+The rules (`compact_target`, `defrag_due`, `gone_nodes`, `stale_tokens`, `trim_cut`) are pure.
 """
 
 from __future__ import annotations
@@ -38,12 +42,13 @@ from node.model.keys import Keys
 from node.security.tokens import StoredToken
 from node.store import KV, Delete, Fenced, Store, StoreError, fence
 from node.store.base import MAX_TXN_OPS, MemberStatus
-from node.telemetry.events import EventLog
+from node.telemetry.events import EventLog, event_time_ns, trim_cut
 
 log = logging.getLogger(__name__)
 
 COMPACT_EVERY = 60.0  # s between two notes of etcd's revision (and compaction checks)
 REAP_EVERY = 600.0  # s between two reaping passes (they read every down mark, event and token)
+TRIM_EVERY = 30.0  # s between two trims of the event log (each reads the log: <= events_max entries)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class Bounds:
     defrag_ratio: float = 0.5  # defragment below this fraction in use; 0: never
     defrag_min: int = 64 * 2**20  # bytes: smaller files are left alone
     reap_after: float = 86400.0  # s a node (or a revoked token) is gone before it is dropped
+    events_max: int = 5000  # events kept (issue 14; NodeConfig.events_max)
+    events_max_age: float = 86400.0  # s an event is kept at most; 0: by count only
 
 
 @runtime_checkable
@@ -85,7 +92,7 @@ def gone_nodes(
     now: float,
     after: float,
 ) -> set[str]:
-    """Nodes to forget: unregistered, with a down mark or an events ring, and neither
+    """Nodes to forget: unregistered, with a down mark or events, and neither
     written for `after` seconds (wall clock; a node that wrote an event is not gone)."""
     known = set(marks) | set(newest_events)
     return {
@@ -132,11 +139,61 @@ class Upkeep:
         self.defragmented: list[str] = []
         self.reaped: list[str] = []  # keys deleted by reaping (the last pass)
         self._reaped_at = float("-inf")
+        self.trimmed = 0  # events deleted by the last trim
 
     async def run(self) -> None:
+        """Ticks and trims until one raises (`Fenced`: the leadership is over)."""
+        loops = {
+            asyncio.create_task(self._ticking(), name="leader-upkeep-tick"),
+            asyncio.create_task(self._trimming(), name="leader-events-trim"),
+        }
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for loop in done:
+                loop.result()
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _ticking(self) -> None:
         while True:
             await self.tick()
             await asyncio.sleep(COMPACT_EVERY)
+
+    async def _trimming(self) -> None:
+        while True:
+            try:
+                await self.trim()
+            except Fenced:
+                raise
+            except StoreError as exc:
+                log.warning("etcd upkeep: event trim skipped: %s", exc)
+            await asyncio.sleep(TRIM_EVERY)
+
+    async def trim(self) -> None:
+        """Delete the events past the bounds: one fenced range delete (and the old rings'
+        entries past the age bound, one by one)."""
+        kvs, _ = await self.store.range(self.keys.events)
+        times: list[int] = []
+        legacy: list[KV] = []
+        for kv in kvs:
+            t = event_time_ns(kv.key, self.keys.events)
+            if t is None:
+                legacy.append(kv)
+            else:
+                times.append(t)
+        now = self.wall()
+        cut = trim_cut(times, now, self.bounds.events_max, self.bounds.events_max_age)
+        ops = [Delete(self.keys.event_at(0), end=self.keys.event_at(cut))] if cut else []
+        old = now - self.bounds.events_max_age if self.bounds.events_max_age > 0 else float("inf")
+        ops += [Delete(kv.key) for kv in legacy if _event_time(kv.value) < old]
+        if not ops:
+            self.trimmed = 0
+            return
+        await self._fenced(ops)
+        self.trimmed = sum(1 for t in times if t < cut) + len(ops) - (1 if cut else 0)  # range + legacy
+        log.info("etcd upkeep: %d event(s) trimmed (%d kept)", self.trimmed, len(kvs) - self.trimmed)
 
     async def tick(self) -> None:
         """One pass: note the revision, compact, defragment one member, reap when due."""
@@ -204,8 +261,9 @@ class Upkeep:
         marks = {self.keys.tail(kv.key, self.keys.down_all): _since(kv.value) for kv in marks_kv}
         newest: dict[str, float] = {}
         for kv in events_kv:
-            node = self.keys.tail(kv.key, self.keys.events).split("/", 1)[0]
-            newest[node] = max(newest.get(node, 0.0), _event_time(kv.value))
+            event = _event(kv.value)
+            if event is not None:
+                newest[event.node] = max(newest.get(event.node, 0.0), event.time)
         registered = [self.keys.tail(kv.key, self.keys.nodes) for kv in nodes_kv]
         gone = sorted(gone_nodes(marks, newest, registered, now, after))
         tokens = stale_tokens(_tokens(tokens_kv), datetime.fromtimestamp(now, UTC), after)
@@ -213,8 +271,6 @@ class Upkeep:
         for node in gone:
             if node in marks:
                 ops.append(Delete(self.keys.down(node)))
-            if node in newest:
-                ops.append(Delete(self.keys.node_events(node), prefix=True))
         ops += [Delete(self.keys.token(t)) for t in tokens]
         self.reaped = [op.key for op in ops]
         if not ops:
@@ -234,11 +290,16 @@ def _since(raw: bytes) -> float:
         return 0.0
 
 
-def _event_time(raw: bytes) -> float:
+def _event(raw: bytes) -> Event | None:
     try:
-        return float(Event.from_json(raw).time)
+        return Event.from_json(raw)
     except (ValueError, TypeError, KeyError):
-        return 0.0
+        return None
+
+
+def _event_time(raw: bytes) -> float:
+    event = _event(raw)
+    return float(event.time) if event is not None else 0.0
 
 
 def _tokens(kvs: Iterable[KV]) -> list[StoredToken]:

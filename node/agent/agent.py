@@ -45,12 +45,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable
 
-from node.agent.containers import SpecNotFound, SpecSource, container_spec
+from node.agent.containers import SpecNotFound, SpecSource, container_spec, run_image
 from node.agent.diff import Actions, diff
 from node.agent.disconnect import cut_off_for, hold_back
 from node.agent.engine import EngineWatch
@@ -265,7 +266,8 @@ class Agent:
         """Carry out what the machine decided."""
         for a in actions:
             if isinstance(a, Emit):
-                self.events.emit(a.kind, a.message, a.service, a.task_id)
+                slot = self.machine.slots.get(a.task_id)  # issue 14: the cause its placement carried
+                self.events.emit(a.kind, a.message, a.service, a.task_id, slot.task.cause if slot else "")
             elif isinstance(a, Stop):
                 self._stop(a.container, a.drained, a.must_withdraw)
             elif isinstance(a, Forget):
@@ -313,8 +315,10 @@ class Agent:
         m = self.machine
         try:
             spec = await self.specs.spec(task.service, task.version, task.uid)
-            if not await self.pulls.ready(spec.image):  # pulled apart; a finished pull wakes a pass
-                m.pulling(task, self.pulls.progress(spec.image))
+            image = run_image(spec)  # pinned to the digest resolved at deploy (issue 13)
+            auth = functools.partial(self.secret_files.pull_auth, spec)  # read only if it pulls
+            if not await self.pulls.ready(image, spec.pull, auth):
+                m.pulling(task, self.pulls.progress(image))  # pulled apart; a finished pull wakes a pass
                 return
             made = container_spec(task, spec, self.cluster, self.publish_address)
             if spec.volumes:  # its slot's claimed volumes, once no other container has them

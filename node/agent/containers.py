@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Collection
 
 from node.model.domain import Assignment, ServiceRecord, UnreadableRecord
+from node.model.images import parse_image
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec
 from node.runtime.base import LABELS, ContainerSpec, PortBinding
@@ -90,6 +91,14 @@ class SpecSource:
         return len(self._specs)
 
 
+def run_image(spec: ServiceSpec) -> str:
+    """What a node runs: `<registry>/<repository>@<digest>` when the spec was pinned at
+    deploy (`image_digest`), else the image as written."""
+    if not spec.image_digest:
+        return spec.image
+    return parse_image(spec.image).pinned(spec.image_digest)
+
+
 def container_name(task: Assignment) -> str:
     return f"{task.service}.{task.slot}.{task.task_id}"
 
@@ -99,7 +108,7 @@ def container_spec(task: Assignment, spec: ServiceSpec, cluster: str, publish_ad
     limits = resources.limits if resources else None  # Docker enforces the limit, else the reservation
     return ContainerSpec(
         name=container_name(task),
-        image=spec.image,
+        image=run_image(spec),  # the digest resolved at deploy, when there is one (issue 13)
         labels={
             LABELS.CLUSTER: cluster,
             LABELS.NODE: task.node,

@@ -33,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from node.model.domain import Assignment
+from node.model.images import ImageRefError, credentials_for, login_secret_name, parse_image
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec
 from node.runtime.base import ContainerSpec, EngineError, Mount
@@ -73,6 +74,25 @@ class SecretFiles:
             path = self._write(base / "configs", str(i), data, int(cref.mode, 8))
             mounts.append(Mount(str(path), cref.target))
         return replace(container, env=env, mounts=(*container.mounts, *mounts))
+
+    async def pull_auth(self, spec: ServiceSpec) -> tuple[str, str] | None:
+        """The (user, password) `spec.image_pull_secret` (else the secret of `shoal registry
+        login` for the host) holds for its image's registry host, and for no other
+        (`node.model.images.credentials_for`); None without either, or without a registry in
+        the image. Read at each start, so an updated secret applies at once."""
+        try:
+            host = parse_image(spec.image).registry
+        except ImageRefError:
+            return None  # the pull says what is wrong with the reference
+        if not host:
+            return None
+        name = spec.image_pull_secret or login_secret_name(host)
+        if not spec.image_pull_secret and await self.store.get(self.keys.object("secret", name)) is None:
+            return None  # no pull secret, and no `shoal registry login` for the host: none
+        try:
+            return credentials_for(await self._value("secret", name), host)
+        except ImageRefError as exc:
+            raise EngineError(f"secret '{name}' (registry credentials): {exc}") from None
 
     def sweep(self, live: Collection[str]) -> None:
         """Remove the files of every task not in `live` (task ids)."""

@@ -69,7 +69,8 @@ def check_object_name(kind: str, name: str) -> str:
 
 
 def uses(spec: ServiceSpec, kind: str, name: str) -> bool:
-    return any(ref.source == name for ref in getattr(spec, _FIELD[kind]) or [])
+    pulls = kind == "secret" and spec.image_pull_secret == name  # issue 13: a registry's credentials
+    return pulls or any(ref.source == name for ref in getattr(spec, _FIELD[kind]) or [])
 
 
 def _now() -> str:
@@ -119,6 +120,15 @@ class Objects:
                 uses_[use] = Put(use, spec.name.encode())
             if refs:
                 update[fieldname] = fresh
+        if spec.image_pull_secret:  # issue 13: held like a secret reference, not mounted
+            key = self.keys.object("secret", spec.image_pull_secret)
+            kv = await self.store.get(key)
+            if kv is None:
+                missing.append(f"image_pull_secret: secret '{spec.image_pull_secret}' does not exist")
+            else:
+                bound.compares.append(Compare(key, "mod", "==", kv.mod_revision))
+                use = self.keys.object_use("secret", spec.image_pull_secret)
+                uses_[use] = Put(use, spec.name.encode())
         if missing:
             raise FailedPrecondition(f"service '{spec.name}' not written: " + "; ".join(missing))
         bound.ops.extend(uses_.values())

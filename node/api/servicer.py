@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -25,6 +25,7 @@ from node.model.domain import (
     Assignment,
     PendingRecord,
     RolloutRecord,
+    ServiceRecord,
     TaskStatus,
     readable_services,
     template_hash,
@@ -34,8 +35,9 @@ from node.model.keys import Keys
 from node.model.spec import MAX_SPEC_BYTES
 from node.model.spec_lifecycle import SERVICE_NAME_PATTERN
 from node.pb import api_pb2, api_pb2_grpc
+from node.security.auth import current_caller
 from node.store import Store
-from node.telemetry.events import decode
+from node.telemetry.events import Filter, decode
 
 _NAME = re.compile(SERVICE_NAME_PATTERN)  # <stack>_<service> too
 
@@ -49,6 +51,34 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+_KIND = re.compile(r"[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*\.?")
+_CAUSE = re.compile(r"c[0-9a-f]{12}")
+
+
+def event_filter(request: api_pb2.StreamEventsRequest) -> Filter:
+    """The request's filters, checked: a bad one is refused, naming what to fix."""
+    if request.service:
+        check_name(request.service, "service")
+    if request.kind and (len(request.kind) > 64 or not _KIND.fullmatch(request.kind)):
+        raise InvalidArgument(
+            f"kind: {request.kind[:80]!r} is not an event kind "
+            "(e.g. task.started, or task. for every task.* kind)"
+        )
+    if request.cause and not _CAUSE.fullmatch(request.cause):
+        raise InvalidArgument(
+            f"cause: {request.cause[:80]!r} is not a cause id ('c' and 12 hex digits, as `apply` prints)"
+        )
+    if request.since < 0:
+        raise InvalidArgument(f"since: {request.since:g} must be a time (unix seconds), not negative")
+    return Filter(request.since, request.service, request.kind, request.cause)
+
+
+def _who() -> str:
+    """The caller, for an event (`task.exec` says it the same way)."""
+    caller = current_caller()
+    return str(caller) if caller is not None else "an unauthenticated caller"
+
+
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +90,12 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
         self.writer = ServiceWriter(store, keys, node)
         self.nodespecs = NodeSpecWriter(store, keys, node)
         self.stacks = StackWriter(self.writer)
+        self.emit: Callable[..., None] = lambda *a, **k: None  # the daemon's EventLog.emit (issue 14)
+
+    def _changed(self, kind: str, record: ServiceRecord, what: str) -> None:
+        """The event of an API call that made a new version: who, what, and its cause id."""
+        message = f"{record.name} version {record.version}: {what} by {_who()}"
+        self.emit(kind, message, record.name, cause=record.cause)
 
     async def _pending(self, service: str) -> PendingRecord | None:
         """Why some replicas of `service` have no node (the leader's `pending/<service>`)."""
@@ -86,7 +122,11 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
             raise InvalidArgument(f"spec: larger than {MAX_SPEC_BYTES // 1024} KiB")
         check_text(request.source, "source", 1024)
         record, changed = await self.writer.apply(request.spec, request.source)
-        return api_pb2.ApplyServiceResponse(name=record.name, version=record.version, changed=changed)
+        if changed:
+            self._changed("service.applied", record, f"applied ({record.spec.replicas} replica(s))")
+        return api_pb2.ApplyServiceResponse(
+            name=record.name, version=record.version, changed=changed, cause=record.cause
+        )
 
     @handle
     async def GetService(
@@ -114,7 +154,10 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
         self, request: api_pb2.RollbackServiceRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ApplyServiceResponse:
         record = await self.writer.rollback(check_name(request.name))
-        return api_pb2.ApplyServiceResponse(name=record.name, version=record.version, changed=True)
+        self._changed("service.rolled-back", record, f"rollback of version {record.rollback_of}")
+        return api_pb2.ApplyServiceResponse(
+            name=record.name, version=record.version, changed=True, cause=record.cause
+        )
 
     @handle
     async def ServiceHistory(
@@ -157,9 +200,12 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
     async def ScaleService(
         self, request: api_pb2.ScaleServiceRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ScaleServiceResponse:
-        record = await self.writer.scale(check_name(request.name), request.replicas)
+        before = await self.writer.read(check_name(request.name))
+        record = await self.writer.scale(request.name, request.replicas)
+        if record.version != before[0].version:
+            self._changed("service.scaled", record, f"scaled to {record.replicas} replica(s)")
         return api_pb2.ScaleServiceResponse(
-            name=record.name, version=record.version, replicas=record.replicas
+            name=record.name, version=record.version, replicas=record.replicas, cause=record.cause
         )
 
     @handle
@@ -229,10 +275,9 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
     async def StreamEvents(
         self, request: api_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.Event]:
-        if request.service:
-            check_name(request.service, "service")
+        want = event_filter(request)
         kvs, revision = await self.store.range(self.keys.events)
-        past = decode(kvs, request.service)
+        past = decode(kvs, want)
         if request.limit:
             past = past[-request.limit :]
         for _, event in past:
@@ -241,7 +286,7 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
             return
         async for batch in self.store.watch(self.keys.events, revision + 1):
             puts = [ev.kv for ev in batch.events if ev.kind == "put"]
-            for _, event in decode(puts, request.service):
+            for _, event in decode(puts, want):
                 yield convert.event(event)
             await asyncio.sleep(0)
 
@@ -262,7 +307,12 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, api_pb2_grpc.ShoalServicer)
             raise InvalidArgument(f"spec: larger than {MAX_SPEC_BYTES // 1024} KiB")
         check_text(request.source, "source", 1024)
         name, changes = await self.stacks.deploy(request.spec, request.source, request.name)
+        cause = next((c.cause for c in changes if c.cause), "")
+        if any(c.action != "unchanged" for c in changes):
+            made = ", ".join(f"{c.service} {c.action}" for c in changes if c.action != "unchanged")
+            self.emit("stack.deployed", f"stack {name} by {_who()}: {made}", cause=cause)
         return api_pb2.DeployStackResponse(
+            cause=cause,
             name=name,
             changes=[
                 api_pb2.StackChange(service=c.service, version=c.version, action=c.action) for c in changes

@@ -7,7 +7,8 @@ and a spec is in etcd before the call returns. Nothing is written when the spec 
 invalid or unchanged. The published ports a version claims or frees (`node.store.ports`) go
 into the same transaction, so of concurrent applies publishing one port exactly one
 wins; the others get FAILED_PRECONDITION naming the owner. A service gets its
-incarnation uid when it is created, never on an update.
+incarnation uid when it is created, never on an update. Every new version gets a cause
+id (`new_cause`): its tasks and the events it leads to carry it (issue 14).
 """
 
 from __future__ import annotations
@@ -16,10 +17,19 @@ import time
 
 from node.api.objects import Bound, Objects
 from node.api.port_policy import PortPolicy
-from node.model.domain import RolloutRecord, ServiceRecord, new_service_uid, template_hash
+from node.api.registry import Resolver, secret_opener
+from node.model.domain import (
+    NodeInfo,
+    RolloutRecord,
+    ServiceRecord,
+    new_cause,
+    new_service_uid,
+    template_hash,
+)
 from node.model.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec, SpecError, parse_spec
+from node.model.spec_compat import unknown_to
 from node.model.spec_lifecycle import stack_problem
 from node.store import KV, Compare, Delete, Put, Store
 from node.store.base import Op
@@ -37,6 +47,12 @@ class ServiceWriter:
         self.ports = PortPolicy()  # the daemon sets its own ports (node.api.port_policy)
         self.history_limit = HISTORY_LIMIT
         self.objects = Objects(store, keys)  # secrets, configs, sealed secret_env (node.api.objects)
+        self.resolver = Resolver()  # tags to digests at the registry (node.api.registry)
+
+    async def pin(self, spec: ServiceSpec) -> ServiceSpec:
+        """`spec` with its image's tag resolved to a digest now (`node.api.registry`);
+        refuses (nothing written) when the registry cannot resolve it."""
+        return await self.resolver.pin(spec, secret_opener(self.objects))
 
     async def read(self, name: str) -> tuple[ServiceRecord, int]:
         kv = await self.store.get(self.keys.service(name))
@@ -95,6 +111,7 @@ class ServiceWriter:
         if (problem := stack_problem(spec.name, spec.stack, spec.depends_on)) is not None:
             raise InvalidArgument(f"{source or '<spec>'}: {'.'.join(problem[1])}: {problem[0]}")
         name = spec.name
+        spec = await self.pin(spec)  # before the compare-and-swap: the registry is asked once
 
         async def attempt() -> tuple[ServiceRecord, bool] | None:
             kv = await self.store.get(self.keys.service(name))
@@ -127,10 +144,31 @@ class ServiceWriter:
         current = ServiceRecord.from_json(kv.value) if kv else None
         if current is not None and current.spec == spec:
             return current, current
+        await self.readable_everywhere(spec)
         await self.ports.check(self.store, self.keys, spec, current.spec if current else None)
         version = current.version + 1 if current else 1
         uid = current.uid if current else new_service_uid()  # a new incarnation only at create
-        return ServiceRecord(spec.name, version, spec, time.time(), self.node, uid=uid), current
+        record = ServiceRecord(spec.name, version, spec, time.time(), self.node, uid=uid, cause=new_cause())
+        return record, current
+
+    async def readable_everywhere(self, spec: ServiceSpec) -> None:
+        """Refuse a spec that a live node's build could not read back (a rolling upgrade
+        in progress: `node.model.spec_compat`), naming the field and the nodes."""
+        kvs, _ = await self.store.range(self.keys.nodes)
+        infos = [NodeInfo.from_json(kv.value) for kv in kvs]
+        unknown = unknown_to(spec, [(info.id, info.spec_paths) for info in infos])
+        if not unknown:
+            return
+        versions = {info.id: info.version for info in infos}
+        path, nodes = next(iter(unknown.items()))
+        field, _, value = path.partition("=")
+        what = f"value {value!r} of {field}" if value else f"field {field}"
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        on = ", ".join(f"{n} (shoal {versions.get(n) or '?'})" for n in nodes)
+        raise FailedPrecondition(
+            f"{spec.name}: {what}{more} cannot be read by node(s) {on}, which run an older "
+            "build: upgrade every node first, or apply without it (docs/operations.md, Upgrading)"
+        )
 
     async def scale(self, name: str, replicas: int) -> ServiceRecord:
         if not 0 <= replicas <= 10_000:
@@ -141,7 +179,9 @@ class ServiceWriter:
             if current.replicas == replicas:
                 return current
             spec = current.spec.model_copy(update={"replicas": replicas})  # checked above
-            record = ServiceRecord(name, current.version + 1, spec, time.time(), self.node, uid=current.uid)
+            record = ServiceRecord(
+                name, current.version + 1, spec, time.time(), self.node, uid=current.uid, cause=new_cause()
+            )
             return record if await self._write(record, mod, current) else None
 
         return await compare_and_swap(attempt, _busy(name))
@@ -175,6 +215,7 @@ class ServiceWriter:
                 f"{self.node} (rollback)",
                 rollback_of=current.version,
                 uid=current.uid,
+                cause=new_cause(),
             )
             return record if await self._write(record, mod, current, bound) else None
 

@@ -19,11 +19,11 @@ is written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from node.api.services import ServiceWriter
 from node.compose.stackfile import check_stack_name, parse_stack
-from node.model.domain import ServiceRecord, readable_services
+from node.model.domain import ServiceRecord, new_cause, readable_services
 from node.model.errors import InvalidArgument, NotFound
 from node.model.spec import SpecError
 from node.store import Compare, Put
@@ -36,6 +36,7 @@ class Change:
     service: str
     version: int  # 0: removed
     action: str  # created | updated | unchanged | removed
+    cause: str = ""  # issue 14: the new version's cause id (one per deploy); "" when none was made
 
 
 class StackWriter:
@@ -61,6 +62,9 @@ class StackWriter:
             stack, specs = parse_stack(text, source or "<stack>", name)
         except SpecError as exc:
             raise InvalidArgument(str(exc)) from exc
+        specs = [await self.writer.pin(spec) for spec in specs]  # tags to digests, before any write
+
+        cause = new_cause()  # one for every version this deploy makes (issue 14)
 
         async def attempt() -> tuple[str, list[Change]] | None:
             compares: list[Compare] = []
@@ -80,10 +84,11 @@ class StackWriter:
                     )
                     changes.append(Change(spec.name, record.version, "unchanged"))
                     continue
+                record = replace(record, cause=cause)
                 c, o = await self.writer.write_ops(record, kv.mod_revision if kv else 0, current, bound)
                 compares += c
                 ops += o
-                changes.append(Change(spec.name, record.version, "updated" if current else "created"))
+                changes.append(Change(spec.name, record.version, "updated" if current else "created", cause))
             for record, mod in (await self.members(stack)).get(stack, []):
                 if record.name not in wanted:
                     c, o = await self.writer.remove_ops(record, mod)

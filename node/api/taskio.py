@@ -171,6 +171,17 @@ class TaskIO:
     # -- logs --------------------------------------------------------------------------
 
     async def logs(self, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogLine]:
+        """The lines of `log_batches`, one by one."""
+        async for batch in self.log_batches(request):
+            for line in batch.lines:
+                yield line
+
+    async def log_batches(self, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogBatch]:
+        """The lines of a service's tasks (or one task) in batches: followed, each task's
+        batches as they come (a line is never held back for another task's); else merged
+        in time order and batched again. Lines travel in batches end to end, from the
+        engine's reads to the client's stream; a peer stamps its lines with their task's
+        service and slot, so this node forwards its batches untouched."""
         if request.task:
             targets = [await self.task_target(request.task)]
         elif request.service:
@@ -179,48 +190,66 @@ class TaskIO:
             raise InvalidArgument("give a service name or a task id")
         if request.since < 0:
             raise InvalidArgument("since: a time in unix seconds, not negative")
-        sources = [self._task_logs(t, request) for t in targets[:MAX_TASKS]]
-        merged = fan_in(sources) if request.follow else merge_sorted(sources, key=lambda line: line.time_ns)
-        async for line in merged:
-            yield line
+        sources = [self._task_batches(t, request) for t in targets[:MAX_TASKS]]
+        if request.follow:
+            async for batch in fan_in(sources):
+                yield batch
+            return
+        merged = merge_sorted([_lines(s) for s in sources], key=lambda line: line.time_ns)
+        async for lines in batches(merged, _size):
+            yield api_pb2.LogBatch(lines=lines)
 
-    async def _task_logs(self, t: Target, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogLine]:
-        ask = api_pb2.LogsRequest(task=t.task, follow=request.follow, since=request.since)
+    async def _task_batches(self, t: Target, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogBatch]:
+        ask = api_pb2.LogsRequest(
+            task=t.task, service=t.service, slot=t.slot, follow=request.follow, since=request.since
+        )
         if request.HasField("tail"):
             ask.tail = request.tail
         try:
-            lines = self.local_logs(ask) if t.node == self.node else self._peer_logs(t, ask)
-            async for line in lines:
-                line.task, line.service, line.slot, line.node = t.task, t.service, t.slot, t.node
-                yield line
+            if t.node == self.node:
+                async for batch in self.local_log_batches(ask):
+                    yield batch
+                return
+            async for batch in self._peer_logs(t, ask):
+                if batch.lines and not batch.lines[0].service:  # a peer of an older build
+                    for line in batch.lines:
+                        line.task, line.service, line.slot, line.node = t.task, t.service, t.slot, t.node
+                yield batch
         except (EngineError, Unavailable, FailedPrecondition) as exc:
-            yield api_pb2.LogLine(task=t.task, service=t.service, slot=t.slot, node=t.node, notice=str(exc))
+            notice = api_pb2.LogLine(
+                task=t.task, service=t.service, slot=t.slot, node=t.node, notice=str(exc)
+            )
+            yield api_pb2.LogBatch(lines=[notice])
 
-    async def _peer_logs(self, t: Target, ask: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogLine]:
+    async def _peer_logs(self, t: Target, ask: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogBatch]:
         call = self.peers.stub(await self.address(t.node)).TaskLogs(
             ask, timeout=None if ask.follow else LOGS_TIMEOUT
         )
         try:
             async for batch in call:
-                for line in batch.lines:
-                    yield line
+                yield batch
         except grpc.RpcError as exc:
             raise Unavailable(f"the logs on node {t.node} could not be read: {_details(exc)}") from None
         finally:
             call.cancel()
 
-    async def local_logs(self, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogLine]:
-        """One task's lines from this node's engine (the peer half)."""
+    async def local_log_batches(self, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogBatch]:
+        """One task's lines from this node's engine (the peer half), a batch per read of
+        the engine (at most 64 KiB of it), each line stamped with the request's task,
+        service and slot and this node."""
         if self.local is None:
             raise FailedPrecondition(f"node {self.node} runs no container engine")
         tail = request.tail if request.HasField("tail") else None
+        task, service, slot, node = request.task, request.service, request.slot, self.node
+        line = api_pb2.LogLine
         try:
             container = await self.local.find(request.task)
-            async for time_ns, stream, text in self.local.logs(
-                container, request.follow, tail, request.since
-            ):
-                yield api_pb2.LogLine(
-                    task=request.task, node=self.node, time_ns=time_ns, stream=stream, text=text
+            async for read in self.local.logs(container, request.follow, tail, request.since):
+                yield api_pb2.LogBatch(
+                    lines=[
+                        line(task=task, service=service, slot=slot, node=node, time_ns=t, stream=s, text=x)
+                        for t, s, x in read
+                    ]
                 )
         except RuntimeUnavailable as exc:
             raise Unavailable(f"node {self.node}: {exc}") from None
@@ -331,6 +360,15 @@ async def _first(inputs: AsyncIterator[api_pb2.ExecInput]) -> api_pb2.ExecStart:
     return first.start
 
 
+async def _lines(batches: AsyncIterator[api_pb2.LogBatch]) -> AsyncIterator[api_pb2.LogLine]:
+    try:
+        async for batch in batches:
+            for line in batch.lines:
+                yield line
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]
+
+
 def _size(line: api_pb2.LogLine) -> int:
     return len(line.text) + len(line.notice) + 64  # the text and about what the rest costs
 
@@ -358,8 +396,8 @@ class LogsExecHandlers(_TaskIOHolder):
     async def ServiceLogs(
         self, request: api_pb2.LogsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.LogBatch]:
-        async for batch in batches(self._taskio().logs(request), _size):
-            yield api_pb2.LogBatch(lines=batch)
+        async for batch in self._taskio().log_batches(request):
+            yield batch
 
     @handle_stream
     async def Exec(
@@ -376,8 +414,8 @@ class PeerTaskHandlers(_TaskIOHolder):
     async def TaskLogs(
         self, request: api_pb2.LogsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.LogBatch]:
-        async for batch in batches(self._taskio().local_logs(request), _size):
-            yield api_pb2.LogBatch(lines=batch)
+        async for batch in self._taskio().local_log_batches(request):
+            yield batch
 
     @handle_stream
     async def TaskExec(

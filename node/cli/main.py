@@ -70,6 +70,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "volume",
         "Named volumes of service slots: list them and remove them (admin).",
     ),
+    "registry": (
+        "node.cli.registry",
+        "registry",
+        "Registry credentials: login, logout (admin); used for that registry's images.",
+    ),
     "completion": (
         "node.cli.completion",
         "completion",

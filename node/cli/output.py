@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from node.model.images import ImageRefError, parse_image
+
 if TYPE_CHECKING:  # the messages are only read here; rich and ruamel load when printing
     from node.pb import api_pb2
 
@@ -93,6 +95,7 @@ def service_detail(s: api_pb2.Service, tasks: Sequence[api_pb2.Task]) -> Row:
         "updated_at": iso(s.updated_at),
         "updated_by": s.updated_by,
         "replicas": {"desired": s.replicas, "running": s.running},
+        "image": image_detail(spec) if isinstance(spec, dict) else None,
         "pending": {"replicas": s.pending, "reason": s.pending_reason} if s.pending else None,
         "rollout": rollout_dict(s.rollout) if s.HasField("rollout") else None,
         "proxy_errors": [
@@ -101,6 +104,25 @@ def service_detail(s: api_pb2.Service, tasks: Sequence[api_pb2.Task]) -> Row:
         "spec": spec,
         "tasks": [task_dict(t) for t in sorted(tasks, key=lambda t: t.slot)],
     }
+
+
+def image_detail(spec: dict[str, Any]) -> Row:
+    """What every replica runs, and whether it is pinned to a digest (issue 13)."""
+    image, digest = str(spec.get("image", "")), spec.get("image_digest")
+    if digest:
+        try:
+            runs = parse_image(image).pinned(str(digest))
+        except ImageRefError:
+            runs = f"{image}@{digest}"
+        return {"runs": runs, "pinned": "yes: the tag's digest, resolved at deploy"}
+    if "@" in image:
+        return {"runs": image, "pinned": "by the reference's own digest"}
+    why = (
+        "pull: never, each node runs what its engine holds"
+        if spec.get("pull") == "never"
+        else "the reference names no registry, each node runs what its engine holds or pulls"
+    )
+    return {"runs": image, "pinned": f"no: {why}"}
 
 
 def node_dict(n: api_pb2.Node) -> Row:
@@ -206,7 +228,8 @@ def event_line(e: api_pb2.Event) -> str:
     """`2026-11-27T17:30:01 task.started n1 web/3f2a9c0d1e2b container up`, empty parts left out."""
     when = datetime.fromtimestamp(e.time).strftime("%Y-%m-%dT%H:%M:%S") if e.time else "-"
     subject = "/".join(x for x in (e.service, e.task) if x)
-    return " ".join(x for x in (when, e.kind, e.node, subject, " ".join(e.message.split())) if x)
+    cause = f"cause={e.cause}" if e.cause else ""
+    return " ".join(x for x in (when, e.kind, e.node, subject, " ".join(e.message.split()), cause) if x)
 
 
 def human_bytes(n: int) -> str:

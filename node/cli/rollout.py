@@ -8,7 +8,9 @@ followed runs everywhere (for `shoal service rollback`, when the rollback comple
 out (the rollout goes on in the cluster either way).
 
 A version that needs no rollout (the first deploy, a scale) is followed until its
-replicas run; a newer version applied meanwhile ends the wait ("superseded").
+replicas run; a newer version applied meanwhile ends the wait ("superseded"). A task of
+the version followed whose image could not be pulled ends it at once with the pull's
+reason (exit 1; the cluster retries with back-off), rather than at `wait` (issue 13).
 """
 
 from __future__ import annotations
@@ -42,13 +44,26 @@ def _line(svc: api_pb2.Service, running: int) -> str:
     return "; ".join(parts)
 
 
+def _image_failure(tasks: list[api_pb2.Task], version: int) -> str:
+    """The message of a task of `version` (or later) that failed because its image could
+    not be pulled (`node.runtime.base.ImageError`: "image X could not be pulled: ..."),
+    with its node; "" when there is none."""
+    for t in tasks:
+        text = t.message
+        image = text.startswith("image ") and ("pull" in text or "not present" in text)
+        if t.state == "failed" and t.version >= version and image:
+            return f"on node {t.node}: {text}"
+    return ""
+
+
 def follow(client: ShoalClient, name: str, version: int, wait: float = 600.0, interval: float = 0.5) -> int:
     deadline = time.monotonic() + wait
     last, target, rolled_back = "", version, False
     failed_at: float | None = None
     while True:
         svc = client.get_service(name)
-        running = sum(1 for t in client.list_tasks(name) if t.state == "running")
+        tasks = client.list_tasks(name)
+        running = sum(1 for t in tasks if t.state == "running")
         line = _line(svc, running)
         if line != last:
             click.echo(f"{time.strftime('%H:%M:%S')} {name} {line}")
@@ -58,6 +73,11 @@ def follow(client: ShoalClient, name: str, version: int, wait: float = 600.0, in
                 click.echo(f"{name}: version {target} was superseded by version {svc.version}")
                 return 1
             rolled_back, target, failed_at = True, svc.version, None  # follow the rollback
+        if pulled := _image_failure(tasks, target):
+            click.echo(
+                f"{name}: {pulled}; the cluster retries with back-off (`shoal service ps {name}`)", err=True
+            )
+            return 1
         r = svc.rollout
         mine = bool(r.state) and r.to_version == target
         if mine and r.state == "failed":

@@ -74,11 +74,16 @@ def apply_cmd(settings: Settings, path: str, detach: bool, wait: float) -> None:
     client = settings.client()
     result = client.apply(text, source=source)
     if result.changed:
-        click.echo(f"service {result.name}: version {result.version} applied")
+        click.echo(f"service {result.name}: version {result.version} applied{_cause(result.cause)}")
     else:
         click.echo(f"service {result.name}: unchanged (version {result.version})")
     if result.changed and not detach:
         sys.exit(follow(client, result.name, result.version, wait))
+
+
+def _cause(cause: str) -> str:
+    """` (cause ID)`: what `shoal events --cause ID` shows (issue 14); nothing from an older node."""
+    return f" (cause {cause})" if cause else ""
 
 
 @service.command("rollback")
@@ -89,7 +94,7 @@ def rollback_cmd(settings: Settings, name: str, detach: bool, wait: float) -> No
     """Go back to the version before the current one, rolled out like an update."""
     client = settings.client()
     result = client.rollback(name)
-    click.echo(f"service {result.name}: version {result.version} applied (a rollback)")
+    click.echo(f"service {result.name}: version {result.version} applied (a rollback){_cause(result.cause)}")
     if not detach:
         sys.exit(follow(client, result.name, result.version, wait))
 
@@ -214,7 +219,9 @@ def pending_rows(service: str, answer: api_pb2.ListTasksResponse) -> list[api_pb
 def scale_cmd(settings: Settings, name: str, replicas: int) -> None:
     """Set the number of replicas of a service."""
     result = settings.client().scale(name, replicas)
-    click.echo(f"service {result.name or name} scaled to {replicas} (version {result.version})")
+    click.echo(
+        f"service {result.name or name} scaled to {replicas} (version {result.version}){_cause(result.cause)}"
+    )
 
 
 @service.command("rm")

@@ -75,7 +75,7 @@ def deploy_cmd(settings: Settings, path: str | None, compose: str | None, name: 
     for c in result.changes:
         version = f" (version {c.version})" if c.version else ""
         click.echo(f"service {c.service}: {c.action}{version}")
-    click.echo(f"stack {result.name}: deployed")
+    click.echo(f"stack {result.name}: deployed" + (f" (cause {result.cause})" if result.cause else ""))
 
 
 @stack.command("ls")

@@ -61,10 +61,13 @@ def print_logs(
     timeout = None if request.follow else max(client.timeout, LOGS_DEADLINE)
     width = 0
     seen: dict[str, int] = {}
+    tags: dict[str, str] = {}  # task -> its prefix (a task's service, slot and node never change)
     out = sys.stdout
     for batch in client._stream("ServiceLogs", request, timeout):
         for line in batch.lines:
-            tag = prefix(line.service, line.slot, line.task, line.node)
+            tag = tags.get(line.task) or tags.setdefault(
+                line.task, prefix(line.service, line.slot, line.task, line.node)
+            )
             if line.notice:
                 out.flush()
                 click.echo(f"warning: {tag}: {line.notice}", err=True)

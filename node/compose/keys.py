@@ -14,6 +14,8 @@ SUPPORTED: tuple[str, ...] = ("image", "command", "environment", "env_file", "po
 SUPPORTED += ("restart", "healthcheck", "depends_on", "stop_grace_period", "mem_limit", "mem_reservation")
 SUPPORTED += ("cpus", "profiles", "scale")
 SUPPORTED += ("volumes",)  # named volumes (node.compose.volumes)
+SUPPORTED += ("pull_policy",)  # issue 13, images from registries: onto `pull`
+PULL_POLICIES = {"always": "always", "missing": "missing", "if_not_present": "missing", "never": "never"}
 _NOT_YET = "not supported by shoal yet"
 
 REFUSED: dict[str, str] = {
@@ -69,7 +71,6 @@ IGNORED: dict[str, str] = {
     "dns_opt": "replicas use the engine's resolver",
     "tty": "replicas run without a terminal",
     "stdin_open": "replicas run without stdin",
-    "pull_policy": "every node pulls a missing image",
     "platform": "each node runs the image for its own platform",
     "stop_signal": "replicas are stopped with SIGTERM, then SIGKILL after stop_grace_period",
     "mac_address": "Docker gives each replica its address",

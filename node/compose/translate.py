@@ -286,8 +286,19 @@ class _Service:
         if "scale" in b and "replicas" not in self.out:
             self.note("replicas", b, "scale")
             self.out["replicas"] = b["scale"]
+        if "pull_policy" in b:  # issue 13: images from registries
+            self._pull_policy(b)
         self._legacy_resources(b)
         return self.out, self.at
+
+    def _pull_policy(self, b: Any) -> None:
+        value = keys.PULL_POLICIES.get(str(b["pull_policy"]))
+        if value is None:
+            allowed = ", ".join(keys.PULL_POLICIES)
+            self.error(b, "pull_policy", "pull_policy", f"must be one of {allowed}, got {b['pull_policy']!r}")
+            return
+        self.note("pull", b, "pull_policy")
+        self.out["pull"] = value
 
     def _duration(self, node: Any, key: str, into: dict[str, Any], as_: str) -> None:
         try:

@@ -47,6 +47,7 @@ from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.model.config import NodeConfig
 from node.model.domain import NodeInfo
 from node.model.keys import Keys
+from node.model.spec_compat import known_paths
 from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc, volumes_pb2_grpc
 from node.proxy import metrics
 from node.proxy.mesh import Mesh, MeshSettings
@@ -216,6 +217,7 @@ class Daemon:
             __version__,
             self.started_at,
             not_ready="" if self.engine.up else self.engine.reason,
+            spec_paths=sorted(known_paths()),
         )
 
     async def register(self, lease: int | None = None) -> None:
@@ -311,6 +313,7 @@ class Daemon:
             self.store, self.keys, c.node_id, DockerStreams(self.runtime.url), peers, self.events.emit
         )
         servicer.taskio = taskio
+        servicer.emit = self.events.emit  # issue 14: apply, scale and rollback events
         peer_servicer = PeerServicer(self.membership.list, joins.join)
         peer_servicer.taskio = taskio
         try:
@@ -379,7 +382,14 @@ class Daemon:
             c.timings.leader_resync,
             self.membership,
             c.timings.down_grace,
-            Bounds(c.etcd_retention, c.etcd_defrag_ratio, c.etcd_defrag_min, c.reap_after),
+            Bounds(
+                c.etcd_retention,
+                c.etcd_defrag_ratio,
+                c.etcd_defrag_min,
+                c.reap_after,
+                c.events_max,  # issue 14: the event log's bounds
+                c.events_max_age,
+            ),
         )
         self.events.emit("node.started", f"{c.node_id} serving on {c.address}:{c.grpc_port}")
         log.info(

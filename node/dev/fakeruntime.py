@@ -54,6 +54,7 @@ class FakeRuntime:
         self.missing_images: set[str] = set()
         self._pull_gates: dict[str, asyncio.Future[None]] = {}
         self.volumes: set[str] = set()  # named volumes made by `run`, until `remove_volume`
+        self.pull_auth: dict[str, tuple[str, str] | None] = {}  # image -> the credentials of its last pull
 
     # -- test hooks -----------------------------------------------------------------------
 
@@ -115,8 +116,15 @@ class FakeRuntime:
         self._record("has_image", image)
         return image not in self.missing_images
 
-    async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+    async def pull(
+        self,
+        image: str,
+        timeout: float,
+        progress: Callable[[str], None],
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self._record("pull", image)
+        self.pull_auth[image] = auth
         progress("0.0 of 1.0 MB")
         gate = self._pull_gates.setdefault(image, asyncio.get_running_loop().create_future())
         try:

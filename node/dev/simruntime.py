@@ -55,7 +55,13 @@ class SimRuntime:
     async def has_image(self, image: str) -> bool:
         return True  # a simulated engine has every image: nothing is pulled
 
-    async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+    async def pull(
+        self,
+        image: str,
+        timeout: float,
+        progress: Callable[[str], None],
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         return None
 
     async def stop(self, container_id: str, timeout: float = 10.0) -> None:

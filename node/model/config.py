@@ -130,8 +130,11 @@ class NodeConfig:
     etcd_defrag_min: int = 64 * 2**20  # bytes ("64Mi"): smaller files are never defragmented
     history_limit: int = 10  # versions of a service kept in history/ (rollback targets)
     reap_after: float = 86400.0  # s a node must be gone (no registry entry) before the leader
-    #   drops its down mark and its events ring, and gossip forgets it; revoked or expired
+    #   drops its down mark, and gossip forgets it; revoked or expired
     #   client tokens are kept this long after, so callers still learn why they fail
+    # -- durable events (issue 14; node.telemetry.events, leader.upkeep trims) ----------------
+    events_max: int = 5000  # events kept in etcd (all nodes together); the oldest go first
+    events_max_age: float = 86400.0  # s an event is kept at most; 0: by count only
 
     # -- limits of the routing mesh (node.proxy.limits; docs/operations.md) -----------------
     # A published port takes connections from anyone who reaches the node, before any
@@ -313,6 +316,10 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError(f"history_limit: {c.history_limit} must be between 1 and 1000 versions")
     if not 600 <= c.reap_after <= 365 * 86400:
         raise ConfigError(f"reap_after: {c.reap_after:g} must be between 600 seconds and a year")
+    if not 100 <= c.events_max <= 1_000_000:
+        raise ConfigError(f"events_max: {c.events_max} must be between 100 and 1000000 events")
+    if c.events_max_age != 0 and not 60 <= c.events_max_age <= 365 * 86400:
+        raise ConfigError(f"events_max_age: {c.events_max_age:g} must be 0 (no limit) or 60 s to a year")
     if (c.etcd_cert or c.etcd_key) and not (c.etcd_cert and c.etcd_key and c.etcd_ca):
         raise ConfigError(
             "etcd_cert, etcd_key: a client certificate for etcd needs all of etcd_ca, etcd_cert and etcd_key"

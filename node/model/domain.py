@@ -102,6 +102,12 @@ def new_task_id() -> str:
     return secrets.token_hex(6)
 
 
+def new_cause() -> str:
+    """The id of one API call that changes what should run (apply, scale, rollback, stack
+    deploy): "c" and 12 random hex characters. Every event it leads to carries it."""
+    return "c" + secrets.token_hex(6)
+
+
 def new_service_uid() -> str:
     """The identity of one incarnation of a service: 16 random hex characters, set when
     `services/<name>` is created (never on an update), so a service removed and applied
@@ -157,6 +163,8 @@ class NodeInfo(Record):
     simulated: bool = False  # a simulated node (`node.dev.simruntime`): runs no containers
     not_ready: str = ""  # why the node cannot run tasks now (its container engine does not
     #   answer: `node.agent.engine`); "" = ready. The leader places nothing there and moves its tasks
+    spec_paths: list[str] = field(default_factory=list)  # what this build's spec reads
+    #   (`node.model.spec_compat`); the API writes no spec that a live node cannot read
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,8 @@ class ServiceRecord(Record):
     rollback_of: int = 0  # this version rolls `rollback_of` back (to an earlier spec)
     outcome: str = ""  # in history/: how its rollout ended (completed, failed, paused, rolled_back)
     uid: str = ""  # this incarnation (`new_service_uid`); "" for services created before uids
+    # -- durable events (issue 14): the id of the API call that made this version -------
+    cause: str = ""  # `new_cause()`; copied into its tasks and every event it leads to
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, ServiceSpec):
@@ -279,6 +289,8 @@ class Assignment(Record):
     handoff: dict[str, Any] = field(default_factory=dict)  # the old task (an Assignment's fields)
     #   that keeps serving the slot until this one is ready (start-first); empty when none
     uid: str = ""  # the service incarnation it was assigned for; another uid than the service's: stale
+    # -- durable events (issue 14) -------------------------------------------------------
+    cause: str = ""  # the `cause` of the service version that placed it (its events carry it)
 
     def handed_off(self) -> Assignment | None:
         """The old task still serving this slot, while a handoff lasts."""
@@ -415,7 +427,7 @@ class PortClaim(Record):
 
 @dataclass(frozen=True)
 class Event(Record):
-    """`events/<node>/<slot>`: one entry of a node's bounded ring of cluster events."""
+    """`events/<time>/<node>/<seq>`: one entry of the cluster's event log (`node.telemetry.events`)."""
 
     time: float
     kind: str

@@ -13,7 +13,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `tasks/<service>/<slot>`          | leader only, fenced    | until scaled away   |
 | `status/<task-id>`                | the task's agent       | node's lease; on change only (3) |
 | `endpoints/<service>/<task-id>`   | the task's agent       | on the node's lease |
-| `events/<node>/<ring-slot>`       | every node             | a ring of 256 per node; reaped (1) |
+| `events/<time-ns>/<node>/<seq>`   | every node             | `events_max`, `events_max_age` (5) |
 | `binds/<service>/<node>`          | the node's proxy       | on the node's lease |
 | `rollouts/<service>`              | leader only, fenced    | until `rm`          |
 | `pending/<service>`               | leader only, fenced    | while replicas wait for a node |
@@ -27,7 +27,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `secrets/<name>`                  | API (`secret create`)  | until `secret rm`; value sealed (4) |
 | `configs/<name>`                  | API (`config create`)  | until `config rm`   |
 | `objuse/<kind>/<name>`            | API (apply, rm)        | while the secret/config exists (4) |
-| `volumes/<service>/<slot>/<name>` | leader (fenced), API, agent | until `rm` of the service or volume (5) |
+| `volumes/<service>/<slot>/<name>` | leader (fenced), API, agent | until `rm` of the service or volume (6) |
 
 Bounds (issue 11): every prefix is bounded by the nodes, services, replicas and
 tokens in force, never by time. The leader (`leader.upkeep`, fenced) compacts etcd to
@@ -54,7 +54,11 @@ Nothing there is a usable secret without a node's disk (`node.security.cluster`)
 `objuse/<kind>/<name>` is rewritten by every apply that references the object, so a
 `secret rm` that compares its revision never races an apply into using a removed one.
 Bounded by the secrets and configs in force.
-(5) a slot's volume claim (`node.model.domain.VolumeClaim`): which node holds its data.
+(5) the cluster's event log (`node.telemetry.events`), keyed by the emitter's wall clock
+in nanoseconds (20 digits): the leader (`leader.upkeep`, fenced) deletes, in one range
+delete, every event older than `events_max_age` and the oldest beyond `events_max`. A
+node's loss does not remove its events; they age out like the others.
+(6) a slot's volume claim (`node.model.domain.VolumeClaim`): which node holds its data.
 Written by the leader when the slot is first placed; deleted with the service by `rm`;
 `volume rm` marks it `removing` and the holding node's agent deletes it once the Docker
 volume is gone. Bounded by the slots of services with volumes.
@@ -214,11 +218,13 @@ class Keys:
         """The operator's settings of a node: availability (drain) and labels."""
         return f"{self.nodespecs}{node}"
 
-    def node_events(self, node: str) -> str:
-        return f"{self.events}{node}/"
+    def event(self, time_ns: int, node: str, seq: int) -> str:
+        """One event of the cluster log: keys sort by the emitter's wall clock (issue 14)."""
+        return f"{self.event_at(time_ns)}/{node}/{seq}"
 
-    def event(self, node: str, ring_slot: int) -> str:
-        return f"{self.node_events(node)}{ring_slot:04d}"
+    def event_at(self, time_ns: int) -> str:
+        """Where events of `time_ns` begin: the end of a range of older ones (trimming)."""
+        return f"{self.events}{time_ns:020d}"
 
     # secrets and configs (issue 13): kind is "secret" or "config"
     def objects(self, kind: str) -> str:

@@ -52,6 +52,7 @@ from node.model.constraints import ConstraintError, parse_constraint, parse_labe
 from node.model.spec_errors import FieldError, SpecError
 from node.model.spec_errors import fatal as _fatal
 from node.model.spec_lifecycle import (
+    OBJECT_PATTERN,
     ConfigRef,
     DependsOn,
     HealthCheck,
@@ -66,7 +67,7 @@ from node.model.spec_lifecycle import (
     UpdateConfig,
     distinct_targets,
 )
-from node.model.spec_volumes import VolumeMount, distinct_volumes, volumes_fit
+from node.model.spec_volumes import VolumeMount, Volumes, volumes_fit
 
 MAX_SPEC_BYTES = 256 * 1024
 MIN_MEMORY = 6 * 2**20
@@ -292,17 +293,17 @@ class ServiceSpec(BaseModel):
     stack: _Name | None = None  # set by `stack deploy`: the name is then <stack>_<service>
     depends_on: DependsOn | None = None  # the leader places no first task before they hold
 
-    # Issue 13 item 5: named local volumes per slot (node.model.spec_volumes); the slot stays on
-    # their node; reschedule: true lets a slot whose node is lost start empty elsewhere.
-    volumes: Annotated[list[VolumeMount], Field(max_length=32), AfterValidator(distinct_volumes)] | None = (
-        None
-    )
-    reschedule: bool | None = None
+    # Issue 13 item 5: named volumes per slot, the slot kept on their node (node.model.spec_volumes)
+    volumes: Volumes | None = None
+    reschedule: bool | None = None  # True: a slot whose volumes' node is lost starts empty elsewhere
+    _volumes_fit = model_validator(mode="after")(volumes_fit)
 
-    @model_validator(mode="after")
-    def _volumes_fit(self) -> "ServiceSpec":
-        volumes_fit(self)
-        return self
+    # Issue 13: images from registries (node.model.images, node.api.registry).
+    pull: Literal["always", "missing", "never"] | None = None  # None: missing
+    # image_pull_secret: a secret holding a Docker config JSON or user:password for the image's registry
+    image_pull_secret: Annotated[str, _matches(OBJECT_PATTERN, "a secret name", 63)] | None = None
+    image_digest: Annotated[str, _matches(r"sha256:[0-9a-f]{64}", "a sha256 digest", 71)] | None = None
+    # ^ set by shoal at apply (the tag resolved at the registry); None: not pinned
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
@@ -310,8 +311,7 @@ _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placem
 _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", "tcp"): TcpCheck}
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
-_FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef}
-_FIELDS |= {("volumes",): VolumeMount}
+_FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): VolumeMount}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}

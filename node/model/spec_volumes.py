@@ -23,7 +23,7 @@ Pure: imports no grpc, docker or etcd.
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 _STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -77,14 +77,15 @@ def distinct_volumes(mounts: list[VolumeMount]) -> list[VolumeMount]:
     return mounts
 
 
-def volumes_fit(spec: Any) -> None:
-    """The checks across fields of a `ServiceSpec` with volumes (raised as spec errors)."""
+def volumes_fit(spec: Any) -> Any:
+    """The checks across fields of a `ServiceSpec` with volumes (raised as spec errors); the
+    spec itself when they pass (it is the model's "after" validator)."""
     if not spec.volumes:
         if spec.reschedule is not None:
             raise _fail(
                 "reschedule is only for a service with volumes: remove it or add volumes", ("reschedule",)
             )
-        return
+        return spec
     if spec.mode == "global":
         raise _fail(
             "volumes are for replicated services (a global service's slots are not tied to nodes): "
@@ -104,6 +105,10 @@ def volumes_fit(spec: Any) -> None:
             raise _fail(
                 f"target {m.target!r} is also configs[{configs[m.target]}]'s target", ("volumes", i, "target")
             )
+    return spec
+
+
+Volumes = Annotated[list[VolumeMount], Field(max_length=32), AfterValidator(distinct_volumes)]
 
 
 def docker_volume_name(service: str, slot: int, name: str, claim: str) -> str:

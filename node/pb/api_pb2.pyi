@@ -15,14 +15,16 @@ class ApplyServiceRequest(_message.Message):
     def __init__(self, spec: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class ApplyServiceResponse(_message.Message):
-    __slots__ = ("name", "version", "changed")
+    __slots__ = ("name", "version", "changed", "cause")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     changed: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., changed: _Optional[bool] = ...) -> None: ...
+    cause: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., changed: _Optional[bool] = ..., cause: _Optional[str] = ...) -> None: ...
 
 class GetServiceRequest(_message.Message):
     __slots__ = ("name",)
@@ -181,14 +183,16 @@ class ScaleServiceRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class ScaleServiceResponse(_message.Message):
-    __slots__ = ("name", "version", "replicas")
+    __slots__ = ("name", "version", "replicas", "cause")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     replicas: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., replicas: _Optional[int] = ...) -> None: ...
+    cause: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., replicas: _Optional[int] = ..., cause: _Optional[str] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
     __slots__ = ("service",)
@@ -385,14 +389,20 @@ class ResolveResponse(_message.Message):
     def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., mesh: _Optional[_Iterable[_Union[MeshAddress, _Mapping]]] = ...) -> None: ...
 
 class StreamEventsRequest(_message.Message):
-    __slots__ = ("service", "follow", "limit")
+    __slots__ = ("service", "follow", "limit", "since", "kind", "cause")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
     service: str
     follow: bool
     limit: int
-    def __init__(self, service: _Optional[str] = ..., follow: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+    since: float
+    kind: str
+    cause: str
+    def __init__(self, service: _Optional[str] = ..., follow: _Optional[bool] = ..., limit: _Optional[int] = ..., since: _Optional[float] = ..., kind: _Optional[str] = ..., cause: _Optional[str] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("time", "kind", "node", "service", "task", "message", "cause")
@@ -533,18 +543,20 @@ class UpdateNodeResponse(_message.Message):
     def __init__(self, node: _Optional[str] = ..., availability: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., changed: _Optional[bool] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("service", "task", "follow", "tail", "since")
+    __slots__ = ("service", "task", "follow", "tail", "since", "slot")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
     service: str
     task: str
     follow: bool
     tail: int
     since: float
-    def __init__(self, service: _Optional[str] = ..., task: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[float] = ...) -> None: ...
+    slot: int
+    def __init__(self, service: _Optional[str] = ..., task: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[float] = ..., slot: _Optional[int] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("task", "service", "slot", "node", "time_ns", "stream", "text", "notice")
@@ -653,12 +665,14 @@ class StackChange(_message.Message):
     def __init__(self, service: _Optional[str] = ..., version: _Optional[int] = ..., action: _Optional[str] = ...) -> None: ...
 
 class DeployStackResponse(_message.Message):
-    __slots__ = ("name", "changes")
+    __slots__ = ("name", "changes", "cause")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
     name: str
     changes: _containers.RepeatedCompositeFieldContainer[StackChange]
-    def __init__(self, name: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[StackChange, _Mapping]]] = ...) -> None: ...
+    cause: str
+    def __init__(self, name: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[StackChange, _Mapping]]] = ..., cause: _Optional[str] = ...) -> None: ...
 
 class RemoveStackRequest(_message.Message):
     __slots__ = ("name",)

@@ -138,10 +138,17 @@ class Runtime(Protocol):
     async def has_image(self, image: str) -> bool:
         """Is `image` present on this engine (no pull needed)?"""
 
-    async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+    async def pull(
+        self,
+        image: str,
+        timeout: float,
+        progress: Callable[[str], None],
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         """Pull `image` (apart from every other call: its own threads), calling `progress`
         with a short text now and then (maybe from another thread). Raise ImageError when it
-        cannot be pulled or takes longer than `timeout` seconds."""
+        cannot be pulled or takes longer than `timeout` seconds. `auth`: (user, password) for
+        the image's registry (issue 13: a service's `image_pull_secret`)."""
 
     async def stop(self, container_id: str, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds; then remove. Missing is fine."""

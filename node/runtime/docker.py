@@ -110,13 +110,21 @@ class DockerRuntime:
     async def has_image(self, image: str) -> bool:
         return await self._call(self._has_image, image)
 
-    async def pull(self, image: str, timeout: float, progress: Callable[[str], None]) -> None:
+    async def pull(
+        self,
+        image: str,
+        timeout: float,
+        progress: Callable[[str], None],
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         """In threads of its own, on a client of its own: a slow pull holds up no list,
         start or stop. Past `timeout` the pull is abandoned at its next progress event."""
         if self._closed:
             raise EngineError("the Docker runtime is closed")
         loop = asyncio.get_running_loop()
-        call = functools.partial(self._guarded_pull, image, time.monotonic() + timeout, timeout, progress)
+        call = functools.partial(
+            self._guarded_pull, image, time.monotonic() + timeout, timeout, progress, auth
+        )
         await loop.run_in_executor(self._pull_pool, call)
 
     async def remove(self, container_id: str) -> None:
@@ -291,7 +299,12 @@ class DockerRuntime:
             return False
 
     def _guarded_pull(
-        self, image: str, deadline: float, timeout: float, progress: Callable[[str], None]
+        self,
+        image: str,
+        deadline: float,
+        timeout: float,
+        progress: Callable[[str], None],
+        auth: tuple[str, str] | None = None,
     ) -> None:
         with self._client_lock:
             if self._pull_client is None:
@@ -299,7 +312,7 @@ class DockerRuntime:
                 # event, e.g. a registry gone silent) frees its thread; dockerd cancels it then
                 self._pull_client = self._new_client(max_pool_size=PULL_WORKERS, timeout=min(60.0, timeout))
             client = self._pull_client
-        self._guarded(lambda _main: pull_image(client, image, deadline, timeout, progress))
+        self._guarded(lambda _main: pull_image(client, image, deadline, timeout, progress, auth))
 
     def _ensure_image(self, client: docker.DockerClient, image: str) -> None:
         try:

@@ -32,7 +32,7 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixed
 
 from node.runtime.base import LABELS, EngineError, RuntimeUnavailable
-from node.runtime.logmerge import Frames, lines_of, split_timestamp
+from node.runtime.logmerge import Chunked, Frames, lines_of, split_timestamp
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
 READ = 65536  # bytes per read of a stream
@@ -139,9 +139,11 @@ class DockerStreams:
 
     async def logs(
         self, container_id: str, follow: bool, tail: int | None, since: float
-    ) -> AsyncIterator[tuple[int, str, bytes]]:
-        """(unix ns, stream, line) of the container, in its order; with `follow`, until the
-        container stops or the reader stops reading (the connection is closed then)."""
+    ) -> AsyncIterator[list[tuple[int, str, bytes]]]:
+        """(unix ns, stream, line) of the container, in its order, in lists of what one read
+        of the engine gave (lines travel in batches: per-line awaits cost more than the
+        line); with `follow`, until the container stops or the reader stops reading (the
+        connection is closed then)."""
         query = {
             "stdout": "1",
             "stderr": "1",
@@ -163,20 +165,23 @@ class DockerStreams:
             async for chunk in _body(conn.reader, headers):
                 if framed is None:
                     framed = chunk[:1] in (b"\x01", b"\x02")  # a stamp starts with a digit
+                out: list[tuple[int, str, bytes]] = []
                 if framed:
                     for stream, payload in frames.feed(chunk):
                         for line in lines_of(payload):
                             stamp, text = split_timestamp(line)
-                            yield stamp, stream, text[:MAX_LINE]
+                            out.append((stamp, stream, text[:MAX_LINE]))
                 else:  # a TTY container: one raw stream, lines across reads
                     *whole, partial = (partial + chunk).split(b"\n")
                     for line in whole:
                         stamp, text = split_timestamp(line.rstrip(b"\r"))
-                        yield stamp, "stdout", text[:MAX_LINE]
+                        out.append((stamp, "stdout", text[:MAX_LINE]))
                     partial = partial[-MAX_LINE:]
+                if out:
+                    yield out
             if partial:
                 stamp, text = split_timestamp(partial)
-                yield stamp, "stdout", text
+                yield [(stamp, "stdout", text)]
         finally:
             conn.close()
 
@@ -283,21 +288,14 @@ def _message(data: bytes) -> str:
 async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
     """The body of an answer: chunked, of a Content-Length, or up to the connection's end."""
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        while True:
-            size_line = await reader.readline()
-            if not size_line:
-                return
-            size = int(size_line.split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                return
-            left = size
-            while left:
-                piece = await reader.read(min(left, READ))
-                if not piece:
-                    return
-                left -= len(piece)
-                yield piece
-            await reader.readline()  # the CRLF after the chunk
+        chunks = Chunked()
+        while not chunks.done and (data := await reader.read(READ)):
+            try:
+                payload = chunks.feed(data)
+            except ValueError as exc:  # FrameError too
+                raise EngineError(f"Docker sent a malformed chunked body: {exc}") from None
+            if payload:
+                yield payload
     elif "content-length" in headers:
         left = int(headers["content-length"])
         while left > 0:

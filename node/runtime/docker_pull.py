@@ -28,12 +28,16 @@ def pull_image(
     deadline: float,
     timeout: float,
     progress: Callable[[str], None],
+    auth: tuple[str, str] | None = None,
 ) -> None:
     repository, tag = parse_repository_tag(image)
+    auth_config = {"username": auth[0], "password": auth[1]} if auth else None  # to the engine only
     failed = f"image {image} could not be pulled"
     layers: dict[str, tuple[int, int]] = {}  # layer -> (bytes downloaded, its size)
     try:
-        events = client.api.pull(repository, tag=tag or "latest", stream=True, decode=True)
+        events = client.api.pull(
+            repository, tag=tag or "latest", stream=True, decode=True, auth_config=auth_config
+        )
     except APIError as exc:
         raise ImageError(f"{failed}: {exc.explanation or exc}") from exc
     try:  # the engine answered; a stream that stalls or breaks now is the pull's failure

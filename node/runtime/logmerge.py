@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -41,19 +42,21 @@ class Frames:
     """Incremental reader of Docker's multiplexed stream: feed bytes, get whole frames."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = b""
 
     def feed(self, data: bytes) -> list[tuple[str, bytes]]:
-        self._buf += data
+        buf = self._buf + data if self._buf else data
+        pos, end = 0, len(buf)
         out: list[tuple[str, bytes]] = []
-        while len(self._buf) >= HEADER:
-            kind, size = self._buf[0], int.from_bytes(self._buf[4:8], "big")
-            if kind not in STREAMS or self._buf[1:4] != b"\0\0\0" or size > MAX_FRAME:
-                raise FrameError(f"not a multiplexed stream header: {bytes(self._buf[:8])!r}")
-            if len(self._buf) < HEADER + size:
+        while end - pos >= HEADER:
+            kind, size = buf[pos], int.from_bytes(buf[pos + 4 : pos + 8], "big")
+            if kind not in STREAMS or buf[pos + 1 : pos + 4] != b"\0\0\0" or size > MAX_FRAME:
+                raise FrameError(f"not a multiplexed stream header: {buf[pos : pos + 8]!r}")
+            if end - pos < HEADER + size:
                 break
-            out.append((STREAMS[kind], bytes(self._buf[HEADER : HEADER + size])))
-            del self._buf[: HEADER + size]
+            out.append((STREAMS[kind], buf[pos + HEADER : pos + HEADER + size]))
+            pos += HEADER + size
+        self._buf = buf[pos:]
         return out
 
     @property
@@ -64,16 +67,64 @@ class Frames:
 _STAMP = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) ")
 
 
+@functools.lru_cache(maxsize=64)
+def _seconds(whole: bytes, zone: bytes) -> int:
+    """Unix seconds of a stamp's whole-second part: the lines of one second share it."""
+    tz = "+00:00" if zone == b"Z" else zone.decode()
+    return int(datetime.fromisoformat(whole.decode() + tz).timestamp())
+
+
 def split_timestamp(line: bytes) -> tuple[int, bytes]:
     """`2026-12-05T21:00:00.123456789Z hello` -> (unix ns, b"hello"); (0, line) unstamped."""
     match = _STAMP.match(line)
     if match is None:
         return 0, line
     whole, fraction, zone = match.groups()
-    tz = "+00:00" if zone == b"Z" else zone.decode()
-    seconds = int(datetime.fromisoformat(whole.decode() + tz).timestamp())
     nanos = int((fraction or b"0").ljust(9, b"0"))
-    return seconds * 1_000_000_000 + nanos, line[match.end() :]
+    return _seconds(whole, zone) * 1_000_000_000 + nanos, line[match.end() :]
+
+
+class Chunked:
+    """Incremental decoder of an HTTP/1.1 chunked body: feed what the socket gave, get the
+    payload bytes it completes. dockerd sends a followed log as one chunk per line, so
+    reading chunk by chunk costs three awaits a line; this takes whole reads instead."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._left = 0  # payload bytes still due in the current chunk
+        self._crlf = False  # the CRLF after a chunk's payload is due
+        self.done = False  # the last (zero-size) chunk was read
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self._rest + data if self._rest else data
+        pos, end, out = 0, len(buf), []
+        while pos < end and not self.done:
+            if self._left:
+                take = min(self._left, end - pos)
+                out.append(buf[pos : pos + take])
+                pos += take
+                self._left -= take
+                if self._left:
+                    break
+                self._crlf = True
+            if self._crlf:
+                if end - pos < 2:
+                    break
+                pos += 2
+                self._crlf = False
+                continue
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                if end - pos > 1024:
+                    raise FrameError(f"a chunk size line of over 1 KiB: {buf[pos : pos + 40]!r}")
+                break
+            size = int(buf[pos:eol].split(b";")[0].strip() or b"0", 16)
+            pos = eol + 2
+            if size == 0:
+                self.done = True
+            self._left = size
+        self._rest = buf[pos:]
+        return b"".join(out)
 
 
 def lines_of(payload: bytes) -> list[bytes]:

@@ -51,6 +51,8 @@ _OPS = {"==": PbCompare.EQUAL, "!=": PbCompare.NOT_EQUAL, "<": PbCompare.LESS, "
 _PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
 RANGE_PAGE = 10_000  # keys per page of a range
 MAX_RECEIVE = 256 * 2**20  # bytes: the largest message taken from etcd
+KEEPALIVE_MS = 6000  # HTTP/2 ping interval towards each member (etcd's floor is 5 s)
+KEEPALIVE_TIMEOUT_MS = 2000  # an unanswered ping this long marks the member's connection dead
 DEFRAG_TIMEOUT = 120.0  # s: a defragmentation blocks its member while it runs
 SNAPSHOT_TIMEOUT = 600.0  # s: a whole snapshot stream (etcd's backend, at most a few GiB)
 WATCH_BACKOFF, WATCH_MAX_BACKOFF = 0.1, 2.0  # s: before re-opening a dropped watch stream
@@ -140,14 +142,25 @@ class EtcdStore:
             )
         # gRPC's default reconnect back-off grows to 120 s: after a long etcd outage a
         # daemon would stay cut off for up to two minutes once etcd is back. Cap it at 1 s.
-        self._client._manager.grpc_options += [  # etcd3aio has no parameter for channel options
+        ours: list[tuple[str, str | int | bool]] = [  # etcd3aio takes no channel options
             ("grpc.initial_reconnect_backoff_ms", 250),
             ("grpc.min_reconnect_backoff_ms", 250),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            # A member that hangs (SIGSTOP, a stalled disk, a host cut without a reset) keeps
+            # its TCP connection: only an unanswered HTTP/2 ping shows it. etcd refuses pings
+            # more often than every 5 s (--grpc-keepalive-min-time): ping every 6 s, give up
+            # after 2 s, and the round-robin channel stops sending calls there.
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle connection too
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
             # gRPC's default 4 MiB is less than one watch response of a watcher catching up
             # (etcd batches up to 1,000 revisions); ranges are paged (`RANGE_PAGE`) anyway.
             ("grpc.max_receive_message_length", MAX_RECEIVE),
         ]
+        mine = {name for name, _ in ours}  # replaced, not appended: which duplicate wins is unsaid
+        manager = self._client._manager
+        manager.grpc_options = [opt for opt in manager.grpc_options if opt[0] not in mine] + ours
         self._connected = False
 
     async def connect(self) -> None:

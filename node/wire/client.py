@@ -404,13 +404,24 @@ class ShoalClient:
         """The answering node's gossip view: every member now, then each change (no deadline)."""
         yield from self._stream("WatchMembers", api_pb2.WatchMembersRequest(), None)
 
-    def events(self, service: str = "", follow: bool = False, limit: int = 0) -> Iterator[api_pb2.Event]:
-        """Cluster events, oldest first (only `service`'s when set, at most `limit` past ones).
+    def events(
+        self,
+        service: str = "",
+        follow: bool = False,
+        limit: int = 0,
+        since: float = 0.0,
+        kind: str = "",
+        cause: str = "",
+    ) -> Iterator[api_pb2.Event]:
+        """Cluster events, oldest first (only `service`'s when set, at most `limit` past ones;
+        since `since` unix seconds, of `kind` (or a prefix ending in "."), of `cause`).
 
         With `follow` the stream stays open for new events and has no deadline;
         closing the iterator (or leaving the loop) cancels the call.
         """
-        request = api_pb2.StreamEventsRequest(service=service, follow=follow, limit=limit)
+        request = api_pb2.StreamEventsRequest(
+            service=service, follow=follow, limit=limit, since=since, kind=kind, cause=cause
+        )
         yield from self._stream("StreamEvents", request, None if follow else self.timeout)
 
     def backup_chunks(self, timeout: float = 600.0) -> Iterator[bytes]:

@@ -12,7 +12,7 @@ import pytest
 from docker.errors import ImageNotFound
 
 from node.dev.devcluster import DevCluster, remove_containers
-from tests.integration.registry import local_registry  # noqa: F401  (a fixture for every test here)
+from tests.integration.registry import auth_registry, local_registry  # noqa: F401  (a fixture for every test here)
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "deploy" / "images" / "build.sh"

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -49,6 +50,12 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """
+AUTH = """\
+auth:
+  htpasswd:
+    realm: shoal-test
+    path: {htpasswd}
+"""
 
 
 @dataclass
@@ -58,6 +65,7 @@ class LocalRegistry:
     proc: subprocess.Popen[bytes] | None = None
     relays: list[Relay] = field(default_factory=list)
     pushed: list[str] = field(default_factory=list)  # name:tag of every image pushed
+    user: tuple[str, str] | None = None  # htpasswd (bcrypt, apache2-utils): Basic auth required
 
     @property
     def address(self) -> str:
@@ -74,7 +82,15 @@ class LocalRegistry:
         storage = self.workdir / "storage"
         storage.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "config.yml"
-        config.write_text(CONFIG.format(storage=storage, port=self.port))
+        text = CONFIG.format(storage=storage, port=self.port)
+        if self.user is not None:
+            htpasswd = self.workdir / "htpasswd"
+            made = subprocess.run(
+                ["htpasswd", "-Bbn", *self.user], capture_output=True, check=True, timeout=30
+            )  # apache2-utils (deploy/install.sh); the registry reads bcrypt only
+            htpasswd.write_bytes(made.stdout)
+            text += AUTH.format(htpasswd=htpasswd)
+        config.write_text(text)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [binary, "serve", str(config)], stdout=log, stderr=log, start_new_session=True
@@ -84,8 +100,11 @@ class LocalRegistry:
     def _answers(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"{BINARY} exited ({self.proc.returncode}); see {self.log_path}")
-        with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=1) as resp:
-            return bool(resp.status == 200)
+        try:
+            with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401 and self.user is not None  # up, and asking for credentials
 
     def stop(self) -> None:
         for relay in self.relays:
@@ -112,7 +131,13 @@ class LocalRegistry:
     def push_unique(self, name: str, size: int = 2_000_000) -> str:
         """Build `name:<random tag>` (BASE_IMAGE plus `size` random bytes), push it here and
         remove it from the local engine; return "name:tag"."""
-        tag = uuid.uuid4().hex[:12]
+        return self.push(name, uuid.uuid4().hex[:12], size)
+
+    def push(self, name: str, tag: str, size: int = 2_000_000) -> str:
+        """Build `name:tag` (BASE_IMAGE plus `size` random bytes: new content at each call,
+        so pushing a tag again moves it), push it here and remove it from the local
+        engine; return "name:tag"."""
+        auth = {"username": self.user[0], "password": self.user[1]} if self.user else None
         local = f"{self.address}/{name}:{tag}"
         context = io.BytesIO()
         with tarfile.open(fileobj=context, mode="w") as tar:
@@ -127,7 +152,10 @@ class LocalRegistry:
         client = docker.from_env()
         try:
             client.images.build(fileobj=context, custom_context=True, tag=local, rm=True)
-            for event in client.api.push(f"{self.address}/{name}", tag=tag, stream=True, decode=True):
+            pushing = client.api.push(
+                f"{self.address}/{name}", tag=tag, stream=True, decode=True, auth_config=auth
+            )
+            for event in pushing:
                 if isinstance(event, dict) and event.get("error"):
                     raise RuntimeError(f"push of {local} failed: {event['error']}")
             client.images.remove(local, force=True)
@@ -148,11 +176,34 @@ def remove_pulled(images: list[str]) -> None:
         client.close()
 
 
+def images_from(address: str) -> list[str]:
+    """Ids of the local images named after the registry at `address` (by tag or digest)."""
+    client = docker.from_env()
+    try:
+        return [
+            image.id
+            for image in client.images.list()
+            if any(r.startswith(f"{address}/") for r in [*image.tags, *image.attrs.get("RepoDigests", [])])
+        ]
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def local_registry(tmp_path: Path, demo_images: tuple[str, ...]) -> Iterator[LocalRegistry]:
     """A registry on 127.0.0.1:<free port>, its storage under tmp_path; stopped at teardown,
     with every relay made through it."""
-    registry = LocalRegistry(free_port(), tmp_path / "registry")
+    yield from _serve(LocalRegistry(free_port(), tmp_path / "registry"))
+
+
+@pytest.fixture
+def auth_registry(tmp_path: Path, demo_images: tuple[str, ...]) -> Iterator[LocalRegistry]:
+    """As `local_registry`, but every request needs Basic auth as `registry.user`."""
+    user = ("shoal", uuid.uuid4().hex)
+    yield from _serve(LocalRegistry(free_port(), tmp_path / "auth-registry", user=user))
+
+
+def _serve(registry: LocalRegistry) -> Iterator[LocalRegistry]:
     registry.workdir.mkdir(parents=True, exist_ok=True)
     registry.start()
     try:
@@ -162,3 +213,4 @@ def local_registry(tmp_path: Path, demo_images: tuple[str, ...]) -> Iterator[Loc
         remove_pulled(
             [LocalRegistry.ref(image, relay) for image in registry.pushed for relay in registry.relays]
         )
+        remove_pulled(images_from(registry.address))  # pulled by digest, straight from it

@@ -203,7 +203,7 @@ def test_a_host_whose_engine_stops_loses_its_tasks_to_the_other_hosts(bed: Bed) 
     assert "h3" in running(bed, "app").values()
 
 
-@pytest.mark.parametrize("fault", ["kill"])  # "freeze" fails today: see docs/testbed.md
+@pytest.mark.parametrize("fault", ["kill", "freeze"])
 def test_losing_the_etcd_raft_leader_leaves_a_working_cluster_and_a_shoal_leader(
     bed: Bed, fault: str
 ) -> None:

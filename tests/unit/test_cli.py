@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,8 @@ def test_resolve_watch_prints_each_answer(addr: str) -> None:
 def test_events_lines(addr: str, fake: FakeShoal) -> None:
     lines = ok(addr, "events").splitlines()
     assert len(lines) == 3
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d leader\.elected n1 n1 leads, epoch 7", lines[0])
+    when = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+    assert re.fullmatch(rf"{when} leader\.elected n1 n1 leads, epoch 7 cause=c1", lines[0])
     assert lines[1].endswith(" task.placed n1 web/t0abc on n0")
     request, remaining = fake.calls[-1][1], fake.calls[-1][2]
     assert not request.follow and remaining is not None  # a deadline when not following
@@ -226,6 +228,16 @@ def test_events_filter_limit_json(addr: str, fake: FakeShoal) -> None:
     assert [(e["kind"], e["service"], e["task"]) for e in events] == [("task.started", "web", "t0abc")]
     request = fake.calls[-1][1]
     assert request.service == "web" and request.limit == 1
+
+
+def test_events_since_kind_cause_are_sent_for_the_server_to_filter(addr: str, fake: FakeShoal) -> None:
+    before = time.time()
+    ok(addr, "events", "--since", "10m", "--kind", "task.", "--cause", "c0123456789ab")
+    request = fake.calls[-1][1]
+    assert before - 601 < request.since <= time.time() - 599
+    assert (request.kind, request.cause) == ("task.", "c0123456789ab")
+    bad = shoal(addr, "events", "--since", "yesterday")
+    assert bad.exit_code == 2 and "--since" in bad.stderr and "duration" in bad.stderr, bad.stderr
 
 
 def test_events_follow_streams_without_deadline(addr: str, fake: FakeShoal) -> None:

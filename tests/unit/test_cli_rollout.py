@@ -106,3 +106,17 @@ def test_a_rollback_the_user_asked_for_exits_0_when_it_completes(capsys: pytest.
     script = Script([svc(4, "rolling_back", to=4, rollback_of=3), svc(4, "rolled_back", to=4, rollback_of=3)])
     code, _ = run(script, 4, capsys)
     assert code == 0
+
+
+def test_an_image_that_cannot_be_pulled_ends_the_wait_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    class Failing(Script):
+        def list_tasks(self, name: str) -> list[api_pb2.Task]:
+            message = "image shoal-demo/nope:1 could not be pulled: pull access denied"
+            old = api_pb2.Task(slot=1, state="failed", version=1, node="n1", message=message)
+            return [old, api_pb2.Task(slot=2, state="failed", version=2, node="n2", message=message)]
+
+    script = Failing([svc(2, "updating", updated=0, batch=[1])])
+    code = follow(script, "web", 2, wait=60, interval=0.001)  # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    assert code == 1 and script.calls == 1
+    assert "web: on node n2: image shoal-demo/nope:1 could not be pulled: pull access denied" in err

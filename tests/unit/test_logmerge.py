@@ -184,3 +184,29 @@ async def test_batches_pass_an_error_on_after_the_items_before_it() -> None:
     assert await anext(stream) == [1]
     with pytest.raises(ConnectionError):
         await anext(stream)
+
+
+def _chunked(payloads: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in payloads) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 5, 7, 64, 10_000])
+def test_a_chunked_body_decodes_whole_however_the_reads_cut_it(cut: int) -> None:
+    from node.runtime.logmerge import Chunked
+
+    payloads = [b"line %d\n" % i for i in range(200)] + [b"x" * 5000, b"end;ext\n"]
+    body = _chunked(payloads).replace(b"\r\n", b";ext=1\r\n", 1)  # an extension on the first size line
+    decoder, out = Chunked(), b""
+    for i in range(0, len(body), cut):
+        out += decoder.feed(body[i : i + cut])
+    assert out == b"".join(payloads) and decoder.done
+    assert decoder.feed(b"trailing bytes after the end") == b""
+
+
+def test_a_chunked_body_with_garbage_for_a_size_is_an_error() -> None:
+    from node.runtime.logmerge import Chunked
+
+    with pytest.raises(ValueError):
+        Chunked().feed(b"zz\r\nhello\r\n")
+    with pytest.raises(ValueError):
+        Chunked().feed(b"1" * 2000)  # a size line that never ends

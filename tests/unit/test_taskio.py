@@ -59,10 +59,10 @@ class FakeStreams:
 
     async def logs(
         self, container_id: str, follow: bool, tail: int | None, since: float
-    ) -> AsyncIterator[tuple[int, str, bytes]]:
+    ) -> AsyncIterator[list[tuple[int, str, bytes]]]:
         lines = [x for x in self.lines[container_id[2:]] if x[0] >= since * 1e9]
         for item in lines[-tail:] if tail else ([] if tail == 0 else lines):
-            yield item
+            yield [item]
 
     async def exec(self, container_id: str, command: Sequence[str], *_: Any) -> FakeSession:
         self.execs.append((container_id, list(command)))
@@ -144,7 +144,8 @@ async def test_tail_and_since_are_passed_to_every_node() -> None:
     got = [x async for x in io.logs(request)]
     assert [x.text for x in got if x.node == "n1"] == []  # local lines are older than since
     asked = [r for _, r in io.peers.asked]  # type: ignore[attr-defined]
-    assert all(r.HasField("tail") and r.tail == 1 and r.since == 1.5 and not r.service for r in asked)
+    assert all(r.HasField("tail") and r.tail == 1 and r.since == 1.5 for r in asked)
+    assert {(r.task, r.service, r.slot) for r in asked} == {("t2", "web", 2), ("t3", "web", 3)}
 
 
 async def test_follow_interleaves_as_lines_come() -> None:
@@ -227,7 +228,7 @@ async def test_a_node_without_an_engine_says_so() -> None:
     io, _ = await make()
     io.local = None
     with pytest.raises(FailedPrecondition, match="no container engine"):
-        _ = [x async for x in io.local_logs(api_pb2.LogsRequest(task="t1"))]
+        _ = [x async for x in io.local_log_batches(api_pb2.LogsRequest(task="t1"))]
 
 
 def test_roles_logs_are_read_like_the_status_exec_needs_a_deployer() -> None:
@@ -263,7 +264,7 @@ async def test_cancelling_a_followed_stream_cancels_the_peer_calls_and_closes_th
 
     async def local_follow(*_: Any) -> AsyncIterator[tuple[int, str, bytes]]:
         try:
-            yield (1, "stdout", b"local")
+            yield [(1, "stdout", b"local")]
             await asyncio.Event().wait()
         finally:
             closed.append("local")
