@@ -35,6 +35,9 @@ def writes_for(plan: Plan, keys: Keys, seen: dict[str, int]) -> list[Write]:
     for task in plan.place:
         key = keys.task(task.service, task.slot)
         out.append(Write(Put(key, task.to_json()), seen.get(key, 0)))
+    for claim in plan.claims:  # volume claims (leader.placement.volumes): any batch order is safe
+        key = keys.volume(claim.service, claim.slot, claim.name)
+        out.append(Write(Put(key, claim.to_json()), seen.get(key, 0)))
     return out
 
 
@@ -87,8 +90,9 @@ class Applier:
             raise group.exceptions[0] from None  # Fenced or StoreError, as callers expect
         return stale, revision
 
-    async def delete_prefix(self, prefix: str) -> None:
-        """Delete a whole prefix (a removed service's tasks), fenced."""
-        result = await self.store.txn([fence(self.keys.leader, self.epoch)], [Delete(prefix, prefix=True)])
+    async def delete_prefix(self, *prefixes: str) -> None:
+        """Delete whole prefixes (a removed service's tasks and volume claims), fenced."""
+        ops = [Delete(prefix, prefix=True) for prefix in prefixes]
+        result = await self.store.txn([fence(self.keys.leader, self.epoch)], list(ops))
         if not result.succeeded:
             raise Fenced(f"leadership at epoch {self.epoch} is over; write refused")

@@ -28,7 +28,7 @@ from leader.incarnation import stale_incarnation
 from leader.liveness import DownMarks, Liveness
 from leader.pending import PendingReasons
 from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy, update_policy
-from leader.scheduler import Plan, Snapshot, schedule_all
+from leader.scheduler import Plan, Snapshot, schedule_all, volume_claims
 from node.model.domain import (
     Assignment,
     Availability,
@@ -73,6 +73,7 @@ class LeaderLoop:
         self.nodespecs = mirror(store, keys.nodespecs, "nodespecs")
         self.rollouts = mirror(store, keys.rollouts, "rollouts")
         self.statuses = mirror(store, keys.status_all, "statuses")
+        self.volumes = mirror(store, keys.volumes, "volumes")  # volume claims: pinned slots
         self._follow_status = False  # wake on status changes only while updates or handoffs run
         self._parsed: dict[str, tuple[int, Assignment]] = {}  # task key -> (mod revision, record)
         self._pending: dict[str, str] = {}  # service -> the pending reason last reported
@@ -87,11 +88,12 @@ class LeaderLoop:
         self.crash_point = crashpoint.reached  # tests crash the leader at named steps
 
     async def run(self) -> None:
-        caches = (self.services, self.nodes, self.tasks, self.nodespecs, self.rollouts, self.down.cache)
+        caches = [self.services, self.nodes, self.tasks, self.nodespecs, self.rollouts, self.down.cache]
+        caches.append(self.volumes)
         async with asyncio.TaskGroup() as tg:
             for cache in (*caches, self.statuses):
                 tg.create_task(cache.run(), name=f"leader-watch-{cache.name}")
-            tg.create_task(self._loop(caches), name="leader-reconcile")
+            tg.create_task(self._loop(tuple(caches)), name="leader-reconcile")
 
     async def _loop(self, caches: tuple[PrefixCache, ...]) -> None:
         wake = asyncio.Event()
@@ -179,8 +181,8 @@ class LeaderLoop:
             node: spec.availability for node, spec in specs.items() if spec.availability != active
         }
         tasks = {(task.service, task.slot): task for task in self.assignments().values()}
-        seen = {kv.key: kv.mod_revision for kv in self.tasks.values()}
-        return services, Snapshot(nodes, tasks, self.tasks.revision, availability), seen
+        volumes, seen = volume_claims(self.volumes.values(), self.tasks.values())  # seen: key -> mod revision
+        return services, Snapshot(nodes, tasks, self.tasks.revision, availability, volumes=volumes), seen
 
     async def reconcile(self) -> None:
         self.passes += 1
@@ -244,7 +246,7 @@ class LeaderLoop:
         await self.pending.publish(plans, now)
         orphans = {svc for svc, _ in snap.tasks} - set(services) - self.unreadable
         for svc in sorted(orphans):
-            await self.applier.delete_prefix(self.keys.service_tasks(svc))
+            await self.applier.delete_prefix(self.keys.service_tasks(svc), self.keys.service_volumes(svc))
             self.events.emit("service.removed", f"tasks of removed service {svc} unassigned", service=svc)
         await self._forget_rollouts(set(rollouts) - set(services))
         if not writes:
@@ -358,9 +360,8 @@ class LeaderLoop:
     async def _caught_up(self, writes: list[Write], timeout: float = 2.0) -> None:
         """Wait until our own writes are in the mirrors, so the next pass sees them. (Not
         "the mirror reached the commit's revision": a mirror sees only its own prefix.)"""
-        mirrors = [
-            c for c in (self.tasks, self.rollouts) if any(w.op.key.startswith(c.prefix) for w in writes)
-        ]
+        watched = (self.tasks, self.rollouts, self.volumes)
+        mirrors = [c for c in watched if any(w.op.key.startswith(c.prefix) for w in writes)]
         expected = [
             (c, w.op.key, w.op.value if isinstance(w.op, Put) else None)
             for c in mirrors

@@ -71,8 +71,13 @@ rollback). Written once, in the model."""
 
 
 def update_policy(spec: ServiceSpec) -> UpdatePolicy:
-    """The spec's update policy, or the defaults when it has none."""
-    return spec.update or UpdateConfig()
+    """The spec's update policy, or the defaults when it has none. A service with volumes
+    always updates stop-first: its new container may use the volume only once the old one
+    has stopped (the agent waits for that, `node.agent.volumes`)."""
+    policy = spec.update or UpdateConfig()
+    if spec.volumes and policy.order != "stop-first":
+        policy = policy.model_copy(update={"order": "stop-first"})
+    return policy
 
 
 @dataclass(frozen=True)

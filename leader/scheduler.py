@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from leader.placement import pick, reasons
+from leader.placement import pick, reasons, volumes
 from leader.placement.cluster import Cluster
 from leader.placement.requirements import SPREAD, Requirements, requirements, reservation_millicores
 from node.model.domain import (  # re-exported: the leader's vocabulary
@@ -44,9 +44,12 @@ from node.model.domain import (  # re-exported: the leader's vocabulary
     Desired,
     NodeInfo,
     ServiceRecord,
+    VolumeClaim,
     new_task_id,
     template_hash,
 )
+
+volume_claims = volumes.by_service  # for the loop: stored claims -> Snapshot.volumes
 
 # why a task is placed anew (`Move.why`)
 UPDATE, DRAIN, CONSTRAINTS = "update", "drain", "constraints"
@@ -69,6 +72,8 @@ class Snapshot:
     """Services under a rolling update (`leader.rollout`) -> the slots that may take the
     new template now; their other outdated tasks are kept as they are. A service not
     listed updates every outdated task at once."""
+    volumes: Mapping[str, tuple[VolumeClaim, ...]] = field(default_factory=dict)
+    """Service -> its volume claims (`leader.placement.volumes`): pinned slots."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class Plan:
     pending_nodes: list[str] = field(default_factory=list)  # global: eligible nodes without room
     reason: str = ""  # why replicas are pending, for `ps` and events
     revision: int = 0  # the snapshot's revision this plan was computed at
+    claims: list[VolumeClaim] = field(default_factory=list)  # volume claims to write
 
     @property
     def empty(self) -> bool:
@@ -126,6 +132,11 @@ class _Service:
         self.in_place: list[tuple[int, Assignment]] = []  # outdated tasks to replace where they are
         self.used_slots: set[int] = set()  # global: slot numbers taken
         self.gate: frozenset[int] | None = None  # rolling update: the slots that may update now
+        self.stateful = bool(record.spec.volumes)  # slots pinned by their volumes' claims
+        self.reschedule = bool(record.spec.reschedule)
+        self.claims: dict[int, dict[str, VolumeClaim]] = {}
+        self.pins: dict[int, volumes.Pin] = {}
+        self.waiting: dict[int, str] = {}  # pinned slots that cannot go to their node, and why
 
     def reserved(self, task: Assignment) -> tuple[int, int]:
         if task.template == self.template:
@@ -199,7 +210,11 @@ class _Service:
                 why = CONSTRAINTS
             elif self.mine.get(i, 0) >= req.max_per_node:
                 why = MAX_PER_NODE
-            elif task.template == self.template or (self.gate is not None and slot not in self.gate):
+            if why and self._stays(slot, task):
+                why = ""  # its volume's data is on this node: it stays (no reschedule: true)
+            if not why and (
+                task.template == self.template or (self.gate is not None and slot not in self.gate)
+            ):
                 plan.keep.append(task)  # current, or outdated but not its turn in a rollout yet
                 self.mine[i] = self.mine.get(i, 0) + 1
                 continue
@@ -234,6 +249,51 @@ class _Service:
                 self.in_place.append((i, task))
         self.used_slots = set(current)
 
+    def _stays(self, slot: int, task: Assignment) -> bool:
+        pin = self.pins.get(slot)
+        return self.stateful and not self.reschedule and pin is not None and pin.node == task.node
+
+    def place_pinned(self) -> None:
+        """Pinned slots go to their node or wait (`leader.placement.volumes`); the others,
+        and slots rescheduled off a lost node, stay in `needs` for the ordinary rules."""
+        cluster, req, free = self.cluster, self.req, []
+        matching = cluster.matching(req.constraints)
+        for slot, old, why in self.needs:
+            pin = self.pins.get(slot)
+            if pin is None:
+                free.append((slot, old, why))
+                continue
+            i = cluster.index.get(pin.node)
+            if pin.removing:
+                what = "removing"
+            elif i is None:
+                what = volumes.LOST
+            elif cluster.availability[i] == _DRAIN:
+                what = volumes.DRAINED
+            elif cluster.availability[i] != Availability.ACTIVE.value:
+                what = volumes.PAUSED
+            elif not matching[i]:
+                what = volumes.EXCLUDED
+            elif not cluster.fits(i, req.cpu, req.memory):
+                what = volumes.FULL
+            else:
+                self.assign(i, slot, old, why)
+                continue
+            if self.reschedule and what in volumes.RESCHEDULABLE:
+                free.append((slot, old, why))  # starts empty elsewhere: new claims
+            else:
+                self.waiting[slot] = volumes.waiting_reason(slot, pin, what)
+        self.needs = free
+
+    def write_claims(self) -> None:
+        """Claims for placed and kept tasks whose volumes have none on their node."""
+        if not self.stateful:
+            return
+        for task in (*self.plan.place, *self.plan.keep):
+            self.plan.claims += volumes.claims_for(
+                self.record, task, self.claims.get(task.slot, {}), self.now
+            )
+
     def update_in_place(self) -> None:
         """Replace outdated tasks on their own node where the new reservation fits. Runs
         once every service has released what it stops, and before anything is placed."""
@@ -261,6 +321,8 @@ class _Service:
 
     def place(self) -> None:
         cluster, req, plan = self.cluster, self.req, self.plan
+        if self.stateful and not req.invalid:
+            self.place_pinned()
         if req.invalid:
             plan.reason = req.invalid
         elif self.needs:
@@ -274,11 +336,15 @@ class _Service:
                 place = pick.binpack if req.strategy == "binpack" else pick.spread
                 place(cluster, req, mask, nodes, self.mine, len(self.needs), self.take)
         if not req.global_mode:
-            plan.unplaced = [slot for slot, _, _ in self.needs[self.taken :]]
+            plan.unplaced = sorted([*self.waiting, *(slot for slot, _, _ in self.needs[self.taken :])])
+        self.write_claims()
 
     def explain(self) -> None:
         if self.plan.unplaced:
-            self.plan.reason = reasons.pending(self.cluster, self.req, self.mine)
+            why = [self.waiting[slot] for slot in sorted(self.waiting)]
+            if len(self.plan.unplaced) > len(self.waiting):
+                why.append(reasons.pending(self.cluster, self.req, self.mine))
+            self.plan.reason = "; ".join(why)
 
 
 def schedule_all(
@@ -309,6 +375,9 @@ def schedule_all(
     for name, w in work.items():
         w.plan.revision = snapshot.revision
         w.gate = snapshot.updatable.get(name)
+        if w.stateful or snapshot.volumes.get(name):
+            claims = snapshot.volumes.get(name, ())
+            w.claims, w.pins = volumes.claims_by_slot(w.record, claims), volumes.pins(w.record, claims)
         w.settle(by_service.get(name, {}))
     for w in work.values():
         w.update_in_place()

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -64,6 +65,7 @@ from node.agent.pulls import Pulls
 from node.agent.restart import Policy, policy_of
 from node.agent.secretfiles import SecretFiles, default_root
 from node.agent.stopper import Stopper
+from node.agent.volumes import Volumes, blocked
 from node.model.domain import Assignment, TaskStatus
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec
@@ -107,6 +109,7 @@ class Agent:
             store, keys, default_root(cluster, node)
         )  # the daemon sets its sealer
         self.publisher = Publisher(store, keys, session)
+        self.volumes = Volumes(store, keys, node, cluster, runtime)  # claims, mounts, removals
         self.clock = clock
         self.machine = Slots(node, publish_address, time.time)  # every task's state (node.agent.machine)
         self.validate = os.environ.get("SHOAL_AGENT_VALIDATE") == "1"
@@ -142,7 +145,9 @@ class Agent:
     async def run(self) -> None:
         await self._seed_restarts()
         wake = self.tasks.listener(self._wake)
+        self.volumes.claims.listener(self._wake)
         watcher = asyncio.create_task(self.tasks.run(), name="agent-watch-tasks")
+        claims = asyncio.create_task(self.volumes.claims.run(), name="agent-watch-volumes")
         checker = asyncio.create_task(self.monitor.run(), name="agent-health-checks")
         writer = asyncio.create_task(self.publisher.writes.run(), name="agent-writes")
         pinger = asyncio.create_task(self.engine.run(), name="agent-engine-watch")
@@ -170,6 +175,7 @@ class Agent:
                     pass
         finally:
             watcher.cancel()
+            claims.cancel()
             checker.cancel()
             writer.cancel()
             pinger.cancel()
@@ -252,8 +258,9 @@ class Agent:
         starts = m.starts(actions.start, self.clock())
         if starts:
             await self._publish()  # `ps` shows them pending while images are pulled and started
-        await asyncio.gather(*(self._start(s.task) for s in starts))
+        await asyncio.gather(*(self._start(s.task, found) for s in starts))
         await self._publish()
+        await self.volumes.sweep()  # data `volume rm` asked to go (node.agent.volumes)
         return actions
 
     async def _do(self, actions: list[Action]) -> None:
@@ -305,7 +312,7 @@ class Agent:
             endpoints = self.machine.endpoints() if self.engine.up else []
             await self.publisher.publish(self.machine.statuses(), endpoints)
 
-    async def _start(self, task: Assignment) -> None:
+    async def _start(self, task: Assignment, found: list[Container]) -> None:
         m = self.machine
         try:
             spec = await self.specs.spec(task.service, task.version, task.uid)
@@ -315,6 +322,13 @@ class Agent:
                 m.pulling(task, self.pulls.progress(image))  # pulled apart; a finished pull wakes a pass
                 return
             made = container_spec(task, spec, self.cluster, self.publish_address, self.dns)
+            if spec.volumes:  # its slot's claimed volumes, once no other container has them
+                mounts, why = self.volumes.mounts(task, spec)
+                why = why or blocked(task, found)
+                if why:
+                    m.waiting(task, why)
+                    return
+                made = dataclasses.replace(made, volumes=mounts)
             c = await self.runtime.run(await self.secret_files.prepare(task, spec, made))
         except (SpecNotFound, StoreError, EngineError) as exc:
             await self._do(m.start_failed(task, str(exc), self.clock()))

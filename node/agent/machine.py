@@ -331,6 +331,12 @@ class Slots:
         s.phase = Phase.STARTING
         self._set(s, TaskState.PULLING, message=progress)
 
+    def waiting(self, task: Assignment, why: str) -> None:
+        """Not started this pass, for `why` (its volume is not free yet): tried again next pass."""
+        s = self._slot(task)
+        s.phase = Phase.WANTED
+        self._set(s, TaskState.PENDING, message=why)
+
     def start_failed(self, task: Assignment, error: str, now: float) -> list[Action]:
         s = self._slot(task)
         s.phase = Phase.WANTED

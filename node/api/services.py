@@ -245,7 +245,8 @@ class ServiceWriter:
             raise Conflict(f"service '{name}' changed while being removed; try again")
 
     async def remove_ops(self, current: ServiceRecord, mod: int) -> tuple[list[Compare], list[Op]]:
-        """What `remove` commits: the service, its history, rollout and binds, its port claims."""
+        """What `remove` commits: the service, its history, rollout and binds, its port claims,
+        its volume claims (the Docker volumes stay on their nodes: docs/volumes.md)."""
         name = current.name
         ports = await port_writes(self.store, self.keys, name, current.uid, current.spec, None)
         return [Compare(self.keys.service(name), "mod", "==", mod), *ports.compares], [
@@ -254,6 +255,7 @@ class ServiceWriter:
             Delete(self.keys.history(name), prefix=True),
             Delete(self.keys.rollout(name)),
             Delete(self.keys.binds(name), prefix=True),
+            Delete(self.keys.service_volumes(name), prefix=True),
         ]
 
 

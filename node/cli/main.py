@@ -65,6 +65,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "config",
         "Configs: create, update, list, remove (admin); mounted read-only.",
     ),
+    "volume": (
+        "node.cli.volumes",
+        "volume",
+        "Named volumes of service slots: list them and remove them (admin).",
+    ),
     "registry": (
         "node.cli.registry",
         "registry",

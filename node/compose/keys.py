@@ -13,6 +13,7 @@ from __future__ import annotations
 SUPPORTED: tuple[str, ...] = ("image", "command", "environment", "env_file", "ports", "expose", "deploy")
 SUPPORTED += ("restart", "healthcheck", "depends_on", "stop_grace_period", "mem_limit", "mem_reservation")
 SUPPORTED += ("cpus", "profiles", "scale")
+SUPPORTED += ("volumes",)  # named volumes (node.compose.volumes)
 SUPPORTED += ("pull_policy",)  # issue 13, images from registries: onto `pull`
 PULL_POLICIES = {"always": "always", "missing": "missing", "if_not_present": "missing", "never": "never"}
 _NOT_YET = "not supported by shoal yet"
@@ -32,7 +33,6 @@ REFUSED: dict[str, str] = {
     "network_mode": "replicas are on Docker's default bridge, reached through shoal's mesh",
     "sysctls": f"{_NOT_YET}",
     "ulimits": f"{_NOT_YET}; the container would run with other limits",
-    "volumes": f"{_NOT_YET}: the data would not survive a restart or a move",
     "volumes_from": f"{_NOT_YET}: the data would not survive a restart or a move",
     "tmpfs": f"{_NOT_YET}",
     "secrets": f"{_NOT_YET}: the container would not find its /run/secrets files",
@@ -93,7 +93,6 @@ DEPLOY_IGNORED: dict[str, str] = {
 TOP_LEVEL = ("version", "name", "services", "networks", "volumes", "secrets", "configs")
 TOP_IGNORED = {
     "networks": "every service is reached through shoal's mesh; networks are not isolated yet",
-    "volumes": "no service may use them (service volumes are refused)",
     "secrets": "no service may use them (service secrets are refused)",
     "configs": "no service may use them (service configs are refused)",
 }

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.compose import keys
+from node.compose import volumes as compose_volumes
 from node.compose.deploy import deploy, healthcheck, ports
 from node.compose.interpolate import InterpolationError, interpolate, parse_duration, parse_size
 from node.compose.stackfile import check_stack_name, find_cycle
@@ -79,6 +80,13 @@ class _Run:
         self.source, self.env, self.read = source, env, read
         self.errors: list[Notice] = []
         self.warnings: list[Notice] = []
+        self.volumes: set[str] = set()  # declared at the top level (node.compose.volumes)
+
+    def error_at(self, node: Any, key: Any, message: str) -> None:
+        self.error(_at(node, key), f"volumes.{key}", message)
+
+    def warn_at(self, node: Any, key: Any, message: str) -> None:
+        self.warn(_at(node, key), f"volumes.{key}", message)
 
     def error(self, where: _Where, path: str, message: str) -> None:
         self.errors.append(Notice(*where, path, message))
@@ -121,7 +129,7 @@ def translate(
     run.interpolate(data, "")
     for key in data:
         where, k = _at(data, key), str(key)
-        if k.startswith("x-") or k in ("version", "name", "services"):
+        if k.startswith("x-") or k in ("version", "name", "services", "volumes"):
             continue
         if k in keys.TOP_IGNORED:
             run.warn(where, k, f"ignored: {keys.TOP_IGNORED[k]}")
@@ -134,6 +142,7 @@ def translate(
         )
     elif (problem := check_stack_name(stack)) is not None:
         run.error(_at(data, "name") if not name else (None, None), "name", problem)
+    run.volumes = compose_volumes.declared(data, run.error_at, run.warn_at)
     services: dict[str, dict[str, Any]] = {}
     lines: dict[str, dict[str, _Where]] = {}
     for short, body in data["services"].items():
@@ -268,6 +277,9 @@ class _Service:
                 getattr(self, "_" + k)(b[k])
         if "depends_on" in b:
             self._depends_on(b["depends_on"])
+        if b.get("volumes") is not None:
+            self.note("volumes", b, "volumes")
+            self.out["volumes"] = compose_volumes.service_volumes(b, self.run.volumes, self.error)
         if "stop_grace_period" in b:
             self.note("stop_grace", b, "stop_grace_period")
             self._duration(b, "stop_grace_period", self.out, "stop_grace")

@@ -39,6 +39,7 @@ from node.api.secrets import SecretsServicer
 from node.api.servicer import ShoalServicer
 from node.api.taskio import PeerStubs, TaskIO
 from node.api.usage import UsageBook
+from node.api.volumes import VolumesServicer
 from node.daemon import discovery, shutdown
 from node.daemon.collectors import collectors as daemon_collectors
 from node.daemon.identity import IdentityError, NodeIdentity
@@ -51,7 +52,7 @@ from node.model.config import NodeConfig, vip_network
 from node.model.domain import NodeInfo
 from node.model.keys import Keys
 from node.model.spec_compat import known_paths
-from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc
+from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc, volumes_pb2_grpc
 from node.proxy import metrics
 from node.proxy.dnsserver import host_resolvers
 from node.proxy.mesh import Mesh, MeshSettings
@@ -365,6 +366,10 @@ class Daemon:
                         SecretsServicer(servicer.writer, self.events),
                     ),
                     (peer_pb2_grpc.add_PeerServicer_to_server, peer_servicer),
+                    (
+                        volumes_pb2_grpc.add_VolumesServicer_to_server,
+                        VolumesServicer(self.store, self.keys, self.events),
+                    ),
                 ],
                 c.address,
                 c.grpc_port,

@@ -53,6 +53,7 @@ class FakeRuntime:
         self.closed = False
         self.missing_images: set[str] = set()
         self._pull_gates: dict[str, asyncio.Future[None]] = {}
+        self.volumes: set[str] = set()  # named volumes made by `run`, until `remove_volume`
         self.pull_auth: dict[str, tuple[str, str] | None] = {}  # image -> the credentials of its last pull
 
     # -- test hooks -----------------------------------------------------------------------
@@ -108,6 +109,7 @@ class FakeRuntime:
         )
         self.containers[container.id] = container
         self.specs[container.id] = spec
+        self.volumes.update(v.name for v in spec.volumes)
         return container
 
     async def has_image(self, image: str) -> bool:
@@ -138,6 +140,15 @@ class FakeRuntime:
     async def remove(self, container_id: str) -> None:
         self._record("remove", container_id)
         self.containers.pop(container_id, None)
+
+    async def remove_volume(self, name: str) -> None:
+        self._record("remove_volume", name)
+        users = [
+            c.name for c in self.containers.values() if name in {v.name for v in self.specs[c.id].volumes}
+        ]
+        if users:
+            raise EngineError(f"cannot remove volume {name}: in use by {', '.join(users)}")
+        self.volumes.discard(name)
 
     async def exec(self, container_id: str, command: Sequence[str], timeout: float) -> ExecResult:
         self._record("exec", container_id, *command)

@@ -72,6 +72,9 @@ class SimRuntime:
         if container is not None:
             self._names.discard(container.name)
 
+    async def remove_volume(self, name: str) -> None:
+        return None  # a simulated replica keeps no data
+
     async def list(self, labels: dict[str, str]) -> builtins.list[Container]:
         wanted = labels.items()
         return [c for c in self.containers.values() if wanted <= c.labels.items()]

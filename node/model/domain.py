@@ -20,10 +20,11 @@ from typing import Any, Self
 from pydantic import ValidationError
 
 from node.model.spec import ServiceSpec, spec_from_stored, spec_to_dict
+from node.model.spec_volumes import docker_volume_name
 
 log = logging.getLogger(__name__)
 
-NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update", "depends_on")
+NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update", "depends_on", "reschedule")
 """Spec fields that say where, how many and how to roll out, not what a container is
 made from: changing them never restarts a task."""
 
@@ -438,3 +439,27 @@ class Event(Record):
     service: str = ""
     task: str = ""
     cause: str = ""
+
+
+@dataclass(frozen=True)
+class VolumeClaim(Record):
+    """`volumes/<service>/<slot>/<name>`: the node that holds one slot's volume (issue 13).
+
+    Written by the leader (fenced) when the slot is first placed, or for a task found
+    without one; the slot is then placed on `node` only. `claim` is the task id that first
+    took it and names the Docker volume (`node.model.spec_volumes.docker_volume_name`), so a
+    namesake service or a rescheduled slot never reuses old data. `removing`: `volume rm`
+    asked for the data to go; the agent of `node` removes the Docker volume, then this key."""
+
+    service: str
+    slot: int
+    name: str
+    node: str
+    claim: str
+    uid: str = ""  # the service incarnation it belongs to
+    since: float = 0.0
+    removing: bool = False
+
+    @property
+    def docker_name(self) -> str:
+        return docker_volume_name(self.service, self.slot, self.name, self.claim)

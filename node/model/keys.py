@@ -30,6 +30,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `vips/<service>`                  | any node's names (5)   | while the service incarnation exists |
 | `vipaddrs/<address>`              | any node's names (5)   | with its `vips/` record |
 | `vipcursor`                       | any node's names (5)   | forever; one key   |
+| `volumes/<service>/<slot>/<name>` | leader (fenced), API, agent | until `rm` of the service or volume (6) |
 
 Bounds (issue 11): every prefix is bounded by the nodes, services, replicas and
 tokens in force, never by time. The leader (`leader.upkeep`, fenced) compacts etcd to
@@ -60,6 +61,10 @@ Bounded by the secrets and configs in force.
 in nanoseconds (20 digits): the leader (`leader.upkeep`, fenced) deletes, in one range
 delete, every event older than `events_max_age` and the oldest beyond `events_max`. A
 node's loss does not remove its events; they age out like the others.
+(6) a slot's volume claim (`node.model.domain.VolumeClaim`): which node holds its data.
+Written by the leader when the slot is first placed; deleted with the service by `rm`;
+`volume rm` marks it `removing` and the holding node's agent deletes it once the Docker
+volume is gone. Bounded by the slots of services with volumes.
 
 (5) issue 13, names (`node.proxy.names`, `node.proxy.vipstore`): the virtual address of
 each service incarnation and its claim, written together in one transaction compared
@@ -257,6 +262,17 @@ class Keys:
     @property
     def vipcursor(self) -> str:
         return f"{self.prefix}vipcursor"
+
+    # issue 13 item 5: volume claims
+    @property
+    def volumes(self) -> str:
+        return f"{self.prefix}volumes/"
+
+    def service_volumes(self, service: str) -> str:
+        return f"{self.volumes}{service}/"
+
+    def volume(self, service: str, slot: int, name: str) -> str:
+        return f"{self.volumes}{service}/{slot}/{name}"
 
     # parsing
     def tail(self, key: str, prefix: str) -> str:

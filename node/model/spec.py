@@ -67,6 +67,7 @@ from node.model.spec_lifecycle import (
     UpdateConfig,
     distinct_targets,
 )
+from node.model.spec_volumes import VolumeMount, Volumes, volumes_fit
 
 MAX_SPEC_BYTES = 256 * 1024
 MIN_MEMORY = 6 * 2**20
@@ -292,6 +293,11 @@ class ServiceSpec(BaseModel):
     stack: _Name | None = None  # set by `stack deploy`: the name is then <stack>_<service>
     depends_on: DependsOn | None = None  # the leader places no first task before they hold
 
+    # Issue 13 item 5: named volumes per slot, the slot kept on their node (node.model.spec_volumes)
+    volumes: Volumes | None = None
+    reschedule: bool | None = None  # True: a slot whose volumes' node is lost starts empty elsewhere
+    _volumes_fit = model_validator(mode="after")(volumes_fit)
+
     # Issue 13: images from registries (node.model.images, node.api.registry).
     pull: Literal["always", "missing", "never"] | None = None  # None: missing
     # image_pull_secret: a secret holding a Docker config JSON or user:password for the image's registry
@@ -305,7 +311,7 @@ _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placem
 _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", "tcp"): TcpCheck}
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
-_FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef}
+_FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): VolumeMount}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}

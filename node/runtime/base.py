@@ -23,6 +23,7 @@ class LABELS:
     EPOCH = "io.shoal.epoch"
     VERSION = "io.shoal.version"
     UID = "io.shoal.uid"  # the service incarnation (`ServiceRecord.uid`); absent when ""
+    VOLUME = "io.shoal.volume"  # on volumes: the volume's name in the spec
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,17 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class NamedVolume:
+    """A named engine volume mounted into the container (issue 13); created, with `labels`,
+    by the engine when the container is, if it does not exist yet."""
+
+    name: str
+    target: str
+    read_only: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """What to run. `ports` are published on `publish_address` at random host ports."""
 
@@ -76,6 +88,7 @@ class ContainerSpec:
     log_options: dict[str, str] = field(default_factory=dict)
 
     mounts: tuple[Mount, ...] = ()  # bind mounts (node.agent.secretfiles)
+    volumes: tuple[NamedVolume, ...] = ()  # named volumes (node.agent.volumes)
 
     # issue 13, names (node.proxy.vips): the node's name server and the stack's search domain
     dns: tuple[str, ...] = ()  # name servers of the container; (): the engine's default
@@ -151,5 +164,9 @@ class Runtime(Protocol):
         """Run `command` (argv, no shell) in the running container; its exit code and
         output. Raise TimeoutError after `timeout` seconds (the process may go on),
         EngineError when it cannot be run (container gone or not running)."""
+
+    async def remove_volume(self, name: str) -> None:
+        """Remove a named volume and its data; a missing one is fine. EngineError when a
+        container still uses it."""
 
     async def close(self) -> None: ...

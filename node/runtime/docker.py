@@ -130,6 +130,9 @@ class DockerRuntime:
     async def remove(self, container_id: str) -> None:
         await self._call(self._remove, container_id)
 
+    async def remove_volume(self, name: str) -> None:
+        await self._call(self._remove_volume, name)
+
     async def close(self, wait: bool = True) -> None:
         """Refuse new calls and close the client once the calls in flight are done; with
         `wait=False` (a daemon stopping) leave those to finish on their own, unwaited."""
@@ -253,6 +256,11 @@ class DockerRuntime:
             binds=[f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts] or None,
             dns=list(spec.dns) or None,  # the node's name server (node.proxy.vips)
             dns_search=list(spec.dns_search) or None,
+            mounts=[
+                docker.types.Mount(v.target, v.name, type="volume", read_only=v.read_only, labels=v.labels)
+                for v in spec.volumes
+            ]
+            or None,
         )
         extra: dict[str, Any] = {} if spec.image_healthcheck else {"healthcheck": {"test": ["NONE"]}}
         try:
@@ -389,6 +397,14 @@ class DockerRuntime:
             if exc.status_code == 409 and "already in progress" in _explain(exc):
                 return
             raise EngineError(f"cannot remove container {container_id}: {_explain(exc)}") from exc
+
+    def _remove_volume(self, client: docker.DockerClient, name: str) -> None:
+        try:
+            client.api.remove_volume(name)
+        except NotFound:
+            pass
+        except APIError as exc:
+            raise EngineError(f"cannot remove volume {name}: {_explain(exc)}") from exc
 
 
 class _ExecTimedOut(EngineError):

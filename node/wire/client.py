@@ -55,7 +55,7 @@ from node.model.errors import (  # re-exported (__all__): one family with the se
     Unavailable,
     error_class,
 )
-from node.pb import api_pb2, api_pb2_grpc, secrets_pb2, secrets_pb2_grpc
+from node.pb import api_pb2, api_pb2_grpc, secrets_pb2, secrets_pb2_grpc, volumes_pb2, volumes_pb2_grpc
 from node.security import context as credentials
 from node.wire import rpc
 from node.wire.defaults import DEFAULT_ADDR as DEFAULT_ADDR  # re-exported (__all__)
@@ -483,3 +483,18 @@ class ShoalClient:
         """Usage per task (CPU %, memory, network and block I/O, restarts) from every node;
         `service` "" for all, `history` with each task's recent samples (issue 14)."""
         return self._unary("TaskUsage", api_pb2.UsageRequest(service=service, history=history))
+
+    # -- volume claims (admin tokens only; `shoal.v1.Volumes`) ----------------------------------
+
+    def _volumes(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(volumes_pb2_grpc.VolumesStub(self._channel), method)(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def list_volumes(self, service: str = "") -> list[volumes_pb2.VolumeInfo]:
+        return list(self._volumes("ListVolumes", volumes_pb2.ListVolumesRequest(service=service)).volumes)
+
+    def remove_volume(self, name: str) -> volumes_pb2.RemoveVolumeResponse:
+        """Refused while its slot has a task; else its node deletes the data, then the claim."""
+        return self._volumes("RemoveVolume", volumes_pb2.RemoveVolumeRequest(name=name))

@@ -166,7 +166,10 @@ def test_required_variable_names_itself() -> None:
     [
         ("build: .\n    image: a", "compose.yaml:3:5: services.app.build: refused: shoal runs images"),
         ("image: a\n    privileged: true", "services.app.privileged: refused"),
-        ("image: a\n    volumes: [db-data:/var/lib/postgresql/data]", "services.app.volumes: refused"),
+        (
+            "image: a\n    volumes: [./src:/app]",
+            "services.app.volumes[0]: refused: bind mounts are for admins",
+        ),
         ("image: a\n    secrets: [db_password]", "services.app.secrets: refused"),
         ("image: a\n    entrypoint: /bin/sh", "services.app.entrypoint: refused"),
         ("image: a\n    user: '1000'", "services.app.user: refused"),

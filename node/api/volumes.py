@@ -1,0 +1,139 @@
+"""`shoal.v1.Volumes`: list volume claims and remove them (issue 13, item 5).
+
+Admin only (`shoal.v1.Volumes` is in no role's table; `node.security.tokens` fails
+closed). A claim (`volumes/<service>/<slot>/<name>`, `node.model.domain.VolumeClaim`) is
+written by the leader; here it is only read, marked for removal or deleted:
+
+- `remove` is refused while a task of the slot is assigned (naming it and what to do);
+  else, in one transaction that compares the claim's revision and the task key's absence
+  (so a slot placed meanwhile makes it retry, then refuse), the claim is marked
+  `removing`: the holding node's agent removes the Docker volume and then the claim
+  (`node.agent.volumes`). A holding node that is not in the cluster (no `nodes/` key)
+  cannot do that: the claim is deleted at once and the answer says the data stays there.
+- `service rm` and `stack rm` delete their claims with the service (`node.api.services`);
+  the Docker volumes stay on their nodes (see docs/volumes.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import replace
+
+import grpc
+
+from node.api.admin import _caller
+from node.api.server import handle
+from node.model.domain import Assignment, VolumeClaim
+from node.model.errors import FailedPrecondition, InvalidArgument, NotFound
+from node.model.keys import Keys
+from node.model.spec_lifecycle import SERVICE_NAME_PATTERN
+from node.model.spec_volumes import VOLUME_NAME
+from node.pb import volumes_pb2, volumes_pb2_grpc
+from node.store import Compare, Delete, Put, Store
+from node.store.retry import compare_and_swap
+from node.telemetry.events import EventLog
+
+log = logging.getLogger(__name__)
+
+
+def volume_name(c: VolumeClaim) -> str:
+    return f"{c.service}.{c.slot}.{c.name}"
+
+
+def parse_name(name: str) -> tuple[str, int, str]:
+    m = re.fullmatch(
+        rf"(?P<svc>{SERVICE_NAME_PATTERN})\.(?P<slot>[1-9][0-9]{{0,5}})\.(?P<vol>{VOLUME_NAME})", name
+    )
+    if m is None:
+        raise InvalidArgument(
+            f"{name[:120]!r} is not a volume name: expected <service>.<slot>.<volume>, e.g. redis.1.data "
+            "(`shoal volume ls` lists them)"
+        )
+    return m["svc"], int(m["slot"]), m["vol"]
+
+
+def info(c: VolumeClaim, in_use: bool) -> volumes_pb2.VolumeInfo:
+    return volumes_pb2.VolumeInfo(
+        name=volume_name(c),
+        service=c.service,
+        slot=c.slot,
+        volume=c.name,
+        node=c.node,
+        docker_name=c.docker_name,
+        in_use=in_use,
+        removing=c.removing,
+        since=c.since,
+    )
+
+
+class VolumeClaims:
+    def __init__(self, store: Store, keys: Keys) -> None:
+        self.store, self.keys = store, keys
+
+    async def user(self, c: VolumeClaim) -> Assignment | None:
+        kv = await self.store.get(self.keys.task(c.service, c.slot))
+        return None if kv is None else Assignment.from_json(kv.value)
+
+    async def list(self, service: str = "") -> list[tuple[VolumeClaim, bool]]:
+        prefix = self.keys.service_volumes(service) if service else self.keys.volumes
+        kvs, _ = await self.store.range(prefix)
+        claims = sorted(
+            (VolumeClaim.from_json(kv.value) for kv in kvs), key=lambda c: (c.service, c.slot, c.name)
+        )
+        return [(c, await self.user(c) is not None) for c in claims]
+
+    async def remove(self, name: str) -> tuple[VolumeClaim, str]:
+        service, slot, volume = parse_name(name)
+        key, task_key = self.keys.volume(service, slot, volume), self.keys.task(service, slot)
+
+        async def attempt() -> tuple[VolumeClaim, str] | None:
+            kv = await self.store.get(key)
+            if kv is None:
+                raise NotFound(f"volume {name} not found; `shoal volume ls` lists the volumes")
+            c = VolumeClaim.from_json(kv.value)
+            task = await self.user(c)
+            if task is not None:
+                raise FailedPrecondition(
+                    f"volume {name} is in use by task {task.task_id} of {service} on {task.node}: "
+                    f"scale {service} below {slot} replicas or remove the service first"
+                )
+            if c.removing:
+                return c, f"volume {name} is already being removed from node {c.node}"
+            compares = [Compare(key, "mod", "==", kv.mod_revision), Compare(task_key, "version", "==", 0)]
+            if await self.store.get(self.keys.node(c.node)) is None:
+                message = (
+                    f"volume {name} removed; its node {c.node} is not in the cluster, so its data stays "
+                    f"there (Docker volume {c.docker_name})"
+                )
+                ops: list[Put | Delete] = [Delete(key)]
+            else:
+                message = f"volume {name} is being removed: node {c.node} deletes {c.docker_name}"
+                c = replace(c, removing=True)
+                ops = [Put(key, c.to_json())]
+            return (c, message) if (await self.store.txn(compares, ops)).succeeded else None
+
+        return await compare_and_swap(attempt, f"volume {name} is being changed concurrently; try again")
+
+
+class VolumesServicer(volumes_pb2_grpc.VolumesServicer):
+    def __init__(self, store: Store, keys: Keys, events: EventLog | None = None) -> None:
+        self.claims = VolumeClaims(store, keys)
+        self.events = events
+
+    @handle
+    async def ListVolumes(
+        self, request: volumes_pb2.ListVolumesRequest, context: grpc.aio.ServicerContext
+    ) -> volumes_pb2.ListVolumesResponse:
+        listed = await self.claims.list(request.service)
+        return volumes_pb2.ListVolumesResponse(volumes=[info(c, used) for c, used in listed])
+
+    @handle
+    async def RemoveVolume(
+        self, request: volumes_pb2.RemoveVolumeRequest, context: grpc.aio.ServicerContext
+    ) -> volumes_pb2.RemoveVolumeResponse:
+        claim, message = await self.claims.remove(request.name)
+        log.info("%s (by %s)", message, _caller())
+        if self.events is not None:
+            self.events.emit("volume.removed", message, service=claim.service)
+        return volumes_pb2.RemoveVolumeResponse(volume=info(claim, False), message=message)
