@@ -213,6 +213,7 @@ class ServiceWriter:
             Delete(self.keys.history(name), prefix=True),
             Delete(self.keys.rollout(name)),
             Delete(self.keys.binds(name), prefix=True),
+            Delete(self.keys.job(name)),  # issue 18: a job's progress
         ]
 
 

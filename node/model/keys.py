@@ -27,6 +27,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `secrets/<name>`                  | API (`secret create`)  | until `secret rm`; value sealed (4) |
 | `configs/<name>`                  | API (`config create`)  | until `config rm`   |
 | `objuse/<kind>/<name>`            | API (apply, rm)        | while the secret/config exists (4) |
+| `jobs/<service>`                  | leader only, fenced    | while the job's service exists (5) |
 
 Bounds (issue 11): every prefix is bounded by the nodes, services, replicas and
 tokens in force, never by time. The leader (`leader.upkeep`, fenced) compacts etcd to
@@ -53,6 +54,9 @@ Nothing there is a usable secret without a node's disk (`node.security.cluster`)
 `objuse/<kind>/<name>` is rewritten by every apply that references the object, so a
 `secret rm` that compares its revision never races an apply into using a removed one.
 Bounded by the secrets and configs in force.
+(5) `jobs/<service>`: a `kind: job` service's progress (`node.model.jobs`), one per job,
+at most completions + retries task ids; a record of another incarnation (uid) is
+replaced, one of a removed service is deleted by the leader's next pass.
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.
@@ -224,6 +228,14 @@ class Keys:
 
     def object_use(self, kind: str, name: str) -> str:
         return f"{self.prefix}objuse/{kind}/{name}"
+
+    # jobs (issue 18)
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}jobs/"
+
+    def job(self, service: str) -> str:
+        return f"{self.jobs}{service}"
 
     # parsing
     def tail(self, key: str, prefix: str) -> str:
