@@ -33,6 +33,7 @@ from node.agent.engine import EngineWatch
 from node.api import server as api_server
 from node.api.admin import Signer
 from node.api.gossip_transport import PeerServicer
+from node.api.jobs import JobsServicer
 from node.api.join import JoinHandler
 from node.api.port_policy import PortPolicy
 from node.api.secrets import SecretsServicer
@@ -46,7 +47,7 @@ from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.model.config import NodeConfig
 from node.model.domain import NodeInfo
 from node.model.keys import Keys
-from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc
+from node.pb import api_pb2_grpc, jobs_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc
 from node.proxy import metrics
 from node.proxy.mesh import Mesh, MeshSettings
 from node.runtime.base import RuntimeUnavailable
@@ -321,6 +322,10 @@ class Daemon:
                         SecretsServicer(servicer.writer, self.events),
                     ),
                     (peer_pb2_grpc.add_PeerServicer_to_server, peer_servicer),
+                    (
+                        jobs_pb2_grpc.add_JobsServicer_to_server,
+                        JobsServicer(self.store, self.keys),
+                    ),  # issue 18
                 ],
                 c.address,
                 c.grpc_port,
