@@ -11,6 +11,9 @@ day of week 0 and 7 are both Sunday. When both day fields are restricted (neithe
 starts with `*`), a day matches when either does (Vixie cron's rule); otherwise both
 must. Macros: `@yearly` (`@annually`), `@monthly`, `@weekly`, `@daily` (`@midnight`),
 `@hourly`. An expression that can never match (`0 0 30 feb *`) is refused.
+Six fields: a leading *seconds* field (`*/10 * * * * *`: every 10 s), as Quartz and
+robfig/cron's optional seconds have it; ticks then fall on those seconds of each minute.
+It exists for short schedules and for tests that must not wait minutes per tick.
 
 Time zones: any IANA name `zoneinfo` knows (`UTC` when none is given). Daylight saving
 follows cronie (and Vixie cron before it), not Kubernetes' CronJob (robfig/cron), which
@@ -25,7 +28,8 @@ skips a fixed time that falls in a gap and runs one in a repeated hour twice:
   in a gap do not exist and do not fire; in a repeated hour it fires in both passes, so
   `*/15` still fires every 15 real minutes.
 
-Guarantees: `next_tick(c, t) > t`, ticks are whole minutes in UTC, and the answer is
+Guarantees: `next_tick(c, t) > t`, ticks are whole minutes (whole seconds with a seconds
+field) in UTC, and the answer is
 found in a bounded number of steps (the search covers 8 years, which holds a 29 Feb).
 """
 
@@ -48,6 +52,7 @@ MACROS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
+_SECONDS = ("second", 0, 59, ())
 _FIELDS = (
     ("minute", 0, 59, ()),
     ("hour", 0, 23, ()),
@@ -78,6 +83,7 @@ class Cron:
     any_weekday: bool  # day of week is `*...`
     fixed: bool
     zone: str = "UTC"
+    seconds: tuple[int, ...] = (0,)  # sorted; (0,) for five fields
 
     @property
     def tz(self) -> tzinfo:
@@ -105,7 +111,7 @@ def _number(text: str, field: str, lo: int, hi: int, names: tuple[str, ...]) -> 
 
 
 def _field(text: str, index: int) -> frozenset[int]:
-    field, lo, hi, names = _FIELDS[index]
+    field, lo, hi, names = _FIELDS[index] if index >= 0 else _SECONDS
     out: set[int] = set()
     for part in text.split(","):
         if not part:
@@ -141,10 +147,13 @@ def parse(text: str, zone: str | None = None) -> Cron:
     if expanded.strip().startswith("@"):
         raise CronError(f"unknown macro {text.strip()!r}: use one of {', '.join(MACROS)}")
     parts = expanded.split()
+    seconds = (0,)
+    if len(parts) == 6:
+        seconds, parts = tuple(sorted(_field(parts[0], -1))), parts[1:]
     if len(parts) != 5:
         raise CronError(
             f"a cron expression has 5 fields (minute hour day-of-month month day-of-week), "
-            f"got {len(parts)} in {text!r}"
+            f"or 6 with seconds first; got {len(parts)} in {text!r}"
         )
     zone = zone or "UTC"
     try:
@@ -163,6 +172,7 @@ def parse(text: str, zone: str | None = None) -> Cron:
         any_weekday=parts[4].startswith("*"),
         fixed=not (parts[0].startswith("*") or parts[1].startswith("*")),
         zone=zone,
+        seconds=seconds,
     )
     if cron.any_weekday and not any(min(cron.days) <= _longest(m) for m in cron.months):
         raise CronError(f"{text!r} never matches: no month in it has day {min(cron.days)}")
@@ -213,22 +223,33 @@ def _instants(cron: Cron, wall: datetime, tz: tzinfo) -> list[datetime]:
     return [hi]
 
 
+def _steady(tz: tzinfo, at: datetime) -> bool:
+    """No offset change within `_WINDOW` of `at`: wall time and real time move together."""
+    return (at - _WINDOW).astimezone(tz).utcoffset() == (at + _WINDOW).astimezone(tz).utcoffset()
+
+
 def next_tick(cron: Cron, after: float) -> float:
-    """The first instant (unix seconds, a whole minute) strictly after `after` at which
-    `cron` fires. CronError if none is found within 8 years (a day-of-week and
-    day-of-month pair that never meet can still be refused only by searching)."""
+    """The first instant (unix seconds) strictly after `after` at which `cron` fires.
+    Away from an offset change the first matching wall time is the answer; near one,
+    the candidates within `_WINDOW` either side are compared (see the DST rule above).
+    CronError if none is found within 8 years."""
     tz = cron.tz
     t = datetime.fromtimestamp(after, UTC)
-    start = (t.astimezone(tz).replace(tzinfo=None) - _WINDOW).replace(second=0, microsecond=0)
+    wall_t = t.astimezone(tz).replace(tzinfo=None)
+    start = (wall_t if _steady(tz, t) else wall_t - _WINDOW).replace(second=0, microsecond=0)
     horizon = None
     best: datetime | None = None
-    for wall in _walls(cron, start):
-        if horizon is not None and wall > horizon:
+    for minute in _walls(cron, start):
+        if horizon is not None and minute > horizon:
             break
-        for instant in _instants(cron, wall, tz):
-            if instant > t and (best is None or instant < best):
-                best = instant
-                horizon = wall + 2 * _WINDOW
+        for second in cron.seconds:
+            for instant in _instants(cron, minute.replace(second=second), tz):
+                if instant > t and (best is None or instant < best):
+                    best = instant
+        if best is not None and horizon is None:
+            if _steady(tz, best):
+                break
+            horizon = minute + 2 * _WINDOW
     if best is None:
         raise CronError(f"{cron.text!r} has no tick in the {_SEARCH_YEARS} years after {t.isoformat()}")
     return best.timestamp()

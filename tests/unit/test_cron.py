@@ -83,7 +83,8 @@ def test_fixed_and_wildcard() -> None:
     ("expr", "zone", "says"),
     [
         ("* * * *", None, "5 fields"),
-        ("* * * * * *", None, "5 fields"),
+        ("* * * * * * *", None, "5 fields"),
+        ("60 * * * * *", None, "second: 60 is out of range 0-59"),
         ("", None, "needed"),
         ("61 * * * *", None, "minute: 61 is out of range 0-59"),
         ("* 24 * * *", None, "hour: 24 is out of range 0-23"),
@@ -110,3 +111,26 @@ def test_next_tick_is_strictly_after_and_on_a_minute() -> None:
         n = next_tick(cron, t)
         assert n > t and n % 60 == 0
         t = n
+
+
+@pytest.mark.parametrize(
+    ("expr", "zone", "after", "expected"),
+    [
+        ("*/20 * * * * *", "UTC", "2026-01-01T10:00:05", ["10:00:20", "10:00:40", "10:01:00"]),
+        ("5,35 0 * * * *", "UTC", "2026-01-01T10:00:35", ["11:00:05", "11:00:35", "12:00:05"]),
+        # a wildcard with seconds through Berlin's repeated hour follows real time
+        ("*/30 * * * * *", "Europe/Berlin", "2026-10-25T00:59:40", ["01:00:00", "01:00:30"]),
+    ],
+)
+def test_a_leading_seconds_field(expr: str, zone: str, after: str, expected: list[str]) -> None:
+    cron = parse(expr, zone)
+    got, t = [], _t(after)
+    for _ in expected:
+        t = next_tick(cron, t)
+        got.append(datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S"))
+    assert got == expected
+
+
+def test_many_ticks_are_found_quickly() -> None:
+    """Catching up a second-granular schedule: 1,000 ticks, away from any DST change."""
+    assert len(ticks_between(parse("* * * * * *", "Europe/Berlin"), 1e9, 2e9, limit=1000)) == 1000
