@@ -147,7 +147,7 @@ def parse(text: str, zone: str | None = None) -> Cron:
     if expanded.strip().startswith("@"):
         raise CronError(f"unknown macro {text.strip()!r}: use one of {', '.join(MACROS)}")
     parts = expanded.split()
-    seconds = (0,)
+    seconds: tuple[int, ...] = (0,)
     if len(parts) == 6:
         seconds, parts = tuple(sorted(_field(parts[0], -1))), parts[1:]
     if len(parts) != 5:
