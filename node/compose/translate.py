@@ -275,6 +275,7 @@ class _Service:
             self.note("replicas", b, "scale")
             self.out["replicas"] = b["scale"]
         self._legacy_resources(b)
+        _as_job(self.out, b)  # issue 18
         return self.out, self.at
 
     def _duration(self, node: Any, key: str, into: dict[str, Any], as_: str) -> None:
@@ -467,3 +468,16 @@ class _Service:
                 "mem_limit" if "mem_limit" in b else "cpus" if "cpus" in b else "mem_reservation",
             )
             self.out["resources"] = res
+
+
+def _as_job(out: dict[str, Any], body: Any) -> None:
+    """`restart: "no"` with `deploy.restart_policy.condition: none` is a job (issue 18): it
+    runs to completion once; `deploy.replicas: N` becomes N completions, N at once."""
+    deploy = body.get("deploy") if isinstance(body.get("deploy"), dict) else {}
+    policy = deploy.get("restart_policy") if isinstance(deploy.get("restart_policy"), dict) else {}
+    if body.get("restart") not in ("no", False) or policy.get("condition") != "none":
+        return
+    out["kind"] = "job"
+    replicas = out.pop("replicas", 1)
+    if isinstance(replicas, int) and replicas > 1:
+        out["job"] = {"completions": replicas, "parallelism": replicas}
