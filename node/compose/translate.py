@@ -473,8 +473,10 @@ class _Service:
 def _as_job(out: dict[str, Any], body: Any) -> None:
     """`restart: "no"` with `deploy.restart_policy.condition: none` is a job (issue 18): it
     runs to completion once; `deploy.replicas: N` becomes N completions, N at once."""
-    deploy = body.get("deploy") if isinstance(body.get("deploy"), dict) else {}
-    policy = deploy.get("restart_policy") if isinstance(deploy.get("restart_policy"), dict) else {}
+    deploy: Any = body.get("deploy")
+    deploy = deploy if isinstance(deploy, dict) else {}
+    policy: Any = deploy.get("restart_policy")
+    policy = policy if isinstance(policy, dict) else {}
     if body.get("restart") not in ("no", False) or policy.get("condition") != "none":
         return
     out["kind"] = "job"
