@@ -31,7 +31,9 @@ def test_generate_check_passes() -> None:
 def test_rendered_stubs_equal_the_files_and_an_edit_is_noticed() -> None:
     fresh = generate.render()
     assert set(fresh) == {
-        f"{m}{ext}" for m in ("api", "jobs", "peer", "secrets") for ext in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+        f"{m}{ext}"
+        for m in ("api", "jobs", "peer", "secrets")
+        for ext in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
     }
     assert fresh == on_disk()
     assert "from node.pb import api_pb2" in fresh["api_pb2_grpc.py"]
