@@ -4,9 +4,11 @@
 in a fenced transaction that compares the record's mod revision, *before* the pass
 plans: an outcome is stored before the slot it frees gets another task. A stale record
 (another leader wrote it) gives that job no start and no stop this pass; the next pass
-steps it again from what is stored. It returns the view the scheduler plans on: each
-job's replicas are its completions, its finished tasks hidden. `shape` then keeps, of
-each job's plan, only the placements in the step's `start` and adds its stops.
+steps it again from what is stored. It returns the view the scheduler plans on: of each
+job, its live tasks and the indices that may start, renumbered 1..k (k its replicas in
+the view), and the live tasks of a job that ended above k, so that they are stopped;
+finished tasks are hidden. The scheduler thus plans (and charges capacity for) nothing
+it would be refused. `shape` maps each job's plan back to real slots and adds its stops.
 
 Records of services that no longer exist are deleted, fenced, while the service key is
 absent (an `rm` deletes its job's record too: `node.api.services`).
@@ -21,7 +23,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from leader import crashpoint, jobs
-from leader.scheduler import Plan, Snapshot
+from leader.scheduler import Move, Plan, Snapshot
 from node.model.domain import Assignment, ServiceRecord, TaskStatus
 from node.model.jobs import JobRecord, JobState
 from node.model.keys import Keys
@@ -41,6 +43,7 @@ class JobRunner:
         self.store, self.keys, self.epoch, self.events = store, keys, epoch, events
         self.steps: dict[str, jobs.JobStep] = {}
         self.crash_point = crashpoint.reached  # tests crash the leader between record and start
+        self.back: dict[str, dict[int, int]] = {}  # job -> view slot -> its real slot (this pass)
 
     @property
     def active(self) -> bool:
@@ -72,38 +75,52 @@ class JobRunner:
         for (service, slot), task in snap.tasks.items():
             if service in named:
                 by_job.setdefault(service, {})[slot] = task
-        hidden: set[tuple[str, int]] = set()
         view = dict(services)
+        tasks = {k: t for k, t in snap.tasks.items() if k[0] not in named}
+        self.back = {}
         for name, record in named.items():
             kv = stored.get(name)
             old = JobRecord.from_json(kv.value) if kv is not None else None
-            st = jobs.step(name, record.uid, record.spec, old, by_job.get(name, {}), statuses.get, alive, now)
-            if st.record != old and not await self._write(name, st.record, kv.mod_revision if kv else 0):
+            mine = by_job.get(name, {})
+            st = jobs.step(name, record.uid, record.spec, old, mine, statuses.get, alive, now)
+            stale = st.record != old and not await self._write(name, st.record, kv.mod_revision if kv else 0)
+            if stale:
                 st.start, st.stop, st.ended = set(), [], ""
             elif old is not None and st.record.counted != old.counted:
                 self.crash_point(crashpoint.JOB_RECORDED)
             if st.ended:
                 self.events.emit(f"job.{st.ended}", f"{name}: {st.record.message}", service=name)
             self.steps[name] = st
-            hidden.update((name, slot) for slot in st.hide)
-            completions = record.spec.job.completions if record.spec.job else 1
-            view[name] = replace(record, spec=record.spec.model_copy(update={"replicas": completions}))
-        tasks = {k: t for k, t in snap.tasks.items() if k not in hidden}
+            # The scheduler sees only what should exist: the live tasks and the indices that
+            # may start, renumbered 1..k (so it plans nothing it would then be refused), then
+            # live tasks to unassign (a job that ended) above k; `shape` maps slots back.
+            live = {slot: t for slot, t in mine.items() if slot not in st.hide}
+            running = stale or st.record.state == JobState.RUNNING
+            wanted = sorted(set(live) | st.start) if running else []
+            order = wanted + sorted(set(live) - set(wanted))
+            self.back[name] = dict(enumerate(order, 1))
+            for v, real in enumerate(order, 1):
+                if real in live:
+                    tasks[(name, v)] = replace(live[real], slot=v)
+            view[name] = replace(record, spec=record.spec.model_copy(update={"replicas": len(wanted)}))
         return view, replace(snap, tasks=tasks)
 
     def shape(self, plans: list[Plan]) -> list[Plan]:
-        """Each job's plan: only the placements its step allows, plus its stops."""
+        """Each job's plan with its real slots (`prepare` renumbered them), plus its stops."""
         for plan in plans:
-            st = self.steps.get(plan.service)
-            if st is None:
+            st, back = self.steps.get(plan.service), self.back.get(plan.service)
+            if st is None or back is None:
                 continue
-            plan.place = [t for t in plan.place if t.slot in st.start]
-            plan.moves = [m for m in plan.moves if m.new.slot in st.start]
-            plan.unplaced = [slot for slot in plan.unplaced if slot in st.start]
-            plan.reason = plan.reason if plan.unplaced else ""
-            placed = {t.slot for t in plan.place}
-            stopping = {t.slot for t in plan.stop}
-            plan.stop += [t for t in st.stop if t.slot not in stopping and t.slot not in placed]
+            mapped = {t.task_id: replace(t, slot=back[t.slot]) for t in (*plan.place, *plan.keep, *plan.stop)}
+            for m in plan.moves:
+                mapped[m.old.task_id] = replace(m.old, slot=back[m.old.slot])
+            plan.place = [mapped[t.task_id] for t in plan.place]
+            plan.keep = [mapped[t.task_id] for t in plan.keep]
+            plan.moves = [Move(mapped[m.old.task_id], mapped[m.new.task_id], m.why) for m in plan.moves]
+            plan.unplaced = [back[slot] for slot in plan.unplaced]
+            stopping = {t.task_id for t in plan.stop}
+            plan.stop = [mapped[t.task_id] for t in plan.stop]
+            plan.stop += [t for t in st.stop if t.task_id not in stopping]
         return plans
 
     async def _write(self, name: str, record: JobRecord, mod: int) -> bool:

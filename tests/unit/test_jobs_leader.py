@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -129,6 +130,27 @@ async def test_a_removed_jobs_record_is_deleted(store: MemoryStore) -> None:
         await store.delete(KEYS.service("batch"))
         await _pass(store, loop)
         assert await store.get(KEYS.job("batch")) is None
+    finally:
+        for c in caches:
+            c.cancel()
+
+
+async def test_indices_that_may_not_start_take_no_capacity_from_other_services() -> None:
+    """50 completions one at a time: the scheduler sees one index, not 50, so a service
+    planned in the same pass finds the room the other 49 would have taken."""
+    store = MemoryStore()
+    node = replace(make_node("n1"), cpu=4.0, memory=2**30)
+    await store.put(KEYS.node("n1"), node.to_json())
+    big = make_service("big", kind="job", job={"completions": 50}, resources={"memory": 200 * 2**20})
+    web = make_service("web", replicas=4, resources={"memory": 100 * 2**20})
+    for s in (big, web):
+        await store.put(KEYS.service(s.name), s.to_json())
+    loop, caches = await _leader(store)
+    try:
+        await _pass(store, loop)
+        kvs, _ = await store.range(KEYS.tasks)
+        placed = sorted((a.service, a.slot) for a in (Assignment.from_json(kv.value) for kv in kvs))
+        assert placed == [("big", 1), ("web", 1), ("web", 2), ("web", 3), ("web", 4)]
     finally:
         for c in caches:
             c.cancel()
