@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from leader import crashpoint, dependencies, rollback, updates
+from leader import crashpoint, dependencies, jobrun, rollback, updates
 from leader.applier import Applier, Write, writes_for
 from leader.incarnation import stale_incarnation
 from leader.liveness import DownMarks, Liveness
@@ -86,6 +86,7 @@ class LeaderLoop:
         self.passes = 0
         self._last_pass = 0.0  # `now` of the last pass: rollout deadlines up to it are handled
         self.crash_point = crashpoint.reached  # tests crash the leader at named steps
+        self.jobs = jobrun.JobRunner(store, keys, epoch, events)  # issue 18: `kind: job` services
 
     async def run(self) -> None:
         caches = [self.services, self.nodes, self.tasks, self.nodespecs, self.rollouts, self.down.cache]
@@ -100,7 +101,6 @@ class LeaderLoop:
         listeners = [c.listener() for c in caches]
         for cache in caches:
             await cache.ready.wait()
-
         await self.statuses.ready.wait()
 
         async def relay(ev: asyncio.Event, when: Callable[[], bool] = lambda: True) -> None:
@@ -116,9 +116,8 @@ class LeaderLoop:
         relays.append(asyncio.create_task(relay(self.statuses.listener(), lambda: self._follow_status)))
         try:
             while True:
-                deadlines = [
-                    d for d in (self.down.next_deadline(), self.next_rollout_deadline()) if d is not None
-                ]
+                waits = (self.down.next_deadline(), self.next_rollout_deadline(), self.jobs.next_deadline())
+                deadlines = [d for d in waits if d is not None]
                 pending = min(deadlines) if deadlines else None
                 try:
                     async with asyncio.timeout(self.resync if pending is None else min(self.resync, pending)):
@@ -200,6 +199,7 @@ class LeaderLoop:
         self._node_events(snap.nodes)
         now, alive = self._last_pass, set(snap.nodes)
         statuses = self.status_map()
+        services, snap = await self.jobs.prepare(services, snap, statuses, alive, now)  # before planning
         rollouts = {
             r.service: r for r in (RolloutRecord.from_json(kv.value) for kv in self.rollouts.values())
         }
@@ -213,7 +213,7 @@ class LeaderLoop:
             plans += [
                 dependencies.waiting_plan(services[n], why, alive) for n, why in sorted(waiting.items())
             ]
-            writes: list[Write] = []
+            plans, writes = self.jobs.shape(plans), []
             for plan in plans:
                 updates.with_handoffs(plan, decided.policies.get(plan.service, UpdatePolicy()), alive)
                 writes += writes_for(plan, self.keys, seen)
@@ -241,6 +241,7 @@ class LeaderLoop:
             or any(RolloutState(r.state).active for r in rollouts.values() if r.service in services)
             or any(t.handoff for t in snap.tasks.values())
             or bool(waiting)  # a gated service starts when its dependencies' statuses say so
+            or self.jobs.active  # a job's next task starts when one ends
         )
         self._pending_events(plans)
         await self.pending.publish(plans, now)

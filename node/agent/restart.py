@@ -46,7 +46,10 @@ the model's, the one place they are written."""
 
 
 def policy_of(spec: ServiceSpec | None) -> Policy:
-    """The restart policy of a spec; the defaults when it has none (or no spec is known)."""
+    """The restart policy of a spec; the defaults when it has none (or no spec is known).
+    A job's tasks (`kind: job`, issue 18) are never restarted: the leader decides retries."""
+    if spec is not None and spec.kind == "job":
+        return RestartPolicy(condition="never")
     return (spec.restart if spec is not None else None) or RestartPolicy()
 
 

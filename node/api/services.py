@@ -256,6 +256,7 @@ class ServiceWriter:
             Delete(self.keys.rollout(name)),
             Delete(self.keys.binds(name), prefix=True),
             Delete(self.keys.service_volumes(name), prefix=True),
+            Delete(self.keys.job(name)),  # issue 18: a job's progress
         ]
 
 

@@ -80,11 +80,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "completion",
         "Print the shell completion script for bash, zsh or fish.",
     ),
-    "task": ("node.cli.taskio", "task", "Inspect one task (one replica's container) of a service."),
+    "task": ("node.cli.jobs", "task", "Inspect one task (one replica's container) of a service."),
     "top": (
         "node.cli.usage",
         "top",
         "Show CPU, memory, network and block I/O of every task, refreshed live.",
+    ),
+    "job": (
+        "node.cli.jobs",
+        "job",
+        "Batch jobs (`kind: job` services): list them and show their progress per index.",
+    ),
+    "run": (
+        "node.cli.jobs",
+        "run",
+        "Run a one-off task of IMAGE (or --from SERVICE); print its output, exit with its code.",
     ),
     "exec": (
         "node.cli.taskio",

@@ -289,6 +289,7 @@ class _Service:
         if "pull_policy" in b:  # issue 13: images from registries
             self._pull_policy(b)
         self._legacy_resources(b)
+        _as_job(self.out, b)  # issue 18
         return self.out, self.at
 
     def _pull_policy(self, b: Any) -> None:
@@ -490,3 +491,18 @@ class _Service:
                 "mem_limit" if "mem_limit" in b else "cpus" if "cpus" in b else "mem_reservation",
             )
             self.out["resources"] = res
+
+
+def _as_job(out: dict[str, Any], body: Any) -> None:
+    """`restart: "no"` with `deploy.restart_policy.condition: none` is a job (issue 18): it
+    runs to completion once; `deploy.replicas: N` becomes N completions, N at once."""
+    deploy: Any = body.get("deploy")
+    deploy = deploy if isinstance(deploy, dict) else {}
+    policy: Any = deploy.get("restart_policy")
+    policy = policy if isinstance(policy, dict) else {}
+    if body.get("restart") not in ("no", False) or policy.get("condition") != "none":
+        return
+    out["kind"] = "job"
+    replicas = out.pop("replicas", 1)
+    if isinstance(replicas, int) and replicas > 1:
+        out["job"] = {"completions": replicas, "parallelism": replicas}

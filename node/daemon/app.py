@@ -33,6 +33,7 @@ from node.agent.engine import EngineWatch
 from node.api import server as api_server
 from node.api.admin import Signer
 from node.api.gossip_transport import PeerServicer
+from node.api.jobs import JobsServicer
 from node.api.join import JoinHandler
 from node.api.port_policy import PortPolicy
 from node.api.secrets import SecretsServicer
@@ -52,7 +53,7 @@ from node.model.config import NodeConfig, vip_network
 from node.model.domain import NodeInfo
 from node.model.keys import Keys
 from node.model.spec_compat import known_paths
-from node.pb import api_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc, volumes_pb2_grpc
+from node.pb import api_pb2_grpc, jobs_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc, volumes_pb2_grpc
 from node.proxy import metrics
 from node.proxy.dnsserver import host_resolvers
 from node.proxy.mesh import Mesh, MeshSettings
@@ -370,6 +371,10 @@ class Daemon:
                         volumes_pb2_grpc.add_VolumesServicer_to_server,
                         VolumesServicer(self.store, self.keys, self.events),
                     ),
+                    (
+                        jobs_pb2_grpc.add_JobsServicer_to_server,
+                        JobsServicer(self.store, self.keys),
+                    ),  # issue 18
                 ],
                 c.address,
                 c.grpc_port,

@@ -27,10 +27,11 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `secrets/<name>`                  | API (`secret create`)  | until `secret rm`; value sealed (4) |
 | `configs/<name>`                  | API (`config create`)  | until `config rm`   |
 | `objuse/<kind>/<name>`            | API (apply, rm)        | while the secret/config exists (4) |
-| `vips/<service>`                  | any node's names (5)   | while the service incarnation exists |
-| `vipaddrs/<address>`              | any node's names (5)   | with its `vips/` record |
-| `vipcursor`                       | any node's names (5)   | forever; one key   |
+| `vips/<service>`                  | any node's names (7)   | while the service incarnation exists |
+| `vipaddrs/<address>`              | any node's names (7)   | with its `vips/` record |
+| `vipcursor`                       | any node's names (7)   | forever; one key   |
 | `volumes/<service>/<slot>/<name>` | leader (fenced), API, agent | until `rm` of the service or volume (6) |
+| `jobs/<service>`                  | leader only, fenced    | while the job's service exists (8) |
 
 Bounds (issue 11): every prefix is bounded by the nodes, services, replicas and
 tokens in force, never by time. The leader (`leader.upkeep`, fenced) compacts etcd to
@@ -66,10 +67,13 @@ Written by the leader when the slot is first placed; deleted with the service by
 `volume rm` marks it `removing` and the holding node's agent deletes it once the Docker
 volume is gone. Bounded by the slots of services with volumes.
 
-(5) issue 13, names (`node.proxy.names`, `node.proxy.vipstore`): the virtual address of
+(7) issue 13, names (`node.proxy.names`, `node.proxy.vipstore`): the virtual address of
 each service incarnation and its claim, written together in one transaction compared
 on the service key, so two nodes allocating at once never give one address twice; the
 cursor makes a released address the last to be reused. Bounded by the services.
+(8) `jobs/<service>`: a `kind: job` service's progress (`node.model.jobs`), one per job,
+at most completions + retries task ids; a record of another incarnation (uid) is
+replaced, one of a removed service is deleted by the leader's next pass.
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.
@@ -273,6 +277,14 @@ class Keys:
 
     def volume(self, service: str, slot: int, name: str) -> str:
         return f"{self.volumes}{service}/{slot}/{name}"
+
+    # jobs (issue 18)
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}jobs/"
+
+    def job(self, service: str) -> str:
+        return f"{self.jobs}{service}"
 
     # parsing
     def tail(self, key: str, prefix: str) -> str:

@@ -51,6 +51,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 from node.model.constraints import ConstraintError, parse_constraint, parse_label_attribute
 from node.model.spec_errors import FieldError, SpecError
 from node.model.spec_errors import fatal as _fatal
+from node.model.spec_job import JobSpec, check_job_fields
 from node.model.spec_lifecycle import (
     OBJECT_PATTERN,
     ConfigRef,
@@ -305,13 +306,22 @@ class ServiceSpec(BaseModel):
     image_digest: Annotated[str, _matches(r"sha256:[0-9a-f]{64}", "a sha256 digest", 71)] | None = None
     # ^ set by shoal at apply (the tag resolved at the registry); None: not pinned
 
+    # Issue 18: jobs (node.model.spec_job): `kind: job` runs to completion, never restarted.
+    kind: Literal["service", "job"] | None = None  # None: a service
+    job: JobSpec | None = None  # kind job: completions, parallelism, retries; None: the defaults
+
+    @model_validator(mode="after")
+    def _job_fields(self) -> "ServiceSpec":
+        check_job_fields(self)
+        return self
+
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
 _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
 _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", "tcp"): TcpCheck}
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
-_FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): VolumeMount}
+_FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): VolumeMount, ("job",): JobSpec}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}

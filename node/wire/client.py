@@ -55,7 +55,16 @@ from node.model.errors import (  # re-exported (__all__): one family with the se
     Unavailable,
     error_class,
 )
-from node.pb import api_pb2, api_pb2_grpc, secrets_pb2, secrets_pb2_grpc, volumes_pb2, volumes_pb2_grpc
+from node.pb import (
+    api_pb2,
+    api_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    secrets_pb2,
+    secrets_pb2_grpc,
+    volumes_pb2,
+    volumes_pb2_grpc,
+)
 from node.security import context as credentials
 from node.wire import rpc
 from node.wire.defaults import DEFAULT_ADDR as DEFAULT_ADDR  # re-exported (__all__)
@@ -498,3 +507,18 @@ class ShoalClient:
     def remove_volume(self, name: str) -> volumes_pb2.RemoveVolumeResponse:
         """Refused while its slot has a task; else its node deletes the data, then the claim."""
         return self._volumes("RemoveVolume", volumes_pb2.RemoveVolumeRequest(name=name))
+
+    # -- jobs (issue 18; `shoal.v1.Jobs`) ----------------------------------------------------
+
+    def _jobs(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(jobs_pb2_grpc.JobsStub(self._channel), method)(request, timeout=self.timeout)
+        except grpc.RpcError as err:
+            raise self._error(err) from None
+
+    def list_jobs(self) -> list[jobs_pb2.JobInfo]:
+        return list(self._jobs("ListJobs", jobs_pb2.ListJobsRequest()).jobs)
+
+    def get_job(self, name: str) -> jobs_pb2.JobInfo:
+        """A job's progress per index; `NotFound`, or `FailedPrecondition` for a service."""
+        return self._jobs("GetJob", jobs_pb2.GetJobRequest(name=name))

@@ -1,0 +1,152 @@
+"""The leader's shell around the job controller (`leader.jobs`), run inside each pass.
+
+`prepare` reads `jobs/`, steps every `kind: job` service and writes each changed record
+in a fenced transaction that compares the record's mod revision, *before* the pass
+plans: an outcome is stored before the slot it frees gets another task. A stale record
+(another leader wrote it) gives that job no start and no stop this pass; the next pass
+steps it again from what is stored. It returns the view the scheduler plans on: of each
+job, its live tasks and the indices that may start, renumbered 1..k (k its replicas in
+the view), and the live tasks of a job that ended above k, so that they are stopped;
+finished tasks are hidden. The scheduler thus plans (and charges capacity for) nothing
+it would be refused. `shape` maps each job's plan back to real slots and adds its stops.
+
+Records of services that no longer exist are deleted, fenced, while the service key is
+absent (an `rm` deletes its job's record too: `node.api.services`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import replace
+from typing import Protocol
+
+from leader import crashpoint, jobs
+from leader.scheduler import Move, Plan, Snapshot
+from node.model.domain import Assignment, ServiceRecord, TaskStatus
+from node.model.jobs import JobRecord, JobState
+from node.model.keys import Keys
+from node.model.spec_job import is_job
+from node.store import Compare, Delete, Fenced, Put, Store, fence
+from node.telemetry.events import EventLog
+
+log = logging.getLogger(__name__)
+
+
+class StatusLookup(Protocol):
+    def get(self, task_id: str, /) -> TaskStatus | None: ...
+
+
+class JobRunner:
+    def __init__(self, store: Store, keys: Keys, epoch: int, events: EventLog) -> None:
+        self.store, self.keys, self.epoch, self.events = store, keys, epoch, events
+        self.steps: dict[str, jobs.JobStep] = {}
+        self.crash_point = crashpoint.reached  # tests crash the leader between record and start
+        self.back: dict[str, dict[int, int]] = {}  # job -> view slot -> its real slot (this pass)
+
+    @property
+    def active(self) -> bool:
+        """A job is running: the loop follows task statuses to see its tasks end."""
+        return any(s.record.state == JobState.RUNNING for s in self.steps.values())
+
+    def next_deadline(self) -> float | None:
+        """Seconds until a job needs a pass with no event to wake it (back-off, deadline, ttl)."""
+        wakes = [s.wake for s in self.steps.values() if s.wake is not None]
+        return max(0.0, min(wakes) - time.time()) + 0.01 if wakes else None
+
+    async def prepare(
+        self,
+        services: Mapping[str, ServiceRecord],
+        snap: Snapshot,
+        statuses: StatusLookup,
+        alive: Collection[str],
+        now: float,
+    ) -> tuple[dict[str, ServiceRecord], Snapshot]:
+        named = {name: r for name, r in services.items() if is_job(r.spec)}
+        kvs, _ = await self.store.range(self.keys.jobs)
+        self.steps = {}
+        stored = {self.keys.tail(kv.key, self.keys.jobs): kv for kv in kvs}
+        for name in sorted(stored.keys() - services.keys()):
+            await self._forget(name, stored[name].mod_revision)
+        if not named:
+            return dict(services), snap
+        by_job: dict[str, dict[int, Assignment]] = {}
+        for (service, slot), task in snap.tasks.items():
+            if service in named:
+                by_job.setdefault(service, {})[slot] = task
+        view = dict(services)
+        tasks = {k: t for k, t in snap.tasks.items() if k[0] not in named}
+        self.back = {}
+        for name, record in named.items():
+            kv = stored.get(name)
+            old = JobRecord.from_json(kv.value) if kv is not None else None
+            mine = by_job.get(name, {})
+            st = jobs.step(name, record.uid, record.spec, old, mine, statuses.get, alive, now)
+            stale = st.record != old and not await self._write(name, st.record, kv.mod_revision if kv else 0)
+            if stale:
+                st.start, st.stop, st.ended = set(), [], ""
+            elif old is not None and st.record.counted != old.counted:
+                self.crash_point(crashpoint.JOB_RECORDED)
+            if st.ended:
+                self.events.emit(f"job.{st.ended}", f"{name}: {st.record.message}", service=name)
+            self.steps[name] = st
+            # The scheduler sees only what should exist: the live tasks and the indices that
+            # may start, renumbered 1..k (so it plans nothing it would then be refused), then
+            # live tasks to unassign (a job that ended) above k; `shape` maps slots back.
+            live = {slot: t for slot, t in mine.items() if slot not in st.hide}
+            running = stale or st.record.state == JobState.RUNNING
+            wanted = sorted(set(live) | st.start) if running else []
+            order = wanted + sorted(set(live) - set(wanted))
+            self.back[name] = dict(enumerate(order, 1))
+            for v, real in enumerate(order, 1):
+                if real in live:
+                    tasks[(name, v)] = replace(live[real], slot=v)
+            view[name] = replace(record, spec=record.spec.model_copy(update={"replicas": len(wanted)}))
+        return view, replace(snap, tasks=tasks)
+
+    def shape(self, plans: list[Plan]) -> list[Plan]:
+        """Each job's plan with its real slots (`prepare` renumbered them), plus its stops."""
+        for plan in plans:
+            st, back = self.steps.get(plan.service), self.back.get(plan.service)
+            if st is None or back is None:
+                continue
+            mapped = {t.task_id: replace(t, slot=back[t.slot]) for t in (*plan.place, *plan.keep, *plan.stop)}
+            for m in plan.moves:
+                mapped[m.old.task_id] = replace(m.old, slot=back[m.old.slot])
+            plan.place = [mapped[t.task_id] for t in plan.place]
+            plan.keep = [mapped[t.task_id] for t in plan.keep]
+            plan.moves = [Move(mapped[m.old.task_id], mapped[m.new.task_id], m.why) for m in plan.moves]
+            plan.unplaced = [back[slot] for slot in plan.unplaced]
+            stopping = {t.task_id for t in plan.stop}
+            plan.stop = [mapped[t.task_id] for t in plan.stop]
+            plan.stop += [t for t in st.stop if t.task_id not in stopping]
+        return plans
+
+    async def _write(self, name: str, record: JobRecord, mod: int) -> bool:
+        key = self.keys.job(name)
+        compares = [
+            fence(self.keys.leader, self.epoch),
+            Compare(key, "mod", "==", mod),
+            Compare(self.keys.service(name), "mod", ">", 0),
+        ]
+        result = await self.store.txn(compares, [Put(key, record.to_json())])
+        if not result.succeeded:
+            await self._check_fence()
+            log.info("job record of %s stale; stepping it again on the next pass", name)
+        return result.succeeded
+
+    async def _forget(self, name: str, mod: int) -> None:
+        key = self.keys.job(name)
+        compares = [
+            fence(self.keys.leader, self.epoch),
+            Compare(self.keys.service(name), "mod", "==", 0),
+            Compare(key, "mod", "==", mod),
+        ]
+        if not (await self.store.txn(compares, [Delete(key)])).succeeded:
+            await self._check_fence()
+
+    async def _check_fence(self) -> None:
+        leader = await self.store.get(self.keys.leader)
+        if leader is None or leader.create_revision != self.epoch:
+            raise Fenced(f"leadership at epoch {self.epoch} is over; write refused")

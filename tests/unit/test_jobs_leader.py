@@ -1,0 +1,156 @@
+"""Jobs through the leader's pass (`LeaderLoop.reconcile` + `leader.jobrun`) on a MemoryStore:
+tasks placed per index, outcomes recorded in `jobs/<name>` before the next task, counted
+once across a leader that dies between the two (issue 18)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from leader import crashpoint
+from leader.loop import LeaderLoop
+from node.model.domain import Assignment, TaskState, TaskStatus
+from node.model.jobs import JobRecord
+from node.model.keys import Keys
+from node.store.memory import MemoryStore
+from node.telemetry.events import EventLog
+from tests.factories import make_node, make_service
+from tests.helpers import mirrors_caught_up
+
+KEYS = Keys()
+
+
+class Crash(Exception):
+    pass
+
+
+async def _leader(store: MemoryStore) -> tuple[LeaderLoop, list[asyncio.Task[None]]]:
+    await store.delete(KEYS.leader)
+    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
+    loop = LeaderLoop(store, KEYS, epoch, EventLog(store, KEYS, "n1"))
+    caches = (loop.services, loop.nodes, loop.tasks, loop.statuses)
+    return loop, [asyncio.create_task(c.run()) for c in caches]
+
+
+async def _pass(store: MemoryStore, loop: LeaderLoop) -> None:
+    await mirrors_caught_up(store, (loop.services, loop.nodes, loop.tasks, loop.statuses))
+    await loop.reconcile()
+
+
+async def _tasks(store: MemoryStore) -> dict[int, Assignment]:
+    kvs, _ = await store.range(KEYS.tasks)
+    return {a.slot: a for a in (Assignment.from_json(kv.value) for kv in kvs)}
+
+
+async def _finish(store: MemoryStore, task: Assignment, code: int) -> None:
+    state = TaskState.EXITED if code == 0 else TaskState.FAILED
+    status = TaskStatus(
+        task.task_id, task.service, task.slot, task.node, state, exit_code=code, terminal=True
+    )
+    await store.put(KEYS.status(task.task_id), status.to_json())
+
+
+async def _record(store: MemoryStore) -> JobRecord:
+    kv = await store.get(KEYS.job("batch"))
+    assert kv is not None
+    return JobRecord.from_json(kv.value)
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    store = MemoryStore()
+    await store.put(KEYS.node("n1"), make_node("n1").to_json())
+    job = make_service("batch", kind="job", job={"completions": 3, "parallelism": 2})
+    await store.put(KEYS.service("batch"), job.to_json())
+    yield store
+
+
+async def test_a_job_runs_its_completions_at_most_parallelism_at_once(store: MemoryStore) -> None:
+    loop, caches = await _leader(store)
+    try:
+        await _pass(store, loop)
+        first = await _tasks(store)
+        assert sorted(first) == [1, 2]
+        await _finish(store, first[1], 0)
+        await _pass(store, loop)
+        now = await _tasks(store)
+        assert sorted(now) == [1, 2, 3] and now[1] == first[1]  # kept for its logs, not restarted
+        assert (await _record(store)).counted == [first[1].task_id]
+        for slot in (2, 3):
+            await _finish(store, now[slot], 0)
+        await _pass(store, loop)
+        record = await _record(store)
+        assert record.state == "succeeded" and len(record.counted) == 3
+        await _pass(store, loop)
+        assert await _tasks(store) == now, "a finished job places nothing more"
+    finally:
+        for c in caches:
+            c.cancel()
+
+
+async def test_a_leader_dying_between_record_and_start_counts_the_outcome_once(store: MemoryStore) -> None:
+    loop, caches = await _leader(store)
+    try:
+        await _pass(store, loop)
+        first = await _tasks(store)
+        await _finish(store, first[1], 7)
+
+        def crash(point: str) -> None:
+            if point == crashpoint.JOB_RECORDED:
+                raise Crash(point)
+
+        loop.jobs.crash_point = crash
+        with pytest.raises(Crash):
+            await _pass(store, loop)
+        assert (await _record(store)).failures == 1
+        assert await _tasks(store) == first, "died before any task was placed"
+    finally:
+        for c in caches:
+            c.cancel()
+    loop, caches = await _leader(store)  # the next leader, a new epoch
+    try:
+        await _pass(store, loop)
+        record = await _record(store)
+        assert record.failures == 1 and record.counted == [first[1].task_id]
+        assert record.state == "failed"  # retries 0: one failure ends it
+        assert sorted(await _tasks(store)) == [1], "index 2, still running, is unassigned"
+    finally:
+        for c in caches:
+            c.cancel()
+
+
+async def test_a_removed_jobs_record_is_deleted(store: MemoryStore) -> None:
+    loop, caches = await _leader(store)
+    try:
+        await _pass(store, loop)
+        assert await store.get(KEYS.job("batch")) is not None
+        await store.delete(KEYS.service("batch"))
+        await _pass(store, loop)
+        assert await store.get(KEYS.job("batch")) is None
+    finally:
+        for c in caches:
+            c.cancel()
+
+
+async def test_indices_that_may_not_start_take_no_capacity_from_other_services() -> None:
+    """50 completions one at a time: the scheduler sees one index, not 50, so a service
+    planned in the same pass finds the room the other 49 would have taken."""
+    store = MemoryStore()
+    node = replace(make_node("n1"), cpu=4.0, memory=2**30)
+    await store.put(KEYS.node("n1"), node.to_json())
+    big = make_service("big", kind="job", job={"completions": 50}, resources={"memory": 200 * 2**20})
+    web = make_service("web", replicas=4, resources={"memory": 100 * 2**20})
+    for s in (big, web):
+        await store.put(KEYS.service(s.name), s.to_json())
+    loop, caches = await _leader(store)
+    try:
+        await _pass(store, loop)
+        kvs, _ = await store.range(KEYS.tasks)
+        placed = sorted((a.service, a.slot) for a in (Assignment.from_json(kv.value) for kv in kvs))
+        assert placed == [("big", 1), ("web", 1), ("web", 2), ("web", 3), ("web", 4)]
+    finally:
+        for c in caches:
+            c.cancel()
