@@ -114,6 +114,7 @@ class Views:
         for s in answer.services:
             s.ClearField("spec_json")  # the masked spec: not needed here, and not passed on at all
             view = as_json(s)
+            view.pop("spec_json", None)
             record = rollouts.get(s.name)
             view["rollout"] = as_json(convert.rollout(record)) if record is not None else None
             services.append(view)
