@@ -4,6 +4,7 @@ services, sees a scale without reloading, and leaves a screenshot."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import time
@@ -13,16 +14,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from node.dev.devcluster import DevCluster
+from node.dev.devcluster import DevCluster, free_port_on_all
 from node.security.files import NodeFiles
 from tests.helpers import wait_until_sync
 from tests.integration.browser import Browser
 
 SECRET = "dash-hunter2-not-shown"
-SERVICE = f"""\
+HOSTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+CHATTY = """\
+name: chatty
+image: shoal-demo/base:1
+command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo \\"chatty line $i\\"; sleep 0.5; done"]
+"""
+
+
+def service(published: int) -> str:
+    return f"""\
 name: web
 image: shoal-demo/web:1
 replicas: 2
+ports:
+  - {{container: 8080, published: {published}, protocol: http}}
 secret_env: {{DB_PASSWORD: {SECRET}}}
 """
 
@@ -44,7 +56,9 @@ def _get(cluster: DevCluster, path: str, token: str = "") -> tuple[int, bytes]:
 def test_dashboard(make_cluster: Callable[..., DevCluster], tmp_path: Path) -> None:
     cluster = make_cluster(3)
     admin = cluster.client()
-    admin.apply(SERVICE)
+    published = free_port_on_all(HOSTS)
+    admin.apply(service(published))
+    admin.apply(CHATTY)
     viewer = admin.create_token("viewer", "dashboard test").token
     wait_until_sync(
         lambda: sum(t.state == "running" for t in admin.list_tasks("web")) == 2 or None,
@@ -76,7 +90,7 @@ def test_dashboard(make_cluster: Callable[..., DevCluster], tmp_path: Path) -> N
     overview = answers["/api/overview"]
     assert sorted(n["id"] for n in overview["nodes"]) == ["n1", "n2", "n3"]
     assert overview["leader"] in {"n1", "n2", "n3"} and overview["viewer"]["role"] == "viewer"
-    assert [s["name"] for s in overview["services"]] == ["web"]
+    assert sorted(s["name"] for s in overview["services"]) == ["chatty", "web"]
     status, page = _get(cluster, "/", viewer)
     assert status == 200 and SECRET.encode() not in page
 
@@ -97,8 +111,27 @@ def test_dashboard(make_cluster: Callable[..., DevCluster], tmp_path: Path) -> N
         wait_until_sync(lambda: browser.evaluate(replicas_js) == "3/3" or None, 60, 0.2, "web 3/3 shown")
         print(f"dashboard: the scale to 3 showed after {time.monotonic() - started:.1f}s without a reload")
         assert int(browser.evaluate("document.body.dataset.updates")) > updates  # polled, not reloaded
-        tasks_js = "document.querySelectorAll('#tasks tbody tr').length"
+        tasks_js = (
+            "[...document.querySelectorAll('#tasks tbody tr[data-task]')]"
+            ".filter(r => r.innerText.startsWith('web.')).length"
+        )
         wait_until_sync(lambda: browser.evaluate(tasks_js) == 3 or None, 30, 0.2, "3 tasks shown")
+        # requests through this node's proxy show in web's chart (bounded: 40 requests)
+        for _ in range(40):
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"http://127.0.0.1:{published}/", timeout=2).close()
+        chart_js = (
+            "[...document.querySelectorAll('tr[data-service=\"web\"] polyline.rate')]"
+            ".some(l => l.getAttribute('points').split(' ').some(p => parseFloat(p.split(',')[1]) < 30))"
+        )
+        wait_until_sync(lambda: browser.evaluate(chart_js) or None, 30, 0.2, "requests in web's chart")
+        # the log tail of a chosen service
+        browser.evaluate(
+            "const s = document.getElementById('log-service'); s.value = 'chatty';"
+            "s.dispatchEvent(new Event('change'))"
+        )
+        logs_js = "document.getElementById('logs').textContent"
+        wait_until_sync(lambda: "chatty line" in (browser.evaluate(logs_js) or "") or None, 30, 0.2, "logs")
         shot = browser.screenshot(tmp_path / "dashboard.png")
     finally:
         browser.close()
