@@ -17,6 +17,7 @@ from node.dashboard.gate import COOKIE, Gate, Refused
 from node.dashboard.server import Dashboard, Identity, Request
 from node.dashboard.traffic import Totals, Traffic
 from node.dashboard.views import Views
+from node.model.config import ConfigError, NodeConfig, validate
 from node.model.keys import Keys
 from node.security import bootstrap
 from node.security.auth import MemoryCredentials
@@ -208,6 +209,43 @@ async def test_served_over_tls_with_the_node_certificate(tmp_path: Path) -> None
         assert status == 200
         status, body = await asyncio.to_thread(fetch, "/api/services", tokens[Role.VIEWER])
         assert status == 200 and SECRET.encode() not in body
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_the_port_is_checked_against_the_node_s_others() -> None:
+    assert validate(NodeConfig(dashboard_port=7072)).dashboard_port == 7072
+    assert validate(NodeConfig()).dashboard_port == 0  # off by default
+    for port in (7070, 7071, 70000, -1):
+        with pytest.raises(ConfigError, match="dashboard_port"):
+            validate(NodeConfig(dashboard_port=port))
+
+
+async def test_bad_requests_get_no_answer_or_a_clear_one() -> None:
+    dashboard, tokens = await _dashboard()
+    server = await dashboard.serve("127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def exchange(raw: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+        writer.close()
+        return answer
+
+    try:
+        assert await exchange(b"garbage\r\n\r\n") == b""
+        assert await exchange(b"GET / SPDY/3\r\n\r\n") == b""
+        too_big = await exchange(b"POST /login HTTP/1.1\r\nContent-Length: 99999\r\n\r\n")
+        assert too_big.startswith(b"HTTP/1.1 413")
+        assert await exchange(b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n") == b""  # head over 16 KiB
+        ok = await exchange(
+            f"GET /api/nodes HTTP/1.1\r\nAuthorization: Bearer {tokens[Role.VIEWER]}\r\n\r\n".encode()
+        )
+        assert ok.startswith(b"HTTP/1.1 200") and b"no-store" in ok and b"default-src 'self'" in ok
     finally:
         server.close()
         await server.wait_closed()
