@@ -40,6 +40,8 @@ def _usage(cluster: DevCluster) -> str:
         f"  etcd takes only its client certificates ({' '.join(cluster.etcd.client_flags[2:])})\n"
         f"  logs and state: {cluster.data_dir}\n"
         f"  admin credentials (CA, client certificate, token; mode 0600): {cluster.context_file}\n"
+        f"  dashboard: https://{cluster.members[0].address}:"
+        f"{cluster.dashboard_port or cluster.grpc_port + 2}/ (log in with a client token)\n"
         f"  try:  export SHOAL_CONTEXT_FILE={cluster.context_file}\n"
         f"        shoal node ls\n"
         f"        shoal service apply -f deploy/examples/web.yaml\n"

@@ -48,6 +48,7 @@ from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
 from node.daemon.telemetry import Telemetry
+from node.dashboard import serve as dashboard
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.model.config import NodeConfig, vip_network
 from node.model.domain import NodeInfo
@@ -345,7 +346,12 @@ class Daemon:
         servicer.writer.history_limit = c.history_limit
         servicer.signer = signer
         servicer.writer.objects.sealer = Sealer(self.identity.passphrase)  # issue 13: secrets sealed
-        servicer.writer.ports = PortPolicy.of(c.grpc_port, c.metrics_port, c.etcd, c.reserved_ports)
+        servicer.writer.ports = PortPolicy.of(
+            c.grpc_port,
+            c.metrics_port,
+            c.etcd,
+            (*c.reserved_ports, *([c.dashboard_port] if c.dashboard_port else [])),
+        )
         joins = JoinHandler(self.store, self.keys, c.node_id, signer, c.join_token_uses)
         peers = PeerStubs(self.identity.client_tls)
         self.identity.on_renewed(peers.set_tls)
@@ -410,6 +416,22 @@ class Daemon:
                     f"cannot serve /metrics on {c.address}:{c.metrics_port}: {exc.strerror or exc}; "
                     "choose --metrics-port (0 turns it off)"
                 ) from exc
+        dashboard_server, traffic = None, None
+        if c.dashboard_port:  # issue 14: the web dashboard (node.dashboard)
+            try:
+                dashboard_server, traffic = await dashboard.start(
+                    servicer, self.credentials, self.mesh.stats, c.node_id,
+                    NodeFiles.of(c.data_dir).identity, c.address, c.dashboard_port,
+                )  # fmt: skip
+            except OSError as exc:
+                await server.stop(grace=0)
+                if metrics_server is not None:
+                    metrics_server.shutdown()
+                await _cancel(credentials)
+                raise StartupError(
+                    f"cannot serve the dashboard on {c.address}:{c.dashboard_port}: {exc.strerror or exc}; "
+                    "choose --dashboard-port (0 turns it off)"
+                ) from exc
         agent = Agent(
             self.store,
             self.keys,
@@ -473,6 +495,8 @@ class Daemon:
             credentials,
             hub,
         }
+        if traffic is not None:
+            tasks.add(asyncio.create_task(dashboard.sample_forever(traffic), name="dashboard-traffic"))
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stop]
@@ -498,6 +522,8 @@ class Daemon:
         )
         if metrics_server is not None:
             metrics_server.shutdown()
+        if dashboard_server is not None:
+            dashboard_server.close()
         if stuck:
             log.error("shutdown: still running after cancellation: %s", shutdown.describe(stuck))
         for task in failed:

@@ -36,6 +36,7 @@ from node.telemetry.logs import setup
 @click.option("--metrics-port", type=int, help="Prometheus /metrics port on --address, 0 = off [7071]")
 @click.option("--metrics-tls", is_flag=True, default=None, help="serve /metrics over TLS (node certificate)")
 @click.option("--metrics-token-file", type=click.Path(dir_okay=False), help="bearer token /metrics requires")
+@click.option("--dashboard-port", type=int, help="web dashboard (HTTPS) port on --address, 0 = off [0]")
 @click.option("--drain", type=float, help="seconds a replica drains before it is stopped [2]")
 @click.option("--docker-host", help="the Docker engine: unix:///path or tcp://host:port [DOCKER_HOST]")
 @click.option(

@@ -217,6 +217,7 @@ class DevCluster:
     grpc_port: int = 7070
     etcd_port: int = 2479
     metrics_port: int = 0  # /metrics of every node; 0: grpc_port + 1
+    dashboard_port: int = 0  # the web dashboard of every node (HTTPS); 0: grpc_port + 2
     cluster: str = "dev"
     prefix: str = DEFAULT_PREFIX
     preset: str = "local"
@@ -239,6 +240,7 @@ class DevCluster:
             nodes=nodes,
             grpc_port=free_port_on_all(hosts),
             metrics_port=free_port_on_all(hosts),  # never the same port twice in one process
+            dashboard_port=free_port_on_all(hosts),
             etcd_port=free_port_pair(),
             cluster=f"{name}{uuid.uuid4().hex[:8]}",
             **kwargs,
@@ -264,6 +266,7 @@ class DevCluster:
             "--node-id", node_id, "--data-dir", str(data), "--address", address,
             "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port or self.grpc_port + 1),
+            "--dashboard-port", str(self.dashboard_port or self.grpc_port + 2),
             *self.etcd.client_flags, "--etcd-prefix", self.prefix,
             "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}",
             "--vip-range", self.vip_range, *self.extra_args,

@@ -91,6 +91,9 @@ class NodeConfig:
     pull_timeout: float = 600.0  # s an image pull may take before it is abandoned and its task
     #   reported failed (retried with back-off); pulls run apart and never delay other tasks
     metrics_port: int = 7071  # Prometheus `/metrics` on `address`; 0 = off
+    dashboard_port: int = 0  # the web dashboard (HTTPS, this node's certificate, login with a
+    #   client token) on `address`; 0 = off. Off by default: one more port open is the
+    #   operator's choice (7072, next to metrics, is the documented one); `shoal dev` turns it on
     reserved_ports: tuple[int, ...] = ()  # more ports no service may publish, besides shoal's own
     #   (gRPC, metrics, etcd's), e.g. an agent's or a database's on these hosts
     metrics_tls: bool = False  # serve /metrics over TLS with this node's certificate (scrapers
@@ -280,6 +283,13 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError(f"grpc_port: {c.grpc_port} is not a port (1-65535)")
     if not 0 <= c.metrics_port <= 65535 or c.metrics_port == c.grpc_port:
         raise ConfigError(f"metrics_port: {c.metrics_port} must be a port other than grpc_port, or 0 (off)")
+    if not 0 <= c.dashboard_port <= 65535 or (
+        c.dashboard_port and c.dashboard_port in (c.grpc_port, c.metrics_port)
+    ):
+        raise ConfigError(
+            f"dashboard_port: {c.dashboard_port} must be a port other than grpc_port and "
+            "metrics_port, or 0 (off)"
+        )
     if not 0 <= c.drain <= 3600:
         raise ConfigError(f"drain: {c.drain} must be between 0 and 3600 seconds")
     if not 1 <= c.engine_timeout <= 3600:

@@ -1,0 +1,54 @@
+"""The daemon's side: build the dashboard from its parts and keep the traffic samples.
+
+`start` binds the listener (OSError when it cannot: the daemon then refuses to start,
+naming the port) and returns it with the `Traffic` sampler that `sample_forever` feeds
+every `SAMPLE_INTERVAL` seconds from the mesh's counters (`node.dashboard.traffic`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from node.api.servicer import ShoalServicer
+from node.dashboard.gate import Gate
+from node.dashboard.server import Dashboard, Identity
+from node.dashboard.traffic import Totals, Traffic
+from node.dashboard.views import Views
+from node.proxy.routes import Route
+from node.proxy.stats import ProxyStats
+from node.security.auth import CredentialStore
+
+SAMPLE_INTERVAL = 2.0  # s between two points of a chart
+SAMPLES = 60  # points kept per service: two minutes
+
+
+def totals(stats: Mapping[Route, ProxyStats]) -> dict[str, Totals]:
+    """This node's proxy counters summed per service (over its published ports)."""
+    out: dict[str, Totals] = {}
+    for route, s in list(stats.items()):
+        here = Totals(s.requests, s.errors, s.latency.count, s.latency.total)
+        out[route.service] = out.get(route.service, Totals()) + here
+    return out
+
+
+async def start(
+    servicer: ShoalServicer,
+    credentials: CredentialStore,
+    stats: Mapping[Route, ProxyStats],
+    node: str,
+    identity: Path,
+    host: str,
+    port: int,
+) -> tuple[asyncio.Server, Traffic]:
+    traffic = Traffic(lambda: totals(stats), time.time, SAMPLES)
+    dashboard = Dashboard(Views(servicer, node, traffic.series), Gate(credentials), Identity(identity))
+    return await dashboard.serve(host, port), traffic
+
+
+async def sample_forever(traffic: Traffic, interval: float = SAMPLE_INTERVAL) -> None:
+    while True:
+        traffic.sample()
+        await asyncio.sleep(interval)

@@ -1,0 +1,141 @@
+// The dashboard page: polls /api/overview every 2 s and draws it. Read-only.
+// Everything from the server goes in with textContent (never innerHTML).
+"use strict";
+const POLL_MS = 2000;
+const SVG = "http://www.w3.org/2000/svg";
+let timer = null;
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+function fill(tableId, rows) {
+  const body = document.querySelector(`#${tableId} tbody`);
+  body.replaceChildren(...rows);
+}
+
+function chart(points) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("viewBox", "0 0 160 32");
+  const top = Math.max(1, ...points.map(p => Math.max(p.rate, p.errors)));
+  for (const key of ["rate", "errors"]) {
+    const line = document.createElementNS(SVG, "polyline");
+    line.setAttribute("class", key);
+    const step = points.length > 1 ? 160 / (points.length - 1) : 0;
+    line.setAttribute("points", points.map((p, i) => `${(i * step).toFixed(1)},${(31 - 30 * p[key] / top).toFixed(1)}`).join(" "));
+    svg.append(line);
+  }
+  const title = document.createElementNS(SVG, "title");
+  const last = points[points.length - 1] || {rate: 0, errors: 0, latency: 0};
+  title.textContent = `${last.rate} req/s, ${last.errors} err/s, ${(last.latency * 1000).toFixed(1)} ms mean`;
+  svg.append(title);
+  return svg;
+}
+
+function ago(t) {
+  return new Date(t * 1000).toLocaleTimeString();
+}
+
+function draw(data) {
+  document.getElementById("who").textContent =
+    `node ${data.answered_by}, leader ${data.leader || "none"}; token ${data.viewer.token} (${data.viewer.role})`;
+  fill("nodes", data.nodes.map(n => {
+    const row = el("tr", {"data-node": n.id},
+      el("td", {}, n.id), el("td", {}, `${n.address}:${n.grpc_port}`),
+      el("td", {class: n.status === "ready" ? "good" : "bad"}, n.status),
+      el("td", {class: "gossip"}, n.member_state || "?"),
+      el("td", {class: "leader"}, n.leader ? "leader" : ""), el("td", {}, n.tasks), el("td", {}, n.version));
+    return row;
+  }));
+  const traffic = data.traffic.services || {};
+  fill("services", data.services.map(s => {
+    const r = s.rollout;
+    const rollout = r ? `${r.state} ${r.updated}/${r.total} (v${r.from_version}→v${r.to_version})${r.message ? ": " + r.message : ""}` : "";
+    const pending = s.pending ? `${s.pending}: ${s.pending_reason}` : "";
+    return el("tr", {"data-service": s.name},
+      el("td", {}, s.name), el("td", {}, s.image),
+      el("td", {class: "replicas " + (s.running === s.replicas ? "good" : "warn")}, `${s.running}/${s.replicas}`),
+      el("td", {}, `v${s.version}`), el("td", {class: "rollout"}, rollout),
+      el("td", {class: "pending " + (pending ? "bad" : "")}, pending),
+      el("td", {}, chart(traffic[s.name] || [])));
+  }));
+  fill("tasks", data.tasks.map(t => el("tr", {"data-task": t.task_id},
+    el("td", {}, `${t.service}.${t.slot}`), el("td", {}, t.task_id.slice(0, 12)), el("td", {}, t.node),
+    el("td", {class: t.state === "running" ? "good" : "warn"}, t.state), el("td", {}, t.health),
+    el("td", {}, t.restarts), el("td", {}, t.message))));
+  document.getElementById("events").replaceChildren(...data.events.map(e =>
+    el("li", {}, `${ago(e.time)} ${e.kind} ${e.node} ${e.service} ${e.message}`)));
+  const select = document.getElementById("log-service");
+  const names = data.services.map(s => s.name);
+  if (select.dataset.names !== names.join(",")) {
+    const chosen = select.value;
+    select.replaceChildren(el("option", {value: ""}, "(choose)"), ...names.map(n => el("option", {value: n}, n)));
+    select.value = names.includes(chosen) ? chosen : "";
+    select.dataset.names = names.join(",");
+  }
+}
+
+async function logs() {
+  const service = document.getElementById("log-service").value;
+  const out = document.getElementById("logs");
+  if (!service) { out.textContent = ""; return; }
+  const answer = await fetch(`/api/logs?service=${encodeURIComponent(service)}&tail=50`, {credentials: "same-origin"});
+  const data = await answer.json();
+  if (!answer.ok) { out.textContent = data.error; return; }
+  out.textContent = data.lines.map(l => l.notice ? `[${l.slot} ${l.node}] ${l.notice}` : `[${l.slot} ${l.node}] ${l.text}`).join("\n");
+}
+
+async function poll() {
+  clearTimeout(timer);
+  const status = document.getElementById("status");
+  try {
+    const answer = await fetch("/api/overview", {credentials: "same-origin"});
+    const data = await answer.json();
+    if (answer.status === 401) { showLogin(data.error); return; }
+    if (!answer.ok) { status.textContent = data.error; }
+    else {
+      document.getElementById("login").hidden = true;
+      document.getElementById("main").hidden = false;
+      draw(data);
+      await logs();
+      status.textContent = `updated ${new Date().toLocaleTimeString()}`;
+      document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
+    }
+  } catch (err) {
+    status.textContent = `cannot reach the node: ${err}`;
+  }
+  timer = setTimeout(poll, POLL_MS);
+}
+
+function showLogin(message) {
+  document.getElementById("main").hidden = true;
+  document.getElementById("login").hidden = false;
+  document.getElementById("login-error").textContent = message || "";
+}
+
+async function login(token) {
+  const answer = await fetch("/login", {method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify({token})});
+  if (!answer.ok) { showLogin((await answer.json()).error); return; }
+  poll();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("login").addEventListener("submit", ev => {
+    ev.preventDefault();
+    login(document.getElementById("token").value.trim());
+  });
+  document.getElementById("log-service").addEventListener("change", logs);
+  // `https://node:port/#token=shoal_…` logs in at once (a fragment never reaches a server or a log)
+  const m = location.hash.match(/^#token=(.+)$/);
+  if (m) {
+    history.replaceState(null, "", "/");
+    login(decodeURIComponent(m[1]));
+  } else {
+    poll();
+  }
+});

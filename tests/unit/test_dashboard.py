@@ -1,0 +1,251 @@
+"""The dashboard's gate (tokens, sessions, roles), its traffic rates, and its JSON views
+and routes on a `MemoryStore` (no sockets but the TLS test's)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from node.api.servicer import ShoalServicer
+from node.dashboard.gate import COOKIE, Gate, Refused
+from node.dashboard.server import Dashboard, Identity, Request
+from node.dashboard.traffic import Totals, Traffic
+from node.dashboard.views import Views
+from node.model.config import ConfigError, NodeConfig, validate
+from node.model.keys import Keys
+from node.security import bootstrap
+from node.security.auth import MemoryCredentials
+from node.security.ca import ClusterCA
+from node.security.files import write_secret
+from node.security.sealing import Sealer
+from node.security.tokens import Role, StoredToken
+from node.store.memory import MemoryStore
+
+SECRET = "unit-hunter2-never-shown"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _tokens() -> tuple[MemoryCredentials, dict[Role, str]]:
+    credentials = MemoryCredentials()
+    made = {}
+    for role in Role:
+        token, record = StoredToken.issue(role, f"unit {role}")
+        credentials.add(record)
+        made[role] = str(token)
+    return credentials, made
+
+
+async def test_bearer_tokens_and_roles() -> None:
+    credentials, tokens = _tokens()
+    gate = Gate(credentials)
+    viewer = await gate.admit({"authorization": f"Bearer {tokens[Role.VIEWER]}"}, {}, "ListServices")
+    assert viewer.role is Role.VIEWER
+    for headers in ({}, {"authorization": "Basic x"}, {"authorization": "Bearer nonsense"}):
+        with pytest.raises(Refused) as refused:
+            await gate.admit(headers, {}, "ListServices")
+        assert refused.value.status == 401, headers
+    wrong = tokens[Role.VIEWER][:-4] + "aaaa"
+    with pytest.raises(Refused) as refused:
+        await gate.admit({"authorization": f"Bearer {wrong}"}, {}, "ListServices")
+    assert refused.value.status == 401 and "secret is wrong" in refused.value.message
+    assert wrong not in refused.value.message
+    with pytest.raises(Refused) as refused:  # a view of an admin-only method: not for a viewer
+        await gate.admit({"authorization": f"Bearer {tokens[Role.VIEWER]}"}, {}, "CreateToken")
+    assert refused.value.status == 403
+    assert (
+        await gate.admit({"authorization": f"Bearer {tokens[Role.ADMIN]}"}, {}, "CreateToken")
+    ).role is Role.ADMIN
+    credentials.unavailable = True
+    with pytest.raises(Refused) as refused:
+        await gate.admit({"authorization": f"Bearer {tokens[Role.VIEWER]}"}, {}, "ListServices")
+    assert refused.value.status == 503  # never open
+
+
+async def test_sessions_end_by_time_logout_and_revocation() -> None:
+    credentials, tokens = _tokens()
+    clock = Clock()
+    gate = Gate(credentials, ttl=60, max_sessions=2, clock=clock)
+    session, who = await gate.login(tokens[Role.VIEWER])
+    assert who.role is Role.VIEWER and tokens[Role.VIEWER] not in session
+    assert (await gate.admit({}, {COOKIE: session}, "ListNodes")).token_id == who.token_id
+    clock.now += 61
+    with pytest.raises(Refused):
+        await gate.admit({}, {COOKIE: session}, "ListNodes")
+    session, _ = await gate.login(tokens[Role.VIEWER])
+    gate.logout(session)
+    with pytest.raises(Refused):
+        await gate.admit({}, {COOKIE: session}, "ListNodes")
+    session, _ = await gate.login(tokens[Role.VIEWER])
+    credentials.revoke(who.token_id)
+    with pytest.raises(Refused) as refused:
+        await gate.admit({}, {COOKIE: session}, "ListNodes")
+    assert "revoked" in refused.value.message
+    with pytest.raises(Refused):
+        await gate.login(tokens[Role.VIEWER])
+    for _ in range(5):  # bounded
+        await gate.login(tokens[Role.DEPLOYER])
+    assert len(gate._sessions) == 2
+
+
+def test_traffic_rates_latency_and_a_counter_that_went_back() -> None:
+    clock = Clock()
+    counts = {"web": Totals(0, 0, 0, 0.0)}
+    traffic = Traffic(lambda: dict(counts), clock, keep=3)
+    traffic.sample()
+    clock.now += 2
+    counts["web"] = Totals(20, 2, 20, 1.0)
+    traffic.sample()
+    assert traffic.series() == {"web": [{"at": 1002.0, "rate": 10.0, "errors": 1.0, "latency": 0.05}]}
+    clock.now += 2
+    counts["web"] = Totals(4, 0, 4, 0.1)  # republished: counts from zero
+    traffic.sample()
+    assert traffic.series()["web"][-1] == {"at": 1004.0, "rate": 0.0, "errors": 0.0, "latency": 0.0}
+    for _ in range(5):
+        clock.now += 2
+        traffic.sample()
+    assert len(traffic.samples) == 3 and len(traffic.series()["web"]) == 2
+
+
+async def _dashboard() -> tuple[Dashboard, dict[Role, str]]:
+    store = MemoryStore()
+    servicer = ShoalServicer(store, Keys(), "n1")
+    servicer.writer.objects.sealer = Sealer(lambda: b"unit passphrase for sealing")
+    await servicer.writer.apply(
+        f"name: web\nimage: shoal-demo/web:1\nreplicas: 2\nsecret_env: {{PW: {SECRET}}}\n", "web.yaml"
+    )
+    credentials, tokens = _tokens()
+    views = Views(servicer, "n1", lambda: {"web": [{"at": 1.0, "rate": 3.0, "errors": 0.0, "latency": 0.0}]})
+    return Dashboard(views, Gate(credentials), None), tokens
+
+
+def _request(path: str, token: str = "", method: str = "GET", body: bytes = b"", **headers: str) -> Request:
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    return Request(
+        method,
+        path.partition("?")[0],
+        dict(q.split("=") for q in path.partition("?")[2].split("&") if q),
+        headers,
+        body,
+    )
+
+
+async def test_views_answer_a_viewer_and_hold_no_secret() -> None:
+    dashboard, tokens = await _dashboard()
+    for path in ("/", "/api/overview", "/api/services", "/api/tasks", "/api/events", "/api/traffic"):
+        answer = await dashboard.answer(_request(path))
+        assert answer.status == 401, path
+        answer = await dashboard.answer(_request(path, tokens[Role.VIEWER]))
+        assert answer.status == 200, (path, answer.body[:200])
+        assert SECRET.encode() not in answer.body, path
+    overview = json.loads((await dashboard.answer(_request("/api/overview", tokens[Role.VIEWER]))).body)
+    (web,) = overview["services"]
+    assert web["name"] == "web" and web["replicas"] == 2 and "spec_json" not in web and web["rollout"] is None
+    assert overview["traffic"]["services"]["web"][0]["rate"] == 3.0
+    assert overview["viewer"]["role"] == "viewer"
+    bad = await dashboard.answer(_request("/api/events?limit=100000", tokens[Role.VIEWER]))
+    assert bad.status == 400 and b"limit" in bad.body
+    bad = await dashboard.answer(_request("/api/logs?service=Not_A_Name", tokens[Role.VIEWER]))
+    assert bad.status == 400
+    assert (await dashboard.answer(_request("/api/services", tokens[Role.VIEWER], "POST"))).status == 405
+    assert (await dashboard.answer(_request("/api/nope", tokens[Role.VIEWER]))).status == 404
+
+
+async def test_login_sets_a_cookie_that_then_works() -> None:
+    dashboard, tokens = await _dashboard()
+    body = json.dumps({"token": tokens[Role.VIEWER]}).encode()
+    answer = await dashboard.answer(_request("/login", method="POST", body=body))
+    assert answer.status == 200
+    (cookie,) = [v for k, v in answer.extra if k == "Set-Cookie"]
+    assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=Strict" in cookie
+    assert tokens[Role.VIEWER] not in cookie
+    session = cookie.split(";")[0].partition("=")[2]
+    request = _request("/api/nodes")
+    request.cookies = {COOKIE: session}
+    assert (await dashboard.answer(request)).status == 200
+    bad = await dashboard.answer(_request("/login", method="POST", body=b'{"token": "shoal_x"}'))
+    assert bad.status == 401
+
+
+async def test_served_over_tls_with_the_node_certificate(tmp_path: Path) -> None:
+    dashboard, tokens = await _dashboard()
+    authority = ClusterCA.create("unit")
+    node = bootstrap.node_identity(authority, "n1", ["127.0.0.1"])
+    identity = tmp_path / "node.pem"
+    write_secret(identity, node.key.rstrip(b"\n") + b"\n" + node.cert)
+    dashboard.identity = Identity(identity)
+    server = await dashboard.serve("127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    trust = ssl.create_default_context(cadata=authority.cert_pem.decode())
+
+    def fetch(path: str, token: str = "") -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        url = f"https://127.0.0.1:{port}{path}"
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers), timeout=5, context=trust
+            ) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    try:
+        status, page = await asyncio.to_thread(fetch, "/")
+        assert status == 401 and b'<form id="login"' in page
+        status, _ = await asyncio.to_thread(fetch, "/static/app.js")
+        assert status == 200
+        status, body = await asyncio.to_thread(fetch, "/api/services", tokens[Role.VIEWER])
+        assert status == 200 and SECRET.encode() not in body
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_the_port_is_checked_against_the_node_s_others() -> None:
+    assert validate(NodeConfig(dashboard_port=7072)).dashboard_port == 7072
+    assert validate(NodeConfig()).dashboard_port == 0  # off by default
+    for port in (7070, 7071, 70000, -1):
+        with pytest.raises(ConfigError, match="dashboard_port"):
+            validate(NodeConfig(dashboard_port=port))
+
+
+async def test_bad_requests_get_no_answer_or_a_clear_one() -> None:
+    dashboard, tokens = await _dashboard()
+    server = await dashboard.serve("127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def exchange(raw: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+        writer.close()
+        return answer
+
+    try:
+        assert await exchange(b"garbage\r\n\r\n") == b""
+        assert await exchange(b"GET / SPDY/3\r\n\r\n") == b""
+        too_big = await exchange(b"POST /login HTTP/1.1\r\nContent-Length: 99999\r\n\r\n")
+        assert too_big.startswith(b"HTTP/1.1 413")
+        assert await exchange(b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n") == b""  # head over 16 KiB
+        ok = await exchange(
+            f"GET /api/nodes HTTP/1.1\r\nAuthorization: Bearer {tokens[Role.VIEWER]}\r\n\r\n".encode()
+        )
+        assert ok.startswith(b"HTTP/1.1 200") and b"no-store" in ok and b"default-src 'self'" in ok
+    finally:
+        server.close()
+        await server.wait_closed()
