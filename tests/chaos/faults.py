@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from deploy.testbed.bed import Bed
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from deploy.testbed.bed import Bed, BedError
 from deploy.testbed.teardown import run
 
 
@@ -84,7 +86,11 @@ def etcd_kill(bed: Bed, i: int) -> Injected:
 
 
 def etcd_leader_cut(bed: Bed) -> Injected:
-    i = bed.etcd_leader()
+    # Right after another fault the members may know no leader yet: ask again for a while.
+    retrying = Retrying(
+        stop=stop_after_delay(30), wait=wait_fixed(0.5), retry=retry_if_exception_type(BedError), reraise=True
+    )
+    i = retrying(bed.etcd_leader)
     bed.cut(i)
     return Injected("etcd_leader_cut", f"h{i}", lambda: bed.cut(i, False))
 
