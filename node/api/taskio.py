@@ -47,6 +47,8 @@ LOGS_TIMEOUT = 120.0  # s a peer may take to send a task's logs when not followi
 FIRST_INPUT_TIMEOUT = 10.0  # s for an exec's first message (its start)
 MAX_COMMAND = 8192  # bytes of an exec's argv
 MAX_TASKS = 1000  # tasks one logs call reads at once
+BATCHES_QUEUED = 8  # batches (each at most one 64 KiB engine read, or a peer's ~256 KiB) held
+#   between the followed streams and the client: the bound per stream, a few MiB at most
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ class TaskIO:
             raise InvalidArgument("since: a time in unix seconds, not negative")
         sources = [self._task_batches(t, request) for t in targets[:MAX_TASKS]]
         if request.follow:
-            async for batch in fan_in(sources):
+            async for batch in fan_in(sources, maxsize=BATCHES_QUEUED):
                 yield batch
             return
         merged = merge_sorted([_lines(s) for s in sources], key=lambda line: line.time_ns)
