@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,9 @@ import docker
 import pytest
 from docker.errors import ImageNotFound
 
+from node.dev import vipranges
 from node.dev.devcluster import DevCluster, remove_containers
+from node.model.config import NodeConfig
 from tests.integration.registry import auth_registry, local_registry  # noqa: F401  (a fixture for every test here)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,6 +27,21 @@ DEMO_IMAGES = (
     "shoal-demo/web:hc",
     "shoal-demo/crash:1",
 )
+
+
+DEFAULT_VIP_RANGE = ipaddress.IPv4Network(NodeConfig.vip_range)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_default_vip_route() -> Iterator[None]:
+    """Every daemon a test starts on this host's own network stack gets a VIP range of its
+    own (`node.dev.vipranges`): the default one left as a local route on `lo` captures
+    the whole 10.213.0.0/16 and broke the network-namespace beds of later tests."""
+    before = DEFAULT_VIP_RANGE in vipranges.local_routes()
+    yield
+    if not before and DEFAULT_VIP_RANGE in vipranges.local_routes():
+        vipranges.release(str(DEFAULT_VIP_RANGE))
+        pytest.fail(f"a test started a daemon with the default vip_range {DEFAULT_VIP_RANGE} on the host")
 
 
 @pytest.fixture(scope="session")

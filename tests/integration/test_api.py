@@ -278,7 +278,7 @@ def test_shoald_wait_for_etcd_keeps_retrying_with_a_message(tmp_path: Path) -> N
 def test_a_second_daemon_on_the_same_address_fails_clearly(cluster: DevCluster, tmp_path: Path) -> None:
     args = [sys.executable, "-m", "node.daemon", "--data-dir", str(tmp_path), "--node-id", "twin",
             "--address", "127.0.0.1", "--grpc-port", str(cluster.grpc_port), *cluster.etcd.client_flags,
-            "--etcd-prefix", "/twin/"]  # fmt: skip
+            "--etcd-prefix", "/twin/", "--vip-range", cluster.vip_range]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "cannot listen on 127.0.0.1:" in done.stderr, done.stderr
@@ -292,7 +292,7 @@ def test_client_errors_are_shoal_errors(cluster: DevCluster) -> None:
 def test_a_second_daemon_with_a_live_node_id_is_refused(cluster: DevCluster, tmp_path: Path) -> None:
     args = [sys.executable, "-m", "node.daemon", "--data-dir", str(tmp_path), "--node-id", "n1",
             "--address", "127.0.0.5", "--grpc-port", str(cluster.grpc_port), *cluster.etcd.client_flags,
-            "--cluster", cluster.cluster]  # fmt: skip
+            "--cluster", cluster.cluster, "--vip-range", cluster.vip_range]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert f"node id 'n1' is already running at 127.0.0.1:{cluster.grpc_port}" in done.stderr, done.stderr

@@ -38,6 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.dev import vipranges
 from node.dev.devcluster import DevCluster
 from node.model.keys import Keys
 from node.pb import api_pb2
@@ -315,7 +316,7 @@ class Joiner:
             sys.executable, "-m", "node.daemon", "--node-id", node, "--data-dir", str(self.data),
             "--address", f"127.0.0.{index}", "--grpc-port", str(cluster.grpc_port), "--metrics-port", "0",
             *cluster.etcd.client_flags, "--etcd-prefix", cluster.prefix, "--cluster", cluster.cluster,
-            "--preset", "local",
+            "--preset", "local", "--vip-range", cluster.vip_range,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")} | {
             "SHOAL_JOIN_TOKEN": token
@@ -746,6 +747,7 @@ def test_etcd_with_tls_and_client_certificates(tmp_path: Path, demo_images: tupl
             await store.close()
 
     daemon: subprocess.Popen[bytes] | None = None
+    vip_range = vipranges.free_vip_range(f"etls-{tmp_path.name}")
     try:
         wait_until_sync(
             lambda: asyncio.run(roundtrip(with_cert)) == b"v", 20, interval=0.2, message="etcd (TLS)"
@@ -766,6 +768,8 @@ def test_etcd_with_tls_and_client_certificates(tmp_path: Path, demo_images: tupl
             str(grpc_port),
             "--cluster",
             "etls",
+            "--vip-range",  # its own, not the default: a test leaves no route on the host's lo
+            vip_range,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
         context_file = tmp_path / "context.json"
@@ -796,6 +800,7 @@ def test_etcd_with_tls_and_client_certificates(tmp_path: Path, demo_images: tupl
         if daemon is not None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(30)
+        vipranges.release(vip_range)
         etcd.terminate()
         etcd.wait(20)
 
