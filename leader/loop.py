@@ -27,6 +27,7 @@ from leader.applier import Applier, Write, writes_for
 from leader.incarnation import stale_incarnation
 from leader.liveness import DownMarks, Liveness
 from leader.pending import PendingReasons
+from leader.plan_events import plan_events
 from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy, update_policy
 from leader.scheduler import Plan, Snapshot, schedule_all, volume_claims
 from node.model.domain import (
@@ -266,7 +267,7 @@ class LeaderLoop:
         if stale:
             log.info("%d batch(es) stale; re-planning", stale)
             return
-        self._plan_events(plans)
+        plan_events(self.events.emit, plans)
         await self._rollout_outcomes(rollouts, decided)
         await self._caught_up(writes)
 
@@ -452,36 +453,6 @@ class LeaderLoop:
                 for node in names:
                     self.events.emit(kind, f"node {node}{' (simulated)' if node in sim else ''} {what}")
         self._known_nodes, self._simulated_names = alive, now_simulated
-
-    def _plan_events(self, plans: list[Plan], detail: int = 20) -> None:
-        """An event per placed or unassigned task; one summary per service beyond `detail`."""
-        for plan in plans:
-            if len(plan.place) + len(plan.stop) > detail:
-                nodes = len({t.node for t in plan.place})
-                self.events.emit(
-                    "service.planned",
-                    f"{plan.service}: {len(plan.place)} task(s) placed on {nodes} node(s), "
-                    f"{len(plan.stop)} unassigned, {len(plan.moves)} replacing another",
-                    service=plan.service,
-                )
-                continue
-            moved = {m.new.task_id: m for m in plan.moves}
-            for task in plan.place:
-                move = moved.get(task.task_id)
-                why = f", replacing {move.old.task_id} on {move.old.node} ({move.why})" if move else ""
-                self.events.emit(
-                    "task.placed",
-                    f"{task.service}.{task.slot} ({task.task_id}) placed on {task.node}{why}",
-                    service=task.service,
-                    task=task.task_id,
-                )
-            for task in plan.stop:
-                self.events.emit(
-                    "task.unassigned",
-                    f"{task.service}.{task.slot} ({task.task_id}) unassigned from {task.node}",
-                    service=task.service,
-                    task=task.task_id,
-                )
 
     def _pending_events(self, plans: list[Plan]) -> None:
         """`service.pending` when the reason a service's replicas wait changes; `service.placed`

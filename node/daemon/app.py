@@ -31,17 +31,7 @@ from node import __version__
 from node.agent.agent import Agent
 from node.agent.engine import EngineWatch
 from node.api import server as api_server
-from node.api.admin import Signer
-from node.api.gossip_transport import PeerServicer
-from node.api.jobs import JobsServicer
-from node.api.join import JoinHandler
-from node.api.port_policy import PortPolicy
-from node.api.secrets import SecretsServicer
-from node.api.servicer import ShoalServicer
-from node.api.taskio import PeerStubs, TaskIO
-from node.api.usage import UsageBook
-from node.api.volumes import VolumesServicer
-from node.daemon import discovery, shutdown
+from node.daemon import discovery, shutdown, wiring
 from node.daemon.collectors import collectors as daemon_collectors
 from node.daemon.identity import IdentityError, NodeIdentity
 from node.daemon.leadership import Bounds, Leadership
@@ -54,7 +44,7 @@ from node.model.config import NodeConfig, vip_network
 from node.model.domain import NodeInfo
 from node.model.keys import Keys
 from node.model.spec_compat import known_paths
-from node.pb import api_pb2_grpc, jobs_pb2_grpc, peer_pb2, peer_pb2_grpc, secrets_pb2_grpc, volumes_pb2_grpc
+from node.pb import peer_pb2, peer_pb2_grpc
 from node.proxy import metrics
 from node.proxy.dnsserver import host_resolvers
 from node.proxy.mesh import Mesh, MeshSettings
@@ -62,9 +52,7 @@ from node.proxy.names import dns_address
 from node.proxy.vips import HostSetupError, Names, prepare_host
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
-from node.runtime.docker_logs import DockerStreams
 from node.runtime.docker_stats import docker_sampler
-from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
 from node.security.etcd_tls import read_etcd_tls
 from node.security.files import NodeFiles, read_secret
@@ -239,7 +227,7 @@ class Daemon:
             except StoreError as exc:
                 log.warning("node registration not renewed yet: %s", exc)
 
-    def _restarts(self, task_id: str) -> int:
+    def restarts(self, task_id: str) -> int:
         agent = self.telemetry.agent
         status = agent.status.get(task_id) if agent is not None else None
         return status.restarts if status is not None else 0
@@ -339,62 +327,12 @@ class Daemon:
         renewed = asyncio.Event()
         self.session.on_renewed(lambda _lease: renewed.set())
         self.engine.on_change(lambda _up: renewed.set())  # not ready / ready again: re-register now
-        signer = Signer(
-            self.identity.security, self.identity.passphrase, self.identity.lifetimes, self.credentials
-        )
-        servicer = ShoalServicer(self.store, self.keys, c.node_id, self.membership)
-        servicer.writer.history_limit = c.history_limit
-        servicer.signer = signer
-        servicer.writer.objects.sealer = Sealer(self.identity.passphrase)  # issue 13: secrets sealed
-        servicer.writer.ports = PortPolicy.of(
-            c.grpc_port,
-            c.metrics_port,
-            c.etcd,
-            (*c.reserved_ports, *([c.dashboard_port] if c.dashboard_port else [])),
-        )
-        joins = JoinHandler(self.store, self.keys, c.node_id, signer, c.join_token_uses)
-        peers = PeerStubs(self.identity.client_tls)
-        self.identity.on_renewed(peers.set_tls)
-        taskio = TaskIO(
-            self.store, self.keys, c.node_id, DockerStreams(self.runtime.url), peers, self.events.emit
-        )
-        servicer.taskio = taskio
-        servicer.emit = self.events.emit  # issue 14: apply, scale and rollback events
-        peer_servicer = PeerServicer(self.membership.list, joins.join)
-        peer_servicer.taskio = taskio
-        usage = UsageBook(c.node_id, self.telemetry.usage, self._restarts, self.store, self.keys, peers)
-        servicer.usage = peer_servicer.usage = usage  # issue 14: usage per task
         try:
-            server, health = api_server.build(
-                [
-                    (api_pb2_grpc.add_ShoalServicer_to_server, servicer),
-                    (
-                        secrets_pb2_grpc.add_SecretsServicer_to_server,
-                        SecretsServicer(servicer.writer, self.events),
-                    ),
-                    (peer_pb2_grpc.add_PeerServicer_to_server, peer_servicer),
-                    (
-                        volumes_pb2_grpc.add_VolumesServicer_to_server,
-                        VolumesServicer(self.store, self.keys, self.events),
-                    ),
-                    (
-                        jobs_pb2_grpc.add_JobsServicer_to_server,
-                        JobsServicer(self.store, self.keys),
-                    ),  # issue 18
-                ],
-                c.address,
-                c.grpc_port,
-                self.identity.server_tls,
-                [
-                    self.telemetry.api,  # first: refused calls are counted too
-                    AuthInterceptor(
-                        self.credentials, Policy(c.cluster, max_streams_per_token=c.max_streams_per_token)
-                    ),
-                ],
-            )
+            api = wiring.build_api(self)
         except OSError as exc:
             await _cancel(credentials)
             raise StartupError(f"{exc}; is another shoald running there? choose --grpc-port") from exc
+        servicer, server, health = api.servicer, api.server, api.health
         await server.start()
         self._starting = False  # a signal from now on takes the orderly way out below
         await api_server.set_serving(health, True)

@@ -1,0 +1,116 @@
+"""The daemon's gRPC side put together: the client API, the peer API and the object
+services (secrets, volumes, jobs) on one server, with the auth interceptor.
+
+Split from `node.daemon.app`, which owns the order of the start and the stop; this
+module only builds. A feature with a gRPC service of its own registers it in
+`build_api`'s list (new services at the end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health
+
+from node.api import server as api_server
+from node.api.admin import Signer
+from node.api.gossip_transport import PeerServicer
+from node.api.jobs import JobsServicer
+from node.api.join import JoinHandler
+from node.api.port_policy import PortPolicy
+from node.api.secrets import SecretsServicer
+from node.api.servicer import ShoalServicer
+from node.api.taskio import PeerStubs, TaskIO
+from node.api.usage import UsageBook
+from node.api.volumes import VolumesServicer
+from node.daemon.identity import NodeIdentity
+from node.daemon.membership import Membership
+from node.daemon.metered import MeteredEtcdStore
+from node.daemon.telemetry import Telemetry
+from node.model.config import NodeConfig
+from node.model.keys import Keys
+from node.pb import api_pb2_grpc, jobs_pb2_grpc, peer_pb2_grpc, secrets_pb2_grpc, volumes_pb2_grpc
+from node.runtime.docker import DockerRuntime
+from node.runtime.docker_logs import DockerStreams
+from node.security.auth import AuthInterceptor, Policy
+from node.security.credentials import EtcdCredentials
+from node.security.sealing import Sealer
+from node.telemetry.events import EventLog
+
+
+class Parts(Protocol):
+    """What `build_api` reads of the daemon (`node.daemon.app.Daemon`)."""
+
+    config: NodeConfig
+    keys: Keys
+    store: MeteredEtcdStore
+    identity: NodeIdentity
+    credentials: EtcdCredentials
+    runtime: DockerRuntime
+    events: EventLog
+    telemetry: Telemetry
+    membership: Membership
+
+    def restarts(self, task_id: str) -> int: ...
+
+
+@dataclass
+class Api:
+    servicer: ShoalServicer
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+
+
+def build_api(d: Parts) -> Api:
+    """Every servicer wired to the daemon's store, identity and telemetry; the server is
+    bound (OSError when the port is taken) but not started."""
+    c = d.config
+    signer = Signer(d.identity.security, d.identity.passphrase, d.identity.lifetimes, d.credentials)
+    servicer = ShoalServicer(d.store, d.keys, c.node_id, d.membership)
+    servicer.writer.history_limit = c.history_limit
+    servicer.signer = signer
+    servicer.writer.objects.sealer = Sealer(d.identity.passphrase)  # issue 13: secrets sealed
+    servicer.writer.ports = PortPolicy.of(
+        c.grpc_port,
+        c.metrics_port,
+        c.etcd,
+        (*c.reserved_ports, *([c.dashboard_port] if c.dashboard_port else [])),
+    )
+    joins = JoinHandler(d.store, d.keys, c.node_id, signer, c.join_token_uses)
+    peers = PeerStubs(d.identity.client_tls)
+    d.identity.on_renewed(peers.set_tls)
+    taskio = TaskIO(d.store, d.keys, c.node_id, DockerStreams(d.runtime.url), peers, d.events.emit)
+    servicer.taskio = taskio
+    servicer.emit = d.events.emit  # issue 14: apply, scale and rollback events
+    peer_servicer = PeerServicer(d.membership.list, joins.join)
+    peer_servicer.taskio = taskio
+    usage = UsageBook(c.node_id, d.telemetry.usage, d.restarts, d.store, d.keys, peers)
+    servicer.usage = peer_servicer.usage = usage  # issue 14: usage per task
+    server, health = api_server.build(
+        [
+            (api_pb2_grpc.add_ShoalServicer_to_server, servicer),
+            (
+                secrets_pb2_grpc.add_SecretsServicer_to_server,
+                SecretsServicer(servicer.writer, d.events),
+            ),
+            (peer_pb2_grpc.add_PeerServicer_to_server, peer_servicer),
+            (
+                volumes_pb2_grpc.add_VolumesServicer_to_server,
+                VolumesServicer(d.store, d.keys, d.events),
+            ),
+            (
+                jobs_pb2_grpc.add_JobsServicer_to_server,
+                JobsServicer(d.store, d.keys),
+            ),  # issue 18
+        ],
+        c.address,
+        c.grpc_port,
+        d.identity.server_tls,
+        [
+            d.telemetry.api,  # first: refused calls are counted too
+            AuthInterceptor(d.credentials, Policy(c.cluster, max_streams_per_token=c.max_streams_per_token)),
+        ],
+    )
+    return Api(servicer, server, health)
