@@ -57,7 +57,7 @@ class Election:
         the renewal landed: the chaos soak counted 1,149 epochs in 10 minutes. Only a lease
         with time left campaigns."""
         # a deadline on the clock, not an event: poll it (as Leadership._expiring does)
-        while not self.session.valid.is_set() or self.session.expiring():  # noqa: ASYNC110
+        while not self.session.valid.is_set() or self.session.expiring():
             if not self.session.valid.is_set():
                 await self.session.valid.wait()
             else:
