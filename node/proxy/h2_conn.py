@@ -13,9 +13,10 @@ The engine is seen here only through `Engine` (below), so this module never impo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, cast
 
 from h2 import events as ev
 from h2.errors import ErrorCodes
@@ -81,7 +82,7 @@ class H2Client(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.address = str(peer[0]).encode() if peer else b""
         if not self.engine.accepted(self):
-            transport.abort()
+            cast(asyncio.Transport, transport).abort()
             return
         self.peer.attach(transport)
 
@@ -110,7 +111,7 @@ class H2Client(asyncio.Protocol):
         elif isinstance(e, ev.RequestReceived):
             self._request(e)
         elif isinstance(e, ev.TrailersReceived):
-            self._ended(e.stream_id, list(e.headers))  # type: ignore[arg-type]
+            self._ended(e.stream_id, list(e.headers))
         elif isinstance(e, ev.StreamEnded):
             s = self.streams.get(e.stream_id)
             if s is not None and not s.in_done:  # not yet seen on the data or request event
@@ -129,7 +130,7 @@ class H2Client(asyncio.Protocol):
 
     def _request(self, e: ev.RequestReceived) -> None:
         sid = e.stream_id
-        request = self.engine.forwarded(list(e.headers), self)  # type: ignore[arg-type]
+        request = self.engine.forwarded(list(e.headers), self)
         s = Stream(self, sid, request, self.engine.retry.start())
         self.streams[sid] = s
         if e.stream_ended is not None:
@@ -174,10 +175,8 @@ class H2Client(asyncio.Protocol):
         if self.going_away:
             return
         self.going_away = True
-        try:
+        with contextlib.suppress(ProtocolError):
             self.peer.conn.close_connection()
-        except ProtocolError:
-            pass
         self.peer.touch(self.peer)
         if not self.streams:
             self.peer.flush()
@@ -308,15 +307,15 @@ class H2Upstream(asyncio.Protocol):
             s = self.streams.get(e.stream_id)
             if s is not None:
                 final = isinstance(e, ev.ResponseReceived)
-                end = final and e.stream_ended is not None
+                end = isinstance(e, ev.ResponseReceived) and e.stream_ended is not None
                 if final:
                     s.responded = True
                     self.engine.responded(s)
-                s.client.peer.headers(s.cid, list(e.headers), end=end)  # type: ignore[arg-type]
+                s.client.peer.headers(s.cid, list(e.headers), end=end)
                 if end:
                     self._done(s)
         elif isinstance(e, ev.TrailersReceived):
-            self._ended(e.stream_id, list(e.headers))  # type: ignore[arg-type]
+            self._ended(e.stream_id, list(e.headers))
         elif isinstance(e, ev.StreamReset):
             s = self.streams.pop(e.stream_id, None)
             if s is not None:

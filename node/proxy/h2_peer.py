@@ -81,7 +81,10 @@ class H2Peer:
         self.paused = False  # the transport's write buffer is full: hand nothing more to h2
         self.conn.initiate_connection()
         self.conn.update_settings(
-            {SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW, SettingCodes.MAX_CONCURRENT_STREAMS: max_streams}
+            {
+                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+            }
         )
         self.conn.increment_flow_control_window(CONNECTION_WINDOW)
 

@@ -168,7 +168,9 @@ class H2Proxy(Listener[H2Client]):
     async def _connect(self, up: H2Upstream) -> None:
         b = up.backend
         try:
-            await asyncio.wait_for(self.loop.create_connection(lambda: up, b.address, b.port), self.connect_timeout)
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: up, b.address, b.port), self.connect_timeout
+            )
         except TimeoutError:
             self.lost(up, Failure.CONNECT_TIMEOUT)
         except OSError:

@@ -145,7 +145,7 @@ def test_format_duration() -> None:
         (["update: {max_failure_ratio: 1.5}"], "update.max_failure_ratio", "must be between 0 and 1"),
         (["update: {drain: 2d}"], "update.drain", "must be a duration"),
         (["update: {paralelism: 2}"], "update.paralelism", "did you mean 'parallelism'?"),
-        (["health: {interval: 2s}"], "health", "must have exactly one of http, tcp or exec, got none"),
+        (["health: {interval: 2s}"], "health", "must have exactly one of http, tcp, exec or grpc, got none"),
         (["health: {http: {port: 80}, exec: [x]}"], "health", "got http and exec"),
         (["health: {exec: test -f x}"], "health.exec", "must be a list of strings (run without a shell)"),
         (["health: {exec: []}"], "health.exec", "must not be empty"),
