@@ -13,7 +13,6 @@ The engine is seen here only through `Engine` (below), so this module never impo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterable
 from typing import Protocol, cast
@@ -21,6 +20,7 @@ from typing import Protocol, cast
 from h2 import events as ev
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
+from hyperframe.frame import GoAwayFrame
 
 from node.proxy.balancer import Attempts, Backend, Failure, RetryPolicy
 from node.proxy.h2_peer import Ack, H2Peer, Headers
@@ -76,7 +76,8 @@ class H2Client(asyncio.Protocol):
         self.streams: dict[int, Stream] = {}
         self.address = b""
         self.idle_since = _now()
-        self.going_away = False  # GOAWAY sent: closed once its last stream ends
+        self.going_away = False  # GOAWAY sent or received: closed once its last stream ends
+        self.last_stream = 0  # in the GOAWAY sent: streams above it are refused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -123,13 +124,14 @@ class H2Client(asyncio.Protocol):
         elif isinstance(e, ev.RemoteSettingsChanged):
             self.peer.pump_all()  # a new initial window moves every stream's
         elif isinstance(e, ev.ConnectionTerminated):
-            self.going_away = True
-            if not self.streams:
-                self.shut()
+            self.go_away()
         self.peer.touch(self.peer)
 
     def _request(self, e: ev.RequestReceived) -> None:
         sid = e.stream_id
+        if self.going_away and sid > self.last_stream:  # opened before our GOAWAY arrived
+            self.peer.reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
         request = self.engine.forwarded(list(e.headers), self)
         s = Stream(self, sid, request, self.engine.retry.start())
         self.streams[sid] = s
@@ -171,15 +173,19 @@ class H2Client(asyncio.Protocol):
                 self.shut()
 
     def go_away(self) -> None:
-        """No new streams (GOAWAY); close once the open ones end."""
+        """No new streams (GOAWAY); close once the open ones end.
+
+        The frame is written by hand: h2's `close_connection` moves its state machine to
+        CLOSED, which refuses every later frame of the streams still open."""
         if self.going_away:
             return
         self.going_away = True
-        with contextlib.suppress(ProtocolError):
-            self.peer.conn.close_connection()
-        self.peer.touch(self.peer)
+        self.last_stream = self.peer.conn.highest_inbound_stream_id
+        self.peer.flush()
+        t = self.peer.transport
+        if t is not None and not t.is_closing():
+            t.write(GoAwayFrame(0, last_stream_id=self.last_stream, error_code=0).serialize())
         if not self.streams:
-            self.peer.flush()
             self.shut()
 
     def shut(self) -> None:
