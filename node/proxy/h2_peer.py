@@ -40,7 +40,8 @@ CONNECTION_WINDOW = 1024 * 1024
 """The same for a whole connection (advertised on top of the default 65,535)."""
 MAX_STREAMS = 256
 """Streams a client may have open at once on one connection."""
-DEFAULT_WINDOW = 65535
+MAX_HEADER_LIST = 64 * 1024
+"""Bytes of one decoded head (or trailers) a peer may send (HPACK's accounting)."""
 
 
 class Ack:
@@ -84,6 +85,7 @@ class H2Peer:
             {
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                 SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+                SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
             }
         )
         self.conn.increment_flow_control_window(CONNECTION_WINDOW)
