@@ -268,3 +268,11 @@ async def test_close_lets_open_streams_finish_after_goaway() -> None:
         assert len(rest) == 29 and await call.code() == grpc.StatusCode.OK
         await asyncio.wait_for(closing, 5)  # ends as soon as that last stream did
         assert proxy.stats.active == 0
+
+
+async def test_an_oversized_head_never_reaches_a_replica_and_others_go_on() -> None:
+    async with cluster(1) as (proxy, (replica,)), channel(proxy) as big, channel(proxy) as ch:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await big.unary_unary("/t.T/Who")(b"", metadata=(("x-big", "a" * 100_000),))
+        assert replica.calls == 0
+        assert await ch.unary_unary("/t.T/Who")(b"") == b"r0"
