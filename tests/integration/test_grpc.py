@@ -101,8 +101,12 @@ def test_grpc_calls_spread_per_call_and_a_scale_down_loses_only_its_streams(
             assert answers == dict.fromkeys(names, 10), f"through {host}: not one call each in turn"
 
             count = ch.unary_stream("/t.T/Count")
+
+            def stream(_: int, count: grpc.UnaryStreamMultiCallable = count) -> list[str]:
+                return [m.decode() for m in count(b"20", timeout=20)]
+
             with ThreadPoolExecutor(6) as pool:
-                streams = list(pool.map(lambda _: [m.decode() for m in count(b"20", timeout=20)], range(6)))
+                streams = list(pool.map(stream, range(6)))
             owners = Counter()
             for messages in streams:
                 served = {m.split()[0] for m in messages}
@@ -171,5 +175,6 @@ def test_grpc_calls_spread_per_call_and_a_scale_down_loses_only_its_streams(
     lost = [(got, status) for owner, (got, status) in zip(first, results, strict=True) if owner in gone]
     print(
         f"grpc: 3 nodes x (30 unary, 6 streams); scale-down {gone} -> {kept}: "
-        f"{sum(unary.values())} unary calls, 0 failed ({dict(unary)}); streams of the replica that went: {lost}"
+        f"{sum(unary.values())} unary calls, 0 failed ({dict(unary)}); "
+        f"streams of the replica that went: {lost}"
     )
