@@ -27,10 +27,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import cast
 
+from h2 import events as ev
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
+from hyperframe.frame import Frame, GoAwayFrame
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -77,13 +79,31 @@ def config(client_side: bool, relay: bool = False) -> H2Configuration:
     )
 
 
+class _Connection(H2Connection):
+    """h2's connection, kept open by a GOAWAY it receives: h2 moves to CLOSED (every later
+    frame of the streams still open would then be a protocol error) and drops what was
+    queued to send; a graceful GOAWAY (a replica shutting down, a client closing its
+    channel) means "no new streams", the open ones go on. The peer stops opening streams
+    itself (`node.proxy.h2_conn`). Pinned to h2 4.x, tested."""
+
+    def clear_outbound_data_buffer(self) -> None:
+        return  # called only on a received GOAWAY: what was queued still goes
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[ev.Event]]:
+        state = self.state_machine.state
+        frames, events = super()._receive_goaway_frame(frame)
+        if state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN) and not frame.error_code:
+            self.state_machine.state = state
+        return frames, events
+
+
 class H2Peer:
     """One HTTP/2 connection: `touch(peer)` asks the engine for a `flush` soon."""
 
     __slots__ = ("conn", "out", "paused", "touch", "transport")
 
     def __init__(self, client_side: bool, touch: Callable[[H2Peer], None], max_streams: int = MAX_STREAMS):
-        self.conn = H2Connection(config(client_side, relay=True))
+        self.conn = _Connection(config(client_side, relay=True))
         self.touch = touch
         self.transport: asyncio.Transport | None = None
         self.out: dict[int, Outbox] = {}

@@ -276,3 +276,18 @@ async def test_an_oversized_head_never_reaches_a_replica_and_others_go_on() -> N
             await big.unary_unary("/t.T/Who")(b"", metadata=(("x-big", "a" * 100_000),))
         assert replica.calls == 0
         assert await ch.unary_unary("/t.T/Who")(b"") == b"r0"
+
+
+async def test_a_replica_shutting_down_gracefully_finishes_its_streams_and_gets_no_new_ones() -> None:
+    async with cluster(2) as (proxy, (r0, r1)), channel(proxy) as ch:
+        call = ch.unary_stream("/t.T/Count")(b"25 0.02")
+        assert await call.read() == b"r0 0"
+        stopping = asyncio.create_task(r0.server.stop(grace=5))  # GOAWAY, then in-flight calls finish
+        rest = []
+        while (m := await call.read()) != grpc.aio.EOF:
+            rest.append(m)
+        assert len(rest) == 24 and await call.code() == grpc.StatusCode.OK
+        await stopping
+        who = ch.unary_unary("/t.T/Who")
+        answers = [await who(b"") for _ in range(6)]  # r0 refuses connects now: retried on r1
+        assert answers == [b"r1"] * 6 and proxy.stats.errors == 0
