@@ -288,6 +288,9 @@ class H2Upstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.connected = self.reached = True
         self.peer.attach(transport)
+        if self.closing and not self.waiting:  # drained (or the port closed) while connecting
+            transport.close()
+            return
         self._open_waiting()
 
     def data_received(self, data: bytes) -> None:

@@ -15,10 +15,15 @@ import h2.connection
 import h2.events
 import pytest
 
+from node.model.domain import EndpointRecord
 from node.proxy.balancer import Backend, Balancer
 from node.proxy.h2_peer import STREAM_WINDOW, Ack, H2Peer, config
 from node.proxy.h2_proxy import H2Proxy
+from tests.factories import make_service, make_task
 from tests.helpers import wait_until
+from tests.unit.test_proxy_mesh import KEYS, World, free_port, world
+
+__all__ = ["world"]  # the mesh fixture, shared with test_proxy_mesh
 
 HOST = "127.0.0.1"
 
@@ -279,7 +284,7 @@ async def test_an_oversized_head_never_reaches_a_replica_and_others_go_on() -> N
 
 
 async def test_a_replica_shutting_down_gracefully_finishes_its_streams_and_gets_no_new_ones() -> None:
-    async with cluster(2) as (proxy, (r0, r1)), channel(proxy) as ch:
+    async with cluster(2) as (proxy, (r0, _r1)), channel(proxy) as ch:
         call = ch.unary_stream("/t.T/Count")(b"25 0.02")
         assert await call.read() == b"r0 0"
         stopping = asyncio.create_task(r0.server.stop(grace=5))  # GOAWAY, then in-flight calls finish
@@ -291,3 +296,32 @@ async def test_a_replica_shutting_down_gracefully_finishes_its_streams_and_gets_
         who = ch.unary_unary("/t.T/Who")
         answers = [await who(b"") for _ in range(6)]  # r0 refuses connects now: retried on r1
         assert answers == [b"r1"] * 6 and proxy.stats.errors == 0
+
+
+async def test_the_mesh_serves_a_grpc_port_with_this_engine(world: World) -> None:
+    replicas = [Replica(f"r{i}") for i in range(3)]
+    for r in replicas:
+        await r.server.start()
+    try:
+        port = free_port()
+        api = make_service(
+            "api", replicas=3, ports=[{"container": 50051, "published": port, "protocol": "grpc"}]
+        )
+        await world.store.put(KEYS.service("api"), api.to_json())
+        for slot, r in enumerate(replicas, start=1):
+            task = make_task(api, slot, "n1")
+            await world.store.put(KEYS.task("api", slot), task.to_json())
+            record = EndpointRecord(task.task_id, "api", "n1", HOST, r.port, 50051, {"50051": r.port})
+            await world.store.put(KEYS.endpoint("api", task.task_id), record.to_json())
+        await wait_until(
+            lambda: port in world.mesh.listeners and len(world.mesh.listeners[port].balancer) == 3,
+            5,
+            message="the grpc listener with 3 replicas",
+        )
+        assert isinstance(world.mesh.listeners[port].engine, H2Proxy)
+        async with grpc.aio.insecure_channel(f"{HOST}:{port}") as ch:
+            who = ch.unary_unary("/t.T/Who")
+            assert Counter([await who(b"") for _ in range(9)]) == {b"r0": 3, b"r1": 3, b"r2": 3}
+    finally:
+        for r in replicas:
+            await r.server.stop(0)
