@@ -168,8 +168,9 @@ async def test_a_replica_refusing_connections_is_skipped_and_reported() -> None:
             answers = Counter([await who(b"") for _ in range(12)])
             assert set(answers) == {b"r0", b"r1"} and sum(answers.values()) == 12
             assert proxy.stats.errors == 0
-            # 3 refused connects in a row eject it (each call then went on to the next replica)
-            assert proxy.stats.retries == 3 and proxy.stats.ejections == 1
+            # 3 refused connects in a row eject it (each call then went on to the next replica);
+            # a slow run may see it back on probation after 1 s, and refused once more
+            assert proxy.stats.retries >= 3 and proxy.stats.ejections >= 1
 
 
 async def test_a_cancelled_call_is_reset_on_the_replica() -> None:
