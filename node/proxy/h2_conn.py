@@ -78,6 +78,7 @@ class H2Client(asyncio.Protocol):
         self.idle_since = _now()
         self.going_away = False  # GOAWAY sent or received: closed once its last stream ends
         self.last_stream = 0  # in the GOAWAY sent: streams above it are refused
+        self.greeted = False  # the client's preface and SETTINGS came (it speaks HTTP/2)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -122,6 +123,7 @@ class H2Client(asyncio.Protocol):
         elif isinstance(e, ev.WindowUpdated):
             self.peer.window_opened(e.stream_id)
         elif isinstance(e, ev.RemoteSettingsChanged):
+            self.greeted = True
             self.peer.pump_all()  # a new initial window moves every stream's
         elif isinstance(e, ev.ConnectionTerminated):
             self.go_away()

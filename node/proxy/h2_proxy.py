@@ -32,7 +32,9 @@ Guarantees:
   streams fail as above; no other stream is touched);
 - `close()`: listening stops, every client gets GOAWAY (its open streams finish, for up
   to `drain_timeout` s), then whatever is left is aborted;
-- bounds: the node's `ConnectionCap` per client connection; 256 concurrent streams per
+- bounds: the node's `ConnectionCap` per client connection; the preface within
+  `head_timeout` s of the accept (the daemon's `proxy_head_timeout`), and anything but
+  HTTP/2 (an HTTP/1.1 request) closes the connection with a GOAWAY; 256 concurrent streams per
   client connection; per stream at most `STREAM_WINDOW` bytes held each way; a client
   connection with no stream for `CLIENT_IDLE` s is sent GOAWAY and closed, a replica
   connection with none for `UPSTREAM_IDLE` s is closed.
@@ -63,6 +65,8 @@ UPSTREAM_IDLE = 30.0
 """Seconds an unused connection to a replica is kept."""
 SWEEP = 1.0
 """Seconds between idle checks."""
+HEAD_TIMEOUT = 10.0
+"""Seconds a new client connection has to send the HTTP/2 preface and its SETTINGS."""
 UNAVAILABLE = b"14"  # the gRPC status the proxy answers with
 
 _now = time.monotonic
@@ -84,9 +88,11 @@ class H2Proxy(Listener[H2Client]):
         drain_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         cap: ConnectionCap | None = None,
+        head_timeout: float = HEAD_TIMEOUT,
     ) -> None:
         super().__init__(listen_host, listen_port, balancer, connect_timeout, drain_timeout, retry, cap)
         self.service = service
+        self.head_timeout = head_timeout
         self.grpc = grpc
         self.upstreams: dict[str, list[H2Upstream]] = {}  # by backend key
         self.failing: set[str] = set()
@@ -253,7 +259,10 @@ class H2Proxy(Listener[H2Client]):
                     self.lost(up, None)
                     up.close()
         for client in list(self._open):
-            if not client.streams and client.idle_since < now - CLIENT_IDLE:
+            if not client.greeted and client.idle_since < now - self.head_timeout:
+                self.stats.timeouts += 1  # no HTTP/2 preface in time (a slow loris, or not h2c)
+                client.stop()
+            elif not client.streams and client.idle_since < now - CLIENT_IDLE:
                 client.go_away()
 
     def drain(self, backends: Iterable[Backend]) -> None:

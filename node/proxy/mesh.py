@@ -229,6 +229,7 @@ class Mesh:
                 drain_timeout=s.drain_timeout,
                 retry=retry,
                 cap=self.cap,
+                head_timeout=s.limits.head_timeout,
             )
         return TcpProxy(
             address,

@@ -326,3 +326,20 @@ async def test_the_mesh_serves_a_grpc_port_with_this_engine(world: World) -> Non
     finally:
         for r in replicas:
             await r.server.stop(0)
+
+
+async def test_http1_or_silence_on_an_h2c_port_closes_the_connection() -> None:
+    async with cluster(1) as (proxy, (replica,)):
+        proxy.head_timeout = 0.3
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(reader.read(), 5)  # its SETTINGS, then closed at once: not HTTP/2
+        assert proxy.stats.timeouts == 0
+        writer.close()
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(reader.read(), 5)  # closed after head_timeout (checked every second)
+        assert asyncio.get_running_loop().time() - started < 2.5 and proxy.stats.timeouts == 1
+        writer.close()
+        await wait_until(lambda: proxy.stats.active == 0, 5, message="both connections counted out")
+        assert replica.calls == 0
