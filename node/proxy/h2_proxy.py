@@ -194,9 +194,9 @@ class H2Proxy(Listener[H2Client]):
         if failure is not None:
             self.report_failure(up.backend)
         for s in up.take_waiting():
-            if failure is None or s.attempts.failed(up.backend, failure):
-                if failure is not None:
-                    self.stats.retries += 1
+            # never sent: safe to send elsewhere, within the attempts of a refused connect
+            if s.attempts.failed(up.backend, failure or Failure.CONNECT_REFUSED):
+                self.stats.retries += 1
                 self.dispatch(s)
             else:
                 self.fail(s, f'no replica of service "{self.service}" could be reached', 503)

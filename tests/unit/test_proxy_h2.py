@@ -95,7 +95,9 @@ async def cluster(n: int, grpc_errors: bool = True) -> AsyncIterator[tuple[H2Pro
 
 
 def channel(proxy: H2Proxy) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(f"{HOST}:{proxy.port}", options=[("grpc.enable_retries", 0)])
+    """A channel with a connection of its own (grpcio shares them between channels)."""
+    options = [("grpc.enable_retries", 0), ("grpc.use_local_subchannel_pool", 1)]
+    return grpc.aio.insecure_channel(f"{HOST}:{proxy.port}", options=options)
 
 
 async def test_one_channel_is_spread_per_call_over_every_replica() -> None:
@@ -343,3 +345,15 @@ async def test_http1_or_silence_on_an_h2c_port_closes_the_connection() -> None:
         writer.close()
         await wait_until(lambda: proxy.stats.active == 0, 5, message="both connections counted out")
         assert replica.calls == 0
+
+
+async def test_streams_beyond_the_connections_capacity_wait_for_a_slot() -> None:
+    async with cluster(1) as (proxy, (replica,)), channel(proxy) as a, channel(proxy) as b:
+        count = [a.unary_stream("/t.T/Count"), b.unary_stream("/t.T/Count")]
+
+        async def one(i: int) -> int:
+            return len([m async for m in count[i % 2](b"3 0.4")])
+
+        got = await asyncio.gather(*(one(i) for i in range(500)))  # 4 x 100 open at most, 100 wait
+        assert got == [3] * 500 and replica.calls == 500
+        assert len(proxy.upstreams[replica.backend.key]) == 4 and proxy.stats.errors == 0
