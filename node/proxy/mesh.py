@@ -43,6 +43,7 @@ from node.model.domain import Assignment, EndpointRecord, readable_services, rou
 from node.model.keys import Keys
 from node.proxy import routes
 from node.proxy.balancer import Balancer, RetryPolicy
+from node.proxy.h2_proxy import H2Proxy
 from node.proxy.http import HttpProxy
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
 from node.proxy.routes import Route
@@ -54,7 +55,7 @@ from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 
-Engine = TcpProxy | HttpProxy
+Engine = TcpProxy | HttpProxy | H2Proxy
 
 
 class GossipView(Protocol):
@@ -216,6 +217,19 @@ class Mesh:
                 limits=s.limits,
                 cap=self.cap,
                 tunnel_idle=s.tunnel_idle,
+            )
+        if route.protocol in ("grpc", "http2"):  # h2c, per stream (decision 61)
+            return H2Proxy(
+                address,
+                route.published,
+                balancer,
+                service=route.service,
+                grpc=route.protocol == "grpc",
+                connect_timeout=s.connect_timeout,
+                drain_timeout=s.drain_timeout,
+                retry=retry,
+                cap=self.cap,
+                head_timeout=s.limits.head_timeout,
             )
         return TcpProxy(
             address,

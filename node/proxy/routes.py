@@ -34,7 +34,7 @@ class Route:
     service: str
     published: int
     container_port: int
-    protocol: str  # "tcp" (L4, per connection) or "http" (L7, per request)
+    protocol: str  # "tcp" (L4, per connection), "http" (L7, per request), "grpc"/"http2" (per stream)
 
 
 def listeners(services: Iterable[ServiceRecord]) -> dict[int, Route]:
