@@ -44,6 +44,7 @@ from node.model.keys import Keys
 from node.proxy import routes
 from node.proxy.balancer import Balancer, RetryPolicy
 from node.proxy.http import HttpProxy
+from node.proxy.ingress import Ingress
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
@@ -126,6 +127,7 @@ class Mesh:
         self._closing: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
         self.syncs = 0
+        self.ingress: Ingress | None = None  # issue 17: the node's shared entrance (node.proxy.ingress)
 
     # -- running -------------------------------------------------------------------------
 
@@ -151,7 +153,7 @@ class Mesh:
             gossip_wake.clear()
             await self.sync()
             self.ready.set()
-            timeout = self.settings.rebind_interval if self.bind_errors else None
+            timeout = self.settings.rebind_interval if self.bind_errors or self.ingress else None
             waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(gossip_wake.wait())]
             try:
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -175,6 +177,8 @@ class Mesh:
         for route in [r for r in self.stats if wanted.get(r.published) != r]:
             del self.stats[route]  # no longer published (service removed or changed): bounded
         self._apply_endpoints()
+        if self.ingress is not None:
+            await self.ingress.sync(records, self.routable())
         await self._report_binds()
 
     def _gone(self) -> set[str]:
@@ -269,6 +273,10 @@ class Mesh:
         """Stop every listener now; give in-flight traffic `grace` seconds, then cut it."""
         for port in list(self.listeners):
             self._retire(port)
+        if self.ingress is not None:
+            task = asyncio.get_running_loop().create_task(self.ingress.close(), name="ingress-close")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         if not self._closing:
             return
         _, late = await asyncio.wait(self._closing, timeout=grace)
