@@ -12,6 +12,7 @@ one after the other); without one the node serves a certificate issued for the h
 the cluster CA (for development and internal use: browsers do not trust it).
 A host with a secret in one rule uses it for all (two different secrets for one
 host are refused). `tls.redirect` answers a plain HTTP request for the rule with a 308 to HTTPS.
+`sticky: true` keeps a client on one replica with a cookie (`shoal-sticky-<service>`).
 
 Host names are lowercase DNS names (no wildcard, no port). A rule's (host, path) is
 unique in the spec; across services the API refuses a pair another service routes
@@ -84,6 +85,7 @@ class IngressRule(BaseModel):
     path: Annotated[str, AfterValidator(_path)] = "/"
     port: Annotated[int, Field(ge=1, le=65535)]
     tls: IngressTLS | None = None
+    sticky: bool | None = None  # True: a cookie keeps a client on the replica it first reached
 
 
 Ingress = Annotated[list[IngressRule], Field(min_length=1, max_length=MAX_RULES)]

@@ -358,11 +358,12 @@ class _Client(_Outcomes, asyncio.Protocol):
         """Send `r` to `backend` on a new connection, or to the next pick (pooled if can be)."""
         proxy = self.proxy
         if backend is None:
-            routed, balancer = r.routed, proxy.balancer
-            if routed is not None and (balancer := routed.balancer) is None:  # type: ignore[assignment]
+            routed, tried = r.routed, r.attempts.tried if r.attempts is not None else ()
+            if routed is None:
+                backend = proxy.balancer.pick(now, tried)
+            elif (backend := routed.pick(now, tried)) is None and routed.balancer is None:
                 self.answer(r, routed.status, routed.body, routed.extra)  # the router's own answer
                 return
-            backend = balancer.pick(now, r.attempts.tried if r.attempts is not None else ())
             if backend is None:
                 self.fail(r)
                 return

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from node.proxy.balancer import Attempts, Backend, Balancer, RetryPolicy
@@ -93,9 +93,11 @@ class Request:
 class Routed:
     """Where an engine's `router` sends one request (the ingress, `node.proxy.ingress`):
     `balancer` and the messages of the proxy's errors naming its service; or, with
-    `balancer` None, an answer of the proxy's own (`status`, `body`, `extra` header lines)."""
+    `balancer` None, an answer of the proxy's own (`status`, `body`, `extra` header lines).
+    `pick` chooses the backend (a router may prefer one: sticky sessions); `set_cookie`,
+    when set by `pick`, is added to the response."""
 
-    __slots__ = ("balancer", "body", "extra", "msg_502", "msg_503", "msg_504", "status")
+    __slots__ = ("balancer", "body", "extra", "msg_502", "msg_503", "msg_504", "set_cookie", "status")
 
     def __init__(
         self,
@@ -111,6 +113,10 @@ class Routed:
         self.msg_502 = b"bad gateway: a replica of " + name + b" failed to answer\n"
         self.msg_503 = b"no healthy replica of " + name + b"\n"
         self.msg_504 = b"gateway timeout: a replica of " + name + b" did not answer in time\n"
+        self.set_cookie = b""
+
+    def pick(self, now: float, tried: Collection[str]) -> Backend | None:
+        return None if self.balancer is None else self.balancer.pick(now, tried)
 
 
 Router = Callable[[list[bytes], bytes], Routed]

@@ -9,7 +9,9 @@ of the entrance's own (400 without Host, 404 for an unknown host or path, 308 to
 https:// for a rule with `tls.redirect` on the plain listener). The head it forwards
 carries `X-Forwarded-Host` (the Host the client sent; one the client sent is dropped),
 `X-Forwarded-Proto` (http or https) and `X-Forwarded-For` (the client's address
-appended, as in the mesh).
+appended, as in the mesh). A rule with `sticky: true` keeps a client on the replica
+its cookie `shoal-sticky-<service>` names (`Sticky`: a digest of the backend, set on
+the first response and again whenever that replica is gone or ejected).
 
 `Ingress.sync` is called by the mesh (`node.proxy.mesh`) with the same service records
 and routable endpoints its own listeners get: the table is rebuilt, a balancer is kept
@@ -22,8 +24,9 @@ at the next sync (the mesh syncs every `rebind_interval` seconds while one is un
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from node.model.domain import EndpointRecord, ServiceRecord
@@ -48,6 +51,7 @@ class IngressRoutes:
         self.balancers: dict[tuple[str, int], Balancer] = {}
         self.routed: dict[Target, Routed] = {}
         self.owner: dict[str, Balancer] = {}
+        self.by_token: dict[bytes, Backend] = {}  # sticky cookie value -> its backend
         self.failing: set[str] = set()  # shared by both listeners: see HttpProxy.report_ok
 
     def update(self, table: Table, endpoints: list[EndpointRecord]) -> list[Backend]:
@@ -59,6 +63,7 @@ class IngressRoutes:
         for key in [k for k in self.balancers if k not in wanted]:
             removed += self.balancers.pop(key).set_endpoints(())
         owner: dict[str, Balancer] = {}
+        by_token: dict[bytes, Backend] = {}
         for service, port in wanted:
             balancer = self.balancers.setdefault((service, port), Balancer())
             backends = [
@@ -68,9 +73,52 @@ class IngressRoutes:
             ]
             removed += balancer.set_endpoints(backends)
             owner |= dict.fromkeys((b.key for b in balancer.backends), balancer)
-        self.owner = owner
+            by_token |= {token(b.key): b for b in balancer.backends}
+        self.owner, self.by_token = owner, by_token
         self.routed = {t: Routed(self.balancers[(t.service, t.port)], t.service) for t in targets}
         return removed
+
+
+def token(key: str) -> bytes:
+    """The sticky cookie's value for a backend: a digest, so the cookie names no task."""
+    return hashlib.blake2s(key.encode(), digest_size=8).hexdigest().encode()
+
+
+class Sticky(Routed):
+    """One request of a sticky route: the backend its cookie names while that one is in
+    the set, not ejected and not tried yet for this request; else the next pick, and a
+    cookie naming it goes with the response."""
+
+    __slots__ = ("attrs", "name", "prefer", "routes")
+
+    def __init__(self, base: Routed, service: str, routes: IngressRoutes, prefer: bytes, https: bool) -> None:
+        super().__init__(base.balancer, service)
+        self.routes, self.prefer = routes, prefer
+        self.name = b"shoal-sticky-" + service.encode()
+        self.attrs = b"; Path=/; HttpOnly; SameSite=Lax" + (b"; Secure" if https else b"")
+
+    def pick(self, now: float, tried: Collection[str]) -> Backend | None:
+        balancer = self.balancer
+        assert balancer is not None
+        b = self.routes.by_token.get(self.prefer) if self.prefer else None
+        mine = b is not None and b.key not in tried and self.routes.owner.get(b.key) is balancer
+        if mine and b is not None and not balancer.is_ejected(b, now):
+            self.set_cookie = b""
+            return b
+        b = balancer.pick(now, tried)
+        if b is not None:
+            self.set_cookie = self.name + b"=" + token(b.key) + self.attrs
+        return b
+
+
+def cookie(values: list[bytes], name: bytes) -> bytes:
+    """The value of cookie `name` in the Cookie header values (b"" without one)."""
+    for value in values:
+        for pair in value.split(b";"):
+            key, _, v = pair.strip().partition(b"=")
+            if key == name:
+                return v.strip()
+    return b""
 
 
 class IngressProxy(HttpProxy):
@@ -87,12 +135,15 @@ class IngressProxy(HttpProxy):
     def route(self, head: list[bytes], url: bytes) -> Routed:
         host: bytes | None = None
         forwarded = False
+        cookies: list[bytes] = []
         for i in range(1, len(head), 4):  # name, ": ", value, CRLF
             name = head[i].lower()
             if name == b"host":
                 host = head[i + 2] if host is None else host
             elif name == b"x-forwarded-host":
                 forwarded = True
+            elif name == b"cookie":
+                cookies.append(head[i + 2])
         if forwarded:  # the client's own is not passed on
             kept = head[:1]
             for i in range(1, len(head), 4):
@@ -106,6 +157,9 @@ class IngressProxy(HttpProxy):
             return Routed(None, status=to.status, body=to.body, extra=extra)
         assert host is not None
         head += (b"X-Forwarded-Host: ", host, CRLF)
+        if to.sticky:
+            prefer = cookie(cookies, b"shoal-sticky-" + to.service.encode())
+            return Sticky(routes.routed[to], to.service, routes, prefer, self.https)
         return routes.routed[to]
 
     def report_failure(self, backend: Backend, now: float) -> None:

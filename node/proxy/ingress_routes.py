@@ -37,6 +37,7 @@ class Target:
     service: str
     port: int
     redirect: bool = False  # plain HTTP gets a 308 to https://
+    sticky: bool = False  # a cookie keeps a client on one replica
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,7 @@ def build(services: Iterable[ServiceRecord]) -> Table:
             if rule.path in paths:
                 continue
             tls = rule.tls
-            paths[rule.path] = Target(record.name, rule.port, bool(tls and tls.redirect))
+            paths[rule.path] = Target(record.name, rule.port, bool(tls and tls.redirect), bool(rule.sticky))
             if tls is not None and tls.secret and certs.get(rule.host) is None:
                 certs[rule.host] = tls.secret
             certs.setdefault(rule.host, None)

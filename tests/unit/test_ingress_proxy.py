@@ -292,3 +292,38 @@ async def test_a_taken_port_is_reported_and_bound_once_free(tmp_path: Path) -> N
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner
+
+
+async def test_a_sticky_rule_keeps_a_client_on_its_replica_until_that_one_leaves(bed: Bed) -> None:
+    web = await bed.service("web", {"host": "app.example.test", "port": 8080, "sticky": True}, replicas=3)
+    await ready(bed, "app.example.test")
+    ingress = bed.mesh.ingress
+    assert ingress is not None
+    await wait_until(
+        lambda: len(ingress.describe()["hosts"]["app.example.test"][0]["backends"]) == 3, timeout=5
+    )  # type: ignore[index]
+    status, headers, body = await request(bed.http, "app.example.test")
+    first = seen(body)["me"]
+    name, _, rest = headers["set-cookie"].partition("=")
+    value, _, attrs = rest.partition(";")
+    assert (status, name, attrs.strip()) == (200, "shoal-sticky-web", "Path=/; HttpOnly; SameSite=Lax")
+    assert "web" not in value  # a digest, naming no task
+    jar = f"Cookie: other=1; shoal-sticky-web={value}\r\n"
+    for _ in range(6):  # with the cookie: always the same replica, and no new cookie
+        status, headers, body = await request(bed.http, "app.example.test", headers=jar)
+        assert (status, seen(body)["me"], "set-cookie" in headers) == (200, first, False)
+    without = {seen((await request(bed.http, "app.example.test"))[2])["me"] for _ in range(3)}
+    assert len(without) == 3  # without it: round robin
+    # its replica leaves: the next request goes elsewhere and gets a new cookie
+    slot = int(first.rpartition(".")[2])
+    task = make_task(web, slot, "n1")
+    await bed.store.delete(KEYS.endpoint("web", task.task_id))
+    await wait_until(
+        lambda: len(ingress.describe()["hosts"]["app.example.test"][0]["backends"]) == 2, timeout=5
+    )  # type: ignore[index]
+    status, headers, body = await request(bed.http, "app.example.test", headers=jar)
+    assert status == 200 and seen(body)["me"] != first
+    assert headers["set-cookie"].startswith("shoal-sticky-web=") and value not in headers["set-cookie"]
+    # over TLS the cookie is Secure
+    status, headers, _ = await request(bed.https, "app.example.test", "/", bed.client_tls())
+    assert headers["set-cookie"].endswith("; Secure")

@@ -195,7 +195,8 @@ BASE = "name: web\nimage: x:1\nports: [{container: 8080}]\n"
             "ingress[0].tls.secret: must be a secret",
         ),
         ("[{host: a.test, port: 8080, tls: {redirect: yes please}}]", "ingress[0].tls.redirect"),
-        ("[{host: a.test, port: 8080, sticky: true}]", "ingress[0].sticky"),
+        ("[{host: a.test, port: 8080, weight: 2}]", "ingress[0].weight"),
+        ("[{host: a.test, port: 8080, sticky: 1}]", "ingress[0].sticky"),
         ("[]", "ingress"),
     ],
 )
@@ -211,3 +212,5 @@ def test_a_rule_is_normalised_and_round_trips() -> None:
     rule = spec.ingress[0]
     assert (rule.host, rule.path, rule.port, rule.tls and rule.tls.redirect) == ("a.test", "/api", 8080, True)
     assert parse_spec(BASE).ingress is None
+    sticky = svc("s", {"host": "s.test", "port": 8080, "sticky": True})
+    assert decide(build([sticky]), b"s.test", b"/", False, 443) == Target("s", 8080, False, True)
