@@ -2,8 +2,8 @@
 over TLS with SNI (one certificate from a secret, signed by a CA of the test's own; one
 issued by the cluster CA), path prefix routing, the HTTP->HTTPS redirect, the
 X-Forwarded-* headers a real replica (Python's http.server in shoal-deb/python) sees,
-404 for an unknown host, and a route conflict refused at apply naming the other service;
-through every node's entrance."""
+404 for an unknown host, a sticky cookie keeping a client on one of two replicas, and a
+route conflict refused at apply naming the other service; through every node's entrance."""
 
 from __future__ import annotations
 
@@ -44,10 +44,11 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 """
 
 
-def spec(name: str, rules: list[dict[str, Any]]) -> str:
+def spec(name: str, rules: list[dict[str, Any]], replicas: int = 1) -> str:
     return json.dumps(
         {
             "name": name,
+            "replicas": replicas,
             "image": PYTHON_IMAGE,
             "command": ["python3", "-c", SERVER],
             "env": {"NAME": name},
@@ -58,12 +59,19 @@ def spec(name: str, rules: list[dict[str, Any]]) -> str:
 
 
 def get(
-    address: str, port: int, host: str, path: str = "/", tls: ssl.SSLContext | None = None, sni: str = ""
+    address: str,
+    port: int,
+    host: str,
+    path: str = "/",
+    tls: ssl.SSLContext | None = None,
+    sni: str = "",
+    cookie: str = "",
 ) -> tuple[int, dict[str, str], bytes]:
     """One GET on a new connection to `address:port` for `host`: (status, headers, body)."""
     with socket.create_connection((address, port), timeout=5) as raw:
         conn: socket.socket = tls.wrap_socket(raw, server_hostname=sni or host) if tls else raw
-        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        jar = f"Cookie: {cookie}\r\n" if cookie else ""
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{jar}Connection: close\r\n\r\n".encode())
         data = b""
         while chunk := conn.recv(65536):
             data += chunk
@@ -90,7 +98,8 @@ def test_ingress_routes_hosts_and_paths_over_tls_with_sni_on_every_node(
         c.put_object("secret", "shop-tls", chain + key)
         c.apply(spec("shop", [shop_rule]), "shop.json")
         c.apply(spec("docs", [{"host": "docs.example.test", "port": 8080}]), "docs.json")
-        c.apply(spec("docs-api", [{"host": "docs.example.test", "path": "/api", "port": 8080}]), "api.json")
+        api_rule = {"host": "docs.example.test", "path": "/api", "port": 8080, "sticky": True}
+        c.apply(spec("docs-api", [api_rule], replicas=2), "api.json")
 
         # a (host, path) another service routes is refused at apply, naming it
         with pytest.raises(Exception) as refused:
@@ -126,6 +135,20 @@ def test_ingress_routes_hosts_and_paths_over_tls_with_sni_on_every_node(
             assert h["x-forwarded-host"] == host
             assert h["x-forwarded-for"].startswith("127.")
             assert h["host"] == host
+
+        # sticky: without the cookie both replicas answer; with it, always the one it names
+        def both(a: str = address) -> set[str] | None:
+            replicas = {
+                json.loads(get(a, http_port, "docs.example.test", "/api")[2])["replica"] for _ in range(4)
+            }
+            return replicas if len(replicas) == 2 else None
+
+        wait_until_sync(both, 60, interval=0.5, message=f"both docs-api replicas through {address}")
+        _, headers, body = get(address, http_port, "docs.example.test", "/api")
+        pinned, jar = json.loads(body)["replica"], headers["set-cookie"].partition(";")[0]
+        for _ in range(4):
+            _, headers, body = get(address, http_port, "docs.example.test", "/api", cookie=jar)
+            assert json.loads(body)["replica"] == pinned and "set-cookie" not in headers
 
         # SNI picks the certificate: the shop's (from the secret) is not valid for docs
         with pytest.raises(ssl.SSLCertVerificationError):
