@@ -45,7 +45,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from node.model.spec_errors import FieldError, SpecError
 from node.model.spec_errors import fatal as _fatal
-from node.model.spec_ingress import Ingress, IngressRule, IngressTLS, ingress_fits
+from node.model.spec_ingress import Ingress, IngressRule, IngressTLS, ProxyProtocolPorts, ingress_fits
 from node.model.spec_job import JobSpec, check_job_fields
 from node.model.spec_lifecycle import (
     OBJECT_PATTERN,
@@ -167,6 +167,8 @@ class ServiceSpec(BaseModel):
 
     # Issue 17 item 3: ingress, routes from the node's shared HTTP(S) entrance (node.model.spec_ingress)
     ingress: Ingress | None = None  # None: not routed by host name
+    # tcp container ports whose connections from the mesh and the VIPs begin with a PROXY v2 header
+    proxy_protocol: ProxyProtocolPorts | None = None
     _ingress_fits = model_validator(mode="after")(ingress_fits)
 
 

@@ -18,6 +18,10 @@ Host names are lowercase DNS names (no wildcard, no port). A rule's (host, path)
 unique in the spec; across services the API refuses a pair another service routes
 (`node.proxy.ingress_routes.conflict`).
 
+`proxy_protocol: [5432]` (issue 17, with the ingress): the mesh and the service's VIP
+begin every connection to those tcp container ports with a PROXY protocol v2 header
+carrying the client's address (`node.proxy.proxy_v2`), for backends that want it.
+
 Pure: imports no grpc, docker or etcd.
 """
 
@@ -89,13 +93,26 @@ class IngressRule(BaseModel):
 
 
 Ingress = Annotated[list[IngressRule], Field(min_length=1, max_length=MAX_RULES)]
+ProxyProtocolPorts = Annotated[
+    list[Annotated[int, Field(ge=1, le=65535)]], Field(min_length=1, max_length=64)
+]
 
 
 def ingress_fits(spec: Any) -> Any:
     """`ServiceSpec`'s rule for `ingress`: each rule's port is a container port of `ports`,
-    each (host, path) once, and one host's rules agree on its TLS secret."""
+    each (host, path) once, and one host's rules agree on its TLS secret; each port of
+    `proxy_protocol` is a `tcp` port of `ports`."""
     rules: list[IngressRule] = spec.ingress or []
     containers = {p.container for p in spec.ports}
+    tcp = {p.container for p in spec.ports if p.protocol == "tcp"}
+    for i, port in enumerate(spec.proxy_protocol or []):
+        if port not in tcp:
+            have = ", ".join(str(c) for c in sorted(tcp)) or "none"
+            raise _fail(
+                f"port {port} is not a tcp container port of this service (tcp ports: {have}); "
+                "the PROXY protocol header goes ahead of tcp connections only",
+                ("proxy_protocol", i),
+            )
     seen: dict[tuple[str, str], int] = {}
     secrets: dict[str, tuple[str, int]] = {}
     for i, rule in enumerate(rules):

@@ -221,7 +221,7 @@ class Mesh:
                 cap=self.cap,
                 tunnel_idle=s.tunnel_idle,
             )
-        return TcpProxy(
+        tcp = TcpProxy(
             address,
             route.published,
             balancer,
@@ -231,6 +231,8 @@ class Mesh:
             idle_timeout=s.tcp_idle_timeout,
             cap=self.cap,
         )
+        tcp.proxy_v2 = route.proxy_v2  # issue 17: spec proxy_protocol
+        return tcp
 
     async def _open(self, route: Route) -> None:
         balancer = Balancer()
