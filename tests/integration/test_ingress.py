@@ -3,7 +3,8 @@ over TLS with SNI (one certificate from a secret, signed by a CA of the test's o
 issued by the cluster CA), path prefix routing, the HTTP->HTTPS redirect, the
 X-Forwarded-* headers a real replica (Python's http.server in shoal-deb/python) sees,
 404 for an unknown host, a sticky cookie keeping a client on one of two replicas, and a
-route conflict refused at apply naming the other service; through every node's entrance."""
+route conflict refused at apply naming the other service; through every node's entrance.
+And PROXY protocol v2 ahead of a tcp port's connections, read by a real replica."""
 
 from __future__ import annotations
 
@@ -169,3 +170,57 @@ def test_ingress_routes_hosts_and_paths_over_tls_with_sni_on_every_node(
         insecure = ssl.create_default_context()
         insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
         assert get(address, https_port, "nope.example.test", "/", insecure)[0] == 404
+
+
+# Reads the PROXY v2 header ahead of the connection and answers what it says, as JSON.
+PROXY_SERVER = """
+import ipaddress, json, socket, struct
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5000)); s.listen(16)
+while True:
+    c, _ = s.accept()
+    data = b""
+    while len(data) < 28 + 5:
+        more = c.recv(4096)
+        if not more:
+            break
+        data += more
+    ok = data[:12] == b"\\r\\n\\r\\n\\x00\\r\\nQUIT\\n" and data[12] == 0x21 and data[13] == 0x11
+    src, dst = ipaddress.ip_address(data[16:20]), ipaddress.ip_address(data[20:24])
+    sp, dp = struct.unpack("!HH", data[24:28])
+    seen = {"ok": ok, "src": [str(src), sp], "dst": [str(dst), dp], "rest": data[28:].decode()}
+    c.sendall(json.dumps(seen).encode())
+    c.close()
+"""
+
+
+def test_proxy_protocol_v2_gives_a_tcp_replica_the_client_address(
+    make_cluster: Callable[..., DevCluster],
+    python_image: str,  # noqa: F811
+) -> None:
+    cluster = make_cluster(2)
+    published = free_port_on_all(HOSTS)
+    service = {
+        "name": "pp",
+        "image": PYTHON_IMAGE,
+        "command": ["python3", "-c", PROXY_SERVER],
+        "ports": [{"container": 5000, "published": published}],
+        "proxy_protocol": [5000],
+    }
+    with cluster.client() as c:
+        c.apply(json.dumps(service), "pp.json")
+
+    for address in HOSTS:
+
+        def answer(a: str = address) -> tuple[dict[str, Any], tuple[str, int]] | None:
+            try:
+                with socket.create_connection((a, published), timeout=5) as conn:
+                    me = conn.getsockname()
+                    conn.sendall(b"hello")
+                    data = conn.recv(4096)
+            except OSError:
+                return None
+            return (json.loads(data), me) if data else None
+
+        seen, me = wait_until_sync(answer, 90, interval=0.5, message=f"the tcp replica through {address}")
+        assert seen == {"ok": True, "src": [me[0], me[1]], "dst": [address, published], "rest": "hello"}
