@@ -15,8 +15,9 @@ the certificate it had (none at first: the handshake then gets the default one),
 is reported (`problems`, logged and an `ingress.tls_failed` event by the caller);
 `refresh` never raises for one host's trouble.
 
-PEMs reach OpenSSL through a file in `workdir` (0700) that lives only while it loads:
-Python's ssl module loads a certificate chain from files only.
+PEMs reach OpenSSL through a file in `workdir` (0700, the file 0600) that lives only
+while it loads: Python's ssl module loads a certificate chain from files only. One left
+by a process killed in that moment is removed at the next start.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ class IngressCerts:
         self.renew: dict[str, datetime] = {}  # host -> when its CA-issued certificate is renewed
         self.problems: dict[str, str] = {}  # host -> why its certificate could not be loaded
         self.has_default = False
+        self._sweep_files()
+
+    def _sweep_files(self) -> None:
+        """Remove PEM files a process killed while loading one left behind (keys in them)."""
+        for path in self.workdir.glob(".cert-*") if self.workdir.is_dir() else ():
+            path.unlink(missing_ok=True)
 
     def _sni(self, sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         if name:

@@ -108,3 +108,12 @@ async def test_certificates_are_kept_while_etcd_does_not_answer(tmp_path: Path) 
     assert certs.contexts == before  # the last good certificates go on being served
     assert isinstance(certs.contexts["a.test"], ssl.SSLContext)
     assert list((tmp_path / "ingress").iterdir()) == []  # no PEM left on disk
+
+
+def test_a_pem_file_left_by_a_killed_process_is_removed_at_start(tmp_path: Path) -> None:
+    workdir = tmp_path / "ingress"
+    workdir.mkdir()
+    (workdir / ".cert-abc123").write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    (workdir / "other").write_bytes(b"not ours")
+    IngressCerts(MemoryStore(), KEYS, None, None, workdir, "127.0.0.1")
+    assert sorted(p.name for p in workdir.iterdir()) == ["other"]
