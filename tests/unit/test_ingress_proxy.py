@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from node.model.domain import EndpointRecord, ServiceRecord
 from node.model.keys import Keys
@@ -20,6 +21,7 @@ from node.proxy.balancer import RetryPolicy
 from node.proxy.ingress import Ingress
 from node.proxy.ingress_tls import IngressCerts
 from node.proxy.mesh import Mesh, MeshSettings
+from node.proxy.metrics import MeshCollector
 from node.security.ca import ClusterCA
 from node.security.objects import ObjectRecord
 from node.security.sealing import Sealer, secret_ad
@@ -172,6 +174,21 @@ async def test_routes_by_host_and_longest_prefix_with_forwarded_headers(bed: Bed
         assert got["h"]["x-forwarded-proto"] == "http"
         assert got["h"]["x-forwarded-for"] == HOST
         assert got["h"]["host"] == host
+
+
+async def test_the_entrance_is_counted_in_metrics_as_service_ingress(bed: Bed) -> None:
+    await bed.service("web", {"host": "app.example.test", "port": 8080})
+    await ready(bed, "app.example.test")
+    await request(bed.http, "nope.example.test")
+    registry = CollectorRegistry()
+    registry.register(MeshCollector(bed.mesh))
+    text = generate_latest(registry).decode()
+    http = f'port="{bed.http}",protocol="http",service="ingress"'
+    requests = [
+        line for line in text.splitlines() if line.startswith("shoal_proxy_requests_total{") and http in line
+    ]
+    assert len(requests) == 1 and float(requests[0].rsplit(" ", 1)[1]) >= 2
+    assert f'shoal_proxy_requests_total{{port="{bed.https}",protocol="https",service="ingress"}}' in text
 
 
 async def test_unknown_host_and_path_get_404_and_no_host_400(bed: Bed) -> None:
