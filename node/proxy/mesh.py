@@ -45,6 +45,7 @@ from node.proxy import routes
 from node.proxy.balancer import Balancer, RetryPolicy
 from node.proxy.h2_proxy import H2Proxy
 from node.proxy.http import HttpProxy
+from node.proxy.ingress import Ingress
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
@@ -127,6 +128,7 @@ class Mesh:
         self._closing: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
         self.syncs = 0
+        self.ingress: Ingress | None = None  # issue 17: the node's shared entrance (node.proxy.ingress)
 
     # -- running -------------------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class Mesh:
             gossip_wake.clear()
             await self.sync()
             self.ready.set()
-            timeout = self.settings.rebind_interval if self.bind_errors else None
+            timeout = self.settings.rebind_interval if self.bind_errors or self.ingress else None
             waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(gossip_wake.wait())]
             try:
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -176,6 +178,8 @@ class Mesh:
         for route in [r for r in self.stats if wanted.get(r.published) != r]:
             del self.stats[route]  # no longer published (service removed or changed): bounded
         self._apply_endpoints()
+        if self.ingress is not None:
+            await self.ingress.sync(records, self.routable())
         await self._report_binds()
 
     def _gone(self) -> set[str]:
@@ -231,7 +235,7 @@ class Mesh:
                 cap=self.cap,
                 head_timeout=s.limits.head_timeout,
             )
-        return TcpProxy(
+        tcp = TcpProxy(
             address,
             route.published,
             balancer,
@@ -241,6 +245,8 @@ class Mesh:
             idle_timeout=s.tcp_idle_timeout,
             cap=self.cap,
         )
+        tcp.proxy_v2 = route.proxy_v2  # issue 17: spec proxy_protocol
+        return tcp
 
     async def _open(self, route: Route) -> None:
         balancer = Balancer()
@@ -283,6 +289,10 @@ class Mesh:
         """Stop every listener now; give in-flight traffic `grace` seconds, then cut it."""
         for port in list(self.listeners):
             self._retire(port)
+        if self.ingress is not None:
+            task = asyncio.get_running_loop().create_task(self.ingress.close(), name="ingress-close")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         if not self._closing:
             return
         _, late = await asyncio.wait(self._closing, timeout=grace)
