@@ -61,6 +61,8 @@ class Bounds:
     reap_after: float = 86400.0  # s a node (or a revoked token) is gone before it is dropped
     events_max: int = 5000  # events kept (issue 14; NodeConfig.events_max)
     events_max_age: float = 86400.0  # s an event is kept at most; 0: by count only
+    usage_rollup_after: float = 3600.0  # issue 15: raw usage intervals older than this are rolled up
+    usage_keep_days: int = 400  # issue 15: days of usage day totals kept (leader.usage_rollup)
 
 
 @runtime_checkable

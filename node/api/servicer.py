@@ -22,6 +22,7 @@ from node.api.services import ServiceWriter
 from node.api.stacks import StackWriter
 from node.api.taskio import LogsExecHandlers
 from node.api.usage import UsageHandlers
+from node.api.usage_report import UsageReportHandlers  # issue 15: metering
 from node.model.domain import (
     Assignment,
     PendingRecord,
@@ -83,7 +84,9 @@ def _who() -> str:
 log = logging.getLogger(__name__)
 
 
-class ShoalServicer(AdminHandlers, LogsExecHandlers, UsageHandlers, api_pb2_grpc.ShoalServicer):
+class ShoalServicer(
+    AdminHandlers, LogsExecHandlers, UsageHandlers, UsageReportHandlers, api_pb2_grpc.ShoalServicer
+):
     def __init__(self, store: Store, keys: Keys, node: str, members: nodes.MemberView | None = None) -> None:
         self.store = store
         self.keys = keys

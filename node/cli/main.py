@@ -101,6 +101,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "exec_cmd",
         "Run a command in a task's container; exit with its exit code (deployer or admin).",
     ),
+    "usage": (  # issue 15: metering and pricing
+        "node.cli.metering",
+        "usage",
+        "Metered usage (vCPU-h, GiB-h reserved and used, node-h) and its cost; the rate card.",
+    ),
 }
 
 # The group's options that take a value; they may also be written after the subcommand.

@@ -39,6 +39,7 @@ from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
 from node.daemon.telemetry import Telemetry
+from node.daemon.usage_meter import DockerEyes, MeterCollector, UsageMeter
 from node.dashboard import serve as dashboard
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.model.config import NodeConfig, vip_network
@@ -93,6 +94,8 @@ class Daemon:
             usage = docker_sampler(config.docker_host or None, config.cluster, config.node_id)
         self.telemetry = Telemetry(config.node_id, self.store.meter, usage)  # issue 14: /metrics
         self.events.observers.append(self.telemetry.on_event)
+        eyes = DockerEyes(config.docker_host or None, config.cluster, config.node_id)  # issue 15: metering
+        self.meter = UsageMeter(self.store, self.keys, config.node_id, eyes, config.usage_interval)
         self.membership = Membership(
             config.node_id,
             f"{config.address}:{config.grpc_port}",
@@ -345,7 +348,7 @@ class Daemon:
                     c.address,
                     c.metrics_port,
                     *metrics_guard(c),
-                    daemon_collectors(self.telemetry),
+                    [*daemon_collectors(self.telemetry), MeterCollector(self.meter)],
                     {discovery.PATH: discovery.sd_page(lambda: self.node_mirror.items, c.cluster)},
                 )
             except OSError as exc:
@@ -406,6 +409,8 @@ class Daemon:
                 c.reap_after,
                 c.events_max,  # issue 14: the event log's bounds
                 c.events_max_age,
+                c.usage_rollup_after,  # issue 15: usage roll-up and its bound
+                c.usage_keep_days,
             ),
         )
         self.telemetry.attach_agent(agent)
@@ -432,6 +437,7 @@ class Daemon:
             *([asyncio.create_task(names.run(), name="names")] if names is not None else []),
             asyncio.create_task(self.identity.run(), name="certificates"),
             asyncio.create_task(self.telemetry.run(), name="telemetry"),
+            asyncio.create_task(self.meter.run(), name="usage-meter"),
             credentials,
             hub,
         }

@@ -20,6 +20,7 @@ from leader.election import Election
 from leader.liveness import Liveness
 from leader.loop import LeaderLoop
 from leader.upkeep import Bounds, Upkeep
+from leader.usage_rollup import Rollup
 from node.model.keys import Keys
 from node.store import Store, StoreError
 from node.store.session import Session
@@ -88,6 +89,12 @@ class Leadership:
             asyncio.create_task(self._expiring(), name="leader-lease"),
             asyncio.create_task(
                 Upkeep(self.store, self.keys, epoch, self.events, self.bounds).run(), name="leader-upkeep"
+            ),
+            asyncio.create_task(  # issue 15: usage intervals -> day totals, bounded
+                Rollup(
+                    self.store, self.keys, epoch, self.bounds.usage_rollup_after, self.bounds.usage_keep_days
+                ).run(),
+                name="leader-usage-rollup",
             ),
         }
         try:

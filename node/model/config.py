@@ -169,6 +169,11 @@ class NodeConfig:
     #   The whole range is made local on the host (`ip route replace local <range> dev lo`);
     #   its first address is the name server's. Must not overlap a network the hosts use
 
+    # -- usage metering (issue 15 item 4; node.daemon.usage_meter, docs/usage.md) -----------
+    usage_interval: int = 60  # s per metered interval; divides a day (60, 30, 2, ...)
+    usage_rollup_after: float = 3600.0  # s after which the leader rolls raw intervals into day totals
+    usage_keep_days: int = 400  # days of day totals kept; older ones are deleted
+
     @property
     def timings(self) -> Preset:
         base = PRESETS[self.preset]
@@ -371,6 +376,16 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError(f"events_max: {c.events_max} must be between 100 and 1000000 events")
     if c.events_max_age != 0 and not 60 <= c.events_max_age <= 365 * 86400:
         raise ConfigError(f"events_max_age: {c.events_max_age:g} must be 0 (no limit) or 60 s to a year")
+    if c.usage_interval < 1 or 86400 % c.usage_interval:
+        raise ConfigError(
+            f"usage_interval: {c.usage_interval} must be whole seconds dividing a day (60, 30, 2, ...)"
+        )
+    if not 60 <= c.usage_rollup_after <= 7 * 86400:
+        raise ConfigError(
+            f"usage_rollup_after: {c.usage_rollup_after:g} must be between 60 seconds and 7 days"
+        )
+    if not 1 <= c.usage_keep_days <= 3650:
+        raise ConfigError(f"usage_keep_days: {c.usage_keep_days} must be between 1 and 3650 days")
     if (c.etcd_cert or c.etcd_key) and not (c.etcd_cert and c.etcd_key and c.etcd_ca):
         raise ConfigError(
             "etcd_cert, etcd_key: a client certificate for etcd needs all of etcd_ca, etcd_cert and etcd_key"

@@ -765,3 +765,73 @@ class UsageResponse(_message.Message):
     tasks: _containers.RepeatedCompositeFieldContainer[TaskUsage]
     notices: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, tasks: _Optional[_Iterable[_Union[TaskUsage, _Mapping]]] = ..., notices: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UsageReportRequest(_message.Message):
+    __slots__ = ("since", "until", "by")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    since: float
+    until: float
+    by: str
+    def __init__(self, since: _Optional[float] = ..., until: _Optional[float] = ..., by: _Optional[str] = ...) -> None: ...
+
+class UsageRow(_message.Message):
+    __slots__ = ("key", "vcpu_hours_reserved", "vcpu_hours_used", "gib_hours_reserved", "gib_hours_used", "node_hours", "cost", "node_cost")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VCPU_HOURS_RESERVED_FIELD_NUMBER: _ClassVar[int]
+    VCPU_HOURS_USED_FIELD_NUMBER: _ClassVar[int]
+    GIB_HOURS_RESERVED_FIELD_NUMBER: _ClassVar[int]
+    GIB_HOURS_USED_FIELD_NUMBER: _ClassVar[int]
+    NODE_HOURS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    NODE_COST_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    vcpu_hours_reserved: float
+    vcpu_hours_used: float
+    gib_hours_reserved: float
+    gib_hours_used: float
+    node_hours: float
+    cost: float
+    node_cost: float
+    def __init__(self, key: _Optional[str] = ..., vcpu_hours_reserved: _Optional[float] = ..., vcpu_hours_used: _Optional[float] = ..., gib_hours_reserved: _Optional[float] = ..., gib_hours_used: _Optional[float] = ..., node_hours: _Optional[float] = ..., cost: _Optional[float] = ..., node_cost: _Optional[float] = ...) -> None: ...
+
+class UsageRates(_message.Message):
+    __slots__ = ("vcpu_hour", "gib_hour", "node_hour", "currency", "set")
+    VCPU_HOUR_FIELD_NUMBER: _ClassVar[int]
+    GIB_HOUR_FIELD_NUMBER: _ClassVar[int]
+    NODE_HOUR_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    vcpu_hour: float
+    gib_hour: float
+    node_hour: float
+    currency: str
+    set: bool
+    def __init__(self, vcpu_hour: _Optional[float] = ..., gib_hour: _Optional[float] = ..., node_hour: _Optional[float] = ..., currency: _Optional[str] = ..., set: _Optional[bool] = ...) -> None: ...
+
+class UsageReportResponse(_message.Message):
+    __slots__ = ("rows", "total", "rates", "since", "until", "by", "interval_records", "day_records")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RATES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    DAY_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
+    total: UsageRow
+    rates: UsageRates
+    since: float
+    until: float
+    by: str
+    interval_records: int
+    day_records: int
+    def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., total: _Optional[_Union[UsageRow, _Mapping]] = ..., rates: _Optional[_Union[UsageRates, _Mapping]] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., by: _Optional[str] = ..., interval_records: _Optional[int] = ..., day_records: _Optional[int] = ...) -> None: ...
+
+class SetUsageRatesRequest(_message.Message):
+    __slots__ = ("rates",)
+    RATES_FIELD_NUMBER: _ClassVar[int]
+    rates: UsageRates
+    def __init__(self, rates: _Optional[_Union[UsageRates, _Mapping]] = ...) -> None: ...

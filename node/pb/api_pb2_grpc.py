@@ -169,6 +169,16 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.UsageRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.UsageResponse.FromString,
                 _registered_method=True)
+        self.UsageReport = channel.unary_unary(
+                '/shoal.v1.Shoal/UsageReport',
+                request_serializer=shoal_dot_v1_dot_api__pb2.UsageReportRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.UsageReportResponse.FromString,
+                _registered_method=True)
+        self.SetUsageRates = channel.unary_unary(
+                '/shoal.v1.Shoal/SetUsageRates',
+                request_serializer=shoal_dot_v1_dot_api__pb2.SetUsageRatesRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.UsageRates.FromString,
+                _registered_method=True)
 
 
 class ShoalServicer:
@@ -377,6 +387,21 @@ class ShoalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UsageReport(self, request, context):
+        """Metered usage (issue 15): vCPU-hours and GiB-hours reserved and used, node-hours, priced
+        with the cluster's rate card, grouped by service, stack, node or a node label.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetUsageRates(self, request, context):
+        """Set the cluster's rate card (admin). INVALID_ARGUMENT for a negative price.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShoalServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -514,6 +539,16 @@ def add_ShoalServicer_to_server(servicer, server):
                     servicer.TaskUsage,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.UsageRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.UsageResponse.SerializeToString,
+            ),
+            'UsageReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.UsageReport,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.UsageReportRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.UsageReportResponse.SerializeToString,
+            ),
+            'SetUsageRates': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUsageRates,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.SetUsageRatesRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.UsageRates.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1245,6 +1280,60 @@ class Shoal:
             '/shoal.v1.Shoal/TaskUsage',
             shoal_dot_v1_dot_api__pb2.UsageRequest.SerializeToString,
             shoal_dot_v1_dot_api__pb2.UsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UsageReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/UsageReport',
+            shoal_dot_v1_dot_api__pb2.UsageReportRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.UsageReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUsageRates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/SetUsageRates',
+            shoal_dot_v1_dot_api__pb2.SetUsageRatesRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.UsageRates.FromString,
             options,
             channel_credentials,
             insecure,

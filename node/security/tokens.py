@@ -248,6 +248,7 @@ VIEWER_METHODS = frozenset(
         "WhoAmI",
         "ServiceLogs",
         "TaskUsage",  # issue 14: usage per task
+        "UsageReport",  # issue 15: metered usage and its cost
     }
 )
 # Exec runs any command in a task's container: no more than a deployer can already do by

@@ -1,0 +1,126 @@
+"""The leader rolls raw usage intervals into day totals and keeps them bounded (decision 67).
+
+Every `ROLL_EVERY` s the leader reads `usage/raw/` and takes the records whose interval
+ended more than `rollup_after` s ago. For each group (UTC day, `Dims`) it writes ONE
+transaction: the day record `usage/day/<day>/<digest>` set to its old total plus the
+raw records', and every one of those raw keys deleted, on the conditions that the
+leader's epoch is still ours (fenced), the day record is the one it read, and each raw
+key is the one it read (same mod revision). A crash before the transaction changes
+nothing; after it, the raw keys are gone and the total has them: nothing is lost or
+counted twice, whoever leads next. A raw key written late (a node that was away) is
+rolled in at a later pass, added to the same day record. Groups too big for one
+transaction go in several, each complete by itself.
+
+Day totals older than `keep_days` are deleted (one fenced range delete), so etcd holds
+at most `rollup_after` s of raw intervals (nodes x tasks per interval) and one record
+per (day, node, service) for `keep_days` days.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from node.model.keys import Keys
+from node.model.usage_ledger import DAY, Dims, Record, Tally, UsageKeys, day_of
+from node.store import KV, Compare, Delete, Fenced, Put, Store, StoreError, fence
+from node.store.base import MAX_TXN_OPS
+
+log = logging.getLogger(__name__)
+
+ROLL_EVERY = 60.0  # s between two roll-up passes
+CHUNK = MAX_TXN_OPS - 2  # raw keys per transaction (each a compare and a delete)
+
+
+class Rollup:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        epoch: int,
+        rollup_after: float,
+        keep_days: int,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.store, self.keys, self.epoch, self.wall = store, keys, epoch, wall
+        self.rollup_after, self.keep_days = rollup_after, keep_days
+        self.ukeys = UsageKeys(keys.prefix)
+        self.rolled = 0  # raw records rolled by the last pass
+        self.dropped = 0  # day records deleted by the last pass
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.roll()
+                await self.expire()
+            except Fenced:
+                raise
+            except StoreError as exc:
+                log.warning("usage roll-up skipped: %s", exc)
+            await asyncio.sleep(ROLL_EVERY)
+
+    async def roll(self) -> int:
+        """One pass; the number of raw records rolled into day totals."""
+        kvs, _ = await self.store.range(self.ukeys.raw)
+        cut = self.wall() - self.rollup_after
+        groups: dict[tuple[int, Dims], list[tuple[KV, Record]]] = {}
+        for kv in kvs:
+            try:
+                record = Record.from_json(kv.value)
+            except (ValueError, KeyError, TypeError):
+                log.warning("usage roll-up: unreadable record %s left alone", kv.key)
+                continue
+            if record.end <= cut:
+                groups.setdefault((day_of(record.start), record.dims), []).append((kv, record))
+        self.rolled = 0
+        for (day, dims), items in sorted(groups.items(), key=lambda g: g[0][0]):
+            for i in range(0, len(items), CHUNK):
+                if await self._roll_chunk(day, dims, items[i : i + CHUNK]):
+                    self.rolled += len(items[i : i + CHUNK])
+        if self.rolled:
+            log.info("usage roll-up: %d raw interval record(s) rolled into day totals", self.rolled)
+        return self.rolled
+
+    async def _roll_chunk(self, day: int, dims: Dims, items: list[tuple[KV, Record]]) -> bool:
+        key = self.ukeys.day_key(day, dims)
+        old = await self.store.get(key)
+        total = Record.from_json(old.value).tally if old is not None else Tally()
+        for _, record in items:
+            total = total + record.tally
+        compares = [
+            fence(self.keys.leader, self.epoch),
+            Compare(key, "mod", "==", old.mod_revision if old is not None else 0),
+            *(Compare(kv.key, "mod", "==", kv.mod_revision) for kv, _ in items),
+        ]
+        ops: list[Put | Delete] = [
+            Put(key, Record(dims, day, day + DAY, total).to_json()),
+            *(Delete(kv.key) for kv, _ in items),
+        ]
+        result = await self.store.txn(compares, ops)
+        if result.succeeded:
+            return True
+        await self._check_fence()
+        return False  # a raw key rewritten meanwhile, or another pass: the next pass sees it
+
+    async def _check_fence(self) -> None:
+        leader = await self.store.get(self.keys.leader)
+        if leader is None or leader.create_revision != self.epoch:
+            raise Fenced(f"leadership at epoch {self.epoch} is over; usage roll-up stopped")
+
+    async def expire(self) -> int:
+        """Delete the day totals older than `keep_days` (one fenced range delete)."""
+        oldest = day_of(int(self.wall())) - self.keep_days * DAY
+        kvs, _ = await self.store.range(self.ukeys.days)
+        old = [kv for kv in kvs if kv.key < self.ukeys.day_at(oldest)]
+        self.dropped = len(old)
+        if not old:
+            return 0
+        result = await self.store.txn(
+            [fence(self.keys.leader, self.epoch)], [Delete(self.ukeys.days, end=self.ukeys.day_at(oldest))]
+        )
+        if not result.succeeded:
+            raise Fenced(f"leadership at epoch {self.epoch} is over; usage roll-up stopped")
+        log.info("usage roll-up: %d day total(s) older than %d days deleted", len(old), self.keep_days)
+        return len(old)

@@ -1,0 +1,243 @@
+"""The node's meter and the leader's roll-up on the in-memory store: crash paths
+(decision 67): a meter that dies before or after its write, a write whose answer was
+lost, a roll-up that dies before its transaction, a deposed leader, a raw key rewritten
+while the leader rolls it up."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from leader.usage_rollup import Rollup
+from node.api.usage_report import usage_report
+from node.daemon.usage_meter import Seen, UsageMeter, engine_time
+from node.model.domain import NodeInfo, ServiceRecord
+from node.model.keys import Keys
+from node.model.usage_ledger import DAY, GIB, Record, UsageKeys
+from node.pb import api_pb2
+from node.runtime.base import LABELS
+from node.store import Fenced, StoreError
+from node.store.memory import MemoryStore
+
+T0 = 1_800_000_000 - 1_800_000_000 % DAY
+KEYS = Keys("/t/")
+UK = UsageKeys(KEYS.prefix)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Eyes:
+    """The engine as the meter sees it: containers and their cgroup readings."""
+
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        self.cpu: dict[str, float] = {}
+
+    def run(self, cid: str, task: str, started: float) -> None:
+        labels = {LABELS.SERVICE: "web", LABELS.TASK: task, LABELS.VERSION: "1"}
+        self.seen.append(Seen(cid, labels, True, started, 0.0))
+
+    def look(self) -> list[Seen]:
+        return list(self.seen)
+
+    def reading(self, cid: str) -> tuple[float, int]:
+        return self.cpu.get(cid, 0.0), 32 * 2**20
+
+
+async def setup(store: MemoryStore) -> None:
+    spec = {"name": "web", "image": "x", "replicas": 2, "resources": {"cpu": 0.5, "memory": "64Mi"}}
+    record = ServiceRecord(name="web", version=1, spec=spec)  # type: ignore[arg-type]
+    await store.put(KEYS.history_version("web", 1), record.to_json())
+    info = NodeInfo(
+        id="n1", address="127.0.0.1", grpc_port=1, labels={"shoal.pool": "burst"}, cpu=2.0, memory=4 * GIB
+    )
+    await store.put(KEYS.node("n1"), info.to_json())
+
+
+async def raw_records(store: MemoryStore) -> list[Record]:
+    kvs, _ = await store.range(UK.raw)
+    return [Record.from_json(kv.value) for kv in kvs]
+
+
+def reserved(records: list[Record]) -> float:
+    return sum(r.tally.reserved_vcpu_s for r in records)
+
+
+async def test_meter_counts_each_interval_once_across_a_crash() -> None:
+    store, clock, eyes = MemoryStore(), Clock(T0 + 0.5), Eyes()
+    await setup(store)
+    eyes.run("c1", "t1", T0 + 0.0)
+    eyes.run("c2", "t2", T0 + 0.0)
+    meter = UsageMeter(store, KEYS, "n1", eyes, 2, wall=clock)
+    await meter.close_due()  # nothing over yet: loads the cursor (none)
+    clock.now = T0 + 10.5
+    assert await meter.close_due() == 3 * 5  # 5 intervals x (2 tasks + the node)
+    assert reserved(await raw_records(store)) == pytest.approx(2 * 0.5 * 10)
+    # the daemon dies (kill -9) and comes back 10 s later: the containers ran on
+    clock.now = T0 + 20.5
+    again = UsageMeter(store, KEYS, "n1", eyes, 2, wall=clock)
+    await again.close_due()
+    records = await raw_records(store)
+    assert reserved(records) == pytest.approx(2 * 0.5 * 20)  # the 10 s away counted, nothing twice
+    assert sum(r.tally.reserved_gib_s for r in records) == pytest.approx(2 * 20 / 16)
+    node = [r for r in records if r.task == "_node"]
+    assert sum(r.tally.node_s for r in node) == pytest.approx(
+        9.5
+    )  # metered time only: from T0 + 0.5 to T0 + 10
+    assert node[0].dims.labels == (("shoal.pool", "burst"),)
+
+
+async def test_a_crash_between_batches_rewrites_and_a_lost_answer_is_found_out() -> None:
+    store, clock, eyes = MemoryStore(), Clock(T0 + 0.5), Eyes()
+    await setup(store)
+    for i in range(120):  # more records than one transaction takes
+        eyes.run(f"c{i}", f"t{i}", T0)
+    meter = UsageMeter(store, KEYS, "n1", eyes, 2, wall=clock)
+    await meter.close_due()
+    clock.now = T0 + 2.5
+    real_txn = store.txn
+    calls = 0
+
+    async def dies_at_cursor(compares, ops, else_ops=()):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if any(getattr(op, "key", "") == UK.cursor("n1") for op in ops):
+            raise StoreError("etcd went away")  # the first batch is in, the cursor write is not
+        return await real_txn(compares, ops, else_ops)
+
+    store.txn = dies_at_cursor  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        await meter.close_due()
+    assert calls == 2
+    store.txn = real_txn  # type: ignore[method-assign]
+    await meter.close_due()  # the same interval again: the first batch rewritten, not added
+    assert reserved(await raw_records(store)) == pytest.approx(120 * 0.5 * 2)
+
+    # a write that succeeded but whose answer was lost: the retry's compare fails
+    clock.now = T0 + 4.5
+
+    async def lost_answer(compares, ops, else_ops=()):  # type: ignore[no-untyped-def]
+        await real_txn(compares, ops, else_ops)
+        if any(getattr(op, "key", "") == UK.cursor("n1") for op in ops):
+            raise StoreError("deadline exceeded")
+        return None
+
+    store.txn = lost_answer  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        await meter.close_due()
+    store.txn = real_txn  # type: ignore[method-assign]
+    meter.state.end -= 2  # type: ignore[union-attr]  # the meter believes nothing moved
+    with pytest.raises(StoreError, match="cursor of n1 moved"):
+        await meter.close_due()
+    await meter.close_due()  # resumes from the cursor: nothing to do until the next interval
+    assert reserved(await raw_records(store)) == pytest.approx(120 * 0.5 * 4)
+
+
+async def fenced_rollup(store: MemoryStore, clock: Clock) -> Rollup:
+    await store.put(KEYS.leader, b"n1")
+    leader = await store.get(KEYS.leader)
+    assert leader is not None
+    return Rollup(store, KEYS, leader.create_revision, 60.0, 400, wall=clock)
+
+
+async def test_rollup_keeps_totals_and_deletes_raw_in_one_step() -> None:
+    store, clock, eyes = MemoryStore(), Clock(T0 + 0.5), Eyes()
+    await setup(store)
+    eyes.run("c1", "t1", T0)
+    eyes.cpu["c1"] = 3.0
+    meter = UsageMeter(store, KEYS, "n1", eyes, 2, wall=clock)
+    await meter.close_due()
+    clock.now = T0 + 100.5
+    await meter.close_due()
+    request = api_pb2.UsageReportRequest(since=0, until=T0 + DAY, by="service")
+    before = await usage_report(store, KEYS, request)
+    rollup = await fenced_rollup(store, clock)
+    assert await rollup.roll() == 2 * 20  # task and node records of the 20 intervals over for 60 s
+    clock.now = T0 + 200
+    assert await rollup.roll() == 2 * 30  # the other 30
+    assert await raw_records(store) == []
+    after = await usage_report(store, KEYS, request)
+    assert after.rows == before.rows
+    assert after.rows[0].vcpu_hours_reserved == pytest.approx(0.5 * 100 / 3600)
+    assert after.rows[0].vcpu_hours_used == pytest.approx(3.0 / 3600)
+    assert (after.interval_records, after.day_records) == (0, 2)
+    assert await rollup.roll() == 0  # again: nothing twice
+
+
+async def test_rollup_of_a_deposed_leader_or_a_rewritten_key_changes_nothing() -> None:
+    store, clock, eyes = MemoryStore(), Clock(T0 + 0.5), Eyes()
+    await setup(store)
+    eyes.run("c1", "t1", T0)
+    meter = UsageMeter(store, KEYS, "n1", eyes, 2, wall=clock)
+    await meter.close_due()
+    clock.now = T0 + 10.5
+    await meter.close_due()
+    clock.now = T0 + 200
+    rollup = await fenced_rollup(store, clock)
+    # a raw key rewritten between the roll-up's read and its transaction: that group waits
+    real_get = store.get
+    target = UK.raw_key(T0, "n1", "t1")
+
+    async def rewrite_first(key: str):  # type: ignore[no-untyped-def]
+        if key.startswith(UK.days):
+            kv = await real_get(target)
+            if kv is not None:
+                await store.put(target, kv.value)
+        return await real_get(key)
+
+    store.get = rewrite_first  # type: ignore[method-assign]
+    rolled = await rollup.roll()
+    store.get = real_get  # type: ignore[method-assign]
+    assert rolled == 5  # the node's records; the task's group was left for the next pass
+    assert len(await raw_records(store)) == 5
+    assert await rollup.roll() == 5
+    # another leader now: this one's writes are refused
+    await store.delete(KEYS.leader)
+    await store.put(KEYS.leader, b"n2")
+    clock.now = T0 + 300.5
+    await meter.close_due()
+    with pytest.raises(Fenced):
+        await rollup.roll()
+    total = await usage_report(store, KEYS, api_pb2.UsageReportRequest(by="service", until=T0 + DAY))
+    assert total.rows[0].vcpu_hours_reserved == pytest.approx(0.5 * 300 / 3600)
+
+
+async def test_day_totals_are_kept_for_keep_days_only() -> None:
+    store, clock = MemoryStore(), Clock(T0 + 0.5)
+    rollup = await fenced_rollup(store, clock)
+    for day in range(5):
+        await store.put(UK.day_at(T0 - day * DAY) + "x", b"{}")
+    rollup.keep_days = 2
+    assert await rollup.expire() == 2
+    kvs, _ = await store.range(UK.days)
+    assert len(kvs) == 3
+
+
+def test_engine_times() -> None:
+    assert engine_time("0001-01-01T00:00:00Z") == 0.0
+    assert engine_time("2026-12-06T03:47:12.5Z") == pytest.approx(1796528832.5)
+    assert math.isclose(engine_time("2026-12-06T03:47:12.123456789Z") % 1, 0.123456789, abs_tol=1e-6)
+
+
+async def test_meter_loop_survives_errors() -> None:
+    store, eyes = MemoryStore(), Eyes()
+
+    def broken() -> list[Seen]:
+        raise OSError("engine away")
+
+    eyes.look = broken  # type: ignore[method-assign]
+    meter = UsageMeter(store, KEYS, "n1", eyes, 1)
+    task = asyncio.create_task(meter.run())
+    deadline = asyncio.get_running_loop().time() + 5
+    while not meter.last_error and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert "engine away" in meter.last_error and not task.done()
+    task.cancel()
