@@ -20,6 +20,7 @@ from node.pb import api_pb2
 from node.runtime.base import LABELS
 from node.store import Fenced, StoreError
 from node.store.memory import MemoryStore
+from tests.helpers import wait_until
 
 T0 = 1_800_000_000 - 1_800_000_000 % DAY
 KEYS = Keys("/t/")
@@ -236,8 +237,6 @@ async def test_meter_loop_survives_errors() -> None:
     eyes.look = broken  # type: ignore[method-assign]
     meter = UsageMeter(store, KEYS, "n1", eyes, 1)
     task = asyncio.create_task(meter.run())
-    deadline = asyncio.get_running_loop().time() + 5
-    while not meter.last_error and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: meter.last_error, 5, message="the meter noted the engine's error")
     assert "engine away" in meter.last_error and not task.done()
     task.cancel()
