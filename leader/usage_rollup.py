@@ -1,7 +1,8 @@
 """The leader rolls raw usage intervals into day totals and keeps them bounded (decision 67).
 
 Every `ROLL_EVERY` s the leader reads `usage/raw/` and takes the records whose interval
-ended more than `rollup_after` s ago. For each group (UTC day, `Dims`) it writes ONE
+ended more than `rollup_after` s ago and lie before their node's cursor (keys a node may
+still rewrite are never rolled: decision 67). For each group (UTC day, `Dims`) it writes ONE
 transaction: the day record `usage/day/<day>/<digest>` set to its old total plus the
 raw records', and every one of those raw keys deleted, on the conditions that the
 leader's epoch is still ours (fenced), the day record is the one it read, and each raw
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 
 from node.model.keys import Keys
-from node.model.usage_ledger import DAY, Dims, Record, Tally, UsageKeys, day_of
+from node.model.usage_ledger import DAY, Dims, MeterState, Record, Tally, UsageKeys, day_of
 from node.store import KV, Compare, Delete, Fenced, Put, Store, StoreError, fence
 from node.store.base import MAX_TXN_OPS
 
@@ -59,10 +60,11 @@ class Rollup:
                 raise
             except StoreError as exc:
                 log.warning("usage roll-up skipped: %s", exc)
-            await asyncio.sleep(ROLL_EVERY)
+            await asyncio.sleep(min(ROLL_EVERY, max(1.0, self.rollup_after / 2)))
 
     async def roll(self) -> int:
         """One pass; the number of raw records rolled into day totals."""
+        cursors = await self._cursors()
         kvs, _ = await self.store.range(self.ukeys.raw)
         cut = self.wall() - self.rollup_after
         groups: dict[tuple[int, Dims], list[tuple[KV, Record]]] = {}
@@ -72,7 +74,7 @@ class Rollup:
             except (ValueError, KeyError, TypeError):
                 log.warning("usage roll-up: unreadable record %s left alone", kv.key)
                 continue
-            if record.end <= cut:
+            if record.end <= min(cut, cursors.get(record.dims.node, 0)):  # final: behind its node's cursor
                 groups.setdefault((day_of(record.start), record.dims), []).append((kv, record))
         self.rolled = 0
         for (day, dims), items in sorted(groups.items(), key=lambda g: g[0][0]):
@@ -82,6 +84,18 @@ class Rollup:
         if self.rolled:
             log.info("usage roll-up: %d raw interval record(s) rolled into day totals", self.rolled)
         return self.rolled
+
+    async def _cursors(self) -> dict[str, int]:
+        """node -> the end of its last closed interval: its raw keys before it are final (a
+        node rewrites keys only at or after its cursor, decision 67)."""
+        kvs, _ = await self.store.range(self.ukeys.cursors)
+        out = {}
+        for kv in kvs:
+            try:
+                out[kv.key[len(self.ukeys.cursors) :]] = MeterState.from_json(kv.value).end
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
 
     async def _roll_chunk(self, day: int, dims: Dims, items: list[tuple[KV, Record]]) -> bool:
         key = self.ukeys.day_key(day, dims)

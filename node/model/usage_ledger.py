@@ -65,8 +65,12 @@ class UsageKeys:
     def day_key(self, day: int, dims: Dims) -> str:
         return f"{self.day_at(day)}{dims.digest()}"
 
+    @property
+    def cursors(self) -> str:
+        return f"{self.prefix}usage/cursor/"
+
     def cursor(self, node: str) -> str:
-        return f"{self.prefix}usage/cursor/{node}"
+        return f"{self.cursors}{node}"
 
     @property
     def rates(self) -> str:

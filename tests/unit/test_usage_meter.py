@@ -240,3 +240,22 @@ async def test_meter_loop_survives_errors() -> None:
     await wait_until(lambda: meter.last_error, 5, message="the meter noted the engine's error")
     assert "engine away" in meter.last_error and not task.done()
     task.cancel()
+
+
+async def test_rollup_never_takes_keys_a_node_may_still_rewrite() -> None:
+    """Raw keys at or after a node's cursor (a batch written before a failed cursor
+    write) stay raw: rolled and then rewritten they would count twice."""
+    store, clock, eyes = MemoryStore(), Clock(T0 + 0.5), Eyes()
+    await setup(store)
+    eyes.run("c1", "t1", T0)
+    meter = UsageMeter(store, KEYS, "n1", eyes, 2, wall=clock)
+    await meter.close_due()
+    clock.now = T0 + 4.5
+    await meter.close_due()  # cursor at T0 + 4
+    late = Record.from_json((await store.get(UK.raw_key(T0, "n1", "t1"))).value)  # type: ignore[union-attr]
+    ahead = Record(late.dims, T0 + 4, T0 + 6, late.tally, "t1")
+    await store.put(UK.raw_key(T0 + 4, "n1", "t1"), ahead.to_json())  # a batch ahead of the cursor
+    clock.now = T0 + 500
+    rollup = await fenced_rollup(store, clock)
+    assert await rollup.roll() == 4  # 2 intervals x (task, node)
+    assert [r.start for r in await raw_records(store)] == [T0 + 4]
