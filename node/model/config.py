@@ -382,7 +382,7 @@ def validate(c: NodeConfig) -> NodeConfig:
         )
     if not max(2.0 * c.usage_interval, 4.0) <= c.usage_rollup_after <= 7 * 86400:
         raise ConfigError(
-            f"usage_rollup_after: {c.usage_rollup_after:g} must be between 2 intervals (at least 4 s) and 7 days"
+            f"usage_rollup_after: {c.usage_rollup_after:g} must be 2 intervals (4 s at least) to 7 days"
         )
     if not 1 <= c.usage_keep_days <= 3650:
         raise ConfigError(f"usage_keep_days: {c.usage_keep_days} must be between 1 and 3650 days")
