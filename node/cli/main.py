@@ -104,7 +104,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "usage": (  # issue 15: metering and pricing
         "node.cli.metering",
         "usage",
-        "Metered usage (vCPU-h, GiB-h reserved and used, node-h) and its cost; the rate card.",
+        "Metered usage: vCPU-hours and GiB-hours reserved and used, node-hours, and cost.",
     ),
 }
 
