@@ -185,7 +185,9 @@ class UsageMeter:
                 except Exception as exc:  # gone meanwhile, engine slow: the last reading stands
                     log.debug("usage: no reading of %s: %s", s.cid[:12], exc)
             end = None if s.running else s.finished
-            self.spans[s.cid] = Span(task, service, stack, cpu, memory, s.started, end, cpu_s, mem_b, at)
+            self.spans[s.cid] = Span(
+                task, service, stack, cpu, memory, s.started, end, cpu_s, mem_b, at, s.cid
+            )
         for cid in set(self.spans) - {s.cid for s in seen}:  # removed: it ran until we last looked, at most
             span = self.spans[cid]
             if span.end is None:
@@ -229,8 +231,10 @@ class UsageMeter:
         await self._write(records, after)
         self.state = after
         self.closed += 1
+        totals = dict(self.totals)
         for key, value in counters(records).items():
-            self.totals[key] = self.totals.get(key, 0.0) + value
+            totals[key] = totals.get(key, 0.0) + value
+        self.totals = totals  # replaced whole: the /metrics thread reads it
         self.node_seconds += sum(r.tally.node_s for r in records)
         self.spans = {cid: s for cid, s in self.spans.items() if s.end is None or s.end > until}
         return len(records)
@@ -277,7 +281,7 @@ class MeterCollector(Collector):
         self.meter = meter
 
     def collect(self) -> Iterator[Any]:
-        totals = dict(self.meter.totals)  # replaced keys only; a copy for a stable read
+        totals = self.meter.totals  # replaced whole, never changed
         for metric, help_ in (
             ("vcpu", "vCPU-seconds of tasks, reserved (spec resources) or used (cgroup CPU time)"),
             ("gib", "GiB-seconds of task memory, reserved (spec resources) or used (sampled)"),

@@ -177,12 +177,13 @@ class Span:
     cpu_seconds: float = 0.0  # the cgroup counter at `at` (since the container started)
     memory_bytes: int = 0  # in use at `at`
     at: float = 0.0
+    container: str = ""  # the container's id: a task restarted in place has several
 
 
 @dataclass
 class MeterState:
     """What a node's meter keeps between closings (and in its cursor): the end of the last
-    closed interval and each task's CPU counter then."""
+    closed interval and each container's CPU counter then."""
 
     end: int
     cpu: dict[str, float] = field(default_factory=dict)
@@ -212,7 +213,7 @@ def close(
     time it ran in each; its memory used is its last sample times those seconds. The node's
     record counts the time since `node_since` (the meter's start)."""
     label_items = tuple(sorted(labels.items()))
-    records: list[Record] = []
+    merged: dict[tuple[str, int], Record] = {}  # (task, start): a task's containers in one record
     cpus: dict[str, float] = {}
     starts = range(state.end, until, length)
     for span in spans:
@@ -221,14 +222,15 @@ def close(
         total = sum(runs)
         if total <= 0:
             continue
-        before = state.cpu.get(span.task)
+        counter = span.container or span.task
+        before = state.cpu.get(counter)
         if before is not None and span.cpu_seconds >= before:
             grown = span.cpu_seconds - before
         elif span.start >= state.end or (before is not None and span.cpu_seconds < before):
             grown = span.cpu_seconds  # a new container: its counter started at 0 in this range
         else:
             grown = 0.0  # no earlier reading (the meter's first closing): unknown, not guessed
-        cpus[span.task] = span.cpu_seconds
+        cpus[counter] = span.cpu_seconds
         dims = Dims(node, span.service, span.stack, label_items)
         for s, run in zip(starts, runs, strict=True):
             if run <= 0:
@@ -239,7 +241,11 @@ def close(
                 used_cpu_s=grown * run / total,
                 used_gib_s=span.memory_bytes / GIB * run,
             )
-            records.append(Record(dims, s, s + length, tally, span.task))
+            old = merged.get((span.task, s))
+            merged[(span.task, s)] = Record(
+                dims, s, s + length, tally + old.tally if old else tally, span.task
+            )
+    records = list(merged.values())
     vcpu, memory = capacity
     for s in starts:
         run = overlap(node_since, float(until), s, s + length)

@@ -208,3 +208,14 @@ def test_roll_up_then_query_equals_query_of_raw(
     totals = roll_up(roll_up({}, into[:half]), into[half:])
     got = report([*day_records(totals), *kept], since, until, by, rates)
     assert got == expected
+
+
+def test_a_task_restarted_in_place_is_one_record_with_both_containers() -> None:
+    old = span(start=T0, end=T0 + 4, cpu_seconds=1.0, container="c1")
+    new = span(start=T0 + 5, cpu_seconds=2.0, container="c2")
+    state = MeterState(T0, {"c1": 0.5})
+    records, after = close([old, new], state, T0 + 10, 10, "n1", {}, T0, (0, 0))
+    (record,) = [r for r in records if r.task == "t1"]
+    assert record.tally.reserved_vcpu_s == pytest.approx(0.5 * 9)
+    assert record.tally.used_cpu_s == pytest.approx(0.5 + 2.0)
+    assert after.cpu == {"c1": 1.0, "c2": 2.0}
