@@ -149,6 +149,7 @@ def test_viewers_read_deployers_change_services_admins_do_everything() -> None:
     reads |= {"ListStacks"}  # stacks (docs/stacks.md): as their services
     writes |= {"DeployStack", "RemoveStack"}
     reads |= {"TaskUsage"}  # usage per task (issue 14): as the tasks' status
+    reads |= {"UsageReport"}  # metered usage and cost (issue 15); SetUsageRates stays admin-only
     for method in _methods():
         name = method.rsplit("/", 1)[1]
         assert allowed(Role.ADMIN, method)
