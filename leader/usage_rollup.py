@@ -60,6 +60,8 @@ class Rollup:
                 raise
             except StoreError as exc:
                 log.warning("usage roll-up skipped: %s", exc)
+            except Exception:  # a bad record must not end the leadership: logged, tried again
+                log.exception("usage roll-up failed; trying again at the next pass")
             await asyncio.sleep(min(ROLL_EVERY, max(1.0, self.rollup_after / 2)))
 
     async def roll(self) -> int:

@@ -51,7 +51,7 @@ async def usage_report(
     ukeys = UsageKeys(keys.prefix)
     raws, _ = await store.range(ukeys.raw)
     days, _ = await store.range(ukeys.days)
-    records = [Record.from_json(kv.value) for kv in (*days, *raws)]
+    records = [r for r in (_record(kv.value) for kv in (*days, *raws)) if r is not None]
     rates, is_set = await read_rates(store, ukeys)
     rows = report(records, since, until, by, rates)
     return api_pb2.UsageReportResponse(
@@ -64,6 +64,14 @@ async def usage_report(
         interval_records=len(raws),
         day_records=len(days),
     )
+
+
+def _record(raw: bytes) -> Record | None:
+    """A stored record; None for one this version cannot read (left out, not an error)."""
+    try:
+        return Record.from_json(raw)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class UsageReportHandlers:

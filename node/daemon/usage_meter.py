@@ -99,7 +99,9 @@ class DockerEyes:
         api = self._api()
         filters = {"label": [f"{LABELS.CLUSTER}={self.cluster}", f"{LABELS.NODE}={self.node}"]}
         out = []
-        for c in api.containers(all=True, filters=filters):
+        listed = api.containers(all=True, filters=filters)
+        self._times = {c["Id"]: self._times[c["Id"]] for c in listed if c["Id"] in self._times}  # bounded
+        for c in listed:
             cid, running = c["Id"], c.get("State") == "running"
             times = self._times.get(cid)
             if times is None or (running and times[1]) or (not running and not times[1]):
