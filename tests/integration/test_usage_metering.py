@@ -1,16 +1,15 @@
 """Usage metering on a real three-node cluster (issue 15 item 4, decision 67).
 
-A service of known size (2 replicas of 0.5 vCPU and 64 MiB) runs; the nodes meter in
-2-s intervals (`SHOAL_USAGE_INTERVAL=2`) and the leader rolls intervals older than 6 s
-into day totals. The expected reserved figures come from the engine itself: the sum
-over the two containers of (B - their State.StartedAt) times their size, B an interval
-boundary. Checked, each within 1 %:
-- after the first roll-up, `kill -9` of the leader (the replicas run elsewhere, so
-  nothing else moves), a new leader, the old one back: the report up to B;
-- once every raw interval before B is rolled up (by the new leader): the same report
-  again (rolled, nothing lost or doubled);
+A service of known size (2 replicas of 0.5 vCPU and 64 MiB, kept off the leader's node)
+runs; the nodes meter in 2-s intervals (`SHOAL_USAGE_INTERVAL=2`) and the leader rolls
+intervals older than 6 s into day totals. What was reserved comes from the engine
+itself: the sum over the two containers of (their node's cursor - their
+State.StartedAt) times their size. Checked, each within 1 %, on one consistent read of
+etcd's usage/ keys (and the report read between two equal reads says exactly the same):
+- after the first roll-up, a `kill -9` of the leader, a new leader, the old one back;
+- once every raw interval recorded by then is rolled up by the new leader;
 - `shoal usage --by service --json` (priced with a rate card set by `shoal usage rates
-  set`), and the `/metrics` counters.
+  set`), `--by node`, `--by label:KEY`, a bad `--by`, and the `/metrics` counters.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import pytest
 from node.daemon.usage_meter import engine_time
 from node.dev.devcluster import DevCluster, NodeProcess
 from node.model.keys import DEFAULT_PREFIX
-from node.model.usage_ledger import MeterState, Record, UsageKeys, interval_start
+from node.model.usage_ledger import MeterState, Record, UsageKeys
 from node.pb import api_pb2
 from node.runtime.base import LABELS
 from node.wire.client import ShoalClient
@@ -88,13 +88,24 @@ def placed(cluster: DevCluster) -> dict[str, tuple[str, float]]:
         engine.close()
 
 
-def snapshot(cluster: DevCluster, where: dict[str, tuple[str, float]]) -> tuple[float, float, int] | None:
-    """One consistent read of etcd's usage/ (raw intervals, day totals, cursors): the vCPU-s
-    recorded for `meter`, those its replicas reserved up to their nodes' cursors, the raw
-    records left. None while a replica's node has no cursor past its start."""
+@dataclass(frozen=True)
+class Snap:
+    """One consistent read of etcd's usage/ (raw intervals, day totals, cursors)."""
+
+    vcpu: float  # vCPU-s recorded for `meter`
+    gib: float
+    want_vcpu: float  # what its replicas reserved up to their nodes' cursors
+    want_gib: float
+    cursor: int  # the lowest cursor of the replicas' nodes
+    raw: int  # raw records left
+    mark: tuple[tuple[str, int], ...]  # every key and its mod revision: equal marks, equal data
+
+
+def snapshot(cluster: DevCluster, where: dict[str, tuple[str, float]]) -> Snap | None:
+    """None while a replica's node has no cursor past its start."""
     keys = UsageKeys(DEFAULT_PREFIX)
 
-    async def read(store: Any) -> tuple[float, float, int] | None:
+    async def read(store: Any) -> Snap | None:
         kvs, _ = await store.range(f"{DEFAULT_PREFIX}usage/")
         cursors = {
             kv.key[len(keys.cursors) :]: MeterState.from_json(kv.value).end
@@ -102,13 +113,44 @@ def snapshot(cluster: DevCluster, where: dict[str, tuple[str, float]]) -> tuple[
             if kv.key.startswith(keys.cursors)
         }
         records = [Record.from_json(kv.value) for kv in kvs if kv.key.startswith((keys.raw, keys.days))]
-        got = sum(r.tally.reserved_vcpu_s for r in records if r.dims.service == "meter")
+        mine = [r.tally for r in records if r.dims.service == "meter"]
         if any(cursors.get(node, 0) <= at for node, at in where.values()):
             return None
-        want = sum(CPU * (cursors[node] - at) for node, at in where.values())
-        return got, want, sum(1 for kv in kvs if kv.key.startswith(keys.raw))
+        seconds = sum(cursors[node] - at for node, at in where.values())
+        return Snap(
+            sum(t.reserved_vcpu_s for t in mine),
+            sum(t.reserved_gib_s for t in mine),
+            CPU * seconds,
+            MIB / 1024 * seconds,
+            min(cursors[node] for node, _ in where.values()),
+            sum(1 for kv in kvs if kv.key.startswith(keys.raw)),
+            tuple((kv.key, kv.mod_revision) for kv in kvs),
+        )
 
     return on_store(cluster.etcd.endpoint, read)
+
+
+def consistent(
+    cluster: DevCluster, where: dict[str, tuple[str, float]], member: NodeProcess, after: float
+) -> Callable[[], tuple[Snap, api_pb2.UsageRow]]:
+    """A report read between two equal snapshots whose cursors are past `after`."""
+
+    def read() -> tuple[Snap, api_pb2.UsageRow]:
+        before = snapshot(cluster, where)
+        rows = {r.key: r for r in report(member, 0.0).rows}
+        again = snapshot(cluster, where)
+        assert before is not None and again is not None and before.cursor > after, "cursors not there yet"
+        assert before.mark == again.mark, "usage changed during the read"
+        return before, rows["meter"]
+
+    return read
+
+
+def check(snap: Snap, row: api_pb2.UsageRow) -> None:
+    assert close_to(snap.vcpu, snap.want_vcpu), (snap.vcpu, snap.want_vcpu)
+    assert close_to(snap.gib, snap.want_gib), (snap.gib, snap.want_gib)
+    assert row.vcpu_hours_reserved * 3600 == pytest.approx(snap.vcpu, rel=1e-9)
+    assert row.gib_hours_reserved * 3600 == pytest.approx(snap.gib, rel=1e-9)
 
 
 def two_running(cluster: DevCluster) -> dict[str, float] | None:
@@ -137,20 +179,6 @@ def report(member: NodeProcess, until: float) -> api_pb2.UsageReportResponse:
 
 def close_to(got: float, want: float) -> bool:
     return abs(got - want) <= TOLERANCE * want
-
-
-def matches(member: NodeProcess, starts: dict[str, float], until: float) -> Callable[[], Any]:
-    def check() -> Any:
-        answer = report(member, until)
-        rows = {r.key: r for r in answer.rows}
-        vcpu, gib = expected(starts, until)
-        row = rows.get("meter")
-        if row is None:
-            return None
-        got = (row.vcpu_hours_reserved * 3600, row.gib_hours_reserved * 3600)
-        return answer if close_to(got[0], vcpu) and close_to(got[1], gib) else None
-
-    return check
 
 
 def raw_before(cluster: DevCluster, until: float) -> int:
@@ -198,18 +226,22 @@ def test_reserved_usage_is_exact_across_a_leader_kill(
     leader.start()
     assert started(cluster) == starts, "the replicas kept running (nothing moved)"
 
-    boundary = interval_start(time.time(), INTERVAL) + 2 * INTERVAL  # its interval closes soon
-    assert boundary > killed_at
-    answer = wait_until_sync(matches(others[0], starts, boundary), 30, 0.5, "reserved within 1 % up to B")
-    print(f"\nreserved to B: {answer.rows[0].vcpu_hours_reserved * 3600:.3f} vCPU-s "
-          f"(expected {expected(starts, boundary)[0]:.3f}), new leader {new[0].node_id}")  # fmt: skip
+    # recorded (etcd) = reserved (the engine's start times x size) across the kill, and the
+    # report says what etcd holds
+    snap, row = wait_until_sync(
+        consistent(cluster, where, others[0], killed_at + INTERVAL), 30, 0.2, "a read"
+    )
+    check(snap, row)
+    print(f"\nacross the kill: {snap.vcpu:.3f} vCPU-s recorded, {snap.want_vcpu:.3f} reserved; "
+          f"new leader {new[0].node_id}")  # fmt: skip
 
-    # every raw interval before B rolled up, by the new leader: still within 1 %, nothing twice
-    wait_until_sync(lambda: raw_before(cluster, boundary) == 0, 40, 0.5, "raw intervals before B rolled up")
-    got, want, raw_left = wait_until_sync(lambda: snapshot(cluster, where), 10, 0.5, "cursors")
-    print(f"after the roll-up: {got:.3f} vCPU-s recorded, {want:.3f} reserved to the cursors, {raw_left} raw")
-    assert close_to(got, want)
-    row = answer.rows[0]
+    # every raw interval before that cursor rolled up, by the new leader: the same again
+    wait_until_sync(lambda: raw_before(cluster, snap.cursor) == 0, 40, 0.5, "raw intervals rolled up")
+    snap, row = wait_until_sync(consistent(cluster, where, others[0], snap.cursor), 30, 0.2, "a read")
+    check(snap, row)
+    print(
+        f"after the roll-up: {snap.vcpu:.3f} vCPU-s recorded, {snap.want_vcpu:.3f} reserved, {snap.raw} raw"
+    )
     assert row.vcpu_hours_used >= 0 and row.gib_hours_used > 0, "used memory sampled from the cgroups"
 
     # the CLI, priced
@@ -217,7 +249,8 @@ def test_reserved_usage_is_exact_across_a_leader_kill(
     assert done.returncode == 0, done.stderr
     # rolled up to whole days now: bracketed by what was recorded before the call and what
     # the replicas reserved until after it
-    before, _, _ = snapshot(cluster, where) or (0.0, 0.0, 0)
+    first = snapshot(cluster, where)
+    before = first.vcpu if first is not None else 0.0
     done = shoal(cluster, "usage", "--by", "service", "--json")
     after = expected(starts, time.time())
     assert done.returncode == 0, done.stderr
