@@ -219,3 +219,24 @@ def test_a_task_restarted_in_place_is_one_record_with_both_containers() -> None:
     assert record.tally.reserved_vcpu_s == pytest.approx(0.5 * 9)
     assert record.tally.used_cpu_s == pytest.approx(0.5 + 2.0)
     assert after.cpu == {"c1": 1.0, "c2": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SHOAL_USAGE_INTERVAL": "7"}, "usage_interval: 7 must be whole seconds dividing a day"),
+        ({"SHOAL_USAGE_INTERVAL": "2", "SHOAL_USAGE_ROLLUP_AFTER": "3"}, "usage_rollup_after: 3 must be"),
+        (
+            {"SHOAL_USAGE_INTERVAL": "60", "SHOAL_USAGE_ROLLUP_AFTER": "100"},
+            "usage_rollup_after: 100 must be",
+        ),
+        ({"SHOAL_USAGE_KEEP_DAYS": "0"}, "usage_keep_days: 0 must be between 1 and 3650"),
+    ],
+)
+def test_usage_settings_are_checked(env: dict[str, str], message: str) -> None:
+    from node.model.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=message):
+        load({}, env)
+    ok = load({}, {"SHOAL_USAGE_INTERVAL": "2", "SHOAL_USAGE_ROLLUP_AFTER": "6"})
+    assert (ok.usage_interval, ok.usage_rollup_after, ok.usage_keep_days) == (2, 6.0, 400)
