@@ -62,6 +62,7 @@ from node.model.spec_lifecycle import (
     UpdateConfig,
     distinct_targets,
 )
+from node.model.spec_networks import NetworkName
 from node.model.spec_resources import (
     _STRICT,
     Limits,
@@ -163,6 +164,10 @@ class ServiceSpec(BaseModel):
     def _job_fields(self) -> "ServiceSpec":
         check_job_fields(self)
         return self
+
+    # Issue 13: networks scope who resolves and reaches whom (node.proxy.netscope, decision 64).
+    # None: the cluster network (every service with None, as before networks existed).
+    networks: Annotated[list[NetworkName], Field(min_length=1, max_length=16)] | None = None
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
