@@ -156,6 +156,19 @@ def test_example_app_end_to_end(cluster: DevCluster, tmp_path: Path) -> None:
     web_nodes = {w.labels[LABELS.NODE] for w in webs}
     assert web_nodes == {"n1", "n2"} and redis_node in web_nodes, (web_nodes, redis_node)
 
+    # Networks: nginx (frontnet) resolves web but not redis (backnet), and its connection
+    # to redis's VIP is reset; a web replica (both) resolves redis.
+    code, out = webs[0].exec_run(["getent", "hosts", "redis"])
+    assert code == 0, out
+    redis_vip = out.decode().split()[0]
+    nginx = wait_until_sync(lambda: (c := containers(cluster, "app_nginx")) and c[0], 60)
+    assert nginx.exec_run(["getent", "hosts", "web"]).exit_code == 0
+    code, out = nginx.exec_run(["getent", "hosts", "redis"])
+    assert code != 0 and redis_vip.encode() not in out, out
+    probe = f"exec 3<>/dev/tcp/{redis_vip}/6379 && printf 'PING\\r\\n' >&3 && timeout 3 head -c 20 <&3"
+    code, out = nginx.exec_run(["bash", "-c", probe])
+    assert code != 0 and b"PONG" not in out and b"NOAUTH" not in out, out
+
     # Redis killed: the agent starts it again on its volume, and the count goes on.
     before = max(counts)
     redis.kill()
@@ -173,9 +186,10 @@ def test_example_app_end_to_end(cluster: DevCluster, tmp_path: Path) -> None:
     assert wait_until_sync(count_after_restart, 90, 0.5, "redis back") == before + 1
 
     # A rolling update of the web tier under load through the front door: no request fails.
+    # (The load is bounded: 25/s for at most 300 s, longer than the waits below together.)
     command = "    command: [python3, /app/web.py]\n"
     stack.write_text(stack.read_text().replace(command, command + "    env: {GREETING: hello}\n"))
-    with Load(url, rate=25, max_seconds=120, max_requests=3000) as load:
+    with Load(url, rate=25, max_seconds=300, max_requests=7500) as load:
         shoal("stack", "deploy", "-f", str(stack), "app")
 
         def updated() -> bool:
@@ -184,8 +198,15 @@ def test_example_app_end_to_end(cluster: DevCluster, tmp_path: Path) -> None:
                 tasks = [t for t in c.list_tasks("app_web") if t.state == "running"]
             return len(tasks) == 3 and all(t.version == version for t in tasks)
 
-        wait_until_sync(updated, 120, 0.5, "web tier updated")
-        wait_until_sync(lambda: any(r.body.startswith("hello") for r in load.results[-5:]) or None, 30, 0.3)
+        wait_until_sync(updated, 180, 0.5, "web tier updated")
+
+        # the last old replica serves until its successor is ready, then drains: until then
+        # answers mix; then only the new version answers
+        def only_new() -> bool:
+            last = load.results[-10:]
+            return len(last) == 10 and all(r.body.startswith("hello") for r in last)
+
+        wait_until_sync(only_new, 60, 0.3, "only the new version answers")
     results = load.stop()
     print(
         f"figure: rolling update of app_web under load: {len(results)} requests, {len(load.failed())} failed"
