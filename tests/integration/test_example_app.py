@@ -214,13 +214,25 @@ def test_example_app_end_to_end(cluster: DevCluster, tmp_path: Path) -> None:
     assert len(results) > 50 and load.failed() == [], load.failed()[:5]
     assert any(r.body.startswith("visit") for r in results) and results[-1].body.startswith("hello")
 
+    # deploy.sh again (make demo twice): the same secret, configs and services; nothing rolls.
+    again = subprocess.run(
+        ["bash", str(app / "deploy.sh")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    for service in ("app_redis", "app_web", "app_nginx"):
+        assert f"service {service}: unchanged" in again.stdout, again.stdout
+    assert "hello" in again.stdout
+
     # The secret's value: in no etcd value, no daemon or container log, event or answer.
     code, out = redis.client.containers.get(containers(cluster, "app_redis")[0].id).exec_run(
         ["cat", "/run/secrets/redis_pw"]
     )
     secret = out.strip()
     assert code == 0 and len(secret) >= 16
-    texts = {"etcd": etcd_text(cluster), "deploy.sh": deployed.stdout.encode() + deployed.stderr.encode()}
+    texts = {
+        "etcd": etcd_text(cluster),
+        "deploy.sh": (deployed.stdout + deployed.stderr + again.stdout).encode(),
+    }
     for m in cluster.members:
         texts[f"log {m.node_id}"] = m.log_path.read_bytes()
     for c in all_containers(cluster):
@@ -248,3 +260,12 @@ def test_example_app_end_to_end(cluster: DevCluster, tmp_path: Path) -> None:
         wait_until_sync(lambda n=name: ask_dns(cluster, n) == 3, 30, 0.5, f"{name} NXDOMAIN")  # type: ignore[misc]
     vips = Keys(cluster.prefix).vips.encode()
     assert [line for line in etcd_text(cluster).splitlines() if line.startswith(vips)] == []
+    # The data stays (docs/volumes.md: `stack rm` keeps Docker volumes); the test removes it.
+    client = docker.from_env()
+    try:
+        kept = client.volumes.list(filters={"label": f"{LABELS.CLUSTER}={cluster.cluster}"})
+        assert [v.attrs["Labels"][LABELS.SERVICE] for v in kept] == ["app_redis"]
+        for volume in kept:
+            volume.remove()
+    finally:
+        client.close()

@@ -54,7 +54,7 @@ echo "== waiting (at most ${APP_TIMEOUT}s) for nginx -> web -> redis to answer"
 deadline=$((SECONDS + APP_TIMEOUT))
 while :; do
 	target=$(mesh_targets | head -n 1)
-	if [[ -n $target ]] && answer=$(curl -fsS --max-time 3 "http://$target/" 2>/dev/null) && [[ $answer == visit* ]]; then
+	if [[ -n $target ]] && answer=$(curl -fsS --max-time 3 "http://$target/" 2>/dev/null) && [[ $answer == *", served by "* ]]; then
 		break
 	fi
 	if ((SECONDS >= deadline)); then
