@@ -36,6 +36,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "deploy" / "examples" / "app"
+BUILD_SH = REPO / "deploy" / "images" / "build.sh"
 DEB_IMAGES = ("shoal-deb/redis:1", "shoal-deb/python:1", "shoal-deb/nginx:1")
 VISIT = re.compile(r"^(\w+) (\d+), served by (\S+)$")
 
@@ -93,10 +94,12 @@ def ask_dns(cluster: DevCluster, name: str) -> int:
 def cluster(make_cluster: Callable[..., DevCluster]) -> DevCluster:
     client = docker.from_env()
     try:
-        for image in DEB_IMAGES:
-            client.api.inspect_image(image)  # built by deploy/images/build.sh (demo_images)
+        missing = [i for i in DEB_IMAGES if not client.images.list(name=i)]
     finally:
         client.close()
+    if missing:  # built by deploy/images/build.sh (build-deb.sh: minutes on a fresh machine)
+        done = subprocess.run(["bash", str(BUILD_SH)], capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, f"{BUILD_SH} failed for {missing}:\n{done.stdout}{done.stderr}"
     return make_cluster(2)
 
 
