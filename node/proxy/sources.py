@@ -15,9 +15,10 @@ separate hosts it sees this host's, the only ones whose packets come here.
 - anything else (a container shoal did not start, or one started since the last
   refresh): `OUTSIDER`, which is on the cluster network only.
 A miss asks for a refresh (`refresh()`: at most one list in flight, at most every
-`MIN_REFRESH` s); the name server waits for it before it answers, so a new container's
-first lookup knows it. The agent's starts and stops also refresh the map through the
-Names loop (task and endpoint changes), at the same bound.
+`MIN_REFRESH` s, given up after `LIST_TIMEOUT` s); the name server waits for it before
+it answers, so a new container's first lookup knows it. The agent's starts and stops
+also refresh the map through the Names loop (task and endpoint changes), in the
+background, at the same bound.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from node.runtime.base import LABELS, Container, Runtime
 log = logging.getLogger(__name__)
 
 MIN_REFRESH = 0.2  # s between two lists of the engine's containers
+LIST_TIMEOUT = 2.0  # s: a list that takes longer is given up (the map is kept)
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
 
@@ -95,8 +97,9 @@ class SourceMap:
 
     async def _list(self) -> None:
         try:
-            found = await self.list_containers()
-        except Exception as exc:  # the engine away: keep what is known, ask again later
+            async with asyncio.timeout(LIST_TIMEOUT):
+                found = await self.list_containers()
+        except Exception as exc:  # the engine away or slow: keep what is known, ask again later
             log.debug("names: cannot list containers for source addresses: %s", exc)
             return
         finally:

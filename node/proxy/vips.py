@@ -149,7 +149,7 @@ class Names:
         vips = self.records()
         self.table = NameTable.build(services, vips)
         if self.sources is not None:  # containers started or stopped: learn their addresses
-            await self.sources.refresh()
+            self._refresh_sources()  # in the background: an engine that hangs holds no sync
         await self._allocate(services, vips)
         await self._serve_dns()
         uids = {s.name: s.uid for s in services}
@@ -235,13 +235,17 @@ class Names:
         assert self.sources is not None
         asker = self.sources.asker(address)
         if asker == OUTSIDER:  # maybe a container started since the last refresh
-            task = asyncio.get_running_loop().create_task(self.sources.refresh())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._refresh_sources()
         if self.table.shares(asker, service):
             return True
         log.debug("names: %s refused to %s (%s): no network in common", address, service, asker)
         return False
+
+    def _refresh_sources(self) -> None:
+        assert self.sources is not None
+        task = asyncio.get_running_loop().create_task(self.sources.refresh(), name="names-sources")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _retire(self, key: tuple[str, int]) -> None:
         listener = self.listeners.pop(key)

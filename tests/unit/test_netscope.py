@@ -20,6 +20,7 @@ from node.model.domain import ServiceRecord
 from node.model.spec import SpecError, parse_spec
 from node.model.spec_networks import CLUSTER_NETWORK, networks_of
 from node.proxy import dnswire as w
+from node.proxy import sources as sources_module
 from node.proxy.balancer import Backend, Balancer
 from node.proxy.dnsserver import DnsServer, Resolver
 from node.proxy.names import OUTSIDER, NameTable, VipRecord
@@ -133,6 +134,24 @@ async def test_source_map_asker_host_and_bounded_refreshes() -> None:
     m.refreshed = 0.0
     await m.refresh()  # the engine does not answer: the map is kept
     assert calls == 3 and m.asker("172.17.0.9") == "app_api"
+
+
+async def test_a_hung_engine_list_is_given_up_and_the_map_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources_module, "LIST_TIMEOUT", 0.05)
+    hang = asyncio.Event()
+
+    async def listed() -> list[Container]:
+        if hang.is_set():
+            await asyncio.Event().wait()  # never answers
+        return [container("172.17.0.5", "app_web")]
+
+    m = SourceMap(listed, ())
+    await m.refresh()
+    hang.set()
+    m.refreshed = 0.0
+    async with asyncio.timeout(2):
+        await m.refresh()
+    assert m.asker("172.17.0.5") == "app_web" and m.refreshes == 1
 
 
 async def _echo_backend() -> tuple[asyncio.Server, Backend]:
