@@ -50,6 +50,7 @@ from node.proxy import metrics
 from node.proxy.dnsserver import host_resolvers
 from node.proxy.mesh import Mesh, MeshSettings
 from node.proxy.names import dns_address
+from node.proxy.sources import SourceMap
 from node.proxy.vips import HostSetupError, Names, prepare_host
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
@@ -132,7 +133,8 @@ class Daemon:
             log.error("service names are off on this node: %s", exc)
             self.events.emit("names.off", f"service names are off on {c.node_id}: {exc}")
             return None
-        names = Names(self.mesh, net, host_resolvers(exclude=(dns_address(net),)))
+        sources = SourceMap.of_runtime(self.runtime, c.cluster, (net,), (c.address, c.publish_address))
+        names = Names(self.mesh, net, host_resolvers(exclude=(dns_address(net),)), sources=sources)
         agent.dns = (names.dns_address,)
         return names
 

@@ -63,6 +63,7 @@ from node.model.spec_lifecycle import (
     UpdateConfig,
     distinct_targets,
 )
+from node.model.spec_networks import NetworkName
 from node.model.spec_resources import (
     _STRICT,
     Limits,
@@ -170,6 +171,9 @@ class ServiceSpec(BaseModel):
     # tcp container ports whose connections from the mesh and the VIPs begin with a PROXY v2 header
     proxy_protocol: ProxyProtocolPorts | None = None
     _ingress_fits = model_validator(mode="after")(ingress_fits)
+    # Issue 13: networks scope who resolves and reaches whom (node.proxy.netscope, decision 64).
+    # None: the cluster network (every service with None, as before networks existed).
+    networks: Annotated[list[NetworkName], Field(min_length=1, max_length=16)] | None = None
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}

@@ -221,13 +221,11 @@ def test_ignored_keys_warn_and_deploy() -> None:
         "networks:\n  front: {}\nx-common: &common {a: 1}\n"
     )
     result = _t(text)
-    assert result.document["services"]["app"] == {"image": "a"}
+    assert result.document["services"]["app"] == {"image": "a", "networks": ["front"]}  # decision 64
     assert sorted(w.path for w in result.warnings) == [
-        "networks",
         "services.app.container_name",
         "services.app.deploy.labels",
         "services.app.deploy.rollback_config",
-        "services.app.networks",
     ]
 
 
