@@ -57,6 +57,10 @@ class JobRunner:
         """A job is running: the loop follows task statuses to see its tasks end."""
         return any(s.record.state == JobState.RUNNING for s in self.steps.values())
 
+    def succeeded(self) -> set[str]:
+        """The jobs whose record (this pass) says succeeded: `depends_on: {job: completed}`."""
+        return {name for name, s in self.steps.items() if s.record.state == JobState.SUCCEEDED}
+
     def next_deadline(self) -> float | None:
         """Seconds until a job needs a pass with no event to wake it (back-off, deadline, ttl)."""
         wakes = [s.wake for s in self.steps.values() if s.wake is not None]

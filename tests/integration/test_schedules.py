@@ -194,3 +194,44 @@ def test_a_viewer_lists_jobs_and_runs_but_cannot_run_one(cluster: DevCluster) ->
     with cluster.client() as c:
         assert not [j for j in c.list_jobs() if j.name.startswith("run-")], "nothing was stored"
         c.delete_service("seen")
+
+
+MIGRATION = """\
+services:
+  migrate:
+    image: shoal-demo/base:1
+    command: ["sh", "-c", "sleep 4; echo migrated"]
+    restart: "no"
+    deploy: {restart_policy: {condition: none}}
+  web:
+    image: shoal-demo/base:1
+    command: ["sh", "-c", "echo serving; sleep 600"]
+    depends_on: {migrate: {condition: service_completed_successfully}}
+"""
+
+
+def test_a_stack_web_tier_waits_for_its_migration_job(cluster: DevCluster, tmp_path: Path) -> None:
+    compose = tmp_path / "compose.yaml"
+    compose.write_text(MIGRATION)
+    out = shoal(cluster, "stack", "deploy", "-c", str(compose), "shop")
+    assert out.returncode == 0, out.stderr
+    with cluster.client() as c:
+        wait_until_sync(
+            lambda: c.get_job("shop_migrate").state == "running" or None, 60, 0.3, "the migration runs"
+        )
+        ps = shoal(cluster, "stack", "ps", "shop")
+        assert "waiting for migrate (completed)" in ps.stdout, ps.stdout
+        assert list(c.tasks("shop_web").tasks) == [], "no web task while the migration runs"
+        job = wait_until_sync(
+            lambda: c.get_job("shop_migrate") if c.get_job("shop_migrate").state != "running" else None,
+            60,
+            0.3,
+        )
+        assert job.state == "succeeded"
+
+        def web_running() -> list[object] | None:
+            return [t for t in c.tasks("shop_web").tasks if t.state == "running"] or None
+
+        wait_until_sync(web_running, 60, 0.3, "web starts after the migration succeeded")
+    removed = shoal(cluster, "stack", "rm", "shop")
+    assert removed.returncode == 0, removed.stderr
