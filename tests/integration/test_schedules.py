@@ -14,12 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
+from leader import crashpoint
 from node.dev.devcluster import DevCluster, NodeProcess
 from node.pb import jobs_pb2
 from node.runtime.base import LABELS
@@ -194,6 +195,50 @@ def test_a_viewer_lists_jobs_and_runs_but_cannot_run_one(cluster: DevCluster) ->
     with cluster.client() as c:
         assert not [j for j in c.list_jobs() if j.name.startswith("run-")], "nothing was stored"
         c.delete_service("seen")
+
+
+def test_replace_ends_the_running_run_and_starts_the_tick(cluster: DevCluster) -> None:
+    since = time.time()
+    with cluster.client() as c:
+        c.apply(scheduled("swap", "*/10 * * * * *", "sleep 60", concurrency="replace"))
+
+    def replaced() -> list[jobs_pb2.JobRun] | None:
+        got = runs(cluster, "swap")
+        return got if len(got) >= 2 and got[1].outcome == "running" else None
+
+    got = wait_until_sync(replaced, 40, 0.3, "a second tick replaced the first run")
+    assert got[0].outcome == "replaced" and got[1].tick == got[0].tick + 10, got
+    with cluster.client() as c:
+        [task] = [t for t in c.list_tasks("swap") if t.desired == "running"]
+        assert task.task_id not in got[0].task_ids
+        wait_until_sync(lambda: c.list_tasks("swap")[0].state == "running" or None, 30, 0.3)
+        c.delete_service("swap")
+    assert starts(cluster, "swap", since, got[1].fired_at + 5) == 2
+
+
+def test_a_leader_killed_right_after_recording_a_tick_does_not_fire_it_again(
+    make_cluster: Callable[..., DevCluster], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGKILL of the leader just after the tick's record and run committed, before any
+    task (`crashpoint.SCHEDULE_FIRED`): the next leader runs that tick's run, once."""
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(crashpoint.ENV, f"{crashpoint.SCHEDULE_FIRED}:{marker}")
+    cluster = make_cluster(nodes=2)
+    since = time.time()
+    with cluster.client() as c:
+        c.apply(scheduled("once", "*/20 * * * * *", "echo once", starting_deadline="15s"))
+    wait_until_sync(marker.exists, 40, 0.2, "the leader reached schedule.fired")
+    dead = wait_until_sync(lambda: next((m for m in cluster.members if not m.alive()), None), 10, 0.1)
+    survivor = next(m for m in cluster.members if m is not dead)
+
+    def settled() -> jobs_pb2.JobRun | None:
+        got = runs(cluster, "once", survivor.index)
+        return got[0] if got and got[0].outcome != "running" else None
+
+    run = wait_until_sync(settled, 40, 0.5, "the next leader ran the recorded tick")
+    assert run.outcome == "succeeded" and len(run.task_ids) == 1
+    assert len([r for r in runs(cluster, "once", survivor.index) if r.tick == run.tick]) == 1
+    assert starts(cluster, "once", since, min(time.time(), run.tick + 15)) == 1, "one container"
 
 
 MIGRATION = """\
