@@ -14,7 +14,8 @@ For each scheduled job (`kind: job` with `schedule:`) of the current incarnation
    `<service uid>#<tick>`, compared on the stored record's mod revision), whose `counted`
    holds the ids of the tasks still in the job's slots: the last run's tasks are no
    outcome of this one, and a running one (replace) is hidden, so its slot gets this
-   run's task (the agent stops the old container). The oldest records beyond `history`
+   run's task (the agent stops the old container); a task in a slot above the run's
+   completions (lowered since) is unassigned in the same transaction. The oldest records beyond `history`
    are deleted in the same transaction.
 
 Only after the commit does any task start (`leader.jobs` steps the new record, the
@@ -74,8 +75,7 @@ class ScheduleRunner:
             if scheduled(service.spec) is None:
                 continue
             mine = sorted((r for r in runs.get(name, []) if r[0].uid == service.uid), key=lambda r: r[0].tick)
-            ids = [t.task_id for t in tasks.get(name, ())]
-            wrote |= await self._one(service, jobs.get(name), mine, ids, now)
+            wrote |= await self._one(service, jobs.get(name), mine, list(tasks.get(name, ())), now)
         return wrote
 
     async def _one(
@@ -83,7 +83,7 @@ class ScheduleRunner:
         service: ServiceRecord,
         kv: KV | None,
         mine: list[tuple[RunRecord, int]],
-        task_ids: list[str],
+        held_tasks: list[Assignment],
         now: float,
     ) -> bool:
         schedule = scheduled(service.spec)
@@ -116,7 +116,11 @@ class ScheduleRunner:
             new.append(RunRecord(name, service.uid, d.due, Outcome.SKIPPED.value, now, now, busy))
         elif d.action in (Action.FIRE, Action.REPLACE) and d.due is not None:
             new.append(RunRecord(name, service.uid, d.due, Outcome.RUNNING.value, now))
-            held = sorted(set(task_ids))
+            held = sorted({t.task_id for t in held_tasks})
+            completions = service.spec.job.completions if service.spec.job else 1
+            for t in held_tasks:  # slots the run has no index for (completions lowered): unassigned
+                if t.slot > completions:
+                    ops.append(Delete(self.keys.task(name, t.slot)))
             fresh = JobRecord(name, run_uid(service.uid, d.due), started_at=now, counted=held)
             compares.append(Compare(self.keys.job(name), "mod", "==", kv.mod_revision if kv else 0))
             ops.append(Put(self.keys.job(name), fresh.to_json()))

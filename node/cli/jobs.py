@@ -295,6 +295,11 @@ def task_rm(settings: Settings, targets: tuple[str, ...]) -> None:
         owner = owner or next((j for j in jobs if any(i.task_id == target for i in j.indexes)), None)
         if owner is None:
             raise ShoalError(f"no task or run {target!r}: `shoal task ls` lists them")
+        if owner.schedule:
+            raise ShoalError(
+                f"{target!r} is a run of scheduled job {owner.name}; "
+                f"remove the schedule: shoal service rm {owner.name}"
+            )
         if owner.completions != 1:
             raise ShoalError(
                 f"{target!r} is a task of job {owner.name}; remove the job: shoal service rm {owner.name}"

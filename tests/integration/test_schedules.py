@@ -96,7 +96,7 @@ def test_a_schedule_runs_once_per_tick(cluster: DevCluster) -> None:
     ticks = [r.tick for r in done]
     assert ticks == [ticks[0], ticks[0] + 5, ticks[0] + 10], "three ticks in a row, each once"
     assert all(len(r.task_ids) == 1 for r in done) and len({r.task_ids[0] for r in done}) == 3
-    assert all(0 <= r.fired_at - r.tick < 2 for r in done), "fired at the tick, not late"
+    assert all(0 <= r.fired_at - r.tick < 5 for r in done), "fired at the tick, before the next one"
     assert starts(cluster, "every5", since, done[2].finished_at) == 3, "Docker started 3 containers"
     with cluster.client() as c:
         c.delete_service("every5")

@@ -19,7 +19,7 @@ from node.model.runs import RunRecord
 from node.store import Fenced
 from node.store.memory import MemoryStore
 from node.telemetry.events import EventLog
-from tests.factories import make_node, make_service
+from tests.factories import make_node, make_service, respec
 from tests.helpers import mirrors_caught_up
 
 KEYS = Keys()
@@ -259,5 +259,23 @@ async def test_a_run_that_ended_while_its_leader_died_gets_its_outcome_from_the_
         await leader.pass_()
         [run] = await _runs(store)
         assert run.outcome == "failed" and run.tasks
+    finally:
+        leader.stop()
+
+
+async def test_a_run_after_completions_were_lowered_unassigns_the_slots_above(clock: Clock) -> None:
+    narrow = _cron(concurrency="replace")
+    wide = respec(narrow, job={"completions": 3, "parallelism": 3})
+    store = await _store(wide)
+    leader = await _leader(store)
+    try:
+        clock.now = T0 + 61
+        await leader.pass_()
+        assert sorted(await _tasks(store)) == [1, 2, 3]
+        await store.put(KEYS.service("tick"), replace(narrow, version=2, updated_at=T0 + 62).to_json())
+        clock.now = T0 + 121
+        await leader.pass_()
+        assert sorted(await _tasks(store)) == [1], "the old run's tasks in slots 2 and 3 are unassigned"
+        assert [r.outcome for r in await _runs(store)] == ["replaced", "running"]
     finally:
         leader.stop()
