@@ -110,13 +110,21 @@ def test_job_runs_lists_ticks_and_task_logs_read_the_last_run(cluster: DevCluste
     wait_until_sync(
         lambda: len([r for r in runs(cluster, "listed") if r.outcome == "succeeded"]) >= 2, 40, 0.5, "2 runs"
     )
+    with cluster.client() as c:  # no more ticks: the last run's task stays in its slot
+        c.apply(scheduled("listed", "0 0 1 1 *", "echo hello from a tick"))
+
+    def last_ended() -> jobs_pb2.JobRun | None:
+        last = runs(cluster, "listed")[-1]
+        return last if last.outcome != "running" else None
+
+    last = wait_until_sync(last_ended, 30, 0.3, "the last run ended")
+    assert last.outcome == "succeeded"
     out = shoal(cluster, "job", "runs", "listed")
     assert out.returncode == 0 and out.stdout.count("succeeded") >= 2, out.stderr
-    last = [r for r in runs(cluster, "listed") if r.outcome == "succeeded"][-1]
     logs = shoal(cluster, "task", "logs", last.task_ids[0])
     assert "hello from a tick" in logs.stdout, logs.stderr
     status = shoal(cluster, "job", "status", "listed")
-    assert "schedule */5 * * * * * (UTC)" in status.stdout
+    assert "schedule 0 0 1 1 * (UTC), next tick" in status.stdout, status.stdout
     with cluster.client() as c:
         c.delete_service("listed")
 
