@@ -15,8 +15,11 @@ For each scheduled job (`kind: job` with `schedule:`) of the current incarnation
    holds the ids of the tasks still in the job's slots: the last run's tasks are no
    outcome of this one, and a running one (replace) is hidden, so its slot gets this
    run's task (the agent stops the old container); a task in a slot above the run's
-   completions (lowered since) is unassigned in the same transaction. The oldest records beyond `history`
-   are deleted in the same transaction.
+   completions (lowered since) is unassigned. The oldest records beyond `history` are
+   deleted in the same transaction.
+
+Run records of another incarnation (a namesake), of a job whose schedule was taken out,
+or of a removed service are deleted, fenced, by the next pass.
 
 Only after the commit does any task start (`leader.jobs` steps the new record, the
 scheduler places its tasks). A leader killed before the commit leaves no trace: the
@@ -72,7 +75,11 @@ class ScheduleRunner:
             wrote |= await self._forget(name)
         self.wakes = {}
         for name, service in sorted(services.items()):
-            if scheduled(service.spec) is None:
+            timed = scheduled(service.spec) is not None
+            foreign = [r for r in runs.get(name, []) if r[0].uid != service.uid or not timed]
+            if foreign:  # a namesake's, or the schedule was taken out of the spec
+                wrote |= await self._drop(name, foreign)
+            if not timed:
                 continue
             mine = sorted((r for r in runs.get(name, []) if r[0].uid == service.uid), key=lambda r: r[0].tick)
             wrote |= await self._one(service, jobs.get(name), mine, list(tasks.get(name, ())), now)
@@ -180,6 +187,14 @@ class ScheduleRunner:
         elif d.action is not Action.NONE:
             what = "fired" if d.action is Action.FIRE else "fired, replacing the previous run"
             self.events.emit("schedule.fired", f"{name}: tick {d.due:.0f} {what}", service=name)
+
+    async def _drop(self, name: str, records: list[tuple[RunRecord, int]]) -> bool:
+        compares = [fence(self.keys.leader, self.epoch)]
+        compares += [Compare(self.keys.run(name, r.tick), "mod", "==", mod) for r, mod in records]
+        result = await self.store.txn(compares, [Delete(self.keys.run(name, r.tick)) for r, _ in records])
+        if not result.succeeded:
+            await self._check_fence()
+        return result.succeeded
 
     async def _forget(self, name: str) -> bool:
         """The runs of a removed service: deleted, fenced, while its key is absent."""

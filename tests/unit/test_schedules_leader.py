@@ -279,3 +279,25 @@ async def test_a_run_after_completions_were_lowered_unassigns_the_slots_above(cl
         assert [r.outcome for r in await _runs(store)] == ["replaced", "running"]
     finally:
         leader.stop()
+
+
+async def test_runs_of_a_namesake_or_of_a_removed_schedule_are_deleted(
+    store: MemoryStore, clock: Clock
+) -> None:
+    leader = await _leader(store)
+    try:
+        clock.now = T0 + 61
+        await leader.pass_()
+        assert len(await _runs(store)) == 1
+        await store.put(KEYS.service("tick"), replace(_cron(), uid="u2", updated_at=T0 + 100).to_json())
+        await leader.pass_()
+        assert await _runs(store) == [], "u1's runs are not u2's"
+        clock.now = T0 + 121
+        await leader.pass_()
+        assert [r.uid for r in await _runs(store)] == ["u2"]
+        plain = make_service("tick", kind="job")
+        await store.put(KEYS.service("tick"), replace(plain, uid="u2", version=2).to_json())
+        await leader.pass_()
+        assert await _runs(store) == []
+    finally:
+        leader.stop()
