@@ -206,7 +206,7 @@ class LeaderLoop:
             r.service: r for r in (RolloutRecord.from_json(kv.value) for kv in self.rollouts.values())
         }
         decided = updates.decide(services, snap.tasks, statuses, rollouts, alive, now)
-        observe = dependencies.observer(services, snap.tasks, statuses.get)
+        observe = dependencies.observer(services, snap.tasks, statuses.get, self.jobs.succeeded())
         waiting = dependencies.gated(services, {svc for svc, _ in snap.tasks}, observe)  # depends_on
 
         def plan_all() -> tuple[list[Plan], list[Write]]:  # pure: no I/O, nothing shared is changed

@@ -35,6 +35,7 @@ _SIMPLE = ("command", "environment", "env_file", "ports", "expose", "deploy", "r
 _KNOWN = set(_SERVICE_KEYS) | set(keys.REFUSED) | set(keys.IGNORED)
 _DEPLOY_KEYS = ("replicas", "mode", "resources", "placement", "update_config", "restart_policy")
 _CONDITIONS = {"service_started": "started", "service_healthy": "healthy"}
+_CONDITIONS |= {"service_completed_successfully": "completed"}  # a job that succeeded (issue 18)
 _RESTART = keys.RESTART
 _Where = tuple[int | None, int | None]
 
@@ -442,21 +443,12 @@ class _Service:
                     if isinstance(how, dict)
                     else "service_started"
                 )
-                if cond == "service_completed_successfully":
-                    self.error(
-                        value,
-                        dep,
-                        f"depends_on.{dep}",
-                        "refused: service_completed_successfully needs "
-                        "run-to-completion jobs, which shoal does not have yet",
-                    )
-                    continue
                 if cond not in _CONDITIONS:
                     self.error(
                         value,
                         dep,
                         f"depends_on.{dep}",
-                        f"condition must be service_started or service_healthy, got {cond!r}",
+                        f"condition must be one of {', '.join(_CONDITIONS)}, got {cond!r}",
                     )
                     continue
                 for extra in ("restart", "required"):

@@ -97,6 +97,7 @@ from node.model.spec_resources import (
 from node.model.spec_resources import (
     parse_memory as parse_memory,
 )
+from node.model.spec_schedule import ScheduleSpec, check_schedule
 from node.model.spec_volumes import VolumeMount, Volumes, volumes_fit
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -175,6 +176,14 @@ class ServiceSpec(BaseModel):
     # None: the cluster network (every service with None, as before networks existed).
     networks: Annotated[list[NetworkName], Field(min_length=1, max_length=16)] | None = None
 
+    # Issue 18 item 3: schedules (node.model.spec_schedule): a job run at each tick of a cron.
+    schedule: ScheduleSpec | None = None
+
+    @model_validator(mode="after")
+    def _schedule_fields(self) -> "ServiceSpec":
+        check_schedule(self)
+        return self
+
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
 _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
@@ -183,6 +192,8 @@ _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
 _FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): VolumeMount, ("job",): JobSpec}
 _FIELDS |= {("ingress",): IngressRule, ("ingress", "tls"): IngressTLS}
+
+_FIELDS |= {("schedule",): ScheduleSpec}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}

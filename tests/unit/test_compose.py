@@ -178,8 +178,8 @@ def test_required_variable_names_itself() -> None:
         ("image: a\n    ports: ['53:53/udp']", "services.app.ports[0]: refused: udp ports"),
         ("image: a\n    deploy: {mode: replicated-job}", "deploy.mode: refused: jobs"),
         (
-            "image: a\n    depends_on: {b: {condition: service_completed_successfully}}",
-            "service_completed_successfully",
+            "image: a\n    depends_on: {b: {condition: service_done}}",
+            "condition must be one of service_started, service_healthy, service_completed_successfully",
         ),
         (
             "image: a\n    deploy: {resources: {limits: {memory: 1m}}}",
