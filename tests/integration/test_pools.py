@@ -1,0 +1,123 @@
+"""Node pools against a real cluster (issue 15): a service too big for every node makes the
+leader ask the `local` provider (deploy/providers/local.py) for a node; the node joins
+with the join token and the pool's labels, the replica runs there; once the service is
+scaled to 0 the node is drained and given back after its idle timeout.
+
+Deadlines bound correctness, not speed; nothing sleeps a fixed time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from node.cli.main import cli
+from node.dev.devcluster import DevCluster
+from node.wire.client import ShoalClient
+from tests.helpers import wait_until_sync
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL = REPO / "deploy" / "providers" / "local.py"
+BIG = "name: big\nimage: shoal-demo/web:1\nreplicas: 1\nresources: {cpu: 1.5, memory: 1536Mi}\n"
+
+
+def shoal(cluster: DevCluster, *args: str) -> Result:
+    runner = CliRunner(env={"SHOAL_CONTEXT_FILE": str(cluster.context_file)})
+    result = runner.invoke(cli, ["--addr", cluster.addr, *args])
+    assert result.exit_code == 0, f"shoal {' '.join(args)}: {result.output}"
+    return result
+
+
+def provider_command(cluster: DevCluster, state: Path) -> list[str]:
+    return [
+        sys.executable, str(LOCAL), "--state", str(state), "--grpc-port", str(cluster.grpc_port),
+        "--", "--vip-range", cluster.vip_range, "--preset", "local", *cluster.etcd.client_flags[2:],
+    ]  # fmt: skip
+
+
+def pool_nodes(cluster: DevCluster) -> list[dict]:
+    out = shoal(cluster, "pool", "ls", "-o", "json").output
+    return list(json.loads(out)["nodes"])
+
+
+def test_a_service_too_big_for_the_cluster_gets_a_pool_node_that_goes_back_when_idle(
+    make_cluster: Callable[..., DevCluster], tmp_path: Path
+) -> None:
+    cluster = make_cluster(nodes=1, extra_args=["--cpu", "1", "--memory", "1Gi"])
+    state = tmp_path / "pool"
+    pools = {
+        "pools": {
+            "burst": {
+                "provider": {"command": provider_command(cluster, state), "timeout": "60s"},
+                "max": 2,
+                "node": {"cpu": 2, "memory": "2Gi", "labels": {"tier": "burst"}},
+                "idle_timeout": "3s",
+                "join_timeout": "60s",
+            }
+        }
+    }
+    path = tmp_path / "pools.yaml"
+    path.write_text(json.dumps(pools))  # JSON is YAML
+    try:
+        assert "pools: burst" in shoal(cluster, "pool", "apply", "-f", str(path)).output
+        table = shoal(cluster, "pool", "ls").output
+        assert "burst" in table and "2 cpu 2 GiB" in table, table
+        with cluster.client() as c:
+            c.apply(BIG)
+
+            def running_on_pool_node() -> str:
+                for t in c.list_tasks("big"):
+                    if t.state == "running" and t.node.startswith("burst-"):
+                        return t.node
+                return ""
+
+            wait_until_sync(running_on_pool_node, 120, interval=0.5, message="big running on a pool node")
+            node = running_on_pool_node()
+            labels = {n.id: dict(n.labels) for n in c.list_nodes().nodes}[node]
+            assert labels["shoal.pool"] == "burst" and labels["tier"] == "burst", labels
+            asked = pool_nodes(cluster)
+            assert [(n["node"], n["state"], n["registered"]) for n in asked] == [(node, "joined", True)], (
+                asked
+            )
+            events = [e.message for e in c.events() if e.kind.startswith("pool.")]
+            assert sum("asking its provider" in m for m in events) == 1, events  # asked once, not per pass
+
+            c.scale("big", 0)
+
+            def given_back() -> bool:
+                return not pool_nodes(cluster)
+
+            wait_until_sync(given_back, 90, interval=0.5, message="the idle pool node given back")
+            record = json.loads((state / node / "node.json").read_text()) if (state / node).exists() else None
+            assert record is None, f"the provider still holds {node}"
+            events = [e.message for e in c.events() if e.kind.startswith("pool.")]
+            assert any(f"giving node {node} back: empty for" in m for m in events), events
+            assert any(f"node {node} given back" in m for m in events), events
+    finally:
+        subprocess.run(
+            [sys.executable, str(LOCAL), "--state", str(state), "--stop-all"], timeout=60, check=False
+        )
+
+
+def test_bad_pools_are_refused_and_change_nothing(
+    make_cluster: Callable[..., DevCluster], tmp_path: Path
+) -> None:
+    cluster = make_cluster(nodes=1)
+    path = tmp_path / "pools.yaml"
+    path.write_text(
+        "pools:\n  burst:\n    provider: {command: [x]}\n    node: {cpu: 1, memory: 1Gi}\n    max: 0\n"
+    )
+    runner = CliRunner(env={"SHOAL_CONTEXT_FILE": str(cluster.context_file)})
+    result = runner.invoke(cli, ["--addr", cluster.addr, "pool", "apply", "-f", str(path)])
+    assert result.exit_code == 1 and "pools.burst.max: must be at least 1" in result.output, result.output
+    with ShoalClient(cluster.addr, tls=cluster.tls) as c:
+        assert c.list_nodes().nodes  # the cluster answers
+    assert json.loads(shoal(cluster, "pool", "ls", "-o", "json").output) == {"pools": [], "nodes": []}
