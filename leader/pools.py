@@ -144,7 +144,7 @@ class PoolKeeper:
             if r.state == PoolState.REQUESTED.value and spec is not None and r.node not in self.finished:
                 self._start(r.node, self._create(spec, r))
             elif r.state == PoolState.DELETING.value and r.node not in decision.give_back:
-                self._start(r.node, self._delete(r))
+                self._start(r.node, self._delete(r, spec))
         return decision
 
     def _start(self, node: str, work: Coroutine[Any, Any, None]) -> None:
@@ -165,6 +165,7 @@ class PoolKeeper:
                     del self.calls[node]
 
         task = asyncio.create_task(guarded(), name=f"pool-{node}")
+        task.add_done_callback(lambda _: work.close())  # cancelled before it ran: not left unawaited
         self.calls[node] = task
 
     async def _ask(self, spec: PoolSpec, now: float) -> None:
@@ -236,7 +237,13 @@ class PoolKeeper:
         self.empty_since.pop(r.node, None)
         self._start(r.node, self._delete(going))
 
-    async def _delete(self, r: PoolNode) -> None:
+    async def _delete(self, r: PoolNode, spec: PoolSpec | None = None) -> None:
+        command, timeout = tuple(r.command), r.timeout
+        if not command and spec is not None:  # a record written before it kept the command
+            command, timeout = spec.command, spec.timeout
+        if not command:
+            log.warning("node %s of pool %s: no provider to give it back through", r.node, r.pool)
+            return
         request = {
             "action": "delete",
             "pool": r.pool,
@@ -244,7 +251,7 @@ class PoolKeeper:
             "cluster": {"name": self.context.cluster},
         }
         try:
-            await provider.call(tuple(r.command), request, r.timeout)
+            await provider.call(command, request, timeout)
         except provider.ProviderError as exc:
             self.events.emit("pool.provider_failed", f"pool {r.pool}: delete {r.node}: {exc}")
             return  # still `deleting`: the next pass calls again

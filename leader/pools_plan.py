@@ -108,11 +108,10 @@ def decide(
     blocked = set()
     for pool, rs in by_pool.items():
         for r in rs:
-            if r.state == PoolState.FAILED.value:
-                if r.retry_at > now:
-                    blocked.add(pool)
-                else:
-                    out.forget.append(r.node)
+            if r.retry_at > now:  # a failed create, being given back or given back
+                blocked.add(pool)
+            elif r.state == PoolState.FAILED.value:
+                out.forget.append(r.node)
     # give back: removed pools, join timeouts, idle nodes
     since = dict(empty_since or {})
     for pool, rs in by_pool.items():

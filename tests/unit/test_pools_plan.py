@@ -183,3 +183,9 @@ def test_pools_round_trip_through_their_stored_form() -> None:
     assert parse_pools(pools_to_doc(first)) == first
     assert first["burst"].node_labels() == {"tier": "burst", "shoal.pool": "burst"}
     assert first["burst"].idle_timeout == 300 and first["burst"].node_memory == 4 * GI
+
+
+def test_a_failed_create_still_being_given_back_holds_the_pool_back_too() -> None:
+    going = [rec("burst-a", PoolState.DELETING, 0, retry_at=50.0)]
+    assert decide(pools(), going, [], [], [big(1)], now=40).create == {}
+    assert decide(pools(), going, [], [], [big(1)], now=50).create == {"burst": 1}
