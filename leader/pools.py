@@ -57,6 +57,9 @@ class PoolContext:
     etcd: tuple[str, ...]
     prefix: str
     join_token: Callable[[], Awaitable[str]]
+    vip_range: str = ""  # the same on every node of a cluster
+    grpc_port: int = 0  # the leader's: a provider may start its nodes on the same port
+    etcd_tls: tuple[str, str, str] = ("", "", "")  # CA, certificate, key: paths on the leader's host
 
 
 def demands(services: Mapping[str, ServiceRecord], snap: Snapshot, plans: list[Plan]) -> list[Demand]:
@@ -197,6 +200,9 @@ class PoolKeeper:
                 "etcd": list(self.context.etcd),
                 "etcd_prefix": self.context.prefix,
                 "join_token": await self.context.join_token(),
+                "vip_range": self.context.vip_range,
+                "grpc_port": self.context.grpc_port,
+                "etcd_tls": dict(zip(("ca", "cert", "key"), self.context.etcd_tls, strict=True)),
             },
         }
         key = self.keys.poolnode(spec.name, record.node)

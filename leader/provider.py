@@ -6,7 +6,8 @@ from stdout; exit status 0 is success. Requests:
     {"action": "create", "pool": "burst",
      "node": {"id": "burst-1f2e3d4c", "cpu": 2.0, "memory": 4294967296, "labels": {...}},
      "cluster": {"name": "prod", "etcd": ["10.0.0.1:2379"], "etcd_prefix": "/shoal/v1/",
-                 "join_token": "SHOAL-1-..."}}
+                 "join_token": "SHOAL-1-...", "vip_range": "10.213.0.0/16", "grpc_port": 7070,
+                 "etcd_tls": {"ca": "/etc/shoal/etcd-ca.pem", "cert": "...", "key": "..."}}}
     {"action": "delete", "pool": "burst", "node": {"id": "burst-1f2e3d4c", "provider_id": "i-0abc"},
      "cluster": {"name": "prod"}}
 
@@ -14,7 +15,10 @@ Answers: `{"id": "<the provider's own id>", "address": "<where the node is>"}` t
 create (both optional), anything (or nothing) to a delete. Both must be idempotent per
 `node.id`: the leader may call create again for a node it asked for when it does not
 know the outcome (its predecessor died mid-call), and delete for a node already gone.
-The join token travels on stdin only, never on a command line.
+The join token travels on stdin only, never on a command line. `vip_range` must be
+given to every node (it is the same on all); `grpc_port` is the leader's; `etcd_tls` are
+the paths of the leader's etcd client files on the leader's host (empty: plaintext):
+a provider on that host may use them, a remote one brings its own.
 
 A call longer than the pool's `timeout` is killed (its whole process group) and fails.
 """

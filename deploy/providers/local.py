@@ -4,28 +4,27 @@
 For `shoal dev` and the tests. The leader runs it with one JSON request on stdin
 (`leader.provider`) and reads one JSON answer on stdout:
 
-    create: starts `python -m node.daemon` on the first free 127.0.0.x (from --first, on
-            --grpc-port), with the node id, cpu, memory and labels asked for, joining the
-            cluster with the join token from the request (in its environment, never on a
+    create: starts `python -m node.daemon` on the first free 127.0.0.x (from --first) on the
+            leader's gRPC port, with the node id, cpu, memory and labels asked for, the
+            cluster's VIP range and the leader's etcd client files (all from the request),
+            joining with the join token from the request (in its environment, never on a
             command line); answers {"id": "<pid>", "address": "127.0.0.x:port"} once the
             daemon listens. Idempotent: a node id already running answers the same.
     delete: stops that daemon (SIGTERM, then SIGKILL after --stop-timeout), removes its
             data dir; a node id it does not know is already gone: success.
 
-Pool file example (a dev cluster on gRPC port 7070 with VIP range 10.212.7.0/24):
+Pool file for a `shoal dev` cluster:
 
     pools:
       burst:
-        provider:
-          command: [python3, deploy/providers/local.py, --state, /tmp/shoal-pool,
-                    --grpc-port, "7070", --, --vip-range, 10.212.7.0/24, --preset, local,
-                    --etcd-ca, ..., --etcd-cert, ..., --etcd-key, ...]
+        provider: {command: [python3, deploy/providers/local.py, --state, /tmp/shoal-pool]}
         max: 3
         node: {cpu: 2, memory: 4Gi}
         idle_timeout: 2m
 
-Everything after `--` goes to every shoald it starts (the cluster's VIP range, etcd TLS
-files, the timing preset). `local.py --state DIR --stop-all` stops every daemon it started.
+Everything after `--` goes to every shoald it starts, after the flags above (so it may
+override them: `-- --preset lan`). `local.py --state DIR --stop-all` stops every daemon
+it started.
 """
 
 from __future__ import annotations
@@ -111,18 +110,26 @@ def create(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
         raise Refused(f"node id {node_id!r} is not a-z, 0-9 and '-'")
     known = _record(args.state, node_id)
     if known is not None and _alive(int(known["pid"])):
-        return {"id": str(known["pid"]), "address": f"{known['address']}:{args.grpc_port}"}
-    address = _address(args.state, args.first, args.grpc_port)
+        return {"id": str(known["pid"]), "address": f"{known['address']}:{known['port']}"}
+    port = args.grpc_port or int(cluster.get("grpc_port") or 7070)
+    address = _address(args.state, args.first, port)
     home = args.state / node_id
     shutil.rmtree(home / "data", ignore_errors=True)  # a dead earlier attempt: start afresh
     home.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable, "-m", "node.daemon", "--node-id", node_id, "--data-dir", str(home / "data"),
-        "--address", address, "--grpc-port", str(args.grpc_port), "--metrics-port", "0",
+        "--address", address, "--grpc-port", str(port), "--metrics-port", "0",
         "--cluster", str(cluster["name"]), "--etcd", ",".join(cluster["etcd"]),
-        "--etcd-prefix", str(cluster["etcd_prefix"]),
+        "--etcd-prefix", str(cluster["etcd_prefix"]), "--preset", "local",
         "--cpu", f"{float(node['cpu']):g}", "--memory", str(int(node["memory"])),
     ]  # fmt: skip
+    if cluster.get("vip_range"):
+        cmd += ["--vip-range", str(cluster["vip_range"])]
+    tls = dict(cluster.get("etcd_tls") or {})
+    if tls.get("ca"):
+        cmd += ["--etcd-ca", str(tls["ca"])]
+    if tls.get("cert") and tls.get("key"):
+        cmd += ["--etcd-cert", str(tls["cert"]), "--etcd-key", str(tls["key"])]
     for key, value in sorted(dict(node.get("labels", {})).items()):
         cmd += ["--label", f"{key}={value}"]
     cmd += args.shoald
@@ -132,16 +139,17 @@ def create(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
-    (home / "node.json").write_text(json.dumps({"pid": proc.pid, "address": address, "node": node_id}))
+    record = {"pid": proc.pid, "address": address, "port": port, "node": node_id}
+    (home / "node.json").write_text(json.dumps(record))
     deadline = time.monotonic() + args.start_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = (home / "shoald.log").read_text(errors="replace")[-600:]
             raise Refused(f"shoald {node_id} exited with status {proc.returncode}: {tail}")
-        if _listening(address, args.grpc_port):
-            return {"id": str(proc.pid), "address": f"{address}:{args.grpc_port}"}
+        if _listening(address, port):
+            return {"id": str(proc.pid), "address": f"{address}:{port}"}
         time.sleep(0.2)
-    return {"id": str(proc.pid), "address": f"{address}:{args.grpc_port}"}  # started; joins later
+    return {"id": str(proc.pid), "address": f"{address}:{port}"}  # started; joins later
 
 
 def _stop(pid: int, timeout: float) -> None:
@@ -173,7 +181,7 @@ def main(argv: list[str]) -> int:
         argv, shoald = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--state", type=Path, required=True, help="where the nodes' data dirs and logs go")
-    p.add_argument("--grpc-port", type=int, default=7070, help="the cluster's gRPC port")
+    p.add_argument("--grpc-port", type=int, default=0, help="the nodes' gRPC port [the leader's]")
     p.add_argument("--first", type=int, default=50, help="first x of 127.0.0.x to try [50]")
     p.add_argument("--start-timeout", type=float, default=30.0, help="s to wait for shoald to listen")
     p.add_argument("--stop-timeout", type=float, default=15.0, help="s from SIGTERM to SIGKILL")

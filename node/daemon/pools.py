@@ -14,4 +14,12 @@ def pool_context(c: NodeConfig, identity: NodeIdentity) -> PoolContext:
     async def join_token() -> str:
         return str(await identity.security.join_token(identity.passphrase()))
 
-    return PoolContext(c.cluster, tuple(c.etcd), c.etcd_prefix, join_token)
+    return PoolContext(
+        c.cluster,
+        tuple(c.etcd),
+        c.etcd_prefix,
+        join_token,
+        vip_range=c.vip_range,
+        grpc_port=c.grpc_port,
+        etcd_tls=(c.etcd_ca, c.etcd_cert, c.etcd_key),
+    )

@@ -36,11 +36,8 @@ def shoal(cluster: DevCluster, *args: str) -> Result:
     return result
 
 
-def provider_command(cluster: DevCluster, state: Path) -> list[str]:
-    return [
-        sys.executable, str(LOCAL), "--state", str(state), "--grpc-port", str(cluster.grpc_port),
-        "--", "--vip-range", cluster.vip_range, "--preset", "local", *cluster.etcd.client_flags[2:],
-    ]  # fmt: skip
+def provider_command(state: Path) -> list[str]:
+    return [sys.executable, str(LOCAL), "--state", str(state)]  # the rest comes from the leader
 
 
 def pool_nodes(cluster: DevCluster) -> list[dict]:
@@ -56,7 +53,7 @@ def test_a_service_too_big_for_the_cluster_gets_a_pool_node_that_goes_back_when_
     pools = {
         "pools": {
             "burst": {
-                "provider": {"command": provider_command(cluster, state), "timeout": "60s"},
+                "provider": {"command": provider_command(state), "timeout": "60s"},
                 "max": 2,
                 "node": {"cpu": 2, "memory": "2Gi", "labels": {"tier": "burst"}},
                 "idle_timeout": "3s",
