@@ -12,8 +12,11 @@ fenced on the leader's epoch (a deposed leader writes nothing):
    idempotent per node id), and counts it as capacity on its way, so the need is
    neither lost nor asked for twice.
 2. **give back**: the record goes `deleting` and the node is drained (`nodespec/`), in one
-   transaction, THEN the provider's `delete` is called; its success removes the record.
-   A leader that dies in between leaves `deleting`: the next one calls `delete` again.
+   transaction, THEN the provider's `delete` is called; its success sets `released`. The
+   record and the drain are removed once the node's registration is gone (its lease
+   may outlive the process by seconds: without the drain the scheduler would place
+   replicas on a dead node meanwhile). A leader that dies between the drain and the
+   answer leaves `deleting`: the next one calls `delete` again.
 3. a failed `create` is given back the same way (the provider may have started
    something), and leaves a `failed` record: no new request of that pool for
    `RETRY_AFTER` seconds.
@@ -148,6 +151,8 @@ class PoolKeeper:
                 self._start(r.node, self._create(spec, r))
             elif r.state == PoolState.DELETING.value and r.node not in decision.give_back:
                 self._start(r.node, self._delete(r, spec))
+            elif r.state == PoolState.RELEASED.value and r.node not in snap.nodes:
+                await self._forget(r, now)  # until then the drain stays: nothing is placed there
         return decision
 
     def _start(self, node: str, work: Coroutine[Any, Any, None]) -> None:
@@ -261,10 +266,16 @@ class PoolKeeper:
         except provider.ProviderError as exc:
             self.events.emit("pool.provider_failed", f"pool {r.pool}: delete {r.node}: {exc}")
             return  # still `deleting`: the next pass calls again
-        ops: list[Op] = [Delete(self.keys.poolnode(r.pool, r.node)), Delete(self.keys.nodespec(r.node))]
-        if r.retry_at > self.now():  # a failed create: keep the back-off marker
-            marker = replace(r, state=PoolState.FAILED.value, changed_at=self.now(), epoch=self.epoch)
-            ops[0] = Put(self.keys.poolnode(r.pool, r.node), marker.to_json())
-        await self._write(ops)
+        released = replace(r, state=PoolState.RELEASED.value, changed_at=self.now(), epoch=self.epoch)
+        await self._write([Put(self.keys.poolnode(r.pool, r.node), released.to_json())])
         self.finished.discard(r.node)
         self.events.emit("pool.node_removed", f"pool {r.pool}: node {r.node} given back")
+
+    async def _forget(self, r: PoolNode, now: float) -> None:
+        """A released node's registration is gone: its drain goes, and its record (or, after a
+        failed create, a back-off marker until `retry_at`)."""
+        ops: list[Op] = [Delete(self.keys.poolnode(r.pool, r.node)), Delete(self.keys.nodespec(r.node))]
+        if r.retry_at > now:
+            marker = replace(r, state=PoolState.FAILED.value, changed_at=now, epoch=self.epoch)
+            ops[0] = Put(self.keys.poolnode(r.pool, r.node), marker.to_json())
+        await self._write(ops)

@@ -33,6 +33,7 @@ from node.model.constraints import Constraint
 from node.model.pools import PoolNode, PoolSpec, PoolState
 
 _IN_FLIGHT = (PoolState.REQUESTED.value, PoolState.CREATED.value)
+_LEAVING = (PoolState.DELETING.value, PoolState.RELEASED.value)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def decide(
     since = dict(empty_since or {})
     for pool, rs in by_pool.items():
         spec = pools.get(pool)
-        live = [r for r in rs if r.state not in (PoolState.FAILED.value, PoolState.DELETING.value)]
+        live = [r for r in rs if r.state != PoolState.FAILED.value and r.state not in _LEAVING]
         kept = len(live)
         idle: list[tuple[float, str]] = []
         for r in live:
@@ -178,9 +179,7 @@ def decide(
     for name, spec in sorted(pools.items()):
         if name in blocked:
             continue
-        leaving = sum(
-            1 for r in by_pool.get(name, []) if r.state == PoolState.DELETING.value or r.node in out.give_back
-        )
+        leaving = sum(1 for r in by_pool.get(name, []) if r.state in _LEAVING or r.node in out.give_back)
         short = min(spec.min - (_count(name) - leaving), spec.max - _count(name))
         if short > 0:
             opened[name] = opened.get(name, 0) + short

@@ -99,7 +99,7 @@ def ls_cmd(settings: Settings, fmt: str) -> None:
             ("MAX", lambda p: str(p.max)),
             ("JOINED", lambda p: str(count(p, "joined"))),
             ("IN FLIGHT", lambda p: str(count(p, "requested", "created"))),
-            ("LEAVING", lambda p: str(count(p, "deleting"))),
+            ("LEAVING", lambda p: str(count(p, "deleting", "released"))),
             ("IDLE TIMEOUT", lambda p: f"{p.idle_timeout:g}s"),
         ],
     )

@@ -48,6 +48,7 @@ class PoolState(StrEnum):
     CREATED = "created"  # the provider answered; waiting for the node to join
     JOINED = "joined"  # the node registered once
     DELETING = "deleting"  # drained; the provider's delete is (being) called
+    RELEASED = "released"  # the provider deleted it; drained until its registration is gone
     FAILED = "failed"  # the provider refused or timed out; no new request before `retry_at`
 
 

@@ -146,10 +146,11 @@ async def test_a_failed_create_is_given_back_and_holds_the_pool_back(provider: P
     (provider.parent / "fail").unlink()
     await keeper.step(BIG, snap(), WAITING, now=110)  # delete failed too: still `deleting`, called again
     await settle(keeper)
-    r = (await records(store))[node]
-    assert r.state == "failed" and "status 3: no capacity in this zone" in r.message and r.retry_at == 130
+    assert (await records(store))[node].state == "released"
     await keeper.step(BIG, snap(), WAITING, now=120)  # backing off: nothing asked
     await settle(keeper)
+    r = (await records(store))[node]
+    assert r.state == "failed" and "status 3: no capacity in this zone" in r.message and r.retry_at == 130
     assert list(await records(store)) == [node]
     await keeper.step(BIG, snap(), WAITING, now=131)  # then asked again
     await settle(keeper)
@@ -178,7 +179,13 @@ async def test_an_idle_node_is_drained_then_deleted_also_across_a_leader_crash(p
     await successor.step({}, snap("burst-aa"), [], now=112)
     await settle(successor)
     assert [(c["action"], c["node"]["id"]) for c in calls(provider)] == [("delete", "burst-aa")]
+    assert (await records(store))["burst-aa"].state == "released"
+    await successor.step({}, snap("burst-aa"), [], now=113)  # still registered (its lease): still drained
+    assert (await records(store))["burst-aa"].state == "released"
+    assert await store.get(KEYS.nodespec("burst-aa")) is not None
+    await successor.step({}, snap(), [], now=114)  # its registration is gone
     assert await records(store) == {} and await store.get(KEYS.nodespec("burst-aa")) is None
+    assert len(calls(provider)) == 1
 
 
 async def test_a_provider_call_is_bounded_and_its_failures_say_what_happened() -> None:

@@ -189,3 +189,9 @@ def test_a_failed_create_still_being_given_back_holds_the_pool_back_too() -> Non
     going = [rec("burst-a", PoolState.DELETING, 0, retry_at=50.0)]
     assert decide(pools(), going, [], [], [big(1)], now=40).create == {}
     assert decide(pools(), going, [], [], [big(1)], now=50).create == {"burst": 1}
+
+
+def test_released_nodes_still_registered_count_toward_max_and_are_not_given_back_again() -> None:
+    gone = [rec("burst-a", PoolState.RELEASED)]
+    d = decide(pools(max=1), gone, ["burst-a"], [], [big(1)], now=100, empty_since={"burst-a": 0.0})
+    assert d.create == {} and d.give_back == {}
