@@ -124,3 +124,61 @@ def test_bad_pools_are_refused_and_change_nothing(
     with ShoalClient(cluster.addr, tls=cluster.tls) as c:
         assert c.list_nodes().nodes  # the cluster answers
     assert json.loads(shoal(cluster, "pool", "ls", "-o", "json").output) == {"pools": [], "nodes": []}
+
+
+def test_a_leader_killed_between_the_request_and_the_join_neither_loses_nor_doubles_the_node(
+    make_cluster: Callable[..., DevCluster], tmp_path: Path
+) -> None:
+    cluster = make_cluster(nodes=2, extra_args=["--cpu", "1", "--memory", "1Gi"])
+    state = tmp_path / "pool"
+    slow = f"sleep 4; exec {sys.executable} {LOCAL} --state {state}"  # the call outlives the leader
+    pools = {
+        "pools": {
+            "burst": {
+                "provider": {"command": ["sh", "-c", slow], "timeout": "60s"},
+                "max": 3,
+                "node": {"cpu": 2, "memory": "2Gi"},
+                "idle_timeout": "10m",
+            }
+        }
+    }
+    path = tmp_path / "pools.yaml"
+    path.write_text(json.dumps(pools))
+    try:
+        shoal(cluster, "pool", "apply", "-f", str(path))
+        with cluster.client() as c:
+            c.apply(BIG)
+            resp = c.list_nodes()
+        leader = next(m for m in cluster.members if m.node_id == next(n.id for n in resp.nodes if n.leader))
+        survivor = next(m for m in cluster.members if m is not leader)
+
+        def requested() -> list[dict]:
+            return [n for n in pool_nodes(cluster) if n["state"] == "requested"]
+
+        wait_until_sync(lambda: bool(requested()), 30, interval=0.1, message="a node requested")
+        (asked,) = requested()
+        leader.kill()  # SIGKILL: between "asked" and "node joined"
+        with ShoalClient(survivor.addr, tls=cluster.tls) as c:
+
+            def running_on_pool_node() -> str:
+                return next((t.node for t in c.list_tasks("big") if t.state == "running"), "")
+
+            wait_until_sync(running_on_pool_node, 120, interval=0.5, message="big running after the failover")
+            assert running_on_pool_node() == asked["node"]
+            runner = CliRunner(env={"SHOAL_CONTEXT_FILE": str(cluster.context_file)})
+            out = runner.invoke(cli, ["--addr", survivor.addr, "pool", "ls", "-o", "json"]).output
+            records = json.loads(out)["nodes"]
+            assert [(r["node"], r["state"]) for r in records] == [(asked["node"], "joined")], records
+            assert sorted(p.name for p in state.iterdir() if p.is_dir()) == [
+                asked["node"]
+            ]  # one shoald started
+            again = [
+                e.message
+                for e in c.events()
+                if e.kind == "pool.node_requested" and e.node == survivor.node_id
+            ]
+            assert again == [], again  # the new leader asked for no second node
+    finally:
+        subprocess.run(
+            [sys.executable, str(LOCAL), "--state", str(state), "--stop-all"], timeout=60, check=False
+        )
