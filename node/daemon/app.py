@@ -31,7 +31,7 @@ from node import __version__
 from node.agent.agent import Agent
 from node.agent.engine import EngineWatch
 from node.api import server as api_server
-from node.daemon import discovery, shutdown, wiring
+from node.daemon import discovery, restarting, shutdown, wiring
 from node.daemon.collectors import collectors as daemon_collectors
 from node.daemon.identity import IdentityError, NodeIdentity
 from node.daemon.leadership import Bounds, Leadership
@@ -456,6 +456,9 @@ class Daemon:
         )
         if c.leave_on_stop:
             await shutdown.step("leaving the gossip", self.membership.leave(), deadline.left(2.0))
+        elif not failed and (seconds := restarting.grace(c)) > 0:  # back soon: its tasks stay
+            mark = restarting.mark(self.store, self.keys, c.node_id, seconds)
+            await shutdown.step("marking this node restarting", mark, deadline.left(1.0))
         stuck |= await shutdown.cancel_all(by_name.values(), max(0.5, deadline.left() - 2.5))
         await shutdown.step(
             "draining the gRPC server", server.stop(grace=deadline.left(1.0)), deadline.left(1.5)

@@ -105,6 +105,8 @@ class NodeConfig:
     join: tuple[str, ...] = ()  # gossip seeds (host:port of peers); the etcd registry is used too
     leave_on_stop: bool = False  # on SIGTERM, tell peers this node left (its tasks move at once);
     #   off by default so that a restart re-adopts its containers without moving them
+    restart_grace: float = 0.0  # s a SIGTERM'd node's tasks stay put while it restarts (a
+    #   `restarting/<node>` mark on a lease that long); 0 = the lease TTL; -1 = none
     log_format: str = "text"  # text | json
     log_level: str = "info"
     # -- security (docs/operations.md, "Security") ------------------------------------------
@@ -320,6 +322,8 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError(f"memory, reserve_memory: {c.memory}, {c.reserve_memory} must not be negative")
     if not 1 <= c.shutdown_grace <= 3600:
         raise ConfigError(f"shutdown_grace: {c.shutdown_grace:g} must be between 1 and 3600 seconds")
+    if not (c.restart_grace == -1 or 0 <= c.restart_grace <= 3600):
+        raise ConfigError(f"restart_grace: {c.restart_grace:g} must be -1 (none) or between 0 and 3600 s")
     if not 0 <= c.down_grace <= 3600:
         raise ConfigError(f"down_grace: {c.down_grace} must be between 0 (the preset's) and 3600 seconds")
     for name in ("lease_ttl", "leader_ttl"):
