@@ -7,6 +7,7 @@ For `shoal dev` and the tests. The leader runs it with one JSON request on stdin
     create: starts `python -m node.daemon` on the first free 127.0.0.x (from --first) on the
             leader's gRPC port, with the node id, cpu, memory and labels asked for, the
             cluster's VIP range and the leader's etcd client files (all from the request),
+            and --leave-on-stop (stopped, it leaves for good: no restart mark),
             joining with the join token from the request (in its environment, never on a
             command line); answers {"id": "<pid>", "address": "127.0.0.x:port"} once the
             daemon listens. Idempotent: a node id already running answers the same.
@@ -120,7 +121,7 @@ def create(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
         sys.executable, "-m", "node.daemon", "--node-id", node_id, "--data-dir", str(home / "data"),
         "--address", address, "--grpc-port", str(port), "--metrics-port", "0",
         "--cluster", str(cluster["name"]), "--etcd", ",".join(cluster["etcd"]),
-        "--etcd-prefix", str(cluster["etcd_prefix"]), "--preset", "local",
+        "--etcd-prefix", str(cluster["etcd_prefix"]), "--preset", "local", "--leave-on-stop",
         "--cpu", f"{float(node['cpu']):g}", "--memory", str(int(node["memory"])),
     ]  # fmt: skip
     if cluster.get("vip_range"):
