@@ -34,6 +34,7 @@ from node.api import server as api_server
 from node.daemon import discovery, restarting, shutdown, wiring
 from node.daemon.collectors import collectors as daemon_collectors
 from node.daemon.identity import IdentityError, NodeIdentity
+from node.daemon.ingress import attach_ingress
 from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
@@ -387,6 +388,7 @@ class Daemon:
             pull_timeout=c.pull_timeout,
         )
         agent.secret_files.sealer = Sealer(self.identity.passphrase)  # issue 13: opens secrets at start
+        attach_ingress(self.mesh, c, self.store, self.keys, self.identity)  # issue 17: the shared entrance
         names = self._names(agent)  # issue 13: service names for this host's containers
         leadership = Leadership(
             self.store,
