@@ -38,6 +38,7 @@ from node.daemon.ingress import attach_ingress
 from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
+from node.daemon.pools import pool_context
 from node.daemon.telemetry import Telemetry
 from node.dashboard import serve as dashboard
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
@@ -410,6 +411,7 @@ class Daemon:
                 c.events_max_age,
             ),
         )
+        leadership.pool_context = pool_context(c, self.identity)  # issue 15: node pools
         self.telemetry.attach_agent(agent)
         self.telemetry.attach_leadership(leadership)
         self.telemetry.attach_membership(self.membership)

@@ -19,6 +19,7 @@ from node.api.admin import Signer
 from node.api.gossip_transport import PeerServicer
 from node.api.jobs import JobsServicer
 from node.api.join import JoinHandler
+from node.api.pools import PoolsServicer
 from node.api.port_policy import PortPolicy
 from node.api.secrets import SecretsServicer
 from node.api.servicer import ShoalServicer
@@ -31,7 +32,14 @@ from node.daemon.metered import MeteredEtcdStore
 from node.daemon.telemetry import Telemetry
 from node.model.config import NodeConfig
 from node.model.keys import Keys
-from node.pb import api_pb2_grpc, jobs_pb2_grpc, peer_pb2_grpc, secrets_pb2_grpc, volumes_pb2_grpc
+from node.pb import (
+    api_pb2_grpc,
+    jobs_pb2_grpc,
+    peer_pb2_grpc,
+    pools_pb2_grpc,
+    secrets_pb2_grpc,
+    volumes_pb2_grpc,
+)
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_logs import DockerStreams
 from node.security.auth import AuthInterceptor, Policy
@@ -108,6 +116,10 @@ def build_api(d: Parts) -> Api:
                 jobs_pb2_grpc.add_JobsServicer_to_server,
                 JobsServicer(d.store, d.keys),
             ),  # issue 18
+            (
+                pools_pb2_grpc.add_PoolsServicer_to_server,
+                PoolsServicer(d.store, d.keys, d.events),
+            ),  # issue 15: node pools
         ],
         c.address,
         c.grpc_port,
