@@ -22,7 +22,6 @@ import logging
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -58,7 +57,7 @@ from node.runtime.docker import DockerRuntime
 from node.runtime.docker_stats import docker_sampler
 from node.security.credentials import EtcdCredentials
 from node.security.etcd_tls import read_etcd_tls
-from node.security.files import NodeFiles, read_secret
+from node.security.files import NodeFiles
 from node.security.sealing import Sealer
 from node.store import StoreError, StoreUnavailable
 from node.store.etcd import EtcdTls
@@ -347,7 +346,7 @@ class Daemon:
                     self.mesh,
                     c.address,
                     c.metrics_port,
-                    *metrics_guard(c),
+                    *wiring.metrics_guard(c),
                     daemon_collectors(self.telemetry),
                     {discovery.PATH: discovery.sd_page(lambda: self.node_mirror.items, c.cluster)},
                 )
@@ -485,15 +484,6 @@ def etcd_tls(config: NodeConfig) -> EtcdTls | None:
         return read_etcd_tls(config.etcd_ca, config.etcd_cert, config.etcd_key, config.etcd_server_name)
     except OSError as exc:
         raise StartupError(f"etcd TLS: cannot read {exc.filename}: {exc.strerror or exc}") from exc
-
-
-def metrics_guard(config: NodeConfig) -> tuple[Path | None, str]:
-    """(identity file for TLS, bearer token) of /metrics, as configured; OSError when unreadable."""
-    identity = NodeFiles.of(config.data_dir).identity if config.metrics_tls else None
-    token = read_secret(Path(config.metrics_token_file)).decode().strip() if config.metrics_token_file else ""
-    if config.metrics_token_file and not token:
-        raise OSError(f"{config.metrics_token_file} is empty: put the /metrics bearer token in it")
-    return identity, token
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

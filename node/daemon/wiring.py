@@ -9,6 +9,7 @@ module only builds. A feature with a gRPC service of its own registers it in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -44,6 +45,7 @@ from node.runtime.docker import DockerRuntime
 from node.runtime.docker_logs import DockerStreams
 from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
+from node.security.files import NodeFiles, read_secret
 from node.security.sealing import Sealer
 from node.telemetry.events import EventLog
 
@@ -130,3 +132,12 @@ def build_api(d: Parts) -> Api:
         ],
     )
     return Api(servicer, server, health)
+
+
+def metrics_guard(config: NodeConfig) -> tuple[Path | None, str]:
+    """(identity file for TLS, bearer token) of /metrics, as configured; OSError when unreadable."""
+    identity = NodeFiles.of(config.data_dir).identity if config.metrics_tls else None
+    token = read_secret(Path(config.metrics_token_file)).decode().strip() if config.metrics_token_file else ""
+    if config.metrics_token_file and not token:
+        raise OSError(f"{config.metrics_token_file} is empty: put the /metrics bearer token in it")
+    return identity, token
