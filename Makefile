@@ -122,7 +122,7 @@ test: install images lint
 	@for suite in unit integration; do
 	  echo "== pytest tests/$$suite"
 	  rc=0
-	  $(VENV)/bin/pytest -q -ra tests/$$suite $(PYTEST_ARGS) || rc=$$?
+	  $(VENV)/bin/pytest -q -ra --durations=15 tests/$$suite $(PYTEST_ARGS) || rc=$$?
 	  if (( rc == 5 )); then
 	    echo "error: pytest collected no tests in tests/$$suite (exit 5)" >&2
 	  fi
