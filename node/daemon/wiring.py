@@ -29,9 +29,12 @@ from node.daemon.identity import NodeIdentity
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
 from node.daemon.telemetry import Telemetry
+from node.dashboard import serve as dashboard
+from node.dashboard.cluster import ClusterTraffic
 from node.model.config import NodeConfig
 from node.model.keys import Keys
 from node.pb import api_pb2_grpc, jobs_pb2_grpc, peer_pb2_grpc, secrets_pb2_grpc, volumes_pb2_grpc
+from node.proxy.mesh import Mesh
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_logs import DockerStreams
 from node.security.auth import AuthInterceptor, Policy
@@ -52,6 +55,7 @@ class Parts(Protocol):
     events: EventLog
     telemetry: Telemetry
     membership: Membership
+    mesh: Mesh
 
     def restarts(self, task_id: str) -> int: ...
 
@@ -61,6 +65,7 @@ class Api:
     servicer: ShoalServicer
     server: grpc.aio.Server
     health: health.aio.HealthServicer
+    traffic: ClusterTraffic  # issue 14: the proxies' traffic per service, for the dashboards
 
 
 def build_api(d: Parts) -> Api:
@@ -88,6 +93,8 @@ def build_api(d: Parts) -> Api:
     peer_servicer.taskio = taskio
     usage = UsageBook(c.node_id, d.telemetry.usage, d.restarts, d.store, d.keys, peers)
     servicer.usage = peer_servicer.usage = usage  # issue 14: usage per task
+    traffic = ClusterTraffic(dashboard.traffic_of(d.mesh.stats), c.node_id, d.store, d.keys, peers)
+    peer_servicer.traffic_source = traffic.local  # issue 14: Peer/NodeTraffic
     server, health = api_server.build(
         [
             (api_pb2_grpc.add_ShoalServicer_to_server, servicer),
@@ -113,4 +120,4 @@ def build_api(d: Parts) -> Api:
             AuthInterceptor(d.credentials, Policy(c.cluster, max_streams_per_token=c.max_streams_per_token)),
         ],
     )
-    return Api(servicer, server, health)
+    return Api(servicer, server, health, traffic)
