@@ -1,8 +1,9 @@
 """The dashboard's JSON views: the client API's own answers, called in process.
 
 Each view runs the `shoal.v1.Shoal` handler that the CLI's command would reach
-(`ListNodes`, `ListServices`, `StreamEvents`, `ServiceLogs`, …) on this daemon's
-servicer, with a `LocalContext` in place of gRPC's, and turns the messages into JSON.
+(`ListNodes`, `ListServices`, `StreamEvents`, `ServiceLogs`, `TaskUsage`, …) on this
+daemon's servicer, with a `LocalContext` in place of gRPC's, and turns the messages into
+JSON. The traffic view is the cluster's proxies' counts (`node.dashboard.cluster`).
 So the page shows what `shoal node ls`, `service ls`, `events` and `service logs` show,
 through the same validation and errors, and nothing a client could not read: spec JSON
 (where `secret_env` lives, masked) is not passed on at all. `METHODS` names the method

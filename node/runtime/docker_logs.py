@@ -32,7 +32,7 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixed
 
 from node.runtime.base import LABELS, EngineError, RuntimeUnavailable
-from node.runtime.logmerge import Chunked, Frames, lines_of, split_timestamp
+from node.runtime.logmerge import Chunked, Frames, framed_lines, split_timestamp
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
 READ = 65536  # bytes per read of a stream
@@ -165,13 +165,10 @@ class DockerStreams:
             async for chunk in _body(conn.reader, headers):
                 if framed is None:
                     framed = chunk[:1] in (b"\x01", b"\x02")  # a stamp starts with a digit
-                out: list[tuple[int, str, bytes]] = []
                 if framed:
-                    for stream, payload in frames.feed(chunk):
-                        for line in lines_of(payload):
-                            stamp, text = split_timestamp(line)
-                            out.append((stamp, stream, text[:MAX_LINE]))
+                    out = framed_lines(frames, chunk, MAX_LINE)
                 else:  # a TTY container: one raw stream, lines across reads
+                    out = []
                     *whole, partial = (partial + chunk).split(b"\n")
                     for line in whole:
                         stamp, text = split_timestamp(line.rstrip(b"\r"))
