@@ -70,7 +70,8 @@ def test_dashboard(make_cluster: Callable[..., DevCluster], tmp_path: Path) -> N
     )
 
     # no login: 401, for the page and every view
-    for path in ("/", "/api/overview", "/api/services", "/api/logs?service=web", "/api/usage", "/api/traffic"):
+    views = ("/api/overview", "/api/services", "/api/logs?service=web", "/api/usage", "/api/traffic")
+    for path in ("/", *views):
         status, _ = _get(cluster, path)
         assert status == 401, path
     status, _ = _get(cluster, "/api/overview", "shoal_aaaaaaaaaa_" + "a" * 52)
