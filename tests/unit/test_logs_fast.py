@@ -4,8 +4,10 @@ once per task and written per batch. Each must give exactly what the plain way g
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -13,7 +15,8 @@ import pytest
 
 from node.cli.taskio import COLOURS, print_logs
 from node.pb import api_pb2
-from node.runtime import logmerge
+from node.runtime import docker_logs, logmerge
+from node.runtime.docker_logs import DockerStreams
 from node.runtime.logmerge import Frames, format_line, framed_lines, lines_of, prefix, split_timestamp
 
 
@@ -138,3 +141,54 @@ def test_the_cli_prints_what_format_line_makes(
             expected.append(text)
     assert captured.out == "\n".join(expected) + "\n"
     assert captured.err == f"warning: {prefix('web', 10, b, 'node22')}: node node22 went away\n"
+
+
+def _chunk(payload: bytes) -> bytes:
+    return b"%x\r\n" % len(payload) + payload + b"\r\n"
+
+
+async def _followed(tmp_path: Path, lines: int, tty: bool) -> list[list[tuple[int, str, bytes]]]:
+    """A fake engine's followed log: one lone line, then (once the reader has it) a burst
+    of `lines` lines, one HTTP chunk each as dockerd sends them, the engine yielding to
+    the reader after each; the lists `DockerStreams.logs` gave."""
+    have_first = asyncio.Event()
+
+    def line(text: bytes) -> bytes:
+        stamped = b"2026-12-05T21:00:00.5Z " + text + b"\n"
+        return stamped if tty else frame(1, stamped)
+
+    async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunk(line(b"first")))
+        await writer.drain()
+        await asyncio.wait_for(have_first.wait(), 10)
+        for i in range(lines):
+            writer.write(_chunk(line(b"line %d" % i)))
+            await writer.drain()
+            await asyncio.sleep(0)  # the reader may read now: one line per read unless it waits
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(engine, str(tmp_path / "engine.sock"))
+    got: list[list[tuple[int, str, bytes]]] = []
+    try:
+        async with asyncio.timeout(30):
+            async for read in DockerStreams(f"unix://{tmp_path / 'engine.sock'}").logs("c1", True, None, 0):
+                got.append(read)
+                have_first.set()
+    finally:
+        server.close()
+    return got
+
+
+@pytest.mark.parametrize("tty", [False, True])
+async def test_a_followed_log_goes_in_lists_paced_but_a_lone_line_at_once(tmp_path: Path, tty: bool) -> None:
+    got = await _followed(tmp_path, 600, tty)
+    assert [text for _, _, text in got[0]] == [b"first"]  # not held back for lines to come
+    texts = [text for read in got[1:] for _, _, text in read]
+    assert texts == [b"line %d" % i for i in range(600)]  # all, in order, across read timeouts
+    assert {stream for read in got for _, stream, _ in read} == {"stdout"}
+    # at most one list per PACE: the 600 one-line reads went in far fewer lists
+    assert len(got) <= 600 // 5, len(got)
+    assert docker_logs.PACE <= 0.05  # a followed line waits at most that long
