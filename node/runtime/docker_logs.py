@@ -85,13 +85,14 @@ class DockerStreams:
         return _Conn(reader, writer)
 
     async def _open(
-        self, method: str, path: str, body: Any = None, upgrade: bool = False
+        self, method: str, path: str, body: Any = None, upgrade: bool = False, version: str = "1.1"
     ) -> tuple[_Conn, int, dict[str, str]]:
         """Send one request on a new connection; its status and headers (the body is left
-        on the connection)."""
+        on the connection). HTTP/1.0 (`version`) gets a body that is not chunked: it ends
+        with the connection."""
         conn = await self._connect()
         data = json.dumps(body).encode() if body is not None else b""
-        head = [f"{method} {path} HTTP/1.1", "Host: docker", f"Content-Length: {len(data)}"]
+        head = [f"{method} {path} HTTP/{version}", "Host: docker", f"Content-Length: {len(data)}"]
         if body is not None:
             head.append("Content-Type: application/json")
         head += ["Connection: Upgrade", "Upgrade: tcp"] if upgrade else ["Connection: close"]
@@ -160,7 +161,8 @@ class DockerStreams:
         if since > 0:
             query["since"] = f"{since:.9f}"
         path = f"/containers/{urllib.parse.quote(container_id)}/logs?{urllib.parse.urlencode(query)}"
-        conn, status, headers = await self._open("GET", path)
+        # HTTP/1.0: dockerd then sends the log as it is, not a chunk per line to decode
+        conn, status, headers = await self._open("GET", path, version="1.0")
         try:
             if status >= 400:
                 data = b"".join([c async for c in _body(conn.reader, headers)])

@@ -147,27 +147,40 @@ def _chunk(payload: bytes) -> bytes:
     return b"%x\r\n" % len(payload) + payload + b"\r\n"
 
 
-async def _followed(tmp_path: Path, lines: int, tty: bool) -> list[list[tuple[int, str, bytes]]]:
+async def _followed(
+    tmp_path: Path, lines: int, tty: bool, chunked: bool
+) -> list[list[tuple[int, str, bytes]]]:
     """A fake engine's followed log: one lone line, then (once the reader has it) a burst
-    of `lines` lines, one HTTP chunk each as dockerd sends them, the engine yielding to
-    the reader after each; the lists `DockerStreams.logs` gave."""
+    of `lines` lines, one HTTP chunk each as dockerd sends them to HTTP/1.1 (or as they
+    are, to HTTP/1.0: the body ends with the connection), the engine yielding to the
+    reader after each; the lists `DockerStreams.logs` gave."""
     have_first = asyncio.Event()
+    asked: list[bytes] = []
+
+    def piece(payload: bytes) -> bytes:
+        return _chunk(payload) if chunked else payload
 
     def line(text: bytes) -> bytes:
         stamped = b"2026-12-05T21:00:00.5Z " + text + b"\n"
         return stamped if tty else frame(1, stamped)
 
     async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunk(line(b"first")))
+        asked.append(await reader.readuntil(b"\r\n\r\n"))
+        head = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            if chunked
+            else b"HTTP/1.0 200 OK\r\n\r\n"
+        )
+        writer.write(head + piece(line(b"first")))
         await writer.drain()
         await asyncio.wait_for(have_first.wait(), 10)
         for i in range(lines):
-            writer.write(_chunk(line(b"line %d" % i)))
+            writer.write(piece(line(b"line %d" % i)))
             await writer.drain()
             await asyncio.sleep(0)  # the reader may read now: one line per read unless it waits
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
         writer.close()
 
     server = await asyncio.start_unix_server(engine, str(tmp_path / "engine.sock"))
@@ -179,12 +192,15 @@ async def _followed(tmp_path: Path, lines: int, tty: bool) -> list[list[tuple[in
                 have_first.set()
     finally:
         server.close()
+    assert asked[0].startswith(b"GET /containers/c1/logs?") and b" HTTP/1.0\r\n" in asked[0]
     return got
 
 
-@pytest.mark.parametrize("tty", [False, True])
-async def test_a_followed_log_goes_in_lists_paced_but_a_lone_line_at_once(tmp_path: Path, tty: bool) -> None:
-    got = await _followed(tmp_path, 600, tty)
+@pytest.mark.parametrize(("tty", "chunked"), [(False, False), (True, False), (False, True)])
+async def test_a_followed_log_goes_in_lists_paced_but_a_lone_line_at_once(
+    tmp_path: Path, tty: bool, chunked: bool
+) -> None:
+    got = await _followed(tmp_path, 600, tty, chunked)
     assert [text for _, _, text in got[0]] == [b"first"]  # not held back for lines to come
     texts = [text for read in got[1:] for _, _, text in read]
     assert texts == [b"line %d" % i for i in range(600)]  # all, in order, across read timeouts
