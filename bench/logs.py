@@ -76,9 +76,10 @@ def container_ids(cluster: DevCluster) -> list[str]:
 
 def count_lines(
     cmds: list[list[str]], want: int, env: dict[str, str], deadline: float
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """Run `cmds` at once until each printed `want` lines (then they are stopped): seconds
-    from the start, and from the first line (the start-up of the command left out)."""
+    from the start, and from the first line (the start-up of the command left out), and
+    the CPU seconds the commands spent."""
     start = time.perf_counter()
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env) for c in cmds]
     first = 0.0
@@ -96,7 +97,7 @@ def count_lines(
                     first = time.perf_counter()
                 seen += 1
         end = time.perf_counter()
-        return end - start, end - first
+        return end - start, end - first, cpu_seconds([p.pid for p in procs])
     finally:
         for proc in procs:
             proc.kill()
@@ -155,8 +156,9 @@ def main() -> int:
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parents[1])
     plain = "docker logs -f (3 at once)"
-    rows: dict[str, list[tuple[float, float]]] = {plain: []}
+    rows: dict[str, list[tuple[float, float, float]]] = {plain: []}
     cpu: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}  # per run: docker's from-1st-line time / shoal's, same minute
     per_node: dict[str, list[list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="shoal-bench-logs-") as tmp:
         this = DevCluster.on_free_ports(Path(tmp) / "a", 3, "bench-logs-")
@@ -167,7 +169,7 @@ def main() -> int:
         try:
             for setup in setups:
                 start(setup, args.lines)
-                rows[setup.name], cpu[setup.name], per_node[setup.name] = [], [], []
+                rows[setup.name], cpu[setup.name], per_node[setup.name], ratios[setup.name] = [], [], [], []
             for _ in range(args.runs):
                 for setup in setups:  # alternating: the machine's load falls on every row alike
                     docker_cmds = [["docker", "logs", "-f", cid] for cid in setup.ids]
@@ -180,6 +182,7 @@ def main() -> int:
                     rows[setup.name].append(
                         count_lines([shoal], 3 * args.lines, setup.env, time.monotonic() + 300)
                     )
+                    ratios[setup.name].append(rows[plain][-1][1] / rows[setup.name][-1][1])
                     cpu[setup.name].append((cpu_seconds(setup.pids) - before_cpu) / (3 * args.lines) * 10_000)
                     per_node[setup.name].append(
                         [cpu_seconds([pid]) - b for pid, b in zip(setup.pids, each, strict=True)]
@@ -192,8 +195,8 @@ def main() -> int:
                 setup.cluster.stop()
                 remove_containers(setup.cluster.cluster)
     total = 3 * args.lines
-    whole = {name: statistics.median(t for t, _ in runs) for name, runs in rows.items()}
-    flow = {name: statistics.median(f for _, f in runs) for name, runs in rows.items()}
+    whole = {name: statistics.median(r[0] for r in runs) for name, runs in rows.items()}
+    flow = {name: statistics.median(r[1] for r in runs) for name, runs in rows.items()}
     print(f"load average {os.getloadavg()[0]:.2f}; {args.runs} runs, {total} lines each (3 replicas)")
     print(f"{'row':<28} {'whole s':>8} {'lines/s':>9} {'from 1st line s':>16} {'lines/s':>9}")
     for name in rows:
@@ -203,7 +206,12 @@ def main() -> int:
         name = setup.name.strip()
         print(f"\n{name}: / docker logs, whole (start-up included): {whole[plain] / whole[setup.name]:.2f}x; "
               f"from the first line: {flow[plain] / flow[setup.name]:.2f}x (goal >= 0.8x)")  # fmt: skip
-        print(f"  daemons' CPU per 10k lines relayed: {statistics.median(cpu[setup.name]):.3f} s")
+        each_run = sorted(ratios[setup.name])
+        print(f"  per run (docker's row just before): median {statistics.median(each_run):.2f}x, "
+              f"{each_run[0]:.2f}-{each_run[-1]:.2f}x")  # fmt: skip
+        cli = statistics.median(r[2] for r in rows[setup.name]) / total * 10_000
+        print(f"  daemons' CPU per 10k lines relayed: {statistics.median(cpu[setup.name]):.3f} s; "
+              f"the CLI's: {cli:.3f} s")  # fmt: skip
         nodes = ", ".join(
             f"n{i + 1} {statistics.median(r[i] for r in per_node[setup.name]):.2f} s" for i in range(3)
         )
