@@ -357,11 +357,11 @@ class Daemon:
                     f"cannot serve /metrics on {c.address}:{c.metrics_port}: {exc.strerror or exc}; "
                     "choose --metrics-port (0 turns it off)"
                 ) from exc
-        dashboard_server, traffic = None, None
+        dashboard_server = None
         if c.dashboard_port:  # issue 14: the web dashboard (node.dashboard)
             try:
-                dashboard_server, traffic = await dashboard.start(
-                    servicer, self.credentials, self.mesh.stats, c.node_id,
+                dashboard_server = await dashboard.start(
+                    servicer, self.credentials, api.traffic, c.node_id,
                     NodeFiles.of(c.data_dir).identity, c.address, c.dashboard_port,
                 )  # fmt: skip
             except OSError as exc:
@@ -438,8 +438,10 @@ class Daemon:
             credentials,
             hub,
         }
-        if traffic is not None:
-            tasks.add(asyncio.create_task(dashboard.sample_forever(traffic), name="dashboard-traffic"))
+        # every node samples its proxy's traffic: the dashboards of the others chart it too
+        tasks.add(
+            asyncio.create_task(dashboard.sample_forever(api.traffic.traffic), name="dashboard-traffic")
+        )
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stop]

@@ -31,6 +31,8 @@ from node.daemon.identity import NodeIdentity
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
 from node.daemon.telemetry import Telemetry
+from node.dashboard import serve as dashboard
+from node.dashboard.cluster import ClusterTraffic
 from node.model.config import NodeConfig
 from node.model.keys import Keys
 from node.pb import (
@@ -41,6 +43,7 @@ from node.pb import (
     secrets_pb2_grpc,
     volumes_pb2_grpc,
 )
+from node.proxy.mesh import Mesh
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_logs import DockerStreams
 from node.security.auth import AuthInterceptor, Policy
@@ -62,6 +65,7 @@ class Parts(Protocol):
     events: EventLog
     telemetry: Telemetry
     membership: Membership
+    mesh: Mesh
 
     def restarts(self, task_id: str) -> int: ...
 
@@ -71,6 +75,7 @@ class Api:
     servicer: ShoalServicer
     server: grpc.aio.Server
     health: health.aio.HealthServicer
+    traffic: ClusterTraffic  # issue 14: the proxies' traffic per service, for the dashboards
 
 
 def build_api(d: Parts) -> Api:
@@ -102,6 +107,8 @@ def build_api(d: Parts) -> Api:
     peer_servicer.taskio = taskio
     usage = UsageBook(c.node_id, d.telemetry.usage, d.restarts, d.store, d.keys, peers)
     servicer.usage = peer_servicer.usage = usage  # issue 14: usage per task
+    traffic = ClusterTraffic(dashboard.traffic_of(d.mesh.stats), c.node_id, d.store, d.keys, peers)
+    peer_servicer.traffic_source = traffic.local  # issue 14: Peer/NodeTraffic
     server, health = api_server.build(
         [
             (api_pb2_grpc.add_ShoalServicer_to_server, servicer),
@@ -131,7 +138,7 @@ def build_api(d: Parts) -> Api:
             AuthInterceptor(d.credentials, Policy(c.cluster, max_streams_per_token=c.max_streams_per_token)),
         ],
     )
-    return Api(servicer, server, health)
+    return Api(servicer, server, health, traffic)
 
 
 def metrics_guard(config: NodeConfig) -> tuple[Path | None, str]:
