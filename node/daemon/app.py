@@ -406,6 +406,7 @@ class Daemon:
                 c.events_max_age,
             ),
         )
+        load = wiring.autoscaling(self, leadership, servicer, self.mesh, self.session)  # issue 15
         self.telemetry.attach_agent(agent)
         self.telemetry.attach_leadership(leadership)
         self.telemetry.attach_membership(self.membership)
@@ -430,6 +431,7 @@ class Daemon:
             *([asyncio.create_task(names.run(), name="names")] if names is not None else []),
             asyncio.create_task(self.identity.run(), name="certificates"),
             asyncio.create_task(self.telemetry.run(), name="telemetry"),
+            asyncio.create_task(load.run(), name="load-report"),
             credentials,
             hub,
         }

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from leader.election import Election
 from leader.liveness import Liveness
@@ -50,6 +50,8 @@ class Leadership:
         self.bounds = bounds or Bounds()  # what the leader keeps of etcd (leader.upkeep)
         self.loop: LeaderLoop | None = None  # the loop of the latest epoch led (metrics read it)
         self.on_loop: list[Callable[[LeaderLoop], None]] = []  # told of each new loop (metrics time it)
+        # run while leading, cancelled at the step-down; their end ends no term (issue 15: autoscaler)
+        self.companions: list[Callable[[], Awaitable[None]]] = []
 
     async def _expiring(self) -> str:
         # a deadline on the clock, not an event: poll it
@@ -90,12 +92,13 @@ class Leadership:
                 Upkeep(self.store, self.keys, epoch, self.events, self.bounds).run(), name="leader-upkeep"
             ),
         }
+        companions = [asyncio.create_task(_awaited(c()), name="leader-companion") for c in self.companions]
         try:
             done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in watchers:
+            for task in (*watchers, *companions):
                 task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            await asyncio.gather(*watchers, *companions, return_exceptions=True)
         first = done.pop()
         if first.cancelled():
             return "cancelled"
@@ -111,6 +114,10 @@ class Leadership:
             async with asyncio.timeout(2.0):
                 if await self.election.resign(epoch):
                     log.info("resigned leadership at epoch %d", epoch)
+
+
+async def _awaited(job: Awaitable[None]) -> None:
+    await job
 
 
 __all__ = ["Bounds", "Leadership"]

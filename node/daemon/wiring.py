@@ -25,18 +25,23 @@ from node.api.servicer import ShoalServicer
 from node.api.taskio import PeerStubs, TaskIO
 from node.api.usage import UsageBook
 from node.api.volumes import VolumesServicer
+from node.daemon.autoscaler import Autoscaler
 from node.daemon.identity import NodeIdentity
+from node.daemon.leadership import Leadership
+from node.daemon.loadreport import LoadReporter
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
 from node.daemon.telemetry import Telemetry
 from node.model.config import NodeConfig
 from node.model.keys import Keys
 from node.pb import api_pb2_grpc, jobs_pb2_grpc, peer_pb2_grpc, secrets_pb2_grpc, volumes_pb2_grpc
+from node.proxy.mesh import Mesh
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_logs import DockerStreams
 from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
 from node.security.sealing import Sealer
+from node.store.session import Session
 from node.telemetry.events import EventLog
 
 
@@ -114,3 +119,14 @@ def build_api(d: Parts) -> Api:
         ],
     )
     return Api(servicer, server, health)
+
+
+def autoscaling(
+    d: Parts, leadership: Leadership, servicer: ShoalServicer, mesh: Mesh, session: Session
+) -> LoadReporter:
+    """Issue 15 (decision 58): this node's load record publisher (run it), and the
+    autoscaler as a companion of its leadership (run while it leads)."""
+    c = d.config
+    autoscaler = Autoscaler(d.store, d.keys, c.node_id, servicer.writer, d.events.emit)
+    leadership.companions.append(autoscaler.run)
+    return LoadReporter(d.store, d.keys, c.node_id, mesh.stats, d.telemetry.usage, lambda: session.lease)

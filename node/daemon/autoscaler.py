@@ -1,0 +1,163 @@
+"""The autoscaler, run by the leader while it leads (issue 15, decision 58).
+
+Every `PERIOD` seconds: read the services, the nodes' load records (`load/`) and the
+statuses (`autoscale/`); for every service with `autoscale:`, measure and decide
+(`leader.autoscale`, pure); a change of the count goes through `ServiceWriter.scale`,
+the very write `shoal service scale` makes (a new version with only the count changed,
+compare-and-swap on the service key), so the rolling behaviour is the scale's; then
+the event `service.autoscaled` names the metric and its value, and the status
+`autoscale/<service>` says what `shoal service autoscale` shows. A status whose service
+is gone or no longer autoscaled is deleted.
+
+A new leader takes each service's last scale times from its status, so cooldowns
+survive a failover; the quiet time before a scale-down starts again (conservative).
+The process dying between the scale and the status write loses only the status's
+`last` decision (the event and the new version are written); the next pass writes the
+status again. etcd not answering: the pass is skipped and tried again a period later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from leader.autoscale import Measure, Outcome, State, decide, measure
+from node.api.services import ServiceWriter
+from node.model.domain import ServiceRecord
+from node.model.errors import ShoalError
+from node.model.keys import Keys
+from node.model.load import PERIOD, AutoscaleStatus, Decision, LoadRecord
+from node.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+REFRESH = 10.0  # s: an unchanged status is written again this often (its `at` shows it is current)
+Emit = Callable[..., None]  # EventLog.emit(kind, message, service, task, cause)
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        node: str,
+        writer: ServiceWriter,
+        emit: Emit,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store, self.keys, self.node, self.writer, self.emit = store, keys, node, writer, emit
+        self.clock = clock
+        self.states: dict[tuple[str, str], State] = {}  # (service, uid) -> what decide remembers
+
+    async def run(self) -> None:
+        """While leading (a leadership companion: cancelled when it ends); never raises."""
+        self.states = {}  # a new term: the cooldowns come from the statuses
+        while True:
+            try:
+                await self.pass_once()
+            except (StoreError, TimeoutError) as exc:
+                log.info("autoscaler: pass skipped, etcd did not answer: %s", exc)
+            except Exception:
+                log.exception("autoscaler: pass failed")
+            await asyncio.sleep(PERIOD)
+
+    async def pass_once(self) -> None:
+        now = self.clock()
+        kvs, _ = await self.store.range(self.keys.services)
+        services = [ServiceRecord.from_json(kv.value) for kv in kvs]
+        scaled = [s for s in services if s.spec.autoscale is not None]
+        statuses: dict[str, AutoscaleStatus] = {}
+        kvs, _ = await self.store.range(self.keys.autoscales)
+        for kv in kvs:
+            name = self.keys.tail(kv.key, self.keys.autoscales)
+            try:
+                statuses[name] = AutoscaleStatus.from_json(kv.value)
+            except (ValueError, TypeError, KeyError):
+                log.warning("autoscaler: unreadable status of %s, written anew", name)
+        loads: list[LoadRecord] = []
+        if scaled:
+            kvs, _ = await self.store.range(self.keys.loads)
+            for kv in kvs:
+                try:
+                    loads.append(LoadRecord.from_json(kv.value))
+                except (ValueError, TypeError, KeyError):
+                    log.warning("autoscaler: unreadable load record %s skipped", kv.key)
+        for record in scaled:
+            await self.one(record, loads, statuses.get(record.name), now)
+        wanted = {s.name for s in scaled}
+        for name in [n for n in statuses if n not in wanted]:
+            await self.store.delete(self.keys.autoscale(name))
+        self.states = {k: v for k, v in self.states.items() if k[0] in wanted}
+
+    async def one(
+        self, record: ServiceRecord, loads: list[LoadRecord], status: AutoscaleStatus | None, now: float
+    ) -> None:
+        cfg = record.spec.autoscale
+        assert cfg is not None
+        mine = status if status is not None and status.uid == record.uid else None
+        key = (record.name, record.uid)
+        state = self.states.get(key) or (State(mine.last_up, mine.last_change) if mine else State())
+        m = measure(record.spec, record.replicas, loads, now)
+        out = decide(cfg, record.replicas, m, state, now)
+        replicas, last = record.replicas, mine.last if mine else None
+        if out.desired != record.replicas:
+            try:
+                new = await self.writer.scale(record.name, out.desired)
+            except ShoalError as exc:  # removed meanwhile, busy: the next pass sees it
+                log.info("autoscaler: %s not scaled: %s", record.name, exc)
+                return
+            replicas = new.replicas
+            last = Decision(now, record.replicas, out.desired, m.metric, _round(m.value), out.why)
+            self.emit(
+                "service.autoscaled",
+                f"{record.name} version {new.version}: {record.replicas} -> {out.desired} replica(s): "
+                f"{out.why}",
+                record.name,
+                cause=new.cause,
+            )
+        self.states[key] = out.state
+        fresh = self.status(record, m, out, replicas, last, now)
+        if mine is None or now - mine.at >= REFRESH or dataclasses.replace(mine, at=now) != fresh:
+            await self.store.put(self.keys.autoscale(record.name), fresh.to_json())
+
+    def status(
+        self,
+        record: ServiceRecord,
+        m: Measure,
+        out: Outcome,
+        replicas: int,
+        last: Decision | None,
+        now: float,
+    ) -> AutoscaleStatus:
+        cfg = record.spec.autoscale
+        assert cfg is not None
+        s = out.state
+        quiet = max(s.low_since, s.last_change) + cfg.scale_down_cooldown if s.low_since else 0.0
+        return AutoscaleStatus(
+            service=record.name,
+            uid=record.uid,
+            metric=m.metric,
+            target=cfg.target.value,
+            value=None if m.value is None else _round(m.value),
+            missing=m.missing,
+            replicas=replicas,
+            desired=out.recommended,
+            min=cfg.min,
+            max=cfg.max,
+            holding=out.holding,
+            last_up=s.last_up,
+            last_change=s.last_change,
+            up_cooldown_until=s.last_up + cfg.scale_up_cooldown if s.last_up else 0.0,
+            down_cooldown_until=quiet,
+            at=now,
+            leader=self.node,
+            last=last,
+        )
+
+
+def _round(value: float | None) -> float:
+    """Three significant figures: a status is rewritten when what it shows changes, not its noise."""
+    return float(f"{value:.3g}") if value is not None else 0.0
