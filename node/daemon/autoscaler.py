@@ -11,9 +11,10 @@ is gone or no longer autoscaled is deleted.
 
 A new leader takes each service's last scale times from its status, so cooldowns
 survive a failover; the quiet time before a scale-down starts again (conservative).
-The process dying between the scale and the status write loses only the status's
-`last` decision (the event and the new version are written); the next pass writes the
-status again. etcd not answering: the pass is skipped and tried again a period later.
+A change writes the status (with the new cooldowns) before the scale: the process dying
+between the two leaves a status whose cooldown holds the next decision back (at most one
+cooldown late), never a scale whose cooldown was lost (scaling twice in a row). etcd not
+answering: the pass is skipped and tried again a period later.
 """
 
 from __future__ import annotations
@@ -102,15 +103,19 @@ class Autoscaler:
         state = self.states.get(key) or (State(mine.last_up, mine.last_change) if mine else State())
         m = measure(record.spec, record.replicas, loads, now)
         out = decide(cfg, record.replicas, m, state, now)
-        replicas, last = record.replicas, mine.last if mine else None
+        last = mine.last if mine else None
         if out.desired != record.replicas:
+            last = Decision(now, record.replicas, out.desired, m.metric, _round(m.value), out.why)
+            # the status (its cooldowns) first: dying between the two writes delays the
+            # next scale by a cooldown at most; the other order could scale twice in one
+            intent = self.status(record, m, out, out.desired, last, now)
+            await self.store.put(self.keys.autoscale(record.name), intent.to_json())
             try:
                 new = await self.writer.scale(record.name, out.desired)
             except ShoalError as exc:  # removed meanwhile, busy: the next pass sees it
                 log.info("autoscaler: %s not scaled: %s", record.name, exc)
                 return
-            replicas = new.replicas
-            last = Decision(now, record.replicas, out.desired, m.metric, _round(m.value), out.why)
+            mine = intent
             self.emit(
                 "service.autoscaled",
                 f"{record.name} version {new.version}: {record.replicas} -> {out.desired} replica(s): "
@@ -119,7 +124,7 @@ class Autoscaler:
                 cause=new.cause,
             )
         self.states[key] = out.state
-        fresh = self.status(record, m, out, replicas, last, now)
+        fresh = self.status(record, m, out, out.desired, last, now)
         if mine is None or now - mine.at >= REFRESH or dataclasses.replace(mine, at=now) != fresh:
             await self.store.put(self.keys.autoscale(record.name), fresh.to_json())
 
