@@ -27,7 +27,8 @@ name: web
 image: shoal-demo/web:1
 replicas: 1
 ports: [{container: 8080, published: 18080, protocol: http}]
-autoscale: {min: 1, max: 4, target: {requests_per_replica: 10}, scale_up_cooldown: 5s, scale_down_cooldown: 10s}
+autoscale:
+  {min: 1, max: 4, target: {requests_per_replica: 10}, scale_up_cooldown: 5s, scale_down_cooldown: 10s}
 """
 
 
@@ -118,6 +119,7 @@ async def test_no_figures_hold_and_the_status_says_why() -> None:
 
 async def test_etcd_down_skips_the_pass_and_the_next_one_decides() -> None:
     store, writer, scaler, clock, events = await _setup()
+    assert not events
     await _load(store, clock.now, n1=40.0)
     store.down = True
     with pytest.raises(StoreError):
@@ -163,7 +165,7 @@ async def test_a_new_leader_keeps_the_cooldowns_and_statuses_of_gone_services_ar
 
 
 async def test_an_apply_of_the_same_file_keeps_the_autoscaled_count() -> None:
-    store, writer, scaler, clock, events = await _setup()
+    store, writer, scaler, clock, _ = await _setup()
     await _load(store, clock.now, n1=30.0)
     await scaler.pass_once()
     record, changed = await writer.apply(SPEC, "web.yaml")
