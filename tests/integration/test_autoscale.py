@@ -1,0 +1,113 @@
+"""Autoscaling on a real 2-node cluster (issue 15, item 1): a step of HTTP load through
+both nodes' proxies (loopback, bounded in count and time) scales a service with a
+`requests_per_replica` target up to its max in one step, holds it there while the load
+is steady, and brings it back to min once the load stops. Short cooldowns keep it quick;
+the deadlines bound correctness (cooldown + the nodes' 6 s rate window + slack), not speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from node.dev.devcluster import DevCluster
+from tests.helpers import free_port_on_all, wait_until_sync
+from tests.integration.load import Load
+
+pytestmark = pytest.mark.integration
+
+HOSTS = ["127.0.0.1", "127.0.0.2"]
+
+
+def spec(port: int) -> str:
+    return f"""
+name: auto
+image: shoal-demo/web:1
+replicas: 1
+ports:
+  - {{container: 8080, published: {port}, protocol: http}}
+autoscale:
+  min: 1
+  max: 3
+  target: {{requests_per_replica: 8}}
+  scale_up_cooldown: 3s
+  scale_down_cooldown: 6s
+"""
+
+
+def running(cluster: DevCluster, n: int) -> Callable[[], bool | None]:
+    def check() -> bool | None:
+        with cluster.client() as c:
+            svc = c.get_service("auto")
+        return (svc.replicas == n and svc.running == n) or None
+
+    return check
+
+
+def shoal(cluster: DevCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    env["SHOAL_CONTEXT_FILE"] = str(cluster.context_file)
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli.main", "--addr", cluster.addr, *args],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_step_load_scales_up_to_max_holds_then_scales_back_down(
+    make_cluster: Callable[..., DevCluster],
+) -> None:
+    cluster = make_cluster(nodes=2)
+    port = free_port_on_all(HOSTS)
+    with cluster.client() as c:
+        c.apply(spec(port), "auto.yaml")
+    wait_until_sync(running(cluster, 1), 40, message="the first replica running")
+    shown = shoal(cluster, "service", "autoscale", "auto")
+    assert shown.returncode == 0, shown.stderr
+
+    # 2 x 20/s = 40/s against 8 per replica: 5 asked, 3 (max) set
+    loads = [Load(f"http://{h}:{port}/", rate=20, max_seconds=60, max_requests=1200) for h in HOSTS]
+    step = time.monotonic()
+    for load in loads:
+        load.__enter__()
+    try:
+        wait_until_sync(running(cluster, 3), 30, interval=0.5, message="scaled up to max under the load")
+        reaction = time.monotonic() - step
+        with cluster.client() as c:
+            version = c.get_service("auto").version
+        steady_until = time.monotonic() + 8  # over 2 up-cooldowns and 4 decisions
+        while time.monotonic() < steady_until:
+            with cluster.client() as c:
+                svc = c.get_service("auto")
+            assert svc.version == version and svc.replicas == 3, "the count moved under a steady load"
+            time.sleep(0.5)
+        status = json.loads(svc.autoscale_json)
+        assert status["metric"] == "requests_per_replica" and status["value"] > 8
+        assert status["desired"] == 3 and status["replicas"] == 3  # never beyond max
+        served = {r.body for load in loads for r in load.results if r.ok}
+        assert len(served) == 3, f"not every replica served: {served}"
+    finally:
+        results = [r for load in loads for r in load.stop()]
+    stopped = time.monotonic()
+    assert len(results) >= 400 and sum(r.ok for r in results) / len(results) >= 0.99
+
+    wait_until_sync(running(cluster, 1), 40, interval=0.5, message="scaled back down once the load stopped")
+    quiet = time.monotonic() - stopped
+    with cluster.client() as c:
+        events = list(c.events(service="auto", kind="service.autoscaled"))
+    steps = [tuple(int(n) for n in e.message.split(": ", 2)[1].split()[0:3:2]) for e in events]
+    assert steps[0] == (1, 3) and steps[-1][1] == 1, steps  # up in one step; down to min
+    assert all(a > b for a, b in steps[1:]), f"not only down after the load stopped: {steps}"
+    assert "requests_per_replica" in events[0].message and "against target 8/s" in events[0].message
+    text = shoal(cluster, "service", "autoscale", "auto").stdout
+    assert "requests_per_replica" in text and "last" in text and "-> 1 replica(s)" in text
+    inspect = shoal(cluster, "service", "inspect", "auto", "-o", "json")
+    assert json.loads(inspect.stdout)["autoscale"]["target"] == "8/s"
+    print(
+        f"\nscale-up reaction {reaction:.1f}s (cooldown 3s); back to min {quiet:.1f}s after the load: {steps}"
+    )
