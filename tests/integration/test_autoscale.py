@@ -118,6 +118,6 @@ def test_a_step_load_scales_up_to_max_holds_then_scales_back_down(
     inspect = shoal(cluster, "service", "inspect", "auto", "-o", "json")
     assert json.loads(inspect.stdout)["autoscale"]["target"] == "8/s"
     print(
-        f"\nscale-up reaction {reaction:.1f}s (cooldown 3s); back to min {quiet:.1f}s after the load: {steps};"
+        f"\nscale-up reaction {reaction:.1f}s (cooldown 3s); back to min {quiet:.1f}s after: {steps};"
         f" requests {len(results)} + {len(light.results)}, failed 0"
     )
