@@ -21,7 +21,12 @@ def cleanup(fake: FakeShoal) -> Iterator[None]:
     yield
     fake.services.pop("auto", None)  # the fake server is shared by the session
 
-SPEC = {"name": "auto", "image": "x", "autoscale": {"min": 1, "max": 3, "target": {"requests_per_replica": 8}}}
+
+SPEC = {
+    "name": "auto",
+    "image": "x",
+    "autoscale": {"min": 1, "max": 3, "target": {"requests_per_replica": 8}},
+}
 
 
 def _service(status: AutoscaleStatus | None) -> api_pb2.Service:
