@@ -115,7 +115,9 @@ def measure(spec: ServiceSpec, replicas: int, records: Iterable[LoadRecord], now
 
 def recommend(cfg: Autoscale, replicas: int, value: float) -> int:
     target = cfg.target.value
-    if replicas > 0 and abs(value / target - 1) <= TOLERANCE:
+    if replicas == 0:  # scaled to zero (min 0, requests): `value` is the whole rate
+        return cfg.clamp(math.ceil(value / target - 1e-9) if value > 0 else 0)
+    if abs(value / target - 1) <= TOLERANCE:
         return cfg.clamp(replicas)
     return cfg.clamp(math.ceil(replicas * value / target - 1e-9))
 
@@ -135,7 +137,7 @@ def decide(cfg: Autoscale, replicas: int, m: Measure, state: State, now: float) 
     if rec > replicas:
         state = replace(state, low_since=0.0, low_max=0)
         wait = state.last_up + cfg.scale_up_cooldown - now
-        if state.last_up and wait > 0:
+        if state.last_up and wait > 0 and replicas > 0:  # from zero a request waits: at once
             return Outcome(
                 replicas, rec, f"scale-up cooldown: {format_duration(round(wait, 1))} left", "", state
             )

@@ -78,6 +78,14 @@ def autoscale_dict(svc: api_pb2.Service, now: float | None = None) -> Row | None
     }
 
 
+def scaled_to_zero(svc: api_pb2.Service) -> str:
+    """`service ps`'s line for a service the autoscaler took to zero replicas ("" otherwise)."""
+    spec = _spec(svc)
+    if svc.replicas or spec is None:
+        return ""
+    return "scaled to zero: the first request through any node's proxy starts a replica (autoscale min 0)"
+
+
 @click.command("autoscale")
 @click.argument("name")
 @output_option("text", ("text", "json", "yaml"))

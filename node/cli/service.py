@@ -8,7 +8,7 @@ from collections.abc import Callable
 import click
 
 from node.cli import Settings, pass_settings
-from node.cli.autoscale import autoscale_cmd, autoscale_dict
+from node.cli.autoscale import autoscale_cmd, autoscale_dict, scaled_to_zero
 from node.cli.output import (
     emit,
     emit_data,
@@ -218,6 +218,8 @@ def ps_cmd(settings: Settings, name: str, fmt: str) -> None:
     waiting = len(answer.pending_slots) + len(answer.pending_nodes)
     if fmt == "table" and waiting:
         click.echo(f"\n{waiting} replica(s) pending: {answer.pending_reason}")
+    if fmt == "table" and not tasks and (zero := scaled_to_zero(settings.client().get_service(name))):
+        click.echo(zero)  # issue 15
 
 
 def pending_rows(service: str, answer: api_pb2.ListTasksResponse) -> list[api_pb2.Task]:

@@ -35,6 +35,7 @@ from node.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
+FAST = 0.5  # s between passes while a service is scaled to zero: a held request waits on it
 REFRESH = 10.0  # s: an unchanged status is written again this often (its `at` shows it is current)
 Emit = Callable[..., None]  # EventLog.emit(kind, message, service, task, cause)
 
@@ -52,6 +53,7 @@ class Autoscaler:
         self.store, self.keys, self.node, self.writer, self.emit = store, keys, node, writer, emit
         self.clock = clock
         self.states: dict[tuple[str, str], State] = {}  # (service, uid) -> what decide remembers
+        self.at_zero = False  # some autoscaled service has no replica: pass every FAST seconds
 
     async def run(self) -> None:
         """While leading (a leadership companion: cancelled when it ends); never raises."""
@@ -63,13 +65,14 @@ class Autoscaler:
                 log.info("autoscaler: pass skipped, etcd did not answer: %s", exc)
             except Exception:
                 log.exception("autoscaler: pass failed")
-            await asyncio.sleep(PERIOD)
+            await asyncio.sleep(FAST if self.at_zero else PERIOD)
 
     async def pass_once(self) -> None:
         now = self.clock()
         kvs, _ = await self.store.range(self.keys.services)
         services = [ServiceRecord.from_json(kv.value) for kv in kvs]
         scaled = [s for s in services if s.spec.autoscale is not None]
+        self.at_zero = any(s.replicas == 0 for s in scaled)
         statuses: dict[str, AutoscaleStatus] = {}
         kvs, _ = await self.store.range(self.keys.autoscales)
         for kv in kvs:

@@ -7,12 +7,14 @@ over the service's published ports), and the CPU and memory of its replicas here
 usage sampler's last two samples; none when the node's /metrics is off). A node with
 nothing to report writes once and then keeps still, so an idle cluster costs etcd nothing.
 A failed put is logged and tried again at the next period: the record is a gauge,
-the next one replaces it.
+the next one replaces it. A request held for a service scaled to zero (`wake`) has the
+record published at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -70,6 +72,11 @@ class LoadReporter:
         self.lease, self.clock = lease, clock
         self.window = RateWindow()
         self.quiet = False  # the last record put had no service
+        self._wake = asyncio.Event()
+
+    def wake(self, service: str) -> None:
+        """A request is held for `service`, scaled to zero (`node.proxy.coldstart`): publish now."""
+        self._wake.set()
 
     def record(self) -> LoadRecord:
         at = self.clock()
@@ -98,4 +105,7 @@ class LoadReporter:
                 await self.publish()
             except (StoreError, TimeoutError) as exc:
                 log.debug("load record not published: %s", exc)
-            await asyncio.sleep(PERIOD)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PERIOD):
+                    await self._wake.wait()
+            self._wake.clear()

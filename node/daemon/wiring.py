@@ -129,4 +129,6 @@ def autoscaling(
     c = d.config
     autoscaler = Autoscaler(d.store, d.keys, c.node_id, servicer.writer, d.events.emit)
     leadership.companions.append(autoscaler.run)
-    return LoadReporter(d.store, d.keys, c.node_id, mesh.stats, d.telemetry.usage, lambda: session.lease)
+    reporter = LoadReporter(d.store, d.keys, c.node_id, mesh.stats, d.telemetry.usage, lambda: session.lease)
+    mesh.cold.on_hold.append(reporter.wake)  # item 2: a request held for a service at zero
+    return reporter

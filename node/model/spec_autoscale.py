@@ -18,9 +18,10 @@ count between `min` and `max` so that the metric stays near its target:
   headers) over every node.
 
 `replicas` is the starting count; an apply of the same service keeps the count the
-autoscaler set (`keep_count`). `min` is 1 or more: scale to zero (the first request held
-while a replica starts) is not built yet, and a service at 0 replicas would have nobody
-to count requests for.
+autoscaler set (`keep_count`). `min: 0` (item 2, scale to zero) needs the
+`requests_per_replica` target: with no replica only the proxies measure anything; every
+node's proxy then holds a request for the service (`node.proxy.coldstart`) up to
+`cold_start_timeout` while the leader starts a replica.
 
 Pure: imports no grpc, docker or etcd.
 """
@@ -104,19 +105,23 @@ class Autoscale(BaseModel):
     target: AutoscaleTarget
     scale_up_cooldown: ShortDuration = 15.0  # s after a scale-up before the next one
     scale_down_cooldown: ShortDuration = 120.0  # s of lower demand (and since any scale) before a scale-down
+    # item 2, min 0: how long a proxy holds a request while a first replica starts (then 503)
+    cold_start_timeout: ShortDuration = 30.0
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:
-        if self.min == 0:
+        if self.min == 0 and self.target.metric != "requests_per_replica":
             raise _fail(
-                "0 (scale to zero) is not supported yet: a service needs a replica to count "
-                "its requests; use min: 1",
+                f"0 (scale to zero) needs target requests_per_replica: {self.target.metric} "
+                "is measured on running replicas, and there would be none; use min: 1",
                 ("min",),
             )
-        for field in ("min", "max"):
+        for field, lo in (("min", 0), ("max", 1)):
             v = getattr(self, field)
-            if not 1 <= v <= MAX_REPLICAS:
-                raise _fail(f"must be between 1 and {MAX_REPLICAS}, got {v}", (field,))
+            if not lo <= v <= MAX_REPLICAS:
+                raise _fail(f"must be between {lo} and {MAX_REPLICAS}, got {v}", (field,))
+        if not self.cold_start_timeout >= 0.1:
+            raise _fail(f"must be at least 100ms, got {self.cold_start_timeout:g}s", ("cold_start_timeout",))
         if self.max < self.min:
             raise _fail(f"must be at least min ({self.min}), got {self.max}", ("max",))
         return self

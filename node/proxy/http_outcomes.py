@@ -38,6 +38,7 @@ class _Outcomes:
     lost: bool
     waiting: deque[Request] | None
     tunnel: Tunnel | None
+    task: asyncio.Task[None] | None
 
     def dispatch(self, r: Request, now: float, backend: Backend | None = None) -> None:
         raise NotImplementedError  # _Client's
@@ -76,6 +77,18 @@ class _Outcomes:
         if r.attempts.failed(backend, failure) and r.replay is not None:
             proxy.stats.retries += 1
             self.dispatch(r, now)
+        else:
+            self.fail(r)
+
+    async def await_replica(self, r: Request) -> None:
+        """`r` came while its service has no replica and may scale from zero: sent on once
+        one is routable, 503 after the service's cold start timeout (issue 15)."""
+        proxy = self.proxy
+        routable = proxy.cold is not None and await proxy.cold.wait()
+        if self.lost or self.cur is not r:
+            return
+        if routable:
+            self.dispatch(r, _now())
         else:
             self.fail(r)
 

@@ -133,6 +133,14 @@ class Client(Protocol):
     def upgraded(self, up: Upstream, to_client: bytes) -> None: ...
 
 
+class Hold(Protocol):
+    """Issue 15: a request that found no replica of a service scaled to zero waits for one
+    (`node.proxy.coldstart`)."""
+
+    def now(self) -> bool: ...
+    async def wait(self) -> bool: ...
+
+
 class Engine(Protocol):
     """What a connection may use of the engine (`HttpProxy`): its settings, its counters,
     the write queue, the pool of idle backend connections and the balancer's outcomes."""
@@ -155,6 +163,7 @@ class Engine(Protocol):
     pool: dict[str, list[Upstream]]  # idle backend connections by backend key, last used last
     failing: set[str]  # keys of backends with failures since their last success
     gone: set[Backend]  # drained recently: their connections are not pooled
+    cold: Hold | None  # issue 15: set for a service that may be scaled to zero
 
     def send(self, transport: asyncio.Transport, data: bytes | None) -> None:
         """Write `data` (None: close) once every read of this loop iteration is handled."""

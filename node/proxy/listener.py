@@ -17,6 +17,7 @@ import contextlib
 from typing import Generic, TypeVar, cast
 
 from node.proxy.balancer import Balancer, RetryPolicy
+from node.proxy.http_types import Hold
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap
 from node.proxy.stats import ProxyStats
 
@@ -48,6 +49,7 @@ class Listener(Generic[C]):
         self.retry = retry or RetryPolicy()
         self.cap = cap or ConnectionCap(DEFAULT_MAX_CONNECTIONS)
         self.stats = ProxyStats()
+        self.cold: Hold | None = None  # issue 15: requests wait for a replica (node.proxy.coldstart)
         self.loop = cast(asyncio.AbstractEventLoop, None)  # set by start()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None

@@ -190,7 +190,18 @@ def test_records_round_trip() -> None:
 @pytest.mark.parametrize(
     ("section", "error"),
     [
-        ("{min: 0, max: 5, target: {cpu: 60%}}", "autoscale.min: 0 (scale to zero) is not supported"),
+        (
+            "{min: 0, max: 5, target: {cpu: 60%}}",
+            "autoscale.min: 0 (scale to zero) needs target requests_per",
+        ),
+        (
+            "{min: -1, max: 5, target: {requests_per_replica: 5}}",
+            "autoscale.min: must be between 0 and 10000",
+        ),
+        (
+            "{max: 5, target: {cpu: 60%}, cold_start_timeout: 10ms}",
+            "cold_start_timeout: must be at least 100ms",
+        ),
         ("{min: 6, max: 5, target: {cpu: 60%}}", "autoscale.max: must be at least min (6), got 5"),
         ("{max: 5, target: {cpu: 160%}}", "autoscale.target.cpu: must be a percentage above 0%"),
         ("{max: 5, target: {cpu: lots}}", "autoscale.target.cpu: must be a percentage such as 60%"),
@@ -237,3 +248,23 @@ def test_an_apply_keeps_the_autoscaled_count_within_the_new_bounds() -> None:
     low = parse_spec(BASE + "autoscale: {min: 3, max: 5, target: {cpu: 60%}}\n", "w.yaml")
     assert keep_count(low, None).replicas == 3  # replicas (1) brought within min
     assert keep_count(plain, current) is plain  # not autoscaled: as asked
+
+
+def test_scale_to_zero_after_the_idle_time_and_back_from_zero_at_once() -> None:
+    spec = parse_spec(
+        BASE + "autoscale: {min: 0, max: 5, target: {requests_per_replica: 10}, scale_up_cooldown: 1m,"
+        " scale_down_cooldown: 30s, cold_start_timeout: 5s}\n",
+        "w.yaml",
+    )
+    cfg = spec.autoscale
+    assert cfg is not None and cfg.cold_start_timeout == 5.0
+    out = decide(cfg, 1, _m(0.0), State(last_up=990.0, last_change=990.0), 1000.0)
+    assert out.desired == 1 and out.recommended == 0 and "more of lower demand" in out.holding
+    out = decide(cfg, 1, _m(0.0), out.state, 1030.0)  # idle for the scale-down cooldown
+    assert out.desired == 0
+    steady = decide(cfg, 0, _m(0.0), out.state, 1032.0)
+    assert steady.desired == 0 and steady.holding == ""
+    # a held request: the rate the node saw over its window (1 request in 6 s), no up cooldown
+    woken = decide(cfg, 0, _m(1 / 6), State(last_up=1031.0, last_change=1031.0), 1032.0)
+    assert woken.desired == 1 and "requests_per_replica" in woken.why
+    assert decide(cfg, 0, _m(35.0), State(), 1032.0).desired == 4  # the whole rate, per target
