@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -121,3 +123,63 @@ def test_a_step_load_scales_up_to_max_holds_then_scales_back_down(
         f"\nscale-up reaction {reaction:.1f}s (cooldown 3s); back to min {quiet:.1f}s after: {steps};"
         f" requests {len(results)} + {len(light.results)}, failed 0"
     )
+
+
+def zero_spec(name: str, port: int, image: str = "shoal-demo/web:1", timeout: str = "20s") -> str:
+    return f"""
+name: {name}
+image: {image}
+pull: never
+replicas: 1
+ports:
+  - {{container: 8080, published: {port}, protocol: http}}
+autoscale:
+  min: 0
+  max: 2
+  target: {{requests_per_replica: 8}}
+  scale_down_cooldown: 3s
+  cold_start_timeout: {timeout}
+"""
+
+
+def get(host: str, port: int, timeout: float) -> tuple[int, str, float]:
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=timeout) as resp:
+            return resp.status, resp.read().decode(), time.monotonic() - start
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(), time.monotonic() - start
+
+
+def at_zero(cluster: DevCluster, name: str) -> Callable[[], bool | None]:
+    def check() -> bool | None:
+        with cluster.client() as c:
+            svc = c.get_service(name)
+            tasks = c.tasks(name).tasks
+        return (svc.replicas == 0 and not [t for t in tasks if t.state == "running"]) or None
+
+    return check
+
+
+def test_scaled_to_zero_the_first_request_on_every_node_is_held_and_served(
+    make_cluster: Callable[..., DevCluster],
+) -> None:
+    cluster = make_cluster(nodes=2)
+    port, never = free_port_on_all(HOSTS), free_port_on_all(HOSTS)
+    with cluster.client() as c:
+        c.apply(zero_spec("idle", port), "idle.yaml")
+        c.apply(zero_spec("never", never, "shoal-demo/absent:1", "2s"), "never.yaml")
+    colds = []
+    for host in HOSTS:
+        wait_until_sync(at_zero(cluster, "idle"), 40, interval=0.5, message="scaled to zero after idling")
+        assert "scaled to zero" in shoal(cluster, "service", "ps", "idle").stdout
+        status, body, took = get(host, port, timeout=25)
+        assert status == 200 and body.startswith("web v1 on "), (status, body)
+        colds.append(took)
+    # a replica that never comes: the request is answered 503 after the cold start timeout
+    status, body, took = get(HOSTS[1], never, timeout=25)
+    assert status == 503 and 1.8 <= took < 10, (status, body, took)
+    with cluster.client() as c:
+        events = [e.message for e in c.events(service="idle", kind="service.autoscaled")]
+    assert any("0 -> 1 replica(s)" in m for m in events) and any("1 -> 0 replica(s)" in m for m in events)
+    print(f"\ncold start from zero, first request held and served: {', '.join(f'{t:.2f}s' for t in colds)}")
