@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 
 from node.model.domain import ServiceRecord
 from node.proxy.balancer import Balancer
@@ -30,6 +31,7 @@ class ColdStart:
         self.held: Counter[str] = Counter()  # requests and connections held now, per service
         self.on_hold: list[Callable[[str], None]] = []  # told when one starts waiting
         self._changed = asyncio.Event()
+        self._later: set[asyncio.Task[None]] = set()  # retries at a just started replica
 
     def update(self, records: Iterable[ServiceRecord]) -> None:
         self.timeouts = {
@@ -52,6 +54,15 @@ class Hold:
 
     def __init__(self, cold: ColdStart, service: str, balancer: Balancer) -> None:
         self.cold, self.service, self.balancer = cold, service, balancer
+
+    def timeout(self) -> float:
+        return self.cold.timeouts.get(self.service, 0.0)
+
+    def later(self, job: Coroutine[Any, Any, None]) -> None:
+        """Run `job` (a retry of a held request) as a task kept until it ends."""
+        task = asyncio.get_running_loop().create_task(job)
+        self.cold._later.add(task)
+        task.add_done_callback(self.cold._later.discard)
 
     def now(self) -> bool:
         """Whether a request that found no replica should wait for one."""

@@ -358,10 +358,7 @@ class _Client(_Outcomes, asyncio.Protocol):
         if backend is None:
             backend = proxy.balancer.pick(now, r.attempts.tried if r.attempts is not None else ())
             if backend is None:
-                if r.attempts is None and proxy.cold is not None and proxy.cold.now():  # issue 15
-                    self.task = proxy.loop.create_task(self.await_replica(r))
-                    return
-                self.fail(r)
+                self.no_backend(r, now)
                 return
             idle = proxy.pool.get(backend.key)
             while idle:  # the connection used last: the least likely to be timed out

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from node.proxy.balancer import Attempts, Backend, Balancer, RetryPolicy
 from node.proxy.http_tunnel import Tunnel
@@ -52,8 +53,24 @@ class Request:
     """One request read from a client: its rebuilt head and the state of its body."""
 
     __slots__ = (
-        "answered", "attempts", "body_sent", "chunked", "complete", "expects_body", "has_body", "head",
-        "http10", "keep_alive", "method", "pending", "reached", "replay", "replay_size", "t0", "t_wait",
+        "answered",
+        "attempts",
+        "body_sent",
+        "chunked",
+        "cold_until",
+        "complete",
+        "expects_body",
+        "has_body",
+        "head",
+        "http10",
+        "keep_alive",
+        "method",
+        "pending",
+        "reached",
+        "replay",
+        "replay_size",
+        "t0",
+        "t_wait",
         "upgrade",
     )  # fmt: skip
 
@@ -77,6 +94,7 @@ class Request:
         self.attempts: Attempts | None = None  # created at the first failure
         self.t0 = self.t_wait = _now()  # head read; waiting for the response since
         self.upgrade: bytes | None = None  # the Upgrade asked for (kept in the head), if any
+        self.cold_until = 0.0  # held for a service at zero (issue 15): retried until then
 
     def sent(self, data: bytes) -> None:
         self.body_sent = True
@@ -139,6 +157,8 @@ class Hold(Protocol):
 
     def now(self) -> bool: ...
     async def wait(self) -> bool: ...
+    def timeout(self) -> float: ...
+    def later(self, job: Coroutine[Any, Any, None]) -> None: ...
 
 
 class Engine(Protocol):

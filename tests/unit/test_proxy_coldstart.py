@@ -4,11 +4,17 @@ which services hold, release when the mesh routes a replica, give up at the time
 from __future__ import annotations
 
 import asyncio
+import time
 
 from node.model.domain import ServiceRecord
 from node.model.spec import parse_spec
 from node.proxy.balancer import Backend, Balancer
 from node.proxy.coldstart import ColdStart
+from tests.helpers import wait_until
+from tests.unit.test_proxy_http import Backends, Client, HttpBackend, Message, answer_name, backends, started
+from tests.unit.test_proxy_tcp import started as tcp_started
+
+__all__ = ["backends"]  # the fixture
 
 
 def _record(name: str, autoscale: str) -> ServiceRecord:
@@ -61,3 +67,73 @@ async def test_a_held_request_gives_up_after_the_cold_start_timeout() -> None:
     start = loop.time()
     assert await cold.hold("zero", Balancer()).wait() is False
     assert 0.25 <= loop.time() - start < 2.0 and not cold.held
+
+
+# -- the engines, on loopback ------------------------------------------------------------------
+
+
+async def test_http_a_held_request_is_served_by_the_first_replica_even_before_it_listens(
+    backends: Backends,
+) -> None:
+    cold, balancer = _cold(), Balancer()
+    proxy = await started(balancer)
+    proxy.cold = cold.hold("zero", balancer)
+    client = await Client.open(proxy.port)
+    try:
+        client.send()
+        await wait_until(lambda: cold.held["zero"] == 1, 2.0)
+
+        async def not_yet(b: HttpBackend, req: Message, w: asyncio.StreamWriter, n: int) -> bool:
+            if (
+                b.accepts <= 2
+            ):  # accepted, closed without an answer: Docker's port proxy before the app listens
+                return False
+            return await answer_name(b, req, w, n)
+
+        _, backend = await backends.start("r1", not_yet)
+        balancer.set_endpoints([backend])
+        cold.changed()
+        reply = await client.response(timeout=3.0)
+        assert reply.status == 200 and reply.get("x-backend") == ["r1"]
+    finally:
+        await client.close()
+        await proxy.close()
+
+
+async def test_http_a_held_request_gets_503_after_the_cold_start_timeout() -> None:
+    cold, balancer = _cold(), Balancer()
+    proxy = await started(balancer)
+    proxy.cold = cold.hold("zero", balancer)
+    client = await Client.open(proxy.port)
+    try:
+        start = time.monotonic()
+        reply = await client.get()
+        assert reply.status == 503 and 0.25 <= time.monotonic() - start < 2.0
+    finally:
+        await client.close()
+        await proxy.close()
+
+
+async def test_tcp_a_held_connection_goes_to_the_first_replica() -> None:
+    cold, balancer = _cold(), Balancer()
+    proxy = await tcp_started(balancer)
+    proxy.cold = cold.hold("zero", balancer)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"hello\n")
+        await wait_until(lambda: cold.held["zero"] == 1, 2.0)
+        balancer.set_endpoints([Backend("r1", "127.0.0.1", server.sockets[0].getsockname()[1])])
+        cold.changed()
+        async with asyncio.timeout(3):
+            assert await reader.readline() == b"hello\n"
+        writer.close()
+    finally:
+        server.close()
+        await proxy.close()
