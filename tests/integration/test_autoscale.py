@@ -9,6 +9,7 @@ load while they are stopped.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -112,8 +113,11 @@ def test_a_step_load_scales_up_to_max_holds_then_scales_back_down(
     with cluster.client() as c:
         events = list(c.events(service="auto", kind="service.autoscaled"))
     steps = [tuple(int(n) for n in e.message.split(": ", 2)[1].split()[0:3:2]) for e in events]
-    assert steps[0] == (1, 3) and steps[-1][1] == 1, steps  # up in one step; down to min
-    assert all(a > b for a, b in steps[1:]), f"not only down after the load stopped: {steps}"
+    # up (in one step, or two when the first decision saw the step only partly in the nodes'
+    # 6 s rate window), then only down, to min: no flapping
+    ups = list(itertools.takewhile(lambda s: s[0] < s[1], steps))
+    assert ups and ups[0][0] == 1 and ups[-1][1] == 3 and len(ups) <= 2, steps
+    assert all(a > b for a, b in steps[len(ups) :]) and steps[-1][1] == 1, steps
     assert "requests_per_replica" in events[0].message and "against target 8/s" in events[0].message
     text = shoal(cluster, "service", "autoscale", "auto").stdout
     assert "requests_per_replica" in text and "last" in text and "-> 1 replica(s)" in text
