@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from leader.autoscale import Measure, Outcome, State, decide, measure
 from node.api.services import ServiceWriter
-from node.model.domain import ServiceRecord
+from node.model.domain import ServiceRecord, readable_services
 from node.model.errors import ShoalError
 from node.model.keys import Keys
 from node.model.load import PERIOD, AutoscaleStatus, Decision, LoadRecord
@@ -70,7 +70,7 @@ class Autoscaler:
     async def pass_once(self) -> None:
         now = self.clock()
         kvs, _ = await self.store.range(self.keys.services)
-        services = [ServiceRecord.from_json(kv.value) for kv in kvs]
+        services = readable_services(kv.value for kv in kvs)  # a newer build's record: left alone
         scaled = [s for s in services if s.spec.autoscale is not None]
         self.at_zero = any(s.replicas == 0 for s in scaled)
         statuses: dict[str, AutoscaleStatus] = {}
