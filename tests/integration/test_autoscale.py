@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -146,6 +147,17 @@ autoscale:
 """
 
 
+ECHO = """
+name: echo
+image: shoal-demo/base:1
+command: [sh, -c, "exec nc -ll -p 9000 -e /bin/cat"]
+replicas: 1
+ports: [{{container: 9000, published: {port}, protocol: tcp}}]
+health: {{tcp: {{port: 9000}}, interval: 200ms}}
+autoscale: {{min: 0, max: 1, target: {{requests_per_replica: 8}}, scale_down_cooldown: 3s}}
+"""
+
+
 def get(host: str, port: int, timeout: float) -> tuple[int, str, float]:
     start = time.monotonic()
     try:
@@ -180,10 +192,22 @@ def test_scaled_to_zero_the_first_request_on_every_node_is_held_and_served(
         status, body, took = get(host, port, timeout=25)
         assert status == 200 and body.startswith("web v1 on "), (status, body)
         colds.append(took)
+    # TCP: the first connection is held until the replica is healthy (it listens), then spliced
+    tcp = free_port_on_all(HOSTS)
+    with cluster.client() as c:
+        c.apply(ECHO.format(port=tcp), "echo.yaml")
+    wait_until_sync(at_zero(cluster, "echo"), 40, interval=0.5, message="the TCP service scaled to zero")
+    start = time.monotonic()
+    with socket.create_connection((HOSTS[1], tcp), timeout=25) as s:
+        s.sendall(b"ping\n")
+        s.settimeout(25)
+        assert s.makefile("rb").readline() == b"ping\n"
+    colds.append(time.monotonic() - start)
     # a replica that never comes: the request is answered 503 after the cold start timeout
     status, body, took = get(HOSTS[1], never, timeout=25)
     assert status == 503 and 1.8 <= took < 10, (status, body, took)
     with cluster.client() as c:
         events = [e.message for e in c.events(service="idle", kind="service.autoscaled")]
     assert any("0 -> 1 replica(s)" in m for m in events) and any("1 -> 0 replica(s)" in m for m in events)
-    print(f"\ncold start from zero, first request held and served: {', '.join(f'{t:.2f}s' for t in colds)}")
+    shown = ", ".join(f"{t:.2f}s" for t in colds)
+    print(f"\ncold start from zero, first request held and served (http n1, http n2, tcp n2): {shown}")
