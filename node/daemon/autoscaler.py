@@ -72,7 +72,6 @@ class Autoscaler:
         kvs, _ = await self.store.range(self.keys.services)
         services = readable_services(kv.value for kv in kvs)  # a newer build's record: left alone
         scaled = [s for s in services if s.spec.autoscale is not None]
-        self.at_zero = any(s.replicas == 0 for s in scaled)
         statuses: dict[str, AutoscaleStatus] = {}
         kvs, _ = await self.store.range(self.keys.autoscales)
         for kv in kvs:
@@ -89,8 +88,8 @@ class Autoscaler:
                     loads.append(LoadRecord.from_json(kv.value))
                 except (ValueError, TypeError, KeyError):
                     log.warning("autoscaler: unreadable load record %s skipped", kv.key)
-        for record in scaled:
-            await self.one(record, loads, statuses.get(record.name), now)
+        counts = [await self.one(record, loads, statuses.get(record.name), now) for record in scaled]
+        self.at_zero = 0 in counts  # with the counts just set: the first request may come now
         wanted = {s.name for s in scaled}
         for name in [n for n in statuses if n not in wanted]:
             await self.store.delete(self.keys.autoscale(name))
@@ -98,7 +97,8 @@ class Autoscaler:
 
     async def one(
         self, record: ServiceRecord, loads: list[LoadRecord], status: AutoscaleStatus | None, now: float
-    ) -> None:
+    ) -> int:
+        """Decide for one service; its replica count after the decision."""
         cfg = record.spec.autoscale
         assert cfg is not None
         mine = status if status is not None and status.uid == record.uid else None
@@ -117,7 +117,7 @@ class Autoscaler:
                 new = await self.writer.scale(record.name, out.desired)
             except ShoalError as exc:  # removed meanwhile, busy: the next pass sees it
                 log.info("autoscaler: %s not scaled: %s", record.name, exc)
-                return
+                return record.replicas
             mine = intent
             self.emit(
                 "service.autoscaled",
@@ -130,6 +130,7 @@ class Autoscaler:
         fresh = self.status(record, m, out, out.desired, last, now)
         if mine is None or now - mine.at >= REFRESH or dataclasses.replace(mine, at=now) != fresh:
             await self.store.put(self.keys.autoscale(record.name), fresh.to_json())
+        return out.desired
 
     def status(
         self,

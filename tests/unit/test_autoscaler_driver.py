@@ -218,3 +218,17 @@ def test_usage_needs_two_samples_and_sums_per_service() -> None:
 
     assert usage_by_service(Sampler()) == {"web": (2, 75.0, 500, 2000)}  # type: ignore[arg-type]
     assert usage_by_service(None) == {}
+
+
+async def test_the_pass_that_scales_to_zero_turns_on_the_fast_passes() -> None:
+    store, writer, scaler, clock, events = await _setup()
+    await writer.apply(SPEC.replace("min: 1", "min: 0"), "web.yaml")
+    for _ in range(7):  # idle for the 10 s scale-down cooldown
+        await _load(store, clock.now, n1=0.0)
+        await scaler.pass_once()
+        clock.now += 2
+    assert (await writer.read("web"))[0].replicas == 0 and scaler.at_zero  # at once, not a pass later
+    await _load(store, clock.now, n1=0.2)  # a held request woke n1
+    await scaler.pass_once()
+    assert (await writer.read("web"))[0].replicas == 1 and not scaler.at_zero
+    assert [e[1].split(": ", 2)[1] for e in events] == ["1 -> 0 replica(s)", "0 -> 1 replica(s)"]
