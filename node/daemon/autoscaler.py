@@ -20,6 +20,7 @@ answering: the pass is skipped and tried again a period later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -32,10 +33,11 @@ from node.model.errors import ShoalError
 from node.model.keys import Keys
 from node.model.load import PERIOD, AutoscaleStatus, Decision, LoadRecord
 from node.store import Store, StoreError
+from node.store.mirrors import mirror
 
 log = logging.getLogger(__name__)
 
-FAST = 0.5  # s between passes while a service is scaled to zero: a held request waits on it
+FAST = 0.05  # s at least between passes while a service is at zero (woken by the load records)
 REFRESH = 10.0  # s: an unchanged status is written again this often (its `at` shows it is current)
 Emit = Callable[..., None]  # EventLog.emit(kind, message, service, task, cause)
 
@@ -56,16 +58,30 @@ class Autoscaler:
         self.at_zero = False  # some autoscaled service has no replica: pass every FAST seconds
 
     async def run(self) -> None:
-        """While leading (a leadership companion: cancelled when it ends); never raises."""
+        """While leading (a leadership companion: cancelled when it ends); never raises.
+
+        Every `PERIOD`; while a service is at zero, also at once when a node's load record
+        changes (a held request has its node publish at once: `node.daemon.loadreport`)."""
         self.states = {}  # a new term: the cooldowns come from the statuses
-        while True:
-            try:
-                await self.pass_once()
-            except (StoreError, TimeoutError) as exc:
-                log.info("autoscaler: pass skipped, etcd did not answer: %s", exc)
-            except Exception:
-                log.exception("autoscaler: pass failed")
-            await asyncio.sleep(FAST if self.at_zero else PERIOD)
+        loads = mirror(self.store, self.keys.loads, "autoscale-loads")  # the daemon's watch hub feeds it
+        changed = loads.listener()
+        follow = asyncio.create_task(loads.run(), name="autoscale-loads")
+        try:
+            while True:
+                changed.clear()
+                try:
+                    await self.pass_once()
+                except (StoreError, TimeoutError) as exc:
+                    log.info("autoscaler: pass skipped, etcd did not answer: %s", exc)
+                except Exception:
+                    log.exception("autoscaler: pass failed")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PERIOD):
+                        await (changed.wait() if self.at_zero else asyncio.Event().wait())
+                if self.at_zero:
+                    await asyncio.sleep(FAST)  # a burst of records makes one pass, not one each
+        finally:
+            follow.cancel()
 
     async def pass_once(self) -> None:
         now = self.clock()

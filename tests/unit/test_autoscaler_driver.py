@@ -4,6 +4,8 @@ stops answering or the leader dies between its two writes."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +22,7 @@ from node.runtime.docker_stats import Usage
 from node.store import Compare, StoreError, TxnResult
 from node.store.base import Op
 from node.store.memory import MemoryStore
+from tests.helpers import wait_until
 
 KEYS = Keys()
 SPEC = """
@@ -232,3 +235,20 @@ async def test_the_pass_that_scales_to_zero_turns_on_the_fast_passes() -> None:
     await scaler.pass_once()
     assert (await writer.read("web"))[0].replicas == 1 and not scaler.at_zero
     assert [e[1].split(": ", 2)[1] for e in events] == ["1 -> 0 replica(s)", "0 -> 1 replica(s)"]
+
+
+async def test_at_zero_a_new_load_record_wakes_the_leader_at_once() -> None:
+    store, writer, scaler, _, events = await _setup()
+    await writer.apply(SPEC.replace("min: 1", "min: 0"), "web.yaml")
+    await writer.scale("web", 0)
+    scaler.clock = time.time
+    runner = asyncio.create_task(scaler.run())
+    try:
+        await wait_until(lambda: scaler.at_zero, 3.0)
+        woken = time.monotonic()
+        await _load(store, time.time(), n1=0.2)  # a held request had n1 publish at once
+        await wait_until(lambda: events, 1.5)  # well within PERIOD (2 s)
+        assert time.monotonic() - woken < 1.0 and "0 -> 1 replica(s)" in events[0][1]
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
