@@ -46,6 +46,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 from node.model.spec_autoscale import Autoscale, AutoscaleTarget, autoscale_fits
 from node.model.spec_errors import FieldError, SpecError
 from node.model.spec_errors import fatal as _fatal
+from node.model.spec_ingress import Ingress, IngressRule, IngressTLS, ProxyProtocolPorts, ingress_fits
 from node.model.spec_job import JobSpec, check_job_fields
 from node.model.spec_lifecycle import (
     OBJECT_PATTERN,
@@ -165,6 +166,11 @@ class ServiceSpec(BaseModel):
         check_job_fields(self)
         return self
 
+    # Issue 17 item 3: ingress, routes from the node's shared HTTP(S) entrance (node.model.spec_ingress)
+    ingress: Ingress | None = None  # None: not routed by host name
+    # tcp container ports whose connections from the mesh and the VIPs begin with a PROXY v2 header
+    proxy_protocol: ProxyProtocolPorts | None = None
+    _ingress_fits = model_validator(mode="after")(ingress_fits)
     # Issue 15: the leader keeps `replicas` between min and max from the load (node.model.spec_autoscale).
     autoscale: Autoscale | None = None
     _autoscale_fits = model_validator(mode="after")(autoscale_fits)
@@ -176,6 +182,7 @@ _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", 
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
 _FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): VolumeMount, ("job",): JobSpec}
+_FIELDS |= {("ingress",): IngressRule, ("ingress", "tls"): IngressTLS}
 _FIELDS |= {("autoscale",): Autoscale, ("autoscale", "target"): AutoscaleTarget}  # issue 15
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}

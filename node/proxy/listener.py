@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import Generic, TypeVar, cast
 
 from node.proxy.balancer import Balancer, RetryPolicy
@@ -49,6 +50,7 @@ class Listener(Generic[C]):
         self.retry = retry or RetryPolicy()
         self.cap = cap or ConnectionCap(DEFAULT_MAX_CONNECTIONS)
         self.stats = ProxyStats()
+        self.ssl_context: ssl.SSLContext | None = None  # set before start(): TLS on the port (ingress)
         self.cold: Hold | None = None  # issue 15: requests wait for a replica (node.proxy.coldstart)
         self.loop = cast(asyncio.AbstractEventLoop, None)  # set by start()
         self._server: asyncio.Server | None = None
@@ -89,7 +91,12 @@ class Listener(Generic[C]):
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._accept, self.listen_host, self.listen_port, backlog=BACKLOG, reuse_address=True
+            self._accept,
+            self.listen_host,
+            self.listen_port,
+            backlog=BACKLOG,
+            reuse_address=True,
+            ssl=self.ssl_context,
         )
         self._sweeper = loop.call_later(self.sweep_every(), self._tick)
 
