@@ -53,26 +53,9 @@ class Request:
     """One request read from a client: its rebuilt head and the state of its body."""
 
     __slots__ = (
-        "answered",
-        "attempts",
-        "body_sent",
-        "chunked",
-        "cold_until",
-        "complete",
-        "expects_body",
-        "has_body",
-        "head",
-        "http10",
-        "keep_alive",
-        "method",
-        "pending",
-        "reached",
-        "replay",
-        "replay_size",
-        "routed",
-        "t0",
-        "t_wait",
-        "upgrade",
+        "answered", "attempts", "body_sent", "chunked", "cold_until", "complete", "expects_body", "has_body",
+        "head", "http10", "keep_alive", "method", "pending", "reached", "replay", "replay_size", "routed",
+        "t0", "t_wait", "upgrade",
     )  # fmt: skip
 
     def __init__(
