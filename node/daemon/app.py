@@ -411,6 +411,8 @@ class Daemon:
             ),
         )
         leadership.pool_context = pool_context(c, self.identity)  # issue 15: node pools
+
+        load = wiring.autoscaling(self, leadership, servicer, self.mesh, self.session)  # issue 15
         self.telemetry.attach_agent(agent)
         self.telemetry.attach_leadership(leadership)
         self.telemetry.attach_membership(self.membership)
@@ -435,6 +437,7 @@ class Daemon:
             *([asyncio.create_task(names.run(), name="names")] if names is not None else []),
             asyncio.create_task(self.identity.run(), name="certificates"),
             asyncio.create_task(self.telemetry.run(), name="telemetry"),
+            asyncio.create_task(load.run(), name="load-report"),
             credentials,
             hub,
         }

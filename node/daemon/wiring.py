@@ -27,7 +27,10 @@ from node.api.servicer import ShoalServicer
 from node.api.taskio import PeerStubs, TaskIO
 from node.api.usage import UsageBook
 from node.api.volumes import VolumesServicer
+from node.daemon.autoscaler import Autoscaler
 from node.daemon.identity import NodeIdentity
+from node.daemon.leadership import Leadership
+from node.daemon.loadreport import LoadReporter
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
 from node.daemon.telemetry import Telemetry
@@ -50,6 +53,7 @@ from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
 from node.security.files import NodeFiles, read_secret
 from node.security.sealing import Sealer
+from node.store.session import Session
 from node.telemetry.events import EventLog
 
 
@@ -148,3 +152,16 @@ def metrics_guard(config: NodeConfig) -> tuple[Path | None, str]:
     if config.metrics_token_file and not token:
         raise OSError(f"{config.metrics_token_file} is empty: put the /metrics bearer token in it")
     return identity, token
+
+
+def autoscaling(
+    d: Parts, leadership: Leadership, servicer: ShoalServicer, mesh: Mesh, session: Session
+) -> LoadReporter:
+    """Issue 15 (decision 58): this node's load record publisher (run it), and the
+    autoscaler as a companion of its leadership (run while it leads)."""
+    c = d.config
+    autoscaler = Autoscaler(d.store, d.keys, c.node_id, servicer.writer, d.events.emit)
+    leadership.companions.append(autoscaler.run)
+    reporter = LoadReporter(d.store, d.keys, c.node_id, mesh.stats, d.telemetry.usage, lambda: session.lease)
+    mesh.cold.on_hold.append(reporter.wake)  # item 2: a request held for a service at zero
+    return reporter

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
 from node.proxy.balancer import Balancer, RetryPolicy
+from node.proxy.http_types import Hold
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap
 from node.proxy.stats import ProxyStats
 
@@ -54,6 +55,7 @@ class Listener(Generic[C]):
         self.cap = cap or ConnectionCap(DEFAULT_MAX_CONNECTIONS)
         self.stats = ProxyStats()
         self.ssl_context: ssl.SSLContext | None = None  # set before start(): TLS on the port (ingress)
+        self.cold: Hold | None = None  # issue 15: requests wait for a replica (node.proxy.coldstart)
         self.loop = cast(asyncio.AbstractEventLoop, None)  # set by start()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
