@@ -101,6 +101,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "exec_cmd",
         "Run a command in a task's container; exit with its exit code (deployer or admin).",
     ),
+    "pool": (
+        "node.cli.pools",
+        "pool",
+        "Node pools: capacity a provider adds when replicas wait, and takes back when idle (admin).",
+    ),  # issue 15
     "usage": (  # issue 15: metering and pricing
         "node.cli.metering",
         "usage",

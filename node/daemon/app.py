@@ -22,7 +22,6 @@ import logging
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -38,8 +37,8 @@ from node.daemon.ingress import attach_ingress
 from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
+from node.daemon.pools import pool_context
 from node.daemon.telemetry import Telemetry
-from node.daemon.usage_meter import DockerEyes, MeterCollector, UsageMeter
 from node.dashboard import serve as dashboard
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
 from node.model.config import NodeConfig, vip_network
@@ -51,13 +50,14 @@ from node.proxy import metrics
 from node.proxy.dnsserver import host_resolvers
 from node.proxy.mesh import Mesh, MeshSettings
 from node.proxy.names import dns_address
+from node.proxy.sources import SourceMap
 from node.proxy.vips import HostSetupError, Names, prepare_host
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_stats import docker_sampler
 from node.security.credentials import EtcdCredentials
 from node.security.etcd_tls import read_etcd_tls
-from node.security.files import NodeFiles, read_secret
+from node.security.files import NodeFiles
 from node.security.sealing import Sealer
 from node.store import StoreError, StoreUnavailable
 from node.store.etcd import EtcdTls
@@ -94,8 +94,7 @@ class Daemon:
             usage = docker_sampler(config.docker_host or None, config.cluster, config.node_id)
         self.telemetry = Telemetry(config.node_id, self.store.meter, usage)  # issue 14: /metrics
         self.events.observers.append(self.telemetry.on_event)
-        eyes = DockerEyes(config.docker_host or None, config.cluster, config.node_id)  # issue 15: metering
-        self.meter = UsageMeter(self.store, self.keys, config.node_id, eyes, config.usage_interval)
+        self.meter = wiring.usage_meter(config, self.store, self.keys)  # issue 15: usage metering
         self.membership = Membership(
             config.node_id,
             f"{config.address}:{config.grpc_port}",
@@ -135,7 +134,8 @@ class Daemon:
             log.error("service names are off on this node: %s", exc)
             self.events.emit("names.off", f"service names are off on {c.node_id}: {exc}")
             return None
-        names = Names(self.mesh, net, host_resolvers(exclude=(dns_address(net),)))
+        sources = SourceMap.of_runtime(self.runtime, c.cluster, (net,), (c.address, c.publish_address))
+        names = Names(self.mesh, net, host_resolvers(exclude=(dns_address(net),)), sources=sources)
         agent.dns = (names.dns_address,)
         return names
 
@@ -347,8 +347,8 @@ class Daemon:
                     self.mesh,
                     c.address,
                     c.metrics_port,
-                    *metrics_guard(c),
-                    [*daemon_collectors(self.telemetry), MeterCollector(self.meter)],
+                    *wiring.metrics_guard(c),
+                    [*daemon_collectors(self.telemetry), self.meter.collector()],
                     {discovery.PATH: discovery.sd_page(lambda: self.node_mirror.items, c.cluster)},
                 )
             except OSError as exc:
@@ -358,11 +358,11 @@ class Daemon:
                     f"cannot serve /metrics on {c.address}:{c.metrics_port}: {exc.strerror or exc}; "
                     "choose --metrics-port (0 turns it off)"
                 ) from exc
-        dashboard_server, traffic = None, None
+        dashboard_server = None
         if c.dashboard_port:  # issue 14: the web dashboard (node.dashboard)
             try:
-                dashboard_server, traffic = await dashboard.start(
-                    servicer, self.credentials, self.mesh.stats, c.node_id,
+                dashboard_server = await dashboard.start(
+                    servicer, self.credentials, api.traffic, c.node_id,
                     NodeFiles.of(c.data_dir).identity, c.address, c.dashboard_port,
                 )  # fmt: skip
             except OSError as exc:
@@ -409,10 +409,12 @@ class Daemon:
                 c.reap_after,
                 c.events_max,  # issue 14: the event log's bounds
                 c.events_max_age,
-                c.usage_rollup_after,  # issue 15: usage roll-up and its bound
-                c.usage_keep_days,
+                *c.usage_bounds,  # issue 15: usage roll-up age, day totals kept
             ),
         )
+        leadership.pool_context = pool_context(c, self.identity)  # issue 15: node pools
+
+        load = wiring.autoscaling(self, leadership, servicer, self.mesh, self.session)  # issue 15
         self.telemetry.attach_agent(agent)
         self.telemetry.attach_leadership(leadership)
         self.telemetry.attach_membership(self.membership)
@@ -437,12 +439,15 @@ class Daemon:
             *([asyncio.create_task(names.run(), name="names")] if names is not None else []),
             asyncio.create_task(self.identity.run(), name="certificates"),
             asyncio.create_task(self.telemetry.run(), name="telemetry"),
+            asyncio.create_task(load.run(), name="load-report"),
             asyncio.create_task(self.meter.run(), name="usage-meter"),
             credentials,
             hub,
         }
-        if traffic is not None:
-            tasks.add(asyncio.create_task(dashboard.sample_forever(traffic), name="dashboard-traffic"))
+        # every node samples its proxy's traffic: the dashboards of the others chart it too
+        tasks.add(
+            asyncio.create_task(dashboard.sample_forever(api.traffic.traffic), name="dashboard-traffic")
+        )
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stop]
@@ -487,15 +492,6 @@ def etcd_tls(config: NodeConfig) -> EtcdTls | None:
         return read_etcd_tls(config.etcd_ca, config.etcd_cert, config.etcd_key, config.etcd_server_name)
     except OSError as exc:
         raise StartupError(f"etcd TLS: cannot read {exc.filename}: {exc.strerror or exc}") from exc
-
-
-def metrics_guard(config: NodeConfig) -> tuple[Path | None, str]:
-    """(identity file for TLS, bearer token) of /metrics, as configured; OSError when unreadable."""
-    identity = NodeFiles.of(config.data_dir).identity if config.metrics_tls else None
-    token = read_secret(Path(config.metrics_token_file)).decode().strip() if config.metrics_token_file else ""
-    if config.metrics_token_file and not token:
-        raise OSError(f"{config.metrics_token_file} is empty: put the /metrics bearer token in it")
-    return identity, token
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -256,6 +256,9 @@ class UsageMeter:
             raise StoreError(f"usage cursor of {self.node} moved meanwhile; resuming from it")
         self.cursor_rev = result.revision
 
+    def collector(self) -> MeterCollector:
+        return MeterCollector(self)
+
     async def run(self) -> None:
         """Look and close until cancelled; a store or engine error waits for the next tick."""
         tick = min(TICK, self.length / 2)

@@ -43,6 +43,7 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
+from node.model.spec_autoscale import Autoscale, AutoscaleTarget, autoscale_fits
 from node.model.spec_errors import FieldError, SpecError
 from node.model.spec_errors import fatal as _fatal
 from node.model.spec_ingress import Ingress, IngressRule, IngressTLS, ProxyProtocolPorts, ingress_fits
@@ -63,6 +64,7 @@ from node.model.spec_lifecycle import (
     UpdateConfig,
     distinct_targets,
 )
+from node.model.spec_networks import NetworkName
 from node.model.spec_resources import (
     _STRICT,
     Limits,
@@ -96,6 +98,7 @@ from node.model.spec_resources import (
 from node.model.spec_resources import (
     parse_memory as parse_memory,
 )
+from node.model.spec_schedule import ScheduleSpec, check_schedule
 from node.model.spec_volumes import VolumeMount, Volumes, volumes_fit
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -170,6 +173,21 @@ class ServiceSpec(BaseModel):
     # tcp container ports whose connections from the mesh and the VIPs begin with a PROXY v2 header
     proxy_protocol: ProxyProtocolPorts | None = None
     _ingress_fits = model_validator(mode="after")(ingress_fits)
+    # Issue 13: networks scope who resolves and reaches whom (node.proxy.netscope, decision 64).
+    # None: the cluster network (every service with None, as before networks existed).
+    networks: Annotated[list[NetworkName], Field(min_length=1, max_length=16)] | None = None
+
+    # Issue 18 item 3: schedules (node.model.spec_schedule): a job run at each tick of a cron.
+    schedule: ScheduleSpec | None = None
+
+    @model_validator(mode="after")
+    def _schedule_fields(self) -> "ServiceSpec":
+        check_schedule(self)
+        return self
+
+    # Issue 15: the leader keeps `replicas` between min and max from the load (node.model.spec_autoscale).
+    autoscale: Autoscale | None = None
+    _autoscale_fits = model_validator(mode="after")(autoscale_fits)
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
@@ -179,6 +197,10 @@ _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
 _FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): VolumeMount, ("job",): JobSpec}
 _FIELDS |= {("ingress",): IngressRule, ("ingress", "tls"): IngressTLS}
+
+_FIELDS |= {("schedule",): ScheduleSpec}
+
+_FIELDS |= {("autoscale",): Autoscale, ("autoscale", "target"): AutoscaleTarget}  # issue 15
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}

@@ -43,6 +43,7 @@ from node.model.domain import Assignment, EndpointRecord, readable_services, rou
 from node.model.keys import Keys
 from node.proxy import routes
 from node.proxy.balancer import Balancer, RetryPolicy
+from node.proxy.coldstart import ColdStart
 from node.proxy.h2_proxy import H2Proxy
 from node.proxy.http import HttpProxy
 from node.proxy.ingress import Ingress
@@ -129,6 +130,7 @@ class Mesh:
         self.ready = asyncio.Event()
         self.syncs = 0
         self.ingress: Ingress | None = None  # issue 17: the node's shared entrance (node.proxy.ingress)
+        self.cold = ColdStart()  # issue 15: requests held for services scaled to zero
 
     # -- running -------------------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class Mesh:
         self.syncs += 1
         records = readable_services(kv.value for kv in self.services.values())
         wanted = routes.listeners(records)
+        self.cold.update(records)
         for port, listener in list(self.listeners.items()):
             if wanted.get(port) != listener.route:
                 self._retire(port)
@@ -201,6 +204,7 @@ class Mesh:
             removed = listener.balancer.set_endpoints(routes.backends(listener.route, endpoints))
             if removed:
                 listener.engine.drain(removed)
+        self.cold.changed()
 
     # -- listeners -----------------------------------------------------------------------
 
@@ -252,6 +256,7 @@ class Mesh:
         balancer = Balancer()
         engine = self._engine(route, balancer)
         engine.stats = self.stats.setdefault(route, ProxyStats())
+        engine.cold = self.cold.hold(route.service, balancer)
         try:
             await engine.start()
         except OSError as exc:
