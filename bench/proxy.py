@@ -45,14 +45,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from node.store import ports
+from node.dev import freeports
 
 HOST = "127.0.0.1"
 INSTALL = "apt-get install -y nginx-light wrk haproxy"
 
 
 def free_port() -> int:
-    return ports.free_port(HOST)  # outside the ephemeral range
+    return freeports.free_port(HOST)  # outside the ephemeral range
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], deadline: float = 10.0) -> None:

@@ -153,6 +153,9 @@ class NodeConfig:
     #   together (two file descriptors each); more are closed at once; 0 = no bound
     proxy_tcp_idle_timeout: float = 3600.0  # s without a byte either way on a tcp port: closed
     proxy_tunnel_idle: float = 3600.0  # s without a byte either way in an upgraded (WebSocket) tunnel
+    # issue 17, items 4-6 (node.proxy.direct, node.proxy.workers; docs/operations.md)
+    proxy_direct: bool = True  # reach this node's replicas by container address, not through
+    #   their published port (docker-proxy); only where the container network is on-link
 
     # -- service names (issue 13; node.proxy.vips, docs/names.md) ---------------------------
     names: bool = True  # run the name server and the VIP listeners for this host's containers

@@ -43,6 +43,7 @@ from node.model.domain import Assignment, EndpointRecord, readable_services, rou
 from node.model.keys import Keys
 from node.proxy import routes
 from node.proxy.balancer import Balancer, RetryPolicy
+from node.proxy.direct import OnLink, direct
 from node.proxy.http import HttpProxy
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
 from node.proxy.routes import Route
@@ -72,6 +73,7 @@ class MeshSettings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # client connections on all ports together
     tcp_idle_timeout: float = 3600.0  # s without a byte either way on a tcp port
     tunnel_idle: float = 3600.0  # s without a byte either way in an upgraded http connection
+    direct: bool = True  # issue 17: local replicas by container address (node.proxy.direct)
 
     @classmethod
     def from_config(cls, c: NodeConfig) -> MeshSettings:
@@ -87,6 +89,7 @@ class MeshSettings:
             max_connections=c.proxy_max_connections,
             tcp_idle_timeout=c.proxy_tcp_idle_timeout,
             tunnel_idle=c.proxy_tunnel_idle,
+            direct=c.proxy_direct,
         )
 
 
@@ -126,6 +129,7 @@ class Mesh:
         self._closing: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
         self.syncs = 0
+        self.onlink = OnLink()  # which container addresses this host reaches directly
 
     # -- running -------------------------------------------------------------------------
 
@@ -188,7 +192,8 @@ class Mesh:
         tasks = (Assignment.from_json(kv.value) for kv in self.tasks.values())
         assigned = serving(tasks, uids)  # not a task of a removed namesake
         endpoints = (EndpointRecord.from_json(kv.value) for kv in self.endpoints.values())
-        return routable_endpoints(endpoints, assigned, self._gone())
+        out = routable_endpoints(endpoints, assigned, self._gone())
+        return direct(out, self.node, self.onlink) if self.settings.direct else out
 
     def _apply_endpoints(self) -> None:
         endpoints = self.routable()
