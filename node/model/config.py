@@ -156,6 +156,9 @@ class NodeConfig:
     # issue 17, items 4-6 (node.proxy.direct, node.proxy.workers; docs/operations.md)
     proxy_direct: bool = True  # reach this node's replicas by container address, not through
     #   their published port (docker-proxy); only where the container network is on-link
+    proxy_workers: int = 0  # processes serving the published ports (SO_REUSEPORT), which keep
+    #   serving while the daemon is down (kill -9, restart, upgrade) and are adopted when it is
+    #   back; one per core spreads the load. 0: the daemon's own event loop serves them
 
     # -- service names (issue 13; node.proxy.vips, docs/names.md) ---------------------------
     names: bool = True  # run the name server and the VIP listeners for this host's containers
@@ -265,6 +268,7 @@ _PROXY_BOUNDS = (
     ("proxy_max_connections", 0, 1_000_000),
     ("proxy_tcp_idle_timeout", 0.1, 7 * 86400),
     ("proxy_tunnel_idle", 0.1, 7 * 86400),
+    ("proxy_workers", 0, 256),
 )
 
 

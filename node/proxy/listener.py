@@ -31,6 +31,10 @@ C = TypeVar("C")
 class Listener(Generic[C]):
     """A listening engine; `C` is what it counts as one open connection."""
 
+    reuse_port = False
+    """SO_REUSEPORT on the listening socket: set by proxy worker processes
+    (`node.proxy.worker`), which share each port with their siblings."""
+
     def __init__(
         self,
         listen_host: str,
@@ -87,7 +91,12 @@ class Listener(Generic[C]):
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._accept, self.listen_host, self.listen_port, backlog=BACKLOG, reuse_address=True
+            self._accept,
+            self.listen_host,
+            self.listen_port,
+            backlog=BACKLOG,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
         self._sweeper = loop.call_later(self.sweep_every(), self._tick)
 
