@@ -99,8 +99,8 @@ class Worker:
                         raise WorkerError(f"proxy worker {self.index} exited with {self.proc.returncode}")
                     if not await self.dial():
                         raise WorkerError(f"proxy worker {self.index} does not answer on {self.path}")
-        except WorkerError:
-            self.kill()
+        except (WorkerError, asyncio.CancelledError):
+            self.kill()  # also when the daemon stops meanwhile: nothing half-started is left
             raise
 
     async def call(self, message: dict[str, Any]) -> dict[str, Any]:
