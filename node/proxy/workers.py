@@ -218,6 +218,7 @@ class WorkerMesh(Mesh):
                 except WorkerError as exc:
                     await self._replace(w, str(exc), wire.table(self.settings, self.entries))
             self._take_states()
+            await self._report_binds()
 
     def _take_states(self) -> None:
         """Bind errors (any worker's) and the counters of all workers added up."""
