@@ -199,10 +199,6 @@ def _wait_container(procs: Procs, ip: str) -> None:
     raise SystemExit(f"the demo replica at {ip}:{PORT} does not answer")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # -- the kernel path: what dockerd --userland-proxy=false makes of a published port ----------
 
 
@@ -272,3 +268,7 @@ def kernel_rows(
                     rows.setdefault(name, []).append(r)
                     print(f"  {name:<20} {r[0]:>8.0f} req/s  p50 {r[1]:8.3f} ms  p99 {r[2]:8.3f} ms  {r[3]}")
     return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
