@@ -13,8 +13,9 @@ mesh's own (`Mesh._engine`: TcpProxy, HttpProxy), fed through `node.proxy.worker
 What it does alone, while no daemon talks to it: keeps every listener and balancer as
 last told (outlier ejection still takes failing replicas out of the rotation), retries
 a port it could not bind every `rebind_interval`. It exits when told `stop`, on SIGTERM
-(draining like the mesh: `drain_timeout`), or when its socket file is removed or taken
-by another (its data directory is gone: nothing will adopt it).
+(draining like the mesh: `drain_timeout`), when its socket file is removed or taken
+by another (its data directory is gone: nothing will adopt it), or, with
+`--orphan-exit S` (tests), after S seconds without a daemon.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ class Served:
 
 
 class Worker:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, orphan_exit: float = 0.0) -> None:
         self.path = path
+        self.orphan_exit = orphan_exit  # s without a daemon after which to exit; 0: never
         self.settings = MeshSettings()
         self.cap = ConnectionCap(self.settings.max_connections)
         self.entries: dict[int, wire.Entry] = {}  # the last table, by published port
@@ -158,13 +160,18 @@ class Worker:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         log.info("worker %d: control socket %s", os.getpid(), self.path)
-        rebind_at = loop.time()
+        rebind_at = alone_since = loop.time()
         try:
             while not self.stopping.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), WATCH_EVERY)
                 if not _ours(self.path, inode):
                     log.warning("worker %d: %s is gone or another's: exiting", os.getpid(), self.path)
+                    break
+                if self.controller is not None:
+                    alone_since = loop.time()
+                elif self.orphan_exit and loop.time() - alone_since > self.orphan_exit:
+                    log.warning("worker %d: no daemon for %gs: exiting", os.getpid(), self.orphan_exit)
                     break
                 if self.errors and loop.time() >= rebind_at:
                     rebind_at = loop.time() + self.settings.rebind_interval
@@ -190,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="a shoal proxy worker (started by shoald)")
     ap.add_argument("--socket", required=True, type=Path, help="the control socket to listen on")
     ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--orphan-exit", type=float, default=0.0, help="exit after this many seconds "
+                    "without a daemon (0: never; tests: a killed test leaves nothing)")  # fmt: skip
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    worker = Worker(a.socket)
+    worker = Worker(a.socket, a.orphan_exit)
     try:
         import uvloop
 

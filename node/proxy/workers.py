@@ -64,8 +64,9 @@ class WorkerError(Exception):
 class Worker:
     """The daemon's end of one worker: its socket, connection, process (when started here)."""
 
-    def __init__(self, index: int, directory: Path) -> None:
+    def __init__(self, index: int, directory: Path, orphan_exit: float = 0.0) -> None:
         self.index = index
+        self.orphan_exit = orphan_exit
         self.path = directory / f"worker-{index}.sock"
         self.log_path = directory / f"worker-{index}.log"
         self.pid = 0
@@ -88,7 +89,7 @@ class Worker:
 
     async def spawn(self) -> None:
         """Start a worker process and dial it until it answers."""
-        self.proc = _popen(self.path, self.log_path)
+        self.proc = _popen(self.path, self.log_path, self.orphan_exit)
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_delay(START_TIMEOUT), wait=wait_fixed(0.05),
@@ -140,11 +141,17 @@ class WorkerMesh(Mesh):
     """`Mesh` whose published ports are served by `workers` processes (module doc)."""
 
     def __init__(
-        self, *args: Any, workers: int, directory: Path, stop_workers: bool = False, **kw: Any
+        self,
+        *args: Any,
+        workers: int,
+        directory: Path,
+        stop_workers: bool = False,
+        orphan_exit: float = 0.0,  # s a worker started here waits without a daemon; 0: forever
+        **kw: Any,
     ) -> None:
         super().__init__(*args, **kw)
         self.directory = directory
-        self.workers = [Worker(i, directory) for i in range(workers)]
+        self.workers = [Worker(i, directory, orphan_exit) for i in range(workers)]
         self.stop_workers = stop_workers  # on a graceful stop (leave_on_stop)
         self.wanted: dict[int, routes.Route] = {}
         self.entries: list[wire.Entry] = []
@@ -281,14 +288,15 @@ def _indexes(directory: Path) -> list[int]:
     return sorted(int(m[1]) for m in found if m is not None)
 
 
-def _popen(path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def _popen(path: Path, log_path: Path, orphan_exit: float) -> subprocess.Popen[bytes]:
     """A worker on `path`, in its own session, running this very tree of shoal."""
     env = dict(os.environ)
     root = str(Path(node.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     with log_path.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "node.proxy.worker", "--socket", str(path)],
+            [sys.executable, "-m", "node.proxy.worker", "--socket", str(path),
+             "--orphan-exit", str(orphan_exit)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env,
         )  # fmt: skip
 

@@ -37,6 +37,10 @@ from tests.unit.test_proxy_mesh import (
     tcp_service,
 )
 
+ORPHAN_EXIT = 30.0
+"""Seconds a worker started here lives on without its mesh: were the test killed, its
+workers would not outlive it by more."""
+
 
 def test_the_table_and_the_counters_go_through_the_wire() -> None:
     route = Route("web", 8080, 80, "http")
@@ -78,7 +82,7 @@ class WorkerWorld(World):
         return WorkerMesh(
             self.store, KEYS, "n1", HOST, RecordedEvents(self.store), FakeGossip(), lambda: 0,
             MeshSettings(connect_timeout=0.5, drain_timeout=1.0, rebind_interval=0.2),
-            workers=self.count, directory=self.directory,
+            workers=self.count, directory=self.directory, orphan_exit=ORPHAN_EXIT,
         )  # fmt: skip
 
     def note_pids(self) -> set[int]:
@@ -222,3 +226,14 @@ async def test_a_worker_exits_when_its_socket_is_gone(pool: WorkerWorld) -> None
         w.path.unlink()
     for w in pool.mesh.workers:
         assert w.proc is not None and await asyncio.to_thread(w.proc.wait, 10) == 0
+
+
+async def test_an_orphan_exits_after_its_bound(tmp_path: Path) -> None:
+    """`--orphan-exit`: without a daemon for that long, the worker exits."""
+    w = workers.Worker(0, tmp_path, orphan_exit=0.5)
+    await w.spawn()
+    try:
+        w.disconnect()
+        assert w.proc is not None and await asyncio.to_thread(w.proc.wait, 10) == 0
+    finally:
+        w.kill()
