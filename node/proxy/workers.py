@@ -159,15 +159,21 @@ class WorkerMesh(Mesh):
         self.started = 0  # workers started by this daemon (at start or to replace one)
 
     async def run(self) -> None:
-        await self.start_workers()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(super().run(), name="mesh")
-            tg.create_task(self._poll(), name="mesh-workers")
+        try:
+            await self.start_workers()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(super().run(), name="mesh")
+                tg.create_task(self._poll(), name="mesh-workers")
+        finally:
+            await self.close()  # also when stopped while starting them (closing twice is harmless)
 
     async def start_workers(self) -> None:
+        """Adopt the workers that answer, start the others (all at once: a start takes a
+        second or more of imports)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for w in self.workers:
-            if await w.dial():
+        found = await asyncio.gather(*(w.dial() for w in self.workers))
+        for w, adopted in zip(self.workers, found, strict=True):
+            if adopted:
                 self.adopted += 1
                 log.info(
                     "proxy worker %d (pid %d) adopted, serving %s port(s)",
@@ -175,8 +181,11 @@ class WorkerMesh(Mesh):
                     w.pid,
                     w.state.get("routes"),
                 )
-            else:
-                await w.spawn()
+        await asyncio.gather(
+            *(w.spawn() for w, adopted in zip(self.workers, found, strict=True) if not adopted)
+        )
+        for w, adopted in zip(self.workers, found, strict=True):
+            if not adopted:
                 self.started += 1
                 log.info("proxy worker %d started (pid %d)", w.index, w.pid)
         await stop_leftovers(self.directory, keep=len(self.workers))
