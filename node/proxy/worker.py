@@ -25,8 +25,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -54,6 +56,8 @@ class Served:
 class Worker:
     def __init__(self, path: Path, orphan_exit: float = 0.0) -> None:
         self.path = path
+        found = re.fullmatch(r"worker-(\d+)\.sock", path.name)
+        self.index = int(found[1]) if found else 0  # where its rotations start (below)
         self.orphan_exit = orphan_exit  # s without a daemon after which to exit; 0: never
         self.settings = MeshSettings()
         self.cap = ConnectionCap(self.settings.max_connections)
@@ -83,10 +87,16 @@ class Worker:
                 await self.open(entry)
             now = self.served.get(port)
             if now is not None:
+                fresh = not now.balancer.backends
                 now.entry = entry
                 removed = now.balancer.set_endpoints(entry.backends)
                 if removed:
                     now.engine.drain(removed)
+                # worker i starts its rotation at the i-th replica: the first picks of
+                # the workers differ (each keeps its own rotation)
+                if fresh:
+                    for _ in range(self.index % max(1, len(entry.backends))):
+                        now.balancer.pick(time.monotonic())
         self.stats = {p: s for p, s in self.stats.items() if p in self.entries}
 
     async def open(self, entry: wire.Entry) -> None:

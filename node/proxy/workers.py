@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -87,9 +88,22 @@ class Worker:
         self._conn, self.state, self.pid = (reader, writer), hello, int(hello.get("pid") or 0)
         return True
 
-    async def spawn(self) -> None:
-        """Start a worker process and dial it until it answers."""
+    def prestart(self) -> None:
+        """Start the process now unless a worker answers at `path` already (synchronous:
+        from the daemon's construction, so it boots while the daemon does)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1.0)
+            try:
+                s.connect(str(self.path))
+                return
+            except OSError:
+                pass
         self.proc = _popen(self.path, self.log_path, self.orphan_exit)
+
+    async def spawn(self) -> None:
+        """Start a worker process (unless `prestart` did) and dial it until it answers."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = _popen(self.path, self.log_path, self.orphan_exit)
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_delay(START_TIMEOUT), wait=wait_fixed(0.05),
@@ -173,7 +187,7 @@ class WorkerMesh(Mesh):
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         found = await asyncio.gather(*(w.dial() for w in self.workers))
         for w, adopted in zip(self.workers, found, strict=True):
-            if adopted:
+            if adopted and w.proc is None:  # not one `prestart` started
                 self.adopted += 1
                 log.info(
                     "proxy worker %d (pid %d) adopted, serving %s port(s)",
@@ -184,8 +198,8 @@ class WorkerMesh(Mesh):
         await asyncio.gather(
             *(w.spawn() for w, adopted in zip(self.workers, found, strict=True) if not adopted)
         )
-        for w, adopted in zip(self.workers, found, strict=True):
-            if not adopted:
+        for w in self.workers:
+            if w.proc is not None:
                 self.started += 1
                 log.info("proxy worker %d started (pid %d)", w.index, w.pid)
         await stop_leftovers(self.directory, keep=len(self.workers))
@@ -323,11 +337,18 @@ class LocalMesh(Mesh):
         await super().run()
 
 
-def mesh_for(config: NodeConfig, *args: Any, **kw: Any) -> Mesh:
-    """The mesh the setting `proxy_workers` asks for; `args`, `kw` as `Mesh` takes them."""
+def mesh_for(config: NodeConfig, *args: Any, prestart: bool = True, **kw: Any) -> Mesh:
+    """The mesh the setting `proxy_workers` asks for; `args`, `kw` as `Mesh` takes them.
+    With workers, those that do not answer are started at once (`prestart`): they boot
+    while the daemon does, and serve about when it is ready."""
     directory = config.data_dir / "proxy"
     if config.proxy_workers > 0:
-        return WorkerMesh(
+        mesh = WorkerMesh(
             *args, workers=config.proxy_workers, directory=directory, stop_workers=config.leave_on_stop, **kw
         )
+        if prestart:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for w in mesh.workers:
+                w.prestart()
+        return mesh
     return LocalMesh(*args, directory=directory, **kw)

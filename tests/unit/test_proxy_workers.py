@@ -66,7 +66,7 @@ def test_the_table_and_the_counters_go_through_the_wire() -> None:
 def test_the_setting_chooses_the_mesh(tmp_path: Path) -> None:
     args = (MemoryStore(), KEYS, "n1", HOST)
     assert isinstance(mesh_for(NodeConfig(data_dir=tmp_path), *args), LocalMesh)
-    mesh = mesh_for(NodeConfig(data_dir=tmp_path, proxy_workers=2, leave_on_stop=True), *args)
+    mesh = mesh_for(NodeConfig(data_dir=tmp_path, proxy_workers=2, leave_on_stop=True), *args, prestart=False)
     assert isinstance(mesh, WorkerMesh) and len(mesh.workers) == 2 and mesh.stop_workers
     assert mesh.workers[1].path == tmp_path / "proxy" / "worker-1.sock"
 
@@ -237,3 +237,42 @@ async def test_an_orphan_exits_after_its_bound(tmp_path: Path) -> None:
         assert w.proc is not None and await asyncio.to_thread(w.proc.wait, 10) == 0
     finally:
         w.kill()
+
+
+async def test_prestarted_workers_count_as_started_and_a_live_one_is_left(tmp_path: Path) -> None:
+    """`mesh_for` starts the workers at once; the next daemon's finds them answering."""
+    config = NodeConfig(data_dir=tmp_path, proxy_workers=1)
+    mesh = mesh_for(config, MemoryStore(), KEYS, "n1", HOST)
+    assert isinstance(mesh, WorkerMesh)
+    first = mesh.workers[0]
+    try:
+        assert first.proc is not None
+        await mesh.start_workers()
+        assert (mesh.started, mesh.adopted) == (1, 0)
+        again = mesh_for(config, MemoryStore(), KEYS, "n1", HOST)
+        assert isinstance(again, WorkerMesh) and again.workers[0].proc is None  # it answered: not started
+        await again.start_workers()
+        assert (again.started, again.adopted, again.workers[0].pid) == (0, 1, first.pid)
+        again.workers[0].disconnect()
+    finally:
+        first.kill()
+
+
+async def test_worker_i_starts_its_rotation_at_the_i_th_replica(tmp_path: Path) -> None:
+    from node.proxy.worker import Worker as Process
+
+    port = free_port()
+    route = Route("web", port, 80, "tcp")
+    backends = (Backend("t1", HOST, 1, "n1"), Backend("t2", HOST, 2, "n1"))
+    firsts = []
+    for i in (0, 1, 2):
+        w = Process(tmp_path / f"worker-{i}.sock")
+        await w.apply(MeshSettings(), [wire.Entry(route, HOST, backends)])
+        assert not w.errors, w.errors
+        balancer = w.served[port].balancer
+        firsts.append(balancer.pick(0.0).key)  # type: ignore[union-attr]
+        await w.apply(MeshSettings(), [wire.Entry(route, HOST, backends)])  # no longer fresh: no skip
+        firsts.append(balancer.pick(0.0).key)  # type: ignore[union-attr]
+        w.retire(port)
+        await asyncio.gather(*w.closing)
+    assert firsts == ["t1", "t2", "t2", "t1", "t1", "t2"]
