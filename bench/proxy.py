@@ -1,7 +1,7 @@
 """Proxy throughput and latency: direct, HAProxy (TCP and HTTP mode), shoal's L4 and L7 proxies.
 
     .venv/bin/python bench/proxy.py [--duration 5] [--connections 32] [--modes keepalive,close]
-                                    [--rounds 1]
+                                    [--rounds 1] [--h2]
 
 All on this machine, on 127.0.0.1, one after the other:
 
@@ -25,7 +25,9 @@ round), and the medians are printed: on a shared machine one run of each is nois
 mode the client opens a connection per request; the L7 proxies still reuse their
 backend connections (`Connection` is hop-by-hop). Every process the bench starts is
 stopped at the end (also on error or Ctrl-C); every wrk run is bounded by its duration
-plus a timeout. Missing tools: their names, the install command, exit status 2.
+plus a timeout. `--h2` adds gRPC over h2c, shoal's h2c engine against a direct
+connection to a grpcio server, with a Python load client (bench/proxy_h2.py). Missing
+tools: their names, the install command, exit status 2.
 """
 
 from __future__ import annotations
@@ -261,6 +263,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1, help="runs per target and mode (medians printed)")
     ap.add_argument("--workers", type=int, default=1, help="shoal processes per port (SO_REUSEPORT) and "
                     "HAProxy threads (issue 17: proxy_workers)")  # fmt: skip
+    ap.add_argument("--h2", action="store_true", help="then gRPC over h2c, shoal vs direct (proxy_h2.py)")
     ap.add_argument("--serve-shoal", nargs=2, metavar=("PORT", "BACKENDS"), help=argparse.SUPPRESS)
     ap.add_argument("--serve-shoal-http", nargs=2, metavar=("PORT", "BACKENDS"), help=argparse.SUPPRESS)
     ap.add_argument("--serve-http", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -348,6 +351,11 @@ def main() -> int:
             p50, p99 = paced(targets[name][0])
             added[name] = p99 - base[1]
             print(f"  {name:<12} p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  p99 added {p99 - base[1]:+6.3f} ms")
+        if a.h2:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from bench import proxy_h2
+
+            h2 = proxy_h2.rows(procs, tmp, a.duration, a.connections, a.rounds)
     print()
     if a.rounds > 1:
         print(f"medians of {a.rounds} rounds:")
@@ -363,6 +371,8 @@ def main() -> int:
             f"shoal L7/direct = {s7 / d0:.2f}x   shoal L4/direct = {s4 / d0:.2f}x\n"
             f"{'':<{len(mode)}}  CPU per request HAProxy/shoal: http {cpu7:.2f}x   tcp {cpu4:.2f}x"
         )
+    if a.h2:
+        proxy_h2.report(h2)
     for name in ("shoal-l4", "shoal-l7"):
         verdict = "within" if added[name] <= 1.0 else "OVER"
         print(f"p99 added at 1,000 req/s: {name} {added[name]:+.3f} ms ({verdict} the 1 ms goal)")

@@ -8,7 +8,9 @@ ls`) sees the same verdict, and removes the mark when gossip sees the node alive
 again (it refuted with a higher incarnation: the heal case). A node that keeps its
 etcd lease but is dead to its peers is dead here: that is the point of gossip.
 
-A suspected node is never acted on; only a confirmed death is.
+A suspected node is never acted on; only a confirmed death is. Nor is the death of a
+node whose daemon said it is restarting (`restarting/<node>`, `node.daemon.restarting`)
+while that mark lives: its containers run on through the restart.
 """
 
 from __future__ import annotations
@@ -50,16 +52,23 @@ class DownMarks:
         self.events = events
         self.grace = grace
         self.cache = mirror(store, keys.down_all, "down")
+        self.restarts = mirror(store, keys.restarting_all, "restarting")  # node.daemon.restarting
         self.quorate = True  # does this leader see a majority of the registry alive?
 
     def marked(self) -> set[str]:
         return {self.keys.tail(kv.key, self.keys.down_all) for kv in self.cache.values()}
 
+    def restarting(self) -> set[str]:
+        """Nodes stopped to come back (a live `restarting/<node>` mark): not acted on."""
+        return {self.keys.tail(kv.key, self.keys.restarting_all) for kv in self.restarts.values()}
+
     def gossip_dead(self, now: float | None = None) -> set[str]:
         if self.liveness is None or not self.quorate:
             return set()
         now = time.monotonic() if now is None else now
-        return {n for n, since in self.liveness.dead_since().items() if now - since >= self.grace}
+        held = self.restarting()
+        dead = self.liveness.dead_since().items()
+        return {n for n, since in dead if now - since >= self.grace and n not in held}
 
     def next_deadline(self) -> float | None:
         """Seconds until a gossip death becomes old enough to act on, if any is pending."""

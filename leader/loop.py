@@ -91,6 +91,7 @@ class LeaderLoop:
 
     async def run(self) -> None:
         caches = [self.services, self.nodes, self.tasks, self.nodespecs, self.rollouts, self.down.cache]
+        caches.append(self.down.restarts)  # a restart mark that expires lets the node's tasks move
         caches.append(self.volumes)
         async with asyncio.TaskGroup() as tg:
             for cache in (*caches, self.statuses):

@@ -11,10 +11,10 @@
 #
 # Layout (the same as tests/integration/netns.py, which the failover tests use):
 #
-#   host netns: bridge shb-<id> 10.215.<k>.1/24   etcd :2379, dockerd (+ docker-proxy)
-#     veth shv-<id>-<i>  <->  shp-<id>-<i> in netns sh-<id>-n<i>: 10.215.<k>.<10+i>/24,
-#                             lo up, default route via 10.215.<k>.1,
-#                             shoald --address 10.215.<k>.<10+i> --grpc-port 7070
+#   host netns: bridge shb-<id> 10.216.<k>.1/24   etcd :2379, dockerd (+ docker-proxy)
+#     veth shv-<id>-<i>  <->  shp-<id>-<i> in netns sh-<id>-n<i>: 10.216.<k>.<10+i>/24,
+#                             lo up, default route via 10.216.<k>.1,
+#                             shoald --address 10.216.<k>.<10+i> --grpc-port 7070
 #
 # Every node has its own network stack, as a real host has, so a cut is total and
 # symmetric (on loopback addresses a node's outgoing traffic leaves from 127.0.0.1,
@@ -54,17 +54,17 @@ load() { # load ID: read the state of a setup into globals
 	[[ -f $dir/subnet ]] || die "no setup $id in $STATE (see: hosts.sh ls)"
 	k=$(<"$dir/subnet")
 	nodes=$(<"$dir/nodes")
-	host_ip=10.215.$k.1
+	host_ip=10.216.$k.1
 	export SHOAL_CONTEXT_FILE=${SHOAL_CONTEXT_FILE:-$dir/context.json}
 }
 
-node_ip() { echo "10.215.$k.$((10 + $1))"; }
+node_ip() { echo "10.216.$k.$((10 + $1))"; }
 
 check_node() {
 	if ! [[ $1 =~ ^[0-9]+$ ]] || (($1 < 1 || $1 > nodes)); then die "node must be 1..$nodes, got $1"; fi
 }
 
-free_k() { # a third octet whose 10.215.k.0/24 is on no interface or route
+free_k() { # a third octet whose 10.216.k.0/24 is on no interface or route
 	local used k
 	used=$(
 		ip -4 -o addr show
@@ -76,7 +76,7 @@ free_k() { # a third octet whose 10.215.k.0/24 is on no interface or route
 			return
 		}
 	done
-	die "no free /24 in 10.215.0.0/16"
+	die "no free /24 in 10.216.0.0/16"
 }
 
 wait_for() { # wait_for SECONDS WHAT CMD...
@@ -103,7 +103,7 @@ cmd_up() {
 	echo "$k" >"$dir/subnet"
 	echo "$n" >"$dir/nodes"
 	nodes=$n
-	host_ip=10.215.$k.1
+	host_ip=10.216.$k.1
 	trap 'if [[ -z ${done_up:-} ]]; then echo "hosts.sh: up failed; removing what it made" >&2; cmd_down "$id" || true; fi' EXIT
 
 	ip link add "shb-$id" type bridge
@@ -149,7 +149,7 @@ cmd_up() {
 	done
 	wait_for 30 "the cluster" "$SHOAL" --addr "$(node_ip 1):$GRPC_PORT" --timeout 2 node ls
 	done_up=1
-	echo "setup $id: $n nodes on 10.215.$k.0/24 (etcd $host_ip:$ETCD_PORT, cluster netns-$id)"
+	echo "setup $id: $n nodes on 10.216.$k.0/24 (etcd $host_ip:$ETCD_PORT, cluster netns-$id)"
 	echo "  export SHOAL_CONTEXT_FILE=$dir/context.json SHOAL_ADDR=$(node_ip 1):$GRPC_PORT; $SHOAL node ls"
 	echo "  hosts.sh cut $id 2; hosts.sh heal $id 2; hosts.sh down $id"
 }
@@ -236,7 +236,7 @@ cmd_ls() {
 	local d
 	for d in "$STATE"/*/; do
 		[[ -f $d/subnet ]] || continue
-		echo "$(basename "$d"): $(<"$d/nodes") nodes on 10.215.$(<"$d/subnet").0/24"
+		echo "$(basename "$d"): $(<"$d/nodes") nodes on 10.216.$(<"$d/subnet").0/24"
 	done
 }
 

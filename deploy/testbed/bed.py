@@ -46,6 +46,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.testbed import hostfaults
 from deploy.testbed.teardown import BedError, Teardown, pid_alive, run, wait
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,6 +85,8 @@ class Bed(Teardown):
     pids: dict[str, int] = field(default_factory=dict)  # "dockerd-1", "etcd-2", "shoald-3" -> pid
     made: list[str] = field(default_factory=list)  # what exists: "bridge", "rule", "netns-<i>"
     timings: dict[str, float] = field(default_factory=dict)
+    small_disk: int = 0  # MiB: each host's Docker root on a file system that size (hostfaults)
+    clock_shift: bool = False  # each shoald's wall clock shiftable (hostfaults, clock-offset)
 
     # -- names -----------------------------------------------------------------------------
     @property
@@ -147,7 +150,8 @@ class Bed(Teardown):
 
     # -- state -----------------------------------------------------------------------------
     def save(self) -> None:
-        state = {k: getattr(self, k) for k in ("hosts", "id", "subnet", "preset", "pids", "made", "timings")}
+        names = ("hosts", "id", "subnet", "preset", "pids", "made", "timings", "small_disk", "clock_shift")
+        state = {k: getattr(self, k) for k in names}
         (self.dir / "bed.json").write_text(json.dumps(state, indent=1))
 
     @classmethod
@@ -193,6 +197,7 @@ class Bed(Teardown):
             [*(self.ip(i) for i in self.etcd_hosts), ETCD_NAME],
             [self.node_id(i) for i in range(1, self.hosts + 1)],
         )
+        self._host_faults()
         for i in range(1, self.hosts + 1):
             self.start_engine(i, wait_ready=False)
         for i in self.etcd_hosts:
@@ -253,9 +258,31 @@ class Bed(Teardown):
             run("ip", "-n", ns, "route", "add", "default", "via", self.ip(0))
             self.host_dir(i).mkdir(mode=0o700)
 
-    def _spawn(self, key: str, i: int, argv: list[str], log: str) -> None:
+    def _host_faults(self) -> None:
+        """The small disks and the clock shim (deploy/testbed/hostfaults.py), when asked."""
+        for i in range(1, self.hosts + 1):
+            if self.small_disk:
+                self.made.append(f"disk-{i}")
+                self.save()
+                image = self.host_dir(i) / "disk.img"
+                hostfaults.make_small_disk(image, self.docker_root(i), self.small_disk)
+            if self.clock_shift:
+                hostfaults.set_clock(self.clock_file(i), 0)
+        if self.clock_shift:
+            hostfaults.build_clock_shim(self.dir)
+
+    def docker_root(self, i: int) -> Path:
+        return self.host_dir(i) / "docker"
+
+    def clock_file(self, i: int) -> Path:
+        return self.host_dir(i) / "clock-offset"
+
+    def _spawn(
+        self, key: str, i: int, argv: list[str], log: str, extra_env: dict[str, str] | None = None
+    ) -> None:
         with (self.host_dir(i) / log).open("ab") as out:
             env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+            env |= extra_env or {}
             proc = subprocess.Popen(
                 [*self.in_host(i), *argv],
                 stdout=out,
@@ -270,7 +297,7 @@ class Bed(Teardown):
     # -- the engines -----------------------------------------------------------------------
     def start_engine(self, i: int, wait_ready: bool = True) -> None:
         d = self.host_dir(i)
-        argv = ["dockerd", "--data-root", str(d / "docker"), "--exec-root", str(d / "x"),
+        argv = ["dockerd", "--data-root", str(self.docker_root(i)), "--exec-root", str(d / "x"),
                 "--pidfile", str(d / "docker.pid"), "-H", self.docker_host(i),
                 "--bip", f"10.215.{i}.1/24", "--log-level", "warn"]  # fmt: skip
         self._spawn(f"dockerd-{i}", i, argv, "dockerd.log")
@@ -393,8 +420,11 @@ class Bed(Teardown):
             path.write_text(token + "\n")
 
     def start_shoald(self, i: int) -> None:
+        shim = {}
+        if self.clock_shift:
+            shim = hostfaults.clock_env(self.dir / "clockshift.so", self.clock_file(i))
         self._spawn(f"shoald-{i}", i, [sys.executable, "-m", "node.daemon", "--config", str(self.config(i))],
-                    "shoald.log")  # fmt: skip
+                    "shoald.log", shim)  # fmt: skip
 
     def stop_shoald(self, i: int, sig: int = signal.SIGTERM) -> None:
         self.stop(f"shoald-{i}", sig, 20)

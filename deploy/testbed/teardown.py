@@ -131,6 +131,8 @@ class Teardown:
                     with contextlib.suppress(ProcessLookupError, ValueError):
                         os.kill(int(pid), signal.SIGKILL)
         self._unmount()
+        for device in self._loops():  # a small disk's (hostfaults); the mount frees it unless busy
+            run("losetup", "-d", device, check=False)
         for i in range(1, self.hosts + 1):
             if f"netns-{i}" in self.made:
                 run("ip", "netns", "del", self.netns(i), check=False)
@@ -162,6 +164,11 @@ class Teardown:
             for point in points:
                 run("umount", "-l", point, check=False)
 
+    def _loops(self) -> list[str]:
+        """Loop devices backed by a file of this bed (`losetup -a`: "/dev/loop0: []: (file)")."""
+        out = run("losetup", "-a", check=False).stdout
+        return [line.split(":", 1)[0] for line in out.splitlines() if f"({self.dir}/" in line]
+
     def leftovers(self) -> list[str]:
         """What of this bed still exists (empty after a clean `down`)."""
         found = []
@@ -175,6 +182,7 @@ class Teardown:
             found.append(f"iptables rule shoal-testbed-{self.id}")
         found += [f"process {pid}" for pid in self._bed_processes()]
         found += [f"mount {m}" for m in self._mounts()]
+        found += [f"loop device {d}" for d in self._loops()]
         if self.dir.exists():
             found.append(f"directory {self.dir}")
         return found

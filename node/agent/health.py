@@ -48,14 +48,15 @@ _HTTP = HttpCheck.model_fields
 class Check:
     """A spec's `health` section, as the agent runs it."""
 
-    kind: str  # "http", "tcp" or "exec"
-    port: int = 0  # container port (http, tcp)
+    kind: str  # "http", "tcp", "exec" or "grpc"
+    port: int = 0  # container port (http, tcp, grpc)
     path: str = _HTTP["path"].default  # http
     status: int | None = _HTTP["status"].default  # http: the status that means healthy (None: 2xx-3xx)
     scheme: str = "http"  # http: "http" or "https" (the spec's None)
     tls_verify: bool = False  # https: check the certificate against `host` (the spec's None)
     host: str | None = _HTTP["host"].default  # http: the Host header (None: the address probed)
     command: tuple[str, ...] = ()  # exec: argv, no shell
+    service: str = ""  # grpc: the service asked about ("" the server as a whole)
     interval: float = _TIMING["interval"].default
     timeout: float = _TIMING["timeout"].default
     retries: int = _TIMING["retries"].default
@@ -66,6 +67,8 @@ class Check:
             return f"GET :{self.port}{self.path}" + (" (https)" if self.scheme == "https" else "")
         if self.kind == "tcp":
             return f"tcp :{self.port}"
+        if self.kind == "grpc":
+            return f"grpc health :{self.port}" + (f" {self.service}" if self.service else "")
         return "exec " + " ".join(self.command)
 
 
@@ -97,6 +100,8 @@ def check_of(spec: ServiceSpec | None) -> Check | None:
         return replace(timing, kind="tcp", port=health.tcp.port)
     if health.exec is not None:
         return replace(timing, kind="exec", command=tuple(health.exec))
+    if health.grpc is not None:
+        return replace(timing, kind="grpc", port=health.grpc.port, service=health.grpc.service or "")
     return None
 
 

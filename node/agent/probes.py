@@ -5,6 +5,8 @@
   `node.agent.http_probe` (llhttp, bounded) and passes on `status`, or any 2xx-3xx.
 - `tcp`: a TCP connection to the container's address and port is accepted.
 - `exec`: the command runs in the container (`Runtime.exec`); passes on exit code 0.
+- `grpc`: `grpc.health.v1.Health/Check` for the check's service over h2c at the
+  container's address and port (`node.agent.grpc_probe`); passes on SERVING.
 
 Why the container's address and not the published host port: Docker's userland proxy
 holds the published port and accepts connections on the application's behalf even
@@ -22,7 +24,7 @@ import asyncio
 import os
 import ssl
 
-from node.agent import http_probe
+from node.agent import grpc_probe, http_probe
 from node.agent.health import Check
 from node.runtime.base import Container, EngineError, Runtime
 
@@ -47,6 +49,8 @@ class Prober:
             async with asyncio.timeout(check.timeout):
                 if check.kind == "http":
                     return await self._http(check, host, port)
+                if check.kind == "grpc":
+                    return await grpc_probe.check(host, port, check.service, check.timeout)
                 return await self._tcp(host, port)
         except TimeoutError:
             return False, f"{check.describe()}: no answer within {check.timeout:g}s"

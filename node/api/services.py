@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+from node.api.ingress_check import check_ingress
 from node.api.objects import Bound, Objects
 from node.api.port_policy import PortPolicy
 from node.api.registry import Resolver, secret_opener
@@ -146,6 +147,7 @@ class ServiceWriter:
             return current, current
         await self.readable_everywhere(spec)
         await self.ports.check(self.store, self.keys, spec, current.spec if current else None)
+        await check_ingress(self.store, self.keys, spec)  # issue 17: (host, path) of another service
         version = current.version + 1 if current else 1
         uid = current.uid if current else new_service_uid()  # a new incarnation only at create
         record = ServiceRecord(spec.name, version, spec, time.time(), self.node, uid=uid, cause=new_cause())
@@ -207,6 +209,7 @@ class ServiceWriter:
             spec = target.spec.model_copy(update={"replicas": current.replicas})
             spec, bound = await self.objects.bind(spec, current.spec)  # the objects' current revisions
             await self.ports.check(self.store, self.keys, spec, current.spec)
+            await check_ingress(self.store, self.keys, spec)
             record = ServiceRecord(
                 name,
                 current.version + 1,

@@ -90,8 +90,8 @@ def _long_port(svc: Any, value: Any, i: int, item: Any, out: list[dict[str, Any]
         port: dict[str, Any] = {"container": target}
         if pub not in (None, ""):
             port["published"] = int(str(pub))
-        if item.get("app_protocol") == "http":
-            port["protocol"] = "http"
+        if item.get("app_protocol") in ("http", "grpc", "http2"):  # grpc, http2: decision 61
+            port["protocol"] = item["app_protocol"]
         out.append(port)
     except (KeyError, ValueError, TypeError):
         svc.error(

@@ -31,9 +31,10 @@ from node import __version__
 from node.agent.agent import Agent
 from node.agent.engine import EngineWatch
 from node.api import server as api_server
-from node.daemon import discovery, shutdown, wiring
+from node.daemon import discovery, restarting, shutdown, wiring
 from node.daemon.collectors import collectors as daemon_collectors
 from node.daemon.identity import IdentityError, NodeIdentity
+from node.daemon.ingress import attach_ingress
 from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
@@ -388,6 +389,7 @@ class Daemon:
             pull_timeout=c.pull_timeout,
         )
         agent.secret_files.sealer = Sealer(self.identity.passphrase)  # issue 13: opens secrets at start
+        attach_ingress(self.mesh, c, self.store, self.keys, self.identity)  # issue 17: the shared entrance
         names = self._names(agent)  # issue 13: service names for this host's containers
         leadership = Leadership(
             self.store,
@@ -456,6 +458,9 @@ class Daemon:
         )
         if c.leave_on_stop:
             await shutdown.step("leaving the gossip", self.membership.leave(), deadline.left(2.0))
+        elif not failed and (seconds := restarting.grace(c)) > 0:  # back soon: its tasks stay
+            mark = restarting.mark(self.store, self.keys, c.node_id, seconds)
+            await shutdown.step("marking this node restarting", mark, deadline.left(1.0))
         stuck |= await shutdown.cancel_all(by_name.values(), max(0.5, deadline.left() - 2.5))
         await shutdown.step(
             "draining the gRPC server", server.stop(grace=deadline.left(1.0)), deadline.left(1.5)

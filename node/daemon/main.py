@@ -37,6 +37,8 @@ from node.telemetry.logs import setup
 @click.option("--metrics-tls", is_flag=True, default=None, help="serve /metrics over TLS (node certificate)")
 @click.option("--metrics-token-file", type=click.Path(dir_okay=False), help="bearer token /metrics requires")
 @click.option("--dashboard-port", type=int, help="web dashboard (HTTPS) port on --address, 0 = off [0]")
+@click.option("--ingress-http-port", type=int, help="shared HTTP entrance (ingress) port, 0 = off [0]")
+@click.option("--ingress-https-port", type=int, help="shared HTTPS entrance (ingress) port, 0 = off [0]")
 @click.option("--drain", type=float, help="seconds a replica drains before it is stopped [2]")
 @click.option("--docker-host", help="the Docker engine: unix:///path or tcp://host:port [DOCKER_HOST]")
 @click.option(

@@ -76,7 +76,11 @@ def build_api(d: Parts) -> Api:
         c.grpc_port,
         c.metrics_port,
         c.etcd,
-        (*c.reserved_ports, *([c.dashboard_port] if c.dashboard_port else [])),
+        (
+            *c.reserved_ports,
+            *([c.dashboard_port] if c.dashboard_port else []),
+            *[p for p in (c.ingress_http_port, c.ingress_https_port) if p],  # issue 17: ingress
+        ),
     )
     joins = JoinHandler(d.store, d.keys, c.node_id, signer, c.join_token_uses)
     peers = PeerStubs(d.identity.client_tls)

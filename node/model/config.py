@@ -105,6 +105,8 @@ class NodeConfig:
     join: tuple[str, ...] = ()  # gossip seeds (host:port of peers); the etcd registry is used too
     leave_on_stop: bool = False  # on SIGTERM, tell peers this node left (its tasks move at once);
     #   off by default so that a restart re-adopts its containers without moving them
+    restart_grace: float = 0.0  # s a SIGTERM'd node's tasks stay put while it restarts (a
+    #   `restarting/<node>` mark on a lease that long); 0 = the lease TTL; -1 = none
     log_format: str = "text"  # text | json
     log_level: str = "info"
     # -- security (docs/operations.md, "Security") ------------------------------------------
@@ -159,6 +161,13 @@ class NodeConfig:
     proxy_workers: int = 0  # processes serving the published ports (SO_REUSEPORT), which keep
     #   serving while the daemon is down (kill -9, restart, upgrade) and are adopted when it is
     #   back; one per core spreads the load. 0: the daemon's own event loop serves them
+
+    # -- the shared HTTP(S) entrance (issue 17; node.proxy.ingress, docs/ingress.md) ------------
+    ingress_http_port: int = 0  # routes services' `ingress` rules by Host and path on `address`;
+    #   0 = off. Off by default: 80 is the documented port on a host (binding it needs root or
+    #   CAP_NET_BIND_SERVICE), another one in dev. No service may publish it
+    ingress_https_port: int = 0  # the same behind TLS (certificates from secrets, else issued by
+    #   the cluster CA), SNI per host; 0 = off; 443 is the documented port
 
     # -- service names (issue 13; node.proxy.vips, docs/names.md) ---------------------------
     names: bool = True  # run the name server and the VIP listeners for this host's containers
@@ -297,6 +306,14 @@ def validate(c: NodeConfig) -> NodeConfig:
             f"dashboard_port: {c.dashboard_port} must be a port other than grpc_port and "
             "metrics_port, or 0 (off)"
         )
+    own = {"grpc_port": c.grpc_port, "metrics_port": c.metrics_port, "dashboard_port": c.dashboard_port}
+    for name in ("ingress_http_port", "ingress_https_port"):
+        port = getattr(c, name)
+        taken = [n for n, p in own.items() if p and p == port]
+        if not 0 <= port <= 65535 or taken:
+            why = f" (also {taken[0]})" if taken else ""
+            raise ConfigError(f"{name}: {port} must be a port of its own{why}, or 0 (off)")
+        own[name] = port
     if not 0 <= c.drain <= 3600:
         raise ConfigError(f"drain: {c.drain} must be between 0 and 3600 seconds")
     if not 1 <= c.engine_timeout <= 3600:
@@ -327,6 +344,8 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError(f"memory, reserve_memory: {c.memory}, {c.reserve_memory} must not be negative")
     if not 1 <= c.shutdown_grace <= 3600:
         raise ConfigError(f"shutdown_grace: {c.shutdown_grace:g} must be between 1 and 3600 seconds")
+    if not (c.restart_grace == -1 or 0 <= c.restart_grace <= 3600):
+        raise ConfigError(f"restart_grace: {c.restart_grace:g} must be -1 (none) or between 0 and 3600 s")
     if not 0 <= c.down_grace <= 3600:
         raise ConfigError(f"down_grace: {c.down_grace} must be between 0 (the preset's) and 3600 seconds")
     for name in ("lease_ttl", "leader_ttl"):

@@ -120,6 +120,12 @@ class Keys:
         return f"{self.prefix}down/"
 
     @property
+    def restarting_all(self) -> str:
+        """`restarting/<node>`: a node's daemon stopped to come back (an upgrade, a restart),
+        on a lease of `restart_grace` seconds: its tasks stay while the mark lives."""
+        return f"{self.prefix}restarting/"
+
+    @property
     def events(self) -> str:
         return f"{self.prefix}events/"
 
@@ -225,6 +231,9 @@ class Keys:
 
     def down(self, node: str) -> str:
         return f"{self.down_all}{node}"
+
+    def restarting(self, node: str) -> str:
+        return f"{self.restarting_all}{node}"
 
     def nodespec(self, node: str) -> str:
         """The operator's settings of a node: availability (drain) and labels."""

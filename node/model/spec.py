@@ -45,6 +45,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from node.model.spec_errors import FieldError, SpecError
 from node.model.spec_errors import fatal as _fatal
+from node.model.spec_ingress import Ingress, IngressRule, IngressTLS, ProxyProtocolPorts, ingress_fits
 from node.model.spec_job import JobSpec, check_job_fields
 from node.model.spec_lifecycle import (
     OBJECT_PATTERN,
@@ -164,6 +165,12 @@ class ServiceSpec(BaseModel):
         check_job_fields(self)
         return self
 
+    # Issue 17 item 3: ingress, routes from the node's shared HTTP(S) entrance (node.model.spec_ingress)
+    ingress: Ingress | None = None  # None: not routed by host name
+    # tcp container ports whose connections from the mesh and the VIPs begin with a PROXY v2 header
+    proxy_protocol: ProxyProtocolPorts | None = None
+    _ingress_fits = model_validator(mode="after")(ingress_fits)
+
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
 _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
@@ -171,6 +178,7 @@ _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", 
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
 _FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): VolumeMount, ("job",): JobSpec}
+_FIELDS |= {("ingress",): IngressRule, ("ingress", "tls"): IngressTLS}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}

@@ -177,8 +177,30 @@ class TcpCheck(BaseModel):
     port: _Port
 
 
+_GRPC_SERVICE_RE = re.compile(r"[A-Za-z0-9_.-]{0,200}")
+
+
+def _grpc_service(v: str) -> str:
+    if not _GRPC_SERVICE_RE.fullmatch(v):
+        raise _fail(
+            "must be a gRPC service name (letters, digits, '.', '_', '-'; at most 200 characters), "
+            f"or empty for the server as a whole; got string {v[:60]!r}"
+        )
+    return v
+
+
+class GrpcCheck(BaseModel):
+    """The standard gRPC health protocol (`grpc.health.v1.Health/Check`) on the replica's
+    container `port`, over h2c: healthy when the answer is SERVING for `service` (None or
+    "": the server as a whole). Decision 61."""
+
+    model_config = _STRICT
+    port: _Port
+    service: Annotated[str, AfterValidator(_grpc_service)] | None = None  # None: ""
+
+
 class HealthCheck(BaseModel):
-    """How the agent checks a replica: exactly one of `http`, `tcp`, `exec`.
+    """How the agent checks a replica: exactly one of `http`, `tcp`, `exec`, `grpc`.
 
     A replica is published (routable) only once a check passed; `retries` consecutive
     failures make it unhealthy (withdrawn from every proxy); 2 x `retries` replace it.
@@ -193,13 +215,14 @@ class HealthCheck(BaseModel):
     timeout: _Timeout = 1.0
     retries: Annotated[int, _within(1, 100)] = 3
     start_period: Duration = 0.0
+    grpc: GrpcCheck | None = None  # gRPC health protocol (decision 61); None keeps the stored form
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "HealthCheck":
-        given = [k for k in ("http", "tcp", "exec") if getattr(self, k) is not None]
+        given = [k for k in ("http", "tcp", "exec", "grpc") if getattr(self, k) is not None]
         if len(given) != 1:
             got = f", got {' and '.join(given)}" if given else ", got none"
-            raise _fail(f"must have exactly one of http, tcp or exec{got}")
+            raise _fail(f"must have exactly one of http, tcp, exec or grpc{got}")
         return self
 
 

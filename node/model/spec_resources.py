@@ -138,12 +138,13 @@ _Env = Annotated[dict[_EnvKey, Annotated[str, BeforeValidator(_env_value)]], Fie
 
 
 class PortSpec(BaseModel):
-    """A container port, optionally published on every node's proxy (L4 `tcp` or L7 `http`)."""
+    """A container port, optionally published on every node's proxy (L4 `tcp`, L7 `http`,
+    or HTTP/2 over cleartext balanced per stream: `grpc`, `http2`; decision 61)."""
 
     model_config = _STRICT
     container: _Port
     published: _Port | None = None
-    protocol: Literal["tcp", "http"] = "tcp"
+    protocol: Literal["tcp", "http", "grpc", "http2"] = "tcp"
 
 
 class Limits(BaseModel):

@@ -138,10 +138,13 @@ def response_head(
     return b"".join(head), chunk_out, until_eof, close
 
 
-def error_response(status: int, body: bytes, close: bool, head_only: bool = False) -> bytes:
-    """An answer of the proxy's own: `status`, a one-line text body."""
+def error_response(
+    status: int, body: bytes, close: bool, head_only: bool = False, extra: bytes = b""
+) -> bytes:
+    """An answer of the proxy's own: `status`, a one-line text body (`extra`: more header lines)."""
     return b"".join((
         STATUS_LINES[status],
+        extra,
         b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
         b"Connection: close\r\n\r\n" if close else CRLF,
         b"" if head_only else body,

@@ -87,6 +87,7 @@ from node.proxy.http_types import (
     REPLAY_LIMIT,
     TUNNEL_IDLE,
     Client,
+    Router,
     Upstream,
 )
 from node.proxy.limits import ConnectionCap, HttpLimits
@@ -128,6 +129,7 @@ class HttpProxy(Listener[Client]):
         self.limits = limits or HttpLimits()
         self.max_items = 1 + 4 * self.limits.max_headers  # of a head list (node.proxy.heads)
         self.proto_line = b"X-Forwarded-Proto: " + scheme.encode("ascii") + b"\r\n"
+        self.router: Router | None = None  # per-request routing (node.proxy.ingress)
         name = f'service "{service}"'.encode()
         self.msg_503 = b"no healthy replica of " + name + b"\n"
         self.msg_502 = b"bad gateway: a replica of " + name + b" failed to answer\n"

@@ -274,6 +274,7 @@ class _Client(_Outcomes, asyncio.Protocol):
             raise LimitExceeded(431, b"too many header fields\n")
         method = p.get_method()
         url = self.url if self.url_parts is None else b"".join(self.url_parts)
+        routed = None if proxy.router is None else proxy.router(self.head, url or b"/")  # ingress
         line = b"%s %s HTTP/1.1\r\n" % (method, url or b"/")
         head, chunked, body, ka = request_head(line, self.head, self.special, self.xff, proxy.proto_line)
         if len(head) > limits.max_head:  # the bytes read are counted per read; this, exactly
@@ -288,6 +289,7 @@ class _Client(_Outcomes, asyncio.Protocol):
         # HTTP/1.0 keeps a connection only when asked to: no need to look otherwise
         http10 = (ka or not keep_alive) and p.get_http_version() != "1.1"
         r = self.parsing = Request(method, head, chunked, body, keep_alive, http10)
+        r.routed = routed
         if p.should_upgrade():
             if body or method == b"CONNECT":
                 raise BadMessage  # llhttp would parse its body as the next request
@@ -356,7 +358,12 @@ class _Client(_Outcomes, asyncio.Protocol):
         """Send `r` to `backend` on a new connection, or to the next pick (pooled if can be)."""
         proxy = self.proxy
         if backend is None:
-            backend = proxy.balancer.pick(now, r.attempts.tried if r.attempts is not None else ())
+            routed, tried = r.routed, r.attempts.tried if r.attempts is not None else ()
+            if routed is None:
+                backend = proxy.balancer.pick(now, tried)
+            elif (backend := routed.pick(now, tried)) is None and routed.balancer is None:
+                self.answer(r, routed.status, routed.body, routed.extra)  # the router's own answer
+                return
             if backend is None:
                 self.fail(r)
                 return

@@ -82,17 +82,18 @@ class _Outcomes:
     def fail(self, r: Request) -> None:
         """No backend left to try: 502 if one was reached and failed, else 503."""
         proxy = self.proxy
+        msgs = r.routed or proxy  # a routed request's messages name its service
         if r.reached:
-            self.answer(r, 502, proxy.msg_502)
+            self.answer(r, 502, msgs.msg_502)
         else:
             proxy.stats.no_backend += 1
-            self.answer(r, 503, proxy.msg_503)
+            self.answer(r, 503, msgs.msg_503)
 
-    def answer(self, r: Request, status: int, body: bytes) -> None:
-        """Answer the current request with an error of the proxy's own."""
+    def answer(self, r: Request, status: int, body: bytes, extra: bytes = b"") -> None:
+        """Answer the current request with an error of the proxy's own (or a router's answer)."""
         self.proxy.stats.errors += 1
         close = not r.keep_alive or self.proxy.closing or (not r.complete and r.expects_body)
-        self.proxy.send(self.transport, error_response(status, body, close, r.method == b"HEAD"))
+        self.proxy.send(self.transport, error_response(status, body, close, r.method == b"HEAD", extra))
         if close or r.complete:
             self._next(close)
         else:  # answered from on_headers_complete: on_message_complete follows at once
@@ -125,7 +126,7 @@ class _Outcomes:
         self._unlink(up)
         up.transport.abort()
         self.proxy.report_failure(up.backend, _now())
-        self.answer(r, 504, self.proxy.msg_504)
+        self.answer(r, 504, (r.routed or self.proxy).msg_504)
 
     def upstream_lost(self, up: Upstream, exc: Exception | None) -> None:
         """`up` closed while serving the current request."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from node.proxy.balancer import Attempts, Backend, Balancer, RetryPolicy
@@ -53,8 +54,8 @@ class Request:
 
     __slots__ = (
         "answered", "attempts", "body_sent", "chunked", "complete", "expects_body", "has_body", "head",
-        "http10", "keep_alive", "method", "pending", "reached", "replay", "replay_size", "t0", "t_wait",
-        "upgrade",
+        "http10", "keep_alive", "method", "pending", "reached", "replay", "replay_size", "routed", "t0",
+        "t_wait", "upgrade",
     )  # fmt: skip
 
     def __init__(
@@ -77,6 +78,7 @@ class Request:
         self.attempts: Attempts | None = None  # created at the first failure
         self.t0 = self.t_wait = _now()  # head read; waiting for the response since
         self.upgrade: bytes | None = None  # the Upgrade asked for (kept in the head), if any
+        self.routed: Routed | None = None  # set by the engine's router (ingress): where it goes
 
     def sent(self, data: bytes) -> None:
         self.body_sent = True
@@ -86,6 +88,39 @@ class Request:
                 self.replay = None
             else:
                 self.replay.append(data)
+
+
+class Routed:
+    """Where an engine's `router` sends one request (the ingress, `node.proxy.ingress`):
+    `balancer` and the messages of the proxy's errors naming its service; or, with
+    `balancer` None, an answer of the proxy's own (`status`, `body`, `extra` header lines).
+    `pick` chooses the backend (a router may prefer one: sticky sessions); `set_cookie`,
+    when set by `pick`, is added to the response."""
+
+    __slots__ = ("balancer", "body", "extra", "msg_502", "msg_503", "msg_504", "set_cookie", "status")
+
+    def __init__(
+        self,
+        balancer: Balancer | None,
+        service: str = "",
+        status: int = 0,
+        body: bytes = b"",
+        extra: bytes = b"",
+    ) -> None:
+        self.balancer = balancer
+        self.status, self.body, self.extra = status, body, extra
+        name = f'service "{service}"'.encode()
+        self.msg_502 = b"bad gateway: a replica of " + name + b" failed to answer\n"
+        self.msg_503 = b"no healthy replica of " + name + b"\n"
+        self.msg_504 = b"gateway timeout: a replica of " + name + b" did not answer in time\n"
+        self.set_cookie = b""
+
+    def pick(self, now: float, tried: Collection[str]) -> Backend | None:
+        return None if self.balancer is None else self.balancer.pick(now, tried)
+
+
+Router = Callable[[list[bytes], bytes], Routed]
+"""(head list being read, request target) -> where the request goes; may add to the head."""
 
 
 class Upstream(Protocol):
@@ -147,6 +182,7 @@ class Engine(Protocol):
     drain_timeout: float
     max_items: int  # of a head list (node.proxy.heads)
     proto_line: bytes  # the X-Forwarded-Proto line
+    router: Router | None  # per request (ingress); None: every request to `balancer`
     msg_502: bytes
     msg_503: bytes
     msg_504: bytes

@@ -148,6 +148,8 @@ class _Upstream(asyncio.Protocol):
         if proxy.failing:  # Engine.report_ok's first test, inlined
             proxy.report_ok(self.backend, now)
         is_head = r.method == b"HEAD"
+        if r.routed is not None and r.routed.set_cookie:  # a sticky session's (node.proxy.ingress)
+            head += (b"Set-Cookie", b": ", r.routed.set_cookie, b"\r\n")
         head_bytes, self.chunk_out, self.until_eof, c.close_after = response_head(
             status,
             head,

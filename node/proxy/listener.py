@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import Generic, TypeVar, cast
 
 from node.proxy.balancer import Balancer, RetryPolicy
@@ -52,6 +53,7 @@ class Listener(Generic[C]):
         self.retry = retry or RetryPolicy()
         self.cap = cap or ConnectionCap(DEFAULT_MAX_CONNECTIONS)
         self.stats = ProxyStats()
+        self.ssl_context: ssl.SSLContext | None = None  # set before start(): TLS on the port (ingress)
         self.loop = cast(asyncio.AbstractEventLoop, None)  # set by start()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -96,6 +98,7 @@ class Listener(Generic[C]):
             self.listen_port,
             backlog=BACKLOG,
             reuse_address=True,
+            ssl=self.ssl_context,
             reuse_port=self.reuse_port or None,
         )
         self._sweeper = loop.call_later(self.sweep_every(), self._tick)

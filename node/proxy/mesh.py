@@ -44,7 +44,9 @@ from node.model.keys import Keys
 from node.proxy import routes
 from node.proxy.balancer import Balancer, RetryPolicy
 from node.proxy.direct import OnLink, direct
+from node.proxy.h2_proxy import H2Proxy
 from node.proxy.http import HttpProxy
+from node.proxy.ingress import Ingress
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
@@ -55,7 +57,7 @@ from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 
-Engine = TcpProxy | HttpProxy
+Engine = TcpProxy | HttpProxy | H2Proxy
 
 
 class GossipView(Protocol):
@@ -129,6 +131,7 @@ class Mesh:
         self._closing: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
         self.syncs = 0
+        self.ingress: Ingress | None = None  # issue 17: the node's shared entrance (node.proxy.ingress)
         self.onlink = OnLink()  # which container addresses this host reaches directly
 
     # -- running -------------------------------------------------------------------------
@@ -155,7 +158,7 @@ class Mesh:
             gossip_wake.clear()
             await self.sync()
             self.ready.set()
-            timeout = self.settings.rebind_interval if self.bind_errors else None
+            timeout = self.settings.rebind_interval if self.bind_errors or self.ingress else None
             waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(gossip_wake.wait())]
             try:
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -179,6 +182,8 @@ class Mesh:
         for route in [r for r in self.stats if wanted.get(r.published) != r]:
             del self.stats[route]  # no longer published (service removed or changed): bounded
         self._apply_endpoints()
+        if self.ingress is not None:
+            await self.ingress.sync(records, self.routable())
         await self._report_binds()
 
     def _gone(self) -> set[str]:
@@ -222,7 +227,20 @@ class Mesh:
                 cap=self.cap,
                 tunnel_idle=s.tunnel_idle,
             )
-        return TcpProxy(
+        if route.protocol in ("grpc", "http2"):  # h2c, per stream (decision 61)
+            return H2Proxy(
+                address,
+                route.published,
+                balancer,
+                service=route.service,
+                grpc=route.protocol == "grpc",
+                connect_timeout=s.connect_timeout,
+                drain_timeout=s.drain_timeout,
+                retry=retry,
+                cap=self.cap,
+                head_timeout=s.limits.head_timeout,
+            )
+        tcp = TcpProxy(
             address,
             route.published,
             balancer,
@@ -232,6 +250,8 @@ class Mesh:
             idle_timeout=s.tcp_idle_timeout,
             cap=self.cap,
         )
+        tcp.proxy_v2 = route.proxy_v2  # issue 17: spec proxy_protocol
+        return tcp
 
     async def _open(self, route: Route) -> None:
         balancer = Balancer()
@@ -274,6 +294,10 @@ class Mesh:
         """Stop every listener now; give in-flight traffic `grace` seconds, then cut it."""
         for port in list(self.listeners):
             self._retire(port)
+        if self.ingress is not None:
+            task = asyncio.get_running_loop().create_task(self.ingress.close(), name="ingress-close")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         if not self._closing:
             return
         _, late = await asyncio.wait(self._closing, timeout=grace)

@@ -17,6 +17,8 @@ Series (labels `service`, `port`, `protocol`):
   to backend connected (tcp);
 - `shoal_proxy_backends`: replicas in the rotation now (ejected ones included);
 - `shoal_proxy_bind_errors`: 1 for a published port this node could not bind.
+The node's shared entrance (node.proxy.ingress) is counted as service `ingress`, its
+port, protocol `http` or `https`.
 
 The listener serves `GET /metrics` and the daemon's JSON pages (`/sd`) only (404
 elsewhere). With `token`, a request needs `Authorization: Bearer <token>` (401 otherwise; compared in constant
@@ -48,6 +50,8 @@ from prometheus_client.exposition import ThreadingWSGIServer, _get_best_family, 
 from prometheus_client.registry import Collector
 
 from node.proxy.mesh import Mesh
+from node.proxy.routes import Route
+from node.proxy.stats import ProxyStats
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +74,12 @@ class MeshCollector(Collector):
         self.mesh = mesh
 
     def collect(self) -> Iterator[Any]:
-        stats = list(self.mesh.stats.items())
+        stats: list[tuple[Route, ProxyStats]] = list(self.mesh.stats.items())
         listeners = dict(self.mesh.listeners)
+        ingress = getattr(self.mesh, "ingress", None)  # issue 17: the entrance, as service "ingress"
+        if ingress is not None:
+            for p in ingress.proxies:
+                stats.append((Route("ingress", p.listen_port, 0, "https" if p.https else "http"), p.stats))
         counters = {
             name: CounterMetricFamily(f"shoal_proxy_{name}", help_, labels=_LABELS)
             for name, help_ in _COUNTERS

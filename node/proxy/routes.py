@@ -34,7 +34,8 @@ class Route:
     service: str
     published: int
     container_port: int
-    protocol: str  # "tcp" (L4, per connection) or "http" (L7, per request)
+    protocol: str  # "tcp" (L4, per connection), "http" (L7, per request), "grpc"/"http2" (per stream)
+    proxy_v2: bool = False  # tcp: a PROXY protocol v2 header ahead of each connection (spec proxy_protocol)
 
 
 def listeners(services: Iterable[ServiceRecord]) -> dict[int, Route]:
@@ -45,8 +46,15 @@ def listeners(services: Iterable[ServiceRecord]) -> dict[int, Route]:
         for p in record.spec.ports:
             if not p.published or p.published in out:
                 continue
-            out[p.published] = Route(record.name, p.published, p.container, p.protocol)
+            out[p.published] = Route(
+                record.name, p.published, p.container, p.protocol, sends_proxy_v2(record, p.container)
+            )
     return out
+
+
+def sends_proxy_v2(record: ServiceRecord, container_port: int) -> bool:
+    """Whether connections to `container_port` begin with a PROXY v2 header (spec `proxy_protocol`)."""
+    return container_port in (record.spec.proxy_protocol or ())
 
 
 def backends(route: Route, endpoints: Iterable[EndpointRecord]) -> list[Backend]:

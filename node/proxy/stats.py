@@ -6,7 +6,8 @@ reads them at scrape time and exports them in the Prometheus text format, so the
 request path never touches prometheus-client.
 
 What the fields count depends on the engine:
-- `requests`: HTTP requests received (L7) or connections accepted (L4);
+- `requests`: HTTP requests received (L7), HTTP/2 streams opened (h2c: `grpc`, `http2`
+  ports) or connections accepted (L4);
 - `active`: client connections open now;
 - `errors`: requests answered with an error by the proxy itself (502, 503, 504) or
   connections closed for want of a backend or by a socket error;

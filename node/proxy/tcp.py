@@ -36,6 +36,7 @@ from typing import cast
 from node.proxy.balancer import Backend, Balancer, Failure, RetryPolicy
 from node.proxy.limits import ConnectionCap
 from node.proxy.listener import Listener
+from node.proxy.proxy_v2 import header
 
 HIGH_WATER = 256 * 1024
 """Bytes buffered for one side before the other side stops reading (per direction)."""
@@ -115,6 +116,8 @@ class _Conn:
         assert client_t is not None and server_t is not None
         self.server, self.backend = server, backend
         self.client.peer, server.peer = server_t, client_t
+        if self.proxy.proxy_v2:  # the PROXY v2 header first (node.proxy.proxy_v2)
+            server_t.write(header(client_t.get_extra_info("peername"), client_t.get_extra_info("sockname")))
         for side, peer_t in ((self.client, server_t), (server, client_t)):
             if side.pending:
                 peer_t.writelines(side.pending)
@@ -182,6 +185,7 @@ class TcpProxy(Listener[_Conn]):
     ) -> None:
         super().__init__(listen_host, listen_port, balancer, connect_timeout, drain_timeout, retry, cap)
         self.idle_timeout = idle_timeout
+        self.proxy_v2 = False  # begin each backend connection with a PROXY v2 header
 
     def sweep_every(self) -> float:
         return max(0.05, min(1.0, self.idle_timeout / 4))

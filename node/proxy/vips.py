@@ -39,7 +39,7 @@ from node.proxy.balancer import Balancer
 from node.proxy.dnsserver import DnsServer
 from node.proxy.mesh import Engine, Mesh
 from node.proxy.names import NameTable, VipRecord, dns_address, plan
-from node.proxy.routes import Route, backends
+from node.proxy.routes import Route, backends, sends_proxy_v2
 from node.proxy.vipstore import VipRangeFull, VipStore
 from node.store import StoreError
 from node.store.mirrors import mirror
@@ -156,7 +156,8 @@ class Names:
                 continue
             for p in s.spec.ports:
                 wanted.setdefault(
-                    (record.address, p.container), Route(s.name, p.container, p.container, p.protocol)
+                    (record.address, p.container),
+                    Route(s.name, p.container, p.container, p.protocol, sends_proxy_v2(s, p.container)),
                 )
         for key, listener in list(self.listeners.items()):
             if wanted.get(key) != listener.route:

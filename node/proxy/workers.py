@@ -179,7 +179,7 @@ class WorkerMesh(Mesh):
                 tg.create_task(super().run(), name="mesh")
                 tg.create_task(self._poll(), name="mesh-workers")
         finally:
-            await self.close()  # also when stopped while starting them (closing twice is harmless)
+            await self._close_workers()  # also when stopped while starting them (twice is harmless)
 
     async def start_workers(self) -> None:
         """Adopt the workers that answer, start the others (all at once: a start takes a
@@ -213,6 +213,8 @@ class WorkerMesh(Mesh):
             wire.Entry(r, self.address, tuple(routes.backends(r, endpoints))) for r in self.wanted.values()
         ]
         await self._push_all()
+        if self.ingress is not None:  # the shared entrance (issue 17 item 3) stays in the daemon
+            await self.ingress.sync(records, self.routable())
         await self._report_binds()
 
     async def _push_all(self) -> None:
@@ -265,6 +267,11 @@ class WorkerMesh(Mesh):
         self.stats = wire.merged([w.state for w in self.workers], self.wanted)
 
     async def close(self, grace: float = 2.0) -> None:
+        await self._close_workers()
+        await super().close(grace)  # no listener of its own: the entrance's, if any
+
+    async def _close_workers(self) -> None:
+        """Stop the workers with `stop_workers` (leave_on_stop), else just let go of them."""
         if self.stop_workers:
             await asyncio.gather(*(_stop(w) for w in self.workers))
         for w in self.workers:

@@ -122,19 +122,28 @@ def duplicate_slots(samples: list[Sample], window: float) -> list[str]:
 
 
 def stale_epochs(history: list[Write]) -> list[str]:
-    """Invariant 2: every `tasks/` put carries the epoch of the leader key live at its
-    revision (the key's create revision, as `node.store.base.fence` compares)."""
+    """Invariant 2: every `tasks/` put is made while a leader key is live, and a new
+    placement carries that key's epoch (its create revision, as `node.store.base.fence`
+    compares). A record keeps the epoch it was placed at: the live leader may rewrite it
+    (a handoff released) with its task id and epoch unchanged, never with an older epoch
+    under a new task id, nor with an epoch from the future."""
     live = 0  # create revision of the live leader key; 0 while there is none
+    placed: dict[str, tuple[str, int]] = {}  # key -> (task id, epoch) of its last put
     out = []
     for w in sorted(history, key=lambda w: w.revision):
         if w.key == "leader":
             live = w.create_revision if w.value is not None else 0
+        elif w.key.startswith("tasks/") and w.value is None:
+            placed.pop(w.key, None)
         elif w.key.startswith("tasks/") and w.value is not None:
-            epoch = int(json.loads(w.value).get("epoch", -1))
-            if epoch != live:
-                out.append(
-                    f"{w.key} written at revision {w.revision} with epoch {epoch}; the leader's is {live}"
-                )
+            record = json.loads(w.value)
+            task, epoch = str(record.get("task_id", "")), int(record.get("epoch", -1))
+            kept = placed.get(w.key) == (task, epoch)
+            placed[w.key] = (task, epoch)
+            if live and (epoch == live or (kept and epoch < live)):
+                continue
+            what = "rewritten" if kept else "placed"
+            out.append(f"{w.key} {what} at revision {w.revision} with epoch {epoch}; the leader's is {live}")
     return out
 
 

@@ -48,19 +48,33 @@ class EtcdHistory:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._task: concurrent.futures.Future[None] | None = None
+        self._ready = threading.Event()  # set once the state is read and the watch starts after it
 
-    def start(self) -> None:
+    def start(self, timeout: float = 60.0) -> None:
+        """Returns once every later write is sure to be seen: the run's first apply came
+        before the watch's start revision once (web v1 "lost" in the 10-minute soak)."""
         self._thread.start()
         self._task = asyncio.run_coroutine_threadsafe(self._watch(), self._loop)
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.2):
+            if self._task.done():
+                self._task.result()  # raises what stopped the watch
+                raise RuntimeError("the etcd history watch ended before it started")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the etcd history watch did not start within {timeout:.0f}s")
 
     async def _watch(self) -> None:
         store = store_of(self.bed)
         await store.connect()
         try:
             leader = await store.get(self.prefix + "leader")
-            _, head = await store.range(self.prefix + "nodes/")
+            tasks, head = await store.range(self.prefix + "tasks/")  # what a rewrite is checked against
             if leader is not None:
                 self.writes.append(Write(leader.mod_revision, "leader", leader.value, leader.create_revision))
+            for kv in tasks:
+                key = kv.key.removeprefix(self.prefix)
+                self.writes.append(Write(kv.mod_revision, key, kv.value, kv.create_revision))
+            self._ready.set()  # the watch below starts at head + 1 whenever it connects
             async for batch in store.watch(self.prefix, head + 1):
                 for ev in batch.events:
                     key = ev.kv.key.removeprefix(self.prefix)

@@ -1,10 +1,10 @@
 """The faults the chaos suite injects on a test bed (deploy/testbed/), each an inject and
 a heal. Hosts 1..`targets` are targets; the load's host is never one.
 
-Not here, and why: a full disk under one host's Docker root (a loop device per run
-needs mkfs, a mount and its removal in every teardown path: left for later) and a clock
-jump on one host (network namespaces share the machine's one clock: a jump would hit
-every host and the checker's own timestamps).
+`disk_full` and `clock_jump` need a bed made with `small_disk` and `clock_shift`
+(deploy/testbed/hostfaults.py): the host's Docker root is filled to its last block, or
+its shoald's wall clock steps 30-180 s forward or back (and steps back in line at the
+heal), its monotonic clock untouched, as with a real clock step.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from deploy.testbed import hostfaults
 from deploy.testbed.bed import Bed, BedError
 from deploy.testbed.teardown import run
 
@@ -95,8 +96,24 @@ def etcd_leader_cut(bed: Bed) -> Injected:
     return Injected("etcd_leader_cut", f"h{i}", lambda: bed.cut(i, False))
 
 
+def disk_full(bed: Bed, i: int) -> Injected:
+    if not bed.small_disk:
+        raise BedError("disk_full needs a bed with small_disk (a Docker root of its own per host)")
+    root = bed.docker_root(i)
+    hostfaults.fill_disk(root)
+    return Injected("disk_full", f"h{i}", lambda: hostfaults.free_disk(root))
+
+
+def clock_jump(bed: Bed, i: int, rng: random.Random) -> Injected:
+    if not bed.clock_shift:
+        raise BedError("clock_jump needs a bed with clock_shift (each shoald's own wall clock)")
+    step = rng.choice((-1, 1)) * rng.uniform(30, 180)  # within the certificates' 5-minute backdate
+    hostfaults.set_clock(bed.clock_file(i), step)
+    return Injected("clock_jump", f"h{i}", lambda: hostfaults.set_clock(bed.clock_file(i), 0))
+
+
 KINDS = ("daemon_kill9", "daemon_sigstop", "engine_stop", "host_cut", "host_cut_oneway", "host_flap",
-         "etcd_kill", "etcd_leader_cut")  # fmt: skip
+         "etcd_kill", "etcd_leader_cut", "disk_full", "clock_jump")  # fmt: skip
 
 
 def inject(bed: Bed, kind: str, rng: random.Random, targets: int, hold: float) -> Injected:
@@ -121,4 +138,8 @@ def inject(bed: Bed, kind: str, rng: random.Random, targets: int, hold: float) -
             return etcd_kill(bed, e)
         case "etcd_leader_cut":
             return etcd_leader_cut(bed)
+        case "disk_full":
+            return disk_full(bed, i)
+        case "clock_jump":
+            return clock_jump(bed, i, rng)
     raise ValueError(f"unknown fault {kind!r}; known: {', '.join(KINDS)}")

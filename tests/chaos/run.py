@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.hosts < 4 or not set(kinds) <= set(KINDS):
         p.error(f"--hosts must be >= 4 and --kinds among {', '.join(KINDS)}")
     rng, limits = random.Random(args.seed), Limits()
-    bed = Bed(args.hosts).up()
+    # a Docker root of its own per host (512 MiB, sparse) and shiftable clocks, when chosen
+    disk = 512 if "disk_full" in kinds else 0
+    bed = Bed(args.hosts, small_disk=disk, clock_shift="clock_jump" in kinds).up()
     up = bed.timings["up"]
     print(f"testbed {bed.id}: up in {up:.0f}s; seed {args.seed}, {args.minutes} min", flush=True)
     try:

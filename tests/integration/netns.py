@@ -5,11 +5,11 @@ rules on a node's own loopback address only cut one direction. A network namespa
 per node gives every node its own stack, like a real host, and a cut of its veth
 link is total and symmetric.
 
-    host netns:  bridge shb-<id>  10.215.<k>.1/24   etcd, dockerd + docker-proxy
+    host netns:  bridge shb-<id>  10.216.<k>.1/24   etcd, dockerd + docker-proxy
                    |-- veth shv-<id>-<i>  ==  shp-<id>-<i> in netns sh-<id>-n<i>
-                                              10.215.<k>.<10+i>/24, lo up,
-                                              default route via 10.215.<k>.1
-                                              shoald --address 10.215.<k>.<10+i>
+                                              10.216.<k>.<10+i>/24, lo up,
+                                              default route via 10.216.<k>.1
+                                              shoald --address 10.216.<k>.<10+i>
 
 Each shoald runs inside its namespace (`ip netns exec`, which execs: the Popen's pid
 is the daemon's), reaches etcd on the bridge address and Docker by its socket (a file,
@@ -50,7 +50,7 @@ from pathlib import Path
 
 from node.dev.devcluster import DevCluster, NodeProcess
 
-SUPERNET = ipaddress.IPv4Network("10.215.0.0/16")
+SUPERNET = ipaddress.IPv4Network("10.216.0.0/16")
 LOCK = Path("/run/lock/shoal-netns.lock")
 GRPC_PORT = 7070  # every node has its own stack, so the same port everywhere, as on real hosts
 
@@ -93,7 +93,7 @@ def used_networks() -> list[ipaddress.IPv4Network]:
 
 
 def free_subnet(rng: random.Random | None = None) -> ipaddress.IPv4Network:
-    """A /24 of 10.215.0.0/16 that overlaps nothing on this host (tried in random order)."""
+    """A /24 of 10.216.0.0/16 that overlaps nothing on this host (tried in random order)."""
     used = used_networks()
     subnets = list(SUPERNET.subnets(new_prefix=24))
     (rng or random.Random()).shuffle(subnets)
@@ -118,7 +118,7 @@ def reachable(targets: list[str], timeout: float = 1.0) -> list[str]:
 
 @dataclass
 class HostNet:
-    """A bridge and `nodes` namespaces; node i (1-based) is 10.215.<k>.<10+i>."""
+    """A bridge and `nodes` namespaces; node i (1-based) is 10.216.<k>.<10+i>."""
 
     nodes: int = 3
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])

@@ -768,9 +768,9 @@ def test_etcd_with_tls_and_client_certificates(tmp_path: Path, demo_images: tupl
             str(grpc_port),
             "--cluster",
             "etls",
-            "--vip-range",  # its own, not the default: a test leaves no route on the host's lo
-            vip_range,
         ]
+        # a VIP range of its own, not the default: a test leaves no route on the host's lo
+        own_vips = ["--vip-range", vip_range]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
         context_file = tmp_path / "context.json"
         init = subprocess.run(
@@ -782,12 +782,12 @@ def test_etcd_with_tls_and_client_certificates(tmp_path: Path, demo_images: tupl
         assert "SHOAL-1-" in init.stdout and "shoal_" not in init.stdout
         SECRETS.append(re.findall(r"SHOAL-1-\S+", init.stdout)[0])
         refused = subprocess.run(
-            [sys.executable, "-m", "node.daemon", *common, "--metrics-port", "0", *etcd_flags[:4]],
+            [sys.executable, "-m", "node.daemon", *common, *own_vips, "--metrics-port", "0", *etcd_flags[:4]],
             capture_output=True, text=True, env=env, timeout=60,
         )  # fmt: skip
         assert refused.returncode == 1 and "etcd unreachable" in refused.stderr, refused.stderr
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "node.daemon", *common, "--metrics-port", "0", *etcd_flags],
+            [sys.executable, "-m", "node.daemon", *common, *own_vips, "--metrics-port", "0", *etcd_flags],
             stdout=(tmp_path / "e1.log").open("ab"), stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
 

@@ -25,13 +25,16 @@ observation window (HOLD). The measured times are printed (`pytest -s` shows the
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from deploy.testbed import hostfaults
 from deploy.testbed.bed import Bed, BedError
 from node.wire.client import ShoalError, Unavailable
 from tests.helpers import wait_until_sync
@@ -147,7 +150,7 @@ def test_up_and_down_leave_nothing_even_after_a_failed_up(demo_images: tuple[str
     with pytest.raises(BedError, match=r"deploy/images/build\.sh"):
         broken.up()  # fails after the network, the engine and etcd are up: all removed
     assert broken.leftovers() == []
-    small = Bed(2).up()
+    small = Bed(2, small_disk=128, clock_shift=True).up()  # the chaos suite's disk_full, clock_jump
     try:
         assert small.timings["up"] < 30, small.timings
         assert small.ready([1, 2])
@@ -157,11 +160,50 @@ def test_up_and_down_leave_nothing_even_after_a_failed_up(demo_images: tuple[str
             small.in_host_run(2, "ip", "-4", "-o", "addr", "show", "docker0").stdout.count("10.215.2.1/24")
             == 1
         )
+        full_disk_stops_only_that_engine(small)
+        a_shifted_clock_moves_only_that_daemons_wall_clock(small)
         assert small.leftovers() != []
     finally:
         left = small.down()
     print(f"\n2-host bed: up {small.timings['up']:.1f}s, down {small.timings['down']:.1f}s")
     assert left == []
+
+
+def full_disk_stops_only_that_engine(bed: Bed) -> None:
+    """h2's Docker root is a file system of its own: filled, h2 cannot create a container
+    while h1 can; freed, h2 can again."""
+    assert os.stat(bed.docker_root(2)).st_dev != os.stat(bed.dir).st_dev
+    run = ("run", "--rm", "shoal-demo/base:1", "true")
+    hostfaults.fill_disk(bed.docker_root(2))
+    try:
+        refused = subprocess.run(["docker", "-H", bed.docker_host(2), *run], capture_output=True, text=True)
+        assert refused.returncode != 0 and "no space left" in refused.stderr.lower(), refused.stderr
+        bed.docker(1, *run)
+    finally:
+        hostfaults.free_disk(bed.docker_root(2))
+    bed.docker(2, *run)
+
+
+def a_shifted_clock_moves_only_that_daemons_wall_clock(bed: Bed) -> None:
+    """h2's shoald stamps its events with its own wall clock: 120 s ahead once shifted."""
+    hostfaults.set_clock(bed.clock_file(2), 120)
+    try:
+
+        def stamped_ahead() -> bool:  # an apply through h2: h2's API stamps service.applied
+            name = f"clock{int(time.monotonic() * 1000) % 100000}"
+            sent = time.time()
+            with bed.client(2) as c:
+                c.apply(f"name: {name}\nimage: shoal-demo/base:1\nreplicas: 0\n", "clock.yaml")
+                times = [e.time for e in c.events(service=name) if e.node == "h2"]
+            return bool(times) and min(times) - sent > 100
+
+        wait_until_sync(stamped_ahead, 30, interval=0.5, message="h2's events stamped 120 s ahead")
+    finally:
+        hostfaults.set_clock(bed.clock_file(2), 0)
+    with bed.client(1) as c:  # h1's clock was never shifted
+        c.apply("name: clockh1\nimage: shoal-demo/base:1\nreplicas: 0\n", "clock.yaml")
+        times = [e.time for e in c.events(service="clockh1") if e.node == "h1"]
+    assert times and all(abs(t - time.time()) < 30 for t in times), times
 
 
 def test_a_client_on_one_host_reaches_replicas_on_the_others_through_its_mesh(bed: Bed) -> None:

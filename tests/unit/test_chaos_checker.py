@@ -85,6 +85,18 @@ def test_a_stale_epoch_write_fails_the_run() -> None:
     assert any("epoch 5; the leader's is 21" in v for v in run(history=stale))
 
 
+def test_a_placement_rewritten_by_the_next_leader_keeps_its_epoch_and_passes() -> None:
+    released = [*HISTORY, Write(30, "tasks/web/0", task(0, "a", 5))]  # e.g. a handoff released
+    assert run(history=released) == []
+
+
+def test_a_rewrite_from_the_future_or_without_a_leader_fails_the_run() -> None:
+    ahead = [*HISTORY, Write(30, "tasks/web/0", task(0, "a", 99))]
+    assert any("epoch 99; the leader's is 21" in v for v in run(history=ahead))
+    orphan = [*HISTORY[:4], Write(20, "leader", None), Write(25, "tasks/web/0", task(0, "a", 5))]
+    assert any("rewritten at revision 25 with epoch 5; the leader's is 0" in v for v in run(history=orphan))
+
+
 def test_a_write_without_a_live_leader_key_fails_the_run() -> None:
     orphan = [*HISTORY[:5], Write(20, "tasks/web/0", task(0, "d", 5))]
     assert any("the leader's is 0" in v for v in run(history=orphan))

@@ -276,3 +276,15 @@ def test_interpolation_errors_and_units() -> None:
     assert parse_duration("1m30s") == 90.0 and parse_duration("500ms") == 0.5 and parse_duration(2) == 2.0
     with pytest.raises(ValueError):
         parse_duration("soon")
+
+
+def test_app_protocol_grpc_and_http2_map_to_the_port_protocol() -> None:
+    text = "services:\n  app:\n    image: a\n    ports:\n"
+    for target, proto in ((50051, "grpc"), (8080, "http2"), (9090, "h3")):
+        text += f"      - {{target: {target}, published: {target + 10000}, app_protocol: {proto}}}\n"
+    app = _t(text).document["services"]["app"]
+    assert app["ports"] == [
+        {"container": 50051, "published": 60051, "protocol": "grpc"},
+        {"container": 8080, "published": 18080, "protocol": "http2"},
+        {"container": 9090, "published": 19090},  # unknown to shoal: plain tcp, as before
+    ]

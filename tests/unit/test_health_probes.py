@@ -91,3 +91,37 @@ async def test_a_simulated_replica_passes() -> None:
     prober = Prober(FakeRuntime(), "127.0.0.1")
     simulated = container(ip="", **{"io.shoal.simulated": "true"})
     assert (await prober.probe(Check("tcp", 1), simulated))[0]
+
+
+async def test_grpc_health_protocol_decides() -> None:
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await servicer.set("shop.Cart", health_pb2.HealthCheckResponse.NOT_SERVING)
+        prober = Prober(FakeRuntime(), "127.0.0.1")
+        assert await prober.probe(Check("grpc", port), container()) == (True, f"grpc health :{port}: SERVING")
+        ok, message = await prober.probe(Check("grpc", port, service="shop.Cart"), container())
+        assert (ok, message) == (False, f"grpc health :{port} shop.Cart: NOT_SERVING")
+        ok, message = await prober.probe(Check("grpc", port, service="shop.Nope"), container())
+        assert not ok and message.startswith(f"grpc health :{port} shop.Nope: NOT_FOUND")
+    finally:
+        await server.stop(0)
+    dead = closed_port()
+    started = time.monotonic()
+    ok, message = await prober.probe(Check("grpc", dead, timeout=2.0), container())
+    assert not ok and message.startswith(f"grpc health :{dead}: UNAVAILABLE"), message
+    assert time.monotonic() - started < 2.5
+
+
+async def test_grpc_check_of_a_plain_http_server_fails_clearly(server: int) -> None:
+    ok, message = await Prober(FakeRuntime(), "127.0.0.1").probe(
+        Check("grpc", server, timeout=1.0), container()
+    )
+    assert not ok and message.startswith(f"grpc health :{server}: "), message

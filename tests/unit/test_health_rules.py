@@ -293,3 +293,11 @@ def test_an_exit_not_of_the_tasks_doing_is_not_a_completion(
     else:  # the condition decides, as before
         clean = container.exit_code == 0
         assert state.terminal is (condition == "never" or (condition == "on-failure" and clean))
+
+
+def test_check_of_a_grpc_spec() -> None:
+    whole = check_of(typed_spec("api", health={"grpc": {"port": 50051}}))
+    assert whole == Check("grpc", 50051, service="") and whole.describe() == "grpc health :50051"
+    one = check_of(typed_spec("api", health={"grpc": {"port": 50051, "service": "shop.Cart"}}))
+    assert one is not None and one.service == "shop.Cart"
+    assert one.describe() == "grpc health :50051 shop.Cart"

@@ -46,6 +46,7 @@ class World:
 
     async def reconcile(self) -> None:
         caches = (self.loop.services, self.loop.nodes, self.loop.tasks, self.loop.down.cache)
+        caches += (self.loop.down.restarts,)
 
         await mirrors_caught_up(self.store, caches)
         await self.loop.reconcile()
@@ -64,7 +65,8 @@ async def _world(grace: float) -> tuple[World, list[asyncio.Task[None]]]:
     epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
     gossip = FakeLiveness(live={"n1", "n2", "n3"})
     loop = LeaderLoop(store, KEYS, epoch, EventLog(store, KEYS, "n1"), liveness=gossip, down_grace=grace)
-    caches = [asyncio.create_task(c.run()) for c in (loop.services, loop.nodes, loop.tasks, loop.down.cache)]
+    watched = (loop.services, loop.nodes, loop.tasks, loop.down.cache, loop.down.restarts)
+    caches = [asyncio.create_task(c.run()) for c in watched]
     for n in ("n1", "n2", "n3"):
         await store.put(KEYS.node(n), make_node(n).to_json())
     await store.put(KEYS.service("web"), make_service("web", replicas=3).to_json())
@@ -91,6 +93,23 @@ async def test_a_node_dead_to_gossip_is_marked_down_and_its_task_moves(world: Wo
     assert await world.marked() == {"n3"}
     placement = await world.placement()
     assert "n3" not in placement.values() and len(placement) == 3
+
+
+async def test_a_node_restarting_keeps_its_tasks_until_its_mark_expires(world: World) -> None:
+    """An upgrade: the daemon stopped with a `restarting/` mark (node.daemon.restarting);
+    gossip sees it dead, but its containers run on: nothing moves while the mark lives."""
+    await world.reconcile()
+    before = await world.placement()
+    lease = await world.store.grant(30)
+    await world.store.put(KEYS.restarting("n3"), b'{"grace": 30}', lease=lease)
+    world.gossip.dead["n3"] = time.monotonic() - 10  # dead to gossip, past the grace
+    world.gossip.live.discard("n3")
+    await world.reconcile()
+    assert await world.placement() == before and await world.marked() == set()
+    await world.store.revoke(lease)  # the mark expired: the node did not come back in time
+    await world.reconcile()
+    assert await world.marked() == {"n3"}
+    assert "n3" not in (await world.placement()).values()
 
 
 async def test_a_suspected_node_is_not_acted_on(world: World) -> None:

@@ -268,6 +268,12 @@ async def test_a_leader_whose_lease_is_about_to_expire_resigns_and_can_lead_agai
             return bool(stepped_down)
 
         await wait_until(key_gone, timeout=10, message="the key of the stepped-down epoch deleted")
+        # No campaign on a lease about to expire: it would lead for an instant and step
+        # down again, an epoch per turn (the soak's 1,149 epochs in 10 minutes).
+        led: list[int] = []
+        await asyncio.wait_for(_sample_epochs(leadership, led, 0.5), 2)
+        assert set(led) <= {0, first}, f"new epochs while the lease was expiring: {sorted(set(led))}"
+        assert await store.get(KEYS.leader) is None
         session.deadline = time.monotonic() + 1000  # the lease was renewed after all
         await wait_until(
             lambda: leadership.epoch not in (0, first), timeout=10, message="leading again, at a new epoch"
@@ -276,3 +282,10 @@ async def test_a_leader_whose_lease_is_about_to_expire_resigns_and_can_lead_agai
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def _sample_epochs(leadership: object, out: list[int], seconds: float) -> None:
+    """The epochs a Leadership holds, read every 10 ms for `seconds` (bounded)."""
+    for _ in range(int(seconds / 0.01)):
+        out.append(leadership.epoch)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.01)

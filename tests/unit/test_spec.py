@@ -236,7 +236,7 @@ BAD = [
         "ports[0].protocol",
         4,
         21,
-        "must be 'tcp' or 'http', got string 'udp'",
+        "must be 'tcp', 'http', 'grpc' or 'http2', got string 'udp'",
         id="protocol",
     ),
     pytest.param(

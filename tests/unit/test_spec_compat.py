@@ -79,3 +79,20 @@ async def test_apply_of_a_spec_an_older_node_cannot_read_is_refused_and_writes_n
     await store.put(keys.node("n2"), new.to_json())  # n2 upgraded
     record, written = await writer.apply(RICH, "api.yaml")
     assert written and record.version == 2
+
+
+def test_grpc_ports_and_checks_are_refused_where_a_build_predates_them() -> None:
+    spec = _spec(
+        "name: api\nimage: shoal-deb/python:1\n"
+        "ports: [{container: 50051, published: 15051, protocol: grpc}]\n"
+        "health: {grpc: {port: 50051, service: shop.Cart}}\n"
+    )
+    used = used_paths(spec)
+    assert {"ports.protocol=grpc", "health.grpc", "health.grpc.port", "health.grpc.service"} <= used
+    assert "ports.protocol=http2" in known_paths()
+    before = known_paths() - {p for p in known_paths() if "grpc" in p or p.endswith("=http2")}
+    got = unknown_to(spec, [("new", known_paths()), ("old", before)])
+    assert got == {
+        p: ["old"] for p in ("health.grpc", "health.grpc.port", "health.grpc.service", "ports.protocol=grpc")
+    }
+    assert used_paths(_spec()) <= before  # a spec without them is unchanged for old builds

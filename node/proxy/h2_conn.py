@@ -1,0 +1,402 @@
+"""The two kinds of connection of the h2c engine and the streams relayed between them.
+
+A client connection (`H2Client`) speaks HTTP/2 without TLS (h2c, prior knowledge: what
+gRPC clients do) to the published port. Each stream it opens is one request: a `Stream`
+record the engine (`node.proxy.h2_proxy`) sends to a replica it picks for that stream
+alone, on one of a few multiplexed connections to that replica (`H2Upstream`). From
+then on frames are relayed one to one: the response head, data both ways, trailers
+(gRPC's `grpc-status`), the end of each direction, and resets with their error code.
+
+The engine is seen here only through `Engine` (below), so this module never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Protocol, cast
+
+from h2 import events as ev
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
+from hyperframe.frame import GoAwayFrame
+
+from node.proxy.balancer import Attempts, Backend, Failure, RetryPolicy
+from node.proxy.h2_peer import Ack, H2Peer, Headers
+
+_now = time.monotonic
+CAPACITY = 100
+"""Streams open at once on one backend connection (or the replica's own limit, if lower)."""
+
+
+class Stream:
+    """One request stream: its client end, and its replica end once picked."""
+
+    __slots__ = (
+        "attempts", "backend", "cid", "client", "held", "in_done", "out_done", "request", "responded",
+        "t0", "trailers", "uid", "up",
+    )  # fmt: skip
+
+    def __init__(self, client: H2Client, cid: int, request: Headers, attempts: Attempts) -> None:
+        self.client, self.cid, self.request, self.attempts = client, cid, request, attempts
+        self.backend: Backend | None = None
+        self.up: H2Upstream | None = None
+        self.uid = 0  # the stream id on `up` once opened there
+        self.held: list[tuple[bytes, Ack]] = []  # request data read before the stream was opened
+        self.trailers: Headers | None = None  # request trailers read before then
+        self.in_done = False  # the client ended its side (or reset the stream)
+        self.out_done = False  # the response ended (or the stream was reset)
+        self.responded = False  # the response head was passed to the client
+        self.t0 = _now()
+
+
+class Engine(Protocol):
+    """What the connections need of the engine (`node.proxy.h2_proxy.H2Proxy`)."""
+
+    retry: RetryPolicy
+
+    def touch(self, peer: H2Peer) -> None: ...
+    def accepted(self, client: H2Client) -> bool: ...
+    def finished(self, client: H2Client) -> None: ...
+    def dispatch(self, stream: Stream) -> None: ...
+    def forwarded(self, request: Headers, client: H2Client) -> Headers: ...
+    def responded(self, stream: Stream) -> None: ...
+    def fail(self, stream: Stream, why: str, code: int = 502) -> None: ...
+    def lost(self, up: H2Upstream, failure: Failure | None) -> None: ...
+    def upstream_idle(self, up: H2Upstream) -> None: ...
+
+
+class H2Client(asyncio.Protocol):
+    """A client's h2c connection to the published port."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.peer = H2Peer(client_side=False, touch=engine.touch)
+        self.streams: dict[int, Stream] = {}
+        self.address = b""
+        self.idle_since = _now()
+        self.going_away = False  # GOAWAY sent or received: closed once its last stream ends
+        self.last_stream = 0  # in the GOAWAY sent: streams above it are refused
+        self.greeted = False  # the client's preface and SETTINGS came (it speaks HTTP/2)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.address = str(peer[0]).encode() if peer else b""
+        if not self.engine.accepted(self):
+            cast(asyncio.Transport, transport).abort()
+            return
+        self.peer.attach(transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.peer.conn.receive_data(data)
+        except ProtocolError:
+            self.peer.flush()  # h2 queued a GOAWAY naming the error
+            self.shut()
+            return
+        for e in events:
+            self._event(e)
+
+    def _event(self, e: ev.Event) -> None:
+        if isinstance(e, ev.DataReceived):
+            s = self.streams.get(e.stream_id)
+            ack = Ack(self.peer, e.stream_id, e.flow_controlled_length)
+            if s is None or s.out_done:
+                self.peer.ack(e.stream_id, e.flow_controlled_length)  # not passed on: reopen at once
+            elif s.up is not None and s.uid:
+                s.up.peer.data(s.uid, e.data, ack)
+            else:
+                s.held.append((e.data, ack))
+            if e.stream_ended is not None:
+                self._ended(e.stream_id, None)
+        elif isinstance(e, ev.RequestReceived):
+            self._request(e)
+        elif isinstance(e, ev.TrailersReceived):
+            self._ended(e.stream_id, list(e.headers))
+        elif isinstance(e, ev.StreamEnded):
+            s = self.streams.get(e.stream_id)
+            if s is not None and not s.in_done:  # not yet seen on the data or request event
+                self._ended(e.stream_id, None)
+        elif isinstance(e, ev.StreamReset):
+            self._reset(e.stream_id, e.error_code)
+        elif isinstance(e, ev.WindowUpdated):
+            self.peer.window_opened(e.stream_id)
+        elif isinstance(e, ev.RemoteSettingsChanged):
+            self.greeted = True
+            self.peer.pump_all()  # a new initial window moves every stream's
+        elif isinstance(e, ev.ConnectionTerminated):
+            self.go_away()
+        self.peer.touch(self.peer)
+
+    def _request(self, e: ev.RequestReceived) -> None:
+        sid = e.stream_id
+        if self.going_away and sid > self.last_stream:  # opened before our GOAWAY arrived
+            self.peer.reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        request = self.engine.forwarded(list(e.headers), self)
+        s = Stream(self, sid, request, self.engine.retry.start())
+        self.streams[sid] = s
+        if e.stream_ended is not None:
+            s.in_done = True
+        self.engine.dispatch(s)
+
+    def _ended(self, sid: int, trailers: Headers | None) -> None:
+        s = self.streams.get(sid)
+        if s is None or s.in_done:
+            return
+        s.in_done = True
+        if s.up is not None and s.uid:
+            s.up.peer.end(s.uid, trailers)
+        else:
+            s.trailers = trailers
+
+    def _reset(self, sid: int, code: int) -> None:
+        s = self.streams.pop(sid, None)
+        self.peer.out.pop(sid, None)
+        if s is None:
+            return
+        s.in_done = s.out_done = True
+        if s.up is not None:
+            s.up.forget(s, reset=code)
+        self._maybe_idle()
+
+    def finish(self, s: Stream) -> None:
+        """The response of `s` ended (or was cut): no more frames for it from here."""
+        s.out_done = True
+        self.streams.pop(s.cid, None)
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        if not self.streams:
+            self.idle_since = _now()
+            if self.going_away:
+                self.peer.flush()
+                self.shut()
+
+    def go_away(self) -> None:
+        """No new streams (GOAWAY); close once the open ones end.
+
+        The frame is written by hand: h2's `close_connection` moves its state machine to
+        CLOSED, which refuses every later frame of the streams still open."""
+        if self.going_away:
+            return
+        self.going_away = True
+        self.last_stream = self.peer.conn.highest_inbound_stream_id
+        self.peer.flush()
+        t = self.peer.transport
+        if t is not None and not t.is_closing():
+            t.write(GoAwayFrame(0, last_stream_id=self.last_stream, error_code=0).serialize())
+        if not self.streams:
+            self.shut()
+
+    def shut(self) -> None:
+        t = self.peer.transport
+        if t is not None:
+            t.close()
+
+    def stop(self) -> None:
+        t = self.peer.transport
+        if t is not None:
+            t.abort()
+
+    def pause_writing(self) -> None:
+        self.peer.pause()
+
+    def resume_writing(self) -> None:
+        self.peer.resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for s in list(self.streams.values()):
+            s.in_done = s.out_done = True
+            if s.up is not None:
+                s.up.forget(s, reset=ErrorCodes.CANCEL)
+        self.streams.clear()
+        self.engine.finished(self)
+
+
+class H2Upstream(asyncio.Protocol):
+    """One h2c connection to a replica, carrying the streams of many clients."""
+
+    def __init__(self, engine: Engine, backend: Backend) -> None:
+        self.engine, self.backend = engine, backend
+        self.peer = H2Peer(client_side=True, touch=engine.touch)
+        self.streams: dict[int, Stream] = {}
+        self.waiting: list[Stream] = []  # picked for this connection, not opened on it yet
+        self.connected = False
+        self.closing = False  # GOAWAY received, drained or lost: no new streams
+        self.reached = False  # the connection was made (a loss is then not a connect failure)
+        self.idle_since = _now()
+
+    # -- placing streams -------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        if not self.connected:
+            return CAPACITY
+        return min(CAPACITY, self.peer.conn.remote_settings.max_concurrent_streams)
+
+    def load(self) -> int:
+        return len(self.streams) + len(self.waiting)
+
+    def add(self, s: Stream) -> None:
+        s.up = self
+        if self.connected and len(self.streams) < self.capacity():
+            self._open(s)
+        else:
+            self.waiting.append(s)
+
+    def _open(self, s: Stream) -> None:
+        conn = self.peer.conn
+        uid = conn.get_next_available_stream_id()
+        bare = s.in_done and not s.held and s.trailers is None
+        if not self.peer.headers(uid, s.request, end=bare):
+            self.engine.fail(s, "the replica refused a new stream")
+            return
+        s.uid = uid
+        self.streams[uid] = s
+        for data, ack in s.held:
+            self.peer.data(uid, data, ack)
+        s.held = []
+        if s.in_done and not bare:
+            self.peer.end(uid, s.trailers)
+
+    def _open_waiting(self) -> None:
+        while self.waiting and not self.closing and len(self.streams) < self.capacity():
+            self._open(self.waiting.pop(0))
+
+    def take_waiting(self) -> list[Stream]:
+        out, self.waiting = self.waiting, []
+        for s in out:
+            s.up = None
+        return out
+
+    def forget(self, s: Stream, reset: int | None = None) -> None:
+        """`s` ends here (its client reset it or went away); reset it on the replica."""
+        if s in self.waiting:
+            self.waiting.remove(s)
+        elif self.streams.pop(s.uid, None) is not None and reset is not None:
+            self.peer.reset(s.uid, reset)
+        s.up = None
+        self._freed()
+
+    def _freed(self) -> None:
+        self._open_waiting()
+        if not self.streams and not self.waiting:
+            self.idle_since = _now()
+            self.engine.upstream_idle(self)
+
+    # -- the connection ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connected = self.reached = True
+        self.peer.attach(transport)
+        if self.closing and not self.waiting:  # drained (or the port closed) while connecting
+            transport.close()
+            return
+        self._open_waiting()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.peer.conn.receive_data(data)
+        except ProtocolError:
+            self.peer.flush()
+            self.close()
+            return
+        for e in events:
+            self._event(e)
+
+    def _event(self, e: ev.Event) -> None:
+        if isinstance(e, ev.DataReceived):
+            s = self.streams.get(e.stream_id)
+            if s is None:
+                self.peer.ack(e.stream_id, e.flow_controlled_length)
+            else:
+                s.client.peer.data(s.cid, e.data, Ack(self.peer, e.stream_id, e.flow_controlled_length))
+            if e.stream_ended is not None:
+                self._ended(e.stream_id, None)
+        elif isinstance(e, ev.ResponseReceived | ev.InformationalResponseReceived):
+            s = self.streams.get(e.stream_id)
+            if s is not None:
+                final = isinstance(e, ev.ResponseReceived)
+                end = isinstance(e, ev.ResponseReceived) and e.stream_ended is not None
+                if final:
+                    s.responded = True
+                    self.engine.responded(s)
+                s.client.peer.headers(s.cid, list(e.headers), end=end)
+                if end:
+                    self._done(s)
+        elif isinstance(e, ev.TrailersReceived):
+            self._ended(e.stream_id, list(e.headers))
+        elif isinstance(e, ev.StreamReset):
+            s = self.streams.pop(e.stream_id, None)
+            if s is not None:
+                s.client.peer.reset(s.cid, e.error_code)
+                s.client.finish(s)
+                s.up = None
+                self._freed()
+        elif isinstance(e, ev.WindowUpdated):
+            self.peer.window_opened(e.stream_id)
+        elif isinstance(e, ev.RemoteSettingsChanged):
+            self.peer.pump_all()
+            self._open_waiting()
+        elif isinstance(e, ev.ConnectionTerminated):
+            self._goaway(e.last_stream_id or 0)
+        self.peer.touch(self.peer)
+
+    def _ended(self, uid: int, trailers: Headers | None) -> None:
+        s = self.streams.get(uid)
+        if s is None:
+            return
+        s.client.peer.end(s.cid, trailers)
+        self._done(s)
+
+    def _done(self, s: Stream) -> None:
+        """The response of `s` is whole (queued to the client): the stream ends here."""
+        self.streams.pop(s.uid, None)
+        if not s.in_done:  # answered before the request ended: stop its upload
+            self.peer.reset(s.uid, ErrorCodes.NO_ERROR)
+        s.up = None
+        s.client.finish(s)
+        self._freed()
+
+    def _goaway(self, last: int) -> None:
+        """The replica takes no new streams; those above `last` it never processed."""
+        self.closing = True
+        for uid in [uid for uid in self.streams if uid > last]:
+            s = self.streams.pop(uid)
+            s.up = None
+            s.client.peer.reset(s.cid, ErrorCodes.REFUSED_STREAM)  # safe to retry: gRPC does
+            s.client.finish(s)
+        self.engine.lost(self, None)  # the waiting ones go elsewhere; no new ones come
+        if not self.streams:
+            self.close()
+
+    def cut(self, streams: Iterable[Stream], why: str) -> None:
+        for s in list(streams):
+            s.up = None
+            self.engine.fail(s, why)
+
+    def close(self) -> None:
+        self.closing = True
+        t = self.peer.transport
+        if t is not None:
+            t.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        t = self.peer.transport
+        if t is not None:
+            t.abort()
+
+    def pause_writing(self) -> None:
+        self.peer.pause()
+
+    def resume_writing(self) -> None:
+        self.peer.resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connected = False
+        self.closing = True
+        streams, self.streams = list(self.streams.values()), {}
+        self.engine.lost(self, None if self.reached else Failure.CONNECT_REFUSED)
+        self.cut(streams, "the replica's connection was lost")

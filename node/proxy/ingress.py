@@ -1,0 +1,270 @@
+"""The node's shared HTTP(S) entrance (issue 17 item 3): one plain and one TLS listener
+that route each request by its Host header and path prefix to a service's replicas.
+
+Both listeners are the L7 engine (`HttpProxy`: keep-alive both ways, pooled backend
+connections, retries, limits, upgrades, drain), given a `router`: for each request
+head the router asks the pure route table (`node.proxy.ingress_routes.decide`) and
+either names the balancer of the (service, container port) it goes to, or an answer
+of the entrance's own (400 without Host, 404 for an unknown host or path, 308 to
+https:// for a rule with `tls.redirect` on the plain listener). The head it forwards
+carries `X-Forwarded-Host` (the Host the client sent; one the client sent is dropped),
+`X-Forwarded-Proto` (http or https) and `X-Forwarded-For` (the client's address
+appended, as in the mesh). A rule with `sticky: true` keeps a client on the replica
+its cookie `shoal-sticky-<service>` names (`Sticky`: a digest of the backend, set on
+the first response and again whenever that replica is gone or ejected).
+
+`Ingress.sync` is called by the mesh (`node.proxy.mesh`) with the same service records
+and routable endpoints its own listeners get: the table is rebuilt, a balancer is kept
+per (service, container port) routed to, and a replica that left the set drains as in
+the mesh. TLS certificates (`node.proxy.ingress_tls`) are refreshed at each sync. A
+port that cannot be bound is logged and reported (`ingress.bind_failed`), tried again
+at the next sync (the mesh syncs every `rebind_interval` seconds while one is unbound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from node.model.domain import EndpointRecord, ServiceRecord
+from node.proxy.balancer import Backend, Balancer
+from node.proxy.heads import CRLF
+from node.proxy.http import HttpProxy
+from node.proxy.http_types import Routed
+from node.proxy.ingress_routes import Answer, Table, Target, build, decide
+from node.proxy.ingress_tls import IngressCerts
+from node.telemetry.events import EventLog
+
+log = logging.getLogger(__name__)
+
+
+class IngressRoutes:
+    """What both listeners route by: the table, a balancer per (service, port), and which
+    balancer each backend key belongs to (failures are reported to it)."""
+
+    def __init__(self, https_port: int) -> None:
+        self.https_port = https_port
+        self.table = Table()
+        self.balancers: dict[tuple[str, int], Balancer] = {}
+        self.routed: dict[Target, Routed] = {}
+        self.owner: dict[str, Balancer] = {}
+        self.by_token: dict[bytes, Backend] = {}  # sticky cookie value -> its backend
+        self.failing: set[str] = set()  # shared by both listeners: see HttpProxy.report_ok
+
+    def update(self, table: Table, endpoints: list[EndpointRecord]) -> list[Backend]:
+        """Use `table` and these endpoints; the backends that left (to drain)."""
+        self.table = table
+        targets = table.targets()
+        wanted = {(t.service, t.port) for t in targets}
+        removed: list[Backend] = []
+        for key in [k for k in self.balancers if k not in wanted]:
+            removed += self.balancers.pop(key).set_endpoints(())
+        owner: dict[str, Balancer] = {}
+        by_token: dict[bytes, Backend] = {}
+        for service, port in wanted:
+            balancer = self.balancers.setdefault((service, port), Balancer())
+            backends = [
+                Backend(f"{e.task_id}:{port}", e.address, e.host_port(port), e.node)
+                for e in endpoints
+                if e.service == service and e.host_port(port)
+            ]
+            removed += balancer.set_endpoints(backends)
+            owner |= dict.fromkeys((b.key for b in balancer.backends), balancer)
+            by_token |= {token(b.key): b for b in balancer.backends}
+        self.owner, self.by_token = owner, by_token
+        self.routed = {t: Routed(self.balancers[(t.service, t.port)], t.service) for t in targets}
+        return removed
+
+
+def token(key: str) -> bytes:
+    """The sticky cookie's value for a backend: a digest, so the cookie names no task."""
+    return hashlib.blake2s(key.encode(), digest_size=8).hexdigest().encode()
+
+
+class Sticky(Routed):
+    """One request of a sticky route: the backend its cookie names while that one is in
+    the set, not ejected and not tried yet for this request; else the next pick, and a
+    cookie naming it goes with the response."""
+
+    __slots__ = ("attrs", "name", "prefer", "routes")
+
+    def __init__(self, base: Routed, service: str, routes: IngressRoutes, prefer: bytes, https: bool) -> None:
+        super().__init__(base.balancer, service)
+        self.routes, self.prefer = routes, prefer
+        self.name = b"shoal-sticky-" + service.encode()
+        self.attrs = b"; Path=/; HttpOnly; SameSite=Lax" + (b"; Secure" if https else b"")
+
+    def pick(self, now: float, tried: Collection[str]) -> Backend | None:
+        balancer = self.balancer
+        assert balancer is not None
+        b = self.routes.by_token.get(self.prefer) if self.prefer else None
+        mine = b is not None and b.key not in tried and self.routes.owner.get(b.key) is balancer
+        if mine and b is not None and not balancer.is_ejected(b, now):
+            self.set_cookie = b""
+            return b
+        b = balancer.pick(now, tried)
+        if b is not None:
+            self.set_cookie = self.name + b"=" + token(b.key) + self.attrs
+        return b
+
+
+def cookie(values: list[bytes], name: bytes) -> bytes:
+    """The value of cookie `name` in the Cookie header values (b"" without one)."""
+    for value in values:
+        for pair in value.split(b";"):
+            key, _, v = pair.strip().partition(b"=")
+            if key == name:
+                return v.strip()
+    return b""
+
+
+class IngressProxy(HttpProxy):
+    """One listener of the entrance (`https`: behind TLS)."""
+
+    def __init__(self, host: str, port: int, routes: IngressRoutes, https: bool, **engine: Any) -> None:
+        super().__init__(
+            host, port, Balancer(), service="ingress", scheme="https" if https else "http", **engine
+        )
+        self.routes, self.https = routes, https
+        self.failing = routes.failing
+        self.router = self.route
+
+    def route(self, head: list[bytes], url: bytes) -> Routed:
+        host: bytes | None = None
+        forwarded = False
+        cookies: list[bytes] = []
+        for i in range(1, len(head), 4):  # name, ": ", value, CRLF
+            name = head[i].lower()
+            if name == b"host":
+                host = head[i + 2] if host is None else host
+            elif name == b"x-forwarded-host":
+                forwarded = True
+            elif name == b"cookie":
+                cookies.append(head[i + 2])
+        if forwarded:  # the client's own is not passed on
+            kept = head[:1]
+            for i in range(1, len(head), 4):
+                if head[i].lower() != b"x-forwarded-host":
+                    kept += head[i : i + 4]
+            head[:] = kept
+        routes = self.routes
+        to = decide(routes.table, host, url, self.https, routes.https_port)
+        if isinstance(to, Answer):
+            extra = b"Location: %s\r\n" % to.location.encode("latin-1") if to.location else b""
+            return Routed(None, status=to.status, body=to.body, extra=extra)
+        assert host is not None
+        head += (b"X-Forwarded-Host: ", host, CRLF)
+        if to.sticky:
+            prefer = cookie(cookies, b"shoal-sticky-" + to.service.encode())
+            return Sticky(routes.routed[to], to.service, routes, prefer, self.https)
+        return routes.routed[to]
+
+    def report_failure(self, backend: Backend, now: float) -> None:
+        balancer = self.routes.owner.get(backend.key)
+        self.failing.add(backend.key)
+        if balancer is not None and balancer.report(backend, False, now):
+            self.stats.ejections += 1
+
+    def report_ok(self, backend: Backend, now: float) -> None:
+        balancer = self.routes.owner.get(backend.key)
+        if backend.key in self.failing and balancer is not None and not balancer.is_ejected(backend, now):
+            self.failing.discard(backend.key)
+            balancer.report(backend, True, now)
+
+
+class Ingress:
+    """The entrance of one node: `http_port` and/or `https_port` (0: that one off) on `address`."""
+
+    def __init__(
+        self,
+        address: str,
+        http_port: int,
+        https_port: int,
+        certs: IngressCerts | None,
+        events: EventLog | None = None,
+        **engine: Any,  # HttpProxy's settings: timeouts, retry, limits, cap, tunnel_idle
+    ) -> None:
+        self.address = address
+        self.routes = IngressRoutes(https_port)
+        self.certs = certs
+        self.events = events
+        self.proxies: list[IngressProxy] = []
+        if http_port:
+            self.proxies.append(IngressProxy(address, http_port, self.routes, False, **engine))
+        if https_port:
+            if certs is None:
+                raise ValueError("an HTTPS entrance needs its certificates")
+            tls = IngressProxy(address, https_port, self.routes, True, **engine)
+            tls.ssl_context = certs.server
+            self.proxies.append(tls)
+        self.started: set[IngressProxy] = set()
+        self.bind_errors: dict[int, str] = {}
+        self.tls_problems: dict[str, str] = {}
+
+    @property
+    def unbound(self) -> bool:
+        return len(self.started) < len(self.proxies)
+
+    async def sync(self, records: Iterable[ServiceRecord], endpoints: list[EndpointRecord]) -> None:
+        table = build(records)
+        removed = self.routes.update(table, endpoints)
+        if removed:
+            for proxy in self.started:
+                proxy.drain(removed)
+        if self.certs is not None:
+            self._report_tls(await self.certs.refresh(table.certs))
+        for proxy in self.proxies:
+            if proxy not in self.started:
+                await self._start(proxy)
+
+    def _report_tls(self, problems: dict[str, str]) -> None:
+        for host, problem in problems.items():
+            if self.tls_problems.get(host) != problem:
+                log.warning("ingress: %s", problem)
+                if self.events is not None:
+                    self.events.emit("ingress.tls_failed", problem)
+        self.tls_problems = problems
+
+    async def _start(self, proxy: IngressProxy) -> None:
+        port = proxy.listen_port
+        try:
+            await proxy.start()
+        except OSError as exc:
+            error = f"ingress cannot listen on {self.address}:{port}: {exc.strerror or exc}"
+            if self.bind_errors.get(port) != error:
+                log.warning("%s", error)
+                if self.events is not None:
+                    self.events.emit("ingress.bind_failed", error)
+            self.bind_errors[port] = error
+            return
+        self.bind_errors.pop(port, None)
+        self.started.add(proxy)
+        log.info("ingress: %s listening on %s:%d", "https" if proxy.https else "http", self.address, port)
+
+    async def close(self) -> None:
+        started, self.started = list(self.started), set()
+        await asyncio.gather(*(proxy.close() for proxy in started))
+
+    def describe(self) -> dict[str, object]:
+        """The table and each route's backends (for logs, tests and debugging)."""
+        routes = self.routes
+        return {
+            "listening": sorted(p.listen_port for p in self.started),
+            "errors": dict(self.bind_errors),
+            "tls_problems": dict(self.tls_problems),
+            "hosts": {
+                host: [
+                    {
+                        "path": path,
+                        "service": t.service,
+                        "port": t.port,
+                        "backends": [b.key for b in routes.balancers[(t.service, t.port)].backends],
+                    }
+                    for path, t in paths
+                ]
+                for host, paths in routes.table.hosts.items()
+            },
+        }

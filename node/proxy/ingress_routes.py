@@ -1,0 +1,154 @@
+"""The ingress route table: (host, path prefix) -> a service's container port.
+
+Pure: from the service records etcd holds (their `ingress` rules, `node.model.spec_ingress`)
+- `build(services)`: the `Table` every node's entrance routes by;
+- `conflict(spec, services)`: why the API refuses a spec (a (host, path) another service
+  routes, or another TLS secret for one of its hosts), or None;
+- `decide(table, host, url, https, https_port)`: what the entrance does with one request:
+  forward it to a `Target`, or answer it itself (`Answer`: 400, 404, or the 308 of a
+  rule with `tls.redirect` on plain HTTP).
+
+Rules:
+- the host is the request's Host header, lowercased, without its port or a trailing dot;
+  an absolute-form request target (`GET http://h/p`) gives the path only (RFC 9112:
+  the Host header is the one a proxy checks);
+- a prefix matches segment-wise: `/api` matches `/api`, `/api/` and `/api/x`, not
+  `/apix`; `/` matches every path; the longest matching prefix of the host wins;
+- the path is matched as sent (not percent-decoded, query and fragment left out);
+- should two records claim one (host, path) (written around the API, or two applies at
+  once), the service first by name keeps it; so every node routes alike.
+
+No sockets, no asyncio, no etcd: the entrance (`node.proxy.ingress`) feeds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from node.model.domain import ServiceRecord
+from node.model.spec import ServiceSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where matching requests go: `port` (a container port) of `service`'s replicas."""
+
+    service: str
+    port: int
+    redirect: bool = False  # plain HTTP gets a 308 to https://
+    sticky: bool = False  # a cookie keeps a client on one replica
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A request the entrance answers itself."""
+
+    status: int
+    body: bytes
+    location: str = ""  # of a redirect
+
+
+@dataclass(frozen=True)
+class Table:
+    hosts: Mapping[str, tuple[tuple[str, Target], ...]] = field(default_factory=dict)  # longest path first
+    certs: Mapping[str, str | None] = field(default_factory=dict)  # host -> TLS secret (None: cluster CA's)
+
+    def targets(self) -> set[Target]:
+        return {t for routes in self.hosts.values() for _, t in routes}
+
+    def match(self, host: str, path: str) -> Target | None:
+        for prefix, target in self.hosts.get(host, ()):
+            if covers(prefix, path):
+                return target
+        return None
+
+
+def covers(prefix: str, path: str) -> bool:
+    """`prefix` matches `path` segment-wise."""
+    return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+
+
+def build(services: Iterable[ServiceRecord]) -> Table:
+    """The table of every record's rules; a (host, path) claimed twice goes to the first by name."""
+    routes: dict[str, dict[str, Target]] = {}
+    certs: dict[str, str | None] = {}
+    for record in sorted(services, key=lambda r: r.name):
+        for rule in record.spec.ingress or ():
+            paths = routes.setdefault(rule.host, {})
+            if rule.path in paths:
+                continue
+            tls = rule.tls
+            paths[rule.path] = Target(record.name, rule.port, bool(tls and tls.redirect), bool(rule.sticky))
+            if tls is not None and tls.secret and certs.get(rule.host) is None:
+                certs[rule.host] = tls.secret
+            certs.setdefault(rule.host, None)
+    hosts = {h: tuple(sorted(p.items(), key=lambda item: -len(item[0]))) for h, p in routes.items()}
+    return Table(hosts, certs)
+
+
+def conflict(spec: ServiceSpec, services: Iterable[ServiceRecord]) -> str | None:
+    """Why `spec` cannot be applied next to `services` (other services' records), or None."""
+    mine = spec.ingress or []
+    if not mine:
+        return None
+    for record in sorted(services, key=lambda r: r.name):
+        if record.name == spec.name:
+            continue
+        for other in record.spec.ingress or ():
+            for i, rule in enumerate(mine):
+                if rule.host != other.host:
+                    continue
+                if rule.path == other.path:
+                    return (
+                        f"ingress[{i}]: {rule.host}{rule.path} is already routed to service "
+                        f"'{record.name}'; choose another host or path, or remove it from '{record.name}'"
+                    )
+                theirs = other.tls.secret if other.tls else None
+                ours = rule.tls.secret if rule.tls else None
+                if ours and theirs and ours != theirs:
+                    return (
+                        f"ingress[{i}].tls.secret: host {rule.host} already uses TLS secret '{theirs}' "
+                        f"(service '{record.name}'); one certificate per host: use '{theirs}' or no secret"
+                    )
+    return None
+
+
+def host_of(value: bytes) -> str:
+    """A Host header's host: lowercase, without port or trailing dot ("" when unusable)."""
+    text = value.decode("latin-1").strip().lower()
+    if text.startswith("["):  # an IPv6 literal
+        return text.partition("]")[0] + "]"
+    return text.partition(":")[0].rstrip(".")
+
+
+def path_of(url: bytes) -> str:
+    """The path of a request target: origin form as is, absolute form's path, no query."""
+    text = url.decode("latin-1")
+    if not text.startswith("/"):
+        scheme, sep, rest = text.partition("://")
+        text = "/" + rest.partition("/")[2] if sep and scheme.isalpha() else "/"
+    return text.partition("?")[0].partition("#")[0] or "/"
+
+
+def decide(table: Table, host: bytes | None, url: bytes, https: bool, https_port: int) -> Target | Answer:
+    """What the entrance does with a request for `host` (its Host header) and `url`."""
+    if host is None or not (name := host_of(host)):
+        return Answer(400, b"shoal ingress: the request has no Host header: which site is it for?\n")
+    routes = table.hosts.get(name)
+    if routes is None:
+        return Answer(
+            404, f"shoal ingress: no service is routed for host '{name}' on this cluster\n".encode()
+        )
+    path = path_of(url)
+    target = table.match(name, path)
+    if target is None:
+        known = ", ".join(sorted(prefix for prefix, _ in routes))
+        body = f"shoal ingress: no route for {name}{path} (paths of {name}: {known})\n"
+        return Answer(404, body.encode())
+    if target.redirect and not https:
+        port = "" if https_port == 443 else f":{https_port}"
+        tail = url.decode("latin-1") if url.startswith(b"/") else path
+        location = f"https://{name}{port}{tail}"
+        return Answer(308, f"shoal ingress: use {location}\n".encode(), location)
+    return target

@@ -1,0 +1,359 @@
+"""The h2c engine (`node.proxy.h2_proxy`) with real sockets on 127.0.0.1: grpcio's own
+asyncio servers as replicas and grpcio's client through the proxy, plus an h2 client
+for what gRPC does not show (plain HTTP/2 errors, flow control)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import grpc
+import h2.connection
+import h2.events
+import pytest
+
+from node.model.domain import EndpointRecord
+from node.proxy.balancer import Backend, Balancer
+from node.proxy.h2_peer import STREAM_WINDOW, Ack, H2Peer, config
+from node.proxy.h2_proxy import H2Proxy
+from tests.factories import make_service, make_task
+from tests.helpers import wait_until
+from tests.unit.test_proxy_mesh import KEYS, World, free_port, world
+
+__all__ = ["world"]  # the mesh fixture, shared with test_proxy_mesh
+
+HOST = "127.0.0.1"
+
+
+class Replica:
+    """A grpcio server answering with its name; counts its calls and cancellations."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+        self.cancelled = 0
+        self.server = grpc.aio.server()
+        self.server.add_generic_rpc_handlers([self._handlers()])
+        self.port = self.server.add_insecure_port(f"{HOST}:0")
+        self.backend = Backend(f"task-{name}", HOST, self.port)
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        async def who(req: bytes, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            self.calls += 1
+            return self.name.encode()
+
+        async def count(req: bytes, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
+            self.calls += 1
+            n, _, pause = req.decode().partition(" ")
+            try:
+                for i in range(int(n)):
+                    yield f"{self.name} {i}".encode()
+                    if pause:
+                        await asyncio.sleep(float(pause))
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+
+        async def fail(req: bytes, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            self.calls += 1
+            ctx.set_trailing_metadata((("replica", self.name),))
+            await ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + req.decode())
+
+        async def echo(reqs: AsyncIterator[bytes], ctx: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            self.calls += 1
+            return b"".join([r async for r in reqs])
+
+        return grpc.method_handlers_generic_handler(
+            "t.T",
+            {
+                "Who": grpc.unary_unary_rpc_method_handler(who),
+                "Count": grpc.unary_stream_rpc_method_handler(count),
+                "Fail": grpc.unary_unary_rpc_method_handler(fail),
+                "Echo": grpc.stream_unary_rpc_method_handler(echo),
+            },
+        )
+
+
+@contextlib.asynccontextmanager
+async def cluster(n: int, grpc_errors: bool = True) -> AsyncIterator[tuple[H2Proxy, list[Replica]]]:
+    replicas = [Replica(f"r{i}") for i in range(n)]
+    for r in replicas:
+        await r.server.start()
+    balancer = Balancer()
+    balancer.set_endpoints([r.backend for r in replicas])
+    proxy = H2Proxy(HOST, 0, balancer, service="svc", grpc=grpc_errors, drain_timeout=1.0)
+    await proxy.start()
+    try:
+        yield proxy, replicas
+    finally:
+        await proxy.close()
+        for r in replicas:
+            await r.server.stop(0)
+
+
+def channel(proxy: H2Proxy) -> grpc.aio.Channel:
+    """A channel with a connection of its own (grpcio shares them between channels)."""
+    options = [("grpc.enable_retries", 0), ("grpc.use_local_subchannel_pool", 1)]
+    return grpc.aio.insecure_channel(f"{HOST}:{proxy.port}", options=options)
+
+
+async def test_one_channel_is_spread_per_call_over_every_replica() -> None:
+    async with cluster(3) as (proxy, replicas), channel(proxy) as ch:
+        who = ch.unary_unary("/t.T/Who")
+        answers = Counter([await who(b"") for _ in range(30)])
+        assert answers == {b"r0": 10, b"r1": 10, b"r2": 10}
+        concurrent = Counter(await asyncio.gather(*[who(b"") for _ in range(300)]))
+        assert concurrent == {b"r0": 100, b"r1": 100, b"r2": 100}
+        assert proxy.stats.requests == 330 and proxy.stats.errors == 0
+        # few connections to each replica, however many streams went there
+        assert all(1 <= len(proxy.upstreams[r.backend.key]) <= 4 for r in replicas)
+
+
+async def test_server_streams_stay_on_one_replica_each_and_spread_across_them() -> None:
+    async with cluster(3) as (proxy, _), channel(proxy) as ch:
+        count = ch.unary_stream("/t.T/Count")
+
+        async def one() -> list[bytes]:
+            return [m async for m in count(b"5")]
+
+        streams = await asyncio.gather(*[one() for _ in range(6)])
+        owners = Counter()
+        for messages in streams:
+            names = {m.split()[0] for m in messages}
+            assert len(names) == 1 and [m.split()[1] for m in messages] == [b"0", b"1", b"2", b"3", b"4"]
+            owners[names.pop()] += 1
+        assert owners == {b"r0": 2, b"r1": 2, b"r2": 2}
+
+
+async def test_an_error_status_and_trailing_metadata_pass_through() -> None:
+    async with cluster(2) as (proxy, _), channel(proxy) as ch:
+        call = ch.unary_unary("/t.T/Fail")(b"widget")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.details() == "no such thing: widget"
+        assert ("replica", "r0") in tuple(err.value.trailing_metadata())
+        assert proxy.stats.errors == 0  # the replica's answer, not the proxy's
+
+
+async def test_a_large_client_stream_crosses_the_windows_whole() -> None:
+    chunk = bytes(range(256)) * 256  # 64 KiB per message, 4 MiB in all: many windows' worth
+
+    async def upload() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield chunk
+
+    async with cluster(1) as (proxy, _), channel(proxy) as ch:
+        echoed = await ch.stream_unary("/t.T/Echo")(upload())
+        assert echoed == chunk * 64
+
+
+async def test_no_replica_is_unavailable_naming_the_service() -> None:
+    async with cluster(0) as (proxy, _), channel(proxy) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ch.unary_unary("/t.T/Who")(b"")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert err.value.details() == 'no healthy replica of service "svc"'
+        assert proxy.stats.no_backend == 1
+
+
+async def test_a_replica_refusing_connections_is_skipped_and_reported() -> None:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        dead = Backend("task-dead", HOST, s.getsockname()[1])  # bound, not listening: refused
+        async with cluster(2) as (proxy, replicas), channel(proxy) as ch:
+            proxy.balancer.set_endpoints([dead, *(r.backend for r in replicas)])
+            who = ch.unary_unary("/t.T/Who")
+            answers = Counter([await who(b"") for _ in range(12)])
+            assert set(answers) == {b"r0", b"r1"} and sum(answers.values()) == 12
+            assert proxy.stats.errors == 0
+            # 3 refused connects in a row eject it (each call then went on to the next replica);
+            # a slow run may see it back on probation after 1 s, and refused once more
+            assert proxy.stats.retries >= 3 and proxy.stats.ejections >= 1
+
+
+async def test_a_cancelled_call_is_reset_on_the_replica() -> None:
+    async with cluster(1) as (proxy, (replica,)), channel(proxy) as ch:
+        call = ch.unary_stream("/t.T/Count")(b"1000 0.01")
+        assert (await call.read()) == b"r0 0"
+        call.cancel()
+        await wait_until(lambda: replica.cancelled == 1, 5, message="the replica saw the cancel")
+        await wait_until(lambda: not proxy.upstreams or not any(
+            up.streams for ups in proxy.upstreams.values() for up in ups
+        ), 5, message="no stream left on the replica's connection")  # fmt: skip
+
+
+async def test_a_drained_replica_loses_only_its_own_streams() -> None:
+    async with cluster(3) as (proxy, replicas), channel(proxy) as ch:
+        count = ch.unary_stream("/t.T/Count")
+        calls = [count(b"400 0.01") for _ in range(6)]  # 4 s each: longer than the 1 s drain
+        first = [await c.read() for c in calls]
+        owner = {i: m.split()[0].decode() for i, m in enumerate(first)}
+        assert Counter(owner.values()) == {"r0": 2, "r1": 2, "r2": 2}
+        gone = replicas[1]
+        proxy.balancer.set_endpoints([r.backend for r in replicas if r is not gone])
+        proxy.drain([gone.backend])
+        who = ch.unary_unary("/t.T/Who")
+        assert {await who(b"") for _ in range(10)} == {b"r0", b"r2"}  # new calls: the others only
+        outcomes: dict[int, object] = {}
+        for i, c in enumerate(calls):
+            if owner[i] == "r1":
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    while await c.read() != grpc.aio.EOF:
+                        pass
+                outcomes[i] = err.value.code()
+            else:
+                c.cancel()  # the others still stream: stop them, they were never cut
+                outcomes[i] = "streaming"
+        assert [outcomes[i] for i in owner if owner[i] == "r1"] == [grpc.StatusCode.UNAVAILABLE] * 2
+
+
+async def test_http2_port_answers_503_as_http() -> None:
+    async with cluster(0, grpc_errors=False) as (proxy, _):
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        conn = h2.connection.H2Connection(config(client_side=True))
+        conn.initiate_connection()
+        head = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"x")]
+        conn.send_headers(1, head, end_stream=True)
+        writer.write(conn.data_to_send())
+        status, body, ended = b"", b"", False
+        while not ended:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data, "the proxy closed before answering"
+            for e in conn.receive_data(data):
+                if isinstance(e, h2.events.ResponseReceived):
+                    status = dict(e.headers)[b":status"]
+                elif isinstance(e, h2.events.DataReceived):
+                    body += e.data
+                elif isinstance(e, h2.events.StreamEnded):
+                    ended = True
+        writer.close()
+        assert status == b"503" and body == b'no healthy replica of service "svc"\n'
+
+
+def test_peer_holds_data_beyond_the_window_and_acknowledges_only_what_it_passed_on() -> None:
+    acked: list[tuple[int, int]] = []
+
+    class Source(H2Peer):
+        def ack(self, stream: int, size: int) -> None:
+            acked.append((stream, size))
+
+    touched: list[H2Peer] = []
+    source = Source(client_side=False, touch=touched.append)
+    sink = H2Peer(client_side=True, touch=touched.append)
+    sid = sink.conn.get_next_available_stream_id()
+    sink.headers(sid, [(b":method", b"POST"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"x")])
+    window = sink.conn.local_flow_control_window(sid)
+    assert window == 65535  # the remote's default until its settings come
+    sink.data(sid, b"x" * 50_000, Ack(source, 1, 50_000))
+    sink.data(sid, b"y" * 50_000, Ack(source, 1, 50_000))
+    assert acked == [(1, 50_000)]  # the second did not fit the window: held, not acknowledged
+    assert sink.queued() == 100_000 - 65535
+    sink.end(sid)
+    assert sid in sink.out  # the end waits behind the data
+    remote = h2.connection.H2Connection(config(client_side=False))
+    remote.initiate_connection()
+    remote.receive_data(sink.conn.data_to_send())
+    remote.increment_flow_control_window(STREAM_WINDOW, sid)
+    remote.increment_flow_control_window(STREAM_WINDOW)
+    for e in sink.conn.receive_data(remote.data_to_send()):
+        if isinstance(e, h2.events.WindowUpdated):
+            sink.window_opened(e.stream_id)
+    assert acked == [(1, 50_000), (1, 50_000)] and sink.queued() == 0 and sid not in sink.out
+
+
+async def test_close_lets_open_streams_finish_after_goaway() -> None:
+    async with cluster(2) as (proxy, _), channel(proxy) as ch:
+        call = ch.unary_stream("/t.T/Count")(b"30 0.01")
+        assert (await call.read()).endswith(b" 0")
+        closing = asyncio.create_task(proxy.close())
+        rest = []
+        while (m := await call.read()) != grpc.aio.EOF:
+            rest.append(m)
+        assert len(rest) == 29 and await call.code() == grpc.StatusCode.OK
+        await asyncio.wait_for(closing, 5)  # ends as soon as that last stream did
+        assert proxy.stats.active == 0
+
+
+async def test_an_oversized_head_never_reaches_a_replica_and_others_go_on() -> None:
+    async with cluster(1) as (proxy, (replica,)), channel(proxy) as big, channel(proxy) as ch:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await big.unary_unary("/t.T/Who")(b"", metadata=(("x-big", "a" * 100_000),))
+        assert replica.calls == 0
+        assert await ch.unary_unary("/t.T/Who")(b"") == b"r0"
+
+
+async def test_a_replica_shutting_down_gracefully_finishes_its_streams_and_gets_no_new_ones() -> None:
+    async with cluster(2) as (proxy, (r0, _r1)), channel(proxy) as ch:
+        call = ch.unary_stream("/t.T/Count")(b"25 0.02")
+        assert await call.read() == b"r0 0"
+        stopping = asyncio.create_task(r0.server.stop(grace=5))  # GOAWAY, then in-flight calls finish
+        rest = []
+        while (m := await call.read()) != grpc.aio.EOF:
+            rest.append(m)
+        assert len(rest) == 24 and await call.code() == grpc.StatusCode.OK
+        await stopping
+        who = ch.unary_unary("/t.T/Who")
+        answers = [await who(b"") for _ in range(6)]  # r0 refuses connects now: retried on r1
+        assert answers == [b"r1"] * 6 and proxy.stats.errors == 0
+
+
+async def test_the_mesh_serves_a_grpc_port_with_this_engine(world: World) -> None:
+    replicas = [Replica(f"r{i}") for i in range(3)]
+    for r in replicas:
+        await r.server.start()
+    try:
+        port = free_port()
+        api = make_service(
+            "api", replicas=3, ports=[{"container": 50051, "published": port, "protocol": "grpc"}]
+        )
+        await world.store.put(KEYS.service("api"), api.to_json())
+        for slot, r in enumerate(replicas, start=1):
+            task = make_task(api, slot, "n1")
+            await world.store.put(KEYS.task("api", slot), task.to_json())
+            record = EndpointRecord(task.task_id, "api", "n1", HOST, r.port, 50051, {"50051": r.port})
+            await world.store.put(KEYS.endpoint("api", task.task_id), record.to_json())
+        await wait_until(
+            lambda: port in world.mesh.listeners and len(world.mesh.listeners[port].balancer) == 3,
+            5,
+            message="the grpc listener with 3 replicas",
+        )
+        assert isinstance(world.mesh.listeners[port].engine, H2Proxy)
+        async with grpc.aio.insecure_channel(f"{HOST}:{port}") as ch:
+            who = ch.unary_unary("/t.T/Who")
+            assert Counter([await who(b"") for _ in range(9)]) == {b"r0": 3, b"r1": 3, b"r2": 3}
+    finally:
+        for r in replicas:
+            await r.server.stop(0)
+
+
+async def test_http1_or_silence_on_an_h2c_port_closes_the_connection() -> None:
+    async with cluster(1) as (proxy, (replica,)):
+        proxy.head_timeout = 0.3
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.wait_for(reader.read(), 5)  # its SETTINGS, then closed at once: not HTTP/2
+        assert proxy.stats.timeouts == 0
+        writer.close()
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(reader.read(), 5)  # closed after head_timeout (checked every second)
+        assert asyncio.get_running_loop().time() - started < 2.5 and proxy.stats.timeouts == 1
+        writer.close()
+        await wait_until(lambda: proxy.stats.active == 0, 5, message="both connections counted out")
+        assert replica.calls == 0
+
+
+async def test_streams_beyond_the_connections_capacity_wait_for_a_slot() -> None:
+    async with cluster(1) as (proxy, (replica,)), channel(proxy) as a, channel(proxy) as b:
+        count = [a.unary_stream("/t.T/Count"), b.unary_stream("/t.T/Count")]
+
+        async def one(i: int) -> int:
+            return len([m async for m in count[i % 2](b"3 0.4")])
+
+        got = await asyncio.gather(*(one(i) for i in range(500)))  # 4 x 100 open at most, 100 wait
+        assert got == [3] * 500 and replica.calls == 500
+        assert len(proxy.upstreams[replica.backend.key]) == 4 and proxy.stats.errors == 0
