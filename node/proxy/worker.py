@@ -14,7 +14,8 @@ What it does alone, while no daemon talks to it: keeps every listener and balanc
 last told (outlier ejection still takes failing replicas out of the rotation), retries
 a port it could not bind every `rebind_interval`. It exits when told `stop`, on SIGTERM
 (draining like the mesh: `drain_timeout`), when its socket file is removed or taken
-by another (its data directory is gone: nothing will adopt it), or, with
+by another (its data directory is gone: nothing will adopt it; or a successor took its
+place: it serves beside it for `STEP_DOWN` seconds first), or, with
 `--orphan-exit S` (tests), after S seconds without a daemon.
 """
 
@@ -44,6 +45,9 @@ log = logging.getLogger("shoal.proxy.worker")
 
 WATCH_EVERY = 1.0
 """Seconds between checks that the socket file is still this worker's."""
+STEP_DOWN = 5.0
+"""Seconds a worker whose socket was taken by a successor (a daemon of another build
+replaces it) keeps serving beside it (SO_REUSEPORT) before it stops listening."""
 
 
 @dataclass
@@ -130,6 +134,7 @@ class Worker:
             "op": "state",
             "pid": os.getpid(),
             "version": wire.VERSION,
+            "build": wire.BUILD,
             "routes": len(self.served),
             "errors": {str(p): e for p, e in self.errors.items()},
             "stats": {str(p): wire.stats_to_json(s) for p, s in self.stats.items()},
@@ -176,7 +181,10 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), WATCH_EVERY)
                 if not _ours(self.path, inode):
-                    log.warning("worker %d: %s is gone or another's: exiting", os.getpid(), self.path)
+                    log.warning("worker %d: %s is gone or another's: exiting in %gs", os.getpid(), self.path,
+                                STEP_DOWN)  # fmt: skip
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), STEP_DOWN)  # the successor binds
                     break
                 if self.controller is not None:
                     alone_since = loop.time()

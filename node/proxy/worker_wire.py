@@ -10,20 +10,23 @@ One JSON object per line over the worker's Unix socket (`node.proxy.workers` dia
 - `{"op": "state"}`: answers `state` (the daemon polls it: liveness and metrics);
 - `{"op": "stop"}`: the worker stops listening, drains, exits; answers `state` first.
 
-`state` is `{"op": "state", "pid", "version", "errors": {port: text}, "stats": {port:
+`state` is `{"op": "state", "pid", "version", "build", "errors": {port: text}, "stats": {port:
 {...}}, "routes": n}`: bind errors and the counters of each listener since the worker
 started. Unknown keys are ignored both ways, so a worker of one release serves the
 daemon of the next one (the daemon replaces it anyway: `node.proxy.workers`).
 
-Pure: no sockets, no asyncio.
+No sockets, no asyncio (`BUILD` reads this package's files once, at import).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
+import node
 from node.proxy.balancer import Backend
 from node.proxy.limits import HttpLimits
 from node.proxy.routes import Route
@@ -31,6 +34,18 @@ from node.proxy.stats import Histogram, ProxyStats
 
 VERSION = 1
 """Of this protocol; said in every `state`."""
+
+
+def _build() -> str:
+    """A digest of the proxy's code (every `node/proxy/*.py`): a worker of another build
+    runs other engines, and a daemon replaces it (`node.proxy.workers`)."""
+    digest = hashlib.sha256(node.__version__.encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+BUILD = _build()
 MAX_LINE = 64 * 1024 * 1024
 """Bytes of one message at most (a table of thousands of ports and replicas)."""
 

@@ -14,6 +14,10 @@ Lifecycle, and why each step is safe when the daemon dies between two of them:
   dialled until it answers. Workers at i >= N (the setting was lowered) are told to
   stop. A daemon that dies mid-start leaves workers the next one adopts, or a socket
   file nothing answers at, which the worker started next removes.
+- another build: a worker that answers with another `build` (a digest of the proxy's
+  code: shoald was upgraded) gets a successor on its socket at once; it notices, serves
+  beside it (SO_REUSEPORT) for `STEP_DOWN` seconds, then stops: an upgrade refuses no
+  connection and runs the new engines.
 - run: the table is pushed on every sync; every `POLL` seconds each worker is asked
   its `state` (bind errors, counters: `Mesh.bind_errors`, `Mesh.stats`). A worker
   that does not answer (it died, it hangs for `CALL_TIMEOUT`) is killed if it is
@@ -114,6 +118,11 @@ class Worker:
                         raise WorkerError(f"proxy worker {self.index} exited with {self.proc.returncode}")
                     if not await self.dial():
                         raise WorkerError(f"proxy worker {self.index} does not answer on {self.path}")
+                    if self.pid != self.proc.pid:  # its predecessor, still there (another build)
+                        self.disconnect()
+                        raise WorkerError(
+                            f"proxy worker {self.index} (pid {self.proc.pid}) not listening yet"
+                        )
         except (WorkerError, asyncio.CancelledError):
             self.kill()  # also when the daemon stops meanwhile: nothing half-started is left
             raise
@@ -170,6 +179,7 @@ class WorkerMesh(Mesh):
         self.wanted: dict[int, routes.Route] = {}
         self.entries: list[wire.Entry] = []
         self.adopted = 0  # workers found serving at start (left by the last daemon)
+        self.build = wire.BUILD  # workers of another build are replaced at start
         self.started = 0  # workers started by this daemon (at start or to replace one)
 
     async def run(self) -> None:
@@ -186,6 +196,12 @@ class WorkerMesh(Mesh):
         second or more of imports)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         found = await asyncio.gather(*(w.dial() for w in self.workers))
+        for i, w in enumerate(self.workers):
+            if found[i] and w.state.get("build") != self.build:
+                log.info("proxy worker %d (pid %d) runs build %s, not %s: starting its successor",
+                         w.index, w.pid, w.state.get("build"), self.build)  # fmt: skip
+                w.disconnect()  # the successor takes its socket; it serves beside it, then goes
+                w.proc, w.pid, found[i] = None, 0, False
         for w, adopted in zip(self.workers, found, strict=True):
             if adopted and w.proc is None:  # not one `prestart` started
                 self.adopted += 1

@@ -103,6 +103,7 @@ async def pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
                 os.kill(pid, signal.SIGKILL)
         for worker in w.mesh.workers:
             if worker.proc is not None:
+                worker.proc.kill()
                 worker.proc.wait(5)
         await w.close()
 
@@ -276,3 +277,43 @@ async def test_worker_i_starts_its_rotation_at_the_i_th_replica(tmp_path: Path) 
         w.retire(port)
         await asyncio.gather(*w.closing)
     assert firsts == ["t1", "t2", "t2", "t1", "t1", "t2"]
+
+
+async def test_workers_of_another_build_are_replaced_without_a_refused_connection(pool: WorkerWorld) -> None:
+    """A daemon of another build starts successors on the same sockets; each old worker
+    serves beside its successor (SO_REUSEPORT) for STEP_DOWN seconds, then exits."""
+    port = free_port()
+    web = tcp_service("web", port)
+    await pool.store.put(KEYS.service("web"), web.to_json())
+    await pool.backend(web, 1, "n1")
+    task = await running(pool)
+    await wait_until(lambda: every_answer(port, 4), 10.0)
+    await stopped(task)
+    old = [w.proc for w in pool.mesh.workers]
+    old_pids = pool.note_pids()
+
+    got: list[str] = []
+    done = asyncio.Event()
+
+    async def load() -> None:
+        for _ in range(3000):  # bounded: about 30 s at most
+            if done.is_set():
+                return
+            try:
+                got.append(await ask(port))
+            except OSError as exc:
+                got.append(repr(exc))
+            await asyncio.sleep(0.01)
+
+    loader = asyncio.create_task(load())
+    pool.mesh = pool.new_mesh()
+    pool.mesh.build = "another build"
+    task = await running(pool)
+    assert (pool.mesh.started, pool.mesh.adopted) == (2, 0)
+    assert not pool.note_pids() & old_pids
+    for proc in old:
+        assert proc is not None and await asyncio.to_thread(proc.wait, 20) == 0  # stepped down
+    done.set()
+    await loader
+    assert len(got) > 50 and set(got) == {"web.1@n1"}, [g for g in got if g != "web.1@n1"][:5]
+    await stopped(task)
