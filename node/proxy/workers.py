@@ -120,6 +120,7 @@ class Worker:
                         raise WorkerError(f"proxy worker {self.index} does not answer on {self.path}")
                     if self.pid != self.proc.pid:  # its predecessor, still there (another build)
                         self.disconnect()
+                        self.pid = 0  # not one to kill should this start fail
                         raise WorkerError(
                             f"proxy worker {self.index} (pid {self.proc.pid}) not listening yet"
                         )
