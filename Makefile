@@ -2,7 +2,8 @@
 #
 #   make demo    install what is missing, build the demo images, start a 3-node local
 #                cluster (embedded etcd), apply deploy/examples/web.yaml, show the
-#                replicas and their answers; the cluster keeps running
+#                replicas and their answers, then deploy the example app (nginx ->
+#                web x3 -> redis, deploy/examples/app); the cluster keeps running
 #   make stop    stop the local cluster started by `make demo`
 #   make test    install, then stub freshness, ruff, mypy, import layers, pytest
 #                (unit, then integration against real etcd and Docker)
@@ -28,12 +29,13 @@ DEV_DIR := .shoal-dev
 export SHOAL_CONTEXT_FILE ?= $(abspath $(DEV_DIR))/context.json
 DEMO_SPEC := deploy/examples/web.yaml
 DEMO_TIMEOUT ?= 60
+APP_DEPLOY := deploy/examples/app/deploy.sh
 PYTEST_ARGS ?=
 
 .PHONY: help install images demo stop test lint proto bench chaos clean
 
 help:
-	@sed -n '3,14p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+	@sed -n '3,15p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
 
 install:
 	@bash deploy/install.sh
@@ -84,12 +86,17 @@ demo: install images
 	  done
 	done <<< "$$mesh"
 	echo
+	echo "== the example application: nginx -> web x3 -> redis (deploy/examples/app, docs/example-app.md)"
+	SHOAL=$(SHOAL) PY=$(PY) bash $(APP_DEPLOY)
+	echo
 	echo "The cluster keeps running. Try:"
 	echo "  export SHOAL_CONTEXT_FILE=$$SHOAL_CONTEXT_FILE   # the CLI's credentials for it"
 	echo "  $(SHOAL) service scale web 5 && $(SHOAL) service ps web"
 	echo "  $(SHOAL) resolve web --watch   # Ctrl-C to leave"
 	echo "  curl -s http://127.0.0.1:7071/metrics | grep shoal_proxy"
 	echo "  $(SHOAL) events -f        # Ctrl-C to leave"
+	echo "  curl -s http://127.0.0.1:18081/   # the app's front door: a visit counter kept in redis"
+	echo "  $(SHOAL) stack ps app && $(SHOAL) stack rm app"
 	echo "Logs and state: $(DEV_DIR)/ . Stop it (and remove its containers): make stop"
 
 stop:
@@ -115,7 +122,7 @@ test: install images lint
 	@for suite in unit integration; do
 	  echo "== pytest tests/$$suite"
 	  rc=0
-	  $(VENV)/bin/pytest -q -ra tests/$$suite $(PYTEST_ARGS) || rc=$$?
+	  $(VENV)/bin/pytest -q -ra --durations=15 tests/$$suite $(PYTEST_ARGS) || rc=$$?
 	  if (( rc == 5 )); then
 	    echo "error: pytest collected no tests in tests/$$suite (exit 5)" >&2
 	  fi

@@ -22,6 +22,7 @@ ENV = "SHOAL_TEST_CRASH_POINT"
 ROLLBACK_DUE = "rollback.due"  # a rollout failed (or was found failed): its rollback not yet written
 ROLLBACK_WRITTEN = "rollback.written"  # the rollback's transaction committed, before anything else
 JOB_RECORDED = "job.recorded"  # a job's record with a new outcome committed, no task placed yet
+SCHEDULE_FIRED = "schedule.fired"  # a tick's run record and job record committed, no task placed yet
 
 log = logging.getLogger(__name__)
 

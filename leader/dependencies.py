@@ -55,9 +55,11 @@ def observer(
     services: Collection[str],
     tasks: Mapping[tuple[str, int], Assignment],
     status: Callable[[str], TaskStatus | None],
+    succeeded: Collection[str] = (),
 ) -> Callable[[str], DepState]:
     """`observe` for `gated` over a pass's snapshot: a dependency's tasks that should run,
-    counted by their agents' statuses. The task index is built on the first call only."""
+    counted by their agents' statuses; `succeeded`: the jobs whose record says so (for
+    `completed`). The task index is built on the first call only."""
     index: dict[str, list[Assignment]] | None = None
 
     def observe(name: str) -> DepState:
@@ -72,6 +74,6 @@ def observer(
             if s is not None and s.state == TaskState.RUNNING:
                 running += 1
                 healthy += s.routable  # the one rule (node.model.domain.routable)
-        return DepState(name in services, running, healthy)
+        return DepState(name in services, running, healthy, name in succeeded)
 
     return observe

@@ -12,6 +12,10 @@ it would be refused. `shape` maps each job's plan back to real slots and adds it
 
 Records of services that no longer exist are deleted, fenced, while the service key is
 absent (an `rm` deletes its job's record too: `node.api.services`).
+
+A scheduled job (`schedule:`, `leader.schedrun`) runs only while its job record is a run
+of its current incarnation (uid `<service uid>#<tick>`, written when a tick fires):
+before its first tick it has no task, and each tick's fresh record starts it again.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from leader import crashpoint, jobs
+from leader import crashpoint, jobs, schedrun
 from leader.scheduler import Move, Plan, Snapshot
 from node.model.domain import Assignment, ServiceRecord, TaskStatus
 from node.model.jobs import JobRecord, JobState
 from node.model.keys import Keys
+from node.model.runs import run_of
 from node.model.spec_job import is_job
+from node.model.spec_schedule import scheduled
 from node.store import Compare, Delete, Fenced, Put, Store, fence
 from node.telemetry.events import EventLog
 
@@ -44,15 +50,22 @@ class JobRunner:
         self.steps: dict[str, jobs.JobStep] = {}
         self.crash_point = crashpoint.reached  # tests crash the leader between record and start
         self.back: dict[str, dict[int, int]] = {}  # job -> view slot -> its real slot (this pass)
+        self.schedules = schedrun.ScheduleRunner(store, keys, epoch, events)  # ticks of scheduled jobs
 
     @property
     def active(self) -> bool:
         """A job is running: the loop follows task statuses to see its tasks end."""
         return any(s.record.state == JobState.RUNNING for s in self.steps.values())
 
+    def succeeded(self) -> set[str]:
+        """The jobs whose record (this pass) says succeeded: `depends_on: {job: completed}`."""
+        return {name for name, s in self.steps.items() if s.record.state == JobState.SUCCEEDED}
+
     def next_deadline(self) -> float | None:
         """Seconds until a job needs a pass with no event to wake it (back-off, deadline, ttl)."""
         wakes = [s.wake for s in self.steps.values() if s.wake is not None]
+        tick = self.schedules.next_wake()
+        wakes += [tick] if tick is not None else []
         return max(0.0, min(wakes) - time.time()) + 0.01 if wakes else None
 
     async def prepare(
@@ -65,6 +78,14 @@ class JobRunner:
     ) -> tuple[dict[str, ServiceRecord], Snapshot]:
         named = {name: r for name, r in services.items() if is_job(r.spec)}
         kvs, _ = await self.store.range(self.keys.jobs)
+        timed = {name for name, r in named.items() if scheduled(r.spec) is not None}
+        held: dict[str, list[Assignment]] = {}
+        for (service, _slot), task in snap.tasks.items() if timed else ():
+            if service in timed:
+                held.setdefault(service, []).append(task)
+        current = {self.keys.tail(kv.key, self.keys.jobs): kv for kv in kvs}
+        if await self.schedules.tick(services, current, held, now):
+            kvs, _ = await self.store.range(self.keys.jobs)  # the runs it started
         self.steps = {}
         stored = {self.keys.tail(kv.key, self.keys.jobs): kv for kv in kvs}
         for name in sorted(stored.keys() - services.keys()):
@@ -82,7 +103,13 @@ class JobRunner:
             kv = stored.get(name)
             old = JobRecord.from_json(kv.value) if kv is not None else None
             mine = by_job.get(name, {})
-            st = jobs.step(name, record.uid, record.spec, old, mine, statuses.get, alive, now)
+            uid = record.uid
+            if scheduled(record.spec) is not None:
+                if old is None or run_of(record.uid, old.uid) is None:
+                    view[name] = replace(record, spec=record.spec.model_copy(update={"replicas": 0}))
+                    continue  # no run yet: no task (those of an older incarnation are not planned)
+                uid = old.uid
+            st = jobs.step(name, uid, record.spec, old, mine, statuses.get, alive, now)
             stale = st.record != old and not await self._write(name, st.record, kv.mod_revision if kv else 0)
             if stale:
                 st.start, st.stop, st.ended = set(), [], ""
@@ -90,6 +117,7 @@ class JobRunner:
                 self.crash_point(crashpoint.JOB_RECORDED)
             if st.ended:
                 self.events.emit(f"job.{st.ended}", f"{name}: {st.record.message}", service=name)
+                await self.schedules.finish(record, st.record)
             self.steps[name] = st
             # The scheduler sees only what should exist: the live tasks and the indices that
             # may start, renumbered 1..k (so it plans nothing it would then be refused), then

@@ -28,6 +28,7 @@ from leader.incarnation import stale_incarnation
 from leader.liveness import DownMarks, Liveness
 from leader.pending import PendingReasons
 from leader.plan_events import plan_events
+from leader.pools import PoolKeeper
 from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy, update_policy
 from leader.scheduler import Plan, Snapshot, schedule_all, volume_claims
 from node.model.domain import (
@@ -88,6 +89,7 @@ class LeaderLoop:
         self._last_pass = 0.0  # `now` of the last pass: rollout deadlines up to it are handled
         self.crash_point = crashpoint.reached  # tests crash the leader at named steps
         self.jobs = jobrun.JobRunner(store, keys, epoch, events)  # issue 18: `kind: job` services
+        self.pools: PoolKeeper | None = None  # issue 15: node pools (capacity on demand)
 
     async def run(self) -> None:
         caches = [self.services, self.nodes, self.tasks, self.nodespecs, self.rollouts, self.down.cache]
@@ -206,7 +208,7 @@ class LeaderLoop:
             r.service: r for r in (RolloutRecord.from_json(kv.value) for kv in self.rollouts.values())
         }
         decided = updates.decide(services, snap.tasks, statuses, rollouts, alive, now)
-        observe = dependencies.observer(services, snap.tasks, statuses.get)
+        observe = dependencies.observer(services, snap.tasks, statuses.get, self.jobs.succeeded())
         waiting = dependencies.gated(services, {svc for svc, _ in snap.tasks}, observe)  # depends_on
 
         def plan_all() -> tuple[list[Plan], list[Write]]:  # pure: no I/O, nothing shared is changed
@@ -247,6 +249,8 @@ class LeaderLoop:
         )
         self._pending_events(plans)
         await self.pending.publish(plans, now)
+        if self.pools is not None:  # issue 15: nodes asked for and given back after each plan
+            await self.pools.step(services, snap, plans, now)
         orphans = {svc for svc, _ in snap.tasks} - set(services) - self.unreadable
         for svc in sorted(orphans):
             await self.applier.delete_prefix(self.keys.service_tasks(svc), self.keys.service_volumes(svc))

@@ -2,25 +2,34 @@
 
 What the leader recorded in `jobs/<name>` (`node.model.jobs.JobRecord`) for the service's
 current incarnation; a job the leader has not stepped yet is `pending`. Read-only.
+A scheduled job shows its current run (the record's uid is `<service uid>#<tick>`;
+before its first tick it is `pending`), and `ListRuns` its runs (`runs/<name>/`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import grpc
 
 from node.api.server import handle
+from node.model.cron import CronError, next_tick
 from node.model.domain import ServiceRecord, readable_services
 from node.model.errors import FailedPrecondition, NotFound
 from node.model.jobs import IndexState, JobRecord
 from node.model.keys import Keys
+from node.model.runs import RunRecord, run_of
 from node.model.spec_job import JobSpec, is_job
+from node.model.spec_schedule import scheduled
 from node.pb import jobs_pb2, jobs_pb2_grpc
 from node.store import Store
 
 
 def job_info(service: ServiceRecord, record: JobRecord | None) -> jobs_pb2.JobInfo:
     job = service.spec.job or JobSpec()
-    if record is not None and record.uid != service.uid:
+    schedule = scheduled(service.spec)
+    if record is not None and record.uid != service.uid and run_of(service.uid, record.uid) is None:
         record = None  # a namesake's, before the leader's next pass replaces it
     info = jobs_pb2.JobInfo(
         name=service.name,
@@ -30,6 +39,10 @@ def job_info(service: ServiceRecord, record: JobRecord | None) -> jobs_pb2.JobIn
         retries=job.retries,
         version=service.version,
     )
+    if schedule is not None:
+        info.schedule = f"{schedule.cron} ({schedule.timezone or 'UTC'})"
+        with contextlib.suppress(CronError):  # no tick in 8 years: left 0
+            info.next_tick = next_tick(schedule.parsed(), time.time())
     if record is None:
         return info
     info.failures, info.message = record.failures, record.message
@@ -84,3 +97,32 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         if not is_job(service.spec):
             raise FailedPrecondition(f"{request.name!r} is a service, not a job (its spec has no kind: job)")
         return job_info(service, await self._record(request.name))
+
+    @handle
+    async def ListRuns(
+        self, request: jobs_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListRunsResponse:
+        kv = await self.store.get(self.keys.service(request.name))
+        if kv is None:
+            raise NotFound(f"no job named {request.name!r}; `shoal job ls` lists them")
+        service = ServiceRecord.from_json(kv.value)
+        if scheduled(service.spec) is None:
+            raise FailedPrecondition(
+                f"{request.name!r} has no schedule: it has no runs (`shoal job status` shows it)"
+            )
+        kvs, _ = await self.store.range(self.keys.service_runs(request.name))
+        runs = sorted((RunRecord.from_json(kv.value) for kv in kvs), key=lambda r: r.tick)
+        return jobs_pb2.ListRunsResponse(
+            runs=[
+                jobs_pb2.JobRun(
+                    tick=r.tick,
+                    outcome=r.outcome,
+                    fired_at=r.fired_at,
+                    finished_at=r.finished_at,
+                    message=r.message[:500],
+                    task_ids=r.tasks,
+                )
+                for r in runs
+                if r.uid == service.uid
+            ]
+        )

@@ -54,6 +54,8 @@ def _job_dict(j: jobs_pb2.JobInfo) -> dict[str, Any]:
         "started": iso(j.started_at) if j.started_at else "",
         "finished": iso(j.finished_at) if j.finished_at else "",
         "message": j.message,
+        "schedule": j.schedule,
+        "next_tick": iso(j.next_tick) if j.next_tick else "",
         "indexes": [
             {
                 "index": i.index,
@@ -109,7 +111,48 @@ def job_status(settings: Settings, name: str, fmt: str) -> None:
         return
     click.echo(f"{j.name}: {j.state}, {j.succeeded}/{j.completions} succeeded, {j.running} running")
     click.echo(f"failures {j.failures} (retries {j.retries}){': ' + j.message if j.message else ''}")
+    if j.schedule:
+        click.echo(
+            f"schedule {j.schedule}, next tick {iso(j.next_tick)}; `shoal job runs {j.name}` lists runs"
+        )
     emit(list(j.indexes), _job_dict, INDEX_COLUMNS, fmt)
+
+
+def _duration(r: jobs_pb2.JobRun) -> str:
+    if not r.finished_at or r.outcome in ("missed", "skipped"):
+        return ""
+    return f"{max(0.0, r.finished_at - r.fired_at):.1f}s"
+
+
+RUN_COLUMNS: list[Column] = [
+    ("TICK", lambda r: iso(r.tick)),
+    ("OUTCOME", lambda r: r.outcome),
+    ("DURATION", _duration),
+    ("TASKS", lambda r: ",".join(r.task_ids)),
+    ("MESSAGE", lambda r: r.message),
+]
+
+
+def _run_dict(r: jobs_pb2.JobRun) -> dict[str, Any]:
+    return {
+        "tick": iso(r.tick),
+        "outcome": r.outcome,
+        "fired": iso(r.fired_at),
+        "finished": iso(r.finished_at),
+        "duration": _duration(r),
+        "tasks": list(r.task_ids),
+        "message": r.message,
+    }
+
+
+@job.command("runs")
+@click.argument("name")
+@output_option()
+@pass_settings
+def job_runs(settings: Settings, name: str, fmt: str) -> None:
+    """A scheduled job's runs, oldest first: tick, outcome, duration, tasks (`shoal task logs ID`)."""
+    runs = settings.client()._jobs("ListRuns", jobs_pb2.ListRunsRequest(name=name)).runs
+    emit(list(runs), _run_dict, RUN_COLUMNS, fmt)
 
 
 def _spec(
@@ -252,6 +295,11 @@ def task_rm(settings: Settings, targets: tuple[str, ...]) -> None:
         owner = owner or next((j for j in jobs if any(i.task_id == target for i in j.indexes)), None)
         if owner is None:
             raise ShoalError(f"no task or run {target!r}: `shoal task ls` lists them")
+        if owner.schedule:
+            raise ShoalError(
+                f"{target!r} is a run of scheduled job {owner.name}; "
+                f"remove the schedule: shoal service rm {owner.name}"
+            )
         if owner.completions != 1:
             raise ShoalError(
                 f"{target!r} is a task of job {owner.name}; remove the job: shoal service rm {owner.name}"

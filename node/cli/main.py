@@ -101,6 +101,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "exec_cmd",
         "Run a command in a task's container; exit with its exit code (deployer or admin).",
     ),
+    "pool": (
+        "node.cli.pools",
+        "pool",
+        "Node pools: capacity a provider adds when replicas wait, and takes back when idle (admin).",
+    ),  # issue 15
 }
 
 # The group's options that take a value; they may also be written after the subcommand.

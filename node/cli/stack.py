@@ -99,7 +99,9 @@ def _dep_states(services: list[api_pb2.Service], tasks: dict[str, list[api_pb2.T
     for s in services:
         run = [t for t in tasks.get(s.name, []) if t.state == "running"]
         healthy = [t for t in run if t.health in ("", "healthy")]
-        out[s.name] = DepState(True, len(run), len(healthy))
+        ended = tasks.get(s.name, [])
+        done = bool(ended) and all(t.state == "exited" and t.exit_code == 0 for t in ended)  # a job's
+        out[s.name] = DepState(True, len(run), len(healthy), done)
     return out
 
 

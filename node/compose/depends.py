@@ -6,7 +6,9 @@ service waits for, or a dependency that no longer meets its condition (shown onl
 running service is never stopped for it, as with Compose's depends_on).
 
 - `started`: the dependency has at least one task running;
-- `healthy`: it has at least one task running and routable (healthy, or without a check).
+- `healthy`: it has at least one task running and routable (healthy, or without a check);
+- `completed` (issue 18): it is a `kind: job` and its current run succeeded (Compose's
+  `service_completed_successfully`: a migration before the web tier).
 
 Pure: no grpc, docker or etcd.
 """
@@ -24,11 +26,14 @@ class DepState:
     exists: bool = False  # the service record is there
     running: int = 0  # tasks whose container runs
     healthy: int = 0  # of those, routable (health "" or "healthy")
+    succeeded: bool = False  # a job whose record says succeeded
 
 
 def met(condition: str, state: DepState) -> bool:
     if not state.exists:
         return False
+    if condition == "completed":
+        return state.succeeded
     return state.healthy > 0 if condition == "healthy" else state.running > 0
 
 

@@ -15,6 +15,7 @@ SUPPORTED += ("restart", "healthcheck", "depends_on", "stop_grace_period", "mem_
 SUPPORTED += ("cpus", "profiles", "scale")
 SUPPORTED += ("volumes",)  # named volumes (node.compose.volumes)
 SUPPORTED += ("pull_policy",)  # issue 13, images from registries: onto `pull`
+SUPPORTED += ("networks",)  # issue 13, networks scope names and VIPs (node.compose.networks)
 PULL_POLICIES = {"always": "always", "missing": "missing", "if_not_present": "missing", "never": "never"}
 _NOT_YET = "not supported by shoal yet"
 
@@ -62,7 +63,6 @@ REFUSED_WHEN_TRUE = ("privileged", "read_only", "init", "oom_kill_disable")
 IGNORED: dict[str, str] = {
     "labels": "container labels are shoal's own (service, slot, task)",
     "logging": "replicas log to the engine's default driver; `docker logs` reads them",
-    "networks": "every service is reached through shoal's mesh; networks are not isolated yet",
     "container_name": "shoal names each replica <stack>_<service>.<slot>.<task>",
     "hostname": "each replica keeps the hostname Docker gives it",
     "domainname": "each replica keeps Docker's default",
@@ -92,7 +92,6 @@ DEPLOY_IGNORED: dict[str, str] = {
 }
 TOP_LEVEL = ("version", "name", "services", "networks", "volumes", "secrets", "configs")
 TOP_IGNORED = {
-    "networks": "every service is reached through shoal's mesh; networks are not isolated yet",
     "secrets": "no service may use them (service secrets are refused)",
     "configs": "no service may use them (service configs are refused)",
 }

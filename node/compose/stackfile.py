@@ -162,6 +162,17 @@ def parse_stack(text: str, source: str = "<stack>", name: str = "") -> tuple[str
             specs.append(spec_from_node(body, source))
         except SpecError as exc:
             errors += [FieldError(_join(path, e.path), e.message, e.line, e.column) for e in exc.errors]
+    kinds = {s.name: s.kind for s in specs}
+    for s in specs:
+        for dep, cond in (s.depends_on or {}).items():
+            if cond == "completed" and dep in kinds and kinds[dep] != "job":
+                short = s.name[len(stack) + 1 :]
+                fail(
+                    f"services.{short}.depends_on",
+                    f"{dep[len(stack) + 1 :]!r} is not a job (kind: job), so it never completes; "
+                    "use started or healthy",
+                    dep_at.get(short, (None, None)),
+                )
     cycle = find_cycle(graph)
     if cycle is not None:
         what = "dependency cycle: " + " -> ".join(cycle) + "; a service cannot wait for itself"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.compose import keys
+from node.compose import networks as compose_networks
 from node.compose import volumes as compose_volumes
 from node.compose.deploy import deploy, healthcheck, ports
 from node.compose.interpolate import InterpolationError, interpolate, parse_duration, parse_size
@@ -30,9 +31,11 @@ from node.compose.stackfile import check_stack_name, find_cycle
 from node.model.spec import NAME_PATTERN, SpecError, load_yaml, spec_from_dict
 
 _SERVICE_KEYS = keys.SUPPORTED
+_SIMPLE = ("command", "environment", "env_file", "ports", "expose", "deploy", "restart", "healthcheck")
 _KNOWN = set(_SERVICE_KEYS) | set(keys.REFUSED) | set(keys.IGNORED)
 _DEPLOY_KEYS = ("replicas", "mode", "resources", "placement", "update_config", "restart_policy")
 _CONDITIONS = {"service_started": "started", "service_healthy": "healthy"}
+_CONDITIONS |= {"service_completed_successfully": "completed"}  # a job that succeeded (issue 18)
 _RESTART = keys.RESTART
 _Where = tuple[int | None, int | None]
 
@@ -81,6 +84,7 @@ class _Run:
         self.errors: list[Notice] = []
         self.warnings: list[Notice] = []
         self.volumes: set[str] = set()  # declared at the top level (node.compose.volumes)
+        self.networks: dict[str, str] = {}  # declared at the top level (node.compose.networks)
 
     def error_at(self, node: Any, key: Any, message: str) -> None:
         self.error(_at(node, key), f"volumes.{key}", message)
@@ -129,7 +133,7 @@ def translate(
     run.interpolate(data, "")
     for key in data:
         where, k = _at(data, key), str(key)
-        if k.startswith("x-") or k in ("version", "name", "services", "volumes"):
+        if k.startswith("x-") or k in ("version", "name", "services", "volumes", "networks"):
             continue
         if k in keys.TOP_IGNORED:
             run.warn(where, k, f"ignored: {keys.TOP_IGNORED[k]}")
@@ -143,6 +147,7 @@ def translate(
     elif (problem := check_stack_name(stack)) is not None:
         run.error(_at(data, "name") if not name else (None, None), "name", problem)
     run.volumes = compose_volumes.declared(data, run.error_at, run.warn_at)
+    run.networks = compose_networks.declared(data, run, _at)
     services: dict[str, dict[str, Any]] = {}
     lines: dict[str, dict[str, _Where]] = {}
     for short, body in data["services"].items():
@@ -263,16 +268,7 @@ class _Service:
                 self.error(b, None, "image", "missing: shoal runs an image (image: registry/name:tag)")
         else:
             self.out["image"] = str(b["image"])
-        for k in (
-            "command",
-            "environment",
-            "env_file",
-            "ports",
-            "expose",
-            "deploy",
-            "restart",
-            "healthcheck",
-        ):
+        for k in _SIMPLE:
             if k in b and b[k] is not None:
                 getattr(self, "_" + k)(b[k])
         if "depends_on" in b:
@@ -280,6 +276,11 @@ class _Service:
         if b.get("volumes") is not None:
             self.note("volumes", b, "volumes")
             self.out["volumes"] = compose_volumes.service_volumes(b, self.run.volumes, self.error)
+        if b.get("networks") is not None:  # decision 64
+            self.note("networks", b, "networks")
+            self.out["networks"] = compose_networks.service_networks(
+                b, self.run.networks, self.error, self.warn
+            )
         if "stop_grace_period" in b:
             self.note("stop_grace", b, "stop_grace_period")
             self._duration(b, "stop_grace_period", self.out, "stop_grace")
@@ -442,21 +443,12 @@ class _Service:
                     if isinstance(how, dict)
                     else "service_started"
                 )
-                if cond == "service_completed_successfully":
-                    self.error(
-                        value,
-                        dep,
-                        f"depends_on.{dep}",
-                        "refused: service_completed_successfully needs "
-                        "run-to-completion jobs, which shoal does not have yet",
-                    )
-                    continue
                 if cond not in _CONDITIONS:
                     self.error(
                         value,
                         dep,
                         f"depends_on.{dep}",
-                        f"condition must be service_started or service_healthy, got {cond!r}",
+                        f"condition must be one of {', '.join(_CONDITIONS)}, got {cond!r}",
                     )
                     continue
                 for extra in ("restart", "required"):

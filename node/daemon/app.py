@@ -22,7 +22,6 @@ import logging
 import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -38,6 +37,7 @@ from node.daemon.ingress import attach_ingress
 from node.daemon.leadership import Bounds, Leadership
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
+from node.daemon.pools import pool_context
 from node.daemon.telemetry import Telemetry
 from node.dashboard import serve as dashboard
 from node.gossip.config import PRESETS as GOSSIP_PRESETS
@@ -50,6 +50,7 @@ from node.proxy import metrics
 from node.proxy.dnsserver import host_resolvers
 from node.proxy.mesh import MeshSettings
 from node.proxy.names import dns_address
+from node.proxy.sources import SourceMap
 from node.proxy.vips import HostSetupError, Names, prepare_host
 from node.proxy.workers import mesh_for
 from node.runtime.base import RuntimeUnavailable
@@ -57,7 +58,7 @@ from node.runtime.docker import DockerRuntime
 from node.runtime.docker_stats import docker_sampler
 from node.security.credentials import EtcdCredentials
 from node.security.etcd_tls import read_etcd_tls
-from node.security.files import NodeFiles, read_secret
+from node.security.files import NodeFiles
 from node.security.sealing import Sealer
 from node.store import StoreError, StoreUnavailable
 from node.store.etcd import EtcdTls
@@ -134,7 +135,8 @@ class Daemon:
             log.error("service names are off on this node: %s", exc)
             self.events.emit("names.off", f"service names are off on {c.node_id}: {exc}")
             return None
-        names = Names(self.mesh, net, host_resolvers(exclude=(dns_address(net),)))
+        sources = SourceMap.of_runtime(self.runtime, c.cluster, (net,), (c.address, c.publish_address))
+        names = Names(self.mesh, net, host_resolvers(exclude=(dns_address(net),)), sources=sources)
         agent.dns = (names.dns_address,)
         return names
 
@@ -346,7 +348,7 @@ class Daemon:
                     self.mesh,
                     c.address,
                     c.metrics_port,
-                    *metrics_guard(c),
+                    *wiring.metrics_guard(c),
                     daemon_collectors(self.telemetry),
                     {discovery.PATH: discovery.sd_page(lambda: self.node_mirror.items, c.cluster)},
                 )
@@ -410,6 +412,7 @@ class Daemon:
                 c.events_max_age,
             ),
         )
+        leadership.pool_context = pool_context(c, self.identity)  # issue 15: node pools
         self.telemetry.attach_agent(agent)
         self.telemetry.attach_leadership(leadership)
         self.telemetry.attach_membership(self.membership)
@@ -483,15 +486,6 @@ def etcd_tls(config: NodeConfig) -> EtcdTls | None:
         return read_etcd_tls(config.etcd_ca, config.etcd_cert, config.etcd_key, config.etcd_server_name)
     except OSError as exc:
         raise StartupError(f"etcd TLS: cannot read {exc.filename}: {exc.strerror or exc}") from exc
-
-
-def metrics_guard(config: NodeConfig) -> tuple[Path | None, str]:
-    """(identity file for TLS, bearer token) of /metrics, as configured; OSError when unreadable."""
-    identity = NodeFiles.of(config.data_dir).identity if config.metrics_tls else None
-    token = read_secret(Path(config.metrics_token_file)).decode().strip() if config.metrics_token_file else ""
-    if config.metrics_token_file and not token:
-        raise OSError(f"{config.metrics_token_file} is empty: put the /metrics bearer token in it")
-    return identity, token
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from leader.election import Election
 from leader.liveness import Liveness
 from leader.loop import LeaderLoop
+from leader.pools import PoolContext, PoolKeeper
 from leader.upkeep import Bounds, Upkeep
 from node.model.keys import Keys
 from node.store import Store, StoreError
@@ -50,6 +51,7 @@ class Leadership:
         self.bounds = bounds or Bounds()  # what the leader keeps of etcd (leader.upkeep)
         self.loop: LeaderLoop | None = None  # the loop of the latest epoch led (metrics read it)
         self.on_loop: list[Callable[[LeaderLoop], None]] = []  # told of each new loop (metrics time it)
+        self.pool_context: PoolContext | None = None  # issue 15: set, the leader keeps node pools
 
     async def _expiring(self) -> str:
         # a deadline on the clock, not an event: poll it
@@ -82,6 +84,8 @@ class Leadership:
         for hook in self.on_loop:
             hook(loop)
         self.loop = loop
+        if self.pool_context is not None:
+            loop.pools = PoolKeeper(self.store, self.keys, epoch, self.events, self.pool_context)
         watchers = {
             asyncio.create_task(loop.run(), name="leader-loop"),
             asyncio.create_task(self.election.watch_deposed(epoch), name="leader-deposed"),
@@ -90,6 +94,8 @@ class Leadership:
                 Upkeep(self.store, self.keys, epoch, self.events, self.bounds).run(), name="leader-upkeep"
             ),
         }
+        if loop.pools is not None:  # its provider calls end with the leadership
+            watchers.add(asyncio.create_task(loop.pools.run(), name="leader-pools"))
         try:
             done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
         finally:

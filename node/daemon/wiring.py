@@ -9,6 +9,7 @@ module only builds. A feature with a gRPC service of its own registers it in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -19,6 +20,7 @@ from node.api.admin import Signer
 from node.api.gossip_transport import PeerServicer
 from node.api.jobs import JobsServicer
 from node.api.join import JoinHandler
+from node.api.pools import PoolsServicer
 from node.api.port_policy import PortPolicy
 from node.api.secrets import SecretsServicer
 from node.api.servicer import ShoalServicer
@@ -31,11 +33,19 @@ from node.daemon.metered import MeteredEtcdStore
 from node.daemon.telemetry import Telemetry
 from node.model.config import NodeConfig
 from node.model.keys import Keys
-from node.pb import api_pb2_grpc, jobs_pb2_grpc, peer_pb2_grpc, secrets_pb2_grpc, volumes_pb2_grpc
+from node.pb import (
+    api_pb2_grpc,
+    jobs_pb2_grpc,
+    peer_pb2_grpc,
+    pools_pb2_grpc,
+    secrets_pb2_grpc,
+    volumes_pb2_grpc,
+)
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_logs import DockerStreams
 from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
+from node.security.files import NodeFiles, read_secret
 from node.security.sealing import Sealer
 from node.telemetry.events import EventLog
 
@@ -108,6 +118,10 @@ def build_api(d: Parts) -> Api:
                 jobs_pb2_grpc.add_JobsServicer_to_server,
                 JobsServicer(d.store, d.keys),
             ),  # issue 18
+            (
+                pools_pb2_grpc.add_PoolsServicer_to_server,
+                PoolsServicer(d.store, d.keys, d.events),
+            ),  # issue 15: node pools
         ],
         c.address,
         c.grpc_port,
@@ -118,3 +132,12 @@ def build_api(d: Parts) -> Api:
         ],
     )
     return Api(servicer, server, health)
+
+
+def metrics_guard(config: NodeConfig) -> tuple[Path | None, str]:
+    """(identity file for TLS, bearer token) of /metrics, as configured; OSError when unreadable."""
+    identity = NodeFiles.of(config.data_dir).identity if config.metrics_tls else None
+    token = read_secret(Path(config.metrics_token_file)).decode().strip() if config.metrics_token_file else ""
+    if config.metrics_token_file and not token:
+        raise OSError(f"{config.metrics_token_file} is empty: put the /metrics bearer token in it")
+    return identity, token

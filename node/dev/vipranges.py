@@ -34,14 +34,27 @@ def local_routes() -> set[ipaddress.IPv4Network]:
 
 
 def free_vip_range(seed: str) -> str:
+    """A /24 of DEV_POOL no other cluster on this host holds, claimed at once: its local
+    route is added here (`ip route add` fails when the route exists), so two clusters
+    starting side by side never draw the same range (a test saw another cluster's VIP
+    answer). The daemons' `ip route replace` of it is then a no-op; `release` removes it."""
     used = local_routes()
     subnets = list(DEV_POOL.subnets(new_prefix=24))
     start = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:4], "big") % len(subnets)
     for i in range(len(subnets)):
         candidate = subnets[(start + i) % len(subnets)]
-        if candidate not in used:
+        if candidate not in used and _claim(str(candidate)):
             return str(candidate)
     return str(subnets[start])
+
+
+def _claim(vip_range: str) -> bool:
+    try:
+        cmd = ["ip", "route", "add", "local", vip_range, "dev", "lo"]
+        done = subprocess.run(cmd, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # no iproute2 here: names are off anyway, any range does
+    return done.returncode == 0 or b"Operation not permitted" in done.stderr  # not root: cannot claim
 
 
 def release(vip_range: str) -> None:

@@ -32,6 +32,10 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `vipcursor`                       | any node's names (7)   | forever; one key   |
 | `volumes/<service>/<slot>/<name>` | leader (fenced), API, agent | until `rm` of the service or volume (6) |
 | `jobs/<service>`                  | leader only, fenced    | while the job's service exists (8) |
+| `runs/<service>/<tick>`           | leader only, fenced    | `schedule.history` per scheduled job (9) |
+
+| `pools`                           | API (`pool apply`)     | until changed (10)  |
+| `poolnodes/<pool>/<node>`         | leader only, fenced    | from the request to the node's return (10) |
 
 Bounds (issue 11): every prefix is bounded by the nodes, services, replicas and
 tokens in force, never by time. The leader (`leader.upkeep`, fenced) compacts etcd to
@@ -74,6 +78,14 @@ cursor makes a released address the last to be reused. Bounded by the services.
 (8) `jobs/<service>`: a `kind: job` service's progress (`node.model.jobs`), one per job,
 at most completions + retries task ids; a record of another incarnation (uid) is
 replaced, one of a removed service is deleted by the leader's next pass.
+(9) `runs/<service>/<tick>`: one record per tick of a scheduled job (`node.model.runs`),
+`<tick>` its unix second, zero-padded. Written (create-only, fenced) before the tick's
+run starts; the oldest beyond `schedule.history` are pruned, all of a removed service's
+by the leader's next pass.
+
+(10) issue 15, node pools (`node.model.pools`, `leader.pools`): the pools' declaration,
+and one record per node a pool asked its provider for, written before the provider is
+called. Bounded by the pools' `max`.
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.
@@ -294,6 +306,31 @@ class Keys:
 
     def job(self, service: str) -> str:
         return f"{self.jobs}{service}"
+
+    # runs of scheduled jobs (issue 18 item 3)
+    @property
+    def runs(self) -> str:
+        return f"{self.prefix}runs/"
+
+    def service_runs(self, service: str) -> str:
+        return f"{self.runs}{service}/"
+
+    def run(self, service: str, tick: float) -> str:
+        return f"{self.runs}{service}/{int(tick):012d}"
+
+    # node pools (issue 15, capacity on demand)
+    @property
+    def pools(self) -> str:
+        """The cluster's pools (`shoal pool apply`): one key."""
+        return f"{self.prefix}pools"
+
+    @property
+    def poolnodes(self) -> str:
+        return f"{self.prefix}poolnodes/"
+
+    def poolnode(self, pool: str, node: str) -> str:
+        """One node a pool asked its provider for (`node.model.pools.PoolNode`)."""
+        return f"{self.poolnodes}{pool}/{node}"
 
     # parsing
     def tail(self, key: str, prefix: str) -> str:

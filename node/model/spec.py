@@ -63,6 +63,7 @@ from node.model.spec_lifecycle import (
     UpdateConfig,
     distinct_targets,
 )
+from node.model.spec_networks import NetworkName
 from node.model.spec_resources import (
     _STRICT,
     Limits,
@@ -96,6 +97,7 @@ from node.model.spec_resources import (
 from node.model.spec_resources import (
     parse_memory as parse_memory,
 )
+from node.model.spec_schedule import ScheduleSpec, check_schedule
 from node.model.spec_volumes import VolumeMount, Volumes, volumes_fit
 
 MAX_SPEC_BYTES = 256 * 1024
@@ -170,6 +172,17 @@ class ServiceSpec(BaseModel):
     # tcp container ports whose connections from the mesh and the VIPs begin with a PROXY v2 header
     proxy_protocol: ProxyProtocolPorts | None = None
     _ingress_fits = model_validator(mode="after")(ingress_fits)
+    # Issue 13: networks scope who resolves and reaches whom (node.proxy.netscope, decision 64).
+    # None: the cluster network (every service with None, as before networks existed).
+    networks: Annotated[list[NetworkName], Field(min_length=1, max_length=16)] | None = None
+
+    # Issue 18 item 3: schedules (node.model.spec_schedule): a job run at each tick of a cron.
+    schedule: ScheduleSpec | None = None
+
+    @model_validator(mode="after")
+    def _schedule_fields(self) -> "ServiceSpec":
+        check_schedule(self)
+        return self
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
@@ -179,6 +192,8 @@ _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
 _FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): VolumeMount, ("job",): JobSpec}
 _FIELDS |= {("ingress",): IngressRule, ("ingress", "tls"): IngressTLS}
+
+_FIELDS |= {("schedule",): ScheduleSpec}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}

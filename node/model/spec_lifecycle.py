@@ -393,8 +393,9 @@ ServiceName = Annotated[str, AfterValidator(_service_name)]
 
 
 # depends_on: service -> the condition the leader waits for before placing this service's
-# first tasks (`leader.dependencies`): "started" (a task runs) or "healthy" (a task serves).
-DependsOn = Annotated[dict[ServiceName, Literal["started", "healthy"]], Field(max_length=64)]
+# first tasks (`leader.dependencies`): "started" (a task runs) or "healthy" (a task serves);
+# "completed" (issue 18): the dependency is a `kind: job` whose current record succeeded.
+DependsOn = Annotated[dict[ServiceName, Literal["started", "healthy", "completed"]], Field(max_length=64)]
 
 
 def stack_problem(

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/jobs.proto\x12\x08shoal.v1\"\x8f\x01\n\x08JobIndex\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\x10\n\x08retry_at\x18\x07 \x01(\x01\x12\x0f\n\x07message\x18\x08 \x01(\t\"\x87\x02\n\x07JobInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x13\n\x0b\x63ompletions\x18\x03 \x01(\r\x12\x13\n\x0bparallelism\x18\x04 \x01(\r\x12\x0f\n\x07retries\x18\x05 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x06 \x01(\r\x12\x11\n\tsucceeded\x18\x07 \x01(\r\x12\x0f\n\x07running\x18\x08 \x01(\r\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\n \x01(\x01\x12\x0f\n\x07message\x18\x0b \x01(\t\x12#\n\x07indexes\x18\x0c \x03(\x0b\x32\x12.shoal.v1.JobIndex\x12\x0f\n\x07version\x18\r \x01(\x04\"\x11\n\x0fListJobsRequest\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.shoal.v1.JobInfo\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\x7f\n\x04Jobs\x12\x41\n\x08ListJobs\x12\x19.shoal.v1.ListJobsRequest\x1a\x1a.shoal.v1.ListJobsResponse\x12\x34\n\x06GetJob\x12\x17.shoal.v1.GetJobRequest\x1a\x11.shoal.v1.JobInfoB\x12Z\x10shoal/v1;shoalv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/jobs.proto\x12\x08shoal.v1\"\x8f\x01\n\x08JobIndex\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x11\n\texit_code\x18\x06 \x01(\x05\x12\x10\n\x08retry_at\x18\x07 \x01(\x01\x12\x0f\n\x07message\x18\x08 \x01(\t\"\xac\x02\n\x07JobInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x13\n\x0b\x63ompletions\x18\x03 \x01(\r\x12\x13\n\x0bparallelism\x18\x04 \x01(\r\x12\x0f\n\x07retries\x18\x05 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x06 \x01(\r\x12\x11\n\tsucceeded\x18\x07 \x01(\r\x12\x0f\n\x07running\x18\x08 \x01(\r\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\n \x01(\x01\x12\x0f\n\x07message\x18\x0b \x01(\t\x12#\n\x07indexes\x18\x0c \x03(\x0b\x32\x12.shoal.v1.JobIndex\x12\x0f\n\x07version\x18\r \x01(\x04\x12\x10\n\x08schedule\x18\x0e \x01(\t\x12\x11\n\tnext_tick\x18\x0f \x01(\x01\"\x11\n\x0fListJobsRequest\"3\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.shoal.v1.JobInfo\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"q\n\x06JobRun\x12\x0c\n\x04tick\x18\x01 \x01(\x01\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x10\n\x08\x66ired_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08task_ids\x18\x06 \x03(\t\"\x1f\n\x0fListRunsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x10ListRunsResponse\x12\x1e\n\x04runs\x18\x01 \x03(\x0b\x32\x10.shoal.v1.JobRun2\xc2\x01\n\x04Jobs\x12\x41\n\x08ListJobs\x12\x19.shoal.v1.ListJobsRequest\x1a\x1a.shoal.v1.ListJobsResponse\x12\x34\n\x06GetJob\x12\x17.shoal.v1.GetJobRequest\x1a\x11.shoal.v1.JobInfo\x12\x41\n\x08ListRuns\x12\x19.shoal.v1.ListRunsRequest\x1a\x1a.shoal.v1.ListRunsResponseB\x12Z\x10shoal/v1;shoalv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBINDEX']._serialized_start=34
   _globals['_JOBINDEX']._serialized_end=177
   _globals['_JOBINFO']._serialized_start=180
-  _globals['_JOBINFO']._serialized_end=443
-  _globals['_LISTJOBSREQUEST']._serialized_start=445
-  _globals['_LISTJOBSREQUEST']._serialized_end=462
-  _globals['_LISTJOBSRESPONSE']._serialized_start=464
-  _globals['_LISTJOBSRESPONSE']._serialized_end=515
-  _globals['_GETJOBREQUEST']._serialized_start=517
-  _globals['_GETJOBREQUEST']._serialized_end=546
-  _globals['_JOBS']._serialized_start=548
-  _globals['_JOBS']._serialized_end=675
+  _globals['_JOBINFO']._serialized_end=480
+  _globals['_LISTJOBSREQUEST']._serialized_start=482
+  _globals['_LISTJOBSREQUEST']._serialized_end=499
+  _globals['_LISTJOBSRESPONSE']._serialized_start=501
+  _globals['_LISTJOBSRESPONSE']._serialized_end=552
+  _globals['_GETJOBREQUEST']._serialized_start=554
+  _globals['_GETJOBREQUEST']._serialized_end=583
+  _globals['_JOBRUN']._serialized_start=585
+  _globals['_JOBRUN']._serialized_end=698
+  _globals['_LISTRUNSREQUEST']._serialized_start=700
+  _globals['_LISTRUNSREQUEST']._serialized_end=731
+  _globals['_LISTRUNSRESPONSE']._serialized_start=733
+  _globals['_LISTRUNSRESPONSE']._serialized_end=783
+  _globals['_JOBS']._serialized_start=786
+  _globals['_JOBS']._serialized_end=980
 # @@protoc_insertion_point(module_scope)

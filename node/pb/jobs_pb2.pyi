@@ -27,7 +27,7 @@ class JobIndex(_message.Message):
     def __init__(self, index: _Optional[int] = ..., state: _Optional[str] = ..., attempts: _Optional[int] = ..., task_id: _Optional[str] = ..., node: _Optional[str] = ..., exit_code: _Optional[int] = ..., retry_at: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("name", "state", "completions", "parallelism", "retries", "failures", "succeeded", "running", "started_at", "finished_at", "message", "indexes", "version")
+    __slots__ = ("name", "state", "completions", "parallelism", "retries", "failures", "succeeded", "running", "started_at", "finished_at", "message", "indexes", "version", "schedule", "next_tick")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class JobInfo(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     INDEXES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TICK_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     completions: int
@@ -54,7 +56,9 @@ class JobInfo(_message.Message):
     message: str
     indexes: _containers.RepeatedCompositeFieldContainer[JobIndex]
     version: int
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., completions: _Optional[int] = ..., parallelism: _Optional[int] = ..., retries: _Optional[int] = ..., failures: _Optional[int] = ..., succeeded: _Optional[int] = ..., running: _Optional[int] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., message: _Optional[str] = ..., indexes: _Optional[_Iterable[_Union[JobIndex, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
+    schedule: str
+    next_tick: float
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., completions: _Optional[int] = ..., parallelism: _Optional[int] = ..., retries: _Optional[int] = ..., failures: _Optional[int] = ..., succeeded: _Optional[int] = ..., running: _Optional[int] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., message: _Optional[str] = ..., indexes: _Optional[_Iterable[_Union[JobIndex, _Mapping]]] = ..., version: _Optional[int] = ..., schedule: _Optional[str] = ..., next_tick: _Optional[float] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()
@@ -71,3 +75,31 @@ class GetJobRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class JobRun(_message.Message):
+    __slots__ = ("tick", "outcome", "fired_at", "finished_at", "message", "task_ids")
+    TICK_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    FIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    tick: float
+    outcome: str
+    fired_at: float
+    finished_at: float
+    message: str
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tick: _Optional[float] = ..., outcome: _Optional[str] = ..., fired_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., message: _Optional[str] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[JobRun]
+    def __init__(self, runs: _Optional[_Iterable[_Union[JobRun, _Mapping]]] = ...) -> None: ...

@@ -44,6 +44,11 @@ class JobsStub:
                 request_serializer=shoal_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_jobs__pb2.JobInfo.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/shoal.v1.Jobs/ListRuns',
+                request_serializer=shoal_dot_v1_dot_jobs__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_jobs__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
 
 
 class JobsServicer:
@@ -62,6 +67,13 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """A scheduled job's runs (`runs/<name>/<tick>`), oldest first; NOT_FOUND / FAILED_PRECONDITION as GetJob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +86,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.GetJob,
                     request_deserializer=shoal_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_jobs__pb2.JobInfo.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=shoal_dot_v1_dot_jobs__pb2.ListRunsRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_jobs__pb2.ListRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +147,33 @@ class Jobs:
             '/shoal.v1.Jobs/GetJob',
             shoal_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
             shoal_dot_v1_dot_jobs__pb2.JobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Jobs/ListRuns',
+            shoal_dot_v1_dot_jobs__pb2.ListRunsRequest.SerializeToString,
+            shoal_dot_v1_dot_jobs__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,12 @@ comes; with no resolver to forward to, or one that does not answer within
 its own timeout. Forwarded queries in flight are bounded (`MAX_FORWARDS`); beyond,
 SERVFAIL. An unreadable query gets FORMERR (or nothing, if not even its header reads).
 
+Networks (decision 64): with a `SourceMap`, each query is answered for the container
+that asks (its source address -> its service -> its networks): a service that shares no
+network with it is answered as if it did not exist (NXDOMAIN under `.shoal`, forwarded
+otherwise, as any unknown name). A source the map does not know yet is answered after
+one refresh of the map.
+
 Answers carry TTL `TTL` (5 s): a removed service's name stops answering here at once,
 and a client cache holds the old VIP (which no longer listens) for at most that.
 """
@@ -17,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from node.proxy import dnswire as w
 from node.proxy.names import NameTable, in_zone
+from node.proxy.sources import SourceMap
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +58,15 @@ class Resolver:
     def __init__(self, table: Callable[[], NameTable]) -> None:
         self.table = table
 
-    def answer(self, q: w.Query) -> bytes | None:
+    def answer(self, q: w.Query, asker: str | None = None) -> bytes | None:
+        """`asker`: the service of the asking container (None: the host); a service that
+        shares no network with it is answered as if it did not exist (decision 64)."""
         if q.qclass != w.IN or (q.flags >> 11) & 0xF:
             return w.answer_error(q, w.NOTIMP)
         table = self.table()
         if q.qtype == w.SRV:
             found = table.srv_lookup(q.name)
-            if found is not None:
+            if found is not None and table.shares(asker, found[1].service):
                 base, target = found
                 if target.address is None:
                     return w.answer_error(q, w.SERVFAIL)
@@ -64,7 +74,7 @@ class Resolver:
                 return w.answer_srv(q, srv, {base: target.address} if srv else {}, TTL)
         else:
             named = table.lookup(q.name)
-            if named is not None:
+            if named is not None and table.shares(asker, named.service):
                 if named.address is None:
                     return w.answer_error(q, w.SERVFAIL)
                 addresses = [named.address] if q.qtype in (w.A, w.ANY) else []
@@ -75,8 +85,15 @@ class Resolver:
 
 
 class DnsServer(asyncio.DatagramProtocol):
-    def __init__(self, table: Callable[[], NameTable], upstreams: list[str], upstream_port: int = 53) -> None:
+    def __init__(
+        self,
+        table: Callable[[], NameTable],
+        upstreams: list[str],
+        upstream_port: int = 53,
+        sources: SourceMap | None = None,
+    ) -> None:
         self.resolver = Resolver(table)
+        self.sources = sources  # None: every asker sees every service (no networks)
         self.upstreams = upstreams
         self.upstream_port = upstream_port
         self.transport: asyncio.DatagramTransport | None = None
@@ -92,6 +109,7 @@ class DnsServer(asyncio.DatagramProtocol):
         table: Callable[[], NameTable],
         upstreams: list[str],
         upstream_port: int = 53,
+        sources: SourceMap | None = None,
     ) -> DnsServer:
         """Bound on `address:port` (no SO_REUSEADDR: a second server on one host fails
         with EADDRINUSE, which the caller takes as "another node serves it")."""
@@ -103,7 +121,7 @@ class DnsServer(asyncio.DatagramProtocol):
             raise
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
-        server = cls(table, upstreams, upstream_port)
+        server = cls(table, upstreams, upstream_port, sources)
         await loop.create_datagram_endpoint(lambda: server, sock=sock)
         return server
 
@@ -118,8 +136,26 @@ class DnsServer(asyncio.DatagramProtocol):
             if reply is not None:
                 self._send(reply, addr)
             return
+        if self.sources is not None and not self.sources.known(addr[0]) and len(self.forwards) < MAX_FORWARDS:
+            # a container started since the map's last refresh: learn it, then answer
+            self._spawn(self._answer_later(data, q, addr))
+            return
+        self._answer(data, q, addr)
+
+    async def _answer_later(self, data: bytes, q: w.Query, addr: tuple[str, int]) -> None:
+        assert self.sources is not None
+        await self.sources.refresh()
+        self._answer(data, q, addr)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.forwards.add(task)
+        task.add_done_callback(self.forwards.discard)
+
+    def _answer(self, data: bytes, q: w.Query, addr: tuple[str, int]) -> None:
+        asker = self.sources.asker(addr[0]) if self.sources is not None else None
         try:
-            reply = self.resolver.answer(q)
+            reply = self.resolver.answer(q, asker)
         except ValueError as exc:  # a record that cannot be encoded: say so, answer SERVFAIL
             log.warning("names: cannot answer %s: %s", q.name, exc)
             reply = w.answer_error(q, w.SERVFAIL)
@@ -133,9 +169,7 @@ class DnsServer(asyncio.DatagramProtocol):
         if len(self.forwards) >= MAX_FORWARDS:
             self._send(w.answer_error(q, w.SERVFAIL), addr)
             return
-        task = asyncio.get_running_loop().create_task(self._forward(data, q, addr))
-        self.forwards.add(task)
-        task.add_done_callback(self.forwards.discard)
+        self._spawn(self._forward(data, q, addr))
 
     async def _forward(self, data: bytes, q: w.Query, addr: tuple[str, int]) -> None:
         self.forwarded += 1

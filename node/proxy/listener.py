@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import socket
 import ssl
-from typing import Generic, TypeVar, cast
+import struct
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, cast
 
 from node.proxy.balancer import Balancer, RetryPolicy
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap
@@ -60,6 +64,10 @@ class Listener(Generic[C]):
         self._open: set[C] = set()
         self._idle = asyncio.Event()  # set when no connection is open
         self._idle.set()
+        # Set before start(): a client whose address it refuses is reset at once, before the
+        # engine sees it (a VIP's network scope, decision 64). None: every client is served.
+        self.admit: Callable[[str], bool] | None = None
+        self.refused = 0
 
     # -- what an engine provides ------------------------------------------------------------
 
@@ -92,8 +100,9 @@ class Listener(Generic[C]):
 
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
+        factory = self._accept if self.admit is None else functools.partial(_Gate, self)
         self._server = await loop.create_server(
-            self._accept,
+            factory,
             self.listen_host,
             self.listen_port,
             backlog=BACKLOG,
@@ -142,3 +151,29 @@ class Listener(Generic[C]):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+
+
+class _Gate(asyncio.Protocol):
+    """The first protocol of a connection to a listener with `admit`: a refused client is
+    reset (SO_LINGER 0, so it sees "connection reset", never an answer); an admitted one
+    is handed to the engine's own protocol (`set_protocol`), so the gate costs nothing
+    after the accept."""
+
+    def __init__(self, listener: Listener[Any]) -> None:
+        self.listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = cast(asyncio.Transport, transport)
+        peer = t.get_extra_info("peername")
+        admit = self.listener.admit
+        if peer is None or admit is None or admit(str(peer[0])):
+            inner = self.listener._accept()
+            t.set_protocol(inner)
+            inner.connection_made(t)
+            return
+        self.listener.refused += 1
+        sock = t.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        t.abort()

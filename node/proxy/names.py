@@ -40,8 +40,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from node.model.domain import ServiceRecord
+from node.model.spec_networks import CLUSTER_NETWORK, networks_of
 
 ZONE = "shoal"
+_NOWHERE: frozenset[str] = frozenset()
+_CLUSTER = frozenset({CLUSTER_NETWORK})
+OUTSIDER = "*"  # the asker of a source address that is no container of this cluster (no service is named so)
 FIRST_VIP = 16  # offsets below it are kept for the name server (offset 1) and later use
 
 
@@ -132,12 +136,15 @@ class NameTable:
     """Name (lower case, no trailing dot) -> the service it names."""
 
     names: dict[str, Target] = field(default_factory=dict)
+    networks: dict[str, frozenset[str]] = field(default_factory=dict)  # service -> its networks
 
     @classmethod
     def build(cls, services: Iterable[ServiceRecord], vips: Iterable[VipRecord]) -> NameTable:
         by_service = {v.service: v for v in vips}
         names: dict[str, Target] = {}
+        networks: dict[str, frozenset[str]] = {}
         for s in sorted(services, key=lambda r: r.name):
+            networks[s.name] = networks_of(s.spec.networks, s.spec.stack)
             v = by_service.get(s.name)
             address = v.address if v is not None and v.uid == s.uid else None
             ports = tuple(sorted({p.container for p in s.spec.ports}))
@@ -149,7 +156,16 @@ class NameTable:
                 forms += [f"{stack}.{short}", f"{short}.{stack}.{ZONE}"]
             for form in forms:
                 names.setdefault(form.lower(), target)
-        return cls(names)
+        return cls(names, networks)
+
+    def shares(self, asker: str | None, service: str) -> bool:
+        """May a container of service `asker` see and reach `service`? Only when they share a
+        network (decision 64). `asker` None: the host itself, which sees every service;
+        `OUTSIDER`: a container shoal did not start, on the cluster network only."""
+        if asker is None:
+            return True
+        mine = _CLUSTER if asker == OUTSIDER else self.networks.get(asker, _NOWHERE)
+        return not mine.isdisjoint(self.networks.get(service, _NOWHERE))
 
     def lookup(self, name: str) -> Target | None:
         """The target of `name`; a name under a stack's search domain (`<x>.<stack>.shoal`)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import random
@@ -38,8 +39,9 @@ from node.model.errors import Conflict
 from node.proxy.balancer import Balancer
 from node.proxy.dnsserver import DnsServer
 from node.proxy.mesh import Engine, Mesh
-from node.proxy.names import NameTable, VipRecord, dns_address, plan
+from node.proxy.names import OUTSIDER, NameTable, VipRecord, dns_address, plan
 from node.proxy.routes import Route, backends, sends_proxy_v2
+from node.proxy.sources import SourceMap
 from node.proxy.vipstore import VipRangeFull, VipStore
 from node.store import StoreError
 from node.store.mirrors import mirror
@@ -84,8 +86,10 @@ class Names:
         upstreams: list[str],
         dns_port: int = 53,
         rebind_interval: float | None = None,
+        sources: SourceMap | None = None,
     ) -> None:
         self.mesh = mesh
+        self.sources = sources  # who asks (decision 64); None: no network scoping
         self.net = net
         self.dns_address = dns_address(net)
         self.upstreams = upstreams
@@ -144,6 +148,8 @@ class Names:
         services = readable_services(kv.value for kv in self.mesh.services.values())
         vips = self.records()
         self.table = NameTable.build(services, vips)
+        if self.sources is not None:  # containers started or stopped: learn their addresses
+            self._refresh_sources()  # in the background: an engine that hangs holds no sync
         await self._allocate(services, vips)
         await self._serve_dns()
         uids = {s.name: s.uid for s in services}
@@ -192,7 +198,7 @@ class Names:
             return
         try:
             self.dns = await DnsServer.start(
-                self.dns_address, self.dns_port, lambda: self.table, self.upstreams
+                self.dns_address, self.dns_port, lambda: self.table, self.upstreams, sources=self.sources
             )
         except OSError as exc:
             error = _why(exc, self.dns_address, self.dns_port)
@@ -210,6 +216,8 @@ class Names:
         address, _ = key
         balancer = Balancer()
         engine = self.mesh._engine(route, balancer, address)
+        if self.sources is not None:
+            engine.admit = functools.partial(self._admit, route.service)
         try:
             await engine.start()
         except OSError as exc:
@@ -221,6 +229,24 @@ class Names:
         self.waiting.pop(key, None)
         self.listeners[key] = VipListener(route, address, balancer, engine)
         log.info("names: %s %s:%d -> %s", route.protocol, address, route.published, route.service)
+
+    def _admit(self, service: str, address: str) -> bool:
+        """May the client at `address` connect to `service`'s VIP? Only from a container
+        that shares a network with it (or from the host itself)."""
+        assert self.sources is not None
+        asker = self.sources.asker(address)
+        if asker == OUTSIDER:  # maybe a container started since the last refresh
+            self._refresh_sources()
+        if self.table.shares(asker, service):
+            return True
+        log.debug("names: %s refused to %s (%s): no network in common", address, service, asker)
+        return False
+
+    def _refresh_sources(self) -> None:
+        assert self.sources is not None
+        task = asyncio.get_running_loop().create_task(self.sources.refresh(), name="names-sources")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _retire(self, key: tuple[str, int]) -> None:
         listener = self.listeners.pop(key)

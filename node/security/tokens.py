@@ -260,7 +260,17 @@ DEPLOYER_METHODS = VIEWER_METHODS | {
     "Exec",
 }
 DEPLOYER_METHODS |= {"DeployStack", "RemoveStack"}
-_ALLOWED: dict[Role, frozenset[str]] = {Role.VIEWER: VIEWER_METHODS, Role.DEPLOYER: DEPLOYER_METHODS}
+
+# The other client services, by (gRPC service, method) -> the lowest role that may call it;
+# a method of theirs that is not listed is admin-only. `shoal.v1.Jobs` (issue 18): reads
+# only (a job is written through ApplyService, a deployer's); viewers read them.
+JOBS_SERVICE = "shoal.v1.Jobs"
+SERVICE_METHODS: dict[tuple[str, str], Role] = {
+    (JOBS_SERVICE, "ListJobs"): Role.VIEWER,
+    (JOBS_SERVICE, "GetJob"): Role.VIEWER,
+    (JOBS_SERVICE, "ListRuns"): Role.VIEWER,
+}
+_RANK = {Role.VIEWER: 0, Role.DEPLOYER: 1, Role.ADMIN: 2}
 
 
 def split_method(method: str) -> tuple[str, str]:
@@ -271,20 +281,22 @@ def split_method(method: str) -> tuple[str, str]:
     return parts[1], parts[2]
 
 
-def least_role(method: str) -> Role:
-    """The lowest role that may call `method` (a full gRPC method path)."""
-    service, name = split_method(method)
+def _role_of(service: str, name: str) -> Role:
+    """The table, read at call time: `shoal.v1.Shoal` by its two sets (which later lines of
+    this module may extend), every other service by `SERVICE_METHODS`."""
     if service == CLIENT_SERVICE:
         if name in VIEWER_METHODS:
             return Role.VIEWER
-        if name in DEPLOYER_METHODS:
-            return Role.DEPLOYER
-    return Role.ADMIN
+        return Role.DEPLOYER if name in DEPLOYER_METHODS else Role.ADMIN
+    return SERVICE_METHODS.get((service, name), Role.ADMIN)
+
+
+def least_role(method: str) -> Role:
+    """The lowest role that may call `method` (a full gRPC method path)."""
+    return _role_of(*split_method(method))
 
 
 def allowed(role: Role, method: str) -> bool:
-    """May a token of `role` call `method`? Admin: anything; others: their table only."""
-    if role is Role.ADMIN:
-        return True
-    service, name = split_method(method)
-    return service == CLIENT_SERVICE and name in _ALLOWED[role]
+    """May a token of `role` call `method`? Admin: anything; others: what the table gives
+    their role or a lower one (fail closed: a method in no table is admin-only)."""
+    return role is Role.ADMIN or _RANK[role] >= _RANK[least_role(method)]

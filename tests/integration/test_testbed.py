@@ -266,6 +266,49 @@ def test_a_container_on_one_host_reaches_a_service_by_name_on_the_others(bed: Be
     wait_until_sync(gone, CONVERGE, 0.5, "nsdb's name gone after rm")
 
 
+def _scoped(name: str, networks: str, image: str = "shoal-demo/base:1", where: str = "== h1") -> str:
+    spec = f"name: {name}\nimage: {image}\nnetworks: {networks}\n"
+    spec += f"placement: {{constraints: ['node.id {where}']}}\n"
+    if image == "shoal-demo/base:1":
+        return spec + 'command: ["sleep", "100000"]\n'
+    return spec + "replicas: 2\nports: [{container: 8080}]\n"
+
+
+def test_networks_scope_names_and_vips_on_separate_hosts(bed: Bed) -> None:
+    """Decision 64 on real hosts: a container on h1 on `netdb`'s network resolves it and is
+    answered by its replicas on h2 and h3; one on another network (same host) neither
+    resolves it nor connects to its VIP (h1's listener resets it), though it is h1's
+    engine that knows both containers."""
+    with bed.client() as c:
+        c.apply(_scoped("netdb", "[backnet]", "shoal-demo/web:1", "!= h1"), "netdb.yaml")
+        c.apply(_scoped("netin", "[backnet]"), "netin.yaml")
+        c.apply(_scoped("netout", "[frontnet]"), "netout.yaml")
+    wait_until_sync(placed(bed, "netdb", 2, {"h2", "h3"}), CONVERGE, 0.2, "netdb on h2 and h3")
+    for name in ("netin", "netout"):
+        wait_until_sync(placed(bed, name, 1, {"h1"}), CONVERGE, 0.2, f"{name} on h1")
+    found = engines(bed, "netdb")
+    ids = {bed.docker(i, "inspect", "-f", "{{.Config.Hostname}}", found[i][0]).strip() for i in (2, 3)}
+    inside, outside = engines(bed, "netin")[1][0], engines(bed, "netout")[1][0]
+    script = "for i in 1 2 3 4 5 6; do timeout 5 wget -qO- http://netdb:8080/ 2>&1 || echo FAILED; done"
+
+    def both_answer() -> bool:
+        out = bed.docker(1, "exec", inside, "sh", "-c", script, check=False)
+        return {line.rsplit(" ", 1)[-1] for line in out.splitlines() if line.strip()} == ids
+
+    wait_until_sync(both_answer, CONVERGE, 0.5, "netdb by name from netin on h1, answered from h2 and h3")
+    looked = bed.docker(1, "exec", inside, "sh", "-c", "nslookup netdb", check=False)
+    vip = looked.rsplit("Address:", 1)[-1].split()[0]
+    hidden = bed.docker(1, "exec", outside, "sh", "-c", "nslookup netdb.shoal 2>&1", check=False)
+    assert "NXDOMAIN" in hidden and vip not in hidden, hidden
+    refused = bed.docker(
+        1, "exec", outside, "sh", "-c", f"timeout 5 wget -qO- http://{vip}:8080/ 2>&1", check=False
+    )
+    assert "reset by peer" in refused and not any(i in refused for i in ids), refused
+    with bed.client() as c:
+        for name in ("netdb", "netin", "netout"):
+            c.delete_service(name)
+
+
 def test_a_host_whose_engine_stops_loses_its_tasks_to_the_other_hosts(bed: Bed) -> None:
     with bed.client() as c:
         c.apply(APP % 3, "app.yaml")

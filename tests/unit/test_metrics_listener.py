@@ -92,7 +92,7 @@ def test_tls_with_the_node_certificate(serve: Any, tmp_path: Path) -> None:
 
 
 def test_the_daemon_reads_the_token_file(tmp_path: Path) -> None:
-    from node.daemon.app import metrics_guard
+    from node.daemon.wiring import metrics_guard
     from node.model.config import NodeConfig
 
     token = tmp_path / "metrics.token"

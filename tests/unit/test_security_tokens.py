@@ -163,6 +163,21 @@ def test_viewers_read_deployers_change_services_admins_do_everything() -> None:
     assert allowed(Role.DEPLOYER, "/shoal.v1.Shoal/RollbackService")
 
 
+def test_viewers_read_jobs_and_runs_and_nothing_else_of_the_jobs_service() -> None:
+    """Issue 18: `shoal.v1.Jobs` is in the table by (service, method); its reads are a
+    viewer's (deployers and admins too), and a method it may gain later is admin-only."""
+    from node.pb import jobs_pb2
+
+    methods = [f"/shoal.v1.Jobs/{m}" for m in jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].methods_by_name]
+    assert sorted(m.rsplit("/", 1)[1] for m in methods) == ["GetJob", "ListJobs", "ListRuns"]
+    for method in methods:
+        assert least_role(method) is Role.VIEWER, method
+        assert all(allowed(role, method) for role in Role)
+    for later in ("/shoal.v1.Jobs/RunJob", "/shoal.v1.Jobs/DeleteRun", "/shoal.v1.Shoal/ListJobs"):
+        assert least_role(later) is Role.ADMIN and not allowed(Role.DEPLOYER, later), later
+    assert not allowed(Role.VIEWER, "/shoal.v1.Shoal/ApplyService"), "a viewer cannot start a run"
+
+
 @pytest.mark.parametrize(
     "method",
     [

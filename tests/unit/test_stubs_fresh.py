@@ -32,7 +32,7 @@ def test_rendered_stubs_equal_the_files_and_an_edit_is_noticed() -> None:
     fresh = generate.render()
     assert set(fresh) == {
         f"{m}{ext}"
-        for m in ("api", "jobs", "peer", "secrets", "volumes")
+        for m in ("api", "jobs", "peer", "pools", "secrets", "volumes")
         for ext in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
     }
     assert fresh == on_disk()

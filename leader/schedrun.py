@@ -1,0 +1,216 @@
+"""The leader's shell around `leader.schedules`: record each tick, fenced, then act on it.
+
+Called by `leader.jobrun.JobRunner.prepare` at every pass, before the jobs are stepped.
+For each scheduled job (`kind: job` with `schedule:`) of the current incarnation:
+
+1. The run record of the current job record, if that run ended, gets its outcome
+   (succeeded / failed), its end and its tasks (compared on its mod revision). `finish`
+   does it in the pass the run ends; this is for a leader that died in between.
+2. `schedules.decide` says which ticks since the last recorded one are missed, and
+   whether the latest is fired, skipped or replaces the running run.
+3. ONE transaction, fenced by the leader's epoch, writes all of it: a create-only record
+   per decided tick (`Compare(create == 0)`: a tick recorded once is never decided
+   again), and for a fired tick the run's fresh job record `jobs/<service>` (uid
+   `<service uid>#<tick>`, compared on the stored record's mod revision), whose `counted`
+   holds the ids of the tasks still in the job's slots: the last run's tasks are no
+   outcome of this one, and a running one (replace) is hidden, so its slot gets this
+   run's task (the agent stops the old container); a task in a slot above the run's
+   completions (lowered since) is unassigned. The oldest records beyond `history` are
+   deleted in the same transaction.
+
+Run records of another incarnation (a namesake), of a job whose schedule was taken out,
+or of a removed service are deleted, fenced, by the next pass.
+
+Only after the commit does any task start (`leader.jobs` steps the new record, the
+scheduler places its tasks). A leader killed before the commit leaves no trace: the
+next leader decides the tick again and fires it if it is still within the deadline; one
+killed after it leaves the records: the next leader sees the tick recorded and steps the
+run. A stale transaction (another leader, or a changed record) writes nothing: the next
+pass decides again from what is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+
+from leader import crashpoint, schedules
+from leader.schedules import Action
+from node.model.domain import Assignment, ServiceRecord
+from node.model.jobs import JobRecord, JobState
+from node.model.keys import Keys
+from node.model.runs import Outcome, RunRecord, run_of, run_uid
+from node.model.spec_schedule import scheduled
+from node.store import KV, Compare, Delete, Fenced, Put, Store, fence
+from node.telemetry.events import EventLog
+
+log = logging.getLogger(__name__)
+
+
+class ScheduleRunner:
+    def __init__(self, store: Store, keys: Keys, epoch: int, events: EventLog) -> None:
+        self.store, self.keys, self.epoch, self.events = store, keys, epoch, events
+        self.wakes: dict[str, float] = {}  # job -> unix seconds of its next tick
+        self.crash_point = crashpoint.reached
+
+    def next_wake(self) -> float | None:
+        return min(self.wakes.values()) if self.wakes else None
+
+    async def tick(
+        self,
+        services: Mapping[str, ServiceRecord],
+        jobs: Mapping[str, KV],
+        tasks: Mapping[str, Iterable[Assignment]],
+        now: float,
+    ) -> bool:
+        """One pass over the scheduled jobs; True when something was written."""
+        kvs, _ = await self.store.range(self.keys.runs)
+        runs: dict[str, list[tuple[RunRecord, int]]] = {}
+        for kv in kvs:
+            record = RunRecord.from_json(kv.value)
+            runs.setdefault(record.service, []).append((record, kv.mod_revision))
+        wrote = False
+        for name in sorted(runs.keys() - services.keys()):
+            wrote |= await self._forget(name)
+        self.wakes = {}
+        for name, service in sorted(services.items()):
+            timed = scheduled(service.spec) is not None
+            foreign = [r for r in runs.get(name, []) if r[0].uid != service.uid or not timed]
+            if foreign:  # a namesake's, or the schedule was taken out of the spec
+                wrote |= await self._drop(name, foreign)
+            if not timed:
+                continue
+            mine = sorted((r for r in runs.get(name, []) if r[0].uid == service.uid), key=lambda r: r[0].tick)
+            wrote |= await self._one(service, jobs.get(name), mine, list(tasks.get(name, ())), now)
+        return wrote
+
+    async def _one(
+        self,
+        service: ServiceRecord,
+        kv: KV | None,
+        mine: list[tuple[RunRecord, int]],
+        held_tasks: list[Assignment],
+        now: float,
+    ) -> bool:
+        schedule = scheduled(service.spec)
+        assert schedule is not None
+        name = service.name
+        job = JobRecord.from_json(kv.value) if kv is not None else None
+        current = run_of(service.uid, job.uid) if job is not None else None
+        by_tick = {int(r.tick): (r, mod) for r, mod in mine}
+        running = job is not None and current is not None and job.state == JobState.RUNNING
+        compares = [fence(self.keys.leader, self.epoch), Compare(self.keys.service(name), "mod", ">", 0)]
+        ops: list[Put | Delete] = []
+        ended = by_tick.get(current) if current is not None and not running else None
+        if (
+            job is not None
+            and current is not None
+            and ended is not None
+            and ended[0].outcome == Outcome.RUNNING
+        ):
+            done = _finished(ended[0], job, job.state, job.finished_at or now)
+            compares.append(Compare(self.keys.run(name, done.tick), "mod", "==", ended[1]))
+            ops.append(Put(self.keys.run(name, done.tick), done.to_json()))
+            by_tick[current] = (done, ended[1])
+        since = max([r.tick for r, _ in mine] + [service.updated_at])
+        d = schedules.decide(schedule, since, running, now)
+        self.wakes[name] = d.wake
+        late = "not fired within starting_deadline"
+        new = [RunRecord(name, service.uid, t, Outcome.MISSED.value, now, now, late) for t in d.missed]
+        if d.action is Action.SKIP and d.due is not None:
+            busy = "the previous run was still going (concurrency: forbid)"
+            new.append(RunRecord(name, service.uid, d.due, Outcome.SKIPPED.value, now, now, busy))
+        elif d.action in (Action.FIRE, Action.REPLACE) and d.due is not None:
+            new.append(RunRecord(name, service.uid, d.due, Outcome.RUNNING.value, now))
+            held = sorted({t.task_id for t in held_tasks})
+            completions = service.spec.job.completions if service.spec.job else 1
+            for t in held_tasks:  # slots the run has no index for (completions lowered): unassigned
+                if t.slot > completions:
+                    ops.append(Delete(self.keys.task(name, t.slot)))
+            fresh = JobRecord(name, run_uid(service.uid, d.due), started_at=now, counted=held)
+            compares.append(Compare(self.keys.job(name), "mod", "==", kv.mod_revision if kv else 0))
+            ops.append(Put(self.keys.job(name), fresh.to_json()))
+            if d.action is Action.REPLACE and job is not None and current in by_tick:
+                old, mod = by_tick[current]
+                gone = _finished(old, job, Outcome.REPLACED.value, now)
+                compares.append(Compare(self.keys.run(name, old.tick), "mod", "==", mod))
+                ops.append(Put(self.keys.run(name, old.tick), gone.to_json()))
+        for r in new:
+            key = self.keys.run(name, r.tick)
+            compares.append(Compare(key, "create", "==", 0))
+            ops.append(Put(key, r.to_json()))
+        kept = sorted(t for t in by_tick if t != current)  # the current run's record is never pruned
+        excess = len(by_tick) + len(new) - schedule.keep
+        ops += [Delete(self.keys.run(name, t)) for t in kept[: max(0, excess)]]
+        if not ops:
+            return False
+        result = await self.store.txn(compares, ops)
+        if not result.succeeded:
+            await self._check_fence()
+            log.info("schedule of %s: records changed meanwhile; decided again on the next pass", name)
+            self.wakes[name] = now + 0.5
+            return False
+        if d.action in (Action.FIRE, Action.REPLACE):
+            self.crash_point(crashpoint.SCHEDULE_FIRED)
+        self._events(name, d)
+        return True
+
+    async def finish(self, service: ServiceRecord, job: JobRecord) -> None:
+        """A run's job record just ended (this pass): its run record gets the outcome now, not
+        at the next tick (`_one` does it then if this leader dies before)."""
+        tick = run_of(service.uid, job.uid)
+        if tick is None:
+            return
+        key = self.keys.run(service.name, tick)
+        kv = await self.store.get(key)
+        run = RunRecord.from_json(kv.value) if kv is not None else None
+        if kv is None or run is None or run.outcome != Outcome.RUNNING:
+            return
+        done = _finished(run, job, job.state, job.finished_at)
+        compares = [fence(self.keys.leader, self.epoch), Compare(key, "mod", "==", kv.mod_revision)]
+        if not (await self.store.txn(compares, [Put(key, done.to_json())])).succeeded:
+            await self._check_fence()
+
+    def _events(self, name: str, d: schedules.Decision) -> None:
+        if d.missed_count:
+            self.events.emit(
+                "schedule.missed",
+                f"{name}: {d.missed_count} tick(s) missed (not fired within starting_deadline), "
+                f"the last at {d.missed[-1]:.0f}",
+                service=name,
+            )
+        if d.action is Action.SKIP:
+            self.events.emit(
+                "schedule.skipped", f"{name}: tick {d.due:.0f} skipped, the previous run goes", service=name
+            )
+        elif d.action is not Action.NONE:
+            what = "fired" if d.action is Action.FIRE else "fired, replacing the previous run"
+            self.events.emit("schedule.fired", f"{name}: tick {d.due:.0f} {what}", service=name)
+
+    async def _drop(self, name: str, records: list[tuple[RunRecord, int]]) -> bool:
+        compares = [fence(self.keys.leader, self.epoch)]
+        compares += [Compare(self.keys.run(name, r.tick), "mod", "==", mod) for r, mod in records]
+        result = await self.store.txn(compares, [Delete(self.keys.run(name, r.tick)) for r, _ in records])
+        if not result.succeeded:
+            await self._check_fence()
+        return result.succeeded
+
+    async def _forget(self, name: str) -> bool:
+        """The runs of a removed service: deleted, fenced, while its key is absent."""
+        compares = [fence(self.keys.leader, self.epoch), Compare(self.keys.service(name), "mod", "==", 0)]
+        result = await self.store.txn(compares, [Delete(self.keys.service_runs(name), prefix=True)])
+        if not result.succeeded:
+            await self._check_fence()
+        return result.succeeded
+
+    async def _check_fence(self) -> None:
+        leader = await self.store.get(self.keys.leader)
+        if leader is None or leader.create_revision != self.epoch:
+            raise Fenced(f"leadership at epoch {self.epoch} is over; write refused")
+
+
+def _finished(run: RunRecord, job: JobRecord, outcome: str, at: float) -> RunRecord:
+    tasks = sorted({str(e["task"]) for e in job.indexes.values() if e.get("task")})
+    message = job.message if outcome != Outcome.REPLACED else "replaced by a later tick"
+    return replace(run, outcome=outcome, finished_at=at, message=message, tasks=tasks)

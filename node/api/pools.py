@@ -1,0 +1,84 @@
+"""`shoal.v1.Pools` (issue 15): declare the cluster's node pools, and see what they asked for.
+
+`ApplyPools` validates the whole document (`node.model.pools.parse_pools`) and replaces
+the `pools` key with its normalized form in one put: nothing is stored when any pool is
+wrong. The leader reads it on its next pass (`leader.pools`). `ListPools` reads the
+pools and every `poolnodes/` record, with whether each node is registered now.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from node.api.server import handle
+from node.model.errors import InvalidArgument
+from node.model.keys import Keys
+from node.model.pools import PoolNode, parse_pools, pools_to_doc
+from node.pb import pools_pb2, pools_pb2_grpc
+from node.store import Put, Store
+from node.telemetry.events import EventLog
+
+MAX_DOCUMENT = 256 * 1024
+
+
+class PoolsServicer(pools_pb2_grpc.PoolsServicer):
+    def __init__(self, store: Store, keys: Keys, events: EventLog) -> None:
+        self.store, self.keys, self.events = store, keys, events
+
+    @handle
+    async def ApplyPools(
+        self, request: pools_pb2.ApplyPoolsRequest, context: grpc.aio.ServicerContext
+    ) -> pools_pb2.ApplyPoolsResponse:
+        if len(request.document_json) > MAX_DOCUMENT:
+            raise InvalidArgument(f"the pools document is over {MAX_DOCUMENT // 1024} KiB")
+        try:
+            doc = json.loads(request.document_json or "{}")
+        except ValueError as exc:
+            raise InvalidArgument(f"the pools document is not JSON: {exc}") from None
+        pools = parse_pools(doc)
+        stored = json.dumps(pools_to_doc(pools), sort_keys=True).encode()
+        result = await self.store.txn([], [Put(self.keys.pools, stored)])
+        names = sorted(pools)
+        self.events.emit("pools.applied", f"node pools: {', '.join(names) or 'none'}")
+        return pools_pb2.ApplyPoolsResponse(pools=names, revision=result.revision)
+
+    @handle
+    async def ListPools(
+        self, request: pools_pb2.ListPoolsRequest, context: grpc.aio.ServicerContext
+    ) -> pools_pb2.ListPoolsResponse:
+        kv = await self.store.get(self.keys.pools)
+        pools = parse_pools(json.loads(kv.value)) if kv is not None else {}
+        kvs, _ = await self.store.range(self.keys.poolnodes)
+        registered, _ = await self.store.range(self.keys.nodes)
+        alive = {self.keys.tail(r.key, self.keys.nodes) for r in registered}
+        out = pools_pb2.ListPoolsResponse()
+        for p in pools.values():
+            out.pools.append(
+                pools_pb2.PoolInfo(
+                    name=p.name,
+                    min=p.min,
+                    max=p.max,
+                    cpu=p.node_cpu,
+                    memory=p.node_memory,
+                    labels=p.labels,
+                    idle_timeout=p.idle_timeout,
+                    command=list(p.command),
+                )
+            )
+        for r in sorted((PoolNode.from_json(kv.value) for kv in kvs), key=lambda r: (r.pool, r.node)):
+            out.nodes.append(
+                pools_pb2.PoolNodeInfo(
+                    pool=r.pool,
+                    node=r.node,
+                    state=r.state,
+                    requested_at=r.requested_at,
+                    changed_at=r.changed_at,
+                    provider_id=r.provider_id,
+                    address=r.address,
+                    message=r.message,
+                    registered=r.node in alive,
+                )
+            )
+        return out

@@ -1,0 +1,93 @@
+"""`schedule:` of a `kind: job` service (issue 18): run the job at each tick of a cron.
+
+    schedule: {cron: "*/5 * * * *", timezone: Europe/Berlin, concurrency: forbid,
+               starting_deadline: 2m, history: 10}
+
+Each tick is one *run* of the job: a fresh job record (completions, parallelism and
+retries as `job:` says) whose tasks reuse the job's slots. `concurrency` says what a
+tick does while the previous run still goes: `forbid` (the default) records the tick as
+skipped, `replace` ends the previous run (its tasks are replaced) and starts the new
+one. `allow` (overlapping runs) is refused: runs share the job's slots, so two cannot
+go at once (decision 57). A tick the leader could not fire within `starting_deadline`
+(no leader, a failover) is recorded as missed, not run late. `history` run records are
+kept. The cron syntax and the time zone rule: `node.model.cron`.
+
+Pure: imports no grpc, docker or etcd.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic_core import PydanticCustomError
+
+from node.model.cron import Cron, CronError
+from node.model.cron import parse as parse_cron
+from node.model.spec_lifecycle import _duration, _duration_within
+
+MAX_HISTORY = 100
+DEFAULT_DEADLINE = 120.0  # s: a tick later than this after its time is missed
+DEFAULT_HISTORY = 10
+_STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
+_Deadline = Annotated[float, BeforeValidator(_duration), _duration_within(1, 86400)]
+
+
+def _fail(message: str, at: tuple[Any, ...] = ()) -> PydanticCustomError:
+    return PydanticCustomError("spec", "{msg}", {"msg": message, "at": at})
+
+
+def _history(v: int) -> int:
+    if not 1 <= v <= MAX_HISTORY:
+        raise _fail(f"must be between 1 and {MAX_HISTORY}, got {v}")
+    return v
+
+
+class ScheduleSpec(BaseModel):
+    """When a scheduled job runs; `cron` is checked (with `timezone`) by `node.model.cron`."""
+
+    model_config = _STRICT
+    cron: str  # 5 fields (or 6, seconds first) or a macro such as @daily
+    timezone: str | None = None  # IANA name; None: UTC
+    concurrency: Literal["allow", "forbid", "replace"] | None = None  # None: forbid
+    starting_deadline: _Deadline | None = None  # None: DEFAULT_DEADLINE
+    history: Annotated[int, AfterValidator(_history)] | None = None  # None: DEFAULT_HISTORY
+
+    def parsed(self) -> Cron:
+        return parse_cron(self.cron, self.timezone)
+
+    @property
+    def policy(self) -> str:
+        return self.concurrency or "forbid"
+
+    @property
+    def deadline(self) -> float:
+        return DEFAULT_DEADLINE if self.starting_deadline is None else self.starting_deadline
+
+    @property
+    def keep(self) -> int:
+        return DEFAULT_HISTORY if self.history is None else self.history
+
+
+def check_schedule(spec: Any) -> None:
+    """`ServiceSpec`'s rule for `schedule` (called by its validator)."""
+    schedule: ScheduleSpec | None = spec.schedule
+    if schedule is None:
+        return
+    if spec.kind != "job":
+        raise _fail("a schedule needs kind: job (a service runs all the time)", ("schedule",))
+    if schedule.concurrency == "allow":
+        raise _fail(
+            "concurrency: allow (overlapping runs) is not supported: a run uses the job's slots; "
+            "use forbid (skip a tick while a run goes) or replace",
+            ("schedule", "concurrency"),
+        )
+    try:
+        schedule.parsed()
+    except CronError as exc:
+        where = "timezone" if "time zone" in str(exc) else "cron"
+        raise _fail(str(exc), ("schedule", where)) from None
+
+
+def scheduled(spec: Any) -> ScheduleSpec | None:
+    return spec.schedule if getattr(spec, "kind", None) == "job" else None

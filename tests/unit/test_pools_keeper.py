@@ -1,0 +1,212 @@
+"""The leader's pool keeper (`leader.pools`) on a MemoryStore, with a real provider command:
+a request is recorded before the provider is called, so a leader that dies in between
+neither loses the node nor asks for a second one; a deposed leader writes nothing; a
+failed call holds the pool back; an idle node is drained, then deleted, also across a
+leader that dies between the two (issue 15)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from leader.pools import PoolContext, PoolKeeper
+from leader.scheduler import Plan, Snapshot
+from node.model.domain import NodeSpec
+from node.model.keys import Keys
+from node.model.pools import PoolNode, parse_pools, pools_to_doc
+from node.store import Fenced
+from node.store.memory import MemoryStore
+from node.telemetry.events import EventLog
+from tests.factories import make_node, make_service, make_task
+
+KEYS = Keys()
+GI = 2**30
+PROVIDER = """
+import json, sys, pathlib
+log = pathlib.Path(sys.argv[1])
+request = json.loads(sys.stdin.read())
+with log.open("a") as f:
+    f.write(json.dumps(request) + "\\n")
+if (log.parent / "fail").exists():
+    print("no capacity in this zone", file=sys.stderr)
+    sys.exit(3)
+print(json.dumps({"id": "vm-" + request["node"]["id"], "address": "10.0.0.9"}))
+"""
+
+
+async def token() -> str:
+    return "SHOAL-1-test"
+
+
+CONTEXT = PoolContext("c1", ("127.0.0.1:2379",), KEYS.prefix, token)
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Path:
+    script = tmp_path / "provider.py"
+    script.write_text(PROVIDER)
+    return tmp_path / "calls.jsonl"
+
+
+def calls(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def setup(store: MemoryStore, log: Path, **over: object) -> None:
+    body = {
+        "provider": {"command": [sys.executable, str(log.parent / "provider.py"), str(log)]},
+        "max": 3,
+        "node": {"cpu": 2, "memory": "4Gi"},
+        "idle_timeout": "10s",
+        **over,
+    }
+    doc = pools_to_doc(parse_pools({"pools": {"burst": body}}))
+    await store.put(KEYS.pools, json.dumps(doc).encode())
+
+
+async def lead(store: MemoryStore) -> PoolKeeper:
+    await store.delete(KEYS.leader)
+    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
+    return PoolKeeper(store, KEYS, epoch, EventLog(store, KEYS, "n1"), CONTEXT)
+
+
+async def records(store: MemoryStore) -> dict[str, PoolNode]:
+    kvs, _ = await store.range(KEYS.poolnodes)
+    return {r.node: r for r in (PoolNode.from_json(kv.value) for kv in kvs)}
+
+
+async def settle(keeper: PoolKeeper) -> None:
+    await asyncio.gather(*list(keeper.calls.values()))
+
+
+BIG = {"big": make_service("big", resources={"cpu": 1.5, "memory": 3 * GI})}
+WAITING = [Plan("big", unplaced=[1])]
+
+
+def snap(*nodes: str, tasks: dict | None = None) -> Snapshot:
+    return Snapshot({n: make_node(n) for n in ("n1", *nodes)}, tasks or {})
+
+
+async def test_a_request_is_recorded_before_the_call_and_a_crash_in_between_neither_loses_nor_doubles(
+    provider: Path,
+) -> None:
+    store = MemoryStore()
+    await setup(store, provider)
+    first = await lead(store)
+    await first.step(BIG, snap(), WAITING, now=100)
+    (node,) = await records(store)
+    for task in first.calls.values():  # the leader dies before its provider call ran
+        task.cancel()
+    await asyncio.gather(*first.calls.values(), return_exceptions=True)
+    assert calls(provider) == [] and (await records(store))[node].state == "requested"
+
+    second = await lead(store)  # the next leader: the same need, the same node
+    await second.step(BIG, snap(), WAITING, now=101)
+    await settle(second)
+    assert list(await records(store)) == [node]
+    assert [(c["action"], c["node"]["id"]) for c in calls(provider)] == [("create", node)]
+    assert calls(provider)[0]["cluster"]["join_token"] == "SHOAL-1-test"
+    assert calls(provider)[0]["node"]["labels"] == {"shoal.pool": "burst"}
+    r = (await records(store))[node]
+    assert (r.state, r.provider_id, r.address) == ("created", f"vm-{node}", "10.0.0.9")
+
+    for now in (102, 103):  # passes while it boots: nothing more asked, nothing called again
+        await second.step(BIG, snap(), WAITING, now=now)
+        await settle(second)
+    assert len(calls(provider)) == 1 and list(await records(store)) == [node]
+
+    await second.step(BIG, snap(node), [], now=104)  # it joined; the replica was placed there
+    assert (await records(store))[node].state == "joined"
+
+
+async def test_a_deposed_leader_asks_for_nothing(provider: Path) -> None:
+    store = MemoryStore()
+    await setup(store, provider)
+    old = await lead(store)
+    await lead(store)  # another leader took over
+    with pytest.raises(Fenced):
+        await old.step(BIG, snap(), WAITING, now=100)
+    assert await records(store) == {} and calls(provider) == []
+
+
+async def test_a_failed_create_is_given_back_and_holds_the_pool_back(provider: Path) -> None:
+    store = MemoryStore()
+    await setup(store, provider)
+    (provider.parent / "fail").touch()
+    keeper = await lead(store)
+    keeper.now = lambda: 100.0
+    await keeper.step(BIG, snap(), WAITING, now=100)
+    await settle(keeper)
+    (node,) = await records(store)
+    assert [c["action"] for c in calls(provider)] == ["create", "delete"]  # it may have started something
+    (provider.parent / "fail").unlink()
+    await keeper.step(BIG, snap(), WAITING, now=110)  # delete failed too: still `deleting`, called again
+    await settle(keeper)
+    assert (await records(store))[node].state == "released"
+    await keeper.step(BIG, snap(), WAITING, now=120)  # backing off: nothing asked
+    await settle(keeper)
+    r = (await records(store))[node]
+    assert r.state == "failed" and "status 3: no capacity in this zone" in r.message and r.retry_at == 130
+    assert list(await records(store)) == [node]
+    await keeper.step(BIG, snap(), WAITING, now=131)  # then asked again
+    await settle(keeper)
+    assert node not in await records(store) and len(await records(store)) == 1
+
+
+async def test_an_idle_node_is_drained_then_deleted_also_across_a_leader_crash(provider: Path) -> None:
+    store = MemoryStore()
+    await setup(store, provider)
+    await store.put(KEYS.poolnode("burst", "burst-aa"), PoolNode("burst", "burst-aa", "joined").to_json())
+    keeper = await lead(store)
+    busy = {("big", 1): make_task("big", 1, "burst-aa")}
+    await keeper.step({}, snap("burst-aa", tasks=busy), [], now=100)
+    await keeper.step({}, snap("burst-aa"), [], now=101)  # empty from now
+    await keeper.step({}, snap("burst-aa"), [], now=110)
+    assert (await records(store))["burst-aa"].state == "joined"
+    await keeper.step({}, snap("burst-aa"), [], now=111)
+    for task in keeper.calls.values():  # dies after the drain, before the provider's delete
+        task.cancel()
+    await asyncio.gather(*keeper.calls.values(), return_exceptions=True)
+    assert (await records(store))["burst-aa"].state == "deleting" and calls(provider) == []
+    kv = await store.get(KEYS.nodespec("burst-aa"))
+    assert kv is not None and NodeSpec.from_json(kv.value).availability == "drain"
+
+    successor = await lead(store)
+    await successor.step({}, snap("burst-aa"), [], now=112)
+    await settle(successor)
+    assert [(c["action"], c["node"]["id"]) for c in calls(provider)] == [("delete", "burst-aa")]
+    assert (await records(store))["burst-aa"].state == "released"
+    await successor.step({}, snap("burst-aa"), [], now=113)  # still registered (its lease): still drained
+    assert (await records(store))["burst-aa"].state == "released"
+    assert await store.get(KEYS.nodespec("burst-aa")) is not None
+    await successor.step({}, snap(), [], now=114)  # its registration is gone
+    assert await records(store) == {} and await store.get(KEYS.nodespec("burst-aa")) is None
+    assert len(calls(provider)) == 1
+
+
+async def test_a_provider_call_is_bounded_and_its_failures_say_what_happened() -> None:
+    from leader.provider import ProviderError, call
+
+    sleeper = (sys.executable, "-c", "import time; time.sleep(30)")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ProviderError, match=r"took more than 0\.3s; killed"):
+        await call(sleeper, {"action": "create"}, 0.3)
+    assert loop.time() - started < 10
+    with pytest.raises(ProviderError, match="wrote no JSON object"):
+        await call((sys.executable, "-c", "print('hello')"), {}, 10)
+    with pytest.raises(ProviderError, match="cannot run provider"):
+        await call(("/nonexistent/provider",), {}, 10)
+    echo = (sys.executable, "-c", "import sys, json; print(json.dumps(json.load(sys.stdin)))")
+    assert await call(echo, {"action": "delete"}, 10) == {"action": "delete"}
+
+
+def test_the_pools_service_is_admin_only() -> None:
+    from node.security.tokens import Role, least_role
+
+    assert least_role("/shoal.v1.Pools/ApplyPools") is Role.ADMIN
+    assert least_role("/shoal.v1.Pools/ListPools") is Role.ADMIN

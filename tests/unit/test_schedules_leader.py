@@ -1,0 +1,303 @@
+"""Scheduled jobs through the leader's pass (`LeaderLoop.reconcile`, `leader.schedrun`) on
+a MemoryStore with a controlled clock: each tick recorded once, fenced, before its task;
+a leader dying at the tick neither skips nor doubles it; forbid, replace, history."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+import pytest
+
+from leader import crashpoint
+from leader.loop import LeaderLoop
+from node.model.domain import Assignment, ServiceRecord, TaskState, TaskStatus
+from node.model.jobs import JobRecord
+from node.model.keys import Keys
+from node.model.runs import RunRecord
+from node.store import Fenced
+from node.store.memory import MemoryStore
+from node.telemetry.events import EventLog
+from tests.factories import make_node, make_service, respec
+from tests.helpers import mirrors_caught_up
+
+KEYS = Keys()
+T0 = 1_800_000_000.0  # a whole minute (UTC)
+
+
+class Crash(Exception):
+    pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0 + 10
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+    c = Clock()
+    monkeypatch.setattr("leader.loop.time.time", c)
+    yield c
+
+
+class Leader:
+    def __init__(self, store: MemoryStore, loop: LeaderLoop, caches: list[asyncio.Task[None]]) -> None:
+        self.store, self.loop, self.caches = store, loop, caches
+
+    async def pass_(self) -> None:
+        lp = self.loop
+        await mirrors_caught_up(self.store, (lp.services, lp.nodes, lp.tasks, lp.statuses))
+        await lp.reconcile()
+
+    def stop(self) -> None:
+        for c in self.caches:
+            c.cancel()
+
+
+async def _leader(store: MemoryStore) -> Leader:
+    await store.delete(KEYS.leader)
+    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
+    loop = LeaderLoop(store, KEYS, epoch, EventLog(store, KEYS, "n1"))
+    caches = (loop.services, loop.nodes, loop.tasks, loop.statuses)
+    return Leader(store, loop, [asyncio.create_task(c.run()) for c in caches])
+
+
+def _cron(**schedule: object) -> ServiceRecord:
+    s = make_service("tick", kind="job", schedule={"cron": "* * * * *", **schedule})
+    return replace(s, uid="u1", updated_at=T0)
+
+
+async def _store(service: ServiceRecord) -> MemoryStore:
+    store = MemoryStore()
+    await store.put(KEYS.node("n1"), make_node("n1").to_json())
+    await store.put(KEYS.service(service.name), service.to_json())
+    return store
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[MemoryStore]:
+    yield await _store(_cron())
+
+
+async def _tasks(store: MemoryStore) -> dict[int, Assignment]:
+    kvs, _ = await store.range(KEYS.tasks)
+    return {a.slot: a for a in (Assignment.from_json(kv.value) for kv in kvs)}
+
+
+async def _runs(store: MemoryStore) -> list[RunRecord]:
+    kvs, _ = await store.range(KEYS.runs)
+    return [RunRecord.from_json(kv.value) for kv in kvs]
+
+
+async def _finish(store: MemoryStore, task: Assignment, code: int = 0) -> None:
+    state = TaskState.EXITED if code == 0 else TaskState.FAILED
+    status = TaskStatus(
+        task.task_id, task.service, task.slot, task.node, state, exit_code=code, terminal=True
+    )
+    await store.put(KEYS.status(task.task_id), status.to_json())
+
+
+async def _job(store: MemoryStore) -> JobRecord:
+    kv = await store.get(KEYS.job("tick"))
+    assert kv is not None
+    return JobRecord.from_json(kv.value)
+
+
+async def test_no_task_before_the_first_tick_then_one_run_per_tick(store: MemoryStore, clock: Clock) -> None:
+    leader = await _leader(store)
+    try:
+        await leader.pass_()
+        assert await _tasks(store) == {} and await _runs(store) == []
+        wake = leader.loop.jobs.next_deadline()
+        assert wake is not None and wake > 0, "a pass is due at the next tick"
+        clock.now = T0 + 60.5
+        await leader.pass_()
+        [run] = await _runs(store)
+        assert (run.tick, run.outcome) == (T0 + 60, "running")
+        first = (await _tasks(store))[1]
+        assert (await _job(store)).uid == f"u1#{int(T0 + 60)}"
+        await leader.pass_()
+        assert len(await _runs(store)) == 1, "a recorded tick is not fired again"
+        clock.now = T0 + 75
+        await _finish(store, first)
+        await leader.pass_()
+        [run] = await _runs(store)
+        assert (run.outcome, run.tasks, run.finished_at) == ("succeeded", [first.task_id], T0 + 75)
+        clock.now = T0 + 121
+        await leader.pass_()
+        runs = await _runs(store)
+        assert [(r.tick, r.outcome) for r in runs] == [(T0 + 60, "succeeded"), (T0 + 120, "running")]
+        second = (await _tasks(store))[1]
+        assert second.task_id != first.task_id, "the last run's finished task is no outcome of this one"
+        assert (await _job(store)).counted == [first.task_id]
+    finally:
+        leader.stop()
+
+
+async def test_a_leader_killed_after_recording_the_tick_does_not_fire_it_twice(
+    store: MemoryStore, clock: Clock
+) -> None:
+    leader = await _leader(store)
+
+    def crash(point: str) -> None:
+        if point == crashpoint.SCHEDULE_FIRED:
+            raise Crash(point)
+
+    leader.loop.jobs.schedules.crash_point = crash
+    clock.now = T0 + 60.2
+    try:
+        with pytest.raises(Crash):
+            await leader.pass_()
+        assert await _tasks(store) == {}, "died after the record, before any task"
+        assert len(await _runs(store)) == 1
+    finally:
+        leader.stop()
+    clock.now = T0 + 65  # the next leader, a new epoch
+    leader = await _leader(store)
+    try:
+        await leader.pass_()
+        await leader.pass_()
+        assert [(r.tick, r.outcome) for r in await _runs(store)] == [(T0 + 60, "running")]
+        assert sorted(await _tasks(store)) == [1], "the run's task is placed once"
+    finally:
+        leader.stop()
+
+
+async def test_a_leader_killed_before_recording_leaves_the_tick_to_the_next_one(clock: Clock) -> None:
+    """Dead before the commit: nothing is stored, so the next leader fires the tick within
+    the deadline, or records it missed past it, never both, never late."""
+    for late, outcome in ((80.0, "running"), (100.0, "missed")):  # the tick T0+60, deadline 30 s
+        store = await _store(_cron(starting_deadline="30s"))
+        clock.now = T0 + late
+        leader = await _leader(store)
+        try:
+            await leader.pass_()
+            assert [(r.tick, r.outcome) for r in await _runs(store)] == [(T0 + 60, outcome)]
+            assert len(await _tasks(store)) == (outcome == "running")
+        finally:
+            leader.stop()
+
+
+async def test_a_deposed_leader_records_nothing(store: MemoryStore, clock: Clock) -> None:
+    old = await _leader(store)
+    new = await _leader(store)  # a new epoch: the old one's writes are fenced
+    clock.now = T0 + 60.5
+    try:
+        with pytest.raises(Fenced):
+            await old.pass_()
+        assert await _runs(store) == []
+        await new.pass_()
+        assert len(await _runs(store)) == 1
+    finally:
+        old.stop()
+        new.stop()
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcomes"), [("forbid", ["running", "skipped"]), ("replace", ["replaced", "running"])]
+)
+async def test_a_tick_while_the_run_goes(policy: str, outcomes: list[str], clock: Clock) -> None:
+    store = await _store(_cron(concurrency=policy))
+    leader = await _leader(store)
+    try:
+        clock.now = T0 + 61
+        await leader.pass_()
+        first = (await _tasks(store))[1]
+        clock.now = T0 + 121
+        await leader.pass_()
+        assert [r.outcome for r in await _runs(store)] == outcomes
+        now = (await _tasks(store))[1]
+        assert (now.task_id == first.task_id) == (policy == "forbid")
+    finally:
+        leader.stop()
+
+
+async def test_history_bounds_the_records_and_a_removed_jobs_runs_go(clock: Clock) -> None:
+    store = await _store(_cron(history=2))
+    leader = await _leader(store)
+    try:
+        for minute in range(1, 6):
+            clock.now = T0 + 60 * minute + 1
+            await leader.pass_()
+            for task in (await _tasks(store)).values():
+                await _finish(store, task)
+            await leader.pass_()
+        runs = await _runs(store)
+        assert [(r.tick, r.outcome) for r in runs] == [(T0 + 240, "succeeded"), (T0 + 300, "succeeded")]
+        await store.delete(KEYS.service("tick"))
+        await leader.pass_()
+        assert await _runs(store) == []
+    finally:
+        leader.stop()
+
+
+async def test_a_run_that_ended_while_its_leader_died_gets_its_outcome_from_the_next(
+    store: MemoryStore, clock: Clock
+) -> None:
+    leader = await _leader(store)
+    clock.now = T0 + 61
+    try:
+        await leader.pass_()
+        await _finish(store, (await _tasks(store))[1], code=3)
+
+        async def died(*_: object) -> None:  # the job record ended; the run record not yet
+            return None
+
+        leader.loop.jobs.schedules.finish = died  # type: ignore[method-assign]
+        await leader.pass_()
+        assert (await _job(store)).state == "failed"
+        assert [r.outcome for r in await _runs(store)] == ["running"]
+    finally:
+        leader.stop()
+    leader = await _leader(store)
+    try:
+        await leader.pass_()
+        [run] = await _runs(store)
+        assert run.outcome == "failed" and run.tasks
+    finally:
+        leader.stop()
+
+
+async def test_a_run_after_completions_were_lowered_unassigns_the_slots_above(clock: Clock) -> None:
+    narrow = _cron(concurrency="replace")
+    wide = respec(narrow, job={"completions": 3, "parallelism": 3})
+    store = await _store(wide)
+    leader = await _leader(store)
+    try:
+        clock.now = T0 + 61
+        await leader.pass_()
+        assert sorted(await _tasks(store)) == [1, 2, 3]
+        await store.put(KEYS.service("tick"), replace(narrow, version=2, updated_at=T0 + 62).to_json())
+        clock.now = T0 + 121
+        await leader.pass_()
+        assert sorted(await _tasks(store)) == [1], "the old run's tasks in slots 2 and 3 are unassigned"
+        assert [r.outcome for r in await _runs(store)] == ["replaced", "running"]
+    finally:
+        leader.stop()
+
+
+async def test_runs_of_a_namesake_or_of_a_removed_schedule_are_deleted(
+    store: MemoryStore, clock: Clock
+) -> None:
+    leader = await _leader(store)
+    try:
+        clock.now = T0 + 61
+        await leader.pass_()
+        assert len(await _runs(store)) == 1
+        await store.put(KEYS.service("tick"), replace(_cron(), uid="u2", updated_at=T0 + 100).to_json())
+        await leader.pass_()
+        assert await _runs(store) == [], "u1's runs are not u2's"
+        clock.now = T0 + 121
+        await leader.pass_()
+        assert [r.uid for r in await _runs(store)] == ["u2"]
+        plain = make_service("tick", kind="job")
+        await store.put(KEYS.service("tick"), replace(plain, uid="u2", version=2).to_json())
+        await leader.pass_()
+        assert await _runs(store) == []
+    finally:
+        leader.stop()
