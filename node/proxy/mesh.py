@@ -44,7 +44,6 @@ from node.model.keys import Keys
 from node.proxy import routes
 from node.proxy.balancer import Balancer, RetryPolicy
 from node.proxy.coldstart import ColdStart
-
 from node.proxy.direct import OnLink, direct
 from node.proxy.h2_proxy import H2Proxy
 from node.proxy.http import HttpProxy
