@@ -48,10 +48,11 @@ from node.model.spec_compat import known_paths
 from node.pb import peer_pb2, peer_pb2_grpc
 from node.proxy import metrics
 from node.proxy.dnsserver import host_resolvers
-from node.proxy.mesh import Mesh, MeshSettings
+from node.proxy.mesh import MeshSettings
 from node.proxy.names import dns_address
 from node.proxy.sources import SourceMap
 from node.proxy.vips import HostSetupError, Names, prepare_host
+from node.proxy.workers import mesh_for
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_stats import docker_sampler
@@ -104,7 +105,8 @@ class Daemon:
             config.join,
             reap_after=config.reap_after,
         )
-        self.mesh = Mesh(
+        self.mesh = mesh_for(  # issue 17: in this loop, or in proxy worker processes
+            config,
             self.store,
             self.keys,
             config.node_id,

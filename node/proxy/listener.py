@@ -37,6 +37,10 @@ C = TypeVar("C")
 class Listener(Generic[C]):
     """A listening engine; `C` is what it counts as one open connection."""
 
+    reuse_port = False
+    """SO_REUSEPORT on the listening socket: set by proxy worker processes
+    (`node.proxy.worker`), which share each port with their siblings."""
+
     def __init__(
         self,
         listen_host: str,
@@ -106,6 +110,7 @@ class Listener(Generic[C]):
             backlog=BACKLOG,
             reuse_address=True,
             ssl=self.ssl_context,
+            reuse_port=self.reuse_port or None,
         )
         self._sweeper = loop.call_later(self.sweep_every(), self._tick)
 
