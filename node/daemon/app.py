@@ -95,7 +95,7 @@ class Daemon:
             usage = docker_sampler(config.docker_host or None, config.cluster, config.node_id)
         self.telemetry = Telemetry(config.node_id, self.store.meter, usage)  # issue 14: /metrics
         self.events.observers.append(self.telemetry.on_event)
-        self.meter = wiring.usage_meter(config, self.store, self.keys)  # issue 15: usage metering
+        self.telemetry.usage_meter = wiring.usage_meter(config, self.store, self.keys)  # issue 15: metering
         self.membership = Membership(
             config.node_id,
             f"{config.address}:{config.grpc_port}",
@@ -350,7 +350,7 @@ class Daemon:
                     c.address,
                     c.metrics_port,
                     *wiring.metrics_guard(c),
-                    [*daemon_collectors(self.telemetry), self.meter.collector()],
+                    daemon_collectors(self.telemetry),
                     {discovery.PATH: discovery.sd_page(lambda: self.node_mirror.items, c.cluster)},
                 )
             except OSError as exc:
@@ -411,7 +411,6 @@ class Daemon:
                 c.reap_after,
                 c.events_max,  # issue 14: the event log's bounds
                 c.events_max_age,
-                *c.usage_bounds,  # issue 15: usage roll-up age, day totals kept
             ),
         )
         leadership.pool_context = pool_context(c, self.identity)  # issue 15: node pools
@@ -442,7 +441,6 @@ class Daemon:
             asyncio.create_task(self.identity.run(), name="certificates"),
             asyncio.create_task(self.telemetry.run(), name="telemetry"),
             asyncio.create_task(load.run(), name="load-report"),
-            asyncio.create_task(self.meter.run(), name="usage-meter"),
             credentials,
             hub,
         }

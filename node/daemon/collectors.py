@@ -399,4 +399,5 @@ def collectors(t: Telemetry) -> list[Collector]:
         StoreCollector(t),
         UsageCollector(t),
         ApiCollector(t),
+        *([t.usage_meter.collector()] if t.usage_meter is not None else []),  # issue 15: usage metering
     ]

@@ -15,7 +15,9 @@ Hooks (each a few lines; the components do not know they are measured):
 - gossip: the transport's `ping`/`ping_req` are wrapped (probe round trips, failures),
   and `run` reads the member list's state changes (suspicions);
 - etcd: `MeteredEtcdStore` keeps its own (`node.daemon.metered`);
-- usage: `run` starts the `UsageSampler` thread (`node.runtime.docker_stats`).
+- usage: `run` starts the `UsageSampler` thread (`node.runtime.docker_stats`), and the
+  usage meter (`node.daemon.usage_meter`, issue 15), whose roll-up settings
+  `attach_leadership` gives the leadership.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from node.api.metering import RequestMeter
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
     from node.agent.agent import Agent
     from node.daemon.leadership import Leadership
     from node.daemon.membership import Membership
+    from node.daemon.usage_meter import UsageMeter
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +131,7 @@ class Telemetry:
         self.node = node
         self.meter = meter
         self.usage = usage
+        self.usage_meter: UsageMeter | None = None  # issue 15: usage metering (run by `run`)
         self.agent: Agent | None = None
         self.leadership: Leadership | None = None
         self.membership: Membership | None = None
@@ -158,6 +163,12 @@ class Telemetry:
     def attach_leadership(self, leadership: Leadership) -> None:
         self.leadership = leadership
         leadership.on_loop.append(self._on_loop)
+        if self.usage_meter is not None:  # issue 15: the roll-up's settings are this node's
+            leadership.bounds = replace(
+                leadership.bounds,
+                usage_rollup_after=self.usage_meter.rollup_after,
+                usage_keep_days=self.usage_meter.keep_days,
+            )
 
     def _on_loop(self, loop: LeaderLoop) -> None:
         loop.reconcile = timed(loop.reconcile, self.leader_pass)  # type: ignore[method-assign,assignment]
@@ -193,6 +204,7 @@ class Telemetry:
         (a bug here must not stop the daemon: it is logged and the counting stops)."""
         if self.usage is not None:
             self.usage.start()
+        meter = asyncio.create_task(self.usage_meter.run(), name="usage-meter") if self.usage_meter else None
         try:
             if self.membership is None:
                 await asyncio.Event().wait()
@@ -203,5 +215,7 @@ class Telemetry:
                 with contextlib.suppress(Exception):
                     self.transitions[str(change.state)] += 1
         finally:
+            if meter is not None:
+                meter.cancel()
             if self.usage is not None:
                 self.usage.stop()

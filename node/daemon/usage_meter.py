@@ -148,6 +148,7 @@ class UsageMeter:
         self.totals: dict[tuple[str, str, str], float] = {}  # Prometheus counters (metric, service, kind)
         self.node_seconds = 0.0  # seconds of node time recorded by this process
         self.closed = 0  # intervals closed by this process
+        self.rollup_after, self.keep_days = 3600.0, 400  # what this node's leadership rolls up by
         self.last_error = ""
 
     # -- looking -----------------------------------------------------------------------

@@ -172,4 +172,6 @@ def usage_meter(config: NodeConfig, store: MeteredEtcdStore, keys: Keys) -> Usag
     """Issue 15 item 4 (decision 67): this node's usage meter (run it); `collector()` serves
     its counters on /metrics."""
     eyes = DockerEyes(config.docker_host or None, config.cluster, config.node_id)
-    return UsageMeter(store, keys, config.node_id, eyes, config.usage_interval)
+    meter = UsageMeter(store, keys, config.node_id, eyes, config.usage_interval)
+    meter.rollup_after, meter.keep_days = config.usage_rollup_after, config.usage_keep_days
+    return meter

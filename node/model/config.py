@@ -191,11 +191,6 @@ class NodeConfig:
         )
 
     @property
-    def usage_bounds(self) -> tuple[float, int]:
-        """(usage_rollup_after, usage_keep_days): the leader's usage roll-up (issue 15)."""
-        return self.usage_rollup_after, self.usage_keep_days
-
-    @property
     def publish_to(self) -> str:
         return self.publish_address or self.address
 
