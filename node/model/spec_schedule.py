@@ -4,11 +4,12 @@
                starting_deadline: 2m, history: 10}
 
 Each tick is one *run* of the job: a fresh job record (completions, parallelism and
-retries as `job:` says) whose tasks reuse the job's slots. `concurrency` says what a
-tick does while the previous run still goes: `forbid` (the default) records the tick as
-skipped, `replace` ends the previous run (its tasks are replaced) and starts the new
-one. `allow` (overlapping runs) is refused: runs share the job's slots, so two cannot
-go at once (decision 57). A tick the leader could not fire within `starting_deadline`
+retries as `job:` says) whose tasks take a slot range of their own (a lane, decision
+69). `concurrency` says what a tick does while an earlier run still goes: `forbid` (the
+default) records the tick as skipped, `replace` ends the previous run (its tasks are
+stopped) and starts the new one, `allow` starts it alongside, up to
+`leader.schedules.overlap_cap` runs at once (10, or `history` if lower; a tick beyond
+is skipped). A tick the leader could not fire within `starting_deadline`
 (no leader, a failover) is recorded as missed, not run late. `history` run records are
 kept. The cron syntax and the time zone rule: `node.model.cron`.
 
@@ -76,12 +77,6 @@ def check_schedule(spec: Any) -> None:
         return
     if spec.kind != "job":
         raise _fail("a schedule needs kind: job (a service runs all the time)", ("schedule",))
-    if schedule.concurrency == "allow":
-        raise _fail(
-            "concurrency: allow (overlapping runs) is not supported: a run uses the job's slots; "
-            "use forbid (skip a tick while a run goes) or replace",
-            ("schedule", "concurrency"),
-        )
     try:
         schedule.parsed()
     except CronError as exc:
