@@ -41,7 +41,7 @@ from node.model.domain import Assignment, ServiceRecord
 from node.model.jobs import IndexState, JobRecord, JobState
 from node.model.keys import Keys
 from node.model.runs import Outcome, RunRecord, lane_of, run_of, run_uid, slot
-from node.model.spec_schedule import scheduled
+from node.model.spec_schedule import own_slots, scheduled
 from node.store import KV, Compare, Delete, Fenced, Put, Store, fence
 from node.telemetry.events import EventLog
 
@@ -135,7 +135,10 @@ class ScheduleRunner:
         ended = [(float(t), r.outcome != Outcome.RUNNING) for t, (r, _) in by_tick.items()]
         pruned = set(schedules.prune(ended, current, len(new) + acting, schedule.keep))
         used = {r.lane for t, (r, _) in by_tick.items() if r.fired and t not in pruned}
-        lane = schedules.lane(used, schedule.keep) if d.action in (Action.FIRE, Action.REPLACE) else None
+        own = own_slots(service.spec)  # else every run in lane 0, as the slots' volumes are kept
+        lane = None
+        if d.action in (Action.FIRE, Action.REPLACE):
+            lane = schedules.lane(used, schedule.keep) if own else 0
         if d.action in (Action.FIRE, Action.REPLACE) and lane is None:  # see `schedules.lane`
             d = replace(d, action=Action.SKIP)
         if d.action is Action.SKIP and d.due is not None:
@@ -162,10 +165,11 @@ class ScheduleRunner:
                     gone = _finished(old, job, Outcome.REPLACED.value, now)
                     compares.append(Compare(self.keys.run(name, old.tick), "mod", "==", mod))
                     ops.append(Put(self.keys.run(name, old.tick), gone.to_json()))
-                    job = _stopped(job, now)
-                side = self.keys.jobrun(name, current)  # stepped from there while it goes, kept for its logs
-                compares.append(Compare(side, "create", "==", 0))
-                ops.append(Put(side, job.to_json()))
+                    job = _stopped(job, now)  # in lane 0 shared: its tasks are counted above instead
+                if own:  # stepped from there while it goes, kept (its containers too) with its record
+                    side = self.keys.jobrun(name, current)
+                    compares.append(Compare(side, "create", "==", 0))
+                    ops.append(Put(side, job.to_json()))
         for r in new:
             key = self.keys.run(name, r.tick)
             compares.append(Compare(key, "create", "==", 0))

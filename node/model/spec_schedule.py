@@ -9,7 +9,8 @@ retries as `job:` says) whose tasks take a slot range of their own (a lane, deci
 default) records the tick as skipped, `replace` ends the previous run (its tasks are
 stopped) and starts the new one, `allow` starts it alongside, up to
 `leader.schedules.overlap_cap` runs at once (10, or `history` if lower; a tick beyond
-is skipped). A tick the leader could not fire within `starting_deadline`
+is skipped). A job with `volumes:` keeps its slots across runs (`own_slots`): `allow` is
+refused for it. A tick the leader could not fire within `starting_deadline`
 (no leader, a failover) is recorded as missed, not run late. `history` run records are
 kept. The cron syntax and the time zone rule: `node.model.cron`.
 
@@ -77,11 +78,23 @@ def check_schedule(spec: Any) -> None:
         return
     if spec.kind != "job":
         raise _fail("a schedule needs kind: job (a service runs all the time)", ("schedule",))
+    if schedule.concurrency == "allow" and not own_slots(spec):
+        raise _fail(
+            "concurrency: allow runs each run in slots of its own, but a job with volumes: keeps "
+            "its slots (and their volumes) across runs: use forbid or replace, or drop volumes:",
+            ("schedule", "concurrency"),
+        )
     try:
         schedule.parsed()
     except CronError as exc:
         where = "timezone" if "time zone" in str(exc) else "cron"
         raise _fail(str(exc), ("schedule", where)) from None
+
+
+def own_slots(spec: Any) -> bool:
+    """Each run in slots of its own (a lane, decision 69); not a job with `volumes:`, whose
+    slots' volumes must be the same for every run: its runs share lane 0, one at a time."""
+    return not getattr(spec, "volumes", None)
 
 
 def scheduled(spec: Any) -> ScheduleSpec | None:
