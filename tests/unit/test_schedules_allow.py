@@ -6,6 +6,7 @@ history bounds the kept containers."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -239,5 +240,28 @@ async def test_a_job_with_volumes_runs_every_run_in_lane_0(clock: Clock) -> None
         assert [(r.outcome, r.lane) for r in await _runs(store)] == [("replaced", 0), ("running", 0)]
         assert (await _job(store)).counted == [first.task_id]
         assert (await store.range(KEYS.jobruns))[0] == [], "no earlier run is stepped on the shared slots"
+    finally:
+        leader.stop()
+
+
+async def test_a_lowered_history_unassigns_the_pruned_runs_containers(clock: Clock) -> None:
+    service = _cron(concurrency="allow", history=3)
+    store = await _store(service)
+    leader = await _leader(store)
+    try:
+        for minute in (1, 2, 3):
+            clock.now = T0 + 60 * minute + 1
+            await leader.pass_()
+        for task in (await _tasks(store)).values():
+            await _finish(store, task)
+        await leader.pass_()
+        assert sorted(await _tasks(store)) == [1, LANE + 1, 2 * LANE + 1]
+        lowered = respec(service, schedule={"cron": "* * * * *", "concurrency": "allow", "history": 1})
+        await store.put(KEYS.service("tick"), replace(lowered, version=2, updated_at=T0 + 185).to_json())
+        clock.now = T0 + 190
+        await leader.pass_()
+        assert [r.tick for r in await _runs(store)] == [T0 + 180], "the latest run's record only"
+        assert sorted(await _tasks(store)) == [2 * LANE + 1], "the pruned runs' containers go with them"
+        assert (await store.range(KEYS.jobruns))[0] == []
     finally:
         leader.stop()
