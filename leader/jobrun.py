@@ -16,6 +16,9 @@ absent (an `rm` deletes its job's record too: `node.api.services`).
 A scheduled job (`schedule:`, `leader.schedrun`) runs only while its job record is a run
 of its current incarnation (uid `<service uid>#<tick>`, written when a tick fires):
 before its first tick it has no task, and each tick's fresh record starts it again.
+Each run has a lane of slots (decision 69): its record is stepped with its lane's tasks
+renumbered to indices, the earlier runs' records (`jobruns/`) as well as the latest, and
+all of them make the one view the scheduler plans for the job.
 """
 
 from __future__ import annotations

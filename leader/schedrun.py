@@ -3,23 +3,28 @@
 Called by `leader.jobrun.JobRunner.prepare` at every pass, before the jobs are stepped.
 For each scheduled job (`kind: job` with `schedule:`) of the current incarnation:
 
-1. The run record of the current job record, if that run ended, gets its outcome
-   (succeeded / failed), its end and its tasks (compared on its mod revision). `finish`
-   does it in the pass the run ends; this is for a leader that died in between.
+1. The run record of every run whose job record ended (the latest in `jobs/<service>`,
+   earlier ones in `jobruns/<service>/<tick>`) gets its outcome (succeeded / failed),
+   its end and its tasks (compared on its mod revision). `finish` does it in the pass
+   the run ends; this is for a leader that died in between.
 2. `schedules.decide` says which ticks since the last recorded one are missed, and
-   whether the latest is fired, skipped or replaces the running run.
+   whether the latest is fired, skipped or replaces the running run (`allow`: fired
+   while fewer than `schedules.overlap_cap` runs go).
 3. ONE transaction, fenced by the leader's epoch, writes all of it: a create-only record
    per decided tick (`Compare(create == 0)`: a tick recorded once is never decided
    again), and for a fired tick the run's fresh job record `jobs/<service>` (uid
-   `<service uid>#<tick>`, compared on the stored record's mod revision), whose `counted`
-   holds the ids of the tasks still in the job's slots: the last run's tasks are no
-   outcome of this one, and a running one (replace) is hidden, so its slot gets this
-   run's task (the agent stops the old container); a task in a slot above the run's
-   completions (lowered since) is unassigned. The oldest records beyond `history` are
-   deleted in the same transaction.
+   `<service uid>#<tick>`, compared on the stored record's mod revision) in a lane of
+   its own (`schedules.lane`, decision 69), while the previous job record moves to
+   `jobruns/<service>/<tick>` (create-only; marked failed if `replace` ends it, so that
+   stepping it stops its tasks). The new record's `counted` holds the ids of the tasks
+   left in its lane by a pruned run: no outcome of this one, and their slots get this
+   run's tasks; one in a slot above the run's completions (lowered since) is
+   unassigned. The oldest ended records beyond `history` are deleted in the same
+   transaction, with their `jobruns/` record and the tasks of their lane. A job with
+   `volumes:` keeps lane 0 for every run and moves no record (`own_slots`).
 
-Run records of another incarnation (a namesake), of a job whose schedule was taken out,
-or of a removed service are deleted, fenced, by the next pass.
+Run records (and `jobruns/` records) of another incarnation (a namesake), of a job whose
+schedule was taken out, or of a removed service are deleted, fenced, by the next pass.
 
 Only after the commit does any task start (`leader.jobs` steps the new record, the
 scheduler places its tasks). A leader killed before the commit leaves no trace: the

@@ -12,7 +12,7 @@ from node.model.domain import Record
 
 
 class Outcome(StrEnum):
-    RUNNING = "running"  # fired; its job record is the service's current one
+    RUNNING = "running"  # fired; its job record is `jobs/<service>` or, if later ones fired, `jobruns/`
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REPLACED = "replaced"  # a later tick (concurrency: replace) ended it
