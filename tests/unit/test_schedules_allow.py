@@ -6,7 +6,7 @@ history bounds the kept containers."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 
 import pytest
@@ -263,5 +263,29 @@ async def test_a_lowered_history_unassigns_the_pruned_runs_containers(clock: Clo
         assert [r.tick for r in await _runs(store)] == [T0 + 180], "the latest run's record only"
         assert sorted(await _tasks(store)) == [2 * LANE + 1], "the pruned runs' containers go with them"
         assert (await store.range(KEYS.jobruns))[0] == []
+    finally:
+        leader.stop()
+
+
+async def test_a_handoff_release_is_written_at_the_tasks_real_slot(clock: Clock) -> None:
+    """A later run's task (slot 1001, view slot 1 of the job) whose handoff ends: it is
+    written back at 1001, and the earlier run's task in slot 1 stays (`leader.loop`)."""
+    store = await _store(_cron(concurrency="allow"))
+    leader = await _leader(store)
+    try:
+        clock.now = T0 + 61
+        await leader.pass_()
+        first = (await _tasks(store))[1]
+        await _finish(store, first)
+        await leader.pass_()
+        clock.now = T0 + 121
+        await leader.pass_()
+        second = (await _tasks(store))[LANE + 1]
+        gone = asdict(replace(second, task_id="0123456789ab", node="n9"))  # its old node is not alive
+        await store.put(KEYS.task("tick", LANE + 1), replace(second, handoff=gone).to_json())
+        await leader.pass_()
+        tasks = await _tasks(store)
+        assert tasks[1] == first, "the earlier run's task is where it was"
+        assert tasks[LANE + 1].task_id == second.task_id and tasks[LANE + 1].handoff == {}
     finally:
         leader.stop()
