@@ -16,6 +16,9 @@ absent (an `rm` deletes its job's record too: `node.api.services`).
 A scheduled job (`schedule:`, `leader.schedrun`) runs only while its job record is a run
 of its current incarnation (uid `<service uid>#<tick>`, written when a tick fires):
 before its first tick it has no task, and each tick's fresh record starts it again.
+Each run has a lane of slots (decision 69): its record is stepped with its lane's tasks
+renumbered to indices, the earlier runs' records (`jobruns/`) as well as the latest, and
+all of them make the one view the scheduler plans for the job.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from leader.scheduler import Move, Plan, Snapshot
 from node.model.domain import Assignment, ServiceRecord, TaskStatus
 from node.model.jobs import JobRecord, JobState
 from node.model.keys import Keys
-from node.model.runs import run_of
+from node.model.runs import LANE, run_of
 from node.model.spec_job import is_job
 from node.model.spec_schedule import scheduled
 from node.store import Compare, Delete, Fenced, Put, Store, fence
@@ -50,12 +53,14 @@ class JobRunner:
         self.steps: dict[str, jobs.JobStep] = {}
         self.crash_point = crashpoint.reached  # tests crash the leader between record and start
         self.back: dict[str, dict[int, int]] = {}  # job -> view slot -> its real slot (this pass)
+        self.earlier: dict[str, list[jobs.JobStep]] = {}  # job -> its earlier runs' steps (decision 69)
         self.schedules = schedrun.ScheduleRunner(store, keys, epoch, events)  # ticks of scheduled jobs
 
     @property
     def active(self) -> bool:
         """A job is running: the loop follows task statuses to see its tasks end."""
-        return any(s.record.state == JobState.RUNNING for s in self.steps.values())
+        steps = [*self.steps.values(), *(s for e in self.earlier.values() for s in e)]
+        return any(s.record.state == JobState.RUNNING for s in steps)
 
     def succeeded(self) -> set[str]:
         """The jobs whose record (this pass) says succeeded: `depends_on: {job: completed}`."""
@@ -63,7 +68,8 @@ class JobRunner:
 
     def next_deadline(self) -> float | None:
         """Seconds until a job needs a pass with no event to wake it (back-off, deadline, ttl)."""
-        wakes = [s.wake for s in self.steps.values() if s.wake is not None]
+        steps = [*self.steps.values(), *(s for e in self.earlier.values() for s in e)]
+        wakes = [s.wake for s in steps if s.wake is not None]
         tick = self.schedules.next_wake()
         wakes += [tick] if tick is not None else []
         return max(0.0, min(wakes) - time.time()) + 0.01 if wakes else None
@@ -86,7 +92,8 @@ class JobRunner:
         current = {self.keys.tail(kv.key, self.keys.jobs): kv for kv in kvs}
         if await self.schedules.tick(services, current, held, now):
             kvs, _ = await self.store.range(self.keys.jobs)  # the runs it started
-        self.steps = {}
+        sides = await self.schedules.earlier_runs() if timed else {}
+        self.steps, self.earlier = {}, {}
         stored = {self.keys.tail(kv.key, self.keys.jobs): kv for kv in kvs}
         for name in sorted(stored.keys() - services.keys()):
             await self._forget(name, stored[name].mod_revision)
@@ -102,30 +109,33 @@ class JobRunner:
         for name, record in named.items():
             kv = stored.get(name)
             old = JobRecord.from_json(kv.value) if kv is not None else None
-            mine = by_job.get(name, {})
-            uid = record.uid
+            runs = [(self.keys.job(name), old, kv.mod_revision if kv else 0, record.uid)]
             if scheduled(record.spec) is not None:
                 if old is None or run_of(record.uid, old.uid) is None:
                     view[name] = replace(record, spec=record.spec.model_copy(update={"replicas": 0}))
                     continue  # no run yet: no task (those of an older incarnation are not planned)
-                uid = old.uid
-            st = jobs.step(name, uid, record.spec, old, mine, statuses.get, alive, now)
-            stale = st.record != old and not await self._write(name, st.record, kv.mod_revision if kv else 0)
-            if stale:
-                st.start, st.stop, st.ended = set(), [], ""
-            elif old is not None and st.record.counted != old.counted:
-                self.crash_point(crashpoint.JOB_RECORDED)
-            if st.ended:
-                self.events.emit(f"job.{st.ended}", f"{name}: {st.record.message}", service=name)
-                await self.schedules.finish(record, st.record)
-            self.steps[name] = st
-            # The scheduler sees only what should exist: the live tasks and the indices that
-            # may start, renumbered 1..k (so it plans nothing it would then be refused), then
-            # live tasks to unassign (a job that ended) above k; `shape` maps slots back.
-            live = {slot: t for slot, t in mine.items() if slot not in st.hide}
-            running = stale or st.record.state == JobState.RUNNING
-            wanted = sorted(set(live) | st.start) if running else []
-            order = wanted + sorted(set(live) - set(wanted))
+                runs = [(self.keys.job(name), old, runs[0][2], old.uid)]
+                for tick, (side, mod) in sorted(sides.get(name, {}).items()):  # earlier runs (decision 69)
+                    if run_of(record.uid, side.uid) == tick:
+                        runs.append((self.keys.jobrun(name, tick), side, mod, side.uid))
+            live: dict[int, Assignment] = {}
+            wanted: set[int] = set()
+            for key, stored_run, mod, uid in runs:
+                base = stored_run.lane * LANE if stored_run is not None else 0  # its lane's slots
+                lane = {s - base: t for s, t in by_job.get(name, {}).items() if base < s <= base + LANE}
+                st = await self._step(name, key, uid, record, stored_run, mod, lane, statuses, alive, now)
+                if key == self.keys.job(name):
+                    self.steps[name] = st
+                else:
+                    self.earlier.setdefault(name, []).append(st)
+                # The scheduler sees only what should exist: the live tasks and the indices that
+                # may start, renumbered 1..k (so it plans nothing it would then be refused), then
+                # live tasks to unassign (a job that ended) above k; `shape` maps slots back.
+                mine = {base + i: t for i, t in lane.items() if i not in st.hide}
+                live.update(mine)
+                if st.record.state == JobState.RUNNING or st.stale:
+                    wanted |= set(mine) | {base + i for i in st.start}
+            order = sorted(wanted) + sorted(set(live) - wanted)
             self.back[name] = dict(enumerate(order, 1))
             for v, real in enumerate(order, 1):
                 if real in live:
@@ -133,12 +143,37 @@ class JobRunner:
             view[name] = replace(record, spec=record.spec.model_copy(update={"replicas": len(wanted)}))
         return view, replace(snap, tasks=tasks)
 
+    async def _step(
+        self,
+        name: str,
+        key: str,
+        uid: str,
+        service: ServiceRecord,
+        old: JobRecord | None,
+        mod: int,
+        tasks: Mapping[int, Assignment],
+        statuses: StatusLookup,
+        alive: Collection[str],
+        now: float,
+    ) -> jobs.JobStep:
+        """One run's record stepped and written (fenced, compared); a stale one acts on nothing."""
+        st = jobs.step(name, uid, service.spec, old, tasks, statuses.get, alive, now)
+        if st.record != old and not await self._write(key, name, st.record, mod):
+            st.start, st.stop, st.ended, st.stale = set(), [], "", True
+        elif old is not None and st.record.counted != old.counted:
+            self.crash_point(crashpoint.JOB_RECORDED)
+        if st.ended:
+            self.events.emit(f"job.{st.ended}", f"{name}: {st.record.message}", service=name)
+            await self.schedules.finish(service, st.record)
+        return st
+
     def shape(self, plans: list[Plan]) -> list[Plan]:
         """Each job's plan with its real slots (`prepare` renumbered them), plus its stops."""
         for plan in plans:
             st, back = self.steps.get(plan.service), self.back.get(plan.service)
             if st is None or back is None:
                 continue
+            stops = [t for s in (st, *self.earlier.get(plan.service, [])) for t in s.stop]
             mapped = {t.task_id: replace(t, slot=back[t.slot]) for t in (*plan.place, *plan.keep, *plan.stop)}
             for m in plan.moves:
                 mapped[m.old.task_id] = replace(m.old, slot=back[m.old.slot])
@@ -148,11 +183,10 @@ class JobRunner:
             plan.unplaced = [back[slot] for slot in plan.unplaced]
             stopping = {t.task_id for t in plan.stop}
             plan.stop = [mapped[t.task_id] for t in plan.stop]
-            plan.stop += [t for t in st.stop if t.task_id not in stopping]
+            plan.stop += [t for t in stops if t.task_id not in stopping]
         return plans
 
-    async def _write(self, name: str, record: JobRecord, mod: int) -> bool:
-        key = self.keys.job(name)
+    async def _write(self, key: str, name: str, record: JobRecord, mod: int) -> bool:
         compares = [
             fence(self.keys.leader, self.epoch),
             Compare(key, "mod", "==", mod),

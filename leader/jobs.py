@@ -44,6 +44,7 @@ class JobStep:
     stop: list[Assignment] = field(default_factory=list)
     wake: float | None = None  # when a pass is due with no event (back-off, deadline, ttl)
     ended: str = ""  # "succeeded" / "failed" when the job ended in this step
+    stale: bool = False  # its record was written meanwhile (set by the caller): nothing acted on
 
 
 def fresh(service: str, uid: str, now: float) -> JobRecord:

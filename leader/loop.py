@@ -203,6 +203,7 @@ class LeaderLoop:
         self._node_events(snap.nodes)
         now, alive = self._last_pass, set(snap.nodes)
         statuses = self.status_map()
+        real = snap.tasks  # by real slot: a job's view below renumbers its slots
         services, snap = await self.jobs.prepare(services, snap, statuses, alive, now)  # before planning
         rollouts = {
             r.service: r for r in (RolloutRecord.from_json(kv.value) for kv in self.rollouts.values())
@@ -225,7 +226,7 @@ class LeaderLoop:
 
         plans, writes = await asyncio.to_thread(plan_all)
         written = {w.op.key for w in writes}
-        for task in updates.releases(snap.tasks, statuses, alive):
+        for task in updates.releases(real, statuses, alive):  # written at its real slot
             key = self.keys.task(task.service, task.slot)
             if key not in written:
                 writes.append(Write(Put(key, task.to_json()), seen.get(key, 0)))

@@ -3,23 +3,28 @@
 Called by `leader.jobrun.JobRunner.prepare` at every pass, before the jobs are stepped.
 For each scheduled job (`kind: job` with `schedule:`) of the current incarnation:
 
-1. The run record of the current job record, if that run ended, gets its outcome
-   (succeeded / failed), its end and its tasks (compared on its mod revision). `finish`
-   does it in the pass the run ends; this is for a leader that died in between.
+1. The run record of every run whose job record ended (the latest in `jobs/<service>`,
+   earlier ones in `jobruns/<service>/<tick>`) gets its outcome (succeeded / failed),
+   its end and its tasks (compared on its mod revision). `finish` does it in the pass
+   the run ends; this is for a leader that died in between.
 2. `schedules.decide` says which ticks since the last recorded one are missed, and
-   whether the latest is fired, skipped or replaces the running run.
+   whether the latest is fired, skipped or replaces the running run (`allow`: fired
+   while fewer than `schedules.overlap_cap` runs go).
 3. ONE transaction, fenced by the leader's epoch, writes all of it: a create-only record
    per decided tick (`Compare(create == 0)`: a tick recorded once is never decided
    again), and for a fired tick the run's fresh job record `jobs/<service>` (uid
-   `<service uid>#<tick>`, compared on the stored record's mod revision), whose `counted`
-   holds the ids of the tasks still in the job's slots: the last run's tasks are no
-   outcome of this one, and a running one (replace) is hidden, so its slot gets this
-   run's task (the agent stops the old container); a task in a slot above the run's
-   completions (lowered since) is unassigned. The oldest records beyond `history` are
-   deleted in the same transaction.
+   `<service uid>#<tick>`, compared on the stored record's mod revision) in a lane of
+   its own (`schedules.lane`, decision 69), while the previous job record moves to
+   `jobruns/<service>/<tick>` (create-only; marked failed if `replace` ends it, so that
+   stepping it stops its tasks). The new record's `counted` holds the ids of the tasks
+   left in its lane by a pruned run: no outcome of this one, and their slots get this
+   run's tasks; one in a slot above the run's completions (lowered since) is
+   unassigned. The oldest ended records beyond `history` are deleted in the same
+   transaction, with their `jobruns/` record and the tasks of their lane. A job with
+   `volumes:` keeps lane 0 for every run and moves no record (`own_slots`).
 
-Run records of another incarnation (a namesake), of a job whose schedule was taken out,
-or of a removed service are deleted, fenced, by the next pass.
+Run records (and `jobruns/` records) of another incarnation (a namesake), of a job whose
+schedule was taken out, or of a removed service are deleted, fenced, by the next pass.
 
 Only after the commit does any task start (`leader.jobs` steps the new record, the
 scheduler places its tasks). A leader killed before the commit leaves no trace: the
@@ -38,10 +43,10 @@ from dataclasses import replace
 from leader import crashpoint, schedules
 from leader.schedules import Action
 from node.model.domain import Assignment, ServiceRecord
-from node.model.jobs import JobRecord, JobState
+from node.model.jobs import IndexState, JobRecord, JobState
 from node.model.keys import Keys
-from node.model.runs import Outcome, RunRecord, run_of, run_uid
-from node.model.spec_schedule import scheduled
+from node.model.runs import Outcome, RunRecord, lane_of, run_of, run_uid, slot
+from node.model.spec_schedule import own_slots, scheduled
 from node.store import KV, Compare, Delete, Fenced, Put, Store, fence
 from node.telemetry.events import EventLog
 
@@ -70,25 +75,39 @@ class ScheduleRunner:
         for kv in kvs:
             record = RunRecord.from_json(kv.value)
             runs.setdefault(record.service, []).append((record, kv.mod_revision))
+        sides = await self.earlier_runs()
         wrote = False
-        for name in sorted(runs.keys() - services.keys()):
+        for name in sorted((runs.keys() | sides.keys()) - services.keys()):
             wrote |= await self._forget(name)
         self.wakes = {}
         for name, service in sorted(services.items()):
             timed = scheduled(service.spec) is not None
             foreign = [r for r in runs.get(name, []) if r[0].uid != service.uid or not timed]
-            if foreign:  # a namesake's, or the schedule was taken out of the spec
-                wrote |= await self._drop(name, foreign)
+            ours = sides.get(name, {})
+            strays = {t: m for t, (j, m) in ours.items() if not timed or run_of(service.uid, j.uid) != t}
+            if foreign or strays:  # a namesake's, or the schedule was taken out of the spec
+                wrote |= await self._drop(name, foreign, strays)
             if not timed:
                 continue
             mine = sorted((r for r in runs.get(name, []) if r[0].uid == service.uid), key=lambda r: r[0].tick)
-            wrote |= await self._one(service, jobs.get(name), mine, list(tasks.get(name, ())), now)
+            earlier = {t: r for t, r in sides.get(name, {}).items() if t not in strays}
+            wrote |= await self._one(service, jobs.get(name), earlier, mine, list(tasks.get(name, ())), now)
         return wrote
+
+    async def earlier_runs(self) -> dict[str, dict[int, tuple[JobRecord, int]]]:
+        """`jobruns/`: the job records of runs that are not the latest, by job and tick."""
+        kvs, _ = await self.store.range(self.keys.jobruns)
+        out: dict[str, dict[int, tuple[JobRecord, int]]] = {}
+        for kv in kvs:
+            name, _, tick = self.keys.tail(kv.key, self.keys.jobruns).partition("/")
+            out.setdefault(name, {})[int(tick)] = (JobRecord.from_json(kv.value), kv.mod_revision)
+        return out
 
     async def _one(
         self,
         service: ServiceRecord,
         kv: KV | None,
+        sides: Mapping[int, tuple[JobRecord, int]],
         mine: list[tuple[RunRecord, int]],
         held_tasks: list[Assignment],
         now: float,
@@ -99,59 +118,84 @@ class ScheduleRunner:
         job = JobRecord.from_json(kv.value) if kv is not None else None
         current = run_of(service.uid, job.uid) if job is not None else None
         by_tick = {int(r.tick): (r, mod) for r, mod in mine}
-        running = job is not None and current is not None and job.state == JobState.RUNNING
+        records = dict(sides)  # tick -> the job record of every run of this incarnation
+        if job is not None and current is not None:
+            records[current] = (job, kv.mod_revision if kv else 0)
         compares = [fence(self.keys.leader, self.epoch), Compare(self.keys.service(name), "mod", ">", 0)]
         ops: list[Put | Delete] = []
-        ended = by_tick.get(current) if current is not None and not running else None
-        if (
-            job is not None
-            and current is not None
-            and ended is not None
-            and ended[0].outcome == Outcome.RUNNING
-        ):
-            done = _finished(ended[0], job, job.state, job.finished_at or now)
-            compares.append(Compare(self.keys.run(name, done.tick), "mod", "==", ended[1]))
-            ops.append(Put(self.keys.run(name, done.tick), done.to_json()))
-            by_tick[current] = (done, ended[1])
+        for tick, (rec, _) in sorted(records.items()):  # outcomes a dead leader did not write
+            run = by_tick.get(tick)
+            if run is not None and rec.state != JobState.RUNNING and run[0].outcome == Outcome.RUNNING:
+                done = _finished(run[0], rec, rec.state, rec.finished_at or now)
+                compares.append(Compare(self.keys.run(name, tick), "mod", "==", run[1]))
+                ops.append(Put(self.keys.run(name, tick), done.to_json()))
+                by_tick[tick] = (done, run[1])
+        going = sum(1 for rec, _ in records.values() if rec.state == JobState.RUNNING)
         since = max([r.tick for r, _ in mine] + [service.updated_at])
-        d = schedules.decide(schedule, since, running, now)
+        d = schedules.decide(schedule, since, going, now)
         self.wakes[name] = d.wake
         late = "not fired within starting_deadline"
         new = [RunRecord(name, service.uid, t, Outcome.MISSED.value, now, now, late) for t in d.missed]
+        acting = d.due is not None and d.action is not Action.NONE
+        ended = [(float(t), r.outcome != Outcome.RUNNING) for t, (r, _) in by_tick.items()]
+        pruned = set(schedules.prune(ended, current, len(new) + acting, schedule.keep))
+        used = {r.lane for t, (r, _) in by_tick.items() if r.fired and t not in pruned}
+        own = own_slots(service.spec)  # else every run in lane 0, as the slots' volumes are kept
+        lane = None
+        if d.action in (Action.FIRE, Action.REPLACE):
+            lane = schedules.lane(used, schedule.keep) if own else 0
+        if d.action in (Action.FIRE, Action.REPLACE) and lane is None:  # see `schedules.lane`
+            d = replace(d, action=Action.SKIP)
         if d.action is Action.SKIP and d.due is not None:
-            busy = "the previous run was still going (concurrency: forbid)"
+            busy = (
+                f"{going} run(s) still going (concurrency: allow, at most {schedules.overlap_cap(schedule)})"
+                if schedule.policy == "allow"
+                else "the previous run was still going (concurrency: forbid)"
+            )
             new.append(RunRecord(name, service.uid, d.due, Outcome.SKIPPED.value, now, now, busy))
-        elif d.action in (Action.FIRE, Action.REPLACE) and d.due is not None:
-            new.append(RunRecord(name, service.uid, d.due, Outcome.RUNNING.value, now))
-            held = sorted({t.task_id for t in held_tasks})
+        elif lane is not None and d.due is not None:
+            new.append(RunRecord(name, service.uid, d.due, Outcome.RUNNING.value, now, lane=lane))
             completions = service.spec.job.completions if service.spec.job else 1
-            for t in held_tasks:  # slots the run has no index for (completions lowered): unassigned
-                if t.slot > completions:
+            mine_lane = [t for t in held_tasks if lane_of(t.slot) == lane]
+            held = sorted({t.task_id for t in mine_lane})  # a pruned run's: no outcome of this one
+            for t in mine_lane:  # slots the run has no index for (completions lowered): unassigned
+                if t.slot > slot(lane, completions):
                     ops.append(Delete(self.keys.task(name, t.slot)))
-            fresh = JobRecord(name, run_uid(service.uid, d.due), started_at=now, counted=held)
+            fresh = JobRecord(name, run_uid(service.uid, d.due), started_at=now, counted=held, lane=lane)
             compares.append(Compare(self.keys.job(name), "mod", "==", kv.mod_revision if kv else 0))
             ops.append(Put(self.keys.job(name), fresh.to_json()))
-            if d.action is Action.REPLACE and job is not None and current in by_tick:
+            if job is not None and current is not None and current in by_tick:
                 old, mod = by_tick[current]
-                gone = _finished(old, job, Outcome.REPLACED.value, now)
-                compares.append(Compare(self.keys.run(name, old.tick), "mod", "==", mod))
-                ops.append(Put(self.keys.run(name, old.tick), gone.to_json()))
+                if d.action is Action.REPLACE and old.outcome == Outcome.RUNNING:
+                    gone = _finished(old, job, Outcome.REPLACED.value, now)
+                    compares.append(Compare(self.keys.run(name, old.tick), "mod", "==", mod))
+                    ops.append(Put(self.keys.run(name, old.tick), gone.to_json()))
+                    job = _stopped(job, now)  # in lane 0 shared: its tasks are counted above instead
+                if own:  # stepped from there while it goes, kept (its containers too) with its record
+                    side = self.keys.jobrun(name, current)
+                    compares.append(Compare(side, "create", "==", 0))
+                    ops.append(Put(side, job.to_json()))
         for r in new:
             key = self.keys.run(name, r.tick)
             compares.append(Compare(key, "create", "==", 0))
             ops.append(Put(key, r.to_json()))
-        kept = sorted(t for t in by_tick if t != current)  # the current run's record is never pruned
-        excess = len(by_tick) + len(new) - schedule.keep
-        ops += [Delete(self.keys.run(name, t)) for t in kept[: max(0, excess)]]
+        for at in sorted(int(p) for p in pruned):  # its records, its containers (unless its lane is reused)
+            ops.append(Delete(self.keys.run(name, at)))
+            if at in sides:
+                ops.append(Delete(self.keys.jobrun(name, at)))
+            gone = by_tick[at][0]
+            if gone.fired and gone.lane not in used and gone.lane != lane:
+                slots = [a.slot for a in held_tasks if lane_of(a.slot) == gone.lane]
+                ops += [Delete(self.keys.task(name, s)) for s in slots]
         if not ops:
             return False
-        result = await self.store.txn(compares, ops)
+        result = await self.store.txn(compares, _unique(ops))
         if not result.succeeded:
             await self._check_fence()
             log.info("schedule of %s: records changed meanwhile; decided again on the next pass", name)
             self.wakes[name] = now + 0.5
             return False
-        if d.action in (Action.FIRE, Action.REPLACE):
+        if lane is not None:
             self.crash_point(crashpoint.SCHEDULE_FIRED)
         self._events(name, d)
         return True
@@ -188,10 +232,12 @@ class ScheduleRunner:
             what = "fired" if d.action is Action.FIRE else "fired, replacing the previous run"
             self.events.emit("schedule.fired", f"{name}: tick {d.due:.0f} {what}", service=name)
 
-    async def _drop(self, name: str, records: list[tuple[RunRecord, int]]) -> bool:
+    async def _drop(self, name: str, records: list[tuple[RunRecord, int]], sides: Mapping[int, int]) -> bool:
         compares = [fence(self.keys.leader, self.epoch)]
         compares += [Compare(self.keys.run(name, r.tick), "mod", "==", mod) for r, mod in records]
-        result = await self.store.txn(compares, [Delete(self.keys.run(name, r.tick)) for r, _ in records])
+        compares += [Compare(self.keys.jobrun(name, t), "mod", "==", mod) for t, mod in sides.items()]
+        ops = [Delete(self.keys.run(name, r.tick)) for r, _ in records]
+        result = await self.store.txn(compares, ops + [Delete(self.keys.jobrun(name, t)) for t in sides])
         if not result.succeeded:
             await self._check_fence()
         return result.succeeded
@@ -199,7 +245,11 @@ class ScheduleRunner:
     async def _forget(self, name: str) -> bool:
         """The runs of a removed service: deleted, fenced, while its key is absent."""
         compares = [fence(self.keys.leader, self.epoch), Compare(self.keys.service(name), "mod", "==", 0)]
-        result = await self.store.txn(compares, [Delete(self.keys.service_runs(name), prefix=True)])
+        ops = [
+            Delete(self.keys.service_runs(name), prefix=True),
+            Delete(self.keys.service_jobruns(name), prefix=True),
+        ]
+        result = await self.store.txn(compares, ops)
         if not result.succeeded:
             await self._check_fence()
         return result.succeeded
@@ -208,6 +258,28 @@ class ScheduleRunner:
         leader = await self.store.get(self.keys.leader)
         if leader is None or leader.create_revision != self.epoch:
             raise Fenced(f"leadership at epoch {self.epoch} is over; write refused")
+
+
+def _unique(ops: list[Put | Delete]) -> list[Put | Delete]:
+    """etcd refuses a key twice in one transaction: a Put wins over a Delete of its key."""
+    puts = {op.key for op in ops if isinstance(op, Put)}
+    seen: set[str] = set()
+    out: list[Put | Delete] = []
+    for op in ops:
+        if isinstance(op, Delete) and (op.key in puts or op.key in seen):
+            continue
+        seen.add(op.key)
+        out.append(op)
+    return out
+
+
+def _stopped(job: JobRecord, at: float) -> JobRecord:
+    """A run replaced by a later tick: failed, so that stepping it stops its tasks."""
+    going = (IndexState.RUNNING, IndexState.BACKOFF)
+    failed = IndexState.FAILED.value
+    indexes = {k: {**v, "state": failed} if v.get("state") in going else v for k, v in job.indexes.items()}
+    message = "replaced by a later tick"
+    return replace(job, state=JobState.FAILED.value, message=message, finished_at=at, indexes=indexes)
 
 
 def _finished(run: RunRecord, job: JobRecord, outcome: str, at: float) -> RunRecord:

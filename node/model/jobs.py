@@ -43,3 +43,4 @@ class JobRecord(Record):
     indexes: dict[str, dict[str, Any]] = field(default_factory=dict)
     counted: list[str] = field(default_factory=list)  # task ids whose outcome is recorded
     cleaned: bool = False  # ttl_after_finished passed: its tasks were unassigned
+    lane: int = 0  # a scheduled run's slot range (`node.model.runs.slot`); 0: slots 1..completions

@@ -33,6 +33,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `volumes/<service>/<slot>/<name>` | leader (fenced), API, agent | until `rm` of the service or volume (6) |
 | `jobs/<service>`                  | leader only, fenced    | while the job's service exists (8) |
 | `runs/<service>/<tick>`           | leader only, fenced    | `schedule.history` per scheduled job (9) |
+| `jobruns/<service>/<tick>`        | leader only, fenced    | with its `runs/` record (11) |
 
 | `pools`                           | API (`pool apply`)     | until changed (10)  |
 | `poolnodes/<pool>/<node>`         | leader only, fenced    | from the request to the node's return (10) |
@@ -82,6 +83,11 @@ replaced, one of a removed service is deleted by the leader's next pass.
 `<tick>` its unix second, zero-padded. Written (create-only, fenced) before the tick's
 run starts; the oldest beyond `schedule.history` are pruned, all of a removed service's
 by the leader's next pass.
+
+(11) `jobruns/<service>/<tick>`: the job record of a scheduled run that is no longer the
+latest (decision 69): `jobs/<service>` is the latest run, earlier ones still going
+(`concurrency: allow`) or whose containers are kept are stepped from here. Written with
+the next run's record, deleted with its `runs/` record; so at most `schedule.history`.
 
 (10) issue 15, node pools (`node.model.pools`, `leader.pools`): the pools' declaration,
 and one record per node a pool asked its provider for, written before the provider is
@@ -317,6 +323,17 @@ class Keys:
 
     def run(self, service: str, tick: float) -> str:
         return f"{self.runs}{service}/{int(tick):012d}"
+
+    # job records of earlier runs (decision 69)
+    @property
+    def jobruns(self) -> str:
+        return f"{self.prefix}jobruns/"
+
+    def service_jobruns(self, service: str) -> str:
+        return f"{self.jobruns}{service}/"
+
+    def jobrun(self, service: str, tick: float) -> str:
+        return f"{self.jobruns}{service}/{int(tick):012d}"
 
     # node pools (issue 15, capacity on demand)
     @property

@@ -12,7 +12,7 @@ from node.model.domain import Record
 
 
 class Outcome(StrEnum):
-    RUNNING = "running"  # fired; its job record is the service's current one
+    RUNNING = "running"  # fired; its job record is `jobs/<service>` or, if later ones fired, `jobruns/`
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REPLACED = "replaced"  # a later tick (concurrency: replace) ended it
@@ -38,10 +38,29 @@ class RunRecord(Record):
     finished_at: float = 0.0
     message: str = ""
     tasks: list[str] = field(default_factory=list)  # the run's tasks (the last one of each index)
+    lane: int = 0  # the run's slot range (`slot`); meaningful for a fired run only
+
+    @property
+    def fired(self) -> bool:
+        return self.outcome not in (Outcome.SKIPPED, Outcome.MISSED)
 
     @property
     def run(self) -> str:
         return run_uid(self.uid, self.tick)
+
+
+LANE = 1000  # slots per lane: MAX_COMPLETIONS (`node.model.spec_job`)
+
+
+def slot(lane: int, index: int) -> int:
+    """The task slot of a run's index: each run has a lane of its own (decision 69), so
+    overlapping runs (`concurrency: allow`) and the containers of ended ones do not meet.
+    Lane 0 is slots 1..completions, the slots of an unscheduled job."""
+    return lane * LANE + index
+
+
+def lane_of(task_slot: int) -> int:
+    return (task_slot - 1) // LANE
 
 
 def run_uid(service_uid: str, tick: float) -> str:

@@ -4,11 +4,13 @@
                starting_deadline: 2m, history: 10}
 
 Each tick is one *run* of the job: a fresh job record (completions, parallelism and
-retries as `job:` says) whose tasks reuse the job's slots. `concurrency` says what a
-tick does while the previous run still goes: `forbid` (the default) records the tick as
-skipped, `replace` ends the previous run (its tasks are replaced) and starts the new
-one. `allow` (overlapping runs) is refused: runs share the job's slots, so two cannot
-go at once (decision 57). A tick the leader could not fire within `starting_deadline`
+retries as `job:` says) whose tasks take a slot range of their own (a lane, decision
+69). `concurrency` says what a tick does while an earlier run still goes: `forbid` (the
+default) records the tick as skipped, `replace` ends the previous run (its tasks are
+stopped) and starts the new one, `allow` starts it alongside, up to
+`leader.schedules.overlap_cap` runs at once (10, or `history` if lower; a tick beyond
+is skipped). A job with `volumes:` keeps its slots across runs (`own_slots`): `allow` is
+refused for it. A tick the leader could not fire within `starting_deadline`
 (no leader, a failover) is recorded as missed, not run late. `history` run records are
 kept. The cron syntax and the time zone rule: `node.model.cron`.
 
@@ -76,10 +78,10 @@ def check_schedule(spec: Any) -> None:
         return
     if spec.kind != "job":
         raise _fail("a schedule needs kind: job (a service runs all the time)", ("schedule",))
-    if schedule.concurrency == "allow":
+    if schedule.concurrency == "allow" and not own_slots(spec):
         raise _fail(
-            "concurrency: allow (overlapping runs) is not supported: a run uses the job's slots; "
-            "use forbid (skip a tick while a run goes) or replace",
+            "concurrency: allow runs each run in slots of its own, but a job with volumes: keeps "
+            "its slots (and their volumes) across runs: use forbid or replace, or drop volumes:",
             ("schedule", "concurrency"),
         )
     try:
@@ -87,6 +89,12 @@ def check_schedule(spec: Any) -> None:
     except CronError as exc:
         where = "timezone" if "time zone" in str(exc) else "cron"
         raise _fail(str(exc), ("schedule", where)) from None
+
+
+def own_slots(spec: Any) -> bool:
+    """Each run in slots of its own (a lane, decision 69); not a job with `volumes:`, whose
+    slots' volumes must be the same for every run: its runs share lane 0, one at a time."""
+    return not getattr(spec, "volumes", None)
 
 
 def scheduled(spec: Any) -> ScheduleSpec | None:

@@ -153,7 +153,6 @@ def test_a_long_outage_of_a_seconds_schedule_is_caught_up_in_bounded_passes() ->
             "kind: job\nschedule: {cron: '* * * * *', timezone: Moon/Base}",
             "schedule.timezone: unknown time zone",
         ),
-        ("kind: job\nschedule: {cron: '* * * * *', concurrency: allow}", "schedule.concurrency:"),
         (
             "kind: job\nschedule: {cron: '* * * * *', history: 0}",
             "schedule.history: must be between 1 and 100",

@@ -132,9 +132,10 @@ async def test_no_task_before_the_first_tick_then_one_run_per_tick(store: Memory
         await leader.pass_()
         runs = await _runs(store)
         assert [(r.tick, r.outcome) for r in runs] == [(T0 + 60, "succeeded"), (T0 + 120, "running")]
-        second = (await _tasks(store))[1]
-        assert second.task_id != first.task_id, "the last run's finished task is no outcome of this one"
-        assert (await _job(store)).counted == [first.task_id]
+        tasks = await _tasks(store)
+        assert tasks[1] == first, "the last run's finished task stays in its own slots, for its logs"
+        assert tasks[1001].task_id != first.task_id and (await _job(store)).lane == 1, "a lane of its own"
+        assert (await _job(store)).counted == []
     finally:
         leader.stop()
 
@@ -199,7 +200,12 @@ async def test_a_deposed_leader_records_nothing(store: MemoryStore, clock: Clock
 
 
 @pytest.mark.parametrize(
-    ("policy", "outcomes"), [("forbid", ["running", "skipped"]), ("replace", ["replaced", "running"])]
+    ("policy", "outcomes"),
+    [
+        ("forbid", ["running", "skipped"]),
+        ("replace", ["replaced", "running"]),
+        ("allow", ["running", "running"]),
+    ],
 )
 async def test_a_tick_while_the_run_goes(policy: str, outcomes: list[str], clock: Clock) -> None:
     store = await _store(_cron(concurrency=policy))
@@ -211,8 +217,13 @@ async def test_a_tick_while_the_run_goes(policy: str, outcomes: list[str], clock
         clock.now = T0 + 121
         await leader.pass_()
         assert [r.outcome for r in await _runs(store)] == outcomes
-        now = (await _tasks(store))[1]
-        assert (now.task_id == first.task_id) == (policy == "forbid")
+        tasks = await _tasks(store)
+        if policy == "forbid":
+            assert tasks == {1: first}, "skipped: the run goes on alone"
+        elif policy == "allow":
+            assert sorted(tasks) == [1, 1001] and tasks[1] == first, "both runs go, each in its lane"
+        else:
+            assert sorted(tasks) == [1001], "the replaced run's task is stopped; the new run has its lane"
     finally:
         leader.stop()
 
@@ -263,20 +274,36 @@ async def test_a_run_that_ended_while_its_leader_died_gets_its_outcome_from_the_
         leader.stop()
 
 
-async def test_a_run_after_completions_were_lowered_unassigns_the_slots_above(clock: Clock) -> None:
-    narrow = _cron(concurrency="replace")
+async def test_a_run_in_a_reused_lane_after_completions_were_lowered_unassigns_the_slots_above(
+    clock: Clock,
+) -> None:
+    narrow = _cron(history=2)  # the third run prunes the first and takes its lane (the lowest free)
     wide = respec(narrow, job={"completions": 3, "parallelism": 3})
     store = await _store(wide)
     leader = await _leader(store)
     try:
         clock.now = T0 + 61
         await leader.pass_()
-        assert sorted(await _tasks(store)) == [1, 2, 3]
+        first = await _tasks(store)
+        assert sorted(first) == [1, 2, 3]
+        for task in first.values():
+            await _finish(store, task)
+        await leader.pass_()
         await store.put(KEYS.service("tick"), replace(narrow, version=2, updated_at=T0 + 62).to_json())
         clock.now = T0 + 121
         await leader.pass_()
-        assert sorted(await _tasks(store)) == [1], "the old run's tasks in slots 2 and 3 are unassigned"
-        assert [r.outcome for r in await _runs(store)] == ["replaced", "running"]
+        assert sorted(await _tasks(store)) == [1, 2, 3, 1001], "the first run's containers are kept"
+        await _finish(store, (await _tasks(store))[1001])
+        await leader.pass_()
+        clock.now = T0 + 181
+        await leader.pass_()
+        tasks = await _tasks(store)
+        assert sorted(tasks) == [1, 1001], "lane 0 reused: its slots 2 and 3 are unassigned"
+        assert tasks[1].task_id != first[1].task_id
+        held = {t.task_id for t in first.values()}
+        assert set((await _job(store)).counted) == held, "the pruned run's tasks: no outcome of this one"
+        runs = [(r.tick, r.outcome, r.lane) for r in await _runs(store)]
+        assert runs == [(T0 + 120, "succeeded", 1), (T0 + 180, "running", 0)]
     finally:
         leader.stop()
 
