@@ -47,6 +47,7 @@ from node.model.spec_errors import FieldError, SpecError
 from node.model.spec_errors import fatal as _fatal
 from node.model.spec_ingress import Ingress, IngressRule, IngressTLS, ProxyProtocolPorts, ingress_fits
 from node.model.spec_job import JobSpec, check_job_fields
+from node.model.spec_launch import Dedicated, Launch, LaunchSpec, launch_fits
 from node.model.spec_lifecycle import (
     OBJECT_PATTERN,
     ConfigRef,
@@ -184,6 +185,10 @@ class ServiceSpec(BaseModel):
         check_schedule(self)
         return self
 
+    # Issue 15 item 3: launch: dedicated, a node of its own per task (node.model.spec_launch, decision 68)
+    launch: Launch | None = None
+    _launch_fits = model_validator(mode="after")(launch_fits)
+
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
 _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
@@ -194,6 +199,7 @@ _FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): Volu
 _FIELDS |= {("ingress",): IngressRule, ("ingress", "tls"): IngressTLS}
 
 _FIELDS |= {("schedule",): ScheduleSpec}
+_FIELDS |= {("launch",): LaunchSpec, ("launch", "dedicated"): Dedicated}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}
