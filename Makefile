@@ -10,7 +10,7 @@
 #   make lint    the static checks only
 #   make proto   regenerate node/pb from proto/
 #   make bench   bench/converge.py, failover.py, rollout.py, gossip_sim.py, cli.py, footprint.py
-#   make chaos   the chaos suite on a test bed (root): CHAOS_SEED=1 CHAOS_MINUTES=3
+#   make chaos   the chaos suite on a test bed (root): CHAOS_SEED=1 CHAOS_MINUTES=10 (a soak)
 #   make clean   stop the local cluster, remove caches and its state
 #
 # Installing needs root (apt-get, dockerd): see deploy/install.sh.
@@ -122,7 +122,7 @@ test: install images lint
 	@for suite in unit integration; do
 	  echo "== pytest tests/$$suite"
 	  rc=0
-	  $(VENV)/bin/pytest -q -ra tests/$$suite $(PYTEST_ARGS) || rc=$$?
+	  $(VENV)/bin/pytest -q -ra --durations=15 tests/$$suite $(PYTEST_ARGS) || rc=$$?
 	  if (( rc == 5 )); then
 	    echo "error: pytest collected no tests in tests/$$suite (exit 5)" >&2
 	  fi
@@ -143,7 +143,7 @@ bench: install images
 
 # Not part of `make test`: seeded faults on a test bed, judged by tests/chaos/checker.py.
 CHAOS_SEED ?= 1
-CHAOS_MINUTES ?= 3
+CHAOS_MINUTES ?= 10
 # First the checker's planted-violation run on a real bed (it must fail), then the soak.
 chaos: install images
 	@$(VENV)/bin/pytest -q -ra tests/chaos

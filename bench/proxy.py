@@ -112,12 +112,12 @@ def nginx_conf(tmp: Path, ports: list[int]) -> Path:
     return conf
 
 
-def haproxy_conf(tmp: Path, tcp_port: int, http_port: int, backends: list[int]) -> Path:
-    """One HAProxy (`nbthread 1`): a `mode tcp` frontend and a `mode http` one."""
+def haproxy_conf(tmp: Path, tcp_port: int, http_port: int, backends: list[int], threads: int = 1) -> Path:
+    """One HAProxy (`nbthread <threads>`): a `mode tcp` frontend and a `mode http` one."""
     servers = "\n".join(f"  server s{i} {HOST}:{p}" for i, p in enumerate(backends))
     conf = tmp / "haproxy.cfg"
     conf.write_text(
-        "global\n  nbthread 1\n  maxconn 4096\n"
+        f"global\n  nbthread {threads}\n  maxconn 4096\n"
         "defaults\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n"
         "  timeout http-keep-alive 30s\n"
         f"frontend ft\n  mode tcp\n  bind {HOST}:{tcp_port}\n  default_backend bt\n"
@@ -198,7 +198,8 @@ def paced(port: int, rate: int = 1000, seconds: float = 5.0, conns: int = 4) -> 
 
 
 def serve_shoal(port: int, backends: list[int], l7: bool = False) -> None:
-    """The shoal side, in its own process: a TcpProxy (or HttpProxy) under uvloop until SIGTERM."""
+    """The shoal side, in its own process: a TcpProxy (or HttpProxy) under uvloop until SIGTERM,
+    listening with SO_REUSEPORT (as proxy workers do: `--workers N` starts N of these)."""
     import signal
 
     import uvloop
@@ -215,6 +216,7 @@ def serve_shoal(port: int, backends: list[int], l7: bool = False) -> None:
             proxy = HttpProxy(HOST, port, bal, service="bench", connect_timeout=1.0, drain_timeout=1.0)
         else:
             proxy = TcpProxy(HOST, port, bal, connect_timeout=1.0, drain_timeout=1.0)
+        proxy.reuse_port = True
         await proxy.start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -259,6 +261,8 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--modes", default="keepalive,close", help="keepalive, close or both")
     ap.add_argument("--rounds", type=int, default=1, help="runs per target and mode (medians printed)")
+    ap.add_argument("--workers", type=int, default=1, help="shoal processes per port (SO_REUSEPORT) and "
+                    "HAProxy threads (issue 17: proxy_workers)")  # fmt: skip
     ap.add_argument("--h2", action="store_true", help="then gRPC over h2c, shoal vs direct (proxy_h2.py)")
     ap.add_argument("--serve-shoal", nargs=2, metavar=("PORT", "BACKENDS"), help=argparse.SUPPRESS)
     ap.add_argument("--serve-shoal-http", nargs=2, metavar=("PORT", "BACKENDS"), help=argparse.SUPPRESS)
@@ -296,32 +300,39 @@ def main() -> int:
             kind = "asyncio HTTP server (nginx not installed)"
         hp, hhp, sp, shp = free_port(), free_port(), free_port(), free_port()
         haproxy = procs.start(
-            ["haproxy", "-db", "-f", str(haproxy_conf(tmp, hp, hhp, ports))], hp, tmp / "haproxy.log"
+            ["haproxy", "-db", "-f", str(haproxy_conf(tmp, hp, hhp, ports, a.workers))],
+            hp,
+            tmp / "haproxy.log",
         )
         wait_listening(hhp, procs.procs[-1])
         upstreams = ",".join(map(str, ports))
-        l4 = procs.start(
-            [sys.executable, __file__, "--serve-shoal", str(sp), upstreams], sp, tmp / "shoal.log"
-        )
-        l7 = procs.start([sys.executable, __file__, "--serve-shoal-http", str(shp), upstreams],
-                         shp, tmp / "shoal-http.log")  # fmt: skip
-        targets: dict[str, tuple[int, int | None]] = {  # name: (port, pid of the proxy)
-            "direct": (ports[0], None),
-            "haproxy-tcp": (hp, haproxy),
+        l4: list[int] = []
+        l7: list[int] = []
+        for w in range(a.workers):  # each its own process on the same port (SO_REUSEPORT)
+            l4.append(procs.start([sys.executable, __file__, "--serve-shoal", str(sp), upstreams],
+                                  sp, tmp / f"shoal-{w}.log"))  # fmt: skip
+            l7.append(procs.start([sys.executable, __file__, "--serve-shoal-http", str(shp), upstreams],
+                                  shp, tmp / f"shoal-http-{w}.log"))  # fmt: skip
+        targets: dict[str, tuple[int, list[int]]] = {  # name: (port, pids of the proxy)
+            "direct": (ports[0], []),
+            "haproxy-tcp": (hp, [haproxy]),
             "shoal-l4": (sp, l4),
-            "haproxy-http": (hhp, haproxy),
+            "haproxy-http": (hhp, [haproxy]),
             "shoal-l7": (shp, l7),
         }
         added: dict[str, float] = {}
-        print(f"backends: 3 x {kind}; wrk -t1 -c{a.connections} -d{a.duration}s; {a.rounds} round(s)")
+        print(f"backends: 3 x {kind}; wrk -t1 -c{a.connections} -d{a.duration}s; {a.rounds} round(s); "
+              f"{a.workers} shoal process(es) per port, HAProxy nbthread {a.workers}")  # fmt: skip
         runs: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
         for mode in modes:
             for n in range(a.rounds):
                 order = list(targets.items())
-                for name, (port, pid) in order if n % 2 == 0 else order[::-1]:
-                    cpu0 = cpu_seconds(pid)
+                for name, (port, pids) in order if n % 2 == 0 else order[::-1]:
+                    cpu0 = sum(map(cpu_seconds, pids)) if pids else float("nan")
                     rps, p50, p99, total = run_wrk(port, a.duration, a.connections, close=mode == "close")
-                    cpu = (cpu_seconds(pid) - cpu0) / max(total, 1) * 1e6
+                    cpu = (
+                        ((sum(map(cpu_seconds, pids)) if pids else float("nan")) - cpu0) / max(total, 1) * 1e6
+                    )
                     runs.setdefault((mode, name), []).append((rps, p50, p99, cpu))
                     print(f"  {mode:<9} {name:<12} {rps:>10.0f} req/s  p50 {p50:7.3f} ms  p99 {p99:7.3f} ms"
                           f"  proxy CPU {cpu:6.1f} us/req")  # fmt: skip

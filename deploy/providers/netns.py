@@ -5,7 +5,7 @@ Like `local.py` (whose pieces it reuses), but each node has a network stack of i
 as a real host does: a namespace `sp-<node id>` linked to an existing bridge (the one
 `deploy/netns/hosts.sh up` or the tests' `HostNet` made: `--bridge shb-<id>`) by a veth
 pair, an address of the bridge's /24 from `.<--first>` (100) up, a default route via the
-bridge's address, and `shoald` started inside it (`ip netns exec`) on the leader's gRPC
+bridge's address, and `shoald` started inside it (`nsenter --net`) on the leader's gRPC
 port with the node id, cpu, memory and labels asked for, the cluster's VIP range and the
 leader's etcd client files, `--leave-on-stop`, and `--publish-address <the bridge's
 address>` (the machine's one Docker engine publishes there, as hosts.sh's nodes do). Runs
@@ -19,9 +19,10 @@ as root (it makes namespaces and links).
     delete: stops that shoald (SIGTERM, then SIGKILL after --stop-timeout), deletes its
             namespace and link and its data; a node id it does not know is gone: success.
 
-A leader that runs in a namespace of its own (`ip netns exec`) runs the provider in the
-machine's network and mount namespaces: `nsenter --net=/proc/<pid>/ns/net
---mount=/proc/<pid>/ns/mnt python3 netns.py ...` (docs/pools.md).
+A leader that runs in a network namespace of its own runs the provider in the machine's
+(where the bridge is): `nsenter --net=/proc/<pid>/ns/net python3 netns.py ...`, plus
+`--mount=/proc/<pid>/ns/mnt` if the leader has a mount namespace of its own too (`ip
+netns exec`), or a namespace it makes is named only there (docs/pools.md).
 
 Everything after `--` goes to every shoald it starts. `netns.py --state DIR --bridge B
 --stop-all` removes every node it made.
@@ -118,7 +119,10 @@ def create(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
     _ip("-n", netns, "link", "set", inner, "up")
     _ip("-n", netns, "route", "add", "default", "via", str(bridge.ip))
     args.shoald = ["--publish-address", str(bridge.ip), *args.shoald_extra]
-    return local.start_shoald(args, request, node_id, address, port, ["ip", "netns", "exec", netns], record)
+    # nsenter --net, not `ip netns exec`: its copy of the mount namespace, kept by a long-lived
+    # daemon, would pin every mount of the moment (as tests/integration/netns.py says)
+    inside = ["nsenter", f"--net=/var/run/netns/{netns}"]
+    return local.start_shoald(args, request, node_id, address, port, inside, record)
 
 
 def delete(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:

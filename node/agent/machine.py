@@ -160,7 +160,7 @@ class Slots:
             cport, hport = next(iter(sorted(c.host_ports.items())), (0, 0))
             ports = {str(k): v for k, v in sorted(c.host_ports.items())}
             out.append(
-                EndpointRecord(task.task_id, task.service, self.node, self.address, hport, cport, ports)
+                EndpointRecord(task.task_id, task.service, self.node, self.address, hport, cport, ports, c.ip)
             )
         return out
 

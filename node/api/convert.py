@@ -19,6 +19,7 @@ from node.model.domain import (
     TaskStatus,
     effective_labels,
 )
+from node.model.load import AutoscaleStatus
 from node.model.spec import ServiceSpec, spec_to_dict
 from node.pb import api_pb2
 from node.store import KV
@@ -178,3 +179,15 @@ def event(e: Event) -> api_pb2.Event:
         message=e.message,
         cause=e.cause,
     )
+
+
+def autoscale_json(record: ServiceRecord, kv: KV | None) -> str:
+    """The autoscaler's status of `record` (issue 15) as stored; "" when it is not
+    autoscaled, has no status yet, or the status is of an earlier service of that name."""
+    if kv is None or record.spec.autoscale is None:
+        return ""
+    try:
+        status = AutoscaleStatus.from_json(kv.value)
+    except (ValueError, TypeError, KeyError):
+        return ""
+    return kv.value.decode() if status.uid == record.uid else ""

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import grpc.aio
 
+from node.api.peer_traffic import PeerTrafficHandlers
 from node.api.server import handle
 from node.api.taskio import PeerTaskHandlers
 from node.api.usage import PeerUsageHandlers
@@ -133,7 +134,7 @@ async def _close_later(channels: list[grpc.aio.Channel]) -> None:
 JoinFn = Callable[[peer_pb2.JoinRequest, grpc.aio.ServicerContext], Awaitable[peer_pb2.JoinResponse]]
 
 
-class PeerServicer(PeerTaskHandlers, PeerUsageHandlers, peer_pb2_grpc.PeerServicer):
+class PeerServicer(PeerTaskHandlers, PeerUsageHandlers, PeerTrafficHandlers, peer_pb2_grpc.PeerServicer):
     def __init__(self, members: Memberlist, join: JoinFn | None = None) -> None:
         self.members = members
         self._join = join

@@ -148,6 +148,9 @@ class ShoalServicer(AdminHandlers, LogsExecHandlers, UsageHandlers, api_pb2_grpc
         if current is None or current.to_version != record.version:
             target = template_hash(record.spec)
             out.update_pending = any(t.template != target and t.slot <= record.replicas for t, _ in tasks)
+        out.autoscale_json = convert.autoscale_json(
+            record, await self.store.get(self.keys.autoscale(record.name))
+        )
         return out
 
     @handle

@@ -30,6 +30,7 @@ from node.model.domain import (
 from node.model.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec, SpecError, parse_spec
+from node.model.spec_autoscale import keep_count
 from node.model.spec_compat import unknown_to
 from node.model.spec_lifecycle import stack_problem
 from node.store import KV, Compare, Delete, Put, Store
@@ -143,6 +144,7 @@ class ServiceWriter:
         and the current record; the current record itself when the spec equals its own.
         Raises when the port policy refuses the spec. `apply` and `stack deploy` share it."""
         current = ServiceRecord.from_json(kv.value) if kv else None
+        spec = keep_count(spec, current.spec if current else None)  # issue 15: the autoscaled count
         if current is not None and current.spec == spec:
             return current, current
         await self.readable_everywhere(spec)

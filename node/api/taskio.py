@@ -242,17 +242,19 @@ class TaskIO:
         if self.local is None:
             raise FailedPrecondition(f"node {self.node} runs no container engine")
         tail = request.tail if request.HasField("tail") else None
-        task, service, slot, node = request.task, request.service, request.slot, self.node
-        line = api_pb2.LogLine
+        # every line of the task carries the same four fields: copied from one made line
+        # (a third of the cost of passing seven keywords per line)
+        same = api_pb2.LogLine(task=request.task, service=request.service, slot=request.slot, node=self.node)
         try:
             container = await self.local.find(request.task)
             async for read in self.local.logs(container, request.follow, tail, request.since):
-                yield api_pb2.LogBatch(
-                    lines=[
-                        line(task=task, service=service, slot=slot, node=node, time_ns=t, stream=s, text=x)
-                        for t, s, x in read
-                    ]
-                )
+                batch = api_pb2.LogBatch()
+                add = batch.lines.add
+                for t, s, x in read:
+                    line = add()
+                    line.CopyFrom(same)
+                    line.time_ns, line.stream, line.text = t, s, x
+                yield batch
         except RuntimeUnavailable as exc:
             raise Unavailable(f"node {self.node}: {exc}") from None
         except EngineError as exc:

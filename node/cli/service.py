@@ -8,6 +8,7 @@ from collections.abc import Callable
 import click
 
 from node.cli import Settings, pass_settings
+from node.cli.autoscale import autoscale_cmd, autoscale_dict, scaled_to_zero
 from node.cli.output import (
     emit,
     emit_data,
@@ -46,6 +47,7 @@ def service() -> None:
 
 
 service.add_command(service_logs)
+service.add_command(autoscale_cmd)  # issue 15
 
 
 def _follow_options(f: Callable[..., None]) -> Callable[..., None]:
@@ -147,7 +149,11 @@ def inspect_cmd(settings: Settings, name: str, fmt: str) -> None:
     """Show a service: version, replicas, its full spec and its tasks."""
     client = settings.client()
     svc = client.get_service(name)
-    emit_data(service_detail(svc, client.list_tasks(name)), fmt)
+    detail = service_detail(svc, client.list_tasks(name))
+    if (autoscale := autoscale_dict(svc)) is not None:  # issue 15: shown before the spec
+        spec, tasks = detail.pop("spec"), detail.pop("tasks")
+        detail |= {"autoscale": autoscale, "spec": spec, "tasks": tasks}
+    emit_data(detail, fmt)
 
 
 def _short(container_id: str) -> str:
@@ -212,6 +218,8 @@ def ps_cmd(settings: Settings, name: str, fmt: str) -> None:
     waiting = len(answer.pending_slots) + len(answer.pending_nodes)
     if fmt == "table" and waiting:
         click.echo(f"\n{waiting} replica(s) pending: {answer.pending_reason}")
+    if fmt == "table" and not tasks and (zero := scaled_to_zero(settings.client().get_service(name))):
+        click.echo(zero)  # issue 15
 
 
 def pending_rows(service: str, answer: api_pb2.ListTasksResponse) -> list[api_pb2.Task]:

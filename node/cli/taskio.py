@@ -26,7 +26,7 @@ import click
 
 from node.cli import Settings, pass_settings
 from node.pb import api_pb2
-from node.runtime.logmerge import format_line, parse_since, prefix
+from node.runtime.logmerge import format_time, parse_since, prefix
 from node.wire.client import ShoalClient, ShoalError
 
 COLOURS = ("cyan", "green", "yellow", "magenta", "blue", "red")
@@ -57,28 +57,43 @@ def _logs_options(f: Any) -> Any:
 def print_logs(
     client: ShoalClient, request: api_pb2.LogsRequest, timestamps: bool, colour: bool | None = None
 ) -> None:
+    """Each line as `format_line` makes it (the tag coloured per task when `colour`), a
+    batch in one write: the tag, its padding and colour are made once per task and width,
+    not per line (a followed service prints hundreds of thousands of lines)."""
     colour = sys.stdout.isatty() if colour is None else colour
     timeout = None if request.follow else max(client.timeout, LOGS_DEADLINE)
     width = 0
-    seen: dict[str, int] = {}
     tags: dict[str, str] = {}  # task -> its prefix (a task's service, slot and node never change)
+    heads: dict[str, tuple[int, str]] = {}  # task -> (width, its printed tag and ` | `)
+    order: dict[str, int] = {}  # task -> its colour's index
     out = sys.stdout
     for batch in client._stream("ServiceLogs", request, timeout):
+        chunk: list[str] = []
         for line in batch.lines:
-            tag = tags.get(line.task) or tags.setdefault(
-                line.task, prefix(line.service, line.slot, line.task, line.node)
-            )
+            task = line.task
+            tag = tags.get(task) or tags.setdefault(task, prefix(line.service, line.slot, task, line.node))
             if line.notice:
+                if chunk:
+                    out.write("\n".join(chunk) + "\n")
+                    chunk = []
                 out.flush()
                 click.echo(f"warning: {tag}: {line.notice}", err=True)
                 continue
             width = max(width, len(tag))
-            text = format_line(tag, line.text.decode(errors="replace"), width, line.time_ns, timestamps)
-            if colour:
-                index = seen.setdefault(line.task, len(seen))
+            made = heads.get(task)
+            if made is None or made[0] != width:
                 padded = tag.ljust(width)
-                text = click.style(padded, fg=COLOURS[index % len(COLOURS)]) + text[len(padded) :]
-            out.write(text + "\n")
+                if colour:
+                    index = order.setdefault(task, len(order))
+                    padded = click.style(padded, fg=COLOURS[index % len(COLOURS)])
+                made = heads[task] = (width, padded + " | ")
+            text = line.text.decode(errors="replace")
+            if timestamps and line.time_ns:
+                chunk.append(f"{made[1]}{format_time(line.time_ns)} {text}")
+            else:
+                chunk.append(made[1] + text)
+        if chunk:
+            out.write("\n".join(chunk) + "\n")
         out.flush()  # a batch is what was ready: a followed line shows at once
 
 

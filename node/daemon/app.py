@@ -48,10 +48,11 @@ from node.model.spec_compat import known_paths
 from node.pb import peer_pb2, peer_pb2_grpc
 from node.proxy import metrics
 from node.proxy.dnsserver import host_resolvers
-from node.proxy.mesh import Mesh, MeshSettings
+from node.proxy.mesh import MeshSettings
 from node.proxy.names import dns_address
 from node.proxy.sources import SourceMap
 from node.proxy.vips import HostSetupError, Names, prepare_host
+from node.proxy.workers import mesh_for
 from node.runtime.base import RuntimeUnavailable
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_stats import docker_sampler
@@ -103,7 +104,8 @@ class Daemon:
             config.join,
             reap_after=config.reap_after,
         )
-        self.mesh = Mesh(
+        self.mesh = mesh_for(  # issue 17: in this loop, or in proxy worker processes
+            config,
             self.store,
             self.keys,
             config.node_id,
@@ -357,11 +359,11 @@ class Daemon:
                     f"cannot serve /metrics on {c.address}:{c.metrics_port}: {exc.strerror or exc}; "
                     "choose --metrics-port (0 turns it off)"
                 ) from exc
-        dashboard_server, traffic = None, None
+        dashboard_server = None
         if c.dashboard_port:  # issue 14: the web dashboard (node.dashboard)
             try:
-                dashboard_server, traffic = await dashboard.start(
-                    servicer, self.credentials, self.mesh.stats, c.node_id,
+                dashboard_server = await dashboard.start(
+                    servicer, self.credentials, api.traffic, c.node_id,
                     NodeFiles.of(c.data_dir).identity, c.address, c.dashboard_port,
                 )  # fmt: skip
             except OSError as exc:
@@ -411,6 +413,8 @@ class Daemon:
             ),
         )
         leadership.pool_context = pool_context(c, self.identity)  # issue 15: node pools
+
+        load = wiring.autoscaling(self, leadership, servicer, self.mesh, self.session)  # issue 15
         self.telemetry.attach_agent(agent)
         self.telemetry.attach_leadership(leadership)
         self.telemetry.attach_membership(self.membership)
@@ -435,11 +439,14 @@ class Daemon:
             *([asyncio.create_task(names.run(), name="names")] if names is not None else []),
             asyncio.create_task(self.identity.run(), name="certificates"),
             asyncio.create_task(self.telemetry.run(), name="telemetry"),
+            asyncio.create_task(load.run(), name="load-report"),
             credentials,
             hub,
         }
-        if traffic is not None:
-            tasks.add(asyncio.create_task(dashboard.sample_forever(traffic), name="dashboard-traffic"))
+        # every node samples its proxy's traffic: the dashboards of the others chart it too
+        tasks.add(
+            asyncio.create_task(dashboard.sample_forever(api.traffic.traffic), name="dashboard-traffic")
+        )
         stop = asyncio.create_task(self.stopping.wait(), name="stop-signal")
         done, _ = await asyncio.wait({*tasks, stop}, return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stop]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from leader.election import Election
 from leader.liveness import Liveness
@@ -52,6 +52,9 @@ class Leadership:
         self.loop: LeaderLoop | None = None  # the loop of the latest epoch led (metrics read it)
         self.on_loop: list[Callable[[LeaderLoop], None]] = []  # told of each new loop (metrics time it)
         self.pool_context: PoolContext | None = None  # issue 15: set, the leader keeps node pools
+
+        # run while leading, cancelled at the step-down; their end ends no term (issue 15: autoscaler)
+        self.companions: list[Callable[[], Awaitable[None]]] = []
 
     async def _expiring(self) -> str:
         # a deadline on the clock, not an event: poll it
@@ -96,12 +99,14 @@ class Leadership:
         }
         if loop.pools is not None:  # its provider calls end with the leadership
             watchers.add(asyncio.create_task(loop.pools.run(), name="leader-pools"))
+
+        companions = [asyncio.create_task(_awaited(c()), name="leader-companion") for c in self.companions]
         try:
             done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in watchers:
+            for task in (*watchers, *companions):
                 task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            await asyncio.gather(*watchers, *companions, return_exceptions=True)
         first = done.pop()
         if first.cancelled():
             return "cancelled"
@@ -117,6 +122,10 @@ class Leadership:
             async with asyncio.timeout(2.0):
                 if await self.election.resign(epoch):
                     log.info("resigned leadership at epoch %d", epoch)
+
+
+async def _awaited(job: Awaitable[None]) -> None:
+    await job
 
 
 __all__ = ["Bounds", "Leadership"]

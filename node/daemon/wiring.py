@@ -27,10 +27,15 @@ from node.api.servicer import ShoalServicer
 from node.api.taskio import PeerStubs, TaskIO
 from node.api.usage import UsageBook
 from node.api.volumes import VolumesServicer
+from node.daemon.autoscaler import Autoscaler
 from node.daemon.identity import NodeIdentity
+from node.daemon.leadership import Leadership
+from node.daemon.loadreport import LoadReporter
 from node.daemon.membership import Membership
 from node.daemon.metered import MeteredEtcdStore
 from node.daemon.telemetry import Telemetry
+from node.dashboard import serve as dashboard
+from node.dashboard.cluster import ClusterTraffic
 from node.model.config import NodeConfig
 from node.model.keys import Keys
 from node.pb import (
@@ -41,12 +46,14 @@ from node.pb import (
     secrets_pb2_grpc,
     volumes_pb2_grpc,
 )
+from node.proxy.mesh import Mesh
 from node.runtime.docker import DockerRuntime
 from node.runtime.docker_logs import DockerStreams
 from node.security.auth import AuthInterceptor, Policy
 from node.security.credentials import EtcdCredentials
 from node.security.files import NodeFiles, read_secret
 from node.security.sealing import Sealer
+from node.store.session import Session
 from node.telemetry.events import EventLog
 
 
@@ -62,6 +69,7 @@ class Parts(Protocol):
     events: EventLog
     telemetry: Telemetry
     membership: Membership
+    mesh: Mesh
 
     def restarts(self, task_id: str) -> int: ...
 
@@ -71,6 +79,7 @@ class Api:
     servicer: ShoalServicer
     server: grpc.aio.Server
     health: health.aio.HealthServicer
+    traffic: ClusterTraffic  # issue 14: the proxies' traffic per service, for the dashboards
 
 
 def build_api(d: Parts) -> Api:
@@ -102,6 +111,8 @@ def build_api(d: Parts) -> Api:
     peer_servicer.taskio = taskio
     usage = UsageBook(c.node_id, d.telemetry.usage, d.restarts, d.store, d.keys, peers)
     servicer.usage = peer_servicer.usage = usage  # issue 14: usage per task
+    traffic = ClusterTraffic(dashboard.traffic_of(d.mesh.stats), c.node_id, d.store, d.keys, peers)
+    peer_servicer.traffic_source = traffic.local  # issue 14: Peer/NodeTraffic
     server, health = api_server.build(
         [
             (api_pb2_grpc.add_ShoalServicer_to_server, servicer),
@@ -131,7 +142,7 @@ def build_api(d: Parts) -> Api:
             AuthInterceptor(d.credentials, Policy(c.cluster, max_streams_per_token=c.max_streams_per_token)),
         ],
     )
-    return Api(servicer, server, health)
+    return Api(servicer, server, health, traffic)
 
 
 def metrics_guard(config: NodeConfig) -> tuple[Path | None, str]:
@@ -141,3 +152,16 @@ def metrics_guard(config: NodeConfig) -> tuple[Path | None, str]:
     if config.metrics_token_file and not token:
         raise OSError(f"{config.metrics_token_file} is empty: put the /metrics bearer token in it")
     return identity, token
+
+
+def autoscaling(
+    d: Parts, leadership: Leadership, servicer: ShoalServicer, mesh: Mesh, session: Session
+) -> LoadReporter:
+    """Issue 15 (decision 58): this node's load record publisher (run it), and the
+    autoscaler as a companion of its leadership (run while it leads)."""
+    c = d.config
+    autoscaler = Autoscaler(d.store, d.keys, c.node_id, servicer.writer, d.events.emit)
+    leadership.companions.append(autoscaler.run)
+    reporter = LoadReporter(d.store, d.keys, c.node_id, mesh.stats, d.telemetry.usage, lambda: session.lease)
+    mesh.cold.on_hold.append(reporter.wake)  # item 2: a request held for a service at zero
+    return reporter

@@ -1,8 +1,9 @@
 """The daemon's side: build the dashboard from its parts and keep the traffic samples.
 
-`start` binds the listener (OSError when it cannot: the daemon then refuses to start,
-naming the port) and returns it with the `Traffic` sampler that `sample_forever` feeds
-every `SAMPLE_INTERVAL` seconds from the mesh's counters (`node.dashboard.traffic`).
+`traffic_of` makes the node's `Traffic` sampler over the mesh's counters, which
+`sample_forever` feeds every `SAMPLE_INTERVAL` seconds on every node (a node without a
+dashboard still answers `Peer/NodeTraffic` for the others'). `start` binds the listener
+(OSError when it cannot: the daemon then refuses to start, naming the port).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from node.api.servicer import ShoalServicer
+from node.dashboard.cluster import ClusterTraffic
 from node.dashboard.gate import Gate
 from node.dashboard.server import Dashboard, Identity
 from node.dashboard.traffic import Totals, Traffic
@@ -34,18 +36,21 @@ def totals(stats: Mapping[Route, ProxyStats]) -> dict[str, Totals]:
     return out
 
 
+def traffic_of(stats: Mapping[Route, ProxyStats]) -> Traffic:
+    return Traffic(lambda: totals(stats), time.time, SAMPLES, SAMPLE_INTERVAL)
+
+
 async def start(
     servicer: ShoalServicer,
     credentials: CredentialStore,
-    stats: Mapping[Route, ProxyStats],
+    traffic: ClusterTraffic,
     node: str,
     identity: Path,
     host: str,
     port: int,
-) -> tuple[asyncio.Server, Traffic]:
-    traffic = Traffic(lambda: totals(stats), time.time, SAMPLES)
+) -> asyncio.Server:
     dashboard = Dashboard(Views(servicer, node, traffic.series), Gate(credentials), Identity(identity))
-    return await dashboard.serve(host, port), traffic
+    return await dashboard.serve(host, port)
 
 
 async def sample_forever(traffic: Traffic, interval: float = SAMPLE_INTERVAL) -> None:

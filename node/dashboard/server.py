@@ -10,7 +10,7 @@ does, as the proxy's engines do. Routes:
 | `GET /static/<file>`     | the page's script and style (no login: they hold no data)   |
 | `POST /login`            | a token (JSON `{"token": …}` or a form): a session cookie   |
 | `POST /logout`           | ends the session                                            |
-| `GET /api/<view>`        | JSON: overview, nodes, services, tasks, events, logs, traffic |
+| `GET /api/<view>`        | JSON: overview, nodes, services, tasks, events, logs, traffic, usage |
 
 Every `/api/` answer needs a login (`node.dashboard.gate`); none holds a secret. TLS is
 the node's own certificate (the cluster CA's), re-read when the file changes (renewal),
@@ -132,7 +132,8 @@ class Dashboard:
             "tasks": lambda r: views.tasks(r.query.get("service", "")),
             "events": lambda r: views.events(_int(r.query, "limit", 50), r.query.get("service", "")),
             "logs": lambda r: views.logs(r.query.get("service", ""), _int(r.query, "tail", 50)),
-            "traffic": lambda r: _done(views.traffic()),
+            "traffic": lambda r: views.traffic(),
+            "usage": lambda r: views.usage(r.query.get("service", "")),
         }
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
@@ -235,10 +236,6 @@ class Dashboard:
         if kind.startswith("application/x-www-form-urlencoded"):
             return Answer(303, b"", "text/plain", [("Set-Cookie", cookie), ("Location", "/")])
         return _json(200, {"token": viewer.token_id, "role": str(viewer.role)}, [("Set-Cookie", cookie)])
-
-
-async def _done(value: Any) -> Any:
-    return value
 
 
 def _int(query: dict[str, str], name: str, default: int) -> int:

@@ -1,8 +1,9 @@
 """The dashboard's JSON views: the client API's own answers, called in process.
 
 Each view runs the `shoal.v1.Shoal` handler that the CLI's command would reach
-(`ListNodes`, `ListServices`, `StreamEvents`, `ServiceLogs`, …) on this daemon's
-servicer, with a `LocalContext` in place of gRPC's, and turns the messages into JSON.
+(`ListNodes`, `ListServices`, `StreamEvents`, `ServiceLogs`, `TaskUsage`, …) on this
+daemon's servicer, with a `LocalContext` in place of gRPC's, and turns the messages into
+JSON. The traffic view is the cluster's proxies' counts (`node.dashboard.cluster`).
 So the page shows what `shoal node ls`, `service ls`, `events` and `service logs` show,
 through the same validation and errors, and nothing a client could not read: spec JSON
 (where `secret_env` lives, masked) is not passed on at all. `METHODS` names the method
@@ -33,13 +34,14 @@ MAX_TAIL = 200
 MAX_TASKS = 2000
 
 METHODS = {
-    "overview": ("ListNodes", "ListServices", "ListTasks", "StreamEvents"),
+    "overview": ("ListNodes", "ListServices", "ListTasks", "StreamEvents", "TaskUsage"),
     "nodes": ("ListNodes",),
     "services": ("ListServices",),
     "tasks": ("ListTasks",),
     "events": ("StreamEvents",),
     "logs": ("ServiceLogs",),
     "traffic": ("ListServices",),
+    "usage": ("TaskUsage",),
 }
 
 
@@ -77,11 +79,11 @@ class Views:
         self,
         servicer: ShoalServicer,
         node: str,
-        traffic: Callable[[], dict[str, list[dict[str, float]]]] = dict,
+        traffic: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.servicer = servicer
         self.node = node
-        self.traffic_series = traffic
+        self.traffic_series = traffic  # `node.dashboard.cluster.ClusterTraffic.series`
         self.context = LocalContext()
 
     async def _call(self, pending: Awaitable[Any]) -> Any:
@@ -155,14 +157,43 @@ class Views:
                 )
         return {"service": service, "lines": lines}
 
-    def traffic(self) -> dict[str, Any]:
-        return {"node": self.node, "services": self.traffic_series()}
+    async def traffic(self) -> dict[str, Any]:
+        """Requests/s, errors/s and mean latency per service, counted by the proxies of
+        every node that answered (`node.dashboard.cluster`)."""
+        if self.traffic_series is None:
+            return {"node": self.node, "services": {}, "nodes": [], "notices": ["no traffic figures here"]}
+        async with asyncio.timeout(rpc.HANDLER_TIMEOUT):
+            return {"node": self.node, **await self.traffic_series()}
+
+    async def usage(self, service: str = "") -> dict[str, Any]:
+        """`shoal service ps`'s figures per task (`Shoal/TaskUsage`: every node's samples)."""
+        if service:
+            check_name(service, "service")
+        if self.servicer.usage is None:
+            return {"usage": [], "usage_notices": [f"node {self.node} serves no usage figures"]}
+        request = api_pb2.UsageRequest(service=service)
+        answer = await self._call(self.servicer.TaskUsage(request, self.context))
+        rows = [
+            {
+                "task_id": t.task_id,
+                "service": t.service,
+                "slot": t.slot,
+                "node": t.node,
+                "cpu_percent": round(t.cpu_percent, 2),
+                "memory_bytes": t.memory_bytes,
+                "memory_limit": t.memory_limit,
+                "restarts": t.restarts,
+                "at": t.at,
+            }
+            for t in answer.tasks[:MAX_TASKS]
+        ]
+        return {"usage": rows, "usage_notices": list(answer.notices)}
 
     async def overview(self) -> dict[str, Any]:
-        nodes, services, tasks, events = await asyncio.gather(
-            self.nodes(), self.services(), self.tasks(), self.events()
+        nodes, services, tasks, events, usage, traffic = await asyncio.gather(
+            self.nodes(), self.services(), self.tasks(), self.events(), self.usage(), self.traffic()
         )
-        return {**nodes, **services, **tasks, **events, "traffic": self.traffic()}
+        return {**nodes, **services, **tasks, **events, **usage, "traffic": traffic}
 
 
 def _bounded(value: int, what: str, most: int) -> int:

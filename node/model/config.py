@@ -155,6 +155,12 @@ class NodeConfig:
     #   together (two file descriptors each); more are closed at once; 0 = no bound
     proxy_tcp_idle_timeout: float = 3600.0  # s without a byte either way on a tcp port: closed
     proxy_tunnel_idle: float = 3600.0  # s without a byte either way in an upgraded (WebSocket) tunnel
+    # issue 17, items 4-6 (node.proxy.direct, node.proxy.workers; docs/operations.md)
+    proxy_direct: bool = True  # reach this node's replicas by container address, not through
+    #   their published port (docker-proxy); only where the container network is on-link
+    proxy_workers: int = 0  # processes serving the published ports (SO_REUSEPORT), which keep
+    #   serving while the daemon is down (kill -9, restart, upgrade) and are adopted when it is
+    #   back; one per core spreads the load. 0: the daemon's own event loop serves them
 
     # -- the shared HTTP(S) entrance (issue 17; node.proxy.ingress, docs/ingress.md) ------------
     ingress_http_port: int = 0  # routes services' `ingress` rules by Host and path on `address`;
@@ -271,6 +277,7 @@ _PROXY_BOUNDS = (
     ("proxy_max_connections", 0, 1_000_000),
     ("proxy_tcp_idle_timeout", 0.1, 7 * 86400),
     ("proxy_tunnel_idle", 0.1, 7 * 86400),
+    ("proxy_workers", 0, 256),
 )
 
 

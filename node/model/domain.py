@@ -345,6 +345,9 @@ class EndpointRecord(Record):
     port: int  # host port of the first container port (kept for older readers)
     container_port: int
     ports: dict[str, int] = field(default_factory=dict)  # every container port -> host port
+    # issue 17 (no userland hop): the replica's address on its Docker network; the mesh of
+    # its own node connects there (node.proxy.direct). "" from agents that predate it
+    container_address: str = ""
 
     def host_port(self, container_port: int) -> int:
         """Where this replica publishes `container_port`; 0 when it does not."""

@@ -332,6 +332,23 @@ class Keys:
         """One node a pool asked its provider for (`node.model.pools.PoolNode`)."""
         return f"{self.poolnodes}{pool}/{node}"
 
+    # issue 15: autoscaling (node.model.load)
+    @property
+    def loads(self) -> str:
+        return f"{self.prefix}load/"
+
+    def load(self, node: str) -> str:
+        """A node's proxy rates and replica usage per service (`LoadRecord`), on its lease."""
+        return f"{self.loads}{node}"
+
+    @property
+    def autoscales(self) -> str:
+        return f"{self.prefix}autoscale/"
+
+    def autoscale(self, service: str) -> str:
+        """The leader's view of an autoscaled service (`AutoscaleStatus`)."""
+        return f"{self.autoscales}{service}"
+
     # parsing
     def tail(self, key: str, prefix: str) -> str:
         """The part of `key` after `prefix` (which must be one of the prefixes above)."""

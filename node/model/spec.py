@@ -43,6 +43,7 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
+from node.model.spec_autoscale import Autoscale, AutoscaleTarget, autoscale_fits
 from node.model.spec_errors import FieldError, SpecError
 from node.model.spec_errors import fatal as _fatal
 from node.model.spec_ingress import Ingress, IngressRule, IngressTLS, ProxyProtocolPorts, ingress_fits
@@ -185,6 +186,10 @@ class ServiceSpec(BaseModel):
         check_schedule(self)
         return self
 
+    # Issue 15: the leader keeps `replicas` between min and max from the load (node.model.spec_autoscale).
+    autoscale: Autoscale | None = None
+    _autoscale_fits = model_validator(mode="after")(autoscale_fits)
+
     # Issue 15 item 3: launch: dedicated, a node of its own per task (node.model.spec_launch, decision 68)
     launch: Launch | None = None
     _launch_fits = model_validator(mode="after")(launch_fits)
@@ -199,6 +204,8 @@ _FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): Volu
 _FIELDS |= {("ingress",): IngressRule, ("ingress", "tls"): IngressTLS}
 
 _FIELDS |= {("schedule",): ScheduleSpec}
+
+_FIELDS |= {("autoscale",): Autoscale, ("autoscale", "target"): AutoscaleTarget}  # issue 15
 _FIELDS |= {("launch",): LaunchSpec, ("launch", "dedicated"): Dedicated}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}

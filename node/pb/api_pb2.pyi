@@ -43,7 +43,7 @@ class Port(_message.Message):
     def __init__(self, container: _Optional[int] = ..., published: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "version", "image", "replicas", "running", "ports", "spec_json", "updated_at", "updated_by", "proxy_errors", "rollout", "rollback_of", "pending", "pending_reason", "update_pending")
+    __slots__ = ("name", "version", "image", "replicas", "running", "ports", "spec_json", "updated_at", "updated_by", "proxy_errors", "rollout", "rollback_of", "pending", "pending_reason", "update_pending", "autoscale_json")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class Service(_message.Message):
     PENDING_FIELD_NUMBER: _ClassVar[int]
     PENDING_REASON_FIELD_NUMBER: _ClassVar[int]
     UPDATE_PENDING_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALE_JSON_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     image: str
@@ -74,7 +75,8 @@ class Service(_message.Message):
     pending: int
     pending_reason: str
     update_pending: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., spec_json: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., proxy_errors: _Optional[_Iterable[_Union[ProxyError, _Mapping]]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ..., rollback_of: _Optional[int] = ..., pending: _Optional[int] = ..., pending_reason: _Optional[str] = ..., update_pending: _Optional[bool] = ...) -> None: ...
+    autoscale_json: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., ports: _Optional[_Iterable[_Union[Port, _Mapping]]] = ..., spec_json: _Optional[str] = ..., updated_at: _Optional[float] = ..., updated_by: _Optional[str] = ..., proxy_errors: _Optional[_Iterable[_Union[ProxyError, _Mapping]]] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ..., rollback_of: _Optional[int] = ..., pending: _Optional[int] = ..., pending_reason: _Optional[str] = ..., update_pending: _Optional[bool] = ..., autoscale_json: _Optional[str] = ...) -> None: ...
 
 class Rollout(_message.Message):
     __slots__ = ("state", "from_version", "to_version", "rollback_of", "updated", "total", "batch", "failed", "message", "started_at", "updated_at")

@@ -80,3 +80,39 @@ class JoinResponse(_message.Message):
     ca_passphrase: bytes
     member: str
     def __init__(self, certificate: _Optional[bytes] = ..., ca_certificate: _Optional[bytes] = ..., ca_passphrase: _Optional[bytes] = ..., member: _Optional[str] = ...) -> None: ...
+
+class TrafficRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TrafficPoint(_message.Message):
+    __slots__ = ("at", "span", "requests", "errors", "latency_count", "latency_sum")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    SPAN_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SUM_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    span: float
+    requests: int
+    errors: int
+    latency_count: int
+    latency_sum: float
+    def __init__(self, at: _Optional[float] = ..., span: _Optional[float] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency_count: _Optional[int] = ..., latency_sum: _Optional[float] = ...) -> None: ...
+
+class TrafficSeries(_message.Message):
+    __slots__ = ("service", "points")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    points: _containers.RepeatedCompositeFieldContainer[TrafficPoint]
+    def __init__(self, service: _Optional[str] = ..., points: _Optional[_Iterable[_Union[TrafficPoint, _Mapping]]] = ...) -> None: ...
+
+class TrafficResponse(_message.Message):
+    __slots__ = ("node", "series")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    series: _containers.RepeatedCompositeFieldContainer[TrafficSeries]
+    def __init__(self, node: _Optional[str] = ..., series: _Optional[_Iterable[_Union[TrafficSeries, _Mapping]]] = ...) -> None: ...

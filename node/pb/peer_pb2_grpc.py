@@ -65,6 +65,11 @@ class PeerStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.UsageRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.UsageResponse.FromString,
                 _registered_method=True)
+        self.NodeTraffic = channel.unary_unary(
+                '/shoal.v1.Peer/NodeTraffic',
+                request_serializer=shoal_dot_v1_dot_peer__pb2.TrafficRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_peer__pb2.TrafficResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -117,6 +122,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NodeTraffic(self, request, context):
+        """This node's proxy traffic per service (issue 14), for the dashboard of another node,
+        which draws the cluster's requests, errors and latency per service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +162,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.NodeUsage,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.UsageRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.UsageResponse.SerializeToString,
+            ),
+            'NodeTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.NodeTraffic,
+                    request_deserializer=shoal_dot_v1_dot_peer__pb2.TrafficRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_peer__pb2.TrafficResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +331,33 @@ class Peer:
             '/shoal.v1.Peer/NodeUsage',
             shoal_dot_v1_dot_api__pb2.UsageRequest.SerializeToString,
             shoal_dot_v1_dot_api__pb2.UsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NodeTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Peer/NodeTraffic',
+            shoal_dot_v1_dot_peer__pb2.TrafficRequest.SerializeToString,
+            shoal_dot_v1_dot_peer__pb2.TrafficResponse.FromString,
             options,
             channel_credentials,
             insecure,

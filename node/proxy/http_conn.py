@@ -365,7 +365,7 @@ class _Client(_Outcomes, asyncio.Protocol):
                 self.answer(r, routed.status, routed.body, routed.extra)  # the router's own answer
                 return
             if backend is None:
-                self.fail(r)
+                self.no_backend(r, now)
                 return
             idle = proxy.pool.get(backend.key)
             while idle:  # the connection used last: the least likely to be timed out

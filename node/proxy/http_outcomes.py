@@ -20,6 +20,7 @@ from node.proxy.http_tunnel import Tunnel
 from node.proxy.http_types import Engine, Request, Upstream
 
 log = logging.getLogger("node.proxy.http_conn")
+COLD_RETRY = 0.1  # s between two tries of a request at a replica just started from zero (issue 15)
 
 _now = time.monotonic
 
@@ -38,6 +39,7 @@ class _Outcomes:
     lost: bool
     waiting: deque[Request] | None
     tunnel: Tunnel | None
+    task: asyncio.Task[None] | None
 
     def dispatch(self, r: Request, now: float, backend: Backend | None = None) -> None:
         raise NotImplementedError  # _Client's
@@ -77,7 +79,47 @@ class _Outcomes:
             proxy.stats.retries += 1
             self.dispatch(r, now)
         else:
+            self.no_backend(r, now)
+
+    def no_backend(self, r: Request, now: float) -> None:
+        """No replica to send `r` to: held or tried again while its service starts from zero
+        (issue 15, `node.proxy.coldstart`), else answered 502 or 503 (`fail`)."""
+        cold = self.proxy.cold
+        if cold is not None and r.cold_until > now and r.replay is not None:
+            # released from a hold: its replica may not listen yet, or is gone again
+            cold.later(self.cold_retry(r) if len(self.proxy.balancer) else self.await_replica(r))
+        elif cold is not None and r.attempts is None and cold.now():
+            cold.later(self.await_replica(r))
+        else:
             self.fail(r)
+
+    async def await_replica(self, r: Request) -> None:
+        """`r` came while its service has no replica and may scale from zero: sent on once
+        one is routable, 503 after the service's cold start timeout (issue 15)."""
+        proxy = self.proxy
+        if proxy.cold is None:
+            return self.fail(r)
+        r.cold_until = r.cold_until or _now() + proxy.cold.timeout()
+        routable = await proxy.cold.wait()
+        if self.lost or self.cur is not r:
+            return None
+        if routable:
+            r.attempts = None
+            self.dispatch(r, _now())
+        else:
+            self.fail(r)
+        return None
+
+    async def cold_retry(self, r: Request) -> None:
+        """A request released from a hold whose new replica failed before answering (not
+        listening yet: Docker's port proxy accepts for it): tried again `COLD_RETRY` later on
+        the first replica of the set, ejected or not, until its cold start deadline."""
+        await asyncio.sleep(COLD_RETRY)
+        if self.lost or self.cur is not r:
+            return
+        r.attempts = None
+        backends = self.proxy.balancer.backends
+        self.dispatch(r, _now(), backends[0] if backends else None)
 
     def fail(self, r: Request) -> None:
         """No backend left to try: 502 if one was reached and failed, else 503."""

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection
-from typing import Protocol
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any, Protocol
 
 from node.proxy.balancer import Attempts, Backend, Balancer, RetryPolicy
 from node.proxy.http_tunnel import Tunnel
@@ -53,9 +53,9 @@ class Request:
     """One request read from a client: its rebuilt head and the state of its body."""
 
     __slots__ = (
-        "answered", "attempts", "body_sent", "chunked", "complete", "expects_body", "has_body", "head",
-        "http10", "keep_alive", "method", "pending", "reached", "replay", "replay_size", "routed", "t0",
-        "t_wait", "upgrade",
+        "answered", "attempts", "body_sent", "chunked", "cold_until", "complete", "expects_body", "has_body",
+        "head", "http10", "keep_alive", "method", "pending", "reached", "replay", "replay_size", "routed",
+        "t0", "t_wait", "upgrade",
     )  # fmt: skip
 
     def __init__(
@@ -79,6 +79,7 @@ class Request:
         self.t0 = self.t_wait = _now()  # head read; waiting for the response since
         self.upgrade: bytes | None = None  # the Upgrade asked for (kept in the head), if any
         self.routed: Routed | None = None  # set by the engine's router (ingress): where it goes
+        self.cold_until = 0.0  # held for a service at zero (issue 15): retried until then
 
     def sent(self, data: bytes) -> None:
         self.body_sent = True
@@ -168,6 +169,16 @@ class Client(Protocol):
     def upgraded(self, up: Upstream, to_client: bytes) -> None: ...
 
 
+class Hold(Protocol):
+    """Issue 15: a request that found no replica of a service scaled to zero waits for one
+    (`node.proxy.coldstart`)."""
+
+    def now(self) -> bool: ...
+    async def wait(self) -> bool: ...
+    def timeout(self) -> float: ...
+    def later(self, job: Coroutine[Any, Any, None]) -> None: ...
+
+
 class Engine(Protocol):
     """What a connection may use of the engine (`HttpProxy`): its settings, its counters,
     the write queue, the pool of idle backend connections and the balancer's outcomes."""
@@ -191,6 +202,7 @@ class Engine(Protocol):
     pool: dict[str, list[Upstream]]  # idle backend connections by backend key, last used last
     failing: set[str]  # keys of backends with failures since their last success
     gone: set[Backend]  # drained recently: their connections are not pooled
+    cold: Hold | None  # issue 15: set for a service that may be scaled to zero
 
     def send(self, transport: asyncio.Transport, data: bytes | None) -> None:
         """Write `data` (None: close) once every read of this loop iteration is handled."""

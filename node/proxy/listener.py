@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
 from node.proxy.balancer import Balancer, RetryPolicy
+from node.proxy.http_types import Hold
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap
 from node.proxy.stats import ProxyStats
 
@@ -35,6 +36,10 @@ C = TypeVar("C")
 
 class Listener(Generic[C]):
     """A listening engine; `C` is what it counts as one open connection."""
+
+    reuse_port = False
+    """SO_REUSEPORT on the listening socket: set by proxy worker processes
+    (`node.proxy.worker`), which share each port with their siblings."""
 
     def __init__(
         self,
@@ -54,6 +59,7 @@ class Listener(Generic[C]):
         self.cap = cap or ConnectionCap(DEFAULT_MAX_CONNECTIONS)
         self.stats = ProxyStats()
         self.ssl_context: ssl.SSLContext | None = None  # set before start(): TLS on the port (ingress)
+        self.cold: Hold | None = None  # issue 15: requests wait for a replica (node.proxy.coldstart)
         self.loop = cast(asyncio.AbstractEventLoop, None)  # set by start()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -104,6 +110,7 @@ class Listener(Generic[C]):
             backlog=BACKLOG,
             reuse_address=True,
             ssl=self.ssl_context,
+            reuse_port=self.reuse_port or None,
         )
         self._sweeper = loop.call_later(self.sweep_every(), self._tick)
 

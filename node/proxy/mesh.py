@@ -43,6 +43,8 @@ from node.model.domain import Assignment, EndpointRecord, readable_services, rou
 from node.model.keys import Keys
 from node.proxy import routes
 from node.proxy.balancer import Balancer, RetryPolicy
+from node.proxy.coldstart import ColdStart
+from node.proxy.direct import OnLink, direct
 from node.proxy.h2_proxy import H2Proxy
 from node.proxy.http import HttpProxy
 from node.proxy.ingress import Ingress
@@ -74,6 +76,7 @@ class MeshSettings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # client connections on all ports together
     tcp_idle_timeout: float = 3600.0  # s without a byte either way on a tcp port
     tunnel_idle: float = 3600.0  # s without a byte either way in an upgraded http connection
+    direct: bool = True  # issue 17: local replicas by container address (node.proxy.direct)
 
     @classmethod
     def from_config(cls, c: NodeConfig) -> MeshSettings:
@@ -89,6 +92,7 @@ class MeshSettings:
             max_connections=c.proxy_max_connections,
             tcp_idle_timeout=c.proxy_tcp_idle_timeout,
             tunnel_idle=c.proxy_tunnel_idle,
+            direct=c.proxy_direct,
         )
 
 
@@ -129,6 +133,9 @@ class Mesh:
         self.ready = asyncio.Event()
         self.syncs = 0
         self.ingress: Ingress | None = None  # issue 17: the node's shared entrance (node.proxy.ingress)
+        self.cold = ColdStart()  # issue 15: requests held for services scaled to zero
+
+        self.onlink = OnLink()  # which container addresses this host reaches directly
 
     # -- running -------------------------------------------------------------------------
 
@@ -167,6 +174,7 @@ class Mesh:
         self.syncs += 1
         records = readable_services(kv.value for kv in self.services.values())
         wanted = routes.listeners(records)
+        self.cold.update(records)
         for port, listener in list(self.listeners.items()):
             if wanted.get(port) != listener.route:
                 self._retire(port)
@@ -193,7 +201,8 @@ class Mesh:
         tasks = (Assignment.from_json(kv.value) for kv in self.tasks.values())
         assigned = serving(tasks, uids)  # not a task of a removed namesake
         endpoints = (EndpointRecord.from_json(kv.value) for kv in self.endpoints.values())
-        return routable_endpoints(endpoints, assigned, self._gone())
+        out = routable_endpoints(endpoints, assigned, self._gone())
+        return direct(out, self.node, self.onlink) if self.settings.direct else out
 
     def _apply_endpoints(self) -> None:
         endpoints = self.routable()
@@ -201,6 +210,7 @@ class Mesh:
             removed = listener.balancer.set_endpoints(routes.backends(listener.route, endpoints))
             if removed:
                 listener.engine.drain(removed)
+        self.cold.changed()
 
     # -- listeners -----------------------------------------------------------------------
 
@@ -252,6 +262,7 @@ class Mesh:
         balancer = Balancer()
         engine = self._engine(route, balancer)
         engine.stats = self.stats.setdefault(route, ProxyStats())
+        engine.cold = self.cold.hold(route.service, balancer)
         try:
             await engine.start()
         except OSError as exc:

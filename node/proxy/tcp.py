@@ -222,6 +222,8 @@ class TcpProxy(Listener[_Conn]):
         client_t.pause_reading()
         loop = asyncio.get_running_loop()
         attempts = self.retry.start()
+        if self.cold is not None and self.cold.now():  # issue 15: scaled to zero, a replica is coming
+            await self.cold.wait()
         started = time.monotonic()
         while (backend := self.balancer.pick(time.monotonic(), attempts.tried)) is not None:
             server = _Side(conn)

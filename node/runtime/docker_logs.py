@@ -32,7 +32,7 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixed
 
 from node.runtime.base import LABELS, EngineError, RuntimeUnavailable
-from node.runtime.logmerge import Chunked, Frames, lines_of, split_timestamp
+from node.runtime.logmerge import Chunked, Frames, framed_lines, split_timestamp
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
 READ = 65536  # bytes per read of a stream
@@ -40,6 +40,11 @@ CONNECT_TIMEOUT = 5.0  # s to connect to the engine and get its answer's head
 CALL_TIMEOUT = 10.0  # s for a short call (find, exec create, inspect, resize)
 EXIT_WAIT = 5.0  # s to wait for an exec's exit code after its output ended
 MAX_LINE = 64 * 1024  # bytes of a line kept (Docker splits longer ones at 16 KiB anyway)
+# A followed log comes from dockerd a line per HTTP chunk: read as it comes, a stream of
+# 20k lines/s would be 20k messages/s on every hop. Lines read within PACE of the last
+# list sent wait for the next one (a line waits at most PACE; after a quiet spell, none).
+PACE = 0.01  # s
+HOLD_BYTES = 256 * 1024  # engine bytes held at most before a list goes anyway
 
 
 class _Conn:
@@ -80,13 +85,14 @@ class DockerStreams:
         return _Conn(reader, writer)
 
     async def _open(
-        self, method: str, path: str, body: Any = None, upgrade: bool = False
+        self, method: str, path: str, body: Any = None, upgrade: bool = False, version: str = "1.1"
     ) -> tuple[_Conn, int, dict[str, str]]:
         """Send one request on a new connection; its status and headers (the body is left
-        on the connection)."""
+        on the connection). HTTP/1.0 (`version`) gets a body that is not chunked: it ends
+        with the connection."""
         conn = await self._connect()
         data = json.dumps(body).encode() if body is not None else b""
-        head = [f"{method} {path} HTTP/1.1", "Host: docker", f"Content-Length: {len(data)}"]
+        head = [f"{method} {path} HTTP/{version}", "Host: docker", f"Content-Length: {len(data)}"]
         if body is not None:
             head.append("Content-Type: application/json")
         head += ["Connection: Upgrade", "Upgrade: tcp"] if upgrade else ["Connection: close"]
@@ -140,10 +146,11 @@ class DockerStreams:
     async def logs(
         self, container_id: str, follow: bool, tail: int | None, since: float
     ) -> AsyncIterator[list[tuple[int, str, bytes]]]:
-        """(unix ns, stream, line) of the container, in its order, in lists of what one read
-        of the engine gave (lines travel in batches: per-line awaits cost more than the
-        line); with `follow`, until the container stops or the reader stops reading (the
-        connection is closed then)."""
+        """(unix ns, stream, line) of the container, in its order, in lists: at most one
+        list per PACE, of what the engine gave meanwhile, and the first at once (lines
+        travel in batches: per-line awaits and messages cost more than the line); with
+        `follow`, until the container stops or the reader stops reading (the connection
+        is closed then)."""
         query = {
             "stdout": "1",
             "stderr": "1",
@@ -154,7 +161,8 @@ class DockerStreams:
         if since > 0:
             query["since"] = f"{since:.9f}"
         path = f"/containers/{urllib.parse.quote(container_id)}/logs?{urllib.parse.urlencode(query)}"
-        conn, status, headers = await self._open("GET", path)
+        # HTTP/1.0: dockerd then sends the log as it is, not a chunk per line to decode
+        conn, status, headers = await self._open("GET", path, version="1.0")
         try:
             if status >= 400:
                 data = b"".join([c async for c in _body(conn.reader, headers)])
@@ -162,26 +170,41 @@ class DockerStreams:
             framed: bool | None = None  # told by the first bytes: a frame header or a stamp
             frames = Frames()
             partial = b""
-            async for chunk in _body(conn.reader, headers):
+            body = _Body(conn.reader, headers)
+            loop = asyncio.get_running_loop()
+            held: list[tuple[int, str, bytes]] = []
+            held_bytes, sent = 0, -PACE  # what waits to go, and when the last list went
+            while True:
+                if held and (held_bytes >= HOLD_BYTES or loop.time() >= sent + PACE):
+                    yield held
+                    held, held_bytes, sent = [], 0, loop.time()
+                    continue
+                if held:  # more may come before this list is due: read until then
+                    try:
+                        async with asyncio.timeout_at(sent + PACE):
+                            chunk = await body.read()
+                    except TimeoutError:
+                        continue
+                else:
+                    chunk = await body.read()
+                if not chunk:
+                    break
                 if framed is None:
                     framed = chunk[:1] in (b"\x01", b"\x02")  # a stamp starts with a digit
-                out: list[tuple[int, str, bytes]] = []
                 if framed:
-                    for stream, payload in frames.feed(chunk):
-                        for line in lines_of(payload):
-                            stamp, text = split_timestamp(line)
-                            out.append((stamp, stream, text[:MAX_LINE]))
+                    held += framed_lines(frames, chunk, MAX_LINE)
                 else:  # a TTY container: one raw stream, lines across reads
                     *whole, partial = (partial + chunk).split(b"\n")
                     for line in whole:
                         stamp, text = split_timestamp(line.rstrip(b"\r"))
-                        out.append((stamp, "stdout", text[:MAX_LINE]))
+                        held.append((stamp, "stdout", text[:MAX_LINE]))
                     partial = partial[-MAX_LINE:]
-                if out:
-                    yield out
+                held_bytes += len(chunk)
             if partial:
                 stamp, text = split_timestamp(partial)
-                yield [(stamp, "stdout", text)]
+                held.append((stamp, "stdout", text))
+            if held:
+                yield held
         finally:
             conn.close()
 
@@ -285,25 +308,43 @@ def _message(data: bytes) -> str:
     return str(decoded.get("message", "")) if isinstance(decoded, dict) else ""
 
 
-async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
-    """The body of an answer: chunked, of a Content-Length, or up to the connection's end."""
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        chunks = Chunked()
-        while not chunks.done and (data := await reader.read(READ)):
+class _Body:
+    """The body of an answer, read a piece at a time: chunked, of a Content-Length, or up
+    to the connection's end. `read` may be cancelled while it waits (a timeout): what
+    was read is kept by the decoder, nothing is lost."""
+
+    def __init__(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> None:
+        self.reader = reader
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self.chunks = Chunked() if chunked else None
+        self.left = int(headers["content-length"]) if not chunked and "content-length" in headers else None
+        self.ended = False
+
+    async def read(self) -> bytes:
+        """The next payload bytes; b"" at the end of the body."""
+        while not self.ended:
+            if (self.chunks is not None and self.chunks.done) or (self.left is not None and self.left <= 0):
+                break
+            want = READ if self.left is None else min(self.left, READ)
+            data = await self.reader.read(want)
+            if not data:
+                break
+            if self.chunks is None:
+                if self.left is not None:
+                    self.left -= len(data)
+                return data
             try:
-                payload = chunks.feed(data)
+                payload = self.chunks.feed(data)
             except ValueError as exc:  # FrameError too
                 raise EngineError(f"Docker sent a malformed chunked body: {exc}") from None
             if payload:
-                yield payload
-    elif "content-length" in headers:
-        left = int(headers["content-length"])
-        while left > 0:
-            piece = await reader.read(min(left, READ))
-            if not piece:
-                return
-            left -= len(piece)
-            yield piece
-    else:
-        while piece := await reader.read(READ):
-            yield piece
+                return payload
+        self.ended = True
+        return b""
+
+
+async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> AsyncIterator[bytes]:
+    """The body of an answer, piece by piece (`_Body`)."""
+    body = _Body(reader, headers)
+    while piece := await body.read():
+        yield piece

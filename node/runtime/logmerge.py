@@ -74,14 +74,47 @@ def _seconds(whole: bytes, zone: bytes) -> int:
     return int(datetime.fromisoformat(whole.decode() + tz).timestamp())
 
 
+_WHOLE: dict[bytes, int] = {}  # `2026-12-05T21:00:00` (UTC) -> unix seconds: Docker's usual stamps
+_SCALE = tuple(10 ** (9 - n) for n in range(10))  # a fraction of n digits -> nanoseconds
+
+
 def split_timestamp(line: bytes) -> tuple[int, bytes]:
     """`2026-12-05T21:00:00.123456789Z hello` -> (unix ns, b"hello"); (0, line) unstamped."""
+    if line[19:20] == b".":  # Docker's own form (UTC, a fraction): sliced, not matched
+        space = line.find(b" ", 20, 31)
+        fraction = line[20 : space - 1]
+        seconds = _WHOLE.get(line[:19])
+        if seconds is not None and space > 21 and line[space - 1 : space] == b"Z" and fraction.isdigit():
+            return seconds * 1_000_000_000 + int(fraction) * _SCALE[len(fraction)], line[space + 1 :]
     match = _STAMP.match(line)
     if match is None:
         return 0, line
     whole, fraction, zone = match.groups()
-    nanos = int((fraction or b"0").ljust(9, b"0"))
-    return _seconds(whole, zone) * 1_000_000_000 + nanos, line[match.end() :]
+    seconds = _seconds(whole, zone)
+    if zone == b"Z":  # the next lines of this second take the sliced path
+        if len(_WHOLE) >= 64:
+            _WHOLE.clear()
+        _WHOLE[whole] = seconds
+    return seconds * 1_000_000_000 + int((fraction or b"0").ljust(9, b"0")), line[match.end() :]
+
+
+def framed_lines(frames: Frames, data: bytes, max_line: int) -> list[tuple[int, str, bytes]]:
+    """(unix ns, stream, line cut at `max_line`) of the whole frames `data` completes:
+    `Frames.feed`, `lines_of` and `split_timestamp` in one pass, with a short way for
+    Docker's usual frame (one whole line)."""
+    out: list[tuple[int, str, bytes]] = []
+    append = out.append
+    for stream, payload in frames.feed(data):
+        end = len(payload) - 1
+        if end >= 0 and payload.find(b"\n") == end:  # one line and its newline
+            line = payload[: end - 1] if payload[end - 1 : end] == b"\r" else payload[:end]
+            stamp, text = split_timestamp(line)
+            append((stamp, stream, text[:max_line]))
+        else:
+            for line in lines_of(payload):
+                stamp, text = split_timestamp(line)
+                append((stamp, stream, text[:max_line]))
+    return out
 
 
 class Chunked:

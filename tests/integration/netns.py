@@ -160,7 +160,9 @@ class HostNet:
 
     def prefix(self, i: int) -> list[str]:
         """Run a command inside node i's namespace: `[*prefix(i), argv...]`."""
-        return ["ip", "netns", "exec", self.netns(i)]
+        # nsenter --net, not `ip netns exec`: that copies the mount namespace, and a copy kept
+        # by a long-lived daemon pins every mount of the moment (a test bed's disks) after umount
+        return ["nsenter", f"--net=/var/run/netns/{self.netns(i)}"]
 
     def setup(self) -> HostNet:
         if not 1 <= self.nodes <= 200:
@@ -266,7 +268,7 @@ class HostNet:
 
 @dataclass
 class NetnsNode(NodeProcess):
-    """A `NodeProcess` whose daemon runs behind a command prefix (`ip netns exec <ns>`)."""
+    """A `NodeProcess` whose daemon runs behind a command prefix (`nsenter --net=<netns>`)."""
 
     prefix: list[str] = field(default_factory=list)
 

@@ -1,6 +1,8 @@
 """The web dashboard against a real dev cluster (issue 14, item 6): 401 without a login,
 a viewer token works, no secret in any answer, and headless Chromium sees the nodes and
-services, sees a scale without reloading, and leaves a screenshot."""
+services, sees a scale without reloading, CPU and memory per task, the cluster's traffic
+of a service in its charts (requests sent through another node's proxy show on node 1's
+page), a log tail, and leaves a screenshot."""
 
 from __future__ import annotations
 
@@ -68,7 +70,8 @@ def test_dashboard(make_cluster: Callable[..., DevCluster], tmp_path: Path) -> N
     )
 
     # no login: 401, for the page and every view
-    for path in ("/", "/api/overview", "/api/services", "/api/logs?service=web"):
+    views = ("/api/overview", "/api/services", "/api/logs?service=web", "/api/usage", "/api/traffic")
+    for path in ("/", *views):
         status, _ = _get(cluster, path)
         assert status == 401, path
     status, _ = _get(cluster, "/api/overview", "shoal_aaaaaaaaaa_" + "a" * 52)
@@ -82,6 +85,8 @@ def test_dashboard(make_cluster: Callable[..., DevCluster], tmp_path: Path) -> N
         "/api/tasks",
         "/api/events?limit=200",
         "/api/logs?service=web",
+        "/api/usage",
+        "/api/traffic",
     ):
         status, body = _get(cluster, path, viewer)
         assert status == 200, (path, body[:300])
@@ -116,15 +121,32 @@ def test_dashboard(make_cluster: Callable[..., DevCluster], tmp_path: Path) -> N
             ".filter(r => r.innerText.startsWith('web.')).length"
         )
         wait_until_sync(lambda: browser.evaluate(tasks_js) == 3 or None, 30, 0.2, "3 tasks shown")
-        # requests through this node's proxy show in web's chart (bounded: 40 requests)
+        # usage per task: CPU and memory (use / limit) of every web task, sampled on its node
+        usage_js = (
+            "[...document.querySelectorAll('#tasks tbody tr[data-task]')]"
+            ".filter(r => r.innerText.startsWith('web.'))"
+            ".filter(r => /%$/.test(r.querySelector('.cpu').textContent)"
+            " && / MiB \\/ .* MiB$/.test(r.querySelector('.memory').textContent)).length"
+        )
+        wait_until_sync(lambda: browser.evaluate(usage_js) == 3 or None, 60, 0.5, "usage of 3 web tasks")
+        # requests through node 2's proxy (not node 1's, whose page this is) show in web's
+        # charts: the page draws the cluster's traffic (bounded: 40 requests)
+        assert _get(cluster, "/api/traffic", viewer)[0] == 200
         for _ in range(40):
             with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"http://127.0.0.1:{published}/", timeout=2).close()
+                urllib.request.urlopen(f"http://127.0.0.2:{published}/", timeout=2).close()
         chart_js = (
-            "[...document.querySelectorAll('tr[data-service=\"web\"] polyline.rate')]"
+            "[...document.querySelectorAll('tr[data-service=\"web\"] polyline.{}')]"
             ".some(l => l.getAttribute('points').split(' ').some(p => parseFloat(p.split(',')[1]) < 30))"
         )
-        wait_until_sync(lambda: browser.evaluate(chart_js) or None, 30, 0.2, "requests in web's chart")
+        wait_until_sync(
+            lambda: browser.evaluate(chart_js.format("rate")) or None, 30, 0.2, "n2's requests in web's chart"
+        )
+        assert browser.evaluate(chart_js.format("latency"))  # a mean latency above 0 was drawn
+        _, traffic = _get(cluster, "/api/traffic", viewer)
+        counted = json.loads(traffic)
+        assert counted["nodes"] == ["n1", "n2", "n3"] and counted["notices"] == []
+        assert sum(p["rate"] for p in counted["services"]["web"]) > 0
         # the log tail of a chosen service
         browser.evaluate(
             "const s = document.getElementById('log-service'); s.value = 'chatty';"

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 NETNS = REPO / "deploy" / "providers" / "netns.py"
-# the leader runs in namespaces of its own (`ip netns exec`: network and mount): its provider
-# works in the machine's (this process's), where the bridge is and where /run/netns is seen
+# the leader runs in a network namespace of its own: its provider works in the machine's
+# (this process's), where the bridge is (and, --mount, where /run/netns is the machine's)
 MACHINE = ["nsenter", f"--net=/proc/{os.getpid()}/ns/net", f"--mount=/proc/{os.getpid()}/ns/mnt"]
 
 

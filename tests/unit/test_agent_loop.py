@@ -111,8 +111,8 @@ async def test_assigned_tasks_are_started_labelled_and_published(world: World) -
     kv = await world.store.get(KEYS.endpoint("web", t1.task_id))
     assert kv is not None and kv.lease == world.session.lease
     assert EndpointRecord.from_json(kv.value) == EndpointRecord(
-        t1.task_id, "web", NODE, ADDRESS, c1.host_ports[8080], 8080, {"8080": c1.host_ports[8080]}
-    )
+        t1.task_id, "web", NODE, ADDRESS, c1.host_ports[8080], 8080, {"8080": c1.host_ports[8080]}, c1.ip
+    )  # with the container's address (issue 17: the mesh of this node goes there directly)
     status_kv = await world.store.get(KEYS.status(t1.task_id))
     assert status_kv is not None and status_kv.lease == world.session.lease
     assert len((await world.store.range(KEYS.endpoints("web")))[0]) == 2

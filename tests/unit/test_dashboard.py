@@ -9,6 +9,7 @@ import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,7 +128,11 @@ async def _dashboard() -> tuple[Dashboard, dict[Role, str]]:
         f"name: web\nimage: shoal-demo/web:1\nreplicas: 2\nsecret_env: {{PW: {SECRET}}}\n", "web.yaml"
     )
     credentials, tokens = _tokens()
-    views = Views(servicer, "n1", lambda: {"web": [{"at": 1.0, "rate": 3.0, "errors": 0.0, "latency": 0.0}]})
+
+    async def traffic() -> dict[str, Any]:
+        return {"services": {"web": [{"at": 1.0, "rate": 3.0, "errors": 0.0, "latency": 0.0}]}, "notices": []}
+
+    views = Views(servicer, "n1", traffic)
     return Dashboard(views, Gate(credentials), None), tokens
 
 

@@ -1,4 +1,5 @@
 // The dashboard page: polls /api/overview every 2 s and draws it. Read-only.
+// Traffic charts are the whole cluster's (every node's proxy); usage is per task, every node's.
 // Everything from the server goes in with textContent (never innerHTML).
 "use strict";
 const POLL_MS = 2000;
@@ -17,12 +18,12 @@ function fill(tableId, rows) {
   body.replaceChildren(...rows);
 }
 
-function chart(points) {
+function chart(points, keys, label) {
   const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("class", "chart");
+  svg.setAttribute("class", "chart " + keys.join(" "));
   svg.setAttribute("viewBox", "0 0 160 32");
-  const top = Math.max(1, ...points.map(p => Math.max(p.rate, p.errors)));
-  for (const key of ["rate", "errors"]) {
+  const top = Math.max(keys[0] === "latency" ? 0.001 : 1, ...points.map(p => Math.max(...keys.map(k => p[k]))));
+  for (const key of keys) {
     const line = document.createElementNS(SVG, "polyline");
     line.setAttribute("class", key);
     const step = points.length > 1 ? 160 / (points.length - 1) : 0;
@@ -30,10 +31,22 @@ function chart(points) {
     svg.append(line);
   }
   const title = document.createElementNS(SVG, "title");
-  const last = points[points.length - 1] || {rate: 0, errors: 0, latency: 0};
-  title.textContent = `${last.rate} req/s, ${last.errors} err/s, ${(last.latency * 1000).toFixed(1)} ms mean`;
+  title.textContent = label;
   svg.append(title);
   return svg;
+}
+
+function trafficCell(points) {
+  const last = points[points.length - 1] || {rate: 0, errors: 0, latency: 0};
+  const ms = (last.latency * 1000).toFixed(1);
+  return el("td", {class: "traffic"},
+    chart(points, ["rate", "errors"], `${last.rate} req/s, ${last.errors} err/s`),
+    chart(points, ["latency"], `${ms} ms mean`),
+    el("span", {class: "figures"}, `${last.rate.toFixed(1)} req/s, ${last.errors.toFixed(1)} err/s, ${ms} ms`));
+}
+
+function mib(bytes) {
+  return `${(Number(bytes) / 1048576).toFixed(1)} MiB`;
 }
 
 function ago(t) {
@@ -61,12 +74,20 @@ function draw(data) {
       el("td", {class: "replicas " + (s.running === s.replicas ? "good" : "warn")}, `${s.running}/${s.replicas}`),
       el("td", {}, `v${s.version}`), el("td", {class: "rollout"}, rollout),
       el("td", {class: "pending " + (pending ? "bad" : "")}, pending),
-      el("td", {}, chart(traffic[s.name] || [])));
+      trafficCell(traffic[s.name] || []));
   }));
-  fill("tasks", data.tasks.map(t => el("tr", {"data-task": t.task_id},
-    el("td", {}, `${t.service}.${t.slot}`), el("td", {}, t.task_id.slice(0, 12)), el("td", {}, t.node),
-    el("td", {class: t.state === "running" ? "good" : "warn"}, t.state), el("td", {}, t.health),
-    el("td", {}, t.restarts), el("td", {}, t.message))));
+  const notices = [...(data.traffic.notices || []), ...(data.usage_notices || [])];
+  document.getElementById("notices").textContent = notices.join("; ");
+  const usage = new Map((data.usage || []).map(u => [u.task_id, u]));
+  fill("tasks", data.tasks.map(t => {
+    const u = usage.get(t.task_id);
+    return el("tr", {"data-task": t.task_id},
+      el("td", {}, `${t.service}.${t.slot}`), el("td", {}, t.task_id.slice(0, 12)), el("td", {}, t.node),
+      el("td", {class: t.state === "running" ? "good" : "warn"}, t.state), el("td", {}, t.health),
+      el("td", {class: "cpu"}, u ? `${u.cpu_percent.toFixed(1)}%` : ""),
+      el("td", {class: "memory"}, u ? `${mib(u.memory_bytes)} / ${mib(u.memory_limit)}` : ""),
+      el("td", {}, t.restarts), el("td", {}, t.message));
+  }));
   document.getElementById("events").replaceChildren(...data.events.map(e =>
     el("li", {}, `${ago(e.time)} ${e.kind} ${e.node} ${e.service} ${e.message}`)));
   const select = document.getElementById("log-service");
@@ -87,6 +108,7 @@ async function logs() {
   const data = await answer.json();
   if (!answer.ok) { out.textContent = data.error; return; }
   out.textContent = data.lines.map(l => l.notice ? `[${l.slot} ${l.node}] ${l.notice}` : `[${l.slot} ${l.node}] ${l.text}`).join("\n");
+  out.scrollTop = out.scrollHeight;  // a tail: the newest lines in view
 }
 
 async function poll() {

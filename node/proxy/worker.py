@@ -1,0 +1,233 @@
+"""A proxy worker process: the mesh's published ports, served outside the daemon
+(issue 17, items 4 and 6).
+
+    python -m node.proxy.worker --socket <data_dir>/proxy/worker-<i>.sock
+
+Started by the daemon (`node.proxy.workers`), in its own session, so it outlives the
+daemon: a kill -9, a crash or a restart of shoald leaves it serving with the last route
+table it was given, and the next daemon dials the same socket and adopts it. It
+listens on every published port with SO_REUSEPORT, so several workers (one per core)
+share each port and the kernel spreads the connections over them; the engines are the
+mesh's own (`Mesh._engine`: TcpProxy, HttpProxy), fed through `node.proxy.worker_wire`.
+
+What it does alone, while no daemon talks to it: keeps every listener and balancer as
+last told (outlier ejection still takes failing replicas out of the rotation), retries
+a port it could not bind every `rebind_interval`. It exits when told `stop`, on SIGTERM
+(draining like the mesh: `drain_timeout`), when its socket file is removed or taken
+by another (its data directory is gone: nothing will adopt it; or a successor took its
+place: it serves beside it for `STEP_DOWN` seconds first), or, with
+`--orphan-exit S` (tests), after S seconds without a daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from node.proxy import worker_wire as wire
+from node.proxy.balancer import Balancer
+from node.proxy.limits import ConnectionCap
+from node.proxy.mesh import Engine, Mesh, MeshSettings
+from node.proxy.stats import ProxyStats
+
+log = logging.getLogger("shoal.proxy.worker")
+
+WATCH_EVERY = 1.0
+"""Seconds between checks that the socket file is still this worker's."""
+STEP_DOWN = 5.0
+"""Seconds a worker whose socket was taken by a successor (a daemon of another build
+replaces it) keeps serving beside it (SO_REUSEPORT) before it stops listening."""
+
+
+@dataclass
+class Served:
+    entry: wire.Entry
+    balancer: Balancer
+    engine: Engine
+
+
+class Worker:
+    def __init__(self, path: Path, orphan_exit: float = 0.0) -> None:
+        self.path = path
+        found = re.fullmatch(r"worker-(\d+)\.sock", path.name)
+        self.index = int(found[1]) if found else 0  # where its rotations start (below)
+        self.orphan_exit = orphan_exit  # s without a daemon after which to exit; 0: never
+        self.settings = MeshSettings()
+        self.cap = ConnectionCap(self.settings.max_connections)
+        self.entries: dict[int, wire.Entry] = {}  # the last table, by published port
+        self.served: dict[int, Served] = {}
+        self.errors: dict[int, str] = {}
+        self.stats: dict[int, ProxyStats] = {}
+        self.closing: set[asyncio.Task[None]] = set()
+        self.stopping = asyncio.Event()
+        self.controller: asyncio.StreamWriter | None = None
+
+    # -- the table --------------------------------------------------------------------
+
+    async def apply(self, settings: MeshSettings, entries: list[wire.Entry]) -> None:
+        if settings != self.settings:
+            self.settings = settings
+            self.cap.limit = settings.max_connections  # shared by every listener: at once
+            #   (the other settings apply to listeners opened from now on)
+        self.entries = {e.route.published: e for e in entries}
+        for port, served in list(self.served.items()):
+            entry = self.entries.get(port)
+            if entry is None or (entry.route, entry.address) != (served.entry.route, served.entry.address):
+                self.retire(port)
+        self.errors = {p: e for p, e in self.errors.items() if p in self.entries}
+        for port, entry in self.entries.items():
+            if port not in self.served:
+                await self.open(entry)
+            now = self.served.get(port)
+            if now is not None:
+                fresh = not now.balancer.backends
+                now.entry = entry
+                removed = now.balancer.set_endpoints(entry.backends)
+                if removed:
+                    now.engine.drain(removed)
+                # worker i starts its rotation at the i-th replica: the first picks of
+                # the workers differ (each keeps its own rotation)
+                if fresh:
+                    for _ in range(self.index % max(1, len(entry.backends))):
+                        now.balancer.pick(time.monotonic())
+        self.stats = {p: s for p, s in self.stats.items() if p in self.entries}
+
+    async def open(self, entry: wire.Entry) -> None:
+        balancer = Balancer()
+        holder = SimpleNamespace(settings=self.settings, cap=self.cap)
+        try:
+            engine: Engine = Mesh._engine(holder, entry.route, balancer, entry.address)  # type: ignore[arg-type]
+            engine.reuse_port = True
+            engine.stats = self.stats.setdefault(entry.route.published, ProxyStats())
+            await engine.start()
+        except (OSError, AttributeError, ValueError) as exc:
+            text = getattr(exc, "strerror", None) or str(exc)
+            self.errors[entry.route.published] = (
+                f"cannot listen on {entry.address}:{entry.route.published}: {text}"
+            )
+            return
+        self.errors.pop(entry.route.published, None)
+        self.served[entry.route.published] = Served(entry, balancer, engine)
+        log.info("worker %d: %s %s:%d -> %s", os.getpid(), entry.route.protocol, entry.address,
+                 entry.route.published, entry.route.service)  # fmt: skip
+
+    def retire(self, port: int) -> None:
+        served = self.served.pop(port)
+        served.engine.stop_accepting()
+        task = asyncio.get_running_loop().create_task(served.engine.close())
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "op": "state",
+            "pid": os.getpid(),
+            "version": wire.VERSION,
+            "build": wire.BUILD,
+            "routes": len(self.served),
+            "errors": {str(p): e for p, e in self.errors.items()},
+            "stats": {str(p): wire.stats_to_json(s) for p, s in self.stats.items()},
+        }
+
+    # -- the daemon's connection -----------------------------------------------------------
+
+    async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One daemon at a time: a new connection replaces the last (that daemon is gone)."""
+        if self.controller is not None:
+            self.controller.close()
+        self.controller = writer
+        try:
+            writer.write(wire.encode(self.state()))
+            while line := await reader.readline():
+                message = wire.decode(line)
+                if message["op"] == "table":
+                    await self.apply(wire.read_settings(message, MeshSettings), wire.read_entries(message))
+                elif message["op"] == "stop":
+                    self.stopping.set()
+                writer.write(wire.encode(self.state()))
+                await writer.drain()
+        except (ConnectionError, ValueError, KeyError, TypeError) as exc:
+            log.warning("worker %d: control connection ended: %s", os.getpid(), exc)
+        finally:
+            writer.close()
+            if self.controller is writer:
+                self.controller = None
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a dead worker's: nothing answers there (the daemon checked)
+        server = await asyncio.start_unix_server(self.control, str(self.path), limit=wire.MAX_LINE)
+        self.path.chmod(0o600)
+        inode = self.path.stat().st_ino
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        log.info("worker %d: control socket %s", os.getpid(), self.path)
+        rebind_at = alone_since = loop.time()
+        try:
+            while not self.stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), WATCH_EVERY)
+                if not _ours(self.path, inode):
+                    log.warning("worker %d: %s is gone or another's: exiting in %gs", os.getpid(), self.path,
+                                STEP_DOWN)  # fmt: skip
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), STEP_DOWN)  # the successor binds
+                    break
+                if self.controller is not None:
+                    alone_since = loop.time()
+                elif self.orphan_exit and loop.time() - alone_since > self.orphan_exit:
+                    log.warning("worker %d: no daemon for %gs: exiting", os.getpid(), self.orphan_exit)
+                    break
+                if self.errors and loop.time() >= rebind_at:
+                    rebind_at = loop.time() + self.settings.rebind_interval
+                    await self.apply(self.settings, list(self.entries.values()))
+        finally:
+            server.close()
+            if _ours(self.path, inode):
+                self.path.unlink()
+            for port in list(self.served):
+                self.retire(port)
+            if self.closing:
+                await asyncio.wait(self.closing, timeout=self.settings.drain_timeout + 2)
+
+
+def _ours(path: Path, inode: int) -> bool:
+    try:
+        return path.stat().st_ino == inode
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="a shoal proxy worker (started by shoald)")
+    ap.add_argument("--socket", required=True, type=Path, help="the control socket to listen on")
+    ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--orphan-exit", type=float, default=0.0, help="exit after this many seconds "
+                    "without a daemon (0: never; tests: a killed test leaves nothing)")  # fmt: skip
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = Worker(a.socket, a.orphan_exit)
+    try:
+        import uvloop
+
+        uvloop.run(worker.run())
+    except ImportError:
+        asyncio.run(worker.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

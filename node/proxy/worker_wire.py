@@ -1,0 +1,135 @@
+"""What the daemon and its proxy worker processes say to each other (issue 17, item 6).
+
+One JSON object per line over the worker's Unix socket (`node.proxy.workers` dials it,
+`node.proxy.worker` listens). The daemon asks, the worker answers, one at a time:
+
+- on connect the worker says hello: `{"op": "state", ...}` (below);
+- `{"op": "table", "settings": {...}, "listeners": [...]}`: the whole route table, every
+  time (a few hundred bytes per published port): the worker binds what is new, retires
+  what is gone, gives every balancer its backends; answers `state`;
+- `{"op": "state"}`: answers `state` (the daemon polls it: liveness and metrics);
+- `{"op": "stop"}`: the worker stops listening, drains, exits; answers `state` first.
+
+`state` is `{"op": "state", "pid", "version", "build", "errors": {port: text}, "stats": {port:
+{...}}, "routes": n}`: bind errors and the counters of each listener since the worker
+started. Unknown keys are ignored both ways, so a worker of one release serves the
+daemon of the next one (the daemon replaces it anyway: `node.proxy.workers`).
+
+No sockets, no asyncio (`BUILD` reads this package's files once, at import).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import node
+from node.proxy.balancer import Backend
+from node.proxy.limits import HttpLimits
+from node.proxy.routes import Route
+from node.proxy.stats import Histogram, ProxyStats
+
+VERSION = 1
+"""Of this protocol; said in every `state`."""
+
+
+def _build() -> str:
+    """A digest of the proxy's code (every `node/proxy/*.py`): a worker of another build
+    runs other engines, and a daemon replaces it (`node.proxy.workers`)."""
+    digest = hashlib.sha256(node.__version__.encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+BUILD = _build()
+MAX_LINE = 64 * 1024 * 1024
+"""Bytes of one message at most (a table of thousands of ports and replicas)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One listener of the table: `route` on `address`, to `backends`."""
+
+    route: Route
+    address: str
+    backends: tuple[Backend, ...]
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    message = json.loads(line)
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        raise ValueError(f"not a message of the worker protocol: {line[:200]!r}")
+    return message
+
+
+def table(settings: Any, entries: list[Entry]) -> dict[str, Any]:
+    """The `table` message; `settings` is a `MeshSettings` (a dataclass of plain values)."""
+    return {
+        "op": "table",
+        "settings": asdict(settings),
+        "listeners": [
+            {
+                **asdict(e.route),
+                "address": e.address,
+                "backends": [list(asdict(b).values()) for b in e.backends],
+            }
+            for e in entries
+        ],
+    }
+
+
+def read_entries(message: dict[str, Any]) -> list[Entry]:
+    names = {f.name for f in fields(Route)}
+    out = []
+    for item in message.get("listeners") or []:
+        route = Route(**{k: v for k, v in item.items() if k in names})
+        backends = tuple(Backend(str(k), str(a), int(p), str(n)) for k, a, p, n in item.get("backends") or [])
+        out.append(Entry(route, str(item["address"]), backends))
+    return out
+
+
+def read_settings(message: dict[str, Any], cls: type[Any]) -> Any:
+    """`cls` (a `MeshSettings`) from the table's settings; unknown keys ignored."""
+    data = dict(message.get("settings") or {})
+    names = {f.name for f in fields(cls)}
+    limit_names = {f.name for f in fields(HttpLimits)}
+    if isinstance(data.get("limits"), dict):
+        data["limits"] = HttpLimits(**{k: v for k, v in data["limits"].items() if k in limit_names})
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def stats_to_json(s: ProxyStats) -> dict[str, Any]:
+    out = {f.name: getattr(s, f.name) for f in fields(ProxyStats) if f.name != "latency"}
+    out["latency"] = {"counts": list(s.latency.counts), "total": s.latency.total}
+    return out
+
+
+def add_stats(into: ProxyStats, data: dict[str, Any]) -> None:
+    """Add one worker's counters (`stats_to_json`) to `into`."""
+    for f in fields(ProxyStats):
+        if f.name != "latency" and isinstance(data.get(f.name), int):
+            setattr(into, f.name, getattr(into, f.name) + data[f.name])
+    latency = data.get("latency") or {}
+    counts = latency.get("counts") or []
+    if len(counts) == len(into.latency.counts):
+        into.latency.counts = [a + int(b) for a, b in zip(into.latency.counts, counts, strict=True)]
+        into.latency.total += float(latency.get("total") or 0.0)
+
+
+def merged(states: list[dict[str, Any]], routes: dict[int, Route]) -> dict[Route, ProxyStats]:
+    """The counters of every worker added up, per route of `routes` (published -> route)."""
+    out: dict[Route, ProxyStats] = {}
+    for state in states:
+        for port, data in (state.get("stats") or {}).items():
+            route = routes.get(int(port))
+            if route is not None and isinstance(data, dict):
+                add_stats(out.setdefault(route, ProxyStats(latency=Histogram())), data)
+    return out

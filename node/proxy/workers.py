@@ -1,0 +1,378 @@
+"""The mesh with its published ports served by worker processes (issue 17, items 4, 6).
+
+With `proxy_workers = N` (N > 0) the daemon binds no published port itself: N worker
+processes (`node.proxy.worker`) do, each with SO_REUSEPORT, and `WorkerMesh` (the
+`Mesh` less its own listeners) sends them the whole route table, every time the
+mirrors or the gossip view change, over a Unix socket each,
+`<data_dir>/proxy/worker-<i>.sock` (`node.proxy.worker_wire`).
+
+Lifecycle, and why each step is safe when the daemon dies between two of them:
+- start: for each i < N the daemon dials worker i's socket; a worker that answers (left
+  by the last daemon: a crash, a kill -9, a restart) is adopted as it is, still
+  serving its last table; one that does not is started (`python -m node.proxy.worker`,
+  its own session, so a kill of the daemon or of its process group spares it) and
+  dialled until it answers. Workers at i >= N (the setting was lowered) are told to
+  stop. A daemon that dies mid-start leaves workers the next one adopts, or a socket
+  file nothing answers at, which the worker started next removes.
+- another build: a worker that answers with another `build` (a digest of the proxy's
+  code: shoald was upgraded) gets a successor on its socket at once; it notices, serves
+  beside it (SO_REUSEPORT) for `STEP_DOWN` seconds, then stops: an upgrade refuses no
+  connection and runs the new engines.
+- run: the table is pushed on every sync; every `POLL` seconds each worker is asked
+  its `state` (bind errors, counters: `Mesh.bind_errors`, `Mesh.stats`). A worker
+  that does not answer (it died, it hangs for `CALL_TIMEOUT`) is killed if it is
+  still there, started afresh and given the table: a kill of a worker loses the
+  connections it held and those the kernel had queued on its sockets; its siblings
+  keep serving all along.
+- stop: a graceful stop leaves the workers serving (a restart or an upgrade loses no
+  new connection; the next daemon adopts them), except with `leave_on_stop` (the node
+  leaves for good): they are told to stop and drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+import node
+from node.model.config import NodeConfig
+from node.model.domain import readable_services
+from node.proxy import routes
+from node.proxy import worker_wire as wire
+from node.proxy.mesh import Mesh
+
+log = logging.getLogger(__name__)
+
+POLL = 2.0
+"""Seconds between `state` calls to each worker (liveness, bind errors, counters)."""
+CALL_TIMEOUT = 5.0
+"""Seconds a worker has to answer one message."""
+START_TIMEOUT = 15.0
+"""Seconds a started worker has to answer on its socket."""
+
+
+class WorkerError(Exception):
+    """A worker could not be reached, started or understood."""
+
+
+class Worker:
+    """The daemon's end of one worker: its socket, connection, process (when started here)."""
+
+    def __init__(self, index: int, directory: Path, orphan_exit: float = 0.0) -> None:
+        self.index = index
+        self.orphan_exit = orphan_exit
+        self.path = directory / f"worker-{index}.sock"
+        self.log_path = directory / f"worker-{index}.log"
+        self.pid = 0
+        self.proc: subprocess.Popen[bytes] | None = None  # None when adopted
+        self.state: dict[str, Any] = {}
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._lock = asyncio.Lock()
+
+    async def dial(self) -> bool:
+        """Connect to a worker listening at `path`; False when none answers."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.path), limit=wire.MAX_LINE), CALL_TIMEOUT
+            )
+            hello = wire.decode(await asyncio.wait_for(reader.readline(), CALL_TIMEOUT))
+        except (OSError, TimeoutError, ValueError):
+            return False
+        self._conn, self.state, self.pid = (reader, writer), hello, int(hello.get("pid") or 0)
+        return True
+
+    def prestart(self) -> None:
+        """Start the process now unless a worker answers at `path` already (synchronous:
+        from the daemon's construction, so it boots while the daemon does)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1.0)
+            try:
+                s.connect(str(self.path))
+                return
+            except OSError:
+                pass
+        self.proc = _popen(self.path, self.log_path, self.orphan_exit)
+
+    async def spawn(self) -> None:
+        """Start a worker process (unless `prestart` did) and dial it until it answers."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = _popen(self.path, self.log_path, self.orphan_exit)
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(START_TIMEOUT), wait=wait_fixed(0.05),
+                retry=retry_if_exception_type(WorkerError), reraise=True,
+            ):  # fmt: skip
+                with attempt:
+                    if self.proc.poll() is not None:
+                        raise WorkerError(f"proxy worker {self.index} exited with {self.proc.returncode}")
+                    if not await self.dial():
+                        raise WorkerError(f"proxy worker {self.index} does not answer on {self.path}")
+                    if self.pid != self.proc.pid:  # its predecessor, still there (another build)
+                        self.disconnect()
+                        self.pid = 0  # not one to kill should this start fail
+                        raise WorkerError(
+                            f"proxy worker {self.index} (pid {self.proc.pid}) not listening yet"
+                        )
+        except (WorkerError, asyncio.CancelledError):
+            self.kill()  # also when the daemon stops meanwhile: nothing half-started is left
+            raise
+
+    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        async with self._lock:
+            if self._conn is None:
+                raise WorkerError(f"proxy worker {self.index}: not connected")
+            reader, writer = self._conn
+            try:
+                writer.write(wire.encode(message))
+                await asyncio.wait_for(writer.drain(), CALL_TIMEOUT)
+                answer = wire.decode(await asyncio.wait_for(reader.readline(), CALL_TIMEOUT))
+            except (OSError, TimeoutError, ValueError) as exc:
+                self.disconnect()
+                raise WorkerError(f"proxy worker {self.index} (pid {self.pid}): {exc!r}") from exc
+            self.state = answer
+            return answer
+
+    def disconnect(self) -> None:
+        if self._conn is not None:
+            self._conn[1].close()
+            self._conn = None
+
+    def kill(self) -> None:
+        """End the process (it hangs or is of no use); reap it when it is our child."""
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+        self.disconnect()
+
+
+class WorkerMesh(Mesh):
+    """`Mesh` whose published ports are served by `workers` processes (module doc)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        workers: int,
+        directory: Path,
+        stop_workers: bool = False,
+        orphan_exit: float = 0.0,  # s a worker started here waits without a daemon; 0: forever
+        **kw: Any,
+    ) -> None:
+        super().__init__(*args, **kw)
+        self.directory = directory
+        self.workers = [Worker(i, directory, orphan_exit) for i in range(workers)]
+        self.stop_workers = stop_workers  # on a graceful stop (leave_on_stop)
+        self.wanted: dict[int, routes.Route] = {}
+        self.entries: list[wire.Entry] = []
+        self.adopted = 0  # workers found serving at start (left by the last daemon)
+        self.build = wire.BUILD  # workers of another build are replaced at start
+        self.started = 0  # workers started by this daemon (at start or to replace one)
+
+    async def run(self) -> None:
+        try:
+            await self.start_workers()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(super().run(), name="mesh")
+                tg.create_task(self._poll(), name="mesh-workers")
+        finally:
+            await self._close_workers()  # also when stopped while starting them (twice is harmless)
+
+    async def start_workers(self) -> None:
+        """Adopt the workers that answer, start the others (all at once: a start takes a
+        second or more of imports)."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        found = await asyncio.gather(*(w.dial() for w in self.workers))
+        for i, w in enumerate(self.workers):
+            if found[i] and w.state.get("build") != self.build:
+                log.info("proxy worker %d (pid %d) runs build %s, not %s: starting its successor",
+                         w.index, w.pid, w.state.get("build"), self.build)  # fmt: skip
+                w.disconnect()  # the successor takes its socket; it serves beside it, then goes
+                w.proc, w.pid, found[i] = None, 0, False
+        for w, adopted in zip(self.workers, found, strict=True):
+            if adopted and w.proc is None:  # not one `prestart` started
+                self.adopted += 1
+                log.info(
+                    "proxy worker %d (pid %d) adopted, serving %s port(s)",
+                    w.index,
+                    w.pid,
+                    w.state.get("routes"),
+                )
+        await asyncio.gather(
+            *(w.spawn() for w, adopted in zip(self.workers, found, strict=True) if not adopted)
+        )
+        for w in self.workers:
+            if w.proc is not None:
+                self.started += 1
+                log.info("proxy worker %d started (pid %d)", w.index, w.pid)
+        await stop_leftovers(self.directory, keep=len(self.workers))
+
+    async def sync(self) -> None:
+        self.syncs += 1
+        records = readable_services(kv.value for kv in self.services.values())
+        self.wanted = routes.listeners(records)
+        endpoints = self.routable()
+        self.entries = [
+            wire.Entry(r, self.address, tuple(routes.backends(r, endpoints))) for r in self.wanted.values()
+        ]
+        await self._push_all()
+        if self.ingress is not None:  # the shared entrance (issue 17 item 3) stays in the daemon
+            await self.ingress.sync(records, self.routable())
+        await self._report_binds()
+
+    async def _push_all(self) -> None:
+        message = wire.table(self.settings, self.entries)
+        await asyncio.gather(*(self._push(w, message) for w in self.workers))
+        self._take_states()
+
+    async def _push(self, w: Worker, message: dict[str, Any]) -> None:
+        try:
+            await w.call(message)
+        except WorkerError as exc:
+            await self._replace(w, str(exc), message)
+
+    async def _replace(self, w: Worker, why: str, message: dict[str, Any]) -> None:
+        log.warning("%s: starting it again", why)
+        if self.events is not None:
+            self.events.emit("proxy.worker_restarted", f"proxy worker {w.index}: {why}")
+        w.kill()
+        try:
+            await w.spawn()
+            self.started += 1
+            await w.call(message)
+        except WorkerError as exc:
+            log.error("proxy worker %d could not be started again: %s", w.index, exc)
+
+    async def _poll(self) -> None:
+        await self.ready.wait()
+        while True:
+            await asyncio.sleep(POLL)
+            for w in self.workers:
+                try:
+                    await w.call({"op": "state"})
+                except WorkerError as exc:
+                    await self._replace(w, str(exc), wire.table(self.settings, self.entries))
+            self._take_states()
+            await self._report_binds()
+
+    def _take_states(self) -> None:
+        """Bind errors (any worker's) and the counters of all workers added up."""
+        errors: dict[int, tuple[routes.Route, str]] = {}
+        for w in self.workers:
+            for port, text in (w.state.get("errors") or {}).items():
+                route = self.wanted.get(int(port))
+                if route is not None:
+                    errors.setdefault(int(port), (route, str(text)))
+        for port, (route, text) in errors.items():
+            if self.bind_errors.get(port) != (route, text) and self.events is not None:
+                self.events.emit("proxy.bind_failed", f"{route.service}: {text}", route.service)
+        self.bind_errors = errors
+        self.stats = wire.merged([w.state for w in self.workers], self.wanted)
+
+    async def close(self, grace: float = 2.0) -> None:
+        await self._close_workers()
+        await super().close(grace)  # no listener of its own: the entrance's, if any
+
+    async def _close_workers(self) -> None:
+        """Stop the workers with `stop_workers` (leave_on_stop), else just let go of them."""
+        if self.stop_workers:
+            await asyncio.gather(*(_stop(w) for w in self.workers))
+        for w in self.workers:
+            w.disconnect()
+
+    def describe(self) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for e in self.entries:
+            port = e.route.published
+            row: dict[str, object] = {"port": port, "service": e.route.service, "protocol": e.route.protocol}
+            row["backends"] = [{"task": b.key, "node": b.node} for b in e.backends]
+            if port in self.bind_errors:
+                row["error"] = self.bind_errors[port][1]
+            out.append(row)
+        return out
+
+
+async def _stop(w: Worker) -> None:
+    with contextlib.suppress(WorkerError):
+        await w.call({"op": "stop"})
+
+
+async def stop_leftovers(directory: Path, keep: int = 0) -> int:
+    """Tell every worker whose socket is in `directory` with an index >= `keep` to stop
+    (the setting was lowered, or set to 0: the daemon listens itself); how many were."""
+    stopped = 0
+    for index in _indexes(directory):
+        if index < keep:
+            continue
+        w = Worker(index, directory)
+        if await w.dial():
+            await _stop(w)
+            w.disconnect()
+            stopped += 1
+            log.info("proxy worker %d (pid %d) told to stop", w.index, w.pid)
+    return stopped
+
+
+def _indexes(directory: Path) -> list[int]:
+    """The indexes of the worker sockets in `directory`."""
+    if not directory.is_dir():
+        return []
+    found = (re.fullmatch(r"worker-(\d+)\.sock", p.name) for p in directory.iterdir())
+    return sorted(int(m[1]) for m in found if m is not None)
+
+
+def _popen(path: Path, log_path: Path, orphan_exit: float) -> subprocess.Popen[bytes]:
+    """A worker on `path`, in its own session, running this very tree of shoal."""
+    env = dict(os.environ)
+    root = str(Path(node.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    with log_path.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "node.proxy.worker", "--socket", str(path),
+             "--orphan-exit", str(orphan_exit)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env,
+        )  # fmt: skip
+
+
+class LocalMesh(Mesh):
+    """`Mesh` in the daemon's loop (`proxy_workers = 0`): workers a former setting left
+    serving are told to stop first, so the daemon can bind their ports."""
+
+    def __init__(self, *args: Any, directory: Path, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.directory = directory
+
+    async def run(self) -> None:
+        await stop_leftovers(self.directory)
+        await super().run()
+
+
+def mesh_for(config: NodeConfig, *args: Any, prestart: bool = True, **kw: Any) -> Mesh:
+    """The mesh the setting `proxy_workers` asks for; `args`, `kw` as `Mesh` takes them.
+    With workers, those that do not answer are started at once (`prestart`): they boot
+    while the daemon does, and serve about when it is ready."""
+    directory = config.data_dir / "proxy"
+    if config.proxy_workers > 0:
+        mesh = WorkerMesh(
+            *args, workers=config.proxy_workers, directory=directory, stop_workers=config.leave_on_stop, **kw
+        )
+        if prestart:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for w in mesh.workers:
+                w.prestart()
+        return mesh
+    return LocalMesh(*args, directory=directory, **kw)

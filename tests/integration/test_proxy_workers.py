@@ -1,0 +1,164 @@
+"""Ingress that outlives the daemon (issue 17, item 6): a real 2-node cluster whose
+published ports are served by proxy worker processes (`proxy_workers = 2`).
+
+Bounded load (a new connection per request, loopback only, at most `MAX_REQUESTS` per
+port and `MAX_SECONDS`) goes to node 1's published http and tcp ports while node 1's
+daemon is killed with SIGKILL and started again: not one request may fail, and the
+restarted daemon adopts the same worker processes. Every worker is killed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from node.dev.devcluster import DevCluster
+from tests.helpers import free_port_on_all, wait_until_sync
+
+pytestmark = pytest.mark.integration
+
+HOSTS = ["127.0.0.1", "127.0.0.2"]
+RATE = 20.0  # new connections per second and port
+MAX_REQUESTS = 1500
+MAX_SECONDS = 120.0
+
+
+def worker_pids(root: Path) -> set[int]:
+    """The proxy workers whose socket lies under `root` (from /proc)."""
+    out = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"node.proxy.worker" in cmd and any(str(root).encode() in part for part in cmd):
+                out.add(int(proc.name))
+    return out
+
+
+@dataclass
+class NewConnections:
+    """GET / over a new connection per request, at `RATE`/s, until stopped or bounded."""
+
+    port: int
+    results: list[tuple[float, bool, str]] = field(default_factory=list)  # (sent at, ok, what)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        end, n = time.monotonic() + MAX_SECONDS, 0
+        while not self.stop.is_set() and time.monotonic() < end and n < MAX_REQUESTS:
+            n += 1
+            at = time.monotonic()
+            conn = http.client.HTTPConnection(HOSTS[0], self.port, timeout=5.0)
+            try:
+                conn.request("GET", "/", headers={"Connection": "close"})
+                resp = conn.getresponse()
+                body = resp.read().decode(errors="replace").strip()
+                self.results.append((at, resp.status == 200, f"{resp.status} {body}"))
+            except OSError as exc:
+                self.results.append((at, False, repr(exc)))
+            finally:
+                conn.close()
+            self.stop.wait(max(0.0, at + 1 / RATE - time.monotonic()))
+
+    def after(self, t: float) -> list[tuple[float, bool, str]]:
+        return [r for r in list(self.results) if r[0] >= t]
+
+
+@contextlib.contextmanager
+def loading(ports: list[int]) -> Iterator[list[NewConnections]]:
+    loads = [NewConnections(p) for p in ports]
+    threads = [threading.Thread(target=load.run, daemon=True) for load in loads]
+    for t in threads:
+        t.start()
+    try:
+        yield loads
+    finally:
+        for load in loads:
+            load.stop.set()
+        for t in threads:
+            t.join(15)
+
+
+def spec(name: str, published: int, protocol: str) -> str:
+    return f"""
+name: {name}
+image: shoal-demo/web:1
+replicas: 2
+ports:
+  - {{container: 8080, published: {published}, protocol: {protocol}}}
+"""
+
+
+def answers(port: int) -> bool:
+    conn = http.client.HTTPConnection(HOSTS[0], port, timeout=2.0)
+    try:
+        conn.request("GET", "/")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def served_by_node(load: list[NewConnections], since: float, count: int) -> Callable[[], bool]:
+    return lambda: all(len(x.after(since)) >= count for x in load)
+
+
+def test_kill_9_and_restart_of_the_daemon_loses_no_new_request(
+    make_cluster: Callable[..., DevCluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOAL_PROXY_WORKERS", "2")
+    monkeypatch.setenv("SHOAL_LEAVE_ON_STOP", "true")  # the cluster's stop at teardown stops them too
+    cluster = make_cluster(nodes=2)
+    node = cluster.members[0]
+    try:
+        web, raw = free_port_on_all(HOSTS), free_port_on_all(HOSTS)
+        with cluster.client() as c:
+            c.apply(spec("front", web, "http"), "front.yaml")
+            c.apply(spec("raw", raw, "tcp"), "raw.yaml")
+        wait_until_sync(lambda: answers(web) and answers(raw), 60.0, message="both ports answer on node 1")
+        workers = wait_until_sync(
+            lambda: len(worker_pids(node.data_dir)) == 2 and worker_pids(node.data_dir), 10.0
+        )
+        assert os.getpid() not in workers and node.proc is not None and node.proc.pid not in workers
+
+        with loading([web, raw]) as load:
+            wait_until_sync(served_by_node(load, 0.0, 10), 20.0, message="load flows")
+            killed = time.monotonic()
+            node.kill(signal.SIGKILL)
+            # the daemon is down: new connections keep coming, served by the workers
+            wait_until_sync(
+                served_by_node(load, killed, 20), 20.0, message="requests while the daemon is down"
+            )
+            node.start()
+            restarted = time.monotonic()
+            wait_until_sync(lambda: "adopted" in node.log_path.read_text(errors="replace"), 60.0,
+                            message="the new daemon adopts the workers")  # fmt: skip
+            cluster.wait_ready(60.0)
+            ready = time.monotonic()
+            wait_until_sync(served_by_node(load, ready, 20), 20.0, message="requests after the restart")
+        for x in load:
+            failed = [r for r in x.results if not r[1]]
+            assert not failed, f"port {x.port}: {len(failed)} of {len(x.results)} failed: {failed[:5]}"
+            down = [r for r in x.results if killed <= r[0] < restarted]
+            assert len(down) >= 20, f"port {x.port}: only {len(down)} requests while the daemon was down"
+        assert worker_pids(node.data_dir) == workers  # adopted, not replaced
+        cluster.stop()  # graceful, with leave_on_stop: the daemons stop their workers
+        wait_until_sync(
+            lambda: not worker_pids(cluster.data_dir), 20.0, message="workers stopped with the node"
+        )
+    finally:
+        cluster.stop()
+        for pid in worker_pids(cluster.data_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

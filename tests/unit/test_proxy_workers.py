@@ -1,0 +1,319 @@
+"""Published ports served by proxy worker processes (node.proxy.workers, issue 17 items 4, 6).
+
+Real worker processes (`python -m node.proxy.worker`) on 127.0.0.1, fed by a
+`WorkerMesh` over a MemoryStore; every worker a test starts is killed at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from node.model.config import NodeConfig
+from node.proxy import worker_wire as wire
+from node.proxy import workers
+from node.proxy.balancer import Backend
+from node.proxy.mesh import MeshSettings
+from node.proxy.routes import Route
+from node.proxy.stats import ProxyStats
+from node.proxy.workers import LocalMesh, WorkerMesh, mesh_for, stop_leftovers
+from node.store.memory import MemoryStore
+from tests.helpers import wait_until
+from tests.unit.test_proxy_mesh import (
+    HOST,
+    KEYS,
+    FakeGossip,
+    RecordedEvents,
+    World,
+    ask,
+    free_port,
+    tcp_service,
+)
+
+ORPHAN_EXIT = 30.0
+"""Seconds a worker started here lives on without its mesh: were the test killed, its
+workers would not outlive it by more."""
+
+
+def test_the_table_and_the_counters_go_through_the_wire() -> None:
+    route = Route("web", 8080, 80, "http")
+    entry = wire.Entry(route, HOST, (Backend("t1", "10.0.0.1", 31000, "n1"),))
+    settings = MeshSettings(connect_timeout=0.25, tunnel_idle=9.0)
+    message = wire.decode(wire.encode(wire.table(settings, [entry])))
+    assert wire.read_entries(message) == [entry]
+    assert wire.read_settings(message, MeshSettings) == settings
+    message["settings"]["from_a_later_release"] = 1  # unknown keys are ignored
+    assert wire.read_settings(message, MeshSettings) == settings
+    one = ProxyStats(requests=3, errors=1)
+    one.latency.observe(0.002)
+    states = [
+        {"stats": {"8080": wire.stats_to_json(one)}},
+        {"stats": {"8080": wire.stats_to_json(one), "9": {}}},
+    ]
+    got = wire.merged(states, {8080: route})[route]
+    assert (got.requests, got.errors, got.latency.count) == (6, 2, 2)
+    with pytest.raises(ValueError):
+        wire.decode(b"[1]")
+
+
+def test_the_setting_chooses_the_mesh(tmp_path: Path) -> None:
+    args = (MemoryStore(), KEYS, "n1", HOST)
+    assert isinstance(mesh_for(NodeConfig(data_dir=tmp_path), *args), LocalMesh)
+    mesh = mesh_for(NodeConfig(data_dir=tmp_path, proxy_workers=2, leave_on_stop=True), *args, prestart=False)
+    assert isinstance(mesh, WorkerMesh) and len(mesh.workers) == 2 and mesh.stop_workers
+    assert mesh.workers[1].path == tmp_path / "proxy" / "worker-1.sock"
+
+
+class WorkerWorld(World):
+    def __init__(self, directory: Path, count: int = 2) -> None:
+        super().__init__()
+        self.directory, self.count = directory, count
+        self.mesh = self.new_mesh()
+        self.pids: set[int] = set()
+
+    def new_mesh(self) -> WorkerMesh:
+        return WorkerMesh(
+            self.store, KEYS, "n1", HOST, RecordedEvents(self.store), FakeGossip(), lambda: 0,
+            MeshSettings(connect_timeout=0.5, drain_timeout=1.0, rebind_interval=0.2),
+            workers=self.count, directory=self.directory, orphan_exit=ORPHAN_EXIT,
+        )  # fmt: skip
+
+    def note_pids(self) -> set[int]:
+        self.pids |= {w.pid for w in self.mesh.workers if w.pid}
+        return {w.pid for w in self.mesh.workers}
+
+
+@pytest.fixture
+async def pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[WorkerWorld]:
+    monkeypatch.setattr(workers, "POLL", 0.2)
+    w = WorkerWorld(Path(tmp_path) / "proxy")
+    try:
+        yield w
+    finally:
+        w.note_pids()
+        for pid in w.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for worker in w.mesh.workers:
+            if worker.proc is not None:
+                worker.proc.kill()
+                worker.proc.wait(5)
+        await w.close()
+
+
+async def running(w: WorkerWorld) -> asyncio.Task[None]:
+    task = asyncio.create_task(w.mesh.run())
+    await wait_until(lambda: w.mesh.ready.is_set(), 20.0, message="workers started, table pushed")
+    w.note_pids()
+    return task
+
+
+async def stopped(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def every_answer(port: int, n: int) -> list[str]:
+    return sorted(await asyncio.gather(*(ask(port) for _ in range(n))))
+
+
+async def test_workers_serve_outlive_the_daemon_and_are_adopted(pool: WorkerWorld) -> None:
+    port = free_port()
+    web = tcp_service("web", port)
+    await pool.store.put(KEYS.service("web"), web.to_json())
+    await pool.backend(web, 1, "n1")
+    task = await running(pool)
+    assert (pool.mesh.started, pool.mesh.adopted) == (2, 0)
+    first = pool.note_pids()
+    assert len(first) == 2 and os.getpid() not in first
+    await wait_until(lambda: port in {e.route.published for e in pool.mesh.entries}, 5.0)
+    assert set(await wait_until(lambda: every_answer(port, 6), 10.0)) == {"web.1@n1"}
+
+    await wait_until(
+        lambda: pool.mesh.stats.get(Route("web", port, 80, "tcp"), ProxyStats()).requests >= 6, 5.0
+    )
+
+    # the daemon goes away (no graceful stop of the workers): the port keeps serving
+    await stopped(task)
+    assert set(await every_answer(port, 6)) == {"web.1@n1"}
+
+    # the next daemon adopts the same workers and moves them to the new replica set
+    pool.mesh = pool.new_mesh()
+    await pool.backend(web, 2, "n2")
+    task = await running(pool)
+    assert (pool.mesh.started, pool.mesh.adopted) == (0, 2)
+    assert pool.note_pids() == first
+
+    async def both() -> set[str] | None:
+        got = set(await every_answer(port, 8))
+        return got if len(got) == 2 else None
+
+    got = await wait_until(both, 10.0, message="both replicas answer through the adopted workers")
+    assert got == {"web.1@n1", "web.2@n2"}
+    await stopped(task)
+
+
+async def test_a_killed_worker_is_started_again_while_its_sibling_serves(pool: WorkerWorld) -> None:
+    port = free_port()
+    web = tcp_service("web", port)
+    await pool.store.put(KEYS.service("web"), web.to_json())
+    await pool.backend(web, 1, "n1")
+    task = await running(pool)
+    await wait_until(lambda: every_answer(port, 4), 10.0)
+    victim = pool.mesh.workers[0]
+    old = victim.pid
+    os.kill(old, signal.SIGKILL)
+    assert victim.proc is not None and await asyncio.to_thread(victim.proc.wait, 10) == -signal.SIGKILL
+    # new connections once it is gone (what it had queued is lost): the sibling takes them
+    answers = []
+    for _ in range(20):
+        answers.append(await ask(port))
+    assert set(answers) == {"web.1@n1"}
+    await wait_until(
+        lambda: victim.pid != old and pool.mesh.started == 3, 15.0, message="worker 0 started again"
+    )
+    pool.note_pids()
+    assert "proxy.worker_restarted" in pool.mesh.events.kinds  # type: ignore[union-attr]
+    assert set(await every_answer(port, 6)) == {"web.1@n1"}
+    await stopped(task)
+
+
+async def test_a_taken_port_is_a_bind_error_and_is_retried(pool: WorkerWorld) -> None:
+    port = free_port()
+    squatter = socket.socket()
+    squatter.bind((HOST, port))
+    squatter.listen()
+    web = tcp_service("web", port)
+    await pool.store.put(KEYS.service("web"), web.to_json())
+    await pool.backend(web, 1, "n1")
+    task = await running(pool)
+    await wait_until(lambda: port in pool.mesh.bind_errors, 10.0)
+    assert "in use" in pool.mesh.bind_errors[port][1]
+    assert pool.mesh.describe()[0]["error"]
+    squatter.close()
+    await wait_until(lambda: port not in pool.mesh.bind_errors, 10.0, message="bound on a retry")
+    assert await ask(port) == "web.1@n1"
+    await stopped(task)
+
+
+async def test_leftover_workers_stop_when_the_daemon_serves_itself(pool: WorkerWorld) -> None:
+    port = free_port()
+    web = tcp_service("web", port)
+    await pool.store.put(KEYS.service("web"), web.to_json())
+    await pool.backend(web, 1, "n1")
+    task = await running(pool)
+    await wait_until(lambda: every_answer(port, 2), 10.0)
+    await stopped(task)
+    procs = [w.proc for w in pool.mesh.workers if w.proc is not None]
+    assert await stop_leftovers(pool.directory, keep=1) == 1  # the setting went from 2 to 1
+    assert await stop_leftovers(pool.directory) == 1  # ... then to 0
+    for proc in procs:
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    assert not list(pool.directory.glob("*.sock"))
+
+
+async def test_a_worker_exits_when_its_socket_is_gone(pool: WorkerWorld) -> None:
+    task = await running(pool)
+    await stopped(task)
+    for w in pool.mesh.workers:
+        w.path.unlink()
+    for w in pool.mesh.workers:
+        assert w.proc is not None and await asyncio.to_thread(w.proc.wait, 10) == 0
+
+
+async def test_an_orphan_exits_after_its_bound(tmp_path: Path) -> None:
+    """`--orphan-exit`: without a daemon for that long, the worker exits."""
+    w = workers.Worker(0, tmp_path, orphan_exit=0.5)
+    await w.spawn()
+    try:
+        w.disconnect()
+        assert w.proc is not None and await asyncio.to_thread(w.proc.wait, 10) == 0
+    finally:
+        w.kill()
+
+
+async def test_prestarted_workers_count_as_started_and_a_live_one_is_left(tmp_path: Path) -> None:
+    """`mesh_for` starts the workers at once; the next daemon's finds them answering."""
+    config = NodeConfig(data_dir=tmp_path, proxy_workers=1)
+    mesh = mesh_for(config, MemoryStore(), KEYS, "n1", HOST)
+    assert isinstance(mesh, WorkerMesh)
+    first = mesh.workers[0]
+    try:
+        assert first.proc is not None
+        await mesh.start_workers()
+        assert (mesh.started, mesh.adopted) == (1, 0)
+        again = mesh_for(config, MemoryStore(), KEYS, "n1", HOST)
+        assert isinstance(again, WorkerMesh) and again.workers[0].proc is None  # it answered: not started
+        await again.start_workers()
+        assert (again.started, again.adopted, again.workers[0].pid) == (0, 1, first.pid)
+        again.workers[0].disconnect()
+    finally:
+        first.kill()
+
+
+async def test_worker_i_starts_its_rotation_at_the_i_th_replica(tmp_path: Path) -> None:
+    from node.proxy.worker import Worker as Process
+
+    port = free_port()
+    route = Route("web", port, 80, "tcp")
+    backends = (Backend("t1", HOST, 1, "n1"), Backend("t2", HOST, 2, "n1"))
+    firsts = []
+    for i in (0, 1, 2):
+        w = Process(tmp_path / f"worker-{i}.sock")
+        await w.apply(MeshSettings(), [wire.Entry(route, HOST, backends)])
+        assert not w.errors, w.errors
+        balancer = w.served[port].balancer
+        firsts.append(balancer.pick(0.0).key)  # type: ignore[union-attr]
+        await w.apply(MeshSettings(), [wire.Entry(route, HOST, backends)])  # no longer fresh: no skip
+        firsts.append(balancer.pick(0.0).key)  # type: ignore[union-attr]
+        w.retire(port)
+        await asyncio.gather(*w.closing)
+    assert firsts == ["t1", "t2", "t2", "t1", "t1", "t2"]
+
+
+async def test_workers_of_another_build_are_replaced_without_a_refused_connection(pool: WorkerWorld) -> None:
+    """A daemon of another build starts successors on the same sockets; each old worker
+    serves beside its successor (SO_REUSEPORT) for STEP_DOWN seconds, then exits."""
+    port = free_port()
+    web = tcp_service("web", port)
+    await pool.store.put(KEYS.service("web"), web.to_json())
+    await pool.backend(web, 1, "n1")
+    task = await running(pool)
+    await wait_until(lambda: every_answer(port, 4), 10.0)
+    await stopped(task)
+    old = [w.proc for w in pool.mesh.workers]
+    old_pids = pool.note_pids()
+
+    got: list[str] = []
+    done = asyncio.Event()
+
+    async def load() -> None:
+        for _ in range(3000):  # bounded: about 30 s at most
+            if done.is_set():
+                return
+            try:
+                got.append(await ask(port))
+            except OSError as exc:
+                got.append(repr(exc))
+            await asyncio.sleep(0.01)
+
+    loader = asyncio.create_task(load())
+    pool.mesh = pool.new_mesh()
+    pool.mesh.build = "another build"
+    task = await running(pool)
+    assert (pool.mesh.started, pool.mesh.adopted) == (2, 0)
+    assert not pool.note_pids() & old_pids
+    for proc in old:
+        assert proc is not None and await asyncio.to_thread(proc.wait, 20) == 0  # stepped down
+    done.set()
+    await loader
+    assert len(got) > 50 and set(got) == {"web.1@n1"}, [g for g in got if g != "web.1@n1"][:5]
+    await stopped(task)
