@@ -37,12 +37,13 @@ from typing import Any
 
 from leader import provider
 from leader.placement.requirements import requirements
-from leader.pools_plan import Decision, Demand, decide
+from leader.pools_plan import Decision, DedicatedAsk, Demand, decide
 from leader.scheduler import Plan, Snapshot
 from node.model.domain import Availability, NodeSpec, ServiceRecord
 from node.model.errors import InvalidArgument
 from node.model.keys import Keys
 from node.model.pools import PoolNode, PoolSpec, PoolState, parse_pools
+from node.model.spec_launch import DEDICATED_LABEL, dedicated_size
 from node.store import Fenced, Put, Store, fence
 from node.store.base import Delete, Op
 from node.telemetry.events import EventLog
@@ -76,8 +77,22 @@ def demands(services: Mapping[str, ServiceRecord], snap: Snapshot, plans: list[P
         count = sum(1 for slot in plan.unplaced if slot not in pinned)
         req = requirements(record.spec)
         if count and not req.invalid and not req.global_mode:
-            out.append(Demand(plan.service, count, req.cpu, req.memory, req.constraints, req.max_per_node))
+            size = dedicated_size(record.spec)
+            out.append(
+                Demand(
+                    plan.service, count, req.cpu, req.memory, req.constraints, req.max_per_node,
+                    req.dedicated, size,
+                )
+            )  # fmt: skip
     return out
+
+
+def node_size(spec: PoolSpec, record: PoolNode) -> tuple[float, int, dict[str, str]]:
+    """What the provider starts for `record`: the pool's node, or a dedicated node's own size
+    with the label naming its service."""
+    if not record.dedicated:
+        return spec.node_cpu, spec.node_memory, spec.node_labels()
+    return record.cpu, record.memory, {**spec.node_labels(), DEDICATED_LABEL: record.dedicated}
 
 
 def read_pools(raw: bytes | None) -> dict[str, PoolSpec]:
@@ -140,6 +155,8 @@ class PoolKeeper:
         for pool, count in sorted(decision.create.items()):
             for _ in range(count):
                 await self._ask(pools[pool], now)
+        for ask in decision.dedicated:
+            await self._ask(pools[ask.pool], now, ask)
         for node, why in sorted(decision.give_back.items()):
             await self._give_back(records[node], why, now)
         for node in decision.forget:
@@ -176,30 +193,30 @@ class PoolKeeper:
         task.add_done_callback(lambda _: work.close())  # cancelled before it ran: not left unawaited
         self.calls[node] = task
 
-    async def _ask(self, spec: PoolSpec, now: float) -> None:
+    async def _ask(self, spec: PoolSpec, now: float, ask: DedicatedAsk | None = None) -> None:
         node = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         record = PoolNode(
             spec.name, node, PoolState.REQUESTED.value, now, self.epoch, changed_at=now,
             command=list(spec.command), timeout=spec.timeout,
         )  # fmt: skip
+        if ask is not None:  # its size and owner are recorded too: a next leader asks the same
+            record = replace(record, dedicated=ask.service, cpu=ask.cpu, memory=ask.memory)
         await self._write([Put(self.keys.poolnode(spec.name, node), record.to_json())])  # before the call
+        cpu, memory, _ = node_size(spec, record)
+        why = f"dedicated to one replica of {ask.service}" if ask else "for replicas waiting for capacity"
         self.events.emit(
             "pool.node_requested",
-            f"pool {spec.name}: asking its provider for node {node} ({spec.node_cpu:g} cpu, "
-            f"{spec.node_memory / 2**30:g} GiB) for replicas waiting for capacity",
+            f"pool {spec.name}: asking its provider for node {node} ({cpu:g} cpu, "
+            f"{memory / 2**30:g} GiB) {why}",
         )
         self._start(node, self._create(spec, record))
 
     async def _create(self, spec: PoolSpec, record: PoolNode) -> None:
+        cpu, memory, labels = node_size(spec, record)
         request: dict[str, Any] = {
             "action": "create",
             "pool": spec.name,
-            "node": {
-                "id": record.node,
-                "cpu": spec.node_cpu,
-                "memory": spec.node_memory,
-                "labels": spec.node_labels(),
-            },
+            "node": {"id": record.node, "cpu": cpu, "memory": memory, "labels": labels},
             "cluster": {
                 "name": self.context.cluster,
                 "etcd": list(self.context.etcd),

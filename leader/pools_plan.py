@@ -21,16 +21,26 @@ every node of a pool that is no longer declared (once it is empty).
 
 Replicas a new node cannot help are not counted: global services' pending nodes, and
 slots pinned to a node by a volume claim.
+
+**Dedicated** (`launch: dedicated`, decision 68): each waiting replica of such a service
+is one node of its own, sized from `node.model.spec_launch.SIZES` (`Demand.size`), in
+the pool it names or the first pool by name with room under `max` whose labels meet
+its constraints. Its nodes on their way, and its nodes alive and empty, are counted
+first (one replica each), so a need is asked for once here too. A dedicated node alive
+and empty while no replica of its service waits is given back at once, not after
+`idle_timeout`; one that stays empty while replicas wait, after `join_timeout`.
+Dedicated nodes count toward `max`, never toward `min`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from leader.placement.requirements import capacity_millicores
 from node.model.constraints import Constraint
 from node.model.pools import PoolNode, PoolSpec, PoolState
+from node.model.spec_launch import DEDICATED_LABEL
 
 _IN_FLIGHT = (PoolState.REQUESTED.value, PoolState.CREATED.value)
 _LEAVING = (PoolState.DELETING.value, PoolState.RELEASED.value)
@@ -46,6 +56,18 @@ class Demand:
     memory: int
     constraints: tuple[Constraint, ...] = ()
     max_per_node: int = 1 << 62
+    dedicated: str | None = None  # launch: dedicated: the pool it names ("" any); None: not dedicated
+    size: tuple[float, int] | None = None  # dedicated: the node size of one replica (vCPU, bytes)
+
+
+@dataclass(frozen=True)
+class DedicatedAsk:
+    """One node for one replica of `service`, of `cpu` vCPU and `memory` bytes, from `pool`."""
+
+    pool: str
+    service: str
+    cpu: float
+    memory: int
 
 
 @dataclass
@@ -55,10 +77,11 @@ class Decision:
     forget: list[str] = field(default_factory=list)  # failed records whose back-off is over
     empty_since: dict[str, float] = field(default_factory=dict)  # joined empty node -> since
     waiting: dict[str, int] = field(default_factory=dict)  # service -> replicas no pool can take
+    dedicated: list[DedicatedAsk] = field(default_factory=list)  # launch: dedicated nodes to ask for
 
     @property
     def empty(self) -> bool:
-        return not self.create and not self.give_back and not self.forget
+        return not self.create and not self.give_back and not self.forget and not self.dedicated
 
 
 @dataclass
@@ -87,6 +110,14 @@ def fits(pool: PoolSpec, d: Demand) -> bool:
     )
 
 
+def fits_dedicated(pool: PoolSpec, d: Demand) -> bool:
+    """May a node of `pool` started for one replica of `d` (a dedicated service) take it?"""
+    labels = {**pool.node_labels(), DEDICATED_LABEL: d.service}
+    return d.dedicated in ("", pool.name) and all(
+        c.matches(f"{pool.name}-new", labels) for c in d.constraints
+    )
+
+
 def _bin(pool: PoolSpec) -> _Bin:
     return _Bin(pool.name, capacity_millicores(pool.node_cpu), pool.node_memory)
 
@@ -102,6 +133,8 @@ def decide(
 ) -> Decision:
     out = Decision()
     alive_set, busy_set = set(alive), set(busy)
+    demand = list(demand)
+    wanted = {d.service: d.count for d in demand if d.dedicated is not None}
     by_pool: dict[str, list[PoolNode]] = {}
     for r in sorted(records, key=lambda r: (r.pool, r.node)):
         by_pool.setdefault(r.pool, []).append(r)
@@ -118,7 +151,7 @@ def decide(
     for pool, rs in by_pool.items():
         spec = pools.get(pool)
         live = [r for r in rs if r.state != PoolState.FAILED.value and r.state not in _LEAVING]
-        kept = len(live)
+        kept = sum(not r.dedicated for r in live)  # what counts toward min
         idle: list[tuple[float, str]] = []
         for r in live:
             if r.node in alive_set and r.node not in busy_set:
@@ -134,7 +167,12 @@ def decide(
                     f"asked for {now - r.requested_at:.0f}s ago and not joined "
                     f"(provider timeout {spec.timeout:g}s + join_timeout {spec.join_timeout:g}s)"
                 )
-                kept -= 1
+                kept -= not r.dedicated
+            elif r.dedicated and r.node in out.empty_since:
+                if not wanted.get(r.dedicated):
+                    out.give_back[r.node] = f"its task is gone (launch: dedicated, {r.dedicated})"
+                elif now - out.empty_since[r.node] > spec.join_timeout:
+                    out.give_back[r.node] = f"empty for more than join_timeout {spec.join_timeout:g}s"
             elif r.node in out.empty_since and now - out.empty_since[r.node] >= spec.idle_timeout:
                 idle.append((out.empty_since[r.node], r.node))
             elif (
@@ -143,7 +181,7 @@ def decide(
                 and now - r.changed_at > spec.join_timeout  # joined once, gone since
             ):
                 out.give_back[r.node] = f"joined, then gone for more than {spec.join_timeout:g}s"
-                kept -= 1
+                kept -= not r.dedicated
         for start, node in sorted(idle):
             if spec is not None and kept > spec.min:
                 out.give_back[node] = f"empty for {now - start:.0f}s (idle_timeout {spec.idle_timeout:g}s)"
@@ -154,16 +192,33 @@ def decide(
         for pool, rs in sorted(by_pool.items())
         if pool in pools
         for r in rs
-        if r.state in _IN_FLIGHT and r.node not in alive_set and r.node not in out.give_back
+        if r.state in _IN_FLIGHT
+        and r.node not in alive_set
+        and r.node not in out.give_back
+        and not r.dedicated
     ]
+    spare: dict[str, int] = {}  # dedicated service -> its nodes on their way or alive and empty
+    for rs in by_pool.values():
+        for r in rs:
+            if r.dedicated and r.node not in out.give_back and r.state not in _LEAVING:
+                on_way = r.state in _IN_FLIGHT and r.node not in alive_set
+                if on_way or r.node in out.empty_since:
+                    spare[r.dedicated] = spare.get(r.dedicated, 0) + 1
     counted = {pool: sum(r.state != PoolState.FAILED.value for r in rs) for pool, rs in by_pool.items()}
     opened: dict[str, int] = {}
+    dedicated = {
+        pool: sum(1 for r in rs if r.dedicated and r.state != PoolState.FAILED.value)
+        for pool, rs in by_pool.items()
+    }
 
     def _count(pool: str) -> int:  # the pool's nodes, asked for this pass included
         return counted.get(pool, 0) + opened.get(pool, 0)
 
     units = sorted(demand, key=lambda d: (-max(d.cpu, 1) * max(d.memory, 1), d.service))
     for d in units:
+        if d.dedicated is not None:
+            _dedicated(d, pools, blocked, spare, _count, opened, dedicated, out)
+            continue
         candidates = [p for name, p in sorted(pools.items()) if fits(p, d)]
         for _ in range(d.count):
             if any(b.take(d) for b in bins if b.pool in {p.name for p in candidates}):
@@ -179,9 +234,42 @@ def decide(
     for name, spec in sorted(pools.items()):
         if name in blocked:
             continue
-        leaving = sum(1 for r in by_pool.get(name, []) if r.state in _LEAVING or r.node in out.give_back)
-        short = min(spec.min - (_count(name) - leaving), spec.max - _count(name))
+        rs = by_pool.get(name, [])
+        leaving = sum(1 for r in rs if (r.state in _LEAVING or r.node in out.give_back) and not r.dedicated)
+        ordinary = _count(name) - leaving - dedicated.get(name, 0)  # min counts ordinary nodes only
+        short = min(spec.min - ordinary, spec.max - _count(name))
         if short > 0:
             opened[name] = opened.get(name, 0) + short
+    for ask in out.dedicated:  # asked for on their own, with their size
+        opened[ask.pool] -= 1
     out.create = {name: n for name, n in opened.items() if n > 0}
     return out
+
+
+def _dedicated(
+    d: Demand,
+    pools: Mapping[str, PoolSpec],
+    blocked: set[str],
+    spare: dict[str, int],
+    count: Callable[[str], int],
+    opened: dict[str, int],
+    dedicated: dict[str, int],
+    out: Decision,
+) -> None:
+    """A node per waiting replica of a dedicated service, less those it has on their way."""
+    for _ in range(d.count):
+        if spare.get(d.service, 0) > 0:
+            spare[d.service] -= 1
+            continue
+        room = [
+            p
+            for name, p in sorted(pools.items())
+            if fits_dedicated(p, d) and name not in blocked and count(name) < p.max
+        ]
+        if not room or d.size is None:
+            out.waiting[d.service] = out.waiting.get(d.service, 0) + 1
+            continue
+        pool = room[0].name
+        out.dedicated.append(DedicatedAsk(pool, d.service, *d.size))
+        opened[pool] = opened.get(pool, 0) + 1
+        dedicated[pool] = dedicated.get(pool, 0) + 1

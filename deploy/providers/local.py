@@ -117,8 +117,25 @@ def create(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
     home = args.state / node_id
     shutil.rmtree(home / "data", ignore_errors=True)  # a dead earlier attempt: start afresh
     home.mkdir(parents=True, exist_ok=True)
+    record = {"address": address, "port": port, "node": node_id}
+    return start_shoald(args, request, node_id, address, port, [], record)
+
+
+def start_shoald(
+    args: argparse.Namespace,
+    request: dict[str, Any],
+    node_id: str,
+    address: str,
+    port: int,
+    prefix: list[str],
+    record: dict[str, Any],
+) -> dict[str, Any]:
+    """Start the node's shoald (behind `prefix`, e.g. `ip netns exec NS`), record its pid in
+    `record` (node.json), and answer once it listens (or `--start-timeout` passed)."""
+    node, cluster = request["node"], request["cluster"]
+    home = args.state / node_id
     cmd = [
-        sys.executable, "-m", "node.daemon", "--node-id", node_id, "--data-dir", str(home / "data"),
+        *prefix, sys.executable, "-m", "node.daemon", "--node-id", node_id, "--data-dir", str(home / "data"),
         "--address", address, "--grpc-port", str(port), "--metrics-port", "0",
         "--cluster", str(cluster["name"]), "--etcd", ",".join(cluster["etcd"]),
         "--etcd-prefix", str(cluster["etcd_prefix"]), "--preset", "local", "--leave-on-stop",
@@ -140,7 +157,7 @@ def create(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
-    record = {"pid": proc.pid, "address": address, "port": port, "node": node_id}
+    record = {**record, "pid": proc.pid}
     (home / "node.json").write_text(json.dumps(record))
     deadline = time.monotonic() + args.start_timeout
     while time.monotonic() < deadline:

@@ -8,11 +8,13 @@ millicore, a node's capacity down.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
 from node.model.constraints import Constraint, ConstraintError, parse_constraint, parse_label_attribute
 from node.model.spec import ServiceSpec
+from node.model.spec_launch import DEDICATED_LABEL, dedicated_pool
 
 UNLIMITED = 1 << 62
 SPREAD, BINPACK = "spread", "binpack"
@@ -33,6 +35,21 @@ def _constraint(text: str) -> Constraint:
 
 
 @dataclass(frozen=True)
+class NotDedicated(Constraint):
+    """The node is dedicated to no service (it has no `shoal.dedicated` label): every service
+    but a dedicated one has it, so nothing else lands on a dedicated node (decision 68)."""
+
+    def matches(self, node_id: str, labels: Mapping[str, str]) -> bool:
+        return self.label not in labels
+
+    def __str__(self) -> str:
+        return "launch: dedicated (the node runs one task of another service)"
+
+
+NOT_DEDICATED = NotDedicated(DEDICATED_LABEL, False, "*")
+
+
+@dataclass(frozen=True)
 class Requirements:
     cpu: int  # millicores reserved per replica
     memory: int  # bytes reserved per replica
@@ -42,6 +59,7 @@ class Requirements:
     strategy: str  # spread | binpack
     global_mode: bool
     invalid: str = ""  # a stored spec the scheduler cannot read (never accepted by apply)
+    dedicated: str | None = None  # launch: dedicated: the pool named ("" any); None: not dedicated
 
 
 def requirements(spec: ServiceSpec, default_strategy: str = SPREAD) -> Requirements:
@@ -59,13 +77,21 @@ def requirements(spec: ServiceSpec, default_strategy: str = SPREAD) -> Requireme
     except ConstraintError as exc:
         invalid = f"the stored placement cannot be read: {exc}"
     strategy = (placement.strategy if placement else None) or default_strategy
+    max_per_node = (placement.max_per_node if placement else None) or UNLIMITED
+    dedicated = dedicated_pool(spec)
+    if dedicated is None:
+        constraints.append(NOT_DEDICATED)
+    else:  # only on the nodes started for it, one replica each
+        constraints.append(Constraint(DEDICATED_LABEL, True, spec.name))
+        max_per_node = 1
     return Requirements(
         cpu=cpu,
         memory=memory,
         constraints=tuple(constraints),
         spread=spread,
-        max_per_node=(placement.max_per_node if placement else None) or UNLIMITED,
+        max_per_node=max_per_node,
         strategy=strategy if strategy in STRATEGIES else SPREAD,
         global_mode=spec.mode == "global",
         invalid=invalid,
+        dedicated=dedicated,
     )

@@ -79,6 +79,9 @@ class PoolsServicer(pools_pb2_grpc.PoolsServicer):
                     address=r.address,
                     message=r.message,
                     registered=r.node in alive,
+                    dedicated=r.dedicated,
+                    cpu=r.cpu,
+                    memory=r.memory,
                 )
             )
         return out

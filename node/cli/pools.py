@@ -72,6 +72,9 @@ def _node_dict(n: Any) -> dict[str, Any]:
         "provider_id": n.provider_id,
         "address": n.address,
         "message": n.message,
+        "dedicated": n.dedicated,
+        "cpu": n.cpu,
+        "memory": n.memory,
     }
 
 
@@ -114,6 +117,12 @@ def ls_cmd(settings: Settings, fmt: str) -> None:
                 ("REGISTERED", lambda n: "yes" if n.registered else "no"),
                 ("SINCE", lambda n: _ago(n.changed_at)),
                 ("PROVIDER ID", lambda n: n.provider_id),
+                (
+                    "DEDICATED TO",
+                    lambda n: (
+                        f"{n.dedicated} ({n.cpu:g} cpu {n.memory / 2**30:g} GiB)" if n.dedicated else ""
+                    ),
+                ),
                 ("MESSAGE", lambda n: n.message[:80]),
             ],
         )

@@ -201,6 +201,9 @@ class PoolNode:
     retry_at: float = 0.0  # failed: no new request of this pool before
     command: list[str] = field(default_factory=list)  # the provider as asked: its delete works
     timeout: float = 120.0  #   even once the pool is no longer declared
+    dedicated: str = ""  # launch: dedicated (decision 68): the service this node is for
+    cpu: float = 0.0  # dedicated: the size asked for (0: the pool's node size)
+    memory: int = 0
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, sort_keys=True, separators=(",", ":")).encode()

@@ -48,6 +48,7 @@ from node.model.spec_errors import FieldError, SpecError
 from node.model.spec_errors import fatal as _fatal
 from node.model.spec_ingress import Ingress, IngressRule, IngressTLS, ProxyProtocolPorts, ingress_fits
 from node.model.spec_job import JobSpec, check_job_fields
+from node.model.spec_launch import Dedicated, Launch, LaunchSpec, launch_fits
 from node.model.spec_lifecycle import (
     OBJECT_PATTERN,
     ConfigRef,
@@ -189,6 +190,10 @@ class ServiceSpec(BaseModel):
     autoscale: Autoscale | None = None
     _autoscale_fits = model_validator(mode="after")(autoscale_fits)
 
+    # Issue 15 item 3: launch: dedicated, a node of its own per task (node.model.spec_launch, decision 68)
+    launch: Launch | None = None
+    _launch_fits = model_validator(mode="after")(launch_fits)
+
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
 _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
@@ -201,6 +206,7 @@ _FIELDS |= {("ingress",): IngressRule, ("ingress", "tls"): IngressTLS}
 _FIELDS |= {("schedule",): ScheduleSpec}
 
 _FIELDS |= {("autoscale",): Autoscale, ("autoscale", "target"): AutoscaleTarget}  # issue 15
+_FIELDS |= {("launch",): LaunchSpec, ("launch", "dedicated"): Dedicated}
 _EXPECTED = {"int_type": "an integer", "float_type": "a number", "string_type": "a string"}
 _EXPECTED |= {"list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
 _HINTS = {("command", "list_type"): ' of strings, e.g. ["httpd", "-f"]'}

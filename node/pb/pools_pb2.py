@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/pools.proto\x12\x08shoal.v1\"*\n\x11\x41pplyPoolsRequest\x12\x15\n\rdocument_json\x18\x01 \x01(\t\"5\n\x12\x41pplyPoolsResponse\x12\r\n\x05pools\x18\x01 \x03(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x12\n\x10ListPoolsRequest\"\xd5\x01\n\x08PoolInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\r\x12\x0b\n\x03max\x18\x03 \x01(\r\x12\x0b\n\x03\x63pu\x18\x04 \x01(\x01\x12\x0e\n\x06memory\x18\x05 \x01(\x03\x12.\n\x06labels\x18\x06 \x03(\x0b\x32\x1e.shoal.v1.PoolInfo.LabelsEntry\x12\x14\n\x0cidle_timeout\x18\x07 \x01(\x01\x12\x0f\n\x07\x63ommand\x18\x08 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xae\x01\n\x0cPoolNodeInfo\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x14\n\x0crequested_at\x18\x04 \x01(\x01\x12\x12\n\nchanged_at\x18\x05 \x01(\x01\x12\x13\n\x0bprovider_id\x18\x06 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x12\n\nregistered\x18\t \x01(\x08\"]\n\x11ListPoolsResponse\x12!\n\x05pools\x18\x01 \x03(\x0b\x32\x12.shoal.v1.PoolInfo\x12%\n\x05nodes\x18\x02 \x03(\x0b\x32\x16.shoal.v1.PoolNodeInfo2\x96\x01\n\x05Pools\x12G\n\nApplyPools\x12\x1b.shoal.v1.ApplyPoolsRequest\x1a\x1c.shoal.v1.ApplyPoolsResponse\x12\x44\n\tListPools\x12\x1a.shoal.v1.ListPoolsRequest\x1a\x1b.shoal.v1.ListPoolsResponseB\x12Z\x10shoal/v1;shoalv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14shoal/v1/pools.proto\x12\x08shoal.v1\"*\n\x11\x41pplyPoolsRequest\x12\x15\n\rdocument_json\x18\x01 \x01(\t\"5\n\x12\x41pplyPoolsResponse\x12\r\n\x05pools\x18\x01 \x03(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x12\n\x10ListPoolsRequest\"\xd5\x01\n\x08PoolInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03min\x18\x02 \x01(\r\x12\x0b\n\x03max\x18\x03 \x01(\r\x12\x0b\n\x03\x63pu\x18\x04 \x01(\x01\x12\x0e\n\x06memory\x18\x05 \x01(\x03\x12.\n\x06labels\x18\x06 \x03(\x0b\x32\x1e.shoal.v1.PoolInfo.LabelsEntry\x12\x14\n\x0cidle_timeout\x18\x07 \x01(\x01\x12\x0f\n\x07\x63ommand\x18\x08 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xde\x01\n\x0cPoolNodeInfo\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x14\n\x0crequested_at\x18\x04 \x01(\x01\x12\x12\n\nchanged_at\x18\x05 \x01(\x01\x12\x13\n\x0bprovider_id\x18\x06 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x12\n\nregistered\x18\t \x01(\x08\x12\x11\n\tdedicated\x18\n \x01(\t\x12\x0b\n\x03\x63pu\x18\x0b \x01(\x01\x12\x0e\n\x06memory\x18\x0c \x01(\x04\"]\n\x11ListPoolsResponse\x12!\n\x05pools\x18\x01 \x03(\x0b\x32\x12.shoal.v1.PoolInfo\x12%\n\x05nodes\x18\x02 \x03(\x0b\x32\x16.shoal.v1.PoolNodeInfo2\x96\x01\n\x05Pools\x12G\n\nApplyPools\x12\x1b.shoal.v1.ApplyPoolsRequest\x1a\x1c.shoal.v1.ApplyPoolsResponse\x12\x44\n\tListPools\x12\x1a.shoal.v1.ListPoolsRequest\x1a\x1b.shoal.v1.ListPoolsResponseB\x12Z\x10shoal/v1;shoalv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,9 +45,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POOLINFO_LABELSENTRY']._serialized_start=322
   _globals['_POOLINFO_LABELSENTRY']._serialized_end=367
   _globals['_POOLNODEINFO']._serialized_start=370
-  _globals['_POOLNODEINFO']._serialized_end=544
-  _globals['_LISTPOOLSRESPONSE']._serialized_start=546
-  _globals['_LISTPOOLSRESPONSE']._serialized_end=639
-  _globals['_POOLS']._serialized_start=642
-  _globals['_POOLS']._serialized_end=792
+  _globals['_POOLNODEINFO']._serialized_end=592
+  _globals['_LISTPOOLSRESPONSE']._serialized_start=594
+  _globals['_LISTPOOLSRESPONSE']._serialized_end=687
+  _globals['_POOLS']._serialized_start=690
+  _globals['_POOLS']._serialized_end=840
 # @@protoc_insertion_point(module_scope)

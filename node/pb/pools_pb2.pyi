@@ -52,7 +52,7 @@ class PoolInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., min: _Optional[int] = ..., max: _Optional[int] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., idle_timeout: _Optional[float] = ..., command: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PoolNodeInfo(_message.Message):
-    __slots__ = ("pool", "node", "state", "requested_at", "changed_at", "provider_id", "address", "message", "registered")
+    __slots__ = ("pool", "node", "state", "requested_at", "changed_at", "provider_id", "address", "message", "registered", "dedicated", "cpu", "memory")
     POOL_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,9 @@ class PoolNodeInfo(_message.Message):
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    DEDICATED_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
     pool: str
     node: str
     state: str
@@ -71,7 +74,10 @@ class PoolNodeInfo(_message.Message):
     address: str
     message: str
     registered: bool
-    def __init__(self, pool: _Optional[str] = ..., node: _Optional[str] = ..., state: _Optional[str] = ..., requested_at: _Optional[float] = ..., changed_at: _Optional[float] = ..., provider_id: _Optional[str] = ..., address: _Optional[str] = ..., message: _Optional[str] = ..., registered: _Optional[bool] = ...) -> None: ...
+    dedicated: str
+    cpu: float
+    memory: int
+    def __init__(self, pool: _Optional[str] = ..., node: _Optional[str] = ..., state: _Optional[str] = ..., requested_at: _Optional[float] = ..., changed_at: _Optional[float] = ..., provider_id: _Optional[str] = ..., address: _Optional[str] = ..., message: _Optional[str] = ..., registered: _Optional[bool] = ..., dedicated: _Optional[str] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ...) -> None: ...
 
 class ListPoolsResponse(_message.Message):
     __slots__ = ("pools", "nodes")

@@ -302,7 +302,9 @@ class NetnsCluster(DevCluster):
 
 
 @contextlib.contextmanager
-def netns_cluster(data_dir: Path, nodes: int = 3, preset: str = "local") -> Iterator[NetnsCluster]:
+def netns_cluster(
+    data_dir: Path, nodes: int = 3, preset: str = "local", extra_args: tuple[str, ...] = ()
+) -> Iterator[NetnsCluster]:
     """A started cluster of `nodes` daemons, each in its own netns; everything removed on exit."""
     from tests.helpers import free_port_pair
 
@@ -316,6 +318,7 @@ def netns_cluster(data_dir: Path, nodes: int = 3, preset: str = "local") -> Iter
             cluster=f"t{net.id}",
             preset=preset,
             net=net,
+            extra_args=list(extra_args),
         )
         try:
             cluster.start()
