@@ -31,6 +31,8 @@ DEMO_SPEC := deploy/examples/web.yaml
 DEMO_TIMEOUT ?= 60
 APP_DEPLOY := deploy/examples/app/deploy.sh
 PYTEST_ARGS ?=
+# integration test files run in this many pytest-xdist workers (1: one after another)
+TEST_WORKERS ?= 2
 
 .PHONY: help install images demo stop test lint proto bench chaos clean
 
@@ -122,7 +124,9 @@ test: install images lint
 	@for suite in unit integration; do
 	  echo "== pytest tests/$$suite"
 	  rc=0
-	  $(VENV)/bin/pytest -q -ra --durations=15 tests/$$suite $(PYTEST_ARGS) || rc=$$?
+	  workers=()  # the integration tests mostly wait on clusters: files run in parallel workers
+	  if [[ $$suite == integration ]] && (( $(TEST_WORKERS) > 1 )); then workers=(-n $(TEST_WORKERS) --dist loadfile); fi
+	  $(VENV)/bin/pytest -q -ra --durations=15 "$${workers[@]}" tests/$$suite $(PYTEST_ARGS) || rc=$$?
 	  if (( rc == 5 )); then
 	    echo "error: pytest collected no tests in tests/$$suite (exit 5)" >&2
 	  fi

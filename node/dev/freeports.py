@@ -7,13 +7,18 @@ by somebody's outgoing connection when it comes back ("address already in use").
 So these helpers pick ports *below* that range (`LOW` up to its first port), at random
 (concurrent test runs rarely pick the same one), check each by binding it, and never
 hand the same port out twice in one process (a port given but not bound yet still
-looks free).
+looks free). Test workers run side by side (pytest-xdist sets `PYTEST_XDIST_WORKER`
+and `PYTEST_XDIST_WORKER_COUNT`, which their subprocesses inherit): each draws from a
+slice of its own, so a port one worker has handed out but not bound yet is never
+drawn by another.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 LOW = 10_000  # the lowest port drawn: above the usual fixed service ports (etcd 2379, ...)
@@ -41,16 +46,31 @@ def ephemeral_range(path: Path = EPHEMERAL) -> tuple[int, int]:
 
 def candidates(path: Path = EPHEMERAL) -> range:
     """Ports these helpers draw from: `LOW` up to the ephemeral range (or, when that range
-    starts too low, the ports above it)."""
+    starts too low, the ports above it); a test worker's slice of them."""
     first, last = ephemeral_range(path)
     if first - LOW >= MIN_SPAN:
-        return range(LOW, first)
-    if 65535 - last >= MIN_SPAN:
-        return range(last + 1, 65536)
-    raise NoFreePort(
-        f"the ephemeral range {first}-{last} ({path}) leaves fewer than {MIN_SPAN} ports outside it; "
-        "narrow it (sysctl net.ipv4.ip_local_port_range)"
-    )
+        pool = range(LOW, first)
+    elif 65535 - last >= MIN_SPAN:
+        pool = range(last + 1, 65536)
+    else:
+        raise NoFreePort(
+            f"the ephemeral range {first}-{last} ({path}) leaves fewer than {MIN_SPAN} ports outside it; "
+            "narrow it (sysctl net.ipv4.ip_local_port_range)"
+        )
+    return worker_slice(pool, os.environ)
+
+
+def worker_slice(pool: range, env: Mapping[str, str]) -> range:
+    """The part of `pool` of pytest-xdist worker `gw<i>` of `PYTEST_XDIST_WORKER_COUNT`;
+    all of it outside a worker (or with an unreadable setting)."""
+    worker, count = env.get("PYTEST_XDIST_WORKER", ""), env.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit()):
+        return pool
+    i, n = int(worker[2:]), int(count)
+    if not 0 <= i < n:
+        return pool
+    size = len(pool) // n
+    return range(pool.start + i * size, pool.start + (i + 1) * size)
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -65,3 +65,18 @@ def test_the_range_is_read_from_the_kernel_and_falls_back_sensibly(tmp_path: Pat
     with pytest.raises(freeports.NoFreePort, match=r"net\.ipv4\.ip_local_port_range"):
         freeports.candidates(conf)
     assert freeports.ephemeral_range(tmp_path / "missing") == freeports.DEFAULT_EPHEMERAL
+
+
+def test_test_workers_draw_ports_from_slices_of_their_own() -> None:
+    pool = range(10_000, 32_768)
+    env = {"PYTEST_XDIST_WORKER_COUNT": "2"}
+    first = freeports.worker_slice(pool, env | {"PYTEST_XDIST_WORKER": "gw0"})
+    second = freeports.worker_slice(pool, env | {"PYTEST_XDIST_WORKER": "gw1"})
+    assert first.start == pool.start and second.start == first.stop and len(first) == len(second) > 10_000
+    assert not set(first) & set(second)
+    for odd in (
+        {},
+        {"PYTEST_XDIST_WORKER": "gw7", "PYTEST_XDIST_WORKER_COUNT": "2"},
+        env | {"PYTEST_XDIST_WORKER": "x"},
+    ):
+        assert freeports.worker_slice(pool, odd) == pool  # not a worker, or a setting it cannot read
