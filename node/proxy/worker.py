@@ -169,7 +169,8 @@ class Worker:
     async def run(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a dead worker's: nothing answers there (the daemon checked)
-        server = await asyncio.start_unix_server(self.control, str(self.path), limit=wire.MAX_LINE)
+        with wire.reachable(self.path) as name:
+            server = await asyncio.start_unix_server(self.control, name, limit=wire.MAX_LINE)
         self.path.chmod(0o600)
         inode = self.path.stat().st_ino
         loop = asyncio.get_running_loop()

@@ -20,8 +20,11 @@ No sockets, no asyncio (`BUILD` reads this package's files once, at import).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -133,3 +136,27 @@ def merged(states: list[dict[str, Any]], routes: dict[int, Route]) -> dict[Route
             if route is not None and isinstance(data, dict):
                 add_stats(out.setdefault(route, ProxyStats(latency=Histogram())), data)
     return out
+
+
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
+
+
+@contextlib.contextmanager
+def reachable(path: Path) -> Iterator[str]:
+    """A name to bind or connect the unix socket `path` by, however deep its directory.
+
+    A socket's path must fit 108 bytes; a data dir deep enough (a test's temporary
+    directory) makes `<data_dir>/proxy/worker-0.sock` longer, and the worker could not
+    listen ("AF_UNIX path too long": a CI run's daemon died on it). Past the limit the
+    directory is opened and the socket named through `/proc/self/fd/<fd>/`, which the
+    kernel resolves like the full path (same file, same permissions); the descriptor is
+    closed when the block ends (after the bind or the connect)."""
+    full = str(path)
+    if len(full.encode()) <= UNIX_PATH_MAX:
+        yield full
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)

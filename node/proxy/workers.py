@@ -83,9 +83,10 @@ class Worker:
     async def dial(self) -> bool:
         """Connect to a worker listening at `path`; False when none answers."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.path), limit=wire.MAX_LINE), CALL_TIMEOUT
-            )
+            with wire.reachable(self.path) as name:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_unix_connection(name, limit=wire.MAX_LINE), CALL_TIMEOUT
+                )
             hello = wire.decode(await asyncio.wait_for(reader.readline(), CALL_TIMEOUT))
         except (OSError, TimeoutError, ValueError):
             return False
@@ -98,7 +99,8 @@ class Worker:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(1.0)
             try:
-                s.connect(str(self.path))
+                with wire.reachable(self.path) as name:
+                    s.connect(name)
                 return
             except OSError:
                 pass

@@ -240,6 +240,23 @@ async def test_an_orphan_exits_after_its_bound(tmp_path: Path) -> None:
         w.kill()
 
 
+async def test_a_data_dir_too_deep_for_a_socket_path_still_serves(tmp_path: Path) -> None:
+    """A unix socket's path must fit 108 bytes; a deep data dir (a CI run's temporary
+    directory) made the worker fail to listen and the daemon's mesh die with it."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    w = workers.Worker(0, deep)
+    assert len(str(w.path).encode()) > wire.UNIX_PATH_MAX
+    await w.spawn()
+    try:
+        assert w.proc is not None and w.pid == w.proc.pid  # dialled: it answered
+        again = workers.Worker(0, deep)
+        assert await again.dial() and again.pid == w.pid  # another daemon finds it there too
+        again.disconnect()
+    finally:
+        w.kill()
+
+
 async def test_prestarted_workers_count_as_started_and_a_live_one_is_left(tmp_path: Path) -> None:
     """`mesh_for` starts the workers at once; the next daemon's finds them answering."""
     config = NodeConfig(data_dir=tmp_path, proxy_workers=1)
