@@ -66,7 +66,9 @@ def declared(
         if not isinstance(body, dict):
             error(section, name, path, f"must be a mapping: {_ONE_OF}")
             continue
-        for k in body:
+        external = body.get("external") is True
+        out.names[str(name)] = str(body.get("name") or name) if external else f"{stack}_{name}"
+        for k in body:  # the name is known even when its source is wrong: its users are not wrong too
             if k not in _SOURCES:
                 error(body, k, f"{path}.{k}", f"refused: shoal takes a {kind} from {_ONE_OF}")
         sources = [k for k in ("file", "environment", "external") if body.get(k)]
@@ -77,9 +79,7 @@ def declared(
             error(body, "name", f"{path}.name", "refused: shoal names it <stack>_<name> itself")
             continue
         if sources == ["external"]:
-            out.names[str(name)] = str(body.get("name") or name)
             continue
-        out.names[str(name)] = f"{stack}_{name}"  # even when unread: its users are not wrong too
         value = _value(body, sources[0], env, read_bytes, kind, path, error)
         if value is not None:
             out.writes.append(ObjectWrite(kind, f"{stack}_{name}", value))
