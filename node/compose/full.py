@@ -13,17 +13,25 @@ binary secret keeps its bytes).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from node.compose import objects, process
-from node.compose.translate import _at, _Run, _Where
+
+_Where = tuple[int | None, int | None]
 
 
 def extra_keys(
-    run: _Run, data: Any, stack: str, services: dict[str, dict[str, Any]], lines: dict[str, dict[str, _Where]]
+    run: Any,
+    data: Any,
+    stack: str,
+    services: dict[str, dict[str, Any]],
+    lines: dict[str, dict[str, _Where]],
+    _at: Callable[[Any, Any], _Where],
 ) -> list[objects.ObjectWrite]:
     """Fills the translated `services` (and `lines`, where each field came from); returns
-    the secrets and configs to create or update before the stack is deployed."""
+    the secrets and configs to create or update before the stack is deployed. `run` is the
+    translator's `translate._Run` (error, warn, env, read); `_at(node, key)` a key's line:col."""
 
     def report(node: Any, key: Any, path: str, message: str) -> None:
         run.error(_at(node, key), path, message)

@@ -22,6 +22,7 @@ from node.compose import keys
 from node.compose import networks as compose_networks
 from node.compose import volumes as compose_volumes
 from node.compose.deploy import deploy, healthcheck, ports
+from node.compose.full import extra_keys
 from node.compose.interpolate import InterpolationError, interpolate, parse_duration, parse_size
 from node.compose.stackfile import check_stack_name, find_cycle
 from node.model.spec import NAME_PATTERN, SpecError, load_yaml, spec_from_dict
@@ -164,9 +165,7 @@ def translate(
             continue
         spec, at = _Service(run, short, body, where).spec()
         services[short], lines[short] = spec, at
-    from node.compose.full import extra_keys  # decision 70; it imports this module
-
-    writes = extra_keys(run, data, stack, services, lines)
+    writes = extra_keys(run, data, stack, services, lines, _at)  # decision 70
     _dependencies(run, data["services"], services)
     if not run.errors:
         _check(run, stack, services, lines)
