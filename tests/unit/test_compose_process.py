@@ -3,15 +3,18 @@ read_only and logging, onto shoal's spec and Docker's container create."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from node.agent.containers import container_spec
+from node.cli.stack import write_objects
 from node.compose.objects import ObjectWrite
 from node.compose.translate import ComposeError, translate
 from node.model.domain import template_hash
 from node.model.spec import SpecError, spec_from_dict
+from node.model.spec_compat import known_paths
 from node.runtime.base import ContainerSpec
 from node.runtime.docker_process import create_options
 from tests.factories import make_task, typed_spec
@@ -211,3 +214,40 @@ def test_the_agent_and_docker_create_carry_them() -> None:
         "healthcheck": {"test": ["NONE"]}
     }
     assert plain == {}
+
+
+class _Objects:
+    """The part of the API client `write_objects` uses, keeping what was put."""
+
+    def __init__(self, have: dict[str, bytes]) -> None:
+        self.have = dict(have)
+        self.calls: list[tuple[str, str, bool]] = []
+
+    def list_objects(self, kind: str) -> list[Any]:
+        return [SimpleNamespace(name=k.split("/")[1]) for k in self.have if k.startswith(f"{kind}/")]
+
+    def put_object(self, kind: str, name: str, value: bytes, update: bool) -> Any:
+        self.calls.append((kind, name, update))
+        changed = self.have.get(f"{kind}/{name}") != value
+        self.have[f"{kind}/{name}"] = value
+        return SimpleNamespace(changed=changed, info=SimpleNamespace(size=len(value), revision="r1"))
+
+
+def test_the_cli_creates_new_objects_updates_known_ones_and_prints_no_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    objects = _Objects({"secret/shop_db_password": BINARY})
+    settings: Any = SimpleNamespace(client=lambda: objects)
+    write_objects(settings, _t(APP).objects)
+    assert objects.calls == [
+        ("secret", "shop_db_password", True),
+        ("secret", "shop_stripe_key", False),
+        ("config", "shop_nginx_conf", False),
+    ]
+    out = capsys.readouterr().out
+    assert "secret shop_db_password: unchanged" in out and "secret shop_stripe_key: created (9 bytes" in out
+    assert "sk_live_1" not in out and "listen" not in out
+
+
+def test_every_new_field_is_known_to_the_rolling_upgrade_rule() -> None:
+    assert {"entrypoint", "user", "working_dir", "read_only"} <= known_paths()
