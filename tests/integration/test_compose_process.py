@@ -123,9 +123,10 @@ def test_a_compose_stack_with_secrets_from_files_and_its_process(cluster: DevClu
 
     # The secrets: content and mode, as Swarm mounts them.
     assert docker_exec(cid, "cat", "/run/secrets/db_pw", user="0").stdout.encode() == DB_PW
-    assert docker_exec(cid, "stat", "-c", "%a %u", "/run/secrets/db_pw").stdout.split() == ["400", "0"]
+    mode = docker_exec(cid, "stat", "-c", "%a %u", "/run/secrets/db_pw", user="0").stdout
+    assert mode.split() == ["400", "0"], mode
     assert docker_exec(cid, "cat", "/run/secrets/db_pw").returncode != 0, "0400: not for user 1000"
-    assert docker_exec(cid, "stat", "-c", "%a", "/run/secrets/api_key").stdout.split() == ["444"]
+    assert docker_exec(cid, "stat", "-c", "%a", "/run/secrets/api_key", user="0").stdout.split() == ["444"]
     assert docker_exec(cid, "cat", "/run/secrets/api_key").stdout == API_KEY  # read by the app's user
     assert docker_exec(cid, "cat", "/etc/app/app.conf").stdout == "listen 8080\n"
 
