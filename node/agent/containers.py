@@ -133,4 +133,8 @@ def container_spec(
         log_options=dict(spec.logging.options) if spec.logging else {},
         dns=dns,
         dns_search=(f"{spec.stack}.shoal",) if dns and spec.stack else (),
+        entrypoint=tuple(spec.entrypoint) if spec.entrypoint else None,  # decision 70
+        user=spec.user,
+        working_dir=spec.working_dir,
+        read_only=bool(spec.read_only),
     )

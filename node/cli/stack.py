@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -38,15 +39,16 @@ def _dotenv(directory: Path) -> dict[str, str]:
     return out
 
 
-def compose_document(path: str, name: str) -> tuple[str, str, str]:
-    """A Compose file -> (stack name, stack document as JSON, source); warnings on stderr."""
+def compose_document(path: str, name: str) -> tuple[str, str, str, list[Any]]:
+    """A Compose file -> (stack name, stack document as JSON, source, the secrets and
+    configs its `file:` / `environment:` sources make, decision 70); warnings on stderr."""
     from node.compose.translate import ComposeError, translate
 
     text, source = read_spec(path)
     base = Path(path).resolve().parent if path != "-" else Path.cwd()
 
-    def read(rel: str) -> str:
-        return (base / rel).read_text(encoding="utf-8")
+    def read(rel: str) -> str:  # surrogateescape: a secret's bytes come back whole (node.compose.full)
+        return (base / rel).read_bytes().decode("utf-8", "surrogateescape")
 
     try:
         result = translate(text, source, name, {**_dotenv(base), **os.environ}, read)
@@ -54,7 +56,20 @@ def compose_document(path: str, name: str) -> tuple[str, str, str]:
         raise ShoalError(f"{source} cannot be deployed:\n{exc}") from None
     for w in result.warnings:
         click.echo(f"warning: {w.render(source)}", err=True)
-    return result.name, json.dumps(result.document), f"{source} (translated from Compose)"
+    return result.name, json.dumps(result.document), f"{source} (translated from Compose)", result.objects
+
+
+def write_objects(settings: Settings, writes: list[Any]) -> None:
+    """Create or update each secret and config of the stack (`shoal secret create`'s API:
+    sealed at rest); a changed value rolls the services that use it. Values never printed."""
+    if not writes:
+        return
+    client = settings.client()
+    have = {k: {o.name for o in client.list_objects(k)} for k in {w.kind for w in writes}}
+    for w in writes:
+        answer = client.put_object(w.kind, w.name, w.value, w.name in have[w.kind])
+        verb = "unchanged" if not answer.changed else "updated" if w.name in have[w.kind] else "created"
+        click.echo(f"{w.kind} {w.name}: {verb} ({answer.info.size} bytes, revision {answer.info.revision})")
 
 
 @stack.command("deploy")
@@ -68,7 +83,8 @@ def deploy_cmd(settings: Settings, path: str | None, compose: str | None, name: 
     if bool(path) == bool(compose):
         raise click.UsageError("give exactly one of -f FILE (shoal stack file) or -c FILE (Compose file)")
     if compose:
-        name, text, source = compose_document(compose, name)
+        name, text, source, writes = compose_document(compose, name)
+        write_objects(settings, writes)  # first: the specs refer to them
     else:
         text, source = read_spec(path or "-")
     result = settings.client().deploy_stack(name, text, source)

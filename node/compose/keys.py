@@ -16,6 +16,8 @@ SUPPORTED += ("cpus", "profiles", "scale")
 SUPPORTED += ("volumes",)  # named volumes (node.compose.volumes)
 SUPPORTED += ("pull_policy",)  # issue 13, images from registries: onto `pull`
 SUPPORTED += ("networks",)  # issue 13, networks scope names and VIPs (node.compose.networks)
+# decision 70 (node.compose.full): secrets and configs, the process, logging
+SUPPORTED += ("secrets", "configs", "entrypoint", "user", "working_dir", "read_only", "logging")
 PULL_POLICIES = {"always": "always", "missing": "missing", "if_not_present": "missing", "never": "never"}
 _NOT_YET = "not supported by shoal yet"
 
@@ -36,12 +38,6 @@ REFUSED: dict[str, str] = {
     "ulimits": f"{_NOT_YET}; the container would run with other limits",
     "volumes_from": f"{_NOT_YET}: the data would not survive a restart or a move",
     "tmpfs": f"{_NOT_YET}",
-    "secrets": f"{_NOT_YET}: the container would not find its /run/secrets files",
-    "configs": f"{_NOT_YET}: the container would not find its config files",
-    "entrypoint": f"{_NOT_YET}: the image's own entrypoint would run instead",
-    "user": f"{_NOT_YET}: the container would run as the image's user",
-    "working_dir": f"{_NOT_YET}: the command would run in the image's directory",
-    "read_only": f"{_NOT_YET}: the root filesystem would be writable",
     "extra_hosts": f"{_NOT_YET}: those names would not resolve",
     "links": "replicas reach other services through shoal's mesh, not Docker links",
     "external_links": "replicas reach other services through shoal's mesh, not Docker links",
@@ -58,11 +54,10 @@ REFUSED: dict[str, str] = {
     "gpus": "shoal gives containers no GPUs",
 }
 # Refused only when set to this value: the other is what shoal does anyway.
-REFUSED_WHEN_TRUE = ("privileged", "read_only", "init", "oom_kill_disable")
+REFUSED_WHEN_TRUE = ("privileged", "init", "oom_kill_disable")
 
 IGNORED: dict[str, str] = {
-    "labels": "container labels are shoal's own (service, slot, task)",
-    "logging": "replicas log to the engine's default driver; `docker logs` reads them",
+    "labels": "container labels are shoal's own (io.shoal.*: service, slot, task); use environment:",
     "container_name": "shoal names each replica <stack>_<service>.<slot>.<task>",
     "hostname": "each replica keeps the hostname Docker gives it",
     "domainname": "each replica keeps Docker's default",
@@ -91,9 +86,6 @@ DEPLOY_IGNORED: dict[str, str] = {
     "rollback_config": "a failed update rolls back with update_config's settings",
 }
 TOP_LEVEL = ("version", "name", "services", "networks", "volumes", "secrets", "configs")
-TOP_IGNORED = {
-    "secrets": "no service may use them (service secrets are refused)",
-    "configs": "no service may use them (service configs are refused)",
-}
+TOP_IGNORED: dict[str, str] = {}  # secrets and configs: node.compose.objects (decision 70)
 NO_UDP = "not carried by shoal's proxy, which forwards TCP (and HTTP) only"
 RESTART = {"none": "never", "no": "never", "on-failure": "on-failure", "any": "always", "always": "always"}

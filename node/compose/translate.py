@@ -1,16 +1,12 @@
 """A Compose file -> shoal's stack document (`node.compose.stackfile`).
 
 `translate` reads the file with line and column kept, interpolates variables
-(`node.compose.interpolate`), and maps each service onto shoal's spec fields: image,
-command, environment and env_file, ports and expose, deploy (replicas, mode, resources,
-placement, update_config, restart_policy), restart, healthcheck, depends_on,
-stop_grace_period and the legacy mem_limit / mem_reservation / cpus. A key shoal cannot
-honour is refused or ignored with a warning (`node.compose.keys`), one line each naming
-the key and its line; an unknown key is refused with a "did you mean". Every translated
-service is then checked as shoal checks a spec, and dependency cycles are named, so what
-`translate` returns deploys; nothing is written here.
-
-Pure: no grpc, docker or etcd; files (env_file) are read through the `read` callable.
+(`node.compose.interpolate`) and maps each service onto shoal's spec (`node.compose.keys`
+SUPPORTED; secrets, configs, the process, logging: `node.compose.full`). A key shoal cannot
+honour is refused or ignored with a warning (`node.compose.keys`), one line each, at its
+line; an unknown key is refused with a "did you mean". Every spec is checked as shoal checks
+a spec, and cycles are named: what `translate` returns deploys; nothing is written here (the
+caller writes `objects` first). Pure: no grpc, docker or etcd; files are read through `read`.
 """
 
 from __future__ import annotations
@@ -26,6 +22,7 @@ from node.compose import keys
 from node.compose import networks as compose_networks
 from node.compose import volumes as compose_volumes
 from node.compose.deploy import deploy, healthcheck, ports
+from node.compose.full import extra_keys
 from node.compose.interpolate import InterpolationError, interpolate, parse_duration, parse_size
 from node.compose.stackfile import check_stack_name, find_cycle
 from node.model.spec import NAME_PATTERN, SpecError, load_yaml, spec_from_dict
@@ -68,6 +65,7 @@ class Translation:
     name: str  # the stack's name: the caller's, else the file's `name:`
     document: dict[str, Any]  # shoal's stack file: {"name": ..., "services": {short: spec}}
     warnings: list[Notice] = field(default_factory=list)
+    objects: list[Any] = field(default_factory=list)  # node.compose.objects.ObjectWrite: write first
 
 
 def _at(node: Any, key: Any) -> _Where:
@@ -133,7 +131,7 @@ def translate(
     run.interpolate(data, "")
     for key in data:
         where, k = _at(data, key), str(key)
-        if k.startswith("x-") or k in ("version", "name", "services", "volumes", "networks"):
+        if k.startswith("x-") or k in keys.TOP_LEVEL:
             continue
         if k in keys.TOP_IGNORED:
             run.warn(where, k, f"ignored: {keys.TOP_IGNORED[k]}")
@@ -167,6 +165,7 @@ def translate(
             continue
         spec, at = _Service(run, short, body, where).spec()
         services[short], lines[short] = spec, at
+    writes = extra_keys(run, data, stack, services, lines, _at)  # decision 70
     _dependencies(run, data["services"], services)
     if not run.errors:
         _check(run, stack, services, lines)
@@ -174,7 +173,7 @@ def translate(
         raise ComposeError(
             source, sorted(run.errors, key=lambda e: (e.line is None, e.line or 0, e.column or 0))
         )
-    return Translation(stack, {"name": stack, "services": services}, run.warnings)
+    return Translation(stack, {"name": stack, "services": services}, run.warnings, writes)
 
 
 def _pair(item: str) -> tuple[str, str | None]:

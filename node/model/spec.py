@@ -66,6 +66,7 @@ from node.model.spec_lifecycle import (
     distinct_targets,
 )
 from node.model.spec_networks import NetworkName
+from node.model.spec_process import Entrypoint, User, WorkingDir
 from node.model.spec_resources import (
     _STRICT,
     Limits,
@@ -193,6 +194,12 @@ class ServiceSpec(BaseModel):
     # Issue 15 item 3: launch: dedicated, a node of its own per task (node.model.spec_launch, decision 68)
     launch: Launch | None = None
     _launch_fits = model_validator(mode="after")(launch_fits)
+
+    # Issue 13 item 2 (decision 70): the process, as Compose says it (node.model.spec_process).
+    entrypoint: Entrypoint | None = None  # None: the image's ENTRYPOINT
+    user: User | None = None  # None: the image's USER
+    working_dir: WorkingDir | None = None  # None: the image's WORKDIR
+    read_only: bool | None = None  # True: a read-only root filesystem
 
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}

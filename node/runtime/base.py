@@ -94,6 +94,12 @@ class ContainerSpec:
     dns: tuple[str, ...] = ()  # name servers of the container; (): the engine's default
     dns_search: tuple[str, ...] = ()
 
+    # issue 13 item 2 (decision 70): the process; None: the image's (node.runtime.docker_process)
+    entrypoint: tuple[str, ...] | None = None
+    user: str | None = None
+    working_dir: str | None = None
+    read_only: bool = False
+
     def __repr__(self) -> str:  # env may hold opened secret_env values: never in a log line
         return f"ContainerSpec({self.name}, {self.image})"
 

@@ -20,8 +20,7 @@ What it guarantees:
   "no" only a person's `docker restart` could make it stale.
 - `exec` (health checks) runs in a pool of its own and reads the exec's output with a
   deadline, so a check that hangs costs one exec thread for at most its timeout and
-  never delays a start or a stop. A container made for a spec with its own check has
-  the image's HEALTHCHECK turned off (`image_healthcheck=False`).
+  never delays a start or a stop. Create options (HEALTHCHECK off, the process): `docker_process`.
 - `pull` runs in threads and on a client of their own (`node.runtime.docker_pull`), so a
   slow pull holds up no list, start or stop; `ping` too, bounded by PING_TIMEOUT, so a
   hung engine is a failed ping within seconds (`node.agent.engine` decides on outages).
@@ -60,6 +59,7 @@ from node.runtime.base import (
     ImageError,
     RuntimeUnavailable,
 )
+from node.runtime.docker_process import create_options
 from node.runtime.docker_pull import pull_image
 
 T = TypeVar("T")
@@ -262,7 +262,7 @@ class DockerRuntime:
             ]
             or None,
         )
-        extra: dict[str, Any] = {} if spec.image_healthcheck else {"healthcheck": {"test": ["NONE"]}}
+        extra = create_options(spec, host_config)  # healthcheck off, the process (decision 70)
         try:
             created = client.api.create_container(
                 spec.image,
