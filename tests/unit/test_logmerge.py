@@ -156,6 +156,30 @@ async def test_fan_in_raises_a_sources_error() -> None:
     assert ok.closed
 
 
+async def test_fan_in_reads_streams_that_join_later_and_one_ending_ends_not_the_whole() -> None:
+    first, late = Source([1, 2]), Source([10, 20], block_after=True)
+    joined = asyncio.Event()
+
+    async def more() -> AsyncIterator[list[AsyncIterator[int]]]:
+        yield [late.gen()]  # a replica that started after `-f` began
+        joined.set()
+        await asyncio.Event().wait()  # still watching for more (until the reader stops)
+
+    merged = fan_in([first.gen()], more=more())
+    got = [await anext(merged) for _ in range(4)]
+    assert sorted(got) == [1, 2, 10, 20]  # the first stream ended; the whole goes on
+    assert joined.is_set() and first.closed
+    await merged.aclose()
+    assert late.closed  # a joined stream is closed with the others
+
+
+async def test_fan_in_ends_when_the_watch_and_every_stream_end() -> None:
+    async def more() -> AsyncIterator[list[AsyncIterator[int]]]:
+        yield [Source([5]).gen()]
+
+    assert sorted([x async for x in fan_in([Source([1]).gen()], more=more())]) == [1, 5]
+
+
 async def test_batches_take_what_is_ready_bounded_by_count_and_bytes() -> None:
     source = Source(list(range(1200)))
     got = [b async for b in batches(source.gen(), size=lambda x: 1, max_items=500)]
