@@ -21,7 +21,7 @@ import contextlib
 import functools
 import heapq
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -377,3 +377,26 @@ async def _close_all(sources: Sequence[AsyncIterator[T]]) -> None:
         if close is not None:
             with contextlib.suppress(Exception):
                 await close()
+
+
+def interleave(
+    batches: Iterable[Sequence[T]], events: Iterable[T], key: Callable[[T], int]
+) -> Iterator[list[T]]:
+    """`--events` without -f: the batches of lines (merged in `key` order) with the
+    service's events (oldest first) put among them in `key` order, an event before a
+    line of the same time. An item whose key is 0 (a notice, no time) stays where it is.
+    Reads one batch at a time; events after the last line come at the end."""
+    pending = iter(events)
+    head = next(pending, None)
+    for batch in batches:
+        out: list[T] = []
+        for item in batch:
+            stamp = key(item)
+            while head is not None and stamp and key(head) <= stamp:
+                out.append(head)
+                head = next(pending, None)
+            out.append(item)
+        yield out
+    rest = [] if head is None else [head, *pending]
+    if rest:
+        yield rest

@@ -15,6 +15,7 @@ from node.runtime.logmerge import (
     fan_in,
     format_line,
     format_time,
+    interleave,
     lines_of,
     merge_sorted,
     parse_duration,
@@ -234,3 +235,18 @@ def test_a_chunked_body_with_garbage_for_a_size_is_an_error() -> None:
         Chunked().feed(b"zz\r\nhello\r\n")
     with pytest.raises(ValueError):
         Chunked().feed(b"1" * 2000)  # a size line that never ends
+
+
+def test_interleave_puts_events_among_the_lines_in_time_order() -> None:
+    lines = [[("l", 10), ("l", 20)], [("notice", 0), ("l", 30)]]
+    events = [("e", 5), ("e", 20), ("e", 25), ("e", 99)]
+    got = list(interleave(lines, events, key=lambda x: x[1]))
+    flat = [x for batch in got for x in batch]
+    assert flat == [("e", 5), ("l", 10), ("e", 20), ("l", 20), ("notice", 0), ("e", 25), ("l", 30), ("e", 99)]
+    assert got[-1] == [("e", 99)]  # events after the last line come at the end
+
+
+def test_interleave_without_events_or_lines() -> None:
+    assert list(interleave([[1, 2]], [], key=lambda x: x)) == [[1, 2]]
+    assert list(interleave([], [3], key=lambda x: x)) == [[3]]
+    assert list(interleave([], [], key=lambda x: x)) == []
