@@ -30,7 +30,7 @@ import grpc
 import grpc.aio
 
 from node.api.server import handle_stream
-from node.model.domain import Assignment, NodeInfo, TaskStatus
+from node.model.domain import Assignment, NodeInfo, TaskState, TaskStatus
 from node.model.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from node.model.keys import Keys
 from node.pb import api_pb2, peer_pb2_grpc
@@ -47,6 +47,9 @@ LOGS_TIMEOUT = 120.0  # s a peer may take to send a task's logs when not followi
 FIRST_INPUT_TIMEOUT = 10.0  # s for an exec's first message (its start)
 MAX_COMMAND = 8192  # bytes of an exec's argv
 MAX_TASKS = 1000  # tasks one logs call reads at once
+WATCH_INTERVAL = 1.0  # s between looks for a followed service's new tasks
+NOT_STARTED = frozenset({TaskState.PENDING, TaskState.PULLING, TaskState.UNKNOWN, TaskState.FAILED})
+#   a task in these has no container to read (yet): its stream opens once it leaves them
 BATCHES_QUEUED = 8  # batches (each at most one 64 KiB engine read, or a peer's ~256 KiB) held
 #   between the followed streams and the client: the bound per stream, a few MiB at most
 
@@ -194,12 +197,45 @@ class TaskIO:
             raise InvalidArgument("since: a time in unix seconds, not negative")
         sources = [self._task_batches(t, request) for t in targets[:MAX_TASKS]]
         if request.follow:
-            async for batch in fan_in(sources, maxsize=BATCHES_QUEUED):
+            more = None
+            if request.service and not request.task:
+                more = self._joining(request, {t.task for t in targets})
+            async for batch in fan_in(sources, maxsize=BATCHES_QUEUED, more=more):
                 yield batch
             return
         merged = merge_sorted([_lines(s) for s in sources], key=lambda line: line.time_ns)
         async for lines in batches(merged, _size):
             yield api_pb2.LogBatch(lines=lines)
+
+    async def _joining(
+        self, request: api_pb2.LogsRequest, seen: set[str]
+    ) -> AsyncIterator[list[AsyncIterator[api_pb2.LogBatch]]]:
+        """While following a service: the streams of its tasks that appear after the
+        command began, each opened once its node reports the task past `pending` (its
+        container exists) and read from its first line (no `--tail`). Ends when the
+        service is removed; etcd not answering skips a look, it does not end the logs.
+        A task that goes away ends its own stream (its container's follow ends)."""
+        ask = api_pb2.LogsRequest(service=request.service, follow=True, since=request.since)
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                targets = await self.service_targets(request.service)
+                fresh = []
+                for t in targets:
+                    if t.task in seen or len(seen) >= MAX_TASKS:
+                        continue
+                    kv = await self.store.get(self.keys.status(t.task))
+                    if kv is None or TaskStatus.from_json(kv.value).state in NOT_STARTED:
+                        continue
+                    seen.add(t.task)
+                    fresh.append(self._task_batches(t, ask))
+            except NotFound:
+                return
+            except Exception as exc:  # the store not answering now: look again later
+                log.debug("logs of %s: new tasks not read: %s", request.service, exc)
+                continue
+            if fresh:
+                yield fresh
 
     async def _task_batches(self, t: Target, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogBatch]:
         ask = api_pb2.LogsRequest(

@@ -26,12 +26,14 @@ import click
 
 from node.cli import Settings, pass_settings
 from node.pb import api_pb2
-from node.runtime.logmerge import format_time, parse_since, prefix
+from node.runtime.logmerge import format_time, interleave, parse_since, prefix
 from node.wire.client import ShoalClient, ShoalError
 
 COLOURS = ("cyan", "green", "yellow", "magenta", "blue", "red")
 LOGS_DEADLINE = 60.0  # s at least for a call that is not followed (many lines from many nodes)
 STDIN_QUEUE = 64  # chunks of stdin waiting to be sent
+EVENT_TAG = "\0event"  # the task field of an event printed among the lines (no task id has it)
+EVENTS_QUEUE = 64  # batches of lines or events read ahead of the printing when following
 
 
 def _since(text: str | None) -> float:
@@ -55,21 +57,31 @@ def _logs_options(f: Any) -> Any:
 
 
 def print_logs(
-    client: ShoalClient, request: api_pb2.LogsRequest, timestamps: bool, colour: bool | None = None
+    client: ShoalClient,
+    request: api_pb2.LogsRequest,
+    timestamps: bool,
+    colour: bool | None = None,
+    events: bool = False,
 ) -> None:
     """Each line as `format_line` makes it (the tag coloured per task when `colour`), a
     batch in one write: the tag, its padding and colour are made once per task and width,
-    not per line (a followed service prints hundreds of thousands of lines)."""
+    not per line (a followed service prints hundreds of thousands of lines). With
+    `events`, the service's events come among the lines as `event | KIND MESSAGE`."""
     colour = sys.stdout.isatty() if colour is None else colour
     timeout = None if request.follow else max(client.timeout, LOGS_DEADLINE)
+    stream: Iterator[list[api_pb2.LogLine]] = (
+        list(batch.lines) for batch in client._stream("ServiceLogs", request, timeout)
+    )
+    if events:
+        stream = with_events(client, request, stream)
     width = 0
-    tags: dict[str, str] = {}  # task -> its prefix (a task's service, slot and node never change)
+    tags: dict[str, str] = {EVENT_TAG: "event"}  # task -> its prefix (its service, slot, node never change)
     heads: dict[str, tuple[int, str]] = {}  # task -> (width, its printed tag and ` | `)
     order: dict[str, int] = {}  # task -> its colour's index
     out = sys.stdout
-    for batch in client._stream("ServiceLogs", request, timeout):
+    for lines in stream:
         chunk: list[str] = []
-        for line in batch.lines:
+        for line in lines:
             task = line.task
             tag = tags.get(task) or tags.setdefault(task, prefix(line.service, line.slot, task, line.node))
             if line.notice:
@@ -83,7 +95,7 @@ def print_logs(
             made = heads.get(task)
             if made is None or made[0] != width:
                 padded = tag.ljust(width)
-                if colour:
+                if colour and task != EVENT_TAG:
                     index = order.setdefault(task, len(order))
                     padded = click.style(padded, fg=COLOURS[index % len(COLOURS)])
                 made = heads[task] = (width, padded + " | ")
@@ -97,18 +109,74 @@ def print_logs(
         out.flush()  # a batch is what was ready: a followed line shows at once
 
 
+def event_line(event: api_pb2.Event) -> api_pb2.LogLine:
+    """An event as a line to print among the logs: `event | KIND MESSAGE`."""
+    text = f"{event.kind} {event.message}".encode()
+    return api_pb2.LogLine(task=EVENT_TAG, service=event.service, time_ns=int(event.time * 1e9), text=text)
+
+
+def with_events(
+    client: ShoalClient, request: api_pb2.LogsRequest, lines: Iterator[list[api_pb2.LogLine]]
+) -> Iterator[list[api_pb2.LogLine]]:
+    """The batches of `lines` with the service's events among them: in time order when
+    not following (`interleave`); as they come when following (two reader threads, one
+    bounded queue; the streams are cancelled when the command ends)."""
+    since = request.since
+    if not request.follow:
+        past = (event_line(e) for e in client.events(service=request.service, since=since))
+        yield from interleave(lines, past, key=lambda line: line.time_ns)
+        return
+    events = client.events(service=request.service, follow=True, since=since)
+    items: queue.Queue[tuple[str, object]] = queue.Queue(EVENTS_QUEUE)
+
+    def read(name: str, source: Iterator[Any], make: Any) -> None:
+        try:
+            for item in source:
+                items.put(("item", make(item)))
+        except Exception as exc:  # a stream that fails ends the command with its error
+            items.put(("error", exc))
+        items.put(("end", name))
+
+    threads = [
+        threading.Thread(target=read, args=("logs", lines, lambda b: b), daemon=True),
+        threading.Thread(target=read, args=("events", events, lambda e: [event_line(e)]), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while True:
+            kind, item = items.get()
+            if kind == "error":
+                raise item  # type: ignore[misc]
+            if kind == "end":
+                if item == "logs":
+                    return
+                continue
+            yield item  # type: ignore[misc]
+    finally:
+        with contextlib.suppress(Exception):
+            events.close()  # type: ignore[attr-defined]
+
+
 @click.command("logs")
 @click.argument("name")
 @_logs_options
+@click.option("--events", "with_service_events", is_flag=True, help="Interleave the service's events.")
 @pass_settings
 def service_logs(
-    settings: Settings, name: str, follow: bool, tail: int | None, since: str | None, timestamps: bool
+    settings: Settings,
+    name: str,
+    follow: bool,
+    tail: int | None,
+    since: str | None,
+    timestamps: bool,
+    with_service_events: bool,
 ) -> None:
     """Print the logs of every replica of a service, merged in time order."""
     request = api_pb2.LogsRequest(service=name, follow=follow, since=_since(since))
     if tail is not None:
         request.tail = tail
-    print_logs(settings.client(), request, timestamps)
+    print_logs(settings.client(), request, timestamps, events=with_service_events)
 
 
 @click.group()

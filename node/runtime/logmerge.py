@@ -21,7 +21,7 @@ import contextlib
 import functools
 import heapq
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -243,12 +243,19 @@ async def merge_sorted(sources: Sequence[AsyncIterator[T]], key: Callable[[T], i
         await _close_all(sources)
 
 
-async def fan_in(sources: Sequence[AsyncIterator[T]], maxsize: int = FAN_IN_QUEUE) -> AsyncIterator[T]:
+async def fan_in(
+    sources: Sequence[AsyncIterator[T]],
+    maxsize: int = FAN_IN_QUEUE,
+    more: AsyncIterator[Sequence[AsyncIterator[T]]] | None = None,
+) -> AsyncIterator[T]:
     """Items of all streams as they come, through one queue of `maxsize`; ends when all
     end. A source that raises ends the whole (its error is raised here); the readers
-    of the sources are cancelled when the reader stops or is cancelled."""
+    of the sources are cancelled when the reader stops or is cancelled. `more` yields
+    streams that join later (replicas that start while following): each is read as
+    the first ones are; the whole ends when `more` and every stream have ended."""
     queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue(maxsize)
     done = object()
+    sources = list(sources)
 
     async def pump(source: AsyncIterator[T]) -> None:
         try:
@@ -261,7 +268,21 @@ async def fan_in(sources: Sequence[AsyncIterator[T]], maxsize: int = FAN_IN_QUEU
             return
         await queue.put((2, done))
 
+    async def joiners(later: AsyncIterator[Sequence[AsyncIterator[T]]]) -> None:
+        try:
+            async for fresh in later:
+                await queue.put((3, fresh))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await queue.put((1, exc))
+            return
+        await queue.put((2, done))
+
     tasks = [asyncio.create_task(pump(s)) for s in sources]
+    if more is not None:
+        sources.append(more)  # type: ignore[arg-type]  # closed with the others at the end
+        tasks.append(asyncio.create_task(joiners(more)))
     try:
         left = len(tasks)
         while left:
@@ -270,6 +291,11 @@ async def fan_in(sources: Sequence[AsyncIterator[T]], maxsize: int = FAN_IN_QUEU
                 left -= 1
             elif kind == 1:
                 raise item  # type: ignore[misc]
+            elif kind == 3:
+                for source in item:  # type: ignore[attr-defined]
+                    sources.append(source)
+                    tasks.append(asyncio.create_task(pump(source)))
+                    left += 1
             else:
                 yield item  # type: ignore[misc]
     finally:
@@ -351,3 +377,26 @@ async def _close_all(sources: Sequence[AsyncIterator[T]]) -> None:
         if close is not None:
             with contextlib.suppress(Exception):
                 await close()
+
+
+def interleave(
+    batches: Iterable[Sequence[T]], events: Iterable[T], key: Callable[[T], int]
+) -> Iterator[list[T]]:
+    """`--events` without -f: the batches of lines (merged in `key` order) with the
+    service's events (oldest first) put among them in `key` order, an event before a
+    line of the same time. An item whose key is 0 (a notice, no time) stays where it is.
+    Reads one batch at a time; events after the last line come at the end."""
+    pending = iter(events)
+    head = next(pending, None)
+    for batch in batches:
+        out: list[T] = []
+        for item in batch:
+            stamp = key(item)
+            while head is not None and stamp and key(head) <= stamp:
+                out.append(head)
+                head = next(pending, None)
+            out.append(item)
+        yield out
+    rest = [] if head is None else [head, *pending]
+    if rest:
+        yield rest

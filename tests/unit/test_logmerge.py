@@ -15,6 +15,7 @@ from node.runtime.logmerge import (
     fan_in,
     format_line,
     format_time,
+    interleave,
     lines_of,
     merge_sorted,
     parse_duration,
@@ -156,6 +157,30 @@ async def test_fan_in_raises_a_sources_error() -> None:
     assert ok.closed
 
 
+async def test_fan_in_reads_streams_that_join_later_and_one_ending_ends_not_the_whole() -> None:
+    first, late = Source([1, 2]), Source([10, 20], block_after=True)
+    joined = asyncio.Event()
+
+    async def more() -> AsyncIterator[list[AsyncIterator[int]]]:
+        yield [late.gen()]  # a replica that started after `-f` began
+        joined.set()
+        await asyncio.Event().wait()  # still watching for more (until the reader stops)
+
+    merged = fan_in([first.gen()], more=more())
+    got = [await anext(merged) for _ in range(4)]
+    assert sorted(got) == [1, 2, 10, 20]  # the first stream ended; the whole goes on
+    assert joined.is_set() and first.closed
+    await merged.aclose()
+    assert late.closed  # a joined stream is closed with the others
+
+
+async def test_fan_in_ends_when_the_watch_and_every_stream_end() -> None:
+    async def more() -> AsyncIterator[list[AsyncIterator[int]]]:
+        yield [Source([5]).gen()]
+
+    assert sorted([x async for x in fan_in([Source([1]).gen()], more=more())]) == [1, 5]
+
+
 async def test_batches_take_what_is_ready_bounded_by_count_and_bytes() -> None:
     source = Source(list(range(1200)))
     got = [b async for b in batches(source.gen(), size=lambda x: 1, max_items=500)]
@@ -210,3 +235,18 @@ def test_a_chunked_body_with_garbage_for_a_size_is_an_error() -> None:
         Chunked().feed(b"zz\r\nhello\r\n")
     with pytest.raises(ValueError):
         Chunked().feed(b"1" * 2000)  # a size line that never ends
+
+
+def test_interleave_puts_events_among_the_lines_in_time_order() -> None:
+    lines = [[("l", 10), ("l", 20)], [("notice", 0), ("l", 30)]]
+    events = [("e", 5), ("e", 20), ("e", 25), ("e", 99)]
+    got = list(interleave(lines, events, key=lambda x: x[1]))
+    flat = [x for batch in got for x in batch]
+    assert flat == [("e", 5), ("l", 10), ("e", 20), ("l", 20), ("notice", 0), ("e", 25), ("l", 30), ("e", 99)]
+    assert got[-1] == [("e", 99)]  # events after the last line come at the end
+
+
+def test_interleave_without_events_or_lines() -> None:
+    assert list(interleave([[1, 2]], [], key=lambda x: x)) == [[1, 2]]
+    assert list(interleave([], [3], key=lambda x: x)) == [[3]]
+    assert list(interleave([], [], key=lambda x: x)) == []

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from node.api import taskio
 from node.api.taskio import TaskIO
 from node.model.domain import Assignment, NodeInfo, ServiceRecord, TaskStatus
 from node.model.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -150,8 +151,46 @@ async def test_tail_and_since_are_passed_to_every_node() -> None:
 
 async def test_follow_interleaves_as_lines_come() -> None:
     io, _ = await make()
-    got = [x async for x in io.logs(api_pb2.LogsRequest(service="web", follow=True))]
+    followed = io.logs(api_pb2.LogsRequest(service="web", follow=True))
+    got = [await anext(followed) for _ in range(5)]  # a followed service goes on (new tasks)
+    await followed.aclose()  # type: ignore[attr-defined]
     assert sorted(x.text for x in got) == [b"a", b"b", b"c", b"d", b"e"]
+
+
+async def test_follow_opens_a_task_that_appears_once_its_container_exists(monkeypatch: Any) -> None:
+    monkeypatch.setattr(taskio, "WATCH_INTERVAL", 0.01)
+    io, _ = await make({"t4": [line(60, "new")]})
+    followed = io.logs(api_pb2.LogsRequest(service="web", follow=True, tail=1))
+    assert (await anext(followed)).task in {"t1", "t2", "t3"}  # the command is under way
+    store = io.store
+    await store.put(KEYS.task("web", 4), Assignment("t4", "web", 4, "n2", 1, 1).to_json())
+    await store.put(KEYS.status("t4"), TaskStatus("t4", "web", 4, "n2", "pending").to_json())
+    looks: list[str] = []
+    looked_twice = asyncio.Event()
+    get = store.get
+
+    async def recorded(key: str) -> Any:
+        looks.append(key)
+        if looks.count(KEYS.status("t4")) >= 2:
+            looked_twice.set()
+        return await get(key)
+
+    store.get = recorded  # type: ignore[method-assign]
+    await asyncio.wait_for(looked_twice.wait(), 5)  # the watch read t4's status twice: pending
+    assert "t4" not in {r.task for _, r in io.peers.asked}  # type: ignore[attr-defined]
+    await store.put(KEYS.status("t4"), TaskStatus("t4", "web", 4, "n2", "running").to_json())
+    got = await asyncio.wait_for(_until(followed, b"new"), 5)
+    await followed.aclose()  # type: ignore[attr-defined]
+    assert (got.task, got.slot, got.node) == ("t4", 4, "n2")
+    asked = [r for _, r in io.peers.asked if r.task == "t4"]  # type: ignore[attr-defined]
+    assert len(asked) == 1 and not asked[0].HasField("tail") and asked[0].follow  # from its first line
+
+
+async def _until(lines: AsyncIterator[api_pb2.LogLine], text: bytes) -> api_pb2.LogLine:
+    async for x in lines:
+        if x.text == text:
+            return x
+    raise AssertionError(f"{text!r} never came")
 
 
 async def test_an_unknown_service_or_task_is_not_found_and_a_request_needs_one() -> None:
