@@ -41,6 +41,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,20 +193,28 @@ def delete(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def main(argv: list[str]) -> int:
-    shoald: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, shoald = argv[:i], argv[i + 1 :]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--state", type=Path, required=True, help="where the nodes' data dirs and logs go")
-    p.add_argument("--grpc-port", type=int, default=0, help="the nodes' gRPC port [the leader's]")
-    p.add_argument("--first", type=int, default=50, help="first x of 127.0.0.x to try [50]")
-    p.add_argument("--start-timeout", type=float, default=30.0, help="s to wait for shoald to listen")
-    p.add_argument("--stop-timeout", type=float, default=15.0, help="s from SIGTERM to SIGKILL")
-    p.add_argument("--stop-all", action="store_true", help="stop every daemon started here, and exit")
-    args = p.parse_args(argv)
-    args.shoald = shoald
+def split_shoald(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the provider's own arguments, the extra shoald arguments after `--`)."""
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1 :]
+
+
+Action = Callable[[argparse.Namespace, dict[str, Any]], dict[str, Any]]
+
+
+def serve(
+    args: argparse.Namespace,
+    name: str,
+    create: Action,
+    delete: Action,
+    errors: tuple[type[Exception], ...] = (),
+) -> int:
+    """The provider protocol (leader.provider), for this provider and netns.py: one call at
+    a time under the state directory's lock; `--stop-all`, or one JSON request on stdin
+    answered with JSON on stdout; a failure is one line on stderr and exit status 1."""
+    caught: tuple[type[Exception], ...] = (Refused, KeyError, ValueError, OSError, *errors)
     args.state.mkdir(parents=True, exist_ok=True)
     with (args.state / ".lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one call at a time: addresses are never given twice
@@ -222,11 +231,25 @@ def main(argv: list[str]) -> int:
                 answer = delete(args, request)
             else:
                 raise Refused(f"action {action!r} is not create or delete")
-        except (Refused, KeyError, ValueError, OSError) as exc:
-            print(f"local provider: {type(exc).__name__}: {exc}", file=sys.stderr)
+        except caught as exc:
+            print(f"{name} provider: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
     print(json.dumps(answer))
     return 0
+
+
+def main(argv: list[str]) -> int:
+    argv, shoald = split_shoald(argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--state", type=Path, required=True, help="where the nodes' data dirs and logs go")
+    p.add_argument("--grpc-port", type=int, default=0, help="the nodes' gRPC port [the leader's]")
+    p.add_argument("--first", type=int, default=50, help="first x of 127.0.0.x to try [50]")
+    p.add_argument("--start-timeout", type=float, default=30.0, help="s to wait for shoald to listen")
+    p.add_argument("--stop-timeout", type=float, default=15.0, help="s from SIGTERM to SIGKILL")
+    p.add_argument("--stop-all", action="store_true", help="stop every daemon started here, and exit")
+    args = p.parse_args(argv)
+    args.shoald = shoald
+    return serve(args, "local", create, delete)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -137,10 +136,7 @@ def delete(args: argparse.Namespace, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    shoald: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, shoald = argv[:i], argv[i + 1 :]
+    argv, shoald = local.split_shoald(argv)
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument(
         "--state", type=Path, required=True, help="where the nodes' records, data dirs and logs go"
@@ -153,27 +149,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--stop-all", action="store_true", help="remove every node made here, and exit")
     args = p.parse_args(argv)
     args.shoald_extra = shoald
-    args.state.mkdir(parents=True, exist_ok=True)
-    with (args.state / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one call at a time: addresses are never given twice
-        try:
-            if args.stop_all:
-                for node_id in local._records(args.state):
-                    delete(args, {"node": {"id": node_id}})
-                return 0
-            request = json.loads(sys.stdin.read())
-            action = request.get("action")
-            if action == "create":
-                answer = create(args, request)
-            elif action == "delete":
-                answer = delete(args, request)
-            else:
-                raise Refused(f"action {action!r} is not create or delete")
-        except (Refused, KeyError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
-            print(f"netns provider: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
-    print(json.dumps(answer))
-    return 0
+    return local.serve(args, "netns", create, delete, (subprocess.TimeoutExpired,))
 
 
 if __name__ == "__main__":
