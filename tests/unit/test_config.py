@@ -120,6 +120,9 @@ def test_a_broken_or_missing_file_is_refused(tmp_path: Path) -> None:
         ({"SHOAL_DOCKER_HOST": "/var/run/docker.sock"}, "docker_host"),
         ({"SHOAL_ENGINE_TIMEOUT": "0"}, "engine_timeout"),
         ({"SHOAL_PULL_TIMEOUT": "0.5"}, "pull_timeout"),
+        ({"SHOAL_RESTART_GRACE": "-2"}, "restart_grace"),
+        ({"SHOAL_RESTART_GRACE": "3601"}, "restart_grace"),
+        ({"SHOAL_RESTART_GRACE": "soon"}, "restart_grace"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(env: dict[str, str], field: str) -> None:
@@ -226,3 +229,11 @@ def test_proxy_limits_have_their_defaults_and_reach_the_mesh(tmp_path: Path) -> 
 def test_bad_proxy_limits_are_refused_naming_the_setting(env: dict[str, str], field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         load({}, env)
+
+
+def test_restart_grace_defaults_to_the_lease_ttl_and_minus_one_turns_the_mark_off() -> None:
+    from node.daemon.restarting import grace
+
+    assert grace(NodeConfig(preset="local")) == NodeConfig(preset="local").timings.lease_ttl
+    assert grace(NodeConfig(preset="lan", restart_grace=42)) == 42
+    assert grace(NodeConfig(restart_grace=-1)) == 0  # no `restarting/` mark: tasks move as for a crash
