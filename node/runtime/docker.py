@@ -20,7 +20,8 @@ What it guarantees:
   "no" only a person's `docker restart` could make it stale.
 - `exec` (health checks) runs in a pool of its own and reads the exec's output with a
   deadline, so a check that hangs costs one exec thread for at most its timeout and
-  never delays a start or a stop. Create options (HEALTHCHECK off, the process): `docker_process`.
+  never delays a start or a stop. Create options (HEALTHCHECK off, the process): `docker_process`;
+  the answers read into `Container` and an exec's output into text (pure): `docker_records`.
 - `pull` runs in threads and on a client of their own (`node.runtime.docker_pull`), so a
   slow pull holds up no list, start or stop; `ping` too, bounded by PING_TIMEOUT, so a
   hung engine is a failed ping within seconds (`node.agent.engine` decides on outages).
@@ -53,7 +54,6 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay
 from node.runtime.base import (
     Container,
     ContainerSpec,
-    DockerHealth,
     EngineError,
     ExecResult,
     ImageError,
@@ -61,6 +61,7 @@ from node.runtime.base import (
 )
 from node.runtime.docker_process import create_options
 from node.runtime.docker_pull import pull_image
+from node.runtime.docker_records import demux, from_inspect, from_summary, has_health
 
 T = TypeVar("T")
 DEFAULT_URL = "unix:///var/run/docker.sock"
@@ -70,7 +71,6 @@ PULL_WORKERS = 4  # threads for image pulls (one per image pulled at once; more 
 #   their deadline running); a pull stalled on a silent socket ends at the client's read timeout
 EXEC_OUTPUT = 4096  # bytes of an exec's output kept
 PING_TIMEOUT = 5.0  # s a ping may take (connect and read) before the engine counts as not answering
-NEVER = "0001-01-01T00:00:00Z"  # Docker's StartedAt of a container never started
 
 
 class DockerRuntime:
@@ -223,8 +223,8 @@ class DockerRuntime:
         found = []
         for summary in client.api.containers(all=True, filters=filters):
             cid = summary["Id"]
-            if summary.get("State") == "running" and cid in self._started_at and not _has_health(summary):
-                found.append(_from_summary(summary, self._started_at[cid]))
+            if summary.get("State") == "running" and cid in self._started_at and not has_health(summary):
+                found.append(from_summary(summary, self._started_at[cid]))
                 continue
             try:
                 container = self._inspect(client, cid)
@@ -236,7 +236,7 @@ class DockerRuntime:
         return found
 
     def _inspect(self, client: docker.DockerClient, container_id: str) -> Container:
-        container = _from_inspect(client.api.inspect_container(container_id))
+        container = from_inspect(client.api.inspect_container(container_id))
         if container.running:
             self._started_at[container.id] = container.started_at
         else:
@@ -376,7 +376,7 @@ class DockerRuntime:
         finally:
             sock.close()
         code = client.api.exec_inspect(created["Id"]).get("ExitCode")
-        return ExecResult(int(code) if code is not None else -1, _demux(bytes(data))[:EXEC_OUTPUT])
+        return ExecResult(int(code) if code is not None else -1, demux(bytes(data))[:EXEC_OUTPUT])
 
     def _stop(self, client: docker.DockerClient, container_id: str, timeout: float) -> None:
         try:
@@ -409,88 +409,6 @@ class DockerRuntime:
 
 class _ExecTimedOut(EngineError):
     """Inside the pool: an exec ran past its deadline (`exec` raises TimeoutError for it)."""
-
-
-def _has_health(summary: dict[str, Any]) -> bool:
-    """The list endpoint's Status says "Up 5 seconds (healthy)" for a container with a HEALTHCHECK."""
-    status = summary.get("Status") or ""
-    return "(health" in status or "healthy)" in status
-
-
-def _demux(data: bytes) -> str:
-    """Docker's multiplexed stream (8-byte frame headers) to text; plain bytes pass through."""
-    out, i = bytearray(), 0
-    while i + 8 <= len(data) and data[i] in (0, 1, 2) and data[i + 1 : i + 4] == b"\0\0\0":
-        size = int.from_bytes(data[i + 4 : i + 8], "big")
-        out += data[i + 8 : i + 8 + size]
-        i += 8 + size
-    out += data[i:]
-    return out.decode(errors="replace").strip()
-
-
-def _ip(settings: dict[str, Any]) -> str:
-    if settings.get("IPAddress"):
-        return str(settings["IPAddress"])
-    for net in (settings.get("Networks") or {}).values():
-        if (net or {}).get("IPAddress"):
-            return str(net["IPAddress"])
-    return ""
-
-
-def _docker_health(attrs: dict[str, Any]) -> DockerHealth | None:
-    health = (attrs.get("State") or {}).get("Health")
-    if not health or not health.get("Status") or health["Status"] == "none":
-        return None
-    log = (health.get("Log") or [{}])[-1] or {}
-    check = (attrs.get("Config") or {}).get("Healthcheck") or {}
-    return DockerHealth(
-        status=health["Status"],
-        failing_streak=int(health.get("FailingStreak") or 0),
-        retries=int(check.get("Retries") or 3),
-        message=" ".join(str(log.get("Output") or "").split())[:500],
-        at=str(log.get("End") or ""),
-    )
-
-
-def _from_summary(summary: dict[str, Any], started_at: str) -> Container:
-    """A running container from the list endpoint (no exit code or error there)."""
-    ports: dict[int, int] = {}
-    for p in sorted(summary.get("Ports") or [], key=lambda p: p.get("Type") != "tcp"):
-        if p.get("PublicPort"):
-            ports.setdefault(int(p["PrivatePort"]), int(p["PublicPort"]))
-    names = summary.get("Names") or ["/"]
-    return Container(
-        id=summary["Id"],
-        name=names[0].lstrip("/"),
-        labels=dict(summary.get("Labels") or {}),
-        state=summary.get("State", ""),
-        host_ports=ports,
-        started_at=started_at,
-        ip=_ip(summary.get("NetworkSettings") or {}),
-    )
-
-
-def _from_inspect(attrs: dict[str, Any]) -> Container:
-    state = attrs.get("State") or {}
-    ports: dict[int, int] = {}
-    bound = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
-    for key, bindings in sorted(bound.items(), key=lambda kv: not kv[0].endswith("/tcp")):
-        for binding in bindings or []:
-            if binding.get("HostPort"):
-                ports.setdefault(int(key.partition("/")[0]), int(binding["HostPort"]))
-    started_at = state.get("StartedAt") or ""
-    return Container(
-        id=attrs["Id"],
-        name=(attrs.get("Name") or "").lstrip("/"),
-        labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
-        state=state.get("Status", ""),
-        exit_code=int(state.get("ExitCode") or 0),
-        host_ports=ports,
-        started_at="" if started_at == NEVER else started_at,
-        error=state.get("Error") or "",
-        ip=_ip(attrs.get("NetworkSettings") or {}),
-        docker_health=_docker_health(attrs),
-    )
 
 
 def _explain(exc: Exception) -> str:
