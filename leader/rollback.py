@@ -20,9 +20,10 @@ is stored the rollback is no longer due.
 A rollback that cannot be done (the good version's history entry is gone) pauses the
 record with a message saying so, reported once, not retried on every pass.
 
-`write` is the one place the leader writes a service spec, so the published ports of the
-good version are claimed there, in the same transaction (`node.store.ports`); a port another
-service took meanwhile refuses the rollback (`Refused`, an event names the owner).
+`write` is the one place the leader writes a service spec, so the published ports and
+ingress routes of the good version are claimed there, in the same transaction
+(`node.store.claims`); one another service took meanwhile refuses the rollback
+(`Refused`, an event names the owner).
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ from enum import StrEnum
 
 from leader.rollout import RolloutState
 from node.model.domain import RolloutRecord, ServiceRecord
+from node.model.errors import FailedPrecondition
 from node.model.keys import Keys
 from node.store import KV, Compare, Fenced, Put, Store, fence
 from node.store.base import Op
-from node.store.ports import PortTaken, port_writes
+from node.store.claims import Taken, service_writes
+from node.store.ingress_claims import ROUTES
+from node.store.ports import PORTS
 
 
 class Outcome(StrEnum):
@@ -101,16 +105,21 @@ def plan(
     return Txn(compares, ops, record)
 
 
-class Refused(PortTaken):
-    """The good version publishes a port another service took meanwhile: nothing is written,
-    the rollout stays failed on the current version, and an event names the owner."""
+class Refused(FailedPrecondition):
+    """The good version publishes a port or routes an ingress (host, path) another service
+    took meanwhile: nothing is written, the rollout stays failed on the current version,
+    and an event names the owner."""
+
+    def __init__(self, taken: Taken) -> None:
+        super().__init__(f"the previous version: {taken}")
+        self.owner = taken.owner
 
 
 async def write(
     store: Store, keys: Keys, epoch: int, failed: RolloutRecord, current: KV, rollout_mod: int
 ) -> Outcome | Refused:
     """Roll `failed` back in one fenced transaction (see the module docstring), with the port
-    claims of the good version (`node.store.ports`) in it. Raises `Fenced` when our epoch no longer
+    and route claims of the good version (`node.store.claims`) in it. Raises `Fenced` when our epoch no longer
     leads, `StoreError` when etcd does not answer."""
     name = failed.service
     running = ServiceRecord.from_json(current.value)
@@ -122,13 +131,13 @@ async def write(
     compares, ops = [fence(keys.leader, epoch), *txn.compares], list(txn.ops)
     if txn.record is not None:
         try:
-            ports = await port_writes(
-                store, keys, name, running.uid, running.spec, txn.record.spec, time.time()
+            claims = await service_writes(
+                store, keys, (PORTS, ROUTES), name, running.uid, running.spec, txn.record.spec, time.time()
             )
-        except PortTaken as exc:
-            return Refused(exc.port, exc.owner, "the previous version's port")
-        compares += ports.compares
-        ops += ports.ops
+        except Taken as exc:
+            return Refused(exc)
+        compares += claims.compares
+        ops += claims.ops
     result = await store.txn(compares, ops)
     if not result.succeeded:
         leader = await store.get(keys.leader)

@@ -2,10 +2,10 @@
 
 A (host, path) another service routes, or another TLS secret for a host another service
 serves, is refused before the write (FAILED_PRECONDITION naming the other service:
-`node.proxy.ingress_routes.conflict`). The check reads `services/` and is not part of
-the write's transaction: two applies racing for one (host, path) may both pass; then
-every node routes it to the service first by name (`node.proxy.ingress_routes.build`),
-and the next apply of the other is refused.
+`node.proxy.ingress_routes.conflict`). This read is the early answer, not the guard: the
+route itself is claimed in the write's transaction (`ingress/<host>/<path>`,
+`node.store.ingress_claims`), so of two applies racing for one route exactly one is
+written. The TLS secret of a host is checked by this read only.
 """
 
 from __future__ import annotations

@@ -4,12 +4,14 @@ A stack is the set of services whose spec says `stack: <name>`; there is no othe
 of it. `deploy` writes every service of the file, and removes the stack's services the
 file no longer has (like `docker stack deploy --prune`, always), in ONE etcd transaction:
 each service's part is what `service apply` would commit for it (`ServiceWriter.write_ops`:
-record, history entry, history prune, port claims) and each removal what `service rm`
+record, history entry, history prune, port and route claims) and each removal what `service rm`
 would (`ServiceWriter.remove_ops`), all compared on the mod revisions read. So a crash or a
 lost answer leaves either the old stack or the new one, never a mix; a concurrent change
 to any of its services makes the transaction fail, and it is planned again from a fresh
 read (`Conflict` after a few tries). An unchanged service is compared but not rewritten
-(no new version, no rollout). The leader then rolls each changed service out as any
+(no new version, no rollout). Two services of the file that publish one port or route one
+ingress (host, path) are refused before anything is written (their claims, in one
+transaction, cannot race each other). The leader then rolls each changed service out as any
 update (`leader.rollout`), and gates first placements on `depends_on` (`leader.dependencies`).
 
 The whole stack goes in one transaction, so it is bounded by etcd's operation limit
@@ -28,6 +30,9 @@ from node.model.errors import InvalidArgument, NotFound
 from node.model.spec import SpecError
 from node.store import Compare, Put
 from node.store.base import MAX_TXN_OPS, Op
+from node.store.claims import shared_in
+from node.store.ingress_claims import ROUTES
+from node.store.ports import PORTS
 from node.store.retry import compare_and_swap
 
 
@@ -62,6 +67,11 @@ class StackWriter:
             stack, specs = parse_stack(text, source or "<stack>", name)
         except SpecError as exc:
             raise InvalidArgument(str(exc)) from exc
+        for kind in (PORTS, ROUTES):  # two of the file's services on one port or route
+            if (shared := shared_in(self.keys, kind, specs)) is not None:
+                raise InvalidArgument(
+                    f"{source or '<stack>'}: service '{shared[0]}': {shared[1]} (both in this file)"
+                )
         specs = [await self.writer.pin(spec) for spec in specs]  # tags to digests, before any write
 
         cause = new_cause()  # one for every version this deploy makes (issue 14)

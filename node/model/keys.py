@@ -18,6 +18,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `rollouts/<service>`              | leader only, fenced    | until `rm`          |
 | `pending/<service>`               | leader only, fenced    | while replicas wait for a node |
 | `ports/<published>`               | API, leader (rollback) | while published; <= 65,535 |
+| `ingress/<host>/<path>`           | API, leader (rollback) | while routed (12)   |
 | `security/ca.crt`                 | `cluster init`         | forever             |
 | `security/ca.key`                 | `cluster init`         | forever             |
 | `security/join`                   | init, `rotate-token`   | until rotated       |
@@ -89,6 +90,13 @@ latest (decision 69): `jobs/<service>` is the latest run, earlier ones still goi
 (`concurrency: allow`) or whose containers are kept are stepped from here. Written with
 the next run's record, deleted with its `runs/` record; so at most `schedule.history`.
 
+(12) decision 77: which service incarnation routes one ingress (host, path prefix),
+written in the same transaction as `services/<name>` (`node.store.ingress_claims`), as
+`ports/` is. The route is normalized as the entrance matches it: the host lowercased
+without a trailing dot, the path without a trailing `/` (`/` when empty), and then
+percent-encoded whole (`/api` -> `%2Fapi`), so the key has one segment per part.
+Bounded by the services' rules (at most 64 each).
+
 (10) issue 15, node pools (`node.model.pools`, `leader.pools`): the pools' declaration,
 and one record per node a pool asked its provider for, written before the provider is
 called. Bounded by the pools' `max`.
@@ -100,6 +108,7 @@ so `/` never appears inside a segment.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 DEFAULT_PREFIX = "/shoal/v1/"
 
@@ -240,6 +249,17 @@ class Keys:
     def port(self, published: int) -> str:
         """Which service owns published port `published` (`PortClaim`)."""
         return f"{self.ports}{published}"
+
+    @property
+    def ingress(self) -> str:
+        return f"{self.prefix}ingress/"
+
+    def route(self, host: str, path: str) -> str:
+        """Which service routes ingress `host` + `path` prefix (`PortClaim`), normalized as
+        the entrance matches a request (note 12 above)."""
+        host = host.lower().rstrip(".")
+        path = path.rstrip("/") or "/"
+        return f"{self.ingress}{host}/{quote(path, safe='')}"
 
     def binds(self, service: str) -> str:
         return f"{self.prefix}binds/{service}/"

@@ -16,7 +16,8 @@ host are refused). `tls.redirect` answers a plain HTTP request for the rule with
 
 Host names are lowercase DNS names (no wildcard, no port). A rule's (host, path) is
 unique in the spec; across services the API refuses a pair another service routes
-(`node.proxy.ingress_routes.conflict`).
+(`node.proxy.ingress_routes.conflict` before the write, and the claim key
+`ingress/<host>/<path>` in the write's transaction: `node.store.ingress_claims`).
 
 `proxy_protocol: [5432]` (issue 17, with the ingress): the mesh and the service's VIP
 begin every connection to those tcp container ports with a PROXY protocol v2 header
@@ -96,6 +97,14 @@ Ingress = Annotated[list[IngressRule], Field(min_length=1, max_length=MAX_RULES)
 ProxyProtocolPorts = Annotated[
     list[Annotated[int, Field(ge=1, le=65535)]], Field(min_length=1, max_length=64)
 ]
+
+
+def route_taken(index: int, rule: IngressRule, owner: str) -> str:
+    """Why rule `index` cannot be had: service `owner` routes its (host, path) already."""
+    return (
+        f"ingress[{index}]: {rule.host}{rule.path} is already routed to service '{owner}'; "
+        f"choose another host or path, or remove it from '{owner}'"
+    )
 
 
 def ingress_fits(spec: Any) -> Any:

@@ -15,8 +15,9 @@ Rules:
 - a prefix matches segment-wise: `/api` matches `/api`, `/api/` and `/api/x`, not
   `/apix`; `/` matches every path; the longest matching prefix of the host wins;
 - the path is matched as sent (not percent-decoded, query and fragment left out);
-- should two records claim one (host, path) (written around the API, or two applies at
-  once), the service first by name keeps it; so every node routes alike.
+- should two records claim one (host, path) (written around the API, or by a node of an
+  older version during a rolling upgrade: `node.store.ingress_claims`), the service first
+  by name keeps it; so every node routes alike.
 
 No sockets, no asyncio, no etcd: the entrance (`node.proxy.ingress`) feeds it.
 """
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 from node.model.domain import ServiceRecord
 from node.model.spec import ServiceSpec
+from node.model.spec_ingress import route_taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +102,7 @@ def conflict(spec: ServiceSpec, services: Iterable[ServiceRecord]) -> str | None
                 if rule.host != other.host:
                     continue
                 if rule.path == other.path:
-                    return (
-                        f"ingress[{i}]: {rule.host}{rule.path} is already routed to service "
-                        f"'{record.name}'; choose another host or path, or remove it from '{record.name}'"
-                    )
+                    return route_taken(i, rule, record.name)
                 theirs = other.tls.secret if other.tls else None
                 ours = rule.tls.secret if rule.tls else None
                 if ours and theirs and ours != theirs:

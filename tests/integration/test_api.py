@@ -136,17 +136,30 @@ def test_a_port_another_service_publishes_is_failed_precondition_naming_it(clust
     assert writes_since(cluster, before) == []
 
 
-def test_ten_concurrent_applies_on_one_port_through_both_nodes_exactly_one_wins(cluster: DevCluster) -> None:
-    """Ten services publishing one port, applied at once through both nodes: one wins, the
-    nine others are FAILED_PRECONDITION naming it and leave no service key behind."""
-    port = 18087
+RACES = {  # what ten services claim at once -> the losers' message, naming the winner
+    "port": (GOOD.replace("18081", "18087"), "port 18087 is already published by service '{}'"),
+    "ingress route": (  # decision 77: `ingress/<host>/<path>`, claimed in the write's transaction
+        "name: api\nimage: shoal-demo/web:1\nreplicas: 0\nports: [{container: 8080}]\n"
+        "ingress: [{host: race.example.test, path: /api/, port: 8080}]\n",
+        "race.example.test/api is already routed to service '{}'",
+    ),
+}
+
+
+@pytest.mark.parametrize("what", sorted(RACES))
+def test_ten_concurrent_applies_on_one_port_or_route_through_both_nodes_exactly_one_wins(
+    cluster: DevCluster, what: str
+) -> None:
+    """Ten services publishing one port (or routing one ingress host and path), applied at
+    once through both nodes: one wins, the nine others are FAILED_PRECONDITION naming it
+    and leave no service key behind."""
+    spec, taken = RACES[what]
     names = [f"race{i}" for i in range(10)]
 
     def apply(i: int) -> str:
-        text = GOOD.replace("name: api", f"name: {names[i]}").replace("18081", str(port))
         with cluster.client(1 + i % 2) as c:
             try:
-                c.apply(text)
+                c.apply(spec.replace("name: api", f"name: {names[i]}"))
             except FailedPrecondition as exc:
                 return str(exc)
         return ""
@@ -157,7 +170,7 @@ def test_ten_concurrent_applies_on_one_port_through_both_nodes_exactly_one_wins(
     try:
         assert len(won) == 1, said
         for s in said:
-            assert not s or f"port {port} is already published by service '{won[0]}'" in s, s
+            assert not s or taken.format(won[0]) in s, s
         with cluster.client() as c:
             listed = {svc.name for svc in c.list_services()}
         assert listed & set(names) == set(won)

@@ -22,9 +22,10 @@ from node.model.errors import FailedPrecondition
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec, spec_from_stored
 from node.store import Compare, Delete, Put, Store
+from node.store.claims import Owner, Seen, plan
 from node.store.etcd import EtcdStore
 from node.store.memory import MemoryStore
-from node.store.ports import Owner, PortTaken, Seen, plan
+from node.store.ports import PORTS, PortTaken
 from node.telemetry.events import EventLog
 
 KEYS = Keys()
@@ -44,21 +45,21 @@ def claim(service: str, uid: str = "u1") -> PortClaim:
 
 
 def test_a_free_port_is_claimed_compared_absent() -> None:
-    out = plan(KEYS, "web", "u1", None, spec(PORT), {}, {}, {}, now=5.0)
+    out = plan(KEYS, PORTS, "web", "u1", None, spec(PORT), {}, {}, {}, now=5.0)
     assert out.compares == [Compare(KEYS.port(PORT), "create", "==", 0)]
     assert out.ops == [Put(KEYS.port(PORT), PortClaim("web", "u1", 5.0).to_json())]
 
 
 def test_a_port_held_already_needs_no_write_and_a_dropped_one_is_freed() -> None:
-    seen = {PORT: Seen(claim("web"), 7), PORT + 1: Seen(claim("web"), 8)}
-    out = plan(KEYS, "web", "u1", spec(PORT, PORT + 1), spec(PORT), seen, {}, {})
+    seen = {KEYS.port(PORT): Seen(claim("web"), 7), KEYS.port(PORT + 1): Seen(claim("web"), 8)}
+    out = plan(KEYS, PORTS, "web", "u1", spec(PORT, PORT + 1), spec(PORT), seen, {}, {})
     assert out.compares == [] and out.ops == [Delete(KEYS.port(PORT + 1))]
 
 
 def test_a_port_of_another_live_service_is_refused_naming_it() -> None:
-    seen = {PORT: Seen(claim("api", "a1"), 7)}
+    seen = {KEYS.port(PORT): Seen(claim("api", "a1"), 7)}
     with pytest.raises(PortTaken, match=f"ports\\[0\\].published: port {PORT} .* service 'api'") as err:
-        plan(KEYS, "web", "u1", None, spec(PORT), seen, {"api": Owner("a1", 3)}, {})
+        plan(KEYS, PORTS, "web", "u1", None, spec(PORT), seen, {"api": Owner("a1", 3)}, {})
     assert isinstance(err.value, FailedPrecondition) and err.value.owner == "api"
 
 
@@ -66,7 +67,15 @@ def test_a_stale_claim_is_taken_over_compared_on_the_claim_and_its_old_owner() -
     """Its owner was removed (or re-created) by a daemon that knew nothing of claims."""
     for owner in (Owner(), Owner("another-uid", 9)):
         out = plan(
-            KEYS, "web", "u1", None, spec(PORT), {PORT: Seen(claim("api", "a1"), 7)}, {"api": owner}, {}
+            KEYS,
+            PORTS,
+            "web",
+            "u1",
+            None,
+            spec(PORT),
+            {KEYS.port(PORT): Seen(claim("api", "a1"), 7)},
+            {"api": owner},
+            {},
         )
         assert out.compares == [
             Compare(KEYS.port(PORT), "mod", "==", 7),
@@ -76,19 +85,33 @@ def test_a_stale_claim_is_taken_over_compared_on_the_claim_and_its_old_owner() -
 
 
 def test_a_claim_of_an_earlier_incarnation_of_the_same_name_is_taken_over() -> None:
-    out = plan(KEYS, "web", "u2", None, spec(PORT), {PORT: Seen(claim("web", "u1"), 7)}, {"web": Owner()}, {})
+    out = plan(
+        KEYS,
+        PORTS,
+        "web",
+        "u2",
+        None,
+        spec(PORT),
+        {KEYS.port(PORT): Seen(claim("web", "u1"), 7)},
+        {"web": Owner()},
+        {},
+    )
     assert out.compares == [Compare(KEYS.port(PORT), "mod", "==", 7)]
 
 
 def test_a_port_published_by_a_service_without_claims_is_refused() -> None:
     """Written before claims existed: no `ports/` key, but its record publishes the port."""
     with pytest.raises(PortTaken, match="service 'old'"):
-        plan(KEYS, "web", "u1", None, spec(PORT), {}, {}, {PORT: "old"})
+        plan(KEYS, PORTS, "web", "u1", None, spec(PORT), {}, {}, {KEYS.port(PORT): "old"})
 
 
 def test_removing_frees_only_what_this_incarnation_holds() -> None:
-    seen = {PORT: Seen(claim("web"), 7), PORT + 1: Seen(claim("api"), 8), PORT + 2: Seen()}
-    out = plan(KEYS, "web", "u1", spec(PORT, PORT + 1, PORT + 2), None, seen, {}, {})
+    seen = {
+        KEYS.port(PORT): Seen(claim("web"), 7),
+        KEYS.port(PORT + 1): Seen(claim("api"), 8),
+        KEYS.port(PORT + 2): Seen(),
+    }
+    out = plan(KEYS, PORTS, "web", "u1", spec(PORT, PORT + 1, PORT + 2), None, seen, {}, {})
     assert out.ops == [Delete(KEYS.port(PORT))]
 
 
