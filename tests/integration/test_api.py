@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -155,9 +156,12 @@ def test_ten_concurrent_applies_on_one_port_or_route_through_both_nodes_exactly_
     and leave no service key behind."""
     spec, taken = RACES[what]
     names = [f"race{i}" for i in range(10)]
+    start = threading.Barrier(10)
 
     def apply(i: int) -> str:
         with cluster.client(1 + i % 2) as c:
+            c.list_services()  # connected first: the ten applies then leave together
+            start.wait(30)
             try:
                 c.apply(spec.replace("name: api", f"name: {names[i]}"))
             except FailedPrecondition as exc:
