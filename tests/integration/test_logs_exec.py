@@ -160,10 +160,10 @@ def test_exec_returns_output_and_exit_code_on_either_node(cluster: DevCluster) -
         tasks = {t.node: t for t in client.list_tasks("chatty")}
     done = shoal(cluster, "exec", "chatty", "--", "echo", "hi")
     assert (done.returncode, done.stdout) == (0, "hi\n"), done.stderr
-    script = "hostname; echo $((40+2)) >&2; exit 3"
+    script = "hostname; echo $((40+2))-answer >&2; exit 3"
     done = shoal(cluster, "exec", tasks["n2"].task_id, "--", "sh", "-c", script)
     assert done.returncode == 3, done.stderr
-    assert done.stdout.strip() and "42" in done.stderr
+    assert done.stdout.strip() and "42-answer" in done.stderr
     done = shoal(cluster, "exec", "chatty.2", "--", "sh", "-c", "exit 7")
     assert done.returncode == 7
     stdin = subprocess.run(
@@ -179,7 +179,8 @@ def test_exec_returns_output_and_exit_code_on_either_node(cluster: DevCluster) -
         events = [e for e in client.events(service="chatty") if e.kind == "task.exec"]
     assert any("echo hi" in e.message for e in events), [e.message for e in events]
     assert any("exit 3" in e.message and tasks["n2"].task_id in e.message for e in events)
-    assert not any("42" in e.message for e in events)  # the command, never its output
+    # the command, never its output ("42" alone could be part of a task id in the message)
+    assert not any("42-answer" in e.message for e in events), [e.message for e in events]
 
 
 def test_exec_of_a_missing_task_or_without_command_is_a_clear_error(cluster: DevCluster) -> None:

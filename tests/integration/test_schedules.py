@@ -217,8 +217,13 @@ def test_replace_ends_the_running_run_and_starts_the_tick(cluster: DevCluster) -
     got = wait_until_sync(replaced, 40, 0.3, "a second tick replaced the first run")
     assert got[0].outcome == "replaced" and got[1].tick == got[0].tick + 10, got
     with cluster.client() as c:
-        [task] = [t for t in c.list_tasks("swap") if t.desired == "running"]
-        assert task.task_id not in got[0].task_ids
+        # The run records change in one transaction; the replaced run's task is told to
+        # stop, and the new run's task placed, by the passes after it.
+        def swapped() -> list[str] | None:
+            wanted = [t.task_id for t in c.list_tasks("swap") if t.desired == "running"]
+            return wanted if len(wanted) == 1 and wanted[0] not in got[0].task_ids else None
+
+        wait_until_sync(swapped, 30, 0.3, "the replaced run's task stopped, the new run's task placed")
         wait_until_sync(lambda: c.list_tasks("swap")[0].state == "running" or None, 30, 0.3)
         c.delete_service("swap")
     assert starts(cluster, "swap", since, got[1].fired_at + 5) == 2
