@@ -355,3 +355,30 @@ def test_the_cli_falls_back_to_objects_first_on_an_older_node(capsys: pytest.Cap
     with pytest.raises(ShoalError, match="port taken"):
         deploy_compose(_settings(refused), "shop", STACK, "app.yaml", writes)
     assert refused.calls == [], "a refusal is not a reason to write the objects first"
+
+
+async def test_the_answer_the_event_and_the_log_name_objects_never_their_values(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    servicer = ShoalServicer(store, KEYS, "n1")
+    servicer.writer.objects.sealer = Sealer(lambda: b"the-ca-passphrase-of-this-cluster")
+    events: list[str] = []
+    servicer.emit = lambda kind, message, *a, **k: events.append(f"{kind} {message}")
+    request = api_pb2.DeployStackRequest(
+        spec=STACK, objects=[api_pb2.StackObject(kind=o.kind, name=o.name, value=o.value) for o in objects()]
+    )
+    caplog.set_level("INFO")
+    answer = await servicer.DeployStackWithObjects(request, _Context())
+    assert {(o.name, o.action, o.size) for o in answer.objects} == {
+        ("shop_db_pw", "created", len(PW)),
+        ("shop_conf", "created", len(CONF)),
+    }
+    assert any(f"secret shop_db_pw created ({len(PW)} bytes)" in e for e in events), events
+    removed = await servicer.RemoveStack(api_pb2.RemoveStackRequest(name="shop"), _Context())
+    assert {(o.name, o.action) for o in removed.objects} == {
+        ("shop_db_pw", "removed"),
+        ("shop_conf", "removed"),
+    }
+    for text in (str(answer), str(removed), "\n".join(events), caplog.text):
+        assert PW.decode() not in text and CONF.decode().strip() not in text
