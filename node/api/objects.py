@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -77,6 +78,25 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def next_record(
+    kind: str, name: str, value: bytes, old: ObjectRecord | None, sealer: Sealer | None, stack: str = ""
+) -> ObjectRecord:
+    """The record that holds `value` after `old` (None: a new object, owned by `stack`):
+    `old` itself when it already holds that value (nothing to write, nothing rolls); a
+    new version (a new revision) keeping `old`'s uid and owner otherwise."""
+    if old is not None:
+        try:
+            if old.value(sealer) == value:
+                return old
+        except (SealError, ValueError):
+            pass  # unreadable: replaced by the new value
+        data = encode(kind, name, value, sealer)
+        return replace(old, version=old.version + 1, size=len(value), updated=_now(), data=data)
+    now = _now()
+    data = encode(kind, name, value, sealer)
+    return ObjectRecord(kind, name, uuid.uuid4().hex[:12], 1, len(value), now, now, data, stack)
+
+
 class Objects:
     """Secrets and configs of one cluster. `sealer` is set by the daemon (the cluster key
     derived from this node's CA passphrase); without it secrets cannot be written."""
@@ -95,7 +115,16 @@ class Objects:
 
     # -- binding into a service write ------------------------------------------------------
 
-    async def bind(self, spec: ServiceSpec, previous: ServiceSpec | None) -> tuple[ServiceSpec, Bound]:
+    async def bind(
+        self,
+        spec: ServiceSpec,
+        previous: ServiceSpec | None,
+        pending: Mapping[tuple[str, str], ObjectRecord] | None = None,
+    ) -> tuple[ServiceSpec, Bound]:
+        """`pending`: (kind, name) -> the record a stack deploy writes in the same
+        transaction (decision 72); a reference to it takes that revision, and the stack's
+        own compares on the object hold for it."""
+        pending = pending or {}
         update: dict[str, object] = {}
         if spec.secret_env:
             update["secret_env"] = self._seal_env(spec, previous)
@@ -106,6 +135,11 @@ class Objects:
             fresh = []
             for i, ref in enumerate(refs):
                 key = self.keys.object(kind, ref.source)
+                use = self.keys.object_use(kind, ref.source)
+                if (own := pending.get((kind, ref.source))) is not None:
+                    fresh.append(ref.model_copy(update={"revision": own.revision}))
+                    uses_[use] = Put(use, spec.name.encode())
+                    continue
                 kv = await self.store.get(key)
                 if kv is None:
                     missing.append(
@@ -116,18 +150,19 @@ class Objects:
                 record = ObjectRecord.from_json(kv.value)
                 fresh.append(ref.model_copy(update={"revision": record.revision}))
                 bound.compares.append(Compare(key, "mod", "==", kv.mod_revision))
-                use = self.keys.object_use(kind, ref.source)
                 uses_[use] = Put(use, spec.name.encode())
             if refs:
                 update[fieldname] = fresh
         if spec.image_pull_secret:  # issue 13: held like a secret reference, not mounted
             key = self.keys.object("secret", spec.image_pull_secret)
-            kv = await self.store.get(key)
-            if kv is None:
+            use = self.keys.object_use("secret", spec.image_pull_secret)
+            ours = ("secret", spec.image_pull_secret) in pending
+            kv = None if ours else await self.store.get(key)
+            if kv is None and not ours:
                 missing.append(f"image_pull_secret: secret '{spec.image_pull_secret}' does not exist")
             else:
-                bound.compares.append(Compare(key, "mod", "==", kv.mod_revision))
-                use = self.keys.object_use("secret", spec.image_pull_secret)
+                if kv is not None:
+                    bound.compares.append(Compare(key, "mod", "==", kv.mod_revision))
                 uses_[use] = Put(use, spec.name.encode())
         if missing:
             raise FailedPrecondition(f"service '{spec.name}' not written: " + "; ".join(missing))
@@ -201,7 +236,7 @@ class Objects:
                 )
             if old is None and update:
                 raise NotFound(f"{kind} '{name}' not found; create it: shoal {kind} create {name} -f FILE")
-            record = self._next(kind, name, value, old, sealer)
+            record = next_record(kind, name, value, old, sealer)
             ops: list[Op] = [] if record is old else [Put(key, record.to_json())]
             compares = [
                 Compare(key, "mod", "==", kv.mod_revision) if kv else Compare(key, "create", "==", 0),
@@ -242,21 +277,6 @@ class Objects:
         return await compare_and_swap(
             attempt, f"{kind} '{name}' or a service using it is being changed concurrently; try again"
         )
-
-    def _next(
-        self, kind: str, name: str, value: bytes, old: ObjectRecord | None, sealer: Sealer | None
-    ) -> ObjectRecord:
-        if old is not None:
-            try:
-                if old.value(sealer) == value:
-                    return old
-            except (SealError, ValueError):
-                pass  # unreadable: replaced by the new value
-            data = encode(kind, name, value, sealer)
-            return replace(old, version=old.version + 1, size=len(value), updated=_now(), data=data)
-        now = _now()
-        data = encode(kind, name, value, sealer)
-        return ObjectRecord(kind, name, uuid.uuid4().hex[:12], 1, len(value), now, now, data)
 
     async def remove(self, kind: str, name: str) -> None:
         key, use_key = self.keys.object(kind, check_object_name(kind, name)), self.keys.object_use(kind, name)

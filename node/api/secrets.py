@@ -34,6 +34,7 @@ def info(r: ObjectRecord, services: list[str]) -> secrets_pb2.ObjectInfo:
         created=r.created,
         updated=r.updated,
         services=sorted(services),
+        stack=r.stack,
     )
 
 

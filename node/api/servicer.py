@@ -19,6 +19,7 @@ from node.api.admin import AdminHandlers, check_text
 from node.api.nodespecs import NodeSpecWriter, check_node
 from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
+from node.api.stack_objects import ObjectChange, StackObject
 from node.api.stacks import StackWriter
 from node.api.taskio import LogsExecHandlers
 from node.api.usage import UsageHandlers
@@ -82,6 +83,13 @@ def _who() -> str:
 
 
 log = logging.getLogger(__name__)
+
+
+def _object_change(o: ObjectChange) -> api_pb2.StackObjectChange:
+    """What became of one of a stack's objects: names, size, revision; never the value."""
+    return api_pb2.StackObjectChange(
+        kind=o.kind, name=o.name, action=o.action, size=o.size, revision=o.revision
+    )
 
 
 class ShoalServicer(
@@ -310,28 +318,55 @@ class ShoalServicer(
     async def DeployStack(
         self, request: api_pb2.DeployStackRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.DeployStackResponse:
+        if request.objects:
+            raise InvalidArgument(
+                "objects: DeployStack takes no secrets or configs; DeployStackWithObjects (admin) does"
+            )
+        return await self._deploy_stack(request, [])
+
+    @handle
+    async def DeployStackWithObjects(
+        self, request: api_pb2.DeployStackRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.DeployStackResponse:
+        """Admin only (in no role's table, as PutObject): it writes secret values."""
+        objects = [StackObject(o.kind, o.name, o.value) for o in request.objects]
+        return await self._deploy_stack(request, objects)
+
+    async def _deploy_stack(
+        self, request: api_pb2.DeployStackRequest, objects: list[StackObject]
+    ) -> api_pb2.DeployStackResponse:
         if len(request.spec.encode()) > MAX_SPEC_BYTES:
             raise InvalidArgument(f"spec: larger than {MAX_SPEC_BYTES // 1024} KiB")
         check_text(request.source, "source", 1024)
-        name, changes = await self.stacks.deploy(request.spec, request.source, request.name)
+        name, changes, done = await self.stacks.deploy_with_objects(
+            request.spec, request.source, request.name, objects
+        )
         cause = next((c.cause for c in changes if c.cause), "")
-        if any(c.action != "unchanged" for c in changes):
-            made = ", ".join(f"{c.service} {c.action}" for c in changes if c.action != "unchanged")
-            self.emit("stack.deployed", f"stack {name} by {_who()}: {made}", cause=cause)
+        made = [f"{c.service} {c.action}" for c in changes if c.action != "unchanged"]
+        made += [f"{o.kind} {o.name} {o.action} ({o.size} bytes)" for o in done if o.action != "unchanged"]
+        if made:  # names and sizes only, never a value (decision 72)
+            log.info("stack %s deployed by %s: %s", name, _who(), ", ".join(made))
+            self.emit("stack.deployed", f"stack {name} by {_who()}: {', '.join(made)}", cause=cause)
         return api_pb2.DeployStackResponse(
             cause=cause,
             name=name,
             changes=[
                 api_pb2.StackChange(service=c.service, version=c.version, action=c.action) for c in changes
             ],
+            objects=[_object_change(o) for o in done],
         )
 
     @handle
     async def RemoveStack(
         self, request: api_pb2.RemoveStackRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RemoveStackResponse:
-        removed = await self.stacks.remove(request.name)
-        return api_pb2.RemoveStackResponse(name=request.name, services=removed)
+        removed, objects = await self.stacks.remove_with_objects(request.name)
+        gone = [f"{o.kind} {o.name}" for o in objects if o.action == "removed"]
+        if gone:
+            log.info("stack %s removed by %s, with %s", request.name, _who(), ", ".join(gone))
+        return api_pb2.RemoveStackResponse(
+            name=request.name, services=removed, objects=[_object_change(o) for o in objects]
+        )
 
     @handle
     async def ListStacks(

@@ -15,6 +15,7 @@ id (`new_cause`): its tasks and the events it leads to carry it (issue 14).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from node.api.ingress_check import check_ingress
 from node.api.objects import Bound, Objects
@@ -34,6 +35,7 @@ from node.model.spec import ServiceSpec, SpecError, parse_spec
 from node.model.spec_autoscale import keep_count
 from node.model.spec_compat import unknown_to
 from node.model.spec_lifecycle import stack_problem
+from node.security.objects import ObjectRecord
 from node.store import KV, Compare, Delete, Put, Store
 from node.store.base import Op
 from node.store.claims import service_writes
@@ -132,13 +134,14 @@ class ServiceWriter:
         return await compare_and_swap(attempt, _busy(name))
 
     async def bound_version(
-        self, asked: ServiceSpec, kv: KV | None
+        self, asked: ServiceSpec, kv: KV | None, pending: Mapping[tuple[str, str], ObjectRecord] | None = None
     ) -> tuple[ServiceRecord, ServiceRecord | None, Bound]:
         """`next_version` of `asked` with its secrets and configs bound (their current
-        revisions; `secret_env` sealed) and what the write must hold for them; `apply` and
-        `stack deploy` share it, so a stack's services are sealed and checked alike."""
+        revisions, or those of `pending`, the objects a stack deploy writes with it;
+        `secret_env` sealed) and what the write must hold for them; `apply` and `stack
+        deploy` share it, so a stack's services are sealed and checked alike."""
         current = ServiceRecord.from_json(kv.value) if kv else None
-        spec, bound = await self.objects.bind(asked, current.spec if current else None)
+        spec, bound = await self.objects.bind(asked, current.spec if current else None, pending)
         record, current = await self.next_version(spec, kv)
         return record, current, bound
 

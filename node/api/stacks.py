@@ -14,16 +14,25 @@ ingress (host, path) are refused before anything is written (their claims, in on
 transaction, cannot race each other). The leader then rolls each changed service out as any
 update (`leader.rollout`), and gates first placements on `depends_on` (`leader.dependencies`).
 
+The stack's own secrets and configs (decision 72: sent with the stack by `stack deploy
+-c`, owned by it) go into the same transaction (`node.api.stack_objects`): created or
+updated with the services that use them, or nothing is written; the stack's objects the
+file dropped and no service uses any more are deleted with it, and `remove` deletes the
+stack's objects with its services. Objects of no stack (`shoal secret create`, `external:`)
+are never touched.
+
 The whole stack goes in one transaction, so it is bounded by etcd's operation limit
-(`MAX_TXN_OPS`): a stack that would need more is refused with the count, before anything
-is written.
+(`MAX_TXN_OPS`): a stack that would need more is refused with the count of its services
+and objects, before anything is written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from node.api.services import ServiceWriter
+from node.api.stack_objects import ObjectChange, StackObject, check_objects, plan_writes, prune, roll_outside
 from node.compose.stackfile import check_stack_name, parse_stack
 from node.model.domain import ServiceRecord, new_cause, readable_services
 from node.model.errors import InvalidArgument, NotFound
@@ -49,18 +58,31 @@ class StackWriter:
         self.writer = writer
         self.store, self.keys = writer.store, writer.keys
 
-    async def members(self, stack: str = "") -> dict[str, list[tuple[ServiceRecord, int]]]:
-        """Stack name -> its services' records and mod revisions (one stack, or all)."""
+    async def every(self) -> list[tuple[ServiceRecord, int]]:
+        """Every readable service and its mod revision."""
         kvs, _ = await self.store.range(self.keys.services)
         mods = {kv.key: kv.mod_revision for kv in kvs}
+        return [(r, mods[self.keys.service(r.name)]) for r in readable_services(kv.value for kv in kvs)]
+
+    async def members(self, stack: str = "") -> dict[str, list[tuple[ServiceRecord, int]]]:
+        """Stack name -> its services' records and mod revisions (one stack, or all)."""
         out: dict[str, list[tuple[ServiceRecord, int]]] = {}
-        for record in readable_services(kv.value for kv in kvs):
+        for record, mod in await self.every():
             name = record.spec.stack
             if name and (not stack or name == stack):
-                out.setdefault(name, []).append((record, mods[self.keys.service(record.name)]))
+                out.setdefault(name, []).append((record, mod))
         return out
 
     async def deploy(self, text: str, source: str, name: str = "") -> tuple[str, list[Change]]:
+        """`deploy_with_objects` without objects: the stack's name and its services' changes."""
+        stack, changes, _ = await self.deploy_with_objects(text, source, name)
+        return stack, changes
+
+    async def deploy_with_objects(
+        self, text: str, source: str, name: str = "", objects: Sequence[StackObject] = ()
+    ) -> tuple[str, list[Change], list[ObjectChange]]:
+        """Write the stack file's services and `objects` (the stack's own secrets and
+        configs, `<stack>_<name>`) in one transaction; what changed, service and object."""
         if name and (problem := check_stack_name(name)) is not None:
             raise InvalidArgument(problem)
         try:
@@ -72,18 +94,20 @@ class StackWriter:
                 raise InvalidArgument(
                     f"{source or '<stack>'}: service '{shared[0]}': {shared[1]} (both in this file)"
                 )
+        check_objects(stack, objects)
         specs = [await self.writer.pin(spec) for spec in specs]  # tags to digests, before any write
 
         cause = new_cause()  # one for every version this deploy makes (issue 14)
 
-        async def attempt() -> tuple[str, list[Change]] | None:
-            compares: list[Compare] = []
-            ops: list[Op] = []
+        async def attempt() -> tuple[str, list[Change], list[ObjectChange]] | None:
+            every = await self.every()
+            plan = await plan_writes(self.writer.objects, stack, objects, (r for r, _ in every))
+            compares, ops = list(plan.compares), list(plan.ops)
             changes: list[Change] = []
             wanted = {spec.name for spec in specs}
             for spec in specs:
                 kv = await self.store.get(self.keys.service(spec.name))
-                record, current, bound = await self.writer.bound_version(spec, kv)
+                record, current, bound = await self.writer.bound_version(spec, kv, plan.pending)
                 if current is not None and current.spec.stack != stack:
                     raise InvalidArgument(
                         f"service '{spec.name}' exists outside stack '{stack}'; remove it first"
@@ -99,37 +123,55 @@ class StackWriter:
                 compares += c
                 ops += o
                 changes.append(Change(spec.name, record.version, "updated" if current else "created", cause))
-            for record, mod in (await self.members(stack)).get(stack, []):
-                if record.name not in wanted:
+            for record, mod in every:
+                if record.spec.stack == stack and record.name not in wanted:
                     c, o = await self.writer.remove_ops(record, mod)
                     compares += c
                     ops += o
                     changes.append(Change(record.name, 0, "removed"))
+            outside = [(r, m) for r, m in every if r.spec.stack != stack]
+            c, o, rolled = roll_outside(self.writer, self.keys, stack, plan, outside, cause)
+            compares += c
+            ops += o
+            changes += [Change(n, v, "updated", cause) for n, v in rolled]
+            after = [*specs, *(r.spec for r, _ in outside)]
+            c, o, dropped = await prune(self.writer.objects, stack, set(plan.pending), after)
+            compares += c
+            ops += o
+            done = [*plan.changes, *(d for d in dropped if d.action == "removed")]
             ops = _one_put_per_key(ops)  # two services naming one secret touch its use key once
-            _bounded(stack, compares, ops)
+            compares = list(dict.fromkeys(compares))
+            _bounded(stack, compares, ops, len(specs), len(objects))
             if not ops:
-                return stack, changes
-            return (stack, changes) if (await self.store.txn(compares, ops)).succeeded else None
+                return stack, changes, done
+            return (stack, changes, done) if (await self.store.txn(compares, ops)).succeeded else None
 
         return await compare_and_swap(attempt, f"stack '{stack}' is being changed concurrently; try again")
 
     async def remove(self, stack: str) -> list[str]:
+        """`remove_with_objects`: the services removed."""
+        return (await self.remove_with_objects(stack))[0]
+
+    async def remove_with_objects(self, stack: str) -> tuple[list[str], list[ObjectChange]]:
+        """Remove the stack's services and the objects it owns that no other service uses,
+        in one transaction: the services removed, and what became of each object."""
         if (problem := check_stack_name(stack)) is not None:
             raise InvalidArgument(problem)
 
-        async def attempt() -> list[str] | None:
-            members = (await self.members(stack)).get(stack, [])
-            if not members:
+        async def attempt() -> tuple[list[str], list[ObjectChange]] | None:
+            every = await self.every()
+            members = [(r, m) for r, m in every if r.spec.stack == stack]
+            after = [r.spec for r, _ in every if r.spec.stack != stack]
+            compares, ops, objects = await prune(self.writer.objects, stack, set(), after)
+            if not members and not ops:
                 raise NotFound(f"stack '{stack}' not found; `shoal stack ls` lists the stacks")
-            compares: list[Compare] = []
-            ops: list[Op] = []
             for record, mod in members:
                 c, o = await self.writer.remove_ops(record, mod)
                 compares += c
                 ops += o
-            _bounded(stack, compares, ops)
+            _bounded(stack, compares, ops, len(members), sum(o.action == "removed" for o in objects))
             if (await self.store.txn(compares, ops)).succeeded:
-                return sorted(r.name for r, _ in members)
+                return sorted(r.name for r, _ in members), objects
             return None
 
         return await compare_and_swap(attempt, f"stack '{stack}' is being changed concurrently; try again")
@@ -141,10 +183,11 @@ def _one_put_per_key(ops: list[Op]) -> list[Op]:
     return [op for i, op in enumerate(ops) if not isinstance(op, Put) or last[op.key] == i]
 
 
-def _bounded(stack: str, compares: list[Compare], ops: list[Op]) -> None:
+def _bounded(stack: str, compares: list[Compare], ops: list[Op], services: int, objects: int) -> None:
     n = max(len(compares), len(ops))
     if n > MAX_TXN_OPS:
         raise InvalidArgument(
-            f"stack '{stack}': this change needs {n} operations in one etcd transaction and the limit "
-            f"is {MAX_TXN_OPS}; split the stack in two, or change fewer services (ports) at once"
+            f"stack '{stack}': this change of {services} services and {objects} secrets/configs needs "
+            f"{n} operations in one etcd transaction and the limit is {MAX_TXN_OPS}; split the stack "
+            "in two, or change fewer services (ports, secrets, configs) at once"
         )

@@ -24,6 +24,7 @@ def object_dict(o: Any) -> dict[str, Any]:
         "created": o.created,
         "updated": o.updated,
         "services": list(o.services),
+        "stack": o.stack,
     }
 
 
@@ -33,6 +34,7 @@ COLUMNS = [
     ("SIZE", lambda o: o.size),
     ("UPDATED", lambda o: o.updated),
     ("SERVICES", lambda o: ", ".join(o.services) or "-"),
+    ("STACK", lambda o: o.stack or "-"),  # decision 72: `stack rm` removes it with the stack
 ]
 
 

@@ -3,7 +3,8 @@
 `deploy -f FILE [NAME]` sends shoal's own stack file as it is (the server checks it and
 reports line:col); `deploy -c compose.yaml NAME` translates a Compose file here, where
 its env_file and `.env` are (`node.compose.translate`): warnings go to stderr, refusals
-end the command before anything is sent.
+end the command before anything is sent. The file's own secrets and configs go with the
+stack, written in its transaction (decision 72).
 """
 
 from __future__ import annotations
@@ -59,9 +60,32 @@ def compose_document(path: str, name: str) -> tuple[str, str, str, list[Any]]:
     return result.name, json.dumps(result.document), f"{source} (translated from Compose)", result.objects
 
 
+def deploy_compose(
+    settings: Settings, name: str, text: str, source: str, writes: list[Any]
+) -> api_pb2.DeployStackResponse:
+    """The stack and its own secrets and configs in one transaction (decision 72). A node of
+    an older shoal answers UNIMPLEMENTED: then the objects are written first, as before."""
+    client = settings.client()
+    if not writes:
+        return client.deploy_stack(name, text, source)
+    try:
+        return client.deploy_stack(name, text, source, [(w.kind, w.name, w.value) for w in writes])
+    except ShoalError as exc:
+        if getattr(exc.code, "name", "") != "UNIMPLEMENTED":
+            raise
+    click.echo(
+        f"warning: {client.addr} runs an older shoal: the secrets and configs are written before the "
+        "stack, not in its transaction (a stack it refuses leaves them written)",
+        err=True,
+    )
+    write_objects(settings, writes)
+    return client.deploy_stack(name, text, source)
+
+
 def write_objects(settings: Settings, writes: list[Any]) -> None:
     """Create or update each secret and config of the stack (`shoal secret create`'s API:
-    sealed at rest); a changed value rolls the services that use it. Values never printed."""
+    sealed at rest), for a node without DeployStackWithObjects; a changed value rolls the
+    services that use it. Values never printed."""
     if not writes:
         return
     client = settings.client()
@@ -84,14 +108,23 @@ def deploy_cmd(settings: Settings, path: str | None, compose: str | None, name: 
         raise click.UsageError("give exactly one of -f FILE (shoal stack file) or -c FILE (Compose file)")
     if compose:
         name, text, source, writes = compose_document(compose, name)
-        write_objects(settings, writes)  # first: the specs refer to them
+        result = deploy_compose(settings, name, text, source, writes)
     else:
         text, source = read_spec(path or "-")
-    result = settings.client().deploy_stack(name, text, source)
+        result = settings.client().deploy_stack(name, text, source)
+    for o in result.objects:
+        click.echo(_object_line(o))
     for c in result.changes:
         version = f" (version {c.version})" if c.version else ""
         click.echo(f"service {c.service}: {c.action}{version}")
     click.echo(f"stack {result.name}: deployed" + (f" (cause {result.cause})" if result.cause else ""))
+
+
+def _object_line(o: api_pb2.StackObjectChange) -> str:
+    if o.action in ("removed", "kept"):
+        why = " (the stack's own)" if o.action == "removed" else " (a service outside the stack uses it)"
+        return f"{o.kind} {o.name}: {o.action}{why}"
+    return f"{o.kind} {o.name}: {o.action} ({o.size} bytes, revision {o.revision})"
 
 
 @stack.command("ls")
@@ -161,8 +194,11 @@ def ps_cmd(settings: Settings, name: str) -> None:
 @click.argument("name")
 @pass_settings
 def rm_cmd(settings: Settings, name: str) -> None:
-    """Remove every service of the stack, in one step."""
+    """Remove every service of the stack, and the secrets and configs it created, in one
+    step (not `external:` ones, not `shoal secret create`d ones)."""
     result = settings.client().remove_stack(name)
     for service in result.services:
         click.echo(f"service {service}: removed")
+    for o in result.objects:
+        click.echo(_object_line(o))
     click.echo(f"stack {result.name}: removed")

@@ -3,8 +3,8 @@
 - Top level: `secrets: {db_pw: {file: ./db_pw.txt}}` (a path relative to the Compose
   file), `{environment: VAR}` (the value of VAR where `stack deploy` runs) or
   `{external: true}` (an existing shoal secret of that name, or of `name:`). A `file:` or
-  `environment:` source becomes the shoal secret (config) `<stack>_<name>`, written by
-  `stack deploy` through `shoal secret create`'s API, and only once the whole file
+  `environment:` source becomes the shoal secret (config) `<stack>_<name>`, sent with the
+  stack and written in its transaction (decision 72), and only once the whole file
   translated without an error. Any other source (`content:`, `driver:` ...) is refused.
 - A service's `secrets: [db_pw]` or `[{source, target, mode}]` becomes the spec's
   `secrets: [{source: <stack>_db_pw, target: db_pw, mode}]`: /run/secrets/db_pw as in
@@ -29,7 +29,7 @@ _UID = "refused: the files belong to root; give mode: 0444 for a process of anot
 
 @dataclass(frozen=True)
 class ObjectWrite:
-    """A secret or config `stack deploy` creates or updates before it deploys the stack."""
+    """A secret or config `stack deploy` creates or updates with the stack (decision 72)."""
 
     kind: str  # "secret" | "config"
     name: str  # <stack>_<name>

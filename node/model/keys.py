@@ -25,9 +25,9 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `tokens/<id>`                     | init, `token create`   | until revoked/expired, then reaped (1) |
 | `joins/<key-id>`                  | `Peer/Join`, any node  | until the join token is rotated; its uses |
 | `joins/<key-id>/<node>`           | `Peer/Join`, any node  | until rotated; ≤ `join_token_uses` |
-| `secrets/<name>`                  | API (`secret create`)  | until `secret rm`; value sealed (4) |
-| `configs/<name>`                  | API (`config create`)  | until `config rm`   |
-| `objuse/<kind>/<name>`            | API (apply, rm)        | while the secret/config exists (4) |
+| `secrets/<name>`                  | API (create, stacks)   | `secret rm`, its stack's (12); sealed (4) |
+| `configs/<name>`                  | API (create, stacks)   | `config rm`, its stack's (12) |
+| `objuse/<kind>/<name>`            | API (apply, rm, stacks) | while the secret/config exists (4) |
 | `vips/<service>`                  | any node's names (7)   | while the service incarnation exists |
 | `vipaddrs/<address>`              | any node's names (7)   | with its `vips/` record |
 | `vipcursor`                       | any node's names (7)   | forever; one key   |
@@ -100,6 +100,11 @@ Bounded by the services' rules (at most 64 each).
 (10) issue 15, node pools (`node.model.pools`, `leader.pools`): the pools' declaration,
 and one record per node a pool asked its provider for, written before the provider is
 called. Bounded by the pools' `max`.
+
+(12) decision 72: a secret or config a Compose stack deploy wrote (`<stack>_<name>`) names
+its stack in its record (`ObjectRecord.stack`) and is written in the stack's transaction;
+`stack rm`, and a redeploy whose file dropped it once no service uses it, delete it (and
+its `objuse/` key) in theirs. Bounded with the others by the objects in force.
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.

@@ -647,14 +647,40 @@ class BackupChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class DeployStackRequest(_message.Message):
-    __slots__ = ("name", "spec", "source")
+    __slots__ = ("name", "spec", "source", "objects")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: str
     source: str
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    objects: _containers.RepeatedCompositeFieldContainer[StackObject]
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[str] = ..., source: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[StackObject, _Mapping]]] = ...) -> None: ...
+
+class StackObject(_message.Message):
+    __slots__ = ("kind", "name", "value")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    value: bytes
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class StackObjectChange(_message.Message):
+    __slots__ = ("kind", "name", "action", "size", "revision")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    action: str
+    size: int
+    revision: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., action: _Optional[str] = ..., size: _Optional[int] = ..., revision: _Optional[str] = ...) -> None: ...
 
 class StackChange(_message.Message):
     __slots__ = ("service", "version", "action")
@@ -667,14 +693,16 @@ class StackChange(_message.Message):
     def __init__(self, service: _Optional[str] = ..., version: _Optional[int] = ..., action: _Optional[str] = ...) -> None: ...
 
 class DeployStackResponse(_message.Message):
-    __slots__ = ("name", "changes", "cause")
+    __slots__ = ("name", "changes", "cause", "objects")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     changes: _containers.RepeatedCompositeFieldContainer[StackChange]
     cause: str
-    def __init__(self, name: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[StackChange, _Mapping]]] = ..., cause: _Optional[str] = ...) -> None: ...
+    objects: _containers.RepeatedCompositeFieldContainer[StackObjectChange]
+    def __init__(self, name: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[StackChange, _Mapping]]] = ..., cause: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[StackObjectChange, _Mapping]]] = ...) -> None: ...
 
 class RemoveStackRequest(_message.Message):
     __slots__ = ("name",)
@@ -683,12 +711,14 @@ class RemoveStackRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class RemoveStackResponse(_message.Message):
-    __slots__ = ("name", "services")
+    __slots__ = ("name", "services", "objects")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     services: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ...) -> None: ...
+    objects: _containers.RepeatedCompositeFieldContainer[StackObjectChange]
+    def __init__(self, name: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., objects: _Optional[_Iterable[_Union[StackObjectChange, _Mapping]]] = ...) -> None: ...
 
 class ListStacksRequest(_message.Message):
     __slots__ = ("name",)

@@ -154,6 +154,11 @@ class ShoalStub:
                 request_serializer=shoal_dot_v1_dot_api__pb2.DeployStackRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_api__pb2.DeployStackResponse.FromString,
                 _registered_method=True)
+        self.DeployStackWithObjects = channel.unary_unary(
+                '/shoal.v1.Shoal/DeployStackWithObjects',
+                request_serializer=shoal_dot_v1_dot_api__pb2.DeployStackRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_api__pb2.DeployStackResponse.FromString,
+                _registered_method=True)
         self.RemoveStack = channel.unary_unary(
                 '/shoal.v1.Shoal/RemoveStack',
                 request_serializer=shoal_dot_v1_dot_api__pb2.RemoveStackRequest.SerializeToString,
@@ -360,13 +365,28 @@ class ShoalServicer:
         (versions, history, port claims, rolling updates). INVALID_ARGUMENT names every
         problem at its line and column, a depends_on cycle by its path; nothing is written.
         Services of the stack that the file no longer has are removed in the same transaction.
+        DeployStack takes no `objects` (INVALID_ARGUMENT); the stack's own secrets and
+        configs that no service uses any more are removed in the same transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeployStackWithObjects(self, request, context):
+        """DeployStack with the stack's own secrets and configs (decision 72): the objects
+        (created, updated, or left when equal) and the services go in ONE transaction, or
+        nothing is written. Admin only, as PutObject (in no role's table). A value never
+        comes back: answers, errors, events and logs name objects with sizes and revisions.
+        An older node answers UNIMPLEMENTED; the CLI then writes them through PutObject first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RemoveStack(self, request, context):
-        """Remove every service of a stack, in one transaction. NOT_FOUND when it has none.
+        """Remove every service of a stack, and the secrets and configs the stack created (not
+        `external:` ones, not `shoal secret create`d ones), in one transaction. NOT_FOUND
+        when it has neither.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -522,6 +542,11 @@ def add_ShoalServicer_to_server(servicer, server):
             ),
             'DeployStack': grpc.unary_unary_rpc_method_handler(
                     servicer.DeployStack,
+                    request_deserializer=shoal_dot_v1_dot_api__pb2.DeployStackRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_api__pb2.DeployStackResponse.SerializeToString,
+            ),
+            'DeployStackWithObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeployStackWithObjects,
                     request_deserializer=shoal_dot_v1_dot_api__pb2.DeployStackRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_api__pb2.DeployStackResponse.SerializeToString,
             ),
@@ -1197,6 +1222,33 @@ class Shoal:
             request,
             target,
             '/shoal.v1.Shoal/DeployStack',
+            shoal_dot_v1_dot_api__pb2.DeployStackRequest.SerializeToString,
+            shoal_dot_v1_dot_api__pb2.DeployStackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeployStackWithObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Shoal/DeployStackWithObjects',
             shoal_dot_v1_dot_api__pb2.DeployStackRequest.SerializeToString,
             shoal_dot_v1_dot_api__pb2.DeployStackResponse.FromString,
             options,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shoal/v1/secrets.proto\x12\x08shoal.v1\"\x8d\x01\n\nObjectInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t\x12\x0f\n\x07updated\x18\x07 \x01(\t\x12\x10\n\x08services\x18\x08 \x03(\t\"M\n\x10PutObjectRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x0e\n\x06update\x18\x04 \x01(\x08\"X\n\x11PutObjectResponse\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.shoal.v1.ObjectInfo\x12\x0e\n\x06rolled\x18\x02 \x03(\t\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"\"\n\x12ListObjectsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\"<\n\x13ListObjectsResponse\x12%\n\x07objects\x18\x01 \x03(\x0b\x32\x14.shoal.v1.ObjectInfo\"1\n\x13RemoveObjectRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x16\n\x14RemoveObjectResponse2\xea\x01\n\x07Secrets\x12\x44\n\tPutObject\x12\x1a.shoal.v1.PutObjectRequest\x1a\x1b.shoal.v1.PutObjectResponse\x12J\n\x0bListObjects\x12\x1c.shoal.v1.ListObjectsRequest\x1a\x1d.shoal.v1.ListObjectsResponse\x12M\n\x0cRemoveObject\x12\x1d.shoal.v1.RemoveObjectRequest\x1a\x1e.shoal.v1.RemoveObjectResponseB\x12Z\x10shoal/v1;shoalv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16shoal/v1/secrets.proto\x12\x08shoal.v1\"\x9c\x01\n\nObjectInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t\x12\x0f\n\x07updated\x18\x07 \x01(\t\x12\x10\n\x08services\x18\x08 \x03(\t\x12\r\n\x05stack\x18\t \x01(\t\"M\n\x10PutObjectRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x0e\n\x06update\x18\x04 \x01(\x08\"X\n\x11PutObjectResponse\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.shoal.v1.ObjectInfo\x12\x0e\n\x06rolled\x18\x02 \x03(\t\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"\"\n\x12ListObjectsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\"<\n\x13ListObjectsResponse\x12%\n\x07objects\x18\x01 \x03(\x0b\x32\x14.shoal.v1.ObjectInfo\"1\n\x13RemoveObjectRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x16\n\x14RemoveObjectResponse2\xea\x01\n\x07Secrets\x12\x44\n\tPutObject\x12\x1a.shoal.v1.PutObjectRequest\x1a\x1b.shoal.v1.PutObjectResponse\x12J\n\x0bListObjects\x12\x1c.shoal.v1.ListObjectsRequest\x1a\x1d.shoal.v1.ListObjectsResponse\x12M\n\x0cRemoveObject\x12\x1d.shoal.v1.RemoveObjectRequest\x1a\x1e.shoal.v1.RemoveObjectResponseB\x12Z\x10shoal/v1;shoalv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\020shoal/v1;shoalv1'
   _globals['_OBJECTINFO']._serialized_start=37
-  _globals['_OBJECTINFO']._serialized_end=178
-  _globals['_PUTOBJECTREQUEST']._serialized_start=180
-  _globals['_PUTOBJECTREQUEST']._serialized_end=257
-  _globals['_PUTOBJECTRESPONSE']._serialized_start=259
-  _globals['_PUTOBJECTRESPONSE']._serialized_end=347
-  _globals['_LISTOBJECTSREQUEST']._serialized_start=349
-  _globals['_LISTOBJECTSREQUEST']._serialized_end=383
-  _globals['_LISTOBJECTSRESPONSE']._serialized_start=385
-  _globals['_LISTOBJECTSRESPONSE']._serialized_end=445
-  _globals['_REMOVEOBJECTREQUEST']._serialized_start=447
-  _globals['_REMOVEOBJECTREQUEST']._serialized_end=496
-  _globals['_REMOVEOBJECTRESPONSE']._serialized_start=498
-  _globals['_REMOVEOBJECTRESPONSE']._serialized_end=520
-  _globals['_SECRETS']._serialized_start=523
-  _globals['_SECRETS']._serialized_end=757
+  _globals['_OBJECTINFO']._serialized_end=193
+  _globals['_PUTOBJECTREQUEST']._serialized_start=195
+  _globals['_PUTOBJECTREQUEST']._serialized_end=272
+  _globals['_PUTOBJECTRESPONSE']._serialized_start=274
+  _globals['_PUTOBJECTRESPONSE']._serialized_end=362
+  _globals['_LISTOBJECTSREQUEST']._serialized_start=364
+  _globals['_LISTOBJECTSREQUEST']._serialized_end=398
+  _globals['_LISTOBJECTSRESPONSE']._serialized_start=400
+  _globals['_LISTOBJECTSRESPONSE']._serialized_end=460
+  _globals['_REMOVEOBJECTREQUEST']._serialized_start=462
+  _globals['_REMOVEOBJECTREQUEST']._serialized_end=511
+  _globals['_REMOVEOBJECTRESPONSE']._serialized_start=513
+  _globals['_REMOVEOBJECTRESPONSE']._serialized_end=535
+  _globals['_SECRETS']._serialized_start=538
+  _globals['_SECRETS']._serialized_end=772
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ObjectInfo(_message.Message):
-    __slots__ = ("kind", "name", "revision", "version", "size", "created", "updated", "services")
+    __slots__ = ("kind", "name", "revision", "version", "size", "created", "updated", "services", "stack")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ObjectInfo(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
     kind: str
     name: str
     revision: str
@@ -24,7 +25,8 @@ class ObjectInfo(_message.Message):
     created: str
     updated: str
     services: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., revision: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., created: _Optional[str] = ..., updated: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ...) -> None: ...
+    stack: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., revision: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., created: _Optional[str] = ..., updated: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., stack: _Optional[str] = ...) -> None: ...
 
 class PutObjectRequest(_message.Message):
     __slots__ = ("kind", "name", "value", "update")

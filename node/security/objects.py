@@ -10,6 +10,12 @@ update replaces their replicas.
 A secret's `data` is sealed (`node.security.sealing`, associated data `secret/<name>`):
 etcd never holds it in the clear. A config's `data` is its bytes in base64 (configs are
 not secret; they are mounted read-only).
+
+`stack` names the stack whose deploy created the object (decision 72): `stack rm` removes
+it, a redeploy that no longer declares it prunes it. "" for `shoal secret create`'s, which
+no stack operation touches. Written only when set, so a record without it reads and
+writes as before (an older node ignores the key; its update drops it: the object then
+stays when the stack goes, the safe side).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class ObjectRecord:
     created: str  # ISO 8601 UTC
     updated: str
     data: str  # secret: sealed text; config: base64
+    stack: str = ""  # the stack that owns it (decision 72); "" when created on its own
 
     @property
     def revision(self) -> str:
@@ -43,19 +50,19 @@ class ObjectRecord:
         return f"ObjectRecord({self.kind} {self.name} {self.revision}, {self.size} bytes)"
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "kind": self.kind,
-                "name": self.name,
-                "uid": self.uid,
-                "version": self.version,
-                "size": self.size,
-                "created": self.created,
-                "updated": self.updated,
-                "data": self.data,
-            },
-            sort_keys=True,
-        ).encode()
+        d = {
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "version": self.version,
+            "size": self.size,
+            "created": self.created,
+            "updated": self.updated,
+            "data": self.data,
+        }
+        if self.stack:
+            d["stack"] = self.stack
+        return json.dumps(d, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> ObjectRecord:
@@ -69,6 +76,7 @@ class ObjectRecord:
             d["created"],
             d["updated"],
             d["data"],
+            str(d.get("stack") or ""),
         )
 
     def value(self, sealer: Sealer | None) -> bytes:

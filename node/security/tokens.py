@@ -261,6 +261,9 @@ DEPLOYER_METHODS = VIEWER_METHODS | {
     "Exec",
 }
 DEPLOYER_METHODS |= {"DeployStack", "RemoveStack"}
+# DeployStackWithObjects (decision 72) writes secret values, as Secrets/PutObject does: it
+# stays admin-only by being in no table. RemoveStack (a deployer's) also deletes the secrets
+# and configs the stack itself created: they live and go with the stack.
 
 # The other client services, by (gRPC service, method) -> the lowest role that may call it;
 # a method of theirs that is not listed is admin-only. `shoal.v1.Jobs` (issue 18): reads

@@ -34,7 +34,7 @@ The client is thread-safe (one gRPC channel, shared); `close()` releases it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -252,10 +252,20 @@ class ShoalClient:
         request = api_pb2.LabelNodeRequest(node=node, set=set_ or {}, remove=remove or [])
         return self._unary("LabelNode", request)
 
-    def deploy_stack(self, name: str, spec_text: str, source: str = "") -> api_pb2.DeployStackResponse:
-        """Write every service of a stack file in one transaction (docs/stacks.md)."""
-        request = api_pb2.DeployStackRequest(name=name, spec=spec_text, source=source)
-        return self._unary("DeployStack", request)
+    def deploy_stack(
+        self, name: str, spec_text: str, source: str = "", objects: Sequence[tuple[str, str, bytes]] = ()
+    ) -> api_pb2.DeployStackResponse:
+        """Write every service of a stack file in one transaction (docs/stacks.md). With
+        `objects` ((kind, <stack>_<name>, value) of the stack's own secrets and configs),
+        they go in the same transaction (DeployStackWithObjects, admin only; an older node
+        raises a `ShoalError` whose `code` is UNIMPLEMENTED)."""
+        request = api_pb2.DeployStackRequest(
+            name=name,
+            spec=spec_text,
+            source=source,
+            objects=[api_pb2.StackObject(kind=k, name=n, value=v) for k, n, v in objects],
+        )
+        return self._unary("DeployStackWithObjects" if objects else "DeployStack", request)
 
     def remove_stack(self, name: str) -> api_pb2.RemoveStackResponse:
         return self._unary("RemoveStack", api_pb2.RemoveStackRequest(name=name))
