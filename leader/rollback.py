@@ -20,9 +20,10 @@ is stored the rollback is no longer due.
 A rollback that cannot be done (the good version's history entry is gone) pauses the
 record with a message saying so, reported once, not retried on every pass.
 
-`write` is the one place the leader writes a service spec, so the published ports of the
-good version are claimed there, in the same transaction (`node.store.ports`); a port another
-service took meanwhile refuses the rollback (`Refused`, an event names the owner).
+`write` is the one place the leader writes a service spec, so the published ports and
+network aliases of the good version are claimed there, in the same transaction
+(`node.store.ports`, `node.store.aliases`); a port or alias another service took meanwhile
+refuses the rollback (`Refused`, an event names the owner).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from enum import StrEnum
 
 from leader.rollout import RolloutState
 from node.model.domain import RolloutRecord, ServiceRecord
+from node.model.errors import FailedPrecondition
 from node.model.keys import Keys
 from node.store import KV, Compare, Fenced, Put, Store, fence
+from node.store.aliases import AliasTaken, alias_writes
 from node.store.base import Op
 from node.store.ports import PortTaken, port_writes
 
@@ -101,9 +104,10 @@ def plan(
     return Txn(compares, ops, record)
 
 
-class Refused(PortTaken):
-    """The good version publishes a port another service took meanwhile: nothing is written,
-    the rollout stays failed on the current version, and an event names the owner."""
+class Refused(FailedPrecondition):
+    """The good version publishes a port (or holds a network alias) another service took
+    meanwhile: nothing is written, the rollout stays failed on the current version, and an
+    event names the owner."""
 
 
 async def write(
@@ -125,10 +129,15 @@ async def write(
             ports = await port_writes(
                 store, keys, name, running.uid, running.spec, txn.record.spec, time.time()
             )
+            aliases = await alias_writes(
+                store, keys, name, running.uid, running.spec, txn.record.spec, time.time()
+            )
         except PortTaken as exc:
-            return Refused(exc.port, exc.owner, "the previous version's port")
-        compares += ports.compares
-        ops += ports.ops
+            return Refused(f"the previous version's port: {exc}")
+        except AliasTaken as exc:
+            return Refused(f"the previous version's alias: {exc}")
+        compares += [*ports.compares, *aliases.compares]
+        ops += [*ports.ops, *aliases.ops]
     result = await store.txn(compares, ops)
     if not result.succeeded:
         leader = await store.get(keys.leader)

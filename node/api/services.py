@@ -4,9 +4,10 @@ Every write is a compare-and-swap on the service key's mod revision, so two
 concurrent applies never lose one another (the loser retries from a fresh read:
 `node.store.retry.compare_and_swap`),
 and a spec is in etcd before the call returns. Nothing is written when the spec is
-invalid or unchanged. The published ports a version claims or frees (`node.store.ports`) go
-into the same transaction, so of concurrent applies publishing one port exactly one
-wins; the others get FAILED_PRECONDITION naming the owner. A service gets its
+invalid or unchanged. The published ports and network aliases a version claims or frees
+(`node.store.ports`, `node.store.aliases`) go into the same transaction, so of concurrent
+applies publishing one port (or holding one alias) exactly one wins; the others get
+FAILED_PRECONDITION naming the owner. A service gets its
 incarnation uid when it is created, never on an update. Every new version gets a cause
 id (`new_cause`): its tasks and the events it leads to carry it (issue 14).
 """
@@ -34,6 +35,7 @@ from node.model.spec_autoscale import keep_count
 from node.model.spec_compat import unknown_to
 from node.model.spec_lifecycle import stack_problem
 from node.store import KV, Compare, Delete, Put, Store
+from node.store.aliases import alias_writes
 from node.store.base import Op
 from node.store.ports import port_writes
 from node.store.retry import compare_and_swap
@@ -65,7 +67,8 @@ class ServiceWriter:
     async def _write(
         self, record: ServiceRecord, expect_mod: int, old: ServiceRecord | None, bound: Bound | None = None
     ) -> bool:
-        """The service record, its history entry, its port claims (`node.store.ports`) and what its
+        """The service record, its history entry, its port and alias claims (`node.store.ports`,
+        `node.store.aliases`) and what its
         secrets and configs need (`bound`), in one transaction compared on the service
         key's mod revision."""
         compares, ops = await self.write_ops(record, expect_mod, old, bound)
@@ -79,13 +82,15 @@ class ServiceWriter:
         old_spec = old.spec if old else None
         name, spec = record.name, record.spec
         ports = await port_writes(self.store, self.keys, name, record.uid, old_spec, spec, time.time())
+        aliases = await alias_writes(self.store, self.keys, name, record.uid, old_spec, spec, time.time())
         bound = bound or Bound()
         compares = [
             Compare(self.keys.service(record.name), "mod", "==", expect_mod),
             *ports.compares,
+            *aliases.compares,
             *bound.compares,
         ]
-        return compares, [*self.version_ops(record), *ports.ops, *bound.ops]
+        return compares, [*self.version_ops(record), *ports.ops, *aliases.ops, *bound.ops]
 
     def version_ops(self, record: ServiceRecord) -> list[Put | Delete]:
         """The puts of a new version (service key and history) and the history's pruning."""
@@ -250,12 +255,14 @@ class ServiceWriter:
             raise Conflict(f"service '{name}' changed while being removed; try again")
 
     async def remove_ops(self, current: ServiceRecord, mod: int) -> tuple[list[Compare], list[Op]]:
-        """What `remove` commits: the service, its history, rollout and binds, its port claims,
+        """What `remove` commits: the service, its history, rollout and binds, its port and alias claims,
         its volume claims (the Docker volumes stay on their nodes: docs/volumes.md)."""
         name = current.name
         ports = await port_writes(self.store, self.keys, name, current.uid, current.spec, None)
+        aliases = await alias_writes(self.store, self.keys, name, current.uid, current.spec, None)
         return [Compare(self.keys.service(name), "mod", "==", mod), *ports.compares], [
             *ports.ops,
+            *aliases.ops,
             Delete(self.keys.service(name)),
             Delete(self.keys.history(name), prefix=True),
             Delete(self.keys.rollout(name)),

@@ -30,6 +30,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `vips/<service>`                  | any node's names (7)   | while the service incarnation exists |
 | `vipaddrs/<address>`              | any node's names (7)   | with its `vips/` record |
 | `vipcursor`                       | any node's names (7)   | forever; one key   |
+| `netaliases/<network>/<alias>`    | API, leader (rollback) | with its service; <= 16 per service (12) |
 | `volumes/<service>/<slot>/<name>` | leader (fenced), API, agent | until `rm` of the service or volume (6) |
 | `jobs/<service>`                  | leader only, fenced    | while the job's service exists (8) |
 | `runs/<service>/<tick>`           | leader only, fenced    | `schedule.history` per scheduled job (9) |
@@ -92,6 +93,12 @@ the next run's record, deleted with its `runs/` record; so at most `schedule.his
 (10) issue 15, node pools (`node.model.pools`, `leader.pools`): the pools' declaration,
 and one record per node a pool asked its provider for, written before the provider is
 called. Bounded by the pools' `max`.
+
+(12) decision 73: `netaliases/<network>/<alias>` holds which service incarnation (name,
+uid) answers by `alias` on `network` (a `PortClaim` record), written and deleted in the
+same transaction as `services/<name>` (`node.store.aliases`), like `ports/`: two services
+never hold one alias on one network, whatever the order of concurrent applies. At most
+`MAX_ALIASES` (16) per service.
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.
@@ -293,6 +300,14 @@ class Keys:
     @property
     def vipcursor(self) -> str:
         return f"{self.prefix}vipcursor"
+
+    @property
+    def netaliases(self) -> str:
+        return f"{self.prefix}netaliases/"
+
+    def netalias(self, network: str, alias: str) -> str:
+        """Which service holds `alias` on `network` (`PortClaim`'s record; decision 73)."""
+        return f"{self.netaliases}{network}/{alias}"
 
     # issue 13 item 5: volume claims
     @property
