@@ -24,7 +24,7 @@ from node.model.spec_networks import aliases_of, networks_of
 from node.proxy import dnswire as w
 from node.proxy.dnsserver import Resolver
 from node.proxy.names import OUTSIDER, NameTable, VipRecord
-from node.store import Compare, Delete, Put, Store
+from node.store import Compare, Delete, Put, Store, StoreUnavailable
 from node.store.aliases import AliasTaken, file_conflicts, plan
 from node.store.etcd import EtcdStore
 from node.store.memory import MemoryStore
@@ -412,3 +412,32 @@ def test_the_name_server_answers_a_srv_and_nxdomain_per_asker() -> None:
     assert ask("database.app.shoal", w.A, "app_web").rcode == w.NXDOMAIN
     assert ask("_pg._tcp.database.app.shoal", w.SRV, "app_web").rcode == w.NXDOMAIN
     assert resolver.answer(w.parse_query(w.build_query("database", w.A)), "app_web") is None  # forwarded
+
+
+async def test_etcd_lost_before_or_after_the_transaction() -> None:
+    """The claim and the service are one transaction: etcd lost before it writes neither;
+    an answer lost after it leaves both, and the apply sent again finds them its own."""
+    store = MemoryStore()
+    api = ServiceWriter(store, KEYS, "n1")
+    real_txn = store.txn
+
+    async def dies_before(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise StoreUnavailable("etcd went away")
+
+    store.txn = dies_before  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await api.apply(yaml("db", "database"), "db.yaml")
+    assert (await store.range(KEYS.prefix))[0] == []
+
+    async def answer_lost(*args, **kwargs):  # type: ignore[no-untyped-def]
+        await real_txn(*args, **kwargs)
+        raise StoreUnavailable("the answer was lost")
+
+    store.txn = answer_lost  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await api.apply(yaml("db", "database"), "db.yaml")
+    store.txn = real_txn  # type: ignore[method-assign]
+    record, changed = await api.apply(yaml("db", "database"), "db.yaml")
+    assert (record.version, changed) == (1, False)
+    kv = await store.get(KEYS.netalias("backnet", "database"))
+    assert kv is not None and PortClaim.from_json(kv.value).uid == record.uid
