@@ -36,11 +36,9 @@ from leader.rollout import RolloutState
 from node.model.domain import RolloutRecord, ServiceRecord
 from node.model.errors import FailedPrecondition
 from node.model.keys import Keys
-from node.store import KV, Compare, Fenced, Put, Store, fence
+from node.store import KV, Compare, Fenced, Put, Store, claim_kinds, fence
 from node.store.base import Op
 from node.store.claims import Taken, service_writes
-from node.store.ingress_claims import ROUTES
-from node.store.ports import PORTS
 
 
 class Outcome(StrEnum):
@@ -132,7 +130,7 @@ async def write(
     if txn.record is not None:
         try:
             claims = await service_writes(
-                store, keys, (PORTS, ROUTES), name, running.uid, running.spec, txn.record.spec, time.time()
+                store, keys, claim_kinds.ALL, name, running.uid, running.spec, txn.record.spec, time.time()
             )
         except Taken as exc:
             return Refused(exc)

@@ -113,6 +113,7 @@ def container_spec(
         name=container_name(task),
         image=run_image(spec),  # the digest resolved at deploy, when there is one (issue 13)
         labels={
+            **(spec.labels or {}),  # the user's (decision 73): never under io.shoal., so never one of ours
             LABELS.CLUSTER: cluster,
             LABELS.NODE: task.node,
             LABELS.SERVICE: task.service,

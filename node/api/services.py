@@ -36,11 +36,9 @@ from node.model.spec_autoscale import keep_count
 from node.model.spec_compat import unknown_to
 from node.model.spec_lifecycle import stack_problem
 from node.security.objects import ObjectRecord
-from node.store import KV, Compare, Delete, Put, Store
+from node.store import KV, Compare, Delete, Put, Store, claim_kinds
 from node.store.base import Op
 from node.store.claims import service_writes
-from node.store.ingress_claims import ROUTES
-from node.store.ports import PORTS
 from node.store.retry import compare_and_swap
 
 HISTORY_LIMIT = 10  # versions kept in `history/<name>/` (NodeConfig.history_limit)
@@ -84,7 +82,7 @@ class ServiceWriter:
         old_spec = old.spec if old else None
         name, spec = record.name, record.spec
         claims = await service_writes(
-            self.store, self.keys, (PORTS, ROUTES), name, record.uid, old_spec, spec, time.time()
+            self.store, self.keys, claim_kinds.ALL, name, record.uid, old_spec, spec, time.time()
         )
         bound = bound or Bound()
         compares = [
@@ -262,7 +260,7 @@ class ServiceWriter:
         its volume claims (the Docker volumes stay on their nodes: docs/volumes.md)."""
         name = current.name
         claims = await service_writes(
-            self.store, self.keys, (PORTS, ROUTES), name, current.uid, current.spec, None
+            self.store, self.keys, claim_kinds.ALL, name, current.uid, current.spec, None
         )
         return [Compare(self.keys.service(name), "mod", "==", mod), *claims.compares], [
             *claims.ops,

@@ -4,7 +4,7 @@ A stack is the set of services whose spec says `stack: <name>`; there is no othe
 of it. `deploy` writes every service of the file, and removes the stack's services the
 file no longer has (like `docker stack deploy --prune`, always), in ONE etcd transaction:
 each service's part is what `service apply` would commit for it (`ServiceWriter.write_ops`:
-record, history entry, history prune, port and route claims) and each removal what `service rm`
+record, history entry, history prune, port, route and alias claims) and each removal what `service rm`
 would (`ServiceWriter.remove_ops`), all compared on the mod revisions read. So a crash or a
 lost answer leaves either the old stack or the new one, never a mix; a concurrent change
 to any of its services makes the transaction fail, and it is planned again from a fresh
@@ -38,6 +38,7 @@ from node.model.domain import ServiceRecord, new_cause, readable_services
 from node.model.errors import InvalidArgument, NotFound
 from node.model.spec import SpecError
 from node.store import Compare, Put
+from node.store.aliases import file_conflicts
 from node.store.base import MAX_TXN_OPS, Op
 from node.store.claims import shared_in
 from node.store.ingress_claims import ROUTES
@@ -95,6 +96,8 @@ class StackWriter:
                     f"{source or '<stack>'}: service '{shared[0]}': {shared[1]} (both in this file)"
                 )
         check_objects(stack, objects)
+        if conflicts := file_conflicts(specs):  # one transaction: two puts of one claim would not conflict
+            raise InvalidArgument(f"{source or '<stack>'}: " + "; ".join(conflicts))
         specs = [await self.writer.pin(spec) for spec in specs]  # tags to digests, before any write
 
         cause = new_cause()  # one for every version this deploy makes (issue 14)

@@ -57,7 +57,17 @@ def service_dict(s: api_pb2.Service) -> Row:
         "updated_by": s.updated_by,
         "pending": s.pending,
         "pending_reason": s.pending_reason,
+        "labels": _service_labels(s.spec_json),  # decision 73: the service's own (Compose deploy.labels)
     }
+
+
+def _service_labels(spec_json: str) -> dict[str, str]:
+    try:
+        spec = json.loads(spec_json) if spec_json else {}
+    except ValueError:
+        return {}
+    labels = spec.get("service_labels") if isinstance(spec, dict) else None
+    return dict(labels) if isinstance(labels, dict) else {}
 
 
 def task_dict(t: api_pb2.Task) -> Row:
@@ -95,6 +105,7 @@ def service_detail(s: api_pb2.Service, tasks: Sequence[api_pb2.Task]) -> Row:
         "updated_at": iso(s.updated_at),
         "updated_by": s.updated_by,
         "replicas": {"desired": s.replicas, "running": s.running},
+        "labels": _service_labels(s.spec_json) or None,  # decision 73; container labels: spec.labels
         "image": image_detail(spec) if isinstance(spec, dict) else None,
         "pending": {"replicas": s.pending, "reason": s.pending_reason} if s.pending else None,
         "rollout": rollout_dict(s.rollout) if s.HasField("rollout") else None,

@@ -140,7 +140,15 @@ def deploy(svc: Any, d: Any) -> None:
     for k in d:
         if k in keys.DEPLOY_IGNORED:
             svc.warn(d, k, f"deploy.{k}", f"ignored: {keys.DEPLOY_IGNORED[k]}")
-        elif k not in ("replicas", "mode", "resources", "placement", "update_config", "restart_policy"):
+        elif k not in (
+            "replicas",
+            "mode",
+            "resources",
+            "placement",
+            "update_config",
+            "restart_policy",
+            "labels",
+        ):
             svc.error(d, k, f"deploy.{k}", "unknown key")
     if "replicas" in d:
         svc.note("replicas", d, "replicas")

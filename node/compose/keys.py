@@ -18,6 +18,7 @@ SUPPORTED += ("pull_policy",)  # issue 13, images from registries: onto `pull`
 SUPPORTED += ("networks",)  # issue 13, networks scope names and VIPs (node.compose.networks)
 # decision 70 (node.compose.full): secrets and configs, the process, logging
 SUPPORTED += ("secrets", "configs", "entrypoint", "user", "working_dir", "read_only", "logging")
+SUPPORTED += ("labels",)  # decision 73: container labels (and deploy.labels: service_labels)
 PULL_POLICIES = {"always": "always", "missing": "missing", "if_not_present": "missing", "never": "never"}
 _NOT_YET = "not supported by shoal yet"
 
@@ -57,7 +58,6 @@ REFUSED: dict[str, str] = {
 REFUSED_WHEN_TRUE = ("privileged", "init", "oom_kill_disable")
 
 IGNORED: dict[str, str] = {
-    "labels": "container labels are shoal's own (io.shoal.*: service, slot, task); use environment:",
     "container_name": "shoal names each replica <stack>_<service>.<slot>.<task>",
     "hostname": "each replica keeps the hostname Docker gives it",
     "domainname": "each replica keeps Docker's default",
@@ -81,7 +81,6 @@ IGNORED: dict[str, str] = {
     "expose_metrics": "metadata only",
 }
 DEPLOY_IGNORED: dict[str, str] = {
-    "labels": "service labels are metadata only in shoal",
     "endpoint_mode": "services are reached through shoal's mesh (one virtual address per port)",
     "rollback_config": "a failed update rolls back with update_config's settings",
 }

@@ -8,8 +8,9 @@ is on, so that a service sees and reaches only those that share one with it.
   `ipam`, `driver_opts`, `enable_ipv6` are ignored with a warning: shoal's networks are
   scopes enforced by its name server and VIP listeners, not Docker networks.
 - A service's `networks:` (a list of names, or a mapping whose values may carry
-  `aliases`, `ipv4_address`, ... : ignored with a warning) becomes `networks: [...]`;
-  `default` needs no declaration. A name not declared is an error, as in Compose.
+  `aliases`, kept (decision 73), and `ipv4_address`, `priority`, ... : ignored with a
+  warning) becomes `networks: [...]`, an entry with aliases `{name, aliases}`; `default`
+  needs no declaration. A name not declared is an error, as in Compose.
 - A service without `networks:` is left on the cluster network (every service without
   networks), not on a `<stack>_default` of its own: see docs/names.md.
 
@@ -27,7 +28,7 @@ from node.model.spec_networks import NETWORK_PATTERN
 Report = Callable[[Any, Any, str, str], None]  # (node, key, path, message)
 
 _IGNORED = ("driver", "attachable", "internal", "labels", "ipam", "driver_opts", "enable_ipv6")
-_IGNORED_SERVICE = ("aliases", "ipv4_address", "ipv6_address", "link_local_ips", "priority", "mac_address")
+_IGNORED_SERVICE = ("ipv4_address", "ipv6_address", "link_local_ips", "priority", "mac_address")
 _WHY = "shoal's networks are scopes kept by its name server and VIP listeners, not Docker networks"
 
 
@@ -75,8 +76,9 @@ def declared(data: Any, run: Any, at: Callable[[Any, Any], Any]) -> dict[str, st
     return out
 
 
-def service_networks(body: Any, names: dict[str, str], error: Report, warn: Report) -> list[str]:
-    """A service's `networks:` (in its mapping `body`) as shoal's, each problem reported."""
+def service_networks(body: Any, names: dict[str, str], error: Report, warn: Report) -> list[Any]:
+    """A service's `networks:` (in its mapping `body`) as shoal's, each problem reported:
+    a name, or `{name, aliases}` for a network whose entry gives `aliases` (decision 73)."""
     value = body["networks"]
     if isinstance(value, list):
         items: list[tuple[Any, Any]] = [(n, None) for n in value]
@@ -85,18 +87,24 @@ def service_networks(body: Any, names: dict[str, str], error: Report, warn: Repo
     else:
         error(body, "networks", "networks", "must be a list of network names or a mapping")
         return []
-    out: list[str] = []
+    out: list[Any] = []
+    aliases: dict[str, list[Any]] = {}
     for name, extra in items:
         key = str(name)
         if key not in names:
             why = f"undefined network {key!r}: declare it under the top-level networks:"
             error(body, "networks", f"networks.{key}", why)
             continue
-        for k in extra if isinstance(extra, dict) else ():
-            if k in _IGNORED_SERVICE:
+        for k, v in extra.items() if isinstance(extra, dict) else ():
+            if k == "aliases":
+                if isinstance(v, list):
+                    aliases.setdefault(names[key], []).extend(v)
+                else:
+                    error(extra, k, f"networks.{key}.aliases", "must be a list of names")
+            elif k in _IGNORED_SERVICE:
                 warn(extra, k, f"networks.{key}.{k}", f"ignored: {_WHY}")
             else:
                 error(extra, k, f"networks.{key}.{k}", "unknown key")
         if names[key] not in out:
             out.append(names[key])
-    return out
+    return [{"name": n, "aliases": aliases[n]} if aliases.get(n) else n for n in out]

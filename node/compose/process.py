@@ -1,5 +1,7 @@
 """Compose entrypoint, user, working_dir, read_only and logging onto shoal's spec
-(issue 13 item 2, decision 70). `labels` stay ignored with a warning (`node.compose.keys`).
+(issue 13 item 2, decision 70), and `labels` / `deploy.labels` onto `labels` /
+`service_labels` (decision 73): a list of `KEY=VALUE` (`KEY` alone: an empty value) or a
+mapping, its numbers and booleans taken as their text, as Compose does.
 
 Pure: no grpc, docker or etcd.
 """
@@ -14,6 +16,7 @@ Report = Callable[[Any, Any, str, str], None]  # (node, key, path below the serv
 # spec field -> the Compose key it came from (an error of the spec check is reported there)
 COMPOSE_KEY = {"secrets": "secrets", "configs": "configs", "entrypoint": "entrypoint", "user": "user"}
 COMPOSE_KEY |= {"working_dir": "working_dir", "read_only": "read_only", "logging": "logging"}
+COMPOSE_KEY |= {"labels": "labels", "service_labels": "deploy"}
 _LOG_KEYS = ("driver", "options")
 
 
@@ -40,6 +43,30 @@ def service_keys(body: Any, out: dict[str, Any], error: Report, warn: Report) ->
             out["read_only"] = True
     if body.get("logging") is not None:
         _logging(body, out, error)
+    if body.get("labels") is not None:
+        _labels(body, "labels", "labels", out, "labels", error)
+    deploy = body.get("deploy")
+    if isinstance(deploy, dict) and deploy.get("labels") is not None:
+        _labels(deploy, "labels", "deploy.labels", out, "service_labels", error)
+
+
+def _labels(node: Any, key: str, path: str, out: dict[str, Any], field: str, error: Report) -> None:
+    value = node[key]
+    labels: dict[str, str] = {}
+    if isinstance(value, list):
+        for item in value:
+            k, _, v = str(item).partition("=")
+            labels[k] = v
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, dict | list):
+                error(value, k, f"{path}.{k}", "a label's value must be a string")
+                return
+            labels[str(k)] = "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    else:
+        error(node, key, path, "must be a list of KEY=VALUE or a mapping")
+        return
+    out[field] = labels
 
 
 def _logging(body: Any, out: dict[str, Any], error: Report) -> None:

@@ -24,7 +24,7 @@ from node.model.spec_volumes import docker_volume_name
 
 log = logging.getLogger(__name__)
 
-NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update", "depends_on", "reschedule")
+NOT_IN_TEMPLATE = ("replicas", "placement", "mode", "update", "depends_on", "reschedule", "service_labels")
 """Spec fields that say where, how many and how to roll out, not what a container is
 made from: changing them never restarts a task."""
 

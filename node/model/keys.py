@@ -25,12 +25,13 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `tokens/<id>`                     | init, `token create`   | until revoked/expired, then reaped (1) |
 | `joins/<key-id>`                  | `Peer/Join`, any node  | until the join token is rotated; its uses |
 | `joins/<key-id>/<node>`           | `Peer/Join`, any node  | until rotated; ≤ `join_token_uses` |
-| `secrets/<name>`                  | API (create, stacks)   | `secret rm`, its stack's (12); sealed (4) |
-| `configs/<name>`                  | API (create, stacks)   | `config rm`, its stack's (12) |
+| `secrets/<name>`                  | API (create, stacks)   | `secret rm`, its stack's (13); sealed (4) |
+| `configs/<name>`                  | API (create, stacks)   | `config rm`, its stack's (13) |
 | `objuse/<kind>/<name>`            | API (apply, rm, stacks) | while the secret/config exists (4) |
 | `vips/<service>`                  | any node's names (7)   | while the service incarnation exists |
 | `vipaddrs/<address>`              | any node's names (7)   | with its `vips/` record |
 | `vipcursor`                       | any node's names (7)   | forever; one key   |
+| `netaliases/<network>/<alias>`    | API, leader (rollback) | with its service; <= 16 per service (14) |
 | `volumes/<service>/<slot>/<name>` | leader (fenced), API, agent | until `rm` of the service or volume (6) |
 | `jobs/<service>`                  | leader only, fenced    | while the job's service exists (8) |
 | `runs/<service>/<tick>`           | leader only, fenced    | `schedule.history` per scheduled job (9) |
@@ -101,10 +102,15 @@ Bounded by the services' rules (at most 64 each).
 and one record per node a pool asked its provider for, written before the provider is
 called. Bounded by the pools' `max`.
 
-(12) decision 72: a secret or config a Compose stack deploy wrote (`<stack>_<name>`) names
+(13) decision 72: a secret or config a Compose stack deploy wrote (`<stack>_<name>`) names
 its stack in its record (`ObjectRecord.stack`) and is written in the stack's transaction;
 `stack rm`, and a redeploy whose file dropped it once no service uses it, delete it (and
 its `objuse/` key) in theirs. Bounded with the others by the objects in force.
+(14) decision 73: `netaliases/<network>/<alias>` holds which service incarnation (name,
+uid) answers by `alias` on `network` (a `PortClaim` record), written and deleted in the
+same transaction as `services/<name>` (`node.store.aliases`), like `ports/`: two services
+never hold one alias on one network, whatever the order of concurrent applies. At most
+`MAX_ALIASES` (16) per service.
 
 Pure: no etcd import. Names are validated before they reach here (spec module),
 so `/` never appears inside a segment.
@@ -318,6 +324,14 @@ class Keys:
     @property
     def vipcursor(self) -> str:
         return f"{self.prefix}vipcursor"
+
+    @property
+    def netaliases(self) -> str:
+        return f"{self.prefix}netaliases/"
+
+    def netalias(self, network: str, alias: str) -> str:
+        """Which service holds `alias` on `network` (`PortClaim`'s record; decision 73)."""
+        return f"{self.netaliases}{network}/{alias}"
 
     # issue 13 item 5: volume claims
     @property

@@ -48,6 +48,7 @@ from node.model.spec_errors import FieldError, SpecError
 from node.model.spec_errors import fatal as _fatal
 from node.model.spec_ingress import Ingress, IngressRule, IngressTLS, ProxyProtocolPorts, ingress_fits
 from node.model.spec_job import JobSpec, check_job_fields
+from node.model.spec_labels import Labels
 from node.model.spec_launch import Dedicated, Launch, LaunchSpec, launch_fits
 from node.model.spec_lifecycle import (
     OBJECT_PATTERN,
@@ -65,7 +66,7 @@ from node.model.spec_lifecycle import (
     UpdateConfig,
     distinct_targets,
 )
-from node.model.spec_networks import NetworkName
+from node.model.spec_networks import ENTRY_TAGS, NetworkAttachment, Networks
 from node.model.spec_process import Entrypoint, User, WorkingDir
 from node.model.spec_resources import (
     _STRICT,
@@ -177,7 +178,8 @@ class ServiceSpec(BaseModel):
     _ingress_fits = model_validator(mode="after")(ingress_fits)
     # Issue 13: networks scope who resolves and reaches whom (node.proxy.netscope, decision 64).
     # None: the cluster network (every service with None, as before networks existed).
-    networks: Annotated[list[NetworkName], Field(min_length=1, max_length=16)] | None = None
+    # An entry is a name or {name, aliases} (decision 73): aliases name its VIP on that network.
+    networks: Networks | None = None
 
     # Issue 18 item 3: schedules (node.model.spec_schedule): a job run at each tick of a cron.
     schedule: ScheduleSpec | None = None
@@ -201,6 +203,11 @@ class ServiceSpec(BaseModel):
     working_dir: WorkingDir | None = None  # None: the image's WORKDIR
     read_only: bool | None = None  # True: a read-only root filesystem
 
+    # Decision 73 (node.model.spec_labels): labels on every container (template hash), and the
+    # service's own metadata (Compose deploy.labels; not in the template hash).
+    labels: Labels | None = None
+    service_labels: Labels | None = None
+
 
 _FIELDS: dict[tuple[str, ...], type[BaseModel]] = {(): ServiceSpec, ("ports",): PortSpec}
 _FIELDS |= {("resources",): Resources, ("resources", "limits"): Limits, ("placement",): Placement}
@@ -208,7 +215,7 @@ _FIELDS |= {("health",): HealthCheck, ("health", "http"): HttpCheck, ("health", 
 _FIELDS |= {("restart",): RestartPolicy, ("update",): UpdateConfig}
 _FIELDS |= {("on_disconnect",): OnDisconnect, ("logging",): LogConfig}
 _FIELDS |= {("secrets",): SecretRef, ("configs",): ConfigRef, ("volumes",): VolumeMount, ("job",): JobSpec}
-_FIELDS |= {("ingress",): IngressRule, ("ingress", "tls"): IngressTLS}
+_FIELDS |= {("ingress",): IngressRule, ("ingress", "tls"): IngressTLS, ("networks",): NetworkAttachment}
 
 _FIELDS |= {("schedule",): ScheduleSpec}
 
@@ -364,6 +371,8 @@ class _Walk:
     def field_error(self, err: Any) -> FieldError:
         """One pydantic error as a FieldError with an actionable message."""
         loc, kind, got, ctx = tuple(err["loc"]), err["type"], err["input"], err.get("ctx", {})
+        if loc[:1] == ("networks",) and len(loc) > 2 and loc[2] in ENTRY_TAGS:
+            loc = loc[:2] + loc[3:]  # the form of a `networks` entry (name or mapping) is no field
         is_key = bool(loc) and loc[-1] == "[key]"
         loc = loc[:-1] if is_key else (*loc, *ctx.get("at", ()))
         message = err["msg"]

@@ -11,8 +11,8 @@ SERVFAIL. An unreadable query gets FORMERR (or nothing, if not even its header r
 Networks (decision 64): with a `SourceMap`, each query is answered for the container
 that asks (its source address -> its service -> its networks): a service that shares no
 network with it is answered as if it did not exist (NXDOMAIN under `.shoal`, forwarded
-otherwise, as any unknown name). A source the map does not know yet is answered after
-one refresh of the map.
+otherwise, as any unknown name), and so is an alias held on no network of it (decision
+73). A source the map does not know yet is answered after one refresh of the map.
 
 Answers carry TTL `TTL` (5 s): a removed service's name stops answering here at once,
 and a client cache holds the old VIP (which no longer listens) for at most that.
@@ -65,16 +65,16 @@ class Resolver:
             return w.answer_error(q, w.NOTIMP)
         table = self.table()
         if q.qtype == w.SRV:
-            found = table.srv_lookup(q.name)
-            if found is not None and table.shares(asker, found[1].service):
+            found = table.srv_resolve(q.name, asker)
+            if found is not None:
                 base, target = found
                 if target.address is None:
                     return w.answer_error(q, w.SERVFAIL)
                 srv = [w.SrvTarget(p, base) for p in target.ports]
                 return w.answer_srv(q, srv, {base: target.address} if srv else {}, TTL)
         else:
-            named = table.lookup(q.name)
-            if named is not None and table.shares(asker, named.service):
+            named = table.resolve(q.name, asker)
+            if named is not None:
                 if named.address is None:
                     return w.answer_error(q, w.SERVFAIL)
                 addresses = [named.address] if q.qtype in (w.A, w.ANY) else []

@@ -15,6 +15,7 @@ The names of a service `app_db` of stack `app` (and of a service `web` in no sta
 | `app.db`                     | `app_db`'s VIP           | anywhere (`<stack>.<service>`)   |
 | `db`                         | `app_db`'s VIP           | a container of stack `app` (1)   |
 | `db.app.shoal`, `web.shoal`, `app_db.shoal` | the VIP   | anywhere                         |
+| `database`, `app.database`   | the alias's service's VIP | a container on its network (2) |
 
 (1) its resolver's search domain `app.shoal` makes `db` into `db.app.shoal`. Under a
 search domain, a name that is not one of that stack's services is looked up bare:
@@ -29,6 +30,11 @@ A known name asked for another type (AAAA, TXT) has no data (NOERROR, empty), so
 resolver that asks A and AAAA at once gets its A. A service whose VIP is not written
 yet is SERVFAIL (the resolver asks again), never NXDOMAIN, which it could cache.
 
+(2) decision 73: `networks: [{name: backnet, aliases: [database]}]` in stack `app` (also
+`database.app.shoal`, `database.shoal`, and under any search domain). An alias is seen
+only from its network (the host sees every one); a service name the asker
+sees wins over an alias, so an alias never shadows a service.
+
 Pure: no sockets, no etcd.
 """
 
@@ -40,7 +46,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from node.model.domain import ServiceRecord
-from node.model.spec_networks import CLUSTER_NETWORK, networks_of
+from node.model.spec_networks import CLUSTER_NETWORK, aliases_of, networks_of
 
 ZONE = "shoal"
 _NOWHERE: frozenset[str] = frozenset()
@@ -137,12 +143,15 @@ class NameTable:
 
     names: dict[str, Target] = field(default_factory=dict)
     networks: dict[str, frozenset[str]] = field(default_factory=dict)  # service -> its networks
+    # alias form (lower case) -> (network, target), by network: seen only from that network
+    aliases: dict[str, list[tuple[str, Target]]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, services: Iterable[ServiceRecord], vips: Iterable[VipRecord]) -> NameTable:
         by_service = {v.service: v for v in vips}
         names: dict[str, Target] = {}
         networks: dict[str, frozenset[str]] = {}
+        aliases: dict[str, list[tuple[str, Target]]] = {}
         for s in sorted(services, key=lambda r: r.name):
             networks[s.name] = networks_of(s.spec.networks, s.spec.stack)
             v = by_service.get(s.name)
@@ -156,7 +165,52 @@ class NameTable:
                 forms += [f"{stack}.{short}", f"{short}.{stack}.{ZONE}"]
             for form in forms:
                 names.setdefault(form.lower(), target)
-        return cls(names, networks)
+            for network, held in aliases_of(s.spec.networks, stack).items():
+                for alias in held:
+                    more = [f"{stack}.{alias}", f"{alias}.{stack}.{ZONE}"] if stack else []
+                    for form in [alias, f"{alias}.{ZONE}", *more]:
+                        aliases.setdefault(form, []).append((network, target))
+        for entries in aliases.values():
+            entries.sort(key=lambda e: (e[0], e[1].service))
+        return cls(names, networks, aliases)
+
+    def sees(self, asker: str | None, network: str) -> bool:
+        """Is a container of service `asker` on `network` (None: the host, on every one)?"""
+        if asker is None:
+            return True
+        mine = _CLUSTER if asker == OUTSIDER else self.networks.get(asker, _NOWHERE)
+        return network in mine
+
+    def resolve(self, name: str, asker: str | None = None) -> Target | None:
+        """What `name` means to a container of service `asker` (None: the host): a service
+        name it shares a network with (`lookup`, `shares`), else an alias held on one of its
+        networks (decision 73). An alias held on two of the asker's networks by two
+        services answers the service of the first network by name; a service's own name
+        is never shadowed by another's alias."""
+        found = self.lookup(name)
+        if found is not None and self.shares(asker, found.service):
+            return found
+        name = name.lower().rstrip(".")
+        forms = [name]
+        if name.endswith(f".{ZONE}"):
+            head, _, stack = name[: -len(ZONE) - 1].rpartition(".")
+            if head and stack:
+                forms.append(head)
+        for form in forms:
+            for network, target in self.aliases.get(form, ()):
+                if self.sees(asker, network):
+                    return target
+        return None
+
+    def srv_resolve(self, name: str, asker: str | None = None) -> tuple[str, Target] | None:
+        """`_x._tcp.<name>` or `<name>` as `resolve` answers it: the name without its `_`
+        labels, and its target."""
+        labels = name.lower().rstrip(".").split(".")
+        while labels and labels[0].startswith("_"):
+            labels.pop(0)
+        base = ".".join(labels)
+        target = self.resolve(base, asker)
+        return (base, target) if target is not None else None
 
     def shares(self, asker: str | None, service: str) -> bool:
         """May a container of service `asker` see and reach `service`? Only when they share a
@@ -178,15 +232,6 @@ class NameTable:
             if head and stack:
                 found = self.names.get(head)
         return found
-
-    def srv_lookup(self, name: str) -> tuple[str, Target] | None:
-        """`_x._tcp.<name>` or `<name>`: the name without its `_` labels, and its target."""
-        labels = name.lower().rstrip(".").split(".")
-        while labels and labels[0].startswith("_"):
-            labels.pop(0)
-        base = ".".join(labels)
-        target = self.lookup(base)
-        return (base, target) if target is not None else None
 
 
 def in_zone(name: str) -> bool:

@@ -1,7 +1,9 @@
 """Claim keys: one etcd key per thing only one service may hold, written with the service.
 
-Two kinds: a published port (`ports/<published>`, `node.store.ports`) and an ingress
-route (`ingress/<host>/<path>`, `node.store.ingress_claims`). A claim names the service
+Three kinds (`node.store.claim_kinds.ALL`): a published port (`ports/<published>`,
+`node.store.ports`), an ingress route (`ingress/<host>/<path>`,
+`node.store.ingress_claims`) and a network alias (`netaliases/<network>/<alias>`,
+`node.store.aliases`). A claim names the service
 incarnation (name and uid) that holds it (`PortClaim`). Every write of a service record
 carries the claims of its spec in the same etcd transaction (`claim_writes`):
 
@@ -201,8 +203,8 @@ async def service_writes(
         out.ops += more.ops
     if len(out.ops) + 3 > MAX_TXN_OPS:  # each kind is bounded alone; together too
         raise FailedPrecondition(
-            f"service '{name}': this change claims or frees {len(out.ops)} published ports and ingress "
-            f"routes at once; change at most {MAX_TXN_OPS - 3} in one apply"
+            f"service '{name}': this change claims or frees {len(out.ops)} published ports, ingress "
+            f"routes and network aliases at once; change at most {MAX_TXN_OPS - 3} in one apply"
         )
     return out
 

@@ -30,6 +30,7 @@ services:
       timeout: 1s
       retries: 1
     labels: {team: data}
+    hostname: db1
   web:
     image: shoal-demo/web:1
     environment:
@@ -71,7 +72,8 @@ def test_stack_from_compose(make_cluster: Callable[..., DevCluster], tmp_path: P
 
     out = shoal("stack", "deploy", "-c", str(compose), "shop")
     assert "service shop_db: created (version 1)" in out and "service shop_web: created (version 1)" in out
-    assert "services.db.labels: ignored" in out  # the warning, with its line
+    assert "services.db.hostname: ignored" in out  # the warning, with its line
+    assert "labels" not in out  # honoured (decision 73): on the containers, below
     with cluster.client() as c:
         # db runs but is not healthy: web waits, with the reason in `stack ps`, and has no task
         wait_until_sync(lambda: [t for t in c.tasks("shop_db").tasks if t.state == "running"], 60)
@@ -80,6 +82,7 @@ def test_stack_from_compose(make_cluster: Callable[..., DevCluster], tmp_path: P
         assert list(c.tasks("shop_web").tasks) == []
         # db turns healthy: web is placed and runs
         (container,) = _containers(cluster, "shop_db")
+        assert container.labels["team"] == "data" and container.labels[LABELS.SERVICE] == "shop_db"
         assert container.exec_run(["touch", "/tmp/ready"]).exit_code == 0
         wait_until_sync(
             lambda: len([t for t in c.tasks("shop_web").tasks if t.state == "running"]) == 2 or None, 60

@@ -150,7 +150,10 @@ def test_a_real_web_app() -> None:
     assert cache["restart"] == {"condition": "on-failure", "max_attempts": 5}
     assert "health" not in cache
     warned = {(w.path, w.line) for w in result.warnings}
-    assert ("services.web.labels", 53) in warned and "services.web.logging" not in {p for p, _ in warned}
+    assert "services.web.labels" not in {p for p, _ in warned} and "services.web.logging" not in {
+        p for p, _ in warned
+    }
+    assert web["labels"] == {"com.example.team": "web"}  # decision 73: onto the containers
     assert web["logging"] == {"driver": "json-file", "options": {"max-size": "10m"}}  # decision 70
     assert ("services.cache.healthcheck", 73) in warned
 
@@ -222,10 +225,13 @@ def test_ignored_keys_warn_and_deploy() -> None:
         "networks:\n  front: {}\nx-common: &common {a: 1}\n"
     )
     result = _t(text)
-    assert result.document["services"]["app"] == {"image": "a", "networks": ["front"]}  # decision 64
+    assert result.document["services"]["app"] == {
+        "image": "a",
+        "networks": ["front"],  # decision 64
+        "service_labels": {"x": "y"},  # decision 73
+    }
     assert sorted(w.path for w in result.warnings) == [
         "services.app.container_name",
-        "services.app.deploy.labels",
         "services.app.deploy.rollback_config",
     ]
 

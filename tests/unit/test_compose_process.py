@@ -102,7 +102,9 @@ def test_a_real_compose_file() -> None:
     spec = spec_from_dict({**api, "name": "shop_api", "stack": "shop"})
     assert spec.secrets and spec.secrets[1].mode == "0440"
     warned = {w.path for w in result.warnings}
-    assert {"services.api.labels", "services.api.deploy.labels"} <= warned
+    assert not {"services.api.labels", "services.api.deploy.labels"} & warned  # decision 73: honoured
+    assert (api["labels"], api["service_labels"]) == ({"com.example.team": "api"}, {"traefik.enable": "true"})
+    assert spec.labels == {"com.example.team": "api"} and spec.service_labels == {"traefik.enable": "true"}
     assert "sk_live_1" not in repr(result.objects) and "pw" not in repr(result.objects)
 
 

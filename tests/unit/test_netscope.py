@@ -251,7 +251,7 @@ services:
   api:
     image: shoal-demo/web:1
     networks:
-      frontnet: {aliases: [x]}
+      frontnet: {aliases: [x], priority: 10}
       backnet:
   db:
     image: shoal-demo/web:1
@@ -270,12 +270,12 @@ def test_compose_networks_map_onto_the_spec() -> None:
     nets = {k: v.get("networks") for k, v in out.document["services"].items()}
     assert nets == {
         "web": ["frontnet"],
-        "api": ["frontnet", "backnet"],
+        "api": [{"name": "frontnet", "aliases": ["x"]}, "backnet"],
         "db": ["backnet", "other_net"],
         "tool": None,
     }
     warned = [n.render("c.yaml") for n in out.warnings]
-    assert any("c.yaml:9:18: services.api.networks.frontnet.aliases: ignored" in x for x in warned), warned
+    assert any("c.yaml:9:32: services.api.networks.frontnet.priority: ignored" in x for x in warned), warned
     assert any("networks.frontnet.driver: ignored" in x for x in warned), warned
 
 
