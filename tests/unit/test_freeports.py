@@ -47,11 +47,10 @@ def test_a_port_in_use_is_never_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
         busy = held.getsockname()[1]
         monkeypatch.setattr(freeports, "candidates", lambda: range(busy, busy + 2))
         monkeypatch.setattr(freeports, "_given", set())
-        try:
-            got = free_port()
-        except freeports.NoFreePort:
-            pytest.skip("the port above the held one is busy too")
-        assert got == busy + 1
+        real = freeports._bindable  # the held port is checked for real; the one above it
+        # may be taken by anything else on a busy machine, so it is taken as free
+        monkeypatch.setattr(freeports, "_bindable", lambda host, q: real(host, q) if q == busy else True)
+        assert free_port() == busy + 1
 
 
 def test_the_range_is_read_from_the_kernel_and_falls_back_sensibly(tmp_path: Path) -> None:
