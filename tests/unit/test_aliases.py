@@ -26,9 +26,9 @@ from node.proxy.dnsserver import Resolver
 from node.proxy.names import OUTSIDER, NameTable, VipRecord
 from node.store import Compare, Delete, Put, Store, StoreUnavailable
 from node.store.aliases import AliasTaken, file_conflicts, plan
+from node.store.claims import Owner, Seen
 from node.store.etcd import EtcdStore
 from node.store.memory import MemoryStore
-from node.store.claims import Owner, Seen
 from node.telemetry.events import EventLog
 
 KEYS = Keys()
