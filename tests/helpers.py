@@ -20,7 +20,15 @@ from typing import Any, TypeVar, overload
 
 from node.dev.freeports import free_port, free_port_on_all, free_port_pair
 
-__all__ = ["free_port", "free_port_on_all", "free_port_pair", "on_store", "wait_until", "wait_until_sync"]
+__all__ = [
+    "free_port",
+    "free_port_on_all",
+    "free_port_pair",
+    "on_store",
+    "settled_revision",
+    "wait_until",
+    "wait_until_sync",
+]
 
 T = TypeVar("T")
 
@@ -112,3 +120,31 @@ async def mirrors_caught_up(store: Any, caches: Iterable[Any], timeout: float = 
 
     caches = tuple(caches)
     await wait_until(mirrored, timeout=timeout, interval=0.01, message="mirrors caught up")
+
+
+def settled_revision(endpoint: str, prefix: str = "/shoal/v1/", timeout: float = 30.0) -> int:
+    """etcd's revision once the cluster's own follow-up writes of earlier requests are done.
+
+    A "this request wrote nothing" check compares the keys written after this revision,
+    so writes that an earlier test's apply or delete still causes must be over first:
+    every node's names component allocates a VIP for a new service and releases the VIP
+    of a removed one, a moment after the service key changed. Settled means every
+    service has its VIP record and no VIP record outlives its service.
+    """
+    from node.model.keys import Keys
+
+    keys = Keys(prefix)
+
+    async def settled(store: Any) -> int | None:
+        services, rev = await store.range(keys.services)
+        vips, _ = await store.range(keys.vips)
+        have = {keys.tail(kv.key, keys.services) for kv in services}
+        named = {keys.tail(kv.key, keys.vips) for kv in vips}
+        return rev if have == named else None
+
+    async def wait(store: Any) -> int:
+        return await wait_until(
+            lambda: settled(store), timeout, interval=0.1, message="VIP records matching the services"
+        )
+
+    return on_store(endpoint, wait)

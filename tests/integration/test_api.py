@@ -28,7 +28,14 @@ from node.pb import api_pb2, api_pb2_grpc
 from node.store.etcd import EtcdStore
 from node.wire import rpc
 from node.wire.client import FailedPrecondition, InvalidArgument, NotFound, ShoalError
-from tests.helpers import free_port, free_port_on_all, free_port_pair, on_store, wait_until_sync
+from tests.helpers import (
+    free_port,
+    free_port_on_all,
+    free_port_pair,
+    on_store,
+    settled_revision,
+    wait_until_sync,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -78,10 +85,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, demo_images: tuple[str, ..
 
 
 def etcd_revision(cluster: DevCluster) -> int:
-    async def rev(store: EtcdStore) -> int:
-        return (await store.range("/__none__/"))[1]
-
-    return on_store(cluster.etcd.endpoint, rev)
+    return settled_revision(cluster.etcd.endpoint, cluster.prefix)
 
 
 def writes_since(cluster: DevCluster, before: int) -> list[str]:

@@ -22,7 +22,7 @@ from node.model.keys import Keys
 from node.pb import api_pb2
 from node.store.etcd import EtcdStore
 from node.wire.client import InvalidArgument, NotFound, ShoalClient
-from tests.helpers import free_port_on_all, on_store, wait_until_sync
+from tests.helpers import free_port_on_all, on_store, settled_revision, wait_until_sync
 from tests.integration.load import Load
 
 pytestmark = pytest.mark.integration
@@ -230,10 +230,7 @@ def writes_since(cluster: DevCluster, before: int) -> list[str]:
 
 
 def revision(cluster: DevCluster) -> int:
-    async def rev(store: EtcdStore) -> int:
-        return (await store.range("/__none__/"))[1]
-
-    return on_store(cluster.etcd.endpoint, rev)
+    return settled_revision(cluster.etcd.endpoint, cluster.prefix)
 
 
 BASE = "name: bad\nimage: shoal-demo/web:1\n"

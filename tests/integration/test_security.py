@@ -51,7 +51,14 @@ from node.store import StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
 from node.wire import rpc
 from node.wire.client import PermissionDenied, ShoalClient, Unauthenticated, Unavailable
-from tests.helpers import free_port, free_port_on_all, free_port_pair, on_store, wait_until_sync
+from tests.helpers import (
+    free_port,
+    free_port_on_all,
+    free_port_pair,
+    on_store,
+    settled_revision,
+    wait_until_sync,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -73,10 +80,7 @@ ALLOWED = {
 
 
 def revision(cluster: DevCluster) -> int:
-    async def rev(store: EtcdStore) -> int:
-        return (await store.range("/__none__/"))[1]
-
-    return on_store(cluster.etcd.endpoint, rev)
+    return settled_revision(cluster.etcd.endpoint, cluster.prefix)
 
 
 def writes_since(cluster: DevCluster, before: int) -> list[str]:
