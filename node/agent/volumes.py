@@ -32,8 +32,12 @@ log = logging.getLogger(__name__)
 
 
 def blocked(task: Assignment, found: Sequence[Container]) -> str:
-    """Why `task` may not start yet: another container of its slot is still on this node."""
+    """Why `task` may not start yet: another container of its slot is still on this node
+    and not exited (an exited one kept for its logs, decision 71, runs nothing on the
+    volume: Docker lets several containers share one, and it is never started again)."""
     for c in found:
+        if c.state in ("exited", "dead"):
+            continue
         labels = c.labels
         same = labels.get(LABELS.SERVICE) == task.service and labels.get(LABELS.SLOT) == str(task.slot)
         if same and labels.get(LABELS.TASK) != task.task_id:
