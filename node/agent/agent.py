@@ -275,7 +275,8 @@ class Agent:
             await self._publish()  # `ps` shows them pending while images are pulled and started
         await asyncio.gather(*(self._start(s.task, found) for s in starts))
         await self._publish()
-        await self.history.prune(actions.retired)  # the exited ones past the limit (decision 71)
+        if actions.retired:  # exited ones past the limit, of removed services, jobs (decision 71)
+            await self.history.prune(actions.retired, self.volumes.removing())
         await self.volumes.sweep()  # data `volume rm` asked to go (node.agent.volumes)
         return actions
 

@@ -12,7 +12,9 @@ time they exited; `prune` names the others, and every kept container of:
 - a job (`kind: job`): a job's containers follow the job's own rules (decision 69: they
   stay while their task is assigned, the run records bound them), so one that is no
   longer its task's goes at once;
-- any service when `limit` is 0 (the node keeps none, as before decision 71).
+- any service when `limit` is 0 (the node keeps none, as before decision 71);
+- a slot whose volumes `volume rm` is removing: Docker refuses to remove a volume that
+  any container holds, an exited one too.
 
 `services` None means the services are not known yet (etcd's listing not in): then
 nothing is removed for being of a removed service, only what is past the limit.
@@ -27,7 +29,7 @@ never removes one that should stay.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from node.runtime.base import LABELS, Container
@@ -72,12 +74,20 @@ def _job(c: Container, services: Mapping[str, Known] | None) -> bool:
     return known is not None and known.job
 
 
-def prune(kept: Sequence[Container], limit: int, services: Mapping[str, Known] | None) -> list[str]:
-    """The ids of the kept containers to remove, oldest first within each slot."""
+def prune(
+    kept: Sequence[Container],
+    limit: int,
+    services: Mapping[str, Known] | None,
+    cleared: Collection[tuple[str, str]] = (),
+) -> list[str]:
+    """The ids of the kept containers to remove, oldest first within each slot.
+    `cleared`: (service, slot) pairs whose volumes are being removed (`volume rm`): the
+    engine refuses to remove a volume that a container, even an exited one, holds."""
     out: list[str] = []
     by_slot: dict[tuple[str, str, str], list[Container]] = {}
     for c in kept:
-        if limit <= 0 or _gone(c, services) or _job(c, services):
+        service, _, slot = slot_of(c)
+        if limit <= 0 or _gone(c, services) or _job(c, services) or (service, slot) in cleared:
             out.append(c.id)
         else:
             by_slot.setdefault(slot_of(c), []).append(c)

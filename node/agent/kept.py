@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from node.agent.history import Known, history_name, prune
 from node.runtime.base import Container, EngineError, Runtime
@@ -48,12 +48,13 @@ class Kept:
         self._known = fresh
         return out
 
-    async def prune(self, retired: Sequence[Container]) -> int:
-        """Remove the retired containers past the limit; how many were removed."""
+    async def prune(self, retired: Sequence[Container], cleared: Collection[tuple[str, str]] = ()) -> int:
+        """Remove the retired containers past the limit, and those of the `cleared`
+        (service, slot) pairs (their volumes are being removed); how many were removed."""
         if not retired:
             return 0
         done = 0
-        for cid in prune(retired, self.limit, self.known()):
+        for cid in prune(retired, self.limit, self.known(), cleared):
             try:
                 await self.runtime.remove(cid)
             except EngineError as exc:  # the engine away: the next pass names it again

@@ -68,6 +68,16 @@ class Volumes:
             out.append(NamedVolume(c.docker_name, v.target, v.read_only, labels))
         return tuple(out), ""
 
+    def removing(self) -> set[tuple[str, str]]:
+        """(service, slot) of the claims marked `removing` on this node: their kept exited
+        containers go first (the engine refuses to remove a volume any container holds)."""
+        out = set()
+        for kv in self.claims.values():
+            c = VolumeClaim.from_json(kv.value)
+            if c.removing and c.node == self.node:
+                out.add((c.service, str(c.slot)))
+        return out
+
     async def sweep(self) -> int:
         """Remove the volumes marked `removing` on this node, then their claims; how many."""
         done = 0

@@ -93,6 +93,12 @@ def test_prune(
     assert prune(containers, limit, services) == removed
 
 
+def test_a_slot_whose_volumes_are_being_removed_keeps_nothing() -> None:
+    containers = [kept("a", slot=1, finished=at(1)), kept("b", slot=2, finished=at(2))]
+    assert prune(containers, 5, WEB, cleared={("web", "2")}) == ["b"]
+    assert prune(containers, 5, WEB, cleared={("api", "1")}) == []
+
+
 def test_finished_key_pads_the_fraction() -> None:
     whole, half = kept("a", finished=at(1)), kept("b", finished=at(1, ".5"))
     assert finished_key(whole) < finished_key(half) < finished_key(kept("c", finished=at(2)))
