@@ -139,7 +139,12 @@ class TaskIO(TaskFinder):
 
     async def _task_batches(self, t: Target, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogBatch]:
         ask = api_pb2.LogsRequest(
-            task=t.task, service=t.service, slot=t.slot, follow=request.follow, since=request.since
+            task=t.task,
+            service=t.service,
+            slot=t.slot,
+            follow=request.follow,
+            since=request.since,
+            previous=request.previous if request.task else 0,
         )
         if request.HasField("tail"):
             ask.tail = request.tail
@@ -182,7 +187,7 @@ class TaskIO(TaskFinder):
         # (a third of the cost of passing seven keywords per line)
         same = api_pb2.LogLine(task=request.task, service=request.service, slot=request.slot, node=self.node)
         try:
-            container = await self.local.find(request.task)
+            container = await self.local.find(request.task, request.previous)
             async for read in self.local.logs(container, request.follow, tail, request.since):
                 batch = api_pb2.LogBatch()
                 add = batch.lines.add

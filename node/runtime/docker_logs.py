@@ -136,13 +136,20 @@ class DockerStreams:
 
     # -- the calls ---------------------------------------------------------------------------
 
-    async def find(self, task_id: str) -> str:
-        """The id of the newest container of `task_id` (running or not); EngineError if none."""
+    async def find(self, task_id: str, previous: int = 0) -> str:
+        """The id of the newest container of `task_id` (running or not), or the `previous`th
+        before it (an earlier run kept on this node, decision 71); EngineError if none."""
         filters = json.dumps({"label": [f"{LABELS.TASK}={task_id}"]})
         _, found = await self._call("GET", "/containers/json?all=1&filters=" + urllib.parse.quote(filters))
         if not found:
             raise EngineError(f"task {task_id} has no container on this node (removed, or not started yet)")
-        return str(max(found, key=lambda c: c.get("Created", 0))["Id"])
+        newest_first = sorted(found, key=lambda c: c.get("Created", 0), reverse=True)
+        if previous >= len(newest_first):
+            raise EngineError(
+                f"task {task_id} has {len(newest_first) - 1} earlier run(s) kept on this node, "
+                f"not {previous} (a node keeps the last `task_history_limit` exited containers per slot)"
+            )
+        return str(newest_first[previous]["Id"])
 
     async def tasks(self, prefix: str, labels: dict[str, str]) -> list[dict[str, str]]:
         """The tasks whose id starts with `prefix` among the containers carrying `labels`

@@ -117,3 +117,46 @@ def test_replaced_tasks_stay_readable_only_the_newest_are_kept_and_rm_takes_them
     with cluster.client() as client:
         client.delete_service("keeper")
     wait_until_sync(lambda: not containers(engine, cluster), 30, 0.3, "service rm removes the kept ones")
+
+
+CRASHER = """\
+name: crasher
+image: shoal-demo/base:1
+replicas: 1
+restart: {delay: 0.2}
+command: ["sh", "-c", "echo \\"run on $(hostname)\\"; sleep 0.5; exit 3"]
+"""
+
+
+def test_the_runs_before_a_crash_are_kept_and_read_with_previous(
+    cluster: DevCluster, engine: docker.DockerClient
+) -> None:
+    with cluster.client() as client:
+        client.apply(CRASHER)
+
+        def restarted(n: int) -> str | None:
+            tasks = client.list_tasks("crasher")
+            return tasks[0].task_id if len(tasks) == 1 and tasks[0].restarts >= n else None
+
+        task = wait_until_sync(lambda: restarted(LIMIT + 2), 60, 0.3, f"{LIMIT + 2} restarts")
+
+    def runs(*args: str) -> str:
+        done = shoal(cluster, "task", "logs", *args)
+        assert done.returncode == 0, done.stderr
+        [line] = done.stdout.splitlines()
+        return line.rsplit(" ", 1)[1]
+
+    last, before = runs(task), runs("--previous", "1", task[:12])  # the same task, two containers
+    assert last != before, "--previous reads the container before the newest"
+    done = shoal(cluster, "task", "logs", "--previous", "50", task)
+    assert "earlier run(s) kept on this node" in done.stderr and not done.stdout, done.stderr
+
+    def of_crasher() -> list[docker.models.containers.Container]:
+        labels = [f"{LABELS.CLUSTER}={cluster.cluster}", f"{LABELS.SERVICE}=crasher"]
+        return list(engine.containers.list(all=True, filters={"label": labels}))
+
+    assert len(of_crasher()) <= LIMIT + 2, "the newest N kept, the task's exited one, its next"
+    assert len({c.name for c in of_crasher()}) == len(of_crasher())
+    with cluster.client() as client:
+        client.delete_service("crasher")
+    wait_until_sync(lambda: not of_crasher(), 30, 0.3, "service rm removes the kept runs")

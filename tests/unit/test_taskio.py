@@ -63,10 +63,11 @@ class FakeStreams:
             if t.startswith(prefix)
         ]
 
-    async def find(self, task_id: str) -> str:
-        if task_id not in self.lines:
+    async def find(self, task_id: str, previous: int = 0) -> str:
+        key = f"{task_id}~{previous}" if previous else task_id  # an earlier run: "<task>~<n>"
+        if key not in self.lines:
             raise EngineError(f"task {task_id} has no container on this node")
-        return f"c-{task_id}"
+        return f"c-{key}"
 
     async def logs(
         self, container_id: str, follow: bool, tail: int | None, since: float
@@ -396,3 +397,16 @@ async def test_a_node_that_does_not_answer_is_named_when_nothing_is_found() -> N
         await io.task_target("gon")
     with pytest.raises(InvalidArgument, match="at least 4 characters"):
         await io.local_find("gon")
+
+
+async def test_previous_reads_an_earlier_run_here_or_asks_the_node_for_it() -> None:
+    io, _ = await make()
+    io.local.lines["t1~1"] = [(2, "stdout", b"before the crash")]  # type: ignore[union-attr]
+    got = [x async for x in io.logs(api_pb2.LogsRequest(task="t1", previous=1))]
+    assert [x.text for x in got] == [b"before the crash"]
+    _ = [x async for x in io.logs(api_pb2.LogsRequest(task="t2", previous=2))]
+    assert io.peers.asked[-1][1].previous == 2  # type: ignore[attr-defined]
+    got = [x async for x in io.logs(api_pb2.LogsRequest(task="t1", previous=3))]
+    assert [x.notice for x in got] == ["node n1: task t1 has no container on this node"]
+    _ = [x async for x in io.logs(api_pb2.LogsRequest(service="web", previous=1))]
+    assert io.peers.asked[-1][1].previous == 0, "a service's logs read each task's newest run"
