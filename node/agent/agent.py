@@ -38,6 +38,13 @@ has not answered for `engine_timeout` the agent runs no pass, publishes no endpo
 reports its tasks `unknown` (the daemon marks the node not ready, the leader moves its
 tasks); at the first answer passes resume. A missing image is pulled apart
 (`node.agent.pulls`): its task shows `pulling` and no pass waits for it.
+
+History (decision 71): with `history` > 0 a container that exits or is stopped is not
+removed but kept for its logs: an exited task restarts in a new container (the kept one
+renamed out of its way), a replaced one is stopped and left. `node.agent.kept` removes
+the kept containers past `history` per slot, and all of a removed service or a job
+(`node.agent.history` decides), every pass: a crash or an engine outage between a stop
+and a removal is made good by a later pass.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ from node.agent.disconnect import cut_off_for, hold_back
 from node.agent.engine import EngineWatch
 from node.agent.health import Verdict, check_of
 from node.agent.invariants import validate
+from node.agent.kept import Kept
 from node.agent.machine import Action, Emit, Forget, Remove, Slots, Stop, Withdraw
 from node.agent.monitor import HealthMonitor, Probe
 from node.agent.probes import Prober
@@ -96,6 +104,7 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         engine: EngineWatch | None = None,
         pull_timeout: float = 600.0,
+        history: int = 0,
     ) -> None:
         self.store, self.keys, self.node, self.cluster = store, keys, node, cluster
         self.runtime = runtime
@@ -104,6 +113,7 @@ class Agent:
         self.publish_address = publish_address
         self.resync = resync
         self.tasks = mirror(store, keys.tasks, "agent-tasks")
+        self.history = Kept(runtime, mirror(store, keys.services, "agent-services"), history)
         self.specs = SpecSource(store, keys)
         self.secret_files = SecretFiles(
             store, keys, default_root(cluster, node)
@@ -148,6 +158,7 @@ class Agent:
         self.volumes.claims.listener(self._wake)
         watcher = asyncio.create_task(self.tasks.run(), name="agent-watch-tasks")
         claims = asyncio.create_task(self.volumes.claims.run(), name="agent-watch-volumes")
+        services = asyncio.create_task(self.history.services.run(), name="agent-watch-services")
         checker = asyncio.create_task(self.monitor.run(), name="agent-health-checks")
         writer = asyncio.create_task(self.publisher.writes.run(), name="agent-writes")
         pinger = asyncio.create_task(self.engine.run(), name="agent-engine-watch")
@@ -176,6 +187,7 @@ class Agent:
         finally:
             watcher.cancel()
             claims.cancel()
+            services.cancel()
             checker.cancel()
             writer.cancel()
             pinger.cancel()
@@ -237,7 +249,7 @@ class Agent:
         actions = await self._cut_off(actions)
         await self._do(m.adopt(actions.keep))
         for c in actions.stop:
-            self._stop(c)
+            self._stop(c, keep=self.history.limit > 0)  # exited, it is history (node.agent.history)
         self.specs.retain({(t.service, t.uid) for t in assigned.values()})
         self.secret_files.sweep(assigned)  # files of tasks no longer here (node.agent.secretfiles)
         await asyncio.gather(*(self._exited(t, c) for t, c in actions.replace))
@@ -255,11 +267,16 @@ class Agent:
             drained = self.monitor.unhealthy_for(c.id)
             await self._do(m.seen(task, c, verdict, policy_of(spec), self.clock(), drained))
         self.monitor.retain(checked)
-        starts = m.starts(actions.start, self.clock())
+        restarts = []  # tasks whose exited container is kept (history): they start anew beside it
+        if self.history.limit > 0:  # (removed instead, the next pass finds none and starts one)
+            restarts = [t for t, c in actions.replace if m.restarting(t, c)]
+        starts = m.starts(actions.start + restarts, self.clock())
         if starts:
             await self._publish()  # `ps` shows them pending while images are pulled and started
         await asyncio.gather(*(self._start(s.task, found) for s in starts))
         await self._publish()
+        if actions.retired:  # exited ones past the limit, of removed services, jobs (decision 71)
+            await self.history.prune(actions.retired, self.volumes.removing())
         await self.volumes.sweep()  # data `volume rm` asked to go (node.agent.volumes)
         return actions
 
@@ -270,7 +287,7 @@ class Agent:
                 slot = self.machine.slots.get(a.task_id)  # issue 14: the cause its placement carried
                 self.events.emit(a.kind, a.message, a.service, a.task_id, slot.task.cause if slot else "")
             elif isinstance(a, Stop):
-                self._stop(a.container, a.drained, a.must_withdraw)
+                self._stop(a.container, a.drained, a.must_withdraw, a.keep and self.history.limit > 0)
             elif isinstance(a, Forget):
                 self.monitor.forget(a.container_id)
             elif isinstance(a, Withdraw):
@@ -322,6 +339,7 @@ class Agent:
                 m.pulling(task, self.pulls.progress(image))  # pulled apart; a finished pull wakes a pass
                 return
             made = container_spec(task, spec, self.cluster, self.publish_address, self.dns)
+            await self.history.free_name(made.name, found)  # an exited one of this task, kept, has it
             if spec.volumes:  # its slot's claimed volumes, once no other container has them
                 mounts, why = self.volumes.mounts(task, spec)
                 why = why or blocked(task, found)
@@ -346,9 +364,12 @@ class Agent:
                 policy = policy_of(await self._spec_or_none(task))
             except StoreError as exc:  # not cached and etcd away: decide when it answers
                 log.warning("%s exited; its restart policy cannot be read yet: %s", c.name, exc)
-        await self._do(self.machine.exited(task, c, policy, self.clock()))
+        await self._do(self.machine.exited(task, c, policy, self.clock(), keep=self.history.limit > 0))
 
-    def _stop(self, c: Container, drained: float = 0.0, must_withdraw: bool = True) -> None:
-        """Withdraw, drain and stop `c` in the background (`node.agent.stopper`)."""
+    def _stop(
+        self, c: Container, drained: float = 0.0, must_withdraw: bool = True, keep: bool = False
+    ) -> None:
+        """Withdraw, drain and stop `c` in the background (`node.agent.stopper`); `keep`:
+        stopped, not removed (history, decision 71)."""
         self.monitor.forget(c.id)
-        self.stopper.begin(c, drained, must_withdraw)
+        self.stopper.begin(c, drained, must_withdraw, keep)

@@ -2,8 +2,13 @@
 
 Level-triggered and idempotent: the same inputs always give the same actions, and
 running the actions moves the node towards "exactly one running container per
-assigned task, and nothing else". Containers are matched to tasks by the task
+assigned task, and nothing else running". Containers are matched to tasks by the task
 label alone, which is what lets a restarted agent re-adopt its containers.
+
+An exited container that is no task's current one (unassigned, or an older container of
+a task that has a newer one) is `retired`: history, kept or removed by
+`node.agent.history` (decision 71), never stopped or started again. A task's newest
+container, when exited, is `replace`: the agent decides its restart.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ class Actions:
     start: list[Assignment] = field(default_factory=list)  # no container yet
     keep: list[tuple[Assignment, Container]] = field(default_factory=list)  # running as assigned
     replace: list[tuple[Assignment, Container]] = field(default_factory=list)  # exited: remove, start anew
-    stop: list[Container] = field(default_factory=list)  # not assigned (any more), or a duplicate
+    stop: list[Container] = field(default_factory=list)  # running, not assigned (any more), or a duplicate
+    retired: list[Container] = field(default_factory=list)  # exited, no task's current one (history)
 
     @property
     def idle(self) -> bool:
@@ -39,7 +45,7 @@ def diff(assigned: Mapping[str, Assignment], containers: Sequence[Container]) ->
         label = c.labels.get(LABELS.TASK, "")
         match = assigned.get(label)
         if match is None or match.desired != Desired.RUNNING:
-            actions.stop.append(c)
+            (actions.stop if c.running else actions.retired).append(c)
         else:
             by_task.setdefault(label, []).append(c)
     for task_id in sorted(assigned):
@@ -51,7 +57,8 @@ def diff(assigned: Mapping[str, Assignment], containers: Sequence[Container]) ->
             actions.start.append(wanted)
             continue
         primary, extras = found[0], found[1:]
-        actions.stop.extend(extras)
+        actions.stop.extend(c for c in extras if c.running)
+        actions.retired.extend(c for c in extras if not c.running)
         if primary.running:
             actions.keep.append((wanted, primary))
         else:

@@ -24,8 +24,9 @@ Events (methods) and the actions they return:
 - `listed(keep, replaced)`: the containers the runtime lists, per task (from `diff`).
 - `seen(task, c, verdict, policy, now, drained)`: a kept container's health verdict;
   a verdict that says replace returns `Stop` (drain path; decided once per container).
-- `exited(task, c, policy, now)`: its container exited: `Forget`, `Withdraw`, `Remove`
-  (unless the policy gave up: kept for its logs) and the back-off of its restart.
+- `exited(task, c, policy, now, keep)`: its container exited: `Forget`, `Withdraw`,
+  `Remove` (unless the policy gave up, or `keep`: kept for its logs) and the back-off of
+  its restart; `restarting(task, c)` then says the kept one's task is to start anew.
 - `starts(tasks, now)`: which of the tasks to start now (`Start`), past their back-off.
 - `pulling`, `start_failed`, `started`: the outcome of a `Start`.
 - `cut_off(task, c, why)`: on_disconnect stops it (`Stop`, no withdrawal wait).
@@ -84,6 +85,7 @@ class Stop:
     container: Container
     drained: float = 0.0  # s out of rotation already
     must_withdraw: bool = True
+    keep: bool = True  # stopped, not removed, when the node keeps exited containers (decision 71)
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,7 @@ class Slots:
         self._set(s, TaskState.EXITED, container_id=c.id, message=f"stopped: {why}")
         return [
             Emit("task.disconnected", f"{c.name} stopped: {why}", task.service, task.task_id),
-            Stop(c, must_withdraw=False),
+            Stop(c, must_withdraw=False, keep=False),  # removed: a kept one would be restarted
         ]
 
     def seen(
@@ -272,13 +274,16 @@ class Slots:
         self._observe(s, c, verdict)
         return []
 
-    def exited(self, task: Assignment, c: Container, policy: Policy | None, now: float) -> list[Action]:
+    def exited(
+        self, task: Assignment, c: Container, policy: Policy | None, now: float, keep: bool = False
+    ) -> list[Action]:
         """Its container exited: decide once whether the task restarts (and when).
         `policy` None: not known yet (etcd away and not cached): decided on a later pass.
 
-        It is removed at once when the task will restart (the restart makes a new one
-        after the back-off); kept, for its logs, when the policy gave up (it is removed
-        when the task is unassigned).
+        When the task will restart, the container is removed at once (the restart makes a
+        new one after the back-off), unless `keep` (the node keeps exited containers for
+        their logs, decision 71: it becomes history once its task has a newer one). It is
+        kept, for its logs, when the policy gave up (history once the task is unassigned).
         """
         s = self._slot(task)
         s.phase, s.container, s.routable, s.routable_since = Phase.EXITED, None, False, 0.0
@@ -303,7 +308,13 @@ class Slots:
             self._set(s, TaskState.EXITED, container_id=c.id, message=f"{why}; {wait}")
             out.append(Emit("task.exited", f"{c.name} {why}; {wait}", task.service, task.task_id))
             self._wait(rs.next_at)
-        return [*out, Remove(c.id)]
+        return out if keep else [*out, Remove(c.id)]
+
+    def restarting(self, task: Assignment, c: Container) -> bool:
+        """Whether the exit of `c`, kept, was decided and its task is to get a new container
+        (after its back-off: `starts` says when)."""
+        s = self.slots.get(task.task_id)
+        return s is not None and s.handled == c.id and not s.restart.terminal
 
     def starts(self, tasks: Sequence[Assignment], now: float) -> list[Start]:
         """The tasks to start now: not given up on, and past their back-off."""

@@ -49,13 +49,16 @@ class Stopper:
     def __contains__(self, container_id: object) -> bool:
         return container_id in self._tasks
 
-    def begin(self, c: Container, drained: float = 0.0, must_withdraw: bool = True) -> None:
+    def begin(
+        self, c: Container, drained: float = 0.0, must_withdraw: bool = True, keep: bool = False
+    ) -> None:
         """Withdraw, drain and stop `c` in the background (once: not while it is under way).
-        `drained`: seconds it has been out of rotation already."""
+        `drained`: seconds it has been out of rotation already; `keep`: stopped and left,
+        exited, for its logs (decision 71), else removed too."""
         if c.id in self._tasks:
             return
         task = asyncio.get_running_loop().create_task(
-            self._stop(c, drained, must_withdraw), name=f"stop-{c.name}"
+            self._stop(c, drained, must_withdraw, keep), name=f"stop-{c.name}"
         )
         self._tasks[c.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(c.id, None))
@@ -70,7 +73,7 @@ class Stopper:
         for task in list(self._tasks.values()):
             task.cancel()
 
-    async def _stop(self, c: Container, drained: float, must_withdraw: bool) -> None:
+    async def _stop(self, c: Container, drained: float, must_withdraw: bool, keep: bool) -> None:
         service, task_id = c.labels.get(LABELS.SERVICE, ""), c.labels.get(LABELS.TASK, "")
         try:
             wait = self.withdraw_wait if must_withdraw else min(1.0, self.withdraw_wait)  # etcd up: ms
@@ -83,12 +86,13 @@ class Stopper:
         if c.running and drain - drained > 0:  # `drained`: out of rotation that long already
             await asyncio.sleep(drain - drained)  # proxies saw the withdrawal; in-flight requests finish
         try:
-            await self.runtime.stop(c.id, grace)
+            await self.runtime.stop(c.id, grace, remove=not keep)
         except EngineError as exc:
             log.warning("%s: stop failed, retried next pass: %s", c.name, exc)
             return
         self.stopped()
-        self.events.emit("task.stopped", f"{c.name} stopped and removed", service, task_id)
+        done = "stopped (kept for its logs)" if keep else "stopped and removed"
+        self.events.emit("task.stopped", f"{c.name} {done}", service, task_id)
 
     async def _times(self, service: str, c: Container) -> tuple[float, float]:
         """(drain, grace): the service's `update.drain` and `stop_grace` when its spec (of

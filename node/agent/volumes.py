@@ -32,8 +32,12 @@ log = logging.getLogger(__name__)
 
 
 def blocked(task: Assignment, found: Sequence[Container]) -> str:
-    """Why `task` may not start yet: another container of its slot is still on this node."""
+    """Why `task` may not start yet: another container of its slot is still on this node
+    and not exited (an exited one kept for its logs, decision 71, runs nothing on the
+    volume: Docker lets several containers share one, and it is never started again)."""
     for c in found:
+        if c.state in ("exited", "dead"):
+            continue
         labels = c.labels
         same = labels.get(LABELS.SERVICE) == task.service and labels.get(LABELS.SLOT) == str(task.slot)
         if same and labels.get(LABELS.TASK) != task.task_id:
@@ -63,6 +67,16 @@ class Volumes:
             labels |= {LABELS.SLOT: str(task.slot), LABELS.UID: task.uid, LABELS.VOLUME: v.name}
             out.append(NamedVolume(c.docker_name, v.target, v.read_only, labels))
         return tuple(out), ""
+
+    def removing(self) -> set[tuple[str, str]]:
+        """(service, slot) of the claims marked `removing` on this node: their kept exited
+        containers go first (the engine refuses to remove a volume any container holds)."""
+        out = set()
+        for kv in self.claims.values():
+            c = VolumeClaim.from_json(kv.value)
+            if c.removing and c.node == self.node:
+                out.add((c.service, str(c.slot)))
+        return out
 
     async def sweep(self) -> int:
         """Remove the volumes marked `removing` on this node, then their claims; how many."""

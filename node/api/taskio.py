@@ -1,15 +1,16 @@
 """Logs and exec of tasks through any node (issue 14): `Shoal/ServiceLogs`, `Shoal/Exec`,
-and their peer halves `Peer/TaskLogs`, `Peer/TaskExec`.
+and their peer halves `Peer/TaskLogs`, `Peer/TaskExec` (and `Peer/FindTasks`).
 
-The node the client calls finds the tasks in etcd (`tasks/…`, and `status/<task>` for
-a task no longer assigned) and, for each, reads the container on this node (`local`,
-a `node.runtime.docker_logs.DockerStreams`) or asks the node that holds it over the
-peer API (mutual TLS with this node's certificate). Logs of several tasks are merged
-in time order, or interleaved as they come when followed (`node.runtime.logmerge`):
-one line held per task, one bounded queue when following, gRPC flow control between
-nodes. A node that cannot be reached, or a container that is gone, becomes a `notice`
-line for that task; the other tasks' lines still come. When the client goes away the
-handler is cancelled, which cancels the peer calls and closes the engine streams.
+The node the client calls finds the tasks (`node.api.taskfind`: in etcd, else by the
+labels of every node's containers, kept exited ones too: decision 71) and, for each,
+reads the container on this node (`local`, a `node.runtime.docker_logs.DockerStreams`)
+or asks the node that holds it over the peer API (mutual TLS with this node's
+certificate). Logs of several tasks are merged in time order, or interleaved as they
+come when followed (`node.runtime.logmerge`): one line held per task, one bounded queue
+when following, gRPC flow control between nodes. A node that cannot be reached, or a
+container that is gone, becomes a `notice` line for that task; the other tasks' lines
+still come. When the client goes away the handler is cancelled, which cancels the peer
+calls and closes the engine streams.
 
 Exec is relayed: client <-> this node <-> the holder <-> dockerd. The role check is the
 client API's (`node.security.tokens`: deployer or admin); the peer half trusts the
@@ -24,22 +25,21 @@ import contextlib
 import logging
 import shlex
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import grpc
 import grpc.aio
 
-from node.api.server import handle_stream
-from node.model.domain import Assignment, NodeInfo, TaskState, TaskStatus
+from node.api.server import handle, handle_stream
+from node.api.taskfind import PeerStubs, Target, TaskFinder
+from node.model.domain import TaskState, TaskStatus
 from node.model.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from node.model.keys import Keys
-from node.pb import api_pb2, peer_pb2_grpc
+from node.pb import api_pb2, peer_pb2
 from node.runtime.base import EngineError, RuntimeUnavailable
 from node.runtime.docker_logs import DockerStreams
 from node.runtime.logmerge import batches, fan_in, merge_sorted
 from node.security.auth import current_caller
 from node.store import Store
-from node.wire import rpc
 
 log = logging.getLogger(__name__)
 
@@ -54,46 +54,7 @@ BATCHES_QUEUED = 8  # batches (each at most one 64 KiB engine read, or a peer's 
 #   between the followed streams and the client: the bound per stream, a few MiB at most
 
 
-@dataclass(frozen=True)
-class Target:
-    """A task to read or exec in, and the node that holds it."""
-
-    task: str
-    service: str
-    slot: int
-    node: str
-
-
-class PeerStubs:
-    """One channel per peer address with this node's certificate; renewed with it."""
-
-    def __init__(self, tls: rpc.ClientTls | None = None) -> None:
-        self.tls = tls
-        self._stubs: dict[str, peer_pb2_grpc.PeerStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
-
-    def stub(self, address: str) -> peer_pb2_grpc.PeerStub:
-        stub = self._stubs.get(address)
-        if stub is None:
-            channel = rpc.aio_channel(address, self.tls)
-            self._channels.append(channel)
-            stub = self._stubs[address] = peer_pb2_grpc.PeerStub(channel)
-        return stub
-
-    def set_tls(self, tls: rpc.ClientTls) -> None:
-        """New calls use `tls`; the old channels stay for the streams still on them."""
-        self.tls = tls
-        self._stubs = {}
-
-    async def close(self) -> None:
-        for channel in self._channels:
-            with contextlib.suppress(Exception):
-                await channel.close(grace=None)
-        self._channels.clear()
-        self._stubs.clear()
-
-
-class TaskIO:
+class TaskIO(TaskFinder):
     """What the handlers need: the store, this node, its engine streams and its peers."""
 
     def __init__(
@@ -111,67 +72,6 @@ class TaskIO:
         self.local = local
         self.peers = peers
         self.emit = emit or (lambda *a, **k: None)
-
-    # -- finding tasks -----------------------------------------------------------------
-
-    async def _assignments(self, service: str = "") -> list[Assignment]:
-        prefix = self.keys.service_tasks(service) if service else self.keys.tasks
-        kvs, _ = await self.store.range(prefix)
-        out: list[Assignment] = []
-        for kv in kvs:
-            a = Assignment.from_json(kv.value)
-            out.append(a)
-            old = a.handed_off()
-            if old is not None:
-                out.append(old)
-        return sorted(out, key=lambda a: (a.slot, a.created_at))
-
-    async def service_targets(self, service: str) -> list[Target]:
-        if await self.store.get(self.keys.service(service)) is None:
-            raise NotFound(f"service '{service}' not found; `shoal service ls` lists the services")
-        return [Target(a.task_id, a.service, a.slot, a.node) for a in await self._assignments(service)]
-
-    async def task_target(self, task_id: str) -> Target:
-        for a in await self._assignments():
-            if a.task_id == task_id:
-                return Target(a.task_id, a.service, a.slot, a.node)
-        kv = await self.store.get(self.keys.status(task_id))
-        if kv is not None:  # no longer assigned, but its node still reports it
-            s = TaskStatus.from_json(kv.value)
-            return Target(s.task_id, s.service, s.slot, s.node)
-        raise NotFound(f"task '{task_id}' not found; `shoal service ps SERVICE` lists the tasks")
-
-    async def exec_target(self, text: str) -> Target:
-        """A task id, SERVICE.SLOT, or SERVICE (its lowest slot whose task runs)."""
-        name, dot, slot_text = text.partition(".")
-        if dot:
-            if not slot_text.isdigit():
-                raise InvalidArgument(f"{text!r}: write SERVICE.SLOT with a slot number, e.g. web.1")
-            found = [t for t in await self.service_targets(name) if t.slot == int(slot_text)]
-            if not found:
-                raise NotFound(
-                    f"service '{name}' has no task in slot {slot_text}; see `shoal service ps {name}`"
-                )
-            return found[-1]
-        if await self.store.get(self.keys.service(text)) is None:
-            return await self.task_target(text)
-        targets = await self.service_targets(text)
-        if not targets:
-            raise FailedPrecondition(f"service '{text}' has no tasks now; see `shoal service ps {text}`")
-        statuses = [await self.store.get(self.keys.status(t.task)) for t in targets]
-        running = [
-            t
-            for t, kv in zip(targets, statuses, strict=True)
-            if kv is not None and TaskStatus.from_json(kv.value).state == "running"
-        ]
-        return (running or targets)[0]
-
-    async def address(self, node: str) -> str:
-        kv = await self.store.get(self.keys.node(node))
-        if kv is None:
-            raise Unavailable(f"node {node} is not registered now (down, or left the cluster)")
-        info = NodeInfo.from_json(kv.value)
-        return f"{info.address}:{info.grpc_port}"
 
     # -- logs --------------------------------------------------------------------------
 
@@ -239,7 +139,12 @@ class TaskIO:
 
     async def _task_batches(self, t: Target, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogBatch]:
         ask = api_pb2.LogsRequest(
-            task=t.task, service=t.service, slot=t.slot, follow=request.follow, since=request.since
+            task=t.task,
+            service=t.service,
+            slot=t.slot,
+            follow=request.follow,
+            since=request.since,
+            previous=request.previous if request.task else 0,
         )
         if request.HasField("tail"):
             ask.tail = request.tail
@@ -282,7 +187,7 @@ class TaskIO:
         # (a third of the cost of passing seven keywords per line)
         same = api_pb2.LogLine(task=request.task, service=request.service, slot=request.slot, node=self.node)
         try:
-            container = await self.local.find(request.task)
+            container = await self.local.find(request.task, request.previous)
             async for read in self.local.logs(container, request.follow, tail, request.since):
                 batch = api_pb2.LogBatch()
                 add = batch.lines.add
@@ -448,7 +353,13 @@ class LogsExecHandlers(_TaskIOHolder):
 
 
 class PeerTaskHandlers(_TaskIOHolder):
-    """`Peer/TaskLogs` and `Peer/TaskExec`, mixed into `PeerServicer` (set `taskio`)."""
+    """`Peer/TaskLogs`, `Peer/TaskExec` and `Peer/FindTasks`, mixed into `PeerServicer` (set `taskio`)."""
+
+    @handle
+    async def FindTasks(
+        self, request: peer_pb2.FindTasksRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.FindTasksResponse:
+        return await self._taskio().local_find(request.task)
 
     @handle_stream
     async def TaskLogs(

@@ -187,12 +187,26 @@ def task() -> None:
 @task.command("logs")
 @click.argument("task_id", metavar="TASK_ID")
 @_logs_options
+@click.option(
+    "-p",
+    "--previous",
+    type=click.IntRange(min=0),
+    default=0,
+    help="The run N restarts back (1: before the last restart), kept on its node.",
+)
 @pass_settings
 def task_logs(
-    settings: Settings, task_id: str, follow: bool, tail: int | None, since: str | None, timestamps: bool
+    settings: Settings,
+    task_id: str,
+    follow: bool,
+    tail: int | None,
+    since: str | None,
+    timestamps: bool,
+    previous: int,
 ) -> None:
-    """Print the logs of one task (its id: `shoal service ps NAME` lists them)."""
-    request = api_pb2.LogsRequest(task=task_id, follow=follow, since=_since(since))
+    """Print the logs of one task (its id, or its first 4+ characters: `shoal service ps
+    NAME` lists them), also of a replaced or exited one while its node keeps it."""
+    request = api_pb2.LogsRequest(task=task_id, follow=follow, since=_since(since), previous=previous)
     if tail is not None:
         request.tail = tail
     print_logs(settings.client(), request, timestamps)

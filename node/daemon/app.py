@@ -390,6 +390,7 @@ class Daemon:
             c.drain,
             engine=self.engine,
             pull_timeout=c.pull_timeout,
+            history=c.task_history_limit,  # exited containers kept per slot (decision 71)
         )
         agent.secret_files.sealer = Sealer(self.identity.passphrase)  # issue 13: opens secrets at start
         attach_ingress(self.mesh, c, self.store, self.keys, self.identity)  # issue 17: the shared entrance

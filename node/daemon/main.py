@@ -47,6 +47,9 @@ from node.telemetry.logs import setup
     help="seconds the container engine may not answer before this node is not ready [15]",
 )
 @click.option("--pull-timeout", type=float, help="seconds an image pull may take [600]")
+@click.option(
+    "--task-history-limit", type=int, help="exited containers kept per slot for their logs, 0 = none [5]"
+)
 @click.option("--preset", type=click.Choice(["local", "lan"]), help="timing preset [lan]")
 @click.option("--lease-ttl", type=int, help="node lease TTL in seconds [preset]")
 @click.option("--leader-ttl", type=int, help="leader key lease TTL in seconds [preset]")

@@ -106,6 +106,7 @@ def build_api(d: Parts) -> Api:
     peers = PeerStubs(d.identity.client_tls)
     d.identity.on_renewed(peers.set_tls)
     taskio = TaskIO(d.store, d.keys, c.node_id, DockerStreams(d.runtime.url), peers, d.events.emit)
+    taskio.cluster = c.cluster  # its containers carry it: `FindTasks` reads only this cluster's
     servicer.taskio = taskio
     servicer.emit = d.events.emit  # issue 14: apply, scale and rollback events
     peer_servicer = PeerServicer(d.membership.list, joins.join)

@@ -3,7 +3,8 @@
 It behaves like `DockerRuntime` where the agent can tell: containers get ids and
 random-looking host ports (from a counter), start "running", keep their labels, and
 `list` filters by every label. A name already in use raises `EngineError`, as a 409
-from Docker does; `stop` and `remove` of a missing container are fine.
+from Docker does; `stop` and `remove` of a missing container are fine; `stop(remove=False)` leaves it
+exited (SIGKILLed: 137), `rename` refuses a name in use.
 
 Test hooks: `crash(id, exit_code)` makes a container exit, `fail_next_run(error)` makes
 the next `run` raise, `unavailable` makes every call raise `RuntimeUnavailable`, and
@@ -58,10 +59,15 @@ class FakeRuntime:
 
     # -- test hooks -----------------------------------------------------------------------
 
-    def crash(self, container_id: str, exit_code: int = 1) -> None:
-        """The container's process exits with `exit_code`; its host ports are released."""
+    def crash(self, container_id: str, exit_code: int | None = 1) -> None:
+        """The container's process exits with `exit_code` (None: the one it had); its host
+        ports are released; it finished at the fake clock's next tick."""
         c = self.containers[container_id]
-        self.containers[container_id] = replace(c, state="exited", exit_code=exit_code, host_ports={})
+        code = c.exit_code if exit_code is None else exit_code
+        finished = (T0 + timedelta(seconds=next(self._clock))).isoformat().replace("+00:00", "Z")
+        self.containers[container_id] = replace(
+            c, state="exited", exit_code=code, host_ports={}, finished_at=finished
+        )
 
     def fail_next_run(self, error: Exception) -> None:
         """The next `run` raises `error` (queued: call twice to fail two runs)."""
@@ -133,9 +139,19 @@ class FakeRuntime:
             self._pull_gates.pop(image, None)
         self.missing_images.discard(image)
 
-    async def stop(self, container_id: str, timeout: float = 10.0) -> None:
+    async def stop(self, container_id: str, timeout: float = 10.0, remove: bool = True) -> None:
         self._record("stop", container_id)
-        self.containers.pop(container_id, None)
+        if remove:
+            self.containers.pop(container_id, None)
+        elif container_id in self.containers:
+            self.crash(container_id, 137 if self.containers[container_id].running else None)
+
+    async def rename(self, container_id: str, name: str) -> None:
+        self._record("rename", container_id, name)
+        if any(c.name == name for c in self.containers.values()):
+            raise EngineError(f"a container named {name} already exists")
+        if container_id in self.containers:
+            self.containers[container_id] = replace(self.containers[container_id], name=name)
 
     async def remove(self, container_id: str) -> None:
         self._record("remove", container_id)

@@ -64,8 +64,11 @@ class SimRuntime:
     ) -> None:
         return None
 
-    async def stop(self, container_id: str, timeout: float = 10.0) -> None:
-        await self.remove(container_id)
+    async def stop(self, container_id: str, timeout: float = 10.0, remove: bool = True) -> None:
+        await self.remove(container_id)  # a simulated replica keeps no logs: never kept
+
+    async def rename(self, container_id: str, name: str) -> None:
+        return None  # nothing is kept (`stop` removes), so no name is ever freed
 
     async def remove(self, container_id: str) -> None:
         container = self.containers.pop(container_id, None)

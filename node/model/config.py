@@ -90,6 +90,9 @@ class NodeConfig:
     #   rides out a dockerd restart (a few seconds) without moving anything
     pull_timeout: float = 600.0  # s an image pull may take before it is abandoned and its task
     #   reported failed (retried with back-off); pulls run apart and never delay other tasks
+    task_history_limit: int = 5  # exited containers kept per slot (service and slot) on this node,
+    #   for `shoal task logs` of a replaced or restarted task (decision 71); older ones are
+    #   removed. Each keeps its log file and writable layer on disk; 0: removed at once
     metrics_port: int = 7071  # Prometheus `/metrics` on `address`; 0 = off
     dashboard_port: int = 0  # the web dashboard (HTTPS, this node's certificate, login with a
     #   client token) on `address`; 0 = off. Off by default: one more port open is the
@@ -325,6 +328,11 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError(f"engine_timeout: {c.engine_timeout:g} must be between 1 and 3600 seconds")
     if not 1 <= c.pull_timeout <= 86400:
         raise ConfigError(f"pull_timeout: {c.pull_timeout:g} must be between 1 and 86400 seconds")
+    if not 0 <= c.task_history_limit <= 100:
+        raise ConfigError(
+            f"task_history_limit: {c.task_history_limit} must be between 0 (remove at once) "
+            "and 100 containers"
+        )
     if c.docker_host and "://" not in c.docker_host:
         raise ConfigError(
             f"docker_host: {c.docker_host!r} needs a scheme: unix:///path/docker.sock or tcp://host:port"

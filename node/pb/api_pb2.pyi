@@ -545,20 +545,22 @@ class UpdateNodeResponse(_message.Message):
     def __init__(self, node: _Optional[str] = ..., availability: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., changed: _Optional[bool] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("service", "task", "follow", "tail", "since", "slot")
+    __slots__ = ("service", "task", "follow", "tail", "since", "slot", "previous")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     service: str
     task: str
     follow: bool
     tail: int
     since: float
     slot: int
-    def __init__(self, service: _Optional[str] = ..., task: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[float] = ..., slot: _Optional[int] = ...) -> None: ...
+    previous: int
+    def __init__(self, service: _Optional[str] = ..., task: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[float] = ..., slot: _Optional[int] = ..., previous: _Optional[int] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("task", "service", "slot", "node", "time_ns", "stream", "text", "notice")

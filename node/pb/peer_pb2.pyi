@@ -116,3 +116,33 @@ class TrafficResponse(_message.Message):
     node: str
     series: _containers.RepeatedCompositeFieldContainer[TrafficSeries]
     def __init__(self, node: _Optional[str] = ..., series: _Optional[_Iterable[_Union[TrafficSeries, _Mapping]]] = ...) -> None: ...
+
+class FindTasksRequest(_message.Message):
+    __slots__ = ("task",)
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    def __init__(self, task: _Optional[str] = ...) -> None: ...
+
+class FoundTask(_message.Message):
+    __slots__ = ("task", "service", "slot", "state", "container")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    service: str
+    slot: int
+    state: str
+    container: str
+    def __init__(self, task: _Optional[str] = ..., service: _Optional[str] = ..., slot: _Optional[int] = ..., state: _Optional[str] = ..., container: _Optional[str] = ...) -> None: ...
+
+class FindTasksResponse(_message.Message):
+    __slots__ = ("node", "tasks", "truncated")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    tasks: _containers.RepeatedCompositeFieldContainer[FoundTask]
+    truncated: bool
+    def __init__(self, node: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[FoundTask, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -70,6 +70,11 @@ class PeerStub:
                 request_serializer=shoal_dot_v1_dot_peer__pb2.TrafficRequest.SerializeToString,
                 response_deserializer=shoal_dot_v1_dot_peer__pb2.TrafficResponse.FromString,
                 _registered_method=True)
+        self.FindTasks = channel.unary_unary(
+                '/shoal.v1.Peer/FindTasks',
+                request_serializer=shoal_dot_v1_dot_peer__pb2.FindTasksRequest.SerializeToString,
+                response_deserializer=shoal_dot_v1_dot_peer__pb2.FindTasksResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -130,6 +135,15 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindTasks(self, request, context):
+        """The containers of this node (running, or exited and kept for their logs: decision
+        71) whose task id starts with `task`, for `shoal task logs` of a task that is no
+        longer assigned, or named by a prefix of its id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +181,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.NodeTraffic,
                     request_deserializer=shoal_dot_v1_dot_peer__pb2.TrafficRequest.FromString,
                     response_serializer=shoal_dot_v1_dot_peer__pb2.TrafficResponse.SerializeToString,
+            ),
+            'FindTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindTasks,
+                    request_deserializer=shoal_dot_v1_dot_peer__pb2.FindTasksRequest.FromString,
+                    response_serializer=shoal_dot_v1_dot_peer__pb2.FindTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +377,33 @@ class Peer:
             '/shoal.v1.Peer/NodeTraffic',
             shoal_dot_v1_dot_peer__pb2.TrafficRequest.SerializeToString,
             shoal_dot_v1_dot_peer__pb2.TrafficResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.v1.Peer/FindTasks',
+            shoal_dot_v1_dot_peer__pb2.FindTasksRequest.SerializeToString,
+            shoal_dot_v1_dot_peer__pb2.FindTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -126,6 +126,7 @@ class Container:
     exit_code: int = 0
     host_ports: dict[int, int] = field(default_factory=dict)  # container port -> host port
     started_at: str = ""
+    finished_at: str = ""  # when it last exited (RFC 3339; "" while running or never run)
     error: str = ""
     ip: str = ""  # address on its Docker network, reachable from this host ("" when none)
     docker_health: DockerHealth | None = None  # only for images with a HEALTHCHECK
@@ -160,8 +161,13 @@ class Runtime(Protocol):
         cannot be pulled or takes longer than `timeout` seconds. `auth`: (user, password) for
         the image's registry (issue 13: a service's `image_pull_secret`)."""
 
-    async def stop(self, container_id: str, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout` seconds; then remove. Missing is fine."""
+    async def stop(self, container_id: str, timeout: float = 10.0, remove: bool = True) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; then remove it, unless `remove` is
+        false (kept, exited, for its logs: decision 71). Missing is fine."""
+
+    async def rename(self, container_id: str, name: str) -> None:
+        """Give the container another name (an exited one kept for its logs frees its
+        task's name for the task's next container). EngineError when the name is taken."""
 
     async def remove(self, container_id: str) -> None:
         """Force-remove; a container that is already gone is fine."""

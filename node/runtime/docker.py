@@ -13,11 +13,11 @@ What it guarantees:
   is removed before the error is raised. The `Container` it returns carries the host
   ports Docker really chose. Restart policy is "no": restarts are shoal's decision.
 - `list` costs one list call (~8 ms for 50 containers here) plus one inspect per
-  container that is not running (for its exit code and error) or not yet known running
-  (for its start time) or whose image has a HEALTHCHECK (for Docker's verdict, its
-  failing streak and last output); inspecting every container costs ~90 ms for 50. A
-  start time is remembered while the container is seen running: with restart policy
-  "no" only a person's `docker restart` could make it stale.
+  container that may have changed since it was last seen (`node.runtime.docker_seen`):
+  one not yet known running (for its start time), one whose image has a HEALTHCHECK
+  (for Docker's verdict), one newly exited (for its exit code, error and finish time).
+  An exited container is inspected once, not at every pass: kept ones (decision 71)
+  cost nothing after. Inspecting every container costs ~90 ms for 50.
 - `exec` (health checks) runs in a pool of its own and reads the exec's output with a
   deadline, so a check that hangs costs one exec thread for at most its timeout and
   never delays a start or a stop. Create options (HEALTHCHECK off, the process): `docker_process`;
@@ -61,7 +61,8 @@ from node.runtime.base import (
 )
 from node.runtime.docker_process import create_options
 from node.runtime.docker_pull import pull_image
-from node.runtime.docker_records import demux, from_inspect, from_summary, has_health
+from node.runtime.docker_records import demux, from_inspect
+from node.runtime.docker_seen import Seen
 
 T = TypeVar("T")
 DEFAULT_URL = "unix:///var/run/docker.sock"
@@ -87,7 +88,7 @@ class DockerRuntime:
         self._pinging: asyncio.Future[None] | None = None
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
-        self._started_at: dict[str, str] = {}  # id -> StartedAt, while seen running
+        self._seen = Seen()  # what listings need not inspect again (node.runtime.docker_seen)
         self._closed = False
 
     async def ping(self) -> None:
@@ -104,8 +105,11 @@ class DockerRuntime:
     async def run(self, spec: ContainerSpec) -> Container:
         return await self._call(self._run, spec)
 
-    async def stop(self, container_id: str, timeout: float = 10.0) -> None:
-        await self._call(self._stop, container_id, timeout)
+    async def stop(self, container_id: str, timeout: float = 10.0, remove: bool = True) -> None:
+        await self._call(self._stop, container_id, timeout, remove)
+
+    async def rename(self, container_id: str, name: str) -> None:
+        await self._call(self._rename, container_id, name)
 
     async def has_image(self, image: str) -> bool:
         return await self._call(self._has_image, image)
@@ -222,25 +226,20 @@ class DockerRuntime:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]} if labels else None
         found = []
         for summary in client.api.containers(all=True, filters=filters):
-            cid = summary["Id"]
-            if summary.get("State") == "running" and cid in self._started_at and not has_health(summary):
-                found.append(from_summary(summary, self._started_at[cid]))
+            known = self._seen.known(summary)  # unchanged since its last inspect (docker_seen)
+            if known is not None:
+                found.append(known)
                 continue
             try:
-                container = self._inspect(client, cid)
+                container = self._inspect(client, summary["Id"])
             except NotFound:
                 continue  # removed between the list and the inspect
             found.append(container)
-        if len(self._started_at) > 10_000:  # ids removed behind our back; re-learn the rest
-            self._started_at.clear()
         return found
 
     def _inspect(self, client: docker.DockerClient, container_id: str) -> Container:
         container = from_inspect(client.api.inspect_container(container_id))
-        if container.running:
-            self._started_at[container.id] = container.started_at
-        else:
-            self._started_at.pop(container.id, None)
+        self._seen.inspected(container)
         return container
 
     def _run(self, client: docker.DockerClient, spec: ContainerSpec) -> Container:
@@ -378,17 +377,29 @@ class DockerRuntime:
         code = client.api.exec_inspect(created["Id"]).get("ExitCode")
         return ExecResult(int(code) if code is not None else -1, demux(bytes(data))[:EXEC_OUTPUT])
 
-    def _stop(self, client: docker.DockerClient, container_id: str, timeout: float) -> None:
+    def _stop(self, client: docker.DockerClient, container_id: str, timeout: float, remove: bool) -> None:
         try:
             client.api.stop(container_id, timeout=max(0, math.ceil(timeout)))
         except NotFound:
-            pass
-        except APIError:
-            pass  # the forced removal below kills it anyway, or says why it cannot
-        self._remove(client, container_id)
+            return
+        except APIError as exc:
+            if not remove:  # kept: it must be stopped, and the forced removal would have killed it
+                raise EngineError(f"cannot stop container {container_id}: {_explain(exc)}") from exc
+        self._seen.forget(container_id)
+        if remove:
+            self._remove(client, container_id)
+
+    def _rename(self, client: docker.DockerClient, container_id: str, name: str) -> None:
+        self._seen.forget(container_id)
+        try:
+            client.api.rename(container_id, name)
+        except APIError as exc:
+            raise EngineError(
+                f"cannot rename container {container_id[:12]} to {name}: {_explain(exc)}"
+            ) from exc
 
     def _remove(self, client: docker.DockerClient, container_id: str) -> None:
-        self._started_at.pop(container_id, None)
+        self._seen.forget(container_id)
         try:
             client.api.remove_container(container_id, force=True)
         except NotFound:

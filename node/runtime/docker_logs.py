@@ -13,7 +13,8 @@ buffered past one read (64 KiB) and one frame.
 - `exec` starts `POST /containers/{id}/exec` + `/exec/{id}/start` on an upgraded
   connection (stdin goes in, stdout/stderr come out: framed, or raw with a TTY),
   `resize` and the exit code after the output ends (`/exec/{id}/json`).
-- `find` names the newest container of a task by its `io.shoal.task` label.
+- `find` names the newest container of a task by its `io.shoal.task` label; `tasks`
+  lists the tasks whose id starts with a prefix (`node.api.taskfind`).
 
 Errors: an engine that cannot be reached is `RuntimeUnavailable`; anything the engine
 refuses is `EngineError` with its message (a missing container says so).
@@ -135,13 +136,43 @@ class DockerStreams:
 
     # -- the calls ---------------------------------------------------------------------------
 
-    async def find(self, task_id: str) -> str:
-        """The id of the newest container of `task_id` (running or not); EngineError if none."""
+    async def find(self, task_id: str, previous: int = 0) -> str:
+        """The id of the newest container of `task_id` (running or not), or the `previous`th
+        before it (an earlier run kept on this node, decision 71); EngineError if none."""
         filters = json.dumps({"label": [f"{LABELS.TASK}={task_id}"]})
         _, found = await self._call("GET", "/containers/json?all=1&filters=" + urllib.parse.quote(filters))
         if not found:
             raise EngineError(f"task {task_id} has no container on this node (removed, or not started yet)")
-        return str(max(found, key=lambda c: c.get("Created", 0))["Id"])
+        newest_first = sorted(found, key=lambda c: c.get("Created", 0), reverse=True)
+        if previous >= len(newest_first):
+            raise EngineError(
+                f"task {task_id} has {len(newest_first) - 1} earlier run(s) kept on this node, "
+                f"not {previous} (a node keeps the last `task_history_limit` exited containers per slot)"
+            )
+        return str(newest_first[previous]["Id"])
+
+    async def tasks(self, prefix: str, labels: dict[str, str]) -> list[dict[str, str]]:
+        """The tasks whose id starts with `prefix` among the containers carrying `labels`
+        (running or exited: kept ones too, decision 71), one list call: for each task, the
+        labels and state of its newest container (`task`, `service`, `slot`, `state`, `id`)."""
+        wanted = [f"{k}={v}" for k, v in labels.items()] + [LABELS.TASK]
+        filters = json.dumps({"label": wanted})
+        _, found = await self._call("GET", "/containers/json?all=1&filters=" + urllib.parse.quote(filters))
+        newest: dict[str, dict[str, Any]] = {}
+        for c in found or []:
+            task = (c.get("Labels") or {}).get(LABELS.TASK, "")
+            if task.startswith(prefix) and c.get("Created", 0) >= newest.get(task, {}).get("Created", 0):
+                newest[task] = c
+        return [
+            {
+                "task": task,
+                "service": c["Labels"].get(LABELS.SERVICE, ""),
+                "slot": c["Labels"].get(LABELS.SLOT, ""),
+                "state": str(c.get("State", "")),
+                "id": str(c.get("Id", "")),
+            }
+            for task, c in sorted(newest.items())
+        ]
 
     async def logs(
         self, container_id: str, follow: bool, tail: int | None, since: float

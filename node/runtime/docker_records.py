@@ -80,6 +80,7 @@ def from_inspect(attrs: dict[str, Any]) -> Container:
             if binding.get("HostPort"):
                 ports.setdefault(int(key.partition("/")[0]), int(binding["HostPort"]))
     started_at = state.get("StartedAt") or ""
+    finished_at = state.get("FinishedAt") or ""
     return Container(
         id=attrs["Id"],
         name=(attrs.get("Name") or "").lstrip("/"),
@@ -88,6 +89,7 @@ def from_inspect(attrs: dict[str, Any]) -> Container:
         exit_code=int(state.get("ExitCode") or 0),
         host_ports=ports,
         started_at="" if started_at == NEVER else started_at,
+        finished_at="" if finished_at == NEVER or state.get("Running") else finished_at,
         error=state.get("Error") or "",
         ip=_ip(attrs.get("NetworkSettings") or {}),
         docker_health=_docker_health(attrs),

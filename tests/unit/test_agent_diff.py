@@ -1,4 +1,4 @@
-"""`node.agent.diff.diff`: assigned tasks vs containers found, into start/keep/replace/stop."""
+"""`node.agent.diff.diff`: assigned tasks vs containers found, into start/keep/replace/stop/retired."""
 
 from __future__ import annotations
 
@@ -44,11 +44,12 @@ def test_an_exited_container_is_replaced() -> None:
     assert actions.replace == [(A, c)] and not actions.start and not actions.stop
 
 
-def test_containers_of_unassigned_or_unlabelled_tasks_are_stopped() -> None:
+def test_containers_of_unassigned_or_unlabelled_tasks_are_stopped_exited_ones_retired() -> None:
     gone, exited = make_container(B), make_container(B, state="exited", cid="c-old")
     bare = Container(id="c-bare", name="bare", labels={}, state="running")
     actions = diff(by_id(A), [gone, exited, bare])
-    assert actions.stop == [gone, exited, bare]
+    assert actions.stop == [gone, bare]
+    assert actions.retired == [exited]  # history (decision 71): never stopped or started again
     assert actions.start == [A]
 
 
@@ -57,7 +58,7 @@ def test_of_duplicates_the_running_one_is_kept() -> None:
     newer_exited = make_container(A, state="exited", cid="c-exit", started_at="2024-01-01T00:00:09Z")
     actions = diff(by_id(A), [newer_exited, running])
     assert actions.keep == [(A, running)]
-    assert actions.stop == [newer_exited]
+    assert actions.retired == [newer_exited] and not actions.stop
 
 
 def test_of_two_running_duplicates_the_newest_is_kept() -> None:
@@ -67,11 +68,24 @@ def test_of_two_running_duplicates_the_newest_is_kept() -> None:
     assert actions.keep == [(A, new)] and actions.stop == [old]
 
 
-def test_of_exited_duplicates_the_newest_is_replaced_the_rest_stopped() -> None:
+def test_of_exited_duplicates_the_newest_is_replaced_the_rest_retired() -> None:
     old = make_container(A, state="exited", cid="c-old", started_at="2024-01-01T00:00:01Z")
     new = make_container(A, state="exited", cid="c-new", started_at="2024-01-01T00:00:02Z")
     actions = diff(by_id(A), [new, old])
-    assert actions.replace == [(A, new)] and actions.stop == [old]
+    assert actions.replace == [(A, new)] and actions.retired == [old] and not actions.stop
+
+
+def test_a_restarted_task_s_earlier_container_is_retired() -> None:
+    crashed = make_container(A, state="exited", cid="c-1", started_at="2024-01-01T00:00:01Z")
+    again = make_container(A, cid="c-2", started_at="2024-01-01T00:00:05Z")
+    actions = diff(by_id(A), [crashed, again])
+    assert actions.keep == [(A, again)] and actions.retired == [crashed] and actions.idle
+
+
+def test_an_exited_container_of_a_desired_stopped_task_is_retired() -> None:
+    c = make_container(STOPPED, state="exited")
+    actions = diff(by_id(STOPPED), [c])
+    assert actions.retired == [c] and actions.idle
 
 
 def test_desired_stopped_is_never_started_and_its_container_stopped() -> None:
@@ -113,7 +127,7 @@ def test_applying_the_actions_converges_in_one_step(
     assigned, containers = world
     actions = diff(assigned, containers)
     fresh = itertools.count()
-    gone = {c.id for c in actions.stop} | {c.id for _, c in actions.replace}
+    gone = {c.id for c in actions.stop} | {c.id for _, c in actions.replace} | {c.id for c in actions.retired}
     after = [c for c in containers if c.id not in gone]
     for task in actions.start + [t for t, _ in actions.replace]:
         after.append(make_container(task, cid=f"new{next(fresh)}", started_at="2024-01-02T00:00:00Z"))
@@ -126,3 +140,15 @@ def test_applying_the_actions_converges_in_one_step(
     assert all(c.running for c in after)
     kept_before = {c.id for _, c in actions.keep}
     assert kept_before <= {c.id for c in after}, "what ran as assigned is never touched"
+
+
+@given(worlds())
+def test_every_container_goes_in_one_bucket_and_retired_ones_never_run(world: World) -> None:
+    assigned, containers = world
+    actions = diff(assigned, containers)
+    placed = [c.id for c in actions.stop + actions.retired] + [
+        c.id for _, c in actions.keep + actions.replace
+    ]
+    assert sorted(placed) == sorted(c.id for c in containers)
+    assert not any(c.running for c in actions.retired)
+    assert all(c.running for c in actions.stop)

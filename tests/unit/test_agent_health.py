@@ -71,9 +71,9 @@ class GraceRuntime(FakeRuntime):
         super().__init__()
         self.graces: list[float] = []
 
-    async def stop(self, container_id: str, timeout: float = 10.0) -> None:
+    async def stop(self, container_id: str, timeout: float = 10.0, remove: bool = True) -> None:
         self.graces.append(timeout)
-        await super().stop(container_id, timeout)
+        await super().stop(container_id, timeout, remove)
 
 
 @dataclass

@@ -144,7 +144,7 @@ def test_a_cut_off_replica_stops_without_waiting_for_its_withdrawal() -> None:
     c = container(t)
     running(m, t, c)
     actions = m.cut_off(t, c, "cut off from etcd")
-    assert actions[-1] == Stop(c, must_withdraw=False)
+    assert actions[-1] == Stop(c, must_withdraw=False, keep=False)  # removed: a kept one would restart
     assert m.slots[t.task_id].phase == Phase.STOPPING and m.endpoints() == []
     m.listed([], [])  # stopped and gone
     assert m.slots[t.task_id].phase == Phase.WANTED

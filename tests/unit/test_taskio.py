@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 
 from node.api import taskio
@@ -15,7 +17,7 @@ from node.model.domain import Assignment, NodeInfo, ServiceRecord, TaskStatus
 from node.model.errors import FailedPrecondition, InvalidArgument, NotFound
 from node.model.keys import Keys
 from node.model.spec import parse_spec
-from node.pb import api_pb2
+from node.pb import api_pb2, peer_pb2
 from node.runtime.base import EngineError
 from node.security.tokens import Role, allowed, least_role
 from node.store.memory import MemoryStore
@@ -52,11 +54,20 @@ class FakeStreams:
         self.lines = lines
         self.execs: list[tuple[str, Sequence[str]]] = []
         self.session = FakeSession([("stdout", b"hi\n")], 0)
+        self.kept: dict[str, tuple[str, int]] = {}  # task -> (service, slot): exited, kept (decision 71)
 
-    async def find(self, task_id: str) -> str:
-        if task_id not in self.lines:
+    async def tasks(self, prefix: str, labels: dict[str, str]) -> list[dict[str, str]]:
+        return [
+            {"task": t, "service": svc, "slot": str(slot), "state": "exited", "id": f"c-{t}"}
+            for t, (svc, slot) in sorted(self.kept.items())
+            if t.startswith(prefix)
+        ]
+
+    async def find(self, task_id: str, previous: int = 0) -> str:
+        key = f"{task_id}~{previous}" if previous else task_id  # an earlier run: "<task>~<n>"
+        if key not in self.lines:
             raise EngineError(f"task {task_id} has no container on this node")
-        return f"c-{task_id}"
+        return f"c-{key}"
 
     async def logs(
         self, container_id: str, follow: bool, tail: int | None, since: float
@@ -95,6 +106,15 @@ class FakePeers:
     def stub(self, address: str) -> FakePeers:
         self.address = address
         return self
+
+    found: dict[str, list[peer_pb2.FoundTask]] | None = None  # address -> its kept tasks (decision 71)
+    silent: set[str] = set()  # addresses whose FindTasks fails
+
+    async def FindTasks(self, request: peer_pb2.FindTasksRequest, timeout: float | None = None) -> Any:
+        if self.address in self.silent:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+        tasks = [t for t in (self.found or {}).get(self.address, []) if t.task.startswith(request.task)]
+        return peer_pb2.FindTasksResponse(node="", tasks=tasks)
 
     def TaskLogs(self, request: api_pb2.LogsRequest, timeout: float | None = None) -> FakeCall:
         self.asked.append((self.address, request))
@@ -281,6 +301,15 @@ def test_roles_logs_are_read_like_the_status_exec_needs_a_deployer() -> None:
 class BlockingPeers(FakePeers):
     calls: list[FakeCall]
 
+    found: dict[str, list[peer_pb2.FoundTask]] | None = None  # address -> its kept tasks (decision 71)
+    silent: set[str] = set()  # addresses whose FindTasks fails
+
+    async def FindTasks(self, request: peer_pb2.FindTasksRequest, timeout: float | None = None) -> Any:
+        if self.address in self.silent:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
+        tasks = [t for t in (self.found or {}).get(self.address, []) if t.task.startswith(request.task)]
+        return peer_pb2.FindTasksResponse(node="", tasks=tasks)
+
     def TaskLogs(self, request: api_pb2.LogsRequest, timeout: float | None = None) -> FakeCall:
         call = BlockingCall([api_pb2.LogBatch(lines=[line(1, "first")])])
         self.calls.append(call)
@@ -325,3 +354,59 @@ async def test_cancelling_a_followed_stream_cancels_the_peer_calls_and_closes_th
     await asyncio.gather(reader, return_exceptions=True)
     assert sorted(got) == [b"first", b"first", b"local"]
     assert closed == ["local"] and len(peers.calls) == 2 and all(c.cancelled for c in peers.calls)
+
+
+# -- finding a task no longer in etcd, by its containers' labels (decision 71) ------------
+
+
+async def test_a_task_kept_on_another_node_is_found_by_its_id_or_a_prefix_and_read_there() -> None:
+    io, _ = await make({"0ld7a5k-on-n2": [line(7, "crashed here")]})
+    io.peers.found = {"127.0.0.2:7070": [peer_pb2.FoundTask(task="0ld7a5k-on-n2", service="web", slot=2)]}  # type: ignore[attr-defined]
+    for name in ("0ld7a5k-on-n2", "0ld7"):
+        target = await io.task_target(name)
+        assert (target.task, target.service, target.slot, target.node) == ("0ld7a5k-on-n2", "web", 2, "n2")
+    got = [x async for x in io.logs(api_pb2.LogsRequest(task="0ld7a5k"))]
+    assert [(x.text, x.task) for x in got] == [(b"crashed here", "0ld7a5k-on-n2")]
+
+
+async def test_a_task_kept_on_this_node_is_found_without_a_peer_call() -> None:
+    io, _ = await make()
+    io.local.kept["k3pt-here"] = ("web", 1)  # type: ignore[union-attr]
+    io.local.lines["k3pt-here"] = [(3, "stdout", b"bye")]  # type: ignore[union-attr]
+    assert (await io.task_target("k3pt")).node == "n1"
+    got = [x async for x in io.logs(api_pb2.LogsRequest(task="k3pt-here"))]
+    assert [x.text for x in got] == [b"bye"]
+
+
+async def test_a_prefix_of_an_assigned_task_names_it_and_an_ambiguous_one_is_refused() -> None:
+    io, _ = await make()
+    await io.store.put(KEYS.task("web", 7), Assignment("abcd-1", "web", 7, "n1", 1, 1).to_json())
+    assert (await io.task_target("abcd")).task == "abcd-1"
+    io.local.kept["abcd-2"] = ("web", 7)  # type: ignore[union-attr]
+    with pytest.raises(InvalidArgument, match=r"'abcd' names 2 tasks: abcd-1 \(web\.7 on n1\), abcd-2"):
+        await io.task_target("abcd")
+    assert (await io.task_target("abcd-2")).task == "abcd-2"
+
+
+async def test_a_node_that_does_not_answer_is_named_when_nothing_is_found() -> None:
+    io, _ = await make()
+    io.peers.silent = {"127.0.0.2:7070"}  # type: ignore[attr-defined]
+    with pytest.raises(NotFound, match=r"node\(s\) n2 did not answer"):
+        await io.task_target("gone-task")
+    with pytest.raises(NotFound, match="at least its first 4 characters"):
+        await io.task_target("gon")
+    with pytest.raises(InvalidArgument, match="at least 4 characters"):
+        await io.local_find("gon")
+
+
+async def test_previous_reads_an_earlier_run_here_or_asks_the_node_for_it() -> None:
+    io, _ = await make()
+    io.local.lines["t1~1"] = [(2, "stdout", b"before the crash")]  # type: ignore[union-attr]
+    got = [x async for x in io.logs(api_pb2.LogsRequest(task="t1", previous=1))]
+    assert [x.text for x in got] == [b"before the crash"]
+    _ = [x async for x in io.logs(api_pb2.LogsRequest(task="t2", previous=2))]
+    assert io.peers.asked[-1][1].previous == 2  # type: ignore[attr-defined]
+    got = [x async for x in io.logs(api_pb2.LogsRequest(task="t1", previous=3))]
+    assert [x.notice for x in got] == ["node n1: task t1 has no container on this node"]
+    _ = [x async for x in io.logs(api_pb2.LogsRequest(service="web", previous=1))]
+    assert io.peers.asked[-1][1].previous == 0, "a service's logs read each task's newest run"
