@@ -466,9 +466,8 @@ def kernel_tables(cluster: str) -> list[str]:
     if nft is None:
         return []
     done = subprocess.run([nft, "list", "tables", "ip"], capture_output=True, text=True, timeout=10)
-    prefix = kernel_rules.table_prefix(cluster)
     names = (line.split()[-1] for line in done.stdout.splitlines() if line.startswith("table ip "))
-    return [n for n in names if n.startswith(prefix)]
+    return [n for n in names if kernel_rules.is_table_of(n, cluster)]
 
 
 def remove_kernel_tables(cluster: str) -> int:

@@ -64,14 +64,23 @@ class KernelPort:
 
 
 def table_name(cluster: str, node: str) -> str:
-    """This node's own table: `shoal_<cluster>_<node>` (both `[a-z0-9-]`, checked by the
-    config, so no other cluster's prefix; anything else is replaced, never passed through)."""
-    return table_prefix(cluster) + (_WORD.sub("-", node.lower())[:63] or "x")
+    """This node's own table: `shoal_ports_<cluster>_<node>` (both `[a-z0-9-]`, checked by
+    the config; anything else is replaced, never passed through)."""
+    return table_prefix(cluster) + _name(node)
 
 
 def table_prefix(cluster: str) -> str:
     """What every table of `cluster`'s nodes begins with."""
-    return "shoal_" + (_WORD.sub("-", cluster.lower())[:63] or "x") + "_"
+    return f"shoal_ports_{_name(cluster)}_"
+
+
+def is_table_of(table: str, cluster: str) -> bool:
+    """Whether `table` is a node's table of `cluster` (no other cluster's, no other tool's)."""
+    return re.fullmatch(re.escape(table_prefix(cluster)) + r"[a-z0-9-]+", table) is not None
+
+
+def _name(part: str) -> str:
+    return re.sub(r"[^a-z0-9-]", "-", part.lower())[:63] or "x"
 
 
 def plan(

@@ -85,14 +85,21 @@ def test_kernel_ports_from_the_specs() -> None:
 @pytest.mark.parametrize(
     ("cluster", "node", "expected"),
     [
-        ("dev", "n1", "shoal_dev_n1"),
-        ("t1a2b3c4d", "n-2", "shoal_t1a2b3c4d_n-2"),
-        ("A b", "x;y", "shoal_a-b_x-y"),
+        ("dev", "n1", "shoal_ports_dev_n1"),
+        ("t1a2b3c4d", "n-2", "shoal_ports_t1a2b3c4d_n-2"),
+        ("A b", "x;y_z", "shoal_ports_a-b_x-y-z"),
     ],
 )
 def test_table_names_are_per_cluster_and_node(cluster: str, node: str, expected: str) -> None:
     assert k.table_name(cluster, node) == expected
-    assert expected.startswith(k.table_prefix(cluster))
+    assert k.is_table_of(expected, cluster)
+
+
+@pytest.mark.parametrize(
+    "table", ["shoal_ports_dev2_n1", "shoal_ports_dev_n1_x", "shoal_vip_dev_n1", "shoal_ports_dev_", "nat"]
+)
+def test_a_cluster_owns_only_its_own_tables(table: str) -> None:
+    assert not k.is_table_of(table, "dev")  # what `shoal dev` removes at its stop
 
 
 TWO = k.KernelPort("raw", 18080, (("172.17.0.2", 8080), ("172.17.0.3", 8080)))
