@@ -1,4 +1,5 @@
-"""Proxy throughput and latency: direct, HAProxy (TCP and HTTP mode), shoal's L4 and L7 proxies.
+"""Proxy throughput and latency: direct, HAProxy (TCP and HTTP mode), shoal's L4 and L7 proxies,
+and shoal's kernel fast path for tcp ports.
 
     .venv/bin/python bench/proxy.py [--duration 5] [--connections 32] [--modes keepalive,close]
                                     [--rounds 1] [--h2]
@@ -12,11 +13,14 @@ All on this machine, on 127.0.0.1, one after the other:
 - targets: one backend directly; HAProxy (`nbthread 1`, `balance roundrobin` over the
   3) in `mode tcp`, and in `mode http` (`option http-keep-alive`, `http-reuse always`,
   `option forwardfor` and X-Forwarded-Proto set, as shoal does); shoal's `TcpProxy` (L4)
-  and `HttpProxy` (L7) over the same 3, each in its own process under uvloop.
+  and `HttpProxy` (L7) over the same 3, each in its own process under uvloop; shoal's
+  kernel fast path (`shoal-kernel`, decision 75: the nftables table a node writes for a
+  `fast_path: kernel` port, DNAT round robin per connection; bench/proxy_kernel.py) over
+  the same 3, when run as root with `nft` installed.
 
 Printed: requests/s, p50 and p99 latency per target and mode, the CPU time the proxy
 process used per request (from /proc; NaN for direct), and the ratios in requests/s
-shoal L7/HAProxy http, shoal L4/HAProxy tcp and shoal/direct, and of CPU per request
+shoal L7/HAProxy http, shoal L4/HAProxy tcp, kernel path/HAProxy tcp and shoal/direct, and of CPU per request
 HAProxy/shoal (less sensitive than requests/s to other load on the machine); then the
 p99 latency each proxy adds to direct at a steady 1,000 requests/s (`paced`: 5 s over
 4 keep-alive connections; the goal is at most 1 ms). With
@@ -285,7 +289,11 @@ def main() -> int:
     nginx = shutil.which("nginx")
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     results: dict[tuple[str, str], tuple[float, float, float, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="shoal-bench-proxy-") as d, running() as procs:
+    with (
+        tempfile.TemporaryDirectory(prefix="shoal-bench-proxy-") as d,
+        running() as procs,
+        contextlib.ExitStack() as stack,
+    ):
         tmp = Path(d)
         ports = [free_port() for _ in range(3)]
         if nginx:
@@ -320,6 +328,12 @@ def main() -> int:
             "haproxy-http": (hhp, [haproxy]),
             "shoal-l7": (shp, l7),
         }
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from bench.proxy_kernel import kernel_port
+
+        kernel = stack.enter_context(kernel_port(ports))
+        if kernel is not None:
+            targets["shoal-kernel"] = (kernel, [])  # no process: the kernel's nat chain
         added: dict[str, float] = {}
         print(f"backends: 3 x {kind}; wrk -t1 -c{a.connections} -d{a.duration}s; {a.rounds} round(s); "
               f"{a.workers} shoal process(es) per port, HAProxy nbthread {a.workers}")  # fmt: skip
@@ -347,7 +361,7 @@ def main() -> int:
         print("paced at 1,000 req/s for 5 s (4 keep-alive connections), latency added to direct:")
         base = paced(targets["direct"][0])
         print(f"  {'direct':<12} p50 {base[0]:6.3f} ms  p99 {base[1]:6.3f} ms")
-        for name in ("haproxy-tcp", "shoal-l4", "haproxy-http", "shoal-l7"):
+        for name in [t for t in targets if t != "direct"]:
             p50, p99 = paced(targets[name][0])
             added[name] = p99 - base[1]
             print(f"  {name:<12} p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  p99 added {p99 - base[1]:+6.3f} ms")
@@ -371,6 +385,12 @@ def main() -> int:
             f"shoal L7/direct = {s7 / d0:.2f}x   shoal L4/direct = {s4 / d0:.2f}x\n"
             f"{'':<{len(mode)}}  CPU per request HAProxy/shoal: http {cpu7:.2f}x   tcp {cpu4:.2f}x"
         )
+        if (mode, "shoal-kernel") in results:
+            k = results[(mode, "shoal-kernel")][0]
+            print(
+                f"{'':<{len(mode)}}  req/s kernel path/HAProxy tcp = {k / h4:.2f}x   "
+                f"kernel path/direct = {k / d0:.2f}x"
+            )
     if a.h2:
         proxy_h2.report(h2)
     for name in ("shoal-l4", "shoal-l7"):

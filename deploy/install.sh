@@ -10,6 +10,7 @@
 #   Debian packages  docker.io etcd-server etcd-client (etcdctl: `shoal cluster restore`) busybox-static
 #                    mmdebstrap (deploy/images/build-deb.sh: images from Debian packages)
 #                    iptables iproute2 ca-certificates curl
+#                    nftables (nft: the kernel fast path of `fast_path: kernel` ports, decision 75)
 #                    docker-registry (the integration tests run their own on 127.0.0.1; the
 #                    package's own service, on :5000, is disabled and stopped),
 #                    apache2-utils (htpasswd: the authenticated registry of the image tests),
@@ -71,7 +72,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 # --- Debian packages --------------------------------------------------------------
 
 packages() {
-	local want=(docker.io etcd-server etcd-client busybox-static mmdebstrap iptables iproute2 ca-certificates curl make docker-registry apache2-utils prometheus chromium e2fsprogs mount gcc libc6-dev)  # chromium: the dashboard test (headless); e2fsprogs, mount, gcc: the test bed's small disks and clock shim
+	local want=(docker.io etcd-server etcd-client busybox-static mmdebstrap iptables nftables iproute2 ca-certificates curl make docker-registry apache2-utils prometheus chromium e2fsprogs mount gcc libc6-dev)  # chromium: the dashboard test (headless); e2fsprogs, mount, gcc: the test bed's small disks and clock shim
 	if ! command -v "$PYTHON" >/dev/null; then
 		want+=(python3 python3-venv)
 	elif ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then

@@ -38,6 +38,7 @@ from node.dev.freeports import free_port_on_all as free_port_on_all
 from node.dev.freeports import free_port_pair as free_port_pair
 from node.model import errors
 from node.model.keys import DEFAULT_PREFIX, Keys
+from node.proxy import kernel_rules
 from node.runtime.base import LABELS
 from node.security import context, provision
 from node.security.ca import CertError, Lifetimes
@@ -437,6 +438,7 @@ class DevCluster:
         for member in self.members:
             member.stop()
         remove_containers(self.cluster)
+        remove_kernel_tables(self.cluster)  # they outlive a graceful stop by design (decision 75)
         self.etcd.stop()
         vipranges.release(self.vip_range)
 
@@ -456,6 +458,26 @@ def remove_containers(cluster: str) -> int:
         return len(found)
     finally:
         client.close()
+
+
+def kernel_tables(cluster: str) -> list[str]:
+    """The nftables tables of this cluster's nodes (`node.proxy.kernel_rules.table_name`)."""
+    nft = shutil.which("nft")
+    if nft is None:
+        return []
+    done = subprocess.run([nft, "list", "tables", "ip"], capture_output=True, text=True, timeout=10)
+    names = (line.split()[-1] for line in done.stdout.splitlines() if line.startswith("table ip "))
+    return [n for n in names if kernel_rules.is_table_of(n, cluster)]
+
+
+def remove_kernel_tables(cluster: str) -> int:
+    """Delete the kernel fast path's tables of this cluster; how many there were."""
+    tables = kernel_tables(cluster)
+    nft = shutil.which("nft")
+    if tables and nft is not None:
+        text = "".join(kernel_rules.removal(t) for t in tables)
+        subprocess.run([nft, "-f", "-"], input=text, capture_output=True, text=True, timeout=10)
+    return len(tables)
 
 
 def pid_alive(pid: int) -> bool:

@@ -164,6 +164,9 @@ class NodeConfig:
     proxy_workers: int = 0  # processes serving the published ports (SO_REUSEPORT), which keep
     #   serving while the daemon is down (kill -9, restart, upgrade) and are adopted when it is
     #   back; one per core spreads the load. 0: the daemon's own event loop serves them
+    proxy_nft: str = "nft"  # the nft program for `fast_path: kernel` ports (decision 75): a name
+    #   on PATH or a path; "off": never. Missing, or refusing the table: those ports are served
+    #   by the userland mesh as the others (one warning, a `proxy.kernel_fallback` event)
 
     # -- the shared HTTP(S) entrance (issue 17; node.proxy.ingress, docs/ingress.md) ------------
     ingress_http_port: int = 0  # routes services' `ingress` rules by Host and path on `address`;

@@ -35,7 +35,17 @@ def template_hash(spec: ServiceSpec | Mapping[str, Any]) -> str:
     only add fields with defaults left unset)."""
     data = spec_to_dict(spec) if isinstance(spec, ServiceSpec) else spec
     body = {k: v for k, v in data.items() if k not in NOT_IN_TEMPLATE}
+    if isinstance(body.get("ports"), list):  # a port's fast_path says how nodes route to it
+        body["ports"] = [_without_route_only(p) for p in body["ports"]]
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without_route_only(port: Any) -> Any:
+    """A stored port less `fast_path` (decision 75): the kernel path is the nodes' routing,
+    not the container's, so turning it on or off replaces no replica."""
+    if isinstance(port, Mapping):
+        return {k: v for k, v in port.items() if k != "fast_path"}
+    return port
 
 
 class Desired(StrEnum):

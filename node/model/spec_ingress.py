@@ -114,6 +114,7 @@ def ingress_fits(spec: Any) -> Any:
     rules: list[IngressRule] = spec.ingress or []
     containers = {p.container for p in spec.ports}
     tcp = {p.container for p in spec.ports if p.protocol == "tcp"}
+    kernel = {p.container: j for j, p in enumerate(spec.ports) if p.fast_path == "kernel"}
     for i, port in enumerate(spec.proxy_protocol or []):
         if port not in tcp:
             have = ", ".join(str(c) for c in sorted(tcp)) or "none"
@@ -121,6 +122,12 @@ def ingress_fits(spec: Any) -> Any:
                 f"port {port} is not a tcp container port of this service (tcp ports: {have}); "
                 "the PROXY protocol header goes ahead of tcp connections only",
                 ("proxy_protocol", i),
+            )
+        if port in kernel:
+            raise _fail(
+                f"the kernel fast path forwards packets and cannot put a PROXY header ahead of port {port} "
+                "(in proxy_protocol): remove fast_path from it, or the port from proxy_protocol",
+                ("ports", kernel[port], "fast_path"),
             )
     seen: dict[tuple[str, str], int] = {}
     secrets: dict[str, tuple[str, int]] = {}

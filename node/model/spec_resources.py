@@ -145,6 +145,26 @@ class PortSpec(BaseModel):
     container: _Port
     published: _Port | None = None
     protocol: Literal["tcp", "http", "grpc", "http2"] = "tcp"
+    # issue 17 item 4 (decision 75): `kernel`, each node DNATs new connections to its own
+    # replicas in nftables (node.proxy.kernel_rules); None: the userland mesh only
+    fast_path: Literal["kernel"] | None = None
+
+    @model_validator(mode="after")
+    def _fast_path_fits(self) -> "PortSpec":
+        if self.fast_path is None:
+            return self
+        if self.protocol != "tcp":
+            raise _fail(
+                f"the kernel fast path carries tcp ports only (connections, not requests); this port is "
+                f"{self.protocol}: remove fast_path, or make it protocol: tcp",
+                ("fast_path",),
+            )
+        if self.published is None:
+            raise _fail(
+                "the kernel fast path works on a published port: add published: <port>, or remove fast_path",
+                ("fast_path",),
+            )
+        return self
 
 
 class Limits(BaseModel):

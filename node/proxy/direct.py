@@ -49,6 +49,12 @@ def direct(
 
 def parse_routes(text: str) -> list[ipaddress.IPv4Network]:
     """The networks of `/proc/net/route` reached without a gateway (up, not a default)."""
+    return [net for net, _ in on_link_routes(text)]
+
+
+def on_link_routes(text: str) -> list[tuple[ipaddress.IPv4Network, str]]:
+    """(network, interface) of every route of `/proc/net/route` without a gateway (up, not
+    a default): where a container address is reached, and through which bridge."""
     out = []
     for line in text.splitlines()[1:]:
         cols = line.split()
@@ -62,7 +68,7 @@ def parse_routes(text: str) -> list[ipaddress.IPv4Network]:
         except ValueError:
             continue
         if flags & RTF_UP and not flags & RTF_GATEWAY and net.prefixlen > 0:
-            out.append(net)
+            out.append((net, cols[0]))
     return out
 
 

@@ -39,7 +39,14 @@ from typing import Protocol
 
 from node.gossip.member import GONE, Member
 from node.model.config import NodeConfig
-from node.model.domain import Assignment, EndpointRecord, readable_services, routable_endpoints, serving
+from node.model.domain import (
+    Assignment,
+    EndpointRecord,
+    ServiceRecord,
+    readable_services,
+    routable_endpoints,
+    serving,
+)
 from node.model.keys import Keys
 from node.proxy import routes
 from node.proxy.balancer import Balancer, RetryPolicy
@@ -48,6 +55,8 @@ from node.proxy.direct import OnLink, direct
 from node.proxy.h2_proxy import H2Proxy
 from node.proxy.http import HttpProxy
 from node.proxy.ingress import Ingress
+from node.proxy.kernel_path import KernelPath
+from node.proxy.kernel_rules import KernelPort, plan
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
@@ -136,6 +145,8 @@ class Mesh:
         self.cold = ColdStart()  # issue 15: requests held for services scaled to zero
 
         self.onlink = OnLink()  # which container addresses this host reaches directly
+        self.kernel: KernelPath | None = None  # decision 75: `fast_path: kernel` ports in nftables
+        self.kernel_served: list[KernelPort] = []  # the ports the kernel serves now
 
     # -- running -------------------------------------------------------------------------
 
@@ -145,6 +156,8 @@ class Mesh:
         for cache in caches:
             cache.listener(wake)
         gossip_wake = self.gossip.listener() if self.gossip is not None else asyncio.Event()
+        if self.kernel is not None:
+            await self.kernel.start()
         try:
             async with asyncio.TaskGroup() as tg:
                 for cache in caches:
@@ -186,9 +199,19 @@ class Mesh:
         for route in [r for r in self.stats if wanted.get(r.published) != r]:
             del self.stats[route]  # no longer published (service removed or changed): bounded
         self._apply_endpoints()
+        await self.sync_kernel(records, wanted, self.routable())
         if self.ingress is not None:
             await self.ingress.sync(records, self.routable())
         await self._report_binds()
+
+    async def sync_kernel(
+        self, records: list[ServiceRecord], wanted: dict[int, Route], endpoints: list[EndpointRecord]
+    ) -> None:
+        """The kernel fast path (decision 75): this node's replicas of every `fast_path:
+        kernel` port in nftables; the userland listener, bound all along, serves the rest."""
+        if self.kernel is not None:
+            ports = plan(wanted, routes.kernel_ports(records), endpoints, self.node)
+            self.kernel_served = await self.kernel.sync(self.address, ports)
 
     def _gone(self) -> set[str]:
         gone = {self.keys.tail(kv.key, self.keys.down_all) for kv in self.down.values()}
@@ -297,7 +320,10 @@ class Mesh:
         task.add_done_callback(self._closing.discard)
 
     async def close(self, grace: float = 2.0) -> None:
-        """Stop every listener now; give in-flight traffic `grace` seconds, then cut it."""
+        """Stop every listener now; give in-flight traffic `grace` seconds, then cut it. The
+        kernel's table stays (decision 75) unless the node leaves for good."""
+        if self.kernel is not None and self.kernel.remove_on_stop:
+            await self.kernel.remove()
         for port in list(self.listeners):
             self._retire(port)
         if self.ingress is not None:

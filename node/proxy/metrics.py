@@ -16,7 +16,9 @@ Series (labels `service`, `port`, `protocol`):
 - `shoal_proxy_latency_seconds`: histogram; request to response headers (http), accept
   to backend connected (tcp);
 - `shoal_proxy_backends`: replicas in the rotation now (ejected ones included);
-- `shoal_proxy_bind_errors`: 1 for a published port this node could not bind.
+- `shoal_proxy_bind_errors`: 1 for a published port this node could not bind;
+- `shoal_proxy_kernel_backends`: this node's replicas in the nftables rule of a
+  `fast_path: kernel` port (decision 75); no series while the userland mesh serves it.
 The node's shared entrance (node.proxy.ingress) is counted as service `ingress`, its
 port, protocol `http` or `https`.
 
@@ -112,8 +114,15 @@ class MeshCollector(Collector):
         )
         for port, (route, _) in list(self.mesh.bind_errors.items()):
             bind_errors.add_metric([route.service, str(port), route.protocol], 1)
+        kernel = GaugeMetricFamily(
+            "shoal_proxy_kernel_backends",
+            "replicas of this node in a fast_path: kernel port's nftables rule (no series: userland)",
+            labels=_LABELS,
+        )
+        for port in list(getattr(self.mesh, "kernel_served", [])):
+            kernel.add_metric([port.service, str(port.published), "tcp"], len(port.targets))
         yield from counters.values()
-        yield from (active, tunnels, latency, backends, bind_errors)
+        yield from (active, tunnels, latency, backends, bind_errors, kernel)
 
 
 def _le(bound: float) -> str:

@@ -52,6 +52,17 @@ def listeners(services: Iterable[ServiceRecord]) -> dict[int, Route]:
     return out
 
 
+def kernel_ports(services: Iterable[ServiceRecord]) -> dict[int, str]:
+    """Published port -> service, for every port with `fast_path: kernel` (decision 75;
+    `node.proxy.kernel_rules.plan` keeps those whose route is that service's)."""
+    out: dict[int, str] = {}
+    for record in sorted(services, key=lambda r: r.name):
+        for p in record.spec.ports:
+            if p.published and p.fast_path == "kernel":
+                out.setdefault(p.published, record.name)
+    return out
+
+
 def sends_proxy_v2(record: ServiceRecord, container_port: int) -> bool:
     """Whether connections to `container_port` begin with a PROXY v2 header (spec `proxy_protocol`)."""
     return container_port in (record.spec.proxy_protocol or ())

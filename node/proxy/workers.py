@@ -48,9 +48,11 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 import node
 from node.model.config import NodeConfig
 from node.model.domain import readable_services
-from node.proxy import routes
+from node.proxy import kernel_rules, routes
 from node.proxy import worker_wire as wire
+from node.proxy.kernel_path import OFF, KernelPath
 from node.proxy.mesh import Mesh
+from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +234,7 @@ class WorkerMesh(Mesh):
             wire.Entry(r, self.address, tuple(routes.backends(r, endpoints))) for r in self.wanted.values()
         ]
         await self._push_all()
+        await self.sync_kernel(records, self.wanted, endpoints)  # the table is the daemon's, not a worker's
         if self.ingress is not None:  # the shared entrance (issue 17 item 3) stays in the daemon
             await self.ingress.sync(records, self.routable())
         await self._report_binds()
@@ -366,8 +369,10 @@ class LocalMesh(Mesh):
 def mesh_for(config: NodeConfig, *args: Any, prestart: bool = True, **kw: Any) -> Mesh:
     """The mesh the setting `proxy_workers` asks for; `args`, `kw` as `Mesh` takes them.
     With workers, those that do not answer are started at once (`prestart`): they boot
-    while the daemon does, and serve about when it is ready."""
+    while the daemon does, and serve about when it is ready. Either way with the kernel
+    fast path of `proxy_nft` (decision 75)."""
     directory = config.data_dir / "proxy"
+    mesh: Mesh
     if config.proxy_workers > 0:
         mesh = WorkerMesh(
             *args, workers=config.proxy_workers, directory=directory, stop_workers=config.leave_on_stop, **kw
@@ -376,5 +381,14 @@ def mesh_for(config: NodeConfig, *args: Any, prestart: bool = True, **kw: Any) -
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             for w in mesh.workers:
                 w.prestart()
-        return mesh
-    return LocalMesh(*args, directory=directory, **kw)
+    else:
+        mesh = LocalMesh(*args, directory=directory, **kw)
+    mesh.kernel = kernel_path_for(config, mesh.events)
+    return mesh
+
+
+def kernel_path_for(config: NodeConfig, events: EventLog | None) -> KernelPath:
+    """This node's kernel path: its own table, `proxy_nft`'s program ("off": none)."""
+    program = "" if config.proxy_nft.strip().lower() in OFF else config.proxy_nft.strip()
+    table = kernel_rules.table_name(config.cluster, config.node_id)
+    return KernelPath(program, table, events, remove_on_stop=config.leave_on_stop)

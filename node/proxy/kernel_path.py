@@ -1,0 +1,221 @@
+"""Applies the kernel fast path's table (decision 75; the text: `node.proxy.kernel_rules`).
+
+`KernelPath.sync` is called by the mesh after every sync with the ports to DNAT. It
+writes the whole table with one `nft -f -` (one transaction: `flush table` and every
+rule, atomic for packets) when the text changed, and nothing otherwise: steady state
+runs no process. A failed `nft` is retried with tenacity (three attempts within about
+a second); then the table is removed (best effort) and the ports are served by the
+userland listeners, which stay bound on every published port all along: a fallback
+takes no rebinding. One warning and one `proxy.kernel_fallback` event per change of
+cause; the next change of the table tries the kernel again, and `proxy.kernel_path`
+says when it serves once more.
+
+`nft` missing (or `proxy_nft = "off"`): nothing is written; with fast-path ports wanted,
+one warning and one `proxy.kernel_fallback` event say so.
+
+Lifetime (decision 75): the table outlives the daemon. A kill -9, a crash or a graceful
+stop leaves it serving (the replicas keep running while the daemon is away, decision
+63's goal for the data path); the next daemon's first sync replaces it, and a daemon
+started with the kernel path off removes it. Only a node that leaves for good
+(`leave_on_stop`) removes it when it stops; `shoal dev` removes its nodes' tables with
+their containers.
+
+Each failure path leaves a consistent state: the text is never half applied (one
+transaction); a process dying between `route_localnet` and `nft` leaves a sysctl set
+and the old table; the next start writes both again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Awaitable, Callable, Sequence
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from node.proxy import kernel_rules
+from node.proxy.direct import ROUTES, on_link_routes
+from node.proxy.kernel_rules import KernelPort
+from node.telemetry.events import EventLog
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 5.0
+"""Seconds one `nft` run may take."""
+ATTEMPTS = 3
+OFF = ("", "off", "false", "no", "0")
+"""Values of `proxy_nft` that turn the kernel path off."""
+SYSCTL = Path("/proc/sys/net/ipv4/conf")
+
+Runner = Callable[[str, str], Awaitable[None]]
+
+
+class NftError(Exception):
+    """`nft` refused the table, timed out or could not be run; the message says which."""
+
+
+class NftMissing(NftError):
+    """The `nft` program is not there (not retried)."""
+
+
+async def run_nft(program: str, text: str) -> None:
+    """`program -f -` fed `text`; NftError with its own words when it fails."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            program, "-f", "-", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    except FileNotFoundError as exc:
+        raise NftMissing(f"{program}: not found") from exc
+    except OSError as exc:
+        raise NftError(f"{program}: cannot run: {exc.strerror or exc}") from exc
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(text.encode()), TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise NftError(f"{program} -f -: no answer within {TIMEOUT:g}s") from None
+    if proc.returncode != 0:
+        first = (err.decode(errors="replace").strip().splitlines() or ["(no message)"])[0]
+        raise NftError(f"{program} -f - exited with {proc.returncode}: {first[:300]}")
+
+
+def set_route_localnet(interfaces: Sequence[str], root: Path = SYSCTL) -> list[str]:
+    """`route_localnet = 1` on each of `interfaces` (loopback clients to container
+    addresses, kernel_rules' doc); the ones that could not be set."""
+    failed = []
+    for name in interfaces:
+        path = root / name / "route_localnet"
+        try:
+            if path.read_text().strip() != "1":
+                path.write_text("1\n")
+        except OSError as exc:
+            log.warning("kernel path: cannot set %s: %s", path, exc.strerror or exc)
+            failed.append(name)
+    return failed
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another attempt: nft ran and refused or hung (a missing program is not)."""
+    return isinstance(exc, NftError) and not isinstance(exc, NftMissing)
+
+
+class KernelPath:
+    """This node's nftables table (module doc). `program` "": off."""
+
+    def __init__(
+        self,
+        program: str,
+        table: str,
+        events: EventLog | None = None,
+        remove_on_stop: bool = False,
+        run: Runner = run_nft,
+        routes_file: Path = ROUTES,
+        sysctl: Path = SYSCTL,
+    ) -> None:
+        self.program, self.table, self.events = program, table, events
+        self.remove_on_stop = remove_on_stop
+        self.run, self.routes_file, self.sysctl = run, routes_file, sysctl
+        self.applied: str | None = None  # the text the kernel holds (None: unknown, at start)
+        self.served: list[KernelPort] = []  # the ports the kernel serves now, as applied
+        self.fallback = ""  # why fast-path ports go to the userland listeners now ("": they do not)
+        self._tried: str | None = None  # the last text that failed: not retried until it changes
+
+    def resolved(self) -> str:
+        """The program's path, or "" when it is off or missing."""
+        if not self.program:
+            return ""
+        return shutil.which(self.program) or ""
+
+    async def start(self) -> None:
+        """At the daemon's start: with the kernel path off, remove a table a former run left
+        (any `nft` on PATH will do). With it on, the first `sync` replaces it."""
+        if self.program:
+            return
+        program = shutil.which("nft")
+        if program:
+            try:
+                await self.run(program, kernel_rules.removal(self.table))
+            except NftError as exc:
+                log.info("kernel path off; could not remove table %s: %s", self.table, exc)
+
+    async def sync(self, address: str, ports: Sequence[KernelPort]) -> list[KernelPort]:
+        """Make the kernel hold `ports` (none: no table); the ports it serves now (none
+        after a fallback)."""
+        program = self.resolved()
+        if not program:
+            if ports:
+                self._fall_back(f"{self.program or 'nft'} is {'off' if not self.program else 'not found'}")
+            return []
+        if ports and not kernel_rules.ipv4(address):
+            self._fall_back(f"the node address {address} is not IPv4 (the table is `ip` only)")
+            return []
+        localnet: list[str] = []
+        if ports and kernel_rules.loopback_clients(address):
+            localnet = kernel_rules.interfaces(ports, self._on_link())
+            failed = set_route_localnet(localnet, self.sysctl)
+            localnet = [i for i in localnet if i not in failed]
+        text = kernel_rules.ruleset(self.table, address, ports, localnet)
+        if text == self.applied:
+            return self.served
+        if text == self._tried:
+            return []
+        try:
+            await self._apply(program, text)
+        except NftError as exc:
+            self._tried = text
+            self._fall_back(str(exc))
+            await self._remove_quietly(program)
+            return []
+        self.applied, self._tried = text, None
+        self.served = list(ports)
+        if self.fallback and ports:
+            self.fallback = ""
+            log.info("kernel path: table %s applied, %d port(s) in the kernel again", self.table, len(ports))
+            self._emit("proxy.kernel_path", f"table {self.table}: {len(ports)} port(s) served by the kernel")
+        return self.served
+
+    async def remove(self) -> None:
+        """Remove the table (leave_on_stop, or tests)."""
+        program = self.resolved() or shutil.which("nft") or ""
+        if program:
+            await self._remove_quietly(program)
+
+    async def _apply(self, program: str, text: str) -> None:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(ATTEMPTS), wait=wait_exponential(multiplier=0.1, max=0.5),
+            retry=retry_if_exception(_transient), reraise=True,
+        ):  # fmt: skip
+            with attempt:
+                await self.run(program, text)
+
+    async def _remove_quietly(self, program: str) -> None:
+        try:
+            await self.run(program, kernel_rules.removal(self.table))
+            self.applied, self.served = kernel_rules.removal(self.table), []
+        except NftError as exc:
+            self.applied = None  # unknown: the next sync writes the whole table again
+            log.warning("kernel path: cannot remove table %s: %s", self.table, exc)
+
+    def _fall_back(self, why: str) -> None:
+        self.served = []
+        if why == self.fallback:
+            return
+        self.fallback = why
+        message = f"fast_path: kernel ports served by the userland mesh: {why}"
+        log.warning("kernel path: %s", message)
+        self._emit("proxy.kernel_fallback", message)
+
+    def _emit(self, kind: str, message: str) -> None:
+        if self.events is not None:
+            self.events.emit(kind, message)
+
+    def _on_link(self) -> list[tuple[IPv4Network, str]]:
+        try:
+            return list(on_link_routes(self.routes_file.read_text()))
+        except OSError as exc:
+            log.warning("kernel path: cannot read %s: %s", self.routes_file, exc.strerror or exc)
+            return []

@@ -1,0 +1,198 @@
+"""The kernel fast path's shell (decision 75): when `nft` runs, what a failure does, and
+the mesh feeding it. `nft` itself is a recorded fake here (a real one in
+tests/integration/test_kernel_path.py), except where a stand-in program is run."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+
+import pytest
+
+from node.model.domain import EndpointRecord
+from node.proxy import kernel_path as kp
+from node.proxy.kernel_path import KernelPath, NftError, NftMissing, run_nft
+from node.proxy.kernel_rules import KernelPort
+from tests.factories import make_service, make_task
+from tests.helpers import wait_until
+from tests.unit.test_proxy_mesh import KEYS, World
+
+PORT = KernelPort("raw", 18080, (("172.17.0.2", 8080), ("172.17.0.3", 8080)))
+ROUTES = (
+    "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+    "docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\n"
+)
+
+
+class FakeNft:
+    """Records every text; fails the next `failures` runs with `error`."""
+
+    def __init__(self, failures: int = 0, error: NftError | None = None) -> None:
+        self.texts: list[str] = []
+        self.failures, self.error = failures, error or NftError("nft -f - exited with 1: Error: no")
+
+    async def __call__(self, program: str, text: str) -> None:
+        self.texts.append(text)
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+
+
+class Events:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, str]] = []
+
+    def emit(self, kind: str, message: str, *args: str) -> None:
+        self.got.append((kind, message))
+
+
+def path(tmp_path: Path, nft: FakeNft, program: str = "sh", **kw: object) -> tuple[KernelPath, Events]:
+    routes = tmp_path / "route"
+    routes.write_text(ROUTES)
+    (tmp_path / "conf" / "docker0").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "conf" / "docker0" / "route_localnet").write_text("0\n")
+    events = Events()
+    kernel = KernelPath(
+        program, "shoal_t_n1", events, run=nft, routes_file=routes, sysctl=tmp_path / "conf", **kw
+    )  # type: ignore[arg-type]
+    return kernel, events
+
+
+async def test_the_table_is_written_once_per_change(tmp_path: Path) -> None:
+    nft = FakeNft()
+    kernel, events = path(tmp_path, nft)
+    assert await kernel.sync("127.0.0.1", [PORT]) == [PORT]
+    assert await kernel.sync("127.0.0.1", [PORT]) == [PORT]  # steady state runs nothing
+    assert len(nft.texts) == 1 and "numgen inc mod 2" in nft.texts[0]
+    assert (tmp_path / "conf" / "docker0" / "route_localnet").read_text().strip() == "1"
+    assert 'iifname { "docker0" }' in nft.texts[0]
+    assert await kernel.sync("127.0.0.1", []) == []  # the last replica gone: the table goes
+    assert nft.texts[-1] == "table ip shoal_t_n1\ndelete table ip shoal_t_n1\n"
+    assert events.got == []
+
+
+async def test_a_node_on_a_real_address_sets_no_route_localnet(tmp_path: Path) -> None:
+    nft = FakeNft()
+    kernel, _ = path(tmp_path, nft)
+    await kernel.sync("10.0.0.5", [PORT])
+    assert (tmp_path / "conf" / "docker0" / "route_localnet").read_text().strip() == "0"
+    assert "masquerade" not in nft.texts[0]
+
+
+async def test_a_refusal_is_retried_then_served_by_the_userland_once(tmp_path: Path) -> None:
+    nft = FakeNft(failures=kp.ATTEMPTS + 1)  # every attempt, and the removal after them
+    kernel, events = path(tmp_path, nft)
+    assert await kernel.sync("127.0.0.1", [PORT]) == []
+    assert len(nft.texts) == kp.ATTEMPTS + 1 and "delete table" in nft.texts[-1]
+    assert [k for k, _ in events.got] == ["proxy.kernel_fallback"]
+    assert "exited with 1" in events.got[0][1]
+    assert await kernel.sync("127.0.0.1", [PORT]) == []  # the same table is not tried again
+    assert len(nft.texts) == kp.ATTEMPTS + 1 and len(events.got) == 1
+    bigger = KernelPort("raw", 18080, (*PORT.targets, ("172.17.0.4", 8080)))
+    assert await kernel.sync("127.0.0.1", [bigger]) == [bigger]  # a change tries again: it works
+    assert [k for k, _ in events.got] == ["proxy.kernel_fallback", "proxy.kernel_path"]
+
+
+async def test_a_passing_refusal_is_retried_with_tenacity(tmp_path: Path) -> None:
+    nft = FakeNft(failures=kp.ATTEMPTS - 1)
+    kernel, events = path(tmp_path, nft)
+    assert await kernel.sync("127.0.0.1", [PORT]) == [PORT]
+    assert len(nft.texts) == kp.ATTEMPTS and len(set(nft.texts)) == 1 and events.got == []
+
+
+@pytest.mark.parametrize(
+    ("program", "why"), [("/nonexistent/nft", "/nonexistent/nft is not found"), ("", "nft is off")]
+)
+async def test_no_nft_falls_back_with_one_event(tmp_path: Path, program: str, why: str) -> None:
+    nft = FakeNft()
+    kernel, events = path(tmp_path, nft, program)
+    assert await kernel.sync("127.0.0.1", []) == []
+    assert events.got == []  # nothing asked for the kernel: nothing to say
+    for _ in range(2):
+        assert await kernel.sync("127.0.0.1", [PORT]) == []
+    assert nft.texts == [] and [k for k, _ in events.got] == ["proxy.kernel_fallback"]
+    assert why in events.got[0][1]
+
+
+async def test_an_ipv6_node_falls_back(tmp_path: Path) -> None:
+    nft = FakeNft()
+    kernel, events = path(tmp_path, nft)
+    assert await kernel.sync("::1", [PORT]) == [] and nft.texts == []
+    assert "not IPv4" in events.got[0][1]
+
+
+async def test_off_at_start_removes_a_former_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nft = FakeNft()
+    monkeypatch.setattr(kp.shutil, "which", lambda name: "/usr/sbin/nft" if name == "nft" else None)
+    kernel, _ = path(tmp_path, nft, "")
+    await kernel.start()
+    assert nft.texts == ["table ip shoal_t_n1\ndelete table ip shoal_t_n1\n"]
+    on, _ = path(tmp_path, FakeNft())
+    await on.start()  # on: the first sync replaces it instead
+    assert on.applied is None
+
+
+async def test_leave_on_stop_removes_the_table(tmp_path: Path) -> None:
+    nft = FakeNft()
+    kernel, _ = path(tmp_path, nft, remove_on_stop=True)
+    await kernel.sync("127.0.0.1", [PORT])
+    await kernel.remove()
+    assert nft.texts[-1].endswith("delete table ip shoal_t_n1\n") and kernel.served == []
+
+
+def script(tmp_path: Path, body: str) -> str:
+    program = tmp_path / "nft"
+    program.write_text("#!/bin/sh\n" + body)
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    return str(program)
+
+
+async def test_run_nft_reports_the_programs_words(tmp_path: Path) -> None:
+    ok = script(tmp_path, f"cat > {tmp_path}/got\n")
+    await run_nft(ok, "table ip x\n")
+    assert (tmp_path / "got").read_text() == "table ip x\n"
+    bad = script(tmp_path, "echo 'Error: Could not process rule: Operation not permitted' >&2; exit 1\n")
+    with pytest.raises(
+        NftError, match="exited with 1: Error: Could not process rule: Operation not permitted"
+    ):
+        await run_nft(bad, "table ip x\n")
+    with pytest.raises(NftMissing):
+        await run_nft(str(tmp_path / "absent"), "")
+
+
+async def test_a_hanging_nft_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kp, "TIMEOUT", 0.2)
+    with pytest.raises(NftError, match="no answer within"):
+        await run_nft(script(tmp_path, "exec sleep 30\n"), "")
+
+
+# -- the mesh feeds it ---------------------------------------------------------------------
+
+
+async def test_the_mesh_dnats_to_its_own_replicas_only(tmp_path: Path) -> None:
+    w = World()
+    nft = FakeNft()
+    w.mesh.kernel, _ = path(tmp_path, nft)
+    service = make_service(
+        "raw", replicas=3, ports=[{"container": 8080, "published": 18080, "fast_path": "kernel"}]
+    )
+    await w.store.put(KEYS.service("raw"), service.to_json())
+    for slot, node, address in ((1, "n1", "127.0.0.1"), (2, "n1", "127.0.0.1"), (3, "n2", "127.0.0.2")):
+        task = make_task(service, slot, node)
+        await w.store.put(KEYS.task("raw", slot), task.to_json())
+        record = EndpointRecord(
+            task.task_id, "raw", node, address, 30000 + slot, 8080, {"8080": 30000 + slot}
+        )
+        await w.store.put(KEYS.endpoint("raw", task.task_id), record.to_json())
+    runner = asyncio.create_task(w.mesh.run())
+    try:
+        served = await wait_until(lambda: w.mesh.kernel_served, 5.0, message="the kernel serves the port")
+        assert [p.published for p in served] == [18080]
+        assert sorted(served[0].targets) == [("127.0.0.1", 30001), ("127.0.0.1", 30002)]  # not n2's
+        assert 18080 in w.mesh.listeners  # the userland listener stays bound: the fallback
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+    assert "delete table" not in nft.texts[-1]  # a stop leaves the table serving (decision 75)

@@ -1,0 +1,235 @@
+"""The kernel fast path's pure core (decision 75): which ports and replicas go in the
+nftables table, and the table's text, by case tables."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from node.model.domain import EndpointRecord, template_hash
+from node.model.spec import SpecError, parse_spec
+from node.proxy import kernel_rules as k
+from node.proxy.routes import Route, kernel_ports, listeners
+from tests.factories import make_service
+
+TCP = Route("raw", 18080, 8080, "tcp")
+
+
+def ep(task: str, node: str, address: str, port: int = 8080, service: str = "raw") -> EndpointRecord:
+    return EndpointRecord(task, service, node, address, port, 8080, {"8080": port})
+
+
+@pytest.mark.parametrize(
+    ("wanted", "kernel", "endpoints", "expected"),
+    [
+        pytest.param(  # local replicas in task order; the remote one is the userland's
+            {18080: TCP},
+            {18080: "raw"},
+            [ep("a", "n1", "172.17.0.2"), ep("b", "n2", "127.0.0.2", 32768), ep("c", "n1", "172.17.0.3")],
+            [k.KernelPort("raw", 18080, (("172.17.0.2", 8080), ("172.17.0.3", 8080)))],
+            id="local-only",
+        ),
+        pytest.param(
+            {18080: TCP}, {18080: "raw"}, [ep("b", "n2", "127.0.0.2")], [], id="remote-only: no rule"
+        ),
+        pytest.param({18080: TCP}, {}, [ep("a", "n1", "172.17.0.2")], [], id="not asked"),
+        pytest.param(
+            {18080: Route("raw", 18080, 8080, "http")},
+            {18080: "raw"},
+            [ep("a", "n1", "172.17.0.2")],
+            [],
+            id="http route",
+        ),
+        pytest.param(
+            {18080: Route("raw", 18080, 8080, "tcp", proxy_v2=True)},
+            {18080: "raw"},
+            [ep("a", "n1", "172.17.0.2")],
+            [],
+            id="PROXY v2 port",
+        ),
+        pytest.param(
+            {18080: Route("other", 18080, 8080, "tcp")},
+            {18080: "raw"},
+            [ep("a", "n1", "172.17.0.2", service="other")],
+            [],
+            id="the port is another service's",
+        ),
+        pytest.param({}, {18080: "raw"}, [ep("a", "n1", "172.17.0.2")], [], id="not published"),
+        pytest.param(
+            {18080: TCP},
+            {18080: "raw"},
+            [
+                ep("a", "n1", "1.2.3.4 } ; flush ruleset"),
+                ep("b", "n1", "::1"),
+                ep("c", "n1", "172.17.0.9", 0),
+            ],
+            [],
+            id="hostile records left out",
+        ),
+    ],
+)
+def test_plan(
+    wanted: dict[int, Route], kernel: dict[int, str], endpoints: list[EndpointRecord], expected: object
+) -> None:
+    assert k.plan(wanted, kernel, endpoints, "n1") == expected
+
+
+def test_kernel_ports_from_the_specs() -> None:
+    fast = make_service("raw", ports=[{"container": 8080, "published": 18080, "fast_path": "kernel"}])
+    slow = make_service("web", ports=[{"container": 80, "published": 18081}])
+    assert kernel_ports([fast, slow]) == {18080: "raw"}
+    assert set(listeners([fast, slow])) == {18080, 18081}  # the userland listener stays
+
+
+@pytest.mark.parametrize(
+    ("cluster", "node", "expected"),
+    [
+        ("dev", "n1", "shoal_ports_dev_n1"),
+        ("t1a2b3c4d", "n-2", "shoal_ports_t1a2b3c4d_n-2"),
+        ("A b", "x;y_z", "shoal_ports_a-b_x-y-z"),
+    ],
+)
+def test_table_names_are_per_cluster_and_node(cluster: str, node: str, expected: str) -> None:
+    assert k.table_name(cluster, node) == expected
+    assert k.is_table_of(expected, cluster)
+
+
+@pytest.mark.parametrize(
+    "table", ["shoal_ports_dev2_n1", "shoal_ports_dev_n1_x", "shoal_vip_dev_n1", "shoal_ports_dev_", "nat"]
+)
+def test_a_cluster_owns_only_its_own_tables(table: str) -> None:
+    assert not k.is_table_of(table, "dev")  # what `shoal dev` removes at its stop
+
+
+TWO = k.KernelPort("raw", 18080, (("172.17.0.2", 8080), ("172.17.0.3", 8080)))
+ONE = k.KernelPort("db", 15432, (("172.17.0.4", 5432),))
+
+
+def test_the_whole_table_on_a_loopback_node() -> None:
+    assert k.ruleset("shoal_t_n1", "127.0.0.1", [TWO, ONE], ["docker0"]) == (
+        "table ip shoal_t_n1\n"
+        "flush table ip shoal_t_n1\n"
+        "table ip shoal_t_n1 {\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n"
+        "    ip daddr 127.0.0.1 tcp dport 18080 counter dnat to numgen inc mod 2 map"
+        ' { 0 : 172.17.0.2 . 8080, 1 : 172.17.0.3 . 8080 } comment "raw"\n'
+        '    ip daddr 127.0.0.1 tcp dport 15432 counter dnat to 172.17.0.4:5432 comment "db"\n'
+        "  }\n"
+        "  chain output {\n"
+        "    type nat hook output priority -100; policy accept;\n"
+        "    ip daddr 127.0.0.1 tcp dport 18080 counter dnat to numgen inc mod 2 map"
+        ' { 0 : 172.17.0.2 . 8080, 1 : 172.17.0.3 . 8080 } comment "raw"\n'
+        '    ip daddr 127.0.0.1 tcp dport 15432 counter dnat to 172.17.0.4:5432 comment "db"\n'
+        "  }\n"
+        "  chain postrouting {\n"
+        "    type nat hook postrouting priority srcnat; policy accept;\n"
+        "    ip saddr 127.0.0.0/8 ct status dnat ct original ip daddr 127.0.0.1 meta l4proto tcp"
+        " ct original proto-dst { 18080, 15432 } masquerade\n"
+        "  }\n"
+        "  chain input {\n"
+        "    type filter hook input priority filter; policy accept;\n"
+        '    iifname { "docker0" } ip daddr 127.0.0.0/8 ct state != { established, related } drop\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("address", "localnet", "present", "absent"),
+    [
+        (
+            "10.0.0.5",
+            ["docker0"],
+            ["ip daddr 10.0.0.5 tcp dport 18080"],
+            ["postrouting", "input", "127.0.0.0/8"],
+        ),
+        (
+            "0.0.0.0",
+            [],
+            ["fib daddr type local tcp dport 18080", "masquerade"],
+            ["ct original ip daddr", "iifname"],
+        ),
+        ("127.0.0.3", ["br-1", 'x" ; drop', "docker0"], ['iifname { "br-1", "docker0" }'], ['x"']),
+    ],
+)
+def test_the_table_by_address(
+    address: str, localnet: list[str], present: list[str], absent: list[str]
+) -> None:
+    text = k.ruleset("shoal_t_n1", address, [TWO], localnet)
+    assert text.startswith("table ip shoal_t_n1\nflush table ip shoal_t_n1\n")  # one transaction
+    for part in present:
+        assert part in text
+    for part in absent:
+        assert part not in text
+
+
+def test_no_port_removes_the_table() -> None:
+    assert k.ruleset("shoal_t_n1", "127.0.0.1", []) == "table ip shoal_t_n1\ndelete table ip shoal_t_n1\n"
+
+
+def test_interfaces_are_the_longest_on_link_prefix() -> None:
+    net = ipaddress.IPv4Network
+    on_link = [
+        (net("172.16.0.0/12"), "wide0"),
+        (net("172.17.0.0/16"), "docker0"),
+        (net("10.9.0.0/24"), "br-x"),
+    ]
+    ports = [TWO, k.KernelPort("x", 1, (("10.9.0.7", 80), ("192.168.1.1", 80)))]
+    assert k.interfaces(ports, on_link) == ["br-x", "docker0"]
+
+
+@pytest.mark.parametrize(
+    ("address", "loopback"),
+    [("127.0.0.1", True), ("127.3.0.9", True), ("0.0.0.0", True), ("10.0.0.1", False), ("::1", False)],
+)
+def test_loopback_clients(address: str, loopback: bool) -> None:
+    assert k.loopback_clients(address) is loopback
+
+
+# -- the spec ---------------------------------------------------------------------------
+
+BASE = "name: db\nimage: x:1\nports:\n  - {container: 80, published: 18080"
+
+
+@pytest.mark.parametrize(
+    ("port", "extra", "message"),
+    [
+        (
+            ", protocol: http, fast_path: kernel}",
+            "",
+            "<spec>:4:55: ports[0].fast_path: the kernel fast path carries tcp ports only",
+        ),
+        (
+            ", protocol: grpc, fast_path: kernel}",
+            "",
+            "ports[0].fast_path: the kernel fast path carries tcp ports only",
+        ),
+        (", fast_path: fast}", "", "<spec>:4:39: ports[0].fast_path: must be 'kernel'"),
+        (
+            ", fast_path: kernel}",
+            "proxy_protocol: [80]\n",
+            "ports[0].fast_path: the kernel fast path forwards packets",
+        ),
+    ],
+)
+def test_the_spec_refuses_what_the_kernel_cannot_do(port: str, extra: str, message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(BASE + port + "\n" + extra)
+    assert message in str(err.value)
+
+
+def test_a_kernel_port_needs_published() -> None:
+    with pytest.raises(
+        SpecError, match=r"ports\[0\]\.fast_path: the kernel fast path works on a published port"
+    ):
+        parse_spec("name: db\nimage: x:1\nports: [{container: 80, fast_path: kernel}]\n")
+
+
+def test_turning_the_kernel_path_on_replaces_no_replica() -> None:
+    on = parse_spec(BASE + ", fast_path: kernel}\n")
+    off = parse_spec(BASE + "}\n")
+    other = parse_spec(BASE.replace("18080", "18081") + "}\n")
+    assert on.ports[0].fast_path == "kernel" and off.ports[0].fast_path is None
+    assert template_hash(on) == template_hash(off) != template_hash(other)
