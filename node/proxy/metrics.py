@@ -16,7 +16,9 @@ Series (labels `service`, `port`, `protocol`):
 - `shoal_proxy_latency_seconds`: histogram; request to response headers (http), accept
   to backend connected (tcp);
 - `shoal_proxy_backends`: replicas in the rotation now (ejected ones included);
-- `shoal_proxy_bind_errors`: 1 for a published port this node could not bind.
+- `shoal_proxy_bind_errors`: 1 for a published port this node could not bind;
+- `shoal_vip_kernel_up`, `shoal_vip_kernel_rules`, `shoal_vip_kernel_failures_total`: the
+  kernel path of service VIPs (decision 74, node.proxy.vipkernel).
 The node's shared entrance (node.proxy.ingress) is counted as service `ingress`, its
 port, protocol `http` or `https`.
 
@@ -52,6 +54,7 @@ from prometheus_client.registry import Collector
 from node.proxy.mesh import Mesh
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
+from node.proxy.vipkernel import VipKernel
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,20 @@ class MeshCollector(Collector):
             bind_errors.add_metric([route.service, str(port), route.protocol], 1)
         yield from counters.values()
         yield from (active, tunnels, latency, backends, bind_errors)
+        yield from _vip_kernel(getattr(self.mesh, "vip_kernel", None))
+
+
+def _vip_kernel(kernel: VipKernel | None) -> Iterator[Any]:
+    """Decision 74: is the kernel path on, how many VIP ports it holds, how often nft failed."""
+    if kernel is None:
+        return
+    up = GaugeMetricFamily("shoal_vip_kernel_up", "1: VIPs of local replicas are DNATed by nftables")
+    up.add_metric([], 1 if kernel.up else 0)
+    rules = GaugeMetricFamily("shoal_vip_kernel_rules", "VIP ports DNATed in the kernel now")
+    rules.add_metric([], len(kernel.rules))
+    failures = CounterMetricFamily("shoal_vip_kernel_failures", "nft runs that failed after retries")
+    failures.add_metric([], kernel.failures)
+    yield from (up, rules, failures)
 
 
 def _le(bound: float) -> str:
