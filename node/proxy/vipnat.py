@@ -149,7 +149,7 @@ def body(table: str, rules: Iterable[Rule]) -> str:
         slots = ", ".join(f"{i} : {t} . {r.port}" for i, t in enumerate(r.targets))
         lines.append(
             f"\t\tip daddr {r.vip} tcp dport {r.port} ip saddr @{sets[r.sources]} "
-            f"dnat to numgen inc mod {len(r.targets)} map {{ {slots} }} "
+            f"counter dnat to numgen inc mod {len(r.targets)} map {{ {slots} }} "
             f'comment "{_comment(r.service)}"'
         )
     lines += ["\t}", "}"]

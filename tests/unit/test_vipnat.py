@@ -104,11 +104,12 @@ def test_script_replaces_the_whole_table_in_one_transaction() -> None:
         "\tchain prerouting {\n"
         "\t\ttype nat hook prerouting priority dstnat; policy accept;\n"
         "\t\tip daddr 10.213.0.2 tcp dport 5432 ip saddr @src_0 "
-        'dnat to numgen inc mod 1 map { 0 : 172.17.0.7 . 5432 } comment "db"\n'
+        'counter dnat to numgen inc mod 1 map { 0 : 172.17.0.7 . 5432 } comment "db"\n'
         "\t\tip daddr 10.213.0.16 tcp dport 8080 ip saddr @src_1 "
-        'dnat to numgen inc mod 2 map { 0 : 172.17.0.4 . 8080, 1 : 172.17.0.5 . 8080 } comment "app_web"\n'
+        "counter dnat to numgen inc mod 2 map { 0 : 172.17.0.4 . 8080, 1 : 172.17.0.5 . 8080 } "
+        'comment "app_web"\n'
         "\t\tip daddr 10.213.0.17 tcp dport 80 ip saddr @src_1 "
-        'dnat to numgen inc mod 1 map { 0 : 172.17.0.9 . 80 } comment "app_api"\n'
+        'counter dnat to numgen inc mod 1 map { 0 : 172.17.0.9 . 80 } comment "app_api"\n'
         "\t}\n}\n"
     )
 
