@@ -122,9 +122,10 @@ def pct(values: list[float], q: float) -> float:
 def ab(ns: list[str], address: str, requests: int, concurrency: int) -> float:
     out = sh(*ns, "ab", "-r", "-q", "-s", "5", "-n", str(requests), "-c", str(concurrency),
              f"http://{address}:8080/", timeout=120)  # fmt: skip
-    failed = re.search(r"Failed requests:\s+(\d+)", out)
+    failed = re.search(r"Failed requests:\s+(\d+)\s*(\(.*?\))?", out)
     if failed and int(failed.group(1)):
-        print(f"  ab to {address}: {failed.group(1)} failed requests", file=sys.stderr)
+        why = failed.group(2) or ""
+        print(f"  ab to {address}: {failed.group(1)} failed requests {why}".rstrip(), file=sys.stderr)
     m = re.search(r"Requests per second:\s+([\d.]+)", out)
     return float(m.group(1)) if m else float("nan")
 
@@ -255,6 +256,8 @@ def run(
         print(
             f"run {r + 1}: load {load:.2f}; " + ", ".join(f"{k}: {v[-1]:.0f} req/s" for k, v in rps.items())
         )
+        if r == 0:
+            print("  (targets: " + ", ".join(f"{k} = {v[1]}" for k, v in targets.items()) + ")")
     print(f"\n{'target':30} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8}")
     for name in targets:
         print(
