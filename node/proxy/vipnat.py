@@ -18,7 +18,11 @@ connection, both ways, with no process in the path. A VIP port gets a rule only 
   the set of container addresses that share a network with the service. Anything else
   (a container on another network, one started since the engine was last listed, the
   host itself, whose packets take the output hook) reaches the listener, which judges
-  it as before.
+  it as before;
+- and never from the service's own replicas: a connection DNATed back to the container
+  it came from would have to leave the bridge by the port it entered (hairpin, off on
+  Docker's ports), and is dropped. A replica calling its own service goes through the
+  listener.
 
 Every other VIP port is left to the listener: no rule, nothing rewritten.
 
@@ -98,14 +102,14 @@ def choose(
     `endpoints`: the routable replicas (any service; `vp.service`'s are taken);
     `local`: task id -> container address of the running containers of this host's engine
     whose address is on-link here; `sources`: addresses of containers that may reach
-    `vp.service`."""
+    `vp.service` (its own replicas among them are left out: no hairpin)."""
     if vp.protocol not in KERNEL_PROTOCOLS:
         return f"{vp.protocol} port: balanced per stream by the mesh"
     if vp.proxy_v2:
         return "proxy_protocol port: the header is written by the mesh"
     if _ipv4(vp.vip) is None or not 0 < vp.port < 65536:
         return f"not a VIP port: {vp.vip}:{vp.port}"
-    targets = set()
+    targets: set[str] = set()
     for e in endpoints:
         if e.service != vp.service or not e.host_port(vp.port):
             continue
@@ -115,7 +119,7 @@ def choose(
         targets.add(address)
     if not targets:
         return "no routable replica"
-    allowed = frozenset(a for s in sources if (a := _ipv4(s)) is not None)
+    allowed = frozenset(a for s in sources if (a := _ipv4(s)) is not None) - targets
     if not allowed:
         return "no container may reach it"
     return Rule(vp.service, vp.vip, vp.port, tuple(sorted(targets, key=ipaddress.IPv4Address)), allowed)

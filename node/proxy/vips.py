@@ -117,7 +117,9 @@ class Names:
         self.kernel = kernel  # decision 74; None: every VIP port by its listener
         self.kernel_skipped: dict[str, str] = {}  # "<vip>:<port>" -> why it is not in the kernel
         self.kick = asyncio.Event()  # the host's containers changed: sync again
-        self._sources_seen = -1
+        self._refreshing: asyncio.Task[None] | None = None
+        if sources is not None and kernel is not None:
+            sources.on_change.append(self.kick.set)
         self._closing: set[asyncio.Task[None]] = set()
         self._swept = 0.0
 
@@ -201,7 +203,6 @@ class Names:
         if self.kernel is None or self.sources is None or not self.kernel.usable():
             return
         src = self.sources
-        self._sources_seen = src.version
         local = {task: ip for task, ip in src.by_task.items() if self.mesh.onlink(ip)}
         rules: list[Rule] = []
         skipped: dict[str, str] = {}
@@ -282,17 +283,14 @@ class Names:
         return False
 
     def _refresh_sources(self) -> None:
+        """List the engine's containers soon, after this call (one pending at a time)."""
         assert self.sources is not None
-        task = asyncio.get_running_loop().create_task(self.sources.refresh(), name="names-sources")
+        if self._refreshing is not None and not self._refreshing.done():
+            return  # the pending one starts its list after this call too
+        task = asyncio.get_running_loop().create_task(self.sources.refresh_after(), name="names-sources")
+        self._refreshing = task
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-        if self.kernel is not None:
-            task.add_done_callback(self._sources_done)
-
-    def _sources_done(self, _: object) -> None:
-        """The kernel's source sets and local replicas follow the host's containers."""
-        if self.sources is not None and self.sources.version != self._sources_seen:
-            self.kick.set()
 
     def _retire(self, key: tuple[str, int]) -> None:
         listener = self.listeners.pop(key)

@@ -5,7 +5,8 @@ one per connection, and the rule names exactly the replicas' container addresses
 container on another network is not DNATed and the listener refuses it as before; a
 scale down and up rewrites the rule while a bounded request loop runs, with no failed
 request; the cluster's tables are gone once it stops; with `--no-vip-kernel` the
-listeners serve alone and no table is written. Waits poll with a deadline."""
+listeners serve alone and no table is written. A replica calling its own service goes
+through the listener (no hairpin). Waits poll with a deadline."""
 
 from __future__ import annotations
 
@@ -143,6 +144,14 @@ def test_vips_of_local_replicas_are_dnated_by_the_kernel(
     assert sorted(spread.values()) == [10, 10, 10], spread
     after = rule(cluster, vip, 8080)
     assert after is not None and packets(after) - before == 30, (before, after)
+
+    # a replica calling its own service is no source of the rule (DNAT back to itself would
+    # need a hairpin on its bridge port): the listener serves it, every time
+    own = containers(cluster, "k_web")[0]
+    got = answers(own, vip, 6)
+    assert len(got) == 6 and all(a.startswith("web v1 on ") for a in got), got
+    after = rule(cluster, vip, 8080)
+    assert after is not None and packets(after) - before == 30, after
 
     # a container on another network is not DNATed: the listener refuses it as before
     refused = " ".join(answers(outsider, vip, 1))

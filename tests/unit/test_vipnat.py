@@ -50,6 +50,10 @@ CLIENTS = ["172.17.0.20", "172.17.0.21"]
         # a replica that does not publish this port is not a target for it
         (WEB, [ep("t1", "172.17.0.5", port=9090)], LOCAL, CLIENTS, "no routable replica"),
         (WEB, [ep("t1", "172.17.0.5")], LOCAL, [], "no container may reach it"),
+        # the service's own replicas are no sources: DNAT back to oneself needs a hairpin
+        (WEB, [ep("t1", "172.17.0.5"), ep("t2", "172.17.0.4")], LOCAL, ["172.17.0.5", "172.17.0.20"],
+         Rule("app_web", "10.213.0.16", 8080, ("172.17.0.4", "172.17.0.5"), frozenset({"172.17.0.20"}))),
+        (WEB, [ep("t1", "172.17.0.5")], LOCAL, ["172.17.0.5"], "no container may reach it"),
         # hostile values never reach the text: a source that is no address is dropped...
         (WEB, [ep("t1", "172.17.0.5")], LOCAL, ["1.2.3.4 } ; flush ruleset"], "no container may reach it"),
         (WEB, [ep("t1", "172.17.0.5")], LOCAL, ["bad", "172.17.0.20"],
