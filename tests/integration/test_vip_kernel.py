@@ -6,7 +6,9 @@ container on another network is not DNATed and the listener refuses it as before
 scale down and up rewrites the rule while a bounded request loop runs, with no failed
 request; the cluster's tables are gone once it stops; with `--no-vip-kernel` the
 listeners serve alone and no table is written. A replica calling its own service goes
-through the listener (no hairpin). Waits poll with a deadline."""
+through the listener (no hairpin). A daemon killed with -9 leaves its table, through
+which the containers keep reaching the replicas; its restart replaces it. Waits poll
+with a deadline."""
 
 from __future__ import annotations
 
@@ -209,3 +211,60 @@ def test_without_the_kernel_path_the_listeners_serve_and_no_table_is_written(
 
     wait_until_sync(all_answer, 60, 0.5, "web's three replicas through the listener")
     assert tables(cluster) == []
+
+
+SMALL = """\
+name: k
+services:
+  web:
+    image: shoal-demo/web:1
+    expose: ["8080"]
+    deploy: {replicas: 2}
+  client:
+    image: shoal-demo/base:1
+    command: ["sleep", "100000"]
+"""
+
+
+def test_the_table_outlives_a_killed_daemon_and_its_restart_replaces_it(
+    make_cluster: Callable[..., DevCluster], tmp_path: Path
+) -> None:
+    """kill -9 between two rule writes: the containers keep reaching the replicas through
+    the kernel (the data path outlives the daemon, its listeners are gone); the daemon
+    started again replaces the table (its counter starts from zero) and serves again."""
+    cluster = make_cluster(1)
+    runner = CliRunner(env={"SHOAL_CONTEXT_FILE": str(cluster.context_file)})
+    (tmp_path / "k.yaml").write_text(SMALL)
+    result = runner.invoke(
+        cli, ["--addr", cluster.addr, "stack", "deploy", "-c", str(tmp_path / "k.yaml"), "k"]
+    )
+    assert result.exit_code == 0, result.output
+    wait_until_sync(lambda: len(containers(cluster, "k_web")) == 2 or None, 60, 0.5, "2 replicas of web")
+    client = wait_until_sync(lambda: (c := containers(cluster, "k_client")) and c[0], 60)
+    code, out = sh(client, "nslookup web")
+    vip = out.rsplit("Address:", 1)[-1].split()[0]
+    assert code == 0, out
+    want = addresses(cluster, "k_web")
+    wait_until_sync(
+        lambda: (line := rule(cluster, vip, 8080)) and targets(line) == want and line, 60, 0.5, "the rule"
+    )
+    [node] = cluster.members
+    node.kill()  # SIGKILL: no graceful stop, the table stays
+    left = rule(cluster, vip, 8080)
+    assert left is not None and targets(left) == want
+    got = answers(client, vip, 10)  # no listener on the VIP now: only the kernel answers
+    assert len(got) == 10 and all(a.startswith("web v1 on ") for a in got), got
+    counted = rule(cluster, vip, 8080)
+    assert counted is not None and packets(counted) >= 10
+
+    node.start()
+    replaced = wait_until_sync(
+        lambda: (line := rule(cluster, vip, 8080)) and packets(line) < 10 and targets(line) == want and line,
+        60,
+        0.5,
+        "the rule written again by the restarted daemon",
+    )
+    assert len(tables(cluster)) == 1, tables(cluster)
+    got = answers(client, vip, 4)
+    assert all(a.startswith("web v1 on ") for a in got), got
+    assert replaced is not None
