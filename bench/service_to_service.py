@@ -10,13 +10,16 @@ What it does (root, dockerd, etcd, the demo images; ~1 min):
   1 replica, port 8080) and `client` (busybox, sleeping). Timed: from the deploy call
   to the first answer of `db.s2s.shoal` by the node's name server, and to the first
   HTTP 200 through the VIP;
+- a second 1-node cluster started with `--no-vip-kernel`, the same stack: the VIP served
+  by the userland listener, the path before decision 74, for the ratio of the two paths;
 - Docker alone: a user-defined bridge network with the same web image (`--name`) and a
   client container on it (Docker's embedded DNS at 127.0.0.11);
 - the load runs in the client containers' network namespaces (`nsenter --net`, with
   the host's tools: busybox has no load generator): `ab -n N -c C` (a new connection
   per request: busybox httpd closes each), and a sequential latency probe (N GETs, one
   connection each, timed with perf_counter) for p50/p99 at sub-millisecond resolution;
-  targets: shoal's VIP (its TCP proxy), the replica's container IP directly, and the
+  targets: shoal's VIP (nftables DNAT, decision 74), shoal's VIP through the listener
+  (its TCP proxy, the second cluster), the replica's container IP directly, and the
   Docker network's container by the address its DNS gave;
 - name lookups: N sequential A queries from the client's namespace to shoal's name
   server and to Docker's 127.0.0.11, p50/p99.
@@ -119,9 +122,10 @@ def pct(values: list[float], q: float) -> float:
 def ab(ns: list[str], address: str, requests: int, concurrency: int) -> float:
     out = sh(*ns, "ab", "-r", "-q", "-s", "5", "-n", str(requests), "-c", str(concurrency),
              f"http://{address}:8080/", timeout=120)  # fmt: skip
-    failed = re.search(r"Failed requests:\s+(\d+)", out)
+    failed = re.search(r"Failed requests:\s+(\d+)\s*(\(.*?\))?", out)
     if failed and int(failed.group(1)):
-        print(f"  ab to {address}: {failed.group(1)} failed requests", file=sys.stderr)
+        why = failed.group(2) or ""
+        print(f"  ab to {address}: {failed.group(1)} failed requests {why}".rstrip(), file=sys.stderr)
     m = re.search(r"Requests per second:\s+([\d.]+)", out)
     return float(m.group(1)) if m else float("nan")
 
@@ -194,16 +198,22 @@ def main() -> int:
         )
         return 2
     with tempfile.TemporaryDirectory(prefix="s2s-") as tmp:
-        cluster = DevCluster.on_free_ports(Path(tmp), nodes=1, name="s2s")
+        cluster = DevCluster.on_free_ports(Path(tmp) / "k", nodes=1, name="s2s")
+        userland = DevCluster.on_free_ports(
+            Path(tmp) / "u", nodes=1, name="s2su", extra_args=["--no-vip-kernel"]
+        )
         try:
             cluster.start()
+            userland.start()
             with docker_network() as (docker_db, docker_client):
-                return run(cluster, a, docker_db, docker_client)
+                return run(cluster, userland, a, docker_db, docker_client)
         finally:
             cluster.stop()
+            userland.stop()
 
 
-def run(cluster: DevCluster, a: argparse.Namespace, docker_db: str, docker_client: str) -> int:
+def deploy(cluster: DevCluster) -> tuple[str, str, list[str]]:
+    """The stack deployed and answering: its VIP, its name server, the client's netns."""
     dns = cluster.vip_range.rsplit(".", 1)[0] + ".1"
     with ShoalClient(cluster.addr, timeout=10, tls=cluster.tls) as c:
         start = time.monotonic()
@@ -213,18 +223,27 @@ def run(cluster: DevCluster, a: argparse.Namespace, docker_db: str, docker_clien
         until(lambda: http_ok(vip), 60, "db answering through its VIP")
         reached = time.monotonic() - start
     print(
-        f"stack deploy -> name answering: {named * 1000:.0f} ms; first 200 through the VIP: {reached:.2f} s"
+        f"{cluster.cluster}: stack deploy -> name answering: {named * 1000:.0f} ms; "
+        f"first 200 through the VIP: {reached:.2f} s"
     )
-    db = containers(cluster.cluster, "s2s_db")
     until(lambda: containers(cluster.cluster, "s2s_client"), 60, "the client container")
-    client = containers(cluster.cluster, "s2s_client")
-    ns, dns_ns = netns(client[0]), netns(docker_client)
+    return vip, dns, netns(containers(cluster.cluster, "s2s_client")[0])
+
+
+def run(
+    cluster: DevCluster, userland: DevCluster, a: argparse.Namespace, docker_db: str, docker_client: str
+) -> int:
+    vip, dns, ns = deploy(cluster)
+    vip_u, _, ns_u = deploy(userland)
+    db = containers(cluster.cluster, "s2s_db")
+    dns_ns = netns(docker_client)
     direct = sh(
         "docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", db[0]
     ).strip()
     docker_addr = sh("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
                      docker_db).strip()  # fmt: skip
-    targets = {"shoal, by name (VIP)": (ns, vip), "direct container IP": (ns, direct),
+    targets = {"shoal, by name (VIP)": (ns, vip), "shoal VIP, listener": (ns_u, vip_u),
+               "direct container IP": (ns, direct),
                "docker network (by its DNS)": (dns_ns, docker_addr)}  # fmt: skip
     rps: dict[str, list[float]] = {k: [] for k in targets}
     lat: dict[str, list[float]] = {k: [] for k in targets}
@@ -237,15 +256,18 @@ def run(cluster: DevCluster, a: argparse.Namespace, docker_db: str, docker_clien
         print(
             f"run {r + 1}: load {load:.2f}; " + ", ".join(f"{k}: {v[-1]:.0f} req/s" for k, v in rps.items())
         )
+        if r == 0:
+            print("  (targets: " + ", ".join(f"{k} = {v[1]}" for k, v in targets.items()) + ")")
     print(f"\n{'target':30} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8}")
     for name in targets:
         print(
             f"{name:30} {statistics.median(rps[name]):>15.0f} "
             f"{pct(lat[name], 0.5):>8.3f} {pct(lat[name], 0.99):>8.3f}"
         )
-    s, d = "shoal, by name (VIP)", "direct container IP"
+    s, u, d = "shoal, by name (VIP)", "shoal VIP, listener", "direct container IP"
     print(
-        f"\nthroughput shoal/direct: {statistics.median(rps[s]) / statistics.median(rps[d]):.2f} (goal 0.8)"
+        f"\nthroughput shoal/direct: {statistics.median(rps[s]) / statistics.median(rps[d]):.2f} (goal 0.8); "
+        f"listener/direct: {statistics.median(rps[u]) / statistics.median(rps[d]):.2f}"
     )
     print(f"p99 added by shoal: {pct(lat[s], 0.99) - pct(lat[d], 0.99):.3f} ms (goal <= 0.5 ms)")
     lookups: dict[str, list[float]] = {"shoal name server": [], "docker embedded DNS": []}

@@ -72,7 +72,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 # --- Debian packages --------------------------------------------------------------
 
 packages() {
-	local want=(docker.io etcd-server etcd-client busybox-static mmdebstrap iptables nftables iproute2 ca-certificates curl make docker-registry apache2-utils prometheus chromium e2fsprogs mount gcc libc6-dev)  # chromium: the dashboard test (headless); e2fsprogs, mount, gcc: the test bed's small disks and clock shim
+	local want=(docker.io etcd-server etcd-client busybox-static mmdebstrap iptables iproute2 nftables ca-certificates curl make docker-registry apache2-utils prometheus chromium e2fsprogs mount gcc libc6-dev)  # chromium: the dashboard test (headless); e2fsprogs, mount, gcc: the test bed's small disks and clock shim; nftables: VIPs in the kernel (decision 74)
 	if ! command -v "$PYTHON" >/dev/null; then
 		want+=(python3 python3-venv)
 	elif ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then

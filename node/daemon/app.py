@@ -51,6 +51,8 @@ from node.proxy.dnsserver import host_resolvers
 from node.proxy.mesh import MeshSettings
 from node.proxy.names import dns_address
 from node.proxy.sources import SourceMap
+from node.proxy.vipkernel import VipKernel
+from node.proxy.vipnat import table_name
 from node.proxy.vips import HostSetupError, Names, prepare_host
 from node.proxy.workers import mesh_for
 from node.runtime.base import RuntimeUnavailable
@@ -137,7 +139,11 @@ class Daemon:
             self.events.emit("names.off", f"service names are off on {c.node_id}: {exc}")
             return None
         sources = SourceMap.of_runtime(self.runtime, c.cluster, (net,), (c.address, c.publish_address))
-        names = Names(self.mesh, net, host_resolvers(exclude=(dns_address(net),)), sources=sources)
+        kernel = VipKernel(table_name(c.cluster, c.node_id), events=self.events, enabled=c.vip_kernel)
+        self.mesh.vip_kernel = kernel  # for /metrics (MeshCollector)
+        names = Names(
+            self.mesh, net, host_resolvers(exclude=(dns_address(net),)), sources=sources, kernel=kernel
+        )
         agent.dns = (names.dns_address,)
         return names
 

@@ -82,6 +82,9 @@ from node.telemetry.logs import setup
 @click.option("--proxy-nft", help="the nft program for fast_path: kernel ports, or off (userland only) [nft]")
 @click.option("--names/--no-names", default=None, help="service names for this host's containers [on]")
 @click.option("--vip-range", help="the services' virtual addresses, the same on every node [10.213.0.0/16]")
+@click.option(
+    "--vip-kernel/--no-vip-kernel", default=None, help="VIPs of local replicas by nftables DNAT [on]"
+)
 def command(config_file: str | None, **flags: Any) -> None:
     """The shoal daemon: run one on every host."""
     flags["labels"] = list(flags["labels"]) or None

@@ -180,6 +180,9 @@ class NodeConfig:
     vip_range: str = "10.213.0.0/16"  # the services' virtual addresses; the same on every node.
     #   The whole range is made local on the host (`ip route replace local <range> dev lo`);
     #   its first address is the name server's. Must not overlap a network the hosts use
+    vip_kernel: bool = True  # decision 74: containers' connections to a VIP go straight to its
+    #   replicas by an nftables DNAT rule (table `shoal_vip_<cluster>_<node>`) when they all run
+    #   on this host; needs `nft` and br_netfilter, else (or false) the VIP listeners serve all
 
     # -- usage metering (issue 15 item 4; node.daemon.usage_meter, docs/usage.md) -----------
     usage_interval: int = 60  # s per metered interval; divides a day (60, 30, 2, ...)

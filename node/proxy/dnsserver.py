@@ -14,6 +14,10 @@ network with it is answered as if it did not exist (NXDOMAIN under `.shoal`, for
 otherwise, as any unknown name), and so is an alias held on no network of it (decision
 73). A source the map does not know yet is answered after one refresh of the map.
 
+Answers from the table are kept, encoded, per (asker, query without its ID) until the
+table changes (`MAX_CACHED` at most): a repeated query is answered by copying its ID
+in front of the kept bytes, without parsing, resolving or encoding (decision 74).
+
 Answers carry TTL `TTL` (5 s): a removed service's name stops answering here at once,
 and a client cache holds the old VIP (which no longer listens) for at most that.
 """
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 TTL = 5
 FORWARD_TIMEOUT = 2.0
 MAX_FORWARDS = 256
+MAX_CACHED = 4096  # encoded answers kept (per asker and query); all dropped when full
 
 
 def host_resolvers(path: Path = Path("/etc/resolv.conf"), exclude: tuple[str, ...] = ()) -> list[str]:
@@ -100,6 +105,9 @@ class DnsServer(asyncio.DatagramProtocol):
         self.forwards: set[asyncio.Task[None]] = set()
         self.answered = 0
         self.forwarded = 0
+        self.cache_hits = 0
+        self._cached: dict[tuple[str | None, bytes], bytes] = {}  # (asker, query[2:]) -> answer[2:]
+        self._cached_table: NameTable | None = None
 
     @classmethod
     async def start(
@@ -129,6 +137,13 @@ class DnsServer(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.sources is None or self.sources.known(addr[0]):
+            tail = self._cached.get((self._asker(addr), data[2:]))
+            if tail is not None and self._cached_table is self.resolver.table():
+                self.answered += 1
+                self.cache_hits += 1
+                self._send(data[:2] + tail, addr)
+                return
         try:
             q = w.parse_query(data)
         except w.DnsFormatError:
@@ -152,14 +167,23 @@ class DnsServer(asyncio.DatagramProtocol):
         self.forwards.add(task)
         task.add_done_callback(self.forwards.discard)
 
+    def _asker(self, addr: tuple[str, int]) -> str | None:
+        return self.sources.asker(addr[0]) if self.sources is not None else None
+
     def _answer(self, data: bytes, q: w.Query, addr: tuple[str, int]) -> None:
-        asker = self.sources.asker(addr[0]) if self.sources is not None else None
+        asker = self._asker(addr)
+        table = self.resolver.table()
+        if table is not self._cached_table:
+            self._cached, self._cached_table = {}, table
         try:
             reply = self.resolver.answer(q, asker)
         except ValueError as exc:  # a record that cannot be encoded: say so, answer SERVFAIL
             log.warning("names: cannot answer %s: %s", q.name, exc)
             reply = w.answer_error(q, w.SERVFAIL)
         if reply is not None:
+            if len(self._cached) >= MAX_CACHED:
+                self._cached = {}
+            self._cached[(asker, data[2:])] = reply[2:]
             self.answered += 1
             self._send(reply, addr)
             return

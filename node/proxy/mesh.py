@@ -61,6 +61,7 @@ from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
 from node.proxy.tcp import TcpProxy
+from node.proxy.vipkernel import VipKernel
 from node.store import Store, StoreError
 from node.store.mirrors import mirror
 from node.telemetry.events import EventLog
@@ -143,6 +144,7 @@ class Mesh:
         self.syncs = 0
         self.ingress: Ingress | None = None  # issue 17: the node's shared entrance (node.proxy.ingress)
         self.cold = ColdStart()  # issue 15: requests held for services scaled to zero
+        self.vip_kernel: VipKernel | None = None  # decision 74: set by the daemon, read by /metrics
 
         self.onlink = OnLink()  # which container addresses this host reaches directly
         self.kernel: KernelPath | None = None  # decision 75: `fast_path: kernel` ports in nftables

@@ -19,6 +19,8 @@ Series (labels `service`, `port`, `protocol`):
 - `shoal_proxy_bind_errors`: 1 for a published port this node could not bind;
 - `shoal_proxy_kernel_backends`: this node's replicas in the nftables rule of a
   `fast_path: kernel` port (decision 75); no series while the userland mesh serves it.
+- `shoal_vip_kernel_up`, `shoal_vip_kernel_rules`, `shoal_vip_kernel_failures_total`: the
+  kernel path of service VIPs (decision 74, node.proxy.vipkernel).
 The node's shared entrance (node.proxy.ingress) is counted as service `ingress`, its
 port, protocol `http` or `https`.
 
@@ -54,6 +56,7 @@ from prometheus_client.registry import Collector
 from node.proxy.mesh import Mesh
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
+from node.proxy.vipkernel import VipKernel
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,20 @@ class MeshCollector(Collector):
             kernel.add_metric([port.service, str(port.published), "tcp"], len(port.targets))
         yield from counters.values()
         yield from (active, tunnels, latency, backends, bind_errors, kernel)
+        yield from _vip_kernel(getattr(self.mesh, "vip_kernel", None))
+
+
+def _vip_kernel(kernel: VipKernel | None) -> Iterator[Any]:
+    """Decision 74: is the kernel path on, how many VIP ports it holds, how often nft failed."""
+    if kernel is None:
+        return
+    up = GaugeMetricFamily("shoal_vip_kernel_up", "1: VIPs of local replicas are DNATed by nftables")
+    up.add_metric([], 1 if kernel.up else 0)
+    rules = GaugeMetricFamily("shoal_vip_kernel_rules", "VIP ports DNATed in the kernel now")
+    rules.add_metric([], len(kernel.rules))
+    failures = CounterMetricFamily("shoal_vip_kernel_failures", "nft runs that failed after retries")
+    failures.add_metric([], kernel.failures)
+    yield from (up, rules, failures)
 
 
 def _le(bound: float) -> str:

@@ -14,6 +14,11 @@ separate hosts it sees this host's, the only ones whose packets come here.
 - the host itself (loopback, the VIP range, this node's address): None, sees everything;
 - anything else (a container shoal did not start, or one started since the last
   refresh): `OUTSIDER`, which is on the cluster network only.
+`by_task` (task id -> container address, for the kernel path of decision 74, which
+DNATs only to replicas running in this host's engine) comes from the same list;
+`version` moves when either map changes, and `on_change` callbacks are called then,
+whoever asked for the list (the name server, a VIP listener's gate, the names loop).
+
 A miss asks for a refresh (`refresh()`: at most one list in flight, at most every
 `MIN_REFRESH` s, given up after `LIST_TIMEOUT` s); the name server waits for it before
 it answers, so a new container's first lookup knows it. The agent's starts and stops
@@ -50,6 +55,9 @@ class SourceMap:
         self.host_nets = host_nets
         self.host_addresses = frozenset(host_addresses)
         self.by_address: dict[str, str] = {}
+        self.by_task: dict[str, str] = {}  # task id -> its running container's address (decision 74)
+        self.version = 0  # bumped when either map changes
+        self.on_change: list[Callable[[], None]] = []  # called after a list that changed a map
         self.refreshed = 0.0
         self.refreshes = 0
         self._inflight: asyncio.Task[None] | None = None
@@ -95,6 +103,18 @@ class SourceMap:
             self._inflight = asyncio.get_running_loop().create_task(self._list())
         await asyncio.shield(self._inflight)
 
+    async def refresh_after(self) -> None:
+        """A list that starts after this call (one in flight may have begun before the
+        container of interest did): at the end of the MIN_REFRESH window, not skipped.
+        For the names loop, whose kernel rules must not miss a container started within
+        the window of the last list (decision 74); the name server keeps `refresh`."""
+        if self._inflight is not None and not self._inflight.done():
+            await asyncio.shield(self._inflight)
+        wait = MIN_REFRESH - (time.monotonic() - self.refreshed)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self.refresh()
+
     async def _list(self) -> None:
         try:
             async with asyncio.timeout(LIST_TIMEOUT):
@@ -105,6 +125,11 @@ class SourceMap:
         finally:
             self.refreshed = time.monotonic()
         self.refreshes += 1
-        self.by_address = {
-            c.ip: c.labels[LABELS.SERVICE] for c in found if c.ip and c.running and LABELS.SERVICE in c.labels
-        }
+        live = [c for c in found if c.ip and c.running]
+        by_address = {c.ip: c.labels[LABELS.SERVICE] for c in live if LABELS.SERVICE in c.labels}
+        by_task = {c.labels[LABELS.TASK]: c.ip for c in live if LABELS.TASK in c.labels}
+        if (by_address, by_task) != (self.by_address, self.by_task):
+            self.by_address, self.by_task = by_address, by_task
+            self.version += 1
+            for notify in self.on_change:
+                notify()

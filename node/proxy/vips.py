@@ -20,6 +20,13 @@ another takes over within that time. On separate hosts every node binds its own.
 
 Virtual addresses are allocated by whichever node first sees a service without one
 (`node.proxy.vipstore`, one transaction, safe when several try at once).
+
+The kernel path (decision 74, `node.proxy.vipnat`, `node.proxy.vipkernel`): for the VIP
+ports whose listener is bound here, and whose replicas all run in this host's engine,
+an nftables rule DNATs the new connections of containers allowed to reach the service
+straight to the replicas, ahead of the listener, which keeps serving everything else.
+The rules are rewritten after every sync that changes them (endpoints, VIPs, networks,
+the containers of the host), and deleted before the listeners close.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from node.model.domain import ServiceRecord, readable_services
+from node.model.domain import EndpointRecord, ServiceRecord, readable_services
 from node.model.errors import Conflict
 from node.proxy.balancer import Balancer
 from node.proxy.dnsserver import DnsServer
@@ -42,6 +49,8 @@ from node.proxy.mesh import Engine, Mesh
 from node.proxy.names import OUTSIDER, NameTable, VipRecord, dns_address, plan
 from node.proxy.routes import Route, backends, sends_proxy_v2
 from node.proxy.sources import SourceMap
+from node.proxy.vipkernel import VipKernel
+from node.proxy.vipnat import Rule, VipPort, choose
 from node.proxy.vipstore import VipRangeFull, VipStore
 from node.store import StoreError
 from node.store.mirrors import mirror
@@ -87,6 +96,7 @@ class Names:
         dns_port: int = 53,
         rebind_interval: float | None = None,
         sources: SourceMap | None = None,
+        kernel: VipKernel | None = None,
     ) -> None:
         self.mesh = mesh
         self.sources = sources  # who asks (decision 64); None: no network scoping
@@ -104,6 +114,12 @@ class Names:
         self.dns_error = ""
         self.retry_allocation = False
         self.ready = asyncio.Event()
+        self.kernel = kernel  # decision 74; None: every VIP port by its listener
+        self.kernel_skipped: dict[str, str] = {}  # "<vip>:<port>" -> why it is not in the kernel
+        self.kick = asyncio.Event()  # the host's containers changed: sync again
+        self._refreshing: asyncio.Task[None] | None = None
+        if sources is not None and kernel is not None:
+            sources.on_change.append(self.kick.set)
         self._closing: set[asyncio.Task[None]] = set()
         self._swept = 0.0
 
@@ -117,6 +133,8 @@ class Names:
             cache.listener(wake)
         gossip_wake = m.gossip.listener() if m.gossip is not None else asyncio.Event()
         try:
+            if self.kernel is not None:
+                await self.kernel.start()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.vips.run(), name="names-vips")
                 for cache in caches:
@@ -129,12 +147,13 @@ class Names:
         while True:
             wake.clear()
             gossip_wake.clear()
+            self.kick.clear()
             await self.sync()
             self.ready.set()
             retry = self.rebind_interval if self.waiting or self.dns is None else None
             if self.retry_allocation:  # a lost race, or etcd away: soon, at a random moment
                 retry = min(retry or ALLOCATION_RETRY, random.uniform(0.1, ALLOCATION_RETRY))
-            waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(gossip_wake.wait())]
+            waits = [asyncio.ensure_future(e.wait()) for e in (wake, gossip_wake, self.kick)]
             try:
                 await asyncio.wait(waits, timeout=retry, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -177,6 +196,27 @@ class Names:
             removed = listener.balancer.set_endpoints(backends(listener.route, endpoints))
             if removed:
                 listener.engine.drain(removed)
+        await self._sync_kernel(endpoints)
+
+    async def _sync_kernel(self, endpoints: list[EndpointRecord]) -> None:
+        """The kernel's rules for the VIP ports served here (`vipnat.choose` for each)."""
+        if self.kernel is None or self.sources is None or not self.kernel.usable():
+            return
+        src = self.sources
+        local = {task: ip for task, ip in src.by_task.items() if self.mesh.onlink(ip)}
+        rules: list[Rule] = []
+        skipped: dict[str, str] = {}
+        for (address, port), listener in sorted(self.listeners.items()):
+            r = listener.route
+            allowed = [a for a, asker in src.by_address.items() if self.table.shares(asker, r.service)]
+            vp = VipPort(r.service, address, port, r.protocol, r.proxy_v2)
+            found = choose(vp, endpoints, local, allowed)
+            if isinstance(found, Rule):
+                rules.append(found)
+            else:
+                skipped[f"{address}:{port}"] = found
+        self.kernel_skipped = skipped
+        await self.kernel.apply(rules)
 
     async def _allocate(self, services: list[ServiceRecord], vips: list[VipRecord]) -> None:
         todo = plan(services, vips, self.net)
@@ -243,8 +283,12 @@ class Names:
         return False
 
     def _refresh_sources(self) -> None:
+        """List the engine's containers soon, after this call (one pending at a time)."""
         assert self.sources is not None
-        task = asyncio.get_running_loop().create_task(self.sources.refresh(), name="names-sources")
+        if self._refreshing is not None and not self._refreshing.done():
+            return  # the pending one starts its list after this call too
+        task = asyncio.get_running_loop().create_task(self.sources.refresh_after(), name="names-sources")
+        self._refreshing = task
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -256,6 +300,8 @@ class Names:
         task.add_done_callback(self._closing.discard)
 
     async def close(self, grace: float = 2.0) -> None:
+        if self.kernel is not None:  # first: new connections go to the listeners while they drain
+            await self.kernel.close()
         if self.dns is not None:
             self.dns.close()
             self.dns = None
@@ -272,6 +318,9 @@ class Names:
             "dns": f"{self.dns_address}:{self.dns_port}" if self.dns is not None else self.dns_error,
             "listening": sorted(f"{a}:{p} {v.route.service}" for (a, p), v in self.listeners.items()),
             "waiting": {f"{a}:{p}": why for (a, p), why in sorted(self.waiting.items())},
+            "kernel": {**self.kernel.describe(), "listeners": self.kernel_skipped}
+            if self.kernel is not None
+            else None,
         }
 
 

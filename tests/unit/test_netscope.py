@@ -136,6 +136,28 @@ async def test_source_map_asker_host_and_bounded_refreshes() -> None:
     assert calls == 3 and m.asker("172.17.0.9") == "app_api"
 
 
+async def test_refresh_after_lists_after_the_ask_even_within_the_window() -> None:
+    found = [container("172.17.0.5", "app_web")]
+    calls = 0
+
+    async def listed() -> list[Container]:
+        nonlocal calls
+        calls += 1
+        return list(found)
+
+    m = SourceMap(listed, ())
+    changes: list[int] = []
+    m.on_change.append(lambda: changes.append(m.version))
+    await m.refresh()
+    found.append(container("172.17.0.9", "app_api"))  # started just after that list
+    await m.refresh()
+    assert calls == 1 and m.asker("172.17.0.9") == OUTSIDER  # skipped: within MIN_REFRESH
+    await m.refresh_after()  # waits out the window, then lists
+    assert calls == 2 and m.asker("172.17.0.9") == "app_api" and changes == [1, 2]
+    await m.refresh_after()
+    assert calls == 3 and changes == [1, 2]  # nothing changed: no call
+
+
 async def test_a_hung_engine_list_is_given_up_and_the_map_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sources_module, "LIST_TIMEOUT", 0.05)
     hang = asyncio.Event()
