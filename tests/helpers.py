@@ -28,6 +28,7 @@ __all__ = [
     "settled_revision",
     "wait_until",
     "wait_until_sync",
+    "writes_since",
 ]
 
 T = TypeVar("T")
@@ -148,3 +149,29 @@ def settled_revision(endpoint: str, prefix: str = "/shoal/v1/", timeout: float =
         )
 
     return on_store(endpoint, wait)
+
+
+def writes_since(
+    endpoint: str, before: int, prefix: str = "/shoal/v1/", also_ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """Every key put or deleted under `prefix` after revision `before`, except what a live
+    cluster writes by itself whatever the requests: the event rings and the usage meter's
+    records (`usage/`, every interval), and the tails in `also_ignore` (as `nodes/`)."""
+    from node.model.keys import Keys
+
+    keys = Keys(prefix)
+    ignored = (keys.events, f"{keys.prefix}usage/", *(f"{keys.prefix}{tail}" for tail in also_ignore))
+
+    async def read(store: Any) -> list[str]:
+        now = (await store.range("/__none__/"))[1]
+        seen: list[str] = []
+        if now <= before:
+            return seen
+        async with asyncio.timeout(10):
+            async for batch in store.watch(keys.prefix, before + 1):
+                seen += [ev.kv.key for ev in batch.events]
+                if batch.revision >= now:
+                    break
+        return [k for k in seen if not k.startswith(ignored)]
+
+    return on_store(endpoint, read)

@@ -6,7 +6,6 @@ and the CLI's one-line errors.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import threading
@@ -25,14 +24,13 @@ from node.cli.main import cli
 from node.dev.devcluster import DevCluster
 from node.model.keys import Keys
 from node.pb import api_pb2, api_pb2_grpc
-from node.store.etcd import EtcdStore
 from node.wire import rpc
 from node.wire.client import FailedPrecondition, InvalidArgument, NotFound, ShoalError
+from tests import helpers
 from tests.helpers import (
     free_port,
     free_port_on_all,
     free_port_pair,
-    on_store,
     settled_revision,
     wait_until_sync,
 )
@@ -89,25 +87,8 @@ def etcd_revision(cluster: DevCluster) -> int:
 
 
 def writes_since(cluster: DevCluster, before: int) -> list[str]:
-    """Every key put or deleted after revision `before`, except the event rings.
-
-    The live cluster keeps writing events of its own (nodes joining, tasks placed), so
-    "the revision is unchanged" cannot be asked of it; "the request wrote nothing" can.
-    """
-
-    async def read(store: EtcdStore) -> list[str]:
-        now = (await store.range("/__none__/"))[1]
-        keys: list[str] = []
-        if now <= before:
-            return keys
-        async with asyncio.timeout(10):
-            async for batch in store.watch(Keys().prefix, before + 1):
-                keys += [ev.kv.key for ev in batch.events]
-                if batch.revision >= now:
-                    break
-        return [k for k in keys if not k.startswith(Keys().events)]
-
-    return on_store(cluster.etcd.endpoint, read)
+    """Every key put or deleted after revision `before`, except what the cluster writes by itself."""
+    return helpers.writes_since(cluster.etcd.endpoint, before, cluster.prefix)
 
 
 def test_writes_since_sees_a_good_apply(cluster: DevCluster) -> None:

@@ -8,7 +8,6 @@ Deadlines bound correctness, not speed; nothing sleeps a fixed time.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Callable
 
@@ -18,11 +17,10 @@ from click.testing import CliRunner, Result
 
 from node.cli.main import cli
 from node.dev.devcluster import DevCluster
-from node.model.keys import Keys
 from node.pb import api_pb2
-from node.store.etcd import EtcdStore
 from node.wire.client import InvalidArgument, NotFound, ShoalClient
-from tests.helpers import free_port_on_all, on_store, settled_revision, wait_until_sync
+from tests import helpers
+from tests.helpers import free_port_on_all, settled_revision, wait_until_sync
 from tests.integration.load import Load
 
 pytestmark = pytest.mark.integration
@@ -212,21 +210,8 @@ def test_changing_a_label_moves_the_replicas_a_constraint_ties_to_it(
 
 
 def writes_since(cluster: DevCluster, before: int) -> list[str]:
-    """Every key put or deleted after revision `before`, except the nodes' event rings."""
-
-    async def read(store: EtcdStore) -> list[str]:
-        now = (await store.range("/__none__/"))[1]
-        keys: list[str] = []
-        if now <= before:
-            return keys
-        async with asyncio.timeout(10):
-            async for batch in store.watch(Keys().prefix, before + 1):
-                keys += [ev.kv.key for ev in batch.events]
-                if batch.revision >= now:
-                    break
-        return [k for k in keys if not k.startswith(Keys().events)]
-
-    return on_store(cluster.etcd.endpoint, read)
+    """Every key put or deleted after revision `before`, except what the cluster writes by itself."""
+    return helpers.writes_since(cluster.etcd.endpoint, before, cluster.prefix)
 
 
 def revision(cluster: DevCluster) -> int:

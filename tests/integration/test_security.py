@@ -51,6 +51,7 @@ from node.store import StoreUnavailable
 from node.store.etcd import EtcdStore, EtcdTls
 from node.wire import rpc
 from node.wire.client import PermissionDenied, ShoalClient, Unauthenticated, Unavailable
+from tests import helpers
 from tests.helpers import (
     free_port,
     free_port_on_all,
@@ -84,23 +85,8 @@ def revision(cluster: DevCluster) -> int:
 
 
 def writes_since(cluster: DevCluster, before: int) -> list[str]:
-    """Keys written after revision `before`, except the event rings and node registrations
-    (a live cluster writes those by itself)."""
-    keys = Keys(cluster.prefix)
-
-    async def read(store: EtcdStore) -> list[str]:
-        now = (await store.range("/__none__/"))[1]
-        seen: list[str] = []
-        if now <= before:
-            return seen
-        async with asyncio.timeout(10):
-            async for batch in store.watch(keys.prefix, before + 1):
-                seen += [ev.kv.key for ev in batch.events]
-                if batch.revision >= now:
-                    break
-        return [k for k in seen if not k.startswith((keys.events, keys.nodes))]
-
-    return on_store(cluster.etcd.endpoint, read)
+    """Keys written after `before`, except what the cluster writes by itself and node registrations."""
+    return helpers.writes_since(cluster.etcd.endpoint, before, cluster.prefix, also_ignore=("nodes/",))
 
 
 def authority(cluster: DevCluster) -> ClusterCA:
