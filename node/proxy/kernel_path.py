@@ -27,7 +27,6 @@ and the old table; the next start writes both again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,48 +38,17 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from node.proxy import kernel_rules
 from node.proxy.direct import ROUTES, on_link_routes
 from node.proxy.kernel_rules import KernelPort
+from node.proxy.nft import NftError, NftMissing, run_nft
 from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = 5.0
-"""Seconds one `nft` run may take."""
 ATTEMPTS = 3
 OFF = ("", "off", "false", "no", "0")
 """Values of `proxy_nft` that turn the kernel path off."""
 SYSCTL = Path("/proc/sys/net/ipv4/conf")
 
 Runner = Callable[[str, str], Awaitable[None]]
-
-
-class NftError(Exception):
-    """`nft` refused the table, timed out or could not be run; the message says which."""
-
-
-class NftMissing(NftError):
-    """The `nft` program is not there (not retried)."""
-
-
-async def run_nft(program: str, text: str) -> None:
-    """`program -f -` fed `text`; NftError with its own words when it fails."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            program, "-f", "-", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-    except FileNotFoundError as exc:
-        raise NftMissing(f"{program}: not found") from exc
-    except OSError as exc:
-        raise NftError(f"{program}: cannot run: {exc.strerror or exc}") from exc
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(text.encode()), TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise NftError(f"{program} -f -: no answer within {TIMEOUT:g}s") from None
-    if proc.returncode != 0:
-        first = (err.decode(errors="replace").strip().splitlines() or ["(no message)"])[0]
-        raise NftError(f"{program} -f - exited with {proc.returncode}: {first[:300]}")
 
 
 def set_route_localnet(interfaces: Sequence[str], root: Path = SYSCTL) -> list[str]:

@@ -22,7 +22,6 @@ and replaces it, or, for a replica that stopped meanwhile, get a refused connect
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import time
@@ -31,39 +30,15 @@ from pathlib import Path
 
 from tenacity import AsyncRetrying, RetryError, stop_after_attempt, wait_random
 
+from node.proxy.nft import NftError, run_nft
 from node.proxy.vipnat import Rule, removal, script
 from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3  # runs of `nft -f` per change before the kernel path is turned off
-NFT_TIMEOUT = 5.0  # s one run may take
 RETRY_AFTER = 30.0  # s after a failure before a change tries the kernel again
 BRIDGE_NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
-
-
-class NftError(Exception):
-    pass
-
-
-async def run_nft(nft: str, text: str) -> None:
-    """`nft -f -` with `text`; `NftError` with nft's own words when it refuses."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            nft, "-f", "-",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-    except OSError as exc:
-        raise NftError(f"cannot run {nft}: {exc.strerror or exc}") from exc
-    try:
-        async with asyncio.timeout(NFT_TIMEOUT):
-            _, err = await proc.communicate(text.encode())
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise NftError(f"{nft} -f took over {NFT_TIMEOUT:g}s") from None
-    if proc.returncode != 0:
-        raise NftError(f"{nft} -f failed ({proc.returncode}): {err.decode(errors='replace').strip()[:500]}")
 
 
 class VipKernel:

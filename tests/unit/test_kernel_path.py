@@ -12,8 +12,9 @@ import pytest
 
 from node.model.domain import EndpointRecord
 from node.proxy import kernel_path as kp
-from node.proxy.kernel_path import KernelPath, NftError, NftMissing, run_nft
+from node.proxy.kernel_path import KernelPath
 from node.proxy.kernel_rules import KernelPort
+from node.proxy.nft import NftError
 from tests.factories import make_service, make_task
 from tests.helpers import wait_until
 from tests.unit.test_proxy_mesh import KEYS, World
@@ -146,25 +147,6 @@ def script(tmp_path: Path, body: str) -> str:
     program.write_text("#!/bin/sh\n" + body)
     program.chmod(program.stat().st_mode | stat.S_IXUSR)
     return str(program)
-
-
-async def test_run_nft_reports_the_programs_words(tmp_path: Path) -> None:
-    ok = script(tmp_path, f"cat > {tmp_path}/got\n")
-    await run_nft(ok, "table ip x\n")
-    assert (tmp_path / "got").read_text() == "table ip x\n"
-    bad = script(tmp_path, "echo 'Error: Could not process rule: Operation not permitted' >&2; exit 1\n")
-    with pytest.raises(
-        NftError, match="exited with 1: Error: Could not process rule: Operation not permitted"
-    ):
-        await run_nft(bad, "table ip x\n")
-    with pytest.raises(NftMissing):
-        await run_nft(str(tmp_path / "absent"), "")
-
-
-async def test_a_hanging_nft_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kp, "TIMEOUT", 0.2)
-    with pytest.raises(NftError, match="no answer within"):
-        await run_nft(script(tmp_path, "exec sleep 30\n"), "")
 
 
 # -- the mesh feeds it ---------------------------------------------------------------------

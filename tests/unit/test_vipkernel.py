@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from node.proxy.vipkernel import ATTEMPTS, RETRY_AFTER, NftError, VipKernel, run_nft
+from node.proxy.nft import NftError
+from node.proxy.vipkernel import ATTEMPTS, RETRY_AFTER, VipKernel
 from node.proxy.vipnat import Rule, script
 from node.telemetry.events import EventLog
 
@@ -111,15 +112,6 @@ async def test_off_for_good_says_what_to_fix_and_never_runs_nft(
     await k.close()
     assert fake.texts == [] and not k.up and reason in k.reason and not k.usable()
     assert events.kinds == ([] if not enabled else ["names.kernel_off"])
-
-
-async def test_run_nft_reports_what_nft_says() -> None:
-    with pytest.raises(NftError, match="cannot run /no/such/nft"):
-        await run_nft("/no/such/nft", "")
-    false = shutil.which("false")
-    assert false is not None
-    with pytest.raises(NftError, match=r"-f failed \(1\)"):
-        await run_nft(false, "table ip x {}\n")
 
 
 @pytest.mark.skipif(shutil.which("nft") is None, reason="nft is checked by the integration tests in CI")
