@@ -50,7 +50,9 @@ def engine_relay(tmp_path: Path) -> Iterator[Relay]:
 def containers(cluster: DevCluster) -> set[str]:
     engine = docker.from_env()
     try:
-        found = engine.containers.list(all=True, filters={"label": f"{LABELS.CLUSTER}={cluster.cluster}"})
+        found = engine.containers.list(
+            filters={"label": f"{LABELS.CLUSTER}={cluster.cluster}", "status": "running"}
+        )
         return {c.id for c in found}
     finally:
         engine.close()
