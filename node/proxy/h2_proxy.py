@@ -55,7 +55,7 @@ from node.proxy.balancer import Backend, Balancer, Failure, RetryPolicy
 from node.proxy.h2_conn import H2Client, H2Upstream, Stream
 from node.proxy.h2_peer import H2Peer, Headers
 from node.proxy.limits import ConnectionCap
-from node.proxy.listener import Listener
+from node.proxy.listener import CONNECT_TIMEOUT, Listener
 
 CONNS_PER_BACKEND = 4
 """Connections to one replica at most; streams beyond their capacity wait."""
@@ -84,7 +84,7 @@ class H2Proxy(Listener[H2Client]):
         balancer: Balancer,
         service: str = "",
         grpc: bool = True,
-        connect_timeout: float = 1.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         drain_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         cap: ConnectionCap | None = None,

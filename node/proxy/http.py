@@ -91,7 +91,7 @@ from node.proxy.http_types import (
     Upstream,
 )
 from node.proxy.limits import ConnectionCap, HttpLimits
-from node.proxy.listener import Listener
+from node.proxy.listener import CONNECT_TIMEOUT, Listener
 
 __all__ = ["CLIENT_IDLE", "HIGH_WATER", "LOW_WATER", "POOL_IDLE", "POOL_SIZE", "REPLAY_LIMIT", "HttpProxy"]
 
@@ -113,7 +113,7 @@ class HttpProxy(Listener[Client]):
         listen_port: int,
         balancer: Balancer,
         service: str = "",
-        connect_timeout: float = 1.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         drain_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         response_timeout: float = 60.0,

@@ -27,6 +27,12 @@ from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap
 from node.proxy.stats import ProxyStats
 
 BACKLOG = 1024
+CONNECT_TIMEOUT = 2.0
+"""Seconds per connect attempt to a replica. Above Linux's first SYN retransmission
+(1 s): a replica whose accept queue is full drops the SYN and the kernel sends it again
+after 1 s, which a direct client waits for; at 1.0 s the proxy gave up just then and
+failed 4-6 requests in 3,000 to busybox httpd (`ab -c 16`) that direct connections all
+served (ListenOverflows counted in the container)."""
 """Connections the kernel queues before the engine accepts them."""
 ABORT_GRACE = 1.0
 """Seconds `close()` waits for aborted connections to report their end."""

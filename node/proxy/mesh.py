@@ -58,6 +58,7 @@ from node.proxy.ingress import Ingress
 from node.proxy.kernel_path import KernelPath
 from node.proxy.kernel_rules import KernelPort, plan
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
+from node.proxy.listener import CONNECT_TIMEOUT
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
 from node.proxy.tcp import TcpProxy
@@ -78,7 +79,7 @@ class GossipView(Protocol):
 
 @dataclass(frozen=True)
 class MeshSettings:
-    connect_timeout: float = 1.0  # s per connect attempt to a replica
+    connect_timeout: float = CONNECT_TIMEOUT  # s per connect attempt to a replica (node.proxy.listener)
     drain_timeout: float = 30.0  # s in-flight traffic to a removed replica may take
     rebind_interval: float = 5.0  # s between attempts to bind a port that was taken
     max_attempts: int = 3  # connect attempts per connection or request (different replicas)

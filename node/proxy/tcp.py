@@ -35,7 +35,7 @@ from typing import cast
 
 from node.proxy.balancer import Backend, Balancer, Failure, RetryPolicy
 from node.proxy.limits import ConnectionCap
-from node.proxy.listener import Listener
+from node.proxy.listener import CONNECT_TIMEOUT, Listener
 from node.proxy.proxy_v2 import header
 
 HIGH_WATER = 256 * 1024
@@ -177,7 +177,7 @@ class TcpProxy(Listener[_Conn]):
         listen_host: str,
         listen_port: int,
         balancer: Balancer,
-        connect_timeout: float = 1.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
         drain_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         idle_timeout: float = 3600.0,

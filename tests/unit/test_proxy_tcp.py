@@ -283,3 +283,35 @@ def test_under_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+async def test_a_syn_a_full_accept_queue_dropped_is_waited_for_not_failed() -> None:
+    """A replica whose accept queue is full drops the SYN, and the kernel sends it again
+    after 1 s, which a direct client waits for. The default connect timeout
+    (`node.proxy.listener.CONNECT_TIMEOUT`) outlasts it: the connection is served once the
+    replica accepts, not failed as "no backend" (1.0 s failed such requests)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as server:
+        server.bind((HOST, 0))
+        server.listen(0)  # the queue holds one connection
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        filler = socket.create_connection((HOST, port))  # now the queue is full
+        bal = Balancer()
+        bal.set_endpoints([Backend("t1", HOST, port, "n1")])
+        proxy = TcpProxy(HOST, 0, bal)  # the default connect timeout
+        await proxy.start()
+        try:
+            reader, writer = await asyncio.open_connection(HOST, proxy.port)
+            await wait_until(lambda: proxy.stats.connections == 1, 5.0)
+            first, _ = await loop.sock_accept(server)  # the filler: room for the SYN sent again
+            first.close()
+            conn, _ = await asyncio.wait_for(loop.sock_accept(server), 10.0)
+            with conn:
+                await loop.sock_sendall(conn, b"served\n")
+                assert await asyncio.wait_for(reader.readline(), 10.0) == b"served\n"
+            writer.close()
+            assert proxy.stats.no_backend == 0 and proxy.stats.retries == 0
+        finally:
+            filler.close()
+            await proxy.close()
