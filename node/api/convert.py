@@ -64,7 +64,12 @@ def task(t: Assignment, s: TaskStatus | None) -> api_pb2.Task:
 def service(r: ServiceRecord, tasks: list[tuple[Assignment, TaskStatus | None]]) -> api_pb2.Service:
     running = sum(1 for _, s in tasks if s is not None and s.state == TaskState.RUNNING)
     ports = [
-        api_pb2.Port(container=p.container, published=p.published or 0, protocol=p.protocol)
+        api_pb2.Port(
+            container=p.container,
+            published=p.published or 0,
+            protocol=p.protocol,
+            fast_path=p.fast_path or "",
+        )
         for p in r.spec.ports
     ]
     return api_pb2.Service(

@@ -33,16 +33,20 @@ def iso(ts: float) -> str:
 
 
 def ports_text(ports: Iterable[api_pb2.Port]) -> str:
-    """`18080->8080/http`, or `8080/tcp` when not published; comma-separated."""
+    """`18080->8080/http`, `8080/tcp` when not published, `15432->5432/tcp+kernel` for a
+    `fast_path: kernel` port (decision 75); comma-separated."""
     parts = []
     for p in ports:
-        proto = p.protocol or "tcp"
+        proto = (p.protocol or "tcp") + (f"+{p.fast_path}" if p.fast_path else "")
         parts.append(f"{p.published}->{p.container}/{proto}" if p.published else f"{p.container}/{proto}")
     return ",".join(parts)
 
 
 def port_dict(p: api_pb2.Port) -> Row:
-    return {"container": p.container, "published": p.published, "protocol": p.protocol}
+    row: Row = {"container": p.container, "published": p.published, "protocol": p.protocol}
+    if p.fast_path:
+        row["fast_path"] = p.fast_path
+    return row
 
 
 def service_dict(s: api_pb2.Service) -> Row:

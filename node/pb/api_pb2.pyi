@@ -33,14 +33,16 @@ class GetServiceRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class Port(_message.Message):
-    __slots__ = ("container", "published", "protocol")
+    __slots__ = ("container", "published", "protocol", "fast_path")
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    FAST_PATH_FIELD_NUMBER: _ClassVar[int]
     container: int
     published: int
     protocol: str
-    def __init__(self, container: _Optional[int] = ..., published: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
+    fast_path: str
+    def __init__(self, container: _Optional[int] = ..., published: _Optional[int] = ..., protocol: _Optional[str] = ..., fast_path: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
     __slots__ = ("name", "version", "image", "replicas", "running", "ports", "spec_json", "updated_at", "updated_by", "proxy_errors", "rollout", "rollback_of", "pending", "pending_reason", "update_pending", "autoscale_json")
