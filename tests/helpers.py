@@ -8,6 +8,10 @@ returns something truthy, and returns that value; at the deadline it raises
 `TimeoutError` naming `message` and the last value or exception seen, so a failed wait
 says what it was waiting for. Exceptions raised by `fn` count as "not yet".
 `wait_until_sync` is the same for code without an event loop.
+
+"This request wrote nothing" checks: `before = settled_revision(...)` (the cluster's own
+follow-up writes of earlier requests done), then `writes_since(..., before) == []` (what
+a live cluster writes by itself left out).
 """
 
 from __future__ import annotations
