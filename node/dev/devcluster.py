@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +39,7 @@ from node.dev.freeports import free_port_on_all as free_port_on_all
 from node.dev.freeports import free_port_pair as free_port_pair
 from node.model import errors
 from node.model.keys import DEFAULT_PREFIX, Keys
-from node.proxy import kernel_rules
+from node.proxy import kernel_rules, vipnat
 from node.runtime.base import LABELS
 from node.security import context, provision
 from node.security.ca import CertError, Lifetimes
@@ -438,7 +439,7 @@ class DevCluster:
         for member in self.members:
             member.stop()
         remove_containers(self.cluster)
-        remove_kernel_tables(self.cluster)  # they outlive a graceful stop by design (decision 75)
+        remove_kernel_tables(self.cluster, [m.node_id for m in self.members])  # decisions 74, 75
         self.etcd.stop()
         vipranges.release(self.vip_range)
 
@@ -460,19 +461,24 @@ def remove_containers(cluster: str) -> int:
         client.close()
 
 
-def kernel_tables(cluster: str) -> list[str]:
-    """The nftables tables of this cluster's nodes (`node.proxy.kernel_rules.table_name`)."""
+def kernel_tables(cluster: str, nodes: Iterable[str] = ()) -> list[str]:
+    """The nftables tables of this cluster's nodes: the kernel fast path's
+    (`node.proxy.kernel_rules.table_name`), and the VIP tables of `nodes`
+    (`node.proxy.vipnat.table_name`, named exactly: its names are not a cluster prefix)."""
     nft = shutil.which("nft")
     if nft is None:
         return []
     done = subprocess.run([nft, "list", "tables", "ip"], capture_output=True, text=True, timeout=10)
     names = (line.split()[-1] for line in done.stdout.splitlines() if line.startswith("table ip "))
-    return [n for n in names if kernel_rules.is_table_of(n, cluster)]
+    vip = {vipnat.table_name(cluster, node) for node in nodes}
+    return [n for n in names if kernel_rules.is_table_of(n, cluster) or n in vip]
 
 
-def remove_kernel_tables(cluster: str) -> int:
-    """Delete the kernel fast path's tables of this cluster; how many there were."""
-    tables = kernel_tables(cluster)
+def remove_kernel_tables(cluster: str, nodes: Iterable[str] = ()) -> int:
+    """Delete this cluster's tables (`kernel_tables`); how many there were. A graceful
+    stop leaves the fast path's (decision 75); a daemon killed with -9 leaves its VIP
+    table too (decision 74)."""
+    tables = kernel_tables(cluster, nodes)
     nft = shutil.which("nft")
     if tables and nft is not None:
         text = "".join(kernel_rules.removal(t) for t in tables)
