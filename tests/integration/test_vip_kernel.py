@@ -66,6 +66,22 @@ def containers(cluster: DevCluster, service: str) -> list[docker.models.containe
         client.close()
 
 
+def deployed(
+    cluster: DevCluster, tmp_path: Path, stack: str, replicas: int
+) -> docker.models.containers.Container:
+    """`stack deploy -c` of stack `k` through the CLI; the client container once web
+    has `replicas` containers and the client one."""
+    runner = CliRunner(env={"SHOAL_CONTEXT_FILE": str(cluster.context_file)})
+    (tmp_path / "k.yaml").write_text(stack)
+    result = runner.invoke(
+        cli, ["--addr", cluster.addr, "stack", "deploy", "-c", str(tmp_path / "k.yaml"), "k"]
+    )
+    assert result.exit_code == 0, result.output
+    wanted = f"{replicas} replicas of web"
+    wait_until_sync(lambda: len(containers(cluster, "k_web")) == replicas or None, 60, 0.5, wanted)
+    return wait_until_sync(lambda: (c := containers(cluster, "k_client")) and c[0], 60)
+
+
 def sh(container: docker.models.containers.Container, script: str) -> tuple[int, str]:
     code, out = container.exec_run(["sh", "-c", script])
     return code, out.decode(errors="replace")
@@ -196,14 +212,7 @@ def test_without_the_kernel_path_the_listeners_serve_and_no_table_is_written(
     make_cluster: Callable[..., DevCluster], tmp_path: Path
 ) -> None:
     cluster = make_cluster(1, extra_args=["--no-vip-kernel"])
-    runner = CliRunner(env={"SHOAL_CONTEXT_FILE": str(cluster.context_file)})
-    (tmp_path / "k.yaml").write_text(STACK)
-    result = runner.invoke(
-        cli, ["--addr", cluster.addr, "stack", "deploy", "-c", str(tmp_path / "k.yaml"), "k"]
-    )
-    assert result.exit_code == 0, result.output
-    wait_until_sync(lambda: len(containers(cluster, "k_web")) == 3 or None, 60, 0.5, "3 replicas of web")
-    client = wait_until_sync(lambda: (c := containers(cluster, "k_client")) and c[0], 60)
+    client = deployed(cluster, tmp_path, STACK, 3)
 
     def all_answer() -> bool | None:
         got = answers(client, "web", 9)
@@ -233,14 +242,7 @@ def test_the_table_outlives_a_killed_daemon_and_its_restart_replaces_it(
     the kernel (the data path outlives the daemon, its listeners are gone); the daemon
     started again replaces the table (its counter starts from zero) and serves again."""
     cluster = make_cluster(1)
-    runner = CliRunner(env={"SHOAL_CONTEXT_FILE": str(cluster.context_file)})
-    (tmp_path / "k.yaml").write_text(SMALL)
-    result = runner.invoke(
-        cli, ["--addr", cluster.addr, "stack", "deploy", "-c", str(tmp_path / "k.yaml"), "k"]
-    )
-    assert result.exit_code == 0, result.output
-    wait_until_sync(lambda: len(containers(cluster, "k_web")) == 2 or None, 60, 0.5, "2 replicas of web")
-    client = wait_until_sync(lambda: (c := containers(cluster, "k_client")) and c[0], 60)
+    client = deployed(cluster, tmp_path, SMALL, 2)
     code, out = sh(client, "nslookup web")
     vip = out.rsplit("Address:", 1)[-1].split()[0]
     assert code == 0, out
