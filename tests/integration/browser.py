@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tenacity import Retrying, stop_after_attempt, wait_exponential
+
 
 class Browser:
     def __init__(self, profile: Path, timeout: float = 30.0) -> None:
@@ -70,8 +72,15 @@ class Browser:
     def page(self, method: str, **params: Any) -> Any:
         return self.call(method, self.session, **params)
 
-    def open(self, url: str) -> None:
-        self.page("Page.navigate", url=url)
+    def open(self, url: str, tries: int = 5) -> None:
+        """Navigate; a load that failed (`errorText`: the node did not answer in time on a
+        loaded machine) is tried again, up to `tries` times with a growing pause."""
+        for attempt in Retrying(
+            stop=stop_after_attempt(tries), wait=wait_exponential(0.5, max=4), reraise=True
+        ):
+            with attempt:
+                error = self.page("Page.navigate", url=url).get("errorText")
+                assert not error, f"{url}: {error}"
 
     def evaluate(self, expression: str) -> Any:
         result = self.page("Runtime.evaluate", expression=expression, returnByValue=True)

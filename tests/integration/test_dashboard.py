@@ -104,7 +104,15 @@ def test_dashboard(make_cluster: Callable[..., DevCluster], tmp_path: Path) -> N
     try:
         browser.open(f"https://127.0.0.1:{cluster.dashboard_port}/#token={viewer}")
         nodes_js = "[...document.querySelectorAll('#nodes tbody tr')].map(r => r.dataset.node).join(',')"
-        wait_until_sync(lambda: browser.evaluate(nodes_js) == "n1,n2,n3" or None, 30, 0.2, "nodes shown")
+        try:
+            wait_until_sync(lambda: browser.evaluate(nodes_js) == "n1,n2,n3" or None, 30, 0.2, "nodes shown")
+        except AssertionError as e:  # say what the page says: its status line, the login form
+            seen = browser.evaluate(
+                "JSON.stringify({url: location.href, ready: document.readyState, nodes: " + nodes_js + ","
+                " status: (document.getElementById('status') || {}).textContent,"
+                " login: (document.getElementById('login-error') || {}).textContent})"
+            )
+            raise AssertionError(f"{e}; the page: {seen}") from None
         replicas_js = "(document.querySelector('tr[data-service=\"web\"] .replicas') || {}).textContent"
         wait_until_sync(lambda: browser.evaluate(replicas_js) == "2/2" or None, 30, 0.2, "web 2/2 shown")
         assert browser.evaluate("document.querySelectorAll('#nodes .leader').length") == 3

@@ -139,11 +139,29 @@ function showLogin(message) {
   document.getElementById("login-error").textContent = message || "";
 }
 
-async function login(token) {
-  const answer = await fetch("/login", {method: "POST", credentials: "same-origin",
-    headers: {"Content-Type": "application/json"}, body: JSON.stringify({token})});
-  if (!answer.ok) { showLogin((await answer.json()).error); return; }
-  poll();
+// A refused token shows the form again; a node that does not answer (a network error, a
+// 5xx while it starts or restarts) is asked again with back-off, up to LOGIN_TRIES times.
+const LOGIN_TRIES = 8;
+
+async function login(token, attempt = 1) {
+  const status = document.getElementById("status");
+  let answer = null;
+  try {
+    answer = await fetch("/login", {method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json"}, body: JSON.stringify({token})});
+  } catch (err) {
+    status.textContent = `cannot reach the node to log in (try ${attempt} of ${LOGIN_TRIES}): ${err}`;
+  }
+  if (answer && answer.ok) { poll(); return; }
+  if (answer && answer.status < 500) {
+    let error = `login refused (${answer.status})`;
+    try { error = (await answer.json()).error || error; } catch (_) { /* not JSON: keep the status */ }
+    showLogin(error);
+    return;
+  }
+  if (answer) status.textContent = `the node answered ${answer.status} to the login (try ${attempt} of ${LOGIN_TRIES})`;
+  if (attempt >= LOGIN_TRIES) { showLogin(status.textContent); return; }
+  setTimeout(() => login(token, attempt + 1), Math.min(250 * 2 ** (attempt - 1), 4000));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
