@@ -7,6 +7,11 @@ mirrors (`node.store.mirrors`: no etcd watch per stream) or, without a hub, by w
 of its own. Changes are coalesced: a burst of writes gives one new answer, and an
 answer equal to the last one sent is not sent again. The same rules as the proxy decide what is routable
 (`node.model.domain.routable_endpoints`), so a lookup and the mesh never disagree for long.
+
+A name that is no service may be a network alias (decision 73): `target` finds the
+service whose live claim `netaliases/<network>/<name>` holds it, and the answers say so
+(`alias`, `alias_networks`). An alias held by two services (on two networks) answers
+neither: the error names both, and their service names resolve each.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ from collections.abc import AsyncIterator
 from node.api import convert
 from node.api.nodes import MemberView, gone, routable
 from node.gossip.member import MemberEvent
-from node.model.domain import NodeInfo, ServiceRecord
-from node.model.errors import NotFound
+from node.model.domain import NodeInfo, PortClaim, ServiceRecord
+from node.model.errors import FailedPrecondition, NotFound
 from node.model.keys import Keys
 from node.pb import api_pb2
 from node.proxy import routes
@@ -30,13 +35,47 @@ COALESCE = 0.05
 """Seconds to wait after a change for the rest of its burst before answering."""
 
 
-async def resolve(store: Store, keys: Keys, name: str, view: MemberView | None) -> api_pb2.ResolveResponse:
+async def target(store: Store, keys: Keys, name: str) -> tuple[str, tuple[str, ...]]:
+    """The service `name` is, or the one it is an alias of (see the module doc)."""
+    if await store.get(keys.service(name)) is not None:
+        return name, ()
+    held: dict[str, list[str]] = {}
+    for kv in (await store.range(keys.netaliases))[0]:
+        network, _, alias = kv.key[len(keys.netaliases) :].rpartition("/")
+        if alias != name:
+            continue
+        claim = PortClaim.from_json(kv.value)
+        owner = await store.get(keys.service(claim.service))
+        if owner is not None and ServiceRecord.from_json(owner.value).uid == claim.uid:  # not stale
+            held.setdefault(claim.service, []).append(network)
+    if not held:
+        raise NotFound(f"no service or network alias named '{name}'; `shoal service ls` lists the services")
+    if len(held) > 1:
+        by = ", ".join(f"{s} on {', '.join(sorted(n))}" for s, n in sorted(held.items()))
+        raise FailedPrecondition(
+            f"'{name}' is an alias of several services ({by}): resolve one of them by its name"
+        )
+    ((service, networks),) = held.items()
+    return service, tuple(sorted(networks))
+
+
+async def resolve(
+    store: Store,
+    keys: Keys,
+    name: str,
+    view: MemberView | None,
+    alias: str = "",
+    networks: tuple[str, ...] = (),
+) -> api_pb2.ResolveResponse:
+    """The answer for the service `name`; `alias` and `networks` say it was asked by alias."""
     kv = await store.get(keys.service(name))
     if kv is None:
         raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
     record = ServiceRecord.from_json(kv.value)
     endpoints = await routable(store, keys, name, view, record.uid)
-    out = api_pb2.ResolveResponse(name=name, endpoints=[convert.endpoint(e) for e in endpoints])
+    out = api_pb2.ResolveResponse(
+        name=name, endpoints=[convert.endpoint(e) for e in endpoints], alias=alias, alias_networks=networks
+    )
     published = [r for r in routes.listeners([record]).values()]
     if not published:
         return out
@@ -56,11 +95,16 @@ async def resolve(store: Store, keys: Keys, name: str, view: MemberView | None) 
 
 
 async def watch(
-    store: Store, keys: Keys, name: str, view: MemberView | None
+    store: Store,
+    keys: Keys,
+    name: str,
+    view: MemberView | None,
+    alias: str = "",
+    networks: tuple[str, ...] = (),
 ) -> AsyncIterator[api_pb2.ResolveResponse]:
     """The answer now, then each different one; ends with NotFound when the service is removed."""
     changed = asyncio.Event()
-    answer = await resolve(store, keys, name, view)
+    answer = await resolve(store, keys, name, view, alias, networks)
     hub = hub_of(store)
     watchers: list[asyncio.Task[None]] = []
     if hub is not None:  # the daemon's shared mirrors: no watch of this stream's own
@@ -91,7 +135,7 @@ async def watch(
             for w in watchers:
                 if w.done() and w.exception() is not None:
                     raise w.exception()  # type: ignore[misc]
-            new = await resolve(store, keys, name, view)
+            new = await resolve(store, keys, name, view, alias, networks)
             if new != answer:
                 answer = new
                 yield answer

@@ -277,13 +277,19 @@ class ShoalServicer(
     async def Resolve(
         self, request: api_pb2.ResolveRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ResolveResponse:
-        return await resolve.resolve(self.store, self.keys, check_name(request.name), self.members)
+        name = check_name(request.name)
+        service, networks = await resolve.target(self.store, self.keys, name)
+        alias = name if networks else ""
+        return await resolve.resolve(self.store, self.keys, service, self.members, alias, networks)
 
     @handle_stream
     async def WatchResolve(
         self, request: api_pb2.ResolveRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.ResolveResponse]:
-        async for answer in resolve.watch(self.store, self.keys, check_name(request.name), self.members):
+        name = check_name(request.name)
+        service, networks = await resolve.target(self.store, self.keys, name)
+        alias = name if networks else ""
+        async for answer in resolve.watch(self.store, self.keys, service, self.members, alias, networks):
             yield answer
 
     @handle_stream

@@ -119,6 +119,9 @@ def _show(answer: api_pb2.ResolveResponse, fmt: str) -> None:
     if fmt != "table":
         emit_data(resolve_dict(answer), fmt)
         return
+    if answer.alias:
+        networks = ", ".join(answer.alias_networks)
+        click.echo(f"{answer.alias}: alias of service {answer.name} on network {networks}")
     if answer.endpoints:
         emit_table(list(answer.endpoints), ENDPOINT_COLUMNS)
     else:
@@ -135,7 +138,8 @@ def _show(answer: api_pb2.ResolveResponse, fmt: str) -> None:
 @pass_settings
 def resolve(settings: Settings, name: str, watch: bool, fmt: str) -> None:
     """List the healthy, routable replicas of a service (what the proxy uses) and its mesh
-    addresses: every alive node's address with each published port."""
+    addresses: every alive node's address with each published port. NAME is a service's
+    name or a network alias of one (`networks: [{name: NET, aliases: [NAME]}]`)."""
     client = settings.client()
     if not watch:
         _show(client.lookup(name), fmt)

@@ -224,6 +224,7 @@ def resolve_dict(r: api_pb2.ResolveResponse) -> Row:
         "name": r.name,
         "endpoints": [endpoint_dict(e) for e in r.endpoints],
         "mesh": [mesh_dict(m) for m in r.mesh],
+        **({"alias": r.alias, "alias_networks": list(r.alias_networks)} if r.alias else {}),
     }
 
 

@@ -383,14 +383,18 @@ class MeshAddress(_message.Message):
     def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class ResolveResponse(_message.Message):
-    __slots__ = ("name", "endpoints", "mesh")
+    __slots__ = ("name", "endpoints", "mesh", "alias", "alias_networks")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     MESH_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_NETWORKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     mesh: _containers.RepeatedCompositeFieldContainer[MeshAddress]
-    def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., mesh: _Optional[_Iterable[_Union[MeshAddress, _Mapping]]] = ...) -> None: ...
+    alias: str
+    alias_networks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., mesh: _Optional[_Iterable[_Union[MeshAddress, _Mapping]]] = ..., alias: _Optional[str] = ..., alias_networks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StreamEventsRequest(_message.Message):
     __slots__ = ("service", "follow", "limit", "since", "kind", "cause")

@@ -120,6 +120,19 @@ def test_an_alias_resolves_and_connects_on_its_network_only(
     code, out = sh(api, "nslookup cache")  # the free alias of the refused apply was not claimed either
     assert code != 0, out
 
+    # `shoal resolve` knows the alias too: db's replicas, and whose alias it is on which network
+    code, out = shoal("resolve", "database", "-o", "json")
+    assert code == 0, out
+    answer = json.loads(out)
+    assert (answer["name"], answer["alias"], answer["alias_networks"]) == (
+        "shop_db",
+        "database",
+        ["shop_backnet"],
+    )
+    assert len(answer["endpoints"]) == 2, answer
+    code, out = shoal("resolve", "cache")
+    assert code != 0 and "no service or network alias named 'cache'" in out, out
+
     # the Compose labels are on db's containers, beside shoal's own; deploy.labels on the service
     client = docker.from_env()
     try:

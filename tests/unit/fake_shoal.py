@@ -193,6 +193,10 @@ class FakeShoal(api_pb2_grpc.ShoalServicer):
 
     def Resolve(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._record("Resolve", request, context)
+        if request.name == "database":  # a network alias of web (decision 73)
+            return api_pb2.ResolveResponse(
+                name="web", endpoints=ENDPOINTS, mesh=MESH, alias="database", alias_networks=["backnet"]
+            )
         self._service(request.name, context)
         return api_pb2.ResolveResponse(name=request.name, endpoints=ENDPOINTS, mesh=MESH)
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import pytest
 
 from leader.loop import LeaderLoop
+from node.api import resolve
 from node.api.services import ServiceWriter
 from node.api.stacks import StackWriter
 from node.model.domain import PortClaim, RolloutRecord, ServiceRecord, template_hash
-from node.model.errors import FailedPrecondition, InvalidArgument
+from node.model.errors import FailedPrecondition, InvalidArgument, NotFound
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec, SpecError, parse_spec, spec_from_stored, spec_to_dict
 from node.model.spec_compat import known_paths, unknown_to, used_paths
@@ -441,3 +442,31 @@ async def test_etcd_lost_before_or_after_the_transaction() -> None:
     assert (record.version, changed) == (1, False)
     kv = await store.get(KEYS.netalias("backnet", "database"))
     assert kv is not None and PortClaim.from_json(kv.value).uid == record.uid
+
+
+async def test_resolve_finds_a_service_by_its_alias_and_names_both_holders_of_a_shared_one(
+    writer: Writer,
+) -> None:
+    """`shoal resolve NAME`: a service's name first, else the one live holder of the alias
+    on any network; an alias two services hold (on two networks) answers neither, and a
+    stale claim (its service re-created) is no holder."""
+    api = writer.api()
+    await api.apply(yaml("db", "database", "db-primary"), "db.yaml")
+    await api.apply(yaml("db-primary", image="shoal-demo/web:2", net="frontnet"), "x.yaml")
+    assert await resolve.target(writer.store, writer.keys, "db") == ("db", ())
+    assert await resolve.target(writer.store, writer.keys, "database") == ("db", ("backnet",))
+    assert await resolve.target(writer.store, writer.keys, "db-primary") == ("db-primary", ()), "a name wins"
+    answer = await resolve.resolve(writer.store, writer.keys, "db", None, "database", ("backnet",))
+    assert (answer.name, answer.alias, list(answer.alias_networks)) == ("db", "database", ["backnet"])
+    await api.apply(yaml("pg", "database", net="frontnet"), "pg.yaml")
+    with pytest.raises(
+        FailedPrecondition,
+        match=r"'database' is an alias of several services \(db on backnet, pg on frontnet\)",
+    ):
+        await resolve.target(writer.store, writer.keys, "database")
+    with pytest.raises(NotFound, match="no service or network alias named 'nothing'"):
+        await resolve.target(writer.store, writer.keys, "nothing")
+    # a claim whose service is gone or re-created is stale: not a holder
+    await writer.store.put(writer.keys.netalias("backnet", "ghost"), PortClaim("gone", "uid0", 1.0).to_json())
+    with pytest.raises(NotFound):
+        await resolve.target(writer.store, writer.keys, "ghost")

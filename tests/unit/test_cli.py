@@ -234,6 +234,15 @@ def test_resolve(addr: str) -> None:
     assert lines[6].split() == ["n1", "127.0.0.2:8080", "http"]
 
 
+def test_resolve_by_network_alias_says_whose_alias_it_is(addr: str) -> None:
+    lines = ok(addr, "resolve", "database").splitlines()
+    assert lines[0] == "database: alias of service web on network backnet"
+    assert lines[1].split() == ["TASK", "NODE", "ADDRESS", "PORT"]
+    data = json.loads(ok(addr, "resolve", "database", "-o", "json"))
+    assert (data["name"], data["alias"], data["alias_networks"]) == ("web", "database", ["backnet"])
+    assert "alias" not in json.loads(ok(addr, "resolve", "web", "-o", "json")), "by its own name: no alias"
+
+
 def test_resolve_watch_prints_each_answer(addr: str) -> None:
     lines = ok(addr, "resolve", "web", "--watch", "-o", "json").splitlines()
     answers = [json.loads(line) for line in lines]
