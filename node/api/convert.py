@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from node.model.domain import (
@@ -21,7 +22,7 @@ from node.model.domain import (
 )
 from node.model.load import AutoscaleStatus
 from node.model.spec import ServiceSpec, spec_to_dict
-from node.pb import api_pb2
+from node.pb import api_pb2, peer_pb2
 from node.store import KV
 
 MASK = "***"
@@ -58,6 +59,29 @@ def task(t: Assignment, s: TaskStatus | None) -> api_pb2.Task:
         health_at=s.health_at if s else 0.0,
         healthy_since=s.healthy_since if s else 0.0,
         terminal=s.terminal if s else False,
+    )
+
+
+_EXITED = re.compile(r"^Exited \((-?\d+)\)")
+
+
+def kept_task(node: str, t: peer_pb2.FoundTask) -> api_pb2.Task:
+    """A task no longer assigned whose container its node keeps (decision 71), as a row of
+    `service ps --all`: desired `shutdown` (Swarm's word for a task's history), the
+    engine's state, and its exit code read from the engine's status words."""
+    exited = _EXITED.match(t.status)
+    return api_pb2.Task(
+        service=t.service,
+        slot=t.slot,
+        task_id=t.task,
+        node=node,
+        desired="shutdown",
+        state=t.state,
+        container_id=t.container,
+        exit_code=int(exited.group(1)) if exited else 0,
+        message=t.status,
+        updated_at=t.created,
+        terminal=True,
     )
 
 

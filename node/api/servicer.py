@@ -231,6 +231,11 @@ class ShoalServicer(
         await self.writer.read(name)
         tasks = (await self._tasks(name)).get(name, [])
         out = api_pb2.ListTasksResponse(tasks=[convert.task(t, s) for t, s in tasks])
+        if request.all:  # and the kept ones, from every node's engine (decision 71)
+            assigned = {t.task_id for t in out.tasks}
+            found, silent = await self._taskio().history(name)
+            out.tasks.extend(convert.kept_task(node, t) for node, t in found if t.task not in assigned)
+            out.silent_nodes.extend(silent)
         pending = await self._pending(name)
         if pending is not None:
             out.pending_slots.extend(pending.slots)

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 MIN_PREFIX = 4  # characters of a task id that may name it
 FIND_TIMEOUT = 5.0  # s a node may take to list its tasks by prefix
 FIND_MAX = 50  # tasks one node sends at most for a prefix
+HISTORY_MAX = 500  # tasks of one service one node sends at most for `service ps --all` (newest first)
 
 
 class PeerStubs:
@@ -180,25 +181,54 @@ class TaskFinder:
 
     # -- by the containers' labels, on every node ----------------------------------------
 
-    async def local_find(self, prefix: str) -> peer_pb2.FindTasksResponse:
-        """This node's tasks whose id starts with `prefix` (the peer half of `FindTasks`)."""
-        if len(prefix) < MIN_PREFIX:
+    async def local_find(self, prefix: str, service: str = "") -> peer_pb2.FindTasksResponse:
+        """This node's tasks whose id starts with `prefix`, of `service` when given (the
+        peer half of `FindTasks`). A prefix needs `MIN_PREFIX` characters, unless the
+        service is named: then "" lists all its tasks here, up to `HISTORY_MAX`."""
+        if len(prefix) < MIN_PREFIX and not service:
             raise InvalidArgument(f"give at least {MIN_PREFIX} characters of a task id")
         out = peer_pb2.FindTasksResponse(node=self.node)
         if self.local is None:
             return out
         labels = {LABELS.NODE: self.node, **({LABELS.CLUSTER: self.cluster} if self.cluster else {})}
+        if service:
+            labels[LABELS.SERVICE] = service
         try:
             found = await self.local.tasks(prefix, labels)
         except EngineError as exc:
             raise Unavailable(f"node {self.node}: {exc}") from None
-        for t in found[:FIND_MAX]:
+        cap = HISTORY_MAX if service else FIND_MAX
+        if service:  # the newest first: a cap keeps the recent history
+            found.sort(key=lambda t: float(t["created"] or 0), reverse=True)
+        for t in found[:cap]:
             slot = int(t["slot"]) if t["slot"].isdigit() else 0
             out.tasks.add(
-                task=t["task"], service=t["service"], slot=slot, state=t["state"], container=t["id"]
+                task=t["task"],
+                service=t["service"],
+                slot=slot,
+                state=t["state"],
+                container=t["id"],
+                status=t["status"],
+                created=float(t["created"] or 0),
             )
-        out.truncated = len(found) > FIND_MAX
+        out.truncated = len(found) > cap
         return out
+
+    async def history(self, service: str) -> tuple[list[tuple[str, peer_pb2.FoundTask]], list[str]]:
+        """Every node's tasks of `service` whose containers it has (running, or kept after
+        they exited): (node, task) pairs, and the nodes that did not answer."""
+        kvs, _ = await self.store.range(self.keys.nodes)
+        nodes = {NodeInfo.from_json(kv.value).id: NodeInfo.from_json(kv.value) for kv in kvs}
+        nodes.setdefault(self.node, NodeInfo(self.node, "", 0))
+        replies = await asyncio.gather(*(self._ask_reply(info, "", service) for info in nodes.values()))
+        found = [
+            (reply.node or node, t)
+            for node, reply in zip(nodes, replies, strict=True)
+            if reply is not None
+            for t in reply.tasks
+        ]
+        silent = sorted(node for node, reply in zip(nodes, replies, strict=True) if reply is None)
+        return found, silent
 
     async def _ask_nodes(self, prefix: str) -> list[tuple[str, list[Target] | None]]:
         """(node, the tasks it has with this prefix, or None: it did not answer) per
@@ -210,14 +240,25 @@ class TaskFinder:
         return list(zip(nodes, answers, strict=True))
 
     async def _ask(self, info: NodeInfo, prefix: str) -> list[Target] | None:
-        try:
-            if info.id == self.node:
-                reply = await self.local_find(prefix)
-            else:
-                stub = self.peers.stub(f"{info.address}:{info.grpc_port}")
-                request = peer_pb2.FindTasksRequest(task=prefix)
-                reply = await stub.FindTasks(request, timeout=FIND_TIMEOUT)
-        except (grpc.RpcError, Unavailable, InvalidArgument) as exc:
-            log.info("tasks with prefix %s: node %s did not answer: %s", prefix, info.id, exc)
+        reply = await self._ask_reply(info, prefix)
+        if reply is None:
             return None
         return [Target(t.task, t.service, t.slot, reply.node or info.id) for t in reply.tasks]
+
+    async def _ask_reply(
+        self, info: NodeInfo, prefix: str, service: str = ""
+    ) -> peer_pb2.FindTasksResponse | None:
+        """One node's `FindTasks` answer (this node's asked directly), or None: it did not
+        answer (a node of an older build refuses a service without a prefix: the same)."""
+        try:
+            if info.id == self.node:
+                return await self.local_find(prefix, service)
+            stub = self.peers.stub(f"{info.address}:{info.grpc_port}")
+            request = peer_pb2.FindTasksRequest(task=prefix, service=service)
+            reply: peer_pb2.FindTasksResponse = await stub.FindTasks(request, timeout=FIND_TIMEOUT)
+            return reply
+        except (grpc.RpcError, Unavailable, InvalidArgument) as exc:
+            log.info(
+                "tasks %s%s: node %s did not answer: %s", service and f"of {service} ", prefix, info.id, exc
+            )
+            return None

@@ -359,7 +359,7 @@ class PeerTaskHandlers(_TaskIOHolder):
     async def FindTasks(
         self, request: peer_pb2.FindTasksRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.FindTasksResponse:
-        return await self._taskio().local_find(request.task)
+        return await self._taskio().local_find(request.task, request.service)
 
     @handle_stream
     async def TaskLogs(

@@ -192,16 +192,25 @@ def _task_message(t: api_pb2.Task) -> str:
 
 @service.command("ps")
 @click.argument("name")
+@click.option(
+    "-a", "--all", "all_", is_flag=True, help="Also the replaced tasks whose exited containers are kept."
+)
 @output_option()
 @pass_settings
-def ps_cmd(settings: Settings, name: str, fmt: str) -> None:
+def ps_cmd(settings: Settings, name: str, all_: bool, fmt: str) -> None:
     """List the tasks of a service: where each slot runs and in what state.
 
     A slot the scheduler found no node for shows as pending, with the reason (e.g.
     "0/3 nodes available: 3 lack memory (need 2.0 GiB, most free 1.5 GiB)").
+    With --all, each slot's earlier tasks follow it (DESIRED shutdown, newest first):
+    the exited containers their nodes keep (`task_history_limit`), which
+    `shoal task logs ID` reads.
     """
-    answer = settings.client().tasks(name)
-    tasks = sorted([*answer.tasks, *pending_rows(name, answer)], key=lambda t: t.slot)
+    answer = settings.client().tasks(name, all=all_)
+    tasks = sorted(
+        [*answer.tasks, *pending_rows(name, answer)],
+        key=lambda t: (t.slot, t.desired == "shutdown", -t.updated_at if t.desired == "shutdown" else 0),
+    )
     by_task, notices = usage_by_task(settings, name)  # issue 14: usage columns
     if fmt == "table":
         emit_table(tasks, [*TASK_COLUMNS[:-1], *ps_columns(by_task), TASK_COLUMNS[-1]])
@@ -215,6 +224,11 @@ def ps_cmd(settings: Settings, name: str, fmt: str) -> None:
             row["usage"] = usage_dict(found) if found is not None else None
             rows.append(row)
         emit_data(rows, fmt)
+    if answer.silent_nodes:
+        click.echo(
+            f"note: node(s) {', '.join(answer.silent_nodes)} did not answer: their kept tasks are not listed",
+            err=fmt != "table",
+        )
     waiting = len(answer.pending_slots) + len(answer.pending_nodes)
     if fmt == "table" and waiting:
         click.echo(f"\n{waiting} replica(s) pending: {answer.pending_reason}")

@@ -199,10 +199,12 @@ class ScaleServiceResponse(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., replicas: _Optional[int] = ..., cause: _Optional[str] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("service",)
+    __slots__ = ("service", "all")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
     service: str
-    def __init__(self, service: _Optional[str] = ...) -> None: ...
+    all: bool
+    def __init__(self, service: _Optional[str] = ..., all: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("service", "slot", "task_id", "node", "desired", "state", "container_id", "endpoint", "version", "epoch", "restarts", "exit_code", "message", "updated_at", "health", "health_message", "health_failures", "health_at", "healthy_since", "terminal")
@@ -249,16 +251,18 @@ class Task(_message.Message):
     def __init__(self, service: _Optional[str] = ..., slot: _Optional[int] = ..., task_id: _Optional[str] = ..., node: _Optional[str] = ..., desired: _Optional[str] = ..., state: _Optional[str] = ..., container_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., version: _Optional[int] = ..., epoch: _Optional[int] = ..., restarts: _Optional[int] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., updated_at: _Optional[float] = ..., health: _Optional[str] = ..., health_message: _Optional[str] = ..., health_failures: _Optional[int] = ..., health_at: _Optional[float] = ..., healthy_since: _Optional[float] = ..., terminal: _Optional[bool] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
-    __slots__ = ("tasks", "pending_slots", "pending_nodes", "pending_reason")
+    __slots__ = ("tasks", "pending_slots", "pending_nodes", "pending_reason", "silent_nodes")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     PENDING_SLOTS_FIELD_NUMBER: _ClassVar[int]
     PENDING_NODES_FIELD_NUMBER: _ClassVar[int]
     PENDING_REASON_FIELD_NUMBER: _ClassVar[int]
+    SILENT_NODES_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[Task]
     pending_slots: _containers.RepeatedScalarFieldContainer[int]
     pending_nodes: _containers.RepeatedScalarFieldContainer[str]
     pending_reason: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., pending_slots: _Optional[_Iterable[int]] = ..., pending_nodes: _Optional[_Iterable[str]] = ..., pending_reason: _Optional[str] = ...) -> None: ...
+    silent_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., pending_slots: _Optional[_Iterable[int]] = ..., pending_nodes: _Optional[_Iterable[str]] = ..., pending_reason: _Optional[str] = ..., silent_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()

@@ -118,24 +118,30 @@ class TrafficResponse(_message.Message):
     def __init__(self, node: _Optional[str] = ..., series: _Optional[_Iterable[_Union[TrafficSeries, _Mapping]]] = ...) -> None: ...
 
 class FindTasksRequest(_message.Message):
-    __slots__ = ("task",)
+    __slots__ = ("task", "service")
     TASK_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
     task: str
-    def __init__(self, task: _Optional[str] = ...) -> None: ...
+    service: str
+    def __init__(self, task: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...
 
 class FoundTask(_message.Message):
-    __slots__ = ("task", "service", "slot", "state", "container")
+    __slots__ = ("task", "service", "slot", "state", "container", "status", "created")
     TASK_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
     task: str
     service: str
     slot: int
     state: str
     container: str
-    def __init__(self, task: _Optional[str] = ..., service: _Optional[str] = ..., slot: _Optional[int] = ..., state: _Optional[str] = ..., container: _Optional[str] = ...) -> None: ...
+    status: str
+    created: float
+    def __init__(self, task: _Optional[str] = ..., service: _Optional[str] = ..., slot: _Optional[int] = ..., state: _Optional[str] = ..., container: _Optional[str] = ..., status: _Optional[str] = ..., created: _Optional[float] = ...) -> None: ...
 
 class FindTasksResponse(_message.Message):
     __slots__ = ("node", "tasks", "truncated")

@@ -154,7 +154,8 @@ class DockerStreams:
     async def tasks(self, prefix: str, labels: dict[str, str]) -> list[dict[str, str]]:
         """The tasks whose id starts with `prefix` among the containers carrying `labels`
         (running or exited: kept ones too, decision 71), one list call: for each task, the
-        labels and state of its newest container (`task`, `service`, `slot`, `state`, `id`)."""
+        labels and state of its newest container (`task`, `service`, `slot`, `state`, `id`,
+        `status`: Docker's words, `created`: unix seconds as text)."""
         wanted = [f"{k}={v}" for k, v in labels.items()] + [LABELS.TASK]
         filters = json.dumps({"label": wanted})
         _, found = await self._call("GET", "/containers/json?all=1&filters=" + urllib.parse.quote(filters))
@@ -170,6 +171,8 @@ class DockerStreams:
                 "slot": c["Labels"].get(LABELS.SLOT, ""),
                 "state": str(c.get("State", "")),
                 "id": str(c.get("Id", "")),
+                "status": str(c.get("Status", "")),
+                "created": str(c.get("Created", 0)),
             }
             for task, c in sorted(newest.items())
         ]

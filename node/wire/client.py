@@ -229,9 +229,10 @@ class ShoalClient:
         response = self._unary("ListTasks", api_pb2.ListTasksRequest(service=service))
         return list(response.tasks)
 
-    def tasks(self, service: str) -> api_pb2.ListTasksResponse:
-        """`list_tasks`, with the slots the scheduler has no node for and why (`pending_*`)."""
-        return self._unary("ListTasks", api_pb2.ListTasksRequest(service=service))
+    def tasks(self, service: str, all: bool = False) -> api_pb2.ListTasksResponse:
+        """`list_tasks`, with the slots the scheduler has no node for and why (`pending_*`);
+        with `all`, the tasks whose exited containers their nodes keep too (decision 71)."""
+        return self._unary("ListTasks", api_pb2.ListTasksRequest(service=service, all=all))
 
     def set_node_availability(self, node: str, availability: str) -> api_pb2.UpdateNodeResponse:
         """`active`, `pause` (keeps its tasks, takes no new ones) or `drain` (its tasks move)."""

@@ -10,6 +10,7 @@ never started again or published; `service rm` removes them all.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import docker
@@ -113,6 +114,17 @@ def test_replaced_tasks_stay_readable_only_the_newest_are_kept_and_rm_takes_them
         tasks = client.list_tasks("keeper")
     assert {t.task_id for t in tasks} == set(generations[3]), "kept ones are no replicas"
     assert not [t for t in tasks if t.endpoint and t.task_id not in generations[3]]
+    # `service ps --all` lists them too, from both nodes, each after its slot's running task
+    done = shoal(cluster, "service", "ps", "keeper", "--all", "-o", "json")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    rows = json.loads(done.stdout)
+    shown = {r["task"]: (r["node"], r["slot"], r["desired"]) for r in rows}
+    assert {t for t, (_, _, d) in shown.items() if d == "shutdown"} == expected, rows
+    assert {t for t, (_, _, d) in shown.items() if d == "running"} == set(generations[3]), rows
+    for task, (node, slot) in [w for tasks in generations[:-1] for w in tasks.items()]:
+        if task in expected:
+            assert shown[task] == (node, slot, "shutdown"), (task, rows)
+    assert [r["slot"] for r in rows] == sorted(r["slot"] for r in rows), "grouped by slot"
 
     with cluster.client() as client:
         client.delete_service("keeper")
@@ -146,7 +158,11 @@ def test_the_runs_before_a_crash_are_kept_and_read_with_previous(
         [line] = done.stdout.splitlines()
         return line.rsplit(" ", 1)[1]
 
-    last, before = runs(task), runs("--previous", "1", task[:12])  # the same task, two containers
+    # The same task, two containers. The previous one is read first: the task restarts
+    # every ~0.7 s, so reading the newest first let a restart in between make it the
+    # previous one (a flake); read in this order, a restart between only moves the newest on.
+    before = runs("--previous", "1", task[:12])
+    last = runs(task)
     assert last != before, "--previous reads the container before the newest"
     done = shoal(cluster, "task", "logs", "--previous", "50", task)
     assert "earlier run(s) kept on this node" in done.stderr and not done.stdout, done.stderr

@@ -173,7 +173,16 @@ class FakeShoal(api_pb2_grpc.ShoalServicer):
     def ListTasks(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._record("ListTasks", request, context)
         self._service(request.service, context)
-        return api_pb2.ListTasksResponse(tasks=list(reversed(TASKS.get(request.service, []))))
+        out = api_pb2.ListTasksResponse(tasks=list(reversed(TASKS.get(request.service, []))))
+        if request.all:  # kept tasks of slot 1 (decision 71), older first: the CLI sorts them
+            for age, code in ((300, 137), (60, 1)):
+                out.tasks.add(
+                    service=request.service, slot=1, task_id=f"old{age}", node="n2", desired="shutdown",
+                    state="exited", exit_code=code, message=f"Exited ({code}) {age} seconds ago",
+                    updated_at=1000.0 - age, terminal=True,
+                )  # fmt: skip
+            out.silent_nodes.append("n3")
+        return out
 
     def TaskUsage(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._record("TaskUsage", request, context)

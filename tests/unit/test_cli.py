@@ -135,6 +135,25 @@ def test_service_ps_table(addr: str) -> None:
     assert lines[-1] == "note: node n2: no usage figures: connection refused"
 
 
+def test_service_ps_all_puts_each_slots_kept_tasks_after_it_newest_first(addr: str) -> None:
+    result = shoal(addr, "service", "ps", "web", "--all")
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.stdout.splitlines()[1:4]]
+    assert [r[:5] for r in rows] == [
+        ["0", "t0abc", "n0", "running", "running"],
+        ["1", "t1abc", "n1", "running", "running"],
+        ["1", "old60", "n2", "shutdown", "exited"],
+    ]
+    assert "old300" in result.stdout.splitlines()[4]
+    assert "note: node(s) n3 did not answer: their kept tasks are not listed" in result.stdout
+    result = shoal(addr, "service", "ps", "web", "-a", "-o", "json")
+    assert "note: node(s) n3 did not answer" in result.stderr  # not in the JSON
+    data = json.loads(result.stdout)
+    assert [(t["slot"], t["task"], t["desired"], t["exit_code"]) for t in data[1:4]] == [
+        (1, "t1abc", "running", 0), (1, "old60", "shutdown", 1), (1, "old300", "shutdown", 137)
+    ]  # fmt: skip
+
+
 def test_service_ps_json_has_each_tasks_usage(addr: str) -> None:
     data = json.loads(ok(addr, "service", "ps", "web", "-o", "json"))
     assert data[0]["usage"]["cpu_percent"] == 12.5 and data[0]["usage"]["block_write"] == 4096

@@ -11,7 +11,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from node.api import taskio
+from node.api import convert, taskio
 from node.api.taskio import TaskIO
 from node.model.domain import Assignment, NodeInfo, ServiceRecord, TaskStatus
 from node.model.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -55,12 +55,22 @@ class FakeStreams:
         self.execs: list[tuple[str, Sequence[str]]] = []
         self.session = FakeSession([("stdout", b"hi\n")], 0)
         self.kept: dict[str, tuple[str, int]] = {}  # task -> (service, slot): exited, kept (decision 71)
+        self.labels_asked: dict[str, str] = {}
 
     async def tasks(self, prefix: str, labels: dict[str, str]) -> list[dict[str, str]]:
+        self.labels_asked = labels
         return [
-            {"task": t, "service": svc, "slot": str(slot), "state": "exited", "id": f"c-{t}"}
+            {
+                "task": t,
+                "service": svc,
+                "slot": str(slot),
+                "state": "exited",
+                "id": f"c-{t}",
+                "status": f"Exited ({slot}) {slot} minutes ago",
+                "created": str(1000 + slot),
+            }
             for t, (svc, slot) in sorted(self.kept.items())
-            if t.startswith(prefix)
+            if t.startswith(prefix) and labels.get("io.shoal.service", svc) == svc
         ]
 
     async def find(self, task_id: str, previous: int = 0) -> str:
@@ -113,7 +123,11 @@ class FakePeers:
     async def FindTasks(self, request: peer_pb2.FindTasksRequest, timeout: float | None = None) -> Any:
         if self.address in self.silent:
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
-        tasks = [t for t in (self.found or {}).get(self.address, []) if t.task.startswith(request.task)]
+        tasks = [
+            t
+            for t in (self.found or {}).get(self.address, [])
+            if t.task.startswith(request.task) and request.service in ("", t.service)
+        ]
         return peer_pb2.FindTasksResponse(node="", tasks=tasks)
 
     def TaskLogs(self, request: api_pb2.LogsRequest, timeout: float | None = None) -> FakeCall:
@@ -307,7 +321,11 @@ class BlockingPeers(FakePeers):
     async def FindTasks(self, request: peer_pb2.FindTasksRequest, timeout: float | None = None) -> Any:
         if self.address in self.silent:
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
-        tasks = [t for t in (self.found or {}).get(self.address, []) if t.task.startswith(request.task)]
+        tasks = [
+            t
+            for t in (self.found or {}).get(self.address, [])
+            if t.task.startswith(request.task) and request.service in ("", t.service)
+        ]
         return peer_pb2.FindTasksResponse(node="", tasks=tasks)
 
     def TaskLogs(self, request: api_pb2.LogsRequest, timeout: float | None = None) -> FakeCall:
@@ -410,3 +428,52 @@ async def test_previous_reads_an_earlier_run_here_or_asks_the_node_for_it() -> N
     assert [x.notice for x in got] == ["node n1: task t1 has no container on this node"]
     _ = [x async for x in io.logs(api_pb2.LogsRequest(service="web", previous=1))]
     assert io.peers.asked[-1][1].previous == 0, "a service's logs read each task's newest run"
+
+
+async def test_history_lists_every_nodes_tasks_of_a_service_and_names_the_silent_ones() -> None:
+    """`service ps --all` (decision 71): each node lists the service's containers it has,
+    kept exited ones included, newest first; a node that does not answer is named."""
+    io, _ = await make()
+    io.local.kept.update({"k1-old": ("web", 1), "k2-old": ("web", 2), "other": ("db", 1)})  # type: ignore[union-attr]
+    io.peers.found = {  # type: ignore[attr-defined]
+        "127.0.0.2:7070": [
+            peer_pb2.FoundTask(
+                task="k3-old", service="web", slot=3, state="exited", status="Exited (137) 1 hour ago"
+            ),
+            peer_pb2.FoundTask(task="db-old", service="db", slot=1, state="exited"),
+        ]
+    }
+    found, silent = await io.history("web")
+    assert sorted((node, t.task, t.slot) for node, t in found) == [
+        ("n1", "k1-old", 1), ("n1", "k2-old", 2), ("n2", "k3-old", 3)
+    ]  # fmt: skip
+    assert silent == []
+    assert io.local.labels_asked["io.shoal.service"] == "web"  # type: ignore[union-attr]
+    mine = await io.local_find("", "web")  # no prefix needed with a service: the newest first
+    assert [t.task for t in mine.tasks] == ["k2-old", "k1-old"]
+    assert (mine.tasks[0].status, mine.tasks[0].created) == ("Exited (2) 2 minutes ago", 1002.0)
+    io.peers.silent = {"127.0.0.2:7070"}  # type: ignore[attr-defined]
+    found, silent = await io.history("web")
+    assert [t.task for _, t in found] == ["k2-old", "k1-old"] and silent == ["n2"]
+
+
+def test_a_kept_task_is_a_shutdown_row_with_its_exit_code() -> None:
+    t = peer_pb2.FoundTask(
+        task="k3",
+        service="web",
+        slot=3,
+        state="exited",
+        container="c3",
+        status="Exited (137) 5 minutes ago",
+        created=9.0,
+    )
+    row = convert.kept_task("n2", t)
+    assert (row.task_id, row.node, row.desired, row.state, row.exit_code) == (
+        "k3",
+        "n2",
+        "shutdown",
+        "exited",
+        137,
+    )
+    assert (row.message, row.updated_at, row.container_id, row.terminal) == (t.status, 9.0, "c3", True)
+    assert convert.kept_task("n2", peer_pb2.FoundTask(task="k4", status="Up 3 minutes")).exit_code == 0
