@@ -11,8 +11,6 @@ is never cut. `PeerServicer` answers probes by handing them to the local
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -28,6 +26,7 @@ from node.gossip.transport import ProbeFailed
 from node.model.errors import FailedPrecondition
 from node.pb import peer_pb2, peer_pb2_grpc
 from node.wire import rpc
+from node.wire.peerstubs import PeerStubs
 
 
 def _updates_to_pb(updates: tuple[Update, ...]) -> list[peer_pb2.MemberUpdate]:
@@ -69,27 +68,16 @@ RETIRE_AFTER = 30.0  # s an old channel is kept after a renewal, for the calls s
 
 class GrpcTransport:
     def __init__(self, tls: rpc.ClientTls | None = None) -> None:
-        self.tls = tls
-        self._stubs: dict[str, peer_pb2_grpc.PeerStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._peers = PeerStubs(tls, retire_after=RETIRE_AFTER)
+        self._stub = self._peers.stub
 
-    def _stub(self, address: str) -> peer_pb2_grpc.PeerStub:
-        stub = self._stubs.get(address)
-        if stub is None:
-            channel = rpc.aio_channel(address, self.tls)
-            self._channels.append(channel)
-            stub = self._stubs[address] = peer_pb2_grpc.PeerStub(channel)
-        return stub
+    @property
+    def tls(self) -> rpc.ClientTls | None:
+        return self._peers.tls
 
     def set_tls(self, tls: rpc.ClientTls) -> None:
         """Dial with `tls` from now on (a renewed certificate); old channels close later."""
-        self.tls = tls
-        old, self._channels, self._stubs = self._channels, [], {}
-        if old:
-            task = asyncio.get_running_loop().create_task(_close_later(old), name="gossip-retire-channels")
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+        self._peers.set_tls(tls)
 
     async def ping(self, address: str, msg: Ping, timeout: float) -> Ack:
         request = peer_pb2.PingRequest(
@@ -114,21 +102,7 @@ class GrpcTransport:
             raise ProbeFailed(f"ping-req via {address}: {exc.code().name}") from exc
 
     async def close(self) -> None:
-        for task in list(self._retiring):
-            task.cancel()
-        for channel in self._channels:
-            await channel.close()
-        self._channels.clear()
-        self._stubs.clear()
-
-
-async def _close_later(channels: list[grpc.aio.Channel]) -> None:
-    try:
-        await asyncio.sleep(RETIRE_AFTER)
-    finally:
-        for channel in channels:
-            with contextlib.suppress(Exception):
-                await channel.close(grace=None)
+        await self._peers.close()
 
 
 JoinFn = Callable[[peer_pb2.JoinRequest, grpc.aio.ServicerContext], Awaitable[peer_pb2.JoinResponse]]

@@ -19,7 +19,6 @@ answer is named in the error when nothing else matched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -29,11 +28,11 @@ import grpc.aio
 from node.model.domain import Assignment, NodeInfo, TaskStatus
 from node.model.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from node.model.keys import Keys
-from node.pb import peer_pb2, peer_pb2_grpc
+from node.pb import peer_pb2
 from node.runtime.base import LABELS, EngineError
 from node.runtime.docker_logs import DockerStreams
 from node.store import Store
-from node.wire import rpc
+from node.wire.peerstubs import PeerStubs
 
 log = logging.getLogger(__name__)
 
@@ -41,35 +40,6 @@ MIN_PREFIX = 4  # characters of a task id that may name it
 FIND_TIMEOUT = 5.0  # s a node may take to list its tasks by prefix
 FIND_MAX = 50  # tasks one node sends at most for a prefix
 HISTORY_MAX = 500  # tasks of one service one node sends at most for `service ps --all` (newest first)
-
-
-class PeerStubs:
-    """One channel per peer address with this node's certificate; renewed with it."""
-
-    def __init__(self, tls: rpc.ClientTls | None = None) -> None:
-        self.tls = tls
-        self._stubs: dict[str, peer_pb2_grpc.PeerStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
-
-    def stub(self, address: str) -> peer_pb2_grpc.PeerStub:
-        stub = self._stubs.get(address)
-        if stub is None:
-            channel = rpc.aio_channel(address, self.tls)
-            self._channels.append(channel)
-            stub = self._stubs[address] = peer_pb2_grpc.PeerStub(channel)
-        return stub
-
-    def set_tls(self, tls: rpc.ClientTls) -> None:
-        """New calls use `tls`; the old channels stay for the streams still on them."""
-        self.tls = tls
-        self._stubs = {}
-
-    async def close(self) -> None:
-        for channel in self._channels:
-            with contextlib.suppress(Exception):
-                await channel.close(grace=None)
-        self._channels.clear()
-        self._stubs.clear()
 
 
 @dataclass(frozen=True)
