@@ -138,8 +138,11 @@ def _show(answer: api_pb2.ResolveResponse, fmt: str) -> None:
 @pass_settings
 def resolve(settings: Settings, name: str, watch: bool, fmt: str) -> None:
     """List the healthy, routable replicas of a service (what the proxy uses) and its mesh
-    addresses: every alive node's address with each published port. NAME is a service's
-    name or a network alias of one (`networks: [{name: NET, aliases: [NAME]}]`)."""
+    addresses: every alive node's address with each published port.
+
+    NAME is a service's name or a network alias of one (`networks: [{name: NET, aliases:
+    [NAME]}]`).
+    """
     client = settings.client()
     if not watch:
         _show(client.lookup(name), fmt)
