@@ -49,7 +49,10 @@ async def target(store: Store, keys: Keys, name: str) -> tuple[str, tuple[str, .
         if owner is not None and ServiceRecord.from_json(owner.value).uid == claim.uid:  # not stale
             held.setdefault(claim.service, []).append(network)
     if not held:
-        raise NotFound(f"no service or network alias named '{name}'; `shoal service ls` lists the services")
+        raise NotFound(
+            f"service '{name}' not found, nor a network alias of that name; "
+            "`shoal service ls` lists the services"
+        )
     if len(held) > 1:
         by = ", ".join(f"{s} on {', '.join(sorted(n))}" for s, n in sorted(held.items()))
         raise FailedPrecondition(

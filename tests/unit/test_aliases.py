@@ -464,7 +464,7 @@ async def test_resolve_finds_a_service_by_its_alias_and_names_both_holders_of_a_
         match=r"'database' is an alias of several services \(db on backnet, pg on frontnet\)",
     ):
         await resolve.target(writer.store, writer.keys, "database")
-    with pytest.raises(NotFound, match="no service or network alias named 'nothing'"):
+    with pytest.raises(NotFound, match="service 'nothing' not found, nor a network alias"):
         await resolve.target(writer.store, writer.keys, "nothing")
     # a claim whose service is gone or re-created is stale: not a holder
     await writer.store.put(writer.keys.netalias("backnet", "ghost"), PortClaim("gone", "uid0", 1.0).to_json())
