@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, overload
@@ -140,12 +141,23 @@ def settled_revision(endpoint: str, prefix: str = "/shoal/v1/", timeout: float =
 
     keys = Keys(prefix)
 
+    agreed: list[object] = []  # the last state in which services and VIP records agreed
+
     async def settled(store: Any) -> int | None:
         services, rev = await store.range(keys.services)
         vips, _ = await store.range(keys.vips)
-        have = {keys.tail(kv.key, keys.services) for kv in services}
-        named = {keys.tail(kv.key, keys.vips) for kv in vips}
-        return rev if have == named else None
+        # by incarnation: a service deleted and applied again under its old name keeps the
+        # old incarnation's VIP record until a node allocates the new one
+        have = {(keys.tail(kv.key, keys.services), json.loads(kv.value).get("uid")) for kv in services}
+        named = {(keys.tail(kv.key, keys.vips), json.loads(kv.value).get("uid")) for kv in vips}
+        if have != named:
+            agreed.clear()
+            return None
+        # the two ranges are read at two revisions: the same agreement twice, a poll apart
+        if agreed == [have]:
+            return int(rev)
+        agreed[:] = [have]
+        return None
 
     async def wait(store: Any) -> int:
         return await wait_until(
