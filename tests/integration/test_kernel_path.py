@@ -69,8 +69,9 @@ def targets(text: str, port: int) -> list[str]:
 
 
 def packets(text: str, port: int) -> int:
-    """What the counters of `port`'s rules counted (prerouting and output)."""
-    return sum(int(m[1]) for m in re.finditer(rf"tcp dport {port} counter packets (\d+)", text))
+    """What the named counter of `port`'s rules (prerouting and output share it) counted."""
+    found = re.search(rf"counter conn_{port} {{\s*packets (\d+)", text)
+    return int(found[1]) if found else 0
 
 
 def get(host: str, port: int) -> str:
