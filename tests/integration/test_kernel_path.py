@@ -120,6 +120,17 @@ def test_kernel_fast_path(make_cluster: Callable[..., DevCluster]) -> None:
         assert [e.node for e in fallbacks] == ["n2"], fallbacks
         assert "/nonexistent/nft is not found" in fallbacks[0].message
 
+        # ... and `shoal node ls` shows it (the node's registration): n2 fell back, n1 is on
+        def kernels() -> dict[str, tuple[str, str]]:
+            with cluster.client() as c:
+                return {n.id: (n.kernel_path, n.kernel_reason) for n in c.list_nodes().nodes}
+
+        wait_until_sync(
+            lambda: kernels() == {"n1": ("on", ""), "n2": ("fallback", "/nonexistent/nft is not found")},
+            20.0,
+            message="n2's fallback in node ls",
+        )
+
         # a scale and a rolling update under a bounded loop of new connections
         with loading([port]) as (load,):
             wait_until_sync(lambda: len(load.results) >= 10, 20.0, message="load flows")
