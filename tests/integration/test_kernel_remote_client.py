@@ -12,9 +12,10 @@ them through because the container's port is published (its `DOCKER` chain accep
 `-d <container> --dport 8080`), and the replies go back through conntrack.
 
 What needs no setting: `rp_filter` (the client's address is on-link through the veth,
-so a strict reverse-path check passes), `route_localnet` (no loopback address is
-involved), forwarding (Docker turns it on for the host; checked on the test's veth,
-the only interface the test sets anything on, and gone with it).
+so a strict reverse-path check passes: the test sets strict mode on its veth to show
+it), `route_localnet` (no loopback address is involved), forwarding (Docker turns it
+on for the host; checked on the test's veth). The veth is the only interface the test
+sets anything on, and its settings go with it.
 
 Checked: a bounded loop of new connections from the namespace, none failed, spread
 round robin over the 2 replicas; the port's named counter and
@@ -49,7 +50,7 @@ from tests.integration.test_kernel_path import packets, spec, table, targets
 pytestmark = pytest.mark.integration
 
 SUPERNET = ipaddress.IPv4Network("10.213.0.0/16")
-CONNECTIONS = 40  # new connections from the namespace, each with a 3 s timeout
+CONNECTIONS = 200  # new connections from the namespace, each with a 3 s timeout
 LOOP_TIME = 60.0  # s the loop may take at most
 
 # Runs in the namespace: CONNECTIONS sequential GETs, each on a new connection, until the
@@ -138,9 +139,10 @@ def other_host() -> Iterator[OtherHost]:
         run("ip", "-n", host.netns, "link", "set", "lo", "up")
         run("ip", "-n", host.netns, "addr", "add", f"{host.client_ip}/30", "dev", host.client_end)
         run("ip", "-n", host.netns, "link", "set", host.client_end, "up")
-        forwarding = Path(f"/proc/sys/net/ipv4/conf/{host.host_end}/forwarding")
-        if forwarding.read_text().strip() != "1":  # the veth's own; gone with it
-            forwarding.write_text("1\n")
+        conf = Path("/proc/sys/net/ipv4/conf") / host.host_end  # the test's veth's own: gone with it
+        if (conf / "forwarding").read_text().strip() != "1":
+            (conf / "forwarding").write_text("1\n")
+        (conf / "rp_filter").write_text("1\n")  # strict, as on many hosts: the path must pass it
         yield host
     finally:
         if host is not None:
