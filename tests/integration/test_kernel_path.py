@@ -132,6 +132,7 @@ def test_kernel_fast_path(make_cluster: Callable[..., DevCluster]) -> None:
         )
 
         # a scale and a rolling update under a bounded loop of new connections
+        counted = packets(table(cluster, "n1"), port)
         with loading([port]) as (load,):
             wait_until_sync(lambda: len(load.results) >= 10, 20.0, message="load flows")
             with cluster.client() as c:
@@ -155,6 +156,11 @@ def test_kernel_fast_path(make_cluster: Callable[..., DevCluster]) -> None:
         )
         assert not failed, f"{len(failed)} of {len(load.results)} failed: {failed[:5]}"
         assert all(r[2].startswith("200 web v2") for r in load.after(updated))
+        # the port's counter outlived every swap of the table (scale, update): it moved by the
+        # load's connections, as many as the rule took (none reached the userland listener)
+        moved = packets(table(cluster, "n1"), port) - counted
+        print(f"kernel path: the counter moved by {moved} over {len(load.results)} connections and the swaps")
+        assert moved == len(load.results), (moved, len(load.results))
 
         # the data path outlives the daemon: kill -9, the kernel still serves
         n1.kill(signal.SIGKILL)

@@ -244,3 +244,24 @@ async def test_the_state_a_node_reports_and_its_changes(tmp_path: Path) -> None:
     assert off.state() == ("off", "proxy_nft is off")
     missing, _ = path(tmp_path, FakeNft(), "/nonexistent/nft")
     assert missing.state() == ("fallback", "/nonexistent/nft is not found")  # before any port asks
+
+
+def test_query_nft_runs_the_program_and_reads_its_json(tmp_path: Path) -> None:
+    from node.proxy.nft import NftMissing, query_nft
+
+    args = tmp_path / "args"
+    good = script(
+        tmp_path, f'echo "$@" > {args}\necho \'{{"nftables": [{{"counter": {{"name": "conn_1"}}}}]}}\'\n'
+    )
+    assert query_nft(good, ["list", "counters", "table", "ip", "t"]) == {
+        "nftables": [{"counter": {"name": "conn_1"}}]
+    }
+    assert args.read_text().split() == ["-j", "list", "counters", "table", "ip", "t"]
+    refusing = script(tmp_path, "echo 'Error: No such file or directory' >&2\nexit 1\n")
+    with pytest.raises(NftError, match="exited with 1: Error: No such file"):
+        query_nft(refusing, ["list", "counters"])
+    with pytest.raises(NftMissing):
+        query_nft(str(tmp_path / "absent"), ["list", "counters"])
+    slow = script(tmp_path, "sleep 5\n")
+    with pytest.raises(NftError, match="no answer within"):
+        query_nft(slow, ["list", "counters"], timeout=0.2)
