@@ -170,6 +170,8 @@ def node(
         reserved_memory=reserved[1],
         simulated=n.simulated,
         own_labels=n.labels,
+        kernel_path=n.kernel_path,
+        kernel_reason=n.kernel_reason,
     )
 
 

@@ -44,10 +44,27 @@ def _free(n: api_pb2.Node) -> str:
     return f"{_cores(cpu)} cpu, {human_bytes(memory)}"
 
 
+REASON_WIDTH = 40  # characters of a kernel fallback's reason in the table (all of it: inspect)
+
+
+def _kernel(n: api_pb2.Node) -> str:
+    """The kernel fast path (decision 75): on, off, `fallback (why)`; `-` when the node
+    does not report it (older than the field, or down)."""
+    if not n.kernel_path:
+        return "-"
+    if n.kernel_path != "fallback":
+        return n.kernel_path
+    why = " ".join(n.kernel_reason.split()) or "no reason given"
+    if len(why) > REASON_WIDTH:
+        why = why[: REASON_WIDTH - 1] + "…"
+    return f"fallback ({why})"
+
+
 NODE_COLUMNS = [
     ("ID", lambda n: n.id),
     ("ADDRESS", _address),
     ("STATUS", lambda n: n.status),
+    ("KERNEL", _kernel),
     ("AVAILABILITY", lambda n: n.availability or "-"),
     ("LEADER", lambda n: "*" if n.leader else ""),
     ("GOSSIP", lambda n: n.member_state or "-"),
@@ -79,9 +96,26 @@ def node_ls(settings: Settings, fmt: str) -> None:
     node's tasks reserve of its capacity, FREE what a new replica can still have;
     LABELS are what constraints see (its own, overlaid by `shoal node label`);
     SIMULATED marks nodes of a simulation (`shoal dev --simulate`), which run nothing.
+    KERNEL is the kernel fast path of `fast_path: kernel` ports (on; off; fallback, with
+    why: those ports are served by the userland listeners); `-` when the node does not
+    say (an older version, or down). `shoal node inspect` gives the whole reason.
     """
     nodes = sorted(settings.client().list_nodes().nodes, key=lambda n: n.id)
     emit(nodes, node_dict, NODE_COLUMNS, fmt)
+
+
+@node.command("inspect")
+@click.argument("node_id", metavar="NODE")
+@output_option(default="yaml", formats=("yaml", "json"))
+@pass_settings
+def node_inspect(settings: Settings, node_id: str, fmt: str) -> None:
+    """Show one node: every field of `node ls`, reasons in full (the kernel path's)."""
+    found = [n for n in settings.client().list_nodes().nodes if n.id == node_id]
+    if not found:
+        from node.model.errors import NotFound  # shown as one `error:` line, as the server's
+
+        raise NotFound(f"node {node_id!r} not found")
+    emit_data(node_dict(found[0]), fmt)
 
 
 @node.command("watch")

@@ -163,6 +163,8 @@ def node_dict(n: api_pb2.Node) -> Row:
         "free_memory": max(0, n.memory - n.reserved_memory),
         "own_labels": dict(sorted(n.own_labels.items())),
         "simulated": n.simulated,
+        "kernel_path": n.kernel_path or None,  # decision 75; None: the node does not report it
+        "kernel_reason": n.kernel_reason,
     }
 
 

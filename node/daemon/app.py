@@ -246,6 +246,7 @@ class Daemon:
 
     def info(self) -> NodeInfo:
         c = self.config
+        kernel = self.mesh.kernel.state() if self.mesh.kernel is not None else ("", "")  # decision 75
         return NodeInfo(
             c.node_id,
             c.address,
@@ -259,6 +260,8 @@ class Daemon:
             spec_paths=sorted(known_paths()),
             metrics_port=c.metrics_port,
             metrics_tls=c.metrics_tls,
+            kernel_path=kernel[0],
+            kernel_reason=kernel[1],
         )
 
     async def register(self, lease: int | None = None) -> None:
@@ -339,6 +342,8 @@ class Daemon:
         renewed = asyncio.Event()
         self.session.on_renewed(lambda _lease: renewed.set())
         self.engine.on_change(lambda _up: renewed.set())  # not ready / ready again: re-register now
+        if self.mesh.kernel is not None:  # the kernel path fell back or serves again: re-register now
+            self.mesh.kernel.on_change(renewed.set)
         try:
             api = wiring.build_api(self)
         except OSError as exc:

@@ -230,13 +230,16 @@ class DevCluster:
     sim_proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _tls: ClientTls | None = field(default=None, repr=False)
     vip_range: str = ""  # service names (issue 13): "" = a /24 of its own (node.dev.vipranges)
+    addresses: dict[int, str] = field(default_factory=dict)  # node index -> its address instead of
+    #   127.0.0.i (a test's veth, so a client in a network namespace reaches it as another host)
 
     @classmethod
     def on_free_ports(cls, data_dir: Path, nodes: int = 3, name: str = "t", **kwargs: Any) -> DevCluster:
         """A cluster whose gRPC, metrics and etcd ports are free on every node address
         (drawn outside the ephemeral range, `node.dev.freeports`) and whose name is unique
         (`<name><8 hex>`), so tests and benches never meet another cluster's."""
-        hosts = [f"127.0.0.{i}" for i in range(1, nodes + 1)]
+        addresses = kwargs.get("addresses", {})
+        hosts = [addresses.get(i, f"127.0.0.{i}") for i in range(1, nodes + 1)]
         return cls(
             data_dir,
             nodes=nodes,
@@ -262,7 +265,7 @@ class DevCluster:
         self.members = [self._member(i) for i in range(1, self.nodes + 1)]
 
     def _member(self, i: int) -> NodeProcess:
-        node_id, address = f"n{i}", f"127.0.0.{i}"
+        node_id, address = f"n{i}", self.addresses.get(i, f"127.0.0.{i}")
         data = self.data_dir / "nodes" / node_id
         args = [
             "--node-id", node_id, "--data-dir", str(data), "--address", address,

@@ -178,6 +178,11 @@ class NodeInfo(Record):
     # issue 14 (metrics): where this node serves /metrics (0: off), for Prometheus discovery
     metrics_port: int = 0
     metrics_tls: bool = False
+    # decision 75: the kernel fast path of `fast_path: kernel` ports on this node: "on",
+    # "off" (`proxy_nft = off`) or "fallback" (those ports go to the userland listeners:
+    # no nft, nft refused the table); "" = not reported (an older node). Why, in kernel_reason
+    kernel_path: str = ""
+    kernel_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "address", "grpc_port", "status", "leader", "labels", "cpu", "memory", "version", "tasks", "started_at", "member_state", "incarnation", "state_age", "availability", "reserved_cpu", "reserved_memory", "simulated", "own_labels")
+    __slots__ = ("id", "address", "grpc_port", "status", "leader", "labels", "cpu", "memory", "version", "tasks", "started_at", "member_state", "incarnation", "state_age", "availability", "reserved_cpu", "reserved_memory", "simulated", "own_labels", "kernel_path", "kernel_reason")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +303,8 @@ class Node(_message.Message):
     RESERVED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     SIMULATED_FIELD_NUMBER: _ClassVar[int]
     OWN_LABELS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     grpc_port: int
@@ -322,7 +324,9 @@ class Node(_message.Message):
     reserved_memory: int
     simulated: bool
     own_labels: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., grpc_port: _Optional[int] = ..., status: _Optional[str] = ..., leader: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., version: _Optional[str] = ..., tasks: _Optional[int] = ..., started_at: _Optional[float] = ..., member_state: _Optional[str] = ..., incarnation: _Optional[int] = ..., state_age: _Optional[float] = ..., availability: _Optional[str] = ..., reserved_cpu: _Optional[float] = ..., reserved_memory: _Optional[int] = ..., simulated: _Optional[bool] = ..., own_labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    kernel_path: str
+    kernel_reason: str
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., grpc_port: _Optional[int] = ..., status: _Optional[str] = ..., leader: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., cpu: _Optional[float] = ..., memory: _Optional[int] = ..., version: _Optional[str] = ..., tasks: _Optional[int] = ..., started_at: _Optional[float] = ..., member_state: _Optional[str] = ..., incarnation: _Optional[int] = ..., state_age: _Optional[float] = ..., availability: _Optional[str] = ..., reserved_cpu: _Optional[float] = ..., reserved_memory: _Optional[int] = ..., simulated: _Optional[bool] = ..., own_labels: _Optional[_Mapping[str, str]] = ..., kernel_path: _Optional[str] = ..., kernel_reason: _Optional[str] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes", "epoch")

@@ -20,6 +20,11 @@ started with the kernel path off removes it. Only a node that leaves for good
 (`leave_on_stop`) removes it when it stops; `shoal dev` removes its nodes' tables with
 their containers.
 
+`counts` reads the rules' named counters for `/metrics` (`nft -j list counters`, in the
+scrape's thread, at most once per COUNTS_AGE); `state` is what the node registers for
+`shoal node ls` (on, off, or fallback and why), and `on_change` tells the daemon's
+registration loop when it changed.
+
 Each failure path leaves a consistent state: the text is never half applied (one
 transaction); a process dying between `route_localnet` and `nft` leaves a sysctl set
 and the old table; the next start writes both again.
@@ -29,6 +34,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -38,7 +45,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from node.proxy import kernel_rules
 from node.proxy.direct import ROUTES, on_link_routes
 from node.proxy.kernel_rules import KernelPort
-from node.proxy.nft import NftError, NftMissing, run_nft
+from node.proxy.nft import NftError, NftMissing, query_nft, run_nft
 from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
@@ -48,7 +55,10 @@ OFF = ("", "off", "false", "no", "0")
 """Values of `proxy_nft` that turn the kernel path off."""
 SYSCTL = Path("/proc/sys/net/ipv4/conf")
 
+COUNTS_AGE = 2.0  # s a read of the counters is reused: scrapes within it run no `nft`
+
 Runner = Callable[[str, str], Awaitable[None]]
+Query = Callable[[str, Sequence[str]], object]
 
 
 def set_route_localnet(interfaces: Sequence[str], root: Path = SYSCTL) -> list[str]:
@@ -83,14 +93,60 @@ class KernelPath:
         run: Runner = run_nft,
         routes_file: Path = ROUTES,
         sysctl: Path = SYSCTL,
+        query: Query = query_nft,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.program, self.table, self.events = program, table, events
         self.remove_on_stop = remove_on_stop
         self.run, self.routes_file, self.sysctl = run, routes_file, sysctl
+        self.query, self.clock = query, clock
+        self._counts: tuple[float, dict[int, int]] | None = None  # (read at, port -> connections)
+        self._counts_lock = threading.Lock()  # scrapes run in the metrics server's threads
+        self._watchers: list[Callable[[], None]] = []
         self.applied: str | None = None  # the text the kernel holds (None: unknown, at start)
         self.served: list[KernelPort] = []  # the ports the kernel serves now, as applied
         self.fallback = ""  # why fast-path ports go to the userland listeners now ("": they do not)
         self._tried: str | None = None  # the last text that failed: not retried until it changes
+        self._reported = self.state()  # the state the watchers (`on_change`) last heard of
+
+    def state(self) -> tuple[str, str]:
+        """What the node reports of its kernel path (`NodeInfo.kernel_path`, shown by `shoal
+        node ls`): ("off", why) when `proxy_nft` turned it off; ("fallback", why) when
+        `fast_path: kernel` ports go to the userland listeners (the reason of the last
+        `proxy.kernel_fallback`), or would, `nft` being missing; ("on", "") otherwise."""
+        if not self.program:
+            return "off", "proxy_nft is off"
+        if self.fallback:
+            return "fallback", self.fallback
+        if not self.resolved():
+            return "fallback", f"{self.program} is not found"
+        return "on", ""
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) after a sync that changed `state()`."""
+        self._watchers.append(callback)
+
+    def counts(self) -> dict[int, int]:
+        """Connections DNATed per published port, from the table's named counters (one per
+        port, kept across the table's swaps: `kernel_rules.counter_name`); {} when there is
+        no table or `nft` cannot say. Blocking (runs `nft -j list counters` at most once
+        per COUNTS_AGE), for the `/metrics` scrape's thread, never the event loop."""
+        program = self.resolved() if self.served else ""
+        with self._counts_lock:
+            if not program:  # no table of ours (or no nft): nothing to read, nothing cached
+                self._counts = None
+                return {}
+            now = self.clock()
+            if self._counts is not None and now - self._counts[0] < COUNTS_AGE:
+                return self._counts[1]
+            found: dict[int, int] = {}
+            try:
+                listing = self.query(program, ["list", "counters", "table", "ip", self.table])
+                found = kernel_rules.counts(listing)
+            except NftError as exc:
+                log.debug("kernel path: cannot read the counters of %s: %s", self.table, exc)
+            self._counts = (now, found)
+            return found
 
     def resolved(self) -> str:
         """The program's path, or "" when it is off or missing."""
@@ -113,6 +169,18 @@ class KernelPath:
     async def sync(self, address: str, ports: Sequence[KernelPort]) -> list[KernelPort]:
         """Make the kernel hold `ports` (none: no table); the ports it serves now (none
         after a fallback)."""
+        try:
+            return await self._sync(address, ports)
+        finally:
+            state = self.state()
+            if state != self._reported:
+                self._reported = state
+                for callback in list(self._watchers):
+                    callback()
+
+    async def _sync(self, address: str, ports: Sequence[KernelPort]) -> list[KernelPort]:
+        if not ports:
+            self.fallback = ""  # no port asks for the kernel: nothing falls back (said again if one does)
         program = self.resolved()
         if not program:
             if ports:

@@ -21,6 +21,16 @@ daemon restarted after a crash needs no history, and a packet sees the old rules
 new ones, never a mix. Tables are per cluster and node (`table_name`): several `shoal
 dev` nodes share one kernel, and one node's flush must not wipe another's rules.
 
+Counters: each port's rules (prerouting for other hosts' clients, output for this
+host's) share one named counter object, `conn_<port>`, declared in the table. `flush
+table` empties the chains but keeps named objects, and declaring one that exists keeps
+its value, so a count survives every swap of the rules (endpoint changes) and a daemon
+restart; it starts again from 0 only when the table is removed (no port left, a
+fallback). A nat chain sees the first packet of each connection only, so the count is
+of connections DNATed (its bytes are the SYNs', not exported). A port that stops being
+served here keeps its counter object until the table goes, and counts on if it comes
+back. Read back with `nft -j list counters` (`counts`).
+
 Loopback clients (a node address in 127.0.0.0/8, as on a dev cluster): a connection
 from 127.0.0.1 DNATed to a container would leave with a loopback source, which the
 kernel drops as a martian and the container could not answer. Two rules fix it, as
@@ -150,9 +160,13 @@ def ruleset(table: str, address: str, ports: Sequence[KernelPort], localnet: Seq
     ip = ipaddress.IPv4Address(address)
     match_dst = "fib daddr type local" if ip.is_unspecified else f"ip daddr {ip}"
     rules = [
-        f"{match_dst} tcp dport {p.published} counter {_dnat(p)} comment {_quote(p.service)}" for p in ports
+        f'{match_dst} tcp dport {p.published} counter name "{counter_name(p.published)}" '
+        f"{_dnat(p)} comment {_quote(p.service)}"
+        for p in ports
     ]
     lines = [f"table ip {table}", f"flush table ip {table}", f"table ip {table} {{"]
+    for p in ports:  # named: `flush table` empties chains, not objects, so a count outlives swaps
+        lines += [f"  counter {counter_name(p.published)} {{", "  }"]
     lines += _chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;", rules)
     lines += _chain("output", "type nat hook output priority -100; policy accept;", rules)
     if loopback_clients(address):
@@ -170,6 +184,28 @@ def ruleset(table: str, address: str, ports: Sequence[KernelPort], localnet: Seq
         lines += _chain("input", "type filter hook input priority filter; policy accept;", guard)
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def counter_name(published: int) -> str:
+    """The named counter of a published port's rules (prerouting and output share it)."""
+    return f"conn_{published}"
+
+
+def counts(listing: object) -> dict[int, int]:
+    """`nft -j list counters table ip T` read back: published port -> connections its
+    rules DNATed (a counter in the nat chains sees a connection's first packet only).
+    Whatever is not one of this module's counters is ignored."""
+    out: dict[int, int] = {}
+    items = listing.get("nftables", []) if isinstance(listing, dict) else []
+    for item in items if isinstance(items, list) else []:
+        counter = item.get("counter") if isinstance(item, dict) else None
+        if not isinstance(counter, dict):
+            continue
+        name, packets = counter.get("name"), counter.get("packets")
+        match = re.fullmatch(r"conn_(\d{1,5})", name) if isinstance(name, str) else None
+        if match and isinstance(packets, int) and not isinstance(packets, bool):
+            out[int(match[1])] = packets
+    return out
 
 
 def removal(table: str) -> str:

@@ -19,6 +19,9 @@ Series (labels `service`, `port`, `protocol`):
 - `shoal_proxy_bind_errors`: 1 for a published port this node could not bind;
 - `shoal_proxy_kernel_backends`: this node's replicas in the nftables rule of a
   `fast_path: kernel` port (decision 75); no series while the userland mesh serves it.
+- `shoal_proxy_kernel_connections_total`: new connections those rules DNATed, read from
+  the table's named counters (one `nft -j list counters` per 2 s at most, in the
+  scrape's thread); reset only when the table is removed (no port left, a fallback).
 - `shoal_vip_kernel_up`, `shoal_vip_kernel_rules`, `shoal_vip_kernel_failures_total`: the
   kernel path of service VIPs (decision 74, node.proxy.vipkernel).
 The node's shared entrance (node.proxy.ingress) is counted as service `ingress`, its
@@ -122,10 +125,21 @@ class MeshCollector(Collector):
             "replicas of this node in a fast_path: kernel port's nftables rule (no series: userland)",
             labels=_LABELS,
         )
-        for port in list(getattr(self.mesh, "kernel_served", [])):
-            kernel.add_metric([port.service, str(port.published), "tcp"], len(port.targets))
+        connections = CounterMetricFamily(
+            "shoal_proxy_kernel_connections",
+            "new connections a fast_path: kernel port's nftables rules DNATed to this node's replicas",
+            labels=_LABELS,
+        )
+        served = list(getattr(self.mesh, "kernel_served", []))
+        path = getattr(self.mesh, "kernel", None)
+        counted = path.counts() if served and path is not None else {}
+        for port in served:
+            labels = [port.service, str(port.published), "tcp"]
+            kernel.add_metric(labels, len(port.targets))
+            if port.published in counted:  # unread (nft failed): no series rather than a false reset
+                connections.add_metric(labels, counted[port.published])
         yield from counters.values()
-        yield from (active, tunnels, latency, backends, bind_errors, kernel)
+        yield from (active, tunnels, latency, backends, bind_errors, kernel, connections)
         yield from _vip_kernel(getattr(self.mesh, "vip_kernel", None))
 
 

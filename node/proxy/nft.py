@@ -16,7 +16,10 @@ runs in a thread, so the loop never waits on a spawn and a slow `nft` is killed 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
+from collections.abc import Sequence
+from typing import Any
 
 TIMEOUT = 5.0  # s one run of nft may take
 
@@ -48,3 +51,24 @@ def _run(program: str, text: str, timeout: float) -> None:
 async def run_nft(program: str, text: str, timeout: float | None = None) -> None:
     """`program -f -` fed `text`, off the event loop; `NftError` with nft's own words."""
     await asyncio.to_thread(_run, program, text, TIMEOUT if timeout is None else timeout)
+
+
+def query_nft(program: str, args: Sequence[str], timeout: float | None = None) -> Any:
+    """`program -j <args>` (a `list` command), its JSON; blocking, so for a thread that
+    may wait (the `/metrics` scrape's, never the event loop). `NftError` as `run_nft`."""
+    limit = TIMEOUT if timeout is None else timeout
+    try:
+        done = subprocess.run([program, "-j", *args], capture_output=True, timeout=limit, check=False)
+    except FileNotFoundError as exc:
+        raise NftMissing(f"cannot run {program}: not found") from exc
+    except subprocess.TimeoutExpired:
+        raise NftError(f"{program} -j {' '.join(args)}: no answer within {limit:g}s (killed)") from None
+    except OSError as exc:
+        raise NftError(f"cannot run {program}: {exc.strerror or exc}") from exc
+    if done.returncode != 0:
+        lines = done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"]
+        raise NftError(f"{program} -j {' '.join(args)} exited with {done.returncode}: {lines[0][:300]}")
+    try:
+        return json.loads(done.stdout or b"{}")
+    except ValueError as exc:
+        raise NftError(f"{program} -j {' '.join(args)}: not JSON ({exc})") from None

@@ -69,8 +69,9 @@ def targets(text: str, port: int) -> list[str]:
 
 
 def packets(text: str, port: int) -> int:
-    """What the counters of `port`'s rules counted (prerouting and output)."""
-    return sum(int(m[1]) for m in re.finditer(rf"tcp dport {port} counter packets (\d+)", text))
+    """What the named counter of `port`'s rules (prerouting and output share it) counted."""
+    found = re.search(rf"counter conn_{port} {{\s*packets (\d+)", text)
+    return int(found[1]) if found else 0
 
 
 def get(host: str, port: int) -> str:
@@ -119,7 +120,19 @@ def test_kernel_fast_path(make_cluster: Callable[..., DevCluster]) -> None:
         assert [e.node for e in fallbacks] == ["n2"], fallbacks
         assert "/nonexistent/nft is not found" in fallbacks[0].message
 
+        # ... and `shoal node ls` shows it (the node's registration): n2 fell back, n1 is on
+        def kernels() -> dict[str, tuple[str, str]]:
+            with cluster.client() as c:
+                return {n.id: (n.kernel_path, n.kernel_reason) for n in c.list_nodes().nodes}
+
+        wait_until_sync(
+            lambda: kernels() == {"n1": ("on", ""), "n2": ("fallback", "/nonexistent/nft is not found")},
+            20.0,
+            message="n2's fallback in node ls",
+        )
+
         # a scale and a rolling update under a bounded loop of new connections
+        counted = packets(table(cluster, "n1"), port)
         with loading([port]) as (load,):
             wait_until_sync(lambda: len(load.results) >= 10, 20.0, message="load flows")
             with cluster.client() as c:
@@ -143,6 +156,11 @@ def test_kernel_fast_path(make_cluster: Callable[..., DevCluster]) -> None:
         )
         assert not failed, f"{len(failed)} of {len(load.results)} failed: {failed[:5]}"
         assert all(r[2].startswith("200 web v2") for r in load.after(updated))
+        # the port's counter outlived every swap of the table (scale, update): it moved by the
+        # load's connections, as many as the rule took (none reached the userland listener)
+        moved = packets(table(cluster, "n1"), port) - counted
+        print(f"kernel path: the counter moved by {moved} over {len(load.results)} connections and the swaps")
+        assert moved == len(load.results), (moved, len(load.results))
 
         # the data path outlives the daemon: kill -9, the kernel still serves
         n1.kill(signal.SIGKILL)

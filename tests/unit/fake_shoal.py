@@ -79,6 +79,8 @@ NODES = [
         availability="drain",
         reserved_cpu=1.5,
         reserved_memory=2 * 1024**3,
+        kernel_path="fallback",
+        kernel_reason="nft -f - exited with 1: Error: Could not process rule: No such file or directory",
     ),
     api_pb2.Node(
         id="n2",

@@ -211,15 +211,17 @@ def test_unknown_service_is_one_line_error(addr: str, args: tuple[str, ...]) -> 
 def test_node_ls_table(addr: str) -> None:
     lines = ok(addr, "node", "ls").splitlines()
     assert lines[0].split() == [
-        "ID", "ADDRESS", "STATUS", "AVAILABILITY", "LEADER", "GOSSIP", "INCARNATION", "SINCE",
+        "ID", "ADDRESS", "STATUS", "KERNEL", "AVAILABILITY", "LEADER", "GOSSIP", "INCARNATION", "SINCE",
         "TASKS", "CPU", "RESERVED/CAPACITY", "MEMORY", "RESERVED/CAPACITY", "FREE", "LABELS", "SIMULATED",
     ]  # fmt: skip
-    assert lines[1].split() == [
-        "n1", "127.0.0.1:7070", "ready", "drain", "*", "alive", "1700000000", "12.5s", "2",
+    kernel = "fallback (nft -f - exited with 1: Error: Could no…)"  # the reason cut at 40 characters
+    assert lines[1].startswith("n1") and kernel in lines[1]
+    assert lines[1].replace(kernel, "K").split() == [
+        "n1", "127.0.0.1:7070", "ready", "K", "drain", "*", "alive", "1700000000", "12.5s", "2",
         "1.5/4", "2.0GiB/8.0GiB", "2.5", "cpu,", "6.0GiB", "zone=a",
     ]  # fmt: skip
-    assert lines[2].split() == [
-        "n2", "127.0.0.2:7070", "down", "-", "dead", "1700000001", "5m", "0", "0/2", "0B/1.0GiB",
+    assert lines[2].split() == [  # n2 does not report its kernel path (an older node): "-"
+        "n2", "127.0.0.2:7070", "down", "-", "-", "dead", "1700000001", "5m", "0", "0/2", "0B/1.0GiB",
         "2", "cpu,", "1.0GiB",
     ]  # fmt: skip
 
@@ -234,6 +236,20 @@ def test_node_ls_json(addr: str) -> None:
     assert data[0]["memory"] == 8 * 1024**3 and data[0]["tasks"] == 2 and data[0]["version"] == "0.1.0"
     gossip = (data[1]["member_state"], data[1]["incarnation"], data[1]["state_age"])
     assert gossip == ("dead", 1700000001, 300.0)
+    assert data[0]["kernel_path"] == "fallback" and data[0]["kernel_reason"].endswith(
+        "No such file or directory"
+    )
+    assert data[1]["kernel_path"] is None and data[1]["kernel_reason"] == ""
+
+
+def test_node_inspect_gives_the_whole_kernel_reason(addr: str) -> None:
+    data = YAML(typ="safe").load(ok(addr, "node", "inspect", "n1"))
+    assert data["id"] == "n1" and data["kernel_path"] == "fallback"
+    assert data["kernel_reason"] == (
+        "nft -f - exited with 1: Error: Could not process rule: No such file or directory"
+    )
+    assert json.loads(ok(addr, "node", "inspect", "n2", "-o", "json"))["kernel_path"] is None
+    assert fails(addr, "node", "inspect", "n9") == "node 'n9' not found"
 
 
 def test_resolve(addr: str) -> None:

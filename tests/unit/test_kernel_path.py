@@ -178,3 +178,90 @@ async def test_the_mesh_dnats_to_its_own_replicas_only(tmp_path: Path) -> None:
         with pytest.raises(asyncio.CancelledError):
             await runner
     assert "delete table" not in nft.texts[-1]  # a stop leaves the table serving (decision 75)
+
+
+# -- what it reports: counters (/metrics) and its state (`shoal node ls`) ---------------------
+
+
+class FakeQuery:
+    """`nft -j list counters …`: answers `listing`, or raises `error`; counts its calls."""
+
+    def __init__(self, packets: int = 0) -> None:
+        self.packets, self.calls, self.error = packets, 0, None
+
+    def __call__(self, program: str, args: object) -> object:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return {"nftables": [{"counter": {"name": "conn_18080", "packets": self.packets, "bytes": 60}}]}
+
+
+async def test_the_counters_are_read_at_most_once_per_age(tmp_path: Path) -> None:
+    query, now = FakeQuery(3), [100.0]
+    kernel, _ = path(tmp_path, FakeNft(), query=query, clock=lambda: now[0])
+    assert kernel.counts() == {} and query.calls == 0  # no table: no nft run
+    await kernel.sync("10.0.0.5", [PORT])
+    assert kernel.counts() == {18080: 3} and query.calls == 1
+    query.packets = 9
+    assert kernel.counts() == {18080: 3} and query.calls == 1  # a scrape within the age: cached
+    now[0] += kp.COUNTS_AGE
+    assert kernel.counts() == {18080: 9} and query.calls == 2
+    query.error = NftError("nft -j list exited with 1")
+    now[0] += kp.COUNTS_AGE
+    assert kernel.counts() == {}  # unknown: no series (not a reset to 0)
+
+
+async def test_the_metrics_export_the_kernel_connections(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from node.proxy.metrics import MeshCollector
+
+    w = World()
+    w.mesh.kernel, _ = path(tmp_path, FakeNft(), query=FakeQuery(42))
+    w.mesh.kernel_served = await w.mesh.kernel.sync("10.0.0.5", [PORT])
+    registry = CollectorRegistry()
+    registry.register(MeshCollector(w.mesh))
+    text = generate_latest(registry).decode()
+    labels = 'port="18080",protocol="tcp",service="raw"'
+    assert f"shoal_proxy_kernel_connections_total{{{labels}}} 42.0" in text, text
+    assert f"shoal_proxy_kernel_backends{{{labels}}} 2.0" in text
+
+
+async def test_the_state_a_node_reports_and_its_changes(tmp_path: Path) -> None:
+    nft = FakeNft()
+    kernel, _ = path(tmp_path, nft)
+    changes: list[tuple[str, str]] = []
+    kernel.on_change(lambda: changes.append(kernel.state()))
+    assert kernel.state() == ("on", "")
+    await kernel.sync("10.0.0.5", [PORT])
+    assert changes == []  # served: still "on", nothing to re-register
+    nft.failures = kp.ATTEMPTS + 1
+    await kernel.sync("10.0.0.5", [KernelPort("raw", 18080, (("172.17.0.9", 8080),))])
+    assert [s for s, _ in changes] == ["fallback"] and "exited with 1" in changes[0][1]
+    await kernel.sync("10.0.0.5", [])  # no port asks for the kernel any more: nothing falls back
+    assert changes[-1] == ("on", "")
+    off, _ = path(tmp_path, FakeNft(), "")
+    assert off.state() == ("off", "proxy_nft is off")
+    missing, _ = path(tmp_path, FakeNft(), "/nonexistent/nft")
+    assert missing.state() == ("fallback", "/nonexistent/nft is not found")  # before any port asks
+
+
+def test_query_nft_runs_the_program_and_reads_its_json(tmp_path: Path) -> None:
+    from node.proxy.nft import NftMissing, query_nft
+
+    args = tmp_path / "args"
+    good = script(
+        tmp_path, f'echo "$@" > {args}\necho \'{{"nftables": [{{"counter": {{"name": "conn_1"}}}}]}}\'\n'
+    )
+    assert query_nft(good, ["list", "counters", "table", "ip", "t"]) == {
+        "nftables": [{"counter": {"name": "conn_1"}}]
+    }
+    assert args.read_text().split() == ["-j", "list", "counters", "table", "ip", "t"]
+    refusing = script(tmp_path, "echo 'Error: No such file or directory' >&2\nexit 1\n")
+    with pytest.raises(NftError, match="exited with 1: Error: No such file"):
+        query_nft(refusing, ["list", "counters"])
+    with pytest.raises(NftMissing):
+        query_nft(str(tmp_path / "absent"), ["list", "counters"])
+    slow = script(tmp_path, "sleep 5\n")
+    with pytest.raises(NftError, match="no answer within"):
+        query_nft(slow, ["list", "counters"], timeout=0.2)

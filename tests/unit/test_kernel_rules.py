@@ -111,17 +111,23 @@ def test_the_whole_table_on_a_loopback_node() -> None:
         "table ip shoal_t_n1\n"
         "flush table ip shoal_t_n1\n"
         "table ip shoal_t_n1 {\n"
+        "  counter conn_18080 {\n"
+        "  }\n"
+        "  counter conn_15432 {\n"
+        "  }\n"
         "  chain prerouting {\n"
         "    type nat hook prerouting priority dstnat; policy accept;\n"
-        "    ip daddr 127.0.0.1 tcp dport 18080 counter dnat to numgen inc mod 2 map"
+        '    ip daddr 127.0.0.1 tcp dport 18080 counter name "conn_18080" dnat to numgen inc mod 2 map'
         ' { 0 : 172.17.0.2 . 8080, 1 : 172.17.0.3 . 8080 } comment "raw"\n'
-        '    ip daddr 127.0.0.1 tcp dport 15432 counter dnat to 172.17.0.4:5432 comment "db"\n'
+        '    ip daddr 127.0.0.1 tcp dport 15432 counter name "conn_15432"'
+        ' dnat to 172.17.0.4:5432 comment "db"\n'
         "  }\n"
         "  chain output {\n"
         "    type nat hook output priority -100; policy accept;\n"
-        "    ip daddr 127.0.0.1 tcp dport 18080 counter dnat to numgen inc mod 2 map"
+        '    ip daddr 127.0.0.1 tcp dport 18080 counter name "conn_18080" dnat to numgen inc mod 2 map'
         ' { 0 : 172.17.0.2 . 8080, 1 : 172.17.0.3 . 8080 } comment "raw"\n'
-        '    ip daddr 127.0.0.1 tcp dport 15432 counter dnat to 172.17.0.4:5432 comment "db"\n'
+        '    ip daddr 127.0.0.1 tcp dport 15432 counter name "conn_15432"'
+        ' dnat to 172.17.0.4:5432 comment "db"\n'
         "  }\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
@@ -233,3 +239,25 @@ def test_turning_the_kernel_path_on_replaces_no_replica() -> None:
     other = parse_spec(BASE.replace("18080", "18081") + "}\n")
     assert on.ports[0].fast_path == "kernel" and off.ports[0].fast_path is None
     assert template_hash(on) == template_hash(off) != template_hash(other)
+
+
+def test_the_counters_read_back_from_nft_json() -> None:
+    listing = {
+        "nftables": [
+            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"counter": {"family": "ip", "name": "conn_18080", "table": "t", "packets": 30, "bytes": 1800}},
+            {"counter": {"family": "ip", "name": "conn_15432", "table": "t", "packets": 0, "bytes": 0}},
+            {"counter": {"family": "ip", "name": "other", "packets": 7}},  # not ours
+            {"counter": {"family": "ip", "name": "conn_1", "packets": "7"}},  # not a number
+            {"counter": "conn_18080"},  # a rule's reference, not an object
+            "junk",
+        ]
+    }
+    assert k.counts(listing) == {18080: 30, 15432: 0}
+    assert k.counts({}) == {} and k.counts([]) == {} and k.counts({"nftables": "x"}) == {}
+
+
+def test_a_counter_is_named_per_port_and_shared_by_both_hooks() -> None:
+    text = k.ruleset("shoal_t_n1", "10.0.0.5", [TWO])
+    assert text.count("counter conn_18080 {") == 1  # declared once: kept across swaps
+    assert text.count('counter name "conn_18080"') == 2  # prerouting and output

@@ -147,6 +147,18 @@ async def test_node_list_shows_reserved_availability_effective_labels_and_simula
     assert not n1.simulated and listed["sim-1"].simulated and listed["sim-1"].availability == "active"
 
 
+async def test_node_list_carries_the_kernel_path_and_an_older_node_reports_none() -> None:
+    store = MemoryStore()
+    fell = replace(node("n1"), kernel_path="fallback", kernel_reason="/usr/sbin/nft is not found")
+    await store.put(KEYS.node("n1"), fell.to_json())
+    old = {k: v for k, v in json.loads(node("n2").to_json()).items() if not k.startswith("kernel_")}
+    await store.put(KEYS.node("n2"), json.dumps(old).encode())  # written by a node older than the field
+    listed = {n.id: n for n in (await list_nodes(store, KEYS, None)).nodes}
+    n1, n2 = listed["n1"], listed["n2"]
+    assert (n1.kernel_path, n1.kernel_reason) == ("fallback", "/usr/sbin/nft is not found")
+    assert (n2.kernel_path, n2.kernel_reason) == ("", "")
+
+
 # -- pending reasons --------------------------------------------------------------------
 
 
