@@ -7,7 +7,9 @@
 - backends: 3 grpcio asyncio servers, each in its own process, one unary method
   answering 2 bytes (raw bytes, no protobuf);
 - targets: one backend directly; shoal's `H2Proxy` (`node.proxy.h2_proxy`, per-stream
-  round robin over the 3) in its own process under uvloop;
+  round robin over the 3) in its own process under uvloop; HAProxy (when installed) with
+  one thread, `mode http`, h2c on both sides (`proto h2` on the bind and the servers),
+  round robin per request (stream) over the same 3: the peer the issue compares with;
 - load: a Python client in its own process (grpcio's asyncio API): `concurrency` calls
   in flight at all times on one channel (one HTTP/2 connection, as a gRPC client
   has), for `duration` seconds. ghz is not packaged by Debian, so the client is
@@ -16,7 +18,8 @@
   to compare.
 
 Printed per target: calls/s, p50 and p99 latency, proxy CPU per call; then shoal/direct
-in calls/s and the p99 added. Every process started is stopped at the end.
+and shoal/HAProxy in calls/s, the CPU per call HAProxy/shoal and the p99 added. Every
+process started is stopped at the end.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -134,6 +138,13 @@ def rows(
         tmp / "shoal-h2.log",
     )
     targets: dict[str, tuple[int, int | None]] = {"grpc-direct": (ports[0], None), "shoal-h2": (sp, shoal)}
+    if shutil.which("haproxy"):
+        hp = free_port()
+        conf = haproxy_h2_conf(tmp, hp, ports)
+        targets["haproxy-h2"] = (
+            hp,
+            procs.start(["haproxy", "-db", "-f", str(conf)], hp, tmp / "haproxy-h2.log"),
+        )
     runs: dict[str, list[tuple[float, ...]]] = {}
     print(f"gRPC unary, 1 channel, {concurrency} calls in flight, {duration:g} s, {rounds} round(s):")
     for n in range(rounds):
@@ -150,12 +161,31 @@ def rows(
     return {name: tuple(statistics.median(r[i] for r in got) for i in range(4)) for name, got in runs.items()}
 
 
+def haproxy_h2_conf(tmp: Path, port: int, backends: list[int], threads: int = 1) -> Path:
+    """HAProxy as a gRPC (h2c) balancer: HTTP mode, HTTP/2 without TLS on both sides."""
+    servers = "\n".join(f"  server s{i} {HOST}:{p} proto h2" for i, p in enumerate(backends))
+    conf = tmp / "haproxy-h2.cfg"
+    conf.write_text(
+        f"global\n  nbthread {threads}\n  maxconn 4096\n"
+        "defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n"
+        f"frontend fg\n  bind {HOST}:{port} proto h2\n  default_backend bg\n"
+        f"backend bg\n  balance roundrobin\n{servers}\n"
+    )
+    return conf
+
+
 def report(results: dict[str, tuple[float, ...]]) -> None:
     d, s = results["grpc-direct"], results["shoal-h2"]
     print(
         f"h2c/gRPC: calls/s shoal/direct = {s[0] / d[0]:.2f}x   p99 added {s[2] - d[2]:+.3f} ms   "
         f"shoal CPU {s[3]:.1f} us/call"
     )
+    h = results.get("haproxy-h2")
+    if h is not None:
+        print(
+            f"          calls/s shoal/HAProxy = {s[0] / h[0]:.2f}x   CPU per call HAProxy/shoal = "
+            f"{h[3] / s[3]:.2f}x   HAProxy p99 added {h[2] - d[2]:+.3f} ms"
+        )
 
 
 def main() -> int:
