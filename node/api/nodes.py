@@ -3,6 +3,8 @@
 A node's `status` is the cluster's verdict: `down` when the leader marked it down
 (gossip declared it dead) or when its registry entry is gone; `not-ready` when the node
 says it cannot run tasks (`NodeInfo.not_ready`: its container engine does not answer);
+`starting` while its proxy does not serve the published ports yet (`NodeInfo.starting`:
+its workers have not taken the first route table; tasks are placed there meanwhile);
 `ready` otherwise.
 `member_state`, `incarnation` and `state_age` are the *answering* node's own gossip
 view, which may lead the verdict by the leader's grace period.
@@ -76,6 +78,8 @@ async def list_nodes(store: Store, keys: Keys, view: MemberView | None) -> api_p
             pb.status = NodeStatus.DOWN.value
         elif info.not_ready:
             pb.status = NodeStatus.NOT_READY.value
+        elif info.starting:  # decision 76: ready once its proxy serves the published ports
+            pb.status = NodeStatus.STARTING.value
         out.append(_gossip(pb, members.get(info.id), now))
     registered = {n.id for n in out}
     for node in sorted((set(counts) | set(members) | down) - registered):

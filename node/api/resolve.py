@@ -7,13 +7,19 @@ mirrors (`node.store.mirrors`: no etcd watch per stream) or, without a hub, by w
 of its own. Changes are coalesced: a burst of writes gives one new answer, and an
 answer equal to the last one sent is not sent again. The same rules as the proxy decide what is routable
 (`node.model.domain.routable_endpoints`), so a lookup and the mesh never disagree for long.
+
+For a service with published ports, the answer waits (`settled`, at most `SETTLE` s) until
+this node's proxy serves a table at least as new as what the answer was read at (with
+proxy workers: until every worker has acknowledged it, decision 76): a client told a
+replica is routable here finds it in this node's rotation. The mesh addresses of other
+nodes are listed as registered; ask each node to know that its proxy serves too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from node.api import convert
 from node.api.nodes import MemberView, gone, routable
@@ -28,9 +34,16 @@ from node.store.mirrors import hub_of
 
 COALESCE = 0.05
 """Seconds to wait after a change for the rest of its burst before answering."""
+SETTLE = 2.0
+"""Seconds an answer waits at most for this node's proxy to serve what it lists."""
+
+Settled = Callable[[int, float], Awaitable[bool]]
+"""`Mesh.settled`: wait up to s seconds for the proxy to serve etcd's revision r."""
 
 
-async def resolve(store: Store, keys: Keys, name: str, view: MemberView | None) -> api_pb2.ResolveResponse:
+async def resolve(
+    store: Store, keys: Keys, name: str, view: MemberView | None, settled: Settled | None = None
+) -> api_pb2.ResolveResponse:
     kv = await store.get(keys.service(name))
     if kv is None:
         raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
@@ -40,9 +53,8 @@ async def resolve(store: Store, keys: Keys, name: str, view: MemberView | None) 
     published = [r for r in routes.listeners([record]).values()]
     if not published:
         return out
-    nodes = sorted(
-        (NodeInfo.from_json(kv.value) for kv in (await store.range(keys.nodes))[0]), key=lambda n: n.id
-    )
+    registered, revision = await store.range(keys.nodes)  # read last: its revision covers the rest
+    nodes = sorted((NodeInfo.from_json(kv.value) for kv in registered), key=lambda n: n.id)
     excluded = await gone(store, keys, view)
     for route in published:
         for n in nodes:
@@ -52,15 +64,17 @@ async def resolve(store: Store, keys: Keys, name: str, view: MemberView | None) 
                         node=n.id, address=n.address, port=route.published, protocol=route.protocol
                     )
                 )
+    if settled is not None:
+        await settled(revision, SETTLE)  # late: answered anyway, as etcd has it
     return out
 
 
 async def watch(
-    store: Store, keys: Keys, name: str, view: MemberView | None
+    store: Store, keys: Keys, name: str, view: MemberView | None, settled: Settled | None = None
 ) -> AsyncIterator[api_pb2.ResolveResponse]:
     """The answer now, then each different one; ends with NotFound when the service is removed."""
     changed = asyncio.Event()
-    answer = await resolve(store, keys, name, view)
+    answer = await resolve(store, keys, name, view, settled)
     hub = hub_of(store)
     watchers: list[asyncio.Task[None]] = []
     if hub is not None:  # the daemon's shared mirrors: no watch of this stream's own
@@ -91,7 +105,7 @@ async def watch(
             for w in watchers:
                 if w.done() and w.exception() is not None:
                     raise w.exception()  # type: ignore[misc]
-            new = await resolve(store, keys, name, view)
+            new = await resolve(store, keys, name, view, settled)
             if new != answer:
                 answer = new
                 yield answer

@@ -103,6 +103,7 @@ class ShoalServicer(
         self.nodespecs = NodeSpecWriter(store, keys, node)
         self.stacks = StackWriter(self.writer)
         self.emit: Callable[..., None] = lambda *a, **k: None  # the daemon's EventLog.emit (issue 14)
+        self.settled: resolve.Settled | None = None  # the mesh's `settled` (decision 76): lookups wait
 
     def _changed(self, kind: str, record: ServiceRecord, what: str) -> None:
         """The event of an API call that made a new version: who, what, and its cause id."""
@@ -277,13 +278,16 @@ class ShoalServicer(
     async def Resolve(
         self, request: api_pb2.ResolveRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ResolveResponse:
-        return await resolve.resolve(self.store, self.keys, check_name(request.name), self.members)
+        return await resolve.resolve(
+            self.store, self.keys, check_name(request.name), self.members, self.settled
+        )
 
     @handle_stream
     async def WatchResolve(
         self, request: api_pb2.ResolveRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.ResolveResponse]:
-        async for answer in resolve.watch(self.store, self.keys, check_name(request.name), self.members):
+        name = check_name(request.name)
+        async for answer in resolve.watch(self.store, self.keys, name, self.members, self.settled):
             yield answer
 
     @handle_stream

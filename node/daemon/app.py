@@ -256,6 +256,7 @@ class Daemon:
             __version__,
             self.started_at,
             not_ready="" if self.engine.up else self.engine.reason,
+            starting=self.mesh.not_serving(),  # decision 76: ready once the proxy serves
             spec_paths=sorted(known_paths()),
             metrics_port=c.metrics_port,
             metrics_tls=c.metrics_tls,
@@ -339,6 +340,7 @@ class Daemon:
         renewed = asyncio.Event()
         self.session.on_renewed(lambda _lease: renewed.set())
         self.engine.on_change(lambda _up: renewed.set())  # not ready / ready again: re-register now
+        self.mesh.on_serving.append(renewed.set)  # the proxy serves: ready, re-register now
         try:
             api = wiring.build_api(self)
         except OSError as exc:

@@ -18,8 +18,12 @@ Lifecycle, and why each step is safe when the daemon dies between two of them:
   code: shoald was upgraded) gets a successor on its socket at once; it notices, serves
   beside it (SO_REUSEPORT) for `STEP_DOWN` seconds, then stops: an upgrade refuses no
   connection and runs the new engines.
-- run: the table is pushed on every sync; every `POLL` seconds each worker is asked
-  its `state` (bind errors, counters: `Mesh.bind_errors`, `Mesh.stats`). A worker
+- run: the table is pushed on every sync, and a worker's answer to it is its
+  acknowledgement (`acked`: the node is ready, a lookup answers, once every worker has
+  taken the table: decision 76); every `POLL` seconds each worker is asked its `state`
+  (bind errors, counters: `Mesh.bind_errors`, `Mesh.stats`), and again whenever the
+  counters are read (`read_counters`: `/metrics` waits `READ_TIMEOUT` at most for
+  them, else serves the last state and its age). A worker
   that does not answer (it died, it hangs for `CALL_TIMEOUT`) is killed if it is
   still there, started afresh and given the table: a kill of a worker loses the
   connections it held and those the kernel had queued on its sockets; its siblings
@@ -32,14 +36,17 @@ Lifecycle, and why each step is safe when the daemon dies between two of them:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import math
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +58,8 @@ from node.model.domain import readable_services
 from node.proxy import kernel_rules, routes
 from node.proxy import worker_wire as wire
 from node.proxy.kernel_path import OFF, KernelPath
-from node.proxy.mesh import Mesh
+from node.proxy.mesh import READ_TIMEOUT, Mesh
+from node.proxy.routes import Route
 from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
@@ -79,6 +87,8 @@ class Worker:
         self.pid = 0
         self.proc: subprocess.Popen[bytes] | None = None  # None when adopted
         self.state: dict[str, Any] = {}
+        self.state_at = 0.0  # time.monotonic() of `state`'s answer
+        self.table = 0  # the number of the last table it answered (`WorkerMesh.tables`)
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._lock = asyncio.Lock()
 
@@ -93,6 +103,7 @@ class Worker:
         except (OSError, TimeoutError, ValueError):
             return False
         self._conn, self.state, self.pid = (reader, writer), hello, int(hello.get("pid") or 0)
+        self.state_at, self.table = time.monotonic(), 0  # serves a table of another daemon, if any
         return True
 
     def prestart(self) -> None:
@@ -144,7 +155,7 @@ class Worker:
             except (OSError, TimeoutError, ValueError) as exc:
                 self.disconnect()
                 raise WorkerError(f"proxy worker {self.index} (pid {self.pid}): {exc!r}") from exc
-            self.state = answer
+            self.state, self.state_at = answer, time.monotonic()
             return answer
 
     def disconnect(self) -> None:
@@ -186,6 +197,8 @@ class WorkerMesh(Mesh):
         self.adopted = 0  # workers found serving at start (left by the last daemon)
         self.build = wire.BUILD  # workers of another build are replaced at start
         self.started = 0  # workers started by this daemon (at start or to replace one)
+        self.tables = 0  # tables pushed: each worker's `table` says which it answered last
+        self._late: set[asyncio.Future[dict[str, Any]]] = set()  # state calls a reader gave up on
 
     async def run(self) -> None:
         try:
@@ -240,27 +253,43 @@ class WorkerMesh(Mesh):
         await self._report_binds()
 
     async def _push_all(self) -> None:
+        self.tables += 1
         message = wire.table(self.settings, self.entries)
         await asyncio.gather(*(self._push(w, message) for w in self.workers))
         self._take_states()
 
     async def _push(self, w: Worker, message: dict[str, Any]) -> None:
+        number = self.tables
         try:
             await w.call(message)
+            w.table = number
         except WorkerError as exc:
-            await self._replace(w, str(exc), message)
+            await self._replace(w, str(exc))
 
-    async def _replace(self, w: Worker, why: str, message: dict[str, Any]) -> None:
+    async def _replace(self, w: Worker, why: str) -> None:
         log.warning("%s: starting it again", why)
         if self.events is not None:
             self.events.emit("proxy.worker_restarted", f"proxy worker {w.index}: {why}")
         w.kill()
+        number = self.tables  # the table now, not the one of the call that failed
         try:
             await w.spawn()
             self.started += 1
-            await w.call(message)
+            await w.call(wire.table(self.settings, self.entries))
+            w.table = number
         except WorkerError as exc:
             log.error("proxy worker %d could not be started again: %s", w.index, exc)
+        self.check_serving()
+
+    def acked(self) -> bool:
+        """Every worker has answered the last table pushed (bound its ports or said why not)."""
+        return all(w.table == self.tables for w in self.workers)
+
+    def not_serving(self) -> str:
+        if self.serving.is_set():
+            return ""
+        waiting = [str(w.index) for w in self.workers if w.table != self.tables or not self.tables]
+        return f"proxy worker(s) {', '.join(waiting) or '?'} have not taken the route table yet"
 
     async def _poll(self) -> None:
         await self.ready.wait()
@@ -270,9 +299,49 @@ class WorkerMesh(Mesh):
                 try:
                     await w.call({"op": "state"})
                 except WorkerError as exc:
-                    await self._replace(w, str(exc), wire.table(self.settings, self.entries))
+                    await self._replace(w, str(exc))
             self._take_states()
             await self._report_binds()
+
+    async def refresh(self, timeout: float) -> bool:
+        """Ask every worker for its state now (its counters); whether all answered within
+        `timeout`. A call not answered by then goes on (cancelling it would leave its answer
+        unread on the connection): its state is taken when it comes; a worker that fails it
+        is replaced by the next poll."""
+        calls = [asyncio.ensure_future(w.call({"op": "state"})) for w in self.workers]
+        done, late = await asyncio.wait(calls, timeout=timeout)
+        for call in late:
+            self._late.add(call)
+            call.add_done_callback(self._answered_late)
+        self._take_states()
+        return not late and all(c.exception() is None for c in done)
+
+    def _answered_late(self, call: asyncio.Future[dict[str, Any]]) -> None:
+        self._late.discard(call)
+        if not call.cancelled() and call.exception() is None:
+            self._take_states()
+
+    def read_counters(self, timeout: float = READ_TIMEOUT) -> float:
+        """From another thread (`/metrics`): `refresh` on the mesh's loop, waiting about
+        `timeout` s at most; the age of the oldest worker state then (0.0: all answered)."""
+        loop = self.loop
+        fresh = False
+        if loop is not None and not loop.is_closed():
+            try:
+                fresh = asyncio.run_coroutine_threadsafe(self.refresh(timeout), loop).result(timeout + 1.0)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, RuntimeError):
+                fresh = False
+        if fresh:
+            return 0.0
+        age = self.counters_age()
+        log.warning("proxy counters read from the last polled worker state, %.1fs old: a worker did not "
+                    "answer within %gs", age, timeout)  # fmt: skip
+        return age
+
+    def counters_age(self) -> float:
+        """Seconds since the oldest of the workers' states was taken (inf: one never was)."""
+        oldest = min((w.state_at for w in self.workers), default=0.0)
+        return time.monotonic() - oldest if oldest else math.inf
 
     def _take_states(self) -> None:
         """Bind errors (any worker's) and the counters of all workers added up."""
@@ -286,7 +355,11 @@ class WorkerMesh(Mesh):
             if self.bind_errors.get(port) != (route, text) and self.events is not None:
                 self.events.emit("proxy.bind_failed", f"{route.service}: {text}", route.service)
         self.bind_errors = errors
-        self.stats = wire.merged([w.state for w in self.workers], self.wanted)
+        # in place: the dashboard's and the load reporter's view is this very dict
+        counted = wire.merged([w.state for w in self.workers], self.wanted)
+        for route in [r for r in self.stats if r not in counted]:
+            del self.stats[route]
+        self.stats.update(counted)
 
     async def close(self, grace: float = 2.0) -> None:
         await self._close_workers()
@@ -298,6 +371,10 @@ class WorkerMesh(Mesh):
             await asyncio.gather(*(_stop(w) for w in self.workers))
         for w in self.workers:
             w.disconnect()
+
+    def backend_counts(self) -> dict[Route, int]:
+        """The replicas this daemon sent each port's workers (ejections are the workers')."""
+        return {e.route: len(e.backends) for e in list(self.entries)}
 
     def describe(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
@@ -330,6 +407,20 @@ async def stop_leftovers(directory: Path, keep: int = 0) -> int:
             stopped += 1
             log.info("proxy worker %d (pid %d) told to stop", w.index, w.pid)
     return stopped
+
+
+async def stop_all(directory: Path) -> list[int]:
+    """Tell every worker answering in `directory` to stop (drain and exit); their pids
+    (`shoal dev` and the tests stop a cluster's workers with it: a graceful stop of a
+    daemon leaves them serving)."""
+    pids = []
+    for index in _indexes(directory):
+        w = Worker(index, directory)
+        if await w.dial():
+            await _stop(w)
+            w.disconnect()
+            pids.append(w.pid)
+    return pids
 
 
 def _indexes(directory: Path) -> list[int]:
