@@ -39,7 +39,7 @@ from node.dev.freeports import free_port_on_all as free_port_on_all
 from node.dev.freeports import free_port_pair as free_port_pair
 from node.model import errors
 from node.model.keys import DEFAULT_PREFIX, Keys
-from node.proxy import kernel_rules, vipnat
+from node.proxy import kernel_rules, vipnat, workers
 from node.runtime.base import LABELS
 from node.security import context, provision
 from node.security.ca import CertError, Lifetimes
@@ -230,6 +230,8 @@ class DevCluster:
     sim_proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _tls: ClientTls | None = field(default=None, repr=False)
     vip_range: str = ""  # service names (issue 13): "" = a /24 of its own (node.dev.vipranges)
+    proxy_workers: str = "1"  # per node (decision 76): the nodes share this host's cores, so not
+    #   shoald's default, auto (one per core each); "0": the daemons serve the ports themselves
 
     @classmethod
     def on_free_ports(cls, data_dir: Path, nodes: int = 3, name: str = "t", **kwargs: Any) -> DevCluster:
@@ -271,7 +273,7 @@ class DevCluster:
             "--dashboard-port", str(self.dashboard_port or self.grpc_port + 2),
             *self.etcd.client_flags, "--etcd-prefix", self.prefix,
             "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}",
-            "--vip-range", self.vip_range, *self.extra_args,
+            "--vip-range", self.vip_range, "--proxy-workers", self.proxy_workers, *self.extra_args,
             *self.node_args.get(i, []),
         ]  # fmt: skip
         if self.cert_lifetime:
@@ -438,10 +440,24 @@ class DevCluster:
                 member.proc.terminate()
         for member in self.members:
             member.stop()
+        for member in self.members:  # a graceful stop leaves them serving (decision 63)
+            stop_proxy_workers(member.data_dir / "proxy")
         remove_containers(self.cluster)
         remove_kernel_tables(self.cluster, [m.node_id for m in self.members])  # decisions 74, 75
         self.etcd.stop()
         vipranges.release(self.vip_range)
+
+
+def stop_proxy_workers(directory: Path, timeout: float = 5.0) -> list[int]:
+    """Stop the proxy workers answering in `directory` (a node's `<data_dir>/proxy`): told
+    to stop, killed when still there after `timeout` s (a connection left draining); their pids."""
+    pids = asyncio.run(workers.stop_all(directory))
+    with contextlib.suppress(DevError):
+        _wait(lambda: not any(_running(p) for p in pids), timeout, "the proxy workers' exit")
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
 
 
 def remove_containers(cluster: str) -> int:
@@ -484,6 +500,15 @@ def remove_kernel_tables(cluster: str, nodes: Iterable[str] = ()) -> int:
         text = "".join(kernel_rules.removal(t) for t in tables)
         subprocess.run([nft, "-f", "-"], input=text, capture_output=True, text=True, timeout=10)
     return len(tables)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a worker outlives its daemon: whoever reaps it is not us)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def pid_alive(pid: int) -> bool:
