@@ -317,7 +317,6 @@ _PROXY_BOUNDS = (
 )
 
 
-
 def vip_network(text: str) -> ipaddress.IPv4Network:
     """The setting `vip_range` checked: an IPv4 network of /8 to /26 (48 VIPs at least)."""
     try:

@@ -268,5 +268,6 @@ def test_proxy_workers_default_to_auto_one_per_usable_core(
     ],
 )
 def test_bad_proxy_workers_are_refused_saying_what_is_allowed(value: str, says: str) -> None:
-    with pytest.raises(ConfigError, match=r"^proxy_workers: .*" + says.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=r"^proxy_workers: ") as refused:
         load({}, {"SHOAL_PROXY_WORKERS": value})
+    assert says in str(refused.value)
