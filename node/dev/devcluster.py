@@ -16,9 +16,7 @@ home). `client()` calls with those credentials; no secret is ever on a command l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -27,7 +25,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -37,10 +34,11 @@ from node.dev import vipranges
 from node.dev.freeports import free_port as free_port  # re-exported for the benches
 from node.dev.freeports import free_port_on_all as free_port_on_all
 from node.dev.freeports import free_port_pair as free_port_pair
+from node.dev.leftovers import kernel_tables as kernel_tables
+from node.dev.leftovers import remove_containers as remove_containers
+from node.dev.leftovers import remove_kernel_tables, stop_proxy_workers
 from node.model import errors
 from node.model.keys import DEFAULT_PREFIX, Keys
-from node.proxy import kernel_rules, vipnat, workers
-from node.runtime.base import LABELS
 from node.security import context, provision
 from node.security.ca import CertError, Lifetimes
 from node.security.cluster import ClusterSecurity
@@ -446,69 +444,6 @@ class DevCluster:
         remove_kernel_tables(self.cluster, [m.node_id for m in self.members])  # decisions 74, 75
         self.etcd.stop()
         vipranges.release(self.vip_range)
-
-
-def stop_proxy_workers(directory: Path, timeout: float = 5.0) -> list[int]:
-    """Stop the proxy workers answering in `directory` (a node's `<data_dir>/proxy`): told
-    to stop, killed when still there after `timeout` s (a connection left draining); their pids."""
-    pids = asyncio.run(workers.stop_all(directory))
-    with contextlib.suppress(DevError):
-        _wait(lambda: not any(_running(p) for p in pids), timeout, "the proxy workers' exit")
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return pids
-
-
-def remove_containers(cluster: str) -> int:
-    """Force-remove every container labelled with this cluster, and its secret files on
-    tmpfs (`node.agent.secretfiles`); return how many containers."""
-    import docker  # here only: the rest of this module runs without Docker
-
-    client = docker.from_env()
-    try:
-        found = client.containers.list(all=True, filters={"label": f"{LABELS.CLUSTER}={cluster}"})
-        for container in found:
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
-        shutil.rmtree(Path("/dev/shm/shoal") / cluster, ignore_errors=True)  # secretfiles.default_root
-        return len(found)
-    finally:
-        client.close()
-
-
-def kernel_tables(cluster: str, nodes: Iterable[str] = ()) -> list[str]:
-    """The nftables tables of this cluster's nodes: the kernel fast path's
-    (`node.proxy.kernel_rules.table_name`), and the VIP tables of `nodes`
-    (`node.proxy.vipnat.table_name`, named exactly: its names are not a cluster prefix)."""
-    nft = shutil.which("nft")
-    if nft is None:
-        return []
-    done = subprocess.run([nft, "list", "tables", "ip"], capture_output=True, text=True, timeout=10)
-    names = (line.split()[-1] for line in done.stdout.splitlines() if line.startswith("table ip "))
-    vip = {vipnat.table_name(cluster, node) for node in nodes}
-    return [n for n in names if kernel_rules.is_table_of(n, cluster) or n in vip]
-
-
-def remove_kernel_tables(cluster: str, nodes: Iterable[str] = ()) -> int:
-    """Delete this cluster's tables (`kernel_tables`); how many there were. A graceful
-    stop leaves the fast path's (decision 75); a daemon killed with -9 leaves its VIP
-    table too (decision 74)."""
-    tables = kernel_tables(cluster, nodes)
-    nft = shutil.which("nft")
-    if tables and nft is not None:
-        text = "".join(kernel_rules.removal(t) for t in tables)
-        subprocess.run([nft, "-f", "-"], input=text, capture_output=True, text=True, timeout=10)
-    return len(tables)
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a worker outlives its daemon: whoever reaps it is not us)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def pid_alive(pid: int) -> bool:
