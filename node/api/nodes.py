@@ -102,13 +102,22 @@ async def routable(
     the task is still assigned there (for incarnation `uid` of the service, when given), and
     its node is neither marked down nor dead (or left) in this node's gossip view, which
     leads the leader's verdict by its grace period."""
+    return (await routable_at(store, keys, service, view, uid))[0]
+
+
+async def routable_at(
+    store: Store, keys: Keys, service: str, view: MemberView | None, uid: str | None = None
+) -> tuple[list[EndpointRecord], int]:
+    """`routable`, and the newest revision among the records it was read from (what a
+    reader of the same keys must have seen to agree: `node.api.resolve`)."""
     kvs, _ = await store.range(keys.endpoints(service))
     tasks, _ = await store.range(keys.service_tasks(service))
     uids = {service: uid} if uid is not None else None
     assigned = serving((Assignment.from_json(kv.value) for kv in tasks), uids)
-    return routable_endpoints(
+    endpoints = routable_endpoints(
         (EndpointRecord.from_json(kv.value) for kv in kvs), assigned, await gone(store, keys, view)
     )
+    return endpoints, max((kv.mod_revision for kv in (*kvs, *tasks)), default=0)
 
 
 async def gone(store: Store, keys: Keys, view: MemberView | None) -> set[str]:

@@ -9,10 +9,13 @@ answer equal to the last one sent is not sent again. The same rules as the proxy
 (`node.model.domain.routable_endpoints`), so a lookup and the mesh never disagree for long.
 
 For a service with published ports, the answer waits (`settled`, at most `SETTLE` s) until
-this node's proxy serves a table at least as new as what the answer was read at (with
-proxy workers: until every worker has acknowledged it, decision 76): a client told a
-replica is routable here finds it in this node's rotation. The mesh addresses of other
-nodes are listed as registered; ask each node to know that its proxy serves too.
+this node's proxy serves a table at least as new as the records the answer was read from
+(the service, its tasks and endpoints: their newest mod revision, so writes to other keys
+or other prefixes of a shared etcd never hold it; with proxy workers: until every worker
+has acknowledged that table, decision 76): a client told a replica is routable here finds
+it in this node's rotation. A removed record has no revision to wait for. The mesh
+addresses of other nodes are listed as registered; ask each node to know that its proxy
+serves too.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from node.api import convert
-from node.api.nodes import MemberView, gone, routable
+from node.api.nodes import MemberView, gone, routable_at
 from node.gossip.member import MemberEvent
 from node.model.domain import NodeInfo, ServiceRecord
 from node.model.errors import NotFound
@@ -48,13 +51,14 @@ async def resolve(
     if kv is None:
         raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
     record = ServiceRecord.from_json(kv.value)
-    endpoints = await routable(store, keys, name, view, record.uid)
+    endpoints, revision = await routable_at(store, keys, name, view, record.uid)
     out = api_pb2.ResolveResponse(name=name, endpoints=[convert.endpoint(e) for e in endpoints])
     published = [r for r in routes.listeners([record]).values()]
     if not published:
         return out
-    registered, revision = await store.range(keys.nodes)  # read last: its revision covers the rest
-    nodes = sorted((NodeInfo.from_json(kv.value) for kv in registered), key=lambda n: n.id)
+    nodes = sorted(
+        (NodeInfo.from_json(kv.value) for kv in (await store.range(keys.nodes))[0]), key=lambda n: n.id
+    )
     excluded = await gone(store, keys, view)
     for route in published:
         for n in nodes:
@@ -64,8 +68,8 @@ async def resolve(
                         node=n.id, address=n.address, port=route.published, protocol=route.protocol
                     )
                 )
-    if settled is not None:
-        await settled(revision, SETTLE)  # late: answered anyway, as etcd has it
+    if settled is not None:  # the records' own revisions: writes elsewhere in etcd do not count
+        await settled(max(revision, kv.mod_revision), SETTLE)  # late: answered anyway, as etcd has it
     return out
 
 

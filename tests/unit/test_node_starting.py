@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from node.api import resolve
 from node.api.nodes import list_nodes
-from node.model.domain import NodeInfo
+from node.model.domain import EndpointRecord, NodeInfo
 from node.model.keys import Keys
 from node.store.memory import MemoryStore
-from tests.factories import make_service
+from tests.factories import make_service, make_task
 
 KEYS = Keys()
 
@@ -42,11 +42,16 @@ async def test_a_lookup_waits_for_this_nodes_proxy_to_serve_what_it_read() -> No
 
     await store.put(KEYS.node("n1"), info("n1").to_json())
     web = make_service("web", ports=[{"container": 80, "published": 18080, "protocol": "http"}])
-    written = await store.put(KEYS.service("web"), web.to_json())
+    await store.put(KEYS.service("web"), web.to_json())
+    task = make_task(web, 1, "n1")
+    await store.put(KEYS.task("web", 1), task.to_json())
+    record = EndpointRecord(task.task_id, "web", "n1", "127.0.0.1", 31000, 80, {"80": 31000})
+    newest = await store.put(KEYS.endpoint("web", task.task_id), record.to_json())
+    await store.put(KEYS.node("n2"), info("n2").to_json())  # elsewhere: not waited for
     answer = await resolve.resolve(store, KEYS, "web", None, settled)
-    assert [(m.node, m.port) for m in answer.mesh] == [("n1", 18080)]
-    [(revision, timeout)] = asked
-    assert revision >= written and timeout == resolve.SETTLE
+    assert [e.task for e in answer.endpoints] == [task.task_id]
+    assert [(m.node, m.port) for m in answer.mesh] == [("n1", 18080), ("n2", 18080)]
+    assert asked == [(newest, resolve.SETTLE)]  # the newest record the answer was read from
 
     await store.put(KEYS.service("db"), make_service("db").to_json())  # no published port: no wait
     await resolve.resolve(store, KEYS, "db", None, settled)
