@@ -3,6 +3,8 @@
 A node's `status` is the cluster's verdict: `down` when the leader marked it down
 (gossip declared it dead) or when its registry entry is gone; `not-ready` when the node
 says it cannot run tasks (`NodeInfo.not_ready`: its container engine does not answer);
+`starting` while its proxy does not serve the published ports yet (`NodeInfo.starting`:
+its workers have not taken the first route table; tasks are placed there meanwhile);
 `ready` otherwise.
 `member_state`, `incarnation` and `state_age` are the *answering* node's own gossip
 view, which may lead the verdict by the leader's grace period.
@@ -76,6 +78,8 @@ async def list_nodes(store: Store, keys: Keys, view: MemberView | None) -> api_p
             pb.status = NodeStatus.DOWN.value
         elif info.not_ready:
             pb.status = NodeStatus.NOT_READY.value
+        elif info.starting:  # decision 76: ready once its proxy serves the published ports
+            pb.status = NodeStatus.STARTING.value
         out.append(_gossip(pb, members.get(info.id), now))
     registered = {n.id for n in out}
     for node in sorted((set(counts) | set(members) | down) - registered):
@@ -98,13 +102,22 @@ async def routable(
     the task is still assigned there (for incarnation `uid` of the service, when given), and
     its node is neither marked down nor dead (or left) in this node's gossip view, which
     leads the leader's verdict by its grace period."""
+    return (await routable_at(store, keys, service, view, uid))[0]
+
+
+async def routable_at(
+    store: Store, keys: Keys, service: str, view: MemberView | None, uid: str | None = None
+) -> tuple[list[EndpointRecord], int]:
+    """`routable`, and the newest revision among the records it was read from (what a
+    reader of the same keys must have seen to agree: `node.api.resolve`)."""
     kvs, _ = await store.range(keys.endpoints(service))
     tasks, _ = await store.range(keys.service_tasks(service))
     uids = {service: uid} if uid is not None else None
     assigned = serving((Assignment.from_json(kv.value) for kv in tasks), uids)
-    return routable_endpoints(
+    endpoints = routable_endpoints(
         (EndpointRecord.from_json(kv.value) for kv in kvs), assigned, await gone(store, keys, view)
     )
+    return endpoints, max((kv.mod_revision for kv in (*kvs, *tasks)), default=0)
 
 
 async def gone(store: Store, keys: Keys, view: MemberView | None) -> set[str]:

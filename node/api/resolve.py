@@ -8,20 +8,29 @@ of its own. Changes are coalesced: a burst of writes gives one new answer, and a
 answer equal to the last one sent is not sent again. The same rules as the proxy decide what is routable
 (`node.model.domain.routable_endpoints`), so a lookup and the mesh never disagree for long.
 
+For a service with published ports, the answer waits (`settled`, at most `SETTLE` s) until
+this node's proxy serves a table at least as new as the records the answer was read from
+(the service, its tasks and endpoints: their newest mod revision, so writes to other keys
+or other prefixes of a shared etcd never hold it; with proxy workers: until every worker
+has acknowledged that table, decision 76): a client told a replica is routable here finds
+it in this node's rotation. A removed record has no revision to wait for. The mesh
+addresses of other nodes are listed as registered; ask each node to know that its proxy
+serves too.
+
 A name that is no service may be a network alias (decision 73): `target` finds the
-service whose live claim `netaliases/<network>/<name>` holds it, and the answers say so
-(`alias`, `alias_networks`). An alias held by two services (on two networks) answers
-neither: the error names both, and their service names resolve each.
+service whose live claim `netaliases/<network>/<name>` holds it; the servicer then marks
+the answers (`alias`, `alias_networks`). An alias held by two services (on two networks)
+answers neither: the error names both, and their service names resolve each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from node.api import convert
-from node.api.nodes import MemberView, gone, routable
+from node.api.nodes import MemberView, gone, routable_at
 from node.gossip.member import MemberEvent
 from node.model.domain import NodeInfo, PortClaim, ServiceRecord
 from node.model.errors import FailedPrecondition, NotFound
@@ -33,10 +42,16 @@ from node.store.mirrors import hub_of
 
 COALESCE = 0.05
 """Seconds to wait after a change for the rest of its burst before answering."""
+SETTLE = 2.0
+"""Seconds an answer waits at most for this node's proxy to serve what it lists."""
+
+Settled = Callable[[int, float], Awaitable[bool]]
+"""`Mesh.settled`: wait up to s seconds for the proxy to serve etcd's revision r."""
 
 
 async def target(store: Store, keys: Keys, name: str) -> tuple[str, tuple[str, ...]]:
-    """The service `name` is, or the one it is an alias of (see the module doc)."""
+    """The service `name` is, or the one it is an alias of, with the networks on which it
+    is (empty: its own name; see the module doc)."""
     if await store.get(keys.service(name)) is not None:
         return name, ()
     held: dict[str, list[str]] = {}
@@ -62,23 +77,29 @@ async def target(store: Store, keys: Keys, name: str) -> tuple[str, tuple[str, .
     return service, tuple(sorted(networks))
 
 
-async def resolve(
-    store: Store,
-    keys: Keys,
-    name: str,
-    view: MemberView | None,
-    alias: str = "",
-    networks: tuple[str, ...] = (),
+def as_alias(
+    answer: api_pb2.ResolveResponse, alias: str, networks: tuple[str, ...]
 ) -> api_pb2.ResolveResponse:
-    """The answer for the service `name`; `alias` and `networks` say it was asked by alias."""
+    """`answer` (of the service) marked as asked by `alias` (a copy: `watch` compares the
+    answers it sent with the next)."""
+    if not networks:
+        return answer
+    out = api_pb2.ResolveResponse()
+    out.CopyFrom(answer)
+    out.alias = alias
+    out.alias_networks.extend(networks)
+    return out
+
+
+async def resolve(
+    store: Store, keys: Keys, name: str, view: MemberView | None, settled: Settled | None = None
+) -> api_pb2.ResolveResponse:
     kv = await store.get(keys.service(name))
     if kv is None:
         raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
     record = ServiceRecord.from_json(kv.value)
-    endpoints = await routable(store, keys, name, view, record.uid)
-    out = api_pb2.ResolveResponse(
-        name=name, endpoints=[convert.endpoint(e) for e in endpoints], alias=alias, alias_networks=networks
-    )
+    endpoints, revision = await routable_at(store, keys, name, view, record.uid)
+    out = api_pb2.ResolveResponse(name=name, endpoints=[convert.endpoint(e) for e in endpoints])
     published = [r for r in routes.listeners([record]).values()]
     if not published:
         return out
@@ -94,20 +115,17 @@ async def resolve(
                         node=n.id, address=n.address, port=route.published, protocol=route.protocol
                     )
                 )
+    if settled is not None:  # the records' own revisions: writes elsewhere in etcd do not count
+        await settled(max(revision, kv.mod_revision), SETTLE)  # late: answered anyway, as etcd has it
     return out
 
 
 async def watch(
-    store: Store,
-    keys: Keys,
-    name: str,
-    view: MemberView | None,
-    alias: str = "",
-    networks: tuple[str, ...] = (),
+    store: Store, keys: Keys, name: str, view: MemberView | None, settled: Settled | None = None
 ) -> AsyncIterator[api_pb2.ResolveResponse]:
     """The answer now, then each different one; ends with NotFound when the service is removed."""
     changed = asyncio.Event()
-    answer = await resolve(store, keys, name, view, alias, networks)
+    answer = await resolve(store, keys, name, view, settled)
     hub = hub_of(store)
     watchers: list[asyncio.Task[None]] = []
     if hub is not None:  # the daemon's shared mirrors: no watch of this stream's own
@@ -138,7 +156,7 @@ async def watch(
             for w in watchers:
                 if w.done() and w.exception() is not None:
                     raise w.exception()  # type: ignore[misc]
-            new = await resolve(store, keys, name, view, alias, networks)
+            new = await resolve(store, keys, name, view, settled)
             if new != answer:
                 answer = new
                 yield answer

@@ -103,6 +103,7 @@ class ShoalServicer(
         self.nodespecs = NodeSpecWriter(store, keys, node)
         self.stacks = StackWriter(self.writer)
         self.emit: Callable[..., None] = lambda *a, **k: None  # the daemon's EventLog.emit (issue 14)
+        self.settled: resolve.Settled | None = None  # the mesh's `settled` (decision 76): lookups wait
 
     def _changed(self, kind: str, record: ServiceRecord, what: str) -> None:
         """The event of an API call that made a new version: who, what, and its cause id."""
@@ -284,8 +285,8 @@ class ShoalServicer(
     ) -> api_pb2.ResolveResponse:
         name = check_name(request.name)
         service, networks = await resolve.target(self.store, self.keys, name)
-        alias = name if networks else ""
-        return await resolve.resolve(self.store, self.keys, service, self.members, alias, networks)
+        answer = await resolve.resolve(self.store, self.keys, service, self.members, self.settled)
+        return resolve.as_alias(answer, name, networks)
 
     @handle_stream
     async def WatchResolve(
@@ -293,9 +294,8 @@ class ShoalServicer(
     ) -> AsyncIterator[api_pb2.ResolveResponse]:
         name = check_name(request.name)
         service, networks = await resolve.target(self.store, self.keys, name)
-        alias = name if networks else ""
-        async for answer in resolve.watch(self.store, self.keys, service, self.members, alias, networks):
-            yield answer
+        async for answer in resolve.watch(self.store, self.keys, service, self.members, self.settled):
+            yield resolve.as_alias(answer, name, networks)
 
     @handle_stream
     async def StreamEvents(

@@ -257,6 +257,7 @@ class Daemon:
             __version__,
             self.started_at,
             not_ready="" if self.engine.up else self.engine.reason,
+            starting=self.mesh.not_serving(),  # decision 76: ready once the proxy serves
             spec_paths=sorted(known_paths()),
             metrics_port=c.metrics_port,
             metrics_tls=c.metrics_tls,
@@ -344,6 +345,7 @@ class Daemon:
         self.engine.on_change(lambda _up: renewed.set())  # not ready / ready again: re-register now
         if self.mesh.kernel is not None:  # the kernel path fell back or serves again: re-register now
             self.mesh.kernel.on_change(renewed.set)
+        self.mesh.on_serving.append(renewed.set)  # the proxy serves: ready, re-register now
         try:
             api = wiring.build_api(self)
         except OSError as exc:

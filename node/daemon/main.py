@@ -79,6 +79,10 @@ from node.telemetry.logs import setup
 @click.option("--etcd-server-name", help="name to check etcd's certificate for [the endpoint's host]")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="log format [text]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
+@click.option(
+    "--proxy-workers",
+    help="processes serving the published ports: auto (one per core) or N; 0 = in the daemon [auto]",
+)
 @click.option("--proxy-nft", help="the nft program for fast_path: kernel ports, or off (userland only) [nft]")
 @click.option("--names/--no-names", default=None, help="service names for this host's containers [on]")
 @click.option("--vip-range", help="the services' virtual addresses, the same on every node [10.213.0.0/16]")

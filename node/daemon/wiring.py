@@ -109,6 +109,7 @@ def build_api(d: Parts) -> Api:
     taskio.cluster = c.cluster  # its containers carry it: `FindTasks` reads only this cluster's
     servicer.taskio = taskio
     servicer.emit = d.events.emit  # issue 14: apply, scale and rollback events
+    servicer.settled = d.mesh.settled  # decision 76: a lookup answers once this node's proxy serves it
     peer_servicer = PeerServicer(d.membership.list, joins.join)
     peer_servicer.taskio = taskio
     usage = UsageBook(c.node_id, d.telemetry.usage, d.restarts, d.store, d.keys, peers)

@@ -16,9 +16,7 @@ home). `client()` calls with those credentials; no secret is ever on a command l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -27,7 +25,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -37,10 +34,11 @@ from node.dev import vipranges
 from node.dev.freeports import free_port as free_port  # re-exported for the benches
 from node.dev.freeports import free_port_on_all as free_port_on_all
 from node.dev.freeports import free_port_pair as free_port_pair
+from node.dev.leftovers import kernel_tables as kernel_tables
+from node.dev.leftovers import remove_containers as remove_containers
+from node.dev.leftovers import remove_kernel_tables, stop_proxy_workers
 from node.model import errors
 from node.model.keys import DEFAULT_PREFIX, Keys
-from node.proxy import kernel_rules, vipnat
-from node.runtime.base import LABELS
 from node.security import context, provision
 from node.security.ca import CertError, Lifetimes
 from node.security.cluster import ClusterSecurity
@@ -232,6 +230,8 @@ class DevCluster:
     vip_range: str = ""  # service names (issue 13): "" = a /24 of its own (node.dev.vipranges)
     addresses: dict[int, str] = field(default_factory=dict)  # node index -> its address instead of
     #   127.0.0.i (a test's veth, so a client in a network namespace reaches it as another host)
+    proxy_workers: str = "1"  # per node (decision 76): the nodes share this host's cores, so not
+    #   shoald's default, auto (one per core each); "0": the daemons serve the ports themselves
 
     @classmethod
     def on_free_ports(cls, data_dir: Path, nodes: int = 3, name: str = "t", **kwargs: Any) -> DevCluster:
@@ -274,7 +274,7 @@ class DevCluster:
             "--dashboard-port", str(self.dashboard_port or self.grpc_port + 2),
             *self.etcd.client_flags, "--etcd-prefix", self.prefix,
             "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}",
-            "--vip-range", self.vip_range, *self.extra_args,
+            "--vip-range", self.vip_range, "--proxy-workers", self.proxy_workers, *self.extra_args,
             *self.node_args.get(i, []),
         ]  # fmt: skip
         if self.cert_lifetime:
@@ -441,52 +441,12 @@ class DevCluster:
                 member.proc.terminate()
         for member in self.members:
             member.stop()
+        for member in self.members:  # a graceful stop leaves them serving (decision 63)
+            stop_proxy_workers(member.data_dir / "proxy")
         remove_containers(self.cluster)
         remove_kernel_tables(self.cluster, [m.node_id for m in self.members])  # decisions 74, 75
         self.etcd.stop()
         vipranges.release(self.vip_range)
-
-
-def remove_containers(cluster: str) -> int:
-    """Force-remove every container labelled with this cluster, and its secret files on
-    tmpfs (`node.agent.secretfiles`); return how many containers."""
-    import docker  # here only: the rest of this module runs without Docker
-
-    client = docker.from_env()
-    try:
-        found = client.containers.list(all=True, filters={"label": f"{LABELS.CLUSTER}={cluster}"})
-        for container in found:
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
-        shutil.rmtree(Path("/dev/shm/shoal") / cluster, ignore_errors=True)  # secretfiles.default_root
-        return len(found)
-    finally:
-        client.close()
-
-
-def kernel_tables(cluster: str, nodes: Iterable[str] = ()) -> list[str]:
-    """The nftables tables of this cluster's nodes: the kernel fast path's
-    (`node.proxy.kernel_rules.table_name`), and the VIP tables of `nodes`
-    (`node.proxy.vipnat.table_name`, named exactly: its names are not a cluster prefix)."""
-    nft = shutil.which("nft")
-    if nft is None:
-        return []
-    done = subprocess.run([nft, "list", "tables", "ip"], capture_output=True, text=True, timeout=10)
-    names = (line.split()[-1] for line in done.stdout.splitlines() if line.startswith("table ip "))
-    vip = {vipnat.table_name(cluster, node) for node in nodes}
-    return [n for n in names if kernel_rules.is_table_of(n, cluster) or n in vip]
-
-
-def remove_kernel_tables(cluster: str, nodes: Iterable[str] = ()) -> int:
-    """Delete this cluster's tables (`kernel_tables`); how many there were. A graceful
-    stop leaves the fast path's (decision 75); a daemon killed with -9 leaves its VIP
-    table too (decision 74)."""
-    tables = kernel_tables(cluster, nodes)
-    nft = shutil.which("nft")
-    if tables and nft is not None:
-        text = "".join(kernel_rules.removal(t) for t in tables)
-        subprocess.run([nft, "-f", "-"], input=text, capture_output=True, text=True, timeout=10)
-    return len(tables)
 
 
 def pid_alive(pid: int) -> bool:

@@ -53,6 +53,16 @@ PRESETS = {
 }
 
 
+MAX_PROXY_WORKERS = 256
+AUTO = "auto"
+
+
+def auto_workers() -> int:
+    """`proxy_workers = "auto"`: one worker per core this process may run on (its CPU
+    affinity, as a cgroup's cpuset or `taskset` set it), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     node_id: str = ""  # empty: read from data_dir/node-id, or made up on first start
@@ -161,9 +171,10 @@ class NodeConfig:
     # issue 17, items 4-6 (node.proxy.direct, node.proxy.workers; docs/operations.md)
     proxy_direct: bool = True  # reach this node's replicas by container address, not through
     #   their published port (docker-proxy); only where the container network is on-link
-    proxy_workers: int = 0  # processes serving the published ports (SO_REUSEPORT), which keep
-    #   serving while the daemon is down (kill -9, restart, upgrade) and are adopted when it is
-    #   back; one per core spreads the load. 0: the daemon's own event loop serves them
+    proxy_workers: int = field(default_factory=auto_workers)  # processes serving the
+    #   published ports (SO_REUSEPORT), which keep serving while the daemon is down (kill -9,
+    #   restart, upgrade) and are adopted when it is back. "auto" (the default, decision 76):
+    #   one per usable core, which spreads the load; 0: the daemon's own event loop serves them
     proxy_nft: str = "nft"  # the nft program for `fast_path: kernel` ports (decision 75): a name
     #   on PATH or a path; "off": never. Missing, or refusing the table: those ports are served
     #   by the userland mesh as the others (one warning, a `proxy.kernel_fallback` event)
@@ -216,6 +227,8 @@ def _coerce(name: str, value: Any) -> Any:
             and isinstance(value, str)
         ):
             return parse_memory(value)
+        if name == "proxy_workers":
+            return _workers(value)
         if kind == "int":
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError("expected a whole number")
@@ -246,6 +259,16 @@ def _coerce(name: str, value: Any) -> Any:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{name}: cannot use {value!r}: {exc}") from exc
     return str(value)
+
+
+def _workers(value: Any) -> int:
+    """`proxy_workers`: "auto" (one per core) or a whole number (bounds: `validate`)."""
+    text = str(value).strip().lower()
+    if text == AUTO:
+        return auto_workers()
+    if isinstance(value, bool) or not re.fullmatch(r"-?\d+", text):
+        raise ValueError("expected auto (one worker per core) or a whole number of worker processes")
+    return int(text)
 
 
 def parse_labels(items: str | list[str] | tuple[str, ...]) -> dict[str, str]:
@@ -291,7 +314,6 @@ _PROXY_BOUNDS = (
     ("proxy_max_connections", 0, 1_000_000),
     ("proxy_tcp_idle_timeout", 0.1, 7 * 86400),
     ("proxy_tunnel_idle", 0.1, 7 * 86400),
-    ("proxy_workers", 0, 256),
 )
 
 
@@ -383,6 +405,11 @@ def validate(c: NodeConfig) -> NodeConfig:
         value = getattr(c, name)
         if not low <= value <= high:
             raise ConfigError(f"{name}: {value:g} must be between {low:g} and {high:g}")
+    if not 0 <= c.proxy_workers <= MAX_PROXY_WORKERS:
+        raise ConfigError(
+            f"proxy_workers: {c.proxy_workers} must be auto (one per core), 0 (the daemon serves the "
+            f"published ports itself) or up to {MAX_PROXY_WORKERS} worker processes"
+        )
     if not (c.etcd_retention == 0 or 60 <= c.etcd_retention <= 7 * 86400):
         raise ConfigError(f"etcd_retention: {c.etcd_retention:g} must be 0 (off) or 60 s to 7 days")
     if not 0 <= c.etcd_defrag_ratio < 1:

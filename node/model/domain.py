@@ -96,6 +96,7 @@ def routable(state: str, health: str) -> bool:
 class NodeStatus(StrEnum):
     READY = "ready"
     NOT_READY = "not-ready"  # registered, but says it cannot run tasks (`NodeInfo.not_ready`)
+    STARTING = "starting"  # registered, runs tasks, its proxy does not serve yet (`NodeInfo.starting`)
     DOWN = "down"
 
 
@@ -173,6 +174,9 @@ class NodeInfo(Record):
     simulated: bool = False  # a simulated node (`node.dev.simruntime`): runs no containers
     not_ready: str = ""  # why the node cannot run tasks now (its container engine does not
     #   answer: `node.agent.engine`); "" = ready. The leader places nothing there and moves its tasks
+    starting: str = ""  # why this node's proxy does not serve the published ports yet (its
+    #   workers have not taken the first route table: decision 76); "" = it does. Tasks are
+    #   placed here meanwhile (the containers do not need the proxy); readiness waits
     spec_paths: list[str] = field(default_factory=list)  # what this build's spec reads
     #   (`node.model.spec_compat`); the API writes no spec that a live node cannot read
     # issue 14 (metrics): where this node serves /metrics (0: off), for Prometheus discovery

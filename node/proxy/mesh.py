@@ -25,6 +25,12 @@ and body, tcp listeners close connections idle for `tcp_idle_timeout`.
 A port that cannot be bound (taken by another process) is reported as a
 `proxy.bind_failed` event and in `binds/<service>/<node>` (shown by `shoal service
 inspect`), retried every `rebind_interval` seconds; other services are unaffected.
+
+Serving, for the node's readiness and for lookups (decision 76): `serving` is set once the
+first table is served (every listener bound or its bind error known), and the daemon
+reports the node ready only then; `current(revision)` says whether the ports are served
+from a table at least as new as etcd's `revision`, which `settled` waits for (a lookup
+answers once this node's proxy serves what it lists).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_fixed
 
 from node.gossip.member import GONE, Member
 from node.model.config import NodeConfig
@@ -70,6 +78,10 @@ from node.telemetry.events import EventLog
 log = logging.getLogger(__name__)
 
 Engine = TcpProxy | HttpProxy | H2Proxy
+
+READ_TIMEOUT = 0.5
+"""Seconds a reader of the counters (`/metrics`) waits for proxy workers' state at most;
+a worker that has not answered by then counts with its last state (`read_counters`)."""
 
 
 class GossipView(Protocol):
@@ -141,7 +153,12 @@ class Mesh:
         self.bind_errors: dict[int, tuple[Route, str]] = {}
         self._reported: dict[str, list[dict[str, object]]] = {}  # binds/ key -> errors written
         self._closing: set[asyncio.Task[None]] = set()
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()  # the first sync is done
+        self.serving = asyncio.Event()  # ... and its table is served (`not_serving`)
+        self.on_serving: list[Callable[[], None]] = []  # called once, when `serving` is set
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop `run` runs on
+        self._wakes: list[asyncio.Event] = []  # set by a change the next sync has to apply
+        self._syncing = False
         self.syncs = 0
         self.ingress: Ingress | None = None  # issue 17: the node's shared entrance (node.proxy.ingress)
         self.cold = ColdStart()  # issue 15: requests held for services scaled to zero
@@ -159,6 +176,7 @@ class Mesh:
         for cache in caches:
             cache.listener(wake)
         gossip_wake = self.gossip.listener() if self.gossip is not None else asyncio.Event()
+        self.loop, self._wakes = asyncio.get_running_loop(), [wake, gossip_wake]
         if self.kernel is not None:
             await self.kernel.start()
         try:
@@ -175,8 +193,13 @@ class Mesh:
         while True:
             wake.clear()
             gossip_wake.clear()
-            await self.sync()
+            self._syncing = True
+            try:
+                await self.sync()
+            finally:
+                self._syncing = False
             self.ready.set()
+            self.check_serving()
             timeout = self.settings.rebind_interval if self.bind_errors or self.ingress else None
             waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(gossip_wake.wait())]
             try:
@@ -215,6 +238,49 @@ class Mesh:
         if self.kernel is not None:
             ports = plan(wanted, routes.kernel_ports(records), endpoints, self.node)
             self.kernel_served = await self.kernel.sync(self.address, ports)
+
+    # -- serving (decision 76) -------------------------------------------------------------
+
+    def acked(self) -> bool:
+        """Whether what serves the ports has taken the last table (here: at once)."""
+        return True
+
+    def check_serving(self) -> None:
+        """Set `serving` (and tell `on_serving`) the first time the table is served."""
+        if self.ready.is_set() and self.acked() and not self.serving.is_set():
+            self.serving.set()
+            for told in self.on_serving:
+                told()
+
+    def not_serving(self) -> str:
+        """Why the published ports are not served yet; "" once they are (`NodeInfo.starting`)."""
+        return "" if self.serving.is_set() else "the proxy has not bound the published ports yet"
+
+    def current(self, revision: int) -> bool:
+        """Whether the ports are served from a table at least as new as etcd's `revision`:
+        the mirrors have seen it, no change waits for a sync, the last table is taken."""
+        caches = (self.services, self.endpoints, self.tasks, self.down)
+        return (
+            self.serving.is_set()
+            and not self._syncing
+            and not any(w.is_set() for w in self._wakes)
+            and min(c.revision for c in caches) >= revision
+            and self.acked()
+        )
+
+    async def settled(self, revision: int, timeout: float) -> bool:
+        """Wait up to `timeout` s for `current(revision)`; whether it came."""
+
+        async def check() -> bool:
+            return self.current(revision)
+
+        waiting = AsyncRetrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_fixed(0.01),
+            retry=retry_if_result(lambda ok: not ok),
+            retry_error_callback=lambda _state: False,
+        )
+        return bool(await waiting(check))
 
     def _gone(self) -> set[str]:
         gone = {self.keys.tail(kv.key, self.keys.down_all) for kv in self.down.values()}
@@ -362,6 +428,15 @@ class Mesh:
             log.warning("proxy bind errors not reported to etcd yet: %s", exc)
 
     # -- views ---------------------------------------------------------------------------
+
+    def read_counters(self, timeout: float = READ_TIMEOUT) -> float:
+        """Bring `stats` up to date for a reader in another thread (`/metrics`), waiting at
+        most about `timeout` s; how old the counters are then, in seconds (here: live, 0)."""
+        return 0.0
+
+    def backend_counts(self) -> dict[Route, int]:
+        """Replicas in each published port's rotation now (ejected ones included)."""
+        return {listener.route: len(listener.balancer) for listener in list(self.listeners.values())}
 
     def describe(self) -> list[dict[str, object]]:
         """What this node's mesh does now (for logs, tests and debugging)."""

@@ -15,7 +15,11 @@ Series (labels `service`, `port`, `protocol`):
 - `shoal_proxy_active_connections`: client connections open now;
 - `shoal_proxy_latency_seconds`: histogram; request to response headers (http), accept
   to backend connected (tcp);
-- `shoal_proxy_backends`: replicas in the rotation now (ejected ones included);
+- `shoal_proxy_backends`: replicas in the rotation now (ejected ones included; with proxy
+  workers, the replicas the daemon sent them);
+- `shoal_proxy_counters_age_seconds`: how old the counters of this scrape are: 0 when
+  read at the scrape (the daemon's own, or every proxy worker answered within 0.5 s),
+  else the age of the oldest worker state served instead (decision 76);
 - `shoal_proxy_bind_errors`: 1 for a published port this node could not bind;
 - `shoal_proxy_kernel_backends`: this node's replicas in the nftables rule of a
   `fast_path: kernel` port (decision 75); no series while the userland mesh serves it.
@@ -64,6 +68,7 @@ from node.proxy.vipkernel import VipKernel
 log = logging.getLogger(__name__)
 
 _LABELS = ["service", "port", "protocol"]
+
 _COUNTERS = (
     ("requests", "HTTP requests (http ports) or connections (tcp ports) received by the proxy"),
     ("errors", "requests answered with an error by the proxy, or connections it closed on failure"),
@@ -82,8 +87,13 @@ class MeshCollector(Collector):
         self.mesh = mesh
 
     def collect(self) -> Iterator[Any]:
+        age = GaugeMetricFamily(
+            "shoal_proxy_counters_age_seconds",
+            "age of the proxy counters in this scrape (0: read at the scrape; else a worker's last state)",
+        )
+        age.add_metric([], self.mesh.read_counters())
         stats: list[tuple[Route, ProxyStats]] = list(self.mesh.stats.items())
-        listeners = dict(self.mesh.listeners)
+        rotations = self.mesh.backend_counts()
         ingress = getattr(self.mesh, "ingress", None)  # issue 17: the entrance, as service "ingress"
         if ingress is not None:
             for p in ingress.proxies:
@@ -112,9 +122,8 @@ class MeshCollector(Collector):
             tunnels.add_metric(labels, s.tunnels)
             buckets = [(_le(bound), float(n)) for bound, n in s.latency.cumulative()]
             latency.add_metric(labels, buckets, s.latency.total)
-            listener = listeners.get(route.published)
-            if listener is not None and listener.route == route:
-                backends.add_metric(labels, len(listener.balancer))
+            if route in rotations:
+                backends.add_metric(labels, rotations[route])
         bind_errors = GaugeMetricFamily(
             "shoal_proxy_bind_errors", "published ports this node could not bind", labels=_LABELS
         )
@@ -139,7 +148,7 @@ class MeshCollector(Collector):
             if port.published in counted:  # unread (nft failed): no series rather than a false reset
                 connections.add_metric(labels, counted[port.published])
         yield from counters.values()
-        yield from (active, tunnels, latency, backends, bind_errors, kernel, connections)
+        yield from (active, tunnels, latency, backends, bind_errors, kernel, connections, age)
         yield from _vip_kernel(getattr(self.mesh, "vip_kernel", None))
 
 

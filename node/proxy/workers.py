@@ -18,8 +18,12 @@ Lifecycle, and why each step is safe when the daemon dies between two of them:
   code: shoald was upgraded) gets a successor on its socket at once; it notices, serves
   beside it (SO_REUSEPORT) for `STEP_DOWN` seconds, then stops: an upgrade refuses no
   connection and runs the new engines.
-- run: the table is pushed on every sync; every `POLL` seconds each worker is asked
-  its `state` (bind errors, counters: `Mesh.bind_errors`, `Mesh.stats`). A worker
+- run: the table is pushed on every sync, and a worker's answer to it is its
+  acknowledgement (`acked`: the node is ready, a lookup answers, once every worker has
+  taken the table: decision 76); every `POLL` seconds each worker is asked its `state`
+  (bind errors, counters: `Mesh.bind_errors`, `Mesh.stats`), and again whenever the
+  counters are read (`read_counters`: `/metrics` waits `READ_TIMEOUT` at most for
+  them, else serves the last state and its age). A worker
   that does not answer (it died, it hangs for `CALL_TIMEOUT`) is killed if it is
   still there, started afresh and given the table: a kill of a worker loses the
   connections it held and those the kernel had queued on its sockets; its siblings
@@ -32,137 +36,38 @@ Lifecycle, and why each step is safe when the daemon dies between two of them:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
 import logging
-import os
-import re
-import signal
-import socket
-import subprocess
-import sys
+import math
+import time
 from pathlib import Path
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
-
-import node
 from node.model.config import NodeConfig
 from node.model.domain import readable_services
 from node.proxy import kernel_rules, routes
 from node.proxy import worker_wire as wire
 from node.proxy.kernel_path import OFF, KernelPath
-from node.proxy.mesh import Mesh
+from node.proxy.mesh import READ_TIMEOUT, Mesh
+from node.proxy.routes import Route
+from node.proxy.worker_link import Worker, WorkerError, stop_all, stop_leftovers, stop_worker
 from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
 
 POLL = 2.0
 """Seconds between `state` calls to each worker (liveness, bind errors, counters)."""
-CALL_TIMEOUT = 5.0
-"""Seconds a worker has to answer one message."""
-START_TIMEOUT = 15.0
-"""Seconds a started worker has to answer on its socket."""
 
-
-class WorkerError(Exception):
-    """A worker could not be reached, started or understood."""
-
-
-class Worker:
-    """The daemon's end of one worker: its socket, connection, process (when started here)."""
-
-    def __init__(self, index: int, directory: Path, orphan_exit: float = 0.0) -> None:
-        self.index = index
-        self.orphan_exit = orphan_exit
-        self.path = directory / f"worker-{index}.sock"
-        self.log_path = directory / f"worker-{index}.log"
-        self.pid = 0
-        self.proc: subprocess.Popen[bytes] | None = None  # None when adopted
-        self.state: dict[str, Any] = {}
-        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._lock = asyncio.Lock()
-
-    async def dial(self) -> bool:
-        """Connect to a worker listening at `path`; False when none answers."""
-        try:
-            with wire.reachable(self.path) as name:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_unix_connection(name, limit=wire.MAX_LINE), CALL_TIMEOUT
-                )
-            hello = wire.decode(await asyncio.wait_for(reader.readline(), CALL_TIMEOUT))
-        except (OSError, TimeoutError, ValueError):
-            return False
-        self._conn, self.state, self.pid = (reader, writer), hello, int(hello.get("pid") or 0)
-        return True
-
-    def prestart(self) -> None:
-        """Start the process now unless a worker answers at `path` already (synchronous:
-        from the daemon's construction, so it boots while the daemon does)."""
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(1.0)
-            try:
-                with wire.reachable(self.path) as name:
-                    s.connect(name)
-                return
-            except OSError:
-                pass
-        self.proc = _popen(self.path, self.log_path, self.orphan_exit)
-
-    async def spawn(self) -> None:
-        """Start a worker process (unless `prestart` did) and dial it until it answers."""
-        if self.proc is None or self.proc.poll() is not None:
-            self.proc = _popen(self.path, self.log_path, self.orphan_exit)
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_delay(START_TIMEOUT), wait=wait_fixed(0.05),
-                retry=retry_if_exception_type(WorkerError), reraise=True,
-            ):  # fmt: skip
-                with attempt:
-                    if self.proc.poll() is not None:
-                        raise WorkerError(f"proxy worker {self.index} exited with {self.proc.returncode}")
-                    if not await self.dial():
-                        raise WorkerError(f"proxy worker {self.index} does not answer on {self.path}")
-                    if self.pid != self.proc.pid:  # its predecessor, still there (another build)
-                        self.disconnect()
-                        self.pid = 0  # not one to kill should this start fail
-                        raise WorkerError(
-                            f"proxy worker {self.index} (pid {self.proc.pid}) not listening yet"
-                        )
-        except (WorkerError, asyncio.CancelledError):
-            self.kill()  # also when the daemon stops meanwhile: nothing half-started is left
-            raise
-
-    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
-        async with self._lock:
-            if self._conn is None:
-                raise WorkerError(f"proxy worker {self.index}: not connected")
-            reader, writer = self._conn
-            try:
-                writer.write(wire.encode(message))
-                await asyncio.wait_for(writer.drain(), CALL_TIMEOUT)
-                answer = wire.decode(await asyncio.wait_for(reader.readline(), CALL_TIMEOUT))
-            except (OSError, TimeoutError, ValueError) as exc:
-                self.disconnect()
-                raise WorkerError(f"proxy worker {self.index} (pid {self.pid}): {exc!r}") from exc
-            self.state = answer
-            return answer
-
-    def disconnect(self) -> None:
-        if self._conn is not None:
-            self._conn[1].close()
-            self._conn = None
-
-    def kill(self) -> None:
-        """End the process (it hangs or is of no use); reap it when it is our child."""
-        if self.pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self.pid, signal.SIGKILL)
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
-        self.disconnect()
+__all__ = [
+    "POLL",
+    "LocalMesh",
+    "Worker",
+    "WorkerError",
+    "WorkerMesh",
+    "mesh_for",
+    "stop_all",
+    "stop_leftovers",
+]
 
 
 class WorkerMesh(Mesh):
@@ -186,6 +91,8 @@ class WorkerMesh(Mesh):
         self.adopted = 0  # workers found serving at start (left by the last daemon)
         self.build = wire.BUILD  # workers of another build are replaced at start
         self.started = 0  # workers started by this daemon (at start or to replace one)
+        self.tables = 0  # tables pushed: each worker's `table` says which it answered last
+        self._late: set[asyncio.Future[dict[str, Any]]] = set()  # state calls a reader gave up on
 
     async def run(self) -> None:
         try:
@@ -240,27 +147,43 @@ class WorkerMesh(Mesh):
         await self._report_binds()
 
     async def _push_all(self) -> None:
+        self.tables += 1
         message = wire.table(self.settings, self.entries)
         await asyncio.gather(*(self._push(w, message) for w in self.workers))
         self._take_states()
 
     async def _push(self, w: Worker, message: dict[str, Any]) -> None:
+        number = self.tables
         try:
             await w.call(message)
+            w.table = number
         except WorkerError as exc:
-            await self._replace(w, str(exc), message)
+            await self._replace(w, str(exc))
 
-    async def _replace(self, w: Worker, why: str, message: dict[str, Any]) -> None:
+    async def _replace(self, w: Worker, why: str) -> None:
         log.warning("%s: starting it again", why)
         if self.events is not None:
             self.events.emit("proxy.worker_restarted", f"proxy worker {w.index}: {why}")
         w.kill()
+        number = self.tables  # the table now, not the one of the call that failed
         try:
             await w.spawn()
             self.started += 1
-            await w.call(message)
+            await w.call(wire.table(self.settings, self.entries))
+            w.table = number
         except WorkerError as exc:
             log.error("proxy worker %d could not be started again: %s", w.index, exc)
+        self.check_serving()
+
+    def acked(self) -> bool:
+        """Every worker has answered the last table pushed (bound its ports or said why not)."""
+        return all(w.table == self.tables for w in self.workers)
+
+    def not_serving(self) -> str:
+        if self.serving.is_set():
+            return ""
+        waiting = [str(w.index) for w in self.workers if w.table != self.tables or not self.tables]
+        return f"proxy worker(s) {', '.join(waiting) or '?'} have not taken the route table yet"
 
     async def _poll(self) -> None:
         await self.ready.wait()
@@ -270,9 +193,49 @@ class WorkerMesh(Mesh):
                 try:
                     await w.call({"op": "state"})
                 except WorkerError as exc:
-                    await self._replace(w, str(exc), wire.table(self.settings, self.entries))
+                    await self._replace(w, str(exc))
             self._take_states()
             await self._report_binds()
+
+    async def refresh(self, timeout: float) -> bool:
+        """Ask every worker for its state now (its counters); whether all answered within
+        `timeout`. A call not answered by then goes on (cancelling it would leave its answer
+        unread on the connection): its state is taken when it comes; a worker that fails it
+        is replaced by the next poll."""
+        calls = [asyncio.ensure_future(w.call({"op": "state"})) for w in self.workers]
+        done, late = await asyncio.wait(calls, timeout=timeout)
+        for call in late:
+            self._late.add(call)
+            call.add_done_callback(self._answered_late)
+        self._take_states()
+        return not late and all(c.exception() is None for c in done)
+
+    def _answered_late(self, call: asyncio.Future[dict[str, Any]]) -> None:
+        self._late.discard(call)
+        if not call.cancelled() and call.exception() is None:
+            self._take_states()
+
+    def read_counters(self, timeout: float = READ_TIMEOUT) -> float:
+        """From another thread (`/metrics`): `refresh` on the mesh's loop, waiting about
+        `timeout` s at most; the age of the oldest worker state then (0.0: all answered)."""
+        loop = self.loop
+        fresh = False
+        if loop is not None and not loop.is_closed():
+            try:
+                fresh = asyncio.run_coroutine_threadsafe(self.refresh(timeout), loop).result(timeout + 1.0)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, RuntimeError):
+                fresh = False
+        if fresh:
+            return 0.0
+        age = self.counters_age()
+        log.warning("proxy counters read from the last polled worker state, %.1fs old: a worker did not "
+                    "answer within %gs", age, timeout)  # fmt: skip
+        return age
+
+    def counters_age(self) -> float:
+        """Seconds since the oldest of the workers' states was taken (inf: one never was)."""
+        oldest = min((w.state_at for w in self.workers), default=0.0)
+        return time.monotonic() - oldest if oldest else math.inf
 
     def _take_states(self) -> None:
         """Bind errors (any worker's) and the counters of all workers added up."""
@@ -286,7 +249,11 @@ class WorkerMesh(Mesh):
             if self.bind_errors.get(port) != (route, text) and self.events is not None:
                 self.events.emit("proxy.bind_failed", f"{route.service}: {text}", route.service)
         self.bind_errors = errors
-        self.stats = wire.merged([w.state for w in self.workers], self.wanted)
+        # in place: the dashboard's and the load reporter's view is this very dict
+        counted = wire.merged([w.state for w in self.workers], self.wanted)
+        for route in [r for r in self.stats if r not in counted]:
+            del self.stats[route]
+        self.stats.update(counted)
 
     async def close(self, grace: float = 2.0) -> None:
         await self._close_workers()
@@ -295,9 +262,13 @@ class WorkerMesh(Mesh):
     async def _close_workers(self) -> None:
         """Stop the workers with `stop_workers` (leave_on_stop), else just let go of them."""
         if self.stop_workers:
-            await asyncio.gather(*(_stop(w) for w in self.workers))
+            await asyncio.gather(*(stop_worker(w) for w in self.workers))
         for w in self.workers:
             w.disconnect()
+
+    def backend_counts(self) -> dict[Route, int]:
+        """The replicas this daemon sent each port's workers (ejections are the workers')."""
+        return {e.route: len(e.backends) for e in list(self.entries)}
 
     def describe(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
@@ -309,48 +280,6 @@ class WorkerMesh(Mesh):
                 row["error"] = self.bind_errors[port][1]
             out.append(row)
         return out
-
-
-async def _stop(w: Worker) -> None:
-    with contextlib.suppress(WorkerError):
-        await w.call({"op": "stop"})
-
-
-async def stop_leftovers(directory: Path, keep: int = 0) -> int:
-    """Tell every worker whose socket is in `directory` with an index >= `keep` to stop
-    (the setting was lowered, or set to 0: the daemon listens itself); how many were."""
-    stopped = 0
-    for index in _indexes(directory):
-        if index < keep:
-            continue
-        w = Worker(index, directory)
-        if await w.dial():
-            await _stop(w)
-            w.disconnect()
-            stopped += 1
-            log.info("proxy worker %d (pid %d) told to stop", w.index, w.pid)
-    return stopped
-
-
-def _indexes(directory: Path) -> list[int]:
-    """The indexes of the worker sockets in `directory`."""
-    if not directory.is_dir():
-        return []
-    found = (re.fullmatch(r"worker-(\d+)\.sock", p.name) for p in directory.iterdir())
-    return sorted(int(m[1]) for m in found if m is not None)
-
-
-def _popen(path: Path, log_path: Path, orphan_exit: float) -> subprocess.Popen[bytes]:
-    """A worker on `path`, in its own session, running this very tree of shoal."""
-    env = dict(os.environ)
-    root = str(Path(node.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    with log_path.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "node.proxy.worker", "--socket", str(path),
-             "--orphan-exit", str(orphan_exit)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env,
-        )  # fmt: skip
 
 
 class LocalMesh(Mesh):

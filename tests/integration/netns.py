@@ -296,7 +296,8 @@ class NetnsCluster(DevCluster):
             "--grpc-port", str(self.grpc_port), "--etcd", f"{self.net.host_ip}:{self.etcd_port}",
             *self.etcd.client_flags[2:],  # its TLS files (the host is set after this runs)
             "--etcd-prefix", self.prefix, "--publish-address", self.net.host_ip,
-            "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}", *self.extra_args,
+            "--cluster", self.cluster, "--preset", self.preset, "--label", f"dev.index={i}",
+            "--proxy-workers", self.proxy_workers, *self.extra_args,
         ]  # fmt: skip
         return NetnsNode(i, node_id, address, self.grpc_port, data, args, prefix=self.net.prefix(i))
 

@@ -117,9 +117,8 @@ def served_by_node(load: list[NewConnections], since: float, count: int) -> Call
 def test_kill_9_and_restart_of_the_daemon_loses_no_new_request(
     make_cluster: Callable[..., DevCluster], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("SHOAL_PROXY_WORKERS", "2")
-    monkeypatch.setenv("SHOAL_LEAVE_ON_STOP", "true")  # the cluster's stop at teardown stops them too
-    cluster = make_cluster(nodes=2)
+    monkeypatch.setenv("SHOAL_LEAVE_ON_STOP", "true")  # the daemons' graceful stop stops them too
+    cluster = make_cluster(nodes=2, proxy_workers="2")
     node = cluster.members[0]
     try:
         web, raw = free_port_on_all(HOSTS), free_port_on_all(HOSTS)
@@ -153,7 +152,8 @@ def test_kill_9_and_restart_of_the_daemon_loses_no_new_request(
             down = [r for r in x.results if killed <= r[0] < restarted]
             assert len(down) >= 20, f"port {x.port}: only {len(down)} requests while the daemon was down"
         assert worker_pids(node.data_dir) == workers  # adopted, not replaced
-        cluster.stop()  # graceful, with leave_on_stop: the daemons stop their workers
+        for member in cluster.members:  # graceful, with leave_on_stop: the daemons stop their workers
+            member.stop()  # (not `cluster.stop()`, which stops what they leave)
         wait_until_sync(
             lambda: not worker_pids(cluster.data_dir), 20.0, message="workers stopped with the node"
         )

@@ -456,7 +456,9 @@ async def test_resolve_finds_a_service_by_its_alias_and_names_both_holders_of_a_
     assert await resolve.target(writer.store, writer.keys, "db") == ("db", ())
     assert await resolve.target(writer.store, writer.keys, "database") == ("db", ("backnet",))
     assert await resolve.target(writer.store, writer.keys, "db-primary") == ("db-primary", ()), "a name wins"
-    answer = await resolve.resolve(writer.store, writer.keys, "db", None, "database", ("backnet",))
+    answer = resolve.as_alias(
+        await resolve.resolve(writer.store, writer.keys, "db", None), "database", ("backnet",)
+    )
     assert (answer.name, answer.alias, list(answer.alias_networks)) == ("db", "database", ["backnet"])
     await api.apply(yaml("pg", "database", net="frontnet"), "pg.yaml")
     with pytest.raises(

@@ -237,3 +237,37 @@ def test_restart_grace_defaults_to_the_lease_ttl_and_minus_one_turns_the_mark_of
     assert grace(NodeConfig(preset="local")) == NodeConfig(preset="local").timings.lease_ttl
     assert grace(NodeConfig(preset="lan", restart_grace=42)) == 42
     assert grace(NodeConfig(restart_grace=-1)) == 0  # no `restarting/` mark: tasks move as for a crash
+
+
+# -- proxy workers (decision 76) ---------------------------------------------------------
+
+
+def test_proxy_workers_default_to_auto_one_per_usable_core(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import node.model.config as config
+
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: {0, 1, 2})
+    assert NodeConfig().proxy_workers == 3
+    assert load({}, {}).proxy_workers == 3
+    assert load({}, {"SHOAL_PROXY_WORKERS": " Auto "}).proxy_workers == 3
+    assert load({}, {}, toml(tmp_path, 'proxy_workers = "auto"')).proxy_workers == 3
+    assert load({}, {}, toml(tmp_path, "proxy_workers = 0")).proxy_workers == 0  # the daemon serves
+    assert load({"proxy_workers": "5"}, {"SHOAL_PROXY_WORKERS": "auto"}).proxy_workers == 5  # flag first
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda _pid: set())  # never below one
+    assert load({}, {"SHOAL_PROXY_WORKERS": "auto"}).proxy_workers == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("many", "expected auto (one worker per core) or a whole number"),
+        ("1.5", "expected auto"),
+        ("257", "must be auto (one per core), 0 (the daemon serves the published ports itself) or up to 256"),
+        ("-1", "must be auto"),
+    ],
+)
+def test_bad_proxy_workers_are_refused_saying_what_is_allowed(value: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=r"^proxy_workers: ") as refused:
+        load({}, {"SHOAL_PROXY_WORKERS": value})
+    assert says in str(refused.value)

@@ -20,7 +20,7 @@ from node.security.files import write_secret
 
 
 def _mesh() -> Any:
-    return SimpleNamespace(stats={}, listeners={}, bind_errors={})
+    return SimpleNamespace(stats={}, bind_errors={}, read_counters=lambda: 0.0, backend_counts=dict)
 
 
 @pytest.fixture

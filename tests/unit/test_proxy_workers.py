@@ -66,7 +66,7 @@ def test_the_table_and_the_counters_go_through_the_wire() -> None:
 
 def test_the_setting_chooses_the_mesh(tmp_path: Path) -> None:
     args = (MemoryStore(), KEYS, "n1", HOST)
-    assert isinstance(mesh_for(NodeConfig(data_dir=tmp_path), *args), LocalMesh)
+    assert isinstance(mesh_for(NodeConfig(data_dir=tmp_path, proxy_workers=0), *args), LocalMesh)
     mesh = mesh_for(NodeConfig(data_dir=tmp_path, proxy_workers=2, leave_on_stop=True), *args, prestart=False)
     assert isinstance(mesh, WorkerMesh) and len(mesh.workers) == 2 and mesh.stop_workers
     assert mesh.workers[1].path == tmp_path / "proxy" / "worker-1.sock"
