@@ -37,6 +37,7 @@ from typing import Any
 
 from node.proxy import worker_wire as wire
 from node.proxy.balancer import Balancer
+from node.proxy.coldstart import ColdStart
 from node.proxy.limits import ConnectionCap
 from node.proxy.mesh import Engine, Mesh, MeshSettings
 from node.proxy.stats import ProxyStats
@@ -72,6 +73,7 @@ class Worker:
         self.closing: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self.controller: asyncio.StreamWriter | None = None
+        self.cold = ColdStart()  # requests held for services scaled to zero (issue 15)
 
     # -- the table --------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class Worker:
                     for _ in range(self.index % max(1, len(entry.backends))):
                         now.balancer.pick(time.monotonic())
         self.stats = {p: s for p, s in self.stats.items() if p in self.entries}
+        self.cold.changed()  # held requests look at their balancers again
 
     async def open(self, entry: wire.Entry) -> None:
         balancer = Balancer()
@@ -110,6 +113,7 @@ class Worker:
             engine: Engine = Mesh._engine(holder, entry.route, balancer, entry.address)  # type: ignore[arg-type]
             engine.reuse_port = True
             engine.stats = self.stats.setdefault(entry.route.published, ProxyStats())
+            engine.cold = self.cold.hold(entry.route.service, balancer)
             await engine.start()
         except (OSError, AttributeError, ValueError) as exc:
             text = getattr(exc, "strerror", None) or str(exc)
@@ -138,6 +142,7 @@ class Worker:
             "routes": len(self.served),
             "errors": {str(p): e for p, e in self.errors.items()},
             "stats": {str(p): wire.stats_to_json(s) for p, s in self.stats.items()},
+            "held": dict(self.cold.held),
         }
 
     # -- the daemon's connection -----------------------------------------------------------
@@ -152,6 +157,7 @@ class Worker:
             while line := await reader.readline():
                 message = wire.decode(line)
                 if message["op"] == "table":
+                    self.cold.timeouts = wire.read_cold(message)
                     await self.apply(wire.read_settings(message, MeshSettings), wire.read_entries(message))
                 elif message["op"] == "stop":
                     self.stopping.set()

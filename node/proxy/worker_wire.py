@@ -11,8 +11,10 @@ One JSON object per line over the worker's Unix socket (`node.proxy.workers` dia
 - `{"op": "stop"}`: the worker stops listening, drains, exits; answers `state` first.
 
 `state` is `{"op": "state", "pid", "version", "build", "errors": {port: text}, "stats": {port:
-{...}}, "routes": n}`: bind errors and the counters of each listener since the worker
-started. Unknown keys are ignored both ways, so a worker of one release serves the
+{...}}, "routes": n, "held": {service: n}}`: bind errors, the counters of each listener
+since the worker started, and the requests it holds now for services scaled to zero
+(the table's `cold`: the daemon wakes its load reporter for them, as the in-daemon mesh
+does on a hold). Unknown keys are ignored both ways, so a worker of one release serves the
 daemon of the next one (the daemon replaces it anyway: `node.proxy.workers`).
 
 No sockets, no asyncio (`BUILD` reads this package's files once, at import).
@@ -73,11 +75,14 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
-def table(settings: Any, entries: list[Entry]) -> dict[str, Any]:
-    """The `table` message; `settings` is a `MeshSettings` (a dataclass of plain values)."""
+def table(settings: Any, entries: list[Entry], cold: dict[str, float] | None = None) -> dict[str, Any]:
+    """The `table` message; `settings` is a `MeshSettings` (a dataclass of plain values);
+    `cold`: the services whose requests are held while they have no replica, and for how
+    long (`node.proxy.coldstart`: `autoscale.min: 0`)."""
     return {
         "op": "table",
         "settings": asdict(settings),
+        "cold": dict(cold or {}),
         "listeners": [
             {
                 **asdict(e.route),
@@ -97,6 +102,24 @@ def read_entries(message: dict[str, Any]) -> list[Entry]:
         backends = tuple(Backend(str(k), str(a), int(p), str(n)) for k, a, p, n in item.get("backends") or [])
         out.append(Entry(route, str(item["address"]), backends))
     return out
+
+
+def read_cold(message: dict[str, Any]) -> dict[str, float]:
+    """The table's `cold` (service -> seconds a request is held); none from an older daemon."""
+    cold = message.get("cold")
+    if not isinstance(cold, dict):
+        return {}
+    return {str(k): float(v) for k, v in cold.items() if isinstance(v, int | float) and v > 0}
+
+
+def held(state: dict[str, Any]) -> list[str]:
+    """The services a worker's `state` holds requests for now (none from an older worker)."""
+    found = state.get("held")
+    return (
+        sorted(str(k) for k, v in found.items() if isinstance(v, int) and v > 0)
+        if isinstance(found, dict)
+        else []
+    )
 
 
 def read_settings(message: dict[str, Any], cls: type[Any]) -> Any:

@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 
 POLL = 2.0
 """Seconds between `state` calls to each worker (liveness, bind errors, counters)."""
+COLD_POLL = 0.25
+"""The same while some service is scaled to zero with its requests held (`autoscale.min:
+0`): a worker's answer says it holds one, and the load reporter is woken (issue 15)."""
 
 __all__ = [
     "POLL",
@@ -136,6 +139,7 @@ class WorkerMesh(Mesh):
         self.syncs += 1
         records = readable_services(kv.value for kv in self.services.values())
         self.wanted = routes.listeners(records)
+        self.cold.update(records)
         endpoints = self.routable()
         self.entries = [
             wire.Entry(r, self.address, tuple(routes.backends(r, endpoints))) for r in self.wanted.values()
@@ -148,7 +152,7 @@ class WorkerMesh(Mesh):
 
     async def _push_all(self) -> None:
         self.tables += 1
-        message = wire.table(self.settings, self.entries)
+        message = wire.table(self.settings, self.entries, self.cold.timeouts)
         await asyncio.gather(*(self._push(w, message) for w in self.workers))
         self._take_states()
 
@@ -169,7 +173,7 @@ class WorkerMesh(Mesh):
         try:
             await w.spawn()
             self.started += 1
-            await w.call(wire.table(self.settings, self.entries))
+            await w.call(wire.table(self.settings, self.entries, self.cold.timeouts))
             w.table = number
         except WorkerError as exc:
             log.error("proxy worker %d could not be started again: %s", w.index, exc)
@@ -188,7 +192,7 @@ class WorkerMesh(Mesh):
     async def _poll(self) -> None:
         await self.ready.wait()
         while True:
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(COLD_POLL if self.cold.timeouts else POLL)
             for w in self.workers:
                 try:
                     await w.call({"op": "state"})
@@ -254,6 +258,9 @@ class WorkerMesh(Mesh):
         for route in [r for r in self.stats if r not in counted]:
             del self.stats[route]
         self.stats.update(counted)
+        for service in sorted({s for w in self.workers for s in wire.held(w.state)}):
+            for tell in self.cold.on_hold:  # a worker holds a request: as a hold in the daemon
+                tell(service)
 
     async def close(self, grace: float = 2.0) -> None:
         await self._close_workers()

@@ -338,3 +338,55 @@ async def test_workers_of_another_build_are_replaced_without_a_refused_connectio
         await loader
     assert len(got) > 50 and set(got) == {"web.1@n1"}, [g for g in got if g != "web.1@n1"][:5]
     await stopped(task)
+
+
+def test_the_table_carries_the_services_that_hold_and_a_state_the_held_ones() -> None:
+    message = wire.decode(wire.encode(wire.table(MeshSettings(), [], {"idle": 20.0, "bad": -1})))
+    assert wire.read_cold(message) == {"idle": 20.0}
+    assert wire.read_cold({"op": "table"}) == {}, "an older daemon's table: nothing held"
+    assert wire.held({"held": {"idle": 2, "gone": 0}}) == ["idle"]
+    assert wire.held({"op": "state"}) == [], "an older worker's state"
+
+
+async def test_a_worker_holds_a_connection_for_a_service_at_zero_until_a_replica_comes(
+    tmp_path: Path,
+) -> None:
+    """Issue 15 in worker mode (decision 76): with no replica, a service with `autoscale.min:
+    0` holds the connection, the worker's state says so (the daemon wakes its load
+    reporter), and the next table's replica serves it."""
+    from node.proxy.worker import Worker as Process
+
+    port = free_port()
+    route = Route("idle", port, 80, "tcp")
+    w = Process(tmp_path / "worker-0.sock")
+    w.cold.timeouts = {"idle": 20.0}
+    await w.apply(MeshSettings(), [wire.Entry(route, HOST, ())])
+    assert not w.errors, w.errors
+    waiting = asyncio.create_task(ask(port))
+    await wait_until(lambda: wire.held(w.state()) == ["idle"], 5.0, message="the connection held")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"idle.1@n1\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, HOST, 0)
+    try:
+        replica = Backend("t1", HOST, server.sockets[0].getsockname()[1], "n1")
+        await w.apply(MeshSettings(), [wire.Entry(route, HOST, (replica,))])
+        assert await asyncio.wait_for(waiting, 10.0) == "idle.1@n1"
+        assert wire.held(w.state()) == []
+    finally:
+        server.close()
+        w.retire(port)
+        await asyncio.gather(*w.closing)
+
+
+async def test_a_held_request_in_a_worker_wakes_the_daemons_load_reporter(tmp_path: Path) -> None:
+    world = WorkerWorld(tmp_path / "proxy", count=2)
+    told: list[str] = []
+    world.mesh.cold.on_hold.append(told.append)
+    world.mesh.workers[1].state = {"op": "state", "held": {"idle": 1}}
+    world.mesh._take_states()
+    assert told == ["idle"]
+    await world.close()
