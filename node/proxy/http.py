@@ -61,8 +61,11 @@ Guarantees:
   byte (or after the accept) 408, a request body with no byte for `body_timeout` s 408;
   each closes the connection, and no replica is contacted for a refused head. A
   connection over the node's `ConnectionCap` (shared by every listener) is closed at once;
-- `close()` stops listening, closes idle client connections at once, lets requests in
-  flight finish for up to `drain_timeout` seconds, then aborts what is left;
+- `close()` stops listening and lets requests in flight finish for up to `drain_timeout`
+  seconds, then aborts what is left. Meanwhile every response says `Connection: close`
+  and ends its connection; a keep-alive connection idle for `DRAIN_IDLE` s is closed (one
+  idle a shorter time is likely about to send: closing it then would race the client's
+  next request, which it would see as a connection closed without a response);
   `drain(backends)` gives requests and tunnels to backends that left the set the same
   grace.
 
@@ -97,6 +100,10 @@ __all__ = ["CLIENT_IDLE", "HIGH_WATER", "LOW_WATER", "POOL_IDLE", "POOL_SIZE", "
 
 SWEEP = 0.25
 """Seconds between checks of response timeouts and idle pooled connections."""
+DRAIN_IDLE = 0.5
+"""Seconds a keep-alive client connection must have been idle to be closed while the
+proxy closes (`close()`; a worker replaced by another build, a retired port): a busier
+one gets `Connection: close` on its next response instead."""
 
 _now = time.monotonic
 
@@ -221,7 +228,7 @@ class HttpProxy(Listener[Client]):
         """Answer 504 for responses overdue, 408 for heads and bodies too slow; close
         connections idle too long."""
         now = _now()
-        late, idle_before = now - self.response_timeout, now - CLIENT_IDLE
+        late, idle_before = now - self.response_timeout, now - (DRAIN_IDLE if self.closing else CLIENT_IDLE)
         head_late, body_late = now - self.limits.head_timeout, now - self.limits.body_timeout
         for client in list(self._open):
             client.sweep(now, late, idle_before, head_late, body_late)
@@ -271,16 +278,17 @@ class HttpProxy(Listener[Client]):
                 up.transport.abort()
 
     def _begin_close(self) -> None:
-        """Close idle client connections and pooled backend ones now."""
+        """Close pooled backend connections now, and client ones idle for `DRAIN_IDLE`."""
         self.closing = True
         for idle in self.pool.values():
             for up in idle:
                 up.pooled = False
                 up.transport.close()
         self.pool.clear()
+        quiet = _now() - DRAIN_IDLE
         for client in list(self._open):
-            if client.idle():
-                client.shut()
+            if client.idle() and client.idle_since < quiet:
+                client.shut()  # the others: `Connection: close` on their next response, or the sweep
 
     def _abort_open(self) -> None:
         for client in list(self._open):

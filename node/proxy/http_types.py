@@ -153,6 +153,7 @@ class Client(Protocol):
     eof: bool  # the client sent EOF
     close_after: bool  # close once the current response is forwarded
     tunnel: Tunnel | None  # after a 101: the connection is a tunnel to `tunnel.backend`
+    idle_since: float  # monotonic time of its last response (or its accept): no request since
 
     def shut(self, abort: bool = False) -> None: ...
     def stop(self) -> None: ...

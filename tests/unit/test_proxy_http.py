@@ -805,7 +805,7 @@ async def test_close_drains_in_flight_and_closes_idle_connections(backends: Back
     busy.send()
     await wait_until(lambda: slow_b.seen, 2.0, message="request reached the backend")
     closing = asyncio.create_task(proxy.close())
-    assert await idle.closed(1.0)  # an idle keep-alive connection is closed at once
+    assert await idle.closed(1.0)  # an idle keep-alive connection is closed once idle DRAIN_IDLE
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection(HOST, port)
     assert not closing.done()
@@ -908,3 +908,26 @@ def test_under_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+async def test_close_answers_a_busy_keep_alive_client_with_connection_close_never_a_bare_close(
+    backends: Backends,
+) -> None:
+    """A keep-alive client sending every 20 ms while the proxy closes (a worker replaced
+    by another build: decision 76) gets each request answered, the one after the close
+    began with `Connection: close`; closing it while idle would race its next request
+    (a connection closed without a response, the rolling-upgrade test saw one)."""
+    bal = Balancer()
+    bal.set_endpoints([(await backends.start("a"))[1]])
+    proxy = await started(bal, drain_timeout=5.0)
+    c = await Client.open(proxy.port)
+    assert (await c.get()).status == 200
+    await asyncio.sleep(0.02)  # idle a moment, as between a load's requests
+    closing = asyncio.create_task(proxy.close())
+    await asyncio.sleep(0)  # the close began: listening stopped, idle connections looked at
+    with pytest.raises(TimeoutError):  # idle for less than DRAIN_IDLE: not closed under the client
+        await c.closed(0.05)
+    r = await c.get()
+    assert r.status == 200 and r.get("connection") == ["close"] and await c.closed(1.0)
+    await asyncio.wait_for(closing, 3.0)
+    await c.close()
