@@ -171,12 +171,19 @@ def writes_since(
     endpoint: str, before: int, prefix: str = "/shoal/v1/", also_ignore: tuple[str, ...] = ()
 ) -> list[str]:
     """Every key put or deleted under `prefix` after revision `before`, except what a live
-    cluster writes by itself whatever the requests: the event rings and the usage meter's
-    records (`usage/`, every interval), and the tails in `also_ignore` (as `nodes/`)."""
+    cluster writes by itself whatever the requests: the event rings, the usage meter's
+    records (`usage/`, every interval), each node's load gauge for the autoscaler
+    (`load/<node>`, every period while its replicas are sampled), and the tails in
+    `also_ignore` (as `nodes/`)."""
     from node.model.keys import Keys
 
     keys = Keys(prefix)
-    ignored = (keys.events, f"{keys.prefix}usage/", *(f"{keys.prefix}{tail}" for tail in also_ignore))
+    ignored = (
+        keys.events,
+        f"{keys.prefix}usage/",
+        f"{keys.prefix}load/",
+        *(f"{keys.prefix}{tail}" for tail in also_ignore),
+    )
 
     async def read(store: Any) -> list[str]:
         now = (await store.range("/__none__/"))[1]
