@@ -181,7 +181,7 @@ def writes_since(
     ignored = (
         keys.events,
         f"{keys.prefix}usage/",
-        f"{keys.prefix}load/",
+        keys.loads,
         *(f"{keys.prefix}{tail}" for tail in also_ignore),
     )
 
