@@ -14,6 +14,7 @@ from docker.errors import ImageNotFound
 
 from node.dev import vipranges
 from node.dev.devcluster import DevCluster, remove_containers
+from node.dev.leftovers import stop_proxy_workers
 from node.model.config import NodeConfig
 from tests.integration.registry import auth_registry, local_registry  # noqa: F401  (a fixture for every test here)
 
@@ -42,6 +43,19 @@ def no_default_vip_route() -> Iterator[None]:
     if not before and DEFAULT_VIP_RANGE in vipranges.local_routes():
         vipranges.release(str(DEFAULT_VIP_RANGE))
         pytest.fail(f"a test started a daemon with the default vip_range {DEFAULT_VIP_RANGE} on the host")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_proxy_workers_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A daemon's graceful stop leaves its proxy workers serving (decisions 63 and 76), and
+    `DevCluster.stop` stops its own; a test that runs shoald itself (lifecycle, joiners,
+    etcd with TLS) would leave them, with `proxy_workers = auto`, two per daemon on this
+    machine, for good. At the session's end every worker under its temporary directories
+    is told to stop (killed after 5 s)."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    for directory in sorted({p.parent for p in base.rglob("worker-*.sock")}):
+        stop_proxy_workers(directory)
 
 
 @pytest.fixture(scope="session")
