@@ -96,6 +96,7 @@ class WorkerMesh(Mesh):
         self.started = 0  # workers started by this daemon (at start or to replace one)
         self.tables = 0  # tables pushed: each worker's `table` says which it answered last
         self._late: set[asyncio.Future[dict[str, Any]]] = set()  # state calls a reader gave up on
+        self.held: set[str] = set()  # services some worker held a request for at the last state
 
     async def run(self) -> None:
         try:
@@ -258,9 +259,11 @@ class WorkerMesh(Mesh):
         for route in [r for r in self.stats if r not in counted]:
             del self.stats[route]
         self.stats.update(counted)
-        for service in sorted({s for w in self.workers for s in wire.held(w.state)}):
-            for tell in self.cold.on_hold:  # a worker holds a request: as a hold in the daemon
+        held = {s for w in self.workers for s in wire.held(w.state)}
+        for service in sorted(held - self.held):  # a worker began to hold: as a hold in the daemon
+            for tell in self.cold.on_hold:
                 tell(service)
+        self.held = held
 
     async def close(self, grace: float = 2.0) -> None:
         await self._close_workers()

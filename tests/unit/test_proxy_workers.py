@@ -388,5 +388,11 @@ async def test_a_held_request_in_a_worker_wakes_the_daemons_load_reporter(tmp_pa
     world.mesh.cold.on_hold.append(told.append)
     world.mesh.workers[1].state = {"op": "state", "held": {"idle": 1}}
     world.mesh._take_states()
+    world.mesh._take_states()  # still held: told once, when the hold began
     assert told == ["idle"]
+    world.mesh.workers[1].state = {"op": "state", "held": {}}
+    world.mesh._take_states()
+    world.mesh.workers[0].state = {"op": "state", "held": {"idle": 1}}
+    world.mesh._take_states()  # a new hold
+    assert told == ["idle", "idle"]
     await world.close()
