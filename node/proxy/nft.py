@@ -32,20 +32,32 @@ class NftMissing(NftError):
     """The `nft` program is not there (not worth trying again)."""
 
 
-def _run(program: str, text: str, timeout: float) -> None:
+def _nft(program: str, args: Sequence[str], timeout: float, text: str | None = None) -> bytes:
+    """`program <args>` (fed `text` on stdin when given), its standard output; `NftError`
+    (or `NftMissing`) with nft's own first line of error."""
+    what = " ".join([program, *args])
     try:
         done = subprocess.run(
-            [program, "-f", "-"], input=text.encode(), capture_output=True, timeout=timeout, check=False
+            [program, *args],
+            input=None if text is None else text.encode(),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
         )
     except FileNotFoundError as exc:
         raise NftMissing(f"cannot run {program}: not found") from exc
     except subprocess.TimeoutExpired:
-        raise NftError(f"{program} -f -: no answer within {timeout:g}s (killed)") from None
+        raise NftError(f"{what}: no answer within {timeout:g}s (killed)") from None
     except OSError as exc:
         raise NftError(f"cannot run {program}: {exc.strerror or exc}") from exc
     if done.returncode != 0:
         lines = done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"]
-        raise NftError(f"{program} -f - exited with {done.returncode}: {lines[0][:300]}")
+        raise NftError(f"{what} exited with {done.returncode}: {lines[0][:300]}")
+    return done.stdout
+
+
+def _run(program: str, text: str, timeout: float) -> None:
+    _nft(program, ["-f", "-"], timeout, text)
 
 
 async def run_nft(program: str, text: str, timeout: float | None = None) -> None:
@@ -56,19 +68,8 @@ async def run_nft(program: str, text: str, timeout: float | None = None) -> None
 def query_nft(program: str, args: Sequence[str], timeout: float | None = None) -> Any:
     """`program -j <args>` (a `list` command), its JSON; blocking, so for a thread that
     may wait (the `/metrics` scrape's, never the event loop). `NftError` as `run_nft`."""
-    limit = TIMEOUT if timeout is None else timeout
+    out = _nft(program, ["-j", *args], TIMEOUT if timeout is None else timeout)
     try:
-        done = subprocess.run([program, "-j", *args], capture_output=True, timeout=limit, check=False)
-    except FileNotFoundError as exc:
-        raise NftMissing(f"cannot run {program}: not found") from exc
-    except subprocess.TimeoutExpired:
-        raise NftError(f"{program} -j {' '.join(args)}: no answer within {limit:g}s (killed)") from None
-    except OSError as exc:
-        raise NftError(f"cannot run {program}: {exc.strerror or exc}") from exc
-    if done.returncode != 0:
-        lines = done.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"]
-        raise NftError(f"{program} -j {' '.join(args)} exited with {done.returncode}: {lines[0][:300]}")
-    try:
-        return json.loads(done.stdout or b"{}")
+        return json.loads(out or b"{}")
     except ValueError as exc:
         raise NftError(f"{program} -j {' '.join(args)}: not JSON ({exc})") from None
