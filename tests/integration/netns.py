@@ -92,15 +92,18 @@ def used_networks() -> list[ipaddress.IPv4Network]:
     return out
 
 
-def free_subnet(rng: random.Random | None = None) -> ipaddress.IPv4Network:
-    """A /24 of 10.216.0.0/16 that overlaps nothing on this host (tried in random order)."""
+def free_subnet(
+    rng: random.Random | None = None, supernet: ipaddress.IPv4Network = SUPERNET, prefix: int = 24
+) -> ipaddress.IPv4Network:
+    """A /`prefix` of `supernet` (a /24 of 10.216.0.0/16) that overlaps nothing on this host
+    (tried in random order)."""
     used = used_networks()
-    subnets = list(SUPERNET.subnets(new_prefix=24))
+    subnets = list(supernet.subnets(new_prefix=prefix))
     (rng or random.Random()).shuffle(subnets)
     for net in subnets:
         if not any(net.overlaps(u) for u in used):
             return net
-    raise NetnsError(f"no free /24 left in {SUPERNET}")
+    raise NetnsError(f"no free /{prefix} left in {supernet}")
 
 
 def reachable(targets: list[str], timeout: float = 1.0) -> list[str]:

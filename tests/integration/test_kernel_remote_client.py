@@ -1,7 +1,7 @@
 """The kernel fast path (decision 75) for a client on another host: the nat prerouting hook.
 
 The other host is a network namespace made here: a veth pair, the host end
-`shkh-<id>` with the first address of a /30 of 10.213.0.0/16 that overlaps nothing on
+`shkh-<id>` with the first address of a /30 of 10.217.0.0/16 that overlaps nothing on
 this machine, the namespace's end `shkc-<id>` with the second. The one node of the
 cluster takes the host end's address as its own (`DevCluster.addresses`), so its table
 DNATs `<that address>:<port>`, and its replicas' ports are published there. A client in
@@ -28,7 +28,6 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import json
-import random
 import re
 import subprocess
 import sys
@@ -44,12 +43,12 @@ import pytest
 from node.dev.devcluster import DevCluster, kernel_tables, remove_kernel_tables
 from node.dev.freeports import free_port_on_all
 from tests.helpers import wait_until_sync
-from tests.integration.netns import LOCK, NetnsError, run, used_networks
+from tests.integration.netns import LOCK, free_subnet, run
 from tests.integration.test_kernel_path import packets, spec, table, targets
 
 pytestmark = pytest.mark.integration
 
-SUPERNET = ipaddress.IPv4Network("10.213.0.0/16")
+SUPERNET = ipaddress.IPv4Network("10.217.0.0/16")  # apart from the default vip_range, 10.213/16
 CONNECTIONS = 200  # new connections from the namespace, each with a 3 s timeout
 LOOP_TIME = 60.0  # s the loop may take at most
 
@@ -104,16 +103,6 @@ class OtherHost:
         return ["nsenter", f"--net=/var/run/netns/{self.netns}", *argv]
 
 
-def _free_30() -> ipaddress.IPv4Network:
-    used = used_networks()
-    nets = list(SUPERNET.subnets(new_prefix=30))
-    random.shuffle(nets)
-    for net in nets:
-        if not any(net.overlaps(u) for u in used):
-            return net
-    raise NetnsError(f"no free /30 left in {SUPERNET}")
-
-
 def leftovers(host: OtherHost) -> list[str]:
     """What of `host` still exists (should be nothing after the fixture)."""
     left = [host.netns] if host.netns in run("ip", "netns", "list").stdout.split() else []
@@ -130,7 +119,7 @@ def other_host() -> Iterator[OtherHost]:
         LOCK.parent.mkdir(parents=True, exist_ok=True)
         with LOCK.open("a") as lock:  # two runs choosing a subnet at once would choose the same
             fcntl.flock(lock, fcntl.LOCK_EX)
-            host = OtherHost(uuid.uuid4().hex[:6], _free_30())
+            host = OtherHost(uuid.uuid4().hex[:6], free_subnet(supernet=SUPERNET, prefix=30))
             run("ip", "netns", "add", host.netns)
             run("ip", "link", "add", host.host_end, "type", "veth", "peer", "name", host.client_end,
                 "netns", host.netns)  # fmt: skip
