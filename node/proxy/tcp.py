@@ -135,10 +135,12 @@ class _Conn:
             self.client_eof = True
         else:
             self.server_eof = True
-        if side.peer is not None:
-            self._write_eof(side.peer)
         if self.client_eof and self.server_eof:
+            # both directions are done: the close sends the FIN a write_eof would have sent,
+            # so no shutdown() first (one system call less per connection, the costliest)
             self.abort(graceful=True)
+        elif side.peer is not None:
+            self._write_eof(side.peer)
 
     @staticmethod
     def _write_eof(t: asyncio.Transport) -> None:

@@ -155,6 +155,33 @@ async def test_half_close(backends: Backends) -> None:
     await proxy.close()
 
 
+async def test_half_close_backend_first(backends: Backends) -> None:
+    """The backend ends its direction first (a response, then its FIN); the client's last
+    bytes and its EOF, the second one, still reach the backend whole (the proxy then
+    closes both sides, with no shutdown() of its own in between)."""
+    heard: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def answer_then_listen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello")
+        writer.write_eof()
+        heard.set_result(await reader.read())  # until the client's EOF
+        writer.close()
+
+    bal = Balancer()
+    bal.set_endpoints([await backends.start("a", answer_then_listen)])
+    proxy = await started(bal)
+    reader, writer = await asyncio.open_connection(HOST, proxy.port)
+    async with asyncio.timeout(5):
+        assert await reader.read() == b"hello"
+        writer.write(b"bye" * 100_000)
+        writer.write_eof()
+        assert await heard == b"bye" * 100_000
+        assert await reader.read() == b""
+    writer.close()
+    await proxy.close()
+    assert proxy.stats.errors == 0
+
+
 async def transfer(port: int, size: int) -> bytes:
     """Send `size` random bytes through an echo and return what came back."""
     payload = os.urandom(size)
