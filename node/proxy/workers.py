@@ -26,8 +26,8 @@ Lifecycle, and why each step is safe when the daemon dies between two of them:
   them, else serves the last state and its age). A worker
   that does not answer (it died, it hangs for `CALL_TIMEOUT`) is killed if it is
   still there, started afresh and given the table: a kill of a worker loses the
-  connections it held and those the kernel had queued on its sockets; its siblings
-  keep serving all along.
+  connections it held; its siblings keep serving all along, and take what the kernel
+  had queued on its sockets (`tcp_migrate_req`, set at start: `node.proxy.migrate`).
 - stop: a graceful stop leaves the workers serving (a restart or an upgrade loses no
   new connection; the next daemon adopts them), except with `leave_on_stop` (the node
   leaves for good): they are told to stop and drain.
@@ -45,7 +45,7 @@ from typing import Any
 
 from node.model.config import NodeConfig
 from node.model.domain import readable_services
-from node.proxy import kernel_rules, routes
+from node.proxy import kernel_rules, migrate, routes
 from node.proxy import worker_wire as wire
 from node.proxy.kernel_path import OFF, KernelPath
 from node.proxy.mesh import READ_TIMEOUT, Mesh
@@ -97,6 +97,7 @@ class WorkerMesh(Mesh):
         self.tables = 0  # tables pushed: each worker's `table` says which it answered last
         self._late: set[asyncio.Future[dict[str, Any]]] = set()  # state calls a reader gave up on
         self.held: set[str] = set()  # services some worker held a request for at the last state
+        self.migrate_off = ""  # why net.ipv4.tcp_migrate_req could not be set (node.proxy.migrate)
 
     async def run(self) -> None:
         try:
@@ -111,6 +112,11 @@ class WorkerMesh(Mesh):
         """Adopt the workers that answer, start the others (all at once: a start takes a
         second or more of imports)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.migrate_off = migrate.ensure()  # a worker that stops hands its queue to the others
+        if self.migrate_off:
+            log.warning("%s", migrate.warning(self.migrate_off))
+            if self.events is not None:
+                self.events.emit("proxy.migrate_off", migrate.warning(self.migrate_off))
         found = await asyncio.gather(*(w.dial() for w in self.workers))
         for i, w in enumerate(self.workers):
             if found[i] and w.state.get("build") != self.build:
