@@ -83,14 +83,22 @@ class Worker:
             self.cap.limit = settings.max_connections  # shared by every listener: at once
             #   (the other settings apply to listeners opened from now on)
         self.entries = {e.route.published: e for e in entries}
+        replaced: dict[int, Served] = {}  # a route changed: closed once its successor listens
         for port, served in list(self.served.items()):
             entry = self.entries.get(port)
-            if entry is None or (entry.route, entry.address) != (served.entry.route, served.entry.address):
+            if entry is None:
                 self.retire(port)
+            elif (entry.route, entry.address) != (served.entry.route, served.entry.address):
+                replaced[port] = self.served.pop(port)
         self.errors = {p: e for p, e in self.errors.items() if p in self.entries}
         for port, entry in self.entries.items():
             if port not in self.served:
+                # make before break: the new listener joins the port's SO_REUSEPORT group
+                # before the old one leaves it, and what the old one had queued moves over
+                # (node.proxy.migrate): a changed route refuses no connection
                 await self.open(entry)
+                if (old := replaced.pop(port, None)) is not None:
+                    self._close(old)
             now = self.served.get(port)
             if now is not None:
                 fresh = not now.balancer.backends
@@ -127,7 +135,9 @@ class Worker:
                  entry.route.published, entry.route.service)  # fmt: skip
 
     def retire(self, port: int) -> None:
-        served = self.served.pop(port)
+        self._close(self.served.pop(port))
+
+    def _close(self, served: Served) -> None:
         served.engine.stop_accepting()
         task = asyncio.get_running_loop().create_task(served.engine.close())
         self.closing.add(task)

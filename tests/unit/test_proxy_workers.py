@@ -297,6 +297,49 @@ async def test_worker_i_starts_its_rotation_at_the_i_th_replica(tmp_path: Path) 
     assert firsts == ["t1", "t2", "t2", "t1", "t1", "t2"]
 
 
+async def test_a_changed_route_refuses_no_connection(tmp_path: Path) -> None:
+    """A route that changes (here its container port, then back) gets a new engine: it
+    listens before the old one stops, so a client connecting in a loop meanwhile is
+    never refused (before: the old listener closed first, and the port was shut between)."""
+    import threading
+
+    from node.proxy.worker import Worker as Process
+
+    port = free_port()
+    backends = (Backend("t1", HOST, free_port(), "n1"),)
+    w = Process(tmp_path / "worker-0.sock")
+    await w.apply(MeshSettings(), [wire.Entry(Route("web", port, 80, "tcp"), HOST, backends)])
+    assert not w.errors, w.errors
+    refused, connected, done = [], [], threading.Event()
+
+    def knock() -> None:  # blocking connects, bounded in count and time
+        end = time.monotonic() + 10
+        while not done.is_set() and len(connected) + len(refused) < 200_000 and time.monotonic() < end:
+            try:
+                socket.create_connection((HOST, port), timeout=2).close()
+                connected.append(1)
+            except OSError as exc:
+                refused.append(exc)
+
+    knocker = threading.Thread(target=knock)
+    knocker.start()
+    try:
+        await wait_until(lambda: len(connected) > 20, timeout=10)
+        for i in range(40):
+            route = Route("web", port, 81 + i % 2, "tcp")
+            await w.apply(MeshSettings(), [wire.Entry(route, HOST, backends)])
+            assert not w.errors, w.errors
+            assert w.served[port].entry.route == route
+            await asyncio.sleep(0)  # let the closed engines finish
+    finally:
+        done.set()
+        await asyncio.to_thread(knocker.join)
+        w.retire(port)
+        await asyncio.gather(*w.closing)
+    assert refused == [], f"{len(refused)} of {len(refused) + len(connected)} refused: {refused[:3]}"
+    assert len(connected) > 20
+
+
 async def test_workers_of_another_build_are_replaced_without_a_refused_connection(pool: WorkerWorld) -> None:
     """A daemon of another build starts successors on the same sockets; each old worker
     serves beside its successor (SO_REUSEPORT) for STEP_DOWN seconds, then exits."""
