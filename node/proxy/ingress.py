@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from node.model.domain import EndpointRecord, ServiceRecord
@@ -35,7 +35,7 @@ from node.proxy.heads import CRLF
 from node.proxy.http import HttpProxy
 from node.proxy.http_types import Routed
 from node.proxy.ingress_routes import Answer, Table, Target, build, decide
-from node.proxy.ingress_tls import IngressCerts
+from node.proxy.ingress_tls import IngressCerts, SniContexts
 from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,9 @@ class IngressRoutes:
         self.by_token: dict[bytes, Backend] = {}  # sticky cookie value -> its backend
         self.failing: set[str] = set()  # shared by both listeners: see HttpProxy.report_ok
 
-    def update(self, table: Table, endpoints: list[EndpointRecord]) -> list[Backend]:
-        """Use `table` and these endpoints; the backends that left (to drain)."""
+    def update(self, table: Table, backends: Mapping[tuple[str, int], Iterable[Backend]]) -> list[Backend]:
+        """Use `table` and the backends of its targets (`backends_for`); the backends
+        that left (to drain)."""
         self.table = table
         targets = table.targets()
         wanted = {(t.service, t.port) for t in targets}
@@ -66,17 +67,23 @@ class IngressRoutes:
         by_token: dict[bytes, Backend] = {}
         for service, port in wanted:
             balancer = self.balancers.setdefault((service, port), Balancer())
-            backends = [
-                Backend(f"{e.task_id}:{port}", e.address, e.host_port(port), e.node)
-                for e in endpoints
-                if e.service == service and e.host_port(port)
-            ]
-            removed += balancer.set_endpoints(backends)
+            removed += balancer.set_endpoints(backends.get((service, port), ()))
             owner |= dict.fromkeys((b.key for b in balancer.backends), balancer)
             by_token |= {token(b.key): b for b in balancer.backends}
         self.owner, self.by_token = owner, by_token
         self.routed = {t: Routed(self.balancers[(t.service, t.port)], t.service) for t in targets}
         return removed
+
+
+def backends_for(table: Table, endpoints: Iterable[EndpointRecord]) -> dict[tuple[str, int], list[Backend]]:
+    """The replicas of each (service, container port) `table` routes to."""
+    wanted = {(t.service, t.port) for t in table.targets()}
+    out: dict[tuple[str, int], list[Backend]] = {key: [] for key in wanted}
+    for e in endpoints:
+        for service, port in wanted:
+            if e.service == service and (host_port := e.host_port(port)):
+                out[(service, port)].append(Backend(f"{e.task_id}:{port}", e.address, host_port, e.node))
+    return out
 
 
 def token(key: str) -> bytes:
@@ -183,11 +190,13 @@ class Ingress:
         address: str,
         http_port: int,
         https_port: int,
-        certs: IngressCerts | None,
+        certs: SniContexts | None,
         events: EventLog | None = None,
+        reuse_port: bool = False,  # a proxy worker's (decision 80): SO_REUSEPORT beside its siblings
         **engine: Any,  # HttpProxy's settings: timeouts, retry, limits, cap, tunnel_idle
     ) -> None:
         self.address = address
+        self.http_port, self.https_port = http_port, https_port
         self.routes = IngressRoutes(https_port)
         self.certs = certs
         self.events = events
@@ -200,22 +209,41 @@ class Ingress:
             tls = IngressProxy(address, https_port, self.routes, True, **engine)
             tls.ssl_context = certs.server
             self.proxies.append(tls)
+        for proxy in self.proxies:
+            proxy.reuse_port = reuse_port
         self.started: set[IngressProxy] = set()
+        # with proxy workers (decision 80) they listen, not this: the ports every worker
+        # serves after the last table they all took (`node.proxy.workers`); None: here
+        self.elsewhere: set[int] | None = None
         self.bind_errors: dict[int, str] = {}
         self.tls_problems: dict[str, str] = {}
 
     @property
     def unbound(self) -> bool:
-        return len(self.started) < len(self.proxies)
+        return len(self.listening()) < len(self.proxies)
+
+    def listening(self) -> list[int]:
+        if self.elsewhere is not None:
+            return sorted(self.elsewhere)
+        return sorted(p.listen_port for p in self.started)
 
     async def sync(self, records: Iterable[ServiceRecord], endpoints: list[EndpointRecord]) -> None:
+        """The entrance in the daemon (`proxy_workers = 0`): table, certificates, listeners."""
         table = build(records)
-        removed = self.routes.update(table, endpoints)
+        await self.refresh_certs(table)
+        await self.apply(table, backends_for(table, endpoints))
+
+    async def refresh_certs(self, table: Table) -> None:
+        """Read and issue the certificates `table` names (in the daemon: `IngressCerts`)."""
+        if isinstance(self.certs, IngressCerts):
+            self._report_tls(await self.certs.refresh(table.certs))
+
+    async def apply(self, table: Table, backends: Mapping[tuple[str, int], Iterable[Backend]]) -> None:
+        """Route by `table` to `backends`, and listen on the ports not bound yet."""
+        removed = self.routes.update(table, backends)
         if removed:
             for proxy in self.started:
                 proxy.drain(removed)
-        if self.certs is not None:
-            self._report_tls(await self.certs.refresh(table.certs))
         for proxy in self.proxies:
             if proxy not in self.started:
                 await self._start(proxy)
@@ -252,7 +280,7 @@ class Ingress:
         """The table and each route's backends (for logs, tests and debugging)."""
         routes = self.routes
         return {
-            "listening": sorted(p.listen_port for p in self.started),
+            "listening": self.listening(),
             "errors": dict(self.bind_errors),
             "tls_problems": dict(self.tls_problems),
             "hosts": {

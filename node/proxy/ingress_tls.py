@@ -18,6 +18,12 @@ is reported (`problems`, logged and an `ingress.tls_failed` event by the caller)
 PEMs reach OpenSSL through a file in `workdir` (0700, the file 0600) that lives only
 while it loads: Python's ssl module loads a certificate chain from files only. One left
 by a process killed in that moment is removed at the next start.
+
+With proxy workers (decision 76) the entrance runs in them (decision 80): the daemon
+reads and issues as above, and sends each worker the PEMs it holds (`pems`,
+`default_pem`) with the route table, over the worker's socket (0600, in the data
+directory: root's, like the secrets' key); a worker's `SniContexts.use` loads what
+changed.
 """
 
 from __future__ import annotations
@@ -47,25 +53,18 @@ def _context() -> ssl.SSLContext:
     return ctx
 
 
-class IngressCerts:
-    def __init__(
-        self,
-        store: Store,
-        keys: Keys,
-        sealer: Sealer | None,
-        ca: Callable[[], Awaitable[ClusterCA]] | None,
-        workdir: Path,
-        address: str,
-    ) -> None:
-        self.store, self.keys, self.sealer, self.ca = store, keys, sealer, ca
-        self.workdir, self.address = workdir, address
+class SniContexts:
+    """Server contexts by SNI host, built from PEMs (a chain and its key): the part of
+    the certificates a proxy worker holds (`use`), given them by the daemon, which reads
+    them (`IngressCerts`, below) and sends them over the worker's socket."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
         self.server = _context()
         self.server.sni_callback = self._sni
         self.contexts: dict[str, ssl.SSLContext] = {}
-        self.loaded: dict[str, str] = {}  # host -> what its context holds: "secret <name> <revision>" | "ca"
-        self.renew: dict[str, datetime] = {}  # host -> when its CA-issued certificate is renewed
-        self.problems: dict[str, str] = {}  # host -> why its certificate could not be loaded
-        self.has_default = False
+        self.pems: dict[str, bytes] = {}  # host -> the chain and key its context holds
+        self.default_pem = b""  # what `server` holds (the certificate for names without a route)
         self._sweep_files()
 
     def _sweep_files(self) -> None:
@@ -93,6 +92,49 @@ class IngressCerts:
         finally:
             os.unlink(path)
 
+    def use(self, pems: Mapping[str, bytes], default: bytes) -> dict[str, str]:
+        """Hold exactly `pems` (host -> chain and key) and `default`, loading only what
+        changed; the ones that could not be loaded, by host ("" the default), which keep
+        what they had."""
+        problems: dict[str, str] = {}
+        if default and default != self.default_pem:
+            try:
+                self._load(default, ctx=self.server)
+                self.default_pem = default
+            except (ssl.SSLError, OSError) as exc:
+                problems[""] = f"the default certificate: {exc}"
+        for host in [h for h in self.contexts if h not in pems]:
+            del self.contexts[host]
+            self.pems.pop(host, None)
+        for host, pem in pems.items():
+            if self.pems.get(host) == pem:
+                continue
+            try:
+                self.contexts[host] = self._load(pem)
+                self.pems[host] = pem
+            except (ssl.SSLError, OSError) as exc:
+                problems[host] = f"host {host}: {exc}"
+        return problems
+
+
+class IngressCerts(SniContexts):
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        sealer: Sealer | None,
+        ca: Callable[[], Awaitable[ClusterCA]] | None,
+        workdir: Path,
+        address: str,
+    ) -> None:
+        super().__init__(workdir)
+        self.store, self.keys, self.sealer, self.ca = store, keys, sealer, ca
+        self.address = address
+        self.loaded: dict[str, str] = {}  # host -> what its context holds: "secret <name> <revision>" | "ca"
+        self.renew: dict[str, datetime] = {}  # host -> when its CA-issued certificate is renewed
+        self.problems: dict[str, str] = {}  # host -> why its certificate could not be loaded
+        self.has_default = False
+
     async def _issue(self, host: str, now: datetime) -> ssl.SSLContext:
         if self.ca is None:
             raise CertError(
@@ -100,7 +142,9 @@ class IngressCerts:
             )
         key, chain, renew = issue_site(await self.ca(), host, now)
         self.renew[host] = renew
-        return self._load(chain, key)
+        ctx = self._load(chain, key)
+        self.pems[host] = chain + b"\n" + key
+        return ctx
 
     async def refresh(self, hosts: Mapping[str, str | None], now: datetime | None = None) -> dict[str, str]:
         """Bring the contexts in line with `hosts` (host -> secret name, None: the CA's);
@@ -111,11 +155,13 @@ class IngressCerts:
             try:
                 key, chain, _ = issue_site(await self.ca(), self.address, now)
                 self._load(chain, key, self.server)
+                self.default_pem = chain + b"\n" + key
                 self.has_default = True
             except (CertError, StoreError, ssl.SSLError, OSError) as exc:
                 problems[""] = f"the default certificate (node address {self.address}): {exc}"
         for host in [h for h in self.contexts if h not in hosts]:
             del self.contexts[host]
+            self.pems.pop(host, None)
             self.loaded.pop(host, None)
             self.renew.pop(host, None)
         for host, secret in hosts.items():
@@ -146,6 +192,7 @@ class IngressCerts:
         data = record.value(self.sealer)
         try:
             self.contexts[host] = self._load(data)
+            self.pems[host] = data
         except ssl.SSLError as exc:
             raise CertError(
                 f"it must hold a PEM certificate chain and its private key ({exc.reason})"

@@ -434,6 +434,15 @@ class Mesh:
         most about `timeout` s; how old the counters are then, in seconds (here: live, 0)."""
         return 0.0
 
+    def ingress_counters(self) -> list[tuple[Route, ProxyStats]]:
+        """The entrance's counters per listener, as service `ingress` (none without one)."""
+        if self.ingress is None:
+            return []
+        return [
+            (Route("ingress", p.listen_port, 0, "https" if p.https else "http"), p.stats)
+            for p in self.ingress.proxies
+        ]
+
     def backend_counts(self) -> dict[Route, int]:
         """Replicas in each published port's rotation now (ejected ones included)."""
         return {listener.route: len(listener.balancer) for listener in list(self.listeners.values())}

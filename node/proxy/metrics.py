@@ -94,10 +94,7 @@ class MeshCollector(Collector):
         age.add_metric([], self.mesh.read_counters())
         stats: list[tuple[Route, ProxyStats]] = list(self.mesh.stats.items())
         rotations = self.mesh.backend_counts()
-        ingress = getattr(self.mesh, "ingress", None)  # issue 17: the entrance, as service "ingress"
-        if ingress is not None:
-            for p in ingress.proxies:
-                stats.append((Route("ingress", p.listen_port, 0, "https" if p.https else "http"), p.stats))
+        stats += self.mesh.ingress_counters()  # issue 17: the entrance, as service "ingress"
         counters = {
             name: CounterMetricFamily(f"shoal_proxy_{name}", help_, labels=_LABELS)
             for name, help_ in _COUNTERS

@@ -30,14 +30,17 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from node.proxy import worker_wire as wire
-from node.proxy.balancer import Balancer
+from node.proxy.balancer import Balancer, RetryPolicy
 from node.proxy.coldstart import ColdStart
+from node.proxy.ingress import Ingress
+from node.proxy.ingress_tls import SniContexts
 from node.proxy.limits import ConnectionCap
 from node.proxy.mesh import Engine, Mesh, MeshSettings
 from node.proxy.stats import ProxyStats
@@ -74,6 +77,9 @@ class Worker:
         self.stopping = asyncio.Event()
         self.controller: asyncio.StreamWriter | None = None
         self.cold = ColdStart()  # requests held for services scaled to zero (issue 15)
+        self.ingress: Ingress | None = None  # the node's shared entrance (decision 80)
+        self.ingress_entry: wire.IngressEntry | None = None  # as last told
+        self._ingress_listening: tuple[str, int, int] = ("", 0, 0)  # of `ingress`
 
     # -- the table --------------------------------------------------------------------
 
@@ -134,14 +140,55 @@ class Worker:
         log.info("worker %d: %s %s:%d -> %s", os.getpid(), entry.route.protocol, entry.address,
                  entry.route.published, entry.route.service)  # fmt: skip
 
+    async def apply_ingress(self, entry: wire.IngressEntry | None) -> None:
+        """Serve the entrance as `entry` says (None: none): its listeners beside the other
+        workers' (SO_REUSEPORT), its certificates, its routes; bind errors and counters
+        by port, as the other listeners'."""
+        self.ingress_entry = entry
+        old = self.ingress
+        if old is not None and (entry is None or entry.listening != self._ingress_listening):
+            self.ingress = None
+            for proxy in old.proxies:
+                proxy.stop_accepting()
+                self.stats.pop(proxy.listen_port, None)
+                self.errors.pop(proxy.listen_port, None)
+            self._closing(old.close())
+        if entry is None:
+            return
+        if self.ingress is None:
+            s = self.settings
+            certs = SniContexts(self.path.parent / f"tls-{self.index}") if entry.https_port else None
+            self.ingress = Ingress(
+                entry.address, entry.http_port, entry.https_port, certs, reuse_port=True,
+                connect_timeout=s.connect_timeout, drain_timeout=s.drain_timeout,
+                retry=RetryPolicy(max_attempts=s.max_attempts), limits=s.limits, cap=self.cap,
+                tunnel_idle=s.tunnel_idle,
+            )  # fmt: skip
+            self._ingress_listening = entry.listening
+        ingress = self.ingress
+        if isinstance(ingress.certs, SniContexts):
+            for problem in ingress.certs.use(entry.pems, entry.default_pem).values():
+                log.warning("worker %d: ingress certificate: %s", os.getpid(), problem)
+        await ingress.apply(entry.table, entry.backends)
+        for proxy in ingress.proxies:
+            port = proxy.listen_port
+            self.stats[port] = proxy.stats
+            if port in ingress.bind_errors:
+                self.errors[port] = ingress.bind_errors[port]
+            else:
+                self.errors.pop(port, None)
+
+    def _closing(self, close: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(close)
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
+
     def retire(self, port: int) -> None:
         self._close(self.served.pop(port))
 
     def _close(self, served: Served) -> None:
         served.engine.stop_accepting()
-        task = asyncio.get_running_loop().create_task(served.engine.close())
-        self.closing.add(task)
-        task.add_done_callback(self.closing.discard)
+        self._closing(served.engine.close())
 
     def state(self) -> dict[str, Any]:
         return {
@@ -169,6 +216,7 @@ class Worker:
                 if message["op"] == "table":
                     self.cold.timeouts = wire.read_cold(message)
                     await self.apply(wire.read_settings(message, MeshSettings), wire.read_entries(message))
+                    await self.apply_ingress(wire.read_ingress(message))
                 elif message["op"] == "stop":
                     self.stopping.set()
                 writer.write(wire.encode(self.state()))
@@ -211,12 +259,14 @@ class Worker:
                 if self.errors and loop.time() >= rebind_at:
                     rebind_at = loop.time() + self.settings.rebind_interval
                     await self.apply(self.settings, list(self.entries.values()))
+                    await self.apply_ingress(self.ingress_entry)
         finally:
             server.close()
             if _ours(self.path, inode):
                 self.path.unlink()
             for port in list(self.served):
                 self.retire(port)
+            await self.apply_ingress(None)
             if self.closing:
                 await asyncio.wait(self.closing, timeout=self.settings.drain_timeout + 2)
 

@@ -4,9 +4,12 @@ One JSON object per line over the worker's Unix socket (`node.proxy.workers` dia
 `node.proxy.worker` listens). The daemon asks, the worker answers, one at a time:
 
 - on connect the worker says hello: `{"op": "state", ...}` (below);
-- `{"op": "table", "settings": {...}, "listeners": [...]}`: the whole route table, every
-  time (a few hundred bytes per published port): the worker binds what is new, retires
-  what is gone, gives every balancer its backends; answers `state`;
+- `{"op": "table", "settings": {...}, "listeners": [...], "ingress": {...}}`: the whole
+  route table, every time (a few hundred bytes per published port): the worker binds
+  what is new, retires what is gone, gives every balancer its backends; answers `state`.
+  `ingress` (when the node has the shared entrance: decision 80) carries its ports, its
+  host and path routes, their replicas, and its TLS certificates with their keys (the
+  socket is 0600 in the data directory, which only root reads);
 - `{"op": "state"}`: answers `state` (the daemon polls it: liveness and metrics);
 - `{"op": "stop"}`: the worker stops listening, drains, exits; answers `state` first.
 
@@ -33,6 +36,7 @@ from typing import Any
 
 import node
 from node.proxy.balancer import Backend
+from node.proxy.ingress_routes import Table, Target
 from node.proxy.limits import HttpLimits
 from node.proxy.routes import Route
 from node.proxy.stats import Histogram, ProxyStats
@@ -64,6 +68,70 @@ class Entry:
     backends: tuple[Backend, ...]
 
 
+@dataclass(frozen=True)
+class IngressEntry:
+    """The node's shared entrance (decision 80): its ports on `address`, the route
+    table, the replicas of each (service, container port) it routes to, and the TLS
+    certificates by host (chain and key PEM; `default_pem` for names without a route)."""
+
+    address: str
+    http_port: int
+    https_port: int
+    table: Table
+    backends: dict[tuple[str, int], tuple[Backend, ...]]
+    pems: dict[str, bytes]
+    default_pem: bytes
+
+    @property
+    def listening(self) -> tuple[str, int, int]:
+        return self.address, self.http_port, self.https_port
+
+
+def _ingress_json(e: IngressEntry) -> dict[str, Any]:
+    return {
+        "address": e.address,
+        "http_port": e.http_port,
+        "https_port": e.https_port,
+        "hosts": {
+            host: [[path, t.service, t.port, t.redirect, t.sticky] for path, t in paths]
+            for host, paths in e.table.hosts.items()
+        },
+        "backends": [
+            [service, port, [list(asdict(b).values()) for b in backends]]
+            for (service, port), backends in e.backends.items()
+        ],
+        "certs": {host: pem.decode("latin-1") for host, pem in e.pems.items()},
+        "default_cert": e.default_pem.decode("latin-1"),
+    }
+
+
+def read_ingress(message: dict[str, Any]) -> IngressEntry | None:
+    """The table's entrance; None without one (not configured, or an older daemon)."""
+    item = message.get("ingress")
+    if not isinstance(item, dict):
+        return None
+    hosts = {
+        str(host): tuple(
+            (str(path), Target(str(service), int(port), bool(redirect), bool(sticky)))
+            for path, service, port, redirect, sticky in paths
+        )
+        for host, paths in (item.get("hosts") or {}).items()
+    }
+    backends = {
+        (str(service), int(port)): tuple(Backend(str(k), str(a), int(p), str(n)) for k, a, p, n in found)
+        for service, port, found in item.get("backends") or []
+    }
+    return IngressEntry(
+        str(item["address"]),
+        int(item.get("http_port") or 0),
+        int(item.get("https_port") or 0),
+        Table(hosts),
+        backends,
+        {str(h): str(pem).encode("latin-1") for h, pem in (item.get("certs") or {}).items()},
+        str(item.get("default_cert") or "").encode("latin-1"),
+    )
+
+
 def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
@@ -75,12 +143,18 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
-def table(settings: Any, entries: list[Entry], cold: dict[str, float] | None = None) -> dict[str, Any]:
+def table(
+    settings: Any,
+    entries: list[Entry],
+    cold: dict[str, float] | None = None,
+    ingress: IngressEntry | None = None,
+) -> dict[str, Any]:
     """The `table` message; `settings` is a `MeshSettings` (a dataclass of plain values);
     `cold`: the services whose requests are held while they have no replica, and for how
-    long (`node.proxy.coldstart`: `autoscale.min: 0`)."""
+    long (`node.proxy.coldstart`: `autoscale.min: 0`); `ingress`: the node's entrance."""
     return {
         "op": "table",
+        **({"ingress": _ingress_json(ingress)} if ingress is not None else {}),
         "settings": asdict(settings),
         "cold": dict(cold or {}),
         "listeners": [

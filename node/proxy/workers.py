@@ -44,12 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from node.model.config import NodeConfig
-from node.model.domain import readable_services
+from node.model.domain import EndpointRecord, ServiceRecord, readable_services
 from node.proxy import kernel_rules, migrate, routes
 from node.proxy import worker_wire as wire
+from node.proxy.ingress import Ingress, backends_for
+from node.proxy.ingress_routes import build
 from node.proxy.kernel_path import OFF, KernelPath
 from node.proxy.mesh import READ_TIMEOUT, Mesh
 from node.proxy.routes import Route
+from node.proxy.stats import ProxyStats
 from node.proxy.worker_link import Worker, WorkerError, stop_all, stop_leftovers, stop_worker
 from node.telemetry.events import EventLog
 
@@ -97,6 +100,8 @@ class WorkerMesh(Mesh):
         self.tables = 0  # tables pushed: each worker's `table` says which it answered last
         self._late: set[asyncio.Future[dict[str, Any]]] = set()  # state calls a reader gave up on
         self.held: set[str] = set()  # services some worker held a request for at the last state
+        self.ingress_entry: wire.IngressEntry | None = None  # the entrance the workers serve
+        self.ingress_stats: dict[Route, ProxyStats] = {}  # its counters, all workers' added up
         self.migrate_off = ""  # why net.ipv4.tcp_migrate_req could not be set (node.proxy.migrate)
 
     async def run(self) -> None:
@@ -151,15 +156,39 @@ class WorkerMesh(Mesh):
         self.entries = [
             wire.Entry(r, self.address, tuple(routes.backends(r, endpoints))) for r in self.wanted.values()
         ]
+        if self.ingress is not None:  # the shared entrance runs in the workers too (decision 80)
+            self.ingress_entry = await self._ingress_entry(self.ingress, records, endpoints)
         await self._push_all()
         await self.sync_kernel(records, self.wanted, endpoints)  # the table is the daemon's, not a worker's
-        if self.ingress is not None:  # the shared entrance (issue 17 item 3) stays in the daemon
-            await self.ingress.sync(records, self.routable())
         await self._report_binds()
+
+    async def _ingress_entry(
+        self, ingress: Ingress, records: list[ServiceRecord], endpoints: list[EndpointRecord]
+    ) -> wire.IngressEntry:
+        """What the workers' entrance serves: the table, its replicas, and the certificates
+        this daemon reads from secrets or issues (`IngressCerts`); kept in `ingress` too,
+        which binds nothing here (its `describe` shows the table)."""
+        table = build(records)
+        await ingress.refresh_certs(table)
+        backends = backends_for(table, endpoints)
+        ingress.routes.update(table, backends)
+        certs = ingress.certs
+        return wire.IngressEntry(
+            ingress.address,
+            ingress.http_port,
+            ingress.https_port,
+            table,
+            {key: tuple(found) for key, found in backends.items()},
+            dict(certs.pems) if certs is not None else {},
+            certs.default_pem if certs is not None else b"",
+        )
+
+    def _table(self) -> dict[str, Any]:
+        return wire.table(self.settings, self.entries, self.cold.timeouts, self.ingress_entry)
 
     async def _push_all(self) -> None:
         self.tables += 1
-        message = wire.table(self.settings, self.entries, self.cold.timeouts)
+        message = self._table()
         await asyncio.gather(*(self._push(w, message) for w in self.workers))
         self._take_states()
 
@@ -180,7 +209,7 @@ class WorkerMesh(Mesh):
         try:
             await w.spawn()
             self.started += 1
-            await w.call(wire.table(self.settings, self.entries, self.cold.timeouts))
+            await w.call(self._table())
             w.table = number
         except WorkerError as exc:
             log.error("proxy worker %d could not be started again: %s", w.index, exc)
@@ -260,6 +289,7 @@ class WorkerMesh(Mesh):
             if self.bind_errors.get(port) != (route, text) and self.events is not None:
                 self.events.emit("proxy.bind_failed", f"{route.service}: {text}", route.service)
         self.bind_errors = errors
+        self._take_ingress_states()
         # in place: the dashboard's and the load reporter's view is this very dict
         counted = wire.merged([w.state for w in self.workers], self.wanted)
         for route in [r for r in self.stats if r not in counted]:
@@ -270,6 +300,33 @@ class WorkerMesh(Mesh):
             for tell in self.cold.on_hold:
                 tell(service)
         self.held = held
+
+    def _take_ingress_states(self) -> None:
+        """The entrance's bind errors (any worker's) and counters (all added up)."""
+        ingress = self.ingress
+        if ingress is None:
+            return
+        ports = {ingress.http_port: "http", ingress.https_port: "https"}
+        ports.pop(0, None)
+        errors: dict[int, str] = {}
+        for w in self.workers:
+            for port, text in (w.state.get("errors") or {}).items():
+                if int(port) in ports:
+                    errors.setdefault(int(port), str(text))
+        for port, text in errors.items():
+            if ingress.bind_errors.get(port) != text:
+                log.warning("%s", text)
+                if self.events is not None:
+                    self.events.emit("ingress.bind_failed", text)
+        ingress.bind_errors = errors
+        # a worker answers a table once it applied it, its entrance included
+        taken = self.tables > 0 and self.acked()
+        ingress.elsewhere = {p for p in ports if p not in errors} if taken else set()
+        by_port = {port: Route("ingress", port, 0, kind) for port, kind in ports.items()}
+        self.ingress_stats = wire.merged([w.state for w in self.workers], by_port)
+
+    def ingress_counters(self) -> list[tuple[Route, ProxyStats]]:
+        return list(self.ingress_stats.items())
 
     async def close(self, grace: float = 2.0) -> None:
         await self._close_workers()

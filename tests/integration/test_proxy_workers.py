@@ -1,10 +1,12 @@
 """Ingress that outlives the daemon (issue 17, item 6): a real 2-node cluster whose
-published ports are served by proxy worker processes (`proxy_workers = 2`).
+published ports and shared entrance (decision 80) are served by proxy worker processes
+(`proxy_workers = 2`).
 
 Bounded load (a new connection per request, loopback only, at most `MAX_REQUESTS` per
-port and `MAX_SECONDS`) goes to node 1's published http and tcp ports while node 1's
-daemon is killed with SIGKILL and started again: not one request may fail, and the
-restarted daemon adopts the same worker processes. Every worker is killed at the end.
+port and `MAX_SECONDS`) goes to node 1's published http and tcp ports and to its
+entrance (by host name) while node 1's daemon is killed with SIGKILL and started again:
+not one request may fail, and the restarted daemon adopts the same worker processes.
+Every worker is killed at the end.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class NewConnections:
     """GET / over a new connection per request, at `RATE`/s, until stopped or bounded."""
 
     port: int
+    host: str = ""  # the Host header (the entrance routes by it); "": the address's
     results: list[tuple[float, bool, str]] = field(default_factory=list)  # (sent at, ok, what)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -60,7 +63,9 @@ class NewConnections:
             at = time.monotonic()
             conn = http.client.HTTPConnection(HOSTS[0], self.port, timeout=5.0)
             try:
-                conn.request("GET", "/", headers={"Connection": "close"})
+                conn.request(
+                    "GET", "/", headers={"Connection": "close", **({"Host": self.host} if self.host else {})}
+                )
                 resp = conn.getresponse()
                 body = resp.read().decode(errors="replace").strip()
                 self.results.append((at, resp.status == 200, f"{resp.status} {body}"))
@@ -75,8 +80,8 @@ class NewConnections:
 
 
 @contextlib.contextmanager
-def loading(ports: list[int]) -> Iterator[list[NewConnections]]:
-    loads = [NewConnections(p) for p in ports]
+def loading(ports: list[int], hosts: dict[int, str]) -> Iterator[list[NewConnections]]:
+    loads = [NewConnections(p, hosts.get(p, "")) for p in ports]
     threads = [threading.Thread(target=load.run, daemon=True) for load in loads]
     for t in threads:
         t.start()
@@ -89,20 +94,21 @@ def loading(ports: list[int]) -> Iterator[list[NewConnections]]:
             t.join(15)
 
 
-def spec(name: str, published: int, protocol: str) -> str:
+def spec(name: str, published: int, protocol: str, host: str = "") -> str:
+    ingress = f"ingress: [{{host: {host}, port: 8080}}]\n" if host else ""
     return f"""
 name: {name}
 image: shoal-demo/web:1
 replicas: 2
 ports:
   - {{container: 8080, published: {published}, protocol: {protocol}}}
-"""
+{ingress}"""
 
 
-def answers(port: int) -> bool:
+def answers(port: int, host: str = "") -> bool:
     conn = http.client.HTTPConnection(HOSTS[0], port, timeout=2.0)
     try:
-        conn.request("GET", "/")
+        conn.request("GET", "/", headers={"Host": host} if host else {})
         return conn.getresponse().status == 200
     except OSError:
         return False
@@ -118,20 +124,25 @@ def test_kill_9_and_restart_of_the_daemon_loses_no_new_request(
     make_cluster: Callable[..., DevCluster], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SHOAL_LEAVE_ON_STOP", "true")  # the daemons' graceful stop stops them too
-    cluster = make_cluster(nodes=2, proxy_workers="2")
+    entrance = free_port_on_all(HOSTS)
+    cluster = make_cluster(nodes=2, proxy_workers="2", extra_args=["--ingress-http-port", str(entrance)])
     node = cluster.members[0]
     try:
-        web, raw = free_port_on_all(HOSTS), free_port_on_all(HOSTS)
+        web = raw = entrance
+        while len({web, raw, entrance}) < 3:
+            web, raw = free_port_on_all(HOSTS), free_port_on_all(HOSTS)
+        site = "front.example.test"
         with cluster.client() as c:
-            c.apply(spec("front", web, "http"), "front.yaml")
+            c.apply(spec("front", web, "http", site), "front.yaml")
             c.apply(spec("raw", raw, "tcp"), "raw.yaml")
-        wait_until_sync(lambda: answers(web) and answers(raw), 60.0, message="both ports answer on node 1")
+        wait_until_sync(lambda: answers(web) and answers(raw) and answers(entrance, site), 60.0,
+                        message="both ports and the entrance answer on node 1")  # fmt: skip
         workers = wait_until_sync(
             lambda: len(worker_pids(node.data_dir)) == 2 and worker_pids(node.data_dir), 10.0
         )
         assert os.getpid() not in workers and node.proc is not None and node.proc.pid not in workers
 
-        with loading([web, raw]) as load:
+        with loading([web, raw, entrance], {entrance: site}) as load:
             wait_until_sync(served_by_node(load, 0.0, 10), 20.0, message="load flows")
             killed = time.monotonic()
             node.kill(signal.SIGKILL)

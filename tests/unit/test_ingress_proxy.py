@@ -17,11 +17,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from node.model.domain import EndpointRecord, ServiceRecord
 from node.model.keys import Keys
+from node.proxy import workers
 from node.proxy.balancer import RetryPolicy
 from node.proxy.ingress import Ingress
 from node.proxy.ingress_tls import IngressCerts
 from node.proxy.mesh import Mesh, MeshSettings
 from node.proxy.metrics import MeshCollector
+from node.proxy.workers import WorkerMesh
 from node.security.ca import ClusterCA
 from node.security.objects import ObjectRecord
 from node.security.sealing import Sealer, secret_ad
@@ -43,16 +45,19 @@ def free_port() -> int:
 
 
 class Bed:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, workers: int = 0) -> None:
         self.store = MemoryStore()
         self.events = RecordedEvents(self.store)
         self.ca = ClusterCA.create("t")
         self.sealer = Sealer(lambda: PASS)
         self.http, self.https = free_port(), free_port()
-        self.mesh = Mesh(
-            self.store, KEYS, "n1", HOST, self.events, FakeGossip(), None,
-            MeshSettings(connect_timeout=0.5, drain_timeout=1.0, rebind_interval=0.2),
-        )  # fmt: skip
+        settings = MeshSettings(connect_timeout=0.5, drain_timeout=1.0, rebind_interval=0.2)
+        self.mesh: Mesh = Mesh(self.store, KEYS, "n1", HOST, self.events, FakeGossip(), None, settings)
+        if workers:  # the entrance served by proxy worker processes (decision 80)
+            self.mesh = WorkerMesh(
+                self.store, KEYS, "n1", HOST, self.events, FakeGossip(), None, settings,
+                workers=workers, directory=tmp / "proxy", orphan_exit=30.0, stop_workers=True,
+            )  # fmt: skip
 
         async def ca() -> ClusterCA:
             return self.ca
@@ -111,16 +116,27 @@ class Bed:
         return ctx
 
 
-@pytest.fixture
-async def bed(tmp_path: Path) -> AsyncIterator[Bed]:
-    b = Bed(tmp_path)
+@pytest.fixture(params=[0, 2], ids=["in-daemon", "2-workers"])
+async def bed(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Bed]:
+    monkeypatch.setattr(workers, "POLL", 0.2)
+    b = Bed(tmp_path, workers=request.param)
     runner = asyncio.create_task(b.mesh.run())
-    yield b
-    runner.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await runner
-    for s in b.servers:
-        s.close()
+    try:
+        yield b
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        if isinstance(b.mesh, WorkerMesh):
+            await b.mesh.close()  # stop_workers: they stop and go
+            for w in b.mesh.workers:
+                if w.proc is not None:
+                    w.proc.kill()
+                    w.proc.wait(5)
+        for s in b.servers:
+            s.close()
 
 
 async def request(
@@ -155,7 +171,7 @@ async def ready(bed: Bed, host: str, path: str = "/") -> None:
             return False
         return status not in (404, 503)
 
-    await wait_until(routed, timeout=5)
+    await wait_until(routed, timeout=20)  # proxy workers start in a second or more
 
 
 async def test_routes_by_host_and_longest_prefix_with_forwarded_headers(bed: Bed) -> None:
@@ -182,7 +198,7 @@ async def test_the_entrance_is_counted_in_metrics_as_service_ingress(bed: Bed) -
     await request(bed.http, "nope.example.test")
     registry = CollectorRegistry()
     registry.register(MeshCollector(bed.mesh))
-    text = generate_latest(registry).decode()
+    text = (await asyncio.to_thread(generate_latest, registry)).decode()  # /metrics: another thread
     http = f'port="{bed.http}",protocol="http",service="ingress"'
     requests = [
         line for line in text.splitlines() if line.startswith("shoal_proxy_requests_total{") and http in line
@@ -329,8 +345,12 @@ async def test_a_sticky_rule_keeps_a_client_on_its_replica_until_that_one_leaves
     for _ in range(6):  # with the cookie: always the same replica, and no new cookie
         status, headers, body = await request(bed.http, "app.example.test", headers=jar)
         assert (status, seen(body)["me"], "set-cookie" in headers) == (200, first, False)
-    without = {seen((await request(bed.http, "app.example.test"))[2])["me"] for _ in range(3)}
-    assert len(without) == 3  # without it: round robin
+    if isinstance(bed.mesh, WorkerMesh):  # each worker its own rotation: exact per worker only
+        without = {seen((await request(bed.http, "app.example.test"))[2])["me"] for _ in range(9)}
+        assert len(without) >= 2  # without it: not kept on one
+    else:
+        without = {seen((await request(bed.http, "app.example.test"))[2])["me"] for _ in range(3)}
+        assert len(without) == 3  # without it: round robin
     # its replica leaves: the next request goes elsewhere and gets a new cookie
     slot = int(first.rpartition(".")[2])
     task = make_task(web, slot, "n1")

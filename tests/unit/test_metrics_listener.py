@@ -20,7 +20,9 @@ from node.security.files import write_secret
 
 
 def _mesh() -> Any:
-    return SimpleNamespace(stats={}, bind_errors={}, read_counters=lambda: 0.0, backend_counts=dict)
+    return SimpleNamespace(
+        stats={}, bind_errors={}, read_counters=lambda: 0.0, backend_counts=dict, ingress_counters=list
+    )
 
 
 @pytest.fixture

@@ -64,6 +64,22 @@ def test_the_table_and_the_counters_go_through_the_wire() -> None:
         wire.decode(b"[1]")
 
 
+def test_the_entrance_goes_through_the_wire() -> None:
+    from node.proxy.ingress_routes import Table, Target
+
+    table = Table(
+        {"a.test": (("/api", Target("api", 8080, sticky=True)), ("/", Target("web", 80, redirect=True)))}
+    )
+    entry = wire.IngressEntry(
+        HOST, 8081, 8443, table,
+        {("api", 8080): (Backend("t1:8080", HOST, 31000, "n1"),), ("web", 80): ()},
+        {"a.test": b"-----BEGIN CERTIFICATE-----\n\xff"}, b"default",
+    )  # fmt: skip
+    message = wire.decode(wire.encode(wire.table(MeshSettings(), [], ingress=entry)))
+    assert wire.read_ingress(message) == entry
+    assert wire.read_ingress(wire.decode(wire.encode(wire.table(MeshSettings(), [])))) is None
+
+
 def test_the_setting_chooses_the_mesh(tmp_path: Path) -> None:
     args = (MemoryStore(), KEYS, "n1", HOST)
     assert isinstance(mesh_for(NodeConfig(data_dir=tmp_path, proxy_workers=0), *args), LocalMesh)
