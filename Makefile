@@ -33,6 +33,10 @@ APP_DEPLOY := deploy/examples/app/deploy.sh
 PYTEST_ARGS ?=
 # integration test files run in this many pytest-xdist workers (1: one after another)
 TEST_WORKERS ?= 2
+# unit tests run in this many pytest-xdist workers: auto (one per core, at most 8) or a number (1: in
+# pytest itself). At most 8: each worker draws its free ports from 1/n of those below the ephemeral
+# range (node.dev.freeports), and one worker of the unit suite can take some 630.
+UNIT_WORKERS ?= auto
 
 .PHONY: help install images demo stop test lint proto bench chaos clean
 
@@ -126,6 +130,7 @@ test: install images lint
 	  rc=0
 	  workers=()  # the integration tests mostly wait on clusters: files run in parallel workers
 	  if [[ $$suite == integration ]] && (( $(TEST_WORKERS) > 1 )); then workers=(-n $(TEST_WORKERS) --dist loadfile); fi
+	  if [[ $$suite == unit && $(UNIT_WORKERS) != 1 ]]; then workers=(-n $(UNIT_WORKERS) --maxprocesses 8); fi
 	  $(VENV)/bin/pytest -q -ra --durations=15 "$${workers[@]}" tests/$$suite $(PYTEST_ARGS) || rc=$$?
 	  if (( rc == 5 )); then
 	    echo "error: pytest collected no tests in tests/$$suite (exit 5)" >&2

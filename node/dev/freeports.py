@@ -44,9 +44,9 @@ def ephemeral_range(path: Path = EPHEMERAL) -> tuple[int, int]:
     return first, last
 
 
-def candidates(path: Path = EPHEMERAL) -> range:
-    """Ports these helpers draw from: `LOW` up to the ephemeral range (or, when that range
-    starts too low, the ports above it); a test worker's slice of them."""
+def outside_ephemeral(path: Path = EPHEMERAL) -> range:
+    """The ports outside the ephemeral range: `LOW` up to it (or, when that range starts
+    too low, the ports above it). The same in every process, test worker or not."""
     first, last = ephemeral_range(path)
     if first - LOW >= MIN_SPAN:
         pool = range(LOW, first)
@@ -57,7 +57,13 @@ def candidates(path: Path = EPHEMERAL) -> range:
             f"the ephemeral range {first}-{last} ({path}) leaves fewer than {MIN_SPAN} ports outside it; "
             "narrow it (sysctl net.ipv4.ip_local_port_range)"
         )
-    return worker_slice(pool, os.environ)
+    return pool
+
+
+def candidates() -> range:
+    """Ports these helpers draw from: those outside the ephemeral range, or this test
+    worker's slice of them."""
+    return worker_slice(outside_ephemeral(), os.environ)
 
 
 def worker_slice(pool: range, env: Mapping[str, str]) -> range:

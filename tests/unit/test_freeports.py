@@ -57,12 +57,12 @@ def test_the_range_is_read_from_the_kernel_and_falls_back_sensibly(tmp_path: Pat
     conf = tmp_path / "ip_local_port_range"
     conf.write_text("32768\t60999\n")
     assert freeports.ephemeral_range(conf) == (32768, 60999)
-    assert freeports.candidates(conf) == range(freeports.LOW, 32768)
+    assert freeports.outside_ephemeral(conf) == range(freeports.LOW, 32768)
     conf.write_text("1024 50000\n")  # starts too low: draw above it
-    assert freeports.candidates(conf) == range(50001, 65536)
+    assert freeports.outside_ephemeral(conf) == range(50001, 65536)
     conf.write_text("1024 65000\n")
     with pytest.raises(freeports.NoFreePort, match=r"net\.ipv4\.ip_local_port_range"):
-        freeports.candidates(conf)
+        freeports.outside_ephemeral(conf)
     assert freeports.ephemeral_range(tmp_path / "missing") == freeports.DEFAULT_EPHEMERAL
 
 
@@ -79,3 +79,12 @@ def test_test_workers_draw_ports_from_slices_of_their_own() -> None:
         env | {"PYTEST_XDIST_WORKER": "x"},
     ):
         assert freeports.worker_slice(pool, odd) == pool  # not a worker, or a setting it cannot read
+
+
+def test_the_helpers_draw_from_this_workers_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = freeports.outside_ephemeral()
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    assert freeports.candidates() == range(pool.start + len(pool) // 2, pool.start + len(pool) // 2 * 2)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert freeports.candidates() == pool  # outside a test worker: all of it

@@ -46,7 +46,12 @@ def test_defaults_are_secure_and_long_lived() -> None:
     assert c.cert_lifetime == 30 * 86400 and not c.join_token and not c.etcd_ca
 
 
-@pytest.mark.parametrize("text", [TOKEN, JOIN, f"Bearer {TOKEN}", KEY, f"x {KEY} y"])
+# ids by name: the tokens are drawn anew in every process, and pytest-xdist needs the same ids in each
+@pytest.mark.parametrize(
+    "text",
+    [TOKEN, JOIN, f"Bearer {TOKEN}", KEY, f"x {KEY} y"],
+    ids=["client token", "join token", "bearer client token", "private key", "private key in a line"],
+)
 def test_log_lines_never_carry_a_secret(text: str) -> None:
     line = redact(f"oops: {text}")
     assert TOKEN.split("_")[2] not in line and JOIN not in line and "MIGHAgEA" not in line
