@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
+from h2.config import H2Configuration
 
 from node.model.domain import EndpointRecord
 from node.proxy.balancer import Backend, Balancer
@@ -299,6 +301,34 @@ async def test_a_replica_shutting_down_gracefully_finishes_its_streams_and_gets_
         who = ch.unary_unary("/t.T/Who")
         answers = [await who(b"") for _ in range(6)]  # r0 refuses connects now: retried on r1
         assert answers == [b"r1"] * 6 and proxy.stats.errors == 0
+
+
+
+async def test_a_hostile_head_ends_the_clients_connection_and_never_reaches_a_replica() -> None:
+    """Header blocks are checked by the engine (`node.proxy.h2_fields`, tested there rule by
+    rule against h2's own validation): a CRLF in a value, an uppercase name."""
+    async with cluster(1) as (proxy, (replica,)), channel(proxy) as ch:
+        head = [(b":method", b"POST"), (b":path", b"/t.T/Who"), (b":scheme", b"http"), (b":authority", b"x")]
+        for bad in [(b"x-a", b"1\r\nx-injected: 1"), (b"X-Upper", b"1")]:
+            reader, writer = await asyncio.open_connection(HOST, proxy.port)
+            conn = h2.connection.H2Connection(
+                H2Configuration(
+                    client_side=True, header_encoding=None,
+                    validate_outbound_headers=False, normalize_outbound_headers=False,
+                )
+            )  # fmt: skip
+            conn.initiate_connection()
+            conn.send_headers(1, [*head, bad], end_stream=True)
+            writer.write(conn.data_to_send())
+            events: list[h2.events.Event] = []
+            while data := await asyncio.wait_for(reader.read(65536), 5):  # until the proxy closes
+                events += conn.receive_data(data)
+            writer.close()
+            (ended,) = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+            assert ended.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+            assert not [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        assert replica.calls == 0
+        assert await ch.unary_unary("/t.T/Who")(b"") == b"r0"  # the others go on
 
 
 async def test_the_mesh_serves_a_grpc_port_with_this_engine(world: World) -> None:
