@@ -105,7 +105,9 @@ class H2Client(asyncio.Protocol):
             if s is None or s.out_done:
                 self.peer.ack(e.stream_id, e.flow_controlled_length)  # not passed on: reopen at once
             elif s.up is not None and s.uid:
-                s.up.peer.data(s.uid, e.data, ack)
+                end = e.stream_ended is not None  # the request ends with this frame, passed on as one
+                s.up.peer.data(s.uid, e.data, ack, end=end)
+                s.in_done = s.in_done or end  # (`_ended` below has nothing left to do)
             else:
                 s.held.append((e.data, ack))
             if e.stream_ended is not None:
@@ -311,9 +313,11 @@ class H2Upstream(asyncio.Protocol):
             if s is None:
                 self.peer.ack(e.stream_id, e.flow_controlled_length)
             else:
-                s.client.peer.data(s.cid, e.data, Ack(self.peer, e.stream_id, e.flow_controlled_length))
-            if e.stream_ended is not None:
-                self._ended(e.stream_id, None)
+                ack = Ack(self.peer, e.stream_id, e.flow_controlled_length)
+                end = e.stream_ended is not None  # the response ends with this frame, passed on as one
+                s.client.peer.data(s.cid, e.data, ack, end=end)
+                if end:
+                    self._done(s)
         elif isinstance(e, ev.ResponseReceived | ev.InformationalResponseReceived):
             s = self.streams.get(e.stream_id)
             if s is not None:

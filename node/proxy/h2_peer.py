@@ -234,12 +234,15 @@ class H2Peer:
         self.touch(self)
         return True
 
-    def data(self, stream: int, data: bytes, ack: Ack | None) -> None:
-        """Queue `data` on `stream`; `ack` is acknowledged when it is handed to h2."""
+    def data(self, stream: int, data: bytes, ack: Ack | None, end: bool = False) -> None:
+        """Queue `data` on `stream`; `ack` is acknowledged when it is handed to h2. `end`:
+        the stream ends with it, in the same DATA frame (as a gRPC request does)."""
         box = self.out.get(stream)
         if box is None:
             box = self.out[stream] = Outbox()
         box.items.append((data, ack))
+        if end:
+            box.end = True
         self.pump(stream)
 
     def end(self, stream: int, trailers: Headers | None = None) -> None:
@@ -283,13 +286,19 @@ class H2Peer:
                 if room <= 0 and data:
                     break
                 chunk = data[:room]
-                conn.send_data(stream, chunk)
                 if len(chunk) < len(data):
+                    conn.send_data(stream, chunk)
                     box.items[0] = (data[len(chunk) :], ack)
                     continue
                 box.items.popleft()
+                last = box.end and box.trailers is None and not box.items  # END_STREAM on this frame
+                if last:
+                    del self.out[stream]
+                conn.send_data(stream, chunk, end_stream=last)
                 if ack is not None:
                     ack.peer.ack(ack.stream, ack.size)
+                if last:
+                    break
             else:
                 if box.end:
                     del self.out[stream]

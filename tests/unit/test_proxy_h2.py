@@ -12,6 +12,7 @@ import socket
 import textwrap
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import h2.connection
@@ -217,6 +218,66 @@ async def test_a_drained_replica_loses_only_its_own_streams() -> None:
         assert [outcomes[i] for i in owner if owner[i] == "r1"] == [grpc.StatusCode.UNAVAILABLE] * 2
 
 
+class PlainReplica(asyncio.Protocol):
+    """An HTTP/2 server of plain h2 (not gRPC): answers every request with its body
+    echoed, the end of the stream on the last DATA frame."""
+
+    def __init__(self) -> None:
+        self.conn = h2.connection.H2Connection(config(client_side=False))
+        self.bodies: dict[int, bytes] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.conn.initiate_connection()
+        self.transport.write(self.conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        for e in self.conn.receive_data(data):
+            if isinstance(e, h2.events.DataReceived):
+                self.bodies[e.stream_id] = self.bodies.get(e.stream_id, b"") + e.data
+                self.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+            if isinstance(e, h2.events.StreamEnded):
+                self.conn.send_headers(e.stream_id, [(b":status", b"200")])
+                body = b"echo " + self.bodies.pop(e.stream_id, b"")
+                self.conn.send_data(e.stream_id, body, end_stream=True)
+        self.transport.write(self.conn.data_to_send())
+
+
+async def test_http2_request_and_response_ending_with_their_data_are_relayed_whole() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(PlainReplica, HOST, 0)
+    balancer = Balancer()
+    balancer.set_endpoints([Backend("plain", HOST, server.sockets[0].getsockname()[1])])
+    proxy = H2Proxy(HOST, 0, balancer, service="svc", grpc=False, drain_timeout=1.0)
+    await proxy.start()
+    try:
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        conn = h2.connection.H2Connection(config(client_side=True))
+        conn.initiate_connection()
+        head = [(b":method", b"POST"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"x")]
+        for sid in (1, 3, 5):
+            conn.send_headers(sid, head)
+            conn.send_data(sid, b"call %d" % sid, end_stream=True)
+        writer.write(conn.data_to_send())
+        bodies: dict[int, bytes] = {}
+        ended: set[int] = set()
+        while len(ended) < 3:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data, "the proxy closed before answering"
+            for e in conn.receive_data(data):
+                if isinstance(e, h2.events.DataReceived):
+                    bodies[e.stream_id] = bodies.get(e.stream_id, b"") + e.data
+                elif isinstance(e, h2.events.StreamEnded):
+                    ended.add(e.stream_id)
+        writer.close()
+        assert bodies == {sid: b"echo call %d" % sid for sid in (1, 3, 5)}
+        assert proxy.stats.errors == 0 and not proxy.upstreams["plain"][0].streams
+    finally:
+        await proxy.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_http2_port_answers_503_as_http() -> None:
     async with cluster(0, grpc_errors=False) as (proxy, _):
         reader, writer = await asyncio.open_connection(HOST, proxy.port)
@@ -269,6 +330,35 @@ def test_peer_holds_data_beyond_the_window_and_acknowledges_only_what_it_passed_
         if isinstance(e, h2.events.WindowUpdated):
             sink.window_opened(e.stream_id)
     assert acked == [(1, 50_000), (1, 50_000)] and sink.queued() == 0 and sid not in sink.out
+
+
+def data_frames(remote: h2.connection.H2Connection, peer: H2Peer) -> list[h2.events.DataReceived]:
+    return [e for e in remote.receive_data(peer.conn.data_to_send()) if isinstance(e, h2.events.DataReceived)]
+
+
+def test_data_that_ends_a_stream_goes_in_one_frame_with_it_once_the_window_allows() -> None:
+    sink = H2Peer(client_side=True, touch=lambda p: None)
+    remote = h2.connection.H2Connection(config(client_side=False))
+    remote.initiate_connection()
+    head = [(b":method", b"POST"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"x")]
+    small, big = sink.conn.get_next_available_stream_id(), 3
+    sink.headers(small, head)
+    sink.data(small, b"x" * 10, None, end=True)
+    sink.headers(big, head)
+    sink.data(big, b"y" * 65_525, None)  # what is left of the connection's window
+    sink.data(big, b"z" * 10, None, end=True)  # beyond it: waits, with the end
+    assert sink.queued() == 10 and big in sink.out and small not in sink.out
+    frames = data_frames(remote, sink)
+    assert [(f.stream_id, len(f.data), f.stream_ended is not None) for f in frames] == [
+        (small, 10, True), *[(big, n, False) for n in (16_384, 16_384, 16_384, 16_373)]
+    ]
+    remote.increment_flow_control_window(STREAM_WINDOW)
+    for e in sink.conn.receive_data(remote.data_to_send()):
+        if isinstance(e, h2.events.WindowUpdated):
+            sink.window_opened(e.stream_id)
+    frames = data_frames(remote, sink)
+    assert [(f.stream_id, f.data, f.stream_ended is not None) for f in frames] == [(big, b"z" * 10, True)]
+    assert not sink.out
 
 
 def test_the_engines_receive_frame_is_h2s_less_its_eager_repr() -> None:
