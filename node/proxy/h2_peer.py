@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 from h2 import events as ev
@@ -188,6 +188,13 @@ def _check(events: list[ev.Event]) -> None:
             return
 
 
+def release(items: Iterable[tuple[bytes, Ack | None]]) -> None:
+    """Acknowledge bytes that will not be passed on (their stream ended here)."""
+    for _, ack in items:
+        if ack is not None:
+            ack.peer.ack(ack.stream, ack.size)
+
+
 class H2Peer:
     """One HTTP/2 connection: `touch(peer)` asks the engine for a `flush` soon."""
 
@@ -229,7 +236,7 @@ class H2Peer:
         try:
             self.conn.send_headers(stream, headers, end_stream=end)
         except (StreamClosedError, ProtocolError):
-            self.out.pop(stream, None)
+            self.drop(stream)
             return False
         self.touch(self)
         return True
@@ -254,7 +261,7 @@ class H2Peer:
         self.pump(stream)
 
     def reset(self, stream: int, code: int) -> None:
-        self.out.pop(stream, None)
+        self.drop(stream)
         try:
             self.conn.reset_stream(stream, code)
         except (StreamClosedError, ProtocolError):
@@ -290,11 +297,11 @@ class H2Peer:
                     conn.send_data(stream, chunk)
                     box.items[0] = (data[len(chunk) :], ack)
                     continue
+                last = box.end and box.trailers is None and len(box.items) == 1  # END_STREAM on it
+                conn.send_data(stream, chunk, end_stream=last)
                 box.items.popleft()
-                last = box.end and box.trailers is None and not box.items  # END_STREAM on this frame
                 if last:
                     del self.out[stream]
-                conn.send_data(stream, chunk, end_stream=last)
                 if ack is not None:
                     ack.peer.ack(ack.stream, ack.size)
                 if last:
@@ -308,7 +315,22 @@ class H2Peer:
                         conn.end_stream(stream)
         except (StreamClosedError, ProtocolError):
             self.out.pop(stream, None)
+            release(box.items)
         self.touch(self)
+
+    def drop(self, stream: int) -> None:
+        """Forget what waits to be sent on `stream` (reset, or its connection is gone). Its
+        bytes are acknowledged to their senders all the same: each would otherwise shrink
+        the sender's connection window for good, and a client resetting streams whose
+        responses it does not read would close a replica connection's window for every
+        stream on it."""
+        box = self.out.pop(stream, None)
+        if box is not None:
+            release(box.items)
+
+    def drop_all(self) -> None:
+        for stream in list(self.out):
+            self.drop(stream)
 
     def pump_all(self) -> None:
         for stream in list(self.out):

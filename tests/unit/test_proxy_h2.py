@@ -69,6 +69,11 @@ class Replica:
             ctx.set_trailing_metadata((("replica", self.name),))
             await ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + req.decode())
 
+        async def big(req: bytes, ctx: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
+            self.calls += 1
+            for _ in range(64):
+                yield b"x" * 16_384
+
         async def echo(reqs: AsyncIterator[bytes], ctx: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
             self.calls += 1
             return b"".join([r async for r in reqs])
@@ -80,6 +85,7 @@ class Replica:
                 "Count": grpc.unary_stream_rpc_method_handler(count),
                 "Fail": grpc.unary_unary_rpc_method_handler(fail),
                 "Echo": grpc.stream_unary_rpc_method_handler(echo),
+                "Big": grpc.unary_stream_rpc_method_handler(big),
             },
         )
 
@@ -276,6 +282,37 @@ async def test_http2_request_and_response_ending_with_their_data_are_relayed_who
         await proxy.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_responses_held_for_streams_a_client_resets_give_the_replica_its_window_back() -> None:
+    """A client that reads nothing of big responses and resets their streams: what the
+    proxy held for them (a stream window each) is acknowledged to the replica, whose
+    connection (shared with every other client) would otherwise close for good."""
+    async with cluster(1) as (proxy, (replica,)), channel(proxy) as ch:
+        _, writer = await asyncio.open_connection(HOST, proxy.port)
+        conn = h2.connection.H2Connection(config(client_side=True))
+        conn.initiate_connection()
+        head = [
+            (b":method", b"POST"), (b":path", b"/t.T/Big"), (b":scheme", b"http"), (b":authority", b"x"),
+            (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+        ]  # fmt: skip
+
+        def held() -> int:
+            return sum(c.peer.queued() for c in proxy._open)
+
+        for n in range(6):  # 6 x 256 KiB held: more than the replica connection's window
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, head)
+            conn.send_data(sid, b"\x00\x00\x00\x00\x00", end_stream=True)  # one empty message
+            writer.write(conn.data_to_send())
+            await wait_until(lambda: held() >= STREAM_WINDOW - 65_535, 5, message=f"{n}: held")
+            conn.reset_stream(sid)  # never having opened its window
+            writer.write(conn.data_to_send())
+            await wait_until(lambda: held() == 0, 5, message=f"{n}: dropped")
+        assert replica.calls == 6
+        got = [m async for m in ch.unary_stream("/t.T/Big")(b"", timeout=5)]  # on the same replica connection
+        assert len(got) == 64
+        writer.close()
 
 
 async def test_http2_port_answers_503_as_http() -> None:
