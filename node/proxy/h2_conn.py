@@ -23,7 +23,7 @@ from h2.exceptions import ProtocolError
 from hyperframe.frame import GoAwayFrame
 
 from node.proxy.balancer import Attempts, Backend, Failure, RetryPolicy
-from node.proxy.h2_peer import Ack, H2Peer, Headers
+from node.proxy.h2_peer import Ack, H2Peer, Headers, release
 
 _now = time.monotonic
 CAPACITY = 100
@@ -105,7 +105,9 @@ class H2Client(asyncio.Protocol):
             if s is None or s.out_done:
                 self.peer.ack(e.stream_id, e.flow_controlled_length)  # not passed on: reopen at once
             elif s.up is not None and s.uid:
-                s.up.peer.data(s.uid, e.data, ack)
+                end = e.stream_ended is not None  # the request ends with this frame, passed on as one
+                s.up.peer.data(s.uid, e.data, ack, end=end)
+                s.in_done = s.in_done or end  # (`_ended` below has nothing left to do)
             else:
                 s.held.append((e.data, ack))
             if e.stream_ended is not None:
@@ -153,18 +155,22 @@ class H2Client(asyncio.Protocol):
 
     def _reset(self, sid: int, code: int) -> None:
         s = self.streams.pop(sid, None)
-        self.peer.out.pop(sid, None)
-        if s is None:
-            return
-        s.in_done = s.out_done = True
-        if s.up is not None:
-            s.up.forget(s, reset=code)
-        self._maybe_idle()
+        if s is not None:
+            s.in_done = s.out_done = True
+            if s.up is not None:
+                s.up.forget(s, reset=code)
+            release(s.held)
+            s.held = []
+        self.peer.drop(sid)  # the response held for it: acknowledged to the replica
+        if s is not None:
+            self._maybe_idle()
 
     def finish(self, s: Stream) -> None:
         """The response of `s` ended (or was cut): no more frames for it from here."""
         s.out_done = True
         self.streams.pop(s.cid, None)
+        release(s.held)  # request data never sent to a replica (the stream failed first)
+        s.held = []
         self._maybe_idle()
 
     def _maybe_idle(self) -> None:
@@ -212,6 +218,7 @@ class H2Client(asyncio.Protocol):
             if s.up is not None:
                 s.up.forget(s, reset=ErrorCodes.CANCEL)
         self.streams.clear()
+        self.peer.drop_all()  # responses held for it: acknowledged to the replicas
         self.engine.finished(self)
 
 
@@ -311,9 +318,11 @@ class H2Upstream(asyncio.Protocol):
             if s is None:
                 self.peer.ack(e.stream_id, e.flow_controlled_length)
             else:
-                s.client.peer.data(s.cid, e.data, Ack(self.peer, e.stream_id, e.flow_controlled_length))
-            if e.stream_ended is not None:
-                self._ended(e.stream_id, None)
+                ack = Ack(self.peer, e.stream_id, e.flow_controlled_length)
+                end = e.stream_ended is not None  # the response ends with this frame, passed on as one
+                s.client.peer.data(s.cid, e.data, ack, end=end)
+                if end:
+                    self._done(s)
         elif isinstance(e, ev.ResponseReceived | ev.InformationalResponseReceived):
             s = self.streams.get(e.stream_id)
             if s is not None:
@@ -329,6 +338,7 @@ class H2Upstream(asyncio.Protocol):
             self._ended(e.stream_id, list(e.headers))
         elif isinstance(e, ev.StreamReset):
             s = self.streams.pop(e.stream_id, None)
+            self.peer.drop(e.stream_id)  # request data held for it: acknowledged to the client
             if s is not None:
                 s.client.peer.reset(s.cid, e.error_code)
                 s.client.finish(s)
@@ -365,6 +375,7 @@ class H2Upstream(asyncio.Protocol):
         for uid in [uid for uid in self.streams if uid > last]:
             s = self.streams.pop(uid)
             s.up = None
+            self.peer.drop(uid)
             s.client.peer.reset(s.cid, ErrorCodes.REFUSED_STREAM)  # safe to retry: gRPC does
             s.client.finish(s)
         self.engine.lost(self, None)  # the waiting ones go elsewhere; no new ones come
@@ -398,5 +409,6 @@ class H2Upstream(asyncio.Protocol):
         self.connected = False
         self.closing = True
         streams, self.streams = list(self.streams.values()), {}
+        self.peer.drop_all()  # requests held for it: acknowledged to the clients
         self.engine.lost(self, None if self.reached else Failure.CONNECT_REFUSED)
         self.cut(streams, "the replica's connection was lost")
