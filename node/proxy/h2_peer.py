@@ -207,13 +207,14 @@ class H2Peer:
         self.out: dict[int, Outbox] = {}
         self.paused = False  # the transport's write buffer is full: hand nothing more to h2
         self.conn.initiate_connection()
-        self.conn.update_settings(
-            {
-                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
-                SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-            }
-        )
+        settings: dict[SettingCodes | int, int] = {
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+        }
+        if client_side:  # towards a replica: no server push (its pushed streams would stay
+            settings[SettingCodes.ENABLE_PUSH] = 0  # open in h2 until the connection ends)
+        self.conn.update_settings(settings)
         self.conn.increment_flow_control_window(CONNECTION_WINDOW)
 
     def attach(self, transport: asyncio.BaseTransport) -> None:

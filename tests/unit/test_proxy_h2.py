@@ -18,6 +18,7 @@ import grpc
 import h2.connection
 import h2.errors
 import h2.events
+import h2.exceptions
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -111,6 +112,19 @@ def channel(proxy: H2Proxy) -> grpc.aio.Channel:
     """A channel with a connection of its own (grpcio shares them between channels)."""
     options = [("grpc.enable_retries", 0), ("grpc.use_local_subchannel_pool", 1)]
     return grpc.aio.insecure_channel(f"{HOST}:{proxy.port}", options=options)
+
+
+def test_a_replica_is_told_not_to_push() -> None:
+    """Towards replicas the engine turns server push off: a pushed stream would stay open
+    in h2 until the connection ends."""
+    upstream = H2Peer(True, lambda _p: None)
+    replica = H2Connection(H2Configuration(client_side=False))
+    replica.initiate_connection()
+    replica.receive_data(upstream.conn.data_to_send())
+    assert replica.remote_settings.enable_push == 0
+    with pytest.raises(h2.exceptions.ProtocolError):
+        replica.push_stream(1, 2, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+                                   (b":authority", b"x")])  # fmt: skip
 
 
 async def test_one_channel_is_spread_per_call_over_every_replica() -> None:
@@ -387,7 +401,8 @@ def test_data_that_ends_a_stream_goes_in_one_frame_with_it_once_the_window_allow
     assert sink.queued() == 10 and big in sink.out and small not in sink.out
     frames = data_frames(remote, sink)
     assert [(f.stream_id, len(f.data), f.stream_ended is not None) for f in frames] == [
-        (small, 10, True), *[(big, n, False) for n in (16_384, 16_384, 16_384, 16_373)]
+        (small, 10, True),
+        *[(big, n, False) for n in (16_384, 16_384, 16_384, 16_373)],
     ]
     remote.increment_flow_control_window(STREAM_WINDOW)
     for e in sink.conn.receive_data(remote.data_to_send()):
@@ -444,7 +459,6 @@ async def test_a_replica_shutting_down_gracefully_finishes_its_streams_and_gets_
         who = ch.unary_unary("/t.T/Who")
         answers = [await who(b"") for _ in range(6)]  # r0 refuses connects now: retried on r1
         assert answers == [b"r1"] * 6 and proxy.stats.errors == 0
-
 
 
 async def test_a_hostile_head_ends_the_clients_connection_and_never_reaches_a_replica() -> None:
