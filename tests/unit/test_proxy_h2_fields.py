@@ -14,6 +14,7 @@ import pytest
 from h2.config import H2Configuration
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -102,8 +103,10 @@ HOSTILE: list[tuple[Block, Headers]] = [
     (Block.REQUEST, [*REQUEST, (b"x", b"a\t")]),
     (Block.REQUEST, [*REQUEST[:2], (b":path", b"/a\r\n"), REQUEST[3]]),
     # connection-specific fields; te other than trailers
-    *[(Block.REQUEST, [*REQUEST, (name, b"x")]) for name in
-      (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")],
+    *[
+        (Block.REQUEST, [*REQUEST, (name, b"x")])
+        for name in (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+    ],
     (Block.REQUEST, [*REQUEST, (b"te", b"gzip")]),
     # pseudo-headers: unknown, repeated, after a regular field
     (Block.REQUEST, [*REQUEST, (b":evil", b"1")]),
@@ -175,6 +178,10 @@ def test_the_request_a_push_promise_announces_is_checked_as_a_request(engine: bo
     sender, receiver = _raw(client_side=False), _receiver(client_side=True, engine=engine)
     receiver.send_headers(1, REQUEST, end_stream=True)
     sender.receive_data(receiver.data_to_send())
+    if engine:  # the engine turns push off towards replicas (ENABLE_PUSH 0): one pushes anyway
+        assert sender.remote_settings.enable_push == 0
+        sender.remote_settings[SettingCodes.ENABLE_PUSH] = 1
+        sender.remote_settings.acknowledge()
     sender.push_stream(1, 2, [*REQUEST, (b"X-Upper", b"1")])
     with pytest.raises(ProtocolError):
         receiver.receive_data(sender.data_to_send())
