@@ -248,10 +248,16 @@ def test_metrics_and_a_taken_port(cluster: DevCluster) -> None:
     deploy(cluster, web_spec("metered", port, replicas=2), "metered", 2)
     for _ in range(10):
         assert get(HOSTS[0], port)[0] == 200
-    with urllib.request.urlopen(f"http://{HOSTS[0]}:{cluster.metrics_port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
     labels = f'port="{port}",protocol="http",service="metered"'
-    assert f"shoal_proxy_requests_total{{{labels}}} 10.0" in text, text[:2000]
+
+    def scraped() -> str | None:
+        """The metrics once they count the 10 requests: a scrape asks the proxy workers,
+        and one late to answer (a loaded machine) gives its last state, up to 2 s old."""
+        with urllib.request.urlopen(f"http://{HOSTS[0]}:{cluster.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return text if f"shoal_proxy_requests_total{{{labels}}} 10.0" in text else None
+
+    text = wait_until_sync(scraped, 15, message="the 10 requests counted in /metrics")
     assert f"shoal_proxy_backends{{{labels}}} 2.0" in text
 
     blocker = socket.socket()

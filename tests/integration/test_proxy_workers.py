@@ -80,8 +80,9 @@ class NewConnections:
 
 
 @contextlib.contextmanager
-def loading(ports: list[int], hosts: dict[int, str]) -> Iterator[list[NewConnections]]:
-    loads = [NewConnections(p, hosts.get(p, "")) for p in ports]
+def loading(ports: list[int], hosts: dict[int, str] | None = None) -> Iterator[list[NewConnections]]:
+    """Load on each port; `hosts`: the Host header to send to a port (the entrance's)."""
+    loads = [NewConnections(p, (hosts or {}).get(p, "")) for p in ports]
     threads = [threading.Thread(target=load.run, daemon=True) for load in loads]
     for t in threads:
         t.start()
