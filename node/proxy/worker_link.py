@@ -56,11 +56,14 @@ class Worker:
     async def dial(self) -> bool:
         """Connect to a worker listening at `path`; False when none answers."""
         try:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that
+            # comes as the awaited call completes, and the daemon's poll then never stops
+            # (a test's teardown hung 300 s on it)
             with wire.reachable(self.path) as name:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_unix_connection(name, limit=wire.MAX_LINE), CALL_TIMEOUT
-                )
-            hello = wire.decode(await asyncio.wait_for(reader.readline(), CALL_TIMEOUT))
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    reader, writer = await asyncio.open_unix_connection(name, limit=wire.MAX_LINE)
+            async with asyncio.timeout(CALL_TIMEOUT):
+                hello = wire.decode(await reader.readline())
         except (OSError, TimeoutError, ValueError):
             return False
         self._conn, self.state, self.pid = (reader, writer), hello, int(hello.get("pid") or 0)
@@ -111,8 +114,9 @@ class Worker:
             reader, writer = self._conn
             try:
                 writer.write(wire.encode(message))
-                await asyncio.wait_for(writer.drain(), CALL_TIMEOUT)
-                answer = wire.decode(await asyncio.wait_for(reader.readline(), CALL_TIMEOUT))
+                async with asyncio.timeout(CALL_TIMEOUT):  # not wait_for: see `dial`
+                    await writer.drain()
+                    answer = wire.decode(await reader.readline())
             except (OSError, TimeoutError, ValueError) as exc:
                 self.disconnect()
                 raise WorkerError(f"proxy worker {self.index} (pid {self.pid}): {exc!r}") from exc
