@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import docker
 import pytest
@@ -56,9 +57,19 @@ def engine() -> Iterator[docker.DockerClient]:
         client.close()
 
 
-def containers(engine: docker.DockerClient, cluster: DevCluster) -> list[docker.models.containers.Container]:
+@dataclass(frozen=True)
+class Listed:
+    """A container as Docker's list gives it (no inspect per container: one the agent
+    removes between the list and the inspect would fail the read with a 404, as CI saw)."""
+
+    labels: dict[str, str]
+    status: str
+
+
+def containers(engine: docker.DockerClient, cluster: DevCluster) -> list[Listed]:
     labels = [f"{LABELS.CLUSTER}={cluster.cluster}", f"{LABELS.SERVICE}=keeper"]
-    return list(engine.containers.list(all=True, filters={"label": labels}))
+    found = engine.api.containers(all=True, filters={"label": labels})
+    return [Listed(dict(c.get("Labels") or {}), str(c.get("State") or "")) for c in found]
 
 
 def deploy(cluster: DevCluster, gen: int) -> dict[str, tuple[str, int]]:
