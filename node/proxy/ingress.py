@@ -256,6 +256,16 @@ class Ingress:
                     self.events.emit("ingress.tls_failed", problem)
         self.tls_problems = problems
 
+    def report_binds(self, errors: dict[int, str]) -> None:
+        """The entrance's bind errors now, by port (proxy workers': decision 80); each new
+        one logged and an `ingress.bind_failed` event."""
+        for port, error in errors.items():
+            if self.bind_errors.get(port) != error:
+                log.warning("%s", error)
+                if self.events is not None:
+                    self.events.emit("ingress.bind_failed", error)
+        self.bind_errors = errors
+
     async def _start(self, proxy: IngressProxy) -> None:
         port = proxy.listen_port
         try:

@@ -313,12 +313,7 @@ class WorkerMesh(Mesh):
             for port, text in (w.state.get("errors") or {}).items():
                 if int(port) in ports:
                     errors.setdefault(int(port), str(text))
-        for port, text in errors.items():
-            if ingress.bind_errors.get(port) != text:
-                log.warning("%s", text)
-                if self.events is not None:
-                    self.events.emit("ingress.bind_failed", text)
-        ingress.bind_errors = errors
+        ingress.report_binds(errors)
         # a worker answers a table once it applied it, its entrance included
         taken = self.tables > 0 and self.acked()
         ingress.elsewhere = {p for p in ports if p not in errors} if taken else set()
