@@ -102,14 +102,17 @@ class Bed:
         await self.store.put(KEYS.endpoint(service.name, task.task_id), record.to_json())
         return task.task_id
 
-    async def secret(self, name: str, host: str) -> None:
-        """A secret holding a chain and key for `host` (issued by the test's CA)."""
+    async def secret(self, name: str, host: str) -> bytes:
+        """A secret holding a chain and key for `host` (issued by the test's CA); returns
+        the DER of its certificate."""
         key, chain, _ = issue_site(self.ca, host)
         old = await self.store.get(KEYS.object("secret", name))
         version = ObjectRecord.from_json(old.value).version + 1 if old else 1
         data = self.sealer.seal(chain + key, secret_ad(name))
         record = ObjectRecord("secret", name, "u1", version, len(chain + key), "t", "t", data)
         await self.store.put(KEYS.object("secret", name), record.to_json())
+        end = "-----END CERTIFICATE-----"
+        return ssl.PEM_cert_to_DER_cert(chain.decode().split(end)[0] + end + "\n")
 
     def client_tls(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cadata=self.ca.cert_pem.decode())
@@ -155,6 +158,24 @@ async def request(
     head, _, body = raw.partition(b"\r\n\r\n")
     line, *rest = head.decode("latin-1").split("\r\n")
     return int(line.split()[1]), {k.lower(): v for k, v in (h.split(": ", 1) for h in rest)}, body
+
+
+async def served_cert(port: int, host: str) -> bytes:
+    """The DER of the certificate the entrance presents for `host` (by SNI), unverified."""
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+    _, writer = await asyncio.open_connection(HOST, port, ssl=insecure, server_hostname=host)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+    return bytes(der)
+
+
+async def answers(port: int, host: str, tls: ssl.SSLContext) -> bool:
+    """Whether `host` is served 200 over a verified TLS connection. With proxy workers the
+    entrance gets a change at their next table push, after the daemon has it: poll this."""
+    return (await request(port, host, "/", tls))[0] == 200
 
 
 def seen(body: bytes) -> dict[str, Any]:
@@ -249,6 +270,9 @@ async def test_tls_with_sni_per_host_redirect_and_secret_rotation(bed: Bed) -> N
     await bed.service("docs", {"host": "docs.example.test", "port": 8080})  # the cluster CA's certificate
     await wait_until(lambda: set(bed.certs.contexts) == {"shop.example.test", "docs.example.test"}, timeout=5)
     tls = bed.client_tls()
+    for host in ("shop.example.test", "docs.example.test"):
+        # proxy workers start in a second or more
+        await wait_until(lambda host=host: answers(bed.https, host, tls), timeout=20)
     for host, who in [("shop.example.test", "shop.1"), ("docs.example.test", "docs.1")]:
         status, _, body = await request(bed.https, host, "/x", tls)  # verifies the chain and the host name
         got = seen(body)
@@ -268,8 +292,15 @@ async def test_tls_with_sni_per_host_redirect_and_secret_rotation(bed: Bed) -> N
     assert status == 404
     # a new revision of the secret is served once the entrance refreshes (every rebind interval)
     before = bed.certs.loaded["shop.example.test"]
-    await bed.secret("shop-tls", "shop.example.test")
+    old = await served_cert(bed.https, "shop.example.test")
+    new = await bed.secret("shop-tls", "shop.example.test")
+    assert new != old
     await wait_until(lambda: bed.certs.loaded["shop.example.test"] != before, timeout=5)
+
+    async def rotated() -> bool:
+        return await served_cert(bed.https, "shop.example.test") == new
+
+    await wait_until(rotated, timeout=10)
     assert (await request(bed.https, "shop.example.test", "/", tls))[0] == 200
 
 
@@ -280,11 +311,12 @@ async def test_a_bad_secret_is_reported_and_the_host_keeps_working_certificates_
     await wait_until(lambda: bed.mesh.ingress is not None and not bed.mesh.ingress.unbound, timeout=5)
     assert "shop.example.test" in bed.certs.problems
     assert "shoal secret create missing" in bed.certs.problems["shop.example.test"]
-    assert (await request(bed.https, "docs.example.test", "/", bed.client_tls()))[0] == 200
+    await wait_until(lambda: answers(bed.https, "docs.example.test", bed.client_tls()), timeout=20)
     # once the secret exists it is used
-    await bed.secret("missing", "shop.example.test")
+    new = await bed.secret("missing", "shop.example.test")
     await wait_until(lambda: "shop.example.test" in bed.certs.contexts, timeout=5)
-    assert (await request(bed.https, "shop.example.test", "/", bed.client_tls()))[0] == 200
+    await wait_until(lambda: answers(bed.https, "shop.example.test", bed.client_tls()), timeout=10)
+    assert await served_cert(bed.https, "shop.example.test") == new
 
 
 async def test_replicas_spread_and_a_removed_service_is_no_longer_routed(bed: Bed) -> None:
