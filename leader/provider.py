@@ -56,8 +56,11 @@ async def call(command: tuple[str, ...], request: dict[str, Any], timeout: float
     except BaseException as exc:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancellation that arrives as
+        # the killed provider exits (the caller then got the provider's error, not the cancel)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(proc.wait(), 5)
+            async with asyncio.timeout(5):
+                await proc.wait()
         if isinstance(exc, TimeoutError):
             raise ProviderError(f"provider {command[0]!r} took more than {timeout:g}s; killed") from None
         raise

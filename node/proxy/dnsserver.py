@@ -215,7 +215,10 @@ class DnsServer(asyncio.DatagramProtocol):
                 _Up, remote_addr=(self.upstreams[0], self.upstream_port)
             )
             transport.sendto(data)
-            reply = await asyncio.wait_for(got, FORWARD_TIMEOUT)
+            # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancellation (close())
+            # that arrives with the upstream's answer; on timeout `got` is cancelled either way
+            async with asyncio.timeout(FORWARD_TIMEOUT):
+                reply = await got
         except (OSError, TimeoutError) as exc:
             log.debug("names: forwarding %s to %s failed: %s", q.name, self.upstreams[0], exc)
             reply = w.answer_error(q, w.SERVFAIL)

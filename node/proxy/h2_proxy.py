@@ -174,9 +174,10 @@ class H2Proxy(Listener[H2Client]):
     async def _connect(self, up: H2Upstream) -> None:
         b = up.backend
         try:
-            await asyncio.wait_for(
-                self.loop.create_connection(lambda: up, b.address, b.port), self.connect_timeout
-            )
+            # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancellation (close())
+            # that arrives as the connection is made
+            async with asyncio.timeout(self.connect_timeout):
+                await self.loop.create_connection(lambda: up, b.address, b.port)
         except TimeoutError:
             self.lost(up, Failure.CONNECT_TIMEOUT)
         except OSError:

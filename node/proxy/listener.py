@@ -151,11 +151,15 @@ class Listener(Generic[C]):
         what is left."""
         self.stop_accepting()
         self._begin_close()
+        # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancellation of close()
+        # that arrives as the last connection ends (close() then went on as if not cancelled)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.drain_timeout)
+            async with asyncio.timeout(self.drain_timeout):
+                await self._idle.wait()
         self._abort_open()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), ABORT_GRACE)
+            async with asyncio.timeout(ABORT_GRACE):
+                await self._idle.wait()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -243,13 +243,18 @@ class Worker:
         rebind_at = alone_since = loop.time()
         try:
             while not self.stopping.is_set():
+                # asyncio.timeout, not wait_for: 3.11's wait_for returns the wait's answer and
+                # drops a cancellation that comes in the same loop iteration (run() then ends
+                # as if not cancelled)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), WATCH_EVERY)
+                    async with asyncio.timeout(WATCH_EVERY):
+                        await self.stopping.wait()
                 if not _ours(self.path, inode):
                     log.warning("worker %d: %s is gone or another's: exiting in %gs", os.getpid(), self.path,
                                 STEP_DOWN)  # fmt: skip
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stopping.wait(), STEP_DOWN)  # the successor binds
+                        async with asyncio.timeout(STEP_DOWN):  # the successor binds; not wait_for: above
+                            await self.stopping.wait()
                     break
                 if self.controller is not None:
                     alone_since = loop.time()

@@ -10,6 +10,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
 
 import pytest
 import uvloop
@@ -280,6 +281,24 @@ async def test_close_aborts_after_drain_timeout(backends: Backends) -> None:
             assert await reader.read() == b""
     writer.close()
     assert proxy.stats.active == 0
+
+
+async def test_a_cancel_arriving_as_the_last_connection_ends_cancels_close() -> None:
+    """`close()` cancelled in the same loop iteration as its drain wait's answer (the last
+    connection ended) ends cancelled. On 3.11 `asyncio.wait_for` returned the answer there
+    and dropped the cancellation: close() went on to abort and returned."""
+    proxy = TcpProxy(HOST, 0, Balancer(), drain_timeout=3600.0)
+    conn = cast(Any, object())  # the proxy is never started: a stand-in for an open connection
+    proxy._track(conn)
+    closing = asyncio.create_task(proxy.close())
+    for _ in range(5):  # let close() reach its drain wait
+        await asyncio.sleep(0)
+    assert not closing.done()
+    proxy._untrack(conn)  # the last connection ends...
+    closing.cancel()  # ...as the stop cancels close()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert closing.cancelled()
 
 
 async def test_drain_aborts_connections_to_removed_backends(backends: Backends) -> None:

@@ -14,10 +14,12 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from node.model.config import NodeConfig
+from node.proxy import worker as proxy_worker
 from node.proxy import worker_wire as wire
 from node.proxy import workers
 from node.proxy.balancer import Backend
@@ -244,6 +246,41 @@ async def test_a_worker_exits_when_its_socket_is_gone(pool: WorkerWorld) -> None
         w.path.unlink()
     for w in pool.mesh.workers:
         assert w.proc is not None and await asyncio.to_thread(w.proc.wait, 10) == 0
+
+
+class CountedEvent(asyncio.Event):
+    """An Event that counts the waits begun on it: a test knows where its task is parked."""
+
+    waits = 0
+
+    async def wait(self) -> Literal[True]:
+        self.waits += 1
+        return await super().wait()
+
+
+@pytest.mark.parametrize("parked", ["watch", "step down"])
+async def test_a_cancel_arriving_as_the_worker_is_told_to_stop_cancels_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parked: str
+) -> None:
+    """Told to stop (SIGTERM, the daemon's `stop`) and cancelled in the same loop iteration,
+    in the socket watch's wait or the step down's: `run` ends cancelled. On 3.11
+    `asyncio.wait_for` returned the wait's answer there and dropped the cancellation."""
+    if parked == "watch":
+        monkeypatch.setattr(proxy_worker, "WATCH_EVERY", 3600.0)
+    else:  # the socket is another's at the first check: the step down's wait
+        monkeypatch.setattr(proxy_worker, "WATCH_EVERY", 0.001)
+        monkeypatch.setattr(proxy_worker, "STEP_DOWN", 3600.0)
+        monkeypatch.setattr(proxy_worker, "_ours", lambda path, inode: False)
+    worker = proxy_worker.Worker(tmp_path / "worker-0.sock")
+    worker.stopping = stopping = CountedEvent()
+    task = asyncio.create_task(worker.run())
+    waits = 1 if parked == "watch" else 2  # parked in that wait once it began
+    await wait_until(lambda: stopping.waits == waits, 10, 0.001, f"the {parked} wait")
+    stopping.set()
+    task.cancel()  # in the same iteration as the wait's answer
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
 
 
 async def test_an_orphan_exits_after_its_bound(tmp_path: Path) -> None:
