@@ -80,7 +80,8 @@ def _relay_config(client_side: bool) -> H2Configuration:
     what it read and checked on the other side, or its own; about a fifth of the CPU per
     call), nor on those it receives: `_Connection` checks them with `node.proxy.h2_fields`
     (h2's rules, at a fraction of the cost). Not normalized either: split cookie fields
-    stay split, as the relay passes them on to HTTP/2, where that is allowed."""
+    stay split, as the relay passes them on to HTTP/2, where that is allowed; credentials
+    are made never-indexed by `H2Proxy.forwarded` (h2's normalization did that)."""
     return H2Configuration(
         client_side=client_side,
         header_encoding=None,

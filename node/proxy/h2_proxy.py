@@ -13,7 +13,10 @@ request and response heads, data both ways with end-to-end flow control (a slow 
 closes the other side's window, nothing piles up in the proxy), trailers (gRPC's
 `grpc-status` and `grpc-message`), the end of each direction, and RST_STREAM with its
 error code, each way. `x-forwarded-for` gets the client address, `x-forwarded-proto` is
-set to `http`.
+set to `http`. A replica connection carries many clients' streams, so credentials stay
+out of its HPACK table (RFC 7541 7.1): `authorization`, `proxy-authorization` and cookies
+under 20 bytes are sent never-indexed (h2's own rule, off with its normalization), and a
+field a client sent never-indexed is passed on so (7.1.3).
 
 Guarantees:
 - per-stream round robin; a refused or timed-out connect to a replica is reported to
@@ -50,6 +53,7 @@ import time
 from collections.abc import Iterable
 
 from h2.errors import ErrorCodes
+from hpack import NeverIndexedHeaderTuple
 
 from node.proxy.balancer import Backend, Balancer, Failure, RetryPolicy
 from node.proxy.h2_conn import H2Client, H2Upstream, Stream
@@ -70,6 +74,8 @@ HEAD_TIMEOUT = 10.0
 UNAVAILABLE = b"14"  # the gRPC status the proxy answers with
 
 _now = time.monotonic
+
+_SECRET = frozenset({b"authorization", b"proxy-authorization"})  # never indexed towards a replica
 
 
 class H2Proxy(Listener[H2Client]):
@@ -137,11 +143,14 @@ class H2Proxy(Listener[H2Client]):
         self.stats.requests += 1
         out: Headers = []
         forwarded_for = client.address
-        for name, value in request:
+        for field in request:  # kept as they came: a NeverIndexedHeaderTuple stays one
+            name = field[0]
             if name == b"x-forwarded-for":
-                forwarded_for = value + b", " + client.address
+                forwarded_for = field[1] + b", " + client.address
+            elif name in _SECRET or (name == b"cookie" and len(field[1]) < 20):
+                out.append(NeverIndexedHeaderTuple(name, field[1]))
             elif name != b"x-forwarded-proto":
-                out.append((name, value))
+                out.append(field)
         out.append((b"x-forwarded-for", forwarded_for))
         out.append((b"x-forwarded-proto", b"http"))
         return out

@@ -22,6 +22,7 @@ import h2.exceptions
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from hpack import NeverIndexedHeaderTuple
 
 from node.model.domain import EndpointRecord
 from node.proxy.balancer import Backend, Balancer
@@ -292,6 +293,69 @@ async def test_http2_request_and_response_ending_with_their_data_are_relayed_who
         writer.close()
         assert bodies == {sid: b"echo call %d" % sid for sid in (1, 3, 5)}
         assert proxy.stats.errors == 0 and not proxy.upstreams["plain"][0].streams
+    finally:
+        await proxy.close()
+        server.close()
+        await server.wait_closed()
+
+
+class HeadReplica(PlainReplica):
+    """Answers 200 to every request and keeps its head as the HPACK decoder gave it: a
+    field the sender encoded never-indexed comes as a `NeverIndexedHeaderTuple`."""
+
+    def __init__(self) -> None:
+        super().__init__()  # h2's inbound normalization off: it would join the cookies
+        self.conn = h2.connection.H2Connection(
+            H2Configuration(client_side=False, header_encoding=None, normalize_inbound_headers=False)
+        )
+        self.heads: list[list[tuple[bytes, bytes]]] = []
+
+    def data_received(self, data: bytes) -> None:
+        for e in self.conn.receive_data(data):
+            if isinstance(e, h2.events.RequestReceived):
+                self.heads.append(list(e.headers))
+            if isinstance(e, h2.events.StreamEnded):
+                self.conn.send_headers(e.stream_id, [(b":status", b"200")], end_stream=True)
+        self.transport.write(self.conn.data_to_send())
+
+
+async def test_credentials_and_fields_sent_never_indexed_stay_out_of_a_replica_connections_table() -> None:
+    """A replica connection carries many clients' streams, so its HPACK table must not
+    hold one client's credentials for another's requests to be compressed against (RFC
+    7541 7.1): `authorization`, `proxy-authorization` and short cookies are sent
+    never-indexed, as h2 does for its own heads, and a field a client sent never-indexed
+    stays so (7.1.3: an intermediary must keep that representation)."""
+    loop = asyncio.get_running_loop()
+    replica = HeadReplica()
+    server = await loop.create_server(lambda: replica, HOST, 0)
+    balancer = Balancer()
+    balancer.set_endpoints([Backend("plain", HOST, server.sockets[0].getsockname()[1])])
+    proxy = H2Proxy(HOST, 0, balancer, service="svc", grpc=False, drain_timeout=1.0)
+    await proxy.start()
+    try:
+        _reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        # a client that indexes everything itself (h2 would protect these fields on its own)
+        conn = h2.connection.H2Connection(
+            H2Configuration(client_side=True, header_encoding=None, normalize_outbound_headers=False)
+        )
+        conn.initiate_connection()
+        head = [
+            (b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"x"),
+            (b"authorization", b"Bearer secret-token"), (b"proxy-authorization", b"Basic abc"),
+            (b"cookie", b"sid=short"), (b"cookie", b"theme=a-cookie-longer-than-twenty-bytes"),
+            NeverIndexedHeaderTuple(b"x-api-key", b"k-123"), (b"x-plain", b"p"),
+        ]  # fmt: skip
+        conn.send_headers(1, head, end_stream=True)
+        writer.write(conn.data_to_send())
+        await wait_until(lambda: replica.heads, timeout=5)
+        writer.close()
+        never = {f[0] for f in replica.heads[0] if isinstance(f, NeverIndexedHeaderTuple)}
+        cookies = {
+            f[1]: isinstance(f, NeverIndexedHeaderTuple) for f in replica.heads[0] if f[0] == b"cookie"
+        }
+        assert never == {b"authorization", b"proxy-authorization", b"cookie", b"x-api-key"}
+        assert cookies == {b"sid=short": True, b"theme=a-cookie-longer-than-twenty-bytes": False}
+        assert (b"x-plain", b"p") in replica.heads[0]
     finally:
         await proxy.close()
         server.close()
