@@ -11,7 +11,7 @@ import inspect
 import socket
 import textwrap
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import grpc
@@ -264,14 +264,24 @@ class PlainReplica(asyncio.Protocol):
         self.transport.write(self.conn.data_to_send())
 
 
-async def test_http2_request_and_response_ending_with_their_data_are_relayed_whole() -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(PlainReplica, HOST, 0)
+@contextlib.asynccontextmanager
+async def http2_port(replica: Callable[[], asyncio.Protocol]) -> AsyncIterator[H2Proxy]:
+    """An `http2` port of the engine in front of one plain HTTP/2 replica."""
+    server = await asyncio.get_running_loop().create_server(replica, HOST, 0)
     balancer = Balancer()
     balancer.set_endpoints([Backend("plain", HOST, server.sockets[0].getsockname()[1])])
     proxy = H2Proxy(HOST, 0, balancer, service="svc", grpc=False, drain_timeout=1.0)
     await proxy.start()
     try:
+        yield proxy
+    finally:
+        await proxy.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_http2_request_and_response_ending_with_their_data_are_relayed_whole() -> None:
+    async with http2_port(PlainReplica) as proxy:
         reader, writer = await asyncio.open_connection(HOST, proxy.port)
         conn = h2.connection.H2Connection(config(client_side=True))
         conn.initiate_connection()
@@ -293,10 +303,6 @@ async def test_http2_request_and_response_ending_with_their_data_are_relayed_who
         writer.close()
         assert bodies == {sid: b"echo call %d" % sid for sid in (1, 3, 5)}
         assert proxy.stats.errors == 0 and not proxy.upstreams["plain"][0].streams
-    finally:
-        await proxy.close()
-        server.close()
-        await server.wait_closed()
 
 
 class HeadReplica(PlainReplica):
@@ -325,14 +331,8 @@ async def test_credentials_and_fields_sent_never_indexed_stay_out_of_a_replica_c
     7541 7.1): `authorization`, `proxy-authorization` and short cookies are sent
     never-indexed, as h2 does for its own heads, and a field a client sent never-indexed
     stays so (7.1.3: an intermediary must keep that representation)."""
-    loop = asyncio.get_running_loop()
     replica = HeadReplica()
-    server = await loop.create_server(lambda: replica, HOST, 0)
-    balancer = Balancer()
-    balancer.set_endpoints([Backend("plain", HOST, server.sockets[0].getsockname()[1])])
-    proxy = H2Proxy(HOST, 0, balancer, service="svc", grpc=False, drain_timeout=1.0)
-    await proxy.start()
-    try:
+    async with http2_port(lambda: replica) as proxy:
         _reader, writer = await asyncio.open_connection(HOST, proxy.port)
         # a client that indexes everything itself (h2 would protect these fields on its own)
         conn = h2.connection.H2Connection(
@@ -356,10 +356,6 @@ async def test_credentials_and_fields_sent_never_indexed_stay_out_of_a_replica_c
         assert never == {b"authorization", b"proxy-authorization", b"cookie", b"x-api-key"}
         assert cookies == {b"sid=short": True, b"theme=a-cookie-longer-than-twenty-bytes": False}
         assert (b"x-plain", b"p") in replica.heads[0]
-    finally:
-        await proxy.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_responses_held_for_streams_a_client_resets_give_the_replica_its_window_back() -> None:
