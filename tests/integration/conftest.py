@@ -16,7 +16,11 @@ from node.dev import vipranges
 from node.dev.devcluster import DevCluster, remove_containers
 from node.dev.leftovers import stop_proxy_workers
 from node.model.config import NodeConfig
-from tests.integration.registry import auth_registry, local_registry  # noqa: F401  (a fixture for every test here)
+from tests.integration.registry import (  # noqa: F401  (fixtures for every test here)
+    auth_registry,
+    local_registry,
+    no_pulled_images_left,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "deploy" / "images" / "build.sh"

@@ -189,6 +189,21 @@ def images_from(address: str) -> list[str]:
         client.close()
 
 
+_SERVED: list[str] = []  # the addresses (registries and relays) this test process pulled from
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_pulled_images_left() -> Iterator[None]:
+    """Remove at the session's end what dockerd pulled from this process's registries.
+    A test's own teardown (`_serve`) runs before its cluster's when the cluster fixture
+    came first, and an image a container still uses cannot be removed: those images,
+    named by digest only, were left behind (four per run). Each registry has a port of
+    its own, so another xdist worker's images are not touched."""
+    yield
+    for address in _SERVED:
+        remove_pulled(images_from(address))
+
+
 @pytest.fixture
 def local_registry(tmp_path: Path, demo_images: tuple[str, ...]) -> Iterator[LocalRegistry]:
     """A registry on 127.0.0.1:<free port>, its storage under tmp_path; stopped at teardown,
@@ -213,4 +228,7 @@ def _serve(registry: LocalRegistry) -> Iterator[LocalRegistry]:
         remove_pulled(
             [LocalRegistry.ref(image, relay) for image in registry.pushed for relay in registry.relays]
         )
-        remove_pulled(images_from(registry.address))  # pulled by digest, straight from it
+        served = [registry.address, *(f"127.0.0.1:{relay.port}" for relay in registry.relays)]
+        for address in served:  # pulled by digest (no tag left), straight from it or through a relay
+            remove_pulled(images_from(address))
+        _SERVED.extend(served)  # in use by a cluster still up: removed at the session's end
