@@ -16,6 +16,7 @@ home). `client()` calls with those credentials; no secret is ever on a command l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -363,9 +364,11 @@ class DevCluster:
         return found.ca.encode() == ca_pem
 
     def start(self, timeout: float = 30.0) -> None:
-        (self.data_dir / "nodes").mkdir(parents=True, exist_ok=True)
-        self.etcd.start()
+        """Start etcd and the daemons; on any failure, `stop` what was started (and give
+        back the VIP range claimed at construction) before raising."""
         try:
+            (self.data_dir / "nodes").mkdir(parents=True, exist_ok=True)
+            self.etcd.start()
             self.provision()
             for member in self.members:
                 member.start()
@@ -434,19 +437,22 @@ class DevCluster:
         _wait(ready, timeout, "the cluster", self.members[0].log_path)
 
     def stop(self) -> None:
-        """Stop every daemon, remove this cluster's containers, stop etcd."""
-        _terminate(self.sim_proc, 10.0)  # first: its lease is revoked, the simulated nodes vanish
-        for member in self.members:
-            if member.proc is not None and member.alive():
-                member.proc.terminate()
-        for member in self.members:
-            member.stop()
-        for member in self.members:  # a graceful stop leaves them serving (decision 63)
-            stop_proxy_workers(member.data_dir / "proxy")
-        remove_containers(self.cluster)
-        remove_kernel_tables(self.cluster, [m.node_id for m in self.members])  # decisions 74, 75
-        self.etcd.stop()
-        vipranges.release(self.vip_range)
+        """Stop every daemon, remove this cluster's containers, stop etcd, give back the
+        VIP range. etcd is stopped and the range given back even when a step before
+        fails (Docker not answering, say): the error is raised after them."""
+        with contextlib.ExitStack() as last:  # run in reverse: etcd, then the range
+            last.callback(vipranges.release, self.vip_range)
+            last.callback(self.etcd.stop)
+            _terminate(self.sim_proc, 10.0)  # first: its lease is revoked, the simulated nodes vanish
+            for member in self.members:
+                if member.proc is not None and member.alive():
+                    member.proc.terminate()
+            for member in self.members:
+                member.stop()
+            for member in self.members:  # a graceful stop leaves them serving (decision 63)
+                stop_proxy_workers(member.data_dir / "proxy")
+            remove_containers(self.cluster)
+            remove_kernel_tables(self.cluster, [m.node_id for m in self.members])  # decisions 74, 75
 
 
 def pid_alive(pid: int) -> bool:
