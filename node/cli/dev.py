@@ -22,7 +22,9 @@ from pathlib import Path
 
 import click
 
+from node.dev import vipranges
 from node.dev.devcluster import DevCluster, DevError, pid_alive
+from node.model.config import ConfigError, vip_network
 
 DEFAULT_DIR = ".shoal-dev"
 
@@ -57,6 +59,9 @@ def _usage(cluster: DevCluster) -> str:
 @click.option("--etcd-port", type=click.IntRange(1, 65534), default=2479, show_default=True,
               help="client port of the embedded etcd (the peer port is the next one)")  # fmt: skip
 @click.option("--cluster", default="dev", show_default=True, help="name on the cluster's containers")
+@click.option("--vip-range", default="", callback=lambda _c, _p, v: _vip_range(v), metavar="CIDR",
+              help="service VIPs and the name server's address; default: a free /24 of "
+              f"{vipranges.DEV_POOL}, claimed as a local route until the cluster stops")  # fmt: skip
 @click.option("--detach", is_flag=True, help="run in the background and return when the cluster is up")
 @click.option("--stop", "stop_", is_flag=True, help="stop a cluster started with --detach")
 @click.option("--simulate", type=click.IntRange(0, 100_000), default=0, metavar="N",
@@ -70,6 +75,7 @@ def dev(
     detach: bool,
     stop_: bool,
     simulate: int,
+    vip_range: str,
 ) -> None:
     """Run a local cluster: embedded etcd and N daemons, node i on 127.0.0.i."""
     pid_file = data_dir / "dev.pid"
@@ -82,8 +88,9 @@ def dev(
             f"a dev cluster already runs from {data_dir} (pid {pid}); stop it: shoal dev --stop"
         )
     c = DevCluster(
-        data_dir, nodes=nodes, grpc_port=grpc_port, etcd_port=etcd_port, cluster=cluster, simulate=simulate
-    )
+        data_dir, nodes=nodes, grpc_port=grpc_port, etcd_port=etcd_port, cluster=cluster, simulate=simulate,
+        vip_range=vip_range,
+    )  # fmt: skip
     if detach:
         _detach(c, pid_file)
         return
@@ -122,18 +129,37 @@ def _detach(c: DevCluster, pid_file: Path) -> None:
         sys.executable, "-m", "node.cli.main", "dev", "--nodes", str(c.nodes), "--data-dir", str(c.data_dir),
         "--grpc-port", str(c.grpc_port), "--etcd-port", str(c.etcd_port), "--cluster", c.cluster,
         "--simulate", str(c.simulate),
+        "--vip-range", c.vip_range,  # the one claimed here: the supervisor gives it back when it stops
     ]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    except OSError:
+        vipranges.release(c.vip_range)
+        raise
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            vipranges.release(c.vip_range)  # the supervisor gives it back too, unless it never ran
             raise click.ClickException(f"the dev cluster did not start; see {c.data_dir / 'dev.log'}")
         if pid_file.exists() and pid_file.read_text().strip() == str(proc.pid):
             click.echo(_usage(c) + "  stop it with: shoal dev --stop")
             return
         time.sleep(0.2)
     proc.terminate()
+    vipranges.release(c.vip_range)
     raise click.ClickException(f"the dev cluster was not up within 60s; see {c.data_dir / 'dev.log'}")
+
+
+def _vip_range(value: str) -> str:
+    """`--vip-range` checked as the daemons check `vip_range` ("" for a free one)."""
+    if not value:
+        return ""
+    try:
+        return str(vip_network(value))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _stop_detached(pid_file: Path) -> None:
