@@ -250,21 +250,23 @@ class Ingress:
 
     def _report_tls(self, problems: dict[str, str]) -> None:
         for host, problem in problems.items():
-            if self.tls_problems.get(host) != problem:
-                log.warning("ingress: %s", problem)
-                if self.events is not None:
-                    self.events.emit("ingress.tls_failed", problem)
+            self._tell(self.tls_problems.get(host), problem, "ingress.tls_failed", f"ingress: {problem}")
         self.tls_problems = problems
 
     def report_binds(self, errors: dict[int, str]) -> None:
         """The entrance's bind errors now, by port (proxy workers': decision 80); each new
         one logged and an `ingress.bind_failed` event."""
         for port, error in errors.items():
-            if self.bind_errors.get(port) != error:
-                log.warning("%s", error)
-                if self.events is not None:
-                    self.events.emit("ingress.bind_failed", error)
+            self._tell(self.bind_errors.get(port), error, "ingress.bind_failed")
         self.bind_errors = errors
+
+    def _tell(self, before: str | None, problem: str, event: str, logged: str = "") -> None:
+        """A problem that is new (not `before`, what was reported last for the same thing):
+        logged, and an `event`."""
+        if problem != before:
+            log.warning("%s", logged or problem)
+            if self.events is not None:
+                self.events.emit(event, problem)
 
     async def _start(self, proxy: IngressProxy) -> None:
         port = proxy.listen_port
@@ -272,10 +274,7 @@ class Ingress:
             await proxy.start()
         except OSError as exc:
             error = f"ingress cannot listen on {self.address}:{port}: {exc.strerror or exc}"
-            if self.bind_errors.get(port) != error:
-                log.warning("%s", error)
-                if self.events is not None:
-                    self.events.emit("ingress.bind_failed", error)
+            self._tell(self.bind_errors.get(port), error, "ingress.bind_failed")
             self.bind_errors[port] = error
             return
         self.bind_errors.pop(port, None)
