@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from leader import crashpoint, dependencies, jobrun, rollback, updates
+from leader import crashpoint, dependencies, jobrun, rollback, rollout_end, updates
 from leader.applier import Applier, Write, writes_for
 from leader.incarnation import stale_incarnation
 from leader.liveness import DownMarks, Liveness
@@ -236,9 +236,12 @@ class LeaderLoop:
                 writes.append(Write(Delete(key), seen.get(key, 0)))
         rollout_seen = {kv.key: kv.mod_revision for kv in self.rollouts.values()}
         due = {r.service for r in decided.rollbacks}
+        ending = {
+            n: r for n, r in decided.records.items() if n not in due and rollout_end.ends(rollouts.get(n), r)
+        }
         for name, record in decided.records.items():
-            if name in due:
-                continue  # written with its rollback, in one transaction
+            if name in due or name in ending:
+                continue  # written with its rollback, or with its outcome: each in one transaction
             key = self.keys.rollout(name)
             writes.append(Write(Put(key, record.to_json()), rollout_seen.get(key, 0)))
         self._follow_status = (
@@ -259,6 +262,7 @@ class LeaderLoop:
         await self._forget_rollouts(set(rollouts) - set(services))
         if not writes:
             await self._roll_back(decided.rollbacks, rollout_seen)
+            await self._end_rollouts(rollouts, ending, rollout_seen)
             return
         placed = {self.keys.task(t.service, t.slot): t for plan in plans for t in plan.place}
 
@@ -270,45 +274,50 @@ class LeaderLoop:
 
         stale, _ = await self.applier.commit(writes, parsed_already)
         await self._roll_back(decided.rollbacks, rollout_seen)
+        await self._end_rollouts(rollouts, ending, rollout_seen)
         if stale:
             log.info("%d batch(es) stale; re-planning", stale)
             return
         plan_events(self.events.emit, plans)
-        await self._rollout_outcomes(rollouts, decided)
+        self._rollouts_started(rollouts, decided, set(ending) | due)
         await self._caught_up(writes)
 
     def status_map(self) -> updates.StatusView:
         return updates.StatusView(self.statuses, self.keys)
 
-    async def _rollout_outcomes(self, before: dict[str, RolloutRecord], decided: updates.Decisions) -> None:
-        """Events for rollouts that started or ended; the outcome into `history/` (a failed
-        rollout's is written with its rollback, `_roll_back`)."""
-        due = {r.service for r in decided.rollbacks}
+    def _rollouts_started(
+        self, before: dict[str, RolloutRecord], decided: updates.Decisions, skip: set[str]
+    ) -> None:
+        """Events for rollouts that started this pass (those in `skip`, ended or rolled back,
+        are told by the path that wrote them)."""
         for name, r in decided.records.items():
-            if name in due:
-                continue
-            old = before.get(name)
-            if old is None or (old.to_version, old.target) != (r.to_version, r.target):
-                what = f"rolling back to version {r.from_version}" if r.rollback_of else "rolling update"
-                self.events.emit(
-                    "rollout.started",
-                    f"{name}: {what}, version {r.from_version} -> {r.to_version}",
-                    service=name,
-                )
-            state = RolloutState(r.state)
-            if state.active or (old is not None and old.state == r.state and old.to_version == r.to_version):
-                continue
-            self.events.emit(
-                f"rollout.{state.value}", f"{name} version {r.to_version}: {r.message}", service=name
-            )
-            await self._history_outcome(name, r.to_version, state.value)
+            if name not in skip:
+                self._tell_started(before.get(name), r)
 
-    async def _history_outcome(self, name: str, version: int, outcome: str) -> None:
-        kv = await self.store.get(self.keys.history_version(name, version))
-        if kv is None:
-            return
-        record = replace(ServiceRecord.from_json(kv.value), outcome=outcome)
-        await self.applier.commit([Write(Put(kv.key, record.to_json()), kv.mod_revision)])
+    def _tell_started(self, old: RolloutRecord | None, r: RolloutRecord) -> None:
+        if old is None or (old.to_version, old.target) != (r.to_version, r.target):
+            what = f"rolling back to version {r.from_version}" if r.rollback_of else "rolling update"
+            message = f"{r.service}: {what}, version {r.from_version} -> {r.to_version}"
+            self.events.emit("rollout.started", message, service=r.service)
+
+    async def _end_rollouts(
+        self,
+        before: dict[str, RolloutRecord],
+        ending: dict[str, RolloutRecord],
+        seen: dict[str, int],
+    ) -> None:
+        """Store each rollout that ends this pass with its version's outcome in `history/`, in
+        one fenced transaction each (`leader.rollout_end`). Stale: the next pass decides again."""
+        for name, r in ending.items():
+            if not await rollout_end.write(
+                self.store, self.keys, self.epoch, r, seen.get(self.keys.rollout(name), 0)
+            ):
+                log.info("end of %s's rollout stale; deciding again on the next pass", name)
+                continue
+            self._tell_started(before.get(name), r)
+            self.events.emit(
+                f"rollout.{r.state}", f"{name} version {r.to_version}: {r.message}", service=name
+            )
 
     async def _roll_back(self, due: list[RolloutRecord], rollout_seen: dict[str, int]) -> None:
         """Write each due rollback (`leader.rollback`): the failed record, the new version and

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
@@ -47,16 +47,25 @@ class DyingStore(MemoryStore):
         self.after = False
         self.error: type[Exception] = Crash
         self.writes = 0
+        self.only: Callable[[Sequence[Op]], bool] = lambda ops: True  # the writes counted
 
-    def arm(self, fail_at: int, after: bool, error: type[Exception] = Crash) -> None:
-        self.fail_at, self.after, self.error, self.writes = fail_at, after, error, 0
+    def arm(
+        self,
+        fail_at: int,
+        after: bool,
+        error: type[Exception] = Crash,
+        only: Callable[[Sequence[Op]], bool] = lambda ops: True,
+    ) -> None:
+        self.fail_at, self.after, self.error, self.writes, self.only = fail_at, after, error, 0, only
 
     def disarm(self) -> bool:
         """Disarm; whether the failure happened."""
         armed, self.fail_at = self.fail_at, None
         return armed is None
 
-    def _due(self) -> bool:
+    def _due(self, ops: Sequence[Op]) -> bool:
+        if not self.only(ops):
+            return False
         hit = self.fail_at is not None and self.writes == self.fail_at
         self.writes += 1
         if hit:
@@ -64,7 +73,7 @@ class DyingStore(MemoryStore):
         return hit
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        hit = self._due()
+        hit = self._due([Put(key, value)])
         if hit and not self.after:
             raise self.error(f"dies before put {key}")
         revision = await super().put(key, value, lease)
@@ -75,7 +84,7 @@ class DyingStore(MemoryStore):
     async def txn(
         self, compares: Sequence[Compare], ops: Sequence[Op], else_ops: Sequence[Op] = ()
     ) -> TxnResult:
-        hit = self._due()
+        hit = self._due(ops)
         if hit and not self.after:
             raise self.error("dies before txn")
         result = await super().txn(compares, ops, else_ops)
@@ -192,7 +201,7 @@ async def ends_rolled_back_once(store: DyingStore, leader: Leader) -> None:
     assert (await service(store)).version == 3, "rolled back exactly once"
     history, _ = await store.range(KEYS.history("web"))
     outcomes = {r.version: r.outcome for r in (ServiceRecord.from_json(kv.value) for kv in history)}
-    assert sorted(outcomes) == [1, 2, 3] and outcomes[2] == "failed", outcomes
+    assert sorted(outcomes) == [1, 2, 3] and (outcomes[2], outcomes[3]) == ("failed", "rolled_back"), outcomes
     r = await rollout(store)
     assert (r.state, r.to_version, r.rollback_of) == (RolloutState.ROLLED_BACK, 3, 2)
     assert all(
@@ -266,6 +275,43 @@ async def test_an_etcd_error_at_any_write_of_the_failing_pass_is_completed_by_th
         await leader.reconcile()  # the loop logs it and passes again
     store.disarm()  # past the pass's last write (this leader makes one, in one transaction): no crash
     await ends_rolled_back_once(store, leader)
+
+
+def completes_the_rollback(ops: Sequence[Op]) -> bool:
+    """The write that stores the rollback's rollout as `rolled_back`."""
+    return any(
+        isinstance(op, Put)
+        and op.key == KEYS.rollout("web")
+        and RolloutRecord.from_json(op.value).state == RolloutState.ROLLED_BACK
+        for op in ops
+    )
+
+
+@pytest.mark.parametrize("error", [Crash, StoreUnavailable], ids=["killed", "etcd-error"])
+@pytest.mark.parametrize("after", [False, True], ids=["before-applied", "after-applied"])
+async def test_a_leader_dying_as_the_rollback_completes_still_stores_its_outcome(
+    failing: tuple[DyingStore, Leader], after: bool, error: type[Exception]
+) -> None:
+    """The pass that ends the rollback's rollout dies at that write: applied or not, the
+    version's `rolled_back` outcome is in `history/` in the end (the same leader goes on
+    after an etcd error, a new one after a kill). Written apart from the rollout record,
+    the outcome was lost when the record had been applied and the pass went no further."""
+    store, leader = failing
+    store.arm(0, after, error, only=completes_the_rollback)
+    for _ in range(12):
+        await report_all(store)
+        with contextlib.suppress(error):
+            await leader.reconcile()
+        if store.fail_at is None:
+            break
+    assert store.disarm(), "the rollback's rollout reached its end"
+    if error is Crash:
+        await leader.drop()
+        leader = Leader(store, await new_epoch(store))
+    try:
+        await ends_rolled_back_once(store, leader)
+    finally:
+        await leader.drop()
 
 
 async def test_a_leader_deposed_before_the_rollback_writes_nothing_and_the_next_rolls_back(
