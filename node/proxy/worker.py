@@ -223,6 +223,11 @@ class Worker:
                 await writer.drain()
         except (ConnectionError, ValueError, KeyError, TypeError) as exc:
             log.warning("worker %d: control connection ended: %s", os.getpid(), exc)
+        except asyncio.CancelledError:
+            # the worker is exiting with a daemon connected. Not raised on: 3.11's
+            # start_unix_server calls `exception()` on the handler's task, which raises
+            # for a cancelled one, and logs a traceback as an error at every stop
+            pass
         finally:
             writer.close()
             if self.controller is writer:
