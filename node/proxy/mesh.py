@@ -56,7 +56,7 @@ from node.model.domain import (
     serving,
 )
 from node.model.keys import Keys
-from node.proxy import routes
+from node.proxy import migrate, routes
 from node.proxy.balancer import Balancer, RetryPolicy
 from node.proxy.coldstart import ColdStart
 from node.proxy.direct import OnLink, direct
@@ -149,6 +149,7 @@ class Mesh:
         self.tasks = mirror(store, keys.tasks, "mesh-tasks")
         self.down = mirror(store, keys.down_all, "mesh-down")
         self.listeners: dict[int, Listener] = {}
+        self.migrate_off = ""  # why net.ipv4.tcp_migrate_req could not be set (node.proxy.migrate)
         self.stats: dict[Route, ProxyStats] = {}  # kept across re-binds: counters never go back
         self.bind_errors: dict[int, tuple[Route, str]] = {}
         self._reported: dict[str, list[dict[str, object]]] = {}  # binds/ key -> errors written
@@ -214,14 +215,22 @@ class Mesh:
         records = readable_services(kv.value for kv in self.services.values())
         wanted = routes.listeners(records)
         self.cold.update(records)
+        replaced: dict[int, Listener] = {}  # a route changed: closed once its successor listens
         for port, listener in list(self.listeners.items()):
-            if wanted.get(port) != listener.route:
+            if port not in wanted:
                 self._retire(port)
+            elif wanted[port] != listener.route:
+                replaced[port] = self.listeners.pop(port)
         for port in [p for p, (route, _) in self.bind_errors.items() if wanted.get(p) != route]:
             del self.bind_errors[port]
         for port, route in wanted.items():
             if port not in self.listeners:
+                # make before break: the new listener joins the port's SO_REUSEPORT group
+                # before the old one leaves it, and what the old one had queued moves over
+                # (`migrate_queues`): a changed route refuses no connection
                 await self._open(route)
+                if (old := replaced.pop(port, None)) is not None:
+                    self._close(port, old)
         for route in [r for r in self.stats if wanted.get(r.published) != r]:
             del self.stats[route]  # no longer published (service removed or changed): bounded
         self._apply_endpoints()
@@ -353,6 +362,7 @@ class Mesh:
     async def _open(self, route: Route) -> None:
         balancer = Balancer()
         engine = self._engine(route, balancer)
+        engine.reuse_port = True  # a changed route's new listener binds beside the old one (`sync`)
         engine.stats = self.stats.setdefault(route, ProxyStats())
         engine.cold = self.cold.hold(route.service, balancer)
         try:
@@ -380,9 +390,21 @@ class Mesh:
             route.container_port,
         )  # fmt: skip
 
+    def migrate_queues(self) -> None:
+        """Set `net.ipv4.tcp_migrate_req` (`node.proxy.migrate`): a listener that leaves a
+        port's SO_REUSEPORT group hands the connections it had queued to another; warned
+        once (log and event) when it cannot be set."""
+        self.migrate_off = migrate.ensure()
+        if self.migrate_off:
+            log.warning("%s", migrate.warning(self.migrate_off))
+            if self.events is not None:
+                self.events.emit("proxy.migrate_off", migrate.warning(self.migrate_off))
+
     def _retire(self, port: int) -> None:
         """Stop accepting on `port` now; in-flight traffic drains in the background."""
-        listener = self.listeners.pop(port)
+        self._close(port, self.listeners.pop(port))
+
+    def _close(self, port: int, listener: Listener) -> None:
         listener.engine.stop_accepting()
         task = asyncio.get_running_loop().create_task(listener.engine.close(), name=f"proxy-close-{port}")
         self._closing.add(task)

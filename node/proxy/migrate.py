@@ -12,7 +12,8 @@ machine, 16 clients opening connections in a loop while one of two listeners clo
 14-16 connections reset with 0, none with 1 (the kernel default is 0).
 
 The setting is per network namespace, and it changes nothing for a program that does not
-use SO_REUSEPORT. The daemon sets it when it runs proxy workers; when it cannot (no
+use SO_REUSEPORT. The daemon sets it at start (its own listeners use SO_REUSEPORT too, so a
+changed route opens the new one before the old closes); when it cannot (no
 CAP_NET_ADMIN, a read-only /proc/sys, a kernel without it), it says what an upgrade
 or a lowered `proxy_workers` will cost, and how to set it.
 """
@@ -40,8 +41,8 @@ def ensure(path: Path = SYSCTL) -> str:
 def warning(reason: str) -> str:
     """What an operator reads when `ensure` failed."""
     return (
-        f"proxy workers: {reason}. A worker that stops listening (an upgrade, a lower "
-        "proxy_workers, a changed route) resets the connections queued on its sockets; "
+        f"proxy: {reason}. A listener that stops (a worker's at an upgrade or a lower "
+        "proxy_workers, any at a changed route) resets the connections queued on it; "
         "set `sysctl -w net.ipv4.tcp_migrate_req=1` (and in /etc/sysctl.d) to hand them "
-        "to the other workers instead"
+        "to the listener beside it instead"
     )

@@ -45,7 +45,7 @@ from typing import Any
 
 from node.model.config import NodeConfig
 from node.model.domain import EndpointRecord, ServiceRecord, readable_services
-from node.proxy import kernel_rules, migrate, routes
+from node.proxy import kernel_rules, routes
 from node.proxy import worker_wire as wire
 from node.proxy.ingress import Ingress, backends_for
 from node.proxy.ingress_routes import build
@@ -102,7 +102,6 @@ class WorkerMesh(Mesh):
         self.held: set[str] = set()  # services some worker held a request for at the last state
         self.ingress_entry: wire.IngressEntry | None = None  # the entrance the workers serve
         self.ingress_stats: dict[Route, ProxyStats] = {}  # its counters, all workers' added up
-        self.migrate_off = ""  # why net.ipv4.tcp_migrate_req could not be set (node.proxy.migrate)
 
     async def run(self) -> None:
         try:
@@ -117,11 +116,7 @@ class WorkerMesh(Mesh):
         """Adopt the workers that answer, start the others (all at once: a start takes a
         second or more of imports)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.migrate_off = migrate.ensure()  # a worker that stops hands its queue to the others
-        if self.migrate_off:
-            log.warning("%s", migrate.warning(self.migrate_off))
-            if self.events is not None:
-                self.events.emit("proxy.migrate_off", migrate.warning(self.migrate_off))
+        self.migrate_queues()  # a worker that stops hands its queue to the others
         found = await asyncio.gather(*(w.dial() for w in self.workers))
         for i, w in enumerate(self.workers):
             if found[i] and w.state.get("build") != self.build:
@@ -360,6 +355,7 @@ class LocalMesh(Mesh):
 
     async def run(self) -> None:
         await stop_leftovers(self.directory)
+        self.migrate_queues()  # a changed route's old listener hands its queue to the new one
         await super().run()
 
 
