@@ -117,6 +117,16 @@ def answers(port: int, host: str = "") -> bool:
         conn.close()
 
 
+def logs_of(*paths: Path, lines: int = 60) -> str:
+    """The last lines of each log, for a failure's message."""
+    out = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
 def served_by_node(load: list[NewConnections], since: float, count: int) -> Callable[[], bool]:
     return lambda: all(len(x.after(since)) >= count for x in load)
 
@@ -158,9 +168,14 @@ def test_kill_9_and_restart_of_the_daemon_loses_no_new_request(
             cluster.wait_ready(60.0)
             ready = time.monotonic()
             wait_until_sync(served_by_node(load, ready, 20), 20.0, message="requests after the restart")
+        roles = {web: "http port", raw: "tcp port", entrance: "entrance"}
         for x in load:
-            failed = [r for r in x.results if not r[1]]
-            assert not failed, f"port {x.port}: {len(failed)} of {len(x.results)} failed: {failed[:5]}"
+            failed = [(round(r[0] - killed, 2), r[2]) for r in x.results if not r[1]]
+            assert not failed, (
+                f"{roles[x.port]} {x.port}: {len(failed)} of {len(x.results)} failed, at s from the kill "
+                f"(restarted +{restarted - killed:.2f}, ready +{ready - killed:.2f}): {failed[:5]}\n"
+                + logs_of(node.log_path, *node.data_dir.glob("proxy/worker-*.log"))
+            )
             down = [r for r in x.results if killed <= r[0] < restarted]
             assert len(down) >= 20, f"port {x.port}: only {len(down)} requests while the daemon was down"
         assert worker_pids(node.data_dir) == workers  # adopted, not replaced
