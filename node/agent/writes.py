@@ -14,8 +14,9 @@ Guarantees:
 - puts are bound to the session's lease *at flush time*, and only flushed while the
   session holds a valid lease, so a write never lands on a lease that was replaced;
 - an entry leaves the queue only once a flush that carried its latest value succeeded
-  (a newer value enqueued meanwhile stays pending); flushes never overlap, so an older
-  value can never land after a newer one;
+  on the lease the session still holds (a newer value enqueued meanwhile stays pending,
+  and so does everything when the lease was replaced during the flush: its puts died with
+  the old lease); flushes never overlap, so an older value can never land after a newer one;
 - a caller that must know a write is in etcd (a withdrawal before a stop) calls
   `flush` itself, under its own deadline, and checks `pending`.
 """
@@ -75,6 +76,12 @@ class WriteQueue:
         ops: list[Op] = [Delete(k) if v is None else Put(k, v, lease=lease) for k, v in batch.items()]
         for i in range(0, len(ops), MAX_TXN_OPS):
             await self.store.txn([], ops[i : i + MAX_TXN_OPS])
+            if self.session.lease != lease:
+                # the lease was replaced while this was in etcd: what it put dies with the
+                # old lease, and the publisher's re-queue of the same bytes for the new one
+                # must not be taken as written. All stays pending, for the next flush.
+                self._wake.set()
+                continue
             for op in ops[i : i + MAX_TXN_OPS]:
                 if op.key in self._pending and self._pending[op.key] == batch[op.key]:
                     del self._pending[op.key]  # unchanged since: written

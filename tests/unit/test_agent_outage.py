@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from node.agent.agent import Agent
+from node.agent.publisher import Publisher
 from node.agent.writes import WriteQueue
-from node.model.domain import EndpointRecord, TaskState
+from node.model.domain import EndpointRecord, TaskState, TaskStatus
 from node.store.base import KV, Compare, Op, TxnResult
 from node.store.memory import MemoryStore
 from node.store.session import Session
@@ -270,3 +271,30 @@ async def test_overlapping_flushes_never_land_an_older_value_after_a_newer_one()
     await asyncio.gather(first, second)
     assert await store.get("/k/endpoint") is None, "the delete is the last write"
     assert len(queue) == 0
+
+
+async def test_a_lease_replaced_while_a_flush_is_in_etcd_is_written_again_on_the_new_lease() -> None:
+    """The flush's txn puts on lease L1 and hangs; meanwhile the session gives L1 up and
+    gets L2, and the publisher queues the same bytes again for L2. The txn then succeeds
+    (on L1, which is going away): before, the entries matched their pending value and left
+    the queue, so nothing was ever put on L2 and the status and endpoint vanished with L1."""
+    store = FreezableStore()
+    session = Session(store, ttl=10)
+    await session.start()
+    publisher = Publisher(store, KEYS, session)
+    status = TaskStatus("t1", "web", 1, "n1", "running")
+    await publisher.publish([status], [])
+    key = KEYS.status("t1")
+    old = session.lease
+    store.thawed.clear()  # the flush's txn hangs in etcd
+    first = asyncio.create_task(publisher.flush())
+    await wait_until(lambda: store.hung == 1, timeout=5, interval=0.01, message="the flush in etcd")
+    session.lease = await store.grant(10)  # lost and replaced meanwhile (grant does not wait)
+    await publisher.publish([status], [])  # the same bytes, for the new lease
+    store.thawed.set()
+    await first
+    assert publisher.writes.pending(key), "not taken as written on the new lease"
+    await publisher.flush()
+    await store.revoke(old)  # the session revokes the lost lease once etcd answers
+    kv = await store.get(key)
+    assert kv is not None and kv.lease == session.lease != old
