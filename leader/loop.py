@@ -229,11 +229,11 @@ class LeaderLoop:
         for task in updates.releases(real, statuses, alive):  # written at its real slot
             key = self.keys.task(task.service, task.slot)
             if key not in written:
-                writes.append(Write(Put(key, task.to_json()), seen.get(key, 0)))
+                writes.append(Write(Put(key, task.to_json()), seen.get(key, 0), task.service))
         for task in old_uid.values():  # not placed again this pass (no room): unassigned all the same
             key = self.keys.task(task.service, task.slot)
             if key not in written:
-                writes.append(Write(Delete(key), seen.get(key, 0)))
+                writes.append(Write(Delete(key), seen.get(key, 0), task.service))
         rollout_seen = {kv.key: kv.mod_revision for kv in self.rollouts.values()}
         due = {r.service for r in decided.rollbacks}
         ending = {
@@ -243,7 +243,8 @@ class LeaderLoop:
             if name in due or name in ending:
                 continue  # written with its rollback, or with its outcome: each in one transaction
             key = self.keys.rollout(name)
-            writes.append(Write(Put(key, record.to_json()), rollout_seen.get(key, 0)))
+            # with the service's task writes, in one transaction (`leader.applier`)
+            writes.append(Write(Put(key, record.to_json()), rollout_seen.get(key, 0), name, lead=True))
         self._follow_status = (
             any(RolloutState(r.state).active for r in decided.records.values())
             or any(RolloutState(r.state).active for r in rollouts.values() if r.service in services)

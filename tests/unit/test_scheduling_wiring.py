@@ -11,7 +11,7 @@ from dataclasses import asdict, fields, replace
 import pytest
 from click.testing import CliRunner
 
-from leader.applier import Applier, Write
+from leader.applier import Applier, Write, batches
 from leader.loop import LeaderLoop
 from leader.pending import PendingReasons
 from leader.scheduler import Plan
@@ -334,3 +334,55 @@ def test_records_serialise_as_asdict_did_and_read_back(record: object) -> None:
     assert type(record).from_json(expected + b"") == record  # type: ignore[attr-defined]
     with_unknown = json.dumps({**json.loads(expected), "added_later": 1})
     assert type(record).from_json(with_unknown) == record  # type: ignore[attr-defined]
+
+
+def _w(group: str, i: int, lead: bool = False) -> Write:
+    return Write(Put(KEYS.task(group or "loose", i), b"{}"), 0, group, lead)
+
+
+def test_a_group_is_whole_in_one_batch_when_it_fits() -> None:
+    writes = [_w("", i) for i in range(30)] + [_w(f"s{g}", i) for g in range(6) for i in range(30)]
+    writes.append(_w("s3", 99, lead=True))  # a rollout record, last in the list as the loop puts it
+    first, then = batches(writes, 100)
+    assert first == []
+    for g in range(6):
+        holding = [b for b in then if any(w.group == f"s{g}" for w in b)]
+        assert len(holding) == 1, f"s{g} split over {len(holding)} batches"
+    assert all(len(b) <= 100 for b in then)
+    assert sorted(id(w) for b in then for w in b) == sorted(id(w) for w in writes), "each write once"
+
+
+def test_a_group_too_big_for_one_batch_sends_its_lead_batch_first() -> None:
+    writes = [_w("big", i) for i in range(250)] + [_w("big", 999, lead=True), _w("small", 1)]
+    first, then = batches(writes, 100)
+    assert len(first) == 1 and first[0][0].lead and all(w.group == "big" for w in first[0])
+    assert sum(len(b) for b in first + then) == len(writes)
+    assert all(len(b) <= 100 for b in first + then)
+
+
+async def test_a_rollout_record_and_its_tasks_commit_together_or_not_at_all() -> None:
+    """The record's transaction fails (stale here; a crash or an etcd error likewise): the
+    tasks it lets the scheduler update are not written either, however many other
+    writes the pass has (split in 100s before: the tasks could land without the record)."""
+    store = MemoryStore()
+    epoch = await store.put(KEYS.leader, b"{}")
+    record_key = KEYS.rollout("web")
+    await store.put(record_key, b"{}")  # changed behind the plan's back (the plan saw it absent)
+    others = [Write(Put(KEYS.task("api", i), b"{}"), 0, "api") for i in range(1, 99)]
+    mine = [Write(Put(KEYS.task("web", i), b"{}"), 0, "web") for i in range(1, 4)]
+    record = Write(Put(record_key, b'{"state": "updating"}'), 0, "web", lead=True)
+    stale, _ = await Applier(store, KEYS, epoch).commit([*others, *mine, record])
+    assert stale == 1
+    assert (await store.range(KEYS.service_tasks("web")))[0] == [], "no task without its record"
+    assert len((await store.range(KEYS.service_tasks("api")))[0]) == 98
+
+
+async def test_a_split_group_whose_lead_batch_fails_sends_none_of_its_others() -> None:
+    store = MemoryStore()
+    epoch = await store.put(KEYS.leader, b"{}")
+    await store.put(KEYS.rollout("web"), b"{}")
+    tasks = [Write(Put(KEYS.task("web", i), b"{}"), 0, "web") for i in range(1, 251)]
+    record = Write(Put(KEYS.rollout("web"), b"{}"), 0, "web", lead=True)
+    stale, _ = await Applier(store, KEYS, epoch).commit([*tasks, record])
+    assert stale == 3  # the lead batch, and the two it held back
+    assert (await store.range(KEYS.service_tasks("web")))[0] == []
