@@ -18,7 +18,8 @@ key's mod revision with the one the decision was made from, and once the new ver
 is stored the rollback is no longer due.
 
 A rollback that cannot be done (the good version's history entry is gone) pauses the
-record with a message saying so, reported once, not retried on every pass.
+record with a message saying so, and the failed version's outcome with it (`paused`),
+reported once, not retried on every pass.
 
 `write` is the one place the leader writes a service spec, so the published ports and
 ingress routes of the good version are claimed there, in the same transaction
@@ -77,7 +78,12 @@ def plan(
             message=f"{failed.message}; rollback impossible: version {failed.from_version} is no "
             f"longer in the history (apply a fixed spec)",
         )
-        return Txn(compares, [Put(rollout_key, paused.to_json())])
+        ops: list[Op] = [Put(rollout_key, paused.to_json())]
+        if bad is not None:  # its outcome, as any rollout that ends (`leader.rollout_end`)
+            outcome = replace(ServiceRecord.from_json(bad.value), outcome=RolloutState.PAUSED.value)
+            compares.append(Compare(bad.key, "mod", "==", bad.mod_revision))
+            ops.append(Put(bad.key, outcome.to_json()))
+        return Txn(compares, ops)
     running = ServiceRecord.from_json(current.value)
     # roll back what runs, not how many
     spec = ServiceRecord.from_json(good.value).spec.model_copy(update={"replicas": running.replicas})
@@ -91,7 +97,7 @@ def plan(
         outcome="",
     )
     compares.append(Compare(current.key, "mod", "==", current.mod_revision))
-    ops: list[Op] = [
+    ops = [
         Put(rollout_key, failed.to_json()),
         Put(current.key, record.to_json()),
         Put(keys.history_version(name, record.version), record.to_json()),

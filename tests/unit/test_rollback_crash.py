@@ -387,6 +387,8 @@ async def test_a_rollback_whose_good_version_is_gone_pauses_once_and_is_not_retr
         r = await rollout(store)
         assert r.state == RolloutState.PAUSED and "version 1 is no longer in the history" in r.message
         assert (await service(store)).version == 2, "nothing to roll back to: the service is left as it is"
+        bad = await store.get(KEYS.history_version("web", 2))
+        assert bad is not None and ServiceRecord.from_json(bad.value).outcome == "paused", "in the history"
         kv = await store.get(KEYS.rollout("web"))
         await leader.reconcile()
         assert await store.get(KEYS.rollout("web")) == kv, "reported once, not retried every pass"
