@@ -44,7 +44,7 @@ from node.model.errors import InvalidArgument
 from node.model.keys import Keys
 from node.model.pools import PoolNode, PoolSpec, PoolState, parse_pools
 from node.model.spec_launch import DEDICATED_LABEL, dedicated_size
-from node.store import Fenced, Put, Store, fence
+from node.store import Compare, Fenced, Put, Store, fence
 from node.store.base import Delete, Op
 from node.telemetry.events import EventLog
 
@@ -241,16 +241,37 @@ class PoolKeeper:
             self.events.emit("pool.provider_failed", f"pool {spec.name}: create {record.node}: {exc}")
             await self._delete(failed)  # it may have started something: given back all the same
             return
-        self.finished.add(record.node)
+        provider_id, address = str(answer.get("id", ""))[:200], str(answer.get("address", ""))[:200]
         current = await self.store.get(key)
-        if current is None or PoolNode.from_json(current.value).state != PoolState.REQUESTED.value:
-            return  # joined already, or given back meanwhile
-        created = replace(
-            record, state=PoolState.CREATED.value, provider_id=str(answer.get("id", ""))[:200],
-            address=str(answer.get("address", ""))[:200], changed_at=self.now(), epoch=self.epoch,
-        )  # fmt: skip
-        await self._write([Put(key, created.to_json())])
-        log.info("pool %s: provider created %s (%s)", spec.name, record.node, created.provider_id)
+        now_record = PoolNode.from_json(current.value) if current is not None else None
+        if (
+            current is None
+            or now_record is None
+            or now_record.state not in (PoolState.REQUESTED.value, PoolState.JOINED.value)
+        ):
+            self.finished.add(record.node)
+            return  # given back (or forgotten) meanwhile
+        if now_record.state == PoolState.REQUESTED.value:
+            stored = replace(
+                now_record, state=PoolState.CREATED.value, provider_id=provider_id, address=address,
+                changed_at=self.now(), epoch=self.epoch,
+            )  # fmt: skip
+        else:  # it registered before the provider answered: what the delete will need, kept
+            stored = replace(now_record, provider_id=provider_id, address=address)
+        # compared on what was read: a give-back meanwhile wins, and the next pass decides again
+        result = await self.store.txn(
+            [fence(self.keys.leader, self.epoch), Compare(key, "mod", "==", current.mod_revision)],
+            [Put(key, stored.to_json())],
+        )
+        if not result.succeeded:
+            leader = await self.store.get(self.keys.leader)
+            if leader is None or leader.create_revision != self.epoch:
+                raise Fenced(f"leadership at epoch {self.epoch} is over; pool records not written")
+            return  # changed meanwhile: a record still `requested` is asked for again (idempotent)
+        # only now: a record left `requested` (this write failed) has its create called again,
+        # for the same node id, and keeps the provider's id this time
+        self.finished.add(record.node)
+        log.info("pool %s: provider created %s (%s)", spec.name, record.node, provider_id)
 
     async def _give_back(self, r: PoolNode, why: str, now: float) -> None:
         key = self.keys.poolnode(r.pool, r.node)

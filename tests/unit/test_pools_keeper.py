@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,8 +19,8 @@ from leader.pools import PoolContext, PoolKeeper
 from leader.scheduler import Plan, Snapshot
 from node.model.domain import NodeSpec
 from node.model.keys import Keys
-from node.model.pools import PoolNode, parse_pools, pools_to_doc
-from node.store import Fenced
+from node.model.pools import PoolNode, PoolState, parse_pools, pools_to_doc
+from node.store import Fenced, Put, StoreUnavailable
 from node.store.memory import MemoryStore
 from node.telemetry.events import EventLog
 from tests.factories import make_node, make_service, make_task
@@ -210,3 +212,59 @@ def test_the_pools_service_is_admin_only() -> None:
 
     assert least_role("/shoal.v1.Pools/ApplyPools") is Role.ADMIN
     assert least_role("/shoal.v1.Pools/ListPools") is Role.ADMIN
+
+
+async def test_a_node_that_registers_before_its_provider_answers_keeps_the_provider_id(
+    provider: Path,
+) -> None:
+    """The node joins (the next pass writes `joined`) while the create call is still out:
+    its answer was dropped ("joined already"), and the delete later went out with no id."""
+    store = MemoryStore()
+    await setup(store, provider)
+    keeper = await lead(store)
+    await keeper.step(BIG, snap(), WAITING, now=100)
+    (node,) = await records(store)
+    r = (await records(store))[node]
+    joined = replace(r, state=PoolState.JOINED.value, changed_at=100.5)
+    await store.put(KEYS.poolnode("burst", node), joined.to_json())  # before the provider answers
+    await settle(keeper)
+    r = (await records(store))[node]
+    assert (r.state, r.provider_id, r.address, r.changed_at) == ("joined", f"vm-{node}", "10.0.0.9", 100.5)
+
+
+class LosesCreated(MemoryStore):
+    """etcd does not answer the one write that records the provider's answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 0
+
+    async def txn(self, compares: Any, ops: Any, else_ops: Any = ()) -> Any:
+        if not self.lost and any(
+            isinstance(op, Put)
+            and op.key.startswith(KEYS.poolnodes)
+            and PoolNode.from_json(op.value).state == "created"
+            for op in ops
+        ):
+            self.lost += 1
+            raise StoreUnavailable("etcd did not answer")
+        return await super().txn(compares, ops, else_ops)
+
+
+async def test_an_etcd_error_on_the_created_write_calls_create_again_and_keeps_the_answer(
+    provider: Path,
+) -> None:
+    """Before, the node counted as finished before that write: the record stayed `requested`
+    with no provider id for good, and the create was never called again."""
+    store = LosesCreated()
+    await setup(store, provider)
+    keeper = await lead(store)
+    await keeper.step(BIG, snap(), WAITING, now=100)
+    (node,) = await records(store)
+    await settle(keeper)
+    assert store.lost == 1 and (await records(store))[node].state == "requested"
+    await keeper.step(BIG, snap(), WAITING, now=101)
+    await settle(keeper)
+    r = (await records(store))[node]
+    assert (r.state, r.provider_id) == ("created", f"vm-{node}")
+    assert [(c["action"], c["node"]["id"]) for c in calls(provider)] == [("create", node), ("create", node)]
