@@ -153,6 +153,7 @@ class Mesh:
         self.stats: dict[Route, ProxyStats] = {}  # kept across re-binds: counters never go back
         self.bind_errors: dict[int, tuple[Route, str]] = {}
         self._reported: dict[str, list[dict[str, object]]] = {}  # binds/ key -> errors written
+        self._reported_lease = 0  # the lease they were written on
         self._closing: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()  # the first sync is done
         self.serving = asyncio.Event()  # ... and its table is served (`not_serving`)
@@ -433,6 +434,9 @@ class Mesh:
     async def _report_binds(self) -> None:
         if self.lease is None:
             return
+        lease = self.lease()
+        if lease != self._reported_lease:  # what was written died with the old lease
+            self._reported, self._reported_lease = {}, lease
         want: dict[str, list[dict[str, object]]] = {}
         for port, (route, error) in sorted(self.bind_errors.items()):
             key = self.keys.bind(route.service, self.node)
@@ -441,7 +445,7 @@ class Mesh:
             for key, entries in want.items():
                 if self._reported.get(key) != entries:
                     value = json.dumps({"since": time.time(), "errors": entries}).encode()
-                    await self.store.put(key, value, lease=self.lease())
+                    await self.store.put(key, value, lease=lease)
                     self._reported[key] = entries
             for key in [k for k in self._reported if k not in want]:
                 await self.store.delete(key)

@@ -298,3 +298,26 @@ async def test_a_changed_route_refuses_no_connection(world: World) -> None:
         await asyncio.to_thread(knocker.join)
     assert refused == [], f"{len(refused)} of {len(refused) + len(connected)} refused: {refused[:3]}"
     assert len(connected) > 20
+
+
+async def test_a_bind_error_is_reported_again_on_a_new_lease(world: World) -> None:
+    """The node's lease is replaced (etcd was away): the `binds/` entry died with the old
+    one and is written again on the new one, though the error itself did not change."""
+    taken = free_port()
+    blocker = socket.socket()
+    blocker.bind((HOST, taken))
+    blocker.listen()
+    try:
+        await world.store.put(KEYS.service("web"), tcp_service("web", taken).to_json())
+
+        async def reported_on(lease: int) -> bool:
+            kv = await world.store.get(KEYS.bind("web", "n1"))
+            return kv is not None and kv.lease == lease
+
+        await wait_until(lambda: reported_on(world.lease), 3.0, message="reported on the first lease")
+        old = world.lease
+        world.lease = await world.store.grant(30)
+        await world.store.revoke(old)
+        await wait_until(lambda: reported_on(world.lease), 3.0, message="reported again on the new lease")
+    finally:
+        blocker.close()
