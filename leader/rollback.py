@@ -37,6 +37,7 @@ from leader.rollout import RolloutState
 from node.model.domain import RolloutRecord, ServiceRecord
 from node.model.errors import FailedPrecondition
 from node.model.keys import Keys
+from node.model.spec_job import rollback_replicas
 from node.store import KV, Compare, Fenced, Put, Store, claim_kinds, fence
 from node.store.base import Op
 from node.store.claims import Taken, service_writes
@@ -85,8 +86,9 @@ def plan(
             ops.append(Put(bad.key, outcome.to_json()))
         return Txn(compares, ops)
     running = ServiceRecord.from_json(current.value)
-    # roll back what runs, not how many
-    spec = ServiceRecord.from_json(good.value).spec.model_copy(update={"replicas": running.replicas})
+    # roll back what runs, not how many (a job has none to keep: `rollback_replicas`)
+    target = ServiceRecord.from_json(good.value).spec
+    spec = target.model_copy(update={"replicas": rollback_replicas(target, running.spec)})
     record = replace(
         running,
         version=running.version + 1,

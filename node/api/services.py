@@ -25,15 +25,17 @@ from node.model.domain import (
     NodeInfo,
     RolloutRecord,
     ServiceRecord,
+    UnreadableRecord,
     new_cause,
     new_service_uid,
     template_hash,
 )
 from node.model.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.model.keys import Keys
-from node.model.spec import ServiceSpec, SpecError, parse_spec
+from node.model.spec import ServiceSpec, SpecError, parse_spec, spec_from_dict, spec_to_dict
 from node.model.spec_autoscale import keep_count
 from node.model.spec_compat import unknown_to
+from node.model.spec_job import is_job, rollback_replicas
 from node.model.spec_lifecycle import stack_problem
 from node.security.objects import ObjectRecord
 from node.store import KV, Compare, Delete, Put, Store, claim_kinds
@@ -63,7 +65,10 @@ class ServiceWriter:
         kv = await self.store.get(self.keys.service(name))
         if kv is None:
             raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
-        return ServiceRecord.from_json(kv.value), kv.mod_revision
+        try:
+            return ServiceRecord.from_json(kv.value), kv.mod_revision
+        except UnreadableRecord as exc:  # a newer node's spec, or a record written around the API
+            raise FailedPrecondition(f"service '{name}': {exc}") from None
 
     async def _write(
         self, record: ServiceRecord, expect_mod: int, old: ServiceRecord | None, bound: Bound | None = None
@@ -186,6 +191,11 @@ class ServiceWriter:
 
         async def attempt() -> ServiceRecord | None:
             current, mod = await self.read(name)
+            if is_job(current.spec):
+                raise FailedPrecondition(
+                    f"{name} is a job: it has no replicas to scale; change job.parallelism or "
+                    "job.completions in its spec and apply it"
+                )
             if current.replicas == replicas:
                 return current
             spec = current.spec.model_copy(update={"replicas": replicas})  # checked above
@@ -214,7 +224,13 @@ class ServiceWriter:
             current, mod = await self.read(name)
             _, versions = await self.history(name)
             target = await self._previous(current, versions)
-            spec = target.spec.model_copy(update={"replicas": current.replicas})
+            replicas = rollback_replicas(target.spec, current.spec)
+            try:  # checked as a stored spec is: a copy with replicas changed skips the models' checks
+                spec = spec_from_dict({**spec_to_dict(target.spec), "replicas": replicas})
+            except SpecError as exc:
+                raise FailedPrecondition(
+                    f"{name}: cannot roll back to version {target.version}: {exc}"
+                ) from None
             spec, bound = await self.objects.bind(spec, current.spec)  # the objects' current revisions
             await self.ports.check(self.store, self.keys, spec, current.spec)
             await check_ingress(self.store, self.keys, spec)

@@ -71,6 +71,13 @@ def is_job(spec: Any) -> bool:
     return getattr(spec, "kind", None) == "job"
 
 
+def rollback_replicas(target: Any, current: Any) -> int:
+    """The replica count of a rollback to `target` from `current` (specs): the current one
+    (roll back what runs, not how many), unless either is a job, which has none to keep:
+    then `target`'s own (a job's 1; a service's, rolled back to from a job)."""
+    return int(target.replicas if is_job(target) or is_job(current) else current.replicas)
+
+
 def backoff(spec: JobSpec, failures: int) -> float:
     """Seconds before an index is tried again after the job's `failures`-th failure."""
     return min(max(spec.backoff, 0.0) * 2 ** max(failures - 1, 0), max(MAX_BACKOFF, spec.backoff))
