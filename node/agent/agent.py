@@ -77,7 +77,7 @@ from node.agent.volumes import Volumes, blocked
 from node.model.domain import Assignment, TaskStatus
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec
-from node.runtime.base import LABELS, Container, EngineError, Runtime
+from node.runtime.base import LABELS, Container, EngineError, Runtime, RuntimeUnavailable
 from node.store import Store, StoreError
 from node.store.mirrors import mirror
 from node.store.session import Session
@@ -293,7 +293,13 @@ class Agent:
             elif isinstance(a, Withdraw):
                 await self.publisher.withdraw(a.service, a.task_id)  # queued: no wait
             elif isinstance(a, Remove):
-                await self.runtime.remove(a.container_id)
+                try:
+                    await self.runtime.remove(a.container_id)
+                except RuntimeUnavailable:
+                    raise  # the engine is away: the pass ends here, as for any call
+                except EngineError as exc:  # one Docker will not remove must not stop the pass
+                    # (starts, statuses, withdrawals); the machine asks again on the next one
+                    log.warning("cannot remove container %s: %s", a.container_id[:12], exc)
 
     async def _cut_off(self, actions: Actions) -> Actions:
         """Cut off from etcd past a service's `on_disconnect.stop_after`: stop its running

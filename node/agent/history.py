@@ -14,7 +14,9 @@ time they exited; `prune` names the others, and every kept container of:
   longer its task's goes at once;
 - any service when `limit` is 0 (the node keeps none, as before decision 71);
 - a slot whose volumes `volume rm` is removing: Docker refuses to remove a volume that
-  any container holds, an exited one too.
+  any container holds, an exited one too;
+- a container that never started (`created`: a daemon killed between create and start):
+  it has no logs, and a `created` one blocks its slot's volumes (`node.agent.volumes`).
 
 `services` None means the services are not known yet (etcd's listing not in): then
 nothing is removed for being of a removed service, only what is past the limit.
@@ -87,7 +89,8 @@ def prune(
     by_slot: dict[tuple[str, str, str], list[Container]] = {}
     for c in kept:
         service, _, slot = slot_of(c)
-        if limit <= 0 or _gone(c, services) or _job(c, services) or (service, slot) in cleared:
+        never_ran = c.state == "created"  # no logs; kept, it would hold its slot's volumes
+        if limit <= 0 or never_ran or _gone(c, services) or _job(c, services) or (service, slot) in cleared:
             out.append(c.id)
         else:
             by_slot.setdefault(slot_of(c), []).append(c)

@@ -248,3 +248,41 @@ def test_a_kept_container_does_not_block_its_slot_s_volumes() -> None:
     assert blocked(new, [make_container(old, state="exited")]) == ""
     assert "waiting for" in blocked(new, [make_container(old, state="running")])
     assert "waiting for" in blocked(new, [make_container(old, state="created")])
+
+
+async def test_a_container_that_never_started_is_removed_not_kept(world: World) -> None:
+    """A daemon killed between create and start leaves a `created` container: when its task
+    is replaced it is removed (no logs to keep), where keeping it blocked the slot's
+    volumes for good (a `created` one counts as not stopped yet)."""
+    await world.add_service(WEB)
+    old = await replace_task(world)
+    [first] = world.runtime.running()
+    world.runtime.containers[first.id] = replace(first, state="created")  # as if never started
+    new = await replace_task(world)
+    assert [c.labels[LABELS.TASK] for c in world.of()] == [new.task_id], "the old one removed, not kept"
+    [running] = world.runtime.running()
+    assert running.labels[LABELS.TASK] == new.task_id != old.task_id
+    assert blocked(new, list(world.runtime.containers.values())) == ""
+
+
+async def test_a_removal_the_engine_refuses_does_not_stop_the_pass() -> None:
+    """History 0: an exited container is removed by the pass itself. Docker refusing it
+    ("device or resource busy") ended every pass there: no other task started, no status
+    was published. Its own task waits for the removal (the new one takes its name)."""
+    world = await make_world(history=0)
+    await world.add_service(WEB)
+    await replace_task(world)
+    [first] = world.runtime.running()
+    world.runtime.crash(first.id, exit_code=3)
+    world.runtime.refuse_removals = True
+    api = make_service("api", replicas=1, ports=[{"container": 8080, "protocol": "tcp"}])
+    await world.add_service(api)
+    other = await replace_task(world, service=api)
+    [started] = world.runtime.running()
+    assert started.labels[LABELS.TASK] == other.task_id, "the other service's task started all the same"
+    status = await world.status(other.task_id)
+    assert status is not None and status.state == TaskState.RUNNING, "and its status published"
+    world.runtime.refuse_removals = False
+    await world.reconcile(2)
+    assert first.id not in world.runtime.containers or world.runtime.containers[first.id].running
+    assert len(world.runtime.running()) == 2, "the crashed one restarted once the engine lets it go"
