@@ -26,6 +26,7 @@ rollout gets the current value (the roll that follows brings every replica to it
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Collection
@@ -42,6 +43,7 @@ from node.security.sealing import Sealer, SealError, is_sealed, secret_env_ad
 from node.store import Store
 
 SHM = Path("/dev/shm")
+log = logging.getLogger(__name__)
 
 
 def default_root(cluster: str, node: str) -> Path:
@@ -100,6 +102,9 @@ class SecretFiles:
             found = list(self.root.iterdir())
         except FileNotFoundError:
             return
+        except OSError as exc:  # not readable: the files stay until it is (a pass goes on)
+            log.warning("cannot list %s to remove files of tasks gone: %s", self.root, exc.strerror or exc)
+            return
         for path in found:
             if path.name not in live:
                 shutil.rmtree(path, ignore_errors=True)
@@ -122,6 +127,15 @@ class SecretFiles:
         return self._open(record.data, f"secret/{name}", f"secret '{name}'")
 
     def _write(self, directory: Path, name: str, value: bytes, mode: int) -> Path:
+        """Write one file (atomically: a temporary, then a rename). A file system that
+        refuses (tmpfs full, a read-only /dev/shm) is an EngineError: the start fails and
+        is tried again with back-off, as any start, where an OSError ended the agent."""
+        try:
+            return self._write_file(directory, name, value, mode)
+        except OSError as exc:
+            raise EngineError(f"cannot write {directory / name}: {exc.strerror or exc}") from None
+
+    def _write_file(self, directory: Path, name: str, value: bytes, mode: int) -> Path:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         for d in (self.root, directory.parent, directory):
             with contextlib.suppress(OSError):

@@ -344,3 +344,23 @@ def test_the_secrets_service_is_admin_only() -> None:
         assert least_role(full) is Role.ADMIN
         assert allowed(Role.ADMIN, full)
         assert not allowed(Role.DEPLOYER, full) and not allowed(Role.VIEWER, full)
+
+
+async def test_a_file_system_that_refuses_the_files_fails_the_start_not_the_agent(tmp_path: Path) -> None:
+    """tmpfs full, a read-only /dev/shm (here: a file where the directory goes): an OSError
+    escaped the agent's pass and ended the daemon, again at each restart. Now the start
+    fails with what to look at, and is tried again with back-off like any start."""
+    from node.agent.secretfiles import SecretFiles
+
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    record, _ = await w.apply(SPEC, "app.yaml")
+    task = make_task(record, 1, "n1")
+    root = tmp_path / "root"
+    root.write_bytes(b"in the way")
+    files = SecretFiles(store, KEYS, root, sealer())
+    with pytest.raises(EngineError, match="cannot write"):
+        await files.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
+    files.sweep(set())  # cannot list it: said, and the pass goes on
+    assert root.read_bytes() == b"in the way"
