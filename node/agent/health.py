@@ -123,6 +123,20 @@ def begin(now: float) -> HealthState:
     return HealthState(Health.STARTING, started=now, next_at=now, changed_at=now)
 
 
+class NotChecked(Exception):
+    """A probe that could not run: the container engine did not answer the exec (it hangs,
+    or is away). Not the replica's failure: it counts for nothing (`not_checked`). Counted,
+    every exec-checked replica of a node whose dockerd hung was replaced once it answered
+    again: the checks failed before the engine watch declared the engine down."""
+
+
+def not_checked(state: HealthState, check: Check, message: str, now: float) -> HealthState:
+    """`state` after a probe that could not run: health and failures as they were, the
+    next probe due as after any other."""
+    step = min(check.interval, START_INTERVAL) if state.health == Health.STARTING else check.interval
+    return replace(state, message=message, next_at=max(state.next_at + step, now))
+
+
 def observe(state: HealthState, check: Check, ok: bool, message: str, now: float) -> HealthState:
     """The result of the probe that was due at `state.next_at`, known at `now`."""
     due = state.next_at

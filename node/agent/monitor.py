@@ -23,7 +23,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from node.agent.health import Check, HealthState, Verdict, begin, docker_verdict, needs_replacing, observe
+from node.agent.health import (
+    Check,
+    HealthState,
+    NotChecked,
+    Verdict,
+    begin,
+    docker_verdict,
+    needs_replacing,
+    not_checked,
+    observe,
+)
 from node.runtime.base import Container
 
 log = logging.getLogger(__name__)
@@ -128,8 +138,11 @@ class HealthMonitor:
                 task.add_done_callback(self._probes.discard)
 
     async def _probe(self, t: _Tracked) -> None:
+        unknown = ""
         try:
             ok, message = await self.prober.probe(t.check, t.container)
+        except NotChecked as exc:  # the engine did not answer: no result, nothing counts
+            ok, message, unknown = False, str(exc), str(exc)
         except Exception as exc:  # a bug in a probe must not stop the checking
             log.exception("health probe of %s failed", t.container.name)
             ok, message = False, f"probe failed: {exc}"
@@ -138,7 +151,10 @@ class HealthMonitor:
         if self._tracked.get(t.container.id) is not t:
             return  # forgotten (gone, replaced, check changed) while it ran
         before = self._verdict(t)
-        t.state = observe(t.state, t.check, ok, message, self.clock())
+        if unknown:
+            t.state = not_checked(t.state, t.check, unknown, self.clock())
+        else:
+            t.state = observe(t.state, t.check, ok, message, self.clock())
         t.at = self.wall()
         after = self._verdict(t)
         if (before.health, before.message, before.failures, before.replace) != (

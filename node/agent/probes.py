@@ -25,8 +25,8 @@ import os
 import ssl
 
 from node.agent import grpc_probe, http_probe
-from node.agent.health import Check
-from node.runtime.base import Container, EngineError, Runtime
+from node.agent.health import Check, NotChecked
+from node.runtime.base import Container, EngineError, Runtime, RuntimeUnavailable
 
 SIMULATED = "io.shoal.simulated"  # node.dev.simruntime's label: nothing runs, every check passes
 MESSAGE_LIMIT = 300  # characters of a probe's message kept (exec output can be long)
@@ -79,12 +79,20 @@ class Prober:
         return True, f"tcp :{port} accepted"
 
     async def _exec(self, check: Check, c: Container) -> tuple[bool, str]:
+        bound = asyncio.timeout(check.timeout + 2.0)
         try:
-            # The runtime bounds the exec itself; this bounds a Docker call that hangs.
-            async with asyncio.timeout(check.timeout + 2.0):
+            # The runtime bounds the exec itself (its TimeoutError: the command ran too long,
+            # the replica's failure); this bounds a Docker call that hangs (not its failure).
+            async with bound:
                 result = await self.runtime.exec(c.id, check.command, check.timeout)
         except TimeoutError:
-            return False, f"{check.describe()}: did not finish within {check.timeout:g}s"
+            if not bound.expired():
+                return False, f"{check.describe()}: did not finish within {check.timeout:g}s"
+            raise NotChecked(
+                f"not checked: the engine did not answer the exec within {check.timeout + 2.0:g}s"
+            ) from None
+        except RuntimeUnavailable as exc:
+            raise NotChecked(_clip(f"not checked: {exc}")) from None
         out = " ".join(result.output.split())
         if result.exit_code == 0:
             return True, "exit 0"

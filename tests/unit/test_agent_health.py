@@ -26,7 +26,7 @@ from node.runtime.base import LABELS, Container, DockerHealth, ExecResult, Runti
 from node.store.memory import MemoryStore
 from node.store.session import Session
 from node.telemetry.events import EventLog
-from tests.factories import CLUSTER, FakeClock, make_service, make_task
+from tests.factories import CLUSTER, FakeClock, make_container, make_service, make_task
 from tests.helpers import wait_until
 
 NODE = "n1"
@@ -496,3 +496,48 @@ async def test_a_verdict_change_wakes_a_pass_by_itself() -> None:
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
+
+
+async def test_an_exec_check_the_engine_does_not_answer_counts_nothing(world: World) -> None:
+    """dockerd away or hanging: the exec check cannot run, which is not the replica's
+    failure. Counted, every exec-checked replica turned unhealthy, was withdrawn and then
+    replaced once the engine answered again, the very case the engine watch rides out."""
+    from node.agent.probes import Prober
+
+    world.agent.monitor.prober = Prober(world.runtime, ADDRESS)
+    check = {"exec": ["test", "-f", "/tmp/healthy"], "interval": 1.0, "retries": 1}
+    svc = await world.service(health=check)
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    await world.step()
+    [c] = world.runtime.running()
+    assert (await world.status(t1)).health == "healthy"
+    world.runtime.set_exec(c.id, RuntimeUnavailable("cannot reach the Docker engine"))
+    for _ in range(4):
+        await world.step(1.0)
+    status = await world.status(t1)
+    assert status.health == "healthy" and "not checked" in status.health_message, status
+    assert await world.published(t1) and ("stop", c.id) not in world.runtime.calls
+    world.runtime.set_exec(c.id, ExecResult(1, ""))  # the engine answers: a real result counts
+    await world.step(1.0)
+    assert (await world.status(t1)).health == "unhealthy"
+
+
+async def test_an_exec_the_engine_never_answers_is_not_checked_and_one_that_runs_too_long_fails() -> None:
+    from node.agent.health import NotChecked
+    from node.agent.probes import Prober
+
+    class Hanging(FakeRuntime):
+        async def exec(self, container_id: str, command: Any, timeout: float) -> ExecResult:
+            await asyncio.sleep(3600)
+            raise AssertionError("never")
+
+    check = Check("exec", command=("true",), timeout=0.05)
+    c = make_container(make_task(make_service("web"), 1, NODE))
+    with pytest.raises(NotChecked, match="did not answer"):
+        await Prober(Hanging(), ADDRESS).probe(check, c)
+    runtime = FakeRuntime()
+    runtime.containers[c.id] = c
+    runtime.set_exec(c.id, TimeoutError("true did not finish within 0.05s"))
+    assert await Prober(runtime, ADDRESS).probe(check, c) == (False, "exec true: did not finish within 0.05s")
