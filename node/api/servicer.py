@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Callable
 
@@ -71,7 +72,7 @@ def event_filter(request: api_pb2.StreamEventsRequest) -> Filter:
         raise InvalidArgument(
             f"cause: {request.cause[:80]!r} is not a cause id ('c' and 12 hex digits, as `apply` prints)"
         )
-    if request.since < 0:
+    if not math.isfinite(request.since) or request.since < 0:  # NaN passed `< 0`: "everything"
         raise InvalidArgument(f"since: {request.since:g} must be a time (unix seconds), not negative")
     return Filter(request.since, request.service, request.kind, request.cause)
 

@@ -121,7 +121,7 @@ class TaskFinder:
         """A task id, SERVICE.SLOT, or SERVICE (its lowest slot whose task runs)."""
         name, dot, slot_text = text.partition(".")
         if dot:
-            if not slot_text.isdigit():
+            if not _digits(slot_text):
                 raise InvalidArgument(f"{text!r}: write SERVICE.SLOT with a slot number, e.g. web.1")
             found = [t for t in await self.service_targets(name) if t.slot == int(slot_text)]
             if not found:
@@ -171,7 +171,7 @@ class TaskFinder:
         if service:  # the newest first: a cap keeps the recent history
             found.sort(key=lambda t: float(t["created"] or 0), reverse=True)
         for t in found[:cap]:
-            slot = int(t["slot"]) if t["slot"].isdigit() else 0
+            slot = int(t["slot"]) if _digits(t["slot"]) else 0
             out.tasks.add(
                 task=t["task"],
                 service=t["service"],
@@ -232,3 +232,9 @@ class TaskFinder:
                 "tasks %s%s: node %s did not answer: %s", service and f"of {service} ", prefix, info.id, exc
             )
             return None
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() says yes to '²' (which int() refuses) and to other
+    scripts' digits (which int() reads as a slot)."""
+    return text.isascii() and text.isdigit()

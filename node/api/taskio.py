@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import shlex
 from collections.abc import AsyncIterator, Callable
 
@@ -93,7 +94,7 @@ class TaskIO(TaskFinder):
             targets = await self.service_targets(request.service)
         else:
             raise InvalidArgument("give a service name or a task id")
-        if request.since < 0:
+        if not math.isfinite(request.since) or request.since < 0:  # NaN passed `< 0`, inf went to Docker
             raise InvalidArgument("since: a time in unix seconds, not negative")
         sources = [self._task_batches(t, request) for t in targets[:MAX_TASKS]]
         if request.follow:

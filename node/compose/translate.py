@@ -400,7 +400,7 @@ class _Service:
             if proto and proto != "tcp":
                 self.error(value, i, "expose", f"refused: {proto} ports are {keys.NO_UDP}")
                 continue
-            if not number.isdigit():
+            if not (number.isascii() and number.isdigit()):
                 self.error(value, i, "expose", f"must be a port number, got {text!r}")
             elif int(number) not in have:
                 self.out.setdefault("ports", []).append({"container": int(number)})
@@ -413,7 +413,9 @@ class _Service:
         kind, _, count = text.partition(":")
         if kind == "unless-stopped":
             kind = "always"
-        if kind not in _RESTART or (count and (kind != "on-failure" or not count.isdigit())):
+        if kind not in _RESTART or (
+            count and (kind != "on-failure" or not (count.isascii() and count.isdigit()))
+        ):
             self.error(
                 self.body,
                 "restart",

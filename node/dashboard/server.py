@@ -242,7 +242,7 @@ def _int(query: dict[str, str], name: str, default: int) -> int:
     text = query.get(name, "")
     if not text:
         return default
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise Refused(400, f"{name}: {text[:20]!r} is not a whole number")
     return int(text)
 

@@ -373,7 +373,7 @@ def validate(c: NodeConfig) -> NodeConfig:
         raise ConfigError("etcd: at least one endpoint (host:port) is needed")
     for endpoint in c.etcd:
         host, _, port = endpoint.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit()):
             raise ConfigError(f"etcd: {endpoint!r} is not host:port")
     if c.names:
         vip_network(c.vip_range)

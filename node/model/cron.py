@@ -101,7 +101,7 @@ def _number(text: str, field: str, lo: int, hi: int, names: tuple[str, ...]) -> 
     low = text.lower()
     if names and low in names:
         return names.index(low) + (1 if field == "month" else 0)
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         named = f" or a name ({', '.join(names[:3])}, ...)" if names else ""
         raise CronError(f"{field}: {text!r} is not a number{named}")
     n = int(text)
@@ -119,7 +119,7 @@ def _field(text: str, index: int) -> frozenset[int]:
         body, _, step_text = part.partition("/")
         step = 1
         if step_text or part.endswith("/"):
-            if not step_text.isdigit() or int(step_text) == 0:
+            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0:
                 raise CronError(f"{field}: step in {part!r} must be a whole number above 0")
             step = int(step_text)
         if body == "*":

@@ -330,9 +330,11 @@ def _mode(v: Any) -> Any:
 
 def _abs_path(v: str) -> str:
     parts = v.split("/")
-    if not v.startswith("/") or v == "/" or ".." in parts or "" in parts[1:] or len(v) > 1024:
+    # "." and ".." both: /etc/./x is /etc/x, so two mounts (or the secrets rule) compared apart
+    if not v.startswith("/") or v == "/" or {".", ".."} & set(parts) or "" in parts[1:] or len(v) > 1024:
         raise _fail(
-            f"must be an absolute file path such as /etc/app/app.conf (no '..', no '//'), got {v!r:.80}"
+            "must be an absolute file path such as /etc/app/app.conf (no '.' or '..' segment, "
+            f"no '//'), got {v!r:.80}"
         )
     if v == "/run/secrets" or v.startswith("/run/secrets/"):
         raise _fail("/run/secrets is where secrets are mounted: choose another path for a config")

@@ -46,10 +46,11 @@ def _name(v: str) -> str:
 
 def _target(v: str) -> str:
     parts = v.split("/")
-    if not v.startswith("/") or v == "/" or ".." in parts or "" in parts[1:] or len(v) > 1024:
+    # "." and ".." both: /etc/./x is /etc/x, so two mounts (or the secrets rule) compared apart
+    if not v.startswith("/") or v == "/" or {".", ".."} & set(parts) or "" in parts[1:] or len(v) > 1024:
         raise _fail(
-            "must be an absolute directory path such as /var/lib/redis (not /, no '..', no '//'), "
-            f"got {v!r:.80}"
+            "must be an absolute directory path such as /var/lib/redis (not /, no '.' or '..' "
+            f"segment, no '//'), got {v!r:.80}"
         )
     if v == SECRETS_DIR or v.startswith(SECRETS_DIR + "/"):
         raise _fail(f"{SECRETS_DIR} is where secrets are mounted: choose another path for a volume")

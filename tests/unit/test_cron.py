@@ -90,6 +90,9 @@ def test_fixed_and_wildcard() -> None:
         ("* 24 * * *", None, "hour: 24 is out of range 0-23"),
         ("* * 0 * *", None, "day of month: 0 is out of range 1-31"),
         ("* * * foo *", None, "month: 'foo' is not a number or a name"),
+        ("\u00b2 * * * *", None, "minute: '\u00b2' is not a number"),  # str.isdigit() said yes
+        ("\u0661 * * * *", None, "minute: '\u0661' is not a number"),  # and int() read it as 1
+        ("*/\u0662 * * * *", None, "minute"),
         ("* * * * 8", None, "day of week: 8 is out of range 0-7"),
         ("5-1 * * * *", None, "runs backwards"),
         ("*/0 * * * *", None, "step"),

@@ -146,6 +146,8 @@ def test_event_filters_are_checked_and_name_what_to_fix() -> None:
         (api_pb2.StreamEventsRequest(cause="abc"), "cause"),
         (api_pb2.StreamEventsRequest(service="Web!"), "service"),
         (api_pb2.StreamEventsRequest(since=-1), "since"),
+        (api_pb2.StreamEventsRequest(since=float("nan")), "since"),
+        (api_pb2.StreamEventsRequest(since=float("inf")), "since"),
     ):
         with pytest.raises(InvalidArgument, match=f"^{what}: "):
             event_filter(request)

@@ -127,6 +127,8 @@ def test_a_spec_without_references_keeps_its_template_hash() -> None:
         ("configs: [{source: c, target: etc/x}]", "configs[0].target: must be an absolute file path"),
         ("configs: [{source: c, target: /a/../etc/passwd}]", "must be an absolute file path"),
         ("configs: [{source: c, target: /run/secrets/x}]", "/run/secrets is where secrets are mounted"),
+        ("configs: [{source: c, target: /run/./secrets/x}]", "no '.' or '..' segment"),  # the rule, dodged
+        ("configs: [{source: c, target: /.}]", "must be an absolute file path"),  # is /
         ("secrets: [{source: a, sorce: b}]", "unknown field 'sorce'; did you mean 'source'?"),
     ],
 )

@@ -235,6 +235,9 @@ async def test_an_unknown_service_or_task_is_not_found_and_a_request_needs_one()
         _ = [x async for x in io.logs(api_pb2.LogsRequest(task="zz"))]
     with pytest.raises(InvalidArgument, match="service name or a task id"):
         _ = [x async for x in io.logs(api_pb2.LogsRequest())]
+    for since in (-1.0, float("nan"), float("inf")):  # NaN passed `< 0` as "everything"
+        with pytest.raises(InvalidArgument, match="since"):
+            _ = [x async for x in io.logs(api_pb2.LogsRequest(service="web", since=since))]
 
 
 async def test_a_node_that_is_not_registered_or_a_missing_container_is_a_notice_not_a_failure() -> None:
@@ -262,6 +265,9 @@ async def test_exec_targets() -> None:
     assert (await io.exec_target("t1")).node == "n1"
     with pytest.raises(InvalidArgument, match=r"SERVICE\.SLOT"):
         await io.exec_target("web.x")
+    for other in ("web.\u00b2", "web.\u0661"):  # '²' (int() refuses it), Arabic-Indic 1 (read as 1)
+        with pytest.raises(InvalidArgument, match=r"SERVICE\.SLOT"):
+            await io.exec_target(other)
     with pytest.raises(NotFound, match="slot 9"):
         await io.exec_target("web.9")
     with pytest.raises(NotFound, match="not found"):

@@ -94,6 +94,7 @@ def test_a_spec_with_volumes_round_trips_and_one_without_keeps_its_template_hash
         ("volumes: [{name: a, target: /d}, {name: b, target: /d}]", "volumes[1].target", "already used"),
         ("volumes: [{name: data, target: /run/secrets}]", "volumes[0].target", "secrets"),
         ("volumes: [{name: data, target: /run/secrets/x}]", "volumes[0].target", "secrets"),
+        ("volumes: [{name: data, target: /run/./secrets}]", "volumes[0].target", "'.'"),
         ("volumes: [{name: data, target: /d, size: 1}]", "volumes[0].size", "unknown field"),
         ("mode: global\nvolumes: [{name: data, target: /d}]", "volumes", "replicated"),
         ("update: {order: start-first}\nvolumes: [{name: data, target: /d}]", "update.order", "stop-first"),
