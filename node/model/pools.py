@@ -38,6 +38,7 @@ POOL_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,22}[a-z0-9])?")  # node ids are `<
 POOL_LABEL = "shoal.pool"  # every pool node carries this label (its pool's name)
 MAX_POOLS = 32
 MAX_POOL_NODES = 1000
+MAX_NODE_MEMORY = 64 * 2**40  # bytes: the largest node a pool asks for (64Ti; ListPools carries it as int64)
 _POOL_KEYS = {"provider", "min", "max", "node", "idle_timeout", "join_timeout"}
 _PROVIDER_KEYS = {"command", "timeout"}
 _NODE_KEYS = {"cpu", "memory", "labels"}
@@ -128,6 +129,9 @@ def parse_pool(name: str, raw: Any) -> PoolSpec:
         command = command.split()
     if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
         raise _bad(f"{where}.provider.command", "must be a non-empty list of strings (program and arguments)")
+    if any("\0" in a or len(a) > 4096 for a in command) or len(command) > 64:
+        # a NUL cannot be passed to a program: every call failed, and the record kept retrying
+        raise _bad(f"{where}.provider.command", "at most 64 arguments of 4096 characters, without NUL")
     node = _keys(f"{where}.node", body.get("node"), _NODE_KEYS)
     cpu = node.get("cpu")
     if isinstance(cpu, bool) or not isinstance(cpu, int | float) or not 0 < cpu <= 1024:
@@ -137,8 +141,8 @@ def parse_pool(name: str, raw: Any) -> PoolSpec:
         mem = parse_memory(memory) if isinstance(memory, str) else memory
     except ValueError as exc:
         raise _bad(f"{where}.node.memory", str(exc)) from None
-    if isinstance(mem, bool) or not isinstance(mem, int) or mem < 2**20:
-        raise _bad(f"{where}.node.memory", f"must be at least 1Mi (e.g. 4Gi), got {memory!r}")
+    if isinstance(mem, bool) or not isinstance(mem, int) or not 2**20 <= mem <= MAX_NODE_MEMORY:
+        raise _bad(f"{where}.node.memory", f"must be from 1Mi to 64Ti (e.g. 4Gi), got {memory!r:.80}")
     labels = node.get("labels") or {}
     if not isinstance(labels, dict):
         raise _bad(f"{where}.node.labels", "must be a mapping of key: value")
@@ -150,6 +154,14 @@ def parse_pool(name: str, raw: Any) -> PoolSpec:
             )
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise _bad(f"{where}.node.labels.{key}", "must be a string")
+        text = str(value)  # as `shoal node label` takes them: a constraint can match it
+        if len(text) > 255 or text != text.strip() or not text.isprintable():
+            raise _bad(
+                f"{where}.node.labels.{key}",
+                f"must be printable, at most 255 characters, without spaces at either end, got {text[:80]!r}",
+            )
+    if len(labels) > 64:
+        raise _bad(f"{where}.node.labels", "at most 64 labels")
     low, high = _count(f"{where}.min", body.get("min"), 0), _count(f"{where}.max", body.get("max"), 1)
     if high < 1 or low > high:
         raise _bad(f"{where}.max", f"must be at least 1 and at least min ({low}), got {high}")

@@ -156,6 +156,23 @@ def test_nodes_of_a_pool_no_longer_declared_go_back_once_empty() -> None:
             "pools.b.max: must be at least 1 and at least min (3)",
         ),
         ({"pools": {"b": {"provider": {"command": ["x"]}, "nodes": {}}}}, "unknown key(s) nodes"),
+        # hostile values: each was accepted, and broke ListPools or every provider call
+        ({"pools": {"b": {"provider": {"command": ["x"]}, "node": {"cpu": 1, "memory": 10**30}}}}, "to 64Ti"),
+        (
+            {"pools": {"b": {"provider": {"command": ["x", "a\0b"]}, "node": {"cpu": 1, "memory": "1Gi"}}}},
+            "NUL",
+        ),
+        (
+            {
+                "pools": {
+                    "b": {
+                        "provider": {"command": ["x"]},
+                        "node": {"cpu": 1, "memory": "1Gi", "labels": {"z": "a\nb"}},
+                    }
+                }
+            },
+            "pools.b.node.labels.z: must be printable",
+        ),
         (
             {
                 "pools": {
