@@ -156,6 +156,8 @@ class ShoalServicer(
         out.proxy_errors.extend(convert.proxy_errors(binds))
         rollout = await self.store.get(self.keys.rollout(record.name))
         current = RolloutRecord.from_json(rollout.value) if rollout is not None else None
+        if current is not None and current.uid and current.uid != record.uid:
+            current = None  # a removed namesake's (a pass that raced its `rm` wrote it): not this one's
         if current is not None:
             out.rollout.CopyFrom(convert.rollout(current))
         if current is None or current.to_version != record.version:
