@@ -70,6 +70,8 @@ PORTS_DEADLINE = 2.0  # seconds to wait for a started container's host ports to 
 EXEC_WORKERS = 4  # threads for exec health checks (each blocks at most its timeout)
 PULL_WORKERS = 4  # threads for image pulls (one per image pulled at once; more wait their turn,
 #   their deadline running); a pull stalled on a silent socket ends at the client's read timeout
+STOP_WORKERS = 16  # threads for stops: each blocks for up to its grace (SIGTERM ignored: all of it),
+#   so a burst of them (a scale-down, an rm) on the main pool held up every list and start
 EXEC_OUTPUT = 4096  # bytes of an exec's output kept
 PING_TIMEOUT = 5.0  # s a ping may take (connect and read) before the engine counts as not answering
 
@@ -81,6 +83,7 @@ class DockerRuntime:
         self._max_workers = max_workers
         self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="shoal-docker")
         self._exec_pool = ThreadPoolExecutor(EXEC_WORKERS, thread_name_prefix="shoal-docker-exec")
+        self._stop_pool = ThreadPoolExecutor(STOP_WORKERS, thread_name_prefix="shoal-docker-stop")
         self._ping_pool = ThreadPoolExecutor(1, thread_name_prefix="shoal-docker-ping")
         self._pull_pool = ThreadPoolExecutor(PULL_WORKERS, thread_name_prefix="shoal-docker-pull")
         self._pull_client: docker.DockerClient | None = None
@@ -106,7 +109,9 @@ class DockerRuntime:
         return await self._call(self._run, spec)
 
     async def stop(self, container_id: str, timeout: float = 10.0, remove: bool = True) -> None:
-        await self._call(self._stop, container_id, timeout, remove)
+        """In a pool of its own (`STOP_WORKERS`): a stop waits out the grace of a container
+        that ignores SIGTERM, and lists and starts must not queue behind it."""
+        await self._call(self._stop, container_id, timeout, remove, pool=self._stop_pool)
 
     async def rename(self, container_id: str, name: str) -> None:
         await self._call(self._rename, container_id, name)
@@ -144,11 +149,11 @@ class DockerRuntime:
             return
         self._closed = True
         if not wait:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._exec_pool.shutdown(wait=False, cancel_futures=True)
+            for pool in (self._pool, self._exec_pool, self._stop_pool):
+                pool.shutdown(wait=False, cancel_futures=True)
             return
-        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
-        await asyncio.to_thread(self._exec_pool.shutdown, wait=True, cancel_futures=True)
+        for pool in (self._pool, self._exec_pool, self._stop_pool):
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
         self._ping_pool.shutdown(wait=False, cancel_futures=True)  # a ping ends by its own timeout
         self._pull_pool.shutdown(wait=False, cancel_futures=True)  # a pull ends at its deadline
         if self._client is not None:
@@ -171,11 +176,11 @@ class DockerRuntime:
 
     # -- plumbing: every call runs in the pool, with errors mapped once ------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any, pool: ThreadPoolExecutor | None = None) -> T:
         if self._closed:
             raise EngineError("the Docker runtime is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(self._guarded, fn, *args))
+        return await loop.run_in_executor(pool or self._pool, functools.partial(self._guarded, fn, *args))
 
     def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -194,7 +199,9 @@ class DockerRuntime:
     def _docker(self) -> docker.DockerClient:
         with self._client_lock:
             if self._client is None:
-                self._client = self._new_client(max_pool_size=self._max_workers + 1)
+                # one connection per thread that may call at once (main, exec and stop pools)
+                size = self._max_workers + EXEC_WORKERS + STOP_WORKERS + 1
+                self._client = self._new_client(max_pool_size=size)
             return self._client
 
     def _new_client(self, **opts: Any) -> docker.DockerClient:

@@ -189,3 +189,26 @@ async def test_an_images_healthcheck_is_read_or_turned_off(
     assert off.docker_health is None
     [listed] = [c for c in await runtime.list(labels) if c.id == off.id]
     assert listed.docker_health is None and listed.ip
+
+
+async def test_stops_waiting_out_their_grace_hold_up_no_listing(
+    runtime: DockerRuntime, labels: dict[str, str]
+) -> None:
+    """Containers that ignore SIGTERM (`sleep` as PID 1 has no handler) take their whole
+    grace to stop. Six of them at once filled the four threads every call shared: a
+    listing (the agent's pass) waited behind them. Stops have threads of their own now."""
+    ids = []
+    for i in range(6):
+        c = await runtime.run(
+            spec(labels, name=f"deaf{i}", image="shoal-demo/base:1", command=("sleep", "600"), ports=())
+        )
+        ids.append(c.id)
+    stops = [asyncio.create_task(runtime.stop(cid, timeout=8)) for cid in ids]
+    try:
+        await asyncio.sleep(0)  # a yield, not a wait: each stop task hands its call to a thread
+        listed = await runtime.list(labels)
+        assert not any(s.done() for s in stops), "the listing answered while every stop still waited"
+        assert {c.id for c in listed} == set(ids)
+    finally:
+        await asyncio.gather(*stops)
+    assert await runtime.list(labels) == []
