@@ -13,6 +13,7 @@ import time
 
 import grpc
 
+from node.api.checks import check_name
 from node.api.server import handle
 from node.model.cron import CronError, next_tick
 from node.model.domain import ServiceRecord, readable_services
@@ -90,7 +91,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.JobInfo:
-        kv = await self.store.get(self.keys.service(request.name))
+        kv = await self.store.get(self.keys.service(check_name(request.name)))
         if kv is None:
             raise NotFound(f"no job named {request.name!r}; `shoal job ls` lists them")
         service = ServiceRecord.from_json(kv.value)
@@ -102,7 +103,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
     async def ListRuns(
         self, request: jobs_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListRunsResponse:
-        kv = await self.store.get(self.keys.service(request.name))
+        kv = await self.store.get(self.keys.service(check_name(request.name)))
         if kv is None:
             raise NotFound(f"no job named {request.name!r}; `shoal job ls` lists them")
         service = ServiceRecord.from_json(kv.value)

@@ -17,6 +17,7 @@ import grpc
 
 from node.api import convert, nodes, resolve
 from node.api.admin import AdminHandlers, check_text
+from node.api.checks import check_name
 from node.api.nodespecs import NodeSpecWriter, check_node
 from node.api.server import handle, handle_stream
 from node.api.services import ServiceWriter
@@ -37,23 +38,10 @@ from node.model.domain import (
 from node.model.errors import FailedPrecondition, InvalidArgument, NotFound
 from node.model.keys import Keys
 from node.model.spec import MAX_SPEC_BYTES
-from node.model.spec_lifecycle import SERVICE_NAME_PATTERN
 from node.pb import api_pb2, api_pb2_grpc
 from node.security.auth import current_caller
 from node.store import Store
 from node.telemetry.events import Filter, decode
-
-_NAME = re.compile(SERVICE_NAME_PATTERN)  # <stack>_<service> too
-
-
-def check_name(name: str, what: str = "name") -> str:
-    if not name or len(name) > 63 or not _NAME.fullmatch(name):
-        raise InvalidArgument(
-            f"{what}: {name[:80]!r} is not a service name (1-63 of a-z, 0-9 and '-', "
-            "starting and ending with a letter or digit; <stack>_<service> in a stack)"
-        )
-    return name
-
 
 _KIND = re.compile(r"[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*\.?")
 _CAUSE = re.compile(r"c[0-9a-f]{12}")

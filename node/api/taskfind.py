@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
+from node.api.checks import check_name, check_task_id
 from node.model.domain import Assignment, NodeInfo, TaskStatus
 from node.model.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from node.model.keys import Keys
@@ -76,11 +77,12 @@ class TaskFinder:
         return sorted(out, key=lambda a: (a.slot, a.created_at))
 
     async def service_targets(self, service: str) -> list[Target]:
-        if await self.store.get(self.keys.service(service)) is None:
+        if await self.store.get(self.keys.service(check_name(service, "service"))) is None:
             raise NotFound(f"service '{service}' not found; `shoal service ls` lists the services")
         return [Target(a.task_id, a.service, a.slot, a.node) for a in await self._assignments(service)]
 
     async def task_target(self, task_id: str) -> Target:
+        check_task_id(task_id)  # before it is asked of every node
         assigned = await self._assignments()
         for a in assigned:
             if a.task_id == task_id:

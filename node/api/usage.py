@@ -19,6 +19,7 @@ from collections.abc import Callable
 import grpc
 import grpc.aio
 
+from node.api.checks import check_name
 from node.api.server import handle
 from node.api.taskio import PeerStubs
 from node.model.domain import NodeInfo
@@ -91,7 +92,10 @@ class UsageBook:
         return out
 
     async def gather(self, request: api_pb2.UsageRequest) -> api_pb2.UsageResponse:
-        if request.service and await self.store.get(self.keys.service(request.service)) is None:
+        if (
+            request.service
+            and await self.store.get(self.keys.service(check_name(request.service, "service"))) is None
+        ):
             raise NotFound(f"service '{request.service}' not found; `shoal service ls` lists the services")
         out = self.local(request)
         others = [n for n in await self.nodes() if n.id != self.node and not n.simulated]

@@ -23,7 +23,8 @@ from google.protobuf.json_format import MessageToDict  # type: ignore[import-unt
 from google.protobuf.message import Message  # type: ignore[import-untyped]
 
 from node.api import convert
-from node.api.servicer import ShoalServicer, check_name
+from node.api.checks import check_name
+from node.api.servicer import ShoalServicer
 from node.model.domain import Assignment, RolloutRecord, TaskStatus
 from node.model.errors import InvalidArgument
 from node.pb import api_pb2

@@ -1,5 +1,6 @@
 """What `inspect` shows of a service re-created with the same name: nothing of the
-removed one's rollout (a leader pass that raced the `rm` can leave its record)."""
+removed one's rollout (a leader pass that raced the `rm` can leave its record); and
+names a request carries that cannot be one."""
 
 from __future__ import annotations
 
@@ -24,3 +25,34 @@ async def test_a_removed_namesake_s_rollout_is_not_shown_on_the_new_service() ->
     await store.put(KEYS.rollout("web"), mine.to_json())
     got = await servicer.GetService(api_pb2.GetServiceRequest(name="web"), None)  # type: ignore[arg-type]
     assert got.rollout.state == "completed"
+
+
+class Aborted(Exception):
+    pass
+
+
+class Context:
+    """What a handler's `context.abort` was told (the gRPC status and its details)."""
+
+    async def abort(self, code: object, details: str) -> None:
+        raise Aborted(code, details)
+
+
+async def test_job_calls_refuse_a_name_that_cannot_be_one_and_echo_it_short() -> None:
+    import grpc
+    import pytest
+
+    from node.api.jobs import JobsServicer
+    from node.pb import jobs_pb2
+
+    servicer = JobsServicer(MemoryStore(), KEYS)
+    huge = "j" * 4_000_000 + "!"
+    for call in (
+        servicer.GetJob(jobs_pb2.GetJobRequest(name=huge), Context()),  # type: ignore[arg-type]
+        servicer.ListRuns(jobs_pb2.ListRunsRequest(name="../x"), Context()),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(Aborted) as err:
+            await call
+        code, details = err.value.args
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "is not a service name" in details
+        assert len(details) < 300

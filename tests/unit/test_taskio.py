@@ -483,3 +483,19 @@ def test_a_kept_task_is_a_shutdown_row_with_its_exit_code() -> None:
     )
     assert (row.message, row.updated_at, row.container_id, row.terminal) == (t.status, 9.0, "c3", True)
     assert convert.kept_task("n2", peer_pb2.FoundTask(task="k4", status="Up 3 minutes")).exit_code == 0
+
+
+async def test_names_that_cannot_be_one_are_refused_short_before_any_lookup() -> None:
+    """A 4 MB name came back whole in NOT_FOUND (past what gRPC's metadata carries), and a
+    garbage task id was asked of every node first."""
+    io, _ = await make()
+    huge = "x" * 4_000_000
+    for request in (api_pb2.LogsRequest(service=huge), api_pb2.LogsRequest(service="Web!")):
+        with pytest.raises(InvalidArgument, match="is not a service name") as err:
+            _ = [x async for x in io.logs(request)]
+        assert len(str(err.value)) < 300
+    with pytest.raises(InvalidArgument, match="is not a task id") as err:
+        _ = [x async for x in io.logs(api_pb2.LogsRequest(task="a/../" + huge))]
+    assert len(str(err.value)) < 300
+    with pytest.raises(InvalidArgument, match="is not a task id"):
+        await io.exec_target("zz zz")
