@@ -26,10 +26,11 @@ rollout gets the current value (the roll that follows brings every replica to it
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,12 +69,12 @@ class SecretFiles:
         base = self.root / task.task_id
         for ref in spec.secrets or []:
             name = ref.target or ref.source
-            data = await self._value("secret", ref.source)
-            path = self._write(base / "secrets", name, data, int(ref.mode, 8))
+            read = functools.partial(self._value, "secret", ref.source)
+            path = await self._file(base / "secrets", name, int(ref.mode, 8), read)
             mounts.append(Mount(str(path), f"/run/secrets/{name}"))
         for i, cref in enumerate(spec.configs or []):
-            data = await self._value("config", cref.source)
-            path = self._write(base / "configs", str(i), data, int(cref.mode, 8))
+            read = functools.partial(self._value, "config", cref.source)
+            path = await self._file(base / "configs", str(i), int(cref.mode, 8), read)
             mounts.append(Mount(str(path), cref.target))
         return replace(container, env=env, mounts=(*container.mounts, *mounts))
 
@@ -125,6 +126,20 @@ class SecretFiles:
         if kind == "config":
             return record.value(None)
         return self._open(record.data, f"secret/{name}", f"secret '{name}'")
+
+    async def _file(
+        self, directory: Path, name: str, mode: int, read: Callable[[], Awaitable[bytes]]
+    ) -> Path:
+        """One secret's or config's file for this task: the one an earlier start of the same
+        task wrote (a restart after a crash), as it is, else read from etcd and written.
+        A task's spec binds the objects' revisions (an update of one rolls new tasks), so
+        the file holds what etcd would give; and a crashed replica restarts while etcd does
+        not answer, as one without secrets does (docs/reliability: etcd away, a replica
+        crashes). Written atomically (a temporary, then a rename): a file there is whole."""
+        path = directory / name
+        if path.is_file():
+            return path
+        return self._write(directory, name, await read(), mode)
 
     def _write(self, directory: Path, name: str, value: bytes, mode: int) -> Path:
         """Write one file (atomically: a temporary, then a rename). A file system that

@@ -16,7 +16,7 @@ from node.model.spec import SpecError, parse_spec, spec_to_dict
 from node.runtime.base import ContainerSpec, EngineError
 from node.security.objects import ObjectRecord
 from node.security.sealing import PREFIX, Sealer, SealError, is_sealed, secret_ad, secret_env_ad
-from node.store import StoreUnavailable
+from node.store import StoreError, StoreUnavailable
 from node.store.memory import MemoryStore
 from tests.factories import make_task
 
@@ -305,8 +305,9 @@ async def test_prepare_writes_0400_files_opens_secret_env_and_sweep_removes_them
     assert (tmp_path / "root").stat().st_mode & 0o777 == 0o700
     files.sweep({task.task_id})
     assert mounts["/run/secrets/db_pw"].exists()
-    # A daemon that died mid-write left a temporary file (0400): the next start rewrites.
+    # A daemon that died mid-write left a temporary file (0400) and no file: the next start writes.
     leftover = mounts["/run/secrets/db_pw"].parent / ".db_pw.tmp"
+    mounts["/run/secrets/db_pw"].unlink()
     leftover.write_bytes(b"half")
     leftover.chmod(0o400)
     again = await files.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
@@ -324,7 +325,29 @@ async def test_prepare_writes_0400_files_opens_secret_env_and_sweep_removes_them
         await wrong.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
     await store.delete(KEYS.object("secret", "db_pw"))
     with pytest.raises(EngineError, match="secret 'db_pw' does not exist"):
-        await files.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
+        await files.prepare(make_task(record, 2, "n1"), record.spec, ContainerSpec("c", "x:1", {}))
+
+
+async def test_a_restart_of_the_same_task_needs_no_etcd(tmp_path: Path) -> None:
+    """etcd away, a replica with secrets crashes: its restart (the same task) mounts the
+    files its first start wrote, where it read etcd again and could not start. A task's
+    spec binds the objects' revisions, so those files hold what etcd would give."""
+    from node.agent.secretfiles import SecretFiles
+
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    await w.objects.put("config", "conf", b"a=1\n", False, w)
+    record, _ = await w.apply(SPEC + "configs: [{source: conf, target: /etc/app.conf}]\n", "app.yaml")
+    task = make_task(record, 1, "n1")
+    files = SecretFiles(store, KEYS, tmp_path / "root", sealer())
+    first = await files.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
+    store.unavailable = True
+    again = await files.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
+    assert again.mounts == first.mounts
+    assert Path(again.mounts[0].source).read_bytes() == b"hunter2"
+    with pytest.raises(StoreError):  # another task has no files yet: it needs etcd
+        await files.prepare(make_task(record, 2, "n1"), record.spec, ContainerSpec("c", "x:1", {}))
 
 
 async def test_legacy_plain_secret_env_passes_and_no_references_touch_no_disk(tmp_path: Path) -> None:
