@@ -135,7 +135,7 @@ class ShoalServicer(
         self, request: api_pb2.GetServiceRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.Service:
         record, _ = await self.writer.read(check_name(request.name))
-        tasks = (await self._tasks(record.name)).get(record.name, [])
+        tasks = _of(record, (await self._tasks(record.name)).get(record.name, []))
         out = convert.service(record, tasks)
         pending = await self._pending(record.name)
         if pending is not None:
@@ -190,7 +190,7 @@ class ShoalServicer(
         }
         services = []
         for r in records:
-            out = convert.service(r, tasks.get(r.name, []))
+            out = convert.service(r, _of(r, tasks.get(r.name, [])))
             if r.name in pending:
                 out.pending, out.pending_reason = pending[r.name].count, pending[r.name].reason
             services.append(out)
@@ -220,8 +220,8 @@ class ShoalServicer(
         self, request: api_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListTasksResponse:
         name = check_name(request.service, "service")
-        await self.writer.read(name)
-        tasks = (await self._tasks(name)).get(name, [])
+        record, _ = await self.writer.read(name)
+        tasks = _of(record, (await self._tasks(name)).get(name, []))
         out = api_pb2.ListTasksResponse(tasks=[convert.task(t, s) for t, s in tasks])
         if request.all:  # and the kept ones, from every node's engine (decision 71)
             assigned = {t.task_id for t in out.tasks}
@@ -384,7 +384,7 @@ class ShoalServicer(
         for name, records in sorted(members.items()):
             services = []
             for record, _ in sorted(records, key=lambda m: m[0].name):
-                out = convert.service(record, tasks.get(record.name, []))
+                out = convert.service(record, _of(record, tasks.get(record.name, [])))
                 if (p := pending.get(record.name)) is not None:
                     out.pending, out.pending_reason = p.count, p.reason
                 services.append(out)
@@ -393,3 +393,11 @@ class ShoalServicer(
 
 
 __all__ = ["NotFound", "ShoalServicer", "check_name"]
+
+
+def _of(
+    record: ServiceRecord, tasks: list[tuple[Assignment, TaskStatus | None]]
+) -> list[tuple[Assignment, TaskStatus | None]]:
+    """The tasks of `record`'s incarnation: a service re-created with the same name before
+    the leader unassigned the removed one's tasks showed them as its own (ps, inspect, ls)."""
+    return [(t, s) for t, s in tasks if not t.uid or not record.uid or t.uid == record.uid]

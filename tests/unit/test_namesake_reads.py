@@ -56,3 +56,24 @@ async def test_job_calls_refuse_a_name_that_cannot_be_one_and_echo_it_short() ->
         code, details = err.value.args
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "is not a service name" in details
         assert len(details) < 300
+
+
+async def test_a_removed_namesake_s_tasks_are_not_listed_as_the_new_service_s() -> None:
+    """rm, then apply again before the leader's next pass unassigned the old tasks: ps,
+    inspect and ls counted them as the new service's replicas."""
+    from dataclasses import replace
+
+    from tests.factories import make_task
+
+    store = MemoryStore()
+    servicer = ShoalServicer(store, KEYS, "n1")
+    record, _ = await servicer.writer.apply("name: web\nimage: shoal-demo/web:1\nreplicas: 2\n", "web.yaml")
+    old = replace(make_task(record, 1, "n1", task_id="old1"), uid="0123456789abcdef")
+    mine = replace(make_task(record, 2, "n1", task_id="mine2"), uid=record.uid)
+    for t in (old, mine):
+        await store.put(KEYS.task("web", t.slot), t.to_json())
+    ps = await servicer.ListTasks(api_pb2.ListTasksRequest(service="web"), None)  # type: ignore[arg-type]
+    assert [t.task_id for t in ps.tasks] == ["mine2"]
+    got = await servicer.GetService(api_pb2.GetServiceRequest(name="web"), None)  # type: ignore[arg-type]
+    ls = await servicer.ListServices(api_pb2.ListServicesRequest(), None)  # type: ignore[arg-type]
+    assert got.running == ls.services[0].running <= 1
