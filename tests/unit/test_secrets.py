@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -345,7 +346,8 @@ async def test_a_restart_of_the_same_task_needs_no_etcd(tmp_path: Path) -> None:
     store.unavailable = True
     again = await files.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
     assert again.mounts == first.mounts
-    assert Path(again.mounts[0].source).read_bytes() == b"hunter2"
+    written = {m.target: m.source for m in again.mounts}["/run/secrets/db_pw"]
+    assert await asyncio.to_thread(Path(written).read_bytes) == b"hunter2"
     with pytest.raises(StoreError):  # another task has no files yet: it needs etcd
         await files.prepare(make_task(record, 2, "n1"), record.spec, ContainerSpec("c", "x:1", {}))
 
