@@ -76,13 +76,15 @@ class WriteQueue:
         ops: list[Op] = [Delete(k) if v is None else Put(k, v, lease=lease) for k, v in batch.items()]
         for i in range(0, len(ops), MAX_TXN_OPS):
             await self.store.txn([], ops[i : i + MAX_TXN_OPS])
-            if self.session.lease != lease:
-                # the lease was replaced while this was in etcd: what it put dies with the
-                # old lease, and the publisher's re-queue of the same bytes for the new one
-                # must not be taken as written. All stays pending, for the next flush.
+            # the lease replaced while this was in etcd: what it put dies with the old lease,
+            # and the publisher's re-queue of the same bytes for the new one must not be taken
+            # as written; those puts stay pending for the next flush (a delete holds anyway)
+            replaced = self.session.lease != lease
+            if replaced:
                 self._wake.set()
-                continue
             for op in ops[i : i + MAX_TXN_OPS]:
+                if replaced and isinstance(op, Put):
+                    continue
                 if op.key in self._pending and self._pending[op.key] == batch[op.key]:
                     del self._pending[op.key]  # unchanged since: written
 

@@ -285,6 +285,8 @@ async def test_a_lease_replaced_while_a_flush_is_in_etcd_is_written_again_on_the
     status = TaskStatus("t1", "web", 1, "n1", "running")
     await publisher.publish([status], [])
     key = KEYS.status("t1")
+    gone = KEYS.endpoint("web", "t0")
+    publisher.writes.delete(gone)  # a withdrawal in the same flush: it holds whatever the lease
     old = session.lease
     store.thawed.clear()  # the flush's txn hangs in etcd
     first = asyncio.create_task(publisher.flush())
@@ -294,6 +296,7 @@ async def test_a_lease_replaced_while_a_flush_is_in_etcd_is_written_again_on_the
     store.thawed.set()
     await first
     assert publisher.writes.pending(key), "not taken as written on the new lease"
+    assert not publisher.writes.pending(gone), "a delete is done, lease or not"
     await publisher.flush()
     await store.revoke(old)  # the session revokes the lost lease once etcd answers
     kv = await store.get(key)
