@@ -226,7 +226,11 @@ class ShoalServicer(
         if request.all:  # and the kept ones, from every node's engine (decision 71)
             assigned = {t.task_id for t in out.tasks}
             found, silent = await self._taskio().history(name)
-            out.tasks.extend(convert.kept_task(node, t) for node, t in found if t.task not in assigned)
+            out.tasks.extend(
+                convert.kept_task(node, t)
+                for node, t in found
+                if t.task not in assigned and t.uid in ("", record.uid)  # not a removed namesake's
+            )
             out.silent_nodes.extend(silent)
         pending = await self._pending(name)
         if pending is not None:

@@ -182,6 +182,7 @@ class TaskFinder:
                 container=t["id"],
                 status=t["status"],
                 created=float(t["created"] or 0),
+                uid=t.get("uid", ""),
             )
         out.truncated = len(found) > cap
         return out

@@ -126,7 +126,7 @@ class FindTasksRequest(_message.Message):
     def __init__(self, task: _Optional[str] = ..., service: _Optional[str] = ...) -> None: ...
 
 class FoundTask(_message.Message):
-    __slots__ = ("task", "service", "slot", "state", "container", "status", "created")
+    __slots__ = ("task", "service", "slot", "state", "container", "status", "created", "uid")
     TASK_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,7 @@ class FoundTask(_message.Message):
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
     task: str
     service: str
     slot: int
@@ -141,7 +142,8 @@ class FoundTask(_message.Message):
     container: str
     status: str
     created: float
-    def __init__(self, task: _Optional[str] = ..., service: _Optional[str] = ..., slot: _Optional[int] = ..., state: _Optional[str] = ..., container: _Optional[str] = ..., status: _Optional[str] = ..., created: _Optional[float] = ...) -> None: ...
+    uid: str
+    def __init__(self, task: _Optional[str] = ..., service: _Optional[str] = ..., slot: _Optional[int] = ..., state: _Optional[str] = ..., container: _Optional[str] = ..., status: _Optional[str] = ..., created: _Optional[float] = ..., uid: _Optional[str] = ...) -> None: ...
 
 class FindTasksResponse(_message.Message):
     __slots__ = ("node", "tasks", "truncated")

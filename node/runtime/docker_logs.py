@@ -173,6 +173,7 @@ class DockerStreams:
                 "id": str(c.get("Id", "")),
                 "status": str(c.get("Status", "")),
                 "created": str(c.get("Created", 0)),
+                "uid": c["Labels"].get(LABELS.UID, ""),
             }
             for task, c in sorted(newest.items())
         ]

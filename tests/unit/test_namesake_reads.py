@@ -77,3 +77,30 @@ async def test_a_removed_namesake_s_tasks_are_not_listed_as_the_new_service_s() 
     got = await servicer.GetService(api_pb2.GetServiceRequest(name="web"), None)  # type: ignore[arg-type]
     ls = await servicer.ListServices(api_pb2.ListServicesRequest(), None)  # type: ignore[arg-type]
     assert got.running == ls.services[0].running <= 1
+
+
+async def test_ps_all_leaves_out_the_kept_containers_of_a_removed_namesake() -> None:
+    """Kept (exited) containers are found on every node by their labels; the uid label now
+    travels with them (`FoundTask.uid`), so those of a removed incarnation are left out
+    (one from an older node, without a uid, is still shown)."""
+    from node.pb import peer_pb2
+
+    store = MemoryStore()
+    servicer = ShoalServicer(store, KEYS, "n1")
+    record, _ = await servicer.writer.apply("name: web\nimage: shoal-demo/web:1\n", "web.yaml")
+    found = [
+        (
+            "n1",
+            peer_pb2.FoundTask(task="old1", service="web", slot=1, state="exited", uid="0123456789abcdef"),
+        ),
+        ("n1", peer_pb2.FoundTask(task="mine1", service="web", slot=1, state="exited", uid=record.uid)),
+        ("n2", peer_pb2.FoundTask(task="legacy1", service="web", slot=1, state="exited")),
+    ]
+
+    class History:
+        async def history(self, service: str) -> tuple[list[tuple[str, peer_pb2.FoundTask]], list[str]]:
+            return found, []
+
+    servicer._taskio = lambda: History()  # type: ignore[assignment,method-assign,return-value]
+    ps = await servicer.ListTasks(api_pb2.ListTasksRequest(service="web", all=True), None)  # type: ignore[arg-type]
+    assert sorted(t.task_id for t in ps.tasks) == ["legacy1", "mine1"]
