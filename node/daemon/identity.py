@@ -141,6 +141,13 @@ class NodeIdentity:
                 f"this data dir belongs to another cluster; use another --data-dir (or remove "
                 f"{self.files.root} and join with a join token)"
             )
+        if not self.files.ca_passphrase.exists():  # a join cut off between its two writes (older shoal)
+            raise IdentityError(
+                f"this node has a certificate but no CA passphrase ({self.files.ca_passphrase}): it could "
+                "not open secrets nor renew its certificate. Copy that file (mode 0600) from a member's "
+                f"data dir, or remove {self.files.root} and join again with a new join token "
+                "(`shoal cluster rotate-token`)"
+            )
         problem = self._problem(self._client_tls)
         if problem is not None:
             log.info("node certificate %s; renewing it now", problem)
@@ -217,9 +224,9 @@ class NodeIdentity:
                 raise IdentityError(
                     f"cannot join: the certificate from {target} is not usable: {exc}"
                 ) from None
-            self.files.save(ca_pem, attempt.key, answer.certificate)
-            if answer.ca_passphrase:
+            if answer.ca_passphrase:  # first: a node.pem on disk is what says "joined" at the next start
                 write_secret(self.files.ca_passphrase, answer.ca_passphrase)
+            self.files.save(ca_pem, attempt.key, answer.certificate)
             self._use(ca_pem, attempt.key, answer.certificate)
             log.info("joined the cluster: node certificate signed by %s", answer.member or target)
             return

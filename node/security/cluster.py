@@ -130,10 +130,26 @@ class ClusterSecurity:
         """Make the CA, the first join token and the first admin's credentials (a token and
         a client certificate named `admin`) and store them in one transaction, once: a
         cluster that already has a CA is refused (FailedPrecondition), never overwritten."""
+        made = self.prepare(admin)
+        await self.store_initial(*made)
+        return made
+
+    def prepare(
+        self, admin: str = "admin"
+    ) -> tuple[ClusterCA, bootstrap.ClusterSecrets, bootstrap.ClientCredentials]:
+        """The CA, the first join token and the first admin's credentials, in memory only
+        (`store_initial` stores them): a caller can put the passphrase on disk first."""
         authority, secrets = bootstrap.init_cluster(self.cluster, self.lifetimes)
         first = bootstrap.client_credentials(
             authority, admin, Role.ADMIN, "the first admin, made by cluster init", self.lifetimes
         )
+        return authority, secrets, first
+
+    async def store_initial(
+        self, authority: ClusterCA, secrets: bootstrap.ClusterSecrets, first: bootstrap.ClientCredentials
+    ) -> None:
+        """Store what `prepare` made, in one transaction, once (FailedPrecondition when the
+        cluster already has a CA)."""
         result = await self.store.txn(
             [Compare(self.keys.ca_cert, "create", "==", 0)],
             [
@@ -148,7 +164,6 @@ class ClusterSecurity:
                 f"the cluster under {self.keys.prefix} in etcd is already initialised (it has a CA); "
                 "to add this host, start shoald with the join token (`shoal cluster join-token` on a member)"
             )
-        return authority, secrets, first
 
     async def ca_cert(self) -> bytes:
         kv = await self.store.get(self.keys.ca_cert)

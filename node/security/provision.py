@@ -15,6 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.model.errors import FailedPrecondition
 from node.security import bootstrap
 from node.security.ca import ClusterCA, Lifetimes
 from node.security.cluster import ClusterSecurity
@@ -69,9 +70,26 @@ async def init_host(
     dns: list[str],
     endpoint: str,
 ) -> Initialised:
-    """Initialise the cluster (refused when it already is) and set this host up as its first node."""
-    authority, secrets, admin = await security.initialise()
-    issue_node(files, authority, secrets.ca_passphrase, node_id, ips, dns, security.lifetimes)
+    """Initialise the cluster (refused when it already is) and set this host up as its first node.
+
+    The host's files (the CA passphrase above all) are written before the CA goes to etcd:
+    written after, a kill, a Ctrl-C or a full disk between the two left a CA in etcd whose
+    key no one could open, and a second init was refused (already initialised). Refused,
+    the files just written are removed. A data dir that already holds a node's files is
+    written over only once the cluster is ours."""
+    authority, secrets, admin = security.prepare()
+    fresh = not files.exists() and not files.ca_passphrase.exists()
+    if fresh:
+        issue_node(files, authority, secrets.ca_passphrase, node_id, ips, dns, security.lifetimes)
+    try:
+        await security.store_initial(authority, secrets, admin)
+    except FailedPrecondition:
+        if fresh:
+            for path in (files.identity, files.ca_cert, files.ca_passphrase):
+                path.unlink(missing_ok=True)
+        raise
+    if not fresh:
+        issue_node(files, authority, secrets.ca_passphrase, node_id, ips, dns, security.lifetimes)
     return Initialised(
         authority, secrets.ca_passphrase, secrets.join.token, admin_context(endpoint, authority, admin)
     )
