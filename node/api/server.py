@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from node.model.errors import ShoalError, status_of
 from node.pb import api_pb2, peer_pb2
-from node.store import StoreUnavailable
+from node.store import StoreError, StoreUnavailable
 from node.wire import rpc
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,13 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     if isinstance(exc, StoreUnavailable):
         await context.abort(
             grpc.StatusCode.UNAVAILABLE, f"{exc}; the cluster state cannot be read or written now"
+        )
+    if isinstance(exc, StoreError):  # refused by etcd: an alarm (database space exceeded) refuses
+        # every write until cleared; a compacted watch asks to start again. Not this node's bug.
+        log.warning("etcd refused a call: %s", exc)
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{exc}"[:400] + "; try again (an etcd alarm needs an operator: etcdctl alarm list)",
         )
     log.exception("handler failed")
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"[:500])

@@ -39,7 +39,7 @@ from node.model.spec_job import is_job, rollback_replicas
 from node.model.spec_lifecycle import stack_problem
 from node.security.objects import ObjectRecord
 from node.store import KV, Compare, Delete, Put, Store, claim_kinds
-from node.store.base import Op
+from node.store.base import ETCD_TXN_LIMIT, Op
 from node.store.claims import service_writes
 from node.store.retry import compare_and_swap
 
@@ -77,6 +77,12 @@ class ServiceWriter:
         secrets and configs need (`bound`), in one transaction compared on the service
         key's mod revision."""
         compares, ops = await self.write_ops(record, expect_mod, old, bound)
+        n = max(len(compares), len(ops))
+        if n > ETCD_TXN_LIMIT:  # etcd refuses it (INVALID_ARGUMENT), which read as an internal error
+            raise InvalidArgument(
+                f"{record.name}: this change needs {n} operations in one etcd transaction and the limit "
+                f"is {ETCD_TXN_LIMIT}: use fewer secrets, configs and published ports in one service"
+            )
         return (await self.store.txn(compares, ops)).succeeded
 
     async def write_ops(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 MAX_TXN_OPS = 100  # etcd's limit is 128 per branch; stay well below with the compares
+ETCD_TXN_LIMIT = 128  # etcd's own (--max-txn-ops): a transaction past it is refused outright
 
 
 class StoreError(Exception):

@@ -105,6 +105,18 @@ def test_unexpected_errors_are_internal_and_store_outages_unavailable() -> None:
     assert _served(StoreUnavailable("etcd unreachable")).code == grpc.StatusCode.UNAVAILABLE
 
 
+def test_a_call_etcd_refused_is_unavailable_not_internal() -> None:
+    """etcd's space alarm refuses every write (RESOURCE_EXHAUSTED), and a follow watch can be
+    compacted: neither is this node's bug, and INTERNAL (with a traceback per call) said so."""
+    from node.store import Compacted, StoreError
+
+    context = _served(
+        StoreError("etcd at [127.0.0.1:2379] refused the request: etcdserver: mvcc: database space exceeded")
+    )
+    assert context.code == grpc.StatusCode.UNAVAILABLE and "database space exceeded" in context.details
+    assert _served(Compacted(5)).code == grpc.StatusCode.UNAVAILABLE
+
+
 def test_the_client_re_exports_the_one_family() -> None:
     for name in node.wire.client.__all__:
         value = getattr(node.model.errors, name, None)

@@ -11,7 +11,7 @@ import pytest
 
 from node.api.services import ServiceWriter
 from node.model.domain import ServiceRecord, template_hash
-from node.model.errors import Conflict, FailedPrecondition, NotFound
+from node.model.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.model.keys import Keys
 from node.model.spec import SpecError, parse_spec, spec_to_dict
 from node.runtime.base import ContainerSpec, EngineError
@@ -391,3 +391,19 @@ async def test_a_file_system_that_refuses_the_files_fails_the_start_not_the_agen
         await files.prepare(task, record.spec, ContainerSpec("c", "x:1", {}))
     files.sweep(set())  # cannot list it: said, and the pass goes on
     assert root.read_bytes() == b"in the way"
+
+
+async def test_an_apply_too_big_for_one_transaction_is_refused_saying_why() -> None:
+    """64 secrets and 64 configs need more writes than etcd takes in one transaction: etcd
+    refused it and the caller read an internal error. Now it says what to change."""
+    store = MemoryStore()
+    w = writer(store)
+    for i in range(64):
+        await w.objects.put("secret", f"s{i}", b"x", False, w)
+        await w.objects.put("config", f"c{i}", b"x", False, w)
+    secrets = ", ".join(f"{{source: s{i}}}" for i in range(64))
+    configs = ", ".join(f"{{source: c{i}, target: /etc/c{i}}}" for i in range(64))
+    before = store.revision
+    with pytest.raises(InvalidArgument, match="operations in one etcd transaction"):
+        await w.apply(f"name: big\nimage: x:1\nsecrets: [{secrets}]\nconfigs: [{configs}]\n", "big.yaml")
+    assert store.revision == before
