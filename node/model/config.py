@@ -446,11 +446,26 @@ def resolve_node_id(c: NodeConfig) -> NodeConfig:
     c.data_dir.mkdir(parents=True, exist_ok=True)
     path = c.data_dir / "node-id"
     stored = path.read_text().strip() if path.exists() else ""
+    if path.exists() and not stored:  # a power loss under an older shoal's plain write
+        raise ConfigError(
+            f"node_id: {path} is empty; write this node's id into it (`shoal node ls` on a member "
+            "lists them), or remove it to start as a new node"
+        )
     if stored and c.node_id and stored != c.node_id:
         raise ConfigError(f"node_id: {c.data_dir} belongs to node {stored!r}, not {c.node_id!r}")
     node_id = stored or c.node_id or f"{_host_part()}-{secrets.token_hex(2)}"
-    if not stored:
-        path.write_text(node_id + "\n")
+    if not stored:  # whole or not at all: a temporary, synced, then renamed (and the directory synced)
+        tmp = path.with_name(".node-id.tmp")
+        with tmp.open("w") as f:
+            f.write(node_id + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        directory = os.open(c.data_dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     return replace(c, node_id=node_id)
 
 

@@ -149,6 +149,18 @@ def test_a_given_node_id_is_persisted_and_a_different_one_refused(tmp_path: Path
     assert (tmp_path / "node-id").read_text().strip() == "n1"
 
 
+def test_an_empty_node_id_file_is_refused_not_replaced_by_a_new_id(tmp_path: Path) -> None:
+    """A power loss under a plain write left it empty: a new random id made the host join as
+    another node (its tasks moved, its drain and labels lost). Now it says what to do; and
+    the id is written whole or not at all (no temporary left behind)."""
+    (tmp_path / "node-id").write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        resolve_node_id(NodeConfig(data_dir=tmp_path))
+    (tmp_path / "node-id").unlink()
+    assert resolve_node_id(NodeConfig(node_id="n7", data_dir=tmp_path)).node_id == "n7"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node-id"]
+
+
 # -- labels ------------------------------------------------------------------------------
 
 
