@@ -115,12 +115,14 @@ class AdminHandlers:
                 )
             authority = await signer.authority()
             client_cert = authority.sign_csr(request.csr, asked, lifetime=signer.lifetimes.client)
+        # read before the token is stored: etcd failing after the store left a token whose
+        # secret no one ever received (an admin one, until revoked by hand)
+        ca_pem = authority.cert_pem if authority is not None else await signer.security.ca_cert()
         expires = datetime.now(UTC) + timedelta(seconds=request.expires_in) if request.expires_in else None
         token, record = StoredToken.issue(role, description, expires)
         revision = await signer.security.add_token(record)
         await signer.caught_up(signer.security.keys.token(record.id), revision)
         log.info("token %s (%s) created by %s", record.id, record.role, _caller())
-        ca_pem = authority.cert_pem if authority is not None else await signer.security.ca_cert()
         return api_pb2.CreateTokenResponse(
             token=str(token), info=token_info(record), client_certificate=client_cert, ca_certificate=ca_pem
         )

@@ -1,6 +1,7 @@
-"""`cluster init` and a join write the CA passphrase before what makes it matter: a kill
-between the steps can leave a passphrase with nothing to open, never a CA (in etcd) or a
-node certificate (on disk) whose passphrase is nowhere."""
+"""Security set-up in the right order. `cluster init` and a join write the CA passphrase
+before what makes it matter: a kill between the steps can leave a passphrase with nothing
+to open, never a CA (in etcd) or a node certificate (on disk) whose passphrase is nowhere.
+`CreateToken` reads what its answer needs before it stores the token."""
 
 from __future__ import annotations
 
@@ -73,3 +74,36 @@ async def test_a_node_with_a_certificate_and_no_passphrase_refuses_to_start_sayi
     assert identity.load()
     with pytest.raises(IdentityError, match=r"no CA passphrase .* join again"):
         await identity.ensure()
+
+
+async def test_create_token_stores_nothing_when_etcd_fails_before_its_answer() -> None:
+    """The CA certificate the answer carries was read after the token was stored: etcd
+    failing there left an admin token whose secret no one received. Read first now."""
+    from node.api.admin import Signer
+    from node.api.servicer import ShoalServicer
+    from node.pb import api_pb2
+    from node.security.ca import Lifetimes
+
+    class CaAway(MemoryStore):
+        fail = False
+
+        async def get(self, key: str) -> object:  # type: ignore[override]
+            if self.fail and key == KEYS.ca_cert:
+                raise StoreUnavailable("etcd unreachable")
+            return await super().get(key)
+
+    class Context:
+        async def abort(self, code: object, details: str) -> None:
+            raise RuntimeError(code, details)
+
+    store = CaAway()
+    security = ClusterSecurity(store, KEYS, "c1", Lifetimes())
+    _, secrets, _ = await security.initialise()
+    servicer = ShoalServicer(store, KEYS, "n1")
+    servicer.signer = Signer(security, lambda: secrets.ca_passphrase, Lifetimes(), None)
+    before = len(await security.tokens())
+    store.fail = True
+    with pytest.raises(RuntimeError, match="UNAVAILABLE"):
+        await servicer.CreateToken(api_pb2.CreateTokenRequest(role="admin"), Context())  # type: ignore[arg-type]
+    store.fail = False
+    assert len(await security.tokens()) == before, "no token stored without its answer"
