@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -246,16 +246,22 @@ class UsageMeter:
         puts = [Put(self.ukeys.raw_key(r.start, self.node, r.task), r.to_json()) for r in records]
         step = MAX_TXN_OPS - 1
         head, last = puts[: max(0, len(puts) - step)], puts[max(0, len(puts) - step) :]
-        for i in range(0, len(head), step):  # rewritten, not added, if the cursor write fails
-            await self.store.txn([], head[i : i + step])
         cursor = self.ukeys.cursor(self.node)
-        result = await self.store.txn(
-            [Compare(cursor, "mod", "==", self.cursor_rev)], [*last, Put(cursor, after.to_json())]
-        )
+        at_cursor = [Compare(cursor, "mod", "==", self.cursor_rev)]
+        for i in range(0, len(head), step):  # rewritten, not added, if the cursor write fails
+            # compared on the cursor too: after a final write applied whose answer was lost,
+            # these records are behind the real cursor, the leader's roll-up may have taken
+            # and deleted them, and put back they would be counted twice
+            if not (await self.store.txn(at_cursor, head[i : i + step])).succeeded:
+                self._moved()
+        result = await self.store.txn(at_cursor, [*last, Put(cursor, after.to_json())])
         if not result.succeeded:
-            self.state = None  # moved by someone else (an earlier write of ours that answered late)
-            raise StoreError(f"usage cursor of {self.node} moved meanwhile; resuming from it")
+            self._moved()
         self.cursor_rev = result.revision
+
+    def _moved(self) -> NoReturn:
+        self.state = None  # moved by someone else (an earlier write of ours that answered late)
+        raise StoreError(f"usage cursor of {self.node} moved meanwhile; resuming from it")
 
     def collector(self) -> MeterCollector:
         return MeterCollector(self)
