@@ -9,7 +9,9 @@ written by the leader; here it is only read, marked for removal or deleted:
   (so a slot placed meanwhile makes it retry, then refuse), the claim is marked
   `removing`: the holding node's agent removes the Docker volume and then the claim
   (`node.agent.volumes`). A holding node that is not in the cluster (no `nodes/` key)
-  cannot do that: the claim is deleted at once and the answer says the data stays there.
+  cannot do that: the claim is deleted at once and the answer says the data stays there
+  (one restarting, its `restarting/` mark present, counts as in the cluster; both absences
+  are compared in the transaction).
 - `service rm` and `stack rm` delete their claims with the service (`node.api.services`);
   the Docker volumes stay on their nodes (see docs/volumes.md).
 """
@@ -101,11 +103,17 @@ class VolumeClaims:
             if c.removing:
                 return c, f"volume {name} is already being removed from node {c.node}"
             compares = [Compare(key, "mod", "==", kv.mod_revision), Compare(task_key, "version", "==", 0)]
-            if await self.store.get(self.keys.node(c.node)) is None:
+            node_key, restarting = self.keys.node(c.node), self.keys.restarting(c.node)
+            # gone: not registered, and not a daemon restarting (its lease lapsed, its mark
+            # says it comes back). Compared in the transaction: a node that registers
+            # meanwhile makes it decide again, and then it marks the claim for that node
+            gone = await self.store.get(node_key) is None and await self.store.get(restarting) is None
+            if gone:
                 message = (
                     f"volume {name} removed; its node {c.node} is not in the cluster, so its data stays "
                     f"there (Docker volume {c.docker_name})"
                 )
+                compares += [Compare(node_key, "version", "==", 0), Compare(restarting, "version", "==", 0)]
                 ops: list[Put | Delete] = [Delete(key)]
             else:
                 message = f"volume {name} is being removed: node {c.node} deletes {c.docker_name}"

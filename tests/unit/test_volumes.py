@@ -326,3 +326,24 @@ async def test_stack_rm_and_service_rm_remove_every_volume_claim_and_nothing_els
     assert await stacks.remove("app") == ["app_cache", "app_other"]
     assert (await store.range(KEYS.service_volumes("app_cache")))[0] == []
     assert (await store.get(KEYS.volume("redis", 1, "data"))) is not None
+
+
+async def test_volume_rm_of_a_node_that_is_restarting_marks_it_not_deletes_it() -> None:
+    """A node whose daemon restarts has no nodes/ key for a moment (its lease lapsed) but a
+    restarting/ mark: taken for gone, the claim was deleted at once and the Docker volume
+    stayed on that node with nothing left to remove it."""
+    from node.api.volumes import VolumeClaims
+    from node.model.domain import VolumeClaim
+
+    store = MemoryStore()
+    claim = VolumeClaim("db", 1, "data", "n2", "t1", uid="u1")
+    await store.put(KEYS.volume("db", 1, "data"), claim.to_json())
+    await store.put(KEYS.restarting("n2"), b"{}")
+    got, message = await VolumeClaims(store, KEYS).remove("db.1.data")
+    assert got.removing and "node n2 deletes" in message
+    await store.delete(KEYS.restarting("n2"))  # it never came back: the claim goes at once
+    kv = await store.get(KEYS.volume("db", 1, "data"))
+    assert kv is not None
+    await store.put(kv.key, claim.to_json())  # (not yet marked, for this case)
+    got, message = await VolumeClaims(store, KEYS).remove("db.1.data")
+    assert "not in the cluster" in message and await store.get(KEYS.volume("db", 1, "data")) is None
