@@ -193,6 +193,9 @@ async def ready(bed: Bed, host: str, path: str = "/") -> None:
         return status not in (404, 503)
 
     await wait_until(routed, timeout=20)  # proxy workers start in a second or more
+    # and every worker took the last table pushed (the one that routed it, or newer): the
+    # answer came from one of them, and the next connection may land on the other (SO_REUSEPORT)
+    await wait_until(bed.mesh.acked, timeout=20)
 
 
 async def test_routes_by_host_and_longest_prefix_with_forwarded_headers(bed: Bed) -> None:
