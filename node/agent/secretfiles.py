@@ -19,8 +19,9 @@ still draining keeps its bind-mounted files open until it stops).
 
 A secret or config that is missing or does not open fails the start with a message
 naming it (`EngineError`: the agent marks the task failed and retries with back-off).
-The value is read at start: a replica of an older version that restarts during a
-rollout gets the current value (the roll that follows brings every replica to it).
+The value is read from etcd at a task's first start; a restart of the same task mounts
+the files that start wrote (`_file`): a task's spec binds the objects' revisions, so they
+hold its version's value, and a crashed replica restarts while etcd does not answer.
 """
 
 from __future__ import annotations
