@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from node.model.atomic import write_atomic
 from node.model.keys import DEFAULT_PREFIX
 from node.model.spec import parse_memory
 
@@ -454,18 +455,8 @@ def resolve_node_id(c: NodeConfig) -> NodeConfig:
     if stored and c.node_id and stored != c.node_id:
         raise ConfigError(f"node_id: {c.data_dir} belongs to node {stored!r}, not {c.node_id!r}")
     node_id = stored or c.node_id or f"{_host_part()}-{secrets.token_hex(2)}"
-    if not stored:  # whole or not at all: a temporary, synced, then renamed (and the directory synced)
-        tmp = path.with_name(".node-id.tmp")
-        with tmp.open("w") as f:
-            f.write(node_id + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        directory = os.open(c.data_dir, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+    if not stored:  # whole or not at all (a plain write could be left empty by a power loss)
+        write_atomic(path, (node_id + "\n").encode(), 0o644)
     return replace(c, node_id=node_id)
 
 

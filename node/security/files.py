@@ -17,36 +17,24 @@ can read is refused, as ssh does, so a mistake is noticed rather than lived with
 
 from __future__ import annotations
 
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from node.model.atomic import write_atomic
 
 
 class InsecureFile(PermissionError):
     """A secret file is readable by others; the message says which and how to fix it."""
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is masked by umask; a reused tmp keeps its own
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def write_secret(path: Path, data: bytes) -> None:
     """Write `data` so that only this user can ever read it (0600), atomically."""
-    _write(path, data, 0o600)
+    write_atomic(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
-    _write(path, data, 0o644)
+    write_atomic(path, data, 0o644)
 
 
 def read_secret(path: Path) -> bytes:
