@@ -198,3 +198,49 @@ def writes_since(
         return [k for k in seen if not k.startswith(ignored)]
 
     return on_store(endpoint, read)
+
+
+class Knocker:
+    """Connects to `host:port` in a loop from a thread (each connection closed at once),
+    bounded in count and `seconds`, counting those made and the refusals: a listener that
+    changes must refuse none. Each connect waits up to 10 s: under load a SYN dropped on a
+    full accept queue is sent again after 1 s and 3 s, and only a refusal is the fault.
+
+        async with Knocker(host, port) as k:
+            await wait_until(lambda: len(k.connected) > 20, timeout=10)
+            ...  # change the listener
+        assert k.refused == []
+    """
+
+    def __init__(self, host: str, port: int, seconds: float = 20.0, most: int = 200_000) -> None:
+        import threading
+
+        self.host, self.port, self.seconds, self.most = host, port, seconds, most
+        self.connected: list[int] = []
+        self.refused: list[OSError] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._knock, daemon=True)
+
+    def _knock(self) -> None:
+        import socket
+
+        end = time.monotonic() + self.seconds
+        while not self.done.is_set() and len(self.connected) + len(self.refused) < self.most:
+            if time.monotonic() >= end:
+                break
+            try:
+                socket.create_connection((self.host, self.port), timeout=10).close()
+                self.connected.append(1)
+            except OSError as exc:
+                self.refused.append(exc)
+
+    def summary(self) -> str:
+        return f"{len(self.refused)} of {len(self.refused) + len(self.connected)} refused: {self.refused[:3]}"
+
+    async def __aenter__(self) -> Knocker:
+        self.thread.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.done.set()
+        await asyncio.to_thread(self.thread.join)

@@ -23,7 +23,7 @@ from node.proxy.metrics import MeshCollector
 from node.store.memory import MemoryStore
 from node.telemetry.events import EventLog
 from tests.factories import make_service, make_task
-from tests.helpers import wait_until
+from tests.helpers import Knocker, wait_until
 
 HOST = "127.0.0.1"
 KEYS = Keys()
@@ -264,40 +264,19 @@ async def test_a_changed_route_refuses_no_connection(world: World) -> None:
     engine, which listens before the old one stops (both in the port's SO_REUSEPORT group):
     a client connecting in a loop meanwhile is never refused. Before, the daemon's mesh
     closed the old listener first, and the port was shut in between."""
-    import threading
-    import time
-
     port = free_port()
     web = tcp_service("web", port)
     await world.store.put(KEYS.service("web"), web.to_json())
     await world.backend(web, 1, "n1")
     await wait_until(lambda: port in world.mesh.listeners, 3.0)
-    refused: list[OSError] = []
-    connected: list[int] = []
-    done = threading.Event()
-
-    def knock() -> None:  # blocking connects, bounded in count and time
-        end = time.monotonic() + 20
-        while not done.is_set() and len(connected) + len(refused) < 200_000 and time.monotonic() < end:
-            try:  # 10 s: a SYN dropped on a full queue under load is sent again; only a refusal counts
-                socket.create_connection((HOST, port), timeout=10).close()
-                connected.append(1)
-            except OSError as exc:
-                refused.append(exc)
-
-    knocker = threading.Thread(target=knock)
-    knocker.start()
-    try:
-        await wait_until(lambda: len(connected) > 20, timeout=10)
+    async with Knocker(HOST, port) as k:
+        await wait_until(lambda: len(k.connected) > 20, timeout=10)
         for i in range(40):
             changed = tcp_service("web", port, container=81 + i % 2)
             await world.store.put(KEYS.service("web"), changed.to_json())
             await wait_until(lambda c=81 + i % 2: route_of(world, port) == c, 5.0)  # type: ignore[misc]
-    finally:
-        done.set()
-        await asyncio.to_thread(knocker.join)
-    assert refused == [], f"{len(refused)} of {len(refused) + len(connected)} refused: {refused[:3]}"
-    assert len(connected) > 20
+    assert k.refused == [], k.summary()
+    assert len(k.connected) > 20
 
 
 async def test_a_bind_error_is_reported_again_on_a_new_lease(world: World) -> None:

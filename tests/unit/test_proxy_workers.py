@@ -28,7 +28,7 @@ from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
 from node.proxy.workers import LocalMesh, WorkerMesh, mesh_for, stop_leftovers
 from node.store.memory import MemoryStore
-from tests.helpers import wait_until
+from tests.helpers import Knocker, wait_until
 from tests.unit.test_proxy_mesh import (
     HOST,
     KEYS,
@@ -371,8 +371,6 @@ async def test_a_changed_route_refuses_no_connection(tmp_path: Path) -> None:
     """A route that changes (here its container port, then back) gets a new engine: it
     listens before the old one stops, so a client connecting in a loop meanwhile is
     never refused (before: the old listener closed first, and the port was shut between)."""
-    import threading
-
     from node.proxy.worker import Worker as Process
 
     port = free_port()
@@ -380,36 +378,20 @@ async def test_a_changed_route_refuses_no_connection(tmp_path: Path) -> None:
     w = Process(tmp_path / "worker-0.sock")
     await w.apply(MeshSettings(), [wire.Entry(Route("web", port, 80, "tcp"), HOST, backends)])
     assert not w.errors, w.errors
-    refused, connected, done = [], [], threading.Event()
-
-    def knock() -> None:  # blocking connects, bounded in count and time
-        end = time.monotonic() + 10
-        while not done.is_set() and len(connected) + len(refused) < 200_000 and time.monotonic() < end:
-            try:
-                # 10 s: under load the accept queue can fill while the loop is busy, and a
-                # dropped SYN is sent again after 1 s and 3 s; only a refusal is the fault
-                socket.create_connection((HOST, port), timeout=10).close()
-                connected.append(1)
-            except OSError as exc:
-                refused.append(exc)
-
-    knocker = threading.Thread(target=knock)
-    knocker.start()
     try:
-        await wait_until(lambda: len(connected) > 20, timeout=10)
-        for i in range(40):
-            route = Route("web", port, 81 + i % 2, "tcp")
-            await w.apply(MeshSettings(), [wire.Entry(route, HOST, backends)])
-            assert not w.errors, w.errors
-            assert w.served[port].entry.route == route
-            await asyncio.sleep(0)  # let the closed engines finish
+        async with Knocker(HOST, port, seconds=10) as k:
+            await wait_until(lambda: len(k.connected) > 20, timeout=10)
+            for i in range(40):
+                route = Route("web", port, 81 + i % 2, "tcp")
+                await w.apply(MeshSettings(), [wire.Entry(route, HOST, backends)])
+                assert not w.errors, w.errors
+                assert w.served[port].entry.route == route
+                await asyncio.sleep(0)  # let the closed engines finish
     finally:
-        done.set()
-        await asyncio.to_thread(knocker.join)
         w.retire(port)
         await asyncio.gather(*w.closing)
-    assert refused == [], f"{len(refused)} of {len(refused) + len(connected)} refused: {refused[:3]}"
-    assert len(connected) > 20
+    assert k.refused == [], k.summary()
+    assert len(k.connected) > 20
 
 
 async def test_workers_of_another_build_are_replaced_without_a_refused_connection(pool: WorkerWorld) -> None:
