@@ -416,7 +416,9 @@ async def test_docker_healthcheck_is_honoured_without_a_spec_check(world: World)
     assert ("stop", c.id) in world.runtime.calls, "replaced after 2 x retries, as with a spec check"
 
 
-async def test_exec_checks_run_in_the_container(world: World) -> None:
+async def exec_checked(world: World) -> tuple[Assignment, Container]:
+    """One replica with an exec check (`test -f /tmp/healthy`, every 1 s, 1 retry), probed
+    through the real `Prober` on the fake runtime, started and probed once."""
     from node.agent.probes import Prober
 
     world.agent.monitor.prober = Prober(world.runtime, ADDRESS)
@@ -427,6 +429,11 @@ async def test_exec_checks_run_in_the_container(world: World) -> None:
     await world.reconcile()
     await world.step()
     [c] = world.runtime.running()
+    return t1, c
+
+
+async def test_exec_checks_run_in_the_container(world: World) -> None:
+    t1, c = await exec_checked(world)
     assert ("exec", c.id, "test", "-f", "/tmp/healthy") in world.runtime.calls
     assert await world.published(t1)
     world.runtime.set_exec(c.id, ExecResult(1, ""))
@@ -502,16 +509,7 @@ async def test_an_exec_check_the_engine_does_not_answer_counts_nothing(world: Wo
     """dockerd away or hanging: the exec check cannot run, which is not the replica's
     failure. Counted, every exec-checked replica turned unhealthy, was withdrawn and then
     replaced once the engine answered again, the very case the engine watch rides out."""
-    from node.agent.probes import Prober
-
-    world.agent.monitor.prober = Prober(world.runtime, ADDRESS)
-    check = {"exec": ["test", "-f", "/tmp/healthy"], "interval": 1.0, "retries": 1}
-    svc = await world.service(health=check)
-    t1 = make_task(svc, 1, NODE)
-    await world.assign(t1)
-    await world.reconcile()
-    await world.step()
-    [c] = world.runtime.running()
+    t1, c = await exec_checked(world)
     assert (await world.status(t1)).health == "healthy"
     world.runtime.set_exec(c.id, RuntimeUnavailable("cannot reach the Docker engine"))
     for _ in range(4):
