@@ -61,6 +61,9 @@ Guarantees:
   byte (or after the accept) 408, a request body with no byte for `body_timeout` s 408;
   each closes the connection, and no replica is contacted for a refused head. A
   connection over the node's `ConnectionCap` (shared by every listener) is closed at once;
+- an answer to a request not read whole (those above, a 502/503 before its body was in)
+  is followed by a lingering close (`node.proxy.linger`): FIN, then what the client still
+  sends is dropped for a while, so no RST cuts the answer before the client reads it;
 - `close()` stops listening and lets requests in flight finish for up to `drain_timeout`
   seconds, then aborts what is left. Meanwhile every response says `Connection: close`
   and ends its connection; a keep-alive connection idle for `DRAIN_IDLE` s is closed (one
@@ -94,6 +97,7 @@ from node.proxy.http_types import (
     Upstream,
 )
 from node.proxy.limits import ConnectionCap, HttpLimits
+from node.proxy.linger import SHUT
 from node.proxy.listener import CONNECT_TIMEOUT, Listener
 
 __all__ = ["CLIENT_IDLE", "HIGH_WATER", "LOW_WATER", "POOL_IDLE", "POOL_SIZE", "REPLAY_LIMIT", "HttpProxy"]
@@ -172,7 +176,8 @@ class HttpProxy(Listener[Client]):
         """Write `data` once every read of this loop iteration is handled: all the reads,
         then all the writes, so each write wakes its reader once per batch (this costs
         less CPU per request than writing at once, by fewer preemptions and cache misses).
-        `data` None closes the transport (once what is queued before is written)."""
+        `data` None closes the transport (once what is queued before is written), `SHUT`
+        shuts its write side (a lingering close, `node.proxy.linger`)."""
         if not self.pending:
             self.loop.call_soon(self.flush)
         self.pending.append((transport, data))
@@ -185,6 +190,8 @@ class HttpProxy(Listener[Client]):
                 continue
             if data is None:
                 transport.close()
+            elif data is SHUT:
+                transport.write_eof()
             else:
                 transport.write(data)
 

@@ -49,6 +49,8 @@ from node.proxy.http_types import HIGH_WATER, LOW_WATER, P_FULL, P_WAIT, POOL_SI
 from node.proxy.http_upgrade import asks_upgrade, hold, not_upgraded, upgraded
 from node.proxy.http_upstream import _Upstream
 from node.proxy.limits import LimitExceeded
+from node.proxy.linger import SHUT
+from node.proxy.linger import linger as start_linger
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +99,19 @@ class _Client(_Outcomes, asyncio.Protocol):
         self.held = b""
         self.tunnel: Tunnel | None = None  # after a 101
 
-    def shut(self, abort: bool = False) -> None:
+    def shut(self, abort: bool = False, linger: bool = False) -> None:
         """Close the connection (after what is buffered is sent, unless `abort`): no
-        request read after this is served."""
+        request read after this is served. `linger`: the client may still be sending (a
+        request not read whole), so shut the write side and drop what comes until it is
+        done (`node.proxy.linger`), lest an RST cut the answer."""
         self.closing = True
         if self.tunnel is not None:
             (self.tunnel.stop if abort else self.tunnel.close)()
             return
         if abort:
             self.transport.abort()
+        elif linger and not self.eof and start_linger(self, self.transport):
+            self.proxy.send(self.transport, SHUT)  # after what is queued for it
         else:
             self.proxy.send(self.transport, None)  # closes it after what is queued for it
 
@@ -474,8 +480,9 @@ class _Client(_Outcomes, asyncio.Protocol):
             self.cur = None  # _next with nothing to do
             self.idle_since = up.idle_since
 
-    def _next(self, close: bool) -> None:
-        """The current request is answered: go on with the next one, or close."""
+    def _next(self, close: bool, linger: bool = False) -> None:
+        """The current request is answered: go on with the next one, or close (`linger`:
+        see `shut`)."""
         done, self.cur = self.cur, None
         self.idle_since = _now()
         if done is not None and done is self.upgrading:
@@ -483,14 +490,14 @@ class _Client(_Outcomes, asyncio.Protocol):
             not_upgraded(self, close)
             return
         if close or self.proxy.closing or self.lost:
-            self.shut()
+            self.shut(linger=linger)
             return
         waiting = self.waiting
         if waiting:
             r = self.cur = waiting.popleft()
             self.dispatch(r, _now())
         elif self.eof or self.closing:
-            self.shut()
+            self.shut(linger=True)  # closing: what it sent after these cannot be read
         elif self.paused & P_WAIT:
             self.resume(P_WAIT)
 

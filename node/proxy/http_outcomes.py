@@ -44,13 +44,13 @@ class _Outcomes:
     def dispatch(self, r: Request, now: float, backend: Backend | None = None) -> None:
         raise NotImplementedError  # _Client's
 
-    def _next(self, close: bool) -> None:
+    def _next(self, close: bool, linger: bool = False) -> None:
         raise NotImplementedError  # _Client's
 
     def _unlink(self, up: Upstream) -> None:
         raise NotImplementedError  # _Client's
 
-    def shut(self, abort: bool = False) -> None:
+    def shut(self, abort: bool = False, linger: bool = False) -> None:
         raise NotImplementedError  # _Client's
 
     def buffered(self) -> int:
@@ -137,7 +137,7 @@ class _Outcomes:
         close = not r.keep_alive or self.proxy.closing or (not r.complete and r.expects_body)
         self.proxy.send(self.transport, error_response(status, body, close, r.method == b"HEAD", extra))
         if close or r.complete:
-            self._next(close)
+            self._next(close, linger=not r.complete)
         else:  # answered from on_headers_complete: on_message_complete follows at once
             r.answered = True
 
@@ -155,7 +155,7 @@ class _Outcomes:
                 self.shut(abort=True)
                 return
         self.proxy.send(self.transport, error_response(status, body, True))
-        self.shut()
+        self.shut(linger=True)  # what was not read may still be coming
 
     def too_slow(self, why: bytes) -> None:
         """The head, or the body being read, came too slowly: 408 and close."""

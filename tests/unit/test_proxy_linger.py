@@ -1,0 +1,151 @@
+"""Lingering close (`node.proxy.linger`): an answer to a request the L7 engine could not
+read whole reaches a client that is still sending, then a clean EOF; a client that
+never stops is cut after the quiet time or the byte budget. Real sockets on 127.0.0.1.
+
+Before lingering, the engine closed at once: the client's next write drew an RST, and
+the client saw "connection reset" instead of reading the answer to its end (the rare
+flake of `test_a_head_too_slow_gets_408_and_no_backend`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from node.proxy import linger
+from node.proxy.limits import HttpLimits
+from tests.helpers import wait_until
+from tests.unit.test_proxy_http import Client, HttpBackend
+from tests.unit.test_proxy_limits import proxy_to
+
+KiB = 1024
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[HttpBackend]:
+    b = HttpBackend("a")
+    yield b
+    await b.close()
+
+
+async def send_until_answered(c: Client, first: bytes, budget: int) -> None:
+    """Write `first`, then header bytes, until the proxy's answer is readable."""
+    c.writer.write(first)
+    sent = 0
+    while not c.reader._buffer and sent < budget:  # type: ignore[attr-defined]
+        c.writer.write(b"a" * (4 * KiB))
+        await c.writer.drain()
+        sent += 4 * KiB
+        await asyncio.sleep(0.001)
+    assert c.reader._buffer, "no answer"  # type: ignore[attr-defined]
+
+
+async def read_to_end(c: Client, timeout: float = 5.0) -> bytes:
+    """Everything the proxy sends until its EOF: a reset fails the test."""
+    async with asyncio.timeout(timeout):
+        return await c.reader.read()
+
+
+async def test_a_431_reaches_a_client_still_sending_then_a_clean_eof(backend: HttpBackend) -> None:
+    proxy = await proxy_to(backend, limits=HttpLimits(max_head=16 * KiB))
+    c = await Client.open(proxy.port)
+    await send_until_answered(c, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ", 1024 * KiB)
+    for _ in range(16):  # the client goes on sending, as an upload does, after the answer
+        c.writer.write(b"a" * (16 * KiB))
+        await c.writer.drain()
+    c.writer.write_eof()
+    data = await read_to_end(c)
+    assert data.startswith(b"HTTP/1.1 431 ") and data.endswith(b"request header fields too large\n"), data
+    assert backend.accepts == 0
+    await wait_until(lambda: proxy.stats.active == 0, 3.0, message="lingering connection closed")
+    await c.close()
+    await proxy.close()
+
+
+async def test_a_408_for_a_slow_head_reaches_a_client_sending_now_and_then(backend: HttpBackend) -> None:
+    proxy = await proxy_to(backend, limits=HttpLimits(head_timeout=0.3))
+    c = await Client.open(proxy.port)
+    c.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    async with asyncio.timeout(5.0):
+        while not c.reader._buffer:  # type: ignore[attr-defined]
+            c.writer.write(b"X")
+            await asyncio.sleep(0.02)
+    for _ in range(5):  # and a few more bytes after the answer came
+        c.writer.write(b"X")
+        await c.writer.drain()
+        await asyncio.sleep(0.02)
+    c.writer.write_eof()
+    data = await read_to_end(c)
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    await c.close()
+    await proxy.close()
+
+
+async def test_a_client_that_never_stops_sending_is_cut_at_the_byte_budget(
+    backend: HttpBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(linger, "MOST", 64 * KiB)
+    proxy = await proxy_to(backend, limits=HttpLimits(max_head=16 * KiB))
+    c = await Client.open(proxy.port)
+    await send_until_answered(c, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ", 1024 * KiB)
+    with contextlib.suppress(ConnectionError):
+        for _ in range(1000):  # bounded: 16 MiB at most, the budget is 64 KiB
+            c.writer.write(b"a" * (16 * KiB))
+            await c.writer.drain()
+            if proxy.stats.active == 0:
+                break
+    await wait_until(lambda: proxy.stats.active == 0, 3.0, message="connection over its budget closed")
+    await c.close()
+    await proxy.close()
+
+
+async def test_a_silent_lingering_client_is_closed_after_the_quiet_time(
+    backend: HttpBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(linger, "QUIET", 0.2)
+    proxy = await proxy_to(backend, limits=HttpLimits(max_head=16 * KiB))
+    c = await Client.open(proxy.port)
+    await send_until_answered(c, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ", 1024 * KiB)
+    # no EOF from the client: the proxy ends it after QUIET s without a byte
+    data = await read_to_end(c)
+    assert data.startswith(b"HTTP/1.1 431 "), data
+    await wait_until(lambda: proxy.stats.active == 0, 3.0, message="quiet connection closed")
+    await c.close()
+    await proxy.close()
+
+
+async def test_a_served_request_with_connection_close_does_not_linger(
+    backend: HttpBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path of a new connection per request is unchanged: a request read whole
+    and answered with `Connection: close` is closed at once, without waiting for the client
+    (which keeps its socket open here: a lingering one would stay for 30 s)."""
+    monkeypatch.setattr(linger, "QUIET", 30.0)
+    monkeypatch.setattr(linger, "LONGEST", 60.0)
+    proxy = await proxy_to(backend)
+    c = await Client.open(proxy.port)
+    c.send(headers=[("Connection", "close")])
+    m = await c.response()
+    assert m.status == 200
+    assert await c.closed()
+    await wait_until(lambda: proxy.stats.active == 0, 3.0, message="closed without lingering")
+    await c.close()
+    await proxy.close()
+
+
+def test_a_transport_that_cannot_half_close_is_not_lingered_on() -> None:
+    class NoEof(asyncio.Transport):
+        def can_write_eof(self) -> bool:
+            return False
+
+        def is_closing(self) -> bool:
+            return False
+
+    class Owner:
+        def connection_lost(self, exc: Exception | None) -> None:
+            raise AssertionError("not lingering")
+
+    assert linger.linger(Owner(), NoEof()) is False
+
