@@ -28,8 +28,8 @@ from node.store import Delete, Fenced, Put, Store, fence
 from node.store.base import MAX_TXN_OPS, Op
 
 
-def _what(record: PendingRecord) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
-    return record.reason, tuple(record.slots), tuple(record.nodes)
+def _what(record: PendingRecord) -> tuple[str, tuple[int, ...], tuple[str, ...], str]:
+    return record.reason, tuple(record.slots), tuple(record.nodes), record.uid
 
 
 class PendingReasons:
@@ -49,9 +49,10 @@ class PendingReasons:
             if not plan.pending:
                 continue
             old = published.get(plan.service)
-            since = old.since if old is not None and old.reason == plan.reason else now
+            same = old is not None and old.reason == plan.reason and old.uid == plan.uid  # not a namesake's
+            since = old.since if old is not None and same else now
             out[plan.service] = PendingRecord(
-                plan.service, plan.reason, sorted(plan.unplaced), sorted(plan.pending_nodes), since
+                plan.service, plan.reason, sorted(plan.unplaced), sorted(plan.pending_nodes), since, plan.uid
             )
         return out
 

@@ -98,6 +98,7 @@ class Plan:
     reason: str = ""  # why replicas are pending, for `ps` and events
     revision: int = 0  # the snapshot's revision this plan was computed at
     claims: list[VolumeClaim] = field(default_factory=list)  # volume claims to write
+    uid: str = ""  # the service incarnation planned for (its pending reason is that one's)
 
     @property
     def empty(self) -> bool:
@@ -124,7 +125,7 @@ class _Service:
         self.epoch, self.now, self.new_id = epoch, now, new_id
         self.template = template_hash(record.spec)
         self.cores = (record.spec.resources.cpu if record.spec.resources else None) or 0.0
-        self.plan = Plan(record.name)
+        self.plan = Plan(record.name, uid=record.uid)
         self.needs: list[tuple[int, Assignment | None, str]] = []  # (slot, old task, why), by slot
         self.taken = 0
         self.mine: dict[int, int] = {}  # node index -> replicas of this service there

@@ -138,7 +138,7 @@ class ShoalServicer(
         tasks = _of(record, (await self._tasks(record.name)).get(record.name, []))
         out = convert.service(record, tasks)
         pending = await self._pending(record.name)
-        if pending is not None:
+        if pending is not None and pending.of(record.uid):
             out.pending, out.pending_reason = pending.count, pending.reason
         binds, _ = await self.store.range(self.keys.binds(record.name))
         out.proxy_errors.extend(convert.proxy_errors(binds))
@@ -191,7 +191,7 @@ class ShoalServicer(
         services = []
         for r in records:
             out = convert.service(r, _of(r, tasks.get(r.name, [])))
-            if r.name in pending:
+            if r.name in pending and pending[r.name].of(r.uid):
                 out.pending, out.pending_reason = pending[r.name].count, pending[r.name].reason
             services.append(out)
         return api_pb2.ListServicesResponse(services=services)
@@ -233,7 +233,7 @@ class ShoalServicer(
             )
             out.silent_nodes.extend(silent)
         pending = await self._pending(name)
-        if pending is not None:
+        if pending is not None and pending.of(record.uid):
             out.pending_slots.extend(pending.slots)
             out.pending_nodes.extend(pending.nodes)
             out.pending_reason = pending.reason
@@ -389,7 +389,7 @@ class ShoalServicer(
             services = []
             for record, _ in sorted(records, key=lambda m: m[0].name):
                 out = convert.service(record, _of(record, tasks.get(record.name, [])))
-                if (p := pending.get(record.name)) is not None:
+                if (p := pending.get(record.name)) is not None and p.of(record.uid):
                     out.pending, out.pending_reason = p.count, p.reason
                 services.append(out)
             stacks.append(api_pb2.Stack(name=name, services=services))

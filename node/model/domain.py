@@ -434,6 +434,11 @@ class PendingRecord(Record):
     slots: list[int] = field(default_factory=list)  # replicated: the slots without a node
     nodes: list[str] = field(default_factory=list)  # global: eligible nodes without room
     since: float = 0.0  # when replicas started waiting for this reason (unix seconds)
+    uid: str = ""  # the service incarnation waiting ("" from a leader before it was recorded)
+
+    def of(self, uid: str) -> bool:
+        """Whether this is the reason of incarnation `uid`, not of a removed namesake's."""
+        return not self.uid or not uid or self.uid == uid
 
     @property
     def count(self) -> int:

@@ -227,6 +227,23 @@ async def test_a_new_leader_removes_a_stale_pending_key_and_a_deposed_one_cannot
         await deposed.publish([Plan("other", unplaced=[1], reason="x")])
 
 
+async def test_a_namesakes_pending_reason_starts_anew_and_is_not_shown_for_the_new_service() -> None:
+    """`web` removed and made again waits for the same reason: its `since` is its own,
+    and until the leader rewrites the key, readers do not show the removed one's reason."""
+    store = MemoryStore()
+    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
+    reasons = PendingReasons(store, KEYS, epoch)
+    reason = "0/1 nodes available: 1 drained"
+    await reasons.publish([Plan("web", unplaced=[1], reason=reason, uid="old")], now=5.0)
+    old = await pending(store, "web")
+    assert old is not None and old.since == 5.0 and old.uid == "old"
+    assert await reasons.publish([Plan("web", unplaced=[1], reason=reason, uid="old")], now=9.0) == 0
+    assert await reasons.publish([Plan("web", unplaced=[1], reason=reason, uid="new")], now=9.0) == 1
+    new = await pending(store, "web")
+    assert new == PendingRecord("web", reason, [1], [], 9.0, "new")
+    assert old.of("old") and not old.of("new") and PendingRecord("web", reason).of("new")
+
+
 # -- simulated nodes --------------------------------------------------------------------
 
 
