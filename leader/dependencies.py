@@ -46,10 +46,11 @@ def gated(
 
 def waiting_plan(record: ServiceRecord, reason: str, nodes: Collection[str], revision: int = 0) -> Plan:
     """The plan of a gated service: nothing placed, every replica pending with `reason`."""
+    uid = record.uid
     if record.spec.mode == "global":
-        return Plan(record.name, pending_nodes=sorted(nodes), reason=reason, revision=revision, uid=record.uid)
+        return Plan(record.name, pending_nodes=sorted(nodes), reason=reason, revision=revision, uid=uid)
     return Plan(
-        record.name, unplaced=list(range(1, record.replicas + 1)), reason=reason, revision=revision, uid=record.uid
+        record.name, unplaced=list(range(1, record.replicas + 1)), reason=reason, revision=revision, uid=uid
     )
 
 
