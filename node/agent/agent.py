@@ -366,6 +366,8 @@ class Agent:
         """A container that exited: the machine decides once whether its task restarts."""
         policy: Policy | None = None
         if self.machine.deciding(task, c):
+            if c.exit_code == 0:  # the engine's shutdown, or the task's end? (node.agent.restart)
+                self.machine.engine_since = await self.runtime.engine_started()
             try:
                 policy = policy_of(await self._spec_or_none(task))
             except StoreError as exc:  # not cached and etcd away: decide when it answers

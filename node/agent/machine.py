@@ -140,6 +140,7 @@ class Slots:
         self.slots: dict[str, Slot] = {}
         self.owned: frozenset[str] = frozenset()  # the task ids of the last sweep
         self.gaps = 0  # times the engine did not answer a listing
+        self.engine_since = 0.0  # when the engine's process started (epoch s; 0: not known)
         self.adopted = False  # the first pass (after a start, or the engine's return) re-adopts
         self.next_start: float | None = None  # earliest start waiting for its back-off
         self._seeded: dict[str, RestartState] = {}  # restart history read back from status/
@@ -296,7 +297,7 @@ class Slots:
                 return out
             s.handled = c.id
             engine_restarted = s.seen[0] == c.id and s.seen[1] < self.gaps
-            not_done = interrupted(c, engine_restarted)  # not a completion: started again
+            not_done = interrupted(c, engine_restarted, self.engine_since)  # not a completion: started again
             rs = s.restart = on_exit(s.restart, policy, c.exit_code, now, not_done)
             if rs.terminal:
                 self._final(s, c.id)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 
 from node.model.spec import ServiceSpec
 from node.model.spec_lifecycle import RestartPolicy
-from node.runtime.base import Container
+from node.runtime.base import Container, engine_time
 
 MAX_DELAY = 30.0  # s: the longest back-off between restarts (unless `delay` is longer)
 RESET_AFTER = 10.0  # s up: the crash-loop streak starts over
@@ -89,11 +89,16 @@ def on_started(state: RestartState) -> RestartState:
     return replace(state, failed_starts=0)
 
 
-def interrupted(c: Container, engine_restarted: bool = False) -> str:
+def interrupted(c: Container, engine_restarted: bool = False, engine_since: float = 0.0) -> str:
     """Why the exit of `c` is not its task's own end, from Docker's state ("" when it is).
 
     `engine_restarted`: the engine stopped answering (or restarted) since `c` was last
     seen running, so an exit 0 in between is the engine's shutdown, not a completion.
+    `engine_since`: when the engine's process started (0: not known). An exit 0 under the
+    engine before (`_under_the_engine_before`) was its shutdown's doing: the case the agent
+    cannot see by gaps, an engine restarted (a host rebooted) while shoald was down too.
+    One that truly completed then runs once more, and its next exit 0 is judged as a
+    completion.
     """
     if c.state == "created" or not c.started_at:
         return "its container was created but never started"
@@ -101,7 +106,27 @@ def interrupted(c: Container, engine_restarted: bool = False) -> str:
         return f"the engine stopped it: {c.error}"
     if c.exit_code == 0 and engine_restarted:
         return "the engine restarted under it"
+    if c.exit_code == 0 and engine_since and _under_the_engine_before(c, engine_since):
+        return "it stopped before the engine's restart (the engine's shutdown stopped it)"
     return ""
+
+
+RESTORE = 60.0
+"""Seconds after its start in which an engine records, as it restores its containers, the
+exits its shutdown did not write (Docker then sets `FinishedAt` to that moment)."""
+
+
+def _under_the_engine_before(c: Container, engine_since: float) -> bool:
+    """`c` ran under an engine before the one that runs now and stopped with it: its exit
+    is dated before the engine's start, or it started before and its exit was only written
+    as the engine restored it (the shutdown raced its exit)."""
+    try:
+        started, finished = engine_time(c.started_at), engine_time(c.finished_at)
+    except ValueError:  # not a time: not judged by it
+        return False
+    if not finished:
+        return False
+    return finished < engine_since or (0 < started < engine_since and finished < engine_since + RESTORE)
 
 
 def on_exit(

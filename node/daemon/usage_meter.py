@@ -29,7 +29,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any, NoReturn
 
 from prometheus_client.core import CounterMetricFamily
@@ -47,7 +46,7 @@ from node.model.usage_ledger import (
     interval_start,
     reservation,
 )
-from node.runtime.base import LABELS
+from node.runtime.base import LABELS, engine_time
 from node.store import Compare, Put, Store, StoreError
 from node.store.base import MAX_TXN_OPS
 
@@ -67,16 +66,6 @@ class Seen:
     running: bool
     started: float  # wall clock
     finished: float  # 0 while running
-
-
-def engine_time(text: str) -> float:
-    """Docker's RFC 3339 time with nanoseconds ("2026-12-06T03:47:12.123456789Z") -> epoch s."""
-    if not text or text.startswith("0001-"):
-        return 0.0
-    head, _, frac = text.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
-    digits = "".join(ch for ch in frac if ch.isdigit())[:9]
-    return seconds + (int(digits) / 10 ** len(digits) if digits else 0.0)
 
 
 class DockerEyes:

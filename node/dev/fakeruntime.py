@@ -56,6 +56,7 @@ class FakeRuntime:
         self._pull_gates: dict[str, asyncio.Future[None]] = {}
         self.volumes: set[str] = set()  # named volumes made by `run`, until `remove_volume`
         self.pull_auth: dict[str, tuple[str, str] | None] = {}  # image -> the credentials of its last pull
+        self.engine_since = 0.0  # what `engine_started` says (0.0: not known)
 
     # -- test hooks -----------------------------------------------------------------------
 
@@ -68,6 +69,11 @@ class FakeRuntime:
         self.containers[container_id] = replace(
             c, state="exited", exit_code=code, host_ports={}, finished_at=finished
         )
+
+    def engine_restarted(self) -> None:
+        """The engine's process started anew, at the fake clock's next tick: what exited
+        before (`crash`) exited before it."""
+        self.engine_since = (T0 + timedelta(seconds=next(self._clock))).timestamp()
 
     def fail_next_run(self, error: Exception) -> None:
         """The next `run` raises `error` (queued: call twice to fail two runs)."""
@@ -96,6 +102,9 @@ class FakeRuntime:
 
     async def ping(self) -> None:
         self._record("ping")
+
+    async def engine_started(self) -> float:
+        return self.engine_since
 
     async def run(self, spec: ContainerSpec) -> Container:
         self._record("run", spec.name)

@@ -38,6 +38,9 @@ class SimRuntime:
     async def ping(self) -> None:
         return None
 
+    async def engine_started(self) -> float:
+        return 0.0  # not known: exits are judged by themselves
+
     async def run(self, spec: ContainerSpec) -> Container:
         if spec.name in self._names:
             raise EngineError(f"a container named {spec.name} already exists (simulated engine)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 
@@ -136,9 +137,24 @@ class Container:
         return self.state == "running"
 
 
+def engine_time(text: str) -> float:
+    """Docker's RFC 3339 time with nanoseconds ("2026-12-06T03:47:12.123456789Z") -> epoch s
+    (0.0 for "" and Docker's zero time)."""
+    if not text or text.startswith("0001-"):
+        return 0.0
+    head, _, frac = text.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
+    digits = "".join(ch for ch in frac if ch.isdigit())[:9]
+    return seconds + (int(digits) / 10 ** len(digits) if digits else 0.0)
+
+
 class Runtime(Protocol):
     async def ping(self) -> None:
         """Raise RuntimeUnavailable when the engine cannot be reached."""
+
+    async def engine_started(self) -> float:
+        """When the engine's process started (epoch seconds; 0.0 when it cannot be told).
+        An exit 0 before it was the engine's shutdown, not the task's own end."""
 
     async def list(self, labels: dict[str, str]) -> list[Container]:
         """All containers (running or not) carrying every one of `labels`."""

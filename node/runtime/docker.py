@@ -63,6 +63,7 @@ from node.runtime.docker_process import create_options
 from node.runtime.docker_pull import pull_image
 from node.runtime.docker_records import demux, from_inspect
 from node.runtime.docker_seen import Seen
+from node.runtime.engine_start import engine_started
 
 T = TypeVar("T")
 DEFAULT_URL = "unix:///var/run/docker.sock"
@@ -104,6 +105,11 @@ class DockerRuntime:
         if self._pinging is None or self._pinging.done():
             self._pinging = asyncio.wrap_future(self._ping_pool.submit(self._ping))
         await asyncio.shield(self._pinging)
+
+    async def engine_started(self) -> float:
+        """From the kernel, not the engine (`node.runtime.engine_start`): a hung engine
+        does not hold it up."""
+        return await asyncio.to_thread(engine_started, self.url)
 
     async def run(self, spec: ContainerSpec) -> Container:
         return await self._call(self._run, spec)

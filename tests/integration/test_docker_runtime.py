@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ import docker
 import pytest
 from docker.errors import NotFound
 
+from node.agent.restart import interrupted
 from node.runtime import (
     LABELS,
     Container,
@@ -27,6 +29,7 @@ from node.runtime import (
     PortBinding,
     RuntimeUnavailable,
 )
+from node.runtime.base import engine_time
 from node.runtime.docker import DockerRuntime
 from tests.helpers import wait_until
 
@@ -93,6 +96,22 @@ async def test_run_list_serve_and_stop(runtime: DockerRuntime, labels: dict[str,
     assert await runtime.list(labels) == []
     await runtime.stop(started.id)  # already gone: fine
     await runtime.remove(started.id)
+
+
+async def test_the_engines_start_comes_before_a_container_it_runs_and_after_a_stop_before_it(
+    runtime: DockerRuntime, labels: dict[str, str]
+) -> None:
+    """`engine_started` on this machine's real dockerd (its own socket): a container run now
+    finished after the engine's start, so its exit 0 is judged by itself."""
+    since = await runtime.engine_started()
+    assert 0 < since <= time.time()
+    c = await runtime.run(spec(labels))
+    await runtime.stop(c.id, timeout=5, remove=False)  # web:1 exits 0 on SIGTERM
+    [stopped] = await runtime.list(labels)
+    assert stopped.exit_code == 0 and engine_time(stopped.finished_at) > since
+    assert interrupted(stopped, False, since) == ""
+    assert "before the engine's restart" in interrupted(stopped, False, engine_time(stopped.finished_at) + 1)
+    await runtime.remove(c.id)
 
 
 async def test_limits_and_restart_policy_reach_docker(

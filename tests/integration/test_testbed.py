@@ -337,6 +337,50 @@ def test_a_host_whose_engine_stops_loses_its_tasks_to_the_other_hosts(bed: Bed) 
     assert "h3" in running(bed, "app").values()
 
 
+KEEPER = """
+name: keeper
+image: shoal-demo/web:1
+mode: global
+restart: {condition: on-failure, delay: 0s}
+"""
+
+
+def test_a_replica_stopped_by_its_engines_restart_while_shoald_was_down_runs_again(bed: Bed) -> None:
+    """A host reboot, in short: shoald stops (SIGTERM, its `restarting/` mark holds its
+    tasks), the engine stops (its containers get SIGTERM; web:1 exits 0), the engine and
+    then shoald start. Nothing saw the engine go, and `on-failure` does not restart an
+    exit 0; but the exit came before the engine's process started, so it is not the
+    task's end: the same task runs again."""
+    with bed.client() as c:
+        c.apply(KEEPER, "keeper.yaml")
+    wait_until_sync(placed(bed, "keeper", 3, {"h1", "h2", "h3"}), CONVERGE, 0.2, "keeper on three hosts")
+    [task] = [t for t, node in running(bed, "keeper").items() if node == "h3"]
+    bed.stop_shoald(3)
+    try:
+        bed.stop_engine(3)
+        bed.start_engine(3)
+    finally:
+        bed.start_shoald(3)
+        bed.save()
+
+    def again() -> bool:
+        with bed.client() as c:
+            [t] = [t for t in c.list_tasks("keeper") if t.node == "h3"]
+        assert t.task_id == task, f"the task was replaced ({t.task_id}), not restarted: {t}"
+        assert not t.terminal, f"taken for a completion: {t}"
+        return t.state == "running" and t.restarts >= 1 and engines(bed, "keeper")[3] != []
+
+    try:
+        wait_until_sync(again, CONVERGE, 0.2, "keeper's h3 task running again after the engine's restart")
+    except TimeoutError as exc:  # what the engine says of the container, and when it started
+        states = bed.docker(3, "ps", "-a", "--filter", "name=keeper.", "--format", "{{.ID}}").split()
+        seen = [bed.docker(3, "inspect", "-f", "{{json .State}}", cid) for cid in states]
+        engine = (bed.host_dir(3) / "docker.pid").read_text().strip()
+        raise AssertionError(f"{exc}\nengine pid {engine}; containers: {seen}") from exc
+    with bed.client() as c:
+        c.delete_service("keeper")
+
+
 @pytest.mark.parametrize("fault", ["kill", "freeze"])
 def test_losing_the_etcd_raft_leader_leaves_a_working_cluster_and_a_shoal_leader(
     bed: Bed, fault: str

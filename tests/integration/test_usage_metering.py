@@ -29,12 +29,11 @@ from typing import Any
 import docker
 import pytest
 
-from node.daemon.usage_meter import engine_time
 from node.dev.devcluster import DevCluster, NodeProcess
 from node.model.keys import DEFAULT_PREFIX
 from node.model.usage_ledger import MeterState, Record, UsageKeys
 from node.pb import api_pb2
-from node.runtime.base import LABELS
+from node.runtime.base import LABELS, engine_time
 from node.wire.client import ShoalClient
 from tests.helpers import on_store, wait_until_sync
 

@@ -357,6 +357,43 @@ async def test_an_exit_0_across_an_engine_restart_is_started_again(world: World,
     assert (status.state, status.exit_code, status.terminal) == (TaskState.EXITED, 0, True)
 
 
+@pytest.mark.parametrize("engine_restarted", [True, False])
+async def test_an_exit_0_while_shoald_and_the_engine_were_both_down_is_started_again(
+    world: World, engine_restarted: bool
+) -> None:
+    """A host reboot: shoald stops, the engine's shutdown stops the replica (exit 0 on
+    SIGTERM), the engine and then shoald start. The new daemon saw no gap; the exit came
+    before the engine's process started, so it is not the task's end. Without an engine
+    restart, the same exit while shoald was down is a completion, as before."""
+    world.runtime.engine_restarted()  # the engine that runs it
+    svc = await world.service(restart={"condition": "on-failure", "delay": 0.0})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    await world.reconcile()
+    [c] = world.runtime.running()
+    world.runtime.crash(c.id, exit_code=0)  # shoald is down: nobody watches
+    if engine_restarted:
+        world.runtime.engine_restarted()  # after the exit: the engine that runs now
+
+    a = world.agent
+    fresh = Agent(a.store, KEYS, NODE, CLUSTER, world.runtime, a.publisher.session, a.events, ADDRESS, 1.0)
+    world.agent = fresh
+    await fresh._seed_restarts()
+    await fresh.tasks.relist()
+    await world.step(0.0)
+    await world.step(0.0)
+    status = await world.status(t1)
+    if engine_restarted:
+        [again] = world.runtime.running()
+        assert again.id != c.id
+        assert (status.state, status.terminal) == (TaskState.RUNNING, False)
+        assert any("before the engine's restart" in m for m in world.events("task.exited"))
+    else:
+        assert world.runtime.running() == []
+        assert (status.state, status.exit_code, status.terminal) == (TaskState.EXITED, 0, True)
+
+
 async def test_max_attempts_then_the_task_stays_failed(world: World) -> None:
     svc = await world.service(restart={"max_attempts": 2, "window": 60.0, "delay": 0.0})
     t1 = make_task(svc, 1, NODE)

@@ -7,6 +7,8 @@ with explicit times: no clock, no I/O.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from node.agent.health import (
@@ -34,7 +36,7 @@ from node.agent.restart import (
 )
 from node.model.domain import TaskStatus
 from node.model.spec_lifecycle import HealthCheck, RestartPolicy, TcpCheck
-from node.runtime.base import Container, DockerHealth
+from node.runtime.base import Container, DockerHealth, engine_time
 from tests.factories import typed_spec
 
 CHECK = Check("http", 8080, "/health", interval=1.0, retries=3)
@@ -293,6 +295,38 @@ def test_an_exit_not_of_the_tasks_doing_is_not_a_completion(
     else:  # the condition decides, as before
         clean = container.exit_code == 0
         assert state.terminal is (condition == "never" or (condition == "on-failure" and clean))
+
+
+FINISHED = "2026-12-05T09:00:00.5Z"
+AT_FINISH = 1_796_461_200.5  # FINISHED in epoch seconds
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "engine_since", "interrupted_by_it"),
+    [
+        (0, AT_FINISH + 30.0, True),  # exited, then the engine started anew: its shutdown
+        (0, AT_FINISH - 3600.0, False),  # started and exited under the engine that runs now
+        (0, AT_FINISH - 10.0, True),  # started before it, exit written as it restored: its shutdown
+        (0, AT_FINISH - 100.0, False),  # well after the engine's start: a completion (live restore)
+        (0, 0.0, False),  # the engine's start is not known: judged as before
+        (1, AT_FINISH + 30.0, False),  # a failure stays a failure
+    ],
+)
+def test_an_exit_0_under_the_engine_before_is_the_engines_shutdown(
+    exit_code: int, engine_since: float, interrupted_by_it: bool
+) -> None:
+    """shoald and the engine both down (a host reboot): nothing saw a gap, but the exit 0
+    came before the engine that runs now started, or the container started before it and
+    its exit was only written as the engine restored it (Docker dates it then)."""
+    assert engine_time(STARTED) < AT_FINISH - 100.0
+    c = replace(exited(exit_code=exit_code), finished_at=FINISHED)
+    why = interrupted(c, False, engine_since)
+    assert ("before the engine's restart" in why) is interrupted_by_it, why
+
+
+def test_an_unreadable_finish_time_is_judged_as_before() -> None:
+    c = replace(exited(), finished_at="yesterday")
+    assert interrupted(c, False, AT_FINISH) == ""
 
 
 def test_check_of_a_grpc_spec() -> None:
