@@ -16,7 +16,8 @@ Every `/api/` answer needs a login (`node.dashboard.gate`); none holds a secret.
 the node's own certificate (the cluster CA's), re-read when the file changes (renewal),
 so a browser that trusts the cluster CA trusts every node's page. Bounds: a head of
 `MAX_HEAD` bytes read within `HEAD_TIMEOUT`, a body of `MAX_BODY`, `MAX_CONNECTIONS`
-open at once (more are closed at once), `Connection: close` after each answer.
+open at once and `MAX_PER_SOURCE` from one address (more are closed at once), an answer
+read by the client within `SEND_TIMEOUT`, `Connection: close` after each answer.
 Headers forbid caching, framing, sniffing and any script or style not from the page.
 """
 
@@ -43,7 +44,9 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024
 MAX_BODY = 4096
 HEAD_TIMEOUT = 10.0
+SEND_TIMEOUT = 30.0  # s an answer may take to be read by the client
 MAX_CONNECTIONS = 64
+MAX_PER_SOURCE = 16  # open at once from one address: one client cannot take every slot
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -125,6 +128,7 @@ class Dashboard:
         self.gate = gate
         self.identity = identity
         self.open = 0
+        self.by_source: dict[str, int] = {}  # address -> connections open from it
         self._api: dict[str, Callable[[Request], Awaitable[Any]]] = {
             "overview": lambda r: views.overview(),
             "nodes": lambda r: views.nodes(),
@@ -148,9 +152,12 @@ class Dashboard:
         )
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if peer else ""
         self.open += 1
+        self.by_source[source] = self.by_source.get(source, 0) + 1
         try:
-            if self.open > MAX_CONNECTIONS:
+            if self.open > MAX_CONNECTIONS or self.by_source[source] > MAX_PER_SOURCE:
                 return
             if self.identity is not None:
                 self.identity.refresh()  # for the next handshakes: this one is done
@@ -164,11 +171,20 @@ class Dashboard:
             else:
                 answer = await self.answer(request)
             writer.write(_encode(answer))
-            await writer.drain()
+            try:
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await writer.drain()
+            except TimeoutError:  # a client that stops reading: drop what it did not take
+                writer.transport.abort()
         except (ConnectionError, ssl.SSLError, OSError):
             pass
         finally:
             self.open -= 1
+            left = self.by_source[source] - 1
+            if left:
+                self.by_source[source] = left
+            else:
+                del self.by_source[source]
             writer.close()
 
     async def answer(self, request: Request) -> Answer:

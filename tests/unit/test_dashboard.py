@@ -4,6 +4,7 @@ and routes on a `MemoryStore` (no sockets but the TLS test's)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import urllib.error
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from node.api.servicer import ShoalServicer
+from node.dashboard import server as server_module
 from node.dashboard.gate import COOKIE, Gate, Refused
 from node.dashboard.server import Dashboard, Identity, Request
 from node.dashboard.traffic import Totals, Traffic
@@ -27,6 +29,7 @@ from node.security.files import write_secret
 from node.security.sealing import Sealer
 from node.security.tokens import Role, StoredToken
 from node.store.memory import MemoryStore
+from tests.helpers import wait_until
 
 SECRET = "unit-hunter2-never-shown"
 
@@ -252,5 +255,64 @@ async def test_bad_requests_get_no_answer_or_a_clear_one() -> None:
         )
         assert ok.startswith(b"HTTP/1.1 200") and b"no-store" in ok and b"default-src 'self'" in ok
     finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_one_address_cannot_take_every_connection_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections that send nothing hold a slot for up to HEAD_TIMEOUT: from one address
+    at most MAX_PER_SOURCE do, and a client from another address is still answered."""
+    monkeypatch.setattr(server_module, "MAX_PER_SOURCE", 4)
+    dashboard, tokens = await _dashboard()
+    server = await dashboard.serve("127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(6)]
+    try:
+        async with asyncio.timeout(5):  # the two over the bound are closed at once
+            closed = 0
+            while closed < 2:
+                closed = sum(1 for r, _ in silent if r.at_eof())
+                for r, _ in silent:
+                    if not r.at_eof():
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(0.05):
+                                await r.read()
+        assert dashboard.by_source == {"127.0.0.1": 4}
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+        writer.write(
+            f"GET /api/nodes HTTP/1.1\r\nAuthorization: Bearer {tokens[Role.VIEWER]}\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(5):
+            assert (await reader.read()).startswith(b"HTTP/1.1 200")
+        writer.close()
+    finally:
+        for _, w in silent:
+            w.close()
+        server.close()
+        await server.wait_closed()
+    await wait_until(lambda: dashboard.by_source == {} and dashboard.open == 0, 3.0, message="all let go")
+
+
+async def test_a_client_that_stops_reading_its_answer_lets_go_after_the_send_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(server_module, "SEND_TIMEOUT", 0.3)
+    dashboard, tokens = await _dashboard()
+
+    async def huge() -> dict[str, Any]:
+        return {"blob": "x" * (32 * 1024 * 1024)}  # more than the socket buffers hold
+
+    dashboard._api["overview"] = lambda r: huge()
+    server = await dashboard.serve("127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1024)
+    writer.transport.pause_reading()  # type: ignore[attr-defined]  # and never reads
+    writer.write(
+        f"GET /api/overview HTTP/1.1\r\nAuthorization: Bearer {tokens[Role.VIEWER]}\r\n\r\n".encode()
+    )
+    try:
+        await wait_until(lambda: dashboard.open == 0, 10.0, message="the stalled answer dropped")
+    finally:
+        writer.close()
         server.close()
         await server.wait_closed()
