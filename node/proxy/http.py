@@ -162,8 +162,8 @@ class HttpProxy(Listener[Client]):
             self.stats.refused += 1
             return False
         self._track(client)
-        if self.closing:
-            client.shut()
+        if self.closing:  # accepted just before the close: its request is served, then it closes
+            client.close_after = True
         return True
 
     def finished(self, client: Client) -> None:

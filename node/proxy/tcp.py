@@ -152,6 +152,10 @@ class _Conn:
             t.close()
 
     def side_lost(self, side: _Side, exc: Exception | None) -> None:
+        if side is not self.client and side is not self.server:
+            # an attempt never linked: a connect that the timeout cancelled after the
+            # transport was made (uvloop closes it); the client waits for the next try
+            return
         if exc is not None:
             self.proxy.stats.errors += 1
         if side is self.client and self.task is not None and not self.task.done():
@@ -240,6 +244,10 @@ class TcpProxy(Listener[_Conn]):
                 now = time.monotonic()
                 self.balancer.report(backend, True, now)
                 self.stats.latency.observe(now - started)
+                if conn.client.lost or client_t.is_closing():  # the client left meanwhile
+                    if server.transport is not None:
+                        server.transport.close()
+                    return
                 conn.link(server, backend)
                 return
             if self.balancer.report(backend, False, time.monotonic()):

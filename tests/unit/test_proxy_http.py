@@ -818,6 +818,23 @@ async def test_close_drains_in_flight_and_closes_idle_connections(backends: Back
     await busy.close()
 
 
+async def test_a_connection_accepted_as_the_close_begins_is_served_then_closed(backends: Backends) -> None:
+    """uvloop hands an accepted connection to the engine one loop step after the accept, so
+    one can arrive after `close()` began (a retired port, a replaced worker): its request is
+    answered, with `Connection: close`, not cut without a response."""
+    _, a = await backends.start("a", answer_name)
+    bal = Balancer()
+    bal.set_endpoints([a])
+    proxy = await started(bal, drain_timeout=5.0)
+    proxy._begin_close()  # the close has begun; the listener still holds its accept queue
+    late = await Client.open(proxy.port)
+    late.send()
+    r = await late.response()
+    assert r.status == 200 and r.get("connection") == ["close"] and await late.closed()
+    await late.close()
+    await proxy.close()
+
+
 async def test_idle_and_slow_client_connections_are_closed(
     backends: Backends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
