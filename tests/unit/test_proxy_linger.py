@@ -148,4 +148,3 @@ def test_a_transport_that_cannot_half_close_is_not_lingered_on() -> None:
             raise AssertionError("not lingering")
 
     assert linger.linger(Owner(), NoEof()) is False
-
