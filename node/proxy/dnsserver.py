@@ -41,6 +41,7 @@ TTL = 5
 FORWARD_TIMEOUT = 2.0
 MAX_FORWARDS = 256
 MAX_CACHED = 4096  # encoded answers kept (per asker and query); all dropped when full
+CACHEABLE = 512  # bytes of a query kept as a cache key at most: a stub's query is far less
 
 
 def host_resolvers(path: Path = Path("/etc/resolv.conf"), exclude: tuple[str, ...] = ()) -> list[str]:
@@ -137,7 +138,7 @@ class DnsServer(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.sources is None or self.sources.known(addr[0]):
+        if len(data) <= CACHEABLE and (self.sources is None or self.sources.known(addr[0])):
             tail = self._cached.get((self._asker(addr), data[2:]))
             if tail is not None and self._cached_table is self.resolver.table():
                 self.answered += 1
@@ -181,9 +182,10 @@ class DnsServer(asyncio.DatagramProtocol):
             log.warning("names: cannot answer %s: %s", q.name, exc)
             reply = w.answer_error(q, w.SERVFAIL)
         if reply is not None:
-            if len(self._cached) >= MAX_CACHED:
-                self._cached = {}
-            self._cached[(asker, data[2:])] = reply[2:]
+            if len(data) <= CACHEABLE:  # a query padded with junk is answered, not kept
+                if len(self._cached) >= MAX_CACHED:
+                    self._cached = {}
+                self._cached[(asker, data[2:])] = reply[2:]
             self.answered += 1
             self._send(reply, addr)
             return

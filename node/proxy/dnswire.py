@@ -6,7 +6,9 @@ as every stub resolver sends them; anything else is `DnsFormatError`); the build
 make the answer to it: A and SRV records with the question's name compressed, an
 authoritative NXDOMAIN, NODATA, REFUSED, SERVFAIL, FORMERR. An answer that would not
 fit the client's UDP size (512 bytes, or what its EDNS OPT record offers) is sent
-without its records and with TC set, so the client asks again over TCP or settles.
+without its records and with TC set, so the client asks again over TCP or settles. A
+query with an OPT record gets one back (RFC 6891 6.1.1: it says the size we take), so a
+resolver does not conclude that this server knows no EDNS.
 
 Pure: no sockets, no asyncio.
 """
@@ -38,6 +40,7 @@ class Query:
     qclass: int
     udp_size: int = UDP_SIZE  # from an EDNS OPT record, else 512
     raw_question: bytes = b""  # the question as sent (name case kept), echoed in the answer
+    edns: bool = False  # it had an OPT record: the answer carries one
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def encode_name(name: str) -> bytes:
 
 def _read_name(data: bytes, at: int) -> tuple[str, int]:
     labels: list[str] = []
-    size = 0
+    size = 1  # the root label's byte: a name is at most MAX_NAME bytes with it
     while True:
         if at >= len(data):
             raise DnsFormatError("the question's name runs past the end of the message")
@@ -98,10 +101,8 @@ def parse_query(data: bytes) -> Query:
         raise DnsFormatError("the question's type and class are cut short")
     qtype, qclass = struct.unpack("!HH", data[at : at + 4])
     raw_question = data[12 : at + 4]
-    udp_size = UDP_SIZE
-    if an == 0 and ns == 0 and ar >= 1:
-        udp_size = _edns_size(data, at + 4) or UDP_SIZE
-    return Query(ident, flags, name.lower(), qtype, qclass, udp_size, raw_question)
+    offered = _edns_size(data, at + 4) if an == 0 and ns == 0 and ar >= 1 else 0
+    return Query(ident, flags, name.lower(), qtype, qclass, offered or UDP_SIZE, raw_question, bool(offered))
 
 
 def _edns_size(data: bytes, at: int) -> int:
@@ -113,11 +114,20 @@ def _edns_size(data: bytes, at: int) -> int:
     return 0
 
 
+OPT_RECORD = b"\0" + struct.pack("!HHIH", OPT, MAX_UDP, 0, 0)
+"""Our OPT record: the root name, the UDP size we take, extended rcode 0, version 0, no options."""
+
+
 def _header(q: Query, rcode: int, answers: int, additional: int, authoritative: bool) -> bytes:
+    """The header, counting our OPT record (last of the message, `_opt`) for an EDNS query."""
     flags = QR | (q.flags & 0x7800) | (q.flags & RD) | RA | rcode  # opcode and RD echoed
     if authoritative:
         flags |= AA
-    return struct.pack("!6H", q.id, flags, 1, answers, 0, additional)
+    return struct.pack("!6H", q.id, flags, 1, answers, 0, additional + q.edns)
+
+
+def _opt(q: Query) -> bytes:
+    return OPT_RECORD if q.edns else b""
 
 
 def _record(name: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
@@ -144,7 +154,7 @@ def answer_srv(q: Query, targets: list[SrvTarget], addresses: dict[str, str], tt
 
 
 def answer_error(q: Query, rcode: int, authoritative: bool = False) -> bytes:
-    return _header(q, rcode, 0, 0, authoritative) + q.raw_question
+    return _header(q, rcode, 0, 0, authoritative) + q.raw_question + _opt(q)
 
 
 def formerr(data: bytes) -> bytes | None:
@@ -158,13 +168,14 @@ def formerr(data: bytes) -> bytes | None:
 def _fit(q: Query, records: list[bytes], extra: list[bytes]) -> bytes:
     head = _header(q, NOERROR, len(records), len(extra), True) + q.raw_question
     body = b"".join(records)
-    if len(head) + len(body) + sum(map(len, extra)) <= q.udp_size:
-        return head + body + b"".join(extra)
-    if len(head) + len(body) <= q.udp_size:
-        return _header(q, NOERROR, len(records), 0, True) + q.raw_question + body
+    opt = _opt(q)
+    if len(head) + len(body) + sum(map(len, extra)) + len(opt) <= q.udp_size:
+        return head + body + b"".join(extra) + opt
+    if len(head) + len(body) + len(opt) <= q.udp_size:
+        return _header(q, NOERROR, len(records), 0, True) + q.raw_question + body + opt
     truncated = bytearray(_header(q, NOERROR, 0, 0, True))
     truncated[2:4] = struct.pack("!H", struct.unpack("!H", truncated[2:4])[0] | TC)
-    return bytes(truncated) + q.raw_question
+    return bytes(truncated) + q.raw_question + opt
 
 
 def _ipv4(address: str) -> bytes:

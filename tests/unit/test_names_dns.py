@@ -112,6 +112,58 @@ def test_an_answer_too_big_for_udp_is_truncated_and_edns_lifts_the_bound() -> No
     assert sorted(p for p, _ in answer.srv) == list(many) and answer.a == ["10.213.0.20"]
 
 
+def with_opt(query: bytes, size: int = 4096) -> bytes:
+    """`query` with an EDNS OPT record offering `size` bytes (ARCOUNT 1)."""
+    return query[:10] + struct.pack("!H", 1) + query[12:] + b"\0" + struct.pack("!HHIH", w.OPT, size, 0, 0)
+
+
+def last_record_type(reply: bytes, additional: int) -> int:
+    """The type of the message's last record (our OPT record is 11 bytes, the root name)."""
+    assert struct.unpack("!H", reply[10:12])[0] == additional
+    return struct.unpack("!H", reply[-10:-8])[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "qtype"), [("web.shoal", w.A), ("nothing.shoal", w.A), ("web.shoal", w.AAAA)]
+)
+def test_an_edns_query_gets_an_opt_record_back_and_a_plain_one_none(name: str, qtype: int) -> None:
+    """RFC 6891 6.1.1: an answer to a query with OPT carries OPT, with the size we take."""
+    resolver = Resolver(lambda: TABLE)
+    plain = resolver.answer(w.parse_query(w.build_query(name, qtype)))
+    edns = resolver.answer(w.parse_query(with_opt(w.build_query(name, qtype))))
+    assert plain is not None and edns is not None
+    assert (
+        edns
+        == plain[:10]
+        + struct.pack("!H", struct.unpack("!H", plain[10:12])[0] + 1)
+        + plain[12:]
+        + w.OPT_RECORD
+    )
+    assert last_record_type(edns, struct.unpack("!H", plain[10:12])[0] + 1) == w.OPT
+    assert w.parse_answer(edns).rcode == w.parse_answer(plain).rcode
+
+
+def test_a_truncated_edns_answer_keeps_its_opt_record() -> None:
+    many = tuple(range(1000, 1064))
+    table = NameTable.build([service("big", "u", ports=many)], [VipRecord("big", "u", "10.213.0.20")])
+    reply = Resolver(lambda: table).answer(w.parse_query(with_opt(w.build_query("big", w.SRV), 1232)))
+    assert reply is not None and len(reply) <= 1232 and struct.unpack("!H", reply[2:4])[0] & w.TC
+    assert reply.endswith(w.OPT_RECORD) and struct.unpack("!H", reply[10:12])[0] == 1
+
+
+def test_a_name_of_255_bytes_is_read_and_one_of_256_is_not() -> None:
+    """The limit counts the root label's byte (RFC 1035 2.3.4), as `encode_name` does."""
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])  # 4 x 1 + 250 + 1 = 255 bytes
+    assert len(w.encode_name(longest)) == 255
+    assert w.parse_query(w.build_query(longest, w.A)).name == longest
+    labels = [b"a" * 63, b"b" * 63, b"c" * 63, b"d" * 62]  # one byte more: 256 on the wire
+    wire = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+    assert len(wire) == 256
+    too_long = struct.pack("!6H", 1, 0, 1, 0, 0, 0) + wire + b"\0\1\0\1"
+    with pytest.raises(w.DnsFormatError, match="too long"):
+        w.parse_query(too_long)
+
+
 # -- the names --------------------------------------------------------------------------
 
 
