@@ -24,7 +24,10 @@ reported once, not retried on every pass.
 `write` is the one place the leader writes a service spec, so the published ports and
 ingress routes of the good version are claimed there, in the same transaction
 (`node.store.claims`); one another service took meanwhile refuses the rollback
-(`Refused`, an event names the owner).
+(`Refused`, an event names the owner). So are its secret and config references
+(`node.security.object_refs`, as the API's writes): each takes its object's current
+revision, compared in the transaction; one removed since refuses the rollback too, so
+no stored spec names an object that is not there (docs/secrets.md).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from node.model.domain import RolloutRecord, ServiceRecord
 from node.model.errors import FailedPrecondition
 from node.model.keys import Keys
 from node.model.spec_job import rollback_replicas
+from node.security.object_refs import bind_references
 from node.store import KV, Compare, Fenced, Put, Store, claim_kinds, fence
 from node.store.base import Op
 from node.store.claims import Taken, service_writes
@@ -112,13 +116,15 @@ def plan(
 
 
 class Refused(FailedPrecondition):
-    """The good version publishes a port or routes an ingress (host, path) another service
-    took meanwhile: nothing is written, the rollout stays failed on the current version,
-    and an event names the owner."""
+    """The good version cannot be stored as it is now: it publishes a port or routes an
+    ingress (host, path) another service took meanwhile (`owner`), or it references a
+    secret or config removed since. Nothing is written, the rollout stays failed on the
+    current version, an event says why, and every pass tries again (the object made
+    again, the port freed: the rollback goes through)."""
 
-    def __init__(self, taken: Taken) -> None:
-        super().__init__(f"the previous version: {taken}")
-        self.owner = taken.owner
+    def __init__(self, why: str, owner: str = "") -> None:
+        super().__init__(f"the previous version: {why}")
+        self.owner = owner
 
 
 async def write(
@@ -137,11 +143,26 @@ async def write(
     compares, ops = [fence(keys.leader, epoch), *txn.compares], list(txn.ops)
     if txn.record is not None:
         try:
+            refs, bound = await bind_references(store, keys, txn.record.spec)
+        except FailedPrecondition as exc:  # a secret or config of the good version is gone
+            return Refused(str(exc))
+        if refs:  # each reference at its object's revision now, compared in the transaction
+            record = replace(txn.record, spec=txn.record.spec.model_copy(update=refs))
+            record_ops = {keys.service(name), keys.history_version(name, record.version)}
+            ops = [
+                Put(op.key, record.to_json()) if isinstance(op, Put) and op.key in record_ops else op
+                for op in ops
+            ]
+            txn = replace(txn, record=record)
+        compares += bound.compares
+        ops += bound.ops
+        assert txn.record is not None
+        try:
             claims = await service_writes(
                 store, keys, claim_kinds.ALL, name, running.uid, running.spec, txn.record.spec, time.time()
             )
         except Taken as exc:
-            return Refused(exc)
+            return Refused(str(exc), exc.owner)
         compares += claims.compares
         ops += claims.ops
     result = await store.txn(compares, ops)

@@ -22,7 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -31,6 +31,7 @@ from node.model.errors import Conflict, FailedPrecondition, InvalidArgument, Not
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec
 from node.model.spec_lifecycle import OBJECT_PATTERN
+from node.security.object_refs import FIELDS, Bound, bind_references
 from node.security.objects import KINDS, MAX_BYTES, ObjectRecord, encode
 from node.security.sealing import Sealer, SealError, is_sealed, secret_env_ad
 from node.store import Compare, Delete, Put, Store
@@ -47,15 +48,7 @@ class VersionWriter(Protocol):
     def version_ops(self, record: ServiceRecord) -> list[Put | Delete]: ...
 
 
-_FIELD = {"secret": "secrets", "config": "configs"}
-
-
-@dataclass
-class Bound:
-    """What a service write adds to its transaction for the objects it references."""
-
-    compares: list[Compare] = field(default_factory=list)
-    ops: list[Op] = field(default_factory=list)
+_FIELD = FIELDS
 
 
 def check_object_name(kind: str, name: str) -> str:
@@ -124,49 +117,11 @@ class Objects:
         """`pending`: (kind, name) -> the record a stack deploy writes in the same
         transaction (decision 72); a reference to it takes that revision, and the stack's
         own compares on the object hold for it."""
-        pending = pending or {}
         update: dict[str, object] = {}
         if spec.secret_env:
             update["secret_env"] = self._seal_env(spec, previous)
-        bound, missing = Bound(), []
-        uses_: dict[str, Put] = {}
-        for kind, fieldname in _FIELD.items():
-            refs = getattr(spec, fieldname) or []
-            fresh = []
-            for i, ref in enumerate(refs):
-                key = self.keys.object(kind, ref.source)
-                use = self.keys.object_use(kind, ref.source)
-                if (own := pending.get((kind, ref.source))) is not None:
-                    fresh.append(ref.model_copy(update={"revision": own.revision}))
-                    uses_[use] = Put(use, spec.name.encode())
-                    continue
-                kv = await self.store.get(key)
-                if kv is None:
-                    missing.append(
-                        f"{fieldname}[{i}].source: {kind} '{ref.source}' does not exist; create it first "
-                        f"(`shoal {kind} create {ref.source} -f FILE`; `shoal {kind} ls` lists them)"
-                    )
-                    continue
-                record = ObjectRecord.from_json(kv.value)
-                fresh.append(ref.model_copy(update={"revision": record.revision}))
-                bound.compares.append(Compare(key, "mod", "==", kv.mod_revision))
-                uses_[use] = Put(use, spec.name.encode())
-            if refs:
-                update[fieldname] = fresh
-        if spec.image_pull_secret:  # issue 13: held like a secret reference, not mounted
-            key = self.keys.object("secret", spec.image_pull_secret)
-            use = self.keys.object_use("secret", spec.image_pull_secret)
-            ours = ("secret", spec.image_pull_secret) in pending
-            kv = None if ours else await self.store.get(key)
-            if kv is None and not ours:
-                missing.append(f"image_pull_secret: secret '{spec.image_pull_secret}' does not exist")
-            else:
-                if kv is not None:
-                    bound.compares.append(Compare(key, "mod", "==", kv.mod_revision))
-                uses_[use] = Put(use, spec.name.encode())
-        if missing:
-            raise FailedPrecondition(f"service '{spec.name}' not written: " + "; ".join(missing))
-        bound.ops.extend(uses_.values())
+        refs, bound = await bind_references(self.store, self.keys, spec, pending)
+        update |= refs
         return (spec.model_copy(update=update) if update else spec), bound
 
     def _seal_env(self, spec: ServiceSpec, previous: ServiceSpec | None) -> dict[str, str]:

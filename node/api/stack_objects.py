@@ -34,13 +34,14 @@ from node.model.domain import ServiceRecord
 from node.model.errors import FailedPrecondition, InvalidArgument
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec
+from node.security.object_refs import FIELDS
 from node.security.objects import KINDS, MAX_BYTES, ObjectRecord
 from node.store import Compare, Delete, Put
 from node.store.base import Op
 
 MAX_OBJECTS = 64  # objects in one stack deploy (each is at least one operation)
 MAX_WRITE_BYTES = 1024 * 1024  # stored bytes one deploy may put; etcd takes 1.5 MiB per request
-_FIELD = {"secret": "secrets", "config": "configs"}
+_FIELD = FIELDS
 
 
 @dataclass(frozen=True)

@@ -282,6 +282,46 @@ async def test_rollback_binds_the_objects_current_revision_or_refuses_a_removed_
         await w.rollback("app")
 
 
+async def test_the_leaders_rollback_binds_the_objects_or_is_refused_for_a_removed_one() -> None:
+    """v1 uses db_pw, v2 does not; db_pw is removed while v2 rolls out (nothing uses it
+    then), and v2 fails. The leader's rollback to v1 once stored v1's reference as it was:
+    a spec naming a secret that is not there, every task failing to start, and a secret
+    made again under that name mounted as if it were the old one. Now it is refused with
+    an event, writes nothing, and goes through once db_pw exists again, at its revision."""
+    from leader.loop import LeaderLoop
+    from node.model.domain import RolloutRecord
+    from node.telemetry.events import EventLog
+
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"a", False, w)
+    good, _ = await w.apply(SPEC, "app.yaml")
+    bad, _ = await w.apply(SPEC.replace("secrets: [{source: db_pw}]\n", "").replace("x:1", "x:2"), "app.yaml")
+    await w.objects.remove("secret", "db_pw")
+    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
+    events = EventLog(store, KEYS, "n1")
+    emitted: list[tuple[str, str]] = []
+    events.emit = lambda kind, message, *_, **__: emitted.append((kind, message))  # type: ignore[method-assign]
+    leader = LeaderLoop(store, KEYS, epoch, events)
+    await leader.services.relist()
+    failed = RolloutRecord("app", good.version, bad.version, "t", state="failed", uid=bad.uid)
+    before = await dump(store)
+    await leader._roll_back([failed], {})
+    assert (await w.read("app"))[0].version == bad.version, "no rollback written"
+    [(kind, message)] = emitted
+    assert kind == "rollout.rollback_refused" and "secret 'db_pw' does not exist" in message
+    assert await dump(store) == before, "a refused rollback writes nothing"
+
+    again, _ = await w.objects.put("secret", "db_pw", b"made again", False, w)
+    await leader.services.relist()
+    await leader._roll_back([failed], {})
+    current, _ = await w.read("app")
+    assert current.rollback_of == bad.version and current.spec.image == "x:1"
+    [ref] = current.spec.secrets or []
+    assert ref.revision == again.revision != (good.spec.secrets or [])[0].revision
+    assert await store.get(KEYS.object_use("secret", "db_pw")) is not None
+
+
 # -- the agent's files -----------------------------------------------------------------
 
 
