@@ -42,6 +42,7 @@ from dataclasses import replace
 
 from leader import crashpoint, schedules
 from leader.schedules import Action
+from node.model.cron import CronError
 from node.model.domain import Assignment, ServiceRecord
 from node.model.jobs import IndexState, JobRecord, JobState
 from node.model.keys import Keys
@@ -57,6 +58,7 @@ class ScheduleRunner:
     def __init__(self, store: Store, keys: Keys, epoch: int, events: EventLog) -> None:
         self.store, self.keys, self.epoch, self.events = store, keys, epoch, events
         self.wakes: dict[str, float] = {}  # job -> unix seconds of its next tick
+        self.stuck: dict[str, str] = {}  # job -> why its schedule cannot run (said once)
         self.crash_point = crashpoint.reached
 
     def next_wake(self) -> float | None:
@@ -91,8 +93,22 @@ class ScheduleRunner:
                 continue
             mine = sorted((r for r in runs.get(name, []) if r[0].uid == service.uid), key=lambda r: r[0].tick)
             earlier = {t: r for t, r in sides.get(name, {}).items() if t not in strays}
-            wrote |= await self._one(service, jobs.get(name), earlier, mine, list(tasks.get(name, ())), now)
+            held = list(tasks.get(name, ()))
+            try:
+                wrote |= await self._one(service, jobs.get(name), earlier, mine, held, now)
+            except CronError as exc:  # stored before the API asked for a tick ahead, or none since
+                self._stuck(name, f"{name}: schedule not run: {exc}; apply a cron that fires")
+                continue
+            self.stuck.pop(name, None)
         return wrote
+
+    def _stuck(self, name: str, message: str) -> None:
+        """A schedule that cannot run: said once (an event), the other schedules and the
+        leader's pass go on."""
+        if self.stuck.get(name) != message:
+            self.stuck[name] = message
+            log.warning("%s", message)
+            self.events.emit("schedule.stuck", message, service=name)
 
     async def earlier_runs(self) -> dict[str, dict[int, tuple[JobRecord, int]]]:
         """`jobruns/`: the job records of runs that are not the latest, by job and tick."""

@@ -37,6 +37,7 @@ from node.model.spec_autoscale import keep_count
 from node.model.spec_compat import unknown_to
 from node.model.spec_job import is_job, rollback_replicas
 from node.model.spec_lifecycle import stack_problem
+from node.model.spec_schedule import never_fires
 from node.security.objects import ObjectRecord
 from node.store import KV, Compare, Delete, Put, Store, claim_kinds
 from node.store.base import ETCD_TXN_LIMIT, Op
@@ -149,6 +150,8 @@ class ServiceWriter:
         revisions, or those of `pending`, the objects a stack deploy writes with it;
         `secret_env` sealed) and what the write must hold for them; `apply` and `stack
         deploy` share it, so a stack's services are sealed and checked alike."""
+        if why := never_fires(asked, time.time()):
+            raise InvalidArgument(f"service '{asked.name}' not written: {why}")
         current = ServiceRecord.from_json(kv.value) if kv else None
         spec, bound = await self.objects.bind(asked, current.spec if current else None, pending)
         record, current = await self.next_version(spec, kv)
@@ -191,12 +194,19 @@ class ServiceWriter:
             "build: upgrade every node first, or apply without it (docs/operations.md, Upgrading)"
         )
 
-    async def scale(self, name: str, replicas: int) -> ServiceRecord:
+    async def scale(self, name: str, replicas: int, of: ServiceRecord | None = None) -> ServiceRecord:
+        """`of`: the record the caller decided from (the autoscaler); a service removed and
+        made again since, or another version, is not scaled (FailedPrecondition)."""
         if not 0 <= replicas <= 10_000:
             raise InvalidArgument(f"replicas: must be between 0 and 10000, got {replicas}")
 
         async def attempt() -> ServiceRecord | None:
             current, mod = await self.read(name)
+            if of is not None and (current.uid, current.version) != (of.uid, of.version):
+                raise FailedPrecondition(
+                    f"{name} changed since version {of.version} was read (now version {current.version}"
+                    f"{', another incarnation' if current.uid != of.uid else ''}): not scaled"
+                )
             if is_job(current.spec):
                 raise FailedPrecondition(
                     f"{name} is a job: it has no replicas to scale; change job.parallelism or "

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 from pydantic_core import PydanticCustomError
 
-from node.model.cron import Cron, CronError
+from node.model.cron import Cron, CronError, next_tick
 from node.model.cron import parse as parse_cron
 from node.model.spec_lifecycle import _duration, _duration_within
 
@@ -89,6 +89,21 @@ def check_schedule(spec: Any) -> None:
     except CronError as exc:
         where = "timezone" if "time zone" in str(exc) else "cron"
         raise _fail(str(exc), ("schedule", where)) from None
+
+
+def never_fires(spec: Any, now: float) -> str:
+    """Why the spec's schedule has no tick ahead of `now` ("" when it has one, or none is
+    set). A cron can pass its checks and still never fire: day fields that meet only in a
+    time zone's spring-forward gap, or 29 February on a weekday that will not come. Asked
+    at apply, not in the model (a stored spec must stay readable whatever the date)."""
+    schedule: ScheduleSpec | None = getattr(spec, "schedule", None)
+    if schedule is None:
+        return ""
+    try:
+        next_tick(schedule.parsed(), now)
+    except CronError as exc:
+        return f"schedule.cron: {exc}: it would never run; change the cron or the time zone"
+    return ""
 
 
 def own_slots(spec: Any) -> bool:

@@ -328,3 +328,43 @@ async def test_runs_of_a_namesake_or_of_a_removed_schedule_are_deleted(
         assert await _runs(store) == []
     finally:
         leader.stop()
+
+
+NEVER = {"cron": "* 2 25-31 3 */7", "timezone": "Europe/Berlin"}  # only in the spring-forward gap
+
+
+async def test_a_stored_cron_that_never_fires_is_said_once_and_the_leader_goes_on(clock: Clock) -> None:
+    """It passed the model's checks (stored before the API asked for a tick ahead). Once it
+    raised out of the pass: the leader loop died, the next leader too, and nothing was
+    reconciled anywhere. Now an event says so and other services are placed."""
+    store = await _store(_cron(**NEVER))
+    await store.put(KEYS.service("web"), make_service("web", replicas=2).to_json())
+    leader = await _leader(store)
+    emitted: list[tuple[str, str]] = []
+    runner = leader.loop.jobs.schedules
+    runner.events.emit = lambda kind, message, *_, **__: emitted.append((kind, message))  # type: ignore[method-assign]
+    try:
+        await leader.pass_()
+        await leader.pass_()
+        kvs, _ = await store.range(KEYS.tasks)
+        assert sorted(Assignment.from_json(kv.value).service for kv in kvs) == ["web", "web"]
+        stuck = [m for kind, m in emitted if kind == "schedule.stuck"]
+        assert len(stuck) == 1 and "tick: schedule not run" in stuck[0], emitted
+    finally:
+        leader.stop()
+
+
+def test_the_api_refuses_a_cron_that_would_never_run() -> None:
+    from node.api.services import ServiceWriter
+    from node.model.errors import InvalidArgument
+
+    async def apply() -> None:
+        w = ServiceWriter(MemoryStore(), KEYS, "n1")
+        text = (
+            "name: tick\nimage: x:1\nkind: job\n"
+            f"schedule: {{cron: '{NEVER['cron']}', timezone: {NEVER['timezone']}}}\n"
+        )
+        with pytest.raises(InvalidArgument, match=r"schedule.cron: .* no tick .* would never run"):
+            await w.apply(text, "tick.yaml")
+
+    asyncio.run(apply())
