@@ -115,11 +115,14 @@ def measure(spec: ServiceSpec, replicas: int, records: Iterable[LoadRecord], now
 
 def recommend(cfg: Autoscale, replicas: int, value: float) -> int:
     target = cfg.target.value
+    want = value / target if replicas == 0 else replicas * value / target
+    if not math.isfinite(want):  # a load too large to count: as many as allowed
+        return cfg.max
     if replicas == 0:  # scaled to zero (min 0, requests): `value` is the whole rate
-        return cfg.clamp(math.ceil(value / target - 1e-9) if value > 0 else 0)
+        return cfg.clamp(math.ceil(want - 1e-9) if value > 0 else 0)
     if abs(value / target - 1) <= TOLERANCE:
         return cfg.clamp(replicas)
-    return cfg.clamp(math.ceil(replicas * value / target - 1e-9))
+    return cfg.clamp(math.ceil(want - 1e-9))
 
 
 def decide(cfg: Autoscale, replicas: int, m: Measure, state: State, now: float) -> Outcome:

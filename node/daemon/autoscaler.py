@@ -104,12 +104,23 @@ class Autoscaler:
                     loads.append(LoadRecord.from_json(kv.value))
                 except (ValueError, TypeError, KeyError):
                     log.warning("autoscaler: unreadable load record %s skipped", kv.key)
-        counts = [await self.one(record, loads, statuses.get(record.name), now) for record in scaled]
+        counts = [await self._one_guarded(record, loads, statuses.get(record.name), now) for record in scaled]
         self.at_zero = 0 in counts  # with the counts just set: the first request may come now
         wanted = {s.name for s in scaled}
         for name in [n for n in statuses if n not in wanted]:
             await self.store.delete(self.keys.autoscale(name))
         self.states = {k: v for k, v in self.states.items() if k[0] in wanted}
+
+    async def _one_guarded(
+        self, record: ServiceRecord, loads: list[LoadRecord], status: AutoscaleStatus | None, now: float
+    ) -> int:
+        """`one`, with a failure of its own (not etcd's) kept to that service: the others
+        are decided, and the statuses of removed services deleted, all the same."""
+        try:
+            return await self.one(record, loads, status, now)
+        except (ArithmeticError, ValueError) as exc:
+            log.warning("autoscaler: %s not decided: %s", record.name, exc)
+            return record.replicas
 
     async def one(
         self, record: ServiceRecord, loads: list[LoadRecord], status: AutoscaleStatus | None, now: float
@@ -130,7 +141,7 @@ class Autoscaler:
             intent = self.status(record, m, out, out.desired, last, now)
             await self.store.put(self.keys.autoscale(record.name), intent.to_json())
             try:
-                new = await self.writer.scale(record.name, out.desired)
+                new = await self.writer.scale(record.name, out.desired, of=record)
             except ShoalError as exc:  # removed meanwhile, busy: the next pass sees it
                 log.info("autoscaler: %s not scaled: %s", record.name, exc)
                 return record.replicas

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -252,3 +253,48 @@ async def test_at_zero_a_new_load_record_wakes_the_leader_at_once() -> None:
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_a_service_made_again_between_the_read_and_the_scale_is_not_scaled() -> None:
+    """The pass read web (autoscaled); before its scale, web is removed and applied again
+    without autoscale. Scaling by name set the new incarnation to 4 for good."""
+    store, writer, scaler, clock, events = await _setup()
+    await _load(store, clock.now, n1=20.0, n2=15.0)
+    put = store.put
+
+    async def namesake_first(key: str, value: bytes, lease: int = 0) -> int:
+        if key == KEYS.autoscale("web"):  # the status, written just before the scale
+            store.put = put  # type: ignore[method-assign]
+            await writer.remove("web")
+            await writer.apply(SPEC.split("autoscale:")[0], "web.yaml")
+        return await put(key, value, lease)
+
+    store.put = namesake_first  # type: ignore[method-assign]
+    await scaler.pass_once()
+    record, _ = await writer.read("web")
+    assert record.replicas == 1 and record.spec.autoscale is None
+    assert not [e for e in events if e[0] == "service.autoscaled"]
+
+
+async def test_one_service_whose_figures_break_the_arithmetic_does_not_stop_the_others() -> None:
+    """A target of 5e-324 requests/s passes the checks (above 0) and made `ceil(inf)` raise
+    for the whole pass: web, at 3.5x its target, never scaled. A load too large to count is
+    as many replicas as allowed."""
+    store, writer, scaler, clock, _events = await _setup()
+    tiny = SPEC.replace("name: web", "name: tiny").replace("18080", "18081")
+    record, _ = await writer.apply(tiny, "tiny.yaml")
+    assert record.spec.autoscale is not None
+    target = record.spec.autoscale.target.model_copy(update={"requests_per_replica": 5e-324})
+    broken = record.spec.model_copy(
+        update={"autoscale": record.spec.autoscale.model_copy(update={"target": target})}
+    )
+    await store.put(KEYS.service("tiny"), replace(record, spec=broken).to_json())
+    for node, rate in {"n1": 20.0, "n2": 15.0}.items():
+        loads = {
+            "web": ServiceLoad(routed=True, requests=rate),
+            "tiny": ServiceLoad(routed=True, requests=1.0),
+        }
+        await store.put(KEYS.load(node), LoadRecord(node, clock.now, 6.0, (0.1,), loads).to_json())
+    await scaler.pass_once()
+    assert (await writer.read("web"))[0].replicas == 4
+    assert (await writer.read("tiny"))[0].replicas == 4  # as many as allowed, not a crash
