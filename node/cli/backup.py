@@ -19,6 +19,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -52,13 +53,26 @@ def verify(path: Path) -> int:
     return size - HASH_SIZE
 
 
-def write(chunks: Iterable[bytes], path: Path) -> int:
-    """Write the streamed snapshot to `path` (replaced only once complete and checked)."""
-    partial = path.with_name(f".{path.name}.partial")
+def fingerprint(path: Path) -> str:
+    """The first 16 hex digits of the snapshot's own SHA-256 (its trailer): the same for
+    every copy of the file, whatever the copy did to its times."""
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with path.open("rb") as f:
+            f.seek(-HASH_SIZE, os.SEEK_END)
+            return f.read(HASH_SIZE).hex()[:16]
     except OSError as exc:
-        raise BackupError(f"cannot write {partial}: {exc.strerror or exc}") from None
+        raise BackupError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def write(chunks: Iterable[bytes], path: Path) -> int:
+    """Write the streamed snapshot to `path` (replaced only once complete and checked). The
+    temporary file beside it is made new (`mkstemp`: O_EXCL, 0600), so a file or symlink
+    someone else left under a guessable name is never written through."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise BackupError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
+    partial = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
@@ -67,10 +81,19 @@ def write(chunks: Iterable[bytes], path: Path) -> int:
             os.fsync(f.fileno())
         size = verify(partial)
         os.replace(partial, path)
+        _sync_dir(path.parent)  # the rename itself survives a power cut
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     return size
+
+
+def _sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def restore_args(

@@ -151,7 +151,7 @@ def backup_cmd(settings: Settings, file: Path) -> None:
 @click.option(
     "--cluster-token",
     help="the restored etcd cluster's --initial-cluster-token, the same on every member "
-    "[shoal-restored-<the file's mtime>]",
+    "[shoal-restored-<the first 16 hex digits of the backup's SHA-256>]",
 )
 def restore_cmd(
     file: Path, data_dir: Path, name: str, peer_url: str, initial_cluster: str, cluster_token: str | None
@@ -169,13 +169,18 @@ def restore_cmd(
                 name,
                 peer_url,
                 initial_cluster,
-                cluster_token or f"shoal-restored-{int(file.stat().st_mtime)}",
+                cluster_token or f"shoal-restored-{backup.fingerprint(file)}",
             ),
             data_dir,
         )
     except backup.BackupError as exc:
         raise ShoalError(str(exc)) from None
     click.echo(f"restored {file} into {data_dir}: start etcd there as {name}, then the daemons reconnect")
+    click.echo(
+        "note: the cluster is as it was at the backup: a token revoked or a join token rotated "
+        "since then is valid again; revoke (`shoal token revoke`) and rotate "
+        "(`shoal cluster rotate-token`) them again once it runs"
+    )
 
 
 def own_cluster(found: context.Context) -> str:

@@ -79,3 +79,50 @@ def test_restore_args_name_the_member_and_default_to_a_one_member_cluster(tmp_pa
         "--initial-advertise-peer-urls": "https://10.0.0.1:2380",
         "--initial-cluster-token": "tok",
     }
+
+
+def test_a_file_planted_under_the_old_temporary_name_is_not_written_through(tmp_path: Path) -> None:
+    """The temporary name was `.<name>.partial`, opened without O_EXCL: a symlink left
+    there by another user in a shared directory got the snapshot (sealed CA key, token
+    hashes) written into its target."""
+    target = tmp_path / "theirs"
+    target.write_bytes(b"untouched")
+    (tmp_path / ".b.db.partial").symlink_to(target)
+    assert backup.write(snapshot(b"x" * 100), tmp_path / "b.db") == 100
+    assert target.read_bytes() == b"untouched"
+    assert (tmp_path / "b.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_default_cluster_token_is_the_files_own_whatever_its_times(tmp_path: Path) -> None:
+    """Every member must restore with the same token; it was the file's mtime, which a copy
+    (scp, cp, a download) changes: the members then refused each other."""
+    import os
+
+    from click.testing import CliRunner
+
+    from node.cli.main import cli
+
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    backup.write(snapshot(b"state" * 100), one)
+    two.write_bytes(one.read_bytes())
+    os.utime(two, (1_000_000, 1_000_000))
+    assert (
+        backup.fingerprint(one) == backup.fingerprint(two) == hashlib.sha256(b"state" * 100).hexdigest()[:16]
+    )
+    seen: list[list[str]] = []
+    original = backup.restore
+    backup.restore = lambda args, data_dir: seen.append(list(args))  # type: ignore[assignment]
+    try:
+        for i, f in enumerate((one, two)):
+            runner = CliRunner()
+            result = runner.invoke(
+                cli,
+                ["cluster", "restore", str(f), "--data-dir", str(tmp_path / f"d{i}"), "--name", f"m{i}",
+                 "--peer-url", f"https://10.0.0.{i}:2380"],
+            )  # fmt: skip
+            assert result.exit_code == 0, result.output
+            assert "valid again" in result.output
+    finally:
+        backup.restore = original  # type: ignore[assignment]
+    tokens = [args[args.index("--initial-cluster-token") + 1] for args in seen]
+    assert tokens[0] == tokens[1] == f"shoal-restored-{backup.fingerprint(one)}"
