@@ -147,6 +147,14 @@ class Applier:
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None  # Fenced or StoreError, as callers expect
 
+    async def delete_keys(self, keys: list[str]) -> None:
+        """Delete these keys, fenced, in transactions of at most MAX_TXN_OPS."""
+        for i in range(0, len(keys), MAX_TXN_OPS):
+            ops = [Delete(key) for key in keys[i : i + MAX_TXN_OPS]]
+            result = await self.store.txn([fence(self.keys.leader, self.epoch)], list(ops))
+            if not result.succeeded:
+                raise Fenced(f"leadership at epoch {self.epoch} is over; write refused")
+
     async def delete_prefix(self, *prefixes: str) -> None:
         """Delete whole prefixes (a removed service's tasks and volume claims), fenced."""
         ops = [Delete(prefix, prefix=True) for prefix in prefixes]

@@ -39,6 +39,7 @@ from node.model.domain import (
     RolloutRecord,
     ServiceRecord,
     UnreadableRecord,
+    claims_to_drop,
     effective_labels,
 )
 from node.model.keys import Keys
@@ -258,7 +259,15 @@ class LeaderLoop:
             await self.pools.step(services, snap, plans, now)
         orphans = {svc for svc, _ in snap.tasks} - set(services) - self.unreadable
         for svc in sorted(orphans):
-            await self.applier.delete_prefix(self.keys.service_tasks(svc), self.keys.service_volumes(svc))
+            under = self.keys.service_volumes(svc)
+            drop, whole = claims_to_drop(
+                (k, kv.value) for k, kv in self.volumes.items.items() if k.startswith(under)
+            )
+            if whole:
+                await self.applier.delete_prefix(self.keys.service_tasks(svc), under)
+            else:  # a `volume rm` under way keeps its claim (its agent deletes it)
+                await self.applier.delete_prefix(self.keys.service_tasks(svc))
+                await self.applier.delete_keys(drop)
             self.events.emit("service.removed", f"tasks of removed service {svc} unassigned", service=svc)
         await self._forget_rollouts(set(rollouts) - set(services))
         if not writes:

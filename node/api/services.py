@@ -26,6 +26,7 @@ from node.model.domain import (
     RolloutRecord,
     ServiceRecord,
     UnreadableRecord,
+    claims_to_drop,
     new_cause,
     new_service_uid,
     template_hash,
@@ -294,13 +295,19 @@ class ServiceWriter:
         claims = await service_writes(
             self.store, self.keys, claim_kinds.ALL, name, current.uid, current.spec, None
         )
+        volumes, _ = await self.store.range(self.keys.service_volumes(name))
+        drop, whole = claims_to_drop((kv.key, kv.value) for kv in volumes)
+        if whole:
+            volume_ops = [Delete(self.keys.service_volumes(name), prefix=True)]
+        else:  # a `volume rm` under way keeps its claim: its agent removes the volume, then it
+            volume_ops = [Delete(key) for key in drop]
         return [Compare(self.keys.service(name), "mod", "==", mod), *claims.compares], [
             *claims.ops,
             Delete(self.keys.service(name)),
             Delete(self.keys.history(name), prefix=True),
             Delete(self.keys.rollout(name)),
             Delete(self.keys.binds(name), prefix=True),
-            Delete(self.keys.service_volumes(name), prefix=True),
+            *volume_ops,
             Delete(self.keys.job(name)),  # issue 18: a job's progress
         ]
 

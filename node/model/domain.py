@@ -490,3 +490,20 @@ class VolumeClaim(Record):
     @property
     def docker_name(self) -> str:
         return docker_volume_name(self.service, self.slot, self.name, self.claim)
+
+
+def claims_to_drop(kvs: Iterable[tuple[str, bytes]]) -> tuple[list[str], bool]:
+    """The volume claim keys a service's removal deletes, and whether that is all of them:
+    not those `volume rm` marked `removing`, whose agent still has a Docker volume to remove
+    and deletes the claim then (else the volume is never removed, and unlisted)."""
+    drop, kept = [], False
+    for key, value in kvs:
+        try:
+            removing = VolumeClaim.from_json(value).removing
+        except (ValueError, TypeError, KeyError):
+            removing = False  # unreadable: nothing to remove by it
+        if removing:
+            kept = True
+        else:
+            drop.append(key)
+    return drop, not kept

@@ -403,3 +403,35 @@ async def test_a_split_group_whose_lead_batch_fails_sends_none_of_its_others() -
     stale, _ = await Applier(store, KEYS, epoch).commit([*tasks, record])
     assert stale == 3  # the lead batch, and the two it held back
     assert (await store.range(KEYS.service_tasks("web")))[0] == []
+
+
+async def test_the_leaders_sweep_of_a_removed_services_tasks_keeps_a_claim_being_removed() -> None:
+    """The tasks of a service removed under the leader are unassigned and its volume claims
+    deleted, but not one `volume rm` marked `removing`: its agent removes the Docker
+    volume, then the claim (deleted here, the volume stayed on its node, listed nowhere)."""
+    from dataclasses import replace as copy
+
+    from node.model.domain import Assignment, VolumeClaim
+
+    store = MemoryStore()
+    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
+    leader = LeaderLoop(store, KEYS, epoch, Quiet(store, KEYS, "n1"))
+    mirrors = (leader.services, leader.nodes, leader.tasks, leader.nodespecs, leader.volumes)
+    caches = [asyncio.create_task(c.run()) for c in mirrors]
+    try:
+        await store.put(KEYS.node("n1"), node("n1").to_json())
+        gone = make_service("gone", replicas=2)
+        for slot in (1, 2):
+            task = Assignment(f"t{slot}", "gone", slot, "n1", 1, 1, epoch, uid=gone.uid)
+            await store.put(KEYS.task("gone", slot), task.to_json())
+        kept = VolumeClaim("gone", 2, "data", "n1", "t2", gone.uid, 1.0)
+        await store.put(KEYS.volume("gone", 1, "data"), copy(kept, slot=1, claim="t1").to_json())
+        await store.put(KEYS.volume("gone", 2, "data"), copy(kept, removing=True).to_json())
+        await mirrors_caught_up(store, mirrors)
+        await leader.reconcile()
+        assert (await store.range(KEYS.service_tasks("gone")))[0] == []
+        kvs, _ = await store.range(KEYS.service_volumes("gone"))
+        assert [kv.key for kv in kvs] == [KEYS.volume("gone", 2, "data")]
+    finally:
+        for c in caches:
+            c.cancel()

@@ -328,6 +328,22 @@ async def test_stack_rm_and_service_rm_remove_every_volume_claim_and_nothing_els
     assert (await store.get(KEYS.volume("redis", 1, "data"))) is not None
 
 
+async def test_service_rm_keeps_a_claim_that_volume_rm_is_removing() -> None:
+    """`volume rm` marked slot 2's claim; `service rm` before the agent's sweep deleted the
+    whole prefix: the Docker volume stayed on its node for good, listed nowhere. The marked
+    claim stays (its agent removes the volume, then the claim); the others go."""
+    store = MemoryStore()
+    w = ServiceWriter(store, KEYS, "n1")
+    await w.apply(
+        "name: redis\nimage: redis\nreplicas: 2\nvolumes: [{name: data, target: /data}]\n", "r.yaml"
+    )
+    await store.put(KEYS.volume("redis", 1, "data"), claim(1, "n1").to_json())
+    await store.put(KEYS.volume("redis", 2, "data"), replace(claim(2, "n2"), removing=True).to_json())
+    await w.remove("redis")
+    kvs, _ = await store.range(KEYS.service_volumes("redis"))
+    assert [kv.key for kv in kvs] == [KEYS.volume("redis", 2, "data")]
+
+
 async def test_volume_rm_of_a_node_that_is_restarting_marks_it_not_deletes_it() -> None:
     """A node whose daemon restarts has no nodes/ key for a moment (its lease lapsed) but a
     restarting/ mark: taken for gone, the claim was deleted at once and the Docker volume
