@@ -5,14 +5,14 @@ prints it back. See docs/secrets.md.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
 from node.cli import Settings, pass_settings
+from node.cli.files import read_bounded
 from node.cli.output import emit, output_option
-from node.wire.client import ShoalError
+from node.security.objects import MAX_BYTES
 
 
 def object_dict(o: Any) -> dict[str, Any]:
@@ -39,13 +39,7 @@ COLUMNS = [
 
 
 def _read(path: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ShoalError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    return read_bounded(path, MAX_BYTES, "the value's file")
 
 
 def _group(kind: str, help_text: str) -> click.Group:

@@ -9,6 +9,7 @@ import click
 
 from node.cli import Settings, pass_settings
 from node.cli.autoscale import autoscale_cmd, autoscale_dict, scaled_to_zero
+from node.cli.files import MAX_SPEC, read_text
 from node.cli.output import (
     emit,
     emit_data,
@@ -25,20 +26,11 @@ from node.cli.rollout import follow
 from node.cli.taskio import service_logs
 from node.cli.usage import ps_columns, usage_by_task, usage_dict
 from node.pb import api_pb2
-from node.wire.client import ShoalError
 
 
 def read_spec(path: str) -> tuple[str, str]:
     """The text of a spec file and the name to report it by; `-` is standard input."""
-    if path == "-":
-        return sys.stdin.read(), "<stdin>"
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read(), path
-    except OSError as err:
-        raise ShoalError(f"cannot read spec file '{path}': {err.strerror or err}") from None
-    except UnicodeDecodeError:
-        raise ShoalError(f"cannot read spec file '{path}': not UTF-8 text") from None
+    return read_text(path, MAX_SPEC, "spec file"), "<stdin>" if path == "-" else path
 
 
 @click.group()

@@ -18,9 +18,11 @@ from typing import Any
 import click
 
 from node.cli import Settings, pass_settings
+from node.cli.files import MAX_SPEC, read_bounded, read_text
 from node.cli.output import emit, ports_text
 from node.cli.service import read_spec
 from node.pb import api_pb2
+from node.security.objects import MAX_BYTES
 from node.wire.client import ShoalError
 
 
@@ -33,7 +35,7 @@ def _dotenv(directory: Path) -> dict[str, str]:
     path = directory / ".env"
     out: dict[str, str] = {}
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in read_text(path, MAX_SPEC, "environment file").splitlines():
             key, eq, value = line.strip().removeprefix("export ").partition("=")
             if eq and key and not key.startswith("#"):
                 out[key.strip()] = value.strip().strip("'\"")
@@ -49,7 +51,7 @@ def compose_document(path: str, name: str) -> tuple[str, str, str, list[Any]]:
     base = Path(path).resolve().parent if path != "-" else Path.cwd()
 
     def read(rel: str) -> str:  # surrogateescape: a secret's bytes come back whole (node.compose.full)
-        return (base / rel).read_bytes().decode("utf-8", "surrogateescape")
+        return read_bounded(base / rel, MAX_BYTES, "secret or config file").decode("utf-8", "surrogateescape")
 
     try:
         result = translate(text, source, name, {**_dotenv(base), **os.environ}, read)
