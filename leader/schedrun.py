@@ -147,11 +147,14 @@ class ScheduleRunner:
                 ops.append(Put(self.keys.run(name, tick), done.to_json()))
                 by_tick[tick] = (done, run[1])
         going = sum(1 for rec, _ in records.values() if rec.state == JobState.RUNNING)
-        since = max([r.tick for r, _ in mine] + [service.updated_at])
-        d = schedules.decide(schedule, since, going, now)
+        d = schedules.decide(schedule, _since(mine, service, schedule.key), going, now)
         self.wakes[name] = d.wake
         late = "not fired within starting_deadline"
-        new = [RunRecord(name, service.uid, t, Outcome.MISSED.value, now, now, late) for t in d.missed]
+        key = schedule.key
+        new = [
+            RunRecord(name, service.uid, t, Outcome.MISSED.value, now, now, late, schedule=key)
+            for t in d.missed
+        ]
         acting = d.due is not None and d.action is not Action.NONE
         ended = [(float(t), r.outcome != Outcome.RUNNING) for t, (r, _) in by_tick.items()]
         pruned = set(schedules.prune(ended, current, len(new) + acting, schedule.keep))
@@ -168,9 +171,13 @@ class ScheduleRunner:
                 if schedule.policy == "allow"
                 else "the previous run was still going (concurrency: forbid)"
             )
-            new.append(RunRecord(name, service.uid, d.due, Outcome.SKIPPED.value, now, now, busy))
+            new.append(
+                RunRecord(name, service.uid, d.due, Outcome.SKIPPED.value, now, now, busy, schedule=key)
+            )
         elif lane is not None and d.due is not None:
-            new.append(RunRecord(name, service.uid, d.due, Outcome.RUNNING.value, now, lane=lane))
+            new.append(
+                RunRecord(name, service.uid, d.due, Outcome.RUNNING.value, now, lane=lane, schedule=key)
+            )
             completions = service.spec.job.completions if service.spec.job else 1
             mine_lane = [t for t in held_tasks if lane_of(t.slot) == lane]
             held = sorted({t.task_id for t in mine_lane})  # a pruned run's: no outcome of this one
@@ -302,3 +309,15 @@ def _finished(run: RunRecord, job: JobRecord, outcome: str, at: float) -> RunRec
     tasks = sorted({str(e["task"]) for e in job.indexes.values() if e.get("task")})
     message = job.message if outcome != Outcome.REPLACED else "replaced by a later tick"
     return replace(run, outcome=outcome, finished_at=at, message=message, tasks=tasks)
+
+
+def _since(mine: list[tuple[RunRecord, int]], service: ServiceRecord, key: str) -> float:
+    """Ticks after this are due. The last tick recorded under this very schedule, when
+    there is one: an apply that changed something else must not skip a tick that had not
+    fired yet (decision 57: the version that set the schedule counts). Otherwise the later
+    of the last tick and this version's apply: a new or changed schedule starts then,
+    without a burst of catch-up runs."""
+    same = [r.tick for r, _ in mine if r.schedule == key]
+    if same:
+        return max(same)
+    return max([r.tick for r, _ in mine] + [service.updated_at])

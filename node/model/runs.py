@@ -39,6 +39,7 @@ class RunRecord(Record):
     message: str = ""
     tasks: list[str] = field(default_factory=list)  # the run's tasks (the last one of each index)
     lane: int = 0  # the run's slot range (`slot`); meaningful for a fired run only
+    schedule: str = ""  # the schedule that recorded it (`ScheduleSpec.key`; "" from before)
 
     @property
     def fired(self) -> bool:

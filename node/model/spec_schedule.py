@@ -55,6 +55,11 @@ class ScheduleSpec(BaseModel):
     starting_deadline: _Deadline | None = None  # None: DEFAULT_DEADLINE
     history: Annotated[int, AfterValidator(_history)] | None = None  # None: DEFAULT_HISTORY
 
+    @property
+    def key(self) -> str:
+        """What makes its ticks: the cron and the time zone (recorded in each run record)."""
+        return f"{self.cron} {self.timezone or 'UTC'}"
+
     def parsed(self) -> Cron:
         return parse_cron(self.cron, self.timezone)
 

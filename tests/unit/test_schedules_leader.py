@@ -368,3 +368,42 @@ def test_the_api_refuses_a_cron_that_would_never_run() -> None:
             await w.apply(text, "tick.yaml")
 
     asyncio.run(apply())
+
+
+async def test_an_apply_of_something_else_just_after_a_tick_does_not_lose_that_tick(
+    store: MemoryStore, clock: Clock
+) -> None:
+    """The tick at T+120 had not fired yet when a new image was applied at T+120.4: ticks
+    counted from the latest version's apply, so T+120 was neither run nor recorded as
+    missed. The last tick recorded under the same schedule counts instead; a changed
+    schedule still starts at its apply."""
+    leader = await _leader(store)
+    try:
+        clock.now = T0 + 60.5
+        await leader.pass_()
+        [run] = await _runs(store)
+        assert run.schedule == "* * * * * UTC"
+        clock.now = T0 + 75
+        await _finish(store, (await _tasks(store))[1])
+        await leader.pass_()
+        clock.now = T0 + 120.5
+        kv = await store.get(KEYS.service("tick"))
+        assert kv is not None
+        service = ServiceRecord.from_json(kv.value)
+        newer = replace(
+            service, version=2, updated_at=T0 + 120.4, spec=service.spec.model_copy(update={"image": "x:2"})
+        )
+        await store.put(KEYS.service("tick"), newer.to_json())
+        await leader.pass_()
+        ticks = sorted((r.tick, r.outcome) for r in await _runs(store))
+        assert ticks == [(T0 + 60, "succeeded"), (T0 + 120, "running")]
+        changed = newer.spec.schedule.model_copy(update={"cron": "*/2 * * * *"})  # type: ignore[union-attr]
+        clock.now = T0 + 180.5
+        again = replace(
+            newer, version=3, updated_at=T0 + 180.4, spec=newer.spec.model_copy(update={"schedule": changed})
+        )
+        await store.put(KEYS.service("tick"), again.to_json())
+        await leader.pass_()
+        assert len(await _runs(store)) == 2, "a changed schedule starts at its apply (next tick T+240)"
+    finally:
+        leader.stop()
