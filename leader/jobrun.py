@@ -120,10 +120,22 @@ class JobRunner:
                         runs.append((self.keys.jobrun(name, tick), side, mod, side.uid))
             live: dict[int, Assignment] = {}
             wanted: set[int] = set()
+            plain = scheduled(record.spec) is None
+            if plain:  # a scheduled run's tasks in lanes above 0 (the schedule taken out): unassigned
+                live.update({s: t for s, t in by_job.get(name, {}).items() if s > LANE})
             for key, stored_run, mod, uid in runs:
-                base = stored_run.lane * LANE if stored_run is not None else 0  # its lane's slots
+                ours = stored_run is not None and stored_run.uid == uid
+                base = stored_run.lane * LANE if stored_run is not None and ours else 0  # its lane's slots
                 lane = {s - base: t for s, t in by_job.get(name, {}).items() if base < s <= base + LANE}
-                st = await self._step(name, key, uid, record, stored_run, mod, lane, statuses, alive, now)
+                start = None
+                if plain and stored_run is not None and not ours:
+                    # another incarnation's record, or a scheduled run's: this job starts afresh,
+                    # and what its slots hold now is not its own (not counted, replaced)
+                    own = sorted(t.task_id for t in lane.values())
+                    start = replace(jobs.fresh(name, uid, now), counted=own)
+                st = await self._step(
+                    name, key, uid, record, stored_run, mod, lane, statuses, alive, now, start
+                )
                 if key == self.keys.job(name):
                     self.steps[name] = st
                 else:
@@ -155,9 +167,11 @@ class JobRunner:
         statuses: StatusLookup,
         alive: Collection[str],
         now: float,
+        start: JobRecord | None = None,
     ) -> jobs.JobStep:
-        """One run's record stepped and written (fenced, compared); a stale one acts on nothing."""
-        st = jobs.step(name, uid, service.spec, old, tasks, statuses.get, alive, now)
+        """One run's record stepped and written (fenced, compared); a stale one acts on nothing.
+        `start`: the record to step from instead of `old` (what is stored, compared)."""
+        st = jobs.step(name, uid, service.spec, start or old, tasks, statuses.get, alive, now)
         if st.record != old and not await self._write(key, name, st.record, mod):
             st.start, st.stop, st.ended, st.stale = set(), [], "", True
         elif old is not None and st.record.counted != old.counted:

@@ -154,3 +154,54 @@ async def test_indices_that_may_not_start_take_no_capacity_from_other_services()
     finally:
         for c in caches:
             c.cancel()
+
+
+async def _plain_after(stored: JobRecord, tasks: list[tuple[int, str, int | None]]) -> MemoryStore:
+    """A plain job `batch` (uid u2, one completion) over what a scheduled job of that name
+    left: its record `stored` and tasks (slot, incarnation uid, exit code or None: running)."""
+    store = MemoryStore()
+    await store.put(KEYS.node("n1"), make_node("n1").to_json())
+    job = replace(make_service("batch", kind="job", job={"completions": 1}), uid="u2")
+    await store.put(KEYS.service("batch"), job.to_json())
+    await store.put(KEYS.job("batch"), stored.to_json())
+    for slot, uid, code in tasks:
+        task = Assignment(f"old{slot}", "batch", slot, "n1", 1, 1, 1, uid=uid)
+        await store.put(KEYS.task("batch", slot), task.to_json())
+        if code is not None:
+            await _finish(store, task, code)
+    return store
+
+
+async def test_a_plain_job_after_a_scheduled_namesake_runs_once_and_unassigns_its_lanes() -> None:
+    """The namesake's last run was in lane 1 (slot 1001). The new job computed its slots
+    from that record's lane: it placed slot 1001, then (its own record in lane 0) slot 1
+    too: two tasks for one completion, and slot 1001 never counted nor stopped."""
+    store = await _plain_after(JobRecord("batch", "u1#1800000060", lane=1), [(1001, "u1", None)])
+    loop, caches = await _leader(store)
+    try:
+        for _ in range(3):
+            await _pass(store, loop)
+        tasks = await _tasks(store)
+        assert sorted(tasks) == [1] and tasks[1].uid == "u2", tasks
+        record = await _record(store)
+        assert (record.uid, record.state, record.lane) == ("u2", "running", 0)
+    finally:
+        for c in caches:
+            c.cancel()
+
+
+async def test_a_job_whose_schedule_was_taken_out_does_not_count_the_last_runs_task() -> None:
+    """Same incarnation, `schedule:` removed: the run's finished slot-1 task was counted as
+    the new plain job's, which then said "succeeded 1 of 1" without running."""
+    store = await _plain_after(JobRecord("batch", "u2#1800000060", state="succeeded"), [(1, "u2", 0)])
+    loop, caches = await _leader(store)
+    try:
+        await _pass(store, loop)
+        await _pass(store, loop)
+        record = await _record(store)
+        assert (record.uid, record.state) == ("u2", "running"), record
+        [task] = (await _tasks(store)).values()
+        assert task.task_id != "old1", "a task of its own runs"
+    finally:
+        for c in caches:
+            c.cancel()
