@@ -33,6 +33,7 @@ from node.security.tokens import CLIENT_SERVICE, ClientToken, Role, TokenError, 
 COOKIE = "shoal_dashboard"
 SESSION_TTL = 12 * 3600.0  # s a login lasts
 MAX_SESSIONS = 1000
+PER_TOKEN = 20  # sessions of one token at once: its oldest goes first, not another user's
 
 NO_LOGIN = (
     "log in with a client token (shoal_…): `shoal token create --role viewer` makes one; "
@@ -82,6 +83,9 @@ class Gate:
         token = _parse(text)
         viewer = await self._check(token)
         session = secrets.token_urlsafe(32)
+        mine = [sid for sid, s in self._sessions.items() if s.token.id == token.id]
+        for sid in mine[: max(0, len(mine) + 1 - PER_TOKEN)]:  # one token's logins push out its own
+            del self._sessions[sid]
         self._sessions[session] = _Session(token, self.clock() + self.ttl)
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)

@@ -16,7 +16,7 @@ import pytest
 
 from node.api.servicer import ShoalServicer
 from node.dashboard import server as server_module
-from node.dashboard.gate import COOKIE, Gate, Refused
+from node.dashboard.gate import COOKIE, PER_TOKEN, Gate, Refused
 from node.dashboard.server import Dashboard, Identity, Request
 from node.dashboard.traffic import Totals, Traffic
 from node.dashboard.views import Views
@@ -102,6 +102,18 @@ async def test_sessions_end_by_time_logout_and_revocation() -> None:
     for _ in range(5):  # bounded
         await gate.login(tokens[Role.DEPLOYER])
     assert len(gate._sessions) == 2
+
+
+async def test_one_tokens_logins_push_out_its_own_sessions_not_anothers() -> None:
+    """Any valid token (a viewer's) could log in 1,000 times and push out every other
+    user's session, admins included."""
+    credentials, tokens = _tokens()
+    gate = Gate(credentials)
+    admin, _ = await gate.login(tokens[Role.ADMIN])
+    for _ in range(1200):
+        await gate.login(tokens[Role.VIEWER])
+    assert (await gate.admit({}, {COOKIE: admin}, "ListNodes")).role is Role.ADMIN
+    assert len(gate._sessions) == 1 + PER_TOKEN
 
 
 def test_traffic_rates_latency_and_a_counter_that_went_back() -> None:
