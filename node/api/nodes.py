@@ -25,6 +25,7 @@ from node.model.domain import (
     NodeInfo,
     NodeSpec,
     NodeStatus,
+    readable_endpoints,
     routable_endpoints,
     serving,
 )
@@ -115,7 +116,7 @@ async def routable_at(
     uids = {service: uid} if uid is not None else None
     assigned = serving((Assignment.from_json(kv.value) for kv in tasks), uids)
     endpoints = routable_endpoints(
-        (EndpointRecord.from_json(kv.value) for kv in kvs), assigned, await gone(store, keys, view)
+        readable_endpoints(kv.value for kv in kvs), assigned, await gone(store, keys, view)
     )
     return endpoints, max((kv.mod_revision for kv in (*kvs, *tasks)), default=0)
 

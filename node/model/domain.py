@@ -375,6 +375,36 @@ class EndpointRecord(Record):
         return self.port if self.container_port == container_port else 0
 
 
+def readable_endpoints(values: Iterable[bytes]) -> list[EndpointRecord]:
+    """The endpoint records among `values` that can be used; the others (not JSON objects,
+    fields of the wrong type, a port outside 1-65535) are logged and left out, as
+    `readable_services` does: one bad record written around the agents must not stop every
+    node's mesh (it once did: the sync raised, and each daemon exited and met it again)."""
+    out = []
+    for raw in values:
+        try:
+            record = EndpointRecord.from_json(raw)
+            _check_endpoint(record)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("endpoint record left out (unreadable): %s", str(exc)[:200])
+            continue
+        out.append(record)
+    return out
+
+
+def _check_endpoint(e: EndpointRecord) -> None:
+    for name in ("task_id", "service", "node", "address", "container_address"):
+        if not isinstance(getattr(e, name), str):
+            raise TypeError(f"{name} of endpoint {str(e.task_id)[:40]} is not a string")
+    if not isinstance(e.ports, dict) or not all(
+        isinstance(k, str) and k.isascii() and k.isdigit() for k in e.ports
+    ):
+        raise TypeError(f"ports of endpoint {e.task_id[:40]} is not a map of container port to host port")
+    ports = [e.port, e.container_port, *e.ports.values()]
+    if not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 65535 for p in ports):
+        raise ValueError(f"endpoint {e.task_id[:40]} has a port that is not 0-65535")
+
+
 def serving(tasks: Iterable[Assignment], uids: Mapping[str, str] | None = None) -> set[tuple[str, str]]:
     """(task id, node) of every assigned task, and of every old task a handoff keeps
     serving its slot until the new one is ready (a start-first update). With `uids`

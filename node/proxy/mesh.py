@@ -51,6 +51,7 @@ from node.model.domain import (
     Assignment,
     EndpointRecord,
     ServiceRecord,
+    readable_endpoints,
     readable_services,
     routable_endpoints,
     serving,
@@ -302,7 +303,7 @@ class Mesh:
         uids = {r.name: r.uid for r in readable_services(kv.value for kv in self.services.values())}
         tasks = (Assignment.from_json(kv.value) for kv in self.tasks.values())
         assigned = serving(tasks, uids)  # not a task of a removed namesake
-        endpoints = (EndpointRecord.from_json(kv.value) for kv in self.endpoints.values())
+        endpoints = readable_endpoints(kv.value for kv in self.endpoints.values())
         out = routable_endpoints(endpoints, assigned, self._gone())
         return direct(out, self.node, self.onlink) if self.settings.direct else out
 

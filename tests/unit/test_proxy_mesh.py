@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from node.gossip.member import Member, MemberState
-from node.model.domain import EndpointRecord, ServiceRecord
+from node.model.domain import EndpointRecord, ServiceRecord, readable_endpoints
 from node.model.keys import Keys
 from node.proxy.mesh import Mesh, MeshSettings
 from node.proxy.metrics import MeshCollector
@@ -300,3 +300,37 @@ async def test_a_bind_error_is_reported_again_on_a_new_lease(world: World) -> No
         await wait_until(lambda: reported_on(world.lease), 3.0, message="reported again on the new lease")
     finally:
         blocker.close()
+
+
+BAD_ENDPOINTS = [
+    b"null",
+    b"[]",
+    b'{"task_id": "x"}',
+    b'{"task_id": "x", "service": "web", "node": "n2", "address": "127.0.0.1", "port": 1, '
+    b'"container_port": 80, "ports": {"80": "x"}}',
+    b'{"task_id": "x", "service": "web", "node": "n2", "address": "127.0.0.1", "port": 70000, '
+    b'"container_port": 80, "ports": {"80": 70000}}',
+    b'{"task_id": "x", "service": "web", "node": "n2", "address": 7, "port": 1, "container_port": 80}',
+]
+
+
+@pytest.mark.parametrize("raw", BAD_ENDPOINTS)
+def test_an_unreadable_endpoint_record_is_left_out_and_the_others_kept(raw: bytes) -> None:
+    good = EndpointRecord("t1", "web", "n1", HOST, 1234, 80, {"80": 1234})
+    assert readable_endpoints([raw, good.to_json()]) == [good]
+
+
+async def test_a_bad_endpoint_record_does_not_stop_the_mesh(world: World) -> None:
+    """Written around the agents (by hand, a tool, a bug): the mesh's sync raised, the
+    daemon exited, and every restart on every node met the record again. Port 70000 was
+    wrapped by uvloop to 4464."""
+    port = free_port()
+    web = tcp_service("web", port)
+    await world.store.put(KEYS.service("web"), web.to_json())
+    await world.backend(web, 1, "n1")
+    for i, raw in enumerate(BAD_ENDPOINTS):
+        await world.store.put(KEYS.endpoint("web", f"bad{i}"), raw)
+    await wait_until(
+        lambda: len(world.mesh.listeners.get(port, ()) and world.mesh.listeners[port].balancer) == 1, 3.0
+    )
+    assert await answers(port, 2) == ["web.1@n1", "web.1@n1"]
