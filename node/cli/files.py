@@ -7,6 +7,7 @@ before anything is sent to the cluster.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import sys
@@ -18,24 +19,28 @@ MAX_SPEC = 1024 * 1024
 """Bytes of a spec, stack or Compose file (or `.env`): far more than any real one."""
 
 
-def read_bounded(path: str | Path, limit: int, what: str) -> bytes:
-    """The bytes of `path` (`-`: standard input); ShoalError when it cannot be read, is not
-    a regular file, or holds more than `limit` bytes."""
+def read_limited(path: str | Path, limit: int) -> bytes:
+    """The bytes of `path` (`-`: standard input), at most `limit`; OSError (with `strerror`
+    saying why) when it cannot be read, is not a regular file, or holds more."""
     if str(path) == "-":
         data = sys.stdin.buffer.read(limit + 1)
-        name = "standard input"
     else:
-        name = f"'{path}'"
-        try:
-            with open(path, "rb") as f:
-                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                    raise ShoalError(f"cannot read {what} {name}: not a regular file")
-                data = f.read(limit + 1)
-        except OSError as exc:
-            raise ShoalError(f"cannot read {what} {name}: {exc.strerror or exc}") from None
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            data = f.read(limit + 1)
     if len(data) > limit:
-        raise ShoalError(f"{what} {name} is over {_size(limit)}: too big to send")
+        raise OSError(errno.EFBIG, f"over {_size(limit)}, too big to send")
     return data
+
+
+def read_bounded(path: str | Path, limit: int, what: str) -> bytes:
+    """`read_limited`, with ShoalError naming the file and why."""
+    try:
+        return read_limited(path, limit)
+    except OSError as exc:
+        name = "standard input" if str(path) == "-" else f"'{path}'"
+        raise ShoalError(f"cannot read {what} {name}: {exc.strerror or exc}") from None
 
 
 def read_text(path: str | Path, limit: int, what: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from node.cli import Settings, pass_settings
-from node.cli.files import MAX_SPEC, read_bounded, read_text
+from node.cli.files import MAX_SPEC, read_limited, read_text
 from node.cli.output import emit, ports_text
 from node.cli.service import read_spec
 from node.pb import api_pb2
@@ -51,7 +51,7 @@ def compose_document(path: str, name: str) -> tuple[str, str, str, list[Any]]:
     base = Path(path).resolve().parent if path != "-" else Path.cwd()
 
     def read(rel: str) -> str:  # surrogateescape: a secret's bytes come back whole (node.compose.full)
-        return read_bounded(base / rel, MAX_BYTES, "secret or config file").decode("utf-8", "surrogateescape")
+        return read_limited(base / rel, MAX_BYTES).decode("utf-8", "surrogateescape")  # OSError: said where
 
     try:
         result = translate(text, source, name, {**_dotenv(base), **os.environ}, read)

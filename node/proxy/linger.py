@@ -8,7 +8,7 @@ the answer: it sees "connection reset" instead of the 413 that says what to fix.
 
 So such a connection is not closed at once: after the answer the write side is shut
 (`write_eof`, a FIN), and what the client still sends is read and dropped, until the
-client's own EOF, `QUIET` s without a byte, `LONGEST` s in all or `MOST` bytes,
+client's own EOF, `QUIET` s without a byte, `LONGEST` s in all or `MOST` bytes (256 KiB),
 whichever comes first; then it is closed. `Lingerer` takes the client transport over
 (`transport.set_protocol`), so the engine's hot path carries no test for it. A transport
 that cannot half-close (TLS) is closed as before.
@@ -23,7 +23,7 @@ QUIET = 1.0
 """Seconds without a byte from the client after which a lingering connection is closed."""
 LONGEST = 5.0
 """Seconds a connection lingers at most."""
-MOST = 1 << 20
+MOST = 256 * 1024
 """Bytes read and dropped at most: past them the connection is closed (an RST, then)."""
 SHUT: bytes = bytes(bytearray(b"shut the write side"))
 """Queued with the engine's writes (`HttpProxy.send`), this object, compared by identity,

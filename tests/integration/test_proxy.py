@@ -362,7 +362,10 @@ def test_hostile_heads_on_a_published_port_are_cut_and_the_node_stays_well(clust
     for (first, _), (answer, sent) in zip(attacks, results, strict=True):
         status = 414 if first == b"GET /" else 431
         assert answer.startswith(b"HTTP/1.1 %d " % status), (first[:30], answer[:100], sent)
-        assert sent < 2 * 2**20, f"cut off after {sent} bytes only"
+        # cut long before the 16 MiB budget: the head limit, the lingering close's budget
+        # (node.proxy.linger.MOST, read and dropped so the answer is not lost to an RST)
+        # and what the two sockets' buffers hold, which autotuning grows on a loaded host
+        assert sent < 4 * 2**20, f"cut off after {sent} bytes only"
     grown = (peak - base) / 2**20
     print(f"shoald RSS {base / 2**20:.1f} MiB, peak +{grown:.1f} MiB; bytes sent {[r[1] for r in results]}")
     assert peak - base <= 32 * 2**20, f"shoald RSS grew by {(peak - base) / 2**20:.1f} MiB"

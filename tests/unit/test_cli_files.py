@@ -28,7 +28,9 @@ def test_a_regular_file_within_the_bound_is_read(tmp_path: Path) -> None:
 def test_over_the_bound_is_refused_naming_it(tmp_path: Path) -> None:
     f = tmp_path / "big"
     f.write_bytes(b"x" * (600 * 1024))
-    with pytest.raises(ShoalError, match=r"the value's file '.*big' is over 500 KiB"):
+    with pytest.raises(
+        ShoalError, match=r"cannot read the value's file '.*big': over 500 KiB, too big to send"
+    ):
         read_bounded(f, 500 * 1024, "the value's file")
 
 
@@ -57,7 +59,7 @@ def test_not_utf8_is_refused_with_where(tmp_path: Path) -> None:
 
 def test_standard_input_is_bounded_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"x" * 2000)))
-    with pytest.raises(ShoalError, match="standard input is over 1 KiB"):
+    with pytest.raises(ShoalError, match="cannot read spec file standard input: over 1 KiB"):
         read_bounded("-", 1024, "spec file")
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfe")))
     with pytest.raises(ShoalError, match="standard input: not UTF-8"):
