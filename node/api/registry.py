@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, cast
 
 import requests
@@ -49,6 +51,8 @@ from node.model.spec import ServiceSpec
 from node.security.sealing import SealError
 
 TIMEOUT = 3.5  # s for every request of one resolve together: inside the client's 5 s deadline
+MAX_BODY = 4 * 1024 * 1024  # bytes of a manifest or token answer read at most
+LOOKUPS = 4  # resolves at once, on threads of their own (never the loop's default executor)
 Credentials = tuple[str, str] | None
 
 
@@ -82,7 +86,7 @@ def resolve_digest(http: Http, ref: ImageRef, credentials: Credentials, timeout:
     def ask(method: str, extra: dict[str, str]) -> requests.Response:
         try:
             return http.request(
-                method, url, headers={**headers, **extra}, timeout=left(), allow_redirects=False
+                method, url, headers={**headers, **extra}, timeout=left(), allow_redirects=False, stream=True
             )
         except requests.RequestException as exc:
             raise ResolveError(f"{where} cannot be reached: {exc}") from None
@@ -106,10 +110,27 @@ def resolve_digest(http: Http, ref: ImageRef, credentials: Credentials, timeout:
         got = ask("GET", {"Authorization": str(auth_header)} if auth_header else {})
         if got.status_code != 200:
             raise ResolveError(f"{where} answered HTTP {got.status_code} to the manifest's GET")
-        digest = "sha256:" + hashlib.sha256(got.content).hexdigest()
+        digest = "sha256:" + hashlib.sha256(_body(got, where, left)).hexdigest()
     if not DIGEST_RE.fullmatch(digest):
         raise ResolveError(f"{where} gave a digest shoal does not read: {digest[:80]!r}")
     return digest
+
+
+def _body(resp: requests.Response, where: str, left: Callable[[], float]) -> bytes:
+    """The answer's body, at most MAX_BODY bytes, read before the deadline (`left` raises
+    past it): a registry that sends without end is cut, not read into memory."""
+    out = bytearray()
+    try:
+        for chunk in resp.iter_content(65536):
+            out += chunk
+            if len(out) > MAX_BODY:
+                raise ResolveError(f"{where} sent more than {MAX_BODY // 2**20} MiB for one manifest")
+            left()
+    except requests.RequestException as exc:
+        raise ResolveError(f"{where} cut its answer: {exc}") from None
+    finally:
+        resp.close()
+    return bytes(out)
 
 
 def _authorization(
@@ -130,15 +151,26 @@ def _authorization(
         if credentials and may_send_credentials(ref.registry, realm)
         else {}
     )
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ResolveError(f"{where}'s token service did not answer within {timeout:g}s")
+        return remaining
+
     try:
-        resp = http.request("GET", realm, params=query, headers=extra, timeout=timeout, allow_redirects=False)
+        resp = http.request(
+            "GET", realm, params=query, headers=extra, timeout=timeout, allow_redirects=False, stream=True
+        )
     except requests.RequestException as exc:
         raise ResolveError(f"{where}'s token service cannot be reached: {exc}") from None
     if resp.status_code != 200:
+        resp.close()
         raise ResolveError(f"{where}'s token service answered HTTP {resp.status_code}")
     try:
-        body = resp.json()
-        token = body.get("token") or body.get("access_token")
+        body = json.loads(_body(resp, f"{where}'s token service", left))
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
     except ValueError:
         token = None
     if not isinstance(token, str) or not token:
@@ -170,6 +202,11 @@ class Resolver:
     def __init__(self, http_factory: Callable[[], Http] | None = None, timeout: float = TIMEOUT) -> None:
         self.http_factory = http_factory or _session
         self.timeout = timeout
+        # threads of its own: a registry that trickles its headers holds a thread past any
+        # timeout requests can set (they bound each read, not the whole), and must never hold
+        # those of the loop's default executor, which the leader's passes use
+        self._pool = ThreadPoolExecutor(LOOKUPS, thread_name_prefix="shoal-registry")
+        self._busy = 0
 
     async def pin(self, spec: ServiceSpec, open_secret: Callable[[str], Any]) -> ServiceSpec:
         """`spec` with `image_digest` set to the digest of its tag now (None when the image
@@ -182,13 +219,29 @@ class Resolver:
         if not wanted:
             return spec.model_copy(update={"image_digest": None}) if spec.image_digest else spec
         credentials = await self._credentials(spec, ref, open_secret)
+        if self._busy >= LOOKUPS:
+            raise FailedPrecondition(
+                f"service '{spec.name}' not written: {LOOKUPS} image lookups are waiting on slow "
+                f"registries; try again (or give the image by digest, or pull: never)"
+            )
+        self._busy += 1
+        future = asyncio.get_running_loop().run_in_executor(self._pool, self._resolve, ref, credentials)
+        future.add_done_callback(self._done)
         try:
-            digest = await asyncio.to_thread(self._resolve, ref, credentials)
+            digest = await asyncio.wait_for(asyncio.shield(future), self.timeout + 0.5)
+        except TimeoutError:
+            raise FailedPrecondition(
+                f"service '{spec.name}' not written: image {spec.image} cannot be resolved: "
+                f"registry {ref.registry} did not answer within {self.timeout:g}s"
+            ) from None
         except ResolveError as exc:
             raise FailedPrecondition(
                 f"service '{spec.name}' not written: image {spec.image} cannot be resolved: {exc}"
             ) from None
         return spec.model_copy(update={"image_digest": digest})
+
+    def _done(self, _: asyncio.Future[str]) -> None:
+        self._busy -= 1
 
     def _resolve(self, ref: ImageRef, credentials: Credentials) -> str:
         http = self.http_factory()

@@ -4,9 +4,12 @@ pull policy, and the write path (apply pins the digest, refuses at once, writes 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +154,7 @@ def _response(status: int, headers: dict[str, str] | None = None, body: bytes = 
     r.status_code = status
     r.headers.update(headers or {})
     r._content = body
+    r._content_consumed = True  # read already: iter_content gives it back in slices
     return r
 
 
@@ -439,3 +443,98 @@ async def test_the_login_secret_is_used_when_no_pull_secret_is_named() -> None:
     assert await files.pull_auth(record.spec) == ("alice", "pw")
     assert await files.pull_auth(parse_spec("name: b\nimage: 127.0.0.9:1/app:1\n")) is None  # no login there
     assert await files.pull_auth(parse_spec("name: c\nimage: shoal-demo/web:1\n")) is None  # no registry
+
+
+# -- a hostile registry: bounded in memory, time and threads -------------------------------
+
+
+class Hostile:
+    """A registry on 127.0.0.1 that answers HEAD 200 with no digest, then `mode`: "endless"
+    streams a manifest body without end; "trickle" sends its headers a byte at a time."""
+
+    def __init__(self, mode: str) -> None:
+        import socket
+        import threading
+
+        self.mode = mode
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        self.server.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: Any) -> None:
+        with conn:
+            try:
+                head = conn.recv(65536)
+                if head.startswith(b"HEAD") and self.mode == "endless":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    head = conn.recv(65536)
+                if self.mode == "endless":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    chunk = b"%x\r\n%s\r\n" % (65536, b"m" * 65536)
+                    while not self.stop.is_set():
+                        conn.sendall(chunk)
+                else:
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 10_000:
+                        if self.stop.wait(0.2):
+                            return
+                        conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+
+
+def test_a_manifest_without_end_is_cut_at_the_bound_not_read_into_memory() -> None:
+    """Read with `.content`, a registry sending without end grew the daemon by GBs."""
+    hostile = Hostile("endless")
+    try:
+        ref = ImageRef(f"127.0.0.1:{hostile.port}", "team/app", "1", "")
+        started = time.monotonic()
+        with pytest.raises(ResolveError, match=r"more than 4 MiB|did not answer within"):
+            resolve_digest(requests.Session(), ref, None, timeout=3.0)
+        assert time.monotonic() - started < 10, "bounded by its deadline, not by the registry"
+    finally:
+        hostile.close()
+
+
+async def test_registries_that_trickle_hold_threads_of_their_own_and_never_the_default_ones() -> None:
+    """requests' timeout bounds each read, so headers sent a byte every 0.2 s hold a thread
+    past it. Those threads were the loop's default executor, which the leader's passes use:
+    a few such applies stalled the leader. Now the call answers at its timeout, at most
+    LOOKUPS threads are held, the next lookup is refused at once, and to_thread still runs."""
+    from node.api.registry import LOOKUPS, Resolver
+    from node.model.errors import FailedPrecondition, NotFound
+
+    hostile = Hostile("trickle")
+    resolver = Resolver(timeout=0.5)
+    spec = parse_spec(f"name: web\nimage: 127.0.0.1:{hostile.port}/team/app:1\n", "web.yaml")
+
+    async def none(name: str) -> bytes:
+        raise NotFound(f"secret '{name}' not found")  # no login for this registry
+
+    try:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+        for _ in range(LOOKUPS):
+            started = time.monotonic()
+            with pytest.raises(FailedPrecondition, match=r"did not answer within 0\.5s"):
+                await resolver.pin(spec, none)
+            assert time.monotonic() - started < 5, "answered at its timeout, not the registry's pace"
+        with pytest.raises(FailedPrecondition, match="image lookups are waiting on slow registries"):
+            await resolver.pin(spec, none)
+        assert await asyncio.wait_for(asyncio.to_thread(int, "7"), 1.0) == 7
+    finally:
+        hostile.close()
