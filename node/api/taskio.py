@@ -96,11 +96,16 @@ class TaskIO(TaskFinder):
             raise InvalidArgument("give a service name or a task id")
         if not math.isfinite(request.since) or request.since < 0:  # NaN passed `< 0`, inf went to Docker
             raise InvalidArgument("since: a time in unix seconds, not negative")
-        sources = [self._task_batches(t, request) for t in targets[:MAX_TASKS]]
+        targets = targets[:MAX_TASKS]
+        opened: dict[str, str] = {}  # task -> the container its stream was opened for
+        if request.follow and request.service and not request.task:
+            started = await self._started({t.task for t in targets})
+            opened = {t.task: started.get(t.task, "") for t in targets}
+        sources = [self._task_batches(t, request) for t in targets]
         if request.follow:
             more = None
             if request.service and not request.task:
-                more = self._joining(request, {t.task for t in targets})
+                more = self._joining(request, opened)
             async for batch in fan_in(sources, maxsize=BATCHES_QUEUED, more=more):
                 yield batch
             return
@@ -108,27 +113,40 @@ class TaskIO(TaskFinder):
         async for lines in batches(merged, _size):
             yield api_pb2.LogBatch(lines=lines)
 
+    async def _started(self, tasks: set[str]) -> dict[str, str]:
+        """task -> its container, for those of `tasks` whose node reports them past `pending`
+        (one read of every status, not one per task)."""
+        kvs, _ = await self.store.range(self.keys.status_all)
+        out = {}
+        for kv in kvs:
+            status = TaskStatus.from_json(kv.value)
+            if status.task_id in tasks and status.state not in NOT_STARTED:
+                out[status.task_id] = status.container_id or "started"  # an agent that did not say
+        return out
+
     async def _joining(
-        self, request: api_pb2.LogsRequest, seen: set[str]
+        self, request: api_pb2.LogsRequest, opened: dict[str, str]
     ) -> AsyncIterator[list[AsyncIterator[api_pb2.LogBatch]]]:
-        """While following a service: the streams of its tasks that appear after the
-        command began, each opened once its node reports the task past `pending` (its
-        container exists) and read from its first line (no `--tail`). Ends when the
-        service is removed; etcd not answering skips a look, it does not end the logs.
-        A task that goes away ends its own stream (its container's follow ends)."""
+        """While following a service: a stream for each container of its tasks that shows
+        after the command began (a new task, a task that was pulling then, a container made
+        anew by a restart), opened once its node reports the task past `pending` and read
+        from its first line (no `--tail`). `opened`: task -> the container its stream was
+        opened for. Ends when the service is removed; etcd not answering skips a look, it
+        does not end the logs. A container that goes away ends its own stream."""
         ask = api_pb2.LogsRequest(service=request.service, follow=True, since=request.since)
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             try:
                 targets = await self.service_targets(request.service)
+                started = await self._started({t.task for t in targets})
                 fresh = []
                 for t in targets:
-                    if t.task in seen or len(seen) >= MAX_TASKS:
+                    container = started.get(t.task)
+                    if container is None or opened.get(t.task) == container:
                         continue
-                    kv = await self.store.get(self.keys.status(t.task))
-                    if kv is None or TaskStatus.from_json(kv.value).state in NOT_STARTED:
+                    if t.task not in opened and len(opened) >= MAX_TASKS:
                         continue
-                    seen.add(t.task)
+                    opened[t.task] = container
                     fresh.append(self._task_batches(t, ask))
             except NotFound:
                 return

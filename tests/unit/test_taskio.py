@@ -21,6 +21,7 @@ from node.pb import api_pb2, peer_pb2
 from node.runtime.base import EngineError
 from node.security.tokens import Role, allowed, least_role
 from node.store.memory import MemoryStore
+from tests.helpers import wait_until
 
 KEYS = Keys("/t/")
 
@@ -201,16 +202,16 @@ async def test_follow_opens_a_task_that_appears_once_its_container_exists(monkey
     await store.put(KEYS.status("t4"), TaskStatus("t4", "web", 4, "n2", "pending").to_json())
     looks: list[str] = []
     looked_twice = asyncio.Event()
-    get = store.get
+    range_ = store.range
 
-    async def recorded(key: str) -> Any:
-        looks.append(key)
-        if looks.count(KEYS.status("t4")) >= 2:
+    async def recorded(prefix: str) -> Any:
+        looks.append(prefix)
+        if looks.count(KEYS.status_all) >= 2:
             looked_twice.set()
-        return await get(key)
+        return await range_(prefix)
 
-    store.get = recorded  # type: ignore[method-assign]
-    await asyncio.wait_for(looked_twice.wait(), 5)  # the watch read t4's status twice: pending
+    store.range = recorded  # type: ignore[method-assign]
+    await asyncio.wait_for(looked_twice.wait(), 5)  # the watch read the statuses twice: t4 pending
     assert "t4" not in {r.task for _, r in io.peers.asked}  # type: ignore[attr-defined]
     await store.put(KEYS.status("t4"), TaskStatus("t4", "web", 4, "n2", "running").to_json())
     got = await asyncio.wait_for(_until(followed, b"new"), 5)
@@ -218,6 +219,46 @@ async def test_follow_opens_a_task_that_appears_once_its_container_exists(monkey
     assert (got.task, got.slot, got.node) == ("t4", 4, "n2")
     asked = [r for _, r in io.peers.asked if r.task == "t4"]  # type: ignore[attr-defined]
     assert len(asked) == 1 and not asked[0].HasField("tail") and asked[0].follow  # from its first line
+
+
+def status(task: str, slot: int, state: str, container: str = "") -> bytes:
+    return TaskStatus(task, "web", slot, "n2", state, container_id=container).to_json()
+
+
+async def test_follow_opens_a_task_pulling_at_the_start_and_a_container_made_anew(monkeypatch: Any) -> None:
+    """t3 was pulling when `-f` began, and t2's container was replaced by a restart: each
+    task was marked seen at the start, so neither's new container was ever read."""
+    monkeypatch.setattr(taskio, "WATCH_INTERVAL", 0.01)
+    io, _ = await make()
+    store = io.store
+    await store.put(
+        KEYS.status("t2"), TaskStatus("t2", "web", 2, "n2", "running", container_id="c2").to_json()
+    )
+    await store.put(KEYS.status("t3"), TaskStatus("t3", "web", 3, "n2", "pulling").to_json())
+    followed = io.logs(api_pb2.LogsRequest(service="web", follow=True))
+
+    async def read() -> None:
+        async for _ in followed:
+            pass
+
+    reader = asyncio.create_task(read())
+
+    def asked(task: str) -> int:
+        return sum(1 for _, r in io.peers.asked if r.task == task)  # type: ignore[attr-defined]
+
+    await wait_until(lambda: asked("t2") == 1 and asked("t3") == 1, 5.0, message="the streams at the start")
+    await store.put(
+        KEYS.status("t3"), TaskStatus("t3", "web", 3, "n2", "running", container_id="c3").to_json()
+    )
+    await wait_until(lambda: asked("t3") == 2, 5.0, message="t3's container, once it runs")
+    await store.put(
+        KEYS.status("t2"), TaskStatus("t2", "web", 2, "n2", "running", container_id="c2b").to_json()
+    )
+    await wait_until(lambda: asked("t2") == 2, 5.0, message="t2's new container")
+    for _ in range(5):  # and no more: a container is read once
+        await asyncio.sleep(0.02)
+    assert (asked("t2"), asked("t3")) == (2, 2)
+    reader.cancel()
 
 
 async def _until(lines: AsyncIterator[api_pb2.LogLine], text: bytes) -> api_pb2.LogLine:
