@@ -197,8 +197,8 @@ class KernelPath:
         text = kernel_rules.ruleset(self.table, address, ports, localnet)
         if text == self.applied:
             return self.served
-        if text == self._tried:
-            return []
+        if text == self._tried and self.applied is not None:
+            return []  # failed, and its table was removed: not tried again until the text changes
         try:
             await self._apply(program, text)
         except NftError as exc:
@@ -213,6 +213,13 @@ class KernelPath:
             log.info("kernel path: table %s applied, %d port(s) in the kernel again", self.table, len(ports))
             self._emit("proxy.kernel_path", f"table {self.table}: {len(ports)} port(s) served by the kernel")
         return self.served
+
+    @property
+    def stale(self) -> bool:
+        """A text failed and the removal of the table failed too: the kernel may still hold
+        the rules before it (DNAT to a replica since withdrawn). The mesh syncs again every
+        `rebind_interval` while so (before, nothing tried again until the ports changed)."""
+        return self._tried is not None and self.applied is None
 
     async def remove(self) -> None:
         """Remove the table (leave_on_stop, or tests)."""

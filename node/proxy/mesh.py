@@ -203,7 +203,8 @@ class Mesh:
                 self._syncing = False
             self.ready.set()
             self.check_serving()
-            timeout = self.settings.rebind_interval if self.bind_errors or self.ingress else None
+            stale = self.kernel is not None and self.kernel.stale  # rules that could not be removed
+            timeout = self.settings.rebind_interval if self.bind_errors or self.ingress or stale else None
             waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(gossip_wake.wait())]
             try:
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -85,11 +85,6 @@ class VipKernel:
             return False
         return self.up or self.clock() - self._failed_at >= RETRY_AFTER
 
-    async def start(self) -> None:
-        """Replace a table a killed daemon left with an empty one."""
-        if not self.permanent:
-            await self.apply(())
-
     async def apply(self, rules: Iterable[Rule]) -> bool:
         """Make the kernel hold exactly `rules`; False when it does not (the listeners then
         serve every VIP port)."""

@@ -133,8 +133,9 @@ class Names:
             cache.listener(wake)
         gossip_wake = m.gossip.listener() if m.gossip is not None else asyncio.Event()
         try:
-            if self.kernel is not None:
-                await self.kernel.start()
+            # a table a killed daemon left stays until the first sync replaces it whole
+            # (`vipnat.script`): until the listeners are bound, its rules are what serves
+            # containers' connections to this host's replicas (wiped, they were refused)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.vips.run(), name="names-vips")
                 for cache in caches:

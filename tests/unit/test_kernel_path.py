@@ -82,17 +82,34 @@ async def test_a_node_on_a_real_address_sets_no_route_localnet(tmp_path: Path) -
 
 
 async def test_a_refusal_is_retried_then_served_by_the_userland_once(tmp_path: Path) -> None:
-    nft = FakeNft(failures=kp.ATTEMPTS + 1)  # every attempt, and the removal after them
+    nft = FakeNft(failures=kp.ATTEMPTS)  # every attempt; the removal after them works
     kernel, events = path(tmp_path, nft)
     assert await kernel.sync("127.0.0.1", [PORT]) == []
     assert len(nft.texts) == kp.ATTEMPTS + 1 and "delete table" in nft.texts[-1]
     assert [k for k, _ in events.got] == ["proxy.kernel_fallback"]
     assert "exited with 1" in events.got[0][1]
+    assert not kernel.stale
     assert await kernel.sync("127.0.0.1", [PORT]) == []  # the same table is not tried again
     assert len(nft.texts) == kp.ATTEMPTS + 1 and len(events.got) == 1
     bigger = KernelPort("raw", 18080, (*PORT.targets, ("172.17.0.4", 8080)))
     assert await kernel.sync("127.0.0.1", [bigger]) == [bigger]  # a change tries again: it works
     assert [k for k, _ in events.got] == ["proxy.kernel_fallback", "proxy.kernel_path"]
+
+
+async def test_a_table_that_could_not_be_removed_either_is_tried_again(tmp_path: Path) -> None:
+    """The new text failed and so did the removal: the kernel may still DNAT to a replica
+    since withdrawn. The same text was never tried again until the ports changed; it is
+    now, and the mesh syncs on a timer while the kernel is `stale`."""
+    nft = FakeNft()
+    kernel, _ = path(tmp_path, nft)
+    old = KernelPort("raw", 18080, (*PORT.targets, ("172.17.0.4", 8080)))
+    assert await kernel.sync("127.0.0.1", [old]) == [old]
+    nft.failures = kp.ATTEMPTS + 1  # the withdrawal's text, and the removal after it
+    assert await kernel.sync("127.0.0.1", [PORT]) == []
+    assert kernel.stale
+    runs = len(nft.texts)
+    assert await kernel.sync("127.0.0.1", [PORT]) == [PORT]  # the same text, tried again: it works
+    assert len(nft.texts) == runs + 1 and not kernel.stale
 
 
 async def test_a_passing_refusal_is_retried_with_tenacity(tmp_path: Path) -> None:
