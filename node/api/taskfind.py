@@ -166,7 +166,7 @@ class TaskFinder:
         if service:
             labels[LABELS.SERVICE] = service
         try:
-            found = await self.local.tasks(prefix, labels)
+            found = [t for t in await self._engine_tasks(labels) if t["task"].startswith(prefix)]
         except EngineError as exc:
             raise Unavailable(f"node {self.node}: {exc}") from None
         cap = HISTORY_MAX if service else FIND_MAX
@@ -186,6 +186,20 @@ class TaskFinder:
             )
         out.truncated = len(found) > cap
         return out
+
+    async def _engine_tasks(self, labels: dict[str, str]) -> list[dict[str, str]]:
+        """The engine's tasks carrying `labels`: one listing for every caller that asks while
+        it is under way (a thousand `ps --all` at once were a thousand Docker list calls on
+        every node, which the agents wait behind)."""
+        assert self.local is not None
+        under_way: dict[tuple[tuple[str, str], ...], asyncio.Future[list[dict[str, str]]]]
+        under_way = self.__dict__.setdefault("_listings", {})
+        key = tuple(sorted(labels.items()))
+        listing = under_way.get(key)
+        if listing is None:
+            listing = under_way[key] = asyncio.ensure_future(self.local.tasks("", labels))
+            listing.add_done_callback(lambda _: under_way.pop(key, None))
+        return list(await asyncio.shield(listing))
 
     async def history(self, service: str) -> tuple[list[tuple[str, peer_pb2.FoundTask]], list[str]]:
         """Every node's tasks of `service` whose containers it has (running, or kept after

@@ -540,3 +540,28 @@ async def test_names_that_cannot_be_one_are_refused_short_before_any_lookup() ->
     assert len(str(err.value)) < 300
     with pytest.raises(InvalidArgument, match="is not a task id"):
         await io.exec_target("zz zz")
+
+
+async def test_lookups_at_once_on_a_node_share_one_engine_listing() -> None:
+    """`ps --all` and unknown task prefixes ask every node's engine for its containers: a
+    thousand at once were a thousand Docker list calls on every node."""
+    io, _ = await make()
+    assert io.local is not None
+    calls = 0
+    gate = asyncio.Event()
+    listing = io.local.tasks
+
+    async def slow(prefix: str, labels: dict[str, str]) -> list[dict[str, str]]:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return await listing(prefix, labels)
+
+    io.local.tasks = slow  # type: ignore[method-assign]
+    finds = [asyncio.create_task(io.local_find("", "web")) for _ in range(50)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    answers = await asyncio.gather(*finds)
+    assert calls == 1 and all(a == answers[0] for a in answers)
+    await io.local_find("", "web")  # the next one, after: a listing of its own (nothing kept)
+    assert calls == 2
