@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -221,3 +222,48 @@ async def test_a_resolve_stream_is_told_by_the_hub_without_a_watch_of_its_own(me
         with pytest.raises(NotFound):
             await asyncio.wait_for(anext(answers), 5)
         assert [w[0] for w in store.watches] == [ROOT]  # the hub's, and none for the stream
+
+
+async def test_a_resolve_stream_reads_nothing_for_another_services_changes(mem: MemoryStore) -> None:
+    """Woken by any change in the shared mirrors, a watch read etcd 4-6 times for each: a
+    rollout of another service made every open watch read 20 times a second. It reads
+    again only when this service's keys (or a node, or a down mark) changed."""
+    keys = Keys(ROOT)
+    store = CountedWatches(mem)
+    hub = WatchHub(store, ROOT)  # type: ignore[arg-type]
+    caches = [
+        mirror(store, p) for p in (keys.endpoints_all, keys.tasks, keys.services, keys.nodes, keys.down_all)
+    ]  # type: ignore[arg-type]
+    await mem.put(keys.service("web"), make_service("web").to_json())
+    reads = 0
+    get, range_ = store.inner.get, store.inner.range
+
+    async def counted_get(key: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await get(key)
+
+    async def counted_range(prefix: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await range_(prefix)
+
+    async with running(hub):
+        for c in caches:
+            await c.ready.wait()
+        answers = resolve.watch(store, keys, "web", None)  # type: ignore[arg-type]
+        await anext(answers)
+        store.get, store.range = counted_get, counted_range  # type: ignore[method-assign]
+        following = asyncio.create_task(anext(answers))
+        await mem.put(keys.task("api", 1000), b"{}")  # the first wake reads (the mirrors may be listing)
+        await wait_until(lambda: reads > 0, 5.0, message="the first wake's read")
+        reads = 0
+        for i in range(100):
+            await mem.put(keys.task("api", i + 1), b"{}")
+        tasks = caches[1]
+        await wait_until(lambda: len(tasks.items) == 101, 5.0, message="the mirror has them")
+        await asyncio.sleep(3 * resolve.COALESCE)  # the window in which a wake would have read
+        assert reads == 0
+        await mem.delete(keys.service("web"))
+        with pytest.raises(NotFound):
+            await asyncio.wait_for(following, 5)
