@@ -11,7 +11,9 @@ keeps them open. So:
   call): a stream of a token that was revoked or expired meanwhile ends within about
   a second with UNAUTHENTICATED, instead of delivering until the client hangs up.
 
-Calls without a token (a node's peer streams) are not counted here.
+Calls without a token (a node's peer streams: the log follows it serves to the node a
+client asked) are counted together, at most `PEER_STREAMS` at once: one client's follows,
+fanned out by every node it asks, cannot open engine streams without bound here.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 
 RECHECK = 1.0
 """Seconds between checks of a quiet stream's token (revoked or expired: the stream ends)."""
+PEER_STREAMS = 1024
+"""Streams without a token (other nodes' log follows) open at once on a node."""
+PEERS = ""  # the slot key of the calls without a token
 
 
 class Caller(Protocol):
@@ -58,6 +63,14 @@ class StreamGuard:
     def _take(self, token_id: str) -> str | None:
         """Take a slot of the token; the refusal message when none is left."""
         now = self.open.get(token_id, 0)
+        if token_id == PEERS:
+            if now >= PEER_STREAMS:
+                return (
+                    f"this node serves {now} streams to other nodes (log follows), its bound; "
+                    "follow fewer services or tasks at once"
+                )
+            self.open[token_id] = now + 1
+            return None
         if now >= self.max_per_token:
             return (
                 f"token {token_id} has {now} streams open on this node, the bound per token "
@@ -87,10 +100,18 @@ class StreamGuard:
     async def guard(
         self, caller: Caller, context: grpc.aio.ServicerContext, items: AsyncIterator[Any]
     ) -> AsyncIterator[Any]:
-        """`items`, in one of the token's slots, ended as soon as the token stops admitting it."""
+        """`items`, in one of the token's slots, ended as soon as the token stops admitting it
+        (a call without a token, another node's: in the peers' slots, not checked again)."""
         if not caller.token_id:
-            async for item in items:
-                yield item
+            if (refused := self._take(PEERS)) is not None:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+            try:
+                async for item in items:
+                    yield item
+            finally:
+                self._give_back(PEERS)
+                with contextlib.suppress(Exception):
+                    await items.aclose()  # type: ignore[attr-defined]
             return
         refused = self._take(caller.token_id)
         if refused is not None:
