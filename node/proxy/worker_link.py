@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ import node
 from node.proxy import worker_wire as wire
 
 log = logging.getLogger("node.proxy.workers")
+WORKER_MODULE = "node.proxy.worker"  # what a worker runs (`python -m`); a hung one is told by it
 
 CALL_TIMEOUT = 5.0
 """Seconds a worker has to answer one message."""
@@ -62,9 +64,13 @@ class Worker:
             with wire.reachable(self.path) as name:
                 async with asyncio.timeout(CALL_TIMEOUT):
                     reader, writer = await asyncio.open_unix_connection(name, limit=wire.MAX_LINE)
+        except (OSError, TimeoutError, ValueError):
+            return False
+        try:
             async with asyncio.timeout(CALL_TIMEOUT):
                 hello = wire.decode(await reader.readline())
         except (OSError, TimeoutError, ValueError):
+            _stop_silent(writer)  # it took the connection and says nothing: hung (SIGSTOP, a bug)
             return False
         self._conn, self.state, self.pid = (reader, writer), hello, int(hello.get("pid") or 0)
         self.state_at, self.table = time.monotonic(), 0  # serves a table of another daemon, if any
@@ -191,7 +197,29 @@ def _popen(path: Path, log_path: Path, orphan_exit: float) -> subprocess.Popen[b
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     with log_path.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "node.proxy.worker", "--socket", str(path),
+            [sys.executable, "-m", WORKER_MODULE, "--socket", str(path),
              "--orphan-exit", str(orphan_exit)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env,
         )  # fmt: skip
+
+
+def _stop_silent(writer: asyncio.StreamWriter) -> None:
+    """SIGKILL the worker behind a connection that got no hello: a hung worker keeps its
+    SO_REUSEPORT listeners, so about 1/(N+1) of every port's new connections would hang
+    behind it for good, and its successor takes the socket path. Only a process whose
+    command line is a proxy worker's (the peer of the unix socket, SO_PEERCRED)."""
+    sock = writer.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+        if (
+            pid > 1
+            and pid != os.getpid()
+            and WORKER_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ):
+            os.kill(pid, signal.SIGKILL)
+            log.warning("proxy worker pid %d took a connection and said nothing: killed", pid)
+    except (OSError, struct.error):
+        pass
+    finally:
+        writer.close()

@@ -54,6 +54,7 @@ from node.proxy.mesh import READ_TIMEOUT, Mesh
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
 from node.proxy.worker_link import Worker, WorkerError, stop_all, stop_leftovers, stop_worker
+from node.store import StoreError
 from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ class WorkerMesh(Mesh):
         self._late: set[asyncio.Future[dict[str, Any]]] = set()  # state calls a reader gave up on
         self.held: set[str] = set()  # services some worker held a request for at the last state
         self.ingress_entry: wire.IngressEntry | None = None  # the entrance the workers serve
+        self._certs_read = False  # the entrance's certificates were read once (then beside the syncs)
+        self._certs_task: asyncio.Task[None] | None = None
         self.ingress_stats: dict[Route, ProxyStats] = {}  # its counters, all workers' added up
 
     async def run(self) -> None:
@@ -151,20 +154,50 @@ class WorkerMesh(Mesh):
         self.entries = [
             wire.Entry(r, self.address, tuple(routes.backends(r, endpoints))) for r in self.wanted.values()
         ]
-        if self.ingress is not None:  # the shared entrance runs in the workers too (decision 80)
-            self.ingress_entry = await self._ingress_entry(self.ingress, records, endpoints)
+        ingress = self.ingress
+        if ingress is not None:  # the shared entrance runs in the workers too (decision 80)
+            if not self._certs_read:  # the first table carries them: workers may hold some already
+                await ingress.refresh_certs(build(records))
+                self._certs_read = True
+            self.ingress_entry = self._ingress_entry(ingress, records, endpoints)
         await self._push_all()
         await self.sync_kernel(records, self.wanted, endpoints)  # the table is the daemon's, not a worker's
+        if ingress is not None:
+            self._read_certs_soon(ingress, records)
         await self._report_binds()
 
-    async def _ingress_entry(
+    def _read_certs_soon(self, ingress: Ingress, records: list[ServiceRecord]) -> None:
+        """Read the entrance's certificates again (secrets in etcd, the cluster CA's) beside
+        the syncs, one read at a time: an etcd that does not answer (5 s per secret) delays
+        a certificate, never the routes and endpoints every port serves. Changed, they go
+        out with the next sync, which this one wakes."""
+        if self._certs_task is not None and not self._certs_task.done():
+            return  # the next sync asks again (every rebind_interval with an entrance)
+        self._certs_task = asyncio.get_running_loop().create_task(
+            self._read_certs(ingress, records), name="ingress-certs"
+        )
+
+    async def _read_certs(self, ingress: Ingress, records: list[ServiceRecord]) -> None:
+        def held() -> tuple[dict[str, bytes], bytes]:
+            certs = ingress.certs
+            return (dict(certs.pems), certs.default_pem) if certs is not None else ({}, b"")
+
+        before = held()
+        try:
+            await ingress.refresh_certs(build(records))
+        except StoreError as exc:
+            log.info("ingress: certificates not read now: %s", exc)
+            return
+        if held() != before and self._wakes:
+            self._wakes[0].set()
+
+    def _ingress_entry(
         self, ingress: Ingress, records: list[ServiceRecord], endpoints: list[EndpointRecord]
     ) -> wire.IngressEntry:
         """What the workers' entrance serves: the table, its replicas, and the certificates
-        this daemon reads from secrets or issues (`IngressCerts`); kept in `ingress` too,
+        this daemon read from secrets or issued (`IngressCerts`); kept in `ingress` too,
         which binds nothing here (its `describe` shows the table)."""
         table = build(records)
-        await ingress.refresh_certs(table)
         backends = backends_for(table, endpoints)
         ingress.routes.update(table, backends)
         certs = ingress.certs
@@ -324,6 +357,8 @@ class WorkerMesh(Mesh):
 
     async def _close_workers(self) -> None:
         """Stop the workers with `stop_workers` (leave_on_stop), else just let go of them."""
+        if self._certs_task is not None:
+            self._certs_task.cancel()
         if self.stop_workers:
             await asyncio.gather(*(stop_worker(w) for w in self.workers))
         for w in self.workers:

@@ -408,3 +408,47 @@ async def test_a_sticky_rule_keeps_a_client_on_its_replica_until_that_one_leaves
     # over TLS the cookie is Secure
     status, headers, _ = await request(bed.https, "app.example.test", "/", bed.client_tls())
     assert headers["set-cookie"].endswith("; Secure")
+
+
+async def test_certificates_that_etcd_is_slow_to_give_do_not_hold_back_the_workers_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With proxy workers, every sync read the entrance's certificates (a secret per TLS
+    host, up to etcd's 5 s timeout each) before pushing the table: a replica withdrawn or
+    a node declared dead stayed in every port's rotation that long. The table goes first;
+    the certificates follow in a second push when they changed."""
+    monkeypatch.setattr(workers, "POLL", 0.2)
+    bed = Bed(tmp_path, workers=1)
+    assert isinstance(bed.mesh, WorkerMesh)
+    runner = asyncio.create_task(bed.mesh.run())
+    try:
+        await bed.service("docs", {"host": "docs.example.test", "port": 8080})
+        await ready(bed, "docs.example.test")
+        ingress = bed.mesh.ingress
+        assert ingress is not None
+        stuck = asyncio.Event()
+
+        async def etcd_silent(table: Any) -> None:
+            stuck.set()
+            await asyncio.sleep(3600)  # as a get that etcd never answers, until cancelled
+
+        ingress.refresh_certs = etcd_silent  # type: ignore[method-assign]
+        await bed.service("shop", {"host": "shop.example.test", "port": 8080})
+        await wait_until(stuck.is_set, timeout=5, message="the sync reads the certificates")
+
+        async def routed() -> bool:
+            try:
+                return (await request(bed.http, "shop.example.test", "/"))[0] == 200
+            except OSError:
+                return False
+
+        await wait_until(routed, timeout=10, message="the new route served meanwhile")
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        await bed.mesh.close()
+        for w in bed.mesh.workers:
+            if w.proc is not None:
+                w.proc.kill()
+                w.proc.wait(5)

@@ -311,6 +311,27 @@ async def test_an_orphan_exits_after_its_bound(tmp_path: Path) -> None:
         w.kill()
 
 
+async def test_a_hung_worker_that_takes_the_connection_and_says_nothing_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped worker (SIGSTOP, a bug) still holds its SO_REUSEPORT listeners: left, about
+    1/(N+1) of every port's new connections would hang behind it for good, and a dial
+    only said "no answer" (a successor then took its socket beside it)."""
+    from node.proxy import worker_link
+
+    monkeypatch.setattr(worker_link, "CALL_TIMEOUT", 0.5)
+    w = workers.Worker(0, tmp_path)
+    await w.spawn()
+    try:
+        w.disconnect()
+        assert w.proc is not None
+        os.kill(w.proc.pid, signal.SIGSTOP)
+        assert not await workers.Worker(0, tmp_path).dial()
+        assert await asyncio.to_thread(w.proc.wait, 10) == -signal.SIGKILL
+    finally:
+        w.kill()
+
+
 async def test_a_data_dir_too_deep_for_a_socket_path_still_serves(tmp_path: Path) -> None:
     """A unix socket's path must fit 108 bytes; a deep data dir (a CI run's temporary
     directory) made the worker fail to listen and the daemon's mesh die with it."""
