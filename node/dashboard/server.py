@@ -46,7 +46,7 @@ MAX_BODY = 4096
 HEAD_TIMEOUT = 10.0
 SEND_TIMEOUT = 30.0  # s an answer may take to be read by the client
 MAX_CONNECTIONS = 64
-MAX_PER_SOURCE = 16  # open at once from one address: one client cannot take every slot
+MAX_PER_SOURCE = 32  # open at once from one address: one client cannot take every slot
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -158,6 +158,10 @@ class Dashboard:
         self.by_source[source] = self.by_source.get(source, 0) + 1
         try:
             if self.open > MAX_CONNECTIONS or self.by_source[source] > MAX_PER_SOURCE:
+                log.warning(
+                    "dashboard: connection from %s closed: %d open from it (bound %d), %d in all (bound %d)",
+                    source, self.by_source[source], MAX_PER_SOURCE, self.open, MAX_CONNECTIONS,
+                )  # fmt: skip
                 return
             if self.identity is not None:
                 self.identity.refresh()  # for the next handshakes: this one is done

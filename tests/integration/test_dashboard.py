@@ -106,7 +106,7 @@ def test_dashboard(make_cluster: Callable[..., DevCluster], tmp_path: Path) -> N
         nodes_js = "[...document.querySelectorAll('#nodes tbody tr')].map(r => r.dataset.node).join(',')"
         try:
             wait_until_sync(lambda: browser.evaluate(nodes_js) == "n1,n2,n3" or None, 30, 0.2, "nodes shown")
-        except AssertionError as e:  # say what the page says: its status line, the login form
+        except (AssertionError, TimeoutError) as e:  # say what the page says: its status, the login form
             seen = browser.evaluate(
                 "JSON.stringify({url: location.href, ready: document.readyState, nodes: " + nodes_js + ","
                 " status: (document.getElementById('status') || {}).textContent,"
