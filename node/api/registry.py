@@ -71,14 +71,7 @@ def _basic(credentials: tuple[str, str]) -> str:
 def resolve_digest(http: Http, ref: ImageRef, credentials: Credentials, timeout: float = TIMEOUT) -> str:
     """The digest the registry gives for `ref`'s tag; ResolveError saying why not.
     `timeout` bounds all its requests together (each gets what is left)."""
-    deadline = time.monotonic() + timeout
-
-    def left() -> float:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ResolveError(f"registry {ref.registry} did not answer within {timeout:g}s")
-        return remaining
-
+    left = _budget(timeout, f"registry {ref.registry}")
     url = f"{registry_url(ref.registry)}/v2/{ref.repository}/manifests/{ref.tag}"
     headers = {"Accept": ", ".join(MANIFEST_TYPES)}
     where = f"registry {ref.registry}"
@@ -116,6 +109,19 @@ def resolve_digest(http: Http, ref: ImageRef, credentials: Credentials, timeout:
     return digest
 
 
+def _budget(timeout: float, who: str) -> Callable[[], float]:
+    """Seconds left of `timeout` from now, each time it is called; ResolveError once none."""
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ResolveError(f"{who} did not answer within {timeout:g}s")
+        return remaining
+
+    return left
+
+
 def _body(resp: requests.Response, where: str, left: Callable[[], float]) -> bytes:
     """The answer's body, at most MAX_BODY bytes, read before the deadline (`left` raises
     past it): a registry that sends without end is cut, not read into memory."""
@@ -151,14 +157,7 @@ def _authorization(
         if credentials and may_send_credentials(ref.registry, realm)
         else {}
     )
-    deadline = time.monotonic() + timeout
-
-    def left() -> float:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ResolveError(f"{where}'s token service did not answer within {timeout:g}s")
-        return remaining
-
+    left = _budget(timeout, f"{where}'s token service")
     try:
         resp = http.request(
             "GET", realm, params=query, headers=extra, timeout=timeout, allow_redirects=False, stream=True
