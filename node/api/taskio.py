@@ -49,6 +49,7 @@ FIRST_INPUT_TIMEOUT = 10.0  # s for an exec's first message (its start)
 MAX_COMMAND = 8192  # bytes of an exec's argv
 MAX_TASKS = 1000  # tasks one logs call reads at once
 WATCH_INTERVAL = 1.0  # s between looks for a followed service's new tasks
+STATUS_GETS = 64  # tasks whose statuses a look reads one by one; more: one read of them all
 NOT_STARTED = frozenset({TaskState.PENDING, TaskState.PULLING, TaskState.UNKNOWN, TaskState.FAILED})
 #   a task in these has no container to read (yet): its stream opens once it leaves them
 BATCHES_QUEUED = 8  # batches (each at most one 64 KiB engine read, or a peer's ~256 KiB) held
@@ -114,9 +115,14 @@ class TaskIO(TaskFinder):
             yield api_pb2.LogBatch(lines=lines)
 
     async def _started(self, tasks: set[str]) -> dict[str, str]:
-        """task -> its container, for those of `tasks` whose node reports them past `pending`
-        (one read of every status, not one per task)."""
-        kvs, _ = await self.store.range(self.keys.status_all)
+        """task -> its container, for those of `tasks` whose node reports them past `pending`.
+        Statuses are not kept by service: a few tasks are read one by one (at once), more in
+        one read of every status, so a look costs the lesser of the two."""
+        if len(tasks) <= STATUS_GETS:
+            got = await asyncio.gather(*(self.store.get(self.keys.status(t)) for t in sorted(tasks)))
+            kvs = [kv for kv in got if kv is not None]
+        else:
+            kvs, _ = await self.store.range(self.keys.status_all)
         out = {}
         for kv in kvs:
             status = TaskStatus.from_json(kv.value)

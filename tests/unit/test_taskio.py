@@ -202,16 +202,16 @@ async def test_follow_opens_a_task_that_appears_once_its_container_exists(monkey
     await store.put(KEYS.status("t4"), TaskStatus("t4", "web", 4, "n2", "pending").to_json())
     looks: list[str] = []
     looked_twice = asyncio.Event()
-    range_ = store.range
+    get = store.get
 
-    async def recorded(prefix: str) -> Any:
-        looks.append(prefix)
-        if looks.count(KEYS.status_all) >= 2:
+    async def recorded(key: str) -> Any:
+        looks.append(key)
+        if looks.count(KEYS.status("t4")) >= 2:
             looked_twice.set()
-        return await range_(prefix)
+        return await get(key)
 
-    store.range = recorded  # type: ignore[method-assign]
-    await asyncio.wait_for(looked_twice.wait(), 5)  # the watch read the statuses twice: t4 pending
+    store.get = recorded  # type: ignore[method-assign]
+    await asyncio.wait_for(looked_twice.wait(), 5)  # the watch read t4's status twice: pending
     assert "t4" not in {r.task for _, r in io.peers.asked}  # type: ignore[attr-defined]
     await store.put(KEYS.status("t4"), TaskStatus("t4", "web", 4, "n2", "running").to_json())
     got = await asyncio.wait_for(_until(followed, b"new"), 5)
@@ -225,10 +225,14 @@ def status(task: str, slot: int, state: str, container: str = "") -> bytes:
     return TaskStatus(task, "web", slot, "n2", state, container_id=container).to_json()
 
 
-async def test_follow_opens_a_task_pulling_at_the_start_and_a_container_made_anew(monkeypatch: Any) -> None:
+@pytest.mark.parametrize("gets", [taskio.STATUS_GETS, 0], ids=["one-by-one", "one-read-of-all"])
+async def test_follow_opens_a_task_pulling_at_the_start_and_a_container_made_anew(
+    monkeypatch: Any, gets: int
+) -> None:
     """t3 was pulling when `-f` began, and t2's container was replaced by a restart: each
     task was marked seen at the start, so neither's new container was ever read."""
     monkeypatch.setattr(taskio, "WATCH_INTERVAL", 0.01)
+    monkeypatch.setattr(taskio, "STATUS_GETS", gets)
     io, _ = await make()
     store = io.store
     await store.put(
