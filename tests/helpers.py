@@ -244,3 +244,18 @@ class Knocker:
     async def __aexit__(self, *exc: object) -> None:
         self.done.set()
         await asyncio.to_thread(self.thread.join)
+
+
+async def leader_with_events(store: Any, keys: Any) -> tuple[Any, list[tuple[str, str]]]:
+    """A leader (epoch: a fresh `leader` key) whose services are listed, and the (kind,
+    message) of every event it emits: for driving a pass's writes by hand (rollbacks)."""
+    from leader.loop import LeaderLoop
+    from node.telemetry.events import EventLog
+
+    epoch = await store.put(keys.leader, b'{"node": "n1"}')
+    events = EventLog(store, keys, "n1")
+    emitted: list[tuple[str, str]] = []
+    events.emit = lambda kind, message, *_, **__: emitted.append((kind, message))  # type: ignore[method-assign]
+    leader = LeaderLoop(store, keys, epoch, events)
+    await leader.services.relist()
+    return leader, emitted

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from leader.loop import LeaderLoop
 from node.api import resolve
 from node.api.services import ServiceWriter
 from node.api.stacks import StackWriter
@@ -30,7 +29,7 @@ from node.store.aliases import AliasTaken, file_conflicts, plan
 from node.store.claims import Owner, Seen
 from node.store.etcd import EtcdStore
 from node.store.memory import MemoryStore
-from node.telemetry.events import EventLog
+from tests.helpers import leader_with_events
 
 KEYS = Keys()
 
@@ -279,12 +278,7 @@ async def test_the_leaders_rollback_onto_a_taken_alias_is_refused_then_goes_thro
     await api.apply(yaml("db", "database"), "db.yaml")
     bad, _ = await api.apply(yaml("db", image="shoal-demo/web:bad"), "db.yaml")
     await api.apply(yaml("pg", "database"), "pg.yaml")
-    epoch = await writer.store.put(keys.leader, b'{"node": "n1"}')
-    events = EventLog(writer.store, keys, "n1")
-    emitted: list[tuple[str, str]] = []
-    events.emit = lambda kind, message, *_, **__: emitted.append((kind, message))  # type: ignore[method-assign]
-    leader = LeaderLoop(writer.store, keys, epoch, events)
-    await leader.services.relist()
+    leader, emitted = await leader_with_events(writer.store, keys)
     failed = RolloutRecord("db", 1, bad.version, "t", state="failed", uid=bad.uid)
     before = await writer.revision()
     await leader._roll_back([failed], {})

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from leader.loop import LeaderLoop
 from node.api.services import ServiceWriter
 from node.api.stacks import StackWriter
 from node.model.domain import PortClaim, RolloutRecord, ServiceRecord
@@ -29,7 +28,7 @@ from node.store import Compare, StoreUnavailable
 from node.store.base import Op, TxnResult
 from node.store.ingress_claims import RouteTaken
 from node.store.memory import MemoryStore
-from node.telemetry.events import EventLog
+from tests.helpers import leader_with_events
 
 KEYS = Keys("/c/")
 
@@ -152,12 +151,7 @@ async def test_the_leaders_rollback_onto_a_taken_route_is_refused_then_done_once
     await api.apply(spec("web", ("a.test", "/x")), "web.json")
     bad, _ = await api.apply(spec("web", ("a.test", "/y"), image="web:bad"), "web.json")
     await api.apply(spec("other", ("a.test", "/x")), "other.json")
-    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
-    events = EventLog(store, KEYS, "n1")
-    emitted: list[tuple[str, str]] = []
-    events.emit = lambda kind, message, *_, **__: emitted.append((kind, message))  # type: ignore[method-assign]
-    leader = LeaderLoop(store, KEYS, epoch, events)
-    await leader.services.relist()
+    leader, emitted = await leader_with_events(store, KEYS)
     failed = RolloutRecord("web", 1, bad.version, "t", state="failed", uid=bad.uid)
     before = store.revision
     await leader._roll_back([failed], {})

@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from leader.loop import LeaderLoop
 from node.api.services import ServiceWriter
 from node.model.domain import PortClaim, RolloutRecord, ServiceRecord
 from node.model.errors import FailedPrecondition
@@ -26,7 +25,7 @@ from node.store.claims import Owner, Seen, plan
 from node.store.etcd import EtcdStore
 from node.store.memory import MemoryStore
 from node.store.ports import PORTS, PortTaken
-from node.telemetry.events import EventLog
+from tests.helpers import leader_with_events
 
 KEYS = Keys()
 PORT = 18431
@@ -229,12 +228,7 @@ async def test_the_leaders_automatic_rollback_onto_a_taken_port_is_refused(write
     await api.apply(yaml("web", PORT), "web.yaml")
     bad, _ = await api.apply(yaml("web", PORT + 1, image="shoal-demo/web:bad"), "web.yaml")
     await api.apply(yaml("api", PORT), "api.yaml")
-    epoch = await writer.store.put(keys.leader, b'{"node": "n1"}')
-    events = EventLog(writer.store, keys, "n1")
-    emitted: list[tuple[str, str]] = []
-    events.emit = lambda kind, message, *_, **__: emitted.append((kind, message))  # type: ignore[method-assign]
-    leader = LeaderLoop(writer.store, keys, epoch, events)
-    await leader.services.relist()
+    leader, emitted = await leader_with_events(writer.store, keys)
     failed = RolloutRecord("web", 1, bad.version, "t", state="failed", uid=bad.uid)
     before = await writer.revision()
     await leader._roll_back([failed], {})

@@ -20,6 +20,7 @@ from node.security.sealing import PREFIX, Sealer, SealError, is_sealed, secret_a
 from node.store import StoreError, StoreUnavailable
 from node.store.memory import MemoryStore
 from tests.factories import make_task
+from tests.helpers import leader_with_events
 
 KEYS = Keys()
 PHRASE = b"the-ca-passphrase-of-this-cluster"
@@ -288,9 +289,7 @@ async def test_the_leaders_rollback_binds_the_objects_or_is_refused_for_a_remove
     a spec naming a secret that is not there, every task failing to start, and a secret
     made again under that name mounted as if it were the old one. Now it is refused with
     an event, writes nothing, and goes through once db_pw exists again, at its revision."""
-    from leader.loop import LeaderLoop
     from node.model.domain import RolloutRecord
-    from node.telemetry.events import EventLog
 
     store = MemoryStore()
     w = writer(store)
@@ -298,12 +297,7 @@ async def test_the_leaders_rollback_binds_the_objects_or_is_refused_for_a_remove
     good, _ = await w.apply(SPEC, "app.yaml")
     bad, _ = await w.apply(SPEC.replace("secrets: [{source: db_pw}]\n", "").replace("x:1", "x:2"), "app.yaml")
     await w.objects.remove("secret", "db_pw")
-    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
-    events = EventLog(store, KEYS, "n1")
-    emitted: list[tuple[str, str]] = []
-    events.emit = lambda kind, message, *_, **__: emitted.append((kind, message))  # type: ignore[method-assign]
-    leader = LeaderLoop(store, KEYS, epoch, events)
-    await leader.services.relist()
+    leader, emitted = await leader_with_events(store, KEYS)
     failed = RolloutRecord("app", good.version, bad.version, "t", state="failed", uid=bad.uid)
     before = await dump(store)
     await leader._roll_back([failed], {})
