@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from node.proxy import linger
+from node.proxy.http import HttpProxy
 from node.proxy.limits import HttpLimits
 from tests.helpers import wait_until
 from tests.unit.test_proxy_http import Client, HttpBackend
@@ -42,6 +43,14 @@ async def send_until_answered(c: Client, first: bytes, budget: int) -> None:
     assert c.reader._buffer, "no answer"  # type: ignore[attr-defined]
 
 
+async def head_too_large(backend: HttpBackend) -> tuple[HttpProxy, Client]:
+    """A proxy with a 16 KiB head bound, and a client whose head outgrew it: answered 431."""
+    proxy = await proxy_to(backend, limits=HttpLimits(max_head=16 * KiB))
+    c = await Client.open(proxy.port)
+    await send_until_answered(c, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ", 1024 * KiB)
+    return proxy, c
+
+
 async def read_to_end(c: Client, timeout: float = 5.0) -> bytes:
     """Everything the proxy sends until its EOF: a reset fails the test."""
     async with asyncio.timeout(timeout):
@@ -49,9 +58,7 @@ async def read_to_end(c: Client, timeout: float = 5.0) -> bytes:
 
 
 async def test_a_431_reaches_a_client_still_sending_then_a_clean_eof(backend: HttpBackend) -> None:
-    proxy = await proxy_to(backend, limits=HttpLimits(max_head=16 * KiB))
-    c = await Client.open(proxy.port)
-    await send_until_answered(c, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ", 1024 * KiB)
+    proxy, c = await head_too_large(backend)
     for _ in range(16):  # the client goes on sending, as an upload does, after the answer
         c.writer.write(b"a" * (16 * KiB))
         await c.writer.drain()
@@ -87,9 +94,7 @@ async def test_a_client_that_never_stops_sending_is_cut_at_the_byte_budget(
     backend: HttpBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(linger, "MOST", 64 * KiB)
-    proxy = await proxy_to(backend, limits=HttpLimits(max_head=16 * KiB))
-    c = await Client.open(proxy.port)
-    await send_until_answered(c, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ", 1024 * KiB)
+    proxy, c = await head_too_large(backend)
     with contextlib.suppress(ConnectionError):
         for _ in range(1000):  # bounded: 16 MiB at most, the budget is 64 KiB
             c.writer.write(b"a" * (16 * KiB))
@@ -105,9 +110,7 @@ async def test_a_silent_lingering_client_is_closed_after_the_quiet_time(
     backend: HttpBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(linger, "QUIET", 0.2)
-    proxy = await proxy_to(backend, limits=HttpLimits(max_head=16 * KiB))
-    c = await Client.open(proxy.port)
-    await send_until_answered(c, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ", 1024 * KiB)
+    proxy, c = await head_too_large(backend)
     # no EOF from the client: the proxy ends it after QUIET s without a byte
     data = await read_to_end(c)
     assert data.startswith(b"HTTP/1.1 431 "), data
