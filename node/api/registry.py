@@ -239,8 +239,13 @@ class Resolver:
             ) from None
         return spec.model_copy(update={"image_digest": digest})
 
-    def _done(self, _: asyncio.Future[str]) -> None:
+    def _done(self, future: asyncio.Future[str]) -> None:
         self._busy -= 1
+        if not future.cancelled():
+            # a lookup answered at its deadline has no reader left (shield drops its
+            # callback when the wait gives up): its failure is read here, or asyncio logs
+            # "Future exception was never retrieved" when the future is collected
+            future.exception()
 
     def _resolve(self, ref: ImageRef, credentials: Credentials) -> str:
         http = self.http_factory()

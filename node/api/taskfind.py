@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -198,7 +199,7 @@ class TaskFinder:
         listing = under_way.get(key)
         if listing is None:
             listing = under_way[key] = asyncio.ensure_future(self.local.tasks("", labels))
-            listing.add_done_callback(lambda _: under_way.pop(key, None))
+            listing.add_done_callback(lambda f: _ended(under_way, key, f))
         return list(await asyncio.shield(listing))
 
     async def history(self, service: str) -> tuple[list[tuple[str, peer_pb2.FoundTask]], list[str]]:
@@ -255,3 +256,11 @@ def _digits(text: str) -> bool:
     """ASCII digits only: str.isdigit() says yes to '²' (which int() refuses) and to other
     scripts' digits (which int() reads as a slot)."""
     return text.isascii() and text.isdigit()
+
+
+def _ended(under_way: dict[Any, Any], key: Any, listing: asyncio.Future[Any]) -> None:
+    """A listing is shared until it ends; its failure is read here as well, for when every
+    caller gave up first (shield drops its reader), or asyncio logs it as never retrieved."""
+    under_way.pop(key, None)
+    if not listing.cancelled():
+        listing.exception()

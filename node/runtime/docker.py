@@ -104,6 +104,9 @@ class DockerRuntime:
             raise EngineError("the Docker runtime is closed")
         if self._pinging is None or self._pinging.done():
             self._pinging = asyncio.wrap_future(self._ping_pool.submit(self._ping))
+            # read by the callback too: when every waiter gave up (cancelled, shield drops
+            # its reader) a failed ping is otherwise logged as "never retrieved"
+            self._pinging.add_done_callback(lambda f: f.cancelled() or f.exception())
         await asyncio.shield(self._pinging)
 
     async def engine_started(self) -> float:

@@ -10,9 +10,11 @@ restarts meanwhile), fails (reported in the task's status), or passes its deadli
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -314,6 +316,39 @@ async def test_a_docker_ping_to_a_hung_engine_fails_within_its_bound(
         assert all(isinstance(r, RuntimeUnavailable) for r in results), results
         assert "cannot reach the Docker engine" in str(results[0])
         assert len(held) == 1, "two callers at once share one ping"
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+        await runtime.close()
+
+
+async def test_a_ping_every_caller_gave_up_on_leaves_no_unread_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller's own deadline (shorter than PING_TIMEOUT) cancels its wait; the shared ping
+    then failed with no reader, and asyncio logged "Future exception was never retrieved"
+    at ERROR when it was collected: noise in the daemon's log, and in whichever test ran."""
+    monkeypatch.setattr(docker_runtime, "PING_TIMEOUT", 0.3)
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_unix_server(hold, str(tmp_path / "docker.sock"))
+    runtime = docker_runtime.DockerRuntime(f"unix://{tmp_path / 'docker.sock'}")
+    unread: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: unread.append(context))
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(runtime.ping(), 0.05)
+        pinging = runtime._pinging
+        assert pinging is not None
+        await wait_until(pinging.done, 5, message="the abandoned ping ends at PING_TIMEOUT")
+        del pinging
+        runtime._pinging = None
+        gc.collect()
+        assert not unread, unread
     finally:
         server.close()
         for writer in held:

@@ -4,6 +4,7 @@ the merge of this node's and other nodes' lines, notices, exec targets, the exec
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -569,3 +570,26 @@ async def test_lookups_at_once_on_a_node_share_one_engine_listing() -> None:
     assert calls == 1 and all(a == answers[0] for a in answers)
     await io.local_find("", "web")  # the next one, after: a listing of its own (nothing kept)
     assert calls == 2
+
+
+async def test_a_shared_listing_that_fails_after_its_callers_gave_up_is_read() -> None:
+    """Every caller's wait cancelled (a client's deadline), then the engine fails the
+    listing: its failure had no reader and asyncio logged it at ERROR when collected."""
+    io, _ = await make()
+    assert io.local is not None
+    gate = asyncio.Event()
+
+    async def failing(prefix: str, labels: dict[str, str]) -> list[dict[str, str]]:
+        await gate.wait()
+        raise EngineError("the engine went away")
+
+    io.local.tasks = failing  # type: ignore[method-assign]
+    unread: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: unread.append(context))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(io.local_find("", "web"), 0.05)
+    gate.set()
+    await wait_until(lambda: not io.__dict__.get("_listings"), 5, message="the listing ends")
+    await asyncio.sleep(0)
+    gc.collect()
+    assert not unread, unread
