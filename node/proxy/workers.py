@@ -15,9 +15,10 @@ Lifecycle, and why each step is safe when the daemon dies between two of them:
   stop. A daemon that dies mid-start leaves workers the next one adopts, or a socket
   file nothing answers at, which the worker started next removes.
 - another build: a worker that answers with another `build` (a digest of the proxy's
-  code: shoald was upgraded) gets a successor on its socket at once; it notices, serves
-  beside it (SO_REUSEPORT) for `STEP_DOWN` seconds, then stops: an upgrade refuses no
-  connection and runs the new engines.
+  code: shoald was upgraded) keeps serving its last table until the daemon's first sync
+  has one; then it gets a successor on its socket, which takes that table; the old one
+  notices, serves beside it (SO_REUSEPORT) for `STEP_DOWN` seconds, then stops: an
+  upgrade refuses no connection, however slow the first sync, and runs the new engines.
 - run: the table is pushed on every sync, and a worker's answer to it is its
   acknowledgement (`acked`: the node is ready, a lookup answers, once every worker has
   taken the table: decision 76); every `POLL` seconds each worker is asked its `state`
@@ -96,6 +97,7 @@ class WorkerMesh(Mesh):
         self.wanted: dict[int, routes.Route] = {}
         self.entries: list[wire.Entry] = []
         self.adopted = 0  # workers found serving at start (left by the last daemon)
+        self.outgoing: list[Worker] = []  # of another build: replaced once the first table is ready
         self.build = wire.BUILD  # workers of another build are replaced at start
         self.started = 0  # workers started by this daemon (at start or to replace one)
         self.tables = 0  # tables pushed: each worker's `table` says which it answered last
@@ -123,9 +125,11 @@ class WorkerMesh(Mesh):
         found = await asyncio.gather(*(w.dial() for w in self.workers))
         for i, w in enumerate(self.workers):
             if found[i] and w.state.get("build") != self.build:
-                log.info("proxy worker %d (pid %d) runs build %s, not %s: starting its successor",
+                log.info("proxy worker %d (pid %d) runs build %s, not %s: it serves its last table "
+                         "until this daemon has one, then its successor starts",
                          w.index, w.pid, w.state.get("build"), self.build)  # fmt: skip
-                w.disconnect()  # the successor takes its socket; it serves beside it, then goes
+                w.disconnect()
+                self.outgoing.append(w)
                 w.proc, w.pid, found[i] = None, 0, False
         for w, adopted in zip(self.workers, found, strict=True):
             if adopted and w.proc is None:  # not one `prestart` started
@@ -137,7 +141,11 @@ class WorkerMesh(Mesh):
                     w.state.get("routes"),
                 )
         await asyncio.gather(
-            *(w.spawn() for w, adopted in zip(self.workers, found, strict=True) if not adopted)
+            *(
+                w.spawn()
+                for w, adopted in zip(self.workers, found, strict=True)
+                if not adopted and w not in self.outgoing
+            )
         )
         for w in self.workers:
             if w.proc is not None:
@@ -215,10 +223,29 @@ class WorkerMesh(Mesh):
         return wire.table(self.settings, self.entries, self.cold.timeouts, self.ingress_entry)
 
     async def _push_all(self) -> None:
+        if self.outgoing:
+            await self._start_successors()
         self.tables += 1
         message = self._table()
         await asyncio.gather(*(self._push(w, message) for w in self.workers))
         self._take_states()
+
+    async def _start_successors(self) -> None:
+        """Start the successors of the workers of another build, now that a table is ready
+        for them. A successor takes its predecessor's socket, which then serves beside it
+        for its STEP_DOWN seconds only: started at once, a first sync slower than that (etcd
+        slow to answer the new daemon) left the ports refusing connections until it came.
+        One that fails to start is started again by the push that finds it unconnected."""
+        due, self.outgoing = self.outgoing, []
+        results = await asyncio.gather(*(w.spawn() for w in due), return_exceptions=True)
+        for w, result in zip(due, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BaseException):
+                log.warning("proxy worker %d: its successor did not start: %s", w.index, result)
+                continue
+            self.started += 1
+            log.info("proxy worker %d started (pid %d), successor of another build's", w.index, w.pid)
 
     async def _push(self, w: Worker, message: dict[str, Any]) -> None:
         number = self.tables
@@ -360,6 +387,8 @@ class WorkerMesh(Mesh):
         if self._certs_task is not None:
             self._certs_task.cancel()
         if self.stop_workers:
+            for w in self.outgoing:  # another build's, not replaced yet: told to stop too
+                await w.dial()
             await asyncio.gather(*(stop_worker(w) for w in self.workers))
         for w in self.workers:
             w.disconnect()

@@ -458,6 +458,84 @@ async def test_workers_of_another_build_are_replaced_without_a_refused_connectio
     await stopped(task)
 
 
+async def test_an_upgrade_whose_first_sync_is_slow_refuses_no_connection(pool: WorkerWorld) -> None:
+    """The successors used to start at once, but bind only when the first table comes; a
+    first sync slower than STEP_DOWN (etcd slow to answer the new daemon) let the old
+    workers step down first, and the port refused connections until it came. The old
+    workers now serve until the new daemon has a table."""
+    from node.proxy.worker import STEP_DOWN, WATCH_EVERY
+
+    port = free_port()
+    web = tcp_service("web", port)
+    await pool.store.put(KEYS.service("web"), web.to_json())
+    await pool.backend(web, 1, "n1")
+    task = await running(pool)
+    await wait_until(lambda: every_answer(port, 4), 10.0)
+    await stopped(task)
+    old = [w.proc for w in pool.mesh.workers]
+
+    pool.mesh = pool.new_mesh()
+    pool.mesh.build = "another build"
+    first_sync = pool.mesh.sync
+    held = STEP_DOWN + 2 * WATCH_EVERY + 1  # longer than an old worker's step-down
+
+    async def slow_first_sync() -> None:
+        if not pool.mesh.syncs:
+            await asyncio.sleep(held)  # etcd slow: the new daemon has no table for a while
+        await first_sync()
+
+    pool.mesh.sync = slow_first_sync  # type: ignore[method-assign]
+    got: list[str] = []
+    started = time.monotonic()
+    task = asyncio.create_task(pool.mesh.run())
+    for _ in range(2000):  # bounded in count and time
+        if pool.mesh.ready.is_set() or time.monotonic() - started > held + 30:
+            break
+        try:
+            got.append(await asyncio.wait_for(ask(port), 5.0))
+        except (OSError, TimeoutError) as exc:
+            got.append(repr(exc))
+        await asyncio.sleep(0.02)
+    assert pool.mesh.ready.is_set(), "the first table was pushed"
+    assert time.monotonic() - started >= held, "the load spanned the slow first sync"
+    assert len(got) > 50 and set(got) == {"web.1@n1"}, [g for g in got if g != "web.1@n1"][:5]
+    assert (pool.mesh.started, pool.mesh.adopted) == (2, 0)
+    pool.note_pids()
+    for proc in old:
+        assert proc is not None and await asyncio.to_thread(proc.wait, 20) == 0  # stepped down then
+    assert set(await every_answer(port, 4)) == {"web.1@n1"}, "the successors serve"
+    await stopped(task)
+
+
+async def test_a_node_leaving_before_its_first_sync_stops_the_workers_of_another_build(
+    pool: WorkerWorld,
+) -> None:
+    """With leave_on_stop the workers are told to stop; those of another build, not yet
+    replaced (no table yet), are dialled again and told too, not left serving for good."""
+    port = free_port()
+    web = tcp_service("web", port)
+    await pool.store.put(KEYS.service("web"), web.to_json())
+    await pool.backend(web, 1, "n1")
+    task = await running(pool)
+    await stopped(task)
+    old = [w.proc for w in pool.mesh.workers]
+
+    pool.mesh = pool.new_mesh()
+    pool.mesh.build, pool.mesh.stop_workers = "another build", True
+    never = asyncio.Event()
+
+    async def no_table() -> None:
+        await never.wait()  # etcd never answers this daemon
+
+    pool.mesh.sync = no_table  # type: ignore[method-assign]
+    task = asyncio.create_task(pool.mesh.run())
+    await wait_until(lambda: len(pool.mesh.outgoing) == 2, 10.0, message="both workers of another build")
+    assert pool.mesh.started == 0, "no successor before a table"
+    await stopped(task)
+    for proc in old:
+        assert proc is not None and await asyncio.to_thread(proc.wait, 20) == 0  # told to stop
+
+
 def test_the_table_carries_the_services_that_hold_and_a_state_the_held_ones() -> None:
     message = wire.decode(wire.encode(wire.table(MeshSettings(), [], {"idle": 20.0, "bad": -1})))
     assert wire.read_cold(message) == {"idle": 20.0}
