@@ -50,6 +50,17 @@ def _drop_named(head: list[bytes], connection: bytes) -> None:
         head[:] = kept
 
 
+def origin_form(url: bytes) -> bytes:
+    """An absolute-form request target in origin form (`http://h/p?q` -> `/p?q`), for a
+    router that chose the site by host (the ingress); other forms as they are."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or not scheme.isalpha():
+        return url
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?"), rest.find(b"#")) if i >= 0), default=len(rest))
+    tail = rest[cut:].partition(b"#")[0]
+    return tail if tail.startswith(b"/") else b"/" + tail
+
+
 def codings(transfer_encoding: bytes) -> bytes:
     """The transfer codings of `transfer_encoding` other than `chunked`, each followed by
     ", " (b"" for plain `chunked`): what a re-framed body keeps in its Transfer-Encoding."""

@@ -41,6 +41,7 @@ from node.proxy.heads import (
     REQ_SPELLINGS,
     BadMessage,
     Special,
+    origin_form,
     request_head,
 )
 from node.proxy.http_outcomes import _Outcomes
@@ -280,7 +281,11 @@ class _Client(_Outcomes, asyncio.Protocol):
             raise LimitExceeded(431, b"too many header fields\n")
         method = p.get_method()
         url = self.url if self.url_parts is None else b"".join(self.url_parts)
-        routed = None if proxy.router is None else proxy.router(self.head, url or b"/")  # ingress
+        routed = None
+        if proxy.router is not None:  # the ingress: routed by host, sent in origin form
+            routed = proxy.router(self.head, url or b"/")
+            if url and url[:1] != b"/":
+                url = origin_form(url)
         line = b"%s %s HTTP/1.1\r\n" % (method, url or b"/")
         head, chunked, body, ka = request_head(line, self.head, self.special, self.xff, proxy.proto_line)
         if len(head) > limits.max_head:  # the bytes read are counted per read; this, exactly

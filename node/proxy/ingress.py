@@ -34,7 +34,7 @@ from node.proxy.balancer import Backend, Balancer
 from node.proxy.heads import CRLF
 from node.proxy.http import HttpProxy
 from node.proxy.http_types import Routed
-from node.proxy.ingress_routes import Answer, Table, Target, build, decide
+from node.proxy.ingress_routes import Answer, Table, Target, authority_of, build, decide, forwarding
 from node.proxy.ingress_tls import IngressCerts, SniContexts
 from node.telemetry.events import EventLog
 
@@ -141,20 +141,25 @@ class IngressProxy(HttpProxy):
 
     def route(self, head: list[bytes], url: bytes) -> Routed:
         host: bytes | None = None
+        hosts = 0
         forwarded = False
         cookies: list[bytes] = []
         for i in range(1, len(head), 4):  # name, ": ", value, CRLF
             name = head[i].lower()
             if name == b"host":
-                host = head[i + 2] if host is None else host
-            elif name == b"x-forwarded-host":
-                forwarded = True
+                host, hosts = head[i + 2], hosts + 1
             elif name == b"cookie":
                 cookies.append(head[i + 2])
-        if forwarded:  # the client's own is not passed on
+            elif forwarding(name):
+                forwarded = True
+        if hosts > 1:  # RFC 9112 3.2; a backend might read the other one
+            return Routed(
+                None, status=400, body=b"shoal ingress: the request has more than one Host header\n"
+            )
+        if forwarded:  # the client's own are not passed on: only the entrance says where from
             kept = head[:1]
             for i in range(1, len(head), 4):
-                if head[i].lower() != b"x-forwarded-host":
+                if not forwarding(head[i].lower()):
                     kept += head[i : i + 4]
             head[:] = kept
         routes = self.routes
@@ -162,8 +167,10 @@ class IngressProxy(HttpProxy):
         if isinstance(to, Answer):
             extra = b"Location: %s\r\n" % to.location.encode("latin-1") if to.location else b""
             return Routed(None, status=to.status, body=to.body, extra=extra)
-        assert host is not None
-        head += (b"X-Forwarded-Host: ", host, CRLF)
+        if host is None:  # an HTTP/1.0 request with an absolute-form target: its host
+            host = authority_of(url) or b""
+            head += (b"Host: ", host, CRLF)
+        head += (b"X-Forwarded-Host: ", host.strip(), CRLF)
         if to.sticky:
             prefer = cookie(cookies, b"shoal-sticky-" + to.service.encode())
             return Sticky(routes.routed[to], to.service, routes, prefer, self.https)

@@ -10,8 +10,10 @@ Pure: from the service records etcd holds (their `ingress` rules, `node.model.sp
 
 Rules:
 - the host is the request's Host header, lowercased, without its port or a trailing dot;
-  an absolute-form request target (`GET http://h/p`) gives the path only (RFC 9112:
-  the Host header is the one a proxy checks);
+  a Host with anything but a `:port` after the host, or two Host headers, is a 400; an
+  absolute-form request target (`GET http://h/p`) must name the same host as the Host
+  header (RFC 9112 3.2: a client sends the same), else 400, and is forwarded in origin
+  form (`/p`), so the backend reads no other host than the one routed on;
 - a prefix matches segment-wise: `/api` matches `/api`, `/api/` and `/api/x`, not
   `/apix`; `/` matches every path; the longest matching prefix of the host wins;
 - the path is matched as sent (not percent-decoded, query and fragment left out);
@@ -24,6 +26,7 @@ No sockets, no asyncio, no etcd: the entrance (`node.proxy.ingress`) feeds it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -113,12 +116,39 @@ def conflict(spec: ServiceSpec, services: Iterable[ServiceRecord]) -> str | None
     return None
 
 
+_PORT = re.compile(r"(:[0-9]{0,5})?")
+_FORWARDING = frozenset(("forwarded", "x-real-ip"))
+
+
 def host_of(value: bytes) -> str:
-    """A Host header's host: lowercase, without port or trailing dot ("" when unusable)."""
+    """A Host header's host: lowercase, without port or trailing dot ("" when unusable,
+    such as anything after the host but a `:port`: `h:@evil` reached the backend as its
+    Host, routed for `h`)."""
     text = value.decode("latin-1").strip().lower()
     if text.startswith("["):  # an IPv6 literal
-        return text.partition("]")[0] + "]"
-    return text.partition(":")[0].rstrip(".")
+        inside, close, rest = text[1:].partition("]")
+        host = f"[{inside}]" if close and inside else ""
+    else:
+        host, colon, port = text.partition(":")
+        host, rest = host.rstrip("."), colon + port
+    return host if _PORT.fullmatch(rest) else ""
+
+
+def authority_of(url: bytes) -> bytes | None:
+    """The authority of an absolute-form request target (`http://h:8080/p` -> `h:8080`);
+    None for the other forms (`/p`, `*`)."""
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or not scheme.isalpha():
+        return None
+    return re.split(rb"[/?#]", rest, maxsplit=1)[0]
+
+
+def forwarding(name: bytes) -> bool:
+    """Is header `name` (lowercase) one only the entrance may set: `Forwarded`,
+    `X-Real-IP`, any `X-Forwarded-*`, in any spelling with `_` too (CGI and WSGI servers
+    read `X_Forwarded_Host` as `X-Forwarded-Host`, ahead of the entrance's own)?"""
+    text = name.decode("latin-1").replace("_", "-")
+    return text in _FORWARDING or text.startswith("x-forwarded-")
 
 
 def path_of(url: bytes) -> str:
@@ -132,8 +162,16 @@ def path_of(url: bytes) -> str:
 
 def decide(table: Table, host: bytes | None, url: bytes, https: bool, https_port: int) -> Target | Answer:
     """What the entrance does with a request for `host` (its Host header) and `url`."""
-    if host is None or not (name := host_of(host)):
+    authority = authority_of(url)
+    if authority is not None:  # RFC 9112 3.2: the client sends the same host in both
+        if host is None:
+            host = authority
+        elif host_of(authority) != host_of(host):
+            return Answer(400, b"shoal ingress: the request target names another host than the Host header\n")
+    if host is None:
         return Answer(400, b"shoal ingress: the request has no Host header: which site is it for?\n")
+    if not (name := host_of(host)):
+        return Answer(400, b"shoal ingress: the Host header is not a host name with an optional :port\n")
     routes = table.hosts.get(name)
     if routes is None:
         return Answer(
@@ -146,7 +184,9 @@ def decide(table: Table, host: bytes | None, url: bytes, https: bool, https_port
         body = f"shoal ingress: no route for {name}{path} (paths of {name}: {known})\n"
         return Answer(404, body.encode())
     if target.redirect and not https:
-        port = "" if https_port == 443 else f":{https_port}"
+        # a node without the TLS entrance (0) sends to the default port: the site's own
+        # HTTPS entrance may be another node's or a load balancer's, never port 0
+        port = "" if https_port in (443, 0) else f":{https_port}"
         tail = url.decode("latin-1") if url.startswith(b"/") else path
         location = f"https://{name}{port}{tail}"
         return Answer(308, f"shoal ingress: use {location}\n".encode(), location)

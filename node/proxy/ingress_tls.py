@@ -46,6 +46,20 @@ from node.store import Store, StoreError
 log = logging.getLogger(__name__)
 
 
+class EncryptedKey(ssl.SSLError):
+    """A key that asks for a passphrase. Without a password callback OpenSSL asks for it
+    on the daemon's terminal, if it has one, and the daemon's loop waits there."""
+
+    reason = "the private key is encrypted: store it without a passphrase (`openssl pkey -in key.pem`)"
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def _no_passphrase() -> bytes:
+    raise EncryptedKey()
+
+
 def _context() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -87,7 +101,7 @@ class SniContexts:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(pem + b"\n" + key)
-            ctx.load_cert_chain(path)
+            ctx.load_cert_chain(path, password=_no_passphrase)
             return ctx
         finally:
             os.unlink(path)
@@ -134,6 +148,7 @@ class IngressCerts(SniContexts):
         self.renew: dict[str, datetime] = {}  # host -> when its CA-issued certificate is renewed
         self.problems: dict[str, str] = {}  # host -> why its certificate could not be loaded
         self.has_default = False
+        self.default_renew: datetime | None = None  # when the default certificate is issued again
 
     async def _issue(self, host: str, now: datetime) -> ssl.SSLContext:
         if self.ca is None:
@@ -151,12 +166,13 @@ class IngressCerts(SniContexts):
         the problems of this round by host."""
         now = now or datetime.now(UTC)
         problems: dict[str, str] = {}
-        if not self.has_default and self.ca is not None:
+        due = not self.has_default or (self.default_renew is not None and now >= self.default_renew)
+        if due and self.ca is not None:  # renewed like the hosts' (it expired after 30 days up)
             try:
-                key, chain, _ = issue_site(await self.ca(), self.address, now)
+                key, chain, renew = issue_site(await self.ca(), self.address, now)
                 self._load(chain, key, self.server)
                 self.default_pem = chain + b"\n" + key
-                self.has_default = True
+                self.has_default, self.default_renew = True, renew
             except (CertError, StoreError, ssl.SSLError, OSError) as exc:
                 problems[""] = f"the default certificate (node address {self.address}): {exc}"
         for host in [h for h in self.contexts if h not in hosts]:

@@ -117,3 +117,48 @@ def test_a_pem_file_left_by_a_killed_process_is_removed_at_start(tmp_path: Path)
     (workdir / "other").write_bytes(b"not ours")
     IngressCerts(MemoryStore(), KEYS, None, None, workdir, "127.0.0.1")
     assert sorted(p.name for p in workdir.iterdir()) == ["other"]
+
+
+async def test_a_secret_with_an_encrypted_key_is_a_clear_problem_never_a_passphrase_prompt(
+    tmp_path: Path,
+) -> None:
+    """OpenSSL asked for the passphrase on the daemon's terminal (a daemon run in the
+    foreground waited there, its loop with it, at each refresh); now it is refused at once."""
+    from cryptography.hazmat.primitives import serialization
+
+    store, ca = MemoryStore(), ClusterCA.create("t")
+    sealer = Sealer(lambda: b"0123456789abcdef-passphrase")
+    key, chain, _ = issue_site(ca, "a.test")
+    encrypted = serialization.load_pem_private_key(key, None).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pw"),
+    )
+    data = sealer.seal(chain + encrypted, secret_ad("a"))
+    await store.put(
+        KEYS.object("secret", "a"), ObjectRecord("secret", "a", "u", 1, 1, "t", "t", data).to_json()
+    )
+    certs = IngressCerts(store, KEYS, sealer, None, tmp_path / "ingress", "127.0.0.1")
+    problems = await certs.refresh({"a.test": "a"})
+    assert "the private key is encrypted" in problems["a.test"], problems
+    assert "a.test" not in certs.contexts
+
+
+async def test_the_default_certificate_is_renewed_like_the_hosts(tmp_path: Path) -> None:
+    """It was issued once, at start, and expired after 30 days up: clients without SNI
+    (health checks by address) then failed the handshake."""
+    from datetime import UTC, datetime, timedelta
+
+    ca = ClusterCA.create("t")
+
+    async def authority() -> ClusterCA:
+        return ca
+
+    certs = IngressCerts(MemoryStore(), KEYS, None, authority, tmp_path / "ingress", "127.0.0.1")
+    start = datetime.now(UTC)
+    assert await certs.refresh({"b.test": None}, start) == {}
+    first = certs.default_pem
+    assert await certs.refresh({"b.test": None}, start + timedelta(days=1)) == {}
+    assert certs.default_pem == first, "not issued again before it is due"
+    assert await certs.refresh({"b.test": None}, start + timedelta(days=45)) == {}
+    assert certs.default_pem != first

@@ -452,3 +452,45 @@ async def test_certificates_that_etcd_is_slow_to_give_do_not_hold_back_the_worke
             if w.proc is not None:
                 w.proc.kill()
                 w.proc.wait(5)
+
+
+async def raw_request(port: int, data: bytes) -> tuple[int, bytes]:
+    """`data` as sent, over a new connection: (status, body)."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(data)
+        raw = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_the_backend_reads_only_the_host_the_entrance_routed_on(bed: Bed) -> None:
+    """Host-header poisoning (password-reset links) in backends that trust the Host: the
+    entrance routed on one host and forwarded another in an absolute-form target, in a
+    second Host header, or after the port; and passed the client's `Forwarded`,
+    `X-Real-IP`, `X_Forwarded_Host` on."""
+    await bed.service("app", {"host": "app.example.test", "port": 8080})
+    await ready(bed, "app.example.test")
+    end = b"Connection: close\r\n\r\n"
+    status, body = await raw_request(bed.http, b"GET http://app.example.test/reset?u=1 HTTP/1.1\r\n"
+                                     b"Host: app.example.test\r\n" + end)  # fmt: skip
+    got = seen(body)
+    assert (status, got["line"], got["h"]["host"]) == (200, "GET /reset?u=1 HTTP/1.1", "app.example.test")
+    refused = [
+        b"GET http://evil.test/reset HTTP/1.1\r\nHost: app.example.test\r\n",
+        b"GET / HTTP/1.1\r\nHost: app.example.test\r\nHost: evil.test\r\n",
+        b"GET / HTTP/1.1\r\nHost: app.example.test:@evil.test\r\n",
+    ]
+    for data in refused:
+        status, body = await raw_request(bed.http, data + end)
+        assert status == 400, (data, body)
+    spoofed = (
+        "Forwarded: for=6.6.6.6;host=evil.test\r\nX-Real-IP: 6.6.6.6\r\nX_Forwarded_Host: evil.test\r\n"
+        "X-Forwarded-Port: 443\r\nX-Request-Id: kept\r\n"
+    )
+    status, _, body = await request(bed.http, "app.example.test:80", "/", headers=spoofed)
+    h = seen(body)["h"]
+    assert status == 200 and h["x-forwarded-host"] == "app.example.test:80" and h["x-request-id"] == "kept"
+    assert not {"forwarded", "x-real-ip", "x_forwarded_host", "x-forwarded-port"} & set(h), h

@@ -8,7 +8,18 @@ import pytest
 
 from node.model.domain import ServiceRecord
 from node.model.spec import SpecError, parse_spec
-from node.proxy.ingress_routes import Answer, Target, build, conflict, covers, decide, host_of, path_of
+from node.proxy.ingress_routes import (
+    Answer,
+    Target,
+    authority_of,
+    build,
+    conflict,
+    covers,
+    decide,
+    forwarding,
+    host_of,
+    path_of,
+)
 from tests.factories import make_service
 
 
@@ -57,8 +68,8 @@ def test_a_prefix_matches_segment_wise(prefix: str, path: str, expected: bool) -
         # the Host header: case, port and a trailing dot do not matter
         (b"APP.Example.Test:8443", b"/api", True, Target("api", 8080)),
         (b"app.example.test.", b"/api", True, Target("api", 8080)),
-        # an absolute-form target: its path is routed, by the Host header
-        (b"app.example.test", b"http://other.test/api/x", True, Target("api", 8080)),
+        # an absolute-form target naming the Host's host: its path is routed
+        (b"app.example.test", b"http://App.Example.Test:443/api/x", True, Target("api", 8080)),
         # the redirect is of the rule that matched, and only on plain HTTP
         (b"app.example.test", b"/api/x", False, Target("api", 8080)),
         (b"www.example.test", b"/x", False, Target("web", 8080)),
@@ -154,10 +165,53 @@ def test_conflict_names_the_other_service(spec: ServiceRecord, problem: str | No
 
 @pytest.mark.parametrize(
     ("value", "host"),
-    [(b"a.test", "a.test"), (b"A.Test:80", "a.test"), (b" a.test. ", "a.test"), (b"[::1]:8080", "[::1]")],
-)
+    [
+        (b"a.test", "a.test"), (b"A.Test:80", "a.test"), (b" a.test. ", "a.test"), (b"[::1]:8080", "[::1]"),
+        (b"a.test:", "a.test"),
+        # anything after the host but a port: unusable (it was routed as `a.test` and
+        # reached the backend as its Host, `a.test:@evil.test`)
+        (b"a.test:@evil.test", ""), (b"a.test:80:81", ""), (b"a.test:123456", ""), (b"a.test:\xb2", ""),
+        (b"[::1]x", ""), (b"[::1", ""), (b"[]", ""),
+    ],
+)  # fmt: skip
 def test_host_of(value: bytes, host: str) -> None:
     assert host_of(value) == host
+
+
+@pytest.mark.parametrize(
+    ("url", "authority"),
+    [(b"/p", None), (b"*", None), (b"http://h:8/p?q", b"h:8"), (b"https://h?q", b"h"), (b"http://h", b"h"),
+     (b"1a://h/", None)],
+)  # fmt: skip
+def test_authority_of(url: bytes, authority: bytes | None) -> None:
+    assert authority_of(url) == authority
+
+
+def test_an_absolute_form_target_must_name_the_host_of_the_host_header() -> None:
+    """The backend reads the target's host (RFC 9112 3.2.2), the entrance routed on Host's."""
+    assert decide(TABLE, b"app.example.test", b"http://APP.example.test:80/x", True, 443) == Target(
+        "web", 8080, redirect=True
+    )
+    wrong = decide(TABLE, b"app.example.test", b"http://evil.test/reset", False, 443)
+    assert isinstance(wrong, Answer) and wrong.status == 400 and b"another host" in wrong.body
+    bad = decide(TABLE, b"app.example.test:@evil.test", b"/", False, 443)
+    assert isinstance(bad, Answer) and bad.status == 400 and b":port" in bad.body
+    # HTTP/1.0 may send no Host: the target's authority is the host
+    assert decide(TABLE, None, b"http://app.example.test/x", True, 443) == Target("web", 8080, redirect=True)
+
+
+def test_a_redirect_on_a_node_without_the_tls_entrance_goes_to_the_default_port() -> None:
+    answer = decide(TABLE, b"app.example.test", b"/x?y", False, 0)
+    assert isinstance(answer, Answer) and answer.location == "https://app.example.test/x?y"
+
+
+@pytest.mark.parametrize(
+    ("name", "dropped"),
+    [(b"forwarded", True), (b"x-real-ip", True), (b"x-forwarded-port", True), (b"x_forwarded_host", True),
+     (b"x-forwarded-prefix", True), (b"x-forwardedx", False), (b"host", False), (b"x-request-id", False)],
+)  # fmt: skip
+def test_forwarding_headers_are_the_entrances_own(name: bytes, dropped: bool) -> None:
+    assert forwarding(name) is dropped
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from node.proxy.heads import (
     RESP_SPECIAL,
     codings,
     error_response,
+    origin_form,
     request_head,
     response_head,
 )
@@ -197,3 +198,12 @@ async def test_gzip_chunked_keeps_its_gzip_coding_both_ways() -> None:
     await c.close()
     await proxy.close()
     await b.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [(b"http://h/p?q#f", b"/p?q"), (b"https://h:8443", b"/"), (b"http://h?q", b"/?q"), (b"/p", b"/p"),
+     (b"*", b"*"), (b"h:443", b"h:443")],
+)  # fmt: skip
+def test_origin_form(url: bytes, origin: bytes) -> None:
+    assert origin_form(url) == origin
