@@ -240,8 +240,8 @@ class Agent:
         assigned = self.assigned()
         try:
             found = await self.runtime.list({LABELS.CLUSTER: self.cluster, LABELS.NODE: self.node})
-        except EngineError:
-            m.engine_gap()  # an exit 0 seen after this is the engine's doing (restart policy)
+        except RuntimeUnavailable:  # not answering; one failed call (a 500) is no gap
+            m.engine_gap()  # an exit 0 seen after this may be the engine's doing (restart policy)
             raise
         actions = diff(assigned, found)
         m.desired(assigned)
@@ -258,6 +258,9 @@ class Agent:
             if c.id in self.stopper:
                 m.stopping(task)  # replaced for being unhealthy: it drains, then stops; then it restarts
                 continue
+            if not c.running:  # paused (or restarting): live, not routable, not an exit
+                m.paused(task, c)
+                continue
             checked.add(c.id)
             try:
                 spec = await self._spec_or_none(task)
@@ -269,7 +272,7 @@ class Agent:
         self.monitor.retain(checked)
         restarts = []  # tasks whose exited container is kept (history): they start anew beside it
         if self.history.limit > 0:  # (removed instead, the next pass finds none and starts one)
-            restarts = [t for t, c in actions.replace if m.restarting(t, c)]
+            restarts = [t for t, c in actions.replace if t.task_id not in actions.held and m.restarting(t, c)]
         starts = m.starts(actions.start + restarts, self.clock())
         if starts:
             await self._publish()  # `ps` shows them pending while images are pulled and started
@@ -308,7 +311,7 @@ class Agent:
         if cut <= 0:
             return actions
         specs = {}
-        for task in [t for t, _ in actions.keep] + actions.start:
+        for task in [t for t, _ in (*actions.keep, *actions.replace)] + actions.start:
             with contextlib.suppress(SpecNotFound, StoreError):  # unknown here: kept as it is
                 specs[task.task_id] = await self.specs.spec(task.service, task.version, task.uid)
         actions, stops = hold_back(actions, specs, cut)

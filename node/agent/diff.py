@@ -8,7 +8,8 @@ label alone, which is what lets a restarted agent re-adopt its containers.
 An exited container that is no task's current one (unassigned, or an older container of
 a task that has a newer one) is `retired`: history, kept or removed by
 `node.agent.history` (decision 71), never stopped or started again. A task's newest
-container, when exited, is `replace`: the agent decides its restart.
+container, when exited, is `replace`: the agent decides its restart. A paused (or
+restarting) container is live (`Container.live`): kept, or stopped, never `replace`.
 """
 
 from __future__ import annotations
@@ -23,19 +24,20 @@ from node.runtime.base import LABELS, Container
 @dataclass
 class Actions:
     start: list[Assignment] = field(default_factory=list)  # no container yet
-    keep: list[tuple[Assignment, Container]] = field(default_factory=list)  # running as assigned
+    keep: list[tuple[Assignment, Container]] = field(default_factory=list)  # live as assigned
     replace: list[tuple[Assignment, Container]] = field(default_factory=list)  # exited: remove, start anew
     stop: list[Container] = field(default_factory=list)  # running, not assigned (any more), or a duplicate
     retired: list[Container] = field(default_factory=list)  # exited, no task's current one (history)
+    held: frozenset[str] = frozenset()  # not to start, from `replace` either (cut off, disconnect)
 
     @property
     def idle(self) -> bool:
         return not (self.start or self.replace or self.stop)
 
 
-def _rank(c: Container) -> tuple[bool, str]:
-    """The container to keep among several for one task: running first, then newest."""
-    return (c.running, c.started_at)
+def _rank(c: Container) -> tuple[bool, bool, str]:
+    """The container to keep among several for one task: running first, live, then newest."""
+    return (c.running, c.live, c.started_at)
 
 
 def diff(assigned: Mapping[str, Assignment], containers: Sequence[Container]) -> Actions:
@@ -45,7 +47,7 @@ def diff(assigned: Mapping[str, Assignment], containers: Sequence[Container]) ->
         label = c.labels.get(LABELS.TASK, "")
         match = assigned.get(label)
         if match is None or match.desired != Desired.RUNNING:
-            (actions.stop if c.running else actions.retired).append(c)
+            (actions.stop if c.live else actions.retired).append(c)
         else:
             by_task.setdefault(label, []).append(c)
     for task_id in sorted(assigned):
@@ -57,9 +59,9 @@ def diff(assigned: Mapping[str, Assignment], containers: Sequence[Container]) ->
             actions.start.append(wanted)
             continue
         primary, extras = found[0], found[1:]
-        actions.stop.extend(c for c in extras if c.running)
-        actions.retired.extend(c for c in extras if not c.running)
-        if primary.running:
+        actions.stop.extend(c for c in extras if c.live)
+        actions.retired.extend(c for c in extras if not c.live)
+        if primary.live:
             actions.keep.append((wanted, primary))
         else:
             actions.replace.append((wanted, primary))

@@ -42,7 +42,9 @@ def hold_back(
 ) -> tuple[Actions, list[tuple[Assignment, Container, str]]]:
     """`actions` without the tasks whose service stops on a node cut off for `cut_off` s,
     and the running replicas to stop, with why. `specs`: task id -> spec; a task whose
-    spec is not there is left as it is."""
+    spec is not there is left as it is. An exited one stays in `replace`, its exit decided,
+    but is `held`: not restarted (a kept container, history, would be its current one
+    after the stop, and was restarted, stopped, restarted while cut off)."""
     gone = {t for t, spec in specs.items() if due(spec, cut_off)}
     stops = []
     for task, c in actions.keep:
@@ -54,5 +56,6 @@ def hold_back(
         actions,
         keep=[(t, c) for t, c in actions.keep if t.task_id not in gone],
         start=[t for t in actions.start if t.task_id not in gone],
+        held=actions.held | gone,
     )
     return kept, stops

@@ -24,6 +24,8 @@ Events (methods) and the actions they return:
 - `listed(keep, replaced)`: the containers the runtime lists, per task (from `diff`).
 - `seen(task, c, verdict, policy, now, drained)`: a kept container's health verdict;
   a verdict that says replace returns `Stop` (drain path; decided once per container).
+- `paused(task, c)`: a kept container that is live but not running (paused, restarting):
+  not routable, and no exit to decide.
 - `exited(task, c, policy, now, keep)`: its container exited: `Forget`, `Withdraw`,
   `Remove` (unless the policy gave up, or `keep`: kept for its logs) and the back-off of
   its restart; `restarting(task, c)` then says the kept one's task is to start anew.
@@ -52,6 +54,7 @@ from node.agent.restart import (
     on_running,
     on_start_failed,
     on_started,
+    restarted_under,
 )
 from node.model.domain import Assignment, EndpointRecord, TaskState, TaskStatus
 from node.runtime.base import Container
@@ -129,7 +132,7 @@ class Slot:
     restart: RestartState = field(default_factory=RestartState)
     status: TaskStatus | None = None  # what status/ says (None: nothing yet)
     handled: str = ""  # the last container whose exit (or unhealthiness) was decided on
-    seen: tuple[str, int] = ("", 0)  # (container id, engine gaps) when last seen running
+    seen: tuple[str, int, float] = ("", 0, 0.0)  # (container id, engine gaps, wall s) last seen running
 
 
 class Slots:
@@ -188,7 +191,8 @@ class Slots:
         self.next_start = None
 
     def engine_gap(self) -> None:
-        """The engine did not answer a listing: an exit 0 seen after is its doing."""
+        """The engine did not answer a listing: an exit 0 seen after is its doing (unless
+        it is known to have started before the container was last seen running)."""
         self.gaps += 1
 
     def engine_up(self) -> None:
@@ -226,7 +230,7 @@ class Slots:
     def listed(
         self, keep: Sequence[tuple[Assignment, Container]], replaced: Sequence[tuple[Assignment, Container]]
     ) -> None:
-        """The runtime's listing: each task's container (running: `keep`; exited: `replaced`)."""
+        """The runtime's listing: each task's container (live: `keep`; exited: `replaced`)."""
         found = {t.task_id: c for t, c in (*keep, *replaced)}
         for tid, s in self.slots.items():
             c = found.get(tid)
@@ -238,7 +242,7 @@ class Slots:
                 s.routable_since = 0.0
         for t, c in keep:
             if t.task_id in self.slots:
-                self.slots[t.task_id].seen = (c.id, self.gaps)
+                self.slots[t.task_id].seen = (c.id, self.gaps, self.wall())
 
     def stopping(self, task: Assignment) -> None:
         """Its container drains and stops: out of rotation."""
@@ -275,6 +279,16 @@ class Slots:
         self._observe(s, c, verdict)
         return []
 
+    def paused(self, task: Assignment, c: Container) -> None:
+        """Its container is live but not running (`docker pause`, restarting): it answers
+        nobody, so it is withdrawn; it has not exited, so nothing is decided. Its health
+        checks start over once it runs again."""
+        s = self._slot(task)
+        s.phase, s.container, s.routable, s.routable_since = Phase.RUNNING, c, False, 0.0
+        self._set(
+            s, TaskState.RUNNING, container_id=c.id, address=self.address, message=f"container {c.state}"
+        )
+
     def exited(
         self, task: Assignment, c: Container, policy: Policy | None, now: float, keep: bool = False
     ) -> list[Action]:
@@ -296,7 +310,8 @@ class Slots:
             if policy is None:
                 return out
             s.handled = c.id
-            engine_restarted = s.seen[0] == c.id and s.seen[1] < self.gaps
+            gap = s.seen[0] == c.id and s.seen[1] < self.gaps
+            engine_restarted = restarted_under(gap, s.seen[2], self.engine_since)
             not_done = interrupted(c, engine_restarted, self.engine_since)  # not a completion: started again
             rs = s.restart = on_exit(s.restart, policy, c.exit_code, now, not_done)
             if rs.terminal:
@@ -363,7 +378,7 @@ class Slots:
         s.phase, s.container, s.routable, s.routable_since = Phase.RUNNING, c, False, 0.0
         if c.running:
             s.restart = on_running(s.restart, now)
-            s.seen = (c.id, self.gaps)
+            s.seen = (c.id, self.gaps, self.wall())
             s.routable = verdict.routable  # at once, unless it has a check to pass first
         self._observe(s, c, verdict)
         return [

@@ -11,7 +11,8 @@ decides from the spec's `restart` section:
   `window` seconds (0: ever), no more (terminal too). 0 attempts: no limit.
 - An exit that is not the task's own doing (`interrupted`): a container created but never
   started (the daemon died between create and start), or one that exited 0 because the
-  engine stopped it (an engine restart, or an exit code 0 with an engine error) is not a
+  engine stopped it (an engine restart: a gap in the listings, and the engine started
+  since, when that is known, `restarted_under`; or an exit code 0 with an engine error) is not a
   *completed* task, whatever the condition: it is started again at once, without
   counting as an attempt or growing the back-off.
 - Back-off on a crash loop: the n-th consecutive restart waits `delay x 2^(n-1)`,
@@ -109,6 +110,20 @@ def interrupted(c: Container, engine_restarted: bool = False, engine_since: floa
     if c.exit_code == 0 and engine_since and _under_the_engine_before(c, engine_since):
         return "it stopped before the engine's restart (the engine's shutdown stopped it)"
     return ""
+
+
+START_SLACK = 1.0
+"""Seconds an engine start read from /proc may be early (its boot time is whole seconds)."""
+
+
+def restarted_under(gap: bool, seen_at: float, engine_since: float) -> bool:
+    """Whether the engine restarted since a container was last seen running (wall time
+    `seen_at`). `gap`: the engine did not answer a listing since. When its start is known
+    (`engine_since`, 0: not), only a start after that sighting counts: a listing that
+    failed once, the engine up all along, must not make a finished job run again."""
+    if not gap:
+        return False
+    return not engine_since or not seen_at or engine_since > seen_at - START_SLACK
 
 
 RESTORE = 60.0

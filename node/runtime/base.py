@@ -116,6 +116,9 @@ class DockerHealth:
     at: str = ""  # when the last check ended (RFC 3339)
 
 
+ENDED = frozenset({"created", "exited", "dead"})  # docker states of a container not (yet) live
+
+
 @dataclass(frozen=True)
 class Container:
     """What the engine reports of one container."""
@@ -135,6 +138,12 @@ class Container:
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+    @property
+    def live(self) -> bool:
+        """Not ended: running, or paused or restarting (live, but answering nobody). Only
+        an ended one (exited, dead, never started) has an exit for its restart policy."""
+        return self.state not in ENDED
 
 
 def engine_time(text: str) -> float:

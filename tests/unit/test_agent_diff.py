@@ -44,6 +44,20 @@ def test_an_exited_container_is_replaced() -> None:
     assert actions.replace == [(A, c)] and not actions.start and not actions.stop
 
 
+def test_a_paused_or_restarting_container_is_kept_not_replaced() -> None:
+    """Before, only "running" was live: a paused container (`docker pause`, a `docker
+    commit`) went to `replace` and the agent decided an exit (code 0) for it."""
+    for state in ("paused", "restarting"):
+        c = make_container(A, state=state)
+        assert diff(by_id(A), [c]).keep == [(A, c)], state
+        gone = make_container(B, state=state)
+        assert diff(by_id(A), [gone]).stop == [gone], "unassigned: stopped, not retired"
+    paused = make_container(A, state="paused", cid="c-p", started_at="2024-01-01T00:00:01Z")
+    newer = make_container(A, state="exited", cid="c-x", started_at="2024-01-01T00:00:09Z")
+    actions = diff(by_id(A), [newer, paused])
+    assert actions.keep == [(A, paused)] and actions.retired == [newer]
+
+
 def test_containers_of_unassigned_or_unlabelled_tasks_are_stopped_exited_ones_retired() -> None:
     gone, exited = make_container(B), make_container(B, state="exited", cid="c-old")
     bare = Container(id="c-bare", name="bare", labels={}, state="running")

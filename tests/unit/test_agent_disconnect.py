@@ -7,14 +7,17 @@ FakeRuntime and a fake clock that also stands for the session's: the session's
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from node.agent.agent import Agent
 from node.agent.diff import Actions
 from node.agent.disconnect import cut_off_for, due, hold_back, stop_after
 from node.model.domain import TaskState
 from node.runtime.base import Container
-from tests.factories import make_service, make_task, typed_spec
-from tests.unit.test_agent_health import KEYS, NODE, World
+from tests.factories import CLUSTER, make_service, make_task, typed_spec
+from tests.unit.test_agent_health import ADDRESS, KEYS, NODE, World
 from tests.unit.test_agent_health import world as world
 
 TTL = 10  # the world's session TTL
@@ -39,6 +42,7 @@ def test_the_rules() -> None:
     specs = {t1.task_id: spec, t3.task_id: spec}  # t2's spec is not known: left alone
     kept, stops = hold_back(actions, specs, 61.0)
     assert kept.keep == [(t2, c2)] and kept.start == []
+    assert kept.held == {t1.task_id, t3.task_id}, "not restarted from `replace` either"
     assert [(t, c) for t, c, _ in stops] == [(t1, c1)]
     assert "on_disconnect.stop_after 60s" in stops[0][2]
     assert hold_back(actions, specs, 59.0) == (actions, [])
@@ -96,3 +100,74 @@ async def test_in_touch_or_within_the_bound_nothing_stops(world: World, answered
     await world.reconcile()
     assert len(world.runtime.running()) == 1
     assert not world.events("task.disconnected")
+
+
+@pytest.fixture
+async def kept(world: World) -> World:
+    """The world, on a node that keeps 5 exited containers per slot (the default)."""
+    a = world.agent
+    agent = Agent(
+        world.store, KEYS, NODE, CLUSTER, world.runtime, a.session, a.events, ADDRESS,
+        1.0, 7.0, 0.0, prober=world.prober, clock=world.clock, history=5,
+    )  # fmt: skip
+    return replace(world, agent=agent)
+
+
+async def test_a_cut_off_node_never_restarts_a_held_task_from_its_kept_container(kept: World) -> None:
+    """Before, `hold_back` filtered only `keep` and `start`: once the cut-off stopped (and
+    removed) the running replica, the task's older kept container, exited in a crash long
+    before, was its current one again, went to `replace` and was restarted; the next pass
+    stopped it, the one after restarted it, and so on while cut off."""
+    world = kept
+    svc = await world.service(on_disconnect={"stop_after": 60.0})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    session = world.agent.session
+    session.answered = world.clock()
+    await world.reconcile()
+    [c] = world.runtime.running()
+    world.runtime.crash(c.id, 1)  # an ordinary crash, long before the cut-off: kept for its logs
+    for _ in range(3):
+        world.clock.advance(2.0)
+        session.answered = world.clock()
+        await world.reconcile()
+    assert len(world.runtime.running()) == 1 and len(world.runtime.containers) == 2
+
+    world.store.unavailable = True  # cut off from now on, past the bound
+    world.clock.advance(TTL + 61.0)
+    runs = len([x for x in world.runtime.calls if x[0] == "run"])
+    for _ in range(6):
+        world.clock.advance(1.0)
+        await world.agent.reconcile()
+        await world.agent.stopped()
+    assert world.runtime.running() == []
+    assert len([x for x in world.runtime.calls if x[0] == "run"]) == runs, "nothing started while cut off"
+    assert "cut off from etcd" in world.agent.status[t1.task_id].message
+
+    world.store.unavailable = False  # back: it runs again
+    session.answered = world.clock()
+    await world.reconcile()
+    assert len(world.runtime.running()) == 1
+
+
+async def test_a_held_task_that_crashes_while_cut_off_is_not_restarted(kept: World) -> None:
+    """A held replica that exits while cut off (not stopped by the cut-off) has its exit
+    decided, but before, on a node that keeps exited containers, it was started anew."""
+    world = kept
+    svc = await world.service(on_disconnect={"stop_after": 60.0})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    world.agent.session.answered = world.clock()
+    await world.reconcile()
+    [c] = world.runtime.running()
+    world.store.unavailable = True
+    world.clock.advance(TTL + 61.0)
+    world.runtime.crash(c.id, 1)
+    runs = len([x for x in world.runtime.calls if x[0] == "run"])
+    for _ in range(4):
+        world.clock.advance(5.0)
+        await world.agent.reconcile()
+        await world.agent.stopped()
+    assert world.runtime.running() == []
+    assert len([x for x in world.runtime.calls if x[0] == "run"]) == runs
+    assert world.agent.status[t1.task_id].state == TaskState.EXITED

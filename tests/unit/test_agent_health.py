@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from node.agent.health import Check
 from node.dev.fakeruntime import FakeRuntime
 from node.model.domain import Assignment, ServiceRecord, TaskState, TaskStatus
 from node.model.keys import Keys
-from node.runtime.base import LABELS, Container, DockerHealth, ExecResult, RuntimeUnavailable
+from node.runtime.base import LABELS, Container, DockerHealth, EngineError, ExecResult, RuntimeUnavailable
 from node.store.memory import MemoryStore
 from node.store.session import Session
 from node.telemetry.events import EventLog
@@ -355,6 +357,99 @@ async def test_an_exit_0_across_an_engine_restart_is_started_again(world: World,
     await world.step(0.0)
     status = await world.status(t1)
     assert (status.state, status.exit_code, status.terminal) == (TaskState.EXITED, 0, True)
+
+
+@pytest.mark.parametrize("condition", ["always", "on-failure"])
+async def test_a_paused_replica_is_withdrawn_but_not_judged_exited(world: World, condition: str) -> None:
+    """Before, a paused container (Docker: Status paused, Running true) was taken for an
+    exit with code 0: with `always` it was removed and a second one started, with
+    on-failure the task went terminal. It is live, only not routable while paused."""
+    svc = await world.service(restart={"condition": condition, "delay": 0.0})
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    [c] = world.runtime.running()
+    assert await world.published(t1)
+    world.runtime.containers[c.id] = replace(c, state="paused")  # `docker pause`
+    for _ in range(3):
+        await world.step(1.0)
+    assert [x[0] for x in world.runtime.calls if x[0] in ("run", "remove", "stop")] == ["run"]
+    assert not await world.published(t1), "a paused replica answers nobody"
+    status = await world.status(t1)
+    assert (status.state, status.terminal) == (TaskState.RUNNING, False)
+    assert "paused" in status.message
+    world.runtime.containers[c.id] = replace(c, state="running")  # `docker unpause`
+    await world.step(1.0)
+    assert await world.published(t1)
+    assert world.runtime.running() == [c]
+
+
+def fail_one_listing(runtime: FakeRuntime, error: Exception) -> None:
+    """The runtime's next `list` raises `error`; the ones after answer."""
+    listing = runtime.list
+
+    async def once(labels: dict[str, str]) -> list[Container]:
+        runtime.list = listing  # type: ignore[method-assign]
+        raise error
+
+    runtime.list = once  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("extra", [{"kind": "job"}, {"restart": {"condition": "on-failure", "delay": 0.0}}])
+async def test_one_failed_listing_does_not_make_a_finished_job_run_again(
+    world: World, extra: dict[str, Any]
+) -> None:
+    """Before, any EngineError of a listing (a Docker 500 on one inspect) counted as an
+    engine gap, so the job's exit 0 after it was "the engine restarted under it" and the
+    finished job was started a second time."""
+    svc = await world.service(**extra)
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    [c] = world.runtime.running()
+    fail_one_listing(world.runtime, EngineError("Docker: 500 Server Error: inspect failed"))
+    with pytest.raises(EngineError):
+        await world.agent.reconcile()
+    world.runtime.crash(c.id, exit_code=0)  # it completes
+    await world.step(0.0)
+    await world.step(0.0)
+    assert len([x for x in world.runtime.calls if x[0] == "run"]) == 1, "run once"
+    status = await world.status(t1)
+    assert (status.state, status.exit_code, status.terminal) == (TaskState.EXITED, 0, True)
+
+
+@pytest.mark.parametrize("engine_restarted", [True, False])
+async def test_an_exit_0_after_a_gap_is_the_engines_only_if_it_started_since(
+    world: World, engine_restarted: bool
+) -> None:
+    """The engine's start known: a gap (the engine did not answer one listing) makes an
+    exit 0 the engine's doing only if the engine started after the container was last
+    seen running. Before, the bare gap ran a finished job a second time."""
+    world.runtime.engine_since = time.time() - 3600.0  # up well before the job started
+    svc = await world.service(kind="job")
+    t1 = make_task(svc, 1, NODE)
+    await world.assign(t1)
+    await world.reconcile()
+    await world.reconcile()  # seen running by a pass
+    [c] = world.runtime.running()
+    fail_one_listing(world.runtime, RuntimeUnavailable("read timed out"))
+    with pytest.raises(RuntimeUnavailable):
+        await world.agent.reconcile()
+    world.runtime.crash(c.id, exit_code=0)
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")  # the fake's own times are of 2024
+    world.runtime.containers[c.id] = replace(world.runtime.containers[c.id], finished_at=now)
+    if engine_restarted:
+        world.runtime.engine_since = time.time()  # its shutdown stopped the job
+    await world.step(0.0)
+    await world.step(0.0)
+    status = await world.status(t1)
+    if engine_restarted:
+        [again] = world.runtime.running()
+        assert again.id != c.id and (status.state, status.terminal) == (TaskState.RUNNING, False)
+        assert any("engine restarted" in m for m in world.events("task.exited"))
+    else:
+        assert world.runtime.running() == []
+        assert (status.state, status.exit_code, status.terminal) == (TaskState.EXITED, 0, True)
 
 
 @pytest.mark.parametrize("engine_restarted", [True, False])

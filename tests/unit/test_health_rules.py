@@ -33,6 +33,7 @@ from node.agent.restart import (
     on_exit,
     on_running,
     policy_of,
+    restarted_under,
 )
 from node.model.domain import TaskStatus
 from node.model.spec_lifecycle import HealthCheck, RestartPolicy, TcpCheck
@@ -322,6 +323,16 @@ def test_an_exit_0_under_the_engine_before_is_the_engines_shutdown(
     c = replace(exited(exit_code=exit_code), finished_at=FINISHED)
     why = interrupted(c, False, engine_since)
     assert ("before the engine's restart" in why) is interrupted_by_it, why
+
+
+def test_a_gap_is_an_engine_restart_only_if_the_engine_started_since_it_was_seen() -> None:
+    """Before, any gap was one: a listing that failed once ran a finished job again."""
+    seen = 1_000.0
+    assert not restarted_under(False, seen, 0.0), "no gap, no restart"
+    assert restarted_under(True, seen, 0.0), "the start not known: the gap alone decides"
+    assert restarted_under(True, seen, seen + 5.0), "started after the container was seen"
+    assert restarted_under(True, seen, seen - 0.5), "/proc's start may be up to 1 s early"
+    assert not restarted_under(True, seen, seen - 60.0), "up all along: a completion"
 
 
 def test_an_unreadable_finish_time_is_judged_as_before() -> None:
