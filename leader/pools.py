@@ -11,6 +11,10 @@ fenced on the leader's epoch (a deposed leader writes nothing):
    leaves the record: the next leader calls `create` again for it (providers are
    idempotent per node id), and counts it as capacity on its way, so the need is
    neither lost nor asked for twice.
+   The pass's own record writes (`joined`, `deleting`) compare on the mod revision it
+   read: the background answer may have landed in between with the provider's id, which
+   a blind overwrite would lose (the delete then goes out with no id). A pass that finds
+   a record changed leaves it alone; the next one decides again on what is stored.
 2. **give back**: the record goes `deleting` and the node is drained (`nodespec/`), in one
    transaction, THEN the provider's `delete` is called; its success sets `released`. The
    record and the drain are removed once the node's registration is gone (its lease
@@ -45,7 +49,8 @@ from node.model.keys import Keys
 from node.model.pools import PoolNode, PoolSpec, PoolState, parse_pools
 from node.model.spec_launch import DEDICATED_LABEL, dedicated_size
 from node.store import Compare, Fenced, Put, Store, fence
-from node.store.base import Delete, Op
+from node.store.base import Delete, Op, TxnResult
+from node.store.retry import compare_and_swap
 from node.telemetry.events import EventLog
 
 log = logging.getLogger(__name__)
@@ -128,16 +133,32 @@ class PoolKeeper:
         if not result.succeeded:
             raise Fenced(f"leadership at epoch {self.epoch} is over; pool records not written")
 
-    async def state(self) -> tuple[dict[str, PoolSpec], dict[str, PoolNode]]:
+    async def _write_if_unchanged(self, key: str, mod: int, ops: list[Op]) -> TxnResult | None:
+        """`ops` only if the record at `key` is still at `mod`; None if it changed meanwhile."""
+        result = await self.store.txn(
+            [fence(self.keys.leader, self.epoch), Compare(key, "mod", "==", mod)], ops
+        )
+        if result.succeeded:
+            return result
+        leader = await self.store.get(self.keys.leader)
+        if leader is None or leader.create_revision != self.epoch:
+            raise Fenced(f"leadership at epoch {self.epoch} is over; pool records not written")
+        return None
+
+    async def state(self) -> tuple[dict[str, PoolSpec], dict[str, PoolNode], dict[str, int]]:
+        """The pools, their nodes' records, and each record's mod revision as read."""
         kv = await self.store.get(self.keys.pools)
         kvs, _ = await self.store.range(self.keys.poolnodes)
-        records = {r.node: r for r in (PoolNode.from_json(kv.value) for kv in kvs)}
-        return read_pools(kv.value if kv is not None else None), records
+        records, mods = {}, {}
+        for item in kvs:
+            r = PoolNode.from_json(item.value)
+            records[r.node], mods[r.node] = r, item.mod_revision
+        return read_pools(kv.value if kv is not None else None), records, mods
 
     async def step(
         self, services: Mapping[str, ServiceRecord], snap: Snapshot, plans: list[Plan], now: float
     ) -> Decision:
-        pools, records = await self.state()
+        pools, records, mods = await self.state()
         if not pools and not records:
             self.last = Decision()
             return self.last
@@ -146,11 +167,16 @@ class PoolKeeper:
             pools, records.values(), snap.nodes, busy, demands(services, snap, plans), now, self.empty_since
         )
         self.empty_since, self.last = decision.empty_since, decision
-        for r in records.values():
+        changed: set[str] = set()  # records written meanwhile: left to the next pass
+        for r in list(records.values()):
             if r.state in (PoolState.REQUESTED.value, PoolState.CREATED.value) and r.node in snap.nodes:
+                key = self.keys.poolnode(r.pool, r.node)
                 joined = replace(r, state=PoolState.JOINED.value, changed_at=now, epoch=self.epoch)
-                await self._write([Put(self.keys.poolnode(r.pool, r.node), joined.to_json())])
-                records[r.node] = joined
+                written = await self._write_if_unchanged(key, mods[r.node], [Put(key, joined.to_json())])
+                if written is None:
+                    changed.add(r.node)
+                    continue
+                records[r.node], mods[r.node] = joined, written.revision
                 self.events.emit("pool.node_joined", f"pool {r.pool}: node {r.node} joined")
         for pool, count in sorted(decision.create.items()):
             for _ in range(count):
@@ -158,12 +184,15 @@ class PoolKeeper:
         for ask in decision.dedicated:
             await self._ask(pools[ask.pool], now, ask)
         for node, why in sorted(decision.give_back.items()):
-            await self._give_back(records[node], why, now)
+            if node not in changed and not await self._give_back(records[node], mods[node], why, now):
+                changed.add(node)
         for node in decision.forget:
             r = records.pop(node)
             await self._write([Delete(self.keys.poolnode(r.pool, r.node))])
         for r in records.values():  # calls a previous leader (or this one) left without outcome
             spec = pools.get(r.pool)
+            if r.node in changed:
+                continue
             if r.state == PoolState.REQUESTED.value and spec is not None and r.node not in self.finished:
                 self._start(r.node, self._create(spec, r))
             elif r.state == PoolState.DELETING.value and r.node not in decision.give_back:
@@ -241,39 +270,40 @@ class PoolKeeper:
             self.events.emit("pool.provider_failed", f"pool {spec.name}: create {record.node}: {exc}")
             await self._delete(failed)  # it may have started something: given back all the same
             return
-        provider_id, address = str(answer.get("id", ""))[:200], str(answer.get("address", ""))[:200]
-        current = await self.store.get(key)
-        now_record = PoolNode.from_json(current.value) if current is not None else None
-        if (
-            current is None
-            or now_record is None
-            or now_record.state not in (PoolState.REQUESTED.value, PoolState.JOINED.value)
-        ):
-            self.finished.add(record.node)
-            return  # given back (or forgotten) meanwhile
-        if now_record.state == PoolState.REQUESTED.value:
-            stored = replace(
-                now_record, state=PoolState.CREATED.value, provider_id=provider_id, address=address,
-                changed_at=self.now(), epoch=self.epoch,
-            )  # fmt: skip
-        else:  # it registered before the provider answered: what the delete will need, kept
-            stored = replace(now_record, provider_id=provider_id, address=address)
-        # compared on what was read: a give-back meanwhile wins, and the next pass decides again
-        result = await self.store.txn(
-            [fence(self.keys.leader, self.epoch), Compare(key, "mod", "==", current.mod_revision)],
-            [Put(key, stored.to_json())],
-        )
-        if not result.succeeded:
-            leader = await self.store.get(self.keys.leader)
-            if leader is None or leader.create_revision != self.epoch:
-                raise Fenced(f"leadership at epoch {self.epoch} is over; pool records not written")
-            return  # changed meanwhile: a record still `requested` is asked for again (idempotent)
+        answered = str(answer.get("id", ""))[:200], str(answer.get("address", ""))[:200]
+
+        async def record_answer() -> bool | None:
+            """True: recorded (or nothing to record); None: the record changed meanwhile, read again."""
+            current = await self.store.get(key)
+            now_record = PoolNode.from_json(current.value) if current is not None else None
+            if current is None or now_record is None:
+                return True  # forgotten meanwhile
+            # an answer without them (both optional) keeps what an earlier one recorded
+            provider_id, address = answered[0] or now_record.provider_id, answered[1] or now_record.address
+            if now_record.state == PoolState.REQUESTED.value:
+                stored = replace(
+                    now_record, state=PoolState.CREATED.value, provider_id=provider_id, address=address,
+                    changed_at=self.now(), epoch=self.epoch,
+                )  # fmt: skip
+            elif now_record.state in (PoolState.JOINED.value, PoolState.DELETING.value):
+                # registered, or given back, before the answer: what the delete needs, kept
+                stored = replace(now_record, provider_id=provider_id, address=address)
+            else:
+                return True  # released: the delete is done
+            if stored == now_record:
+                return True
+            written = await self._write_if_unchanged(key, current.mod_revision, [Put(key, stored.to_json())])
+            return None if written is None else True
+
+        # compared on what was read: a write meanwhile (a give-back) is read again and kept
+        await compare_and_swap(record_answer, f"pool node {record.node} kept changing")
         # only now: a record left `requested` (this write failed) has its create called again,
         # for the same node id, and keeps the provider's id this time
         self.finished.add(record.node)
-        log.info("pool %s: provider created %s (%s)", spec.name, record.node, provider_id)
+        log.info("pool %s: provider created %s (%s)", spec.name, record.node, answered[0])
 
-    async def _give_back(self, r: PoolNode, why: str, now: float) -> None:
+    async def _give_back(self, r: PoolNode, mod: int, why: str, now: float) -> bool:
+        """False: the record changed since the pass read it (at `mod`); nothing done."""
         key = self.keys.poolnode(r.pool, r.node)
         going = replace(
             r, state=PoolState.DELETING.value, message=why[:500], changed_at=now, epoch=self.epoch
@@ -281,10 +311,13 @@ class PoolKeeper:
         spec_kv = await self.store.get(self.keys.nodespec(r.node))
         node_spec = NodeSpec.from_json(spec_kv.value) if spec_kv is not None else NodeSpec()
         drained = replace(node_spec, availability=Availability.DRAIN.value, updated_at=now, updated_by="pool")
-        await self._write([Put(key, going.to_json()), Put(self.keys.nodespec(r.node), drained.to_json())])
+        ops: list[Op] = [Put(key, going.to_json()), Put(self.keys.nodespec(r.node), drained.to_json())]
+        if await self._write_if_unchanged(key, mod, ops) is None:
+            return False
         self.events.emit("pool.node_draining", f"pool {r.pool}: giving node {r.node} back: {why}")
         self.empty_since.pop(r.node, None)
         self._start(r.node, self._delete(going))
+        return True
 
     async def _delete(self, r: PoolNode, spec: PoolSpec | None = None) -> None:
         command, timeout = tuple(r.command), r.timeout

@@ -220,13 +220,14 @@ def decide(
             _dedicated(d, pools, blocked, spare, _count, opened, dedicated, out)
             continue
         candidates = [p for name, p in sorted(pools.items()) if fits(p, d)]
-        for _ in range(d.count):
-            if any(b.take(d) for b in bins if b.pool in {p.name for p in candidates}):
+        names = {p.name for p in candidates}
+        for placed in range(d.count):
+            if any(b.take(d) for b in bins if b.pool in names):
                 continue
             room = [p for p in candidates if p.name not in blocked and _count(p.name) < p.max]
-            if not room:
-                out.waiting[d.service] = out.waiting.get(d.service, 0) + 1
-                continue
+            if not room:  # nothing changes for the next replica either: the rest waits (100k: ms)
+                out.waiting[d.service] = out.waiting.get(d.service, 0) + d.count - placed
+                break
             fresh = _bin(room[0])
             fresh.take(d)
             bins.append(fresh)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,109 @@ async def test_an_etcd_error_on_the_created_write_calls_create_again_and_keeps_t
     r = (await records(store))[node]
     assert (r.state, r.provider_id) == ("created", f"vm-{node}")
     assert [(c["action"], c["node"]["id"]) for c in calls(provider)] == [("create", node), ("create", node)]
+
+
+class Interleaved(MemoryStore):
+    """Runs `meanwhile` once, right after the first read of a pool record (`on`: "range"
+    for a pass's listing, "get" for one record): a write that lands between a read and
+    the write made from it."""
+
+    def __init__(self, on: str) -> None:
+        super().__init__()
+        self.on = on
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
+
+    async def _after(self, kind: str, key: str) -> None:
+        if self.meanwhile is not None and kind == self.on and key.startswith(KEYS.poolnodes):
+            write, self.meanwhile = self.meanwhile, None
+            await write()
+
+    async def range(self, prefix: str) -> Any:
+        found = await super().range(prefix)
+        await self._after("range", prefix)
+        return found
+
+    async def get(self, key: str) -> Any:
+        found = await super().get(key)
+        await self._after("get", key)
+        return found
+
+
+async def created_meanwhile(store: MemoryStore, node: str) -> None:
+    """What `_create` records when the provider answers (the background call's write)."""
+    kv = await store.get(KEYS.poolnode("burst", node))
+    assert kv is not None
+    r = PoolNode.from_json(kv.value)
+    answer = replace(r, state="created", provider_id=f"vm-{node}", address="10.0.0.9")
+    await store.put(KEYS.poolnode("burst", node), answer.to_json())
+
+
+async def test_a_node_joining_as_its_provider_answers_keeps_the_provider_id(provider: Path) -> None:
+    """The pass read `requested`, the provider's answer stored `created vm-...`, then the pass
+    wrote `joined` from its stale copy: the id and address were gone, and the delete went
+    out with provider_id "" (a provider deleting by id leaked the instance)."""
+    store = Interleaved("range")
+    await setup(store, provider)
+    requested = PoolNode("burst", "burst-aa", "requested", 100, changed_at=100)
+    await store.put(KEYS.poolnode("burst", "burst-aa"), requested.to_json())
+    keeper = await lead(store)
+    keeper.finished.add("burst-aa")  # its create call is out (this leader's)
+    store.meanwhile = lambda: created_meanwhile(store, "burst-aa")
+    await keeper.step({}, snap("burst-aa"), [], now=101)
+    await keeper.step({}, snap("burst-aa"), [], now=102)  # decided again on what is stored
+    r = (await records(store))["burst-aa"]
+    assert (r.state, r.provider_id, r.address) == ("joined", "vm-burst-aa", "10.0.0.9")
+    assert calls(provider) == []
+
+
+async def test_a_give_back_as_the_provider_answers_deletes_with_the_provider_id(provider: Path) -> None:
+    """The pass read `requested` (never joined, so given back), the provider's answer stored
+    `created vm-...`, then the pass wrote `deleting` from its stale copy: the delete went
+    out with provider_id ""."""
+    store = Interleaved("range")
+    await setup(store, provider)
+    command = [sys.executable, str(provider.parent / "provider.py"), str(provider)]
+    requested = PoolNode("burst", "burst-aa", "requested", 100, changed_at=100, command=command)
+    await store.put(KEYS.poolnode("burst", "burst-aa"), requested.to_json())
+    keeper = await lead(store)
+    keeper.finished.add("burst-aa")
+    store.meanwhile = lambda: created_meanwhile(store, "burst-aa")
+    late = 100 + 120 + 180 + 1  # past the provider timeout + join_timeout
+    await keeper.step({}, snap(), [], now=late)
+    await settle(keeper)
+    await keeper.step({}, snap(), [], now=late + 1)
+    await settle(keeper)
+    assert [(c["action"], c["node"]["provider_id"]) for c in calls(provider)] == [("delete", "vm-burst-aa")]
+    r = (await records(store))["burst-aa"]
+    assert (r.state, r.provider_id) == ("released", "vm-burst-aa")
+
+
+@pytest.mark.parametrize("when", ["before_the_read", "between_the_read_and_the_write"])
+async def test_a_node_given_back_while_its_create_is_out_is_deleted_with_the_provider_id(
+    provider: Path, when: str
+) -> None:
+    """A give-back landed while the provider's create was out: its answer was dropped
+    ("given back meanwhile"), both when the record was `deleting` at the answer's read and
+    when it turned `deleting` between that read and the write; the delete had no id."""
+    store = Interleaved("get")
+    await setup(store, provider)
+    keeper = await lead(store)
+    await keeper.step(BIG, snap(), WAITING, now=100)
+    (node,) = await records(store)
+    r = (await records(store))[node]
+    deleting = replace(r, state=PoolState.DELETING.value, message="no longer declared")
+
+    async def give_back() -> None:
+        await store.put(KEYS.poolnode("burst", node), deleting.to_json())
+
+    if when == "before_the_read":
+        await give_back()
+    else:
+        store.meanwhile = give_back
+    await settle(keeper)
+    await keeper.step({}, snap(), [], now=101)  # `deleting`: the delete is called
+    await settle(keeper)
+    sent = [(c["action"], c["node"].get("provider_id")) for c in calls(provider)]
+    assert sent == [("create", None), ("delete", f"vm-{node}")]
+    r = (await records(store))[node]
+    assert (r.state, r.provider_id, r.address) == ("released", f"vm-{node}", "10.0.0.9")

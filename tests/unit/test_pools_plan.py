@@ -212,3 +212,30 @@ def test_released_nodes_still_registered_count_toward_max_and_are_not_given_back
     gone = [rec("burst-a", PoolState.RELEASED)]
     d = decide(pools(max=1), gone, ["burst-a"], [], [big(1)], now=100, empty_since={"burst-a": 0.0})
     assert d.create == {} and d.give_back == {}
+
+
+def test_waiting_replicas_past_what_the_pools_can_take_cost_no_more_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each waiting replica was tried against every node on its way (rebuilding the pools'
+    name set per node), on the leader's loop: 100k waiting replicas held it 2-6 s.
+    Once no node takes one and no pool has room, the rest of that service waits at once."""
+    from leader import pools_plan
+
+    tried = 0
+    take = pools_plan._Bin.take
+
+    def counted(self: pools_plan._Bin, d: Demand) -> bool:
+        nonlocal tried
+        tried += 1
+        return take(self, d)
+
+    monkeypatch.setattr(pools_plan._Bin, "take", counted)
+    inflight = [rec(f"burst-{i}", PoolState.REQUESTED, 90) for i in range(20)]
+    work = []
+    for waiting in (1_000, 10_000):
+        tried = 0
+        d = decide(pools(max=40), inflight, [], [], [big(waiting)], now=100)
+        assert d.create == {"burst": 20} and d.waiting == {"web": waiting - 40}
+        work.append(tried)
+    assert work[0] == work[1]
