@@ -8,6 +8,11 @@ leader, however slow, can never write.
 
 Leadership ends when the key is deleted (resign), when its lease expires, or
 when this node's session is lost; `watch_deposed` returns at the first of these.
+
+The key's watches start after the revision the key was read at, not after its mod
+revision: the key is never rewritten (only its lease renewed), so its mod revision stays
+at the epoch, and once the leader's upkeep compacted past it, a watch from there was
+refused at once, on every node, twice a second for good.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 from node.model.keys import Keys
-from node.store import Compare, Delete, Put, Store
+from node.store import KV, Compare, Delete, Put, Store
 from node.store.retry import patiently
 from node.store.session import Session
 
@@ -47,6 +52,11 @@ class Election:
             return None
         data = json.loads(kv.value)
         return LeaderInfo(data.get("node", ""), kv.create_revision, data.get("address", ""))
+
+    async def _read(self) -> tuple[KV | None, int]:
+        """The leader key and the store revision it was read at (a watch starts after it)."""
+        kvs, revision = await self.store.range(self.keys.leader)  # a prefix: pick the key itself
+        return next((kv for kv in kvs if kv.key == self.keys.leader), None), revision
 
     async def _lease_fit(self) -> None:
         """Until this node's lease is valid and not about to expire.
@@ -116,13 +126,13 @@ class Election:
 
     async def _wait_vacant(self) -> None:
         """Return once the leader key is gone (or looks gone), or after a while."""
-        kv = await self.store.get(self.keys.leader)
+        kv, revision = await self._read()
         if kv is None:
             return
         with_timeout = asyncio.timeout(5.0)  # re-check now and then, watches can stall
         try:
             async with with_timeout:
-                async for batch in self.store.watch(self.keys.leader, kv.mod_revision + 1):
+                async for batch in self.store.watch(self.keys.leader, revision + 1):
                     if any(ev.kind == "delete" for ev in batch.events):
                         return
         except TimeoutError:
@@ -138,12 +148,12 @@ class Election:
                 return reason
 
     async def _deposed(self, epoch: int) -> str | None:
-        kv = await self.store.get(self.keys.leader)
+        kv, revision = await self._read()
         if kv is None or kv.create_revision != epoch:
             return "the leader key changed"
         try:
             async with asyncio.timeout(5.0):
-                async for batch in self.store.watch(self.keys.leader, kv.mod_revision + 1):
+                async for batch in self.store.watch(self.keys.leader, revision + 1):
                     for ev in batch.events:
                         if ev.kind == "delete" or ev.kv.create_revision != epoch:
                             return "the leader key was deleted"

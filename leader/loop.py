@@ -12,6 +12,11 @@ from etcd by the next pass, of this leader or of the next one (a due rollback:
 `leader.rollback`), and records of services that no longer exist are removed. A pass
 that has nothing to do arms no timer: the rollout deadlines it waits for are only
 those still ahead of the last pass.
+
+No stored record ends the loop: one that this build cannot read (a service spec, a
+rollout record) is left out and logged, and a pass that fails on anything else is logged
+and tried again on the next wake. A leader that died on it would hand leadership to a
+node that dies on the same record, and so on around the cluster.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from node.telemetry.events import Caused, EventLog, cause_of
 
 log = logging.getLogger(__name__)
 
+MALFORMED = (ValueError, TypeError, AttributeError)  # what parsing a malformed record raises
+
 
 class LeaderLoop:
     def __init__(
@@ -69,6 +76,8 @@ class LeaderLoop:
         self.resync = resync
         self.unreadable: set[str] = set()  # services whose stored spec cannot be read: left alone
         self._refused: dict[str, str] = {}  # service -> why its due rollback is refused (said once)
+        self._malformed: dict[str, int] = {}  # rollout key -> mod revision that did not parse (said once)
+        self._failing: dict[str, str] = {}  # step -> why it last failed unexpectedly (said once)
         self.applier = Applier(store, keys, epoch)
         self.services = mirror(store, keys.services, "services")
         self.nodes = mirror(store, keys.nodes, "nodes")
@@ -121,9 +130,7 @@ class LeaderLoop:
         relays.append(asyncio.create_task(relay(self.statuses.listener(), lambda: self._follow_status)))
         try:
             while True:
-                waits = (self.down.next_deadline(), self.next_rollout_deadline(), self.jobs.next_deadline())
-                deadlines = [d for d in waits if d is not None]
-                pending = min(deadlines) if deadlines else None
+                pending = self._next_deadline()
                 try:
                     async with asyncio.timeout(self.resync if pending is None else min(self.resync, pending)):
                         await wake.wait()
@@ -139,9 +146,51 @@ class LeaderLoop:
                     log.warning("reconcile failed: %s", exc)
                     await asyncio.sleep(0.5)
                     wake.set()
+                except Exception as exc:  # a record no check foresaw: lead on
+                    self._unexpected("reconcile", exc)
+                else:
+                    self._failing.pop("reconcile", None)
         finally:
             for task in relays:
                 task.cancel()
+
+    def _next_deadline(self) -> float | None:
+        """Seconds until the earliest timer a pass waits for (None: only `resync`)."""
+        try:
+            waits = (self.down.next_deadline(), self.next_rollout_deadline(), self.jobs.next_deadline())
+        except Exception as exc:  # as a failed pass: the resync still comes
+            self._unexpected("deadline", exc)
+            return None
+        self._failing.pop("deadline", None)
+        deadlines = [d for d in waits if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def _unexpected(self, what: str, exc: Exception) -> None:
+        """Log an unexpected failure with its traceback once, then quietly while it repeats."""
+        message = f"{what}: {type(exc).__name__}: {exc}"
+        if self._failing.get(what) != message:
+            log.exception("%s failed; tried again on the next pass", what)
+        else:
+            log.debug("%s failed again: %s", what, exc)
+        self._failing[what] = message
+
+    def rollout_records(self) -> dict[str, RolloutRecord]:
+        """The mirror's rollout records by service. One that does not parse is left out
+        (logged once per revision): its service's next rollout writes it anew."""
+        out: dict[str, RolloutRecord] = {}
+        malformed: dict[str, int] = {}
+        for kv in self.rollouts.values():
+            try:
+                r = RolloutRecord.from_json(kv.value)
+                RolloutState(r.state)  # an unknown state fails here, not in a step
+            except MALFORMED as exc:
+                malformed[kv.key] = kv.mod_revision
+                if self._malformed.get(kv.key) != kv.mod_revision:
+                    log.warning("the rollout record %s cannot be read (%s); left out", kv.key, exc)
+                continue
+            out[r.service] = r
+        self._malformed = malformed
+        return out
 
     def assignments(self, kvs: list[KV] | None = None) -> dict[str, Assignment]:
         """Every task key's record (of the mirror, or `kvs` taken from it), parsed once per mod
@@ -206,9 +255,7 @@ class LeaderLoop:
         statuses = self.status_map()
         real = snap.tasks  # by real slot: a job's view below renumbers its slots
         services, snap = await self.jobs.prepare(services, snap, statuses, alive, now)  # before planning
-        rollouts = {
-            r.service: r for r in (RolloutRecord.from_json(kv.value) for kv in self.rollouts.values())
-        }
+        rollouts = self.rollout_records()
         decided = updates.decide(services, snap.tasks, statuses, rollouts, alive, now)
         observe = dependencies.observer(services, snap.tasks, statuses.get, self.jobs.succeeded())
         waiting = dependencies.gated(services, {svc for svc, _ in snap.tasks}, observe)  # depends_on
@@ -305,7 +352,9 @@ class LeaderLoop:
                 self._tell_started(before.get(name), r)
 
     def _tell_started(self, old: RolloutRecord | None, r: RolloutRecord) -> None:
-        if old is None or (old.to_version, old.target) != (r.to_version, r.target):
+        """`rollout.started` for a new record; not for one carried over to a new version of
+        the same template (`leader.updates.carried_over`: a scale)."""
+        if old is None or (old.target, old.started_at) != (r.target, r.started_at):
             what = f"rolling back to version {r.from_version}" if r.rollback_of else "rolling update"
             message = f"{r.service}: {what}, version {r.from_version} -> {r.to_version}"
             self.events.emit("rollout.started", message, service=r.service)
@@ -428,12 +477,14 @@ class LeaderLoop:
         """Seconds until an active rollout needs a pass with no event to wake it: the end of
         a monitor window, a rested place of the window, a progress deadline."""
         times: list[float] = []
-        for kv in self.rollouts.values():
-            r = RolloutRecord.from_json(kv.value)
+        for r in self.rollout_records().values():
             record = self.services.items.get(self.keys.service(r.service))
             if record is None or not RolloutState(r.state).active:
                 continue  # a removed service's record steps no more (the next pass deletes it)
-            monitor = update_policy(ServiceRecord.from_json(record.value).spec).monitor
+            try:
+                monitor = update_policy(ServiceRecord.from_json(record.value).spec).monitor
+            except UnreadableRecord:
+                continue  # left alone by the passes too (`unreadable`)
             times += [t + monitor for t in r.monitored.values()]
             times += r.cooldown
             times += [t + PROGRESS_DEADLINE for t in r.batch.values()]

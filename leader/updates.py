@@ -7,7 +7,11 @@ Pure functions over what the leader's mirrors hold; `leader.loop` does the I/O.
   (`Decisions.allowed`); a service whose rollback is due (`leader.rollout.rollback_due`: its
   rollout failed with `failure_action: rollback`, in this pass or stored so by an earlier
   leader, and no rollback is written yet) is listed in `Decisions.rollbacks`, and none
-  of its slots updates.
+  of its slots updates. A new version with the same template (a scale, a changed
+  `update:` policy) goes on with the rollout under way, its window, failed slots, pause
+  or due rollback kept: started anew, it exceeded `parallelism`, resumed a paused bad
+  version, and forgot a due rollback. A rollout started anew comes from the last version
+  known good (`good_version`), which an automatic rollback returns to.
 - `with_handoffs`: a task placed to replace another (a start-first update, a move off a
   drained node or a node that no longer fits the constraints) *hands off*: the old task
   stays assigned, inside the new assignment, and keeps serving until the new one is
@@ -95,11 +99,14 @@ def decide(
         }
         r = rollouts.get(name)
         outdated = [t for t in current.values() if t.template != target]
+        if r is not None and carried_over(r, record, target):
+            r = replace(r, to_version=record.version)
+            out.records[name] = r
         if r is None or r.target != target or r.to_version != record.version or r.uid != record.uid:
             if not outdated:
                 continue  # first deploy, or nothing to update
-            versions = sorted({t.version for t in outdated})
-            r = start(name, versions[-1], record.version, target, now, rollback_of=record.rollback_of)
+            before = good_version(r, record, max(t.version for t in outdated))
+            r = start(name, before, record.version, target, now, rollback_of=record.rollback_of)
             r = replace(r, uid=record.uid)  # a record of a removed namesake is never continued
             out.records[name] = r
         if rollback_due(record, target, r):
@@ -122,6 +129,31 @@ def decide(
             out.rollbacks.append(result.record)
             out.allowed[name] = frozenset()
     return out
+
+
+def carried_over(r: RolloutRecord, record: ServiceRecord, target: str) -> bool:
+    """Whether `record`, a new version of the same incarnation and template as rollout `r`,
+    continues it (see the module docstring); an ended-well rollout is not continued."""
+    return (
+        r.uid == record.uid
+        and r.target == target
+        and r.to_version != record.version
+        and r.state not in (RolloutState.COMPLETED.value, RolloutState.ROLLED_BACK.value)
+    )
+
+
+def good_version(r: RolloutRecord | None, record: ServiceRecord, newest: int) -> int:
+    """The version a new rollout to `record` comes from: the newest outdated one (`newest`),
+    unless the service's last rollout did not end well (updating, paused, failed with its
+    rollback not written): then that one's own origin, as the version it went to is not
+    known good. (From the newest, a failure after a paused bad version rolled back to it.)
+    A rollback (`rollback_of`) comes from the version it undoes, as `shoal service rollback`
+    of it expects."""
+    if r is None or r.uid != record.uid or record.rollback_of:
+        return newest
+    if r.state in (RolloutState.COMPLETED.value, RolloutState.ROLLED_BACK.value):
+        return newest
+    return r.to_version if r.rollback_of else r.from_version  # a rollback went to a good spec
 
 
 def _plain(task: Assignment) -> dict[str, object]:

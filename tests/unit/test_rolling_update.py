@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import pytest
 
+from leader import updates
 from leader.loop import LeaderLoop
 from leader.rollout import RolloutState
-from node.model.domain import Assignment, RolloutRecord, ServiceRecord, TaskStatus
+from node.model.domain import Assignment, RolloutRecord, ServiceRecord, TaskStatus, template_hash
 from node.model.keys import Keys
 from node.store.memory import MemoryStore
 from node.telemetry.events import EventLog
-from tests.factories import make_node, make_service
+from tests.factories import make_node, make_service, make_task
 from tests.helpers import mirrors_caught_up
 
 KEYS = Keys()
@@ -164,3 +165,98 @@ async def test_failing_new_replicas_roll_back_to_the_previous_version(world: Wor
     assert {t.task_id for t in (await world.tasks()).values()} == {t.task_id for t in v1.values()}
     failed = await world.store.get(KEYS.history_version("web", 2))
     assert failed is not None and ServiceRecord.from_json(failed.value).outcome == "failed"
+
+
+def scaled(version: int, image: str, replicas: int, **update: object) -> ServiceRecord:
+    """`web` at `replicas`: a new version with the same container template."""
+    return make_service(
+        "web", replicas=replicas, version=version, image=image, update={"monitor": 30.0, **update}
+    )
+
+
+async def test_a_scale_during_a_rollout_keeps_its_window_and_monitored_slots(world: World) -> None:
+    """A new version with the same template (a scale) started the rollout from nothing:
+    the slot in flight was forgotten and another one started beside it (parallelism
+    exceeded), and the monitored slot went unwatched."""
+    await world.put_service(scaled(1, "img:1", 4, parallelism=1))
+    await world.reconcile()
+    await world.report_all()
+    await world.reconcile()
+    await world.put_service(scaled(2, "img:2", 4, parallelism=1))
+    await world.reconcile()
+    await world.report((await world.tasks())[1])  # slot 1 ready: monitored, slot 2 in flight
+    await world.reconcile()
+    before = await world.rollout()
+    assert (sorted(before.batch), sorted(before.monitored)) == (["2"], ["1"])
+
+    await world.put_service(scaled(3, "img:2", 5, parallelism=1))
+    await world.reconcile()
+    tasks = await world.tasks()
+    in_flight = sorted(s for s, t in tasks.items() if t.handoff)
+    assert in_flight == [2], "one slot in flight, as parallelism says"
+    after = await world.rollout()
+    assert (after.to_version, after.started_at) == (3, before.started_at), "the same rollout, carried on"
+    assert (after.batch, after.monitored) == (before.batch, before.monitored)
+
+
+async def test_a_scale_does_not_resume_a_paused_rollout(world: World) -> None:
+    """A paused rollout (a bad version, `failure_action: pause`) resumed at a scale: a new
+    record started with no failed slot and went on updating to the bad template."""
+    await world.put_service(scaled(1, "img:1", 4, parallelism=1, failure_action="pause"))
+    await world.reconcile()
+    await world.report_all()
+    await world.reconcile()
+    await world.put_service(scaled(2, "img:bad", 4, parallelism=1, failure_action="pause"))
+    await world.reconcile()
+    await world.report((await world.tasks())[1], "exited", restarts=1)
+    await world.reconcile()
+    assert (await world.rollout()).state == RolloutState.PAUSED
+    bad = sorted(s for s, t in (await world.tasks()).items() if t.version == 2)
+
+    await world.put_service(scaled(3, "img:bad", 5, parallelism=1, failure_action="pause"))
+    await world.reconcile()
+    rollout = await world.rollout()
+    assert (rollout.state, rollout.to_version, rollout.failed) == (RolloutState.PAUSED, 3, [1])
+    tasks = await world.tasks()
+    assert sorted(s for s, t in tasks.items() if t.version in (2, 3) and s <= 4) == bad, (
+        "nothing more updates"
+    )
+    entry = await world.store.get(KEYS.history_version("web", 3))
+    assert entry is not None and ServiceRecord.from_json(entry.value).outcome == "paused"
+
+
+def test_a_due_rollback_is_not_forgotten_by_a_scale() -> None:
+    """A failed rollout whose rollback was not written yet (refused for a port, say) was
+    replaced at a scale by a new `updating` record: the rollback never came."""
+    v1 = make_service("web", replicas=2, version=1, image="img:1")
+    v3 = make_service("web", replicas=3, version=3, image="img:bad")
+    target = template_hash(v3.spec)
+    tasks = {("web", 1): make_task(v1, 1, "n1"), ("web", 2): make_task(v3, 2, "n1")}
+    failed = RolloutRecord("web", 1, 2, target, state=RolloutState.FAILED.value, failed=[2], started_at=5.0)
+    decided = updates.decide({"web": v3}, tasks, {}, {"web": failed}, {"n1"}, now=10.0)
+    assert [(r.from_version, r.to_version, r.state) for r in decided.rollbacks] == [(1, 3, "failed")]
+    assert decided.allowed["web"] == frozenset()
+
+
+async def test_a_rollback_returns_to_the_last_good_version_not_to_a_paused_one(world: World) -> None:
+    """v2 paused (bad), then v3 (bad too, `failure_action: rollback`): the rollout of v3
+    came from the newest outdated version, v2, and its rollback restored the bad v2."""
+    await world.put_service(web(1, "img:1", parallelism=1, monitor=30.0))
+    await world.reconcile()
+    await world.report_all()
+    await world.reconcile()
+    await world.put_service(web(2, "img:bad2", parallelism=1, monitor=30.0, failure_action="pause"))
+    await world.reconcile()
+    await world.report((await world.tasks())[1], "exited", restarts=1)
+    await world.reconcile()
+    assert (await world.rollout()).state == RolloutState.PAUSED
+
+    await world.put_service(web(3, "img:bad3", parallelism=1, monitor=30.0, failure_action="rollback"))
+    await world.reconcile()
+    assert (await world.rollout()).from_version == 1
+    tasks = await world.tasks()
+    [slot] = [s for s, t in tasks.items() if t.version == 3]
+    await world.report(tasks[slot], "exited", restarts=1)
+    await world.reconcile()
+    service = ServiceRecord.from_json((await world.store.get(KEYS.service("web"))).value)  # type: ignore[union-attr]
+    assert (service.version, service.rollback_of, service.spec.image) == (4, 3, "img:1")
