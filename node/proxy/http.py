@@ -188,12 +188,15 @@ class HttpProxy(Listener[Client]):
         for transport, data in pending:
             if transport.is_closing():
                 continue
-            if data is None:
-                transport.close()
-            elif data is SHUT:
-                transport.write_eof()
-            else:
-                transport.write(data)
+            try:  # free unless raised: one transport's error must not lose the others' writes
+                if data is None:
+                    transport.close()
+                elif data is SHUT:
+                    transport.write_eof()
+                else:
+                    transport.write(data)
+            except (RuntimeError, OSError):  # after its write side was shut: dropped
+                continue
 
     # -- outcomes --------------------------------------------------------------------------
 

@@ -446,6 +446,12 @@ class _Client(_Outcomes, asyncio.Protocol):
         if self.paused & P_FULL:
             self.resume(P_FULL)
 
+    def _drop(self) -> None:
+        """Refused (`reject`): nothing in flight goes on. A connect, a retry or a hold for a
+        replica sees `cur` changed (a fresh connection is pooled, never sent on); the
+        requests behind it are dropped."""
+        self.cur = self.waiting = None
+
     def response_done(self, up: Upstream) -> None:
         """The backend's response was forwarded whole."""
         r = self.cur

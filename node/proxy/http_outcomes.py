@@ -50,6 +50,9 @@ class _Outcomes:
     def _unlink(self, up: Upstream) -> None:
         raise NotImplementedError  # _Client's
 
+    def _drop(self) -> None:
+        raise NotImplementedError  # _Client's
+
     def shut(self, abort: bool = False, linger: bool = False) -> None:
         raise NotImplementedError  # _Client's
 
@@ -154,6 +157,7 @@ class _Outcomes:
             if head_done:  # a response is being forwarded: nothing else can be said
                 self.shut(abort=True)
                 return
+        self._drop()
         self.proxy.send(self.transport, error_response(status, body, True))
         self.shut(linger=True)  # what was not read may still be coming
 

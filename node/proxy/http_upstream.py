@@ -77,9 +77,11 @@ class _Upstream(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except HttpParserError as exc:
-            out.clear()
-            c.bad_response(self, exc)
-            return
+            if not self.done:
+                out.clear()
+                c.bad_response(self, exc)
+                return
+            self.broken = True  # bytes after the whole response (on_message_begin): dropped
         except HttpParserUpgrade as upg:  # a 101 asked for: the rest is the tunnel's
             head = b"".join(out)
             out.clear()
@@ -115,6 +117,13 @@ class _Upstream(asyncio.Protocol):
             self.proxy.pool_discard(self)
 
     # -- llhttp callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """A byte other than CR or LF after the response was read whole is no response to
+        anything: parsing stops (data_received forwards the response, the connection is
+        not reused), lest it be taken for the answer to the next request sent here."""
+        if self.done:
+            raise BadMessage
 
     def on_header(self, name: bytes, value: bytes) -> None:
         low = RESP_SPELLINGS.get(name, b"")

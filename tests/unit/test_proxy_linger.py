@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from node.proxy import linger
+from node.proxy.balancer import Backend, Balancer
 from node.proxy.http import HttpProxy
 from node.proxy.limits import HttpLimits
 from tests.helpers import wait_until
@@ -151,3 +152,70 @@ def test_a_transport_that_cannot_half_close_is_not_lingered_on() -> None:
             raise AssertionError("not lingering")
 
     assert linger.linger(Owner(), NoEof()) is False
+
+
+async def test_a_request_refused_while_its_backend_connection_opens_is_never_sent() -> None:
+    """A head read whole, then a body llhttp cannot parse in the same read: 400 while the
+    backend connection was still being opened. That connect used to go on and send the
+    refused request to the replica, whose answer was then written after the write side
+    was shut (RuntimeError in `flush`, losing the other writes of its batch)."""
+    got: list[bytearray] = []  # what each backend connection received
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buf = bytearray()
+        got.append(buf)
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(64 * KiB):
+                buf += data
+                if buf.endswith(b"\r\n\r\n"):
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    server = await asyncio.start_server(record, "127.0.0.1", 0)
+    bal = Balancer()
+    bal.set_endpoints([Backend("b", "127.0.0.1", server.sockets[0].getsockname()[1], "n1")])
+    proxy = HttpProxy("127.0.0.1", 0, bal, service="web")
+    await proxy.start()
+    attacker = await Client.open(proxy.port)
+    attacker.writer.write(b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+    data = await read_to_end(attacker)
+    assert data.startswith(b"HTTP/1.1 400 "), data
+    # the connect ends: the fresh connection is pooled, or (before) the request is sent on it
+    await wait_until(lambda: any(proxy.pool.values()) or any(got), 3.0, message="connect finished")
+    assert not any(got), bytes(got[0])
+    victim = await Client.open(proxy.port)
+    m = await victim.get("/victim")
+    assert (m.status, m.body) == (200, b"ok")
+    await attacker.close()
+    await victim.close()
+    await proxy.close()
+    server.close()
+
+
+async def test_a_write_after_a_shut_write_side_does_not_lose_the_rest_of_the_batch() -> None:
+    """`flush` used to raise at a write to a transport whose write side was shut
+    (RuntimeError "Cannot call write() after write_eof()"), and every later write queued
+    in that batch, other clients' included, was lost."""
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def collect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.put_nowait(await reader.read())
+        writer.close()
+
+    server = await asyncio.start_server(collect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = HttpProxy("127.0.0.1", 0, Balancer(), service="web")
+    await proxy.start()
+    loop = asyncio.get_running_loop()
+    shut, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    other, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    proxy.send(shut, linger.SHUT)
+    proxy.send(shut, b"too late")
+    proxy.send(other, b"hello")
+    proxy.send(other, None)
+    proxy.flush()
+    async with asyncio.timeout(5.0):
+        assert sorted([await received.get(), await received.get()]) == [b"", b"hello"]
+    shut.close()
+    await proxy.close()
+    server.close()
