@@ -7,11 +7,17 @@ needs to know. After a certificate renewal (`set_tls`) new channels are opened w
 the new certificate and the old ones are closed a little later, so a probe in flight
 is never cut. `PeerServicer` answers probes by handing them to the local
 `Memberlist`, and joins through `node.api.join`.
+
+Incarnations start at the wall clock (`node.daemon.membership`) and grow by one per
+refutation, so one far above the clock (`plausible`) is a bug or a forgery: it is
+dropped when read. Merged, it would be spread and refuted past the uint64 the wire
+carries, and no probe of anyone who took it could be encoded again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Container
 
 import grpc
 import grpc.aio
@@ -38,6 +44,14 @@ def _updates_to_pb(updates: tuple[Update, ...]) -> list[peer_pb2.MemberUpdate]:
     ]
 
 
+AHEAD_OF_CLOCK = 10**9  # refutations an incarnation may be ahead of the wall clock: 30 years of one a second
+
+
+def plausible(incarnation: int) -> bool:
+    """Whether an incarnation can come from an honest member (see the module doc)."""
+    return incarnation <= time.time() + AHEAD_OF_CLOCK
+
+
 def _updates_from_pb(updates: object) -> tuple[Update, ...]:
     out = []
     for u in updates:  # type: ignore[attr-defined]
@@ -45,12 +59,14 @@ def _updates_from_pb(updates: object) -> tuple[Update, ...]:
             state = MemberState(u.state)
         except ValueError:
             continue  # a state this version does not know: ignore it, do not fail the probe
-        out.append(Update(u.node, u.address, u.incarnation, state, u.source))
+        if plausible(u.incarnation):
+            out.append(Update(u.node, u.address, u.incarnation, state, u.source))
     return tuple(out)
 
 
 def ack_from_pb(pb: peer_pb2.PingResponse) -> Ack:
-    return Ack(pb.node, pb.seq, pb.incarnation, pb.ack, _updates_from_pb(pb.updates))
+    incarnation = pb.incarnation if plausible(pb.incarnation) else 0  # 0: no news of it
+    return Ack(pb.node, pb.seq, incarnation, pb.ack, _updates_from_pb(pb.updates))
 
 
 def ack_to_pb(ack: Ack) -> peer_pb2.PingResponse:
@@ -79,27 +95,35 @@ class GrpcTransport:
         """Dial with `tls` from now on (a renewed certificate); old channels close later."""
         self._peers.set_tls(tls)
 
+    def prune(self, keep: Container[str]) -> None:
+        """Close (a little later) the channels of addresses not in `keep`."""
+        self._peers.prune(keep)
+
     async def ping(self, address: str, msg: Ping, timeout: float) -> Ack:
-        request = peer_pb2.PingRequest(
-            from_node=msg.from_node, seq=msg.seq, updates=_updates_to_pb(msg.updates)
-        )
-        try:
+        try:  # a message that cannot be encoded is a failed probe too, not a crash
+            request = peer_pb2.PingRequest(
+                from_node=msg.from_node, seq=msg.seq, updates=_updates_to_pb(msg.updates)
+            )
             return ack_from_pb(await self._stub(address).Ping(request, timeout=timeout))
         except grpc.RpcError as exc:
             raise ProbeFailed(f"ping {address}: {exc.code().name}") from exc
+        except (ValueError, TypeError) as exc:
+            raise ProbeFailed(f"ping {address}: {exc}") from exc
 
     async def ping_req(self, address: str, msg: PingReq, timeout: float) -> Ack:
-        request = peer_pb2.PingReqRequest(
-            from_node=msg.from_node,
-            seq=msg.seq,
-            target_node=msg.target_node,
-            target_address=msg.target_address,
-            updates=_updates_to_pb(msg.updates),
-        )
         try:
+            request = peer_pb2.PingReqRequest(
+                from_node=msg.from_node,
+                seq=msg.seq,
+                target_node=msg.target_node,
+                target_address=msg.target_address,
+                updates=_updates_to_pb(msg.updates),
+            )
             return ack_from_pb(await self._stub(address).PingReq(request, timeout=timeout))
         except grpc.RpcError as exc:
             raise ProbeFailed(f"ping-req via {address}: {exc.code().name}") from exc
+        except (ValueError, TypeError) as exc:
+            raise ProbeFailed(f"ping-req via {address}: {exc}") from exc
 
     async def close(self) -> None:
         await self._peers.close()

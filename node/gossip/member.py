@@ -15,7 +15,9 @@ suspicion timeout to refute, as memberlist does when it merges a peer's full sta
 A death is normally preceded everywhere by the suspicion it ends, so real deaths are
 unaffected; what this stops is stale notices, e.g. from a node that was cut off, saw
 everyone die, and gossips that when the cut heals: without it every member it
-"saw die" would be DEAD (and its tasks moved) until it refuted.
+"saw die" would be DEAD (and its tasks moved) until it refuted. For the same reason
+the state core takes a DEAD at the incarnation of a suspicion it runs as a
+confirmation, not as the end of it (a repeat or an echo of the stale notice).
 
 Facts about oneself are not merged here: a member refutes SUSPECT/DEAD/LEFT claims
 about itself instead (see `state.MemberTable`).

@@ -8,7 +8,10 @@ It composes the pure core (`state.MemberTable`) with the I/O:
   every input (`_after`); when it fires, due suspicions become DEAD;
 - the server side, `handle_ping` and `handle_ping_req`: merge what the caller sent,
   answer with our incarnation and piggyback (piggyback.py); a caller we did not know,
-  or held DEAD or LEFT, also gets our full table;
+  or held DEAD or LEFT, also gets our full table. A relay pings only a member it
+  knows, at the address it holds (else a caller could make it dial anything, and the
+  transport keep a connection per address);
+- `forget` also lets the transport drop connections to addresses no member has;
 - `add`, `join`, `leave`, the queries, and `subscribe` for membership events.
 
 Events are published to every subscriber queue in the order the core produced them.
@@ -80,22 +83,28 @@ class Memberlist:
         return Ack(self.node, msg.seq, self._table.incarnation, True, updates)
 
     async def handle_ping_req(self, msg: PingReq) -> Ack:
-        """An indirect probe: ping the target for the caller; ack=True if it answered in time."""
+        """An indirect probe: ping the target for the caller; ack=True if it answered in time.
+        A target we do not know (or ourselves) is not pinged: answered as not reached."""
         fixes = corrections(self._table, msg.updates)
         self._prober.merge(msg.updates)
-        ping = Ping(self.node, self._prober.next_seq(), piggyback(self._table, msg.target_node, probe=True))
+        target = self._table.get(msg.target_node)
         reached, incarnation = False, 0
-        with contextlib.suppress(ProbeFailed):
-            ack = await self.transport.ping(msg.target_address, ping, self.config.probe_timeout)
-            reached, incarnation = self._prober.acked(ack, msg.target_node), ack.incarnation
+        if target is not None and target.node != self.node:
+            ping = Ping(self.node, self._prober.next_seq(), piggyback(self._table, target.node, probe=True))
+            with contextlib.suppress(ProbeFailed):
+                ack = await self.transport.ping(target.address, ping, self.config.probe_timeout)
+                reached, incarnation = self._prober.acked(ack, target.node), ack.incarnation
         updates = (*fixes, *piggyback(self._table, msg.from_node, reserve=len(fixes)))
         return Ack(msg.target_node, msg.seq, incarnation if reached else 0, reached, updates)
 
     # -- membership -----------------------------------------------------------------
 
     def forget(self, after: float, keep: Container[str] = ()) -> list[str]:
-        """Drop members gone (DEAD or LEFT) for `after` seconds, except those in `keep`."""
-        return self._table.forget(loop_time(), after, keep)
+        """Drop members gone (DEAD or LEFT) for `after` seconds, except those in `keep`,
+        and connections to addresses no member has."""
+        gone = self._table.forget(loop_time(), after, keep)
+        self.transport.prune({m.address for m in self._table.members()})
+        return gone
 
     def add(self, node: str, address: str) -> None:
         """Learn a member (registry, seeds) as ALIVE at incarnation 0 if unknown; not gossiped."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Container, Coroutine, Iterable
 from typing import Any
 
 from node.gossip.messages import Ack, Ping, PingReq
@@ -136,6 +136,9 @@ class MemoryTransport:
 
     def __init__(self, network: MemoryNetwork, address: str) -> None:
         self.network, self.address = network, address
+
+    def prune(self, keep: Container[str]) -> None:
+        """Nothing is cached per address here."""
 
     async def ping(self, address: str, msg: Ping, timeout: float) -> Ack:
         net, me = self.network, self.address

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+MAX_INCARNATION = 2**64 - 1  # the wire's uint64: a member never goes past it
+
 
 class MemberState(StrEnum):
     """A member's state in one member's view. Wire values are the proto's strings."""

@@ -21,6 +21,9 @@ evidence that the member is ALIVE (it refuted, or restarted).
 Reconnect: every `reconnect_interval`, one random DEAD member (dead for less than
 `gossip_to_the_dead`) is pinged with its death notice; one that is in fact running
 refutes before it answers, and the higher incarnation in its ack brings it back.
+
+An unexpected error in one probe (a bug, a message that cannot be handled) is logged
+and the loops go on: they are the node's liveness, and the daemon stops when one ends.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -37,6 +41,8 @@ from node.gossip.messages import Ack, Ping, PingReq, Update
 from node.gossip.piggyback import is_sync, piggyback
 from node.gossip.state import MemberTable
 from node.gossip.transport import ProbeFailed, Transport
+
+log = logging.getLogger(__name__)
 
 
 def loop_time() -> float:
@@ -73,7 +79,10 @@ class Prober:
             deadline = start + self.table.health.scale(config.probe_interval)
             target = self.table.next_target()
             if target is not None:
-                await self.probe(target, deadline)
+                try:
+                    await self.probe(target, deadline)
+                except Exception:
+                    log.exception("gossip: probe of %s failed unexpectedly", target.node)
             await asyncio.sleep(max(0.0, deadline - loop.time()))
 
     async def probe(self, target: Member, deadline: float) -> None:
@@ -123,14 +132,19 @@ class Prober:
             start = loop.time()
             target = self.table.reconnect_target(start)
             if target is not None:
-                notice = Update(target.node, target.address, target.incarnation, target.state)
-                with contextlib.suppress(ProbeFailed):
-                    ping = Ping(self.node, self.next_seq(), (notice,))
-                    self.acked(
-                        await self.transport.ping(target.address, ping, self.config.probe_timeout),
-                        target.node,
-                    )
+                try:
+                    await self._reconnect(target)
+                except Exception:
+                    log.exception("gossip: reconnect probe of %s failed unexpectedly", target.node)
             await asyncio.sleep(max(0.0, start + interval - loop.time()))
+
+    async def _reconnect(self, target: Member) -> None:
+        notice = Update(target.node, target.address, target.incarnation, target.state)
+        with contextlib.suppress(ProbeFailed):
+            ping = Ping(self.node, self.next_seq(), (notice,))
+            self.acked(
+                await self.transport.ping(target.address, ping, self.config.probe_timeout), target.node
+            )
 
     def acked(self, ack: Ack, node: str) -> bool:
         """Merge an ack from `node`; False if it was not acked by `node` itself."""

@@ -12,9 +12,13 @@ Inputs and what they do:
 - `apply(update)`: merge a fact heard from a peer by the precedence rule of
   `member.merge_outcome`; accepted facts are re-gossiped (queued for piggybacking).
   A SUSPECT fact about a member already suspected counts as a confirmation when its
-  `source` is new. Facts about oneself are refuted rather than merged: a SUSPECT,
-  DEAD or LEFT claim at our incarnation or above (or ALIVE above it) makes us take
-  incarnation claim + 1 and gossip ALIVE.
+  `source` is new. So does a DEAD fact at the incarnation of a suspicion in progress:
+  a DEAD about a member held ALIVE only starts a suspicion (member.py), and a repeat
+  of it, or its echo in a peer's corrections, must not end that suspicion before the
+  member had its full timeout to refute; a real death is confirmed by every prober's
+  own SUSPECT and our timer declares it. Facts about oneself are refuted rather than
+  merged: a SUSPECT, DEAD or LEFT claim at our incarnation or above (or ALIVE above
+  it) makes us take incarnation claim + 1 (capped at the wire's uint64) and gossip ALIVE.
 - `suspect(node)`: our own probe of `node` failed: ALIVE → SUSPECT (source = us),
   or a confirmation if it is already suspected.
 - `acked(node, incarnation)`: `node` answered a probe at that incarnation; a higher
@@ -44,7 +48,7 @@ from node.gossip.awareness import Awareness
 from node.gossip.broadcast import BroadcastQueue
 from node.gossip.config import GossipConfig
 from node.gossip.member import GONE, LIVE, Member, MemberEvent, merge_outcome
-from node.gossip.messages import MemberState, Update
+from node.gossip.messages import MAX_INCARNATION, MemberState, Update
 from node.gossip.order import ProbeOrder
 from node.gossip.suspicion import Suspicion, expected_confirmations, suspicion_min_timeout
 
@@ -108,6 +112,8 @@ class MemberTable:
 
     def apply(self, u: Update, now: float, gossip: bool = True) -> list[MemberEvent]:
         """Merge one fact; `gossip=False` for bulk state (it is old news to everyone else)."""
+        if not 0 <= u.incarnation <= MAX_INCARNATION:
+            return []  # not from any wire: nothing could carry it on
         if u.node == self.node:
             return self._about_self(u, now)
         held = self._members.get(u.node)
@@ -116,6 +122,9 @@ class MemberTable:
         if u.state is SUSPECT and held.state is SUSPECT and u.incarnation == held.incarnation:
             if self._suspicions[u.node].confirm(u.source) and gossip:
                 self.queue.push(u)
+            return []
+        if u.state is DEAD and held.state is SUSPECT and u.incarnation == held.incarnation:
+            self._suspicions[u.node].confirm(u.source)  # our timer decides: see the module doc
             return []
         outcome = merge_outcome(held.state, held.incarnation, u.state, u.incarnation)
         if outcome is None:
@@ -155,7 +164,7 @@ class MemberTable:
         if self.left:
             return []
         self.left = True
-        self.incarnation += 1
+        self.incarnation = min(self.incarnation + 1, MAX_INCARNATION)
         self._members[self.node] = Member(self.node, self.address, self.incarnation, LEFT, now)
         self.queue.push(Update(self.node, self.address, self.incarnation, LEFT))
         return [MemberEvent(self.node, self.address, LEFT, self.incarnation, ALIVE)]
@@ -212,7 +221,9 @@ class MemberTable:
             events += self._retract_verdicts(now)
         if u.state is not ALIVE:
             self.health.apply(1)
-        self.set_incarnation(max(self.incarnation, u.incarnation) + 1)
+        # capped: past the uint64 no message of ours could be encoded (the transport also
+        # drops absurd incarnations on receipt, so a claim never gets near this)
+        self.set_incarnation(min(max(self.incarnation, u.incarnation) + 1, MAX_INCARNATION))
         self.queue.push(Update(self.node, self.address, self.incarnation, ALIVE))
         return [*events, MemberEvent(self.node, self.address, ALIVE, self.incarnation, ALIVE)]
 

@@ -12,6 +12,7 @@ The receiving side is `PeerHandler`, implemented by `Memberlist`: the gRPC servi
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Protocol
 
 from node.gossip.messages import Ack, Ping, PingReq
@@ -28,6 +29,10 @@ class Transport(Protocol):
 
     async def ping_req(self, address: str, msg: PingReq, timeout: float) -> Ack:
         """Ask the member at `address` to probe `msg.target_*`; its answer (ack=True if reached)."""
+        ...
+
+    def prune(self, keep: Container[str]) -> None:
+        """Drop what is cached for addresses not in `keep` (no member has them any more)."""
         ...
 
 

@@ -7,12 +7,18 @@ After a certificate renewal (`set_tls`) new calls dial with the new certificate.
 happens to the old channels is the caller's choice: `retire_after` seconds later they
 are closed (short calls, such as probes, are done by then), or with None they stay until
 `close` (a followed log stream may last for hours and must not be cut).
+
+`prune(keep)` retires, the same way, the channels of addresses not in `keep`: the
+gossip transport calls it with the members' addresses, so its cache holds one channel
+per member, not one per address ever dialled (~40 KiB each). The shared stubs of logs,
+exec and usage dial only the registered nodes and are not pruned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Container
 
 import grpc.aio
 
@@ -25,22 +31,31 @@ class PeerStubs:
         self.tls = tls
         self.retire_after = retire_after
         self._stubs: dict[str, peer_pb2_grpc.PeerStub] = {}
-        self._channels: list[grpc.aio.Channel] = []  # the current certificate's
+        self._channels: dict[str, grpc.aio.Channel] = {}  # the current certificate's, by address
         self._kept: list[grpc.aio.Channel] = []  # an older certificate's, kept until close
         self._retiring: set[asyncio.Task[None]] = set()
 
     def stub(self, address: str) -> peer_pb2_grpc.PeerStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = rpc.aio_channel(address, self.tls)
-            self._channels.append(channel)
+            channel = self._channels[address] = rpc.aio_channel(address, self.tls)
             stub = self._stubs[address] = peer_pb2_grpc.PeerStub(channel)
         return stub
 
     def set_tls(self, tls: rpc.ClientTls) -> None:
         """New calls dial with `tls`; the old channels are retired as the module doc says."""
         self.tls = tls
-        old, self._channels, self._stubs = self._channels, [], {}
+        old, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        self._retire(old)
+
+    def prune(self, keep: Container[str]) -> None:
+        """Retire the channels of addresses not in `keep`; dialled again if asked for."""
+        gone = [address for address in self._channels if address not in keep]
+        for address in gone:
+            self._stubs.pop(address, None)
+        self._retire([self._channels.pop(address) for address in gone])
+
+    def _retire(self, old: list[grpc.aio.Channel]) -> None:
         if not old:
             return
         if self.retire_after is None:
@@ -59,7 +74,7 @@ class PeerStubs:
     async def close(self) -> None:
         for task in list(self._retiring):
             task.cancel()
-        channels, self._channels, self._kept = [*self._channels, *self._kept], [], []
+        channels, self._channels, self._kept = [*self._channels.values(), *self._kept], {}, []
         self._stubs.clear()
         await _close(channels)
 

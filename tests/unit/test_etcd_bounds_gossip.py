@@ -18,7 +18,8 @@ def test_members_gone_longer_than_the_reap_time_are_forgotten() -> None:
         t.add(name, f"mem://{name}", now=0.0)
     for node, at in (("a", 10.0), ("c", DAY)):  # c died later
         t.apply(Update(node, f"mem://{node}", 0, MemberState.SUSPECT, "d"), now=at)
-        t.apply(Update(node, f"mem://{node}", 0, MemberState.DEAD), now=at)
+        # a newer incarnation: a DEAD at the suspected one only confirms the suspicion
+        t.apply(Update(node, f"mem://{node}", 1, MemberState.DEAD), now=at)
     t.apply(Update("b", "mem://b", 1, MemberState.LEFT), now=10.0)
     assert {m.node for m in t.members() if m.state.value in ("dead", "left")} == {"a", "b", "c"}
     assert t.forget(now=DAY, after=DAY) == [], "not gone a day yet"

@@ -196,6 +196,8 @@ def test_the_state_core_applies_the_precedence_table(
     t = table()
     force(t, "a", held, 5)
     t.apply(Update("a", "mem://a", incarnation, update, source="b"), now=1.0)
+    if (held, update, incarnation) == (SUSPECT, DEAD, 5):
+        expected = SUSPECT  # the core's one deviation: a confirmation of the suspicion it runs
     member = t.get("a")
     assert member is not None
     if expected is None:
@@ -219,9 +221,9 @@ def force(t: MemberTable, node: str, state: MemberState, incarnation: int) -> No
     t.apply(Update(node, f"mem://{node}", incarnation, ALIVE), now=0.0)
     if state is SUSPECT:
         t.apply(Update(node, f"mem://{node}", incarnation, SUSPECT, source="x"), now=0.0)
-    elif state is DEAD:
+    elif state is DEAD:  # a DEAD notice only confirms a suspicion: our timer declares it
         t.apply(Update(node, f"mem://{node}", incarnation, SUSPECT, source="x"), now=0.0)
-        t.apply(Update(node, f"mem://{node}", incarnation, DEAD), now=0.0)
+        t.expire(now=t.suspicions[node].deadline)
     elif state is LEFT:
         t.apply(Update(node, f"mem://{node}", incarnation, LEFT), now=0.0)
     member = t.get(node)
@@ -363,9 +365,44 @@ def test_piggyback_fits_the_room_with_corrections_so_only_a_sync_is_bigger() -> 
 
 
 def test_a_death_notice_about_an_alive_member_only_makes_it_suspect() -> None:
+    """Before, the same notice a second time (a repeat in one message) made it DEAD at
+    once, skipping the timeout the first one had granted."""
     t, dead = table(), Update("a", "mem://a", 0, DEAD)
     assert t.apply(dead, now=1.0) == [MemberEvent("a", "mem://a", SUSPECT, 0, ALIVE)]
-    assert t.apply(dead, now=2.0) == [MemberEvent("a", "mem://a", DEAD, 0, SUSPECT)]
+    assert t.apply(dead, now=2.0) == []
+    assert t.next_deadline() == 25.0  # the full timeout (n = 5: min 4 s, max 24 s)
+    assert t.expire(now=25.0) == [MemberEvent("a", "mem://a", DEAD, 0, SUSPECT)]
+
+
+def test_a_stale_death_notice_echoed_in_a_correction_does_not_cut_the_suspicion_short() -> None:
+    """Before, our probe carried the suspicion the notice caused, the node that sent the
+    stale notice answered it with its DEAD record in the corrections, and that DEAD
+    (same incarnation, stronger state) ended the suspicion at once."""
+    h, c = table(others="cx"), MemberTable("c", "mem://c", LAN, random.Random(2), now=0.0)
+    for name in "hx":
+        c.add(name, f"mem://{name}", now=0.0)
+    c.suspect("x", now=0.0)
+    c.expire(now=1000.0)  # c was cut off and saw x die; it heals with that verdict
+    h.apply(Update("x", "mem://x", 0, DEAD), now=10.0)
+    deadline = h.next_deadline()
+    fixes = corrections(c, piggyback(h, "c", probe=True))
+    assert [(u.node, u.state) for u in fixes] == [("x", DEAD)]
+    assert h.apply_all(fixes, now=10.5) == []
+    member = h.get("x")
+    assert member is not None and member.state is SUSPECT
+    assert h.next_deadline() == deadline
+
+
+def test_a_death_at_the_suspected_incarnation_counts_as_a_confirmation_from_its_source() -> None:
+    t = table()
+    t.suspect("a", now=10.0)
+    assert t.apply(Update("a", "mem://a", 0, DEAD), now=11.0) == []  # no source: no confirmation
+    assert t.next_deadline() == 34.0
+    assert t.apply(Update("a", "mem://a", 0, DEAD, source="b"), now=11.0) == []
+    assert t.next_deadline() == pytest.approx(24.0)
+    assert t.apply(Update("a", "mem://a", 1, DEAD, source="c"), now=12.0) == [
+        MemberEvent("a", "mem://a", DEAD, 1, SUSPECT)
+    ], "a newer incarnation is no longer the suspicion we run"
 
 
 def test_declared_dead_while_unhealthy_retracts_own_verdicts_quietly() -> None:
@@ -453,3 +490,13 @@ def test_awareness_stretches_timeouts_within_bounds() -> None:
     assert a.score == 7
     a.apply(-100)
     assert a.score == 0
+
+
+def test_refuting_a_claim_at_the_largest_incarnation_stays_in_the_wire_range() -> None:
+    """Before, refuting a claim at 2^64-1 took our incarnation to 2^64: no message we
+    built could be encoded any more (the proto field is a uint64)."""
+    t = table()
+    t.set_incarnation(1_700_000_000)
+    t.apply(Update("me", "mem://me", 2**64 - 1, SUSPECT), now=1.0)
+    assert t.incarnation == 2**64 - 1
+    assert t.apply(Update("x", "mem://x", 2**64, ALIVE), now=1.0) == [], "beyond the wire: ignored"

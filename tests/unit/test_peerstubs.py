@@ -68,3 +68,17 @@ async def test_old_channels_closed_after_retire_after(dialled: list[FakeChannel]
     assert not dialled[0].closed, "a probe in flight is not cut"
     await asyncio.wait_for(dialled[0].gone.wait(), 5)
     await stubs.close()
+
+
+async def test_prune_closes_the_channels_of_addresses_not_kept(dialled: list[FakeChannel]) -> None:
+    """Before, a channel stayed cached for every address ever dialled (~40 KiB each)."""
+    stubs = PeerStubs("cert-1", retire_after=0.01)  # type: ignore[arg-type]
+    kept = stubs.stub("a:1")
+    stubs.stub("b:1")
+    stubs.prune({"a:1"})
+    await asyncio.wait_for(dialled[1].gone.wait(), 5)
+    assert not dialled[0].closed and stubs.stub("a:1") is kept
+    stubs.stub("b:1")
+    assert [c.address for c in dialled] == ["a:1", "b:1", "b:1"], "dialled again when needed"
+    await stubs.close()
+    assert all(c.closed for c in dialled)
