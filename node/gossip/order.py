@@ -32,12 +32,12 @@ class ProbeOrder:
         return len(self._order)
 
     def insert(self, node: str) -> None:
-        """Add a (newly live) member at a random position.
-
-        A member that dies and comes back within one round may be listed twice until
-        the round ends (probed twice); cheaper than keeping an index of the list.
-        """
+        """Add a (newly live) member at a random position, unless it is still to be
+        probed this round: a member flapping dead and alive (20,000 LEFT/ALIVE pairs in
+        one message) was listed once per return, and the round probed it alone."""
         order = self._order
+        if node in order[self._index :]:  # O(members), only when one comes back to life
+            return
         order.append(node)
         offset = int(self._rng.random() * len(order))
         order[offset], order[-1] = order[-1], order[offset]

@@ -481,6 +481,16 @@ def test_probe_order_samples_distinct_eligible_relays() -> None:
     assert order.sample(3, lambda n: False, exclude=()) == []
 
 
+def test_a_member_flapping_dead_and_alive_is_listed_once_in_the_round() -> None:
+    """Each return to life appended it: 2,000 LEFT/ALIVE pairs in one message made the
+    round 2,000 probes of that one member, and the others went unprobed for that long."""
+    t = table()
+    for i in range(1, 2001):
+        t.apply(Update("x", "mem://x", 2 * i - 1, LEFT), now=1.0)
+        t.apply(Update("x", "mem://x", 2 * i, ALIVE), now=1.0)
+    assert len(t.order) <= 5, len(t.order)
+
+
 def test_awareness_stretches_timeouts_within_bounds() -> None:
     a = Awareness(max_multiplier=8)
     assert a.scale(0.5) == 0.5
