@@ -16,7 +16,10 @@ Pure functions over what the leader's mirrors hold; `leader.loop` does the I/O.
   drained node or a node that no longer fits the constraints) *hands off*: the old task
   stays assigned, inside the new assignment, and keeps serving until the new one is
   ready. Going back to the task a handoff still holds (a rollback) restores it as it was,
-  container and all, instead of starting a third one.
+  container and all, instead of starting a third one. A new task lost with its node before
+  it was ready hands on what it held: its replacement holds the same old task (never the
+  lost one: a handoff holds one task, no chain), or that task is restored when it is what
+  the slot wants; else nothing referenced the old replica, still serving, and it stopped.
 - `releases`: a handoff ends when the new task is ready (running and healthy), or when
   the old task's node is gone; the old replica is then withdrawn, drained and stopped by
   its agent.
@@ -38,7 +41,7 @@ from leader.rollout import (
     step,
     update_policy,
 )
-from leader.scheduler import CONSTRAINTS, DRAIN, MAX_PER_NODE, UPDATE, Plan, template_hash
+from leader.scheduler import CONSTRAINTS, DRAIN, MAX_PER_NODE, NODE_LOST, UPDATE, Plan, template_hash
 from node.model.domain import Assignment, RolloutRecord, ServiceRecord, TaskHealth, TaskState, TaskStatus
 from node.model.keys import Keys
 from node.store.cache import PrefixCache
@@ -167,12 +170,15 @@ def with_handoffs(plan: Plan, policy: UpdatePolicy, alive: set[str]) -> Plan:
     placed = {t.task_id: t for t in plan.place}
     for move in plan.moves:
         new = placed.get(move.new.task_id)
-        old = move.old
-        if new is None or move.why not in HANDOFF_REASONS or old.node not in alive:
+        if new is None:
             continue
-        held = old.handed_off()
+        old, held = move.old, move.old.handed_off()
         if held is not None and held.template == new.template and held.node in alive:
             placed[new.task_id] = held  # back to the task still serving the slot: keep it
+            continue
+        if move.why == NODE_LOST and held is not None and held.node in alive:
+            old = held  # lost before it was ready: its replacement takes over from the one serving
+        elif move.why not in HANDOFF_REASONS or old.node not in alive:
             continue
         if move.why == UPDATE and policy.order == "stop-first":
             continue

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pytest
 
 from leader import updates
 from leader.loop import LeaderLoop
-from leader.rollout import RolloutState
-from node.model.domain import Assignment, RolloutRecord, ServiceRecord, TaskStatus, template_hash
+from leader.rollout import RolloutState, update_policy
+from leader.scheduler import Snapshot, schedule
+from node.model.domain import (
+    Assignment,
+    NodeSpec,
+    RolloutRecord,
+    ServiceRecord,
+    TaskStatus,
+    template_hash,
+)
 from node.model.keys import Keys
 from node.store.memory import MemoryStore
 from node.telemetry.events import EventLog
@@ -43,6 +51,7 @@ class World:
             self.loop.tasks,
             self.loop.rollouts,
             self.loop.statuses,
+            self.loop.nodespecs,
         )
 
         await mirrors_caught_up(self.store, caches)
@@ -260,3 +269,80 @@ async def test_a_rollback_returns_to_the_last_good_version_not_to_a_paused_one(w
     await world.reconcile()
     service = ServiceRecord.from_json((await world.store.get(KEYS.service("web"))).value)  # type: ignore[union-attr]
     assert (service.version, service.rollback_of, service.spec.image) == (4, 3, "img:1")
+
+
+async def test_a_drained_replica_keeps_serving_when_its_replacements_node_is_lost(world: World) -> None:
+    """Draining n1 handed its replica off to a task on another node; that node was lost
+    before its replica was ready, and the next pass placed a third task without the
+    handoff: nothing held n1's healthy replica any more, so its agent stopped it and the
+    service had none serving until the third one was ready."""
+    await world.put_service(make_service("web", replicas=1, image="img:1"))
+    await world.reconcile()
+    await world.report_all()
+    await world.reconcile()
+    [first] = (await world.tasks()).values()
+    await world.store.put(KEYS.nodespec(first.node), NodeSpec(availability="drain").to_json())
+    await world.reconcile()
+    moved = (await world.tasks())[1]
+    assert moved.node != first.node and moved.handed_off() == first
+
+    await world.store.delete(KEYS.node(moved.node))
+    await world.reconcile()
+    slot = (await world.tasks())[1]
+    assert first in (slot, slot.handed_off()), "the drained replica is still assigned: it serves on"
+
+    await world.reconcile()
+    slot = (await world.tasks())[1]
+    assert slot.node not in (first.node, moved.node)
+    assert slot.handed_off() == first, "the replacement takes over from the replica still serving"
+    assert "handoff" not in slot.handoff, "a handoff holds one task, never a chain"
+    await world.report(slot)  # ready
+    await world.reconcile()
+    assert (await world.tasks())[1] == replace(slot, handoff={}), "released: the drained one stops"
+
+
+def _lost_update(old_image: str) -> tuple[Assignment, Assignment, ServiceRecord]:
+    """Slot 1's start-first update to img:2 was placed on n2, handing off n1's task; n2 is
+    lost. Returns n1's task, n2's, and the service now (at `old_image` once more)."""
+    v1 = make_service("web", version=1, image="img:1")
+    v2 = make_service("web", version=2, image="img:2")
+    old = make_task(v1, 1, "n1")
+    lost = replace(make_task(v2, 1, "n2"), handoff={k: v for k, v in asdict(old).items() if k != "handoff"})
+    now = make_service("web", version=3, image=old_image)
+    return old, lost, now
+
+
+def test_an_update_lost_with_its_node_keeps_the_old_replica_handed_off() -> None:
+    """A start-first update's new task lost with its node was placed again without the
+    handoff: the old replica, still serving, was stopped before any new one was ready."""
+    old, lost, now = _lost_update("img:2")
+    snap = Snapshot({n: make_node(n) for n in ("n1", "n3")}, {("web", 1): lost})
+    plan = updates.with_handoffs(
+        schedule(snap, now, epoch=2, new_id=lambda: "web-1-new"), update_policy(now.spec), {"n1", "n3"}
+    )
+    [placed] = plan.place
+    assert placed.task_id == "web-1-new" and placed.handed_off() == old
+    assert "handoff" not in placed.handoff, "the original old task, not the lost one"
+
+
+def test_a_rollback_lost_with_its_node_restores_the_task_still_serving() -> None:
+    """Rolled back while the update's new task was lost with its node: the old task,
+    still serving under the handoff and already on the template wanted, was dropped for
+    a third one."""
+    old, lost, now = _lost_update("img:1")
+    snap = Snapshot({n: make_node(n) for n in ("n1", "n3")}, {("web", 1): lost})
+    plan = updates.with_handoffs(
+        schedule(snap, now, epoch=2, new_id=lambda: "web-1-new"), update_policy(now.spec), {"n1", "n3"}
+    )
+    assert plan.place == [old], "restored as it was, container and all"
+
+
+def test_a_lost_task_whose_old_replica_is_lost_too_is_placed_without_handoff() -> None:
+    """Nothing to hand off when both nodes are gone: the new task starts on its own."""
+    _, lost, now = _lost_update("img:2")
+    snap = Snapshot({"n3": make_node("n3")}, {("web", 1): lost})
+    plan = updates.with_handoffs(
+        schedule(snap, now, epoch=2, new_id=lambda: "web-1-new"), update_policy(now.spec), {"n3"}
+    )
+    [placed] = plan.place
+    assert (placed.node, placed.handoff) == ("n3", {})
