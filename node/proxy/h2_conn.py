@@ -8,26 +8,39 @@ then on frames are relayed one to one: the response head, data both ways, traile
 (gRPC's `grpc-status`), the end of each direction, and resets with their error code.
 
 The engine is seen here only through `Engine` (below), so this module never imports it.
+
+Abuse of HTTP/2 itself: a client resetting the streams it opens before they are answered
+(rapid reset, CVE-2023-44487: each one is a request to a replica) past `RESET_BURST` gets
+GOAWAY ENHANCE_YOUR_CALM and is closed, as nginx and Go's server do; while a client's
+socket backs up, nothing more is read from it (h2 answers PING and SETTINGS on its own);
+an h2 error raised while handling one stream resets that stream, not the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from typing import Protocol, cast
 
 from h2 import events as ev
 from h2.errors import ErrorCodes
-from h2.exceptions import ProtocolError
+from h2.exceptions import H2Error, NoAvailableStreamIDError, ProtocolError
 from hyperframe.frame import GoAwayFrame
 
 from node.proxy.balancer import Attempts, Backend, Failure, RetryPolicy
-from node.proxy.h2_peer import Ack, H2Peer, Headers, release
+from node.proxy.h2_peer import MAX_STREAMS, Ack, H2Peer, Headers, release
+
+log = logging.getLogger(__name__)
 
 _now = time.monotonic
 CAPACITY = 100
 """Streams open at once on one backend connection (or the replica's own limit, if lower)."""
+RESET_BURST = 2 * MAX_STREAMS
+"""Resets by a client of streams not yet answered, beyond the streams it had answered, that
+one client connection may send within `RESET_WINDOW` s (HTTP/2 rapid reset, CVE-2023-44487)."""
+RESET_WINDOW = 10.0
 
 
 class Stream:
@@ -79,6 +92,10 @@ class H2Client(asyncio.Protocol):
         self.going_away = False  # GOAWAY sent or received: closed once its last stream ends
         self.last_stream = 0  # in the GOAWAY sent: streams above it are refused
         self.greeted = False  # the client's preface and SETTINGS came (it speaks HTTP/2)
+        self.halted = False  # closed for abuse or an error: the rest of what was read is dropped
+        self.resets = 0  # streams the client reset before their answer, since `window`
+        self.answered = 0  # streams that ended otherwise, since `window`
+        self.window = _now()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -96,7 +113,25 @@ class H2Client(asyncio.Protocol):
             self.shut()
             return
         for e in events:
-            self._event(e)
+            if self.halted:
+                break
+            try:
+                self._event(e)
+            except H2Error:
+                self._broken(e)
+
+    def _broken(self, e: ev.Event) -> None:
+        """An h2 error handling `e` (a bug of the engine's): its stream alone is reset."""
+        log.exception("h2c: error handling %r from %s", e, self.address.decode())
+        sid = getattr(e, "stream_id", 0)
+        if not sid:
+            self.halted = True
+            self.stop()
+            return
+        s = self._forget(sid, ErrorCodes.CANCEL)
+        self.peer.reset(sid, ErrorCodes.INTERNAL_ERROR)
+        if s is not None:
+            self._maybe_idle()
 
     def _event(self, e: ev.Event) -> None:
         if isinstance(e, ev.DataReceived):
@@ -154,6 +189,17 @@ class H2Client(asyncio.Protocol):
             s.trailers = trailers
 
     def _reset(self, sid: int, code: int) -> None:
+        s = self._forget(sid, code)
+        self.peer.drop(sid)  # the response held for it: acknowledged to the replica
+        if s is None:
+            return
+        if not s.responded and self._too_many_resets():
+            self._calm_down()
+            return
+        self._maybe_idle()
+
+    def _forget(self, sid: int, code: int) -> Stream | None:
+        """Stream `sid` ends here; reset with `code` on its replica (if it got there)."""
         s = self.streams.pop(sid, None)
         if s is not None:
             s.in_done = s.out_done = True
@@ -161,12 +207,37 @@ class H2Client(asyncio.Protocol):
                 s.up.forget(s, reset=code)
             release(s.held)
             s.held = []
-        self.peer.drop(sid)  # the response held for it: acknowledged to the replica
-        if s is not None:
-            self._maybe_idle()
+        return s
+
+    def _too_many_resets(self) -> bool:
+        """Counts a reset of an unanswered stream: past `RESET_BURST` more than the streams
+        answered within `RESET_WINDOW` s, a rapid reset (gRPC cancellations are far fewer)."""
+        now = _now()
+        if now - self.window > RESET_WINDOW:
+            self.window, self.resets, self.answered = now, 0, 0
+        self.resets += 1
+        return self.resets > self.answered + RESET_BURST
+
+    def _calm_down(self) -> None:
+        """GOAWAY ENHANCE_YOUR_CALM, every stream cancelled on its replica, and closed."""
+        self.halted = self.going_away = True
+        self.last_stream = self.peer.conn.highest_inbound_stream_id
+        self._forget_all()
+        self.peer.flush()
+        t = self.peer.transport
+        if t is None:
+            return
+        if not t.is_closing():
+            frame = GoAwayFrame(0, last_stream_id=self.last_stream, error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+            t.write(frame.serialize())
+        if self.peer.paused:
+            t.abort()  # it does not read: the GOAWAY would never drain
+        else:
+            t.close()
 
     def finish(self, s: Stream) -> None:
         """The response of `s` ended (or was cut): no more frames for it from here."""
+        self.answered += 1
         s.out_done = True
         self.streams.pop(s.cid, None)
         release(s.held)  # request data never sent to a replica (the stream failed first)
@@ -207,18 +278,29 @@ class H2Client(asyncio.Protocol):
             t.abort()
 
     def pause_writing(self) -> None:
+        """Its socket backs up: nothing more is relayed to it, nor read from it (h2 would
+        queue a PING or SETTINGS acknowledgement for every frame it sends)."""
         self.peer.pause()
+        t = self.peer.transport
+        if t is not None and not t.is_closing():
+            t.pause_reading()
 
     def resume_writing(self) -> None:
+        t = self.peer.transport
+        if t is not None and not t.is_closing():
+            t.resume_reading()
         self.peer.resume()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _forget_all(self) -> None:
         for s in list(self.streams.values()):
             s.in_done = s.out_done = True
             if s.up is not None:
                 s.up.forget(s, reset=ErrorCodes.CANCEL)
         self.streams.clear()
         self.peer.drop_all()  # responses held for it: acknowledged to the replicas
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forget_all()
         self.engine.finished(self)
 
 
@@ -254,7 +336,13 @@ class H2Upstream(asyncio.Protocol):
 
     def _open(self, s: Stream) -> None:
         conn = self.peer.conn
-        uid = conn.get_next_available_stream_id()
+        try:
+            uid = conn.get_next_available_stream_id()
+        except NoAvailableStreamIDError:  # 2^30 streams opened here
+            self._retire()
+            s.up = None
+            self.engine.dispatch(s)  # on another connection
+            return
         bare = s.in_done and not s.held and s.trailers is None
         if not self.peer.headers(uid, s.request, end=bare):
             self.engine.fail(s, "the replica refused a new stream")
@@ -285,6 +373,20 @@ class H2Upstream(asyncio.Protocol):
             self.peer.reset(s.uid, reset)
         s.up = None
         self._freed()
+
+    def _retire(self) -> None:
+        """No stream id left: no new streams here (they go on a fresh connection), a
+        GOAWAY to the replica, and closed once the open streams end."""
+        waiting = self.take_waiting()
+        self.engine.lost(self, None)  # out of the pool (and `closing`)
+        self.peer.flush()
+        t = self.peer.transport
+        if t is not None and not t.is_closing():
+            t.write(GoAwayFrame(0, last_stream_id=0, error_code=0).serialize())
+        for s in waiting:
+            self.engine.dispatch(s)
+        if not self.streams:
+            self.close()
 
     def _freed(self) -> None:
         self._open_waiting()

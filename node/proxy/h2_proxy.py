@@ -38,9 +38,10 @@ Guarantees:
 - bounds: the node's `ConnectionCap` per client connection; the preface within
   `head_timeout` s of the accept (the daemon's `proxy_head_timeout`), and anything but
   HTTP/2 (an HTTP/1.1 request) closes the connection with a GOAWAY; 256 concurrent streams per
-  client connection; per stream at most `STREAM_WINDOW` bytes held each way; a client
-  connection with no stream for `CLIENT_IDLE` s is sent GOAWAY and closed, a replica
-  connection with none for `UPSTREAM_IDLE` s is closed.
+  client connection; resets of unanswered streams past `h2_conn.RESET_BURST` (rapid
+  reset) end it with GOAWAY ENHANCE_YOUR_CALM; per stream at most `STREAM_WINDOW` bytes
+  held each way; a client connection with no stream for `CLIENT_IDLE` s is sent GOAWAY
+  and closed, a replica connection with none for `UPSTREAM_IDLE` s is closed.
 
 Not done: TLS with ALPN (the ingress work terminates TLS), h2c upgrade from HTTP/1.1
 (gRPC never uses it), retrying a processed stream.
