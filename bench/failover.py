@@ -15,8 +15,8 @@ one replica per node. Each run:
      polled every `--interval`);
    - replacement answering: that replica's endpoint answers `GET /` with the demo page;
 4. restarts the daemon and waits until the cluster is back to exactly 3 replicas: 3
-   running tasks, 3 endpoints, exactly 3 containers of this cluster in Docker (the
-   killed node's stale copy stopped), every node alive and ready in every view. If the
+   running tasks, 3 endpoints, exactly 3 running containers of this cluster in Docker
+   (the killed node's stale copy stopped; kept exited, as history), every node alive and ready in every view. If the
    replicas are no longer one per node, the service is scaled to 0 and back to 3, so
    that every run starts from the same placement.
 
@@ -130,10 +130,9 @@ class Cluster:
         return ShoalClient(member.addr, timeout=3.0, context_file=member.context_file)
 
     def containers(self) -> set[str]:
-        """Ids of every container of this cluster, running or not."""
-        found = self.engine.containers.list(
-            all=True, filters={"label": f"{LABELS.CLUSTER}={self.dev.cluster}"}
-        )
+        """Ids of the running containers of this cluster (exited ones are kept as history,
+        `task_history_limit`: the killed node's stale copy stays, stopped)."""
+        found = self.engine.containers.list(filters={"label": f"{LABELS.CLUSTER}={self.dev.cluster}"})
         return {c.id for c in found}
 
     def running(self, member: NodeProcess) -> dict[int, tuple[str, str]]:
