@@ -51,7 +51,7 @@ from node.proxy.dnsserver import host_resolvers
 from node.proxy.mesh import MeshSettings
 from node.proxy.names import dns_address
 from node.proxy.sources import SourceMap
-from node.proxy.vipkernel import VipKernel
+from node.proxy.vipkernel import VipKernel, remove_left
 from node.proxy.vipnat import table_name
 from node.proxy.vips import HostSetupError, Names, prepare_host
 from node.proxy.workers import mesh_for
@@ -124,12 +124,14 @@ class Daemon:
         self._main: asyncio.Task[Any] | None = None
         self._starting = True  # until the server runs: a signal then abandons the start
 
-    def _names(self, agent: Agent) -> Names | None:
+    async def _names(self, agent: Agent) -> Names | None:
         """The name server and VIP listeners (node.proxy.vips), and the agent told to give
         containers that server; None (logged, an event) when names are off or the host
-        cannot be prepared: containers then keep the engine's default resolver."""
+        cannot be prepared: containers then keep the engine's default resolver, and a VIP
+        table a killed run left is deleted (nothing here would replace its rules)."""
         c = self.config
         if not c.names:
+            await remove_left(table_name(c.cluster, c.node_id))
             return None
         net = vip_network(c.vip_range)
         try:
@@ -137,6 +139,7 @@ class Daemon:
         except HostSetupError as exc:
             log.error("service names are off on this node: %s", exc)
             self.events.emit("names.off", f"service names are off on {c.node_id}: {exc}")
+            await remove_left(table_name(c.cluster, c.node_id))
             return None
         sources = SourceMap.of_runtime(self.runtime, c.cluster, (net,), (c.address, c.publish_address))
         kernel = VipKernel(table_name(c.cluster, c.node_id), events=self.events, enabled=c.vip_kernel)
@@ -407,7 +410,7 @@ class Daemon:
         )
         agent.secret_files.sealer = Sealer(self.identity.passphrase)  # issue 13: opens secrets at start
         attach_ingress(self.mesh, c, self.store, self.keys, self.identity)  # issue 17: the shared entrance
-        names = self._names(agent)  # issue 13: service names for this host's containers
+        names = await self._names(agent)  # issue 13: service names for this host's containers
         leadership = Leadership(
             self.store,
             self.keys,

@@ -13,11 +13,15 @@ Off from the start, for good (a warning and the event, naming what to fix): the 
 (`net.bridge.bridge-nf-call-iptables` not 1: a reply from a replica to a client on the
 same bridge would skip conntrack's reverse translation and be dropped by the client).
 
-Life: `start()` replaces whatever table of this name a killed daemon left (an empty
-table, before the first rules); `close()` deletes it on a graceful stop. A daemon
+Life: with the path on, the first `apply` replaces whatever table of this name a killed
+daemon left (not wiped at start: until the listeners are bound, its rules are what
+serves containers' connections); `close()` deletes it on a graceful stop. A daemon
 killed with -9 leaves its table: containers keep reaching the replicas it named (the
 data path outlives the daemon, as a running container does) until the daemon is back
 and replaces it, or, for a replica that stopped meanwhile, get a refused connection.
+With the path off for good (or names off: `remove_left`), `start()` deletes such a
+table with any `nft` on PATH: nothing would ever replace it, and its rules would DNAT
+containers to old replica addresses that Docker may have given to other containers.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class VipKernel:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.table = table
+        self.program = nft  # any found on PATH removes a left table (`start`), even when off
         self.nft = shutil.which(nft) if enabled else None
         self.events = events
         self.runner = runner
@@ -117,6 +122,12 @@ class VipKernel:
                 self.events.emit("names.kernel_on", f"VIPs in the kernel again (nftables table {self.table})")
         return True
 
+    async def start(self) -> None:
+        """At the daemon's start: off for good, delete a table a former run left; on, leave
+        it for the first `apply` to replace."""
+        if self.permanent:
+            await remove_left(self.table, self.program, self.runner)
+
     async def close(self) -> None:
         """Delete the table (graceful stop): the listeners are closing too."""
         if self.nft is None or self.permanent:
@@ -158,6 +169,20 @@ class VipKernel:
             "applies": self.applies,
             "failures": self.failures,
         }
+
+
+async def remove_left(
+    table: str, nft: str = "nft", runner: Callable[[str, str], Awaitable[None]] | None = None
+) -> None:
+    """Delete this node's VIP table if a former run left it, when nothing here will write
+    it (the VIP kernel path or names off); nothing without `nft` on PATH."""
+    program = shutil.which(nft)
+    if program is None:
+        return
+    try:
+        await (runner or run_nft)(program, removal(table))
+    except NftError as exc:
+        log.warning("names: a VIP table %s left by a former run may remain: %s", table, exc)
 
 
 def _bridge_ok(path: Path) -> bool:

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_EVERY = 300.0  # s between sweeps of claims no record names
 ALLOCATION_RETRY = 0.5  # s at most before a failed allocation is tried again
+FULL_RETRY_MAX = 30.0  # s at most between tries while the range is full (doubling up to it)
 
 
 class HostSetupError(Exception):
@@ -113,6 +114,10 @@ class Names:
         self.dns: DnsServer | None = None
         self.dns_error = ""
         self.retry_allocation = False
+        self.full: dict[str, str] = {}  # service -> why it has no address (the range is full)
+        self._full_passes = 0  # consecutive passes that found the range full
+        self._full_retry_at = 0.0  # monotonic time of the next try while full
+        self._full_held: frozenset[tuple[str, str]] = frozenset()  # the records then
         self.ready = asyncio.Event()
         self.kernel = kernel  # decision 74; None: every VIP port by its listener
         self.kernel_skipped: dict[str, str] = {}  # "<vip>:<port>" -> why it is not in the kernel
@@ -132,6 +137,8 @@ class Names:
         for cache in caches:
             cache.listener(wake)
         gossip_wake = m.gossip.listener() if m.gossip is not None else asyncio.Event()
+        if self.kernel is not None:  # off for good: a left table goes (on: see below)
+            await self.kernel.start()
         try:
             # a table a killed daemon left stays until the first sync replaces it whole
             # (`vipnat.script`): until the listeners are bound, its rules are what serves
@@ -152,8 +159,8 @@ class Names:
             await self.sync()
             self.ready.set()
             retry = self.rebind_interval if self.waiting or self.dns is None else None
-            if self.retry_allocation:  # a lost race, or etcd away: soon, at a random moment
-                retry = min(retry or ALLOCATION_RETRY, random.uniform(0.1, ALLOCATION_RETRY))
+            if self.retry_allocation:  # a lost race, etcd away, or a full range
+                retry = min(retry or FULL_RETRY_MAX, self.allocation_delay())
             waits = [asyncio.ensure_future(e.wait()) for e in (wake, gossip_wake, self.kick)]
             try:
                 await asyncio.wait(waits, timeout=retry, return_when=asyncio.FIRST_COMPLETED)
@@ -220,19 +227,56 @@ class Names:
         await self.kernel.apply(rules)
 
     async def _allocate(self, services: list[ServiceRecord], vips: list[VipRecord]) -> None:
+        """Releases and the sweep first (what they free is what a waiting service gets),
+        then an address for each service without one: a full range skips only that service.
+        While the range stays full, a waiting service is tried again when a record changes
+        (something may have been freed) or when its backed-off timer is due, not per sync
+        (each try reads every claim)."""
         todo = plan(services, vips, self.net)
         self.retry_allocation = False
+        full: dict[str, str] = {}
         try:
-            for record in todo.allocate:
-                await self.allocator.allocate(record.name)
+            freed = 0
             for stale in todo.release:
-                await self.allocator.release(stale.service)
+                freed += await self.allocator.release(stale.service)
             if time.monotonic() - self._swept > SWEEP_EVERY:
-                await self.allocator.sweep()
+                freed += await self.allocator.sweep()
                 self._swept = time.monotonic()
-        except (StoreError, Conflict, VipRangeFull) as exc:
+            held = frozenset((v.service, v.address) for v in vips)
+            if self.full and not freed and held == self._full_held and time.monotonic() < self._full_retry_at:
+                self.retry_allocation = True  # still full, nothing freed since: the timer's turn
+                return
+            for record in todo.allocate:
+                try:
+                    await self.allocator.allocate(record.name)
+                except VipRangeFull as exc:
+                    full[record.name] = str(exc)
+        except (StoreError, Conflict) as exc:
             self.retry_allocation = True
             log.warning("names: virtual addresses not written yet: %s", exc)
+            return
+        if full:
+            self.retry_allocation = True
+            if set(full) != set(self.full):
+                log.warning(
+                    "names: vip_range %s is full: %d service(s) wait for an address (%s); "
+                    "set a larger vip_range on every node",
+                    self.net, len(full), ", ".join(sorted(full)),
+                )  # fmt: skip
+            self._full_passes += 1
+            delay = min(FULL_RETRY_MAX, ALLOCATION_RETRY * 2**self._full_passes)
+            self._full_retry_at = time.monotonic() + random.uniform(delay / 2, delay)
+            self._full_held = held
+        else:
+            self._full_passes = 0
+        self.full = full
+
+    def allocation_delay(self) -> float:
+        """When to try a failed allocation again: soon at a random moment after a lost race
+        or etcd away; on the backed-off timer while the range is full."""
+        if self.full:
+            return max(0.05, self._full_retry_at - time.monotonic())
+        return random.uniform(0.1, ALLOCATION_RETRY)
 
     async def _serve_dns(self) -> None:
         if self.dns is not None:
@@ -319,6 +363,7 @@ class Names:
             "dns": f"{self.dns_address}:{self.dns_port}" if self.dns is not None else self.dns_error,
             "listening": sorted(f"{a}:{p} {v.route.service}" for (a, p), v in self.listeners.items()),
             "waiting": {f"{a}:{p}": why for (a, p), why in sorted(self.waiting.items())},
+            "no_address": sorted(self.full),
             "kernel": {**self.kernel.describe(), "listeners": self.kernel_skipped}
             if self.kernel is not None
             else None,

@@ -19,7 +19,8 @@ from node.proxy import dnswire as w
 from node.proxy.dnsserver import DnsServer
 from node.proxy.mesh import Mesh, MeshSettings
 from node.proxy.names import NameTable, VipRecord
-from node.proxy.vips import Names
+from node.proxy.vips import ALLOCATION_RETRY, Names
+from node.proxy.vipstore import VipRangeFull
 from node.store.memory import MemoryStore
 from tests.factories import make_service, make_task
 from tests.helpers import wait_until
@@ -321,3 +322,86 @@ async def test_garbage_gets_formerr_or_nothing_and_the_server_goes_on() -> None:
     finally:
         transport.close()
         server.close()
+
+
+class CountingStore(MemoryStore):
+    """Counts the reads of every claim (`vipaddrs/`), what each allocation try costs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claim_reads = 0
+
+    async def range(self, prefix: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def,override]
+        if prefix == KEYS.vipaddrs:
+            self.claim_reads += 1
+        return await super().range(prefix, *args, **kwargs)
+
+
+async def full_range(count: int) -> tuple[CountingStore, Names]:
+    """`count` services on a /26 (47 addresses), one pass of allocation done."""
+    store = CountingStore()
+    for i in range(count):
+        record = replace(make_service(f"svc-{i:02d}", ports=[{"container": 80}]), uid=new_service_uid())
+        await store.put(KEYS.service(record.name), record.to_json())
+    names = Names(Mesh(store, KEYS, "n1", HOST), ipaddress.IPv4Network("10.213.0.0/26"), [])
+    await allocation_pass(store, names)
+    return store, names
+
+
+async def allocation_pass(store: MemoryStore, names: Names) -> dict[str, VipRecord]:
+    services, _ = await store.range(KEYS.services)
+    vips, _ = await store.range(KEYS.vips)
+    readable = [ServiceRecord.from_json(kv.value) for kv in services]
+    records = [r for kv in vips if (r := VipRecord.from_json(kv.value)) is not None]
+    await names._allocate(readable, records)
+    vips, _ = await store.range(KEYS.vips)
+    return {r.service: r for kv in vips if (r := VipRecord.from_json(kv.value)) is not None}
+
+
+async def test_a_full_range_recovers_when_services_are_removed() -> None:
+    """Before, the allocation of the waiting service raised before the releases ran: the
+    removed services kept their addresses for good and the waiting one never got one."""
+    store, names = await full_range(49)  # 47 fit: svc-47 and svc-48 wait
+    assert names.retry_allocation
+    for i in range(5):
+        await store.delete(KEYS.service(f"svc-{i:02d}"))
+    held = await allocation_pass(store, names)
+    assert {"svc-47", "svc-48"} <= set(held) and not set(held) & {f"svc-{i:02d}" for i in range(5)}
+    assert names.full == {} and not names.retry_allocation
+
+
+async def test_one_service_without_an_address_does_not_hold_the_others() -> None:
+    """Before, the first service to meet a full range stopped the pass: the services after
+    it were not allocated either."""
+    store, names = await full_range(40)
+    late = [f"late-{i}" for i in range(2)]
+    for name in late:
+        record = replace(make_service(name, ports=[{"container": 80}]), uid=new_service_uid())
+        await store.put(KEYS.service(name), record.to_json())
+    real = names.allocator.allocate
+
+    async def first_is_full(service: str) -> VipRecord | None:
+        if service == late[0]:
+            raise VipRangeFull("full for this one")
+        return await real(service)
+
+    names.allocator.allocate = first_is_full  # type: ignore[method-assign]
+    held = await allocation_pass(store, names)
+    assert late[1] in held and late[0] not in held and list(names.full) == [late[0]]
+
+
+async def test_a_full_range_is_tried_again_on_a_backed_off_timer_not_every_sync() -> None:
+    """Before, every sync and a 0.1-0.5 s timer tried again, each try reading every claim."""
+    store, names = await full_range(48)
+    await allocation_pass(store, names)  # the records the full pass wrote: one more try
+    reads = store.claim_reads
+    for _ in range(5):  # syncs for other reasons (endpoints): nothing freed, no new read
+        await allocation_pass(store, names)
+    assert store.claim_reads == reads and names.retry_allocation
+    first = names.allocation_delay()
+    names._full_retry_at = 0.0  # the timer is due
+    await allocation_pass(store, names)
+    assert store.claim_reads == reads + 1
+    assert names.allocation_delay() > 1.5 and first > 2 * ALLOCATION_RETRY  # doubling
+    await store.delete(KEYS.service("svc-00"))  # something freed: tried at once
+    assert "svc-47" in await allocation_pass(store, names)

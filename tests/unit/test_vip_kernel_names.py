@@ -18,6 +18,7 @@ from node.model.domain import EndpointRecord, ServiceRecord, new_service_uid
 from node.proxy.mesh import Mesh, MeshSettings
 from node.proxy.sources import SourceMap
 from node.proxy.vipkernel import VipKernel
+from node.proxy.vipnat import removal
 from node.proxy.vips import Names
 from node.runtime.base import LABELS, Container
 from node.store.memory import MemoryStore
@@ -162,3 +163,18 @@ async def test_the_engine_away_keeps_what_it_knew_and_a_stop_deletes_the_table(w
         t.cancel()
     await asyncio.gather(*world.runs, return_exceptions=True)
     assert world.nft.texts[-1] == "table ip shoal_vip_t_n1 {}\ndelete table ip shoal_vip_t_n1\n"
+
+
+async def test_names_with_the_path_off_for_good_remove_a_left_table_at_start(tmp_path: Path) -> None:
+    """Before, with `vip_kernel = false` nothing ran nft: a table a kill -9 left stayed."""
+    nft = FakeNft()
+    kernel = VipKernel("shoal_vip_t_n1", nft="sh", enabled=False, bridge_nf=tmp_path / "none", runner=nft)
+    names = Names(
+        Mesh(MemoryStore(), KEYS, "n1", HOST), ipaddress.IPv4Network("127.79.0.0/24"), [], kernel=kernel
+    )
+    run = asyncio.create_task(names.run())
+    try:
+        await wait_until(lambda: nft.texts == [removal("shoal_vip_t_n1")], 2.0, message="the table removed")
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)

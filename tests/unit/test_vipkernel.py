@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
 
+from node.daemon.app import Daemon
+from node.proxy import vipkernel
 from node.proxy.nft import NftError
 from node.proxy.vipkernel import ATTEMPTS, RETRY_AFTER, VipKernel
-from node.proxy.vipnat import Rule, script
+from node.proxy.vipnat import Rule, removal, script, table_name
 from node.telemetry.events import EventLog
 
 RULE = Rule("web", "10.213.0.16", 8080, ("172.17.0.4",), frozenset({"172.17.0.9"}))
@@ -123,3 +126,39 @@ def test_the_real_nft_accepts_the_text_checked_only(tmp_path: Path) -> None:
     path.write_text(script("shoal_vip_unit_check", [RULE]))
     done = subprocess.run([nft, "-c", "-f", str(path)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("enabled, bridge_text", [(False, "1\n"), (True, None)])
+async def test_a_left_table_is_removed_at_start_only_when_the_path_is_off_for_good(
+    tmp_path: Path, enabled: bool, bridge_text: str | None
+) -> None:
+    """Before, a table a kill -9 left survived a restart with `vip_kernel = false` or
+    without br_netfilter (nothing ran nft), DNATing containers to old replica addresses.
+    With the path on, start leaves it for the first apply (decision 74: not wiped)."""
+    bridge = tmp_path / "bridge-nf-call-iptables"
+    if bridge_text is not None:
+        bridge.write_text(bridge_text)
+    fake = FakeNft()
+    off = VipKernel("shoal_vip_t_n1", nft="sh", enabled=enabled, bridge_nf=bridge, runner=fake)
+    await off.start()
+    assert fake.texts == [removal("shoal_vip_t_n1")]
+    bridge.write_text("1\n")
+    on, quiet = kernel(bridge, FakeNft()), FakeNft()
+    on.runner = quiet
+    await on.start()
+    assert quiet.texts == []
+
+
+async def test_names_off_removes_a_left_vip_table_at_the_daemons_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, with names off no VipKernel was built and a left table stayed for good."""
+    nft = tmp_path / "nft"
+    nft.write_text("#!/bin/sh\nexit 0\n")
+    nft.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    fake = FakeNft()
+    monkeypatch.setattr(vipkernel, "run_nft", fake)
+    config = types.SimpleNamespace(names=False, cluster="t", node_id="n1")
+    assert await Daemon._names(types.SimpleNamespace(config=config), None) is None  # type: ignore[arg-type]
+    assert fake.texts == [removal(table_name("t", "n1"))]
