@@ -1,7 +1,8 @@
 """The node's one gRPC server: client API, peer API, `grpc.health.v1`, reflection.
 
 `handle` / `handle_stream` wrap every handler: `node.model.errors` types become the status
-codes of its `STATUS` table and store failures UNAVAILABLE, with the message a person
+codes of its `STATUS` table, store failures UNAVAILABLE (a write too large for etcd
+INVALID_ARGUMENT: retrying cannot help), with the message a person
 can act on; anything unexpected becomes INTERNAL with a short message (and a logged traceback), never a
 crashed daemon. A unary handler has at most `rpc.HANDLER_TIMEOUT` seconds, whatever
 deadline its caller set (or none): then it is DEADLINE_EXCEEDED, and its work is
@@ -28,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from node.model.errors import ShoalError, status_of
 from node.pb import api_pb2, peer_pb2
 from node.store import StoreError, StoreUnavailable
+from node.store.base import TooLarge
 from node.wire import rpc
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
         await context.abort(
             grpc.StatusCode.UNAVAILABLE, f"{exc}; the cluster state cannot be read or written now"
         )
+    if isinstance(exc, TooLarge):  # no retry can help: the request itself must shrink
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{exc}; make the request smaller")
     if isinstance(exc, StoreError):  # refused by etcd: an alarm (database space exceeded) refuses
         # every write until cleared; a compacted watch asks to start again. Not this node's bug.
         log.warning("etcd refused a call: %s", exc)

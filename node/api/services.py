@@ -41,7 +41,7 @@ from node.model.spec_lifecycle import stack_problem
 from node.model.spec_schedule import never_fires
 from node.security.objects import ObjectRecord
 from node.store import KV, Compare, Delete, Put, Store, claim_kinds
-from node.store.base import ETCD_TXN_LIMIT, Op
+from node.store.base import ETCD_TXN_LIMIT, Op, TooLarge
 from node.store.claims import service_writes
 from node.store.retry import compare_and_swap
 
@@ -85,7 +85,13 @@ class ServiceWriter:
                 f"{record.name}: this change needs {n} operations in one etcd transaction and the limit "
                 f"is {ETCD_TXN_LIMIT}: use fewer secrets, configs and published ports in one service"
             )
-        return (await self.store.txn(compares, ops)).succeeded
+        try:
+            return (await self.store.txn(compares, ops)).succeeded
+        except TooLarge as exc:  # the spec is written twice (the record and its history copy)
+            raise InvalidArgument(
+                f"{record.name}: {exc}; the spec is stored twice (the service and its history), "
+                "so keep large values (env, files) out of it: use configs or secrets"
+            ) from None
 
     async def write_ops(
         self, record: ServiceRecord, expect_mod: int, old: ServiceRecord | None, bound: Bound | None = None

@@ -107,6 +107,9 @@ from node.model.spec_volumes import VolumeMount, Volumes, volumes_fit
 MAX_SPEC_BYTES = 256 * 1024
 _MAX_VALUES = 10_000  # YAML values in one spec, an alias counted each time it is used
 _MAX_DEPTH = 16
+# Characters of strings (keys too) in one spec, an alias counted each time it is used: the
+# spec is stored twice in one etcd write (node.store.base.MAX_REQUEST_BYTES, 1.5 MiB).
+_MAX_TEXT = 512 * 1024
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _EMPTY = "the spec is empty: expected a mapping with at least name and image"
@@ -313,6 +316,7 @@ class _Walk:
         self.pos: dict[tuple[Any, ...], tuple[int, int]] = {}
         self.errors: list[FieldError] = []
         self.count = 0
+        self.text = 0
 
     def near(self, loc: tuple[Any, ...]) -> tuple[int | None, int | None]:
         """The line and column of `loc`, or of its nearest enclosing key or item."""
@@ -359,6 +363,10 @@ class _Walk:
             self.error(path, f"unsupported YAML value ({type(v).__name__}); quote it if it is a string")
             return None
         s = str(v)
+        self.text += len(s)
+        if self.text > _MAX_TEXT:
+            self.error(path, f"too big: at most {_MAX_TEXT} characters of text (an alias counts each use)")
+            raise _Limit
         if _SURROGATE_RE.search(s):  # JSON escapes a character beyond U+FFFF as a surrogate pair
             try:
                 s = s.encode("utf-16", "surrogatepass").decode("utf-16")

@@ -8,6 +8,9 @@ from typing import Literal, Protocol
 
 MAX_TXN_OPS = 100  # etcd's limit is 128 per branch; stay well below with the compares
 ETCD_TXN_LIMIT = 128  # etcd's own (--max-txn-ops): a transaction past it is refused outright
+# etcd's default --max-request-bytes (1.5 MiB): a bigger write is refused whatever is retried.
+# Checked on the keys and values a write carries (etcd counts its encoded request, a little more).
+MAX_REQUEST_BYTES = 1536 * 1024
 
 
 class StoreError(Exception):
@@ -16,6 +19,22 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """etcd cannot be reached (or has no quorum); the message names the endpoints."""
+
+
+class TooLarge(StoreError):
+    """A write bigger than etcd takes in one request: not an outage, never retried.
+    `size` is None when etcd itself refused it (its limit may be set lower)."""
+
+    def __init__(self, size: int | None, limit: int = MAX_REQUEST_BYTES) -> None:
+        if size is None:
+            what = f"etcd refused the write as too large (--max-request-bytes, by default {limit:,} bytes)"
+        else:
+            what = (
+                f"the write is {size:,} bytes, {size - limit:,} more than etcd takes in one request "
+                f"({limit:,} bytes, its --max-request-bytes)"
+            )
+        super().__init__(what)
+        self.size, self.limit = size, limit
 
 
 class Fenced(StoreError):
@@ -95,6 +114,21 @@ class MemberStatus:
     db_size: int
     db_size_in_use: int
     revision: int = 0
+
+
+def request_bytes(compares: Sequence[Compare] = (), *branches: Sequence[Op]) -> int:
+    """The key and value bytes one write carries (what etcd's request limit counts, nearly)."""
+    size = sum(len(c.key.encode()) + (len(c.value) if isinstance(c.value, bytes) else 8) for c in compares)
+    for ops in branches:
+        for op in ops:
+            size += len(op.key.encode()) + (len(op.value) if isinstance(op, Put) else len(op.end.encode()))
+    return size
+
+
+def check_size(compares: Sequence[Compare] = (), *branches: Sequence[Op]) -> None:
+    """Raise `TooLarge` for a write etcd would refuse for its size."""
+    if (size := request_bytes(compares, *branches)) > MAX_REQUEST_BYTES:
+        raise TooLarge(size)
 
 
 def fence(leader_key: str, epoch: int) -> Compare:

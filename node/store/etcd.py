@@ -40,9 +40,11 @@ from node.store.base import (
     Put,
     StoreError,
     StoreUnavailable,
+    TooLarge,
     TxnResult,
     WatchBatch,
     WatchEvent,
+    check_size,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,10 @@ KEEPALIVE_MS = 6000  # HTTP/2 ping interval towards each member (etcd's floor is
 KEEPALIVE_TIMEOUT_MS = 2000  # an unanswered ping this long marks the member's connection dead
 DEFRAG_TIMEOUT = 120.0  # s: a defragmentation blocks its member while it runs
 SNAPSHOT_TIMEOUT = 600.0  # s: a whole snapshot stream (etcd's backend, at most a few GiB)
+# Sent on every KV, lease and watch call: a member cut off from its peers then refuses the
+# call (and cancels its watch streams) with UNAVAILABLE "no leader" instead of serving a
+# stale view, or a watch that never sees another event (etcd's v3rpc interceptors).
+REQUIRE_LEADER = ("hasleader", "true")
 WATCH_BACKOFF, WATCH_MAX_BACKOFF = 0.1, 2.0  # s: before re-opening a dropped watch stream
 _WATCH_RESUMED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # a drop, not a refusal
 _OUTAGE = (
@@ -64,6 +70,7 @@ _OUTAGE = (
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INTERNAL,
 )
+_TOO_LARGE = ("request is too large", "larger than max")  # etcd's limit, and gRPC's on its receiving end
 _REASONS = (
     ("Connection refused", "connection refused"),
     ("No route to host", "no route to host"),
@@ -169,6 +176,8 @@ class EtcdStore:
             self._connected = True
         assert self._client.kv and self._client.lease and self._client.watch
         self._kvs, self._leases, self._watches = self._client.kv, self._client.lease, self._client.watch
+        for service in (self._kvs, self._leases, self._watches):  # kept with any token etcd3aio set
+            service._metadata = (*(m for m in service._metadata if m != REQUIRE_LEADER), REQUIRE_LEADER)
         assert self._client._channel is not None
         self._watch_stub = WatchStub(self._client._channel)  # our own resume: see `watch`
 
@@ -192,7 +201,10 @@ class EtcdStore:
         return text.split("\n")[0][:200] or type(exc).__name__
 
     def _error(self, exc: BaseException) -> StoreError:
-        """An outage is `StoreUnavailable`; a request etcd refused is a plain `StoreError`."""
+        """An outage is `StoreUnavailable`; a write too large `TooLarge`; a request etcd
+        refused otherwise a plain `StoreError`."""
+        if isinstance(exc, grpc.aio.AioRpcError) and any(n in (exc.details() or "") for n in _TOO_LARGE):
+            return TooLarge(None)
         if isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in _OUTAGE:
             return StoreError(f"etcd at {self.endpoints} refused the request: {self._reason(exc)}")
         if isinstance(
@@ -241,6 +253,7 @@ class EtcdStore:
             start = bytes(resp.kvs[-1].key) + b"\0"  # type: ignore[attr-defined]
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        check_size((), [Put(key, value)])
         resp = await self._call(self._kvs.put(key, value, lease=lease, timeout=self.timeout))
         return int(resp.header.revision)  # type: ignore[attr-defined]
 
@@ -252,6 +265,7 @@ class EtcdStore:
     async def txn(
         self, compares: Sequence[Compare], ops: Sequence[Op], else_ops: Sequence[Op] = ()
     ) -> TxnResult:
+        check_size(compares, ops, else_ops)
         resp = await self._call(
             self._kvs.txn(
                 [_compare(c) for c in compares],

@@ -11,7 +11,8 @@ as tests/unit/test_store_contract.py checks against both stores:
   the failure branch. A missing key has create = mod = version = 0; a *value*
   comparison on a missing key always fails (etcd has no "missing value"). A branch
   that puts one key twice, or puts a key it also deletes, is refused (`StoreError`),
-  as are branches of more than 128 operations and puts on a lease that does not exist.
+  as are branches of more than 128 operations and puts on a lease that does not exist;
+  a write of more key and value bytes than etcd takes (`MAX_REQUEST_BYTES`) is `TooLarge`.
 - leases expire on the injected `clock`: `expire_leases()` deletes the keys of every
   expired lease (one revision per lease) and runs at the start of every call.
   `keepalive` returns the TTL, or 0 when the lease is gone.
@@ -46,6 +47,7 @@ from node.store.base import (
     TxnResult,
     WatchBatch,
     WatchEvent,
+    check_size,
 )
 
 MAX_OPS = 128  # etcd's default --max-txn-ops
@@ -181,6 +183,7 @@ class MemoryStore:
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
         self._check()
+        check_size((), [Put(key, value)])
         self._validate([Put(key, value, lease)])
         return self._commit([Put(key, value, lease)])
 
@@ -196,6 +199,7 @@ class MemoryStore:
         self._check()
         if len(compares) > MAX_OPS:
             raise StoreError(f"too many operations in txn request ({len(compares)} > {MAX_OPS})")
+        check_size(compares, ops, else_ops)
         self._validate(ops)
         self._validate(else_ops)
         ok = all(_holds(self._kvs.get(c.key), c) for c in compares)

@@ -117,6 +117,17 @@ def test_a_call_etcd_refused_is_unavailable_not_internal() -> None:
     assert _served(Compacted(5)).code == grpc.StatusCode.UNAVAILABLE
 
 
+def test_a_write_too_large_for_etcd_is_invalid_argument_not_try_again() -> None:
+    """Before, etcd's "request is too large" was answered UNAVAILABLE "try again": no retry
+    can make a write smaller."""
+    from node.store.base import TooLarge
+
+    context = _served(TooLarge(2_000_000))
+    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "2,000,000 bytes" in context.details and "more than etcd takes" in context.details
+    assert _served(TooLarge(None)).code == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_the_client_re_exports_the_one_family() -> None:
     for name in node.wire.client.__all__:
         value = getattr(node.model.errors, name, None)

@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 from node.dev.devcluster import EtcdProcess
 from node.store import KV, Compacted, Compare, Delete, Put, Store, StoreError, StoreUnavailable, fence
-from node.store.base import WatchBatch
+from node.store.base import MAX_REQUEST_BYTES, TooLarge, WatchBatch
 from node.store.cache import PrefixCache
 from node.store.etcd import EtcdStore
 from node.store.memory import MemoryStore
@@ -212,6 +213,22 @@ async def test_bad_txns_are_refused_and_write_nothing(sut: StoreUnderTest) -> No
         await s.txn([], [Put(sut.key(f"k{i}"), b"") for i in range(129)])
     assert await sut.revision() == before
     assert (await s.range(sut.prefix))[0] == []
+
+
+async def test_a_write_too_large_for_etcd_is_refused_as_too_large_not_an_outage(sut: StoreUnderTest) -> None:
+    """Before, etcd's "request is too large" was a plain refusal the API answered with
+    UNAVAILABLE "try again", and the in-memory store took any size: a write that can never
+    succeed looked retryable. Both stores now raise `TooLarge` saying by how much."""
+    s, a, b = sut.store, sut.key("a"), sut.key("b")
+    before = await sut.revision()
+    half = b"x" * (MAX_REQUEST_BYTES // 2 + 1)
+    with pytest.raises(TooLarge, match="more than etcd takes in one request"):
+        await s.put(a, half + half)
+    with pytest.raises(TooLarge) as refused:
+        await s.txn([], [Put(a, half), Put(b, half)])
+    assert refused.value.size > MAX_REQUEST_BYTES == refused.value.limit
+    assert await sut.revision() == before
+    assert await s.put(a, b"x" * (MAX_REQUEST_BYTES // 2)) > before  # well under it is fine
 
 
 async def test_fence_refuses_an_old_epoch(sut: StoreUnderTest) -> None:
@@ -439,6 +456,20 @@ async def test_unreachable_etcd_fails_fast_naming_the_endpoint() -> None:
             assert time.monotonic() - started < 3.0
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (2200000 vs. 2097152)"),
+    ],
+)
+def test_etcd_refusing_a_write_for_its_size_is_too_large(code: grpc.StatusCode, details: str) -> None:
+    """Before, etcd's own size refusal was a plain `StoreError`, answered as "try again"."""
+    store = EtcdStore(["127.0.0.1:1"])
+    exc = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    assert isinstance(store._error(exc), TooLarge)
 
 
 async def test_memory_store_outage_raises_on_every_call() -> None:
