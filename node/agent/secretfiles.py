@@ -13,7 +13,12 @@
 `root` is on tmpfs: `/dev/shm/shoal/<cluster>/<node>` by default (every Linux host has
 `/dev/shm` mounted tmpfs, mode 1777, no privilege or mount needed; dockerd on the same
 host sees it), so a secret's clear text never reaches a disk, and it is gone at reboot.
-Directories are 0700, owned by the daemon's user. `sweep(live)` removes the directories
+Directories are 0700, owned by the daemon's user. /dev/shm is writable by every local
+user and the path is guessable, so each level below it is made here and opened one at a
+time (`_opened`): a level that is a symbolic link, another user's, or writable by group
+or other is refused with an error naming it (a local user could redirect the root
+daemon's removals and writes, or swap a file a restarted task mounts); removals and
+writes go through the opened, checked directory. `sweep(live)` removes the directories
 of tasks no longer assigned here: a replica's files go when its task goes (a container
 still draining keeps its bind-mounted files open until it stops).
 
@@ -31,7 +36,8 @@ import functools
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable, Collection
+import stat
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,12 +58,18 @@ def default_root(cluster: str, node: str) -> Path:
     return SHM / "shoal" / cluster / node
 
 
+class UnsafeFolder(Exception):
+    """A level of the secrets folder that others could have made or could change."""
+
+
 class SecretFiles:
     def __init__(self, store: Store, keys: Keys, root: Path, sealer: Sealer | None = None) -> None:
         self.store = store
         self.keys = keys
         self.root = root
         self.sealer = sealer  # the daemon sets it (the cluster key, from the CA passphrase)
+        # The directory trusted as it is (/dev/shm: root's, sticky); every level below is ours.
+        self.base = SHM if root.is_relative_to(SHM) else root.parent
 
     async def prepare(self, task: Assignment, spec: ServiceSpec, container: ContainerSpec) -> ContainerSpec:
         env = dict(container.env)
@@ -99,17 +111,42 @@ class SecretFiles:
             raise EngineError(f"secret '{name}' (registry credentials): {exc}") from None
 
     def sweep(self, live: Collection[str]) -> None:
-        """Remove the files of every task not in `live` (task ids)."""
+        """Remove the files of every task not in `live` (task ids), through the opened,
+        checked root (never a path a local user could have swapped for a link)."""
         try:
-            found = list(self.root.iterdir())
-        except FileNotFoundError:
-            return
+            with self._opened(self.root, create=False) as fd:
+                if fd is None:
+                    return
+                for name in os.listdir(fd):
+                    if name in live:
+                        continue
+                    if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                        shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
+                    else:
+                        os.unlink(name, dir_fd=fd)
+        except UnsafeFolder as exc:  # said at each pass until someone removes it
+            log.error("not removing files of tasks gone: %s", exc)
         except OSError as exc:  # not readable: the files stay until it is (a pass goes on)
             log.warning("cannot list %s to remove files of tasks gone: %s", self.root, exc.strerror or exc)
-            return
-        for path in found:
-            if path.name not in live:
-                shutil.rmtree(path, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _opened(self, directory: Path, create: bool) -> Iterator[int | None]:
+        """`directory` (under `self.base`) opened level by level, each made here if missing
+        (`create`, else None is given) and checked (`_check`); the fd is closed after."""
+        fds = [os.open(self.base, os.O_RDONLY | os.O_DIRECTORY)]
+        path = self.base
+        try:
+            for part in directory.relative_to(self.base).parts:
+                path = path / part
+                fds.append(_level(fds[-1], part, create, path))
+                if fds[-1] < 0:
+                    yield None
+                    return
+            yield fds[-1]
+        finally:
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
 
     def _open(self, sealed: str, ad: str, what: str) -> bytes:
         if self.sealer is None:
@@ -138,8 +175,14 @@ class SecretFiles:
         not answer, as one without secrets does (docs/reliability: etcd away, a replica
         crashes). Written atomically (a temporary, then a rename): a file there is whole."""
         path = directory / name
-        if path.is_file():
-            return path
+        try:
+            with self._opened(directory, create=False) as fd:
+                if fd is not None and stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    return path
+        except UnsafeFolder as exc:
+            raise EngineError(str(exc)) from None
+        except OSError:
+            pass  # not there (or unreadable: the write says why)
         return self._write(directory, name, await read(), mode)
 
     def _write(self, directory: Path, name: str, value: bytes, mode: int) -> Path:
@@ -148,19 +191,57 @@ class SecretFiles:
         is tried again with back-off, as any start, where an OSError ended the agent."""
         try:
             return self._write_file(directory, name, value, mode)
+        except UnsafeFolder as exc:
+            raise EngineError(str(exc)) from None
         except OSError as exc:
             raise EngineError(f"cannot write {directory / name}: {exc.strerror or exc}") from None
 
     def _write_file(self, directory: Path, name: str, value: bytes, mode: int) -> Path:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for d in (self.root, directory.parent, directory):
-            with contextlib.suppress(OSError):
-                os.chmod(d, 0o700)
-        path = directory / name
-        tmp = directory / f".{name}.tmp"
-        tmp.unlink(missing_ok=True)
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-            f.write(value)
-            os.fchmod(f.fileno(), mode)
-        os.replace(tmp, path)
-        return path
+        tmp = f".{name}.tmp"
+        with self._opened(directory, create=True) as fd:
+            assert fd is not None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            with os.fdopen(os.open(tmp, flags, 0o600, dir_fd=fd), "wb") as f:
+                f.write(value)
+                os.fchmod(f.fileno(), mode)
+            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        return directory / name
+
+
+def _level(parent: int, name: str, create: bool, path: Path) -> int:
+    """The directory `name` in `parent` opened (made 0700 if missing and `create`; -1 if
+    missing and not), if it is safe to use as ours: not a link, the daemon's user's, and
+    not writable by group or other. Read bits an older daemon left (0755) are taken away."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=parent)
+    try:
+        seen = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        if create:
+            raise
+        return -1
+    fix = f"remove it (rm -rf '{path}') if nothing of yours is there; the daemon makes it again"
+    if stat.S_ISLNK(seen.st_mode):
+        raise UnsafeFolder(f"{path} is a symbolic link, not a folder this daemon made: {fix}")
+    if not stat.S_ISDIR(seen.st_mode):
+        raise NotADirectoryError(20, "not a directory", str(path))  # in the way: an OSError
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+            raise UnsafeFolder(f"{path} changed while it was opened: {fix}")
+        if st.st_uid != os.geteuid():
+            raise UnsafeFolder(
+                f"{path} is owned by uid {st.st_uid}, not this daemon's ({os.geteuid()}): {fix}"
+            )
+        if st.st_mode & 0o022:
+            raise UnsafeFolder(f"{path} is writable by others (mode {st.st_mode & 0o7777:o}): {fix}")
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -375,8 +375,12 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, authorizer: Authorizer
     async def stream_stream(
         raws: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        await _admit(authorizer, method, context)
-        async for item in stream_result(inner_ss, parse_all(raws, context), context):
+        # Guarded as a server stream (Exec): ended when its token is revoked or expires,
+        # and counted in the token's streams.
+        caller = await _admit(authorizer, method, context)
+        async for item in authorizer.streams.guard(
+            caller, context, stream_result(inner_ss, parse_all(raws, context), context)
+        ):
             yield item
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, None, serialize)

@@ -16,6 +16,7 @@ by the interceptor of `node.security.auth`, passed to `server(interceptors=...)`
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -91,8 +92,15 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
 
                 async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                     await check(request, context)
-                    async for item in behavior(request, context):
-                        yield item
+                    result = behavior(request, context)
+                    if inspect.isawaitable(result):
+                        await result  # a handler that writes with context.write (health's Watch)
+                    elif hasattr(result, "__aiter__"):
+                        async for item in result:
+                            yield item
+                    elif result is not None:
+                        for item in result:
+                            yield item
 
                 return stream
 

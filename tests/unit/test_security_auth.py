@@ -95,6 +95,32 @@ class Shoal(api_pb2_grpc.ShoalServicer):
                 yield api_pb2.ResolveResponse(name=f"{request.name}-{i}")
             await asyncio.sleep(0.05)
 
+    async def Exec(self, inputs: Any, context: Any) -> AsyncIterator[api_pb2.ExecOutput]:
+        """As WatchResolve, "busy" or "quiet" from the first input's stdin."""
+        self.calls.append(("Exec", current_caller()))
+        name = (await anext(aiter(inputs))).stdin.decode()
+        for i in range(600):
+            if name != "quiet" or i == 0:
+                yield api_pb2.ExecOutput(stdout=f"{name}-{i}".encode())
+            await asyncio.sleep(0.05)
+
+
+def _open_stream(channel: grpc.aio.Channel, method: str, name: str) -> Any:
+    """A `WatchResolve` or an `Exec` (a bidi stream whose input stays open) answering as `name`."""
+    stub = api_pb2_grpc.ShoalStub(channel)
+    if method == "WatchResolve":
+        return stub.WatchResolve(api_pb2.ResolveRequest(name=name))
+
+    async def inputs() -> AsyncIterator[api_pb2.ExecInput]:
+        yield api_pb2.ExecInput(stdin=name.encode())
+        await asyncio.sleep(30)  # stdin open, as a terminal's
+
+    return stub.Exec(inputs())
+
+
+def _answer(message: Any) -> str:
+    return message.name if isinstance(message, api_pb2.ResolveResponse) else message.stdout.decode()
+
 
 class Peer(peer_pb2_grpc.PeerServicer):
     def __init__(self, calls: list[tuple[str, Caller | None]]) -> None:
@@ -403,6 +429,17 @@ async def test_health_answers_node_and_client_certificates_without_a_token(runni
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_health_watch_answers_serving(running: Running) -> None:
+    """The stock health servicer's Watch writes with context.write and yields nothing:
+    the malformed-request guard iterated it anyway, and Watch answered UNKNOWN."""
+    material = running.material
+    async with running.channel(material.tls(material.node)) as channel:
+        call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=5)
+        answer = await call.read()
+        call.cancel()
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_the_join_certificate_calls_join_only_until_the_token_rotates(running: Running) -> None:
     material = running.material
     attempt = bootstrap.prepare_join(
@@ -485,28 +522,45 @@ async def _stream_ends(call: Any, deadline: float) -> tuple[grpc.StatusCode, str
     return info.value.code(), info.value.details() or "", got
 
 
+@pytest.mark.parametrize("method", ["WatchResolve", "Exec"])
 @pytest.mark.parametrize("name", ["busy", "quiet"])
-async def test_a_stream_of_a_revoked_token_is_closed(running: Running, name: str) -> None:
+async def test_a_stream_of_a_revoked_token_is_closed(running: Running, method: str, name: str) -> None:
+    """An Exec session (a bidi stream) was never checked again: it went on after its
+    token was revoked or expired, until the client hung up."""
     material = running.material
-    token, record = StoredToken.issue(Role.VIEWER, "to revoke")
+    token, record = StoredToken.issue(Role.DEPLOYER, "to revoke")
     material.credentials.add(record)
     async with running.channel(material.tls(material.client, token)) as channel:
-        call = api_pb2_grpc.ShoalStub(channel).WatchResolve(api_pb2.ResolveRequest(name=name))
-        assert (await call.read()).name == f"{name}-0"
+        call = _open_stream(channel, method, name)
+        assert _answer(await call.read()) == f"{name}-0"
         material.credentials.revoke(token.id)
         code, details, after = await _stream_ends(call, 5.0)
     assert code is grpc.StatusCode.UNAUTHENTICATED and f"token {token.id} was revoked" in details
     assert after <= 1  # at most one answer was already on its way
 
 
-async def test_a_stream_of_a_token_that_expires_is_closed(running: Running) -> None:
+@pytest.mark.parametrize("method", ["WatchResolve", "Exec"])
+async def test_a_stream_of_a_token_that_expires_is_closed(running: Running, method: str) -> None:
     material = running.material
-    token, record = StoredToken.issue(Role.VIEWER, expires=datetime.now(UTC) + timedelta(seconds=1.5))
+    token, record = StoredToken.issue(Role.DEPLOYER, expires=datetime.now(UTC) + timedelta(seconds=1.5))
     material.credentials.add(record)
     async with running.channel(material.tls(material.client, token)) as channel:
-        call = api_pb2_grpc.ShoalStub(channel).WatchResolve(api_pb2.ResolveRequest(name="quiet"))
+        call = _open_stream(channel, method, "quiet")
         code, details, _ = await _stream_ends(call, 6.0)
     assert code is grpc.StatusCode.UNAUTHENTICATED and "expired" in details
+
+
+async def test_exec_sessions_count_toward_a_tokens_streams(running: Running) -> None:
+    """Exec sessions were not counted: one token could hold any number of them open."""
+    material = running.material
+    async with running.channel(material.tls(material.client, material.tokens[Role.DEPLOYER])) as channel:
+        held = [_open_stream(channel, "Exec", "quiet") for _ in range(STREAMS)]
+        for call in held:
+            assert _answer(await call.read()) == "quiet-0"
+        code, details, _ = await _stream_ends(_open_stream(channel, "Exec", "quiet"), 5.0)
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "max_streams_per_token" in details
+        for call in held:
+            call.cancel()
 
 
 async def test_streams_are_bounded_per_token(running: Running) -> None:
