@@ -16,9 +16,9 @@ one replica per node. Each run:
    - replacement answering: that replica's endpoint answers `GET /` with the demo page;
 4. restarts the daemon and waits until the cluster is back to exactly 3 replicas: 3
    running tasks, 3 endpoints, exactly 3 running containers of this cluster in Docker
-   (the killed node's stale copy stopped; kept exited, as history), every node alive and ready in every view. If the
-   replicas are no longer one per node, the service is scaled to 0 and back to 3, so
-   that every run starts from the same placement.
+   (the killed node's stale copy stopped; kept exited, as history), every node alive
+   and ready in every view. If the replicas are no longer one per node, the service is
+   scaled to 0 and back to 3, so that every run starts from the same placement.
 
 The medians and maxima are printed next to the defaults of Docker Swarm (a node is
 declared down after ~15 s and its tasks rescheduled then) and HashiCorp Nomad (a node
