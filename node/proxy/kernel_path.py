@@ -27,7 +27,10 @@ registration loop when it changed.
 
 Each failure path leaves a consistent state: the text is never half applied (one
 transaction); a process dying between `route_localnet` and `nft` leaves a sysctl set
-and the old table; the next start writes both again.
+and the old table; the next start writes both again. `route_localnet` is put back as
+it was on an interface whose guard rule goes (it leaves the rules, the table is removed,
+a fallback), so it is never on without the guard (a dead process's setting stays: the
+value it replaced is not known).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -61,19 +64,39 @@ Runner = Callable[[str, str], Awaitable[None]]
 Query = Callable[[str, Sequence[str]], object]
 
 
-def set_route_localnet(interfaces: Sequence[str], root: Path = SYSCTL) -> list[str]:
+def set_route_localnet(
+    interfaces: Sequence[str], root: Path = SYSCTL, changed: dict[str, str] | None = None
+) -> list[str]:
     """`route_localnet = 1` on each of `interfaces` (loopback clients to container
-    addresses, kernel_rules' doc); the ones that could not be set."""
+    addresses, kernel_rules' doc); the ones that could not be set. `changed` records
+    the value each one had before this process set it (`restore_route_localnet`)."""
     failed = []
     for name in interfaces:
         path = root / name / "route_localnet"
         try:
-            if path.read_text().strip() != "1":
+            before = path.read_text().strip()
+            if before != "1":
                 path.write_text("1\n")
+                if changed is not None:
+                    changed.setdefault(name, before)
         except OSError as exc:
             log.warning("kernel path: cannot set %s: %s", path, exc.strerror or exc)
             failed.append(name)
     return failed
+
+
+def restore_route_localnet(changed: dict[str, str], keep: Collection[str] = (), root: Path = SYSCTL) -> None:
+    """Put back what `set_route_localnet` changed, on every interface not in `keep`: with
+    `route_localnet` on, a neighbour on the bridge can reach the host's 127.0.0.0/8
+    (CVE-2020-8558's shape), which only the table's guard rule stops; left on once the
+    table (and its guard) was gone, nothing did."""
+    for name in [n for n in changed if n not in keep]:
+        path = root / name / "route_localnet"
+        try:
+            path.write_text(changed[name] + "\n")
+        except OSError as exc:  # the interface is gone (so is its setting) or not ours
+            log.debug("kernel path: cannot restore %s: %s", path, exc.strerror or exc)
+        del changed[name]
 
 
 def _transient(exc: BaseException) -> bool:
@@ -108,6 +131,7 @@ class KernelPath:
         self.fallback = ""  # why fast-path ports go to the userland listeners now ("": they do not)
         self._tried: str | None = None  # the last text that failed: not retried until it changes
         self._reported = self.state()  # the state the watchers (`on_change`) last heard of
+        self._localnet: dict[str, str] = {}  # interface -> route_localnet before we set it
 
     def state(self) -> tuple[str, str]:
         """What the node reports of its kernel path (`NodeInfo.kernel_path`, shown by `shoal
@@ -192,8 +216,9 @@ class KernelPath:
         localnet: list[str] = []
         if ports and kernel_rules.loopback_clients(address):
             localnet = kernel_rules.interfaces(ports, self._on_link())
-            failed = set_route_localnet(localnet, self.sysctl)
+            failed = set_route_localnet(localnet, self.sysctl, self._localnet)
             localnet = [i for i in localnet if i not in failed]
+        restore_route_localnet(self._localnet, localnet, self.sysctl)  # no guard for them below
         text = kernel_rules.ruleset(self.table, address, ports, localnet)
         if text == self.applied:
             return self.served
@@ -239,6 +264,7 @@ class KernelPath:
         try:
             await self.run(program, kernel_rules.removal(self.table))
             self.applied, self.served = kernel_rules.removal(self.table), []
+            restore_route_localnet(self._localnet, (), self.sysctl)  # the guard went with the table
         except NftError as exc:
             self.applied = None  # unknown: the next sync writes the whole table again
             log.warning("kernel path: cannot remove table %s: %s", self.table, exc)

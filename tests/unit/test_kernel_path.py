@@ -73,6 +73,31 @@ async def test_the_table_is_written_once_per_change(tmp_path: Path) -> None:
     assert events.got == []
 
 
+async def test_route_localnet_is_put_back_when_its_guard_goes(tmp_path: Path) -> None:
+    """It stayed 1 after the table (and the guard rule dropping new connections to
+    127.0.0.0/8 from the bridge) was gone: a neighbour on the bridge could then reach the
+    host's loopback services (CVE-2020-8558's shape)."""
+    setting = tmp_path / "conf" / "docker0" / "route_localnet"
+    nft = FakeNft()
+    kernel, _ = path(tmp_path, nft)
+    await kernel.sync("127.0.0.1", [PORT])
+    assert setting.read_text().strip() == "1" and "drop" in nft.texts[-1]
+    await kernel.sync("127.0.0.1", [])  # the last port gone: the table and its guard go
+    assert setting.read_text().strip() == "0"
+    # a fallback (nft refuses) removes the table: put back too
+    await kernel.sync("127.0.0.1", [PORT])
+    assert setting.read_text().strip() == "1"
+    nft.failures = kp.ATTEMPTS
+    other = KernelPort("raw", 18081, PORT.targets)
+    assert await kernel.sync("127.0.0.1", [PORT, other]) == []
+    assert "delete table" in nft.texts[-1] and setting.read_text().strip() == "0"
+    # a node whose setting was 1 before shoal keeps it
+    setting.write_text("1\n")
+    await kernel.sync("127.0.0.1", [PORT])
+    await kernel.sync("127.0.0.1", [])
+    assert setting.read_text().strip() == "1"
+
+
 async def test_a_node_on_a_real_address_sets_no_route_localnet(tmp_path: Path) -> None:
     nft = FakeNft()
     kernel, _ = path(tmp_path, nft)
