@@ -308,6 +308,26 @@ async def _admit(authorizer: Authorizer, method: str, context: grpc.aio.Servicer
     return caller
 
 
+async def unary_result(behavior: Callable[..., Any], request: Any, context: Any) -> Any:
+    """A unary handler's answer, whether it is a coroutine function or a plain one."""
+    result = behavior(request, context)
+    return await result if inspect.isawaitable(result) else result
+
+
+async def stream_result(behavior: Callable[..., Any], request: Any, context: Any) -> AsyncIterator[Any]:
+    """A server-streaming handler's items, whether it yields them (async or not) or writes
+    them with `context.write` (grpc's health Watch) and returns nothing."""
+    result = behavior(request, context)
+    if inspect.isawaitable(result):
+        await result
+    elif hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    elif result is not None:
+        for item in result:
+            yield item
+
+
 def _guarded(handler: grpc.RpcMethodHandler, method: str, authorizer: Authorizer) -> grpc.RpcMethodHandler:
     """The same handler, taking raw bytes, checking the caller, then parsing and calling."""
     deserialize = handler.request_deserializer
@@ -326,21 +346,6 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, authorizer: Authorizer
     async def parse_all(raws: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async for raw in raws:
             yield await parse(raw, context)
-
-    async def unary_result(behavior: Callable[..., Any], request: Any, context: Any) -> Any:
-        result = behavior(request, context)
-        return await result if inspect.isawaitable(result) else result
-
-    async def stream_result(behavior: Callable[..., Any], request: Any, context: Any) -> AsyncIterator[Any]:
-        result = behavior(request, context)
-        if inspect.isawaitable(result):
-            await result  # a handler that writes with context.write
-        elif hasattr(result, "__aiter__"):
-            async for item in result:
-                yield item
-        elif result is not None:
-            for item in result:
-                yield item
 
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary

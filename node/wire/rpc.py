@@ -16,13 +16,13 @@ by the interceptor of `node.security.auth`, passed to `server(interceptors=...)`
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 
+from node.security.auth import stream_result
 from node.security.tls import ClientTls as ClientTls  # re-exported: callers use rpc's
 from node.security.tls import ServerTls as ServerTls
 from node.wire.defaults import DEFAULT_DEADLINE as DEFAULT_DEADLINE  # re-exported: callers use rpc's
@@ -92,15 +92,8 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
 
                 async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                     await check(request, context)
-                    result = behavior(request, context)
-                    if inspect.isawaitable(result):
-                        await result  # a handler that writes with context.write (health's Watch)
-                    elif hasattr(result, "__aiter__"):
-                        async for item in result:
-                            yield item
-                    elif result is not None:
-                        for item in result:
-                            yield item
+                    async for item in stream_result(behavior, request, context):  # health's Watch writes
+                        yield item
 
                 return stream
 
