@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,6 +43,7 @@ import grpc.aio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.security import ca
+from node.security.results import stream_result, unary_result
 from node.security.streams import StreamGuard
 from node.security.tokens import ClientToken, Role, StoredToken, TokenError, allowed, least_role, split_method
 
@@ -306,26 +306,6 @@ async def _admit(authorizer: Authorizer, method: str, context: grpc.aio.Servicer
         await context.abort(denied.code, denied.message)
     _caller.set(caller)
     return caller
-
-
-async def unary_result(behavior: Callable[..., Any], request: Any, context: Any) -> Any:
-    """A unary handler's answer, whether it is a coroutine function or a plain one."""
-    result = behavior(request, context)
-    return await result if inspect.isawaitable(result) else result
-
-
-async def stream_result(behavior: Callable[..., Any], request: Any, context: Any) -> AsyncIterator[Any]:
-    """A server-streaming handler's items, whether it yields them (async or not) or writes
-    them with `context.write` (grpc's health Watch) and returns nothing."""
-    result = behavior(request, context)
-    if inspect.isawaitable(result):
-        await result
-    elif hasattr(result, "__aiter__"):
-        async for item in result:
-            yield item
-    elif result is not None:
-        for item in result:
-            yield item
 
 
 def _guarded(handler: grpc.RpcMethodHandler, method: str, authorizer: Authorizer) -> grpc.RpcMethodHandler:

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from node.security.auth import stream_result
+from node.security.results import stream_result
 from node.security.tls import ClientTls as ClientTls  # re-exported: callers use rpc's
 from node.security.tls import ServerTls as ServerTls
 from node.wire.defaults import DEFAULT_DEADLINE as DEFAULT_DEADLINE  # re-exported: callers use rpc's
