@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -415,9 +415,9 @@ async def test_a_changed_route_refuses_no_connection(tmp_path: Path) -> None:
     assert len(k.connected) > 20
 
 
-async def test_workers_of_another_build_are_replaced_without_a_refused_connection(pool: WorkerWorld) -> None:
-    """A daemon of another build starts successors on the same sockets; each old worker
-    serves beside its successor (SO_REUSEPORT) for STEP_DOWN seconds, then exits."""
+async def workers_left_serving(pool: WorkerWorld) -> tuple[int, list[Any]]:
+    """A tcp port served by the pool's workers, whose daemon then went away: the port and
+    the workers' processes (a next daemon, of another build, finds them serving)."""
     port = free_port()
     web = tcp_service("web", port)
     await pool.store.put(KEYS.service("web"), web.to_json())
@@ -425,7 +425,13 @@ async def test_workers_of_another_build_are_replaced_without_a_refused_connectio
     task = await running(pool)
     await wait_until(lambda: every_answer(port, 4), 10.0)
     await stopped(task)
-    old = [w.proc for w in pool.mesh.workers]
+    return port, [w.proc for w in pool.mesh.workers]
+
+
+async def test_workers_of_another_build_are_replaced_without_a_refused_connection(pool: WorkerWorld) -> None:
+    """A daemon of another build starts successors on the same sockets; each old worker
+    serves beside its successor (SO_REUSEPORT) for STEP_DOWN seconds, then exits."""
+    port, old = await workers_left_serving(pool)
     old_pids = pool.note_pids()
 
     got: list[str] = []
@@ -465,14 +471,7 @@ async def test_an_upgrade_whose_first_sync_is_slow_refuses_no_connection(pool: W
     workers now serve until the new daemon has a table."""
     from node.proxy.worker import STEP_DOWN, WATCH_EVERY
 
-    port = free_port()
-    web = tcp_service("web", port)
-    await pool.store.put(KEYS.service("web"), web.to_json())
-    await pool.backend(web, 1, "n1")
-    task = await running(pool)
-    await wait_until(lambda: every_answer(port, 4), 10.0)
-    await stopped(task)
-    old = [w.proc for w in pool.mesh.workers]
+    port, old = await workers_left_serving(pool)
 
     pool.mesh = pool.new_mesh()
     pool.mesh.build = "another build"
@@ -512,13 +511,7 @@ async def test_a_node_leaving_before_its_first_sync_stops_the_workers_of_another
 ) -> None:
     """With leave_on_stop the workers are told to stop; those of another build, not yet
     replaced (no table yet), are dialled again and told too, not left serving for good."""
-    port = free_port()
-    web = tcp_service("web", port)
-    await pool.store.put(KEYS.service("web"), web.to_json())
-    await pool.backend(web, 1, "n1")
-    task = await running(pool)
-    await stopped(task)
-    old = [w.proc for w in pool.mesh.workers]
+    _, old = await workers_left_serving(pool)
 
     pool.mesh = pool.new_mesh()
     pool.mesh.build, pool.mesh.stop_workers = "another build", True
