@@ -52,6 +52,7 @@ from node.proxy.http_upstream import _Upstream
 from node.proxy.limits import LimitExceeded
 from node.proxy.linger import SHUT
 from node.proxy.linger import linger as start_linger
+from node.proxy.listener import Deadline
 
 log = logging.getLogger(__name__)
 
@@ -391,8 +392,10 @@ class _Client(_Outcomes, asyncio.Protocol):
     async def _connect(self, r: Request, backend: Backend) -> None:
         proxy = self.proxy
         up = _Upstream(proxy, backend)
+        task = asyncio.current_task(proxy.loop)  # with the loop given: no getpid (Deadline)
+        assert task is not None
         try:
-            async with asyncio.timeout(proxy.connect_timeout):
+            with Deadline(proxy.loop, task, proxy.connect_timeout):
                 await proxy.loop.create_connection(up.itself, backend.address, backend.port)
         except TimeoutError:
             failure = Failure.CONNECT_TIMEOUT

@@ -35,7 +35,7 @@ from typing import cast
 
 from node.proxy.balancer import Backend, Balancer, Failure, RetryPolicy
 from node.proxy.limits import ConnectionCap
-from node.proxy.listener import CONNECT_TIMEOUT, Listener
+from node.proxy.listener import CONNECT_TIMEOUT, Deadline, Listener
 from node.proxy.proxy_v2 import header
 
 HIGH_WATER = 256 * 1024
@@ -225,8 +225,9 @@ class TcpProxy(Listener[_Conn]):
     async def _connect(self, conn: _Conn) -> None:
         client_t = conn.client.transport
         assert client_t is not None
-        client_t.pause_reading()
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        task = asyncio.current_task(loop)  # with the loop given: no getpid (Deadline)
+        assert task is not None
         attempts = self.retry.start()
         if self.cold is not None and self.cold.now():  # issue 15: scaled to zero, a replica is coming
             await self.cold.wait()
@@ -234,7 +235,7 @@ class TcpProxy(Listener[_Conn]):
         while (backend := self.balancer.pick(time.monotonic(), attempts.tried)) is not None:
             server = _Side(conn)
             try:
-                async with asyncio.timeout(self.connect_timeout):
+                with Deadline(loop, task, self.connect_timeout):
                     await loop.create_connection(server.itself, backend.address, backend.port)
             except TimeoutError:
                 failure = Failure.CONNECT_TIMEOUT
@@ -277,7 +278,7 @@ class TcpProxy(Listener[_Conn]):
         gone = set(backends)
         doomed = [c for c in self._open if c.backend in gone]
         if doomed:
-            asyncio.get_running_loop().call_later(self.drain_timeout, _abort_all, doomed)
+            self.loop.call_later(self.drain_timeout, _abort_all, doomed)
 
     def _abort_open(self) -> None:
         for conn in list(self._open):
