@@ -420,7 +420,7 @@ class H2Upstream(asyncio.Protocol):
             if s is None:
                 self.peer.ack(e.stream_id, e.flow_controlled_length)
             else:
-                ack = Ack(self.peer, e.stream_id, e.flow_controlled_length)
+                ack = self.peer.received(e.stream_id, e.flow_controlled_length, s.client.peer)
                 end = e.stream_ended is not None  # the response ends with this frame, passed on as one
                 s.client.peer.data(s.cid, e.data, ack, end=end)
                 if end:

@@ -14,6 +14,14 @@ window the proxy advertises (`STREAM_WINDOW`) waits here, per connection at most
 `CONNECTION_WINDOW`. The same holds against a slow socket: while the transport's
 write buffer is over its high-water mark (`paused`) nothing more is handed to h2.
 
+One exception, for a replica's connection, which carries the streams of many clients:
+there the connection's window is reopened when the bytes are read (`received`), the
+stream's when they are passed on. Tied to the passing on, one client that never read
+its responses closed the shared window with four streams (4 x 256 KiB) and every other
+client's calls on that connection stopped. Each client may have `EARLY_MAX` bytes
+held this way; past it, bytes for it are tied again (the proxy's memory stays bounded
+per client, and only a client holding more than that unread can slow the others).
+
 Headers are not flow-controlled and go at once; trailers and the end of a stream wait
 behind the data queued before them. Every send tolerates a stream the other end has
 already reset (h2 raises; the data is dropped): a reset can cross anything in flight.
@@ -33,7 +41,14 @@ from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError, StreamClosedError, StreamIDTooLowError
 from h2.settings import SettingCodes
-from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, PushPromiseFrame, RstStreamFrame
+from hyperframe.frame import (
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PushPromiseFrame,
+    RstStreamFrame,
+    WindowUpdateFrame,
+)
 
 from node.proxy.h2_fields import Block, check
 
@@ -43,6 +58,8 @@ STREAM_WINDOW = 256 * 1024
 """Bytes a peer may send on one stream before the proxy passed them on (advertised)."""
 CONNECTION_WINDOW = 1024 * 1024
 """The same for a whole connection (advertised on top of the default 65,535)."""
+EARLY_MAX = 4 * 1024 * 1024
+"""Bytes held for one client whose replica connection's window was reopened on reading."""
 MAX_STREAMS = 256
 """Streams a client may have open at once on one connection."""
 MAX_HEADER_LIST = 64 * 1024
@@ -50,12 +67,23 @@ MAX_HEADER_LIST = 64 * 1024
 
 
 class Ack:
-    """Where bytes came from: acknowledged to `peer` on `stream` once passed on."""
+    """Where bytes came from: acknowledged to `peer` on `stream` once passed on. `early`:
+    the client whose budget (`EARLY_MAX`) they count in, their connection window already
+    reopened (`H2Peer.received`)."""
 
-    __slots__ = ("peer", "size", "stream")
+    __slots__ = ("early", "peer", "size", "stream")
 
-    def __init__(self, peer: H2Peer, stream: int, size: int) -> None:
-        self.peer, self.stream, self.size = peer, stream, size
+    def __init__(self, peer: H2Peer, stream: int, size: int, early: H2Peer | None = None) -> None:
+        self.peer, self.stream, self.size, self.early = peer, stream, size, early
+
+    def done(self) -> None:
+        """The bytes were passed on (or dropped): reopen what is still closed."""
+        early = self.early
+        if early is None:
+            self.peer.ack(self.stream, self.size)
+        else:
+            early.early -= self.size
+            self.peer.ack_stream(self.stream, self.size)
 
 
 class Outbox:
@@ -113,6 +141,23 @@ class _Connection(H2Connection):
 
     def __init__(self, client_side: bool) -> None:
         super().__init__(_relay_config(client_side))
+
+    def ack_connection(self, size: int) -> None:
+        """The connection's half of h2's `acknowledge_received_data` (h2 4.x's own code)."""
+        increment = self._inbound_flow_control_window_manager.process_bytes(size)
+        if increment:
+            f = WindowUpdateFrame(0)
+            f.window_increment = increment
+            self._prepare_for_sending([f])
+
+    def ack_stream(self, stream_id: int, size: int) -> None:
+        """The stream's half of h2's `acknowledge_received_data` (h2 4.x's own code)."""
+        try:
+            stream = self._get_stream_by_id(stream_id)
+        except StreamClosedError:
+            return  # gone: no window to reopen
+        if stream.open:
+            self._prepare_for_sending(stream.acknowledge_received_data(size))
 
     def clear_outbound_data_buffer(self) -> None:
         return  # called only on a received GOAWAY: what was queued still goes
@@ -193,13 +238,13 @@ def release(items: Iterable[tuple[bytes, Ack | None]]) -> None:
     """Acknowledge bytes that will not be passed on (their stream ended here)."""
     for _, ack in items:
         if ack is not None:
-            ack.peer.ack(ack.stream, ack.size)
+            ack.done()
 
 
 class H2Peer:
     """One HTTP/2 connection: `touch(peer)` asks the engine for a `flush` soon."""
 
-    __slots__ = ("conn", "out", "paused", "touch", "transport")
+    __slots__ = ("conn", "early", "out", "paused", "touch", "transport")
 
     def __init__(self, client_side: bool, touch: Callable[[H2Peer], None], max_streams: int = MAX_STREAMS):
         self.conn = _Connection(client_side)
@@ -207,6 +252,7 @@ class H2Peer:
         self.transport: asyncio.Transport | None = None
         self.out: dict[int, Outbox] = {}
         self.paused = False  # the transport's write buffer is full: hand nothing more to h2
+        self.early = 0  # bytes queued here whose replica connection window was reopened (Ack.early)
         self.conn.initiate_connection()
         settings: dict[SettingCodes | int, int] = {
             SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
@@ -280,6 +326,25 @@ class H2Peer:
             return
         self.touch(self)
 
+    def received(self, stream: int, size: int, sink: H2Peer) -> Ack:
+        """The Ack of `size` bytes read on `stream` (of a replica's connection), going to
+        `sink` (a client's): the connection's window reopened now while `sink` holds less
+        than `EARLY_MAX` this way, the stream's when they are passed on."""
+        if size <= 0 or sink.early + size > EARLY_MAX:
+            return Ack(self, stream, size)
+        sink.early += size
+        self.conn.ack_connection(size)
+        self.touch(self)
+        return Ack(self, stream, size, sink)
+
+    def ack_stream(self, stream: int, size: int) -> None:
+        """Reopen the window of `size` bytes read on `stream` (its connection's was)."""
+        try:
+            self.conn.ack_stream(stream, size)
+        except (StreamClosedError, ProtocolError):
+            return
+        self.touch(self)
+
     # -- flow control --------------------------------------------------------------------
 
     def pump(self, stream: int) -> None:
@@ -305,7 +370,7 @@ class H2Peer:
                 if last:
                     del self.out[stream]
                 if ack is not None:
-                    ack.peer.ack(ack.stream, ack.size)
+                    ack.done()
                 if last:
                     break
             else:
