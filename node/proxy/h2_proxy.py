@@ -40,8 +40,10 @@ Guarantees:
   HTTP/2 (an HTTP/1.1 request) closes the connection with a GOAWAY; 256 concurrent streams per
   client connection; resets of unanswered streams past `h2_conn.RESET_BURST` (rapid
   reset) end it with GOAWAY ENHANCE_YOUR_CALM; per stream at most `STREAM_WINDOW` bytes
-  held each way; a client connection with no stream for `CLIENT_IDLE` s is sent GOAWAY
-  and closed, a replica connection with none for `UPSTREAM_IDLE` s is closed.
+  held each way; a stream waiting for a free slot on a replica's connections more than
+  `QUEUE_TIMEOUT` s after it came fails (503 / UNAVAILABLE); a client connection with no
+  stream for `CLIENT_IDLE` s is sent GOAWAY and closed, a replica connection with none
+  for `UPSTREAM_IDLE` s is closed.
 
 Not done: TLS with ALPN (the ingress work terminates TLS), h2c upgrade from HTTP/1.1
 (gRPC never uses it), retrying a processed stream.
@@ -68,6 +70,9 @@ CLIENT_IDLE = 300.0
 """Seconds a client connection may have no stream open before it is sent GOAWAY."""
 UPSTREAM_IDLE = 30.0
 """Seconds an unused connection to a replica is kept."""
+QUEUE_TIMEOUT = 30.0
+"""Seconds from its arrival a stream may wait for a free slot on a replica's connections
+(HAProxy's `timeout queue`); then it fails as the proxy's own 503 / UNAVAILABLE."""
 SWEEP = 1.0
 """Seconds between idle checks."""
 HEAD_TIMEOUT = 10.0
@@ -264,6 +269,14 @@ class H2Proxy(Listener[H2Client]):
 
     def _sweep(self) -> None:
         now = _now()
+        late = now - QUEUE_TIMEOUT
+        for conns in list(self.upstreams.values()):
+            for up in [up for up in conns if up.connected and up.waiting]:
+                for s in [s for s in up.waiting if s.t0 < late]:
+                    up.forget(s)
+                    self.stats.timeouts += 1
+                    why = f'no free stream on the replicas of service "{self.service}" in {QUEUE_TIMEOUT:g} s'
+                    self.fail(s, why, 503)
         for conns in list(self.upstreams.values()):
             for up in [up for up in conns if up.connected and not up.load()]:
                 if up.idle_since < now - UPSTREAM_IDLE:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import h2.connection
 import h2.events
 import pytest
 
-from node.proxy import h2_peer
+from node.proxy import h2_conn, h2_peer, h2_proxy
 from node.proxy.h2_peer import STREAM_WINDOW, H2Peer, _Connection, config
 from tests.helpers import wait_until
 from tests.unit.test_proxy_h2 import HOST, channel, cluster
@@ -83,3 +84,26 @@ def test_the_two_halves_send_what_acknowledge_received_data_sends(size: int) -> 
     halves.ack_connection(size)
     halves.ack_stream(sid2, size)
     assert halves.data_to_send() == whole.data_to_send()
+
+
+async def test_a_stream_waiting_for_a_slot_too_long_fails_and_the_others_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(h2_conn, "CAPACITY", 1)
+    monkeypatch.setattr(h2_proxy, "CONNS_PER_BACKEND", 1)
+    monkeypatch.setattr(h2_proxy, "QUEUE_TIMEOUT", 0.3)
+    monkeypatch.setattr(h2_proxy, "SWEEP", 0.1)
+    async with cluster(1) as (proxy, (replica,)), channel(proxy) as ch:
+        count = ch.unary_stream("/t.T/Count")
+        long = asyncio.ensure_future(asyncio.wait_for(_all(count(b"2 1")), 10))  # holds the one slot ~2 s
+        await wait_until(lambda: replica.calls == 1, 5, message="the long call started")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _all(count(b"1", timeout=10))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no free stream on the replicas of service" in (err.value.details() or "")
+        assert await long == [b"r0 0", b"r0 1"] and proxy.stats.timeouts == 1
+        assert await _all(count(b"1", timeout=5)) == [b"r0 0"]  # the slot is free again
+
+
+async def _all(call: object) -> list[bytes]:
+    return [m async for m in call]  # type: ignore[attr-defined]
