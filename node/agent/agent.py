@@ -203,14 +203,14 @@ class Agent:
         await self.stopper.wait()
 
     async def _seed_restarts(self) -> None:
-        """Carry restart counts, last exit codes and given-up tasks over a daemon restart
-        (the old status is still in etcd)."""
+        """Carry restart counts, last exit codes, given-up tasks and exits decided whose
+        restart waits over a daemon restart (the old status is still in etcd)."""
         try:
             kvs, _ = await self.store.range(self.keys.status_all)
         except StoreError:
             return
         for kv in kvs:
-            self.machine.seed(TaskStatus.from_json(kv.value))
+            self.machine.seed(TaskStatus.from_json(kv.value), self.clock())
 
     def _engine_changed(self, up: bool) -> None:
         if up:
@@ -246,6 +246,7 @@ class Agent:
         actions = diff(assigned, found)
         m.desired(assigned)
         m.listed(actions.keep, actions.replace)
+        m.recall(actions.keep, actions.replace, actions.retired, self.clock())  # the first pass: history
         actions = await self._cut_off(actions)
         await self._do(m.adopt(actions.keep))
         for c in actions.stop:

@@ -34,11 +34,21 @@ Events (methods) and the actions they return:
 - `cut_off(task, c, why)`: on_disconnect stops it (`Stop`, no withdrawal wait).
 - `stopping(task)`: its container drains and stops (not routable).
 - `engine_down(assigned, reason)`, `engine_up()`, `engine_gap()`: the engine's verdict.
+
+A daemon restart: `seed(status, now)` reads back each task's last status. An exit that
+was decided and waits for its restart (its status `exited`, naming the container and
+ending in the decision's note, `restart N in Xs`) stays decided: the container is not
+judged again (`handled`), its restart comes when the note said (`next_at`, from the
+status's time), and the status stays as it was until then. At the first listing
+`recall` rebuilds each task's restart times and streak from the exits the engine kept
+(`node.agent.restart.recalled`), so attempts within `window` and the back-off go on
+where they were, not from zero, and dates a live container's time up from its start.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
@@ -54,10 +64,11 @@ from node.agent.restart import (
     on_running,
     on_start_failed,
     on_started,
+    recalled,
     restarted_under,
 )
 from node.model.domain import Assignment, EndpointRecord, TaskState, TaskStatus
-from node.runtime.base import Container
+from node.runtime.base import LABELS, Container, engine_time
 
 # s: an unchanged health result is never rewritten to status/ (liveness is the node's lease;
 # a periodic rewrite cost etcd one revision per replica per period: issue 11)
@@ -135,6 +146,42 @@ class Slot:
     seen: tuple[str, int, float] = ("", 0, 0.0)  # (container id, engine gaps, wall s) last seen running
 
 
+@dataclass(frozen=True)
+class _Seed:
+    """What a slot starts from after a daemon restart, read back from its task's status."""
+
+    restart: RestartState
+    handled: str = ""  # the container whose exit was decided (and waits for its restart)
+    status: TaskStatus | None = None  # kept as it is while the restart waits
+
+
+NOT_COUNTED = "now, not counted as an attempt"
+_NOTE = re.compile(rf"; restart \d+ (?:in (?P<wait>\d+(?:\.\d+)?)s|(?P<free>{NOT_COUNTED}))$")
+
+
+def _note(rs: RestartState, now: float, counted: bool) -> str:
+    """The end of the status message of a decided exit that restarts; `seed` reads it back."""
+    wait = f"in {rs.next_at - now:.1f}s" if counted else NOT_COUNTED
+    return f"restart {rs.restarts} {wait}"
+
+
+def _wall_of(engine: str) -> float:
+    """An engine time as wall-clock seconds; 0.0 when unknown or not a time."""
+    try:
+        return engine_time(engine)
+    except ValueError:
+        return 0.0
+
+
+def _decision(status: TaskStatus) -> tuple[float, bool] | None:
+    """(seconds its restart waited, whether it counted as an attempt) of a status written
+    by a decided exit that restarts (`Slots.exited`); None for any other status."""
+    m = _NOTE.search(status.message)
+    if m is None or status.state != TaskState.EXITED or status.terminal or not status.container_id:
+        return None
+    return (0.0, False) if m["free"] else (float(m["wait"]), True)
+
+
 class Slots:
     """This node's tasks; see the module docstring."""
 
@@ -146,7 +193,8 @@ class Slots:
         self.engine_since = 0.0  # when the engine's process started (epoch s; 0: not known)
         self.adopted = False  # the first pass (after a start, or the engine's return) re-adopts
         self.next_start: float | None = None  # earliest start waiting for its back-off
-        self._seeded: dict[str, RestartState] = {}  # restart history read back from status/
+        self._seeded: dict[str, _Seed] = {}  # restart history read back from status/
+        self.recalled = False  # the first listing rebuilt restart times from the kept exits
 
     # -- queries --------------------------------------------------------------------
 
@@ -177,15 +225,27 @@ class Slots:
 
     # -- events ---------------------------------------------------------------------
 
-    def seed(self, status: TaskStatus) -> None:
+    def seed(self, status: TaskStatus, now: float) -> None:
         """Carry restart counts, last exit code and a given-up verdict over a daemon
-        restart (from the old status); the back-off streak starts over."""
+        restart (from the old status), and an exit decided whose restart waits: it is not
+        decided again, and its restart comes when it was to (see the module docstring)."""
         if status.node != self.node:
             return
         given_up = (status.message or "the restart policy gave up") if status.terminal else ""
-        self._seeded[status.task_id] = RestartState(
-            restarts=status.restarts, exit_code=status.exit_code, given_up=given_up
+        rs = RestartState(restarts=status.restarts, exit_code=status.exit_code, given_up=given_up)
+        decided = _decision(status)
+        if decided is None:
+            self._seeded[status.task_id] = _Seed(rs)
+            return
+        wait, counted = decided
+        ago = max(0.0, self.wall() - status.updated_at)  # since the decision
+        rs = replace(
+            rs,
+            next_at=now + max(0.0, wait - ago),
+            times=(now - ago,) if counted else (),  # the kept exits tell more (`recall`)
+            streak=1 if counted else 0,
         )
+        self._seeded[status.task_id] = _Seed(rs, status.container_id, status)
 
     def begin_pass(self) -> None:
         self.next_start = None
@@ -209,11 +269,11 @@ class Slots:
         """The assignments now: a slot per task, none for a task not assigned (swept)."""
         for tid in [t for t in self.slots if t not in assigned]:
             del self.slots[tid]
-        self._seeded = {t: rs for t, rs in self._seeded.items() if t in assigned}
+        self._seeded = {t: seed for t, seed in self._seeded.items() if t in assigned}
         for tid, task in assigned.items():
             s = self.slots.get(tid)
             if s is None:
-                self.slots[tid] = Slot(task, restart=self._seeded.pop(tid, RestartState()))
+                self.slots[tid] = self._new(task)
             else:
                 s.task = task
         self.owned = frozenset(assigned)
@@ -243,6 +303,38 @@ class Slots:
         for t, c in keep:
             if t.task_id in self.slots:
                 self.slots[t.task_id].seen = (c.id, self.gaps, self.wall())
+
+    def recall(
+        self,
+        keep: Sequence[tuple[Assignment, Container]],
+        replaced: Sequence[tuple[Assignment, Container]],
+        retired: Sequence[Container],
+        now: float,
+    ) -> None:
+        """The first listing after a start: each task's restart times and streak rebuilt
+        from its exited containers whose exits were decided (kept: its older ones, and its
+        current one when `handled`), as they were before the daemon restarted; a live
+        container is up since it started, not since this daemon first saw it (a crash
+        loop long over does not lengthen the back-off of its next exit)."""
+        if self.recalled:
+            return
+        self.recalled = True
+        for t, c in keep:
+            s = self.slots.get(t.task_id)
+            up = _wall_of(c.started_at)
+            if s is not None and s.restart.up_since is None and up:
+                s.restart = replace(s.restart, up_since=now - max(0.0, self.wall() - up))
+        exits: dict[str, list[Container]] = {}
+        for c in retired:
+            exits.setdefault(c.labels.get(LABELS.TASK, ""), []).append(c)
+        for t, c in replaced:
+            s = self.slots.get(t.task_id)
+            if s is not None and s.handled == c.id:
+                exits.setdefault(t.task_id, []).append(c)
+        for tid, cs in exits.items():
+            s = self.slots.get(tid)
+            if s is not None and not s.restart.terminal:
+                s.restart = recalled(s.restart, cs, now, self.wall())
 
     def stopping(self, task: Assignment) -> None:
         """Its container drains and stops: out of rotation."""
@@ -320,7 +412,7 @@ class Slots:
             why = f"exited with code {c.exit_code}" + (f" ({c.error})" if c.error else "")
             if not_done:
                 why = f"exited with code {c.exit_code} ({not_done})"
-            wait = f"restart {rs.restarts} in {rs.next_at - now:.1f}s"
+            wait = _note(rs, now, counted=not not_done)
             self._set(s, TaskState.EXITED, container_id=c.id, message=f"{why}; {wait}")
             out.append(Emit("task.exited", f"{c.name} {why}; {wait}", task.service, task.task_id))
             self._wait(rs.next_at)
@@ -390,9 +482,16 @@ class Slots:
     def _slot(self, task: Assignment) -> Slot:
         s = self.slots.get(task.task_id)
         if s is None:  # an event about a task not (yet) desired: it becomes one
-            s = self.slots[task.task_id] = Slot(task, restart=self._seeded.pop(task.task_id, RestartState()))
+            s = self.slots[task.task_id] = self._new(task)
             self.owned = self.owned | {task.task_id}
         return s
+
+    def _new(self, task: Assignment) -> Slot:
+        """A slot for `task`, from what was read back of it after a daemon restart (`seed`)."""
+        seed = self._seeded.pop(task.task_id, None)
+        if seed is None:
+            return Slot(task)
+        return Slot(task, restart=seed.restart, status=seed.status, handled=seed.handled)
 
     def _wait(self, at: float) -> None:
         self.next_start = at if self.next_start is None else min(at, self.next_start)

@@ -23,12 +23,16 @@ decides from the spec's `restart` section:
   the same rule (`backoff`) from `START_DELAY`, whatever the spec's `delay` (a spec with
   `delay: 0` must not hammer a registry); the count starts over at the first start that
   succeeds. `next_at` is the one "no start before" of a task: `may_start` reads it.
+- A daemon restart: the window's restart times and the crash-loop streak are rebuilt
+  (`recalled`) from the task's exits the engine kept (decision 71), so a restarted shoald
+  neither grants a crash loop fresh attempts nor shortens its back-off.
 
 Times are monotonic seconds passed in by the caller.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from node.model.spec import ServiceSpec
@@ -189,3 +193,30 @@ def backoff(policy: Policy, streak: int) -> float:
 
 def may_start(state: RestartState, now: float) -> bool:
     return not state.given_up and now >= state.next_at
+
+
+def recalled(state: RestartState, exits: Sequence[Container], now: float, wall: float) -> RestartState:
+    """`state` with its restart times and crash-loop streak rebuilt from `exits`: the
+    containers of the task, exited, whose exits were decided before a daemon restart
+    (each led to a restart), as the engine kept them. Each counts as `on_exit` counted
+    it, at the time it exited (`wall`: the wall clock now; engine times are wall times,
+    mapped to the monotonic `now`); an exit that was not the task's own doing (one that
+    never started, one the engine stopped) counts for neither. No exit: `state` as it is.
+    """
+    times: list[float] = []
+    streak = 0
+    dated = []
+    for c in exits:
+        try:
+            started, finished = engine_time(c.started_at), engine_time(c.finished_at)
+        except ValueError:  # not a time: not judged by it
+            continue
+        if finished and not interrupted(c):
+            dated.append((finished, started))
+    for finished, started in sorted(dated):
+        ran = finished - started if started else 0.0
+        streak = (0 if ran >= RESET_AFTER else streak) + 1
+        times.append(now - max(0.0, wall - finished))
+    if not times:
+        return state
+    return replace(state, times=tuple(times), streak=streak)

@@ -165,7 +165,7 @@ def test_a_sweep_forgets_every_unassigned_task_and_the_engine_down_says_unknown(
 
 def test_a_seeded_terminal_task_is_not_started_after_a_daemon_restart() -> None:
     m, t = slots(), make_task("web", 1, NODE)
-    m.seed(TaskStatus(t.task_id, "web", 1, NODE, "failed", restarts=2, terminal=True, message="gave up"))
+    m.seed(TaskStatus(t.task_id, "web", 1, NODE, "failed", restarts=2, terminal=True, message="gave up"), 0.0)
     m.desired({t.task_id: t})
     assert m.starts([t], 0.0) == []
     assert m.status[t.task_id].terminal
