@@ -12,6 +12,9 @@ carries `X-Forwarded-Host` (the Host the client sent; one the client sent is dro
 appended, as in the mesh). A rule with `sticky: true` keeps a client on the replica
 its cookie `shoal-sticky-<service>` names (`Sticky`: a digest of the backend, set on
 the first response and again whenever that replica is gone or ejected).
+On the TLS listener a connection whose handshake got a host's own certificate by its
+SNI name serves that host only (`_TlsClient`: a request for another host is a 421, see
+`decide`); HTTP/2 is not offered there (ALPN `http/1.1` only), so this is the one path.
 
 `Ingress.sync` is called by the mesh (`node.proxy.mesh`) with the same service records
 and routable endpoints its own listeners get: the table is rebuilt, a balancer is kept
@@ -33,6 +36,7 @@ from node.model.domain import EndpointRecord, ServiceRecord
 from node.proxy.balancer import Backend, Balancer
 from node.proxy.heads import CRLF
 from node.proxy.http import HttpProxy
+from node.proxy.http_conn import _Client
 from node.proxy.http_types import Routed
 from node.proxy.ingress_routes import Answer, Table, Target, authority_of, build, decide, forwarding
 from node.proxy.ingress_tls import IngressCerts, SniContexts
@@ -128,16 +132,54 @@ def cookie(values: list[bytes], name: bytes) -> bytes:
     return b""
 
 
-class IngressProxy(HttpProxy):
-    """One listener of the entrance (`https`: behind TLS)."""
+class _TlsClient(_Client):
+    """A connection to the TLS listener: the host its handshake was given the certificate
+    of (`SniContexts.host_of_connection`), told to the router with each of its requests."""
 
-    def __init__(self, host: str, port: int, routes: IngressRoutes, https: bool, **engine: Any) -> None:
+    __slots__ = ("certs", "ingress", "sni")
+
+    def __init__(self, ingress: IngressProxy, certs: SniContexts) -> None:
+        super().__init__(ingress)
+        self.ingress = ingress
+        self.certs = certs
+        self.sni: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio calls this once the handshake is done: the SNI callback has run
+        self.sni = self.certs.host_of_connection(transport.get_extra_info("ssl_object"))
+        super().connection_made(transport)
+
+    def on_headers_complete(self) -> None:
+        ingress = self.ingress
+        ingress.sni = self.sni  # the router runs within (synchronously): this request's
+        try:
+            super().on_headers_complete()
+        finally:
+            ingress.sni = None
+
+
+class IngressProxy(HttpProxy):
+    """One listener of the entrance (`https`: behind TLS, its certificates `certs`)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        routes: IngressRoutes,
+        https: bool,
+        certs: SniContexts | None = None,
+        **engine: Any,
+    ) -> None:
         super().__init__(
             host, port, Balancer(), service="ingress", scheme="https" if https else "http", **engine
         )
-        self.routes, self.https = routes, https
+        self.routes, self.https, self.certs = routes, https, certs
         self.failing = routes.failing
         self.router = self.route
+        self.sni: str | None = None  # of the connection whose request is being routed
+
+    def _accept(self) -> _Client:
+        return _TlsClient(self, self.certs) if self.certs is not None else _Client(self)
 
     def route(self, head: list[bytes], url: bytes) -> Routed:
         host: bytes | None = None
@@ -163,7 +205,7 @@ class IngressProxy(HttpProxy):
                     kept += head[i : i + 4]
             head[:] = kept
         routes = self.routes
-        to = decide(routes.table, host, url, self.https, routes.https_port)
+        to = decide(routes.table, host, url, self.https, routes.https_port, self.sni)
         if isinstance(to, Answer):
             extra = b"Location: %s\r\n" % to.location.encode("latin-1") if to.location else b""
             return Routed(None, status=to.status, body=to.body, extra=extra)
@@ -213,7 +255,7 @@ class Ingress:
         if https_port:
             if certs is None:
                 raise ValueError("an HTTPS entrance needs its certificates")
-            tls = IngressProxy(address, https_port, self.routes, True, **engine)
+            tls = IngressProxy(address, https_port, self.routes, True, certs, **engine)
             tls.ssl_context = certs.server
             self.proxies.append(tls)
         for proxy in self.proxies:

@@ -4,9 +4,9 @@ Pure: from the service records etcd holds (their `ingress` rules, `node.model.sp
 - `build(services)`: the `Table` every node's entrance routes by;
 - `conflict(spec, services)`: why the API refuses a spec (a (host, path) another service
   routes, or another TLS secret for one of its hosts), or None;
-- `decide(table, host, url, https, https_port)`: what the entrance does with one request:
-  forward it to a `Target`, or answer it itself (`Answer`: 400, 404, or the 308 of a
-  rule with `tls.redirect` on plain HTTP).
+- `decide(table, host, url, https, https_port, sni)`: what the entrance does with one
+  request: forward it to a `Target`, or answer it itself (`Answer`: 400, 404, 421, or
+  the 308 of a rule with `tls.redirect` on plain HTTP).
 
 Rules:
 - the host is the request's Host header, lowercased, without its port or a trailing dot;
@@ -16,6 +16,11 @@ Rules:
   form (`/p`), so the backend reads no other host than the one routed on;
 - a prefix matches segment-wise: `/api` matches `/api`, `/api/` and `/api/x`, not
   `/apix`; `/` matches every path; the longest matching prefix of the host wins;
+- over TLS, a connection whose handshake got a host's own certificate by its SNI name
+  (`sni`) serves that host only: a request for another host is a 421 Misdirected Request
+  (RFC 9110 15.5.20, as nginx and Envoy answer), so a client cannot be given one host's
+  certificate and reach another host's service; it opens a new connection for that host.
+  Without SNI, or with a name served the default certificate, every host is served;
 - the path is matched as sent (not percent-decoded, query and fragment left out);
 - should two records claim one (host, path) (written around the API, or by a node of an
   older version during a rolling upgrade: `node.store.ingress_claims`), the service first
@@ -159,8 +164,12 @@ def path_of(url: bytes) -> str:
     return text.partition("?")[0].partition("#")[0] or "/"
 
 
-def decide(table: Table, host: bytes | None, url: bytes, https: bool, https_port: int) -> Target | Answer:
-    """What the entrance does with a request for `host` (its Host header) and `url`."""
+def decide(
+    table: Table, host: bytes | None, url: bytes, https: bool, https_port: int, sni: str | None = None
+) -> Target | Answer:
+    """What the entrance does with a request for `host` (its Host header) and `url`, read
+    on a connection made for `sni` (the host whose own certificate its TLS handshake got
+    by SNI; None: any host)."""
     authority = authority_of(url)
     if authority is not None:  # RFC 9112 3.2: the client sends the same host in both
         if host is None:
@@ -171,6 +180,12 @@ def decide(table: Table, host: bytes | None, url: bytes, https: bool, https_port
         return Answer(400, b"shoal ingress: the request has no Host header: which site is it for?\n")
     if not (name := host_of(host)):
         return Answer(400, b"shoal ingress: the Host header is not a host name with an optional :port\n")
+    if sni is not None and name != sni:
+        body = (
+            f"shoal ingress: this TLS connection was made for host '{sni}' (its SNI name) and serves "
+            f"only that host: open a new connection for '{name}'\n"
+        )
+        return Answer(421, body.encode())
     routes = table.hosts.get(name)
     if routes is None:
         return Answer(

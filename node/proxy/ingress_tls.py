@@ -9,6 +9,9 @@ handshake to the context of the host the client names. A host's certificate is
   two thirds of its lifetime have passed.
 A handshake for a name with no route (or no SNI) gets the default certificate, issued
 by the cluster CA for the node's address, so the client can be answered 404.
+`host_of_connection` tells the entrance which host a connection's handshake was switched
+to (the SNI name, when it has a certificate of its own): that connection serves that
+host only (421 for another, `node.proxy.ingress_routes.decide`).
 
 A secret that cannot be read (missing, not a PEM chain and key) leaves its host with
 the certificate it had (none at first: the handshake then gets the default one), and
@@ -32,6 +35,7 @@ import logging
 import os
 import ssl
 import tempfile
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +83,8 @@ class SniContexts:
         self.contexts: dict[str, ssl.SSLContext] = {}
         self.pems: dict[str, bytes] = {}  # host -> the chain and key its context holds
         self.default_pem = b""  # what `server` holds (the certificate for names without a route)
+        # handshake -> the host whose own certificate it was given (by its SNI name)
+        self.switched: weakref.WeakKeyDictionary[ssl.SSLObject, str] = weakref.WeakKeyDictionary()
         self._sweep_files()
 
     def _sweep_files(self) -> None:
@@ -88,9 +94,16 @@ class SniContexts:
 
     def _sni(self, sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         if name:
-            ctx = self.contexts.get(name.lower().rstrip("."))
+            host = name.lower().rstrip(".")
+            ctx = self.contexts.get(host)
             if ctx is not None:
                 sslobj.context = ctx
+                self.switched[sslobj] = host
+
+    def host_of_connection(self, sslobj: ssl.SSLObject | None) -> str | None:
+        """The host whose own certificate the handshake of `sslobj` got, by its SNI name;
+        None without SNI or for a name served the default certificate."""
+        return self.switched.get(sslobj) if sslobj is not None else None
 
     def _load(self, pem: bytes, key: bytes = b"", ctx: ssl.SSLContext | None = None) -> ssl.SSLContext:
         """`ctx` (a new server context) with the chain and key in `pem` (+ `key`) loaded.

@@ -5,6 +5,7 @@ SNI verified against a cluster CA made for the test."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import ssl
@@ -305,6 +306,57 @@ async def test_tls_with_sni_per_host_redirect_and_secret_rotation(bed: Bed) -> N
 
     await wait_until(rotated, timeout=10)
     assert (await request(bed.https, "shop.example.test", "/", tls))[0] == 200
+
+
+async def on_one_connection(
+    port: int, tls: ssl.SSLContext, sni: str | None, hosts: list[str]
+) -> list[tuple[int, bytes]]:
+    """A GET for each of `hosts` in turn over one keep-alive TLS connection (no SNI when
+    `sni` is None): (status, body) of each."""
+    reader, writer = await asyncio.open_connection(HOST, port, ssl=tls, server_hostname=sni or "")
+    try:
+        got = []
+        for host in hosts:
+            writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            got.append((int(head.split()[1]), await reader.readexactly(length)))
+        return got
+    finally:
+        writer.close()
+
+
+async def test_a_tls_connection_made_for_one_host_serves_only_that_host(bed: Bed) -> None:
+    """SNI shop.example.test gets shop's certificate; `Host: docs.example.test` on that
+    connection is a 421 Misdirected Request, not docs' service. Without SNI, or with a
+    name served the default certificate, every host is served as before."""
+    await bed.secret("shop-tls", "shop.example.test")
+    await bed.service("shop", {"host": "shop.example.test", "port": 8080, "tls": {"secret": "shop-tls"}})
+    await bed.service("docs", {"host": "docs.example.test", "port": 8080})  # the cluster CA's certificate
+    tls = bed.client_tls()
+    for name in ("shop.example.test", "docs.example.test"):
+        await wait_until(functools.partial(answers, bed.https, name, tls), timeout=20)
+    await wait_until(bed.mesh.acked, timeout=20)
+    for sni, host in [("shop.example.test", "docs.example.test"), ("docs.example.test", "shop.example.test")]:
+        status, _, body = await request(bed.https, host, "/", tls, sni=sni)  # the chain verified for `sni`
+        assert status == 421, body
+        assert f"made for host '{sni}'".encode() in body and f"new connection for '{host}'".encode() in body
+    status, _, body = await request(
+        bed.https, f"SHOP.example.test.:{bed.https}", "/", tls, sni="shop.example.test"
+    )
+    assert (status, seen(body)["me"]) == (200, "shop.1")
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+    # no SNI (a client connecting to an address sends none), and a name without a certificate
+    for given in (None, "nope.example.test"):
+        got = await on_one_connection(bed.https, insecure, given, ["shop.example.test", "docs.example.test"])
+        assert [(status, seen(body)["me"]) for status, body in got] == [(200, "shop.1"), (200, "docs.1")], (
+            given
+        )
+    # the host a connection was made for is its own: a 421 on one does not leak to the next request
+    hosts = ["docs.example.test", "shop.example.test", "docs.example.test"]
+    got = await on_one_connection(bed.https, tls, "docs.example.test", hosts)
+    assert [status for status, _ in got] == [200, 421, 200]
 
 
 async def test_a_bad_secret_is_reported_and_the_host_keeps_working_certificates_elsewhere(bed: Bed) -> None:

@@ -200,6 +200,22 @@ def test_an_absolute_form_target_must_name_the_host_of_the_host_header() -> None
     assert decide(TABLE, None, b"http://app.example.test/x", True, 443) == Target("web", 8080, redirect=True)
 
 
+def test_a_connection_made_for_one_host_by_sni_serves_only_that_host() -> None:
+    """SNI www.example.test gave www's certificate: Host app.example.test on that
+    connection is a 421 (not app's service); the same host in any spelling is served."""
+    wrong = decide(TABLE, b"app.example.test", b"/api", True, 443, sni="www.example.test")
+    assert isinstance(wrong, Answer) and wrong.status == 421
+    assert b"'www.example.test'" in wrong.body and b"new connection for 'app.example.test'" in wrong.body
+    absolute = decide(TABLE, None, b"http://app.example.test/api", True, 443, sni="www.example.test")
+    assert isinstance(absolute, Answer) and absolute.status == 421
+    for host in (b"www.example.test", b"WWW.example.test.:8443"):
+        assert decide(TABLE, host, b"/x", True, 443, sni="www.example.test") == Target("web", 8080)
+    # without SNI (or a name served the default certificate): every host, as before
+    assert decide(TABLE, b"app.example.test", b"/api", True, 443) == Target("api", 8080)
+    # an unusable Host is still the 400 it was
+    assert decide(TABLE, None, b"/", True, 443, sni="www.example.test").status == 400  # type: ignore[union-attr]
+
+
 def test_a_redirect_on_a_node_without_the_tls_entrance_goes_to_the_default_port() -> None:
     answer = decide(TABLE, b"app.example.test", b"/x?y", False, 0)
     assert isinstance(answer, Answer) and answer.location == "https://app.example.test/x?y"
