@@ -8,7 +8,9 @@ holds (a host cannot take over a running node's name, and with it its tasks). Th
 it signs with the CA from etcd, records the token's use (`node.security.join_uses`: never a
 running node's id, a node id once per token, at most `max_uses` hosts; all in one etcd
 transaction) and answers with the CA key's passphrase, which makes the new host a full
-member (it can renew itself and admit others, as any node).
+member (it can renew itself and admit others, as any node). A join certificate due for
+renewal is then issued again for the same token (`ClusterSecurity.renew_join_cert`; a
+failure to is logged, the join is not refused for it).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from node.api.admin import MAX_CSR_BYTES, Signer
 from node.model.domain import NodeInfo
-from node.model.errors import FailedPrecondition, InvalidArgument, Unavailable
+from node.model.errors import FailedPrecondition, InvalidArgument, ShoalError, Unavailable
 from node.model.keys import Keys
 from node.pb import peer_pb2
 from node.security import bootstrap, ca, join_uses
 from node.security.ca import CertError, Kind
-from node.store import Store
+from node.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,11 @@ class JoinHandler:
             use,
             self.max_uses,
         )
+        if ca.needs_renewal(ca.load_cert(record.cert)):
+            try:
+                await self.signer.security.renew_join_cert(passphrase)
+            except (CertError, ShoalError, StoreError) as exc:
+                log.warning("the join certificate is due for renewal and was not renewed: %s", exc)
         return peer_pb2.JoinResponse(
             certificate=cert, ca_certificate=authority.cert_pem, ca_passphrase=passphrase, member=self.node
         )

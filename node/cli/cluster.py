@@ -103,7 +103,7 @@ def init_cmd(
 @cluster.command("join-token")
 @pass_settings
 def join_token_cmd(settings: Settings) -> None:
-    """Print the current join token (admin)."""
+    """Print the current join token (admin); its certificate is renewed first when due."""
     click.echo(settings.client().join_token())
 
 

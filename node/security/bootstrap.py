@@ -19,7 +19,9 @@ member's join handler (admitted by `node.security.auth` only with the current jo
 key) calls `grant_join`; the new node checks the answer with `accept_certificate`.
 
 **Renew**: at `ca.needs_renewal` a node makes a new key and has it signed, by its own
-CA copy (`node_identity`) or a member (`grant_join` with the node's own identity).
+CA copy (`node_identity`) or a member (`grant_join` with the node's own identity). The
+join certificate is issued again for the same token (`join_certificate`) when due, by
+`node.security.cluster.ClusterSecurity.renew_join_cert`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import base64
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from node.security import ca
 from node.security.ca import ClusterCA, Identity, Kind, Lifetimes
@@ -170,7 +172,9 @@ def prepare_join(
         token = JoinToken.parse(token)
     token.check_ca(ca.fingerprint(ca_cert))
     certificate = ca.load_cert(join_cert)
-    identity = ca.verify(ca.load_cert(ca_cert), certificate, cluster, now)
+    end = certificate.not_valid_after_utc
+    expired = (now or datetime.now(UTC)) > end  # then checked as of its end, to say so last
+    identity = ca.verify(ca.load_cert(ca_cert), certificate, cluster, end if expired else now)
     if identity.kind is not Kind.JOIN:
         raise ca.CertError(f"the cluster's join certificate is a {identity.kind} certificate")
     join_key = token.private_key()
@@ -178,6 +182,12 @@ def prepare_join(
         raise TokenError(
             "this join token is not the cluster's current one (it was rotated); get the current one "
             "from a member with `shoal cluster join-token`"
+        )
+    if expired:
+        raise ca.CertError(
+            f"the cluster's join certificate expired on {end:%Y-%m-%d %H:%M:%S} UTC: run "
+            "`shoal cluster join-token` on a member (admin), which renews it and keeps this token, "
+            "or `shoal cluster rotate-token` for a new token; then start this host again"
         )
     key = ca.new_private_key()
     return JoinAttempt(

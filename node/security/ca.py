@@ -118,7 +118,7 @@ class Lifetimes:
     ca: timedelta = timedelta(days=3650)  # the root; rotating it is not built (docs/security.md)
     node: timedelta = timedelta(days=30)  # renewed by the daemon itself, from day 20
     client: timedelta = timedelta(days=365)  # the CLI's; the token, not the cert, is revocable
-    join: timedelta = timedelta(days=365)  # replaced whenever the join token rotates
+    join: timedelta = timedelta(days=365)  # new at each rotation; renewed at 2/3 for the same token
 
     def of(self, kind: Kind) -> timedelta:
         return {Kind.NODE: self.node, Kind.CLIENT: self.client, Kind.JOIN: self.join}[kind]

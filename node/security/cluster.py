@@ -10,7 +10,14 @@
 - `security/join`: the current join token's certificate and key id (what the auth
   check admits) and the token itself, sealed (AES-256-GCM) under a key derived from
   the CA passphrase, so that `shoal cluster join-token` can show it again without
-  etcd ever holding it in the clear.
+  etcd ever holding it in the clear. The certificate is issued again for the same
+  token (`renew_join_cert`, same key id, its uses kept) once it is due as node
+  certificates are (`ca.needs_renewal`, at 2/3 of its lifetime) or has expired:
+  whenever the token is handed out (`join_token`: `shoal cluster join-token`, a node
+  pool's new machine) and when a member admits a host (`node.api.join`), so a token
+  handed out is good for at least a third of `Lifetimes.join`. One kept and used after
+  its certificate expired (nobody asked for the token or joined meanwhile) is refused
+  by `bootstrap.prepare_join` with what to do: `shoal cluster join-token` renews it.
 - `tokens/<id>`: `StoredToken` records (hash, role; revoked ones are kept so that a
   caller learns why it fails).
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -35,11 +43,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from node.model.errors import Conflict, FailedPrecondition, NotFound
 from node.model.keys import Keys
-from node.security import bootstrap
+from node.security import bootstrap, ca
 from node.security.ca import CertError, ClusterCA, Lifetimes
 from node.security.tokens import TOKEN_ID, JoinToken, Role, StoredToken
-from node.store import Compare, Delete, Put, Store
+from node.store import Compare, Delete, Put, Store, StoreError
 from node.store.retry import compare_and_swap
+
+log = logging.getLogger(__name__)
 
 
 def _aead(passphrase: bytes, purpose: str) -> AESGCM:
@@ -191,9 +201,48 @@ class ClusterSecurity:
         record, _ = await self.join_record()
         return await self.ca_cert(), record.cert
 
-    async def join_token(self, passphrase: bytes) -> JoinToken:
+    async def join_token(self, passphrase: bytes, now: datetime | None = None) -> JoinToken:
+        """The current join token, to hand out: its certificate renewed first when due
+        (`renew_join_cert`; a failure to is logged, and the token still returned)."""
         record, _ = await self.join_record()
-        return JoinToken.parse(unseal(passphrase, record.sealed_token, "join token").decode())
+        token = JoinToken.parse(unseal(passphrase, record.sealed_token, "join token").decode())
+        if ca.needs_renewal(ca.load_cert(record.cert), now):
+            try:
+                await self.renew_join_cert(passphrase, now)
+            except (CertError, Conflict, StoreError) as exc:
+                log.warning("the join certificate is due for renewal and was not renewed: %s", exc)
+        return token
+
+    async def renew_join_cert(self, passphrase: bytes, now: datetime | None = None) -> bool:
+        """Issue the current join token's certificate again if it is due (`ca.needs_renewal`,
+        as node certificates) or expired: the same token and key id, its uses kept, so
+        nothing is rotated. True when a new certificate was stored; False when none was
+        due (or the CA, near its own end, cannot give a longer one)."""
+        authority: ClusterCA | None = None
+
+        async def attempt() -> bool | None:
+            nonlocal authority
+            record, mod = await self.join_record()
+            old = ca.load_cert(record.cert)
+            if not ca.needs_renewal(old, now):
+                return False
+            authority = authority or await self.load_ca(passphrase)
+            token = JoinToken.parse(unseal(passphrase, record.sealed_token, "join token").decode())
+            if ca.key_id(token.private_key()) != record.key_id:
+                raise CertError("etcd's join record holds a token that does not match its key id")
+            cert = bootstrap.join_certificate(authority, token, self.lifetimes, now)
+            if ca.load_cert(cert).not_valid_after_utc <= old.not_valid_after_utc:
+                return False
+            result = await self.store.txn(
+                [Compare(self.keys.join, "mod", "==", mod)],
+                [Put(self.keys.join, replace(record, cert=cert).to_json())],
+            )
+            return True if result.succeeded else None
+
+        renewed = await compare_and_swap(attempt, "the join token is being changed concurrently; try again")
+        if renewed:
+            log.info("join certificate renewed (the join token is unchanged)")
+        return renewed
 
     async def rotate_join_token(self, passphrase: bytes) -> tuple[JoinToken, int]:
         """A new join token and the etcd revision of the write; from then, the old one

@@ -9,7 +9,8 @@ transaction with the checks that make it safe:
 - `joins/<key-id>/<id>` absent: a node id joins once per token (a replay is refused;
   re-joining a host that lost its `tls/` needs a rotated token);
 - `joins/<key-id>` (the count) below `max_uses`;
-- `security/join` unchanged: a rotation in between wins.
+- `security/join` unchanged: a rotation in between wins (a renewal of its certificate,
+  `ClusterSecurity.renew_join_cert`, keeps the key id: the use is tried again on it).
 
 `rotate-token` deletes `joins/` (the old key id admits no one any more), so the prefix
 holds at most `max_uses + 1` keys. The check runs after the certificate is made and
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 
 from node.model.errors import Conflict, FailedPrecondition
 from node.model.keys import Keys
+from node.security.cluster import JoinRecord
 from node.store import Compare, Put, Store
 from node.store.retry import compare_and_swap
 
@@ -50,6 +52,7 @@ async def record_join(
     count_key, use_key = keys.join_uses(key_id), keys.join_use(key_id, node)
 
     async def attempt() -> int | None:
+        nonlocal join_mod
         running = await store.get(keys.node(node))
         if running is not None:
             raise FailedPrecondition(
@@ -90,7 +93,9 @@ async def record_join(
             return count + 1
         join = await store.get(keys.join)
         if join is None or join.mod_revision != join_mod:
-            raise Conflict("the join token was rotated while this host joined; join with the new token")
+            if join is None or JoinRecord.from_json(join.value).key_id != key_id:
+                raise Conflict("the join token was rotated while this host joined; join with the new token")
+            join_mod = join.mod_revision  # the same token, its certificate renewed
         return None
 
     return await compare_and_swap(

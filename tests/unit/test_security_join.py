@@ -63,10 +63,24 @@ def test_an_expired_or_foreign_join_certificate_is_refused() -> None:
     short = bootstrap.join_certificate(
         authority, secrets.join.token, Lifetimes(join=timedelta(days=1)), now=NOW
     )
-    with pytest.raises(CertError, match="not now"):
+    # expired: said so, with what to do (the certificate is renewed; or a new token)
+    with pytest.raises(CertError, match="join certificate expired on 2030-01-02") as expired:
         bootstrap.prepare_join(
             secrets.join.token, "prod", "n2", secrets.ca_cert, short, now=NOW + timedelta(days=2)
         )
+    assert "`shoal cluster join-token` on a member" in str(expired.value)
+    assert "`shoal cluster rotate-token`" in str(expired.value)
+    # not valid yet (a clock behind): the plain check
+    with pytest.raises(CertError, match="not now"):
+        bootstrap.prepare_join(
+            secrets.join.token, "prod", "n2", secrets.ca_cert, short, now=NOW - timedelta(days=2)
+        )
+    # an expired certificate of a rotated token: the token is what is wrong
+    with pytest.raises(TokenError, match="not the cluster's current one"):
+        bootstrap.prepare_join(
+            JoinToken.new(secrets.join.token.ca_fingerprint), "prod", "n2", secrets.ca_cert, short,
+            now=NOW + timedelta(days=2),
+        )  # fmt: skip
     _, node_cert = authority.issue_key_and_cert(Identity("prod", Kind.NODE, "n1"), now=NOW)
     with pytest.raises(CertError, match="is a node certificate"):
         bootstrap.prepare_join(secrets.join.token, "prod", "n2", secrets.ca_cert, node_cert, now=NOW)
