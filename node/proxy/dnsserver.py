@@ -12,7 +12,9 @@ Networks (decision 64): with a `SourceMap`, each query is answered for the conta
 that asks (its source address -> its service -> its networks): a service that shares no
 network with it is answered as if it did not exist (NXDOMAIN under `.shoal`, forwarded
 otherwise, as any unknown name), and so is an alias held on no network of it (decision
-73). A source the map does not know yet is answered after one refresh of the map.
+73). A name of the zone with names below it that the asker sees (`app.shoal`, and the
+zone's apex) has no data: NOERROR and no records, never NXDOMAIN (RFC 8020). A source
+the map does not know yet is answered after one refresh of the map.
 
 Answers from the table are kept, encoded, per (asker, query without its ID) until the
 table changes (`MAX_CACHED` at most): a repeated query is answered by copying its ID
@@ -86,6 +88,8 @@ class Resolver:
                 addresses = [named.address] if q.qtype in (w.A, w.ANY) else []
                 return w.answer_a(q, addresses, TTL)
         if in_zone(q.name):
+            if table.has_below(q.name, asker) or (q.qtype != w.SRV and table.srv_resolve(q.name, asker)):
+                return w.answer_a(q, [], TTL)  # there, with names below or SRV records: no data (RFC 8020)
             return w.answer_error(q, w.NXDOMAIN, authoritative=True)
         return None
 

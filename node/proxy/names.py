@@ -22,7 +22,10 @@ search domain, a name that is not one of that stack's services is looked up bare
 `app_web.app.shoal` or `other.cache.app.shoal` answer as `app_web` and `other.cache`,
 for resolvers that stop at the first search domain's NXDOMAIN (busybox's nslookup).
 Names are case-insensitive. A name under `.shoal` that is no service is NXDOMAIN
-(authoritative, so a search-list resolver goes on to the next form). Any other name
+(authoritative, so a search-list resolver goes on to the next form), unless names are
+below it: `shoal` itself and a stack's `app.shoal` (`has_below`), and `_tcp.web.shoal`
+or `_x._tcp.web.shoal` asked another type than SRV, have no data (NOERROR, empty), as
+RFC 8020 has it: a resolver may take an NXDOMAIN to deny every name below. Any other name
 that is no service is not ours: the server forwards it to the host's resolver. An SRV
 question (`_anything._tcp.<name>`, or `<name>` itself) answers one record per
 container port of the service, its target `<name>` with the VIP as additional A record.
@@ -145,6 +148,8 @@ class NameTable:
     networks: dict[str, frozenset[str]] = field(default_factory=dict)  # service -> its networks
     # alias form (lower case) -> (network, target), by network: seen only from that network
     aliases: dict[str, list[tuple[str, Target]]] = field(default_factory=dict)
+    # a name of the zone with names below it (`app.shoal`) -> the networks they are seen from
+    above: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, services: Iterable[ServiceRecord], vips: Iterable[VipRecord]) -> NameTable:
@@ -172,7 +177,29 @@ class NameTable:
                         aliases.setdefault(form, []).append((network, target))
         for entries in aliases.values():
             entries.sort(key=lambda e: (e[0], e[1].service))
-        return cls(names, networks, aliases)
+        above: dict[str, set[str]] = {}
+        for form, target in names.items():
+            _add_above(above, form, networks[target.service])
+        for form, entries in aliases.items():
+            _add_above(above, form, {network for network, _ in entries})
+        return cls(names, networks, aliases, {n: frozenset(nets) for n, nets in above.items()})
+
+    def has_below(self, name: str, asker: str | None = None) -> bool:
+        """Is `name` (of the zone) the zone's apex, or above a name of this table that
+        `asker` sees (`app.shoal` above `db.app.shoal`)? Such a name exists without records
+        of its own: no data, never NXDOMAIN (RFC 8020: that would deny every name below).
+        The names that a search domain's fallback (`lookup`) answers have no such names
+        above them: `web.nope.shoal` answers, `nope.shoal` is still NXDOMAIN."""
+        name = name.lower().rstrip(".")
+        if name == ZONE:
+            return True
+        networks = self.above.get(name)
+        if networks is None:
+            return False
+        if asker is None:
+            return True
+        mine = _CLUSTER if asker == OUTSIDER else self.networks.get(asker, _NOWHERE)
+        return not mine.isdisjoint(networks)
 
     def sees(self, asker: str | None, network: str) -> bool:
         """Is a container of service `asker` on `network` (None: the host, on every one)?"""
@@ -232,6 +259,15 @@ class NameTable:
             if head and stack:
                 found = self.names.get(head)
         return found
+
+
+def _add_above(above: dict[str, set[str]], form: str, networks: Iterable[str]) -> None:
+    """Record the names of the zone between `form` and the zone's apex, seen from `networks`."""
+    if not form.endswith(f".{ZONE}"):
+        return
+    labels = form[: -len(ZONE) - 1].split(".")
+    for i in range(1, len(labels)):
+        above.setdefault(".".join([*labels[i:], ZONE]), set()).update(networks)
 
 
 def in_zone(name: str) -> bool:

@@ -217,10 +217,55 @@ def test_a_known_name_of_another_type_has_no_data_not_nxdomain() -> None:
 def test_other_names_are_forwarded_and_unknown_shoal_names_are_nxdomain() -> None:
     assert ask("example.com") is None
     assert ask("example.com", w.SRV) is None
-    for name in ("nope.shoal", "shoal", "_x._tcp.nope.shoal"):
+    for name in ("nope.shoal", "other.shoal", "_x._tcp.nope.shoal", "x.app.shoal.shoal"):
         answer = ask(name, w.SRV if name.startswith("_") else w.A)
         assert answer is not None and answer.rcode == w.NXDOMAIN
     assert in_zone("A.SHOAL.") and not in_zone("shoalx")
+
+
+@pytest.mark.parametrize("qtype", [w.A, w.AAAA, w.SRV, w.SOA])
+@pytest.mark.parametrize(
+    "name", ["shoal", "app.shoal", "APP.Shoal.", "_tcp.web.shoal", "_http._tcp.db.app.shoal"]
+)
+def test_a_name_with_names_below_it_has_no_data_not_nxdomain(name: str, qtype: int) -> None:
+    """RFC 8020: NXDOMAIN says nothing exists below a name either, and a resolver that
+    cuts there would lose `db.app.shoal` after asking `app.shoal` (the zone's apex and a
+    stack's domain), or `_http._tcp.web.shoal`'s SRV after an A question for it."""
+    answer = ask(name, qtype)
+    if qtype == w.SRV and name.startswith("_"):
+        assert answer is not None and answer.rcode == w.NOERROR and answer.srv  # its SRV, as before
+        return
+    assert answer is not None and (answer.rcode, answer.a, answer.srv) == (w.NOERROR, [], [])
+    assert answer.flags & w.AA
+
+
+def test_a_stack_domain_is_there_only_for_an_asker_that_sees_a_name_below_it() -> None:
+    front = service("app_web", "u1", stack="app")
+    front = replace(front, spec=front.spec.model_copy(update={"networks": ["frontnet"]}))
+    back = service("app_db", "u2", stack="app")
+    back = replace(back, spec=back.spec.model_copy(update={"networks": ["backnet"]}))
+    lone = service("lone", "u3")
+    lone = replace(lone, spec=lone.spec.model_copy(update={"networks": ["lonenet"]}))
+    table = NameTable.build(
+        [front, back, lone],
+        [
+            VipRecord("app_web", "u1", "10.213.0.16"),
+            VipRecord("app_db", "u2", "10.213.0.17"),
+            VipRecord("lone", "u3", "10.213.0.18"),
+        ],
+    )
+
+    def rcode(name: str, asker: str | None) -> int:
+        q = w.parse_query(w.build_query(name, w.A))
+        reply = Resolver(lambda: table).answer(q, asker)
+        assert reply is not None
+        return w.parse_answer(reply).rcode
+
+    assert rcode("app.shoal", "app_web") == w.NOERROR and rcode("app.shoal", None) == w.NOERROR
+    assert rcode("app.shoal", "lone") == w.NXDOMAIN  # it sees no name there: as if none existed
+    assert rcode("db.app.shoal", "lone") == w.NXDOMAIN
+    assert rcode("shoal", "lone") == w.NOERROR  # the zone's apex, always there
+    assert rcode("nope.shoal", None) == w.NXDOMAIN and rcode("other.app.shoal", None) == w.NXDOMAIN
 
 
 def test_a_class_or_opcode_it_does_not_serve_is_notimp() -> None:
