@@ -40,7 +40,8 @@ from node.runtime.base import EngineError, RuntimeUnavailable
 from node.runtime.docker_logs import DockerStreams
 from node.runtime.logmerge import batches, fan_in, merge_sorted
 from node.security.auth import current_caller
-from node.store import Store
+from node.store import KV, Store
+from node.store.mirrors import hub_of, mirror
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,16 @@ class TaskIO(TaskFinder):
             raise InvalidArgument("since: a time in unix seconds, not negative")
         targets = targets[:MAX_TASKS]
         opened: dict[str, str] = {}  # task -> the container its stream was opened for
+        seen: dict[str, int] = {}  # task -> the revision of the status `opened` was decided on
         if request.follow and request.service and not request.task:
-            started = await self._started({t.task for t in targets})
-            opened = {t.task: started.get(t.task, "") for t in targets}
+            statuses = await self._statuses({t.task for t in targets})
+            opened = {t.task: _container(statuses.get(t.task)) or "" for t in targets}
+            seen = {task: kv.mod_revision for task, kv in statuses.items()}
         sources = [self._task_batches(t, request) for t in targets]
         if request.follow:
             more = None
             if request.service and not request.task:
-                more = self._joining(request, opened)
+                more = self._joining(request, opened, seen)
             async for batch in fan_in(sources, maxsize=BATCHES_QUEUED, more=more):
                 yield batch
             return
@@ -114,53 +117,78 @@ class TaskIO(TaskFinder):
         async for lines in batches(merged, _size):
             yield api_pb2.LogBatch(lines=lines)
 
-    async def _started(self, tasks: set[str]) -> dict[str, str]:
-        """task -> its container, for those of `tasks` whose node reports them past `pending`.
-        Statuses are not kept by service: a few tasks are read one by one (at once), more in
-        one read of every status, so a look costs the lesser of the two."""
+    async def _statuses(self, tasks: set[str]) -> dict[str, KV]:
+        """task -> its `status/` record, for those of `tasks` that have one (once, when
+        following begins). Statuses are not kept by service: a few tasks are read one by
+        one (at once), more in one read of every status, so it costs the lesser of the two."""
         if len(tasks) <= STATUS_GETS:
             got = await asyncio.gather(*(self.store.get(self.keys.status(t)) for t in sorted(tasks)))
             kvs = [kv for kv in got if kv is not None]
         else:
             kvs, _ = await self.store.range(self.keys.status_all)
-        out = {}
-        for kv in kvs:
-            status = TaskStatus.from_json(kv.value)
-            if status.task_id in tasks and status.state not in NOT_STARTED:
-                out[status.task_id] = status.container_id or "started"  # an agent that did not say
-        return out
+        return {t: kv for kv in kvs if (t := self.keys.tail(kv.key, self.keys.status_all)) in tasks}
 
     async def _joining(
-        self, request: api_pb2.LogsRequest, opened: dict[str, str]
+        self, request: api_pb2.LogsRequest, opened: dict[str, str], seen: dict[str, int]
     ) -> AsyncIterator[list[AsyncIterator[api_pb2.LogBatch]]]:
         """While following a service: a stream for each container of its tasks that shows
         after the command began (a new task, a task that was pulling then, a container made
         anew by a restart), opened once its node reports the task past `pending` and read
         from its first line (no `--tail`). `opened`: task -> the container its stream was
-        opened for. Ends when the service is removed; etcd not answering skips a look, it
-        does not end the logs. A container that goes away ends its own stream."""
+        opened for; `seen`: task -> the revision of the status that was decided on (an
+        older one, from a mirror behind the first read, is not a new container).
+
+        A look happens when `services/`, `tasks/` or `status/` changed (at most one per
+        `WATCH_INTERVAL`): it reads the service's own keys (its record and its tasks'
+        prefix) and takes the statuses from a mirror of `status/`, the daemon's watch
+        hub's (`node.store.mirrors`; without a hub, this stream's own), never a read of
+        every status. Ends when the service is removed; etcd not answering skips a look,
+        it does not end the logs. A container that goes away ends its own stream."""
         ask = api_pb2.LogsRequest(service=request.service, follow=True, since=request.since)
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL)
-            try:
-                targets = await self.service_targets(request.service)
-                started = await self._started({t.task for t in targets})
+        prefixes = (self.keys.services, self.keys.tasks, self.keys.status_all)
+        watched = [mirror(self.store, p, f"logs-{p}") for p in prefixes]
+        statuses = watched[-1]
+        changed = asyncio.Event()
+        for m in watched:
+            m.listener(changed)
+        runners = []  # a hub's mirrors are fed by the hub; private ones by their own watch
+        if hub_of(self.store) is None:
+            runners = [asyncio.create_task(m.run(), name=f"logs-mirror-{m.prefix}") for m in watched]
+        try:
+            while True:
+                await asyncio.sleep(WATCH_INTERVAL)
+                await changed.wait()
+                changed.clear()
+                try:
+                    targets = await self.service_targets(request.service)
+                except NotFound:
+                    return
+                except Exception as exc:  # the store not answering now: look again later
+                    log.debug("logs of %s: new tasks not read: %s", request.service, exc)
+                    changed.set()
+                    continue
                 fresh = []
                 for t in targets:
-                    container = started.get(t.task)
+                    kv = statuses.items.get(self.keys.status(t.task))
+                    if kv is None or kv.mod_revision <= seen.get(t.task, 0):
+                        continue
+                    container = _container(kv)
                     if container is None or opened.get(t.task) == container:
+                        seen[t.task] = kv.mod_revision
                         continue
                     if t.task not in opened and len(opened) >= MAX_TASKS:
                         continue
+                    seen[t.task] = kv.mod_revision
                     opened[t.task] = container
                     fresh.append(self._task_batches(t, ask))
-            except NotFound:
-                return
-            except Exception as exc:  # the store not answering now: look again later
-                log.debug("logs of %s: new tasks not read: %s", request.service, exc)
-                continue
-            if fresh:
-                yield fresh
+                if fresh:
+                    yield fresh
+        finally:
+            for m in watched:
+                m.remove_listener(changed)
+            for r in runners:
+                r.cancel()
+            await asyncio.gather(*runners, return_exceptions=True)
 
     async def _task_batches(self, t: Target, request: api_pb2.LogsRequest) -> AsyncIterator[api_pb2.LogBatch]:
         ask = api_pb2.LogsRequest(
@@ -309,6 +337,17 @@ class TaskIO(TaskFinder):
             session.close()
             with contextlib.suppress(BaseException):
                 await feeder
+
+
+def _container(kv: KV | None) -> str | None:
+    """The container a task's status names once its node reports it past `pending`
+    ("started": an agent that did not say which), None before (or without a status)."""
+    if kv is None:
+        return None
+    status = TaskStatus.from_json(kv.value)
+    if status.state in NOT_STARTED:
+        return None
+    return status.container_id or "started"
 
 
 def _check_command(start: api_pb2.ExecStart) -> None:

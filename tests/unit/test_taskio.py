@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -22,6 +22,7 @@ from node.pb import api_pb2, peer_pb2
 from node.runtime.base import EngineError
 from node.security.tokens import Role, allowed, least_role
 from node.store.memory import MemoryStore
+from node.store.mirrors import WatchHub
 from tests.helpers import wait_until
 
 KEYS = Keys("/t/")
@@ -199,20 +200,18 @@ async def test_follow_opens_a_task_that_appears_once_its_container_exists(monkey
     followed = io.logs(api_pb2.LogsRequest(service="web", follow=True, tail=1))
     assert (await anext(followed)).task in {"t1", "t2", "t3"}  # the command is under way
     store = io.store
+    decided: list[str] = []  # the states of t4's status that a look decided on
+    container_of = taskio._container
+
+    def recorded(kv: Any) -> str | None:
+        if kv is not None and kv.key == KEYS.status("t4"):
+            decided.append(TaskStatus.from_json(kv.value).state)
+        return container_of(kv)
+
+    monkeypatch.setattr(taskio, "_container", recorded)
     await store.put(KEYS.task("web", 4), Assignment("t4", "web", 4, "n2", 1, 1).to_json())
     await store.put(KEYS.status("t4"), TaskStatus("t4", "web", 4, "n2", "pending").to_json())
-    looks: list[str] = []
-    looked_twice = asyncio.Event()
-    get = store.get
-
-    async def recorded(key: str) -> Any:
-        looks.append(key)
-        if looks.count(KEYS.status("t4")) >= 2:
-            looked_twice.set()
-        return await get(key)
-
-    store.get = recorded  # type: ignore[method-assign]
-    await asyncio.wait_for(looked_twice.wait(), 5)  # the watch read t4's status twice: pending
+    await wait_until(lambda: "pending" in decided, 5.0, message="a look at t4's status: pending")
     assert "t4" not in {r.task for _, r in io.peers.asked}  # type: ignore[attr-defined]
     await store.put(KEYS.status("t4"), TaskStatus("t4", "web", 4, "n2", "running").to_json())
     got = await asyncio.wait_for(_until(followed, b"new"), 5)
@@ -593,3 +592,90 @@ async def test_a_shared_listing_that_fails_after_its_callers_gave_up_is_read() -
     await asyncio.sleep(0)
     gc.collect()
     assert not unread, unread
+
+
+@pytest.mark.parametrize("with_hub", [True, False], ids=["daemon-hub", "private-mirrors"])
+async def test_following_reads_the_followed_services_keys_not_every_status_each_look(
+    monkeypatch: Any, with_hub: bool
+) -> None:
+    """A look for new containers of a followed service read `status/` whole (every task's
+    status in the cluster) each second once the service had more tasks than
+    `STATUS_GETS`: it now reads the service's own keys and the statuses' mirror."""
+    monkeypatch.setattr(taskio, "WATCH_INTERVAL", 0.01)
+    monkeypatch.setattr(taskio, "STATUS_GETS", 2)  # web's 3 tasks are "many"
+    io, _ = await make({"t4": [line(60, "new")]})
+    store = io.store
+    hub = WatchHub(store, KEYS.prefix) if with_hub else None
+    runner = asyncio.create_task(hub.run()) if hub is not None else None
+    ranges: list[str] = []
+    range_ = store.range
+
+    async def recorded(prefix: str) -> Any:
+        ranges.append(prefix)
+        return await range_(prefix)
+
+    store.range = recorded  # type: ignore[method-assign]
+    try:
+        followed = io.logs(api_pb2.LogsRequest(service="web", follow=True))
+        assert (await anext(followed)).task in {"t1", "t2", "t3"}
+
+        def looked(since: int) -> Callable[[], bool]:
+            return lambda: ranges.count(KEYS.service_tasks("web")) > since
+
+        for i in range(5):  # other services' tasks come and go: each change is a look
+            before = ranges.count(KEYS.service_tasks("web"))
+            await store.put(KEYS.status(f"db{i}"), TaskStatus(f"db{i}", "db", 1, "n2", "running").to_json())
+            await wait_until(looked(before), 5.0, message="a look")
+        await store.put(KEYS.task("web", 4), Assignment("t4", "web", 4, "n2", 1, 1).to_json())
+        await store.put(KEYS.status("t4"), status("t4", 4, "running", "c4"))
+        got = await asyncio.wait_for(_until(followed, b"new"), 5)  # a new task is still found
+        await followed.aclose()  # type: ignore[attr-defined]
+    finally:
+        if runner is not None and hub is not None:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            hub.detach()
+    assert got.task == "t4"
+    # the statuses read whole: once at the start, once by the mirror's listing; never per look
+    assert ranges.count(KEYS.status_all) <= 2, ranges
+    assert set(ranges) <= {KEYS.status_all, KEYS.service_tasks("web"), KEYS.services, KEYS.tasks}, ranges
+
+
+async def test_a_mirror_behind_the_first_read_does_not_reopen_the_container_before(monkeypatch: Any) -> None:
+    """The statuses' mirror may be behind the reads `-f` began with: t2's container was
+    made anew (c2b) just before, the mirror still says c2. c2 is not a new container."""
+    monkeypatch.setattr(taskio, "WATCH_INTERVAL", 0.01)
+    io, _ = await make()
+    store = io.store
+    await store.put(KEYS.status("t2"), status("t2", 2, "running", "c2"))
+    hub = WatchHub(store, KEYS.prefix)  # not run: its mirrors keep what they listed
+    try:
+        for prefix in (KEYS.services, KEYS.tasks, KEYS.status_all):
+            await hub.mirror(prefix).relist()
+        await store.put(KEYS.status("t2"), status("t2", 2, "running", "c2b"))
+        ranges: list[str] = []
+        range_ = store.range
+
+        async def recorded(prefix: str) -> Any:
+            ranges.append(prefix)
+            return await range_(prefix)
+
+        store.range = recorded  # type: ignore[method-assign]
+        followed = io.logs(api_pb2.LogsRequest(service="web", follow=True))
+        reader = asyncio.create_task(_drained(followed))
+
+        def asked(task: str) -> int:
+            return sum(1 for _, r in io.peers.asked if r.task == task)  # type: ignore[attr-defined,misc]
+
+        await wait_until(lambda: ranges.count(KEYS.service_tasks("web")) >= 2, 5.0, message="a look")
+        with pytest.raises(TimeoutError):
+            await wait_until(lambda: asked("t2") > 1, 0.3, message="t2 read once (c2b), not c2 again")
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    finally:
+        hub.detach()
+
+
+async def _drained(lines: AsyncIterator[api_pb2.LogLine]) -> None:
+    async for _ in lines:
+        pass
