@@ -14,9 +14,10 @@ that has nothing to do arms no timer: the rollout deadlines it waits for are onl
 those still ahead of the last pass.
 
 No stored record ends the loop: one that this build cannot read (a service spec, a
-rollout record) is left out and logged, and a pass that fails on anything else is logged
-and tried again on the next wake. A leader that died on it would hand leadership to a
-node that dies on the same record, and so on around the cluster.
+service record with a field of the wrong type: `leader.readable`, a rollout record) is
+left out and logged, and a pass that fails on anything else is logged and tried again on
+the next wake. A leader that died on it would hand leadership to a node that dies on the
+same record, and so on around the cluster.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from leader import crashpoint, dependencies, jobrun, rollback, rollout_end, updates
+from leader import crashpoint, dependencies, jobrun, readable, rollback, rollout_end, updates
 from leader.applier import Applier, Write, writes_for
 from leader.incarnation import stale_incarnation
 from leader.liveness import DownMarks, Liveness
@@ -211,10 +212,11 @@ class LeaderLoop:
         services = {}
         self.unreadable = set()
         for kv in self.services.values():
+            name = self.keys.tail(kv.key, self.keys.services)
             try:
-                record = ServiceRecord.from_json(kv.value)
+                record = readable.service(name, kv.value)  # of the right types too
             except UnreadableRecord as exc:
-                self.unreadable.add(self.keys.tail(kv.key, self.keys.services))
+                self.unreadable.add(name)
                 log.warning("%s; its tasks are left as they are", exc)
                 continue
             services[record.name] = record
@@ -259,6 +261,8 @@ class LeaderLoop:
         decided = updates.decide(services, snap.tasks, statuses, rollouts, alive, now)
         observe = dependencies.observer(services, snap.tasks, statuses.get, self.jobs.succeeded())
         waiting = dependencies.gated(services, {svc for svc, _ in snap.tasks}, observe)  # depends_on
+        released = updates.releases(real, statuses, alive)  # handoffs over: written below
+        over = {task.task_id for task in released}
 
         def plan_all() -> tuple[list[Plan], list[Write]]:  # pure: no I/O, nothing shared is changed
             ready = [r for name, r in services.items() if name not in waiting]
@@ -268,13 +272,13 @@ class LeaderLoop:
             ]
             plans, writes = self.jobs.shape(plans), []
             for plan in plans:
-                updates.with_handoffs(plan, decided.policies.get(plan.service, UpdatePolicy()), alive)
+                updates.with_handoffs(plan, decided.policies.get(plan.service, UpdatePolicy()), alive, over)
                 writes += writes_for(plan, self.keys, seen)
             return plans, writes
 
         plans, writes = await asyncio.to_thread(plan_all)
         written = {w.op.key for w in writes}
-        for task in updates.releases(real, statuses, alive):  # written at its real slot
+        for task in released:  # written at its real slot
             key = self.keys.task(task.service, task.slot)
             if key not in written:
                 writes.append(Write(Put(key, task.to_json()), seen.get(key, 0), task.service))

@@ -20,6 +20,12 @@ First, for each service (by name), what already exists is settled slot by slot:
   have one task per eligible node: tasks on gone, drained or excluded nodes and
   duplicates are stopped instead of moved.
 
+An old task a handoff keeps serving (`Assignment.handoff`, `leader.updates`) runs beside
+its replacement, so it counts against its node's capacity until the handoff ends. Its
+reservation is given back in the pass that drops it: its slot stopped, or the slot going
+back to it (a rollback: `leader.updates.with_handoffs` restores it, and the placement
+that stands for it is charged instead).
+
 Then the replicas to place go out, global services first, then replicated ones in
 decreasing size (largest reservation first: with binpack, that is first-fit-
 decreasing), each by its strategy (`leader.placement.pick`): never on a dead, drained,
@@ -183,9 +189,16 @@ class _Service:
         else:
             self._settle_replicated(current)
 
-    def _release(self, i: int | None, task: Assignment) -> None:
+    def _release(self, i: int | None, task: Assignment, stopped: bool = False) -> None:
+        """Give back `task`'s reservation, and that of the old task its handoff holds when
+        the pass drops it (`stopped`) or restores it (see the module docstring)."""
         if i is not None:
             self.cluster.release(i, *self.reserved(task))
+        held = task.handed_off() if task.handoff else None
+        if held is not None and (stopped or held.template == self.template):
+            j = self.cluster.index.get(held.node)
+            if j is not None:
+                self.cluster.release(j, *self.reserved(held))
 
     def _settle_replicated(self, current: Mapping[int, Assignment]) -> None:
         cluster, req, plan, index = self.cluster, self.req, self.plan, self.cluster.index
@@ -193,7 +206,7 @@ class _Service:
         for slot in sorted(current, reverse=True):
             if slot > replicas:
                 plan.stop.append(current[slot])
-                self._release(index.get(current[slot].node), current[slot])
+                self._release(index.get(current[slot].node), current[slot], stopped=True)
         matching = cluster.matching(req.constraints)
         for slot in range(1, replicas + 1):
             task = current.get(slot)
@@ -202,6 +215,7 @@ class _Service:
                 continue
             i = index.get(task.node)
             if i is None:
+                self._release(None, task)  # its node's capacity is not counted; a handoff's may be
                 self.needs.append((slot, task, NODE_LOST))
                 continue
             why = ""
@@ -233,12 +247,9 @@ class _Service:
         for slot in sorted(current):
             task = current[slot]
             i = index.get(task.node)
-            if i is None:
+            if i is None or i in claimed or cluster.availability[i] == _DRAIN or not matching[i]:
                 plan.stop.append(task)
-                continue
-            if i in claimed or cluster.availability[i] == _DRAIN or not matching[i]:
-                plan.stop.append(task)
-                self._release(i, task)
+                self._release(i, task, stopped=True)
                 continue
             claimed.add(i)
             if task.template == self.template or (self.gate is not None and slot not in self.gate):
@@ -366,13 +377,15 @@ def schedule_all(
     index, used_cpu, used_mem, tasks = cluster.index, cluster.used_cpu, cluster.used_mem, cluster.tasks
     for (service, slot), task in snapshot.tasks.items():
         by_service.setdefault(service, {})[slot] = task
-        i = index.get(task.node)
-        if i is not None:
-            w = work.get(service)
-            cpu, memory = w.reserved(task) if w else (reservation_millicores(task.cpu), task.memory)
-            used_cpu[i] += cpu
-            used_mem[i] += memory
-            tasks[i] += 1
+        w = work.get(service)
+        held = task.handed_off() if task.handoff else None  # it runs too, until the handoff ends
+        for t in (task,) if held is None else (task, held):
+            i = index.get(t.node)
+            if i is not None:
+                cpu, memory = w.reserved(t) if w else (reservation_millicores(t.cpu), t.memory)
+                used_cpu[i] += cpu
+                used_mem[i] += memory
+                tasks[i] += 1
     for name, w in work.items():
         w.plan.revision = snapshot.revision
         w.gate = snapshot.updatable.get(name)

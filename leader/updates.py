@@ -20,6 +20,10 @@ Pure functions over what the leader's mirrors hold; `leader.loop` does the I/O.
   it was ready hands on what it held: its replacement holds the same old task (never the
   lost one: a handoff holds one task, no chain), or that task is restored when it is what
   the slot wants; else nothing referenced the old replica, still serving, and it stopped.
+  So does a new task moved on before it was ready for any other reason (its node drained,
+  its constraints changed, a newer update): its replacement holds the old task still
+  serving, never the unready one. Only a new task whose handoff is over this pass
+  (`releases`: ready) is itself what its replacement holds.
 - `releases`: a handoff ends when the new task is ready (running and healthy), or when
   the old task's node is gone; the old replica is then withdrawn, drained and stopped by
   its agent.
@@ -27,7 +31,7 @@ Pure functions over what the leader's mirrors hold; `leader.loop` does the I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
@@ -163,8 +167,12 @@ def _plain(task: Assignment) -> dict[str, object]:
     return {k: v for k, v in asdict(task).items() if k != "handoff"}
 
 
-def with_handoffs(plan: Plan, policy: UpdatePolicy, alive: set[str]) -> Plan:
-    """Give the tasks of `plan` that replace another a handoff (see the module docstring)."""
+def with_handoffs(
+    plan: Plan, policy: UpdatePolicy, alive: set[str], over: Collection[str] = frozenset()
+) -> Plan:
+    """Give the tasks of `plan` that replace another a handoff (see the module docstring).
+    `over`: ids of the tasks whose handoff ends this pass (`releases`); a task moved on
+    while it still holds one is replaced by a task that holds the same old one."""
     if not plan.moves:
         return plan
     placed = {t.task_id: t for t in plan.place}
@@ -173,12 +181,13 @@ def with_handoffs(plan: Plan, policy: UpdatePolicy, alive: set[str]) -> Plan:
         if new is None:
             continue
         old, held = move.old, move.old.handed_off()
-        if held is not None and held.template == new.template and held.node in alive:
-            placed[new.task_id] = held  # back to the task still serving the slot: keep it
-            continue
-        if move.why == NODE_LOST and held is not None and held.node in alive:
-            old = held  # lost before it was ready: its replacement takes over from the one serving
-        elif move.why not in HANDOFF_REASONS or old.node not in alive:
+        if held is not None and held.node in alive:
+            if held.template == new.template:
+                placed[new.task_id] = held  # back to the task still serving the slot: keep it
+                continue
+            if move.why == NODE_LOST or old.task_id not in over:
+                old = held  # moved before it was ready: its replacement takes over from the one serving
+        if old is move.old and (move.why not in HANDOFF_REASONS or old.node not in alive):
             continue
         if move.why == UPDATE and policy.order == "stop-first":
             continue

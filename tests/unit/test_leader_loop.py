@@ -118,6 +118,80 @@ async def test_a_service_whose_stored_spec_cannot_be_read_is_left_alone(leader: 
     assert leader.loop.unreadable == {"web"}
 
 
+@pytest.mark.parametrize(
+    ("where", "field", "value"),
+    [
+        ("record", "name", 5),  # sorted with the others' names: TypeError in every pass
+        ("record", "version", "three"),  # written into its tasks, compared in rollouts
+        ("record", "uid", None),
+        ("record", "name", "api"),  # under web's key: web's tasks were removed as orphans
+        ("spec", "replicas", "three"),  # the spec's model refuses it (as before)
+    ],
+)
+async def test_a_service_record_with_a_field_of_the_wrong_type_is_left_alone(
+    leader: Leader, where: str, field: str, value: object
+) -> None:
+    """A record that parses but whose fields have the wrong types (an old or hostile writer
+    around the API) failed every pass, so no service was reconciled, or was acted on as it
+    stood; it is left alone like a record that cannot be read, and the others go on."""
+    await leader.put_node(make_node("n1"))
+    await leader.put_service(make_service("web", replicas=2))
+    await leader.put_service(make_service("api", replicas=1))
+    await leader.reconcile()
+    before = await leader.tasks()
+    bad = json.loads(make_service("web", replicas=5, version=2).to_json())
+    (bad if where == "record" else bad["spec"])[field] = value
+    await leader.store.put(KEYS.service("web"), json.dumps(bad).encode())
+    await leader.put_service(make_service("api", replicas=2, version=2))
+    await leader.reconcile()
+    after = await leader.tasks()
+    assert {k: v for k, v in after.items() if k[0] == "web"} == {
+        k: v for k, v in before.items() if k[0] == "web"
+    }, "its tasks are left as they are"
+    assert sorted(k for k in after if k[0] == "api") == [("api", 1), ("api", 2)], "the others go on"
+    assert leader.loop.unreadable == {"web"}
+
+
+async def test_a_pass_that_fails_unexpectedly_is_logged_once_and_tried_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loop's backstop: a pass that raises what no check foresaw (a bug, a record of a
+    shape nobody expected) is logged with its traceback once, not on every retry, and
+    tried again on the next wake; the leader leads on. Without it the loop ends, and the
+    next leader meets the same failure."""
+    store = MemoryStore()
+    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
+    loop = LeaderLoop(store, KEYS, epoch, EventLog(store, KEYS, "n1"), resync=0.05)
+    await store.put(KEYS.node("n1"), make_node("n1").to_json())
+    await store.put(KEYS.service("web"), make_service("web").to_json())
+    real, failures = loop.reconcile, 3
+
+    async def reconcile() -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise RuntimeError("a failure no check foresaw")
+        await real()
+
+    monkeypatch.setattr(loop, "reconcile", reconcile)
+    task = asyncio.create_task(loop.run())
+    try:
+
+        async def placed_or_ended() -> bool:
+            kvs, _ = await store.range(KEYS.service_tasks("web"))
+            return (bool(kvs) and "reconcile" not in loop._failing) or task.done()
+
+        await wait_until(placed_or_ended, timeout=5, message="web placed after the failed passes")
+        assert not task.done(), f"the leader's loop ended: {task.exception()!r}"
+        assert failures == 0
+        logged = [r for r in caplog.records if r.name == "leader.loop" and r.exc_info]
+        assert len(logged) == 1, "logged with its traceback once, then quietly while it repeats"
+        assert "reconcile failed" in logged[0].getMessage()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _running_leader_with_a_rollout(store: MemoryStore) -> tuple[LeaderLoop, asyncio.Task[None]]:
     """A leader's whole loop (`LeaderLoop.run`) with service `web` mid-rollout (a monitor
     window of 30 s: the rollout stays active and arms a deadline)."""

@@ -301,6 +301,29 @@ async def test_a_drained_replica_keeps_serving_when_its_replacements_node_is_los
     assert (await world.tasks())[1] == replace(slot, handoff={}), "released: the drained one stops"
 
 
+async def test_an_update_drained_before_it_was_ready_keeps_the_old_replica_serving(world: World) -> None:
+    """Slot 1's start-first update handed n1's replica off to a new task; that task's node
+    was drained before it was ready, and the task moved off it held the unready one: n1's
+    replica, the only one serving, was no longer assigned and its agent stopped it."""
+    await world.put_service(make_service("web", replicas=1, image="img:1"))
+    await world.reconcile()
+    await world.report_all()
+    await world.reconcile()
+    first = (await world.tasks())[1]
+    await world.put_service(make_service("web", replicas=1, version=2, image="img:2"))
+    await world.reconcile()
+    updating = (await world.tasks())[1]
+    assert updating.version == 2 and updating.handed_off() == first
+    await world.store.put(KEYS.nodespec(updating.node), NodeSpec(availability="drain").to_json())
+    await world.reconcile()
+    moved = (await world.tasks())[1]
+    assert moved.node != updating.node and moved.version == 2
+    assert moved.handed_off() == first, "the replica still serving is held until a new one is ready"
+    await world.report(moved)  # ready
+    await world.reconcile()
+    assert (await world.tasks())[1] == replace(moved, handoff={}), "released only now"
+
+
 def _lost_update(old_image: str) -> tuple[Assignment, Assignment, ServiceRecord]:
     """Slot 1's start-first update to img:2 was placed on n2, handing off n1's task; n2 is
     lost. Returns n1's task, n2's, and the service now (at `old_image` once more)."""
