@@ -8,6 +8,13 @@ the new certificate and the old ones are closed a little later, so a probe in fl
 is never cut. `PeerServicer` answers probes by handing them to the local
 `Memberlist`, and joins through `node.api.join`.
 
+A probe's `from_node` must be the node its caller's certificate names
+(`node.security.auth.current_caller`): else any node could speak for another, e.g.
+send a ping-req or an ack in its name. A node certificate whose id differs is refused
+(PERMISSION_DENIED). An empty `from_node` claims no one and is let through (the
+daemon's start-up twin check, `node.daemon.app`, pings so). Without an authenticated
+caller (a server with no auth interceptor: dev mode, tests) nothing is checked.
+
 Incarnations start at the wall clock (`node.daemon.membership`) and grow by one per
 refutation, so one far above the clock (`plausible`) is a bug or a forgery: it is
 dropped when read. Merged, it would be spread and refuted past the uint64 the wire
@@ -29,8 +36,10 @@ from node.api.usage import PeerUsageHandlers
 from node.gossip.memberlist import Memberlist
 from node.gossip.messages import Ack, MemberState, Ping, PingReq, Update
 from node.gossip.transport import ProbeFailed
-from node.model.errors import FailedPrecondition
+from node.model.errors import FailedPrecondition, PermissionDenied
 from node.pb import peer_pb2, peer_pb2_grpc
+from node.security.auth import current_caller
+from node.security.ca import Kind
 from node.wire import rpc
 from node.wire.peerstubs import PeerStubs
 
@@ -129,6 +138,18 @@ class GrpcTransport:
         await self._peers.close()
 
 
+def check_sender(from_node: str) -> None:
+    """Refuse a probe whose `from_node` is not the caller's certificate's node id."""
+    caller = current_caller()
+    if caller is None or caller.identity.kind is not Kind.NODE:
+        return  # no authenticated caller (dev mode); other kinds never reach the peer API
+    if from_node and from_node != caller.identity.name:  # "" speaks for no one (the twin check)
+        raise PermissionDenied(
+            f"from_node {from_node[:80]!r} is not this caller: its certificate is node "
+            f"{caller.identity.name!r}, and a node speaks only for itself"
+        )
+
+
 JoinFn = Callable[[peer_pb2.JoinRequest, grpc.aio.ServicerContext], Awaitable[peer_pb2.JoinResponse]]
 
 
@@ -149,6 +170,7 @@ class PeerServicer(PeerTaskHandlers, PeerUsageHandlers, PeerTrafficHandlers, pee
     async def Ping(
         self, request: peer_pb2.PingRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.PingResponse:
+        check_sender(request.from_node)
         ack = self.members.handle_ping(
             Ping(request.from_node, request.seq, _updates_from_pb(request.updates))
         )
@@ -158,6 +180,7 @@ class PeerServicer(PeerTaskHandlers, PeerUsageHandlers, PeerTrafficHandlers, pee
     async def PingReq(
         self, request: peer_pb2.PingReqRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.PingResponse:
+        check_sender(request.from_node)
         msg = PingReq(
             request.from_node,
             request.seq,

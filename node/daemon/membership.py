@@ -43,7 +43,9 @@ class Membership:
     ) -> None:
         self.node = node
         self.transport = GrpcTransport()
-        self.list = Memberlist(node, address, self.transport, config)
+        self.list = Memberlist(
+            node, address, self.transport, config, known=lambda n: keys.node(n) in self.registry.items
+        )
         self.list.incarnation = int(time.time())
         self.registry = mirror(store, keys.nodes, "membership-registry")
         self.seeds = seeds

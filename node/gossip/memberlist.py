@@ -12,7 +12,9 @@ It composes the pure core (`state.MemberTable`) with the I/O:
   knows, at the address it holds (else a caller could make it dial anything, and the
   transport keep a connection per address);
 - `forget` also lets the transport drop connections to addresses no member has;
-- `add`, `join`, `leave`, the queries, and `subscribe` for membership events.
+- `add`, `join`, `leave`, the queries, and `subscribe` for membership events;
+- `known`, the daemon's "is this node registered" predicate: gossip about a member
+  not held is learnt only if it accepts it (state.py); `add` is not filtered.
 
 Events are published to every subscriber queue in the order the core produced them.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Container
+from collections.abc import Callable, Container
 
 from node.gossip.broadcast import retransmit_limit
 from node.gossip.config import GossipConfig
@@ -30,7 +32,7 @@ from node.gossip.member import GONE, LIVE, Member, MemberEvent
 from node.gossip.messages import Ack, MemberState, Ping, PingReq, Update
 from node.gossip.piggyback import corrections, full_state, piggyback
 from node.gossip.probe import Prober, loop_time
-from node.gossip.state import MemberTable
+from node.gossip.state import MemberTable, anyone
 from node.gossip.transport import ProbeFailed, Transport
 
 __all__ = ["Member", "MemberEvent", "Memberlist"]
@@ -46,10 +48,11 @@ class Memberlist:
         transport: Transport,
         config: GossipConfig,
         rng: random.Random | None = None,
+        known: Callable[[str], bool] = anyone,
     ) -> None:
         self.node, self.address, self.transport, self.config = node, address, transport, config
         rng = rng or random.Random()
-        self._table = MemberTable(node, address, config, rng, loop_time())
+        self._table = MemberTable(node, address, config, rng, loop_time(), known)
         self._prober = Prober(self._table, transport, rng, self._after)
         self._subscribers: list[asyncio.Queue[MemberEvent]] = []
         self._timer: asyncio.TimerHandle | None = None

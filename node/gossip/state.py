@@ -30,6 +30,13 @@ Inputs and what they do:
   spread its stale verdicts about the healthy side.
 - `add(node, address)`: a member from the registry or seeds: ALIVE at incarnation 0
   if unknown; not gossiped (every member reads the registry itself).
+- `known(node)`, a predicate given at construction (the daemon's: "is `node` in the
+  etcd registry"; default: everyone): a fact about a member not in the table is
+  learnt only when `known` accepts it; otherwise it is ignored, neither held nor
+  relayed. Without it, any holder of a node certificate could fill every member's
+  table with made-up members (bounded only by `forget`, a day after their death).
+  Members already held are merged as usual (the registry entry of a dead node goes
+  with its lease; its death must still be merged and gossiped).
 - `leave()`: LEFT with incarnation + 1, gossiped; no refutation after that.
 
 Dead and left members stay in the table (with their incarnation, so stale facts
@@ -42,7 +49,7 @@ about them stay recognisable); DEAD ones are probed now and then for
 from __future__ import annotations
 
 import random
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 
 from node.gossip.awareness import Awareness
 from node.gossip.broadcast import BroadcastQueue
@@ -56,11 +63,25 @@ ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState
 EPSILON = 1e-6  # s: timers fire up to a clock tick early
 
 
+def anyone(node: str) -> bool:
+    """The default `known`: every member is learnt (simulations, tests)."""
+    return True
+
+
 class MemberTable:
     """One member's view of the cluster; see the module docstring."""
 
-    def __init__(self, node: str, address: str, config: GossipConfig, rng: random.Random, now: float) -> None:
+    def __init__(
+        self,
+        node: str,
+        address: str,
+        config: GossipConfig,
+        rng: random.Random,
+        now: float,
+        known: Callable[[str], bool] = anyone,
+    ) -> None:
         self.node, self.address, self.config = node, address, config
+        self.known = known  # may a member not held be learnt from gossip? (module doc)
         self.incarnation = 0
         self.left = False
         self.queue = BroadcastQueue()
@@ -244,8 +265,8 @@ class MemberTable:
         return events
 
     def _learn(self, u: Update, now: float, gossip: bool) -> list[MemberEvent]:
-        if not u.address:
-            return []
+        if not u.address or not self.known(u.node):
+            return []  # not learnt, so never relayed either
         self._members[u.node] = Member(u.node, u.address, u.incarnation, u.state, now)
         if u.state in LIVE:
             self.live += 1
