@@ -7,12 +7,15 @@ caller re-lists; a dropped watch is resumed here from the last event it delivere
 (never from a response header's revision: that skips events, see `watch`).
 With `EtcdTls`, the connection is TLS, with a client certificate when etcd asks
 for one (`--client-cert-auth`); `node.security.etcd_tls` reads one from files.
+Endpoints may be host names or IPv6 addresses: the channel's target is ours
+(`node.store.endpoints`), not etcd3aio's `ipv4:` one, which gRPC refuses for both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +49,7 @@ from node.store.base import (
     WatchEvent,
     check_size,
 )
+from node.store.endpoints import grpc_target, host_names
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,7 @@ _REASONS = (
     ("Connection refused", "connection refused"),
     ("No route to host", "no route to host"),
     ("DNS resolution failed", "the host name does not resolve"),
+    ("errors resolving", "the host name does not resolve"),  # gRPC's own resolver (a `dns:` target)
     ("no leader", "etcd has no leader (quorum lost?)"),
     ("CERTIFICATE_VERIFY_FAILED", "etcd's certificate is not signed by etcd_ca (or names another host)"),
     ("andshake", "the TLS handshake failed (check etcd_ca, etcd_cert and etcd_key)"),
@@ -135,6 +140,7 @@ class EtcdStore:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = ",".join(endpoints)
+        self._endpoints = list(endpoints)
         self.timeout = timeout
         if tls is None:
             self._client = Etcd3Client(list(endpoints), rpc_max_attempts=2)
@@ -168,10 +174,12 @@ class EtcdStore:
         mine = {name for name, _ in ours}  # replaced, not appended: which duplicate wins is unsaid
         manager = self._client._manager
         manager.grpc_options = [opt for opt in manager.grpc_options if opt[0] not in mine] + ours
+        manager.target = grpc_target(self._endpoints)  # host names looked up in `connect`
         self._connected = False
 
     async def connect(self) -> None:
         if not self._connected:
+            self._client._manager.target = grpc_target(self._endpoints, await self._resolve())
             await self._client.connect()
             self._connected = True
         assert self._client.kv and self._client.lease and self._client.watch
@@ -180,6 +188,20 @@ class EtcdStore:
             service._metadata = (*(m for m in service._metadata if m != REQUIRE_LEADER), REQUIRE_LEADER)
         assert self._client._channel is not None
         self._watch_stub = WatchStub(self._client._channel)  # our own resume: see `watch`
+
+    async def _resolve(self) -> dict[str, list[str]]:
+        """The addresses of the endpoints' host names, when there are several endpoints
+        (gRPC looks up a single one itself); a name that does not resolve is left out."""
+        loop, out = asyncio.get_running_loop(), {}
+        for host, port in host_names(self._endpoints):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except (OSError, TimeoutError) as exc:
+                log.warning("etcd endpoint %s:%d left out: the name does not resolve (%s)", host, port, exc)
+                continue
+            out[host] = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        return out
 
     async def close(self) -> None:
         if self._connected:
@@ -310,6 +332,7 @@ class EtcdStore:
         """A channel to one member only (the client's own balances over all of them)."""
         manager = ConnectionManager([endpoint])
         manager.grpc_options = list(self._client._manager.grpc_options)
+        manager.target = grpc_target([endpoint])
         conn = self._client._conn_args
         return manager.get_channel(
             ca_cert=conn.get("ca_cert"),
@@ -357,6 +380,10 @@ class EtcdStore:
         A batch's `revision` is its last event's mod revision, for the same reason.
         An etcd restored from a backup (a new cluster id, or a revision behind the one
         delivered) raises `Compacted` too: the caller's view is stale, it lists again.
+        A member that only lags (a resumed stream on a follower that has not applied the
+        last revisions yet) answers behind too: a linearizable read then tells the two
+        apart, and the stream is kept (etcd sends the events from `next_revision` on once
+        the member has them) instead of a re-list, again and again while it lags.
         """
         next_revision = start_revision
         cluster = 0  # etcd's cluster id, from the first answer: a restore makes a new one
@@ -375,9 +402,10 @@ class EtcdStore:
                     if resp.created and next_revision == 0:  # "from now": now is the header's
                         next_revision = int(resp.header.revision) + 1
                     cluster = cluster or int(resp.header.cluster_id)
-                    if int(resp.header.cluster_id) != cluster or (
-                        resp.created and next_revision > int(resp.header.revision) + 1
-                    ):
+                    behind = resp.created and next_revision > int(resp.header.revision) + 1
+                    if behind and int(resp.header.cluster_id) == cluster:
+                        behind = await self._restored(prefix, next_revision - 1, int(resp.header.revision))
+                    if int(resp.header.cluster_id) != cluster or behind:
                         # Another etcd cluster answers, or one behind what this watch has
                         # delivered: it was restored from a backup. Resuming would skip the
                         # writes made since at revisions already seen; the view is stale.
@@ -403,6 +431,19 @@ class EtcdStore:
                 stream.cancel()
             await asyncio.sleep(backoff)  # a stream that ended or dropped: open it again
             backoff = min(backoff * 2, WATCH_MAX_BACKOFF)
+
+    async def _restored(self, prefix: str, delivered: int, member: int) -> bool:
+        """A watch was created on a member at revision `member`, behind the revision
+        `delivered` already: is etcd's revision (a linearizable read, past every write
+        committed) behind it too? Yes: restored from a backup. No: that member lags."""
+        resp = await self._call(self._kvs.get(prefix, keys_only=True, timeout=self.timeout))
+        revision = int(resp.header.revision)  # type: ignore[attr-defined]
+        if revision >= delivered:
+            log.info(
+                "watch %s: a member at revision %d, behind %d (etcd is at %d): it lags; waiting for it",
+                prefix, member, delivered, revision,
+            )  # fmt: skip
+        return revision < delivered
 
     async def snapshot(self) -> AsyncIterator[bytes]:
         """etcd's snapshot of its whole backend, in chunks; the last 32 bytes of the

@@ -11,6 +11,8 @@
   unless `deadline` (seconds) is given. Exceptions in `at_once` (e.g. `Compacted`) are
   retried without waiting and logged at INFO. `progressed(attempt)` starts the back-off
   over when a long-lived attempt (a watch) made progress before it failed.
+  `PERMANENT` errors (`TooLarge`: the request itself must change; `Fenced`: our epoch is
+  over) are never retried, whatever `retry_on` says: they are raised at once.
 
 `sleep` (both) lets tests run without real waits.
 """
@@ -26,6 +28,7 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     retry_if_result,
     stop_after_attempt,
     stop_after_delay,
@@ -36,12 +39,15 @@ from tenacity import (
 from tenacity import AttemptManager as Attempt
 
 from node.model.errors import Conflict
-from node.store.base import StoreError
+from node.store.base import Fenced, StoreError, TooLarge
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
+
+PERMANENT: tuple[type[BaseException], ...] = (TooLarge, Fenced)
+"""Store errors that no retry can mend: `patiently` raises them at once."""
 
 CAS_ATTEMPTS = 5
 """Reads-and-writes a compare-and-swap makes before it answers `Conflict`."""
@@ -83,7 +89,8 @@ def patiently(
 ) -> AsyncRetrying:
     """A policy for a call that must succeed eventually: `await patiently(...)(fn, *args)`,
     or `async for attempt in patiently(...): with attempt: ...`. The exception of the last
-    attempt is raised when `deadline` passes or when it is not one of `retry_on`."""
+    attempt is raised when `deadline` passes, when it is not one of `retry_on`, or when
+    it is `PERMANENT`."""
 
     def wait(state: RetryCallState) -> float:
         if _failure(state, at_once):
@@ -99,7 +106,8 @@ def patiently(
             logger.warning("%s: %s; retrying in %.1fs", what, exc, wait_s)
 
     return AsyncRetrying(
-        retry=retry_if_exception_type(retry_on) | retry_if_exception_type(at_once),
+        retry=(retry_if_exception_type(retry_on) | retry_if_exception_type(at_once))
+        & retry_if_not_exception_type(PERMANENT),
         wait=wait,
         stop=stop_never if deadline is None else stop_after_delay(deadline),
         before_sleep=before_sleep,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -11,7 +12,8 @@ from typing import TypeVar
 import pytest
 
 from node.model.errors import Conflict, NotFound
-from node.store import KV, Compacted, Compare, Put, StoreError, StoreUnavailable
+from node.store import KV, Compacted, Compare, Fenced, Put, StoreError, StoreUnavailable
+from node.store.base import TooLarge
 from node.store.cache import PrefixCache
 from node.store.memory import MemoryStore
 from node.store.retry import CAS_ATTEMPTS, compare_and_swap, patiently, progressed
@@ -133,6 +135,17 @@ def test_patiently_raises_what_it_does_not_retry_at_once() -> None:
         run(lambda: patiently("x", sleep=sleep)(_failing(1, ValueError("bad"))))
     with pytest.raises(StoreUnavailable):  # retry_on=(): no retries (shoald without --wait-for-etcd)
         run(lambda: patiently("x", retry_on=(), sleep=sleep)(_failing(1, StoreUnavailable("down"))))
+    assert sleep.waits == []
+
+
+@pytest.mark.parametrize("error", [TooLarge(2_000_000), TooLarge(None), Fenced("epoch 7 is over")])
+def test_patiently_never_retries_a_permanent_error(error: StoreError) -> None:
+    """Before, a write etcd refused as too large (a `StoreError`) was retried forever."""
+    sleep = FakeSleep()
+    for retry_on in (StoreError, (StoreError, OSError)):
+        retrying = patiently("x", retry_on=retry_on, sleep=sleep)
+        with pytest.raises(type(error)):
+            run(functools.partial(retrying, _failing(1, error)))
     assert sleep.waits == []
 
 
