@@ -15,7 +15,9 @@ At start (`load`, then `ensure`):
 certificate signed with the CA from etcd, written atomically, served from the next
 handshake on (`rpc.ServerTls.update`), and handed to `on_renewed` callbacks, which
 open new client channels. Nothing restarts; open connections are kept. A failed
-renewal is retried every few seconds and logged (never with a key or a token).
+renewal is retried every few seconds and logged (never with a key or a token). At each
+of its wakes (hourly at least) it also renews the cluster's join certificate when due
+(`renew_join_cert`), so a join token nobody asked for in a year still joins.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from node.wire import rpc
 log = logging.getLogger(__name__)
 
 RETRY = 5.0  # s between renewal attempts after a failure
+JOIN_CHECK = 3600.0  # s between checks of the join certificate (one etcd read each)
 JOIN_TIMEOUT = 10.0  # s for one Join call
 
 
@@ -271,6 +274,17 @@ class NodeIdentity:
         while True:  # not a retry: sleep until the certificate is due
             assert self._cert is not None
             wait = (ca.renew_at(self._cert) - datetime.now(UTC)).total_seconds()
-            await asyncio.sleep(max(0.0, min(wait, 3600.0)))
+            await asyncio.sleep(max(0.0, min(wait, JOIN_CHECK)))
+            await self.renew_join_cert()
             if datetime.now(UTC) >= ca.renew_at(self._cert):
                 await renewing(self.renew)
+
+    async def renew_join_cert(self) -> None:
+        """The cluster's join certificate issued again for the same token once it is due
+        (`ClusterSecurity.renew_join_cert`; any member may, the first write wins): checked
+        at every wake of `run`, at least hourly, so a token kept unused for a year still
+        joins. A failure is logged and tried at the next wake."""
+        try:
+            await self.security.renew_join_cert(self.passphrase())
+        except (CertError, ShoalError, StoreError, OSError) as exc:
+            log.warning("the cluster's join certificate could not be checked or renewed: %s", exc)

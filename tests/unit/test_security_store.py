@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -231,3 +231,37 @@ async def test_a_join_token_is_checked_against_etcd_before_any_connection(
 def test_lifetimes_follow_the_config(tmp_path: Path, store: MemoryStore) -> None:
     identity = NodeIdentity(_config(tmp_path, cert_lifetime=120.0), store, KEYS)
     assert identity.lifetimes == Lifetimes(node=timedelta(seconds=120))
+
+
+async def test_a_node_renews_the_clusters_join_certificate_when_it_is_due(
+    tmp_path: Path, store: MemoryStore, security: ClusterSecurity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No one asked for the token nor joined in 2/3 of the join certificate's lifetime:
+    the daemons' certificate loop renews it (the same token), else joins fail at its end."""
+    authority, secrets, _ = await security.initialise()
+    files = NodeFiles.of(tmp_path)
+    provision.issue_node(files, authority, secrets.ca_passphrase, "n1", ["127.0.0.1"], [])
+    identity = NodeIdentity(_config(tmp_path), store, KEYS)
+    assert identity.load()
+    await identity.ensure()
+    record, _ = await security.join_record()
+    old = bootstrap.join_certificate(
+        authority, secrets.join.token, now=datetime.now(UTC) - timedelta(days=300)
+    )
+    await store.put(KEYS.join, replace(record, cert=old).to_json())
+    wakes = 0
+
+    async def sleep(seconds: float) -> None:
+        nonlocal wakes
+        assert seconds <= 3600.0
+        wakes += 1
+        if wakes > 1:
+            raise asyncio.CancelledError  # one wake of the loop is enough
+
+    monkeypatch.setattr("node.daemon.identity.asyncio.sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await identity.run()
+    renewed, _ = await security.join_record()
+    assert renewed.cert != old and renewed.key_id == record.key_id
+    assert not ca.needs_renewal(ca.load_cert(renewed.cert))
+    assert await security.join_token(secrets.ca_passphrase) == secrets.join.token
