@@ -10,6 +10,10 @@ takes no rebinding. One warning and one `proxy.kernel_fallback` event per change
 cause; the next change of the table tries the kernel again, and `proxy.kernel_path`
 says when it serves once more.
 
+Clients on the replicas' bridges are left to the listener (their interfaces, from
+`/proc/net/route`, in the prerouting rules), and so are the VIP ranges given as `vips`
+on a node listening on 0.0.0.0 (kernel_rules' doc).
+
 `nft` missing (or `proxy_nft = "off"`): nothing is written; with fast-path ports wanted,
 one warning and one `proxy.kernel_fallback` event say so.
 
@@ -118,8 +122,10 @@ class KernelPath:
         sysctl: Path = SYSCTL,
         query: Query = query_nft,
         clock: Callable[[], float] = time.monotonic,
+        vips: Sequence[IPv4Network] = (),
     ) -> None:
         self.program, self.table, self.events = program, table, events
+        self.vips = tuple(vips)  # the VIP ranges, never matched by a 0.0.0.0 node's rules
         self.remove_on_stop = remove_on_stop
         self.run, self.routes_file, self.sysctl = run, routes_file, sysctl
         self.query, self.clock = query, clock
@@ -214,12 +220,16 @@ class KernelPath:
             self._fall_back(f"the node address {address} is not IPv4 (the table is `ip` only)")
             return []
         localnet: list[str] = []
-        if ports and kernel_rules.loopback_clients(address):
-            localnet = kernel_rules.interfaces(ports, self._on_link())
-            failed = set_route_localnet(localnet, self.sysctl, self._localnet)
-            localnet = [i for i in localnet if i not in failed]
+        bridges: list[str] = []
+        if ports:
+            on_link = self._on_link()
+            bridges = kernel_rules.interfaces(ports, on_link, containers_only=True)
+            if kernel_rules.loopback_clients(address):
+                localnet = kernel_rules.interfaces(ports, on_link)
+                failed = set_route_localnet(localnet, self.sysctl, self._localnet)
+                localnet = [i for i in localnet if i not in failed]
         restore_route_localnet(self._localnet, localnet, self.sysctl)  # no guard for them below
-        text = kernel_rules.ruleset(self.table, address, ports, localnet)
+        text = kernel_rules.ruleset(self.table, address, ports, localnet, bridges, self.vips)
         if text == self.applied:
             return self.served
         if text == self._tried and self.applied is not None:

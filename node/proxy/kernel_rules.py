@@ -41,6 +41,26 @@ masqueraded (`ct original` daddr and port match this table's own ports only).
 CVE-2020-8558 of kube-proxy): the `input` chain drops new connections to 127.0.0.0/8
 arriving on those interfaces.
 
+Clients the prerouting rules leave to the listener (the `output` chain, the host's own
+clients, has neither concern):
+- containers on the replicas' bridges (`iifname != { … }`, every bridge a target of any
+  port is reached through, `interfaces(..., containers_only=True)`). Such a client DNATed
+  to a replica on its own bridge gets the reply straight over the bridge, untranslated
+  unless br_netfilter is loaded, and a replica DNATed back to itself needs hairpin mode on
+  Docker's port and is dropped (decision 74, which keeps a VIP's own replicas off its rule
+  for the same reason). Docker, with its userland proxy (the default), skips its own
+  published-port DNAT for traffic from its bridges too;
+- with node address 0.0.0.0, the VIPs: `fib daddr type local` also matches the whole
+  `vip_range`, routed local to the host (`node.proxy.vips.prepare_host`), so a VIP port
+  equal to a fast-path port would be taken from the VIP's listener and rules. The rule
+  matches `ip daddr != { <vip_range> }` too (`vips`), in both chains.
+
+A local replica reached at its publish address rather than its container address (not
+on-link here, or `proxy_direct = false`) is DNATed there: the kernel delivers it to the
+host's published port. Published on every address (0.0.0.0) it cannot be a DNAT target:
+`plan` leaves the port to the userland listener (which connects there as before), as a
+port with no local replica; leaving that one replica out of the rule would starve it.
+
 Hostile records: addresses and ports come from etcd (endpoint records any agent
 writes); a target that is not an IPv4 address and a port is left out, so nothing but
 numbers ever reaches the text.
@@ -71,6 +91,8 @@ class KernelPort:
     service: str
     published: int
     targets: tuple[tuple[str, int], ...]  # (IPv4 address, port), at least one
+    containers: frozenset[str] = frozenset()  # the targets' addresses that are container
+    #   addresses (reached over a bridge), not the host's own published ports
 
 
 def table_name(cluster: str, node: str) -> str:
@@ -98,20 +120,23 @@ def plan(
 ) -> list[KernelPort]:
     """The ports to DNAT: each published port of `kernel` (port -> the service asking,
     `routes.kernel_ports`) whose route is that service's, `tcp` without a PROXY header,
-    with at least one routable replica on `node`; by port."""
+    with at least one routable replica on `node`; by port. A port with a local replica
+    published on 0.0.0.0 (no address to DNAT to) is left out: the listener serves it."""
     endpoints = list(endpoints)
+    container = {e.task_id: e.container_address for e in endpoints if e.node == node}
     out = []
     for port in sorted(kernel):
         route = wanted.get(port)
         if route is None or route.service != kernel[port] or route.protocol != "tcp" or route.proxy_v2:
             continue
-        targets = tuple(
-            (b.address, b.port)
-            for b in routes.backends(route, endpoints)
-            if b.node == node and _target(b.address, b.port)
-        )
-        if targets:
-            out.append(KernelPort(route.service, port, targets))
+        local = [
+            b for b in routes.backends(route, endpoints) if b.node == node and _target(b.address, b.port)
+        ]
+        if any(ipaddress.IPv4Address(b.address).is_unspecified for b in local):
+            continue
+        if local:
+            containers = frozenset(b.address for b in local if b.address == container.get(b.key))
+            out.append(KernelPort(route.service, port, tuple((b.address, b.port) for b in local), containers))
     return out
 
 
@@ -137,13 +162,19 @@ def loopback_clients(address: str) -> bool:
 
 
 def interfaces(
-    ports: Iterable[KernelPort], on_link: Sequence[tuple[ipaddress.IPv4Network, str]]
+    ports: Iterable[KernelPort],
+    on_link: Sequence[tuple[ipaddress.IPv4Network, str]],
+    containers_only: bool = False,
 ) -> list[str]:
     """The interfaces the targets are reached through (the longest on-link prefix of
-    each), sorted: where loopback clients need `route_localnet`."""
+    each), sorted: where loopback clients need `route_localnet`. `containers_only`: of
+    the container addresses among them only, the bridges whose clients the prerouting
+    rules leave to the listener (a host address is on-link through the uplink)."""
     out: set[str] = set()
     for p in ports:
         for address, _ in p.targets:
+            if containers_only and address not in p.containers:
+                continue
             ip = ipaddress.IPv4Address(address)
             nets = [(net, iface) for net, iface in on_link if ip in net and _IFACE.fullmatch(iface)]
             if nets:
@@ -151,23 +182,38 @@ def interfaces(
     return sorted(out)
 
 
-def ruleset(table: str, address: str, ports: Sequence[KernelPort], localnet: Sequence[str] = ()) -> str:
+def ruleset(
+    table: str,
+    address: str,
+    ports: Sequence[KernelPort],
+    localnet: Sequence[str] = (),
+    bridges: Sequence[str] = (),
+    vips: Sequence[ipaddress.IPv4Network] = (),
+) -> str:
     """The whole table as one `nft -f -` transaction; with no port, the table's removal.
-    `address` is the node's (0.0.0.0: every local address); `localnet` the interfaces
-    given `route_localnet` (`interfaces`), guarded in the `input` chain."""
+    `address` is the node's (0.0.0.0: every local address but `vips`, the VIP ranges);
+    `localnet` the interfaces given `route_localnet` (`interfaces`), guarded in the
+    `input` chain; `bridges` those whose clients prerouting leaves to the listener
+    (module doc)."""
     if not ports:
         return removal(table)
     ip = ipaddress.IPv4Address(address)
-    match_dst = "fib daddr type local" if ip.is_unspecified else f"ip daddr {ip}"
+    match_dst = f"ip daddr {ip}"
+    if ip.is_unspecified:
+        nets = ", ".join(str(ipaddress.IPv4Network(n)) for n in vips)
+        match_dst = "fib daddr type local" + (f" ip daddr != {{ {nets} }}" if nets else "")
     rules = [
         f'{match_dst} tcp dport {p.published} counter name "{counter_name(p.published)}" '
         f"{_dnat(p)} comment {_quote(p.service)}"
         for p in ports
     ]
+    bridged = ", ".join(f'"{i}"' for i in bridges if _IFACE.fullmatch(i))
+    skip = f"iifname != {{ {bridged} }} " if bridged else ""
     lines = [f"table ip {table}", f"flush table ip {table}", f"table ip {table} {{"]
     for p in ports:  # named: `flush table` empties chains, not objects, so a count outlives swaps
         lines += [f"  counter {counter_name(p.published)} {{", "  }"]
-    lines += _chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;", rules)
+    prerouting = [skip + r for r in rules]
+    lines += _chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;", prerouting)
     lines += _chain("output", "type nat hook output priority -100; policy accept;", rules)
     if loopback_clients(address):
         orig_dst = "" if ip.is_unspecified else f"ct original ip daddr {ip} "

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from node.model.config import NodeConfig
+from node.model.config import NodeConfig, vip_network
 from node.model.domain import EndpointRecord, ServiceRecord, readable_services
 from node.proxy import kernel_rules, routes
 from node.proxy import worker_wire as wire
@@ -448,4 +448,5 @@ def kernel_path_for(config: NodeConfig, events: EventLog | None) -> KernelPath:
     """This node's kernel path: its own table, `proxy_nft`'s program ("off": none)."""
     program = "" if config.proxy_nft.strip().lower() in OFF else config.proxy_nft.strip()
     table = kernel_rules.table_name(config.cluster, config.node_id)
-    return KernelPath(program, table, events, remove_on_stop=config.leave_on_stop)
+    vips = (vip_network(config.vip_range),)  # routed local: never a 0.0.0.0 node's fast path
+    return KernelPath(program, table, events, remove_on_stop=config.leave_on_stop, vips=vips)

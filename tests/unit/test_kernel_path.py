@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,20 @@ async def test_a_node_on_a_real_address_sets_no_route_localnet(tmp_path: Path) -
     await kernel.sync("10.0.0.5", [PORT])
     assert (tmp_path / "conf" / "docker0" / "route_localnet").read_text().strip() == "0"
     assert "masquerade" not in nft.texts[0]
+
+
+async def test_the_replicas_bridges_and_the_vip_ranges_are_the_listeners(tmp_path: Path) -> None:
+    """Prerouting skips clients on the bridge its container targets are reached through
+    (from /proc/net/route: docker0 here); a node on 0.0.0.0 matches no VIP range."""
+    nft = FakeNft()
+    kernel, _ = path(tmp_path, nft, vips=[IPv4Network("10.213.0.0/16")])
+    bridged = KernelPort("raw", 18080, PORT.targets, frozenset(a for a, _ in PORT.targets))
+    await kernel.sync("0.0.0.0", [bridged])
+    pre, out = nft.texts[-1].split("chain output")
+    rule = "fib daddr type local ip daddr != { 10.213.0.0/16 } tcp dport 18080"
+    assert f'iifname != {{ "docker0" }} {rule}' in pre and f"    {rule}" in out
+    await kernel.sync("10.0.0.5", [PORT])  # published ports of the host: no bridge to skip
+    assert "iifname" not in nft.texts[-1] and "10.213" not in nft.texts[-1]
 
 
 async def test_a_refusal_is_retried_then_served_by_the_userland_once(tmp_path: Path) -> None:
@@ -222,6 +237,29 @@ async def test_the_mesh_dnats_to_its_own_replicas_only(tmp_path: Path) -> None:
     assert "delete table" not in nft.texts[-1]  # a stop leaves the table serving (decision 75)
 
 
+async def test_replicas_published_on_every_address_stay_with_the_listener(tmp_path: Path) -> None:
+    """A node on 0.0.0.0 publishes there (no container address to use): the rule said
+    `dnat to 0.0.0.0:30001`, which reaches nothing."""
+    w = World()
+    nft = FakeNft()
+    w.mesh.kernel, _ = path(tmp_path, nft)
+    service = make_service("raw", ports=[{"container": 8080, "published": 18080, "fast_path": "kernel"}])
+    await w.store.put(KEYS.service("raw"), service.to_json())
+    task = make_task(service, 1, "n1")
+    await w.store.put(KEYS.task("raw", 1), task.to_json())
+    record = EndpointRecord(task.task_id, "raw", "n1", "0.0.0.0", 30001, 8080, {"8080": 30001})
+    await w.store.put(KEYS.endpoint("raw", task.task_id), record.to_json())
+    runner = asyncio.create_task(w.mesh.run())
+    try:
+        await wait_until(lambda: 18080 in w.mesh.listeners, 5.0, message="the listener serves the port")
+        await wait_until(lambda: w.mesh.syncs > 0 and w.mesh.ready.is_set(), 5.0, message="a sync")
+        assert w.mesh.kernel_served == [] and not any("0.0.0.0:" in t for t in nft.texts)
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+
 # -- what it reports: counters (/metrics) and its state (`shoal node ls`) ---------------------
 
 
@@ -307,3 +345,11 @@ def test_query_nft_runs_the_program_and_reads_its_json(tmp_path: Path) -> None:
     slow = script(tmp_path, "sleep 5\n")
     with pytest.raises(NftError, match="no answer within"):
         query_nft(slow, ["list", "counters"], timeout=0.2)
+
+
+def test_the_daemons_kernel_path_leaves_its_vip_range_alone(tmp_path: Path) -> None:
+    from node.model.config import NodeConfig
+    from node.proxy.workers import kernel_path_for
+
+    config = NodeConfig(node_id="n1", cluster="c", data_dir=tmp_path, vip_range="10.77.0.0/16")
+    assert kernel_path_for(config, None).vips == (IPv4Network("10.77.0.0/16"),)

@@ -16,8 +16,10 @@ from tests.factories import make_service
 TCP = Route("raw", 18080, 8080, "tcp")
 
 
-def ep(task: str, node: str, address: str, port: int = 8080, service: str = "raw") -> EndpointRecord:
-    return EndpointRecord(task, service, node, address, port, 8080, {"8080": port})
+def ep(
+    task: str, node: str, address: str, port: int = 8080, service: str = "raw", container: str = ""
+) -> EndpointRecord:
+    return EndpointRecord(task, service, node, address, port, 8080, {"8080": port}, container)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,34 @@ def ep(task: str, node: str, address: str, port: int = 8080, service: str = "raw
             ],
             [],
             id="hostile records left out",
+        ),
+        pytest.param(  # the mesh rewrote them (node.proxy.direct): container addresses
+            {18080: TCP},
+            {18080: "raw"},
+            [
+                ep("a", "n1", "172.17.0.2", container="172.17.0.2"),
+                ep("b", "n1", "10.0.0.5", 32768, "raw", "x"),
+            ],
+            [
+                k.KernelPort(
+                    "raw", 18080, (("172.17.0.2", 8080), ("10.0.0.5", 32768)), frozenset({"172.17.0.2"})
+                )
+            ],
+            id="container targets told from published ones",
+        ),
+        pytest.param(  # DNAT to 0.0.0.0 reaches nothing: the listener connects there instead
+            {18080: TCP},
+            {18080: "raw"},
+            [ep("a", "n1", "0.0.0.0", 32768), ep("b", "n1", "172.17.0.3", container="172.17.0.3")],
+            [],
+            id="a local replica published on 0.0.0.0: the port is the listener's",
+        ),
+        pytest.param(
+            {18080: TCP},
+            {18080: "raw"},
+            [ep("a", "n2", "0.0.0.0", 32768), ep("b", "n1", "172.17.0.3", container="172.17.0.3")],
+            [k.KernelPort("raw", 18080, (("172.17.0.3", 8080),), frozenset({"172.17.0.3"}))],
+            id="another node's 0.0.0.0 is not ours",
         ),
     ],
 )
@@ -171,6 +201,29 @@ def test_the_table_by_address(
         assert part not in text
 
 
+VIPS = [ipaddress.IPv4Network("10.213.0.0/16"), ipaddress.IPv4Network("10.99.1.0/24")]
+
+
+def test_a_node_on_every_address_leaves_the_vip_ranges_alone() -> None:
+    """`fib daddr type local` also matched the VIP range (routed local to the host): a
+    VIP port equal to a fast-path port was DNATed to the fast path's replicas."""
+    text = k.ruleset("shoal_t_n1", "0.0.0.0", [TWO], vips=VIPS)
+    dst = "fib daddr type local ip daddr != { 10.213.0.0/16, 10.99.1.0/24 } tcp dport 18080 counter"
+    assert text.count(dst) == 2  # prerouting and output
+    assert "!=" not in k.ruleset("shoal_t_n1", "10.0.0.5", [TWO], vips=VIPS)  # one address: no VIP
+
+
+def test_clients_on_the_replicas_bridges_are_left_to_the_listener() -> None:
+    """A container on the replicas' bridge DNATed to a replica there gets the reply over
+    the bridge (untranslated without br_netfilter), or needs hairpin when it is the
+    replica picked; prerouting skips those interfaces, the host's own clients (output) not."""
+    text = k.ruleset("shoal_t_n1", "10.0.0.5", [TWO, ONE], bridges=["br-1", 'x" ; drop', "docker0"])
+    pre, out = text.split("chain output")
+    assert pre.count('iifname != { "br-1", "docker0" } ip daddr 10.0.0.5 tcp dport') == 2
+    assert "iifname" not in out and 'x"' not in text
+    assert "iifname" not in k.ruleset("shoal_t_n1", "10.0.0.5", [TWO])
+
+
 def test_no_port_removes_the_table() -> None:
     assert k.ruleset("shoal_t_n1", "127.0.0.1", []) == "table ip shoal_t_n1\ndelete table ip shoal_t_n1\n"
 
@@ -184,6 +237,8 @@ def test_interfaces_are_the_longest_on_link_prefix() -> None:
     ]
     ports = [TWO, k.KernelPort("x", 1, (("10.9.0.7", 80), ("192.168.1.1", 80)))]
     assert k.interfaces(ports, on_link) == ["br-x", "docker0"]
+    mixed = k.KernelPort("x", 1, (("10.9.0.7", 80), ("172.17.0.5", 80)), frozenset({"172.17.0.5"}))
+    assert k.interfaces([mixed], on_link, containers_only=True) == ["docker0"]  # 10.9.0.7: a host's
 
 
 @pytest.mark.parametrize(
