@@ -13,6 +13,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+# Imported here, at collection, not first by hypothesis's pytest plugin at the terminal
+# summary: pytest's assertion rewriter parsing it then, after tests that ran threads, met
+# CPython 3.11.7's "AST constructor recursion depth mismatch" SystemError (gh-106905) in
+# 1 run of 3 of a few proxy tests here, an internal error after every test had passed.
+import hypothesis  # noqa: F401
 import pytest
 
 from node.dev.devcluster import EtcdProcess
