@@ -83,6 +83,7 @@ class _Run:
         self.warnings: list[Notice] = []
         self.volumes: set[str] = set()  # declared at the top level (node.compose.volumes)
         self.networks: dict[str, str] = {}  # declared at the top level (node.compose.networks)
+        self.seen: set[int] = set()  # ids of the mappings and lists interpolated already
 
     def error_at(self, node: Any, key: Any, message: str) -> None:
         self.error(_at(node, key), f"volumes.{key}", message)
@@ -97,7 +98,11 @@ class _Run:
         self.warnings.append(Notice(*where, path, message))
 
     def interpolate(self, node: Any, path: str) -> Any:
-        """Variables replaced in every string value, in place (keys keep their positions)."""
+        """Variables replaced in every string value, in place (keys keep their positions); a
+        node an alias reaches again is done once (twice, `$$HOME` -> `$HOME` -> a value)."""
+        if id(node) in self.seen:
+            return node
+        self.seen.add(id(node))
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for k, v in list(items):
             if isinstance(v, str):

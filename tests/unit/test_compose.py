@@ -293,3 +293,29 @@ def test_app_protocol_grpc_and_http2_map_to_the_port_protocol() -> None:
         {"container": 8080, "published": 18080, "protocol": "http2"},
         {"container": 9090, "published": 19090},  # unknown to shoal: plain tcp, as before
     ]
+
+
+def test_a_value_reached_through_an_alias_is_interpolated_once() -> None:
+    """`$$HOME` in an anchored block is the container's `$HOME`, however many services
+    use the block: done twice, the second pass read it as the deployer's HOME."""
+    text = (
+        "x-env: &env\n"
+        '  A: "$$HOME"\n'
+        '  B: "${X:-$${Y}}"\n'
+        'x-cmd: &cmd ["sh", "-c", "echo $$HOME"]\n'
+        "x-common: &common\n"
+        "  image: a\n"
+        "  environment: *env\n"
+        "  command: *cmd\n"
+        "services:\n"
+        "  web:\n"
+        "    <<: *common\n"
+        "  api:\n"
+        "    image: a\n"
+        "    environment: *env\n"
+        "    command: *cmd\n"
+    )
+    services = translate(text, name="s", env={"HOME": "/root", "Y": "why"}).document["services"]
+    for short in ("web", "api"):
+        assert services[short]["env"] == {"A": "$HOME", "B": "${Y}"}
+        assert services[short]["command"] == ["sh", "-c", "echo $HOME"]
