@@ -1,8 +1,9 @@
 """A Compose file -> shoal's stack document (`node.compose.stackfile`).
 
-`translate` reads the file with line and column kept, interpolates variables
-(`node.compose.interpolate`) and maps each service onto shoal's spec (`node.compose.keys`
-SUPPORTED; secrets, configs, the process, logging: `node.compose.full`). A key shoal cannot
+`translate` reads the file with line and column kept, refuses it when its aliases expand
+too far (`node.compose.bounds`), interpolates variables (`node.compose.interpolate`) and
+maps each service onto shoal's spec (`node.compose.keys` SUPPORTED; secrets, configs, the
+process, logging: `node.compose.full`). A key shoal cannot
 honour is refused or ignored with a warning (`node.compose.keys`), one line each, at its
 line; an unknown key is refused with a "did you mean". Every spec is checked as shoal checks
 a spec, and cycles are named: what `translate` returns deploys; nothing is written here (the
@@ -21,6 +22,7 @@ from typing import Any
 from node.compose import keys
 from node.compose import networks as compose_networks
 from node.compose import volumes as compose_volumes
+from node.compose.bounds import too_big
 from node.compose.deploy import deploy, healthcheck, ports
 from node.compose.full import extra_keys
 from node.compose.interpolate import InterpolationError, interpolate, parse_duration, parse_size
@@ -130,6 +132,8 @@ def translate(
         raise ComposeError(
             source, [Notice(e.line, e.column, e.path, e.message) for e in exc.errors]
         ) from None
+    if (problem := too_big(data)) is not None:  # a YAML alias bomb: refused before any walk
+        raise ComposeError(source, [Notice(None, None, "", problem)])
     run = _Run(source, env or {}, read or _no_files)
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict) or not data["services"]:
         raise ComposeError(source, [Notice(1, 1, "services", "a Compose file needs a `services:` mapping")])

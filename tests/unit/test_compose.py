@@ -319,3 +319,16 @@ def test_a_value_reached_through_an_alias_is_interpolated_once() -> None:
     for short in ("web", "api"):
         assert services[short]["env"] == {"A": "$HOME", "B": "${Y}"}
         assert services[short]["command"] == ["sh", "-c", "echo $HOME"]
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded() -> None:
+    """Nine levels of nine aliases stand for 9^9 values in a file of 1 KiB: refused by
+    their count, before the translator or the spec check expands them (they hung)."""
+    lines = ["x-a0: &a0 [" + ", ".join(["lol"] * 9) + "]"]
+    lines += [f"x-a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    text = "\n".join([*lines, "services:", "  web:", "    image: a", "    command: [*a5]", ""])
+    with pytest.raises(ComposeError, match=r"too big: \d+ values with its aliases expanded"):
+        translate(text, name="s")
+    deep = "x-deep: " + "[" * 70 + "]" * 70 + "\nservices:\n  web:\n    image: a\n"
+    with pytest.raises(ComposeError, match="nested more than 64 levels"):
+        translate(deep, name="s")
