@@ -204,6 +204,10 @@ def _resources(svc: Any, r: Any) -> None:
 
 def _placement(svc: Any, p: Any) -> None:
     out: dict[str, Any] = {}
+    for k in ("constraints", "preferences"):  # iterated below: a number or mapping is not a list
+        if p.get(k) is not None and not isinstance(p[k], list):
+            svc.error(p, k, f"deploy.placement.{k}", f"must be a list, got {p[k]!r:.60}")
+            return
     if p.get("constraints"):
         out["constraints"] = [str(c) for c in p["constraints"]]
     prefs = p.get("preferences") or []

@@ -453,7 +453,7 @@ class _Service:
                     if isinstance(how, dict)
                     else "service_started"
                 )
-                if cond not in _CONDITIONS:
+                if not isinstance(cond, str) or cond not in _CONDITIONS:  # a list is unhashable
                     self.error(
                         value,
                         dep,

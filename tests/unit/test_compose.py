@@ -3,6 +3,7 @@ way real projects write them."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -332,3 +333,22 @@ def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded() -> None:
     deep = "x-deep: " + "[" * 70 + "]" * 70 + "\nservices:\n  web:\n    image: a\n"
     with pytest.raises(ComposeError, match="nested more than 64 levels"):
         translate(deep, name="s")
+
+
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [
+        ("depends_on: {db: {condition: [service_healthy]}}", "condition must be one of"),
+        ("depends_on: {db: {condition: {a: 1}}}", "condition must be one of"),
+        ("deploy: {placement: {constraints: 5}}", "placement.constraints: must be a list, got 5"),
+        ("deploy: {placement: {preferences: 5}}", "placement.preferences: must be a list, got 5"),
+        ("deploy: {placement: {preferences: {spread: node.id}}}", "placement.preferences: must be a list"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_an_error_at_its_line(service: str, expected: str) -> None:
+    """A list or number where a name or a list belongs was a TypeError out of the CLI
+    (or, for preferences given as a mapping, dropped without a word)."""
+    text = f"services:\n  db:\n    image: a\n  web:\n    image: a\n    {service}\n"
+    with pytest.raises(ComposeError, match=re.escape(expected)) as info:
+        translate(text, name="s")
+    assert str(info.value).startswith("compose.yaml:6:")
