@@ -2,7 +2,8 @@
 
 - Top level: `secrets: {db_pw: {file: ./db_pw.txt}}` (a path relative to the Compose
   file), `{environment: VAR}` (the value of VAR where `stack deploy` runs) or
-  `{external: true}` (an existing shoal secret of that name, or of `name:`). A `file:` or
+  `{external: true}` (an existing shoal secret of that name, or of `name:`); either name
+  must be a shoal object name (`OBJECT_PATTERN`), checked here at its line. A `file:` or
   `environment:` source becomes the shoal secret (config) `<stack>_<name>`, sent with the
   stack and written in its transaction (decision 72), and only once the whole file
   translated without an error. Any other source (`content:`, `driver:` ...) is refused.
@@ -16,14 +17,18 @@ Pure: no grpc, docker or etcd; files are read through the `read_bytes` callable.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from node.model.spec_lifecycle import OBJECT_PATTERN
 
 Report = Callable[[Any, Any, str, str], None]  # (node, key, path, message)
 KINDS = {"secrets": "secret", "configs": "config"}
 _SOURCES = ("file", "environment", "external", "name")
 _ONE_OF = "file: PATH, environment: VAR or external: true"
+_NAME = "1 to 63 letters, digits, '_', '.' and '-', starting and ending with a letter or digit"
 _UID = "refused: the files belong to root; give mode: 0444 for a process of another user"
 
 
@@ -67,7 +72,11 @@ def declared(
             error(section, name, path, f"must be a mapping: {_ONE_OF}")
             continue
         external = body.get("external") is True
-        out.names[str(name)] = str(body.get("name") or name) if external else f"{stack}_{name}"
+        out.names[str(name)] = given = str(body.get("name") or name) if external else f"{stack}_{name}"
+        if len(given) > 63 or not re.fullmatch(OBJECT_PATTERN, given):  # sent, or written, as it is
+            made = "" if external else " (the stack's name, '_' and the key)"
+            error(section, name, path, f"{given[:80]!r}{made} is not a {kind} name: {_NAME}")
+            continue
         for k in body:  # the name is known even when its source is wrong: its users are not wrong too
             if k not in _SOURCES:
                 error(body, k, f"{path}.{k}", f"refused: shoal takes a {kind} from {_ONE_OF}")

@@ -253,3 +253,23 @@ def test_the_cli_creates_new_objects_updates_known_ones_and_prints_no_value(
 
 def test_every_new_field_is_known_to_the_rolling_upgrade_rule() -> None:
     assert {"entrypoint", "user", "working_dir", "read_only"} <= known_paths()
+
+
+@pytest.mark.parametrize(
+    ("declaration", "expected"),
+    [
+        ("  ../../etc/x:\n    environment: STRIPE_KEY", "secrets.../../etc/x: 'shop_../../etc/x'"),
+        ("  'dé\u202ejà':\n    environment: STRIPE_KEY", "'shop_dé\\u202ejà' (the stack's name"),
+        ("  k" + "y" * 62 + ":\n    environment: STRIPE_KEY", "is not a secret name: 1 to 63"),
+        ("  ext:\n    external: true\n    name: ../x", "secrets.ext: '../x' is not a secret name"),
+    ],
+)
+def test_a_secret_name_shoal_cannot_hold_is_refused_at_its_line(declaration: str, expected: str) -> None:
+    """Even one no service uses: the translation returned it to be written, and a node
+    refused it only then (an older node's PutObject after the secrets before it)."""
+    text = APP.replace("\nsecrets:\n", f"\nsecrets:\n{declaration}\n")
+    assert text != APP
+    with pytest.raises(ComposeError) as err:
+        translate(text, "compose.yaml", "shop", {"STRIPE_KEY": "sk_live_1"}, _read)
+    assert expected in str(err.value)
+    assert "sk_live_1" not in str(err.value)
