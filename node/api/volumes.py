@@ -11,7 +11,9 @@ written by the leader; here it is only read, marked for removal or deleted:
   (`node.agent.volumes`). A holding node that is not in the cluster (no `nodes/` key)
   cannot do that: the claim is deleted at once and the answer says the data stays there
   (one restarting, its `restarting/` mark present, counts as in the cluster; both absences
-  are compared in the transaction).
+  are compared in the transaction). A claim already marked `removing` whose node has left
+  the cluster since is deleted the same way by another `volume rm` (else its slot, a
+  namesake service's too, would wait for good).
 - `service rm` and `stack rm` delete their claims with the service (`node.api.services`);
   the Docker volumes stay on their nodes (see docs/volumes.md).
 """
@@ -100,14 +102,16 @@ class VolumeClaims:
                     f"volume {name} is in use by task {task.task_id} of {service} on {task.node}: "
                     f"scale {service} below {slot} replicas or remove the service first"
                 )
-            if c.removing:
-                return c, f"volume {name} is already being removed from node {c.node}"
             compares = [Compare(key, "mod", "==", kv.mod_revision), Compare(task_key, "version", "==", 0)]
             node_key, restarting = self.keys.node(c.node), self.keys.restarting(c.node)
             # gone: not registered, and not a daemon restarting (its lease lapsed, its mark
             # says it comes back). Compared in the transaction: a node that registers
-            # meanwhile makes it decide again, and then it marks the claim for that node
+            # meanwhile makes it decide again, and then it marks the claim for that node.
+            # Asked of a claim already marked too: its node may have left since, and then
+            # no agent ever deletes it (the slot, even of a namesake service, waits for good)
             gone = await self.store.get(node_key) is None and await self.store.get(restarting) is None
+            if c.removing and not gone:
+                return c, f"volume {name} is already being removed from node {c.node}"
             if gone:
                 message = (
                     f"volume {name} removed; its node {c.node} is not in the cluster, so its data stays "

@@ -363,3 +363,24 @@ async def test_volume_rm_of_a_node_that_is_restarting_marks_it_not_deletes_it() 
     await store.put(kv.key, claim.to_json())  # (not yet marked, for this case)
     got, message = await VolumeClaims(store, KEYS).remove("db.1.data")
     assert "not in the cluster" in message and await store.get(KEYS.volume("db", 1, "data")) is None
+
+
+async def test_volume_rm_again_drops_a_marked_claim_whose_node_left_the_cluster() -> None:
+    """`volume rm` marked the claim while its node was in; the node then left for good (its
+    lease lapsed, no restarting/ mark). No agent would ever delete the claim, and a claim
+    being removed holds its slot back whatever the incarnation: the slot of the service,
+    or of a namesake created later, waited for good, and `volume rm` only answered that it
+    was already being removed. Asked again, it now deletes the claim."""
+    from node.api.volumes import VolumeClaims
+
+    store = MemoryStore()
+    key = KEYS.volume("db", 1, "data")
+    await store.put(key, VolumeClaim("db", 1, "data", "n2", "t1", uid="u1").to_json())
+    await store.put(KEYS.node("n2"), b"{}")
+    got, message = await VolumeClaims(store, KEYS).remove("db.1.data")
+    assert got.removing and "node n2 deletes" in message
+    got, message = await VolumeClaims(store, KEYS).remove("db.1.data")  # still there: as it was
+    assert "already being removed" in message and await store.get(key) is not None
+    await store.delete(KEYS.node("n2"))  # it left the cluster
+    got, message = await VolumeClaims(store, KEYS).remove("db.1.data")
+    assert "not in the cluster" in message and await store.get(key) is None
