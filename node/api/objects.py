@@ -12,7 +12,8 @@ them into the service specs that use them (issue 13).
 - `put` writes a new value and, in the same transaction, a new version of every service
   that uses the object with the new revision: the leader rolls them as any update. A
   value equal to the stored one writes nothing but still brings every service that
-  uses it to its revision. One transaction means no crash window between the two.
+  uses it to its revision. One transaction means no crash window between the two. The
+  versions carry one cause id (issue 14), so their tasks' events lead back to the update.
 - `remove` is refused while a service uses the object, naming them.
 """
 
@@ -26,7 +27,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-from node.model.domain import ServiceRecord, readable_services
+from node.model.domain import ServiceRecord, new_cause, readable_services
 from node.model.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec
@@ -169,11 +170,13 @@ class Objects:
         return [(r, mods[self.keys.service(r.name)]) for r in readable_services(kv.value for kv in kvs)]
 
     async def put(
-        self, kind: str, name: str, value: bytes, update: bool, writer: VersionWriter
+        self, kind: str, name: str, value: bytes, update: bool, writer: VersionWriter, cause: str = ""
     ) -> tuple[ObjectRecord, list[str]]:
         """Create (`update` False) or replace the value of an object; the record and the
-        services given a new version (rolled) in the same transaction."""
+        services given a new version (rolled) in the same transaction, each version with
+        `cause` (issue 14: one id per call, made here when not given), as an apply's has."""
         check_object_name(kind, name)
+        cause = cause or new_cause()
         if len(value) > MAX_BYTES:
             raise InvalidArgument(
                 f"{kind} '{name}': {len(value)} bytes; the limit is {MAX_BYTES // 1024} KiB"
@@ -215,6 +218,7 @@ class Objects:
                     time.time(),
                     f"{writer.node} ({kind} {name} updated)",
                     uid=service.uid,
+                    cause=cause,
                 )
                 compares.append(Compare(self.keys.service(service.name), "mod", "==", mod))
                 ops.extend(writer.version_ops(new))

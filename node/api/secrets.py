@@ -16,6 +16,7 @@ from node.api.admin import _caller
 from node.api.objects import Objects, check_object_name
 from node.api.server import handle
 from node.api.services import ServiceWriter
+from node.model.domain import new_cause
 from node.model.errors import NotFound
 from node.pb import secrets_pb2, secrets_pb2_grpc
 from node.security.objects import ObjectRecord
@@ -56,8 +57,9 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
         if request.update:
             with contextlib.suppress(NotFound):  # `put` says what to do then
                 before = (await self.objects.get(request.kind, name)).revision
+        cause = new_cause()  # issue 14: the rolled versions' and this event's
         record, rolled = await self.objects.put(
-            request.kind, name, request.value, request.update, self.writer
+            request.kind, name, request.value, request.update, self.writer, cause
         )
         changed = record.revision != before
         verb = "updated" if request.update else "created"
@@ -66,7 +68,7 @@ class SecretsServicer(secrets_pb2_grpc.SecretsServicer):
             if self.events is not None:
                 rolls = ", ".join(rolled) or "none"
                 message = f"{request.kind} {name} {verb} ({record.size} bytes); rolls: {rolls}"
-                self.events.emit(f"{request.kind}.{verb}", message)
+                self.events.emit(f"{request.kind}.{verb}", message, cause=cause)
         return secrets_pb2.PutObjectResponse(info=info(record, []), rolled=rolled, changed=changed)
 
     @handle

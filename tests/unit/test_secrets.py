@@ -178,6 +178,23 @@ async def test_apply_records_the_revision_and_update_rolls_in_one_transaction() 
     assert same.revision == updated.revision and rolled == [] and store.revision == before
 
 
+async def test_the_versions_an_update_rolls_carry_its_cause_id() -> None:
+    """`secret update` wrote the using services' new versions with no cause id (issue 14),
+    where every apply has one: the roll's task events could not be traced to the update."""
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    await w.apply(SPEC, "app.yaml")
+    await w.apply(SPEC.replace("name: app", "name: api"), "api.yaml")
+    applied = (await w.read("app"))[0].cause
+    _, rolled = await w.objects.put("secret", "db_pw", b"hunter3", True, w, "cause-of-the-update")
+    assert sorted(rolled) == ["api", "app"]
+    assert [(await w.read(n))[0].cause for n in rolled] == ["cause-of-the-update"] * 2
+    _, rolled = await w.objects.put("secret", "db_pw", b"hunter4", True, w)  # none given: one made
+    causes = {(await w.read(n))[0].cause for n in rolled}
+    assert len(causes) == 1 and causes.isdisjoint({"", applied, "cause-of-the-update"})
+
+
 async def test_create_of_an_existing_name_and_update_of_a_missing_one_are_refused() -> None:
     store = MemoryStore()
     w = writer(store)
