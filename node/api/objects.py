@@ -5,8 +5,10 @@ them into the service specs that use them (issue 13).
   writes: each `secrets` / `configs` reference gets the object's current `revision`
   (an object that does not exist refuses the write, nothing written), `secret_env`
   values are sealed under the cluster key (a value unchanged from the previous version
-  keeps its sealed text, so an unchanged spec stays equal and rolls nothing). Its
-  compares and puts go into the service's own transaction: the objects' mod revisions
+  keeps its sealed text, so an unchanged spec stays equal and rolls nothing; a value
+  given already sealed that the service does not hold must open as that variable of
+  that service, else the write is refused: its tasks could never start). Its compares
+  and puts go into the service's own transaction: the objects' mod revisions
   (a concurrent update or rm makes the write retry) and `objuse/<kind>/<name>` (which
   `rm` compares, so an apply and an rm never both succeed on one object).
 - `put` writes a new value and, in the same transaction, a new version of every service
@@ -130,11 +132,13 @@ class Objects:
         out = {}
         for var, value in (spec.secret_env or {}).items():
             ad = secret_env_ad(spec.name, var)
+            old = before.get(var)
             if is_sealed(value):  # a stored version (rollback, scale): already sealed
+                if value != old and self.sealer is not None:
+                    self._check_sealed(spec.name, var, value, ad)
                 out[var] = value
                 continue
             sealer = self._sealer("secret_env")
-            old = before.get(var)
             if old is not None and is_sealed(old):
                 try:
                     if sealer.open(old, ad) == value.encode():
@@ -144,6 +148,21 @@ class Objects:
                     pass
             out[var] = sealer.seal(value.encode(), ad)
         return out
+
+    def _check_sealed(self, service: str, var: str, value: str, ad: str) -> None:
+        """A sealed value given to a write that the service does not hold already (a
+        rollback's, or one pasted from a stored spec) must open as this variable of this
+        service: one of another service or variable, another cluster, or altered text never
+        opens, and every task would fail to start. Refused, nothing written."""
+        assert self.sealer is not None
+        try:
+            self.sealer.open(value, ad)
+        except SealError:
+            raise InvalidArgument(
+                f"secret_env.{var}: a sealed value (shoal-sealed:v1:...) that does not open as "
+                f"{var} of service '{service}' (sealed for another service or variable, by another "
+                "cluster, or altered): give the value in the clear, shoal seals it"
+            ) from None
 
     # -- the objects themselves -------------------------------------------------------------
 

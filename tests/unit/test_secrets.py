@@ -288,6 +288,29 @@ async def test_secret_env_is_sealed_in_etcd_and_an_unchanged_apply_rolls_nothing
         await nokey.apply(text.replace("db", "db2"), "db.yaml")
 
 
+async def test_a_sealed_secret_env_value_that_does_not_open_for_the_service_is_refused() -> None:
+    """A spec given with a sealed value (pasted from a stored spec) was stored as it was:
+    one of another service or variable, or altered, never opens, so every task of that
+    version failed at start. It is refused with what to do, nothing written; a sealed
+    value that does open as that variable (a stored version given again) is kept."""
+    store = MemoryStore()
+    w = writer(store)
+    record, _ = await w.apply("name: db\nimage: x:1\nsecret_env: {PASSWORD: hunter2}\n", "db.yaml")
+    sealed = (record.spec.secret_env or {})["PASSWORD"]
+    before = await dump(store)
+    for text in (
+        f"name: web\nimage: x:1\nsecret_env: {{PASSWORD: '{sealed}'}}\n",  # another service
+        f"name: db\nimage: x:1\nsecret_env: {{OTHER: '{sealed}'}}\n",  # another variable
+        f"name: db\nimage: x:1\nsecret_env: {{PASSWORD: '{sealed[:-4]}AAA='}}\n",  # altered
+    ):
+        with pytest.raises(InvalidArgument, match=r"secret_env\.\w+: a sealed value .* in the clear"):
+            await w.apply(text, "x.yaml")
+    assert await dump(store) == before
+    again = sealer().seal(b"hunter3", secret_env_ad("db", "PASSWORD"))
+    changed, _ = await w.apply(f"name: db\nimage: x:1\nsecret_env: {{PASSWORD: '{again}'}}\n", "db.yaml")
+    assert changed.version == 2 and (changed.spec.secret_env or {})["PASSWORD"] == again
+
+
 async def test_rollback_binds_the_objects_current_revision_or_refuses_a_removed_one() -> None:
     store = MemoryStore()
     w = writer(store)
