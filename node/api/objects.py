@@ -173,14 +173,18 @@ class Objects:
         return ObjectRecord.from_json(kv.value)
 
     async def all(self, kind: str) -> tuple[list[ObjectRecord], dict[str, list[str]]]:
-        """Every object of `kind`, by name, and the services using each."""
+        """Every object of `kind`, by name, and the services using each: as `remove` counts
+        them (`uses`: a pull secret too), each service once."""
         check_object_name(kind, "x")
         kvs, _ = await self.store.range(self.keys.objects(kind))
         records = sorted((ObjectRecord.from_json(kv.value) for kv in kvs), key=lambda r: r.name)
         users: dict[str, list[str]] = {}
         for service, _mod in await self._services():
-            for ref in getattr(service.spec, _FIELD[kind]) or []:
-                users.setdefault(ref.source, []).append(service.name)
+            names = {ref.source for ref in getattr(service.spec, _FIELD[kind]) or []}
+            if kind == "secret" and service.spec.image_pull_secret:
+                names.add(service.spec.image_pull_secret)
+            for name in names:
+                users.setdefault(name, []).append(service.name)
         return records, users
 
     async def _services(self) -> list[tuple[ServiceRecord, int]]:

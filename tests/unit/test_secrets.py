@@ -207,6 +207,22 @@ async def test_create_of_an_existing_name_and_update_of_a_missing_one_are_refuse
         await w.objects.put("config", "big", b"x" * (501 * 1024), False, w)
 
 
+async def test_ls_names_each_user_once_and_the_services_pulling_with_a_secret() -> None:
+    """`secret ls` left out the services that name a secret as `image_pull_secret`, which
+    `secret rm` refuses for (the list said unused, rm said used), and named a service twice
+    when it mounts one secret at two targets."""
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    await w.objects.put("secret", "regcred", b"user:pw", False, w)
+    await w.apply(SPEC.replace("source: db_pw}", "source: db_pw}, {source: db_pw, target: again}"), "a.yaml")
+    await w.apply("name: puller\nimage: x:1\nimage_pull_secret: regcred\n", "p.yaml")
+    _, users = await w.objects.all("secret")
+    assert users == {"db_pw": ["app"], "regcred": ["puller"]}
+    with pytest.raises(FailedPrecondition, match="used by service\\(s\\) puller"):
+        await w.objects.remove("secret", "regcred")
+
+
 async def test_rm_in_use_is_refused_naming_the_services() -> None:
     store = MemoryStore()
     w = writer(store)
