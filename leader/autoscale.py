@@ -62,7 +62,7 @@ def percentile(bounds: tuple[float, ...], counts: tuple[int, ...], q: float) -> 
     """The `q` quantile of a histogram (counts per bucket, +Inf last), interpolated inside its
     bucket like Prometheus' histogram_quantile; None without observations."""
     total = sum(counts)
-    if total <= 0 or len(counts) != len(bounds) + 1:
+    if total <= 0 or not bounds or len(counts) != len(bounds) + 1:
         return None
     rank, seen = q * total, 0
     for i, n in enumerate(counts):
@@ -133,8 +133,9 @@ def decide(cfg: Autoscale, replicas: int, m: Measure, state: State, now: float) 
         up = to > replicas
         new = State(now if up else state.last_up, now)
         return Outcome(to, to, "", f"{replicas} replica(s) is {bound}", new)
-    if m.value is None:
-        return Outcome(replicas, replicas, f"no figures: {m.missing}", "", replace(state, low_since=0.0))
+    if m.value is None or math.isnan(m.value):  # NaN: no figure (it would read as "too large")
+        missing = m.missing or "the figures make no number"
+        return Outcome(replicas, replicas, f"no figures: {missing}", "", replace(state, low_since=0.0))
     rec = recommend(cfg, replicas, m.value)
     figure = f"{metric} {show(metric, m.value)} against target {show(metric, target)}"
     if rec > replicas:

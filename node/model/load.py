@@ -17,7 +17,9 @@ Pure: imports no grpc, docker or etcd.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -53,12 +55,67 @@ class LoadRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> LoadRecord:
+        """A record as a node wrote it; `ValueError` for one the leader must not decide from
+        (a figure that is not a finite number >= 0, a count that is not a whole number,
+        latency buckets that do not match the bounds): the autoscaler skips it, so one bad
+        record can neither crash the pass nor scale a service to its max on a NaN."""
         d = json.loads(raw)
-        services = {
-            name: ServiceLoad(**{**s, "latency": tuple(s.get("latency", ()))})
-            for name, s in d.get("services", {}).items()
-        }
-        return cls(d["node"], float(d["at"]), float(d["window"]), tuple(d["bounds"]), services)
+        if not isinstance(d, dict) or not isinstance(d.get("node"), str):
+            raise ValueError("a load record is an object naming its node")
+        bounds = tuple(_figure("bounds", b) for b in _list("bounds", d.get("bounds")))
+        if not bounds or any(b <= a for a, b in itertools.pairwise(bounds)):
+            raise ValueError(f"bounds must be increasing, got {bounds[:8]!r}")
+        services = d.get("services", {})
+        if not isinstance(services, dict):
+            raise ValueError("services must be an object")
+        return cls(
+            d["node"],
+            _figure("at", d.get("at")),
+            _figure("window", d.get("window")),
+            bounds,
+            {str(name): _service_load(s, len(bounds) + 1) for name, s in services.items()},
+        )
+
+
+def _figure(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r:.40}")
+    return float(value)
+
+
+def _whole(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a whole number >= 0, got {value!r:.40}")
+    return value
+
+
+def _list(name: str, value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{name} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _service_load(s: Any, width: int) -> ServiceLoad:
+    if not isinstance(s, dict):
+        raise ValueError("a service's load must be an object")
+    unknown = set(s) - set(ServiceLoad.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    latency = tuple(_whole("latency", n) for n in _list("latency", s.get("latency", [])))
+    if latency and len(latency) != width:
+        raise ValueError(f"latency has {len(latency)} buckets, the bounds make {width}")
+    routed = s.get("routed", False)
+    if not isinstance(routed, bool):
+        raise ValueError(f"routed must be true or false, got {routed!r:.40}")
+    return ServiceLoad(
+        routed=routed,
+        requests=_figure("requests", s.get("requests", 0.0)),
+        latency=latency,
+        tasks=_whole("tasks", s.get("tasks", 0)),
+        cpu=_figure("cpu", s.get("cpu", 0.0)),
+        memory=_whole("memory", s.get("memory", 0)),
+        memory_limit=_whole("memory_limit", s.get("memory_limit", 0)),
+    )
 
 
 Counters = dict[str, tuple[int, tuple[int, ...]]]  # service -> (requests so far, latency counts so far)

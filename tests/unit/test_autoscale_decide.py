@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from leader.autoscale import Measure, State, decide, measure, percentile, recommend
@@ -161,6 +163,31 @@ def test_percentile_edges() -> None:
     assert percentile((0.1, 0.2), (0, 0, 0), 0.95) is None
     assert percentile((0.1, 0.2), (0, 0, 5), 0.95) == 0.2  # all beyond the last bound
     assert percentile((0.1, 0.2), (10, 0, 0), 0.5) == pytest.approx(0.05)
+    assert percentile((), (5,), 0.95) is None  # no bounds: nothing known (was an IndexError)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"node": "n1", "at": 1, "window": 6, "bounds": [], "services": {}}',
+        b'{"node": "n1", "at": 1, "window": 6, "bounds": [0.2, 0.1], "services": {}}',
+        b'{"node": "n1", "at": NaN, "window": 6, "bounds": [0.1], "services": {}}',
+        b'{"node": "n1", "at": 1, "window": 6, "bounds": [0.1], "services": {"w": {"cpu": -5}}}',
+        b'{"node": "n1", "at": 1, "window": 6, "bounds": [0.1], "services": {"w": {"latency": [1, 2, 3]}}}',
+        b'{"node": "n1", "at": 1, "window": 6, "bounds": [0.1], "services": {"w": {"memory": 1.5}}}',
+        b'{"node": "n1", "at": 1, "window": 6, "bounds": [0.1], "services": {"w": {"routed": "yes"}}}',
+        b'{"node": "n1", "at": 1, "window": 6, "bounds": [0.1], "services": {"w": {"extra": 1}}}',
+        b'{"at": 1, "window": 6, "bounds": [0.1]}',
+    ],
+)
+def test_a_load_record_with_a_figure_not_to_decide_from_is_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        LoadRecord.from_json(raw)
+
+
+def test_a_nan_figure_holds_the_count() -> None:
+    out = decide(_cfg(), 2, Measure("requests_per_replica", math.nan), State(), 100.0)
+    assert out.desired == 2 and out.holding.startswith("no figures")
 
 
 def test_rate_window_rates_and_a_counter_that_goes_back() -> None:

@@ -298,3 +298,26 @@ async def test_one_service_whose_figures_break_the_arithmetic_does_not_stop_the_
     await scaler.pass_once()
     assert (await writer.read("web"))[0].replicas == 4
     assert (await writer.read("tiny"))[0].replicas == 4  # as many as allowed, not a crash
+
+
+@pytest.mark.parametrize(
+    "services",
+    [
+        '{"web": {"routed": true, "requests": NaN}}',  # NaN made ceil's guard answer `max`
+        '{"web": {"routed": true, "requests": Infinity}}',
+        '{"web": {"routed": true, "requests": -1000000}}',  # a negative rate pulled the sum to min
+        '{"web": {"routed": true, "requests": "lots"}}',  # a TypeError ended the whole pass
+        '{"web": {"routed": true, "requests": 1, "tasks": "2"}}',
+        '[["web", {}]]',
+    ],
+)
+async def test_a_hostile_load_record_is_skipped_not_followed(services: str) -> None:
+    """One node's record with a figure that is no finite number >= 0 is left out: the
+    others decide (20/s on one replica, target 10: 2 replicas), neither max, min nor a crash."""
+    store, writer, scaler, clock, events = await _setup()
+    await _load(store, clock.now, n1=20.0)
+    raw = f'{{"node": "n2", "at": {clock.now}, "window": 6.0, "bounds": [0.1], "services": {services}}}'
+    await store.put(KEYS.load("n2"), raw.encode())
+    await scaler.pass_once()
+    assert (await writer.read("web"))[0].replicas == 2
+    assert [e[0] for e in events] == ["service.autoscaled"]
