@@ -1,9 +1,10 @@
 """`Shoal/UsageReport` and `Shoal/SetUsageRates` (issue 15, item 4; decision 67).
 
 The report reads the raw interval records and the day totals from etcd (both bounded:
-`leader.usage_rollup`), keeps those that start in [since, until) — raw intervals to the
-interval, day totals to the whole UTC day — and groups and prices them
-(`node.model.usage_ledger.report`) with the rate card `usage/rates`.
+`leader.usage_rollup`) in one range, so at one revision (a roll-up that moves records
+between the two meanwhile is seen before or after, never half), keeps those that start
+in [since, until) — raw intervals to the interval, day totals to the whole UTC day — and
+groups and prices them (`node.model.usage_ledger.report`) with the rate card `usage/rates`.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ async def usage_report(
     if not (math.isfinite(since) and math.isfinite(until)) or since < 0 or until <= since:
         raise InvalidArgument(f"--until ({until:.0f}) must be after --since ({since:.0f})")
     ukeys = UsageKeys(keys.prefix)
-    raws, _ = await store.range(ukeys.raw)
-    days, _ = await store.range(ukeys.days)
+    # ONE range over usage/ (one revision): a roll-up moves raw records into a day total in
+    # one transaction, and reading raw and days apart could see it in between (twice or none)
+    every, _ = await store.range(ukeys.usage)
+    raws = [kv for kv in every if kv.key.startswith(ukeys.raw)]
+    days = [kv for kv in every if kv.key.startswith(ukeys.days)]
     records = [r for r in (_record(kv.value) for kv in (*days, *raws)) if r is not None]
     rates, is_set = await read_rates(store, ukeys)
     rows = report(records, since, until, by, rates)

@@ -46,8 +46,13 @@ class UsageKeys:
     prefix: str
 
     @property
+    def usage(self) -> str:
+        """Every usage key (raw intervals, day totals, cursors, rates): one range, one revision."""
+        return f"{self.prefix}usage/"
+
+    @property
     def raw(self) -> str:
-        return f"{self.prefix}usage/raw/"
+        return f"{self.usage}raw/"
 
     def raw_at(self, start: int) -> str:
         return f"{self.raw}{start:012d}/"

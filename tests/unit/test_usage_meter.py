@@ -265,3 +265,35 @@ async def test_rollup_never_takes_keys_a_node_may_still_rewrite() -> None:
     rollup = await fenced_rollup(store, clock)
     assert await rollup.roll() == 4  # 2 intervals x (task, node)
     assert [r.start for r in await raw_records(store)] == [T0 + 4]
+
+
+async def test_a_report_during_a_roll_up_counts_each_interval_once() -> None:
+    """The report read the raw records, then the day totals: a roll-up committed between
+    the two reads (raw keys moved into a day total in one transaction) was counted twice."""
+    store, clock, eyes = MemoryStore(), Clock(T0 + 0.5), Eyes()
+    await setup(store)
+    eyes.run("c1", "t1", T0)
+    meter = UsageMeter(store, KEYS, "n1", eyes, 2, wall=clock)
+    await meter.close_due()
+    clock.now = T0 + 100.5
+    await meter.close_due()
+    clock.now = T0 + 200
+    rollup = await fenced_rollup(store, clock)
+    request = api_pb2.UsageReportRequest(since=0, until=T0 + DAY, by="service")
+    real_range, rolled = store.range, []
+
+    async def roll_after_first_read(prefix: str):  # type: ignore[no-untyped-def]
+        answer = await real_range(prefix)
+        if prefix.startswith(f"{KEYS.prefix}usage/") and not rolled:
+            store.range = real_range  # type: ignore[method-assign]
+            rolled.append(await rollup.roll())  # the leader's pass lands between two reads
+            store.range = roll_after_first_read  # type: ignore[method-assign]
+        return answer
+
+    store.range = roll_after_first_read  # type: ignore[method-assign]
+    report = await usage_report(store, KEYS, request)
+    store.range = real_range  # type: ignore[method-assign]
+    assert rolled == [2 * 50]
+    assert report.rows[0].vcpu_hours_reserved == pytest.approx(0.5 * 100 / 3600)
+    after = await usage_report(store, KEYS, request)
+    assert after.rows == report.rows
