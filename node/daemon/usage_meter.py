@@ -178,7 +178,7 @@ class UsageMeter:
                     log.debug("usage: no reading of %s: %s", s.cid[:12], exc)
             end = None if s.running else s.finished
             self.spans[s.cid] = Span(
-                task, service, stack, cpu, memory, s.started, end, cpu_s, mem_b, at, s.cid
+                task, service, stack, cpu, memory, s.started, end, cpu_s, mem_b, at, s.cid, sampled=at > 0
             )
         for cid in set(self.spans) - {s.cid for s in seen}:  # removed: it ran until we last looked, at most
             span = self.spans[cid]

@@ -183,6 +183,7 @@ class Span:
     memory_bytes: int = 0  # in use at `at`
     at: float = 0.0
     container: str = ""  # the container's id: a task restarted in place has several
+    sampled: bool = True  # False: no cgroup reading yet (the engine did not answer)
 
 
 @dataclass
@@ -215,8 +216,9 @@ def close(
     """The records of every interval in [state.end, until) (both multiples of `length`) and
     the state after them. A task's CPU used is its counter's growth since the state (all of
     it for a container that started after `state.end`), spread over the intervals by the
-    time it ran in each; its memory used is its last sample times those seconds. The node's
-    record counts the time since `node_since` (the meter's start)."""
+    time it ran in each; its memory used is its last sample times those seconds. A span
+    with no reading (`sampled` False) counts no CPU and keeps the counter it had. The
+    node's record counts the time since `node_since` (the meter's start)."""
     label_items = tuple(sorted(labels.items()))
     merged: dict[tuple[str, int], Record] = {}  # (task, start): a task's containers in one record
     cpus: dict[str, float] = {}
@@ -229,13 +231,18 @@ def close(
             continue
         counter = span.container or span.task
         before = state.cpu.get(counter)
-        if before is not None and span.cpu_seconds >= before:
+        if not span.sampled:  # no reading: nothing counted, and the counter as it was is kept
+            grown = 0.0  # (taken as 0 it read as "went back": the next reading counted it all again)
+            if before is not None or span.start >= state.end:
+                cpus[counter] = before or 0.0  # a container started since then: its counter began at 0
+        elif before is not None and span.cpu_seconds >= before:
             grown = span.cpu_seconds - before
         elif span.start >= state.end or (before is not None and span.cpu_seconds < before):
             grown = span.cpu_seconds  # a new container: its counter started at 0 in this range
         else:
             grown = 0.0  # no earlier reading (the meter's first closing): unknown, not guessed
-        cpus[counter] = span.cpu_seconds
+        if span.sampled:
+            cpus[counter] = span.cpu_seconds
         dims = Dims(node, span.service, span.stack, label_items)
         for s, run in zip(starts, runs, strict=True):
             if run <= 0:

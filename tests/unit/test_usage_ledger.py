@@ -93,6 +93,25 @@ def test_used_cpu_edges(before: float | None, counter: float, start: float, used
     assert by_task(records)[("t1", T0)].used_cpu_s == pytest.approx(used)
 
 
+@pytest.mark.parametrize(
+    ("before", "start", "kept"),
+    [
+        (4.0, T0 - 50, {"t1": 4.0}),  # the cursor's counter stands for the next reading
+        (None, T0 + 2, {"t1": 0.0}),  # started in the range: its counter began at 0
+        (None, T0 - 50, {}),  # never read: the next reading is a first one (counts 0)
+    ],
+)
+def test_a_span_without_a_reading_counts_nothing_and_keeps_the_counter(
+    before: float | None, start: float, kept: dict[str, float]
+) -> None:
+    state = MeterState(T0, {} if before is None else {"t1": before})
+    unread = span(start=start, sampled=False)
+    records, after = close([unread], state, T0 + 10, 10, "n1", {}, T0, (0, 0))
+    assert by_task(records)[("t1", T0)].used_cpu_s == 0.0
+    assert by_task(records)[("t1", T0)].reserved_vcpu_s > 0  # its time is counted all the same
+    assert after.cpu == kept
+
+
 def test_node_time_counts_from_the_meters_start() -> None:
     records, _ = close([], MeterState(T0), T0 + 20, 10, "n1", {"shoal.pool": "burst"}, T0 + 15, (1.0, GIB))
     assert [(r.start, r.tally.node_s, r.dims.labels) for r in records] == [

@@ -297,3 +297,31 @@ async def test_a_report_during_a_roll_up_counts_each_interval_once() -> None:
     assert report.rows[0].vcpu_hours_reserved == pytest.approx(0.5 * 100 / 3600)
     after = await usage_report(store, KEYS, request)
     assert after.rows == report.rows
+
+
+async def test_a_reading_missed_after_a_restart_does_not_count_the_cpu_again() -> None:
+    """The engine did not answer the first reading after a daemon restart: the span had a
+    counter of 0, taken as "went back" (a new container), and the next reading's whole
+    counter, since the container started, was counted again."""
+    store, clock, eyes = MemoryStore(), Clock(T0 + 0.5), Eyes()
+    await setup(store)
+    eyes.run("c1", "t1", T0)
+    eyes.cpu["c1"] = 3.0
+    meter = UsageMeter(store, KEYS, "n1", eyes, 2, wall=clock)
+    await meter.close_due()
+    clock.now = T0 + 2.5
+    await meter.close_due()  # 3.0 s used by T0 + 2, in the cursor
+    clock.now = T0 + 4.5  # the daemon restarts; the engine is slow to its first stats call
+    again, real_reading = UsageMeter(store, KEYS, "n1", eyes, 2, wall=clock), eyes.reading
+
+    def slow(cid: str) -> tuple[float, int]:
+        raise TimeoutError("engine slow")
+
+    eyes.reading = slow  # type: ignore[method-assign]
+    await again.close_due()
+    eyes.reading = real_reading  # type: ignore[method-assign]
+    eyes.cpu["c1"] = 5.0
+    clock.now = T0 + 6.5
+    await again.close_due()
+    used = sum(r.tally.used_cpu_s for r in await raw_records(store))
+    assert used == pytest.approx(5.0)  # the counter's growth, once (was 8.0)
