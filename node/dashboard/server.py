@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 4096
+MAX_DIGITS = 18  # of a number in a query (`limit`, `tail`): the views bound them far lower
 HEAD_TIMEOUT = 10.0
 SEND_TIMEOUT = 30.0  # s an answer may take to be read by the client
 MAX_CONNECTIONS = 64
@@ -247,9 +248,9 @@ class Dashboard:
         if kind.startswith("application/x-www-form-urlencoded"):
             token = urllib.parse.parse_qs(request.body.decode("utf-8", "replace")).get("token", [""])[0]
         else:
-            try:
+            try:  # RecursionError: a body of 4 KiB of `[` nests deeper than the parser goes
                 token = str(json.loads(request.body or b"{}").get("token", ""))
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 return _error(400, 'send {"token": "shoal_…"} as JSON, or a form with a token field')
         session, viewer = await self.gate.login(token)
         cookie = f"{COOKIE}={session}; Max-Age={int(SESSION_TTL)}; Path=/; Secure; HttpOnly; SameSite=Strict"
@@ -262,9 +263,9 @@ def _int(query: dict[str, str], name: str, default: int) -> int:
     text = query.get(name, "")
     if not text:
         return default
-    if not (text.isascii() and text.isdigit()):
-        raise Refused(400, f"{name}: {text[:20]!r} is not a whole number")
-    return int(text)
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_DIGITS:
+        raise Refused(400, f"{name}: {text[:20]!r} is not a whole number of at most {MAX_DIGITS} digits")
+    return int(text)  # within MAX_DIGITS: Python's int() refuses strings of over 4300 digits
 
 
 async def _read(reader: asyncio.StreamReader) -> Request:

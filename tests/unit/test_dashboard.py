@@ -328,3 +328,18 @@ async def test_a_client_that_stops_reading_its_answer_lets_go_after_the_send_tim
         writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_malformed_login_bodies_and_numbers_are_refused_not_internal_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A login body of 4 KiB of `[` (no token needed) and a query number of 5,000 digits
+    were answered 500 with a traceback in the log: a 400 saying what to send is the answer."""
+    dashboard, tokens = await _dashboard()
+    for body in (b"[" * 4000, b'{"a":' * 800):
+        answer = await dashboard.answer(_request("/login", method="POST", body=body))
+        assert answer.status == 400 and b"token" in answer.body, answer.body[:200]
+    for path in ("/api/events?limit=" + "9" * 5000, "/api/logs?service=web&tail=" + "1" * 5000):
+        answer = await dashboard.answer(_request(path, tokens[Role.VIEWER]))
+        assert answer.status == 400 and b"whole number" in answer.body, answer.body[:200]
+    assert not [r for r in caplog.records if r.exc_info], "no traceback logged"
