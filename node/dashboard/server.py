@@ -12,7 +12,10 @@ does, as the proxy's engines do. Routes:
 | `POST /logout`           | ends the session                                            |
 | `GET /api/<view>`        | JSON: overview, nodes, services, tasks, events, logs, traffic, usage |
 
-Every `/api/` answer needs a login (`node.dashboard.gate`); none holds a secret. TLS is
+Every `/api/` answer needs a login (`node.dashboard.gate`); none holds a secret. The two
+POSTs are refused (403) when a browser says another site's page sent them (`cross_site`:
+`Sec-Fetch-Site`, `Origin` against `Host`), so no page elsewhere can log a browser in
+with its own token or out of its session. TLS is
 the node's own certificate (the cluster CA's), re-read when the file changes (renewal),
 so a browser that trusts the cluster CA trusts every node's page. Bounds: a head of
 `MAX_HEAD` bytes read within `HEAD_TIMEOUT`, a body of `MAX_BODY`, `MAX_CONNECTIONS`
@@ -221,13 +224,16 @@ class Dashboard:
                 except Refused as refused:
                     status = refused.status  # the page then shows its login form
             return Answer(status, static_file(name), kind)
-        if path == "/login":
-            return await self._login(request)
-        if path == "/logout":
+        if path in ("/login", "/logout"):
+            if request.method != "POST":
+                return _error(405, f"POST to {path}")
+            if (why := cross_site(request)) is not None:
+                return _error(403, f"{path} is for this page only: {why}")
+            if path == "/login":
+                return await self._login(request)
             self.gate.logout(request.cookies.get(COOKIE, ""))
-            return _json(
-                200, {"ok": True}, [("Set-Cookie", f"{COOKIE}=; Max-Age=0; Path=/; Secure; HttpOnly")]
-            )
+            gone = f"{COOKIE}=; Max-Age=0; Path=/; Secure; HttpOnly; SameSite=Strict"
+            return _json(200, {"ok": True}, [("Set-Cookie", gone)])
         view = path.removeprefix("/api/")
         if path.startswith("/api/") and view in self._api:
             if request.method != "GET":
@@ -242,8 +248,6 @@ class Dashboard:
         return _error(404, f"no page at {path[:100]}; the dashboard is at /")
 
     async def _login(self, request: Request) -> Answer:
-        if request.method != "POST":
-            return _error(405, "POST the token to /login")
         kind = request.headers.get("content-type", "")
         if kind.startswith("application/x-www-form-urlencoded"):
             token = urllib.parse.parse_qs(request.body.decode("utf-8", "replace")).get("token", [""])[0]
@@ -257,6 +261,18 @@ class Dashboard:
         if kind.startswith("application/x-www-form-urlencoded"):
             return Answer(303, b"", "text/plain", [("Set-Cookie", cookie), ("Location", "/")])
         return _json(200, {"token": viewer.token_id, "role": str(viewer.role)}, [("Set-Cookie", cookie)])
+
+
+def cross_site(request: Request) -> str | None:
+    """Why a POST comes from another site's page, or None: a browser names the page that
+    sent it (`Sec-Fetch-Site`, `Origin`); a script that sends neither is not a browser."""
+    site = request.headers.get("sec-fetch-site", "")
+    if site in ("cross-site", "same-site"):
+        return f"sent from another site's page (Sec-Fetch-Site: {site})"
+    origin = request.headers.get("origin", "")
+    if origin and urllib.parse.urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
+        return f"sent from a page of {origin[:100]!r}, not of this node"
+    return None
 
 
 def _int(query: dict[str, str], name: str, default: int) -> int:

@@ -343,3 +343,35 @@ async def test_malformed_login_bodies_and_numbers_are_refused_not_internal_error
         answer = await dashboard.answer(_request(path, tokens[Role.VIEWER]))
         assert answer.status == 400 and b"whole number" in answer.body, answer.body[:200]
     assert not [r for r in caplog.records if r.exc_info], "no traceback logged"
+
+
+async def test_another_sites_page_cannot_log_a_browser_in_or_out() -> None:
+    """A form on another site posted an attacker's token to /login (the browser then held
+    the attacker's session), and a link to /logout (any method) cleared the cookie."""
+    dashboard, tokens = await _dashboard()
+    form = f"token={tokens[Role.VIEWER]}".encode()
+    kind = "application/x-www-form-urlencoded"
+    for headers in (
+        {"origin": "https://evil.example", "host": "node1:7072"},
+        {"origin": "null", "host": "node1:7072"},
+        {"sec-fetch-site": "cross-site", "host": "node1:7072"},
+    ):
+        answer = await dashboard.answer(
+            _request("/login", method="POST", body=form, **{"content-type": kind, **headers})
+        )
+        assert answer.status == 403 and not answer.extra, (headers, answer.body)
+        answer = await dashboard.answer(_request("/logout", method="POST", **headers))
+        assert answer.status == 403 and not answer.extra, headers
+    assert (await dashboard.answer(_request("/logout"))).status == 405  # a GET changes nothing
+    same = {"origin": "https://node1:7072", "host": "node1:7072", "sec-fetch-site": "same-origin"}
+    answer = await dashboard.answer(
+        _request("/login", method="POST", body=form, **{"content-type": kind, **same})
+    )
+    assert answer.status == 303  # the page's own form
+    answer = await dashboard.answer(_request("/logout", method="POST", **same))
+    (cookie,) = [v for k, v in answer.extra if k == "Set-Cookie"]
+    assert answer.status == 200 and "Max-Age=0" in cookie and "SameSite=Strict" in cookie
+    scripted = await dashboard.answer(  # no browser headers: a script, as before
+        _request("/login", method="POST", body=json.dumps({"token": tokens[Role.VIEWER]}).encode())
+    )
+    assert scripted.status == 200
