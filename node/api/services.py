@@ -219,6 +219,12 @@ class ServiceWriter:
                     f"{name} is a job: it has no replicas to scale; change job.parallelism or "
                     "job.completions in its spec and apply it"
                 )
+            if current.spec.mode == "global":  # the leader runs one per eligible node, whatever the count
+                raise FailedPrecondition(
+                    f"{name} is a global service (mode: global): it runs one task on each eligible node "
+                    "and has no replicas to scale; drain a node or change the service's constraints, "
+                    "or `shoal service rm` it"
+                )
             if current.replicas == replicas:
                 return current
             spec = current.spec.model_copy(update={"replicas": replicas})  # checked above

@@ -1,5 +1,5 @@
-"""Scale and rollback where a job is involved: refused with a clear error, or a readable
-record; never a stored spec that no node can read (`a job has no replicas`), which made
+"""Scale and rollback where a job or a global service is involved: refused with a clear
+error, or a readable record; never a stored spec that no node can read (`a job has no replicas`), which made
 the service vanish from `ls` and every later call fail with INTERNAL."""
 
 from __future__ import annotations
@@ -73,3 +73,17 @@ def test_the_leaders_rollback_to_a_job_version_keeps_its_one_replica() -> None:
     )  # fmt: skip
     assert txn.record is not None
     assert ServiceRecord.from_json(txn.record.to_json()).spec.replicas == 1
+
+
+async def test_scaling_a_global_service_is_refused_and_changes_nothing() -> None:
+    """The leader runs one task per eligible node whatever `replicas` says: `scale 0` of a
+    global service answered 'scaled to 0', wrote a version, and every task kept running."""
+    store = MemoryStore()
+    writer = ServiceWriter(store, KEYS, "n1")
+    await writer.apply("name: web\nimage: img:1\nmode: global\n", "web.yaml")
+    before = store.revision
+    for replicas in (0, 1, 7):
+        with pytest.raises(FailedPrecondition, match=r"global service .* no replicas to scale"):
+            await writer.scale("web", replicas)
+    assert store.revision == before
+    assert (await stored(store)).version == 1
