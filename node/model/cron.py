@@ -228,28 +228,60 @@ def _steady(tz: tzinfo, at: datetime) -> bool:
     return (at - _WINDOW).astimezone(tz).utcoffset() == (at + _WINDOW).astimezone(tz).utcoffset()
 
 
+def _offsets(tz: tzinfo, at: datetime) -> list[timedelta]:
+    """The UTC offsets in force within `_WINDOW` of `at`, sampled every half hour."""
+    samples = (at + k * timedelta(minutes=30) for k in range(-8, 9))
+    return [offset for point in samples if (offset := point.astimezone(tz).utcoffset()) is not None]
+
+
+def _fires(cron: Cron, minute: datetime, tz: tzinfo) -> list[datetime]:
+    """Every instant at which a second of wall `minute` fires. When each fold's offset is
+    the same through the minute (all minutes but those at an offset change), second `s`
+    fires at that fold's instant of the minute plus `s`, so a minute costs four
+    conversions whatever its seconds; the others are looked at second by second
+    (`_instants`, which says which folds fire)."""
+    early, late = _local(minute, tz, 0), _local(minute, tz, 1)
+    following = minute + _MINUTE
+    uniform = _local(following, tz, 0) == early + _MINUTE and _local(following, tz, 1) == late + _MINUTE
+    if uniform and (early <= late or not cron.fixed):
+        starts = [early] if early == late or cron.fixed else [early, late] if early < late else []
+        return [base + timedelta(seconds=s) for base in starts for s in cron.seconds]
+    return [i for second in cron.seconds for i in _instants(cron, minute.replace(second=second), tz)]
+
+
 def next_tick(cron: Cron, after: float) -> float:
     """The first instant (unix seconds) strictly after `after` at which `cron` fires.
-    Away from an offset change the first matching wall time is the answer; near one,
-    the candidates within `_WINDOW` either side are compared (see the DST rule above).
-    CronError if none is found within 8 years."""
+    Away from an offset change the first matching wall time is the answer. Near one, a
+    wall time `w` fires at `w - offset` for an offset in force there, so the walls looked
+    at start where `w - (the least offset)` can pass `after`, and stop at the first wall
+    whose earliest instant comes after the best found (earliest instants never go back
+    from one wall to the next: a gap's walls fire at the jump, a repeated hour's first
+    pass comes before the second), or where `w - (the greatest offset)` does. Each minute
+    costs a few conversions (`_fires`), so catching up a seconds schedule near a change
+    does not stall the leader's pass. CronError if none is found within 8 years."""
     tz = cron.tz
     t = datetime.fromtimestamp(after, UTC)
     wall_t = t.astimezone(tz).replace(tzinfo=None)
-    start = (wall_t if _steady(tz, t) else wall_t - _WINDOW).replace(second=0, microsecond=0)
+    back = timedelta(0)
+    if not _steady(tz, t):
+        here = t.astimezone(tz).utcoffset() or timedelta(0)
+        back = max(back, here - min(_offsets(tz, t)))
+    start = (wall_t - back).replace(second=0, microsecond=0)
     horizon = None
     best: datetime | None = None
     for minute in _walls(cron, start):
         if horizon is not None and minute > horizon:
             break
-        for second in cron.seconds:
-            for instant in _instants(cron, minute.replace(second=second), tz):
-                if instant > t and (best is None or instant < best):
-                    best = instant
+        fires = _fires(cron, minute, tz)
+        if best is not None and fires and min(fires) > best:
+            break  # a wall's earliest instant never comes before an earlier wall's earliest
+        found = min((at for at in fires if at > t), default=None)
+        if found is not None and (best is None or found < best):
+            best = found
         if best is not None and horizon is None:
             if _steady(tz, best):
                 break
-            horizon = minute + 2 * _WINDOW
+            horizon = best.replace(tzinfo=None) + max(_offsets(tz, best))
     if best is None:
         raise CronError(f"{cron.text!r} has no tick in the {_SEARCH_YEARS} years after {t.isoformat()}")
     return best.timestamp()

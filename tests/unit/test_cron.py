@@ -1,9 +1,11 @@
 """node.model.cron: parsing, and the next tick across month ends, leap years and DST changes."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
+from node.model import cron as cron_module
 from node.model.cron import CronError, next_tick, parse, ticks_between
 
 
@@ -137,3 +139,28 @@ def test_a_leading_seconds_field(expr: str, zone: str, after: str, expected: lis
 def test_many_ticks_are_found_quickly() -> None:
     """Catching up a second-granular schedule: 1,000 ticks, away from any DST change."""
     assert len(ticks_between(parse("* * * * * *", "Europe/Berlin"), 1e9, 2e9, limit=1000)) == 1000
+
+
+@pytest.mark.parametrize(
+    "after",
+    ["2026-03-29T00:30:00", "2026-03-29T01:20:00", "2026-10-25T00:40:00", "2026-10-25T01:20:00"],
+)
+def test_a_seconds_schedule_near_a_dst_change_costs_few_conversions(
+    after: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Near Berlin's changes every second still fires once, in real time, and each tick
+    costs a bounded number of time-zone conversions: the leader's pass catches up to
+    1,000 ticks of such a schedule at once (it once took minutes, the loop stalled)."""
+    calls = 0
+    real = cron_module._local
+
+    def counted(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    monkeypatch.setattr(cron_module, "_local", counted)
+    start = _t(after)
+    ticks = ticks_between(parse("* * * * * *", "Europe/Berlin"), start, start + 30, limit=30)
+    assert ticks == [start + i for i in range(1, 31)]
+    assert calls < 30 * 600  # the old search: ~86,000 per tick
