@@ -1,10 +1,11 @@
 """`shoal run`, `shoal job ls|status` and `shoal task ls|rm` (issue 18).
 
 `shoal run IMAGE [-- CMD...]` stores a one-off job (`kind: job`, one completion, no
-retry) named `run-<8 hex>` (or `--name`), waits for its task, prints the container's
-output as it comes (stdout to stdout, stderr to stderr, through the logs relay of any
-node: `node.api.taskio`) and exits with the container's exit code; 125 when the task
-cannot start (the image cannot be pulled, the command does not exist), as `docker run`.
+retry) named `run-<8 hex>` (or `--name`, a name no service has yet), waits for its
+task, prints the container's output as it comes (stdout to stdout, stderr to stderr,
+through the logs relay of any node: `node.api.taskio`) and exits with the container's
+exit code; 125 when the task cannot start (the image cannot be pulled, the command does
+not exist), as `docker run`.
 With `-d` it prints the task id and returns at once. `--from SERVICE` starts from that
 service's image, command, env, secrets, configs, resources and placement.
 
@@ -27,7 +28,7 @@ from node.cli import Settings, pass_settings
 from node.cli.output import Column, emit, emit_data, iso, output_option
 from node.cli.taskio import task
 from node.pb import api_pb2, jobs_pb2
-from node.wire.client import ShoalClient, ShoalError
+from node.wire.client import NotFound, ShoalClient, ShoalError
 
 PLACE_DEADLINE = 60.0  # s for the run's task to be placed and started
 POLL = 0.25  # s between looks at the task's state
@@ -176,6 +177,20 @@ def _spec(
     return json.dumps(spec)
 
 
+def _check_free(client: ShoalClient, name: str) -> None:
+    """`--name` must be new: applying the run over an existing service would replace that
+    service's spec with a one-off job (and `--rm` then remove it), and over an ended run of
+    that name would show the old run's output and exit code, not start a new one."""
+    try:
+        client.get_service(name)
+    except NotFound:
+        return
+    raise ShoalError(
+        f"a service named {name!r} exists; give the run another --name "
+        f"(`shoal task rm {name}` removes an ended run of that name)"
+    )
+
+
 def _task(client: ShoalClient, name: str) -> api_pb2.Task | None:
     tasks = client.list_tasks(name)
     return tasks[0] if tasks else None
@@ -241,6 +256,7 @@ def run(
     if source and image:  # `shoal run --from web -- sh -c ...`: every word is the command
         command, image = (image, *command), None
     name = name or f"run-{secrets.token_hex(4)}"
+    _check_free(client, name)
     client.apply(_spec(client, name, image, command, source), source=f"shoal run {name}")
     try:
         t = _wait_started(client, name)

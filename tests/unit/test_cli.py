@@ -502,3 +502,11 @@ def test_client_takes_context_file_as_str_or_path(
     monkeypatch.delenv("SHOAL_CONTEXT_FILE")
     with ShoalClient(addr, timeout=5, context_file=kind(context_file)) as client:
         assert [s.name for s in client.list_services()] == ["db", "web"]
+
+
+def test_run_refuses_the_name_of_an_existing_service(addr: str, fake: FakeShoal) -> None:
+    """`shoal run --name web` would have replaced the service web with a one-off job (and
+    `--rm` then removed it): the name is refused before anything is applied."""
+    error = fails(addr, "run", "--name", "web", "-d", "alpine", "--", "true")
+    assert "a service named 'web' exists" in error and "--name" in error
+    assert "ApplyService" not in [method for method, _, _ in fake.calls]
