@@ -19,6 +19,7 @@ from node.pb import peer_pb2
 from node.security import auth
 from node.security.ca import Identity, Kind
 from node.store.memory import MemoryStore
+from tests.unit.test_errors import _Aborted, _Context
 
 ALIVE, SUSPECT, DEAD = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD
 LAN = PRESETS["lan"]
@@ -97,22 +98,6 @@ class _NoTransport:
 
 
 # -- from_node is the caller's certificate's node ----------------------------------------
-
-
-class _Aborted(Exception):
-    pass
-
-
-class _Context:
-    """What `handle` needs of a `grpc.aio.ServicerContext`: abort records and raises."""
-
-    def __init__(self) -> None:
-        self.code: grpc.StatusCode | None = None
-        self.details = ""
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self.code, self.details = code, details
-        raise _Aborted
 
 
 def _as(kind: Kind, name: str) -> None:
