@@ -21,7 +21,7 @@ All state lives under a prefix (default `/shoal/v1/`):
 | `ingress/<host>/<path>`           | API, leader (rollback) | while routed (12)   |
 | `security/ca.crt`                 | `cluster init`         | forever             |
 | `security/ca.key`                 | `cluster init`         | forever             |
-| `security/join`                   | init, `rotate-token`   | until rotated       |
+| `security/join`                   | init, `rotate-token`; any node renewing its cert | until rotated |
 | `tokens/<id>`                     | init, `token create`   | until revoked/expired, then reaped (1) |
 | `joins/<key-id>`                  | `Peer/Join`, any node  | until the join token is rotated; its uses |
 | `joins/<key-id>/<node>`           | `Peer/Join`, any node  | until rotated; ≤ `join_token_uses` |
