@@ -36,10 +36,9 @@ Events (methods) and the actions they return:
 - `engine_down(assigned, reason)`, `engine_up()`, `engine_gap()`: the engine's verdict.
 
 A daemon restart: `seed(status, now)` reads back each task's last status. An exit that
-was decided and waits for its restart (its status `exited`, naming the container and
-ending in the decision's note, `restart N in Xs`) stays decided: the container is not
-judged again (`handled`), its restart comes when the note said (`next_at`, from the
-status's time), and the status stays as it was until then. At the first listing
+was decided and waits for its restart (its status `exited`, naming the container, with
+`restart_due` set) stays decided: the container is not judged again (`handled`), its
+restart comes when it was due (`next_at`), and the status stays as it was until then. At the first listing
 `recall` rebuilds each task's restart times and streak from the exits the engine kept
 (`node.agent.restart.recalled`), so attempts within `window` and the back-off go on
 where they were, not from zero, and dates a live container's time up from its start.
@@ -48,7 +47,6 @@ where they were, not from zero, and dates a live container's time up from its st
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
@@ -156,11 +154,11 @@ class _Seed:
 
 
 NOT_COUNTED = "now, not counted as an attempt"
-_NOTE = re.compile(rf"; restart \d+ (?:in (?P<wait>\d+(?:\.\d+)?)s|(?P<free>{NOT_COUNTED}))$")
 
 
 def _note(rs: RestartState, now: float, counted: bool) -> str:
-    """The end of the status message of a decided exit that restarts; `seed` reads it back."""
+    """The end of the status message of a decided exit that restarts (for people: `seed`
+    reads the status's `restart_due` and `restart_counted`)."""
     wait = f"in {rs.next_at - now:.1f}s" if counted else NOT_COUNTED
     return f"restart {rs.restarts} {wait}"
 
@@ -173,13 +171,14 @@ def _wall_of(engine: str) -> float:
         return 0.0
 
 
-def _decision(status: TaskStatus) -> tuple[float, bool] | None:
-    """(seconds its restart waited, whether it counted as an attempt) of a status written
-    by a decided exit that restarts (`Slots.exited`); None for any other status."""
-    m = _NOTE.search(status.message)
-    if m is None or status.state != TaskState.EXITED or status.terminal or not status.container_id:
-        return None
-    return (0.0, False) if m["free"] else (float(m["wait"]), True)
+def _decided(status: TaskStatus) -> bool:
+    """Whether `status` was written by a decided exit whose restart waits (`Slots.exited`)."""
+    return (
+        status.restart_due > 0
+        and status.state == TaskState.EXITED
+        and not status.terminal
+        and bool(status.container_id)
+    )
 
 
 class Slots:
@@ -233,15 +232,14 @@ class Slots:
             return
         given_up = (status.message or "the restart policy gave up") if status.terminal else ""
         rs = RestartState(restarts=status.restarts, exit_code=status.exit_code, given_up=given_up)
-        decided = _decision(status)
-        if decided is None:
+        if not _decided(status):
             self._seeded[status.task_id] = _Seed(rs)
             return
-        wait, counted = decided
-        ago = max(0.0, self.wall() - status.updated_at)  # since the decision
+        wall, counted = self.wall(), status.restart_counted
+        ago = max(0.0, wall - status.updated_at)  # since the decision
         rs = replace(
             rs,
-            next_at=now + max(0.0, wait - ago),
+            next_at=now + max(0.0, status.restart_due - wall),
             times=(now - ago,) if counted else (),  # the kept exits tell more (`recall`)
             streak=1 if counted else 0,
         )
@@ -412,8 +410,13 @@ class Slots:
             why = f"exited with code {c.exit_code}" + (f" ({c.error})" if c.error else "")
             if not_done:
                 why = f"exited with code {c.exit_code} ({not_done})"
-            wait = _note(rs, now, counted=not not_done)
-            self._set(s, TaskState.EXITED, container_id=c.id, message=f"{why}; {wait}")
+            counted = not not_done
+            wait = _note(rs, now, counted)
+            due = self.wall() + max(0.0, rs.next_at - now)
+            self._set(
+                s, TaskState.EXITED, container_id=c.id, message=f"{why}; {wait}", restart_due=due,
+                restart_counted=counted,
+            )  # fmt: skip
             out.append(Emit("task.exited", f"{c.name} {why}; {wait}", task.service, task.task_id))
             self._wait(rs.next_at)
         return out if keep else [*out, Remove(c.id)]

@@ -346,6 +346,11 @@ class TaskStatus(Record):
     health_at: float = 0.0  # when that result first came (written on a change only: issue 11)
     healthy_since: float = 0.0  # wall clock since when it is routable without a break; 0: it is not
     terminal: bool = False  # the restart policy gave up: it stays exited/failed, `message` says why
+    # An exit decided, its restart waiting (`exited`): when the restart is due (wall clock;
+    # 0: none waits) and whether the exit counted as an attempt. A restarted agent reads
+    # them back (`node.agent.machine.Slots.seed`) rather than deciding the exit again.
+    restart_due: float = 0.0
+    restart_counted: bool = False
 
     @property
     def routable(self) -> bool:

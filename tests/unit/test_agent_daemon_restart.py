@@ -210,7 +210,8 @@ def seeded(status: TaskStatus, now: float = 100.0, wall: float = 5000.0) -> Slot
 def test_an_exit_noted_in_a_status_is_not_decided_again() -> None:
     status = TaskStatus(
         TASK.task_id, "web", 1, NODE, "exited", "c7", restarts=4, exit_code=1,
-        message="exited with code 1; restart 4 in 8.0s", updated_at=4997.0,
+        message="exited with code 1; restart 4 in 8.0s", updated_at=4997.0, restart_due=5005.0,
+        restart_counted=True,
     )  # fmt: skip
     m = seeded(status)
     s, rs = m.slots[TASK.task_id], m.slots[TASK.task_id].restart
@@ -222,15 +223,17 @@ def test_an_exit_noted_in_a_status_is_not_decided_again() -> None:
 def test_an_exit_not_counted_as_an_attempt_seeds_no_restart_time() -> None:
     message = f"exited with code 0 (the engine restarted under it); restart 4 {NOT_COUNTED}"
     status = TaskStatus(
-        TASK.task_id, "web", 1, NODE, "exited", "c7", restarts=4, message=message, updated_at=4990.0
-    )
+        TASK.task_id, "web", 1, NODE, "exited", "c7", restarts=4, message=message, updated_at=4990.0,
+        restart_due=4990.0,
+    )  # fmt: skip
     rs = seeded(status).slots[TASK.task_id].restart
     assert (rs.next_at, rs.times, rs.streak) == (100.0, (), 0)
 
 
 def test_a_status_of_an_exit_not_decided_yet_is_decided_after_a_daemon_restart() -> None:
     """A container that exited at once after its start is `exited` in its status, named,
-    before any decision (the next pass decides): it is decided, not skipped."""
+    before any decision (the next pass decides): it is decided, not skipped. The message
+    is for people: one that reads like a decision's note decides nothing."""
     for message in ("", "OCI runtime error", "restart 4 in 8.0s"):
         status = TaskStatus(TASK.task_id, "web", 1, NODE, "exited", "c7", restarts=4, message=message)
         m = seeded(status)
@@ -259,9 +262,11 @@ def test_recall_counts_the_current_exit_only_once_it_was_decided() -> None:
     undecided = seeded(TaskStatus(TASK.task_id, "web", 1, NODE, "running", "c2", restarts=1))
     undecided.recall([], [(TASK, current)], [old], 1000.0)
     assert len(undecided.slots[TASK.task_id].restart.times) == 1
-    decided = seeded(
-        TaskStatus(TASK.task_id, "web", 1, NODE, "exited", "c2", restarts=2, message="x; restart 2 in 2.0s")
-    )
+    status = TaskStatus(
+        TASK.task_id, "web", 1, NODE, "exited", "c2", restarts=2, message="x; restart 2 in 2.0s",
+        restart_due=5002.0, restart_counted=True,
+    )  # fmt: skip
+    decided = seeded(status)
     decided.recall([], [(TASK, current)], [old], 1000.0)
     decided.recall([], [(TASK, current)], [old, old], 1000.0)  # once: only the first listing
     assert len(decided.slots[TASK.task_id].restart.times) == 2
