@@ -284,7 +284,7 @@ class _Client(_Outcomes, asyncio.Protocol):
         url = self.url if self.url_parts is None else b"".join(self.url_parts)
         routed = None
         if proxy.router is not None:  # the ingress: routed by host, sent in origin form
-            routed = proxy.router(self.head, url or b"/")
+            routed = proxy.router(self.head, url or b"/", self)
             if url and url[:1] != b"/":
                 url = origin_form(url)
         line = b"%s %s HTTP/1.1\r\n" % (method, url or b"/")

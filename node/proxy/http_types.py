@@ -120,8 +120,9 @@ class Routed:
         return None if self.balancer is None else self.balancer.pick(now, tried)
 
 
-Router = Callable[[list[bytes], bytes], Routed]
-"""(head list being read, request target) -> where the request goes; may add to the head."""
+Router = Callable[[list[bytes], bytes, object], Routed]
+"""(head list being read, request target, the client's connection) -> where the request
+goes; may add to the head (the ingress reads a TLS connection's SNI host from the third)."""
 
 
 class Upstream(Protocol):

@@ -134,13 +134,12 @@ def cookie(values: list[bytes], name: bytes) -> bytes:
 
 class _TlsClient(_Client):
     """A connection to the TLS listener: the host its handshake was given the certificate
-    of (`SniContexts.host_of_connection`), told to the router with each of its requests."""
+    of (`SniContexts.host_of_connection`), which the router reads for each request."""
 
-    __slots__ = ("certs", "ingress", "sni")
+    __slots__ = ("certs", "sni")
 
     def __init__(self, ingress: IngressProxy, certs: SniContexts) -> None:
         super().__init__(ingress)
-        self.ingress = ingress
         self.certs = certs
         self.sni: str | None = None
 
@@ -148,14 +147,6 @@ class _TlsClient(_Client):
         # asyncio calls this once the handshake is done: the SNI callback has run
         self.sni = self.certs.host_of_connection(transport.get_extra_info("ssl_object"))
         super().connection_made(transport)
-
-    def on_headers_complete(self) -> None:
-        ingress = self.ingress
-        ingress.sni = self.sni  # the router runs within (synchronously): this request's
-        try:
-            super().on_headers_complete()
-        finally:
-            ingress.sni = None
 
 
 class IngressProxy(HttpProxy):
@@ -176,12 +167,11 @@ class IngressProxy(HttpProxy):
         self.routes, self.https, self.certs = routes, https, certs
         self.failing = routes.failing
         self.router = self.route
-        self.sni: str | None = None  # of the connection whose request is being routed
 
     def _accept(self) -> _Client:
         return _TlsClient(self, self.certs) if self.certs is not None else _Client(self)
 
-    def route(self, head: list[bytes], url: bytes) -> Routed:
+    def route(self, head: list[bytes], url: bytes, conn: object) -> Routed:
         host: bytes | None = None
         hosts = 0
         forwarded = False
@@ -205,7 +195,8 @@ class IngressProxy(HttpProxy):
                     kept += head[i : i + 4]
             head[:] = kept
         routes = self.routes
-        to = decide(routes.table, host, url, self.https, routes.https_port, self.sni)
+        sni = conn.sni if isinstance(conn, _TlsClient) else None
+        to = decide(routes.table, host, url, self.https, routes.https_port, sni)
         if isinstance(to, Answer):
             extra = b"Location: %s\r\n" % to.location.encode("latin-1") if to.location else b""
             return Routed(None, status=to.status, body=to.body, extra=extra)
