@@ -318,7 +318,7 @@ class Assignment(Record):
         """The old task still serving this slot, while a handoff lasts."""
         if not self.handoff:
             return None
-        names = {f.name for f in fields(Assignment)}
+        names = _field_names(Assignment)  # cached: the scheduler asks for every held task of a pass
         return Assignment(**{k: v for k, v in self.handoff.items() if k in names and k != "handoff"})
 
 
