@@ -260,6 +260,50 @@ async def test_replicas_published_on_every_address_stay_with_the_listener(tmp_pa
             await runner
 
 
+async def test_a_stale_table_is_tried_again_on_the_mesh_timer(tmp_path: Path) -> None:
+    """A withdrawal's table failed and so did its removal: the kernel may still DNAT to the
+    replica that left. No store change comes to wake the mesh; it syncs again on its
+    timer (`rebind_interval`) until the table is written."""
+    w = World()
+    nft = FakeNft()
+    w.mesh.kernel, _ = path(tmp_path, nft)
+    service = make_service(
+        "raw", replicas=2, ports=[{"container": 8080, "published": 18080, "fast_path": "kernel"}]
+    )
+    await w.store.put(KEYS.service("raw"), service.to_json())
+    endpoints = []
+    for slot in (1, 2):
+        task = make_task(service, slot, "n1")
+        await w.store.put(KEYS.task("raw", slot), task.to_json())
+        record = EndpointRecord(
+            task.task_id, "raw", "n1", "127.0.0.1", 30000 + slot, 8080, {"8080": 30000 + slot}
+        )
+        endpoints.append(KEYS.endpoint("raw", task.task_id))
+        await w.store.put(endpoints[-1], record.to_json())
+    runner = asyncio.create_task(w.mesh.run())
+    try:
+        await wait_until(
+            lambda: len(w.mesh.kernel_served[0].targets) == 2 if w.mesh.kernel_served else False,
+            5.0,
+            message="two targets",
+        )
+        nft.failures = kp.ATTEMPTS + 1  # the withdrawal's text, and the removal after it
+        await w.store.delete(endpoints[1])
+        await wait_until(lambda: nft.failures == 0, 5.0, message="the withdrawal and its removal failed")
+        await wait_until(
+            lambda: w.mesh.kernel_served and len(w.mesh.kernel_served[0].targets) == 1,
+            5.0,
+            message="tried again",
+        )
+        assert sorted(w.mesh.kernel_served[0].targets) == [("127.0.0.1", 30001)]
+        assert w.mesh.kernel is not None and not w.mesh.kernel.stale
+        assert nft.texts[-1] == nft.texts[-2 - kp.ATTEMPTS]  # the same text, written again
+    finally:
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+
 # -- what it reports: counters (/metrics) and its state (`shoal node ls`) ---------------------
 
 
