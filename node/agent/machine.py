@@ -37,8 +37,9 @@ Events (methods) and the actions they return:
 
 A daemon restart: `seed(status, now)` reads back each task's last status. An exit that
 was decided and waits for its restart (its status `exited`, naming the container, with
-`restart_due` set) stays decided: the container is not judged again (`handled`), its
-restart comes when it was due (`next_at`), and the status stays as it was until then. At the first listing
+`restart_due` set; `unknown` with the same fields while the engine is down) stays
+decided: the container is not judged again (`handled`), its restart comes when it was
+due (`next_at`), and the status stays as it was until then. At the first listing
 `recall` rebuilds each task's restart times and streak from the exits the engine kept
 (`node.agent.restart.recalled`), so attempts within `window` and the back-off go on
 where they were, not from zero, and dates a live container's time up from its start.
@@ -172,10 +173,11 @@ def _wall_of(engine: str) -> float:
 
 
 def _decided(status: TaskStatus) -> bool:
-    """Whether `status` was written by a decided exit whose restart waits (`Slots.exited`)."""
+    """Whether `status` was written by a decided exit whose restart waits (`Slots.exited`),
+    or carries one over an engine outage (`Slots.engine_down`)."""
     return (
         status.restart_due > 0
-        and status.state == TaskState.EXITED
+        and status.state in (TaskState.EXITED, TaskState.UNKNOWN)
         and not status.terminal
         and bool(status.container_id)
     )
@@ -257,11 +259,21 @@ class Slots:
         self.adopted = False
 
     def engine_down(self, assigned: Mapping[str, Assignment], reason: str) -> None:
-        """Nothing is routable; every assigned task is `unknown`, and why."""
+        """Nothing is routable; every assigned task is `unknown`, and why. A decided exit
+        whose restart waits keeps its decision in that status (the container, when the
+        restart is due), so a daemon restarted before the engine is back does not decide
+        the same exit again."""
         self.desired(assigned)
         for s in self.slots.values():
             s.routable = False
-            self._set(s, TaskState.UNKNOWN, message=reason)
+            old = s.status
+            if old is not None and _decided(old):
+                self._set(
+                    s, TaskState.UNKNOWN, message=reason, container_id=old.container_id,
+                    restart_due=old.restart_due, restart_counted=old.restart_counted,
+                )  # fmt: skip
+            else:
+                self._set(s, TaskState.UNKNOWN, message=reason)
 
     def desired(self, assigned: Mapping[str, Assignment]) -> None:
         """The assignments now: a slot per task, none for a task not assigned (swept)."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from node.agent.agent import Agent
 from node.agent.machine import NOT_COUNTED, Slots
 from node.agent.restart import RESET_AFTER, RestartState, recalled
@@ -140,6 +142,33 @@ async def test_the_back_off_of_a_removed_exit_survives_a_daemon_restart() -> Non
     status = await world.status(task)
     assert (status.state, status.restarts, status.container_id) == (TaskState.EXITED, 1, c.id)
     await world.reconcile(4.5)
+    assert len(world.runtime.running()) == 1 and (await world.status(task)).restarts == 1
+
+
+@pytest.mark.parametrize("history", [0, 2])
+async def test_a_decided_exit_outlives_an_engine_outage_and_a_daemon_restart(history: int) -> None:
+    """The engine goes down while a restart waits: the task's status becomes `unknown`.
+    That status used to drop the decision (`restart_due`, the container), so a daemon
+    restarted before the restart decided the same exit again (history 2: counted twice)
+    or started the task at once (history 0: the back-off lost)."""
+    world = await make_world(history=history)
+    task = await world.task(delay=60.0)
+    c = await world.crash()
+    runs = world.runs()
+    world.runtime.unavailable = True
+    await world.agent._engine_down()  # what `run` does instead of a pass while it is down
+    await world.agent.flush()
+    down = await world.status(task)
+    assert (down.state, down.container_id, down.restarts) == (TaskState.UNKNOWN, c.id, 1)
+    assert down.restart_due > 0
+
+    await world.restart_daemon()  # while the engine is still down
+    world.runtime.unavailable = False
+    await world.reconcile(1.0)
+    await world.reconcile(30.0)  # 31 s after the decision: still in its back-off
+    assert world.runs() == runs and world.runtime.running() == []
+    assert (await world.status(task)).restarts == 1, "the exit is not decided again"
+    await world.reconcile(30.0)
     assert len(world.runtime.running()) == 1 and (await world.status(task)).restarts == 1
 
 
