@@ -169,15 +169,27 @@ async def test_a_client_that_never_reads_cannot_grow_its_write_buffer_with_pings
         conn.initiate_connection()
         await loop.sock_sendall(s, conn.data_to_send())
         chunk = PingFrame(0, opaque_data=b"12345678").serialize() * 4000
-        with contextlib.suppress(TimeoutError):  # the proxy stops reading: sends block
-            async with asyncio.timeout(2):
-                for _ in range(200):  # 13.6 MB at most
-                    await loop.sock_sendall(s, chunk)
-        (client,) = proxy._open
+        (client,) = await wait_until(lambda: list(proxy._open), 5, message="the proxy took the connection")
         t = client.peer.transport
         assert t is not None
-        # until it stops reading, or (as before) has read on and buffered a megabyte
-        await wait_until(lambda: not t.is_reading() or t.get_write_buffer_size() > 1_000_000, 5)
+        t.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # backs up sooner
+
+        def settled() -> bool:  # it stopped reading, or (as before) read on and buffered a megabyte
+            return not t.is_reading() or t.get_write_buffer_size() > 1_000_000
+
+        # Sent until the proxy settles either way, whatever the machine's load (a window of
+        # 2 s sent too little on a loaded machine to fill anything); a send the proxy does
+        # not read is waited on, never cut mid-frame.
+        async with asyncio.timeout(60):
+            for _ in range(200):  # 13.6 MB at most
+                send = asyncio.ensure_future(loop.sock_sendall(s, chunk))
+                while not send.done() and not settled():
+                    await asyncio.wait([send], timeout=0.1)
+                if settled():
+                    send.cancel()
+                    break
+                send.result()
+        await wait_until(settled, 5)
         buffered = t.get_write_buffer_size()
         s.close()
         assert buffered < 1_000_000, f"{buffered} bytes buffered for a client that reads nothing"
