@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from node.cli import Settings, pass_settings
 from node.cli.output import FORMATS, emit_data, emit_table, output_option
+from node.model.errors import InvalidArgument
 from node.model.spec import load_yaml
 from node.model.spec_errors import SpecError
 from node.wire.pools import apply_pools, list_pools
@@ -36,11 +38,56 @@ def apply_cmd(settings: Settings, path: str) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        document = json.loads(json.dumps(load_yaml(text, path)))  # plain values, not ruamel's
+        document = plain(load_yaml(text, path), path)  # plain values, not ruamel's
     except SpecError as exc:
         raise click.ClickException(str(exc)) from None
     resp = apply_pools(settings.client(), document)
     click.echo(f"pools: {', '.join(resp.pools) or 'none'} (revision {resp.revision})")
+
+
+def plain(value: Any, source: str, where: str = "", at: tuple[int, int] | None = None) -> Any:
+    """`value` (what `load_yaml` read) as plain JSON values; refuses the first
+    value JSON has no form for (a YAML date or timestamp, `!!binary`, `!!set`) and its line
+    (`json.dumps` of it raised a TypeError, shown as a traceback). Nothing is sent then.
+    `InvalidArgument` naming it (shown as one `error:` line)."""
+    if isinstance(value, dict):
+        places = getattr(getattr(value, "lc", None), "data", None) or {}  # key -> [line, col, vline, vcol]
+        out = {}
+        for key, item in value.items():
+            place = places.get(key) or [None] * 4
+            if key is not None and not isinstance(key, str | int | float):  # bool is an int
+                _unplain(key, source, where, _at(place[0], place[1]), "a key")
+            name = str(key) if isinstance(key, str) else json.dumps(key)  # as JSON names it
+            out[name] = plain(item, source, f"{where}.{name}" if where else name, _at(place[2], place[3]))
+        return out
+    if isinstance(value, list):
+        places = getattr(getattr(value, "lc", None), "data", None) or {}  # index -> [line, col]
+        return [
+            plain(item, source, f"{where}[{i}]", _at(*(places.get(i) or [None, None])[:2]))
+            for i, item in enumerate(value)
+        ]
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return int(value) if isinstance(value, int) else float(value)  # ruamel's ScalarInt, ScalarFloat
+    if isinstance(value, str):
+        return str(value)
+    _unplain(value, source, where, at, "a value")
+
+
+def _at(line: int | None, column: int | None) -> tuple[int, int] | None:
+    return (line + 1, column + 1) if line is not None and column is not None else None
+
+
+def _unplain(value: Any, source: str, where: str, at: tuple[int, int] | None, what: str) -> NoReturn:
+    kind = "date" if isinstance(value, date) else type(value).__name__
+    shown = value.isoformat() if isinstance(value, date) else str(value)
+    line = f":{at[0]}:{at[1]}" if at else ""
+    raise InvalidArgument(
+        f"{source}{line}: {where or 'the document'}: {what} must be a string, "
+        f"number, true/false, list or mapping; {shown[:60]!r} is read as a YAML {kind}: quote it "
+        "to make it a string"
+    )
 
 
 def _ago(t: float) -> str:
