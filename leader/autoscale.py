@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from node.model.load import STALE, LoadRecord, show
+from node.model.load import LoadRecord, fresh, show
 from node.model.spec import ServiceSpec
 from node.model.spec_autoscale import Autoscale
 from node.model.spec_lifecycle import format_duration
@@ -82,12 +82,13 @@ def _cores(spec: ServiceSpec) -> float:
 
 
 def measure(spec: ServiceSpec, replicas: int, records: Iterable[LoadRecord], now: float) -> Measure:
-    """The figure `spec.autoscale.target` names, over every node's fresh record."""
+    """The figure `spec.autoscale.target` names, over every node's fresh record (`fresh`:
+    neither stale nor dated ahead of `now` by more than the clocks' skew)."""
     assert spec.autoscale is not None
     metric = spec.autoscale.target.metric
-    fresh = [r for r in records if now - r.at <= STALE]
-    loads = [r.services[spec.name] for r in fresh if spec.name in r.services]
-    if not fresh:
+    current = [r for r in records if fresh(r.at, now)]
+    loads = [r.services[spec.name] for r in current if spec.name in r.services]
+    if not current:
         return Measure(metric, None, "no node reported its load lately")
     if metric in ("requests_per_replica", "p95_latency"):
         routed = [s for s in loads if s.routed]
@@ -95,7 +96,7 @@ def measure(spec: ServiceSpec, replicas: int, records: Iterable[LoadRecord], now
             return Measure(metric, None, "no node's proxy counts its requests: it publishes no port")
         if metric == "requests_per_replica":
             return Measure(metric, sum(s.requests for s in routed) / max(replicas, 1))
-        bounds = next(r.bounds for r in fresh if spec.name in r.services and r.services[spec.name].routed)
+        bounds = next(r.bounds for r in current if spec.name in r.services and r.services[spec.name].routed)
         width = len(bounds) + 1
         counts = tuple(sum(s.latency[i] for s in routed if len(s.latency) == width) for i in range(width))
         p95 = percentile(bounds, counts, 0.95)

@@ -7,7 +7,8 @@ the very write `shoal service scale` makes (a new version with only the count ch
 compare-and-swap on the service key), so the rolling behaviour is the scale's; then
 the event `service.autoscaled` names the metric and its value, and the status
 `autoscale/<service>` says what `shoal service autoscale` shows. A status whose service
-is gone or no longer autoscaled is deleted.
+is gone or no longer autoscaled is deleted. A load record dated more than `SKEW` s
+ahead of the leader's clock is not read, and logged once per node.
 
 A new leader takes each service's last scale times from its status, so cooldowns
 survive a failover; the quiet time before a scale-down starts again (conservative).
@@ -31,7 +32,7 @@ from node.api.services import ServiceWriter
 from node.model.domain import ServiceRecord, readable_services
 from node.model.errors import ShoalError
 from node.model.keys import Keys
-from node.model.load import PERIOD, AutoscaleStatus, Decision, LoadRecord
+from node.model.load import PERIOD, SKEW, AutoscaleStatus, Decision, LoadRecord
 from node.store import Store, StoreError
 from node.store.mirrors import mirror
 
@@ -56,6 +57,7 @@ class Autoscaler:
         self.clock = clock
         self.states: dict[tuple[str, str], State] = {}  # (service, uid) -> what decide remembers
         self.at_zero = False  # some autoscaled service has no replica: pass every FAST seconds
+        self.ahead: set[str] = set()  # nodes whose load record is dated ahead (logged once)
 
     async def run(self) -> None:
         """While leading (a leadership companion: cancelled when it ends); never raises.
@@ -104,12 +106,27 @@ class Autoscaler:
                     loads.append(LoadRecord.from_json(kv.value))
                 except (ValueError, TypeError, KeyError):
                     log.warning("autoscaler: unreadable load record %s skipped", kv.key)
+            self._note_ahead(loads, now)
         counts = [await self._one_guarded(record, loads, statuses.get(record.name), now) for record in scaled]
         self.at_zero = 0 in counts  # with the counts just set: the first request may come now
         wanted = {s.name for s in scaled}
         for name in [n for n in statuses if n not in wanted]:
             await self.store.delete(self.keys.autoscale(name))
         self.states = {k: v for k, v in self.states.items() if k[0] in wanted}
+
+    def _note_ahead(self, loads: list[LoadRecord], now: float) -> None:
+        """Log, once per node until it is back in time, a record dated ahead of this clock by
+        more than `SKEW`: `measure` does not read it (a skewed clock, or a forged date)."""
+        ahead = {r.node: r.at - now for r in loads if r.at - now > SKEW}
+        for node in sorted(ahead.keys() - self.ahead):
+            log.warning(
+                "autoscaler: the load record of %s is dated %.1fs ahead of this leader's clock "
+                "(more than %gs): not read until it is not (check the node's clock)",
+                node,
+                ahead[node],
+                SKEW,
+            )
+        self.ahead = set(ahead)
 
     async def _one_guarded(
         self, record: ServiceRecord, loads: list[LoadRecord], status: AutoscaleStatus | None, now: float

@@ -4,8 +4,9 @@
   runs, put every `PERIOD` seconds on the node's lease (`node.daemon.loadreport`): its
   proxy's request rate and latency histogram over the last `WINDOW` seconds, and the
   CPU and memory its replicas of the service use now (the usage sampler's last
-  samples). Rates, not counters: the leader sums the fresh records and needs no state of
-  its own, so a new leader decides from its first pass.
+  samples). Rates, not counters: the leader sums the fresh records (`fresh`: at most
+  `STALE` s old, at most `SKEW` s ahead of its clock) and needs no state of its own, so a
+  new leader decides from its first pass.
 - `autoscale/<service>` (`AutoscaleStatus`): the leader's view of one autoscaled
   service: the metric against its target, the last decision and the cooldowns. `shoal
   service autoscale` and `inspect` show it; a new leader takes its cooldowns from it.
@@ -27,6 +28,14 @@ from typing import Any
 PERIOD = 2.0  # s between two records of a node
 WINDOW = 6.0  # s over which a node's rates are taken
 STALE = 10.0  # s: an older record is not read (a node that stopped publishing)
+SKEW = 5.0  # s: a record dated further ahead is not read either (a node's clock, or a forged `at`)
+
+
+def fresh(at: float, now: float) -> bool:
+    """Is a record dated `at` current at `now`? Not older than `STALE`, and not dated more
+    than `SKEW` ahead: `now - at` alone took a record from the future as fresh, for as
+    long as its date was ahead (a node whose clock runs a year fast counted all year)."""
+    return -SKEW <= now - at <= STALE
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,18 @@ def test_measure_sums_every_fresh_node_and_skips_stale_ones() -> None:
     assert "publishes no port" in measure(spec, 2, unrouted, 100.0).missing
 
 
+def test_a_record_dated_ahead_of_the_clock_by_more_than_the_skew_is_not_fresh() -> None:
+    spec = parse_spec(BASE + "autoscale: {max: 10, target: {requests_per_replica: 50}}\n", "w.yaml")
+    records = [
+        _record("n1", 100.0, web=ServiceLoad(routed=True, requests=60.0)),
+        _record("n2", 104.0, web=ServiceLoad(routed=True, requests=40.0)),  # 4 s ahead: skew, read
+        _record("n3", 106.0, web=ServiceLoad(routed=True, requests=1000.0)),  # 6 s ahead: not read
+        _record("n4", 1e12, web=ServiceLoad(routed=True, requests=1000.0)),  # forged: not read
+    ]
+    assert measure(spec, 2, records, 100.0) == Measure("requests_per_replica", 50.0)
+    assert measure(spec, 2, records[2:], 100.0).missing == "no node reported its load lately"
+
+
 def test_measure_cpu_memory_and_latency() -> None:
     def spec(target: str, resources: str = "") -> object:
         return parse_spec(BASE + resources + f"autoscale: {{max: 10, target: {target}}}\n", "w.yaml")

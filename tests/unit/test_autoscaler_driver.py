@@ -121,6 +121,21 @@ async def test_no_figures_hold_and_the_status_says_why() -> None:
     assert status.value is None and "no node reported" in status.missing and status.holding
 
 
+async def test_a_load_record_from_the_future_is_not_read_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, writer, scaler, clock, events = await _setup()
+    await _load(store, clock.now + 3600, n2=500.0)  # a clock an hour fast (or a forged date)
+    await _load(store, clock.now, n1=5.0)
+    with caplog.at_level("WARNING", logger="node.daemon.autoscaler"):
+        await scaler.pass_once()
+        clock.now += 2
+        await scaler.pass_once()
+    assert (await writer.read("web"))[0].replicas == 1 and not events  # 5/s, not 505/s
+    ahead = [r.getMessage() for r in caplog.records if "ahead" in r.getMessage()]
+    assert len(ahead) == 1 and "load record of n2 is dated 3600.0s ahead" in ahead[0]
+
+
 async def test_etcd_down_skips_the_pass_and_the_next_one_decides() -> None:
     store, writer, scaler, clock, events = await _setup()
     assert not events
