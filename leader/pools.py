@@ -25,7 +25,10 @@ fenced on the leader's epoch (a deposed leader writes nothing):
    something), and leaves a `failed` record: no new request of that pool for
    `RETRY_AFTER` seconds.
 
-Provider calls never hold up a pass; at most one call per node runs at a time.
+Provider calls never hold up a pass; at most one call per node runs at a time. A
+`poolnodes/` record that cannot be read is skipped and logged, not acted on: its node is
+neither given back nor asked for again, and its pool asks for nothing until it is fixed
+or deleted (the other pools go on).
 """
 
 from __future__ import annotations
@@ -117,6 +120,7 @@ class PoolKeeper:
         self.calls: dict[str, asyncio.Task[None]] = {}  # node -> its provider call in progress
         self.finished: set[str] = set()  # creates that ended here (their record may lag behind)
         self.last: Decision | None = None
+        self.unreadable: set[str] = set()  # keys of unreadable records already logged
         self.now: Callable[[], float] = time.time
 
     async def run(self) -> None:
@@ -145,27 +149,47 @@ class PoolKeeper:
             raise Fenced(f"leadership at epoch {self.epoch} is over; pool records not written")
         return None
 
-    async def state(self) -> tuple[dict[str, PoolSpec], dict[str, PoolNode], dict[str, int]]:
-        """The pools, their nodes' records, and each record's mod revision as read."""
+    async def state(self) -> tuple[dict[str, PoolSpec], dict[str, PoolNode], dict[str, int], set[str]]:
+        """The pools, their nodes' records, each record's mod revision as read, and the pools
+        with a record that cannot be read (skipped, logged once: `decide` asks nothing of them)."""
         kv = await self.store.get(self.keys.pools)
         kvs, _ = await self.store.range(self.keys.poolnodes)
-        records, mods = {}, {}
+        records, mods, unreadable, bad = {}, {}, set(), set()
         for item in kvs:
-            r = PoolNode.from_json(item.value)
+            pool, _, node = self.keys.tail(item.key, self.keys.poolnodes).partition("/")
+            try:
+                r = PoolNode.from_json(item.value)
+                if (r.pool, r.node) != (pool, node):
+                    raise ValueError(f"it names {r.pool:.40}/{r.node:.40}")
+            except ValueError as exc:
+                # left as it is: neither given back (it may be a node that runs) nor asked for
+                # again (it may be one on its way); its pool asks for nothing while it stays
+                unreadable.add(pool)
+                bad.add(item.key)
+                if item.key not in self.unreadable:
+                    log.warning(
+                        "pool node record %s cannot be read (%s); skipped: its pool asks for no "
+                        "node until it is fixed or deleted",
+                        item.key,
+                        exc,
+                    )
+                continue
             records[r.node], mods[r.node] = r, item.mod_revision
-        return read_pools(kv.value if kv is not None else None), records, mods
+        self.unreadable = bad
+        return read_pools(kv.value if kv is not None else None), records, mods, unreadable
 
     async def step(
         self, services: Mapping[str, ServiceRecord], snap: Snapshot, plans: list[Plan], now: float
     ) -> Decision:
-        pools, records, mods = await self.state()
+        pools, records, mods, unreadable = await self.state()
         if not pools and not records:
             self.last = Decision()
             return self.last
         busy = {t.node for t in snap.tasks.values()} | {t.node for p in plans for t in p.place}
         decision = decide(
-            pools, records.values(), snap.nodes, busy, demands(services, snap, plans), now, self.empty_since
-        )
+            pools, records.values(), snap.nodes, busy, demands(services, snap, plans), now, self.empty_since,
+            frozen=unreadable,
+        )  # fmt: skip
         self.empty_since, self.last = decision.empty_since, decision
         changed: set[str] = set()  # records written meanwhile: left to the next pass
         for r in list(records.values()):

@@ -19,6 +19,10 @@ return, never hastens it) is given back while the pool stays at `min` or above. 
 asked for and not joined within `timeout + join_timeout` is given back too, and so is
 every node of a pool that is no longer declared (once it is empty).
 
+A pool with a record that cannot be read (`frozen`) asks for nothing, `min` included,
+while it stays: that record may be a node on its way, and the keeper never gives back or
+forgets a node whose record it cannot read. Its other nodes are decided as usual.
+
 Replicas a new node cannot help are not counted: global services' pending nodes, and
 slots pinned to a node by a volume claim.
 
@@ -130,6 +134,7 @@ def decide(
     demand: Iterable[Demand],
     now: float,
     empty_since: Mapping[str, float] | None = None,
+    frozen: Iterable[str] = (),
 ) -> Decision:
     out = Decision()
     alive_set, busy_set = set(alive), set(busy)
@@ -139,7 +144,7 @@ def decide(
     for r in sorted(records, key=lambda r: (r.pool, r.node)):
         by_pool.setdefault(r.pool, []).append(r)
     # failed records: a back-off marker until retry_at, then forgotten
-    blocked = set()
+    blocked = set(frozen)  # pools with a record the keeper could not read: nothing asked
     for pool, rs in by_pool.items():
         for r in rs:
             if r.retry_at > now:  # a failed create, being given back or given back

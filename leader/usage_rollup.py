@@ -10,7 +10,9 @@ key is the one it read (same mod revision). A crash before the transaction chang
 nothing; after it, the raw keys are gone and the total has them: nothing is lost or
 counted twice, whoever leads next. A raw key written late (a node that was away) is
 rolled in at a later pass, added to the same day record. Groups too big for one
-transaction go in several, each complete by itself.
+transaction go in several, each complete by itself. A day record that cannot be read is
+logged and its group left raw (the report still counts the raw records; nothing is added
+to a total that would be lost), and the other groups go on.
 
 Day totals older than `keep_days` are deleted (one fenced range delete), so etcd holds
 at most `rollup_after` s of raw intervals (nodes x tasks per interval) and one record
@@ -50,6 +52,7 @@ class Rollup:
         self.ukeys = UsageKeys(keys.prefix)
         self.rolled = 0  # raw records rolled by the last pass
         self.dropped = 0  # day records deleted by the last pass
+        self.unreadable: set[str] = set()  # day totals found unreadable (logged once each)
 
     async def run(self) -> None:
         while True:
@@ -102,7 +105,18 @@ class Rollup:
     async def _roll_chunk(self, day: int, dims: Dims, items: list[tuple[KV, Record]]) -> bool:
         key = self.ukeys.day_key(day, dims)
         old = await self.store.get(key)
-        total = Record.from_json(old.value).tally if old is not None else Tally()
+        try:
+            total = Record.from_json(old.value).tally if old is not None else Tally()
+        except (ValueError, KeyError, TypeError) as exc:
+            # its raw records stay raw (the report counts them there): adding them to a total
+            # that cannot be read would lose it, and a pass that raised here stopped every
+            # group after it and the expiry, at every pass
+            if key not in self.unreadable:
+                log.warning(
+                    "usage roll-up: day total %s cannot be read (%s); its group is left raw", key, exc
+                )
+            self.unreadable.add(key)
+            return False
         for _, record in items:
             total = total + record.tally
         compares = [

@@ -3,7 +3,8 @@
 `ApplyPools` validates the whole document (`node.model.pools.parse_pools`) and replaces
 the `pools` key with its normalized form in one put: nothing is stored when any pool is
 wrong. The leader reads it on its next pass (`leader.pools`). `ListPools` reads the
-pools and every `poolnodes/` record, with whether each node is registered now.
+pools and every `poolnodes/` record, with whether each node is registered now (a record
+that cannot be read is listed in state `unreadable`, with why).
 """
 
 from __future__ import annotations
@@ -67,7 +68,14 @@ class PoolsServicer(pools_pb2_grpc.PoolsServicer):
                     command=list(p.command),
                 )
             )
-        for r in sorted((PoolNode.from_json(kv.value) for kv in kvs), key=lambda r: (r.pool, r.node)):
+        records = []
+        for kv in kvs:
+            try:
+                records.append(PoolNode.from_json(kv.value))
+            except ValueError as exc:  # shown for what it is: one bad record failed the whole list
+                pool, _, node = self.keys.tail(kv.key, self.keys.poolnodes).partition("/")
+                records.append(PoolNode(pool, node, "unreadable", message=f"record cannot be read: {exc}"))
+        for r in sorted(records, key=lambda r: (r.pool, r.node)):
             out.nodes.append(
                 pools_pb2.PoolNodeInfo(
                     pool=r.pool,

@@ -24,8 +24,9 @@ Pure: parsing and records only.
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -222,6 +223,33 @@ class PoolNode:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> PoolNode:
+        """A record as the leader wrote it; `ValueError` for one it cannot act on (not JSON, not
+        an object, a field of the wrong type, an unknown state): the keeper skips it, so one
+        bad record neither stops every pass nor reaches `decide` (where a string time made
+        the arithmetic fail) or a provider call."""
         data = json.loads(raw)
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in names})
+        if not isinstance(data, dict):
+            raise ValueError(f"a pool node record is an object, got {type(data).__name__}")
+        kept = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for name in ("pool", "node"):
+            if not isinstance(kept.get(name), str) or not kept[name]:
+                raise ValueError(f"{name} must be a non-empty string, got {kept.get(name)!r:.40}")
+        for name, value in kept.items():
+            kind = _FIELD_KINDS[name]
+            if kind is list:
+                ok = isinstance(value, list) and all(isinstance(a, str) for a in value)
+            elif kind is float:
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            else:
+                ok = isinstance(value, kind) and not isinstance(value, bool)
+            if not ok:
+                raise ValueError(f"{name} must be {_KIND_NAMES[kind]}, got {value!r:.40}")
+        if kept.get("state", PoolState.REQUESTED.value) not in set(PoolState):
+            raise ValueError(f"unknown state {kept['state']!r:.40}")
+        return cls(**kept)
+
+
+_FIELD_KINDS: dict[str, type] = {
+    f.name: {"str": str, "float": float, "int": int, "list[str]": list}[str(f.type)] for f in fields(PoolNode)
+}
+_KIND_NAMES = {str: "a string", float: "a number", int: "a whole number", list: "a list of strings"}

@@ -100,7 +100,13 @@ class Tally:
 
     @classmethod
     def of(cls, data: Mapping[str, Any]) -> Tally:
-        return cls(**{f.name: float(data.get(f.name, 0.0)) for f in fields(cls)})
+        """`ValueError` for anything but a mapping of finite figures (a NaN would be billed)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a tally is an object, got {type(data).__name__}")
+        out = cls(**{f.name: float(data.get(f.name, 0.0)) for f in fields(cls)})
+        if not all(math.isfinite(getattr(out, f.name)) for f in fields(cls)):
+            raise ValueError("a tally's figures must be finite numbers")
+        return out
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,14 @@ class Record:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Record:
+        """A stored record; `ValueError`, `KeyError` or `TypeError` for one that cannot be
+        read (a wrong shape was an AttributeError, which the roll-up did not expect)."""
         data = json.loads(raw)
+        if not isinstance(data, dict) or not isinstance(data.get("dims"), dict):
+            raise ValueError("a usage record is an object with its dims")
         d = data["dims"]
+        if not isinstance(d.get("node"), str) or not isinstance(d.get("labels", []), list):
+            raise ValueError("a usage record's dims name its node, and its labels are a list")
         dims = Dims(
             d["node"], d.get("service", ""), d.get("stack", ""), tuple(tuple(p) for p in d.get("labels", ()))
         )

@@ -375,3 +375,55 @@ async def test_a_node_given_back_while_its_create_is_out_is_deleted_with_the_pro
     assert sent == [("create", None), ("delete", f"vm-{node}")]
     r = (await records(store))[node]
     assert (r.state, r.provider_id, r.address) == ("released", f"vm-{node}", "10.0.0.9")
+
+
+async def test_an_unreadable_record_is_skipped_and_logged_and_its_pool_asks_for_nothing(
+    provider: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryStore()
+    body = {
+        "provider": {"command": [sys.executable, str(provider.parent / "provider.py"), str(provider)]},
+        "max": 3,
+        "node": {"cpu": 2, "memory": "4Gi"},
+        "idle_timeout": "10s",
+    }
+    doc = pools_to_doc(parse_pools({"pools": {"burst": body, "spare": body}}))
+    await store.put(KEYS.pools, json.dumps(doc).encode())
+    bad = {
+        KEYS.poolnode("burst", "burst-bad"): b"{not json",  # a node on its way, for all we know
+        KEYS.poolnode(
+            "burst", "burst-typed"
+        ): b'{"pool": "burst", "node": "burst-typed", "requested_at": "x"}',
+        KEYS.poolnode("burst", "burst-other"): PoolNode("spare", "spare-1", "joined").to_json(),
+    }
+    for key, value in bad.items():
+        await store.put(key, value)
+    await store.put(KEYS.poolnode("burst", "burst-aa"), PoolNode("burst", "burst-aa", "joined").to_json())
+    keeper = await lead(store)
+    with caplog.at_level("WARNING", logger="leader.pools"):
+        for now in (100, 101, 112, 113):  # replicas wait; burst-aa (readable) idle from 101
+            await keeper.step(BIG, snap("burst-aa", "burst-bad"), WAITING, now=now)
+            await settle(keeper)
+    warned = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(warned) == 3 and all("its pool asks for no node" in w for w in warned)  # once each
+    for key, value in bad.items():  # left as they were: nothing given back, nothing forgotten
+        kv = await store.get(key)
+        assert kv is not None and kv.value == value
+    assert await store.get(KEYS.nodespec("burst-bad")) is None  # a running node is not drained
+    asked = [(c["action"], c["pool"]) for c in calls(provider)]
+    assert ("create", "burst") not in asked and ("create", "spare") in asked  # the other pool goes on
+    assert ("delete", "burst") in asked  # burst's readable idle node is still given back
+
+
+async def test_pool_ls_lists_an_unreadable_record_as_such(provider: Path) -> None:
+    from node.api.pools import PoolsServicer
+    from node.pb import pools_pb2
+
+    store = MemoryStore()
+    await setup(store, provider)
+    await store.put(KEYS.poolnode("burst", "burst-bad"), b"{not json")
+    await store.put(KEYS.poolnode("burst", "burst-aa"), PoolNode("burst", "burst-aa", "joined").to_json())
+    servicer = PoolsServicer(store, KEYS, EventLog(store, KEYS, "n1"))
+    out = await servicer.ListPools(pools_pb2.ListPoolsRequest(), None)  # type: ignore[arg-type]
+    assert [(n.node, n.state) for n in out.nodes] == [("burst-aa", "joined"), ("burst-bad", "unreadable")]
+    assert out.nodes[1].pool == "burst" and "cannot be read" in out.nodes[1].message

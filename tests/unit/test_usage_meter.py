@@ -6,6 +6,7 @@ while the leader rolls it up."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 
 import pytest
@@ -325,3 +326,47 @@ async def test_a_reading_missed_after_a_restart_does_not_count_the_cpu_again() -
     await again.close_due()
     used = sum(r.tally.used_cpu_s for r in await raw_records(store))
     assert used == pytest.approx(5.0)  # the counter's growth, once (was 8.0)
+
+
+async def test_an_unreadable_day_total_or_raw_record_is_skipped_and_the_pass_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One unreadable `usage/day/` record stopped every pass (its group's chunk raised, so
+    every group after it and the expiry waited forever); a raw record of the wrong shape
+    did too. Now its group stays raw (counted once, by the report) and the rest is rolled."""
+    store, clock, eyes = MemoryStore(), Clock(T0 + 0.5), Eyes()
+    await setup(store)
+    eyes.run("c1", "t1", T0)
+    meter = UsageMeter(store, KEYS, "n1", eyes, 2, wall=clock)
+    await meter.close_due()
+    clock.now = T0 + 10.5
+    await meter.close_due()
+    task = next(r for r in await raw_records(store) if r.task == "t1")
+    await store.put(UK.day_key(T0, task.dims), b"{not json")  # a hand edit, a newer format
+    await store.put(
+        UK.raw_key(T0, "n1", "zz"), b'{"dims": {"node": "n1"}, "start": 1, "end": 2, "tally": []}'
+    )
+    await store.put(UK.day_at(T0 - 500 * DAY) + "old", b"{}")  # past keep_days: expired all the same
+    request = api_pb2.UsageReportRequest(since=0, until=T0 + DAY, by="service")
+    before = await usage_report(store, KEYS, request)
+    clock.now = T0 + 200
+    rollup = await fenced_rollup(store, clock)
+    with caplog.at_level("WARNING", logger="leader.usage_rollup"):
+        assert await rollup.roll() == 5  # the node's own 5 records; the task's 5 stay raw
+        assert await rollup.roll() == 0
+        assert await rollup.expire() == 1
+    warned = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(warned) == 1 and UK.day_key(T0, task.dims) in warned[0]
+    assert sorted(r.task for r in await raw_records_readable(store)) == ["t1"] * 5
+    after = await usage_report(store, KEYS, request)
+    assert after.rows == before.rows  # nothing counted twice, nothing lost
+    assert after.rows[0].vcpu_hours_reserved == pytest.approx(0.5 * 10 / 3600)
+
+
+async def raw_records_readable(store: MemoryStore) -> list[Record]:
+    kvs, _ = await store.range(UK.raw)
+    out = []
+    for kv in kvs:
+        with contextlib.suppress(ValueError):
+            out.append(Record.from_json(kv.value))
+    return out
