@@ -17,6 +17,13 @@ to a total that would be lost), and the other groups go on.
 Day totals older than `keep_days` are deleted (one fenced range delete), so etcd holds
 at most `rollup_after` s of raw intervals (nodes x tasks per interval) and one record
 per (day, node, service) for `keep_days` days.
+
+A node's cursor `usage/cursor/<node>` is deleted once the node is gone for good: not
+registered, no interval closed for `forget_after` s (the daemon's `reap_after`, 1 day),
+and every raw record behind the cursor rolled up (`forget`). So cursors are bounded by
+the nodes of the last day, not by every node a pool ever started. A node back after
+that is metered from its return, like a new one: the up to `MAX_BACKFILL` (6 h) its
+meter would have gone back for containers that ran while it was away is not counted.
 """
 
 from __future__ import annotations
@@ -46,9 +53,11 @@ class Rollup:
         rollup_after: float,
         keep_days: int,
         wall: Callable[[], float] = time.time,
+        forget_after: float = 86400.0,
     ) -> None:
         self.store, self.keys, self.epoch, self.wall = store, keys, epoch, wall
         self.rollup_after, self.keep_days = rollup_after, keep_days
+        self.forget_after = max(forget_after, rollup_after)  # a cursor's records are all rollable by then
         self.ukeys = UsageKeys(keys.prefix)
         self.rolled = 0  # raw records rolled by the last pass
         self.dropped = 0  # day records deleted by the last pass
@@ -58,6 +67,7 @@ class Rollup:
         while True:
             try:
                 await self.roll()
+                await self.forget()
                 await self.expire()
             except Fenced:
                 raise
@@ -133,6 +143,57 @@ class Rollup:
             return True
         await self._check_fence()
         return False  # a raw key rewritten meanwhile, or another pass: the next pass sees it
+
+    async def forget(self) -> int:
+        """Delete the cursors of nodes gone for good; the number deleted.
+
+        A cursor goes when its node has no registration (`nodes/<node>`), has closed no
+        interval for `forget_after` s (its end is that old), and has no raw record left at or
+        before it (every one rolled into a day total, by this pass or an earlier one). The
+        delete is fenced and compared on the cursor (unchanged since read) and on the node
+        being unregistered still. A crash before it leaves the cursor: the next pass deletes
+        it. A node back after that is metered from its return, as a new node: no interval
+        behind the deleted cursor is written again (its meter's next write, compared on the
+        cursor, fails and reloads), so none is counted twice."""
+        cut = self.wall() - self.forget_after
+        kvs, _ = await self.store.range(self.ukeys.cursors)
+        cursors = {}
+        for kv in kvs:
+            try:
+                end = MeterState.from_json(kv.value).end
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # unreadable: left alone (its node's records are not rolled either)
+            if end <= cut:
+                cursors[kv.key[len(self.ukeys.cursors) :]] = (kv, end)
+        if not cursors:
+            return 0
+        nodes, _ = await self.store.range(self.keys.nodes)
+        for kv in nodes:
+            cursors.pop(self.keys.tail(kv.key, self.keys.nodes), None)
+        raws, _ = await self.store.range(self.ukeys.raw)
+        for kv in raws:
+            owner = kv.key[len(self.ukeys.raw) :].partition("/")[2].partition("/")[0]  # <start>/<node>/<task>
+            if owner in cursors:
+                try:
+                    record = Record.from_json(kv.value)
+                except (ValueError, KeyError, TypeError):
+                    continue  # never rolled: it holds nothing up
+                if record.end <= cursors[owner][1]:
+                    cursors.pop(owner)  # not rolled yet: the cursor still says it is final
+        forgotten = 0
+        for node, (kv, _) in sorted(cursors.items()):
+            compares = [
+                fence(self.keys.leader, self.epoch),
+                Compare(kv.key, "mod", "==", kv.mod_revision),
+                Compare(self.keys.node(node), "create", "==", 0),
+            ]
+            if (await self.store.txn(compares, [Delete(kv.key)])).succeeded:
+                forgotten += 1
+            else:
+                await self._check_fence()  # else the node came back meanwhile: kept
+        if forgotten:
+            log.info("usage roll-up: %d cursor(s) of nodes gone %gs deleted", forgotten, self.forget_after)
+        return forgotten
 
     async def _check_fence(self) -> None:
         leader = await self.store.get(self.keys.leader)

@@ -99,7 +99,12 @@ class Leadership:
             ),
             asyncio.create_task(  # issue 15: usage intervals -> day totals, bounded
                 Rollup(
-                    self.store, self.keys, epoch, self.bounds.usage_rollup_after, self.bounds.usage_keep_days
+                    self.store,
+                    self.keys,
+                    epoch,
+                    self.bounds.usage_rollup_after,
+                    self.bounds.usage_keep_days,
+                    forget_after=self.bounds.reap_after,
                 ).run(),
                 name="leader-usage-rollup",
             ),

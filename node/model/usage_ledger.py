@@ -212,6 +212,8 @@ class MeterState:
     @classmethod
     def from_json(cls, raw: bytes) -> MeterState:
         data = json.loads(raw)
+        if not isinstance(data, dict) or not isinstance(data.get("cpu") or {}, dict):
+            raise ValueError("a usage cursor is an object with its end and CPU counters")
         return cls(int(data["end"]), {str(k): float(v) for k, v in (data.get("cpu") or {}).items()})
 
 

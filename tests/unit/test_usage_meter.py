@@ -370,3 +370,68 @@ async def raw_records_readable(store: MemoryStore) -> list[Record]:
         with contextlib.suppress(ValueError):
             out.append(Record.from_json(kv.value))
     return out
+
+
+async def test_the_cursor_of_a_node_gone_for_good_is_deleted_once_its_usage_is_rolled_up() -> None:
+    """`usage/cursor/<node>` was never deleted: one key per node a pool ever started. It goes
+    once the node is unregistered, idle for forget_after and rolled up; a crash between the
+    roll-up and the delete leaves it for the next pass, and a node back later is metered
+    from its return: nothing counted twice, nothing lost."""
+    store, clock, eyes = MemoryStore(), Clock(T0 + 0.5), Eyes()
+    await setup(store)
+    eyes.run("c1", "t1", T0)
+    meter = UsageMeter(store, KEYS, "n1", eyes, 2, wall=clock)
+    await meter.close_due()
+    clock.now = T0 + 10.5
+    await meter.close_due()  # cursor at T0 + 10
+    await store.put(UK.cursor("n2"), b'{"end": 0, "cpu": {}}')  # old, but n2 is registered
+    await store.put(KEYS.node("n2"), b"{}")
+    registration = await store.get(KEYS.node("n1"))
+    assert registration is not None
+    await store.delete(KEYS.node("n1"))  # n1's registration is gone (its lease ended)
+    request = api_pb2.UsageReportRequest(since=0, until=T0 + DAY, by="node")
+    before = await usage_report(store, KEYS, request)
+
+    clock.now = T0 + 200
+    rollup = await fenced_rollup(store, clock)
+    rollup.forget_after = 300.0
+    assert await rollup.forget() == 0  # gone for too short a time
+    clock.now = T0 + 400
+    assert await rollup.forget() == 0  # its records are not rolled up yet: the cursor says they are final
+    assert await rollup.roll() == 10
+    # the leader dies here, between the roll-up and the delete: the next one deletes it
+    successor = await fenced_rollup(store, clock)
+    successor.forget_after = 300.0
+    assert await successor.forget() == 1
+    assert await store.get(UK.cursor("n1")) is None and await store.get(UK.cursor("n2")) is not None
+    assert await successor.forget() == 0
+    assert (await usage_report(store, KEYS, request)).rows == before.rows
+
+    await store.put(KEYS.node("n1"), registration.value)  # n1 comes back, its meter still running
+    clock.now = T0 + 404.5
+    with pytest.raises(StoreError, match="cursor of n1 moved"):
+        await meter.close_due()
+    await meter.close_due()  # from its return: nothing before the deleted cursor again
+    clock.now = T0 + 406.5
+    await meter.close_due()
+    assert sorted({r.start for r in await raw_records(store)}) == [T0 + 404]
+    after = await usage_report(store, KEYS, request)
+    assert after.rows[0].vcpu_hours_reserved == pytest.approx(
+        before.rows[0].vcpu_hours_reserved + 0.5 * 2 / 3600
+    )
+
+
+async def test_a_node_registered_again_before_its_cursor_is_deleted_keeps_it() -> None:
+    store, clock = MemoryStore(), Clock(T0 + 1000)
+    await store.put(UK.cursor("n1"), b'{"end": 0, "cpu": {}}')
+    rollup = await fenced_rollup(store, clock)
+    rollup.forget_after = 300.0
+    real_txn = store.txn
+
+    async def joins_first(compares, ops, else_ops=()):  # type: ignore[no-untyped-def]
+        await store.put(KEYS.node("n1"), b"{}")  # registers between the read and the delete
+        return await real_txn(compares, ops, else_ops)
+
+    store.txn = joins_first  # type: ignore[method-assign]
+    assert await rollup.forget() == 0
+    assert await store.get(UK.cursor("n1")) is not None
