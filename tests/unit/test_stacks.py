@@ -3,6 +3,8 @@ deploy/remove against the in-memory store (docs/stacks.md)."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from leader.dependencies import gated, observer, waiting_plan
@@ -177,6 +179,24 @@ async def test_deploy_redeploy_prune_and_remove() -> None:
     assert (await store.get(KEYS.port(18080))) is None
     with pytest.raises(NotFound, match="stack 'shop' not found"):
         await stacks.remove("shop")
+
+
+async def test_the_stack_file_is_parsed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large file takes seconds of YAML: parsed on the loop, it would stall the daemon's
+    leases and gossip. It is parsed in a worker thread; the loop is never that thread."""
+    from node.api import stacks as stacks_module
+
+    threads: list[int] = []
+    real = stacks_module.parse_stack
+
+    def recording(*args: object) -> object:
+        threads.append(threading.get_ident())
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(stacks_module, "parse_stack", recording)
+    _, stacks = await _writer()
+    await stacks.deploy(APP, "app.yaml")
+    assert threads and threading.get_ident() not in threads
 
 
 async def test_a_bad_file_writes_nothing() -> None:
