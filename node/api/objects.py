@@ -17,14 +17,21 @@ them into the service specs that use them (issue 13).
   uses it to its revision. One transaction means no crash window between the two. The
   versions carry one cause id (issue 14), so their tasks' events lead back to the update.
 - `remove` is refused while a service uses the object, naming them.
+
+A stored record that does not read as an object of its key (not JSON, a field missing or
+of the wrong type, another kind or name: written around the API) is `UnreadableObject`:
+listings and a stack's prune skip it and log it, never delete it (its owner is unknown);
+`remove` still takes it by name.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -38,8 +45,52 @@ from node.security.object_refs import FIELDS, Bound, bind_references
 from node.security.objects import KINDS, MAX_BYTES, ObjectRecord, encode
 from node.security.sealing import Sealer, SealError, is_sealed, secret_env_ad
 from node.store import Compare, Delete, Put, Store
-from node.store.base import MAX_TXN_OPS, Op
+from node.store.base import KV, MAX_TXN_OPS, Op
 from node.store.retry import compare_and_swap
+
+log = logging.getLogger(__name__)
+
+
+class UnreadableObject(ValueError):
+    """A stored secret or config record that does not read as the object of its key."""
+
+
+def read_object(kind: str, name: str, raw: bytes) -> ObjectRecord:
+    """The record stored at `kind`/`name`, its fields checked; `UnreadableObject` otherwise."""
+    try:
+        data = json.loads(raw)
+        ok = isinstance(data, dict) and all(
+            isinstance(data.get(f), str) for f in ("kind", "name", "uid", "created", "updated", "data")
+        )
+        ok = ok and all(type(data.get(f)) is int and data[f] >= 0 for f in ("version", "size"))
+        ok = ok and isinstance(data.get("stack", ""), str | None)
+        record = ObjectRecord.from_json(raw) if ok else None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        record = None
+    if record is None or record.kind != kind or record.name != name:
+        raise UnreadableObject(
+            f"the stored record of {kind} '{name}' cannot be read (not a {kind} record of that name); "
+            f"`shoal {kind} rm {name}` removes it"
+        )
+    return record
+
+
+def readable_objects(kind: str, prefix: str, kvs: Iterable[KV]) -> list[tuple[KV, ObjectRecord]]:
+    """The records among `kvs` (a range of `prefix`) that read; the others are logged and left out."""
+    out = []
+    for kv in kvs:
+        try:
+            out.append((kv, read_object(kind, kv.key.removeprefix(prefix), kv.value)))
+        except UnreadableObject as exc:
+            log.warning("%s (left alone)", exc)
+    return out
+
+
+def _readable(kind: str, name: str, raw: bytes) -> ObjectRecord:
+    try:
+        return read_object(kind, name, raw)
+    except UnreadableObject as exc:
+        raise FailedPrecondition(str(exc)) from None
 
 
 class VersionWriter(Protocol):
@@ -170,14 +221,15 @@ class Objects:
         kv = await self.store.get(self.keys.object(kind, check_object_name(kind, name)))
         if kv is None:
             raise NotFound(f"{kind} '{name}' not found; `shoal {kind} ls` lists them")
-        return ObjectRecord.from_json(kv.value)
+        return _readable(kind, name, kv.value)
 
     async def all(self, kind: str) -> tuple[list[ObjectRecord], dict[str, list[str]]]:
         """Every object of `kind`, by name, and the services using each: as `remove` counts
         them (`uses`: a pull secret too), each service once."""
         check_object_name(kind, "x")
         kvs, _ = await self.store.range(self.keys.objects(kind))
-        records = sorted((ObjectRecord.from_json(kv.value) for kv in kvs), key=lambda r: r.name)
+        readable = readable_objects(kind, self.keys.objects(kind), kvs)
+        records = sorted((record for _, record in readable), key=lambda r: r.name)
         users: dict[str, list[str]] = {}
         for service, _mod in await self._services():
             names = {ref.source for ref in getattr(service.spec, _FIELD[kind]) or []}
@@ -209,7 +261,7 @@ class Objects:
 
         async def attempt() -> tuple[ObjectRecord, list[str]] | None:
             kv, use = await self.store.get(key), await self.store.get(use_key)
-            old = ObjectRecord.from_json(kv.value) if kv is not None else None
+            old = _readable(kind, name, kv.value) if kv is not None else None
             if old is not None and not update:
                 raise Conflict(
                     f"{kind} '{name}' exists; `shoal {kind} update {name} -f FILE` replaces its value "

@@ -18,7 +18,10 @@ and the services that use them are written together or not at all:
   version too, as `PutObject` would give it.
 - `prune`: the stack's objects that are not declared any more and that no service uses
   after the write are deleted (with their use keys, compared); `stack rm` calls it with
-  nothing declared. One that a service outside the stack still uses is kept.
+  nothing declared. One that a service outside the stack still uses is kept. A record
+  that cannot be read (`node.api.objects.UnreadableObject`) is logged and left alone: its
+  owner is unknown, and it blocks no deploy or rm of any stack. One the deploy declares is
+  refused, naming it (the deploy would overwrite what it cannot tell is the stack's).
 
 No value is in any message, repr or change: names, sizes and revisions only.
 """
@@ -29,7 +32,16 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from node.api.objects import Objects, VersionWriter, check_object_name, next_record, uses
+from node.api.objects import (
+    Objects,
+    UnreadableObject,
+    VersionWriter,
+    check_object_name,
+    next_record,
+    read_object,
+    readable_objects,
+    uses,
+)
 from node.model.domain import ServiceRecord
 from node.model.errors import FailedPrecondition, InvalidArgument
 from node.model.keys import Keys
@@ -110,7 +122,10 @@ async def plan_writes(
     for o in asked:
         key, use_key = objects.keys.object(o.kind, o.name), objects.keys.object_use(o.kind, o.name)
         kv = await objects.store.get(key)
-        old = ObjectRecord.from_json(kv.value) if kv is not None else None
+        try:
+            old = read_object(o.kind, o.name, kv.value) if kv is not None else None
+        except UnreadableObject as exc:
+            raise FailedPrecondition(f"stack '{stack}': {exc}; nothing was written") from None
         adopt = old is not None and old.stack != stack
         if old is not None and adopt:
             _may_adopt(stack, old, [s for s in every if uses(s.spec, o.kind, o.name)])
@@ -215,8 +230,7 @@ async def prune(
     changes: list[ObjectChange] = []
     for kind in KINDS:
         kvs, _ = await objects.store.range(objects.keys.objects(kind))
-        for kv in kvs:
-            record = ObjectRecord.from_json(kv.value)
+        for kv, record in readable_objects(kind, objects.keys.objects(kind), kvs):
             if record.stack != stack or (kind, record.name) in declared:
                 continue
             if any(uses(spec, kind, record.name) for spec in after):

@@ -198,6 +198,43 @@ async def test_rm_keeps_an_own_object_that_a_service_outside_uses() -> None:
     assert set(await services(store)) == {"other"}
 
 
+CORRUPT = [
+    b"{not json",
+    b'["a list"]',
+    b'{"kind": "secret", "name": "shop_bad", "uid": "u", "version": "x", "size": 1,'
+    b' "created": "c", "updated": "u", "data": "d", "stack": "shop"}',
+    b'{"kind": "secret", "name": 7, "uid": "u", "version": 1, "size": 1,'
+    b' "created": "c", "updated": "u", "data": "d", "stack": "shop"}',
+]
+
+
+@pytest.mark.parametrize("raw", CORRUPT)
+async def test_a_corrupt_object_record_blocks_no_deploy_or_rm_and_is_left_alone(
+    raw: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One unreadable record (written around the API) does not stop every stack's prune:
+    it is logged and skipped, and never deleted (its owner cannot be read)."""
+    store = MemoryStore()
+    stacks = stacks_on(store)
+    await stacks.deploy_with_objects(STACK, "app.yaml", "", objects())
+    await store.put(KEYS.object("secret", "shop_bad"), raw)
+    _, _, done = await stacks.deploy_with_objects(STACK, "app.yaml", "", objects())
+    assert {o.action for o in done} == {"unchanged"}
+    assert "secret 'shop_bad' cannot be read" in caplog.text
+    removed, objs = await stacks.remove_with_objects("shop")
+    assert removed == ["shop_db", "shop_web"]
+    assert {(o.name, o.action) for o in objs} == {("shop_db_pw", "removed"), ("shop_conf", "removed")}
+    assert (await store.get(KEYS.object("secret", "shop_bad"))) is not None
+    records, _ = await stacks.writer.objects.all("secret")  # `shoal secret ls` goes on too
+    assert records == []
+    with pytest.raises(FailedPrecondition, match="secret 'shop_bad' cannot be read"):
+        await stacks.deploy_with_objects(  # declared by the file: refused, named, nothing written
+            STACK, "app.yaml", "", [*objects(), StackObject("secret", "shop_bad", b"v")]
+        )
+    await stacks.writer.objects.remove("secret", "shop_bad")  # what the message says to do
+    assert (await store.get(KEYS.object("secret", "shop_bad"))) is None
+
+
 async def test_an_object_dropped_from_the_file_is_pruned_once_unused() -> None:
     store = MemoryStore()
     stacks = stacks_on(store)
