@@ -21,6 +21,11 @@ file dropped and no service uses any more are deleted with it, and `remove` dele
 stack's objects with its services. Objects of no stack (`shoal secret create`, `external:`)
 are never touched.
 
+A service record of the stack that does not read (written around the API, or by a newer
+shoal) is removed by its key with the others, by `rm` and by a deploy whose file no longer
+has it, and named in the answer: `<stack>_<service>` is provably the stack's (only a
+stack's services have a '_' in their name). Its claims stay, stale, for the next claimer.
+
 The whole stack goes in one transaction, so it is bounded by etcd's operation limit
 (`MAX_TXN_OPS`): a stack that would need more is refused with the count of its services
 and objects, before anything is written.
@@ -39,10 +44,10 @@ from dataclasses import dataclass, replace
 from node.api.services import ServiceWriter
 from node.api.stack_objects import ObjectChange, StackObject, check_objects, plan_writes, prune, roll_outside
 from node.compose.stackfile import check_stack_name, parse_stack
-from node.model.domain import ServiceRecord, new_cause, readable_services
+from node.model.domain import ServiceRecord, claims_to_drop, new_cause, readable_services
 from node.model.errors import InvalidArgument, NotFound
 from node.model.spec import SpecError
-from node.store import Compare, Put
+from node.store import Compare, Delete, Put
 from node.store.aliases import file_conflicts
 from node.store.base import MAX_TXN_OPS, Op
 from node.store.claims import shared_in
@@ -70,9 +75,15 @@ class StackWriter:
 
     async def every(self) -> list[tuple[ServiceRecord, int]]:
         """Every readable service and its mod revision."""
+        return (await self._read())[0]
+
+    async def _read(self) -> tuple[list[tuple[ServiceRecord, int]], dict[str, int]]:
+        """Every readable service and its mod revision; the name and mod revision of each
+        record that does not read (logged by `readable_services`)."""
         kvs, _ = await self.store.range(self.keys.services)
-        mods = {kv.key: kv.mod_revision for kv in kvs}
-        return [(r, mods[self.keys.service(r.name)]) for r in readable_services(kv.value for kv in kvs)]
+        mods = {kv.key.removeprefix(self.keys.services): kv.mod_revision for kv in kvs}
+        records = [(r, mods.pop(r.name)) for r in readable_services(kv.value for kv in kvs) if r.name in mods]
+        return records, mods
 
     async def members(self, stack: str = "") -> dict[str, list[tuple[ServiceRecord, int]]]:
         """Stack name -> its services' records and mod revisions (one stack, or all)."""
@@ -113,7 +124,7 @@ class StackWriter:
         cause = new_cause()  # one for every version this deploy makes (issue 14)
 
         async def attempt() -> tuple[str, list[Change], list[ObjectChange]] | None:
-            every = await self.every()
+            every, unread = await self._read()
             plan = await plan_writes(self.writer.objects, stack, objects, (r for r, _ in every))
             compares, ops = list(plan.compares), list(plan.ops)
             changes: list[Change] = []
@@ -142,6 +153,12 @@ class StackWriter:
                     compares += c
                     ops += o
                     changes.append(Change(record.name, 0, "removed"))
+            for gone, mod in _own_unreadable(stack, unread).items():
+                if gone not in wanted:  # one the file has: its write reads it, and says why not
+                    c, o = await self._remove_unreadable_ops(gone, mod)
+                    compares += c
+                    ops += o
+                    changes.append(Change(gone, 0, "removed"))
             outside = [(r, m) for r, m in every if r.spec.stack != stack]
             c, o, rolled = roll_outside(self.writer, self.keys, stack, plan, outside, cause)
             compares += c
@@ -172,22 +189,51 @@ class StackWriter:
             raise InvalidArgument(problem)
 
         async def attempt() -> tuple[list[str], list[ObjectChange]] | None:
-            every = await self.every()
+            every, unread = await self._read()
             members = [(r, m) for r, m in every if r.spec.stack == stack]
+            lost = _own_unreadable(stack, unread)
             after = [r.spec for r, _ in every if r.spec.stack != stack]
             compares, ops, objects = await prune(self.writer.objects, stack, set(), after)
-            if not members and not ops:
+            if not members and not lost and not ops:
                 raise NotFound(f"stack '{stack}' not found; `shoal stack ls` lists the stacks")
             for record, mod in members:
                 c, o = await self.writer.remove_ops(record, mod)
                 compares += c
                 ops += o
-            _bounded(stack, compares, ops, len(members), sum(o.action == "removed" for o in objects))
+            for name, mod in lost.items():
+                c, o = await self._remove_unreadable_ops(name, mod)
+                compares += c
+                ops += o
+            removed = len(members) + len(lost)
+            _bounded(stack, compares, ops, removed, sum(o.action == "removed" for o in objects))
             if (await self.store.txn(compares, ops)).succeeded:
-                return sorted(r.name for r, _ in members), objects
+                return sorted([*(r.name for r, _ in members), *lost]), objects
             return None
 
         return await compare_and_swap(attempt, f"stack '{stack}' is being changed concurrently; try again")
+
+    async def _remove_unreadable_ops(self, name: str, mod: int) -> tuple[list[Compare], list[Op]]:
+        """`ServiceWriter.remove_ops` for a record that does not read: every key of the
+        service by its name (`node.model.keys`); its port, route and alias claims cannot be
+        read from its spec and stay, stale (no service holds them: the next claimer takes
+        them over, `node.store.claims`)."""
+        volumes, _ = await self.store.range(self.keys.service_volumes(name))
+        drop, whole = claims_to_drop((kv.key, kv.value) for kv in volumes)
+        return [Compare(self.keys.service(name), "mod", "==", mod)], [
+            Delete(self.keys.service(name)),
+            Delete(self.keys.history(name), prefix=True),
+            Delete(self.keys.rollout(name)),
+            Delete(self.keys.binds(name), prefix=True),
+            *([Delete(self.keys.service_volumes(name), prefix=True)] if whole else map(Delete, drop)),
+            Delete(self.keys.job(name)),
+        ]
+
+
+def _own_unreadable(stack: str, unread: dict[str, int]) -> dict[str, int]:
+    """The unreadable service records that are provably `stack`'s, by their key: only a
+    stack's services have a '_' in their name (`stack_problem`), `<stack>_<service>`, and
+    a stack's name has none, so the part before the first '_' is the owner."""
+    return {name: mod for name, mod in unread.items() if name.partition("_")[0] == stack and "_" in name}
 
 
 def _one_put_per_key(ops: list[Op]) -> list[Op]:

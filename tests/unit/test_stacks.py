@@ -199,6 +199,35 @@ async def test_the_stack_file_is_parsed_off_the_event_loop(monkeypatch: pytest.M
     assert threads and threading.get_ident() not in threads
 
 
+async def test_rm_removes_the_stacks_unreadable_services_by_key_and_names_them() -> None:
+    """A record of the stack that does not read (not JSON, a spec this shoal does not know)
+    was left out of `stack rm` and lingered. `<stack>_<x>` is provably the stack's: it goes
+    by its key, with its history, and the answer names it; no other record is touched."""
+    store, stacks = await _writer()
+    await stacks.deploy(APP, "app.yaml")
+    await store.put(KEYS.service("shop_db"), b"{not json")
+    await store.put(KEYS.service("shop_cache"), b'{"name": "shop_cache", "spec": {"image": 5}}')
+    await store.put(KEYS.service("shopx_db"), b"{not json")  # another stack's
+    await store.put(KEYS.service("shop"), b"{not json")  # no stack's
+    assert (await store.range(KEYS.history("shop_db")))[0] != []
+    removed = await stacks.remove("shop")
+    assert removed == ["shop_cache", "shop_db", "shop_web"]
+    left = {kv.key for kv in (await store.range(KEYS.services))[0]}
+    assert left == {KEYS.service("shopx_db"), KEYS.service("shop")}
+    assert (await store.range(KEYS.history("shop_db")))[0] == []
+    with pytest.raises(NotFound):
+        await stacks.remove("shop")
+
+
+async def test_a_deploy_prunes_an_unreadable_service_the_file_dropped() -> None:
+    store, stacks = await _writer()
+    await stacks.deploy(APP, "app.yaml")
+    await store.put(KEYS.service("shop_old"), b"{not json")
+    _, changes = await stacks.deploy(APP, "app.yaml")
+    assert ("shop_old", "removed") in {(c.service, c.action) for c in changes}
+    assert await store.get(KEYS.service("shop_old")) is None
+
+
 async def test_a_bad_file_writes_nothing() -> None:
     store, stacks = await _writer()
     bad = APP.replace("replicas: 2", "replicas: -1")
