@@ -12,6 +12,8 @@ Two ways in:
   process's memory, never in the browser's cookie jar. Sessions end after `ttl` seconds,
   at `logout`, when the daemon restarts, or when their token is revoked or expires:
   every request checks the token again against the credential store, as the API does.
+  A bearer header, when given, is the only credential of its request: a wrong one is
+  refused (401) and ends no session the same browser holds.
 
 At most `max_sessions` are kept (the oldest goes first), so logins cannot grow memory.
 A refusal is `Refused` with the HTTP status: 401 (no, unknown, wrong, revoked or expired
@@ -96,27 +98,29 @@ class Gate:
 
     async def admit(self, headers: Mapping[str, str], cookies: Mapping[str, str], method: str) -> Viewer:
         """The viewer of a request, if its token may call `method` (a `shoal.v1.Shoal` method name)."""
-        token = self._token(headers, cookies)
-        viewer = await self._check(token, cookies.get(COOKIE, ""))
+        token, session = self._token(headers, cookies)
+        viewer = await self._check(token, session)
         if not allowed(viewer.role, f"/{CLIENT_SERVICE}/{method}"):
             need = least_role(f"/{CLIENT_SERVICE}/{method}")
             raise Refused(403, f"token {viewer.token_id} has role {viewer.role}; this view needs {need}")
         return viewer
 
-    def _token(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> ClientToken:
+    def _token(self, headers: Mapping[str, str], cookies: Mapping[str, str]) -> tuple[ClientToken, str]:
+        """The request's token, and the session it came from ("" for a bearer header: a
+        wrong header is refused alone, the browser's session stays)."""
         given = headers.get("authorization", "")
         if given:
             scheme, _, text = given.strip().partition(" ")
             if scheme.lower() != "bearer" or not text.strip():
                 raise Refused(401, "the authorization header must be `Bearer shoal_<id>_<secret>`")
-            return _parse(text)
+            return _parse(text), ""
         session = self._sessions.get(cookies.get(COOKIE, ""))
         if session is None:
             raise Refused(401, NO_LOGIN)
         if session.ends <= self.clock():
             self.logout(cookies[COOKIE])
             raise Refused(401, f"the session has ended; {NO_LOGIN}")
-        return session.token
+        return session.token, cookies[COOKIE]
 
     async def _check(self, token: ClientToken, session: str = "") -> Viewer:
         try:

@@ -104,6 +104,21 @@ async def test_sessions_end_by_time_logout_and_revocation() -> None:
     assert len(gate._sessions) == 2
 
 
+async def test_a_wrong_bearer_header_is_refused_alone_and_ends_no_session() -> None:
+    """A request with a logged-in browser's cookie and a wrong `Authorization: Bearer`
+    (a script, an extension) is refused; the browser's session was ended with it."""
+    credentials, tokens = _tokens()
+    gate = Gate(credentials)
+    session, who = await gate.login(tokens[Role.VIEWER])
+    wrong = tokens[Role.ADMIN][:-4] + "aaaa"
+    unknown = "shoal_" + "0" * 12 + "_" + "a" * 32
+    for token in (wrong, unknown):
+        with pytest.raises(Refused) as refused:
+            await gate.admit({"authorization": f"Bearer {token}"}, {COOKIE: session}, "ListNodes")
+        assert refused.value.status == 401
+    assert (await gate.admit({}, {COOKIE: session}, "ListNodes")).token_id == who.token_id
+
+
 async def test_one_tokens_logins_push_out_its_own_sessions_not_anothers() -> None:
     """Any valid token (a viewer's) could log in 1,000 times and push out every other
     user's session, admins included."""
