@@ -28,6 +28,7 @@ from node.api.usage import UsageHandlers
 from node.api.usage_report import UsageReportHandlers  # issue 15: metering
 from node.model.domain import (
     Assignment,
+    Desired,
     PendingRecord,
     RolloutRecord,
     ServiceRecord,
@@ -149,8 +150,7 @@ class ShoalServicer(
         if current is not None:
             out.rollout.CopyFrom(convert.rollout(current))
         if current is None or current.to_version != record.version:
-            target = template_hash(record.spec)
-            out.update_pending = any(t.template != target and t.slot <= record.replicas for t, _ in tasks)
+            out.update_pending = update_pending(record, [t for t, _ in tasks])
         out.autoscale_json = convert.autoscale_json(
             record, await self.store.get(self.keys.autoscale(record.name))
         )
@@ -397,6 +397,18 @@ class ShoalServicer(
 
 
 __all__ = ["NotFound", "ShoalServicer", "check_name"]
+
+
+def update_pending(record: ServiceRecord, tasks: list[Assignment]) -> bool:
+    """A task the service keeps is not on its spec's template (the CLI waits for it). A
+    replicated service keeps slots 1..replicas; a global one every task meant to run, one
+    per node, whose slot numbers are any (`replicas` says nothing of them)."""
+    target = template_hash(record.spec)
+    if record.spec.mode == "global":
+        kept = [t for t in tasks if t.desired == Desired.RUNNING.value]
+    else:
+        kept = [t for t in tasks if t.slot <= record.replicas]
+    return any(t.template != target for t in kept)
 
 
 def _of(

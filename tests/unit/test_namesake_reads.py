@@ -5,7 +5,7 @@ names a request carries that cannot be one."""
 from __future__ import annotations
 
 from node.api.servicer import ShoalServicer
-from node.model.domain import RolloutRecord
+from node.model.domain import Assignment, RolloutRecord, template_hash
 from node.model.keys import Keys
 from node.pb import api_pb2
 from node.store.memory import MemoryStore
@@ -104,3 +104,28 @@ async def test_ps_all_leaves_out_the_kept_containers_of_a_removed_namesake() -> 
     servicer._taskio = lambda: History()  # type: ignore[assignment,method-assign,return-value]
     ps = await servicer.ListTasks(api_pb2.ListTasksRequest(service="web", all=True), None)  # type: ignore[arg-type]
     assert sorted(t.task_id for t in ps.tasks) == ["legacy1", "mine1"]
+
+
+async def test_update_pending_sees_a_global_service_s_outdated_tasks() -> None:
+    """A global service has one task per node, at slot numbers of any size: `slot <=
+    replicas` hid every outdated one above slot 1, so `service update` stopped waiting."""
+    store = MemoryStore()
+    servicer = ShoalServicer(store, KEYS, "n1")
+    record, _ = await servicer.writer.apply("name: agent\nimage: shoal-demo/web:1\nmode: global\n", "a.yaml")
+    target = template_hash(record.spec)
+
+    def task(slot: int, template: str, desired: str = "running") -> Assignment:
+        return Assignment(f"t{slot}", "agent", slot, f"n{slot}", record.version, 1, template,
+                          desired=desired, uid=record.uid)  # fmt: skip
+
+    async def pending(*tasks: Assignment) -> bool:
+        for kv in (await store.range(KEYS.service_tasks("agent")))[0]:
+            await store.delete(kv.key)
+        for t in tasks:
+            await store.put(KEYS.task("agent", t.slot), t.to_json())
+        got = await servicer.GetService(api_pb2.GetServiceRequest(name="agent"), None)  # type: ignore[arg-type]
+        return bool(got.update_pending)
+
+    assert await pending(task(1, target), task(4, "old"))
+    assert not await pending(task(1, target), task(4, target))
+    assert not await pending(task(1, target), task(4, "old", desired="stopped"))  # going away
