@@ -16,7 +16,8 @@ Every `/api/` answer needs a login (`node.dashboard.gate`); none holds a secret.
 POSTs are refused (403) when a browser says another site's page sent them (`cross_site`:
 `Sec-Fetch-Site`, `Origin` against `Host`), so no page elsewhere can log a browser in
 with its own token or out of its session. TLS is
-the node's own certificate (the cluster CA's), re-read when the file changes (renewal),
+the node's own certificate (the cluster CA's), re-read when the file changes (renewal;
+a file missing or half written keeps the last one that loaded, logged: `Identity`),
 so a browser that trusts the cluster CA trusts every node's page. Bounds: a head of
 `MAX_HEAD` bytes read within `HEAD_TIMEOUT`, a body of `MAX_BODY`, `MAX_CONNECTIONS`
 open at once and `MAX_PER_SOURCE` from one address (more are closed at once), an answer
@@ -82,22 +83,63 @@ def static_file(name: str) -> bytes:
     return resources.files("node.dashboard").joinpath("static", name).read_bytes()
 
 
+class IdentityError(OSError):
+    """The node's identity file cannot make a TLS server context (missing, unreadable, or
+    not a key and certificate: half written). The message names the file."""
+
+
 class Identity:
-    """One server TLS context from the node's identity file, reloaded when the file changes."""
+    """The server TLS context of the node's identity file, reloaded when the file changes.
+
+    `context` (the listener's) hands each handshake the last identity that loaded
+    (`sni_callback`, called for every ClientHello, with or without a server name). A
+    change is loaded into a fresh context and swapped in only whole: a file missing or
+    half written by a renewal keeps the last good certificate, logged once per change
+    of the file, and is taken as soon as it loads. At start there is no last good one:
+    `IdentityError`, naming the file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._stamp: tuple[int, int] | None = None
-        self.refresh()  # fails at start (OSError, ssl.SSLError) when it cannot be read
+        self._failed: tuple[tuple[int, int] | None] | None = None  # (stamp,) of the last failure
+        self.current = self._load()  # fails at start (IdentityError) when it cannot be read
+        self.context = self.current
+        self.context.sni_callback = self._pick
+
+    def _load(self) -> ssl.SSLContext:
+        try:
+            st = self.path.stat()
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(self.path)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise IdentityError(
+                f"the node's TLS identity {self.path} cannot be loaded ({exc}); it holds the node's "
+                "key and certificate, written at join and renewed by the daemon"
+            ) from None
+        self._stamp = (st.st_mtime_ns, st.st_size)
+        return context
+
+    def _pick(self, connection: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        if self.current is not context:
+            connection.context = self.current
 
     def refresh(self) -> None:
-        st = self.path.stat()
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            self.context.load_cert_chain(self.path)  # new handshakes use it; open ones keep theirs
-            self._stamp = stamp
+        """Load the file again when it changed; on failure keep the last good identity."""
+        try:
+            st = self.path.stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp is not None and stamp == self._stamp:
+            return
+        try:
+            self.current = self._load()  # new handshakes use it; open ones keep theirs
+            self._failed = None
+        except IdentityError as exc:
+            if self._failed != (stamp,):
+                log.warning("dashboard: %s; serving the last certificate that loaded", exc)
+            self._failed = (stamp,)
 
 
 @dataclass

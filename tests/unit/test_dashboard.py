@@ -249,6 +249,60 @@ async def test_served_over_tls_with_the_node_certificate(tmp_path: Path) -> None
         await server.wait_closed()
 
 
+async def test_a_half_written_or_missing_certificate_keeps_the_last_good_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file is re-read when it changes (renewal). Half written or missing, it closed
+    every connection silently; now the last certificate that loaded goes on serving, the
+    failure is logged once, and the renewed one is taken as soon as it loads. At start
+    there is no last good one: a clear error naming the file."""
+    dashboard, _ = await _dashboard()
+    authority = ClusterCA.create("unit")
+    identity = tmp_path / "node.pem"
+
+    def write(name: str) -> bytes:
+        made = bootstrap.node_identity(authority, name, ["127.0.0.1"])
+        text = made.key.rstrip(b"\n") + b"\n" + made.cert
+        write_secret(identity, text)
+        return text
+
+    for broken in (b"", b"-----BEGIN PRIVATE KEY-----\nMIIE"):
+        identity.write_bytes(broken)
+        with pytest.raises(OSError, match=f"TLS identity {identity} cannot be loaded"):
+            Identity(identity)
+    identity.unlink()
+    with pytest.raises(OSError, match="cannot be loaded"):
+        Identity(identity)
+    good = write("n1")
+    dashboard.identity = Identity(identity)
+    server = await dashboard.serve("127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    trust = ssl.create_default_context(cadata=authority.cert_pem.decode())
+
+    async def get() -> tuple[bytes, str]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=trust)
+        subject = dict(x[0] for x in writer.get_extra_info("peercert")["subject"])["commonName"]
+        writer.write(b"GET /static/app.js HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        return answer.split(b"\r\n", 1)[0], subject
+
+    try:
+        assert (await get())[0] == b"HTTP/1.1 200 OK"
+        identity.write_bytes(good[: len(good) // 2])  # a renewal caught half way
+        for _ in range(2):
+            assert await get() == (b"HTTP/1.1 200 OK", "n1")
+        assert caplog.text.count("cannot be loaded") == 1
+        identity.unlink()
+        assert await get() == (b"HTTP/1.1 200 OK", "n1")
+        write("n1-renewed")
+        await get()  # the file is looked at after each handshake: the next one has it
+        assert await get() == (b"HTTP/1.1 200 OK", "n1-renewed")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def test_the_port_is_checked_against_the_node_s_others() -> None:
     assert validate(NodeConfig(dashboard_port=7072)).dashboard_port == 7072
     assert validate(NodeConfig()).dashboard_port == 0  # off by default
