@@ -14,10 +14,14 @@ that has nothing to do arms no timer: the rollout deadlines it waits for are onl
 those still ahead of the last pass.
 
 No stored record ends the loop: one that this build cannot read (a service spec, a
-service record with a field of the wrong type: `leader.readable`, a rollout record) is
-left out and logged, and a pass that fails on anything else is logged and tried again on
-the next wake. A leader that died on it would hand leadership to a node that dies on the
-same record, and so on around the cluster.
+record with a field of the wrong type: `node.model.readable`, a rollout record) is left
+out and logged, and acted on safely: an unreadable service or task record leaves that
+service alone for the pass (an unreadable task's slot must not look empty: that would
+start a duplicate); an unreadable node record or node settings keep the node's tasks
+where they are and place nothing new there (`Snapshot.held`). A pass that fails on
+anything else is logged and tried again on the next wake. A leader that died on it
+would hand leadership to a node that dies on the same record, and so on around the
+cluster.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from leader import crashpoint, dependencies, jobrun, readable, rollback, rollout_end, updates
+from leader import crashpoint, dependencies, jobrun, rollback, rollout_end, updates
 from leader.applier import Applier, Write, writes_for
 from leader.incarnation import stale_incarnation
 from leader.liveness import DownMarks, Liveness
@@ -37,11 +41,11 @@ from leader.plan_events import plan_events
 from leader.pools import PoolKeeper
 from leader.rollout import PROGRESS_DEADLINE, RolloutState, UpdatePolicy, update_policy
 from leader.scheduler import Plan, Snapshot, schedule_all, volume_claims
+from node.model import readable
 from node.model.domain import (
     Assignment,
     Availability,
     NodeInfo,
-    NodeSpec,
     RolloutRecord,
     ServiceRecord,
     UnreadableRecord,
@@ -88,11 +92,14 @@ class LeaderLoop:
         self.statuses = mirror(store, keys.status_all, "statuses")
         self.volumes = mirror(store, keys.volumes, "volumes")  # volume claims: pinned slots
         self._follow_status = False  # wake on status changes only while updates or handoffs run
-        self._parsed: dict[str, tuple[int, Assignment]] = {}  # task key -> (mod revision, record)
+        self._parsed: dict[str, tuple[int, Assignment | UnreadableRecord]] = {}  # task key -> (mod, record)
+        self.unreadable_tasks: dict[str, str] = {}  # task key -> its key's service (this pass)
+        self._said: dict[str, int] = {}  # key of an unreadable record -> mod revision logged
         self._pending: dict[str, str] = {}  # service -> the pending reason last reported
         self.down = DownMarks(store, keys, epoch, liveness, events, down_grace)
         self.pending = PendingReasons(store, keys, epoch)  # `pending/<service>`: why replicas wait
         self._simulated: dict[str, tuple[int, bool]] = {}  # node key -> (mod revision, simulated)
+        self.held: frozenset[str] = frozenset()  # nodes whose record or settings cannot be read
         self.liveness = liveness
         self._known_nodes: set[str] | None = None
         self._simulated_names: set[str] = set()
@@ -195,18 +202,36 @@ class LeaderLoop:
 
     def assignments(self, kvs: list[KV] | None = None) -> dict[str, Assignment]:
         """Every task key's record (of the mirror, or `kvs` taken from it), parsed once per mod
-        revision (100,000 tasks: no re-parse)."""
+        revision (100,000 tasks: no re-parse). One that cannot be read (`node.model.readable`)
+        is left out, and its key's service put in `unreadable_tasks`."""
         out: dict[str, Assignment] = {}
+        bad: dict[str, str] = {}
         parsed = self._parsed
         for kv in self.tasks.values() if kvs is None else kvs:
             hit = parsed.get(kv.key)
             if hit is None or hit[0] != kv.mod_revision:
-                hit = parsed[kv.key] = (kv.mod_revision, Assignment.from_json(kv.value))
+                service, _, slot = self.keys.tail(kv.key, self.keys.tasks).partition("/")
+                try:
+                    record: Assignment | UnreadableRecord = readable.task(service, slot, kv.value)
+                except UnreadableRecord as exc:
+                    record = exc
+                hit = parsed[kv.key] = (kv.mod_revision, record)
+            if isinstance(hit[1], UnreadableRecord):
+                bad[kv.key] = self.keys.tail(kv.key, self.keys.tasks).partition("/")[0]
+                self._say(kv.key, kv.mod_revision, f"{hit[1]}; its service is left alone")
+                continue
             out[kv.key] = hit[1]
-        if len(parsed) > len(out):
-            for key in parsed.keys() - out.keys():
+        if len(parsed) > len(out) + len(bad):
+            for key in parsed.keys() - out.keys() - bad.keys():
                 del parsed[key]
+        self.unreadable_tasks = bad
         return out
+
+    def _say(self, key: str, mod: int, message: str) -> None:
+        """Log that the record at `key` cannot be read, once per mod revision."""
+        if self._said.get(key) != mod:
+            self._said[key] = mod
+            log.warning("%s", message)
 
     def snapshot(self) -> tuple[dict[str, ServiceRecord], Snapshot, dict[str, int]]:
         services = {}
@@ -220,14 +245,29 @@ class LeaderLoop:
                 log.warning("%s; its tasks are left as they are", exc)
                 continue
             services[record.name] = record
-        specs = {
-            self.keys.tail(kv.key, self.keys.nodespecs): NodeSpec.from_json(kv.value)
-            for kv in self.nodespecs.values()
-        }
+        tasks = {(task.service, task.slot): task for task in self.assignments().values()}
+        for name in set(self.unreadable_tasks.values()) & services.keys():
+            del services[name]  # a slot of it cannot be read: not planned this pass (no duplicate)
+            self.unreadable.add(name)
+        held: set[str] = set()
+        specs = {}
+        for kv in self.nodespecs.values():
+            node = self.keys.tail(kv.key, self.keys.nodespecs)
+            try:
+                specs[node] = readable.nodespec(node, kv.value)
+            except UnreadableRecord as exc:
+                held.add(node)
+                self._say(kv.key, kv.mod_revision, f"{exc}; its tasks stay, nothing new goes there")
         nodes = {}
         excluded = self.down.excluded()
         for kv in self.nodes.values():
-            info = NodeInfo.from_json(kv.value)
+            node = self.keys.tail(kv.key, self.keys.nodes)
+            try:
+                info = readable.node(node, kv.value)
+            except UnreadableRecord as exc:
+                self._say(kv.key, kv.mod_revision, f"{exc}; its tasks stay, nothing new goes there")
+                info = NodeInfo(node, "", 0)  # registered (on its lease): not lost, but held
+                held.add(node)
             if info.id not in excluded and not info.not_ready:  # not ready: its engine is not answering
                 spec = specs.get(info.id)
                 nodes[info.id] = info if spec is None else replace(info, labels=effective_labels(info, spec))
@@ -235,9 +275,12 @@ class LeaderLoop:
         availability = {
             node: spec.availability for node, spec in specs.items() if spec.availability != active
         }
-        tasks = {(task.service, task.slot): task for task in self.assignments().values()}
+        for node in held:  # nothing new goes there; a drain the operator set still moves its tasks
+            availability.setdefault(node, Availability.PAUSE.value)
+        self.held = frozenset(held)
         volumes, seen = volume_claims(self.volumes.values(), self.tasks.values())  # seen: key -> mod revision
-        return services, Snapshot(nodes, tasks, self.tasks.revision, availability, volumes=volumes), seen
+        snap = Snapshot(nodes, tasks, self.tasks.revision, availability, volumes=volumes, held=self.held)
+        return services, snap, seen
 
     async def reconcile(self) -> None:
         self.passes += 1
@@ -308,7 +351,9 @@ class LeaderLoop:
         await self.pending.publish(plans, now)
         if self.pools is not None:  # issue 15: nodes asked for and given back after each plan
             await self.pools.step(services, snap, plans, now)
-        orphans = {svc for svc, _ in snap.tasks} - set(services) - self.unreadable
+        # (a removed service's unreadable task records go with the others)
+        orphans = {svc for svc, _ in snap.tasks} | set(self.unreadable_tasks.values())
+        orphans -= set(services) | self.unreadable
         for svc in sorted(orphans):
             under = self.keys.service_volumes(svc)
             drop, whole = claims_to_drop(
@@ -504,7 +549,12 @@ class LeaderLoop:
         for kv in self.nodes.values():
             hit = seen.get(kv.key)
             if hit is None or hit[0] != kv.mod_revision:
-                hit = seen[kv.key] = (kv.mod_revision, NodeInfo.from_json(kv.value).simulated)
+                node = self.keys.tail(kv.key, self.keys.nodes)
+                try:
+                    simulated = readable.node(node, kv.value).simulated
+                except UnreadableRecord:  # registered all the same (`snapshot` says why)
+                    simulated = False
+                hit = seen[kv.key] = (kv.mod_revision, simulated)
             if not hit[1]:
                 out.add(self.keys.tail(kv.key, self.keys.nodes))
         if len(seen) > len(self.nodes.items):

@@ -16,6 +16,7 @@ First, for each service (by name), what already exists is settled slot by slot:
   replaces (`Move`, `Assignment.replaces`), so the old one can be stopped only once
   the new one is healthy;
 - **place** again a slot whose node is gone, or a missing slot;
+- **keep** as it is, too, a task on a node whose record cannot be read (`Snapshot.held`);
 - **stop** slots above `replicas`, the highest first. Global services (`mode: global`)
   have one task per eligible node: tasks on gone, drained or excluded nodes and
   duplicates are stopped instead of moved.
@@ -80,6 +81,10 @@ class Snapshot:
     listed updates every outdated task at once."""
     volumes: Mapping[str, tuple[VolumeClaim, ...]] = field(default_factory=dict)
     """Service -> its volume claims (`leader.placement.volumes`): pinned slots."""
+    held: frozenset[str] = frozenset()
+    """Nodes whose stored record (or the operator's settings of it) cannot be read
+    (`node.model.readable`): their tasks are kept as they are (no move, no update; a drain
+    the operator set still moves them), and they are not `active`, so nothing new goes there."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,7 @@ class _Service:
         self.claims: dict[int, dict[str, VolumeClaim]] = {}
         self.pins: dict[int, volumes.Pin] = {}
         self.waiting: dict[int, str] = {}  # pinned slots that cannot go to their node, and why
+        self.held: frozenset[int] = frozenset()  # nodes whose tasks are kept as they are (`Snapshot.held`)
 
     def reserved(self, task: Assignment) -> tuple[int, int]:
         if task.template == self.template:
@@ -221,6 +227,10 @@ class _Service:
             why = ""
             if cluster.availability[i] == _DRAIN:
                 why = DRAIN
+            elif i in self.held:  # its node's record cannot be read: neither moved nor updated
+                plan.keep.append(task)
+                self.mine[i] = self.mine.get(i, 0) + 1
+                continue
             elif not matching[i]:
                 why = CONSTRAINTS
             elif self.mine.get(i, 0) >= req.max_per_node:
@@ -247,12 +257,13 @@ class _Service:
         for slot in sorted(current):
             task = current[slot]
             i = index.get(task.node)
-            if i is None or i in claimed or cluster.availability[i] == _DRAIN or not matching[i]:
+            held = i is not None and i in self.held  # its node's record cannot be read: kept as it is
+            if i is None or i in claimed or cluster.availability[i] == _DRAIN or not (matching[i] or held):
                 plan.stop.append(task)
                 self._release(i, task, stopped=True)
                 continue
             claimed.add(i)
-            if task.template == self.template or (self.gate is not None and slot not in self.gate):
+            if held or task.template == self.template or (self.gate is not None and slot not in self.gate):
                 plan.keep.append(task)
                 self.mine[i] = 1
                 self.holding.add(i)
@@ -389,6 +400,7 @@ def schedule_all(
     for name, w in work.items():
         w.plan.revision = snapshot.revision
         w.gate = snapshot.updatable.get(name)
+        w.held = frozenset(index[n] for n in snapshot.held if n in index)
         if w.stateful or snapshot.volumes.get(name):
             claims = snapshot.volumes.get(name, ())
             w.claims, w.pins = volumes.claims_by_slot(w.record, claims), volumes.pins(w.record, claims)

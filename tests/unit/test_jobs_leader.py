@@ -165,7 +165,7 @@ async def _plain_after(stored: JobRecord, tasks: list[tuple[int, str, int | None
     await store.put(KEYS.service("batch"), job.to_json())
     await store.put(KEYS.job("batch"), stored.to_json())
     for slot, uid, code in tasks:
-        task = Assignment(f"old{slot}", "batch", slot, "n1", 1, 1, 1, uid=uid)
+        task = Assignment(f"old{slot}", "batch", slot, "n1", 1, 1, "1", uid=uid)
         await store.put(KEYS.task("batch", slot), task.to_json())
         if code is not None:
             await _finish(store, task, code)

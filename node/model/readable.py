@@ -1,0 +1,134 @@
+"""Stored records with fields of the right types: the leader's reads, and the API's.
+
+`Record.from_json` takes a record's fields as the JSON holds them. A record written
+around the API, by an old or hostile writer, with `"version": "three"`, a task's
+`"slot": "1"` or a node's `"cpu": [1]`, parsed, and then failed every pass where the
+leader sorted, compared or added those fields, so nothing at all was reconciled (or
+tasks were written with the wrong types). The readers here refuse such a record as
+`UnreadableRecord`, naming the field:
+
+- `service`: also one stored under another service's key. The leader leaves that
+  service alone; `shoal service apply`, `scale` and `rollback` refuse to build on it.
+- `task`: also one whose service or slot is not its key's. The leader leaves the
+  key's service alone for the pass (its slot must not look empty: that would start a
+  duplicate replica).
+- `node`, `nodespec`: also a node record under another node's key. The leader keeps
+  the node's tasks where they are and places nothing new there (decision NN).
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from node.model.domain import Assignment, NodeInfo, NodeSpec, Record, ServiceRecord, UnreadableRecord
+
+R = TypeVar("R", bound=Record)
+_FIX = "rewrite the key with a valid record or remove it"
+
+
+def service(name: str, raw: bytes) -> ServiceRecord:
+    """The record stored under service `name`'s key; UnreadableRecord when it does not parse,
+    does not check, has a field of the wrong type, or names another service."""
+    record = ServiceRecord.from_json(raw)
+    what = f"the stored record of service {name!r} cannot be read"
+    _check(record, what, skip=("spec",))  # the spec is checked by its model
+    if record.name != name:
+        raise UnreadableRecord(f"{what}: it names service {record.name!r}; {_FIX}")
+    return record
+
+
+def task(service_name: str, slot: str, raw: bytes) -> Assignment:
+    """The record stored under `tasks/<service_name>/<slot>`; UnreadableRecord when it does
+    not parse, has a field of the wrong type (its handoff's too), or is another slot's."""
+    what = f"the task record of {service_name}/{slot} cannot be read"
+    record = _parse(Assignment, raw, what)
+    _check(record, what)
+    if record.handoff:
+        _check(_parse(Assignment, record.handoff, f"{what}: its handoff"), f"{what}: its handoff")
+    if (record.service, str(record.slot)) != (service_name, slot):
+        raise UnreadableRecord(f"{what}: it names slot {record.service}/{record.slot}; {_FIX}")
+    return record
+
+
+def node(node_id: str, raw: bytes) -> NodeInfo:
+    """The record stored under `nodes/<node_id>`; UnreadableRecord when it does not parse,
+    has a field of the wrong type, or names another node."""
+    what = f"the node record of {node_id} cannot be read"
+    record = _parse(NodeInfo, raw, what)
+    _check(record, what)
+    if record.id != node_id:
+        raise UnreadableRecord(f"{what}: it names node {record.id!r}; {_FIX}")
+    return record
+
+
+def nodespec(node_id: str, raw: bytes) -> NodeSpec:
+    """The operator's settings stored under `nodespec/<node_id>`, checked alike."""
+    what = f"the settings (nodespec) of node {node_id} cannot be read"
+    record = _parse(NodeSpec, raw, what)
+    _check(record, what)
+    return record
+
+
+def _parse(cls: type[R], raw: bytes | dict[str, Any], what: str) -> R:
+    try:
+        if isinstance(raw, dict):  # a record held in another (a handoff): unknown keys ignored
+            return cls(**{k: v for k, v in raw.items() if k in _hints(cls)})
+        return cls.from_json(raw)
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, a field missing
+        raise UnreadableRecord(f"{what}: {str(exc)[:200]}; {_FIX}") from None
+
+
+def _check(record: Record, what: str, skip: tuple[str, ...] = ()) -> None:
+    for field, hint in _hints(type(record)).items():
+        value = getattr(record, field)
+        if field not in skip and not _fits(value, hint):
+            raise UnreadableRecord(
+                f"{what}: {field} should be {_word(hint)}, not {str(value)[:80]!r}; {_FIX}"
+            )
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The declared field types of `cls`, resolved once."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = get_type_hints(cls)
+    return hints
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the type `hint` names (bool is no number; an int is a float)."""
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()
+        )
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        wanted: tuple[type, ...] = (int, float) if hint is float else (int,)
+        return isinstance(value, wanted) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True  # a field no reader here checks (a service's spec: its model does)
+
+
+def _word(hint: Any) -> str:
+    words = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    if hint in words:
+        return words[hint]
+    origin = get_origin(hint)
+    return {dict: "a map", list: "a list"}.get(origin, str(hint))
