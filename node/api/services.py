@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 from node.api.ingress_check import check_ingress
 from node.api.objects import Bound, Objects
 from node.api.port_policy import PortPolicy
 from node.api.registry import Resolver, secret_opener
+from node.model import readable
 from node.model.domain import (
     NodeInfo,
     RolloutRecord,
@@ -63,13 +65,18 @@ class ServiceWriter:
         refuses (nothing written) when the registry cannot resolve it."""
         return await self.resolver.pin(spec, secret_opener(self.objects))
 
-    async def read(self, name: str) -> tuple[ServiceRecord, int]:
+    async def read(self, name: str, strict: bool = True) -> tuple[ServiceRecord, int]:
+        """The stored record and its mod revision. `strict`: its own fields of the right
+        types too (`node.model.readable`): a new version is not built on `"version": "three"`
+        (FailedPrecondition). `remove` reads leniently, so such a record can be removed."""
         kv = await self.store.get(self.keys.service(name))
         if kv is None:
             raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
+        if strict:
+            return current_record(name, kv), kv.mod_revision
         try:
             return ServiceRecord.from_json(kv.value), kv.mod_revision
-        except UnreadableRecord as exc:  # a newer node's spec, or a record written around the API
+        except UnreadableRecord as exc:
             raise FailedPrecondition(f"service '{name}': {exc}") from None
 
     async def _write(
@@ -159,7 +166,7 @@ class ServiceWriter:
         deploy` share it, so a stack's services are sealed and checked alike."""
         if why := never_fires(asked, time.time()):
             raise InvalidArgument(f"service '{asked.name}' not written: {why}")
-        current = ServiceRecord.from_json(kv.value) if kv else None
+        current = current_record(asked.name, kv) if kv else None
         spec, bound = await self.objects.bind(asked, current.spec if current else None, pending)
         record, current = await self.next_version(spec, kv)
         return record, current, bound
@@ -170,7 +177,7 @@ class ServiceWriter:
         """The record `spec` makes, over the current one read as `kv` (None: a new service),
         and the current record; the current record itself when the spec equals its own.
         Raises when the port policy refuses the spec. `apply` and `stack deploy` share it."""
-        current = ServiceRecord.from_json(kv.value) if kv else None
+        current = current_record(spec.name, kv) if kv else None
         spec = keep_count(spec, current.spec if current else None)  # issue 15: the autoscaled count
         if current is not None and current.spec == spec:
             return current, current
@@ -294,7 +301,9 @@ class ServiceWriter:
         )
 
     async def remove(self, name: str) -> None:
-        current, mod = await self.read(name)
+        current, mod = await self.read(name, strict=False)  # one of the wrong types is removed too
+        if current.name != name or not isinstance(current.uid, str):
+            current = replace(current, name=name, uid=current.uid if isinstance(current.uid, str) else "")
         compares, ops = await self.remove_ops(current, mod)
         result = await self.store.txn(compares, ops)
         if not result.succeeded:
@@ -322,6 +331,22 @@ class ServiceWriter:
             *volume_ops,
             Delete(self.keys.job(name)),  # issue 18: a job's progress
         ]
+
+
+def current_record(name: str, kv: KV) -> ServiceRecord:
+    """The record stored under service `name`'s key, to build a new version on: one that
+    does not check, or whose own fields have the wrong types (`"version": "three"`, written
+    around the API), is refused with what to fix, not a traceback (INTERNAL)."""
+    try:
+        ServiceRecord.from_json(kv.value)
+    except UnreadableRecord as exc:  # a newer node's spec, or a record written around the API
+        raise FailedPrecondition(f"service '{name}': {exc}") from None
+    try:
+        return readable.service(name, kv.value)
+    except UnreadableRecord as exc:  # its spec reads: `remove` can take it away
+        raise FailedPrecondition(
+            f"service '{name}': {exc} (`shoal service rm {name}` removes it; apply it again then)"
+        ) from None
 
 
 def _busy(name: str) -> str:
