@@ -16,7 +16,12 @@ observed and returns what to do:
   a live task, past their back-off, lowest first, while fewer than `parallelism` run;
   and slots whose task's node is gone (the scheduler moves it: that task never reported
   an outcome, so it is retried elsewhere and not counted as a failure).
-- **end**: every index succeeded -> succeeded; `failures` > `retries`, or still running
+- **lowered completions**: a task in a slot above `completions` (lowered while the job
+  runs) is unassigned, and its outcome is not counted, as Kubernetes does for an Indexed
+  Job whose completions are lowered (elastic Indexed Jobs: pods of an index out of range
+  are removed, and their success counts for nothing); an outcome counted before the
+  lowering stays in `counted`, its index's success counts no more.
+- **end**: every index 1..completions succeeded -> succeeded; `failures` > `retries`, or still running
   `active_deadline` after the start -> failed, and its live tasks are unassigned.
   `ttl_after_finished` after the end, every task of the job is unassigned.
 
@@ -80,6 +85,10 @@ def step(
         if task.task_id in seen:
             out.hide.add(slot)
             continue
+        if slot > job.completions:  # completions lowered: an index out of range, not counted
+            out.hide.add(slot)
+            out.stop.append(task)
+            continue
         done = _outcome(task, status(task.task_id))
         entry = indexes.setdefault(slot, {"state": IndexState.PENDING.value, "attempts": 0})
         if done is None:
@@ -101,7 +110,9 @@ def step(
             entry.update(state=IndexState.BACKOFF.value, retry_at=now + backoff(job, failures))
             entry["message"] = done.message
     state, message, finished = record.state, record.message, record.finished_at
-    succeeded = sum(1 for e in indexes.values() if e.get("state") == IndexState.SUCCEEDED)
+    succeeded = sum(
+        1 for i, e in indexes.items() if i <= job.completions and e.get("state") == IndexState.SUCCEEDED
+    )
     if running:
         deadline = record.started_at + job.active_deadline if job.active_deadline else None
         if succeeded >= job.completions:
@@ -124,7 +135,7 @@ def step(
     if state == JobState.RUNNING:
         _starts(job, indexes, live, alive, now, out)
     else:
-        out.stop = list(live.values())  # every pass until they are gone: a lost write is made again
+        out.stop += live.values()  # every pass until they are gone: a lost write is made again
         ttl = job.ttl_after_finished
         cleaned = ttl is not None and now >= finished + ttl
         if cleaned:

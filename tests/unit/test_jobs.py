@@ -162,3 +162,48 @@ def test_a_task_that_has_not_ended_is_not_an_outcome() -> None:
 @pytest.mark.parametrize(("failures", "wait"), [(1, 10.0), (2, 20.0), (3, 40.0), (10, MAX_BACKOFF)])
 def test_backoff_doubles_up_to_the_cap(failures: int, wait: float) -> None:
     assert backoff(JobSpec(), failures) == wait
+
+
+def lowered(sim: Sim, **job: object) -> None:
+    """The job's spec applied again with other settings (its record and tasks stay)."""
+    sim.spec = job_spec(**job)
+
+
+def test_lowered_completions_count_only_the_indices_below_the_new_count() -> None:
+    """Indices 1, 4 and 5 of 5 succeeded, then completions went to 3: the job is not done
+    (it was: 3 successes >= 3) until 2 and 3 succeed, as Kubernetes counts an Indexed Job."""
+    sim = Sim(completions=5, parallelism=5)
+    sim.step(0.0)
+    for slot in (1, 4, 5):
+        sim.finish(slot, 0)
+    sim.step(1.0)
+    lowered(sim, completions=3, parallelism=5)
+    st = sim.step(2.0)
+    assert sim.record is not None and sim.record.state == "running" and not st.ended
+    counts = {"pending": 0, "running": 2, "backoff": 0, "succeeded": 1, "failed": 0}
+    assert jobs.summary(sim.record, 3) == counts
+    sim.finish(2, 0)
+    sim.finish(3, 0)
+    sim.step(3.0)
+    assert sim.record.state == "succeeded" and sim.record.message == "3 of 3 completed"
+
+
+def test_tasks_above_lowered_completions_are_stopped_and_not_counted() -> None:
+    """Three running, completions lowered to 2: the third is unassigned (it held a place of
+    `parallelism`, and its failure counted against `retries`), the others go on."""
+    sim = Sim(completions=3, parallelism=3, retries=0)
+    sim.step(0.0)
+    third = sim.tasks[3]
+    lowered(sim, completions=2, parallelism=3)
+    st = sim.step(1.0)
+    assert st.stop == [third] and 3 in st.hide and 3 not in st.start
+    assert 3 not in sim.tasks
+    sim.tasks[3] = third  # the stop was lost: the next pass stops it again, and counts nothing
+    sim.finish(3, 1)
+    st = sim.step(2.0)
+    assert st.stop == [third] and sim.record is not None and sim.record.failures == 0
+    assert sim.record.state == "running" and third.task_id not in sim.record.counted
+    sim.finish(1, 0)
+    sim.finish(2, 0)
+    sim.step(3.0)
+    assert sim.record.state == "succeeded"
