@@ -12,6 +12,10 @@ it would be refused. `shape` maps each job's plan back to real slots and adds it
 
 Records of services that no longer exist are deleted, fenced, while the service key is
 absent (an `rm` deletes its job's record too: `node.api.services`).
+A record that cannot be read (`node.model.readable.job`: written around the leader,
+fields of the wrong type) is logged and its job left alone: `unreadable` names it, and
+the loop plans nothing for it and removes none of its tasks, which stay as they are (a
+job counted afresh would run its indices again). The others go on.
 
 A scheduled job (`schedule:`, `leader.schedrun`) runs only while its job record is a run
 of its current incarnation (uid `<service uid>#<tick>`, written when a tick fires):
@@ -31,7 +35,8 @@ from typing import Protocol
 
 from leader import crashpoint, jobs, schedrun
 from leader.scheduler import Move, Plan, Snapshot
-from node.model.domain import Assignment, ServiceRecord, TaskStatus
+from node.model import readable
+from node.model.domain import Assignment, ServiceRecord, TaskStatus, UnreadableRecord
 from node.model.jobs import JobRecord, JobState
 from node.model.keys import Keys
 from node.model.runs import LANE, run_of
@@ -55,6 +60,8 @@ class JobRunner:
         self.back: dict[str, dict[int, int]] = {}  # job -> view slot -> its real slot (this pass)
         self.earlier: dict[str, list[jobs.JobStep]] = {}  # job -> its earlier runs' steps (decision 69)
         self.schedules = schedrun.ScheduleRunner(store, keys, epoch, events)  # ticks of scheduled jobs
+        self.unreadable: set[str] = set()  # jobs whose record cannot be read: left alone this pass
+        self._said: dict[str, int] = {}  # job -> mod revision of the unreadable record logged
 
     @property
     def active(self) -> bool:
@@ -93,7 +100,7 @@ class JobRunner:
         if await self.schedules.tick(services, current, held, now):
             kvs, _ = await self.store.range(self.keys.jobs)  # the runs it started
         sides = await self.schedules.earlier_runs() if timed else {}
-        self.steps, self.earlier = {}, {}
+        self.steps, self.earlier, self.unreadable = {}, {}, set()
         stored = {self.keys.tail(kv.key, self.keys.jobs): kv for kv in kvs}
         for name in sorted(stored.keys() - services.keys()):
             await self._forget(name, stored[name].mod_revision)
@@ -108,7 +115,17 @@ class JobRunner:
         self.back = {}
         for name, record in named.items():
             kv = stored.get(name)
-            old = JobRecord.from_json(kv.value) if kv is not None else None
+            try:
+                old = readable.job(name, kv.value) if kv is not None else None
+            except UnreadableRecord as exc:  # its tasks stay as they are (the loop leaves it alone)
+                assert kv is not None
+                if self._said.get(name) != kv.mod_revision:
+                    self._said[name] = kv.mod_revision
+                    log.warning("%s; the job is left alone", exc)
+                self.unreadable.add(name)
+                del view[name]
+                tasks.update({k: t for k, t in snap.tasks.items() if k[0] == name})
+                continue
             runs = [(self.keys.job(name), old, kv.mod_revision if kv else 0, record.uid)]
             if scheduled(record.spec) is not None:
                 if old is None or run_of(record.uid, old.uid) is None:

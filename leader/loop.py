@@ -300,6 +300,7 @@ class LeaderLoop:
         statuses = self.status_map()
         real = snap.tasks  # by real slot: a job's view below renumbers its slots
         services, snap = await self.jobs.prepare(services, snap, statuses, alive, now)  # before planning
+        self.unreadable |= self.jobs.unreadable  # a job record that cannot be read: the job left alone
         rollouts = self.rollout_records()
         decided = updates.decide(services, snap.tasks, statuses, rollouts, alive, now)
         observe = dependencies.observer(services, snap.tasks, statuses.get, self.jobs.succeeded())

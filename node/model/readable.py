@@ -14,6 +14,8 @@ tasks were written with the wrong types). The readers here refuse such a record 
   duplicate replica).
 - `node`, `nodespec`: also a node record under another node's key. The leader keeps
   the node's tasks where they are and places nothing new there (decision NN).
+- `job`: a job's progress (`jobs/<name>`), its index entries too. The leader leaves
+  that job alone (no start, no stop, no count) until the record is rewritten or removed.
 
 Pure: no I/O.
 """
@@ -24,6 +26,7 @@ import types
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from node.model.domain import Assignment, NodeInfo, NodeSpec, Record, ServiceRecord, UnreadableRecord
+from node.model.jobs import JobRecord
 
 R = TypeVar("R", bound=Record)
 _FIX = "rewrite the key with a valid record or remove it"
@@ -69,6 +72,38 @@ def nodespec(node_id: str, raw: bytes) -> NodeSpec:
     what = f"the settings (nodespec) of node {node_id} cannot be read"
     record = _parse(NodeSpec, raw, what)
     _check(record, what)
+    return record
+
+
+# an index entry of a job record (`JobRecord.indexes`): its keys -> their types
+_INDEX_ENTRY: dict[str, Any] = {
+    "state": str,
+    "attempts": int,
+    "task": str,
+    "node": str,
+    "exit_code": int,
+    "retry_at": float,
+    "message": str,
+}
+
+
+def job(name: str, raw: bytes) -> JobRecord:
+    """A job's progress stored under `jobs/<name>`; UnreadableRecord when it does not parse,
+    has a field of the wrong type (an index entry's too), or names another job."""
+    what = f"the job record of {name} cannot be read"
+    record = _parse(JobRecord, raw, what)
+    _check(record, what)
+    for index, entry in record.indexes.items():
+        if not index.isascii() or not index.isdigit():
+            raise UnreadableRecord(f"{what}: index {index[:20]!r} is not a number; {_FIX}")
+        for key, value in entry.items():
+            if key in _INDEX_ENTRY and not _fits(value, _INDEX_ENTRY[key]):
+                raise UnreadableRecord(
+                    f"{what}: index {index} {key} should be {_word(_INDEX_ENTRY[key])}, "
+                    f"not {str(value)[:80]!r}; {_FIX}"
+                )
+    if record.service != name:
+        raise UnreadableRecord(f"{what}: it names job {str(record.service)[:80]!r}; {_FIX}")
     return record
 
 

@@ -205,3 +205,42 @@ async def test_a_job_whose_schedule_was_taken_out_does_not_count_the_last_runs_t
     finally:
         for c in caches:
             c.cancel()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"not json",
+        b'{"service": "batch", "uid": "u1", "counted": 5}',  # list(5): TypeError in every pass
+        b'{"service": "batch", "uid": "u1", "indexes": {"1": {"retry_at": "soon"}}}',
+        b'{"service": "batch", "uid": "u1", "indexes": "all"}',
+    ],
+    ids=["not-json", "counted", "retry_at", "indexes"],
+)
+async def test_a_job_record_that_cannot_be_read_leaves_that_job_alone(store: MemoryStore, bad: bytes) -> None:
+    """`jobs/<name>` written around the leader failed every pass (nothing at all was
+    reconciled); the job is left alone, its tasks as they are, and the others go on."""
+    loop, caches = await _leader(store)
+    try:
+        await _pass(store, loop)
+        before = await _tasks(store)
+        assert sorted(before) == [1, 2]
+        await store.put(KEYS.job("batch"), bad)
+        await _finish(store, before[1], 0)  # not counted, and slot 3 not started meanwhile
+        await store.put(KEYS.service("web"), make_service("web", replicas=2).to_json())
+        await _pass(store, loop)
+        kvs, _ = await store.range(KEYS.tasks)
+        assert {kv.key for kv in kvs} == {
+            KEYS.task("batch", 1),
+            KEYS.task("batch", 2),
+            KEYS.task("web", 1),
+            KEYS.task("web", 2),
+        }
+        assert {kv.key: kv.value for kv in kvs if kv.key.startswith(KEYS.service_tasks("batch"))} == {
+            KEYS.task("batch", s): t.to_json() for s, t in before.items()
+        }
+        assert (await store.get(KEYS.job("batch"))).value == bad  # type: ignore[union-attr]
+        assert "batch" in loop.unreadable
+    finally:
+        for c in caches:
+            c.cancel()
