@@ -24,7 +24,8 @@ still draining keeps its bind-mounted files open until it stops).
 
 A secret or config that is missing or does not open fails the start with a message
 naming it (`EngineError`: the agent marks the task failed and retries with back-off).
-The value is read from etcd at a task's first start; a restart of the same task mounts
+The value is read from etcd at a task's first start, at the revision its spec names (one
+updated since fails the start, saying so: etcd keeps only the latest); a restart of the same task mounts
 the files that start wrote (`_file`): a task's spec binds the objects' revisions, so they
 hold its version's value, and a crashed replica restarts while etcd does not answer.
 """
@@ -82,11 +83,11 @@ class SecretFiles:
         base = self.root / task.task_id
         for ref in spec.secrets or []:
             name = ref.target or ref.source
-            read = functools.partial(self._value, "secret", ref.source)
+            read = functools.partial(self._value, "secret", ref.source, ref.revision)
             path = await self._file(base / "secrets", name, int(ref.mode, 8), read)
             mounts.append(Mount(str(path), f"/run/secrets/{name}"))
         for i, cref in enumerate(spec.configs or []):
-            read = functools.partial(self._value, "config", cref.source)
+            read = functools.partial(self._value, "config", cref.source, cref.revision)
             path = await self._file(base / "configs", str(i), int(cref.mode, 8), read)
             mounts.append(Mount(str(path), cref.target))
         return replace(container, env=env, mounts=(*container.mounts, *mounts))
@@ -156,11 +157,20 @@ class SecretFiles:
         except SealError as exc:
             raise EngineError(f"{what}: {exc}") from None
 
-    async def _value(self, kind: str, name: str) -> bytes:
+    async def _value(self, kind: str, name: str, revision: str | None = None) -> bytes:
+        """The value of `name`, at `revision` when given (the one the task's spec names):
+        etcd holds only an object's latest write, so a spec naming an older one is of a
+        version its update has already replaced, and that task does not start with a value
+        its spec does not name (it fails, saying so; the newer version's task takes the slot)."""
         kv = await self.store.get(self.keys.object(kind, name))
         if kv is None:
             raise EngineError(f"{kind} '{name}' does not exist (removed?): `shoal {kind} ls` lists them")
         record = ObjectRecord.from_json(kv.value)
+        if revision is not None and record.revision != revision:
+            raise EngineError(
+                f"{kind} '{name}' revision {revision}, which this task's spec names, is gone: it is at "
+                f"{record.revision} now (updated since); the service's version with it replaces this task"
+            )
         if kind == "config":
             return record.value(None)
         return self._open(record.data, f"secret/{name}", f"secret '{name}'")

@@ -497,3 +497,23 @@ async def test_an_apply_too_big_for_one_transaction_is_refused_saying_why() -> N
     with pytest.raises(InvalidArgument, match="operations in one etcd transaction"):
         await w.apply(f"name: big\nimage: x:1\nsecrets: [{secrets}]\nconfigs: [{configs}]\n", "big.yaml")
     assert store.revision == before
+
+
+async def test_a_first_start_reads_the_revision_its_spec_names_not_a_newer_one(tmp_path: Path) -> None:
+    """The secret updated between the spec's write and the task's first start: the task
+    was given the new value while its spec named the old revision. Now the start fails,
+    naming both revisions; the version the update rolled starts with the new value."""
+    from node.agent.secretfiles import SecretFiles
+
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    record, _ = await w.apply(SPEC, "app.yaml")
+    await w.objects.put("secret", "db_pw", b"swordfish", True, w)
+    files = SecretFiles(store, KEYS, tmp_path / "root", sealer())
+    old = (record.spec.secrets or [])[0].revision
+    with pytest.raises(EngineError, match=f"revision {old}, which this task's spec names, is gone"):
+        await files.prepare(make_task(record, 1, "n1"), record.spec, ContainerSpec("c", "x:1", {}))
+    rolled, _ = await w.read("app")
+    made = await files.prepare(make_task(rolled, 1, "n1"), rolled.spec, ContainerSpec("c", "x:1", {}))
+    assert await asyncio.to_thread(Path(made.mounts[0].source).read_bytes) == b"swordfish"
