@@ -165,7 +165,11 @@ class SecretFiles:
         kv = await self.store.get(self.keys.object(kind, name))
         if kv is None:
             raise EngineError(f"{kind} '{name}' does not exist (removed?): `shoal {kind} ls` lists them")
-        record = ObjectRecord.from_json(kv.value)
+        try:
+            record = ObjectRecord.from_json(kv.value)
+        except ValueError as exc:  # this task's start fails, not the pass of every task here
+            log.warning("%s '%s' cannot be read: %s", kind, name, exc)
+            raise EngineError(f"{kind} '{name}' cannot be read from etcd: {exc}") from None
         if revision is not None and record.revision != revision:
             raise EngineError(
                 f"{kind} '{name}' revision {revision}, which this task's spec names, is gone: it is at "

@@ -14,6 +14,8 @@ two containers on one volume at once, and remove the data `volume rm` asked to g
 - A claim marked `removing` on this node: the Docker volume is removed (refused by the
   engine while a container uses it: tried again next pass), then the claim is deleted if
   it is still the one seen. Removal survives a crash: the mark stays until both are done.
+- A claim that cannot be read (not JSON, a field of the wrong type) is logged and left
+  out: its slot waits as without a claim, every other task and claim goes on.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from node.model.domain import Assignment, VolumeClaim
+from node.model.domain import Assignment, UnreadableRecord, VolumeClaim, read_claim
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec
 from node.runtime.base import LABELS, Container, EngineError, NamedVolume, Runtime
-from node.store import Compare, Delete, Store, StoreError
+from node.store import KV, Compare, Delete, Store, StoreError
 from node.store.mirrors import mirror
 
 log = logging.getLogger(__name__)
@@ -49,16 +51,31 @@ class Volumes:
     def __init__(self, store: Store, keys: Keys, node: str, cluster: str, runtime: Runtime) -> None:
         self.store, self.keys, self.node, self.cluster, self.runtime = store, keys, node, cluster, runtime
         self.claims = mirror(store, keys.volumes, "agent-volumes")
+        self._said: set[tuple[str, int]] = set()  # unreadable claims logged: (key, mod revision)
+
+    def _read(self, kv: KV) -> VolumeClaim | None:
+        """The claim of `kv`; None when it cannot be read (logged once per write of it):
+        that claim is left out, the pass goes on with every other task and claim."""
+        try:
+            return read_claim(kv.value)
+        except UnreadableRecord as exc:
+            if (kv.key, kv.mod_revision) not in self._said:
+                self._said.add((kv.key, kv.mod_revision))
+                log.error("%s left out: %s", kv.key, exc)
+            return None
 
     def claim(self, service: str, slot: int, name: str) -> VolumeClaim | None:
         kv = self.claims.items.get(self.keys.volume(service, slot, name))
-        return None if kv is None else VolumeClaim.from_json(kv.value)
+        return None if kv is None else self._read(kv)
 
     def mounts(self, task: Assignment, spec: ServiceSpec) -> tuple[tuple[NamedVolume, ...], str]:
         """The volumes to mount, or why not yet (no claim here of this incarnation)."""
         out = []
         for v in spec.volumes or []:
             c = self.claim(task.service, task.slot, v.name)
+            key = self.keys.volume(task.service, task.slot, v.name)
+            if c is None and key in self.claims.items:
+                return (), f"the claim of volume {v.name} ({key}) cannot be read: the daemon's log says why"
             if c is None or c.uid != task.uid or c.removing:
                 return (), f"waiting for the claim of volume {v.name}"
             if c.node != self.node:
@@ -73,8 +90,8 @@ class Volumes:
         containers go first (the engine refuses to remove a volume any container holds)."""
         out = set()
         for kv in self.claims.values():
-            c = VolumeClaim.from_json(kv.value)
-            if c.removing and c.node == self.node:
+            c = self._read(kv)
+            if c is not None and c.removing and c.node == self.node:
                 out.add((c.service, str(c.slot)))
         return out
 
@@ -82,8 +99,8 @@ class Volumes:
         """Remove the volumes marked `removing` on this node, then their claims; how many."""
         done = 0
         for kv in list(self.claims.values()):
-            c = VolumeClaim.from_json(kv.value)
-            if not c.removing or c.node != self.node:
+            c = self._read(kv)
+            if c is None or not c.removing or c.node != self.node:
                 continue
             try:
                 await self.runtime.remove_volume(c.docker_name)

@@ -28,7 +28,7 @@ import grpc
 
 from node.api.admin import _caller
 from node.api.server import handle
-from node.model.domain import Assignment, VolumeClaim
+from node.model.domain import Assignment, UnreadableRecord, VolumeClaim, read_claim
 from node.model.errors import FailedPrecondition, InvalidArgument, NotFound
 from node.model.keys import Keys
 from node.model.spec_lifecycle import SERVICE_NAME_PATTERN
@@ -82,9 +82,13 @@ class VolumeClaims:
     async def list(self, service: str = "") -> list[tuple[VolumeClaim, bool]]:
         prefix = self.keys.service_volumes(service) if service else self.keys.volumes
         kvs, _ = await self.store.range(prefix)
-        claims = sorted(
-            (VolumeClaim.from_json(kv.value) for kv in kvs), key=lambda c: (c.service, c.slot, c.name)
-        )
+        readable = []
+        for kv in kvs:
+            try:
+                readable.append(read_claim(kv.value))
+            except UnreadableRecord as exc:  # the others are still listed
+                log.warning("%s left out of the volume list: %s", kv.key, exc)
+        claims = sorted(readable, key=lambda c: (c.service, c.slot, c.name))
         return [(c, await self.user(c) is not None) for c in claims]
 
     async def remove(self, name: str) -> tuple[VolumeClaim, str]:

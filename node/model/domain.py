@@ -527,6 +527,23 @@ class VolumeClaim(Record):
         return docker_volume_name(self.service, self.slot, self.name, self.claim)
 
 
+def read_claim(raw: bytes) -> VolumeClaim:
+    """A volume claim, checked: `UnreadableRecord` when it is not a JSON object with every
+    field of its type (one written around the leader), so a reader leaves that one out
+    and goes on with the others (one bad claim used to end the agent's pass for every task)."""
+    try:
+        c = VolumeClaim.from_json(raw)
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, a field missing
+        raise UnreadableRecord(f"a volume claim cannot be read: {str(exc)[:200]}") from None
+    texts = (c.service, c.name, c.node, c.claim, c.uid)
+    number = isinstance(c.since, int | float) and not isinstance(c.since, bool)
+    if not all(isinstance(t, str) for t in texts) or type(c.slot) is not int or not number:
+        raise UnreadableRecord(f"a volume claim has a field of the wrong type: {raw[:200]!r}")
+    if not isinstance(c.removing, bool):
+        raise UnreadableRecord(f"a volume claim has a field of the wrong type: {raw[:200]!r}")
+    return c
+
+
 def claims_to_drop(kvs: Iterable[tuple[str, bytes]]) -> tuple[list[str], bool]:
     """The volume claim keys a service's removal deletes, and whether that is all of them:
     not those `volume rm` marked `removing`, whose agent still has a Docker volume to remove

@@ -66,13 +66,27 @@ class ObjectRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> ObjectRecord:
-        d = json.loads(raw)
+        """The record; ValueError (saying what is wrong, never the data) when `raw` is not
+        a JSON object with every field of its type (one written around the API)."""
+        try:
+            d = json.loads(raw)
+        except ValueError:
+            raise ValueError("the stored record is not JSON") from None
+        if not isinstance(d, dict):
+            raise ValueError("the stored record is not a JSON object")
+        texts = ("kind", "name", "uid", "created", "updated", "data")
+        wrong = [k for k in texts if not isinstance(d.get(k), str)]
+        wrong += [k for k in ("version", "size") if type(d.get(k)) is not int]
+        if not isinstance(d.get("stack", ""), str | None):
+            wrong.append("stack")
+        if wrong:
+            raise ValueError(f"the stored record lacks {', '.join(wrong)} or has the wrong type there")
         return cls(
             d["kind"],
             d["name"],
             d["uid"],
-            int(d["version"]),
-            int(d["size"]),
+            d["version"],
+            d["size"],
             d["created"],
             d["updated"],
             d["data"],
