@@ -17,6 +17,8 @@ them into the service specs that use them (issue 13).
   uses it to its revision. One transaction means no crash window between the two. The
   versions carry one cause id (issue 14), so their tasks' events lead back to the update.
 - `remove` is refused while a service uses the object, naming them.
+- An empty secret (0 bytes) is refused, as Docker Swarm refuses it: most often a file
+  or variable that was not what the operator meant. An empty config is kept.
 
 A stored record that does not read as an object of its key (not JSON, a field missing or
 of the wrong type, another kind or name: written around the API) is `UnreadableObject`:
@@ -103,6 +105,8 @@ class VersionWriter(Protocol):
 
 
 _FIELD = FIELDS
+# Docker Swarm refuses one too ("secret data must be larger than 0"); configs may be empty
+EMPTY_SECRET = "secret '{name}' is empty (0 bytes): a secret must hold at least one byte; check the file"
 
 
 def check_object_name(kind: str, name: str) -> str:
@@ -256,6 +260,8 @@ class Objects:
             raise InvalidArgument(
                 f"{kind} '{name}': {len(value)} bytes; the limit is {MAX_BYTES // 1024} KiB"
             )
+        if not value and kind == "secret":
+            raise InvalidArgument(EMPTY_SECRET.format(name=name))
         key, use_key = self.keys.object(kind, name), self.keys.object_use(kind, name)
         sealer = self._sealer("a secret") if kind == "secret" else None
 

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from node.api.objects import (
+    EMPTY_SECRET,
     Objects,
     UnreadableObject,
     VersionWriter,
@@ -105,6 +106,8 @@ def check_objects(stack: str, objects: Sequence[StackObject]) -> None:
             problems.append(f"{where}.name: {o.kind} {o.name!r} is given twice")
         elif len(o.value) > MAX_BYTES:
             problems.append(f"{where}: {o.kind} {o.name!r} has {len(o.value)} bytes; the limit is 500 KiB")
+        elif not o.value and o.kind == "secret":
+            problems.append(f"{where}: {EMPTY_SECRET.format(name=o.name)}")
         seen.add((o.kind, o.name))
     if problems:
         raise InvalidArgument(f"stack '{stack}': " + "; ".join(problems))

@@ -517,3 +517,21 @@ async def test_a_first_start_reads_the_revision_its_spec_names_not_a_newer_one(t
     rolled, _ = await w.read("app")
     made = await files.prepare(make_task(rolled, 1, "n1"), rolled.spec, ContainerSpec("c", "x:1", {}))
     assert await asyncio.to_thread(Path(made.mounts[0].source).read_bytes) == b"swordfish"
+
+
+async def test_an_empty_secret_is_refused_and_changes_nothing() -> None:
+    """Docker Swarm refuses a secret of 0 bytes; one was stored and mounted as an empty
+    file (an empty file or variable given by mistake). An empty config is still taken."""
+    store = MemoryStore()
+    w = writer(store)
+    with pytest.raises(InvalidArgument, match="secret 'db_pw' is empty"):
+        await w.objects.put("secret", "db_pw", b"", False, w)
+    assert await dump(store) == b""
+    await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    await w.apply(SPEC, "app.yaml")
+    before = await dump(store)
+    with pytest.raises(InvalidArgument, match="at least one byte"):
+        await w.objects.put("secret", "db_pw", b"", True, w)
+    assert await dump(store) == before
+    record, _ = await w.objects.put("config", "empty", b"", False, w)
+    assert record.size == 0

@@ -299,6 +299,7 @@ async def test_an_object_an_older_cli_wrote_for_the_stack_is_adopted_without_a_r
         ([StackObject("secret", "shop_x", PW)] * 2, "objects[1].name: secret 'shop_x' is given twice"),
         ([StackObject("secret", "shop_x", b"x" * 600_000)], "has 600000 bytes; the limit is 500 KiB"),
         ([StackObject("config", f"shop_c{i}", b"x") for i in range(65)], "65 secrets and configs"),
+        ([StackObject("secret", "shop_x", b"")], "objects[0]: secret 'shop_x' is empty (0 bytes)"),
     ],
 )
 async def test_bad_objects_are_refused_before_anything(asked: list[StackObject], expected: str) -> None:
