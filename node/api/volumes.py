@@ -80,6 +80,14 @@ class VolumeClaims:
         return None if kv is None else Assignment.from_json(kv.value)
 
     async def list(self, service: str = "") -> list[tuple[VolumeClaim, bool]]:
+        """Every claim ("": the documented way to ask for all), or those of `service`, which
+        must be a service name: one with '/' or '..' was a key prefix that listed a slot
+        of another service, or nothing, answered as if it were that service's volumes."""
+        if service and (len(service) > 63 or not re.fullmatch(SERVICE_NAME_PATTERN, service)):
+            raise InvalidArgument(
+                f"service: {service[:80]!r} is not a service name (lowercase letters, digits and '-', "
+                "<stack>_<service> for a stack's); leave it out to list every volume"
+            )
         prefix = self.keys.service_volumes(service) if service else self.keys.volumes
         kvs, _ = await self.store.range(prefix)
         readable = []

@@ -50,7 +50,8 @@ class VolumesServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListVolumes(self, request, context):
-        """Every claim (of one service when `service` is set).
+        """Every claim ("" service), or those of one service; a `service` that is not a
+        service name (a "/", "..") is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

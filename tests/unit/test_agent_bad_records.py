@@ -88,3 +88,17 @@ async def test_volume_ls_leaves_an_unreadable_claim_out_and_lists_the_rest() -> 
     await store.put(KEYS.volume("bad", 1, "data"), b"not json")
     await store.put(KEYS.volume("db", 1, "data"), GOOD.to_json())
     assert await VolumeClaims(store, KEYS).list() == [(GOOD, False)]
+
+
+@pytest.mark.parametrize("service", ["db/1", "db/", "../db", "/", "DB", "db\n", "x" * 64, "db.1"])
+async def test_volume_ls_of_a_name_that_is_no_service_is_refused(service: str) -> None:
+    """`db/1` was a key prefix: it listed slot 1 of db as if it were a service's volumes."""
+    from node.api.volumes import VolumeClaims
+    from node.model.errors import InvalidArgument
+
+    store = MemoryStore()
+    await store.put(KEYS.volume("db", 1, "data"), GOOD.to_json())
+    claims = VolumeClaims(store, KEYS)
+    with pytest.raises(InvalidArgument, match="is not a service name"):
+        await claims.list(service)
+    assert await claims.list("") == await claims.list("db") == [(GOOD, False)]
