@@ -3,8 +3,9 @@
 
 `prepare(task, spec, container)` returns the container to run with:
 - each secret of `spec.secrets` opened (`node.security.sealing`) and written to
-  `<root>/<task-id>/secrets/<target>` (mode from the spec, 0400 by default), bind-mounted
-  read-only at `/run/secrets/<target>`;
+  `<root>/<task-id>/secrets/<target>` (mode from the spec, 0400 by default; owned by the
+  spec's numeric `uid`/`gid` when given, else the daemon's user), bind-mounted read-only
+  at `/run/secrets/<target>`;
 - each config of `spec.configs` written to `<root>/<task-id>/configs/<i>` (0444 by
   default), bind-mounted read-only at its `target`;
 - each sealed `secret_env` value opened (values stored before sealing existed are
@@ -84,7 +85,8 @@ class SecretFiles:
         for ref in spec.secrets or []:
             name = ref.target or ref.source
             read = functools.partial(self._value, "secret", ref.source, ref.revision)
-            path = await self._file(base / "secrets", name, int(ref.mode, 8), read)
+            owner = (_id(ref.uid), _id(ref.gid))
+            path = await self._file(base / "secrets", name, int(ref.mode, 8), read, owner)
             mounts.append(Mount(str(path), f"/run/secrets/{name}"))
         for i, cref in enumerate(spec.configs or []):
             read = functools.partial(self._value, "config", cref.source, cref.revision)
@@ -180,7 +182,12 @@ class SecretFiles:
         return self._open(record.data, f"secret/{name}", f"secret '{name}'")
 
     async def _file(
-        self, directory: Path, name: str, mode: int, read: Callable[[], Awaitable[bytes]]
+        self,
+        directory: Path,
+        name: str,
+        mode: int,
+        read: Callable[[], Awaitable[bytes]],
+        owner: tuple[int, int] = (-1, -1),
     ) -> Path:
         """One secret's or config's file for this task: the one an earlier start of the same
         task wrote (a restart after a crash), as it is, else read from etcd and written.
@@ -197,20 +204,24 @@ class SecretFiles:
             raise EngineError(str(exc)) from None
         except OSError:
             pass  # not there (or unreadable: the write says why)
-        return self._write(directory, name, await read(), mode)
+        return self._write(directory, name, await read(), mode, owner)
 
-    def _write(self, directory: Path, name: str, value: bytes, mode: int) -> Path:
+    def _write(
+        self, directory: Path, name: str, value: bytes, mode: int, owner: tuple[int, int] = (-1, -1)
+    ) -> Path:
         """Write one file (atomically: a temporary, then a rename). A file system that
         refuses (tmpfs full, a read-only /dev/shm) is an EngineError: the start fails and
         is tried again with back-off, as any start, where an OSError ended the agent."""
         try:
-            return self._write_file(directory, name, value, mode)
+            return self._write_file(directory, name, value, mode, owner)
         except UnsafeFolder as exc:
             raise EngineError(str(exc)) from None
         except OSError as exc:
             raise EngineError(f"cannot write {directory / name}: {exc.strerror or exc}") from None
 
-    def _write_file(self, directory: Path, name: str, value: bytes, mode: int) -> Path:
+    def _write_file(
+        self, directory: Path, name: str, value: bytes, mode: int, owner: tuple[int, int]
+    ) -> Path:
         tmp = f".{name}.tmp"
         with self._opened(directory, create=True) as fd:
             assert fd is not None
@@ -219,9 +230,26 @@ class SecretFiles:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             with os.fdopen(os.open(tmp, flags, 0o600, dir_fd=fd), "wb") as f:
                 f.write(value)
+                if owner != (-1, -1):  # before the mode: a chown may clear set-id bits
+                    _chown(f.fileno(), owner, directory / name)
                 os.fchmod(f.fileno(), mode)
             os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
         return directory / name
+
+
+def _id(value: str | None) -> int:
+    """A spec's uid or gid as `os.fchown` takes it: -1 (left as made) when not given."""
+    return -1 if value is None else int(value)
+
+
+def _chown(fd: int, owner: tuple[int, int], path: Path) -> None:
+    try:
+        os.fchown(fd, *owner)
+    except PermissionError:
+        raise EngineError(
+            f"cannot give {path} to uid {owner[0]} gid {owner[1]} (the spec's uid/gid): only a daemon "
+            "running as root can; run it as root or leave uid and gid out"
+        ) from None
 
 
 def _level(parent: int, name: str, create: bool, path: Path) -> int:

@@ -342,6 +342,18 @@ def _abs_path(v: str) -> str:
 
 
 _Mode = Annotated[str, BeforeValidator(_mode)]
+MAX_ID = 2**31 - 1
+
+
+def _owner_id(v: Any) -> Any:
+    """A uid or gid as Swarm's and Compose's long syntax write it: "103" or 103 -> "103"."""
+    text = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    if isinstance(text, str) and re.fullmatch("[0-9]{1,10}", text) and int(text) <= MAX_ID:
+        return str(int(text))
+    raise _fail(f'must be a numeric user or group id from 0 to {MAX_ID}, e.g. "103"; got {v!r:.80}')
+
+
+_OwnerId = Annotated[str, BeforeValidator(_owner_id)]
 
 
 class SecretRef(BaseModel):
@@ -351,6 +363,8 @@ class SecretRef(BaseModel):
     source: _ObjectName
     target: _ObjectName | None = None  # file name under /run/secrets; None: the source's name
     mode: _Mode = "0400"
+    uid: _OwnerId | None = None  # the file's owner in the container (numeric); None: root
+    gid: _OwnerId | None = None  # its group (numeric); None: root's group
     revision: str | None = None  # set by shoal at apply: which write of the secret; a new one rolls
 
 

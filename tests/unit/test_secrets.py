@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -535,3 +536,47 @@ async def test_an_empty_secret_is_refused_and_changes_nothing() -> None:
     assert await dump(store) == before
     record, _ = await w.objects.put("config", "empty", b"", False, w)
     assert record.size == 0
+
+
+async def test_a_secrets_uid_gid_and_mode_are_those_of_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Swarm's and Compose's long syntax (`uid: "103"`, `gid: "103"`, `mode: 0440`): the
+    file was always the daemon's user's, so a container running as another user could
+    not read it but with a mode open to all."""
+    from node.agent import secretfiles
+    from node.agent.secretfiles import SecretFiles
+
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("secret", "db_pw", b"hunter2", False, w)
+    text = 'name: app\nimage: x:1\nsecrets: [{source: db_pw, uid: "103", gid: 104, mode: 0440}]\n'
+    record, _ = await w.apply(text, "app.yaml")
+    [ref] = record.spec.secrets or []
+    assert (ref.uid, ref.gid, ref.mode) == ("103", "104", "0440")
+    files = SecretFiles(store, KEYS, tmp_path / "root", sealer())
+    chowned: list[tuple[int, int, int]] = []
+
+    def fchown(fd: int, uid: int, gid: int) -> None:  # as root does, without needing root here
+        chowned.append((uid, gid, os.fstat(fd).st_ino))
+
+    monkeypatch.setattr(secretfiles.os, "fchown", fchown)
+    made = await files.prepare(make_task(record, 1, "n1"), record.spec, ContainerSpec("c", "x:1", {}))
+    st = await asyncio.to_thread(os.stat, made.mounts[0].source)
+    assert chowned == [(103, 104, st.st_ino)] and st.st_mode & 0o777 == 0o440
+
+    def refused(fd: int, uid: int, gid: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(secretfiles.os, "fchown", refused)
+    with pytest.raises(EngineError, match="only a daemon running as root can"):
+        await files.prepare(make_task(record, 2, "n1"), record.spec, ContainerSpec("c", "x:1", {}))
+    plain, _ = await w.apply(SPEC.replace("name: app", "name: other"), "other.yaml")
+    await files.prepare(make_task(plain, 1, "n1"), plain.spec, ContainerSpec("c", "x:1", {}))  # no chown
+
+
+@pytest.mark.parametrize("value", ["-1", "'abc'", "2147483648", "true", "1.5", "'1 '"])
+def test_a_secrets_uid_or_gid_must_be_a_numeric_id(value: str) -> None:
+    for field in ("uid", "gid"):
+        with pytest.raises(SpecError, match=f"secrets\\[0\\].{field}: must be a numeric user or group id"):
+            parse_spec(f"name: a\nimage: x\nsecrets: [{{source: s, {field}: {value}}}]\n")
