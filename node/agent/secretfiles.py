@@ -25,8 +25,8 @@ still draining keeps its bind-mounted files open until it stops).
 
 A secret or config that is missing or does not open fails the start with a message
 naming it (`EngineError`: the agent marks the task failed and retries with back-off).
-The value is read from etcd at a task's first start, at the revision its spec names (one
-updated since fails the start, saying so: etcd keeps only the latest); a restart of the same task mounts
+The value is read from etcd at a task's first start: the latest (one updated since its
+spec was written is logged, and used: etcd keeps only the latest); a restart of the same task mounts
 the files that start wrote (`_file`): a task's spec binds the objects' revisions, so they
 hold its version's value, and a crashed replica restarts while etcd does not answer.
 """
@@ -160,10 +160,10 @@ class SecretFiles:
             raise EngineError(f"{what}: {exc}") from None
 
     async def _value(self, kind: str, name: str, revision: str | None = None) -> bytes:
-        """The value of `name`, at `revision` when given (the one the task's spec names):
-        etcd holds only an object's latest write, so a spec naming an older one is of a
-        version its update has already replaced, and that task does not start with a value
-        its spec does not name (it fails, saying so; the newer version's task takes the slot)."""
+        """The value of `name`: its latest, the only one etcd holds. A task whose spec
+        names an older `revision` is of a version its update has already replaced (the
+        update rolled every user in its transaction); it starts with the latest value all
+        the same, logged, rather than stay down (a node lost mid-rollout moves such tasks)."""
         kv = await self.store.get(self.keys.object(kind, name))
         if kv is None:
             raise EngineError(f"{kind} '{name}' does not exist (removed?): `shoal {kind} ls` lists them")
@@ -172,11 +172,12 @@ class SecretFiles:
         except ValueError as exc:  # this task's start fails, not the pass of every task here
             log.warning("%s '%s' cannot be read: %s", kind, name, exc)
             raise EngineError(f"{kind} '{name}' cannot be read from etcd: {exc}") from None
-        if revision is not None and record.revision != revision:
-            raise EngineError(
-                f"{kind} '{name}' revision {revision}, which this task's spec names, is gone: it is at "
-                f"{record.revision} now (updated since); the service's version with it replaces this task"
-            )
+        if revision is not None and record.revision != revision:  # started with the value there is
+            log.warning(
+                "%s '%s': this task's spec names revision %s, replaced since by %s (etcd keeps only the "
+                "latest); it starts with %s, as the service's newer version does",
+                kind, name, revision, record.revision, record.revision,
+            )  # fmt: skip
         if kind == "config":
             return record.value(None)
         return self._open(record.data, f"secret/{name}", f"secret '{name}'")

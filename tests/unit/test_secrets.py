@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -500,10 +501,12 @@ async def test_an_apply_too_big_for_one_transaction_is_refused_saying_why() -> N
     assert store.revision == before
 
 
-async def test_a_first_start_reads_the_revision_its_spec_names_not_a_newer_one(tmp_path: Path) -> None:
-    """The secret updated between the spec's write and the task's first start: the task
-    was given the new value while its spec named the old revision. Now the start fails,
-    naming both revisions; the version the update rolled starts with the new value."""
+async def test_a_replaced_versions_first_start_gets_the_latest_value_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The secret updated between the spec's write and the task's first start (etcd keeps
+    only the latest): the task starts with the new value, as the rolled version's does,
+    and the two revisions are logged; it does not stay down until the rollout comes."""
     from node.agent.secretfiles import SecretFiles
 
     store = MemoryStore()
@@ -513,11 +516,13 @@ async def test_a_first_start_reads_the_revision_its_spec_names_not_a_newer_one(t
     await w.objects.put("secret", "db_pw", b"swordfish", True, w)
     files = SecretFiles(store, KEYS, tmp_path / "root", sealer())
     old = (record.spec.secrets or [])[0].revision
-    with pytest.raises(EngineError, match=f"revision {old}, which this task's spec names, is gone"):
-        await files.prepare(make_task(record, 1, "n1"), record.spec, ContainerSpec("c", "x:1", {}))
     rolled, _ = await w.read("app")
-    made = await files.prepare(make_task(rolled, 1, "n1"), rolled.spec, ContainerSpec("c", "x:1", {}))
+    new = (rolled.spec.secrets or [])[0].revision
+    assert old != new
+    with caplog.at_level(logging.WARNING, logger="node.agent.secretfiles"):
+        made = await files.prepare(make_task(record, 1, "n1"), record.spec, ContainerSpec("c", "x:1", {}))
     assert await asyncio.to_thread(Path(made.mounts[0].source).read_bytes) == b"swordfish"
+    assert f"names revision {old}, replaced since by {new}" in caplog.text
 
 
 async def test_an_empty_secret_is_refused_and_changes_nothing() -> None:
