@@ -12,9 +12,9 @@ reached. `grpc_target` builds the target instead:
   (`resolved`). A name that does not resolve then is left out (the other members
   serve); when no endpoint is left, the target is the first name as `dns:///`, so each
   call fails with "the host name does not resolve" and gRPC keeps looking it up.
-  Addresses are looked up once per connection: a member that moves to another address
-  is found again when the daemon restarts. With TLS, such a target names no one host:
-  set `etcd_server_name` (as for several addresses).
+  The store looks them up again from time to time and after failed calls, and moves
+  to a new target when they changed (`node.store.etcd`): a member that moved is found.
+  With TLS, such a target names no one host (as for several addresses).
 `localhost` stays 127.0.0.1, as etcd3aio made it (etcd's default listens there only).
 Pure: no gRPC and no look-up here.
 """

@@ -9,13 +9,19 @@ With `EtcdTls`, the connection is TLS, with a client certificate when etcd asks
 for one (`--client-cert-auth`); `node.security.etcd_tls` reads one from files.
 Endpoints may be host names or IPv6 addresses: the channel's target is ours
 (`node.store.endpoints`), not etcd3aio's `ipv4:` one, which gRPC refuses for both.
+Host names among several endpoints are looked up by the store (gRPC takes one name per
+target) when it connects, then again every `RESOLVE_EVERY` seconds, and at most every
+`RESOLVE_AFTER_FAILURE` seconds while calls fail: when the addresses changed, calls go
+on a new channel to the new ones (`_look_again`), so a member that moved is found.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -65,6 +71,8 @@ SNAPSHOT_TIMEOUT = 600.0  # s: a whole snapshot stream (etcd's backend, at most 
 # call (and cancels its watch streams) with UNAVAILABLE "no leader" instead of serving a
 # stale view, or a watch that never sees another event (etcd's v3rpc interceptors).
 REQUIRE_LEADER = ("hasleader", "true")
+RESOLVE_EVERY = 30.0  # s: host names among several endpoints looked up again this often
+RESOLVE_AFTER_FAILURE = 1.0  # s: and this often at most while calls to etcd fail
 WATCH_BACKOFF, WATCH_MAX_BACKOFF = 0.1, 2.0  # s: before re-opening a dropped watch stream
 _WATCH_RESUMED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # a drop, not a refusal
 _OUTAGE = (
@@ -175,6 +183,11 @@ class EtcdStore:
         manager = self._client._manager
         manager.grpc_options = [opt for opt in manager.grpc_options if opt[0] not in mine] + ours
         manager.target = grpc_target(self._endpoints)  # host names looked up in `connect`
+        self._names = host_names(self._endpoints)
+        self._addresses: dict[str, list[str]] = {}  # host name -> its addresses, last looked up
+        self._resolved_at = 0.0  # monotonic s of the last look-up
+        self._resolving: asyncio.Task[None] | None = None
+        self._retired: list[grpc.aio.Channel] = []  # channels to old addresses, closed with the store
         self._connected = False
 
     async def connect(self) -> None:
@@ -182,6 +195,10 @@ class EtcdStore:
             self._client._manager.target = grpc_target(self._endpoints, await self._resolve())
             await self._client.connect()
             self._connected = True
+        self._services()
+
+    def _services(self) -> None:
+        """Take the client's services on its current channel."""
         assert self._client.kv and self._client.lease and self._client.watch
         self._kvs, self._leases, self._watches = self._client.kv, self._client.lease, self._client.watch
         for service in (self._kvs, self._leases, self._watches):  # kept with any token etcd3aio set
@@ -191,24 +208,73 @@ class EtcdStore:
 
     async def _resolve(self) -> dict[str, list[str]]:
         """The addresses of the endpoints' host names, when there are several endpoints
-        (gRPC looks up a single one itself); a name that does not resolve is left out."""
+        (gRPC looks up a single one itself); a name that does not resolve keeps the
+        addresses it had (none at first: it is left out)."""
         loop, out = asyncio.get_running_loop(), {}
-        for host, port in host_names(self._endpoints):
+        self._resolved_at = time.monotonic()
+        for host, port in self._names:
             try:
                 async with asyncio.timeout(self.timeout):
                     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except (OSError, TimeoutError) as exc:
-                log.warning("etcd endpoint %s:%d left out: the name does not resolve (%s)", host, port, exc)
+                kept = self._addresses.get(host, [])
+                log.warning(
+                    "etcd endpoint %s:%d: the name does not resolve (%s); %s",
+                    host, port, exc, f"kept at {', '.join(kept)}" if kept else "left out",
+                )  # fmt: skip
+                if kept:
+                    out[host] = kept
                 continue
             out[host] = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        self._addresses = out
         return out
 
+    def _look_again(self, failed: bool) -> None:
+        """Look the endpoints' host names up again (in the background) when it is due:
+        `RESOLVE_EVERY` seconds after the last look-up, `RESOLVE_AFTER_FAILURE` when a
+        call just failed. gRPC never looks up the addresses of an `ipv4:`/`ipv6:` target
+        again, so without this a member that moved was lost until the daemon restarted."""
+        busy = self._resolving is not None and not self._resolving.done()
+        if not self._names or not self._connected or busy:
+            return
+        if time.monotonic() - self._resolved_at < (RESOLVE_AFTER_FAILURE if failed else RESOLVE_EVERY):
+            return
+        self._resolving = asyncio.get_running_loop().create_task(self._retarget(), name="etcd-resolve")
+
+    async def _retarget(self) -> None:
+        """A new channel when the host names' addresses changed. Calls under way finish on
+        the old one (a watch stream on it resumes on the new one when it drops); it is
+        closed with the store."""
+        try:
+            target = grpc_target(self._endpoints, await self._resolve())
+        except ValueError as exc:  # an address gRPC would not take: keep the channel
+            log.warning("etcd endpoints %s: not looked up again: %s", self.endpoints, exc)
+            return
+        manager = self._client._manager
+        if target == manager.target or not self._connected:
+            return
+        log.warning("etcd endpoints %s: now at %s (were %s)", self.endpoints, target, manager.target)
+        if self._client._channel is not None:
+            self._retired.append(self._client._channel)
+        manager.target = target
+        await self._client.connect()
+        self._services()
+
     async def close(self) -> None:
+        if self._resolving is not None:
+            self._resolving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._resolving
+            self._resolving = None
+        for channel in self._retired:
+            await channel.close()
+        self._retired.clear()
         if self._connected:
             await self._client.close()
             self._connected = False
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        self._look_again(failed=True)
         return StoreUnavailable(f"etcd unreachable at {self.endpoints}: {self._reason(exc)}")
 
     def _reason(self, exc: BaseException) -> str:
@@ -239,6 +305,7 @@ class EtcdStore:
         # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives
         # as the answer does, and the caller's retry loop then never ends (a daemon that
         # does not stop on SIGTERM)
+        self._look_again(failed=False)
         try:
             async with asyncio.timeout(self.timeout):
                 return await coro  # type: ignore[misc]
@@ -426,6 +493,7 @@ class EtcdStore:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _WATCH_RESUMED:
                     raise self._unavailable(exc) from exc
+                self._look_again(failed=True)
                 log.info("watch %s: %s; resuming from revision %d", prefix, self._reason(exc), next_revision)
             finally:
                 stream.cancel()

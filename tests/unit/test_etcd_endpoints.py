@@ -5,9 +5,11 @@ host name or an IPv6 address, and every call failed ("the target uri is not vali
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -16,6 +18,7 @@ from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc
 from node.store.base import StoreUnavailable
 from node.store.endpoints import grpc_target, host_names
 from node.store.etcd import EtcdStore
+from tests.helpers import wait_until
 
 
 def test_the_target_names_host_names_and_ipv6_addresses_as_grpc_takes_them() -> None:
@@ -122,3 +125,36 @@ async def test_a_name_that_does_not_resolve_is_said_so() -> None:
         details="errors resolving etcd.example.test:2379: [field:hostname lookup error: not found]",
     )
     assert "the host name does not resolve" in str(store._error(error))
+
+
+async def test_a_member_that_moved_is_found_again_without_a_restart(
+    fake_etcd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, host names among several endpoints were looked up once, when the store
+    connected, into an `ipv4:` target that gRPC never looks up again: a member that
+    moved to another address stayed unreachable until the daemon restarted."""
+    where = {"a.test": "127.0.0.2"}  # nothing listens there: the member's old address
+    loop = asyncio.get_running_loop()
+
+    async def getaddrinfo(host: str, port: int, **kwargs: Any) -> list[Any]:
+        if host not in where:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (where[host], port))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    store = EtcdStore([f"a.test:{fake_etcd}", f"b.test:{fake_etcd}"], timeout=1.0)
+    try:
+        await store.connect()
+        with pytest.raises(StoreUnavailable):
+            await store.range("/k/")
+        where["a.test"] = "127.0.0.1"  # the member moved
+
+        async def answers() -> bool:
+            try:
+                return (await store.range("/k/"))[1] == 42
+            except StoreUnavailable:
+                return False
+
+        await wait_until(answers, 10.0, 0.1, "etcd reached at the member's new address")
+    finally:
+        await store.close()
