@@ -138,8 +138,8 @@ class NodeConfig:
     etcd_ca: str = ""  # path of the CA certificate that signed etcd's (PEM): turns on TLS to etcd
     etcd_cert: str = ""  # path of this node's client certificate for etcd (PEM), with etcd_key
     etcd_key: str = ""  # path of its key (PEM, mode 0600)
-    etcd_server_name: str = ""  # name to check etcd's certificate for, when its SANs do not
-    #   list the endpoint's address (needed with several endpoints and DNS-only certificates)
+    etcd_server_name: str = ""  # name to check every etcd member's certificate for; unset: the
+    #   endpoint's, or with several endpoints the first one's host (one channel checks one name)
     # -- etcd stays bounded (docs/operations.md, "etcd's size") ----------------------------
     etcd_retention: float = 600.0  # s of etcd history the leader keeps: it compacts to the
     #   revision of this long ago. Longer lets a watcher cut off longer resume without a

@@ -14,7 +14,8 @@ reached. `grpc_target` builds the target instead:
   call fails with "the host name does not resolve" and gRPC keeps looking it up.
   The store looks them up again from time to time and after failed calls, and moves
   to a new target when they changed (`node.store.etcd`): a member that moved is found.
-  With TLS, such a target names no one host (as for several addresses).
+  With TLS, such a target names no one host: the store checks one name on every
+  member (`node.store.etcd`).
 `localhost` stays 127.0.0.1, as etcd3aio made it (etcd's default listens there only).
 Pure: no gRPC and no look-up here.
 """

@@ -7,6 +7,11 @@ caller re-lists; a dropped watch is resumed here from the last event it delivere
 (never from a response header's revision: that skips events, see `watch`).
 With `EtcdTls`, the connection is TLS, with a client certificate when etcd asks
 for one (`--client-cert-auth`); `node.security.etcd_tls` reads one from files.
+Several endpoints share one gRPC channel, which checks every member's certificate for
+one name (gRPC has no name per address): `server_name`, else the first endpoint's host
+(right for one certificate that holds every member's name, as `etcd_pki` makes). With
+certificates of one member each there is no such name: `ping` (at start-up) says so,
+naming the member and `etcd_server_name`, instead of a bare "unavailable".
 Endpoints may be host names or IPv6 addresses: the channel's target is ours
 (`node.store.endpoints`), not etcd3aio's `ipv4:` one, which gRPC refuses for both.
 Host names among several endpoints are looked up by the store (gRPC takes one name per
@@ -55,7 +60,7 @@ from node.store.base import (
     WatchEvent,
     check_size,
 )
-from node.store.endpoints import grpc_target, host_names
+from node.store.endpoints import grpc_target, host_names, split
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,7 @@ _OUTAGE = (
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INTERNAL,
 )
+_WRONG_NAME = "Hostname Verification Check failed"  # gRPC: the certificate lacks the checked name
 _TOO_LARGE = ("request is too large", "larger than max")  # etcd's limit, and gRPC's on its receiving end
 _REASONS = (
     ("Connection refused", "connection refused"),
@@ -150,13 +156,18 @@ class EtcdStore:
         self.endpoints = ",".join(endpoints)
         self._endpoints = list(endpoints)
         self.timeout = timeout
+        self._checked_name = tls.server_name if tls is not None else None
+        if tls is not None and tls.server_name is None and len(endpoints) > 1:
+            # gRPC checks an ipv4:/ipv6: target with several addresses for their whole list
+            # ("a:p,b:p"), which no certificate holds: every call failed with "unavailable".
+            self._checked_name = split(endpoints[0])[0]
         if tls is None:
             self._client = Etcd3Client(list(endpoints), rpc_max_attempts=2)
         else:
             self._client = Etcd3Client(
                 list(endpoints),
                 rpc_max_attempts=2,
-                tls_server_name=tls.server_name,
+                tls_server_name=self._checked_name,
                 ca_cert=tls.ca,
                 cert_key=tls.key,
                 cert_chain=tls.cert,
@@ -281,6 +292,9 @@ class EtcdStore:
         text = str(exc)
         if isinstance(exc, grpc.aio.AioRpcError):  # its str() starts with a useless line
             text = f"{exc.code().name}: {exc.details()}"
+        if _WRONG_NAME in text:
+            name = self._checked_name or "its endpoint's address"
+            return f"etcd's certificate does not hold {name!r}, the name it is checked for (etcd_server_name)"
         if isinstance(exc, TimeoutError) or "DEADLINE_EXCEEDED" in text:
             return f"no answer within {self.timeout:g}s"
         for needle, reason in _REASONS:
@@ -313,11 +327,37 @@ class EtcdStore:
             raise self._error(exc) from exc
 
     async def ping(self, timeout: float = 3.0) -> None:
+        """etcd answers; with TLS and several endpoints, every member that answers holds
+        the name its certificate is checked for (else `StoreUnavailable` naming it)."""
         try:
             async with asyncio.timeout(timeout):  # not wait_for: see _call
                 await self._kvs.get("/__shoal_ping__", timeout=timeout)
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
             raise self._unavailable(exc) from exc
+        if self._checked_name is not None and len(self._endpoints) > 1:
+            wrong = await asyncio.gather(*(self._wrong_name(e, timeout) for e in self._endpoints))
+            members = [e for e, bad in zip(self._endpoints, wrong, strict=True) if bad]
+            if members:
+                raise StoreUnavailable(self._name_hint(members))
+
+    async def _wrong_name(self, endpoint: str, timeout: float) -> bool:
+        """Does the member at `endpoint` answer with a certificate that lacks the checked name?"""
+        channel = self._member_channel(endpoint)
+        try:
+            await MaintenanceStub(channel).Status(StatusRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            return _WRONG_NAME in (exc.details() or "")
+        finally:
+            await channel.close()
+        return False
+
+    def _name_hint(self, members: Sequence[str]) -> str:
+        return (
+            f"etcd at {', '.join(members)}: its certificate does not hold {self._checked_name!r}, the one "
+            "name every member's certificate is checked for (several endpoints share one channel); "
+            "set etcd_server_name to a name that every member's certificate holds (a SAN), "
+            "or give the members such certificates"
+        )
 
     async def get(self, key: str) -> KV | None:
         resp = await self._call(self._kvs.get(key, timeout=self.timeout))
