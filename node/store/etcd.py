@@ -79,7 +79,9 @@ REQUIRE_LEADER = ("hasleader", "true")
 RESOLVE_EVERY = 30.0  # s: host names among several endpoints looked up again this often
 RESOLVE_AFTER_FAILURE = 1.0  # s: and this often at most while calls to etcd fail
 WATCH_BACKOFF, WATCH_MAX_BACKOFF = 0.1, 2.0  # s: before re-opening a dropped watch stream
-_WATCH_RESUMED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # a drop, not a refusal
+# A drop, not a refusal. INTERNAL too ("Internal error from Core"): on a real etcd whose
+# member had lost its leader, re-opened watch streams ended so, between "no leader" ones.
+_WATCH_RESUMED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL)
 _OUTAGE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,

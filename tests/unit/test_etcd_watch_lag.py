@@ -75,3 +75,28 @@ async def test_a_watch_on_a_restored_etcd_lists_again() -> None:
     member = _Member(member=40, etcd=40)  # etcd itself behind what was delivered: a restore
     with pytest.raises(Compacted):
         await _first_batch(member, 101)
+
+
+class _Dropping(_Member):
+    """A member whose first watch stream ends with INTERNAL, as streams re-opened on a real
+    etcd member without a leader did, between "no leader" refusals."""
+
+    def __init__(self) -> None:
+        super().__init__(member=200, etcd=200)
+        self.streams = 0
+
+    async def Watch(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        self.streams += 1
+        if self.streams == 1:
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal error from Core")
+        async for item in super().Watch(requests, context):
+            yield item
+
+
+async def test_a_watch_dropped_with_internal_is_resumed_not_ended() -> None:
+    """Before, only UNAVAILABLE and DEADLINE_EXCEEDED resumed a watch: one ended with
+    INTERNAL raised `StoreUnavailable`, and every mirror on it
+    listed everything again."""
+    member = _Dropping()
+    assert await _first_batch(member, 150) == 150
+    assert member.streams == 2
