@@ -7,31 +7,19 @@ caller re-lists; a dropped watch is resumed here from the last event it delivere
 (never from a response header's revision: that skips events, see `watch`).
 With `EtcdTls`, the connection is TLS, with a client certificate when etcd asks
 for one (`--client-cert-auth`); `node.security.etcd_tls` reads one from files.
-Several endpoints share one gRPC channel, which checks every member's certificate for
-one name (gRPC has no name per address): `server_name`, else the first endpoint's host
-(right for one certificate that holds every member's name, as `etcd_pki` makes). With
-certificates of one member each there is no such name: `ping` (at start-up) says so,
-naming the member and `etcd_server_name`, instead of a bare "unavailable".
-Endpoints may be host names or IPv6 addresses: the channel's target is ours
-(`node.store.endpoints`), not etcd3aio's `ipv4:` one, which gRPC refuses for both.
-Host names among several endpoints are looked up by the store (gRPC takes one name per
-target) when it connects, then again every `RESOLVE_EVERY` seconds, and at most every
-`RESOLVE_AFTER_FAILURE` seconds while calls fail: when the addresses changed, calls go
-on a new channel to the new ones (`_look_again`), so a member that moved is found.
+The channel (its options, target, TLS name, and host names looked up again) is
+`node.store.etcd_channel`'s; with TLS and several endpoints, `ping` (at start-up) names
+a member whose certificate lacks the one name checked, instead of a bare "unavailable".
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 
 import grpc
-from etcd3aio import Etcd3Client, EtcdConnectionError, EtcdError, EtcdTransientError, prefix_range_end
+from etcd3aio import EtcdConnectionError, EtcdError, EtcdTransientError, prefix_range_end
 from etcd3aio._protobuf import Compare as PbCompare
 from etcd3aio._protobuf import (
     DefragmentRequest,
@@ -41,7 +29,6 @@ from etcd3aio._protobuf import (
     WatchRequest,
     WatchStub,
 )
-from etcd3aio.connections import ConnectionManager
 from etcd3aio.kv import KVService
 
 from node.store.base import (
@@ -60,24 +47,20 @@ from node.store.base import (
     WatchEvent,
     check_size,
 )
-from node.store.endpoints import grpc_target, host_names, split
+from node.store.etcd_channel import WRONG_NAME, EtcdChannel
+from node.store.etcd_channel import EtcdTls as EtcdTls
 
 log = logging.getLogger(__name__)
 
 _OPS = {"==": PbCompare.EQUAL, "!=": PbCompare.NOT_EQUAL, "<": PbCompare.LESS, ">": PbCompare.GREATER}
 _PUT, _DELETE = 0, 1  # mvccpb.Event.EventType
 RANGE_PAGE = 10_000  # keys per page of a range
-MAX_RECEIVE = 256 * 2**20  # bytes: the largest message taken from etcd
-KEEPALIVE_MS = 6000  # HTTP/2 ping interval towards each member (etcd's floor is 5 s)
-KEEPALIVE_TIMEOUT_MS = 2000  # an unanswered ping this long marks the member's connection dead
 DEFRAG_TIMEOUT = 120.0  # s: a defragmentation blocks its member while it runs
 SNAPSHOT_TIMEOUT = 600.0  # s: a whole snapshot stream (etcd's backend, at most a few GiB)
 # Sent on every KV, lease and watch call: a member cut off from its peers then refuses the
 # call (and cancels its watch streams) with UNAVAILABLE "no leader" instead of serving a
 # stale view, or a watch that never sees another event (etcd's v3rpc interceptors).
 REQUIRE_LEADER = ("hasleader", "true")
-RESOLVE_EVERY = 30.0  # s: host names among several endpoints looked up again this often
-RESOLVE_AFTER_FAILURE = 1.0  # s: and this often at most while calls to etcd fail
 WATCH_BACKOFF, WATCH_MAX_BACKOFF = 0.1, 2.0  # s: before re-opening a dropped watch stream
 # A drop, not a refusal. INTERNAL too ("Internal error from Core"): on a real etcd whose
 # member had lost its leader, re-opened watch streams ended so, between "no leader" ones.
@@ -89,7 +72,6 @@ _OUTAGE = (
     grpc.StatusCode.UNKNOWN,
     grpc.StatusCode.INTERNAL,
 )
-_WRONG_NAME = "Hostname Verification Check failed"  # gRPC: the certificate lacks the checked name
 _TOO_LARGE = ("request is too large", "larger than max")  # etcd's limit, and gRPC's on its receiving end
 _REASONS = (
     ("Connection refused", "connection refused"),
@@ -137,20 +119,6 @@ def _op(op: Op) -> object:
     raise TypeError(f"not a store op: {op!r}")
 
 
-@dataclass(frozen=True, repr=False)
-class EtcdTls:
-    """TLS to etcd: the CA that signed etcd's certificate, and this client's certificate
-    and key when etcd requires client certificates (`--client-cert-auth`)."""
-
-    ca: bytes  # PEM
-    cert: bytes | None = None  # PEM
-    key: bytes | None = None  # PEM
-    server_name: str | None = None  # the name etcd's certificate is checked for, if not the address
-
-    def __repr__(self) -> str:
-        return f"EtcdTls(client_cert={self.cert is not None}, server_name={self.server_name!r})"
-
-
 class EtcdStore:
     def __init__(self, endpoints: Sequence[str], timeout: float = 5.0, tls: EtcdTls | None = None) -> None:
         if not endpoints:
@@ -158,60 +126,15 @@ class EtcdStore:
         self.endpoints = ",".join(endpoints)
         self._endpoints = list(endpoints)
         self.timeout = timeout
-        self._checked_name = tls.server_name if tls is not None else None
-        if tls is not None and tls.server_name is None and len(endpoints) > 1:
-            # gRPC checks an ipv4:/ipv6: target with several addresses for their whole list
-            # ("a:p,b:p"), which no certificate holds: every call failed with "unavailable".
-            self._checked_name = split(endpoints[0])[0]
-        if tls is None:
-            self._client = Etcd3Client(list(endpoints), rpc_max_attempts=2)
-        else:
-            self._client = Etcd3Client(
-                list(endpoints),
-                rpc_max_attempts=2,
-                tls_server_name=self._checked_name,
-                ca_cert=tls.ca,
-                cert_key=tls.key,
-                cert_chain=tls.cert,
-            )
-        # gRPC's default reconnect back-off grows to 120 s: after a long etcd outage a
-        # daemon would stay cut off for up to two minutes once etcd is back. Cap it at 1 s.
-        ours: list[tuple[str, str | int | bool]] = [  # etcd3aio takes no channel options
-            ("grpc.initial_reconnect_backoff_ms", 250),
-            ("grpc.min_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-            # A member that hangs (SIGSTOP, a stalled disk, a host cut without a reset) keeps
-            # its TCP connection: only an unanswered HTTP/2 ping shows it. etcd refuses pings
-            # more often than every 5 s (--grpc-keepalive-min-time): ping every 6 s, give up
-            # after 2 s, and the round-robin channel stops sending calls there.
-            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
-            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-            ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle connection too
-            ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-            # gRPC's default 4 MiB is less than one watch response of a watcher catching up
-            # (etcd batches up to 1,000 revisions); ranges are paged (`RANGE_PAGE`) anyway.
-            ("grpc.max_receive_message_length", MAX_RECEIVE),
-        ]
-        mine = {name for name, _ in ours}  # replaced, not appended: which duplicate wins is unsaid
-        manager = self._client._manager
-        manager.grpc_options = [opt for opt in manager.grpc_options if opt[0] not in mine] + ours
-        manager.target = grpc_target(self._endpoints)  # host names looked up in `connect`
-        self._names = host_names(self._endpoints)
-        self._addresses: dict[str, list[str]] = {}  # host name -> its addresses, last looked up
-        self._resolved_at = 0.0  # monotonic s of the last look-up
-        self._resolving: asyncio.Task[None] | None = None
-        self._retired: list[grpc.aio.Channel] = []  # channels to old addresses, closed with the store
-        self._connected = False
+        self._channel = EtcdChannel(endpoints, timeout, tls, on_new=self._services)
+        self._client = self._channel.client
 
     async def connect(self) -> None:
-        if not self._connected:
-            self._client._manager.target = grpc_target(self._endpoints, await self._resolve())
-            await self._client.connect()
-            self._connected = True
+        await self._channel.connect()
         self._services()
 
     def _services(self) -> None:
-        """Take the client's services on its current channel."""
+        """Take the client's services on its current channel (again when it changes)."""
         assert self._client.kv and self._client.lease and self._client.watch
         self._kvs, self._leases, self._watches = self._client.kv, self._client.lease, self._client.watch
         for service in (self._kvs, self._leases, self._watches):  # kept with any token etcd3aio set
@@ -219,83 +142,19 @@ class EtcdStore:
         assert self._client._channel is not None
         self._watch_stub = WatchStub(self._client._channel)  # our own resume: see `watch`
 
-    async def _resolve(self) -> dict[str, list[str]]:
-        """The addresses of the endpoints' host names, when there are several endpoints
-        (gRPC looks up a single one itself); a name that does not resolve keeps the
-        addresses it had (none at first: it is left out)."""
-        loop, out = asyncio.get_running_loop(), {}
-        self._resolved_at = time.monotonic()
-        for host, port in self._names:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except (OSError, TimeoutError) as exc:
-                kept = self._addresses.get(host, [])
-                log.warning(
-                    "etcd endpoint %s:%d: the name does not resolve (%s); %s",
-                    host, port, exc, f"kept at {', '.join(kept)}" if kept else "left out",
-                )  # fmt: skip
-                if kept:
-                    out[host] = kept
-                continue
-            out[host] = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        self._addresses = out
-        return out
-
-    def _look_again(self, failed: bool) -> None:
-        """Look the endpoints' host names up again (in the background) when it is due:
-        `RESOLVE_EVERY` seconds after the last look-up, `RESOLVE_AFTER_FAILURE` when a
-        call just failed. gRPC never looks up the addresses of an `ipv4:`/`ipv6:` target
-        again, so without this a member that moved was lost until the daemon restarted."""
-        busy = self._resolving is not None and not self._resolving.done()
-        if not self._names or not self._connected or busy:
-            return
-        if time.monotonic() - self._resolved_at < (RESOLVE_AFTER_FAILURE if failed else RESOLVE_EVERY):
-            return
-        self._resolving = asyncio.get_running_loop().create_task(self._retarget(), name="etcd-resolve")
-
-    async def _retarget(self) -> None:
-        """A new channel when the host names' addresses changed. Calls under way finish on
-        the old one (a watch stream on it resumes on the new one when it drops); it is
-        closed with the store."""
-        try:
-            target = grpc_target(self._endpoints, await self._resolve())
-        except ValueError as exc:  # an address gRPC would not take: keep the channel
-            log.warning("etcd endpoints %s: not looked up again: %s", self.endpoints, exc)
-            return
-        manager = self._client._manager
-        if target == manager.target or not self._connected:
-            return
-        log.warning("etcd endpoints %s: now at %s (were %s)", self.endpoints, target, manager.target)
-        if self._client._channel is not None:
-            self._retired.append(self._client._channel)
-        manager.target = target
-        await self._client.connect()
-        self._services()
-
     async def close(self) -> None:
-        if self._resolving is not None:
-            self._resolving.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._resolving
-            self._resolving = None
-        for channel in self._retired:
-            await channel.close()
-        self._retired.clear()
-        if self._connected:
-            await self._client.close()
-            self._connected = False
+        await self._channel.close()
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        self._look_again(failed=True)
+        self._channel.look_again(failed=True)
         return StoreUnavailable(f"etcd unreachable at {self.endpoints}: {self._reason(exc)}")
 
     def _reason(self, exc: BaseException) -> str:
         text = str(exc)
         if isinstance(exc, grpc.aio.AioRpcError):  # its str() starts with a useless line
             text = f"{exc.code().name}: {exc.details()}"
-        if _WRONG_NAME in text:
-            name = self._checked_name or "its endpoint's address"
+        if WRONG_NAME in text:
+            name = self._channel.checked_name or "its endpoint's address"
             return f"etcd's certificate does not hold {name!r}, the name it is checked for (etcd_server_name)"
         if isinstance(exc, TimeoutError) or "DEADLINE_EXCEEDED" in text:
             return f"no answer within {self.timeout:g}s"
@@ -321,7 +180,7 @@ class EtcdStore:
         # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives
         # as the answer does, and the caller's retry loop then never ends (a daemon that
         # does not stop on SIGTERM)
-        self._look_again(failed=False)
+        self._channel.look_again(failed=False)
         try:
             async with asyncio.timeout(self.timeout):
                 return await coro  # type: ignore[misc]
@@ -336,30 +195,11 @@ class EtcdStore:
                 await self._kvs.get("/__shoal_ping__", timeout=timeout)
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        if self._checked_name is not None and len(self._endpoints) > 1:
-            wrong = await asyncio.gather(*(self._wrong_name(e, timeout) for e in self._endpoints))
+        if self._channel.checked_name is not None and len(self._endpoints) > 1:
+            wrong = await asyncio.gather(*(self._channel.wrong_name(e, timeout) for e in self._endpoints))
             members = [e for e, bad in zip(self._endpoints, wrong, strict=True) if bad]
             if members:
-                raise StoreUnavailable(self._name_hint(members))
-
-    async def _wrong_name(self, endpoint: str, timeout: float) -> bool:
-        """Does the member at `endpoint` answer with a certificate that lacks the checked name?"""
-        channel = self._member_channel(endpoint)
-        try:
-            await MaintenanceStub(channel).Status(StatusRequest(), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            return _WRONG_NAME in (exc.details() or "")
-        finally:
-            await channel.close()
-        return False
-
-    def _name_hint(self, members: Sequence[str]) -> str:
-        return (
-            f"etcd at {', '.join(members)}: its certificate does not hold {self._checked_name!r}, the one "
-            "name every member's certificate is checked for (several endpoints share one channel); "
-            "set etcd_server_name to a name that every member's certificate holds (a SAN), "
-            "or give the members such certificates"
-        )
+                raise StoreUnavailable(self._channel.name_hint(members))
 
     async def get(self, key: str) -> KV | None:
         resp = await self._call(self._kvs.get(key, timeout=self.timeout))
@@ -437,24 +277,11 @@ class EtcdStore:
     async def compact(self, revision: int) -> None:
         await self._call(self._kvs.compact(revision, physical=True, timeout=self.timeout))
 
-    def _member_channel(self, endpoint: str) -> grpc.aio.Channel:
-        """A channel to one member only (the client's own balances over all of them)."""
-        manager = ConnectionManager([endpoint])
-        manager.grpc_options = list(self._client._manager.grpc_options)
-        manager.target = grpc_target([endpoint])
-        conn = self._client._conn_args
-        return manager.get_channel(
-            ca_cert=conn.get("ca_cert"),
-            cert_key=conn.get("cert_key"),
-            cert_chain=conn.get("cert_chain"),
-            tls_server_name=self._client._tls_server_name,
-        )
-
     async def member_status(self) -> list[MemberStatus]:
         """The database size of each configured endpoint (a member); unreachable ones left out."""
         out = []
         for endpoint in self.endpoints.split(","):
-            channel = self._member_channel(endpoint)
+            channel = self._channel.member_channel(endpoint)
             try:
                 resp = await MaintenanceStub(channel).Status(StatusRequest(), timeout=self.timeout)
                 out.append(
@@ -468,7 +295,7 @@ class EtcdStore:
 
     async def defragment(self, endpoint: str) -> None:
         """Defragment the member at `endpoint` (it answers nothing else meanwhile)."""
-        channel = self._member_channel(endpoint)
+        channel = self._channel.member_channel(endpoint)
         try:
             await MaintenanceStub(channel).Defragment(
                 DefragmentRequest(), timeout=max(self.timeout, DEFRAG_TIMEOUT)
@@ -535,7 +362,7 @@ class EtcdStore:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _WATCH_RESUMED:
                     raise self._unavailable(exc) from exc
-                self._look_again(failed=True)
+                self._channel.look_again(failed=True)
                 log.info("watch %s: %s; resuming from revision %d", prefix, self._reason(exc), next_revision)
             finally:
                 stream.cancel()

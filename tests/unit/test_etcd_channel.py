@@ -12,7 +12,8 @@ import grpc
 from etcd3aio._protobuf import rpc_pb2, rpc_pb2_grpc
 
 from node.store.base import Put
-from node.store.etcd import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS, EtcdStore
+from node.store.etcd import EtcdStore
+from node.store.etcd_channel import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS
 from tests.helpers import wait_until
 
 
