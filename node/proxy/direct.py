@@ -72,6 +72,17 @@ def on_link_routes(text: str) -> list[tuple[ipaddress.IPv4Network, str]]:
     return out
 
 
+def default_route_interfaces(text: str) -> set[str]:
+    """The interfaces of `/proc/net/route`'s default routes (destination and mask 0): the
+    host's uplinks, a bridge among them too (a host whose NIC is enslaved to `br0`)."""
+    out = set()
+    for line in text.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 8 and cols[1] == "00000000" and cols[7] == "00000000":
+            out.add(cols[0])
+    return out
+
+
 class OnLink:
     """Whether an address is on a network attached to this host (see the module doc)."""
 

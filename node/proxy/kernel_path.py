@@ -10,9 +10,13 @@ takes no rebinding. One warning and one `proxy.kernel_fallback` event per change
 cause; the next change of the table tries the kernel again, and `proxy.kernel_path`
 says when it serves once more.
 
-Clients on the replicas' bridges are left to the listener (their interfaces, from
-`/proc/net/route`, in the prerouting rules), and so are the VIP ranges given as `vips`
-on a node listening on 0.0.0.0 (kernel_rules' doc).
+Clients on the host's container bridges are left to the listener (in the prerouting
+rules): the replicas' bridges (from `/proc/net/route`), and every other Linux bridge
+with an on-link route that carries no default route (`/sys/class/net/<if>/bridge`: a
+Docker network's `br-…`, not a host's uplink `br0`). A container on another Docker
+network DNATed to a replica on `docker0` is dropped by Docker's isolation between
+networks (`DOCKER-ISOLATION-STAGE-2`): it timed out, where the listener answers it.
+So are the VIP ranges given as `vips` on a node listening on 0.0.0.0 (kernel_rules' doc).
 
 `nft` missing (or `proxy_nft = "off"`): nothing is written; with fast-path ports wanted,
 one warning and one `proxy.kernel_fallback` event say so.
@@ -50,7 +54,7 @@ from pathlib import Path
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from node.proxy import kernel_rules
-from node.proxy.direct import ROUTES, on_link_routes
+from node.proxy.direct import ROUTES, default_route_interfaces, on_link_routes
 from node.proxy.kernel_rules import KernelPort
 from node.proxy.nft import NftError, NftMissing, query_nft, run_nft
 from node.telemetry.events import EventLog
@@ -58,6 +62,7 @@ from node.telemetry.events import EventLog
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3
+NET_CLASS = Path("/sys/class/net")  # <if>/bridge: a Linux bridge
 OFF = ("", "off", "false", "no", "0")
 """Values of `proxy_nft` that turn the kernel path off."""
 SYSCTL = Path("/proc/sys/net/ipv4/conf")
@@ -121,13 +126,14 @@ class KernelPath:
         routes_file: Path = ROUTES,
         sysctl: Path = SYSCTL,
         query: Query = query_nft,
+        net_class: Path = NET_CLASS,
         clock: Callable[[], float] = time.monotonic,
         vips: Sequence[IPv4Network] = (),
     ) -> None:
         self.program, self.table, self.events = program, table, events
         self.vips = tuple(vips)  # the VIP ranges, never matched by a 0.0.0.0 node's rules
         self.remove_on_stop = remove_on_stop
-        self.run, self.routes_file, self.sysctl = run, routes_file, sysctl
+        self.run, self.routes_file, self.sysctl, self.net_class = run, routes_file, sysctl, net_class
         self.query, self.clock = query, clock
         self._counts: tuple[float, dict[int, int]] | None = None  # (read at, port -> connections)
         self._counts_lock = threading.Lock()  # scrapes run in the metrics server's threads
@@ -222,8 +228,9 @@ class KernelPath:
         localnet: list[str] = []
         bridges: list[str] = []
         if ports:
-            on_link = self._on_link()
-            bridges = kernel_rules.interfaces(ports, on_link, containers_only=True)
+            on_link, uplinks = self._on_link()
+            replicas = kernel_rules.interfaces(ports, on_link, containers_only=True)
+            bridges = sorted({*replicas, *self._bridges(on_link, uplinks)})
             if kernel_rules.loopback_clients(address):
                 localnet = kernel_rules.interfaces(ports, on_link)
                 failed = set_route_localnet(localnet, self.sysctl, self._localnet)
@@ -292,9 +299,21 @@ class KernelPath:
         if self.events is not None:
             self.events.emit(kind, message)
 
-    def _on_link(self) -> list[tuple[IPv4Network, str]]:
+    def _on_link(self) -> tuple[list[tuple[IPv4Network, str]], set[str]]:
+        """The on-link routes and the default routes' interfaces (`/proc/net/route`)."""
         try:
-            return list(on_link_routes(self.routes_file.read_text()))
+            text = self.routes_file.read_text()
         except OSError as exc:
             log.warning("kernel path: cannot read %s: %s", self.routes_file, exc.strerror or exc)
-            return []
+            return [], set()
+        return list(on_link_routes(text)), default_route_interfaces(text)
+
+    def _bridges(self, on_link: Sequence[tuple[IPv4Network, str]], uplinks: Collection[str]) -> list[str]:
+        """The Linux bridges with an on-link route, but no default route: the host's
+        container networks (module doc)."""
+        out = set()
+        for _, iface in on_link:
+            bridge = self.net_class / iface / "bridge"
+            if iface not in uplinks and kernel_rules.interface_name(iface) and bridge.is_dir():
+                out.add(iface)
+        return sorted(out)

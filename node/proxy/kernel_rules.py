@@ -152,6 +152,11 @@ def ipv4(address: str) -> bool:
     return True
 
 
+def interface_name(name: str) -> bool:
+    """Whether `name` may be written into the text as an interface name."""
+    return _IFACE.fullmatch(name) is not None
+
+
 def loopback_clients(address: str) -> bool:
     """Whether clients on this host reach the node's ports from 127.0.0.0/8."""
     try:

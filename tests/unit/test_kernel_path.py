@@ -55,6 +55,7 @@ def path(tmp_path: Path, nft: FakeNft, program: str = "sh", **kw: object) -> tup
     (tmp_path / "conf" / "docker0").mkdir(parents=True, exist_ok=True)
     (tmp_path / "conf" / "docker0" / "route_localnet").write_text("0\n")
     events = Events()
+    kw.setdefault("net_class", tmp_path / "net")  # no bridge but those a test makes
     kernel = KernelPath(
         program, "shoal_t_n1", events, run=nft, routes_file=routes, sysctl=tmp_path / "conf", **kw
     )  # type: ignore[arg-type]
@@ -119,6 +120,28 @@ async def test_the_replicas_bridges_and_the_vip_ranges_are_the_listeners(tmp_pat
     assert f'iifname != {{ "docker0" }} {rule}' in pre and f"    {rule}" in out
     await kernel.sync("10.0.0.5", [PORT])  # published ports of the host: no bridge to skip
     assert "iifname" not in nft.texts[-1] and "10.213" not in nft.texts[-1]
+
+
+async def test_clients_on_every_container_bridge_are_the_listeners(tmp_path: Path) -> None:
+    """A container on another Docker network (`br-…`) DNATed to a replica on docker0 was
+    dropped by Docker's isolation between networks (seen on the real engine: the connect
+    timed out, where the listener answers it). Every Linux bridge with an on-link route
+    is skipped, but not one that carries the default route (a host's uplink `br0`)."""
+    nft = FakeNft()
+    kernel, _ = path(tmp_path, nft)
+    (tmp_path / "route").write_text(
+        ROUTES
+        + "br-45b499639e75\t000012AC\t00000000\t0001\t0\t0\t0\t0000FFFF\n"
+        + "br0\t00000000\t0102000A\t0003\t0\t0\t0\t00000000\n"  # default route via br0
+        + "br0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\n"
+        + "eth1\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n"
+    )
+    for bridge in ("docker0", "br-45b499639e75", "br0"):
+        (tmp_path / "net" / bridge / "bridge").mkdir(parents=True)
+    (tmp_path / "net" / "eth1").mkdir(parents=True)  # not a bridge
+    await kernel.sync("10.0.0.5", [PORT])  # published ports of the host: none is a replica's bridge
+    assert 'iifname != { "br-45b499639e75", "docker0" }' in nft.texts[-1].split("chain output")[0]
+    assert "br0" not in nft.texts[-1] and "eth1" not in nft.texts[-1]
 
 
 async def test_a_refusal_is_retried_then_served_by_the_userland_once(tmp_path: Path) -> None:
