@@ -43,8 +43,10 @@ arriving on those interfaces.
 
 Clients the prerouting rules leave to the listener (the `output` chain, the host's own
 clients, has neither concern):
-- containers on the replicas' bridges (`iifname != { … }`, every bridge a target of any
-  port is reached through, `interfaces(..., containers_only=True)`). Such a client DNATed
+- containers on the host's bridges (`iifname != { … }`: every bridge a target of any
+  port is reached through, `interfaces(..., containers_only=True)`, and every other
+  container bridge the shell finds, `node.proxy.kernel_path`: one on another Docker
+  network is dropped by Docker's isolation once DNATed to docker0). Such a client DNATed
   to a replica on its own bridge gets the reply straight over the bridge, untranslated
   unless br_netfilter is loaded, and a replica DNATed back to itself needs hairpin mode on
   Docker's port and is dropped (decision 74, which keeps a VIP's own replicas off its rule
