@@ -272,11 +272,14 @@ async def test_tls_with_sni_per_host_redirect_and_secret_rotation(bed: Bed) -> N
         "shop", {"host": "shop.example.test", "port": 8080, "tls": {"secret": "shop-tls", "redirect": True}}
     )
     await bed.service("docs", {"host": "docs.example.test", "port": 8080})  # the cluster CA's certificate
-    await wait_until(lambda: set(bed.certs.contexts) == {"shop.example.test", "docs.example.test"}, timeout=5)
+    # deadlines, not speeds: it failed in full runs at a load average of 15-20 (2 cores)
+    await wait_until(
+        lambda: set(bed.certs.contexts) == {"shop.example.test", "docs.example.test"}, timeout=30
+    )
     tls = bed.client_tls()
     for host in ("shop.example.test", "docs.example.test"):
         # proxy workers start in a second or more
-        await wait_until(lambda host=host: answers(bed.https, host, tls), timeout=20)
+        await wait_until(lambda host=host: answers(bed.https, host, tls), timeout=60)
     for host, who in [("shop.example.test", "shop.1"), ("docs.example.test", "docs.1")]:
         status, _, body = await request(bed.https, host, "/x", tls)  # verifies the chain and the host name
         got = seen(body)
@@ -299,12 +302,12 @@ async def test_tls_with_sni_per_host_redirect_and_secret_rotation(bed: Bed) -> N
     old = await served_cert(bed.https, "shop.example.test")
     new = await bed.secret("shop-tls", "shop.example.test")
     assert new != old
-    await wait_until(lambda: bed.certs.loaded["shop.example.test"] != before, timeout=5)
+    await wait_until(lambda: bed.certs.loaded["shop.example.test"] != before, timeout=30)
 
     async def rotated() -> bool:
         return await served_cert(bed.https, "shop.example.test") == new
 
-    await wait_until(rotated, timeout=10)
+    await wait_until(rotated, timeout=30)
     assert (await request(bed.https, "shop.example.test", "/", tls))[0] == 200
 
 
