@@ -15,6 +15,9 @@ send a ping-req or an ack in its name. A node certificate whose id differs is re
 daemon's start-up twin check, `node.daemon.app`, pings so). Without an authenticated
 caller (a server with no auth interceptor: dev mode, tests) nothing is checked.
 
+An ALIVE or LEFT update carries its subject's `proof` both ways, unchanged: the
+membership checks it (`node.security.gossip_proof`), the transport only carries it.
+
 Incarnations start at the wall clock (`node.daemon.membership`) and grow by one per
 refutation, so one far above the clock (`plausible`) is a bug or a forgery: it is
 dropped when read. Merged, it would be spread and refuted past the uint64 the wire
@@ -47,7 +50,12 @@ from node.wire.peerstubs import PeerStubs
 def _updates_to_pb(updates: tuple[Update, ...]) -> list[peer_pb2.MemberUpdate]:
     return [
         peer_pb2.MemberUpdate(
-            node=u.node, address=u.address, incarnation=u.incarnation, state=u.state.value, source=u.source
+            node=u.node,
+            address=u.address,
+            incarnation=u.incarnation,
+            state=u.state.value,
+            source=u.source,
+            proof=u.proof,
         )
         for u in updates
     ]
@@ -69,7 +77,7 @@ def _updates_from_pb(updates: object) -> tuple[Update, ...]:
         except ValueError:
             continue  # a state this version does not know: ignore it, do not fail the probe
         if plausible(u.incarnation):
-            out.append(Update(u.node, u.address, u.incarnation, state, u.source))
+            out.append(Update(u.node, u.address, u.incarnation, state, u.source, u.proof))
     return tuple(out)
 
 

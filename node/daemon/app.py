@@ -331,8 +331,8 @@ class Daemon:
         except StoreError as exc:
             raise StartupError(str(exc)) from exc
         assert self.identity.server_tls is not None and self.identity.client_tls is not None
-        self.membership.transport.set_tls(self.identity.client_tls)
-        self.identity.on_renewed(self.membership.transport.set_tls)
+        self.membership.use_tls(self.identity.client_tls)  # also signs and checks gossip claims
+        self.identity.on_renewed(self.membership.use_tls)
         hub = asyncio.create_task(self.hub.run(), name="watch-hub")  # feeds every component's mirrors
         credentials = asyncio.create_task(self.credentials.run(), name="credentials")
         try:

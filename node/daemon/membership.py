@@ -5,6 +5,11 @@ from `--join` seeds; after that, gossip alone decides who is alive. The daemon
 starts at an incarnation taken from the wall clock, so a restarted daemon outranks
 whatever its peers remember of its previous life and is alive again at once.
 
+A node's ALIVE and LEFT claims are signed with its node key and those about others
+are checked against the cluster CA before they are merged (`node.security.gossip_proof`):
+`use_tls` gives both the node's certificate, at start and at each renewal (after
+which the node re-announces itself, signed with the new key).
+
 This is also the `Liveness` the leader reads (`leader.liveness`) and the view that
 `shoal node ls` and `WatchMembers` show.
 """
@@ -20,8 +25,11 @@ from node.api.gossip_transport import GrpcTransport
 from node.gossip.config import GossipConfig
 from node.gossip.member import GONE, LIVE, Member, MemberEvent
 from node.gossip.memberlist import Memberlist
+from node.gossip.messages import Update
 from node.model.domain import NodeInfo
 from node.model.keys import Keys
+from node.security.gossip_proof import GossipProofs
+from node.security.tls import ClientTls
 from node.store import Store
 from node.store.mirrors import mirror
 
@@ -43,15 +51,41 @@ class Membership:
     ) -> None:
         self.node = node
         self.transport = GrpcTransport()
+        self.registry = mirror(store, keys.nodes, "membership-registry")
+
+        def registered(n: str) -> bool:
+            return keys.node(n) in self.registry.items
+
+        self.proofs = GossipProofs(registered)
         self.list = Memberlist(
-            node, address, self.transport, config, known=lambda n: keys.node(n) in self.registry.items
+            node,
+            address,
+            self.transport,
+            config,
+            known=registered,
+            sign=self._sign,
+            verify=self._verify,
         )
         self.list.incarnation = int(time.time())
-        self.registry = mirror(store, keys.nodes, "membership-registry")
         self.seeds = seeds
         self.reap_after = reap_after
         self._listeners: list[asyncio.Event] = []
         self._watchers: list[asyncio.Queue[MemberEvent]] = []
+
+    def use_tls(self, tls: ClientTls) -> None:
+        """Dial, sign and check with this certificate (start); after a renewal the node's
+        ALIVE is re-announced, signed with the new key."""
+        renewal = self.transport.tls is not None
+        self.transport.set_tls(tls)
+        self.proofs.use(tls.ca_pem, tls.key_pem, tls.cert_pem)
+        if renewal:
+            self.list.reannounce()
+
+    def _sign(self, u: Update) -> bytes:
+        return self.proofs.sign(u.node, u.incarnation, u.address, u.state.value)
+
+    def _verify(self, u: Update) -> bool:
+        return self.proofs.check(u.node, u.incarnation, u.address, u.state.value, u.proof)
 
     # -- the leader's Liveness ---------------------------------------------------------
 

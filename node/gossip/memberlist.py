@@ -15,6 +15,9 @@ It composes the pure core (`state.MemberTable`) with the I/O:
 - `add`, `join`, `leave`, the queries, and `subscribe` for membership events;
 - `known`, the daemon's "is this node registered" predicate: gossip about a member
   not held is learnt only if it accepts it (state.py); `add` is not filtered.
+- `sign` and `verify`: the proofs of ALIVE and LEFT claims (state.py), the daemon's
+  made with the node certificates; `reannounce` gossips our ALIVE signed anew (at
+  incarnation + 1) after the signing key changed; `rejected` counts refused claims.
 
 Events are published to every subscriber queue in the order the core produced them.
 """
@@ -32,7 +35,7 @@ from node.gossip.member import GONE, LIVE, Member, MemberEvent
 from node.gossip.messages import Ack, MemberState, Ping, PingReq, Update
 from node.gossip.piggyback import corrections, full_state, piggyback
 from node.gossip.probe import Prober, loop_time
-from node.gossip.state import MemberTable, anyone
+from node.gossip.state import MemberTable, any_claim, anyone, no_proof
 from node.gossip.transport import ProbeFailed, Transport
 
 __all__ = ["Member", "MemberEvent", "Memberlist"]
@@ -49,10 +52,12 @@ class Memberlist:
         config: GossipConfig,
         rng: random.Random | None = None,
         known: Callable[[str], bool] = anyone,
+        sign: Callable[[Update], bytes] = no_proof,
+        verify: Callable[[Update], bool] = any_claim,
     ) -> None:
         self.node, self.address, self.transport, self.config = node, address, transport, config
         rng = rng or random.Random()
-        self._table = MemberTable(node, address, config, rng, loop_time(), known)
+        self._table = MemberTable(node, address, config, rng, loop_time(), known, sign, verify)
         self._prober = Prober(self._table, transport, rng, self._after)
         self._subscribers: list[asyncio.Queue[MemberEvent]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -118,7 +123,7 @@ class Memberlist:
 
     async def join(self, addresses: list[str], timeout: float = 1.0) -> int:
         """Ping each seed with our ALIVE record; merge their full state. Returns how many answered."""
-        me = Update(self.node, self.address, self._table.incarnation, MemberState.ALIVE)
+        me = self._table.own(MemberState.ALIVE)
         self._table.queue.push(me)
 
         async def one(address: str) -> bool:
@@ -172,6 +177,15 @@ class Memberlist:
     def incarnation(self, value: int) -> None:
         """Start at a higher incarnation (e.g. persisted + 1 after a restart); before `run`."""
         self._table.set_incarnation(value)
+
+    def reannounce(self) -> None:
+        """Gossip our ALIVE at incarnation + 1, signed anew (after a key change)."""
+        self._after(self._table.reannounce())
+
+    @property
+    def rejected(self) -> int:
+        """Claims about other members refused by `verify` (forged, or unsigned from a signer)."""
+        return self._table.rejected
 
     @property
     def health(self) -> int:

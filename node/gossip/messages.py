@@ -16,6 +16,13 @@ suspicion (memberlist's `suspect.From`). Lifeguard shrinks a suspicion timeout o
 *independent* confirmations, and only the source tells a confirmation from a relay of
 the same rumour. It travels as `source` (field 5) of `MemberUpdate`; an empty source
 (an older peer) is merged normally but counts as no confirmation.
+
+`Update.proof` (field 6) makes ALIVE and LEFT claims the subject's own: a refutation
+(ALIVE at a higher incarnation), an address, a goodbye are facts only the member
+itself may state, while SUSPECT and DEAD about others are any member's to send
+(SWIM). The proof is opaque here: the state core gets it checked by an injected
+verifier and relays it unchanged (`state.MemberTable`); the daemon's signs and
+checks it with the node certificates (`node.security.gossip_proof`).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class Update:
     incarnation: int
     state: MemberState
     source: str = ""  # SUSPECT only: the member whose own probe failed (see module doc)
+    proof: bytes = b""  # ALIVE and LEFT only: the subject's signature of this claim (module doc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,9 @@ A full-state sync (`full_state`) answers a member we did not know or held DEAD o
 LEFT: it is joining, restarting or healing, and needs the whole table. A message
 with more than `max_piggyback + 1` updates can only be such a sync (`is_sync`); it
 is merged without being re-gossiped, as it is old news to everyone else.
+
+Records are sent as `MemberTable.update_of` makes them: an ALIVE or LEFT record with
+the proof its subject signed it with, so the recipient can check it (state.py).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def piggyback(
     first: list[Update] = []
     held = table.get(to) if to else None
     if held is not None and held.state is not MemberState.ALIVE and to != table.node:
-        first.append(Update(held.node, held.address, held.incarnation, held.state))
+        first.append(table.update_of(held))
     if probe:
         for node, suspicion in itertools.islice(table.suspicions.items(), config.max_piggyback // 2):
             member = table.get(node)
@@ -65,14 +68,14 @@ def corrections(table: MemberTable, updates: Iterable[Update]) -> list[Update]:
     for u in updates:
         held = table.get(u.node)
         if held is not None and supersedes(held.state, held.incarnation, u.state, u.incarnation):
-            out.append(Update(held.node, held.address, held.incarnation, held.state))
+            out.append(table.update_of(held))
             if len(out) >= table.config.max_piggyback // 2:
                 break
     return out
 
 
 def full_state(table: MemberTable) -> tuple[Update, ...]:
-    return tuple(Update(m.node, m.address, m.incarnation, m.state) for m in table.members())
+    return tuple(table.update_of(m) for m in table.members())
 
 
 def is_sync(updates: tuple[Update, ...], config: GossipConfig) -> bool:

@@ -38,6 +38,16 @@ Inputs and what they do:
   Members already held are merged as usual (the registry entry of a dead node goes
   with its lease; its death must still be merged and gossiped).
 - `leave()`: LEFT with incarnation + 1, gossiped; no refutation after that.
+- `sign` and `verify`, callables given at construction (default: no proof, every
+  claim accepted): ALIVE and LEFT are claims only their subject may make (a
+  refutation, an address, a goodbye), so this member's own carry `sign(update)` as
+  their `proof`, and one about another member is merged or learnt only if
+  `verify(update)` accepts it; a refused one changes nothing, is not relayed and is
+  counted in `rejected`. It is checked only when it would change the record, so a
+  stale or repeated claim costs nothing. An accepted proof is kept (`_proofs`) and
+  sent on with the record (relays, corrections, full state), so every member can
+  check it. SUSPECT and DEAD are any member's to send (SWIM) and carry none; they
+  never move a held member's address, which is the member's own claim too.
 
 Dead and left members stay in the table (with their incarnation, so stale facts
 about them stay recognisable); DEAD ones are probed now and then for
@@ -61,10 +71,21 @@ from node.gossip.suspicion import Suspicion, expected_confirmations, suspicion_m
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
 EPSILON = 1e-6  # s: timers fire up to a clock tick early
+SIGNED = frozenset({ALIVE, LEFT})  # claims only their subject may make (module doc)
 
 
 def anyone(node: str) -> bool:
     """The default `known`: every member is learnt (simulations, tests)."""
+    return True
+
+
+def no_proof(update: Update) -> bytes:
+    """The default `sign`: claims carry no proof (simulations, tests)."""
+    return b""
+
+
+def any_claim(update: Update) -> bool:
+    """The default `verify`: every claim is accepted (simulations, tests)."""
     return True
 
 
@@ -79,9 +100,13 @@ class MemberTable:
         rng: random.Random,
         now: float,
         known: Callable[[str], bool] = anyone,
+        sign: Callable[[Update], bytes] = no_proof,
+        verify: Callable[[Update], bool] = any_claim,
     ) -> None:
         self.node, self.address, self.config = node, address, config
         self.known = known  # may a member not held be learnt from gossip? (module doc)
+        self.sign, self.verify = sign, verify  # proofs of ALIVE and LEFT claims (module doc)
+        self.rejected = 0  # claims about others refused by `verify`
         self.incarnation = 0
         self.left = False
         self.queue = BroadcastQueue()
@@ -91,6 +116,8 @@ class MemberTable:
         self._members: dict[str, Member] = {node: Member(node, address, 0, ALIVE, now)}
         self._suspicions: dict[str, Suspicion] = {}
         self._dead: dict[str, None] = {}  # DEAD members, in a deterministic order
+        self._proofs: dict[str, Update] = {}  # the last proven ALIVE/LEFT claim of each member
+        self._own: Update | None = None  # our last signed claim (signing is not free)
         self.live = 1  # n: members ALIVE or SUSPECT, this one included
 
     # -- queries --------------------------------------------------------------------
@@ -105,6 +132,38 @@ class MemberTable:
     def suspicions(self) -> Mapping[str, Suspicion]:
         """The suspicions in progress, by member (read-only)."""
         return self._suspicions
+
+    def update_of(self, member: Member) -> Update:
+        """`member`'s record as a fact to send, with its proof when it is a signed claim
+        we hold one for (our own: signed now, or cached)."""
+        if member.state not in SIGNED:
+            return Update(member.node, member.address, member.incarnation, member.state)
+        if member.node == self.node:
+            return self.own(member.state)
+        held = self._proofs.get(member.node)
+        if held is not None and (held.incarnation, held.state, held.address) == (
+            member.incarnation,
+            member.state,
+            member.address,
+        ):
+            return held
+        return Update(member.node, member.address, member.incarnation, member.state)
+
+    def own(self, state: MemberState = ALIVE) -> Update:
+        """Our own claim at our incarnation, signed (`sign`; cached while it holds)."""
+        mine = self._own
+        if mine is not None and (mine.incarnation, mine.state, mine.address) == (
+            self.incarnation,
+            state,
+            self.address,
+        ):
+            return mine
+        bare = Update(self.node, self.address, self.incarnation, state)
+        proof = self.sign(bare)
+        if not proof:
+            return bare  # not cached: a signer may be given its key later
+        self._own = Update(self.node, self.address, self.incarnation, state, proof=proof)
+        return self._own
 
     def next_deadline(self) -> float | None:
         """When the earliest suspicion times out, if any."""
@@ -151,8 +210,12 @@ class MemberTable:
         if outcome is None:
             return []
         state, incarnation = outcome
-        source = u.source if u.state is SUSPECT else ""
-        return self._set(held, state, incarnation, u.address or held.address, now, source, gossip)
+        if u.state not in SIGNED:  # anyone's to send, but the address is the member's own claim
+            source = u.source if u.state is SUSPECT else ""
+            return self._set(held, state, incarnation, held.address, now, source, gossip)
+        if not self._proven(u):
+            return []
+        return self._set(held, state, incarnation, u.address or held.address, now, "", gossip, u.proof)
 
     def suspect(self, node: str, now: float) -> list[MemberEvent]:
         """Our own probe of `node` failed (direct and indirect)."""
@@ -166,7 +229,9 @@ class MemberTable:
         return self._set(held, SUSPECT, held.incarnation, held.address, now, self.node, True)
 
     def acked(self, node: str, incarnation: int, now: float) -> list[MemberEvent]:
-        """`node` itself answered at `incarnation`."""
+        """`node` itself answered at `incarnation`. A higher one is an ALIVE claim and is
+        checked like one (`verify`); its signed claim, piggybacked on the same ack and
+        merged first, has normally brought it already."""
         held = self._members.get(node)
         if held is None or incarnation <= held.incarnation:
             return []
@@ -187,8 +252,18 @@ class MemberTable:
         self.left = True
         self.incarnation = min(self.incarnation + 1, MAX_INCARNATION)
         self._members[self.node] = Member(self.node, self.address, self.incarnation, LEFT, now)
-        self.queue.push(Update(self.node, self.address, self.incarnation, LEFT))
+        self.queue.push(self.own(LEFT))
         return [MemberEvent(self.node, self.address, LEFT, self.incarnation, ALIVE)]
+
+    def reannounce(self) -> list[MemberEvent]:
+        """Take incarnation + 1 and gossip our ALIVE, signed anew: after our signing key
+        changed (a certificate renewal), so that our current claim carries the new
+        certificate before the old one expires."""
+        if self.left:
+            return []
+        self.set_incarnation(min(self.incarnation + 1, MAX_INCARNATION))
+        self.queue.push(self.own(ALIVE))
+        return [MemberEvent(self.node, self.address, ALIVE, self.incarnation, ALIVE)]
 
     def forget(self, now: float, after: float, keep: Container[str] = ()) -> list[str]:
         """Drop members DEAD or LEFT for `after` seconds and not in `keep` (the registry):
@@ -202,6 +277,7 @@ class MemberTable:
         for node in gone:
             del self._members[node]
             self._dead.pop(node, None)
+            self._proofs.pop(node, None)
             self._suspicions.pop(node, None)
             self.queue.drop(node)
         return sorted(gone)
@@ -245,8 +321,17 @@ class MemberTable:
         # capped: past the uint64 no message of ours could be encoded (the transport also
         # drops absurd incarnations on receipt, so a claim never gets near this)
         self.set_incarnation(min(max(self.incarnation, u.incarnation) + 1, MAX_INCARNATION))
-        self.queue.push(Update(self.node, self.address, self.incarnation, ALIVE))
+        self.queue.push(self.own(ALIVE))
         return [*events, MemberEvent(self.node, self.address, ALIVE, self.incarnation, ALIVE)]
+
+    def _proven(self, u: Update) -> bool:
+        """Whether a signed claim about another member is its own (`verify`); else counted."""
+        if self.verify(u):
+            if u.proof:
+                self._proofs[u.node] = u
+            return True
+        self.rejected += 1
+        return False
 
     def _retract_verdicts(self, now: float) -> list[MemberEvent]:
         """We were declared dead while doubting our own health: we were the one cut off
@@ -267,6 +352,8 @@ class MemberTable:
     def _learn(self, u: Update, now: float, gossip: bool) -> list[MemberEvent]:
         if not u.address or not self.known(u.node):
             return []  # not learnt, so never relayed either
+        if u.state in SIGNED and not self._proven(u):
+            return []
         self._members[u.node] = Member(u.node, u.address, u.incarnation, u.state, now)
         if u.state in LIVE:
             self.live += 1
@@ -280,7 +367,15 @@ class MemberTable:
         return [MemberEvent(u.node, u.address, u.state, u.incarnation, None)]
 
     def _set(
-        self, held: Member, state: MemberState, inc: int, address: str, now: float, source: str, gossip: bool
+        self,
+        held: Member,
+        state: MemberState,
+        inc: int,
+        address: str,
+        now: float,
+        source: str,
+        gossip: bool,
+        proof: bytes = b"",
     ) -> list[MemberEvent]:
         node, changed = held.node, state is not held.state
         self._members[node] = Member(node, address, inc, state, now if changed else held.since)
@@ -302,7 +397,7 @@ class MemberTable:
         else:
             self._suspicions.pop(node, None)
         if gossip and (changed or state in LIVE):
-            self.queue.push(Update(node, address, inc, state, source if state is SUSPECT else ""))
+            self.queue.push(Update(node, address, inc, state, source if state is SUSPECT else "", proof))
         return [MemberEvent(node, address, state, inc, held.state)] if changed else []
 
     def _new_suspicion(self, origin: str, now: float) -> Suspicion:

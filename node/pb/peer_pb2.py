@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from node.pb import api_pb2 as shoal_dot_v1_dot_api__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/peer.proto\x12\x08shoal.v1\x1a\x12shoal/v1/api.proto\"a\n\x0cMemberUpdate\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"V\n\x0bPingRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\'\n\x07updates\x18\x03 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"t\n\x0cPingResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\x0b\n\x03\x61\x63k\x18\x04 \x01(\x08\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"\x86\x01\n\x0ePingReqRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0btarget_node\x18\x03 \x01(\t\x12\x16\n\x0etarget_address\x18\x04 \x01(\t\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"@\n\x0bJoinRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x11\n\tdns_names\x18\x03 \x03(\t\"b\n\x0cJoinResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63\x61_certificate\x18\x02 \x01(\x0c\x12\x15\n\rca_passphrase\x18\x03 \x01(\x0c\x12\x0e\n\x06member\x18\x04 \x01(\t\"\x10\n\x0eTrafficRequest\"v\n\x0cTrafficPoint\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\x0c\n\x04span\x18\x02 \x01(\x01\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12\x15\n\rlatency_count\x18\x05 \x01(\x04\x12\x13\n\x0blatency_sum\x18\x06 \x01(\x01\"H\n\rTrafficSeries\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x06points\x18\x02 \x03(\x0b\x32\x16.shoal.v1.TrafficPoint\"H\n\x0fTrafficResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\'\n\x06series\x18\x02 \x03(\x0b\x32\x17.shoal.v1.TrafficSeries\"1\n\x10\x46indTasksRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\"\x88\x01\n\tFoundTask\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0c\n\x04slot\x18\x03 \x01(\r\x12\r\n\x05state\x18\x04 \x01(\t\x12\x11\n\tcontainer\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x01\x12\x0b\n\x03uid\x18\x08 \x01(\t\"X\n\x11\x46indTasksResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\"\n\x05tasks\x18\x02 \x03(\x0b\x32\x13.shoal.v1.FoundTask\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x32\xed\x03\n\x04Peer\x12\x35\n\x04Ping\x12\x15.shoal.v1.PingRequest\x1a\x16.shoal.v1.PingResponse\x12;\n\x07PingReq\x12\x18.shoal.v1.PingReqRequest\x1a\x16.shoal.v1.PingResponse\x12\x35\n\x04Join\x12\x15.shoal.v1.JoinRequest\x1a\x16.shoal.v1.JoinResponse\x12\x37\n\x08TaskLogs\x12\x15.shoal.v1.LogsRequest\x1a\x12.shoal.v1.LogBatch0\x01\x12\x39\n\x08TaskExec\x12\x13.shoal.v1.ExecInput\x1a\x14.shoal.v1.ExecOutput(\x01\x30\x01\x12<\n\tNodeUsage\x12\x16.shoal.v1.UsageRequest\x1a\x17.shoal.v1.UsageResponse\x12\x42\n\x0bNodeTraffic\x12\x18.shoal.v1.TrafficRequest\x1a\x19.shoal.v1.TrafficResponse\x12\x44\n\tFindTasks\x12\x1a.shoal.v1.FindTasksRequest\x1a\x1b.shoal.v1.FindTasksResponseB\x12Z\x10shoal/v1;shoalv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13shoal/v1/peer.proto\x12\x08shoal.v1\x1a\x12shoal/v1/api.proto\"p\n\x0cMemberUpdate\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\r\n\x05proof\x18\x06 \x01(\x0c\"V\n\x0bPingRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\'\n\x07updates\x18\x03 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"t\n\x0cPingResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0bincarnation\x18\x03 \x01(\x04\x12\x0b\n\x03\x61\x63k\x18\x04 \x01(\x08\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"\x86\x01\n\x0ePingReqRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x13\n\x0btarget_node\x18\x03 \x01(\t\x12\x16\n\x0etarget_address\x18\x04 \x01(\t\x12\'\n\x07updates\x18\x05 \x03(\x0b\x32\x16.shoal.v1.MemberUpdate\"@\n\x0bJoinRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x11\n\tdns_names\x18\x03 \x03(\t\"b\n\x0cJoinResponse\x12\x13\n\x0b\x63\x65rtificate\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63\x61_certificate\x18\x02 \x01(\x0c\x12\x15\n\rca_passphrase\x18\x03 \x01(\x0c\x12\x0e\n\x06member\x18\x04 \x01(\t\"\x10\n\x0eTrafficRequest\"v\n\x0cTrafficPoint\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\x0c\n\x04span\x18\x02 \x01(\x01\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12\x15\n\rlatency_count\x18\x05 \x01(\x04\x12\x13\n\x0blatency_sum\x18\x06 \x01(\x01\"H\n\rTrafficSeries\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x06points\x18\x02 \x03(\x0b\x32\x16.shoal.v1.TrafficPoint\"H\n\x0fTrafficResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\'\n\x06series\x18\x02 \x03(\x0b\x32\x17.shoal.v1.TrafficSeries\"1\n\x10\x46indTasksRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\"\x88\x01\n\tFoundTask\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x0c\n\x04slot\x18\x03 \x01(\r\x12\r\n\x05state\x18\x04 \x01(\t\x12\x11\n\tcontainer\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x01\x12\x0b\n\x03uid\x18\x08 \x01(\t\"X\n\x11\x46indTasksResponse\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\"\n\x05tasks\x18\x02 \x03(\x0b\x32\x13.shoal.v1.FoundTask\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x32\xed\x03\n\x04Peer\x12\x35\n\x04Ping\x12\x15.shoal.v1.PingRequest\x1a\x16.shoal.v1.PingResponse\x12;\n\x07PingReq\x12\x18.shoal.v1.PingReqRequest\x1a\x16.shoal.v1.PingResponse\x12\x35\n\x04Join\x12\x15.shoal.v1.JoinRequest\x1a\x16.shoal.v1.JoinResponse\x12\x37\n\x08TaskLogs\x12\x15.shoal.v1.LogsRequest\x1a\x12.shoal.v1.LogBatch0\x01\x12\x39\n\x08TaskExec\x12\x13.shoal.v1.ExecInput\x1a\x14.shoal.v1.ExecOutput(\x01\x30\x01\x12<\n\tNodeUsage\x12\x16.shoal.v1.UsageRequest\x1a\x17.shoal.v1.UsageResponse\x12\x42\n\x0bNodeTraffic\x12\x18.shoal.v1.TrafficRequest\x1a\x19.shoal.v1.TrafficResponse\x12\x44\n\tFindTasks\x12\x1a.shoal.v1.FindTasksRequest\x1a\x1b.shoal.v1.FindTasksResponseB\x12Z\x10shoal/v1;shoalv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,31 +34,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z\020shoal/v1;shoalv1'
   _globals['_MEMBERUPDATE']._serialized_start=53
-  _globals['_MEMBERUPDATE']._serialized_end=150
-  _globals['_PINGREQUEST']._serialized_start=152
-  _globals['_PINGREQUEST']._serialized_end=238
-  _globals['_PINGRESPONSE']._serialized_start=240
-  _globals['_PINGRESPONSE']._serialized_end=356
-  _globals['_PINGREQREQUEST']._serialized_start=359
-  _globals['_PINGREQREQUEST']._serialized_end=493
-  _globals['_JOINREQUEST']._serialized_start=495
-  _globals['_JOINREQUEST']._serialized_end=559
-  _globals['_JOINRESPONSE']._serialized_start=561
-  _globals['_JOINRESPONSE']._serialized_end=659
-  _globals['_TRAFFICREQUEST']._serialized_start=661
-  _globals['_TRAFFICREQUEST']._serialized_end=677
-  _globals['_TRAFFICPOINT']._serialized_start=679
-  _globals['_TRAFFICPOINT']._serialized_end=797
-  _globals['_TRAFFICSERIES']._serialized_start=799
-  _globals['_TRAFFICSERIES']._serialized_end=871
-  _globals['_TRAFFICRESPONSE']._serialized_start=873
-  _globals['_TRAFFICRESPONSE']._serialized_end=945
-  _globals['_FINDTASKSREQUEST']._serialized_start=947
-  _globals['_FINDTASKSREQUEST']._serialized_end=996
-  _globals['_FOUNDTASK']._serialized_start=999
-  _globals['_FOUNDTASK']._serialized_end=1135
-  _globals['_FINDTASKSRESPONSE']._serialized_start=1137
-  _globals['_FINDTASKSRESPONSE']._serialized_end=1225
-  _globals['_PEER']._serialized_start=1228
-  _globals['_PEER']._serialized_end=1721
+  _globals['_MEMBERUPDATE']._serialized_end=165
+  _globals['_PINGREQUEST']._serialized_start=167
+  _globals['_PINGREQUEST']._serialized_end=253
+  _globals['_PINGRESPONSE']._serialized_start=255
+  _globals['_PINGRESPONSE']._serialized_end=371
+  _globals['_PINGREQREQUEST']._serialized_start=374
+  _globals['_PINGREQREQUEST']._serialized_end=508
+  _globals['_JOINREQUEST']._serialized_start=510
+  _globals['_JOINREQUEST']._serialized_end=574
+  _globals['_JOINRESPONSE']._serialized_start=576
+  _globals['_JOINRESPONSE']._serialized_end=674
+  _globals['_TRAFFICREQUEST']._serialized_start=676
+  _globals['_TRAFFICREQUEST']._serialized_end=692
+  _globals['_TRAFFICPOINT']._serialized_start=694
+  _globals['_TRAFFICPOINT']._serialized_end=812
+  _globals['_TRAFFICSERIES']._serialized_start=814
+  _globals['_TRAFFICSERIES']._serialized_end=886
+  _globals['_TRAFFICRESPONSE']._serialized_start=888
+  _globals['_TRAFFICRESPONSE']._serialized_end=960
+  _globals['_FINDTASKSREQUEST']._serialized_start=962
+  _globals['_FINDTASKSREQUEST']._serialized_end=1011
+  _globals['_FOUNDTASK']._serialized_start=1014
+  _globals['_FOUNDTASK']._serialized_end=1150
+  _globals['_FINDTASKSRESPONSE']._serialized_start=1152
+  _globals['_FINDTASKSRESPONSE']._serialized_end=1240
+  _globals['_PEER']._serialized_start=1243
+  _globals['_PEER']._serialized_end=1736
 # @@protoc_insertion_point(module_scope)

@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MemberUpdate(_message.Message):
-    __slots__ = ("node", "address", "incarnation", "state", "source")
+    __slots__ = ("node", "address", "incarnation", "state", "source", "proof")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     node: str
     address: str
     incarnation: int
     state: str
     source: str
-    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., incarnation: _Optional[int] = ..., state: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    proof: bytes
+    def __init__(self, node: _Optional[str] = ..., address: _Optional[str] = ..., incarnation: _Optional[int] = ..., state: _Optional[str] = ..., source: _Optional[str] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class PingRequest(_message.Message):
     __slots__ = ("from_node", "seq", "updates")

@@ -13,6 +13,7 @@
 - `join_uses`: each use of a join token, recorded in etcd (no replay, bounded count).
 - `streams`: server streams bounded per token and ended with their token.
 - `tls`: the TLS material of a server and a channel (`ServerTls`, `ClientTls`).
+- `gossip_proof`: a node's ALIVE and LEFT gossip claims, signed with its key and checked.
 - `etcd_pki`, `etcd_tls`: etcd's own CA and certificates; `EtcdTls` read from files.
 
 `node.wire.rpc` makes the TLS channels and servers from these; `node.daemon.identity` keeps
