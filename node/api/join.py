@@ -6,11 +6,12 @@ what the new host asks for: a CSR for a node of this cluster with a valid node i
 and at most a few addresses, and a node id that no live node of another address
 holds (a host cannot take over a running node's name, and with it its tasks). Then
 it signs with the CA from etcd, records the token's use (`node.security.join_uses`: never a
-running node's id, a node id once per token, at most `max_uses` hosts; all in one etcd
-transaction) and answers with the CA key's passphrase, which makes the new host a full
-member (it can renew itself and admit others, as any node). A join certificate due for
-renewal is then issued again for the same token (`ClusterSecurity.renew_join_cert`; a
-failure to is logged, the join is not refused for it).
+running node's id, a node id once per token (the same CSR asked again, after a lost
+answer, is the same use), at most `max_uses` hosts; all in one etcd transaction) and
+answers with the CA key's passphrase, which makes the new host a full member (it can
+renew itself and admit others, as any node). A join certificate due for renewal is then
+issued again for the same token (`ClusterSecurity.renew_join_cert`; a failure to is
+logged, the join is not refused for it).
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ class JoinHandler:
         self.signer = signer
         self.max_uses = max_uses
 
-    def _check(self, request: peer_pb2.JoinRequest) -> tuple[str, list[str], list[str]]:
+    def _check(self, request: peer_pb2.JoinRequest) -> tuple[str, str, list[str], list[str]]:
+        """(node id, `ca.key_id` of the CSR's key, IPs, DNS names) of a well-formed request."""
         if not request.csr or len(request.csr) > MAX_CSR_BYTES:
             raise InvalidArgument(f"csr: a PEM certificate request of at most {MAX_CSR_BYTES // 1024} KiB")
         try:
-            asked, _ = ca.read_csr(request.csr)
+            asked, public = ca.read_csr(request.csr)
         except CertError as exc:
             raise InvalidArgument(f"csr: {exc}") from None
         cluster = self.signer.security.cluster
@@ -75,12 +77,12 @@ class JoinHandler:
                 ipaddress.ip_address(ip)
             except ValueError:
                 raise InvalidArgument(f"addresses: {ip[:60]!r} is not an IP address") from None
-        return asked.name, list(request.addresses), list(request.dns_names)
+        return asked.name, ca.key_id(public), list(request.addresses), list(request.dns_names)
 
     async def join(
         self, request: peer_pb2.JoinRequest, context: grpc.aio.ServicerContext
     ) -> peer_pb2.JoinResponse:
-        node_id, ips, dns = self._check(request)
+        node_id, csr_key, ips, dns = self._check(request)
         kv = await self.store.get(self.keys.node(node_id))
         if kv is not None:
             other = NodeInfo.from_json(kv.value)
@@ -103,7 +105,15 @@ class JoinHandler:
         except CertError as exc:
             raise InvalidArgument(f"csr: {exc}") from None
         use = await join_uses.record_join(
-            self.store, self.keys, record.key_id, join_mod, node_id, ips + dns, self.node, self.max_uses
+            self.store,
+            self.keys,
+            record.key_id,
+            join_mod,
+            node_id,
+            ips + dns,
+            self.node,
+            self.max_uses,
+            key=csr_key,
         )
         log.info(
             "signed a node certificate for %s (%s) on its join (use %d of %d of this join token)",

@@ -15,7 +15,7 @@ from node.model.errors import Conflict, FailedPrecondition
 from node.model.keys import Keys
 from node.pb import peer_pb2
 from node.security import bootstrap, join_uses
-from node.security.ca import Lifetimes
+from node.security.ca import Identity, Kind, Lifetimes
 from node.security.cluster import ClusterSecurity
 from node.store.memory import MemoryStore
 
@@ -105,3 +105,29 @@ async def test_a_join_admitted_just_before_a_rotation_is_refused_and_records_not
         _Context(current_cert),  # type: ignore[arg-type]
     )
     assert answer.certificate and answer.member == "n1"
+
+
+async def test_a_join_whose_answer_was_lost_is_granted_again_for_the_same_key_only() -> None:
+    """A member commits the use and dies before answering (or answers after the caller's
+    deadline): the host asks the next member with the same CSR and gets its certificate,
+    without a second use; another key for that node id is still a replay, refused."""
+    store, security, passphrase = await _cluster()
+    ca_pem, join_cert = await security.join_material()
+    token = await security.join_token(passphrase)
+    attempt = bootstrap.prepare_join(token, "unit", "h5", ca_pem, join_cert)
+    request = peer_pb2.JoinRequest(csr=attempt.csr, addresses=["10.0.0.5"])
+    signer = Signer(security, lambda: passphrase, Lifetimes())
+    first = JoinHandler(store, KEYS, "n1", signer, max_uses=3)
+    await first.join(request, _Context(join_cert))  # type: ignore[arg-type]  # the answer is lost
+    second = JoinHandler(store, KEYS, "n2", signer, max_uses=3)
+    answer = await second.join(request, _Context(join_cert))  # type: ignore[arg-type]
+    identity = Identity("unit", Kind.NODE, "h5")
+    bootstrap.accept_certificate(ca_pem, attempt.key, answer.certificate, identity)
+    key_id = (await security.join_record())[0].key_id
+    assert (await store.get(KEYS.join_uses(key_id))).value == b"1"  # type: ignore[union-attr]
+    other = bootstrap.prepare_join(token, "unit", "h5", ca_pem, join_cert)  # a new key: a replay
+    with pytest.raises(FailedPrecondition, match="'h5' already joined with this join token"):
+        await second.join(
+            peer_pb2.JoinRequest(csr=other.csr, addresses=["10.0.0.5"]),
+            _Context(join_cert),  # type: ignore[arg-type]
+        )
