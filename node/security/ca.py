@@ -29,6 +29,9 @@ it could already change anything in the cluster.
 Times are UTC datetimes; every function that depends on the clock takes `now` so
 tests need no waiting. Certificates are back-dated by a tenth of their lifetime (at
 most 5 minutes) so that a peer whose clock is a little behind still accepts them.
+No certificate outlives the CA; near the CA's end, when a certificate capped there would
+be due for renewal as soon as it is made, or once the CA has expired, signing is refused
+(`CertError`, saying so), rather than renewing in a loop and then failing with a bare error.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ _DNS = re.compile(
 )
 
 PrivateKey = ec.EllipticCurvePrivateKey
+NEW_CA = "a new CA means `shoal cluster init` on a new prefix and joining every host again (docs/security.md)"
 
 
 class CertError(ValueError):
@@ -336,8 +340,14 @@ class ClusterCA:
         if addresses and identity.kind is not Kind.NODE:
             raise CertError(f"only node certificates carry addresses, not {identity.kind} ones")
         names += addresses
-        start, end = _window(_now(now), lifetime or Lifetimes().of(identity.kind))
-        end = min(end, self.cert.not_valid_after_utc)
+        when = _now(now)
+        start, end = _window(when, lifetime or Lifetimes().of(identity.kind))
+        end = min(end, self._signs_until(when))
+        if start + (end - start) * RENEW_AT <= when:
+            raise CertError(
+                f"the cluster CA expires on {end:%Y-%m-%d %H:%M:%S} UTC: a certificate it signs now "
+                f"would be due for renewal at once; {NEW_CA}"
+            )
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
         if identity.kind is Kind.NODE:
             usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
@@ -367,6 +377,15 @@ class ClusterCA:
             )
             .sign(self.key, hashes.SHA256())
         )
+
+    def _signs_until(self, when: datetime) -> datetime:
+        """The CA's own end, which no certificate it signs outlives; CertError once it is past."""
+        end = self.cert.not_valid_after_utc
+        if end <= when:
+            raise CertError(
+                f"the cluster CA expired on {end:%Y-%m-%d %H:%M:%S} UTC and signs nothing more; {NEW_CA}"
+            )
+        return end
 
     def sign_csr(
         self,

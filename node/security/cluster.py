@@ -217,7 +217,8 @@ class ClusterSecurity:
         """Issue the current join token's certificate again if it is due (`ca.needs_renewal`,
         as node certificates) or expired: the same token and key id, its uses kept, so
         nothing is rotated. True when a new certificate was stored; False when none was
-        due (or the CA, near its own end, cannot give a longer one)."""
+        due (or the CA, near its own end, cannot give a longer one); CertError when the CA
+        is too near its end to sign one at all (`ClusterCA.issue`)."""
         authority: ClusterCA | None = None
 
         async def attempt() -> bool | None:

@@ -200,3 +200,18 @@ def test_identities_round_trip_through_their_uri() -> None:
 def test_naive_times_are_refused(authority: ClusterCA) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         authority.issue_key_and_cert(Identity("prod", Kind.NODE, "n1"), now=datetime(2030, 1, 1))
+
+
+def test_a_ca_near_or_past_its_end_refuses_to_sign_with_a_reason() -> None:
+    """Capped at the CA's end, a certificate made in the CA's last minutes would be due for
+    renewal at once (the node renewed it in a loop), and past the end the builder failed with
+    a bare ValueError (the renewal loop, retrying CertError only, died): both are CertError."""
+    short = ClusterCA.create("prod", lifetime=timedelta(hours=1), now=NOW)
+    node = Identity("prod", Kind.NODE, "n1")
+    end = short.cert.not_valid_after_utc
+    with pytest.raises(CertError, match="would be due for renewal at once"):
+        short.issue_key_and_cert(node, now=end - timedelta(minutes=1))
+    with pytest.raises(CertError, match=r"the cluster CA expired on .* signs nothing more"):
+        short.issue_key_and_cert(node, now=end + timedelta(minutes=1))
+    _, pem = short.issue_key_and_cert(node, now=end - timedelta(minutes=20))  # still worth it
+    assert not ca.needs_renewal(ca.load_cert(pem), end - timedelta(minutes=20))
