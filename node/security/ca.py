@@ -46,7 +46,7 @@ from enum import StrEnum
 from typing import Self
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -237,15 +237,23 @@ def read_csr(pem: bytes) -> tuple[Identity, ec.EllipticCurvePublicKey]:
         csr = x509.load_pem_x509_csr(pem)
     except ValueError:
         raise CertError("the certificate request is not a PEM CSR") from None
-    if not csr.is_signature_valid:
+    try:  # the parts are decoded only when read: a malformed one raises here, not at load
+        public = csr.public_key()
+        signed = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        raise CertError(
+            "the certificate request's key or signature is malformed or of an unknown kind"
+        ) from None
+    if not signed:
         raise CertError("the certificate request's signature is not valid")
-    public = csr.public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(public.curve, CURVES):
         raise CertError("the certificate request's key is not an ECDSA P-256 or P-384 key")
     try:
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise CertError("the certificate request names no identity (no URI SAN)") from None
+    except (ValueError, x509.DuplicateExtension, UnsupportedAlgorithm):
+        raise CertError("the certificate request's extensions are malformed (or one is repeated)") from None
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1:
         raise CertError("the certificate request must name exactly one identity (URI SAN)")

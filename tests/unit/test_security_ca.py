@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from node.security import ca
 from node.security.ca import CertError, ClusterCA, Identity, Kind
@@ -215,3 +215,25 @@ def test_a_ca_near_or_past_its_end_refuses_to_sign_with_a_reason() -> None:
         short.issue_key_and_cert(node, now=end + timedelta(minutes=1))
     _, pem = short.issue_key_and_cert(node, now=end - timedelta(minutes=20))  # still worth it
     assert not ca.needs_renewal(ca.load_cert(pem), end - timedelta(minutes=20))
+
+
+@pytest.mark.parametrize(
+    "san",
+    [
+        b"garbage",  # not DER at all
+        b"\x30\x03\x86\x01\xff",  # a URI SAN that is not ASCII
+    ],
+    ids=["not-der", "non-ascii-uri"],
+)
+def test_a_csr_with_a_malformed_extension_is_refused_with_a_reason(authority: ClusterCA, san: bytes) -> None:
+    """cryptography decodes a CSR's extensions only when they are read: a malformed SAN raised
+    a bare ValueError out of `read_csr` (the join handler answered INTERNAL and logged a trace)."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "n1")]))
+        .add_extension(x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, san), critical=False)
+        .sign(ca.new_private_key(), hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    with pytest.raises(CertError, match="extensions are malformed"):
+        ca.read_csr(csr)

@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 from node.api.admin import Signer
 from node.api.join import JoinHandler
 from node.model.domain import NodeInfo
-from node.model.errors import Conflict, FailedPrecondition
+from node.model.errors import Conflict, FailedPrecondition, InvalidArgument
 from node.model.keys import Keys
 from node.pb import peer_pb2
-from node.security import bootstrap, join_uses
+from node.security import bootstrap, ca, join_uses
 from node.security.ca import Identity, Kind, Lifetimes
 from node.security.cluster import ClusterSecurity
 from node.store.memory import MemoryStore
@@ -131,3 +134,22 @@ async def test_a_join_whose_answer_was_lost_is_granted_again_for_the_same_key_on
             peer_pb2.JoinRequest(csr=other.csr, addresses=["10.0.0.5"]),
             _Context(join_cert),  # type: ignore[arg-type]
         )
+
+
+async def test_a_join_with_a_malformed_csr_is_invalid_argument_and_records_nothing() -> None:
+    store, security, passphrase = await _cluster()
+    _, join_cert = await security.join_material()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "h7")]))
+        .add_extension(
+            x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x03\x86\x01\xff"),
+            critical=False,
+        )
+        .sign(ca.new_private_key(), hashes.SHA256())
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    handler = JoinHandler(store, KEYS, "n1", Signer(security, lambda: passphrase, Lifetimes()))
+    with pytest.raises(InvalidArgument, match="csr: the certificate request's extensions are malformed"):
+        await handler.join(peer_pb2.JoinRequest(csr=csr, addresses=["10.0.0.7"]), _Context(join_cert))  # type: ignore[arg-type]
+    assert (await store.range(KEYS.joins))[0] == []
