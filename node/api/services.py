@@ -10,13 +10,20 @@ one port or routing one (host, path) exactly one wins; the others get
 FAILED_PRECONDITION naming the owner. A service gets its
 incarnation uid when it is created, never on an update. Every new version gets a cause
 id (`new_cause`): its tasks and the events it leads to carry it (issue 14).
+
+A spec (up to 512 KiB) is parsed in a worker thread, at most `PARSES` at once with the
+stack files (`node.api.stacks` shares `parse_off_loop`): pure-Python YAML takes seconds
+for a large one, and on the event loop that would stall the daemon's lease keep-alives,
+gossip and every other call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import TypeVar
 
 from node.api.ingress_check import check_ingress
 from node.api.objects import Bound, Objects
@@ -47,6 +54,8 @@ from node.store.base import ETCD_TXN_LIMIT, Op, TooLarge
 from node.store.claims import service_writes
 from node.store.retry import compare_and_swap
 
+T = TypeVar("T")
+PARSES = 2  # specs and stack files parsed at once (threads; the GIL makes more no faster)
 HISTORY_LIMIT = 10  # versions kept in `history/<name>/` (NodeConfig.history_limit)
 
 
@@ -59,6 +68,13 @@ class ServiceWriter:
         self.history_limit = HISTORY_LIMIT
         self.objects = Objects(store, keys)  # secrets, configs, sealed secret_env (node.api.objects)
         self.resolver = Resolver()  # tags to digests at the registry (node.api.registry)
+        self._parsing = asyncio.Semaphore(PARSES)
+
+    async def parse_off_loop(self, parse: Callable[..., T], *args: object) -> T:
+        """`parse(*args)` in a worker thread, at most `PARSES` at once (applies and stack
+        deploys together): seconds of YAML for a large file must not stall the loop."""
+        async with self._parsing:
+            return await asyncio.to_thread(parse, *args)
 
     async def pin(self, spec: ServiceSpec) -> ServiceSpec:
         """`spec` with its image's tag resolved to a digest now (`node.api.registry`);
@@ -138,7 +154,7 @@ class ServiceWriter:
 
     async def apply(self, text: str, source: str) -> tuple[ServiceRecord, bool]:
         try:
-            spec = parse_spec(text, source or "<spec>")
+            spec = await self.parse_off_loop(parse_spec, text, source or "<spec>")
         except SpecError as exc:
             raise InvalidArgument(str(exc)) from exc
         if (problem := stack_problem(spec.name, spec.stack, spec.depends_on)) is not None:

@@ -30,14 +30,14 @@ The whole stack goes in one transaction, so it is bounded by etcd's operation li
 (`MAX_TXN_OPS`): a stack that would need more is refused with the count of its services
 and objects, before anything is written.
 
-The stack file is parsed and checked in a worker thread, at most `PARSES` at once: a
-256 KiB file (one flow mapping of 25,000 keys) takes seconds of pure-Python YAML, which
-on the event loop would stall the daemon's lease keep-alives, gossip and every other call.
+The stack file is parsed and checked in a worker thread, at most `PARSES` at once with
+the service specs (`ServiceWriter.parse_off_loop`): a 256 KiB file (one flow mapping of
+25,000 keys) takes seconds of pure-Python YAML, which on the event loop would stall the
+daemon's lease keep-alives, gossip and every other call.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -64,14 +64,10 @@ class Change:
     cause: str = ""  # issue 14: the new version's cause id (one per deploy); "" when none was made
 
 
-PARSES = 2  # stack files parsed at once (threads; the GIL makes more no faster)
-
-
 class StackWriter:
     def __init__(self, writer: ServiceWriter) -> None:
         self.writer = writer
         self.store, self.keys = writer.store, writer.keys
-        self._parsing = asyncio.Semaphore(PARSES)
 
     async def every(self) -> list[tuple[ServiceRecord, int]]:
         """Every readable service and its mod revision."""
@@ -107,8 +103,8 @@ class StackWriter:
         if name and (problem := check_stack_name(name)) is not None:
             raise InvalidArgument(problem)
         try:
-            async with self._parsing:  # off the event loop: seconds for a large file
-                stack, specs = await asyncio.to_thread(parse_stack, text, source or "<stack>", name)
+            # off the event loop: seconds for a large file
+            stack, specs = await self.writer.parse_off_loop(parse_stack, text, source or "<stack>", name)
         except SpecError as exc:
             raise InvalidArgument(str(exc)) from exc
         for kind in (PORTS, ROUTES):  # two of the file's services on one port or route
