@@ -20,6 +20,7 @@ gossip and every other call.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -56,6 +57,7 @@ from node.store.retry import compare_and_swap
 
 T = TypeVar("T")
 PARSES = 2  # specs and stack files parsed at once (threads; the GIL makes more no faster)
+log = logging.getLogger(__name__)
 HISTORY_LIMIT = 10  # versions kept in `history/<name>/` (NodeConfig.history_limit)
 
 
@@ -81,19 +83,14 @@ class ServiceWriter:
         refuses (nothing written) when the registry cannot resolve it."""
         return await self.resolver.pin(spec, secret_opener(self.objects))
 
-    async def read(self, name: str, strict: bool = True) -> tuple[ServiceRecord, int]:
-        """The stored record and its mod revision. `strict`: its own fields of the right
-        types too (`node.model.readable`): a new version is not built on `"version": "three"`
-        (FailedPrecondition). `remove` reads leniently, so such a record can be removed."""
+    async def read(self, name: str) -> tuple[ServiceRecord, int]:
+        """The stored record and its mod revision, its own fields of the right types too
+        (`current_record`): a new version is not built on `"version": "three"`
+        (FailedPrecondition). `remove` reads for itself, so such a record can be removed."""
         kv = await self.store.get(self.keys.service(name))
         if kv is None:
             raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
-        if strict:
-            return current_record(name, kv), kv.mod_revision
-        try:
-            return ServiceRecord.from_json(kv.value), kv.mod_revision
-        except UnreadableRecord as exc:
-            raise FailedPrecondition(f"service '{name}': {exc}") from None
+        return current_record(name, kv), kv.mod_revision
 
     async def _write(
         self, record: ServiceRecord, expect_mod: int, old: ServiceRecord | None, bound: Bound | None = None
@@ -317,10 +314,22 @@ class ServiceWriter:
         )
 
     async def remove(self, name: str) -> None:
-        current, mod = await self.read(name, strict=False)  # one of the wrong types is removed too
-        if current.name != name or not isinstance(current.uid, str):
-            current = replace(current, name=name, uid=current.uid if isinstance(current.uid, str) else "")
-        compares, ops = await self.remove_ops(current, mod)
+        """Remove the service; a record of the wrong types, or one that does not read at all
+        (not JSON, a spec this build does not know), goes by its key's name too: apply and
+        stack deploy refuse over it and name this as the way out."""
+        kv = await self.store.get(self.keys.service(name))
+        if kv is None:
+            raise NotFound(f"service '{name}' not found; `shoal service ls` lists the services")
+        try:
+            current = ServiceRecord.from_json(kv.value)
+        except UnreadableRecord as exc:
+            log.warning("service '%s' removed by its key: %s", name, exc)
+            compares, ops = await self.unreadable_remove_ops(name, kv.mod_revision)
+        else:
+            if current.name != name or not isinstance(current.uid, str):
+                uid = current.uid if isinstance(current.uid, str) else ""
+                current = replace(current, name=name, uid=uid)
+            compares, ops = await self.remove_ops(current, kv.mod_revision)
         result = await self.store.txn(compares, ops)
         if not result.succeeded:
             raise Conflict(f"service '{name}' changed while being removed; try again")
@@ -348,6 +357,22 @@ class ServiceWriter:
             Delete(self.keys.job(name)),  # issue 18: a job's progress
         ]
 
+    async def unreadable_remove_ops(self, name: str, mod: int) -> tuple[list[Compare], list[Op]]:
+        """`remove_ops` for a record that does not read: every key of the service by its
+        name (`node.model.keys`); its port, route and alias claims cannot be read from its
+        spec and stay, stale (no service holds them: the next claimer takes them over,
+        `node.store.claims`)."""
+        volumes, _ = await self.store.range(self.keys.service_volumes(name))
+        drop, whole = claims_to_drop((kv.key, kv.value) for kv in volumes)
+        return [Compare(self.keys.service(name), "mod", "==", mod)], [
+            Delete(self.keys.service(name)),
+            Delete(self.keys.history(name), prefix=True),
+            Delete(self.keys.rollout(name)),
+            Delete(self.keys.binds(name), prefix=True),
+            *([Delete(self.keys.service_volumes(name), prefix=True)] if whole else map(Delete, drop)),
+            Delete(self.keys.job(name)),
+        ]
+
 
 def current_record(name: str, kv: KV) -> ServiceRecord:
     """The record stored under service `name`'s key, to build a new version on: one that
@@ -356,7 +381,10 @@ def current_record(name: str, kv: KV) -> ServiceRecord:
     try:
         ServiceRecord.from_json(kv.value)
     except UnreadableRecord as exc:  # a newer node's spec, or a record written around the API
-        raise FailedPrecondition(f"service '{name}': {exc}") from None
+        raise FailedPrecondition(
+            f"service '{name}': {exc}; `shoal service rm {name}` removes it (a newer shoal's: "
+            "upgrade this node instead), then apply it again"
+        ) from None
     try:
         return readable.service(name, kv.value)
     except UnreadableRecord as exc:  # its spec reads: `remove` can take it away

@@ -44,10 +44,10 @@ from dataclasses import dataclass, replace
 from node.api.services import ServiceWriter
 from node.api.stack_objects import ObjectChange, StackObject, check_objects, plan_writes, prune, roll_outside
 from node.compose.stackfile import check_stack_name, parse_stack
-from node.model.domain import ServiceRecord, claims_to_drop, new_cause, readable_services
+from node.model.domain import ServiceRecord, new_cause, readable_services
 from node.model.errors import InvalidArgument, NotFound
 from node.model.spec import SpecError
-from node.store import Compare, Delete, Put
+from node.store import Compare, Put
 from node.store.aliases import file_conflicts
 from node.store.base import MAX_TXN_OPS, Op
 from node.store.claims import shared_in
@@ -151,7 +151,7 @@ class StackWriter:
                     changes.append(Change(record.name, 0, "removed"))
             for gone, mod in _own_unreadable(stack, unread).items():
                 if gone not in wanted:  # one the file has: its write reads it, and says why not
-                    c, o = await self._remove_unreadable_ops(gone, mod)
+                    c, o = await self.writer.unreadable_remove_ops(gone, mod)
                     compares += c
                     ops += o
                     changes.append(Change(gone, 0, "removed"))
@@ -197,7 +197,7 @@ class StackWriter:
                 compares += c
                 ops += o
             for name, mod in lost.items():
-                c, o = await self._remove_unreadable_ops(name, mod)
+                c, o = await self.writer.unreadable_remove_ops(name, mod)
                 compares += c
                 ops += o
             removed = len(members) + len(lost)
@@ -207,22 +207,6 @@ class StackWriter:
             return None
 
         return await compare_and_swap(attempt, f"stack '{stack}' is being changed concurrently; try again")
-
-    async def _remove_unreadable_ops(self, name: str, mod: int) -> tuple[list[Compare], list[Op]]:
-        """`ServiceWriter.remove_ops` for a record that does not read: every key of the
-        service by its name (`node.model.keys`); its port, route and alias claims cannot be
-        read from its spec and stay, stale (no service holds them: the next claimer takes
-        them over, `node.store.claims`)."""
-        volumes, _ = await self.store.range(self.keys.service_volumes(name))
-        drop, whole = claims_to_drop((kv.key, kv.value) for kv in volumes)
-        return [Compare(self.keys.service(name), "mod", "==", mod)], [
-            Delete(self.keys.service(name)),
-            Delete(self.keys.history(name), prefix=True),
-            Delete(self.keys.rollout(name)),
-            Delete(self.keys.binds(name), prefix=True),
-            *([Delete(self.keys.service_volumes(name), prefix=True)] if whole else map(Delete, drop)),
-            Delete(self.keys.job(name)),
-        ]
 
 
 def _own_unreadable(stack: str, unread: dict[str, int]) -> dict[str, int]:

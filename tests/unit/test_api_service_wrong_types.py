@@ -56,3 +56,33 @@ async def test_such_a_record_can_be_removed_and_applied_again(field: str, value:
     assert await store.get(KEYS.service("web")) is None
     record, changed = await writer.apply(V2, "web.yaml")
     assert changed and record.version == 1
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1]", b'{"name": "web", "spec": {"image": 5}}'])
+async def test_a_record_that_does_not_read_is_named_with_the_way_out_and_rm_removes_it(raw: bytes) -> None:
+    """A record that does not parse at all (not JSON, a spec this build does not know):
+    apply said only that it cannot be read, and `service rm` refused it too, so nothing
+    but a hand edit of etcd got the name back. Apply names `shoal service rm`, which
+    removes it by its key (history included), and the spec applies anew."""
+    store, writer = await broken("version", 2)
+    await store.put(KEYS.service("web"), raw)
+    before = store.revision
+    with pytest.raises(FailedPrecondition, match=r"service 'web': .*`shoal service rm web` removes it"):
+        await writer.apply(V2, "web.yaml")
+    assert store.revision == before, "nothing written"
+    await writer.remove("web")
+    assert await store.get(KEYS.service("web")) is None
+    assert (await store.range(KEYS.history("web")))[0] == []
+    record, changed = await writer.apply(V2, "web.yaml")
+    assert changed and record.version == 1
+
+
+async def test_a_stack_file_over_a_record_that_does_not_read_names_the_way_out() -> None:
+    from node.api.stacks import StackWriter
+
+    store = MemoryStore()
+    stacks = StackWriter(ServiceWriter(store, KEYS, "n1"))
+    await stacks.deploy("name: shop\nservices:\n  db: {image: x}\n", "app.yaml")
+    await store.put(KEYS.service("shop_db"), b"{not json")
+    with pytest.raises(FailedPrecondition, match=r"shop_db.: .*`shoal service rm shop_db` removes it"):
+        await stacks.deploy("name: shop\nservices:\n  db: {image: y}\n", "app.yaml")
