@@ -13,7 +13,9 @@ written by the leader; here it is only read, marked for removal or deleted:
   (one restarting, its `restarting/` mark present, counts as in the cluster; both absences
   are compared in the transaction). A claim already marked `removing` whose node has left
   the cluster since is deleted the same way by another `volume rm` (else its slot, a
-  namesake service's too, would wait for good).
+  namesake service's too, would wait for good). A claim that does not read (written
+  around the leader) is deleted by its key, named by service, slot and volume, when no task
+  holds the slot; the answer says its Docker volume, on a node unknown, stays.
 - `service rm` and `stack rm` delete their claims with the service (`node.api.services`);
   the Docker volumes stay on their nodes (see docs/volumes.md).
 """
@@ -107,7 +109,10 @@ class VolumeClaims:
             kv = await self.store.get(key)
             if kv is None:
                 raise NotFound(f"volume {name} not found; `shoal volume ls` lists the volumes")
-            c = VolumeClaim.from_json(kv.value)
+            try:
+                c = read_claim(kv.value)
+            except UnreadableRecord as exc:
+                return await self._remove_unreadable(name, kv.mod_revision, str(exc))
             task = await self.user(c)
             if task is not None:
                 raise FailedPrecondition(
@@ -138,6 +143,27 @@ class VolumeClaims:
             return (c, message) if (await self.store.txn(compares, ops)).succeeded else None
 
         return await compare_and_swap(attempt, f"volume {name} is being changed concurrently; try again")
+
+    async def _remove_unreadable(self, name: str, mod: int, why: str) -> tuple[VolumeClaim, str] | None:
+        """Delete a claim that does not read by its key (service, slot and volume are its
+        key's), unless a task holds the slot: its node is unknown, so no agent could be
+        asked, and left there it held its slot back until etcd was edited by hand. None:
+        the claim or the task key changed meanwhile (try again)."""
+        service, slot, volume = parse_name(name)
+        key, task_key = self.keys.volume(service, slot, volume), self.keys.task(service, slot)
+        if await self.store.get(task_key) is not None:
+            raise FailedPrecondition(
+                f"volume {name}: its claim cannot be read ({why}) and a task of {service} holds slot "
+                f"{slot}: scale {service} below {slot} replicas or remove the service first"
+            )
+        compares = [Compare(key, "mod", "==", mod), Compare(task_key, "version", "==", 0)]
+        if not (await self.store.txn(compares, [Delete(key)])).succeeded:
+            return None
+        message = (
+            f"volume {name} removed: its claim could not be read ({why}), so its node is unknown and "
+            "its Docker volume, if any, stays there (`docker volume ls` on the nodes finds it)"
+        )
+        return VolumeClaim(service, slot, volume, node="", claim=""), message
 
 
 class VolumesServicer(volumes_pb2_grpc.VolumesServicer):

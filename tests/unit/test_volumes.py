@@ -384,3 +384,26 @@ async def test_volume_rm_again_drops_a_marked_claim_whose_node_left_the_cluster(
     await store.delete(KEYS.node("n2"))  # it left the cluster
     got, message = await VolumeClaims(store, KEYS).remove("db.1.data")
     assert "not in the cluster" in message and await store.get(key) is None
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1]", b'{"service": "db", "slot": "1"}'])
+async def test_volume_rm_deletes_a_claim_that_does_not_read_by_its_key(raw: bytes) -> None:
+    """A claim that does not read (written around the leader) failed `volume rm` with an
+    internal error, and its slot waited until someone edited etcd by hand. It is deleted
+    by its key (service, slot and volume are in it) and the answer says why and what stays;
+    refused while a task holds the slot."""
+    from node.api.volumes import VolumeClaims
+    from node.model.errors import FailedPrecondition
+
+    store = MemoryStore()
+    key = KEYS.volume("db", 1, "data")
+    await store.put(key, raw)
+    await store.put(KEYS.task("db", 1), make_task("db", 1, "n1").to_json())
+    with pytest.raises(FailedPrecondition, match=r"volume db.1.data: its claim cannot be read .* slot 1"):
+        await VolumeClaims(store, KEYS).remove("db.1.data")
+    assert (await store.get(key)) is not None
+    await store.delete(KEYS.task("db", 1))
+    got, message = await VolumeClaims(store, KEYS).remove("db.1.data")
+    assert (got.service, got.slot, got.name) == ("db", 1, "data")
+    assert "could not be read" in message and "stays there" in message
+    assert await store.get(key) is None
