@@ -4,7 +4,8 @@
 the `pools` key with its normalized form in one put: nothing is stored when any pool is
 wrong. The leader reads it on its next pass (`leader.pools`). `ListPools` reads the
 pools and every `poolnodes/` record, with whether each node is registered now (a record
-that cannot be read is listed in state `unreadable`, with why).
+that cannot be read is listed in state `unreadable`, with why); a stored `pools` value
+that does not read is refused with FAILED_PRECONDITION naming the key and `pool apply`.
 """
 
 from __future__ import annotations
@@ -14,14 +15,27 @@ import json
 import grpc
 
 from node.api.server import handle
-from node.model.errors import InvalidArgument
+from node.model.errors import FailedPrecondition, InvalidArgument
 from node.model.keys import Keys
-from node.model.pools import PoolNode, parse_pools, pools_to_doc
+from node.model.pools import PoolNode, PoolSpec, parse_pools, pools_to_doc
 from node.pb import pools_pb2, pools_pb2_grpc
 from node.store import Put, Store
 from node.telemetry.events import EventLog
 
 MAX_DOCUMENT = 256 * 1024
+
+
+def stored_pools(key: str, raw: bytes) -> dict[str, PoolSpec]:
+    """The pools stored under `key`; a value that does not read (a hand edit: `ApplyPools`
+    stores only checked documents; the leader then acts on no pool, `leader.pools`) is
+    refused naming the key and the fix, not an internal error."""
+    try:
+        return parse_pools(json.loads(raw))
+    except (InvalidArgument, ValueError, RecursionError) as exc:
+        raise FailedPrecondition(
+            f"the stored pools ({key}) cannot be read ({str(exc)[:200]}), so no pool acts; "
+            "`shoal pool apply -f pools.yaml` replaces them"
+        ) from None
 
 
 class PoolsServicer(pools_pb2_grpc.PoolsServicer):
@@ -50,7 +64,7 @@ class PoolsServicer(pools_pb2_grpc.PoolsServicer):
         self, request: pools_pb2.ListPoolsRequest, context: grpc.aio.ServicerContext
     ) -> pools_pb2.ListPoolsResponse:
         kv = await self.store.get(self.keys.pools)
-        pools = parse_pools(json.loads(kv.value)) if kv is not None else {}
+        pools = stored_pools(self.keys.pools, kv.value) if kv is not None else {}
         kvs, _ = await self.store.range(self.keys.poolnodes)
         registered, _ = await self.store.range(self.keys.nodes)
         alive = {self.keys.tail(r.key, self.keys.nodes) for r in registered}

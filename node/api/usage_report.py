@@ -4,7 +4,8 @@ The report reads the raw interval records and the day totals from etcd (both bou
 `leader.usage_rollup`) in one range, so at one revision (a roll-up that moves records
 between the two meanwhile is seen before or after, never half), keeps those that start
 in [since, until) — raw intervals to the interval, day totals to the whole UTC day — and
-groups and prices them (`node.model.usage_ledger.report`) with the rate card `usage/rates`.
+groups and prices them (`node.model.usage_ledger.report`) with the rate card `usage/rates`
+(one that does not read is refused with FAILED_PRECONDITION saying how to set it again).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import grpc
 import grpc.aio
 
 from node.api.server import handle
-from node.model.errors import InvalidArgument
+from node.model.errors import FailedPrecondition, InvalidArgument
 from node.model.keys import Keys
 from node.model.usage_ledger import Rates, Record, Row, UsageKeys, check_by, report, totals
 from node.pb import api_pb2
@@ -38,8 +39,19 @@ def rates_pb(rates: Rates, is_set: bool) -> api_pb2.UsageRates:
 
 
 async def read_rates(store: Store, keys: UsageKeys) -> tuple[Rates, bool]:
+    """The stored rate card, and whether one is set. One that does not read (a hand edit:
+    `SetUsageRates` stores only checked cards) is refused, naming the key and the fix:
+    priced at 0 instead, a report would look right and bill nothing."""
     kv = await store.get(keys.rates)
-    return (Rates.from_json(kv.value), True) if kv is not None else (Rates(), False)
+    if kv is None:
+        return Rates(), False
+    try:
+        return Rates.from_json(kv.value), True
+    except (InvalidArgument, ValueError, TypeError, AttributeError, RecursionError) as exc:
+        raise FailedPrecondition(
+            f"the stored rate card ({keys.rates}) cannot be read ({str(exc)[:200]}); set it again with "
+            "`shoal usage rates set`"
+        ) from None
 
 
 async def usage_report(
