@@ -388,10 +388,7 @@ class Daemon:
                 if metrics_server is not None:
                     metrics_server.shutdown()
                 await _cancel(credentials)
-                raise StartupError(
-                    f"cannot serve the dashboard on {c.address}:{c.dashboard_port}: {exc.strerror or exc}; "
-                    "choose --dashboard-port (0 turns it off)"
-                ) from exc
+                raise StartupError(dashboard.start_problem(exc, c.address, c.dashboard_port)) from exc
         agent = Agent(
             self.store,
             self.keys,

@@ -444,3 +444,28 @@ async def test_another_sites_page_cannot_log_a_browser_in_or_out() -> None:
         _request("/login", method="POST", body=json.dumps({"token": tokens[Role.VIEWER]}).encode())
     )
     assert scripted.status == 200
+
+
+async def test_the_start_error_names_the_file_for_a_tls_identity_and_the_port_for_a_bind(
+    tmp_path: Path,
+) -> None:
+    """The daemon's refusal to start ended with "choose --dashboard-port" whatever failed;
+    for a TLS identity that cannot load another port fails the same way: it names the file
+    and what to do about it instead, and only a listener that cannot bind names the port."""
+    from types import SimpleNamespace
+
+    from node.dashboard import serve
+
+    missing = tmp_path / "identity.pem"
+    with pytest.raises(OSError) as err:
+        servicer = ShoalServicer(MemoryStore(), Keys(), "n1")
+        traffic = SimpleNamespace(series=dict)
+        await serve.start(servicer, MemoryCredentials(), traffic, "n1", missing, "127.0.0.1", 0)  # type: ignore[arg-type]
+    text = serve.start_problem(err.value, "127.0.0.1", 8443)
+    assert str(missing) in text and "--dashboard-port 0" in text
+    assert "choose --dashboard-port" not in text and "another port would not help" in text
+    bind = OSError(98, "Address already in use")
+    assert serve.start_problem(bind, "127.0.0.1", 8443) == (
+        "cannot serve the dashboard on 127.0.0.1:8443: Address already in use; "
+        "choose --dashboard-port (0 turns it off)"
+    )
