@@ -15,7 +15,8 @@ bucket
     latency = sum of latency sums / sum of counts      s, mean; 0 if none
 
 (a node with two deltas in one bucket, its sampler late once, counts as their sums over
-their summed spans). Nodes' clocks are taken as agreeing within a bucket (NTP).
+their summed spans). Nodes' clocks are taken as agreeing within a bucket (NTP). A delta
+whose `at`, `span` or latency sum is not finite (a peer's answer) is skipped.
 
 Pure: no asyncio; the clock and the counters are handed in.
 """
@@ -23,6 +24,7 @@ Pure: no asyncio; the clock and the counters are handed in.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -107,7 +109,7 @@ def chart(nodes: Iterable[Mapping[str, list[Delta]]], interval: float) -> dict[s
     for index, deltas in enumerate(nodes):
         for service, points in deltas.items():
             for d in points:
-                if d.span <= 0:
+                if not _chartable(d):
                     continue
                 slot = buckets.setdefault(service, {}).setdefault(round(d.at / interval), {})
                 counted, span = slot.get(index, (Totals(), 0.0))
@@ -128,3 +130,11 @@ def chart(nodes: Iterable[Mapping[str, list[Delta]]], interval: float) -> dict[s
                 }
             )
     return out
+
+
+def _chartable(d: Delta) -> bool:
+    """A delta with time passed, and finite times and latency: a peer's NaN or infinite
+    `at` failed the whole chart (`round` raises), and a NaN latency made its JSON one
+    that no browser parses. Such a point is skipped; the others are charted."""
+    finite = math.isfinite(d.at) and math.isfinite(d.span) and math.isfinite(d.counted.latency_sum)
+    return finite and d.span > 0

@@ -4,6 +4,9 @@ the views. Real `Traffic` samplers, `UsageSampler` and `MemoryStore`; fake peer 
 
 from __future__ import annotations
 
+import json
+import math
+
 import grpc
 import grpc.aio
 import pytest
@@ -37,6 +40,27 @@ def test_a_chart_sums_the_nodes_rates_and_weighs_latency_by_requests() -> None:
     # n2's sampler was late once: two deltas in one bucket count as one over their summed span
     assert points["api"] == [{"at": 1004.0, "rate": 4.0, "errors": 3.0, "latency": 0.1}]
     assert chart([{"web": [Delta(1.0, 0.0, Totals(5))]}], 2.0) == {}  # no time passed: no point
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Delta(math.nan, 2.0, Totals(5)),
+        Delta(math.inf, 2.0, Totals(5)),
+        Delta(-math.inf, 2.0, Totals(5)),
+        Delta(1002.0, math.nan, Totals(5)),
+        Delta(1002.0, math.inf, Totals(5)),
+        Delta(1002.0, 2.0, Totals(5, 0, 5, math.nan)),
+        Delta(1002.0, 2.0, Totals(5, 0, 5, math.inf)),
+    ],
+)
+def test_a_peers_point_with_a_time_that_is_not_finite_is_skipped(bad: Delta) -> None:
+    """A peer's NaN or infinite `at` made `round` raise and failed the whole traffic view
+    (every node's chart); a NaN latency made JSON no browser parses. Skipped alone."""
+    good = {"web": [Delta(1002.0, 2.0, Totals(20, 2, 20, 1.0))]}
+    points = chart([good, {"web": [bad], "api": [bad]}], 2.0)
+    assert points == {"web": [{"at": 1002.0, "rate": 10.0, "errors": 1.0, "latency": 0.05}]}
+    json.loads(json.dumps(points, allow_nan=False))
 
 
 def test_traffic_deltas_travel_whole_between_nodes() -> None:
