@@ -23,7 +23,8 @@ them into the service specs that use them (issue 13).
 A stored record that does not read as an object of its key (not JSON, a field missing or
 of the wrong type, another kind or name: written around the API) is `UnreadableObject`:
 listings and a stack's prune skip it and log it, never delete it (its owner is unknown);
-`remove` still takes it by name.
+`remove` still takes it by name. A service record that does not read, or is not its
+key's (another `name`), is left out of the services an object's calls consider, logged.
 """
 
 from __future__ import annotations
@@ -244,9 +245,18 @@ class Objects:
         return records, users
 
     async def _services(self) -> list[tuple[ServiceRecord, int]]:
+        """Every readable service record and its key's mod revision. One whose `name` is not
+        its key's (written around the API) is left out and logged, as one that does not
+        read: looked up by its name it failed every call here (KeyError, INTERNAL)."""
         kvs, _ = await self.store.range(self.keys.services)
-        mods = {kv.key: kv.mod_revision for kv in kvs}
-        return [(r, mods[self.keys.service(r.name)]) for r in readable_services(kv.value for kv in kvs)]
+        out = []
+        for kv in kvs:
+            for record in readable_services([kv.value]):
+                if self.keys.service(record.name) == kv.key:
+                    out.append((record, kv.mod_revision))
+                else:
+                    log.warning("%s holds a record named %r (left alone)", kv.key, record.name)
+        return out
 
     async def put(
         self, kind: str, name: str, value: bytes, update: bool, writer: VersionWriter, cause: str = ""
