@@ -15,7 +15,8 @@ absent (an `rm` deletes its job's record too: `node.api.services`).
 A record that cannot be read (`node.model.readable.job`: written around the leader,
 fields of the wrong type) is logged and its job left alone: `unreadable` names it, and
 the loop plans nothing for it and removes none of its tasks, which stay as they are (a
-job counted afresh would run its indices again). The others go on.
+job counted afresh would run its indices again). So is a scheduled job with a run record
+(`runs/`, `jobruns/`) that cannot be read (`leader.schedrun`). The others go on.
 
 A scheduled job (`schedule:`, `leader.schedrun`) runs only while its job record is a run
 of its current incarnation (uid `<service uid>#<tick>`, written when a tick fires):
@@ -102,6 +103,8 @@ class JobRunner:
         sides = await self.schedules.earlier_runs() if timed else {}
         self.steps, self.earlier, self.unreadable = {}, {}, set()
         stored = {self.keys.tail(kv.key, self.keys.jobs): kv for kv in kvs}
+        for name in self._said.keys() - stored.keys():  # said once per revision, while it is there
+            del self._said[name]
         for name in sorted(stored.keys() - services.keys()):
             await self._forget(name, stored[name].mod_revision)
         if not named:
@@ -117,11 +120,15 @@ class JobRunner:
             kv = stored.get(name)
             try:
                 old = readable.job(name, kv.value) if kv is not None else None
-            except UnreadableRecord as exc:  # its tasks stay as they are (the loop leaves it alone)
+            except UnreadableRecord as exc:
                 assert kv is not None
                 if self._said.get(name) != kv.mod_revision:
                     self._said[name] = kv.mod_revision
                     log.warning("%s; the job is left alone", exc)
+                old, alone = None, True
+            else:  # a scheduled job with a run record that cannot be read (`schedrun` said why)
+                alone = name in timed and name in self.schedules.unreadable
+            if alone:  # its tasks stay as they are (the loop leaves it alone)
                 self.unreadable.add(name)
                 del view[name]
                 tasks.update({k: t for k, t in snap.tasks.items() if k[0] == name})

@@ -26,6 +26,14 @@ For each scheduled job (`kind: job` with `schedule:`) of the current incarnation
 Run records (and `jobruns/` records) of another incarnation (a namesake), of a job whose
 schedule was taken out, or of a removed service are deleted, fenced, by the next pass.
 
+A `runs/` or `jobruns/` record that cannot be read (`node.model.readable`: written around
+the leader) is logged once per mod revision and its job left alone: no tick decided (it
+might be that very tick, fired twice), nothing dropped or pruned, and `unreadable` names
+the job so that `leader.jobrun` neither starts nor stops its tasks. A job record
+(`jobs/<name>`) that cannot be read leaves the schedule alone too (`leader.jobrun` says
+why). The other jobs go on. Only a removed service's records go, readable or not, with
+its key absent: nothing is left to run from them.
+
 Only after the commit does any task start (`leader.jobs` steps the new record, the
 scheduler places its tasks). A leader killed before the commit leaves no trace: the
 next leader decides the tick again and fires it if it is still within the deadline; one
@@ -42,8 +50,9 @@ from dataclasses import replace
 
 from leader import crashpoint, schedules
 from leader.schedules import Action
+from node.model import readable
 from node.model.cron import CronError
-from node.model.domain import Assignment, ServiceRecord
+from node.model.domain import Assignment, ServiceRecord, UnreadableRecord
 from node.model.jobs import IndexState, JobRecord, JobState
 from node.model.keys import Keys
 from node.model.runs import Outcome, RunRecord, lane_of, run_of, run_uid, slot
@@ -60,6 +69,8 @@ class ScheduleRunner:
         self.wakes: dict[str, float] = {}  # job -> unix seconds of its next tick
         self.stuck: dict[str, str] = {}  # job -> why its schedule cannot run (said once)
         self.crash_point = crashpoint.reached
+        self.unreadable: set[str] = set()  # jobs with a run record that cannot be read (this pass)
+        self._said: dict[str, int] = {}  # key of an unreadable record -> mod revision logged
 
     def next_wake(self) -> float | None:
         return min(self.wakes.values()) if self.wakes else None
@@ -73,16 +84,30 @@ class ScheduleRunner:
     ) -> bool:
         """One pass over the scheduled jobs; True when something was written."""
         kvs, _ = await self.store.range(self.keys.runs)
+        self.unreadable = set()
+        present = {kv.key for kv in kvs}
         runs: dict[str, list[tuple[RunRecord, int]]] = {}
         for kv in kvs:
-            record = RunRecord.from_json(kv.value)
-            runs.setdefault(record.service, []).append((record, kv.mod_revision))
-        sides = await self.earlier_runs()
+            name, _, tick = self.keys.tail(kv.key, self.keys.runs).partition("/")
+            runs.setdefault(name, [])
+            try:
+                record = readable.run(name, tick, kv.value)
+            except UnreadableRecord as exc:
+                self._unreadable(name, kv, exc)
+                continue
+            runs[name].append((record, kv.mod_revision))
+        sides = await self.earlier_runs(present)
+        for key in self._said.keys() - present:  # said once per revision, while the key is there
+            del self._said[key]
         wrote = False
-        for name in sorted((runs.keys() | sides.keys()) - services.keys()):
+        for name in sorted((runs.keys() | sides.keys() | self.unreadable) - services.keys()):
             wrote |= await self._forget(name)
+        for name in self.stuck.keys() - services.keys():
+            del self.stuck[name]
         self.wakes = {}
         for name, service in sorted(services.items()):
+            if name in self.unreadable:  # a tick of it might be the one that cannot be read
+                continue
             timed = scheduled(service.spec) is not None
             foreign = [r for r in runs.get(name, []) if r[0].uid != service.uid or not timed]
             ours = sides.get(name, {})
@@ -94,8 +119,14 @@ class ScheduleRunner:
             mine = sorted((r for r in runs.get(name, []) if r[0].uid == service.uid), key=lambda r: r[0].tick)
             earlier = {t: r for t, r in sides.get(name, {}).items() if t not in strays}
             held = list(tasks.get(name, ()))
+            stored = jobs.get(name)
             try:
-                wrote |= await self._one(service, jobs.get(name), earlier, mine, held, now)
+                job = readable.job(name, stored.value) if stored is not None else None
+            except UnreadableRecord:  # left alone (`leader.jobrun` says why)
+                continue
+            mod = stored.mod_revision if stored is not None else 0
+            try:
+                wrote |= await self._one(service, job, mod, earlier, mine, held, now)
             except CronError as exc:  # stored before the API asked for a tick ahead, or none since
                 self._stuck(name, f"{name}: schedule not run: {exc}; apply a cron that fires")
                 continue
@@ -110,33 +141,54 @@ class ScheduleRunner:
             log.warning("%s", message)
             self.events.emit("schedule.stuck", message, service=name)
 
-    async def earlier_runs(self) -> dict[str, dict[int, tuple[JobRecord, int]]]:
-        """`jobruns/`: the job records of runs that are not the latest, by job and tick."""
+    def _unreadable(self, name: str, kv: KV, exc: UnreadableRecord) -> None:
+        """A record of job `name` cannot be read: the job is left alone (said once per revision)."""
+        self.unreadable.add(name)
+        if self._said.get(kv.key) != kv.mod_revision:
+            self._said[kv.key] = kv.mod_revision
+            log.warning("%s; the job is left alone", exc)
+
+    async def earlier_runs(
+        self, present: set[str] | None = None
+    ) -> dict[str, dict[int, tuple[JobRecord, int]]]:
+        """`jobruns/`: the job records of runs that are not the latest, by job and tick. A job
+        with one that cannot be read goes in `unreadable`; `present` gets the keys read."""
         kvs, _ = await self.store.range(self.keys.jobruns)
         out: dict[str, dict[int, tuple[JobRecord, int]]] = {}
         for kv in kvs:
             name, _, tick = self.keys.tail(kv.key, self.keys.jobruns).partition("/")
-            out.setdefault(name, {})[int(tick)] = (JobRecord.from_json(kv.value), kv.mod_revision)
+            if present is not None:
+                present.add(kv.key)
+            sides = out.setdefault(name, {})
+            try:
+                if not tick.isascii() or not tick.isdigit():
+                    raise UnreadableRecord(
+                        f"the run record {name}/{tick[:20]} cannot be read: its tick is no number"
+                    )
+                sides[int(tick)] = (readable.job(name, kv.value), kv.mod_revision)
+            except UnreadableRecord as exc:
+                self._unreadable(name, kv, exc)
         return out
 
     async def _one(
         self,
         service: ServiceRecord,
-        kv: KV | None,
+        job: JobRecord | None,
+        job_mod: int,
         sides: Mapping[int, tuple[JobRecord, int]],
         mine: list[tuple[RunRecord, int]],
         held_tasks: list[Assignment],
         now: float,
     ) -> bool:
+        """`job`: the stored `jobs/<name>` record (None: none), at mod revision `job_mod`."""
         schedule = scheduled(service.spec)
         assert schedule is not None
         name = service.name
-        job = JobRecord.from_json(kv.value) if kv is not None else None
         current = run_of(service.uid, job.uid) if job is not None else None
         by_tick = {int(r.tick): (r, mod) for r, mod in mine}
         records = dict(sides)  # tick -> the job record of every run of this incarnation
         if job is not None and current is not None:
-            records[current] = (job, kv.mod_revision if kv else 0)
+            records[current] = (job, job_mod)
         compares = [fence(self.keys.leader, self.epoch), Compare(self.keys.service(name), "mod", ">", 0)]
         ops: list[Put | Delete] = []
         for tick, (rec, _) in sorted(records.items()):  # outcomes a dead leader did not write
@@ -185,7 +237,7 @@ class ScheduleRunner:
                 if t.slot > slot(lane, completions):
                     ops.append(Delete(self.keys.task(name, t.slot)))
             fresh = JobRecord(name, run_uid(service.uid, d.due), started_at=now, counted=held, lane=lane)
-            compares.append(Compare(self.keys.job(name), "mod", "==", kv.mod_revision if kv else 0))
+            compares.append(Compare(self.keys.job(name), "mod", "==", job_mod))
             ops.append(Put(self.keys.job(name), fresh.to_json()))
             if job is not None and current is not None and current in by_tick:
                 old, mod = by_tick[current]
@@ -231,8 +283,16 @@ class ScheduleRunner:
             return
         key = self.keys.run(service.name, tick)
         kv = await self.store.get(key)
-        run = RunRecord.from_json(kv.value) if kv is not None else None
-        if kv is None or run is None or run.outcome != Outcome.RUNNING:
+        if kv is None:
+            return
+        try:
+            run = readable.run(
+                service.name, self.keys.tail(key, self.keys.service_runs(service.name)), kv.value
+            )
+        except UnreadableRecord as exc:  # not overwritten: the next pass leaves the job alone
+            self._unreadable(service.name, kv, exc)
+            return
+        if run.outcome != Outcome.RUNNING:
             return
         done = _finished(run, job, job.state, job.finished_at)
         compares = [fence(self.keys.leader, self.epoch), Compare(key, "mod", "==", kv.mod_revision)]

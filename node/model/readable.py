@@ -14,19 +14,31 @@ tasks were written with the wrong types). The readers here refuse such a record 
   duplicate replica).
 - `node`, `nodespec`: also a node record under another node's key. The leader keeps
   the node's tasks where they are and places nothing new there (decision NN).
-- `job`: a job's progress (`jobs/<name>`), its index entries too. The leader leaves
-  that job alone (no start, no stop, no count) until the record is rewritten or removed.
+- `job`: a job's progress (`jobs/<name>`, and an earlier run's `jobruns/<name>/<tick>`),
+  its index entries too. The leader leaves that job alone (no start, no stop, no count)
+  until the record is rewritten or removed.
+- `run`: a scheduled job's tick (`runs/<name>/<tick>`), also one of another job or tick.
+  The leader leaves that job alone too (no tick decided: it might fire twice).
 
 Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import math
 import types
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from node.model.domain import Assignment, NodeInfo, NodeSpec, Record, ServiceRecord, UnreadableRecord
+from node.model.domain import (
+    Assignment,
+    NodeInfo,
+    NodeSpec,
+    Record,
+    ServiceRecord,
+    UnreadableRecord,
+)
 from node.model.jobs import JobRecord
+from node.model.runs import RunRecord
 
 R = TypeVar("R", bound=Record)
 _FIX = "rewrite the key with a valid record or remove it"
@@ -104,6 +116,21 @@ def job(name: str, raw: bytes) -> JobRecord:
                 )
     if record.service != name:
         raise UnreadableRecord(f"{what}: it names job {str(record.service)[:80]!r}; {_FIX}")
+    return record
+
+
+def run(name: str, tick: str, raw: bytes) -> RunRecord:
+    """A scheduled job's tick stored under `runs/<name>/<tick>`; UnreadableRecord when it does
+    not parse, has a field of the wrong type, or is another job's or another tick's."""
+    what = f"the run record {name}/{tick} cannot be read"
+    if not tick.isascii() or not tick.isdigit():
+        raise UnreadableRecord(f"{what}: its tick {tick[:20]!r} is not a number; remove the key")
+    record = _parse(RunRecord, raw, what)
+    _check(record, what)
+    if not math.isfinite(record.tick) or record.lane < 0:
+        raise UnreadableRecord(f"{what}: tick {record.tick!r}, lane {record.lane!r}; {_FIX}")
+    if (record.service, int(record.tick)) != (name, int(tick)):
+        raise UnreadableRecord(f"{what}: it names run {str(record.service)[:80]!r}/{record.tick:.0f}; {_FIX}")
     return record
 
 

@@ -407,3 +407,75 @@ async def test_an_apply_of_something_else_just_after_a_tick_does_not_lose_that_t
         assert len(await _runs(store)) == 2, "a changed schedule starts at its apply (next tick T+240)"
     finally:
         leader.stop()
+
+
+async def _raw_tasks(store: MemoryStore) -> dict[str, bytes]:
+    kvs, _ = await store.range(KEYS.tasks)
+    return {kv.key: kv.value for kv in kvs}
+
+
+@pytest.mark.parametrize(
+    ("where", "bad"),
+    [
+        ("run", b"not json"),
+        ("run", b'{"service": "tick", "uid": "u1", "tick": "soon"}'),  # int("soon") in every pass
+        ("jobrun", b"not json"),
+        ("jobrun-key", JobRecord("tick", "u1#1").to_json()),  # a tick that is no number
+        ("job", b"not json"),  # `jobs/tick`, read by the schedule too
+    ],
+    ids=["run-not-json", "run-tick", "jobrun-not-json", "jobrun-key", "job-not-json"],
+)
+async def test_a_run_record_that_cannot_be_read_leaves_that_job_alone_and_the_others_go_on(
+    where: str, bad: bytes, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `runs/`, `jobruns/` or `jobs/` record of a scheduled job written around the leader
+    failed every pass (nothing at all was reconciled). Now that job is left alone (no tick
+    decided, no task started or stopped, nothing deleted), logged once, and the others go on."""
+    store = await _store(_cron(concurrency="allow"))
+    leader = await _leader(store)
+    try:
+        clock.now = T0 + 61
+        await leader.pass_()
+        clock.now = T0 + 121
+        await leader.pass_()  # a second run: the first one's job record moves to `jobruns/`
+        key = {
+            "run": KEYS.run("tick", T0 + 60),
+            "jobrun": KEYS.jobrun("tick", T0 + 60),
+            "jobrun-key": KEYS.jobruns + "tick/abc",
+            "job": KEYS.job("tick"),
+        }[where]
+        await store.put(key, bad)
+        before = await _raw_tasks(store)
+        assert sorted(before) == [KEYS.task("tick", 1), KEYS.task("tick", 1001)]
+        await _finish(store, Assignment.from_json(before[KEYS.task("tick", 1)]))
+        await store.put(KEYS.service("web"), make_service("web", replicas=2).to_json())
+        records = {p: (await store.range(p))[0] for p in (KEYS.runs, KEYS.jobruns, KEYS.jobs)}
+        caplog.clear()
+        for minute in (3, 4):  # ticks go by: none of them is decided
+            clock.now = T0 + 60 * minute + 1
+            await leader.pass_()
+        tasks = await _raw_tasks(store)
+        assert {k: v for k, v in tasks.items() if "/tick/" in k} == before, "left as it was"
+        assert sorted(k for k in tasks if "/web/" in k) == [KEYS.task("web", 1), KEYS.task("web", 2)]
+        assert {p: (await store.range(p))[0] for p in records} == records, "nothing written or deleted"
+        assert "tick" in leader.loop.unreadable
+        said = [r for r in caplog.records if "cannot be read" in r.getMessage()]
+        assert len(said) == 1, said
+        await store.delete(key)  # fixed: the schedule goes on
+        await leader.pass_()
+        assert "tick" not in leader.loop.unreadable
+    finally:
+        leader.stop()
+
+
+async def test_finish_leaves_a_run_record_that_cannot_be_read_as_it_is(store: MemoryStore) -> None:
+    leader = await _leader(store)
+    try:
+        service = _cron()
+        await store.put(KEYS.run("tick", T0 + 60), b"not json")
+        job = JobRecord("tick", f"u1#{int(T0 + 60)}", state="succeeded", finished_at=T0 + 70)
+        await leader.loop.jobs.schedules.finish(service, job)
+        kv = await store.get(KEYS.run("tick", T0 + 60))
+        assert kv is not None and kv.value == b"not json"
+    finally:
+        leader.stop()
