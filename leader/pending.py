@@ -13,19 +13,28 @@ per waiting service, `pending/<service>` (a `PendingRecord`):
 - fenced like every leader write: a deposed leader cannot overwrite its successor's.
 
 A new leader reads what is there once and goes on from it, so it neither rewrites
-every key nor leaves a stale one behind.
+every key nor leaves a stale one behind. A key whose record cannot be read
+(`node.model.readable.pending`: written around the leader) is logged once per mod
+revision and taken as stored but unlike anything: the pass writes that service's reason
+over it, or deletes it when the service waits for nothing. The leader is the key's only
+writer and its content is wholly derived from the pass's plan (nothing decides on it),
+so this loses nothing (decision NN); the other services' reasons go on either way.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
 from leader.scheduler import Plan
-from node.model.domain import PendingRecord
+from node.model import readable
+from node.model.domain import PendingRecord, UnreadableRecord
 from node.model.keys import Keys
 from node.store import Delete, Fenced, Put, Store, fence
 from node.store.base import MAX_TXN_OPS, Op
+
+log = logging.getLogger(__name__)
 
 
 def _what(record: PendingRecord) -> tuple[str, tuple[int, ...], tuple[str, ...], str]:
@@ -35,11 +44,24 @@ def _what(record: PendingRecord) -> tuple[str, tuple[int, ...], tuple[str, ...],
 class PendingReasons:
     def __init__(self, store: Store, keys: Keys, epoch: int) -> None:
         self.store, self.keys, self.epoch = store, keys, epoch
-        self._published: dict[str, PendingRecord] | None = None  # service -> what etcd holds
+        self._published: dict[str, PendingRecord | None] | None = None  # service -> what etcd holds
+        self._said: dict[str, int] = {}  # service whose record cannot be read -> mod revision logged
 
-    async def _load(self) -> dict[str, PendingRecord]:
+    async def _load(self) -> dict[str, PendingRecord | None]:
+        """What `pending/` holds by service (its key's name); None: a record that cannot be read."""
         kvs, _ = await self.store.range(self.keys.pendings)
-        return {r.service: r for r in (PendingRecord.from_json(kv.value) for kv in kvs)}
+        out: dict[str, PendingRecord | None] = {}
+        said, self._said = self._said, {}
+        for kv in kvs:
+            name = self.keys.tail(kv.key, self.keys.pendings)
+            try:
+                out[name] = readable.pending(name, kv.value)
+            except UnreadableRecord as exc:
+                out[name] = None  # unlike any wanted record: written over, or deleted
+                self._said[name] = kv.mod_revision
+                if said.get(name) != kv.mod_revision:
+                    log.warning("%s; the leader writes it anew", exc)
+        return out
 
     def wanted(self, plans: Iterable[Plan], now: float) -> dict[str, PendingRecord]:
         """The records the plans call for (`since` kept while the reason stays the same)."""
@@ -66,7 +88,7 @@ class PendingReasons:
         ]
         for name, record in sorted(want.items()):
             old = self._published.get(name)
-            if old is None or _what(old) != _what(record):
+            if old is None or _what(old) != _what(record):  # new, changed, or unreadable
                 ops.append(Put(self.keys.pending(name), record.to_json()))
         try:
             for i in range(0, len(ops), MAX_TXN_OPS):
@@ -76,5 +98,5 @@ class PendingReasons:
         except BaseException:
             self._published = None  # some may be written, their answer lost: read etcd again next time
             raise
-        self._published = want
+        self._published = {**want}
         return len(ops)

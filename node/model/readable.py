@@ -19,6 +19,8 @@ tasks were written with the wrong types). The readers here refuse such a record 
   until the record is rewritten or removed.
 - `run`: a scheduled job's tick (`runs/<name>/<tick>`), also one of another job or tick.
   The leader leaves that job alone too (no tick decided: it might fire twice).
+- `pending`: why a service's replicas wait (`pending/<name>`), also another service's.
+  The leader, its only writer, writes it anew from its plan (decision NN).
 
 Pure: no I/O.
 """
@@ -33,6 +35,7 @@ from node.model.domain import (
     Assignment,
     NodeInfo,
     NodeSpec,
+    PendingRecord,
     Record,
     ServiceRecord,
     UnreadableRecord,
@@ -131,6 +134,17 @@ def run(name: str, tick: str, raw: bytes) -> RunRecord:
         raise UnreadableRecord(f"{what}: tick {record.tick!r}, lane {record.lane!r}; {_FIX}")
     if (record.service, int(record.tick)) != (name, int(tick)):
         raise UnreadableRecord(f"{what}: it names run {str(record.service)[:80]!r}/{record.tick:.0f}; {_FIX}")
+    return record
+
+
+def pending(name: str, raw: bytes) -> PendingRecord:
+    """Why service `name`'s replicas wait, stored under `pending/<name>`; UnreadableRecord when
+    it does not parse, has a field of the wrong type, or names another service."""
+    what = f"the pending reason of service {name!r} cannot be read"
+    record = _parse(PendingRecord, raw, what)
+    _check(record, what)
+    if record.service != name:
+        raise UnreadableRecord(f"{what}: it names service {str(record.service)[:80]!r}; {_FIX}")
     return record
 
 

@@ -244,6 +244,49 @@ async def test_a_namesakes_pending_reason_starts_anew_and_is_not_shown_for_the_n
     assert old.of("old") and not old.of("new") and PendingRecord("web", reason).of("new")
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"not json",
+        b'{"service": "web", "reason": "x", "slots": 5}',  # tuple(5): TypeError
+        b'{"service": "other", "reason": "x"}',  # another's: its key was never deleted
+    ],
+    ids=["not-json", "slots", "other-service"],
+)
+async def test_a_pending_reason_that_cannot_be_read_is_written_anew_and_the_others_go_on(
+    bad: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Written around the leader, it failed `publish` before its commit: every pass wrote
+    nothing. The leader is the key's only writer and derives it wholly from its plan: it
+    writes the record anew, or deletes it when the service waits for nothing."""
+    store = MemoryStore()
+    epoch = await store.put(KEYS.leader, b'{"node": "n1"}')
+    await store.put(KEYS.pending("web"), bad)
+    await store.put(KEYS.pending("gone"), bad)
+    reasons = PendingReasons(store, KEYS, epoch)
+    waiting = Plan("web", unplaced=[3], reason="0/1 nodes available: 1 drained")
+    api = Plan("api", unplaced=[1], reason="0/1 nodes available: 1 drained")
+    assert await reasons.publish([waiting, api], now=5.0) == 3
+    assert await pending(store, "web") == PendingRecord("web", waiting.reason, [3], [], 5.0)
+    assert await pending(store, "api") == PendingRecord("api", api.reason, [1], [], 5.0)
+    assert await store.get(KEYS.pending("gone")) is None
+    said = [r for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(said) == 2, said
+
+
+async def test_a_pass_with_a_pending_reason_that_cannot_be_read_still_places_tasks(
+    loop: tuple[MemoryStore, LeaderLoop],
+) -> None:
+    store, leader = loop
+    await store.put(KEYS.pending("gone"), b"not json")
+    await store.put(KEYS.node("n1"), node("n1").to_json())
+    await store.put(KEYS.service("web"), make_service("web", replicas=2).to_json())
+    await reconcile(store, leader)
+    kvs, _ = await store.range(KEYS.tasks)
+    assert len(kvs) == 2
+    assert await store.get(KEYS.pending("gone")) is None
+
+
 # -- simulated nodes --------------------------------------------------------------------
 
 
