@@ -32,7 +32,6 @@ from node.api.port_policy import PortPolicy
 from node.api.registry import Resolver, secret_opener
 from node.model import readable
 from node.model.domain import (
-    NodeInfo,
     RolloutRecord,
     ServiceRecord,
     UnreadableRecord,
@@ -204,9 +203,17 @@ class ServiceWriter:
 
     async def readable_everywhere(self, spec: ServiceSpec) -> None:
         """Refuse a spec that a live node's build could not read back (a rolling upgrade
-        in progress: `node.model.spec_compat`), naming the field and the nodes."""
+        in progress: `node.model.spec_compat`), naming the field and the nodes. A node
+        record that cannot be read (`node.model.readable.node`) is not judged, like one
+        that publishes no paths: the leader places nothing new there and logs why, and
+        one such record must not refuse every apply."""
         kvs, _ = await self.store.range(self.keys.nodes)
-        infos = [NodeInfo.from_json(kv.value) for kv in kvs]
+        infos = []
+        for kv in kvs:
+            try:
+                infos.append(readable.node(self.keys.tail(kv.key, self.keys.nodes), kv.value))
+            except UnreadableRecord:
+                continue
         unknown = unknown_to(spec, [(info.id, info.spec_paths) for info in infos])
         if not unknown:
             return

@@ -96,3 +96,24 @@ def test_grpc_ports_and_checks_are_refused_where_a_build_predates_them() -> None
         p: ["old"] for p in ("health.grpc", "health.grpc.port", "health.grpc.service", "ports.protocol=grpc")
     }
     assert used_paths(_spec()) <= before  # a spec without them is unchanged for old builds
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"not json", b'{"id": "n3", "address": "x", "grpc_port": 7070, "spec_paths": 5}'],
+    ids=["not-json", "spec-paths"],
+)
+async def test_a_node_record_that_cannot_be_read_does_not_refuse_every_apply(bad: bytes) -> None:
+    """One node record written around the API made every `service apply` fail (INTERNAL):
+    now it is not judged (the leader holds that node), and the readable nodes still are."""
+    store, keys = MemoryStore(), Keys()
+    writer = ServiceWriter(store, keys, "n1")
+    old = sorted(known_paths() - {p for p in known_paths() if p.startswith("depends_on")})
+    for node, paths in (("n1", sorted(known_paths())), ("n2", old)):
+        await store.put(keys.node(node), NodeInfo(node, "127.0.0.1", 7070, spec_paths=paths).to_json())
+    await store.put(keys.node("n3"), bad)
+    rich = RICH.replace("ports: [{container: 8080, published: 18080, protocol: http}]\n", "")
+    with pytest.raises(FailedPrecondition, match="n2"):
+        await writer.apply(rich, "api.yaml")
+    record, written = await writer.apply(rich.replace("depends_on: {db: healthy}\n", ""), "api.yaml")
+    assert written and record.version == 1
