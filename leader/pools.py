@@ -28,7 +28,10 @@ fenced on the leader's epoch (a deposed leader writes nothing):
 Provider calls never hold up a pass; at most one call per node runs at a time. A
 `poolnodes/` record that cannot be read is skipped and logged, not acted on: its node is
 neither given back nor asked for again, and its pool asks for nothing until it is fixed
-or deleted (the other pools go on).
+or deleted (the other pools go on). A node whose settings (`nodespec/`) cannot be read
+(`node.model.readable.nodespec`) is not given back while they stay so (logged once per
+revision): draining it would overwrite what the operator set; the leader places nothing
+new there meanwhile.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ from leader import provider
 from leader.placement.requirements import requirements
 from leader.pools_plan import Decision, DedicatedAsk, Demand, decide
 from leader.scheduler import Plan, Snapshot
-from node.model.domain import Availability, NodeSpec, ServiceRecord
+from node.model import readable
+from node.model.domain import Availability, NodeSpec, ServiceRecord, UnreadableRecord
 from node.model.errors import InvalidArgument
 from node.model.keys import Keys
 from node.model.pools import PoolNode, PoolSpec, PoolState, parse_pools
@@ -121,6 +125,7 @@ class PoolKeeper:
         self.finished: set[str] = set()  # creates that ended here (their record may lag behind)
         self.last: Decision | None = None
         self.unreadable: set[str] = set()  # keys of unreadable records already logged
+        self._said: dict[str, int] = {}  # node whose settings cannot be read -> mod revision logged
         self.now: Callable[[], float] = time.time
 
     async def run(self) -> None:
@@ -191,6 +196,8 @@ class PoolKeeper:
             frozen=unreadable,
         )  # fmt: skip
         self.empty_since, self.last = decision.empty_since, decision
+        for node in self._said.keys() - records.keys():
+            del self._said[node]
         changed: set[str] = set()  # records written meanwhile: left to the next pass
         for r in list(records.values()):
             if r.state in (PoolState.REQUESTED.value, PoolState.CREATED.value) and r.node in snap.nodes:
@@ -327,13 +334,21 @@ class PoolKeeper:
         log.info("pool %s: provider created %s (%s)", spec.name, record.node, answered[0])
 
     async def _give_back(self, r: PoolNode, mod: int, why: str, now: float) -> bool:
-        """False: the record changed since the pass read it (at `mod`); nothing done."""
+        """False: nothing done, the record changed since the pass read it (at `mod`), or the
+        node's settings cannot be read (left to a pass after they are fixed)."""
         key = self.keys.poolnode(r.pool, r.node)
         going = replace(
             r, state=PoolState.DELETING.value, message=why[:500], changed_at=now, epoch=self.epoch
         )
         spec_kv = await self.store.get(self.keys.nodespec(r.node))
-        node_spec = NodeSpec.from_json(spec_kv.value) if spec_kv is not None else NodeSpec()
+        try:
+            node_spec = readable.nodespec(r.node, spec_kv.value) if spec_kv is not None else NodeSpec()
+        except UnreadableRecord as exc:  # a drain written over it would lose what the operator set
+            assert spec_kv is not None
+            if self._said.get(r.node) != spec_kv.mod_revision:
+                self._said[r.node] = spec_kv.mod_revision
+                log.warning("%s; pool %s does not give node %s back until it is fixed", exc, r.pool, r.node)
+            return False
         drained = replace(node_spec, availability=Availability.DRAIN.value, updated_at=now, updated_by="pool")
         ops: list[Op] = [Put(key, going.to_json()), Put(self.keys.nodespec(r.node), drained.to_json())]
         if await self._write_if_unchanged(key, mod, ops) is None:

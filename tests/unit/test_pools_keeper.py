@@ -427,3 +427,36 @@ async def test_pool_ls_lists_an_unreadable_record_as_such(provider: Path) -> Non
     out = await servicer.ListPools(pools_pb2.ListPoolsRequest(), None)  # type: ignore[arg-type]
     assert [(n.node, n.state) for n in out.nodes] == [("burst-aa", "joined"), ("burst-bad", "unreadable")]
     assert out.nodes[1].pool == "burst" and "cannot be read" in out.nodes[1].message
+
+
+@pytest.mark.parametrize("bad", [b"{not json", b'{"labels": {"zone": 5}}'], ids=["not-json", "labels"])
+async def test_an_idle_node_whose_settings_cannot_be_read_is_not_given_back_until_they_are_fixed(
+    provider: Path, caplog: pytest.LogCaptureFixture, bad: bytes
+) -> None:
+    """Its `nodespec/` written around the API failed the give-back, so every leader pass
+    (pools step before the commit) failed. Now that node is kept, said once, the rest goes on;
+    fixed, it is given back with the operator's settings kept under the drain."""
+    store = MemoryStore()
+    await setup(store, provider)
+    await store.put(KEYS.poolnode("burst", "burst-aa"), PoolNode("burst", "burst-aa", "joined").to_json())
+    await store.put(KEYS.nodespec("burst-aa"), bad)
+    keeper = await lead(store)
+    with caplog.at_level("WARNING", logger="leader.pools"):
+        for now in (100, 111, 112, 113):
+            await keeper.step({}, snap("burst-aa"), [], now=now)
+            await settle(keeper)
+    said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(said) == 1 and "does not give node burst-aa back" in said[0], said
+    assert (await records(store))["burst-aa"].state == "joined" and calls(provider) == []
+    kv = await store.get(KEYS.nodespec("burst-aa"))
+    assert kv is not None and kv.value == bad
+    await store.put(KEYS.nodespec("burst-aa"), NodeSpec(labels={"zone": "a"}).to_json())
+    await keeper.step({}, snap("burst-aa"), [], now=114)
+    await settle(keeper)
+    assert (await records(store))["burst-aa"].state == "deleting"
+    kv = await store.get(KEYS.nodespec("burst-aa"))
+    assert kv is not None
+    assert (NodeSpec.from_json(kv.value).availability, NodeSpec.from_json(kv.value).labels) == (
+        "drain",
+        {"zone": "a"},
+    )
