@@ -242,7 +242,7 @@ class LeaderLoop:
                 record = readable.service(name, kv.value)  # of the right types too
             except UnreadableRecord as exc:
                 self.unreadable.add(name)
-                log.warning("%s; its tasks are left as they are", exc)
+                self._say(kv.key, kv.mod_revision, f"{exc}; its tasks are left as they are")
                 continue
             services[record.name] = record
         tasks = {(task.service, task.slot): task for task in self.assignments().values()}
@@ -278,6 +278,11 @@ class LeaderLoop:
         for node in held:  # nothing new goes there; a drain the operator set still moves its tasks
             availability.setdefault(node, Availability.PAUSE.value)
         self.held = frozenset(held)
+        mirrors = (self.services, self.tasks, self.nodes, self.nodespecs)
+        for key in [k for k in self._said if not any(k in m.items for m in mirrors)]:
+            del self._said[key]  # said once per revision while the key is there, not kept after
+        for name in [n for n in self._refused if self.keys.service(n) not in self.services.items]:
+            del self._refused[name]
         volumes, seen = volume_claims(self.volumes.values(), self.tasks.values())  # seen: key -> mod revision
         snap = Snapshot(nodes, tasks, self.tasks.revision, availability, volumes=volumes, held=self.held)
         return services, snap, seen

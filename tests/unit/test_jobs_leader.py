@@ -244,3 +244,18 @@ async def test_a_job_record_that_cannot_be_read_leaves_that_job_alone(store: Mem
     finally:
         for c in caches:
             c.cancel()
+
+
+async def test_the_record_said_unreadable_is_forgotten_once_its_key_is_gone(store: MemoryStore) -> None:
+    """The map that says each unreadable job record once per revision was never pruned."""
+    loop, caches = await _leader(store)
+    try:
+        await store.put(KEYS.job("batch"), b"not json")
+        await _pass(store, loop)
+        assert set(loop.jobs._said) == {"batch"}
+        await store.delete(KEYS.job("batch"))
+        await _pass(store, loop)
+        assert loop.jobs._said == {}
+    finally:
+        for c in caches:
+            c.cancel()

@@ -145,3 +145,31 @@ async def test_a_node_whose_record_cannot_be_read_keeps_its_tasks_and_takes_no_n
     assert {after[("web", 3)].node, after[("web", 4)].node} == {"n1"}, "nothing new on n2"
     assert leader.loop.held == {"n2"}
     assert "n2" in leader.loop._gossiping_nodes(), "still registered: not lost"
+
+
+async def test_unreadable_records_are_said_once_per_revision_and_forgotten_when_removed(
+    leader: Leader, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unreadable service was logged on every pass (every event, every resync); and the
+    map that says each unreadable key once was never pruned: it grew with every bad key
+    ever seen. Now each is said once per revision, and forgotten once its key is gone."""
+    await started(leader)
+    bad = {
+        KEYS.service("odd"): b"not json",
+        KEYS.task("web", 9): b"not json",
+        KEYS.node("n3"): b"not json",
+        KEYS.nodespec("n4"): b"not json",
+    }
+    for key, value in bad.items():
+        await leader.store.put(key, value)
+    caplog.clear()
+    for _ in range(3):
+        await leader.reconcile()
+    said = [m for m in (r.getMessage() for r in caplog.records) if "cannot be read" in m or "not JSON" in m]
+    assert len(said) == len(bad), said
+    assert set(leader.loop._said) == set(bad)
+    for key in bad:
+        await leader.store.delete(key)
+    leader.loop._refused["odd"] = "odd: cannot roll back: port 80 is taken"  # said once, then removed
+    await leader.reconcile()
+    assert leader.loop._said == {} and leader.loop._refused == {}

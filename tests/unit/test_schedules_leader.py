@@ -350,6 +350,9 @@ async def test_a_stored_cron_that_never_fires_is_said_once_and_the_leader_goes_o
         assert sorted(Assignment.from_json(kv.value).service for kv in kvs) == ["web", "web"]
         stuck = [m for kind, m in emitted if kind == "schedule.stuck"]
         assert len(stuck) == 1 and "tick: schedule not run" in stuck[0], emitted
+        await store.delete(KEYS.service("tick"))
+        await leader.pass_()
+        assert runner.stuck == {}, "a removed job's message is not kept"
     finally:
         leader.stop()
 
@@ -464,6 +467,7 @@ async def test_a_run_record_that_cannot_be_read_leaves_that_job_alone_and_the_ot
         await store.delete(key)  # fixed: the schedule goes on
         await leader.pass_()
         assert "tick" not in leader.loop.unreadable
+        assert leader.loop.jobs.schedules._said == {}, "forgotten once its key is gone"
     finally:
         leader.stop()
 
