@@ -18,7 +18,7 @@ every key nor leaves a stale one behind. A key whose record cannot be read
 revision and taken as stored but unlike anything: the pass writes that service's reason
 over it, or deletes it when the service waits for nothing. The leader is the key's only
 writer and its content is wholly derived from the pass's plan (nothing decides on it),
-so this loses nothing (decision NN); the other services' reasons go on either way.
+so this loses nothing (decision 97); the other services' reasons go on either way.
 """
 
 from __future__ import annotations
