@@ -131,7 +131,8 @@ class LeaderCollector(Collector):
             "shoal_leader_pending_slots", "replicas that fit on no node now", labels=["service"]
         )
         for name, record in sorted((loop.pending._published or {}).items()):
-            pending.add_metric([name], len(record.slots))
+            if record is not None:  # None: a record it could not read, written anew next pass
+                pending.add_metric([name], len(record.slots))
         yield pending
         rollouts = GaugeMetricFamily(
             "shoal_leader_rollouts", "services by the state of their latest rollout", labels=["state"]
