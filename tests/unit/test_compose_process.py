@@ -108,6 +108,18 @@ def test_a_real_compose_file() -> None:
     assert "sk_live_1" not in repr(result.objects) and "pw" not in repr(result.objects)
 
 
+def test_a_secrets_uid_and_gid_reach_the_spec_as_swarm_takes_them() -> None:
+    """Compose's long syntax `uid`/`gid` (strings, or numbers) own the secret's file; they
+    were refused while the agent wrote every file as root (decision 90)."""
+    text = APP.replace(
+        "target: /run/secrets/stripe", "target: /run/secrets/stripe\n        uid: '103'\n        gid: 104"
+    )
+    api = _t(text).document["services"]["api"]
+    assert (api["secrets"][1]["uid"], api["secrets"][1]["gid"]) == ("103", "104")
+    spec = spec_from_dict({**api, "name": "shop_api", "stack": "shop"})
+    assert spec.secrets and (spec.secrets[1].uid, spec.secrets[1].gid) == ("103", "104")
+
+
 def test_entrypoint_as_a_string_is_split_and_read_only_false_is_the_default() -> None:
     text = "services:\n  a:\n    image: x\n    entrypoint: /bin/sh -c 'exec app'\n    read_only: false\n"
     a = translate(text, "c.yaml", "s").document["services"]["a"]
@@ -134,8 +146,15 @@ def test_entrypoint_as_a_string_is_split_and_read_only_false_is_the_default() ->
             "secrets.shared_token: give exactly one of",
         ),
         (
-            ("target: /run/secrets/stripe", "target: /run/secrets/stripe\n        uid: '1000'"),
-            "16:9: services.api.secrets[1].uid: refused: the files belong to root",
+            (
+                "target: /etc/nginx/conf.d/default.conf",
+                "target: /etc/nginx/conf.d/default.conf\n        uid: '1000'",
+            ),
+            "21:9: services.api.configs[0].uid: refused for a config: its file belongs to root",
+        ),
+        (
+            ("target: /run/secrets/stripe", "target: /run/secrets/stripe\n        uid: 'root'"),
+            "services.api: secrets[1].uid:",
         ),
         (
             ("      - app_settings", "      - app_settngs"),
