@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from node.model.domain import NodeInfo
+from node.model import readable
+from node.model.domain import UnreadableRecord
 from node.model.errors import InvalidArgument, PermissionDenied
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec
@@ -56,7 +57,10 @@ class PortPolicy:
             return
         reserved = dict.fromkeys(self.reserved, "shoal's own ports (gRPC, metrics, etcd)")
         for kv in (await store.range(keys.nodes))[0]:
-            node = NodeInfo.from_json(kv.value)
+            try:
+                node = readable.node(keys.tail(kv.key, keys.nodes), kv.value)
+            except UnreadableRecord:  # not judged (the leader places nothing there either)
+                continue
             reserved[node.grpc_port] = f"node {node.id}'s gRPC port"
         for port, i in sorted(added.items(), key=lambda item: item[1]):
             if port in reserved:

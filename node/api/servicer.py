@@ -26,6 +26,7 @@ from node.api.stacks import StackWriter
 from node.api.taskio import LogsExecHandlers
 from node.api.usage import UsageHandlers
 from node.api.usage_report import UsageReportHandlers  # issue 15: metering
+from node.model import readable
 from node.model.domain import (
     Assignment,
     Desired,
@@ -33,6 +34,7 @@ from node.model.domain import (
     RolloutRecord,
     ServiceRecord,
     TaskStatus,
+    UnreadableRecord,
     readable_services,
     template_hash,
 )
@@ -101,9 +103,21 @@ class ShoalServicer(
         self.emit(kind, message, record.name, cause=record.cause)
 
     async def _pending(self, service: str) -> PendingRecord | None:
-        """Why some replicas of `service` have no node (the leader's `pending/<service>`)."""
+        """Why some replicas of `service` have no node (the leader's `pending/<service>`);
+        None for one that cannot be read too (the leader writes it anew)."""
         kv = await self.store.get(self.keys.pending(service))
-        return PendingRecord.from_json(kv.value) if kv is not None else None
+        return _pending_of(self.keys.tail(kv.key, self.keys.pendings), kv.value) if kv is not None else None
+
+    async def _pendings(self) -> dict[str, PendingRecord]:
+        """Every readable `pending/` record, by service: one that cannot be read (written
+        around the leader, which writes it anew) is left out, not a failed `ls`."""
+        kvs, _ = await self.store.range(self.keys.pendings)
+        out = {}
+        for kv in kvs:
+            name = self.keys.tail(kv.key, self.keys.pendings)
+            if (record := _pending_of(name, kv.value)) is not None:
+                out[name] = record
+        return out
 
     async def _tasks(self, service: str = "") -> dict[str, list[tuple[Assignment, TaskStatus | None]]]:
         """Tasks with their observed status, by service (one service, or all)."""
@@ -182,12 +196,7 @@ class ShoalServicer(
         kvs, _ = await self.store.range(self.keys.services)
         tasks = await self._tasks()
         records = readable_services(kv.value for kv in kvs)
-        pending = {
-            p.service: p
-            for p in (
-                PendingRecord.from_json(kv.value) for kv in (await self.store.range(self.keys.pendings))[0]
-            )
-        }
+        pending = await self._pendings()
         services = []
         for r in records:
             out = convert.service(r, _of(r, tasks.get(r.name, [])))
@@ -382,8 +391,7 @@ class ShoalServicer(
         if request.name and not members:
             raise NotFound(f"stack '{request.name[:80]}' not found; `shoal stack ls` lists the stacks")
         tasks = await self._tasks() if members else {}
-        pendings, _ = await self.store.range(self.keys.pendings)
-        pending = {p.service: p for p in (PendingRecord.from_json(kv.value) for kv in pendings)}
+        pending = await self._pendings()
         stacks = []
         for name, records in sorted(members.items()):
             services = []
@@ -409,6 +417,14 @@ def update_pending(record: ServiceRecord, tasks: list[Assignment]) -> bool:
     else:
         kept = [t for t in tasks if t.slot <= record.replicas]
     return any(t.template != target for t in kept)
+
+
+def _pending_of(name: str, raw: bytes) -> PendingRecord | None:
+    try:
+        return readable.pending(name, raw)
+    except UnreadableRecord as exc:
+        log.warning("%s; left out of the answer", exc)
+        return None
 
 
 def _of(

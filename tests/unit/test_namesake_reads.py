@@ -4,8 +4,10 @@ names a request carries that cannot be one."""
 
 from __future__ import annotations
 
+import pytest
+
 from node.api.servicer import ShoalServicer
-from node.model.domain import Assignment, RolloutRecord, template_hash
+from node.model.domain import Assignment, PendingRecord, RolloutRecord, template_hash
 from node.model.keys import Keys
 from node.pb import api_pb2
 from node.store.memory import MemoryStore
@@ -129,3 +131,23 @@ async def test_update_pending_sees_a_global_service_s_outdated_tasks() -> None:
     assert await pending(task(1, target), task(4, "old"))
     assert not await pending(task(1, target), task(4, target))
     assert not await pending(task(1, target), task(4, "old", desired="stopped"))  # going away
+
+
+@pytest.mark.parametrize("bad", [b"not json", b'{"service": "web", "reason": "x", "slots": "1,2"}'])
+async def test_a_pending_reason_that_cannot_be_read_fails_no_listing(bad: bytes) -> None:
+    """`service ls`, `inspect` and `stack ls` read every `pending/` record: one written
+    around the leader failed each of them (INTERNAL) until the leader wrote it anew. It
+    is left out of the answer; the readable ones still show."""
+    store = MemoryStore()
+    servicer = ShoalServicer(store, KEYS, "n1")
+    record, _ = await servicer.writer.apply("name: web\nimage: shoal-demo/web:1\nreplicas: 2\n", "web.yaml")
+    other, _ = await servicer.writer.apply("name: db\nimage: shoal-demo/web:1\nreplicas: 3\n", "db.yaml")
+    waits = PendingRecord("db", "no node has 4 GiB free", [2, 3], uid=other.uid)
+    await store.put(KEYS.pending("db"), waits.to_json())
+    await store.put(KEYS.pending("web"), bad)
+    ls = await servicer.ListServices(api_pb2.ListServicesRequest(), None)  # type: ignore[arg-type]
+    assert {s.name: s.pending for s in ls.services} == {"db": 2, "web": 0}
+    got = await servicer.GetService(api_pb2.GetServiceRequest(name="web"), None)  # type: ignore[arg-type]
+    assert got.pending == 0 and record.name == "web"
+    stacks = await servicer.ListStacks(api_pb2.ListStacksRequest(), None)  # type: ignore[arg-type]
+    assert stacks is not None

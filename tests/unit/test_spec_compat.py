@@ -7,7 +7,7 @@ import pytest
 
 from node.api.services import ServiceWriter
 from node.model.domain import NodeInfo
-from node.model.errors import FailedPrecondition
+from node.model.errors import FailedPrecondition, InvalidArgument
 from node.model.keys import Keys
 from node.model.spec import ServiceSpec, parse_spec
 from node.model.spec_compat import known_paths, unknown_to, used_paths
@@ -117,3 +117,20 @@ async def test_a_node_record_that_cannot_be_read_does_not_refuse_every_apply(bad
         await writer.apply(rich, "api.yaml")
     record, written = await writer.apply(rich.replace("depends_on: {db: healthy}\n", ""), "api.yaml")
     assert written and record.version == 1
+
+
+@pytest.mark.parametrize("bad", [b"not json", b'{"id": "n3", "address": "x", "grpc_port": "7070"}'])
+async def test_a_node_record_that_cannot_be_read_does_not_refuse_a_published_port(bad: bytes) -> None:
+    """The port policy reads every node record (their gRPC ports are reserved): one written
+    around the API failed every apply that publishes a port (INTERNAL)."""
+    store, keys = MemoryStore(), Keys()
+    writer = ServiceWriter(store, keys, "n1")
+    await store.put(
+        keys.node("n1"), NodeInfo("n1", "127.0.0.1", 7070, spec_paths=sorted(known_paths())).to_json()
+    )
+    await store.put(keys.node("n3"), bad)
+    spec = "name: web\nimage: x:1\nports: [{container: 80, published: 18080}]\n"
+    record, written = await writer.apply(spec, "web.yaml")
+    assert written and record.version == 1
+    with pytest.raises(InvalidArgument, match="node n1's gRPC port"):
+        await writer.apply(spec.replace("18080", "7070"), "web.yaml")
