@@ -2,7 +2,8 @@
 target, and that target kept up to date.
 
 - Options (`OPTIONS`): reconnect back-off capped at 1 s, an HTTP/2 ping that finds a
-  hung member, and room for a large watch response; each set once.
+  hung member while a call is open on its connection (never on an idle one: etcd drops
+  such a connection for "too many pings"), and room for a large watch response; each set once.
 - Endpoints may be host names or IPv6 addresses: the target is ours
   (`node.store.endpoints`), not etcd3aio's `ipv4:` one, which gRPC refuses for both.
 - TLS (`EtcdTls`): several endpoints share one channel, which checks every member's
@@ -56,7 +57,12 @@ OPTIONS: list[tuple[str, str | int | bool]] = [  # etcd3aio takes no channel opt
     # 2 s, and the round-robin channel stops sending calls there.
     ("grpc.keepalive_time_ms", KEEPALIVE_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-    ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle connection too
+    # Only while a call is open on the connection (a watch, a call under way): etcd takes
+    # a ping on a connection without one as a strike, at any interval, and answers the
+    # third with GOAWAY "too_many_pings", closing the connection (decision NN). etcd3aio
+    # sets this to true: every idle member of the round robin was dropped every ~20 s.
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),  # keep pinging a long-quiet watch too
     ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     # gRPC's default 4 MiB is less than one watch response of a watcher catching up
     # (etcd batches up to 1,000 revisions); ranges are paged (`RANGE_PAGE`) anyway.
