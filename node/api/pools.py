@@ -52,6 +52,8 @@ class PoolsServicer(pools_pb2_grpc.PoolsServicer):
             doc = json.loads(request.document_json or "{}")
         except ValueError as exc:
             raise InvalidArgument(f"the pools document is not JSON: {exc}") from None
+        except RecursionError:  # a deeply nested document (a pools file is a few levels deep)
+            raise InvalidArgument("the pools document is nested too deeply to be a pools file") from None
         pools = parse_pools(doc)
         stored = json.dumps(pools_to_doc(pools), sort_keys=True).encode()
         result = await self.store.txn([], [Put(self.keys.pools, stored)])

@@ -69,3 +69,16 @@ async def test_readable_pools_are_still_listed() -> None:
     servicer = PoolsServicer(store, KEYS, EventLog(store, KEYS, "n1"))
     out = await servicer.ListPools(pools_pb2.ListPoolsRequest(), Context())  # type: ignore[arg-type]
     assert [p.name for p in out.pools] == ["burst"]
+
+
+async def test_a_deeply_nested_pools_document_is_invalid_argument_and_stores_nothing() -> None:
+    """json.loads of 100,000 nested lists raised RecursionError: an INTERNAL answer."""
+    store = MemoryStore()
+    servicer = PoolsServicer(store, KEYS, EventLog(store, KEYS, "n1"))
+    deep = "[" * 100_000 + "]" * 100_000
+    request = pools_pb2.ApplyPoolsRequest(document_json=deep)
+    with pytest.raises(Aborted) as err:
+        await servicer.ApplyPools(request, Context())  # type: ignore[arg-type]
+    code, details = err.value.args
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "nested too deeply" in details
+    assert await store.get(KEYS.pools) is None
