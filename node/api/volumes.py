@@ -78,8 +78,16 @@ class VolumeClaims:
         self.store, self.keys = store, keys
 
     async def user(self, c: VolumeClaim) -> Assignment | None:
+        """The task holding the claim's slot, if any. One whose record cannot be read holds
+        it all the same (a task key is there): named by its key, its node unknown."""
         kv = await self.store.get(self.keys.task(c.service, c.slot))
-        return None if kv is None else Assignment.from_json(kv.value)
+        if kv is None:
+            return None
+        try:
+            return Assignment.from_json(kv.value)
+        except (ValueError, KeyError, TypeError) as exc:  # one bad record fails no `volume ls`
+            log.warning("%s cannot be read (%s); its slot counts as in use", kv.key, exc)
+            return Assignment(f"{c.service}-{c.slot}", c.service, c.slot, "an unknown node", 0, 0)
 
     async def list(self, service: str = "") -> list[tuple[VolumeClaim, bool]]:
         """Every claim ("": the documented way to ask for all), or those of `service`, which

@@ -407,3 +407,24 @@ async def test_volume_rm_deletes_a_claim_that_does_not_read_by_its_key(raw: byte
     assert (got.service, got.slot, got.name) == ("db", 1, "data")
     assert "could not be read" in message and "stays there" in message
     assert await store.get(key) is None
+
+
+async def test_a_task_record_that_does_not_read_holds_its_slot_and_fails_no_volume_ls() -> None:
+    """`volume ls` and `volume rm` parsed the slot's task record unchecked: one written
+    around the leader answered INTERNAL for every volume. Its slot counts as in use."""
+    from node.api.volumes import VolumeClaims
+    from node.model.errors import FailedPrecondition
+
+    store = MemoryStore()
+    await store.put(
+        KEYS.volume("db", 1, "data"), VolumeClaim("db", 1, "data", "n2", "t1", uid="u1").to_json()
+    )
+    await store.put(
+        KEYS.volume("db", 2, "data"), VolumeClaim("db", 2, "data", "n2", "t2", uid="u1").to_json()
+    )
+    await store.put(KEYS.task("db", 1), b"{not json")
+    listed = await VolumeClaims(store, KEYS).list()
+    assert [(c.slot, used) for c, used in listed] == [(1, True), (2, False)]
+    with pytest.raises(FailedPrecondition, match="in use by task db-1 of db on an unknown node"):
+        await VolumeClaims(store, KEYS).remove("db.1.data")
+    assert await store.get(KEYS.volume("db", 1, "data")) is not None
