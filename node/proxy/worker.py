@@ -80,10 +80,32 @@ class Worker:
         self.ingress: Ingress | None = None  # the node's shared entrance (decision 80)
         self.ingress_entry: wire.IngressEntry | None = None  # as last told
         self._ingress_listening: tuple[str, int, int] = ("", 0, 0)  # of `ingress`
+        # one table applied at a time: the daemon's, a rebind's retry, a next daemon's while
+        # the last one's is still binding. Two at once both opened a port neither had yet
+        # (SO_REUSEPORT: both binds succeed); the first listener was then lost from `served`,
+        # kept serving with a balancer never told of a replica again, and was never closed
+        self._applying = asyncio.Lock()
 
     # -- the table --------------------------------------------------------------------
 
     async def apply(self, settings: MeshSettings, entries: list[wire.Entry]) -> None:
+        async with self._applying:
+            await self._apply(settings, entries)
+
+    async def apply_ingress(self, entry: wire.IngressEntry | None) -> None:
+        """Serve the entrance as `entry` says (None: none): its listeners beside the other
+        workers' (SO_REUSEPORT), its certificates, its routes; bind errors and counters
+        by port, as the other listeners'."""
+        async with self._applying:
+            await self._apply_ingress(entry)
+
+    async def rebind(self) -> None:
+        """Try again the ports that could not be bound, with the table as it is then."""
+        async with self._applying:
+            await self._apply(self.settings, list(self.entries.values()))
+            await self._apply_ingress(self.ingress_entry)
+
+    async def _apply(self, settings: MeshSettings, entries: list[wire.Entry]) -> None:
         if settings != self.settings:
             self.settings = settings
             self.cap.limit = settings.max_connections  # shared by every listener: at once
@@ -140,10 +162,7 @@ class Worker:
         log.info("worker %d: %s %s:%d -> %s", os.getpid(), entry.route.protocol, entry.address,
                  entry.route.published, entry.route.service)  # fmt: skip
 
-    async def apply_ingress(self, entry: wire.IngressEntry | None) -> None:
-        """Serve the entrance as `entry` says (None: none): its listeners beside the other
-        workers' (SO_REUSEPORT), its certificates, its routes; bind errors and counters
-        by port, as the other listeners'."""
+    async def _apply_ingress(self, entry: wire.IngressEntry | None) -> None:
         self.ingress_entry = entry
         old = self.ingress
         if old is not None and (entry is None or entry.listening != self._ingress_listening):
@@ -268,8 +287,7 @@ class Worker:
                     break
                 if self.errors and loop.time() >= rebind_at:
                     rebind_at = loop.time() + self.settings.rebind_interval
-                    await self.apply(self.settings, list(self.entries.values()))
-                    await self.apply_ingress(self.ingress_entry)
+                    await self.rebind()
         finally:
             server.close()
             if _ours(self.path, inode):
