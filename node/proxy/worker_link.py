@@ -135,16 +135,34 @@ class Worker:
             self._conn = None
 
     def kill(self) -> None:
-        """End the process (it hangs or is of no use); reap it when it is our child."""
-        if self.pid:
+        """End the process (it hangs or is of no use); reap it when it is our child.
+
+        `pid` is forgotten then. A pid that is not our child's (an adopted worker) is
+        killed only while it is still this socket's worker (`is_worker`): a worker that
+        died was reaped by another, and its pid may be anyone's by now (before, the
+        daemon, as root, sent SIGKILL to it at every failed restart)."""
+        if self.pid and (self.proc is None or self.proc.pid != self.pid) and is_worker(self.pid, self.path):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(self.pid, signal.SIGKILL)
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
+                self.proc.kill()  # Popen's: signals no pid it has reaped already
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
+        self.pid = 0
         self.disconnect()
+
+
+def is_worker(pid: int, path: Path) -> bool:
+    """Is process `pid` a proxy worker listening on `path` (its command line says so)?"""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if WORKER_MODULE.encode() not in args or b"--socket" not in args[:-1]:
+        return False
+    given = Path(os.fsdecode(args[args.index(b"--socket") + 1]))
+    return given == path or given.resolve() == path.resolve()
 
 
 async def stop_worker(w: Worker) -> None:

@@ -5,7 +5,11 @@ reused by another process, a worker that keeps failing to start."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from node.proxy import worker_wire as wire
@@ -13,6 +17,9 @@ from node.proxy.balancer import Backend
 from node.proxy.mesh import MeshSettings
 from node.proxy.routes import Route
 from node.proxy.worker import Worker as Process
+from node.proxy.worker_link import WORKER_MODULE, is_worker
+from node.proxy.worker_link import Worker as Link
+from tests.helpers import wait_until_sync
 from tests.unit.test_proxy_mesh import HOST, free_port
 
 
@@ -29,3 +36,38 @@ async def test_two_tables_applied_at_once_leave_no_listener_behind(tmp_path: Pat
     await asyncio.gather(*w.closing)
     with socket.socket() as s:  # no listener is left on the port (no SO_REUSE*: one would refuse)
         s.bind((HOST, port))
+
+
+def test_a_dead_workers_pid_taken_by_another_process_is_not_killed(tmp_path: Path) -> None:
+    """An adopted worker (not our child) died and was reaped elsewhere; its pid now is
+    another process's. Before, `kill` sent that process SIGKILL (at every failed restart:
+    the pid was never forgotten); now only a worker of this very socket is killed."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        w = Link(0, tmp_path)
+        w.pid = other.pid  # as a hello of the dead worker had said
+        w.kill()
+        w.kill()
+    finally:
+        other.terminate()
+        other.wait(10)
+    assert other.returncode == -signal.SIGTERM  # alive until terminated here
+    assert w.pid == 0  # forgotten: not killed again at the next restart
+
+
+def test_a_worker_is_told_by_its_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "worker-0.sock"
+    fake = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", WORKER_MODULE, "--socket", str(path)]
+    )
+    try:
+        wait_until_sync(lambda: is_worker(fake.pid, path), 10.0, message="its command line read")
+        assert not is_worker(fake.pid, tmp_path / "worker-1.sock")  # a sibling's socket
+        assert not is_worker(os.getpid(), path)
+        w = Link(0, tmp_path)
+        w.pid = fake.pid
+        w.kill()  # a hung adopted worker of this socket is killed
+        assert fake.wait(10) == -signal.SIGKILL
+    finally:
+        fake.kill()
+        fake.wait(10)
