@@ -54,6 +54,13 @@ class Worker:
         self.table = 0  # the number of the last table it answered (`WorkerMesh.tables`)
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._lock = asyncio.Lock()
+        self.restarting = asyncio.Lock()  # held while the mesh starts it again
+        self.restarts = 0  # starts since it last answered a poll (`WorkerMesh._replace`)
+        self.retry_at = 0.0  # time.monotonic() before which it is not started again
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
 
     async def dial(self) -> bool:
         """Connect to a worker listening at `path`; False when none answers."""

@@ -29,6 +29,7 @@ Lifecycle, and why each step is safe when the daemon dies between two of them:
   still there, started afresh and given the table: a kill of a worker loses the
   connections it held; its siblings keep serving all along, and take what the kernel
   had queued on its sockets (`tcp_migrate_req`, set at start: `node.proxy.migrate`).
+  One that keeps dying is started again less and less often (`RESTART_BACKOFF`).
 - stop: a graceful stop leaves the workers serving (a restart or an upgrade loses no
   new connection; the next daemon adopts them), except with `leave_on_stop` (the node
   leaves for good): they are told to stop and drain.
@@ -65,6 +66,11 @@ POLL = 2.0
 COLD_POLL = 0.25
 """The same while some service is scaled to zero with its requests held (`autoscale.min:
 0`): a worker's answer says it holds one, and the load reporter is woken (issue 15)."""
+
+RESTART_BACKOFF = 1.0
+"""Seconds before a worker started again is started once more (doubled at each start,
+up to `RESTART_BACKOFF_MAX`, while it answers no poll in between)."""
+RESTART_BACKOFF_MAX = 60.0
 
 __all__ = [
     "POLL",
@@ -256,19 +262,42 @@ class WorkerMesh(Mesh):
             await self._replace(w, str(exc))
 
     async def _replace(self, w: Worker, why: str) -> None:
-        log.warning("%s: starting it again", why)
-        if self.events is not None:
-            self.events.emit("proxy.worker_restarted", f"proxy worker {w.index}: {why}")
-        w.kill()
+        """Start `w` again and give it the table: one start at a time (the poll and a sync
+        both find it gone: the second one killed the worker the first was starting), and
+        not again before `w.retry_at` (a worker that dies at start or on the table is
+        started every RESTART_BACKOFF s, doubled at each start up to RESTART_BACKOFF_MAX,
+        not at every poll and sync; a poll it answers ends that)."""
+        async with w.restarting:
+            if w.connected:  # started again meanwhile, by the call that found it gone first
+                if w.table != self.tables:
+                    await self._give_table(w)
+                return
+            now = time.monotonic()
+            if now < w.retry_at:
+                log.debug("proxy worker %d: %s; started again in %.1fs", w.index, why, w.retry_at - now)
+                return
+            w.retry_at = now + min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2**w.restarts)
+            w.restarts += 1
+            log.warning("%s: starting it again", why)
+            if self.events is not None:
+                self.events.emit("proxy.worker_restarted", f"proxy worker {w.index}: {why}")
+            w.kill()
+            try:
+                await w.spawn()
+                self.started += 1
+            except WorkerError as exc:
+                log.error("proxy worker %d could not be started again: %s", w.index, exc)
+            else:
+                await self._give_table(w)
+        self.check_serving()
+
+    async def _give_table(self, w: Worker) -> None:
         number = self.tables  # the table now, not the one of the call that failed
         try:
-            await w.spawn()
-            self.started += 1
             await w.call(self._table())
             w.table = number
         except WorkerError as exc:
-            log.error("proxy worker %d could not be started again: %s", w.index, exc)
-        self.check_serving()
+            log.error("proxy worker %d did not take the table: %s", w.index, exc)
 
     def acked(self) -> bool:
         """Every worker has answered the last table pushed (bound its ports or said why not)."""
@@ -287,6 +316,7 @@ class WorkerMesh(Mesh):
             for w in self.workers:
                 try:
                     await w.call({"op": "state"})
+                    w.restarts = 0  # it lives: a next death is started again at once
                 except WorkerError as exc:
                     await self._replace(w, str(exc))
             self._take_states()

@@ -10,17 +10,22 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from node.proxy import worker_wire as wire
+from node.proxy import workers
 from node.proxy.balancer import Backend
 from node.proxy.mesh import MeshSettings
 from node.proxy.routes import Route
 from node.proxy.worker import Worker as Process
-from node.proxy.worker_link import WORKER_MODULE, is_worker
+from node.proxy.worker_link import WORKER_MODULE, WorkerError, is_worker
 from node.proxy.worker_link import Worker as Link
-from tests.helpers import wait_until_sync
+from tests.helpers import wait_until, wait_until_sync
 from tests.unit.test_proxy_mesh import HOST, free_port
+from tests.unit.test_proxy_workers import WorkerWorld
 
 
 async def test_two_tables_applied_at_once_leave_no_listener_behind(tmp_path: Path) -> None:
@@ -71,3 +76,33 @@ def test_a_worker_is_told_by_its_command_line(tmp_path: Path) -> None:
     finally:
         fake.kill()
         fake.wait(10)
+
+
+async def test_a_worker_that_keeps_dying_is_started_once_at_a_time_and_less_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poll and a sync both find the worker gone: before, each started one (the second
+    killing the first's), and one dying at start was started again at every poll and every
+    sync (a python process each time). Now one start at a time, then a growing wait."""
+    starts: list[float] = []
+
+    async def spawn(self: Link) -> None:
+        starts.append(time.monotonic())
+        await asyncio.sleep(0)  # the other caller comes in meanwhile
+        raise WorkerError(f"proxy worker {self.index} exited with 1")
+
+    monkeypatch.setattr(Link, "spawn", spawn)
+    monkeypatch.setattr(workers, "RESTART_BACKOFF", 0.2, raising=False)
+    world = WorkerWorld(tmp_path / "proxy", count=1)
+    try:
+        mesh = world.mesh
+        w = mesh.workers[0]
+        await asyncio.gather(*(mesh._replace(w, "gone") for _ in range(3)))
+        await mesh._replace(w, "gone at the next sync")
+        assert len(starts) == 1
+        await wait_until(lambda: time.monotonic() >= w.retry_at, 5.0)
+        await mesh._replace(w, "gone at a later poll")
+        assert len(starts) == 2
+        assert w.retry_at - starts[1] > 0.3  # the wait doubled (0.2 s, then 0.4 s)
+    finally:
+        await world.close()
