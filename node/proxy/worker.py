@@ -17,6 +17,9 @@ a port it could not bind every `rebind_interval`. It exits when told `stop`, on 
 by another (its data directory is gone: nothing will adopt it; or a successor took its
 place: it serves beside it for `STEP_DOWN` seconds first), or, with
 `--orphan-exit S` (tests), after S seconds without a daemon.
+
+Its control socket is 0600 from the moment it is bound, and only a connection of its
+own user (or root) is heard: the daemon's, which starts it as itself.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import logging
 import os
 import re
 import signal
+import socket
+import struct
 import sys
 import time
 from collections.abc import Coroutine
@@ -224,7 +229,15 @@ class Worker:
     # -- the daemon's connection -----------------------------------------------------------
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One daemon at a time: a new connection replaces the last (that daemon is gone)."""
+        """One daemon at a time: a new connection replaces the last (that daemon is gone).
+        Only a process of this worker's user (or root) is heard: another local user whose
+        connection got in (a socket file made wider, a directory not 0700) would feed it
+        routes and read its state; it is closed before the daemon's connection is touched."""
+        uid = _peer_uid(writer)
+        if uid not in (0, os.getuid()):
+            log.warning("worker %d: control connection of uid %s refused", os.getpid(), uid)
+            writer.close()
+            return
         if self.controller is not None:
             self.controller.close()
         self.controller = writer
@@ -257,9 +270,9 @@ class Worker:
     async def run(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a dead worker's: nothing answers there (the daemon checked)
-        with wire.reachable(self.path) as name:
-            server = await asyncio.start_unix_server(self.control, name, limit=wire.MAX_LINE)
-        self.path.chmod(0o600)
+        server = await asyncio.start_unix_server(
+            self.control, sock=_listening(self.path), limit=wire.MAX_LINE
+        )
         inode = self.path.stat().st_ino
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
@@ -297,6 +310,34 @@ class Worker:
             await self.apply_ingress(None)
             if self.closing:
                 await asyncio.wait(self.closing, timeout=self.settings.drain_timeout + 2)
+
+
+def _listening(path: Path) -> socket.socket:
+    """A unix socket bound at `path`, mode 0600 from its creation: bound under umask 0177,
+    with nothing run between (before, it was bound with the daemon's umask and served a
+    loop iteration before its chmod: a connection of another user made then stayed)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with wire.reachable(path) as name:
+            umask = os.umask(0o177)
+            try:
+                sock.bind(name)
+            finally:
+                os.umask(umask)
+        path.chmod(0o600)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    """The user id of the process at the other end of a unix connection (None: unknown)."""
+    sock = writer.get_extra_info("socket")
+    try:
+        return int(struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1])
+    except (AttributeError, OSError, struct.error):
+        return None
 
 
 def _ours(path: Path, inode: int) -> bool:

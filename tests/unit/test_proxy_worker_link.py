@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +110,68 @@ async def test_a_worker_that_keeps_dying_is_started_once_at_a_time_and_less_ofte
         assert w.retry_at - starts[1] > 0.3  # the wait doubled (0.2 s, then 0.4 s)
     finally:
         await world.close()
+
+
+async def test_the_control_socket_is_0600_from_its_bind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, it was bound with the process's umask and served before its chmod: with a
+    umask of 0, another user could connect in between, and stay connected."""
+    path = tmp_path / "worker-0.sock"
+    modes: list[int] = []
+    real = asyncio.start_unix_server
+
+    async def start(*args: Any, **kw: Any) -> asyncio.Server:
+        server = await real(*args, **kw)
+        modes.append(stat.S_IMODE(path.stat().st_mode))  # as it serves its first connection
+        return server
+
+    monkeypatch.setattr(asyncio, "start_unix_server", start)
+    w = Process(path)
+    umask = os.umask(0)
+    try:
+        task = asyncio.create_task(w.run())
+        await wait_until(lambda: modes, 10.0, message="the worker listens")
+    finally:
+        os.umask(umask)
+    w.stopping.set()
+    await task
+    asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+    assert modes == [0o600]
+
+
+TALK_AS_NOBODY = """
+import os, socket, sys
+os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(10)
+try:
+    s.sendall(b'{"op":"table","listeners":[]}\\n')
+    sys.stdout.write(repr(s.recv(100)))
+except (BrokenPipeError, ConnectionResetError):  # closed before it was written to
+    sys.stdout.write("b''")
+"""
+
+
+async def test_another_user_is_not_heard_and_does_not_take_the_daemons_place(tmp_path: Path) -> None:
+    """A socket file another user could connect to (made wider by hand, or in a directory
+    not 0700): before, the worker answered that user, took its tables, and closed its
+    daemon's connection for it (the daemon then killed and restarted a healthy worker)."""
+    directory = Path(tempfile.mkdtemp(prefix="shoal-peer-"))
+    os.chmod(directory, 0o711)  # nobody may reach the socket by its path, not list the directory
+    w = Link(0, directory)
+    try:
+        await w.spawn()
+        w.path.chmod(0o666)
+        said = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", TALK_AS_NOBODY, str(w.path)],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        assert said.returncode == 0, said.stderr
+        assert said.stdout == "b''", said.stdout  # closed without a word
+        assert (await w.call({"op": "state"}))["op"] == "state"  # the daemon's connection stands
+    finally:
+        w.kill()
+        shutil.rmtree(directory, ignore_errors=True)
