@@ -13,14 +13,14 @@ tasks were written with the wrong types). The readers here refuse such a record 
   key's service alone for the pass (its slot must not look empty: that would start a
   duplicate replica).
 - `node`, `nodespec`: also a node record under another node's key. The leader keeps
-  the node's tasks where they are and places nothing new there (decision NN).
+  the node's tasks where they are and places nothing new there (decision 85).
 - `job`: a job's progress (`jobs/<name>`, and an earlier run's `jobruns/<name>/<tick>`),
   its index entries too. The leader leaves that job alone (no start, no stop, no count)
   until the record is rewritten or removed.
 - `run`: a scheduled job's tick (`runs/<name>/<tick>`), also one of another job or tick.
   The leader leaves that job alone too (no tick decided: it might fire twice).
 - `pending`: why a service's replicas wait (`pending/<name>`), also another service's.
-  The leader, its only writer, writes it anew from its plan (decision NN).
+  The leader, its only writer, writes it anew from its plan (decision 97).
 
 Pure: no I/O.
 """

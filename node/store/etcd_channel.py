@@ -59,7 +59,7 @@ OPTIONS: list[tuple[str, str | int | bool]] = [  # etcd3aio takes no channel opt
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     # Only while a call is open on the connection (a watch, a call under way): etcd takes
     # a ping on a connection without one as a strike, at any interval, and answers the
-    # third with GOAWAY "too_many_pings", closing the connection (decision NN). etcd3aio
+    # third with GOAWAY "too_many_pings", closing the connection (decision 98). etcd3aio
     # sets this to true: every idle member of the round robin was dropped every ~20 s.
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),  # keep pinging a long-quiet watch too

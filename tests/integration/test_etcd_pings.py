@@ -5,7 +5,7 @@ One etcd member on loopback with etcd's default keepalive policy (`--grpc-keepal
 and has no flag for it). The store's channel must stay up on an idle connection: etcd
 answers the fourth ping that comes while no call is open with GOAWAY "too_many_pings"
 and closes the connection. With etcd3aio's `keepalive_permit_without_calls` (the options
-before decision NN) an idle connection was pinged every `KEEPALIVE_MS` and dropped after
+before decision 98) an idle connection was pinged every `KEEPALIVE_MS` and dropped after
 about 18 s, again and again, each time with the calls on it, and the client doubled its
 ping interval each time (the hung-member check slowed down for good).
 Then the other half: with a watch open, the pings still go, and a member that hangs

@@ -3,7 +3,7 @@ written around the API: every leader pass failed on them (a slot "2" sorted with
 node's cpu [1] compared with 0), so nothing at all was reconciled. Now the pass goes on,
 and what it does about them is safe: a service with an unreadable slot is left alone (the
 slot must not look empty: a duplicate replica), a node whose record or settings cannot be
-read keeps its tasks and takes no new ones, and is not lost (decision NN)."""
+read keeps its tasks and takes no new ones, and is not lost (decision 85)."""
 
 from __future__ import annotations
 
