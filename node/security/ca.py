@@ -266,10 +266,10 @@ def _addresses(ips: Iterable[str], dns: Iterable[str]) -> list[x509.GeneralName]
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(ip)))
         except ValueError:
-            raise CertError(f"{ip!r} is not an IP address") from None
+            raise CertError(f"{ip[:60]!r} is not an IP address") from None
     for name in dns:
         if not _DNS.fullmatch(name):
-            raise CertError(f"{name!r} is not a DNS name")
+            raise CertError(f"{name[:80]!r} is not a DNS name")
         names.append(x509.DNSName(name.lower()))
     return names
 

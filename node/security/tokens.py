@@ -244,8 +244,7 @@ VIEWER_METHODS = frozenset(
         "WatchResolve",
         "StreamEvents",
         "WatchMembers",
-        "StreamLogs",
-        "WhoAmI",
+        "WhoAmI",  # no RPC: the dashboard's name for "any viewer" (node.dashboard.server)
         "ServiceLogs",
         "TaskUsage",  # issue 14: usage per task
         "UsageReport",  # issue 15: metered usage and its cost

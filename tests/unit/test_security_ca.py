@@ -237,3 +237,13 @@ def test_a_csr_with_a_malformed_extension_is_refused_with_a_reason(authority: Cl
     )
     with pytest.raises(CertError, match="extensions are malformed"):
         ca.read_csr(csr)
+
+
+def test_a_hostile_address_is_named_in_the_error_shortened() -> None:
+    """A join's bad DNS name or IP was echoed whole into the error (and the log)."""
+    with pytest.raises(ca.CertError) as err:
+        ca._addresses([], ["a" * 100_000 + "!"])
+    assert len(str(err.value)) < 200
+    with pytest.raises(ca.CertError) as err:
+        ca._addresses(["1" * 100_000], [])
+    assert len(str(err.value)) < 200

@@ -164,6 +164,16 @@ def test_viewers_read_deployers_change_services_admins_do_everything() -> None:
     assert allowed(Role.DEPLOYER, "/shoal.v1.Shoal/RollbackService")
 
 
+def test_every_method_the_role_tables_name_is_a_method_of_the_api() -> None:
+    """The viewer table named `StreamLogs`, which no proto defines: a method of that name
+    added later would have been open to viewers without anyone deciding so. `WhoAmI` is
+    the dashboard's name for "any viewer", not an RPC."""
+    from node.security.tokens import DEPLOYER_METHODS
+
+    defined = {m.rsplit("/", 1)[1] for m in _methods()}
+    assert DEPLOYER_METHODS - defined == {"WhoAmI"}
+
+
 def test_viewers_read_jobs_and_runs_and_nothing_else_of_the_jobs_service() -> None:
     """Issue 18: `shoal.v1.Jobs` is in the table by (service, method); its reads are a
     viewer's (deployers and admins too), and a method it may gain later is admin-only."""
