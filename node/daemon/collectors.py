@@ -254,6 +254,15 @@ class GossipCollector(Collector):
         for state, n in sorted(list(t.transitions.items())):
             transitions.add_metric([state], n)
         yield transitions
+        if t.membership is not None:  # decision 93: forged or unprovable ALIVE/LEFT claims
+            dropped = CounterMetricFamily(
+                "shoal_gossip_claims_dropped",
+                "ALIVE/LEFT claims about other members refused: their proof did not check, by why",
+                labels=["reason"],
+            )
+            for reason, n in sorted(t.membership.proofs.dropped.items()):
+                dropped.add_metric([reason], n)
+            yield dropped
 
 
 class StoreCollector(Collector):

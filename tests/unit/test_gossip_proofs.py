@@ -218,5 +218,14 @@ async def test_the_daemon_signs_its_claims_and_drops_forged_ones() -> None:
         assert membership.list.rejected == 1
         mine = [u for u in ack.updates if u.node == "me" and u.state is ALIVE]
         assert mine and _check(_proofs("x"), mine[0]), "our refutation is signed and checks"
+        from node.daemon.telemetry import Telemetry
+        from tests.unit.test_daemon_metrics import scrape
+
+        t = Telemetry("me")
+        t.membership = membership
+        assert (
+            'shoal_gossip_claims_dropped_total{reason="unsigned, from a node that signs its claims"} 1.0'
+            in scrape(t)
+        )
     finally:
         await membership.transport.close()
