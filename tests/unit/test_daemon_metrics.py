@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -264,7 +265,10 @@ def test_gossip_members_by_state_probe_failures_and_suspicions() -> None:
         SimpleNamespace(state="alive"),
         SimpleNamespace(state="suspect"),
     ]
-    t.membership = SimpleNamespace(list=SimpleNamespace(members=lambda: members, health=1))  # type: ignore[assignment]
+    t.membership = SimpleNamespace(  # type: ignore[assignment]
+        list=SimpleNamespace(members=lambda: members, health=1),
+        proofs=SimpleNamespace(dropped=Counter({"certificate": 2})),
+    )
     t.probe_failures["ping"] += 3
     t.transitions["suspect"] += 2
     text = scrape(t)
@@ -277,6 +281,7 @@ def test_gossip_members_by_state_probe_failures_and_suspicions() -> None:
     assert samples(text, "shoal_gossip_probe_failures_total")[(("kind", "ping"),)] == 3
     assert samples(text, "shoal_gossip_suspicions_total") == {(): 2}
     assert samples(text, "shoal_gossip_health") == {(): 1}
+    assert samples(text, "shoal_gossip_claims_dropped_total") == {(("reason", "certificate"),): 2}
 
 
 def test_the_store_meter_times_every_call_and_sorts_errors_by_kind() -> None:
