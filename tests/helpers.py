@@ -21,6 +21,7 @@ import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from node.dev.freeports import free_port, free_port_on_all, free_port_pair
@@ -94,6 +95,18 @@ def wait_until_sync(
 def _failure(message: str, timeout: float, last: object) -> str:
     what = message or "condition"
     return f"{what} not met within {timeout}s (last: {last!r})"
+
+
+def etcd_member_argv(name: str, data_dir: Path, client: int, peer: int, initial: str = "") -> list[str]:
+    """`etcd` for one member of a plain-HTTP cluster on 127.0.0.1 (`initial`: every member's
+    `name=peer URL`, comma-separated; default this member alone)."""
+    client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    return [
+        "etcd", "--name", name, "--data-dir", str(data_dir),
+        "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+        "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", initial or f"{name}={peer_url}", "--initial-cluster-state", "new",
+    ]  # fmt: skip
 
 
 def on_store(endpoint: str, fn: Callable[[Any], Awaitable[T]]) -> T:

@@ -22,7 +22,7 @@ import pytest
 from node.dev.freeports import free_port
 from node.store.base import StoreError
 from node.store.etcd import EtcdStore
-from tests.helpers import wait_until
+from tests.helpers import etcd_member_argv, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +42,7 @@ def etcd3(tmp_path: Path) -> Iterator[tuple[list[str], list[subprocess.Popen[byt
     try:
         for name, client, peer in members:
             log = (tmp_path / f"{name}.log").open("wb")
-            argv = [
-                "etcd", "--name", name, "--data-dir", str(tmp_path / name),
-                "--listen-client-urls", f"http://127.0.0.1:{client}",
-                "--advertise-client-urls", f"http://127.0.0.1:{client}",
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-cluster", initial, "--initial-cluster-state", "new",
-            ]  # fmt: skip
+            argv = etcd_member_argv(name, tmp_path / name, client, peer, initial)
             procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
         yield [f"127.0.0.1:{client}" for _, client, _ in members], procs
     finally:

@@ -28,7 +28,7 @@ import pytest
 from node.dev.freeports import free_port
 from node.store.base import KV, StoreError, StoreUnavailable
 from node.store.etcd import EtcdStore
-from tests.helpers import wait_until
+from tests.helpers import etcd_member_argv, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +53,7 @@ class Members:
     def start(self, i: int) -> None:
         initial = ",".join(f"m{j}=http://127.0.0.1:{peer}" for j, (_, peer) in enumerate(self.ports))
         client, peer = self.ports[i]
-        argv = [
-            "etcd", "--name", f"m{i}", "--data-dir", str(self.root / f"m{i}"),
-            "--listen-client-urls", f"http://127.0.0.1:{client}",
-            "--advertise-client-urls", f"http://127.0.0.1:{client}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", initial, "--initial-cluster-state", "new",
-        ]  # fmt: skip
+        argv = etcd_member_argv(f"m{i}", self.root / f"m{i}", client, peer, initial)
         with (self.root / f"m{i}.log").open("ab") as log:
             self.procs[i] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 

@@ -27,7 +27,7 @@ import pytest
 from node.dev.freeports import free_port_pair
 from node.store.etcd import EtcdStore
 from node.store.etcd_channel import KEEPALIVE_MS, KEEPALIVE_TIMEOUT_MS
-from tests.helpers import wait_until
+from tests.helpers import etcd_member_argv, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +41,7 @@ class Member:
     def __init__(self, root: Path) -> None:
         port = free_port_pair()
         self.endpoint = f"127.0.0.1:{port}"
-        client, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"
-        argv = [
-            "etcd", "--name", "pings", "--data-dir", str(root / "etcd"),
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"pings={peer}",
-        ]  # fmt: skip
+        argv = etcd_member_argv("pings", root / "etcd", port, port + 1)
         with (root / "etcd.log").open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
