@@ -213,6 +213,25 @@ def writes_since(
     return on_store(endpoint, read)
 
 
+def listening_inodes(port: int, address: str = "") -> set[int]:
+    """The inodes of the sockets listening on TCP `port` (on `address`, an IPv4 one, or on
+    any), from /proc/net/tcp and tcp6: which kernel socket serves a port, across an
+    engine's change."""
+    import ipaddress
+
+    where = f"{int(ipaddress.IPv4Address(address).packed[::-1].hex(), 16):08X}" if address else ""
+    found: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                host, hexport = fields[1].rsplit(":", 1)
+                if fields[3] == "0A" and int(hexport, 16) == port and (not where or host == where):
+                    found.add(int(fields[9]))
+    return found
+
+
 class Knocker:
     """Connects to `host:port` in a loop from a thread (each connection closed at once),
     bounded in count and `seconds`, counting those made and the refusals: a listener that

@@ -5,7 +5,8 @@ the periodic sweep, and the way they stop.
 with a backlog of `BACKLOG` and SO_REUSEADDR, and calls `_sweep` every `sweep_every()`
 seconds from `start()` until `close()`. An engine counts each connection it serves with
 `_track` / `_untrack` (`stats.active`), so `close()` can wait for them to end:
-`stop_accepting()` frees the port at once; `close()` also runs `_begin_close()`, waits up
+`stop_accepting()` frees the port at once (on a socket given to `start`, it closes only
+the engine's duplicate: `node.proxy.ports`); `close()` also runs `_begin_close()`, waits up
 to `drain_timeout` for the open connections to finish, then `_abort_open()` ends the
 rest and waits a second for them to go.
 """
@@ -24,16 +25,15 @@ from typing import Any, Generic, TypeVar, cast
 from node.proxy.balancer import Balancer, RetryPolicy
 from node.proxy.http_types import Hold
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap
+from node.proxy.ports import BACKLOG
 from node.proxy.stats import ProxyStats
 
-BACKLOG = 1024
 CONNECT_TIMEOUT = 2.0
 """Seconds per connect attempt to a replica. Above Linux's first SYN retransmission
 (1 s): a replica whose accept queue is full drops the SYN and the kernel sends it again
 after 1 s, which a direct client waits for; at 1.0 s the proxy gave up just then and
 failed 4-6 requests in 3,000 to busybox httpd (`ab -c 16`) that direct connections all
 served (ListenOverflows counted in the container)."""
-"""Connections the kernel queues before the engine accepts them."""
 ABORT_GRACE = 1.0
 """Seconds `close()` waits for aborted connections to report their end."""
 
@@ -136,18 +136,23 @@ class Listener(Generic[C]):
         assert self._server is not None, "not started"
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen: on `sock` when given (a listening socket, which the engine now owns and
+        closes when it stops: `node.proxy.ports`), else on a socket of its own."""
         loop = self.loop = asyncio.get_running_loop()
         factory = self._accept if self.admit is None else functools.partial(_Gate, self)
-        self._server = await loop.create_server(
-            factory,
-            self.listen_host,
-            self.listen_port,
-            backlog=BACKLOG,
-            reuse_address=True,
-            ssl=self.ssl_context,
-            reuse_port=self.reuse_port or None,
-        )
+        if sock is not None:
+            self._server = await loop.create_server(factory, sock=sock, backlog=BACKLOG, ssl=self.ssl_context)
+        else:
+            self._server = await loop.create_server(
+                factory,
+                self.listen_host,
+                self.listen_port,
+                backlog=BACKLOG,
+                reuse_address=True,
+                ssl=self.ssl_context,
+                reuse_port=self.reuse_port or None,
+            )
         self._sweeper = loop.call_later(self.sweep_every(), self._tick)
 
     def _tick(self) -> None:

@@ -16,7 +16,9 @@ Where the endpoint set comes from, and how fast it moves:
 Draining: an endpoint that leaves the set gets no new traffic from that moment; what
 is in flight to it may finish for up to `drain_timeout` (the agent waits its drain
 time before stopping the container). A listener whose service is removed stops
-accepting at once and drains the same way.
+accepting at once and drains the same way. A port whose route changes keeps its
+socket (`node.proxy.ports`): the new engine accepts from it before the old one stops, so
+a client connecting meanwhile is never refused or reset.
 
 Limits (`node.proxy.limits`, settings `proxy_*` of `node.model.config`): every listener of the
 node shares one `ConnectionCap`; http listeners apply `HttpLimits` to each request head
@@ -68,6 +70,7 @@ from node.proxy.kernel_path import KernelPath
 from node.proxy.kernel_rules import KernelPort, plan
 from node.proxy.limits import DEFAULT_MAX_CONNECTIONS, ConnectionCap, HttpLimits
 from node.proxy.listener import CONNECT_TIMEOUT
+from node.proxy.ports import PortSockets
 from node.proxy.routes import Route
 from node.proxy.stats import ProxyStats
 from node.proxy.tcp import TcpProxy
@@ -150,6 +153,7 @@ class Mesh:
         self.tasks = mirror(store, keys.tasks, "mesh-tasks")
         self.down = mirror(store, keys.down_all, "mesh-down")
         self.listeners: dict[int, Listener] = {}
+        self.ports = PortSockets()  # a port's socket, kept while it is published (node.proxy.ports)
         self.migrate_off = ""  # why net.ipv4.tcp_migrate_req could not be set (node.proxy.migrate)
         self.stats: dict[Route, ProxyStats] = {}  # kept across re-binds: counters never go back
         self.bind_errors: dict[int, tuple[Route, str]] = {}
@@ -228,12 +232,14 @@ class Mesh:
             del self.bind_errors[port]
         for port, route in wanted.items():
             if port not in self.listeners:
-                # make before break: the new listener joins the port's SO_REUSEPORT group
-                # before the old one leaves it, and what the old one had queued moves over
-                # (`migrate_queues`): a changed route refuses no connection
+                # make before break: the new engine accepts from the port's socket before
+                # the old one stops, and the socket stays (node.proxy.ports): a changed
+                # route refuses no connection
                 await self._open(route)
                 if (old := replaced.pop(port, None)) is not None:
                     self._close(port, old)
+                if port not in self.listeners:
+                    self.ports.release(self.address, port)  # not served: nothing may queue
         for route in [r for r in self.stats if wanted.get(r.published) != r]:
             del self.stats[route]  # no longer published (service removed or changed): bounded
         self._apply_endpoints()
@@ -368,9 +374,13 @@ class Mesh:
         engine.reuse_port = True  # a changed route's new listener binds beside the old one (`sync`)
         engine.stats = self.stats.setdefault(route, ProxyStats())
         engine.cold = self.cold.hold(route.service, balancer)
+        sock = None
         try:
-            await engine.start()
+            sock = self.ports.take(self.address, route.published)
+            await engine.start(sock)
         except OSError as exc:
+            if sock is not None:
+                sock.close()  # the engine did not take it
             error = f"cannot listen on {self.address}:{route.published}: {exc.strerror or exc}"
             known = self.bind_errors.get(route.published)
             self.bind_errors[route.published] = (route, error)
@@ -406,6 +416,7 @@ class Mesh:
     def _retire(self, port: int) -> None:
         """Stop accepting on `port` now; in-flight traffic drains in the background."""
         self._close(port, self.listeners.pop(port))
+        self.ports.release(self.address, port)
 
     def _close(self, port: int, listener: Listener) -> None:
         listener.engine.stop_accepting()
@@ -420,6 +431,7 @@ class Mesh:
             await self.kernel.remove()
         for port in list(self.listeners):
             self._retire(port)
+        self.ports.close()
         if self.ingress is not None:
             task = asyncio.get_running_loop().create_task(self.ingress.close(), name="ingress-close")
             self._closing.add(task)

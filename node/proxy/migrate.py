@@ -5,15 +5,16 @@ Every proxy worker listens on each published port with its own SO_REUSEPORT sock
 (`node.proxy.worker`); the kernel hashes each new connection to one of them, and a
 connection it has accepted waits in that socket's queue until the worker takes it. When a
 worker closes its listener (it steps down for a successor of another build, the setting
-was lowered, a route changed), the kernel resets what waits in that queue, unless
+was lowered), the kernel resets what waits in that queue, unless
 `tcp_migrate_req` is 1 (Linux 5.14 and later): then it moves those connections, and
 the handshakes still in progress, to another listener of the same port. Measured on this
 machine, 16 clients opening connections in a loop while one of two listeners closed:
 14-16 connections reset with 0, none with 1 (the kernel default is 0).
 
 The setting is per network namespace, and it changes nothing for a program that does not
-use SO_REUSEPORT. The daemon sets it at start (its own listeners use SO_REUSEPORT too, so a
-changed route opens the new one before the old closes); when it cannot (no
+use SO_REUSEPORT. It does not cover a handshake that completes while the listener
+closes (`node.proxy.ports`), so a route change keeps the port's socket rather than
+closing one of two. The daemon sets it at start; when it cannot (no
 CAP_NET_ADMIN, a read-only /proc/sys, a kernel without it), it says what an upgrade
 or a lowered `proxy_workers` will cost, and how to set it.
 """

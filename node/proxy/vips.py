@@ -47,6 +47,7 @@ from node.proxy.balancer import Balancer
 from node.proxy.dnsserver import DnsServer
 from node.proxy.mesh import Engine, Mesh
 from node.proxy.names import OUTSIDER, NameTable, VipRecord, dns_address, plan
+from node.proxy.ports import PortSockets
 from node.proxy.routes import Route, backends, sends_proxy_v2
 from node.proxy.sources import SourceMap
 from node.proxy.vipkernel import VipKernel
@@ -110,6 +111,7 @@ class Names:
         self.allocator = VipStore(mesh.store, mesh.keys, net)
         self.table = NameTable()
         self.listeners: dict[tuple[str, int], VipListener] = {}
+        self.ports = PortSockets(reuse_port=False)  # kept across route changes (node.proxy.ports)
         self.waiting: dict[tuple[str, int], str] = {}  # not bound yet, and why
         self.dns: DnsServer | None = None
         self.dns_error = ""
@@ -192,13 +194,20 @@ class Names:
                     (record.address, p.container),
                     Route(s.name, p.container, p.container, p.protocol, sends_proxy_v2(s, p.container)),
                 )
+        replaced: dict[tuple[str, int], VipListener] = {}  # closed once the successor listens
         for key, listener in list(self.listeners.items()):
-            if wanted.get(key) != listener.route:
+            if key not in wanted:
                 self._retire(key)
+            elif wanted[key] != listener.route:
+                replaced[key] = self.listeners.pop(key)
         self.waiting = {k: why for k, why in self.waiting.items() if k in wanted}
         for key, route in wanted.items():
             if key not in self.listeners:
-                await self._open(key, route)
+                await self._open(key, route)  # on the port's socket, before the old one stops
+                if (old := replaced.pop(key, None)) is not None:
+                    self._stop(key, old)
+                if key not in self.listeners:
+                    self.ports.release(*key)
         endpoints = self.mesh.routable()
         for listener in self.listeners.values():
             removed = listener.balancer.set_endpoints(backends(listener.route, endpoints))
@@ -303,9 +312,13 @@ class Names:
         engine = self.mesh._engine(route, balancer, address)
         if self.sources is not None:
             engine.admit = functools.partial(self._admit, route.service)
+        sock = None
         try:
-            await engine.start()
+            sock = self.ports.take(address, route.published)
+            await engine.start(sock)
         except OSError as exc:
+            if sock is not None:
+                sock.close()  # the engine did not take it
             error = _why(exc, address, route.published)
             if self.waiting.get(key) != error:
                 log.info("names: %s: not listening here: %s", route.service, error)
@@ -338,7 +351,10 @@ class Names:
         task.add_done_callback(self._closing.discard)
 
     def _retire(self, key: tuple[str, int]) -> None:
-        listener = self.listeners.pop(key)
+        self._stop(key, self.listeners.pop(key))
+        self.ports.release(*key)
+
+    def _stop(self, key: tuple[str, int], listener: VipListener) -> None:
         listener.engine.stop_accepting()
         task = asyncio.get_running_loop().create_task(listener.engine.close(), name=f"vip-close-{key}")
         self._closing.add(task)
@@ -352,6 +368,7 @@ class Names:
             self.dns = None
         for key in list(self.listeners):
             self._retire(key)
+        self.ports.close()
         if self._closing:
             _, late = await asyncio.wait(self._closing, timeout=grace)
             for task in late:

@@ -48,6 +48,7 @@ from node.proxy.ingress import Ingress
 from node.proxy.ingress_tls import SniContexts
 from node.proxy.limits import ConnectionCap
 from node.proxy.mesh import Engine, Mesh, MeshSettings
+from node.proxy.ports import PortSockets
 from node.proxy.stats import ProxyStats
 
 log = logging.getLogger("shoal.proxy.worker")
@@ -76,6 +77,7 @@ class Worker:
         self.cap = ConnectionCap(self.settings.max_connections)
         self.entries: dict[int, wire.Entry] = {}  # the last table, by published port
         self.served: dict[int, Served] = {}
+        self.ports = PortSockets()  # SO_REUSEPORT beside the siblings; kept across route changes
         self.errors: dict[int, str] = {}
         self.stats: dict[int, ProxyStats] = {}
         self.closing: set[asyncio.Task[None]] = set()
@@ -126,12 +128,16 @@ class Worker:
         self.errors = {p: e for p, e in self.errors.items() if p in self.entries}
         for port, entry in self.entries.items():
             if port not in self.served:
-                # make before break: the new listener joins the port's SO_REUSEPORT group
-                # before the old one leaves it, and what the old one had queued moves over
-                # (node.proxy.migrate): a changed route refuses no connection
+                # make before break: the new engine accepts from the port's socket before
+                # the old one stops, and the socket stays (node.proxy.ports): a changed
+                # route refuses no connection
                 await self.open(entry)
                 if (old := replaced.pop(port, None)) is not None:
                     self._close(old)
+                    if old.entry.address != entry.address:
+                        self.ports.release(old.entry.address, port)
+                if port not in self.served:
+                    self.ports.release(entry.address, port)  # not served: nothing may queue
             now = self.served.get(port)
             if now is not None:
                 fresh = not now.balancer.backends
@@ -150,13 +156,16 @@ class Worker:
     async def open(self, entry: wire.Entry) -> None:
         balancer = Balancer()
         holder = SimpleNamespace(settings=self.settings, cap=self.cap)
+        sock = None
         try:
             engine: Engine = Mesh._engine(holder, entry.route, balancer, entry.address)  # type: ignore[arg-type]
-            engine.reuse_port = True
             engine.stats = self.stats.setdefault(entry.route.published, ProxyStats())
             engine.cold = self.cold.hold(entry.route.service, balancer)
-            await engine.start()
+            sock = self.ports.take(entry.address, entry.route.published)
+            await engine.start(sock)
         except (OSError, AttributeError, ValueError) as exc:
+            if sock is not None:
+                sock.close()  # the engine did not take it
             text = getattr(exc, "strerror", None) or str(exc)
             self.errors[entry.route.published] = (
                 f"cannot listen on {entry.address}:{entry.route.published}: {text}"
@@ -208,7 +217,9 @@ class Worker:
         task.add_done_callback(self.closing.discard)
 
     def retire(self, port: int) -> None:
-        self._close(self.served.pop(port))
+        served = self.served.pop(port)
+        self._close(served)
+        self.ports.release(served.entry.address, port)
 
     def _close(self, served: Served) -> None:
         served.engine.stop_accepting()
@@ -307,6 +318,7 @@ class Worker:
                 self.path.unlink()
             for port in list(self.served):
                 self.retire(port)
+            self.ports.close()
             await self.apply_ingress(None)
             if self.closing:
                 await asyncio.wait(self.closing, timeout=self.settings.drain_timeout + 2)

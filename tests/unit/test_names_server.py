@@ -230,6 +230,34 @@ async def test_after_rm_the_name_is_gone_the_vip_stops_and_a_recreation_is_fresh
     assert answer.a == [new.address]
 
 
+async def test_a_vip_ports_changed_protocol_keeps_its_socket_and_serves_on(world: World) -> None:
+    """A VIP port whose route changes (tcp to http) gets its new engine on the same kernel
+    socket, before the old one stops (`node.proxy.ports`): the port is never shut
+    between. Before, the old listener was closed first and the new one bound after."""
+    from tests.helpers import listening_inodes
+
+    _, names = world.node("n1")
+    db = await world.service("app_db", stack="app")
+    said = await world.http_backend(db, 1, "n1", 80)
+    vip = await world.vip("app_db")
+    await wait_until(lambda: (vip.address, 80) in names.listeners, 5.0)
+    before = listening_inodes(80, vip.address)
+    assert len(before) == 1
+    http = make_service("app_db", replicas=2, stack="app", ports=[{"container": 80, "protocol": "http"}])
+    await world.store.put(KEYS.service("app_db"), replace(http, uid=db.uid).to_json())
+    await wait_until(lambda: names.listeners[(vip.address, 80)].route.protocol == "http", 5.0)
+    assert listening_inodes(80, vip.address) == before  # the VIP's socket is still the one
+    reader, writer = await asyncio.open_connection(vip.address, 80)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: db\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        assert (await reader.readexactly(length)).decode() == said
+    finally:
+        writer.close()
+
+
 async def _no_record(world: World) -> bool:
     return (
         await world.store.get(KEYS.vip("app_db")) is None and not (await world.store.range(KEYS.vipaddrs))[0]

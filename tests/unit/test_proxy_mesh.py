@@ -286,6 +286,34 @@ async def test_a_changed_route_refuses_no_connection(world: World) -> None:
     assert len(k.connected) > 20
 
 
+async def test_a_changed_route_keeps_the_ports_socket_and_a_removed_one_closes_it(world: World) -> None:
+    """A route change gives the port a new engine on the same kernel socket (its inode
+    does not change): no listener of the port closes while it is published, the moment
+    Linux resets a handshake that completes on it (`node.proxy.ports`). Before, each
+    change bound a new SO_REUSEPORT socket and closed the old. Once the service is
+    removed the port is closed."""
+    from tests.helpers import listening_inodes
+
+    port = free_port()
+    web = tcp_service("web", port)
+    await world.store.put(KEYS.service("web"), web.to_json())
+    await world.backend(web, 1, "n1")
+    await wait_until(lambda: port in world.mesh.listeners, 3.0)
+    inodes = listening_inodes(port)
+    assert len(inodes) == 1
+    for container in (81, 82, 81):
+        await world.store.put(KEYS.service("web"), tcp_service("web", port, container=container).to_json())
+        await wait_until(lambda c=container: route_of(world, port) == c, 10.0)  # type: ignore[misc]
+        assert listening_inodes(port) == inodes
+    with socket.create_connection((HOST, port), timeout=5):
+        pass
+    await world.store.delete(KEYS.service("web"))
+    await wait_until(lambda: port not in world.mesh.listeners, 5.0)
+    assert listening_inodes(port) == set() and len(world.mesh.ports) == 0
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((HOST, port), timeout=5)
+
+
 async def test_a_bind_error_is_reported_again_on_a_new_lease(world: World) -> None:
     """The node's lease is replaced (etcd was away): the `binds/` entry died with the old
     one and is written again on the new one, though the error itself did not change."""

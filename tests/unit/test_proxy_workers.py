@@ -420,6 +420,37 @@ async def test_a_changed_route_refuses_no_connection(tmp_path: Path) -> None:
     assert len(k.connected) > 20
 
 
+async def test_a_changed_route_keeps_the_workers_socket_and_a_new_address_gets_its_own(
+    tmp_path: Path,
+) -> None:
+    """In a worker too, a route change gives the port a new engine on the same kernel
+    socket (`node.proxy.ports`); an entry that moves to another address gets a socket
+    there, and the old address's closes; a retired port closes."""
+    from node.proxy.worker import Worker as Process
+    from tests.helpers import listening_inodes
+
+    port = free_port()
+    backends = (Backend("t1", HOST, free_port(), "n1"),)
+    w = Process(tmp_path / "worker-0.sock")
+    await w.apply(MeshSettings(), [wire.Entry(Route("web", port, 80, "tcp"), HOST, backends)])
+    assert not w.errors, w.errors
+    try:
+        inodes = listening_inodes(port)
+        assert len(inodes) == 1
+        await w.apply(MeshSettings(), [wire.Entry(Route("web", port, 81, "http"), HOST, backends)])
+        assert not w.errors, w.errors
+        assert listening_inodes(port) == inodes
+        await w.apply(MeshSettings(), [wire.Entry(Route("web", port, 81, "http"), "127.0.0.2", backends)])
+        assert not w.errors, w.errors
+        moved = listening_inodes(port)
+        assert len(moved) == 1 and moved != inodes
+        assert list(w.ports._held) == [("127.0.0.2", port)]
+    finally:
+        w.retire(port)
+        await asyncio.gather(*w.closing)
+    assert listening_inodes(port) == set() and len(w.ports) == 0
+
+
 async def workers_left_serving(pool: WorkerWorld) -> tuple[int, list[Any]]:
     """A tcp port served by the pool's workers, whose daemon then went away: the port and
     the workers' processes (a next daemon, of another build, finds them serving)."""
