@@ -388,6 +388,23 @@ async def test_worker_i_starts_its_rotation_at_the_i_th_replica(tmp_path: Path) 
     assert firsts == ["t1", "t2", "t2", "t1", "t1", "t2"]
 
 
+@contextlib.asynccontextmanager
+async def one_port_worker(tmp_path: Path) -> AsyncIterator[tuple[Any, int, tuple[Backend, ...]]]:
+    """A worker process's object (in this process) serving one tcp port, retired after."""
+    from node.proxy.worker import Worker as Process
+
+    port = free_port()
+    backends = (Backend("t1", HOST, free_port(), "n1"),)
+    w = Process(tmp_path / "worker-0.sock")
+    await w.apply(MeshSettings(), [wire.Entry(Route("web", port, 80, "tcp"), HOST, backends)])
+    assert not w.errors, w.errors
+    try:
+        yield w, port, backends
+    finally:
+        w.retire(port)
+        await asyncio.gather(*w.closing)
+
+
 async def test_a_changed_route_refuses_no_connection(tmp_path: Path) -> None:
     """A route that changes (here its container port, then back) gets a new engine: it
     listens before the old one stops, so a client connecting in a loop meanwhile is
@@ -396,26 +413,16 @@ async def test_a_changed_route_refuses_no_connection(tmp_path: Path) -> None:
     old listener's queue moves to the new one. Left to the order of the tests (the
     kernel's default 0 on a fresh machine), the connections queued on it were reset."""
     from node.proxy import migrate
-    from node.proxy.worker import Worker as Process
 
     assert migrate.ensure() == "", "the test runs as root on Linux 5.14 or later"
-    port = free_port()
-    backends = (Backend("t1", HOST, free_port(), "n1"),)
-    w = Process(tmp_path / "worker-0.sock")
-    await w.apply(MeshSettings(), [wire.Entry(Route("web", port, 80, "tcp"), HOST, backends)])
-    assert not w.errors, w.errors
-    try:
-        async with Knocker(HOST, port, seconds=10) as k:
-            await wait_until(lambda: len(k.connected) > 20, timeout=10)
-            for i in range(40):
-                route = Route("web", port, 81 + i % 2, "tcp")
-                await w.apply(MeshSettings(), [wire.Entry(route, HOST, backends)])
-                assert not w.errors, w.errors
-                assert w.served[port].entry.route == route
-                await asyncio.sleep(0)  # let the closed engines finish
-    finally:
-        w.retire(port)
-        await asyncio.gather(*w.closing)
+    async with one_port_worker(tmp_path) as (w, port, backends), Knocker(HOST, port, seconds=10) as k:
+        await wait_until(lambda: len(k.connected) > 20, timeout=10)
+        for i in range(40):
+            route = Route("web", port, 81 + i % 2, "tcp")
+            await w.apply(MeshSettings(), [wire.Entry(route, HOST, backends)])
+            assert not w.errors, w.errors
+            assert w.served[port].entry.route == route
+            await asyncio.sleep(0)  # let the closed engines finish
     assert k.refused == [], k.summary()
     assert len(k.connected) > 20
 
@@ -426,15 +433,9 @@ async def test_a_changed_route_keeps_the_workers_socket_and_a_new_address_gets_i
     """In a worker too, a route change gives the port a new engine on the same kernel
     socket (`node.proxy.ports`); an entry that moves to another address gets a socket
     there, and the old address's closes; a retired port closes."""
-    from node.proxy.worker import Worker as Process
     from tests.helpers import listening_inodes
 
-    port = free_port()
-    backends = (Backend("t1", HOST, free_port(), "n1"),)
-    w = Process(tmp_path / "worker-0.sock")
-    await w.apply(MeshSettings(), [wire.Entry(Route("web", port, 80, "tcp"), HOST, backends)])
-    assert not w.errors, w.errors
-    try:
+    async with one_port_worker(tmp_path) as (w, port, backends):
         inodes = listening_inodes(port)
         assert len(inodes) == 1
         await w.apply(MeshSettings(), [wire.Entry(Route("web", port, 81, "http"), HOST, backends)])
@@ -445,9 +446,6 @@ async def test_a_changed_route_keeps_the_workers_socket_and_a_new_address_gets_i
         moved = listening_inodes(port)
         assert len(moved) == 1 and moved != inodes
         assert list(w.ports._held) == [("127.0.0.2", port)]
-    finally:
-        w.retire(port)
-        await asyncio.gather(*w.closing)
     assert listening_inodes(port) == set() and len(w.ports) == 0
 
 
