@@ -74,8 +74,9 @@ class Listener(Generic[C]):
     """A listening engine; `C` is what it counts as one open connection."""
 
     reuse_port = False
-    """SO_REUSEPORT on the listening socket: set by proxy worker processes
-    (`node.proxy.worker`), which share each port with their siblings."""
+    """SO_REUSEPORT on a socket of its own: set for the entrance's listeners in proxy
+    worker processes, which share each port with their siblings (a published port's
+    socket comes from `node.proxy.ports`, which sets it there)."""
 
     def __init__(
         self,
