@@ -54,6 +54,7 @@ class Worker:
         self.table = 0  # the number of the last table it answered (`WorkerMesh.tables`)
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._lock = asyncio.Lock()
+        self._unread = 0  # answers owed to calls cancelled after they sent (`call`)
         self.restarting = asyncio.Lock()  # held while the mesh starts it again
         self.restarts = 0  # starts since it last answered a poll (`WorkerMesh._replace`)
         self.retry_at = 0.0  # time.monotonic() before which it is not started again
@@ -126,10 +127,18 @@ class Worker:
                 raise WorkerError(f"proxy worker {self.index}: not connected")
             reader, writer = self._conn
             try:
-                writer.write(wire.encode(message))
                 async with asyncio.timeout(CALL_TIMEOUT):  # not wait_for: see `dial`
-                    await writer.drain()
-                    answer = wire.decode(await reader.readline())
+                    while self._unread:  # a cancelled call's answer: not this call's
+                        wire.decode(await reader.readline())
+                        self._unread -= 1
+                writer.write(wire.encode(message))
+                try:
+                    async with asyncio.timeout(CALL_TIMEOUT):
+                        await writer.drain()
+                        answer = wire.decode(await reader.readline())
+                except asyncio.CancelledError:
+                    self._unread += 1  # the caller went; the answer still comes, for nobody
+                    raise
             except (OSError, TimeoutError, ValueError) as exc:
                 self.disconnect()
                 raise WorkerError(f"proxy worker {self.index} (pid {self.pid}): {exc!r}") from exc
@@ -140,6 +149,7 @@ class Worker:
         if self._conn is not None:
             self._conn[1].close()
             self._conn = None
+        self._unread = 0
 
     def kill(self) -> None:
         """End the process (it hangs or is of no use); reap it when it is our child.

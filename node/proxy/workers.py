@@ -324,8 +324,8 @@ class WorkerMesh(Mesh):
 
     async def refresh(self, timeout: float) -> bool:
         """Ask every worker for its state now (its counters); whether all answered within
-        `timeout`. A call not answered by then goes on (cancelling it would leave its answer
-        unread on the connection): its state is taken when it comes; a worker that fails it
+        `timeout`. A call not answered by then goes on (its answer is a fresh state all
+        the same): its state is taken when it comes; a worker that fails it
         is replaced by the next poll."""
         calls = [asyncio.ensure_future(w.call({"op": "state"})) for w in self.workers]
         done, late = await asyncio.wait(calls, timeout=timeout)

@@ -175,3 +175,48 @@ async def test_another_user_is_not_heard_and_does_not_take_the_daemons_place(tmp
     finally:
         w.kill()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_a_call_cancelled_before_its_answer_does_not_hand_that_answer_to_the_next(
+    tmp_path: Path,
+) -> None:
+    """A call whose caller is cancelled after the message went (the daemon stopping a
+    sync, a caller's own timeout) leaves the worker's answer owed on the connection.
+    Before, the next call read that answer as its own: a table acknowledged by the answer
+    to a `state`, every later answer one behind. Now the owed answer is read and dropped
+    first; the connection is kept (the worker is fine: no restart)."""
+    path = tmp_path / "worker-0.sock"
+    first_asked = asyncio.Event()
+    release = asyncio.Event()
+    asked = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal asked
+        writer.write(wire.encode({"op": "hello", "pid": os.getpid()}))
+        while line := await reader.readline():
+            asked += 1
+            number = asked
+            if number == 1:
+                first_asked.set()
+                await release.wait()  # the first answer comes after its caller is gone
+            writer.write(wire.encode({"op": "state", "answer_to": number, "asked": wire.decode(line)}))
+            await writer.drain()
+
+    server = await asyncio.start_unix_server(serve, str(path))
+    link = Link(0, tmp_path)
+    try:
+        assert await link.dial()
+        first = asyncio.ensure_future(link.call({"op": "state"}))
+        await asyncio.wait_for(first_asked.wait(), 5)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        release.set()
+        second = await link.call({"op": "table", "n": 2})
+        assert second["answer_to"] == 2 and second["asked"] == {"op": "table", "n": 2}
+        third = await link.call({"op": "state"})
+        assert third["answer_to"] == 3
+        assert link.connected
+    finally:
+        link.disconnect()
+        server.close()
