@@ -7,7 +7,7 @@
   spec's numeric `uid`/`gid` when given, else the daemon's user), bind-mounted read-only
   at `/run/secrets/<target>`;
 - each config of `spec.configs` written to `<root>/<task-id>/configs/<i>` (0444 by
-  default), bind-mounted read-only at its `target`;
+  default, owned as a secret is), bind-mounted read-only at its `target`;
 - each sealed `secret_env` value opened (values stored before sealing existed are
   taken as they are).
 
@@ -90,7 +90,8 @@ class SecretFiles:
             mounts.append(Mount(str(path), f"/run/secrets/{name}"))
         for i, cref in enumerate(spec.configs or []):
             read = functools.partial(self._value, "config", cref.source, cref.revision)
-            path = await self._file(base / "configs", str(i), int(cref.mode, 8), read)
+            owner = (_id(cref.uid), _id(cref.gid))
+            path = await self._file(base / "configs", str(i), int(cref.mode, 8), read, owner)
             mounts.append(Mount(str(path), cref.target))
         return replace(container, env=env, mounts=(*container.mounts, *mounts))
 

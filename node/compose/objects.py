@@ -9,8 +9,8 @@
   translated without an error. Any other source (`content:`, `driver:` ...) is refused.
 - A service's `secrets: [db_pw]` or `[{source, target, mode, uid, gid}]` becomes the
   spec's `secrets: [{source: <stack>_db_pw, target: db_pw, mode, uid, gid}]`:
-  /run/secrets/db_pw as in Swarm, owned by `uid`/`gid` when given. `configs:` likewise
-  (without uid/gid: root's), mounted at `target` (default `/<name>`, as Compose does).
+  /run/secrets/db_pw as in Swarm, owned by `uid`/`gid` when given. `configs:` likewise,
+  mounted at `target` (default `/<name>`, as Compose does).
 
 The values are read here and kept only in `ObjectWrite.value`, which no repr shows.
 Pure: no grpc, docker or etcd; files are read through the `read_bytes` callable.
@@ -30,8 +30,6 @@ KINDS = {"secrets": "secret", "configs": "config"}
 _SOURCES = ("file", "environment", "external", "name")
 _ONE_OF = "file: PATH, environment: VAR or external: true"
 _NAME = "1 to 63 letters, digits, '_', '.' and '-', starting and ending with a letter or digit"
-_UID = "refused for a config: its file belongs to root; give mode: 0444 for a process of another user"
-_KEYS = {"secrets": "mode, uid and gid", "configs": "and mode"}
 
 
 @dataclass(frozen=True)
@@ -138,15 +136,13 @@ def service_refs(body: Any, top: str, names: Mapping[str, str], error: Report) -
             error(value, i, sub, f"{source!r} is not declared under the top-level {top}:")
             continue
         for k in item:
-            if k in ("uid", "gid") and top == "configs":
-                error(item, k, f"{sub}.{k}", _UID)
-            elif k not in ("source", "target", "mode", "uid", "gid"):
-                error(item, k, f"{sub}.{k}", f"unknown key; a reference has source, target, {_KEYS[top]}")
+            if k not in ("source", "target", "mode", "uid", "gid"):
+                error(item, k, f"{sub}.{k}", "unknown key; a reference has source, target, mode, uid and gid")
         ref: dict[str, Any] = {"source": names[source], "target": _target(top, item, source)}
         if "mode" in item:
             ref["mode"] = str(item["mode"])
-        for k in ("uid", "gid"):  # a secret's file owner (the spec checks they are numeric ids)
-            if k in item and top == "secrets":
+        for k in ("uid", "gid"):  # the file's owner (the spec checks they are numeric ids)
+            if k in item:
                 ref[k] = str(item[k])
         out.append(ref)
     return out

@@ -375,6 +375,8 @@ class ConfigRef(BaseModel):
     source: _ObjectName
     target: Annotated[str, AfterValidator(_abs_path)]
     mode: _Mode = "0444"
+    uid: _OwnerId | None = None  # the file's owner in the container (numeric); None: root
+    gid: _OwnerId | None = None  # its group (numeric); None: root's group
     revision: str | None = None  # set by shoal at apply, as for secrets
 
 

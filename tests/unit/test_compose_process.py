@@ -120,6 +120,23 @@ def test_a_secrets_uid_and_gid_reach_the_spec_as_swarm_takes_them() -> None:
     assert spec.secrets and (spec.secrets[1].uid, spec.secrets[1].gid) == ("103", "104")
 
 
+def test_a_configs_uid_and_gid_reach_the_spec_as_swarm_takes_them() -> None:
+    """Compose's long syntax for a config has `uid`/`gid` too (Swarm's config reference
+    does); they were refused while config files were always root's."""
+    text = APP.replace(
+        "target: /etc/nginx/conf.d/default.conf",
+        "target: /etc/nginx/conf.d/default.conf\n        uid: '101'\n        gid: 101\n        mode: 0440",
+    )
+    api = _t(text).document["services"]["api"]
+    assert (api["configs"][0]["uid"], api["configs"][0]["gid"]) == ("101", "101")
+    spec = spec_from_dict({**api, "name": "shop_api", "stack": "shop"})
+    assert spec.configs and (spec.configs[0].uid, spec.configs[0].gid, spec.configs[0].mode) == (
+        "101",
+        "101",
+        "0440",
+    )
+
+
 def test_entrypoint_as_a_string_is_split_and_read_only_false_is_the_default() -> None:
     text = "services:\n  a:\n    image: x\n    entrypoint: /bin/sh -c 'exec app'\n    read_only: false\n"
     a = translate(text, "c.yaml", "s").document["services"]["a"]
@@ -148,9 +165,9 @@ def test_entrypoint_as_a_string_is_split_and_read_only_false_is_the_default() ->
         (
             (
                 "target: /etc/nginx/conf.d/default.conf",
-                "target: /etc/nginx/conf.d/default.conf\n        uid: '1000'",
+                "target: /etc/nginx/conf.d/default.conf\n        uid: 'www-data'",
             ),
-            "21:9: services.api.configs[0].uid: refused for a config: its file belongs to root",
+            "services.api: configs[0].uid: must be a numeric user or group id",
         ),
         (
             ("target: /run/secrets/stripe", "target: /run/secrets/stripe\n        uid: 'root'"),

@@ -585,6 +585,37 @@ def test_a_secrets_uid_or_gid_must_be_a_numeric_id(value: str) -> None:
     for field in ("uid", "gid"):
         with pytest.raises(SpecError, match=f"secrets\\[0\\].{field}: must be a numeric user or group id"):
             parse_spec(f"name: a\nimage: x\nsecrets: [{{source: s, {field}: {value}}}]\n")
+        with pytest.raises(SpecError, match=f"configs\\[0\\].{field}: must be a numeric user or group id"):
+            parse_spec(f"name: a\nimage: x\nconfigs: [{{source: s, target: /etc/s, {field}: {value}}}]\n")
+
+
+async def test_a_configs_uid_and_gid_own_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config takes `uid`/`gid` as a secret does (Swarm's config reference has them):
+    nginx's worker (uid 101) reads a 0440 config it owns. Before, config files were
+    always root's and the fields were refused."""
+    from node.agent import secretfiles
+    from node.agent.secretfiles import SecretFiles
+
+    store = MemoryStore()
+    w = writer(store)
+    await w.objects.put("config", "site", b"server {}", False, w)
+    item = '{source: site, target: /etc/site.conf, uid: 101, gid: "101", mode: 0440}'
+    text = f"name: app\nimage: x:1\nconfigs: [{item}]\n"
+    record, _ = await w.apply(text, "app.yaml")
+    [ref] = record.spec.configs or []
+    assert (ref.uid, ref.gid, ref.mode) == ("101", "101", "0440")
+    chowned: list[tuple[int, int, int]] = []
+
+    def fchown(fd: int, uid: int, gid: int) -> None:  # as root does, without needing root here
+        chowned.append((uid, gid, os.fstat(fd).st_ino))
+
+    monkeypatch.setattr(secretfiles.os, "fchown", fchown)
+    files = SecretFiles(store, KEYS, tmp_path / "root", sealer())
+    made = await files.prepare(make_task(record, 1, "n1"), record.spec, ContainerSpec("c", "x:1", {}))
+    [mount] = made.mounts
+    st = await asyncio.to_thread(os.stat, mount.source)
+    assert mount.target == "/etc/site.conf"
+    assert chowned == [(101, 101, st.st_ino)] and st.st_mode & 0o777 == 0o440
 
 
 async def test_a_service_record_not_named_as_its_key_fails_no_object_call() -> None:
