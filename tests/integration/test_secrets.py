@@ -182,3 +182,34 @@ def test_cli_secret_from_stdin_ls_rm(cluster: DevCluster) -> None:
     assert json.loads(listed.stdout)[0]["name"] == "token" and b"from-stdin" not in listed.stdout
     gone = run("secret", "rm", "token")
     assert gone.returncode == 0, gone.stderr
+
+
+def test_a_process_of_another_user_reads_the_secret_and_config_it_owns(cluster: DevCluster) -> None:
+    """`uid`/`gid` of a secret and of a config (Swarm's long syntax, decision 90) on the
+    real engine: a container running as user 1000 reads both files at mode 0400, which
+    it could not while they were root's."""
+    spec = (
+        "name: app\nimage: shoal-demo/base:1\ncommand: [sleep, '3600']\nreplicas: 1\nuser: '1000'\n"
+        "secrets: [{source: db_pw, uid: '1000', mode: '0400'}]\n"
+        "configs: [{source: app_conf, target: /etc/app/app.conf, uid: 1000, gid: 1000, mode: '0400'}]\n"
+        "stop_grace: 1\n"
+    )
+    with cluster.client() as c:
+        c.put_object("secret", "db_pw", SECRET)
+        c.put_object("config", "app_conf", CONFIG)
+        c.apply(spec)
+        cid = wait_until_sync(running(cluster), 90, 0.3, "app running")
+        assert docker_exec(cid, "id", "-u").strip() == "1000"
+        assert docker_exec(cid, "cat", "/run/secrets/db_pw").encode() == SECRET
+        assert docker_exec(cid, "cat", "/etc/app/app.conf").encode() == CONFIG
+        assert docker_exec(cid, "stat", "-c", "%a %u %g", "/run/secrets/db_pw").split() == [
+            "400",
+            "1000",
+            "0",
+        ]
+        assert docker_exec(cid, "stat", "-c", "%a %u %g", "/etc/app/app.conf").split() == [
+            "400",
+            "1000",
+            "1000",
+        ]
+        c.delete_service("app")
