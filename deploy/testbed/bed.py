@@ -87,6 +87,9 @@ class Bed(Teardown):
     timings: dict[str, float] = field(default_factory=dict)
     small_disk: int = 0  # MiB: each host's Docker root on a file system that size (hostfaults)
     clock_shift: bool = False  # each shoald's wall clock shiftable (hostfaults, clock-offset)
+    settings: dict[int, str] = field(
+        default_factory=dict
+    )  # host -> extra shoald.toml lines, from its next start
 
     # -- names -----------------------------------------------------------------------------
     @property
@@ -150,7 +153,8 @@ class Bed(Teardown):
 
     # -- state -----------------------------------------------------------------------------
     def save(self) -> None:
-        names = ("hosts", "id", "subnet", "preset", "pids", "made", "timings", "small_disk", "clock_shift")
+        names = ("hosts", "id", "subnet", "preset", "pids", "made", "timings", "small_disk", "clock_shift",
+                 "settings")  # fmt: skip
         state = {k: getattr(self, k) for k in names}
         (self.dir / "bed.json").write_text(json.dumps(state, indent=1))
 
@@ -159,7 +163,9 @@ class Bed(Teardown):
         path = ROOT / bed_id / "bed.json"
         if not path.exists():
             raise BedError(f"no bed {bed_id} in {ROOT} (see: bed.sh ls)")
-        return cls(**json.loads(path.read_text()))
+        state = json.loads(path.read_text())
+        state["settings"] = {int(k): v for k, v in state.get("settings", {}).items()}  # JSON keys are strings
+        return cls(**state)
 
     # -- up --------------------------------------------------------------------------------
     def up(self) -> Bed:
@@ -401,7 +407,7 @@ class Bed(Teardown):
             f'etcd_ca = "{self.pki / "ca.crt"}"\netcd_cert = "{self.pki / f"client-h{i}.crt"}"\n'
             f'etcd_key = "{self.pki / f"client-h{i}.key"}"\netcd_server_name = "{ETCD_NAME}"\n'
             f'docker_host = "{self.docker_host(i)}"\nengine_timeout = 3.0\npreset = "{self.preset}"\n'
-            f'{token}\n[labels]\n"bed.host" = "h{i}"\n'
+            f'{token}{self.settings.get(i, "")}\n[labels]\n"bed.host" = "h{i}"\n'
         )
         path = d / "shoald.toml"
         path.write_text(text)
