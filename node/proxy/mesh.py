@@ -371,7 +371,6 @@ class Mesh:
     async def _open(self, route: Route) -> None:
         balancer = Balancer()
         engine = self._engine(route, balancer)
-        engine.reuse_port = True  # a changed route's new listener binds beside the old one (`sync`)
         engine.stats = self.stats.setdefault(route, ProxyStats())
         engine.cold = self.cold.hold(route.service, balancer)
         sock = None
