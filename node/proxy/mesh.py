@@ -373,13 +373,9 @@ class Mesh:
         engine = self._engine(route, balancer)
         engine.stats = self.stats.setdefault(route, ProxyStats())
         engine.cold = self.cold.hold(route.service, balancer)
-        sock = None
         try:
-            sock = self.ports.take(self.address, route.published)
-            await engine.start(sock)
+            await self.ports.start(engine, self.address, route.published)
         except OSError as exc:
-            if sock is not None:
-                sock.close()  # the engine did not take it
             error = f"cannot listen on {self.address}:{route.published}: {exc.strerror or exc}"
             known = self.bind_errors.get(route.published)
             self.bind_errors[route.published] = (route, error)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from typing import Protocol
 
 BACKLOG = 1024
 """Connections the kernel queues before an engine accepts them."""
@@ -50,6 +51,12 @@ def listening(address: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+class Startable(Protocol):
+    """An engine (`node.proxy.listener.Listener`), which this module must not import."""
+
+    async def start(self, sock: socket.socket | None = None) -> None: ...
+
+
 class PortSockets:
     """The listening sockets of one mesh (or worker), by (address, port)."""
 
@@ -70,6 +77,16 @@ class PortSockets:
         if held is None:
             held = self._held[(address, port)] = listening(address, port, self.reuse_port)
         return held.dup()
+
+    async def start(self, engine: Startable, address: str, port: int) -> None:
+        """Start `engine` on a duplicate of `address:port`'s socket (`take`); the duplicate
+        is closed when the start fails. Raises what `take` or the start raises."""
+        sock = self.take(address, port)
+        try:
+            await engine.start(sock)
+        except BaseException:
+            sock.close()  # the engine did not take it
+            raise
 
     def release(self, address: str, port: int) -> None:
         """`address:port` is no longer served: its socket closes (what it had queued and

@@ -312,13 +312,9 @@ class Names:
         engine = self.mesh._engine(route, balancer, address)
         if self.sources is not None:
             engine.admit = functools.partial(self._admit, route.service)
-        sock = None
         try:
-            sock = self.ports.take(address, route.published)
-            await engine.start(sock)
+            await self.ports.start(engine, address, route.published)
         except OSError as exc:
-            if sock is not None:
-                sock.close()  # the engine did not take it
             error = _why(exc, address, route.published)
             if self.waiting.get(key) != error:
                 log.info("names: %s: not listening here: %s", route.service, error)

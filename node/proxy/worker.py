@@ -156,16 +156,12 @@ class Worker:
     async def open(self, entry: wire.Entry) -> None:
         balancer = Balancer()
         holder = SimpleNamespace(settings=self.settings, cap=self.cap)
-        sock = None
         try:
             engine: Engine = Mesh._engine(holder, entry.route, balancer, entry.address)  # type: ignore[arg-type]
             engine.stats = self.stats.setdefault(entry.route.published, ProxyStats())
             engine.cold = self.cold.hold(entry.route.service, balancer)
-            sock = self.ports.take(entry.address, entry.route.published)
-            await engine.start(sock)
+            await self.ports.start(engine, entry.address, entry.route.published)
         except (OSError, AttributeError, ValueError) as exc:
-            if sock is not None:
-                sock.close()  # the engine did not take it
             text = getattr(exc, "strerror", None) or str(exc)
             self.errors[entry.route.published] = (
                 f"cannot listen on {entry.address}:{entry.route.published}: {text}"

@@ -119,3 +119,20 @@ def test_engines_replaced_on_the_kept_socket_reset_no_connection() -> None:
     for k in knockers:
         assert k.refused == [], k.summary()
     assert sum(len(k.connected) for k in knockers) >= 300
+
+
+async def test_an_engine_that_fails_to_start_leaves_no_duplicate_open() -> None:
+    class Broken:
+        sock: socket.socket | None = None
+
+        async def start(self, sock: socket.socket | None = None) -> None:
+            self.sock = sock
+            raise OSError(22, "no")
+
+    port, engine = free_port(), Broken()
+    ports = PortSockets()
+    with pytest.raises(OSError):
+        await ports.start(engine, HOST, port)
+    assert engine.sock is not None and engine.sock.fileno() == -1  # closed
+    assert (HOST, port) in ports  # the port's own socket: the caller releases it
+    ports.close()
